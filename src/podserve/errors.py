@@ -1,0 +1,83 @@
+"""Errors a request can end in, each named by its condition and mapped to one HTTP status.
+
+A handler raises `InvalidInput` to reject a request; the runtime raises the others. The
+HTTP layer turns every one of them into the same JSON body (see `runtime.api`).
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base of every error that ends a request with a known status."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+
+class InvalidInput(ServingError):
+    """The request is malformed or a field is invalid; the message names the field and the fix."""
+
+    status = 400
+    code = "invalid_input"
+
+
+class NotFound(ServingError):
+    """No route matches the path."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ServingError):
+    """The route exists but not for this HTTP method."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ServingError):
+    """The request body is over the configured limit."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ServingError):
+    """The request's Content-Type is not one the route reads."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class HandlerFailed(ServingError):
+    """The service's handler raised or broke its contract; details are in the log."""
+
+    status = 500
+    code = "handler_error"
+
+
+class Overloaded(ServingError):
+    """Every instance's queue is full; the caller should retry after a moment."""
+
+    status = 503
+    code = "overloaded"
+
+
+class NotReady(ServingError):
+    """The model instances are not loaded yet, or the server is shutting down."""
+
+    status = 503
+    code = "not_ready"
+
+
+class DeadlineExceeded(ServingError):
+    """The request's deadline passed before it could run; it was not run."""
+
+    status = 504
+    code = "deadline_exceeded"

@@ -1,0 +1,186 @@
+"""The contract between a service and the platform: the class a model team writes.
+
+A model team subclasses `Handler` (or, for an ONNX model, `OnnxHandler`) in `src/server.py`
+and names it in `value.py` (`handler = "server:MyHandler"`). The platform creates one
+handler object per model instance, calls `load` once, then calls `decode` for each request
+in the request's own thread, `predict` with batches in the instance's batch thread, and
+`encode` for each output. The handler knows nothing of HTTP, threads, batching, metrics or
+Kubernetes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from podserve.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a model instance runs: a GPU by index, or the CPU with a thread budget."""
+
+    kind: str  # "cuda" or "cpu"
+    index: int = 0
+    memory_limit_bytes: int = 0  # 0: no limit (GPU only)
+    cpu_threads: int = 1  # intra-op threads for this instance
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind == "cuda"
+
+    def __str__(self) -> str:
+        return f"cuda:{self.index}" if self.is_gpu else f"cpu({self.cpu_threads} threads)"
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One request as the handler sees it: the ids, and one of image, data or video.
+
+    `image` is the raw bytes of an encoded image (already base64-decoded when the caller
+    sent JSON); turn it into pixels with `podserve.decode_image`, which guards against
+    oversized images and decompression bombs.
+    """
+
+    postid: Any = None
+    uid: Any = None
+    seqid: Any = None
+    image: bytes | None = None
+    data: Any = None
+    video: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+class Handler:
+    """Serve a model: load it once, decode a request, predict a batch, encode an output.
+
+    Subclass it, override the four verbs, and name the class in value.py. A complete
+    example, runnable as it stands::
+
+        import numpy as np
+        from podserve import Handler, InvalidInput
+
+        class Doubler(Handler):
+            def load(self, model_path, device):
+                self.factor = 2.0                      # load weights here, once
+
+            def decode(self, payload):
+                if not isinstance(payload.data, list):
+                    raise InvalidInput("'data' must be a list of numbers", field="data")
+                return np.asarray(payload.data, dtype=np.float32)
+
+            def predict(self, batch):
+                return [x * self.factor for x in batch]  # one output per input
+
+            def encode(self, output):
+                return output.tolist()
+
+        h = Doubler(); h.load("unused", None)
+        assert h.encode(h.predict([h.decode(Payload(data=[1, 2]))])[0]) == [2.0, 4.0]
+
+    Rules the runtime checks: `predict` returns a sequence with exactly one output per
+    input, in the same order. `decode` may raise `InvalidInput` (the caller gets a 400 that
+    names the field); any other exception is a 500 and is logged with its traceback.
+    """
+
+    def load(self, model_path: str, device: Device) -> None:
+        """Load the model for one instance on `device`. Called once per instance."""
+
+    def decode(self, payload: Payload) -> Any:
+        """Turn one request into one model input. Runs in the request's thread."""
+        raise NotImplementedError(f"{type(self).__name__}.decode is not written")
+
+    def predict(self, batch: Sequence[Any]) -> Sequence[Any]:
+        """Run the model on a batch of inputs; return one output per input, in order."""
+        raise NotImplementedError(f"{type(self).__name__}.predict is not written")
+
+    def encode(self, output: Any) -> Any:
+        """Turn one output into the JSON-serialisable `results` of the response."""
+        return output.tolist() if isinstance(output, np.ndarray) else output
+
+    def batch_key(self, item: Any) -> Hashable:
+        """Return a key; only inputs with equal keys are batched together.
+
+        The default keys numpy arrays (and dicts of them) by shape and dtype, so inputs of
+        different shapes are never stacked by accident. Return a constant to batch
+        everything together (e.g. when `predict` pads).
+        """
+        if isinstance(item, np.ndarray):
+            return (item.shape, item.dtype.str)
+        if isinstance(item, dict):
+            return tuple(sorted((k, v.shape, v.dtype.str) for k, v in item.items() if isinstance(v, np.ndarray)))
+        return None
+
+    def warmup_inputs(self) -> list[Any]:
+        """Return the inputs of the warm-up batch run once after `load` (default: none)."""
+        return []
+
+
+class OnnxHandler(Handler):
+    """A Handler that runs an ONNX model with onnxruntime: write only `decode` and `encode`.
+
+    `decode` returns one input without its batch axis: an array when the model has one
+    input, or a dict of arrays by input name. `predict` stacks a batch, runs the session and
+    hands `encode` one row of the first output (or a dict of rows when `all_outputs`).
+    Set `input_shape` (one item, no batch axis) when the model's shape has free dimensions,
+    so that the warm-up batch can be built. On a GPU the session uses the CUDA execution
+    provider on the instance's device with its memory limit; on the CPU, the instance's
+    thread budget.
+    """
+
+    input_shape: tuple[int, ...] | None = None
+    all_outputs: bool = False
+
+    def load(self, model_path: str, device: Device) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.inter_op_num_threads = 1
+        options.intra_op_num_threads = max(1, device.cpu_threads) if not device.is_gpu else 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers: list = ["CPUExecutionProvider"]
+        if device.is_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+            cuda = {"device_id": device.index}
+            if device.memory_limit_bytes:
+                cuda["gpu_mem_limit"] = device.memory_limit_bytes
+            providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.provider = self.session.get_providers()[0]
+        if device.is_gpu and self.provider != "CUDAExecutionProvider":
+            log.warning("asked for %s but onnxruntime offers %s; this instance runs on the CPU",
+                        device, ort.get_available_providers())
+
+    def predict(self, batch: Sequence[Any]) -> Sequence[Any]:
+        if len(self.input_names) == 1 and not isinstance(batch[0], dict):
+            feeds = {self.input_names[0]: np.stack(batch)}
+        else:
+            feeds = {name: np.stack([item[name] for item in batch]) for name in self.input_names}
+        outputs = self.session.run(self.output_names, feeds)
+        if self.all_outputs:
+            return [dict(zip(self.output_names, rows)) for rows in zip(*outputs)]
+        return list(outputs[0])
+
+    def warmup_inputs(self) -> list[Any]:
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            return []
+        shape = self.input_shape or tuple(inputs[0].shape[1:])
+        if not all(isinstance(d, int) and d > 0 for d in shape):
+            raise InvalidInput(f"{type(self).__name__}: the model input {inputs[0].name!r} has free dimensions "
+                               f"{inputs[0].shape}; set `input_shape` on the handler (one item, no batch axis)",
+                               field="input_shape")
+        dtype = _ONNX_DTYPES.get(inputs[0].type, np.float32)
+        return [np.zeros(shape, dtype=dtype)]
+
+
+_ONNX_DTYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}

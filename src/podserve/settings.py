@@ -1,0 +1,100 @@
+"""The serving settings a pod runs with: names, defaults, and their environment variables.
+
+This module is the one source of truth for every setting that crosses from CI to the pod.
+The tooling turns `value.py` into these settings and then into environment variables
+(`to_env`); the server reads them back once at start-up (`from_env`). Nothing else in the
+runtime reads the environment for its configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+ENV_PREFIX = "PODSERVE_"
+
+#: The port the server listens on inside the pod; the Service, probes and Kong use it.
+HTTP_PORT = 8080
+
+
+class SettingsError(ValueError):
+    """A setting from the environment is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Everything the in-pod server needs to know, with the defaults a service gets."""
+
+    service_name: str = field(default="example", metadata={"doc": "route /api/<service_name>"})
+    handler: str = field(default="server:Handler", metadata={"doc": "module:Class of the handler"})
+    model_path: str = field(default="model/model.onnx", metadata={"doc": "model file or folder"})
+    port: int = field(default=HTTP_PORT, metadata={"doc": "HTTP port"})
+    gpu_num: int = field(default=0, metadata={"doc": "GPUs this pod owns (0: CPU only)"})
+    ins_num_per_gpu: int = field(default=1, metadata={"doc": "model instances per GPU (or on the CPU)"})
+    gpu_memory: int = field(default=0, metadata={"doc": "GiB of GPU memory per GPU (0: no limit)"})
+    cpu: float = field(default=0.0, metadata={"doc": "CPU cores of the pod (0: detect from cgroup)"})
+    max_batch_size: int = field(default=8, metadata={"doc": "largest batch one predict call gets"})
+    max_batch_delay_ms: float = field(default=2.0, metadata={"doc": "longest wait after a batch's first item"})
+    queue_size: int = field(default=64, metadata={"doc": "queued requests per instance before 503"})
+    request_timeout_ms: int = field(default=10_000, metadata={"doc": "default deadline of a request"})
+    drain_seconds: float = field(default=5.0, metadata={"doc": "seconds /api/ping is 503 before closing"})
+    http_threads: int = field(default=64, metadata={"doc": "waitress request threads"})
+    max_body_bytes: int = field(default=10 * 1024 * 1024, metadata={"doc": "largest request body (413 above)"})
+    max_image_pixels: int = field(default=25_000_000, metadata={"doc": "largest decoded image (400 above)"})
+    stuck_batch_seconds: float = field(default=120.0, metadata={"doc": "a batch running longer fails liveness"})
+
+    @staticmethod
+    def env_name(name: str) -> str:
+        """Return the environment variable that carries setting `name`."""
+        return ENV_PREFIX + name.upper()
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """Return every setting's name, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServingSettings":
+        """Read the settings from environment variables; unset ones take their defaults."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(cls.env_name(f.name))
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f, raw, cls.env_name(f.name))
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def to_env(self) -> dict[str, str]:
+        """Return the environment variables that reproduce these settings."""
+        return {self.env_name(name): _format(getattr(self, name)) for name in self.names()}
+
+    def check(self) -> None:
+        """Raise SettingsError naming the first setting that is out of range."""
+        positive = ("port", "ins_num_per_gpu", "max_batch_size", "queue_size", "request_timeout_ms",
+                    "http_threads", "max_body_bytes", "max_image_pixels", "stuck_batch_seconds")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{self.env_name(name)}={getattr(self, name)!r} must be above 0")
+        for name in ("gpu_num", "gpu_memory", "cpu", "max_batch_delay_ms", "drain_seconds"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{self.env_name(name)}={getattr(self, name)!r} must be 0 or more")
+        if ":" not in self.handler:
+            raise SettingsError(
+                f"{self.env_name('handler')}={self.handler!r} must be 'module:Class', e.g. 'server:Handler'")
+
+
+def _parse(f: dataclasses.Field, raw: str, env: str):
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{env}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def _format(value) -> str:
+    return str(value)
