@@ -14,7 +14,7 @@ model_path = "model/ch_ppocr_mobile_v2.0_cls_mobile.onnx"  # relative to the rep
 cpu = 4              # CPU cores per pod; also sets the model's CPU threads
 memory = "8Gi"       # memory limit per pod, a Kubernetes quantity ("24Gi", not "24GB")
 gpu_num = 1          # GPUs per pod; 0 serves on the CPU
-ins_num_per_gpu = 2  # model instances per GPU (each with its own batch queue)
+ins_num_per_gpu = 1  # model instances per GPU (each with its own batch queue)
 gpu_memory = 2       # GiB of GPU memory each instance's session may use (a 2080Ti offers 10)
 
 # --- replicas per stage --------------------------------------------------------------
@@ -32,7 +32,7 @@ host_port = 0               # the host port Kong probes when use_srv is True
 
 # --- serving (the platform defaults suit most services) ------------------------------
 max_batch_size = 16        # most requests one predict call receives
-max_batch_delay_ms = 2     # longest wait for a batch to fill after its first request
+max_batch_delay_ms = 5     # longest wait for a batch to fill after its first request
 queue_size = 64            # requests queued per instance before answering 503
 request_timeout_ms = 10000  # default deadline; callers may only lower it
 drain_seconds = 5          # on shutdown, seconds /api/ping is 503 before the server closes

@@ -16,7 +16,8 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from podserve.errors import InvalidInput
+from podserve.errors import HandlerFailed, InvalidInput
+from podserve.images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,11 @@ class Device:
     @property
     def is_gpu(self) -> bool:
         return self.kind == "cuda"
+
+    @property
+    def label(self) -> str:
+        """A short name for logs and metric labels: 'cuda0' or 'cpu'."""
+        return f"cuda{self.index}" if self.is_gpu else "cpu"
 
     def __str__(self) -> str:
         return f"cuda:{self.index}" if self.is_gpu else f"cpu({self.cpu_threads} threads)"
@@ -54,6 +60,17 @@ class Payload:
     data: Any = None
     video: Any = None
     extra: dict = field(default_factory=dict)
+    max_image_pixels: int = 25_000_000
+
+    def open_image(self, mode: str = "RGB", draft_size: tuple[int, int] | None = None):
+        """Return `image` decoded as a PIL image in `mode`; a 400 naming 'image' if it can't be.
+
+        Refuses images over the server's pixel limit and decompression bombs before decoding.
+        """
+        if self.image is None:
+            raise InvalidInput("this service reads an image: send 'image' (base64) in a JSON body, or the "
+                               "raw image bytes with Content-Type: application/octet-stream", field="image")
+        return decode_image(self.image, max_pixels=self.max_image_pixels, mode=mode, draft_size=draft_size)
 
 
 class Handler:
@@ -173,9 +190,8 @@ class OnnxHandler(Handler):
             return []
         shape = self.input_shape or tuple(inputs[0].shape[1:])
         if not all(isinstance(d, int) and d > 0 for d in shape):
-            raise InvalidInput(f"{type(self).__name__}: the model input {inputs[0].name!r} has free dimensions "
-                               f"{inputs[0].shape}; set `input_shape` on the handler (one item, no batch axis)",
-                               field="input_shape")
+            raise HandlerFailed(f"{type(self).__name__}: the model input {inputs[0].name!r} has free dimensions "
+                                f"{inputs[0].shape}; set `input_shape` on the handler (one item, no batch axis)")
         dtype = _ONNX_DTYPES.get(inputs[0].type, np.float32)
         return [np.zeros(shape, dtype=dtype)]
 

@@ -30,6 +30,7 @@ class ServingSettings:
     service_name: str = field(default="example", metadata={"doc": "route /api/<service_name>"})
     handler: str = field(default="server:Handler", metadata={"doc": "module:Class of the handler"})
     model_path: str = field(default="model/model.onnx", metadata={"doc": "model file or folder"})
+    host: str = field(default="0.0.0.0", metadata={"doc": "address to listen on (0.0.0.0 in a pod)"})
     port: int = field(default=HTTP_PORT, metadata={"doc": "HTTP port"})
     gpu_num: int = field(default=0, metadata={"doc": "GPUs this pod owns (0: CPU only)"})
     ins_num_per_gpu: int = field(default=1, metadata={"doc": "model instances per GPU (or on the CPU)"})

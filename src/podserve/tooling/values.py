@@ -1,53 +1,93 @@
 """The fields of a service's `value.py`: their types, defaults, and checks.
 
 `load_values` is the only way the tooling reads a value.py: it parses it without running
-it (see `valuefile`), checks every field, and reports every problem at once.
+it (see `valuefile`), checks every field against its type and range, the fields against
+each other, and the service against the platform's conf/ (teams, node sizes, GPUs, host
+ports, routes already taken), and reports every problem at once, each with its fix.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 
-from podserve.settings import ServingSettings
+from podserve.routes import RESERVED_SERVICE_NAMES
+from podserve.settings import ServingSettings, SettingsError
+from podserve.tooling import quantity, routing
+from podserve.tooling.conf import Conf, Stage, load_conf
 from podserve.tooling.valuefile import Problem, ValueFileError, read_assignments
 
 _SERVING_DEFAULTS = ServingSettings()
-
-#: name -> (accepted types, default or REQUIRED). Serving defaults come from ServingSettings.
 REQUIRED = object()
-FIELDS: dict[str, tuple[tuple[type, ...], object]] = {
-    "service_name": ((str,), REQUIRED),
-    "username": ((str,), REQUIRED),
-    "handler": ((str,), _SERVING_DEFAULTS.handler),
-    "model_path": ((str,), _SERVING_DEFAULTS.model_path),
-    "cpu": ((int, float), 4),
-    "memory": ((str,), "8Gi"),
-    "replicas": ((int,), 1),
-    "ab_replicas": ((int,), 1),
-    "hk_replicas": ((int,), 0),
-    "eu_replicas": ((int,), 0),
-    "na_replicas": ((int,), 0),
-    "gpu_num": ((int,), 1),
-    "ins_num_per_gpu": ((int,), _SERVING_DEFAULTS.ins_num_per_gpu),
-    "gpu_memory": ((int,), 10),
-    "init_delay_second": ((int,), 120),
-    "use_decode_sidecar": ((bool,), False),
-    "use_srv": ((bool,), False),
-    "host_port": ((int,), 0),
-    "max_batch_size": ((int,), _SERVING_DEFAULTS.max_batch_size),
-    "max_batch_delay_ms": ((int, float), _SERVING_DEFAULTS.max_batch_delay_ms),
-    "queue_size": ((int,), _SERVING_DEFAULTS.queue_size),
-    "request_timeout_ms": ((int,), _SERVING_DEFAULTS.request_timeout_ms),
-    "drain_seconds": ((int, float), _SERVING_DEFAULTS.drain_seconds),
-    "http_threads": ((int,), _SERVING_DEFAULTS.http_threads),
-    "max_body_bytes": ((int,), _SERVING_DEFAULTS.max_body_bytes),
+NONE = type(None)
+#: Service names are Service names too: DNS-1035 labels (a letter first).
+SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_HANDLER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+#: value.py's autoscale_metric -> the server's gauge an HPA averages per pod.
+AUTOSCALE_METRICS = ("queue_depth", "in_flight")
+
+
+class Field(NamedTuple):
+    """One value.py field: accepted types, default, and the range of a number.
+
+    `high` may name a limit in conf/platform.yaml (`limits.<high>`) instead of a number.
+    """
+
+    kinds: tuple[type, ...]
+    default: object
+    low: float | None = None
+    high: float | str | None = None
+
+
+FIELDS: dict[str, Field] = {
+    "service_name": Field((str,), REQUIRED),
+    "username": Field((str,), REQUIRED),
+    "handler": Field((str,), _SERVING_DEFAULTS.handler),
+    "model_path": Field((str,), _SERVING_DEFAULTS.model_path),
+    "cpu": Field((int, float, str), 4),
+    "memory": Field((str,), "8Gi"),
+    "replicas": Field((int,), 1, 1, "max_replicas"),
+    "ab_replicas": Field((int,), 1, 1, "max_replicas"),
+    "hk_replicas": Field((int, NONE), None, 1, "max_replicas"),
+    "eu_replicas": Field((int, NONE), None, 1, "max_replicas"),
+    "na_replicas": Field((int, NONE), None, 1, "max_replicas"),
+    "max_replicas": Field((int,), 0, 0, "max_replicas"),
+    "autoscale_metric": Field((str,), "queue_depth"),
+    "autoscale_target": Field((int, float, NONE), None, 0.001, 1_000_000),
+    "gpu_num": Field((int,), 1, 0, "gpus_per_pod"),
+    "ins_num_per_gpu": Field((int,), _SERVING_DEFAULTS.ins_num_per_gpu, 1, 16),
+    "gpu_memory": Field((int,), 0, 0, 1024),
+    "init_delay_second": Field((int,), 120, 1, "max_init_delay_second"),
+    "use_decode_sidecar": Field((bool,), False),
+    "use_srv": Field((bool,), False),
+    "host_port": Field((int,), 0, 0, 65535),
+    "max_batch_size": Field((int,), _SERVING_DEFAULTS.max_batch_size, 1, 4096),
+    "max_batch_delay_ms": Field((int, float), _SERVING_DEFAULTS.max_batch_delay_ms, 0, 10_000),
+    "queue_size": Field((int,), _SERVING_DEFAULTS.queue_size, 1, 100_000),
+    "request_timeout_ms": Field((int,), _SERVING_DEFAULTS.request_timeout_ms, 1, 600_000),
+    "drain_seconds": Field((int, float), _SERVING_DEFAULTS.drain_seconds, 0, 300),
+    "http_threads": Field((int,), _SERVING_DEFAULTS.http_threads, 1, 1024),
+    "max_body_bytes": Field((int,), _SERVING_DEFAULTS.max_body_bytes, 1, 2**30),
+    "max_image_pixels": Field((int,), _SERVING_DEFAULTS.max_image_pixels, 1, 10**9),
+    "stuck_batch_seconds": Field((int, float), _SERVING_DEFAULTS.stuck_batch_seconds, 1, 86_400),
 }
+
+
+#: Per-region replicas: None takes `replicas`.
+REGION_REPLICAS = tuple(name for name, f in FIELDS.items() if name.endswith("_replicas") and NONE in f.kinds)
 
 
 @dataclass(frozen=True)
 class ServiceValues:
-    """A checked value.py: every field present, defaults filled in."""
+    """A checked value.py: every field present, defaults filled in, cpu in cores.
+
+    Region replicas left at None are filled with `replicas`; autoscale_target left at None
+    with max_batch_size.
+    """
 
     fields: dict
 
@@ -59,29 +99,217 @@ class ServiceValues:
         shared = set(ServingSettings.names()) & set(self.fields)
         return ServingSettings(**{name: self.fields[name] for name in shared})
 
+    def replicas_for(self, stage: Stage) -> int:
+        """Return the replicas a stage runs: forced by conf, or from the field conf names."""
+        return stage.replicas if isinstance(stage.replicas, int) else self.fields[stage.replicas]
 
-def load_values(path: str | Path) -> ServiceValues:
-    """Read and check a value.py; raise ValueFileError listing every problem."""
+    def public_paths(self, conf: Conf) -> dict[str, str]:
+        """Return {stage: public path} of this service."""
+        return {name: stage.public_path(self["service_name"], self["username"]) for name, stage in conf.stages.items()}
+
+
+def load_values(path: str | Path, conf: Conf | None = None,
+                existing_routes: list[routing.Route] = ()) -> ServiceValues:
+    """Read and check a value.py; raise ValueFileError listing every problem.
+
+    `conf` defaults to the repository's conf/; `existing_routes` are routes other services
+    already serve (see routing.load_existing_routes), which this service must not overlap.
+    """
+    conf = conf if conf is not None else load_conf()
     assigned = read_assignments(path)
     problems: list[Problem] = []
     values: dict = {}
     for name, (value, line) in assigned.items():
-        if name not in FIELDS:
-            problems.append(Problem(name, f"is not a known field; known fields: {', '.join(sorted(FIELDS))}", line))
-            continue
-        kinds, _ = FIELDS[name]
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            wanted = " or ".join(k.__name__ for k in kinds)
-            problems.append(Problem(name, f"is {value!r} ({type(value).__name__}); it must be {wanted}", line))
-            continue
-        values[name] = value
-    for name, (_, default) in FIELDS.items():
-        if name in assigned:
-            continue
-        if default is REQUIRED:
-            problems.append(Problem(name, "is required; add it to value.py"))
+        message = _field_problem(name, value, conf)
+        if message:
+            problems.append(Problem(name, message, line))
         else:
-            values[name] = default
+            values[name] = value
+    for name, field in FIELDS.items():
+        if name not in assigned:
+            if field.default is REQUIRED:
+                problems.append(Problem(name, f"is required; add `{name} = ...` to value.py"))
+            else:
+                values[name] = field.default
+    lines = {name: line for name, (_, line) in assigned.items()}
+    if not problems:
+        values = _normalise(values)
+        problems = [Problem(name, message, lines.get(name))
+                    for name, message in _service_problems(values, conf, existing_routes)]
     if problems:
         raise ValueFileError(path, problems)
     return ServiceValues(values)
+
+
+# --- one field at a time --------------------------------------------------------------------
+
+def _field_problem(name: str, value, conf: Conf) -> str | None:
+    """Return what is wrong with one field's value (why and fix), or None."""
+    if name not in FIELDS:
+        close = difflib.get_close_matches(name, FIELDS, n=1)
+        hint = f"did you mean `{close[0]}`?" if close else f"known fields: {', '.join(sorted(FIELDS))}"
+        return f"is not a known field; {hint} (or remove it)"
+    field = FIELDS[name]
+    if isinstance(value, bool) and bool not in field.kinds or not isinstance(value, field.kinds):
+        wanted = " or ".join("None" if k is NONE else k.__name__ for k in field.kinds)
+        example = field.default if field.default not in (REQUIRED, None) else "..."
+        return f"is {value!r} ({type(value).__name__}); it must be {wanted}, e.g. `{name} = {example!r}`"
+    if field.low is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        high = getattr(conf.platform.limits, field.high) if isinstance(field.high, str) else field.high
+        if not field.low <= value <= high:
+            source = f" (the platform's limits.{field.high} in conf/platform.yaml)" if isinstance(field.high, str) else ""
+            return f"is {value!r}, out of range; set it between {field.low} and {high}{source}"
+    check = _FORMAT_CHECKS.get(name)
+    return check(value, conf) if check else None
+
+
+def _check_service_name(value: str, conf: Conf) -> str | None:
+    if not SERVICE_NAME.match(value) or len(value) > 63:
+        return (f"{value!r} must be a DNS-1035 label: lowercase letters, digits and '-', a letter first, "
+                f"no '-' last, at most 63 characters (it names the Deployment and Service), e.g. 'text-direction'")
+    if value in RESERVED_SERVICE_NAMES:
+        return f"{value!r} is reserved (its route would collide with {sorted(RESERVED_SERVICE_NAMES)}); choose another"
+    return None
+
+
+def _check_username(value: str, conf: Conf) -> str | None:
+    if value not in conf.teams:
+        return f"{value!r} is not a team in conf/teams.yaml; use one of {', '.join(conf.teams)}"
+    return None
+
+
+def _check_handler(value: str, conf: Conf) -> str | None:
+    if not _HANDLER.match(value):
+        return f"{value!r} must be 'module:Class', e.g. 'server:TextDirection' (the class in src/server.py)"
+    return None
+
+
+def _check_model_path(value: str, conf: Conf) -> str | None:
+    parts = Path(value).parts
+    if not value or value.startswith("/") or ".." in parts:
+        return f"{value!r} must be a path inside the repository (and the image), e.g. 'model/model.onnx'"
+    return None
+
+
+def _check_cpu(value, conf: Conf) -> str | None:
+    try:
+        quantity.cpu_cores(value)
+    except quantity.QuantityError as exc:
+        return str(exc)
+    return None
+
+
+def _check_memory(value: str, conf: Conf) -> str | None:
+    try:
+        nbytes = quantity.memory_bytes(value)
+    except quantity.QuantityError as exc:
+        return str(exc)
+    least = conf.platform.limits.min_memory
+    if nbytes < quantity.memory_bytes(least):
+        return f"{value!r} is below the platform's minimum {least} (limits.min_memory); the pod would be OOM-killed"
+    return None
+
+
+def _check_autoscale_metric(value: str, conf: Conf) -> str | None:
+    if value not in AUTOSCALE_METRICS:
+        return f"{value!r} must be one of {', '.join(AUTOSCALE_METRICS)}"
+    return None
+
+
+_FORMAT_CHECKS = {
+    "service_name": _check_service_name, "username": _check_username, "handler": _check_handler,
+    "model_path": _check_model_path, "cpu": _check_cpu, "memory": _check_memory,
+    "autoscale_metric": _check_autoscale_metric,
+}
+
+
+def _normalise(values: dict) -> dict:
+    values = dict(values)
+    cores = quantity.cpu_cores(values["cpu"])
+    values["cpu"] = int(cores) if cores == cores.to_integral_value() else float(cores)
+    for name in REGION_REPLICAS:
+        if values[name] is None:
+            values[name] = values["replicas"]
+    if values["autoscale_target"] is None:
+        values["autoscale_target"] = values["max_batch_size"]
+    return values
+
+
+# --- fields together, and the service on the platform --------------------------------------------
+
+def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
+    """Yield (field, message) for every problem between fields or with the platform."""
+    limits = conf.platform.limits
+    if v["gpu_num"] == 0 and v["gpu_memory"] > 0:
+        yield "gpu_memory", (f"is {v['gpu_memory']} GiB but gpu_num = 0 serves on the CPU; set gpu_memory = 0, "
+                             "or gpu_num = 1 to serve on a GPU")
+    if v["queue_size"] < v["max_batch_size"]:
+        yield "queue_size", (f"is {v['queue_size']}, below max_batch_size = {v['max_batch_size']}: a batch could "
+                             f"never fill; set queue_size to at least {v['max_batch_size']}")
+    if v["use_srv"] and not limits.host_port_min <= v["host_port"] <= limits.host_port_max:
+        yield "host_port", (f"is {v['host_port']}; use_srv = True needs the port Kong probes, between "
+                            f"{limits.host_port_min} and {limits.host_port_max} (conf/platform.yaml limits)")
+    if not v["use_srv"] and v["host_port"]:
+        yield "host_port", f"is {v['host_port']} but has no effect without use_srv = True; remove it or set use_srv = True"
+    if v["use_decode_sidecar"] and conf.platform.decode_sidecar is None:
+        yield "use_decode_sidecar", ("is True but the platform offers no decode sidecar (conf/platform.yaml "
+                                     "decode_sidecar is null); set it to False or ask the platform team")
+    try:
+        ServingSettings(**{n: v[n] for n in set(ServingSettings.names()) & set(v)}).check()
+    except SettingsError as exc:
+        yield "value.py", f"gives server settings the server would refuse: {exc}"
+    for name, stage in conf.stages.items():
+        yield from _stage_problems(v, conf, stage)
+    yield from _route_problems(v, conf, existing)
+
+
+def _stage_problems(v: dict, conf: Conf, stage: Stage):
+    region = conf.region_of(stage)
+    replicas = stage.replicas if isinstance(stage.replicas, int) else v.get(stage.replicas)
+    if not isinstance(replicas, int):
+        yield "value.py", (f"conf/stages.yaml gives stage {stage.name} the replicas of {stage.replicas!r}, "
+                           "which is not a value.py field; the platform team must fix conf/stages.yaml")
+        return
+    if stage.autoscale and v["max_replicas"] and v["max_replicas"] < replicas:
+        yield "max_replicas", (f"is {v['max_replicas']}, below the {replicas} replicas of stage {stage.name}: an HPA "
+                               f"never goes below its minimum; set max_replicas to at least {replicas}, or 0 for "
+                               "fixed replicas")
+    pool = region.node_pools.gpu if v["gpu_num"] else region.node_pools.cpu
+    where = f"a {'GPU' if v['gpu_num'] else 'CPU'} node of region {region.name} ({stage.name})"
+    cpu = Decimal(str(v["cpu"])) + quantity.cpu_cores(conf.platform.mesh.sidecar_cpu) + _sidecar(v, conf, "cpu")
+    memory = quantity.memory_bytes(v["memory"]) + quantity.memory_bytes(conf.platform.mesh.sidecar_memory) \
+        + _sidecar(v, conf, "memory")
+    if cpu > quantity.cpu_cores(pool.allocatable.cpu):
+        yield "cpu", (f"is {v['cpu']}, and with the mesh sidecar the pod asks {cpu} cores, more than {where} can "
+                      f"allocate ({pool.allocatable.cpu}): it would stay Pending; lower cpu")
+    if memory > quantity.memory_bytes(pool.allocatable.memory):
+        yield "memory", (f"is {v['memory']}, and with the mesh sidecar the pod asks {quantity.format_gib(memory)}, "
+                         f"more than {where} can allocate ({pool.allocatable.memory}): it would stay Pending; lower memory")
+    if v["gpu_num"] > pool.allocatable.gpus:
+        yield "gpu_num", f"is {v['gpu_num']}, more GPUs than {where} has ({pool.allocatable.gpus}); lower gpu_num"
+    if v["gpu_num"] and v["gpu_memory"] > region.gpu.memory_gib:
+        yield "gpu_memory", (f"is {v['gpu_memory']} GiB, more than one {region.gpu.resource} of region "
+                             f"{region.name} offers ({region.gpu.memory_gib} GiB); lower gpu_memory")
+    if v["gpu_num"] and region.gpu.memory_resource and not v["gpu_memory"]:
+        yield "gpu_memory", (f"is 0, but region {region.name} shares GPUs by memory ({region.gpu.memory_resource}): "
+                             f"set gpu_memory to the GiB the service needs (at most {region.gpu.memory_gib})")
+
+
+def _sidecar(v: dict, conf: Conf, what: str):
+    sidecar = conf.platform.decode_sidecar
+    if not (v["use_decode_sidecar"] and sidecar):
+        return 0
+    return quantity.cpu_cores(sidecar.cpu) if what == "cpu" else quantity.memory_bytes(sidecar.memory)
+
+
+def _route_problems(v: dict, conf: Conf, existing: list[routing.Route]):
+    ours = [routing.Route(v["service_name"], stage.ingress_host, match)
+            for stage in conf.stages.values()
+            for match in routing.service_matches(stage.public_path(v["service_name"], v["username"]))]
+    reported = set()
+    for mine, theirs in routing.conflicts(ours, existing):
+        if theirs.owner not in reported:
+            reported.add(theirs.owner)
+            yield "service_name", (f"{v['service_name']!r}: route {mine.match.kind} {mine.match.value} on "
+                                   f"{mine.host} can share paths with {theirs.match.kind} {theirs.match.value} "
+                                   f"served by {theirs.owner}; choose another service_name")

@@ -1,0 +1,48 @@
+"""Decode an untrusted encoded image into pixels, refusing oversized images and decompression bombs."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image
+
+from podserve.errors import InvalidInput
+
+#: Formats a caller may send; anything else is refused before a decoder runs.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+
+def decode_image(data: bytes, *, max_pixels: int, mode: str = "RGB",
+                 draft_size: tuple[int, int] | None = None, field: str = "image") -> Image.Image:
+    """Return the decoded image in `mode`, or raise InvalidInput naming `field` and the fix.
+
+    The header is read first and the pixel count checked before any pixel is decoded, so a
+    small file that claims 100k x 100k pixels costs nothing. `draft_size` lets JPEG decode
+    at a reduced scale that still covers that size (much faster for big photos).
+    """
+    if not data:
+        raise InvalidInput(f"'{field}' is empty; send the bytes of a JPEG, PNG, WebP, BMP, GIF or TIFF image",
+                           field=field)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InvalidInput(f"'{field}' is {width}x{height} = {width * height} pixels, over the limit of "
+                                   f"{max_pixels}; send a smaller image", field=field)
+            if draft_size is not None and image.format == "JPEG":
+                image.draft(mode, draft_size)
+            image.load()
+            return image if image.mode == mode else image.convert(mode)
+    except InvalidInput:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidInput(f"'{field}' looks like a decompression bomb ({exc}); send a smaller image",
+                           field=field) from None
+    except Image.UnidentifiedImageError:
+        raise InvalidInput(f"'{field}' is not an image in a format this server reads ({', '.join(ACCEPTED_FORMATS)}); "
+                           f"its first bytes are {data[:8]!r}", field=field) from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        raise InvalidInput(f"'{field}' could not be decoded ({exc}); send a complete, valid image", field=field) from None

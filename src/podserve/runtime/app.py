@@ -1,0 +1,170 @@
+"""The Flask app of the pod: probes, metrics, and the service's `/api/<service_name>` route."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable
+
+from flask import Flask, Response, request
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from podserve import errors
+from podserve.errors import HandlerFailed, InvalidInput, NotReady, Overloaded, ServingError
+from podserve.handler import Payload
+from podserve.routes import LIVE_PATH, METRICS_PATH, PING_PATH, service_path
+from podserve.runtime import api
+from podserve.runtime.lifecycle import Lifecycle
+from podserve.runtime.logs import log_request
+from podserve.runtime.metrics import Metrics
+from podserve.runtime.pool import InstancePool
+from podserve.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+#: Headers by which a caller (or Envoy, from the route's timeout) may shorten the deadline.
+DEADLINE_HEADERS = ("X-Request-Timeout-Ms", "X-Envoy-Expected-Rq-Timeout-Ms")
+
+_HTTP_ERRORS = {404: errors.NotFound, 405: errors.MethodNotAllowed, 413: errors.PayloadTooLarge,
+                415: errors.UnsupportedMediaType}
+
+
+def create_app(settings: ServingSettings, pool: InstancePool, lifecycle: Lifecycle, metrics: Metrics) -> Flask:
+    """Return the WSGI app serving one service from `pool`."""
+    app = Flask("podserve")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    route = service_path(settings.service_name)
+
+    def respond(status: int, body: dict, headers: dict[str, str] | None = None) -> Response:
+        response = Response(json.dumps(body), status=status, mimetype="application/json", headers=headers)
+        if lifecycle.closing:
+            response.headers["Connection"] = "close"
+        return response
+
+    def error_response(error: ServingError, payload: Payload | None = None) -> Response:
+        return respond(error.status, api.error_body(error, payload), error.headers)
+
+    @app.get(PING_PATH)
+    def ping() -> Response:
+        if lifecycle.draining:
+            return error_response(NotReady("shutting down: this pod no longer takes new traffic"))
+        if not pool.ready:
+            return error_response(NotReady(f"not ready: {pool.status()}"))
+        return respond(200, {"results": {"ready": True, "instances": len(pool.workers)}, "msg": pool.status()})
+
+    @app.get(LIVE_PATH)
+    def live() -> Response:
+        problem = pool.liveness_problem()
+        if problem:
+            return error_response(ServingError(f"wedged: {problem}"))
+        return respond(200, {"results": {"alive": True}, "msg": "ok"})
+
+    @app.get(METRICS_PATH)
+    def metrics_page() -> Response:
+        return Response(generate_latest(REGISTRY), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.post(route)
+    def infer() -> Response:
+        started = time.perf_counter()
+        lifecycle.request_started()
+        metrics.in_flight.inc()
+        payload: Payload | None = None
+        item = None
+        failure = None
+        try:
+            deadline = time.monotonic() + _timeout_seconds(settings)
+            handler = pool.decoder()
+            if not pool.has_room():
+                raise Overloaded("every instance's queue is full; retry shortly", headers={"Retry-After": "1"})
+            with pool.admit() as admission:
+                payload = api.parse_request(request.content_type, _read_body(), request.args,
+                                            settings.max_image_pixels)
+                model_input = _call_handler(handler.decode, payload)
+                item = pool.submit(model_input, handler.batch_key(model_input), deadline, admission)
+            output = item.wait()
+            results = _call_handler(item.worker.handler.encode, output)
+            try:
+                response = respond(200, api.success_body(payload, results))
+            except (TypeError, ValueError) as exc:
+                raise HandlerFailed(f"{type(handler).__name__}.encode returned something JSON cannot hold "
+                                    f"({exc}); return lists, numbers, strings, dicts") from None
+        except ServingError as exc:
+            failure = exc.message
+            response = error_response(exc, payload)
+        finally:
+            lifecycle.request_finished()
+            metrics.in_flight.dec()
+        seconds = time.perf_counter() - started
+        metrics.observe_request(route, response.status_code, seconds)
+        log_request({"route": route, "status": response.status_code, **api.ids_of(payload),
+                     "total_ms": round(seconds * 1000, 2),
+                     "queue_ms": round(item.queue_seconds * 1000, 2) if item else None,
+                     "infer_ms": round(item.inference_seconds * 1000, 2) if item else None,
+                     "batch": item.batch_size if item else None,
+                     "instance": item.worker.name if item and item.worker else None,
+                     "error": failure})
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        kind = _HTTP_ERRORS.get(exc.code or 500)
+        if kind is errors.NotFound:
+            error = kind(f"no route {request.path!r}; this server answers POST {route}, GET {PING_PATH}, "
+                         f"GET {LIVE_PATH}, GET {METRICS_PATH}")
+        elif kind is errors.MethodNotAllowed:
+            error = kind(f"{request.method} is not allowed on {request.path}; allowed: "
+                         f"{', '.join(sorted(exc.valid_methods or []))}")
+        elif kind is not None:
+            error = kind(exc.description or kind.__name__)
+        else:
+            error = InvalidInput(exc.description or "bad request") if 400 <= (exc.code or 500) < 500 else \
+                ServingError(exc.description or "internal error")
+            error.status = exc.code or 500
+        metrics.observe_request("other", error.status, 0.0)
+        return error_response(error)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(ServingError(f"internal error: {type(exc).__name__}; see the server log"))
+
+    return app
+
+
+def _read_body() -> bytes:
+    try:
+        return request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise errors.PayloadTooLarge(f"the body is {request.content_length} bytes, over the limit of "
+                                     f"{request.max_content_length}; send a smaller image", field="body") from None
+
+
+def _timeout_seconds(settings: ServingSettings) -> float:
+    """Return the request's time budget: the server's default, lowered (never raised) by a header."""
+    budget = settings.request_timeout_ms
+    for header in DEADLINE_HEADERS:
+        raw = request.headers.get(header)
+        if raw is None:
+            continue
+        try:
+            asked = float(raw)
+        except ValueError:
+            raise InvalidInput(f"header {header}: {raw!r} is not a number of milliseconds", field=header) from None
+        if not asked > 0:
+            raise InvalidInput(f"header {header}: {raw!r} must be a positive number of milliseconds", field=header)
+        budget = min(budget, asked)
+    return budget / 1000.0
+
+
+def _call_handler(method: Callable[[Any], Any], argument: Any) -> Any:
+    """Call a handler verb; its InvalidInput passes through, anything else becomes a logged 500."""
+    try:
+        return method(argument)
+    except ServingError:
+        raise
+    except Exception as exc:
+        owner = type(getattr(method, "__self__", None)).__name__
+        log.exception("%s.%s raised", owner, method.__name__)
+        raise HandlerFailed(f"{owner}.{method.__name__} failed: {type(exc).__name__}; see the server log") from None

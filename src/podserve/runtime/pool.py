@@ -1,0 +1,179 @@
+"""The model instances of this process: loading them, and sending each input to the least-loaded one."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from podserve.errors import HandlerFailed, NotReady, Overloaded
+from podserve.handler import Device, Handler
+from podserve.runtime.batcher import BatchWorker, WorkItem
+from podserve.runtime.metrics import Metrics
+from podserve.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+
+class HandlerImportError(ImportError):
+    """The handler named in the settings cannot be imported."""
+
+
+def import_handler(spec: str) -> type[Handler]:
+    """Return the Handler class named 'module:Class'."""
+    module_name, _, class_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise HandlerImportError(f"handler {spec!r}: cannot import module {module_name!r} ({exc}); "
+                                 f"check `handler` in value.py and that src/ is on the path") from exc
+    handler = getattr(module, class_name, None)
+    if not (isinstance(handler, type) and issubclass(handler, Handler)):
+        raise HandlerImportError(f"handler {spec!r}: {module_name} has no Handler subclass named {class_name!r}; "
+                                 f"check `handler` in value.py")
+    return handler
+
+
+class InstancePool:
+    """Load one handler per Device, give each a BatchWorker, and route inputs to the least loaded."""
+
+    def __init__(self, handler_class: Callable[[], Handler], devices: list[Device], settings: ServingSettings,
+                 metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self._handler_class = handler_class
+        self._devices = devices
+        self.names = [f"{device.label}-{i}" for i, device in enumerate(devices)]
+        self.workers: list[BatchWorker] = []
+        self.failure: str | None = None
+        self._loaded = threading.Event()
+        self._incoming = 0  # requests admitted and still being decoded: batches worth waiting for
+        self._incoming_lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded.is_set() and self.failure is None
+
+    def status(self) -> str:
+        """Say in words why the pool is or is not ready."""
+        if self.failure:
+            return self.failure
+        if not self._loaded.is_set():
+            return f"loading model instances: {len(self.workers)} of {len(self._devices)} ready"
+        return f"{len(self.workers)} instance(s) ready"
+
+    def load_in_background(self) -> threading.Thread:
+        thread = threading.Thread(target=self.load, name="model-loader", daemon=True)
+        thread.start()
+        return thread
+
+    def load(self) -> None:
+        """Load and warm up every instance in turn; on failure, record why (ping reports it)."""
+        for name, device in zip(self.names, self._devices):
+            labels = (self.metrics.service, name)
+            self.metrics.instance_ready.labels(*labels).set(0)
+            try:
+                started = time.perf_counter()
+                handler = self._handler_class()
+                handler.load(self.settings.model_path, device)
+                loaded = time.perf_counter()
+                self._warm_up(handler)
+                warmed = time.perf_counter()
+            except Exception as exc:
+                log.exception("instance %s failed to load", name)
+                self.failure = f"instance {name} failed to load: {type(exc).__name__}: {exc}"
+                return
+            self.metrics.model_load.labels(*labels).set(loaded - started)
+            self.metrics.warmup.labels(*labels).set(warmed - loaded)
+            worker = BatchWorker(name, handler, max_batch_size=self.settings.max_batch_size,
+                                 max_batch_delay=self.settings.max_batch_delay_ms / 1000.0,
+                                 capacity=self.settings.queue_size, on_batch=self._record_batch,
+                                 more_coming=lambda: self._incoming > 0)
+            self.metrics.queue_depth.labels(*labels).set_function(lambda w=worker: w.depth)
+            worker.start()
+            self.workers.append(worker)
+            self.metrics.instance_ready.labels(*labels).set(1)
+            log.info("instance %s ready on %s (provider %s): load %.2fs, warm-up %.2fs", name, device,
+                     getattr(handler, "provider", "n/a"), loaded - started, warmed - loaded)
+        self._loaded.set()
+
+    def _warm_up(self, handler: Handler) -> None:
+        inputs = handler.warmup_inputs()
+        if not inputs:
+            return
+        for size in sorted({1, self.settings.max_batch_size}):
+            batch = (inputs * size)[:size]
+            outputs = handler.predict(batch)
+            if len(outputs) != len(batch):
+                raise HandlerFailed(f"{type(handler).__name__}.predict returned {len(outputs)} outputs for a "
+                                    f"warm-up batch of {len(batch)}; it must return one output per input")
+
+    def decoder(self) -> Handler:
+        """Return a handler whose `decode`/`encode` request threads may call."""
+        if not self.ready:
+            raise NotReady(f"not ready: {self.status()}", headers={"Retry-After": "1"})
+        return self.workers[0].handler
+
+    def admit(self) -> "_Incoming":
+        """Count a request as on its way to a queue while it is decoded: `with pool.admit(): ...`."""
+        return _Incoming(self)
+
+    def has_room(self) -> bool:
+        return any(worker.has_room() for worker in self.workers)
+
+    def submit(self, input: Any, key: Any, deadline: float, admission: _Incoming | None = None) -> WorkItem:
+        """Queue `input` on the least-loaded instance with room; raise Overloaded when all are full."""
+        item = WorkItem(input, key, deadline)
+        if admission is not None:
+            admission.release()  # before queueing, so the batch thread does not wait for this very request
+        for worker in sorted(self.workers, key=lambda w: w.load):
+            try:
+                worker.submit(item)
+                return item
+            except Overloaded:
+                continue
+        raise Overloaded(f"every instance's queue is full ({len(self.workers)} x {self.settings.queue_size}); "
+                         f"retry shortly", headers={"Retry-After": "1"})
+
+    def is_idle(self) -> bool:
+        return all(worker.load == 0 for worker in self.workers)
+
+    def liveness_problem(self) -> str | None:
+        """Return why the process is wedged (a batch thread dead or stuck), or None when it is alive."""
+        for worker in self.workers:
+            if not worker.is_alive(self.settings.stuck_batch_seconds):
+                return (f"instance {worker.name}: batch thread is dead or one batch has run over "
+                        f"{self.settings.stuck_batch_seconds:g}s")
+        return None
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop(timeout=self.settings.stuck_batch_seconds)
+
+    def _record_batch(self, worker: BatchWorker, size: int, seconds: float, items: list[WorkItem]) -> None:
+        self.metrics.observe_batch(worker.name, size, seconds, [item.queue_seconds for item in items])
+
+
+class _Incoming:
+    """A request counted as on its way from admission until it is queued (or fails)."""
+
+    def __init__(self, pool: InstancePool):
+        self.pool = pool
+        self.counted = False
+
+    def __enter__(self) -> "_Incoming":
+        with self.pool._incoming_lock:
+            self.pool._incoming += 1
+            self.counted = True
+        return self
+
+    def release(self) -> None:
+        with self.pool._incoming_lock:
+            if self.counted:
+                self.pool._incoming -= 1
+                self.counted = False
+
+    def __exit__(self, *_exc) -> None:
+        self.release()

@@ -1,0 +1,203 @@
+"""Checks on rendered manifests, run before anything is written.
+
+They read the parsed documents, not the template context, so a template mistake is caught
+whatever caused it: object names and labels, selectors that reach the pods, replicas
+versus an HPA, probe and shutdown budgets, the environment the server will read back,
+Pod Security "restricted", and routes that can never catch another service's traffic.
+Each problem names the stage and object and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from podserve import routes
+from podserve.settings import ServingSettings, SettingsError
+from podserve.tooling import routing
+from podserve.tooling.conf import Conf, Stage
+from podserve.tooling.manifests import shutdown_seconds
+from podserve.tooling.valuefile import Problem, ValueFileError
+from podserve.tooling.values import ServiceValues
+
+_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+ONE_EACH = ("Deployment", "Service", "VirtualService", "DestinationRule", "PodDisruptionBudget", "PodMonitor")
+_SAFE_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                 "projected", "secret"}
+
+
+class ManifestError(ValueFileError):
+    """Rendered manifests fail a check; nothing was written."""
+
+
+def check_stage(docs: list[dict], values: ServiceValues, conf: Conf, stage: Stage) -> list[Problem]:
+    """Return every problem with one stage's rendered documents."""
+    problems: list[Problem] = []
+    say = lambda where, message: problems.append(Problem(f"{stage.name}: {where}", message))  # noqa: E731
+    by_kind: dict[str, list[dict]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc.get("kind"), []).append(doc)
+        _check_metadata(doc, stage, say)
+    for kind in ONE_EACH:
+        if len(by_kind.get(kind, [])) != 1:
+            say(kind, f"the stage must have exactly one, not {len(by_kind.get(kind, []))}")
+    if problems:
+        return problems
+    deployment = by_kind["Deployment"][0]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for doc, selector in _selectors(by_kind):
+        if not selector or any(pod_labels.get(k) != v for k, v in selector.items()):
+            say(doc["kind"], f"selector {selector} does not select the Deployment's pods ({pod_labels})")
+    _check_replicas(deployment, by_kind.get("HorizontalPodAutoscaler", []), values.replicas_for(stage), say)
+    pod = deployment["spec"]["template"]
+    _check_pod(pod, values, conf, stage, say)
+    _check_pod_security(pod["spec"], stage, say)
+    _check_mesh(by_kind, stage, say)
+    return problems
+
+
+def check_routes(rendered: dict[str, list[dict]]) -> list[Problem]:
+    """Return a problem for every route that is not exact or "/"-ended prefix, or shares paths with another stage's."""
+    problems = []
+    ours = {stage: [routing.Route(stage, r.host, r.match) for doc in docs if doc["kind"] == "VirtualService"
+                    for r in routing.routes_of(doc)] for stage, docs in rendered.items()}
+    flat = [route for stage_routes in ours.values() for route in stage_routes]
+    for a, b in routing.conflicts(flat, flat):
+        if a.owner < b.owner:
+            problems.append(Problem(f"{a.owner}: VirtualService", f"{a.match.kind} {a.match.value} shares paths with "
+                                    f"stage {b.owner}'s {b.match.kind} {b.match.value} on {a.host}"))
+    for route in flat:
+        if route.match.kind == "prefix" and not route.match.value.endswith("/"):
+            problems.append(Problem(f"{route.owner}: VirtualService", f"prefix {route.match.value} does not end in "
+                                    "'/': it would also catch services whose names start the same"))
+        if route.match.kind == "regex":
+            problems.append(Problem(f"{route.owner}: VirtualService", "routes use exact and prefix matches only"))
+    return problems
+
+
+def _check_metadata(doc: dict, stage: Stage, say) -> None:
+    meta = doc.get("metadata") or {}
+    where = f"{doc.get('kind')} {meta.get('name')}"
+    if not _NAME.match(str(meta.get("name", ""))) or len(meta["name"]) > 63:
+        say(where, "the name must be a DNS-1035 label of at most 63 characters")
+    if meta.get("namespace") != stage.namespace:
+        say(where, f"namespace {meta.get('namespace')!r} is not the stage's {stage.namespace!r}")
+    for labels in (meta.get("labels") or {}, (((doc.get("spec") or {}).get("template") or {}).get("metadata") or {})
+                   .get("labels") or {}):
+        for key, value in labels.items():
+            prefix, _, name = key.rpartition("/")
+            if (prefix and not _PREFIX.match(prefix)) or not name or not _LABEL_NAME.match(name) or len(name) > 63:
+                say(where, f"label key {key!r} is not a valid label key")
+            if not isinstance(value, str) or not _LABEL_NAME.match(value) or len(value) > 63:
+                say(where, f"label {key}={value!r} is not a valid label value (a string of at most 63 characters)")
+
+
+def _selectors(by_kind: dict[str, list[dict]]):
+    yield by_kind["Deployment"][0], by_kind["Deployment"][0]["spec"]["selector"]["matchLabels"]
+    yield by_kind["Service"][0], by_kind["Service"][0]["spec"].get("selector")
+    for kind in ("PodDisruptionBudget", "PodMonitor"):
+        yield by_kind[kind][0], by_kind[kind][0]["spec"]["selector"].get("matchLabels")
+
+
+def _check_replicas(deployment: dict, hpas: list[dict], replicas: int, say) -> None:
+    fixed = deployment["spec"].get("replicas")
+    if len(hpas) > 1:
+        say("HorizontalPodAutoscaler", "one stage has at most one")
+    for hpa in hpas:
+        target = hpa["spec"]["scaleTargetRef"]
+        if (target.get("kind"), target.get("name")) != ("Deployment", deployment["metadata"]["name"]):
+            say("HorizontalPodAutoscaler", f"scales {target}, not the stage's Deployment")
+        if fixed is not None:
+            say("Deployment", "sets spec.replicas while an HPA scales it: the two would fight; leave replicas to the HPA")
+        if hpa["spec"].get("minReplicas") != replicas:
+            say("HorizontalPodAutoscaler", f"minReplicas {hpa['spec'].get('minReplicas')} is not the stage's {replicas}")
+    if not hpas and fixed != replicas:
+        say("Deployment", f"spec.replicas is {fixed!r}, not the stage's {replicas}")
+
+
+def _check_pod(pod: dict, values: ServiceValues, conf: Conf, stage: Stage, say) -> None:
+    spec = pod["spec"]
+    server = next((c for c in spec["containers"] if c["name"] == "server"), None)
+    if server is None:
+        say("Deployment", "has no container named server")
+        return
+    probes = {kind: server.get(kind) or {} for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+    wanted = {"startupProbe": routes.PING_PATH, "readinessProbe": routes.PING_PATH, "livenessProbe": routes.LIVE_PATH}
+    for kind, probe in probes.items():
+        if (probe.get("httpGet") or {}).get("path") != wanted[kind]:
+            say("Deployment", f"{kind} must GET {wanted[kind]}")
+        if "initialDelaySeconds" in probe:
+            say("Deployment", f"{kind} sets initialDelaySeconds; the startup probe's budget replaces it")
+    startup = probes["startupProbe"]
+    budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+    if budget < values["init_delay_second"]:
+        say("Deployment", f"the startup probe allows {budget}s, less than init_delay_second = "
+            f"{values['init_delay_second']}: the pod would restart while loading")
+    stop = shutdown_seconds(values, conf)
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    if grace <= stop:
+        say("Deployment", f"terminationGracePeriodSeconds {grace} is not above preStop + drain + the longest "
+            f"request ({stop}s): requests would be killed")
+    proxy = json.loads(pod["metadata"].get("annotations", {}).get("proxy.istio.io/config", "{}"))
+    drain = int(str(proxy.get("terminationDrainDuration", "0s")).rstrip("s"))
+    if proxy.get("holdApplicationUntilProxyStarts") is not True or not stop <= drain < grace:
+        say("Deployment", f"proxy.istio.io/config must hold the app until the proxy starts and drain the proxy "
+            f"for {stop}s to {grace - 1}s, after the app; it is {proxy}")
+    env = {item["name"]: item.get("value", "") for item in server.get("env") or []}
+    try:
+        if ServingSettings.from_env(env) != values.serving_settings():
+            say("Deployment", "the server would read settings from its env that differ from value.py's")
+    except SettingsError as exc:
+        say("Deployment", f"the server would refuse its env: {exc}")
+    limits = server.get("resources", {}).get("limits", {})
+    gpus = conf.region_of(stage).gpu.resource
+    if int(limits.get(gpus, 0)) != values["gpu_num"]:
+        say("Deployment", f"limits give {limits.get(gpus, 0)} {gpus}, value.py's gpu_num is {values['gpu_num']}")
+
+
+def _check_pod_security(spec: dict, stage: Stage, say) -> None:
+    """Pod Security "restricted", except the hostPort that service discovery needs where conf allows it."""
+    context = spec.get("securityContext") or {}
+    where = "Deployment"
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            say(where, f"{key} is forbidden by Pod Security 'restricted'")
+    if (context.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+        say(where, "the pod must use the RuntimeDefault seccomp profile")
+    for volume in spec.get("volumes") or []:
+        if not set(volume) - {"name"} <= _SAFE_VOLUMES:
+            say(where, f"volume {volume.get('name')} is of a type Pod Security 'restricted' forbids")
+    for container in spec.get("containers", []) + spec.get("initContainers", []):
+        sc = container.get("securityContext") or {}
+        name = f"container {container['name']}"
+        if sc.get("allowPrivilegeEscalation") is not False or sc.get("privileged"):
+            say(where, f"{name} must set allowPrivilegeEscalation: false and not be privileged")
+        if not (sc.get("runAsNonRoot") or context.get("runAsNonRoot")) or 0 in (sc.get("runAsUser"), context.get("runAsUser")):
+            say(where, f"{name} must run as non-root")
+        capabilities = sc.get("capabilities") or {}
+        if "ALL" not in (capabilities.get("drop") or []) or set(capabilities.get("add") or []) - {"NET_BIND_SERVICE"}:
+            say(where, f"{name} must drop ALL capabilities")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            say(where, f"{name} must have a read-only root filesystem")
+        for port in container.get("ports") or []:
+            if port.get("hostPort") and not stage.service_discovery:
+                say(where, f"{name} uses hostPort {port['hostPort']}, which stage {stage.name} does not allow")
+
+
+def _check_mesh(by_kind: dict[str, list[dict]], stage: Stage, say) -> None:
+    service, vs, dr = by_kind["Service"][0], by_kind["VirtualService"][0], by_kind["DestinationRule"][0]
+    fqdn = f"{service['metadata']['name']}.{stage.namespace}.svc.cluster.local"
+    ports = {p["port"] for p in service["spec"]["ports"]}
+    if dr["spec"]["host"] != fqdn:
+        say("DestinationRule", f"host {dr['spec']['host']} is not the Service {fqdn}")
+    if (dr["spec"].get("trafficPolicy") or {}).get("loadBalancer", {}).get("simple") != "LEAST_REQUEST":
+        say("DestinationRule", "must balance by LEAST_REQUEST")
+    if vs["spec"].get("hosts") != [stage.ingress_host] or vs["spec"].get("gateways") != [stage.gateway]:
+        say("VirtualService", f"must bind host {stage.ingress_host} on gateway {stage.gateway}")
+    for http in vs["spec"].get("http") or []:
+        for route in http.get("route") or []:
+            destination = route["destination"]
+            if destination["host"] != fqdn or destination.get("port", {}).get("number") not in ports:
+                say("VirtualService", f"route {http.get('name')} goes to {destination}, not the Service {fqdn}")

@@ -1,0 +1,115 @@
+"""A service's manifests per stage: the names and numbers templates need, then the templates.
+
+`workload` derives everything a stage's templates use from value.py and conf/ (replicas,
+the image, env, thread counts, probe and shutdown budgets), so that templates hold the
+shape of each object and no arithmetic. `render_stage` renders templates/ with it and
+returns the parsed documents.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from decimal import Decimal
+from pathlib import Path
+
+from podserve import metric_names, routes
+from podserve.settings import HTTP_PORT
+from podserve.tooling import quantity, routing, templating
+from podserve.tooling.conf import Conf, Stage
+from podserve.tooling.values import ServiceValues
+
+TEMPLATES = ("deployment.yaml.j2", "service.yaml.j2", "virtualservice.yaml.j2", "destinationrule.yaml.j2",
+             "poddisruptionbudget.yaml.j2", "podmonitor.yaml.j2", "horizontalpodautoscaler.yaml.j2")
+#: Thread pools of the numeric libraries a model may load; each gets the instance's share.
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+AUTOSCALE_GAUGES = {"queue_depth": metric_names.QUEUE_DEPTH, "in_flight": metric_names.IN_FLIGHT}
+
+
+def image_ref(values: ServiceValues, conf: Conf, stage: Stage, tag: str) -> str:
+    """Return the stage's image: <registry>/<team>/<service>:<tag>."""
+    return f"{conf.region_of(stage).registry}/{values['username']}/{values['service_name']}:{tag}"
+
+
+def shutdown_seconds(values: ServiceValues, conf: Conf) -> int:
+    """Return the longest a pod takes to stop: preStop sleep, drain window, then the longest request."""
+    return (conf.platform.pod.prestop_sleep_seconds + math.ceil(values["drain_seconds"])
+            + math.ceil(values["request_timeout_ms"] / 1000))
+
+
+def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) -> dict:
+    """Return the template context of one stage of one service."""
+    platform, region = conf.platform, conf.region_of(stage)
+    gpu_num = values["gpu_num"]
+    replicas = values.replicas_for(stage)
+    labels = {"app.kubernetes.io/name": values["service_name"], "app.kubernetes.io/managed-by": "podserve",
+              "service": values["service_name"], "team": values["username"], "stage": stage.name,
+              "track": stage.track}
+    instances = values["ins_num_per_gpu"] * max(gpu_num, 1)
+    threads = max(1, int(values["cpu"]) // instances)
+    env = dict(values.serving_settings().to_env(), **{name: str(threads) for name in THREAD_ENV})
+    stop = shutdown_seconds(values, conf)
+    public_path = stage.public_path(values["service_name"], values["username"])
+    return {
+        "name": values["service_name"],
+        "namespace": stage.namespace,
+        "labels": labels,
+        "selector": {"service": values["service_name"], "stage": stage.name},
+        "image": image_ref(values, conf, stage, image_tag),
+        "replicas": replicas,
+        "autoscale": _autoscale(values, stage, replicas),
+        "env": [{"name": name, "value": env[name]} for name in sorted(env)],
+        "resources": _resources(values, conf, stage),
+        "pool": region.node_pools.gpu if gpu_num else region.node_pools.cpu,
+        "host_port": values["host_port"] if values["use_srv"] and stage.service_discovery else None,
+        "decode_sidecar": platform.decode_sidecar if values["use_decode_sidecar"] else None,
+        "port": HTTP_PORT,
+        "paths": {"ping": routes.PING_PATH, "live": routes.LIVE_PATH, "metrics": routes.METRICS_PATH,
+                  "service": routes.service_path(values["service_name"])},
+        "startup_failure_threshold": math.ceil(values["init_delay_second"] / platform.pod.probe_period_seconds),
+        "prestop_seconds": platform.pod.prestop_sleep_seconds,
+        "grace_seconds": stop + platform.pod.grace_margin_seconds,
+        "proxy_config": json.dumps({"holdApplicationUntilProxyStarts": True,
+                                    "terminationDrainDuration": f"{stop}s"}, sort_keys=True),
+        "host": stage.ingress_host,
+        "gateway": stage.gateway,
+        "matches": [{"uri": {m.kind: m.value}} for m in routing.service_matches(public_path)],
+        "fqdn": f"{values['service_name']}.{stage.namespace}.svc.cluster.local",
+        "route_timeout": _seconds(values["request_timeout_ms"] + platform.mesh.route_timeout_margin_ms),
+        "platform": platform,
+    }
+
+
+def render_stage(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str,
+                 templates: Path | None = None) -> list[dict]:
+    """Render every template for one stage; return the parsed documents in template order."""
+    env = templating.environment(templates or templating.default_templates_dir())
+    context = {"w": workload(values, conf, stage, image_tag)}
+    return [doc for name in TEMPLATES for doc in templating.render_documents(env, name, context)]
+
+
+def _autoscale(values: ServiceValues, stage: Stage, replicas: int) -> dict | None:
+    if not (stage.autoscale and values["max_replicas"] > replicas):
+        return None
+    return {"min": replicas, "max": values["max_replicas"], "metric": AUTOSCALE_GAUGES[values["autoscale_metric"]],
+            "target": _number_quantity(values["autoscale_target"])}
+
+
+def _resources(values: ServiceValues, conf: Conf, stage: Stage) -> dict:
+    region = conf.region_of(stage)
+    amounts = {"cpu": quantity.format_cpu(Decimal(str(values["cpu"]))), "memory": values["memory"]}
+    limits = dict(amounts)
+    if values["gpu_num"]:
+        limits[region.gpu.resource] = str(values["gpu_num"])
+        if region.gpu.memory_resource:
+            limits[region.gpu.memory_resource] = str(values["gpu_memory"] * 1024)
+    return {"requests": amounts, "limits": limits}
+
+
+def _seconds(ms: int) -> str:
+    return f"{(Decimal(ms) / 1000).normalize():f}s"
+
+
+def _number_quantity(number) -> str:
+    value = Decimal(str(number))
+    return str(int(value)) if value == value.to_integral_value() else f"{int(value * 1000)}m"

@@ -1,0 +1,102 @@
+"""The render command: value.py and conf/ to each stage's manifests, or exit 2 with nothing written.
+
+    python -m podserve.tooling.render --all [--values value.py] [--out build/manifests]
+    python -m podserve.tooling.render --stage grey [--stage ab ...] [--image-tag TAG]
+    python -m podserve.tooling.render --all --print-images   # the image each stage pulls
+
+Every chosen stage is rendered to memory, parsed back and checked; only when all pass are
+the files written, to <out>/<stage>/<kind>.yaml. The image tag comes from --image-tag,
+else $CI_COMMIT_SHORT_SHA, else "dev". --existing-routes takes the VirtualServices other
+services already serve (`kubectl get virtualservices -A -o yaml`) and refuses overlaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from podserve.tooling import checks, manifests, output, routing
+from podserve.tooling.conf import Conf, load_conf
+from podserve.tooling.valuefile import Problem, ValueFileError
+from podserve.tooling.values import ServiceValues, load_values
+
+EXIT_INVALID = 2
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Every chosen stage's checked documents, ready to write."""
+
+    values: ServiceValues
+    conf: Conf
+    stages: dict[str, list[dict]]
+
+
+def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf | None = None,
+           image_tag: str = "dev", existing_routes: list[routing.Route] = (),
+           templates: Path | None = None) -> Rendered:
+    """Render and check the chosen stages (all when None); raise ValueFileError (or a subclass) if anything is wrong."""
+    conf = conf if conf is not None else load_conf()
+    stages = list(conf.stages) if stages is None else stages
+    unknown = [s for s in stages if s not in conf.stages]
+    if unknown:
+        raise ValueFileError("--stage", [Problem("stage", f"{s!r} is not a stage; use one of {', '.join(conf.stages)}")
+                                         for s in unknown])
+    if not _TAG.match(image_tag):
+        raise ValueFileError("--image-tag", [Problem("image_tag", f"{image_tag!r} is not a valid image tag (letters, "
+                                                     "digits, _ . -, at most 128, not starting with . or -)")])
+    values = load_values(values_path, conf, existing_routes)
+    rendered = {name: manifests.render_stage(values, conf, conf.stages[name], image_tag, templates) for name in stages}
+    problems = [p for name in stages for p in checks.check_stage(rendered[name], values, conf, conf.stages[name])]
+    problems += checks.check_routes(rendered)
+    if problems:
+        raise checks.ManifestError("rendered manifests", problems)
+    return Rendered(values, conf, rendered)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the render command; return its exit status (0, or 2 when anything is invalid)."""
+    args = _parser().parse_args(argv)
+    tag = args.image_tag or os.environ.get("CI_COMMIT_SHORT_SHA") or "dev"
+    try:
+        conf = load_conf(args.conf)
+        existing = routing.load_existing_routes(args.existing_routes) if args.existing_routes else []
+        result = render(args.values, None if args.all else args.stage, conf, tag, existing)
+    except ValueFileError as exc:
+        print(f"Error: {exc}\nNothing was written.", file=sys.stderr)
+        return EXIT_INVALID
+    except (OSError, ValueError) as exc:
+        print(f"Error: {exc}\nNothing was written.", file=sys.stderr)
+        return EXIT_INVALID
+    if args.print_images:
+        images = {manifests.image_ref(result.values, conf, conf.stages[s], tag) for s in result.stages}
+        print("\n".join(sorted(images)))
+        return 0
+    written = output.write_stages(Path(args.out), result.stages)
+    for stage in result.stages:
+        count = sum(1 for path in written if path.parent.name == stage)
+        print(f"{Path(args.out) / stage}: {count} files, {len(result.stages[stage])} objects")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="render", description=__doc__.split("\n\n")[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stage", action="append", help="a stage from conf/stages.yaml (repeatable)")
+    which.add_argument("--all", action="store_true", help="every stage")
+    parser.add_argument("--values", default="value.py", help="the service's value.py (default: value.py)")
+    parser.add_argument("--conf", default=None, help="the platform's conf/ folder (default: the repository's)")
+    parser.add_argument("--out", default="build/manifests", help="write <out>/<stage>/*.yaml (default: build/manifests)")
+    parser.add_argument("--image-tag", default=None, help="image tag (default: $CI_COMMIT_SHORT_SHA, else dev)")
+    parser.add_argument("--existing-routes", default=None, help="VirtualServices already served (YAML), to refuse overlaps")
+    parser.add_argument("--print-images", action="store_true", help="print the stages' images and write nothing")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

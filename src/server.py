@@ -1,0 +1,39 @@
+"""The example service: which way up is a line of text? (0 or 180 degrees)
+
+The model is PaddleOCR's text-direction classifier, shipped in the rapidocr 3.10.0 wheel
+(`make model` puts it in model/). It reads a crop of one text line and scores "upright"
+against "upside down".
+"""
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from podserve import OnnxHandler, Payload
+
+HEIGHT, WIDTH = 48, 192
+ANGLES = (0, 180)
+
+
+class TextDirection(OnnxHandler):
+    """Classify a text-line image as 0 or 180 degrees."""
+
+    input_shape = (3, HEIGHT, WIDTH)
+
+    def decode(self, payload: Payload) -> np.ndarray:
+        """Resize to height 48 keeping the aspect (width up to 192), pad right, scale to [-1, 1], BGR."""
+        image = payload.open_image(mode="RGB", draft_size=(WIDTH, HEIGHT))
+        width, height = image.size
+        resized_width = min(WIDTH, math.ceil(HEIGHT * width / height))
+        pixels = np.asarray(image.resize((resized_width, HEIGHT), Image.BILINEAR), dtype=np.float32)
+        item = np.zeros(self.input_shape, dtype=np.float32)
+        # The model was trained on OpenCV's BGR channel order.
+        item[:, :, :resized_width] = pixels[:, :, ::-1].transpose(2, 0, 1)
+        item[:, :, :resized_width] *= 1 / 127.5
+        item[:, :, :resized_width] -= 1.0
+        return item
+
+    def encode(self, scores: np.ndarray) -> dict:
+        best = int(np.argmax(scores))
+        return {"angle": ANGLES[best], "score": round(float(scores[best]), 4)}

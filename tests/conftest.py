@@ -1,0 +1,43 @@
+"""Fixtures shared by every test: the repo's paths, and a tiny ONNX model made on the spot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def affine_model(tmp_path_factory) -> Path:
+    """An ONNX model y = 2x + 1 over float32 [N, D], D free: cheap, and its answers are known."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["doubled"]), helper.make_node("Add", ["doubled", "one"], ["y"])],
+        "affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "D"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "D"])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]), helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = tmp_path_factory.mktemp("models") / "affine.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def example_model() -> Path:
+    """The real example model, fetched by `make test` (make model) before pytest starts."""
+    path = REPO / "model" / "ch_ppocr_mobile_v2.0_cls_mobile.onnx"
+    assert path.is_file(), "the example model is missing: run `make model` (make test does it first)"
+    return path

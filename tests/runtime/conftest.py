@@ -1,0 +1,24 @@
+"""Fixtures that start real servers for the runtime tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving import Server
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Start a server with the given settings, wait until ready, stop it after the test."""
+    servers: list[Server] = []
+
+    def start(wait: bool = True, **settings) -> Server:
+        server = Server(tmp_path / f"server-{len(servers)}.log", **settings)
+        servers.append(server)
+        if wait:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

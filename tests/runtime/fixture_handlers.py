@@ -1,0 +1,61 @@
+"""Handlers the runtime tests serve: each one exercises one part of the contract."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from podserve import InvalidInput, OnnxHandler, Payload
+
+SLEEP_ENV = "TEST_PREDICT_SLEEP"
+
+
+class Affine(OnnxHandler):
+    """y = 2x + 1 over a list of numbers sent as `data`."""
+
+    input_shape = (4,)
+
+    def decode(self, payload: Payload) -> np.ndarray:
+        data = payload.data
+        if not isinstance(data, list) or not 1 <= len(data) <= 64:
+            raise InvalidInput("'data' must be a list of 1 to 64 numbers", field="data")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data):
+            raise InvalidInput("'data' must hold only numbers", field="data")
+        return np.asarray(data, dtype=np.float32)
+
+
+class SlowAffine(Affine):
+    """Affine whose every predict call first sleeps TEST_PREDICT_SLEEP seconds."""
+
+    def predict(self, batch):
+        time.sleep(float(os.environ.get(SLEEP_ENV, "0.5")))
+        return super().predict(batch)
+
+
+class Faulty(Affine):
+    """Affine with planted bugs: decode crashes on 13, predict on 666, and breaks its contract on 7."""
+
+    def decode(self, payload: Payload) -> np.ndarray:
+        item = super().decode(payload)
+        if item[0] == 13:
+            raise KeyError("a bug in decode")
+        return item
+
+    def predict(self, batch):
+        if any(item[0] == 666 for item in batch):
+            raise RuntimeError("a bug in predict")
+        outputs = super().predict(batch)
+        if any(item[0] == 7 for item in batch):
+            return outputs[:-1]
+        return outputs
+
+
+class Hangs(Affine):
+    """Affine whose predict hangs for 3 s on 999: a wedged batch thread."""
+
+    def predict(self, batch):
+        if any(item[0] == 999 for item in batch):
+            time.sleep(3)
+        return super().predict(batch)

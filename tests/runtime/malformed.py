@@ -1,0 +1,64 @@
+"""Malformed requests of every kind, each with the status and field the server must answer with."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+
+from images import text_image
+
+MAX_BODY = 256 * 1024
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels: a decompression bomb's calling card."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+GOOD_PNG = text_image("malformed")
+JSON = {"Content-Type": "application/json"}
+RAW = {"Content-Type": "application/octet-stream"}
+
+#: name -> (request kwargs for the service route, expected status, field named in the error or None)
+CASES: dict[str, tuple[dict, int, str | None]] = {
+    "not json": ({"data": b'{"image": ', "headers": JSON}, 400, "body"),
+    "json list": ({"data": b"[1, 2]", "headers": JSON}, 400, "body"),
+    "json string": ({"data": b'"image"', "headers": JSON}, 400, "body"),
+    "empty body": ({"data": b"", "headers": JSON}, 400, "body"),
+    "not utf-8": ({"data": b'{"image": "\xff\xfe"}', "headers": JSON}, 400, "body"),
+    "nested too deep": ({"data": b"[" * 100_000, "headers": JSON}, 400, "body"),
+    "no input": ({"json": {"postid": "1"}}, 400, "image"),
+    "two inputs": ({"json": {"image": b64(GOOD_PNG), "data": [1]}}, 400, "data"),
+    "data instead of image": ({"json": {"data": [1, 2, 3]}}, 400, "image"),
+    "postid is an object": ({"json": {"postid": {"a": 1}, "image": b64(GOOD_PNG)}}, 400, "postid"),
+    "uid is a bool": ({"json": {"uid": True, "image": b64(GOOD_PNG)}}, 400, "uid"),
+    "seqid too long": ({"json": {"seqid": "x" * 300, "image": b64(GOOD_PNG)}}, 400, "seqid"),
+    "image is a number": ({"json": {"image": 12345}}, 400, "image"),
+    "image bad base64 char": ({"json": {"image": "iVBOR$$w0KGgo="}}, 400, "image"),
+    "image bad padding": ({"json": {"image": "iVBORw0KGgoA"[:-1]}}, 400, "image"),
+    "image empty": ({"json": {"image": ""}}, 400, "image"),
+    "image is text": ({"json": {"image": b64(b"hello, I am not an image at all")}}, 400, "image"),
+    "image truncated": ({"json": {"image": b64(GOOD_PNG[: len(GOOD_PNG) // 2])}}, 400, "image"),
+    "image bomb": ({"json": {"image": b64(png_claiming(60_000, 60_000))}}, 400, "image"),
+    "image bomb raw": ({"data": png_claiming(100_000, 100_000), "headers": RAW}, 400, "image"),
+    "raw garbage": ({"data": b"\x00\x01garbage" * 10, "headers": RAW}, 400, "image"),
+    "raw empty": ({"data": b"", "headers": RAW}, 400, "image"),
+    "wrong content type": ({"data": b"image=abc", "headers": {"Content-Type": "text/plain"}}, 415, "Content-Type"),
+    "body over limit": ({"data": b"x" * (MAX_BODY + 10), "headers": RAW}, 413, "body"),
+    "deadline not a number": ({"json": {"image": b64(GOOD_PNG)}, "headers": {"X-Request-Timeout-Ms": "soon"}},
+                              400, "X-Request-Timeout-Ms"),
+    "deadline negative": ({"json": {"image": b64(GOOD_PNG)}, "headers": {"X-Request-Timeout-Ms": "-5"}},
+                          400, "X-Request-Timeout-Ms"),
+}
+
+#: (method, path, expected status) for requests that miss the service route.
+ROUTE_CASES = [("POST", "/api/no-such-service", 404), ("GET", "/api/example", 405), ("POST", "/api/ping", 405),
+               ("GET", "/nothing/here", 404), ("DELETE", "/metrics", 405)]
