@@ -81,3 +81,10 @@ class DeadlineExceeded(ServingError):
 
     status = 504
     code = "deadline_exceeded"
+
+
+class Wedged(ServingError):
+    """A batch thread died or is stuck: the liveness probe fails so that Kubernetes restarts the pod."""
+
+    status = 503
+    code = "wedged"

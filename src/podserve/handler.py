@@ -49,8 +49,8 @@ class Payload:
     """One request as the handler sees it: the ids, and one of image, data or video.
 
     `image` is the raw bytes of an encoded image (already base64-decoded when the caller
-    sent JSON); turn it into pixels with `podserve.decode_image`, which guards against
-    oversized images and decompression bombs.
+    sent JSON); `open_image()` turns it into pixels, refusing oversized images and
+    decompression bombs with a 400 that names the field.
     """
 
     postid: Any = None
@@ -80,7 +80,7 @@ class Handler:
     example, runnable as it stands::
 
         import numpy as np
-        from podserve import Handler, InvalidInput
+        from podserve import Handler, InvalidInput, Payload
 
         class Doubler(Handler):
             def load(self, model_path, device):
@@ -160,12 +160,7 @@ class OnnxHandler(Handler):
         options.inter_op_num_threads = 1
         options.intra_op_num_threads = max(1, device.cpu_threads) if not device.is_gpu else 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        providers: list = ["CPUExecutionProvider"]
-        if device.is_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-            cuda = {"device_id": device.index}
-            if device.memory_limit_bytes:
-                cuda["gpu_mem_limit"] = device.memory_limit_bytes
-            providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+        providers = onnx_providers(device, ort.get_available_providers())
         self.session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -194,6 +189,16 @@ class OnnxHandler(Handler):
                                 f"{inputs[0].shape}; set `input_shape` on the handler (one item, no batch axis)")
         dtype = _ONNX_DTYPES.get(inputs[0].type, np.float32)
         return [np.zeros(shape, dtype=dtype)]
+
+
+def onnx_providers(device: Device, available: list[str]) -> list:
+    """Return onnxruntime's provider list for `device`: CUDA on its GPU with its memory limit, else the CPU."""
+    if device.is_gpu and "CUDAExecutionProvider" in available:
+        cuda: dict = {"device_id": device.index}
+        if device.memory_limit_bytes:
+            cuda["gpu_mem_limit"] = device.memory_limit_bytes
+        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
 
 
 _ONNX_DTYPES = {

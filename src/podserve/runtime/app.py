@@ -38,10 +38,7 @@ def create_app(settings: ServingSettings, pool: InstancePool, lifecycle: Lifecyc
     route = service_path(settings.service_name)
 
     def respond(status: int, body: dict, headers: dict[str, str] | None = None) -> Response:
-        response = Response(json.dumps(body), status=status, mimetype="application/json", headers=headers)
-        if lifecycle.closing:
-            response.headers["Connection"] = "close"
-        return response
+        return Response(json.dumps(body), status=status, mimetype="application/json", headers=headers)
 
     def error_response(error: ServingError, payload: Payload | None = None) -> Response:
         return respond(error.status, api.error_body(error, payload), error.headers)
@@ -58,7 +55,7 @@ def create_app(settings: ServingSettings, pool: InstancePool, lifecycle: Lifecyc
     def live() -> Response:
         problem = pool.liveness_problem()
         if problem:
-            return error_response(ServingError(f"wedged: {problem}"))
+            return error_response(errors.Wedged(f"wedged: {problem}"))
         return respond(200, {"results": {"alive": True}, "msg": "ok"})
 
     @app.get(METRICS_PATH)

@@ -3,9 +3,9 @@
 Shutdown order, so that no accepted request is lost:
 1. draining: `/api/ping` answers 503 at once, requests are still accepted for
    `drain_seconds` (the mesh needs that long to stop routing here);
-2. closing: the listening socket is closed (new connections are refused) and every response
-   carries `Connection: close`;
-3. queued and in-flight requests finish and their responses are flushed;
+2. closing: the listening socket is closed, so new connections are refused;
+3. queued and in-flight requests finish and their responses are flushed; each keep-alive
+   connection is closed once it has nothing left to answer;
 4. the event loop ends and the process exits 0.
 """
 
@@ -25,7 +25,6 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self.draining = False
-        self.closing = False
         self._in_flight = 0
         self._lock = threading.Lock()
 
@@ -69,7 +68,6 @@ class GracefulShutdown:
 
     def _run(self, drain_seconds: float) -> None:
         time.sleep(drain_seconds)
-        self.lifecycle.closing = True
         self._in_loop(self._stop_listening)
         give_up = time.monotonic() + self.finish_timeout
         while (self.lifecycle.in_flight or not self.is_idle()) and time.monotonic() < give_up:
@@ -80,7 +78,6 @@ class GracefulShutdown:
         while self.server._map and time.monotonic() < give_up + 5:
             self._in_loop(self._close_idle_channels)
             time.sleep(0.02)
-        log.info("closed: every accepted request was answered")
 
     def _in_loop(self, thunk: Callable[[], None]) -> None:
         """Run `thunk` in the event loop's thread, where waitress's sockets may be touched."""
@@ -113,4 +110,5 @@ class GracefulShutdown:
             else:
                 busy = True
         if not busy:
+            log.info("closed: every accepted request was answered")
             self.server.trigger.close()  # the map is now empty: waitress's loop returns

@@ -3,7 +3,8 @@
     python -m podserve.tooling.serve_local [value.py]
 
 Reads and checks value.py, turns it into the same PODSERVE_* variables the Deployment
-sets, listens on 127.0.0.1, and replaces this process with `python -m podserve.runtime`.
+sets, listens on 127.0.0.1 (PODSERVE_HOST and PODSERVE_PORT in the environment override
+the address), and replaces this process with `python -m podserve.runtime`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,19 @@ from podserve.tooling.valuefile import ValueFileError
 from podserve.tooling.values import load_values
 
 
+#: Settings the caller's environment may override locally (e.g. `PODSERVE_PORT=18080 make serve`).
+LOCAL_DEFAULTS = {"host": "127.0.0.1", "port": None}
+
+
 def local_environment(values_path: str, environ: dict[str, str]) -> dict[str, str]:
     """Return the environment a local server gets: the pod's settings, bound to loopback."""
     settings = load_values(values_path).serving_settings()
     env = {**environ, **settings.to_env()}
-    env[settings.env_name("host")] = environ.get(settings.env_name("host"), "127.0.0.1")
+    for name, local_default in LOCAL_DEFAULTS.items():
+        variable = settings.env_name(name)
+        chosen = environ.get(variable) or local_default
+        if chosen is not None:
+            env[variable] = chosen
     return env
 
 

@@ -1,0 +1,36 @@
+# The service's image: `docker build --build-arg FLAVOR=cpu .` or `--build-arg FLAVOR=gpu`.
+# CPU and GPU images differ only in their base and in requirements/<flavor>.txt
+# (onnxruntime vs onnxruntime-gpu). No compilers in the final stage, no secrets anywhere:
+# credentials for the registry come from CI variables at push time, never from this file.
+# The model files must be in model/ before the build (CI fetches or merges them first).
+
+ARG FLAVOR=cpu
+
+FROM python:3.11.7-slim-bookworm AS python-cpu
+
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS python-gpu
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && ln -s /usr/bin/python3 /usr/local/bin/python \
+ && rm -rf /var/lib/apt/lists/*
+
+FROM python-${FLAVOR} AS build
+ARG FLAVOR
+COPY requirements/ /tmp/requirements/
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements/${FLAVOR}.txt
+
+FROM python-${FLAVOR} AS runtime
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY src/ /app/src/
+COPY model/ /app/model/
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin podserve
+USER 10001
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app/src \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s CMD ["python", "-m", "podserve.runtime.healthcheck"]
+CMD ["python", "-m", "podserve.runtime"]

@@ -1,0 +1,159 @@
+"""The runtime's parts on their own: settings, device planning, providers, the batcher, the wire format."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded
+from podserve.handler import Device, Handler, Payload, onnx_providers
+from podserve.runtime import api
+from podserve.runtime.batcher import BatchWorker, WorkItem
+from podserve.runtime.devices import cpu_share, plan_devices
+from podserve.settings import ServingSettings, SettingsError
+
+
+def test_settings_round_trip_through_the_environment():
+    settings = ServingSettings(service_name="ocr", max_batch_size=32, max_batch_delay_ms=3.5, gpu_num=2)
+    assert ServingSettings.from_env(settings.to_env()) == settings
+    assert settings.to_env()["PODSERVE_MAX_BATCH_SIZE"] == "32"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PODSERVE_MAX_BATCH_SIZE": "lots"}, "PODSERVE_MAX_BATCH_SIZE='lots' is not a valid int"),
+    ({"PODSERVE_QUEUE_SIZE": "0"}, "PODSERVE_QUEUE_SIZE=0 must be above 0"),
+    ({"PODSERVE_DRAIN_SECONDS": "-1"}, "PODSERVE_DRAIN_SECONDS=-1.0 must be 0 or more"),
+    ({"PODSERVE_HANDLER": "server.Handler"}, "must be 'module:Class'"),
+])
+def test_bad_settings_name_the_variable(env, message):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ServingSettings.from_env(env)
+
+
+def test_gpu_plan_puts_instances_on_each_visible_gpu_with_the_memory_limit():
+    settings = ServingSettings(gpu_num=2, ins_num_per_gpu=2, gpu_memory=10)
+    devices = plan_devices(settings, {"CUDA_VISIBLE_DEVICES": "3,5"}, cuda_available=True)
+    assert [(d.kind, d.index) for d in devices] == [("cuda", 0), ("cuda", 0), ("cuda", 1), ("cuda", 1)]
+    assert {d.memory_limit_bytes for d in devices} == {10 * 1024 ** 3}
+    providers = onnx_providers(devices[2], ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert providers == [("CUDAExecutionProvider", {"device_id": 1, "gpu_mem_limit": 10 * 1024 ** 3}),
+                         "CPUExecutionProvider"]
+
+
+def test_without_cuda_the_plan_falls_back_to_the_cpu_and_splits_its_threads(tmp_path):
+    settings = ServingSettings(gpu_num=1, ins_num_per_gpu=2, cpu=64)
+    devices = plan_devices(settings, {}, cuda_available=False)
+    assert [d.kind for d in devices] == ["cpu", "cpu"]
+    assert devices[0].cpu_threads == max(1, int(cpu_share(settings) // 2))
+    assert onnx_providers(devices[0], ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cpu_share(ServingSettings(cpu=0), cgroup_root=tmp_path) == min(1.5, cpu_share(ServingSettings(cpu=64)))
+    assert plan_devices(settings, {"CUDA_VISIBLE_DEVICES": ""}, cuda_available=True)[0].kind == "cpu"
+
+
+class Recorder(Handler):
+    """Records every batch it is given; returns each input's negation."""
+
+    def __init__(self, drop_one: bool = False):
+        self.batches: list[list] = []
+        self.drop_one = drop_one
+
+    def predict(self, batch):
+        self.batches.append(list(batch))
+        outputs = [-x for x in batch]
+        return outputs[:-1] if self.drop_one else outputs
+
+
+def _worker(handler, **kwargs) -> BatchWorker:
+    options = {"max_batch_size": 8, "max_batch_delay": 0.05, "capacity": 64, **kwargs}
+    worker = BatchWorker("test", handler, **options)
+    worker.start()
+    return worker
+
+
+def test_batcher_groups_by_shape_and_answers_every_item_in_order():
+    handler = Recorder()
+    worker = _worker(handler)
+    inputs = [np.full(1 + i % 2, float(i)) for i in range(8)]
+    items = [WorkItem(x, handler.batch_key(x), time.monotonic() + 5) for x in inputs]
+    for item in items:
+        worker.submit(item)
+    outputs = [item.wait() for item in items]
+    worker.stop(5)
+    assert all(np.array_equal(out, -x) for out, x in zip(outputs, inputs))
+    assert sorted(len(b) for b in handler.batches) == [4, 4]
+    assert all(len({x.shape for x in batch}) == 1 for batch in handler.batches)
+
+
+def test_batcher_checks_the_contract_and_names_the_handler():
+    worker = _worker(Recorder(drop_one=True))
+    item = WorkItem(1.0, None, time.monotonic() + 5)
+    worker.submit(item)
+    with pytest.raises(HandlerFailed, match="Recorder.predict returned 0 outputs for a batch of 1"):
+        item.wait()
+    worker.stop(5)
+
+
+def test_batcher_refuses_when_full_and_withdraws_at_the_deadline():
+    release = threading.Event()
+
+    class Blocked(Recorder):
+        def predict(self, batch):
+            release.wait(5)
+            return super().predict(batch)
+
+    worker = _worker(Blocked(), max_batch_size=1, max_batch_delay=0.0, capacity=1)
+    running = WorkItem(1.0, None, time.monotonic() + 5)
+    worker.submit(running)
+    time.sleep(0.1)
+    queued = WorkItem(2.0, None, time.monotonic() + 0.1)
+    worker.submit(queued)
+    with pytest.raises(Overloaded):
+        worker.submit(WorkItem(3.0, None, time.monotonic() + 5))
+    with pytest.raises(DeadlineExceeded):
+        queued.wait()
+    release.set()
+    assert running.wait() == -1.0
+    worker.stop(5)
+    assert worker.handler.batches == [[1.0]]
+
+
+def test_json_and_raw_requests_become_the_same_payload():
+    as_json = api.parse_request("application/json", b'{"postid": "p", "uid": 3, "image": "aGk="}', {}, 100)
+    raw = api.parse_request("application/octet-stream", b"hi", {"postid": "p", "uid": 3}, 100)
+    assert (as_json.image, as_json.postid, as_json.uid) == (raw.image, raw.postid, raw.uid) == (b"hi", "p", 3)
+    wrapped = "aGVsbG8g\nd29ybGQ=\n"  # base64 as `base64` prints it, wrapped
+    assert api.parse_json_request(f'{{"image": "{wrapped.replace(chr(10), chr(92) + "n")}"}}'.encode(), 100).image \
+        == b"hello world"
+    with pytest.raises(InvalidInput) as error:
+        api.parse_json_request(b'{"image": "aGk=", "video": "x"}', 100)
+    assert error.value.field == "video"
+
+
+def test_payload_refuses_images_over_the_pixel_limit_before_decoding():
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (100, 100)).save(png, "PNG")
+    with pytest.raises(InvalidInput, match="100x100 = 10000 pixels, over the limit of 9999"):
+        Payload(image=png.getvalue(), max_image_pixels=9999).open_image()
+    assert Payload(image=png.getvalue(), max_image_pixels=10000).open_image().size == (100, 100)
+
+
+def test_device_labels():
+    assert Device("cuda", 1).label == "cuda1" and Device("cpu").label == "cpu"
+
+
+def test_the_handler_docstring_example_runs_as_written():
+    import textwrap
+
+    doc = Handler.__doc__
+    example = doc[doc.index("::") + 2: doc.index("Rules the runtime checks")]
+    namespace: dict = {}
+    exec(compile(textwrap.dedent(example), "Handler.__doc__", "exec"), namespace)
+    assert "Doubler" in namespace
