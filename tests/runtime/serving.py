@@ -30,6 +30,7 @@ class Server:
     """A server process under test; `stop()` sends SIGTERM and returns the exit code."""
 
     def __init__(self, log_path: Path, **settings):
+        settings.setdefault("drain_seconds", 0)  # tests that shut down on purpose set their own
         self.port = free_port()
         self.log_path = log_path
         config = ServingSettings(host="127.0.0.1", port=self.port, **{k: v for k, v in settings.items()

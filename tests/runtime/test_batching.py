@@ -13,7 +13,8 @@ from podserve.tooling.values import load_values
 def test_burst_of_64_on_the_example_is_batched_and_answers_match_single_requests(start_server, repo):
     settings = load_values(repo / "value.py").serving_settings()
     assert settings.max_batch_size == 16, "issue 2 asks for this with max_batch_size = 16 in value.py"
-    fields = {name: getattr(settings, name) for name in settings.names() if name not in ("host", "port")}
+    fields = {name: getattr(settings, name) for name in settings.names()
+              if name not in ("host", "port", "drain_seconds")}
     fields["model_path"] = str(repo / settings.model_path)
     server = start_server(**fields)
     bodies = [{"postid": str(i), "image": base64.b64encode(img).decode()} for i, img in enumerate(varied_images(64))]

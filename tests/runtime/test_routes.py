@@ -78,3 +78,21 @@ def test_one_json_log_line_per_request_with_ids_and_timings(start_server, affine
     ok, bad = lines
     assert ok["status"] == 200 and ok["seqid"] == 7 and ok["batch"] == 1 and ok["total_ms"] >= ok["infer_ms"] > 0
     assert bad["status"] == 400 and "'data'" in bad["error"]
+
+
+def test_image_healthcheck_follows_ping(start_server, affine_model):
+    import os
+    import subprocess
+    import sys
+
+    from serving import REPO, free_port
+
+    server = start_server(handler="fixture_handlers:Affine", model_path=str(affine_model))
+
+    def healthcheck(port: int) -> int:
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PODSERVE_PORT": str(port)}
+        return subprocess.run([sys.executable, "-m", "podserve.runtime.healthcheck"], env=env,
+                              capture_output=True, timeout=30).returncode
+
+    assert healthcheck(server.port) == 0
+    assert healthcheck(free_port()) == 1
