@@ -100,6 +100,9 @@ class Handler:
         h = Doubler(); h.load("unused", None)
         assert h.encode(h.predict([h.decode(Payload(data=[1, 2]))])[0]) == [2.0, 4.0]
 
+    `decode` and `encode` run in many request threads at once, on one shared handler
+    object: keep them free of mutable state. `predict` runs in one thread per instance.
+
     Rules the runtime checks: `predict` returns a sequence with exactly one output per
     input, in the same order. `decode` may raise `InvalidInput` (the caller gets a 400 that
     names the field); any other exception is a 500 and is logged with its traceback.

@@ -7,7 +7,9 @@ import time
 
 import numpy as np
 
-from podserve import InvalidInput, OnnxHandler, Payload
+from podserve import InvalidInput, OnnxHandler, Payload, service_metrics
+
+DECODED = service_metrics.counter("inputs_decoded", "Inputs the Affine handler decoded.")
 
 SLEEP_ENV = "TEST_PREDICT_SLEEP"
 
@@ -23,6 +25,7 @@ class Affine(OnnxHandler):
             raise InvalidInput("'data' must be a list of 1 to 64 numbers", field="data")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data):
             raise InvalidInput("'data' must hold only numbers", field="data")
+        DECODED.inc()
         return np.asarray(data, dtype=np.float32)
 
 

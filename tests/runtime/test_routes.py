@@ -32,6 +32,8 @@ def test_ping_live_and_metrics(start_server, affine_model):
     assert any(k.startswith("podserve_model_load_seconds") for k in metrics)
     assert any(k.startswith("podserve_warmup_seconds") for k in metrics)
     assert "podserve_queue_depth" in "".join(metrics) and "podserve_in_flight_requests" in "".join(metrics)
+    # A service's own metric, added with podserve.service_metrics, sits beside the platform's.
+    assert metrics['service_inputs_decoded_total{service="example"}'] == 1
 
 
 def test_ping_is_503_with_a_reason_until_loaded(start_server, affine_model, tmp_path):

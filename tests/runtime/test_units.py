@@ -152,8 +152,13 @@ def test_device_labels():
 def test_the_handler_docstring_example_runs_as_written():
     import textwrap
 
-    doc = Handler.__doc__
-    example = doc[doc.index("::") + 2: doc.index("Rules the runtime checks")]
+    doc = textwrap.dedent(Handler.__doc__.split("\n", 1)[1])
+    lines = doc[doc.index("::\n") + 3:].splitlines()
+    example = []
+    for line in lines:
+        if line and not line.startswith(" "):
+            break  # the first unindented line ends the literal block
+        example.append(line)
     namespace: dict = {}
-    exec(compile(textwrap.dedent(example), "Handler.__doc__", "exec"), namespace)
+    exec(compile(textwrap.dedent("\n".join(example)), "Handler.__doc__", "exec"), namespace)
     assert "Doubler" in namespace
