@@ -35,5 +35,9 @@ $(VENV)/.test-deps: requirements/*.txt | $(VENV)/bin/python
 clean:
 	rm -rf $(VENV) build .pytest_cache
 
-tools: ## Real helm and kubectl binaries for the manifest checks (filled by the tooling).
-	@true
+tools: $(VENV)/bin/python ## Real helm and kubectl (pinned by sha256) in .tools/bin for the manifest checks.
+	$(PY) -m podserve.tooling.fetch_tools .tools/bin
+
+render: $(VENV)/bin/python ## Render every stage of VALUES into OUT/<stage>/; exit 2 and write nothing if invalid.
+	$(PIP) install -r requirements/tooling.txt
+	$(PY) -m podserve.tooling.render --all --values $(VALUES) --out $(OUT)

@@ -34,7 +34,7 @@ class ServingSettings:
     port: int = field(default=HTTP_PORT, metadata={"doc": "HTTP port"})
     gpu_num: int = field(default=0, metadata={"doc": "GPUs this pod owns (0: CPU only)"})
     ins_num_per_gpu: int = field(default=1, metadata={"doc": "model instances per GPU (or on the CPU)"})
-    gpu_memory: int = field(default=0, metadata={"doc": "GiB of GPU memory per GPU (0: no limit)"})
+    gpu_memory: int = field(default=0, metadata={"doc": "GiB of GPU memory per instance (0: no limit)"})
     cpu: float = field(default=0.0, metadata={"doc": "CPU cores of the pod (0: detect from cgroup)"})
     max_batch_size: int = field(default=8, metadata={"doc": "largest batch one predict call gets"})
     max_batch_delay_ms: float = field(default=2.0, metadata={"doc": "longest wait after a batch's first item"})

@@ -140,9 +140,12 @@ def _check_pod(pod: dict, values: ServiceValues, conf: Conf, stage: Stage, say) 
     if grace <= stop:
         say("Deployment", f"terminationGracePeriodSeconds {grace} is not above preStop + drain + the longest "
             f"request ({stop}s): requests would be killed")
-    proxy = json.loads(pod["metadata"].get("annotations", {}).get("proxy.istio.io/config", "{}"))
-    drain = int(str(proxy.get("terminationDrainDuration", "0s")).rstrip("s"))
-    if proxy.get("holdApplicationUntilProxyStarts") is not True or not stop <= drain < grace:
+    try:
+        proxy = json.loads(pod["metadata"].get("annotations", {}).get("proxy.istio.io/config", "{}"))
+    except ValueError:
+        proxy = {}
+    drain = re.fullmatch(r"(\d+)s", str(proxy.get("terminationDrainDuration", "")))
+    if proxy.get("holdApplicationUntilProxyStarts") is not True or not drain or not stop <= int(drain[1]) < grace:
         say("Deployment", f"proxy.istio.io/config must hold the app until the proxy starts and drain the proxy "
             f"for {stop}s to {grace - 1}s, after the app; it is {proxy}")
     env = {item["name"]: item.get("value", "") for item in server.get("env") or []}

@@ -131,6 +131,8 @@ class NodePools:
 @dataclass(frozen=True)
 class Region:
     registry: str
+    gateway_selector: dict
+    gateway_tls_secret: str
     gpu: Gpu
     node_pools: NodePools
     name: str = ""
@@ -148,14 +150,6 @@ class Stage:
     service_discovery: bool
     autoscale: bool
     name: str = ""
-
-    @property
-    def gateway_namespace(self) -> str:
-        return self.gateway.split("/", 1)[0]
-
-    @property
-    def gateway_name(self) -> str:
-        return self.gateway.split("/", 1)[1]
 
     def public_path(self, service: str, user: str) -> str:
         """Return this stage's public path of a service: its route with the names filled in."""
@@ -190,7 +184,7 @@ def load_conf(folder: str | Path | None = None) -> Conf:
     raw = {name: _read_yaml(folder / f"{name}.yaml", problems) for name in ("platform", "teams", "regions", "stages")}
     if problems:
         raise ConfError(folder, problems)
-    platform = _build(Platform, raw["platform"], "platform.yaml", problems)
+    platform = _build(Platform, raw["platform"], "platform.yaml:", problems)
     teams_doc = _build_mapping(raw["teams"], "teams.yaml", problems)
     teams = tuple(teams_doc.get("teams") or ())
     regions = {name: dataclasses.replace(_build(Region, body, f"regions.yaml: {name}", problems), name=name)
@@ -229,15 +223,19 @@ def _build(cls, data, where: str, problems: list[Problem]):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "name"}
     for key in sorted(set(data) - set(fields)):
-        problems.append(Problem(f"{where}.{key}", f"is not a known key; known keys: {', '.join(fields)}"))
+        problems.append(Problem(_key(where, key), f"is not a known key; known keys: {', '.join(fields)}"))
     values = {}
     for name in fields:
         if name not in data:
-            problems.append(Problem(f"{where}.{name}", "is missing; add it"))
+            problems.append(Problem(_key(where, name), "is missing; add it"))
             values[name] = None
             continue
-        values[name] = _convert(hints[name], data[name], f"{where}.{name}", problems)
+        values[name] = _convert(hints[name], data[name], _key(where, name), problems)
     return cls(**values)
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where} {name}" if where.endswith(":") else f"{where}.{name}"
 
 
 def _convert(kind, value, where: str, problems: list[Problem]):

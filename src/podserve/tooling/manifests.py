@@ -102,7 +102,7 @@ def _resources(values: ServiceValues, conf: Conf, stage: Stage) -> dict:
     if values["gpu_num"]:
         limits[region.gpu.resource] = str(values["gpu_num"])
         if region.gpu.memory_resource:
-            limits[region.gpu.memory_resource] = str(values["gpu_memory"] * 1024)
+            limits[region.gpu.memory_resource] = str(values["gpu_memory"] * values["ins_num_per_gpu"] * 1024)
     return {"requests": amounts, "limits": limits}
 
 

@@ -20,7 +20,7 @@ KIND_FILES = {
 }
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):
     """SafeDumper that writes no anchors and quotes y/n/Y/N (Kubernetes' YAML 1.1 parser reads booleans)."""
 
     def ignore_aliases(self, data) -> bool:

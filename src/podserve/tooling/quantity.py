@@ -59,12 +59,15 @@ def cpu_cores(value: object) -> Decimal:
     """Return the cores a CPU value asks for: a number (2, 0.5) or a quantity ("500m")."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise QuantityError(f"{value!r} must be a number of cores (4, 0.5) or a quantity (\"500m\")")
-    cores = parse(value) if isinstance(value, str) else Decimal(str(value))
+    try:
+        cores = parse(value) if isinstance(value, str) else Decimal(str(value))
+    except QuantityError as exc:
+        raise QuantityError(f"{exc}; write cores as a number (4, 0.5) or a quantity (\"500m\")") from None
     if cores <= 0:
-        raise QuantityError(f"{value!r} must be above 0 cores")
+        raise QuantityError(f"{value!r} must be above 0 cores, e.g. 0.5 or 4")
     if (cores * 1000) != (cores * 1000).to_integral_value():
-        raise QuantityError(f"{value!r} is finer than Kubernetes' 1m (0.001 core); round it, e.g. to "
-                            f"{cores.quantize(Decimal('0.001'))}")
+        rounded = max(cores.quantize(Decimal("0.001")), Decimal("0.001"))
+        raise QuantityError(f"{value!r} is finer than Kubernetes' 1m (0.001 core); round it, e.g. to {rounded}")
     return cores
 
 

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from podserve.tooling import checks, manifests, output, routing
+from podserve.tooling import checks, manifests, output, routing, templating
 from podserve.tooling.conf import Conf, load_conf
 from podserve.tooling.valuefile import Problem, ValueFileError
 from podserve.tooling.values import ServiceValues, load_values
@@ -67,10 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         conf = load_conf(args.conf)
         existing = routing.load_existing_routes(args.existing_routes) if args.existing_routes else []
         result = render(args.values, None if args.all else args.stage, conf, tag, existing)
-    except ValueFileError as exc:
-        print(f"Error: {exc}\nNothing was written.", file=sys.stderr)
-        return EXIT_INVALID
-    except (OSError, ValueError) as exc:
+    except (ValueFileError, templating.TemplateError) as exc:
         print(f"Error: {exc}\nNothing was written.", file=sys.stderr)
         return EXIT_INVALID
     if args.print_images:

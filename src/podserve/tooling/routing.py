@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from podserve.tooling.valuefile import Problem, ValueFileError
+
 KINDS = ("exact", "prefix", "regex")
 #: Suffixes tried after a prefix when comparing it with a regex (regexes cannot be compared exactly).
 _PROBES = ("", "a", "0", "-2", "/", "/a", "/0", "/v2/models/m/infer", "a/b")
@@ -113,6 +115,11 @@ def load_existing_routes(path: str | Path) -> list[Route]:
 
     The file may hold one object, a List of them (items), or several YAML documents.
     """
-    docs = [d for d in yaml.safe_load_all(Path(path).read_text(encoding="utf-8")) if d]
-    objects = [item for d in docs for item in (d.get("items") or [] if d.get("kind") == "List" else [d])]
+    try:
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text(encoding="utf-8")) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueFileError(path, [Problem("existing routes", f"cannot be read: {exc}; pass the output of "
+                                            "`kubectl get virtualservices -A -o yaml`")]) from None
+    objects = [item for d in docs if isinstance(d, dict)
+               for item in (d.get("items") or [] if d.get("kind") == "List" else [d])]
     return [route for obj in objects if obj.get("kind") == "VirtualService" for route in routes_of(obj)]

@@ -8,7 +8,9 @@ a loader that rejects duplicate keys, and the documents are returned for checkin
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from pathlib import Path
 
 import jinja2
@@ -24,8 +26,43 @@ class Quoted(str):
 
 
 def quote(value) -> Quoted:
-    """Return `value` as JSON text, keys sorted (the `q` filter)."""
-    return Quoted(json.dumps(value, sort_keys=True, ensure_ascii=True))
+    """Return `value` as JSON text, keys sorted (the `q` filter).
+
+    Two JSON spellings read differently in YAML 1.1 are rewritten: a character beyond
+    U+FFFF (a surrogate pair in JSON, refused by YAML) becomes YAML's \\U escape, and an
+    exponent without a dot (1e-05, read as a string) gets one (1.0e-05).
+    """
+    try:
+        text = json.dumps(value, sort_keys=True, ensure_ascii=True, allow_nan=False, default=_refuse)
+    except (TypeError, ValueError) as exc:
+        raise jinja2.TemplateError(f"{value!r} cannot be written to YAML: {exc}") from None
+    return Quoted(_EXPONENT.sub(_dotted, _SURROGATE_PAIR.sub(_astral, text)))
+
+
+_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
+def _astral(match: re.Match) -> str:
+    high, low = int(match.group(2), 16), int(match.group(3), 16)
+    return match.group(1) + "\\U%08x" % (0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+
+
+#: A JSON string or number: strings are left alone, numbers with an exponent get a dotted mantissa.
+_EXPONENT = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?')
+
+
+def _dotted(match: re.Match) -> str:
+    token = match.group(0)
+    if token.startswith('"') or "." in token or "e" not in token:
+        return token
+    mantissa, exponent = token.split("e")
+    return f"{mantissa}.0e{exponent}"
+
+
+def _refuse(value):
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # raises UndefinedError naming the missing value
+    raise TypeError(f"{type(value).__name__} is not JSON; convert it first")
 
 
 def _finalize(value):
@@ -39,8 +76,9 @@ def default_templates_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "templates"
 
 
+@functools.lru_cache(maxsize=8)
 def environment(folder: Path) -> jinja2.Environment:
-    """Return the Jinja environment for the templates in `folder`."""
+    """Return the Jinja environment for the templates in `folder` (one per folder, templates compiled once)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
                              finalize=_finalize, autoescape=False, keep_trailing_newline=True)
     env.filters["q"] = quote
@@ -64,7 +102,7 @@ def render_documents(env: jinja2.Environment, name: str, context: dict) -> list[
     return docs
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
     """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
 
     def construct_mapping(self, node, deep=False):

@@ -46,7 +46,8 @@ def read_assignments(path: str | Path) -> dict[str, tuple[object, int]]:
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as exc:
-        raise ValueFileError(path, [Problem("value.py", f"is not valid Python: {exc.msg}", exc.lineno)])
+        raise ValueFileError(path, [Problem("value.py", f"is not valid Python: {exc.msg}; correct that line "
+                                             "(value.py holds only `name = value` lines)", exc.lineno)])
 
     found: dict[str, tuple[object, int]] = {}
     problems: list[Problem] = []

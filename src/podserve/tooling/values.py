@@ -18,7 +18,7 @@ from typing import NamedTuple
 from podserve.routes import RESERVED_SERVICE_NAMES
 from podserve.settings import ServingSettings, SettingsError
 from podserve.tooling import quantity, routing
-from podserve.tooling.conf import Conf, Stage, load_conf
+from podserve.tooling.conf import Conf, Region, Stage, load_conf
 from podserve.tooling.valuefile import Problem, ValueFileError, read_assignments
 
 _SERVING_DEFAULTS = ServingSettings()
@@ -103,10 +103,6 @@ class ServiceValues:
         """Return the replicas a stage runs: forced by conf, or from the field conf names."""
         return stage.replicas if isinstance(stage.replicas, int) else self.fields[stage.replicas]
 
-    def public_paths(self, conf: Conf) -> dict[str, str]:
-        """Return {stage: public path} of this service."""
-        return {name: stage.public_path(self["service_name"], self["username"]) for name, stage in conf.stages.items()}
-
 
 def load_values(path: str | Path, conf: Conf | None = None,
                 existing_routes: list[routing.Route] = ()) -> ServiceValues:
@@ -152,7 +148,7 @@ def _field_problem(name: str, value, conf: Conf) -> str | None:
     field = FIELDS[name]
     if isinstance(value, bool) and bool not in field.kinds or not isinstance(value, field.kinds):
         wanted = " or ".join("None" if k is NONE else k.__name__ for k in field.kinds)
-        example = field.default if field.default not in (REQUIRED, None) else "..."
+        example = field.default if field.default not in (REQUIRED, None) else {int: 1, float: 1.0}.get(field.kinds[0], "...")
         return f"is {value!r} ({type(value).__name__}); it must be {wanted}, e.g. `{name} = {example!r}`"
     if field.low is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
         high = getattr(conf.platform.limits, field.high) if isinstance(field.high, str) else field.high
@@ -206,13 +202,14 @@ def _check_memory(value: str, conf: Conf) -> str | None:
         return str(exc)
     least = conf.platform.limits.min_memory
     if nbytes < quantity.memory_bytes(least):
-        return f"{value!r} is below the platform's minimum {least} (limits.min_memory); the pod would be OOM-killed"
+        return (f"{value!r} is below the platform's minimum (limits.min_memory): the pod would be OOM-killed; "
+                f"ask for at least {least}")
     return None
 
 
 def _check_autoscale_metric(value: str, conf: Conf) -> str | None:
     if value not in AUTOSCALE_METRICS:
-        return f"{value!r} must be one of {', '.join(AUTOSCALE_METRICS)}"
+        return f"{value!r} is not a gauge the HPA can average; use one of {', '.join(AUTOSCALE_METRICS)}"
     return None
 
 
@@ -247,7 +244,7 @@ def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
         yield "queue_size", (f"is {v['queue_size']}, below max_batch_size = {v['max_batch_size']}: a batch could "
                              f"never fill; set queue_size to at least {v['max_batch_size']}")
     if v["use_srv"] and not limits.host_port_min <= v["host_port"] <= limits.host_port_max:
-        yield "host_port", (f"is {v['host_port']}; use_srv = True needs the port Kong probes, between "
+        yield "host_port", (f"is {v['host_port']}, but use_srv = True needs the port Kong probes: set it between "
                             f"{limits.host_port_min} and {limits.host_port_max} (conf/platform.yaml limits)")
     if not v["use_srv"] and v["host_port"]:
         yield "host_port", f"is {v['host_port']} but has no effect without use_srv = True; remove it or set use_srv = True"
@@ -258,41 +255,47 @@ def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
         ServingSettings(**{n: v[n] for n in set(ServingSettings.names()) & set(v)}).check()
     except SettingsError as exc:
         yield "value.py", f"gives server settings the server would refuse: {exc}"
-    for name, stage in conf.stages.items():
-        yield from _stage_problems(v, conf, stage)
+    for stage in conf.stages.values():
+        yield from _replica_problems(v, stage)
+    for region in dict.fromkeys(stage.region for stage in conf.stages.values()):
+        yield from _node_problems(v, conf, conf.regions[region])
     yield from _route_problems(v, conf, existing)
 
 
-def _stage_problems(v: dict, conf: Conf, stage: Stage):
-    region = conf.region_of(stage)
+def _replica_problems(v: dict, stage: Stage):
     replicas = stage.replicas if isinstance(stage.replicas, int) else v.get(stage.replicas)
     if not isinstance(replicas, int):
         yield "value.py", (f"conf/stages.yaml gives stage {stage.name} the replicas of {stage.replicas!r}, "
                            "which is not a value.py field; the platform team must fix conf/stages.yaml")
-        return
-    if stage.autoscale and v["max_replicas"] and v["max_replicas"] < replicas:
+    elif stage.autoscale and v["max_replicas"] and v["max_replicas"] < replicas:
         yield "max_replicas", (f"is {v['max_replicas']}, below the {replicas} replicas of stage {stage.name}: an HPA "
                                f"never goes below its minimum; set max_replicas to at least {replicas}, or 0 for "
                                "fixed replicas")
+
+
+def _node_problems(v: dict, conf: Conf, region: Region):
+    """Yield what keeps the pod off every node of the region's pool: cpu, memory, GPUs, GPU memory."""
     pool = region.node_pools.gpu if v["gpu_num"] else region.node_pools.cpu
-    where = f"a {'GPU' if v['gpu_num'] else 'CPU'} node of region {region.name} ({stage.name})"
+    where = f"a {'GPU' if v['gpu_num'] else 'CPU'} node of region {region.name}"
     cpu = Decimal(str(v["cpu"])) + quantity.cpu_cores(conf.platform.mesh.sidecar_cpu) + _sidecar(v, conf, "cpu")
     memory = quantity.memory_bytes(v["memory"]) + quantity.memory_bytes(conf.platform.mesh.sidecar_memory) \
         + _sidecar(v, conf, "memory")
     if cpu > quantity.cpu_cores(pool.allocatable.cpu):
-        yield "cpu", (f"is {v['cpu']}, and with the mesh sidecar the pod asks {cpu} cores, more than {where} can "
-                      f"allocate ({pool.allocatable.cpu}): it would stay Pending; lower cpu")
+        yield "cpu", (f"is {v['cpu']}; with the mesh sidecar the pod asks {cpu.normalize():f} cores, more than {where} "
+                      f"can allocate ({pool.allocatable.cpu}): it would stay Pending; lower cpu")
     if memory > quantity.memory_bytes(pool.allocatable.memory):
-        yield "memory", (f"is {v['memory']}, and with the mesh sidecar the pod asks {quantity.format_gib(memory)}, "
-                         f"more than {where} can allocate ({pool.allocatable.memory}): it would stay Pending; lower memory")
+        yield "memory", (f"is {v['memory']}; with the mesh sidecar the pod asks {quantity.format_gib(memory)}, more "
+                         f"than {where} can allocate ({pool.allocatable.memory}): it would stay Pending; lower memory")
     if v["gpu_num"] > pool.allocatable.gpus:
         yield "gpu_num", f"is {v['gpu_num']}, more GPUs than {where} has ({pool.allocatable.gpus}); lower gpu_num"
-    if v["gpu_num"] and v["gpu_memory"] > region.gpu.memory_gib:
-        yield "gpu_memory", (f"is {v['gpu_memory']} GiB, more than one {region.gpu.resource} of region "
-                             f"{region.name} offers ({region.gpu.memory_gib} GiB); lower gpu_memory")
+    per_gpu = v["gpu_memory"] * v["ins_num_per_gpu"]
+    if v["gpu_num"] and per_gpu > region.gpu.memory_gib:
+        yield "gpu_memory", (f"is {v['gpu_memory']} GiB per instance, {per_gpu} GiB for the {v['ins_num_per_gpu']} "
+                             f"instance(s) on one GPU: more than one {region.gpu.resource} of region {region.name} "
+                             f"offers ({region.gpu.memory_gib} GiB); lower gpu_memory or ins_num_per_gpu")
     if v["gpu_num"] and region.gpu.memory_resource and not v["gpu_memory"]:
         yield "gpu_memory", (f"is 0, but region {region.name} shares GPUs by memory ({region.gpu.memory_resource}): "
-                             f"set gpu_memory to the GiB the service needs (at most {region.gpu.memory_gib})")
+                             f"set gpu_memory to the GiB each instance needs")
 
 
 def _sidecar(v: dict, conf: Conf, what: str):

@@ -1,0 +1,54 @@
+"""The platform chart's values for one region's cluster, written from conf/ so the two never drift.
+
+    python -m podserve.tooling.chart_values hk > values-hk.yaml
+    helm upgrade --install podserve-platform charts/podserve-platform -f values-hk.yaml
+
+Namespaces and Gateways come from the stages that run in the region; what conf/ does not
+hold (the deployer's identity, where dashboards go) keeps the chart's defaults.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import yaml
+
+from podserve.tooling.conf import Conf, load_conf
+from podserve.tooling.valuefile import ValueFileError
+
+
+def chart_values(conf: Conf, region: str) -> dict:
+    """Return the chart values for `region`: its stages' namespaces and gateways, and the alert labels."""
+    stages = [stage for stage in conf.stages.values() if stage.region == region]
+    if not stages:
+        raise KeyError(f"no stage runs in region {region!r}; regions with stages: "
+                       f"{', '.join(sorted({s.region for s in conf.stages.values()}))}")
+    namespaces = sorted({stage.namespace for stage in stages})
+    gateways = sorted({stage.gateway for stage in stages})
+    settings = conf.regions[region]
+    return {
+        "namespaces": [{"name": ns, "hostPorts": any(s.service_discovery for s in stages if s.namespace == ns)}
+                       for ns in namespaces],
+        "gateways": [{"namespace": gw.split("/")[0], "name": gw.split("/")[1], "selector": settings.gateway_selector,
+                      "hosts": sorted({s.ingress_host for s in stages if s.gateway == gw}),
+                      "tlsSecret": settings.gateway_tls_secret} for gw in gateways],
+        "alertRules": {"labels": conf.platform.monitoring.podmonitor_labels},
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Print the chart values of the region named in argv[0]; 2 when it or conf/ is wrong."""
+    if len(argv) != 1:
+        print("usage: python -m podserve.tooling.chart_values <region>", file=sys.stderr)
+        return 2
+    try:
+        values = chart_values(load_conf(), argv[0])
+    except (ValueFileError, KeyError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(values, sort_keys=True), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,89 @@
+"""The platform chart: `helm lint --strict`, and `helm template` output that passes the schemas and fits conf/.
+
+Run with the real helm binary (pinned in .tools/bin by `make tools`), for the chart's own
+defaults and for each region's values written from conf/ (podserve.tooling.chart_values).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from kube_schemas import all_schema_errors
+from manifest_helpers import REPO, run_tool
+from podserve import metric_names
+from podserve.tooling.chart_values import chart_values
+
+CHART = REPO / "charts" / "podserve-platform"
+REGIONS = ("hk", "eu", "na")
+
+
+def values_file(conf, region, tmp_path):
+    path = tmp_path / f"values-{region}.yaml"
+    path.write_text(yaml.safe_dump(chart_values(conf, region)))
+    return path
+
+
+def template(helm, chart, tmp_path, *args) -> list[dict]:
+    result = run_tool([helm, "template", "podserve-platform", chart, *args], tmp_path)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_helm_lint_strict_passes_with_defaults_and_every_region(helm, conf, tmp_path):
+    for extra in [[]] + [["-f", values_file(conf, region, tmp_path)] for region in REGIONS]:
+        result = run_tool([helm, "lint", "--strict", CHART, *extra], tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+def test_lint_refuses_values_the_schema_does_not_know(helm, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("namespaces: [{name: podserve, hostPorts: true, extra: 1}]\n")
+    assert run_tool([helm, "lint", "--strict", CHART, "-f", bad], tmp_path).returncode != 0
+
+
+@pytest.mark.parametrize("region", (None,) + REGIONS)
+def test_the_templated_chart_passes_the_schemas(helm, conf, tmp_path, region):
+    args = ["-f", values_file(conf, region, tmp_path)] if region else []
+    docs = template(helm, CHART, tmp_path, *args)
+    kinds = sorted({d["kind"] for d in docs})
+    assert kinds == ["Gateway", "Namespace", "PrometheusRule", "Role", "RoleBinding", "ServiceAccount"]
+    assert all_schema_errors(docs) == []
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_the_chart_holds_what_each_stage_of_the_region_needs(helm, conf, tmp_path, region):
+    docs = template(helm, CHART, tmp_path, "-f", values_file(conf, region, tmp_path))
+    namespaces = {d["metadata"]["name"]: d["metadata"]["labels"] for d in docs if d["kind"] == "Namespace"}
+    gateways = {f"{d['metadata']['namespace']}/{d['metadata']['name']}": d for d in docs if d["kind"] == "Gateway"}
+    bound = {d["metadata"]["namespace"] for d in docs if d["kind"] == "RoleBinding"}
+    for stage in (s for s in conf.stages.values() if s.region == region):
+        labels = namespaces[stage.namespace]
+        assert labels["istio-injection"] == "enabled" and labels["pod-security.kubernetes.io/warn"] == "restricted"
+        assert labels["pod-security.kubernetes.io/enforce"] == ("privileged" if stage.service_discovery else "restricted")
+        assert stage.namespace in bound
+        hosts = [h for server in gateways[stage.gateway]["spec"]["servers"] for h in server["hosts"]]
+        assert stage.ingress_host in hosts
+
+
+def test_the_slots_take_dashboards_and_alert_rules(helm, tmp_path):
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    (chart / "files" / "dashboards" / "serving.json").write_text(json.dumps({"title": "podserve", "panels": []}))
+    docs = template(helm, chart, tmp_path)
+    (dashboard,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["serving.json"])["title"] == "podserve"
+    assert all_schema_errors(docs) == []
+
+
+def test_alert_rules_use_metrics_the_server_exports(helm, tmp_path):
+    rules = [r for d in template(helm, CHART, tmp_path) if d["kind"] == "PrometheusRule"
+             for group in d["spec"]["groups"] for r in group["rules"]]
+    exported = {v for v in vars(metric_names).values() if isinstance(v, str) and v.startswith(metric_names.PREFIX)
+                and v != metric_names.PREFIX}
+    assert rules and all(any(m in rule["expr"] for m in exported) for rule in rules)

@@ -1,0 +1,64 @@
+"""conf/ is read strictly: every problem names its file and key; chart values come from it."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from manifest_helpers import REPO
+from podserve.tooling import chart_values
+from podserve.tooling.conf import ConfError, load_conf
+
+
+def broken_conf(tmp_path, file: str, change) -> ConfError:
+    folder = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", folder)
+    data = yaml.safe_load((folder / file).read_text())
+    change(data)
+    (folder / file).write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfError) as caught:
+        load_conf(folder)
+    return caught.value
+
+
+def test_the_shipped_conf_loads(conf):
+    assert list(conf.stages) == ["grey", "ab", "hk", "eu", "na"]
+    assert conf.teams == ("like", "imo", "bigolive", "hello")
+    assert {s.region for s in conf.stages.values()} == set(conf.regions) == {"hk", "eu", "na"}
+    assert conf.stages["grey"].replicas == 1
+
+
+@pytest.mark.parametrize("file, change, where", [
+    ("stages.yaml", lambda d: d["hk"].update(colour="blue"), "stages.yaml: hk.colour"),
+    ("stages.yaml", lambda d: d["eu"].pop("namespace"), "stages.yaml: eu.namespace"),
+    ("stages.yaml", lambda d: d["ab"].update(namespace="podserve"), "stages.yaml: hk.namespace"),
+    ("stages.yaml", lambda d: d["hk"].update(route="/api/{user}/"), "stages.yaml: hk.route"),
+    ("stages.yaml", lambda d: d["hk"].update(region="mars"), "stages.yaml: hk.region"),
+    ("stages.yaml", lambda d: d["hk"].update(gateway="podserve"), "stages.yaml: hk.gateway"),
+    ("stages.yaml", lambda d: d["grey"].update(replicas=0), "stages.yaml: grey.replicas"),
+    ("stages.yaml", lambda d: d["grey"].update(autoscale="no"), "stages.yaml: grey.autoscale"),
+    ("regions.yaml", lambda d: d["na"]["gpu"].update(resource="gpu"), "regions.yaml: na.gpu.resource"),
+    ("regions.yaml", lambda d: d["hk"]["node_pools"]["gpu"]["allocatable"].update(memory="120GB"),
+     "regions.yaml: hk.node_pools.gpu.allocatable.memory"),
+    ("teams.yaml", lambda d: d["teams"].append("ab-test"), "teams.yaml: teams"),
+    ("platform.yaml", lambda d: d["kubernetes"].update(oldest="v1.30"), "platform.yaml: kubernetes.oldest"),
+    ("platform.yaml", lambda d: d["pod"].update(run_as_user="root"), "platform.yaml: pod.run_as_user"),
+])
+def test_a_broken_conf_names_file_and_key(tmp_path, file, change, where):
+    error = broken_conf(tmp_path, file, change)
+    assert where in [p.field for p in error.problems], str(error)
+
+
+def test_a_missing_conf_file_says_so(tmp_path):
+    with pytest.raises(ConfError, match="teams.yaml: is missing"):
+        load_conf(tmp_path)
+
+
+def test_chart_values_follow_the_stages_of_a_region(conf):
+    hk = chart_values.chart_values(conf, "hk")
+    assert hk["namespaces"] == [{"name": "podserve", "hostPorts": True}, {"name": "podserve-ab", "hostPorts": False},
+                                {"name": "podserve-grey", "hostPorts": False}]
+    assert hk["gateways"][0]["hosts"] == ["infer-hk.example.com"]
+    assert chart_values.main(["mars"]) == 2

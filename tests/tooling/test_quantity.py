@@ -1,0 +1,30 @@
+"""Kubernetes quantities as Kubernetes reads them."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from podserve.tooling import quantity
+
+
+@pytest.mark.parametrize("text, value", [("24Gi", 24 * 2**30), ("500m", Decimal("0.5")), ("1e3", 1000), ("1.5G", 1.5e9),
+                                         ("2", 2), (".5Ki", 512), ("+1Mi", 2**20)])
+def test_parse(text, value):
+    assert quantity.parse(text) == Decimal(str(value))
+
+
+@pytest.mark.parametrize("text, fix", [("24GB", 'write "24Gi"'), ("24 Gi", 'write "24Gi" (no spaces)'),
+                                       ("8gib", 'write "8Gi"'), ("lots", "a number with an optional unit")])
+def test_lookalikes_get_their_fix(text, fix):
+    with pytest.raises(quantity.QuantityError, match=fix.replace("(", r"\(").replace(")", r"\)")):
+        quantity.parse(text)
+
+
+@given(st.integers(1, 10**7))
+def test_cpu_millicores_round_trip(millis):
+    cores = quantity.cpu_cores(f"{millis}m")
+    assert quantity.cpu_cores(quantity.format_cpu(cores)) == cores

@@ -1,0 +1,118 @@
+"""Varied services render manifests that pass every check: CPU-only, autoscaled, Kong, HAMi, sidecar, tiny, big."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from kube_schemas import all_schema_errors
+from manifest_helpers import REPO
+from podserve import metric_names
+from podserve.tooling import render
+from podserve.tooling.conf import load_conf
+from service_files import write_values
+
+VARIED = {
+    "cpu_only": dict(gpu_num=0, gpu_memory=0, cpu="500m", memory="1Gi", ins_num_per_gpu=2),
+    "autoscaled": dict(max_replicas=8, autoscale_metric="in_flight", autoscale_target=2.5, hk_replicas=None),
+    "kong": dict(use_srv=True, host_port=23456),
+    "big": dict(cpu=24, memory="96Gi", gpu_memory=5, ins_num_per_gpu=2, init_delay_second=1800,
+                request_timeout_ms=120000, drain_seconds=30),
+    "tiny_team_y": dict(service_name="y", username="imo", replicas=1, hk_replicas=None, eu_replicas=None,
+                        na_replicas=None, cpu=1, memory="256Mi", gpu_num=0, gpu_memory=0),
+}
+
+
+def stage_docs(rendered, stage, kind):
+    return [d for d in rendered.stages[stage] if d["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, conf):
+    folder = tmp_path_factory.mktemp("varied")
+    return {name: render.render(write_values(folder, f"{name}.py", **changes), conf=conf, image_tag="t")
+            for name, changes in VARIED.items()}
+
+
+@pytest.mark.parametrize("name", VARIED)
+def test_every_object_passes_the_schemas(rendered, name):
+    docs = [doc for stage in rendered[name].stages.values() for doc in stage]
+    assert all_schema_errors(docs) == []
+
+
+def test_cpu_only_runs_on_the_cpu_pool_with_threads_shared(rendered):
+    (deployment,) = stage_docs(rendered["cpu_only"], "hk", "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"podserve.io/pool": "cpu"} and spec["tolerations"] == []
+    server = spec["containers"][0]
+    assert server["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+    env = {e["name"]: e["value"] for e in server["env"]}
+    assert env["OMP_NUM_THREADS"] == "1" and env["PODSERVE_CPU"] == "0.5" and env["PODSERVE_GPU_NUM"] == "0"
+
+
+def test_autoscaled_production_has_an_hpa_and_no_fixed_replicas(rendered):
+    service = rendered["autoscaled"]
+    for stage in ("hk", "eu", "na"):
+        (hpa,) = stage_docs(service, stage, "HorizontalPodAutoscaler")
+        (deployment,) = stage_docs(service, stage, "Deployment")
+        assert "replicas" not in deployment["spec"]
+        assert hpa["spec"]["maxReplicas"] == 8 and hpa["spec"]["minReplicas"] == {"hk": 2, "eu": 1, "na": 1}[stage]
+        metric = hpa["spec"]["metrics"][0]["pods"]
+        assert metric["metric"]["name"] == metric_names.IN_FLIGHT and metric["target"]["averageValue"] == "2500m"
+    for stage in ("grey", "ab"):
+        assert stage_docs(service, stage, "HorizontalPodAutoscaler") == []
+        assert stage_docs(service, stage, "Deployment")[0]["spec"]["replicas"] == 1
+
+
+def test_kong_host_port_only_where_service_discovery_runs(rendered, conf):
+    for stage, docs in rendered["kong"].stages.items():
+        (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+        port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]
+        assert port.get("hostPort") == (23456 if conf.stages[stage].service_discovery else None)
+        assert port["containerPort"] == 8080
+
+
+def test_hami_region_asks_for_gpu_memory_and_mig_region_for_a_slice(rendered):
+    limits = {stage: stage_docs(rendered["big"], stage, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+              ["resources"]["limits"] for stage in ("hk", "eu", "na")}
+    assert limits["na"]["nvidia.com/gpumem"] == str(5 * 2 * 1024) and limits["na"]["nvidia.com/gpu"] == "1"
+    assert limits["eu"]["nvidia.com/mig-2g.20gb"] == "1" and "nvidia.com/gpu" not in limits["eu"]
+
+
+def test_big_budgets_follow_start_up_and_shutdown(rendered):
+    (deployment,) = stage_docs(rendered["big"], "hk", "Deployment")
+    pod = deployment["spec"]["template"]
+    probe = pod["spec"]["containers"][0]["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 1800 and "initialDelaySeconds" not in probe
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 5 + 30 + 120 + 5
+    assert '"terminationDrainDuration": "155s"' in pod["metadata"]["annotations"]["proxy.istio.io/config"]
+    (vs,) = stage_docs(rendered["big"], "hk", "VirtualService")
+    assert {http["timeout"] for http in vs["spec"]["http"]} == {"121s"}
+
+
+def test_a_service_named_y_stays_a_string_for_kubernetes(rendered, tmp_path, kubectl):
+    from manifest_helpers import kustomize
+    from podserve.tooling import output
+    out = tmp_path / "out"
+    output.write_stages(out, rendered["tiny_team_y"].stages)
+    text = (out / "hk" / "service.yaml").read_text()
+    assert "service: 'y'" in text and "name: 'y'" in text  # YAML 1.1 (kubectl) reads a bare y as true
+    built = kustomize(kubectl, out / "hk", tmp_path)
+    assert {d["metadata"]["name"] for d in built} == {"y"}
+
+
+def test_the_decode_sidecar_when_the_platform_offers_one(tmp_path):
+    folder = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", folder)
+    platform = yaml.safe_load((folder / "platform.yaml").read_text())
+    platform["decode_sidecar"] = {"image": "registry.example.com/platform/video-decode:1.4.2", "cpu": "1",
+                                  "memory": "2Gi"}
+    (folder / "platform.yaml").write_text(yaml.safe_dump(platform))
+    result = render.render(write_values(tmp_path, use_decode_sidecar=True), conf=load_conf(folder))
+    docs = [doc for stage in result.stages.values() for doc in stage]
+    assert all_schema_errors(docs) == []
+    containers = [d for d in docs if d["kind"] == "Deployment"][0]["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["server", "decode"]
+    assert containers[1]["securityContext"] == containers[0]["securityContext"]
