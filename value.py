@@ -1,38 +1,50 @@
 """The example service's deployment: everything CI needs to serve it, and nothing else.
 
 Only `name = literal` assignments are allowed here (the tooling reads this file without
-running it). Fields left out take the platform defaults.
+running it). Fields left out take the defaults shown in the comments. Check it and see what
+it becomes with `make render` (manifests in build/manifests/<stage>/).
 """
 
 # --- who and what -------------------------------------------------------------------
-service_name = "text-direction"  # unique; callers reach it at /api/<username>/<service_name>
+service_name = "text-direction"  # unique; lowercase letters, digits, '-' (a letter first, at most 63)
 username = "like"                # your team: one of the teams in conf/teams.yaml
 handler = "server:TextDirection"  # module:Class in src/ that serves the model
 model_path = "model/ch_ppocr_mobile_v2.0_cls_mobile.onnx"  # relative to the repo (and the image's /app)
 
 # --- resources of one pod (one pod = one GPU = one process) --------------------------
-cpu = 4              # CPU cores per pod; also sets the model's CPU threads
-memory = "8Gi"       # memory limit per pod, a Kubernetes quantity ("24Gi", not "24GB")
-gpu_num = 1          # GPUs per pod; 0 serves on the CPU
-ins_num_per_gpu = 1  # model instances per GPU (each with its own batch queue)
-gpu_memory = 2       # GiB of GPU memory each instance's session may use (a 2080Ti offers 10)
+cpu = 4              # CPU cores per pod (4, 0.5 or "500m"); also sets the model's CPU threads
+memory = "8Gi"       # memory per pod, a Kubernetes quantity ("24Gi", not "24GB"); default "8Gi"
+gpu_num = 1          # GPUs per pod: 1, or 0 to serve on the CPU (the platform allows at most 1)
+ins_num_per_gpu = 1  # model instances per GPU (or on the CPU), each with its own batch queue; 1 to 16
+gpu_memory = 2       # GiB of GPU memory each instance's session may use; 0: no limit (and always 0
+                     # when gpu_num = 0). gpu_memory x ins_num_per_gpu must fit one GPU of every
+                     # region (a 2080Ti offers 10; see conf/regions.yaml)
 
 # --- replicas per stage --------------------------------------------------------------
-replicas = 2         # default production replicas in a region
-ab_replicas = 1      # replicas of the A/B copy
-hk_replicas = 2      # per-region production replicas (0 takes `replicas`)
-eu_replicas = 1
-na_replicas = 1
+# grey always runs exactly one pod.
+replicas = 2         # production pods in a region, for regions whose own field is left out
+ab_replicas = 1      # pods of the A/B copy
+hk_replicas = 2      # per-region production pods; leave out (or None) to take `replicas`
+eu_replicas = 1      # likewise for eu
+na_replicas = 1      # likewise for na
+max_replicas = 0     # 0: fixed replicas. Above a region's replicas: an HPA scales between them
+# autoscale_metric = "queue_depth"  # what the HPA averages per pod: "queue_depth" or "in_flight"
+# autoscale_target = 16             # the per-pod average it keeps; default max_batch_size
 
 # --- start-up and discovery ----------------------------------------------------------
 init_delay_second = 60      # longest start-up (load + warm-up) before Kubernetes restarts the pod
-use_decode_sidecar = False  # run the video-decode sidecar beside the server
-use_srv = False             # register with Kong service discovery (probes IP:host_port/api/ping)
-host_port = 0               # the host port Kong probes when use_srv is True
+use_decode_sidecar = False  # run the platform's video-decode sidecar beside the server
+use_srv = False             # register production pods with Kong service discovery (a hostPort)
+host_port = 0               # the host port Kong probes at IP:host_port/api/ping; required (20000
+                            # to 29999) when use_srv is True, and 0 when it is not
 
 # --- serving (the platform defaults suit most services) ------------------------------
-max_batch_size = 16        # most requests one predict call receives
-max_batch_delay_ms = 5     # longest wait for a batch to fill after its first request
-queue_size = 64            # requests queued per instance before answering 503
+max_batch_size = 16        # most requests one predict call receives; default 8
+max_batch_delay_ms = 5     # longest wait for a batch to fill after its first request; default 2
+queue_size = 64            # requests queued per instance before answering 503; at least max_batch_size
 request_timeout_ms = 10000  # default deadline; callers may only lower it
 drain_seconds = 5          # on shutdown, seconds /api/ping is 503 before the server closes
+# http_threads = 64               # waitress request threads
+# max_body_bytes = 10485760       # largest request body (413 above)
+# max_image_pixels = 25000000     # largest decoded image (400 above)
+# stuck_batch_seconds = 120.0     # a batch running longer fails liveness (the pod restarts)
