@@ -10,7 +10,7 @@ OUT ?= build/manifests
 export PYTHONPATH := $(CURDIR)/src
 export PYTHONUNBUFFERED := 1
 
-.PHONY: serve test model render bench clean
+.PHONY: serve test model tools render bench clean
 
 serve: $(VENV)/.serve-deps model ## Serve the example model locally on port 8080.
 	$(PY) -m podserve.tooling.serve_local $(VALUES)
@@ -26,11 +26,11 @@ $(VENV)/bin/python:
 
 $(VENV)/.serve-deps: requirements/runtime.txt requirements/cpu.txt requirements/tooling.txt | $(VENV)/bin/python
 	$(PIP) install -r requirements/cpu.txt -r requirements/tooling.txt
-	touch $@
+	touch $@ $(VENV)/.tooling-deps
 
 $(VENV)/.test-deps: requirements/*.txt | $(VENV)/bin/python
 	$(PIP) install -r requirements/test.txt
-	touch $@ $(VENV)/.serve-deps
+	touch $@ $(VENV)/.serve-deps $(VENV)/.tooling-deps
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
@@ -38,6 +38,17 @@ clean:
 tools: $(VENV)/bin/python ## Real helm and kubectl (pinned by sha256) in .tools/bin for the manifest checks.
 	$(PY) -m podserve.tooling.fetch_tools .tools/bin
 
-render: $(VENV)/bin/python ## Render every stage of VALUES into OUT/<stage>/; exit 2 and write nothing if invalid.
-	$(PIP) install -r requirements/tooling.txt
+render: $(VENV)/.tooling-deps ## Render every stage of VALUES into OUT/<stage>/; exit 2 and write nothing if invalid.
 	$(PY) -m podserve.tooling.render --all --values $(VALUES) --out $(OUT)
+
+$(VENV)/.tooling-deps: requirements/tooling.txt | $(VENV)/bin/python
+	$(PIP) install -r requirements/tooling.txt
+	touch $@
+
+bench: $(VENV)/bin/python ## Our server vs the onnxruntime ceiling vs Gunicorn: bench/results/latest.{json,md} (< 10 min).
+	@test -f $(VENV)/.bench-deps -a -z "$$(find requirements -newer $(VENV)/.bench-deps)" || \
+		{ $(PIP) install -r requirements/bench.txt && touch $(VENV)/.bench-deps; }
+	@test "$$(dpkg-query -W -f='$${Version}' wrk 2>/dev/null)" = "4.1.0-3+b2" || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk=4.1.0-3+b2; }
+	$(PY) -m podserve.tooling.example_models model cls det
+	BENCH_COMMAND="make bench" $(PY) -m bench.run
