@@ -1,0 +1,116 @@
+"""Where our server's serial time goes: py-spy samples of whichever thread holds the GIL.
+
+In one Python process only the thread holding the GIL runs Python; onnxruntime, and the
+parts of Pillow and numpy that release the GIL, run beside it. So the GIL-held time per
+request bounds throughput at 1 / (that time), whatever the cores. `stage_split` sorts
+py-spy's samples into stages by the deepest frame that names one, and turns sample counts
+into milliseconds of GIL per request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+# (stage, pattern on one frame "function (file:line)"); the deepest matching frame decides.
+STAGES = [
+    ("waitress: HTTP I/O, parsing, event loop", re.compile(r"\(waitress/")),
+    ("Flask + Werkzeug: request, routing, response", re.compile(r"\((flask|werkzeug)/")),
+    ("our view: admission, deadline, bookkeeping", re.compile(r"^create_app\.<locals>\.")),
+    ("batching: queue, hand-off, wake-ups", re.compile(r"\(podserve/runtime/(batcher|pool)\.py")),
+    ("metrics (prometheus_client)", re.compile(r"^(Metrics\.observe_\w+)|\(prometheus_client/")),
+    ("access log (one JSON line)", re.compile(r"^log_request ")),
+    ("wire: JSON + base64", re.compile(r"^parse_request ")),
+    ("handler.decode: image decode, resize, normalise", re.compile(r"^\w+\.decode \(")),
+    ("handler.predict: stack + onnxruntime call", re.compile(r"^\w+\.predict \(")),
+    ("handler.encode + JSON response", re.compile(r"^(\w+\.encode|success_body|create_app\.<locals>\.respond) \(")),
+]
+OTHER = "other (start-up threads, interpreter)"
+RATE = 250  # samples per second
+
+
+THREAD_GROUPS = [  # (prefix of a thread's name, group)
+    ("waitress-", "request threads: HTTP, decode, respond"),
+    ("batch-", "batch thread and lanes: inference"),
+    ("onnx-lane", "batch thread and lanes: inference"),
+    ("MainThread", "waitress's event loop"),
+]
+
+
+class ProfileUnavailable(RuntimeError):
+    """py-spy is missing or may not attach (e.g. no ptrace permission)."""
+
+
+def record_gil(pid: int, seconds: int, out: Path, rate: int = RATE) -> Path:
+    """Sample the GIL holder of process `pid` for `seconds` without pausing it; write py-spy's raw format."""
+    command = [_py_spy(), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(rate), "--gil",
+               "--nonblocking", "--format", "raw", "--output", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
+    if done.returncode != 0 or not out.exists():
+        raise ProfileUnavailable(f"py-spy failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}")
+    return out
+
+
+def _py_spy() -> str:
+    py_spy = shutil.which("py-spy") or str(Path(__file__).resolve().parent.parent / ".venv/bin/py-spy")
+    if not Path(py_spy).exists():
+        raise ProfileUnavailable("py-spy is not installed (requirements/bench.txt)")
+    return py_spy
+
+
+def thread_groups(pid: int) -> dict[int, str]:
+    """{native thread id: group} for process `pid`, from the thread names `py-spy dump` shows."""
+    done = subprocess.run([_py_spy(), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise ProfileUnavailable(f"py-spy dump failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+    groups = {}
+    for found in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', done.stdout, re.MULTILINE):
+        name = found.group(2)
+        groups[int(found.group(1))] = next((g for prefix, g in THREAD_GROUPS if name.startswith(prefix)), "other")
+    return groups
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """{native thread id: user + system CPU seconds so far} for process `pid`."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return seconds
+
+
+def machine_idle_ticks() -> tuple[int, int]:
+    """(all, idle + iowait) CPU ticks of the machine so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
+def stage_of(stack: list[str]) -> str:
+    for frame in reversed(stack):
+        for stage, pattern in reversed(STAGES):
+            if pattern.search(frame):
+                return stage
+    return OTHER
+
+
+def stage_split(raw: str, requests: int, rate: int, seconds: float) -> dict:
+    """Return the GIL's busy share and its milliseconds per request by stage, from py-spy's raw output."""
+    samples: Counter[str] = Counter()
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        stack, _, count = line.rpartition(" ")
+        samples[stage_of(stack.split(";"))] += int(count)
+    total = sum(samples.values())
+    per_request = {stage: round(count / rate / requests * 1000, 3) for stage, count in samples.most_common()}
+    return {"gil_busy_share": round(total / (rate * seconds), 3), "requests": requests,
+            "gil_ms_per_request": round(total / rate / requests * 1000, 3) if requests else None,
+            "gil_ms_per_request_by_stage": per_request}

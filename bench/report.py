@@ -1,0 +1,216 @@
+"""Turn measured windows into rows, ratios and target verdicts; write latest.json and latest.md."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+from bench.loadgen import Window
+
+METHOD = {
+    "load_generator": "wrk 4.1 (Debian package), 1 thread, closed loop: N connections each send the next request "
+                      "as soon as the previous answer arrives; requests cycle over real images in both wire forms "
+                      "(JSON with base64, raw bytes)",
+    "windows": "each system runs windows in turn at each concurrency until its last two windows agree within 10% "
+               "(at most 4); figures are medians over its windows",
+    "ceiling": "onnxruntime in the benchmark's process on inputs the handler already preprocessed, no HTTP: the best "
+               "of one session on every core and one single-threaded session per core, at the batch size that "
+               "fits the concurrency (concurrency = inputs in flight)",
+    "cpu_ms_per_request": "CPU time (user + system, every thread and process) of the server or of wrk during the "
+                          "windows, divided by the requests answered",
+}
+OURS, GUNICORN, CEILING = "ours", "gunicorn", "ceiling"
+TARGETS_DOC = "issue 4"
+
+
+def settled(windows: Sequence[Window], agree: float) -> bool:
+    """True when the last two windows' throughputs differ by at most `agree` (a fraction of the larger)."""
+    if len(windows) < 2:
+        return False
+    a, b = windows[-1].throughput_rps, windows[-2].throughput_rps
+    return abs(a - b) <= agree * max(a, b, 1e-9)
+
+
+def row(system, concurrency: int, windows: Sequence[Window], agree: float) -> dict:
+    """One system at one concurrency: medians over its windows, errors summed."""
+    def median(values) -> float:
+        return round(statistics.median(values), 3)
+
+    requests = sum(w.requests for w in windows)
+    batches = sum(w.batches for w in windows)
+    if system.kind == GUNICORN:
+        mean_batch = 1.0  # by construction: one predict call per request
+    else:
+        mean_batch = round(sum(w.batch_items for w in windows) / batches, 2) if batches else None
+    result = {
+        "system": system.name, "setup": system.setup or _ceiling_setup(system, concurrency),
+        "throughput_rps": round(statistics.median(w.throughput_rps for w in windows), 1),
+        "p50_ms": median(w.p50_ms for w in windows), "p95_ms": median(w.p95_ms for w in windows),
+        "p99_ms": median(w.p99_ms for w in windows), "errors": sum(w.errors for w in windows),
+        "mean_batch_size": mean_batch, "windows": len(windows), "settled": settled(windows, agree),
+        "window_throughputs": [round(w.throughput_rps, 1) for w in windows],
+        "requests": requests,
+        "server_cpu_ms_per_request": round(sum(w.server_cpu_s for w in windows) / requests * 1000, 3)
+        if requests else None,
+    }
+    if system.kind != CEILING:
+        result["client_cpu_ms_per_request"] = round(sum(w.client_cpu_s for w in windows) / requests * 1000, 3) \
+            if requests else None
+    return result
+
+
+def _ceiling_setup(system, concurrency: int) -> str:
+    return system.config_for(concurrency).label()
+
+
+def add_ratios(point: dict) -> None:
+    """Put ours/ceiling and ours/gunicorn (throughput) on the point and on our row."""
+    rows = {r["system"]: r for r in point["rows"]}
+    ours = rows.get(OURS)
+    if ours is None:
+        return
+    ratios = {}
+    for other in (CEILING, GUNICORN):
+        if other in rows and rows[other]["throughput_rps"]:
+            ratios[f"ours/{other}"] = round(ours["throughput_rps"] / rows[other]["throughput_rps"], 3)
+    if CEILING in rows:
+        ratios["ours_p50_minus_ceiling_p50_ms"] = round(ours["p50_ms"] - rows[CEILING]["p50_ms"], 3)
+    ours["ratios"] = point["ratios"] = ratios
+
+
+def _point(results: dict, workload: str, concurrency: int) -> dict | None:
+    for point in results["workloads"].get(workload, {}).get("points", []):
+        if point["concurrency"] == concurrency:
+            return point
+    return None
+
+
+def _ours(point: dict | None) -> dict | None:
+    return next((r for r in point["rows"] if r["system"] == OURS), None) if point else None
+
+
+def targets(results: dict) -> list[dict]:
+    """Each of issue 4's targets: goal, measured value, met or not."""
+    verdicts = []
+
+    def check(name: str, goal: str, value, met: bool | None) -> None:
+        verdicts.append({"target": name, "goal": goal, "measured": value, "met": met})
+
+    fast64, heavy8, fast1 = _point(results, "fast", 64), _point(results, "heavy", 8), _point(results, "fast", 1)
+    if fast64:
+        value = fast64["ratios"].get("ours/ceiling")
+        check("fast model, c=64: ours / ceiling", ">= 0.65", value, value is not None and value >= 0.65)
+        value = fast64["ratios"].get("ours/gunicorn")
+        check("fast model, c=64: ours / Gunicorn", ">= 1.3", value, value is not None and value >= 1.3)
+    if heavy8:
+        value = heavy8["ratios"].get("ours/ceiling")
+        check("heavy model, c=8: ours / ceiling", ">= 0.95", value, value is not None and value >= 0.95)
+    if fast1:
+        value = fast1["ratios"].get("ours_p50_minus_ceiling_p50_ms")
+        check("fast model, c=1: ours p50 - ceiling p50 (ms)", "<= 2.0", value, value is not None and value <= 2.0)
+    errors = sum(r["errors"] for w in results["workloads"].values() for p in w["points"] for r in p["rows"])
+    check("errors, every system at every point", "0", errors, errors == 0)
+    for name, workload in results["workloads"].items():
+        ours = _ours(_point(results, name, 64))
+        if ours:
+            value = round(ours["p99_ms"] / ours["p50_ms"], 2) if ours["p50_ms"] else None
+            check(f"{name} model, c=64: ours p99 / p50", "<= 3.0", value, value is not None and value <= 3.0)
+    fast = results["workloads"].get("fast")
+    if fast:
+        value = fast["peak_rss_mb"].get(OURS, {}).get("main")
+        check("peak RSS of our server, example model (MB)", "<= 300", value, value is not None and value <= 300)
+    return verdicts
+
+
+def bounds(results: dict) -> list[str]:
+    """For each missed throughput target, what bounds it, from this run's own measurements.
+
+    On saturated cores throughput = cores / (CPU per request), so the CPU each system spends
+    per request, split into inference (the ceiling's own CPU per input), preprocessing (the
+    handler's decode, timed alone) and the rest, says where the difference comes from.
+    """
+    lines = []
+    cores = results["machine"]["cores"]
+    missed = {t["target"] for t in results["targets"] if t["met"] is False}
+    for workload, concurrency in (("fast", 64), ("heavy", 8)):
+        if not any(t.startswith(f"{workload} model, c={concurrency}: ours /") for t in missed):
+            continue
+        w, point = results["workloads"][workload], _point(results, workload, concurrency)
+        rows = {r["system"]: r for r in point["rows"]}
+        ours, ceiling, gunicorn = rows.get(OURS), rows.get(CEILING), rows.get(GUNICORN)
+        if not (ours and ceiling):
+            continue
+        infer = ceiling["server_cpu_ms_per_request"]
+        decode = next((s["us_per_call"] for s in w["preprocessing"] if s["step"].startswith("handler.decode")), 0) / 1000
+        client = ours.get("client_cpu_ms_per_request") or 0.0
+        best = cores * 1000 / (infer + decode + client)
+        lines.append(
+            f"{workload} model, c={concurrency}: inference alone costs {infer:.3f} ms of CPU per input (the ceiling's "
+            f"own CPU time) and preprocessing {decode:.3f} ms per image (handler.decode alone); with wrk's "
+            f"{client:.3f} ms, {cores} cores could answer at most {best:.0f} req/s = {best / ceiling['throughput_rps']:.2f} "
+            f"x the ceiling even if the server cost nothing. Ours spent {ours['server_cpu_ms_per_request']:.3f} ms per "
+            f"request: {ours['server_cpu_ms_per_request'] - infer - decode:.3f} ms beyond inference and preprocessing.")
+        gil = w.get("gil_profile", {})
+        if workload == "fast" and "cores_by_thread_group" in gil:
+            used = ", ".join(f"{group} {cores:.2f}" for group, cores in gil["cores_by_thread_group"].items())
+            lines.append(f"The server did not use both cores: in an extra window at c=64 the machine was "
+                         f"{gil['machine_idle_share']:.0%} idle; cores used by its threads: {used}. Its request "
+                         f"threads' Python runs one at a time under the GIL and hand it over dozens of times per "
+                         f"request; the Gunicorn workers each have a GIL of their own.")
+        if workload == "fast" and "gil_ms_per_request_by_stage" in gil:
+            top = ", ".join(f"{stage} {ms:.3f}" for stage, ms in list(gil["gil_ms_per_request_by_stage"].items())[:4])
+            lines.append(f"Of that, Python holding the GIL took {gil['gil_ms_per_request']:.3f} ms per request "
+                         f"(py-spy, c=64): {top} ms.")
+        if gunicorn:
+            lines.append(
+                f"Gunicorn spent {gunicorn['server_cpu_ms_per_request']:.3f} ms of CPU per request (no batching, no "
+                f"thread hand-offs, no GIL shared between workers); ours/Gunicorn CPU per request = "
+                f"{ours['server_cpu_ms_per_request'] / gunicorn['server_cpu_ms_per_request']:.2f}, and "
+                f"throughput on saturated cores goes as its inverse.")
+    return lines
+
+
+def defaults(results: dict) -> list[str]:
+    """Value.py's CPU layout against the variants run beside it, where they ran: throughput and CPU per request."""
+    lines = []
+    for name, workload in results["workloads"].items():
+        for point in workload["points"]:
+            rows = {r["system"]: r for r in point["rows"]}
+            ours = rows.get(OURS)
+            variants = [r for r in point["rows"] if r["system"].startswith(OURS + ": ")]
+            if not (ours and variants):
+                continue
+            compared = "; ".join(
+                f"{v['system'].removeprefix(OURS + ': ')}: {v['throughput_rps']:.0f} req/s "
+                f"({ours['throughput_rps'] / v['throughput_rps']:.2f}x), {v['server_cpu_ms_per_request']:.3f} ms CPU"
+                for v in variants)
+            lines.append(f"{name} model, c={point['concurrency']}: value.py's one instance (batches up to "
+                         f"{_setting(ours['setup'], 'max_batch_size')}, run on every core) {ours['throughput_rps']:.0f} "
+                         f"req/s, {ours['server_cpu_ms_per_request']:.3f} ms CPU per request; {compared}.")
+    return lines
+
+
+def _setting(setup: str, name: str) -> str:
+    return next((part.split("=", 1)[1] for part in setup.split(", ") if part.startswith(name + "=")), "?")
+
+
+def wrk_version() -> str:
+    try:
+        done = subprocess.run(["wrk", "--version"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "not installed"
+    return (done.stdout or done.stderr).split("Copyright")[0].strip()
+
+
+def write(results: dict, out: Path) -> None:
+    from bench.markdown import render
+
+    results["targets"] = targets(results)
+    results["bounds"] = bounds(results)
+    results["defaults"] = defaults(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "latest.md").write_text(render(results))

@@ -1,0 +1,251 @@
+"""`make bench`: our server against the onnxruntime ceiling and the Gunicorn design, in one run.
+
+    python -m bench.run [--quick] [--workloads fast,heavy] [--out bench/results]
+
+For each workload: time the preprocessing steps, search the ceiling's configurations,
+start our server (as `make serve` runs it, plus the CPU variants that justify its
+defaults) and Gunicorn, then for each concurrency run closed-loop windows of every system
+in turn (so that machine drift hits them all alike) until each system's last two windows
+agree within 10%. Every loop is bounded in count and time. Writes latest.json and
+latest.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import profile, report
+from bench.ceiling import Ceiling
+from bench.loadgen import LoadError, request_wires, write_wires
+from bench.probes import preprocessing_steps
+from bench.systems import CeilingSystem, Server, ServerFailed, start_gunicorn, start_ours
+from bench.workloads import REPO, WORKLOADS, Workload
+
+OPTIMISATIONS = REPO / "bench" / "optimisations.json"  # measured while developing; see its "how" fields
+CONCURRENCIES = (1, 8, 32, 64)
+AGREE = 0.10  # two windows agree when their throughputs differ by at most 10%
+MIN_WINDOWS, MAX_WINDOWS = 2, 4
+MAX_WINDOW_S = 8
+BUDGET_S = {"fast": 170, "heavy": 260}  # measuring time per workload, start-up and search excluded
+#: CPU variants of our server, run beside it to justify value.py's defaults: one instance whose batches
+#: run as parallel single-threaded chunks (as value.py), against parallel single-threaded instances
+#: with and without batching.
+VARIANTS = {
+    "ours: 2 instances, batching": {"PODSERVE_INS_NUM_PER_GPU": "2"},
+    "ours: 2 instances, no batching": {"PODSERVE_INS_NUM_PER_GPU": "2", "PODSERVE_MAX_BATCH_SIZE": "1"},
+}
+VARIANT_CONCURRENCIES = (8, 64)
+PROFILE_S = 6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", default="fast,heavy", help="comma-separated: fast, heavy")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="folder for latest.json/.md")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: one window per system, short")
+    parser.add_argument("--no-variants", action="store_true", help="skip the CPU variants of our server")
+    parser.add_argument("--only", default="", help="comma-separated systems to run (ours, gunicorn, ceiling); "
+                                                    "default all")
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCIES)),
+                        help="comma-separated concurrencies (default 1,8,32,64)")
+    args = parser.parse_args(argv)
+    args.concurrencies = tuple(int(c) for c in args.concurrency.split(","))
+    args.systems = set(filter(None, args.only.split(","))) or {"ours", "gunicorn", "ceiling", "variants"}
+    started = time.monotonic()
+    cores = len(os.sched_getaffinity(0))
+    results = {"command": os.environ.get("BENCH_COMMAND", "python -m bench.run " + " ".join(argv or sys.argv[1:])),
+               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "machine": machine(cores), "method": report.METHOD, "workloads": {}}
+    with tempfile.TemporaryDirectory(prefix="podserve-bench-") as scratch:
+        for name in args.workloads.split(","):
+            workload = WORKLOADS[name.strip()]
+            log(f"== {workload.name}: {workload.title}")
+            results["workloads"][workload.name] = run_workload(workload, cores, Path(scratch), args)
+    results["optimisations"] = json.loads(OPTIMISATIONS.read_text())
+    results["wall_seconds"] = round(time.monotonic() - started, 1)
+    out = Path(args.out)
+    report.write(results, out)
+    log(f"wrote {out / 'latest.json'} and {out / 'latest.md'} in {results['wall_seconds']:.0f}s")
+    return 0
+
+
+def run_workload(workload: Workload, cores: int, scratch: Path, args) -> dict:
+    from podserve.runtime.pool import import_handler
+
+    handler = import_handler(workload.handler)()
+    images = workload.images()
+    payload_inputs = [handler.decode(_payload(image)) for image in images]
+    size = payload_inputs[0].shape[2], payload_inputs[0].shape[1]
+    steps = preprocessing_steps(handler, images, size, seconds=0.3 if args.quick else 0.6)
+    log("preprocessing: " + "; ".join(f"{s.name} {s.us_per_call:.0f}us x{s.two_thread_speedup:.2f}" for s in steps))
+
+    ceiling = Ceiling(str(REPO / workload.model_path), payload_inputs, cores)
+    systems: list = []
+    if "ceiling" in args.systems:
+        ceiling.search(args.concurrencies, workload.ceiling_batches, seconds=0.4 if args.quick else 0.8)
+        log("ceiling: " + ", ".join(f"{c.label()} {rps:.0f}/s" for c, rps in ceiling.searched.items()))
+        systems.append(CeilingSystem(ceiling, workload.ceiling_batches))
+
+    log_dir = Path(args.out) / "logs"  # the servers' logs, kept for a look after a failure (not committed)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    starts = [lambda: start_ours("ours", workload, log_dir)] if "ours" in args.systems else []
+    if "gunicorn" in args.systems:
+        starts.append(lambda: start_gunicorn(workload, _service_name(), cores, log_dir))
+    if "variants" in args.systems and not (args.no_variants or args.quick):
+        starts += [lambda n=name, e=env: start_ours(n, workload, log_dir, e) for name, env in VARIANTS.items()]
+    servers: list[Server] = []
+    try:
+        for start in starts:  # one at a time: each instance times its runs at start-up, on a quiet machine
+            server = start()
+            servers.append(server)
+            server.wait_ready()
+            wires = request_wires(server.path, f"127.0.0.1:{server.port}", images)
+            server.request_files = write_wires(wires, scratch / workload.name / server.name)
+            server.measure(8, 1)  # warm-up, not recorded
+        points = measure_points(workload, systems + servers, args)
+        gil = profile_ours(servers[0], scratch, workload, args) if "ours" in args.systems else {}
+        peaks = {server.name: server.peak_rss_mb() for server in servers}
+    finally:
+        exits = {server.name: server.stop() for server in servers}
+    return {"title": workload.title, "handler": workload.handler, "model": workload.model_path,
+            "images": len(images), "request_forms": ["JSON with base64 image", "raw bytes (application/octet-stream)"],
+            "setups": {s.name: s.setup for s in servers}, "preprocessing": [s.as_dict() for s in steps],
+            "ceiling_search": [{"config": c.label(), "throughput_rps": round(rps, 1)}
+                               for c, rps in ceiling.searched.items()],
+            "points": points, "peak_rss_mb": peaks, "exit_codes": exits, "gil_profile": gil}
+
+
+def measure_points(workload: Workload, systems: list, args) -> list[dict]:
+    """Measure every concurrency, interleaving the systems window by window."""
+    points = []
+    deadline = time.monotonic() + BUDGET_S[workload.name] * (0.4 if args.quick else 1.0)
+    estimate: dict[str, float] = {}  # system -> last measured throughput
+    for index, concurrency in enumerate(args.concurrencies):
+        here = [s for s in systems if not s.name.startswith("ours: ") or
+                (concurrency in VARIANT_CONCURRENCIES)]
+        seconds = window_seconds(workload, concurrency, [estimate.get(s.name) for s in here])
+        points_left = len(args.concurrencies) - index
+        point_deadline = time.monotonic() + (deadline - time.monotonic()) / points_left
+        windows = interleave(here, concurrency, seconds, point_deadline, 1 if args.quick else MIN_WINDOWS)
+        rows = [report.row(system, concurrency, windows[system.name], AGREE) for system in here]
+        for row in rows:
+            estimate[row["system"]] = row["throughput_rps"]
+        point = {"concurrency": concurrency, "window_s": seconds, "rows": rows}
+        report.add_ratios(point)
+        points.append(point)
+        log(f"c={concurrency:<3} " + " | ".join(f"{r['system']} {r['throughput_rps']:.0f}/s p50 {r['p50_ms']:.1f}ms "
+                                                 f"({r['windows']}w)" for r in rows))
+    return points
+
+
+def interleave(systems: list, concurrency: int, seconds: int, deadline: float, min_windows: int) -> dict:
+    """Run rounds of one window per unsettled system until each has two that agree, or bounds hit."""
+    windows: dict[str, list] = {s.name: [] for s in systems}
+    for round_number in range(MAX_WINDOWS):
+        unsettled = [s for s in systems if len(windows[s.name]) < min_windows or
+                     (min_windows > 1 and not report.settled(windows[s.name], AGREE))]
+        if not unsettled or (round_number >= min_windows and time.monotonic() > deadline):
+            break
+        shift = round_number % len(unsettled)  # rotate who goes first, so no system always follows another
+        for system in unsettled[shift:] + unsettled[:shift]:
+            try:
+                windows[system.name].append(system.measure(concurrency, seconds))
+            except (LoadError, ServerFailed) as exc:
+                log(f"{system.name} at c={concurrency}: {exc}")
+                raise
+    return windows
+
+
+def window_seconds(workload: Workload, concurrency: int, throughputs: list[float | None]) -> int:
+    """At least the workload's minimum, and long enough for ~4 round trips of the slowest system."""
+    known = [t for t in throughputs if t]
+    latency = max((concurrency / t for t in known), default=0.0)
+    return int(min(MAX_WINDOW_S, max(workload.min_window_s, math.ceil(4 * latency))))
+
+
+def profile_ours(server: Server, scratch: Path, workload: Workload, args) -> dict:
+    """Two extra windows of our server at concurrency 64 (not part of the table): one measuring which of
+    its threads used the CPU and how idle the machine was, one under py-spy sampling the GIL's holder."""
+    if args.quick:
+        return {"skipped": "--quick"}
+    import threading
+
+    try:
+        groups = profile.thread_groups(server.process.pid)
+    except profile.ProfileUnavailable as exc:
+        return {"skipped": str(exc)}
+    before, machine_before = profile.thread_cpu_seconds(server.process.pid), profile.machine_idle_ticks()
+    window = server.measure(64, PROFILE_S - 1)
+    after, machine_after = profile.thread_cpu_seconds(server.process.pid), profile.machine_idle_ticks()
+    cores: dict[str, float] = {}
+    for tid, seconds in after.items():
+        group = groups.get(tid, "other")
+        cores[group] = cores.get(group, 0.0) + (seconds - before.get(tid, 0.0)) / window.seconds
+    total, idle = (a - b for a, b in zip(machine_after, machine_before))
+    split: dict = {"cores_by_thread_group": {g: round(c, 2) for g, c in sorted(cores.items(), key=lambda x: -x[1])},
+                   "machine_idle_share": round(idle / total, 3) if total else None,
+                   "throughput_rps_unprofiled": round(window.throughput_rps, 1)}
+
+    out = scratch / f"{workload.name}-gil.txt"
+    result: dict = {}
+    spy = threading.Thread(target=lambda: result.update(_record(server.process.pid, out)))
+    spy.start()
+    time.sleep(0.5)  # py-spy attaches
+    window = server.measure(64, PROFILE_S - 1)
+    spy.join()
+    if "error" in result:
+        return {**split, "skipped": result["error"]}
+    split.update(profile.stage_split(out.read_text(), window.requests, profile.RATE, window.seconds))
+    split["throughput_rps_while_profiled"] = round(window.throughput_rps, 1)
+    split["server_cpu_ms_per_request"] = round(window.server_cpu_s / window.requests * 1000, 3)
+    return split
+
+
+def _record(pid: int, out: Path) -> dict:
+    try:
+        profile.record_gil(pid, PROFILE_S, out)
+        return {}
+    except profile.ProfileUnavailable as exc:
+        return {"error": str(exc)}
+
+
+def machine(cores: int) -> dict:
+    import onnxruntime
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                         if line.startswith("MemTotal")))
+    load = os.getloadavg()
+    return {"cpu": cpu, "cores": cores, "memory_gib": round(memory_kb / 1024 ** 2, 1), "gpu": "none",
+            "os": platform.platform(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "wrk": report.wrk_version(), "load_average_at_start": [round(x, 2) for x in load]}
+
+
+def _service_name() -> str:
+    from podserve.tooling.values import load_values
+
+    return load_values(REPO / "value.py").serving_settings().service_name
+
+
+def _payload(image: bytes):
+    from podserve.handler import Payload
+
+    return Payload(image=image)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

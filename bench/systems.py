@@ -1,0 +1,191 @@
+"""The systems under test, each measured one closed-loop window at a time.
+
+- `Server`: an HTTP server in its own process (ours, a variant of ours, or Gunicorn),
+  driven by wrk; its CPU time and peak RSS are read from /proc, and ours' batch sizes
+  from its own /metrics.
+- `CeilingSystem`: onnxruntime in this process (see `bench.ceiling`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+from bench.ceiling import Ceiling, Config
+from bench.loadgen import Window, run_wrk
+from bench.workloads import REPO, Workload
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+BATCH_SUM, BATCH_COUNT = "podserve_batch_size_sum", "podserve_batch_size_count"
+
+
+class ServerFailed(RuntimeError):
+    """A server under test exited or never became ready."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """One server process (and its children, for Gunicorn's workers) on a loopback port."""
+
+    kind = "server"
+
+    def __init__(self, name: str, kind: str, command: list[str], env: dict[str, str], port: int, service: str,
+                 log_path: Path, setup: str):
+        self.name, self.kind, self.port, self.setup = name, kind, port, setup
+        self.path = f"/api/{service}"
+        self.url = f"http://127.0.0.1:{port}{self.path}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        self.request_files: Sequence[Path] = ()
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerFailed(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/ping", timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        raise ServerFailed(f"{self.name} was not ready within {timeout_s:.0f}s; see {self.log_path}")
+
+    def measure(self, concurrency: int, seconds: int) -> Window:
+        cpu_before, batches_before = self.cpu_seconds(), self.batch_totals()
+        window = run_wrk(self.url, self.request_files, concurrency, seconds)
+        cpu_after, batches_after = self.cpu_seconds(), self.batch_totals()
+        return _with(window, server_cpu_s=cpu_after - cpu_before, batches=batches_after[1] - batches_before[1],
+                     batch_items=batches_after[0] - batches_before[0])
+
+    def pids(self) -> list[int]:
+        """The server's process and its children (Gunicorn's workers)."""
+        pids = [self.process.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of every process of the server so far."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / CLOCK_TICKS
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        """VmHWM (peak resident set) of each process of the server, in MB (10^6 bytes)."""
+        peaks = {}
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+            if found:
+                role = "main" if pid == self.process.pid else f"worker-{pid}"
+                peaks[role] = round(int(found.group(1)) * 1024 / 1e6, 1)
+        return peaks
+
+    def batch_totals(self) -> tuple[float, float]:
+        """(inputs, predict calls) so far, from the server's /metrics; (0, 0) where it has none."""
+        if self.kind == "gunicorn":
+            return 0.0, 0.0
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        totals = {BATCH_SUM: 0.0, BATCH_COUNT: 0.0}
+        for line in text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in totals:
+                totals[name] += float(line.rsplit(" ", 1)[1])
+        return totals[BATCH_SUM], totals[BATCH_COUNT]
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 30 s; return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self._log.close()
+        return self.process.returncode
+
+
+def start_ours(name: str, workload: Workload, log_dir: Path, overrides: dict[str, str] | None = None) -> Server:
+    """Our server with the environment `make serve` derives from value.py; only the port, the
+    workload's handler and model, and a variant's `overrides` (PODSERVE_* names) differ."""
+    from podserve.tooling.serve_local import local_environment
+
+    port = free_port()
+    env = local_environment(str(REPO / "value.py"), dict(os.environ))
+    env.update({"PODSERVE_PORT": str(port), "PODSERVE_HANDLER": workload.handler,
+                "PODSERVE_MODEL_PATH": str(REPO / workload.model_path), **(overrides or {})})
+    env["PODSERVE_DRAIN_SECONDS"] = "0"  # the benchmark stops it when no request is in flight
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
+    setup = ", ".join(f"{k.removeprefix('PODSERVE_').lower()}={env[k]}" for k in
+                      ("PODSERVE_INS_NUM_PER_GPU", "PODSERVE_MAX_BATCH_SIZE", "PODSERVE_MAX_BATCH_DELAY_MS",
+                       "PODSERVE_HTTP_THREADS", "PODSERVE_CPU"))
+    service = env["PODSERVE_SERVICE_NAME"]
+    return Server(name, "ours", [sys.executable, "-m", "podserve.runtime"], env, port, service,
+                  log_dir / f"{workload.name}-{name}.log", setup)
+
+
+def start_gunicorn(workload: Workload, service: str, workers: int, log_dir: Path) -> Server:
+    """Gunicorn, `workers` sync workers (one per core), each calling the handler once per request."""
+    port = free_port()
+    env = {**os.environ, "BENCH_HANDLER": workload.handler, "BENCH_MODEL": str(REPO / workload.model_path),
+           "BENCH_SERVICE": service, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    command = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "sync", "-b", f"127.0.0.1:{port}",
+               "--backlog", "2048", "--timeout", "120", "--log-level", "warning", "bench.gunicorn_app:app_from_env()"]
+    return Server("gunicorn", "gunicorn", command, env, port, service, log_dir / f"{workload.name}-gunicorn.log",
+                  f"{workers} sync workers x 1 onnxruntime thread, no batching")
+
+
+class CeilingSystem:
+    """The ceiling as a system the orchestrator can interleave with the servers."""
+
+    name = kind = "ceiling"
+
+    def __init__(self, ceiling: Ceiling, batches: Sequence[int]):
+        self.ceiling = ceiling
+        self.batches = batches
+        self.setup = ""
+
+    def config_for(self, concurrency: int) -> Config:
+        return self.ceiling.best_for(concurrency, self.batches)
+
+    def measure(self, concurrency: int, seconds: int) -> Window:
+        return self.ceiling.run(self.config_for(concurrency), seconds)
+
+
+def _with(window: Window, **changes) -> Window:
+    from dataclasses import replace
+
+    return replace(window, **changes)

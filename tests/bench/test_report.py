@@ -1,0 +1,138 @@
+"""The benchmark's arithmetic on made-up numbers: wrk's output, windows, ratios, verdicts, profile stages."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from bench import report
+from bench.loadgen import LoadError, Window, parse_wrk_output, request_wires
+from bench.markdown import render
+from bench.profile import OTHER, stage_of, stage_split
+
+WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:8080/api/x
+  1 threads and 8 connections
+WRK_RESULT {"requests": 1200, "duration_us": 2000000, "bytes": 1, "connect_errors": 0, "read_errors": 1, \
+"write_errors": 0, "status_errors": 2, "timeouts": 3, "p50_us": 1500, "p95_us": 2500, "p99_us": 4000, \
+"mean_us": 1600.0, "max_us": 9000}
+"""
+
+
+def window(rps: float, p50: float = 1.0, cpu: float = 0.0, batches: float = 0, items: float = 0) -> Window:
+    return Window(requests=int(rps * 2), seconds=2.0, errors=0, p50_ms=p50, p95_ms=2 * p50, p99_ms=3 * p50,
+                  server_cpu_s=cpu, batches=batches, batch_items=items)
+
+
+def test_wrk_output_becomes_a_window_in_milliseconds_with_every_error_counted():
+    w = parse_wrk_output(WRK_OUTPUT, client_cpu_s=0.25)
+    assert (w.requests, w.seconds, w.errors, w.client_cpu_s) == (1200, 2.0, 6, 0.25)
+    assert (w.p50_ms, w.p95_ms, w.p99_ms) == (1.5, 2.5, 4.0)
+    assert w.throughput_rps == 600.0
+    with pytest.raises(LoadError, match="no WRK_RESULT"):
+        parse_wrk_output("wrk: connection refused")
+
+
+def test_two_windows_settle_when_within_ten_percent_of_the_larger():
+    assert report.settled([window(100), window(91)], 0.10)
+    assert not report.settled([window(100), window(89)], 0.10)
+    assert not report.settled([window(100)], 0.10)
+    assert report.settled([window(50), window(100), window(95)], 0.10)  # only the last two count
+
+
+def test_a_row_is_the_median_of_its_windows_with_batches_and_cpu_summed():
+    ours = SimpleNamespace(name="ours", kind="ours", setup="value.py")
+    windows = [window(100, p50=1.0, cpu=0.4, batches=20, items=80), window(120, p50=3.0, cpu=0.4, batches=30,
+                                                                             items=120),
+               window(110, p50=2.0, cpu=0.4, batches=50, items=200)]
+    row = report.row(ours, 8, windows, 0.10)
+    assert row["throughput_rps"] == 110.0 and row["p50_ms"] == 2.0 and row["p99_ms"] == 6.0
+    assert row["mean_batch_size"] == 4.0 and row["windows"] == 3 and row["settled"]
+    assert row["server_cpu_ms_per_request"] == round(1.2 / 660 * 1000, 3)
+    gunicorn = SimpleNamespace(name="gunicorn", kind="gunicorn", setup="2 workers")
+    assert report.row(gunicorn, 8, windows, 0.10)["mean_batch_size"] == 1.0
+
+
+def test_ratios_are_ours_over_each_other_system_and_the_p50_gap_to_the_ceiling():
+    point = {"rows": [{"system": "ceiling", "throughput_rps": 1000.0, "p50_ms": 0.5},
+                      {"system": "ours", "throughput_rps": 650.0, "p50_ms": 2.0},
+                      {"system": "gunicorn", "throughput_rps": 500.0, "p50_ms": 3.0}]}
+    report.add_ratios(point)
+    assert point["ratios"] == {"ours/ceiling": 0.65, "ours/gunicorn": 1.3, "ours_p50_minus_ceiling_p50_ms": 1.5}
+    assert point["rows"][1]["ratios"] is point["ratios"]
+
+
+def _results(fast64_ours: float, heavy8_ours: float, errors: int = 0) -> dict:
+    def point(concurrency, ours_rps, ceiling_rps, gunicorn_rps, ours_p50=2.0, ceiling_p50=0.5):
+        p = {"concurrency": concurrency, "rows": [
+            {"system": "ceiling", "throughput_rps": ceiling_rps, "p50_ms": ceiling_p50, "p99_ms": 1.0, "errors": 0,
+             "server_cpu_ms_per_request": 0.6},
+            {"system": "ours", "throughput_rps": ours_rps, "p50_ms": ours_p50, "p99_ms": 2.5 * ours_p50,
+             "errors": errors, "server_cpu_ms_per_request": 1.5, "client_cpu_ms_per_request": 0.05},
+            {"system": "gunicorn", "throughput_rps": gunicorn_rps, "p50_ms": 1.0, "p99_ms": 9.0, "errors": 0,
+             "server_cpu_ms_per_request": 1.4}]}
+        report.add_ratios(p)
+        return p
+    steps = [{"step": "handler.decode (all of the above but the wire)", "us_per_call": 300.0,
+              "two_thread_speedup": 1.0}]
+    return {"machine": {"cores": 2}, "workloads": {
+        "fast": {"points": [point(1, 500, 1700, 600), point(64, fast64_ours, 1000, 500)],
+                 "peak_rss_mb": {"ours": {"main": 140.0}}, "preprocessing": steps},
+        "heavy": {"points": [point(8, heavy8_ours, 100, 80, ours_p50=100, ceiling_p50=20)],
+                  "peak_rss_mb": {"ours": {"main": 500.0}}, "preprocessing": steps}}}
+
+
+def test_targets_follow_issue_4_and_missed_ones_get_a_measured_bound():
+    met = {t["target"]: t["met"] for t in report.targets(_results(fast64_ours=650, heavy8_ours=96))}
+    assert met == {"fast model, c=64: ours / ceiling": True, "fast model, c=64: ours / Gunicorn": True,
+                   "heavy model, c=8: ours / ceiling": True, "fast model, c=1: ours p50 - ceiling p50 (ms)": True,
+                   "errors, every system at every point": True, "fast model, c=64: ours p99 / p50": True,
+                   "peak RSS of our server, example model (MB)": True}
+    results = _results(fast64_ours=500, heavy8_ours=90, errors=1)
+    results["targets"] = verdicts = report.targets(results)
+    missed = {t["target"] for t in verdicts if t["met"] is False}
+    assert missed == {"fast model, c=64: ours / ceiling", "fast model, c=64: ours / Gunicorn",
+                      "heavy model, c=8: ours / ceiling", "errors, every system at every point"}
+    bounds = report.bounds(results)
+    # 2 cores / (0.6 ms inference + 0.3 ms preprocessing + 0.05 ms wrk) = 2105 req/s at most.
+    assert "at most 2105 req/s" in bounds[0] and "Gunicorn spent 1.400 ms" in bounds[1]
+
+
+def test_profile_samples_go_to_the_deepest_named_stage():
+    waitress = "HTTPChannel.service (waitress/channel.py:430)"
+    view = "create_app.<locals>.infer (podserve/runtime/app.py:83)"
+    assert stage_of([waitress]).startswith("waitress")
+    assert stage_of([waitress, view, "TextDirection.decode (server.py:29)", "open (PIL/Image.py:3600)"]) \
+        .startswith("handler.decode")
+    assert stage_of([waitress, view, "WorkItem.wait (podserve/runtime/batcher.py:53)"]).startswith("batching")
+    assert stage_of(["<module> (x.py:1)"]) == OTHER
+    raw = f"{waitress} 30\n{waitress};{view} 20\n"
+    split = stage_split(raw, requests=100, rate=100, seconds=1.0)
+    assert split["gil_busy_share"] == 0.5 and split["gil_ms_per_request"] == 5.0
+    assert list(split["gil_ms_per_request_by_stage"].values()) == [3.0, 2.0]
+
+
+def test_each_image_is_sent_as_json_with_base64_and_as_raw_bytes():
+    json_wire, raw_wire = request_wires("/api/x", "127.0.0.1:9", [b"\x89PNG-bytes"])
+    head, body = json_wire.split(b"\r\n\r\n", 1)
+    assert b"Content-Type: application/json" in head and f"Content-Length: {len(body)}".encode() in head
+    assert b'"image": "iVBORy1ieXRlcw=="' in body
+    head, body = raw_wire.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"POST /api/x?postid=bench-0&uid=bench&seqid=0 HTTP/1.1")
+    assert b"application/octet-stream" in head and body == b"\x89PNG-bytes"
+
+
+def test_the_markdown_table_renders_every_target():
+    results = _results(fast64_ours=500, heavy8_ours=90)
+    results.update(command="make bench", date="today", wall_seconds=1.0, method={"windows": "w"}, machine={
+        "cores": 2, "cpu": "cpu", "memory_gib": 1, "os": "os", "python": "3", "onnxruntime": "1", "wrk": "wrk",
+        "load_average_at_start": [0, 0, 0]})
+    for w in results["workloads"].values():
+        w.update(title="t", handler="h", model="m", images=1, request_forms=["a", "b"], ceiling_search=[])
+        for p in w["points"]:
+            for r in p["rows"]:
+                r.update(setup="s", p95_ms=1.0, mean_batch_size=1.0, windows=2, settled=True,
+                         window_throughputs=[1.0, 1.0])
+    results["targets"] = report.targets(results)
+    text = render(results)
+    assert "`make bench`" in text and text.count("**missed**") == 3
