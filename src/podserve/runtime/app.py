@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request
 
 from podserve import errors
-from podserve.errors import HandlerFailed, InvalidInput, NotReady, Overloaded, ServingError
+from podserve.errors import HandlerFailed, InvalidInput, NotReady, ServingError
 from podserve.handler import Payload
 from podserve.routes import LIVE_PATH, METRICS_PATH, PING_PATH, service_path
 from podserve.runtime import api
@@ -45,6 +45,7 @@ def create_app(settings: ServingSettings, pool: InstancePool, lifecycle: Lifecyc
     app = Flask("podserve")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     route = service_path(settings.service_name)
+    metrics.in_flight.set_function(lambda: lifecycle.in_flight)
 
     def respond(status: int, body: dict, headers: dict[str, str] | None = None) -> Response:
         return Response(json.dumps(body), status=status, mimetype="application/json", headers=headers)
@@ -74,15 +75,13 @@ def create_app(settings: ServingSettings, pool: InstancePool, lifecycle: Lifecyc
     def infer(request: Request) -> Response:
         started = time.perf_counter()
         lifecycle.request_started()
-        metrics.in_flight.inc()
         payload: Payload | None = None
         item = None
         failure = None
         try:
             deadline = time.monotonic() + _timeout_seconds(request, settings)
             handler = pool.decoder()
-            if not pool.has_room():
-                raise Overloaded("every instance's queue is full; retry shortly", headers={"Retry-After": "1"})
+            pool.ensure_room()
             with pool.admit() as admission:
                 payload = api.parse_request(request.content_type, _read_body(request), request.args,
                                             settings.max_image_pixels)
@@ -100,7 +99,6 @@ def create_app(settings: ServingSettings, pool: InstancePool, lifecycle: Lifecyc
             response = error_response(exc, payload)
         finally:
             lifecycle.request_finished()
-            metrics.in_flight.dec()
         seconds = time.perf_counter() - started
         metrics.observe_request(route, response.status_code, seconds)
         log_request({"route": route, "status": response.status_code, **api.ids_of(payload),

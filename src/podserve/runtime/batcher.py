@@ -52,7 +52,7 @@ class WorkItem:
         """Return the output; raise its error, or DeadlineExceeded if it was still queued at the deadline."""
         if not self._done.wait(max(0.0, self.deadline - time.monotonic())):
             if self.worker is not None and self.worker.withdraw(self):
-                raise DeadlineExceeded("the request's deadline passed while it was queued; it was not run")
+                raise self.error
             self._done.wait()  # already running: a batch is never abandoned half-way
         if self.error is not None:
             raise self.error
@@ -113,7 +113,7 @@ class BatchWorker:
             if item.state != QUEUED:
                 return False
             self._queue.remove(item)
-            item.finish(error=DeadlineExceeded("the request's deadline passed while it was queued; it was not run"))
+            item.finish(error=_expired())
             return True
 
     def is_alive(self, stuck_after: float) -> bool:
@@ -133,7 +133,7 @@ class BatchWorker:
         while True:
             batch, expired = self._next_batch()
             for item in expired:
-                item.finish(error=DeadlineExceeded("the request's deadline passed while it was queued; it was not run"))
+                item.finish(error=_expired())
             if batch is None:
                 return
             try:
@@ -181,7 +181,7 @@ class BatchWorker:
             started = time.perf_counter()
             try:
                 outputs = self.handler.predict([item.input for item in group])
-                _check_outputs(self.handler, outputs, len(group))
+                check_outputs(self.handler, outputs, len(group))
             except Exception as exc:  # the handler's failure must not kill the batch thread
                 log.exception("predict failed on instance %s for a batch of %d", self.name, len(group))
                 error = exc if isinstance(exc, HandlerFailed) else HandlerFailed(
@@ -198,7 +198,12 @@ class BatchWorker:
                 self._on_batch(self, len(group), seconds, group)
 
 
-def _check_outputs(handler: Handler, outputs: Any, expected: int) -> None:
+def _expired() -> DeadlineExceeded:
+    return DeadlineExceeded("the request's deadline passed while it was queued; it was not run")
+
+
+def check_outputs(handler: Handler, outputs: Any, expected: int) -> None:
+    """Raise HandlerFailed, naming the handler, unless `outputs` holds one output per input."""
     try:
         count = len(outputs)
     except TypeError:

@@ -8,9 +8,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from podserve.errors import HandlerFailed, NotReady, Overloaded
+from podserve.errors import NotReady, Overloaded
 from podserve.handler import Device, Handler
-from podserve.runtime.batcher import BatchWorker, WorkItem
+from podserve.runtime.batcher import BatchWorker, WorkItem, check_outputs
 from podserve.runtime.metrics import Metrics
 from podserve.settings import ServingSettings
 
@@ -105,10 +105,7 @@ class InstancePool:
             return
         for size in sorted({1, self.settings.max_batch_size}):
             batch = (inputs * size)[:size]
-            outputs = handler.predict(batch)
-            if len(outputs) != len(batch):
-                raise HandlerFailed(f"{type(handler).__name__}.predict returned {len(outputs)} outputs for a "
-                                    f"warm-up batch of {len(batch)}; it must return one output per input")
+            check_outputs(handler, handler.predict(batch), len(batch))
 
     def decoder(self) -> Handler:
         """Return a handler whose `decode`/`encode` request threads may call."""
@@ -120,8 +117,10 @@ class InstancePool:
         """Count a request as on its way to a queue while it is decoded: `with pool.admit(): ...`."""
         return _Incoming(self)
 
-    def has_room(self) -> bool:
-        return any(worker.has_room() for worker in self.workers)
+    def ensure_room(self) -> None:
+        """Raise Overloaded at once when every instance's queue is full (checked before decoding)."""
+        if not any(worker.has_room() for worker in self.workers):
+            raise self._full()
 
     def submit(self, input: Any, key: Any, deadline: float, admission: _Incoming | None = None) -> WorkItem:
         """Queue `input` on the least-loaded instance with room; raise Overloaded when all are full."""
@@ -134,8 +133,11 @@ class InstancePool:
                 return item
             except Overloaded:
                 continue
-        raise Overloaded(f"every instance's queue is full ({len(self.workers)} x {self.settings.queue_size}); "
-                         f"retry shortly", headers={"Retry-After": "1"})
+        raise self._full()
+
+    def _full(self) -> Overloaded:
+        return Overloaded(f"every instance's queue is full ({len(self.workers)} x {self.settings.queue_size}); "
+                          f"retry shortly", headers={"Retry-After": "1"})
 
     def is_idle(self) -> bool:
         return all(worker.load == 0 for worker in self.workers)

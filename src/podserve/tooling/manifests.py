@@ -13,17 +13,16 @@ import math
 from decimal import Decimal
 from pathlib import Path
 
-from podserve import metric_names, routes
+from podserve import routes
 from podserve.settings import HTTP_PORT
 from podserve.tooling import quantity, routing, templating
 from podserve.tooling.conf import Conf, Stage
-from podserve.tooling.values import ServiceValues
+from podserve.tooling.values import AUTOSCALE_GAUGES, ServiceValues
 
 TEMPLATES = ("deployment.yaml.j2", "service.yaml.j2", "virtualservice.yaml.j2", "destinationrule.yaml.j2",
              "poddisruptionbudget.yaml.j2", "podmonitor.yaml.j2", "horizontalpodautoscaler.yaml.j2")
 #: Thread pools of the numeric libraries a model may load; each gets the instance's share.
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-AUTOSCALE_GAUGES = {"queue_depth": metric_names.QUEUE_DEPTH, "in_flight": metric_names.IN_FLIGHT}
 
 
 def image_ref(values: ServiceValues, conf: Conf, stage: Stage, tag: str) -> str:

@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
 
+from podserve import metric_names
 from podserve.routes import RESERVED_SERVICE_NAMES
 from podserve.settings import ServingSettings, SettingsError
 from podserve.tooling import quantity, routing
@@ -28,7 +29,7 @@ NONE = type(None)
 SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _HANDLER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 #: value.py's autoscale_metric -> the server's gauge an HPA averages per pod.
-AUTOSCALE_METRICS = ("queue_depth", "in_flight")
+AUTOSCALE_GAUGES = {"queue_depth": metric_names.QUEUE_DEPTH, "in_flight": metric_names.IN_FLIGHT}
 
 
 class Field(NamedTuple):
@@ -208,8 +209,8 @@ def _check_memory(value: str, conf: Conf) -> str | None:
 
 
 def _check_autoscale_metric(value: str, conf: Conf) -> str | None:
-    if value not in AUTOSCALE_METRICS:
-        return f"{value!r} is not a gauge the HPA can average; use one of {', '.join(AUTOSCALE_METRICS)}"
+    if value not in AUTOSCALE_GAUGES:
+        return f"{value!r} is not a gauge the HPA can average; use one of {', '.join(AUTOSCALE_GAUGES)}"
     return None
 
 
