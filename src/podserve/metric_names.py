@@ -22,5 +22,29 @@ MODEL_LOAD_SECONDS = PREFIX + "model_load_seconds"          # gauge, per instanc
 WARMUP_SECONDS = PREFIX + "warmup_seconds"                  # gauge, per instance
 HTTP_BACKLOG = PREFIX + "http_backlog"                      # gauge, requests waiting for a waitress thread
 
+# Limits, set once at start-up so dashboards and alerts draw "used against allowed" without value.py.
+MAX_BATCH_SIZE = PREFIX + "max_batch_size"                  # gauge, labels ("service",)
+REQUEST_TIMEOUT_SECONDS = PREFIX + "request_timeout_seconds"  # gauge, labels ("service",): the default deadline
+STARTUP_BUDGET_SECONDS = PREFIX + "startup_budget_seconds"  # gauge, labels ("service",): load + warm-up allowed
+QUEUE_CAPACITY = PREFIX + "queue_capacity"                  # gauge, STAGE_LABELS: queue_size of the instance
+GPU_MEMORY_LIMIT_BYTES = PREFIX + "gpu_memory_limit_bytes"  # gauge, STAGE_LABELS: gpu_memory (0: no limit)
+SLO_OBJECTIVE = PREFIX + "slo_objective"                    # gauge, labels ("service", "slo"): value.py's (0: platform's)
+
+# Offline (Kafka) workers, labels MESSAGE_LABELS; they also export the stage metrics above.
+MESSAGES_CONSUMED = PREFIX + "messages_consumed_total"      # counter, messages fetched from the source topic
+MESSAGES_PRODUCED = PREFIX + "messages_produced_total"      # counter, results the sink acknowledged
+MESSAGES_DEAD_LETTERED = PREFIX + "messages_dead_lettered_total"  # counter, poison messages sent to dead letter
+SINK_RETRIES = PREFIX + "sink_retries_total"                # counter, writes the sink failed (retried, not committed)
+CONSUMER_LAG = PREFIX + "consumer_lag"                      # gauge, messages in the source not yet consumed
+
 REQUEST_LABELS = ("service", "route", "status")
-STAGE_LABELS = ("service", "instance")
+#: Bucket bounds (seconds) of every latency histogram; an SLO's latency threshold must be one of them.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Bucket bounds of the batch-size histogram.
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+#: The model instance inside the pod (e.g. "cpu-0", "gpu0-1"). Not "instance": Prometheus sets that
+#: label itself on every scraped series (the target's address), so ours would arrive renamed as
+#: "exported_instance"; honouring our labels instead would let the pod overwrite target labels.
+INSTANCE_LABEL = "model_instance"
+STAGE_LABELS = ("service", INSTANCE_LABEL)
+MESSAGE_LABELS = ("service", "topic")

@@ -45,6 +45,12 @@ class ServingSettings:
     max_body_bytes: int = field(default=10 * 1024 * 1024, metadata={"doc": "largest request body (413 above)"})
     max_image_pixels: int = field(default=25_000_000, metadata={"doc": "largest decoded image (400 above)"})
     stuck_batch_seconds: float = field(default=120.0, metadata={"doc": "a batch running longer fails liveness"})
+    init_delay_second: int = field(default=120, metadata={"doc": "start-up budget (load + warm-up) before a "
+                                                                  "restart; exported as a metric for alerts"})
+    slo_availability: float = field(default=0.0, metadata={"doc": "availability objective, exported for the alert "
+                                                                  "rules (0: the platform's)"})
+    slo_latency_target: float = field(default=0.0, metadata={"doc": "share of requests under the platform's latency "
+                                                                    "threshold, exported (0: the platform's)"})
 
     @staticmethod
     def env_name(name: str) -> str:
@@ -77,13 +83,18 @@ class ServingSettings:
     def check(self) -> None:
         """Raise SettingsError naming the first setting that is out of range."""
         positive = ("port", "ins_num_per_gpu", "max_batch_size", "queue_size", "request_timeout_ms",
-                    "http_threads", "max_body_bytes", "max_image_pixels", "stuck_batch_seconds")
+                    "http_threads", "max_body_bytes", "max_image_pixels", "stuck_batch_seconds",
+                    "init_delay_second")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)}={getattr(self, name)!r} must be above 0")
         for name in ("gpu_num", "gpu_memory", "cpu", "max_batch_delay_ms", "drain_seconds"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{self.env_name(name)}={getattr(self, name)!r} must be 0 or more")
+        for name in ("slo_availability", "slo_latency_target"):
+            if not 0 <= getattr(self, name) < 1:
+                raise SettingsError(f"{self.env_name(name)}={getattr(self, name)!r} must be a share below 1 "
+                                    "(e.g. 0.999), or 0 for the platform's objective")
         if ":" not in self.handler:
             raise SettingsError(
                 f"{self.env_name('handler')}={self.handler!r} must be 'module:Class', e.g. 'server:Handler'")

@@ -68,7 +68,8 @@ def _results(fast64_ours: float, heavy8_ours: float, errors: int = 0) -> dict:
             {"system": "ceiling", "throughput_rps": ceiling_rps, "p50_ms": ceiling_p50, "p99_ms": 1.0, "errors": 0,
              "server_cpu_ms_per_request": 0.6},
             {"system": "ours", "throughput_rps": ours_rps, "p50_ms": ours_p50, "p99_ms": 2.5 * ours_p50,
-             "errors": errors, "server_cpu_ms_per_request": 1.5, "client_cpu_ms_per_request": 0.05},
+             "errors": errors, "server_cpu_ms_per_request": 1.5, "client_cpu_ms_per_request": 0.05,
+             "switches_per_request": 8.0},
             {"system": "gunicorn", "throughput_rps": gunicorn_rps, "p50_ms": 1.0, "p99_ms": 9.0, "errors": 0,
              "server_cpu_ms_per_request": 1.4}]}
         report.add_ratios(p)
@@ -82,17 +83,24 @@ def _results(fast64_ours: float, heavy8_ours: float, errors: int = 0) -> dict:
                   "peak_rss_mb": {"ours": {"main": 500.0}}, "preprocessing": steps}}}
 
 
-def test_targets_follow_issue_4_and_missed_ones_get_a_measured_bound():
-    met = {t["target"]: t["met"] for t in report.targets(_results(fast64_ours=650, heavy8_ours=96))}
-    assert met == {"fast model, c=64: ours / ceiling": True, "fast model, c=64: ours / Gunicorn": True,
+def test_targets_follow_issue_13_and_missed_ones_get_a_measured_bound():
+    results = _results(fast64_ours=650, heavy8_ours=96)
+    results["workloads"]["fast"]["gil_profile"] = {"gil_ms_per_request": 0.2}
+    met = {t["target"]: t["met"] for t in report.targets(results)}
+    assert met == {"fast model, c=64: ours / Gunicorn (2 sync workers)": True, "fast model, c=64: ours / ceiling": None,
+                   "fast model, c=64: server CPU per request beyond inference and preprocessing (ms)": False,
+                   "fast model, c=64: GIL held per request (ms)": True,
+                   "fast model, c=64: thread switches per request": True,
                    "heavy model, c=8: ours / ceiling": True, "fast model, c=1: ours p50 - ceiling p50 (ms)": True,
                    "errors, every system at every point": True, "fast model, c=64: ours p99 / p50": True,
-                   "peak RSS of our server, example model (MB)": True}
-    results = _results(fast64_ours=500, heavy8_ours=90, errors=1)
+                   "peak RSS of all our pod's processes, example model (MB)": False}
+    # 1.5 ms of CPU per request - 0.6 inference - 0.3 preprocessing = 0.6 beyond them (goal 0.5).
+    assert report.beyond_inference_ms(results, "fast", results["workloads"]["fast"]["points"][1]) == 0.6
+    results = _results(fast64_ours=450, heavy8_ours=90, errors=1)
     results["targets"] = verdicts = report.targets(results)
     missed = {t["target"] for t in verdicts if t["met"] is False}
-    assert missed == {"fast model, c=64: ours / ceiling", "fast model, c=64: ours / Gunicorn",
-                      "heavy model, c=8: ours / ceiling", "errors, every system at every point"}
+    assert {"fast model, c=64: ours / Gunicorn (2 sync workers)", "heavy model, c=8: ours / ceiling",
+            "errors, every system at every point", "fast model, c=64: GIL held per request (ms)"} <= missed
     bounds = report.bounds(results)
     # 2 cores / (0.6 ms inference + 0.3 ms preprocessing + 0.05 ms wrk) = 2105 req/s at most.
     assert "at most 2105 req/s" in bounds[0] and "Gunicorn spent 1.400 ms" in bounds[1]
@@ -135,4 +143,4 @@ def test_the_markdown_table_renders_every_target():
                          window_throughputs=[1.0, 1.0])
     results["targets"] = report.targets(results)
     text = render(results)
-    assert "`make bench`" in text and text.count("**missed**") == 3
+    assert "`make bench`" in text and text.count("**missed**") == 4 and "| 8 |" in text

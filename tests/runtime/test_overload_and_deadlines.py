@@ -15,13 +15,14 @@ def test_full_queue_answers_503_with_retry_after(start_server, affine_model):
     server = start_server(model_path=str(affine_model), queue_size=2, **SLOW)
     replies = burst(server.api, [{"json": {"postid": str(i), "data": [i]}} for i in range(12)])
     statuses = sorted(r.status_code for r in replies)
-    # One request runs, two wait in the queue; the other nine are turned away, not queued invisibly.
-    assert statuses == [200] * 3 + [503] * 9, statuses
+    # The pod holds queue_size = 2 requests (one runs, one waits); the other ten are turned away at the door,
+    # not queued invisibly in waitress or the kernel.
+    assert statuses == [200] * 2 + [503] * 10, statuses
     for reply in replies:
         if reply.status_code == 503:
             assert reply.headers["Retry-After"] == "1"
             assert reply.json()["error"] == "overloaded"
-    assert server.metric_sum("podserve_batch_size_count") == 3
+    assert server.metric_sum("podserve_batch_size_count") == 2
 
 
 def _send_in_background(server, body, headers=None) -> dict:
@@ -53,4 +54,21 @@ def test_request_queued_past_its_deadline_gets_504_and_is_not_run(start_server, 
     # The 504s came when their deadlines passed, before the running request finished.
     assert third["seconds"] < second["seconds"] < first["seconds"]
     time.sleep(0.7)
+    assert server.metric_sum("podserve_batch_size_count") == 1, "a request past its deadline was run"
+
+
+def test_time_waiting_for_a_request_thread_counts_against_the_deadline(start_server, affine_model):
+    # One request thread: while `first` runs (0.6 s), `second` waits in waitress's own task queue.
+    server = start_server(model_path=str(affine_model), http_threads=1, **SLOW)
+    first = _send_in_background(server, {"postid": "runs", "data": [1]})
+    time.sleep(0.2)
+    second = _send_in_background(server, {"postid": "waits", "data": [2]}, {"X-Request-Timeout-Ms": "200"})
+    for result in (first, second):
+        result["thread"].join()
+    assert first["status"] == 200
+    # Its 200 ms were spent before any request thread saw it: 504 as soon as one does, and it never runs.
+    assert second["status"] == 504 and second["body"]["error"] == "deadline_exceeded", second
+    assert "waiting for a request thread" in second["body"]["msg"]
+    assert second["seconds"] > 0.3
+    time.sleep(0.2)
     assert server.metric_sum("podserve_batch_size_count") == 1, "a request past its deadline was run"

@@ -23,8 +23,8 @@ def test_ping_live_and_metrics(start_server, affine_model):
     server.post({"data": [1.0]})
     metrics = server.metrics()
     assert metrics['podserve_requests_total{route="/api/example",service="example",status="200"}'] == 1
-    assert metrics['podserve_instance_ready{instance="cpu-0",service="example"}'] == 1
-    assert metrics['podserve_instance_ready{instance="cpu-1",service="example"}'] == 1
+    assert metrics['podserve_instance_ready{model_instance="cpu-0",service="example"}'] == 1
+    assert metrics['podserve_instance_ready{model_instance="cpu-1",service="example"}'] == 1
     assert server.metric_sum("podserve_batch_size_count") == 1
     for name in ("podserve_queue_wait_seconds_count", "podserve_inference_seconds_count",
                  "podserve_request_duration_seconds_count"):

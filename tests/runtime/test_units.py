@@ -39,8 +39,14 @@ def test_gpu_plan_puts_instances_on_each_visible_gpu_with_the_memory_limit():
     assert [(d.kind, d.index) for d in devices] == [("cuda", 0), ("cuda", 0), ("cuda", 1), ("cuda", 1)]
     assert {d.memory_limit_bytes for d in devices} == {10 * 1024 ** 3}
     providers = onnx_providers(devices[2], ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert providers == [("CUDAExecutionProvider", {"device_id": 1, "gpu_mem_limit": 10 * 1024 ** 3}),
+    assert providers == [("CUDAExecutionProvider", {"device_id": 1, "gpu_mem_limit": 10 * 1024 ** 3,
+                                                     "arena_extend_strategy": "kSameAsRequested",
+                                                     "cudnn_conv_use_max_workspace": "0",
+                                                     "cudnn_conv_algo_search": "HEURISTIC"}),
                          "CPUExecutionProvider"]
+    # No memory limit asked (gpu_memory = 0): none passed, the arena still grows only by what is asked.
+    unlimited = onnx_providers(Device("cuda", 0), ["CUDAExecutionProvider"])[0][1]
+    assert "gpu_mem_limit" not in unlimited and unlimited["arena_extend_strategy"] == "kSameAsRequested"
 
 
 def test_without_cuda_the_plan_falls_back_to_the_cpu_and_splits_its_threads(tmp_path):
@@ -162,3 +168,29 @@ def test_the_handler_docstring_example_runs_as_written():
     namespace: dict = {}
     exec(compile(textwrap.dedent("\n".join(example)), "Handler.__doc__", "exec"), namespace)
     assert "Doubler" in namespace
+
+
+def test_warm_up_runs_every_batch_size_the_batcher_can_form():
+    from prometheus_client import CollectorRegistry
+
+    from podserve.runtime.metrics import Metrics
+    from podserve.runtime.pool import InstancePool
+
+    sizes: list[int] = []
+
+    class Recorder(Handler):
+        def warmup_inputs(self):
+            return [np.zeros(3, dtype=np.float32)]
+
+        def predict(self, batch):
+            sizes.append(len(batch))
+            return list(batch)
+
+    settings = ServingSettings(max_batch_size=6, ins_num_per_gpu=2)
+    pool = InstancePool(Recorder, [Device("cpu"), Device("cpu")], settings, Metrics("warm", CollectorRegistry()))
+    pool.load()
+    try:
+        assert pool.ready, pool.status()
+        assert sizes == [1, 2, 3, 4, 5, 6] * 2  # each instance, every size once, no batch padded
+    finally:
+        pool.stop()

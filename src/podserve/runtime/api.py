@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
+import sys
 from typing import Any, Mapping
 
 from podserve.errors import InvalidInput, ServingError, UnsupportedMediaType
@@ -33,8 +35,9 @@ def parse_json_request(body: bytes, max_image_pixels: int) -> Payload:
     if not body:
         raise InvalidInput("the body is empty; send a JSON object such as "
                            '{"postid": "1", "uid": "2", "seqid": "3", "image": "<base64>"}', field="body")
+    unreadable: list[_Unreadable] = []
     try:
-        document = json.loads(body)
+        document = _loads(body, unreadable)
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"the body is not UTF-8: byte {exc.start} is {body[exc.start:exc.start + 1]!r}; "
                            f"send UTF-8 JSON", field="body") from None
@@ -45,6 +48,8 @@ def parse_json_request(body: bytes, max_image_pixels: int) -> Payload:
         raise InvalidInput("the body's JSON is nested too deeply", field="body") from None
     if not isinstance(document, dict):
         raise InvalidInput(f"the body must be a JSON object, not a {type(document).__name__}", field="body")
+    if unreadable:
+        _refuse_unreadable(document, unreadable[0])
     ids = {name: _check_id(name, document.get(name)) for name in ID_FIELDS}
     given = [name for name in INPUT_FIELDS if document.get(name) is not None]
     if len(given) != 1:
@@ -92,10 +97,78 @@ def error_body(error: ServingError, payload: Payload | None = None) -> dict[str,
     return {**ids_of(payload), "results": None, "msg": error.message, "error": error.code, "field": error.field}
 
 
+class _Unreadable(str):
+    """A number in the body that cannot be read as one (too many digits, out of range, NaN): kept as its text
+    while parsing, so that the 400 can name the field it is in."""
+
+    reason = ""
+
+
+def _unreadable(found: list, text: str, reason: str) -> _Unreadable:
+    marker = _Unreadable(text if len(text) <= 24 else f"{text[:12]}...{text[-6:]}")
+    marker.reason = reason
+    found.append(marker)
+    return marker
+
+
+def _loads(body: bytes, found: list) -> Any:
+    """json.loads, with every number it cannot hold (NaN, Infinity, 1e999, an integer over Python's digit limit)
+    replaced by an _Unreadable marker listed in `found`. Floats are checked as they are read (~0.1 µs each; a body
+    with none pays nothing); integers only when int() refused one."""
+    hooks: dict = {"parse_constant": lambda name: _unreadable(found, name, "is not a JSON number"),
+                   "parse_float": _read_float(found)}
+    try:
+        return json.loads(body, **hooks)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # an integer with more digits than int() reads (sys.get_int_max_str_digits)
+        hooks["parse_int"] = _read_int(found)
+        return json.loads(body, **hooks)
+
+
+def _read_float(found: list):
+    def read(text: str):
+        value = float(text)
+        return value if math.isfinite(value) else _unreadable(found, text, "is out of range for a 64-bit float")
+    return read
+
+
+def _read_int(found: list):
+    limit = sys.get_int_max_str_digits() or 4300
+
+    def read(text: str):
+        digits = len(text) - text.startswith("-")
+        if digits > limit:
+            return _unreadable(found, text, f"is an integer of {digits} digits (at most {limit})")
+        return int(text)
+    return read
+
+
+def _refuse_unreadable(document: dict, marker: _Unreadable) -> None:
+    """Raise InvalidInput naming the top-level field that holds `marker`."""
+    def holds(value: Any) -> bool:
+        if value is marker:
+            return True
+        if isinstance(value, dict):
+            return any(holds(v) for v in value.values())
+        if isinstance(value, list):
+            return any(holds(v) for v in value)
+        return False
+    try:
+        field = next((name for name, value in document.items() if holds(value)), "body")
+    except RecursionError:
+        field = "body"
+    raise InvalidInput(f"'{field}' holds {marker!s}, which {marker.reason}; send ids as strings and numbers "
+                       f"that fit a 64-bit float", field=field)
+
+
 def _check_id(name: str, value: Any) -> Any:
     if value is None or (isinstance(value, (str, int)) and not isinstance(value, bool)):
         if isinstance(value, str) and len(value) > 256:
             raise InvalidInput(f"'{name}' is {len(value)} characters long; keep ids under 256", field=name)
+        if isinstance(value, int) and abs(value) >= 10 ** 256:
+            raise InvalidInput(f"'{name}' is an integer of {len(str(abs(value)))} digits; keep ids under 256 "
+                               f"characters", field=name)
         return value
     raise InvalidInput(f"'{name}' must be a string or an integer, not {type(value).__name__}", field=name)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 
 ACCESS_LOGGER = "podserve.access"
@@ -33,8 +34,40 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    _access.stream = handler.stream
+
+
+class _AccessLog:
+    """The access log's fast path: the same JSON line JsonFormatter writes, without a LogRecord, a formatter
+    call or a strftime per line (a cached second): ~20 µs of GIL time per request instead of ~65
+    (bench/optimisations.json). Used once `configure_logging` has run; before that, plain logging."""
+
+    def __init__(self) -> None:
+        self.stream = None
+        self.lock = threading.Lock()  # a text stream is not safe to write from several threads at once
+        self.logger = logging.getLogger(ACCESS_LOGGER)
+        self._second, self._stamp = -1, ""
+
+    def write(self, fields: dict) -> None:
+        if self.stream is None:
+            self.logger.info("request", extra={"fields": fields})
+            return
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        line = json.dumps({"ts": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "info",
+                           "logger": ACCESS_LOGGER, "msg": "request", **fields}, default=str)
+        with self.lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+_access = _AccessLog()
 
 
 def log_request(fields: dict) -> None:
     """Write the one access-log line of a request."""
-    logging.getLogger(ACCESS_LOGGER).info("request", extra={"fields": fields})
+    _access.write(fields)

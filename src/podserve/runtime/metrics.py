@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from podserve import metric_names as names
+from podserve.metric_names import BATCH_BUCKETS, LATENCY_BUCKETS
+from podserve.settings import ServingSettings
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+GIB = 1024 ** 3
 
 
 class Metrics:
@@ -37,6 +40,33 @@ class Metrics:
                             names.STAGE_LABELS, registry=registry)
         self.http_backlog = Gauge(names.HTTP_BACKLOG, "Requests read but waiting for a free HTTP thread.",
                                   ("service",), registry=registry).labels(service)
+        self.max_batch_size = Gauge(names.MAX_BATCH_SIZE, "Most inputs one predict call receives (max_batch_size).",
+                                    ("service",), registry=registry).labels(service)
+        self.request_timeout = Gauge(names.REQUEST_TIMEOUT_SECONDS, "Default deadline of a request, in seconds.",
+                                     ("service",), registry=registry).labels(service)
+        self.startup_budget = Gauge(names.STARTUP_BUDGET_SECONDS, "Seconds load and warm-up may take before "
+                                    "Kubernetes restarts the pod (init_delay_second).", ("service",),
+                                    registry=registry).labels(service)
+        self.queue_capacity = Gauge(names.QUEUE_CAPACITY, "Requests an instance's queue holds before 503 (queue_size).",
+                                    names.STAGE_LABELS, registry=registry)
+        self.gpu_memory_limit = Gauge(names.GPU_MEMORY_LIMIT_BYTES, "GPU memory the instance's session may use, "
+                                      "in bytes (gpu_memory; 0: no limit or on the CPU).", names.STAGE_LABELS,
+                                      registry=registry)
+        self.slo_objective = Gauge(names.SLO_OBJECTIVE, "The service's own SLO objective by slo (availability, "
+                                   "latency); 0: the platform's (conf/observability.yaml).", ("service", "slo"),
+                                   registry=registry)
+
+    def set_limits(self, settings: ServingSettings, instances: Sequence[str]) -> None:
+        """Export the configured limits once at start-up, so dashboards and alerts compare against them."""
+        self.max_batch_size.set(settings.max_batch_size)
+        self.request_timeout.set(settings.request_timeout_ms / 1000.0)
+        self.startup_budget.set(settings.init_delay_second)
+        self.slo_objective.labels(self.service, "availability").set(settings.slo_availability)
+        self.slo_objective.labels(self.service, "latency").set(settings.slo_latency_target)
+        gpu_bytes = settings.gpu_memory * GIB if settings.gpu_num > 0 else 0
+        for instance in instances:
+            self.queue_capacity.labels(self.service, instance).set(settings.queue_size)
+            self.gpu_memory_limit.labels(self.service, instance).set(gpu_bytes)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         labels = (self.service, route, str(status))

@@ -100,10 +100,13 @@ class InstancePool:
         self._loaded.set()
 
     def _warm_up(self, handler: Handler) -> None:
+        """Run one batch of every size the batcher can form (1 to max_batch_size): on a GPU the first run at
+        each new shape picks kernels and algorithms, which must not happen to a caller. Batches are not padded
+        to a few sizes instead: on the CPU that cost about 1.3x the CPU per input (`python -m bench.padding`)."""
         inputs = handler.warmup_inputs()
         if not inputs:
             return
-        for size in sorted({1, self.settings.max_batch_size}):
+        for size in range(1, self.settings.max_batch_size + 1):
             batch = (inputs * size)[:size]
             check_outputs(handler, handler.predict(batch), len(batch))
 
@@ -138,6 +141,11 @@ class InstancePool:
     def _full(self) -> Overloaded:
         return Overloaded(f"every instance's queue is full ({len(self.workers)} x {self.settings.queue_size}); "
                           f"retry shortly", headers={"Retry-After": "1"})
+
+    def holding_limit(self) -> int:
+        """Requests the pod holds at once (from reading one to answering it) before refusing more: `queue_size`
+        per instance. Counted at the door (runtime/admission.py), so no request waits uncounted."""
+        return max(1, len(self._devices)) * self.settings.queue_size
 
     def is_idle(self) -> bool:
         return all(worker.load == 0 for worker in self.workers)

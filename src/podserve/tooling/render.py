@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from podserve.tooling import checks, manifests, output, routing, templating
+from podserve.tooling import checks, manifests, offline_manifests, output, routing, templating
 from podserve.tooling.conf import Conf, load_conf
 from podserve.tooling.valuefile import Problem, ValueFileError
 from podserve.tooling.values import ServiceValues, load_values
@@ -51,9 +51,28 @@ def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf 
         raise ValueFileError("--image-tag", [Problem("image_tag", f"{image_tag!r} is not a valid image tag (letters, "
                                                      "digits, _ . -, at most 128, not starting with . or -)")])
     values = load_values(values_path, conf, existing_routes)
+    if values.offline:  # Kafka workers: their own templates, checks and stages (no ab)
+        return _render_offline(values, conf, stages, image_tag, templates)
     rendered = {name: manifests.render_stage(values, conf, conf.stages[name], image_tag, templates) for name in stages}
     problems = [p for name in stages for p in checks.check_stage(rendered[name], values, conf, conf.stages[name])]
     problems += checks.check_routes(rendered)
+    if problems:
+        raise checks.ManifestError("rendered manifests", problems)
+    return Rendered(values, conf, rendered)
+
+
+def _render_offline(values: ServiceValues, conf: Conf, stages: list[str], image_tag: str,
+                    templates: Path | None) -> Rendered:
+    offline_stages = offline_manifests.stages(conf)
+    skipped = [s for s in stages if s not in offline_stages]
+    if skipped and stages != list(conf.stages):
+        raise ValueFileError("--stage", [Problem("stage", f"{s!r} is not a stage of an offline service; use one of "
+                                                 f"{', '.join(offline_stages)}") for s in skipped])
+    stages = [s for s in stages if s in offline_stages]
+    rendered = {name: offline_manifests.render_stage(values, conf, conf.stages[name], image_tag, templates)
+                for name in stages}
+    problems = [p for name in stages
+                for p in offline_manifests.check_stage(rendered[name], values, conf, conf.stages[name])]
     if problems:
         raise checks.ManifestError("rendered manifests", problems)
     return Rendered(values, conf, rendered)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from podserve import metric_names
+from podserve import offline_settings
 from podserve.routes import RESERVED_SERVICE_NAMES
 from podserve.settings import ServingSettings, SettingsError
 from podserve.tooling import quantity, routing
@@ -62,7 +63,7 @@ FIELDS: dict[str, Field] = {
     "gpu_num": Field((int,), 1, 0, "gpus_per_pod"),
     "ins_num_per_gpu": Field((int,), _SERVING_DEFAULTS.ins_num_per_gpu, 1, 16),
     "gpu_memory": Field((int,), 0, 0, 1024),
-    "init_delay_second": Field((int,), 120, 1, "max_init_delay_second"),
+    "init_delay_second": Field((int,), _SERVING_DEFAULTS.init_delay_second, 1, "max_init_delay_second"),
     "use_decode_sidecar": Field((bool,), False),
     "use_srv": Field((bool,), False),
     "host_port": Field((int,), 0, 0, 65535),
@@ -75,7 +76,21 @@ FIELDS: dict[str, Field] = {
     "max_body_bytes": Field((int,), _SERVING_DEFAULTS.max_body_bytes, 1, 2**30),
     "max_image_pixels": Field((int,), _SERVING_DEFAULTS.max_image_pixels, 1, 10**9),
     "stuck_batch_seconds": Field((int, float), _SERVING_DEFAULTS.stuck_batch_seconds, 1, 86_400),
+    # SLO objectives the alert rules hold this service to; 0: conf/observability.yaml's.
+    "slo_availability": Field((int, float), _SERVING_DEFAULTS.slo_availability, 0, 0.99999),
+    "slo_latency_target": Field((int, float), _SERVING_DEFAULTS.slo_latency_target, 0, 0.99999),
+    # Offline (Kafka worker) mode; see podserve.offline_settings.
+    "mode": Field((str,), offline_settings.ONLINE),
+    "source_topic": Field((str, NONE), None),
+    "consumer_group": Field((str, NONE), None),
+    "sink_topic": Field((str, NONE), None),
+    "sink_file": Field((str, NONE), None),
+    "dead_letter_topic": Field((str, NONE), None),
+    "lag_target": Field((int,), offline_settings.DEFAULT_LAG_TARGET, 1, 10_000_000),
 }
+
+#: The fields only an offline service may set (consumer_group defaults to service_name there).
+OFFLINE_FIELDS = ("source_topic", "consumer_group", "sink_topic", "sink_file", "dead_letter_topic")
 
 
 #: Per-region replicas: None takes `replicas`.
@@ -99,6 +114,23 @@ class ServiceValues:
         """Return the settings the in-pod server gets for this service."""
         shared = set(ServingSettings.names()) & set(self.fields)
         return ServingSettings(**{name: self.fields[name] for name in shared})
+
+    @property
+    def offline(self) -> bool:
+        return self.fields["mode"] == offline_settings.OFFLINE
+
+    def worker_settings(self, grey: bool = False) -> offline_settings.OfflineSettings:
+        """Return the offline worker's settings (no bootstrap servers: those come from the environment).
+
+        The grey stage reads the same source with its own consumer group and writes to `<sink>-grey`
+        (and its poison to `<dead_letter_topic>-grey`), so it never takes or mixes production's messages.
+        """
+        suffix = offline_settings.GREY_SUFFIX if grey else ""
+        sink_topic = self.fields["sink_topic"]
+        return offline_settings.OfflineSettings(
+            source_topic=self.fields["source_topic"], consumer_group=self.fields["consumer_group"] + suffix,
+            sink_topic=sink_topic + suffix if sink_topic else "", sink_file=self.fields["sink_file"] or "",
+            dead_letter_topic=self.fields["dead_letter_topic"] + suffix)
 
     def replicas_for(self, stage: Stage) -> int:
         """Return the replicas a stage runs: forced by conf, or from the field conf names."""
@@ -214,10 +246,32 @@ def _check_autoscale_metric(value: str, conf: Conf) -> str | None:
     return None
 
 
+def _check_mode(value: str, conf: Conf) -> str | None:
+    if value not in offline_settings.MODES:
+        return (f"{value!r} is not a mode; use 'online' (the HTTP server) or 'offline' (a worker consuming "
+                f"source_topic from Kafka)")
+    return None
+
+
+def _check_kafka_name(value, conf: Conf) -> str | None:
+    if value is not None and (not offline_settings.TOPIC_NAME.match(value) or value in (".", "..")):
+        return (f"{value!r} is not a Kafka topic or group name; use 1 to 249 letters, digits, '.', '_' or '-', "
+                f"e.g. 'text-lines'")
+    return None
+
+
+def _check_sink_file(value, conf: Conf) -> str | None:
+    if value is not None and (not value.strip() or value.endswith("/")):
+        return f"{value!r} must name a file, e.g. 'results.jsonl' (JSON lines, appended)"
+    return None
+
+
 _FORMAT_CHECKS = {
     "service_name": _check_service_name, "username": _check_username, "handler": _check_handler,
     "model_path": _check_model_path, "cpu": _check_cpu, "memory": _check_memory,
-    "autoscale_metric": _check_autoscale_metric,
+    "autoscale_metric": _check_autoscale_metric, "mode": _check_mode, "source_topic": _check_kafka_name,
+    "consumer_group": _check_kafka_name, "sink_topic": _check_kafka_name, "dead_letter_topic": _check_kafka_name,
+    "sink_file": _check_sink_file,
 }
 
 
@@ -230,6 +284,8 @@ def _normalise(values: dict) -> dict:
             values[name] = values["replicas"]
     if values["autoscale_target"] is None:
         values["autoscale_target"] = values["max_batch_size"]
+    if values["mode"] == offline_settings.OFFLINE and values["consumer_group"] is None:
+        values["consumer_group"] = values["service_name"]
     return values
 
 
@@ -260,7 +316,38 @@ def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
         yield from _replica_problems(v, stage)
     for region in dict.fromkeys(stage.region for stage in conf.stages.values()):
         yield from _node_problems(v, conf, conf.regions[region])
-    yield from _route_problems(v, conf, existing)
+    if v["mode"] == offline_settings.OFFLINE:
+        yield from _offline_problems(v)
+    else:
+        yield from _online_problems(v)
+        yield from _route_problems(v, conf, existing)
+
+
+def _offline_problems(v: dict):
+    """Yield what an offline service must name, and names that would make it read its own output."""
+    for name, example in (("source_topic", "text-lines"), ("dead_letter_topic", "text-lines-dead")):
+        if not v[name]:
+            yield name, f"is required with mode = 'offline'; add `{name} = {example!r}` (a Kafka topic)"
+    if bool(v["sink_topic"]) == bool(v["sink_file"]):
+        which = "both are set" if v["sink_topic"] else "neither is set"
+        yield "sink_topic", (f"with mode = 'offline', set exactly one of sink_topic (a Kafka topic) and sink_file "
+                             f"(a JSON-lines file, for one-off batch jobs); {which}")
+    if v["sink_topic"] and v["sink_topic"] == v["source_topic"]:
+        yield "sink_topic", f"is the source topic {v['source_topic']!r}: the worker would read its own results; choose another"
+    if v["dead_letter_topic"] and v["dead_letter_topic"] in (v["source_topic"], v["sink_topic"]):
+        yield "dead_letter_topic", (f"is {v['dead_letter_topic']!r}, also the source or sink topic; choose a topic of "
+                                    f"its own, e.g. '{v['source_topic']}-dead'")
+    if v["use_srv"]:
+        yield "use_srv", "is True but an offline worker takes no HTTP traffic from Kong; set use_srv = False"
+    if v["use_decode_sidecar"]:
+        yield "use_decode_sidecar", ("is True but offline workers run without the decode sidecar; set it to False "
+                                     "(decode in the handler)")
+
+
+def _online_problems(v: dict):
+    for name in OFFLINE_FIELDS:
+        if v[name] is not None:
+            yield name, f"is set but mode is 'online' (the HTTP server); remove it, or set mode = 'offline'"
 
 
 def _replica_problems(v: dict, stage: Stage):

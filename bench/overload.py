@@ -1,0 +1,184 @@
+"""An overloaded pod stays honest: closed-loop callers at 4x and 16x the concurrency where throughput stops growing.
+
+    python -m bench.overload [--out bench/results]
+
+Our server with value.py's settings on the fast workload. First the capacity: closed-loop
+windows at 4, 8, 16, 32 and 64 callers; the knee is the smallest concurrency whose
+throughput is within 10% of the best. Then closed-loop callers at 4x and 16x the knee, each
+sending its next request the moment an answer (200 or 503) arrives, ignoring Retry-After (the
+worst case), and at 2x and 4x what the pod holds (queue_size per instance), where it must
+refuse. Then the same server with queue_size = 2x the knee, at 4x and 16x the knee: what
+holding less buys. Reported: answered (200) and refused (503) rates and latencies, 503s
+without Retry-After, socket errors, and the answered p99 against the p99 at the knee. The
+client is `closedloop.py` (one Python thread; its CPU per request is reported). Bounded: 14
+windows of 4 s. Writes overload.json and overload.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+
+from bench.closedloop import Outcome, run_closed_loop, send_burst
+from bench.loadgen import request_wires
+from bench.run import machine
+from bench.systems import start_ours
+from bench.workloads import FAST, REPO
+from podserve.tooling.serve_local import local_environment
+
+CAPACITY_CONCURRENCIES = (4, 8, 16, 32, 64)
+FACTORS = (4, 16)
+WINDOW_S = 4.0
+KNEE = 0.90  # the knee: the smallest concurrency within 10% of the best throughput
+BURST = 2000  # requests sent at once, each on its own connection
+
+
+def summary(concurrency: int, outcome: Outcome, server_cpu_s: float) -> dict:
+    return {"c": concurrency, "ok_rps": round(outcome.rate(200), 1), "refused_rps": round(outcome.rate(503), 1),
+            "ok_p50_ms": outcome.percentile_ms(200, 50), "ok_p99_ms": outcome.percentile_ms(200, 99),
+            "refused_p50_ms": outcome.percentile_ms(503, 50), "refused_p99_ms": outcome.percentile_ms(503, 99),
+            "other_statuses": {str(s): outcome.count(s) for s in outcome.latencies if s not in (200, 503)},
+            "socket_errors": outcome.socket_errors, "refused_without_retry_after": outcome.missing_retry_after,
+            "server_cpu_ms_per_answer": round(1000 * server_cpu_s / max(1, outcome.answers), 3),
+            "client_cpu_us_per_answer": round(1e6 * outcome.client_cpu_s / max(1, outcome.answers), 1)}
+
+
+def window(server, concurrency: int) -> dict:
+    """One closed-loop window against `server`, once it holds no request from the previous one."""
+    server.wait_idle()
+    wires = request_wires(server.path, f"127.0.0.1:{server.port}", FAST.images())
+    cpu = server.cpu_seconds()
+    outcome = run_closed_loop("127.0.0.1", server.port, wires, concurrency, WINDOW_S)
+    row = summary(concurrency, outcome, server.cpu_seconds() - cpu)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def overload_row(row: dict, knee: dict, load: str) -> dict:
+    row["load"] = load
+    row["ok_p99_over_knee_p99"] = round(row["ok_p99_ms"] / knee["ok_p99_ms"], 2) if row["ok_p99_ms"] else None
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    results = {"command": os.environ.get("BENCH_COMMAND", "python -m bench.overload"),
+               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "machine": machine(len(os.sched_getaffinity(0))), "capacity": [], "overload": []}
+    env = local_environment(str(REPO / "value.py"), {})
+    holds = int(env["PODSERVE_QUEUE_SIZE"]) * int(env["PODSERVE_INS_NUM_PER_GPU"])
+    results["holds"] = holds
+    results["instances"] = int(env["PODSERVE_INS_NUM_PER_GPU"])
+    server = start_ours("ours", FAST, out / "logs")
+    try:
+        server.wait_ready()
+        results["setup"] = server.setup
+        window(server, 8)  # warm-up, not recorded
+        results["capacity"] = [window(server, c) for c in CAPACITY_CONCURRENCIES]
+        best = max(row["ok_rps"] for row in results["capacity"])
+        knee = next(row for row in results["capacity"] if row["ok_rps"] >= KNEE * best)
+        results["knee"] = knee
+        for factor in FACTORS:
+            results["overload"].append(overload_row(window(server, factor * knee["c"]), knee, f"{factor}x knee"))
+        for factor in (2, 4):
+            results["overload"].append(overload_row(window(server, factor * holds), knee, f"{factor}x what it holds"))
+        server.wait_idle()
+        burst = send_burst("127.0.0.1", server.port,
+                           request_wires(server.path, f"127.0.0.1:{server.port}", FAST.images()), BURST)
+        results["burst"] = {"requests": BURST, "answered": burst.count(200), "refused": burst.count(503),
+                            "other": burst.answers - burst.count(200) - burst.count(503),
+                            "socket_errors": burst.socket_errors, "refused_without_retry_after": burst.missing_retry_after,
+                            "last_answer_s": round(max(max(v) for v in burst.latencies.values()), 3),
+                            "last_503_s": round(max(burst.latencies.get(503, [0])), 3),
+                            "client_send_s": round(burst.send_seconds, 3)}
+        print(json.dumps(results["burst"]), flush=True)
+    finally:
+        results["exit_code"] = server.stop()
+    smaller = 2 * knee["c"]
+    results["smaller_hold"] = {"queue_size": smaller, "rows": []}
+    server = start_ours("ours, queue_size = 2x knee", FAST, out / "logs", {"PODSERVE_QUEUE_SIZE": str(smaller)})
+    try:
+        server.wait_ready()
+        window(server, 8)  # warm-up, not recorded
+        own_knee = window(server, knee["c"])
+        results["smaller_hold"]["knee"] = own_knee
+        for factor in FACTORS:
+            results["smaller_hold"]["rows"].append(
+                overload_row(window(server, factor * knee["c"]), own_knee, f"{factor}x knee"))
+    finally:
+        server.stop()
+    results["wall_seconds"] = round(time.monotonic() - started, 1)
+    (out / "overload.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "overload.md").write_text(markdown(results))
+    print(f"wrote {out / 'overload.json'} and {out / 'overload.md'} in {results['wall_seconds']:.0f}s")
+    return 0
+
+
+HEADER = ("| c | load | answered req/s | answered p50 ms | answered p99 ms | p99 / knee p99 | refused (503) req/s | "
+          "503 p50 ms | 503 p99 ms | 503 without Retry-After | socket errors | server CPU ms/answer |")
+
+
+def _row(row: dict) -> str:
+    return (f"| {row['c']} | {row.get('load', 'capacity')} | {row['ok_rps']} | {row['ok_p50_ms']} | {row['ok_p99_ms']} | "
+            f"{row.get('ok_p99_over_knee_p99', '')} | {row['refused_rps']} | {row['refused_p50_ms']} | "
+            f"{row['refused_p99_ms']} | {row['refused_without_retry_after']} | {row['socket_errors']} | "
+            f"{row['server_cpu_ms_per_answer']} |")
+
+
+def markdown(results: dict) -> str:
+    m, knee, holds = results["machine"], results["knee"], results["holds"]
+    smaller = results["smaller_hold"]
+    lines = ["# Overload: closed-loop callers at 4x and 16x the pod's capacity", "",
+             f"- Command: `{results['command']}` (wall time {results['wall_seconds']:.0f} s); date {results['date']}",
+             f"- Machine: {m['cpu']}, {m['cores']} cores; load average at start {m['load_average_at_start']} "
+             f"(a shared machine: other jobs ran beside it)",
+             f"- Server: ours, value.py's settings ({results['setup']}; it holds queue_size x instances = {holds} "
+             f"requests), fast workload ({FAST.title}); client: bench/closedloop.py, every caller retries at once, "
+             f"ignoring Retry-After", "",
+             f"Capacity: throughput stops growing at **c={knee['c']}** ({knee['ok_rps']} req/s, p99 "
+             f"{knee['ok_p99_ms']} ms). Where 4x and 16x the knee are no more than the {holds} requests the pod "
+             f"holds, nothing is refused and the answered latency grows as Little's law says (callers / throughput); "
+             f"beyond what it holds, the pod refuses at the door.", "",
+             HEADER, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [_row(row) for row in results["capacity"] + results["overload"]]
+    b = results.get("burst")
+    if b:
+        lines += ["", f"A burst of {b['requests']} requests at once, each on its own connection: {b['answered']} "
+                  f"answered (200), {b['refused']} refused (503, the last after {b['last_503_s']} s), {b['other']} other, "
+                  f"{b['socket_errors']} socket errors, {b['refused_without_retry_after']} 503s without Retry-After; "
+                  f"the whole burst answered after {b['last_answer_s']} s (before issue 13: all 2,000 answered, the "
+                  f"last after 3.4 s, queued where no deadline ran). The client sent them all in "
+                  f"{b.get('client_send_s', '?')} s; the pod's event loop, sharing one GIL with the request threads "
+                  f"that serve the admitted requests, reads and refuses them one by one, and those it reads after "
+                  f"room has freed up are admitted, so the split varies from run to run (64 answered and the last "
+                  f"503 after about 0.2 s on a good pass, several hundred answered on others)."]
+    lines += ["", f"The same server holding less: queue_size = {smaller['queue_size']} (2x the knee), against the p99 at "
+              f"the knee measured on it:", "", HEADER, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [_row(row) for row in [smaller["knee"]] + smaller["rows"]]
+    if smaller["queue_size"] == holds:
+        lines += ["", f"Here 2x the knee is what value.py's pod already holds ({holds}): the same setting, measured "
+                  f"once more."]
+    else:
+        lines += ["", f"Holding {smaller['queue_size']} instead of {holds} shortens the answered latency under "
+                  f"overload, but such a pod refuses callers at any concurrency above {smaller['queue_size']}, the "
+                  f"benchmark's c=64 included; value.py keeps queue_size = {holds // max(1, results.get('instances', 1))} "
+                  f"so that a pod answers 64 concurrent callers in full."]
+    lines += ["", "What bounds the answered p99 under overload: the pod holds a fixed number of requests, so an "
+              "answered one waits (held requests) / (answered per second) by Little's law; the answered rate falls "
+              "under a storm of refusals, because the event loop reads and parses every refused request (callers "
+              "here retry at once, ignoring Retry-After), and with hundreds of connections each pass of waitress's "
+              "loop visits every one of them, which also delays the 503s (their p99 at 16x)."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Start the offline worker: read the settings, load the instances, consume until SIGTERM, exit 0."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+
+import prometheus_client
+from confluent_kafka import Consumer, KafkaException
+
+from podserve.offline_settings import OfflineSettings
+from podserve.runtime.devices import plan_devices
+from podserve.runtime.logs import configure_logging
+from podserve.runtime.metrics import Metrics
+from podserve.runtime.offline.metrics import MessageMetrics
+from podserve.runtime.offline.probes import ProbeServer
+from podserve.runtime.offline.sinks import FileSink, KafkaSink, ensure_topics
+from podserve.runtime.offline.worker import OfflineWorker, consumer_config
+from podserve.runtime.pool import InstancePool
+from podserve.runtime.startup import StartupError, prepare_service
+from podserve.settings import SettingsError
+
+log = logging.getLogger("podserve")
+
+
+def main() -> int:
+    """Run the worker in the foreground; return the process exit code."""
+    configure_logging()
+    try:
+        settings, handler_class = prepare_service()
+        offline = OfflineSettings.from_env()
+    except (StartupError, SettingsError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+
+    prometheus_client.disable_created_metrics()
+    metrics = Metrics(settings.service_name)
+    message_metrics = MessageMetrics(settings.service_name, offline.source_topic)
+    devices = plan_devices(settings)
+    pool = InstancePool(handler_class, devices, settings, metrics)
+    pool.load_in_background()
+    topics = [offline.source_topic, offline.dead_letter_topic] + ([offline.sink_topic] if offline.sink_topic else [])
+    stop_requested: list[str] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.append("SIGTERM"))
+    signal.signal(signal.SIGINT, lambda *_: stop_requested.append("SIGINT"))
+    if not _create_topics(offline.kafka_bootstrap, topics, stop_requested):
+        return 0
+
+    dead_letters = KafkaSink(offline.kafka_bootstrap, offline.dead_letter_topic)
+    sink = (KafkaSink(offline.kafka_bootstrap, offline.sink_topic, dead_letters.producer) if offline.sink_topic
+            else FileSink(offline.sink_file))
+    consumer = Consumer(consumer_config(offline.kafka_bootstrap, offline.consumer_group))
+    worker = OfflineWorker(settings, offline.source_topic, pool, consumer, sink, dead_letters, message_metrics,
+                           offline.sink_retry_max_seconds)
+    signal.signal(signal.SIGTERM, lambda *_: worker.request_stop("SIGTERM"))
+    signal.signal(signal.SIGINT, lambda *_: worker.request_stop("SIGINT"))
+    if stop_requested:
+        worker.request_stop(stop_requested[0])
+    probes = ProbeServer(worker, settings.host, settings.port).start()
+    log.info("offline worker %s with %s: %s (group %s) -> %s, poison -> %s; probes on http://%s:%s",
+             settings.service_name, settings.handler, offline.source_topic, offline.consumer_group,
+             offline.sink_topic or offline.sink_file, offline.dead_letter_topic, settings.host, probes.port,
+             extra={"fields": {"settings": {**settings.to_env(), **offline.to_env()}}})
+    code = _run_beside_signals(worker)
+    dead_letters.close()
+    pool.stop()
+    probes.stop()
+    return code
+
+
+def _run_beside_signals(worker: OfflineWorker) -> int:
+    """Run the consume loop in its own thread, so that the main thread handles SIGTERM at once (ping turns 503)."""
+    result: list[int] = []
+
+    def consume() -> None:
+        try:
+            result.append(worker.run())
+        except Exception:  # exit non-zero (the pod restarts); nothing uncommitted was lost, only not yet written
+            log.exception("the consume loop failed")
+
+    loop = threading.Thread(target=consume, name="consume", daemon=True)
+    loop.start()
+    while loop.is_alive():
+        loop.join(0.2)
+    return result[0] if result else 1
+
+
+def _create_topics(bootstrap: str, topics: list[str], stop_requested: list[str]) -> bool:
+    """Create the missing topics, retrying while the brokers are unreachable; False if stopped meanwhile."""
+    backoff = 1.0
+    while not stop_requested:
+        try:
+            created = ensure_topics(bootstrap, topics)
+            if created:
+                log.info("created missing topic(s): %s", ", ".join(created))
+            return True
+        except KafkaException as exc:
+            log.warning("cannot reach Kafka at %s to check the topics (%s); retrying in %.0fs", bootstrap, exc, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+    return False

@@ -1,0 +1,129 @@
+"""Where the worker writes: a Kafka topic (results or dead letters) or a JSON-lines file, and the topics it needs.
+
+A sink's `send(records)` returns the records it could NOT get acknowledged (empty when
+all were): the worker backs off and sends those again, and commits nothing until the list
+is empty. A Kafka record is acknowledged when the broker confirmed it with acks=all (the
+producer is idempotent, so its own retries add no duplicates); a file record when its line
+was written and fsync'd.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from podserve.runtime.offline.records import Outgoing
+
+log = logging.getLogger(__name__)
+
+#: How long the producer tries to deliver one record before reporting it failed (the worker then retries).
+DELIVERY_TIMEOUT_MS = 10_000
+
+
+def producer_config(bootstrap: str) -> dict:
+    return {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+            "message.timeout.ms": DELIVERY_TIMEOUT_MS, "client.id": "podserve-offline"}
+
+
+class KafkaSink:
+    """Produce records to one topic and wait for every acknowledgement."""
+
+    def __init__(self, bootstrap: str, topic: str, producer: Producer | None = None):
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.producer = producer or Producer(producer_config(bootstrap))
+        self.last_error: str | None = None
+
+    def send(self, records: list[Outgoing]) -> list[Outgoing]:
+        failed: list[Outgoing] = []
+        fatal: list[bool] = []
+
+        def on_delivery(record: Outgoing):
+            def report(error, _message) -> None:
+                if error is not None:
+                    failed.append(record)
+                    self.last_error = str(error)
+                    fatal.append(error.fatal())
+            return report
+
+        for record in records:
+            while True:
+                try:
+                    self.producer.produce(self.topic, record.value, record.key, headers=list(record.headers) or None,
+                                          on_delivery=on_delivery(record))
+                    break
+                except BufferError:  # the producer's queue is full: let it deliver some first
+                    self.producer.poll(0.05)
+                except KafkaException as exc:
+                    failed.append(record)
+                    self.last_error = str(exc)
+                    break
+        while self.producer.flush(1.0) > 0:  # every record gets its report within DELIVERY_TIMEOUT_MS
+            pass
+        if any(fatal):  # an idempotent producer that hit a fatal error must be replaced
+            log.warning("the producer for %s hit a fatal error (%s); starting a new one", self.topic, self.last_error)
+            self.producer = Producer(producer_config(self.bootstrap))
+        return failed
+
+    def close(self) -> None:
+        self.producer.flush(5.0)
+
+
+class FileSink:
+    """Append each record as one JSON line `{"key": ..., <result>}`; acknowledged once written and fsync'd."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.topic = str(self.path)
+        self.last_error: str | None = None
+
+    def send(self, records: list[Outgoing]) -> list[Outgoing]:
+        lines = []
+        for record in records:
+            line = {"key": record.key.decode(errors="replace") if record.key is not None else None,
+                    **json.loads(record.value)}
+            lines.append(json.dumps(line) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as file:
+                file.write("".join(lines))
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return list(records)
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def missing_topics(admin: AdminClient, topics: list[str], timeout: float = 10.0) -> list[str]:
+    existing = admin.list_topics(timeout=timeout).topics
+    return [topic for topic in dict.fromkeys(topics) if topic not in existing]
+
+
+def ensure_topics(bootstrap: str, topics: list[str], timeout: float = 10.0) -> list[str]:
+    """Create those of `topics` that do not exist (broker's default partitions and replication); return them.
+
+    The worker, not the broker, creates missing topics: production brokers (and the testbed's)
+    run with auto.create.topics.enable=false. A topic created meanwhile by someone else is fine.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    missing = missing_topics(admin, topics, timeout)
+    if not missing:
+        return []
+    futures = admin.create_topics([NewTopic(topic, num_partitions=-1, replication_factor=-1) for topic in missing],
+                                  operation_timeout=timeout, request_timeout=timeout)
+    for topic, future in futures.items():
+        try:
+            future.result()
+            log.info("created missing topic %s", topic)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+    return missing

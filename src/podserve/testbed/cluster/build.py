@@ -1,0 +1,116 @@
+"""Build the control plane's binaries from Go modules into .tools/cluster/<versions>/, reusing what is there.
+
+    python -m podserve.testbed.cluster.build [--tools .tools]
+
+kube-apiserver, kube-controller-manager and kube-scheduler come from k8s.io/kubernetes and
+etcd from go.etcd.io/etcd/server/v3, both at the versions cluster/go.mod pins (built inside
+that module, with the version stamped as upstream's hack/lib/version.sh does); kwok is
+`go install`ed by module path at KWOK_VERSION. GOTOOLCHAIN=local, CGO_ENABLED=0: only Go
+modules are downloaded. A cold build takes minutes (2 cores: about 6), so each step prints
+what it builds and how long it took; a warm run with every binary present does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from podserve.testbed.cluster import versions
+
+#: Stamped into the binaries' version packages, as upstream's release builds do.
+VERSION_PACKAGES = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+BUILD_DATE = "2026-01-01T00:00:00Z"
+
+
+class BuildError(RuntimeError):
+    """A binary did not build; the message names it and quotes the end of go's output."""
+
+
+def version_ldflags(version: str) -> str:
+    """-ldflags that make /version report `version` (e.g. v1.35.4: major 1, minor 35)."""
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = ["-s", "-w"]
+    for package in VERSION_PACKAGES:
+        flags += [f"-X {package}.{name}={value}" for name, value in (
+            ("gitVersion", version), ("gitMajor", major), ("gitMinor", minor), ("gitTreeState", "clean"),
+            ("buildDate", BUILD_DATE))]
+    return " ".join(flags)
+
+
+def go_env() -> dict[str, str]:
+    """The environment of every go command: this Go only, no cgo, go.mod and go.sum as committed."""
+    return dict(os.environ, GOTOOLCHAIN="local", CGO_ENABLED="0", GOFLAGS="-mod=readonly")
+
+
+def _go(args: list[str], what: str, env: dict[str, str], cwd: Path) -> None:
+    go = shutil.which("go", path=env.get("PATH"))
+    if go is None:
+        raise BuildError(f"{what}: the `go` command is not on PATH (Go >= 1.25 is needed to build the control plane)")
+    done = subprocess.run([go, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
+        raise BuildError(f"building {what} failed (go {' '.join(args[:2])} ... exited {done.returncode}):\n{tail}")
+
+
+def missing(target: Path) -> list[str]:
+    return [name for name in versions.BINARIES if not (target / name).is_file()]
+
+
+def build(tools: Path, out=sys.stdout) -> Path:
+    """Build whatever binary is missing under tools/cluster/<key>/ and return that folder."""
+    target = versions.binaries_dir(tools)
+    todo = missing(target)
+    if not todo:
+        print(f"control plane binaries up to date in {target}", file=out)
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    env = go_env()
+    k8s = versions.kubernetes_version()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+        staging = Path(tmp)
+        steps = []
+        kube = [name for name in versions.KUBE_BINARIES if name in todo]
+        if kube:
+            steps.append((f"{', '.join(kube)} {k8s}", ["build", "-trimpath", "-ldflags", version_ldflags(k8s), "-o",
+                                            f"{staging}/", *[f"k8s.io/kubernetes/cmd/{n}" for n in kube]],
+                          versions.GO_MODULE, env, kube))
+        if "etcd" in todo:
+            steps.append((f"etcd {versions.etcd_version()}", ["build", "-trimpath", "-ldflags", "-s -w", "-o",
+                                                               str(staging / "etcd"), "./cmd/etcd"],
+                          versions.GO_MODULE, env, ["etcd"]))
+        if "kwok" in todo:
+            steps.append((f"kwok {versions.KWOK_VERSION}", ["install", "-trimpath", "-ldflags", "-s -w",
+                                                            f"{versions.KWOK_PACKAGE}@{versions.KWOK_VERSION}"],
+                          staging, dict(env, GOBIN=str(staging), GOFLAGS=""), ["kwok"]))
+        for what, args, cwd, step_env, names in steps:
+            step_start = time.monotonic()
+            print(f"building {what} ...", file=out, flush=True)
+            _go(args, what, step_env, cwd)
+            for name in names:  # move in only once built: a half-built binary never sits in the cache
+                os.replace(staging / name, target / name)
+            print(f"  built {what} in {time.monotonic() - step_start:.0f}s "
+                  f"(total {time.monotonic() - started:.0f}s)", file=out, flush=True)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tools", type=Path, default=versions.REPO / ".tools", help="the tools folder (.tools)")
+    args = parser.parse_args(argv)
+    try:
+        build(args.tools)
+    except (BuildError, LookupError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

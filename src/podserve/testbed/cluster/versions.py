@@ -1,0 +1,42 @@
+"""What the control plane is built from: versions read from cluster/go.mod, kwok's pin, the binary cache key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[4]
+#: Our Go module: its go.mod pins k8s.io/kubernetes and etcd (the one source of those versions).
+GO_MODULE = REPO / "cluster"
+#: kwok is installed by module path at this version, outside our module (its own dependency versions).
+KWOK_VERSION = "v0.8.0"
+KWOK_PACKAGE = "sigs.k8s.io/kwok/cmd/kwok"
+#: The binaries a control plane needs, in build order.
+KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+BINARIES = KUBE_BINARIES + ("etcd", "kwok")
+
+
+def required_version(module: str, go_mod: Path = GO_MODULE / "go.mod") -> str:
+    """Return the version go.mod requires of `module` (e.g. k8s.io/kubernetes -> v1.35.4)."""
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", go_mod.read_text(), re.MULTILINE)
+    if not match:
+        raise LookupError(f"{go_mod} does not require {module}")
+    return match.group(1)
+
+
+def kubernetes_version() -> str:
+    return required_version("k8s.io/kubernetes")
+
+
+def etcd_version() -> str:
+    return required_version("go.etcd.io/etcd/server/v3")
+
+
+def cache_key() -> str:
+    """The folder name under .tools/cluster/ for this set of versions."""
+    return f"k8s-{kubernetes_version()}_etcd-{etcd_version()}_kwok-{KWOK_VERSION}"
+
+
+def binaries_dir(tools: Path = REPO / ".tools") -> Path:
+    """Where the built binaries of this set of versions live."""
+    return tools / "cluster" / cache_key()

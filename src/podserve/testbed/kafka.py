@@ -1,0 +1,246 @@
+"""A real single-node Kafka broker (KRaft: broker and controller in one JVM) on loopback.
+
+    python -m podserve.testbed.kafka install [.tools]   # resolve the pinned jars with Maven (once)
+    python -m podserve.testbed.kafka serve [.tools]     # broker on 127.0.0.1:9092 until Ctrl-C (make kafka)
+
+The broker is Apache Kafka itself, `org.apache.kafka:kafka_2.13` from Maven Central at the
+version pinned here, resolved with its runtime dependencies by `mvn dependency:copy-dependencies`
+into `.tools/kafka-<version>/libs` and reused after that. `KafkaBroker` formats a fresh
+storage directory (what `kafka-storage.sh format` does, through the same Java main class)
+and runs `kafka.Kafka`; the pytest fixture gives it free ports. Nothing is simulated except
+the size of the cluster: one node, replication factor 1. The broker does NOT create topics
+on first use (`auto.create.topics.enable=false`, as in production): the offline worker
+creates the topics it names when they are missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from podserve.offline_settings import LOCAL_KAFKA_PORT
+from podserve.testbed.processes import Program, StartError, free_port, port_open
+
+KAFKA_VERSION = "4.1.1"
+#: Routes the broker's slf4j 1.x logging to the log4j2 jars Kafka already brings.
+LOG4J_SLF4J_VERSION = "2.24.3"
+#: The port `make kafka` listens on (fixtures take free ports instead).
+DEFAULT_PORT = LOCAL_KAFKA_PORT
+#: Partitions of a topic created without a count (the worker's topics, in the tests).
+DEFAULT_PARTITIONS = 3
+START_TIMEOUT_SECONDS = 90.0
+JVM_OPTIONS = ("-Xms256m", "-Xmx768m", "-XX:+UseSerialGC", "-Djava.awt.headless=true")
+
+POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>podserve.testbed</groupId>
+  <artifactId>kafka-broker</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{KAFKA_VERSION}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
+      <version>{LOG4J_SLF4J_VERSION}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+LOG4J2 = """status = warn
+appender.console.type = Console
+appender.console.name = console
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.console.ref = console
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = info
+"""
+
+
+class InstallError(RuntimeError):
+    """Maven or Java is missing, or Maven could not resolve the broker's jars."""
+
+
+def install_dir(tools: Path) -> Path:
+    return Path(tools) / f"kafka-{KAFKA_VERSION}"
+
+
+def _stamp(tools: Path) -> Path:
+    return install_dir(tools) / ".installed"
+
+
+def _pom_digest() -> str:
+    return hashlib.sha256(POM.encode()).hexdigest()
+
+
+def installed(tools: Path) -> bool:
+    stamp = _stamp(tools)
+    return stamp.exists() and stamp.read_text().strip() == _pom_digest()
+
+
+def install(tools: Path) -> Path:
+    """Resolve the pinned broker and its runtime jars into <tools>/kafka-<version>/libs; reuse them if there."""
+    target = install_dir(tools)
+    if installed(tools):
+        return target / "libs"
+    for program in ("mvn", "java"):
+        if shutil.which(program) is None:
+            raise InstallError(f"{program} is not on PATH; install Debian's maven and openjdk-17-jre-headless "
+                               f"(the Makefile's kafka-install target does)")
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "pom.xml").write_text(POM)
+    shutil.rmtree(target / "libs", ignore_errors=True)
+    command = ["mvn", "-B", "-q", "-f", str(target / "pom.xml"),
+               f"-Dmaven.repo.local={Path(tools).resolve() / 'maven-repo'}",
+               "dependency:copy-dependencies", f"-DoutputDirectory={(target / 'libs').resolve()}",
+               "-DincludeScope=runtime"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise InstallError(f"Maven could not resolve org.apache.kafka:kafka_2.13:{KAFKA_VERSION} "
+                           f"(exit {result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
+    _stamp(tools).write_text(_pom_digest() + "\n")
+    return target / "libs"
+
+
+def cluster_id() -> str:
+    """A random cluster id in Kafka's format (what `kafka-storage.sh random-uuid` prints)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+    """The broker+controller configuration of a one-node cluster on loopback."""
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        f"log.dirs={data_dir / 'logs'}",
+        f"num.partitions={DEFAULT_PARTITIONS}",
+        "auto.create.topics.enable=false",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "num.network.threads=2",
+        "num.io.threads=2",
+        "",
+    ])
+
+
+class KafkaBroker:
+    """One broker process on 127.0.0.1: `start()` formats storage and waits until clients can use it."""
+
+    def __init__(self, tools: Path, data_dir: Path, port: int | None = None, controller_port: int | None = None):
+        self.libs = install_dir(tools) / "libs"
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.controller_port = controller_port or free_port()
+        self.program: Program | None = None
+        self.start_seconds: float | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _java(self, main_class: str, *args: str) -> list[str]:
+        log4j = f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}"
+        return ["java", *JVM_OPTIONS, log4j, "-cp", f"{self.libs}/*", main_class, *args]
+
+    def start(self, timeout: float = START_TIMEOUT_SECONDS) -> "KafkaBroker":
+        if not self.libs.is_dir():
+            raise StartError(f"Kafka {KAFKA_VERSION} is not installed in {self.libs.parent}; run "
+                             f"`make kafka-install` (python -m podserve.testbed.kafka install)")
+        if port_open(self.port):
+            raise StartError(f"port {self.port} is taken: another broker (or program) listens on 127.0.0.1:{self.port}")
+        started = time.monotonic()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "server.properties"
+        config.write_text(server_properties(self.data_dir, self.port, self.controller_port))
+        (self.data_dir / "log4j2.properties").write_text(LOG4J2)
+        formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c",
+                                              str(config), "--ignore-formatted"),
+                                   capture_output=True, text=True, timeout=timeout)
+        if formatted.returncode != 0:
+            raise StartError(f"kafka-storage format failed (exit {formatted.returncode}):\n"
+                             f"{(formatted.stdout + formatted.stderr)[-2000:]}")
+        self.program = Program("kafka", self._java("kafka.Kafka", str(config)), self.data_dir / "broker.log")
+        try:
+            self.program.wait_until(self._answers, timeout, f"a client sees the broker on {self.bootstrap}")
+        except StartError:
+            self.program.stop()
+            raise
+        self.start_seconds = time.monotonic() - started
+        return self
+
+    def _answers(self) -> bool:
+        if not port_open(self.port):
+            return False
+        from confluent_kafka.admin import AdminClient  # the client is a test/runtime dependency, not the installer's
+
+        metadata = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=2)
+        return bool(metadata.brokers)
+
+    def stop(self) -> int | None:
+        return self.program.stop(timeout=20) if self.program else None
+
+
+def _serve(tools: Path) -> int:
+    install(tools)
+    data_dir = Path(tempfile.mkdtemp(prefix="podserve-kafka-"))
+    broker = KafkaBroker(tools, data_dir, port=DEFAULT_PORT, controller_port=DEFAULT_PORT + 1)
+    try:
+        broker.start()
+    except StartError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Kafka {KAFKA_VERSION} (KRaft, one node) on {broker.bootstrap}, started in {broker.start_seconds:.1f}s; "
+          f"data in {data_dir}, log in {broker.program.log_path}. Ctrl-C stops it.", flush=True)
+    stop: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, even where a shell started us with SIGINT ignored
+        signal.signal(signum, lambda number, _frame: stop.append(number))
+    while broker.program.alive() and not stop:
+        time.sleep(0.5)
+    code = broker.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return 0 if stop or code in (0, 143, -15) else 1
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("install", "serve"):
+        print("usage: python -m podserve.testbed.kafka install|serve [tools-dir]", file=sys.stderr)
+        return 2
+    tools = Path(argv[1] if len(argv) > 1 else os.environ.get("PODSERVE_TOOLS", ".tools"))
+    if argv[0] == "install":
+        started = time.monotonic()
+        try:
+            libs = install(tools)
+        except InstallError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
+        print(f"Kafka {KAFKA_VERSION} jars in {libs} ({time.monotonic() - started:.1f}s)")
+        return 0
+    return _serve(tools)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

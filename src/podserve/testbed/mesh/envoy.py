@@ -1,0 +1,174 @@
+"""Step two: the IR to an Envoy bootstrap (static listener and clusters, endpoints from files).
+
+The output is what istiod would push to the region's ingress gateway over xDS, written as a
+static bootstrap: one HTTP listener, one route table, and per cluster an EDS subscription
+to a file (`eds_path`) that the harness rewrites atomically. TLS is not played: the gateway's
+HTTPS server's routes are served over plain HTTP on loopback (simulated, said here and in
+the README). `local_any_host` adds a catch-all virtual host with the same routes, so that
+`curl localhost:8080/...` works without setting Host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from podserve.testbed.mesh import ir
+
+MAX = 2**32 - 1  # Istio starts every circuit-breaker threshold here
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+CLA = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"
+
+
+def eds_path(folder: Path, cluster: str) -> Path:
+    """Return the file a cluster's endpoints are read from."""
+    return Path(folder) / ("eds-" + cluster.replace("|", "_") + ".json")
+
+
+def bootstrap(config: ir.GatewayConfig, *, port: int, admin_port: int, eds_folder: Path,
+              local_any_host: bool = False) -> dict:
+    """Return the Envoy bootstrap for `config`, listening on 127.0.0.1:port."""
+    virtual_hosts = [_virtual_host(vh) for vh in config.virtual_hosts]
+    if local_any_host:
+        routes = [route for vh in config.virtual_hosts for route in vh.routes]
+        virtual_hosts.append(_virtual_host(ir.VirtualHost("local-any-host", ("*",), tuple(routes))))
+    return {
+        "node": {"id": f"gateway-{config.name.replace('/', '-')}", "cluster": "istio-ingressgateway"},
+        "admin": {"address": _address(admin_port)},
+        "static_resources": {
+            "listeners": [{
+                "name": "http",
+                "address": _address(port),
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": _connection_manager(virtual_hosts)}]}],
+            }],
+            "clusters": [_cluster(c, eds_folder) for c in config.clusters],
+        },
+    }
+
+
+def _address(port: int) -> dict:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def _connection_manager(virtual_hosts: list[dict]) -> dict:
+    return {
+        "@type": HCM,
+        "stat_prefix": "gateway",
+        "use_remote_address": True,  # an ingress gateway, as Istio configures it
+        # Callers on loopback stand for callers inside the cluster's network: internal, so Envoy honours their
+        # x-envoy-upstream-rq-timeout-ms and passes X-Envoy-Expected-Rq-Timeout-Ms on (Envoy 1.40 treats no
+        # address as internal unless told; an Internet caller's x-envoy-* headers are stripped).
+        "internal_address_config": {"cidr_ranges": [{"address_prefix": "127.0.0.0", "prefix_len": 8}]},
+        "normalize_path": True,
+        "route_config": {"name": "http.80", "virtual_hosts": virtual_hosts},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+
+
+def _virtual_host(vh: ir.VirtualHost) -> dict:
+    return {"name": vh.name, "domains": list(vh.domains), "routes": [_route(r) for r in vh.routes]}
+
+
+def _route(route: ir.Route) -> dict:
+    match = {"path": route.match_value} if route.match_kind == "exact" else {"prefix": route.match_value}
+    action = {"cluster": route.cluster, "timeout": _duration(route.timeout_s)}
+    if route.rewrite_uri is not None:
+        action["prefix_rewrite"] = route.rewrite_uri
+    if route.retries is not None:
+        action["retry_policy"] = _retry_policy(route.retries)
+    return {"name": route.name, "match": dict(match, case_sensitive=True), "route": action}
+
+
+def _retry_policy(retries: ir.Retries) -> dict:
+    policy = {"num_retries": retries.attempts, "retry_on": ",".join(retries.retry_on),
+              "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+                                        "typed_config": {"@type": PREVIOUS_HOSTS}}],
+              "host_selection_retry_max_attempts": 5}
+    if retries.retriable_status_codes:
+        policy["retriable_status_codes"] = list(retries.retriable_status_codes)
+    if retries.per_try_timeout_s is not None:
+        policy["per_try_timeout"] = _duration(retries.per_try_timeout_s)
+    return policy
+
+
+def _cluster(cluster: ir.Cluster, eds_folder: Path) -> dict:
+    limits = cluster.limits
+    out = {
+        "name": cluster.name,
+        "type": "EDS",
+        "eds_cluster_config": {"service_name": cluster.name, "eds_config": {
+            "path_config_source": {"path": str(eds_path(eds_folder, cluster.name))},
+            "resource_api_version": "V3"}},
+        "connect_timeout": _duration(cluster.connect_timeout_s),
+        "lb_policy": "LEAST_REQUEST",
+        "circuit_breakers": {"thresholds": [{
+            "max_connections": limits.max_connections or MAX,
+            "max_pending_requests": limits.max_pending_requests or MAX,
+            "max_requests": limits.max_requests or MAX,
+            "max_retries": limits.max_retries or MAX,
+            "track_remaining": True}]},
+        "common_lb_config": {},
+    }
+    if cluster.slow_start_s is not None:
+        out["least_request_lb_config"] = {"slow_start_config": {"slow_start_window": _duration(cluster.slow_start_s)}}
+    if cluster.outlier is not None:
+        out["outlier_detection"] = _outlier(cluster.outlier)
+        out["common_lb_config"]["healthy_panic_threshold"] = {"value": float(cluster.outlier.min_health_percent)}
+    return out
+
+
+def _outlier(o: ir.OutlierDetection) -> dict:
+    """Istio's applyOutlierDetection: success rate off; a consecutive count of 0 turns its ejection off."""
+    out: dict = {"enforcing_success_rate": 0}
+    if o.consecutive_5xx is not None:
+        out["consecutive_5xx"] = o.consecutive_5xx
+        out["enforcing_consecutive_5xx"] = 100 if o.consecutive_5xx > 0 else 0
+    if o.consecutive_gateway_failure is not None:
+        out["consecutive_gateway_failure"] = o.consecutive_gateway_failure
+        out["enforcing_consecutive_gateway_failure"] = 100 if o.consecutive_gateway_failure > 0 else 0
+    if o.interval_s is not None:
+        out["interval"] = _duration(o.interval_s)
+    if o.base_ejection_s is not None:
+        out["base_ejection_time"] = _duration(o.base_ejection_s)
+    if o.max_ejection_percent is not None:
+        out["max_ejection_percent"] = o.max_ejection_percent
+    if o.split_local_origin:
+        out["split_external_local_origin_errors"] = True
+        if o.consecutive_local_origin_failure:
+            out["consecutive_local_origin_failure"] = o.consecutive_local_origin_failure
+            out["enforcing_consecutive_local_origin_failure"] = 100
+        out["enforcing_local_origin_success_rate"] = 0
+    return out
+
+
+def load_assignment(cluster: str, ports: list[int], version: int) -> dict:
+    """Return the DiscoveryResponse of one cluster's endpoints: each ready pod on 127.0.0.1."""
+    endpoints = [{"endpoint": {"address": _address(port)}} for port in sorted(ports)]
+    return {"version_info": str(version), "resources": [
+        {"@type": CLA, "cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []}]}
+
+
+def write_atomically(path: Path, document: dict) -> None:
+    """Write `document` as JSON to a temporary file beside `path`, then rename it over `path` (Envoy watches moves)."""
+    path = Path(path)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".tmp-", suffix=".json", delete=False) as tmp:
+        json.dump(document, tmp)
+    os.replace(tmp.name, path)
+
+
+def write_empty_endpoints(config: ir.GatewayConfig, eds_folder: Path) -> None:
+    """Write an endpoint file with no endpoints for each cluster that has none yet (Envoy needs them at start)."""
+    Path(eds_folder).mkdir(parents=True, exist_ok=True)
+    for cluster in config.clusters:
+        path = eds_path(eds_folder, cluster.name)
+        if not path.exists():
+            write_atomically(path, load_assignment(cluster.name, [], 0))

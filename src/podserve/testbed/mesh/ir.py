@@ -1,0 +1,97 @@
+"""The small intermediate form between Istio's objects and Envoy's config: routes and clusters.
+
+Step one (`istio.py`) fills it from rendered Gateways, VirtualServices and DestinationRules;
+step two (`envoy.py`) turns it into an Envoy bootstrap. Each step is testable alone, and
+nothing here knows about YAML or protobuf field names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Retries:
+    """A route's retry policy: how many retries, on what, and the status codes that count."""
+
+    attempts: int
+    retry_on: tuple[str, ...]
+    retriable_status_codes: tuple[int, ...] = ()
+    per_try_timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """One match of a virtual host: a path match, its rewrite, the cluster, timeout and retries."""
+
+    name: str
+    match_kind: str  # exact | prefix
+    match_value: str
+    cluster: str
+    timeout_s: float  # 0: no timeout (Istio's default)
+    rewrite_uri: str | None = None
+    retries: Retries | None = None
+    owner: str = ""  # namespace/name of the VirtualService it came from
+
+
+@dataclass(frozen=True)
+class VirtualHost:
+    """The routes served for a set of hosts (Host/authority), in order."""
+
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    """Passive ejection of a failing host; None fields are left to Envoy's defaults."""
+
+    interval_s: float | None = None
+    base_ejection_s: float | None = None
+    max_ejection_percent: int | None = None
+    consecutive_5xx: int | None = None
+    consecutive_gateway_failure: int | None = None
+    split_local_origin: bool = False
+    consecutive_local_origin_failure: int | None = None
+    min_health_percent: int = 0
+
+
+@dataclass(frozen=True)
+class CircuitBreakers:
+    """Per-cluster limits of one Envoy; None means Istio's default (no limit: 2^32 - 1)."""
+
+    max_connections: int | None = None
+    max_pending_requests: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The endpoints of one Kubernetes Service port, balanced by least request."""
+
+    name: str
+    service_host: str
+    port: int
+    slow_start_s: float | None = None
+    outlier: OutlierDetection | None = None
+    limits: CircuitBreakers = field(default_factory=CircuitBreakers)
+    connect_timeout_s: float = 10.0  # Istio's mesh-wide connectTimeout default
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What one ingress gateway Envoy serves: virtual hosts over clusters."""
+
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...]
+    clusters: tuple[Cluster, ...]
+
+    def cluster(self, name: str) -> Cluster:
+        return next(c for c in self.clusters if c.name == name)
+
+
+def cluster_name(service_host: str, port: int) -> str:
+    """Return istiod's name for the outbound cluster of a Service port."""
+    return f"outbound|{port}||{service_host}"

@@ -1,0 +1,154 @@
+"""A real Prometheus (Debian's `prometheus` package) on loopback, scraping targets with the PodMonitor's labels.
+
+    prom = Prometheus(workdir, [ScrapeTarget("127.0.0.1:8080", {...labels...})], rule_files=[...])
+    prom.start(); prom.query('up'); prom.stop()
+
+What is simulated: Kubernetes service discovery. In a cluster the Prometheus operator turns
+each PodMonitor into `kubernetes_sd_configs` plus relabelings that give every series the
+labels `namespace`, `pod`, `container`, `endpoint`, `job` (<namespace>/<PodMonitor name>) and
+the pod labels named in `podTargetLabels`; here the same labels are static target labels
+(`pod_monitor_labels` derives them from the rendered PodMonitor and Deployment). Prometheus
+still sets `instance` (the target's address) itself, which is why our label is `model_instance`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from podserve.testbed.processes import Program, StartError, free_port
+
+#: The package `make prometheus` installs (Makefile pins the same version).
+DEBIAN_PACKAGE = "prometheus"
+
+
+class QueryError(RuntimeError):
+    """Prometheus refused a query; the message carries its error type and text."""
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """One pod's /metrics and the target labels the PodMonitor would give its series."""
+
+    address: str
+    labels: dict[str, str]
+    path: str = "/metrics"
+
+
+def pod_monitor_labels(podmonitor: dict, deployment: dict, pod_name: str) -> dict[str, str]:
+    """Return the target labels the Prometheus operator gives a pod selected by `podmonitor`.
+
+    namespace, pod, container (the container exposing the port), endpoint (the port's name),
+    job (<namespace>/<name>) and each `podTargetLabels` label copied from the pod template.
+    """
+    spec = podmonitor["spec"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = spec["selector"]["matchLabels"]
+    if any(pod_labels.get(k) != v for k, v in selector.items()):
+        raise ValueError(f"PodMonitor {podmonitor['metadata']['name']} does not select the Deployment's pods "
+                         f"(selector {selector}, pod labels {pod_labels})")
+    endpoint = spec["podMetricsEndpoints"][0]["port"]
+    container = next(c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]
+                     if any(p.get("name") == endpoint for p in c.get("ports", [])))
+    namespace = podmonitor["metadata"]["namespace"]
+    labels = {"namespace": namespace, "pod": pod_name, "container": container, "endpoint": endpoint,
+              "job": f"{namespace}/{podmonitor['metadata']['name']}"}
+    labels.update({name: pod_labels[name] for name in spec.get("podTargetLabels", []) if name in pod_labels})
+    return labels
+
+
+@dataclass
+class Prometheus:
+    """One Prometheus server with its own data folder and a free port; `start()` waits until it is ready."""
+
+    workdir: Path
+    targets: list[ScrapeTarget]
+    rule_files: list[Path] = field(default_factory=list)
+    scrape_interval: str = "1s"
+    binary: str = "prometheus"
+    port: int = 0
+    program: Program | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> dict:
+        jobs: dict[str, list[ScrapeTarget]] = {}
+        for target in self.targets:
+            jobs.setdefault(target.labels.get("job", "podserve"), []).append(target)
+        return {
+            "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval,
+                       "scrape_timeout": self.scrape_interval},
+            "rule_files": [str(p) for p in self.rule_files],
+            "scrape_configs": [{"job_name": job, "metrics_path": targets[0].path, "honor_labels": False,
+                                "static_configs": [{"targets": [t.address], "labels": t.labels} for t in targets]}
+                               for job, targets in jobs.items()],
+        }
+
+    def start(self, timeout: float = 60.0) -> "Prometheus":
+        path = shutil.which(self.binary)
+        if path is None:
+            raise StartError(f"{self.binary} is not installed: Debian's `{DEBIAN_PACKAGE}` package provides it "
+                             "(`make prometheus` installs the pinned version)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "prometheus.yml"
+        config.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        self.port = free_port()
+        self.program = Program("prometheus", [
+            path, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d",
+            "--web.enable-lifecycle", "--log.level=warn"], self.workdir / "prometheus.log")
+        self.program.wait_until(self._ready, timeout, "ready on /-/ready")
+        return self
+
+    def _ready(self) -> bool:
+        with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as reply:
+            return reply.status == 200
+
+    def stop(self) -> None:
+        if self.program is not None:
+            self.program.stop()
+
+    def api(self, path: str, **params) -> dict:
+        """GET /api/v1/<path>; return `data`, or raise QueryError with Prometheus' own message."""
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as reply:
+                body = json.load(reply)
+        except urllib.error.HTTPError as exc:
+            body = json.load(exc)
+        if body.get("status") != "success":
+            raise QueryError(f"{body.get('errorType')}: {body.get('error')}")
+        return body["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        """Evaluate an instant query; return its result list (empty when nothing matched)."""
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        return self.api("query", **params)["result"]
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict]:
+        return self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step}")["result"]
+
+    def wait_for(self, expr: str, timeout: float = 30.0) -> list[dict]:
+        """Poll an instant query until it returns data; raise StartError naming it if it never does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = self.query(expr)
+            if result:
+                return result
+            time.sleep(0.5)
+        raise StartError(f"Prometheus had no data for {expr!r} after {timeout:.0f}s; targets: "
+                         f"{[(t['labels'].get('pod'), t['health'], t.get('lastError')) for t in self.targets_health()]}")
+
+    def targets_health(self) -> list[dict]:
+        return self.api("targets")["activeTargets"]

@@ -1,0 +1,121 @@
+"""Feed images to a topic and read a topic back, for trying an offline worker by hand and for the tests.
+
+    python -m podserve.testbed.topics send TOPIC IMAGE...   # one message per image, keyed by its file name
+    python -m podserve.testbed.topics read TOPIC            # every record so far: key, headers, value; then exit
+
+`send` creates the topic when it is missing (the broker does not). Both use PODSERVE_KAFKA_BOOTSTRAP (default 127.0.0.1:9092, where `make kafka` listens).
+A message is the JSON body `POST /api/<service>` takes: `{"postid", "uid", "seqid", "image"}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from podserve.offline_settings import BOOTSTRAP_ENV, LOCAL_KAFKA_BOOTSTRAP
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record read back from a topic."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+    partition: int
+    offset: int
+
+
+def image_message(image: bytes, postid, uid="u", seqid=1) -> bytes:
+    """The message value for one image, as `/api/<service>` takes it in JSON."""
+    return json.dumps({"postid": postid, "uid": uid, "seqid": seqid,
+                       "image": base64.b64encode(image).decode()}).encode()
+
+
+def send(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]], timeout: float = 60.0) -> None:
+    """Produce (key, value) pairs and wait until the broker acknowledged every one; raise if any failed."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                         "linger.ms": 10})
+    failures: list[str] = []
+    for key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=lambda err, _m: err and failures.append(str(err)))
+                break
+            except BufferError:
+                producer.poll(0.1)
+    left = producer.flush(timeout)
+    if failures or left:
+        raise RuntimeError(f"{len(failures)} message(s) to {topic} failed ({failures[:3]}), {left} unsent")
+
+
+class TopicReader:
+    """Read a whole topic, every partition from its start, up to its end at each `read_new()` call."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.topic = topic
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"podserve-reader-{os.getpid()}",
+                                  "enable.auto.commit": False, "enable.partition.eof": False})
+        partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        self.partitions = sorted(partitions)
+        self.records: list[Record] = []
+
+    def read_new(self, timeout: float = 10.0) -> list[Record]:
+        """Consume up to the current end of every partition; return the records read this time."""
+        ends = {p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)[1]
+                for p in self.partitions}
+        done = {p: -1 for p in self.partitions}
+        for record in self.records:
+            done[record.partition] = max(done[record.partition], record.offset)
+        new: list[Record] = []
+        deadline = time.monotonic() + timeout
+        while any(done[p] + 1 < ends[p] for p in self.partitions) and time.monotonic() < deadline:
+            for message in self.consumer.consume(500, 0.5):
+                if message.error():
+                    continue
+                record = Record(message.key(), message.value(),
+                                {k: (v or b"").decode(errors="replace") for k, v in (message.headers() or [])},
+                                message.partition(), message.offset())
+                new.append(record)
+                done[record.partition] = max(done[record.partition], record.offset)
+        self.records += new
+        return new
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def main(argv: list[str]) -> int:
+    bootstrap = os.environ.get(BOOTSTRAP_ENV) or LOCAL_KAFKA_BOOTSTRAP
+    if len(argv) >= 3 and argv[0] == "send":
+        topic, images = argv[1], [Path(p) for p in argv[2:]]
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        if topic not in admin.list_topics(timeout=10).topics:  # brokers here create no topic on first use
+            admin.create_topics([NewTopic(topic, num_partitions=-1, replication_factor=-1)])[topic].result(30)
+        send(bootstrap, topic, [(p.name.encode(), image_message(p.read_bytes(), p.stem, seqid=i))
+                                for i, p in enumerate(images, 1)])
+        print(f"sent {len(images)} message(s) to {topic}")
+        return 0
+    if len(argv) == 2 and argv[0] == "read":
+        reader = TopicReader(bootstrap, argv[1])
+        for record in reader.read_new():
+            key = record.key.decode(errors="replace") if record.key is not None else None
+            headers = f" {json.dumps(record.headers)}" if record.headers else ""
+            print(f"{key}{headers} {(record.value or b'').decode(errors='replace')[:300]}")
+        reader.close()
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,41 @@
+"""How long a rollout may take: one budget, rendered as progressDeadlineSeconds and waited for by the deploy tool.
+
+A pod gets `POD_START_ALLOWANCE_SECONDS` to be scheduled, pull its image and start its
+container, then the startup probe's budget (value.py's `init_delay_second`, rounded up to
+whole probe periods), then one readiness period. That is the Deployment's
+`progressDeadlineSeconds`: the controller resets it on every step of progress, so it is a
+per-pod budget. The deploy tool waits for the whole rollout: one such budget per surge
+step (pods roll `max_surge` at a time, none unavailable) plus a margin.
+"""
+
+from __future__ import annotations
+
+import math
+
+#: Scheduling, image pull and container start, before the startup probe's clock matters.
+POD_START_ALLOWANCE_SECONDS = 120
+#: What the tool adds on top of the per-step budgets (the controller's own reaction time).
+ROLLOUT_MARGIN_SECONDS = 30
+#: Kubernetes' own default when a Deployment sets no progressDeadlineSeconds.
+KUBERNETES_DEFAULT_PROGRESS_DEADLINE = 600
+
+
+def startup_failure_threshold(init_delay_second: int, probe_period_seconds: int) -> int:
+    """Return the startup probe's failureThreshold: enough periods to cover init_delay_second."""
+    return math.ceil(init_delay_second / probe_period_seconds)
+
+
+def startup_seconds(init_delay_second: int, probe_period_seconds: int) -> int:
+    """Return how long the startup probe lets a pod load before it is restarted."""
+    return startup_failure_threshold(init_delay_second, probe_period_seconds) * probe_period_seconds
+
+
+def progress_deadline_seconds(init_delay_second: int, probe_period_seconds: int) -> int:
+    """Return the Deployment's progressDeadlineSeconds: one pod's start allowance, start-up and first readiness."""
+    return POD_START_ALLOWANCE_SECONDS + startup_seconds(init_delay_second, probe_period_seconds) + probe_period_seconds
+
+
+def rollout_seconds(progress_deadline: int, replicas: int, max_surge: int = 1) -> int:
+    """Return how long the deploy tool waits for a whole rollout of `replicas` pods, `max_surge` at a time."""
+    steps = max(1, math.ceil(max(replicas, 1) / max(max_surge, 1)))
+    return steps * progress_deadline + ROLLOUT_MARGIN_SECONDS

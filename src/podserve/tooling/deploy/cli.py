@@ -1,0 +1,108 @@
+"""The command line: parse, load conf/ and the target, connect, run one verb, map errors to exit statuses.
+
+    python -m podserve.tooling.deploy apply --stage S [--manifests DIR] [--values value.py] [--dry-run]
+                                           [--force --reason TEXT]
+    python -m podserve.tooling.deploy status --stage S
+    python -m podserve.tooling.deploy rollback --stage S
+    python -m podserve.tooling.deploy delete --stage grey [--manifests DIR | --service NAME]
+
+Exit status: 0 serving, 1 rollout failed (rolled back where that applies), 2 bad input
+(with the fix), 3 refused (route collision, lock held past the wait, freeze window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from podserve.tooling.conf import load_conf, load_deploy_policy
+from podserve.tooling.deploy import commands, failures, notify
+from podserve.tooling.deploy.errors import BadInput, DeployError, Refused
+from podserve.tooling.deploy.kube import Kube
+from podserve.tooling.deploy.target import Target, from_manifests, from_values, service_from_values, stage_of
+from podserve.tooling.valuefile import ValueFileError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one verb; return its exit status (never raises for a deploy's own errors)."""
+    args = _parser().parse_args(argv)
+    say = lambda text: print(text, flush=True)  # noqa: E731
+    target = None
+    try:
+        conf = load_conf(args.conf)
+        policy = load_deploy_policy(args.conf)
+        stage = stage_of(conf, args.stage)
+        target = _target(args, conf, stage)
+        opts = commands.options_from(policy, dry_run=getattr(args, "dry_run", None), force=getattr(args, "force", None),
+                                     reason=getattr(args, "reason", None), budget_seconds=args.budget,
+                                     scheduling_grace_seconds=args.scheduling_grace, lock_wait_seconds=args.lock_wait)
+        if getattr(args, "reason", None) and not getattr(args, "force", False):
+            raise BadInput("--reason goes with --force; drop it, or add --force")
+        kube = Kube.from_environment()
+        if args.command == "apply":
+            return commands.apply(kube, target, conf, policy, opts, say)
+        if args.command == "status":
+            return commands.status(kube, target, say)
+        if args.command == "rollback":
+            return commands.rollback(kube, target, conf, opts, say)
+        return commands.delete(kube, target, opts, say)
+    except ValueFileError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return failures.EXIT_BAD_INPUT
+    except DeployError as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        if isinstance(exc, Refused) and target is not None and args.command == "apply" and not args.dry_run:
+            notify.send(notify.payload(target.service, target.stage.name, None, "refused", exc.message))
+        return exc.exit_code
+
+
+def _target(args, conf, stage) -> Target:
+    """Return what the verb acts on: rendered objects for apply, else just the service and stage."""
+    if args.command == "apply":
+        if args.manifests:
+            return from_manifests(args.manifests, stage)
+        return from_values(args.values, conf, stage, args.image_tag)
+    if getattr(args, "service", None):
+        return Target(args.service, stage)
+    if args.manifests:
+        return Target(from_manifests(args.manifests, stage).service, stage)
+    return Target(service_from_values(args.values), stage)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m podserve.tooling.deploy", description=__doc__.split("\n\n")[0])
+    verbs = parser.add_subparsers(dest="command", required=True)
+    described = {
+        "apply": "apply the stage's objects (server-side), prune the rest, wait; roll back a failed production stage",
+        "status": "the stage's revision, pods (readiness, restarts) and recent warning events",
+        "rollback": "put the previous revision back and wait for it",
+        "delete": "remove every object of the service's grey (or ab) stage, found by its labels",
+    }
+    for verb, text in described.items():
+        sub = verbs.add_parser(verb, help=text, description=text)
+        sub.add_argument("--stage", required=True, help="a stage from conf/stages.yaml (grey, ab, hk, eu, na)")
+        sub.add_argument("--manifests", default=None,
+                         help="render's output (DIR/<stage>/*.yaml or the stage folder); default: render --values now")
+        sub.add_argument("--values", default="value.py", help="the service's value.py (default: value.py)")
+        sub.add_argument("--conf", default=None, help="the platform's conf/ folder (default: the repository's)")
+        sub.add_argument("--budget", type=float, default=None,
+                         help="seconds to wait for the rollout (default: from progressDeadlineSeconds and replicas)")
+        sub.add_argument("--scheduling-grace", type=float, default=None,
+                         help="seconds an unschedulable pod may wait before the deploy fails "
+                              "(default: conf/deploy.yaml scheduling_grace_seconds)")
+        sub.add_argument("--lock-wait", type=float, default=None,
+                         help="seconds to wait for another deploy's lock (default: conf/deploy.yaml lock_wait_seconds)")
+        if verb != "apply":
+            sub.add_argument("--service", default=None, help="the service's name, when there is no value.py or manifests")
+        if verb == "apply":
+            sub.add_argument("--image-tag", default=None,
+                             help="image tag when rendering (default: $CI_COMMIT_SHORT_SHA, else dev)")
+            sub.add_argument("--dry-run", action="store_true",
+                             help="print what would change (server-side dry run) and change nothing")
+            sub.add_argument("--force", action="store_true", help="deploy inside a freeze window (needs --reason)")
+            sub.add_argument("--reason", default=None, help="why a forced deploy cannot wait; recorded on the objects")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

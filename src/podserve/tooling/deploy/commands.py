@@ -1,0 +1,385 @@
+"""The deploy tool's verbs: apply (then wait, and roll back a failed production stage), status, rollback, delete.
+
+Each verb takes a connection, the target (service and stage) and the policy, prints what
+it does, and returns the exit status; refusals and bad input are raised as the errors in
+`errors`, which the CLI turns into their exit status.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+from podserve.tooling import routing
+from podserve.tooling.conf import Conf, DeployPolicy
+from podserve.tooling.deploy import budget, diagnosis, failures, freeze, notify, rollout
+from podserve.tooling.deploy.errors import BadInput, ClusterError, Refused
+from podserve.tooling.deploy.history import History, Revision, as_applied, history_name, now_text
+from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, REPLICASETS, Kube, kind_of
+from podserve.tooling.deploy.lock import DeployLock, holder_identity
+from podserve.tooling.deploy.target import Target
+
+FORCED_ANNOTATION = "podserve.io/forced-reason"
+#: The field manager that keeps spec.replicas when an HPA takes a Deployment over.
+REPLICAS_HANDOVER = "podserve-deploy-handover-to-hpa"
+#: How long `delete` waits for the stage's pods and ReplicaSets to be gone.
+DELETE_WAIT_SECONDS = 180
+
+
+@dataclass(frozen=True)
+class Options:
+    """The command line's choices, with the policy's defaults filled in."""
+
+    dry_run: bool = False
+    force: bool = False
+    reason: str = ""
+    budget_seconds: float | None = None  # None: derived from the Deployment (budget.rollout_seconds)
+    scheduling_grace_seconds: float = 90
+    lock_wait_seconds: float = 600
+    lock_lease_seconds: int = 60
+
+
+def options_from(policy: DeployPolicy, **chosen) -> Options:
+    """Return Options with the policy's values where the command line chose none."""
+    defaults = Options(scheduling_grace_seconds=policy.scheduling_grace_seconds,
+                       lock_wait_seconds=policy.lock_wait_seconds, lock_lease_seconds=policy.lock_lease_seconds)
+    return replace(defaults, **{k: v for k, v in chosen.items() if v is not None})
+
+
+# --- apply --------------------------------------------------------------------------------------
+
+def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Options, say=print) -> int:
+    """Apply the target's objects, prune the rest, wait; on failure roll back (not grey). Return the exit status."""
+    forced = check_freeze(policy, target, opts, datetime.now(timezone.utc), say)
+    if opts.dry_run:
+        check_routes(kube, target)
+        return dry_run(kube, target, say)
+    with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
+                    opts.lock_lease_seconds, say):
+        check_routes(kube, target)
+        history = History.load(kube, target.namespace, target.service, target.stage.name)
+        before = history.current.objects if history.current else live_objects(kube, target)
+        objects = [_annotated(obj, forced) for obj in target.objects]
+        validate(kube, objects)
+        number = history.next_number()
+        say(f"deploying {target.service} to {target.stage.name} (namespace {target.namespace}) as revision {number}: "
+            f"{target.image()}")
+        apply_set(kube, target, objects, say)
+        verdict = rollout.wait(kube, target, wait_settings(target, conf, opts, objects), say)
+        if verdict.state == diagnosis.SERVING:
+            history.record(kube, Revision(number, objects, target.image(), holder_identity(), now_text(), forced))
+            say(f"serving: revision {number} of {target.service} in {target.stage.name}: {verdict.message}")
+            _notify(target, number, "serving", None, say)
+            return failures.EXIT_SERVING
+        say(f"FAILED: {verdict.message}")
+        if target.stage.track == "grey":
+            say(f"grey is left as it is for inspection (`python -m podserve.tooling.deploy status --stage "
+                f"{target.stage.name}`); stop it with `python -m podserve.tooling.deploy delete --stage "
+                f"{target.stage.name}`")
+            _notify(target, number, "failed", verdict.message, say)
+            return failures.EXIT_FAILED
+        outcome = roll_back_to(kube, target, before, history.current.number if history.current else None,
+                               conf, opts, say)
+        _notify(target, number, outcome, verdict.message, say)
+        return failures.EXIT_FAILED
+
+
+def roll_back_to(kube: Kube, target: Target, objects: list[dict], number: int | None, conf: Conf, opts: Options,
+                 say=print) -> str:
+    """Re-apply the objects as they were before, prune the rest, wait; return 'rolled_back' or 'rollback_failed'."""
+    if not objects:
+        say("rolling back: there was no previous revision, so this deploy's objects are removed")
+        apply_set(kube, replace(target, objects=()), [], say)
+        return "rolled_back"
+    say(f"rolling back to the previous revision{f' ({number})' if number else ''}")
+    previous = replace(target, objects=tuple(objects))
+    apply_set(kube, previous, list(objects), say)
+    if previous.deployment() is None:
+        return "rolled_back"
+    verdict = rollout.wait(kube, previous, wait_settings(previous, conf, opts, list(objects)), say)
+    if verdict.state == diagnosis.SERVING:
+        say(f"rolled back: the previous revision is serving again: {verdict.message}")
+        return "rolled_back"
+    say(f"the rollback did not become healthy either: {verdict.message}")
+    return "rollback_failed"
+
+
+def validate(kube: Kube, objects: list[dict]) -> None:
+    """Server-side dry-run every object first, so that one the API server refuses leaves everything unchanged."""
+    for obj in objects:
+        try:
+            kube.apply(obj, dry_run=True)
+        except ClusterError as exc:
+            what = f"{obj.get('kind')}/{obj['metadata'].get('name')}"
+            if exc.status == 404:
+                raise BadInput(f"{what}: the cluster has no place for it ({exc.message}): the stage's namespace or "
+                               f"the {obj.get('kind')} CRD is missing; ask the platform team to install the platform "
+                               "chart (charts/podserve-platform) and the CRDs. Nothing was changed")
+            # A 500 'failed to create typed patch object' is server-side apply meeting a field the schema lacks.
+            if exc.status in (400, 409, 422) or (exc.status == 500 and "not declared in schema" in exc.message):
+                raise BadInput(f"{what}: the API server refuses it ({exc.message}); render the manifests again "
+                               "with this version of the tooling. Nothing was changed")
+            raise
+
+
+def apply_set(kube: Kube, target: Target, objects: list[dict], say=print) -> None:
+    """Server-side apply every object, then delete the target's objects that are not among them."""
+    for obj in objects:
+        kind, meta = kind_of(obj), obj["metadata"]
+        live = kube.get(kind, meta.get("namespace"), meta["name"])
+        if live is not None and obj["kind"] == "Deployment":
+            hand_over_replicas(kube, obj, live, say)
+        kube.apply(obj)
+        say(f"{'configured' if live is not None else 'created'} {obj['kind']}/{meta['name']}")
+    for obj in prunable(kube, target, objects):
+        kube.delete(kind_of(obj), target.namespace, obj["metadata"]["name"])
+        say(f"pruned {obj['kind']}/{obj['metadata']['name']} (no longer rendered)")
+
+
+def hand_over_replicas(kube: Kube, deployment: dict, live: dict, say=print) -> None:
+    """Keep the live replica count when an HPA takes over (render stops setting spec.replicas).
+
+    Applying a Deployment without the replicas we owned would remove the field, and the
+    Deployment would drop to its default of one pod until the HPA scaled it up again. As
+    Kubernetes' server-side apply guide says, another manager takes the field first.
+    """
+    if "replicas" in (deployment.get("spec") or {}) or "replicas" not in (live.get("spec") or {}):
+        return
+    kube.apply({"apiVersion": deployment["apiVersion"], "kind": "Deployment",
+                "metadata": {"name": live["metadata"]["name"], "namespace": live["metadata"]["namespace"]},
+                "spec": {"replicas": live["spec"]["replicas"]}}, force=False, manager=REPLICAS_HANDOVER)
+    say(f"handed spec.replicas ({live['spec']['replicas']}) of Deployment/{live['metadata']['name']} over to the HPA")
+
+
+def prunable(kube: Kube, target: Target, objects: list[dict]) -> list[dict]:
+    """Return the live objects of the target's service and stage that `objects` no longer holds."""
+    keep = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    found = []
+    for kind_name, kind in MANAGED.items():
+        for live in _list_if_served(kube, kind, target.namespace, target.selector):
+            if (kind_name, live["metadata"]["name"]) not in keep:
+                found.append(dict(live, kind=kind_name))
+    return found
+
+
+def live_objects(kube: Kube, target: Target) -> list[dict]:
+    """Return the target's live objects as they could be applied again (the rollback set before any history)."""
+    return [as_applied(dict(live, kind=kind_name, apiVersion=live.get("apiVersion") or kind.api_version))
+            for kind_name, kind in MANAGED.items()
+            for live in _list_if_served(kube, kind, target.namespace, target.selector)]
+
+
+def wait_settings(target: Target, conf: Conf, opts: Options, objects: list[dict]) -> rollout.WaitSettings:
+    """Return the wait's budget (from the Deployment's progressDeadlineSeconds and replicas) and grace."""
+    deployment = next((o for o in objects if o.get("kind") == "Deployment"), None) or target.deployment() or {}
+    spec = deployment.get("spec") or {}
+    hpa = next((o for o in objects if o.get("kind") == "HorizontalPodAutoscaler"), None)
+    replicas = spec.get("replicas") or ((hpa or {}).get("spec") or {}).get("minReplicas") or 1
+    surge = ((spec.get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge", 1)
+    deadline = spec.get("progressDeadlineSeconds") or budget.KUBERNETES_DEFAULT_PROGRESS_DEADLINE
+    seconds = opts.budget_seconds or budget.rollout_seconds(deadline, replicas, surge if isinstance(surge, int) else 1)
+    return rollout.WaitSettings(seconds, opts.scheduling_grace_seconds, node_offer(conf, target, deployment))
+
+
+def node_offer(conf: Conf, target: Target, deployment: dict) -> str:
+    """Return what the largest node of the pod's pool in the stage's region can allocate (conf/regions.yaml)."""
+    wanted = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}).get("nodeSelector") or {}
+    region = conf.regions.get(target.stage.region)
+    if region is None:
+        return ""
+    for name in ("gpu", "cpu"):
+        pool = getattr(region.node_pools, name)
+        if pool.node_selector == wanted:
+            a = pool.allocatable
+            gpus = f", {a.gpus} x {region.gpu.resource}" if a.gpus else ""
+            labels = ",".join(f"{k}={v}" for k, v in pool.node_selector.items())
+            return f"at most cpu {a.cpu}, memory {a.memory}{gpus} per node (pool {labels} in {region.name})"
+    return ""
+
+
+# --- policy checks ----------------------------------------------------------------------------
+
+def check_freeze(policy: DeployPolicy, target: Target, opts: Options, now: datetime, say=print) -> str:
+    """Refuse inside a freeze window of the stage's region, unless forced; return the forced reason ('' if none)."""
+    if target.stage.name in policy.exempt_stages:
+        return ""
+    for window in policy.windows_for(target.stage.region):
+        ends = freeze.ends_at(window.start, window.end, window.timezone, now)
+        if ends is None:
+            continue
+        in_utc = ends.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+        detail = (f"region {target.stage.region} is frozen from {window.start} to {window.end} ({window.timezone}: "
+                  f"{window.reason}); this window ends at {ends.isoformat()} ({in_utc} UTC)")
+        if not opts.force:
+            raise Refused(failures.FREEZE_WINDOW, detail)
+        if not opts.reason.strip():
+            raise BadInput("--force needs --reason TEXT: say why this deploy cannot wait; it is recorded on the objects")
+        say(f"forced past the freeze: {detail}; reason recorded on the objects: {opts.reason}")
+        return f"{opts.reason.strip()} (forced by {holder_identity()} at {now_text()})"
+    return ""
+
+
+def check_routes(kube: Kube, target: Target) -> None:
+    """Refuse the target when one of its routes can share a path with another service's live VirtualService."""
+    ours_docs = [o for o in target.objects if o.get("kind") == "VirtualService"]
+    if not ours_docs:
+        return
+    ours = [route for doc in ours_docs for route in routing.routes_of(doc)]
+    names = {(d["metadata"].get("namespace"), d["metadata"]["name"]) for d in ours_docs}
+    live = [dict(vs, kind="VirtualService") for vs in _list_if_served(kube, MANAGED["VirtualService"], None, None)]
+    by_owner = {}
+    for vs in live:
+        if (vs["metadata"].get("namespace"), vs["metadata"]["name"]) in names:
+            continue
+        for route in routing.routes_of(vs):
+            by_owner.setdefault(route, f"{vs['metadata'].get('namespace')}/{vs['metadata']['name']}")
+    pairs = routing.conflicts(ours, list(by_owner))
+    if pairs:
+        said = "; ".join(f"our {a.match.kind} {a.match.value!r} on {a.host} overlaps {b.match.kind} "
+                         f"{b.match.value!r} of {b.owner} (VirtualService {by_owner[b]})" for a, b in pairs)
+        raise Refused(failures.ROUTE_COLLISION, said)
+
+
+# --- dry run ------------------------------------------------------------------------------------
+
+def dry_run(kube: Kube, target: Target, say=print) -> int:
+    """Print what apply would change (server-side dry run of every object, and the prune); change nothing."""
+    say(f"dry run: what `apply --stage {target.stage.name}` would change in namespace {target.namespace} "
+        "(nothing is changed)")
+    for obj in target.objects:
+        kind, meta = kind_of(obj), obj["metadata"]
+        live = kube.get(kind, meta.get("namespace"), meta["name"])
+        after = kube.apply(obj, dry_run=True)
+        what = f"{obj['kind']}/{meta['name']}"
+        if live is None:
+            say(f"would create {what}")
+            continue
+        changed = differences(_comparable(live), _comparable(after))
+        say(f"would change {what}: {', '.join(changed[:12])}{' ...' if len(changed) > 12 else ''}" if changed
+            else f"unchanged {what}")
+    for obj in prunable(kube, target, list(target.objects)):
+        say(f"would delete {obj['kind']}/{obj['metadata']['name']} (no longer rendered)")
+    return failures.EXIT_SERVING
+
+
+def differences(before, after, path: str = "") -> list[str]:
+    """Return the dotted paths where two API-shaped values differ."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [p for key in sorted(set(before) | set(after), key=str)
+                for p in differences(before.get(key), after.get(key), f"{path}.{key}" if path else str(key))]
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [p for i, (a, b) in enumerate(zip(before, after)) for p in differences(a, b, f"{path}[{i}]")]
+    return [] if before == after else [path or "(object)"]
+
+
+def _comparable(obj: dict) -> dict:
+    meta = obj.get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if k != diagnosis.REVISION}
+    return {"metadata": {"labels": meta.get("labels") or {}, "annotations": annotations},
+            **{k: v for k, v in obj.items() if k not in ("metadata", "status")}}
+
+
+# --- status, rollback, delete -----------------------------------------------------------------
+
+def status(kube: Kube, target: Target, say=print) -> int:
+    """Print the revision, the pods (ready, restarts, state) and recent warning events; 0 when serving."""
+    history = History.load(kube, target.namespace, target.service, target.stage.name)
+    current = history.current
+    say(f"{target.service} in {target.stage.name} (namespace {target.namespace}): " +
+        (f"revision {current.number}, {current.image}, applied {current.applied_at} by {current.applied_by}"
+         + (f", forced: {current.reason}" if current.reason else "") if current else "no revision recorded"))
+    deployment = kube.get(MANAGED["Deployment"], target.namespace, target.service)
+    if deployment is None:
+        say("no Deployment: the stage is not deployed")
+        return failures.EXIT_FAILED
+    match = deployment["spec"]["selector"].get("matchLabels") or {}
+    pod_selector = ",".join(f"{k}={v}" for k, v in sorted(match.items()))
+    pods = kube.list(PODS, target.namespace, pod_selector).get("items") or []
+    replicasets = kube.list(REPLICASETS, target.namespace, pod_selector).get("items") or []
+    done, line = diagnosis.rollout_status(deployment)
+    say(diagnosis.progress_line(deployment, diagnosis.new_pods(deployment, replicasets, pods), line))
+    for pod in pods:
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        ready = sum(1 for s in statuses if s.get("ready"))
+        restarts = sum(s.get("restartCount", 0) for s in statuses)
+        say(f"  pod {pod['metadata']['name']}: {ready}/{len(statuses) or len(pod['spec']['containers'])} ready, "
+            f"{restarts} restart(s), {diagnosis.pod_state(pod)}")
+    uids = {o["metadata"].get("uid") for o in [deployment, *pods, *replicasets]}
+    events = [e for e in kube.list(EVENTS, target.namespace, field_selector="type=Warning")
+              .get("items") or [] if (e.get("involvedObject") or {}).get("uid") in uids]
+    for event in sorted(events, key=diagnosis.event_time)[-10:]:
+        involved = event.get("involvedObject") or {}
+        say(f"  warning {diagnosis.event_time(event)} {involved.get('kind')}/{involved.get('name')}: "
+            f"{event.get('reason')}: {event.get('message', '').strip()}")
+    return failures.EXIT_SERVING if done else failures.EXIT_FAILED
+
+
+def rollback(kube: Kube, target: Target, conf: Conf, opts: Options, say=print) -> int:
+    """Put the previous recorded revision back, wait for it; 0 when it serves."""
+    with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
+                    opts.lock_lease_seconds, say):
+        history = History.load(kube, target.namespace, target.service, target.stage.name)
+        if history.previous is None:
+            raise BadInput(f"{target.service} in {target.stage.name} has no previous revision recorded (ConfigMap "
+                           f"{target.namespace}/{history_name(target.service)}); deploy the version you want with apply")
+        outcome = roll_back_to(kube, target, history.previous.objects, history.previous.number, conf, opts, say)
+        if outcome == "rolled_back":
+            history.swap(kube)
+        _notify(target, history.current.number if outcome == "rolled_back" else history.previous.number,
+                outcome, None, say)
+        return failures.EXIT_SERVING if outcome == "rolled_back" else failures.EXIT_FAILED
+
+
+def delete(kube: Kube, target: Target, opts: Options, say=print) -> int:
+    """Remove every object of the service's stage (found by labels), then wait for its pods to be gone."""
+    if target.stage.track == "stable":
+        raise BadInput(f"delete stops grey and A/B copies only; {target.stage.name} serves production: "
+                       "lower its replicas through value.py, or ask the platform team")
+    labels = f"service={target.service},stage={target.stage.name}"
+    with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
+                    opts.lock_lease_seconds, say):
+        removed = 0
+        for kind_name, kind in [*MANAGED.items(), ("ConfigMap", CONFIGMAPS)]:
+            for live in _list_if_served(kube, kind, target.namespace, labels):
+                if kube.delete(kind, target.namespace, live["metadata"]["name"], propagation="Foreground"):
+                    say(f"deleted {kind_name}/{live['metadata']['name']}")
+                    removed += 1
+        deadline = time.monotonic() + DELETE_WAIT_SECONDS
+        while True:
+            left = [f"{k}/{o['metadata']['name']}" for k, kind in (("ReplicaSet", REPLICASETS), ("Pod", PODS),
+                                                                   *MANAGED.items())
+                    for o in _list_if_served(kube, kind, target.namespace, labels)]
+            if not left:
+                break
+            if time.monotonic() > deadline:
+                say(f"still there after {DELETE_WAIT_SECONDS} s: {', '.join(left)}")
+                return failures.EXIT_FAILED
+            time.sleep(1)
+    say(f"{target.service} in {target.stage.name}: {removed} object(s) deleted; nothing with its labels is left")
+    _notify(target, None, "deleted", None, say)
+    return failures.EXIT_SERVING
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def _list_if_served(kube: Kube, kind, namespace: str | None, selector: str | None) -> list[dict]:
+    try:
+        return kube.list(kind, namespace, selector).get("items") or []
+    except ClusterError as exc:
+        if exc.status == 404:  # the kind's API (a CRD such as KEDA's) is not installed in this cluster
+            return []
+        raise
+
+
+def _annotated(obj: dict, forced: str) -> dict:
+    if not forced:
+        return obj
+    meta = dict(obj["metadata"])
+    meta["annotations"] = dict(meta.get("annotations") or {}, **{FORCED_ANNOTATION: forced})
+    return dict(obj, metadata=meta)
+
+
+def _notify(target: Target, revision: int | None, outcome: str, diagnosis_text: str | None, say) -> None:
+    notify.send(notify.payload(target.service, target.stage.name, revision, outcome, diagnosis_text))

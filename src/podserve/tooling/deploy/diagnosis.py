@@ -1,0 +1,348 @@
+"""The rollout's verdict: a pure function from the observed objects to serving, progressing or failed, and why.
+
+`diagnose(Observed)` reads API-shaped dicts (a Deployment, its ReplicaSets, pods and
+events, as the API server returns them) plus the server's last log lines, and returns a
+`Verdict`: what a progress line says while the rollout goes on, or, as soon as the
+outcome is certain, the failure in a service owner's words with the value.py field to
+change (see `failures`). The watch loop around it is `rollout.py`; like kubectl's rollout
+status, nothing here talks to the cluster or reads the clock.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from podserve.tooling.deploy import failures
+from podserve.tooling.deploy.failures import Failure
+
+SERVING, PROGRESSING, FAILED = "serving", "progressing", "failed"
+#: Restarts after which a crash or an OOM kill is a certain failure, not a blip.
+CERTAIN_RESTARTS = 2
+#: How many of the server's last log lines a message quotes.
+LOG_LINES = 8
+IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
+REVISION = "deployment.kubernetes.io/revision"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One snapshot of a rollout: API-shaped objects, the server's logs, and the time they were read."""
+
+    deployment: dict | None
+    replicasets: list[dict]
+    pods: list[dict]
+    events: list[dict]
+    now: datetime
+    logs: dict[str, str] = field(default_factory=dict)  # pod name -> the server's last log lines
+    scheduling_grace_seconds: float = 90.0
+    budget_left_seconds: float = 1.0  # the deploy tool's wait budget; <= 0 once it is spent
+    node_offer: str = ""  # what the region's nodes can allocate, from conf/regions.yaml
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Serving, still progressing (with a progress line), or failed (with the failure and its message)."""
+
+    state: str
+    message: str
+    failure: Failure | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state != PROGRESSING
+
+
+def diagnose(obs: Observed) -> Verdict:
+    """Return the verdict on one snapshot: failed as soon as certain, serving when complete, else progressing."""
+    deployment = obs.deployment
+    if deployment is None:
+        return Verdict(PROGRESSING, "waiting for the Deployment to appear")
+    pods = new_pods(deployment, obs.replicasets, obs.pods)
+    certain = next((v for v in (_certain_failure(pod, obs) for pod in pods) if v), None)
+    if certain:
+        return certain
+    if _condition(deployment, "Progressing", "False", "ProgressDeadlineExceeded"):
+        deadline = (deployment.get("spec") or {}).get("progressDeadlineSeconds")
+        return _after_waiting(pods, obs, failures.PROGRESS_DEADLINE,
+                              f"no new pod became available within progressDeadlineSeconds = {deadline}")
+    done, line = rollout_status(deployment)
+    progress = progress_line(deployment, pods, line)
+    if done:
+        return Verdict(SERVING, progress)
+    if obs.budget_left_seconds <= 0:
+        return _after_waiting(pods, obs, failures.TIMED_OUT, f"the budget ran out with {progress}")
+    return Verdict(PROGRESSING, progress)
+
+
+def rollout_status(deployment: dict) -> tuple[bool, str]:
+    """Return (complete, what it waits for), as kubectl's rollout status decides it."""
+    spec, status, meta = deployment.get("spec") or {}, deployment.get("status") or {}, deployment.get("metadata") or {}
+    if meta.get("generation", 0) > status.get("observedGeneration", 0):
+        return False, "waiting for the Deployment's new spec to be observed"
+    wanted = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas", 0)
+    if updated < wanted:
+        return False, f"{updated} of {wanted} pods updated"
+    if status.get("replicas", 0) > updated:
+        return False, f"{status.get('replicas', 0) - updated} old pod(s) pending termination"
+    if status.get("availableReplicas", 0) < updated:
+        return False, f"{status.get('availableReplicas', 0)} of {updated} updated pods available"
+    return True, "rollout complete"
+
+
+def new_pods(deployment: dict, replicasets: list[dict], pods: list[dict]) -> list[dict]:
+    """Return the pods of the Deployment's newest ReplicaSet (the revision being rolled out)."""
+    revision = ((deployment.get("metadata") or {}).get("annotations") or {}).get(REVISION)
+    owned = [rs for rs in replicasets if _owner_uid(rs) == deployment["metadata"].get("uid")]
+    current = [rs for rs in owned if ((rs["metadata"].get("annotations") or {}).get(REVISION)) == revision]
+    if not current and owned:
+        current = [max(owned, key=lambda rs: int((rs["metadata"].get("annotations") or {}).get(REVISION, 0)))]
+    uids = {rs["metadata"].get("uid") for rs in current}
+    return [pod for pod in pods if _owner_uid(pod) in uids and not pod["metadata"].get("deletionTimestamp")]
+
+
+def progress_line(deployment: dict, pods: list[dict], status_line: str) -> str:
+    """Return 'ready/wanted pods ready; <pod>: <what it waits for>; ...'."""
+    wanted = (deployment.get("spec") or {}).get("replicas", 1)
+    ready = sum(1 for pod in pods if _pod_ready(pod))
+    waiting = [f"{pod['metadata']['name']}: {pod_state(pod)}" for pod in pods if not _pod_ready(pod)]
+    return "; ".join([f"{ready}/{wanted} pods ready ({status_line})", *waiting])
+
+
+def pod_state(pod: dict) -> str:
+    """Return what a pod waits for, in a few words (Pending: unschedulable, ContainerCreating, not ready, ...)."""
+    if _pod_ready(pod):
+        return "running, ready"
+    scheduled = _pod_condition(pod, "PodScheduled")
+    if scheduled and scheduled.get("status") == "False":
+        said = scheduled.get("message")
+        return f"Pending ({scheduled.get('reason') or 'not scheduled'}{': ' + said if said else ''})"
+    for status in _container_statuses(pod):
+        state = status.get("state") or {}
+        if "waiting" in state:
+            restarts = status.get("restartCount", 0)
+            return f"{state['waiting'].get('reason', 'waiting')}" + (f", {restarts} restart(s)" if restarts else "")
+        if "terminated" in state:
+            return f"terminated ({state['terminated'].get('reason', '')})"
+    phase = (pod.get("status") or {}).get("phase", "Pending")
+    return "running, not ready yet" if phase == "Running" else phase
+
+
+# --- certain failures -------------------------------------------------------------------------
+
+def _certain_failure(pod: dict, obs: Observed) -> Verdict | None:
+    name = pod["metadata"]["name"]
+    for status in _container_statuses(pod):
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        last = (status.get("lastState") or {}).get("terminated") or {}
+        ended = (status.get("state") or {}).get("terminated") or {}
+        restarts = status.get("restartCount", 0)
+        # The kubelet backs off (CrashLoopBackOff) only after a restarted container failed again.
+        repeated = restarts >= CERTAIN_RESTARTS or (restarts >= 1 and waiting.get("reason") == "CrashLoopBackOff")
+        if waiting.get("reason") in ("ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"):
+            return _image_pull(pod, status, waiting)
+        if "OOMKilled" in (last.get("reason"), ended.get("reason")) and repeated:
+            limit = _container_spec(pod, status["name"]).get("resources", {}).get("limits", {}).get("memory", "none")
+            return _failed(failures.OOM_KILLED, f"container {status['name']} of pod {name} was killed for using more "
+                           f"than its memory limit ({limit}, from value.py's memory) and restarted {restarts} time(s)")
+        killed_by_startup = _startup_kills(pod, obs.events)
+        if restarts >= 1 and killed_by_startup:
+            probe = _probe_failures(pod, obs.events, "Startup")
+            said = f"; the probe reported: {probe[-1]}" if probe else ""
+            return _failed(failures.STARTUP_PROBE, f"pod {name} was killed by its startup probe and restarted "
+                           f"({killed_by_startup[-1]}): start-up took longer than the {_startup_budget(pod)} s the "
+                           f"probe allows (from init_delay_second){said}"
+                           f"{_quote_logs(obs.logs.get(name) or last.get('message'))}")
+        if repeated and (waiting.get("reason") == "CrashLoopBackOff" or last):
+            code = last.get("exitCode", ended.get("exitCode"))
+            return _failed(failures.CRASH_LOOP, f"container {status['name']} of pod {name} exited (code {code}, "
+                           f"{last.get('reason') or ended.get('reason') or 'Error'}) and was restarted {restarts} "
+                           f"time(s){_quote_logs(obs.logs.get(name) or last.get('message') or ended.get('message'))}")
+    return _unschedulable(pod, obs)
+
+
+def _startup_kills(pod: dict, events: list[dict]) -> list[str]:
+    """Return the kubelet's 'failed startup probe, will be restarted' messages about the pod."""
+    return [event.get("message", "") for event in sorted((e for e in events if _about(e, pod)), key=event_time)
+            if event.get("reason") == "Killing" and "startup probe" in event.get("message", "")]
+
+
+def _image_pull(pod: dict, status: dict, waiting: dict) -> Verdict:
+    image = status.get("image") or _container_spec(pod, status["name"]).get("image", "?")
+    registry = image.split("/", 1)[0] if "/" in image else "docker.io"
+    detail = f"pod {pod['metadata']['name']} cannot pull {image} from registry {registry}"
+    if waiting.get("message"):
+        detail += f" ({waiting['message']})"
+    return _failed(failures.IMAGE_PULL, detail)
+
+
+def _unschedulable(pod: dict, obs: Observed) -> Verdict | None:
+    scheduled = _pod_condition(pod, "PodScheduled")
+    if not scheduled or scheduled.get("status") != "False" or scheduled.get("reason") != "Unschedulable":
+        return None
+    since = _time(scheduled.get("lastTransitionTime")) or _time(pod["metadata"].get("creationTimestamp"))
+    waited = (obs.now - since).total_seconds() if since else 0.0
+    scaling_up = any(_about(event, pod) and event.get("reason") == "TriggeredScaleUp" for event in obs.events)
+    if waited < obs.scheduling_grace_seconds or scaling_up:
+        return None
+    return _failed(failures.UNSCHEDULABLE, unschedulable_detail(pod, scheduled.get("message", ""), waited,
+                                                                obs.node_offer))
+
+
+def unschedulable_detail(pod: dict, scheduler_message: str, waited: float, node_offer: str) -> str:
+    """Return why a pod cannot be scheduled: the scheduler's words, what the pod asks, what nodes offer, the field."""
+    fields = short_fields(scheduler_message)
+    detail = (f"for {waited:.0f} s the scheduler has refused pod {pod['metadata']['name']}: \"{scheduler_message}\"; "
+              f"the pod asks for {asked(pod)}")
+    if "node(s) were unschedulable" in scheduler_message:
+        detail += " (\"were unschedulable\": those nodes are cordoned)"
+    if node_offer:
+        detail += f"; the region's nodes offer {node_offer}"
+    return detail + f"; value.py field(s) to change: {', '.join(fields)}"
+
+
+def short_fields(scheduler_message: str) -> list[str]:
+    """Return the value.py fields behind what the scheduler says is short ('Insufficient cpu' -> cpu)."""
+    fields = []
+    for resource in re.findall(r"Insufficient ([\w./-]+)", scheduler_message):
+        name = resource.lower().rstrip(".,")
+        found = ("cpu" if name == "cpu" else "memory" if name == "memory" else
+                 "gpu_memory" if "mem" in name else "gpu_num" if "gpu" in name or "/" in name else None)
+        if found and found not in fields:
+            fields.append(found)
+    if not fields and ("node affinity" in scheduler_message or "node selector" in scheduler_message):
+        fields.append("gpu_num")  # the pool (GPU or CPU nodes) follows gpu_num
+    return [f"`{f}`" for f in fields] or ["`cpu`", "`memory`", "`gpu_num`"]
+
+
+def asked(pod: dict) -> str:
+    """Return the pod's requests (and extended-resource limits), summed over its containers."""
+    totals: dict[str, list[str]] = {}
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        resources = container.get("resources") or {}
+        amounts = dict(resources.get("requests") or {})
+        amounts.update({k: v for k, v in (resources.get("limits") or {}).items() if "/" in k})
+        for name, value in amounts.items():
+            totals.setdefault(name, []).append(str(value))
+    return ", ".join(f"{name} {'+'.join(values)}" for name, values in sorted(totals.items())) or "nothing"
+
+
+# --- failures found only when waiting is over -------------------------------------------------
+
+def _after_waiting(pods: list[dict], obs: Observed, fallback: Failure, detail: str) -> Verdict:
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        scheduled = _pod_condition(pod, "PodScheduled")
+        if scheduled and scheduled.get("status") == "False":
+            waited = (obs.now - (_time(scheduled.get("lastTransitionTime")) or obs.now)).total_seconds()
+            return _failed(failures.UNSCHEDULABLE, unschedulable_detail(pod, scheduled.get("message", ""), waited,
+                                                                        obs.node_offer))
+        running = (pod.get("status") or {}).get("phase") == "Running"
+        if running and not _pod_ready(pod) and all(s.get("restartCount", 0) == 0 for s in _container_statuses(pod)):
+            answered = _probe_failures(pod, obs.events, "Readiness")
+            said = f"; the probe reported: {answered[-1]}" if answered else "; no probe failure was reported"
+            return _failed(failures.NEVER_READY, f"{detail}; pod {name} runs but /api/ping never answered 200"
+                           f"{said}{_quote_logs(_ping_lines(obs.logs.get(name)))}")
+    states = "; ".join(f"{pod['metadata']['name']}: {pod_state(pod)}" for pod in pods) or "no new pod was created"
+    return _failed(fallback, f"{detail}; {states}")
+
+
+def _ping_lines(logs: str | None) -> str | None:
+    """Return the log lines that say what /api/ping answered, else the warnings and errors, else all."""
+    if not logs:
+        return logs
+    lines = logs.splitlines()
+    about = [line for line in lines if "ping" in line or "ready" in line.lower()]
+    if about:
+        return "\n".join(about)
+    loud = [line for line in lines if _level(line) in ("warning", "error", "critical")]
+    return "\n".join(loud or lines)
+
+
+def _level(line: str) -> str:
+    try:
+        return str(json.loads(line).get("level", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+# --- helpers on API-shaped dicts --------------------------------------------------------------
+
+def _failed(failure: Failure, detail: str) -> Verdict:
+    return Verdict(FAILED, failure.say(detail), failure)
+
+
+def _quote_logs(logs: str | None) -> str:
+    if not logs:
+        return ""
+    tail = [line for line in logs.splitlines() if line.strip()][-LOG_LINES:]
+    return "; its last log lines:\n    " + "\n    ".join(tail) + "\n" if tail else ""
+
+
+def _probe_failures(pod: dict, events: list[dict], probe: str) -> list[str]:
+    return [event.get("message", "") for event in sorted((e for e in events if _about(e, pod)), key=event_time)
+            if event.get("reason") == "Unhealthy" and event.get("message", "").startswith(f"{probe} probe failed")]
+
+
+def _startup_budget(pod: dict) -> str:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        probe = container.get("startupProbe")
+        if probe:
+            return str(probe.get("failureThreshold", 3) * probe.get("periodSeconds", 10))
+    return "?"
+
+
+def _about(event: dict, pod: dict) -> bool:
+    involved = event.get("involvedObject") or event.get("regarding") or {}
+    uid = pod["metadata"].get("uid")
+    if uid and involved.get("uid"):
+        return involved["uid"] == uid
+    return involved.get("kind") == "Pod" and involved.get("name") == pod["metadata"]["name"]
+
+
+def event_time(event: dict) -> str:
+    """Return when an event last happened, whichever of its time fields the writer set."""
+    series = event.get("series") or {}
+    return (event.get("lastTimestamp") or series.get("lastObservedTime") or event.get("eventTime")
+            or event.get("firstTimestamp") or (event.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+def _container_statuses(pod: dict) -> list[dict]:
+    status = pod.get("status") or {}
+    return list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
+
+
+def _container_spec(pod: dict, name: str) -> dict:
+    spec = pod.get("spec") or {}
+    for container in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
+        if container.get("name") == name:
+            return container
+    return {}
+
+
+def _pod_condition(pod: dict, kind: str) -> dict | None:
+    return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
+
+
+def _pod_ready(pod: dict) -> bool:
+    ready = _pod_condition(pod, "Ready")
+    return bool(ready and ready.get("status") == "True")
+
+
+def _condition(obj: dict, kind: str, status: str, reason: str) -> bool:
+    return any(c.get("type") == kind and c.get("status") == status and c.get("reason") == reason
+               for c in (obj.get("status") or {}).get("conditions") or [])
+
+
+def _owner_uid(obj: dict) -> str | None:
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((o.get("uid") for o in owners if o.get("controller")), None)
+
+
+def _time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -1,0 +1,44 @@
+"""The deploy tool's errors, each carrying its exit status: library code raises, only the CLI exits."""
+
+from __future__ import annotations
+
+from podserve.tooling.deploy import failures
+
+
+class DeployError(Exception):
+    """A deploy that cannot go on; `exit_code` is what the CLI returns."""
+
+    exit_code = failures.EXIT_FAILED
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadInput(DeployError):
+    """Bad value.py, missing manifests, no credentials, a stage that does not exist: the message says the fix."""
+
+    exit_code = failures.EXIT_BAD_INPUT
+
+
+class Refused(DeployError):
+    """The deploy was refused before anything changed (route collision, lock held, freeze window)."""
+
+    exit_code = failures.EXIT_REFUSED
+
+    def __init__(self, failure: failures.Failure, detail: str):
+        super().__init__(failure.say(detail))
+        self.failure = failure
+
+
+class ClusterError(DeployError):
+    """The API server answered with an error (or could not be reached); carries its HTTP status and message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        if status in (401, 403):
+            self.exit_code = failures.EXIT_BAD_INPUT
+            self.message = (f"{message}. The credentials in KUBECONFIG lack this permission: deploy with the "
+                            "podserve-ci ServiceAccount of the platform chart (charts/podserve-platform), whose "
+                            "RBAC covers exactly what this tool does")

@@ -1,0 +1,108 @@
+"""What the deploy tool says when a deploy goes wrong: one entry per failure, the source of docs/deploy.md's table.
+
+Each `Failure` holds the headline the tool prints first, what it means, the value.py field
+to change (or who else must act) and the exit status. The diagnosis and the refusals build
+their messages from these entries, and `table()` writes the Markdown table that
+docs/deploy.md carries (a test keeps the two identical).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Exit statuses of the deploy tool.
+EXIT_SERVING = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_REFUSED = 3
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One way a deploy goes wrong: how the tool names it, why it happens, and what to change."""
+
+    reason: str
+    headline: str
+    cause: str
+    field: str
+    fix: str
+    exit_code: int = EXIT_FAILED
+
+    def say(self, detail: str) -> str:
+        """Return the message the tool prints: headline, the observed detail, then the fix."""
+        detail = detail.rstrip()
+        if "\n" in detail:  # quoted log lines: the fix goes on a line of its own
+            return f"{self.headline}: {detail}\nFix: {self.fix}"
+        return f"{self.headline}: {detail.rstrip('.')}. Fix: {self.fix}"
+
+
+UNSCHEDULABLE = Failure(
+    "unschedulable", "No node can take the pod",
+    "the scheduler refused the pod for longer than the grace period: no node has the cpu, memory or GPU it "
+    "asks for, or every node is cordoned or full",
+    "`cpu`, `memory`, `gpu_num`, `gpu_memory` (the one the scheduler names)",
+    "lower the request the scheduler names in value.py so that one node of the region can hold the pod; "
+    "if the nodes are cordoned or full, ask the platform team")
+OOM_KILLED = Failure(
+    "oom_killed", "The server was OOMKilled",
+    "the server used more memory than its limit, twice", "`memory`",
+    "raise `memory` in value.py above what the model uses (fewer `ins_num_per_gpu` or a smaller "
+    "`max_batch_size` also lowers it)")
+CRASH_LOOP = Failure(
+    "crash_loop", "The server keeps crashing (CrashLoopBackOff)",
+    "the server exits soon after it starts, again and again", "`handler`, `model_path` (or src/server.py)",
+    "fix the error in the server's last log lines (quoted above): usually `handler`, `model_path` or the "
+    "handler's code in src/server.py")
+IMAGE_PULL = Failure(
+    "image_pull", "The image cannot be pulled (ImagePullBackOff)",
+    "the node cannot pull the stage's image: it was not pushed, or the registry refuses the node",
+    "none: the pipeline's build job and the registry",
+    "make sure the pipeline's build job pushed this exact image; if it did, ask the platform team about "
+    "the registry's credentials")
+STARTUP_PROBE = Failure(
+    "startup_probe", "Start-up took longer than the startup probe allows",
+    "loading and warming up the model took longer than `init_delay_second`, so the pod was restarted while "
+    "loading", "`init_delay_second`",
+    "raise `init_delay_second` in value.py above the longest start-up (load + warm-up)")
+NEVER_READY = Failure(
+    "never_ready", "The pod runs but never became ready",
+    "the server runs but `/api/ping` never answered 200 within the budget: the model did not load or warm "
+    "up", "`init_delay_second` (or `model_path`, `handler`)",
+    "see what /api/ping answered (quoted above); fix the load error, or raise `init_delay_second` if it was "
+    "still loading")
+PROGRESS_DEADLINE = Failure(
+    "progress_deadline", "The rollout made no progress within its deadline",
+    "no new pod became available within the Deployment's progressDeadlineSeconds (derived from "
+    "`init_delay_second`)", "`init_delay_second`",
+    "read the pod states quoted above; if the pods were still starting, raise `init_delay_second`")
+TIMED_OUT = Failure(
+    "timed_out", "The rollout did not finish within the deploy budget",
+    "pods kept starting but the rollout was not complete when the budget (from `init_delay_second` and the "
+    "replicas) ran out", "`init_delay_second`",
+    "read the pod states quoted above; raise `init_delay_second` if pods were still loading")
+
+ROUTE_COLLISION = Failure(
+    "route_collision", "Refused: the route collides with another service",
+    "another service's live VirtualService already serves a path this stage's route would also accept",
+    "`service_name`", "choose another `service_name` (or ask the other route's owner)", EXIT_REFUSED)
+LOCK_HELD = Failure(
+    "lock_held", "Refused: another deploy of this service and stage is running",
+    "the stage's deploy lock (a Lease in the cluster) stayed held past the wait", "none: wait for it",
+    "wait for that deploy to finish (its holder is named above), then run this one again", EXIT_REFUSED)
+FREEZE_WINDOW = Failure(
+    "freeze_window", "Refused: the region is in a deploy freeze",
+    "conf/deploy.yaml declares a freeze window for the stage's region now", "none: conf/deploy.yaml",
+    "deploy after the window ends, or, for an emergency, run again with --force --reason TEXT "
+    "(the reason is recorded on the objects)", EXIT_REFUSED)
+
+#: Every failure, in the order docs/deploy.md lists them.
+ALL = (UNSCHEDULABLE, OOM_KILLED, CRASH_LOOP, IMAGE_PULL, STARTUP_PROBE, NEVER_READY, PROGRESS_DEADLINE,
+       TIMED_OUT, ROUTE_COLLISION, LOCK_HELD, FREEZE_WINDOW)
+BY_REASON = {failure.reason: failure for failure in ALL}
+
+
+def table() -> str:
+    """Return docs/deploy.md's "When a deploy goes wrong" table, written from the entries above."""
+    rows = ["| the tool prints | cause | what to change | exit |", "|---|---|---|---|"]
+    rows += [f"| {f.headline} | {f.cause} | {f.field} | {f.exit_code} |" for f in ALL]
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,125 @@
+"""What a deploy is about: the stage (from conf/), the service, and the objects render wrote for it.
+
+The objects come from `--manifests DIR` (render's output: DIR/<stage>/*.yaml, or the
+stage's folder itself), else from rendering value.py on the spot. Every object must carry
+the labels render puts on all of them (`service`, `stage`, managed-by podserve); they are
+how prune and delete find the service's objects again, and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from podserve.tooling.conf import Conf, Stage
+from podserve.tooling.deploy.errors import BadInput
+
+MANAGED_BY = ("app.kubernetes.io/managed-by", "podserve")
+
+
+def selector(service: str, stage: str) -> str:
+    """Return the label selector of every object render writes for one service's stage."""
+    return f"{MANAGED_BY[0]}={MANAGED_BY[1]},service={service},stage={stage}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One service's stage: where it runs and the objects to apply (empty when only its name is known)."""
+
+    service: str
+    stage: Stage
+    objects: tuple[dict, ...] = ()
+
+    @property
+    def namespace(self) -> str:
+        return self.stage.namespace
+
+    @property
+    def selector(self) -> str:
+        return selector(self.service, self.stage.name)
+
+    def deployment(self) -> dict | None:
+        return next((o for o in self.objects if o.get("kind") == "Deployment"), None)
+
+    def image(self) -> str:
+        deployment = self.deployment() or {}
+        containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
+        return containers[0].get("image", "")
+
+
+def stage_of(conf: Conf, name: str) -> Stage:
+    """Return the stage named on the command line; BadInput naming the stages when it is unknown."""
+    if name not in conf.stages:
+        raise BadInput(f"--stage {name!r} is not a stage; use one of {', '.join(conf.stages)} (conf/stages.yaml)")
+    return conf.stages[name]
+
+
+def from_manifests(folder: str | Path, stage: Stage) -> Target:
+    """Read render's output for `stage`; BadInput when it is missing or not render's."""
+    folder = Path(folder)
+    stage_folder = folder / stage.name if (folder / stage.name).is_dir() else folder
+    files = sorted(stage_folder.glob("*.yaml"))
+    if not files:
+        raise BadInput(f"--manifests {folder}: no {stage.name}/*.yaml there; write them with "
+                       f"`python -m podserve.tooling.render --stage {stage.name} --out {folder}`")
+    objects = []
+    for path in files:
+        try:
+            objects += [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+        except (OSError, yaml.YAMLError) as exc:
+            raise BadInput(f"{path} cannot be read as YAML ({exc}); render it again") from None
+    return _checked(objects, stage, str(stage_folder))
+
+
+def from_values(values_path: str | Path, conf: Conf, stage: Stage, image_tag: str | None = None) -> Target:
+    """Render value.py's `stage` now (as CI's render job would); BadInput listing every problem."""
+    from podserve.tooling import render, templating
+    from podserve.tooling.valuefile import ValueFileError
+
+    if not Path(values_path).is_file():
+        raise BadInput(f"--values {values_path} does not exist; run from the service's repository or pass "
+                       "--manifests DIR (render's output)")
+    tag = image_tag or os.environ.get("CI_COMMIT_SHORT_SHA") or "dev"
+    try:
+        rendered = render.render(values_path, [stage.name], conf, tag)
+    except (ValueFileError, templating.TemplateError) as exc:
+        raise BadInput(str(exc)) from None
+    return _checked(rendered.stages[stage.name], stage, str(values_path))
+
+
+def service_from_values(values_path: str | Path) -> str:
+    """Return value.py's service_name without checking the rest (enough to delete a stage)."""
+    from podserve.tooling.valuefile import ValueFileError, read_assignments
+
+    try:
+        name = (read_assignments(values_path).get("service_name") or (None,))[0]
+    except ValueFileError as exc:
+        raise BadInput(str(exc)) from None
+    if not isinstance(name, str) or not name:
+        raise BadInput(f"{values_path} sets no service_name; pass --service NAME or --manifests DIR")
+    return name
+
+
+def _checked(objects: list[dict], stage: Stage, where: str) -> Target:
+    services = set()
+    for obj in objects:
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        what = f"{obj.get('kind')} {meta.get('name')} in {where}"
+        if labels.get(MANAGED_BY[0]) != MANAGED_BY[1] or "service" not in labels:
+            raise BadInput(f"{what} lacks render's labels ({MANAGED_BY[0]}: {MANAGED_BY[1]}, service, stage); "
+                           "deploy only what render writes")
+        if labels.get("stage") != stage.name or meta.get("namespace") != stage.namespace:
+            raise BadInput(f"{what} is for stage {labels.get('stage')!r} in namespace {meta.get('namespace')!r}, "
+                           f"not {stage.name!r} in {stage.namespace!r}; pass the manifests of --stage {stage.name}")
+        services.add(labels["service"])
+    if len(services) != 1:
+        raise BadInput(f"{where} holds objects of {len(services)} services ({', '.join(sorted(services))}); "
+                       "pass one service's manifests")
+    target = Target(services.pop(), stage, tuple(objects))
+    if target.deployment() is None:
+        raise BadInput(f"{where} has no Deployment; pass the folder render wrote")
+    return target

@@ -1,0 +1,107 @@
+"""The label sets, selectors and PromQL that dashboards and alert rules share (one place for each)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from podserve import metric_names as m
+from podserve.tooling.conf import Conf, Observability
+
+#: What every SLO recording rule and most alerts aggregate by: one service in one stage of one cluster.
+SERVICE_KEY = ("namespace", "service", "stage")
+#: The same, per pod.
+POD_KEY = ("namespace", "service", "stage", "pod")
+#: Requests that count towards the SLOs: the service's own route (not 404s for unknown paths).
+SLO_REQUESTS = 'route!="other"'
+ERRORS = 'status=~"5.."'
+SHED = 'status="503"'
+DEADLINE = 'status="504"'
+MIB = 1024 * 1024
+
+
+def by(labels) -> str:
+    return "by (" + ", ".join(labels) + ")"
+
+
+def le(bound: float) -> str:
+    """The `le` label value prometheus_client writes for a bucket bound (0.5 -> "0.5", 1 -> "1.0")."""
+    return repr(float(bound))
+
+
+@dataclass(frozen=True)
+class Selectors:
+    """Selectors of the metrics we read that are not ours, from conf/observability.yaml and conf/stages.yaml."""
+
+    obs: Observability
+    namespaces: tuple[str, ...]
+
+    @classmethod
+    def from_conf(cls, obs: Observability, conf: Conf) -> "Selectors":
+        return cls(obs, tuple(sorted({stage.namespace for stage in conf.stages.values()})))
+
+    @property
+    def namespace_regex(self) -> str:
+        return "|".join(self.namespaces)
+
+    def kube(self, extra: str = "") -> str:
+        """kube-state-metrics series of the services' namespaces."""
+        parts = [self.obs.kube_state_metrics_selector, f'namespace=~"{self.namespace_regex}"']
+        return ", ".join(parts + ([extra] if extra else []))
+
+    def dcgm(self, metric: str, selector: str) -> str:
+        """A dcgm-exporter metric with its pod and namespace labels renamed to `pod` and `namespace`."""
+        expr = f"{metric}{{{selector}}}"
+        for ours, theirs in (("pod", self.obs.dcgm_pod_label), ("namespace", self.obs.dcgm_namespace_label)):
+            if theirs != ours:
+                expr = f'label_replace({expr}, "{ours}", "$1", "{theirs}", "(.+)")'
+        return expr
+
+    def dcgm_filter(self, pod: str, namespace: str) -> str:
+        """A selector on dcgm-exporter's own label names."""
+        return f'{self.obs.dcgm_pod_label}=~"{pod}", {self.obs.dcgm_namespace_label}=~"{namespace}"'
+
+
+def ratio(numerator_filter: str, selector: str, window: str, key=SERVICE_KEY) -> str:
+    """Share of requests matching `numerator_filter` among those matching `selector`, over `window`."""
+    total = f"{m.REQUESTS_TOTAL}{{{selector}}}"
+    part = f"{m.REQUESTS_TOTAL}{{{selector}, {numerator_filter}}}"
+    return f"sum {by(key)} (rate({part}[{window}])) / sum {by(key)} (rate({total}[{window}]))"
+
+
+def slow_ratio(threshold_seconds: float, selector: str, window: str, key=SERVICE_KEY) -> str:
+    """Share of requests slower than `threshold_seconds` (a bucket bound) over `window`."""
+    fast = f'{m.REQUEST_SECONDS}_bucket{{{selector}, le="{le(threshold_seconds)}"}}'
+    count = f"{m.REQUEST_SECONDS}_count{{{selector}}}"
+    return f"1 - (sum {by(key)} (rate({fast}[{window}])) / sum {by(key)} (rate({count}[{window}])))"
+
+
+def quantile(q: float, histogram: str, selector: str, window: str, key=()) -> str:
+    keys = ", ".join(("le",) + tuple(key))
+    return f"histogram_quantile({q}, sum by ({keys}) (rate({histogram}_bucket{{{selector}}}[{window}])))"
+
+
+def recording_name(kind: str, window: str) -> str:
+    """The recording rule of an SLO's bad-event ratio: podserve:slo_errors:ratio_rate5m."""
+    return f"podserve:slo_{kind}:ratio_rate{window}"
+
+
+def rate_interval(interval_seconds: float, scrape_seconds: float) -> str:
+    """Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape interval)."""
+    return f"{int(max(interval_seconds + scrape_seconds, 4 * scrape_seconds))}s"
+
+
+def expand(expr: str, variables: dict[str, str], interval_seconds: float, scrape_seconds: float,
+           range_seconds: float | None = None) -> str:
+    """Replace Grafana's variables in a query as Grafana would before sending it to Prometheus."""
+    out = expr.replace("$__rate_interval", rate_interval(interval_seconds, scrape_seconds))
+    out = out.replace("$__interval", f"{int(interval_seconds)}s")
+    if range_seconds is not None:
+        out = out.replace("$__range", f"{int(range_seconds)}s")
+    for name in sorted(variables, key=len, reverse=True):
+        out = out.replace("${" + name + "}", variables[name]).replace("$" + name, variables[name])
+    return out
+
+
+def budget_name(kind: str) -> str:
+    """The recording rule of a service's error budget (1 - its objective): podserve:slo_errors:budget."""
+    return f"podserve:slo_{kind}:budget"

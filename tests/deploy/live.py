@@ -1,0 +1,130 @@
+"""Helpers of the live deploy tests: a service's value.py, its rendered manifests, the CLI run as podserve-ci.
+
+Every test deploys its own small CPU service (its own name, so tests never share objects)
+to the test control plane, runs `python -m podserve.tooling.deploy` as a subprocess with
+the podserve-ci ServiceAccount's token, and checks the cluster with the admin's client.
+What the kubelet would report is simulated by kwok: the pod-template annotation
+`podserve.io/simulate` picks the failure (cluster/kwok-stages.yaml).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from podserve.tooling.deploy.errors import ClusterError
+from podserve.tooling.deploy.kube import CONFIGMAPS, LEASES, MANAGED, PODS, REPLICASETS, Kube
+
+REPO = Path(__file__).resolve().parents[2]
+SIMULATE = "podserve.io/simulate"
+#: A small CPU service: the fake CPU pool has room for every test's pods at once.
+VALUES = """service_name = {name!r}
+username = "like"
+cpu = 1
+memory = "1Gi"
+gpu_num = 0
+gpu_memory = 0
+replicas = 1
+ab_replicas = 1
+hk_replicas = 2
+max_replicas = {max_replicas}
+init_delay_second = 10
+"""
+
+
+@dataclass
+class Run:
+    """One run of the CLI: its exit status, output and how long it took."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+class Live:
+    """A test's view of the control plane: the CI kubeconfig, the admin client, a scratch folder."""
+
+    def __init__(self, plane, ci_kubeconfig: Path, tmp: Path):
+        self.plane, self.ci_kubeconfig, self.tmp = plane, ci_kubeconfig, tmp
+        self.admin = Kube(plane.api_client())
+
+    def values(self, name: str, max_replicas: int = 0) -> Path:
+        path = self.tmp / name / "value.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(VALUES.format(name=name, max_replicas=max_replicas))
+        return path
+
+    def manifests(self, name: str, stage: str, tag: str = "v1", simulate: str | None = None,
+                  max_replicas: int = 0, cpu: str | None = None) -> Path:
+        """Render the service's stage with render's CLI into a folder, as CI's build job does; then simulate."""
+        out = self.tmp / name / f"manifests-{tag}-{simulate or 'ok'}-{max_replicas}-{cpu}"
+        done = subprocess.run([sys.executable, "-m", "podserve.tooling.render", "--stage", stage, "--values",
+                               str(self.values(name, max_replicas)), "--out", str(out), "--image-tag", tag],
+                              cwd=REPO, capture_output=True, text=True, timeout=60, env=self.env())
+        assert done.returncode == 0, done.stderr
+        path = out / stage / "deployment.yaml"
+        deployment = yaml.safe_load(path.read_text())
+        pod = deployment["spec"]["template"]
+        if simulate:  # kwok plays the kubelet: this annotation picks the failure it reports
+            pod["metadata"]["annotations"][SIMULATE] = simulate
+        if cpu:  # more than any node has (render itself refuses this in value.py)
+            pod["spec"]["containers"][0]["resources"]["requests"]["cpu"] = cpu
+            pod["spec"]["containers"][0]["resources"]["limits"]["cpu"] = cpu
+        path.write_text(yaml.safe_dump(deployment))
+        return out
+
+    def env(self, **extra) -> dict[str, str]:
+        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+        keep.pop("KUBECONFIG", None)
+        return {**keep, "PYTHONPATH": str(REPO / "src"), "KUBECONFIG": str(self.ci_kubeconfig), **extra}
+
+    def start(self, *args, **env) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "podserve.tooling.deploy", *map(str, args)], cwd=REPO,
+                                env=self.env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def deploy(self, *args, timeout: float = 240, **env) -> Run:
+        started = time.monotonic()
+        process = self.start(*args, **env)
+        stdout, stderr = process.communicate(timeout=timeout)
+        return Run(process.returncode, stdout, stderr, time.monotonic() - started)
+
+    # --- the cluster, as the admin sees it ---------------------------------------------------------
+
+    def objects(self, namespace: str, stage: str, service: str) -> list[str]:
+        """Every object labelled with the service and stage, in every kind the tool touches."""
+        selector = f"service={service},stage={stage}"
+        kinds = {**MANAGED, "ReplicaSet": REPLICASETS, "Pod": PODS, "ConfigMap": CONFIGMAPS, "Lease": LEASES}
+        return sorted(f"{kind}/{o['metadata']['name']}" for kind, api in kinds.items()
+                      for o in self.items(api, namespace, selector))
+
+    def versions(self, namespace: str, stage: str, service: str) -> dict[str, str]:
+        selector = f"service={service},stage={stage}"
+        kinds = {**MANAGED, "ReplicaSet": REPLICASETS, "Pod": PODS}
+        return {f"{kind}/{o['metadata']['name']}": o["metadata"]["resourceVersion"] for kind, api in kinds.items()
+                for o in self.items(api, namespace, selector)}
+
+    def remove(self, namespace: str, stage: str, service: str) -> None:
+        """Clean up a test's objects as the admin (production stages cannot be deleted with the tool)."""
+        selector = f"service={service},stage={stage}"
+        for api in [*MANAGED.values(), CONFIGMAPS, LEASES]:
+            for obj in self.items(api, namespace, selector):
+                self.admin.delete(api, namespace, obj["metadata"]["name"])
+
+    def items(self, api, namespace: str | None, selector: str | None = None) -> list[dict]:
+        try:
+            return self.admin.list(api, namespace, selector).get("items") or []
+        except ClusterError as exc:
+            if exc.status == 404:  # a CRD this cluster does not serve
+                return []
+            raise

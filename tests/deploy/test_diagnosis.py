@@ -1,0 +1,176 @@
+"""The rollout's verdict as a pure function of API-shaped objects: each failure named, with its field, as soon as certain."""
+
+from __future__ import annotations
+
+import pytest
+
+from api_objects import NOW, crashed, deployment, event, pod, replicasets, unschedulable
+from podserve.tooling.deploy import diagnosis, failures
+from podserve.tooling.deploy.diagnosis import Observed, diagnose
+
+GRACE = 90
+
+
+def observe(dep, pods, events=(), logs=None, budget_left=100.0, offer="") -> Observed:
+    return Observed(dep, replicasets(), list(pods), list(events), NOW, logs or {}, GRACE, budget_left, offer)
+
+
+def test_a_complete_rollout_is_serving_and_says_how_many_pods_are_ready():
+    verdict = diagnose(observe(deployment(updated=1, ready=1, available=1), [pod(ready=True)]))
+    assert verdict.state == diagnosis.SERVING and verdict.done
+    assert verdict.message.startswith("1/1 pods ready")
+
+
+@pytest.mark.parametrize("dep, waits_for", [
+    (deployment(generation=3, observed=2), "new spec to be observed"),
+    (deployment(replicas=2, updated=1), "1 of 2 pods updated"),
+    (deployment(updated=1, total=2, available=1), "old pod(s) pending termination"),
+    (deployment(updated=1, available=0), "0 of 1 updated pods available"),
+])
+def test_an_unfinished_rollout_is_progressing_with_what_it_waits_for(dep, waits_for):
+    verdict = diagnose(observe(dep, [pod()]))
+    assert verdict.state == diagnosis.PROGRESSING and not verdict.done
+    assert waits_for in verdict.message
+    assert "text-direction-new-x1: running, not ready yet" in verdict.message
+
+
+def test_old_pods_are_not_judged():
+    old = pod(name="text-direction-old-a", owner="rs-uid-1", statuses=crashed("OOMKilled", 137, restarts=5))
+    assert diagnose(observe(deployment(updated=1), [old, pod()])).state == diagnosis.PROGRESSING
+
+
+def test_oom_killed_twice_fails_at_once_naming_the_limit_and_memory():
+    verdict = diagnose(observe(deployment(updated=1), [pod(statuses=crashed("OOMKilled", 137, restarts=1))]))
+    assert verdict.state == diagnosis.FAILED and verdict.failure is failures.OOM_KILLED
+    assert verdict.message.startswith("The server was OOMKilled: ")
+    assert "(8Gi, from value.py's memory)" in verdict.message and "raise `memory`" in verdict.message
+
+
+def test_oom_killed_once_and_running_again_is_not_yet_certain():
+    statuses = [{"name": "server", "restartCount": 1, "ready": False, "state": {"running": {}},
+                 "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]
+    assert diagnose(observe(deployment(updated=1), [pod(statuses=statuses)])).state == diagnosis.PROGRESSING
+
+
+def test_a_crash_loop_quotes_the_last_log_lines_from_the_termination_message():
+    lines = "INFO loading\nTraceback (most recent call last):\nRuntimeError: no such model\n"
+    verdict = diagnose(observe(deployment(updated=1), [pod(statuses=crashed("Error", 1, 1, lines))]))
+    assert verdict.failure is failures.CRASH_LOOP
+    assert "exited (code 1, Error)" in verdict.message and "RuntimeError: no such model" in verdict.message
+    assert "`handler`, `model_path`" in verdict.message
+
+
+def test_a_crash_loop_prefers_the_logs_read_from_the_api():
+    name = "text-direction-new-x1"
+    verdict = diagnose(observe(deployment(updated=1), [pod(statuses=crashed("Error", 1, 2, "status text"))],
+                               logs={name: "from the log API"}))
+    assert "from the log API" in verdict.message and "status text" not in verdict.message
+
+
+def test_image_pull_backoff_names_the_image_and_registry():
+    statuses = [{"name": "server", "image": "registry.hk.example.com/like/x:1", "restartCount": 0, "ready": False,
+                 "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image: not found"}}}]
+    verdict = diagnose(observe(deployment(updated=1), [pod(phase="Pending", statuses=statuses)]))
+    assert verdict.failure is failures.IMAGE_PULL
+    assert "registry.hk.example.com/like/x:1 from registry registry.hk.example.com" in verdict.message
+    assert "not found" in verdict.message
+
+
+def test_err_image_pull_alone_may_still_recover():
+    statuses = [{"name": "server", "restartCount": 0, "state": {"waiting": {"reason": "ErrImagePull"}}}]
+    assert diagnose(observe(deployment(updated=1), [pod(phase="Pending", statuses=statuses)])).state == "progressing"
+
+
+def test_a_startup_probe_kill_names_the_budget_and_init_delay_second():
+    statuses = [{"name": "server", "restartCount": 1, "ready": False, "started": False,
+                 "state": {"running": {}}, "lastState": {"terminated": {"exitCode": 143, "reason": "Error"}}}]
+    slow = pod(statuses=statuses)
+    events = [event(slow, "Unhealthy", "Startup probe failed: HTTP probe failed with statuscode: 503"),
+              event(slow, "Killing", "Container server failed startup probe, will be restarted", kind="Normal")]
+    verdict = diagnose(observe(deployment(updated=1), [slow], events))
+    assert verdict.failure is failures.STARTUP_PROBE
+    assert "60 s the probe allows (from init_delay_second)" in verdict.message
+    assert "statuscode: 503" in verdict.message and "raise `init_delay_second`" in verdict.message
+
+
+CORDONED = "0/3 nodes are available: 3 node(s) were unschedulable. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
+SHORT_GPU = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod."
+
+
+def test_unschedulable_within_the_grace_is_still_progressing():
+    pending = pod(phase="Pending", statuses=[], conditions=unschedulable(CORDONED, GRACE - 10))
+    verdict = diagnose(observe(deployment(updated=1), [pending]))
+    assert verdict.state == diagnosis.PROGRESSING and "Pending (Unschedulable: 0/3 nodes" in verdict.message
+
+
+def test_unschedulable_past_the_grace_quotes_the_scheduler_the_request_and_the_nodes():
+    pending = pod(phase="Pending", statuses=[], conditions=unschedulable(SHORT_GPU, GRACE + 1))
+    verdict = diagnose(observe(deployment(updated=1), [pending], offer="at most cpu 30, memory 120Gi per node"))
+    assert verdict.failure is failures.UNSCHEDULABLE
+    assert SHORT_GPU in verdict.message
+    assert "cpu 4, memory 8Gi, nvidia.com/gpu 1" in verdict.message
+    assert "at most cpu 30, memory 120Gi per node" in verdict.message
+    assert "field(s) to change: `gpu_num`" in verdict.message
+
+
+def test_cordoned_nodes_name_every_resource_field_and_the_platform_team():
+    pending = pod(phase="Pending", statuses=[], conditions=unschedulable(CORDONED, GRACE + 1))
+    verdict = diagnose(observe(deployment(updated=1), [pending]))
+    assert "node(s) were unschedulable" in verdict.message
+    assert "`cpu`, `memory`, `gpu_num`" in verdict.message and "ask the platform team" in verdict.message
+
+
+def test_a_cluster_autoscaler_scaling_up_keeps_the_pod_waiting():
+    pending = pod(phase="Pending", statuses=[], conditions=unschedulable(SHORT_GPU, GRACE + 60))
+    scale_up = event(pending, "TriggeredScaleUp", "pod triggered scale-up: [{gpu-pool 1->2 (max: 4)}]", kind="Normal")
+    assert diagnose(observe(deployment(updated=1), [pending], [scale_up])).state == diagnosis.PROGRESSING
+
+
+@pytest.mark.parametrize("message, fields", [
+    ("0/4 nodes are available: 4 Insufficient memory.", ["`memory`"]),
+    ("0/4 nodes are available: 2 Insufficient cpu, 2 Insufficient memory.", ["`cpu`", "`memory`"]),
+    ("0/1 nodes are available: 1 Insufficient nvidia.com/gpumem.", ["`gpu_memory`"]),
+    ("0/5 nodes are available: 5 node(s) didn't match Pod's node affinity/selector.", ["`gpu_num`"]),
+])
+def test_the_scheduler_s_shortage_maps_to_its_value_py_field(message, fields):
+    assert diagnosis.short_fields(message) == fields
+
+
+def test_never_ready_at_the_end_of_the_budget_quotes_what_ping_answered():
+    running = pod()
+    events = [event(running, "Unhealthy", "Readiness probe failed: HTTP probe failed with statuscode: 503")]
+    logs = {running["metadata"]["name"]: '{"level": "info", "msg": "serving"}\n'
+                                         '{"level": "warning", "msg": "/api/ping: 503 model not loaded"}\n'}
+    still = diagnose(observe(deployment(updated=1), [running], events, logs))
+    assert still.state == diagnosis.PROGRESSING
+    verdict = diagnose(observe(deployment(updated=1), [running], events, logs, budget_left=0))
+    assert verdict.failure is failures.NEVER_READY
+    assert "statuscode: 503" in verdict.message and "/api/ping: 503 model not loaded" in verdict.message
+    assert "`init_delay_second`" in verdict.message
+
+
+def test_progress_deadline_exceeded_is_certain_and_names_the_deadline():
+    exceeded = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    pending_forever = pod(statuses=[{"name": "server", "restartCount": 0,
+                                     "state": {"waiting": {"reason": "ContainerCreating"}}}], phase="Pending")
+    verdict = diagnose(observe(deployment(updated=1, conditions=[exceeded]), [pending_forever]))
+    assert verdict.failure is failures.PROGRESS_DEADLINE
+    assert "progressDeadlineSeconds = 185" in verdict.message and "ContainerCreating" in verdict.message
+
+
+def test_the_budget_running_out_without_a_known_cause_says_so():
+    creating = pod(phase="Pending", statuses=[{"name": "server", "restartCount": 0,
+                                               "state": {"waiting": {"reason": "ContainerCreating"}}}])
+    verdict = diagnose(observe(deployment(updated=1), [creating], budget_left=0))
+    assert verdict.failure is failures.TIMED_OUT and "ContainerCreating" in verdict.message
+
+
+def test_no_deployment_yet_is_progressing():
+    assert diagnose(observe(None, [])).state == diagnosis.PROGRESSING
+
+
+def test_every_failure_message_starts_with_its_headline_and_ends_with_its_fix():
+    for failure in failures.ALL:
+        said = failure.say("something observed.")
+        assert said.startswith(failure.headline + ": something observed. Fix: ")
+        assert said.endswith(failure.fix)

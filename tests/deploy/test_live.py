@@ -1,0 +1,276 @@
+"""The deploy tool against the real control plane, run with the platform chart's podserve-ci credentials.
+
+Real: the apiserver (server-side apply, strict field validation, RBAC), the Deployment and
+ReplicaSet controllers, the scheduler, the garbage collector. Simulated: the kubelet's side
+(kwok): pods become Ready, or, with the pod-template annotation podserve.io/simulate, fail
+as a kubelet reports it. Budgets and graces are shortened with the CLI's flags; the
+defaults (conf/deploy.yaml, value.py) stay realistic.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+import yaml
+
+from ci_account import ci_kubeconfig
+from live import Live
+from podserve.tooling.conf import default_conf_dir
+from podserve.tooling.deploy.kube import LEASES, MANAGED, Kind
+from receiver import Receiver
+
+GREY, HK, AB = ("podserve-grey", "grey"), ("podserve", "hk"), ("podserve-ab", "ab")
+#: A certain failure must be reported within this many seconds (it takes a few here).
+CERTAIN_WITHIN = 60
+
+
+@pytest.fixture(scope="module")
+def live(control_plane, tmp_path_factory) -> Live:
+    tmp = tmp_path_factory.mktemp("deploy")
+    return Live(control_plane, ci_kubeconfig(control_plane, tmp / "ci.kubeconfig"), tmp)
+
+
+def test_grey_is_ready_notified_shown_and_deleted_without_leftovers(live):
+    name = "dt-grey"
+    receiver = Receiver()
+    try:
+        run = live.deploy("apply", "--stage", "grey", "--values", live.values(name),
+                          PODSERVE_NOTIFY_URL=receiver.url, CI_PIPELINE_URL="https://gitlab.example.com/p/-/pipelines/1")
+        assert run.returncode == 0, run.output
+        assert f"serving: revision 1 of {name} in grey: 1/1 pods ready" in run.stdout
+        assert {f"Deployment/{name}", f"Service/{name}", f"VirtualService/{name}",
+                f"ConfigMap/{name}.deploy-history"} <= set(live.objects(*GREY, name))
+        assert receiver.bodies == [{"service": name, "stage": "grey", "revision": 1, "outcome": "serving",
+                                    "diagnosis": None, "pipeline": "https://gitlab.example.com/p/-/pipelines/1",
+                                    "job": None, "commit": None}]
+    finally:
+        receiver.stop()
+    deployment = live.admin.get(MANAGED["Deployment"], GREY[0], name)
+    assert deployment["status"]["readyReplicas"] == 1
+    assert any(m["manager"] == "podserve-deploy" and m["operation"] == "Apply"
+               for m in deployment["metadata"]["managedFields"])
+    status = live.deploy("status", "--stage", "grey", "--service", name)
+    assert status.returncode == 0 and "revision 1" in status.stdout and "1/1 ready, 0 restart(s)" in status.stdout
+
+    # The receiver is gone now: the notification fails, the delete does not.
+    gone = live.deploy("delete", "--stage", "grey", "--service", name, PODSERVE_NOTIFY_URL=receiver.url)
+    assert gone.returncode == 0, gone.output
+    assert "notification to PODSERVE_NOTIFY_URL was not delivered" in gone.stderr
+    assert live.objects(*GREY, name) == []
+
+
+def test_dry_run_prints_the_change_and_changes_nothing(live):
+    name = "dt-dry"
+    try:
+        assert live.deploy("apply", "--stage", "grey", "--manifests", live.manifests(name, "grey", "v1")).returncode == 0
+        before = live.versions(*GREY, name)
+        assert f"Deployment/{name}" in before and any(k.startswith("Pod/") for k in before), before
+        run = live.deploy("apply", "--stage", "grey", "--dry-run", "--manifests", live.manifests(name, "grey", "v2"))
+        assert run.returncode == 0, run.output
+        assert f"would change Deployment/{name}: spec.template.spec.containers[0].image" in run.stdout
+        assert f"unchanged Service/{name}" in run.stdout
+        assert live.versions(*GREY, name) == before
+    finally:
+        live.deploy("delete", "--stage", "grey", "--service", name)
+
+
+FAILURES = [
+    # simulate (or cpu), what the tool must print first, the value.py field, extra flags
+    ("oom-killed", None, "The server was OOMKilled", "raise `memory`", ()),
+    ("crash-loop", None, "The server keeps crashing (CrashLoopBackOff)", "`model_path`", ()),
+    ("image-pull-backoff", None, "The image cannot be pulled (ImagePullBackOff)", "build job pushed", ()),
+    ("slow-start", None, "Start-up took longer than the startup probe allows", "raise `init_delay_second`", ()),
+    ("never-ready", None, "The pod runs but never became ready", "`init_delay_second`", ("--budget", "8")),
+    (None, "200", "No node can take the pod", "field(s) to change: `cpu`", ("--scheduling-grace", "3")),
+]
+
+
+@pytest.mark.parametrize("simulate, cpu, headline, field, flags", FAILURES,
+                         ids=[f[0] or "insufficient-cpu" for f in FAILURES])
+def test_each_failure_is_diagnosed_with_its_field_and_grey_keeps_the_pod(live, simulate, cpu, headline, field, flags):
+    name = f"dt-{simulate or 'cpu'}"
+    try:
+        run = live.deploy("apply", "--stage", "grey", "--manifests",
+                          live.manifests(name, "grey", simulate=simulate, cpu=cpu), *flags)
+        print(f"{simulate or 'insufficient cpu'}: exit {run.returncode} after {run.seconds:.1f} s")
+        assert run.returncode == 1, run.output
+        assert f"FAILED: {headline}: " in run.stdout and field in run.stdout
+        assert run.seconds < CERTAIN_WITHIN
+        assert "grey is left as it is for inspection" in run.stdout
+        left = live.objects(*GREY, name)
+        assert any(o.startswith("Pod/") for o in left), left
+    finally:
+        live.deploy("delete", "--stage", "grey", "--service", name)
+
+
+def test_every_node_cordoned_fails_within_five_minutes_naming_the_scheduler_and_the_field(live):
+    name = "dt-cordoned"
+    nodes = live.admin.list(_NODES)["items"]
+    try:
+        for node in nodes:
+            live.admin.request("PATCH", _NODES.path(None, node["metadata"]["name"]),
+                               body={"spec": {"unschedulable": True}}, content_type="application/merge-patch+json")
+        run = live.deploy("apply", "--stage", "grey", "--values", live.values(name), "--scheduling-grace", "3")
+        print(f"every node cordoned: exit {run.returncode} after {run.seconds:.1f} s")
+        assert run.returncode == 1, run.output
+        assert run.seconds < 300
+        assert "FAILED: No node can take the pod" in run.stdout
+        assert f"0/{len(nodes)} nodes are available: {len(nodes)} node(s) were unschedulable" in run.stdout
+        assert "`cpu`, `memory`, `gpu_num`" in run.stdout and "cordoned" in run.stdout
+    finally:
+        for node in nodes:
+            was = bool((node.get("spec") or {}).get("unschedulable"))
+            live.admin.request("PATCH", _NODES.path(None, node["metadata"]["name"]),
+                               body={"spec": {"unschedulable": was or None}},
+                               content_type="application/merge-patch+json")
+        live.deploy("delete", "--stage", "grey", "--service", name)
+
+
+def test_a_failing_production_deploy_rolls_back_and_the_previous_revision_serves(live):
+    name = "dt-rollback"
+    receiver = Receiver()
+    try:
+        first = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v1"))
+        assert first.returncode == 0, first.output
+        run = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v2", "oom-killed"),
+                          PODSERVE_NOTIFY_URL=receiver.url)
+        print(f"failed production deploy: exit {run.returncode} after {run.seconds:.1f} s")
+        assert run.returncode == 1, run.output
+        assert "FAILED: The server was OOMKilled" in run.stdout
+        assert "rolling back to the previous revision (1)" in run.stdout
+        assert "rolled back: the previous revision is serving again: 2/2 pods ready" in run.stdout
+        deployment = live.admin.get(MANAGED["Deployment"], HK[0], name)
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"].endswith(f"/like/{name}:v1")
+        assert "podserve.io/simulate" not in deployment["spec"]["template"]["metadata"]["annotations"]
+        assert deployment["status"]["readyReplicas"] == deployment["status"]["updatedReplicas"] == 2
+        assert [b["outcome"] for b in receiver.bodies] == ["rolled_back"]
+        assert receiver.bodies[0]["revision"] == 2 and "OOMKilled" in receiver.bodies[0]["diagnosis"]
+        status = live.deploy("status", "--stage", "hk", "--service", name)
+        assert status.returncode == 0 and "revision 1" in status.stdout and ":v1" in status.stdout
+        # ... and on demand: rollback puts the previous recorded revision back.
+        again = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v3"))
+        assert again.returncode == 0, again.output
+        back = live.deploy("rollback", "--stage", "hk", "--service", name)
+        assert back.returncode == 0, back.output
+        image = live.admin.get(MANAGED["Deployment"], HK[0], name)["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert image.endswith(":v1")
+    finally:
+        receiver.stop()
+        live.remove(*HK, name)
+
+
+def test_objects_no_longer_rendered_are_pruned(live):
+    name = "dt-prune"
+    try:
+        first = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", max_replicas=0))
+        assert first.returncode == 0, first.output
+        scaled = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", max_replicas=4))
+        assert scaled.returncode == 0, scaled.output
+        assert live.admin.get(MANAGED["HorizontalPodAutoscaler"], HK[0], name) is not None
+        # The HPA takes over from 2 pods: the Deployment does not drop to its default of 1 on the way.
+        assert f"handed spec.replicas (2) of Deployment/{name} over to the HPA" in scaled.stdout
+        assert live.admin.get(MANAGED["Deployment"], HK[0], name)["spec"]["replicas"] == 2
+        fixed = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", max_replicas=0))
+        assert fixed.returncode == 0, fixed.output
+        assert f"pruned HorizontalPodAutoscaler/{name} (no longer rendered)" in fixed.stdout
+        assert live.admin.get(MANAGED["HorizontalPodAutoscaler"], HK[0], name) is None
+        assert live.admin.get(MANAGED["Deployment"], HK[0], name)["spec"]["replicas"] == 2
+    finally:
+        live.remove(*HK, name)
+
+
+def test_a_field_the_api_does_not_know_is_refused_before_anything_changes(live):
+    name = "dt-strict"
+    manifests = live.manifests(name, "grey")
+    path = manifests / "grey" / "deployment.yaml"
+    deployment = yaml.safe_load(path.read_text())
+    deployment["spec"]["template"]["spec"]["containers"][0]["memoryLimit"] = "8Gi"
+    path.write_text(yaml.safe_dump(deployment))
+    run = live.deploy("apply", "--stage", "grey", "--manifests", manifests)
+    assert run.returncode == 2, run.output
+    assert "memoryLimit: field not declared in schema" in run.stderr  # the apiserver's words for apply
+    assert "Nothing was changed" in run.stderr
+    assert live.objects(*GREY, name) == []
+
+
+def test_a_route_served_by_another_service_is_refused(live):
+    name = "dt-route"
+    squatter = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": "squatter", "namespace": "podserve-ab", "labels": {"service": "squatter"}},
+                "spec": {"hosts": ["infer-hk.example.com"], "gateways": ["istio-ingress/podserve"],
+                         "http": [{"match": [{"uri": {"prefix": "/grey/dt-ro"}}],
+                                   "route": [{"destination": {"host": "squatter.podserve-ab.svc.cluster.local"}}]}]}}
+    live.admin.apply(squatter)
+    try:
+        run = live.deploy("apply", "--stage", "grey", "--values", live.values(name))
+        assert run.returncode == 3, run.output
+        assert "Refused: the route collides with another service" in run.stderr
+        assert "VirtualService podserve-ab/squatter" in run.stderr and "`service_name`" in run.stderr
+        assert live.objects(*GREY, name) == []
+    finally:
+        live.admin.delete(MANAGED["VirtualService"], "podserve-ab", "squatter")
+
+
+def test_two_deploys_at_once_the_second_waits_or_refuses_naming_the_holder(live):
+    name = "dt-lock"
+    try:
+        first = live.start("apply", "--stage", "grey", "--budget", "6",
+                           "--manifests", live.manifests(name, "grey", simulate="never-ready"))
+        _wait_for(lambda: live.admin.get(LEASES, GREY[0], f"podserve-deploy.{name}"), "the first deploy's Lease")
+        refused = live.deploy("apply", "--stage", "grey", "--lock-wait", "1", "--manifests", live.manifests(name, "grey"))
+        waited = live.start("apply", "--stage", "grey", "--lock-wait", "120", "--manifests", live.manifests(name, "grey"))
+        first_out, _ = first.communicate(timeout=120)
+        waited_out, waited_err = waited.communicate(timeout=120)
+        assert refused.returncode == 3, refused.output
+        assert "Refused: another deploy of this service and stage is running" in refused.stderr
+        assert f"(pid {first.pid})" in refused.stderr
+        assert first.returncode == 1 and "never became ready" in first_out
+        assert waited.returncode == 0, waited_out + waited_err
+        assert f"waiting for the deploy lock podserve-grey/podserve-deploy.{name}" in waited_out
+        assert live.admin.get(LEASES, GREY[0], f"podserve-deploy.{name}") is None
+    finally:
+        live.deploy("delete", "--stage", "grey", "--service", name)
+
+
+def test_a_freeze_window_refuses_with_its_end_unless_forced_with_a_reason(live, tmp_path):
+    name = "dt-freeze"
+    conf = tmp_path / "conf"
+    shutil.copytree(default_conf_dir(), conf)
+    policy = yaml.safe_load((conf / "deploy.yaml").read_text())
+    policy["freeze_windows"]["hk"] = [{"start": "2000-01-01 00:00", "end": "2100-01-01 00:00", "timezone": "UTC",
+                                       "reason": "test freeze"}]
+    (conf / "deploy.yaml").write_text(yaml.safe_dump(policy))
+    manifests = live.manifests(name, "ab")
+    try:
+        refused = live.deploy("apply", "--stage", "ab", "--conf", conf, "--manifests", manifests)
+        assert refused.returncode == 3, refused.output
+        assert "Refused: the region is in a deploy freeze" in refused.stderr
+        assert "this window ends at 2100-01-01T00:00:00+00:00" in refused.stderr
+        assert live.objects(*AB, name) == []
+        forced = live.deploy("apply", "--stage", "ab", "--conf", conf, "--manifests", manifests, "--force",
+                             "--reason", "hotfix INC-42")
+        assert forced.returncode == 0, forced.output
+        for kind in ("Deployment", "Service", "VirtualService"):
+            annotations = live.admin.get(MANAGED[kind], AB[0], name)["metadata"]["annotations"]
+            assert annotations["podserve.io/forced-reason"].startswith("hotfix INC-42 (forced by ")
+    finally:
+        live.deploy("delete", "--stage", "ab", "--service", name)
+        assert live.objects(*AB, name) == []
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+#: Nodes (cluster-scoped), for cordoning; only the admin may touch them.
+_NODES = Kind("v1", "nodes", namespaced=False)
+
+
+def _wait_for(found, what: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not appear within {timeout:.0f} s")

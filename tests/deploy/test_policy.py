@@ -1,0 +1,120 @@
+"""Deploy policy from conf/deploy.yaml: freeze windows (weekly or once, per time zone), checked as strictly as conf/."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+
+import pytest
+import yaml
+
+from podserve.tooling.conf import ConfError, default_conf_dir, load_conf, load_deploy_policy
+from podserve.tooling.deploy import commands, freeze
+from podserve.tooling.deploy.errors import BadInput, Refused
+from podserve.tooling.deploy.target import Target
+
+UTC = timezone.utc
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_the_repository_s_policy_loads():
+    policy = load_deploy_policy()
+    assert policy.lock_wait_seconds >= 60 and 60 <= policy.scheduling_grace_seconds <= 120
+    assert "grey" in policy.exempt_stages
+
+
+@pytest.mark.parametrize("now, ends", [
+    ("2026-11-20T10:00:00", "2026-11-21T00:00:00+08:00"),   # Friday 18:00 in Hong Kong
+    ("2026-11-20T15:59:00", "2026-11-21T00:00:00+08:00"),   # Friday 23:59 there
+    ("2026-11-20T09:59:00", None),                          # Friday 17:59 there
+    ("2026-11-20T16:00:00", None),                          # Saturday 00:00 there: over
+])
+def test_a_weekly_window_in_its_time_zone(now, ends):
+    found = freeze.ends_at("fri 18:00", "sat 00:00", "Asia/Hong_Kong", at(now))
+    assert (found.isoformat() if found else None) == ends
+
+
+def test_a_weekly_window_may_wrap_around_the_week():
+    assert freeze.ends_at("sun 22:00", "mon 06:00", "UTC", at("2026-11-23T05:00:00")) == at("2026-11-23T06:00:00")
+    assert freeze.ends_at("sun 22:00", "mon 06:00", "UTC", at("2026-11-23T07:00:00")) is None
+
+
+def test_a_window_once():
+    window = ("2026-12-24 00:00", "2026-12-27 00:00", "Europe/Amsterdam")
+    assert freeze.ends_at(*window, at("2026-12-25T12:00:00")).isoformat() == "2026-12-27T00:00:00+01:00"
+    assert freeze.ends_at(*window, at("2026-12-27T00:00:00")) is None
+
+
+@pytest.mark.parametrize("start, end, zone, says", [
+    ("fri 18:00", "sat 00:00", "Mars/Olympus", "not an IANA time zone"),
+    ("friday 18:00", "sat 00:00", "UTC", "both be weekly"),
+    ("fri 18:00", "2026-12-27 00:00", "UTC", "both be weekly"),
+    ("2026-12-27 00:00", "2026-12-24 00:00", "UTC", "must be after start"),
+    ("fri 18:00", "fri 18:00", "UTC", "two different times"),
+])
+def test_a_wrong_window_is_named(start, end, zone, says):
+    assert says in freeze.problem(start, end, zone)
+
+
+def write_policy(tmp_path, **changes):
+    folder = tmp_path / "conf"
+    shutil.copytree(default_conf_dir(), folder)
+    data = yaml.safe_load((folder / "deploy.yaml").read_text())
+    data.update(changes)
+    (folder / "deploy.yaml").write_text(yaml.safe_dump(data))
+    return folder
+
+
+def test_the_policy_refuses_unknown_keys_regions_stages_and_bad_windows(tmp_path):
+    folder = write_policy(tmp_path, lock_wiat_seconds=3, exempt_stages=["gray"],
+                          freeze_windows={"mars": [], "hk": [{"start": "fri 18:00", "end": "x", "timezone": "UTC",
+                                                              "reason": "r"}]})
+    with pytest.raises(ConfError) as caught:
+        load_deploy_policy(folder)
+    text = str(caught.value)
+    assert "lock_wiat_seconds" in text and "is not a known key" in text
+
+
+def test_the_policy_names_each_wrong_value(tmp_path):
+    folder = write_policy(tmp_path, exempt_stages=["gray"],
+                          freeze_windows={"mars": [], "hk": [{"start": "fri 18:00", "end": "x", "timezone": "UTC",
+                                                              "reason": "r"}]})
+    with pytest.raises(ConfError) as caught:
+        load_deploy_policy(folder)
+    text = str(caught.value)
+    assert "'gray' is not a stage" in text
+    assert "freeze_windows.mars" in text and "is not a region" in text
+    assert "freeze_windows.hk[0]" in text and "both be weekly" in text
+
+
+def always_frozen(tmp_path):
+    return load_deploy_policy(write_policy(tmp_path, freeze_windows={"hk": [
+        {"start": "2000-01-01 00:00", "end": "2100-01-01 00:00", "timezone": "UTC", "reason": "test freeze"}]}))
+
+
+def test_apply_inside_a_freeze_is_refused_with_its_end(tmp_path):
+    policy, conf = always_frozen(tmp_path), load_conf()
+    with pytest.raises(Refused) as caught:
+        commands.check_freeze(policy, Target("svc", conf.stages["hk"]), commands.Options(), at("2026-11-22T10:00:00"))
+    assert caught.value.exit_code == 3
+    assert "Refused: the region is in a deploy freeze" in caught.value.message
+    assert "ends at 2100-01-01T00:00:00+00:00" in caught.value.message and "--force --reason" in caught.value.message
+
+
+def test_force_needs_a_reason_and_records_it(tmp_path):
+    policy, conf = always_frozen(tmp_path), load_conf()
+    target = Target("svc", conf.stages["hk"])
+    with pytest.raises(BadInput):
+        commands.check_freeze(policy, target, commands.Options(force=True), at("2026-11-22T10:00:00"), lambda _: None)
+    reason = commands.check_freeze(policy, target, commands.Options(force=True, reason="hotfix INC-1"),
+                                   at("2026-11-22T10:00:00"), lambda _: None)
+    assert reason.startswith("hotfix INC-1 (forced by ")
+
+
+def test_exempt_stages_deploy_inside_a_freeze(tmp_path):
+    policy, conf = always_frozen(tmp_path), load_conf()
+    assert commands.check_freeze(policy, Target("svc", conf.stages["grey"]), commands.Options(),
+                                 at("2026-11-22T10:00:00")) == ""

@@ -1,0 +1,129 @@
+"""Read .gitlab-ci.yml as GitLab does (extends merged), and parse a tool's command line with its real argparse, dry."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CI_FILE = REPO / ".gitlab-ci.yml"
+PIPELINE = yaml.safe_load(CI_FILE.read_text())
+#: Top-level keys that are not jobs.
+GLOBAL_KEYS = {"stages", "variables", "default", "include", "workflow", "image", "services", "cache",
+               "before_script", "after_script"}
+JOBS = {name: job for name, job in PIPELINE.items() if name not in GLOBAL_KEYS}
+#: Stand-ins for GitLab's predefined variables when a job's command line is expanded.
+PREDEFINED = {"CI_COMMIT_SHORT_SHA": "1a2b3c4d", "CI_PROJECT_DIR": "/builds/team/service",
+              "CI_COMMIT_REF_SLUG": "feature-x", "CI_REGISTRY_IMAGE": "registry.gitlab.example.com/team/service",
+              "CI_REGISTRY": "registry.gitlab.example.com"}
+#: Setup lines a job may run besides the tools; each is checked where it matters.
+INSTALL_TOOLING = "pip install --quiet -r requirements/tooling.txt"
+
+
+def run_job_lines(lines: list[str], job: dict, cwd: Path, env: dict[str, str] | None = None,
+                  timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a job's script lines with bash -e in `cwd`, with the job's variables, as the runner does."""
+    job_env = {**os.environ, **variables(job), "CI_PROJECT_DIR": str(cwd), **(env or {})}
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], cwd=cwd, env=job_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (_deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict)
+                       else value)
+    return merged
+
+
+def resolved(name: str) -> dict:
+    """A job with what it `extends` merged in: hashes deep-merged, the job's own keys winning, as GitLab does."""
+    job = JOBS[name]
+    parents = job.get("extends", [])
+    merged: dict = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        merged = _deep_merge(merged, resolved(parent))
+    return _deep_merge(merged, {k: v for k, v in job.items() if k != "extends"})
+
+
+def concrete_jobs() -> dict[str, dict]:
+    """Every job GitLab would run (hidden `.templates` left out), resolved."""
+    return {name: resolved(name) for name in JOBS if not name.startswith(".")}
+
+
+def script_lines(job: dict) -> list[str]:
+    return [*job.get("before_script", []), *job.get("script", [])]
+
+
+def variables(job: dict) -> dict[str, str]:
+    """The variables a job sees: predefined, then the pipeline's, then its own, each expanded once."""
+    values = dict(PREDEFINED)
+    for source in (PIPELINE.get("variables", {}), job.get("variables", {})):
+        for key, value in source.items():
+            values[key] = expand(str(value), values)
+    return values
+
+
+def expand(text: str, values: dict[str, str]) -> str:
+    """Replace $NAME and ${NAME} with their values (unknown names stay as written)."""
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def tool_argv(line: str, job: dict) -> tuple[str, list[str]]:
+    """('podserve.tooling.x', argv) for a `python -m podserve.tooling.x ...` line, variables expanded."""
+    words = shlex.split(expand(line.split(" > ")[0], variables(job)))
+    assert words[:2] == ["python", "-m"] and words[2].startswith("podserve.tooling."), line
+    return words[2], words[3:]
+
+
+_DRY_PARSE = textwrap.dedent("""
+    import argparse, json, os, runpy, sys
+    real = argparse.ArgumentParser.parse_args
+    def parse_and_stop(self, args=None, namespace=None):
+        parsed = real(self, args, namespace)   # the tool's own parser: exits 2 on a bad command line
+        print("DRY-PARSED " + json.dumps(vars(parsed), default=str))
+        sys.stdout.flush()
+        os._exit(0)                            # stop before the tool does anything
+    argparse.ArgumentParser.parse_args = parse_and_stop
+    module, sys.argv = sys.argv[1], [sys.argv[1]] + sys.argv[2:]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    print("NO-ARGPARSE")
+""")
+
+
+def dry_parse(module: str, argv: list[str], cwd: Path = REPO, env: dict[str, str] | None = None) -> dict:
+    """Parse `argv` with the module's real argparse parser and stop; return the namespace, or fail with why."""
+    env = env if env is not None else {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([sys.executable, "-c", _DRY_PARSE, module, *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, env=env)
+    marker = [line for line in done.stdout.splitlines() if line.startswith("DRY-PARSED ")]
+    assert done.returncode == 0 and marker, (
+        f"`python -m {module} {shlex.join(argv)}` is not a valid command line for the real {module} "
+        f"(exit {done.returncode}):\n{done.stderr[-2000:]}{done.stdout[-500:]}")
+    return json.loads(marker[0].removeprefix("DRY-PARSED "))
+
+
+def make_manifests_artifact(work: Path, value_text: str) -> Path:
+    """Run the `manifests` job's own script lines in `work` (holding only value.py); return `work` with its artifacts.
+
+    The job's pip install is left out (the test environment already has requirements/tooling.txt);
+    podserve comes from src/ on PYTHONPATH, as in CI.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "value.py").write_text(value_text)
+    job = resolved("manifests")
+    lines = [line for line in script_lines(job) if line != INSTALL_TOOLING]
+    assert len(lines) == len(script_lines(job)) - 1, "the manifests job no longer installs requirements/tooling.txt"
+    done = run_job_lines(lines, job, work, {"PYTHONPATH": str(REPO / "src")})
+    assert done.returncode == 0, f"the manifests job's script failed:\n{done.stderr[-3000:]}"
+    for path in job["artifacts"]["paths"]:
+        assert (work / path).exists(), f"the manifests job did not make its artifact {path}"
+    return work

@@ -1,0 +1,163 @@
+"""Every job of .gitlab-ci.yml runs the real tools as a person would; the deploy jobs are gated as issue 9 asks."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ci_pipeline import (INSTALL_TOOLING, REPO, concrete_jobs, dry_parse, run_job_lines, script_lines, tool_argv,
+                         variables)
+from podserve.tooling.conf import load_conf
+from podserve.tooling.example_models import MODELS
+
+JOBS = concrete_jobs()
+CONF = load_conf()
+DEPLOY_JOBS = {name: job for name, job in JOBS.items() if "STAGE" in job.get("variables", {})}
+MANIFESTS = "build/manifests"
+FLAVOR_LINE = next(line for line in script_lines(JOBS["manifests"]) if line.startswith("python -c"))
+#: Lines that are neither a podserve tool nor the builder: installing the tooling, the flavor (run in its own test),
+#: the registry login of the build jobs.
+SETUP_LINES = {INSTALL_TOOLING, FLAVOR_LINE, "mkdir -p ~/.docker", 'cp "$REGISTRY_AUTH_CONFIG" ~/.docker/config.json'}
+
+
+def tool_calls() -> list[tuple[str, str, list[str]]]:
+    """(job, module, argv) for every `python -m podserve.tooling.*` line of every job."""
+    return [(name, *tool_argv(line, job)) for name, job in JOBS.items() for line in script_lines(job)
+            if line.startswith("python -m podserve.tooling.")]
+
+
+def test_every_line_of_every_job_is_a_tool_the_builder_or_a_known_setup_step():
+    unknown = [f"{name}: {line}" for name, job in JOBS.items() for line in script_lines(job)
+               if not line.startswith(("python -m podserve.tooling.", "buildctl-daemonless.sh build "))
+               and line not in SETUP_LINES]
+    assert unknown == []
+    assert {name for name, _, _ in tool_calls()} | {"service-image", "tooling-image"} == set(JOBS)
+
+
+@pytest.mark.parametrize("job,module,argv", [c for c in tool_calls() if c[1] != "podserve.tooling.example_models"],
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_each_tool_call_parses_with_the_real_cli(job, module, argv):
+    parsed = dry_parse(module, argv)
+    if module == "podserve.tooling.render":
+        assert parsed["all"] and parsed["image_tag"] == variables(JOBS[job])["CI_COMMIT_SHORT_SHA"]
+    if module == "podserve.tooling.deploy":
+        assert parsed.get("stage") == JOBS[job]["variables"]["STAGE"]
+        assert parsed.get("manifests") == MANIFESTS
+
+
+def test_the_example_model_job_names_real_models():
+    # example_models has no argparse: its main() takes [folder, names...] and exits 2 on an unknown name.
+    (argv,) = [argv for _, module, argv in tool_calls() if module == "podserve.tooling.example_models"]
+    assert argv[0] == "model" and argv[1:] and set(argv[1:]) <= set(MODELS)
+
+
+def test_the_flavor_line_prints_the_flavor_of_the_example(tmp_path):
+    (tmp_path / "value.py").write_text((REPO / "value.py").read_text())
+    done = subprocess.run(["bash", "-c", FLAVOR_LINE.replace(" > build/flavor.txt", "")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(REPO / "src"),
+                                                                           "PATH": f"{sys.prefix}/bin:/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in ("cpu", "gpu")
+
+
+def test_render_runs_once_and_every_deploy_job_gets_its_output_as_artifacts():
+    renders = [(name, argv) for name, module, argv in tool_calls() if module == "podserve.tooling.render"]
+    writers = [(name, argv) for name, argv in renders if "--out" in argv]
+    assert [name for name, _ in writers] == ["manifests"]
+    argv = writers[0][1]
+    out = argv[argv.index("--out") + 1]
+    assert out == MANIFESTS and f"{MANIFESTS}/" in JOBS["manifests"]["artifacts"]["paths"]
+    assert JOBS["manifests"]["stage"] == "build"
+    for name, job in DEPLOY_JOBS.items():
+        assert "manifests" in job["needs"], name
+
+
+def test_each_deploy_job_deploys_its_stage_with_that_regions_credentials():
+    deployed = {}
+    for name, module, argv in tool_calls():
+        if module == "podserve.tooling.deploy":
+            stage = argv[argv.index("--stage") + 1]
+            assert stage == JOBS[name]["variables"]["STAGE"], name
+            region = CONF.stages[stage].region
+            assert JOBS[name]["variables"]["KUBECONFIG"] == f"$KUBECONFIG_{region.upper()}", name
+            deployed.setdefault(argv[0], set()).add(stage)
+    assert deployed == {"apply": set(CONF.stages), "delete": {"grey"}}
+
+
+def test_deploy_jobs_run_in_the_tooling_image_after_both_images_are_built():
+    for name, job in DEPLOY_JOBS.items():
+        assert job["image"] == "$TOOLING_IMAGE", name
+        if name != "stop_grey":
+            assert {"manifests", "service-image", "tooling-image"} <= set(job["needs"]), name
+
+
+def test_ab_and_every_region_hold_a_resource_group_of_their_own():
+    gated = ("ab_test", "deploy-hk", "deploy-eu", "deploy-na")
+    groups = {name: DEPLOY_JOBS[name].get("resource_group") for name in gated}
+    assert None not in groups.values(), groups
+    assert len(set(groups.values())) == len(groups)
+    assert DEPLOY_JOBS["grey"]["resource_group"] == DEPLOY_JOBS["stop_grey"]["resource_group"]
+
+
+def test_manual_gates_never_block_the_pipeline():
+    manual = {}
+    for name, job in JOBS.items():
+        for rule in job.get("rules", []):
+            if rule.get("when") == "manual":
+                manual[name] = rule.get("allow_failure", job.get("allow_failure"))
+        if job.get("when") == "manual":
+            manual[name] = job.get("allow_failure", True)
+    assert set(manual) == {"stop_grey", "ab_test", "deploy-hk", "deploy-eu", "deploy-na"}
+    assert all(value is True for value in manual.values()), manual
+    assert "rules" not in JOBS["grey"] and "when" not in JOBS["grey"]
+
+
+def test_production_goes_region_after_region_on_the_default_branch_only():
+    assert "deploy-hk" in JOBS["deploy-eu"]["needs"] and "deploy-eu" in JOBS["deploy-na"]["needs"]
+    for name in ("deploy-hk", "deploy-eu", "deploy-na"):
+        assert [rule["if"] for rule in JOBS[name]["rules"]] == ["$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"]
+
+
+def test_grey_is_an_environment_that_stops_itself():
+    grey, stop = JOBS["grey"]["environment"], JOBS["stop_grey"]["environment"]
+    assert grey["on_stop"] == "stop_grey" and grey["auto_stop_in"]
+    assert stop == {"name": grey["name"], "action": "stop"}
+    assert JOBS["stop_grey"]["variables"]["GIT_STRATEGY"] == "none"
+    assert JOBS["stop_grey"]["needs"] == ["manifests"]  # the artifact it deletes by; nothing from a checkout
+
+
+def test_the_model_is_merged_when_parts_are_committed_and_fetched_otherwise():
+    merge, fetch = JOBS["model-merge"], JOBS["model-fetch"]
+    assert merge["rules"] == [{"exists": ["model-parts/*.parts.json"]}]
+    assert fetch["rules"] == [{"exists": ["model-parts/*.parts.json"], "when": "never"}, {"when": "on_success"}]
+    for job in (merge, fetch):
+        assert job["stage"] == "build" and job["artifacts"]["paths"] == ["model/"]
+    needs = JOBS["service-image"]["needs"]
+    assert {"job": "model-merge", "optional": True} in needs and {"job": "model-fetch", "optional": True} in needs
+
+
+def test_the_merge_job_line_rebuilds_committed_parts_into_model(tmp_path):
+    """The model-merge job's own script line, run in a checkout that holds a split model."""
+    from podserve.model_record import read_record
+    from podserve.tooling.model_parts import split
+
+    original = tmp_path / "original.onnx"
+    original.write_bytes(bytes(range(256)) * 4096)
+    split(original, 100_000, tmp_path / "checkout" / "model-parts")
+    done = run_job_lines(script_lines(JOBS["model-merge"]), JOBS["model-merge"], tmp_path / "checkout",
+                         {"PYTHONPATH": str(REPO / "src")})
+    assert done.returncode == 0, done.stderr
+    merged = tmp_path / "checkout" / "model" / "original.onnx"
+    assert merged.read_bytes() == original.read_bytes()
+    assert set(read_record(merged.parent)) == {"original.onnx"}
+
+
+def test_no_credential_is_written_in_the_pipeline():
+    text = (REPO / ".gitlab-ci.yml").read_text()
+    assert not re.search(r"(?i)(password|secret|token)\s*[:=]\s*\S", text)
+    for name in ("KUBECONFIG_HK", "KUBECONFIG_EU", "KUBECONFIG_NA", "REGISTRY_AUTH_CONFIG"):
+        assert f"${name}" in text
+    assert "kubectl" not in text and "kaniko" not in text

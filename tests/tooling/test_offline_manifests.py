@@ -1,0 +1,100 @@
+"""The offline example (examples/offline/value.py): Kafka workers per region and grey, scaled by KEDA on lag.
+
+Validated like the online manifests: kubernetes-validate --strict at the oldest and newest
+Kubernetes we support, the CRD schemas in ../shared/schemas/crds with unknown fields
+rejected (the KEDA ScaledObject and the PodMonitor), `kubectl kustomize`, and our own
+checks (offline_manifests.check_stage). The online example's output is unchanged (the
+golden files test).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from kube_schemas import all_schema_errors, schema_errors
+from manifest_helpers import REPO, kustomize, read_tree
+from podserve.offline_settings import BOOTSTRAP_ENV
+from podserve.tooling import offline_manifests, render
+
+EXAMPLE = REPO / "examples" / "offline" / "value.py"
+STAGES = ["grey", "hk", "eu", "na"]
+
+
+@pytest.fixture(scope="module")
+def offline(conf) -> render.Rendered:
+    return render.render(EXAMPLE, conf=conf, image_tag="golden")
+
+
+def test_render_all_writes_four_stages_that_pass_every_schema(tmp_path, kubectl):
+    assert render.main(["--all", "--values", str(EXAMPLE), "--out", str(tmp_path), "--image-tag", "golden"]) == 0
+    tree = read_tree(tmp_path)
+    assert sorted(tree) == sorted(STAGES)  # no ab stage: an A/B copy of a consumer would split the stream
+    for stage in STAGES:
+        assert sorted(d["kind"] for d in tree[stage]) == ["Deployment", "PodDisruptionBudget", "PodMonitor",
+                                                          "ScaledObject"]
+        built = kustomize(kubectl, tmp_path / stage, tmp_path)
+        assert len(built) == 4
+    docs = [doc for stage in STAGES for doc in tree[stage]]
+    assert all_schema_errors(docs) == []
+
+
+def test_the_scaled_object_is_really_checked_by_the_keda_schema(offline):
+    scaled = copy.deepcopy(next(d for d in offline.stages["hk"] if d["kind"] == "ScaledObject"))
+    assert schema_errors(scaled) == []
+    scaled["spec"]["minReplicaCount"] = "1"
+    scaled["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 1000
+    scaled["spec"]["scaleTarget"] = scaled["spec"].pop("scaleTargetRef")
+    errors = " ".join(schema_errors(scaled))
+    assert "minReplicaCount" in errors and "lagThreshold" in errors and "scaleTarget" in errors, errors
+
+
+def test_production_scales_on_lag_and_grey_has_its_own_group_and_sink(offline):
+    by_stage = {stage: {d["kind"]: d for d in docs} for stage, docs in offline.stages.items()}
+    hk = by_stage["hk"]["ScaledObject"]["spec"]
+    assert (hk["minReplicaCount"], hk["maxReplicaCount"]) == (1, 3)
+    assert hk["triggers"] == [{"type": "kafka", "metadata": {
+        "bootstrapServersFromEnv": BOOTSTRAP_ENV, "topic": "text-lines", "consumerGroup": "text-direction-offline",
+        "lagThreshold": "1000", "offsetResetPolicy": "earliest"}}]
+    grey = by_stage["grey"]
+    assert grey["ScaledObject"]["spec"]["triggers"][0]["metadata"]["consumerGroup"] == "text-direction-offline-grey"
+    env = {e["name"]: e for e in grey["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PODSERVE_SOURCE_TOPIC"]["value"] == "text-lines"
+    assert env["PODSERVE_CONSUMER_GROUP"]["value"] == "text-direction-offline-grey"
+    assert env["PODSERVE_SINK_TOPIC"]["value"] == "text-directions-grey"
+    assert env[BOOTSTRAP_ENV] == {"name": BOOTSTRAP_ENV, "valueFrom": {"configMapKeyRef": offline_manifests.KAFKA_CONFIGMAP}}
+    assert "replicas" not in grey["Deployment"]["spec"]
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda d: d["Deployment"]["spec"].update(replicas=2), "would fight"),
+    (lambda d: d["ScaledObject"]["spec"].update(minReplicaCount=2), "not from the stage's 1 replicas up"),
+    (lambda d: d["ScaledObject"]["spec"]["triggers"][0]["metadata"].update(consumerGroup="text-direction-offline"),
+     "one kafka trigger"),
+    (lambda d: d["Deployment"]["spec"]["template"]["spec"]["containers"][0].update(command=["python", "-m", "podserve.runtime"]),
+     "must run python -m podserve.runtime.offline"),
+    (lambda d: d["Deployment"]["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"].update(path="/api/ping"),
+     "livenessProbe must GET /api/live"),
+    (lambda d: [e.update(value="text-directions") for e in d["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+                if e["name"] == "PODSERVE_SINK_TOPIC"], "topics or group from its env that differ"),
+    (lambda d: d["PodMonitor"]["spec"]["selector"]["matchLabels"].update(stage="hk"), "does not select"),
+], ids=["replicas", "min", "group", "command", "liveness", "sink", "selector"])
+def test_the_offline_checks_catch_a_broken_object(offline, conf, change, says):
+    docs = copy.deepcopy(offline.stages["grey"])
+    change({d["kind"]: d for d in docs})
+    problems = [str(p) for p in offline_manifests.check_stage(docs, offline.values, conf, conf.stages["grey"])]
+    assert any(says in p for p in problems), problems
+
+
+def test_an_offline_stage_with_a_service_is_refused(offline, conf):
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "text-direction-offline",
+                                                                   "namespace": "podserve"}}
+    problems = [str(p) for p in offline_manifests.check_stage(offline.stages["hk"] + [service], offline.values, conf,
+                                                              conf.stages["hk"])]
+    assert any("takes no traffic" in p for p in problems), problems
+
+
+def test_the_ab_stage_is_refused_for_an_offline_service(tmp_path, capsys):
+    assert render.main(["--stage", "ab", "--values", str(EXAMPLE), "--out", str(tmp_path)]) == 2
+    assert "'ab' is not a stage of an offline service" in capsys.readouterr().err
