@@ -30,8 +30,8 @@ def main() -> int:
     """Run the worker in the foreground; return the process exit code."""
     configure_logging()
     try:
-        settings, handler_class = prepare_service()
         offline = OfflineSettings.from_env()
+        settings, handler_class = prepare_service()
     except (StartupError, SettingsError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
