@@ -10,7 +10,7 @@ OUT ?= build/manifests
 export PYTHONPATH := $(CURDIR)/src
 export PYTHONUNBUFFERED := 1
 
-.PHONY: serve test model tools render bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries
+.PHONY: serve test model tools render wrk bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries
 
 serve: $(VENV)/.serve-deps model ## Serve the example model locally on port 8080.
 	$(PY) -m podserve.tooling.serve_local $(VALUES)
@@ -60,20 +60,20 @@ $(VENV)/.tooling-deps: requirements/tooling.txt | $(VENV)/bin/python
 	$(PIP) install -r requirements/tooling.txt
 	touch $@
 
-bench: $(VENV)/bin/python ## Our server vs the onnxruntime ceiling vs Gunicorn, and overload: bench/results/ (< 10 min).
+wrk: ## Debian's wrk at the pinned version, the benchmarks' load generator (once).
+	@test "$$(dpkg-query -W -f='$${Status} $${Version}' wrk 2>/dev/null)" = "install ok installed 4.1.0-3+b2" || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk=4.1.0-3+b2; }
+
+bench: $(VENV)/bin/python wrk ## Our server vs the onnxruntime ceiling vs Gunicorn, and overload: bench/results/ (< 10 min).
 	@test -f $(VENV)/.bench-deps -a -z "$$(find requirements -newer $(VENV)/.bench-deps)" || \
 		{ $(PIP) install -r requirements/bench.txt && touch $(VENV)/.bench-deps; }
-	@test "$$(dpkg-query -W -f='$${Version}' wrk 2>/dev/null)" = "4.1.0-3+b2" || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk=4.1.0-3+b2; }
 	$(PY) -m podserve.tooling.example_models model cls det
 	BENCH_COMMAND="make bench" $(PY) -m bench.run
 	BENCH_COMMAND="make bench" $(PY) -m bench.overload
 
 # With a GPU (nvidia-smi lists one): onnxruntime-gpu in its own environment, .venv-gpu (it must not share one with
 # the CPU wheel). Without one: .venv and the CPU provider, and the results say that no GPU was present.
-bench-gpu: $(VENV)/bin/python ## One process per GPU vs Gunicorn's N workers: bench/results/gpu.{json,md}.
-	@test "$$(dpkg-query -W -f='$${Version}' wrk 2>/dev/null)" = "4.1.0-3+b2" || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk=4.1.0-3+b2; }
+bench-gpu: $(VENV)/bin/python wrk ## One process per GPU vs Gunicorn's N workers: bench/results/gpu.{json,md}.
 	@if nvidia-smi -L >/dev/null 2>&1; then \
 		test -f .venv-gpu/.deps -a -z "$$(find requirements -newer .venv-gpu/.deps)" || \
 			{ $(PYTHON) -m venv .venv-gpu && .venv-gpu/bin/python -m pip install --quiet \
@@ -102,7 +102,7 @@ kafka: kafka-install $(VENV)/.serve-deps ## A real single-node Kafka broker (KRa
 # Dashboards and alert rules (tests/observability/): Debian's prometheus and promtool, pinned.
 PROMETHEUS_DEB := 2.42.0+ds-5+deb12u1
 prometheus: ## Install Debian's prometheus package (prometheus, promtool) at the pinned version, once.
-	@test "$$(dpkg-query -W -f='$${Version}' prometheus 2>/dev/null)" = "$(PROMETHEUS_DEB)" || \
+	@test "$$(dpkg-query -W -f='$${Status} $${Version}' prometheus 2>/dev/null)" = "install ok installed $(PROMETHEUS_DEB)" || \
 		flock /tmp/podserve-apt.lock sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends prometheus=$(PROMETHEUS_DEB)'
 
