@@ -10,7 +10,6 @@ defaults (conf/deploy.yaml, value.py) stay realistic.
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
 import yaml
@@ -18,6 +17,7 @@ import yaml
 from ci_account import ci_kubeconfig
 from live import Live
 from podserve.tooling.conf import default_conf_dir
+from podserve.testbed.processes import poll_until
 from podserve.tooling.deploy.kube import LEASES, MANAGED, Kind
 from receiver import Receiver
 
@@ -219,7 +219,8 @@ def test_two_deploys_at_once_the_second_waits_or_refuses_naming_the_holder(live)
     try:
         first = live.start("apply", "--stage", "grey", "--budget", "6",
                            "--manifests", live.manifests(name, "grey", simulate="never-ready"))
-        _wait_for(lambda: live.admin.get(LEASES, GREY[0], f"podserve-deploy.{name}"), "the first deploy's Lease")
+        poll_until(lambda: live.admin.get(LEASES, GREY[0], f"podserve-deploy.{name}"), "the first deploy's Lease",
+                   30, every=0.2)
         refused = live.deploy("apply", "--stage", "grey", "--lock-wait", "1", "--manifests", live.manifests(name, "grey"))
         waited = live.start("apply", "--stage", "grey", "--lock-wait", "120", "--manifests", live.manifests(name, "grey"))
         first_out, _ = first.communicate(timeout=120)
@@ -265,12 +266,3 @@ def test_a_freeze_window_refuses_with_its_end_unless_forced_with_a_reason(live, 
 
 #: Nodes (cluster-scoped), for cordoning; only the admin may touch them.
 _NODES = Kind("v1", "nodes", namespaced=False)
-
-
-def _wait_for(found, what: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not appear within {timeout:.0f} s")

@@ -29,6 +29,18 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def poll_until(check: Callable[[], object], what: str, timeout: float, every: float = 0.1):
+    """Call `check` until it returns something truthy and return that; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise TimeoutError(f"{what}: not within {timeout:.0f}s (last seen: {last!r})")
+
+
 class Program:
     """One child process with its log in a file; `stop()` sends SIGTERM, then SIGKILL."""
 

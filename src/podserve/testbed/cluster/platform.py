@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from podserve.testbed.cluster import versions
-from podserve.testbed.processes import StartError
+from podserve.testbed.processes import StartError, poll_until
 from podserve.tooling.chart_values import chart_values
 from podserve.tooling.conf import Conf, Region, load_conf
 
@@ -152,12 +152,10 @@ def _established(extensions, names: set[str]) -> bool:
 
 
 def _wait(ready, what: str, timeout: float = READY_TIMEOUT_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ready():
-            return
-        time.sleep(0.1)
-    raise StartError(f"{what}: not reached within {timeout:.0f}s")
+    try:
+        poll_until(ready, what, timeout)
+    except TimeoutError as exc:
+        raise StartError(str(exc)) from None
 
 
 def install_chart(plane, conf: Conf) -> None:
