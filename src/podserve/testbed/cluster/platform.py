@@ -171,6 +171,10 @@ def install_chart(plane, conf: Conf) -> None:
         raise StartError(f"platform chart: helm install failed ({done.returncode}):\n{done.stdout}{done.stderr}")
 
 
+#: Taints the node-lifecycle controller manages on a node that is not (yet) Ready.
+LIFECYCLE_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+
 def wait_until_ready(plane) -> None:
     """Wait until every fake node is Ready and each chart namespace has its default ServiceAccount."""
     import json
@@ -182,9 +186,12 @@ def wait_until_ready(plane) -> None:
     expected = len(fake_nodes(load_conf()))
 
     def nodes_ready() -> bool:
+        # Ready, and the node-lifecycle controller has lifted the not-ready taint it puts on new nodes:
+        # until then the scheduler refuses every pod there.
         items = json.loads(core.list_node(_preload_content=False).data)["items"]
         ready = [n for n in items if any(c["type"] == "Ready" and c["status"] == "True"
-                                         for c in (n.get("status") or {}).get("conditions") or [])]
+                                         for c in (n.get("status") or {}).get("conditions") or [])
+                 and not any(t["key"] in LIFECYCLE_TAINTS for t in (n.get("spec") or {}).get("taints") or [])]
         return len(ready) >= expected
 
     def service_accounts() -> bool:
