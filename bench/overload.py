@@ -172,12 +172,30 @@ def markdown(results: dict) -> str:
                   f"overload, but such a pod refuses callers at any concurrency above {smaller['queue_size']}, the "
                   f"benchmark's c=64 included; value.py keeps queue_size = {holds // max(1, results.get('instances', 1))} "
                   f"so that a pod answers 64 concurrent callers in full."]
-    lines += ["", "What bounds the answered p99 under overload: the pod holds a fixed number of requests, so an "
-              "answered one waits (held requests) / (answered per second) by Little's law; the answered rate falls "
-              "under a storm of refusals, because the event loop reads and parses every refused request (callers "
-              "here retry at once, ignoring Retry-After), and with hundreds of connections each pass of waitress's "
-              "loop visits every one of them, which also delays the 503s (their p99 at 16x)."]
+    lines += ["", "What bounds the answered p99 under overload, measured in the rows above: the pod holds a fixed "
+              "number of requests, so an answered one waits (held requests) / (answered per second) by Little's "
+              "law, and the answered rate falls under a storm of refusals: callers here retry at once, ignoring "
+              "Retry-After, so every CPU cycle the model leaves free turns into more refusals, each read, parsed "
+              "and answered by the event loop, on the same two cores as the client."]
+    lines += [f"- {line}" for line in refusal_costs(knee, results["overload"])]
     return "\n".join(lines) + "\n"
+
+
+def refusal_costs(knee: dict, rows: list[dict]) -> list[str]:
+    """Per overload row: the server CPU one refusal cost (its CPU beyond what the answered requests cost at the
+    knee), the cores refusals and the client took, and the answered rate left."""
+    lines = []
+    for row in rows:
+        answered, refused = row["ok_rps"], row["refused_rps"]
+        if not refused:
+            continue
+        server_cores = row["server_cpu_ms_per_answer"] * (answered + refused) / 1000
+        refusal_cores = max(0.0, server_cores - answered * knee["server_cpu_ms_per_answer"] / 1000)
+        client_cores = row["client_cpu_us_per_answer"] * (answered + refused) / 1e6
+        lines.append(f"c={row['c']}: {refused:.0f} refusals/s at {1e6 * refusal_cores / refused:.0f} us of server "
+                     f"CPU each took {refusal_cores:.2f} cores, the client {client_cores:.2f}; {answered:.0f} "
+                     f"answered/s remained ({answered / knee['ok_rps']:.2f}x the knee's rate)")
+    return lines
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from pathlib import Path
 
 # (stage, pattern on one frame "function (file:line)"); the deepest matching frame decides.
 STAGES = [
-    ("waitress: HTTP I/O, parsing, event loop", re.compile(r"\(waitress/")),
-    ("Flask + Werkzeug: request, routing, response", re.compile(r"\((flask|werkzeug)/")),
-    ("our view: admission, deadline, bookkeeping", re.compile(r"^create_app\.<locals>\.")),
+    ("HTTP server: event loop, parsing, writing", re.compile(
+        r"\(podserve/runtime/httpserver\.py|\((asyncio|uvloop|httptools)/|^(run_forever|_run_once) ")),
+    ("Flask + Werkzeug: probes, metrics page", re.compile(r"\((flask|werkzeug)/|\(podserve/runtime/wsgi\.py")),
+    ("our view: admission, deadline, hand-offs", re.compile(r"\(podserve/runtime/service_route\.py")),
     ("batching: queue, hand-off, wake-ups", re.compile(r"\(podserve/runtime/(batcher|pool)\.py")),
     ("metrics (prometheus_client)", re.compile(r"^(Metrics\.observe_\w+)|\(prometheus_client/")),
     ("access log (one JSON line)", re.compile(r"^log_request ")),
@@ -34,10 +35,11 @@ RATE = 250  # samples per second
 
 
 THREAD_GROUPS = [  # (prefix of a thread's name, group)
-    ("waitress-", "request threads: HTTP, decode, respond"),
+    ("request-", "request threads: parse, decode, encode"),
     ("batch-", "batch thread and lanes: inference"),
     ("onnx-lane", "batch thread and lanes: inference"),
-    ("MainThread", "waitress's event loop"),
+    ("MainThread", "event loop: HTTP reading and writing"),
+    ("control", "control thread: probes, metrics page"),
 ]
 
 

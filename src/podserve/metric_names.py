@@ -20,7 +20,8 @@ IN_FLIGHT = PREFIX + "in_flight_requests"                   # gauge, accepted an
 INSTANCE_READY = PREFIX + "instance_ready"                  # gauge, 1 when loaded and warmed up
 MODEL_LOAD_SECONDS = PREFIX + "model_load_seconds"          # gauge, per instance
 WARMUP_SECONDS = PREFIX + "warmup_seconds"                  # gauge, per instance
-HTTP_BACKLOG = PREFIX + "http_backlog"                      # gauge, requests waiting for a waitress thread
+HTTP_BACKLOG = PREFIX + "http_backlog"                      # gauge, requests and answers waiting for a request thread
+ADMISSION_LIMIT = PREFIX + "admission_limit"                # gauge, requests the pod holds before refusing (503)
 
 # Limits, set once at start-up so dashboards and alerts draw "used against allowed" without value.py.
 MAX_BATCH_SIZE = PREFIX + "max_batch_size"                  # gauge, labels ("service",)

@@ -41,7 +41,9 @@ class ServingSettings:
     queue_size: int = field(default=64, metadata={"doc": "queued requests per instance before 503"})
     request_timeout_ms: int = field(default=10_000, metadata={"doc": "default deadline of a request"})
     drain_seconds: float = field(default=5.0, metadata={"doc": "seconds /api/ping is 503 before closing"})
-    http_threads: int = field(default=64, metadata={"doc": "waitress request threads"})
+    http_threads: int = field(default=0, metadata={"doc": "request threads that parse, decode and encode (the "
+                                                                "event loop does the HTTP I/O); 0: one per CPU core, "
+                                                                "at least 2"})
     max_body_bytes: int = field(default=10 * 1024 * 1024, metadata={"doc": "largest request body (413 above)"})
     max_image_pixels: int = field(default=25_000_000, metadata={"doc": "largest decoded image (400 above)"})
     stuck_batch_seconds: float = field(default=120.0, metadata={"doc": "a batch running longer fails liveness"})
@@ -83,12 +85,12 @@ class ServingSettings:
     def check(self) -> None:
         """Raise SettingsError naming the first setting that is out of range."""
         positive = ("port", "ins_num_per_gpu", "max_batch_size", "queue_size", "request_timeout_ms",
-                    "http_threads", "max_body_bytes", "max_image_pixels", "stuck_batch_seconds",
+                    "max_body_bytes", "max_image_pixels", "stuck_batch_seconds",
                     "init_delay_second")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)}={getattr(self, name)!r} must be above 0")
-        for name in ("gpu_num", "gpu_memory", "cpu", "max_batch_delay_ms", "drain_seconds"):
+        for name in ("gpu_num", "gpu_memory", "cpu", "max_batch_delay_ms", "drain_seconds", "http_threads"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{self.env_name(name)}={getattr(self, name)!r} must be 0 or more")
         for name in ("slo_availability", "slo_latency_target"):

@@ -107,14 +107,15 @@ def test_targets_follow_issue_13_and_missed_ones_get_a_measured_bound():
 
 
 def test_profile_samples_go_to_the_deepest_named_stage():
-    waitress = "HTTPChannel.service (waitress/channel.py:430)"
-    view = "create_app.<locals>.infer (podserve/runtime/app.py:83)"
-    assert stage_of([waitress]).startswith("waitress")
-    assert stage_of([waitress, view, "TextDirection.decode (server.py:29)", "open (PIL/Image.py:3600)"]) \
+    loop = "Connection.data_received (podserve/runtime/httpserver.py:120)"
+    thread = "Thread.run (threading.py:982)"
+    view = "ServiceRoute._begin (podserve/runtime/service_route.py:160)"
+    assert stage_of(["run_forever (asyncio/base_events.py:608)", loop]).startswith("HTTP server")
+    assert stage_of([thread, view, "TextDirection.decode (server.py:29)", "open (PIL/Image.py:3600)"]) \
         .startswith("handler.decode")
-    assert stage_of([waitress, view, "WorkItem.wait (podserve/runtime/batcher.py:53)"]).startswith("batching")
+    assert stage_of([thread, view, "BatchWorker.submit (podserve/runtime/batcher.py:110)"]).startswith("batching")
     assert stage_of(["<module> (x.py:1)"]) == OTHER
-    raw = f"{waitress} 30\n{waitress};{view} 20\n"
+    raw = f"{loop} 30\n{thread};{view} 20\n"
     split = stage_split(raw, requests=100, rate=100, seconds=1.0)
     assert split["gil_busy_share"] == 0.5 and split["gil_ms_per_request"] == 5.0
     assert list(split["gil_ms_per_request_by_stage"].values()) == [3.0, 2.0]

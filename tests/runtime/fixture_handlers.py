@@ -37,6 +37,17 @@ class SlowAffine(Affine):
         return super().predict(batch)
 
 
+class SlowDecode(Affine):
+    """Affine whose decode sleeps for as many seconds as the request's `postid` says (a float; 0 when absent)."""
+
+    def decode(self, payload: Payload) -> np.ndarray:
+        try:
+            time.sleep(float(payload.postid))
+        except (TypeError, ValueError):
+            pass
+        return super().decode(payload)
+
+
 class Faulty(Affine):
     """Affine with planted bugs: decode crashes on 13, predict on 666, and breaks its contract on 7."""
 

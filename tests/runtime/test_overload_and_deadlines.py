@@ -8,7 +8,9 @@ import time
 import requests
 from load import burst
 
-SLOW = {"handler": "fixture_handlers:SlowAffine", "ins_num_per_gpu": 1, "max_batch_size": 1, "TEST_PREDICT_SLEEP": 0.6}
+# cpu=1: one core, so the instance runs one batch at a time (on more cores it runs one per core at once).
+SLOW = {"handler": "fixture_handlers:SlowAffine", "ins_num_per_gpu": 1, "max_batch_size": 1, "cpu": 1,
+        "TEST_PREDICT_SLEEP": 0.6}
 
 
 def test_full_queue_answers_503_with_retry_after(start_server, affine_model):
@@ -58,17 +60,18 @@ def test_request_queued_past_its_deadline_gets_504_and_is_not_run(start_server, 
 
 
 def test_time_waiting_for_a_request_thread_counts_against_the_deadline(start_server, affine_model):
-    # One request thread: while `first` runs (0.6 s), `second` waits in waitress's own task queue.
-    server = start_server(model_path=str(affine_model), http_threads=1, **SLOW)
-    first = _send_in_background(server, {"postid": "runs", "data": [1]})
+    # One request thread, busy for 0.6 s decoding `first`: `second` waits for it in the request threads' queue,
+    # and its 200 ms deadline passes there. It is answered 504 when the deadline passes, not when the thread
+    # frees, and it is never run.
+    server = start_server(model_path=str(affine_model), http_threads=1, handler="fixture_handlers:SlowDecode")
+    first = _send_in_background(server, {"postid": "0.6", "data": [1]})
     time.sleep(0.2)
-    second = _send_in_background(server, {"postid": "waits", "data": [2]}, {"X-Request-Timeout-Ms": "200"})
+    second = _send_in_background(server, {"postid": "0", "data": [2]}, {"X-Request-Timeout-Ms": "200"})
     for result in (first, second):
         result["thread"].join()
     assert first["status"] == 200
-    # Its 200 ms were spent before any request thread saw it: 504 as soon as one does, and it never runs.
     assert second["status"] == 504 and second["body"]["error"] == "deadline_exceeded", second
     assert "waiting for a request thread" in second["body"]["msg"]
-    assert second["seconds"] > 0.3
-    time.sleep(0.2)
+    assert 0.15 < second["seconds"] < first["seconds"] - 0.1, (second["seconds"], first["seconds"])
+    time.sleep(0.5)
     assert server.metric_sum("podserve_batch_size_count") == 1, "a request past its deadline was run"

@@ -1,19 +1,15 @@
-"""The Flask app of the pod: probes, metrics, and the service's `/api/<service_name>` route.
+"""The Flask app of the pod: probes, metrics, and the answers for routes that do not exist.
 
-`POST /api/<service_name>` is the one hot path: a thin WSGI layer in front of Flask sends it
-straight to the view with the WSGI environ, skipping Flask's per-request machinery (contexts,
-URL matching, hooks: ~0.1 ms of CPU per request) and Werkzeug's request and response objects;
-views answer with `JsonAnswer`, a bare WSGI callable (bench/optimisations.json). Everything
-else goes through Flask; both ways run the same view and the same error handlers.
+`POST /api/<service_name>`, the one hot path, does not go through Flask: the HTTP server
+hands it to runtime/service_route.py. Everything else the pod answers comes from here, on
+the control thread (runtime/wsgi.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Callable
-from urllib.parse import parse_qsl
 
 from flask import Flask, Response
 from flask import request as flask_request
@@ -23,23 +19,16 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wrappers import Request
 
 from podserve import errors
-from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, NotReady, ServingError
+from podserve.errors import InvalidInput, NotReady, ServingError
 from podserve.handler import Payload
 from podserve.routes import LIVE_PATH, METRICS_PATH, PING_PATH, service_path
 from podserve.runtime import api
-from podserve.runtime.admission import RECEIVED_AT
-from podserve.runtime.verbs import call_verb
 from podserve.runtime.lifecycle import Lifecycle
-from podserve.runtime.logs import log_request
 from podserve.runtime.metrics import Metrics
 from podserve.runtime.pool import InstancePool
 from podserve.settings import ServingSettings
 
 log = logging.getLogger(__name__)
-
-#: Headers by which a caller (or Envoy, from the route's timeout) may shorten the deadline.
-DEADLINE_HEADERS = ("X-Request-Timeout-Ms", "X-Envoy-Expected-Rq-Timeout-Ms")
-_DEADLINE_KEYS = [(header, "HTTP_" + header.upper().replace("-", "_")) for header in DEADLINE_HEADERS]
 
 _HTTP_ERRORS = {404: errors.NotFound, 405: errors.MethodNotAllowed, 413: errors.PayloadTooLarge,
                 415: errors.UnsupportedMediaType}
@@ -77,48 +66,6 @@ def create_app(settings: ServingSettings, pool: InstancePool, lifecycle: Lifecyc
     def metrics_page() -> Response:
         return Response(generate_latest(REGISTRY), mimetype=CONTENT_TYPE_LATEST)
 
-    def infer(environ: dict) -> JsonAnswer:
-        # The clock starts when waitress began reading the request: time spent waiting for a thread counts.
-        started = environ.get(RECEIVED_AT) or time.monotonic()
-        lifecycle.request_started()
-        payload: Payload | None = None
-        item = None
-        failure = None
-        try:
-            deadline = started + _timeout_seconds(environ, settings)
-            if time.monotonic() >= deadline:
-                raise DeadlineExceeded(f"the request's deadline passed after {_ms(time.monotonic() - started)} ms "
-                                       f"waiting for a request thread; it was not run")
-            handler = pool.decoder()
-            pool.ensure_room()
-            with pool.admit() as admission:
-                payload = api.parse_request(environ.get("CONTENT_TYPE"), _read_body(environ, settings.max_body_bytes),
-                                            QueryArgs(environ.get("QUERY_STRING", "")), settings.max_image_pixels)
-                model_input = call_verb(handler.decode, payload)
-                item = pool.submit(model_input, handler.batch_key(model_input), deadline, admission)
-            output = item.wait()
-            results = call_verb(item.worker.handler.encode, output)
-            try:
-                response = respond(200, api.success_body(payload, results))
-            except (TypeError, ValueError) as exc:
-                raise HandlerFailed(f"{type(handler).__name__}.encode returned something JSON cannot hold "
-                                    f"({exc}); return lists, numbers, strings, dicts") from None
-        except ServingError as exc:
-            failure = exc.message
-            response = error_response(exc, payload)
-        finally:
-            lifecycle.request_finished()
-        seconds = time.monotonic() - started
-        metrics.observe_request(route, response.status_code, seconds)
-        log_request({"route": route, "status": response.status_code, **api.ids_of(payload),
-                     "total_ms": round(seconds * 1000, 2),
-                     "queue_ms": round(item.queue_seconds * 1000, 2) if item else None,
-                     "infer_ms": round(item.inference_seconds * 1000, 2) if item else None,
-                     "batch": item.batch_size if item else None,
-                     "instance": item.worker.name if item and item.worker else None,
-                     "error": failure})
-        return response
-
     def http_error(request: Request, exc: HTTPException) -> JsonAnswer:
         kind = _HTTP_ERRORS.get(exc.code or 500)
         if kind is errors.NotFound:
@@ -140,34 +87,15 @@ def create_app(settings: ServingSettings, pool: InstancePool, lifecycle: Lifecyc
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(ServingError(f"internal error: {type(exc).__name__}; see the server log"))
 
-    app.add_url_rule(route, "infer", lambda: infer(flask_request.environ), methods=["POST"])
+    def served_elsewhere() -> JsonAnswer:
+        # POST <route> never reaches Flask: the HTTP server hands it to runtime/service_route.py. The rule is
+        # here so that other methods on the route get 405 naming POST.
+        return error_response(ServingError(f"POST {route} is served by the pod's HTTP server, not this app"))
+
+    app.add_url_rule(route, "infer", served_elsewhere, methods=["POST"])
     app.register_error_handler(HTTPException, lambda exc: http_error(flask_request, exc))
     app.register_error_handler(Exception, lambda exc: unexpected(flask_request, exc))
-    app.wsgi_app = ServiceRouteFirst(app.wsgi_app, route, settings.max_body_bytes, infer, http_error, unexpected)
     return app
-
-
-class ServiceRouteFirst:
-    """WSGI: `POST <route>` straight to `view` (errors to the same handlers Flask uses); the rest to Flask."""
-
-    def __init__(self, flask_wsgi_app: Callable, route: str, max_body_bytes: int, view: Callable,
-                 on_http_error: Callable, on_unexpected: Callable):
-        self.flask_wsgi_app = flask_wsgi_app
-        self.route = route
-        self.view, self.on_http_error, self.on_unexpected = view, on_http_error, on_unexpected
-        # Flask reads the limit from the app's config; a plain request carries it on its class.
-        self.request_class = type("ServiceRequest", (Request,), {"max_content_length": max_body_bytes})
-
-    def __call__(self, environ: dict, start_response: Callable):
-        if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != self.route:
-            return self.flask_wsgi_app(environ, start_response)
-        try:
-            response = self.view(environ)
-        except HTTPException as exc:
-            response = self.on_http_error(self.request_class(environ), exc)
-        except Exception as exc:
-            response = self.on_unexpected(self.request_class(environ), exc)
-        return response(environ, start_response)
 
 
 class JsonAnswer:
@@ -188,52 +116,3 @@ class JsonAnswer:
 
 
 _STATUS_LINES = {code: f"{code} {reason.upper()}" for code, reason in HTTP_STATUS_CODES.items()}
-
-
-class QueryArgs:
-    """The query string's parameters (the first value of each), parsed only when one is asked for."""
-
-    def __init__(self, query: str):
-        self.query, self._parsed = query, None
-
-    def get(self, name: str, default=None):
-        if self._parsed is None:
-            self._parsed = {}
-            for key, value in parse_qsl(self.query, keep_blank_values=True):
-                self._parsed.setdefault(key, value)
-        return self._parsed.get(name, default)
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 1)
-
-
-def _read_body(environ: dict, limit: int) -> bytes:
-    """The body as bytes, or PayloadTooLarge over `limit` (waitress always sets Content-Length, de-chunked too)."""
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise InvalidInput("Content-Length is not a number of bytes", field="Content-Length") from None
-    if length > limit:
-        raise errors.PayloadTooLarge(f"the body is {length} bytes, over the limit of {limit}; send a smaller image",
-                                     field="body")
-    return environ["wsgi.input"].read(length) if length > 0 else b""
-
-
-def _timeout_seconds(environ: dict, settings: ServingSettings) -> float:
-    """Return the request's time budget: the server's default, lowered (never raised) by a header."""
-    budget = settings.request_timeout_ms
-    for header, key in _DEADLINE_KEYS:
-        raw = environ.get(key)
-        if raw is None:
-            continue
-        try:
-            asked = float(raw)
-        except ValueError:
-            raise InvalidInput(f"header {header}: {raw!r} is not a number of milliseconds", field=header) from None
-        if not asked > 0:
-            raise InvalidInput(f"header {header}: {raw!r} must be a positive number of milliseconds", field=header)
-        budget = min(budget, asked)
-    return budget / 1000.0
-
-

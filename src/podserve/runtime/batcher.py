@@ -25,12 +25,15 @@ QUEUED, RUNNING, DONE = "queued", "running", "done"
 
 
 class WorkItem:
-    """One input waiting for its output; `wait` blocks until it has one or its deadline passes."""
+    """One input waiting for its output: `wait` blocks until it has one or its deadline passes; or, given
+    `on_done`, nothing blocks and `on_done([items])` is called once it is done, from the batch thread with
+    every item of a batch that shares that callback (one hand-off per batch, not per item)."""
 
     __slots__ = ("input", "key", "deadline", "enqueued_at", "state", "output", "error", "batch_size",
-                 "queue_seconds", "inference_seconds", "worker", "_done")
+                 "queue_seconds", "inference_seconds", "worker", "on_done", "context", "_done")
 
-    def __init__(self, input: Any, key: Hashable, deadline: float):
+    def __init__(self, input: Any, key: Hashable, deadline: float,
+                 on_done: Callable[[list["WorkItem"]], None] | None = None):
         self.input = input
         self.key = key
         self.deadline = deadline  # time.monotonic() value
@@ -42,14 +45,20 @@ class WorkItem:
         self.queue_seconds = 0.0
         self.inference_seconds = 0.0
         self.worker: BatchWorker | None = None
-        self._done = threading.Event()
+        self.on_done = on_done
+        self.context: Any = None  # whoever submitted it may keep its own state here
+        self._done = threading.Event() if on_done is None else None
 
     def finish(self, output: Any = None, error: ServingError | None = None) -> None:
         self.output, self.error, self.state = output, error, DONE
-        self._done.set()
+        if self.on_done is not None:
+            self.on_done([self])
+        else:
+            self._done.set()
 
     def wait(self) -> Any:
-        """Return the output; raise its error, or DeadlineExceeded if it was still queued at the deadline."""
+        """Return the output; raise its error, or DeadlineExceeded if it was still queued at the deadline (only for
+        an item made without `on_done`)."""
         if not self._done.wait(max(0.0, self.deadline - time.monotonic())):
             if self.worker is not None and self.worker.withdraw(self):
                 raise self.error
@@ -57,6 +66,19 @@ class WorkItem:
         if self.error is not None:
             raise self.error
         return self.output
+
+
+def finish_all(items: list[WorkItem], outputs: list[Any] | None = None, error: ServingError | None = None) -> None:
+    """Finish every item of a batch (with its output, or all with `error`), calling each `on_done` once."""
+    callbacks: dict[Any, list[WorkItem]] = {}
+    for index, item in enumerate(items):
+        item.output, item.error, item.state = (outputs[index] if outputs is not None else None), error, DONE
+        if item.on_done is None:
+            item._done.set()
+        else:
+            callbacks.setdefault(item.on_done, []).append(item)
+    for on_done, done in callbacks.items():
+        on_done(done)
 
 
 class BatchWorker:
@@ -75,12 +97,23 @@ class BatchWorker:
         self._queue: deque[WorkItem] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self.running = 0  # items in the batch being predicted
-        self.batch_started: float | None = None  # monotonic start of the running batch
-        self._thread = threading.Thread(target=self._loop, name=f"batch-{name}", daemon=True)
+        # Batch threads: as many as the handler may run predict calls at once (on the CPU, one per core it is
+        # given: each forms its own batch as soon as it is free, instead of all waiting for the slowest run).
+        self.lanes = max(1, int(getattr(handler, "concurrent_batches", 1) or 1))
+        self._idle_lanes = 0  # lanes waiting for work (under the lock)
+        self._runs: list[tuple[int, float] | None] = [None] * self.lanes  # per lane: (items, monotonic start)
+        self._threads = [threading.Thread(target=self._loop, args=(lane,), daemon=True,
+                                          name=f"batch-{name}" + (f"-{lane}" if self.lanes > 1 else ""))
+                         for lane in range(self.lanes)]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def running(self) -> int:
+        """Items in the batches being predicted."""
+        return sum(run[0] for run in self._runs if run is not None)
 
     @property
     def depth(self) -> int:
@@ -116,22 +149,29 @@ class BatchWorker:
             item.finish(error=_expired())
             return True
 
+    @property
+    def batch_started(self) -> float | None:
+        """Monotonic start of the oldest batch being predicted, or None."""
+        starts = [run[1] for run in self._runs if run is not None]
+        return min(starts) if starts else None
+
     def is_alive(self, stuck_after: float) -> bool:
-        """False when the batch thread died or one batch has run longer than `stuck_after` seconds."""
+        """False when a batch thread died or one batch has run longer than `stuck_after` seconds."""
         started = self.batch_started
         stuck = started is not None and time.monotonic() - started > stuck_after
-        return self._thread.is_alive() and not stuck
+        return all(thread.is_alive() for thread in self._threads) and not stuck
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish what is queued, then end the thread."""
+        """Finish what is queued, then end the threads."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
 
-    def _loop(self) -> None:
+    def _loop(self, lane: int) -> None:
         while True:
-            batch, expired = self._next_batch()
+            batch, expired = self._next_batch(lane)
             for item in expired:
                 item.finish(error=_expired())
             if batch is None:
@@ -139,39 +179,49 @@ class BatchWorker:
             try:
                 self._run(batch)
             finally:
-                self.running = 0
-                self.batch_started = None
+                self._runs[lane] = None
 
-    def _next_batch(self) -> tuple[list[WorkItem] | None, list[WorkItem]]:
+    def _next_batch(self, lane: int) -> tuple[list[WorkItem] | None, list[WorkItem]]:
         """Wait for work; return (items to run, items whose deadline passed), or (None, []) to stop."""
         with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None, []
-                self._cond.wait()
-            fill_by = self._queue[0].enqueued_at + self.max_batch_delay
-            # Waiting only pays while other requests are on their way (being read or decoded);
-            # a lone request runs at once instead of sitting out the delay.
-            while len(self._queue) < self.max_batch_size and not self._stopping and self._more_coming():
-                remaining = fill_by - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            now = time.monotonic()
-            batch: list[WorkItem] = []
-            expired: list[WorkItem] = []
-            while self._queue and len(batch) < self.max_batch_size:
-                item = self._queue.popleft()
-                if item.deadline <= now:
-                    item.state = DONE
-                    expired.append(item)
-                    continue
-                item.state = RUNNING
-                item.queue_seconds = now - item.enqueued_at
-                batch.append(item)
-            self.running = len(batch)
-            self.batch_started = now
-            return batch, expired
+            self._idle_lanes += 1
+            try:
+                return self._take_batch(lane)
+            finally:
+                self._idle_lanes -= 1
+
+    def _take_batch(self, lane: int) -> tuple[list[WorkItem] | None, list[WorkItem]]:
+        """Under the lock: wait for work and take this lane's share of it."""
+        while not self._queue:
+            if self._stopping:
+                return None, []
+            self._cond.wait()
+        fill_by = self._queue[0].enqueued_at + self.max_batch_delay
+        # Waiting only pays while other requests are on their way (being read or decoded);
+        # a lone request runs at once instead of sitting out the delay.
+        while len(self._queue) < self.max_batch_size and not self._stopping and self._more_coming():
+            remaining = fill_by - time.monotonic()
+            if remaining <= 0:
+                break
+            self._cond.wait(remaining)
+        now = time.monotonic()
+        batch: list[WorkItem] = []
+        expired: list[WorkItem] = []
+        # Lanes waiting for work share what is queued, so that every free core gets some of it.
+        size = min(self.max_batch_size, -(-len(self._queue) // max(1, self._idle_lanes)))
+        while self._queue and len(batch) < size:
+            item = self._queue.popleft()
+            if item.deadline <= now:
+                item.state = DONE
+                expired.append(item)
+                continue
+            item.state = RUNNING
+            item.queue_seconds = now - item.enqueued_at
+            batch.append(item)
+        self._runs[lane] = (len(batch), now)
+        if self._queue:
+            self._cond.notify()  # another free lane may take the rest
+        return batch, expired
 
     def _run(self, batch: list[WorkItem]) -> None:
         groups: dict[Hashable, list[WorkItem]] = {}
@@ -186,14 +236,13 @@ class BatchWorker:
                 log.exception("predict failed on instance %s for a batch of %d", self.name, len(group))
                 error = exc if isinstance(exc, HandlerFailed) else HandlerFailed(
                     f"{type(self.handler).__name__}.predict failed: {type(exc).__name__}; see the server log")
-                for item in group:
-                    item.finish(error=error)
+                finish_all(group, error=error)
                 continue
             seconds = time.perf_counter() - started
-            for item, output in zip(group, outputs):
+            for item in group:
                 item.batch_size = len(group)
                 item.inference_seconds = seconds
-                item.finish(output=output)
+            finish_all(group, list(outputs))
             if self._on_batch is not None:
                 self._on_batch(self, len(group), seconds, group)
 

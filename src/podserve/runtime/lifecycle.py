@@ -11,6 +11,7 @@ Shutdown order, so that no accepted request is lost:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
@@ -42,7 +43,7 @@ class Lifecycle:
 
 
 class GracefulShutdown:
-    """Drive a waitress server through drain, close and exit when a signal arrives."""
+    """Drive the HTTP server through drain, close and exit when a signal arrives (all in the event loop)."""
 
     def __init__(self, server, lifecycle: Lifecycle, is_idle: Callable[[], bool], drain_seconds: float,
                  finish_timeout: float):
@@ -51,64 +52,35 @@ class GracefulShutdown:
         self.is_idle = is_idle
         self.drain_seconds = drain_seconds
         self.finish_timeout = finish_timeout
-        self._started = threading.Event()
+        self._started = False
+        self._task: asyncio.Task | None = None
 
-    def install(self) -> None:
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
         """Handle SIGTERM with the full drain window, SIGINT (Ctrl-C locally) without it."""
-        signal.signal(signal.SIGTERM, lambda *_: self.begin(self.drain_seconds, "SIGTERM"))
-        signal.signal(signal.SIGINT, lambda *_: self.begin(0.0, "SIGINT"))
+        loop.add_signal_handler(signal.SIGTERM, self.begin, self.drain_seconds, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self.begin, 0.0, "SIGINT")
 
     def begin(self, drain_seconds: float, reason: str) -> None:
-        if self._started.is_set():
+        if self._started:
             return
-        self._started.set()
+        self._started = True
         self.lifecycle.draining = True
         log.info("%s: draining for %.1fs, then closing", reason, drain_seconds)
-        threading.Thread(target=self._run, args=(drain_seconds,), name="shutdown", daemon=True).start()
+        self._task = asyncio.get_running_loop().create_task(self._run(drain_seconds))
 
-    def _run(self, drain_seconds: float) -> None:
-        time.sleep(drain_seconds)
-        self._in_loop(self._stop_listening)
+    async def _run(self, drain_seconds: float) -> None:
+        await asyncio.sleep(drain_seconds)
+        self.server.stop_listening()
         give_up = time.monotonic() + self.finish_timeout
         while (self.lifecycle.in_flight or not self.is_idle()) and time.monotonic() < give_up:
-            time.sleep(0.02)
+            await asyncio.sleep(0.02)
         if self.lifecycle.in_flight:
             log.warning("closing with %d request(s) still in flight after %.0fs", self.lifecycle.in_flight,
                         self.finish_timeout)
-        while self.server._map and time.monotonic() < give_up + 5:
-            self._in_loop(self._close_idle_channels)
-            time.sleep(0.02)
-
-    def _in_loop(self, thunk: Callable[[], None]) -> None:
-        """Run `thunk` in the event loop's thread, where waitress's sockets may be touched."""
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                thunk()
-            finally:
-                done.set()
-        try:
-            self.server.trigger.pull_trigger(run)
-        except OSError:  # the trigger is closed: the loop is ending
-            return
-        done.wait(2.0)
-
-    def _stop_listening(self) -> None:
-        self.server.accepting = False
-        self.server.del_channel()
-        self.server.socket.close()
-
-    def _close_idle_channels(self) -> None:
-        busy = False
-        for channel in list(self.server._map.values()):
-            if channel is self.server.trigger:
-                continue
-            idle = not channel.requests and channel.request is None and not channel.total_outbufs_len
-            if idle:
-                channel.handle_close()
-            else:
-                busy = True
-        if not busy:
+        while self.server.connections and time.monotonic() < give_up + 5:
+            for connection in list(self.server.connections):
+                connection.close_if_idle()
+            await asyncio.sleep(0.02)
+        if not self.server.connections:
             log.info("closed: every accepted request was answered")
-            self.server.trigger.close()  # the map is now empty: waitress's loop returns
+        self.server.stop()

@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-import resource
 import sys
 
 import prometheus_client
-import waitress
+import uvloop
 
-from podserve.errors import Overloaded
+from podserve import errors
 from podserve.routes import service_path
 from podserve.runtime import api
-from podserve.runtime.admission import Admission, AdmissionDispatcher
 from podserve.runtime.app import create_app
 from podserve.runtime.devices import plan_devices
+from podserve.runtime.httpserver import Answer, Exchange, HttpServer
 from podserve.runtime.lifecycle import GracefulShutdown, Lifecycle
 from podserve.runtime.logs import configure_logging
 from podserve.runtime.metrics import Metrics
 from podserve.runtime.pool import InstancePool
+from podserve.runtime.service_route import JSON_TYPE, ServiceRoute
 from podserve.runtime.startup import StartupError, prepare_service
+from podserve.runtime.wsgi import WsgiThread
 
 log = logging.getLogger("podserve")
 
-#: Waitress itself refuses bodies this far over the app's limit, so huge uploads are never buffered.
-BODY_SLACK_BYTES = 1024 * 1024
-#: Connections kept open at most, and file descriptors left for the model, logs and pipes.
-MAX_CONNECTIONS, FD_RESERVE = 10_000, 64
+#: What the HTTP server itself refuses, by status.
+_REFUSALS = {413: errors.PayloadTooLarge, 414: errors.InvalidInput, 431: errors.InvalidInput}
 
 
 def main() -> int:
@@ -44,37 +45,43 @@ def main() -> int:
     pool = InstancePool(handler_class, devices, settings, metrics)
     metrics.set_limits(settings, pool.names)
     lifecycle = Lifecycle()
-    app = create_app(settings, pool, lifecycle, metrics)
     route = service_path(settings.service_name)
-    admission = Admission(route, lambda: lifecycle.in_flight, pool.holding_limit, api.error_body(Overloaded(
-        f"this pod is full: it already holds {pool.holding_limit()} requests (queue_size per instance); retry "
-        f"shortly, or elsewhere")), on_refused=lambda: metrics.observe_request(route, Overloaded.status, 0.0))
-    dispatcher = AdmissionDispatcher(admission)
-    dispatcher.set_thread_count(settings.http_threads)
-    server = waitress.create_server(
-        app, host=settings.host, port=settings.port, threads=settings.http_threads,
-        max_request_body_size=settings.max_body_bytes + BODY_SLACK_BYTES,
-        connection_limit=connection_limit(), asyncore_use_poll=True, ident="podserve",
-        clear_untrusted_proxy_headers=True, _dispatcher=dispatcher)
-    dispatcher.attach(server)
-    metrics.http_backlog.set_function(lambda: len(server.task_dispatcher.queue))
-    finish_timeout = settings.request_timeout_ms / 1000.0 + settings.stuck_batch_seconds
-    GracefulShutdown(server, lifecycle, pool.is_idle, settings.drain_seconds, finish_timeout).install()
+    service = ServiceRoute(route, settings, pool, lifecycle, metrics)
+    control = WsgiThread(create_app(settings, pool, lifecycle, metrics), settings.host, settings.port)
 
-    log.info("serving %s with %s on http://%s:%s: %d instance(s) on %s", settings.service_name, settings.handler,
-             settings.host, server.effective_port, len(devices), ", ".join(map(str, devices)),
-             extra={"fields": {"settings": settings.to_env()}})
-    pool.load_in_background()
-    server.run()
+    def dispatch(exchange: Exchange) -> None:
+        if exchange.path == route and exchange.method == "POST":
+            service.accept(exchange)
+        else:
+            control.submit(exchange)
+
+    def refuse(exchange: Exchange, status: int, message: str, field: str | None) -> None:
+        error = _REFUSALS.get(status, errors.InvalidInput)(message, field=field)
+        error.status = status
+        metrics.observe_request(route if exchange.path == route else "other", status, 0.0)
+        exchange.answer(Answer(status, json.dumps(api.error_body(error)).encode(), JSON_TYPE, close=True))
+
+    server = HttpServer(settings.host, settings.port, dispatch=dispatch, refuse=refuse,
+                        max_body_bytes=settings.max_body_bytes)
+    metrics.http_backlog.set_function(lambda: service.backlog)
+    metrics.admission_limit.set_function(pool.holding_limit)
+    finish_timeout = settings.request_timeout_ms / 1000.0 + settings.stuck_batch_seconds
+    shutdown = GracefulShutdown(server, lifecycle, pool.is_idle, settings.drain_seconds, finish_timeout)
+
+    def started() -> None:
+        loop = asyncio.get_running_loop()
+        shutdown.install(loop)
+        service.start(loop)
+        control.start()
+        log.info("serving %s with %s on http://%s:%s: %d instance(s) on %s", settings.service_name,
+                 settings.handler, settings.host, server.effective_port, len(devices), ", ".join(map(str, devices)),
+                 extra={"fields": {"settings": settings.to_env()}})
+        pool.load_in_background()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(server.serve(on_started=started))
     pool.stop()
-    server.task_dispatcher.shutdown()
+    service.stop()
+    control.stop()
     log.info("exited cleanly")
     return 0
-
-
-def connection_limit() -> int:
-    """Open connections waitress keeps: as many as file descriptors allow (up to 10,000; poll(), not select(),
-    watches them), so that callers wait in code that sees them and refuses them when full, not in the kernel's
-    accept queue."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(100, min(MAX_CONNECTIONS, soft - FD_RESERVE))

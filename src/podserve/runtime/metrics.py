@@ -38,8 +38,11 @@ class Metrics:
                                 names.STAGE_LABELS, registry=registry)
         self.warmup = Gauge(names.WARMUP_SECONDS, "Seconds the instance's warm-up batches took.",
                             names.STAGE_LABELS, registry=registry)
-        self.http_backlog = Gauge(names.HTTP_BACKLOG, "Requests read but waiting for a free HTTP thread.",
+        self.http_backlog = Gauge(names.HTTP_BACKLOG, "Requests and answers waiting for a request thread.",
                                   ("service",), registry=registry).labels(service)
+        self.admission_limit = Gauge(names.ADMISSION_LIMIT, "Requests the pod holds before it refuses more (503 at "
+                                     "the door): queue_size per instance.",
+                                     ("service",), registry=registry).labels(service)
         self.max_batch_size = Gauge(names.MAX_BATCH_SIZE, "Most inputs one predict call receives (max_batch_size).",
                                     ("service",), registry=registry).labels(service)
         self.request_timeout = Gauge(names.REQUEST_TIMEOUT_SECONDS, "Default deadline of a request, in seconds.",

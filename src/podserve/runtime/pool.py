@@ -125,9 +125,12 @@ class InstancePool:
         if not any(worker.has_room() for worker in self.workers):
             raise self._full()
 
-    def submit(self, input: Any, key: Any, deadline: float, admission: _Incoming | None = None) -> WorkItem:
-        """Queue `input` on the least-loaded instance with room; raise Overloaded when all are full."""
-        item = WorkItem(input, key, deadline)
+    def submit(self, input: Any, key: Any, deadline: float, admission: _Incoming | None = None,
+               on_done: Callable[[list[WorkItem]], None] | None = None, context: Any = None) -> WorkItem:
+        """Queue `input` on the least-loaded instance with room; raise Overloaded when all are full. With
+        `on_done`, the batch thread calls it when the item is done instead of a caller waiting on it."""
+        item = WorkItem(input, key, deadline, on_done)
+        item.context = context
         if admission is not None:
             admission.release()  # before queueing, so the batch thread does not wait for this very request
         for worker in sorted(self.workers, key=lambda w: w.load):
@@ -144,7 +147,7 @@ class InstancePool:
 
     def holding_limit(self) -> int:
         """Requests the pod holds at once (from reading one to answering it) before refusing more: `queue_size`
-        per instance. Counted at the door (runtime/admission.py), so no request waits uncounted."""
+        per instance. Counted at the door (runtime/service_route.py), so no request waits uncounted."""
         return max(1, len(self._devices)) * self.settings.queue_size
 
     def is_idle(self) -> bool:

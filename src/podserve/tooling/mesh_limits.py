@@ -1,13 +1,13 @@
 """What the mesh lets through to one stage's pods: the DestinationRule's connection-pool limits.
 
 A pod answers 503 once it holds `queue_size` requests per model instance (the server's
-admission limit, runtime/admission.py: every request from the moment it is read until it
-is answered). The mesh admits at most `MESH_SHARE` of what the stage's pods hold, so global
+admission limit, runtime/service_route.py: every request from the moment it is read until
+it is answered). The mesh admits at most `MESH_SHARE` of what the stage's pods hold, so global
 overload is shed by the gateway's Envoy (a fast local 503 with `x-envoy-overloaded`, never
 counted against a pod by outlier detection) before it reaches a pod's own limit; the rest
 absorbs least request's imbalance between pods, so that a pod does not shed while the mesh
-still has room. `http_threads` does not enter: requests beyond the threads wait in
-waitress's task queue, which the admission limit already counts.
+still has room. `http_threads` does not enter: requests beyond the threads wait in the
+request threads' queue, which the admission limit already counts.
 
 Envoy applies these per gateway replica (each Envoy has its own circuit breakers), and
 `max_requests` to HTTP/1.1 upstreams too (Istio's comment calling it HTTP/2-only is old).

@@ -90,10 +90,12 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
             Target(f"max(sum by (pod) ({m.QUEUE_CAPACITY}{{{s}}}))", "capacity (queue_size x instances)")],
             "Requests waiting per pod; uneven lines mean uneven balancing. At capacity the pod answers 503.",
             width=6),
-        Panel("timeseries", "In flight and HTTP backlog per pod", "short", [
+        Panel("timeseries", "In flight against the admission limit, per pod", "short", [
             Target(f"sum by (pod) ({m.IN_FLIGHT}{{{s}}})", "{{pod}} in flight"),
-            Target(f"sum by (pod) ({m.HTTP_BACKLOG}{{{s}}})", "{{pod}} waiting for a thread")],
-            "Accepted and not yet answered; the backlog waits for a free waitress thread.", width=6),
+            Target(f"sum by (pod) ({m.ADMISSION_LIMIT}{{{s}}})", "{{pod}} admission limit"),
+            Target(f"sum by (pod) ({m.HTTP_BACKLOG}{{{s}}})", "{{pod}} waiting for a request thread")],
+            "Accepted and not yet answered, against what the pod holds before it answers 503 (queue_size per "
+            "instance). The backlog waits for a request thread to decode or answer it.", width=6),
     ])
     pods = Row("Pods and start-up", [
         Panel("stat", "Instances ready", "short", [

@@ -1,0 +1,269 @@
+"""`POST /api/<service>`: admission at the door, deadlines, and the request threads that decode and answer.
+
+A request read by the HTTP server (runtime/httpserver.py) comes here in the event loop's
+thread. It is refused at once (503, Retry-After) when the pod already holds as many requests
+as it may (`queue_size` per instance); otherwise it is counted, its deadline is armed, and it
+waits for a request thread.
+
+A request thread parses the body, runs the handler's `decode` and queues the input for a
+batch; it does not wait for the batch. When the batch is done, the batch thread hands the
+item back to the request threads, and one of them runs `encode` and answers. So a handful of
+threads serve any number of requests in flight, and each request costs two hand-offs to a
+request thread, whatever the batching does.
+
+A request's deadline counts from when its first bytes were read. If it passes while the
+request waits for a request thread or in its instance's queue, the loop answers 504 at that
+moment and the request is never run; a batch that has started is never abandoned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from podserve import errors
+from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded, ServingError
+from podserve.handler import Payload
+from podserve.runtime import api
+from podserve.runtime.batcher import WorkItem
+from podserve.runtime.devices import cpu_share
+from podserve.runtime.httpserver import Answer, Exchange
+from podserve.runtime.lifecycle import Lifecycle
+from podserve.runtime.logs import log_request
+from podserve.runtime.metrics import Metrics
+from podserve.runtime.pool import InstancePool
+from podserve.runtime.verbs import call_verb
+from podserve.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+#: Headers by which a caller (or Envoy, from the route's timeout) may shorten the deadline.
+DEADLINE_HEADERS = ("X-Request-Timeout-Ms", "X-Envoy-Expected-Rq-Timeout-Ms")
+_DEADLINE_KEYS = [(header, header.lower()) for header in DEADLINE_HEADERS]
+JSON_TYPE = [("Content-Type", "application/json")]
+RETRY_AFTER = "1"
+
+WAITING, WORKING, SUBMITTED, ANSWERED = range(4)
+
+
+class Call:
+    """One service request between the door and its answer."""
+
+    __slots__ = ("exchange", "deadline", "state", "item", "payload")
+
+    def __init__(self, exchange: Exchange, deadline: float):
+        self.exchange = exchange
+        self.deadline = deadline
+        self.state = WAITING
+        self.item: WorkItem | None = None
+        self.payload: Payload | None = None
+
+
+class ServiceRoute:
+    """Serve `POST /api/<service>` from `pool` on `threads` request threads."""
+
+    def __init__(self, route: str, settings: ServingSettings, pool: InstancePool, lifecycle: Lifecycle,
+                 metrics: Metrics):
+        self.route = route
+        self.settings = settings
+        self.pool = pool
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+        self.loop = None
+        self._work: queue.SimpleQueue = queue.SimpleQueue()  # a Call to begin, [WorkItem] to answer, None to stop
+        self._lock = threading.Lock()  # guards Call.state: each call is answered exactly once
+        self._threads = [threading.Thread(target=self._serve, name=f"request-{i}", daemon=True)
+                         for i in range(request_threads(settings))]
+        self._refusal = json.dumps(api.error_body(Overloaded(
+            f"this pod is full: it already holds {pool.holding_limit()} requests (queue_size per instance); retry "
+            f"shortly, or elsewhere"))).encode()
+
+    @property
+    def backlog(self) -> int:
+        """Requests and answers waiting for a request thread."""
+        return self._work.qsize()
+
+    def start(self, loop) -> None:
+        self.loop = loop
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._work.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    # In the event loop's thread.
+
+    def accept(self, exchange: Exchange) -> None:
+        """Refuse at once when full; otherwise count the request, arm its deadline and queue it."""
+        if self.lifecycle.in_flight >= self.pool.holding_limit():
+            self.metrics.observe_request(self.route, Overloaded.status, 0.0)
+            exchange.answer(Answer(Overloaded.status, self._refusal, JSON_TYPE + [("Retry-After", RETRY_AFTER)]))
+            return
+        self.lifecycle.request_started()
+        try:
+            budget = _timeout_seconds(exchange.headers, self.settings.request_timeout_ms)
+        except InvalidInput as exc:
+            self._answer(Call(exchange, 0.0), exc)
+            return
+        call = Call(exchange, exchange.received_at + budget)
+        exchange.context = call
+        exchange.timer = self.loop.call_later(max(0.0, call.deadline - time.monotonic()), self._expire, call)
+        self._work.put(call)
+
+    def _expire(self, call: Call) -> None:
+        """The deadline passed: answer 504 now unless the request is being decoded or its batch has started."""
+        with self._lock:
+            state = call.state
+            if state == WAITING:
+                call.state = ANSWERED
+        if state == WAITING:
+            waited = time.monotonic() - call.exchange.received_at
+            self._answer(call, DeadlineExceeded(f"the request's deadline passed after {waited * 1000:.1f} ms "
+                                                f"waiting for a request thread; it was not run"))
+        elif state == SUBMITTED and call.item is not None and call.item.worker is not None:
+            call.item.worker.withdraw(call.item)  # if still queued: finished with 504, answered by a request thread
+
+    # In the request threads.
+
+    def _serve(self) -> None:
+        work = self._work
+        while True:
+            job = work.get()
+            if job is None:
+                return
+            try:
+                if type(job) is Call:
+                    self._begin(job)
+                else:
+                    for item in job:
+                        self._finish(item)
+            except Exception as exc:  # never lose a request to a bug here: answer it
+                log.exception("unexpected error serving %s", self.route)
+                error = ServingError(f"internal error: {type(exc).__name__}; see the server log")
+                for call in [job] if type(job) is Call else [item.context for item in job]:
+                    self._answer_once(call, error)
+
+    def _begin(self, call: Call) -> None:
+        with self._lock:
+            if call.state != WAITING:
+                return
+            call.state = WORKING
+        if time.monotonic() >= call.deadline:
+            waited = time.monotonic() - call.exchange.received_at
+            self._answer_once(call, DeadlineExceeded(f"the request's deadline passed after {waited * 1000:.1f} ms "
+                                                     f"waiting for a request thread; it was not run"))
+            return
+        exchange = call.exchange
+        try:
+            if exchange.oversize:
+                raise errors.PayloadTooLarge(f"the body is over the limit of {self.settings.max_body_bytes} bytes; "
+                                             f"send a smaller image", field="body")
+            handler = self.pool.decoder()
+            self.pool.ensure_room()
+            with self.pool.admit() as incoming:
+                call.payload = api.parse_request(exchange.headers.get("content-type"), exchange.body,
+                                                 QueryArgs(exchange.query), self.settings.max_image_pixels)
+                model_input = call_verb(handler.decode, call.payload)
+                call.state = SUBMITTED  # before the batch thread can possibly answer it
+                call.item = self.pool.submit(model_input, handler.batch_key(model_input), call.deadline, incoming,
+                                             on_done=self._work_done, context=call)
+        except ServingError as exc:
+            self._answer_once(call, exc)
+
+    def _work_done(self, items: list[WorkItem]) -> None:
+        self._work.put(items)  # from the batch thread: a request thread answers them
+
+    def _finish(self, item: WorkItem) -> None:
+        call: Call = item.context
+        if item.error is not None:
+            self._answer_once(call, item.error, item)
+            return
+        try:
+            results = call_verb(item.worker.handler.encode, item.output)
+            try:
+                body = json.dumps(api.success_body(call.payload, results), allow_nan=False).encode()
+            except (TypeError, ValueError) as exc:
+                raise HandlerFailed(f"{type(item.worker.handler).__name__}.encode returned something JSON cannot "
+                                    f"hold ({exc}); return lists, numbers, strings, dicts") from None
+        except ServingError as exc:
+            self._answer_once(call, exc, item)
+            return
+        self._answer_once(call, Answer(200, body, JSON_TYPE), item)
+
+    # Answering (any thread).
+
+    def _answer_once(self, call: Call, outcome: Answer | ServingError, item: WorkItem | None = None) -> None:
+        with self._lock:
+            if call.state == ANSWERED:
+                return
+            call.state = ANSWERED
+        self._answer(call, outcome, item)
+
+    def _answer(self, call: Call, outcome: Answer | ServingError, item: WorkItem | None = None) -> None:
+        failure = None
+        if isinstance(outcome, ServingError):
+            failure = outcome.message
+            answer = Answer(outcome.status, json.dumps(api.error_body(outcome, call.payload)).encode(),
+                            JSON_TYPE + list(outcome.headers.items()))
+        else:
+            answer = outcome
+        exchange = call.exchange
+        exchange.answer(answer)
+        self.lifecycle.request_finished()
+        exchange.context = call.item = None  # no cycles left for the garbage collector: memory stays flat
+        if item is not None:
+            item.context = item.input = None
+        seconds = time.monotonic() - call.exchange.received_at
+        self.metrics.observe_request(self.route, answer.status, seconds)
+        log_request({"route": self.route, "status": answer.status, **api.ids_of(call.payload),
+                     "total_ms": round(seconds * 1000, 2),
+                     "queue_ms": round(item.queue_seconds * 1000, 2) if item else None,
+                     "infer_ms": round(item.inference_seconds * 1000, 2) if item else None,
+                     "batch": item.batch_size if item else None,
+                     "instance": item.worker.name if item and item.worker else None,
+                     "error": failure})
+
+
+def request_threads(settings: ServingSettings) -> int:
+    """`http_threads`, or when 0 one per CPU core of the pod, at least 2: more threads than cores only add GIL
+    hand-offs (bench/optimisations.json)."""
+    return settings.http_threads or max(2, int(cpu_share(settings)))
+
+
+class QueryArgs:
+    """The query string's parameters (the first value of each), parsed only when one is asked for."""
+
+    def __init__(self, query: str):
+        self.query, self._parsed = query, None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if self._parsed is None:
+            from urllib.parse import parse_qsl
+            self._parsed = {}
+            for key, value in parse_qsl(self.query, keep_blank_values=True):
+                self._parsed.setdefault(key, value)
+        return self._parsed.get(name, default)
+
+
+def _timeout_seconds(headers: dict[str, str], default_ms: float) -> float:
+    """Return the request's time budget: the server's default, lowered (never raised) by a header."""
+    budget = default_ms
+    for header, key in _DEADLINE_KEYS:
+        raw = headers.get(key)
+        if raw is None:
+            continue
+        try:
+            asked = float(raw)
+        except ValueError:
+            raise InvalidInput(f"header {header}: {raw!r} is not a number of milliseconds", field=header) from None
+        if not asked > 0:
+            raise InvalidInput(f"header {header}: {raw!r} must be a positive number of milliseconds", field=header)
+        budget = min(budget, asked)
+    return budget / 1000.0
