@@ -215,8 +215,9 @@ class ServiceRoute:
         else:
             answer = outcome
         exchange = call.exchange
-        exchange.answer(answer)
+        # Not held any more before the answer can reach the caller: its next request must find the room free.
         self.lifecycle.request_finished()
+        exchange.answer(answer)
         exchange.context = call.item = None  # no cycles left for the garbage collector: memory stays flat
         if item is not None:
             item.context = item.input = None
