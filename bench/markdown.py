@@ -32,8 +32,9 @@ def render(results: dict) -> str:
         lines += [f"- {line}" for line in results["bounds"]]
     if results.get("defaults"):
         lines += ["", "### The CPU defaults: one instance batching on every core, or parallel instances", "",
-                  "value.py keeps one instance per GPU (or CPU) with batches of up to 16: on the CPU its batches run "
-                  "as single-threaded runs on every core at once. The variants run beside it in this same run:", ""]
+                  "value.py keeps one instance per GPU (or CPU) with batches of up to 16: on the CPU it runs one "
+                  "single-threaded batch per core at once, all from its one queue. The variants run beside it in this "
+                  "same run:", ""]
         lines += [f"- {line}" for line in results["defaults"]]
     for name, workload in results["workloads"].items():
         lines += _workload(name, workload)

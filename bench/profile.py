@@ -36,8 +36,7 @@ RATE = 250  # samples per second
 
 THREAD_GROUPS = [  # (prefix of a thread's name, group)
     ("request-", "request threads: parse, decode, encode"),
-    ("batch-", "batch thread and lanes: inference"),
-    ("onnx-lane", "batch thread and lanes: inference"),
+    ("batch-", "batch threads: inference"),
     ("MainThread", "event loop: HTTP reading and writing"),
     ("control", "control thread: probes, metrics page"),
 ]

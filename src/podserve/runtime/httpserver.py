@@ -106,6 +106,7 @@ class Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._paused = False
+        self._write_blocked = False
         self._closing = False
         self._last_active = time.monotonic()
 
@@ -121,6 +122,18 @@ class Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         self._closing = True
         self.transport = None
+
+    def pause_writing(self) -> None:
+        # The caller is not reading its answers: stop reading its requests until it catches up, so that a
+        # client pipelining without reading cannot grow the server's write buffer without bound.
+        self._write_blocked = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        if self.transport is not None and not self._paused and not self._closing:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -233,7 +246,8 @@ class Connection(asyncio.Protocol):
                 return
         if self._paused and len(pending) < PIPELINE_DEPTH // 2 and self.transport:
             self._paused = False
-            self.transport.resume_reading()
+            if not self._write_blocked:
+                self.transport.resume_reading()
         if not pending and self.server.closing:
             self._close_after_write()
 

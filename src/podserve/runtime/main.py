@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import resource
 import sys
 
 import prometheus_client
@@ -39,6 +40,7 @@ def main() -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
 
+    raise_open_file_limit()
     prometheus_client.disable_created_metrics()
     metrics = Metrics(settings.service_name)
     devices = plan_devices(settings)
@@ -85,3 +87,14 @@ def main() -> int:
     control.stop()
     log.info("exited cleanly")
     return 0
+
+
+def raise_open_file_limit() -> None:
+    """Let the process open as many connections as the hard limit allows: a connection the loop cannot accept
+    (EMFILE) would wait unseen in the kernel's accept queue."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            log.warning("could not raise the open-file limit from %d to %d", soft, hard)
