@@ -1,4 +1,4 @@
-"""Start the real server (waitress, in a subprocess, on loopback) and talk to it over HTTP."""
+"""Start the real server (`python -m podserve.runtime`, in a subprocess, on loopback) and talk to it over HTTP."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def test_a_thousand_malformed_requests_get_only_4xx_and_the_server_stays_correct
 
 
 def test_a_content_length_of_5000_digits_is_answered_400_not_dropped(example_server):
-    # int() refuses strings over 4,300 digits (Python's conversion limit): waitress's parser used to let that
+    # int() refuses strings over 4,300 digits (Python's conversion limit): the old front end (waitress) let that
     # ValueError escape, and the connection was closed with no answer at all.
     head = (f"POST {example_server.api.split(str(example_server.port), 1)[1]} HTTP/1.1\r\nHost: x\r\n"
             f"Content-Type: application/json\r\nContent-Length: {'9' * 5000}\r\n\r\n").encode()

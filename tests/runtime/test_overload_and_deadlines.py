@@ -18,7 +18,7 @@ def test_full_queue_answers_503_with_retry_after(start_server, affine_model):
     replies = burst(server.api, [{"json": {"postid": str(i), "data": [i]}} for i in range(12)])
     statuses = sorted(r.status_code for r in replies)
     # The pod holds queue_size = 2 requests (one runs, one waits); the other ten are turned away at the door,
-    # not queued invisibly in waitress or the kernel.
+    # not queued invisibly in the server or the kernel.
     assert statuses == [200] * 2 + [503] * 10, statuses
     for reply in replies:
         if reply.status_code == 503:
