@@ -35,27 +35,45 @@ class ManifestError(ValueFileError):
 def check_stage(docs: list[dict], values: ServiceValues, conf: Conf, stage: Stage) -> list[Problem]:
     """Return every problem with one stage's rendered documents."""
     problems: list[Problem] = []
-    say = lambda where, message: problems.append(Problem(f"{stage.name}: {where}", message))  # noqa: E731
-    by_kind: dict[str, list[dict]] = {}
-    for doc in docs:
-        by_kind.setdefault(doc.get("kind"), []).append(doc)
-        _check_metadata(doc, stage, say)
-    for kind in ONE_EACH:
-        if len(by_kind.get(kind, [])) != 1:
-            say(kind, f"the stage must have exactly one, not {len(by_kind.get(kind, []))}")
+    say = reporter(stage, problems)
+    by_kind = documents_by_kind(docs, stage, ONE_EACH, "the stage", say)
     if problems:
         return problems
     deployment = by_kind["Deployment"][0]
-    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    for doc, selector in _selectors(by_kind):
-        if not selector or any(pod_labels.get(k) != v for k, v in selector.items()):
-            say(doc["kind"], f"selector {selector} does not select the Deployment's pods ({pod_labels})")
+    check_selectors(_selectors(by_kind), deployment, say)
     _check_replicas(deployment, by_kind.get("HorizontalPodAutoscaler", []), values.replicas_for(stage), say)
     pod = deployment["spec"]["template"]
     _check_pod(pod, values, conf, stage, say)
     _check_pod_security(pod["spec"], stage, say)
     _check_mesh(by_kind, stage, say)
     return problems
+
+
+def reporter(stage: Stage, problems: list[Problem]):
+    """Return `say(where, message)`, which adds a Problem in `stage` to `problems`."""
+    return lambda where, message: problems.append(Problem(f"{stage.name}: {where}", message))
+
+
+def documents_by_kind(docs: list[dict], stage: Stage, one_each: tuple[str, ...], what: str,
+                      say) -> dict[str, list[dict]]:
+    """Group `docs` by kind, checking each one's metadata and that `what` has exactly one of each kind in
+    `one_each`."""
+    by_kind: dict[str, list[dict]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc.get("kind"), []).append(doc)
+        _check_metadata(doc, stage, say)
+    for kind in one_each:
+        if len(by_kind.get(kind, [])) != 1:
+            say(kind, f"{what} must have exactly one, not {len(by_kind.get(kind, []))}")
+    return by_kind
+
+
+def check_selectors(selectors, deployment: dict, say) -> None:
+    """Say so for every (document, selector) whose selector is empty or does not select `deployment`'s pods."""
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for doc, selector in selectors:
+        if not selector or any(pod_labels.get(k) != v for k, v in selector.items()):
+            say(doc["kind"], f"selector {selector} does not select the Deployment's pods ({pod_labels})")
 
 
 def check_routes(rendered: dict[str, list[dict]]) -> list[Problem]:

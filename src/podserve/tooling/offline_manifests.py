@@ -77,14 +77,8 @@ def render_stage(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str
 def check_stage(docs: list[dict], values: ServiceValues, conf: Conf, stage: Stage) -> list[Problem]:
     """Return every problem with one offline stage's documents (the pod's security as checks.py sees it)."""
     problems: list[Problem] = []
-    say = lambda where, message: problems.append(Problem(f"{stage.name}: {where}", message))  # noqa: E731
-    by_kind: dict[str, list[dict]] = {}
-    for doc in docs:
-        by_kind.setdefault(doc.get("kind"), []).append(doc)
-        checks._check_metadata(doc, stage, say)
-    for kind in ONE_EACH:
-        if len(by_kind.get(kind, [])) != 1:
-            say(kind, f"an offline stage must have exactly one, not {len(by_kind.get(kind, []))}")
+    say = checks.reporter(stage, problems)
+    by_kind = checks.documents_by_kind(docs, stage, ONE_EACH, "an offline stage", say)
     for kind in NEVER:
         if by_kind.get(kind):
             say(kind, "an offline worker takes no traffic and KEDA scales it: remove it")
@@ -92,10 +86,8 @@ def check_stage(docs: list[dict], values: ServiceValues, conf: Conf, stage: Stag
         return problems
     deployment, scaled = by_kind["Deployment"][0], by_kind["ScaledObject"][0]
     pod = deployment["spec"]["template"]
-    for doc in (deployment, by_kind["PodDisruptionBudget"][0], by_kind["PodMonitor"][0]):
-        selector = doc["spec"]["selector"].get("matchLabels") or {}
-        if not selector or any(pod["metadata"]["labels"].get(k) != v for k, v in selector.items()):
-            say(doc["kind"], f"selector {selector} does not select the Deployment's pods")
+    checks.check_selectors(((doc, doc["spec"]["selector"].get("matchLabels")) for doc in
+                            (deployment, by_kind["PodDisruptionBudget"][0], by_kind["PodMonitor"][0])), deployment, say)
     _check_scaler(deployment, scaled, values, stage, say)
     _check_worker(pod, values, stage, say)
     checks._check_pod_security(pod["spec"], stage, say)
