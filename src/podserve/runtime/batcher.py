@@ -33,7 +33,7 @@ class WorkItem:
                  "queue_seconds", "inference_seconds", "worker", "on_done", "context", "_done")
 
     def __init__(self, input: Any, key: Hashable, deadline: float,
-                 on_done: Callable[[list["WorkItem"]], None] | None = None):
+                 on_done: Callable[[list["WorkItem"]], None] | None = None, context: Any = None):
         self.input = input
         self.key = key
         self.deadline = deadline  # time.monotonic() value
@@ -46,15 +46,11 @@ class WorkItem:
         self.inference_seconds = 0.0
         self.worker: BatchWorker | None = None
         self.on_done = on_done
-        self.context: Any = None  # whoever submitted it may keep its own state here
+        self.context = context  # whoever submitted it may keep its own state here
         self._done = threading.Event() if on_done is None else None
 
     def finish(self, output: Any = None, error: ServingError | None = None) -> None:
-        self.output, self.error, self.state = output, error, DONE
-        if self.on_done is not None:
-            self.on_done([self])
-        else:
-            self._done.set()
+        finish_all([self], [output], error)
 
     def wait(self) -> Any:
         """Return the output; raise its error, or DeadlineExceeded if it was still queued at the deadline (only for
@@ -99,7 +95,7 @@ class BatchWorker:
         self._stopping = False
         # Batch threads: as many as the handler may run predict calls at once (on the CPU, one per core it is
         # given: each forms its own batch as soon as it is free, instead of all waiting for the slowest run).
-        self.lanes = max(1, int(getattr(handler, "concurrent_batches", 1) or 1))
+        self.lanes = max(1, getattr(handler, "concurrent_batches", 1))
         self._idle_lanes = 0  # lanes waiting for work (under the lock)
         self._runs: list[tuple[int, float] | None] = [None] * self.lanes  # per lane: (items, monotonic start)
         self._threads = [threading.Thread(target=self._loop, args=(lane,), daemon=True,

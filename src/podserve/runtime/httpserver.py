@@ -22,6 +22,7 @@ import time
 from collections import deque
 from email.utils import formatdate
 from typing import Callable, Iterable
+from urllib.parse import unquote_to_bytes
 
 import httptools
 from werkzeug.http import HTTP_STATUS_CODES
@@ -63,7 +64,7 @@ class Exchange:
     """
 
     __slots__ = ("method", "target", "path", "query", "headers", "body", "version", "keep_alive", "received_at",
-                 "answer_", "connection", "context", "oversize", "timer")
+                 "answer_", "connection", "oversize", "timer")
 
     def __init__(self, connection: "Connection", received_at: float):
         self.connection = connection
@@ -77,7 +78,6 @@ class Exchange:
         self.version = "1.1"
         self.keep_alive = True
         self.answer_: Answer | None = None
-        self.context = None  # the dispatcher's own state for this request
         self.oversize = False
         self.timer: asyncio.TimerHandle | None = None  # cancelled when the answer is written
 
@@ -244,7 +244,7 @@ class Connection(asyncio.Protocol):
             if close:
                 self._close_after_write()
                 return
-        if self._paused and len(pending) < PIPELINE_DEPTH // 2 and self.transport:
+        if self._paused and len(pending) < PIPELINE_DEPTH // 2:
             self._paused = False
             if not self._write_blocked:
                 self.transport.resume_reading()
@@ -361,10 +361,6 @@ class HttpServer:
             self._wake_pending = True
             self.loop.call_soon_threadsafe(self._drain_outbox)
 
-    def call_soon(self, thunk: Callable[[], None]) -> None:
-        """Run `thunk` in the loop thread (from any thread)."""
-        self.loop.call_soon_threadsafe(thunk)
-
     def _drain_outbox(self) -> None:
         self._wake_pending = False
         outbox = self._outbox
@@ -403,7 +399,4 @@ class HttpServer:
 
 def _unquote(path: bytes) -> str:
     """The URL path as WSGI's PATH_INFO holds it: percent-decoded bytes read as latin-1."""
-    if b"%" not in path:
-        return path.decode("latin-1")
-    from urllib.parse import unquote_to_bytes
-    return unquote_to_bytes(path).decode("latin-1")
+    return (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import resource
 import sys
@@ -13,15 +12,14 @@ import uvloop
 
 from podserve import errors
 from podserve.routes import service_path
-from podserve.runtime import api
 from podserve.runtime.app import create_app
 from podserve.runtime.devices import plan_devices
-from podserve.runtime.httpserver import Answer, Exchange, HttpServer
+from podserve.runtime.httpserver import Exchange, HttpServer
 from podserve.runtime.lifecycle import GracefulShutdown, Lifecycle
 from podserve.runtime.logs import configure_logging
 from podserve.runtime.metrics import Metrics
 from podserve.runtime.pool import InstancePool
-from podserve.runtime.service_route import JSON_TYPE, ServiceRoute
+from podserve.runtime.service_route import ServiceRoute, error_answer
 from podserve.runtime.startup import StartupError, prepare_service
 from podserve.runtime.wsgi import WsgiThread
 
@@ -61,7 +59,7 @@ def main() -> int:
         error = _REFUSALS.get(status, errors.InvalidInput)(message, field=field)
         error.status = status
         metrics.observe_request(route if exchange.path == route else "other", status, 0.0)
-        exchange.answer(Answer(status, json.dumps(api.error_body(error)).encode(), JSON_TYPE, close=True))
+        exchange.answer(error_answer(error, close=True))
 
     server = HttpServer(settings.host, settings.port, dispatch=dispatch, refuse=refuse,
                         max_body_bytes=settings.max_body_bytes)

@@ -129,8 +129,7 @@ class InstancePool:
                on_done: Callable[[list[WorkItem]], None] | None = None, context: Any = None) -> WorkItem:
         """Queue `input` on the least-loaded instance with room; raise Overloaded when all are full. With
         `on_done`, the batch thread calls it when the item is done instead of a caller waiting on it."""
-        item = WorkItem(input, key, deadline, on_done)
-        item.context = context
+        item = WorkItem(input, key, deadline, on_done, context)
         if admission is not None:
             admission.release()  # before queueing, so the batch thread does not wait for this very request
         for worker in sorted(self.workers, key=lambda w: w.load):

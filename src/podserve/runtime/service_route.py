@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from podserve import errors
 from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded, ServingError
@@ -78,9 +79,9 @@ class ServiceRoute:
         self._lock = threading.Lock()  # guards Call.state: each call is answered exactly once
         self._threads = [threading.Thread(target=self._serve, name=f"request-{i}", daemon=True)
                          for i in range(request_threads(settings))]
-        self._refusal = json.dumps(api.error_body(Overloaded(
+        self._refusal = error_answer(Overloaded(
             f"this pod is full: it already holds {pool.holding_limit()} requests (queue_size per instance); retry "
-            f"shortly, or elsewhere"))).encode()
+            f"shortly, or elsewhere", headers={"Retry-After": RETRY_AFTER}))
 
     @property
     def backlog(self) -> int:
@@ -104,7 +105,7 @@ class ServiceRoute:
         """Refuse at once when full; otherwise count the request, arm its deadline and queue it."""
         if self.lifecycle.in_flight >= self.pool.holding_limit():
             self.metrics.observe_request(self.route, Overloaded.status, 0.0)
-            exchange.answer(Answer(Overloaded.status, self._refusal, JSON_TYPE + [("Retry-After", RETRY_AFTER)]))
+            exchange.answer(self._refusal)
             return
         self.lifecycle.request_started()
         try:
@@ -113,7 +114,6 @@ class ServiceRoute:
             self._answer(Call(exchange, 0.0), exc)
             return
         call = Call(exchange, exchange.received_at + budget)
-        exchange.context = call
         exchange.timer = self.loop.call_later(max(0.0, call.deadline - time.monotonic()), self._expire, call)
         self._work.put(call)
 
@@ -124,9 +124,7 @@ class ServiceRoute:
             if state == WAITING:
                 call.state = ANSWERED
         if state == WAITING:
-            waited = time.monotonic() - call.exchange.received_at
-            self._answer(call, DeadlineExceeded(f"the request's deadline passed after {waited * 1000:.1f} ms "
-                                                f"waiting for a request thread; it was not run"))
+            self._answer(call, _waited_past_deadline(call))
         elif state == SUBMITTED and call.item is not None and call.item.worker is not None:
             call.item.worker.withdraw(call.item)  # if still queued: finished with 504, answered by a request thread
 
@@ -156,9 +154,7 @@ class ServiceRoute:
                 return
             call.state = WORKING
         if time.monotonic() >= call.deadline:
-            waited = time.monotonic() - call.exchange.received_at
-            self._answer_once(call, DeadlineExceeded(f"the request's deadline passed after {waited * 1000:.1f} ms "
-                                                     f"waiting for a request thread; it was not run"))
+            self._answer_once(call, _waited_past_deadline(call))
             return
         exchange = call.exchange
         try:
@@ -210,15 +206,14 @@ class ServiceRoute:
         failure = None
         if isinstance(outcome, ServingError):
             failure = outcome.message
-            answer = Answer(outcome.status, json.dumps(api.error_body(outcome, call.payload)).encode(),
-                            JSON_TYPE + list(outcome.headers.items()))
+            answer = error_answer(outcome, call.payload)
         else:
             answer = outcome
         exchange = call.exchange
         # Not held any more before the answer can reach the caller: its next request must find the room free.
         self.lifecycle.request_finished()
         exchange.answer(answer)
-        exchange.context = call.item = None  # no cycles left for the garbage collector: memory stays flat
+        call.item = None  # no cycles left for the garbage collector: memory stays flat
         if item is not None:
             item.context = item.input = None
         seconds = time.monotonic() - call.exchange.received_at
@@ -230,6 +225,18 @@ class ServiceRoute:
                      "batch": item.batch_size if item else None,
                      "instance": item.worker.name if item and item.worker else None,
                      "error": failure})
+
+
+def error_answer(error: ServingError, payload: Payload | None = None, close: bool = False) -> Answer:
+    """The JSON answer every error gets (runtime/api.py's error body), with the error's own headers."""
+    return Answer(error.status, json.dumps(api.error_body(error, payload)).encode(),
+                  JSON_TYPE + list(error.headers.items()), close)
+
+
+def _waited_past_deadline(call: Call) -> DeadlineExceeded:
+    waited = time.monotonic() - call.exchange.received_at
+    return DeadlineExceeded(f"the request's deadline passed after {waited * 1000:.1f} ms waiting for a request "
+                            f"thread; it was not run")
 
 
 def request_threads(settings: ServingSettings) -> int:
@@ -246,7 +253,6 @@ class QueryArgs:
 
     def get(self, name: str, default: Any = None) -> Any:
         if self._parsed is None:
-            from urllib.parse import parse_qsl
             self._parsed = {}
             for key, value in parse_qsl(self.query, keep_blank_values=True):
                 self._parsed.setdefault(key, value)

@@ -13,7 +13,9 @@ import sys
 import threading
 from typing import Callable
 
+from podserve.errors import ServingError
 from podserve.runtime.httpserver import Answer, Exchange
+from podserve.runtime.service_route import error_answer
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,9 @@ class WsgiThread:
                 return
             try:
                 exchange.answer(self.call(exchange))
-            except Exception:  # the app's own error handlers answer errors; this is a last resort
+            except Exception as exc:  # the app's own error handlers answer errors; this is a last resort
                 log.exception("the WSGI app failed on %s %s", exchange.method, exchange.path)
-                exchange.answer(Answer(500, b'{"results": null, "msg": "internal error; see the server log"}',
-                                       [("Content-Type", "application/json")]))
+                exchange.answer(error_answer(ServingError(f"internal error: {type(exc).__name__}; see the server log")))
 
     def call(self, exchange: Exchange) -> Answer:
         """Run the app for `exchange` and return its complete answer."""
