@@ -13,15 +13,16 @@ import requests
 from serving import REPO, free_port
 
 
-def _readme_curls() -> list[str]:
+def _readme_curls(after: str) -> list[str]:
+    """The curl lines of the README's first bash block after the text `after`."""
     readme = (REPO / "README.md").read_text()
-    block = readme[readme.index("## Try it"):]
+    block = readme[readme.index(after):]
     block = block[block.index("```bash") + len("```bash"): block.index("```", block.index("```bash") + 7)]
     return [line for line in block.splitlines() if line.startswith("curl ")]
 
 
 def test_readme_curls_against_the_server_make_serve_starts(tmp_path):
-    curls = _readme_curls()
+    curls = _readme_curls("## Try it")
     assert len(curls) == 3
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PODSERVE_PORT": str(port)}
@@ -55,19 +56,11 @@ def test_readme_curls_against_the_server_make_serve_starts(tmp_path):
         log.close()
 
 
-def _readme_mesh_curls() -> list[str]:
-    """The curls of the README's "Through the mesh" block (the second bash block of "Try it")."""
-    readme = (REPO / "README.md").read_text()
-    block = readme[readme.index("Through the mesh"):]
-    block = block[block.index("```bash") + len("```bash"): block.index("```", block.index("```bash") + 7)]
-    return [line for line in block.splitlines() if line.startswith("curl ")]
-
-
 def test_readme_mesh_curls_through_the_gateway_make_mesh_starts(tmp_path):
     """`make mesh` with PODS=1 on a free port: Envoy in front of the hk region's stages, the README's three curls."""
     import signal
 
-    curls = _readme_mesh_curls()
+    curls = _readme_curls("Through the mesh")  # the second bash block of "Try it"
     assert len(curls) == 3 and "/api/like/text-direction" in curls[0]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
