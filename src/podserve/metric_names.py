@@ -22,6 +22,7 @@ MODEL_LOAD_SECONDS = PREFIX + "model_load_seconds"          # gauge, per instanc
 WARMUP_SECONDS = PREFIX + "warmup_seconds"                  # gauge, per instance
 HTTP_BACKLOG = PREFIX + "http_backlog"                      # gauge, requests and answers waiting for a request thread
 ADMISSION_LIMIT = PREFIX + "admission_limit"                # gauge, requests the pod holds before refusing (503)
+REFUSALS_HELD = PREFIX + "refusals_held"                    # gauge, 503s decided and held back by the pacing
 
 # Limits, set once at start-up so dashboards and alerts draw "used against allowed" without value.py.
 MAX_BATCH_SIZE = PREFIX + "max_batch_size"                  # gauge, labels ("service",)

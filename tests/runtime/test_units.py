@@ -151,6 +151,29 @@ def test_payload_refuses_images_over_the_pixel_limit_before_decoding():
     assert Payload(image=png.getvalue(), max_image_pixels=10000).open_image().size == (100, 100)
 
 
+def test_an_image_over_pillows_bomb_threshold_is_refused_even_when_the_pixel_limit_allows_it():
+    from malformed import png_claiming
+    from PIL import Image
+
+    # Between Pillow's warning threshold and twice it, Pillow only warns; a server must refuse, from any thread.
+    side = int((1.5 * Image.MAX_IMAGE_PIXELS) ** 0.5)
+    payload = Payload(image=png_claiming(side, side), max_image_pixels=10 * Image.MAX_IMAGE_PIXELS)
+    errors: list = []
+
+    def open_it() -> None:
+        try:
+            payload.open_image()
+        except InvalidInput as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 4 and all("decompression bomb" in e.message and e.field == "image" for e in errors)
+
+
 def test_device_labels():
     assert Device("cuda", 1).label == "cuda1" and Device("cpu").label == "cpu"
 

@@ -65,6 +65,7 @@ def main() -> int:
                         max_body_bytes=settings.max_body_bytes)
     metrics.http_backlog.set_function(lambda: service.backlog)
     metrics.admission_limit.set_function(pool.holding_limit)
+    metrics.refusals_held.set_function(lambda: service.refusals_held)
     finish_timeout = settings.request_timeout_ms / 1000.0 + settings.stuck_batch_seconds
     shutdown = GracefulShutdown(server, lifecycle, pool.is_idle, settings.drain_seconds, finish_timeout)
 

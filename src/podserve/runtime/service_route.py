@@ -37,6 +37,7 @@ from podserve.runtime.lifecycle import Lifecycle
 from podserve.runtime.logs import log_request
 from podserve.runtime.metrics import Metrics
 from podserve.runtime.pool import InstancePool
+from podserve.runtime.refusals import RefusalPacer
 from podserve.runtime.verbs import call_verb
 from podserve.settings import ServingSettings
 
@@ -47,6 +48,7 @@ DEADLINE_HEADERS = ("X-Request-Timeout-Ms", "X-Envoy-Expected-Rq-Timeout-Ms")
 _DEADLINE_KEYS = [(header, header.lower()) for header in DEADLINE_HEADERS]
 JSON_TYPE = [("Content-Type", "application/json")]
 RETRY_AFTER = "1"
+_RESULTS_JSON = json.JSONEncoder(allow_nan=False)  # one encoder for every answer: NaN is the handler's bug
 
 WAITING, WORKING, SUBMITTED, ANSWERED = range(4)
 
@@ -75,6 +77,7 @@ class ServiceRoute:
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.loop = None
+        self._refusals: RefusalPacer | None = None
         self._work: queue.SimpleQueue = queue.SimpleQueue()  # a Call to begin, [WorkItem] to answer, None to stop
         self._lock = threading.Lock()  # guards Call.state: each call is answered exactly once
         self._threads = [threading.Thread(target=self._serve, name=f"request-{i}", daemon=True)
@@ -88,8 +91,14 @@ class ServiceRoute:
         """Requests and answers waiting for a request thread."""
         return self._work.qsize()
 
+    @property
+    def refusals_held(self) -> int:
+        """503s decided and held back by the pacing (runtime/refusals.py)."""
+        return self._refusals.held if self._refusals is not None else 0
+
     def start(self, loop) -> None:
         self.loop = loop
+        self._refusals = RefusalPacer(loop)
         for thread in self._threads:
             thread.start()
 
@@ -102,16 +111,19 @@ class ServiceRoute:
     # In the event loop's thread.
 
     def accept(self, exchange: Exchange) -> None:
-        """Refuse at once when full; otherwise count the request, arm its deadline and queue it."""
+        """Refuse when full (503, paced: runtime/refusals.py); otherwise count the request, arm its deadline and
+        queue it."""
+        try:
+            budget, invalid = _timeout_seconds(exchange.headers, self.settings.request_timeout_ms), None
+        except InvalidInput as exc:
+            budget, invalid = self.settings.request_timeout_ms / 1000.0, exc
         if self.lifecycle.in_flight >= self.pool.holding_limit():
             self.metrics.observe_request(self.route, Overloaded.status, 0.0)
-            exchange.answer(self._refusal)
+            self._refusals.refuse(exchange, self._refusal, budget)
             return
         self.lifecycle.request_started()
-        try:
-            budget = _timeout_seconds(exchange.headers, self.settings.request_timeout_ms)
-        except InvalidInput as exc:
-            self._answer(Call(exchange, 0.0), exc)
+        if invalid is not None:
+            self._answer(Call(exchange, 0.0), invalid)
             return
         call = Call(exchange, exchange.received_at + budget)
         exchange.timer = self.loop.call_later(max(0.0, call.deadline - time.monotonic()), self._expire, call)
@@ -184,7 +196,7 @@ class ServiceRoute:
         try:
             results = call_verb(item.worker.handler.encode, item.output)
             try:
-                body = json.dumps(api.success_body(call.payload, results), allow_nan=False).encode()
+                body = _RESULTS_JSON.encode(api.success_body(call.payload, results)).encode()
             except (TypeError, ValueError) as exc:
                 raise HandlerFailed(f"{type(item.worker.handler).__name__}.encode returned something JSON cannot "
                                     f"hold ({exc}); return lists, numbers, strings, dicts") from None
@@ -240,9 +252,14 @@ def _waited_past_deadline(call: Call) -> DeadlineExceeded:
 
 
 def request_threads(settings: ServingSettings) -> int:
-    """`http_threads`, or when 0 one per CPU core of the pod, at least 2: more threads than cores only add GIL
-    hand-offs (bench/optimisations.json)."""
-    return settings.http_threads or max(2, int(cpu_share(settings)))
+    """`http_threads`, or when 0 one per CPU core of the pod.
+
+    One is the default: Python code holding the GIL runs one thread at a time anyway, and a
+    second request thread contending for it cost throughput, CPU and thread switches at every
+    concurrency measured (bench/optimisations.json). More pay only for a `decode` that spends
+    its time in code releasing the GIL (large photos, I/O).
+    """
+    return settings.http_threads or max(1, int(cpu_share(settings)))
 
 
 class QueryArgs:

@@ -93,9 +93,11 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
         Panel("timeseries", "In flight against the admission limit, per pod", "short", [
             Target(f"sum by (pod) ({m.IN_FLIGHT}{{{s}}})", "{{pod}} in flight"),
             Target(f"sum by (pod) ({m.ADMISSION_LIMIT}{{{s}}})", "{{pod}} admission limit"),
-            Target(f"sum by (pod) ({m.HTTP_BACKLOG}{{{s}}})", "{{pod}} waiting for a request thread")],
+            Target(f"sum by (pod) ({m.HTTP_BACKLOG}{{{s}}})", "{{pod}} waiting for a request thread"),
+            Target(f"sum by (pod) ({m.REFUSALS_HELD}{{{s}}})", "{{pod}} 503s held back")],
             "Accepted and not yet answered, against what the pod holds before it answers 503 (queue_size per "
-            "instance). The backlog waits for a request thread to decode or answer it.", width=6),
+            "instance). The backlog waits for a request thread to decode or answer it; 503s are held back "
+            "when callers retry faster than the door sends refusals.", width=6),
     ])
     pods = Row("Pods and start-up", [
         Panel("stat", "Instances ready", "short", [
