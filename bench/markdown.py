@@ -83,7 +83,9 @@ def _workload(name: str, w: dict) -> list[str]:
                   "| threads | cores |", "|---|---|"]
         lines += [f"| {group} | {cores} |" for group, cores in gil["cores_by_thread_group"].items()]
     if "gil_ms_per_request_by_stage" in gil:
-        lines += ["", f"Where its GIL time goes at c=64 (py-spy `--gil`, one more window, "
+        windows = gil.get("gil_ms_per_request_windows", [gil["gil_ms_per_request"]])
+        lines += ["", f"Where its GIL time goes at c=64 (py-spy `--gil`, {len(windows)} more windows holding it "
+                      f"{', '.join(f'{ms:.3f}' for ms in windows)} ms per request; the median window shown, "
                       f"{gil['throughput_rps_while_profiled']:.0f} req/s while profiled): the GIL was held "
                       f"{gil['gil_busy_share']:.0%} of the time, {gil['gil_ms_per_request']:.3f} ms per request; "
                       f"the process used {gil['server_cpu_ms_per_request']:.3f} ms of CPU per request in all.", "",

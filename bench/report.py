@@ -188,8 +188,9 @@ def bounds(results: dict) -> list[str]:
             stages = gil["gil_ms_per_request_by_stage"]
             top = ", ".join(f"{stage} {ms:.3f}" for stage, ms in list(stages.items())[:4])
             handler = sum(ms for stage, ms in stages.items() if stage.startswith("handler."))
+            windows = ", ".join(f"{ms:.3f}" for ms in gil.get("gil_ms_per_request_windows", []))
             lines.append(f"Of that, Python holding the GIL took {gil['gil_ms_per_request']:.3f} ms per request "
-                         f"(py-spy, c=64): {top} ms. The handler's own verbs (decode, predict, encode: the service's "
+                         f"(py-spy, c=64, the median of windows measuring {windows}): {top} ms. The handler's own verbs (decode, predict, encode: the service's "
                          f"code and onnxruntime's call) held it {handler:.3f} ms; everything else, the server's own "
                          f"work, {gil['gil_ms_per_request'] - handler:.3f} ms.")
         if gunicorn:

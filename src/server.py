@@ -26,12 +26,13 @@ class TextDirection(OnnxHandler):
         image = payload.open_image(mode="RGB", draft_size=(WIDTH, HEIGHT))
         width, height = image.size
         resized_width = min(WIDTH, math.ceil(HEIGHT * width / height))
-        pixels = np.asarray(image.resize((resized_width, HEIGHT), Image.BILINEAR), dtype=np.float32)
+        pixels = np.asarray(image.resize((resized_width, HEIGHT), Image.BILINEAR))  # uint8, height x width x RGB
         item = np.zeros(self.input_shape, dtype=np.float32)
-        # The model was trained on OpenCV's BGR channel order.
-        item[:, :, :resized_width] = pixels[:, :, ::-1].transpose(2, 0, 1)
-        item[:, :, :resized_width] *= 1 / 127.5
-        item[:, :, :resized_width] -= 1.0
+        scaled = item[:, :, :resized_width]
+        # The model was trained on OpenCV's BGR channel order. Scaling straight from uint8 into the output is
+        # one pass, and numpy runs it without holding the GIL.
+        np.multiply(pixels[:, :, ::-1].transpose(2, 0, 1), 1 / 127.5, out=scaled, casting="unsafe")
+        scaled -= 1.0
         return item
 
     def encode(self, scores: np.ndarray) -> dict:

@@ -1,12 +1,14 @@
 """The door's 503s are paced: at once within the rate, beyond it held in order, never past their limit.
 
-RefusalPacer on a real asyncio event loop; the exchanges are stand-ins that record when their
+RefusalPacer on the server's own event loop (uvloop); the exchanges are stand-ins that record when their
 answer was sent (the real server path is covered by test_sustained_overload.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+
+import uvloop
 
 from podserve.runtime.httpserver import Answer
 from podserve.runtime.refusals import RefusalPacer
@@ -29,7 +31,8 @@ class Caller:
 def _run(scenario):
     async def main():
         return await scenario(asyncio.get_running_loop())
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
 
 
 def test_refusals_within_the_rate_go_at_once():

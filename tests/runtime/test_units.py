@@ -151,6 +151,7 @@ def test_payload_refuses_images_over_the_pixel_limit_before_decoding():
     assert Payload(image=png.getvalue(), max_image_pixels=10000).open_image().size == (100, 100)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own, before we refuse
 def test_an_image_over_pillows_bomb_threshold_is_refused_even_when_the_pixel_limit_allows_it():
     from malformed import png_claiming
     from PIL import Image

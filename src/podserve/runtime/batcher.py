@@ -134,7 +134,8 @@ class BatchWorker:
             item.worker = self
             item.enqueued_at = time.monotonic()
             self._queue.append(item)
-            self._cond.notify()
+            if self._idle_lanes:  # a lane waits for work or for its batch to fill (busy lanes look when done)
+                self._cond.notify()
 
     def withdraw(self, item: WorkItem) -> bool:
         """Take `item` out of the queue if it has not started; return whether it was withdrawn."""

@@ -18,6 +18,7 @@ class Metrics:
 
     def __init__(self, service: str, registry: CollectorRegistry = REGISTRY):
         self.service = service
+        self._by_route_status: dict[tuple[str, int], tuple] = {}  # (requests, request_seconds) children
         self.requests = Counter(names.REQUESTS_TOTAL, "Requests answered, by route and HTTP status.",
                                 names.REQUEST_LABELS, registry=registry)
         self.request_seconds = Histogram(names.REQUEST_SECONDS, "Seconds from request read to response, in process.",
@@ -75,9 +76,13 @@ class Metrics:
             self.gpu_memory_limit.labels(self.service, instance).set(gpu_bytes)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        labels = (self.service, route, str(status))
-        self.requests.labels(*labels).inc()
-        self.request_seconds.labels(*labels).observe(seconds)
+        children = self._by_route_status.get((route, status))
+        if children is None:  # looked up once per route and status: labels() costs more than the observation
+            labels = (self.service, route, str(status))
+            children = self._by_route_status[(route, status)] = (self.requests.labels(*labels),
+                                                                 self.request_seconds.labels(*labels))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, instance: str, size: int, seconds: float, queue_waits: list[float]) -> None:
         self.batch_size.labels(self.service, instance).observe(size)

@@ -48,6 +48,7 @@ class RefusalPacer:
         self._by_limit: list[_Held] = []  # a heap on send_by: callers' deadlines differ
         self._held = 0
         self._timer = None
+        self._timer_due = 0.0  # kept here: uvloop's handle for a due time already past has no when()
 
     @property
     def held(self) -> int:
@@ -101,10 +102,10 @@ class RefusalPacer:
         # A timer per token would cost more than the refusals: send in steps of at least a millisecond.
         due = self.loop.time() + max(0.001, min(until_token, until_limit))
         if self._timer is not None:
-            if self._timer.when() <= due:
+            if self._timer_due <= due:
                 return
             self._timer.cancel()  # one held later must go sooner: its caller's deadline is shorter
-        self._timer = self.loop.call_at(due, self._send_due)
+        self._timer, self._timer_due = self.loop.call_at(due, self._send_due), due
 
 
 class _Held:
