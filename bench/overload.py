@@ -9,10 +9,10 @@ sending its next request the moment an answer (200 or 503) arrives, ignoring Ret
 worst case), then the same with callers that wait the Retry-After of a 503 (as Envoy's retry
 policy does), and at 2x and 4x what the pod holds (queue_size per instance), where it must
 refuse. Then the same server with queue_size = the knee, at 4x and 16x the knee: what
-holding no more than the pod answers at its knee buys. Reported: answered (200) and refused (503) rates and latencies, 503s
-without Retry-After, socket errors, and the answered p99 against the p99 at the knee. The
-client is `closedloop.py` (one Python thread; its CPU per request is reported). Bounded: 16
-windows of 4 s. Writes overload.json and overload.md to --out.
+holding no more than the pod answers at its knee buys. Reported: answered (200) and refused
+(503) rates and latencies, 503s without Retry-After, socket errors, and the answered p99
+against the p99 at the knee. The client is `closedloop.py` (one Python thread; its CPU per
+request is reported). Bounded: 16 windows of 4 s. Writes overload.json and overload.md to --out.
 """
 
 from __future__ import annotations

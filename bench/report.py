@@ -190,8 +190,8 @@ def bounds(results: dict) -> list[str]:
             handler = sum(ms for stage, ms in stages.items() if stage.startswith("handler."))
             windows = ", ".join(f"{ms:.3f}" for ms in gil.get("gil_ms_per_request_windows", []))
             lines.append(f"Of that, Python holding the GIL took {gil['gil_ms_per_request']:.3f} ms per request "
-                         f"(py-spy, c=64, the median of windows measuring {windows}): {top} ms. The handler's own verbs (decode, predict, encode: the service's "
-                         f"code and onnxruntime's call) held it {handler:.3f} ms; everything else, the server's own "
+                         f"(py-spy, c=64, the median of windows measuring {windows}): {top} ms. The handler's own "
+                         f"verbs (decode, predict, encode: the service's code and onnxruntime's call) held it {handler:.3f} ms; everything else, the server's own "
                          f"work, {gil['gil_ms_per_request'] - handler:.3f} ms.")
         if gunicorn:
             lines.append(

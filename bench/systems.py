@@ -23,7 +23,7 @@ from typing import Sequence
 from bench.ceiling import Ceiling, Config
 from bench.loadgen import Window, run_wrk
 from bench.workloads import REPO, Workload
-from podserve.metric_names import IN_FLIGHT
+from podserve.metric_names import IN_FLIGHT, REFUSALS_HELD
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BATCH_SUM, BATCH_COUNT = "podserve_batch_size_sum", "podserve_batch_size_count"
@@ -132,15 +132,16 @@ class Server:
         return peaks
 
     def wait_idle(self, timeout_s: float = 15.0) -> None:
-        """Wait until our server holds no request: wrk ends a window with requests in flight, which the server
-        still answers; the next window must not start behind them (ours would refuse what it cannot hold)."""
+        """Wait until our server holds no request and no 503 held back by its pacing: wrk ends a window with
+        requests in flight, which the server still answers; the next window must not start behind them (ours
+        would refuse what it cannot hold)."""
         if self.kind != "ours":
             return
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as reply:
                 held = sum(float(line.rsplit(" ", 1)[1]) for line in reply.read().decode().splitlines()
-                           if line.startswith(IN_FLIGHT))
+                           if line.startswith((IN_FLIGHT, REFUSALS_HELD)))
             if held == 0:
                 return
             time.sleep(0.02)

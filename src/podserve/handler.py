@@ -205,7 +205,9 @@ class OnnxHandler(Handler):
 
     def _cheapest_run_size(self, sizes: Sequence[int] = (1, 2, 4, 8), rounds: int = 3) -> int | None:
         """Time single-threaded runs of each size on the warm-up input, in interleaved rounds, and return the
-        largest size within 5% of the least time per input (None when no warm-up input can be built).
+        size with the least time per input (None when no warm-up input can be built). Each run also holds the GIL
+        for its Python call and the conversion of its inputs and outputs, so the cheapest size is not traded for a
+        smaller one within some margin (bench/optimisations.json).
         CPU caches make small runs cheaper for some models (the 320x320 detector: 1) and larger ones for
         others (the text classifier: 2 to 8)."""
         inputs = self.warmup_inputs()
@@ -228,9 +230,7 @@ class OnnxHandler(Handler):
                     self._run(batch)
                     runs += 1
                 cost[size] = min(cost[size], (time.perf_counter() - began) / (runs * size))
-        # The largest of the near-cheapest: each run holds the GIL for its Python call and its inputs' and outputs'
-        # conversion, so fewer, larger runs leave more of it to the rest of the server (bench/optimisations.json).
-        best = max(size for size in sizes if cost[size] <= 1.05 * min(cost.values()))
+        best = min(sizes, key=cost.__getitem__)
         log.info("%s: runs of %d input(s) cost the least CPU (%.3f ms per input; %s)", type(self).__name__, best,
                  cost[best] * 1000, ", ".join(f"{s}: {c * 1000:.3f}" for s, c in cost.items()))
         return best

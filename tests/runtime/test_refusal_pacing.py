@@ -19,8 +19,8 @@ REFUSAL = Answer(503, b'{"error": "overloaded"}', [("Retry-After", "1")])
 class Caller:
     """Records the loop time its answer was sent."""
 
-    def __init__(self, loop, sent: list):
-        self.loop, self.sent, self.at = loop, sent, None
+    def __init__(self, loop, sent: list, abandoned: bool = False):
+        self.loop, self.sent, self.at, self.abandoned = loop, sent, None, abandoned
 
     def answer(self, answer: Answer) -> None:
         assert answer is REFUSAL and self.at is None, "answered twice"
@@ -37,7 +37,7 @@ def _run(scenario):
 
 def test_refusals_within_the_rate_go_at_once():
     async def scenario(loop):
-        pacer = RefusalPacer(loop, rate=50.0)
+        pacer = RefusalPacer(loop, rate=50.0, burst_seconds=1.0)
         sent: list = []
         callers = [Caller(loop, sent) for _ in range(40)]
         for caller in callers:
@@ -50,7 +50,7 @@ def test_refusals_within_the_rate_go_at_once():
 
 def test_beyond_the_rate_refusals_are_held_in_order_and_sent_at_the_rate():
     async def scenario(loop):
-        pacer = RefusalPacer(loop, rate=100.0)  # 100 may go at once, then one every 10 ms
+        pacer = RefusalPacer(loop, rate=100.0, burst_seconds=1.0)  # 100 at once, then one every 10 ms
         sent: list = []
         started = loop.time()
         callers = [Caller(loop, sent) for _ in range(130)]
@@ -72,7 +72,7 @@ def test_beyond_the_rate_refusals_are_held_in_order_and_sent_at_the_rate():
 
 def test_a_held_refusal_is_sent_by_half_its_budget_or_the_hold_limit():
     async def scenario(loop):
-        pacer = RefusalPacer(loop, rate=2.0, hold_limit=0.4)  # two at once, then one every 0.5 s
+        pacer = RefusalPacer(loop, rate=2.0, hold_limit=0.4, burst_seconds=1.0)  # 2 at once, then 1 every 0.5 s
         sent: list = []
         started = loop.time()
         first = [Caller(loop, sent) for _ in range(2)]
@@ -89,3 +89,23 @@ def test_a_held_refusal_is_sent_by_half_its_budget_or_the_hold_limit():
     assert 0.04 <= hurried_s <= 0.15, hurried_s
     assert hurried_first
     assert 0.35 <= patient_s <= 0.55, patient_s
+
+
+def test_a_refusal_whose_caller_has_gone_is_dropped_without_taking_a_turn():
+    async def scenario(loop):
+        pacer = RefusalPacer(loop, rate=10.0, hold_limit=5.0, burst_seconds=1.0)  # 10 at once, then 1 every 0.1 s
+        sent: list = []
+        started = loop.time()
+        for _ in range(10):
+            pacer.refuse(Caller(loop, sent), REFUSAL, budget=10.0)
+        gone = [Caller(loop, sent, abandoned=True) for _ in range(5)]
+        waiting = Caller(loop, sent)
+        for caller in gone + [waiting]:
+            pacer.refuse(caller, REFUSAL, budget=10.0)
+        while pacer.held:
+            await asyncio.sleep(0.01)
+        return gone, waiting.at - started, len(sent)
+
+    gone, waited, sent = _run(scenario)
+    assert all(caller.at is None for caller in gone) and sent == 11
+    assert 0.05 <= waited <= 0.25, waited  # the first turn after the allowance, not the sixth (0.6 s)

@@ -89,6 +89,11 @@ class Exchange:
     def peer(self) -> str:
         return self.connection.peer
 
+    @property
+    def abandoned(self) -> bool:
+        """The caller has closed its connection: no answer can reach it."""
+        return self.connection.transport is None
+
 
 class Connection(asyncio.Protocol):
     """One client connection: parse requests as bytes arrive, write answers in request order."""

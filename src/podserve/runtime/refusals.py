@@ -8,8 +8,8 @@ starves the request threads serving what the pod holds: measured with callers re
 once at 4x the pod's capacity, the answered rate fell to 0.2x and the answered p99 rose to
 6.6x the p99 at capacity (bench/results/overload.md).
 
-So refusals go out at once while they stay within `rate` per second (a second's worth may
-go at once after a calm spell: a burst is refused as fast as it is read); beyond that each 503 is held, in
+So refusals go out at once while they stay within `rate` per second (a quarter second's worth
+may go at once after a calm spell); beyond that each 503 is held, in
 order, until its turn. A held caller sends nothing more, so a storm of immediate retries
 slows to `rate` refusals a second in all, and the loop's share of the CPU stays bounded.
 Every request is still read, counted and decided the moment it arrives; only the 503's
@@ -28,8 +28,10 @@ from podserve.runtime.httpserver import Answer, Exchange
 #: Refusals per second the door sends at once: at ~50-100 us of CPU each, at most about 0.2 of a core
 #: (bench/results/overload.md measures the cost per refusal).
 REFUSALS_PER_SECOND = 2000.0
-#: Seconds' worth of refusals that may go at once, after a calm spell: a burst is refused as fast as it is read.
-BURST_SECONDS = 1.0
+#: Seconds' worth of refusals that may go at once after a calm spell, so a burst is refused as fast as it is read.
+#: A quarter: a whole second's worth, sent at the start of every storm, took the GIL long enough to raise the
+#: answered requests' p99 by a third to a half (bench/optimisations.json).
+BURST_SECONDS = 0.25
 #: The longest a 503 is held back: the Retry-After it carries.
 HOLD_LIMIT_SECONDS = 1.0
 
@@ -37,11 +39,12 @@ HOLD_LIMIT_SECONDS = 1.0
 class RefusalPacer:
     """Send refusals at once up to `rate` per second; hold the rest in order until their turn (event loop only)."""
 
-    def __init__(self, loop, rate: float = REFUSALS_PER_SECOND, hold_limit: float = HOLD_LIMIT_SECONDS):
+    def __init__(self, loop, rate: float = REFUSALS_PER_SECOND, hold_limit: float = HOLD_LIMIT_SECONDS,
+                 burst_seconds: float = BURST_SECONDS):
         self.loop = loop
         self.rate = rate
         self.hold_limit = hold_limit
-        self._capacity = rate * BURST_SECONDS
+        self._capacity = rate * burst_seconds
         self._tokens = self._capacity
         self._refilled_at = loop.time()
         self._in_order: deque[_Held] = deque()  # the turn of each held 503
@@ -80,21 +83,23 @@ class RefusalPacer:
         now = self.loop.time()
         while self._by_limit and (self._by_limit[0].sent or self._by_limit[0].send_by <= now):
             held = heapq.heappop(self._by_limit)
-            if not held.sent:
+            if not held.sent and self._send(held):
                 self._tokens = max(0.0, self._tokens - 1.0)  # sent at its limit, in or out of turn
-                self._send(held)
         while self._in_order and (self._in_order[0].sent or self._tokens >= 1.0):
             held = self._in_order.popleft()
-            if not held.sent:
+            if not held.sent and self._send(held):
                 self._tokens -= 1.0
-                self._send(held)
         if self._held:
             self._schedule()
 
-    def _send(self, held: "_Held") -> None:
+    def _send(self, held: "_Held") -> bool:
+        """Send `held`; return False, sending nothing, when its caller has gone (it costs no turn)."""
         held.sent = True
         self._held -= 1
+        if held.exchange.abandoned:
+            return False
         held.exchange.answer(held.answer)
+        return True
 
     def _schedule(self) -> None:
         until_token = (1.0 - self._tokens) / self.rate
