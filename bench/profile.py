@@ -109,7 +109,8 @@ def stage_split(raw: str, requests: int, rate: int, seconds: float) -> dict:
         if not line.strip():
             continue
         stack, _, count = line.rpartition(" ")
-        samples[stage_of(stack.split(";"))] += int(count)
+        # py-spy writes some counts as decimals ("392.0"), seen on a fresh clone.
+        samples[stage_of(stack.split(";"))] += float(count)
     total = sum(samples.values())
     per_request = {stage: round(count / rate / requests * 1000, 3) for stage, count in samples.most_common()}
     return {"gil_busy_share": round(total / (rate * seconds), 3), "requests": requests,

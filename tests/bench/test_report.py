@@ -115,7 +115,7 @@ def test_profile_samples_go_to_the_deepest_named_stage():
         .startswith("handler.decode")
     assert stage_of([thread, view, "BatchWorker.submit (podserve/runtime/batcher.py:110)"]).startswith("batching")
     assert stage_of(["<module> (x.py:1)"]) == OTHER
-    raw = f"{loop} 30\n{thread};{view} 20\n"
+    raw = f"{loop} 30\n{thread};{view} 20.0\n"
     split = stage_split(raw, requests=100, rate=100, seconds=1.0)
     assert split["gil_busy_share"] == 0.5 and split["gil_ms_per_request"] == 5.0
     assert list(split["gil_ms_per_request_by_stage"].values()) == [3.0, 2.0]
