@@ -64,7 +64,7 @@ wrk: ## Debian's wrk at the pinned version, the benchmarks' load generator (once
 	@test "$$(dpkg-query -W -f='$${Status} $${Version}' wrk 2>/dev/null)" = "install ok installed 4.1.0-3+b2" || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk=4.1.0-3+b2; }
 
-bench: $(VENV)/bin/python wrk ## Our server vs the onnxruntime ceiling vs Gunicorn, and overload: bench/results/ (< 10 min).
+bench: $(VENV)/bin/python wrk ## Our server vs the onnxruntime ceiling vs Gunicorn, and overload: bench/results/ (about 11 min).
 	@test -f $(VENV)/.bench-deps -a -z "$$(find requirements -newer $(VENV)/.bench-deps)" || \
 		{ $(PIP) install -r requirements/bench.txt && touch $(VENV)/.bench-deps; }
 	$(PY) -m podserve.tooling.example_models model cls det

@@ -179,6 +179,7 @@ def bounds(results: dict) -> list[str]:
             f"{client:.3f} ms, {cores} cores could answer at most {best:.0f} req/s = {best / ceiling['throughput_rps']:.2f} "
             f"x the ceiling even if the server cost nothing. Ours spent {ours['server_cpu_ms_per_request']:.3f} ms per "
             f"request: {ours['server_cpu_ms_per_request'] - infer - decode:.3f} ms beyond inference and preprocessing.")
+        lines += window_spread(ours, ceiling)
         gil = w.get("gil_profile", {})
         if workload == "fast" and "cores_by_thread_group" in gil:
             used = ", ".join(f"{group} {cores:.2f}" for group, cores in gil["cores_by_thread_group"].items())
@@ -200,6 +201,16 @@ def bounds(results: dict) -> list[str]:
                 f"{ours['server_cpu_ms_per_request'] / gunicorn['server_cpu_ms_per_request']:.2f}, and "
                 f"throughput on saturated cores goes as its inverse.")
     return lines
+
+
+def window_spread(ours: dict, other: dict) -> list[str]:
+    """How far apart this run's windows put ours and `other`: the throughput ratio of every pair of their windows."""
+    ratios = [a / b for a in ours.get("window_throughputs", []) for b in other.get("window_throughputs", []) if b]
+    if not ratios:
+        return []
+    return [f"The windows measured ours at {', '.join(f'{r:g}' for r in ours['window_throughputs'])} req/s and the "
+            f"{other['system']} at {', '.join(f'{r:g}' for r in other['window_throughputs'])}: window against window, "
+            f"ours/{other['system']} spans {min(ratios):.2f}-{max(ratios):.2f} in this run."]
 
 
 def defaults(results: dict) -> list[str]:
