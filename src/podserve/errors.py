@@ -6,18 +6,22 @@ HTTP layer turns every one of them into the same JSON body (see `runtime.api`).
 
 from __future__ import annotations
 
+#: Seconds a caller answered 503 is asked to wait (`Retry-After`) before it tries again.
+RETRY_AFTER_SECONDS = 1
+
 
 class ServingError(Exception):
     """Base of every error that ends a request with a known status."""
 
     status = 500
     code = "internal_error"
+    default_headers: dict[str, str] = {}
 
     def __init__(self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.field = field
-        self.headers = headers or {}
+        self.headers = headers or dict(self.default_headers)
 
 
 class InvalidInput(ServingError):
@@ -67,6 +71,7 @@ class Overloaded(ServingError):
 
     status = 503
     code = "overloaded"
+    default_headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 class NotReady(ServingError):
@@ -74,6 +79,7 @@ class NotReady(ServingError):
 
     status = 503
     code = "not_ready"
+    default_headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 class DeadlineExceeded(ServingError):

@@ -127,10 +127,9 @@ class BatchWorker:
         """Queue `item`, or raise Overloaded at once when the queue is full."""
         with self._cond:
             if self._stopping:
-                raise Overloaded("this instance is stopping", headers={"Retry-After": "1"})
+                raise Overloaded("this instance is stopping")
             if len(self._queue) >= self.capacity:
-                raise Overloaded(f"the queue of instance {self.name} is full ({self.capacity} requests)",
-                                 headers={"Retry-After": "1"})
+                raise Overloaded(f"the queue of instance {self.name} is full ({self.capacity} requests)")
             item.worker = self
             item.enqueued_at = time.monotonic()
             self._queue.append(item)

@@ -113,7 +113,7 @@ class InstancePool:
     def decoder(self) -> Handler:
         """Return a handler whose `decode`/`encode` request threads may call."""
         if not self.ready:
-            raise NotReady(f"not ready: {self.status()}", headers={"Retry-After": "1"})
+            raise NotReady(f"not ready: {self.status()}")
         return self.workers[0].handler
 
     def admit(self) -> "_Incoming":
@@ -142,7 +142,7 @@ class InstancePool:
 
     def _full(self) -> Overloaded:
         return Overloaded(f"every instance's queue is full ({len(self.workers)} x {self.settings.queue_size}); "
-                          f"retry shortly", headers={"Retry-After": "1"})
+                          f"retry shortly")
 
     def holding_limit(self) -> int:
         """Requests the pod holds at once (from reading one to answering it) before refusing more: `queue_size`

@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
+from podserve.errors import RETRY_AFTER_SECONDS
 from podserve.runtime.httpserver import Answer, Exchange
 
 #: Refusals per second the door sends at once: at ~50-100 us of CPU each, at most about 0.2 of a core
@@ -33,7 +34,7 @@ REFUSALS_PER_SECOND = 2000.0
 #: answered requests' p99 by a third to a half (bench/optimisations.json).
 BURST_SECONDS = 0.25
 #: The longest a 503 is held back: the Retry-After it carries.
-HOLD_LIMIT_SECONDS = 1.0
+HOLD_LIMIT_SECONDS = float(RETRY_AFTER_SECONDS)
 
 
 class RefusalPacer:

@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 DEADLINE_HEADERS = ("X-Request-Timeout-Ms", "X-Envoy-Expected-Rq-Timeout-Ms")
 _DEADLINE_KEYS = [(header, header.lower()) for header in DEADLINE_HEADERS]
 JSON_TYPE = [("Content-Type", "application/json")]
-RETRY_AFTER = "1"
 _RESULTS_JSON = json.JSONEncoder(allow_nan=False)  # one encoder for every answer: NaN is the handler's bug
 
 WAITING, WORKING, SUBMITTED, ANSWERED = range(4)
@@ -84,7 +83,7 @@ class ServiceRoute:
                          for i in range(request_threads(settings))]
         self._refusal = error_answer(Overloaded(
             f"this pod is full: it already holds {pool.holding_limit()} requests (queue_size per instance); retry "
-            f"shortly, or elsewhere", headers={"Retry-After": RETRY_AFTER}))
+            f"shortly, or elsewhere"))
 
     @property
     def backlog(self) -> int:
