@@ -8,6 +8,7 @@ from __future__ import annotations
 
 #: Seconds a caller answered 503 is asked to wait (`Retry-After`) before it tries again.
 RETRY_AFTER_SECONDS = 1
+_RETRY_LATER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 class ServingError(Exception):
@@ -71,7 +72,7 @@ class Overloaded(ServingError):
 
     status = 503
     code = "overloaded"
-    default_headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    default_headers = _RETRY_LATER
 
 
 class NotReady(ServingError):
@@ -79,7 +80,7 @@ class NotReady(ServingError):
 
     status = 503
     code = "not_ready"
-    default_headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    default_headers = _RETRY_LATER
 
 
 class DeadlineExceeded(ServingError):
