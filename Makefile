@@ -10,7 +10,7 @@ OUT ?= build/manifests
 export PYTHONPATH := $(CURDIR)/src
 export PYTHONUNBUFFERED := 1
 
-.PHONY: serve test model tools render wrk bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries
+.PHONY: serve test model record split tools render wrk bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries
 
 serve: $(VENV)/.serve-deps model ## Serve the example model locally on port 8080.
 	$(PY) -m podserve.tooling.serve_local $(VALUES)
@@ -26,13 +26,22 @@ TEST_NEEDS += buildctl
 test: $(TEST_NEEDS) ## Install what the tests need and run them.
 	$(PY) -m pytest tests
 
-model: $(VENV)/bin/python ## Fetch the example model from the rapidocr wheel into model/.
-	$(PY) -m podserve.tooling.example_models model cls
+model: $(VENV)/.tooling-deps ## Put VALUES' model_path in place: merge model-parts/, keep a committed model, or fetch the example.
+	$(PY) -m podserve.tooling.model_files prepare --values $(VALUES)
+
+record: $(VENV)/.tooling-deps ## Write model/MODEL.sha256 for your model's files (commit it with them).
+	$(PY) -m podserve.tooling.model_files record --values $(VALUES)
+
+# A model over the git host's file limit: commit model-parts/ instead of the file; `make model` merges it back.
+MAX_BYTES ?= 900000000
+split: $(VENV)/bin/python ## Split FILE into model-parts/ (parts of at most MAX_BYTES, plus a checksum manifest).
+	@test -n "$(FILE)" || { echo "Error: name the model file: make split FILE=path/to/model.onnx" >&2; exit 2; }
+	$(PY) -m podserve.tooling.model_parts split $(FILE) --max-bytes $(MAX_BYTES) --out model-parts
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.serve-deps: requirements/runtime.txt requirements/cpu.txt requirements/tooling.txt | $(VENV)/bin/python
+$(VENV)/.serve-deps: requirements/runtime.txt requirements/service.txt requirements/cpu.txt requirements/tooling.txt | $(VENV)/bin/python
 	$(PIP) install -r requirements/cpu.txt -r requirements/tooling.txt
 	touch $@ $(VENV)/.tooling-deps
 

@@ -2,7 +2,7 @@
 
 One line per file, in the format `sha256sum` reads and writes (`<hex>  <path relative to the
 folder>`), so `cd model && sha256sum -c MODEL.sha256` checks it by hand too. CI's tooling
-writes it (example_models fetch, model_parts merge and record); the pod's runtime reads it at
+writes it (example_models fetch, model_parts merge, model_files record); the pod's runtime reads it at
 start and refuses a model that does not match. Standard library only: both sides import it.
 """
 
@@ -14,6 +14,8 @@ from pathlib import Path
 
 #: The record's file name, in the model's folder.
 RECORD_NAME = "MODEL.sha256"
+#: The command that (re)writes the record for the model value.py names (podserve.tooling.model_files record).
+RECORD_COMMAND = "make record"
 #: One line as sha256sum writes it: the digest, a space, then a space (text mode) or `*` (binary mode), the name.
 _LINE = re.compile(r"^(?P<digest>[0-9a-f]{64}) [ *](?P<name>.+)$")
 
@@ -48,7 +50,7 @@ def read_record(folder: Path) -> dict[str, str] | None:
         match = _LINE.match(line)
         if not match:
             raise RecordError(f"{path} line {number}: {line!r} is not '<sha256 hex>  <file>'; rewrite it with "
-                              f"`python -m podserve.tooling.model_parts record {folder}`")
+                              f"`{RECORD_COMMAND}`")
         entries[match["name"]] = match["digest"]
     return entries
 
@@ -77,4 +79,17 @@ def mismatches(folder: Path) -> list[str]:
             actual = sha256_of(file)
             if actual != digest:
                 problems.append(f"{name}: sha256 {actual} but {digest} was recorded")
+    return problems
+
+
+def model_problems(model_path: Path) -> list[str] | None:
+    """Check `model_path` against its folder's record: None when there is no record, else one sentence per file
+    missing or different, and one if model_path itself (a file) is not recorded. Raises RecordError."""
+    folder = record_folder(model_path)
+    entries = read_record(folder)
+    if entries is None:
+        return None
+    problems = mismatches(folder)
+    if model_path.is_file() and model_path.name not in entries:
+        problems.append(f"{model_path.name}: the model file (model_path) is not in the record")
     return problems

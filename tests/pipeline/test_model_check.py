@@ -56,7 +56,7 @@ def test_a_changed_model_file_stops_the_server_before_ping_ever_answers(affine_m
     assert 200 not in answers
     log = server.log_path.read_text()
     assert f"does not match {RECORD_NAME}" in log and f"{model.name}: sha256" in log, log
-    assert "model_parts record" in log  # the fix
+    assert "make record" in log  # the fix
 
 
 def test_the_check_names_each_problem_and_the_fix(tmp_path):
@@ -79,5 +79,5 @@ def test_the_check_names_each_problem_and_the_fix(tmp_path):
     with pytest.raises(ModelCheckError, match=r"m\.onnx: the model file \(model_path\) is not in the record"):
         check_model(model)
     record_file.write_text("not a checksum line\n")
-    with pytest.raises(ModelCheckError, match=r"line 1: 'not a checksum line'.*model_parts record"):
+    with pytest.raises(ModelCheckError, match=r"line 1: 'not a checksum line'.*make record"):
         check_model(model)

@@ -13,12 +13,12 @@ import logging
 import time
 from pathlib import Path
 
-from podserve.model_record import RECORD_NAME, RecordError, mismatches, read_record, record_folder
+from podserve.model_record import RECORD_COMMAND, RECORD_NAME, RecordError, model_problems, read_record, record_folder
 
 log = logging.getLogger(__name__)
 
-_FIX = ("Fetch or merge the model again (CI's model job does both), or record the files you meant to serve with "
-        "`python -m podserve.tooling.model_parts record {folder}`")
+_FIX = ("Fetch or merge the model again (`make model`, as CI's model job does), or record the files you meant to "
+        f"serve with `{RECORD_COMMAND}` and commit {RECORD_NAME}")
 
 
 class ModelCheckError(RuntimeError):
@@ -30,18 +30,16 @@ def check_model(model_path: Path) -> int:
     folder = record_folder(model_path)
     started = time.monotonic()
     try:
-        entries = read_record(folder)
+        problems = model_problems(model_path)
     except RecordError as exc:
         raise ModelCheckError(str(exc)) from exc
-    if entries is None:
+    if problems is None:
         log.warning("no %s beside the model in %s: the model files are not checked", RECORD_NAME, folder)
         return 0
-    problems = mismatches(folder)
-    if model_path.is_file() and model_path.name not in entries:
-        problems.append(f"{model_path.name}: the model file (model_path) is not in the record")
     if problems:
         raise ModelCheckError(f"the model in {folder} does not match {RECORD_NAME}: {'; '.join(problems)}. "
-                              + _FIX.format(folder=folder))
+                              + _FIX)
+    entries = read_record(folder)
     log.info("model checked: %d file(s) in %s match %s (%.1fs)", len(entries), folder, RECORD_NAME,
              time.monotonic() - started)
     return len(entries)

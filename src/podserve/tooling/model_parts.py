@@ -2,7 +2,6 @@
 
     python -m podserve.tooling.model_parts split FILE --max-bytes N [--out DIR]
     python -m podserve.tooling.model_parts merge MANIFEST [MANIFEST ...] [--out DIR]
-    python -m podserve.tooling.model_parts record DIR
 
 `split` writes FILE's bytes as `<name>.part-0000`, `<name>.part-0001`, ... (each at most N
 bytes) and the manifest `<name>.parts.json` (the file's size and SHA-256, and each part's)
@@ -10,8 +9,8 @@ into DIR (default: beside FILE). `merge` rebuilds the file from the parts beside
 manifest into DIR (default: the manifest's folder), checking every part's size and SHA-256
 and then the whole file's: a missing or corrupted part is refused by name (exit 2) and
 nothing is written. Merged files are added to DIR's `MODEL.sha256`, the record the server
-checks at start. `record` (re)writes that record for every file in DIR, for a model put in
-`model/` by hand.
+checks at start. `make split` and `make model` (podserve.tooling.model_files) run these for
+value.py's model.
 """
 
 from __future__ import annotations
@@ -112,15 +111,6 @@ def merge(manifest: Path, out: Path | None = None) -> Path:
     return target
 
 
-def record_folder(folder: Path) -> Path:
-    """Record the SHA-256 of every file in `folder` (not hidden ones, not the record itself)."""
-    if not folder.is_dir():
-        raise PartsError(f"{folder}: no such folder; give the model folder (e.g. model/)")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != model_record.RECORD_NAME
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    return model_record.record(folder, files)
-
-
 def _copy_part(path: Path, part: Part, sink, whole) -> str | None:
     """Hash one part (and append it to `sink` when given); return the problem with it, if any."""
     if not path.is_file():
@@ -172,8 +162,6 @@ def _parser() -> argparse.ArgumentParser:
     merge_cmd = commands.add_parser("merge", help="rebuild each manifest's file from its parts, verified")
     merge_cmd.add_argument("manifests", type=Path, nargs="+", metavar="MANIFEST")
     merge_cmd.add_argument("--out", type=Path, help="where to write the file (default: the manifest's folder)")
-    record_cmd = commands.add_parser("record", help=f"write DIR/{model_record.RECORD_NAME} for every file in DIR")
-    record_cmd.add_argument("folder", type=Path, metavar="DIR")
     return parser
 
 
@@ -185,11 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             manifest = split(args.file, args.max_bytes, args.out)
             count = len(json.loads(manifest.read_text())["parts"])
             print(f"{manifest}: {count} part(s) of at most {args.max_bytes} bytes")
-        elif args.command == "merge":
+        else:
             for manifest in args.manifests:
                 print(f"{merge(manifest, args.out)}: merged and verified")
-        else:
-            print(f"{record_folder(args.folder)}: recorded")
     except PartsError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
