@@ -58,3 +58,17 @@ def write_stages(out: Path, rendered: dict[str, list[dict]]) -> list[Path]:
             (folder / name).write_text(text, encoding="utf-8")
             written.append(folder / name)
     return written
+
+
+def remove_stages(out: Path) -> list[Path]:
+    """Remove the manifests an earlier render wrote under out/<stage>/ (only files render writes, and the folders
+    left empty), so that no later step picks up manifests of a value.py that no longer renders; return them."""
+    removed = []
+    for folder in sorted(p for p in out.glob("*") if p.is_dir()) if out.is_dir() else []:
+        for name in sorted(KIND_FILES.values()):
+            if (folder / name).is_file():
+                (folder / name).unlink()
+                removed.append(folder / name)
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    return removed

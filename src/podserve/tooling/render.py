@@ -5,7 +5,8 @@
     python -m podserve.tooling.render --all --print-images   # the image each stage pulls
 
 Every chosen stage is rendered to memory, parsed back and checked; only when all pass are
-the files written, to <out>/<stage>/<kind>.yaml. The image tag comes from --image-tag,
+the files written, to <out>/<stage>/<kind>.yaml. When anything fails, the manifests an earlier
+render left in <out>/ are removed, so that no later step deploys them by mistake. The image tag comes from --image-tag,
 else $CI_COMMIT_SHORT_SHA, else "dev". --existing-routes takes the VirtualServices other
 services already serve (`kubectl get virtualservices -A -o yaml`) and refuses overlaps.
 """
@@ -18,8 +19,9 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-from podserve.tooling import checks, manifests, offline_manifests, output, routing, templating
+from podserve.tooling import checks, handler_source, manifests, offline_manifests, output, routing, templating
 from podserve.tooling.conf import Conf, load_conf
 from podserve.tooling.valuefile import Problem, ValueFileError
 from podserve.tooling.values import ServiceValues, load_values
@@ -39,8 +41,11 @@ class Rendered:
 
 def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf | None = None,
            image_tag: str = "dev", existing_routes: list[routing.Route] = (),
-           templates: Path | None = None) -> Rendered:
-    """Render and check the chosen stages (all when None); raise ValueFileError (or a subclass) if anything is wrong."""
+           templates: Path | None = None, handler_paths: Sequence[Path] | None = None) -> Rendered:
+    """Render and check the chosen stages (all when None); raise ValueFileError (or a subclass) if anything is wrong.
+
+    `handler` is checked in the source folders `handler_paths` (default: handler_source.default_paths).
+    """
     conf = conf if conf is not None else load_conf()
     stages = list(conf.stages) if stages is None else stages
     unknown = [s for s in stages if s not in conf.stages]
@@ -50,7 +55,9 @@ def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf 
     if not _TAG.match(image_tag):
         raise ValueFileError("--image-tag", [Problem("image_tag", f"{image_tag!r} is not a valid image tag (letters, "
                                                      "digits, _ . -, at most 128, not starting with . or -)")])
-    values = load_values(values_path, conf, existing_routes)
+    if handler_paths is None:
+        handler_paths = handler_source.default_paths(Path(values_path))
+    values = load_values(values_path, conf, existing_routes, handler_paths)
     if values.offline:  # Kafka workers: their own templates, checks and stages (no ab)
         return _render_offline(values, conf, stages, image_tag, templates)
     rendered = {name: manifests.render_stage(values, conf, conf.stages[name], image_tag, templates) for name in stages}
@@ -88,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         result = render(args.values, None if args.all else args.stage, conf, tag, existing)
     except (ValueFileError, templating.TemplateError) as exc:
         print(f"Error: {exc}\nNothing was written.", file=sys.stderr)
+        if not args.print_images and output.remove_stages(Path(args.out)):
+            print(f"The manifests an earlier render wrote in {args.out}/ were removed: they no longer match "
+                  f"{args.values}.", file=sys.stderr)
         return EXIT_INVALID
     if args.print_images:
         images = {manifests.image_ref(result.values, conf, conf.stages[s], tag) for s in result.stages}

@@ -13,13 +13,13 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from podserve import metric_names
 from podserve import offline_settings
 from podserve.routes import RESERVED_SERVICE_NAMES
 from podserve.settings import ServingSettings, SettingsError
-from podserve.tooling import quantity, routing
+from podserve.tooling import handler_source, quantity, routing
 from podserve.tooling.conf import Conf, Region, Stage, load_conf
 from podserve.tooling.valuefile import Problem, ValueFileError, read_assignments
 
@@ -138,11 +138,12 @@ class ServiceValues:
 
 
 def load_values(path: str | Path, conf: Conf | None = None,
-                existing_routes: list[routing.Route] = ()) -> ServiceValues:
+                existing_routes: list[routing.Route] = (), handler_paths: Sequence[Path] = ()) -> ServiceValues:
     """Read and check a value.py; raise ValueFileError listing every problem.
 
     `conf` defaults to the repository's conf/; `existing_routes` are routes other services
-    already serve (see routing.load_existing_routes), which this service must not overlap.
+    already serve (see routing.load_existing_routes), which this service must not overlap;
+    given `handler_paths` (source folders), `handler` is checked in them (see handler_source).
     """
     conf = conf if conf is not None else load_conf()
     assigned = read_assignments(path)
@@ -161,6 +162,10 @@ def load_values(path: str | Path, conf: Conf | None = None,
             else:
                 values[name] = field.default
     lines = {name: line for name, (_, line) in assigned.items()}
+    if handler_paths and "handler" in values:
+        message = handler_source.problem(values["handler"], handler_paths)
+        if message:
+            problems.append(Problem("handler", message, lines.get("handler")))
     if not problems:
         values = _normalise(values)
         problems = [Problem(name, message, lines.get(name))

@@ -103,7 +103,8 @@ class Mesh:
         """Render every service's stages in the region and the region's Gateway; return all objects."""
         objects = gateway_objects(self.conf, self.region)
         for path in self.values_paths:
-            rendered = render.render(path, stages=self.stage_names, conf=self.conf, image_tag="local")
+            rendered = render.render(path, stages=self.stage_names, conf=self.conf, image_tag="local",
+                                     handler_paths=[REPO / "src", *self.extra_python_path])
             for stage, docs in rendered.stages.items():
                 objects.extend(docs)
                 self.workloads.append(self._workload(stage, docs))
