@@ -2,7 +2,7 @@
 
 The surface a service uses, and the only one that stays stable:
 
-    from podserve import Handler, OnnxHandler, Payload, Device, InvalidInput, service_metrics
+    from podserve import Handler, OnnxHandler, Payload, WithContext, Device, InvalidInput, service_metrics
 
 The names load on first use, so that CI's tooling can import `podserve.settings` and
 friends without the server's dependencies (numpy, Pillow, prometheus_client) installed.
@@ -15,6 +15,7 @@ _EXPORTS = {
     "Handler": "podserve.handler",
     "OnnxHandler": "podserve.handler",
     "Payload": "podserve.handler",
+    "WithContext": "podserve.handler",
     "InvalidInput": "podserve.errors",
     "decode_image": "podserve.images",
     "service_metrics": "podserve.service_metrics",

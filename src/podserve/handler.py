@@ -4,7 +4,8 @@ A model team subclasses `Handler` (or, for an ONNX model, `OnnxHandler`) in `src
 and names it in `value.py` (`handler = "server:MyHandler"`). The platform creates one
 handler object per model instance, calls `load` once, then calls `decode` for each request
 in the request's own thread, `predict` with batches in the instance's batch thread, and
-`encode` for each output. The handler knows nothing of HTTP, threads, batching, metrics or
+`encode` for each output, with the request's context when `decode` returned one
+(`WithContext`). The handler knows nothing of HTTP, threads, batching, metrics or
 Kubernetes.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -74,6 +75,23 @@ class Payload:
         return decode_image(self.image, max_pixels=self.max_image_pixels, mode=mode, draft_size=draft_size)
 
 
+class WithContext(NamedTuple):
+    """What `decode` returns when `encode` needs to know something about its request.
+
+    `input` goes to `predict` (batched with other requests' inputs, as a bare input would);
+    `context` (an image's size, a scale, a crop: anything) never reaches the model and is
+    handed to `encode(output, context)` for this same request.
+    """
+
+    input: Any
+    context: Any
+
+
+def model_inputs(items: Sequence[Any]) -> list[Any]:
+    """The model inputs of `decode` results: each WithContext's input, any other item as it is."""
+    return [item.input if type(item) is WithContext else item for item in items]
+
+
 class Handler:
     """Serve a model: load it once, decode a request, predict a batch, encode an output.
 
@@ -81,28 +99,33 @@ class Handler:
     example, runnable as it stands::
 
         import numpy as np
-        from podserve import Handler, InvalidInput, Payload
+        from podserve import Handler, InvalidInput, Payload, WithContext
 
         class Doubler(Handler):
             def load(self, model_path, device):
                 self.factor = 2.0                      # load weights here, once
 
             def decode(self, payload):
-                if not isinstance(payload.data, list):
+                if not isinstance(payload.data, list) or not payload.data:
                     raise InvalidInput("'data' must be a list of numbers", field="data")
-                return np.asarray(payload.data, dtype=np.float32)
+                values = np.asarray(payload.data, dtype=np.float32)
+                peak = float(np.abs(values).max()) or 1.0
+                return WithContext(values / peak, peak)  # the model sees [-1, 1]; `peak` waits for encode
 
             def predict(self, batch):
                 return [x * self.factor for x in batch]  # one output per input
 
-            def encode(self, output):
-                return output.tolist()
+            def encode(self, output, peak):            # the context decode returned for this request
+                return (output * peak).tolist()
 
         h = Doubler(); h.load("unused", None)
-        assert h.encode(h.predict([h.decode(Payload(data=[1, 2]))])[0]) == [2.0, 4.0]
+        decoded = h.decode(Payload(data=[1, 2]))
+        assert h.encode(h.predict([decoded.input])[0], decoded.context) == [2.0, 4.0]
 
+    A `decode` that returns a bare input (no `WithContext`) gets `encode(output)`.
     `decode` and `encode` run in many request threads at once, on one shared handler
-    object: keep them free of mutable state. `predict` runs in one thread per instance.
+    object: keep them free of mutable state (per-request state goes in the context).
+    `predict` runs in the instance's batch threads.
 
     Rules the runtime checks: `predict` returns a sequence with exactly one output per
     input, in the same order. `decode` may raise `InvalidInput` (the caller gets a 400 that
@@ -113,15 +136,16 @@ class Handler:
         """Load the model for one instance on `device`. Called once per instance."""
 
     def decode(self, payload: Payload) -> Any:
-        """Turn one request into one model input. Runs in the request's thread."""
+        """Turn one request into one model input, or `WithContext(input, context)`. Runs in the request's thread."""
         raise NotImplementedError(f"{type(self).__name__}.decode is not written")
 
     def predict(self, batch: Sequence[Any]) -> Sequence[Any]:
         """Run the model on a batch of inputs; return one output per input, in order."""
         raise NotImplementedError(f"{type(self).__name__}.predict is not written")
 
-    def encode(self, output: Any) -> Any:
-        """Turn one output into the JSON-serialisable `results` of the response."""
+    def encode(self, output: Any, context: Any = None) -> Any:
+        """Turn one output into the JSON-serialisable `results` of the response; `context` is what `decode` returned
+        with the input (`WithContext`), and is passed only then."""
         return output.tolist() if isinstance(output, np.ndarray) else output
 
     #: Batches the batcher may give `predict` at once, from as many threads (1: one at a time). The platform's
@@ -142,7 +166,9 @@ class Handler:
         return None
 
     def warmup_inputs(self) -> list[Any]:
-        """Return the inputs of the warm-up batch run once after `load` (default: none)."""
+        """Return the inputs of the warm-up batches run once after `load` (default: none): model inputs of the
+        shapes `decode` makes, or `decode` results themselves (a WithContext's context is set aside, as it is for
+        a request)."""
         return []
 
 
@@ -150,7 +176,9 @@ class OnnxHandler(Handler):
     """A Handler that runs an ONNX model with onnxruntime: write only `decode` and `encode`.
 
     `decode` returns one input without its batch axis: an array when the model has one
-    input, or a dict of arrays by input name. `predict` stacks a batch, runs the session and
+    input, or a dict of arrays by input name (wrapped in `WithContext(input, context)` when
+    `encode` needs something of the request, such as an image's scale: never as extra keys,
+    which the session does not take). `predict` stacks a batch, runs the session and
     hands `encode` one row of the first output (or a dict of rows when `all_outputs`).
     Set `input_shape` (one item, no batch axis) when the model's shape has free dimensions,
     so that the warm-up batch can be built. On a GPU the session uses the CUDA execution
@@ -210,7 +238,7 @@ class OnnxHandler(Handler):
         smaller one within some margin (bench/optimisations.json).
         CPU caches make small runs cheaper for some models (the 320x320 detector: 1) and larger ones for
         others (the text classifier: 2 to 8)."""
-        inputs = self.warmup_inputs()
+        inputs = model_inputs(self.warmup_inputs())
         if len(inputs) != 1:
             return None
         cost: dict[int, float] = {}

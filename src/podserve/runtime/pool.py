@@ -9,7 +9,7 @@ import time
 from typing import Any, Callable
 
 from podserve.errors import NotReady, Overloaded
-from podserve.handler import Device, Handler
+from podserve.handler import Device, Handler, model_inputs
 from podserve.runtime.batcher import BatchWorker, WorkItem, check_outputs
 from podserve.runtime.metrics import Metrics
 from podserve.settings import ServingSettings
@@ -103,7 +103,7 @@ class InstancePool:
         """Run one batch of every size the batcher can form (1 to max_batch_size): on a GPU the first run at
         each new shape picks kernels and algorithms, which must not happen to a caller. Batches are not padded
         to a few sizes instead: on the CPU that cost about 1.3x the CPU per input (`python -m bench.padding`)."""
-        inputs = handler.warmup_inputs()
+        inputs = model_inputs(handler.warmup_inputs())
         if not inputs:
             return
         for size in range(1, self.settings.max_batch_size + 1):

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 
 from podserve import errors
 from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded, ServingError
-from podserve.handler import Payload
+from podserve.handler import Payload, WithContext
 from podserve.runtime import api
 from podserve.runtime.batcher import WorkItem
 from podserve.runtime.devices import cpu_share
@@ -55,7 +55,7 @@ WAITING, WORKING, SUBMITTED, ANSWERED = range(4)
 class Call:
     """One service request between the door and its answer."""
 
-    __slots__ = ("exchange", "deadline", "state", "item", "payload")
+    __slots__ = ("exchange", "deadline", "state", "item", "payload", "context")
 
     def __init__(self, exchange: Exchange, deadline: float):
         self.exchange = exchange
@@ -63,6 +63,7 @@ class Call:
         self.state = WAITING
         self.item: WorkItem | None = None
         self.payload: Payload | None = None
+        self.context: tuple = ()  # what encode gets after the output: (context,) when decode returned WithContext
 
 
 class ServiceRoute:
@@ -178,6 +179,8 @@ class ServiceRoute:
                 call.payload = api.parse_request(exchange.headers.get("content-type"), exchange.body,
                                                  QueryArgs(exchange.query), self.settings.max_image_pixels)
                 model_input = call_verb(handler.decode, call.payload)
+                if type(model_input) is WithContext:  # the context stays here; only the input is batched
+                    model_input, call.context = model_input.input, (model_input.context,)
                 call.state = SUBMITTED  # before the batch thread can possibly answer it
                 call.item = self.pool.submit(model_input, handler.batch_key(model_input), call.deadline, incoming,
                                              on_done=self._work_done, context=call)
@@ -193,7 +196,7 @@ class ServiceRoute:
             self._answer_once(call, item.error, item)
             return
         try:
-            results = call_verb(item.worker.handler.encode, item.output)
+            results = call_verb(item.worker.handler.encode, item.output, *call.context)
             try:
                 body = _RESULTS_JSON.encode(api.success_body(call.payload, results)).encode()
             except (TypeError, ValueError) as exc:
@@ -225,6 +228,7 @@ class ServiceRoute:
         self.lifecycle.request_finished()
         exchange.answer(answer)
         call.item = None  # no cycles left for the garbage collector: memory stays flat
+        call.context = ()
         if item is not None:
             item.context = item.input = None
         seconds = time.monotonic() - call.exchange.received_at

@@ -10,14 +10,14 @@ from podserve.errors import HandlerFailed, ServingError
 log = logging.getLogger("podserve")
 
 
-def call_verb(method: Callable[[Any], Any], argument: Any) -> Any:
+def call_verb(method: Callable[..., Any], *arguments: Any) -> Any:
     """Call a handler verb; its ServingError passes through, anything else is logged and becomes HandlerFailed.
 
     The HandlerFailed's message is short (callers see it); its `detail` adds the exception's own text,
     for places that only the platform reads (the server log, a dead-letter record).
     """
     try:
-        return method(argument)
+        return method(*arguments)
     except ServingError:
         raise
     except Exception as exc:

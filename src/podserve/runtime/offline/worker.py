@@ -22,6 +22,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from podserve.errors import DeadlineExceeded, HandlerFailed, Overloaded, ServingError
+from podserve.handler import WithContext
 from podserve.runtime.offline import records
 from podserve.runtime.offline.metrics import MessageMetrics
 from podserve.runtime.offline.records import Outgoing
@@ -132,12 +133,15 @@ class OfflineWorker:
         handler = self.pool.decoder()
         payloads: list[Any] = [None] * len(messages)
         items: list[Any] = [None] * len(messages)
+        contexts: list[tuple] = [()] * len(messages)  # what encode gets after the output (see WithContext)
         errors: list[ServingError | None] = [None] * len(messages)
         with self.pool.admit():  # batch threads wait (up to the delay) for the rest of the fetch
             for i, message in enumerate(messages):
                 try:
                     payloads[i] = records.parse(message.value(), self.settings.max_image_pixels)
                     model_input = call_verb(handler.decode, payloads[i])
+                    if type(model_input) is WithContext:
+                        model_input, contexts[i] = model_input.input, (model_input.context,)
                     items[i] = self._submit(model_input, handler.batch_key(model_input))
                 except ServingError as exc:
                     errors[i] = exc
@@ -153,7 +157,8 @@ class OfflineWorker:
         for i, message in enumerate(messages):
             if errors[i] is None:
                 try:
-                    results.append(records.result(message.key(), payloads[i], call_verb(handler.encode, outputs[i])))
+                    results.append(records.result(message.key(), payloads[i],
+                                                  call_verb(handler.encode, outputs[i], *contexts[i])))
                     continue
                 except (TypeError, ValueError) as exc:
                     errors[i] = HandlerFailed(f"{type(handler).__name__}.encode returned something JSON cannot hold "

@@ -1,0 +1,53 @@
+"""The per-request context: what `decode` returns in WithContext reaches `encode` for that request, batched or not."""
+
+from __future__ import annotations
+
+import numpy as np
+from load import burst
+
+from podserve import Handler, WithContext
+from podserve.handler import Device, Payload
+
+
+def test_each_answer_gets_its_own_requests_context_when_requests_are_batched(start_server, affine_model):
+    server = start_server(handler="context_handlers:ScaledAffine", model_path=str(affine_model), max_batch_size=16,
+                          max_batch_delay_ms=50, ins_num_per_gpu=1)  # ready: the warm-up ran on decode's results
+    vectors = [[float(i + 1), -2.0 * (i + 1), 0.5, float(i % 7)] for i in range(48)]
+    replies = burst(server.api, [{"json": {"postid": str(i), "data": v}} for i, v in enumerate(vectors)])
+    assert [r.status_code for r in replies] == [200] * 48
+    for i, (reply, vector) in enumerate(zip(replies, vectors)):
+        results = reply.json()["results"]
+        assert results["postid"] == str(i)
+        assert results["y"] == [round(2 * x + 1, 3) for x in vector]
+    batches, items = server.metric_sum("podserve_batch_size_count"), server.metric_sum("podserve_batch_size_sum")
+    assert items / batches > 1, "the requests were never batched: the test proves nothing about batching"
+
+
+def test_warm_up_runs_on_decode_results_with_the_context_set_aside():
+    from prometheus_client import CollectorRegistry
+
+    from podserve.runtime.metrics import Metrics
+    from podserve.runtime.pool import InstancePool
+    from podserve.settings import ServingSettings
+
+    seen: list = []
+
+    class Recorder(Handler):
+        def decode(self, payload):
+            return WithContext(np.zeros(3, dtype=np.float32), {"size": (640, 480)})
+
+        def warmup_inputs(self):
+            return [self.decode(Payload(data=[0]))]
+
+        def predict(self, batch):
+            seen.extend(type(item) for item in batch)
+            return list(batch)
+
+    pool = InstancePool(Recorder, [Device("cpu")], ServingSettings(max_batch_size=3),
+                        Metrics("warm", CollectorRegistry()))
+    pool.load()
+    try:
+        assert pool.ready, pool.status()
+        assert seen == [np.ndarray] * 6  # batches of 1, 2 and 3 bare inputs: predict never sees a context
+    finally:
+        pool.stop()
