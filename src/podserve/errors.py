@@ -46,6 +46,27 @@ class MethodNotAllowed(ServingError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(ServingError):
+    """The request's head or body did not arrive in time; the connection is closed."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class HeadTooLarge(ServingError):
+    """The request line and headers are over the platform's limit."""
+
+    status = 431
+    code = "head_too_large"
+
+
+class ClientGone(ServingError):
+    """The caller hung up before its request ran; it was not run, and no answer is sent (counted as 499)."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 class PayloadTooLarge(ServingError):
     """The request body is over the configured limit."""
 

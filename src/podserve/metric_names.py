@@ -23,6 +23,7 @@ WARMUP_SECONDS = PREFIX + "warmup_seconds"                  # gauge, per instanc
 HTTP_BACKLOG = PREFIX + "http_backlog"                      # gauge, requests and answers waiting for a request thread
 ADMISSION_LIMIT = PREFIX + "admission_limit"                # gauge, requests the pod holds before refusing (503)
 REFUSALS_HELD = PREFIX + "refusals_held"                    # gauge, 503s decided and held back by the pacing
+WRITE_TIMEOUTS = PREFIX + "write_timeouts_total"            # counter, connections dropped: the caller read no answer
 
 # Limits, set once at start-up so dashboards and alerts draw "used against allowed" without value.py.
 MAX_BATCH_SIZE = PREFIX + "max_batch_size"                  # gauge, labels ("service",)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 ENV_PREFIX = "PODSERVE_"
+#: A setting's `owner` when it is the platform's (conf/platform.yaml), not the service's (value.py).
+PLATFORM = "platform"
 
 #: The port the server listens on inside the pod; the Service, probes and Kong use it.
 HTTP_PORT = 8080
@@ -53,6 +55,24 @@ class ServingSettings:
                                                                   "rules (0: the platform's)"})
     slo_latency_target: float = field(default=0.0, metadata={"doc": "share of requests under the platform's latency "
                                                                     "threshold, exported (0: the platform's)"})
+    # The HTTP front end's limits (runtime/httpserver.py): the platform's, from conf/platform.yaml's `http` section
+    # (value.py cannot set them). Defaults and their reasons: docs/http-limits.md.
+    max_head_bytes: int = field(default=64 * 1024, metadata={
+        "doc": "largest request line and headers, counted as they arrive (431 above)", "owner": PLATFORM})
+    header_timeout_seconds: float = field(default=15.0, metadata={
+        "doc": "a request head not complete this long after its first byte gets 408 and is closed", "owner": PLATFORM})
+    write_timeout_seconds: float = field(default=30.0, metadata={
+        "doc": "a caller that reads none of its answers this long is disconnected", "owner": PLATFORM})
+    idle_timeout_seconds: float = field(default=300.0, metadata={
+        "doc": "a keep-alive connection idle this long is closed (the mesh's idle timeout is shorter)",
+        "owner": PLATFORM})
+    max_connections: int = field(default=1000, metadata={
+        "doc": "open connections; a new one beyond it gets 503 and is closed", "owner": PLATFORM})
+    max_pending_body_bytes: int = field(default=64 * 1024 * 1024, metadata={
+        "doc": "bytes of bodies still being sent, pod-wide (at least one largest body); a body that would go over it "
+               "gets 503 at its headers", "owner": PLATFORM})
+    control_queue_size: int = field(default=64, metadata={
+        "doc": "requests waiting for the control thread (/metrics, 404s); 503 above", "owner": PLATFORM})
 
     @staticmethod
     def env_name(name: str) -> str:
@@ -63,6 +83,11 @@ class ServingSettings:
     def names(cls) -> list[str]:
         """Return every setting's name, in declaration order."""
         return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def platform_names(cls) -> list[str]:
+        """Return the settings the platform sets for every service (conf/platform.yaml's `http`), not value.py."""
+        return [f.name for f in dataclasses.fields(cls) if f.metadata.get("owner") == PLATFORM]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServingSettings":
@@ -86,7 +111,7 @@ class ServingSettings:
         """Raise SettingsError naming the first setting that is out of range."""
         positive = ("port", "ins_num_per_gpu", "max_batch_size", "queue_size", "request_timeout_ms",
                     "max_body_bytes", "max_image_pixels", "stuck_batch_seconds",
-                    "init_delay_second")
+                    "init_delay_second", *self.platform_names())
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)}={getattr(self, name)!r} must be above 0")

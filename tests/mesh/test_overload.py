@@ -22,7 +22,7 @@ def test_excess_gets_fast_503s_from_the_mesh_and_no_pod_is_ejected(mesh):
     (rule,) = [d for d in mesh.objects if d["kind"] == "DestinationRule" and d["metadata"]["name"] == "test"
                and d["metadata"]["namespace"] == mesh.conf.stages["hk"].namespace]
     limit = rule["spec"]["trafficPolicy"]["connectionPool"]["http"]["http2MaxRequests"]
-    assert limit == mesh_limits.connection_pool(VALUES, len(workload.pods))["http"]["http2MaxRequests"] == 72
+    assert limit == mesh_limits.connection_pool(VALUES, len(workload.pods), 300)["http"]["http2MaxRequests"] == 72
     ejections = f"cluster.{workload.cluster}.outlier_detection.ejections_enforced_total"
     ejected_before = mesh.envoy.stat(ejections)
     flags = [switch_dir(mesh, "test", "hk", i) / "slow" for i in range(len(workload.pods))]

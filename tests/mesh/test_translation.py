@@ -64,6 +64,7 @@ def test_step_one_the_example_to_the_ir_matches_its_golden_file():
     production = config.cluster("outbound|8080||text-direction.podserve.svc.cluster.local")
     assert production.limits.max_requests == 96  # 2 pods x 64 queued x 3/4 (mesh_limits.MESH_SHARE)
     assert production.outlier.consecutive_5xx == 5 and production.slow_start_s == 30
+    assert production.idle_timeout_s < conf.platform.http.idle_timeout_seconds  # the mesh closes an idle line first
     routes = {route.match_value: route for vh in config.virtual_hosts for route in vh.routes}
     exact = routes["/api/like/text-direction"]
     assert (exact.match_kind, exact.rewrite_uri, exact.timeout_s) == ("exact", "/api/text-direction", 11)

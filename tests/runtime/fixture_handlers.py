@@ -73,3 +73,15 @@ class Hangs(Affine):
         if any(item[0] == 999 for item in batch):
             time.sleep(3)
         return super().predict(batch)
+
+
+class HeaderInjector(Affine):
+    """Affine whose decode refuses 1 with a header value holding CR/LF, and 2 with one that is not latin-1."""
+
+    def decode(self, payload: Payload) -> np.ndarray:
+        first = (payload.data or [0])[0]
+        if first == 1:
+            raise InvalidInput("refused", headers={"X-Note": "fine\r\nInjected: yes"})
+        if first == 2:
+            raise InvalidInput("refused", headers={"X-Note": "caf\u00e9 \u2615"})
+        return super().decode(payload)

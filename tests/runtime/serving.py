@@ -64,7 +64,11 @@ class Server:
 
     def metrics(self) -> dict[str, float]:
         """Return every sample on /metrics as {'name{labels}': value}."""
-        text = requests.get(self.url("/metrics"), timeout=5).text
+        return self.metrics_from_text(requests.get(self.url("/metrics"), timeout=5).text)
+
+    @staticmethod
+    def metrics_from_text(text: str) -> dict[str, float]:
+        """Every sample of a Prometheus text page as {'name{labels}': value}."""
         samples = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from manifest_helpers import REPO
 from podserve.settings import ServingSettings
+from podserve.tooling import render
+from podserve.tooling.conf import load_conf
 from podserve.tooling.values import FIELDS, REQUIRED, load_values
 from service_files import write_values
 
@@ -40,7 +43,22 @@ def test_every_field_is_documented_in_the_example_value_py():
         assert re.search(rf"^#? ?{name} = .+#", text, re.M), f"value.py does not show and explain {name}"
 
 
-def test_every_server_setting_a_service_may_set_is_a_field():
-    platform_owned = {"host", "port"}
+def test_every_server_setting_a_service_may_set_is_a_field_and_the_platforms_are_not():
+    platform_owned = {"host", "port", *ServingSettings.platform_names()}
     assert set(ServingSettings.names()) - platform_owned <= set(FIELDS)
+    assert not set(ServingSettings.platform_names()) & set(FIELDS)
+
+
+def test_the_platforms_http_limits_reach_the_pods_environment_from_conf():
+    """conf/platform.yaml's `http` section is every platform-owned setting, and what it says is what pods get."""
+    conf = load_conf()
+    assert set(dataclasses.asdict(conf.platform.http)) == set(ServingSettings.platform_names())
+    changed = dataclasses.replace(conf.platform.http, header_timeout_seconds=7.5, max_connections=321)
+    conf = dataclasses.replace(conf, platform=dataclasses.replace(conf.platform, http=changed))
+    settings = load_values(REPO / "value.py", conf).serving_settings()
+    assert (settings.header_timeout_seconds, settings.max_connections) == (7.5, 321)
+    [deployment] = [doc for doc in render.render(REPO / "value.py", stages=["hk"], conf=conf).stages["hk"]
+                    if doc["kind"] == "Deployment"]
+    env = {item["name"]: item["value"] for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PODSERVE_HEADER_TIMEOUT_SECONDS"] == "7.5" and env["PODSERVE_MAX_CONNECTIONS"] == "321"
     assert [name for name, field in FIELDS.items() if field.default is REQUIRED] == ["service_name", "username"]

@@ -1,8 +1,9 @@
-"""The Flask app of the pod: probes, metrics, and the answers for routes that do not exist.
+"""The Flask app of the pod: metrics, and the answers for routes that do not exist.
 
 `POST /api/<service_name>`, the one hot path, does not go through Flask: the HTTP server
-hands it to runtime/service_route.py. Everything else the pod answers comes from here, on
-the control thread (runtime/wsgi.py).
+hands it to runtime/service_route.py; the probes are answered by the event loop itself
+(runtime/probes.py). Everything else the pod answers comes from here, on the control thread
+(runtime/wsgi.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wrappers import Request
 
 from podserve import errors
-from podserve.errors import InvalidInput, NotReady, ServingError
+from podserve.errors import InvalidInput, ServingError
 from podserve.handler import Payload
 from podserve.routes import LIVE_PATH, METRICS_PATH, PING_PATH, service_path
 from podserve.runtime import api
@@ -46,21 +47,6 @@ def create_app(settings: ServingSettings, pool: InstancePool, lifecycle: Lifecyc
 
     def error_response(error: ServingError, payload: Payload | None = None) -> JsonAnswer:
         return respond(error.status, api.error_body(error, payload), error.headers)
-
-    @app.get(PING_PATH)
-    def ping() -> JsonAnswer:
-        if lifecycle.draining:
-            return error_response(NotReady("shutting down: this pod no longer takes new traffic"))
-        if not pool.ready:
-            return error_response(NotReady(f"not ready: {pool.status()}"))
-        return respond(200, {"results": {"ready": True, "instances": len(pool.workers)}, "msg": pool.status()})
-
-    @app.get(LIVE_PATH)
-    def live() -> JsonAnswer:
-        problem = pool.liveness_problem()
-        if problem:
-            return error_response(errors.Wedged(f"wedged: {problem}"))
-        return respond(200, {"results": {"alive": True}, "msg": "ok"})
 
     @app.get(METRICS_PATH)
     def metrics_page() -> Response:

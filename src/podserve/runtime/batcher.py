@@ -136,13 +136,14 @@ class BatchWorker:
             if self._idle_lanes:  # a lane waits for work or for its batch to fill (busy lanes look when done)
                 self._cond.notify()
 
-    def withdraw(self, item: WorkItem) -> bool:
-        """Take `item` out of the queue if it has not started; return whether it was withdrawn."""
+    def withdraw(self, item: WorkItem, error: ServingError | None = None) -> bool:
+        """Take `item` out of the queue if it has not started, finishing it with `error` (default: its deadline
+        passed); return whether it was withdrawn."""
         with self._cond:
             if item.state != QUEUED:
                 return False
             self._queue.remove(item)
-            item.finish(error=_expired())
+            item.finish(error=error or _expired())
             return True
 
     @property

@@ -7,19 +7,33 @@ the answer. No thread waits for a request's inference, and nothing is queued whe
 sees it: a request is either read and counted by the dispatcher, or still on the wire.
 
 HTTP/1.1 keep-alive and pipelining (answers go out in request order), HTTP/1.0, chunked
-bodies, `Expect: 100-continue`, a body limit enforced from the headers (413 before a large
-body is buffered) and the parser's own refusals (400, naming what it could not read) are
-handled here; routing, admission and the views are not.
+bodies, `Expect: 100-continue` and the parser's own refusals (400, naming what it could not
+read) are handled here; routing, admission and the views are not.
+
+Every byte a client sends counts against a limit and every wait has a clock (`HttpLimits`,
+from the platform's conf/platform.yaml through the environment):
+
+- a request head is counted as its bytes arrive, however it is split (431 above the limit);
+  a head not complete within the header timeout gets 408 and the connection is closed, and so
+  does a body not complete within the request's own deadline;
+- bodies not yet handed on are held against one pod-wide budget: a body that would go over it
+  is refused 503 at its headers, unread, so many slow uploads cannot add up;
+- at most `PIPELINE_DEPTH` requests of one connection are dispatched and unanswered: reading
+  stops there, and what one read brought beyond it waits, parsed no further than a slice;
+- a caller that reads none of its answers for the write timeout is disconnected; beyond the
+  connection limit a new connection gets a 503 and is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Callable, Iterable
 from urllib.parse import unquote_to_bytes
@@ -27,33 +41,83 @@ from urllib.parse import unquote_to_bytes
 import httptools
 from werkzeug.http import HTTP_STATUS_CODES
 
+from podserve.errors import RETRY_AFTER_SECONDS
+
 log = logging.getLogger(__name__)
 
 #: A body this far over the limit is read and dropped, so the 413 reaches a caller still sending it;
 #: further over, the connection is closed after the 413.
 BODY_SLACK_BYTES = 1024 * 1024
-#: Request head (request line and headers) size limit: 431 above it.
-MAX_HEAD_BYTES = 64 * 1024
 #: Requests one connection may have read and not yet answered before the server stops reading it.
 PIPELINE_DEPTH = 16
-#: A keep-alive connection idle this long is closed (Envoy's own idle timeout is shorter).
-IDLE_SECONDS = 300.0
+#: Bytes parsed at a time while a request head (or a chunked body) may end in them: what one connection can make the
+#: server parse beyond its pipeline depth. A Content-Length body is parsed to its end in one step.
+PARSE_SLICE_BYTES = 4096
+#: A Content-Length longer than this is refused 400 (20 digits hold every length a server can take).
+MAX_CONTENT_LENGTH_DIGITS = 20
 SERVER_NAME = "podserve"
 
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode("latin-1") for code, reason in HTTP_STATUS_CODES.items()}
+#: A header name is an RFC 9110 token; a value any latin-1 text without CR, LF or NUL.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 
 
 def status_line(status: int) -> bytes:
     return _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one client may make the server hold, and for how long (the defaults are ServingSettings')."""
+
+    max_body_bytes: int
+    max_head_bytes: int
+    header_timeout_seconds: float
+    write_timeout_seconds: float
+    idle_timeout_seconds: float
+    max_connections: int
+    max_pending_body_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings) -> "HttpLimits":
+        """The limits a ServingSettings carries; the pending-body budget holds at least one largest body."""
+        return cls(max_body_bytes=settings.max_body_bytes, max_head_bytes=settings.max_head_bytes,
+                   header_timeout_seconds=settings.header_timeout_seconds,
+                   write_timeout_seconds=settings.write_timeout_seconds,
+                   idle_timeout_seconds=settings.idle_timeout_seconds, max_connections=settings.max_connections,
+                   max_pending_body_bytes=max(settings.max_pending_body_bytes, settings.max_body_bytes))
+
+    @property
+    def tick_seconds(self) -> float:
+        """How often the clocks are read: a timeout fires at most this late."""
+        return min(1.0, self.header_timeout_seconds / 4, self.write_timeout_seconds / 4)
+
+
+def header_problem(name: str, value: str) -> str | None:
+    """Say what makes `name: value` unsendable as an HTTP/1.1 header (None when it is fine)."""
+    if not isinstance(name, str) or not _HEADER_NAME.match(name):
+        return f"header name {name!r} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~ only)"
+    if not isinstance(value, str) or _HEADER_VALUE_FORBIDDEN.search(value):
+        return f"header {name}: value {value!r} contains CR, LF or NUL (or is not a string)"
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return f"header {name}: value {value!r} is not latin-1 text; percent-encode it"
+    return None
+
+
 class Answer:
-    """A complete HTTP answer: status, headers (name, value) and body."""
+    """A complete HTTP answer: status, headers (name, value) and body.
 
-    __slots__ = ("status", "headers", "body", "close")
+    `length` is the Content-Length a HEAD answer announces when `body` is left empty (a GET's length).
+    """
 
-    def __init__(self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = (), close: bool = False):
-        self.status, self.body, self.headers, self.close = status, body, headers, close
+    __slots__ = ("status", "headers", "body", "close", "length")
+
+    def __init__(self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = (), close: bool = False,
+                 length: int | None = None):
+        self.status, self.body, self.headers, self.close, self.length = status, body, headers, close, length
 
 
 class Exchange:
@@ -61,10 +125,11 @@ class Exchange:
 
     `headers` maps lower-cased names to values (repeated headers joined with ", ").
     `received_at` is time.monotonic() when its first bytes were read: deadlines count from it.
+    `on_gone`, when set by whoever holds the request, is called (loop thread) if the caller hangs up first.
     """
 
     __slots__ = ("method", "target", "path", "query", "headers", "body", "version", "keep_alive", "received_at",
-                 "answer_", "connection", "oversize", "timer")
+                 "answer_", "connection", "oversize", "timer", "refused_early", "on_gone")
 
     def __init__(self, connection: "Connection", received_at: float):
         self.connection = connection
@@ -80,6 +145,8 @@ class Exchange:
         self.answer_: Answer | None = None
         self.oversize = False
         self.timer: asyncio.TimerHandle | None = None  # cancelled when the answer is written
+        self.refused_early = False  # answered at its headers: its body is read and dropped, never dispatched
+        self.on_gone: Callable[[], None] | None = None
 
     def answer(self, answer: Answer) -> None:
         """Send `answer` (from any thread); the first answer wins, later ones are dropped."""
@@ -100,18 +167,26 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, server: "HttpServer"):
         self.server = server
+        self.limits = server.limits
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.pending: deque[Exchange] = deque()  # read, not yet answered on the wire, in order
+        self.pending: deque[Exchange] = deque()  # dispatched (or refused), not yet answered on the wire, in order
+        self.parked: deque[Exchange] = deque()  # read whole beyond the pipeline depth, not yet dispatched
         self.current: Exchange | None = None
         self.peer = ""
         self._url = b""
         self._header_list: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
-        self._body: list[bytes] = []
+        self._head_bytes = 0  # bytes of the current head read so far (counted per slice fed while in the head)
+        self._in_body = False
+        self._body: bytes | bytearray = b""
         self._body_bytes = 0
+        self._body_left = -1  # bytes of a Content-Length body still to come; -1: chunked, or not in a body
+        self._body_deadline = 0.0
+        self._reserved = 0  # bytes of the pod-wide pending-body budget this connection holds
+        self._feeding = False  # inside the parser: answers given meanwhile must not feed it again
+        self._unparsed: memoryview | None = None  # what a read brought beyond the pipeline depth
         self._paused = False
-        self._write_blocked = False
+        self._write_blocked_since: float | None = None
         self._closing = False
         self._last_active = time.monotonic()
 
@@ -119,6 +194,12 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        if len(self.server.connections) >= self.limits.max_connections:
+            self._closing = True
+            transport.write(self.server.connection_refusal)
+            transport.close()
+            self.server.on_connection_refused()
+            return
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
         self.server.connections.add(self)
@@ -127,35 +208,78 @@ class Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         self._closing = True
         self.transport = None
+        self._release_body()
+        self.parked.clear()
+        self._unparsed = None
+        for exchange in self.pending:
+            if exchange.on_gone is not None and exchange.answer_ is None:
+                exchange.on_gone()
 
     def pause_writing(self) -> None:
         # The caller is not reading its answers: stop reading its requests until it catches up, so that a
         # client pipelining without reading cannot grow the server's write buffer without bound.
-        self._write_blocked = True
+        self._write_blocked_since = time.monotonic()
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self._write_blocked = False
-        if self.transport is not None and not self._paused and not self._closing:
+        self._write_blocked_since = None
+        if not self._paused and not self._closing and self.transport is not None:
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
         self._last_active = time.monotonic()
+        if self._unparsed is not None:  # reading is paused; a read already under way joins what waits
+            self._unparsed = memoryview(bytes(self._unparsed) + data)
+            return
+        self._feed(memoryview(data))
+
+    # parsing
+
+    def _feed(self, view: memoryview) -> None:
+        """Parse `view` a slice at a time; keep what lies beyond the pipeline depth for later."""
+        end_of_data, pos = len(view), 0
+        self._feeding = True
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._answer_and_close(400, "protocol upgrades are not served here; send plain HTTP/1.1 requests")
+            while pos < end_of_data and not self._closing:
+                self._dispatch_parked()
+                if self.parked:  # the depth is reached: parse nothing more until answers go out
+                    self._unparsed = view[pos:]
+                    self._pause()
+                    return
+                pos = self._feed_slice(view, pos, end_of_data)
+            self._unparsed = None
+        finally:
+            self._feeding = False
+
+    def _feed_slice(self, view: memoryview, pos: int, end_of_data: int) -> int:
+        """Parse one slice of `view` from `pos`; return where the next begins (`end_of_data` after a refusal)."""
+        step = PARSE_SLICE_BYTES + (self._body_left if self._body_left > 0 else 0)
+        end = min(end_of_data, pos + step)
+        reading_head = not self._in_body
+        if reading_head:
+            self._head_bytes += end - pos
+        try:
+            self.parser.feed_data(view[pos:end])
+        except httptools.HttpParserUpgrade as upgrade:  # asked for on a body-less request: answered as plain
+            end = pos + max(1, upgrade.args[0])
         except httptools.HttpParserCallbackError as exc:  # one of the callbacks below raised
             if not isinstance(exc.__context__, _Refused):
                 log.error("reading a request failed", exc_info=exc.__context__)
                 self._answer_and_close(500, "internal error while reading the request; see the server log")
+            return end_of_data
         except httptools.HttpParserError as exc:
             reason = str(exc) or "malformed request"
             hint = "; Content-Length must be a number of bytes" if "content-length" in reason.lower() else ""
             self._answer_and_close(400, f"the request could not be read as HTTP/1.1 ({reason}){hint}")
+            return end_of_data
+        if not self._in_body and self.current is not None and self._head_bytes > self.limits.max_head_bytes:
+            self._answer_and_close(431, f"the request's head (request line and headers) is over "
+                                        f"{self.limits.max_head_bytes} bytes; send smaller headers")
+            return end_of_data
+        return end
 
     # httptools callbacks
 
@@ -163,25 +287,19 @@ class Connection(asyncio.Protocol):
         self.current = Exchange(self, time.monotonic())
         self._url = b""
         self._header_list = []
-        self._head_bytes = 0
-        self._body = []
-        self._body_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._head_bytes += len(url)
-        if self._head_bytes > MAX_HEAD_BYTES:
-            self._refuse(414, f"the request line is over {MAX_HEAD_BYTES} bytes")
+        if len(self._url) > self.limits.max_head_bytes:
+            self._refuse(414, f"the request line is over {self.limits.max_head_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_list.append((name, value))
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_HEAD_BYTES:
-            self._refuse(431, f"the request's headers are over {MAX_HEAD_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
         exchange = self.current
         parser = self.parser
+        self._in_body, self._head_bytes = True, 0
         exchange.method = parser.get_method().decode("ascii", "replace")
         exchange.version = parser.get_http_version()
         exchange.keep_alive = parser.should_keep_alive()
@@ -190,6 +308,7 @@ class Connection(asyncio.Protocol):
             key = name.decode("latin-1").lower()
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        self._header_list = []
         exchange.headers = headers
         try:
             url = httptools.parse_url(self._url)
@@ -198,36 +317,80 @@ class Connection(asyncio.Protocol):
         exchange.target = self._url
         exchange.path = _unquote(url.path or b"/")
         exchange.query = (url.query or b"").decode("latin-1")
-        length = headers.get("content-length")
-        limit = self.server.max_body_bytes
-        if length is not None and length.isdigit() and int(length) > limit:
+        raw_length = headers.get("content-length")
+        if raw_length is not None and len(raw_length) > MAX_CONTENT_LENGTH_DIGITS:
+            self._refuse(400, f"Content-Length is {len(raw_length)} characters long; send the body's length in "
+                              f"bytes in at most {MAX_CONTENT_LENGTH_DIGITS} digits", field="Content-Length")
+        length = int(raw_length) if raw_length else 0  # the parser has refused one that is not digits
+        chunked = "transfer-encoding" in headers
+        # A request asking for an upgrade without a body is answered as plain HTTP/1.1 (RFC 9110 lets a server
+        # ignore Upgrade); with one, the parser would skip the body and read it as the next request.
+        if parser.should_upgrade() and (length or chunked or exchange.method == "CONNECT"):
+            self._refuse(400, "protocol upgrades are not served here, and a request asking for one may not carry a "
+                              "body; send it without the Upgrade and Connection: upgrade headers")
+        self._body_left = length if not chunked else -1
+        limit = self.limits.max_body_bytes
+        if length > limit:
             exchange.oversize = True
-            if int(length) > limit + BODY_SLACK_BYTES:
-                self._refuse(413, f"the body is {length} bytes, over the limit of {limit}; send a smaller image",
+            if length > limit + BODY_SLACK_BYTES:
+                self._refuse(413, f"the body is {length} bytes, over the limit of {limit}; send a smaller body",
                              field="body")
-        if headers.get("expect", "").lower() == "100-continue" and not exchange.oversize and self.transport:
+        server = self.server
+        self._body_deadline = exchange.received_at + server.body_seconds(headers)
+        expects = headers.get("expect", "").lower() == "100-continue"
+        # In line before admission looks at it: a refusal may be answered at once.
+        self.pending.append(exchange)
+        exchange.refused_early, keep_alive = True, exchange.keep_alive
+        if expects:
+            exchange.keep_alive = False  # refused, the caller will not send its body: close after the answer
+        if not server.admit_head(exchange):
+            return  # answered at its headers (a full pod's 503): its body is read and dropped, never held
+        self.pending.pop()
+        exchange.refused_early, exchange.keep_alive = False, keep_alive
+        if length and not exchange.oversize and not self._reserve(length):
+            raise _Refused()
+        if expects and exchange.version == "1.1" and not exchange.oversize and self.transport:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, chunk: bytes) -> None:
-        self._body_bytes += len(chunk)
-        if self._body_bytes > self.server.max_body_bytes:
-            self.current.oversize = True
-            self._body = []
-            if self._body_bytes > self.server.max_body_bytes + BODY_SLACK_BYTES:
-                self._refuse(413, f"the body is over the limit of {self.server.max_body_bytes} bytes; send a "
-                                  f"smaller image", field="body")
+        size = len(chunk)
+        self._body_bytes += size
+        if self._body_left > 0:
+            self._body_left -= size
+        exchange = self.current
+        if exchange.refused_early or exchange.oversize:
             return
-        self._body.append(chunk)
+        if self._body_left < 0 and not self._reserve(size):  # chunked: held against the budget as it arrives
+            raise _Refused()
+        if self._body_bytes > self.limits.max_body_bytes:
+            exchange.oversize = True
+            self._body = b""
+            if self._body_bytes > self.limits.max_body_bytes + BODY_SLACK_BYTES:
+                self._refuse(413, f"the body is over the limit of {self.limits.max_body_bytes} bytes; send a "
+                                  f"smaller body", field="body")
+            return
+        if not self._body:
+            self._body = chunk
+        else:
+            if type(self._body) is bytes:
+                self._body = bytearray(self._body)
+            self._body += chunk
 
     def on_message_complete(self) -> None:
         exchange = self.current
         self.current = None
-        exchange.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        self._body = []
+        self._in_body, self._head_bytes, self._body_left = False, 0, -1
+        body, self._body, self._body_bytes = self._body, b"", 0
+        self._release_body()
+        if exchange.refused_early:
+            return
+        exchange.body = bytes(body) if type(body) is bytearray else body
+        if len(self.pending) >= PIPELINE_DEPTH:
+            self.parked.append(exchange)
+            return
         self.pending.append(exchange)
-        if len(self.pending) >= PIPELINE_DEPTH and not self._paused and self.transport:
-            self._paused = True
-            self.transport.pause_reading()
+        if len(self.pending) >= PIPELINE_DEPTH:
+            self._pause()
         self.server.dispatch(exchange)
 
     # answers
@@ -237,6 +400,8 @@ class Connection(asyncio.Protocol):
         if exchange.answer_ is not None:
             return
         exchange.answer_ = answer
+        exchange.body = b""  # answered: its body is no longer needed, even while earlier answers are awaited
+        exchange.on_gone = None
         if exchange.timer is not None:
             exchange.timer.cancel()
             exchange.timer = None
@@ -249,18 +414,27 @@ class Connection(asyncio.Protocol):
             if close:
                 self._close_after_write()
                 return
-        if self._paused and len(pending) < PIPELINE_DEPTH // 2:
-            self._paused = False
-            if not self._write_blocked:
-                self.transport.resume_reading()
+        if not self._feeding:  # inside the parser, its own loop takes up what waits
+            self._dispatch_parked()
+            if self._unparsed is not None and not self.parked:
+                unparsed, self._unparsed = self._unparsed, None
+                self._feed(unparsed)
+        self._resume_if_free()
         if not pending and self.server.closing:
             self._close_after_write()
 
     def _write(self, exchange: Exchange, answer: Answer) -> bool:
         close = answer.close or not exchange.keep_alive or self.server.closing and len(self.pending) == 0
-        head = [status_line(answer.status), b"Content-Length: ", str(len(answer.body)).encode(), b"\r\n"]
-        for name, value in answer.headers:
-            head.append(f"{name}: {value}\r\n".encode("latin-1"))
+        length = answer.length if exchange.method == "HEAD" and answer.length is not None else len(answer.body)
+        head = [status_line(answer.status), b"Content-Length: ", str(length).encode(), b"\r\n"]
+        try:
+            for name, value in answer.headers:
+                head.append(f"{name}: {value}\r\n".encode("latin-1"))
+        except (UnicodeEncodeError, AttributeError, TypeError, ValueError):  # error_answer checks; this is the net
+            log.error("an answer's headers could not be sent: %r", answer.headers)
+            return self._write(exchange, Answer(500, b'{"results": null, "msg": "internal error: the answer\'s '
+                                                     b'headers could not be sent; see the server log"}',
+                                                [("Content-Type", "application/json")], answer.close))
         head.append(self.server.date_and_server())
         if close:
             head.append(b"Connection: close\r\n")
@@ -278,15 +452,45 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()  # flushes what is buffered first
 
-    def is_idle(self) -> bool:
-        return not self.pending and self.current is None
+    # clocks (read by the server's sweep, loop thread)
 
-    def idle_for(self, now: float) -> float:
-        return now - self._last_active if self.is_idle() else 0.0
+    def check_clocks(self, now: float) -> None:
+        """Close what has outrun its clock: a slow head (408), a slow body (408), an unread answer, an idle line."""
+        if self.transport is None or self._closing:
+            return
+        limits = self.limits
+        current = self.current
+        if current is not None and current.refused_early:
+            if now > self._body_deadline:  # its 503 is written or on its way: close once it is
+                self._closing, current.keep_alive = True, False
+                self.transport.pause_reading()
+                if current not in self.pending:
+                    self.transport.close()
+            return
+        if current is not None:
+            if not self._in_body and now - current.received_at > limits.header_timeout_seconds:
+                self._answer_and_close(408, f"the request's head was not complete within "
+                                            f"{limits.header_timeout_seconds:g} s; send the whole head at once")
+                return
+            if self._in_body and now > self._body_deadline:
+                self._answer_and_close(408, "the request's body was not complete within the request's deadline; "
+                                            "send it faster, or with a longer X-Request-Timeout-Ms")
+                return
+        if self._write_blocked_since is not None and now - self._write_blocked_since > limits.write_timeout_seconds:
+            self.server.on_write_timeout()
+            self.transport.abort()  # the caller reads nothing: no answer, not even a 408, could reach it
+            return
+        if self.is_idle() and now - self._last_active > limits.idle_timeout_seconds:
+            self._close_after_write()
+
+    def is_idle(self) -> bool:
+        return not self.pending and not self.parked and self.current is None
 
     def close_if_idle(self) -> None:
         if self.is_idle() and self.transport is not None:
             self._close_after_write()
+
+    # refusing
 
     def _refuse(self, status: int, message: str, field: str | None = None) -> None:
         """From a parser callback: answer the request being read, close after it, and stop parsing."""
@@ -295,14 +499,55 @@ class Connection(asyncio.Protocol):
 
     def _answer_and_close(self, status: int, message: str, field: str | None = None) -> None:
         """Answer the request being read with `status` and close the connection once it is written."""
-        exchange = self.current or Exchange(self, time.monotonic())
+        exchange = self.current
+        if exchange is None or exchange.refused_early:  # refused early: its answer is on its way; close after it
+            exchange = Exchange(self, time.monotonic())
         self.current = None
         self._closing = True
+        self._release_body()
+        self.parked.clear()
+        self._unparsed = None
         exchange.keep_alive = False
         self.pending.append(exchange)
         if self.transport is not None:
             self.transport.pause_reading()
         self.server.refuse(exchange, status, message, field)
+
+    def _reserve(self, size: int) -> bool:
+        """Hold `size` more body bytes against the pod-wide budget; refuse the request 503 when it has no room."""
+        if self.server.pending_body_bytes + size > self.limits.max_pending_body_bytes:
+            self._answer_and_close(503, f"this pod is holding {self.server.pending_body_bytes} bytes of bodies still "
+                                        f"being sent (its limit is {self.limits.max_pending_body_bytes}); retry "
+                                        f"shortly, or elsewhere")
+            return False
+        self.server.pending_body_bytes += size
+        self._reserved += size
+        return True
+
+    def _release_body(self) -> None:
+        self.server.pending_body_bytes -= self._reserved
+        self._reserved = 0
+
+    def _dispatch_parked(self) -> None:
+        """Dispatch requests read beyond the pipeline depth, as far as the depth now allows (in order)."""
+        parked, pending = self.parked, self.pending
+        while parked and len(pending) < PIPELINE_DEPTH and not self._closing:
+            exchange = parked.popleft()
+            pending.append(exchange)
+            self.server.dispatch(exchange)
+
+    def _pause(self) -> None:
+        """Stop reading: the connection has the pipeline depth in hand (resumed at half of it)."""
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _resume_if_free(self) -> None:
+        if (self._paused and len(self.pending) < PIPELINE_DEPTH // 2 and not self.parked and self._unparsed is None
+                and not self._closing and self.transport is not None):
+            self._paused = False
+            if self._write_blocked_since is None:
+                self.transport.resume_reading()
 
 
 class _Refused(Exception):
@@ -315,20 +560,38 @@ class HttpServer:
     `dispatch(exchange)` is called in the loop thread for every complete request; it, or
     any thread it hands the exchange to, calls `exchange.answer(...)` exactly once.
     `refuse(exchange, status, message, field)` answers what the HTTP layer itself refuses.
+    `admit_head(exchange)` is called when a request's headers are read: False means it has been answered
+    already (e.g. a full pod's 503) and its body is not worth reading. `body_seconds(headers)` is the time a
+    request's body may take to arrive, from its first byte (its deadline). `on_refused_connection` and
+    `on_write_timeout` count what the server drops without a request to answer.
     """
 
     def __init__(self, host: str, port: int, *, dispatch: Callable[[Exchange], None],
-                 refuse: Callable[[Exchange, int, str, str | None], None], max_body_bytes: int,
-                 backlog: int = 4096):
+                 refuse: Callable[[Exchange, int, str, str | None], None], limits: HttpLimits,
+                 admit_head: Callable[[Exchange], bool] = lambda exchange: True,
+                 body_seconds: Callable[[dict], float] = lambda headers: 10.0,
+                 on_connection_refused: Callable[[], None] = lambda: None,
+                 on_write_timeout: Callable[[], None] = lambda: None, backlog: int = 4096):
         self.host, self.port = host, port
         self.dispatch = dispatch
         self.refuse = refuse
-        self.max_body_bytes = max_body_bytes
+        self.admit_head = admit_head
+        self.body_seconds = body_seconds
+        self.on_connection_refused = on_connection_refused
+        self.on_write_timeout = on_write_timeout
+        self.limits = limits
         self.backlog = backlog
         self.connections: set[Connection] = set()
+        self.pending_body_bytes = 0
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.effective_port = port
+        self.connection_refusal = (
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Retry-After: " + str(RETRY_AFTER_SECONDS).encode() + b"\r\n")
+        body = (b'{"results": null, "msg": "this pod has ' + str(limits.max_connections).encode() +
+                b' connections open, its limit; retry shortly, or elsewhere"}')
+        self.connection_refusal += b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         self._server: asyncio.base_events.Server | None = None
         self._outbox: deque[tuple[Exchange, Answer]] = deque()
         self._wake_pending = False
@@ -347,10 +610,10 @@ class HttpServer:
         sock.bind((self.host, self.port))
         self.effective_port = sock.getsockname()[1]
         self._server = await self.loop.create_server(lambda: Connection(self), sock=sock, backlog=self.backlog)
-        idle_sweeper = self.loop.create_task(self._close_idle_connections())
+        sweeper = self.loop.create_task(self._read_clocks())
         on_started()
         await self._stopped.wait()
-        idle_sweeper.cancel()
+        sweeper.cancel()
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.abort()
@@ -371,7 +634,10 @@ class HttpServer:
         outbox = self._outbox
         while outbox:
             exchange, answer = outbox.popleft()
-            exchange.connection.deliver(exchange, answer)
+            try:
+                exchange.connection.deliver(exchange, answer)
+            except Exception:  # one failing answer must never strand the answers queued after it
+                log.exception("writing an answer failed")
 
     def date_and_server(self) -> bytes:
         now = int(time.time())
@@ -393,13 +659,13 @@ class HttpServer:
         if self._stopped is not None:
             self._stopped.set()
 
-    async def _close_idle_connections(self) -> None:
+    async def _read_clocks(self) -> None:
+        tick = self.limits.tick_seconds
         while True:
-            await asyncio.sleep(IDLE_SECONDS / 10)
+            await asyncio.sleep(tick)
             now = time.monotonic()
             for connection in list(self.connections):
-                if connection.idle_for(now) > IDLE_SECONDS:
-                    connection.close_if_idle()
+                connection.check_clocks(now)
 
 
 def _unquote(path: bytes) -> str:

@@ -14,11 +14,13 @@ from podserve import errors
 from podserve.routes import service_path
 from podserve.runtime.app import create_app
 from podserve.runtime.devices import plan_devices
-from podserve.runtime.httpserver import Exchange, HttpServer
+from podserve.runtime.httpserver import Exchange, HttpLimits, HttpServer
 from podserve.runtime.lifecycle import GracefulShutdown, Lifecycle
 from podserve.runtime.logs import configure_logging
 from podserve.runtime.metrics import Metrics
 from podserve.runtime.pool import InstancePool
+from podserve.runtime.probes import PATHS as PROBE_PATHS
+from podserve.runtime.probes import Probes
 from podserve.runtime.service_route import ServiceRoute, error_answer
 from podserve.runtime.startup import StartupError, prepare_service
 from podserve.runtime.wsgi import WsgiThread
@@ -26,7 +28,10 @@ from podserve.runtime.wsgi import WsgiThread
 log = logging.getLogger("podserve")
 
 #: What the HTTP server itself refuses, by status.
-_REFUSALS = {413: errors.PayloadTooLarge, 414: errors.InvalidInput, 431: errors.InvalidInput}
+_REFUSALS = {408: errors.RequestTimeout, 413: errors.PayloadTooLarge, 414: errors.InvalidInput,
+             431: errors.HeadTooLarge, 503: errors.Overloaded}
+#: The route label of what is refused before a route is known (a connection over the limit, an unread request).
+OTHER_ROUTE = "other"
 
 
 def main() -> int:
@@ -47,22 +52,32 @@ def main() -> int:
     lifecycle = Lifecycle()
     route = service_path(settings.service_name)
     service = ServiceRoute(route, settings, pool, lifecycle, metrics)
-    control = WsgiThread(create_app(settings, pool, lifecycle, metrics), settings.host, settings.port)
+    control = WsgiThread(create_app(settings, pool, lifecycle, metrics), settings.host, settings.port,
+                         settings.control_queue_size)
+    probes = Probes(pool, lifecycle)
 
     def dispatch(exchange: Exchange) -> None:
         if exchange.path == route and exchange.method == "POST":
             service.accept(exchange)
-        else:
-            control.submit(exchange)
+        elif exchange.path in PROBE_PATHS:
+            exchange.answer(probes.answer(exchange))
+        elif not control.submit(exchange):
+            metrics.observe_request(OTHER_ROUTE, errors.Overloaded.status, 0.0)
+
+    def admit_head(exchange: Exchange) -> bool:
+        return service.admit_head(exchange) if exchange.path == route and exchange.method == "POST" else True
 
     def refuse(exchange: Exchange, status: int, message: str, field: str | None) -> None:
         error = _REFUSALS.get(status, errors.InvalidInput)(message, field=field)
         error.status = status
-        metrics.observe_request(route if exchange.path == route else "other", status, 0.0)
+        metrics.observe_request(route if exchange.path == route else OTHER_ROUTE, status, 0.0)
         exchange.answer(error_answer(error, close=True))
 
     server = HttpServer(settings.host, settings.port, dispatch=dispatch, refuse=refuse,
-                        max_body_bytes=settings.max_body_bytes)
+                        limits=HttpLimits.from_settings(settings), admit_head=admit_head,
+                        body_seconds=service.budget_seconds,
+                        on_connection_refused=lambda: metrics.observe_request(OTHER_ROUTE, 503, 0.0),
+                        on_write_timeout=metrics.write_timeouts.inc)
     metrics.http_backlog.set_function(lambda: service.backlog)
     metrics.admission_limit.set_function(pool.holding_limit)
     metrics.refusals_held.set_function(lambda: service.refusals_held)

@@ -47,6 +47,9 @@ class Metrics:
         self.refusals_held = Gauge(names.REFUSALS_HELD, "503s decided at the door and held back because callers "
                                    "retried faster than the door sends refusals (runtime/refusals.py).",
                                    ("service",), registry=registry).labels(service)
+        self.write_timeouts = Counter(names.WRITE_TIMEOUTS, "Connections dropped because the caller read none of "
+                                      "its answers within the write timeout (nothing could be answered).",
+                                      ("service",), registry=registry).labels(service)
         self.max_batch_size = Gauge(names.MAX_BATCH_SIZE, "Most inputs one predict call receives (max_batch_size).",
                                     ("service",), registry=registry).labels(service)
         self.request_timeout = Gauge(names.REQUEST_TIMEOUT_SECONDS, "Default deadline of a request, in seconds.",

@@ -27,12 +27,12 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from podserve import errors
-from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded, ServingError
+from podserve.errors import ClientGone, DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded, ServingError
 from podserve.handler import Payload, WithContext
 from podserve.runtime import api
 from podserve.runtime.batcher import WorkItem
 from podserve.runtime.devices import cpu_share
-from podserve.runtime.httpserver import Answer, Exchange
+from podserve.runtime.httpserver import Answer, Exchange, header_problem
 from podserve.runtime.lifecycle import Lifecycle
 from podserve.runtime.logs import log_request
 from podserve.runtime.metrics import Metrics
@@ -110,6 +110,21 @@ class ServiceRoute:
 
     # In the event loop's thread.
 
+    def admit_head(self, exchange: Exchange) -> bool:
+        """At a request's headers: refuse it now when the pod is full (503, paced), before its body is read."""
+        if self.lifecycle.in_flight < self.pool.holding_limit():
+            return True
+        self.metrics.observe_request(self.route, Overloaded.status, 0.0)
+        self._refusals.refuse(exchange, self._refusal, self.budget_seconds(exchange.headers))
+        return False
+
+    def budget_seconds(self, headers: dict[str, str]) -> float:
+        """The request's time budget from its headers (the default when they are unreadable: accept says why)."""
+        try:
+            return _timeout_seconds(headers, self.settings.request_timeout_ms)
+        except InvalidInput:
+            return self.settings.request_timeout_ms / 1000.0
+
     def accept(self, exchange: Exchange) -> None:
         """Refuse when full (503, paced: runtime/refusals.py); otherwise count the request, arm its deadline and
         queue it."""
@@ -127,18 +142,24 @@ class ServiceRoute:
             return
         call = Call(exchange, exchange.received_at + budget)
         exchange.timer = self.loop.call_later(max(0.0, call.deadline - time.monotonic()), self._expire, call)
+        exchange.on_gone = lambda: self._end_early(call, _GONE, _GONE)
         self._work.put(call)
 
     def _expire(self, call: Call) -> None:
         """The deadline passed: answer 504 now unless the request is being decoded or its batch has started."""
+        self._end_early(call, _waited_past_deadline(call), queued_error=None)
+
+    def _end_early(self, call: Call, error: ServingError, queued_error: ServingError | None) -> None:
+        """End `call` with `error` if it has not started, or with `queued_error` (None: the batcher's deadline
+        error) if it waits in its instance's queue. One being decoded, or whose batch has started, runs to its end."""
         with self._lock:
             state = call.state
             if state == WAITING:
                 call.state = ANSWERED
         if state == WAITING:
-            self._answer(call, _waited_past_deadline(call))
+            self._answer(call, error)
         elif state == SUBMITTED and call.item is not None and call.item.worker is not None:
-            call.item.worker.withdraw(call.item)  # if still queued: finished with 504, answered by a request thread
+            call.item.worker.withdraw(call.item, queued_error)  # if still queued: answered by a request thread
 
     # In the request threads.
 
@@ -169,6 +190,9 @@ class ServiceRoute:
             self._answer_once(call, _waited_past_deadline(call))
             return
         exchange = call.exchange
+        if exchange.abandoned:
+            self._answer_once(call, _GONE)
+            return
         try:
             if exchange.oversize:
                 raise errors.PayloadTooLarge(f"the body is over the limit of {self.settings.max_body_bytes} bytes; "
@@ -194,6 +218,9 @@ class ServiceRoute:
         call: Call = item.context
         if item.error is not None:
             self._answer_once(call, item.error, item)
+            return
+        if call.exchange.abandoned:
+            self._answer_once(call, _GONE, item)
             return
         try:
             results = call_verb(item.worker.handler.encode, item.output, *call.context)
@@ -230,10 +257,11 @@ class ServiceRoute:
         call.item = None  # no cycles left for the garbage collector: memory stays flat
         call.context = ()
         if item is not None:
-            item.context = item.input = None
+            item.context = item.input = item.output = None
         seconds = time.monotonic() - call.exchange.received_at
         self.metrics.observe_request(self.route, answer.status, seconds)
-        log_request({"route": self.route, "status": answer.status, **api.ids_of(call.payload),
+        payload, call.payload = call.payload, None  # the decoded request is released with its answer
+        log_request({"route": self.route, "status": answer.status, **api.ids_of(payload),
                      "total_ms": round(seconds * 1000, 2),
                      "queue_ms": round(item.queue_seconds * 1000, 2) if item else None,
                      "infer_ms": round(item.inference_seconds * 1000, 2) if item else None,
@@ -243,9 +271,22 @@ class ServiceRoute:
 
 
 def error_answer(error: ServingError, payload: Payload | None = None, close: bool = False) -> Answer:
-    """The JSON answer every error gets (runtime/api.py's error body), with the error's own headers."""
+    """The JSON answer every error gets (runtime/api.py's error body), with the error's own headers.
+
+    Headers a handler gave its error are checked here: one that cannot be sent (CR or LF in it, not latin-1)
+    turns the answer into a 500 naming it, never a split or lost response."""
+    for name, value in error.headers.items():
+        problem = header_problem(name, value)
+        if problem:
+            log.error("%s raised with a header that cannot be sent: %s", type(error).__name__, problem)
+            error = HandlerFailed(f"the handler's error carried a header that cannot be sent ({problem}); "
+                                  f"it was: {error.message}")
+            break
     return Answer(error.status, json.dumps(api.error_body(error, payload)).encode(),
                   JSON_TYPE + list(error.headers.items()), close)
+
+
+_GONE = ClientGone("the caller hung up before its request ran; it was not run")
 
 
 def _waited_past_deadline(call: Call) -> DeadlineExceeded:

@@ -1,7 +1,8 @@
-"""Run the Flask app (probes, metrics, every route but the service's) for requests the HTTP server read.
+"""Run the Flask app (metrics, every route but the service's and the probes') for requests the HTTP server read.
 
-One control thread calls the WSGI app, so a probe or a scrape never waits behind the
-request threads' decoding, and the app's views never run in the event loop.
+One control thread calls the WSGI app, so a scrape never waits behind the request threads'
+decoding, and the app's views never run in the event loop. Its queue is bounded: beyond
+`control_queue_size` waiting requests, a flood of `/metrics` or 404s gets 503 at once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import threading
 from typing import Callable
 
-from podserve.errors import ServingError
+from podserve.errors import Overloaded, ServingError
 from podserve.runtime.httpserver import Answer, Exchange
 from podserve.runtime.service_route import error_answer
 
@@ -23,11 +24,14 @@ log = logging.getLogger(__name__)
 class WsgiThread:
     """Serve exchanges through `app` (a WSGI callable) on one thread of its own."""
 
-    def __init__(self, app: Callable, server_name: str, port: int):
+    def __init__(self, app: Callable, server_name: str, port: int, queue_size: int):
         self.app = app
         self.server_name, self.port = server_name, str(port)
+        self.queue_size = queue_size
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        self._refusal = error_answer(Overloaded(f"the pod's control thread already has {queue_size} requests waiting "
+                                                f"(metrics, unknown routes); retry shortly"))
 
     def start(self) -> None:
         self._thread.start()
@@ -36,14 +40,21 @@ class WsgiThread:
         self._work.put(None)
         self._thread.join(timeout=5)
 
-    def submit(self, exchange: Exchange) -> None:
+    def submit(self, exchange: Exchange) -> bool:
+        """Queue `exchange` for the app; answer 503 at once and return False when the queue is full."""
+        if self._work.qsize() >= self.queue_size:
+            exchange.answer(self._refusal)
+            return False
         self._work.put(exchange)
+        return True
 
     def _serve(self) -> None:
         while True:
             exchange = self._work.get()
             if exchange is None:
                 return
+            if exchange.abandoned:  # its caller has gone: nothing to run it for
+                continue
             try:
                 exchange.answer(self.call(exchange))
             except Exception as exc:  # the app's own error handlers answer errors; this is a last resort
@@ -66,9 +77,17 @@ class WsgiThread:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        headers = [(name, value) for name, value in captured["headers"]
-                   if name.lower() not in ("content-length", "connection", "date", "server")]
-        return Answer(int(captured["status"].split(" ", 1)[0]), b"".join(chunks), headers)
+        headers, length = [], None
+        for name, value in captured["headers"]:
+            lowered = name.lower()
+            if lowered == "content-length":
+                length = int(value)
+            elif lowered not in ("connection", "date", "server"):
+                headers.append((name, value))
+        body = b"".join(chunks)
+        # A HEAD answer announces the GET's length: the app's own Content-Length, its body being left out.
+        return Answer(int(captured["status"].split(" ", 1)[0]), body, headers,
+                      length=length if exchange.method == "HEAD" and length is not None else None)
 
 
 def environ(exchange: Exchange, server_name: str, port: str) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from podserve.routes import RESERVED_SERVICE_NAMES
+from podserve.settings import ServingSettings
 from podserve.tooling import quantity
 from podserve.tooling.valuefile import Problem, ValueFileError
 
@@ -90,11 +91,18 @@ class DecodeSidecar:
     memory: str
 
 
+#: The pod's HTTP front-end limits (conf/platform.yaml's `http`): exactly the platform-owned serving settings.
+HttpLimits = dataclasses.make_dataclass(
+    "HttpLimits", [(f.name, {"int": int, "float": float}.get(f.type, f.type)) for f in dataclasses.fields(ServingSettings)
+                   if f.name in ServingSettings.platform_names()], frozen=True)
+
+
 @dataclass(frozen=True)
 class Platform:
     kubernetes: KubernetesVersions
     limits: Limits
     pod: PodDefaults
+    http: HttpLimits
     mesh: Mesh
     monitoring: Monitoring
     autoscaling: Autoscaling
@@ -248,6 +256,8 @@ def _convert(kind, value, where: str, problems: list[Problem]):
         base = typing.get_origin(option) or option
         if base is int and isinstance(value, bool):
             continue
+        if base is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
         if isinstance(base, type) and isinstance(value, base):
             return value
     wanted = " or ".join(getattr(o, "__name__", str(o)) for o in options)

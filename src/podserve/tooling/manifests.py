@@ -80,7 +80,8 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
         "fqdn": f"{values['service_name']}.{stage.namespace}.svc.cluster.local",
         "route_timeout": _seconds(values["request_timeout_ms"] + platform.mesh.route_timeout_margin_ms),
         "connection_pool": mesh_limits.connection_pool(
-            values, mesh_limits.most_pods(values, replicas, _autoscale(values, stage, replicas) is not None)),
+            values, mesh_limits.most_pods(values, replicas, _autoscale(values, stage, replicas) is not None),
+            platform.http.idle_timeout_seconds),
         "platform": platform,
     }
 

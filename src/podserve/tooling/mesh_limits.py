@@ -9,6 +9,10 @@ absorbs least request's imbalance between pods, so that a pod does not shed whil
 still has room. `http_threads` does not enter: requests beyond the threads wait in the
 request threads' queue, which the admission limit already counts.
 
+The mesh also closes an idle connection to a pod before the pod would (`MESH_IDLE_SHARE` of the pod's
+idle timeout, conf/platform.yaml's `http`): a connection the pod closes just as Envoy reuses it fails that
+request (Istio's default upstream idle timeout, an hour, is far longer than the pod's).
+
 Envoy applies these per gateway replica (each Envoy has its own circuit breakers), and
 `max_requests` to HTTP/1.1 upstreams too (Istio's comment calling it HTTP/2-only is old).
 """
@@ -19,6 +23,8 @@ import math
 
 #: The share of the pods' own limit the mesh fills, on average, before it sheds the excess itself.
 MESH_SHARE = 0.75
+#: The mesh's idle timeout towards a pod, as a share of the pod's own: the mesh always closes first.
+MESH_IDLE_SHARE = 0.8
 
 
 def instances_per_pod(values) -> int:
@@ -36,7 +42,9 @@ def most_pods(values, replicas: int, autoscaled: bool) -> int:
     return max(replicas, values["max_replicas"]) if autoscaled else replicas
 
 
-def connection_pool(values, pods: int) -> dict:
-    """Return the DestinationRule's connectionPool for a stage of `pods` pods (Istio's field names)."""
+def connection_pool(values, pods: int, pod_idle_seconds: float) -> dict:
+    """Return the DestinationRule's connectionPool for a stage of `pods` pods (Istio's field names), given the
+    pods' own idle timeout."""
     limit = max(1, math.floor(pods * pod_capacity(values) * MESH_SHARE))
-    return {"http": {"http2MaxRequests": limit, "http1MaxPendingRequests": limit}}
+    idle = max(1, math.floor(pod_idle_seconds * MESH_IDLE_SHARE))
+    return {"http": {"http2MaxRequests": limit, "http1MaxPendingRequests": limit, "idleTimeout": f"{idle}s"}}

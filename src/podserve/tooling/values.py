@@ -8,6 +8,7 @@ ports, routes already taken), and reports every problem at once, each with its f
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from dataclasses import dataclass
@@ -106,14 +107,16 @@ class ServiceValues:
     """
 
     fields: dict
+    #: The platform's serving settings every service gets (conf/platform.yaml's `http`), by setting name.
+    platform: dict = dataclasses.field(default_factory=dict)
 
     def __getitem__(self, name: str):
         return self.fields[name]
 
     def serving_settings(self) -> ServingSettings:
-        """Return the settings the in-pod server gets for this service."""
+        """Return the settings the in-pod server gets for this service: value.py's and the platform's."""
         shared = set(ServingSettings.names()) & set(self.fields)
-        return ServingSettings(**{name: self.fields[name] for name in shared})
+        return ServingSettings(**{name: self.fields[name] for name in shared}, **self.platform)
 
     @property
     def offline(self) -> bool:
@@ -172,7 +175,7 @@ def load_values(path: str | Path, conf: Conf | None = None,
                     for name, message in _service_problems(values, conf, existing_routes)]
     if problems:
         raise ValueFileError(path, problems)
-    return ServiceValues(values)
+    return ServiceValues(values, dataclasses.asdict(conf.platform.http))
 
 
 # --- one field at a time --------------------------------------------------------------------

@@ -118,6 +118,11 @@ def _cluster(cluster: ir.Cluster, eds_folder: Path) -> dict:
             "track_remaining": True}]},
         "common_lb_config": {},
     }
+    if cluster.idle_timeout_s is not None:  # where Istio's cluster builder puts connectionPool.http.idleTimeout
+        out["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": {"idle_timeout": _duration(cluster.idle_timeout_s)},
+            "explicit_http_config": {"http_protocol_options": {}}}}
     if cluster.slow_start_s is not None:
         out["least_request_lb_config"] = {"slow_start_config": {"slow_start_window": _duration(cluster.slow_start_s)}}
     if cluster.outlier is not None:

@@ -78,6 +78,7 @@ class Cluster:
     outlier: OutlierDetection | None = None
     limits: CircuitBreakers = field(default_factory=CircuitBreakers)
     connect_timeout_s: float = 10.0  # Istio's mesh-wide connectTimeout default
+    idle_timeout_s: float | None = None  # an upstream connection idle this long is closed (None: Envoy's 1 h)
 
 
 @dataclass(frozen=True)

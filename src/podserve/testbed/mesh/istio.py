@@ -44,7 +44,8 @@ SCHEMAS = {
             "outlierDetection": {"consecutive5xxErrors": int, "consecutiveGatewayErrors": int, "interval": str,
                                  "baseEjectionTime": str, "maxEjectionPercent": int, "minHealthPercent": int,
                                  "splitExternalLocalOriginErrors": bool, "consecutiveLocalOriginFailures": int},
-            "connectionPool": {"http": {"http2MaxRequests": int, "http1MaxPendingRequests": int, "maxRetries": int},
+            "connectionPool": {"http": {"http2MaxRequests": int, "http1MaxPendingRequests": int, "maxRetries": int,
+                                        "idleTimeout": str},
                                "tcp": {"maxConnections": int, "connectTimeout": str}},
         },
     },
@@ -190,8 +191,9 @@ def _cluster(name: str, host: str, port: int, rule: dict | None) -> ir.Cluster:
                                 max_requests=positive(http.get("http2MaxRequests")),
                                 max_retries=positive(http.get("maxRetries")))
     connect = seconds(tcp["connectTimeout"], where + ": tcp.connectTimeout") if "connectTimeout" in tcp else 10.0
+    idle = seconds(http["idleTimeout"], where + ": http.idleTimeout") if "idleTimeout" in http else None
     return ir.Cluster(name, host, port, seconds(warmup, where + ": warmup.duration") if warmup else None,
-                      _outlier(policy.get("outlierDetection"), where), limits, connect)
+                      _outlier(policy.get("outlierDetection"), where), limits, connect, idle)
 
 
 def _outlier(block: dict | None, where: str) -> ir.OutlierDetection | None:

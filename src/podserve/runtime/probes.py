@@ -1,0 +1,59 @@
+"""`/api/ping` and `/api/live`, answered in the event loop's thread from state it reads.
+
+Kubernetes restarts a pod whose probes time out, so they never wait behind anything a client
+can flood (the control thread's queue, the request threads): each answer is built from a few
+flags and counters, in microseconds, by the loop itself.
+"""
+
+from __future__ import annotations
+
+import json
+
+from podserve import errors
+from podserve.errors import NotReady, ServingError
+from podserve.routes import LIVE_PATH, PING_PATH
+from podserve.runtime import api
+from podserve.runtime.httpserver import Answer, Exchange
+from podserve.runtime.lifecycle import Lifecycle
+from podserve.runtime.pool import InstancePool
+
+PATHS = frozenset({PING_PATH, LIVE_PATH})
+_JSON = [("Content-Type", "application/json")]
+
+
+class Probes:
+    """Answer the probes of one pod from its pool's and lifecycle's state."""
+
+    def __init__(self, pool: InstancePool, lifecycle: Lifecycle):
+        self.pool, self.lifecycle = pool, lifecycle
+
+    def answer(self, exchange: Exchange) -> Answer:
+        """The answer to a request for one of `PATHS`."""
+        if exchange.method not in ("GET", "HEAD"):
+            return _error(errors.MethodNotAllowed(f"{exchange.method} is not allowed on {exchange.path}; allowed: "
+                                                  f"GET, HEAD"))
+        return self.ping() if exchange.path == PING_PATH else self.live()
+
+    def ping(self) -> Answer:
+        """Readiness: 200 once every instance is loaded and warmed up, 503 while loading or draining."""
+        if self.lifecycle.draining:
+            return _error(NotReady("shutting down: this pod no longer takes new traffic"))
+        pool = self.pool
+        if not pool.ready:
+            return _error(NotReady(f"not ready: {pool.status()}"))
+        return _json(200, {"results": {"ready": True, "instances": len(pool.workers)}, "msg": pool.status()})
+
+    def live(self) -> Answer:
+        """Liveness: 503 only when a batch thread is dead or stuck (the pod must be restarted)."""
+        problem = self.pool.liveness_problem()
+        if problem:
+            return _error(errors.Wedged(f"wedged: {problem}"))
+        return _json(200, {"results": {"alive": True}, "msg": "ok"})
+
+
+def _json(status: int, body: dict, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, json.dumps(body, allow_nan=False).encode(), _JSON + list((headers or {}).items()))
+
+
+def _error(error: ServingError) -> Answer:
+    return _json(error.status, api.error_body(error), error.headers)

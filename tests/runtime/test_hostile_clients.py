@@ -1,0 +1,357 @@
+"""The pod's HTTP front end against hostile and broken clients, one class of attack per test.
+
+Each test talks to the real server process over raw sockets on loopback, checks the status,
+the close and the counter the attack must end in, and then that a normal request on a new
+connection is still answered. The limits (conf/platform.yaml's `http`) are lowered per test
+where waiting out the production value would only make the test slow.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from hostile import (TINY_RECEIVE_BUFFER, Reader, answers_normally, connect, flood_until_blocked, json_request,
+                     peak_rss_bytes, request_head, requests_counted, send_until_refused)
+from podserve.runtime.httpserver import PIPELINE_DEPTH
+from podserve.testbed.processes import poll_until
+
+MIB = 1024 * 1024
+BODY = {"postid": "1", "data": [1, 2, 3, 4]}
+ROUTE = "/api/example"  # the fixture servers' service_name is "example"
+
+
+@pytest.fixture
+def affine(start_server, affine_model):
+    def start(**settings):
+        return start_server(handler="fixture_handlers:Affine", model_path=str(affine_model), **settings)
+    return start
+
+
+def test_a_header_that_never_ends_gets_431_however_it_is_split_and_memory_stays_flat(affine):
+    server = affine()
+    peak_before = peak_rss_bytes(server.process.pid)
+    with connect(server.port) as sock:
+        sock.sendall(b"POST " + ROUTE.encode() + b" HTTP/1.1\r\nHost: pod\r\nX-Long: ")
+        sent = send_until_refused(sock, (b"a" * 1024 for _ in range(48 * 1024)))  # up to 48 MiB, 1 KiB at a time
+        reader = Reader(sock)
+        answer = reader.response()
+        assert answer.status == 431, answer.body
+        assert "65536 bytes" in answer.json()["msg"] and answer.closes
+        assert reader.closed_by_server(within=5)
+    assert sent < 16 * MIB, f"the server kept reading a head of {sent} bytes"
+    assert peak_rss_bytes(server.process.pid) - peak_before < 8 * MIB
+    assert requests_counted(server, 431) == 1
+    answers_normally(server)
+
+
+def test_a_head_sent_slowly_gets_408_at_the_header_timeout_and_is_closed(affine):
+    server = affine(header_timeout_seconds=2)
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /api/example HTTP/1.1\r\nHost: pod\r\n")
+        started = time.monotonic()
+        send_until_refused(sock, (b"X-Slow: 1\r\n" for _ in range(100)), pause=0.2, within=8)
+        answer = Reader(sock).response()
+        waited = time.monotonic() - started
+    assert answer.status == 408 and answer.closes, answer.body
+    assert "within 2 s" in answer.json()["msg"]
+    assert 1.8 < waited < 4.5, waited
+    assert requests_counted(server, 408) == 1
+    answers_normally(server)
+
+
+def test_a_body_sent_slowly_gets_408_at_the_request_deadline_and_its_bytes_are_released(affine):
+    server = affine(max_pending_body_bytes=10 * MIB)  # room for one largest body only
+    head = request_head("POST", ROUTE, {"Content-Type": "application/json", "Content-Length": str(10 * MIB),
+                                                 "X-Request-Timeout-Ms": "2000"})
+    with connect(server.port) as sock:
+        sock.sendall(head)
+        started = time.monotonic()
+        send_until_refused(sock, (b" " * 1024 for _ in range(1000)), pause=0.05, within=8)
+        reader = Reader(sock)
+        answer = reader.response()
+        waited = time.monotonic() - started
+        assert answer.status == 408 and answer.closes, answer.body
+        assert "deadline" in answer.json()["msg"]
+        assert reader.closed_by_server(within=5)
+    assert 1.8 < waited < 4.5, waited
+    # Its 10 MiB are free again: a second largest body is taken, not refused 503 at its headers.
+    with connect(server.port) as sock:
+        sock.sendall(head)
+        sock.sendall(b"x" * 1024)
+        time.sleep(0.3)
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)  # nothing came back: the body is being read, not refused
+    answers_normally(server)
+
+
+def test_bodies_still_being_sent_share_one_pod_wide_budget_and_beyond_it_get_503_at_their_headers(affine):
+    server = affine(max_body_bytes=4096, max_pending_body_bytes=8192)
+    body = json.dumps({"postid": "1", "data": [1, 2, 3, 4], "pad": " " * 3900}).encode()
+    head = request_head("POST", ROUTE, {"Content-Type": "application/json", "Content-Length": str(len(body))})
+    first, second, third = (connect(server.port) for _ in range(3))
+    try:
+        first.sendall(head + body[:100])
+        second.sendall(head + body[:100])
+        time.sleep(0.3)
+        third.sendall(head)
+        refused = Reader(third).response()
+        assert refused.status == 503 and refused.closes and refused.headers["retry-after"] == "1", refused.body
+        assert "bytes of bodies still being sent" in refused.json()["msg"]
+        first.sendall(body[100:])
+        assert Reader(first).response().status == 200  # its budget is released once its body is whole
+    finally:
+        for sock in (first, second, third):
+            sock.close()
+    assert requests_counted(server, 503) == 1
+    with connect(server.port) as sock:
+        sock.sendall(head + body)
+        assert Reader(sock).response().status == 200
+
+
+def test_a_chunked_body_of_a_million_tiny_chunks_is_held_in_one_buffer(affine):
+    server = affine()
+    peak_before = peak_rss_bytes(server.process.pid)
+    body = json.dumps(BODY).encode() + b" " * (2 * MIB - 64)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 2]), body[i:i + 2]) for i in range(0, len(body), 2))
+    chunks += b"0\r\n\r\n"
+    with connect(server.port, timeout=60) as sock:
+        sock.sendall(request_head("POST", ROUTE, {"Content-Type": "application/json",
+                                                           "Transfer-Encoding": "chunked"}) + chunks)
+        answer = Reader(sock).response()
+    assert answer.status == 200, answer.body
+    assert answer.json()["results"] == [3.0, 5.0, 7.0, 9.0]
+    grown = peak_rss_bytes(server.process.pid) - peak_before
+    # 2 MiB of body held once, plus its one copy when whole: not a list item (~40 bytes) per 2-byte chunk (~40 MiB).
+    assert grown < 16 * MIB, f"peak RSS grew {grown / MIB:.1f} MiB for a 2 MiB body"
+
+
+def test_connections_beyond_the_limit_get_a_fast_503_and_are_closed(affine):
+    server = affine(max_connections=8)
+    held = [connect(server.port) for _ in range(8)]
+    try:
+        for sock in held:  # each is accepted and served
+            sock.sendall(request_head("GET", "/api/ping"))
+            assert Reader(sock).response().status == 200
+        with connect(server.port) as extra:
+            reader = Reader(extra)
+            answer = reader.response()
+            assert answer.status == 503 and answer.closes and answer.headers["retry-after"] == "1"
+            assert "8 connections open" in answer.json()["msg"]
+            assert reader.closed_by_server(within=2)
+    finally:
+        for sock in held:
+            sock.close()
+    refused_again = []  # until the server has seen the eight close, a new connection may still be refused
+
+    def served() -> bool:
+        with connect(server.port) as sock:
+            sock.sendall(request_head("GET", "/api/ping"))
+            status = Reader(sock).response().status
+        refused_again.append(status == 503)
+        return status == 200
+
+    poll_until(served, timeout=5, what="a new connection served once the held ones closed")
+    assert requests_counted(server, 503, route="other") == 1 + sum(refused_again)
+    answers_normally(server)
+
+
+def test_a_caller_that_never_reads_its_answers_is_disconnected_at_the_write_timeout(affine):
+    server = affine(write_timeout_seconds=2)
+    ping = request_head("GET", "/api/ping")
+    with connect(server.port, receive_buffer=TINY_RECEIVE_BUFFER) as sock:
+        assert flood_until_blocked(sock, ping * 64) > 0
+        poll_until(lambda: server.metric_sum("podserve_write_timeouts_total") == 1, timeout=15,  # 2 s + a tick
+                   what="the caller that reads nothing dropped at the write timeout")
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            for _ in range(1000):  # whatever was already on the way is readable; then the reset
+                if not sock.recv(65536):
+                    raise ConnectionResetError("closed")
+    answers_normally(server)
+
+
+@pytest.mark.parametrize("length", ["0" * 5000 + "1", "9" * 30])
+def test_a_content_length_of_any_length_gets_400_never_500(affine, length):
+    server = affine()
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /api/example HTTP/1.1\r\nHost: pod\r\nContent-Length: " + length.encode() + b"\r\n\r\n1")
+        answer = Reader(sock).response()
+    assert answer.status == 400 and answer.closes, answer.body
+    assert "Content-Length" in answer.json()["msg"]
+    assert requests_counted(server, 500) == 0
+    answers_normally(server)
+
+
+def test_pipelined_requests_beyond_the_depth_are_not_dispatched_until_answers_go_out(start_server, affine_model):
+    server = start_server(handler="fixture_handlers:SlowAffine", model_path=str(affine_model), max_batch_size=16,
+                          queue_size=64, TEST_PREDICT_SLEEP="0.3")
+    count = 120
+    with connect(server.port, timeout=60) as sock:
+        sock.sendall(b"".join(json_request(ROUTE, {"postid": str(i), "data": [i, 1, 1, 1]})
+                              for i in range(count)))  # one write: far more than the depth in the server's first read
+        most_held = 0
+        for _ in range(10):
+            time.sleep(0.1)
+            most_held = max(most_held, server.metric_sum("podserve_in_flight_requests"))
+        reader = Reader(sock)
+        answers = [reader.response() for _ in range(count)]
+    assert 0 < most_held <= PIPELINE_DEPTH
+    assert [a.status for a in answers] == [200] * count  # back-pressure, not 503s nor a close
+    assert [a.json()["postid"] for a in answers] == [str(i) for i in range(count)]
+    assert [a.json()["results"][0] for a in answers] == [2.0 * i + 1 for i in range(count)]
+
+
+def test_probes_answer_within_a_second_while_clients_flood_the_control_thread(affine):
+    server = affine(control_queue_size=16)
+    flood = request_head("GET", "/metrics") * 400
+    socks = [connect(server.port, timeout=30) for _ in range(12)]
+    stop = threading.Event()
+
+    def drain(sock):
+        try:
+            while not stop.is_set() and sock.recv(1 << 20):
+                pass
+        except OSError:
+            pass
+
+    readers = [threading.Thread(target=drain, args=(sock,), daemon=True) for sock in socks]
+    for sock, thread in zip(socks, readers):
+        thread.start()
+        sock.sendall(flood)
+    slowest = 0.0
+    try:
+        with requests.Session() as session:
+            for _ in range(20):
+                for path in ("/api/ping", "/api/live"):
+                    started = time.monotonic()
+                    assert session.get(server.url(path), timeout=5).status_code == 200
+                    slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        for sock in socks:
+            sock.close()
+    assert slowest < 1.0, f"a probe took {slowest:.3f} s behind the flood"
+    assert requests_counted(server, 503, route="other") > 0  # the control queue is bounded: the flood is refused
+    answers_normally(server)
+
+
+def test_a_handler_header_that_cannot_be_sent_gets_500_naming_it_and_the_answers_after_it_keep_their_order(
+        start_server, affine_model):
+    server = start_server(handler="fixture_handlers:HeaderInjector", model_path=str(affine_model))
+    firsts = [5, 1, 6, 2, 7]
+    with connect(server.port) as sock:
+        sock.sendall(b"".join(json_request(ROUTE, {"postid": str(i), "data": [first, 0, 0, 0]})
+                              for i, first in enumerate(firsts)))
+        reader = Reader(sock)
+        answers = [reader.response() for _ in firsts]
+    assert [a.status for a in answers] == [200, 500, 200, 500, 200]
+    assert [a.json()["postid"] for a in answers] == ["0", "1", "2", "3", "4"]
+    for answer in answers:
+        assert "injected" not in answer.headers and "x-note" not in answer.headers
+    assert "X-Note" in answers[1].json()["msg"] and "CR, LF" in answers[1].json()["msg"]
+    assert "X-Note" in answers[3].json()["msg"] and "latin-1" in answers[3].json()["msg"]
+    answers_normally(server, {"postid": "after", "data": [5, 2, 3, 4]})
+
+
+def test_100_continue_is_sent_only_to_http_1_1_and_only_to_a_request_the_pod_can_take(start_server, affine_model):
+    server = start_server(handler="fixture_handlers:SlowAffine", model_path=str(affine_model), queue_size=1,
+                          max_batch_size=1, TEST_PREDICT_SLEEP="1.5")
+    body = json.dumps(BODY).encode()
+    head = {"Content-Type": "application/json", "Content-Length": str(len(body)), "Expect": "100-continue"}
+    with connect(server.port) as old:  # HTTP/1.0: no interim answer, whatever it asks
+        old.sendall(request_head("POST", ROUTE, head, version="1.0") + body)
+        answer = Reader(old).response()
+        assert answer.status == 200 and answer.interim == []
+    with connect(server.port) as busy, connect(server.port) as waiting:
+        busy.sendall(json_request(ROUTE, BODY))  # holds the pod's only place for 1.5 s
+        time.sleep(0.3)
+        started = time.monotonic()
+        waiting.sendall(request_head("POST", ROUTE, head))  # its body waits for a 100 that must not come
+        reader = Reader(waiting)
+        answer = reader.response()
+        assert answer.status == 503 and answer.interim == [] and answer.closes
+        assert time.monotonic() - started < 1.0  # at its headers, not after its body or the busy request
+        assert reader.closed_by_server(within=2)
+        assert Reader(busy).response().status == 200
+    with connect(server.port) as fresh:  # room again: 100 Continue, then the answer
+        fresh.sendall(request_head("POST", ROUTE, head))
+        reader = Reader(fresh)
+        interim = reader._line()
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        assert reader._line() == b""
+        fresh.sendall(body)
+        assert reader.response().status == 200
+
+
+def test_an_upgrade_is_ignored_without_a_body_and_refused_400_with_one(affine):
+    server = affine()
+    upgrade = {"Connection": "Upgrade", "Upgrade": "h2c"}
+    with connect(server.port) as sock:
+        sock.sendall(request_head("GET", "/api/ping", upgrade) + request_head("GET", "/api/live"))
+        reader = Reader(sock)
+        assert [reader.response().status, reader.response().status] == [200, 200]
+    with connect(server.port) as sock:
+        body = json.dumps(BODY).encode()
+        sock.sendall(request_head("POST", ROUTE, {**upgrade, "Content-Type": "application/json",
+                                                           "Content-Length": str(len(body))}) + body)
+        reader = Reader(sock)
+        answer = reader.response()
+        assert answer.status == 400 and answer.closes and "Upgrade" in answer.json()["msg"]
+        assert reader.closed_by_server(within=2)
+    assert requests_counted(server, 200, route=ROUTE) == 0  # the refused body never reached the service
+    answers_normally(server)
+
+
+def test_requests_whose_caller_hung_up_are_not_decoded_and_are_counted_499(start_server, affine_model):
+    server = start_server(handler="fixture_handlers:SlowDecode", model_path=str(affine_model), http_threads=1)
+    with connect(server.port) as busy:
+        busy.sendall(json_request(ROUTE, {"postid": "1.0", "data": [1, 2, 3, 4]}))  # the one thread, 1 s
+        time.sleep(0.2)
+        for i in range(5):
+            with connect(server.port) as gone:
+                gone.sendall(json_request(ROUTE, {"postid": "0", "data": [i, 2, 3, 4]}))
+                time.sleep(0.05)
+        assert Reader(busy).response().status == 200
+    poll_until(lambda: requests_counted(server, 499) == 5, timeout=10, what="the five abandoned requests counted")
+    assert server.metric_sum("service_inputs_decoded_total") == 1  # only the caller that stayed was decoded
+    answers_normally(server)
+
+
+def test_head_announces_the_length_get_would_send(affine):
+    server = affine()
+    for path in ("/no-such-route", "/api/ping", "/metrics"):
+        with connect(server.port) as sock:
+            sock.sendall(request_head("HEAD", path) + request_head("GET", path))
+            reader = Reader(sock)
+            head = reader.response(head_only=True)
+            get = reader.response()
+        assert head.status == get.status
+        if path != "/metrics":  # the metrics page changes between two reads; its length only has to be announced
+            assert int(head.headers["content-length"]) == len(get.body) > 0
+        else:
+            assert int(head.headers["content-length"]) > 1000
+    answers_normally(server)
+
+
+def test_an_answered_requests_body_is_released_at_once_even_behind_a_slow_one(start_server, affine_model):
+    server = start_server(handler="fixture_handlers:SlowAffine", model_path=str(affine_model),
+                          max_body_bytes=4 * MIB, TEST_PREDICT_SLEEP="2")
+    bad = json.dumps({"postid": "bad", "data": "not a list", "pad": " " * (4 * MIB - 100)}).encode()
+    refused = request_head("POST", ROUTE, {"Content-Type": "application/json", "Content-Length": str(len(bad))}) + bad
+    peak_before = peak_rss_bytes(server.process.pid)
+    with connect(server.port, timeout=30) as sock:
+        # The first request runs for 2 s; the fifteen behind it are answered 400 at once but wait their turn on the
+        # wire: their 60 MiB of bodies must not wait with them.
+        sock.sendall(json_request(ROUTE, BODY) + refused * 15)
+        reader = Reader(sock)
+        statuses = [reader.response().status for _ in range(16)]
+    assert statuses == [200] + [400] * 15
+    grown = peak_rss_bytes(server.process.pid) - peak_before
+    assert grown < 40 * MIB, f"peak RSS grew {grown / MIB:.1f} MiB: answered bodies were held"
