@@ -65,6 +65,13 @@ deploy: $(VENV)/.tooling-deps ## Deploy VALUES' STAGE (grey, ab, hk, eu, na) wit
 	@test -n "$(STAGE)" || { echo "Error: name the stage: make deploy STAGE=grey (or ab, hk, eu, na)" >&2; exit 2; }
 	$(PY) -m podserve.tooling.deploy apply --stage $(STAGE) --values $(VALUES)
 
+# The deploy tool's other verbs, on VALUES' STAGE: `make status STAGE=grey`, `make rollback STAGE=hk`, `make delete STAGE=grey`.
+DEPLOY_VERBS := status rollback delete
+.PHONY: $(DEPLOY_VERBS)
+$(DEPLOY_VERBS): $(VENV)/.tooling-deps ## status: revision, pods, warnings; rollback: the previous revision; delete: stop grey or ab.
+	@test -n "$(STAGE)" || { echo "Error: name the stage: make $@ STAGE=grey (or ab, hk, eu, na)" >&2; exit 2; }
+	$(PY) -m podserve.tooling.deploy $@ --stage $(STAGE) --values $(VALUES)
+
 $(VENV)/.tooling-deps: requirements/tooling.txt | $(VENV)/bin/python
 	$(PIP) install -r requirements/tooling.txt
 	touch $@
