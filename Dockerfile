@@ -2,11 +2,16 @@
 # CPU and GPU images differ only in their base and in requirements/<flavor>.txt
 # (onnxruntime vs onnxruntime-gpu). No compilers in the final stage, no secrets anywhere:
 # credentials for the registry come from CI variables at push time, never from this file.
-# The model files must be in model/ before the build (CI's model job fetches or merges them), with
+# The model files must be in model/ before the build (CI's model job prepares them), with
 # their SHA-256 in model/MODEL.sha256: the build refuses a model that does not match it, and the
 # server checks it again at start (podserve.runtime.model_check).
 # CI builds this with BuildKit (buildctl-daemonless.sh, see .gitlab-ci.yml); CI's own tooling has its
-# image, Dockerfile.tooling: nothing here installs it.
+# image, Dockerfile.tooling: nothing here installs it. `make image` builds it here (docs/image.md).
+#
+# PIP_INDEX_URL: the index pip installs the pinned requirements from (empty: PyPI), e.g. a
+# company's internal mirror. Only the build stage sees it: it is not in the pushed image or its history.
+# Layers, least often changed first: dependencies, the user, the model, then src/ (a code change
+# re-pushes only the last layer).
 
 ARG FLAVOR=cpu
 
@@ -20,17 +25,18 @@ RUN apt-get update \
 
 FROM python-${FLAVOR} AS build
 ARG FLAVOR
+ARG PIP_INDEX_URL=
 COPY requirements/ /tmp/requirements/
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements/${FLAVOR}.txt
 
 FROM python-${FLAVOR} AS runtime
 COPY --from=build /opt/venv /opt/venv
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin podserve
 WORKDIR /app
-COPY src/ /app/src/
 COPY model/ /app/model/
 RUN cd /app/model && test -f MODEL.sha256 && sha256sum --check --strict MODEL.sha256
-RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin podserve
+COPY src/ /app/src/
 USER 10001
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app/src \

@@ -21,7 +21,7 @@ TEST_NEEDS := $(VENV)/.test-deps model tools
 TEST_NEEDS += prometheus
 TEST_NEEDS += kafka-install
 TEST_NEEDS += cluster-binaries
-TEST_NEEDS += buildctl
+TEST_NEEDS += image-tools
 
 test: $(TEST_NEEDS) ## Install what the tests need and run them.
 	$(PY) -m pytest tests
@@ -146,11 +146,20 @@ mesh: $(VENV)/.test-deps model tools ## Envoy on 127.0.0.1:8080 in front of REGI
 mesh-rollout: ## Restart the running `make mesh`'s production pods one at a time, as a Deployment rollout does.
 	$(PY) -m podserve.testbed.mesh rollout
 
-# The pipeline tests (tests/pipeline/) parse the image build jobs' command lines with BuildKit's real buildctl,
-# built from Go modules pinned by tests/pipeline/buildctl/go.sum (no daemon runs here; 2-5 min cold).
-BUILDKIT_VERSION := $(shell awk '{for (i = 1; i < NF; i++) if ($$i == "github.com/moby/buildkit") print $$(i + 1)}' tests/pipeline/buildctl/go.mod)
-BUILDCTL := .tools/buildctl-$(BUILDKIT_VERSION)/buildctl
-.PHONY: buildctl
-buildctl: $(BUILDCTL) ## BuildKit's buildctl for the pipeline tests, into .tools/buildctl-<version>/ (once).
-$(BUILDCTL): tests/pipeline/buildctl/go.mod tests/pipeline/buildctl/go.sum
-	cd tests/pipeline/buildctl && GOTOOLCHAIN=local go build -trimpath -o $(CURDIR)/$(BUILDCTL) github.com/moby/buildkit/cmd/buildctl
+# The images for real (podserve/testbed/image/, docs/image.md): BuildKit's buildctl and buildkitd (tests/pipeline/buildctl/go.mod)
+# and distribution's registry (tests/pipeline/registry/go.mod) built from Go modules into .tools/; Debian's runc, mmdebstrap
+# (the stand-in base images) and apache2-utils (htpasswd for the registry), pinned.
+RUNC_DEB := 1.1.5+ds1-1+deb12u1
+MMDEBSTRAP_DEB := 1.3.5-7
+APACHE2_UTILS_DEB := 2.4.71-1~deb12u1
+IMAGE_REGISTRY_PORT ?= 5000
+.PHONY: buildctl image-tools image
+buildctl: image-tools
+image-tools: $(VENV)/bin/python ## BuildKit (buildctl, buildkitd), the registry, runc, mmdebstrap, htpasswd, pinned (once; ~4 min cold).
+	@missing=; for p in runc=$(RUNC_DEB) mmdebstrap=$(MMDEBSTRAP_DEB) apache2-utils=$(APACHE2_UTILS_DEB); do \
+		test "$$(dpkg-query -W -f='$${Status} $${Version}' $${p%%=*} 2>/dev/null)" = "install ok installed $${p#*=}" || \
+		missing="$$missing $$p"; done; test -z "$$missing" || flock /tmp/podserve-apt.lock sh -c \
+		"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing"
+	@$(PY) -m podserve.testbed.image.build
+image: image-tools $(VENV)/.test-deps model ## Build both service image flavors and the tooling image with the CI jobs' own lines; push to a local registry (127.0.0.1:5000).
+	$(PY) -m podserve.testbed.image --port $(IMAGE_REGISTRY_PORT)

@@ -21,19 +21,19 @@ import pytest
 from ci_pipeline import REPO, concrete_jobs, script_lines, variables
 from image_layout import REFUSE_SERVER_DEPS, commands, context_files, dockerignore, final_stage, lay_out
 from podserve.model_record import record
+from podserve.testbed.image import versions
 from test_layout import SERVER_ONLY
 
 JOBS = concrete_jobs()
 BUILD_JOBS = {"service-image": "Dockerfile", "tooling-image": "Dockerfile.tooling"}
-GO_MOD = REPO / "tests/pipeline/buildctl/go.mod"
-BUILDKIT_VERSION = re.search(r"github.com/moby/buildkit (v[0-9.]+)", GO_MOD.read_text()).group(1)
-BUILDCTL = REPO / f".tools/buildctl-{BUILDKIT_VERSION}/buildctl"
+BUILDKIT_VERSION = versions.buildkit_version()
+BUILDCTL = versions.buildkit_dir() / "buildctl"
 NO_DAEMON = "failed to list workers"
 
 
 def buildctl_argv(name: str, workdir: Path) -> list[str]:
     """Run the job's build line with the real buildctl (no daemon); return the argv it got, once it parsed it all."""
-    assert BUILDCTL.is_file(), f"{BUILDCTL} is missing: run `make buildctl` (make test does it first)"
+    assert BUILDCTL.is_file(), f"{BUILDCTL} is missing: run `make image-tools` (make test does it first)"
     job = JOBS[name]
     (line,) = [line for line in script_lines(job) if line.startswith("buildctl-daemonless.sh ")]
     # buildctl-daemonless.sh starts a rootless buildkitd, then runs `buildctl --addr <its socket> "$@"`; here no daemon.

@@ -1,0 +1,72 @@
+"""`make image`: both flavors of the service image and the tooling image, built and pushed by the CI jobs' own lines.
+
+    python -m podserve.testbed.image [--port 5000] [--workdir build/image] [--values value.py]
+
+Starts the registry on 127.0.0.1:<port> (storage in <workdir>/registry-storage, kept: a second run
+is mostly cache hits), the wheel index and the stand-in bases (bases.py), then for value.py's
+flavor and the other one: a checkout (pipeline.py), the `manifests` job, the `service-image` job;
+then the `tooling-image` job. Images are tagged <commit>-<flavor> (the tooling image <commit>) so
+both flavors stay listed. Prints each image's name, digest and size, and stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from podserve.testbed.image import pipeline
+from podserve.testbed.image.bases import StandInError
+from podserve.testbed.image.registry import RegistryError
+from podserve.testbed.image.runner import RunnerError
+from podserve.testbed.image.versions import REPO
+from podserve.testbed.image.wheels import WheelError
+from podserve.tooling.values import load_values
+
+
+def commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip() or "dev"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=5000, help="the registry's port on 127.0.0.1 (5000)")
+    parser.add_argument("--workdir", type=Path, default=REPO / "build" / "image")
+    parser.add_argument("--values", type=Path, default=REPO / "value.py")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    own = "gpu" if load_values(args.values)["gpu_num"] else "cpu"
+    sha = commit()
+    try:
+        with pipeline.BuildStage.start(args.workdir / "run", args.port, args.workdir / "registry-storage") as stage:
+            for flavor in (own, "cpu" if own == "gpu" else "gpu"):
+                checkout = args.workdir / f"checkout-{flavor}"
+                shutil.rmtree(checkout, ignore_errors=True)
+                stage.checkout(checkout, pipeline.flavored_value(args.values.read_text(), flavor))
+                jobs = ["manifests", "service-image"] + (["tooling-image"] if flavor == own else [])
+                for job in jobs:
+                    done = stage.run_job(job, checkout, f"{sha}-{flavor}" if job != "tooling-image" else sha)
+                    if done.returncode != 0:
+                        print(f"Error: the {job} job failed ({flavor}):\n{done.stderr[-4000:]}", file=sys.stderr)
+                        return 1
+                    if job.endswith("-image"):
+                        cached, total = pipeline.cache_use(done.stderr)
+                        print(f"  {job} ({flavor}): {cached} of {total} Dockerfile steps from the cache")
+            print(f"\nThe registry {stage.registry.host} lists:")
+            for repo in stage.registry.catalog():
+                for tag in stage.registry.tags(repo):
+                    facts = stage.registry.describe(repo, tag)
+                    print(f"  {facts.name}  {facts.digest}  {facts.size / 1e6:.1f} MB")
+    except (subprocess.TimeoutExpired, RegistryError, RunnerError, StandInError, WheelError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    print(f"make image took {time.monotonic() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

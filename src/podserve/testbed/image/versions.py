@@ -1,0 +1,31 @@
+"""What the image testbed is made of: BuildKit's and the registry's versions (from their go.mod), binary paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from podserve.testbed.cluster.versions import REPO, required_version
+
+#: BuildKit's module (buildctl and buildkitd at one version: the one CI's moby/buildkit image runs).
+BUILDKIT_MODULE = REPO / "tests/pipeline/buildctl"
+#: The registry's module (distribution's cmd/registry).
+REGISTRY_MODULE = REPO / "tests/pipeline/registry"
+#: Upstream's wrapper CI's build jobs call, shipped in BuildKit's module (examples/buildctl-daemonless/).
+DAEMONLESS_SCRIPT = "buildctl-daemonless.sh"
+
+
+def buildkit_version() -> str:
+    return required_version("github.com/moby/buildkit", BUILDKIT_MODULE / "go.mod")
+
+
+def registry_version() -> str:
+    return required_version("github.com/distribution/distribution/v3", REGISTRY_MODULE / "go.mod")
+
+
+def buildkit_dir(tools: Path = REPO / ".tools") -> Path:
+    """Where buildctl, buildkitd and buildctl-daemonless.sh of this BuildKit version live."""
+    return tools / f"buildkit-{buildkit_version()}"
+
+
+def registry_binary(tools: Path = REPO / ".tools") -> Path:
+    return tools / f"registry-{registry_version()}" / "registry"
