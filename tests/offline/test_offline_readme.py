@@ -1,4 +1,4 @@
-"""The README's offline lines work as written: the worker `make serve VALUES=examples/offline/value.py` runs,
+"""docs/offline.md's lines (moved from the README) work as written: the worker `make serve VALUES=examples/offline/value.py` runs,
 fed by `topics send` and read back by `topics read`, on a real broker (the session's, on a free port)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from podserve.testbed.processes import Program, free_port
 
 
 def _readme_topic_lines() -> list[str]:
-    readme = (REPO / "README.md").read_text()
-    block = readme[readme.index("## Offline workers"):]
+    readme = (REPO / "docs" / "offline.md").read_text()
+    block = readme[readme.index("# Offline workers"):]
     block = block[block.index("```bash") + len("```bash"): block.index("```", block.index("```bash") + 7)]
     lines = block.strip().splitlines()
     assert lines[:2] == ["make kafka                                      # a real Kafka broker (KRaft, one node) on "

@@ -1,66 +1,80 @@
-"""The README's first commands work as written: the local server from value.py, and its three curls."""
+"""README's command blocks run as written (tests/readme_blocks.py says where each runs), and docs/mesh.md's curls."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import shutil
 import subprocess
 import sys
 import time
 
 import requests
+from fresh_copy import Background, fresh_copy, run
+from readme_blocks import FIRST_BLOCK, NEEDS, blocks, command_word
 from serving import REPO, free_port
 
+from podserve.model_record import RECORD_NAME, read_record
+from podserve.tooling.example_models import MODELS
 
-def _readme_curls(after: str) -> list[str]:
-    """The curl lines of the README's first bash block after the text `after`."""
-    readme = (REPO / "README.md").read_text()
-    block = readme[readme.index(after):]
+
+def _curls(path, after: str) -> list[str]:
+    """The curl lines of the first bash block after the text `after` in `path`."""
+    text = path.read_text()
+    block = text[text.index(after):]
     block = block[block.index("```bash") + len("```bash"): block.index("```", block.index("```bash") + 7)]
     return [line for line in block.splitlines() if line.startswith("curl ")]
 
 
-def test_readme_curls_against_the_server_make_serve_starts(tmp_path):
-    curls = _readme_curls("## Try it")
-    assert len(curls) == 3
+def test_every_readme_block_is_one_the_tests_run():
+    found = blocks()
+    assert [command_word(line) for line in found[0].commands] == FIRST_BLOCK
+    assert (REPO / ".ci" / "run").read_text().strip().splitlines()[-1] == "make test"  # the second command
+    unknown = [b.first_line for b in found if b.first_line.startswith("# needs:") and not NEEDS.match(b.first_line)]
+    assert unknown == [], f"blocks whose `# needs:` no test provides (see tests/readme_blocks.py): {unknown}"
+    assert {b.needs for b in found[1:]} == {None, "make serve", "cluster"}
+
+
+def test_readme_blocks_run_as_written_in_a_fresh_copy(tmp_path):
+    """make serve, the curls against it, then every block without `# needs:`, in order, in a fresh copy."""
+    found = blocks()
+    copy = fresh_copy(tmp_path / "repo")
+    example = REPO / "model" / MODELS["cls"].filename  # fetched once by `make test`'s `make model`: not again
+    shutil.copy(example, copy / "model" / example.name)
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PODSERVE_PORT": str(port)}
-    log = open(tmp_path / "serve.log", "wb")
-    # What `make serve` runs once the venv and the model are in place.
-    server = subprocess.Popen([sys.executable, "-m", "podserve.tooling.serve_local", "value.py"], cwd=REPO, env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = Background(command_word(found[0].commands[0]), copy, tmp_path / "serve.log", PODSERVE_PORT=str(port))
     try:
-        started = time.monotonic()
-        while time.monotonic() - started < 60:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/api/ping", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError((tmp_path / "serve.log").read_text())
-        answers = []
-        for curl in curls:
-            command = re.sub(r"localhost:8080", f"localhost:{port}", curl)
-            done = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=30)
-            assert done.returncode == 0, done.stderr
-            answers.append(json.loads(done.stdout))
-        ping, upright, upside_down = answers
-        assert ping["results"]["ready"] is True
-        assert upright["results"]["angle"] == 0 and upright["postid"] == "1"
-        assert upside_down["results"]["angle"] == 180 and upside_down["postid"] == "2"
+        server.wait_until(lambda: _ready(port), timeout=180)
+        answers = [json.loads(run(line.replace("localhost:8080", f"localhost:{port}"), copy).stdout)
+                   for block in found if block.needs == "make serve" for line in block.commands]
     finally:
-        server.terminate()
-        assert server.wait(30) == 0
-        log.close()
+        server.stop()
+    assert '"msg": "exited cleanly"' in server.log()
+    ping, upright, upside_down = answers
+    assert ping["results"]["ready"] is True
+    assert upright["results"]["angle"] == 0 and upright["postid"] == "1"
+    assert upside_down["results"]["angle"] == 180 and upside_down["postid"] == "2"
+
+    plain = [line for block in found[1:] if block.needs is None for line in block.commands]
+    assert {"make record", "make model", "make render"} <= {command_word(line) for line in plain}
+    for line in plain:
+        run(line, copy)
+    assert read_record(copy / "model") == {example.name: MODELS["cls"].sha256}  # only the model, not README.md
+    assert (copy / "model" / RECORD_NAME).is_file() and (copy / "build" / "manifests" / "grey" / "deployment.yaml").is_file()
+
+
+def _ready(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/api/ping", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
 
 
 def test_readme_mesh_curls_through_the_gateway_make_mesh_starts(tmp_path):
-    """`make mesh` with PODS=1 on a free port: Envoy in front of the hk region's stages, the README's three curls."""
+    """`make mesh` with PODS=1 on a free port: Envoy in front of the hk region's stages, docs/mesh.md's three curls."""
     import signal
 
-    curls = _readme_curls("Through the mesh")  # the second bash block of "Try it"
+    curls = _curls(REPO / "docs" / "mesh.md", "Through the mesh")
     assert len(curls) == 3 and "/api/like/text-direction" in curls[0]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

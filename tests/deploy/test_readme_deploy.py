@@ -1,0 +1,30 @@
+"""README's `# needs: cluster` blocks run as written, in a fresh copy, against the test control plane as podserve-ci."""
+
+from __future__ import annotations
+
+from ci_account import ci_kubeconfig
+from fresh_copy import fresh_copy, run
+from live import Live
+from readme_blocks import blocks, command_word
+
+GREY = ("podserve-grey", "grey")
+
+
+def test_readme_deploy_commands_run_as_written(control_plane, tmp_path):
+    cluster_blocks = [b for b in blocks() if b.needs == "cluster"]
+    assert cluster_blocks, "README has no `# needs: cluster` block: its deploy commands would go untested"
+    live = Live(control_plane, ci_kubeconfig(control_plane, tmp_path / "ci.kubeconfig"), tmp_path)
+    copy = fresh_copy(tmp_path / "repo")
+    service = "text-direction"  # value.py's; no other test deploys it
+    outputs = {}
+    try:
+        for block in cluster_blocks:
+            for line in block.commands:
+                done = run(line, copy, timeout=300, KUBECONFIG=str(live.ci_kubeconfig))
+                outputs.setdefault(command_word(line), []).append(done.stdout + done.stderr)
+        assert any(f"serving: revision 1 of {service} in grey" in o for o in outputs["make deploy STAGE=grey"])
+        assert "revision 1" in outputs["make status STAGE=grey"][0]
+        assert "rolled back" in outputs["make rollback STAGE=grey"][0]
+        assert live.objects(*GREY, service) == []  # make delete left nothing
+    finally:
+        live.remove(*GREY, service)
