@@ -59,18 +59,20 @@ render: $(VENV)/.tooling-deps ## Render every stage of VALUES into OUT/<stage>/;
 	$(PY) -m podserve.tooling.render --all --values $(VALUES) --out $(OUT)
 
 # The deploy tool (docs/deploy.md): apply value.py's STAGE with the credentials in $$KUBECONFIG, wait, roll back on failure.
+# ARGS passes more of its options: `make deploy STAGE=hk ARGS=--dry-run`.
 STAGE ?=
+ARGS ?=
 .PHONY: deploy
 deploy: $(VENV)/.tooling-deps ## Deploy VALUES' STAGE (grey, ab, hk, eu, na) with $$KUBECONFIG: exit 0 serving, 1 failed, 2 bad input, 3 refused.
 	@test -n "$(STAGE)" || { echo "Error: name the stage: make deploy STAGE=grey (or ab, hk, eu, na)" >&2; exit 2; }
-	$(PY) -m podserve.tooling.deploy apply --stage $(STAGE) --values $(VALUES)
+	$(PY) -m podserve.tooling.deploy apply --stage $(STAGE) --values $(VALUES) $(ARGS)
 
 # The deploy tool's other verbs, on VALUES' STAGE: `make status STAGE=grey`, `make rollback STAGE=hk`, `make delete STAGE=grey`.
 DEPLOY_VERBS := status rollback delete
 .PHONY: $(DEPLOY_VERBS)
 $(DEPLOY_VERBS): $(VENV)/.tooling-deps ## status: revision, pods, warnings; rollback: the previous revision; delete: stop grey or ab.
 	@test -n "$(STAGE)" || { echo "Error: name the stage: make $@ STAGE=grey (or ab, hk, eu, na)" >&2; exit 2; }
-	$(PY) -m podserve.tooling.deploy $@ --stage $(STAGE) --values $(VALUES)
+	$(PY) -m podserve.tooling.deploy $@ --stage $(STAGE) --values $(VALUES) $(ARGS)
 
 $(VENV)/.tooling-deps: requirements/tooling.txt | $(VENV)/bin/python
 	$(PIP) install -r requirements/tooling.txt
