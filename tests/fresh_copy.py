@@ -16,6 +16,8 @@ import sysconfig
 import time
 from pathlib import Path
 
+import requests
+
 REPO = Path(__file__).resolve().parent.parent
 GIT_USER = ["-c", "user.name=newcomer", "-c", "user.email=newcomer@example.com"]
 
@@ -88,3 +90,11 @@ class Background:
                 self.process.wait(10)
         self._log.close()
         return self.process.returncode
+
+
+def answers_ping(port: int) -> bool:
+    """True once a server on 127.0.0.1:port answers /api/ping with 200 (ready)."""
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/api/ping", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False

@@ -12,10 +12,9 @@ import io
 import json
 import re
 
-import requests
 from PIL import Image
 
-from fresh_copy import Background, changed_paths, fresh_copy, run
+from fresh_copy import Background, answers_ping, changed_paths, fresh_copy, run
 from podserve.model_record import RECORD_NAME, read_record, sha256_of
 from podserve.testbed.processes import free_port
 
@@ -103,7 +102,7 @@ def test_a_second_service_with_context_its_own_model_and_package_renders_and_ser
     port = free_port()
     server = Background("make serve", copy, tmp_path / "serve.log", PODSERVE_PORT=str(port))
     try:
-        server.wait_until(lambda: _ready(port), timeout=240)  # the venv gets the team's package first
+        server.wait_until(lambda: answers_ping(port), timeout=240)  # the venv gets the team's package first
         answers = []
         for name, size, box in (("wide.png", (640, 320), (320, 160, 640, 320)),
                                 ("tall.png", (200, 400), (0, 100, 100, 400))):
@@ -122,12 +121,6 @@ def test_a_second_service_with_context_its_own_model_and_package_renders_and_ser
                                    f"model/{RECORD_NAME}"}
     assert not list((copy / "model").glob("ch_ppocr*")), "the example model was fetched though value.py names another"
 
-
-def _ready(port: int) -> bool:
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/api/ping", timeout=1).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 def _installed_here() -> str:

@@ -9,8 +9,7 @@ import subprocess
 import sys
 import time
 
-import requests
-from fresh_copy import Background, fresh_copy, run
+from fresh_copy import Background, answers_ping, fresh_copy, run
 from readme_blocks import FIRST_BLOCK, NEEDS, blocks, command_word
 from serving import REPO, free_port
 
@@ -44,7 +43,7 @@ def test_readme_blocks_run_as_written_in_a_fresh_copy(tmp_path):
     port = free_port()
     server = Background(command_word(found[0].commands[0]), copy, tmp_path / "serve.log", PODSERVE_PORT=str(port))
     try:
-        server.wait_until(lambda: _ready(port), timeout=180)
+        server.wait_until(lambda: answers_ping(port), timeout=180)
         answers = [json.loads(run(line.replace("localhost:8080", f"localhost:{port}"), copy).stdout)
                    for block in found if block.needs == "make serve" for line in block.commands]
     finally:
@@ -62,12 +61,6 @@ def test_readme_blocks_run_as_written_in_a_fresh_copy(tmp_path):
     assert read_record(copy / "model") == {example.name: MODELS["cls"].sha256}  # only the model, not README.md
     assert (copy / "model" / RECORD_NAME).is_file() and (copy / "build" / "manifests" / "grey" / "deployment.yaml").is_file()
 
-
-def _ready(port: int) -> bool:
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/api/ping", timeout=1).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 def test_readme_mesh_curls_through_the_gateway_make_mesh_starts(tmp_path):
