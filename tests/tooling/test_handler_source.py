@@ -52,13 +52,16 @@ def test_a_handler_is_followed_through_the_services_own_modules_and_podserve(tmp
 
 def test_what_is_not_a_handler_is_named_with_the_fix(tmp_path):
     src = write(tmp_path, {
-        "server.py": "import numpy as np\nclass Plain:\n    pass\nclass FromElsewhere(np.ndarray):\n    pass\n",
+        "server.py": "import teamlib\nclass Plain:\n    pass\nclass Mixed(Plain, object):\n    pass\n"
+                     "class FromTheirPackage(teamlib.DetectorBase):\n    pass\n",
         "broken.py": "class Handler(\n",
     })
     assert "no module 'servr' (no servr.py in" in problem("servr:Plain", [src])
-    assert "defines no class 'Missing'; classes there: FromElsewhere, Plain" in problem("server:Missing", [src])
-    for name in ("Plain", "FromElsewhere"):
+    assert "defines no class 'Missing'; classes there: FromTheirPackage, Mixed, Plain" in problem("server:Missing", [src])
+    for name in ("Plain", "Mixed"):
         message = problem(f"server:{name}", [src])
         assert f"class {name!r} in module 'server'" in message and "does not derive from podserve's Handler" in message
         assert "subclass OnnxHandler" in message
     assert "broken.py is not valid Python" in problem("broken:Handler", [src])
+    # A base from a package the service installs (requirements/service.txt) cannot be read here: not refused.
+    assert problem("server:FromTheirPackage", [src]) is None

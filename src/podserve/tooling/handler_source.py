@@ -4,7 +4,8 @@
 None when the module is there, defines (or imports from another module of the same folders)
 a class of that name, and the class derives from podserve's `Handler`, directly or through
 `OnnxHandler` or a class of the service's own; otherwise it answers what is wrong and the fix.
-A base class from a package outside these folders cannot be followed and counts as not a Handler.
+A base class from a package outside these folders (one the service installs) cannot be followed
+here: such a class passes, and the server checks it when it imports it.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ class _Source:
             self._parsed[name] = None if path is None else _parse(name, path)
         return self._parsed[name]
 
-    def is_handler(self, module: str, name: str, seen: set) -> bool:
-        """Whether `module`'s `name` is a class deriving from ROOT, following bases and imports in these folders."""
+    def is_handler(self, module: str, name: str, seen: set) -> bool | None:
+        """Whether `module`'s `name` is a class deriving from ROOT, following bases and imports in these folders;
+        None when that cannot be told here (a base from a package outside them, e.g. one of the service's own)."""
         if (module, name) == ROOT:
             return True
         if (module, name) in seen:
@@ -65,14 +67,15 @@ class _Source:
             return self.is_handler(podserve._EXPORTS[name], name, seen)
         parsed = self.module(module)
         if parsed is None:
-            return False
+            return None
         if name in parsed.classes:
-            return any(self._base_is_handler(parsed, module, base, seen) for base in parsed.classes[name].bases)
+            found = [self._base_is_handler(parsed, module, base, seen) for base in parsed.classes[name].bases]
+            return True if True in found else None if None in found else False
         if name in parsed.imported:
             return self.is_handler(*parsed.imported[name], seen)
         return False
 
-    def _base_is_handler(self, parsed: _Module, module: str, base: ast.expr, seen: set) -> bool:
+    def _base_is_handler(self, parsed: _Module, module: str, base: ast.expr, seen: set) -> bool | None:
         if isinstance(base, ast.Name):
             return self.is_handler(module, base.id, seen)
         if isinstance(base, ast.Attribute):  # e.g. podserve.OnnxHandler after `import podserve`
@@ -80,7 +83,7 @@ class _Source:
             owner = parsed.modules.get(dotted.split(".")[0])
             if owner is not None:
                 return self.is_handler(owner + dotted[len(dotted.split(".")[0]):], base.attr, seen)
-        return False
+        return None  # an expression render cannot follow
 
 
 class SourceError(ValueError):
@@ -131,7 +134,7 @@ def problem(spec: str, paths: Sequence[Path]) -> str | None:
         hint = f"did you mean {close[0]!r}?" if close else f"classes there: {', '.join(known) or 'none'}"
         return f"{spec!r}: module {module_name!r} ({parsed.path}) defines no class {class_name!r}; {hint}"
     try:
-        if source.is_handler(module_name, class_name, set()):
+        if source.is_handler(module_name, class_name, set()) is not False:  # True, or a base it cannot follow
             return None
     except SourceError as exc:
         return f"{spec!r}: {exc}"
