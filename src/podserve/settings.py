@@ -69,8 +69,8 @@ class ServingSettings:
     max_connections: int = field(default=1000, metadata={
         "doc": "open connections; a new one beyond it gets 503 and is closed", "owner": PLATFORM})
     max_pending_body_bytes: int = field(default=64 * 1024 * 1024, metadata={
-        "doc": "bytes of bodies still being sent, pod-wide (at least one largest body); a body that would go over it "
-               "gets 503 at its headers", "owner": PLATFORM})
+        "doc": "bytes of bodies still being sent, pod-wide (room for one largest body at least); a body that would "
+               "go over it gets 503 at its headers; bodies over 1 MiB may use three quarters of it", "owner": PLATFORM})
     control_queue_size: int = field(default=64, metadata={
         "doc": "requests waiting for the control thread (/metrics, 404s); 503 above", "owner": PLATFORM})
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import socket
 import threading
@@ -53,8 +54,20 @@ PIPELINE_DEPTH = 16
 #: Bytes parsed at a time while a request head (or a chunked body) may end in them: what one connection can make the
 #: server parse beyond its pipeline depth. A Content-Length body is parsed to its end in one step.
 PARSE_SLICE_BYTES = 4096
+#: A body larger than this (declared, or chunked and grown past it) may use only `LARGE_BODY_SHARE` of the pod-wide
+#: budget for bodies still being sent: the rest is kept for ordinary requests, so that slow large uploads cannot
+#: starve them.
+LARGE_BODY_BYTES = 1024 * 1024
+LARGE_BODY_SHARE = 0.75
+#: Requests one connection may complete in one turn of the loop; the rest of its read waits for the next turn, so
+#: a read of thousands of pipelined requests cannot keep every other connection (and the probes) waiting.
+MESSAGES_PER_TURN = 32
 #: A Content-Length longer than this is refused 400 (20 digits hold every length a server can take).
 MAX_CONTENT_LENGTH_DIGITS = 20
+#: Each connection's kernel send buffer (Linux doubles it), fixed rather than autotuned: autotuning grows it to
+#: megabytes, so a caller that reads nothing could make the loop write thousands of answers before its write clock
+#: even starts. Answers are small and the caller (the sidecar) is on loopback: this is plenty for full speed.
+SEND_BUFFER_BYTES = 64 * 1024
 SERVER_NAME = "podserve"
 
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode("latin-1") for code, reason in HTTP_STATUS_CODES.items()}
@@ -86,7 +99,8 @@ class HttpLimits:
                    header_timeout_seconds=settings.header_timeout_seconds,
                    write_timeout_seconds=settings.write_timeout_seconds,
                    idle_timeout_seconds=settings.idle_timeout_seconds, max_connections=settings.max_connections,
-                   max_pending_body_bytes=max(settings.max_pending_body_bytes, settings.max_body_bytes))
+                   max_pending_body_bytes=max(settings.max_pending_body_bytes,
+                                              math.ceil(settings.max_body_bytes / LARGE_BODY_SHARE)))
 
     @property
     def tick_seconds(self) -> float:
@@ -184,9 +198,11 @@ class Connection(asyncio.Protocol):
         self._body_deadline = 0.0
         self._reserved = 0  # bytes of the pod-wide pending-body budget this connection holds
         self._feeding = False  # inside the parser: answers given meanwhile must not feed it again
+        self._turn_messages = 0  # requests completed in this turn of the loop
         self._unparsed: memoryview | None = None  # what a read brought beyond the pipeline depth
         self._paused = False
         self._write_blocked_since: float | None = None
+        self._corked: list[bytes] | None = None  # answers written while a read is parsed go out in one write
         self._closing = False
         self._last_active = time.monotonic()
 
@@ -242,6 +258,8 @@ class Connection(asyncio.Protocol):
         """Parse `view` a slice at a time; keep what lies beyond the pipeline depth for later."""
         end_of_data, pos = len(view), 0
         self._feeding = True
+        self._corked = []
+        self._turn_messages = 0
         try:
             while pos < end_of_data and not self._closing:
                 self._dispatch_parked()
@@ -249,10 +267,28 @@ class Connection(asyncio.Protocol):
                     self._unparsed = view[pos:]
                     self._pause()
                     return
+                if self._turn_messages >= MESSAGES_PER_TURN:  # this turn's share: the rest waits for the next
+                    self._unparsed = view[pos:]
+                    self._pause()
+                    self.server.loop.call_soon(self._next_turn)
+                    return
                 pos = self._feed_slice(view, pos, end_of_data)
             self._unparsed = None
         finally:
             self._feeding = False
+            self._uncork()
+
+    def _next_turn(self) -> None:
+        """Parse what a previous turn left, unless the depth now holds it back (then answers resume it)."""
+        if self._unparsed is not None and not self.parked and not self._feeding and not self._closing:
+            unparsed, self._unparsed = self._unparsed, None
+            self._feed(unparsed)
+            self._resume_if_free()
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked and self.transport is not None:
+            self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     def _feed_slice(self, view: memoryview, pos: int, end_of_data: int) -> int:
         """Parse one slice of `view` from `pos`; return where the next begins (`end_of_data` after a refusal)."""
@@ -379,6 +415,7 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         exchange = self.current
         self.current = None
+        self._turn_messages += 1
         self._in_body, self._head_bytes, self._body_left = False, 0, -1
         body, self._body, self._body_bytes = self._body, b"", 0
         self._release_body()
@@ -443,12 +480,16 @@ class Connection(asyncio.Protocol):
         head.append(b"\r\n")
         if exchange.method != "HEAD":
             head.append(answer.body)
-        self.transport.write(b"".join(head))
+        if self._corked is not None:
+            self._corked.append(b"".join(head))
+        else:
+            self.transport.write(b"".join(head))
         self._last_active = time.monotonic()
         return close
 
     def _close_after_write(self) -> None:
         self._closing = True
+        self._uncork()
         if self.transport is not None:
             self.transport.close()  # flushes what is buffered first
 
@@ -514,11 +555,17 @@ class Connection(asyncio.Protocol):
         self.server.refuse(exchange, status, message, field)
 
     def _reserve(self, size: int) -> bool:
-        """Hold `size` more body bytes against the pod-wide budget; refuse the request 503 when it has no room."""
-        if self.server.pending_body_bytes + size > self.limits.max_pending_body_bytes:
+        """Hold `size` more body bytes against the pod-wide budget; refuse the request 503 when it has no room.
+
+        A large body (over LARGE_BODY_BYTES) has room only within LARGE_BODY_SHARE of the budget."""
+        budget = self.limits.max_pending_body_bytes
+        large = self._reserved + size > LARGE_BODY_BYTES
+        room = int(budget * LARGE_BODY_SHARE) if large else budget
+        if self.server.pending_body_bytes + size > room:
+            kind = f"bodies over {LARGE_BODY_BYTES} bytes may use {room} of its {budget}" if large else \
+                f"its limit is {budget}"
             self._answer_and_close(503, f"this pod is holding {self.server.pending_body_bytes} bytes of bodies still "
-                                        f"being sent (its limit is {self.limits.max_pending_body_bytes}); retry "
-                                        f"shortly, or elsewhere")
+                                        f"being sent ({kind}); retry shortly, or elsewhere")
             return False
         self.server.pending_body_bytes += size
         self._reserved += size
@@ -607,6 +654,7 @@ class HttpServer:
         self._stopped = asyncio.Event()
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)  # accepted connections inherit it
         sock.bind((self.host, self.port))
         self.effective_port = sock.getsockname()[1]
         self._server = await self.loop.create_server(lambda: Connection(self), sock=sock, backlog=self.backlog)

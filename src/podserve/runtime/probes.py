@@ -26,6 +26,7 @@ class Probes:
 
     def __init__(self, pool: InstancePool, lifecycle: Lifecycle):
         self.pool, self.lifecycle = pool, lifecycle
+        self._ready: tuple[int, Answer] | None = None  # the ready answer, built once per instance count
 
     def answer(self, exchange: Exchange) -> Answer:
         """The answer to a request for one of `PATHS`."""
@@ -41,7 +42,11 @@ class Probes:
         pool = self.pool
         if not pool.ready:
             return _error(NotReady(f"not ready: {pool.status()}"))
-        return _json(200, {"results": {"ready": True, "instances": len(pool.workers)}, "msg": pool.status()})
+        instances = len(pool.workers)
+        if self._ready is None or self._ready[0] != instances:
+            self._ready = instances, _json(200, {"results": {"ready": True, "instances": instances},
+                                                 "msg": pool.status()})
+        return self._ready[1]
 
     def live(self) -> Answer:
         """Liveness: 503 only when a batch thread is dead or stuck (the pod must be restarted)."""

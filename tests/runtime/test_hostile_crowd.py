@@ -1,0 +1,137 @@
+"""200 hostile connections at once, while 8 normal clients send the example's requests to the example model.
+
+The limits are lowered for the test (header timeout 3 s, write timeout 3 s, request deadline 4 s) and the
+crowd runs longer than the longest of them. It asserts what the issue asks of a pod under attack: memory within
+idle + the pod-wide body budget + 50 MB, probes answered within a second throughout, the normal clients' p99
+within 3x their p99 without the crowd, and every hostile connection closed by the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from hostile import rss_bytes
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+CROWD_SECONDS = 10.0  # longer than the longest limit below (4 s) plus a clock tick
+LIMITS = {"header_timeout_seconds": 3, "write_timeout_seconds": 3, "request_timeout_ms": 4000}
+MB = 1000 * 1000
+
+
+def _example_request() -> bytes:
+    image = base64.b64encode((REPO / "examples" / "text-line.png").read_bytes()).decode()
+    return json.dumps({"postid": "1", "uid": "u1", "seqid": "1", "image": image}).encode()
+
+
+def _normal_clients(port: int, route: str, seconds: float, count: int = 8) -> list[float]:
+    """`count` clients, each on its own keep-alive connection, sending the example request for `seconds`;
+    return every answered request's latency (all must be 200)."""
+    body = _example_request()
+    latencies: list[float] = []
+    failures: list[str] = []
+    stop_at = time.monotonic() + seconds
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            while time.monotonic() < stop_at:
+                started = time.monotonic()
+                connection.request("POST", route, body, {"Content-Type": "application/json"})
+                reply = connection.getresponse()
+                payload = reply.read()
+                if reply.status != 200:
+                    failures.append(f"{reply.status}: {payload[:200]!r}")
+                    return
+                latencies.append(time.monotonic() - started)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    assert not failures, failures[:3]
+    return latencies
+
+
+def _p99(latencies: list[float]) -> float:
+    return statistics.quantiles(latencies, n=100)[98]
+
+
+def test_a_crowd_of_200_hostile_connections_leaves_the_pod_serving(start_server, example_model, tmp_path):
+    server = start_server(handler="server:TextDirection", model_path=str(example_model), service_name="example",
+                          max_batch_size=16, max_batch_delay_ms=5, **LIMITS)
+    route = "/api/example"
+    _normal_clients(server.port, route, 2.0)  # warm: the first requests of a fresh process are slower
+    base_p99 = _p99(_normal_clients(server.port, route, 6.0))
+    idle_rss = rss_bytes(server.process.pid)
+    budget = 64 * 1024 * 1024  # conf/platform.yaml's max_pending_body_bytes (the default this server runs with)
+
+    outcomes_path = tmp_path / "crowd.json"
+    crowd = subprocess.Popen([sys.executable, str(HERE / "hostile_crowd.py"), str(server.port), route,
+                              str(CROWD_SECONDS), str(outcomes_path)])
+    probe_times: list[float] = []
+    probe_failures: list[str] = []
+    most_rss = [idle_rss]
+    watching = threading.Event()
+
+    def watch() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        while not watching.is_set():
+            for path in ("/api/ping", "/api/live"):
+                started = time.monotonic()
+                try:
+                    connection.request("GET", path)
+                    reply = connection.getresponse()
+                    reply.read()
+                    if reply.status != 200:
+                        probe_failures.append(f"{path}: {reply.status}")
+                except OSError as exc:
+                    probe_failures.append(f"{path}: {exc!r}")
+                    connection.close()
+                    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+                probe_times.append(time.monotonic() - started)
+            most_rss[0] = max(most_rss[0], rss_bytes(server.process.pid))
+            time.sleep(0.1)
+        connection.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        time.sleep(0.5)  # the crowd is connected and sending
+        crowd_latencies = _normal_clients(server.port, route, CROWD_SECONDS - 1.0)
+        assert crowd.wait(timeout=60) == 0
+    finally:
+        watching.set()
+        watcher.join(30)
+        if crowd.poll() is None:
+            crowd.kill()
+
+    outcomes = json.loads(outcomes_path.read_text())
+    assert len(outcomes) == 200
+    crowd_p99 = _p99(crowd_latencies)
+    print(f"normal p99 {base_p99 * 1000:.1f} ms alone, {crowd_p99 * 1000:.1f} ms beside the crowd; "
+          f"RSS idle {idle_rss / MB:.0f} MB, most {most_rss[0] / MB:.0f} MB; slowest probe {max(probe_times):.3f} s")
+
+    assert not probe_failures, probe_failures[:5]
+    assert max(probe_times) < 1.0, f"a probe took {max(probe_times):.3f} s"
+    assert most_rss[0] < idle_rss + budget + 50 * MB, f"RSS reached {most_rss[0] / MB:.0f} MB"
+    assert crowd_p99 < 3 * base_p99, f"p99 {crowd_p99 * 1000:.1f} ms beside the crowd vs {base_p99 * 1000:.1f} ms"
+
+    expected = {"endless_header": {431}, "slow_head": {408}, "slow_body": {408, 503}, "chunk_flood": {408, 413, 503}}
+    for outcome in outcomes:
+        assert outcome["closed_by_server"], outcome
+        if outcome["kind"] in expected:
+            assert outcome["status"] in expected[outcome["kind"]], outcome
+    by_kind = {kind: sorted({o["status"] for o in outcomes if o["kind"] == kind}, key=str) for kind in expected}
+    print(f"statuses by kind: {by_kind}")
