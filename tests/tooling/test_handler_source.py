@@ -65,3 +65,12 @@ def test_what_is_not_a_handler_is_named_with_the_fix(tmp_path):
     assert "broken.py is not valid Python" in problem("broken:Handler", [src])
     # A base from a package the service installs (requirements/service.txt) cannot be read here: not refused.
     assert problem("server:FromTheirPackage", [src]) is None
+
+
+def test_render_says_when_there_is_no_source_to_check_the_handler_in(tmp_path, monkeypatch, capsys):
+    from podserve.tooling import render
+
+    monkeypatch.chdir(tmp_path)  # no src/ here nor beside value.py: e.g. the tooling image given value.py alone
+    assert render.main(["--all", "--values", str(write_values(tmp_path, handler="server:Anything")),
+                        "--out", "out"]) == 0
+    assert "handler 'server:Anything' was not checked" in capsys.readouterr().err
