@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,13 +17,15 @@ def make_render(values: Path, out: Path) -> subprocess.CompletedProcess:
 
 
 def test_a_misspelt_handler_class_fails_make_render_naming_the_class_and_the_module(tmp_path):
+    (tmp_path / "src").mkdir()  # the repository's layout: value.py with the service's src/ beside it
+    shutil.copy(REPO / "src" / "server.py", tmp_path / "src" / "server.py")
     out = tmp_path / "manifests"
     assert make_render(write_values(tmp_path), out).returncode == 0
     assert (out / "grey" / "deployment.yaml").is_file()
     done = make_render(write_values(tmp_path, handler="server:TextDirecton"), out)
     assert done.returncode == 2
-    assert ("handler: 'server:TextDirecton': module 'server' (src/server.py) defines no class 'TextDirecton'; "
-            "did you mean 'TextDirection'?") in done.stderr
+    assert (f"handler: 'server:TextDirecton': module 'server' ({tmp_path}/src/server.py) defines no class "
+            f"'TextDirecton'; did you mean 'TextDirection'?") in done.stderr
     # The manifests of the earlier render are gone: no later step can pick them up as if they were current.
     assert "were removed" in done.stderr and not list(out.rglob("*.yaml"))
 
@@ -70,7 +73,7 @@ def test_what_is_not_a_handler_is_named_with_the_fix(tmp_path):
 def test_render_says_when_there_is_no_source_to_check_the_handler_in(tmp_path, monkeypatch, capsys):
     from podserve.tooling import render
 
-    monkeypatch.chdir(tmp_path)  # no src/ here nor beside value.py: e.g. the tooling image given value.py alone
+    monkeypatch.chdir(tmp_path)  # no src/ beside value.py: e.g. the tooling image given value.py alone
     assert render.main(["--all", "--values", str(write_values(tmp_path, handler="server:Anything")),
                         "--out", "out"]) == 0
     assert "handler 'server:Anything' was not checked" in capsys.readouterr().err

@@ -144,6 +144,7 @@ def problem(spec: str, paths: Sequence[Path]) -> str | None:
 
 
 def default_paths(values_path: Path) -> list[Path]:
-    """The folders a service's handler is looked for in: `src/` beside value.py, and `src/` here (the checkout's
-    root, where make and CI run); only those that exist."""
-    return list(dict.fromkeys(p for p in (values_path.parent / "src", Path("src")) if p.is_dir()))
+    """The folder a service's handler is looked for in: `src/` beside its value.py (the repository's layout), when
+    there is one."""
+    source = values_path.parent / "src"
+    return [source] if source.is_dir() else []

@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.values}.", file=sys.stderr)
         return EXIT_INVALID
     if not handler_source.default_paths(Path(args.values)):
-        print(f"Note: no src/ beside {args.values} or here: handler {result.values['handler']!r} was not checked; "
-              f"render from the service's repository to check it", file=sys.stderr)
+        print(f"Note: no src/ beside {args.values}: handler {result.values['handler']!r} was not checked; render "
+              f"the value.py of the service's repository to check it", file=sys.stderr)
     if args.print_images:
         images = {manifests.image_ref(result.values, conf, conf.stages[s], tag) for s in result.stages}
         print("\n".join(sorted(images)))
