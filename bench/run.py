@@ -44,6 +44,8 @@ VARIANTS = {
     "ours: 2 instances, no batching": {"PODSERVE_INS_NUM_PER_GPU": "2", "PODSERVE_MAX_BATCH_SIZE": "1"},
 }
 VARIANT_CONCURRENCIES = (8, 64)
+#: The system `--before` adds: our server run from the other checkout.
+BEFORE = "ours: before"
 PROFILE_S = 6
 GIL_WINDOWS = 3  # profiled windows; the median is reported (a shared machine's noise is about +-10% per window)
 
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                                                     "default all")
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCIES)),
                         help="comma-separated concurrencies (default 1,8,32,64)")
+    parser.add_argument("--before", type=Path, metavar="SRC",
+                        help="also run our server from another checkout's src/ (e.g. `git worktree add /tmp/before "
+                             "<commit>`), as the system 'ours: before', in the same interleaved windows")
     args = parser.parse_args(argv)
     args.concurrencies = tuple(int(c) for c in args.concurrency.split(","))
     args.systems = set(filter(None, args.only.split(","))) or {"ours", "gunicorn", "ceiling", "variants"}
@@ -103,6 +108,8 @@ def run_workload(workload: Workload, cores: int, scratch: Path, args) -> dict:
         starts.append(lambda: start_gunicorn(workload, _service_name(), cores, log_dir))
     if "variants" in args.systems and not (args.no_variants or args.quick):
         starts += [lambda n=name, e=env: start_ours(n, workload, log_dir, e) for name, env in VARIANTS.items()]
+    if args.before:
+        starts.append(lambda: start_ours(BEFORE, workload, log_dir, src=args.before.resolve()))
     servers: list[Server] = []
     try:
         for start in starts:  # one at a time: each instance times its runs at start-up, on a quiet machine

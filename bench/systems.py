@@ -172,9 +172,11 @@ class Server:
         return self.process.returncode
 
 
-def start_ours(name: str, workload: Workload, log_dir: Path, overrides: dict[str, str] | None = None) -> Server:
+def start_ours(name: str, workload: Workload, log_dir: Path, overrides: dict[str, str] | None = None,
+               src: Path = REPO / "src") -> Server:
     """Our server with the environment `make serve` derives from value.py; only the port, the
-    workload's handler and model, and a variant's `overrides` (PODSERVE_* names) differ."""
+    workload's handler and model, and a variant's `overrides` (PODSERVE_* names) differ. `src` is the
+    package it runs from: another checkout's, to measure a change against the code before it."""
     from podserve.tooling.serve_local import local_environment
 
     port = free_port()
@@ -182,7 +184,7 @@ def start_ours(name: str, workload: Workload, log_dir: Path, overrides: dict[str
     env.update({"PODSERVE_PORT": str(port), "PODSERVE_HANDLER": workload.handler,
                 "PODSERVE_MODEL_PATH": str(REPO / workload.model_path), **(overrides or {})})
     env["PODSERVE_DRAIN_SECONDS"] = "0"  # the benchmark stops it when no request is in flight
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
+    env["PYTHONPATH"] = os.pathsep.join([str(src), str(REPO)])
     setup = ", ".join(f"{k.removeprefix('PODSERVE_').lower()}={env[k]}" for k in
                       ("PODSERVE_INS_NUM_PER_GPU", "PODSERVE_MAX_BATCH_SIZE", "PODSERVE_MAX_BATCH_DELAY_MS",
                        "PODSERVE_HTTP_THREADS", "PODSERVE_CPU"))

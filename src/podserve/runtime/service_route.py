@@ -260,9 +260,10 @@ class ServiceRoute:
             item.context = item.input = item.output = None
         seconds = time.monotonic() - call.exchange.received_at
         self.metrics.observe_request(self.route, answer.status, seconds)
-        payload, call.payload = call.payload, None  # the decoded request is released with its answer
+        payload, call.payload, call.context = call.payload, None, ()  # released with its answer
         log_request({"route": self.route, "status": answer.status, **api.ids_of(payload),
                      "total_ms": round(seconds * 1000, 2),
+                     "deadline_ms": round(max(0.0, call.deadline - exchange.received_at) * 1000),
                      "queue_ms": round(item.queue_seconds * 1000, 2) if item else None,
                      "infer_ms": round(item.inference_seconds * 1000, 2) if item else None,
                      "batch": item.batch_size if item else None,
