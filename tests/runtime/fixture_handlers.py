@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from podserve import InvalidInput, OnnxHandler, Payload, service_metrics
+from server import TextDirection
 
 DECODED = service_metrics.counter("inputs_decoded", "Inputs the Affine handler decoded.")
 
@@ -85,3 +86,21 @@ class HeaderInjector(Affine):
         if first == 2:
             raise InvalidInput("refused", headers={"X-Note": "caf\u00e9 \u2615"})
         return super().decode(payload)
+
+
+GATE_ENV = "TEST_PREDICT_GATE"
+
+
+class GatedTextDirection(TextDirection):
+    """The example's handler, whose predict waits while the file TEST_PREDICT_GATE names exists (at most 30 s),
+    first adding the held batch's size as a line to `<gate>.held`."""
+
+    def predict(self, batch):
+        gate = os.environ.get(GATE_ENV)
+        if gate and os.path.exists(gate):
+            with open(gate + ".held", "a") as held:
+                held.write(f"{len(batch)}\n")
+            deadline = time.monotonic() + 30
+            while os.path.exists(gate) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        return super().predict(batch)
