@@ -10,8 +10,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from podserve.testbed.image.ci_jobs import (CI_FILE, JOBS, PIPELINE, PREDEFINED, concrete_jobs, expand,  # noqa: F401
-                                            resolved, script_lines, variables)
+from podserve.testbed.image.ci_jobs import concrete_jobs, expand, resolved, script_lines, variables
+
+__all__ = ["REPO", "INSTALL_TOOLING", "concrete_jobs", "dry_parse", "expand", "make_manifests_artifact", "resolved",
+           "run_job_lines", "script_lines", "tool_argv", "variables"]
 from podserve.testbed.image.versions import REPO
 
 #: Setup lines a job may run besides the tools; each is checked where it matters.

@@ -13,3 +13,29 @@ from ci_pipeline import REPO, make_manifests_artifact
 def manifests_artifact(tmp_path_factory) -> Path:
     """A folder holding what the `manifests` job leaves as artifacts (build/...) for the example value.py."""
     return make_manifests_artifact(tmp_path_factory.mktemp("manifests-job"), (REPO / "value.py").read_text())
+
+
+@pytest.fixture(scope="session")
+def build_stage(tmp_path_factory):
+    """The registry (htpasswd), the wheel index and the stand-in bases, on free ports, for the whole session."""
+    from image_stage import STORAGE
+    from podserve.testbed.image import pipeline
+
+    with pipeline.BuildStage.start(tmp_path_factory.mktemp("image-stage"), storage=STORAGE, gpu=False) as stage:
+        yield stage
+
+
+@pytest.fixture(scope="session")
+def cpu_build(build_stage, tmp_path_factory):
+    """value.py with gpu_num = 0: the manifests and service-image jobs run as written (once per session)."""
+    from image_stage import BuiltFlavor
+
+    return BuiltFlavor(build_stage, tmp_path_factory.mktemp("cpu"), "cpu")
+
+
+@pytest.fixture(scope="session")
+def cpu_rootfs(cpu_build, tmp_path_factory):
+    """The CPU service image pulled from the registry (hk's name) and unpacked: (rootfs, its ImageFacts)."""
+    repo, tag = cpu_build.repo_and_tag(cpu_build.images[0])
+    rootfs = tmp_path_factory.mktemp("cpu-image") / "rootfs"
+    return rootfs, cpu_build.stage.registry.pull(repo, tag, rootfs)

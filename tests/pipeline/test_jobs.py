@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from ci_pipeline import (INSTALL_TOOLING, REPO, concrete_jobs, dry_parse, run_job_lines, script_lines, tool_argv,
                          variables)
 from podserve.tooling.conf import load_conf
-from podserve.tooling.example_models import MODELS
 
 JOBS = concrete_jobs()
 CONF = load_conf()
@@ -37,7 +37,7 @@ def test_every_line_of_every_job_is_a_tool_the_builder_or_a_known_setup_step():
     assert {name for name, _, _ in tool_calls()} | {"service-image", "tooling-image"} == set(JOBS)
 
 
-@pytest.mark.parametrize("job,module,argv", [c for c in tool_calls() if c[1] != "podserve.tooling.example_models"],
+@pytest.mark.parametrize("job,module,argv", tool_calls(),
                          ids=lambda v: v if isinstance(v, str) else None)
 def test_each_tool_call_parses_with_the_real_cli(job, module, argv):
     parsed = dry_parse(module, argv)
@@ -46,12 +46,6 @@ def test_each_tool_call_parses_with_the_real_cli(job, module, argv):
     if module == "podserve.tooling.deploy":
         assert parsed.get("stage") == JOBS[job]["variables"]["STAGE"]
         assert parsed.get("manifests") == MANIFESTS
-
-
-def test_the_example_model_job_names_real_models():
-    # example_models has no argparse: its main() takes [folder, names...] and exits 2 on an unknown name.
-    (argv,) = [argv for _, module, argv in tool_calls() if module == "podserve.tooling.example_models"]
-    assert argv[0] == "model" and argv[1:] and set(argv[1:]) <= set(MODELS)
 
 
 def test_the_flavor_line_prints_the_flavor_of_the_example(tmp_path):
@@ -129,30 +123,65 @@ def test_grey_is_an_environment_that_stops_itself():
     assert JOBS["stop_grey"]["needs"] == ["manifests"]  # the artifact it deletes by; nothing from a checkout
 
 
-def test_the_model_is_merged_when_parts_are_committed_and_fetched_otherwise():
-    merge, fetch = JOBS["model-merge"], JOBS["model-fetch"]
-    assert merge["rules"] == [{"exists": ["model-parts/*.parts.json"]}]
-    assert fetch["rules"] == [{"exists": ["model-parts/*.parts.json"], "when": "never"}, {"when": "on_success"}]
-    for job in (merge, fetch):
-        assert job["stage"] == "build" and job["artifacts"]["paths"] == ["model/"]
-    needs = JOBS["service-image"]["needs"]
-    assert {"job": "model-merge", "optional": True} in needs and {"job": "model-fetch", "optional": True} in needs
+MODEL_LINE = "python -m podserve.tooling.model_files prepare --values value.py"
 
 
-def test_the_merge_job_line_rebuilds_committed_parts_into_model(tmp_path):
-    """The model-merge job's own script line, run in a checkout that holds a split model."""
+def test_one_model_job_prepares_the_model_value_py_names_before_the_service_image():
+    job = JOBS["model"]
+    assert script_lines(job) == [INSTALL_TOOLING, MODEL_LINE]
+    assert job["stage"] == "build" and job["artifacts"]["paths"] == ["model/"] and "rules" not in job
+    assert set(JOBS["service-image"]["needs"]) == {"manifests", "model"}
+
+
+def _model_job(checkout: Path) -> subprocess.CompletedProcess:
+    """The model job's own script line (its pip install left out: the test environment has tooling.txt)."""
+    job = JOBS["model"]
+    lines = [line for line in script_lines(job) if line != INSTALL_TOOLING]
+    return run_job_lines(lines, job, checkout, {"PYTHONPATH": str(REPO / "src")})
+
+
+def _checkout_naming(tmp_path: Path, model_path: str) -> Path:
+    checkout = tmp_path / "checkout"
+    checkout.mkdir(parents=True, exist_ok=True)
+    value = re.sub(r'^model_path = "[^"]*"', f'model_path = "{model_path}"', (REPO / "value.py").read_text(),
+                   flags=re.MULTILINE)
+    assert f'model_path = "{model_path}"' in value
+    (checkout / "value.py").write_text(value)
+    return checkout
+
+
+def test_the_model_job_line_rebuilds_committed_parts_into_model(tmp_path):
     from podserve.model_record import read_record
     from podserve.tooling.model_parts import split
 
     original = tmp_path / "original.onnx"
     original.write_bytes(bytes(range(256)) * 4096)
-    split(original, 100_000, tmp_path / "checkout" / "model-parts")
-    done = run_job_lines(script_lines(JOBS["model-merge"]), JOBS["model-merge"], tmp_path / "checkout",
-                         {"PYTHONPATH": str(REPO / "src")})
+    checkout = _checkout_naming(tmp_path, "model/original.onnx")
+    split(original, 100_000, checkout / "model-parts")
+    done = _model_job(checkout)
     assert done.returncode == 0, done.stderr
-    merged = tmp_path / "checkout" / "model" / "original.onnx"
+    merged = checkout / "model" / "original.onnx"
     assert merged.read_bytes() == original.read_bytes()
     assert set(read_record(merged.parent)) == {"original.onnx"}
+
+
+def test_the_model_job_keeps_a_committed_team_model_and_never_fetches_the_example(tmp_path):
+    from podserve.model_record import record
+
+    checkout = _checkout_naming(tmp_path, "model/team.onnx")
+    (checkout / "model").mkdir()
+    (checkout / "model" / "team.onnx").write_bytes(b"team weights" * 100)
+    record(checkout / "model", [checkout / "model" / "team.onnx"])
+    done = _model_job(checkout)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (checkout / "model").iterdir()) == ["MODEL.sha256", "team.onnx"]
+
+
+def test_the_model_job_fails_naming_model_path_when_the_model_is_missing(tmp_path):
+    checkout = _checkout_naming(tmp_path, "model/team.onnx")
+    done = _model_job(checkout)
+    assert done.returncode == 2 and "model/team.onnx" in done.stderr
+    assert not (checkout / "model" / "team.onnx").exists()
 
 
 def test_no_credential_is_written_in_the_pipeline():

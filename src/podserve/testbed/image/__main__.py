@@ -3,7 +3,7 @@
     python -m podserve.testbed.image [--port 5000] [--workdir build/image] [--values value.py]
 
 Starts the registry on 127.0.0.1:<port> (storage in <workdir>/registry-storage, kept: a second run
-is mostly cache hits), the wheel index and the stand-in bases (bases.py), then for value.py's
+is mostly cache hits), the wheel index on <port + 1> and the stand-in bases (bases.py), then for value.py's
 flavor and the other one: a checkout (pipeline.py), the `manifests` job, the `service-image` job;
 then the `tooling-image` job. Images are tagged <commit>-<flavor> (the tooling image <commit>) so
 both flavors stay listed. Prints each image's name, digest and size, and stops everything.
@@ -35,6 +35,7 @@ def commit() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5000, help="the registry's port on 127.0.0.1 (5000)")
+    parser.add_argument("--index-port", type=int, default=None, help="the wheel index's port (default: port + 1)")
     parser.add_argument("--workdir", type=Path, default=REPO / "build" / "image")
     parser.add_argument("--values", type=Path, default=REPO / "value.py")
     args = parser.parse_args(argv)
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     own = "gpu" if load_values(args.values)["gpu_num"] else "cpu"
     sha = commit()
     try:
-        with pipeline.BuildStage.start(args.workdir / "run", args.port, args.workdir / "registry-storage") as stage:
+        with pipeline.BuildStage.start(args.workdir / "run", args.port, args.workdir / "registry-storage",
+                                       index_port=args.index_port or args.port + 1) as stage:
             for flavor in (own, "cpu" if own == "gpu" else "gpu"):
                 checkout = args.workdir / f"checkout-{flavor}"
                 shutil.rmtree(checkout, ignore_errors=True)
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                         return 1
                     if job.endswith("-image"):
                         cached, total = pipeline.cache_use(done.stderr)
-                        print(f"  {job} ({flavor}): {cached} of {total} Dockerfile steps from the cache")
+                        what = job if job == "tooling-image" else f"{job} ({flavor})"
+                        print(f"  {what}: {cached} of {total} Dockerfile steps from the cache")
             print(f"\nThe registry {stage.registry.host} lists:")
             for repo in stage.registry.catalog():
                 for tag in stage.registry.tags(repo):

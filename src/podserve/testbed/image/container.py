@@ -3,7 +3,7 @@
     with Container.start(rootfs, image_config, deployment, workdir, memory_limit=None) as box:
         box.url                          # http://127.0.0.1:<free port>: the container's port 8080
         box.exec(["python", "-m", ...])  # as the image's user, in the container
-        box.terminate(); box.wait(timeout); box.oom_killed()
+        box.kill(signal.SIGTERM); box.wait(timeout); box.termination_reason()   # OOMKilled, Completed, Error
 
 What the Deployment says is what the container gets: its env (after the image's), its user and
 group, its memory limit (cgroup v1 memory.limit_in_bytes), a read-only root filesystem with a
@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 from podserve.testbed.processes import free_port, poll_until
@@ -58,21 +57,27 @@ def runc(*args: str, timeout: float = 60, check: bool = True) -> subprocess.Comp
 
 def clean_up() -> list[str]:
     """Kill and delete every container a previous run left in our runc root; remove our empty cgroups."""
-    if not Path(RUNC_ROOT).is_dir():
-        return []
-    listed = runc("list", "--format", "json", check=False)
-    left = [c["id"] for c in json.loads(listed.stdout or "null") or []]
-    for container in left:
-        runc("delete", "--force", container, check=False)
+    left = []
+    if Path(RUNC_ROOT).is_dir():
+        listed = runc("list", "--format", "json", check=False)
+        left = [c["id"] for c in json.loads(listed.stdout or "null") or []]
+        for container in left:
+            runc("delete", "--force", container, check=False)
+    _remove_empty_cgroups()
+    return left
+
+
+def _remove_empty_cgroups() -> None:
+    """rmdir podserve-testbed/<id> and podserve-testbed itself in every controller, where empty (else left)."""
     for controller in Path("/sys/fs/cgroup").iterdir():
         parent = controller / CGROUP_PARENT
-        for child in parent.glob("*") if parent.is_dir() else ():
-            if child.is_dir():
-                try:
-                    child.rmdir()
-                except OSError:
-                    pass
-    return left
+        if not parent.is_dir():
+            continue
+        for folder in [*(p for p in parent.iterdir() if p.is_dir()), parent]:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 def _passwd_group(rootfs: Path, uid: int) -> int:
@@ -156,7 +161,8 @@ class Container:
                               cgroup)
         (bundle / "config.json").write_text(json.dumps(config, indent=1))
         log = open(workdir / f"{name}.log", "wb")
-        process = subprocess.Popen(["runc", "--root", RUNC_ROOT, "run", "--bundle", str(bundle), name],
+        # --keep: runc leaves the stopped container (and its cgroup, with the OOM counter) until remove().
+        process = subprocess.Popen(["runc", "--root", RUNC_ROOT, "run", "--keep", "--bundle", str(bundle), name],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         log.close()
@@ -201,6 +207,15 @@ class Container:
         except FileNotFoundError:
             return {}
 
+    def termination_reason(self) -> str:
+        """Why the container stopped, as the kubelet reports it: OOMKilled, Completed (exit 0) or Error."""
+        status = self.process.poll()
+        if status is None:
+            raise ContainerError(f"{self.name} is still running")
+        if self.memory_counters().get("oom_kill", 0) > 0:
+            return "OOMKilled"
+        return "Completed" if status == 0 else "Error"
+
     def remove(self) -> None:
         """Kill and delete the container and its forwarder (always safe to call)."""
         if self._forwarder:
@@ -209,6 +224,7 @@ class Container:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(10)
+        _remove_empty_cgroups()
 
     def __enter__(self) -> "Container":
         return self

@@ -46,12 +46,16 @@ class BuildStage:
 
     @classmethod
     def start(cls, workdir: Path, port: int | None = None, storage: Path | None = None, gpu: bool = True,
-              out=sys.stdout) -> "BuildStage":
-        """Start the registry (storage kept where given), serve the wheels, push the stand-ins where missing."""
+              index_port: int = 0, out=sys.stdout) -> "BuildStage":
+        """Start the registry (storage kept where given), serve the wheels, push the stand-ins where missing.
+
+        The index's URL is a build argument, so it is part of BuildKit's cache key for the pip steps: a
+        fixed index_port (make image) keeps them cached from run to run; 0 takes a free port (the tests).
+        """
         workdir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         files = [REPO / "requirements" / name for name in REQUIREMENTS if gpu or name != "gpu.txt"]
-        index = wheels.Index(wheels.download(files))
+        index = wheels.Index(wheels.download(files), index_port)
         try:
             registry = Registry.start(workdir / "registry", port or free_port(), storage)
         except BaseException:

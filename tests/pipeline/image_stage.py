@@ -1,0 +1,41 @@
+"""Fixtures' helpers for the real image builds: one build stage per test session, its jobs run once and shared."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import yaml
+
+from podserve.testbed.image import pipeline
+from podserve.testbed.image.versions import REPO
+
+#: The tests' registry storage, kept between sessions (so a second session's builds are cache hits).
+STORAGE = REPO / ".tools" / "image-test-registry"
+HK_DEPLOYMENT = "build/manifests/hk/deployment.yaml"
+
+
+class BuiltFlavor:
+    """A checkout of value.py in one flavor whose manifests, model and service-image jobs have run (and what they said)."""
+
+    def __init__(self, stage: pipeline.BuildStage, workdir: Path, flavor: str):
+        self.stage, self.flavor = stage, flavor
+        self.checkout = stage.checkout(workdir / f"checkout-{flavor}",
+                                       pipeline.flavored_value((REPO / "value.py").read_text(), flavor))
+        self.jobs = {name: stage.run_job(name, self.checkout) for name in ("manifests", "model", "service-image")}
+        for name, done in self.jobs.items():
+            assert done.returncode == 0, f"the {name} job failed ({flavor}):\n{done.stderr[-4000:]}"
+
+    @functools.cached_property
+    def images(self) -> list[str]:
+        return (self.checkout / "build/images.txt").read_text().split()
+
+    @functools.cached_property
+    def deployment(self) -> dict:
+        return yaml.safe_load((self.checkout / HK_DEPLOYMENT).read_text())
+
+    def repo_and_tag(self, image: str) -> tuple[str, str]:
+        host = f"{self.stage.registry.host}/"
+        assert image.startswith(host), f"{image} is not in the local registry {host}"
+        repo, tag = image.removeprefix(host).rsplit(":", 1)
+        return repo, tag

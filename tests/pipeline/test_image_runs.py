@@ -1,0 +1,122 @@
+"""The CPU service image for real: built by the service-image job's own line, pushed, pulled, run with runc.
+
+The container runs under the rendered hk Deployment's constraints (its env, uid/gid 10001, its memory
+limit, read-only root with a tmpfs at /tmp, no capabilities) in its own network namespace holding
+only loopback; the test reaches port 8080 through a forwarder on the host's 127.0.0.1 (container.py).
+The base image under it is a stand-in (Debian's python3 3.11.2 for python:3.11.7-slim-bookworm,
+podserve.testbed.image.bases); every layer above it is what the Dockerfile builds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+
+from podserve.testbed.image.container import Container
+from podserve.testbed.processes import poll_until
+from readme_blocks import blocks
+from ci_pipeline import REPO
+
+#: The README's curl lines (its `# needs: make serve` block), as written but for the port.
+README_CURLS = [line for block in blocks() if block.needs == "make serve" for line in block.commands]
+
+
+def env_of(deployment: dict) -> dict[str, str]:
+    (server,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in server["env"]}
+
+
+def healthcheck_argv(image_config: dict) -> list[str]:
+    """The image's own HEALTHCHECK command (its CMD form), as Docker runs it in the container."""
+    kind, *argv = image_config["config"]["Healthcheck"]["Test"]
+    assert kind == "CMD" and argv, image_config["config"]["Healthcheck"]
+    return argv
+
+
+@pytest.fixture
+def container(cpu_build, cpu_rootfs, tmp_path):
+    rootfs, facts = cpu_rootfs
+    box = Container.start(rootfs, facts.config, cpu_build.deployment, tmp_path)
+    yield box
+    box.remove()
+
+
+def test_the_service_image_is_pushed_under_every_regions_name_with_one_digest(cpu_build):
+    registry = cpu_build.stage.registry
+    assert registry.status_without_credentials() == 401  # authentication is on: the job's config.json was used
+    digests = {registry.describe(*cpu_build.repo_and_tag(image)).digest for image in cpu_build.images}
+    assert len(cpu_build.images) == 3 and len(digests) == 1
+    assert sorted(image.split("/")[1] for image in cpu_build.images) == ["eu", "hk", "na"]  # conf/regions.yaml
+
+
+def test_the_pulled_image_serves_the_readmes_curls_as_uid_10001_and_its_healthcheck_passes(container, cpu_rootfs):
+    argv = healthcheck_argv(cpu_rootfs[1].config)
+    assert argv == ["python", "-m", "podserve.runtime.healthcheck"]
+    poll_until(lambda: container.exec(argv, timeout=10).returncode == 0, "the image's HEALTHCHECK exiting 0", 180,
+               every=1)
+    status = open(f"/proc/{container.init_pid()}/status").read()
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    assert uid_line.split()[1:] == ["10001"] * 4
+    assert len(README_CURLS) == 3
+    answers = []
+    for line in README_CURLS:
+        done = subprocess.run(["bash", "-c", line.replace("localhost:8080", f"127.0.0.1:{container.port}")],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        answers.append(json.loads(done.stdout))
+    ping, upright, upside_down = answers
+    assert ping["results"]["ready"] is True
+    assert upright["results"]["angle"] == 0 and upright["postid"] == "1"
+    assert upside_down["results"]["angle"] == 180 and upside_down["postid"] == "2"
+    # read-only root, writable /tmp (the template's emptyDir), as the Deployment says
+    assert container.exec(["sh", "-c", "touch /app/x"]).returncode != 0
+    assert container.exec(["sh", "-c", "touch /tmp/x"]).returncode == 0
+
+
+def test_sigterm_stops_the_container_with_exit_0_within_drain_seconds_plus_5(container, cpu_build):
+    drain = float(env_of(cpu_build.deployment)["PODSERVE_DRAIN_SECONDS"])
+    poll_until(lambda: _ping(container), "the server answering /api/ping", 180, every=0.5)
+    started = time.monotonic()
+    container.kill(signal.SIGTERM)
+    status = container.wait(drain + 5)
+    assert status == 0, container.log()[-2000:]
+    assert time.monotonic() - started <= drain + 5
+    assert container.termination_reason() == "Completed"
+
+
+def test_with_a_64mib_limit_the_container_is_oom_killed_and_reported_so(cpu_build, cpu_rootfs, tmp_path):
+    """At 64 MiB the server starts (about 59 MB in use once warm) and the first large image's decode is OOM-killed."""
+    rootfs, facts = cpu_rootfs
+    with Container.start(rootfs, facts.config, cpu_build.deployment, tmp_path, memory_limit="64Mi") as box:
+        poll_until(lambda: box.process.poll() is not None or _ping(box), "the server up, or dead", 180, every=0.5)
+        if box.process.poll() is None:
+            try:  # a 20-megapixel RGB image decodes to 60 MB: more than the limit leaves
+                requests.post(f"{box.url}/api/text-direction?postid=big", data=_large_png(),
+                              headers={"Content-Type": "application/octet-stream"}, timeout=60)
+            except requests.RequestException:
+                pass  # the connection dies with the process
+        status = box.wait(60)
+        reason = box.termination_reason()
+        assert (status, reason) == (137, "OOMKilled"), f"exit {status} ({reason}):\n{box.log()[-2000:]}"
+        assert box.memory_counters()["oom_kill"] >= 1
+
+
+def _large_png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (5000, 4000), (200, 120, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _ping(box: Container) -> bool:
+    try:
+        return requests.get(f"{box.url}/api/ping", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
