@@ -18,10 +18,11 @@ def manifests_artifact(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def build_stage(tmp_path_factory):
     """The registry (htpasswd), the wheel index and the stand-in bases, on free ports, for the whole session."""
-    from image_stage import STORAGE
+    from image_stage import INDEX_PORT, STORAGE
     from podserve.testbed.image import pipeline
 
-    with pipeline.BuildStage.start(tmp_path_factory.mktemp("image-stage"), storage=STORAGE, gpu=False) as stage:
+    with pipeline.BuildStage.start(tmp_path_factory.mktemp("image-stage"), storage=STORAGE, index_port=INDEX_PORT) \
+            as stage:
         yield stage
 
 
@@ -39,3 +40,25 @@ def cpu_rootfs(cpu_build, tmp_path_factory):
     repo, tag = cpu_build.repo_and_tag(cpu_build.images[0])
     rootfs = tmp_path_factory.mktemp("cpu-image") / "rootfs"
     return rootfs, cpu_build.stage.registry.pull(repo, tag, rootfs)
+
+
+@pytest.fixture(scope="session")
+def tooling_rootfs(cpu_build, tmp_path_factory):
+    """The tooling-image job run as written in the CPU checkout, its image pulled: (image name, rootfs, facts)."""
+    from ci_pipeline import concrete_jobs, variables
+
+    stage = cpu_build.stage
+    done = stage.run_job("tooling-image", cpu_build.checkout)
+    assert done.returncode == 0, f"the tooling-image job failed:\n{done.stderr[-4000:]}"
+    image = variables(concrete_jobs()["tooling-image"], stage.predefined(cpu_build.checkout))["TOOLING_IMAGE"]
+    repo, tag = cpu_build.repo_and_tag(image)
+    rootfs = tmp_path_factory.mktemp("tooling-image") / "rootfs"
+    return image, rootfs, stage.registry.pull(repo, tag, rootfs)
+
+
+@pytest.fixture(scope="session")
+def gpu_build(build_stage, tmp_path_factory):
+    """value.py with gpu_num = 1: the manifests, model and service-image jobs as written (the GPU flavor)."""
+    from image_stage import BuiltFlavor
+
+    return BuiltFlavor(build_stage, tmp_path_factory.mktemp("gpu"), "gpu")

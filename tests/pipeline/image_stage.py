@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 
 import yaml
@@ -13,6 +14,9 @@ from podserve.testbed.image.versions import REPO
 #: The tests' registry storage, kept between sessions (so a second session's builds are cache hits).
 STORAGE = REPO / ".tools" / "image-test-registry"
 HK_DEPLOYMENT = "build/manifests/hk/deployment.yaml"
+#: The wheel index's preferred port (any free one when taken): stable per storage, so that the pip steps' cache key
+#: (PIP_INDEX_URL is a build argument) is the same from session to session.
+INDEX_PORT = 20000 + int(hashlib.sha256(str(STORAGE).encode()).hexdigest(), 16) % 10000
 
 
 class BuiltFlavor:

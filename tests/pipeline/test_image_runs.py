@@ -55,18 +55,18 @@ def test_the_service_image_is_pushed_under_every_regions_name_with_one_digest(cp
     assert sorted(image.split("/")[1] for image in cpu_build.images) == ["eu", "hk", "na"]  # conf/regions.yaml
 
 
-def test_the_pulled_image_serves_the_readmes_curls_as_uid_10001_and_its_healthcheck_passes(container, cpu_rootfs):
-    argv = healthcheck_argv(cpu_rootfs[1].config)
+def serves_the_readme(box: Container, image_config: dict) -> None:
+    """The image's HEALTHCHECK exits 0 once ready, the process runs as 10001, README's curls answer as README says."""
+    argv = healthcheck_argv(image_config)
     assert argv == ["python", "-m", "podserve.runtime.healthcheck"]
-    poll_until(lambda: container.exec(argv, timeout=10).returncode == 0, "the image's HEALTHCHECK exiting 0", 180,
-               every=1)
-    status = open(f"/proc/{container.init_pid()}/status").read()
+    poll_until(lambda: box.exec(argv, timeout=10).returncode == 0, "the image's HEALTHCHECK exiting 0", 180, every=1)
+    status = open(f"/proc/{box.init_pid()}/status").read()
     uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
     assert uid_line.split()[1:] == ["10001"] * 4
     assert len(README_CURLS) == 3
     answers = []
     for line in README_CURLS:
-        done = subprocess.run(["bash", "-c", line.replace("localhost:8080", f"127.0.0.1:{container.port}")],
+        done = subprocess.run(["bash", "-c", line.replace("localhost:8080", f"127.0.0.1:{box.port}")],
                               cwd=REPO, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         answers.append(json.loads(done.stdout))
@@ -74,9 +74,32 @@ def test_the_pulled_image_serves_the_readmes_curls_as_uid_10001_and_its_healthch
     assert ping["results"]["ready"] is True
     assert upright["results"]["angle"] == 0 and upright["postid"] == "1"
     assert upside_down["results"]["angle"] == 180 and upside_down["postid"] == "2"
+
+
+def test_the_pulled_image_serves_the_readmes_curls_as_uid_10001_and_its_healthcheck_passes(container, cpu_rootfs):
+    serves_the_readme(container, cpu_rootfs[1].config)
     # read-only root, writable /tmp (the template's emptyDir), as the Deployment says
     assert container.exec(["sh", "-c", "touch /app/x"]).returncode != 0
     assert container.exec(["sh", "-c", "touch /tmp/x"]).returncode == 0
+
+
+def test_the_gpu_flavor_builds_on_its_stand_in_base_and_serves_on_the_cpu_fallback(gpu_build, tmp_path):
+    """value.py with gpu_num = 1: the jobs as written build the GPU Dockerfile stage (its own apt-get included) on the
+    nvidia/cuda stand-in (Debian, no CUDA); the pulled image starts like the CPU one and serves on the CPU."""
+    registry = gpu_build.stage.registry
+    digests = {registry.describe(*gpu_build.repo_and_tag(image)).digest for image in gpu_build.images}
+    assert len(gpu_build.images) == 3 and len(digests) == 1
+    assert env_of(gpu_build.deployment)["PODSERVE_GPU_NUM"] == "1"
+    rootfs = tmp_path / "rootfs"
+    facts = registry.pull(*gpu_build.repo_and_tag(gpu_build.images[0]), rootfs)
+    site = next((rootfs / "opt/venv/lib").glob("python3*/site-packages"))
+    assert (site / "onnxruntime/capi").is_dir() and any(site.glob("onnxruntime_gpu-*.dist-info"))
+    with Container.start(rootfs, facts.config, gpu_build.deployment, tmp_path / "run") as box:
+        serves_the_readme(box, facts.config)
+        # onnxruntime-gpu lists the CUDA provider, fails to load it (no CUDA libraries), and the instance runs on the CPU
+        assert "this instance runs on the CPU" in box.log() and "(provider CPUExecutionProvider)" in box.log()
+        box.kill(signal.SIGTERM)
+        assert box.wait(float(env_of(gpu_build.deployment)["PODSERVE_DRAIN_SECONDS"]) + 5) == 0
 
 
 def test_sigterm_stops_the_container_with_exit_0_within_drain_seconds_plus_5(container, cpu_build):

@@ -100,16 +100,21 @@ def build(tools: Path, out=sys.stdout) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_cli(build_into, description: str, argv: list[str] | None = None) -> int:
+    """`--tools DIR`, then build_into(DIR); exit 2 with the error's message when a build fails."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--tools", type=Path, default=versions.REPO / ".tools", help="the tools folder (.tools)")
     args = parser.parse_args(argv)
     try:
-        build(args.tools)
+        build_into(args.tools)
     except (BuildError, LookupError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

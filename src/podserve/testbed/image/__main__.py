@@ -42,9 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     own = "gpu" if load_values(args.values)["gpu_num"] else "cpu"
     sha = commit()
+    shutil.rmtree(args.workdir / "run", ignore_errors=True)  # what a killed run left (its processes died with it)
     try:
         with pipeline.BuildStage.start(args.workdir / "run", args.port, args.workdir / "registry-storage",
                                        index_port=args.index_port or args.port + 1) as stage:
+            built: list[str] = []
             for flavor in (own, "cpu" if own == "gpu" else "gpu"):
                 checkout = args.workdir / f"checkout-{flavor}"
                 shutil.rmtree(checkout, ignore_errors=True)
@@ -56,14 +58,16 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"Error: the {job} job failed ({flavor}):\n{done.stderr[-4000:]}", file=sys.stderr)
                         return 1
                     if job.endswith("-image"):
+                        built += ((checkout / "build/images.txt").read_text().split() if job == "service-image" else
+                                  [stage.job_env(job, checkout, sha)["TOOLING_IMAGE"]])
                         cached, total = pipeline.cache_use(done.stderr)
                         what = job if job == "tooling-image" else f"{job} ({flavor})"
                         print(f"  {what}: {cached} of {total} Dockerfile steps from the cache")
-            print(f"\nThe registry {stage.registry.host} lists:")
-            for repo in stage.registry.catalog():
-                for tag in stage.registry.tags(repo):
-                    facts = stage.registry.describe(repo, tag)
-                    print(f"  {facts.name}  {facts.digest}  {facts.size / 1e6:.1f} MB")
+            print(f"\nPushed by this run (the registry's API, {stage.registry.host}):")
+            for image in built:
+                facts = stage.registry.describe(*image.removeprefix(f"{stage.registry.host}/").rsplit(":", 1))
+                print(f"  {facts.name}  {facts.digest}  {facts.size / 1e6:.1f} MB")
+            print(f"The registry lists {len(stage.registry.catalog())} repositories.")
     except (subprocess.TimeoutExpired, RegistryError, RunnerError, StandInError, WheelError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

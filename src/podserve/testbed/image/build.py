@@ -10,7 +10,6 @@ GOTOOLCHAIN=local, CGO_ENABLED=0, go.sum as committed. Cold: about 3 min on 2 co
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from podserve.testbed.cluster.build import BuildError, _go, go_env
+from podserve.testbed.cluster.build import BuildError, _go, go_env, run_cli
 from podserve.testbed.image import versions
 
 
@@ -68,15 +67,7 @@ def build(tools: Path, out=sys.stdout) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tools", type=Path, default=versions.REPO / ".tools", help="the tools folder (.tools)")
-    args = parser.parse_args(argv)
-    try:
-        build(args.tools)
-    except (BuildError, LookupError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(build, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ class BuildStage:
         """Start the registry (storage kept where given), serve the wheels, push the stand-ins where missing.
 
         The index's URL is a build argument, so it is part of BuildKit's cache key for the pip steps: a
-        fixed index_port (make image) keeps them cached from run to run; 0 takes a free port (the tests).
+        stable index_port keeps them cached from run to run (taken only if free; 0: any free port).
         """
         workdir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -157,11 +157,16 @@ def flavored_value(text: str, flavor: str) -> str:
 
 
 #: A Dockerfile step in BuildKit's plain progress output: "#7 [build 2/3] RUN ...".
-STEP = re.compile(r"^#(\d+) (\[(?:[\w-]+ )?\d+/\d+\] .*)$", re.MULTILINE)
+STEP = re.compile(r"^#(\d+) \[(?:[\w-]+ )?\d+/\d+\] (.*)$", re.MULTILINE)
+
+
+def built_steps(build_log: str) -> dict[str, bool]:
+    """{instruction: taken from the cache} for each Dockerfile step of a BuildKit plain-progress log (FROM left out)."""
+    cached = set(re.findall(r"^#(\d+) CACHED$", build_log, re.MULTILINE))
+    return {text: number in cached for number, text in STEP.findall(build_log) if not text.startswith("FROM ")}
 
 
 def cache_use(build_log: str) -> tuple[int, int]:
-    """(cached, total) Dockerfile steps of a BuildKit plain-progress log."""
-    steps = dict(STEP.findall(build_log))
-    cached = set(re.findall(r"^#(\d+) CACHED$", build_log, re.MULTILINE))
-    return len(cached & steps.keys()), len(steps)
+    """(cached, total) Dockerfile steps of a BuildKit plain-progress log (FROM lines are not steps)."""
+    steps = built_steps(build_log)
+    return sum(steps.values()), len(steps)

@@ -74,7 +74,9 @@ class Registry:
                   "http": {"addr": f"127.0.0.1:{port}", "debug": {"addr": ""}},
                   "auth": {"htpasswd": {"realm": "podserve-testbed", "path": str(workdir / "htpasswd")}}}
         (workdir / "config.yml").write_text(json.dumps(config))  # JSON is YAML
-        program = Program("registry", [binary, "serve", workdir / "config.yml"], workdir / "registry.log",
+        # setpriv --pdeathsig: the registry dies with the process that started it, even one killed with SIGKILL
+        program = Program("registry", ["setpriv", "--pdeathsig", "KILL", "--", binary, "serve", workdir / "config.yml"],
+                          workdir / "registry.log",
                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OTEL_TRACES_EXPORTER": "none"})
         registry = cls(program, port, password)
         try:
@@ -97,6 +99,10 @@ class Registry:
 
     def auth(self) -> str:
         return base64.b64encode(f"{USER}:{self._password}".encode()).decode()
+
+    def secrets(self) -> tuple[str, str]:
+        """The password and the config.json auth string: what must never appear in an image (tests search for them)."""
+        return self._password, self.auth()
 
     def docker_config(self, path: Path) -> Path:
         """Write a docker config.json that may push to this registry (mode 600) and return its path."""

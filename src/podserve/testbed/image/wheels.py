@@ -18,6 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
+from podserve.model_record import sha256_of
 from podserve.testbed.image import versions
 
 CACHE = versions.REPO / ".tools" / "wheels-cp311"
@@ -77,11 +78,7 @@ def write_index(root: Path) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _sha256_of(path: str, size: int, mtime: float) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(Path(path))
 
 
 def _sha256(path: Path) -> str:
@@ -90,11 +87,18 @@ def _sha256(path: Path) -> str:
 
 
 class Index:
-    """The index served on 127.0.0.1:<port> from a thread; `.url` is what PIP_INDEX_URL gets."""
+    """The index served on 127.0.0.1:<port> from a thread; `.url` is what PIP_INDEX_URL gets.
+
+    `port` is a preference: when something else holds it, a free port is taken (the URL is part of
+    BuildKit's cache key for the pip steps, so a stable port keeps them cached from run to run).
+    """
 
     def __init__(self, root: Path, port: int = 0):
         handler = functools.partial(_Quiet, directory=str(root))
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        try:
+            self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        except OSError:
+            self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple/"
         self.thread = threading.Thread(target=self.server.serve_forever, name="wheel-index", daemon=True)
         self.thread.start()
