@@ -70,7 +70,7 @@ class ServingSettings:
         "doc": "open connections; a new one beyond it gets 503 and is closed", "owner": PLATFORM})
     max_pending_body_bytes: int = field(default=64 * 1024 * 1024, metadata={
         "doc": "bytes of bodies still being sent, pod-wide (room for one largest body at least); a body that would "
-               "go over it gets 503 at its headers; bodies over 1 MiB may use three quarters of it", "owner": PLATFORM})
+               "go over it gets 503 at its headers; chunked bodies and bodies over 1 MiB may use three quarters of it", "owner": PLATFORM})
     control_queue_size: int = field(default=64, metadata={
         "doc": "requests waiting for the control thread (/metrics, 404s); 503 above", "owner": PLATFORM})
 

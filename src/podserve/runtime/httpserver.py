@@ -54,9 +54,9 @@ PIPELINE_DEPTH = 16
 #: Bytes parsed at a time while a request head (or a chunked body) may end in them: what one connection can make the
 #: server parse beyond its pipeline depth. A Content-Length body is parsed to its end in one step.
 PARSE_SLICE_BYTES = 4096
-#: A body larger than this (declared, or chunked and grown past it) may use only `LARGE_BODY_SHARE` of the pod-wide
-#: budget for bodies still being sent: the rest is kept for ordinary requests, so that slow large uploads cannot
-#: starve them.
+#: A body declared larger than this, or chunked (its size unknown until it ends), may use only `LARGE_BODY_SHARE`
+#: of the pod-wide budget for bodies still being sent: the rest is kept for ordinary requests, so that slow large
+#: uploads and chunk floods cannot starve them.
 LARGE_BODY_BYTES = 1024 * 1024
 LARGE_BODY_SHARE = 0.75
 #: Requests one connection may complete in one turn of the loop; the rest of its read waits for the next turn, so
@@ -557,12 +557,13 @@ class Connection(asyncio.Protocol):
     def _reserve(self, size: int) -> bool:
         """Hold `size` more body bytes against the pod-wide budget; refuse the request 503 when it has no room.
 
-        A large body (over LARGE_BODY_BYTES) has room only within LARGE_BODY_SHARE of the budget."""
+        A large body (declared over LARGE_BODY_BYTES, or chunked) has room only within LARGE_BODY_SHARE of it."""
         budget = self.limits.max_pending_body_bytes
-        large = self._reserved + size > LARGE_BODY_BYTES
+        large = self._body_left < 0 or self._reserved + size > LARGE_BODY_BYTES
         room = int(budget * LARGE_BODY_SHARE) if large else budget
         if self.server.pending_body_bytes + size > room:
-            kind = f"bodies over {LARGE_BODY_BYTES} bytes may use {room} of its {budget}" if large else \
+            kind = f"chunked bodies and bodies over {LARGE_BODY_BYTES} bytes may use {room} of its {budget}" if large \
+                else \
                 f"its limit is {budget}"
             self._answer_and_close(503, f"this pod is holding {self.server.pending_body_bytes} bytes of bodies still "
                                         f"being sent ({kind}); retry shortly, or elsewhere")
