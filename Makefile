@@ -163,5 +163,5 @@ image-tools: $(VENV)/bin/python ## BuildKit (buildctl, buildkitd), the registry,
 		missing="$$missing $$p"; done; test -z "$$missing" || flock /tmp/podserve-apt.lock sh -c \
 		"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing"
 	@$(PY) -m podserve.testbed.image.build
-image: image-tools $(VENV)/.test-deps model ## Build both service image flavors and the tooling image with the CI jobs' own lines; push to a local registry (127.0.0.1:5000).
+image: image-tools $(VENV)/.tooling-deps model ## Build both service image flavors and the tooling image with the CI jobs' own lines; push to a local registry (127.0.0.1:5000).
 	$(PY) -m podserve.testbed.image --port $(IMAGE_REGISTRY_PORT)

@@ -1,7 +1,8 @@
 """What an image's COPY lines put where, read with BuildKit's own Dockerfile parser, honouring .dockerignore.
 
-No container engine runs here, so an image's files are laid out in a folder by following the
-Dockerfile's COPY instructions (this is a stand-in for the build; RUN lines are not executed).
+An image's files laid out in a folder by following the Dockerfile's COPY instructions, for the quick
+checks (a stand-in for the build: RUN lines are not executed). The real images are built, pulled and
+read in test_image_runs.py and test_image_facts.py.
 """
 
 from __future__ import annotations

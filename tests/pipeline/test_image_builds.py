@@ -1,10 +1,11 @@
 """The image builds: BuildKit rootless with a registry cache, the service image with the model and only the runtime's
 dependencies, the tooling image with only the tooling's.
 
-No container engine runs here, so the build jobs are checked by GitLab's schema (tests/tooling/test_gitlab_ci.py), by
-BuildKit's own Dockerfile parser, and by running each job's build line through its own shell with BuildKit's real
-`buildctl` (make buildctl) standing where `buildctl-daemonless.sh` would start the daemon first: buildctl parses every
-option, the output and cache specs and the local folders, and stops only at "failed to list workers" (no daemon)."""
+The quick checks, before any daemon: GitLab's schema (tests/tooling/test_gitlab_ci.py), BuildKit's own Dockerfile
+parser, and each job's build line run through its own shell with BuildKit's real `buildctl` (make image-tools) where
+`buildctl-daemonless.sh` would start the daemon first: buildctl parses every option, the output and cache specs and the
+local folders, and stops at "failed to list workers". The builds themselves, for real (buildkitd, a registry, the
+images pulled and run): test_image_runs.py and test_image_facts.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What the pushed images hold, read from the images pulled from the registry (tests/pipeline/conftest.py).
 
 Sizes are what a pull moves (config + compressed layers). Budgets are the measured size + 10%
-(measured 2026-11-23 on the stand-in bases; docs/image.md): a change that raises one says why here.
+(image_stage.SIZE_BUDGET, measured 2026-11-23 on the stand-in bases; docs/image.md).
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import shutil
 import stat
 from pathlib import Path
 
+from image_stage import SIZE_BUDGET
 from podserve.testbed.image.pipeline import built_steps
 
-#: Measured: CPU service image 143.0 MB, tooling image 95.1 MB (each + 10%).
-SIZE_BUDGET = {"service-cpu": 157_300_000, "tooling": 104_600_000}
 COMPILERS = re.compile(r"^(gcc|g\+\+|cc|c\+\+|clang|clang\+\+|x86_64-linux-gnu-(gcc|g\+\+)(-\d+)?|gcc-\d+|tcc)$")
 SERVER_ONLY = ("onnxruntime", "numpy", "PIL", "flask", "uvloop", "httptools", "confluent_kafka", "prometheus_client")
 #: A PEM private key: the header and a line of base64 (a library's header string alone is not one).
@@ -58,7 +57,7 @@ def readable_by(rootfs: Path, relative: str, uid: int, gid: int) -> bool:
 
 def test_the_cpu_service_image_holds_the_server_the_model_and_nothing_else(cpu_rootfs, cpu_build):
     rootfs, facts = cpu_rootfs
-    assert facts.size <= SIZE_BUDGET["service-cpu"], f"{facts.size / 1e6:.1f} MB: over budget, say why here"
+    assert facts.size <= SIZE_BUDGET["service-cpu"], f"{facts.size / 1e6:.1f} MB: over budget, say why in image_stage.py"
     assert image_problems(rootfs, facts.config, cpu_build.stage.registry.secrets()) == []
     index_url = cpu_build.stage.index.url
     assert index_url not in str(facts.config)  # PIP_INDEX_URL reached the build stage only
@@ -75,7 +74,7 @@ def test_the_cpu_service_image_holds_the_server_the_model_and_nothing_else(cpu_r
 
 def test_the_tooling_image_holds_the_tooling_without_the_servers_packages(tooling_rootfs, cpu_build):
     image, rootfs, facts = tooling_rootfs
-    assert facts.size <= SIZE_BUDGET["tooling"], f"{facts.size / 1e6:.1f} MB: over budget, say why here"
+    assert facts.size <= SIZE_BUDGET["tooling"], f"{facts.size / 1e6:.1f} MB: over budget, say why in image_stage.py"
     assert image_problems(rootfs, facts.config, cpu_build.stage.registry.secrets()) == []
     assert cpu_build.stage.index.url not in str(facts.config)
     site = next((rootfs / "opt/venv/lib").glob("python3*/site-packages"))

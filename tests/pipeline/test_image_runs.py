@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 import requests
 
-from podserve.testbed.image.container import Container
+from podserve.testbed.image.container import CGROUP_PARENT, MEMORY_CGROUP, Container, clean_up, runc
 from podserve.testbed.processes import poll_until
-from readme_blocks import blocks
 from ci_pipeline import REPO
+from image_stage import SIZE_BUDGET
+from readme_blocks import blocks
 
 #: The README's curl lines (its `# needs: make serve` block), as written but for the port.
 README_CURLS = [line for block in blocks() if block.needs == "make serve" for line in block.commands]
@@ -92,6 +95,7 @@ def test_the_gpu_flavor_builds_on_its_stand_in_base_and_serves_on_the_cpu_fallba
     assert env_of(gpu_build.deployment)["PODSERVE_GPU_NUM"] == "1"
     rootfs = tmp_path / "rootfs"
     facts = registry.pull(*gpu_build.repo_and_tag(gpu_build.images[0]), rootfs)
+    assert facts.size <= SIZE_BUDGET["service-gpu"], f"{facts.size / 1e6:.1f} MB: over budget, say why in image_stage.py"
     site = next((rootfs / "opt/venv/lib").glob("python3*/site-packages"))
     assert (site / "onnxruntime/capi").is_dir() and any(site.glob("onnxruntime_gpu-*.dist-info"))
     with Container.start(rootfs, facts.config, gpu_build.deployment, tmp_path / "run") as box:
@@ -143,3 +147,27 @@ def _ping(box: Container) -> bool:
         return requests.get(f"{box.url}/api/ping", timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_a_container_left_by_a_killed_run_is_deleted_by_the_next_start(cpu_build, cpu_rootfs, tmp_path):
+    """A test process killed with SIGKILL leaves its container running; the next Container.start deletes it."""
+    rootfs, facts = cpu_rootfs
+    (tmp_path / "config.json").write_text(json.dumps(facts.config))
+    (tmp_path / "deployment.json").write_text(json.dumps(cpu_build.deployment))
+    script = (f"import json, pathlib, time; from podserve.testbed.image.container import Container\n"
+              f"t = pathlib.Path({str(tmp_path)!r})\n"
+              f"box = Container.start(pathlib.Path({str(rootfs)!r}), json.loads((t / 'config.json').read_text()), "
+              f"json.loads((t / 'deployment.json').read_text()), t / 'run')\n"
+              f"print(box.name, flush=True); time.sleep(300)\n")
+    crashed = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    try:
+        name = crashed.stdout.readline().strip()
+        assert name.startswith("podserve-")
+    finally:
+        crashed.kill()
+        crashed.wait(10)
+    assert runc("state", name, check=False).returncode == 0  # still there: nothing cleaned up after the kill
+    assert name in clean_up()
+    assert runc("state", name, check=False).returncode != 0
+    assert not (MEMORY_CGROUP / CGROUP_PARENT / name).exists()
