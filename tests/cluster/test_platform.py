@@ -8,6 +8,7 @@ import json
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from podserve.tooling import tenancy
 from podserve.tooling.chart_values import chart_values
 
 
@@ -19,8 +20,9 @@ def test_the_chart_is_installed_with_its_namespaces_labelled(control_plane, core
         labels = core.read_namespace(namespace["name"]).metadata.labels
         assert labels["pod-security.kubernetes.io/enforce"] == ("privileged" if namespace["hostPorts"] else "restricted")
         assert labels["pod-security.kubernetes.io/warn"] == labels["pod-security.kubernetes.io/audit"] == "restricted"
-    deployer = core.read_namespaced_service_account("podserve-ci", "podserve-system")
-    assert deployer.automount_service_account_token is False
+        assert labels[tenancy.NAMESPACE_TEAM] == namespace["team"]
+        deployer = core.read_namespaced_service_account(namespace["account"], "podserve-system")
+        assert deployer.automount_service_account_token is False
 
 
 def pod_from(deployment: dict, name: str) -> dict:

@@ -1,8 +1,9 @@
-"""Helpers of the live deploy tests: a service's value.py, its rendered manifests, the CLI run as podserve-ci.
+"""Helpers of the live deploy tests: a service's value.py, its rendered manifests, the CLI run as CI's account.
 
 Every test deploys its own small CPU service (its own name, so tests never share objects)
 to the test control plane, runs `python -m podserve.tooling.deploy` as a subprocess with
-the podserve-ci ServiceAccount's token, and checks the cluster with the admin's client.
+the token of the account CI would use (the team's preview account for grey and ab, its
+production account for the rest), and checks the cluster with the admin's client.
 What the kubelet would report is simulated by kwok: the pod-template annotation
 `podserve.io/simulate` picks the failure (cluster/kwok-stages.yaml).
 """
@@ -18,6 +19,9 @@ from pathlib import Path
 
 import yaml
 
+from ci_account import ci_kubeconfig
+from podserve.tooling import tenancy
+from podserve.tooling.conf import load_conf
 from podserve.tooling.deploy.errors import ClusterError
 from podserve.tooling.deploy.kube import CONFIGMAPS, LEASES, MANAGED, PODS, REPLICASETS, Kube
 
@@ -25,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 SIMULATE = "podserve.io/simulate"
 #: A small CPU service: the fake CPU pool has room for every test's pods at once.
 VALUES = """service_name = {name!r}
-username = "like"
+username = {team!r}
 cpu = 1
 memory = "1Gi"
 gpu_num = 0
@@ -55,14 +59,31 @@ class Run:
 class Live:
     """A test's view of the control plane: the CI kubeconfig, the admin client, a scratch folder."""
 
-    def __init__(self, plane, ci_kubeconfig: Path, tmp: Path):
-        self.plane, self.ci_kubeconfig, self.tmp = plane, ci_kubeconfig, tmp
+    def __init__(self, plane, tmp: Path, team: str = "like"):
+        self.plane, self.tmp, self.team = plane, tmp, team
         self.admin = Kube(plane.api_client())
+        self.conf = load_conf()
+        self._kubeconfigs: dict[str, Path] = {}
+
+    @property
+    def ci_kubeconfig(self) -> Path:
+        """The team's preview account (grey, ab): what every branch's pipeline holds."""
+        return self.kubeconfig("preview")
+
+    def kubeconfig(self, tier: str) -> Path:
+        if tier not in self._kubeconfigs:
+            self._kubeconfigs[tier] = ci_kubeconfig(self.plane, self.tmp / f"{self.team}-{tier}.kubeconfig",
+                                                    self.team, tier)
+        return self._kubeconfigs[tier]
+
+    def namespace(self, stage: str) -> str:
+        """The team's namespace of `stage`."""
+        return self.conf.stages[stage].namespace_for(self.team)
 
     def values(self, name: str, max_replicas: int = 0) -> Path:
         path = self.tmp / name / "value.py"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(VALUES.format(name=name, max_replicas=max_replicas))
+        path.write_text(VALUES.format(name=name, team=self.team, max_replicas=max_replicas))
         return path
 
     def manifests(self, name: str, stage: str, tag: str = "v1", simulate: str | None = None,
@@ -84,14 +105,18 @@ class Live:
         path.write_text(yaml.safe_dump(deployment))
         return out
 
-    def env(self, **extra) -> dict[str, str]:
+    def env(self, kubeconfig: Path | None = None, **extra) -> dict[str, str]:
         keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
         keep.pop("KUBECONFIG", None)
-        return {**keep, "PYTHONPATH": str(REPO / "src"), "KUBECONFIG": str(self.ci_kubeconfig), **extra}
+        return {**keep, "PYTHONPATH": str(REPO / "src"), "KUBECONFIG": str(kubeconfig or self.ci_kubeconfig), **extra}
 
     def start(self, *args, **env) -> subprocess.Popen:
+        """Run the CLI as CI does: with the account of the stage named by --stage."""
+        stage = self.conf.stages[str(args[list(args).index("--stage") + 1])]
+        kubeconfig = env.pop("KUBECONFIG", None) or self.kubeconfig(tenancy.tier(stage))
         return subprocess.Popen([sys.executable, "-m", "podserve.tooling.deploy", *map(str, args)], cwd=REPO,
-                                env=self.env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=self.env(kubeconfig, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
 
     def deploy(self, *args, timeout: float = 240, **env) -> Run:
         started = time.monotonic()

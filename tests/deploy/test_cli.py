@@ -63,7 +63,7 @@ def test_production_stages_cannot_be_deleted():
     from podserve.tooling.deploy.target import Target
 
     with pytest.raises(BadInput, match="delete stops grey and A/B copies only"):
-        commands.delete(None, Target("svc", load_conf().stages["hk"]), commands.Options())
+        commands.delete(None, Target("svc", load_conf().stages["hk"], "like"), commands.Options())
 
 
 def test_dry_run_differences_name_the_changed_paths():

@@ -1,4 +1,4 @@
-"""The deploy tool against the real control plane, run with the platform chart's podserve-ci credentials.
+"""The deploy tool against the real control plane, run with the platform chart's deploy accounts (team like's).
 
 Real: the apiserver (server-side apply, strict field validation, RBAC), the Deployment and
 ReplicaSet controllers, the scheduler, the garbage collector. Simulated: the kubelet's side
@@ -14,14 +14,15 @@ import shutil
 import pytest
 import yaml
 
-from ci_account import ci_kubeconfig
 from live import Live
-from podserve.tooling.conf import default_conf_dir
+from podserve.tooling.conf import default_conf_dir, load_conf
 from podserve.testbed.processes import poll_until
 from podserve.tooling.deploy.kube import LEASES, MANAGED, Kind
 from receiver import Receiver
 
-GREY, HK, AB = ("podserve-grey", "grey"), ("podserve", "hk"), ("podserve-ab", "ab")
+GREY, HK, AB = ((load_conf().stages[stage].namespace_for("like"), stage) for stage in ("grey", "hk", "ab"))
+#: Another team's ab namespace, where the admin plants a VirtualService.
+OTHER_AB = load_conf().stages["ab"].namespace_for("imo")
 #: A certain failure must be reported within this many seconds (it takes a few here).
 CERTAIN_WITHIN = 60
 
@@ -29,7 +30,7 @@ CERTAIN_WITHIN = 60
 @pytest.fixture(scope="module")
 def live(control_plane, tmp_path_factory) -> Live:
     tmp = tmp_path_factory.mktemp("deploy")
-    return Live(control_plane, ci_kubeconfig(control_plane, tmp / "ci.kubeconfig"), tmp)
+    return Live(control_plane, tmp)
 
 
 def test_grey_is_ready_notified_shown_and_deleted_without_leftovers(live):
@@ -51,11 +52,11 @@ def test_grey_is_ready_notified_shown_and_deleted_without_leftovers(live):
     assert deployment["status"]["readyReplicas"] == 1
     assert any(m["manager"] == "podserve-deploy" and m["operation"] == "Apply"
                for m in deployment["metadata"]["managedFields"])
-    status = live.deploy("status", "--stage", "grey", "--service", name)
+    status = live.deploy("status", "--stage", "grey", "--service", name, "--team", "like")
     assert status.returncode == 0 and "revision 1" in status.stdout and "1/1 ready, 0 restart(s)" in status.stdout
 
     # The receiver is gone now: the notification fails, the delete does not.
-    gone = live.deploy("delete", "--stage", "grey", "--service", name, PODSERVE_NOTIFY_URL=receiver.url)
+    gone = live.deploy("delete", "--stage", "grey", "--service", name, "--team", "like", PODSERVE_NOTIFY_URL=receiver.url)
     assert gone.returncode == 0, gone.output
     assert "notification to PODSERVE_NOTIFY_URL was not delivered" in gone.stderr
     assert live.objects(*GREY, name) == []
@@ -73,7 +74,7 @@ def test_dry_run_prints_the_change_and_changes_nothing(live):
         assert f"unchanged Service/{name}" in run.stdout
         assert live.versions(*GREY, name) == before
     finally:
-        live.deploy("delete", "--stage", "grey", "--service", name)
+        live.deploy("delete", "--stage", "grey", "--service", name, "--team", "like")
 
 
 FAILURES = [
@@ -102,7 +103,7 @@ def test_each_failure_is_diagnosed_with_its_field_and_grey_keeps_the_pod(live, s
         left = live.objects(*GREY, name)
         assert any(o.startswith("Pod/") for o in left), left
     finally:
-        live.deploy("delete", "--stage", "grey", "--service", name)
+        live.deploy("delete", "--stage", "grey", "--service", name, "--team", "like")
 
 
 def test_every_node_cordoned_fails_within_five_minutes_naming_the_scheduler_and_the_field(live):
@@ -125,7 +126,7 @@ def test_every_node_cordoned_fails_within_five_minutes_naming_the_scheduler_and_
             live.admin.request("PATCH", _NODES.path(None, node["metadata"]["name"]),
                                body={"spec": {"unschedulable": was or None}},
                                content_type="application/merge-patch+json")
-        live.deploy("delete", "--stage", "grey", "--service", name)
+        live.deploy("delete", "--stage", "grey", "--service", name, "--team", "like")
 
 
 def test_a_failing_production_deploy_rolls_back_and_the_previous_revision_serves(live):
@@ -148,12 +149,12 @@ def test_a_failing_production_deploy_rolls_back_and_the_previous_revision_serves
         assert deployment["status"]["readyReplicas"] == deployment["status"]["updatedReplicas"] == 2
         assert [b["outcome"] for b in receiver.bodies] == ["rolled_back"]
         assert receiver.bodies[0]["revision"] == 2 and "OOMKilled" in receiver.bodies[0]["diagnosis"]
-        status = live.deploy("status", "--stage", "hk", "--service", name)
+        status = live.deploy("status", "--stage", "hk", "--service", name, "--team", "like")
         assert status.returncode == 0 and "revision 1" in status.stdout and ":v1" in status.stdout
         # ... and on demand: rollback puts the previous recorded revision back.
         again = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v3"))
         assert again.returncode == 0, again.output
-        back = live.deploy("rollback", "--stage", "hk", "--service", name)
+        back = live.deploy("rollback", "--stage", "hk", "--service", name, "--team", "like")
         assert back.returncode == 0, back.output
         image = live.admin.get(MANAGED["Deployment"], HK[0], name)["spec"]["template"]["spec"]["containers"][0]["image"]
         assert image.endswith(":v1")
@@ -199,19 +200,19 @@ def test_a_field_the_api_does_not_know_is_refused_before_anything_changes(live):
 def test_a_route_served_by_another_service_is_refused(live):
     name = "dt-route"
     squatter = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-                "metadata": {"name": "squatter", "namespace": "podserve-ab", "labels": {"service": "squatter"}},
+                "metadata": {"name": "squatter", "namespace": OTHER_AB, "labels": {"service": "squatter"}},
                 "spec": {"hosts": ["infer-hk.example.com"], "gateways": ["istio-ingress/podserve"],
                          "http": [{"match": [{"uri": {"prefix": "/grey/dt-ro"}}],
-                                   "route": [{"destination": {"host": "squatter.podserve-ab.svc.cluster.local"}}]}]}}
+                                   "route": [{"destination": {"host": f"squatter.{OTHER_AB}.svc.cluster.local"}}]}]}}
     live.admin.apply(squatter)
     try:
         run = live.deploy("apply", "--stage", "grey", "--values", live.values(name))
         assert run.returncode == 3, run.output
         assert "Refused: the route collides with another service" in run.stderr
-        assert "VirtualService podserve-ab/squatter" in run.stderr and "`service_name`" in run.stderr
+        assert f"VirtualService {OTHER_AB}/squatter" in run.stderr and "`service_name`" in run.stderr
         assert live.objects(*GREY, name) == []
     finally:
-        live.admin.delete(MANAGED["VirtualService"], "podserve-ab", "squatter")
+        live.admin.delete(MANAGED["VirtualService"], OTHER_AB, "squatter")
 
 
 def test_two_deploys_at_once_the_second_waits_or_refuses_naming_the_holder(live):
@@ -230,10 +231,10 @@ def test_two_deploys_at_once_the_second_waits_or_refuses_naming_the_holder(live)
         assert f"(pid {first.pid})" in refused.stderr
         assert first.returncode == 1 and "never became ready" in first_out
         assert waited.returncode == 0, waited_out + waited_err
-        assert f"waiting for the deploy lock podserve-grey/podserve-deploy.{name}" in waited_out
+        assert f"waiting for the deploy lock {GREY[0]}/podserve-deploy.{name}" in waited_out
         assert live.admin.get(LEASES, GREY[0], f"podserve-deploy.{name}") is None
     finally:
-        live.deploy("delete", "--stage", "grey", "--service", name)
+        live.deploy("delete", "--stage", "grey", "--service", name, "--team", "like")
 
 
 def test_a_freeze_window_refuses_with_its_end_unless_forced_with_a_reason(live, tmp_path):
@@ -258,7 +259,7 @@ def test_a_freeze_window_refuses_with_its_end_unless_forced_with_a_reason(live, 
             annotations = live.admin.get(MANAGED[kind], AB[0], name)["metadata"]["annotations"]
             assert annotations["podserve.io/forced-reason"].startswith("hotfix INC-42 (forced by ")
     finally:
-        live.deploy("delete", "--stage", "ab", "--service", name)
+        live.deploy("delete", "--stage", "ab", "--service", name, "--team", "like")
         assert live.objects(*AB, name) == []
 
 

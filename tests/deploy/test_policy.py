@@ -98,7 +98,8 @@ def always_frozen(tmp_path):
 def test_apply_inside_a_freeze_is_refused_with_its_end(tmp_path):
     policy, conf = always_frozen(tmp_path), load_conf()
     with pytest.raises(Refused) as caught:
-        commands.check_freeze(policy, Target("svc", conf.stages["hk"]), commands.Options(), at("2026-11-22T10:00:00"))
+        commands.check_freeze(policy, Target("svc", conf.stages["hk"], "like"), commands.Options(),
+                              at("2026-11-22T10:00:00"))
     assert caught.value.exit_code == 3
     assert "Refused: the region is in a deploy freeze" in caught.value.message
     assert "ends at 2100-01-01T00:00:00+00:00" in caught.value.message and "--force --reason" in caught.value.message
@@ -106,7 +107,7 @@ def test_apply_inside_a_freeze_is_refused_with_its_end(tmp_path):
 
 def test_force_needs_a_reason_and_records_it(tmp_path):
     policy, conf = always_frozen(tmp_path), load_conf()
-    target = Target("svc", conf.stages["hk"])
+    target = Target("svc", conf.stages["hk"], "like")
     with pytest.raises(BadInput):
         commands.check_freeze(policy, target, commands.Options(force=True), at("2026-11-22T10:00:00"), lambda _: None)
     reason = commands.check_freeze(policy, target, commands.Options(force=True, reason="hotfix INC-1"),
@@ -116,5 +117,5 @@ def test_force_needs_a_reason_and_records_it(tmp_path):
 
 def test_exempt_stages_deploy_inside_a_freeze(tmp_path):
     policy, conf = always_frozen(tmp_path), load_conf()
-    assert commands.check_freeze(policy, Target("svc", conf.stages["grey"]), commands.Options(),
+    assert commands.check_freeze(policy, Target("svc", conf.stages["grey"], "like"), commands.Options(),
                                  at("2026-11-22T10:00:00")) == ""

@@ -1,19 +1,19 @@
-"""README's `# needs: cluster` blocks run as written, in a fresh copy, against the test control plane as podserve-ci."""
+"""README's `# needs: cluster` blocks run as written, in a fresh copy, against the test control plane as CI's
+account of the example's team (its preview account: the blocks deploy grey)."""
 
 from __future__ import annotations
 
-from ci_account import ci_kubeconfig
 from fresh_copy import fresh_copy, run
 from live import Live
 from readme_blocks import blocks, command_word
 
-GREY = ("podserve-grey", "grey")
+GREY = ("podserve-like-grey", "grey")  # value.py's team is like
 
 
 def test_readme_deploy_commands_run_as_written(control_plane, tmp_path):
     cluster_blocks = [b for b in blocks() if b.needs == "cluster"]
     assert cluster_blocks, "README has no `# needs: cluster` block: its deploy commands would go untested"
-    live = Live(control_plane, ci_kubeconfig(control_plane, tmp_path / "ci.kubeconfig"), tmp_path)
+    live = Live(control_plane, tmp_path)
     copy = fresh_copy(tmp_path / "repo")
     service = "text-direction"  # value.py's; no other test deploys it
     outputs = {}

@@ -61,7 +61,7 @@ def test_step_one_the_example_to_the_ir_matches_its_golden_file():
     conf = load_conf()
     config = istio.translate(_example_objects(conf), "istio-ingress/podserve")
     _check_golden("hk-ir.json", dataclasses.asdict(config))
-    production = config.cluster("outbound|8080||text-direction.podserve.svc.cluster.local")
+    production = config.cluster("outbound|8080||text-direction.podserve-like.svc.cluster.local")
     assert production.limits.max_requests == 96  # 2 pods x 64 queued x 3/4 (mesh_limits.MESH_SHARE)
     assert production.outlier.consecutive_5xx == 5 and production.slow_start_s == 30
     assert production.idle_timeout_s < conf.platform.http.idle_timeout_seconds  # the mesh closes an idle line first
@@ -77,7 +77,7 @@ def test_step_two_the_ir_to_envoy_matches_its_golden_file_and_envoy_accepts_it(t
     config = istio.translate(_example_objects(conf), "istio-ingress/podserve")
     bootstrap = envoy.bootstrap(config, port=8080, admin_port=0, eds_folder=tmp_path / "eds", local_any_host=True)
     _check_golden("hk-envoy.json", json.loads(json.dumps(bootstrap).replace(str(tmp_path), "/work")))
-    (cluster,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"].endswith("|text-direction.podserve"
+    (cluster,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"].endswith("|text-direction.podserve-like"
                                                                                              ".svc.cluster.local")]
     assert cluster["outlier_detection"]["enforcing_consecutive_5xx"] == 100
     assert cluster["outlier_detection"]["enforcing_success_rate"] == 0

@@ -62,11 +62,12 @@ def test_the_chart_holds_what_each_stage_of_the_region_needs(helm, conf, tmp_pat
     namespaces = {d["metadata"]["name"]: d["metadata"]["labels"] for d in docs if d["kind"] == "Namespace"}
     gateways = {f"{d['metadata']['namespace']}/{d['metadata']['name']}": d for d in docs if d["kind"] == "Gateway"}
     bound = {d["metadata"]["namespace"] for d in docs if d["kind"] == "RoleBinding"}
-    for stage in (s for s in conf.stages.values() if s.region == region):
-        labels = namespaces[stage.namespace]
+    for stage, team in ((s, t) for s in conf.stages.values() if s.region == region for t in conf.teams):
+        labels = namespaces[stage.namespace_for(team)]
         assert labels["istio-injection"] == "enabled" and labels["pod-security.kubernetes.io/warn"] == "restricted"
         assert labels["pod-security.kubernetes.io/enforce"] == ("privileged" if stage.service_discovery else "restricted")
-        assert stage.namespace in bound
+        assert labels["podserve.io/team"] == team
+        assert stage.namespace_for(team) in bound
         hosts = [h for server in gateways[stage.gateway]["spec"]["servers"] for h in server["hosts"]]
         assert stage.ingress_host in hosts
 

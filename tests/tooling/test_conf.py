@@ -33,7 +33,8 @@ def test_the_shipped_conf_loads(conf):
 @pytest.mark.parametrize("file, change, where", [
     ("stages.yaml", lambda d: d["hk"].update(colour="blue"), "stages.yaml: hk.colour"),
     ("stages.yaml", lambda d: d["eu"].pop("namespace"), "stages.yaml: eu.namespace"),
-    ("stages.yaml", lambda d: d["ab"].update(namespace="podserve"), "stages.yaml: hk.namespace"),
+    ("stages.yaml", lambda d: d["ab"].update(namespace="podserve-{team}"), "stages.yaml: hk.namespace"),
+    ("stages.yaml", lambda d: d["ab"].update(namespace="podserve-ab"), "stages.yaml: ab.namespace"),
     ("stages.yaml", lambda d: d["hk"].update(route="/api/{user}/"), "stages.yaml: hk.route"),
     ("stages.yaml", lambda d: d["hk"].update(region="mars"), "stages.yaml: hk.region"),
     ("stages.yaml", lambda d: d["hk"].update(gateway="podserve"), "stages.yaml: hk.gateway"),
@@ -58,7 +59,14 @@ def test_a_missing_conf_file_says_so(tmp_path):
 
 def test_chart_values_follow_the_stages_of_a_region(conf):
     hk = chart_values.chart_values(conf, "hk")
-    assert hk["namespaces"] == [{"name": "podserve", "hostPorts": True}, {"name": "podserve-ab", "hostPorts": False},
-                                {"name": "podserve-grey", "hostPorts": False}]
+    by_name = {ns["name"]: ns for ns in hk["namespaces"]}
+    # One namespace per team and stage (docs/tenancy.md), each with its own account and route prefix.
+    assert set(by_name) == {f"podserve-{team}{suffix}" for team in conf.teams for suffix in ("", "-ab", "-grey")}
+    assert by_name["podserve-like"] == {
+        "name": "podserve-like", "team": "like", "stage": "hk", "tier": "production",
+        "account": "podserve-like-production", "hostPorts": True, "hosts": ["infer-hk.example.com"],
+        "routePrefix": "/api/like/"}
+    assert by_name["podserve-imo-grey"]["account"] == "podserve-imo-preview"
+    assert by_name["podserve-imo-grey"]["routePrefix"] == "/grey/" and not by_name["podserve-imo-grey"]["hostPorts"]
     assert hk["gateways"][0]["hosts"] == ["infer-hk.example.com"]
     assert chart_values.main(["mars"]) == 2

@@ -102,7 +102,7 @@ def test_the_checks_catch_a_broken_object(example, conf, change, says):
 def test_an_hpa_and_fixed_replicas_never_fight(example, conf):
     docs = deployment_of(example)
     hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-           "metadata": {"name": "text-direction", "namespace": "podserve"},
+           "metadata": {"name": "text-direction", "namespace": conf.stages["hk"].namespace_for("like")},
            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "text-direction"},
                     "minReplicas": 2, "maxReplicas": 4}}
     problems = [str(p) for p in checks.check_stage(docs + [hpa], example.values, conf, conf.stages["hk"])]

@@ -13,8 +13,12 @@ import sys
 
 import yaml
 
+from podserve.tooling import quantity, tenancy
 from podserve.tooling.conf import Conf, load_conf
 from podserve.tooling.valuefile import ValueFileError
+
+#: The container port the templates name `http` (templates/deployment.yaml.j2): the only one a host port may map.
+HTTP_PORT_NAME = "http"
 
 
 def chart_values(conf: Conf, region: str) -> dict:
@@ -23,17 +27,26 @@ def chart_values(conf: Conf, region: str) -> dict:
     if not stages:
         raise KeyError(f"no stage runs in region {region!r}; regions with stages: "
                        f"{', '.join(sorted({s.region for s in conf.stages.values()}))}")
-    namespaces = sorted({stage.namespace for stage in stages})
     gateways = sorted({stage.gateway for stage in stages})
     settings = conf.regions[region]
     return {
-        "namespaces": [{"name": ns, "hostPorts": any(s.service_discovery for s in stages if s.namespace == ns)}
-                       for ns in namespaces],
+        "namespaces": tenancy.namespaces(conf, region),
         "gateways": [{"namespace": gw.split("/")[0], "name": gw.split("/")[1], "selector": settings.gateway_selector,
                       "hosts": sorted({s.ingress_host for s in stages if s.gateway == gw}),
                       "tlsSecret": settings.gateway_tls_secret} for gw in gateways],
+        "limits": pod_limits(conf, region),
         "alertRules": {"labels": conf.platform.monitoring.podmonitor_labels},
     }
+
+
+def pod_limits(conf: Conf, region: str) -> dict:
+    """What the admission policies hold each pod to: conf/platform.yaml's limits, the region's largest node."""
+    limits, settings = conf.platform.limits, conf.regions[region]
+    pools = [settings.node_pools.gpu.allocatable, settings.node_pools.cpu.allocatable]
+    return {"hostPortMin": limits.host_port_min, "hostPortMax": limits.host_port_max,
+            "httpPortName": HTTP_PORT_NAME, "gpuResource": settings.gpu.resource, "maxGpus": limits.gpus_per_pod,
+            "maxCpu": str(max((p.cpu for p in pools), key=quantity.cpu_cores)),
+            "maxMemory": str(max((p.memory for p in pools), key=quantity.memory_bytes))}
 
 
 def main(argv: list[str]) -> int:

@@ -36,7 +36,8 @@ def check_stage(docs: list[dict], values: ServiceValues, conf: Conf, stage: Stag
     """Return every problem with one stage's rendered documents."""
     problems: list[Problem] = []
     say = reporter(stage, problems)
-    by_kind = documents_by_kind(docs, stage, ONE_EACH, "the stage", say)
+    namespace = stage.namespace_for(values["username"])
+    by_kind = documents_by_kind(docs, stage, namespace, ONE_EACH, "the stage", say)
     if problems:
         return problems
     deployment = by_kind["Deployment"][0]
@@ -45,7 +46,7 @@ def check_stage(docs: list[dict], values: ServiceValues, conf: Conf, stage: Stag
     pod = deployment["spec"]["template"]
     _check_pod(pod, values, conf, stage, say)
     _check_pod_security(pod["spec"], stage, say)
-    _check_mesh(by_kind, stage, say)
+    _check_mesh(by_kind, stage, namespace, say)
     return problems
 
 
@@ -54,14 +55,14 @@ def reporter(stage: Stage, problems: list[Problem]):
     return lambda where, message: problems.append(Problem(f"{stage.name}: {where}", message))
 
 
-def documents_by_kind(docs: list[dict], stage: Stage, one_each: tuple[str, ...], what: str,
+def documents_by_kind(docs: list[dict], stage: Stage, namespace: str, one_each: tuple[str, ...], what: str,
                       say) -> dict[str, list[dict]]:
-    """Group `docs` by kind, checking each one's metadata and that `what` has exactly one of each kind in
-    `one_each`."""
+    """Group `docs` by kind, checking each one's metadata (in the team's `namespace` of the stage) and that
+    `what` has exactly one of each kind in `one_each`."""
     by_kind: dict[str, list[dict]] = {}
     for doc in docs:
         by_kind.setdefault(doc.get("kind"), []).append(doc)
-        _check_metadata(doc, stage, say)
+        _check_metadata(doc, namespace, say)
     for kind in one_each:
         if len(by_kind.get(kind, [])) != 1:
             say(kind, f"{what} must have exactly one, not {len(by_kind.get(kind, []))}")
@@ -95,13 +96,13 @@ def check_routes(rendered: dict[str, list[dict]]) -> list[Problem]:
     return problems
 
 
-def _check_metadata(doc: dict, stage: Stage, say) -> None:
+def _check_metadata(doc: dict, namespace: str, say) -> None:
     meta = doc.get("metadata") or {}
     where = f"{doc.get('kind')} {meta.get('name')}"
     if not _NAME.match(str(meta.get("name", ""))) or len(meta["name"]) > 63:
         say(where, "the name must be a DNS-1035 label of at most 63 characters")
-    if meta.get("namespace") != stage.namespace:
-        say(where, f"namespace {meta.get('namespace')!r} is not the stage's {stage.namespace!r}")
+    if meta.get("namespace") != namespace:
+        say(where, f"namespace {meta.get('namespace')!r} is not the team's of the stage, {namespace!r}")
     for labels in (meta.get("labels") or {}, (((doc.get("spec") or {}).get("template") or {}).get("metadata") or {})
                    .get("labels") or {}):
         for key, value in labels.items():
@@ -207,9 +208,9 @@ def _check_pod_security(spec: dict, stage: Stage, say) -> None:
                 say(where, f"{name} uses hostPort {port['hostPort']}, which stage {stage.name} does not allow")
 
 
-def _check_mesh(by_kind: dict[str, list[dict]], stage: Stage, say) -> None:
+def _check_mesh(by_kind: dict[str, list[dict]], stage: Stage, namespace: str, say) -> None:
     service, vs, dr = by_kind["Service"][0], by_kind["VirtualService"][0], by_kind["DestinationRule"][0]
-    fqdn = f"{service['metadata']['name']}.{stage.namespace}.svc.cluster.local"
+    fqdn = f"{service['metadata']['name']}.{namespace}.svc.cluster.local"
     ports = {p["port"] for p in service["spec"]["ports"]}
     if dr["spec"]["host"] != fqdn:
         say("DestinationRule", f"host {dr['spec']['host']} is not the Service {fqdn}")

@@ -163,6 +163,14 @@ class Stage:
         """Return this stage's public path of a service: its route with the names filled in."""
         return self.route.format(service=service, user=user)
 
+    def namespace_for(self, team: str) -> str:
+        """Return the namespace `team`'s services run in at this stage (docs/tenancy.md: one per team)."""
+        return self.namespace.format(team=team)
+
+    def route_prefix_for(self, team: str) -> str:
+        """Return the path prefix every route of `team` at this stage lies under ("/api/like/", "/grey/")."""
+        return self.route.split("{service}")[0].format(user=team)
+
 
 @dataclass(frozen=True)
 class Conf:
@@ -293,12 +301,17 @@ def _check(conf: Conf) -> list[Problem]:
             say(where, f"the stage name {name!r} must be a lowercase DNS label")
         if stage.region not in conf.regions:
             say(f"{where}.region", f"{stage.region!r} is not in regions.yaml ({', '.join(conf.regions)})")
-        if not DNS_LABEL.match(stage.namespace):
-            say(f"{where}.namespace", f"{stage.namespace!r} must be a lowercase DNS label")
-        other = namespaces.setdefault((stage.region, stage.namespace), name)
-        if other != name:
-            say(f"{where}.namespace", f"{stage.namespace!r} is also stage {other}'s in region {stage.region}; "
-                "give each stage of a region its own namespace")
+        if set(_PLACEHOLDER.findall(stage.namespace)) != {"team"}:
+            say(f"{where}.namespace", f"{stage.namespace!r} must name each team's own namespace with {{team}}, "
+                "e.g. podserve-{team} (docs/tenancy.md)")
+        for team in conf.teams if set(_PLACEHOLDER.findall(stage.namespace)) == {"team"} else ():
+            namespace = stage.namespace_for(team)
+            if not DNS_LABEL.match(namespace) or len(namespace) > 63:
+                say(f"{where}.namespace", f"{namespace!r} (team {team}) must be a lowercase DNS label of at most 63")
+            other = namespaces.setdefault((stage.region, namespace), f"{name} of team {team}")
+            if other != f"{name} of team {team}":
+                say(f"{where}.namespace", f"{namespace!r} is also stage {other}'s in region {stage.region}; "
+                    "give each stage and team of a region its own namespace")
         if stage.gateway.count("/") != 1 or not all(map(DNS_LABEL.match, stage.gateway.split("/"))):
             say(f"{where}.gateway", f"{stage.gateway!r} must be <namespace>/<name> of an Istio Gateway")
         placeholders = set(_PLACEHOLDER.findall(stage.route))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from podserve import routes
 from podserve.settings import HTTP_PORT
-from podserve.tooling import mesh_limits, quantity, routing, templating
+from podserve.tooling import mesh_limits, quantity, routing, templating, tenancy
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.deploy import budget
 from podserve.tooling.values import AUTOSCALE_GAUGES, ServiceValues
@@ -43,16 +43,17 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
     gpu_num = values["gpu_num"]
     replicas = values.replicas_for(stage)
     labels = {"app.kubernetes.io/name": values["service_name"], "app.kubernetes.io/managed-by": "podserve",
-              "service": values["service_name"], "team": values["username"], "stage": stage.name,
+              "service": values["service_name"], tenancy.TEAM_LABEL: values["username"], "stage": stage.name,
               "track": stage.track}
     instances = mesh_limits.instances_per_pod(values)
     threads = max(1, int(values["cpu"]) // instances)
     env = dict(values.serving_settings().to_env(), **{name: str(threads) for name in THREAD_ENV})
     stop = shutdown_seconds(values, conf)
     public_path = stage.public_path(values["service_name"], values["username"])
+    namespace = stage.namespace_for(values["username"])
     return {
         "name": values["service_name"],
-        "namespace": stage.namespace,
+        "namespace": namespace,
         "labels": labels,
         "selector": {"service": values["service_name"], "stage": stage.name},
         "image": image_ref(values, conf, stage, image_tag),
@@ -77,7 +78,7 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
         "host": stage.ingress_host,
         "gateway": stage.gateway,
         "matches": [{"uri": {m.kind: m.value}} for m in routing.service_matches(public_path)],
-        "fqdn": f"{values['service_name']}.{stage.namespace}.svc.cluster.local",
+        "fqdn": f"{values['service_name']}.{namespace}.svc.cluster.local",
         "route_timeout": _seconds(values["request_timeout_ms"] + platform.mesh.route_timeout_margin_ms),
         "connection_pool": mesh_limits.connection_pool(
             values, mesh_limits.most_pods(values, replicas, _autoscale(values, stage, replicas) is not None),

@@ -78,7 +78,8 @@ def check_stage(docs: list[dict], values: ServiceValues, conf: Conf, stage: Stag
     """Return every problem with one offline stage's documents (the pod's security as checks.py sees it)."""
     problems: list[Problem] = []
     say = checks.reporter(stage, problems)
-    by_kind = checks.documents_by_kind(docs, stage, ONE_EACH, "an offline stage", say)
+    by_kind = checks.documents_by_kind(docs, stage, stage.namespace_for(values["username"]), ONE_EACH,
+                                       "an offline stage", say)
     for kind in NEVER:
         if by_kind.get(kind):
             say(kind, "an offline worker takes no traffic and KEDA scales it: remove it")

@@ -4,7 +4,7 @@
                                            [--force --reason TEXT]
     python -m podserve.tooling.deploy status --stage S
     python -m podserve.tooling.deploy rollback --stage S
-    python -m podserve.tooling.deploy delete --stage grey [--manifests DIR | --service NAME]
+    python -m podserve.tooling.deploy delete --stage grey [--manifests DIR | --service NAME --team TEAM]
 
 Exit status: 0 serving, 1 rollout failed (rolled back where that applies), 2 bad input
 (with the fix), 3 refused (route collision, lock held past the wait, freeze window).
@@ -63,10 +63,15 @@ def _target(args, conf, stage) -> Target:
             return from_manifests(args.manifests, stage)
         return from_values(args.values, conf, stage, args.image_tag)
     if getattr(args, "service", None):
-        return Target(args.service, stage)
+        if not args.team:
+            raise BadInput("--service NAME needs --team TEAM (value.py's username): each team has its own "
+                           "namespace of the stage")
+        return Target(args.service, stage, args.team)
     if args.manifests:
-        return Target(from_manifests(args.manifests, stage).service, stage)
-    return Target(service_from_values(args.values), stage)
+        rendered = from_manifests(args.manifests, stage)
+        return Target(rendered.service, stage, rendered.team)
+    service, team = service_from_values(args.values)
+    return Target(service, stage, team)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="seconds to wait for another deploy's lock (default: conf/deploy.yaml lock_wait_seconds)")
         if verb != "apply":
             sub.add_argument("--service", default=None, help="the service's name, when there is no value.py or manifests")
+            sub.add_argument("--team", default=None, help="the service's team (value.py's username), with --service")
         if verb == "apply":
             sub.add_argument("--image-tag", default=None,
                              help="image tag when rendering (default: $CI_COMMIT_SHORT_SHA, else dev)")

@@ -37,8 +37,13 @@ class ClusterError(DeployError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-        if status in (401, 403):
+        if status in (401, 403) and "ValidatingAdmissionPolicy" in message:
             self.exit_code = failures.EXIT_BAD_INPUT
-            self.message = (f"{message}. The credentials in KUBECONFIG lack this permission: deploy with the "
-                            "podserve-ci ServiceAccount of the platform chart (charts/podserve-platform), whose "
-                            "RBAC covers exactly what this tool does")
+            self.message = (f"{message}. The platform's admission policy named above refused it "
+                            "(docs/tenancy.md lists each policy and what it allows)")
+        elif status in (401, 403):
+            self.exit_code = failures.EXIT_BAD_INPUT
+            self.message = (f"{message}. The credentials in KUBECONFIG lack this permission: deploy with your "
+                            "team's account of the platform chart (charts/podserve-platform: podserve-<team>-preview "
+                            "for grey and ab, podserve-<team>-production for the rest; docs/tenancy.md), whose RBAC "
+                            "covers exactly what this tool does, in the team's own namespaces")

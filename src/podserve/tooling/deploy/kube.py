@@ -82,7 +82,7 @@ class Kube:
                 config.load_incluster_config(client_configuration=configuration)
             else:
                 raise BadInput("no cluster credentials: set KUBECONFIG to the stage's kubeconfig (in CI, the "
-                               "file variable KUBECONFIG_<REGION> of the podserve-ci ServiceAccount), or run inside "
+                               "file variable KUBECONFIG_PREVIEW_HK or KUBECONFIG_<REGION> of the team's account), or run inside "
                                "the cluster with a service account")
         except config.ConfigException as exc:
             raise BadInput(f"the cluster credentials cannot be used: {exc}; check KUBECONFIG") from None

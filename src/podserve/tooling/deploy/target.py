@@ -16,6 +16,7 @@ import yaml
 
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.deploy.errors import BadInput
+from podserve.tooling.tenancy import TEAM_LABEL
 
 MANAGED_BY = ("app.kubernetes.io/managed-by", "podserve")
 
@@ -31,11 +32,13 @@ class Target:
 
     service: str
     stage: Stage
+    team: str
     objects: tuple[dict, ...] = ()
 
     @property
     def namespace(self) -> str:
-        return self.stage.namespace
+        """The team's namespace of the stage: teams never share one (docs/tenancy.md)."""
+        return self.stage.namespace_for(self.team)
 
     @property
     def selector(self) -> str:
@@ -90,21 +93,23 @@ def from_values(values_path: str | Path, conf: Conf, stage: Stage, image_tag: st
     return _checked(rendered.stages[stage.name], stage, str(values_path))
 
 
-def service_from_values(values_path: str | Path) -> str:
-    """Return value.py's service_name without checking the rest (enough to delete a stage)."""
+def service_from_values(values_path: str | Path) -> tuple[str, str]:
+    """Return value.py's (service_name, username) without checking the rest (enough to delete a stage)."""
     from podserve.tooling.valuefile import ValueFileError, read_assignments
 
     try:
-        name = (read_assignments(values_path).get("service_name") or (None,))[0]
+        assigned = read_assignments(values_path)
     except ValueFileError as exc:
         raise BadInput(str(exc)) from None
-    if not isinstance(name, str) or not name:
-        raise BadInput(f"{values_path} sets no service_name; pass --service NAME or --manifests DIR")
-    return name
+    found = [(assigned.get(key) or (None,))[0] for key in ("service_name", "username")]
+    if not all(isinstance(value, str) and value for value in found):
+        raise BadInput(f"{values_path} sets no service_name or username; pass --service NAME --team TEAM "
+                       "or --manifests DIR")
+    return found[0], found[1]
 
 
 def _checked(objects: list[dict], stage: Stage, where: str) -> Target:
-    services = set()
+    services, teams = set(), set()
     for obj in objects:
         meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
@@ -112,14 +117,17 @@ def _checked(objects: list[dict], stage: Stage, where: str) -> Target:
         if labels.get(MANAGED_BY[0]) != MANAGED_BY[1] or "service" not in labels:
             raise BadInput(f"{what} lacks render's labels ({MANAGED_BY[0]}: {MANAGED_BY[1]}, service, stage); "
                            "deploy only what render writes")
-        if labels.get("stage") != stage.name or meta.get("namespace") != stage.namespace:
+        team = labels.get(TEAM_LABEL, "")
+        if labels.get("stage") != stage.name or meta.get("namespace") != stage.namespace_for(team):
             raise BadInput(f"{what} is for stage {labels.get('stage')!r} in namespace {meta.get('namespace')!r}, "
-                           f"not {stage.name!r} in {stage.namespace!r}; pass the manifests of --stage {stage.name}")
+                           f"not {stage.name!r} in {stage.namespace_for(team)!r} (team {team!r}); pass the "
+                           f"manifests of --stage {stage.name}")
         services.add(labels["service"])
-    if len(services) != 1:
-        raise BadInput(f"{where} holds objects of {len(services)} services ({', '.join(sorted(services))}); "
-                       "pass one service's manifests")
-    target = Target(services.pop(), stage, tuple(objects))
+        teams.add(team)
+    if len(services) != 1 or len(teams) != 1:
+        raise BadInput(f"{where} holds objects of {len(services)} services ({', '.join(sorted(services))}) "
+                       f"of {len(teams)} teams; pass one service's manifests")
+    target = Target(services.pop(), stage, teams.pop(), tuple(objects))
     if target.deployment() is None:
         raise BadInput(f"{where} has no Deployment; pass the folder render wrote")
     return target

@@ -37,7 +37,8 @@ class Selectors:
 
     @classmethod
     def from_conf(cls, obs: Observability, conf: Conf) -> "Selectors":
-        return cls(obs, tuple(sorted({stage.namespace for stage in conf.stages.values()})))
+        return cls(obs, tuple(sorted({stage.namespace_for(team) for stage in conf.stages.values()
+                                      for team in conf.teams})))
 
     @property
     def namespace_regex(self) -> str:

@@ -1,0 +1,45 @@
+"""Who owns what on a shared cluster: each team's namespaces, their labels, and the accounts that deploy there.
+
+The one place these names are made (docs/tenancy.md says why: a namespace per team and stage).
+render stamps TEAM_LABEL on every object; the platform chart labels each namespace with
+NAMESPACE_TEAM and NAMESPACE_TIER and annotates it with its hosts and route prefix, and its
+admission policies compare those with the requesting account and the object
+(charts/podserve-platform/templates/policies.yaml). CI deploys a team's grey and ab stages
+with the team's preview account and its production stages with the team's production
+account; neither can write anywhere else.
+"""
+
+from __future__ import annotations
+
+from podserve.tooling.conf import Conf, Stage
+
+#: The object label render stamps with value.py's username.
+TEAM_LABEL = "team"
+#: Namespace labels and annotations the chart writes and the admission policies read.
+NAMESPACE_TEAM = "podserve.io/team"
+NAMESPACE_TIER = "podserve.io/tier"
+NAMESPACE_HOSTS = "podserve.io/hosts"
+NAMESPACE_ROUTE_PREFIX = "podserve.io/route-prefix"
+#: Grey and ab serve no production traffic: they run on every branch, with the preview account.
+PREVIEW_TRACKS = ("grey", "ab")
+
+
+def tier(stage: Stage) -> str:
+    """Return "preview" for grey and ab (deployed from any branch), "production" for the rest."""
+    return "preview" if stage.track in PREVIEW_TRACKS else "production"
+
+
+def account(team: str, tier_name: str) -> str:
+    """Return the ServiceAccount name CI deploys `team`'s stages of `tier_name` with."""
+    return f"podserve-{team}-{tier_name}"
+
+
+def namespaces(conf: Conf, region: str) -> list[dict]:
+    """Every team's namespace of every stage in `region`, with what the chart and its policies need."""
+    found = []
+    for stage in (s for s in conf.stages.values() if s.region == region):
+        for team in conf.teams:
+            found.append({"name": stage.namespace_for(team), "team": team, "stage": stage.name,
+                          "tier": tier(stage), "account": account(team, tier(stage)), "hostPorts": stage.service_discovery,
+                          "hosts": [stage.ingress_host], "routePrefix": stage.route_prefix_for(team)})
+    return sorted(found, key=lambda ns: ns["name"])
