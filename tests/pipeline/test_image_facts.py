@@ -133,3 +133,19 @@ def test_a_team_model_committed_under_model_is_what_lands_in_the_image(cpu_build
     rootfs = tmp_path / "rootfs"
     stage.registry.pull(*cpu_build.repo_and_tag(image), rootfs)
     assert sorted(p.name for p in (rootfs / "app/model").iterdir()) == ["MODEL.sha256", "team.onnx"]
+
+
+def test_the_registry_wants_credentials_and_forgets_them_when_stopped(tmp_path):
+    """htpasswd on: no credentials, 401; the generated ones, 200; once stopped, no htpasswd is left behind."""
+    from podserve.testbed.image.registry import Registry
+    from podserve.testbed.processes import free_port
+
+    registry = Registry.start(tmp_path / "registry", free_port())
+    try:
+        assert registry.status_without_credentials() == 401
+        assert registry.catalog() == []  # answered with the generated credentials
+        config = registry.docker_config(tmp_path / "config.json")
+        assert oct(config.stat().st_mode & 0o777) == "0o600"
+    finally:
+        registry.stop()
+    assert not (tmp_path / "registry" / "htpasswd").exists()

@@ -72,9 +72,11 @@ class BuildStage:
         return stage
 
     def stop(self) -> None:
+        """Stop the registry and the index; delete every copy of the credentials (the jobs' homes hold one each)."""
         self.registry.stop()
         self.index.stop()
-        shutil.rmtree(self.workdir / "secrets", ignore_errors=True)
+        for folder in ("secrets", "homes", "jobs"):
+            shutil.rmtree(self.workdir / folder, ignore_errors=True)
 
     def __enter__(self) -> "BuildStage":
         return self

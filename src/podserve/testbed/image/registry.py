@@ -87,7 +87,9 @@ class Registry:
         return registry
 
     def stop(self) -> None:
+        """Stop the registry and delete its htpasswd (the password lives only as long as the registry)."""
         self.program.stop()
+        (self.program.log_path.parent / "htpasswd").unlink(missing_ok=True)
 
     def __enter__(self) -> "Registry":
         return self
