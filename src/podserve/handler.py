@@ -20,6 +20,7 @@ import numpy as np
 
 from podserve.errors import HandlerFailed, InvalidInput
 from podserve.images import decode_image
+from podserve.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,8 @@ class Handler:
     #: Batches the batcher may give `predict` at once, from as many threads (1: one at a time). The platform's
     #: OnnxHandler sets it on the CPU; a handler whose predict is not thread-safe leaves it at 1.
     concurrent_batches: int = 1
+    #: The most inputs one predict call gets (value.py's max_batch_size), set by the platform before `load`.
+    max_batch_size: int = ServingSettings.max_batch_size
 
     def batch_key(self, item: Any) -> Hashable:
         """Return a key; only inputs with equal keys are batched together.
@@ -194,6 +197,8 @@ class OnnxHandler(Handler):
     input_shape: tuple[int, ...] | None = None
     all_outputs: bool = False
     _run_size: int | None = None  # inputs per session run on the CPU (None: the whole batch); set by `load`
+    #: Run sizes `load` times on the CPU, within the platform's max_batch_size.
+    RUN_SIZES = (1, 2, 4, 8)
 
     def load(self, model_path: str, device: Device) -> None:
         import onnxruntime as ort
@@ -211,7 +216,8 @@ class OnnxHandler(Handler):
             log.warning("asked for %s but onnxruntime offers %s; this instance runs on the CPU",
                         device, ort.get_available_providers())
         if self.provider == "CPUExecutionProvider":
-            self._run_size = self._cheapest_run_size()
+            self._run_size = self._cheapest_run_size(
+                [size for size in self.RUN_SIZES if size <= max(1, self.max_batch_size)] or [1])
             self.concurrent_batches = max(1, device.cpu_threads)
 
     def predict(self, batch: Sequence[Any]) -> Sequence[Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 
 from images import varied_images
 from load import burst
@@ -64,3 +65,20 @@ def test_inputs_of_different_shapes_are_never_stacked(start_server, affine_model
     assert [r.json()["results"] for r in replies] == [[2 * x + 1 for x in v] for v in vectors]
     # Four lengths: at least four predict calls, and some of them hold more than one input.
     assert 4 <= server.metric_sum("podserve_batch_size_count") < 48
+
+
+def test_warm_up_stops_at_its_budget_so_a_slow_model_still_starts_within_init_delay_second(start_server, affine_model):
+    """16 batch sizes at 0.3 s a predict would take 4.8 s; init_delay_second = 2 allows the warm-up 1 s."""
+    started = time.monotonic()
+    server = start_server(handler="fixture_handlers:SlowAffine", model_path=str(affine_model), max_batch_size=16,
+                          init_delay_second=2, TEST_PREDICT_SLEEP="0.3")
+    assert time.monotonic() - started < 2 + 3  # ready within init_delay_second, with the process's start-up
+    assert "warm-up stopped after" in server.log() and "batches of" in server.log()
+    assert server.post({"postid": "1", "data": [1, 2, 3, 4]}).json()["results"] == [3.0, 5.0, 7.0, 9.0]
+
+
+def test_run_sizes_timed_at_load_stay_within_max_batch_size(start_server, affine_model):
+    server = start_server(handler="fixture_handlers:Affine", model_path=str(affine_model), max_batch_size=2)
+    [line] = [r["msg"] for r in server.log_records() if "cost the least CPU" in r.get("msg", "")]
+    timed = line.rsplit("(", 1)[1]
+    assert "1:" in timed and "2:" in timed and "4:" not in timed and "8:" not in timed, line

@@ -215,6 +215,8 @@ def test_warm_up_runs_every_batch_size_the_batcher_can_form():
     pool.load()
     try:
         assert pool.ready, pool.status()
-        assert sizes == [1, 2, 3, 4, 5, 6] * 2  # each instance, every size once, no batch padded
+        # Each instance: every size once, no batch padded; then three timed runs of the smallest and the largest
+        # (the batch policy's first measure of a call's cost).
+        assert sizes == ([1, 2, 3, 4, 5, 6] + [1] * 3 + [6] * 3) * 2
     finally:
         pool.stop()

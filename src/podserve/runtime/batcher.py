@@ -2,7 +2,8 @@
 
 Requests (`WorkItem`s) wait in the queue; the instance's thread takes up to
 `max_batch_size` of them, waiting at most `max_batch_delay` after the oldest one arrived
-(and only while more requests are on their way),
+(and only while more requests are on their way, and while a fuller batch would cost less per
+input: runtime/batch_policy.py),
 groups them by the handler's `batch_key` (inputs of different shapes are never stacked),
 runs one `predict` per group and hands every item its output or its error. Nothing here
 knows about HTTP: an HTTP view, a Kafka consumer or a test can drive it the same way.
@@ -18,6 +19,7 @@ from typing import Any, Callable, Hashable
 
 from podserve.errors import DeadlineExceeded, HandlerFailed, Overloaded, ServingError
 from podserve.handler import Handler
+from podserve.runtime.batch_policy import BatchCost
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,9 @@ class BatchWorker:
 
     def __init__(self, name: str, handler: Handler, *, max_batch_size: int, max_batch_delay: float,
                  capacity: int, on_batch: Callable[["BatchWorker", int, float, list[WorkItem]], None] | None = None,
-                 more_coming: Callable[[], bool] = lambda: True):
+                 more_coming: Callable[[], bool] = lambda: True, cost: BatchCost | None = None):
         self.name = name
+        self.cost = cost or BatchCost()  # what a predict call costs: whether waiting for more pays
         self._more_coming = more_coming
         self.handler = handler
         self.max_batch_size = max_batch_size
@@ -196,7 +199,8 @@ class BatchWorker:
         fill_by = self._queue[0].enqueued_at + self.max_batch_delay
         # Waiting only pays while other requests are on their way (being read or decoded);
         # a lone request runs at once instead of sitting out the delay.
-        while len(self._queue) < self.max_batch_size and not self._stopping and self._more_coming():
+        while len(self._queue) < self.max_batch_size and not self._stopping and self._more_coming() \
+                and self.cost.worth_waiting(len(self._queue), self.max_batch_size):
             remaining = fill_by - time.monotonic()
             if remaining <= 0:
                 break
@@ -236,6 +240,8 @@ class BatchWorker:
                 finish_all(group, error=error)
                 continue
             seconds = time.perf_counter() - started
+            with self._cond:
+                self.cost.observe(len(group), seconds)
             for item in group:
                 item.batch_size = len(group)
                 item.inference_seconds = seconds

@@ -10,9 +10,13 @@ from typing import Any, Callable
 
 from podserve.errors import NotReady, Overloaded
 from podserve.handler import Device, Handler, model_inputs
+from podserve.runtime.batch_policy import BatchCost
 from podserve.runtime.batcher import BatchWorker, WorkItem, check_outputs
 from podserve.runtime.metrics import Metrics
 from podserve.settings import ServingSettings
+
+#: The share of init_delay_second that loading and warming up one instance may take before the warm-up stops.
+WARMUP_SHARE = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +81,11 @@ class InstancePool:
             try:
                 started = time.perf_counter()
                 handler = self._handler_class()
+                handler.max_batch_size = self.settings.max_batch_size
                 handler.load(self.settings.model_path, device)
                 loaded = time.perf_counter()
-                self._warm_up(handler)
+                cost = BatchCost()
+                self._warm_up(handler, cost, budget=self.settings.init_delay_second * WARMUP_SHARE - (loaded - started))
                 warmed = time.perf_counter()
             except Exception as exc:
                 log.exception("instance %s failed to load", name)
@@ -90,25 +96,47 @@ class InstancePool:
             worker = BatchWorker(name, handler, max_batch_size=self.settings.max_batch_size,
                                  max_batch_delay=self.settings.max_batch_delay_ms / 1000.0,
                                  capacity=self.settings.queue_size, on_batch=self._record_batch,
-                                 more_coming=lambda: self._incoming > 0)
+                                 more_coming=lambda: self._incoming > 0, cost=cost)
             self.metrics.queue_depth.labels(*labels).set_function(lambda w=worker: w.depth)
             worker.start()
             self.workers.append(worker)
             self.metrics.instance_ready.labels(*labels).set(1)
-            log.info("instance %s ready on %s (provider %s): load %.2fs, warm-up %.2fs", name, device,
-                     getattr(handler, "provider", "n/a"), loaded - started, warmed - loaded)
+            log.info("instance %s ready on %s (provider %s): load %.2fs, warm-up %.2fs; a predict call costs %s",
+                     name, device, getattr(handler, "provider", "n/a"), loaded - started, warmed - loaded,
+                     cost.describe())
         self._loaded.set()
 
-    def _warm_up(self, handler: Handler) -> None:
+    def _warm_up(self, handler: Handler, cost: BatchCost, budget: float) -> None:
         """Run one batch of every size the batcher can form (1 to max_batch_size): on a GPU the first run at
         each new shape picks kernels and algorithms, which must not happen to a caller. Batches are not padded
-        to a few sizes instead: on the CPU that cost about 1.3x the CPU per input (`python -m bench.padding`)."""
+        to a few sizes instead: on the CPU that cost about 1.3x the CPU per input (`python -m bench.padding`).
+        Then time a second run of the smallest and the largest size, the batch policy's first measure of a
+        call's cost. Sizes past `budget` seconds are left cold (logged): start-up must stay within
+        init_delay_second, or Kubernetes restarts the pod before it ever serves."""
         inputs = model_inputs(handler.warmup_inputs())
         if not inputs:
             return
-        for size in range(1, self.settings.max_batch_size + 1):
+        began = time.perf_counter()
+        largest = self.settings.max_batch_size
+        for size in range(1, largest + 1):
+            if time.perf_counter() - began > budget:
+                log.warning("warm-up stopped after %.1fs (its budget, %.0f%% of init_delay_second): batches of %d "
+                            "to %d run cold the first time", time.perf_counter() - began, WARMUP_SHARE * 100,
+                            size, largest)
+                largest = size - 1
+                break
             batch = (inputs * size)[:size]
             check_outputs(handler, handler.predict(batch), len(batch))
+        for size in sorted({1, largest}):
+            if time.perf_counter() - began > budget:
+                return  # no time left to measure: the batch policy learns from the first batches served
+            batch = (inputs * size)[:size]
+            fastest = float("inf")
+            for _ in range(3):  # the least of three: one run's jitter is as large as a small batch's cost
+                started = time.perf_counter()
+                handler.predict(batch)
+                fastest = min(fastest, time.perf_counter() - started)
+            cost.observe(size, fastest)
 
     def decoder(self) -> Handler:
         """Return a handler whose `decode`/`encode` request threads may call."""

@@ -1,0 +1,94 @@
+"""The batching policy: a batch waits for more inputs only while a fuller one would cost less per input."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from podserve.handler import Handler
+from podserve.runtime.batch_policy import BatchCost
+from podserve.runtime.batcher import BatchWorker, WorkItem
+
+MAX = 16
+
+
+def _learnt(fixed: float, per_item: float, noise: float = 0.02) -> BatchCost:
+    """A BatchCost that has seen calls of every size costing fixed + per_item x n (+-noise)."""
+    cost, rng = BatchCost(), random.Random(7)
+    for _ in range(5):
+        for size in range(1, MAX + 1):
+            cost.observe(size, (fixed + per_item * size) * (1 + rng.uniform(-noise, noise)))
+    return cost
+
+
+def test_the_cost_of_a_call_is_learnt_as_fixed_plus_per_input():
+    cost = _learnt(fixed=0.020, per_item=0.0002)
+    assert cost.fixed == pytest.approx(0.020, rel=0.1) and cost.per_item == pytest.approx(0.0002, rel=0.2)
+
+
+def test_a_gpu_like_cost_keeps_waiting_until_the_batch_is_full():
+    cost = _learnt(fixed=0.020, per_item=0.0002)  # a GPU: the run's own cost dwarfs each input's
+    assert [cost.worth_waiting(k, MAX) for k in range(1, MAX + 1)] == [True] * (MAX - 1) + [False]
+
+
+def test_a_cpu_like_cost_runs_at_once():
+    cost = _learnt(fixed=0.00001, per_item=0.0003)  # a CPU: each input costs about the same alone or batched
+    assert not any(cost.worth_waiting(k, MAX) for k in range(1, MAX + 1))
+
+
+def test_between_the_two_it_waits_only_while_a_fuller_batch_still_saves_enough():
+    cost = _learnt(fixed=0.001, per_item=0.0003)
+    waits = [cost.worth_waiting(k, MAX) for k in range(1, MAX + 1)]
+    # 1 ms a call and 0.3 ms an input: with k queued a full batch saves (1/k - 1/16) ms of (1/k + 0.3) ms per input:
+    # 5.4% at k = 12, 3.8% at k = 13 (the bar is 5%).
+    assert waits == [True] * 12 + [False] * 4
+    assert waits == sorted(waits, reverse=True)  # once not worth it, never worth it again for a larger batch
+
+
+def test_until_two_sizes_were_seen_it_waits_as_before():
+    cost = BatchCost()
+    cost.observe(4, 0.01)
+    cost.observe(4, 0.011)
+    assert cost.fixed is None and cost.worth_waiting(1, MAX)
+
+
+class _Costs(Handler):
+    """A handler whose predict sleeps fixed + per_item x n seconds."""
+
+    def __init__(self, fixed: float, per_item: float):
+        self.fixed, self.per_item = fixed, per_item
+
+    def predict(self, batch):
+        time.sleep(self.fixed + self.per_item * len(batch))
+        return list(batch)
+
+
+@pytest.mark.parametrize("kind, fixed, per_item", [("gpu", 0.030, 0.0005), ("cpu", 0.0, 0.001)])
+def test_a_worker_batches_a_steady_stream_as_its_measured_cost_says(kind, fixed, per_item):
+    """A stream of 60 inputs, one every 2 ms, with 50 ms of batch delay allowed and more always said to be coming.
+    GPU-like: batches fill up while a run is on. CPU-like (1 ms an input, no cost per call, so the worker keeps
+    up): no batch waits for the delay, so inputs wait about a run, not tens of milliseconds."""
+    cost = _learnt(fixed, per_item)
+    worker = BatchWorker(kind, _Costs(fixed, per_item), max_batch_size=MAX, max_batch_delay=0.050, capacity=256,
+                         cost=cost)
+    worker.start()
+    items = []
+    try:
+        for i in range(60):
+            item = WorkItem(i, None, time.monotonic() + 30)
+            worker.submit(item)
+            items.append(item)
+            time.sleep(0.002)
+        assert [item.wait() for item in items] == list(range(60))
+    finally:
+        worker.stop(timeout=10)
+    sizes = [item.batch_size for item in items]
+    if kind == "gpu":
+        assert sum(sizes) / len(sizes) >= 8, sizes  # an input sits in a batch of 8 or more on average
+    else:
+        waits = sorted(item.queue_seconds for item in items)
+        # Waiting for the delay would put most inputs' queue wait near 50 ms; running at once keeps it near a run.
+        assert waits[len(waits) // 2] < 0.010, waits
