@@ -149,3 +149,17 @@ def test_the_registry_wants_credentials_and_forgets_them_when_stopped(tmp_path):
     finally:
         registry.stop()
     assert not (tmp_path / "registry" / "htpasswd").exists()
+
+
+def test_the_stand_in_python_base_is_labelled_so_and_has_python_and_pip_on_path_without_the_marker(build_stage,
+                                                                                                     tmp_path):
+    """The STAND-IN served as python:3.11.7-slim-bookworm: Debian's 3.11.2, `python` and `pip` on PATH, pip allowed."""
+    rootfs = tmp_path / "rootfs"
+    facts = build_stage.registry.pull("library/python", "3.11.7-slim-bookworm", rootfs)
+    assert "STAND-IN" in facts.config["config"]["Labels"]["org.opencontainers.image.description"]
+    path = next(e for e in facts.config["config"]["Env"] if e.startswith("PATH=")).removeprefix("PATH=").split(":")
+    for command in ("python", "pip"):
+        assert any((rootfs / folder.lstrip("/") / command).exists() or (rootfs / folder.lstrip("/") / command)
+                   .is_symlink() for folder in path), command
+    assert list(rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED")) == []
+    assert (rootfs / "usr/lib/python3.11").is_dir()  # Debian bookworm's 3.11.2 standing in for 3.11.7
