@@ -138,7 +138,7 @@ def measure_points(workload: Workload, systems: list, args) -> list[dict]:
     deadline = time.monotonic() + BUDGET_S[workload.name] * (0.4 if args.quick else 1.0)
     estimate: dict[str, float] = {}  # system -> last measured throughput
     for index, concurrency in enumerate(args.concurrencies):
-        here = [s for s in systems if not s.name.startswith("ours: ") or
+        here = [s for s in systems if not s.name.startswith("ours: ") or s.name == BEFORE or
                 (concurrency in VARIANT_CONCURRENCIES)]
         seconds = window_seconds(workload, concurrency, [estimate.get(s.name) for s in here])
         points_left = len(args.concurrencies) - index
