@@ -84,7 +84,6 @@ FAILURES = [
     ("image-pull-backoff", None, "The image cannot be pulled (ImagePullBackOff)", "build job pushed", ()),
     ("slow-start", None, "Start-up took longer than the startup probe allows", "raise `init_delay_second`", ()),
     ("never-ready", None, "The pod runs but never became ready", "`init_delay_second`", ("--budget", "8")),
-    (None, "200", "No node can take the pod", "field(s) to change: `cpu`", ("--scheduling-grace", "3")),
 ]
 
 
@@ -104,6 +103,16 @@ def test_each_failure_is_diagnosed_with_its_field_and_grey_keeps_the_pod(live, s
         assert any(o.startswith("Pod/") for o in left), left
     finally:
         live.deploy("delete", "--stage", "grey", "--service", name, "--team", "like")
+
+
+def test_a_pod_larger_than_any_node_is_refused_at_once_by_the_platform_s_policy(live):
+    """Once a ReplicaSet that could never schedule (waited out); now the chart's podserve-resources refuses the apply."""
+    name = "dt-cpu"
+    run = live.deploy("apply", "--stage", "grey", "--manifests", live.manifests(name, "grey", cpu="200"))
+    assert run.returncode == 2, run.output
+    assert "ValidatingAdmissionPolicy 'podserve-resources'" in run.stderr
+    assert "a container may ask at most cpu 62 and memory 240Gi" in run.stderr and "Nothing was changed" in run.stderr
+    assert live.objects(*GREY, name) == []
 
 
 def test_every_node_cordoned_fails_within_five_minutes_naming_the_scheduler_and_the_field(live):

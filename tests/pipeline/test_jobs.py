@@ -11,6 +11,7 @@ import pytest
 
 from ci_pipeline import (INSTALL_TOOLING, REPO, concrete_jobs, dry_parse, run_job_lines, script_lines, tool_argv,
                          variables)
+from podserve.tooling import tenancy
 from podserve.tooling.conf import load_conf
 
 JOBS = concrete_jobs()
@@ -76,7 +77,9 @@ def test_each_deploy_job_deploys_its_stage_with_that_regions_credentials():
             stage = argv[argv.index("--stage") + 1]
             assert stage == JOBS[name]["variables"]["STAGE"], name
             region = CONF.stages[stage].region
-            assert JOBS[name]["variables"]["KUBECONFIG"] == f"$KUBECONFIG_{region.upper()}", name
+            # grey and ab hold the preview account's variable, never production's (docs/tenancy.md).
+            prefix = "KUBECONFIG_PREVIEW_" if tenancy.tier(CONF.stages[stage]) == "preview" else "KUBECONFIG_"
+            assert JOBS[name]["variables"]["KUBECONFIG"] == f"${prefix}{region.upper()}", name
             deployed.setdefault(argv[0], set()).add(stage)
     assert deployed == {"apply": set(CONF.stages), "delete": {"grey"}}
 
@@ -187,6 +190,6 @@ def test_the_model_job_fails_naming_model_path_when_the_model_is_missing(tmp_pat
 def test_no_credential_is_written_in_the_pipeline():
     text = (REPO / ".gitlab-ci.yml").read_text()
     assert not re.search(r"(?i)(password|secret|token)\s*[:=]\s*\S", text)
-    for name in ("KUBECONFIG_HK", "KUBECONFIG_EU", "KUBECONFIG_NA", "REGISTRY_AUTH_CONFIG"):
+    for name in ("KUBECONFIG_PREVIEW_HK", "KUBECONFIG_HK", "KUBECONFIG_EU", "KUBECONFIG_NA", "REGISTRY_AUTH_CONFIG"):
         assert f"${name}" in text
     assert "kubectl" not in text and "kaniko" not in text

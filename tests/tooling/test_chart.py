@@ -15,6 +15,7 @@ import yaml
 from kube_schemas import all_schema_errors
 from manifest_helpers import REPO, run_tool
 from podserve import metric_names
+from podserve.tooling import tenancy
 from podserve.tooling.chart_values import chart_values
 
 CHART = REPO / "charts" / "podserve-platform"
@@ -52,7 +53,7 @@ def test_the_templated_chart_passes_the_schemas(helm, conf, tmp_path, region):
     docs = template(helm, CHART, tmp_path, *args)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Gateway", "Namespace", "PrometheusRule", "Role",
-                     "RoleBinding", "ServiceAccount"]
+                     "RoleBinding", "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     assert all_schema_errors(docs) == []
 
 
@@ -70,6 +71,19 @@ def test_the_chart_holds_what_each_stage_of_the_region_needs(helm, conf, tmp_pat
         assert stage.namespace_for(team) in bound
         hosts = [h for server in gateways[stage.gateway]["spec"]["servers"] for h in server["hosts"]]
         assert stage.ingress_host in hosts
+
+
+def test_the_policies_and_namespaces_use_the_names_tenancy_defines(helm, tmp_path):
+    """The chart's CEL and namespace metadata spell the keys podserve.tooling.tenancy defines (its one source)."""
+    docs = template(helm, CHART, tmp_path)
+    policies = json.dumps([d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"])
+    namespace = next(d for d in docs if d["kind"] == "Namespace" and tenancy.NAMESPACE_TEAM in d["metadata"]["labels"])
+    for key in (tenancy.NAMESPACE_TEAM, tenancy.NAMESPACE_HOSTS, tenancy.NAMESPACE_ROUTE_PREFIX,
+                tenancy.NAMESPACE_DEPLOYER):
+        assert key in policies
+        assert key in {**namespace["metadata"]["labels"], **namespace["metadata"]["annotations"]}
+    assert tenancy.NAMESPACE_TIER in namespace["metadata"]["labels"]
+    assert f"object.metadata.labels['{tenancy.TEAM_LABEL}']" in policies
 
 
 def test_the_slots_take_dashboards_and_alert_rules(helm, tmp_path):

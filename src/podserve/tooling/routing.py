@@ -78,7 +78,8 @@ def overlaps(a: UriMatch, b: UriMatch) -> bool:
 def routes_of(doc: dict) -> list[Route]:
     """Return the routes of one VirtualService: each http match's uri, with its hosts."""
     meta = doc.get("metadata") or {}
-    owner = (meta.get("labels") or {}).get("service") or f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+    # The namespace is part of the owner: two teams may both have a service of one name (docs/tenancy.md).
+    owner = f"{meta.get('namespace', '')}/{(meta.get('labels') or {}).get('service') or meta.get('name', '')}"
     spec = doc.get("spec") or {}
     found = []
     for http in spec.get("http") or []:

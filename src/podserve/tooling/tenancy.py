@@ -20,6 +20,7 @@ NAMESPACE_TEAM = "podserve.io/team"
 NAMESPACE_TIER = "podserve.io/tier"
 NAMESPACE_HOSTS = "podserve.io/hosts"
 NAMESPACE_ROUTE_PREFIX = "podserve.io/route-prefix"
+NAMESPACE_DEPLOYER = "podserve.io/deployer"
 #: Grey and ab serve no production traffic: they run on every branch, with the preview account.
 PREVIEW_TRACKS = ("grey", "ab")
 

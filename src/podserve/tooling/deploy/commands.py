@@ -116,6 +116,9 @@ def validate(kube: Kube, objects: list[dict]) -> None:
                 raise BadInput(f"{what}: the cluster has no place for it ({exc.message}): the stage's namespace or "
                                f"the {obj.get('kind')} CRD is missing; ask the platform team to install the platform "
                                "chart (charts/podserve-platform) and the CRDs. Nothing was changed")
+            if "ValidatingAdmissionPolicy" in exc.message:  # the platform's rules (docs/tenancy.md)
+                raise BadInput(f"{what}: the platform's admission policy refuses it ({exc.message}); change what the "
+                               "policy names (docs/tenancy.md lists each). Nothing was changed")
             # A 500 'failed to create typed patch object' is server-side apply meeting a field the schema lacks.
             if exc.status in (400, 409, 422) or (exc.status == 500 and "not declared in schema" in exc.message):
                 raise BadInput(f"{what}: the API server refuses it ({exc.message}); render the manifests again "
