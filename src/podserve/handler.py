@@ -221,19 +221,27 @@ class OnnxHandler(Handler):
             self.concurrent_batches = max(1, device.cpu_threads)
 
     def predict(self, batch: Sequence[Any]) -> Sequence[Any]:
+        return self._predict(batch, self.all_outputs)
+
+    def predict_all_outputs(self, batch: Sequence[Any]) -> list[dict[str, Any]]:
+        """Like `predict`, each output a dict of every model output's row by name (the Open Inference Protocol)."""
+        return self._predict(batch, True)
+
+    def _predict(self, batch: Sequence[Any], all_outputs: bool) -> list[Any]:
         size = self._run_size or len(batch)
         if size >= len(batch):
-            return self._run(batch)
-        return [output for start in range(0, len(batch), size) for output in self._run(batch[start:start + size])]
+            return self._run(batch, all_outputs)
+        return [output for start in range(0, len(batch), size)
+                for output in self._run(batch[start:start + size], all_outputs)]
 
-    def _run(self, batch: Sequence[Any]) -> list[Any]:
+    def _run(self, batch: Sequence[Any], all_outputs: bool = False) -> list[Any]:
         """Stack `batch`, run the session once, and return one output per input."""
         if len(self.input_names) == 1 and not isinstance(batch[0], dict):
             feeds = {self.input_names[0]: _stack(batch)}
         else:
             feeds = {name: _stack([item[name] for item in batch]) for name in self.input_names}
         outputs = self.session.run(self.output_names, feeds)
-        if self.all_outputs:
+        if all_outputs:
             return [dict(zip(self.output_names, rows)) for rows in zip(*outputs)]
         return list(outputs[0])
 

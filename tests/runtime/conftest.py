@@ -22,3 +22,20 @@ def start_server(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def start_module_server(tmp_path_factory):
+    """Like start_server, for a server every test of one module shares."""
+    servers: list[Server] = []
+    folder = tmp_path_factory.mktemp("module-server")
+
+    def start(**settings) -> Server:
+        server = Server(folder / f"server-{len(servers)}.log", **settings)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE = "queued", "running", "done"
 
 
+class AllOutputs(tuple):
+    """A batch key asking for every model output (the handler's `predict_all_outputs`): `AllOutputs((key,))`.
+    Items keyed so are never batched with those that `predict` serves."""
+
+
 class WorkItem:
     """One input waiting for its output: `wait` blocks until it has one or its deadline passes; or, given
     `on_done`, nothing blocks and `on_done([items])` is called once it is done, from the batch thread with
@@ -230,8 +235,9 @@ class BatchWorker:
             groups.setdefault(item.key, []).append(item)
         for group in groups.values():
             started = time.perf_counter()
+            predict = self.handler.predict_all_outputs if type(group[0].key) is AllOutputs else self.handler.predict
             try:
-                outputs = self.handler.predict([item.input for item in group])
+                outputs = predict([item.input for item in group])
                 check_outputs(self.handler, outputs, len(group))
             except Exception as exc:  # the handler's failure must not kill the batch thread
                 log.exception("predict failed on instance %s for a batch of %d", self.name, len(group))

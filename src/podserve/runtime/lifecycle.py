@@ -33,13 +33,13 @@ class Lifecycle:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def request_started(self) -> None:
+    def request_started(self, places: int = 1) -> None:
         with self._lock:
-            self._in_flight += 1
+            self._in_flight += places
 
-    def request_finished(self) -> None:
+    def request_finished(self, places: int = 1) -> None:
         with self._lock:
-            self._in_flight -= 1
+            self._in_flight -= places
 
 
 class GracefulShutdown:

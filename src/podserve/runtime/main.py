@@ -23,6 +23,7 @@ from podserve.runtime.probes import PATHS as PROBE_PATHS
 from podserve.runtime.probes import Probes
 from podserve.runtime.service_route import ServiceRoute, error_answer
 from podserve.runtime.startup import StartupError, prepare_service
+from podserve.runtime.v2_route import V2Route
 from podserve.runtime.wsgi import WsgiThread
 
 log = logging.getLogger("podserve")
@@ -55,17 +56,22 @@ def main() -> int:
     control = WsgiThread(create_app(settings, pool, lifecycle, metrics), settings.host, settings.port,
                          settings.control_queue_size)
     probes = Probes(pool, lifecycle)
+    open_inference = V2Route(route, settings.service_name, service, pool, lifecycle)
 
     def dispatch(exchange: Exchange) -> None:
         if exchange.path == route and exchange.method == "POST":
             service.accept(exchange)
+        elif open_inference.serves(exchange.path):
+            open_inference.dispatch(exchange)
         elif exchange.path in PROBE_PATHS:
             exchange.answer(probes.answer(exchange))
         elif not control.submit(exchange):
             metrics.observe_request(OTHER_ROUTE, errors.Overloaded.status, 0.0)
 
     def admit_head(exchange: Exchange) -> bool:
-        return service.admit_head(exchange) if exchange.path == route and exchange.method == "POST" else True
+        if exchange.path == route and exchange.method == "POST" or open_inference.is_infer(exchange):
+            return service.admit_head(exchange)
+        return True
 
     def refuse(exchange: Exchange, status: int, message: str, field: str | None) -> None:
         error = _REFUSALS.get(status, errors.InvalidInput)(message, field=field)

@@ -55,10 +55,13 @@ WAITING, WORKING, SUBMITTED, ANSWERED = range(4)
 class Call:
     """One service request between the door and its answer."""
 
-    __slots__ = ("exchange", "deadline", "state", "item", "payload", "context")
+    __slots__ = ("exchange", "deadline", "state", "item", "payload", "context", "protocol", "job", "places")
 
-    def __init__(self, exchange: Exchange, deadline: float):
+    def __init__(self, exchange: Exchange, deadline: float, protocol: "Protocol | None" = None):
         self.exchange = exchange
+        self.protocol = protocol  # None: /api/<service>'s own wire format (runtime/api.py)
+        self.job: Any = None  # the protocol's own state
+        self.places = 1  # places the request holds against the pod's limit (a v2 request: its batch's rows)
         self.deadline = deadline
         self.state = WAITING
         self.item: WorkItem | None = None
@@ -125,9 +128,9 @@ class ServiceRoute:
         except InvalidInput:
             return self.settings.request_timeout_ms / 1000.0
 
-    def accept(self, exchange: Exchange) -> None:
+    def accept(self, exchange: Exchange, protocol: "Protocol | None" = None) -> None:
         """Refuse when full (503, paced: runtime/refusals.py); otherwise count the request, arm its deadline and
-        queue it."""
+        queue it. `protocol` reads and answers it instead of /api/<service>'s wire format (e.g. runtime/v2_route)."""
         try:
             budget, invalid = _timeout_seconds(exchange.headers, self.settings.request_timeout_ms), None
         except InvalidInput as exc:
@@ -138,9 +141,9 @@ class ServiceRoute:
             return
         self.lifecycle.request_started()
         if invalid is not None:
-            self._answer(Call(exchange, 0.0), invalid)
+            self._answer(Call(exchange, 0.0, protocol), invalid)
             return
-        call = Call(exchange, exchange.received_at + budget)
+        call = Call(exchange, exchange.received_at + budget, protocol)
         exchange.timer = self.loop.call_later(max(0.0, call.deadline - time.monotonic()), self._expire, call)
         exchange.on_gone = lambda: self._end_early(call, _GONE, _GONE)
         self._work.put(call)
@@ -197,6 +200,9 @@ class ServiceRoute:
             if exchange.oversize:
                 raise errors.PayloadTooLarge(f"the body is over the limit of {self.settings.max_body_bytes} bytes; "
                                              f"send a smaller image", field="body")
+            if call.protocol is not None:
+                call.protocol.begin(self, call)
+                return
             handler = self.pool.decoder()
             self.pool.ensure_room()
             with self.pool.admit() as incoming:
@@ -216,6 +222,9 @@ class ServiceRoute:
 
     def _finish(self, item: WorkItem) -> None:
         call: Call = item.context
+        if call.protocol is not None:
+            call.protocol.finish(self, call, item)
+            return
         if item.error is not None:
             self._answer_once(call, item.error, item)
             return
@@ -247,12 +256,12 @@ class ServiceRoute:
         failure = None
         if isinstance(outcome, ServingError):
             failure = outcome.message
-            answer = error_answer(outcome, call.payload)
+            answer = call.protocol.error_answer(outcome) if call.protocol else error_answer(outcome, call.payload)
         else:
             answer = outcome
         exchange = call.exchange
         # Not held any more before the answer can reach the caller: its next request must find the room free.
-        self.lifecycle.request_finished()
+        self.lifecycle.request_finished(call.places)
         exchange.answer(answer)
         call.item = None  # no cycles left for the garbage collector: memory stays flat
         call.context = ()
@@ -269,6 +278,21 @@ class ServiceRoute:
                      "batch": item.batch_size if item else None,
                      "instance": item.worker.name if item and item.worker else None,
                      "error": failure})
+
+
+class Protocol:
+    """Another wire format served on this route's lane (admission, deadlines, request threads, batcher)."""
+
+    def begin(self, route: "ServiceRoute", call: Call) -> None:
+        """In a request thread: read `call`'s request and submit its work (raise ServingError to refuse it)."""
+        raise NotImplementedError
+
+    def finish(self, route: "ServiceRoute", call: Call, item: WorkItem) -> None:
+        """In a request thread: one of `call`'s work items is done; answer once every one is."""
+        raise NotImplementedError
+
+    def error_answer(self, error: ServingError) -> Answer:
+        raise NotImplementedError
 
 
 def error_answer(error: ServingError, payload: Payload | None = None, close: bool = False) -> Answer:

@@ -1,0 +1,188 @@
+"""`/api/<service>/v2/...`: the Open Inference Protocol served from the same instances and batcher as the service.
+
+Health and metadata are answered by the event loop from the pool's state, like the probes.
+An infer request takes the service route's lane (runtime/service_route.py: admission at the
+door, its deadline, the request threads, refusal pacing): a request thread reads its tensors
+(runtime/v2.py), and a batch of N rows becomes N inputs for the batcher, holding N places
+against the pod's limit (a second admission step, once N is known), so they share batches with
+`/api/<service>`'s requests and each other's; the rows' outputs are gathered back in order.
+The tensors go straight to the handler's `predict_all_outputs`: no `decode`, no `encode`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from podserve import errors
+from podserve.errors import InvalidInput, NotFound, NotReady, Overloaded, ServingError
+from podserve.runtime import v2
+from podserve.runtime.batcher import AllOutputs, WorkItem
+from podserve.runtime.httpserver import Answer, Exchange
+from podserve.runtime.lifecycle import Lifecycle
+from podserve.runtime.pool import InstancePool
+from podserve.runtime.service_route import SUBMITTED, Call, Protocol, ServiceRoute
+
+_JSON = [("Content-Type", "application/json")]
+
+
+@dataclass(frozen=True)
+class ModelSpecs:
+    inputs: dict[str, v2.TensorSpec]
+    outputs: dict[str, v2.TensorSpec]
+
+
+class _Job:
+    """One infer request's rows on their way through the batcher."""
+
+    __slots__ = ("request", "rows", "outputs", "done", "lock")
+
+    def __init__(self, request: v2.InferRequest, rows: list):
+        self.request, self.rows = request, rows
+        self.outputs: list = [None] * len(rows)
+        self.done = 0
+        self.lock = threading.Lock()
+
+
+class V2Route(Protocol):
+    """Serve the Open Inference Protocol under `prefix` (the service's route) for model `model`."""
+
+    def __init__(self, prefix: str, model: str, service: ServiceRoute, pool: InstancePool, lifecycle: Lifecycle):
+        self.prefix, self.model = prefix, model
+        self.v2_prefix = prefix + "/v2"
+        self.service, self.pool, self.lifecycle = service, pool, lifecycle
+        self._specs: ModelSpecs | None = None
+
+    def serves(self, path: str) -> bool:
+        return path == self.v2_prefix or path.startswith(self.v2_prefix + "/")
+
+    def is_infer(self, exchange: Exchange) -> bool:
+        return exchange.method == "POST" and exchange.path.endswith("/infer") and self.serves(exchange.path)
+
+    # In the event loop's thread.
+
+    def dispatch(self, exchange: Exchange) -> None:
+        """Answer health and metadata now; hand an infer request to the service route's lane."""
+        try:
+            target = v2.route(exchange.path, self.prefix, self.model)
+            if target.kind == "infer":
+                if exchange.method != "POST":
+                    raise errors.MethodNotAllowed(f"{exchange.method} is not allowed on {exchange.path}; allowed: POST")
+                self.service.accept(exchange, self)
+                return
+            if exchange.method not in ("GET", "HEAD"):
+                raise errors.MethodNotAllowed(f"{exchange.method} is not allowed on {exchange.path}; allowed: GET")
+            exchange.answer(self._describe(target))
+        except ServingError as error:
+            exchange.answer(self.error_answer(error))
+
+    def _describe(self, target: v2.Target) -> Answer:
+        ready = self.pool.ready and not self.lifecycle.draining
+        if target.kind == "server":
+            return _json(200, {"name": "podserve", "version": "1", "extensions": list(v2.EXTENSIONS)})
+        if target.kind == "live":
+            live = self.pool.liveness_problem() is None
+            return _json(200 if live else 503, {"live": live})
+        if target.kind in ("ready", "model_ready"):
+            return _json(200 if ready else 503, {"ready": ready})
+        specs = self.specs()
+        return _json(200, {"name": self.model, "versions": [v2.MODEL_VERSION], "platform": "onnxruntime_onnx",
+                           "inputs": [s.as_json() for s in specs.inputs.values()],
+                           "outputs": [s.as_json() for s in specs.outputs.values()]})
+
+    def specs(self) -> ModelSpecs:
+        """The model's inputs and outputs, read from its ONNX session once it is loaded."""
+        if self._specs is None:
+            if not self.pool.ready:
+                raise NotReady(f"not ready: {self.pool.status()}")
+            session = getattr(self.pool.workers[0].handler, "session", None)
+            if session is None or not hasattr(self.pool.workers[0].handler, "predict_all_outputs"):
+                raise NotFound(f"this service's handler is not an ONNX model (OnnxHandler): it serves "
+                               f"{self.prefix} only, not the Open Inference Protocol")
+            self._specs = ModelSpecs(_tensor_specs(session.get_inputs()), _tensor_specs(session.get_outputs()))
+        return self._specs
+
+    # In the request threads (through ServiceRoute).
+
+    def begin(self, route: ServiceRoute, call: Call) -> None:
+        specs = self.specs()
+        exchange = call.exchange
+        request = v2.read_infer(exchange.body, exchange.headers, specs.inputs)
+        if request.timeout_us is not None:  # Triton's `timeout` parameter lowers the deadline like the header
+            call.deadline = min(call.deadline, exchange.received_at + request.timeout_us / 1e6)
+        rows = _rows(request.inputs)
+        limit = self.pool.holding_limit()
+        if len(rows) > limit:
+            raise InvalidInput(f"a batch of {len(rows)} rows is more than this pod holds at once ({limit}); send at "
+                               f"most {limit} rows a request", field="inputs")
+        if len(rows) == 0:
+            raise InvalidInput("the inputs hold no rows (their first dimension is 0)", field="inputs")
+        extra = len(rows) - 1
+        if extra:
+            with route._lock:  # the second admission step: the rows beyond the first, each a place
+                if self.lifecycle.in_flight + extra > limit:
+                    raise Overloaded(f"this pod cannot hold {len(rows)} more rows now ({self.lifecycle.in_flight} of "
+                                     f"{limit} places taken); retry shortly, or send fewer rows")
+                self.lifecycle.request_started(extra)
+                call.places = len(rows)
+        self.pool.ensure_room()
+        call.job = _Job(request, rows)
+        handler = self.pool.workers[0].handler
+        with self.pool.admit() as incoming:
+            call.state = SUBMITTED  # before the batch thread can possibly answer it
+            for index, row in enumerate(rows):
+                self.pool.submit(row, AllOutputs((handler.batch_key(row),)), call.deadline,
+                                 incoming if index == len(rows) - 1 else None, on_done=route._work_done,
+                                 context=call)
+
+    def finish(self, route: ServiceRoute, call: Call, item: WorkItem) -> None:
+        job: _Job = call.job
+        if item.error is not None:
+            route._answer_once(call, item.error, item)
+            return
+        with job.lock:
+            index = next(i for i, row in enumerate(job.rows) if row is item.input)
+            job.outputs[index] = item.output
+            job.done += 1
+            complete = job.done == len(job.rows)
+        if not complete:
+            return
+        try:
+            names = job.outputs[0].keys()
+            outputs = {name: np.stack([row[name] for row in job.outputs]) for name in names}
+            body, headers = v2.write_infer(job.request, self.model, outputs)
+        except ServingError as error:
+            route._answer_once(call, error, item)
+            return
+        route._answer_once(call, Answer(200, body, headers), item)
+
+    def error_answer(self, error: ServingError) -> Answer:
+        return Answer(error.status, v2.error_body(error), _JSON + list(error.headers.items()))
+
+
+def _rows(inputs: dict[str, np.ndarray]) -> list:
+    """One model input per row of the batch: the row's array, or a dict of rows for a model of several inputs."""
+    count = next(iter(inputs.values())).shape[0]
+    if len(inputs) == 1:
+        (array,) = inputs.values()
+        return [array[i] for i in range(count)]
+    return [{name: array[i] for name, array in inputs.items()} for i in range(count)]
+
+
+def _tensor_specs(nodes) -> dict[str, v2.TensorSpec]:
+    specs = {}
+    for node in nodes:
+        datatype = v2.ONNX_TYPES.get(node.type)
+        if datatype is None:
+            raise NotFound(f"the model's tensor {node.name!r} is of type {node.type}, which the Open Inference "
+                           f"Protocol is not served for here")
+        shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in node.shape)
+        specs[node.name] = v2.TensorSpec(node.name, datatype, shape)
+    return specs
+
+
+def _json(status: int, body: dict) -> Answer:
+    return Answer(status, json.dumps(body).encode(), _JSON)

@@ -1,0 +1,148 @@
+"""The Open Inference Protocol ("v2") beside /api/<service>, called by Triton's own HTTP client (tritonclient).
+
+The example model serves both; the test preprocesses the README's images with the handler's own
+`decode`, sends the tensors by v2 (JSON and binary), and compares with /api/<service>'s answer and
+with onnxruntime's unrounded output for the same tensors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import requests
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from podserve.handler import Payload
+from server import ANGLES, TextDirection
+
+from hostile import Reader, connect, request_head
+
+SERVICE = "example"
+IMAGES = ("text-line.png", "text-line-upside-down.png")
+
+
+@pytest.fixture(scope="module")
+def v2_server(start_module_server, example_model):
+    return start_module_server(handler="server:TextDirection", model_path=str(example_model), service_name=SERVICE,
+                               queue_size=8, max_batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def tensors(repo, example_model):
+    handler = TextDirection()
+    decoded = np.stack([handler.decode(Payload(image=(repo / "examples" / name).read_bytes())) for name in IMAGES])
+    session = onnxruntime.InferenceSession(str(example_model), providers=["CPUExecutionProvider"])
+    [expected] = session.run(None, {"x": decoded})
+    return decoded, expected
+
+
+def _client(server) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(url=f"127.0.0.1:{server.port}/api/{SERVICE}")
+
+
+def test_every_endpoint_answers_triton_s_client(v2_server):
+    client = _client(v2_server)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(SERVICE) and client.is_model_ready(SERVICE, model_version="1")
+    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    for metadata in (client.get_model_metadata(SERVICE), client.get_model_metadata(SERVICE, model_version="1")):
+        assert metadata["name"] == SERVICE and metadata["versions"] == ["1"]
+        assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3, -1, -1]}]
+        assert [o["datatype"] for o in metadata["outputs"]] == ["FP32"] and metadata["outputs"][0]["shape"] == [-1, 2]
+    with pytest.raises(InferenceServerException, match="unknown model 'other'"):
+        client.get_model_metadata("other")
+    with pytest.raises(InferenceServerException, match="unknown version"):
+        client.get_model_metadata(SERVICE, model_version="7")
+    health = requests.get(v2_server.url(f"/api/{SERVICE}/v2/health/ready"), timeout=5)
+    assert health.status_code == 200 and health.json() == {"ready": True}  # the status code and a JSON body
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_infer_gives_what_the_service_route_and_the_model_give(v2_server, repo, tensors, binary):
+    decoded, expected = tensors
+    client = _client(v2_server)
+    [output] = client.get_model_metadata(SERVICE)["outputs"]
+    given = triton.InferInput("x", list(decoded.shape), "FP32")
+    given.set_data_from_numpy(decoded, binary_data=binary)
+    for version in ("", "1"):
+        result = client.infer(SERVICE, [given], model_version=version, request_id="r-1",
+                              outputs=[triton.InferRequestedOutput(output["name"], binary_data=binary)])
+        scores = result.as_numpy(output["name"])
+        assert scores.shape == (2, 2) and result.get_response()["id"] == "r-1"
+        np.testing.assert_allclose(scores, expected, atol=1e-4)
+    for row, name in enumerate(IMAGES):
+        image = base64.b64encode((repo / "examples" / name).read_bytes()).decode()
+        api = v2_server.post({"postid": name, "image": image}).json()["results"]
+        assert ANGLES[int(np.argmax(scores[row]))] == api["angle"]
+        assert abs(float(scores[row].max()) - api["score"]) <= 1e-4
+
+
+def test_every_output_by_default_in_binary_as_triton_s_client_asks(v2_server, tensors):
+    decoded, expected = tensors
+    given = triton.InferInput("x", list(decoded.shape), "FP32")
+    given.set_data_from_numpy(decoded)
+    result = _client(v2_server).infer(SERVICE, [given])  # no outputs named: the client asks binary_data_output
+    [name] = [o["name"] for o in result.get_response()["outputs"]]
+    assert "binary_data_size" in result.get_output(name)["parameters"]
+    np.testing.assert_allclose(result.as_numpy(name), expected, atol=1e-4)
+
+
+def test_rows_hold_places_and_go_through_the_batcher(v2_server, tensors):
+    decoded, _ = tensors
+    before = v2_server.metric_sum("podserve_batch_size_sum")
+    given = triton.InferInput("x", [4, *decoded.shape[1:]], "FP32")
+    given.set_data_from_numpy(np.concatenate([decoded, decoded]))
+    assert _client(v2_server).infer(SERVICE, [given]).get_response()["outputs"][0]["shape"] == [4, 2]
+    assert v2_server.metric_sum("podserve_batch_size_sum") - before == 4  # four inputs batched, one per row
+    too_many = triton.InferInput("x", [9, *decoded.shape[1:]], "FP32")  # the pod holds 8 (queue_size, 1 instance)
+    too_many.set_data_from_numpy(np.concatenate([decoded] * 4 + [decoded[:1]]))
+    with pytest.raises(InferenceServerException, match="more than this pod holds at once"):
+        _client(v2_server).infer(SERVICE, [too_many])
+
+
+def _raw(server, document: dict, binary: bytes = b"", header_length: int | None = None,
+         datatype_swap: str | None = None) -> tuple[int, str]:
+    header = json.dumps(document).encode()
+    extra = {"Content-Type": "application/json", "Content-Length": str(len(header) + len(binary))}
+    if binary or header_length is not None:
+        extra["Inference-Header-Content-Length"] = str(header_length if header_length is not None else len(header))
+    with connect(server.port) as sock:
+        sock.sendall(request_head("POST", f"/api/{SERVICE}/v2/models/{SERVICE}/infer", extra) + header + binary)
+        answer = Reader(sock).response()
+    return answer.status, answer.json().get("error", "")
+
+
+def test_malformed_requests_get_400_naming_the_problem_and_the_server_keeps_serving(v2_server, tensors):
+    decoded, _ = tensors
+    one = decoded[:1]
+    data = one.reshape(-1).tolist()
+    good = {"name": "x", "shape": list(one.shape), "datatype": "FP32", "data": data}
+    cases = [
+        ({"inputs": [{**good, "datatype": "INT32"}]}, b"", None, "datatype 'INT32', but the model takes FP32"),
+        ({"inputs": [{**good, "shape": [1, 3, 48, 100]}]}, b"", None, "data holds 27648 values but shape"),
+        ({"inputs": [{**good, "shape": [1, 4, 48, 192]}]}, b"", None, "does not fit the model's"),
+        ({"inputs": [{**good, "name": "y"}]}, b"", None, "unknown input 'y'"),
+        ({"inputs": [{"name": "x", "shape": list(one.shape), "datatype": "FP32",
+                      "parameters": {"binary_data_size": one.nbytes}}]}, one.tobytes()[:-10], None, "truncated"),
+        ({"inputs": [good]}, b"", 10_000_000, "beyond the body's"),
+        ({"inputs": []}, b"", None, 'non-empty "inputs"'),
+        ({"inputs": [good], "parameters": {"timeout": -5}}, b"", None, "parameters.timeout"),
+    ]
+    for document, binary, header_length, message in cases:
+        status, error = _raw(v2_server, document, binary, header_length)
+        assert status == 400 and message in error, (message, status, error)
+    status, error = _raw(v2_server, {"inputs": [good]})
+    assert status == 200, error
+    assert requests.get(v2_server.url(f"/api/{SERVICE}/v2/health/live"), timeout=5).status_code == 200
+
+
+def test_unknown_routes_and_methods_under_v2(v2_server):
+    for method, path, status in [("GET", "/v2/models/example/infer", 405), ("POST", "/v2/models/example", 405),
+                                 ("GET", "/v2/models/example/stats", 404), ("GET", "/v2/repository/index", 404)]:
+        reply = requests.request(method, v2_server.url(f"/api/{SERVICE}{path}"), timeout=5)
+        assert reply.status_code == status and "error" in reply.json(), (method, path, reply.text)
