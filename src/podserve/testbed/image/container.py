@@ -12,7 +12,7 @@ The container has its own network namespace with only loopback in it (no route a
 forwarder holding a listening socket on the host's 127.0.0.1 and connecting from inside that
 namespace gives the test the container's port. Containers live under runc's state root
 /run/podserve-testbed-runc and the cgroup podserve-testbed/<id>: `clean_up()` (called by every
-start) kills and deletes what a crashed run left there.
+start) kills and deletes what a crashed run left there (containers whose starting process is gone).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ RUNC_ROOT = "/run/podserve-testbed-runc"
 CGROUP_PARENT = "podserve-testbed"
 MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
 CLONE_NEWNET = 0x40000000
+#: The annotation naming the process that started a container (clean_up() deletes it once that process is gone).
+OWNER = "io.podserve.testbed.owner-pid"
 UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9}
 
 
@@ -56,11 +58,15 @@ def runc(*args: str, timeout: float = 60, check: bool = True) -> subprocess.Comp
 
 
 def clean_up() -> list[str]:
-    """Kill and delete every container a previous run left in our runc root; remove our empty cgroups."""
+    """Kill and delete every container in our runc root whose starter is gone (a crashed run's); remove empty cgroups.
+
+    Containers of a test session still running (another one, started beside this) are left alone.
+    """
     left = []
     if Path(RUNC_ROOT).is_dir():
         listed = runc("list", "--format", "json", check=False)
-        left = [c["id"] for c in json.loads(listed.stdout or "null") or []]
+        left = [c["id"] for c in json.loads(listed.stdout or "null") or []
+                if not _alive(int((c.get("annotations") or {}).get(OWNER, "0")))]
         for container in left:
             runc("delete", "--force", container, check=False)
     _remove_empty_cgroups()
@@ -78,6 +84,18 @@ def _remove_empty_cgroups() -> None:
                 folder.rmdir()
             except OSError:
                 pass
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _passwd_group(rootfs: Path, uid: int) -> int:
@@ -106,6 +124,7 @@ def runtime_spec(rootfs: Path, image_config: dict, container: dict, pod_security
                     "noNewPrivileges": not security.get("allowPrivilegeEscalation", True)},
         "root": {"path": str(rootfs), "readonly": bool(security.get("readOnlyRootFilesystem"))},
         "hostname": "pod",
+        "annotations": {OWNER: str(os.getpid())},
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
