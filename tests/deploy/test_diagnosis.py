@@ -174,3 +174,22 @@ def test_every_failure_message_starts_with_its_headline_and_ends_with_its_fix():
         said = failure.say("something observed.")
         assert said.startswith(failure.headline + ": something observed. Fix: ")
         assert said.endswith(failure.fix)
+
+
+@pytest.mark.parametrize("message, names", [
+    ('pods "text-direction-new-x2" is forbidden: exceeded quota: podserve-quota, requested: '
+     'requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: requests.nvidia.com/gpu=4',
+     "the ResourceQuota podserve-grey/podserve-quota is full"),
+    ('pods "text-direction-new-x2" is forbidden: ValidatingAdmissionPolicy \'podserve-host-ports\' with binding '
+     '\'podserve-host-ports\' denied request: a hostPort is allowed only on the http port',
+     "the admission policy podserve-host-ports refuses them"),
+])
+def test_pods_the_replicaset_cannot_create_are_certain_at_once_naming_the_quota_or_policy(message, names):
+    """The shape the ReplicaSet controller writes (pkg/controller/replicaset: ReplicaFailure, FailedCreate)."""
+    sets = replicasets()
+    sets[1]["status"] = {"conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                                         "message": message}]}
+    verdict = diagnose(Observed(deployment(replicas=2, updated=1), sets, [pod()], [], NOW, {}, GRACE, 100.0, ""))
+    assert verdict.state == diagnosis.FAILED and verdict.failure is failures.CREATE_REFUSED
+    assert names in verdict.message and "ReplicaSet text-direction-new cannot create pods (FailedCreate)" in \
+        verdict.message

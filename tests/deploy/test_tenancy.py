@@ -10,14 +10,20 @@ to give, to show admission still refuses what RBAC wrongly lets through.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
 from live import REPO, Live
-from podserve.tooling.deploy.kube import CONFIGMAPS, MANAGED
+from podserve.testbed.cluster.platform import REGION_LABEL
+from podserve.testbed.processes import poll_until
+from podserve.tooling import tenancy
+from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, Kind
 
 KUBECTL = REPO / ".tools" / "bin" / "kubectl"
+_NODES = Kind("v1", "nodes", namespaced=False)
+_NAMESPACES = Kind("v1", "namespaces", namespaced=False)
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +185,85 @@ def test_the_admission_policies_refuse_each_rule_and_admit_ours(teams, control_p
     refused = dry_apply(admin if kind == "Pod" else a.kubeconfig("production"), objects[kind])
     assert refused.returncode != 0, f"{what} was admitted"
     assert f"ValidatingAdmissionPolicy '{policy}'" in refused.stderr and says in refused.stderr, refused.stderr
+
+
+def gpu_values(live: Live, name: str) -> Path:
+    """A one-GPU service of `live`'s team: one production replica in hk, the grey copy's one."""
+    path = live.values(name)
+    text = path.read_text().replace("gpu_num = 0", "gpu_num = 1").replace("gpu_memory = 0", "gpu_memory = 4")
+    path.write_text(text.replace("hk_replicas = 2", "hk_replicas = 1"))
+    return path
+
+
+def free_gpus(live: Live, pool: dict, resource: str) -> int:
+    """GPUs of region hk's GPU pool not held by a pod that is still there."""
+    selector = ",".join(f"{k}={v}" for k, v in {**pool, REGION_LABEL: "hk"}.items())
+    nodes = live.admin.list(_NODES, None, selector)["items"]
+    total = sum(int(n["status"]["allocatable"].get(resource, 0)) for n in nodes)
+    names = {n["metadata"]["name"] for n in nodes}
+    held = sum(int((c.get("resources") or {}).get("limits", {}).get(resource, 0))
+               for p in live.admin.list(PODS)["items"] if p["spec"].get("nodeName") in names
+               and p["status"].get("phase") not in ("Succeeded", "Failed") for c in p["spec"]["containers"])
+    return total - held
+
+
+def test_a_production_rollout_on_a_full_gpu_pool_preempts_grey_and_completes(teams):
+    """It must show 4: hk's GPU pool full, a grey copy holding one GPU; production's surge pod preempts it."""
+    a, _ = teams
+    conf, name = a.conf, "tn-gpu"
+    region = conf.regions["hk"]
+    pool, resource = region.node_pools.gpu, region.gpu.resource
+    values = gpu_values(a, name)
+    filler_ns = "tn-gpu-filler"  # no team label: the other tenants' production pods, simulated by the admin
+    try:
+        first = a.deploy("apply", "--stage", "hk", "--values", values, "--image-tag", "v1")
+        assert first.returncode == 0, first.output
+        grey = a.deploy("apply", "--stage", "grey", "--values", values, "--image-tag", "v1")
+        assert grey.returncode == 0, grey.output
+        spare = free_gpus(a, pool.node_selector, resource)
+        a.admin.request("POST", _NAMESPACES.path(), body={"metadata": {"name": filler_ns}})
+        filler = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "filler", "namespace": filler_ns},
+                  "spec": {"replicas": spare, "selector": {"matchLabels": {"app": "filler"}},
+                           "template": {"metadata": {"labels": {"app": "filler"}}, "spec": {
+                               "priorityClassName": tenancy.PRIORITY_CLASSES["production"]["name"],
+                               "nodeSelector": pool.node_selector, "tolerations": pool.tolerations,
+                               "containers": [{"name": "c", "image": "filler", "resources": {
+                                   "requests": {"cpu": "100m", resource: "1"},
+                                   "limits": {"cpu": "100m", resource: "1"}}}]}}}}
+        a.admin.request("POST", MANAGED["Deployment"].path(filler_ns), body=filler)
+        poll_until(lambda: free_gpus(a, pool.node_selector, resource) == 0, "hk's GPU pool full", 60, every=0.5)
+        grey_pods = a.items(PODS, a.namespace("grey"), f"service={name}")
+        assert len(grey_pods) == 1 and grey_pods[0]["spec"].get("nodeName")  # grey holds one GPU
+
+        rollout = a.deploy("apply", "--stage", "hk", "--values", values, "--image-tag", "v2")
+        print(f"production rollout on a full GPU pool: exit {rollout.returncode} after {rollout.seconds:.1f} s")
+        assert rollout.returncode == 0, rollout.output
+        assert rollout.seconds < 60  # never a rollback after minutes
+        deployment = a.admin.get(MANAGED["Deployment"], a.namespace("hk"), name)
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":v2")
+        assert deployment["status"]["readyReplicas"] == 1
+        preempted = [e for e in a.items(EVENTS, a.namespace("grey")) if e.get("reason") == "Preempted"]
+        assert preempted and grey_pods[0]["metadata"]["name"] in {e["involvedObject"]["name"] for e in preempted}
+    finally:
+        a.admin.request("DELETE", _NAMESPACES.path(None, filler_ns))
+        a.remove(a.namespace("hk"), "hk", name)
+        a.remove(a.namespace("grey"), "grey", name)
+
+
+def test_pods_a_quota_has_no_room_for_are_diagnosed_naming_the_quota(control_plane, tmp_path):
+    """Team hello's ab asks 5 GPUs where its namespace's quota (conf/platform.yaml preview_gpus: 4) allows 4."""
+    live, name = Live(control_plane, tmp_path, "hello"), "tn-quota"
+    values = gpu_values(live, name)
+    values.write_text(values.read_text().replace("ab_replicas = 1", "ab_replicas = 5"))
+    namespace = live.namespace("ab")
+    try:
+        run = live.deploy("apply", "--stage", "ab", "--values", values)
+        print(f"ab over its GPU quota: exit {run.returncode} after {run.seconds:.1f} s")
+        assert run.returncode == 1, run.output
+        assert "FAILED: The cluster refuses to create the pods: " in run.stdout
+        assert f"the ResourceQuota {namespace}/podserve-quota is full" in run.stdout
+        assert "exceeded quota: podserve-quota" in run.stdout and "requests.nvidia.com/gpu" in run.stdout
+        assert run.seconds < 60  # certain at once: not waited out, not blamed on init_delay_second
+        assert "init_delay_second" not in run.stdout.split("FAILED:")[1].split("\n")[0]
+    finally:
+        live.remove(namespace, "ab", name)

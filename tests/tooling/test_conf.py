@@ -65,8 +65,10 @@ def test_chart_values_follow_the_stages_of_a_region(conf):
     assert by_name["podserve-like"] == {
         "name": "podserve-like", "team": "like", "stage": "hk", "tier": "production",
         "account": "podserve-like-production", "hostPorts": True, "hosts": ["infer-hk.example.com"],
-        "routePrefix": "/api/like/"}
+        "routePrefix": "/api/like/", "quota": {}}
     assert by_name["podserve-imo-grey"]["account"] == "podserve-imo-preview"
     assert by_name["podserve-imo-grey"]["routePrefix"] == "/grey/" and not by_name["podserve-imo-grey"]["hostPorts"]
+    assert by_name["podserve-imo-grey"]["quota"] == {"requests.nvidia.com/gpu": str(conf.platform.limits.preview_gpus)}
+    assert hk["priorityClasses"][0]["name"] == "podserve-production"
     assert hk["gateways"][0]["hosts"] == ["infer-hk.example.com"]
     assert chart_values.main(["mars"]) == 2

@@ -35,6 +35,7 @@ def chart_values(conf: Conf, region: str) -> dict:
                       "hosts": sorted({s.ingress_host for s in stages if s.gateway == gw}),
                       "tlsSecret": settings.gateway_tls_secret} for gw in gateways],
         "limits": pod_limits(conf, region),
+        "priorityClasses": list(tenancy.PRIORITY_CLASSES.values()),
         "alertRules": {"labels": conf.platform.monitoring.podmonitor_labels},
     }
 

@@ -46,6 +46,7 @@ class Limits:
     host_port_min: int
     host_port_max: int
     min_memory: str
+    preview_gpus: int
 
 
 @dataclass(frozen=True)

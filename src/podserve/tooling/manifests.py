@@ -75,6 +75,7 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
         "grace_seconds": stop + platform.pod.grace_margin_seconds,
         "proxy_config": json.dumps({"holdApplicationUntilProxyStarts": True,
                                     "terminationDrainDuration": f"{stop}s"}, sort_keys=True),
+        "priority_class": tenancy.priority_class(stage),
         "host": stage.ingress_host,
         "gateway": stage.gateway,
         "matches": [{"uri": {m.kind: m.value}} for m in routing.service_matches(public_path)],

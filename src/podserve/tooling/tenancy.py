@@ -25,14 +25,35 @@ NAMESPACE_DEPLOYER = "podserve.io/deployer"
 PREVIEW_TRACKS = ("grey", "ab")
 
 
+#: Each tier's PriorityClass (the chart creates them): production pods preempt grey and ab ones when a
+#: pool is full (a rollout's surge pod included); preview pods never preempt anything.
+PRIORITY_CLASSES = {
+    "production": {"name": "podserve-production", "value": 100000, "preemptionPolicy": "PreemptLowerPriority"},
+    "preview": {"name": "podserve-preview", "value": 1000, "preemptionPolicy": "Never"},
+}
+
+
 def tier(stage: Stage) -> str:
     """Return "preview" for grey and ab (deployed from any branch), "production" for the rest."""
     return "preview" if stage.track in PREVIEW_TRACKS else "production"
 
 
+def priority_class(stage: Stage) -> str:
+    """Return the PriorityClass of the stage's pods."""
+    return PRIORITY_CLASSES[tier(stage)]["name"]
+
+
 def account(team: str, tier_name: str) -> str:
     """Return the ServiceAccount name CI deploys `team`'s stages of `tier_name` with."""
     return f"podserve-{team}-{tier_name}"
+
+
+def quota(conf: Conf, stage: Stage) -> dict[str, str]:
+    """The ResourceQuota's hard limits of a team's namespace of `stage`: none in production (priority rules
+    there), the platform's preview_gpus in grey and ab, so branches cannot take a pool's GPUs."""
+    if tier(stage) != "preview":
+        return {}
+    return {f"requests.{conf.region_of(stage).gpu.resource}": str(conf.platform.limits.preview_gpus)}
 
 
 def namespaces(conf: Conf, region: str) -> list[dict]:
@@ -41,6 +62,8 @@ def namespaces(conf: Conf, region: str) -> list[dict]:
     for stage in (s for s in conf.stages.values() if s.region == region):
         for team in conf.teams:
             found.append({"name": stage.namespace_for(team), "team": team, "stage": stage.name,
-                          "tier": tier(stage), "account": account(team, tier(stage)), "hostPorts": stage.service_discovery,
-                          "hosts": [stage.ingress_host], "routePrefix": stage.route_prefix_for(team)})
+                          "tier": tier(stage), "account": account(team, tier(stage)),
+                          "hostPorts": stage.service_discovery,
+                          "hosts": [stage.ingress_host], "routePrefix": stage.route_prefix_for(team),
+                          "quota": quota(conf, stage)})
     return sorted(found, key=lambda ns: ns["name"])

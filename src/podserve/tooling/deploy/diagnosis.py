@@ -61,7 +61,8 @@ def diagnose(obs: Observed) -> Verdict:
     if deployment is None:
         return Verdict(PROGRESSING, "waiting for the Deployment to appear")
     pods = new_pods(deployment, obs.replicasets, obs.pods)
-    certain = next((v for v in (_certain_failure(pod, obs) for pod in pods) if v), None)
+    certain = next((v for v in (_certain_failure(pod, obs) for pod in pods) if v), None) or \
+        _create_refused(deployment, obs.replicasets)
     if certain:
         return certain
     if _condition(deployment, "Progressing", "False", "ProgressDeadlineExceeded"):
@@ -162,6 +163,29 @@ def _certain_failure(pod: dict, obs: Observed) -> Verdict | None:
                            f"{last.get('reason') or ended.get('reason') or 'Error'}) and was restarted {restarts} "
                            f"time(s){_quote_logs(obs.logs.get(name) or last.get('message') or ended.get('message'))}")
     return _unschedulable(pod, obs)
+
+
+def _create_refused(deployment: dict, replicasets: list[dict]) -> Verdict | None:
+    """The new ReplicaSet's ReplicaFailure (FailedCreate): a quota or an admission policy refuses its pods.
+
+    With maxUnavailable 0 nothing old goes until a new pod is ready, so the rollout cannot go on: certain.
+    """
+    revision = ((deployment.get("metadata") or {}).get("annotations") or {}).get(REVISION)
+    current = [rs for rs in replicasets if _owner_uid(rs) == deployment["metadata"].get("uid")
+               and ((rs["metadata"].get("annotations") or {}).get(REVISION)) == revision]
+    for owner in [*current, deployment]:
+        failure = next((c for c in (owner.get("status") or {}).get("conditions") or []
+                        if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), None)
+        if failure:
+            message = failure.get("message", "")
+            quota = re.search(r"exceeded quota: ([^,]+)", message)
+            policy = re.search(r"ValidatingAdmissionPolicy '([^']+)'", message)
+            named = (f"the ResourceQuota {deployment['metadata'].get('namespace')}/{quota.group(1)} is full"
+                     if quota else f"the admission policy {policy.group(1)} refuses them" if policy else
+                     "the API server refuses them")
+            return _failed(failures.CREATE_REFUSED, f"{owner.get('kind', 'ReplicaSet')} {owner['metadata']['name']} "
+                           f"cannot create pods ({failure.get('reason', 'FailedCreate')}): {named}: \"{message}\"")
+    return None
 
 
 def _startup_kills(pod: dict, events: list[dict]) -> list[str]:

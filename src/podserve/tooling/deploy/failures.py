@@ -43,6 +43,13 @@ UNSCHEDULABLE = Failure(
     "`cpu`, `memory`, `gpu_num`, `gpu_memory` (the one the scheduler names)",
     "lower the request the scheduler names in value.py so that one node of the region can hold the pod; "
     "if the nodes are cordoned or full, ask the platform team")
+CREATE_REFUSED = Failure(
+    "create_refused", "The cluster refuses to create the pods",
+    "the ReplicaSet cannot create pods (FailedCreate): the namespace's ResourceQuota has no room for them (a "
+    "rollout needs room for its surge pod too) or an admission policy refuses them; the quota or policy is named",
+    "`gpu_num`, `replicas`, `ab_replicas`, `cpu`, `memory` (or the platform's quota)",
+    "ask for less (fewer GPUs or replicas, or stop another grey copy of your team's) so the quota named above has "
+    "room, or ask the platform team to raise it; for a policy, change what it names (docs/tenancy.md)")
 OOM_KILLED = Failure(
     "oom_killed", "The server was OOMKilled",
     "the server used more memory than its limit, twice", "`memory`",
@@ -96,7 +103,7 @@ FREEZE_WINDOW = Failure(
     "(the reason is recorded on the objects)", EXIT_REFUSED)
 
 #: Every failure, in the order docs/deploy.md lists them.
-ALL = (UNSCHEDULABLE, OOM_KILLED, CRASH_LOOP, IMAGE_PULL, STARTUP_PROBE, NEVER_READY, PROGRESS_DEADLINE,
+ALL = (UNSCHEDULABLE, CREATE_REFUSED, OOM_KILLED, CRASH_LOOP, IMAGE_PULL, STARTUP_PROBE, NEVER_READY, PROGRESS_DEADLINE,
        TIMED_OUT, ROUTE_COLLISION, LOCK_HELD, FREEZE_WINDOW)
 BY_REASON = {failure.reason: failure for failure in ALL}
 
