@@ -9,6 +9,7 @@ to give, to show admission still refuses what RBAC wrongly lets through.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -267,3 +268,31 @@ def test_pods_a_quota_has_no_room_for_are_diagnosed_naming_the_quota(control_pla
         assert "init_delay_second" not in run.stdout.split("FAILED:")[1].split("\n")[0]
     finally:
         live.remove(namespace, "ab", name)
+
+
+def test_deploys_name_the_image_by_digest_and_a_rollback_re_applies_the_tested_one(teams, tmp_path):
+    """It must show 5: with BuildKit's metadata the Deployment names image@sha256 (simulated: the digests are made up,
+    kwok pulls nothing); the tag the manifests carry is replaced, and rollback restores the first digest."""
+    a, _ = teams
+    name, digests = "tn-digest", [f"sha256:{c * 64}" for c in "ab"]
+    files = []
+    for index, value in enumerate(digests):
+        files.append(tmp_path / f"metadata-{index}.json")
+        files[-1].write_text(json.dumps({"containerimage.digest": value, "image.name": "ignored"}))
+    try:
+        for tag, metadata in zip(("v1", "v2"), files):
+            run = a.deploy("apply", "--stage", "grey", "--values", a.values(name), "--image-tag", tag,
+                           "--image-metadata", metadata)
+            assert run.returncode == 0, run.output
+        image = lambda: a.admin.get(MANAGED["Deployment"], a.namespace("grey"), name)[  # noqa: E731
+            "spec"]["template"]["spec"]["containers"][0]["image"]
+        assert image() == f"registry.hk.example.com/like/{name}@{digests[1]}"
+        back = a.deploy("rollback", "--stage", "grey", "--service", name, "--team", "like")
+        assert back.returncode == 0, back.output
+        assert image() == f"registry.hk.example.com/like/{name}@{digests[0]}"
+        bad = tmp_path / "bad.json"
+        bad.write_text("{}")
+        refused = a.deploy("apply", "--stage", "grey", "--values", a.values(name), "--image-metadata", bad)
+        assert refused.returncode == 2 and "has no containerimage.digest" in refused.stderr
+    finally:
+        a.deploy("delete", "--stage", "grey", "--service", name, "--team", "like")

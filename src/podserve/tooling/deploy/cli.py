@@ -1,7 +1,7 @@
 """The command line: parse, load conf/ and the target, connect, run one verb, map errors to exit statuses.
 
     python -m podserve.tooling.deploy apply --stage S [--manifests DIR] [--values value.py] [--dry-run]
-                                           [--force --reason TEXT]
+                                           [--force --reason TEXT] [--image-metadata FILE]
     python -m podserve.tooling.deploy status --stage S
     python -m podserve.tooling.deploy rollback --stage S
     python -m podserve.tooling.deploy delete --stage grey [--manifests DIR | --service NAME --team TEAM]
@@ -13,10 +13,11 @@ Exit status: 0 serving, 1 rollout failed (rolled back where that applies), 2 bad
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from podserve.tooling.conf import load_conf, load_deploy_policy
-from podserve.tooling.deploy import commands, failures, notify
+from podserve.tooling.deploy import commands, digest, failures, notify
 from podserve.tooling.deploy.errors import BadInput, DeployError, Refused
 from podserve.tooling.deploy.kube import Kube
 from podserve.tooling.deploy.target import Target, from_manifests, from_values, service_from_values, stage_of
@@ -59,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
 def _target(args, conf, stage) -> Target:
     """Return what the verb acts on: rendered objects for apply, else just the service and stage."""
     if args.command == "apply":
-        if args.manifests:
-            return from_manifests(args.manifests, stage)
-        return from_values(args.values, conf, stage, args.image_tag)
+        target = from_manifests(args.manifests, stage) if args.manifests else \
+            from_values(args.values, conf, stage, args.image_tag)
+        if args.image_metadata:  # the image that was built and tested, by digest (docs/deploy.md)
+            target = dataclasses.replace(target, objects=digest.pin(target.objects,
+                                                                    digest.from_metadata(args.image_metadata)))
+        return target
     if getattr(args, "service", None):
         if not args.team:
             raise BadInput("--service NAME needs --team TEAM (value.py's username): each team has its own "
@@ -103,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
         if verb == "apply":
             sub.add_argument("--image-tag", default=None,
                              help="image tag when rendering (default: $CI_COMMIT_SHORT_SHA, else dev)")
+            sub.add_argument("--image-metadata", default=None,
+                             help="BuildKit's --metadata-file of the pushed image: deploy it by digest, not by tag")
             sub.add_argument("--dry-run", action="store_true",
                              help="print what would change (server-side dry run) and change nothing")
             sub.add_argument("--force", action="store_true", help="deploy inside a freeze window (needs --reason)")
