@@ -63,6 +63,30 @@ def request_wires(path: str, host: str, images: Sequence[bytes]) -> list[bytes]:
     return wires
 
 
+def raw_wires(path: str, host: str, images: Sequence[bytes]) -> list[bytes]:
+    """One request per image, its raw bytes as the body (application/octet-stream), the ids in the query."""
+    return [_http_post(f"{path}?{urlencode({'postid': f'bench-{n}', 'uid': 'bench', 'seqid': str(n)})}", host,
+                       "application/octet-stream", image) for n, image in enumerate(images)]
+
+
+def v2_binary_wires(path: str, host: str, model: str, input_name: str, output_name: str,
+                    tensors: Sequence) -> list[bytes]:
+    """One Open Inference Protocol infer request per tensor (a batch of one row), the tensor and the output as
+    binary data, as Triton's client sends them."""
+    wires = []
+    for number, tensor in enumerate(tensors):
+        data = tensor.astype("<f4").tobytes()
+        header = json.dumps({"id": f"bench-{number}", "inputs": [
+            {"name": input_name, "shape": [1, *tensor.shape], "datatype": "FP32",
+             "parameters": {"binary_data_size": len(data)}}],
+            "outputs": [{"name": output_name, "parameters": {"binary_data": True}}]}).encode()
+        head = (f"POST {path}/v2/models/{model}/infer HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
+                f"Content-Length: {len(header) + len(data)}\r\n\r\n")
+        wires.append(head.encode("ascii") + header + data)
+    return wires
+
+
 def write_wires(wires: Sequence[bytes], folder: Path) -> list[Path]:
     """Write each request to its own file for the Lua script; return the paths."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench import profile, report
 from bench.ceiling import Ceiling
-from bench.loadgen import LoadError, request_wires, write_wires
+from bench.loadgen import LoadError, raw_wires, request_wires, v2_binary_wires, write_wires
 from bench.probes import preprocessing_steps
 from bench.systems import CeilingSystem, Server, ServerFailed, start_gunicorn, start_ours
 from bench.workloads import REPO, WORKLOADS, Workload
@@ -46,6 +46,9 @@ VARIANTS = {
 VARIANT_CONCURRENCIES = (8, 64)
 #: The system `--before` adds: our server run from the other checkout.
 BEFORE = "ours: before"
+#: Our server's process again, sent only raw-bytes requests, and the same images as the Open Inference Protocol's
+#: binary tensors (decoded by the handler first, as a caller holding tensors would): the fast workload only.
+RAW_BYTES, V2_BINARY = "ours: raw bytes", "ours: v2 binary"
 PROFILE_S = 6
 GIL_WINDOWS = 3  # profiled windows; the median is reported (a shared machine's noise is about +-10% per window)
 
@@ -119,6 +122,8 @@ def run_workload(workload: Workload, cores: int, scratch: Path, args) -> dict:
             wires = request_wires(server.path, f"127.0.0.1:{server.port}", images)
             server.request_files = write_wires(wires, scratch / workload.name / server.name)
             server.measure(8, 1)  # warm-up, not recorded
+        if "ours" in args.systems and workload.name == "fast" and not args.quick:
+            servers += protocol_rows(servers[0], workload, images, payload_inputs, scratch)
         points = measure_points(workload, systems + servers, args)
         gil = profile_ours(servers[0], scratch, workload, args) if "ours" in args.systems else {}
         peaks = {server.name: server.peak_rss_mb() for server in servers}
@@ -130,6 +135,26 @@ def run_workload(workload: Workload, cores: int, scratch: Path, args) -> dict:
             "ceiling_search": [{"config": c.label(), "throughput_rps": round(rps, 1)}
                                for c, rps in ceiling.searched.items()],
             "points": points, "peak_rss_mb": peaks, "exit_codes": exits, "gil_profile": gil}
+
+
+def protocol_rows(ours: Server, workload: Workload, images: list[bytes], tensors: list, scratch: Path) -> list[Server]:
+    """Our server measured again with raw-bytes requests and with v2 binary tensors (same process, own requests)."""
+    import copy
+
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(REPO / workload.model_path), providers=["CPUExecutionProvider"])
+    host = f"127.0.0.1:{ours.port}"
+    rows = []
+    for name, wires in ((RAW_BYTES, raw_wires(ours.path, host, images)),
+                        (V2_BINARY, v2_binary_wires(ours.path, host, ours.path.rsplit("/", 1)[1], session.get_inputs()[0].name,
+                                                    session.get_outputs()[0].name, tensors))):
+        row = copy.copy(ours)
+        row.name = name
+        row.request_files = write_wires(wires, scratch / workload.name / name.replace(" ", "-").replace(":", ""))
+        row.measure(8, 1)  # warm-up, not recorded
+        rows.append(row)
+    return rows
 
 
 def measure_points(workload: Workload, systems: list, args) -> list[dict]:

@@ -48,6 +48,30 @@ def test_between_the_two_it_waits_only_while_a_fuller_batch_still_saves_enough()
     assert waits == sorted(waits, reverse=True)  # once not worth it, never worth it again for a larger batch
 
 
+def test_a_queue_emptied_while_filling_has_nothing_to_wait_for():
+    """Requests withdrawn while a batch fills (their callers hung up) can leave it empty: that must not raise in the
+    batch thread, which would wedge the instance (found by make bench: ZeroDivisionError, every batch thread dead)."""
+    for cost in (_learnt(fixed=0.02, per_item=0.0002), _learnt(fixed=0.0, per_item=0.001), BatchCost()):
+        assert cost.worth_waiting(0, MAX) is False
+
+
+def test_a_worker_whose_queue_empties_while_a_batch_fills_keeps_serving():
+    worker = BatchWorker("w", _Costs(0.001, 0.0), max_batch_size=MAX, max_batch_delay=0.2, capacity=16,
+                         cost=_learnt(fixed=0.02, per_item=0.0002))
+    worker.start()
+    try:
+        gone = WorkItem("gone", None, time.monotonic() + 30)
+        worker.submit(gone)
+        time.sleep(0.05)  # the batch thread is waiting for the batch to fill
+        assert worker.withdraw(gone)
+        time.sleep(0.3)  # past the delay: it takes an empty queue's batch
+        stays = WorkItem("stays", None, time.monotonic() + 30)
+        worker.submit(stays)
+        assert stays.wait() == "stays" and worker.is_alive(stuck_after=10)
+    finally:
+        worker.stop(timeout=10)
+
+
 def test_until_two_sizes_were_seen_it_waits_as_before():
     cost = BatchCost()
     cost.observe(4, 0.01)

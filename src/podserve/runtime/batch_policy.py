@@ -47,8 +47,9 @@ class BatchCost:
         self.fixed = max(0.0, (self._sy - self.per_item * self._sx) / self._w)
 
     def worth_waiting(self, queued: int, max_batch_size: int) -> bool:
-        """Whether a batch of `queued` inputs should wait for more (True until the cost can be split)."""
-        if queued >= max_batch_size:
+        """Whether a batch of `queued` inputs should wait for more (True until the cost can be split). An empty
+        queue (its requests withdrawn while the batch was filling) has nothing to wait for."""
+        if queued <= 0 or queued >= max_batch_size:
             return False
         if self.fixed is None:
             return True
