@@ -114,6 +114,8 @@ def test_the_preview_account_can_touch_nothing_in_production(teams):
     assert refused.returncode != 0 and "forbidden" in refused.stderr, refused.stderr
     assert 'cannot patch resource "deployments"' in refused.stderr and f'namespace "{a.namespace("hk")}"' in \
         refused.stderr
+    route = dry_apply(preview, objects["VirtualService"])  # production's own route, on production's host
+    assert route.returncode != 0 and 'cannot patch resource "virtualservices"' in route.stderr, route.stderr
     listing = kubectl(preview, "-n", a.namespace("hk"), "get", "deployments")
     assert listing.returncode != 0 and "forbidden" in listing.stderr
     # The deploy tool with grey's credential against production: refused before anything changed (exit 2).
