@@ -20,8 +20,8 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "serving.test.yaml"
 RULES = HERE.parents[2] / "charts" / "podserve-platform" / "files" / "alerts" / "serving.yaml"
 
-HK = {"namespace": "podserve", "stage": "hk"}
-KSM = {"job": "kube-state-metrics", "namespace": "podserve"}
+HK = {"namespace": "podserve-like", "stage": "hk"}
+KSM = {"job": "kube-state-metrics", "namespace": "podserve-like"}
 
 
 def series(name: str, labels: dict, values: str) -> dict:
@@ -104,13 +104,13 @@ CASES = [
      "fire": {"PodserveStartupNearBudget": [pod("heavy", "heavy-0")]}},
     {"name": "GPU memory at 93% of gpu_memory; 49% and a pod with no limit stay quiet",
      "interval": "1m",
-     "input": [series("DCGM_FI_DEV_FB_USED", {"namespace": "podserve", "pod": "full-0", "gpu": "0"}, "1900x20"),
+     "input": [series("DCGM_FI_DEV_FB_USED", {"namespace": "podserve-like", "pod": "full-0", "gpu": "0"}, "1900x20"),
                series("podserve_gpu_memory_limit_bytes", {**pod("full", "full-0"), "model_instance": "gpu0-0"},
                       "2147483648x20"),
-               series("DCGM_FI_DEV_FB_USED", {"namespace": "podserve", "pod": "roomy-0", "gpu": "0"}, "1000x20"),
+               series("DCGM_FI_DEV_FB_USED", {"namespace": "podserve-like", "pod": "roomy-0", "gpu": "0"}, "1000x20"),
                series("podserve_gpu_memory_limit_bytes", {**pod("roomy", "roomy-0"), "model_instance": "gpu0-0"},
                       "2147483648x20"),
-               series("DCGM_FI_DEV_FB_USED", {"namespace": "podserve", "pod": "free-0", "gpu": "0"}, "9000x20"),
+               series("DCGM_FI_DEV_FB_USED", {"namespace": "podserve-like", "pod": "free-0", "gpu": "0"}, "9000x20"),
                series("podserve_gpu_memory_limit_bytes", {**pod("free", "free-0"), "model_instance": "gpu0-0"},
                       "0x20")],
      "eval": "15m",
@@ -130,7 +130,7 @@ CASES = [
                series("kube_pod_container_status_restarts_total", {**KSM, "pod": "steady-0", "container": "server"},
                       "1x40")],
      "eval": "35m",
-     "fire": {"PodservePodNotReady": [{"namespace": "podserve", "pod": "sick-0"}],
+     "fire": {"PodservePodNotReady": [{"namespace": "podserve-like", "pod": "sick-0"}],
               "PodserveReplicasMismatch": [{**KSM, "deployment": "short"}],
               "PodserveRestartLoop": [{**KSM, "pod": "loop-0", "container": "server"}]}},
     {"name": "a service that stopped reporting; one still reporting stays quiet",
