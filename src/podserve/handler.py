@@ -154,6 +154,19 @@ class Handler:
     concurrent_batches: int = 1
     #: The most inputs one predict call gets (value.py's max_batch_size), set by the platform before `load`.
     max_batch_size: int = ServingSettings.max_batch_size
+    #: For the Open Inference Protocol (docs/open-inference.md), a handler that is not an ONNX model declares its
+    #: tensors as (name, datatype, shape) with the batch dimension first and -1 for a free size, e.g.
+    #: (("x", "FP32", (-1, 4)),). An OnnxHandler reads them from its model.
+    tensor_inputs: tuple = ()
+    tensor_outputs: tuple = ()
+
+    def predict_all_outputs(self, batch: Sequence[Any]) -> list[dict[str, Any]]:
+        """`predict`, each output a dict of every declared output by name (the Open Inference Protocol). With one
+        declared output, `predict`'s outputs are it; with several, `predict` returns such dicts itself."""
+        outputs = self.predict(batch)
+        if len(self.tensor_outputs) == 1:
+            return [{self.tensor_outputs[0][0]: output} for output in outputs]
+        return list(outputs)
 
     def batch_key(self, item: Any) -> Hashable:
         """Return a key; only inputs with equal keys are batched together.

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from podserve import InvalidInput, OnnxHandler, Payload, service_metrics
+from podserve import Handler, InvalidInput, OnnxHandler, Payload, service_metrics
 from server import TextDirection
 
 DECODED = service_metrics.counter("inputs_decoded", "Inputs the Affine handler decoded.")
@@ -104,3 +104,29 @@ class GatedTextDirection(TextDirection):
             while os.path.exists(gate) and time.monotonic() < deadline:
                 time.sleep(0.005)
         return super().predict(batch)
+
+
+class Doubler(Handler):
+    """Not an ONNX model: doubles a vector of 4 numbers, and declares its tensors for the Open Inference Protocol."""
+
+    tensor_inputs = (("numbers", "FP64", (-1, 4)),)
+    tensor_outputs = (("doubled", "FP64", (-1, 4)),)
+
+    def load(self, model_path, device):
+        pass
+
+    def warmup_inputs(self):
+        return [np.zeros(4)]
+
+    def decode(self, payload):
+        return np.asarray(payload.data, dtype=np.float64)
+
+    def predict(self, batch):
+        return [2 * item for item in batch]
+
+
+class Undeclared(Doubler):
+    """Doubler without its tensor declarations: not served by the Open Inference Protocol."""
+
+    tensor_inputs = ()
+    tensor_outputs = ()

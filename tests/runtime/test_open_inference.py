@@ -146,3 +146,21 @@ def test_unknown_routes_and_methods_under_v2(v2_server):
                                  ("GET", "/v2/models/example/stats", 404), ("GET", "/v2/repository/index", 404)]:
         reply = requests.request(method, v2_server.url(f"/api/{SERVICE}{path}"), timeout=5)
         assert reply.status_code == status and "error" in reply.json(), (method, path, reply.text)
+
+
+def test_a_handler_that_is_not_onnx_serves_the_protocol_with_the_tensors_it_declares(start_server, affine_model):
+    server = start_server(handler="fixture_handlers:Doubler", model_path=str(affine_model), service_name=SERVICE)
+    client = _client(server)
+    metadata = client.get_model_metadata(SERVICE)
+    assert metadata["inputs"] == [{"name": "numbers", "datatype": "FP64", "shape": [-1, 4]}]
+    rows = np.arange(8, dtype=np.float64).reshape(2, 4)
+    given = triton.InferInput("numbers", [2, 4], "FP64")
+    given.set_data_from_numpy(rows)
+    np.testing.assert_array_equal(client.infer(SERVICE, [given]).as_numpy("doubled"), 2 * rows)
+
+
+def test_a_handler_that_declares_no_tensors_says_it_does_not_serve_the_protocol(start_server, affine_model):
+    server = start_server(handler="fixture_handlers:Undeclared", model_path=str(affine_model), service_name=SERVICE)
+    assert _client(server).is_server_live()  # the rest of the protocol still answers
+    reply = requests.get(server.url(f"/api/{SERVICE}/v2/models/{SERVICE}"), timeout=5)
+    assert reply.status_code == 404 and "declares no tensors" in reply.json()["error"]

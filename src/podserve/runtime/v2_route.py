@@ -98,11 +98,16 @@ class V2Route(Protocol):
         if self._specs is None:
             if not self.pool.ready:
                 raise NotReady(f"not ready: {self.pool.status()}")
-            session = getattr(self.pool.workers[0].handler, "session", None)
-            if session is None or not hasattr(self.pool.workers[0].handler, "predict_all_outputs"):
-                raise NotFound(f"this service's handler is not an ONNX model (OnnxHandler): it serves "
-                               f"{self.prefix} only, not the Open Inference Protocol")
-            self._specs = ModelSpecs(_tensor_specs(session.get_inputs()), _tensor_specs(session.get_outputs()))
+            handler = self.pool.workers[0].handler
+            session = getattr(handler, "session", None)
+            if session is not None:
+                self._specs = ModelSpecs(_tensor_specs(session.get_inputs()), _tensor_specs(session.get_outputs()))
+            elif handler.tensor_inputs and handler.tensor_outputs:
+                self._specs = ModelSpecs(_declared(handler.tensor_inputs), _declared(handler.tensor_outputs))
+            else:
+                raise NotFound(f"this service's handler is not an ONNX model and declares no tensors "
+                               f"(Handler.tensor_inputs, tensor_outputs): it serves {self.prefix} only, not the "
+                               f"Open Inference Protocol")
         return self._specs
 
     # In the request threads (through ServiceRoute).
@@ -181,6 +186,16 @@ def _tensor_specs(nodes) -> dict[str, v2.TensorSpec]:
                            f"Protocol is not served for here")
         shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in node.shape)
         specs[node.name] = v2.TensorSpec(node.name, datatype, shape)
+    return specs
+
+
+def _declared(tensors: tuple) -> dict[str, v2.TensorSpec]:
+    specs = {}
+    for name, datatype, shape in tensors:
+        if datatype not in v2.DATATYPES:
+            raise NotFound(f"the handler declares tensor {name!r} as {datatype!r}, not a datatype served here "
+                           f"({', '.join(v2.DATATYPES)})")
+        specs[name] = v2.TensorSpec(name, datatype, tuple(shape))
     return specs
 
 
