@@ -16,7 +16,7 @@ PATH = "/api/like/test"
 
 def _outlier_settings(mesh) -> dict:
     (rule,) = [d for d in mesh.objects if d["kind"] == "DestinationRule" and d["metadata"]["name"] == "test"
-               and d["metadata"]["namespace"] == mesh.conf.stages["hk"].namespace]
+               and d["metadata"]["namespace"] == mesh.conf.stages["hk"].namespace_for("like")]
     return rule["spec"]["trafficPolicy"]["outlierDetection"]
 
 

@@ -20,7 +20,7 @@ CLIENTS, SECONDS, BATCH_SLEEP = 96, 5, "0.1"
 def test_excess_gets_fast_503s_from_the_mesh_and_no_pod_is_ejected(mesh):
     workload = mesh.workload("hk", "test")
     (rule,) = [d for d in mesh.objects if d["kind"] == "DestinationRule" and d["metadata"]["name"] == "test"
-               and d["metadata"]["namespace"] == mesh.conf.stages["hk"].namespace]
+               and d["metadata"]["namespace"] == mesh.conf.stages["hk"].namespace_for("like")]
     limit = rule["spec"]["trafficPolicy"]["connectionPool"]["http"]["http2MaxRequests"]
     assert limit == mesh_limits.connection_pool(VALUES, len(workload.pods), 300)["http"]["http2MaxRequests"] == 72
     ejections = f"cluster.{workload.cluster}.outlier_detection.ejections_enforced_total"
