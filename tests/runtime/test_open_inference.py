@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 
 import numpy as np
 import onnxruntime
@@ -164,3 +166,20 @@ def test_a_handler_that_declares_no_tensors_says_it_does_not_serve_the_protocol(
     assert _client(server).is_server_live()  # the rest of the protocol still answers
     reply = requests.get(server.url(f"/api/{SERVICE}/v2/models/{SERVICE}"), timeout=5)
     assert reply.status_code == 404 and "declares no tensors" in reply.json()["error"]
+
+
+def test_triton_s_timeout_parameter_is_a_deadline_like_the_header(start_server, affine_model):
+    server = start_server(handler="fixture_handlers:SlowAffine", model_path=str(affine_model), service_name=SERVICE,
+                          cpu=1, max_batch_size=2, init_delay_second=4,  # warm-up stops after 2 s
+                          TEST_PREDICT_SLEEP="1.0")  # one batch lane, held 1 s by the request below
+    blocker = threading.Thread(target=lambda: server.post({"postid": "slow", "data": [1, 2, 3, 4]}))
+    blocker.start()
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        status, error = _raw(server, {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                                  "data": [1, 2, 3, 4]}], "parameters": {"timeout": 300_000}})
+        waited = time.monotonic() - started
+    finally:
+        blocker.join(10)
+    assert status == 504 and "deadline" in error and waited < 1.5, (status, error, waited)
