@@ -64,10 +64,12 @@ LARGE_BODY_SHARE = 0.75
 MESSAGES_PER_TURN = 32
 #: A Content-Length longer than this is refused 400 (20 digits hold every length a server can take).
 MAX_CONTENT_LENGTH_DIGITS = 20
-#: Each connection's kernel send buffer (Linux doubles it), fixed rather than autotuned: autotuning grows it to
-#: megabytes, so a caller that reads nothing could make the loop write thousands of answers before its write clock
-#: even starts. Answers are small and the caller (the sidecar) is on loopback: this is plenty for full speed.
-SEND_BUFFER_BYTES = 64 * 1024
+#: Each connection's kernel send buffer (Linux doubles it), fixed rather than autotuned, and the most the loop
+#: buffers for it before it stops reading that connection: autotuning grows the kernel's to megabytes, so a caller
+#: that reads nothing could make the loop write tens of thousands of answers before its write clock even starts (25
+#: such callers stalled the loop for seconds; at 64 KiB each they still cost the others ~0.5 s, hence 16 KiB).
+#: Answers are small and the caller (the sidecar) is on loopback: larger ones are written as it reads.
+SEND_BUFFER_BYTES = 16 * 1024
 SERVER_NAME = "podserve"
 
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode("latin-1") for code, reason in HTTP_STATUS_CODES.items()}
@@ -210,6 +212,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        transport.set_write_buffer_limits(high=SEND_BUFFER_BYTES)
         if len(self.server.connections) >= self.limits.max_connections:
             self._closing = True
             transport.write(self.server.connection_refusal)
