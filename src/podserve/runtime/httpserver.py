@@ -27,6 +27,7 @@ from the platform's conf/platform.yaml through the environment):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
@@ -36,7 +37,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -71,6 +72,7 @@ MAX_CONTENT_LENGTH_DIGITS = 20
 #: Answers are small and the caller (the sidecar) is on loopback: larger ones are written as it reads.
 SEND_BUFFER_BYTES = 16 * 1024
 SERVER_NAME = "podserve"
+JSON_TYPE = [("Content-Type", "application/json")]
 
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode("latin-1") for code, reason in HTTP_STATUS_CODES.items()}
 #: A header name is an RFC 9110 token; a value any latin-1 text without CR, LF or NUL.
@@ -134,6 +136,11 @@ class Answer:
     def __init__(self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = (), close: bool = False,
                  length: int | None = None):
         self.status, self.body, self.headers, self.close, self.length = status, body, headers, close, length
+
+    @classmethod
+    def json(cls, status: int, body: Any, headers: Iterable[tuple[str, str]] = (), close: bool = False) -> "Answer":
+        """An answer whose body is `body` as JSON (NaN and infinities refused: JSON has no such numbers)."""
+        return cls(status, json.dumps(body, allow_nan=False).encode(), JSON_TYPE + list(headers), close)
 
 
 class Exchange:
@@ -619,8 +626,8 @@ class HttpServer:
 
     def __init__(self, host: str, port: int, *, dispatch: Callable[[Exchange], None],
                  refuse: Callable[[Exchange, int, str, str | None], None], limits: HttpLimits,
+                 body_seconds: Callable[[dict], float],
                  admit_head: Callable[[Exchange], bool] = lambda exchange: True,
-                 body_seconds: Callable[[dict], float] = lambda headers: 10.0,
                  on_connection_refused: Callable[[], None] = lambda: None,
                  on_write_timeout: Callable[[], None] = lambda: None, backlog: int = 4096):
         self.host, self.port = host, port

@@ -56,7 +56,7 @@ def main() -> int:
     control = WsgiThread(create_app(settings, pool, lifecycle, metrics), settings.host, settings.port,
                          settings.control_queue_size)
     probes = Probes(pool, lifecycle)
-    open_inference = V2Route(route, settings.service_name, service, pool, lifecycle)
+    open_inference = V2Route(route, settings.service_name, service, probes)
 
     def dispatch(exchange: Exchange) -> None:
         if exchange.path == route and exchange.method == "POST":

@@ -7,8 +7,6 @@ flags and counters, in microseconds, by the loop itself.
 
 from __future__ import annotations
 
-import json
-
 from podserve import errors
 from podserve.errors import NotReady, ServingError
 from podserve.routes import LIVE_PATH, PING_PATH
@@ -18,7 +16,6 @@ from podserve.runtime.lifecycle import Lifecycle
 from podserve.runtime.pool import InstancePool
 
 PATHS = frozenset({PING_PATH, LIVE_PATH})
-_JSON = [("Content-Type", "application/json")]
 
 
 class Probes:
@@ -35,17 +32,27 @@ class Probes:
                                                   f"GET, HEAD"))
         return self.ping() if exchange.path == PING_PATH else self.live()
 
+    def readiness_problem(self) -> NotReady | None:
+        """Why this pod takes no traffic now (loading or draining), or None when it is ready."""
+        if self.lifecycle.draining:
+            return NotReady("shutting down: this pod no longer takes new traffic")
+        if not self.pool.ready:
+            return NotReady(f"not ready: {self.pool.status()}")
+        return None
+
+    def is_live(self) -> bool:
+        """False only when a batch thread is dead or stuck (the pod must be restarted)."""
+        return self.pool.liveness_problem() is None
+
     def ping(self) -> Answer:
         """Readiness: 200 once every instance is loaded and warmed up, 503 while loading or draining."""
-        if self.lifecycle.draining:
-            return _error(NotReady("shutting down: this pod no longer takes new traffic"))
-        pool = self.pool
-        if not pool.ready:
-            return _error(NotReady(f"not ready: {pool.status()}"))
-        instances = len(pool.workers)
+        problem = self.readiness_problem()
+        if problem is not None:
+            return _error(problem)
+        instances = len(self.pool.workers)
         if self._ready is None or self._ready[0] != instances:
-            self._ready = instances, _json(200, {"results": {"ready": True, "instances": instances},
-                                                 "msg": pool.status()})
+            self._ready = instances, Answer.json(200, {"results": {"ready": True, "instances": instances},
+                                                       "msg": self.pool.status()})
         return self._ready[1]
 
     def live(self) -> Answer:
@@ -53,12 +60,8 @@ class Probes:
         problem = self.pool.liveness_problem()
         if problem:
             return _error(errors.Wedged(f"wedged: {problem}"))
-        return _json(200, {"results": {"alive": True}, "msg": "ok"})
-
-
-def _json(status: int, body: dict, headers: dict[str, str] | None = None) -> Answer:
-    return Answer(status, json.dumps(body, allow_nan=False).encode(), _JSON + list((headers or {}).items()))
+        return Answer.json(200, {"results": {"alive": True}, "msg": "ok"})
 
 
 def _error(error: ServingError) -> Answer:
-    return _json(error.status, api.error_body(error), error.headers)
+    return Answer.json(error.status, api.error_body(error), error.headers.items())

@@ -32,7 +32,7 @@ from podserve.handler import Payload, WithContext
 from podserve.runtime import api
 from podserve.runtime.batcher import WorkItem
 from podserve.runtime.devices import cpu_share
-from podserve.runtime.httpserver import Answer, Exchange, header_problem
+from podserve.runtime.httpserver import JSON_TYPE, Answer, Exchange, header_problem
 from podserve.runtime.lifecycle import Lifecycle
 from podserve.runtime.logs import log_request
 from podserve.runtime.metrics import Metrics
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 #: Headers by which a caller (or Envoy, from the route's timeout) may shorten the deadline.
 DEADLINE_HEADERS = ("X-Request-Timeout-Ms", "X-Envoy-Expected-Rq-Timeout-Ms")
 _DEADLINE_KEYS = [(header, header.lower()) for header in DEADLINE_HEADERS]
-JSON_TYPE = [("Content-Type", "application/json")]
 _RESULTS_JSON = json.JSONEncoder(allow_nan=False)  # one encoder for every answer: NaN is the handler's bug
 
 WAITING, WORKING, SUBMITTED, ANSWERED = range(4)

@@ -11,7 +11,6 @@ The tensors go straight to the handler's `predict_all_outputs`: no `decode`, no 
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 
@@ -21,12 +20,9 @@ from podserve import errors
 from podserve.errors import InvalidInput, NotFound, NotReady, Overloaded, ServingError
 from podserve.runtime import v2
 from podserve.runtime.batcher import AllOutputs, WorkItem
-from podserve.runtime.httpserver import Answer, Exchange
-from podserve.runtime.lifecycle import Lifecycle
-from podserve.runtime.pool import InstancePool
+from podserve.runtime.httpserver import JSON_TYPE, Answer, Exchange
+from podserve.runtime.probes import Probes
 from podserve.runtime.service_route import SUBMITTED, Call, Protocol, ServiceRoute
-
-_JSON = [("Content-Type", "application/json")]
 
 
 @dataclass(frozen=True)
@@ -50,10 +46,11 @@ class _Job:
 class V2Route(Protocol):
     """Serve the Open Inference Protocol under `prefix` (the service's route) for model `model`."""
 
-    def __init__(self, prefix: str, model: str, service: ServiceRoute, pool: InstancePool, lifecycle: Lifecycle):
+    def __init__(self, prefix: str, model: str, service: ServiceRoute, probes: Probes):
         self.prefix, self.model = prefix, model
         self.v2_prefix = prefix + "/v2"
-        self.service, self.pool, self.lifecycle = service, pool, lifecycle
+        self.service, self.probes = service, probes
+        self.pool, self.lifecycle = probes.pool, probes.lifecycle
         self._specs: ModelSpecs | None = None
 
     def serves(self, path: str) -> bool:
@@ -80,18 +77,18 @@ class V2Route(Protocol):
             exchange.answer(self.error_answer(error))
 
     def _describe(self, target: v2.Target) -> Answer:
-        ready = self.pool.ready and not self.lifecycle.draining
         if target.kind == "server":
-            return _json(200, {"name": "podserve", "version": "1", "extensions": list(v2.EXTENSIONS)})
+            return Answer.json(200, {"name": "podserve", "version": "1", "extensions": list(v2.EXTENSIONS)})
         if target.kind == "live":
-            live = self.pool.liveness_problem() is None
-            return _json(200 if live else 503, {"live": live})
+            live = self.probes.is_live()
+            return Answer.json(200 if live else 503, {"live": live})
         if target.kind in ("ready", "model_ready"):
-            return _json(200 if ready else 503, {"ready": ready})
+            ready = self.probes.readiness_problem() is None
+            return Answer.json(200 if ready else 503, {"ready": ready})
         specs = self.specs()
-        return _json(200, {"name": self.model, "versions": [v2.MODEL_VERSION], "platform": "onnxruntime_onnx",
-                           "inputs": [s.as_json() for s in specs.inputs.values()],
-                           "outputs": [s.as_json() for s in specs.outputs.values()]})
+        return Answer.json(200, {"name": self.model, "versions": [v2.MODEL_VERSION], "platform": "onnxruntime_onnx",
+                                 "inputs": [s.as_json() for s in specs.inputs.values()],
+                                 "outputs": [s.as_json() for s in specs.outputs.values()]})
 
     def specs(self) -> ModelSpecs:
         """The model's inputs and outputs, read from its ONNX session once it is loaded."""
@@ -165,7 +162,7 @@ class V2Route(Protocol):
         route._answer_once(call, Answer(200, body, headers), item)
 
     def error_answer(self, error: ServingError) -> Answer:
-        return Answer(error.status, v2.error_body(error), _JSON + list(error.headers.items()))
+        return Answer(error.status, v2.error_body(error), JSON_TYPE + list(error.headers.items()))
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> list:
@@ -197,7 +194,3 @@ def _declared(tensors: tuple) -> dict[str, v2.TensorSpec]:
                            f"({', '.join(v2.DATATYPES)})")
         specs[name] = v2.TensorSpec(name, datatype, tuple(shape))
     return specs
-
-
-def _json(status: int, body: dict) -> Answer:
-    return Answer(status, json.dumps(body).encode(), _JSON)
