@@ -45,6 +45,7 @@ class Window:
     server_cpu_s: float = 0.0
     batches: float = 0.0  # predict calls the server made in the window (ours only)
     batch_items: float = 0.0  # inputs those calls held
+    batch_fill_wait_s: float = 0.0  # request-seconds queued while a free lane held its batch open for more (ours)
     switches: float = 0.0  # context switches of the server's threads in the window (voluntary + involuntary)
 
     @property

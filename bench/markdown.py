@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from bench.report import TARGETS_DOC
+from bench.report import CEILING, GUNICORN, OURS, TARGETS_DOC
 
-OURS, GUNICORN, CEILING = "ours", "gunicorn", "ceiling"
 
 
 def render(results: dict) -> str:
@@ -61,12 +60,17 @@ def _workload(name: str, w: dict) -> list[str]:
                 f"{_fmt(r.get('switches_per_request'))} | "
                 f"{_fmt(r.get('client_cpu_ms_per_request'))} | {', '.join(f'{x:.0f}' for x in r['window_throughputs'])}"
                 f"{'' if r['settled'] else ' (not settled)'} |")
-    lines += ["", "Ours against the others, by concurrency (throughput ratios; p50 difference to the ceiling):", "",
-              "| c | ours / ceiling | ours / Gunicorn | ours p50 - ceiling p50 (ms) |", "|---|---|---|---|"]
+    lines += ["", "Ours against the others, by concurrency (throughput ratios; p50 difference to the ceiling; p99 "
+              "ratio), and what our batching policy did: the mean batch, and how long a request waited on average "
+              "while a free lane held its batch open for more (`podserve_batch_fill_wait_seconds_total`):", "",
+              "| c | ours / ceiling | ours / Gunicorn | ours p50 - ceiling p50 (ms) | ours p99 / Gunicorn p99 "
+              "| ours mean batch | ours wait for a batch to form (ms/request) |", "|---|---|---|---|---|---|---|"]
     for point in w["points"]:
         r = point.get("ratios", {})
+        ours = next((row for row in point["rows"] if row["system"] == OURS), {})
         lines.append(f"| {point['concurrency']} | {_fmt(r.get('ours/ceiling'))} | {_fmt(r.get('ours/gunicorn'))} | "
-                     f"{_fmt(r.get('ours_p50_minus_ceiling_p50_ms'))} |")
+                     f"{_fmt(r.get('ours_p50_minus_ceiling_p50_ms'))} | {_fmt(r.get('ours_p99/gunicorn_p99'))} | "
+                     f"{_fmt(ours.get('mean_batch_size'))} | {_fmt(ours.get('batch_fill_wait_ms_per_request'))} |")
     lines += ["", "Peak RSS (VmHWM) of each server process, MB:", "", "| server | process | peak RSS MB |",
               "|---|---|---|"]
     for server, peaks in w["peak_rss_mb"].items():

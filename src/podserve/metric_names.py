@@ -15,6 +15,8 @@ REQUEST_SECONDS = PREFIX + "request_duration_seconds"       # histogram, end to 
 QUEUE_WAIT_SECONDS = PREFIX + "queue_wait_seconds"          # histogram, enqueue to batch start
 INFERENCE_SECONDS = PREFIX + "inference_seconds"            # histogram, one predict call
 BATCH_SIZE = PREFIX + "batch_size"                          # histogram, items per predict call
+BATCH_FILL_WAIT_SECONDS = PREFIX + "batch_fill_wait_seconds"  # counter, request-seconds queued while a free lane held
+#                                                             its batch open for more (the batching policy's cost)
 QUEUE_DEPTH = PREFIX + "queue_depth"                        # gauge, items waiting in the queue
 IN_FLIGHT = PREFIX + "in_flight_requests"                   # gauge, accepted and not yet answered
 INSTANCE_READY = PREFIX + "instance_ready"                  # gauge, 1 when loaded and warmed up

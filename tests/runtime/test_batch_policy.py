@@ -110,8 +110,11 @@ def test_a_worker_batches_a_steady_stream_as_its_measured_cost_says(kind, fixed,
     finally:
         worker.stop(timeout=10)
     sizes = [item.batch_size for item in items]
+    held = [item.fill_seconds for item in items]  # what podserve_batch_fill_wait_seconds_total adds up
+    assert all(0 <= h <= item.queue_seconds for h, item in zip(held, items))
     if kind == "gpu":
         assert sum(sizes) / len(sizes) >= 8, sizes  # an input sits in a batch of 8 or more on average
+        assert held[0] > 0  # the first input waited for company
     else:
         waits = sorted(item.queue_seconds for item in items)
         # Waiting for the delay would put most inputs' queue wait near 50 ms; running at once keeps it near a run.

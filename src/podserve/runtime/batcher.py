@@ -37,7 +37,7 @@ class WorkItem:
     every item of a batch that shares that callback (one hand-off per batch, not per item)."""
 
     __slots__ = ("input", "key", "deadline", "enqueued_at", "state", "output", "error", "batch_size",
-                 "queue_seconds", "inference_seconds", "worker", "on_done", "context", "_done")
+                 "queue_seconds", "fill_seconds", "inference_seconds", "worker", "on_done", "context", "_done")
 
     def __init__(self, input: Any, key: Hashable, deadline: float,
                  on_done: Callable[[list["WorkItem"]], None] | None = None, context: Any = None):
@@ -50,6 +50,7 @@ class WorkItem:
         self.error: ServingError | None = None
         self.batch_size = 0
         self.queue_seconds = 0.0
+        self.fill_seconds = 0.0  # of queue_seconds, the time a free lane held the batch open for more
         self.inference_seconds = 0.0
         self.worker: BatchWorker | None = None
         self.on_done = on_done
@@ -202,6 +203,7 @@ class BatchWorker:
                 return None, []
             self._cond.wait()
         fill_by = self._queue[0].enqueued_at + self.max_batch_delay
+        holding_since = None  # when this lane began to hold the batch open for more
         # Waiting only pays while other requests are on their way (being read or decoded);
         # a lone request runs at once instead of sitting out the delay.
         while len(self._queue) < self.max_batch_size and not self._stopping and self._more_coming() \
@@ -209,6 +211,7 @@ class BatchWorker:
             remaining = fill_by - time.monotonic()
             if remaining <= 0:
                 break
+            holding_since = holding_since or time.monotonic()
             self._cond.wait(remaining)
         now = time.monotonic()
         batch: list[WorkItem] = []
@@ -223,6 +226,8 @@ class BatchWorker:
                 continue
             item.state = RUNNING
             item.queue_seconds = now - item.enqueued_at
+            if holding_since is not None:
+                item.fill_seconds = max(0.0, now - max(item.enqueued_at, holding_since))
             batch.append(item)
         self._runs[lane] = (len(batch), now)
         if self._queue:

@@ -29,6 +29,9 @@ class Metrics:
                                    names.STAGE_LABELS, buckets=LATENCY_BUCKETS, registry=registry)
         self.batch_size = Histogram(names.BATCH_SIZE, "Inputs per predict call.",
                                     names.STAGE_LABELS, buckets=BATCH_BUCKETS, registry=registry)
+        self.batch_fill_wait = Counter(names.BATCH_FILL_WAIT_SECONDS, "Seconds requests waited in the queue while a "
+                                       "free batch lane held its batch open for more, summed over requests.",
+                                       names.STAGE_LABELS, registry=registry)
         self.queue_depth = Gauge(names.QUEUE_DEPTH, "Requests waiting in an instance's queue.",
                                  names.STAGE_LABELS, registry=registry)
         self.in_flight = Gauge(names.IN_FLIGHT, "Requests accepted and not yet answered.",
@@ -87,8 +90,13 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def observe_batch(self, instance: str, size: int, seconds: float, queue_waits: list[float]) -> None:
+    def observe_batch(self, instance: str, size: int, seconds: float, queue_waits: list[float],
+                      fill_wait: float = 0.0) -> None:
+        """One predict call: its size and time, each input's queue wait, and the request-seconds its lane held
+        the batch open for more (`fill_wait`)."""
         self.batch_size.labels(self.service, instance).observe(size)
+        if fill_wait:
+            self.batch_fill_wait.labels(self.service, instance).inc(fill_wait)
         self.inference.labels(self.service, instance).observe(seconds)
         wait = self.queue_wait.labels(self.service, instance)
         for seconds_waited in queue_waits:

@@ -193,7 +193,8 @@ class InstancePool:
             worker.stop(timeout=self.settings.stuck_batch_seconds)
 
     def _record_batch(self, worker: BatchWorker, size: int, seconds: float, items: list[WorkItem]) -> None:
-        self.metrics.observe_batch(worker.name, size, seconds, [item.queue_seconds for item in items])
+        self.metrics.observe_batch(worker.name, size, seconds, [item.queue_seconds for item in items],
+                                   sum(item.fill_seconds for item in items))
 
 
 class _Incoming:
