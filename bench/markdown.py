@@ -21,11 +21,17 @@ def render(results: dict) -> str:
         "",
         f"## Targets ({TARGETS_DOC})",
         "",
-        "| target | goal | measured | met |",
-        "|---|---|---|---|",
     ]
+    runs = len(results.get("runs", []))
+    if runs:
+        lines += [f"Measured {runs} times in this one command: each target is judged on the median of the {runs} runs "
+                  f"(every run's value beside it); the tables below show the last run.", "",
+                  "| target | goal | median | met | runs |", "|---|---|---|---|---|"]
+    else:
+        lines += ["| target | goal | measured | met |", "|---|---|---|---|"]
     for t in results["targets"]:
-        lines.append(f"| {t['target']} | {t['goal']} | {_fmt(t['measured'])} | {_verdict(t['met'])} |")
+        each = f" | {', '.join(_fmt(v) for v in t.get('runs', []))}" if runs else ""
+        lines.append(f"| {t['target']} | {t['goal']} | {_fmt(t['measured'])} | {_verdict(t['met'])}{each} |")
     if results.get("bounds"):
         lines += ["", "### What bounds the missed targets (measured in this run)", ""]
         lines += [f"- {line}" for line in results["bounds"]]
