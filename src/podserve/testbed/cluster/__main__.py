@@ -1,9 +1,12 @@
 """`make cluster`: build what is missing, start the control plane on fixed ports, stay until Ctrl-C.
 
-    python -m podserve.testbed.cluster [--region hk] [--kubeconfig build/cluster/kubeconfig]
+    python -m podserve.testbed.cluster [--region hk] [--kubeconfig build/cluster/kubeconfig] [--no-real-node]
 
 The data (etcd, keys, logs) lives in a temporary folder removed on exit; the admin kubeconfig
-is copied to --kubeconfig for kubectl, helm and `make deploy`.
+is copied to --kubeconfig for kubectl, helm and `make deploy`. When the real node's pieces are
+built (`make node-tools cluster-binaries`), the cluster gains the real node (node.py) and a
+registry on 127.0.0.1:--registry-port serving `make image`'s storage (build/image/registry-storage),
+from which the node pulls every conf/regions.yaml registry name.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from podserve.testbed.cluster import build, versions
+from podserve.testbed.cluster import build, node, versions
 from podserve.testbed.cluster.controlplane import start
 from podserve.testbed.cluster.platform import fake_nodes
+from podserve.testbed.image.registry import RegistryError
 from podserve.testbed.processes import StartError
 from podserve.tooling.conf import load_conf
 
@@ -33,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--region", default="hk", help="whose platform chart values to install (hk, eu, na)")
     parser.add_argument("--kubeconfig", type=Path, default=DEFAULT_KUBECONFIG, help="where to write the kubeconfig")
+    parser.add_argument("--no-real-node", dest="real_node", action="store_false",
+                        help="leave the real node out (kwok's fake nodes only)")
+    parser.add_argument("--registry-port", type=int, default=5000, help="the node's registry (make image's storage)")
     args = parser.parse_args(argv)
     if args.region not in load_conf().regions:
         print(f"Error: --region {args.region!r} is not in conf/regions.yaml; use one of "
@@ -46,30 +53,54 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a supervisor stopping us: stop everything
         signal.signal(signum, _stop)
     workdir = Path(tempfile.mkdtemp(prefix="podserve-cluster-"))
-    plane = None
+    plane = real = registry = None
     try:
         plane = start(workdir / "plane", region=args.region, fixed_ports=True)
+        if args.real_node and not node.missing_pieces():
+            real, registry = _start_node(plane, workdir, args.registry_port)
+        elif args.real_node:
+            print(f"no real node: it lacks {', '.join(node.missing_pieces())} (make node-tools cluster-binaries)")
         args.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(plane.kubeconfig, args.kubeconfig)
         args.kubeconfig.chmod(0o600)  # admin credentials
         print(f"control plane up in {plane.timings['total']:.1f}s: {plane.server}, region {plane.region} chart, "
               f"{len(fake_nodes(load_conf()))} fake nodes (kwok)")
-        print(f"  kubectl --kubeconfig {args.kubeconfig} get nodes")
+        if real is not None:
+            print(f"real node {real.name} Ready in {real.timings['total']:.1f}s (containerd, runc, kubelet; "
+                  f"GPUs: fake-gpu-plugin); images from {registry.host}")
+        print(f"  kubectl --kubeconfig {args.kubeconfig} get nodes -o wide")
         print(f"  logs: {workdir / 'plane' / 'logs'}; Ctrl-C stops everything", flush=True)
         while True:
             time.sleep(1)
             plane.check_alive()
-    except StartError as exc:
+            if real is not None:
+                real.check_alive()
+    except (StartError, RegistryError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("stopping ...", flush=True)
     finally:
-        if plane is not None:
-            plane.stop()
+        for part in (real, registry, plane):
+            if part is not None:
+                part.stop()
         args.kubeconfig.unlink(missing_ok=True)
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _start_node(plane, workdir: Path, port: int):
+    """The registry on make image's storage, then the real node pulling from it; both stopped if either fails."""
+    from podserve.testbed.image.registry import Registry  # noqa: PLC0415 - only with a real node
+
+    registry = Registry.start(workdir / "registry", port, versions.REPO / "build" / "image" / "registry-storage")
+    try:
+        names = sorted({region.registry for region in load_conf().regions.values()})
+        return node.RealNode.start(plane, workdir / "node", mirrors=node.mirrors_for(registry, names),
+                                   region=plane.region), registry
+    except BaseException:
+        registry.stop()
+        raise
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
     python -m podserve.testbed.cluster.build [--tools .tools]
 
-kube-apiserver, kube-controller-manager and kube-scheduler come from k8s.io/kubernetes and
+kube-apiserver, kube-controller-manager, kube-scheduler and the real node's kubelet come from k8s.io/kubernetes and
 etcd from go.etcd.io/etcd/server/v3, both at the versions cluster/go.mod pins (built inside
-that module, with the version stamped as upstream's hack/lib/version.sh does); kwok is
+that module, with the version stamped as upstream's hack/lib/version.sh does), and so are the node's
+fake-gpu-plugin and pause (cluster/cmd/); kwok is
 `go install`ed by module path at KWOK_VERSION. GOTOOLCHAIN=local, CGO_ENABLED=0: only Go
 modules are downloaded. A cold build takes minutes (2 cores: about 6), so each step prints
 what it builds and how long it took; a warm run with every binary present does nothing.
@@ -76,7 +77,7 @@ def build(tools: Path, out=sys.stdout) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         staging = Path(tmp)
         steps = []
-        kube = [name for name in versions.KUBE_BINARIES if name in todo]
+        kube = [name for name in (*versions.KUBE_BINARIES, "kubelet") if name in todo]
         if kube:
             steps.append((f"{', '.join(kube)} {k8s}", ["build", "-trimpath", "-ldflags", version_ldflags(k8s), "-o",
                                             f"{staging}/", *[f"k8s.io/kubernetes/cmd/{n}" for n in kube]],
@@ -85,6 +86,10 @@ def build(tools: Path, out=sys.stdout) -> Path:
             steps.append((f"etcd {versions.etcd_version()}", ["build", "-trimpath", "-ldflags", "-s -w", "-o",
                                                                str(staging / "etcd"), "./cmd/etcd"],
                           versions.GO_MODULE, env, ["etcd"]))
+        ours = [name for name in ("fake-gpu-plugin", "pause") if name in todo]
+        if ours:
+            steps.append((", ".join(ours), ["build", "-trimpath", "-ldflags", "-s -w", "-o", f"{staging}/",
+                                            *[f"./cmd/{n}" for n in ours]], versions.GO_MODULE, env, ours))
         if "kwok" in todo:
             steps.append((f"kwok {versions.KWOK_VERSION}", ["install", "-trimpath", "-ldflags", "-s -w",
                                                             f"{versions.KWOK_PACKAGE}@{versions.KWOK_VERSION}"],

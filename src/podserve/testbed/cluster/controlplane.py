@@ -118,7 +118,7 @@ class ControlPlane:
         """Write the keys and start etcd, then the apiserver, then the others; wait until each serves."""
         t0 = time.monotonic()
         p = self.ports
-        ca = pki.Authority(self._pki)
+        ca = self._ca = pki.Authority(self._pki)
         serving = ca.issue("apiserver", "kube-apiserver", server=True)
         admin = ca.issue("admin", ADMIN_USER, organization="system:masters", client=True)
         kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
@@ -215,6 +215,25 @@ class ControlPlane:
         for program in reversed(self.programs):
             program.stop(timeout=5.0)  # the data is thrown away: no need to wait out a graceful shutdown
         self.programs = []
+
+    def node_credentials(self, node: str, folder: Path, ip: str) -> None:
+        """A node's keys from the cluster's CA: the kubelet's client identity (system:node:<node>, bound to the
+        system:node role) in folder/kubelet.kubeconfig, its serving pair for `ip` folder/kubelet.{crt,key}, folder/ca.crt."""
+        from kubernetes import client
+
+        folder.mkdir(parents=True, exist_ok=True)
+        identity = self._ca.issue("kubelet-client", f"system:node:{node}", organization="system:nodes", client=True,
+                                  folder=folder)
+        self._ca.issue("kubelet", f"system:node:{node}", server=True, folder=folder, ips=(ip,))
+        shutil.copyfile(self._ca.cert_path, folder / "ca.crt")
+        config = folder / "kubelet.kubeconfig"
+        config.write_text(kubeconfig_text(self.server, self._ca.cert_path, identity, f"system:node:{node}"))
+        config.chmod(0o600)
+        # The Node authorizer is not on (RBAC only): bind the node's user to the role it would grant.
+        client.RbacAuthorizationV1Api(self.api_client()).create_cluster_role_binding({
+            "metadata": {"name": f"podserve-node-{node}"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"system:node:{node}"}]})
 
     # --- clients ---------------------------------------------------------------------------
 

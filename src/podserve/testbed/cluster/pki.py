@@ -57,8 +57,8 @@ class Authority:
         self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, name: str, common_name: str, *, organization: str | None = None, server: bool = False,
-              client: bool = False) -> CertPair:
-        """Write <name>.crt/.key: a leaf for 127.0.0.1 and localhost (server) and/or a client identity."""
+              client: bool = False, folder: Path | None = None, ips: tuple[str, ...] = ()) -> CertPair:
+        """Write <name>.crt/.key (into `folder`, else the CA's): a leaf for 127.0.0.1, localhost and `ips` (server) and/or a client identity."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client
@@ -71,9 +71,11 @@ class Authority:
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName(
                 [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("10.0.0.1"))]
+                + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
                 + [x509.DNSName(n) for n in LOOPBACK_NAMES]), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
-        pair = CertPair(self.folder / f"{name}.crt", self.folder / f"{name}.key")
+        folder = folder or self.folder
+        pair = CertPair(folder / f"{name}.crt", folder / f"{name}.key")
         pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key, pair.key)
         return pair

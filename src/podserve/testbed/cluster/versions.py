@@ -13,7 +13,9 @@ KWOK_VERSION = "v0.8.0"
 KWOK_PACKAGE = "sigs.k8s.io/kwok/cmd/kwok"
 #: The binaries a control plane needs, in build order.
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
-BINARIES = KUBE_BINARIES + ("etcd", "kwok")
+#: The real node's binaries: the kubelet (same module), and our own cmd/fake-gpu-plugin and cmd/pause.
+NODE_BINARIES = ("kubelet", "fake-gpu-plugin", "pause")
+BINARIES = KUBE_BINARIES + ("etcd", "kwok") + NODE_BINARIES
 
 
 def required_version(module: str, go_mod: Path = GO_MODULE / "go.mod") -> str:
