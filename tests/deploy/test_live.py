@@ -211,7 +211,7 @@ def test_a_route_served_by_another_service_is_refused(live):
     squatter = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                 "metadata": {"name": "squatter", "namespace": OTHER_AB, "labels": {"service": "squatter"}},
                 "spec": {"hosts": ["infer-hk.example.com"], "gateways": ["istio-ingress/podserve"],
-                         "http": [{"match": [{"uri": {"prefix": "/grey/dt-ro"}}],
+                         "http": [{"match": [{"uri": {"prefix": "/grey/like/dt-ro"}}],
                                    "route": [{"destination": {"host": f"squatter.{OTHER_AB}.svc.cluster.local"}}]}]}}
     live.admin.apply(squatter)
     try:

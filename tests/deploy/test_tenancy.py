@@ -77,6 +77,8 @@ def test_team_b_with_team_a_s_service_name_lands_apart_and_cannot_touch_a(teams)
         assert a.versions(a_ns, "hk", name) == before  # not one resourceVersion of A's moved
         assert routes(a, a_ns, name) == [f"/api/like/{name}", f"/api/like/{name}/"]
         assert routes(b, b_ns, name) == [f"/api/imo/{name}", f"/api/imo/{name}/"]
+        project = a.admin.get(MANAGED["Deployment"], b_ns, name)["metadata"]["annotations"][tenancy.PROJECT_ANNOTATION]
+        assert project == f"models/imo/{name}"  # stamped by render: B's project, in B's GitLab group
         assert a.admin.get(CONFIGMAPS, b_ns, f"{name}.deploy-history") is not None  # B's history is its own
 
         # B's production account, with kubectl, on A's Deployment: RBAC refuses it.
@@ -129,7 +131,7 @@ def test_the_preview_account_can_touch_nothing_in_production(teams):
     claimed = dry_apply(preview, grey)
     assert claimed.returncode != 0
     assert "ValidatingAdmissionPolicy 'podserve-routes'" in claimed.stderr, claimed.stderr
-    assert f"routes in {a.namespace('grey')} must stay under /grey/" in claimed.stderr
+    assert f"routes in {a.namespace('grey')} must stay under /grey/like/" in claimed.stderr
     # ... or another host, or a catch-all route.
     elsewhere = rendered(a, name, "grey")["VirtualService"]
     elsewhere["spec"]["hosts"] = ["infer-eu.example.com"]
@@ -178,6 +180,11 @@ POLICY_CASES = [
      "podserve-service-type", "Services here may not set externalIPs"),
     ("no owner labels", "Service", lambda o: o["Service"]["metadata"].update(labels={"service": "tn-policy"}),
      "podserve-owner", "must carry the owner label team: like"),
+    ("no project", "Deployment", lambda o: o["Deployment"]["metadata"].pop("annotations"),
+     "podserve-owner", "must carry the annotation podserve.io/project naming a GitLab project under models/like/"),
+    ("another team's project", "VirtualService",
+     lambda o: o["VirtualService"]["metadata"]["annotations"].update({tenancy.PROJECT_ANNOTATION: "models/imo/x"}),
+     "podserve-owner", "naming a GitLab project under models/like/ (render stamps CI_PROJECT_PATH)"),
 ]
 
 

@@ -14,7 +14,7 @@ import time
 
 from traffic import marker, post, predicted, switch_dir
 
-PATH = "/grey/test"
+PATH = "/grey/like/test"
 BLOCK_SECONDS = 2.5
 
 

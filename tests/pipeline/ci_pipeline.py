@@ -12,12 +12,10 @@ from pathlib import Path
 
 from podserve.testbed.image.ci_jobs import concrete_jobs, expand, resolved, script_lines, variables
 
-__all__ = ["REPO", "INSTALL_TOOLING", "concrete_jobs", "dry_parse", "expand", "make_manifests_artifact", "resolved",
+__all__ = ["REPO", "concrete_jobs", "dry_parse", "expand", "make_manifests_artifact", "resolved",
            "run_job_lines", "script_lines", "tool_argv", "variables"]
 from podserve.testbed.image.versions import REPO
 
-#: Setup lines a job may run besides the tools; each is checked where it matters.
-INSTALL_TOOLING = "pip install --quiet -r requirements/tooling.txt"
 
 
 def run_job_lines(lines: list[str], job: dict, cwd: Path, env: dict[str, str] | None = None,
@@ -65,15 +63,12 @@ def dry_parse(module: str, argv: list[str], cwd: Path = REPO, env: dict[str, str
 def make_manifests_artifact(work: Path, value_text: str) -> Path:
     """Run the `manifests` job's own script lines in `work` (holding only value.py); return `work` with its artifacts.
 
-    The job's pip install is left out (the test environment already has requirements/tooling.txt);
-    podserve comes from src/ on PYTHONPATH, as in CI.
+    The job runs in the tooling image, whose podserve (and whose conf/ and templates/) this tree's src/ stands in for.
     """
     work.mkdir(parents=True, exist_ok=True)
     (work / "value.py").write_text(value_text)
     job = resolved("manifests")
-    lines = [line for line in script_lines(job) if line != INSTALL_TOOLING]
-    assert len(lines) == len(script_lines(job)) - 1, "the manifests job no longer installs requirements/tooling.txt"
-    done = run_job_lines(lines, job, work, {"PYTHONPATH": str(REPO / "src")})
+    done = run_job_lines(script_lines(job), job, work, {"PYTHONPATH": str(REPO / "src")})
     assert done.returncode == 0, f"the manifests job's script failed:\n{done.stderr[-3000:]}"
     for path in job["artifacts"]["paths"]:
         assert (work / path).exists(), f"the manifests job did not make its artifact {path}"

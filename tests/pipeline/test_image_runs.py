@@ -56,6 +56,9 @@ def test_the_service_image_is_pushed_under_every_regions_name_with_one_digest(cp
     digests = {registry.describe(*cpu_build.repo_and_tag(image)).digest for image in cpu_build.images}
     assert len(cpu_build.images) == 3 and len(digests) == 1
     assert sorted(image.split("/")[1] for image in cpu_build.images) == ["eu", "hk", "na"]  # conf/regions.yaml
+    # The job's --metadata-file (its artifact, which the deploy jobs apply by) names that one digest.
+    metadata = json.loads((cpu_build.checkout / "build/image-metadata.json").read_text())
+    assert metadata["containerimage.digest"] == digests.pop()
 
 
 def serves_the_readme(box: Container, image_config: dict) -> None:

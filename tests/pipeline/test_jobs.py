@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ci_pipeline import (INSTALL_TOOLING, REPO, concrete_jobs, dry_parse, run_job_lines, script_lines, tool_argv,
+from ci_pipeline import (REPO, concrete_jobs, dry_parse, run_job_lines, script_lines, tool_argv,
                          variables)
+from podserve.testbed.image.ci_jobs import PIPELINE
 from podserve.tooling import tenancy
 from podserve.tooling.conf import load_conf
 
@@ -18,10 +19,11 @@ JOBS = concrete_jobs()
 CONF = load_conf()
 DEPLOY_JOBS = {name: job for name, job in JOBS.items() if "STAGE" in job.get("variables", {})}
 MANIFESTS = "build/manifests"
+IMAGE_METADATA = "build/image-metadata.json"
 FLAVOR_LINE = next(line for line in script_lines(JOBS["manifests"]) if line.startswith("python -c"))
-#: Lines that are neither a podserve tool nor the builder: installing the tooling, the flavor (run in its own test),
-#: the registry login of the build jobs.
-SETUP_LINES = {INSTALL_TOOLING, FLAVOR_LINE, "mkdir -p ~/.docker", 'cp "$REGISTRY_AUTH_CONFIG" ~/.docker/config.json'}
+#: Lines that are neither a podserve tool nor the builder: the flavor (run in its own test), the registry login of the
+#: build jobs. Nothing is installed: every job but the builds runs in the platform's tooling image.
+SETUP_LINES = {FLAVOR_LINE, "mkdir -p ~/.docker", 'cp "$REGISTRY_AUTH_CONFIG" ~/.docker/config.json'}
 
 
 def tool_calls() -> list[tuple[str, str, list[str]]]:
@@ -47,6 +49,8 @@ def test_each_tool_call_parses_with_the_real_cli(job, module, argv):
     if module == "podserve.tooling.deploy":
         assert parsed.get("stage") == JOBS[job]["variables"]["STAGE"]
         assert parsed.get("manifests") == MANIFESTS
+        if argv[0] == "apply":  # by digest: the file service-image's BuildKit wrote (docs/tenancy.md)
+            assert parsed.get("image_metadata") == IMAGE_METADATA, job
 
 
 def test_the_flavor_line_prints_the_flavor_of_the_example(tmp_path):
@@ -84,11 +88,46 @@ def test_each_deploy_job_deploys_its_stage_with_that_regions_credentials():
     assert deployed == {"apply": set(CONF.stages), "delete": {"grey"}}
 
 
+def _needed(job: dict) -> dict[str, bool]:
+    """{job it needs: whether optional}."""
+    return {n if isinstance(n, str) else n["job"]: not isinstance(n, str) and n.get("optional", False)
+            for n in job.get("needs", [])}
+
+
 def test_deploy_jobs_run_in_the_tooling_image_after_both_images_are_built():
     for name, job in DEPLOY_JOBS.items():
         assert job["image"] == "$TOOLING_IMAGE", name
         if name != "stop_grey":
-            assert {"manifests", "service-image", "tooling-image"} <= set(job["needs"]), name
+            # tooling-image runs in the platform's project only: elsewhere the pinned release is already there.
+            assert {"manifests": False, "service-image": False, "tooling-image": True}.items() <= \
+                _needed(job).items(), name
+
+
+def test_every_job_but_the_image_builds_runs_the_platform_s_pinned_tooling_and_rules():
+    """Rules (conf/, templates/) and tools come from the pinned release, never from the checkout (docs/tenancy.md)."""
+    pipeline_vars = variables({}, {"CI_REGISTRY": "r"})
+    assert pipeline_vars["TOOLING_IMAGE"] == f"r/{pipeline_vars['PLATFORM_PROJECT']}/podserve-tooling:" \
+        f"{pipeline_vars['PLATFORM_RELEASE']}"
+    assert re.fullmatch(r"\d{4}\.\d+\.\d+", pipeline_vars["PLATFORM_RELEASE"])  # a release, not a branch or latest
+    for name, job in JOBS.items():
+        if name in ("service-image", "tooling-image"):
+            continue
+        assert job.get("image", PIPELINE["default"]["image"]) == "$TOOLING_IMAGE", name
+        assert "PYTHONPATH" not in variables(job) and not any("pip install" in line for line in script_lines(job)), name
+    assert JOBS["tooling-image"]["rules"] == [{"if": "$CI_PROJECT_PATH == $PLATFORM_PROJECT"}]
+
+
+def test_the_service_image_job_records_its_digest_and_every_apply_job_deploys_by_it():
+    """BuildKit's --metadata-file (containerimage.digest) is service-image's artifact; each apply passes it on."""
+    (line,) = [line for line in script_lines(JOBS["service-image"]) if line.startswith("buildctl-daemonless.sh ")]
+    assert line.split("--metadata-file ")[1].split()[0] == IMAGE_METADATA
+    assert IMAGE_METADATA in JOBS["service-image"]["artifacts"]["paths"]
+    applies = [name for name, module, argv in tool_calls() if module == "podserve.tooling.deploy" and argv[0] == "apply"]
+    assert set(applies) == set(DEPLOY_JOBS) - {"stop_grey"}
+    for name in applies:
+        assert "service-image" in JOBS[name]["needs"], name  # GitLab hands a job the artifacts of what it needs
+        (_, argv) = next((m, a) for n, m, a in tool_calls() if n == name)
+        assert argv[argv.index("--image-metadata") + 1] == IMAGE_METADATA, name
 
 
 def test_ab_and_every_region_hold_a_resource_group_of_their_own():
@@ -131,16 +170,15 @@ MODEL_LINE = "python -m podserve.tooling.model_files prepare --values value.py"
 
 def test_one_model_job_prepares_the_model_value_py_names_before_the_service_image():
     job = JOBS["model"]
-    assert script_lines(job) == [INSTALL_TOOLING, MODEL_LINE]
+    assert script_lines(job) == [MODEL_LINE]
     assert job["stage"] == "build" and job["artifacts"]["paths"] == ["model/"] and "rules" not in job
     assert set(JOBS["service-image"]["needs"]) == {"manifests", "model"}
 
 
 def _model_job(checkout: Path) -> subprocess.CompletedProcess:
-    """The model job's own script line (its pip install left out: the test environment has tooling.txt)."""
+    """The model job's own script line (this tree's src/ standing in for the tooling image's podserve)."""
     job = JOBS["model"]
-    lines = [line for line in script_lines(job) if line != INSTALL_TOOLING]
-    return run_job_lines(lines, job, checkout, {"PYTHONPATH": str(REPO / "src")})
+    return run_job_lines(script_lines(job), job, checkout, {"PYTHONPATH": str(REPO / "src")})
 
 
 def _checkout_naming(tmp_path: Path, model_path: str) -> Path:

@@ -3,6 +3,7 @@ tooling image's files (laid out from Dockerfile.tooling's COPY lines), none of t
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -87,12 +88,19 @@ def test_stop_grey_removes_a_deployed_grey_from_the_control_plane_without_a_chec
     kube = {"KUBECONFIG": str(ci_kubeconfig(control_plane, tmp_path / "podserve-ci.kubeconfig")), "HOME": str(tmp_path),
             "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
 
+    # service-image's artifact, BuildKit's --metadata-file (simulated: a made-up digest; kwok pulls nothing).
+    digest = "sha256:" + "5e" * 32
+    (checkout / "build/image-metadata.json").write_text(json.dumps({"containerimage.digest": digest}))
     grey = concrete_jobs()["grey"]
     started = time.monotonic()
     deployed = run_job_lines(script_lines(grey), grey, checkout, {**kube, "PYTHONPATH": str(REPO / "src")}, timeout=300)
     assert deployed.returncode == 0, f"grey's deploy failed:\n{deployed.stdout[-3000:]}\n{deployed.stderr[-3000:]}"
     api = control_plane.api_client()
     assert "Deployment" in grey_objects(api, namespace, service)
+    from kubernetes import client
+
+    image = client.AppsV1Api(api).read_namespaced_deployment(service, namespace).spec.template.spec.containers[0].image
+    assert image.endswith(f"/{service}@{digest}"), image  # by the digest BuildKit recorded, not the tag
     deploy_seconds = time.monotonic() - started
 
     job, env = no_checkout_job(tmp_path, checkout)

@@ -44,6 +44,8 @@ def test_the_shipped_conf_loads(conf):
     ("regions.yaml", lambda d: d["hk"]["node_pools"]["gpu"]["allocatable"].update(memory="120GB"),
      "regions.yaml: hk.node_pools.gpu.allocatable.memory"),
     ("teams.yaml", lambda d: d["teams"].append("ab-test"), "teams.yaml: teams"),
+    ("teams.yaml", lambda d: d.update(gitlab_group="models"), "teams.yaml: gitlab_group"),
+    ("teams.yaml", lambda d: d.update(owners=["x"]), "teams.yaml: owners"),
     ("platform.yaml", lambda d: d["kubernetes"].update(oldest="v1.30"), "platform.yaml: kubernetes.oldest"),
     ("platform.yaml", lambda d: d["pod"].update(run_as_user="root"), "platform.yaml: pod.run_as_user"),
 ])
@@ -65,9 +67,9 @@ def test_chart_values_follow_the_stages_of_a_region(conf):
     assert by_name["podserve-like"] == {
         "name": "podserve-like", "team": "like", "stage": "hk", "tier": "production",
         "account": "podserve-like-production", "hostPorts": True, "hosts": ["infer-hk.example.com"],
-        "routePrefix": "/api/like/", "quota": {}}
+        "routePrefix": "/api/like/", "projectGroup": "models/like/", "quota": {}}
     assert by_name["podserve-imo-grey"]["account"] == "podserve-imo-preview"
-    assert by_name["podserve-imo-grey"]["routePrefix"] == "/grey/" and not by_name["podserve-imo-grey"]["hostPorts"]
+    assert by_name["podserve-imo-grey"]["routePrefix"] == "/grey/imo/" and not by_name["podserve-imo-grey"]["hostPorts"]
     assert by_name["podserve-imo-grey"]["quota"] == {"requests.nvidia.com/gpu": str(conf.platform.limits.preview_gpus)}
     assert hk["priorityClasses"][0]["name"] == "podserve-production"
     assert hk["gateways"][0]["hosts"] == ["infer-hk.example.com"]

@@ -74,7 +74,7 @@ def test_no_pair_of_rendered_routes_overlaps(side_by_side):
 @given(suffix=st.text(alphabet="abt-2/._~0", max_size=12))
 def test_any_path_reaches_at_most_one_service(side_by_side, suffix):
     _, virtual_services = side_by_side
-    for root in ("/api/like/test", "/grey/test", "/api/ab-test/test"):
+    for root in ("/api/like/test", "/grey/like/test", "/api/ab-test/like/test"):
         for host in ("infer-hk.example.com", "infer-eu.example.com"):
             owners = routing.owners_of(virtual_services, host, root + suffix)
             assert len(owners) <= 1

@@ -7,7 +7,9 @@ size first, then every batch it serves), by least squares weighted towards the r
 With k inputs queued, each pays `fixed / k + per_item`; the most that waiting can save is what a full
 batch would take off the fixed share, `fixed / k - fixed / max_batch_size`. The batch runs at once
 when that is under `WORTH_WAITING` of what each input costs now, and waits (within
-`max_batch_delay_ms`, and only while more requests are on their way) when it is over. So a GPU, whose
+`max_batch_delay_ms`, and only while more requests are on their way) when it is over, but never
+longer than one call's fixed cost: the lane's device idles meanwhile, and holding it longer than the
+call a fuller batch saves loses more device time than it gains (the ski-rental bound). So a GPU, whose
 fixed cost dwarfs the per-input one, still forms full batches; a CPU, where each input costs about the
 same alone or batched, never makes a caller wait for nothing. value.py's `max_batch_size` and
 `max_batch_delay_ms` keep their meaning as upper bounds. This is Triton's queue delay with Clipper's
@@ -56,6 +58,11 @@ class BatchCost:
         now = self.fixed / queued + self.per_item
         saving = self.fixed / queued - self.fixed / max_batch_size
         return now > 0 and saving > WORTH_WAITING * now
+
+    def longest_worth_holding(self, max_batch_delay: float) -> float:
+        """How long a free lane may hold its batch open: no longer than one call's fixed cost, which is the most
+        a fuller batch saves (an idle device loses what it waits), and never past `max_batch_delay`."""
+        return max_batch_delay if self.fixed is None else min(max_batch_delay, self.fixed)
 
     def describe(self) -> str:
         if self.fixed is None:

@@ -208,10 +208,12 @@ class BatchWorker:
         # a lone request runs at once instead of sitting out the delay.
         while len(self._queue) < self.max_batch_size and not self._stopping and self._more_coming() \
                 and self.cost.worth_waiting(len(self._queue), self.max_batch_size):
+            if holding_since is None:
+                holding_since = time.monotonic()
+                fill_by = min(fill_by, holding_since + self.cost.longest_worth_holding(self.max_batch_delay))
             remaining = fill_by - time.monotonic()
             if remaining <= 0:
                 break
-            holding_since = holding_since or time.monotonic()
             self._cond.wait(remaining)
         now = time.monotonic()
         batch: list[WorkItem] = []

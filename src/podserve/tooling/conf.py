@@ -169,7 +169,7 @@ class Stage:
         return self.namespace.format(team=team)
 
     def route_prefix_for(self, team: str) -> str:
-        """Return the path prefix every route of `team` at this stage lies under ("/api/like/", "/grey/")."""
+        """Return the path prefix every route of `team` at this stage lies under ("/api/like/", "/grey/like/")."""
         return self.route.split("{service}")[0].format(user=team)
 
 
@@ -182,9 +182,15 @@ class Conf:
     teams: tuple[str, ...]
     regions: dict[str, Region]
     stages: dict[str, Stage]
+    #: The GitLab group of each team's projects, with {team} (teams.yaml gitlab_group).
+    gitlab_group: str = "{team}"
 
     def region_of(self, stage: Stage) -> Region:
         return self.regions[stage.region]
+
+    def project_group(self, team: str) -> str:
+        """Return the GitLab group path holding `team`'s projects ("models/like")."""
+        return self.gitlab_group.format(team=team)
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -204,13 +210,21 @@ def load_conf(folder: str | Path | None = None) -> Conf:
     platform = _build(Platform, raw["platform"], "platform.yaml:", problems)
     teams_doc = _build_mapping(raw["teams"], "teams.yaml", problems)
     teams = tuple(teams_doc.get("teams") or ())
+    unknown = sorted(set(teams_doc) - {"teams", "gitlab_group"})
+    problems.extend(Problem(f"teams.yaml: {key}", "is not a key of teams.yaml; use teams and gitlab_group")
+                    for key in unknown)
+    gitlab_group = teams_doc.get("gitlab_group", "{team}")
+    if not isinstance(gitlab_group, str) or set(_PLACEHOLDER.findall(gitlab_group)) != {"team"} \
+            or gitlab_group.startswith("/") or gitlab_group.endswith("/"):
+        problems.append(Problem("teams.yaml: gitlab_group", f"{gitlab_group!r} must be a GitLab group path naming each "
+                                "team's group with {team}, e.g. models/{team}"))
     regions = {name: dataclasses.replace(_build(Region, body, f"regions.yaml: {name}", problems), name=name)
                for name, body in _build_mapping(raw["regions"], "regions.yaml", problems).items()}
     stages = {name: dataclasses.replace(_build(Stage, body, f"stages.yaml: {name}", problems), name=name)
               for name, body in _build_mapping(raw["stages"], "stages.yaml", problems).items()}
     if problems:
         raise ConfError(folder, problems)
-    conf = Conf(folder, platform, teams, regions, stages)
+    conf = Conf(folder, platform, teams, regions, stages, gitlab_group)
     problems.extend(_check(conf))
     if problems:
         raise ConfError(folder, problems)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from podserve.tooling import checks, handler_source, manifests, offline_manifests, output, routing, templating
+from podserve.tooling import (checks, handler_source, manifests, offline_manifests, output, platform_rules, routing,
+                              templating, tenancy)
 from podserve.tooling.conf import Conf, load_conf
 from podserve.tooling.valuefile import Problem, ValueFileError
 from podserve.tooling.values import ServiceValues, load_values
@@ -41,8 +42,11 @@ class Rendered:
 
 def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf | None = None,
            image_tag: str = "dev", existing_routes: list[routing.Route] = (),
-           templates: Path | None = None, handler_paths: Sequence[Path] | None = None) -> Rendered:
+           templates: Path | None = None, handler_paths: Sequence[Path] | None = None,
+           project_path: str | None = None) -> Rendered:
     """Render and check the chosen stages (all when None); raise ValueFileError (or a subclass) if anything is wrong.
+
+    Every object carries the GitLab project's path (`project_path`, default $CI_PROJECT_PATH; tenancy.project).
 
     `handler` is checked in the source folders `handler_paths` (default: handler_source.default_paths).
     """
@@ -58,9 +62,11 @@ def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf 
     if handler_paths is None:
         handler_paths = handler_source.default_paths(Path(values_path))
     values = load_values(values_path, conf, existing_routes, handler_paths)
+    project = _project(values, conf, project_path)
     if values.offline:  # Kafka workers: their own templates, checks and stages (no ab)
-        return _render_offline(values, conf, stages, image_tag, templates)
-    rendered = {name: manifests.render_stage(values, conf, conf.stages[name], image_tag, templates) for name in stages}
+        return _render_offline(values, conf, stages, image_tag, templates, project)
+    rendered = {name: tenancy.stamp(manifests.render_stage(values, conf, conf.stages[name], image_tag, templates),
+                                    project) for name in stages}
     problems = [p for name in stages for p in checks.check_stage(rendered[name], values, conf, conf.stages[name])]
     problems += checks.check_routes(rendered)
     if problems:
@@ -68,16 +74,24 @@ def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf 
     return Rendered(values, conf, rendered)
 
 
+def _project(values: ServiceValues, conf: Conf, path: str | None) -> str:
+    try:
+        return tenancy.project(conf, values["username"], values["service_name"],
+                               path if path is not None else os.environ.get(tenancy.PROJECT_VARIABLE))
+    except ValueError as exc:
+        raise ValueFileError(tenancy.PROJECT_VARIABLE, [Problem("username", str(exc))]) from None
+
+
 def _render_offline(values: ServiceValues, conf: Conf, stages: list[str], image_tag: str,
-                    templates: Path | None) -> Rendered:
+                    templates: Path | None, project: str) -> Rendered:
     offline_stages = offline_manifests.stages(conf)
     skipped = [s for s in stages if s not in offline_stages]
     if skipped and stages != list(conf.stages):
         raise ValueFileError("--stage", [Problem("stage", f"{s!r} is not a stage of an offline service; use one of "
                                                  f"{', '.join(offline_stages)}") for s in skipped])
     stages = [s for s in stages if s in offline_stages]
-    rendered = {name: offline_manifests.render_stage(values, conf, conf.stages[name], image_tag, templates)
-                for name in stages}
+    rendered = {name: tenancy.stamp(offline_manifests.render_stage(values, conf, conf.stages[name], image_tag,
+                                                                   templates), project) for name in stages}
     problems = [p for name in stages
                 for p in offline_manifests.check_stage(rendered[name], values, conf, conf.stages[name])]
     if problems:
@@ -89,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the render command; return its exit status (0, or 2 when anything is invalid)."""
     args = _parser().parse_args(argv)
     tag = args.image_tag or os.environ.get("CI_COMMIT_SHORT_SHA") or "dev"
+    edited = platform_rules.refusal(Path(args.values).resolve().parent)
+    if edited:  # the rules that apply are the tooling's own; a fork's edited copy is refused, never ignored
+        print(f"Error: {edited}\nNothing was written.", file=sys.stderr)
+        return EXIT_INVALID
     try:
         conf = load_conf(args.conf)
         existing = routing.load_existing_routes(args.existing_routes) if args.existing_routes else []

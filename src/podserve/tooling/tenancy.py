@@ -1,7 +1,7 @@
 """Who owns what on a shared cluster: each team's namespaces, their labels, and the accounts that deploy there.
 
 The one place these names are made (docs/tenancy.md says why: a namespace per team and stage).
-render stamps TEAM_LABEL on every object; the platform chart labels each namespace with
+render stamps TEAM_LABEL and the GitLab project (PROJECT_ANNOTATION) on every object; the platform chart labels each namespace with
 NAMESPACE_TEAM and NAMESPACE_TIER and annotates it with its hosts and route prefix, and its
 admission policies compare those with the requesting account and the object
 (charts/podserve-platform/templates/policies.yaml). CI deploys a team's grey and ab stages
@@ -21,6 +21,11 @@ NAMESPACE_TIER = "podserve.io/tier"
 NAMESPACE_HOSTS = "podserve.io/hosts"
 NAMESPACE_ROUTE_PREFIX = "podserve.io/route-prefix"
 NAMESPACE_DEPLOYER = "podserve.io/deployer"
+#: The GitLab project that rendered an object (CI_PROJECT_PATH), and the group a namespace's objects must come from.
+PROJECT_ANNOTATION = "podserve.io/project"
+NAMESPACE_PROJECT_GROUP = "podserve.io/project-group"
+#: GitLab's predefined variable holding the project's path ("models/like/text-direction").
+PROJECT_VARIABLE = "CI_PROJECT_PATH"
 #: Grey and ab serve no production traffic: they run on every branch, with the preview account.
 PREVIEW_TRACKS = ("grey", "ab")
 
@@ -48,6 +53,26 @@ def account(team: str, tier_name: str) -> str:
     return f"podserve-{team}-{tier_name}"
 
 
+def project(conf: Conf, team: str, service: str, path: str | None) -> str:
+    """Return the GitLab project path render stamps: `path` ($CI_PROJECT_PATH in CI), else the one a service of
+    `team` would have (outside CI); ValueError naming both when `path` lies outside the team's group."""
+    group = conf.project_group(team)
+    if not path:
+        return f"{group}/{service}"
+    if not path.startswith(f"{group}/"):
+        raise ValueError(f"the GitLab project {path} ({PROJECT_VARIABLE}) is not in team {team}'s group {group} "
+                         f"(conf/teams.yaml gitlab_group): set value.py username to the team whose group holds the "
+                         "project, or move the project into its team's group")
+    return path
+
+
+def stamp(documents: list[dict], project_path: str) -> list[dict]:
+    """Return `documents` with PROJECT_ANNOTATION set on each (in place: they are render's own)."""
+    for doc in documents:
+        doc.setdefault("metadata", {}).setdefault("annotations", {})[PROJECT_ANNOTATION] = project_path
+    return documents
+
+
 def quota(conf: Conf, stage: Stage) -> dict[str, str]:
     """The ResourceQuota's hard limits of a team's namespace of `stage`: none in production (priority rules
     there), the platform's preview_gpus in grey and ab, so branches cannot take a pool's GPUs."""
@@ -65,5 +90,6 @@ def namespaces(conf: Conf, region: str) -> list[dict]:
                           "tier": tier(stage), "account": account(team, tier(stage)),
                           "hostPorts": stage.service_discovery,
                           "hosts": [stage.ingress_host], "routePrefix": stage.route_prefix_for(team),
+                          "projectGroup": f"{conf.project_group(team)}/",
                           "quota": quota(conf, stage)})
     return sorted(found, key=lambda ns: ns["name"])

@@ -71,8 +71,9 @@ RECIPES = {"library/python": PYTHON, "nvidia/cuda": CUDA}
 
 
 def base_images() -> list[str]:
-    """The base images the Dockerfiles and CI's default image name (stage aliases and ${ARG} bases left out)."""
-    names = {PIPELINE["default"]["image"]}
+    """The base images the Dockerfiles and CI's default image name (stage aliases, ${ARG} bases and CI's image built
+    from Dockerfile.tooling, $TOOLING_IMAGE, left out)."""
+    names = {PIPELINE["default"]["image"]} - {"$TOOLING_IMAGE"}
     for dockerfile in ("Dockerfile", "Dockerfile.tooling"):
         text = (versions.REPO / dockerfile).read_text()
         stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, re.MULTILINE | re.IGNORECASE))

@@ -96,8 +96,10 @@ class BuildStage:
         job = ci_jobs.resolved(name)
         home = self.workdir / "homes" / f"{name}-{time.monotonic_ns()}"
         home.mkdir(parents=True)
+        # The jobs that run in the tooling image find podserve where its .pth puts it; here the checkout's own src/
+        # stands in for it (the checkout's conf/ and templates/ then are the tooling's, as in the image).
         return {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-                "HOME": str(home), "LANG": "C.UTF-8",
+                "HOME": str(home), "LANG": "C.UTF-8", "PYTHONPATH": str(checkout / "src"),
                 **ci_jobs.variables(job, self.predefined(checkout, commit)),
                 "REGISTRY_AUTH_CONFIG": str(self.auth_config), "PIP_INDEX_URL": self.index.url}
 
