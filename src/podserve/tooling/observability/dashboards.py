@@ -65,8 +65,12 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
             Target(quantile(0.5, m.QUEUE_WAIT_SECONDS, s, RATE), "queue wait p50"),
             Target(quantile(0.99, m.QUEUE_WAIT_SECONDS, s, RATE), "queue wait p99"),
             Target(quantile(0.5, m.INFERENCE_SECONDS, s, RATE), "inference p50"),
-            Target(quantile(0.99, m.INFERENCE_SECONDS, s, RATE), "inference p99")],
-            "Queue wait grows with load (scale out); inference with the model, the GPU and the batch size.",
+            Target(quantile(0.99, m.INFERENCE_SECONDS, s, RATE), "inference p99"),
+            Target(f"sum({_rate(m.BATCH_FILL_WAIT_SECONDS + '_total', s)}) / "
+                   f"sum({_rate(m.QUEUE_WAIT_SECONDS + '_count', s)})", "held for a fuller batch (mean)")],
+            "Queue wait grows with load (scale out); inference with the model, the GPU and the batch size. Held "
+            "for a fuller batch: the part of the queue wait the batching policy chose (at most one call's fixed "
+            "cost, within max_batch_delay_ms).",
             width=8),
         Panel("timeseries", "Mesh view against the server's (p99)", "s", [
             Target(f"histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket"
