@@ -64,3 +64,27 @@ def control_plane(tmp_path_factory):
         pytest.fail(f"the test control plane did not start: {exc}", pytrace=False)
     yield plane
     plane.stop()
+
+
+@pytest.fixture(scope="session")
+def real_node(control_plane, tmp_path_factory):
+    """The real node (containerd, runc, kubelet, fake GPU plugin) joined to the session's control plane, once.
+
+    The cluster suite and the pipeline suite's real-node deploys share it.
+    Before its start, with its lock held, a crashed run's leftovers are planted (tests/real_node_leftovers.py):
+    the start must remove them. Fails (never skips) naming what is missing (`make node-tools cluster-binaries`).
+    """
+    from real_node_leftovers import plant
+
+    from podserve.testbed.cluster import StartError
+    from podserve.testbed.cluster.node import RealNode
+
+    planted = []
+    try:
+        node = RealNode.start(control_plane, tmp_path_factory.mktemp("real-node"),
+                              after_lock=lambda: planted.extend(plant()))
+    except StartError as exc:
+        pytest.fail(f"the real node did not start: {exc}", pytrace=False)
+    node.planted = planted
+    yield node
+    node.stop()

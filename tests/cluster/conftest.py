@@ -81,25 +81,3 @@ def scratch_namespace(core):
     for name in made:
         core.delete_namespace(name)
 
-
-@pytest.fixture(scope="session")
-def real_node(control_plane, tmp_path_factory):
-    """The real node (containerd, runc, kubelet, fake GPU plugin) joined to the session's control plane, once.
-
-    Before its start, with its lock held, a crashed run's leftovers are planted (real_node_leftovers.py):
-    the start must remove them. Fails (never skips) naming what is missing (`make node-tools cluster-binaries`).
-    """
-    from real_node_leftovers import plant
-
-    from podserve.testbed.cluster import StartError
-    from podserve.testbed.cluster.node import RealNode
-
-    planted = []
-    try:
-        node = RealNode.start(control_plane, tmp_path_factory.mktemp("real-node"),
-                              after_lock=lambda: planted.extend(plant()))
-    except StartError as exc:
-        pytest.fail(f"the real node did not start: {exc}", pytrace=False)
-    node.planted = planted
-    yield node
-    node.stop()

@@ -21,6 +21,7 @@ kept between runs, so pulls are cache hits.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import fcntl
 import gzip
@@ -41,7 +42,9 @@ from podserve.testbed.processes import Program, StartError, free_port, poll_unti
 
 NODE_NAME = "real-0"
 STATE = Path("/run/podserve-node")
-DATA = Path("/var/lib/podserve-node")
+#: Not under /var/lib: BuildKit jobs (podserve.testbed.image.runner) overlay /var/lib, and an overlay whose lower
+#: layer holds containerd's live overlay snapshots fails to mount.
+DATA = Path("/var/cache/podserve-node")
 LOCK = Path("/run/podserve-node.lock")
 #: The kubelet's device-plugin folder: fixed in the kubelet (pluginapi.KubeletSocket), whatever its root dir.
 DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
@@ -91,6 +94,14 @@ def mirrors_for(registry, names) -> list[Mirror]:
 def node_labels(region: str) -> dict[str, str]:
     """The real node's labels: its own pool (no conf pool selects it unless a test conf says so) and the region."""
     return {POOL_LABEL: POOL, "topology.kubernetes.io/region": region}
+
+
+def pull_secret(name: str, host: str, username: str, password: str) -> dict:
+    """A kubernetes.io/dockerconfigjson Secret that logs the kubelet's pulls into `host`."""
+    auth = base64.b64encode(f"{username}:{password}".encode()).decode()
+    config = json.dumps({"auths": {host: {"username": username, "password": password, "auth": auth}}})
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()}}
 
 
 def missing_pieces(binaries: Path | None = None) -> list[str]:
@@ -392,9 +403,9 @@ class RealNode:
         cni_conf, hosts = self.workdir / "cni", self.workdir / "certs.d"
         cni_conf.mkdir(exist_ok=True)
         (cni_conf / "10-podserve-node.conflist").write_text(json.dumps(cni_config(), indent=1))
+        hosts.mkdir(exist_ok=True)
         for mirror in mirrors:
-            (hosts / mirror.name).mkdir(parents=True, exist_ok=True)
-            (hosts / mirror.name / "hosts.toml").write_text(registry_hosts(mirror))
+            self.add_registry(mirror)
         config = self.workdir / "containerd.toml"
         config.write_text(containerd_config(cni_conf, hosts, mirrors))
         config.chmod(0o600)  # registry credentials
@@ -425,6 +436,16 @@ class RealNode:
         kubelet.wait_until(lambda: self._ready_with(gpus), START_TIMEOUT_SECONDS,
                            f"node {self.name} Ready with {gpus} nvidia.com/gpu")
         self.timings["ready"] = round(time.monotonic() - t0, 2)
+
+    def add_registry(self, mirror: Mirror) -> None:
+        """Pull `mirror.name`'s images from its local registry from now on (containerd reads certs.d at each pull).
+
+        Credentials given at start go into containerd's config; a registry added later needs the pods'
+        imagePullSecrets (`pull_secret`), as a cluster whose registry wants a login does.
+        """
+        folder = self.workdir / "certs.d" / mirror.name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "hosts.toml").write_text(registry_hosts(mirror))
 
     def _ctr(self, *args) -> subprocess.CompletedProcess:
         return subprocess.run(["ctr", "--address", str(STATE / "containerd.sock"), "-n", "k8s.io", *map(str, args)],

@@ -1,0 +1,113 @@
+"""A small service built by CI's own jobs and deployed by the deploy tool onto the cluster's real node.
+
+The checkout's conf/ is the test conf: hk's node pools select the real node's own pool (and
+tolerate its GPU taint), so no kwok node can take these pods; value.py asks for half a CPU and
+1Gi, which the 2-core node holds. The images are pushed to the build stage's registry as
+<registry>/hk/<team>/<service>:<commit>, and the manifests job renders that same tag: nothing is
+edited between the build and the deploy. The node pulls them over loopback, logging in with the
+namespace's default ServiceAccount's imagePullSecret.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from podserve.testbed.cluster import node as real
+from podserve.testbed.image import pipeline
+from podserve.testbed.image.registry import USER
+from podserve.tooling.conf import load_conf
+
+REPO = Path(__file__).resolve().parents[2]
+TEAM = "like"
+PULL_SECRET = "podserve-test-registry"
+VALUES = """service_name = {name!r}
+username = {team!r}
+handler = "server:TextDirection"
+model_path = "model/ch_ppocr_mobile_v2.0_cls_mobile.onnx"
+cpu = "500m"
+memory = "1Gi"
+gpu_num = 0
+gpu_memory = 0
+replicas = 2
+ab_replicas = 1
+hk_replicas = 2
+init_delay_second = {init_delay}
+drain_seconds = 2
+"""
+
+
+def real_node_conf(checkout: Path) -> None:
+    """Point hk's node pools at the real node's own pool (the test conf): only it can take these pods."""
+    regions_file = checkout / "conf" / "regions.yaml"
+    regions = yaml.safe_load(regions_file.read_text())
+    for pool in regions["hk"]["node_pools"].values():
+        pool["node_selector"] = {real.POOL_LABEL: real.POOL}
+        pool["tolerations"] = [t for t in pool.get("tolerations") or [] if t["key"] != "nvidia.com/gpu"] + [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    regions_file.write_text("# The test conf: hk's pools are the real node's (tests/pipeline/real_node_service.py).\n"
+                            + yaml.safe_dump(regions, sort_keys=False))
+
+
+@dataclass
+class Deployed:
+    returncode: int
+    output: str
+    seconds: float
+
+
+class RealNodeService:
+    """One service's checkout (test conf, small value.py), its jobs run, and the deploy tool pointed at the node."""
+
+    def __init__(self, stage: pipeline.BuildStage, plane, node, workdir: Path, name: str, commit: str,
+                 init_delay: int = 60):
+        self.stage, self.plane, self.node, self.name, self.commit = stage, plane, node, name, commit
+        self.checkout = stage.checkout(workdir / f"checkout-{name}-{commit}",
+                                       VALUES.format(name=name, team=TEAM, init_delay=init_delay))
+        real_node_conf(self.checkout)
+        self.conf = load_conf(self.checkout / "conf")
+        self.namespace = self.conf.stages["grey"].namespace_for(TEAM)
+
+    def build(self) -> list[str]:
+        """Run the manifests, model and service-image jobs as written; return the pushed images."""
+        for job in ("manifests", "model", "service-image"):
+            done = self.stage.run_job(job, self.checkout, self.commit)
+            assert done.returncode == 0, f"the {job} job failed:\n{done.stderr[-4000:]}"
+        return (self.checkout / "build/images.txt").read_text().split()
+
+    def let_the_node_pull(self) -> None:
+        """containerd pulls the registry's names from it over HTTP; the namespace's pods log in with a Secret."""
+        from kubernetes import client
+
+        host = self.stage.registry.host
+        self.node.add_registry(real.Mirror(host, host))
+        core = client.CoreV1Api(self.plane.api_client())
+        secret = real.pull_secret(PULL_SECRET, host, USER, self.stage.registry.secrets()[0])
+        try:
+            core.create_namespaced_secret(self.namespace, secret)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+            core.replace_namespaced_secret(PULL_SECRET, self.namespace, secret)
+        core.patch_namespaced_service_account("default", self.namespace,
+                                              {"imagePullSecrets": [{"name": PULL_SECRET}]})
+
+    def deploy(self, *args: str, timeout: float = 300) -> Deployed:
+        """The deploy tool on the grey stage, with the checkout's manifests and conf and the admin's kubeconfig."""
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "podserve.tooling.deploy", *args, "--stage", "grey",
+                               "--conf", str(self.checkout / "conf"), *self._target(args[0])],
+                              cwd=self.checkout, capture_output=True, text=True, timeout=timeout,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(self.checkout), "PYTHONPATH": str(REPO / "src"),
+                                   "KUBECONFIG": str(self.plane.kubeconfig)})
+        return Deployed(done.returncode, done.stdout + done.stderr, time.monotonic() - started)
+
+    def _target(self, verb: str) -> list[str]:
+        if verb == "apply":
+            return ["--manifests", str(self.checkout / "build" / "manifests" / "grey")]
+        return ["--service", self.name, "--team", TEAM]
