@@ -49,6 +49,14 @@ drain_seconds = 5          # on shutdown, seconds /api/ping is 503 before the se
 # max_image_pixels = 25000000     # largest decoded image (400 above)
 # stuck_batch_seconds = 120.0     # a batch running longer fails liveness (the pod restarts)
 
+# --- video (sent as 'video' base64 in JSON, or raw with a video/* Content-Type; see README) ---
+# video_fps = 1.0                   # frames sampled per second of video, each one model input
+# max_video_bytes = 33554432        # largest video, before base64 (413 above)
+# max_video_seconds = 60.0          # longest video, by its header or by what it holds (400 above)
+# max_video_frames = 60             # most sampled frames of one video (400 above); at most queue_size per instance
+# max_video_pixels = 8294400        # largest frame, 3840x2160 (400 above, before any frame is decoded)
+# video_decode_timeout_seconds = 10.0  # longest decoding of one video (400 above)
+
 # --- service level objectives (alerts page or open a ticket when the error budget burns fast) ---
 # slo_availability = 0.999          # share of requests answered without a 5xx; 0: the platform's (conf/observability.yaml)
 # slo_latency_target = 0.99         # share answered within the platform's latency threshold (0.5 s); 0: the platform's

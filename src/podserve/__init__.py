@@ -16,6 +16,8 @@ _EXPORTS = {
     "OnnxHandler": "podserve.handler",
     "Payload": "podserve.handler",
     "WithContext": "podserve.handler",
+    "FrameOutput": "podserve.handler",
+    "VideoFrame": "podserve.videos",
     "InvalidInput": "podserve.errors",
     "decode_image": "podserve.images",
     "service_metrics": "podserve.service_metrics",

@@ -21,6 +21,7 @@ import numpy as np
 from podserve.errors import HandlerFailed, InvalidInput
 from podserve.images import decode_image
 from podserve.settings import ServingSettings
+from podserve.videos import VideoFrame, VideoLimits, decode_video
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ class Payload:
 
     `image` is the raw bytes of an encoded image (already base64-decoded when the caller
     sent JSON); `open_image()` turns it into pixels, refusing oversized images and
-    decompression bombs with a 400 that names the field.
+    decompression bombs with a 400 that names the field. `video` is likewise the bytes of a
+    video; `open_video()` yields its sampled frames.
     """
 
     postid: Any = None
@@ -61,9 +63,10 @@ class Payload:
     seqid: Any = None
     image: bytes | None = None
     data: Any = None
-    video: Any = None
+    video: bytes | None = None
     extra: dict = field(default_factory=dict)
     max_image_pixels: int = 25_000_000
+    video_limits: VideoLimits = VideoLimits()
 
     def open_image(self, mode: str = "RGB", draft_size: tuple[int, int] | None = None):
         """Return `image` decoded as a PIL image in `mode`; a 400 naming 'image' if it can't be.
@@ -74,6 +77,26 @@ class Payload:
             raise InvalidInput("this service reads an image: send 'image' (base64) in a JSON body, or the "
                                "raw image bytes with Content-Type: application/octet-stream", field="image")
         return decode_image(self.image, max_pixels=self.max_image_pixels, mode=mode, draft_size=draft_size)
+
+    def open_video(self, mode: str = "RGB"):
+        """Yield `video`'s frames sampled at value.py's `video_fps` (each a VideoFrame: index, timestamp in seconds,
+        upright PIL image in `mode`); a 400 naming 'video' and the limit when it is over one, or unreadable.
+
+        Decoded by PyAV (FFmpeg) on the platform's video threads when the platform calls `decode_frame`; a handler
+        may call it itself too."""
+        if self.video is None:
+            raise InvalidInput("this reads a video: send 'video' (base64) in a JSON body, or the raw video bytes with "
+                               "a video/* Content-Type (video/mp4, video/webm, ...)", field="video")
+        return decode_video(self.video, self.video_limits, mode=mode)
+
+
+class FrameOutput(NamedTuple):
+    """One sampled frame's output, as `encode_video` gets it: the frame's index and timestamp (seconds) and the
+    model's output for it."""
+
+    index: int
+    timestamp: float
+    output: Any
 
 
 class WithContext(NamedTuple):
@@ -143,6 +166,25 @@ class Handler:
     def predict(self, batch: Sequence[Any]) -> Sequence[Any]:
         """Run the model on a batch of inputs; return one output per input, in order."""
         raise NotImplementedError(f"{type(self).__name__}.predict is not written")
+
+    def decode_frame(self, frame: VideoFrame) -> Any:
+        """Turn one sampled frame of a video (`frame.image`, upright RGB; `frame.timestamp`) into one model input.
+
+        A service that reads videos writes it (with `encode_video`): the platform decodes the video on its own
+        threads, calls this for each frame sampled at `video_fps`, batches the frames like images (with other
+        requests' inputs) and gathers their outputs back in order. Left unwritten, a video gets a 400."""
+        raise InvalidInput(f"this service ({type(self).__name__}) does not read videos; send 'image' or 'data'",
+                           field="video")
+
+    def encode_video(self, frames: Sequence[FrameOutput]) -> Any:
+        """Turn a video's outputs, one FrameOutput per sampled frame in order, into the JSON `results`.
+
+        The default answers `{"frames": [{"timestamp": t, "results": encode(output)}, ...]}`."""
+        return {"frames": [{"timestamp": frame.timestamp, "results": self.encode(frame.output)} for frame in frames]}
+
+    def reads_video(self) -> bool:
+        """Whether this handler wrote `decode_frame` (a video to one that did not gets a 400 before decoding)."""
+        return type(self).decode_frame is not Handler.decode_frame
 
     def encode(self, output: Any, context: Any = None) -> Any:
         """Turn one output into the JSON-serialisable `results` of the response; `context` is what `decode` returned

@@ -9,6 +9,7 @@ runtime reads the environment for its configuration.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -48,6 +49,17 @@ class ServingSettings:
                                                                 "for a decode that releases the GIL"})
     max_body_bytes: int = field(default=10 * 1024 * 1024, metadata={"doc": "largest request body (413 above)"})
     max_image_pixels: int = field(default=25_000_000, metadata={"doc": "largest decoded image (400 above)"})
+    video_fps: float = field(default=1.0, metadata={"doc": "frames sampled per second of a video (the old platform's "
+                                                           "one a second)"})
+    max_video_bytes: int = field(default=32 * 1024 * 1024, metadata={"doc": "largest video, raw or before base64 "
+                                                                             "(413 above)"})
+    max_video_seconds: float = field(default=60.0, metadata={"doc": "longest video, claimed or actual (400 above)"})
+    max_video_frames: int = field(default=60, metadata={"doc": "most sampled frames of one video (400 above); never "
+                                                               "more than the pod holds (queue_size per instance)"})
+    max_video_pixels: int = field(default=3840 * 2160, metadata={"doc": "largest video frame (400 above, before "
+                                                                        "decoding)"})
+    video_decode_timeout_seconds: float = field(default=10.0, metadata={"doc": "longest decoding of one video (400 "
+                                                                               "above)"})
     stuck_batch_seconds: float = field(default=120.0, metadata={"doc": "a batch running longer fails liveness"})
     init_delay_second: int = field(default=120, metadata={"doc": "start-up budget (load + warm-up) before a "
                                                                   "restart; exported as a metric for alerts"})
@@ -71,6 +83,9 @@ class ServingSettings:
     max_pending_body_bytes: int = field(default=64 * 1024 * 1024, metadata={
         "doc": "bytes of bodies still being sent, pod-wide (room for one largest body at least); a body that would "
                "go over it gets 503 at its headers; chunked bodies and bodies over 1 MiB may use three quarters of it", "owner": PLATFORM})
+    min_upload_bytes_per_second: int = field(default=1024 * 1024, metadata={
+        "doc": "the slowest upload a large body (over max_body_bytes: a video) may arrive at: its body deadline is "
+               "its length at this rate on top of the request's deadline", "owner": PLATFORM})
     control_queue_size: int = field(default=64, metadata={
         "doc": "requests waiting for the control thread (/metrics, 404s); 503 above", "owner": PLATFORM})
 
@@ -107,10 +122,19 @@ class ServingSettings:
         """Return the environment variables that reproduce these settings."""
         return {self.env_name(name): _format(getattr(self, name)) for name in self.names()}
 
+    def video_json_bytes(self) -> int:
+        """The largest JSON body holding a video of max_video_bytes (base64, plus room for the ids)."""
+        return math.ceil(self.max_video_bytes / 3) * 4 + 64 * 1024
+
+    def largest_body_bytes(self) -> int:
+        """The largest body the service route reads: an image's, or a video's in base64 JSON."""
+        return max(self.max_body_bytes, self.max_video_bytes, self.video_json_bytes())
+
     def check(self) -> None:
         """Raise SettingsError naming the first setting that is out of range."""
         positive = ("port", "ins_num_per_gpu", "max_batch_size", "queue_size", "request_timeout_ms",
-                    "max_body_bytes", "max_image_pixels", "stuck_batch_seconds",
+                    "max_body_bytes", "max_image_pixels", "stuck_batch_seconds", "video_fps", "max_video_bytes",
+                    "max_video_seconds", "max_video_frames", "max_video_pixels", "video_decode_timeout_seconds",
                     "init_delay_second", *self.platform_names())
         for name in positive:
             if getattr(self, name) <= 0:

@@ -4,7 +4,9 @@ Two ways to send a request:
 - JSON: `{"postid": ..., "uid": ..., "seqid": ..., "image": "<base64>"}` (or `data`, or
   `video` instead of `image`);
 - raw bytes: the encoded image as the body with `Content-Type: application/octet-stream`
-  (or `image/*`), the ids as query parameters `?postid=..&uid=..&seqid=..`.
+  (or `image/*`), or the video with `video/*`, the ids as query parameters `?postid=..&uid=..&seqid=..`.
+A video has a body limit of its own (`max_video_bytes`, before base64); any other body
+`max_body_bytes`.
 Every answer is `{"postid", "uid", "seqid", "results", "msg"}`; an error also carries
 `error` (a code) and `field` (the field at fault, or null). A second protocol (e.g. the
 Open Inference Protocol) belongs in a module of its own beside this one.
@@ -18,20 +20,76 @@ import json
 import math
 import re
 import sys
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from podserve.errors import InvalidInput, ServingError, UnsupportedMediaType
+from podserve.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
 from podserve.handler import Payload
+from podserve.videos import VideoLimits
 
 ID_FIELDS = ("postid", "uid", "seqid")
 INPUT_FIELDS = ("image", "data", "video")
 KNOWN_FIELDS = frozenset(ID_FIELDS + INPUT_FIELDS)
 RAW_TYPES = ("application/octet-stream", "image/")
+VIDEO_TYPE = "video/"
+JSON, RAW_IMAGE, RAW_VIDEO = "json", "image", "video"
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What a request's input may be: the image and body limits, and a video's (ServingSettings' fields)."""
+
+    max_image_pixels: int = 25_000_000
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_video_bytes: int = 32 * 1024 * 1024
+    video: VideoLimits = field(default_factory=VideoLimits)
+
+    @classmethod
+    def from_settings(cls, settings, holding_limit: int, video_threads: int = 1) -> "InputLimits":
+        """The limits of `settings`; a video's sampled frames never more than the pod holds (`holding_limit`)."""
+        return cls(settings.max_image_pixels, settings.max_body_bytes, settings.max_video_bytes, VideoLimits(
+            fps=settings.video_fps, max_seconds=settings.max_video_seconds,
+            max_frames=min(settings.max_video_frames, holding_limit), max_pixels=settings.max_video_pixels,
+            timeout_seconds=settings.video_decode_timeout_seconds, threads=video_threads))
+
+
+def body_kind(content_type: str | None) -> str | None:
+    """What a body of this Content-Type holds: JSON, a raw image, a raw video, or None (not read here)."""
+    mimetype = (content_type or "application/json").split(";", 1)[0].strip().lower()
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        return JSON
+    if mimetype.startswith(VIDEO_TYPE):
+        return RAW_VIDEO
+    if mimetype.startswith(RAW_TYPES):
+        return RAW_IMAGE
+    return None
+
+
+def _limits(limits: "InputLimits | int") -> InputLimits:
+    return InputLimits(max_image_pixels=limits) if isinstance(limits, int) else limits
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\s]")
 
 
-def parse_json_request(body: bytes, max_image_pixels: int) -> Payload:
-    """Return the Payload of a JSON request body, or raise InvalidInput naming the field."""
+def parse_json_request(body: bytes, limits: InputLimits | int) -> Payload:
+    """Return the Payload of a JSON request body, or raise InvalidInput naming the field (PayloadTooLarge: 413).
+
+    The front end reads a JSON body as large as a base64 video's; one over max_body_bytes that is not a video is
+    refused 413, whatever else is wrong with it."""
+    limits = _limits(limits)
+    try:
+        return _parse_json_request(body, limits)
+    except InvalidInput:
+        if len(body) > limits.max_body_bytes and b'"video"' not in body:
+            raise _body_too_large(len(body), limits, "an image or data") from None
+        raise
+
+
+def _body_too_large(size: int, limits: InputLimits, what: str) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the body is {size} bytes, over the limit of {limits.max_body_bytes} (max_body_bytes; "
+                           f"a video may be larger); send a smaller {what}", field="body")
+
+
+def _parse_json_request(body: bytes, limits: InputLimits) -> Payload:
     if not body:
         raise InvalidInput("the body is empty; send a JSON object such as "
                            '{"postid": "1", "uid": "2", "seqid": "3", "image": "<base64>"}', field="body")
@@ -56,31 +114,52 @@ def parse_json_request(body: bytes, max_image_pixels: int) -> Payload:
         found = f"found {', '.join(given)}" if given else "found none"
         raise InvalidInput(f"send exactly one of 'image', 'data' or 'video' ({found})",
                            field=given[1] if len(given) > 1 else "image")
-    image = None
-    if given[0] == "image":
-        image = _decode_base64(document["image"])
+    image = video = None
+    if given[0] == "video":
+        video = _decode_base64(document["video"], "video")
+        _check_video_size(len(video), limits, "video")
+    elif len(body) > limits.max_body_bytes:  # the front end let it in as the size of a video's JSON
+        raise _body_too_large(len(body), limits, given[0])
+    elif given[0] == "image":
+        image = _decode_base64(document["image"], "image")
     extra = {k: v for k, v in document.items() if k not in KNOWN_FIELDS}
-    return Payload(image=image, data=document.get("data"), video=document.get("video"), extra=extra,
-                   max_image_pixels=max_image_pixels, **ids)
+    return Payload(image=image, data=document.get("data"), video=video, extra=extra,
+                   max_image_pixels=limits.max_image_pixels, video_limits=limits.video, **ids)
 
 
-def parse_raw_request(body: bytes, args: Mapping[str, str], max_image_pixels: int) -> Payload:
-    """Return the Payload of a raw-bytes request: the body is the image, the ids are query parameters."""
+def parse_raw_request(body: bytes, args: Mapping[str, str], limits: InputLimits | int, video: bool = False) -> Payload:
+    """Return the Payload of a raw-bytes request: the body is the image (or the video), the ids query parameters."""
+    limits = _limits(limits)
     ids = {name: _check_id(name, args.get(name)) for name in ID_FIELDS}
+    field = "video" if video else "image"
     if not body:
-        raise InvalidInput("the body is empty; send the image's bytes", field="image")
-    return Payload(image=body, max_image_pixels=max_image_pixels, **ids)
+        raise InvalidInput(f"the body is empty; send the {field}'s bytes", field=field)
+    if video:
+        _check_video_size(len(body), limits, "body")
+        return Payload(video=body, max_image_pixels=limits.max_image_pixels, video_limits=limits.video, **ids)
+    if len(body) > limits.max_body_bytes:
+        raise PayloadTooLarge(f"the body is {len(body)} bytes, over the limit of {limits.max_body_bytes} "
+                              f"(max_body_bytes); send a smaller image", field="body")
+    return Payload(image=body, max_image_pixels=limits.max_image_pixels, **ids)
 
 
-def parse_request(content_type: str | None, body: bytes, args: Mapping[str, str], max_image_pixels: int) -> Payload:
-    """Dispatch on Content-Type: JSON (the default) or raw image bytes."""
-    mimetype = (content_type or "application/json").split(";", 1)[0].strip().lower()
-    if mimetype == "application/json" or mimetype.endswith("+json"):
-        return parse_json_request(body, max_image_pixels)
-    if mimetype.startswith(RAW_TYPES):
-        return parse_raw_request(body, args, max_image_pixels)
-    raise UnsupportedMediaType(f"Content-Type {mimetype!r} is not read here; send application/json, or the raw "
-                               f"image as application/octet-stream", field="Content-Type")
+def parse_request(content_type: str | None, body: bytes, args: Mapping[str, str],
+                  limits: InputLimits | int) -> Payload:
+    """Dispatch on Content-Type: JSON (the default), raw image bytes or raw video bytes."""
+    kind = body_kind(content_type)
+    if kind == JSON:
+        return parse_json_request(body, limits)
+    if kind is not None:
+        return parse_raw_request(body, args, limits, video=kind == RAW_VIDEO)
+    mimetype = (content_type or "").split(";", 1)[0].strip().lower()
+    raise UnsupportedMediaType(f"Content-Type {mimetype!r} is not read here; send application/json, the raw "
+                               f"image as application/octet-stream, or the raw video as video/*", field="Content-Type")
+
+
+def _check_video_size(size: int, limits: InputLimits, field: str) -> None:
+    if size > limits.max_video_bytes:
+        raise PayloadTooLarge(f"the video is {size} bytes, over the limit of {limits.max_video_bytes} "
+                              f"(max_video_bytes); send a shorter or smaller video", field=field)
 
 
 def ids_of(payload: Payload | None) -> dict[str, Any]:
@@ -173,10 +252,11 @@ def _check_id(name: str, value: Any) -> Any:
     raise InvalidInput(f"'{name}' must be a string or an integer, not {type(value).__name__}", field=name)
 
 
-def _decode_base64(value: Any) -> bytes:
+def _decode_base64(value: Any, field: str = "image") -> bytes:
+    raw_type = "application/octet-stream" if field == "image" else "video/mp4 (or the video's own type)"
     if not isinstance(value, str):
-        raise InvalidInput(f"'image' must be a base64 string, not {type(value).__name__}; or send the raw bytes "
-                           f"with Content-Type: application/octet-stream", field="image")
+        raise InvalidInput(f"'{field}' must be a base64 string, not {type(value).__name__}; or send the raw bytes "
+                           f"with Content-Type: {raw_type}", field=field)
     raw = value.encode("ascii", errors="replace")
     try:
         return base64.b64decode(raw, validate=True)
@@ -191,5 +271,5 @@ def _decode_base64(value: Any) -> bytes:
             return base64.b64decode(unwrapped, validate=True)
         except (binascii.Error, ValueError):
             where = f"its length without whitespace ({len(unwrapped)}) is not padded to a multiple of 4"
-    raise InvalidInput(f"'image' is not valid base64: {where}; send standard base64 (A-Z a-z 0-9 + / with = "
-                       f"padding), or the raw bytes with Content-Type: application/octet-stream", field="image")
+    raise InvalidInput(f"'{field}' is not valid base64: {where}; send standard base64 (A-Z a-z 0-9 + / with = "
+                       f"padding), or the raw bytes with Content-Type: {raw_type}", field=field)

@@ -205,6 +205,7 @@ class Connection(asyncio.Protocol):
         self._body_bytes = 0
         self._body_left = -1  # bytes of a Content-Length body still to come; -1: chunked, or not in a body
         self._body_deadline = 0.0
+        self._body_limit = self.limits.max_body_bytes  # the current request's (HttpServer.body_limit)
         self._reserved = 0  # bytes of the pod-wide pending-body budget this connection holds
         self._feeding = False  # inside the parser: answers given meanwhile must not feed it again
         self._turn_messages = 0  # requests completed in this turn of the loop
@@ -375,7 +376,7 @@ class Connection(asyncio.Protocol):
             self._refuse(400, "protocol upgrades are not served here, and a request asking for one may not carry a "
                               "body; send it without the Upgrade and Connection: upgrade headers")
         self._body_left = length if not chunked else -1
-        limit = self.limits.max_body_bytes
+        limit = self._body_limit = self.server.body_limit(exchange)
         if length > limit:
             exchange.oversize = True
             if length > limit + BODY_SLACK_BYTES:
@@ -408,11 +409,11 @@ class Connection(asyncio.Protocol):
             return
         if self._body_left < 0 and not self._reserve(size):  # chunked: held against the budget as it arrives
             raise _Refused()
-        if self._body_bytes > self.limits.max_body_bytes:
+        if self._body_bytes > self._body_limit:
             exchange.oversize = True
             self._body = b""
-            if self._body_bytes > self.limits.max_body_bytes + BODY_SLACK_BYTES:
-                self._refuse(413, f"the body is over the limit of {self.limits.max_body_bytes} bytes; send a "
+            if self._body_bytes > self._body_limit + BODY_SLACK_BYTES:
+                self._refuse(413, f"the body is over the limit of {self._body_limit} bytes; send a "
                                   f"smaller body", field="body")
             return
         if not self._body:
@@ -620,7 +621,8 @@ class HttpServer:
     `refuse(exchange, status, message, field)` answers what the HTTP layer itself refuses.
     `admit_head(exchange)` is called when a request's headers are read: False means it has been answered
     already (e.g. a full pod's 503) and its body is not worth reading. `body_seconds(headers)` is the time a
-    request's body may take to arrive, from its first byte (its deadline). `on_refused_connection` and
+    request's body may take to arrive, from its first byte (its deadline); `body_limit(exchange)` its largest
+    size, from its path and headers (default: the limits' max_body_bytes). `on_refused_connection` and
     `on_write_timeout` count what the server drops without a request to answer.
     """
 
@@ -629,8 +631,10 @@ class HttpServer:
                  body_seconds: Callable[[dict], float],
                  admit_head: Callable[[Exchange], bool] = lambda exchange: True,
                  on_connection_refused: Callable[[], None] = lambda: None,
-                 on_write_timeout: Callable[[], None] = lambda: None, backlog: int = 4096):
+                 on_write_timeout: Callable[[], None] = lambda: None, backlog: int = 4096,
+                 body_limit: Callable[[Exchange], int] | None = None):
         self.host, self.port = host, port
+        self.body_limit = body_limit or (lambda exchange: limits.max_body_bytes)
         self.dispatch = dispatch
         self.refuse = refuse
         self.admit_head = admit_head

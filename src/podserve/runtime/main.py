@@ -73,6 +73,11 @@ def main() -> int:
             return service.admit_head(exchange)
         return True
 
+    def body_limit(exchange: Exchange) -> int:
+        if exchange.path == route and exchange.method == "POST":
+            return service.body_limit(exchange)
+        return settings.max_body_bytes
+
     def refuse(exchange: Exchange, status: int, message: str, field: str | None) -> None:
         error = _REFUSALS.get(status, errors.InvalidInput)(message, field=field)
         error.status = status
@@ -81,7 +86,7 @@ def main() -> int:
 
     server = HttpServer(settings.host, settings.port, dispatch=dispatch, refuse=refuse,
                         limits=HttpLimits.from_settings(settings), admit_head=admit_head,
-                        body_seconds=service.budget_seconds,
+                        body_seconds=service.budget_seconds, body_limit=body_limit,
                         on_connection_refused=lambda: metrics.observe_request(OTHER_ROUTE, 503, 0.0),
                         on_write_timeout=metrics.write_timeouts.inc)
     metrics.http_backlog.set_function(lambda: service.backlog)

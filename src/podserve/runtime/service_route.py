@@ -39,6 +39,7 @@ from podserve.runtime.metrics import Metrics
 from podserve.runtime.pool import InstancePool
 from podserve.runtime.refusals import RefusalPacer
 from podserve.runtime.verbs import call_verb
+from podserve.runtime.video_route import VideoWork, video_threads
 from podserve.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ class ServiceRoute:
         self._lock = threading.Lock()  # guards Call.state: each call is answered exactly once
         self._threads = [threading.Thread(target=self._serve, name=f"request-{i}", daemon=True)
                          for i in range(request_threads(settings))]
+        workers, ffmpeg_threads = video_threads(settings)
+        self.videos = VideoWork(workers)
+        self.input_limits = api.InputLimits.from_settings(settings, pool.holding_limit(), ffmpeg_threads)
         self._refusal = error_answer(Overloaded(
             f"this pod is full: it already holds {pool.holding_limit()} requests (queue_size per instance); retry "
             f"shortly, or elsewhere"))
@@ -103,12 +107,14 @@ class ServiceRoute:
         self._refusals = RefusalPacer(loop)
         for thread in self._threads:
             thread.start()
+        self.videos.start()
 
     def stop(self) -> None:
         for _ in self._threads:
             self._work.put(None)
         for thread in self._threads:
             thread.join(timeout=5)
+        self.videos.stop()
 
     # In the event loop's thread.
 
@@ -121,17 +127,43 @@ class ServiceRoute:
         return False
 
     def budget_seconds(self, headers: dict[str, str]) -> float:
-        """The request's time budget from its headers (the default when they are unreadable: accept says why)."""
+        """The request's time budget from its headers (the default when they are unreadable: accept says why), and
+        the time a large body (a video) may take to arrive (`upload_seconds`)."""
         try:
-            return _timeout_seconds(headers, self.settings.request_timeout_ms)
+            budget = _timeout_seconds(headers, self.settings.request_timeout_ms)
         except InvalidInput:
-            return self.settings.request_timeout_ms / 1000.0
+            budget = self.settings.request_timeout_ms / 1000.0
+        return budget + self.upload_seconds(headers)
+
+    def upload_seconds(self, headers: dict[str, str]) -> float:
+        """The upload-rate rule: a body over max_body_bytes (only a video may be) gets its length at the platform's
+        min_upload_bytes_per_second on top of the request's deadline, so a large upload on a slow link is not cut by
+        the deadline an image needs; a chunked one (its length unknown) gets the largest video's."""
+        raw = headers.get("content-length")
+        if raw is not None:
+            length = int(raw) if raw.isdigit() else 0
+        else:
+            length = self.settings.largest_body_bytes() if "transfer-encoding" in headers else 0
+        if length <= self.settings.max_body_bytes:
+            return 0.0
+        return length / self.settings.min_upload_bytes_per_second
+
+    def body_limit(self, exchange: Exchange) -> int:
+        """The largest body of a request to this route: a raw video's max_video_bytes; a JSON body as large as a
+        base64 video's (an image's or data's is held to max_body_bytes once read); anything else max_body_bytes."""
+        kind = api.body_kind(exchange.headers.get("content-type"))
+        if kind == api.RAW_VIDEO:
+            return self.settings.max_video_bytes
+        if kind == api.JSON:
+            return self.settings.largest_body_bytes()
+        return self.settings.max_body_bytes
 
     def accept(self, exchange: Exchange, protocol: "Protocol | None" = None) -> None:
         """Refuse when full (503, paced: runtime/refusals.py); otherwise count the request, arm its deadline and
         queue it. `protocol` reads and answers it instead of /api/<service>'s wire format (e.g. runtime/v2_route)."""
         try:
             budget, invalid = _timeout_seconds(exchange.headers, self.settings.request_timeout_ms), None
+            budget += self.upload_seconds(exchange.headers)
         except InvalidInput as exc:
             budget, invalid = self.settings.request_timeout_ms / 1000.0, exc
         if self.lifecycle.in_flight >= self.pool.holding_limit():
@@ -197,6 +229,10 @@ class ServiceRoute:
             return
         try:
             if exchange.oversize:
+                if api.body_kind(exchange.headers.get("content-type")) == api.RAW_VIDEO:
+                    raise errors.PayloadTooLarge(f"the video is over the limit of {self.settings.max_video_bytes} "
+                                                 f"bytes (max_video_bytes); send a shorter or smaller video",
+                                                 field="body")
                 raise errors.PayloadTooLarge(f"the body is over the limit of {self.settings.max_body_bytes} bytes; "
                                              f"send a smaller image", field="body")
             if call.protocol is not None:
@@ -206,7 +242,10 @@ class ServiceRoute:
             self.pool.ensure_room()
             with self.pool.admit() as incoming:
                 call.payload = api.parse_request(exchange.headers.get("content-type"), exchange.body,
-                                                 QueryArgs(exchange.query), self.settings.max_image_pixels)
+                                                 QueryArgs(exchange.query), self.input_limits)
+                if call.payload.video is not None:  # decoded on a video thread, not this one
+                    self.videos.begin(self, call, handler)
+                    return
                 model_input = call_verb(handler.decode, call.payload)
                 if type(model_input) is WithContext:  # the context stays here; only the input is batched
                     model_input, call.context = model_input.input, (model_input.context,)
@@ -215,6 +254,23 @@ class ServiceRoute:
                                              on_done=self._work_done, context=call)
         except ServingError as exc:
             self._answer_once(call, exc)
+
+    def hold_places(self, call: Call, count: int, unit: str, field: str) -> None:
+        """The second admission step of a request that became `count` inputs (an N-row tensor, a video's frames):
+        hold a place for each against the pod's limit, or refuse it (400 when it could never fit, naming `field`;
+        503 when the pod is too full now)."""
+        limit = self.pool.holding_limit()
+        if count > limit:
+            raise InvalidInput(f"{count} {unit} are more than this pod holds at once ({limit}: queue_size per "
+                               f"instance); send at most {limit} {unit} a request", field=field)
+        extra = count - call.places
+        if extra > 0:
+            with self._lock:
+                if self.lifecycle.in_flight + extra > limit:
+                    raise Overloaded(f"this pod cannot hold {count} more {unit} now ({self.lifecycle.in_flight} of "
+                                     f"{limit} places taken); retry shortly, or send fewer {unit}")
+                self.lifecycle.request_started(extra)
+                call.places = count
 
     def _work_done(self, items: list[WorkItem]) -> None:
         self._work.put(items)  # from the batch thread: a request thread answers them
@@ -227,11 +283,17 @@ class ServiceRoute:
         if item.error is not None:
             self._answer_once(call, item.error, item)
             return
+        video = call.job
+        if video is not None and not video.add(item):  # a video's frame: answered once its last frame is in
+            return
         if call.exchange.abandoned:
             self._answer_once(call, _GONE, item)
             return
         try:
-            results = call_verb(item.worker.handler.encode, item.output, *call.context)
+            if video is not None:
+                results = call_verb(item.worker.handler.encode_video, video.frame_outputs())
+            else:
+                results = call_verb(item.worker.handler.encode, item.output, *call.context)
             try:
                 body = _RESULTS_JSON.encode(api.success_body(call.payload, results)).encode()
             except (TypeError, ValueError) as exc:

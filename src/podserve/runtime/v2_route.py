@@ -11,15 +11,15 @@ The tensors go straight to the handler's `predict_all_outputs`: no `decode`, no 
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from podserve import errors
-from podserve.errors import InvalidInput, NotFound, NotReady, Overloaded, ServingError
+from podserve.errors import InvalidInput, NotFound, NotReady, ServingError
 from podserve.runtime import v2
 from podserve.runtime.batcher import AllOutputs, WorkItem
+from podserve.runtime.fanout import FanOut
 from podserve.runtime.httpserver import JSON_TYPE, Answer, Exchange
 from podserve.runtime.probes import Probes
 from podserve.runtime.service_route import SUBMITTED, Call, Protocol, ServiceRoute
@@ -31,16 +31,14 @@ class ModelSpecs:
     outputs: dict[str, v2.TensorSpec]
 
 
-class _Job:
+class _Job(FanOut):
     """One infer request's rows on their way through the batcher."""
 
-    __slots__ = ("request", "rows", "outputs", "done", "lock")
+    __slots__ = ("request",)
 
     def __init__(self, request: v2.InferRequest, rows: list):
-        self.request, self.rows = request, rows
-        self.outputs: list = [None] * len(rows)
-        self.done = 0
-        self.lock = threading.Lock()
+        super().__init__(len(rows))
+        self.request = request
 
 
 class V2Route(Protocol):
@@ -116,41 +114,22 @@ class V2Route(Protocol):
         if request.timeout_us is not None:  # Triton's `timeout` parameter lowers the deadline like the header
             call.deadline = min(call.deadline, exchange.received_at + request.timeout_us / 1e6)
         rows = _rows(request.inputs)
-        limit = self.pool.holding_limit()
-        if len(rows) > limit:
-            raise InvalidInput(f"a batch of {len(rows)} rows is more than this pod holds at once ({limit}); send at "
-                               f"most {limit} rows a request", field="inputs")
         if len(rows) == 0:
             raise InvalidInput("the inputs hold no rows (their first dimension is 0)", field="inputs")
-        extra = len(rows) - 1
-        if extra:
-            with route._lock:  # the second admission step: the rows beyond the first, each a place
-                if self.lifecycle.in_flight + extra > limit:
-                    raise Overloaded(f"this pod cannot hold {len(rows)} more rows now ({self.lifecycle.in_flight} of "
-                                     f"{limit} places taken); retry shortly, or send fewer rows")
-                self.lifecycle.request_started(extra)
-                call.places = len(rows)
+        route.hold_places(call, len(rows), "rows", "inputs")  # the second admission step: a place per row
         self.pool.ensure_room()
         call.job = _Job(request, rows)
         handler = self.pool.workers[0].handler
-        with self.pool.admit() as incoming:
-            call.state = SUBMITTED  # before the batch thread can possibly answer it
-            for index, row in enumerate(rows):
-                self.pool.submit(row, AllOutputs((handler.batch_key(row),)), call.deadline,
-                                 incoming if index == len(rows) - 1 else None, on_done=route._work_done,
-                                 context=call)
+        call.state = SUBMITTED  # before the batch thread can possibly answer it
+        call.job.submit(self.pool, rows, [AllOutputs((handler.batch_key(row),)) for row in rows], call.deadline,
+                        route._work_done, call)
 
     def finish(self, route: ServiceRoute, call: Call, item: WorkItem) -> None:
         job: _Job = call.job
         if item.error is not None:
             route._answer_once(call, item.error, item)
             return
-        with job.lock:
-            index = next(i for i, row in enumerate(job.rows) if row is item.input)
-            job.outputs[index] = item.output
-            job.done += 1
-            complete = job.done == len(job.rows)
-        if not complete:
+        if not job.add(item):
             return
         try:
             names = job.outputs[0].keys()

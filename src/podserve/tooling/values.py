@@ -77,6 +77,12 @@ FIELDS: dict[str, Field] = {
     "max_body_bytes": Field((int,), _SERVING_DEFAULTS.max_body_bytes, 1, 2**30),
     "max_image_pixels": Field((int,), _SERVING_DEFAULTS.max_image_pixels, 1, 10**9),
     "stuck_batch_seconds": Field((int, float), _SERVING_DEFAULTS.stuck_batch_seconds, 1, 86_400),
+    "video_fps": Field((int, float), _SERVING_DEFAULTS.video_fps, 0.01, 60),
+    "max_video_bytes": Field((int,), _SERVING_DEFAULTS.max_video_bytes, 1, 2**30),
+    "max_video_seconds": Field((int, float), _SERVING_DEFAULTS.max_video_seconds, 0.1, 3600),
+    "max_video_frames": Field((int,), _SERVING_DEFAULTS.max_video_frames, 1, 100_000),
+    "max_video_pixels": Field((int,), _SERVING_DEFAULTS.max_video_pixels, 1, 10**9),
+    "video_decode_timeout_seconds": Field((int, float), _SERVING_DEFAULTS.video_decode_timeout_seconds, 0.1, 3600),
     # SLO objectives the alert rules hold this service to; 0: conf/observability.yaml's.
     "slo_availability": Field((int, float), _SERVING_DEFAULTS.slo_availability, 0, 0.99999),
     "slo_latency_target": Field((int, float), _SERVING_DEFAULTS.slo_latency_target, 0, 0.99999),

@@ -1,0 +1,70 @@
+"""Videos made on the spot with PyAV, for the example model: text lines, turned, cut short and lying about themselves."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+from PIL import Image
+
+from images import text_image
+
+LINE = "serving models"
+
+
+def text_frame(upside_down: bool, text: str = LINE, size: int = 32) -> np.ndarray:
+    """A text line as an RGB array of even width and height (what yuv420p needs)."""
+    image = Image.open(io.BytesIO(text_image(text, size=size, upside_down=upside_down))).convert("RGB")
+    width, height = image.size
+    return np.asarray(image.crop((0, 0, width - width % 2, height - height % 2)))
+
+
+def encode(frames: list[np.ndarray], rate: int, fmt: str = "mp4", codec: str = "libx264", rotation: int | None = None,
+           sink=None) -> bytes:
+    """Encode RGB arrays at `rate` frames a second; `sink` (a write-only object) makes a stream that cannot seek,
+    so the muxer writes no length into the header."""
+    out_buffer = sink if sink is not None else io.BytesIO()
+    height, width = frames[0].shape[:2]
+    with av.open(out_buffer, "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=rate, options={"preset": "ultrafast"} if codec == "libx264" else {})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for pixels in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return bytes(sink.data) if sink is not None else out_buffer.getvalue()
+
+
+def flipping_video(seconds: int = 10, rate: int = 10, flip_at: float = 5.0, **kwargs) -> bytes:
+    """A text line upright until `flip_at` seconds, then upside down."""
+    upright, flipped = text_frame(False), text_frame(True)
+    return encode([upright if i / rate < flip_at else flipped for i in range(seconds * rate)], rate, **kwargs)
+
+
+class Unseekable:
+    """A sink PyAV cannot seek in: matroska written to it carries no duration."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def write(self, chunk) -> int:
+        self.data += chunk
+        return len(chunk)
+
+
+def sampled_frames_as_png(video: bytes, fps: float = 1.0) -> list[tuple[float, bytes]]:
+    """Decode `video` with PyAV here and return (timestamp, PNG) of the first frame at or after each 1/fps step."""
+    samples, next_at = [], 0.0
+    with av.open(io.BytesIO(video)) as container:
+        for frame in container.decode(video=0):
+            if frame.time + 1e-6 < next_at:
+                continue
+            out = io.BytesIO()
+            frame.to_image().save(out, "PNG")
+            samples.append((round(frame.time, 3), out.getvalue()))
+            next_at = len(samples) / fps
+    return samples
