@@ -46,6 +46,8 @@ class Window:
     batches: float = 0.0  # predict calls the server made in the window (ours only)
     batch_items: float = 0.0  # inputs those calls held
     batch_fill_wait_s: float = 0.0  # request-seconds queued while a free lane held its batch open for more (ours)
+    verb_cpu_s: float = 0.0  # CPU seconds in the handler's verbs (ours: podserve_verb_cpu_seconds_total)
+    predict_cpu_s: float = 0.0  # of which in predict (onnxruntime's work, in the batch threads)
     switches: float = 0.0  # context switches of the server's threads in the window (voluntary + involuntary)
 
     @property

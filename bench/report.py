@@ -58,9 +58,16 @@ def row(system, concurrency: int, windows: Sequence[Window], agree: float) -> di
         "server_cpu_ms_per_request": round(sum(w.server_cpu_s for w in windows) / requests * 1000, 3)
         if requests else None,
     }
-    if system.kind == OURS:
-        result["batch_fill_wait_ms_per_request"] = round(sum(w.batch_fill_wait_s for w in windows) / requests * 1000,
-                                                         3) if requests else None
+    if system.kind == OURS and requests:
+        def per_request(seconds: float) -> float:
+            return round(seconds / requests * 1000, 3)
+
+        result["batch_fill_wait_ms_per_request"] = per_request(sum(w.batch_fill_wait_s for w in windows))
+        verbs = sum(w.verb_cpu_s for w in windows)
+        if verbs:  # the server's own CPU: all of it but what the handler's verbs spent
+            result["verb_cpu_ms_per_request"] = per_request(verbs)
+            result["predict_cpu_ms_per_request"] = per_request(sum(w.predict_cpu_s for w in windows))
+            result["server_own_cpu_ms_per_request"] = per_request(sum(w.server_cpu_s for w in windows) - verbs)
     if system.kind != CEILING:
         result["client_cpu_ms_per_request"] = round(sum(w.client_cpu_s for w in windows) / requests * 1000, 3) \
             if requests else None
@@ -224,6 +231,7 @@ def bounds(results: dict) -> list[str]:
             f"{client:.3f} ms, {cores} cores could answer at most {best:.0f} req/s = {best / ceiling['throughput_rps']:.2f} "
             f"x the ceiling even if the server cost nothing. Ours spent {ours['server_cpu_ms_per_request']:.3f} ms per "
             f"request: {ours['server_cpu_ms_per_request'] - infer - decode:.3f} ms beyond inference and preprocessing.")
+        lines += inside_split(ours, infer, decode)
         lines += window_spread(ours, ceiling)
         gil = w.get("gil_profile", {})
         if workload == "fast" and "cores_by_thread_group" in gil:
@@ -246,6 +254,19 @@ def bounds(results: dict) -> list[str]:
                 f"{ours['server_cpu_ms_per_request'] / gunicorn['server_cpu_ms_per_request']:.2f}, and "
                 f"throughput on saturated cores goes as its inverse.")
     return lines
+
+
+def inside_split(ours: dict, infer: float, decode: float) -> list[str]:
+    """Where ours spent its CPU, measured inside the server (podserve_verb_cpu_seconds_total), against the same work
+    timed alone: inference that runs slower beside decoding and HTTP is not the server's code."""
+    if ours.get("predict_cpu_ms_per_request") is None:
+        return []
+    predict, verbs, own = (ours["predict_cpu_ms_per_request"], ours["verb_cpu_ms_per_request"],
+                           ours["server_own_cpu_ms_per_request"])
+    return [f"Inside our server (podserve_verb_cpu_seconds_total): onnxruntime's predict took {predict:.3f} ms of CPU "
+            f"per request against {infer:.3f} ms alone ({predict / infer - 1:+.0%}), the handler's decode and encode "
+            f"{verbs - predict:.3f} ms against {decode:.3f} ms for decode alone, and the server's own work (HTTP, "
+            f"JSON, hand-offs, metrics) {own:.3f} ms."] if infer else []
 
 
 def window_spread(ours: dict, other: dict) -> list[str]:

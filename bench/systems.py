@@ -23,10 +23,11 @@ from typing import Sequence
 from bench.ceiling import Ceiling, Config
 from bench.loadgen import Window, run_wrk
 from bench.workloads import REPO, Workload
-from podserve.metric_names import BATCH_FILL_WAIT_SECONDS, BATCH_SIZE, IN_FLIGHT, REFUSALS_HELD
+from podserve.metric_names import BATCH_FILL_WAIT_SECONDS, BATCH_SIZE, IN_FLIGHT, REFUSALS_HELD, VERB_CPU_SECONDS
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BATCH_SUM, BATCH_COUNT, FILL_WAIT = BATCH_SIZE + "_sum", BATCH_SIZE + "_count", BATCH_FILL_WAIT_SECONDS + "_total"
+VERB_CPU = VERB_CPU_SECONDS + "_total"
 
 
 
@@ -79,7 +80,8 @@ class Server:
         switches = self.switch_count() - switches_before
         return _with(window, server_cpu_s=cpu_after - cpu_before, batches=batches_after[1] - batches_before[1],
                      switches=switches, batch_items=batches_after[0] - batches_before[0],
-                     batch_fill_wait_s=batches_after[2] - batches_before[2])
+                     batch_fill_wait_s=batches_after[2] - batches_before[2],
+                     verb_cpu_s=batches_after[3] - batches_before[3], predict_cpu_s=batches_after[4] - batches_before[4])
 
     def pids(self) -> list[int]:
         """The server's process and its children (Gunicorn's workers)."""
@@ -146,19 +148,22 @@ class Server:
                 return
             time.sleep(0.02)
 
-    def batch_totals(self) -> tuple[float, float, float]:
-        """(inputs, predict calls, request-seconds held for fuller batches) so far, from the server's /metrics;
-        zeros where it has none."""
+    def batch_totals(self) -> tuple[float, float, float, float, float]:
+        """(inputs, predict calls, request-seconds held for fuller batches, CPU seconds in the handler's verbs, of
+        which in predict) so far, from the server's /metrics; zeros where it has none."""
         if self.kind == "gunicorn":
-            return 0.0, 0.0, 0.0
+            return 0.0, 0.0, 0.0, 0.0, 0.0
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as reply:
             text = reply.read().decode()
-        totals = {BATCH_SUM: 0.0, BATCH_COUNT: 0.0, FILL_WAIT: 0.0}
+        totals = {BATCH_SUM: 0.0, BATCH_COUNT: 0.0, FILL_WAIT: 0.0, VERB_CPU: 0.0}
+        predict = 0.0
         for line in text.splitlines():
             name = line.split("{", 1)[0].split(" ", 1)[0]
             if name in totals:
-                totals[name] += float(line.rsplit(" ", 1)[1])
-        return totals[BATCH_SUM], totals[BATCH_COUNT], totals[FILL_WAIT]
+                value = float(line.rsplit(" ", 1)[1])
+                totals[name] += value
+                predict += value if name == VERB_CPU and 'verb="predict"' in line else 0.0
+        return totals[BATCH_SUM], totals[BATCH_COUNT], totals[FILL_WAIT], totals[VERB_CPU], predict
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after 30 s; return the exit code."""

@@ -15,6 +15,7 @@ REQUEST_SECONDS = PREFIX + "request_duration_seconds"       # histogram, end to 
 QUEUE_WAIT_SECONDS = PREFIX + "queue_wait_seconds"          # histogram, enqueue to batch start
 INFERENCE_SECONDS = PREFIX + "inference_seconds"            # histogram, one predict call
 BATCH_SIZE = PREFIX + "batch_size"                          # histogram, items per predict call
+VERB_CPU_SECONDS = PREFIX + "verb_cpu_seconds"              # counter, labels VERB_LABELS: CPU the handler's verbs used
 BATCH_FILL_WAIT_SECONDS = PREFIX + "batch_fill_wait_seconds"  # counter, request-seconds queued while a free lane held
 #                                                             its batch open for more (the batching policy's cost)
 QUEUE_DEPTH = PREFIX + "queue_depth"                        # gauge, items waiting in the queue
@@ -52,4 +53,6 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 #: "exported_instance"; honouring our labels instead would let the pod overwrite target labels.
 INSTANCE_LABEL = "model_instance"
 STAGE_LABELS = ("service", INSTANCE_LABEL)
+#: `verb`: the handler method (decode, predict, encode, ...): what the service's own code costs, apart from the server's.
+VERB_LABELS = ("service", "verb")
 MESSAGE_LABELS = ("service", "topic")

@@ -111,6 +111,13 @@ def test_targets_follow_issue_13_and_missed_ones_get_a_measured_bound():
     assert "at most 2105 req/s" in bounds[0] and "Gunicorn spent 1.400 ms" in bounds[2]
     # ours 450 against the ceiling's windows of 1000 and 1250 req/s: 0.36-0.45 window against window.
     assert "ours/ceiling spans 0.36-0.45 in this run" in bounds[1]
+    # With the server's verb CPU: predict 0.66 of ours' 1.5 ms (+10% on the ceiling's 0.6), decode and encode 0.34,
+    # the server's own 0.5.
+    ours64 = results["workloads"]["fast"]["points"][1]["rows"][1]
+    ours64.update(predict_cpu_ms_per_request=0.66, verb_cpu_ms_per_request=1.0, server_own_cpu_ms_per_request=0.5)
+    inside = report.bounds(results)[1]
+    assert "predict took 0.660 ms of CPU per request against 0.600 ms alone (+10%)" in inside
+    assert "decode and encode 0.340 ms against 0.300 ms" in inside and "server's own work (HTTP" in inside
 
 
 def test_the_heavy_goal_is_the_free_server_bound_less_003_when_that_bound_is_under_097():

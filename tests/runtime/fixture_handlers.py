@@ -49,6 +49,20 @@ class SlowDecode(Affine):
         return super().decode(payload)
 
 
+class CpuThenSleep(Affine):
+    """Affine whose decode spins for 50 ms of its thread's CPU and whose encode sleeps 50 ms (no CPU)."""
+
+    def decode(self, payload: Payload) -> np.ndarray:
+        began = time.thread_time()
+        while time.thread_time() - began < 0.05:
+            pass
+        return super().decode(payload)
+
+    def encode(self, output):
+        time.sleep(0.05)
+        return super().encode(output)
+
+
 class Faulty(Affine):
     """Affine with planted bugs: decode crashes on 13, predict on 666, and breaks its contract on 7."""
 

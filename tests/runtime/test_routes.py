@@ -36,6 +36,21 @@ def test_ping_live_and_metrics(start_server, affine_model):
     assert metrics['service_inputs_decoded_total{service="example"}'] == 1
 
 
+def test_the_cpu_of_each_handler_verb_is_counted_apart_from_the_servers(start_server, affine_model):
+    """podserve_verb_cpu_seconds_total splits a pod's CPU into the service's verbs and the server's own: a decode that
+    spins 50 ms of CPU counts at least that; an encode that sleeps 50 ms counts next to nothing."""
+    server = start_server(handler="fixture_handlers:CpuThenSleep", model_path=str(affine_model))
+    before = {verb: server.metric_sum(f'podserve_verb_cpu_seconds_total{{service="example",verb="{verb}"}}')
+              for verb in ("decode", "predict", "encode")}
+    for _ in range(3):
+        assert server.post({"data": [1.0]}).status_code == 200
+    spent = {verb: server.metric_sum(f'podserve_verb_cpu_seconds_total{{service="example",verb="{verb}"}}')
+             - before[verb] for verb in before}
+    assert spent["decode"] >= 3 * 0.05, spent
+    assert spent["encode"] < 0.05, spent  # 150 ms asleep in encode, almost no CPU
+    assert 0 < spent["predict"] < 0.05, spent  # three tiny onnxruntime runs
+
+
 def test_ping_is_503_with_a_reason_until_loaded(start_server, affine_model, tmp_path):
     # The model path exists but is not a model: loading fails, and ping says why.
     broken = tmp_path / "broken.onnx"

@@ -89,7 +89,8 @@ class BatchWorker:
     """The queue and batch thread of one model instance."""
 
     def __init__(self, name: str, handler: Handler, *, max_batch_size: int, max_batch_delay: float,
-                 capacity: int, on_batch: Callable[["BatchWorker", int, float, list[WorkItem]], None] | None = None,
+                 capacity: int,
+                 on_batch: Callable[["BatchWorker", int, float, list[WorkItem], float], None] | None = None,
                  more_coming: Callable[[], bool] = lambda: True, cost: BatchCost | None = None):
         self.name = name
         self.cost = cost or BatchCost()  # what a predict call costs: whether waiting for more pays
@@ -241,7 +242,7 @@ class BatchWorker:
         for item in batch:
             groups.setdefault(item.key, []).append(item)
         for group in groups.values():
-            started = time.perf_counter()
+            started, cpu_began = time.perf_counter(), time.thread_time()
             predict = self.handler.predict_all_outputs if type(group[0].key) is AllOutputs else self.handler.predict
             try:
                 outputs = predict([item.input for item in group])
@@ -252,7 +253,7 @@ class BatchWorker:
                     f"{type(self.handler).__name__}.predict failed: {type(exc).__name__}; see the server log")
                 finish_all(group, error=error)
                 continue
-            seconds = time.perf_counter() - started
+            seconds, cpu_seconds = time.perf_counter() - started, time.thread_time() - cpu_began
             with self._cond:
                 self.cost.observe(len(group), seconds)
             for item in group:
@@ -260,7 +261,7 @@ class BatchWorker:
                 item.inference_seconds = seconds
             finish_all(group, list(outputs))
             if self._on_batch is not None:
-                self._on_batch(self, len(group), seconds, group)
+                self._on_batch(self, len(group), seconds, group, cpu_seconds)
 
 
 def _expired() -> DeadlineExceeded:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -29,6 +30,10 @@ class Metrics:
                                    names.STAGE_LABELS, buckets=LATENCY_BUCKETS, registry=registry)
         self.batch_size = Histogram(names.BATCH_SIZE, "Inputs per predict call.",
                                     names.STAGE_LABELS, buckets=BATCH_BUCKETS, registry=registry)
+        self.verb_cpu = Counter(names.VERB_CPU_SECONDS, "CPU seconds the threads calling the handler's verbs spent in "
+                                "them, by verb (predict: the batch thread's, with onnxruntime's CPU work).",
+                                names.VERB_LABELS, registry=registry)
+        self._verb_cpu: dict[str, Any] = {}
         self.batch_fill_wait = Counter(names.BATCH_FILL_WAIT_SECONDS, "Seconds requests waited in the queue while a "
                                        "free batch lane held its batch open for more, summed over requests.",
                                        names.STAGE_LABELS, registry=registry)
@@ -89,6 +94,12 @@ class Metrics:
                                                                  self.request_seconds.labels(*labels))
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_verb_cpu(self, verb: str, seconds: float) -> None:
+        child = self._verb_cpu.get(verb)
+        if child is None:
+            child = self._verb_cpu[verb] = self.verb_cpu.labels(self.service, verb)
+        child.inc(seconds)
 
     def observe_batch(self, instance: str, size: int, seconds: float, queue_waits: list[float],
                       fill_wait: float = 0.0) -> None:

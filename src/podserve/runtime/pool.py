@@ -12,6 +12,7 @@ from podserve.errors import NotReady, Overloaded
 from podserve.handler import Device, Handler, model_inputs
 from podserve.runtime.batch_policy import BatchCost
 from podserve.runtime.batcher import BatchWorker, WorkItem, check_outputs
+from podserve.runtime import verbs
 from podserve.runtime.metrics import Metrics
 from podserve.settings import ServingSettings
 
@@ -47,6 +48,7 @@ class InstancePool:
                  metrics: Metrics):
         self.settings = settings
         self.metrics = metrics
+        verbs.on_verb_cpu = metrics.observe_verb_cpu  # a pod has one pool: its verbs' CPU goes to its metrics
         self._handler_class = handler_class
         self._devices = devices
         self.names = [f"{device.label}-{i}" for i, device in enumerate(devices)]
@@ -192,9 +194,11 @@ class InstancePool:
         for worker in self.workers:
             worker.stop(timeout=self.settings.stuck_batch_seconds)
 
-    def _record_batch(self, worker: BatchWorker, size: int, seconds: float, items: list[WorkItem]) -> None:
+    def _record_batch(self, worker: BatchWorker, size: int, seconds: float, items: list[WorkItem],
+                      cpu_seconds: float) -> None:
         self.metrics.observe_batch(worker.name, size, seconds, [item.queue_seconds for item in items],
                                    sum(item.fill_seconds for item in items))
+        self.metrics.observe_verb_cpu("predict", cpu_seconds)
 
 
 class _Incoming:
