@@ -44,7 +44,22 @@ def decode_image(data: bytes, *, max_pixels: int, mode: str = "RGB",
         raise InvalidInput(f"'{field}' looks like a decompression bomb ({exc}); send a smaller image",
                            field=field) from None
     except Image.UnidentifiedImageError:
+        video = _video_container(data)
+        if video:
+            raise InvalidInput(f"'{field}' holds a video ({video}), not an image; send it as 'video', or raw with a "
+                               f"video/* Content-Type", field=field) from None
         raise InvalidInput(f"'{field}' is not an image in a format this server reads ({', '.join(ACCEPTED_FORMATS)}); "
                            f"its first bytes are {data[:8]!r}", field=field) from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         raise InvalidInput(f"'{field}' could not be decoded ({exc}); send a complete, valid image", field=field) from None
+
+
+def _video_container(data: bytes) -> str | None:
+    """The video container `data` starts like (MP4/MOV, WebM/MKV, AVI), or None."""
+    if data[4:8] == b"ftyp":
+        return "MP4/MOV"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "WebM/MKV"
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "AVI"
+    return None
