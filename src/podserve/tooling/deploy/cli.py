@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 
 from podserve.tooling.conf import load_conf, load_deploy_policy
 from podserve.tooling.deploy import commands, digest, failures, notify
-from podserve.tooling.deploy.errors import BadInput, DeployError, Refused
+from podserve.tooling.deploy.errors import BadInput, DeployError, Refused, Terminated
 from podserve.tooling.deploy.kube import Kube
 from podserve.tooling.deploy.target import Target, from_manifests, from_values, service_from_values, stage_of
 from podserve.tooling.valuefile import ValueFileError
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     say = lambda text: print(text, flush=True)  # noqa: E731
     target = None
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         conf = load_conf(args.conf)
         policy = load_deploy_policy(args.conf)
@@ -50,11 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueFileError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return failures.EXIT_BAD_INPUT
+    except Terminated as exc:  # apply handles one after its first change; here, nothing more is done
+        print(f"Error: {exc.message}; the tool stopped", file=sys.stderr)
+        return failures.EXIT_FAILED
     except DeployError as exc:
         print(f"Error: {exc.message}", file=sys.stderr)
         if isinstance(exc, Refused) and target is not None and args.command == "apply" and not args.dry_run:
             notify.send(notify.payload(target.service, target.stage.name, None, "refused", exc.message))
         return exc.exit_code
+
+
+def _terminated(signum, _frame) -> None:
+    """SIGTERM (the runner cancelling the job): raise in the main thread; a second one is ignored, so the rollback
+    that follows runs to its end (the runner's SIGKILL after its grace period still ends everything)."""
+    signal.signal(signum, signal.SIG_IGN)
+    raise Terminated(signal.Signals(signum).name)
 
 
 def _target(args, conf, stage) -> Target:

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from podserve.tooling import routing
 from podserve.tooling.conf import Conf, DeployPolicy
 from podserve.tooling.deploy import budget, diagnosis, failures, freeze, notify, rollout
-from podserve.tooling.deploy.errors import BadInput, ClusterError, Refused
+from podserve.tooling.deploy.errors import BadInput, ClusterError, LockLost, Refused, Terminated
 from podserve.tooling.deploy.history import History, Revision, as_applied, history_name, now_text
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, REPLICASETS, Kube, kind_of
 from podserve.tooling.deploy.lock import DeployLock, holder_identity
@@ -56,7 +56,7 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         check_routes(kube, target)
         return dry_run(kube, target, say)
     with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
-                    opts.lock_lease_seconds, say):
+                    opts.lock_lease_seconds, say) as lock:
         check_routes(kube, target)
         history = History.load(kube, target.namespace, target.service, target.stage.name)
         before = history.current.objects if history.current else live_objects(kube, target)
@@ -65,8 +65,18 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         number = history.next_number()
         say(f"deploying {target.service} to {target.stage.name} (namespace {target.namespace}) as revision {number}: "
             f"{target.image()}")
-        apply_set(kube, target, objects, say)
-        verdict = rollout.wait(kube, target, wait_settings(target, conf, opts, objects), say)
+        # From the first mutating call on, every way out ends rolled back (production) or recorded, never silent.
+        try:
+            apply_set(kube, target, objects, say, lock.check)
+            verdict = rollout.wait(kube, target, wait_settings(target, conf, opts, objects), say, lock.check)
+            lock.check()
+        except LockLost as exc:
+            say(f"STOPPED: {exc.message}. This deploy stops here and does not roll back: the stage belongs to the "
+                "new holder's deploy now, and its Lease is left alone")
+            _notify(target, number, "interrupted", exc.message, say)
+            return failures.EXIT_FAILED
+        except (ClusterError, Terminated) as exc:
+            return interrupted(kube, target, before, history, number, _cause(exc), conf, opts, say)
         if verdict.state == diagnosis.SERVING:
             history.record(kube, Revision(number, objects, target.image(), holder_identity(), now_text(), forced))
             say(f"serving: revision {number} of {target.service} in {target.stage.name}: {verdict.message}")
@@ -83,6 +93,31 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
                                conf, opts, say)
         _notify(target, number, outcome, verdict.message, say)
         return failures.EXIT_FAILED
+
+
+def interrupted(kube: Kube, target: Target, before: list[dict], history: History, number: int, cause: str,
+                conf: Conf, opts: Options, say=print) -> int:
+    """End a deploy cut short after its first change (an API error, SIGTERM): roll the stage back to what ran before
+    (as a failed rollout is; grey is kept for inspection), notify with outcome `interrupted`; return EXIT_FAILED."""
+    say(f"INTERRUPTED: {cause}")
+    if target.stage.track == "grey":
+        outcome = f"{target.stage.name} is left as it is (`status --stage {target.stage.name}` shows it)"
+    else:
+        try:
+            done = roll_back_to(kube, target, before, history.current.number if history.current else None, conf,
+                                opts, say)
+            outcome = "rolled back" if done == "rolled_back" else "the rollback did not become healthy"
+        except (ClusterError, Terminated) as exc:
+            outcome = f"the rollback failed too ({_cause(exc)}); run `rollback --stage {target.stage.name}`"
+            say(f"FAILED: {outcome}")
+    _notify(target, number, "interrupted", f"{cause}; {outcome}", say)
+    return failures.EXIT_FAILED
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, ClusterError):
+        return f"the API server answered {exc.status or 'nothing'}: {exc.message}"
+    return exc.message
 
 
 def roll_back_to(kube: Kube, target: Target, objects: list[dict], number: int | None, conf: Conf, opts: Options,
@@ -126,9 +161,11 @@ def validate(kube: Kube, objects: list[dict]) -> None:
             raise
 
 
-def apply_set(kube: Kube, target: Target, objects: list[dict], say=print) -> None:
-    """Server-side apply every object, then delete the target's objects that are not among them."""
+def apply_set(kube: Kube, target: Target, objects: list[dict], say=print, check=lambda: None) -> None:
+    """Server-side apply every object, then delete the target's objects that are not among them (`check` runs
+    before each change and raises to stop: the deploy lock's)."""
     for obj in objects:
+        check()
         kind, meta = kind_of(obj), obj["metadata"]
         live = kube.get(kind, meta.get("namespace"), meta["name"])
         if live is not None and obj["kind"] == "Deployment":

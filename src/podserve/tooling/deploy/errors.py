@@ -47,3 +47,18 @@ class ClusterError(DeployError):
                             "team's account of the platform chart (charts/podserve-platform: podserve-<team>-preview "
                             "for grey and ab, podserve-<team>-production for the rest; docs/tenancy.md), whose RBAC "
                             "covers exactly what this tool does, in the team's own namespaces")
+
+
+class LockLost(DeployError):
+    """The deploy's Lease was taken over (or could not be renewed): the deploy stops and leaves the stage alone."""
+
+
+class Terminated(BaseException):
+    """SIGTERM reached the tool (a cancelled or timed-out CI job); raised in the main thread, wherever it was.
+
+    A BaseException, like KeyboardInterrupt, so no `except Exception` on the way swallows it.
+    """
+
+    def __init__(self, signal_name: str = "SIGTERM"):
+        super().__init__(signal_name)
+        self.message = f"{signal_name}: the job was cancelled or timed out"

@@ -137,11 +137,13 @@ class Kube:
                             "application/apply-patch+yaml")
 
     def delete(self, kind: Kind, namespace: str | None, name: str, uid: str | None = None,
-               propagation: str = "Background") -> bool:
-        """Delete the object (its dependents too); return False when it was already gone."""
+               propagation: str = "Background", resource_version: str | None = None) -> bool:
+        """Delete the object (its dependents too), only if it still has `uid` and `resource_version` when given;
+        return False when it was already gone (409 when a precondition no longer holds)."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
-        if uid:
-            body["preconditions"] = {"uid": uid}
+        preconditions = {key: value for key, value in (("uid", uid), ("resourceVersion", resource_version)) if value}
+        if preconditions:
+            body["preconditions"] = preconditions
         try:
             self.request("DELETE", kind.path(namespace, name), body=body)
             return True

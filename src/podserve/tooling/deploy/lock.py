@@ -1,9 +1,16 @@
 """One deploy of a service and stage at a time: a coordination.k8s.io Lease in the stage's namespace.
 
-The lock is the Lease `podserve-deploy.<service>`; its holder renews it while the deploy
-runs and deletes it at the end. A second deploy waits up to the policy's wait, printing
-who holds it, then refuses (exit 3) naming the holder. A Lease its holder stopped renewing
-(the job was killed) is free once `leaseDurationSeconds` have passed without renewal.
+The lock is the Lease `podserve-deploy.<service>`, kept as client-go's leader election keeps
+its Lease: the holder's identity in the spec, every write conditional on the resourceVersion
+last seen (a lost race is a 409, never an overwrite), and time measured on each process's own
+monotonic clock, never by comparing wall clocks across machines. The holder renews every third
+of `leaseDurationSeconds` and deletes the Lease at the end (conditional on its uid and
+resourceVersion). A second deploy waits up to the policy's wait, printing who holds it, then
+refuses (exit 3) naming the holder. A Lease whose record has not changed for
+`leaseDurationSeconds` as the waiting deploy observed it (its holder was killed) is free.
+A holder that finds its Lease taken over, or that could not renew it for
+`leaseDurationSeconds`, has lost the lock: `check()` raises LockLost, and the Lease is left
+alone (it is the new holder's).
 """
 
 from __future__ import annotations
@@ -13,10 +20,10 @@ import os
 import socket
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from podserve.tooling.deploy import failures
-from podserve.tooling.deploy.errors import ClusterError, Refused
+from podserve.tooling.deploy.errors import ClusterError, LockLost, Refused
 from podserve.tooling.deploy.kube import LEASES, Kube
 
 
@@ -46,6 +53,10 @@ class DeployLock:
         self.name = lease_name(service)
         self.identity = holder_identity()
         self.uid: str | None = None
+        self.version: str | None = None  # the resourceVersion of our last write
+        self.renewed_at = 0.0  # monotonic time of our last successful write
+        self.lost: str | None = None  # why the lock is no longer ours
+        self._observed: tuple[str, float] | None = None  # (another holder's resourceVersion, when first seen)
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
@@ -77,18 +88,26 @@ class DeployLock:
         self._renewer = threading.Thread(target=self._renew, name="deploy-lock-renewer", daemon=True)
         self._renewer.start()
 
+    def check(self) -> None:
+        """Raise LockLost when the Lease is no longer ours (taken over, or not renewed in time)."""
+        if self.lost is None and self.uid and time.monotonic() - self.renewed_at > self.lease_seconds:
+            self.lost = (f"the deploy lock {self.namespace}/{self.name} was not renewed for "
+                         f"{self.lease_seconds} s, so another deploy may hold it now")
+        if self.lost:
+            raise LockLost(self.lost)
+
     def release(self) -> None:
-        """Stop renewing and delete the Lease (only ours: the delete is conditional on its uid)."""
+        """Stop renewing and delete the Lease if it is still ours (conditional on its uid and resourceVersion)."""
         self._stop.set()
         if self._renewer:
             self._renewer.join(timeout=10)
-        if self.uid:
+        if self.uid and not self.lost:
             try:
-                self.kube.delete(LEASES, self.namespace, self.name, uid=self.uid)
+                self.kube.delete(LEASES, self.namespace, self.name, uid=self.uid, resource_version=self.version)
             except ClusterError as exc:
-                if exc.status != 409:  # 409: someone took it after ours expired; it is theirs now
+                if exc.status != 409:  # 409: it changed since our last write; it is someone else's now
                     self.say(f"warning: could not free the deploy lock: {exc.message}")
-            self.uid = None
+        self.uid = None
 
     def _try_take(self) -> dict | None:
         """Create the Lease, or take it over when expired; return the holder's Lease when it is held."""
@@ -100,8 +119,7 @@ class DeployLock:
                 "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_seconds,
                          "acquireTime": now, "renewTime": now}}
         try:
-            created = self.kube.request("POST", LEASES.path(self.namespace), body=body)
-            self.uid = created["metadata"]["uid"]
+            self._took(self.kube.request("POST", LEASES.path(self.namespace), body=body))
             return None
         except ClusterError as exc:
             if exc.status != 409:
@@ -109,7 +127,7 @@ class DeployLock:
         current = self.kube.get(LEASES, self.namespace, self.name)
         if current is None:
             return self._try_take()
-        if not _expired(current):
+        if not self._expired(current):
             return current
         body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         try:
@@ -119,29 +137,48 @@ class DeployLock:
                 return self.kube.get(LEASES, self.namespace, self.name) or current
             raise
         self.say(f"took over the deploy lock from {current['spec'].get('holderIdentity')}, which stopped renewing it")
-        self.uid = taken["metadata"]["uid"]
+        self._took(taken)
         return None
 
+    def _took(self, lease: dict) -> None:
+        self.uid, self.version = lease["metadata"]["uid"], lease["metadata"]["resourceVersion"]
+        self.renewed_at = time.monotonic()
+
+    def _expired(self, lease: dict) -> bool:
+        """Whether another holder's Lease is free: no holder, or its record unchanged for its leaseDurationSeconds
+        on this process's monotonic clock since this process first saw that record (client-go's observedTime)."""
+        spec = lease.get("spec") or {}
+        if not spec.get("holderIdentity"):
+            return True
+        version = lease["metadata"]["resourceVersion"]
+        if self._observed is None or self._observed[0] != version:
+            self._observed = (version, time.monotonic())
+        return time.monotonic() - self._observed[1] > (spec.get("leaseDurationSeconds") or 0)
+
     def _renew(self) -> None:
+        """Renew the Lease with our last resourceVersion as precondition; a conflict by another holder loses it."""
         while not self._stop.wait(max(1.0, self.lease_seconds / 3)):
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.namespace, "resourceVersion": self.version,
+                                 "labels": {"service": self.service, "stage": self.stage,
+                                            "app.kubernetes.io/managed-by": "podserve-deploy"}},
+                    "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_seconds,
+                             "renewTime": _micro(datetime.now(timezone.utc))}}
             try:
                 current = self.kube.get(LEASES, self.namespace, self.name)
-                if not current or current["metadata"]["uid"] != self.uid:
-                    self.say("warning: the deploy lock was taken away; another deploy may run at the same time")
+                holder = ((current or {}).get("spec") or {}).get("holderIdentity")
+                if current is None or holder != self.identity or current["metadata"]["uid"] != self.uid:
+                    self.lost = (f"the deploy lock {self.namespace}/{self.name} was taken over by "
+                                 f"{holder or 'nobody (deleted)'}")
                     return
-                current["spec"]["renewTime"] = _micro(datetime.now(timezone.utc))
-                self.kube.request("PUT", LEASES.path(self.namespace, self.name), body=current)
-            except ClusterError as exc:
+                body["spec"]["acquireTime"] = current["spec"].get("acquireTime")
+                self._took(self.kube.request("PUT", LEASES.path(self.namespace, self.name), body=body))
+            except ClusterError as exc:  # a 409 is a write since our read: the next round reads it again
                 self.say(f"warning: could not renew the deploy lock: {exc.message}")
-
-
-def _expired(lease: dict) -> bool:
-    spec = lease.get("spec") or {}
-    renewed = spec.get("renewTime") or spec.get("acquireTime")
-    if not spec.get("holderIdentity") or not renewed:
-        return True
-    renewed_at = datetime.fromisoformat(renewed.replace("Z", "+00:00"))
-    return datetime.now(timezone.utc) > renewed_at + timedelta(seconds=spec.get("leaseDurationSeconds") or 0)
+                if time.monotonic() - self.renewed_at > self.lease_seconds:
+                    self.lost = (f"the deploy lock {self.namespace}/{self.name} could not be renewed for "
+                                 f"{self.lease_seconds} s ({exc.message}), so another deploy may hold it now")
+                    return
 
 
 def _micro(moment: datetime) -> str:

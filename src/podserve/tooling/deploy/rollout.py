@@ -49,11 +49,15 @@ def observe(kube: Kube, target: Target, settings: WaitSettings, budget_left: flo
     return observed, (pods_list.get("metadata") or {}).get("resourceVersion", ""), pod_selector
 
 
-def wait(kube: Kube, target: Target, settings: WaitSettings, say=print) -> diagnosis.Verdict:
-    """Wait for the target's rollout to end; return the verdict (serving or failed), printing progress."""
+def wait(kube: Kube, target: Target, settings: WaitSettings, say=print, check=lambda: None) -> diagnosis.Verdict:
+    """Wait for the target's rollout to end; return the verdict (serving or failed), printing progress.
+
+    `check` runs before each snapshot and raises to stop the wait (the deploy lock's check: LockLost).
+    """
     started = time.monotonic()
     last_line, last_said = None, 0.0
     while True:
+        check()
         elapsed = time.monotonic() - started
         observed, version, pod_selector = observe(kube, target, settings, settings.budget_seconds - elapsed)
         verdict = diagnosis.diagnose(observed)

@@ -1,0 +1,144 @@
+"""Faults during a production deploy on the control plane: none ends half-deployed or silent (issue 26).
+
+Real: the apiserver, the deploy tool as a subprocess with team like's production account, its
+Lease, SIGTERM as the GitLab runner sends it when a job is cancelled. Injected: a 500 on the 3rd
+apply (tests/deploy/fault_proxy.py, a proxy in front of the apiserver), and another holder taking
+the Lease over (the admin writes it, as a second deploy would). Simulated: the kubelet (kwok;
+`never-ready` keeps the new pods unready so the tool is mid-wait).
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+import yaml
+
+from fault_proxy import FaultProxy
+from live import Live
+from podserve.tooling.conf import default_conf_dir
+from podserve.tooling.deploy.kube import LEASES, MANAGED
+from receiver import Receiver
+
+
+@pytest.fixture
+def live(control_plane, tmp_path) -> Live:
+    return Live(control_plane, tmp_path)
+
+
+def image(live: Live, name: str) -> str:
+    deployment = live.admin.get(MANAGED["Deployment"], live.namespace("hk"), name)
+    return deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def started_waiting(process, seconds: float = 60) -> list[str]:
+    """Read the tool's stdout until its first progress line ("[   0s] ..."): it has applied and is waiting."""
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    seen, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        if line is None:
+            break
+        seen.append(line)
+        if line.startswith("["):
+            process.rest = lines  # the reader goes on; finish() collects what follows
+            return seen
+    raise AssertionError(f"the deploy never started waiting:\n{''.join(seen)}")
+
+
+def finish(process, seen: list[str], timeout: float = 120) -> str:
+    """Wait for the tool to exit; return its whole stdout and stderr."""
+    process.wait(timeout=timeout)
+    while (line := process.rest.get(timeout=10)) is not None:
+        seen.append(line)
+    return "".join(seen) + process.stderr.read()
+
+
+def first_revision(live: Live, name: str) -> None:
+    run = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v1"))
+    assert run.returncode == 0, run.output
+
+
+def test_a_500_on_the_third_apply_rolls_back_notifies_and_frees_the_lock(live):
+    name, receiver = "dt-fault-500", Receiver()
+    try:
+        first_revision(live, name)
+        with FaultProxy(live.kubeconfig("production"), fail_apply=3) as proxy:
+            run = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v2"),
+                              KUBECONFIG=str(proxy.kubeconfig), PODSERVE_NOTIFY_URL=receiver.url)
+        print(f"500 on apply 3: exit {run.returncode} after {run.seconds:.1f} s ({proxy.applies} applies)")
+        assert len(proxy.failed) == 1 and run.returncode == 1, run.output
+        assert "INTERRUPTED: the API server answered 500" in run.stdout and "injected fault" in run.stdout
+        assert "rolling back to the previous revision (1)" in run.stdout
+        assert "rolled back: the previous revision is serving again" in run.stdout
+        assert image(live, name).endswith(":v1")
+        assert [b["outcome"] for b in receiver.bodies] == ["interrupted"]
+        assert "injected fault" in receiver.bodies[0]["diagnosis"] and "rolled back" in receiver.bodies[0]["diagnosis"]
+        assert live.admin.get(LEASES, live.namespace("hk"), f"podserve-deploy.{name}") is None
+    finally:
+        receiver.stop()
+        live.remove(live.namespace("hk"), "hk", name)
+
+
+def test_sigterm_mid_wait_rolls_back_notifies_and_frees_the_lock(live):
+    name, receiver = "dt-fault-term", Receiver()
+    try:
+        first_revision(live, name)
+        process = live.start("apply", "--stage", "hk", "--budget", "300",
+                             "--manifests", live.manifests(name, "hk", "v2", simulate="never-ready"),
+                             PODSERVE_NOTIFY_URL=receiver.url)
+        seen = started_waiting(process)
+        assert image(live, name).endswith(":v2")
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)  # what the runner sends a cancelled job
+        output = finish(process, seen)
+        print(f"SIGTERM mid-wait: exit {process.returncode}, {time.monotonic() - started:.1f} s after the signal")
+        assert process.returncode == 1, output
+        assert "INTERRUPTED: SIGTERM" in output and "rolling back to the previous revision (1)" in output
+        assert image(live, name).endswith(":v1")
+        assert [b["outcome"] for b in receiver.bodies] == ["interrupted"]
+        assert "SIGTERM" in receiver.bodies[0]["diagnosis"]
+        assert live.admin.get(LEASES, live.namespace("hk"), f"podserve-deploy.{name}") is None
+    finally:
+        receiver.stop()
+        live.remove(live.namespace("hk"), "hk", name)
+
+
+def test_a_lease_taken_over_mid_deploy_stops_without_rolling_back_under_the_new_holder(live, tmp_path):
+    name, receiver = "dt-fault-lease", Receiver()
+    conf = tmp_path / "conf"
+    shutil.copytree(default_conf_dir(), conf)
+    policy = yaml.safe_load((conf / "deploy.yaml").read_text())
+    policy["lock_lease_seconds"] = 3  # renewed every second, so the takeover is seen at once
+    (conf / "deploy.yaml").write_text(yaml.safe_dump(policy))
+    namespace, lease = live.namespace("hk"), f"podserve-deploy.{name}"
+    try:
+        first_revision(live, name)
+        process = live.start("apply", "--stage", "hk", "--budget", "300", "--conf", conf,
+                             "--manifests", live.manifests(name, "hk", "v2", simulate="never-ready"),
+                             PODSERVE_NOTIFY_URL=receiver.url)
+        seen = started_waiting(process)
+        taken = live.admin.get(LEASES, namespace, lease)
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        taken["spec"].update(holderIdentity="another-deploy (pid 1)", acquireTime=now, renewTime=now,
+                             leaseDurationSeconds=600)
+        live.admin.request("PUT", LEASES.path(namespace, lease), body=taken)  # with its resourceVersion, as a taker
+        output = finish(process, seen)
+        assert process.returncode == 1, output
+        assert "STOPPED: the deploy lock" in output and "taken over by another-deploy (pid 1)" in output
+        assert "rolling back" not in output
+        assert live.admin.get(LEASES, namespace, lease)["spec"]["holderIdentity"] == "another-deploy (pid 1)"
+        assert image(live, name).endswith(":v2")  # left to the new holder, not rolled back underneath it
+        assert [b["outcome"] for b in receiver.bodies] == ["interrupted"]
+        assert "another-deploy (pid 1)" in receiver.bodies[0]["diagnosis"]
+    finally:
+        receiver.stop()
+        live.admin.delete(LEASES, namespace, lease)
+        live.remove(namespace, "hk", name)
