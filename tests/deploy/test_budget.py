@@ -45,3 +45,18 @@ def test_a_live_object_is_turned_back_into_what_was_applied():
     assert as_applied(live) == {"apiVersion": "v1", "kind": "Service",
                                 "metadata": {"name": "s", "namespace": "n", "labels": {"a": "b"}},
                                 "spec": {"ports": [{"port": 8080}]}}
+
+
+def test_where_an_autoscaler_owns_the_replicas_the_budget_counts_its_live_pods(tmp_path):
+    """An HPA (minReplicas 2) scaled to 6: the rollout replaces 6 pods, so the wait budgets for 6, not for 2."""
+    conf = load_conf()
+    values = tmp_path / "value.py"
+    values.write_text((REPO / "value.py").read_text().replace("max_replicas = 0 ", "max_replicas = 8 ", 1))
+    target = from_values(values, conf, conf.stages["hk"], "t")
+    deadline = target.deployment()["spec"]["progressDeadlineSeconds"]
+    hpa = next(o for o in target.objects if o["kind"] == "HorizontalPodAutoscaler")
+    assert "replicas" not in target.deployment()["spec"] and hpa["spec"]["minReplicas"] == 2
+    budget_for = lambda live: commands.wait_settings(target, conf, commands.Options(), list(target.objects),  # noqa
+                                                     live).budget_seconds
+    assert budget_for(6) == budget.rollout_seconds(deadline, 6)
+    assert budget_for(1) == budget_for(None) == budget.rollout_seconds(deadline, 2)  # never below the minimum

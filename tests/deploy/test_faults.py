@@ -22,6 +22,7 @@ import yaml
 from fault_proxy import FaultProxy
 from live import Live
 from podserve.tooling.conf import default_conf_dir
+from podserve.tooling.deploy import budget
 from podserve.tooling.deploy.kube import LEASES, MANAGED
 from receiver import Receiver
 
@@ -141,4 +142,24 @@ def test_a_lease_taken_over_mid_deploy_stops_without_rolling_back_under_the_new_
     finally:
         receiver.stop()
         live.admin.delete(LEASES, namespace, lease)
+        live.remove(namespace, "hk", name)
+
+
+def test_an_hpa_scaled_service_rolls_out_with_the_budget_of_its_live_replicas(live):
+    """Issue 26 must show 2: live 6 replicas (the HPA's count; simulated by the admin scaling, as the HPA would),
+    minReplicas 2: the wait budgets for 6 pods and the rollout completes, never a false timeout."""
+    name, namespace = "dt-hpa-six", live.namespace("hk")
+    try:
+        first = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v1", max_replicas=8))
+        assert first.returncode == 0, first.output
+        live.admin.request("PATCH", MANAGED["Deployment"].path(namespace, name) + "/scale",
+                           body={"spec": {"replicas": 6}}, content_type="application/merge-patch+json")
+        run = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v2", max_replicas=8))
+        assert run.returncode == 0, run.output
+        deadline = live.admin.get(MANAGED["Deployment"], namespace, name)["spec"]["progressDeadlineSeconds"]
+        assert f"waiting up to {budget.rollout_seconds(deadline, 6)} s for the rollout" in run.stdout
+        deployment = live.admin.get(MANAGED["Deployment"], namespace, name)
+        assert deployment["spec"]["replicas"] == 6 and deployment["status"]["updatedReplicas"] == 6
+        assert image(live, name).endswith(":v2") and "6/6 pods ready" in run.stdout
+    finally:
         live.remove(namespace, "hk", name)

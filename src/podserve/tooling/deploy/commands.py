@@ -68,7 +68,9 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         # From the first mutating call on, every way out ends rolled back (production) or recorded, never silent.
         try:
             apply_set(kube, target, objects, say, lock.check)
-            verdict = rollout.wait(kube, target, wait_settings(target, conf, opts, objects), say, lock.check)
+            settings = wait_settings(target, conf, opts, objects, live_replicas(kube, target))
+            say(f"waiting up to {settings.budget_seconds:.0f} s for the rollout")
+            verdict = rollout.wait(kube, target, settings, say, lock.check)
             lock.check()
         except LockLost as exc:
             say(f"STOPPED: {exc.message}. This deploy stops here and does not roll back: the stage belongs to the "
@@ -132,7 +134,8 @@ def roll_back_to(kube: Kube, target: Target, objects: list[dict], number: int | 
     apply_set(kube, previous, list(objects), say)
     if previous.deployment() is None:
         return "rolled_back"
-    verdict = rollout.wait(kube, previous, wait_settings(previous, conf, opts, list(objects)), say)
+    verdict = rollout.wait(kube, previous, wait_settings(previous, conf, opts, list(objects), live_replicas(kube, previous)),
+                           say)
     if verdict.state == diagnosis.SERVING:
         say(f"rolled back: the previous revision is serving again: {verdict.message}")
         return "rolled_back"
@@ -210,12 +213,28 @@ def live_objects(kube: Kube, target: Target) -> list[dict]:
             for live in _list_if_served(kube, kind, target.namespace, target.selector)]
 
 
-def wait_settings(target: Target, conf: Conf, opts: Options, objects: list[dict]) -> rollout.WaitSettings:
-    """Return the wait's budget (from the Deployment's progressDeadlineSeconds and replicas) and grace."""
+def live_replicas(kube: Kube, target: Target) -> int | None:
+    """Return the live Deployment's spec.replicas (an autoscaler's count once it owns the field), or None."""
+    deployment = target.deployment()
+    if deployment is None:
+        return None
+    live = kube.get(MANAGED["Deployment"], target.namespace, deployment["metadata"]["name"])
+    return ((live or {}).get("spec") or {}).get("replicas")
+
+
+def wait_settings(target: Target, conf: Conf, opts: Options, objects: list[dict],
+                  live: int | None = None) -> rollout.WaitSettings:
+    """Return the wait's budget (from the Deployment's progressDeadlineSeconds and replicas) and grace.
+
+    Where an HPA or KEDA owns the replicas (render leaves spec.replicas out), the rollout replaces the `live` pods
+    the autoscaler keeps, not its minimum: the budget counts those.
+    """
     deployment = next((o for o in objects if o.get("kind") == "Deployment"), None) or target.deployment() or {}
     spec = deployment.get("spec") or {}
-    hpa = next((o for o in objects if o.get("kind") == "HorizontalPodAutoscaler"), None)
-    replicas = spec.get("replicas") or ((hpa or {}).get("spec") or {}).get("minReplicas") or 1
+    scaler = next((o for o in objects if o.get("kind") in ("HorizontalPodAutoscaler", "ScaledObject")), None)
+    least = ((scaler or {}).get("spec") or {})
+    least = least.get("minReplicas") or least.get("minReplicaCount") or 1
+    replicas = spec.get("replicas") or (max(live or 0, least) if scaler else 1)
     surge = ((spec.get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge", 1)
     deadline = spec.get("progressDeadlineSeconds") or budget.KUBERNETES_DEFAULT_PROGRESS_DEADLINE
     seconds = opts.budget_seconds or budget.rollout_seconds(deadline, replicas, surge if isinstance(surge, int) else 1)
