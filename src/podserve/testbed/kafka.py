@@ -120,6 +120,10 @@ def cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+#: The largest record the test broker takes (48 MiB): the default video limit's JSON (~43 MiB) and its dead letter.
+BROKER_MESSAGE_BYTES = 48 * 1024 * 1024
+
+
 def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
     """The broker+controller configuration of a one-node cluster on loopback."""
     return "\n".join([
@@ -143,6 +147,10 @@ def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "group.initial.rebalance.delay.ms=0",
         "num.network.threads=2",
         "num.io.threads=2",
+        # Room for a video message (the offline worker's topics ask for max_video_bytes in base64 JSON; Kafka's
+        # default is about 1 MB): production brokers need the same (docs/offline.md).
+        f"message.max.bytes={BROKER_MESSAGE_BYTES}",
+        f"replica.fetch.max.bytes={BROKER_MESSAGE_BYTES}",
         "",
     ])
 

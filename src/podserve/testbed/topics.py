@@ -40,10 +40,11 @@ def image_message(image: bytes, postid, uid="u", seqid=1) -> bytes:
                        "image": base64.b64encode(image).decode()}).encode()
 
 
-def send(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]], timeout: float = 60.0) -> None:
+def send(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]], timeout: float = 60.0,
+         message_bytes: int = 1_000_000) -> None:
     """Produce (key, value) pairs and wait until the broker acknowledged every one; raise if any failed."""
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-                         "linger.ms": 10})
+                         "linger.ms": 10, "message.max.bytes": message_bytes})
     failures: list[str] = []
     for key, value in messages:
         while True:

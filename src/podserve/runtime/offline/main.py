@@ -9,7 +9,7 @@ import threading
 import time
 
 import prometheus_client
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaException, Producer
 
 from podserve.offline_settings import OfflineSettings
 from podserve.runtime.devices import plan_devices
@@ -17,7 +17,7 @@ from podserve.runtime.logs import configure_logging
 from podserve.runtime.metrics import Metrics
 from podserve.runtime.offline.metrics import MessageMetrics
 from podserve.runtime.offline.probes import ProbeServer
-from podserve.runtime.offline.sinks import FileSink, KafkaSink, ensure_topics
+from podserve.runtime.offline.sinks import FileSink, KafkaSink, ensure_topics, max_message_bytes, producer_config
 from podserve.runtime.offline.worker import OfflineWorker, consumer_config
 from podserve.runtime.pool import InstancePool
 from podserve.runtime.startup import StartupError, prepare_service
@@ -46,10 +46,12 @@ def main() -> int:
     stop_requested: list[str] = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append("SIGTERM"))
     signal.signal(signal.SIGINT, lambda *_: stop_requested.append("SIGINT"))
-    if not _create_topics(offline.kafka_bootstrap, topics, stop_requested):
+    message_bytes = max_message_bytes(settings)
+    if not _create_topics(offline.kafka_bootstrap, topics, stop_requested, message_bytes):
         return 0
 
-    dead_letters = KafkaSink(offline.kafka_bootstrap, offline.dead_letter_topic)
+    dead_letters = KafkaSink(offline.kafka_bootstrap, offline.dead_letter_topic,
+                             Producer(producer_config(offline.kafka_bootstrap, message_bytes)))
     sink = (KafkaSink(offline.kafka_bootstrap, offline.sink_topic, dead_letters.producer) if offline.sink_topic
             else FileSink(offline.sink_file))
     consumer = Consumer(consumer_config(offline.kafka_bootstrap, offline.consumer_group))
@@ -88,12 +90,12 @@ def _run_beside_signals(worker: OfflineWorker) -> int:
     return result[0] if result else 1
 
 
-def _create_topics(bootstrap: str, topics: list[str], stop_requested: list[str]) -> bool:
+def _create_topics(bootstrap: str, topics: list[str], stop_requested: list[str], message_bytes: int) -> bool:
     """Create the missing topics, retrying while the brokers are unreachable; False if stopped meanwhile."""
     backoff = 1.0
     while not stop_requested:
         try:
-            created = ensure_topics(bootstrap, topics)
+            created = ensure_topics(bootstrap, topics, message_bytes=message_bytes)
             if created:
                 log.info("created missing topic(s): %s", ", ".join(created))
             return True

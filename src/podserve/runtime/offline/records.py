@@ -33,9 +33,9 @@ class Outgoing:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-def parse(value: bytes | None, max_image_pixels: int) -> Payload:
+def parse(value: bytes | None, limits: "api.InputLimits | int") -> Payload:
     """Return the Payload of a message value, or raise InvalidInput naming the field (as the HTTP route does)."""
-    return api.parse_json_request(value or b"", max_image_pixels)
+    return api.parse_json_request(value or b"", limits)
 
 
 def result(key: bytes | None, payload: Payload, results: Any) -> Outgoing:

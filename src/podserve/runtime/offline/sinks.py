@@ -25,9 +25,23 @@ log = logging.getLogger(__name__)
 DELIVERY_TIMEOUT_MS = 10_000
 
 
-def producer_config(bootstrap: str) -> dict:
+#: Kafka's own default largest message (broker message.max.bytes, the producer's too): about 1 MB.
+KAFKA_DEFAULT_MESSAGE_BYTES = 1_000_000
+#: Room beyond the largest input message for what a dead letter adds (its error in the headers).
+DEAD_LETTER_MARGIN_BYTES = 64 * 1024
+
+
+def max_message_bytes(settings) -> int:
+    """The largest record the worker reads or writes: a video's JSON (max_video_bytes in base64), or its dead
+    letter. Topics the worker creates get it as max.message.bytes, and its producer as message.max.bytes; the
+    brokers' message.max.bytes must allow it (docs/offline.md)."""
+    return max(KAFKA_DEFAULT_MESSAGE_BYTES, settings.video_json_bytes() + DEAD_LETTER_MARGIN_BYTES)
+
+
+def producer_config(bootstrap: str, message_bytes: int = KAFKA_DEFAULT_MESSAGE_BYTES) -> dict:
     return {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-            "message.timeout.ms": DELIVERY_TIMEOUT_MS, "client.id": "podserve-offline"}
+            "message.timeout.ms": DELIVERY_TIMEOUT_MS, "client.id": "podserve-offline",
+            "message.max.bytes": message_bytes}
 
 
 class KafkaSink:
@@ -107,7 +121,7 @@ def missing_topics(admin: AdminClient, topics: list[str], timeout: float = 10.0)
     return [topic for topic in dict.fromkeys(topics) if topic not in existing]
 
 
-def ensure_topics(bootstrap: str, topics: list[str], timeout: float = 10.0) -> list[str]:
+def ensure_topics(bootstrap: str, topics: list[str], timeout: float = 10.0, message_bytes: int | None = None) -> list[str]:
     """Create those of `topics` that do not exist (broker's default partitions and replication); return them.
 
     The worker, not the broker, creates missing topics: production brokers (and the testbed's)
@@ -117,7 +131,9 @@ def ensure_topics(bootstrap: str, topics: list[str], timeout: float = 10.0) -> l
     missing = missing_topics(admin, topics, timeout)
     if not missing:
         return []
-    futures = admin.create_topics([NewTopic(topic, num_partitions=-1, replication_factor=-1) for topic in missing],
+    config = {"max.message.bytes": str(message_bytes)} if message_bytes else {}
+    futures = admin.create_topics([NewTopic(topic, num_partitions=-1, replication_factor=-1, config=config)
+                                   for topic in missing],
                                   operation_timeout=timeout, request_timeout=timeout)
     for topic, future in futures.items():
         try:

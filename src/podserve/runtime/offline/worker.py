@@ -21,13 +21,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from podserve.errors import DeadlineExceeded, HandlerFailed, Overloaded, ServingError
-from podserve.handler import WithContext
+from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded, ServingError
+from podserve.handler import FrameOutput, WithContext
+from podserve.runtime import api
 from podserve.runtime.offline import records
 from podserve.runtime.offline.metrics import MessageMetrics
 from podserve.runtime.offline.records import Outgoing
 from podserve.runtime.pool import InstancePool
 from podserve.runtime.verbs import call_verb
+from podserve.runtime.video_route import video_threads
 from podserve.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class OfflineWorker:
         self._lag_at = 0.0
         self.counts = {"consumed": 0, "produced": 0, "dead_lettered": 0, "committed": 0}
         self.seconds = {"process": 0.0, "write": 0.0, "commit": 0.0}  # where the loop's time went
+        self.input_limits = api.InputLimits.from_settings(settings, pool.holding_limit(), video_threads(settings)[1])
 
     # --- life ---------------------------------------------------------------------------
 
@@ -138,7 +141,10 @@ class OfflineWorker:
         with self.pool.admit():  # batch threads wait (up to the delay) for the rest of the fetch
             for i, message in enumerate(messages):
                 try:
-                    payloads[i] = records.parse(message.value(), self.settings.max_image_pixels)
+                    payloads[i] = records.parse(message.value(), self.input_limits)
+                    if payloads[i].video is not None:  # a video: one input per sampled frame, answered together
+                        items[i], contexts[i] = self._submit_video(handler, payloads[i])
+                        continue
                     model_input = call_verb(handler.decode, payloads[i])
                     if type(model_input) is WithContext:
                         model_input, contexts[i] = model_input.input, (model_input.context,)
@@ -147,18 +153,22 @@ class OfflineWorker:
                     errors[i] = exc
         outputs: list[Any] = [None] * len(messages)
         for i, item in enumerate(items):
-            if item is not None:
+            if type(item) is list:
+                outputs[i], errors[i] = self._wait_video(item, contexts[i])
+                contexts[i] = ()
+            elif item is not None:
                 outputs[i], errors[i] = self._wait(item)
         for i, error in enumerate(errors):  # a failed batch may hold one bad input: run each alone
-            if isinstance(error, HandlerFailed) and items[i] is not None:
+            if isinstance(error, HandlerFailed) and items[i] is not None and type(items[i]) is not list:
                 model_input = items[i].input
                 outputs[i], errors[i] = self._wait(self._submit(model_input, handler.batch_key(model_input)))
         results, dead = [], []
         for i, message in enumerate(messages):
             if errors[i] is None:
                 try:
+                    encode = handler.encode_video if type(items[i]) is list else handler.encode
                     results.append(records.result(message.key(), payloads[i],
-                                                  call_verb(handler.encode, outputs[i], *contexts[i])))
+                                                  call_verb(encode, outputs[i], *contexts[i])))
                     continue
                 except (TypeError, ValueError) as exc:
                     errors[i] = HandlerFailed(f"{type(handler).__name__}.encode returned something JSON cannot hold "
@@ -169,6 +179,28 @@ class OfflineWorker:
                         errors[i].message, extra={"fields": {"error": errors[i].code, "field": errors[i].field}})
             dead.append(records.dead_letter(message, errors[i]))
         return results, dead
+
+    def _submit_video(self, handler, payload) -> tuple[list, tuple]:
+        """Decode a video here (this loop is the worker's only request thread) and queue each sampled frame; return
+        the items and the frames' (index, timestamp)s."""
+        if not handler.reads_video():
+            raise InvalidInput(f"this service ({type(handler).__name__}) does not read videos; send 'image' "
+                               f"or 'data'", field="video")
+        items, frames = [], []
+        for frame in payload.open_video():
+            model_input = call_verb(handler.decode_frame, frame)
+            items.append(self._submit(model_input, handler.batch_key(model_input)))
+            frames.append((frame.index, frame.timestamp))
+        return items, tuple(frames)
+
+    def _wait_video(self, items: list, frames: tuple) -> tuple[Any, ServingError | None]:
+        outputs = []
+        for item, (index, timestamp) in zip(items, frames):
+            output, error = self._wait(item)
+            if error is not None:
+                return None, error
+            outputs.append(FrameOutput(index, timestamp, output))
+        return outputs, None
 
     def _submit(self, model_input: Any, key: Any):
         while True:
