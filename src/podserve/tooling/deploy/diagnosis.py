@@ -147,8 +147,10 @@ def _certain_failure(pod: dict, obs: Observed) -> Verdict | None:
             return _image_pull(pod, status, waiting)
         if "OOMKilled" in (last.get("reason"), ended.get("reason")) and repeated:
             limit = _container_spec(pod, status["name"]).get("resources", {}).get("limits", {}).get("memory", "none")
-            return _failed(failures.OOM_KILLED, f"container {status['name']} of pod {name} was killed for using more "
-                           f"than its memory limit ({limit}, from value.py's memory) and restarted {restarts} time(s)")
+            code = last.get("exitCode", ended.get("exitCode", 137))
+            return _failed(failures.OOM_KILLED, f"container {status['name']} of pod {name} was killed (exit {code}) for "
+                           f"using more than its memory limit ({limit}, from value.py's memory) and restarted "
+                           f"{restarts} time(s)")
         killed_by_startup = _startup_kills(pod, obs.events)
         if restarts >= 1 and killed_by_startup:
             probe = _probe_failures(pod, obs.events, "Startup")
