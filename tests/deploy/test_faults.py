@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from datetime import datetime, timezone
@@ -20,11 +21,15 @@ import pytest
 import yaml
 
 from fault_proxy import FaultProxy
-from live import Live
+from live import REPO, Live
+from podserve.testbed.processes import poll_until
 from podserve.tooling.conf import default_conf_dir
 from podserve.tooling.deploy import budget
 from podserve.tooling.deploy.kube import LEASES, MANAGED
 from receiver import Receiver
+
+
+KUBECTL = REPO / ".tools" / "bin" / "kubectl"
 
 
 @pytest.fixture
@@ -161,5 +166,55 @@ def test_an_hpa_scaled_service_rolls_out_with_the_budget_of_its_live_replicas(li
         deployment = live.admin.get(MANAGED["Deployment"], namespace, name)
         assert deployment["spec"]["replicas"] == 6 and deployment["status"]["updatedReplicas"] == 6
         assert image(live, name).endswith(":v2") and "6/6 pods ready" in run.stdout
+    finally:
+        live.remove(namespace, "hk", name)
+
+
+def test_a_rollout_undo_by_hand_is_reported_by_the_next_deploy_and_status_names_what_runs(live):
+    """Issue 26 must show 3 (first half): `kubectl rollout undo` between two deploys."""
+    name, namespace = "dt-drift-undo", live.namespace("hk")
+    try:
+        first_revision(live, name)
+        second = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v2"))
+        assert second.returncode == 0, second.output
+        undo = subprocess.run([str(KUBECTL), "--kubeconfig", str(live.plane.kubeconfig), "-n", namespace, "rollout",
+                               "undo", f"deployment/{name}"], capture_output=True, text=True, timeout=60)
+        assert undo.returncode == 0, undo.stderr
+        poll_until(lambda: image(live, name).endswith(":v1"), "the undo", 30, every=0.2)
+        status = live.deploy("status", "--stage", "hk", "--service", name, "--team", "like")
+        assert "revision 2" in status.stdout  # what the history recorded ...
+        assert "really running: revision 1 (" in status.stdout and ":v1)" in status.stdout  # ... and what runs
+        third = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v3"))
+        assert third.returncode == 0, third.output
+        assert "NOTICED: the live Deployment runs revision 1's pod template" in third.stdout
+        assert "not recorded revision 2" in third.stdout and "`kubectl rollout undo`" in third.stdout
+    finally:
+        live.remove(namespace, "hk", name)
+
+
+def test_a_deploy_killed_with_sigkill_is_reported_at_the_next_start(live, tmp_path):
+    """Issue 26 must show 3 (second half): nothing runs at SIGKILL; the next start notices and says what runs."""
+    name, namespace = "dt-drift-kill", live.namespace("hk")
+    conf = tmp_path / "conf"
+    shutil.copytree(default_conf_dir(), conf)
+    policy = yaml.safe_load((conf / "deploy.yaml").read_text())
+    policy["lock_lease_seconds"] = 3  # the killed deploy's Lease is free 3 s after the next deploy first sees it
+    (conf / "deploy.yaml").write_text(yaml.safe_dump(policy))
+    try:
+        first_revision(live, name)
+        process = live.start("apply", "--stage", "hk", "--budget", "300", "--conf", conf,
+                             "--manifests", live.manifests(name, "hk", "v2", simulate="never-ready"))
+        seen = started_waiting(process)
+        process.kill()
+        finish(process, seen)
+        status = live.deploy("status", "--stage", "hk", "--service", name, "--team", "like")
+        assert "NOTICED: revision 2 (" in status.stdout and "never finished: that deploy was killed" in status.stdout
+        assert "really running: revision 2 (" in status.stdout and ":v2)" in status.stdout
+        after = live.deploy("apply", "--stage", "hk", "--conf", conf, "--manifests", live.manifests(name, "hk", "v3"))
+        assert after.returncode == 0, after.output
+        assert "took over the deploy lock from" in after.stdout and "which stopped renewing it" in after.stdout
+        assert "NOTICED: revision 2 (" in after.stdout and "never finished" in after.stdout
+        assert "NOTICED: revision" not in live.deploy("status", "--stage", "hk", "--service", name, "--team",
+                                                       "like").stdout  # recorded again: history is true
     finally:
         live.remove(namespace, "hk", name)

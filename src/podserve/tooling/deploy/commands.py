@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from podserve.tooling import routing
 from podserve.tooling.conf import Conf, DeployPolicy
-from podserve.tooling.deploy import budget, diagnosis, failures, freeze, notify, rollout
+from podserve.tooling.deploy import budget, diagnosis, drift, failures, freeze, notify, rollout
 from podserve.tooling.deploy.errors import BadInput, ClusterError, LockLost, Refused, Terminated
 from podserve.tooling.deploy.history import History, Revision, as_applied, history_name, now_text
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, REPLICASETS, Kube, kind_of
@@ -59,14 +59,21 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
                     opts.lock_lease_seconds, say) as lock:
         check_routes(kube, target)
         history = History.load(kube, target.namespace, target.service, target.stage.name)
-        before = history.current.objects if history.current else live_objects(kube, target)
-        objects = [_annotated(obj, forced) for obj in target.objects]
+        live = kube.get(MANAGED["Deployment"], target.namespace, target.service)
+        noticed = drift.differences(history, live)
+        for line in noticed:  # a killed deploy, a rollout undo or a scale by hand since the last recorded deploy
+            say(f"NOTICED: {line}")
+        # What a failure rolls back to: the recorded revision, unless something else really runs.
+        before = history.current.objects if history.current and not drift.template_drifted(history, live) \
+            else live_objects(kube, target)
+        objects = [drift.stamped(_annotated(obj, forced)) for obj in target.objects]
         validate(kube, objects)
         number = history.next_number()
         say(f"deploying {target.service} to {target.stage.name} (namespace {target.namespace}) as revision {number}: "
             f"{target.image()}")
         # From the first mutating call on, every way out ends rolled back (production) or recorded, never silent.
         try:
+            history.begin(kube, Revision(number, objects, target.image(), holder_identity(), now_text(), forced))
             apply_set(kube, target, objects, say, lock.check)
             settings = wait_settings(target, conf, opts, objects, live_replicas(kube, target))
             say(f"waiting up to {settings.budget_seconds:.0f} s for the rollout")
@@ -82,9 +89,10 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         if verdict.state == diagnosis.SERVING:
             history.record(kube, Revision(number, objects, target.image(), holder_identity(), now_text(), forced))
             say(f"serving: revision {number} of {target.service} in {target.stage.name}: {verdict.message}")
-            _notify(target, number, "serving", None, say)
+            _notify(target, number, "serving", "; ".join(f"noticed: {line}" for line in noticed) or None, say)
             return failures.EXIT_SERVING
         say(f"FAILED: {verdict.message}")
+        history.end(kube)
         if target.stage.track == "grey":
             say(f"grey is left as it is for inspection (`python -m podserve.tooling.deploy status --stage "
                 f"{target.stage.name}`); stop it with `python -m podserve.tooling.deploy delete --stage "
@@ -102,6 +110,10 @@ def interrupted(kube: Kube, target: Target, before: list[dict], history: History
     """End a deploy cut short after its first change (an API error, SIGTERM): roll the stage back to what ran before
     (as a failed rollout is; grey is kept for inspection), notify with outcome `interrupted`; return EXIT_FAILED."""
     say(f"INTERRUPTED: {cause}")
+    try:
+        history.end(kube)
+    except (ClusterError, Terminated):
+        say("warning: the history still names this deploy as unfinished; the next deploy reports it")
     if target.stage.track == "grey":
         outcome = f"{target.stage.name} is left as it is (`status --stage {target.stage.name}` shows it)"
     else:
@@ -346,10 +358,16 @@ def status(kube: Kube, target: Target, say=print) -> int:
     """Print the revision, the pods (ready, restarts, state) and recent warning events; 0 when serving."""
     history = History.load(kube, target.namespace, target.service, target.stage.name)
     current = history.current
+    deployment = kube.get(MANAGED["Deployment"], target.namespace, target.service)
+    running = drift.running_revision(history, deployment)
     say(f"{target.service} in {target.stage.name} (namespace {target.namespace}): " +
         (f"revision {current.number}, {current.image}, applied {current.applied_at} by {current.applied_by}"
          + (f", forced: {current.reason}" if current.reason else "") if current else "no revision recorded"))
-    deployment = kube.get(MANAGED["Deployment"], target.namespace, target.service)
+    if drift.template_drifted(history, deployment):
+        say("really running: " + (f"revision {running.number} ({running.image})" if running else
+                                   "a pod template no recorded revision has") + ", not what the history records")
+    for line in drift.differences(history, deployment):
+        say(f"NOTICED: {line}")
     if deployment is None:
         say("no Deployment: the stage is not deployed")
         return failures.EXIT_FAILED

@@ -2,7 +2,9 @@
 
 A ConfigMap `<service>.deploy-history` in the stage's namespace holds the revision number,
 the image, who applied it and when, and the full set of objects as applied (not as the
-server defaulted them) for the current and the previous revision. A rollback re-applies
+server defaulted them) for the current and the previous revision, and, while a deploy runs,
+the revision it is applying (`pending`): one still there at the next start was never
+finished (its deploy was killed; drift.py reports it). A rollback re-applies
 the previous set and prunes what it lacks, so it restores every object, not only the
 ReplicaSet. Before the first recorded deploy, the previous set is read from the live
 objects of the service and stage.
@@ -55,17 +57,29 @@ class History:
     current: Revision | None = None
     previous: Revision | None = None
     labels: dict = field(default_factory=dict)
+    pending: Revision | None = None
 
     @classmethod
     def load(cls, kube: Kube, namespace: str, service: str, stage: str) -> "History":
         found = kube.get(CONFIGMAPS, namespace, history_name(service))
         data = (found or {}).get("data") or {}
         return cls(service, stage, namespace, Revision.from_json(data.get("current")),
-                   Revision.from_json(data.get("previous")))
+                   Revision.from_json(data.get("previous")), pending=Revision.from_json(data.get("pending")))
+
+    def begin(self, kube: Kube, revision: Revision) -> None:
+        """Store `revision` as pending before its first change: it stays there if the deploy is killed."""
+        self.pending = revision
+        self._store(kube)
+
+    def end(self, kube: Kube) -> None:
+        """Forget the pending revision (the deploy ended, rolled back or not)."""
+        if self.pending is not None:
+            self.pending = None
+            self._store(kube)
 
     def record(self, kube: Kube, revision: Revision) -> None:
         """Make `revision` current (the old current becomes previous) and store both."""
-        self.previous, self.current = self.current, revision
+        self.previous, self.current, self.pending = self.current, revision, None
         self._store(kube)
 
     def swap(self, kube: Kube) -> None:
@@ -77,8 +91,8 @@ class History:
         return max((r.number for r in (self.current, self.previous) if r), default=0) + 1
 
     def _store(self, kube: Kube) -> None:
-        data = {name: revision.to_json() for name, revision in (("current", self.current),
-                                                                ("previous", self.previous)) if revision}
+        data = {name: revision.to_json() for name, revision in (("current", self.current), ("previous", self.previous),
+                                                                ("pending", self.pending)) if revision}
         kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": history_name(self.service), "namespace": self.namespace,
                                  "labels": {"service": self.service, "stage": self.stage,
