@@ -12,7 +12,7 @@ from pathlib import Path
 
 from podserve.testbed.image.ci_jobs import concrete_jobs, expand, resolved, script_lines, variables
 
-__all__ = ["REPO", "concrete_jobs", "dry_parse", "expand", "make_manifests_artifact", "resolved",
+__all__ = ["EXEC", "REPO", "concrete_jobs", "dry_parse", "is_tool_line", "expand", "make_manifests_artifact", "resolved",
            "run_job_lines", "script_lines", "tool_argv", "variables"]
 from podserve.testbed.image.versions import REPO
 
@@ -26,9 +26,18 @@ def run_job_lines(lines: list[str], job: dict, cwd: Path, env: dict[str, str] | 
                           capture_output=True, text=True, timeout=timeout)
 
 
+#: How a job's last line hands the shell over to the tool, so the runner's SIGTERM reaches the tool itself.
+EXEC = "exec "
+
+
+def is_tool_line(line: str) -> bool:
+    """Whether the line runs a podserve tool (`python -m podserve.tooling.x ...`, or `exec` of one)."""
+    return line.removeprefix(EXEC).startswith("python -m podserve.tooling.")
+
+
 def tool_argv(line: str, job: dict) -> tuple[str, list[str]]:
-    """('podserve.tooling.x', argv) for a `python -m podserve.tooling.x ...` line, variables expanded."""
-    words = shlex.split(expand(line.split(" > ")[0], variables(job)))
+    """('podserve.tooling.x', argv) for a `[exec ]python -m podserve.tooling.x ...` line, variables expanded."""
+    words = shlex.split(expand(line.removeprefix(EXEC).split(" > ")[0], variables(job)))
     assert words[:2] == ["python", "-m"] and words[2].startswith("podserve.tooling."), line
     return words[2], words[3:]
 

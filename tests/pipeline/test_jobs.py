@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ci_pipeline import (REPO, concrete_jobs, dry_parse, run_job_lines, script_lines, tool_argv,
+from ci_pipeline import (EXEC, REPO, concrete_jobs, is_tool_line, dry_parse, run_job_lines, script_lines, tool_argv,
                          variables)
 from podserve.testbed.image.ci_jobs import PIPELINE
 from podserve.tooling import tenancy
@@ -29,12 +29,12 @@ SETUP_LINES = {FLAVOR_LINE, "mkdir -p ~/.docker", 'cp "$REGISTRY_AUTH_CONFIG" ~/
 def tool_calls() -> list[tuple[str, str, list[str]]]:
     """(job, module, argv) for every `python -m podserve.tooling.*` line of every job."""
     return [(name, *tool_argv(line, job)) for name, job in JOBS.items() for line in script_lines(job)
-            if line.startswith("python -m podserve.tooling.")]
+            if is_tool_line(line)]
 
 
 def test_every_line_of_every_job_is_a_tool_the_builder_or_a_known_setup_step():
     unknown = [f"{name}: {line}" for name, job in JOBS.items() for line in script_lines(job)
-               if not line.startswith(("python -m podserve.tooling.", "buildctl-daemonless.sh build "))
+               if not is_tool_line(line) and not line.startswith("buildctl-daemonless.sh build ")
                and line not in SETUP_LINES]
     assert unknown == []
     assert {name for name, _, _ in tool_calls()} | {"service-image", "tooling-image"} == set(JOBS)
@@ -85,7 +85,7 @@ def test_each_deploy_job_deploys_its_stage_with_that_regions_credentials():
             prefix = "KUBECONFIG_PREVIEW_" if tenancy.tier(CONF.stages[stage]) == "preview" else "KUBECONFIG_"
             assert JOBS[name]["variables"]["KUBECONFIG"] == f"${prefix}{region.upper()}", name
             deployed.setdefault(argv[0], set()).add(stage)
-    assert deployed == {"apply": set(CONF.stages), "delete": {"grey"}}
+    assert deployed == {"apply": set(CONF.stages), "delete": {"grey", "ab"}}
 
 
 def _needed(job: dict) -> dict[str, bool]:
@@ -97,7 +97,7 @@ def _needed(job: dict) -> dict[str, bool]:
 def test_deploy_jobs_run_in_the_tooling_image_after_both_images_are_built():
     for name, job in DEPLOY_JOBS.items():
         assert job["image"] == "$TOOLING_IMAGE", name
-        if name != "stop_grey":
+        if not name.startswith("stop_"):
             # tooling-image runs in the platform's project only: elsewhere the pinned release is already there.
             assert {"manifests": False, "service-image": False, "tooling-image": True}.items() <= \
                 _needed(job).items(), name
@@ -123,7 +123,7 @@ def test_the_service_image_job_records_its_digest_and_every_apply_job_deploys_by
     assert line.split("--metadata-file ")[1].split()[0] == IMAGE_METADATA
     assert IMAGE_METADATA in JOBS["service-image"]["artifacts"]["paths"]
     applies = [name for name, module, argv in tool_calls() if module == "podserve.tooling.deploy" and argv[0] == "apply"]
-    assert set(applies) == set(DEPLOY_JOBS) - {"stop_grey"}
+    assert set(applies) == {name for name in DEPLOY_JOBS if not name.startswith("stop_")}
     for name in applies:
         assert "service-image" in JOBS[name]["needs"], name  # GitLab hands a job the artifacts of what it needs
         (_, argv) = next((m, a) for n, m, a in tool_calls() if n == name)
@@ -136,19 +136,61 @@ def test_ab_and_every_region_hold_a_resource_group_of_their_own():
     assert None not in groups.values(), groups
     assert len(set(groups.values())) == len(groups)
     assert DEPLOY_JOBS["grey"]["resource_group"] == DEPLOY_JOBS["stop_grey"]["resource_group"]
+    assert DEPLOY_JOBS["ab_test"]["resource_group"] == DEPLOY_JOBS["stop_ab"]["resource_group"]
 
 
-def test_manual_gates_never_block_the_pipeline():
+def _manual() -> dict[str, bool]:
+    """{manual job: its allow_failure} (GitLab: a manual job in rules defaults to allow_failure false)."""
     manual = {}
     for name, job in JOBS.items():
         for rule in job.get("rules", []):
             if rule.get("when") == "manual":
-                manual[name] = rule.get("allow_failure", job.get("allow_failure"))
-        if job.get("when") == "manual":
-            manual[name] = job.get("allow_failure", True)
-    assert set(manual) == {"stop_grey", "ab_test", "deploy-hk", "deploy-eu", "deploy-na"}
-    assert all(value is True for value in manual.values()), manual
-    assert "rules" not in JOBS["grey"] and "when" not in JOBS["grey"]
+                manual[name] = rule.get("allow_failure", job.get("allow_failure", False))
+    return manual
+
+
+def test_the_preview_gates_never_block_the_pipeline_and_production_s_do():
+    """stop_grey, ab_test, stop_ab may wait forever; a region's gate blocks, so that a failed region keeps the next
+    closed: GitLab counts a failed job with allow_failure: true as passed for `needs` (issue 26)."""
+    manual = _manual()
+    assert manual == {"stop_grey": True, "ab_test": True, "stop_ab": True,
+                      "deploy-hk": False, "deploy-eu": False, "deploy-na": False}
+    assert "rules" not in JOBS["grey"] and "when" not in JOBS["grey"] and "rules" not in JOBS["smoke-grey"]
+
+
+def test_a_failed_region_keeps_the_next_one_closed():
+    for before, after in (("deploy-hk", "deploy-eu"), ("deploy-eu", "deploy-na")):
+        assert before in JOBS[after]["needs"] and _manual()[before] is False, after  # needs a success, not a pass
+        assert "allow_failure" not in JOBS[before], before
+
+
+def test_production_needs_grey_deployed_and_answering_through_its_route():
+    needs = JOBS["deploy-hk"]["needs"]
+    assert "grey" in needs and "smoke-grey" in needs  # plain names: neither optional
+    smoke = JOBS["smoke-grey"]
+    assert smoke["needs"] == ["manifests", "grey"] and smoke["stage"] == "smoke"
+    assert PIPELINE["stages"].index("smoke") == PIPELINE["stages"].index("grey") + 1
+    (line,) = script_lines(smoke)
+    module, argv = tool_argv(line, smoke)
+    assert module == "podserve.tooling.smoke" and argv[argv.index("--stage") + 1] == "grey"
+    assert argv[argv.index("--manifests") + 1] == MANIFESTS
+
+
+def test_the_tool_is_exec_ed_so_the_runner_s_sigterm_reaches_it():
+    """A cancelled job's SIGTERM goes to the job's shell; `exec` makes the tool that shell (issue 26)."""
+    for name, job in JOBS.items():
+        lines = script_lines(job)
+        if any(is_tool_line(line) for line in lines) and name not in ("manifests", "model"):
+            assert lines[-1].startswith(EXEC + "python -m podserve.tooling."), name
+            assert all(not line.startswith(EXEC) for line in lines[:-1]), name  # nothing after an exec would run
+
+
+def test_ab_is_an_environment_that_stops_itself_like_grey():
+    ab, stop = JOBS["ab_test"]["environment"], JOBS["stop_ab"]["environment"]
+    assert ab["on_stop"] == "stop_ab" and ab["auto_stop_in"]
+    assert stop == {"name": ab["name"], "action": "stop"}
+    assert JOBS["stop_ab"]["variables"]["GIT_STRATEGY"] == "none" and JOBS["stop_ab"]["needs"] == ["manifests"]
+    assert JOBS["stop_ab"]["variables"]["KUBECONFIG"] == JOBS["ab_test"]["variables"]["KUBECONFIG"]
 
 
 def test_production_goes_region_after_region_on_the_default_branch_only():
@@ -158,7 +200,9 @@ def test_production_goes_region_after_region_on_the_default_branch_only():
 
 
 def test_grey_is_an_environment_that_stops_itself():
+    """One grey per service in GitLab as in the cluster: a branch's push replaces it, its auto-stop deletes it."""
     grey, stop = JOBS["grey"]["environment"], JOBS["stop_grey"]["environment"]
+    assert grey["name"] == "grey" and "$" not in JOBS["grey"]["resource_group"]
     assert grey["on_stop"] == "stop_grey" and grey["auto_stop_in"]
     assert stop == {"name": grey["name"], "action": "stop"}
     assert JOBS["stop_grey"]["variables"]["GIT_STRATEGY"] == "none"

@@ -50,7 +50,8 @@ def test_the_pipeline_meets_the_shared_gitlab_schema():
 
 
 def test_the_stages_are_the_products():
-    assert PIPELINE["stages"] == ["build", "grey", "stop_grey", "ab_test", "deploy-hk", "deploy-eu", "deploy-na"]
+    assert PIPELINE["stages"] == ["build", "grey", "smoke", "stop_grey", "ab_test", "stop_ab", "deploy-hk",
+                                  "deploy-eu", "deploy-na"]
     for name, job in PIPELINE.items():
         if isinstance(job, dict) and "stage" in job:
             assert job["stage"] in PIPELINE["stages"], name
