@@ -95,6 +95,8 @@ class HttpLimits:
     idle_timeout_seconds: float
     max_connections: int
     max_pending_body_bytes: int
+    #: A chunked body's deadline grows by its bytes at this rate once it is over max_body_bytes (0: never grows).
+    min_upload_bytes_per_second: float = 0.0
 
     @classmethod
     def from_settings(cls, settings) -> "HttpLimits":
@@ -104,7 +106,8 @@ class HttpLimits:
                    write_timeout_seconds=settings.write_timeout_seconds,
                    idle_timeout_seconds=settings.idle_timeout_seconds, max_connections=settings.max_connections,
                    max_pending_body_bytes=max(settings.max_pending_body_bytes,
-                                              math.ceil(settings.max_body_bytes / LARGE_BODY_SHARE)))
+                                              math.ceil(settings.max_body_bytes / LARGE_BODY_SHARE)),
+                   min_upload_bytes_per_second=settings.min_upload_bytes_per_second)
 
     @property
     def tick_seconds(self) -> float:
@@ -407,8 +410,14 @@ class Connection(asyncio.Protocol):
         exchange = self.current
         if exchange.refused_early or exchange.oversize:
             return
-        if self._body_left < 0 and not self._reserve(size):  # chunked: held against the budget as it arrives
-            raise _Refused()
+        if self._body_left < 0:  # chunked: held against the budget as it arrives, its deadline grown by the upload rate
+            if not self._reserve(size):
+                raise _Refused()
+            limits = self.server.limits
+            over = self._body_bytes - limits.max_body_bytes
+            if over > 0 and limits.min_upload_bytes_per_second:  # as a declared length would: all of it, once over
+                grown = size if over >= size else self._body_bytes
+                self._body_deadline += grown / limits.min_upload_bytes_per_second
         if self._body_bytes > self._body_limit:
             exchange.oversize = True
             self._body = b""

@@ -133,17 +133,15 @@ class ServiceRoute:
             budget = _timeout_seconds(headers, self.settings.request_timeout_ms)
         except InvalidInput:
             budget = self.settings.request_timeout_ms / 1000.0
-        return budget + self.upload_seconds(headers)
+        raw = headers.get("content-length") or ""
+        return budget + self.upload_seconds(int(raw) if raw.isdigit() else 0)
 
-    def upload_seconds(self, headers: dict[str, str]) -> float:
-        """The upload-rate rule: a body over max_body_bytes (only a video may be) gets its length at the platform's
-        min_upload_bytes_per_second on top of the request's deadline, so a large upload on a slow link is not cut by
-        the deadline an image needs; a chunked one (its length unknown) gets the largest video's."""
-        raw = headers.get("content-length")
-        if raw is not None:
-            length = int(raw) if raw.isdigit() else 0
-        else:
-            length = self.settings.largest_body_bytes() if "transfer-encoding" in headers else 0
+    def upload_seconds(self, length: int) -> float:
+        """The upload-rate rule: a body of `length` bytes over max_body_bytes (only a video may be) gets its length
+        at the platform's min_upload_bytes_per_second on top of the request's deadline, so a large upload on a slow
+        link is not cut by the deadline an image needs. A chunked body's length is known only as it arrives: the
+        front end extends its body deadline by the same rule chunk by chunk (HttpLimits.min_upload_bytes_per_second),
+        never by the largest video's up front, which would let a chunk flood hold the pod's body budget for minutes."""
         if length <= self.settings.max_body_bytes:
             return 0.0
         return length / self.settings.min_upload_bytes_per_second
@@ -163,7 +161,7 @@ class ServiceRoute:
         queue it. `protocol` reads and answers it instead of /api/<service>'s wire format (e.g. runtime/v2_route)."""
         try:
             budget, invalid = _timeout_seconds(exchange.headers, self.settings.request_timeout_ms), None
-            budget += self.upload_seconds(exchange.headers)
+            budget += self.upload_seconds(len(exchange.body or b""))
         except InvalidInput as exc:
             budget, invalid = self.settings.request_timeout_ms / 1000.0, exc
         if self.lifecycle.in_flight >= self.pool.holding_limit():
