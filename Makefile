@@ -85,12 +85,13 @@ wrk: ## Debian's wrk at the pinned version, the benchmarks' load generator (once
 
 # BENCH_RUNS=3 measures three times and judges the targets on the median run (about 5 min more a run).
 BENCH_RUNS ?= 1
-bench: $(VENV)/bin/python wrk ## Our server vs the onnxruntime ceiling vs Gunicorn, and overload: bench/results/ (about 11 min).
+bench: $(VENV)/bin/python wrk ## Our server vs the onnxruntime ceiling vs Gunicorn, overload, video: bench/results/ (about 12 min).
 	@test -f $(VENV)/.bench-deps -a -z "$$(find requirements -newer $(VENV)/.bench-deps)" || \
 		{ $(PIP) install -r requirements/bench.txt && touch $(VENV)/.bench-deps; }
 	$(PY) -m podserve.tooling.example_models model cls det
 	BENCH_COMMAND="make bench$(if $(filter-out 1,$(BENCH_RUNS)), BENCH_RUNS=$(BENCH_RUNS))" $(PY) -m bench.run --runs $(BENCH_RUNS)
 	BENCH_COMMAND="make bench" $(PY) -m bench.overload
+	BENCH_COMMAND="make bench" $(PY) -m bench.video
 
 # With a GPU (nvidia-smi lists one): onnxruntime-gpu in its own environment, .venv-gpu (it must not share one with
 # the CPU wheel). Without one: .venv and the CPU provider, and the results say that no GPU was present.

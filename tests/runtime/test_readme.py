@@ -49,10 +49,13 @@ def test_readme_blocks_run_as_written_in_a_fresh_copy(tmp_path):
     finally:
         server.stop()
     assert '"msg": "exited cleanly"' in server.log()
-    ping, upright, upside_down = answers
+    ping, upright, upside_down, video = answers
     assert ping["results"]["ready"] is True
     assert upright["results"]["angle"] == 0 and upright["postid"] == "1"
     assert upside_down["results"]["angle"] == 180 and upside_down["postid"] == "2"
+    frames = video["results"]["frames"]
+    assert [(f["timestamp"], f["angle"]) for f in frames] == [(0.0, 0), (1.0, 0), (2.0, 0), (3.0, 180), (4.0, 180),
+                                                               (5.0, 180)] and video["postid"] == "3"
 
     plain = [line for block in found[1:] if block.needs is None for line in block.commands]
     assert {"make record", "make model", "make render"} <= {command_word(line) for line in plain}

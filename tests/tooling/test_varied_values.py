@@ -1,4 +1,4 @@
-"""Varied services render manifests that pass every check: CPU-only, autoscaled, Kong, HAMi, sidecar, tiny, big."""
+"""Varied services render manifests that pass every check: CPU-only, autoscaled, Kong, HAMi, tiny, big; no decode sidecar."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from manifest_helpers import REPO
 from podserve import metric_names
 from podserve.tooling import render
 from podserve.tooling.conf import load_conf
+from podserve.tooling.valuefile import ValueFileError
 from service_files import write_values
 
 VARIED = {
@@ -103,16 +104,10 @@ def test_a_service_named_y_stays_a_string_for_kubernetes(rendered, tmp_path, kub
     assert {d["metadata"]["name"] for d in built} == {"y"}
 
 
-def test_the_decode_sidecar_when_the_platform_offers_one(tmp_path):
-    folder = tmp_path / "conf"
-    shutil.copytree(REPO / "conf", folder)
-    platform = yaml.safe_load((folder / "platform.yaml").read_text())
-    platform["decode_sidecar"] = {"image": "registry.example.com/platform/video-decode:1.4.2", "cpu": "1",
-                                  "memory": "2Gi"}
-    (folder / "platform.yaml").write_text(yaml.safe_dump(platform))
-    result = render.render(write_values(tmp_path, use_decode_sidecar=True), conf=load_conf(folder))
-    docs = [doc for stage in result.stages.values() for doc in stage]
-    assert all_schema_errors(docs) == []
-    containers = [d for d in docs if d["kind"] == "Deployment"][0]["spec"]["template"]["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["server", "decode"]
-    assert containers[1]["securityContext"] == containers[0]["securityContext"]
+def test_the_decode_sidecar_is_refused_because_the_server_decodes_videos_itself(tmp_path):
+    with pytest.raises(ValueFileError) as refused:
+        render.render(write_values(tmp_path, use_decode_sidecar=True), conf=load_conf(REPO / "conf"))
+    assert "use_decode_sidecar" in str(refused.value) and "decodes videos itself" in str(refused.value)
+    result = render.render(write_values(tmp_path, use_decode_sidecar=False), conf=load_conf(REPO / "conf"))
+    containers = [d for stage in result.stages.values() for d in stage if d["kind"] == "Deployment"][0]
+    assert [c["name"] for c in containers["spec"]["template"]["spec"]["containers"]] == ["server"]

@@ -85,13 +85,6 @@ class Autoscaling:
     scale_down_stabilization_seconds: int
 
 
-@dataclass(frozen=True)
-class DecodeSidecar:
-    image: str
-    cpu: str
-    memory: str
-
-
 #: The pod's HTTP front-end limits (conf/platform.yaml's `http`): exactly the platform-owned serving settings.
 HttpLimits = dataclasses.make_dataclass(
     "HttpLimits", [(f.name, {"int": int, "float": float}.get(f.type, f.type)) for f in dataclasses.fields(ServingSettings)
@@ -107,7 +100,6 @@ class Platform:
     mesh: Mesh
     monitoring: Monitoring
     autoscaling: Autoscaling
-    decode_sidecar: typing.Optional[DecodeSidecar]
 
 
 @dataclass(frozen=True)
@@ -347,9 +339,6 @@ def _check_quantities(conf: Conf, say) -> None:
               ("platform.yaml: pod.tmp_size", platform.pod.tmp_size, quantity.memory_bytes),
               ("platform.yaml: mesh.sidecar_cpu", platform.mesh.sidecar_cpu, quantity.cpu_cores),
               ("platform.yaml: mesh.sidecar_memory", platform.mesh.sidecar_memory, quantity.memory_bytes)]
-    if platform.decode_sidecar:
-        checks += [("platform.yaml: decode_sidecar.cpu", platform.decode_sidecar.cpu, quantity.cpu_cores),
-                   ("platform.yaml: decode_sidecar.memory", platform.decode_sidecar.memory, quantity.memory_bytes)]
     for name, region in conf.regions.items():
         for pool in ("gpu", "cpu"):
             allocatable = getattr(region.node_pools, pool).allocatable

@@ -63,7 +63,6 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
         "resources": _resources(values, conf, stage),
         "pool": region.node_pools.gpu if gpu_num else region.node_pools.cpu,
         "host_port": values["host_port"] if values["use_srv"] and stage.service_discovery else None,
-        "decode_sidecar": platform.decode_sidecar if values["use_decode_sidecar"] else None,
         "port": HTTP_PORT,
         "paths": {"ping": routes.PING_PATH, "live": routes.LIVE_PATH, "metrics": routes.METRICS_PATH,
                   "service": routes.service_path(values["service_name"])},

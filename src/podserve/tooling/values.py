@@ -65,7 +65,7 @@ FIELDS: dict[str, Field] = {
     "ins_num_per_gpu": Field((int,), _SERVING_DEFAULTS.ins_num_per_gpu, 1, 16),
     "gpu_memory": Field((int,), 0, 0, 1024),
     "init_delay_second": Field((int,), _SERVING_DEFAULTS.init_delay_second, 1, "max_init_delay_second"),
-    "use_decode_sidecar": Field((bool,), False),
+    "use_decode_sidecar": Field((bool,), False),  # the old platform's; only False: the server decodes videos
     "use_srv": Field((bool,), False),
     "host_port": Field((int,), 0, 0, 65535),
     "max_batch_size": Field((int,), _SERVING_DEFAULTS.max_batch_size, 1, 4096),
@@ -319,9 +319,9 @@ def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
                             f"{limits.host_port_min} and {limits.host_port_max} (conf/platform.yaml limits)")
     if not v["use_srv"] and v["host_port"]:
         yield "host_port", f"is {v['host_port']} but has no effect without use_srv = True; remove it or set use_srv = True"
-    if v["use_decode_sidecar"] and conf.platform.decode_sidecar is None:
-        yield "use_decode_sidecar", ("is True but the platform offers no decode sidecar (conf/platform.yaml "
-                                     "decode_sidecar is null); set it to False or ask the platform team")
+    if v["use_decode_sidecar"]:
+        yield "use_decode_sidecar", ("is True, but there is no decode sidecar: the server decodes videos itself "
+                                     "(README: Videos); set it to False or remove it")
     try:
         ServingSettings(**{n: v[n] for n in set(ServingSettings.names()) & set(v)}).check()
     except SettingsError as exc:
@@ -353,9 +353,6 @@ def _offline_problems(v: dict):
                                     f"its own, e.g. '{v['source_topic']}-dead'")
     if v["use_srv"]:
         yield "use_srv", "is True but an offline worker takes no HTTP traffic from Kong; set use_srv = False"
-    if v["use_decode_sidecar"]:
-        yield "use_decode_sidecar", ("is True but offline workers run without the decode sidecar; set it to False "
-                                     "(decode in the handler)")
 
 
 def _online_problems(v: dict):
@@ -379,9 +376,8 @@ def _node_problems(v: dict, conf: Conf, region: Region):
     """Yield what keeps the pod off every node of the region's pool: cpu, memory, GPUs, GPU memory."""
     pool = region.node_pools.gpu if v["gpu_num"] else region.node_pools.cpu
     where = f"a {'GPU' if v['gpu_num'] else 'CPU'} node of region {region.name}"
-    cpu = Decimal(str(v["cpu"])) + quantity.cpu_cores(conf.platform.mesh.sidecar_cpu) + _sidecar(v, conf, "cpu")
-    memory = quantity.memory_bytes(v["memory"]) + quantity.memory_bytes(conf.platform.mesh.sidecar_memory) \
-        + _sidecar(v, conf, "memory")
+    cpu = Decimal(str(v["cpu"])) + quantity.cpu_cores(conf.platform.mesh.sidecar_cpu)
+    memory = quantity.memory_bytes(v["memory"]) + quantity.memory_bytes(conf.platform.mesh.sidecar_memory)
     if cpu > quantity.cpu_cores(pool.allocatable.cpu):
         yield "cpu", (f"is {v['cpu']}; with the mesh sidecar the pod asks {cpu.normalize():f} cores, more than {where} "
                       f"can allocate ({pool.allocatable.cpu}): it would stay Pending; lower cpu")
@@ -398,13 +394,6 @@ def _node_problems(v: dict, conf: Conf, region: Region):
     if v["gpu_num"] and region.gpu.memory_resource and not v["gpu_memory"]:
         yield "gpu_memory", (f"is 0, but region {region.name} shares GPUs by memory ({region.gpu.memory_resource}): "
                              f"set gpu_memory to the GiB each instance needs")
-
-
-def _sidecar(v: dict, conf: Conf, what: str):
-    sidecar = conf.platform.decode_sidecar
-    if not (v["use_decode_sidecar"] and sidecar):
-        return 0
-    return quantity.cpu_cores(sidecar.cpu) if what == "cpu" else quantity.memory_bytes(sidecar.memory)
 
 
 def _route_problems(v: dict, conf: Conf, existing: list[routing.Route]):

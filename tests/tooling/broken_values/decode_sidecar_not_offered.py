@@ -1,4 +1,4 @@
-# expect: use_decode_sidecar -- the platform offers none
+# expect: use_decode_sidecar -- there is no decode sidecar
 service_name = 'text-direction'
 username = 'like'
 handler = 'server:TextDirection'
