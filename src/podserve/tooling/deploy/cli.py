@@ -5,6 +5,7 @@
     python -m podserve.tooling.deploy status --stage S
     python -m podserve.tooling.deploy rollback --stage S
     python -m podserve.tooling.deploy delete --stage grey [--manifests DIR | --service NAME --team TEAM]
+    python -m podserve.tooling.deploy retire --stage hk --confirm NAME [--manifests DIR | --service NAME --team TEAM]
 
 Exit status: 0 serving, 1 rollout failed (rolled back where that applies), 2 bad input
 (with the fix), 3 refused (route collision, lock held past the wait, freeze window).
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             return commands.status(kube, target, say)
         if args.command == "rollback":
             return commands.rollback(kube, target, conf, opts, say)
+        if args.command == "retire":
+            return commands.retire(kube, target, policy, opts, args.confirm, say)
         return commands.delete(kube, target, opts, say)
     except ValueFileError as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -98,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         "status": "the stage's revision, pods (readiness, restarts) and recent warning events",
         "rollback": "put the previous revision back and wait for it",
         "delete": "remove every object of the service's grey (or ab) stage, found by its labels",
+        "retire": "take the service out of a stage for good, production included (--confirm NAME, no prompt)",
     }
     for verb, text in described.items():
         sub = verbs.add_parser(verb, help=text, description=text)
@@ -116,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
         if verb != "apply":
             sub.add_argument("--service", default=None, help="the service's name, when there is no value.py or manifests")
             sub.add_argument("--team", default=None, help="the service's team (value.py's username), with --service")
+        if verb == "retire":
+            sub.add_argument("--confirm", required=True, metavar="SERVICE_NAME",
+                             help="the service's name again: what is retired is named twice, as CI has no prompt")
         if verb == "apply":
             sub.add_argument("--image-tag", default=None,
                              help="image tag when rendering (default: $CI_COMMIT_SHORT_SHA, else dev)")

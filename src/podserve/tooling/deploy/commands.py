@@ -7,11 +7,12 @@ it does, and returns the exit status; refusals and bad input are raised as the e
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-from podserve.tooling import routing
+from podserve.tooling import routing, tenancy
 from podserve.tooling.conf import Conf, DeployPolicy
 from podserve.tooling.deploy import budget, diagnosis, drift, failures, freeze, notify, rollout
 from podserve.tooling.deploy.errors import BadInput, ClusterError, LockLost, Refused, Terminated
@@ -60,7 +61,7 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         check_routes(kube, target)
         history = History.load(kube, target.namespace, target.service, target.stage.name)
         live = kube.get(MANAGED["Deployment"], target.namespace, target.service)
-        noticed = drift.differences(history, live)
+        noticed = drift.differences(history, live) + renamed(kube, target)
         for line in noticed:  # a killed deploy, a rollout undo or a scale by hand since the last recorded deploy
             say(f"NOTICED: {line}")
         # What a failure rolls back to: the recorded revision, unless something else really runs.
@@ -225,6 +226,24 @@ def live_objects(kube: Kube, target: Target) -> list[dict]:
             for live in _list_if_served(kube, kind, target.namespace, target.selector)]
 
 
+def renamed(kube: Kube, target: Target) -> list[str]:
+    """One line per other service of the stage rendered by the same GitLab project: a renamed service's old objects."""
+    ours = target.deployment()
+    project = (((ours or {}).get("metadata") or {}).get("annotations") or {}).get(tenancy.PROJECT_ANNOTATION)
+    if not project:
+        return []
+    found = []
+    for other in _list_if_served(kube, MANAGED["Deployment"], target.namespace,
+                                 f"stage={target.stage.name},app.kubernetes.io/managed-by=podserve"):
+        name = (other["metadata"].get("labels") or {}).get("service")
+        if name != target.service and (other["metadata"].get("annotations") or {}).get(
+                tenancy.PROJECT_ANNOTATION) == project:
+            found.append(f"service {name} of the same project ({project}) still runs in {target.namespace}: if the "
+                         f"service was renamed, retire the old one: `python -m podserve.tooling.deploy retire --stage "
+                         f"{target.stage.name} --service {name} --team {target.team} --confirm {name}`")
+    return found
+
+
 def live_replicas(kube: Kube, target: Target) -> int | None:
     """Return the live Deployment's spec.replicas (an autoscaler's count once it owns the field), or None."""
     deployment = target.deployment()
@@ -318,7 +337,7 @@ def dry_run(kube: Kube, target: Target, say=print) -> int:
     """Print what apply would change (server-side dry run of every object, and the prune); change nothing."""
     say(f"dry run: what `apply --stage {target.stage.name}` would change in namespace {target.namespace} "
         "(nothing is changed)")
-    for obj in target.objects:
+    for obj in map(drift.stamped, target.objects):  # as apply would send them
         kind, meta = kind_of(obj), obj["metadata"]
         live = kube.get(kind, meta.get("namespace"), meta["name"])
         after = kube.apply(obj, dry_run=True)
@@ -348,8 +367,14 @@ def _comparable(obj: dict) -> dict:
     meta = obj.get("metadata") or {}
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
                    if k != diagnosis.REVISION}
-    return {"metadata": {"labels": meta.get("labels") or {}, "annotations": annotations},
-            **{k: v for k, v in obj.items() if k not in ("metadata", "status")}}
+    compared = {"metadata": {"labels": meta.get("labels") or {}, "annotations": annotations},
+                **{k: v for k, v in obj.items() if k not in ("metadata", "status")}}
+    template = (compared.get("spec") or {}).get("template")
+    if isinstance(template, dict):  # the template's hash follows the template: name what changed in it instead
+        template = copy.deepcopy(template)
+        ((template.get("metadata") or {}).get("annotations") or {}).pop(drift.TEMPLATE_HASH, None)
+        compared["spec"] = dict(compared["spec"], template=template)
+    return compared
 
 
 # --- status, rollback, delete -----------------------------------------------------------------
@@ -412,8 +437,25 @@ def rollback(kube: Kube, target: Target, conf: Conf, opts: Options, say=print) -
 def delete(kube: Kube, target: Target, opts: Options, say=print) -> int:
     """Remove every object of the service's stage (found by labels), then wait for its pods to be gone."""
     if target.stage.track == "stable":
-        raise BadInput(f"delete stops grey and A/B copies only; {target.stage.name} serves production: "
-                       "lower its replicas through value.py, or ask the platform team")
+        raise BadInput(f"delete stops grey and A/B copies only; {target.stage.name} serves production: to take "
+                       f"the service out of it for good, run `retire --stage {target.stage.name} --confirm "
+                       f"{target.service}`")
+    return _remove(kube, target, opts, "deleted", say)
+
+
+def retire(kube: Kube, target: Target, policy: DeployPolicy, opts: Options, confirm: str, say=print) -> int:
+    """Take a service out of a stage for good (production included): every object with its labels, its history
+    and its lock; `confirm` must repeat the service's name (CI has no prompt). Refused in a freeze window."""
+    if confirm != target.service:
+        raise BadInput(f"--confirm {confirm!r} does not repeat the service's name: pass --confirm {target.service} to "
+                       f"retire {target.service} from {target.stage.name} (namespace {target.namespace})")
+    check_freeze(policy, target, replace(opts, force=False), datetime.now(timezone.utc), say)
+    say(f"retiring {target.service} from {target.stage.name} (namespace {target.namespace}): every object with its "
+        "labels, its history and its lock")
+    return _remove(kube, target, opts, "retired", say)
+
+
+def _remove(kube: Kube, target: Target, opts: Options, outcome: str, say=print) -> int:
     labels = f"service={target.service},stage={target.stage.name}"
     with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
                     opts.lock_lease_seconds, say):
@@ -435,7 +477,7 @@ def delete(kube: Kube, target: Target, opts: Options, say=print) -> int:
                 return failures.EXIT_FAILED
             time.sleep(1)
     say(f"{target.service} in {target.stage.name}: {removed} object(s) deleted; nothing with its labels is left")
-    _notify(target, None, "deleted", None, say)
+    _notify(target, None, outcome, None, say)
     return failures.EXIT_SERVING
 
 
