@@ -26,20 +26,16 @@ from podserve.tooling.conf import load_conf
 REPO = Path(__file__).resolve().parents[2]
 TEAM = "like"
 PULL_SECRET = "podserve-test-registry"
-VALUES = """service_name = {name!r}
-username = {team!r}
-handler = "server:TextDirection"
-model_path = "model/ch_ppocr_mobile_v2.0_cls_mobile.onnx"
-cpu = "500m"
-memory = "1Gi"
-gpu_num = 0
-gpu_memory = 0
-replicas = 2
-ab_replicas = 1
-hk_replicas = 2
-init_delay_second = {init_delay}
-drain_seconds = 2
-"""
+#: The small test value.py: half a CPU and 1Gi, which the 2-core real node holds (the example asks 4 and 8Gi).
+SMALL = {"handler": "server:TextDirection", "model_path": "model/ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+         "cpu": "500m", "memory": "1Gi", "gpu_num": 0, "gpu_memory": 0, "replicas": 2, "ab_replicas": 1,
+         "hk_replicas": 2, "init_delay_second": 60, "drain_seconds": 2}
+
+
+def values(name: str, **fields) -> str:
+    """value.py's text for service `name` of TEAM: SMALL, with `fields` changed."""
+    return "".join(f"{key} = {value!r}\n" for key, value in
+                   {"service_name": name, "username": TEAM, **SMALL, **fields}.items())
 
 
 def real_node_conf(checkout: Path) -> None:
@@ -65,11 +61,13 @@ class RealNodeService:
     """One service's checkout (test conf, small value.py), its jobs run, and the deploy tool pointed at the node."""
 
     def __init__(self, stage: pipeline.BuildStage, plane, node, workdir: Path, name: str, commit: str,
-                 init_delay: int = 60):
+                 extra_src: dict[str, str] | None = None):
         self.stage, self.plane, self.node, self.name, self.commit = stage, plane, node, name, commit
-        self.checkout = stage.checkout(workdir / f"checkout-{name}-{commit}",
-                                       VALUES.format(name=name, team=TEAM, init_delay=init_delay))
+        self.workdir = workdir
+        self.checkout = stage.checkout(workdir / f"checkout-{name}-{commit}", values(name))
         real_node_conf(self.checkout)
+        for relative, text in (extra_src or {}).items():  # handlers the test adds (its recipes), in the image
+            (self.checkout / "src" / relative).write_text(text)
         self.conf = load_conf(self.checkout / "conf")
         self.namespace = self.conf.stages["grey"].namespace_for(TEAM)
 
@@ -79,6 +77,20 @@ class RealNodeService:
             done = self.stage.run_job(job, self.checkout, self.commit)
             assert done.returncode == 0, f"the {job} job failed:\n{done.stderr[-4000:]}"
         return (self.checkout / "build/images.txt").read_text().split()
+
+    def render(self, name: str, tag: str, **fields) -> Path:
+        """Render another service's grey stage with render's CLI and the checkout's conf (what the manifests job
+        runs), naming this checkout's image at `tag`; `fields` override value.py's (handler, memory, ...)."""
+        value_file = self.workdir / f"{name}-{tag}" / "value.py"
+        value_file.parent.mkdir(parents=True, exist_ok=True)
+        value_file.write_text(values(name, **fields))
+        out = value_file.parent / "manifests"
+        done = subprocess.run([sys.executable, "-m", "podserve.tooling.render", "--stage", "grey", "--values",
+                               str(value_file), "--conf", str(self.checkout / "conf"), "--image-tag", tag,
+                               "--out", str(out)], cwd=self.checkout, capture_output=True, text=True, timeout=120,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(self.checkout / "src")})
+        assert done.returncode == 0, done.stderr
+        return out / "grey"
 
     def let_the_node_pull(self) -> None:
         """containerd pulls the registry's names from it over HTTP; the namespace's pods log in with a Secret."""
@@ -97,17 +109,19 @@ class RealNodeService:
         core.patch_namespaced_service_account("default", self.namespace,
                                               {"imagePullSecrets": [{"name": PULL_SECRET}]})
 
-    def deploy(self, *args: str, timeout: float = 300) -> Deployed:
+    def deploy(self, *args: str, manifests: Path | None = None, service: str | None = None,
+               timeout: float = 300) -> Deployed:
         """The deploy tool on the grey stage, with the checkout's manifests and conf and the admin's kubeconfig."""
         started = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "podserve.tooling.deploy", *args, "--stage", "grey",
-                               "--conf", str(self.checkout / "conf"), *self._target(args[0])],
+                               "--conf", str(self.checkout / "conf"),
+                               *self._target(args[0], manifests, service)],
                               cwd=self.checkout, capture_output=True, text=True, timeout=timeout,
-                              env={"PATH": "/usr/bin:/bin", "HOME": str(self.checkout), "PYTHONPATH": str(REPO / "src"),
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(self.checkout), "PYTHONPATH": str(self.checkout / "src"),
                                    "KUBECONFIG": str(self.plane.kubeconfig)})
         return Deployed(done.returncode, done.stdout + done.stderr, time.monotonic() - started)
 
-    def _target(self, verb: str) -> list[str]:
+    def _target(self, verb: str, manifests: Path | None, service: str | None) -> list[str]:
         if verb == "apply":
-            return ["--manifests", str(self.checkout / "build" / "manifests" / "grey")]
-        return ["--service", self.name, "--team", TEAM]
+            return ["--manifests", str(manifests or self.checkout / "build" / "manifests" / "grey")]
+        return ["--service", service or self.name, "--team", TEAM]
