@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import socket
 import threading
 import time
 
@@ -88,3 +90,39 @@ def test_hostile_videos_are_refused_within_a_second_naming_the_limit_while_image
     assert images_answered and set(images_answered) == {200}, images_answered[-5:]
     ok = server.post(data=flipping_video(seconds=2, rate=5), headers={"Content-Type": "video/mp4"})
     assert ok.status_code == 200 and len(ok.json()["results"]["frames"]) == 2
+
+
+def _send_slowly(port: int, path: str, content_type: str, body: bytes, seconds: float) -> tuple[int, dict]:
+    """Send `body` in three parts spread over `seconds` (an upload on a slow link); return the status and JSON."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(head)
+        third = len(body) // 3 + 1
+        for start in range(0, len(body), third):
+            time.sleep(seconds / 3)  # pacing the upload, not waiting for the server
+            try:
+                sock.sendall(body[start:start + third])
+            except OSError:  # answered and closed before the body ended (the 408)
+                break
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, answer = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(answer)
+
+
+def test_a_large_video_may_upload_slower_than_the_deadline_and_its_decoding_has_a_timeout(start_server, example_model):
+    server = start_server(handler="server:TextDirection", model_path=str(example_model), service_name="example",
+                          request_timeout_ms=1000, max_body_bytes=64 * 1024, min_upload_bytes_per_second=512 * 1024,
+                          video_decode_timeout_seconds=0.001)
+    noise = np.random.default_rng(29).integers(0, 255, (200, 144, 144, 3), dtype=np.uint8)
+    video = encode(list(noise), 25)  # ~1 MB: over max_body_bytes, so it gets ~2 s more than the 1 s deadline
+    assert len(video) > 512 * 1024
+    path = f"/api/{server.service}"
+    status, answer = _send_slowly(server.port, path, "video/mp4", video, seconds=1.5)
+    assert status == 400 and answer["field"] == "video" and "video_decode_timeout_seconds" in answer["msg"], answer
+    image_like = text_image("serving models") + b"\0" * (60 * 1024)  # under max_body_bytes: no extra time
+    status, answer = _send_slowly(server.port, path, "image/png", image_like, seconds=1.5)
+    assert status in (408, 504) and "deadline" in answer["msg"], answer  # the 1 s deadline cut it (408 in the body,
+    # 504 at once if the loop's clock looked only after its last byte)
