@@ -124,11 +124,31 @@ def main(argv: list[str] | None = None) -> int:
         images = {manifests.image_ref(result.values, conf, conf.stages[s], tag) for s in result.stages}
         print("\n".join(sorted(images)))
         return 0
+    for warning in single_replica_warnings(result):
+        print(f"Warning: {warning}", file=sys.stderr)
     written = output.write_stages(Path(args.out), result.stages)
     for stage in result.stages:
         count = sum(1 for path in written if path.parent.name == stage)
         print(f"{Path(args.out) / stage}: {count} files, {len(result.stages[stage])} objects")
     return 0
+
+
+def single_replica_warnings(result: Rendered) -> list[str]:
+    """One warning per production stage that runs a single pod (an HPA's minimum counted): a node drain takes it down."""
+    warnings = []
+    for name, docs in result.stages.items():
+        stage = result.conf.stages[name]
+        if tenancy.tier(stage) != "production":
+            continue
+        deployment = next((d for d in docs if d.get("kind") == "Deployment"), None) or {}
+        scaler = next((d for d in docs if d.get("kind") in ("HorizontalPodAutoscaler", "ScaledObject")), {})
+        least = (deployment.get("spec") or {}).get("replicas") or (scaler.get("spec") or {}).get("minReplicas") \
+            or (scaler.get("spec") or {}).get("minReplicaCount")
+        if least == 1:
+            field = stage.replicas if isinstance(stage.replicas, str) else "replicas"
+            warnings.append(f"{name} runs one replica ({field} = 1 in value.py): any node drain or eviction takes the "
+                            f"service down in {stage.region}; set {field} to 2 or more")
+    return warnings
 
 
 def _parser() -> argparse.ArgumentParser:
