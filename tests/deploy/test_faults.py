@@ -218,3 +218,17 @@ def test_a_deploy_killed_with_sigkill_is_reported_at_the_next_start(live, tmp_pa
                                                        "like").stdout  # recorded again: history is true
     finally:
         live.remove(namespace, "hk", name)
+
+
+def test_a_deploy_that_could_outlast_the_ci_job_s_timeout_is_refused_before_any_change(live):
+    """GitLab's timeout is static, the waits come from value.py: the tool compares them first ($CI_JOB_TIMEOUT)."""
+    name, namespace = "dt-job-timeout", live.namespace("hk")
+    try:
+        run = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v1"),
+                          CI_JOB_TIMEOUT="300")
+        assert run.returncode == 2, run.output
+        assert "more than the job's timeout of 300 s ($CI_JOB_TIMEOUT: .gitlab-ci.yml `timeout:`)" in run.stderr
+        assert "init_delay_second" in run.stderr and "Nothing was changed" in run.stderr
+        assert live.objects(namespace, "hk", name) == []
+    finally:
+        live.remove(namespace, "hk", name)

@@ -275,3 +275,17 @@ def test_no_credential_is_written_in_the_pipeline():
     for name in ("KUBECONFIG_PREVIEW_HK", "KUBECONFIG_HK", "KUBECONFIG_EU", "KUBECONFIG_NA", "REGISTRY_AUTH_CONFIG"):
         assert f"${name}" in text
     assert "kubectl" not in text and "kaniko" not in text
+
+
+def test_the_deploy_jobs_timeout_holds_the_example_s_rollout_and_rollback():
+    """The tool refuses a deploy whose waits could outlast $CI_JOB_TIMEOUT; the example fits in the jobs' timeout."""
+    from podserve.tooling.deploy import commands
+    from podserve.tooling.deploy.target import from_values
+
+    timeouts = {JOBS[name].get("timeout") for name in DEPLOY_JOBS if not name.startswith("stop_")}
+    assert timeouts == {"1h"}
+    for name in CONF.stages:
+        target = from_values(REPO / "value.py", CONF, CONF.stages[name], "t")
+        objects = list(target.objects)
+        commands.check_job_timeout(target, CONF, commands.Options(), objects, objects, None,
+                                   {commands.JOB_TIMEOUT_VARIABLE: "3600"})

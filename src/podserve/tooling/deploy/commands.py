@@ -8,6 +8,7 @@ it does, and returns the exit status; refusals and bad input are raised as the e
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -26,6 +27,10 @@ FORCED_ANNOTATION = "podserve.io/forced-reason"
 REPLICAS_HANDOVER = "podserve-deploy-handover-to-hpa"
 #: How long `delete` waits for the stage's pods and ReplicaSets to be gone.
 DELETE_WAIT_SECONDS = 180
+#: GitLab's predefined variable holding the job's timeout in seconds (the job's `timeout:` or the project's).
+JOB_TIMEOUT_VARIABLE = "CI_JOB_TIMEOUT"
+#: What a deploy job needs besides its waits: starting, applying, notifying.
+JOB_MARGIN_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         before = history.current.objects if history.current and not drift.template_drifted(history, live) \
             else live_objects(kube, target)
         objects = [drift.stamped(_annotated(obj, forced)) for obj in target.objects]
+        check_job_timeout(target, conf, opts, objects, before, live_replicas(kube, target))
         validate(kube, objects)
         number = history.next_number()
         say(f"deploying {target.service} to {target.stage.name} (namespace {target.namespace}) as revision {number}: "
@@ -224,6 +230,26 @@ def live_objects(kube: Kube, target: Target) -> list[dict]:
     return [as_applied(dict(live, kind=kind_name, apiVersion=live.get("apiVersion") or kind.api_version))
             for kind_name, kind in MANAGED.items()
             for live in _list_if_served(kube, kind, target.namespace, target.selector)]
+
+
+def check_job_timeout(target: Target, conf: Conf, opts: Options, objects: list[dict], before: list[dict],
+                      live: int | None, environ=os.environ) -> None:
+    """In CI, refuse before any change a deploy whose wait and rollback could outlast the job's timeout (GitLab would
+    kill it midway): BadInput naming the value.py fields and the job's `timeout:`."""
+    limit = environ.get(JOB_TIMEOUT_VARIABLE)
+    if not (limit or "").isdigit():
+        return
+    rollout_seconds = wait_settings(target, conf, opts, objects, live).budget_seconds
+    rollback_seconds = 0.0
+    if before and target.stage.track != "grey" and any(o.get("kind") == "Deployment" for o in before):
+        rollback_seconds = wait_settings(replace(target, objects=tuple(before)), conf, opts, before, live).budget_seconds
+    needed = rollout_seconds + rollback_seconds + JOB_MARGIN_SECONDS
+    if needed > int(limit):
+        raise BadInput(f"this deploy may wait {rollout_seconds:.0f} s for its rollout and {rollback_seconds:.0f} s for a "
+                       f"rollback (+{JOB_MARGIN_SECONDS} s), more than the job's timeout of {limit} s "
+                       f"(${JOB_TIMEOUT_VARIABLE}: .gitlab-ci.yml `timeout:`), so GitLab could kill it midway: lower "
+                       "init_delay_second or the replicas (max_replicas) in value.py, or raise the deploy jobs' "
+                       "timeout. Nothing was changed")
 
 
 def renamed(kube: Kube, target: Target) -> list[str]:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from podserve.tooling.deploy.errors import BadInput, ClusterError
 
 FIELD_MANAGER = "podserve-deploy"
+#: Reads are idempotent: one answered 429 or 5xx, or a server not reached, is tried again after each of these pauses.
+READ_RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0)
+RETRIABLE = frozenset({0, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,21 @@ class Kube:
 
     def request(self, method: str, path: str, query: dict | None = None, body=None,
                 content_type: str = "application/json", timeout: float = 30, raw: bool = False):
-        """Send one request; return the decoded JSON (or text when raw); ClusterError on a non-2xx answer."""
+        """Send one request; return the decoded JSON (or text when raw); ClusterError on a non-2xx answer.
+
+        A GET answered 429 or 5xx, or not answered, is retried with back-off (READ_RETRY_PAUSES); writes never are
+        (a write that may have happened is the caller's to judge: apply's ends interrupted and rolled back).
+        """
+        for pause in (*READ_RETRY_PAUSES, None):
+            try:
+                return self._request_once(method, path, query, body, content_type, timeout, raw)
+            except ClusterError as exc:
+                if method != "GET" or exc.status not in RETRIABLE or pause is None:
+                    raise
+                time.sleep(pause)
+
+    def _request_once(self, method: str, path: str, query: dict | None, body, content_type: str, timeout: float,
+                      raw: bool):
         params = [(k, str(v).lower() if isinstance(v, bool) else v) for k, v in (query or {}).items() if v is not None]
         headers = {"Accept": "application/json", "Content-Type": content_type}
         method, url, headers, _, _ = self.api.param_serialize(method, path, query_params=params,
