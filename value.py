@@ -30,6 +30,7 @@ na_replicas = 1      # likewise for na
 max_replicas = 0     # 0: fixed replicas. Above a region's replicas: an HPA scales between them
 # autoscale_metric = "queue_depth"  # what the HPA averages per pod: "queue_depth" or "in_flight"
 # autoscale_target = 16             # the per-pod average it keeps; default max_batch_size
+# regions = ["hk", "eu"]            # production regions to run in (default: every one); CI's job for another ends passed
 
 # --- start-up and discovery ----------------------------------------------------------
 init_delay_second = 60      # longest start-up (load + warm-up) before Kubernetes restarts the pod

@@ -45,12 +45,30 @@ def stage_files(docs: list[dict]) -> dict[str, str]:
     return {name: dump(group) for name, group in sorted(grouped.items())}
 
 
+#: What render writes in out/<stage>/ for a stage the service does not run in (value.py regions): the reason.
+NOT_DEPLOYED = "not-deployed.txt"
+
+
+def write_not_deployed(out: Path, skipped: dict[str, str]) -> list[Path]:
+    """Write out/<stage>/not-deployed.txt (the reason) for each skipped stage, removing its manifests; return them."""
+    written = []
+    for stage, reason in skipped.items():
+        folder = out / stage
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in KIND_FILES.values():
+            (folder / stale).unlink(missing_ok=True)
+        (folder / NOT_DEPLOYED).write_text(reason + "\n", encoding="utf-8")
+        written.append(folder / NOT_DEPLOYED)
+    return written
+
+
 def write_stages(out: Path, rendered: dict[str, list[dict]]) -> list[Path]:
     """Write each stage's files under out/<stage>/, removing stale ones; return the paths written."""
     written = []
     for stage, docs in rendered.items():
         folder = out / stage
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / NOT_DEPLOYED).unlink(missing_ok=True)
         files = stage_files(docs)
         for stale in set(KIND_FILES.values()) - set(files):
             (folder / stale).unlink(missing_ok=True)
@@ -65,7 +83,7 @@ def remove_stages(out: Path) -> list[Path]:
     left empty), so that no later step picks up manifests of a value.py that no longer renders; return them."""
     removed = []
     for folder in sorted(p for p in out.glob("*") if p.is_dir()) if out.is_dir() else []:
-        for name in sorted(KIND_FILES.values()):
+        for name in sorted([*KIND_FILES.values(), NOT_DEPLOYED]):
             if (folder / name).is_file():
                 (folder / name).unlink()
                 removed.append(folder / name)

@@ -17,7 +17,7 @@ import argparse
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -38,6 +38,8 @@ class Rendered:
     values: ServiceValues
     conf: Conf
     stages: dict[str, list[dict]]
+    #: Chosen stages the service does not run in (value.py `regions`), with why.
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf | None = None,
@@ -65,13 +67,16 @@ def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf 
     project = _project(values, conf, project_path)
     if values.offline:  # Kafka workers: their own templates, checks and stages (no ab)
         return _render_offline(values, conf, stages, image_tag, templates, project)
+    skipped = {name: f"not deployed here: value.py regions = {values['regions']!r} leaves out "
+                     f"{conf.stages[name].region}" for name in stages if not values.deploys_to(conf.stages[name])}
+    stages = [name for name in stages if name not in skipped]
     rendered = {name: tenancy.stamp(manifests.render_stage(values, conf, conf.stages[name], image_tag, templates),
                                     project) for name in stages}
     problems = [p for name in stages for p in checks.check_stage(rendered[name], values, conf, conf.stages[name])]
     problems += checks.check_routes(rendered)
     if problems:
         raise checks.ManifestError("rendered manifests", problems)
-    return Rendered(values, conf, rendered)
+    return Rendered(values, conf, rendered, skipped)
 
 
 def _project(values: ServiceValues, conf: Conf, path: str | None) -> str:
@@ -130,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     for stage in result.stages:
         count = sum(1 for path in written if path.parent.name == stage)
         print(f"{Path(args.out) / stage}: {count} files, {len(result.stages[stage])} objects")
+    for path in output.write_not_deployed(Path(args.out), result.skipped):
+        print(f"{path.parent}: {result.skipped[path.parent.name]}")
     return 0
 
 

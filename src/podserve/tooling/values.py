@@ -59,6 +59,7 @@ FIELDS: dict[str, Field] = {
     "eu_replicas": Field((int, NONE), None, 1, "max_replicas"),
     "na_replicas": Field((int, NONE), None, 1, "max_replicas"),
     "max_replicas": Field((int,), 0, 0, "max_replicas"),
+    "regions": Field((list, NONE), None),
     "autoscale_metric": Field((str,), "queue_depth"),
     "autoscale_target": Field((int, float, NONE), None, 0.001, 1_000_000),
     "gpu_num": Field((int,), 1, 0, "gpus_per_pod"),
@@ -118,6 +119,12 @@ class ServiceValues:
 
     def __getitem__(self, name: str):
         return self.fields[name]
+
+    def deploys_to(self, stage: Stage) -> bool:
+        """Whether the service runs in `stage`: grey and ab always, a production stage when its region is among
+        `regions` (None: every region)."""
+        regions = self.fields.get("regions")
+        return stage.track != "stable" or regions is None or stage.region in regions
 
     def serving_settings(self) -> ServingSettings:
         """Return the settings the in-pod server gets for this service: value.py's and the platform's."""
@@ -280,13 +287,22 @@ def _check_sink_file(value, conf: Conf) -> str | None:
     return None
 
 
+def _check_regions(value: list, conf: Conf) -> str | None:
+    production = sorted({s.region for s in conf.stages.values() if s.track == "stable"})
+    if not value or len(set(value)) != len(value) or any(r not in production for r in value):
+        return (f"is {value!r}; list the production regions to deploy to, each once, among {production} "
+                f"(e.g. `regions = {production[:2]!r}`), or leave it out for every region")
+    return None
+
+
 _FORMAT_CHECKS = {
     "service_name": _check_service_name, "username": _check_username, "handler": _check_handler,
     "model_path": _check_model_path, "cpu": _check_cpu, "memory": _check_memory,
     "autoscale_metric": _check_autoscale_metric, "mode": _check_mode, "source_topic": _check_kafka_name,
     "consumer_group": _check_kafka_name, "sink_topic": _check_kafka_name, "dead_letter_topic": _check_kafka_name,
-    "sink_file": _check_sink_file,
+    "sink_file": _check_sink_file, "regions": _check_regions,
 }
+
 
 
 def _normalise(values: dict) -> dict:

@@ -62,3 +62,9 @@ class Terminated(BaseException):
     def __init__(self, signal_name: str = "SIGTERM"):
         super().__init__(signal_name)
         self.message = f"{signal_name}: the job was cancelled or timed out"
+
+
+class NotDeployedHere(DeployError):
+    """The service does not run in this stage (value.py `regions`): the job ends at once, successfully."""
+
+    exit_code = failures.EXIT_SERVING

@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from podserve.tooling.conf import Conf, Stage
-from podserve.tooling.deploy.errors import BadInput
+from podserve.tooling.deploy.errors import BadInput, NotDeployedHere
+from podserve.tooling.output import NOT_DEPLOYED
 from podserve.tooling.tenancy import TEAM_LABEL
 
 MANAGED_BY = ("app.kubernetes.io/managed-by", "podserve")
@@ -64,6 +65,9 @@ def from_manifests(folder: str | Path, stage: Stage) -> Target:
     """Read render's output for `stage`; BadInput when it is missing or not render's."""
     folder = Path(folder)
     stage_folder = folder / stage.name if (folder / stage.name).is_dir() else folder
+    if (stage_folder / NOT_DEPLOYED).is_file():
+        raise NotDeployedHere(f"{stage.name}: {(stage_folder / NOT_DEPLOYED).read_text(encoding='utf-8').strip()} "
+                              f"({stage_folder / NOT_DEPLOYED}); nothing to do")
     files = sorted(stage_folder.glob("*.yaml"))
     if not files:
         raise BadInput(f"--manifests {folder}: no {stage.name}/*.yaml there; write them with "
@@ -90,6 +94,8 @@ def from_values(values_path: str | Path, conf: Conf, stage: Stage, image_tag: st
         rendered = render.render(values_path, [stage.name], conf, tag)
     except (ValueFileError, templating.TemplateError) as exc:
         raise BadInput(str(exc)) from None
+    if stage.name in rendered.skipped:
+        raise NotDeployedHere(f"{stage.name}: {rendered.skipped[stage.name]}; nothing to do")
     return _checked(rendered.stages[stage.name], stage, str(values_path))
 
 
