@@ -78,19 +78,19 @@ class RealNodeService:
             assert done.returncode == 0, f"the {job} job failed:\n{done.stderr[-4000:]}"
         return (self.checkout / "build/images.txt").read_text().split()
 
-    def render(self, name: str, tag: str, **fields) -> Path:
-        """Render another service's grey stage with render's CLI and the checkout's conf (what the manifests job
+    def render(self, name: str, tag: str, stage: str = "grey", variant: str = "", **fields) -> Path:
+        """Render a service's `stage` with render's CLI and the checkout's conf (what the manifests job
         runs), naming this checkout's image at `tag`; `fields` override value.py's (handler, memory, ...)."""
-        value_file = self.workdir / f"{name}-{tag}" / "value.py"
+        value_file = self.workdir / f"{name}-{tag}-{stage}{variant}" / "value.py"
         value_file.parent.mkdir(parents=True, exist_ok=True)
         value_file.write_text(values(name, **fields))
         out = value_file.parent / "manifests"
-        done = subprocess.run([sys.executable, "-m", "podserve.tooling.render", "--stage", "grey", "--values",
+        done = subprocess.run([sys.executable, "-m", "podserve.tooling.render", "--stage", stage, "--values",
                                str(value_file), "--conf", str(self.checkout / "conf"), "--image-tag", tag,
                                "--out", str(out)], cwd=self.checkout, capture_output=True, text=True, timeout=120,
                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(self.checkout / "src")})
         assert done.returncode == 0, done.stderr
-        return out / "grey"
+        return out / stage
 
     def let_the_node_pull(self) -> None:
         """containerd pulls the registry's names from it over HTTP; the namespace's pods log in with a Secret."""
@@ -100,20 +100,20 @@ class RealNodeService:
         self.node.add_registry(real.Mirror(host, host))
         core = client.CoreV1Api(self.plane.api_client())
         secret = real.pull_secret(PULL_SECRET, host, USER, self.stage.registry.secrets()[0])
-        try:
-            core.create_namespaced_secret(self.namespace, secret)
-        except client.ApiException as exc:
-            if exc.status != 409:
-                raise
-            core.replace_namespaced_secret(PULL_SECRET, self.namespace, secret)
-        core.patch_namespaced_service_account("default", self.namespace,
-                                              {"imagePullSecrets": [{"name": PULL_SECRET}]})
+        for namespace in {self.conf.stages[stage].namespace_for(TEAM) for stage in ("grey", "hk")}:
+            try:
+                core.create_namespaced_secret(namespace, secret)
+            except client.ApiException as exc:
+                if exc.status != 409:
+                    raise
+                core.replace_namespaced_secret(PULL_SECRET, namespace, secret)
+            core.patch_namespaced_service_account("default", namespace, {"imagePullSecrets": [{"name": PULL_SECRET}]})
 
-    def deploy(self, *args: str, manifests: Path | None = None, service: str | None = None,
+    def deploy(self, *args: str, manifests: Path | None = None, service: str | None = None, stage: str = "grey",
                timeout: float = 300) -> Deployed:
-        """The deploy tool on the grey stage, with the checkout's manifests and conf and the admin's kubeconfig."""
+        """The deploy tool on `stage`, with the checkout's manifests and conf and the admin's kubeconfig."""
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "podserve.tooling.deploy", *args, "--stage", "grey",
+        done = subprocess.run([sys.executable, "-m", "podserve.tooling.deploy", *args, "--stage", stage,
                                "--conf", str(self.checkout / "conf"),
                                *self._target(args[0], manifests, service)],
                               cwd=self.checkout, capture_output=True, text=True, timeout=timeout,

@@ -17,11 +17,15 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"k8s.io/klog/v2"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	plugin "k8s.io/kubernetes/pkg/kubelet/cm/devicemanager/plugin/v1beta1"
 )
+
+// registerAttempts bounds the start-and-register retries (one second apart).
+const registerAttempts = 30
 
 func main() {
 	count := flag.Int("count", 4, "how many devices to advertise (at least 1)")
@@ -52,16 +56,30 @@ func main() {
 		}
 		return response, nil
 	})
-	if err := stub.Start(ctx); err != nil {
-		fmt.Fprintf(os.Stderr, "Error: starting the plugin's server on %s: %v\n", socket, err)
+	// Serve and register; a busy kubelet may fail to dial back in time (it then drops the registration and the
+	// stub stops its server): start over, a bounded number of times.
+	err := stub.Start(ctx)
+	for attempt := 1; err == nil; attempt++ {
+		if err = stub.Register(ctx, filepath.Join(*dir, "kubelet.sock"), *resource, *dir); err == nil {
+			break
+		}
+		fmt.Fprintf(os.Stderr, "attempt %d of %d: %v\n", attempt, registerAttempts, err)
+		if attempt == registerAttempts {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			os.Exit(1)
+		case <-time.After(time.Second):
+		}
+		err = stub.Restart(ctx) // Register stopped the server on failure: serve again, then register again
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Error: registering %s with the kubelet on %s: %v\n", *resource, socket, err)
 		os.Exit(1)
 	}
 	// Watch re-registers when the kubelet restarts (its socket is re-created).
 	go stub.Watch(ctx, filepath.Join(*dir, "kubelet.sock"), *resource, *dir)
-	if err := stub.Register(ctx, filepath.Join(*dir, "kubelet.sock"), *resource, *dir); err != nil {
-		fmt.Fprintf(os.Stderr, "Error: registering %s with the kubelet: %v\n", *resource, err)
-		os.Exit(1)
-	}
 	fmt.Printf("advertising %d x %s (fake: no GPU behind them) on %s\n", *count, *resource, socket)
 	<-ctx.Done()
 	_ = stub.Stop(logger)

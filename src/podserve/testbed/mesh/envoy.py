@@ -162,6 +162,16 @@ def load_assignment(cluster: str, ports: list[int], version: int) -> dict:
         {"@type": CLA, "cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []}]}
 
 
+def load_assignment_hosts(cluster: str, hosts: list[tuple[str, int, dict]], version: int) -> dict:
+    """The DiscoveryResponse of one cluster's endpoints at pod addresses: (ip, port, pod labels) each, the labels
+    as the endpoint's metadata (istiod sends the workload's labels the same way)."""
+    endpoints = [{"endpoint": {"address": {"socket_address": {"address": ip, "port_value": port}}},
+                  "metadata": {"filter_metadata": {"podserve.testbed": {"labels": labels}}}}
+                 for ip, port, labels in sorted(hosts, key=lambda h: (h[0], h[1]))]
+    return {"version_info": str(version), "resources": [
+        {"@type": CLA, "cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []}]}
+
+
 def write_atomically(path: Path, document: dict) -> None:
     """Write `document` as JSON to a temporary file beside `path`, then rename it over `path` (Envoy watches moves)."""
     path = Path(path)

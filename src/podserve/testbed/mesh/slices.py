@@ -1,0 +1,102 @@
+"""The gateway's endpoints from a real cluster's EndpointSlices, as istiod feeds them: ready, not terminating.
+
+    feed = SliceFeed(api_client, config, rendered_objects, eds_folder).start()   # then Envoy; feed.stop()
+
+For each of the gateway's clusters (outbound|<port>||<service>.<namespace>.svc.cluster.local) it
+reads the EndpointSlices the controller-manager keeps for that Service (label
+kubernetes.io/service-name) and writes Envoy's endpoint file with the addresses that are ready and
+not terminating, each with its pod's labels as metadata. Pod addresses are the real node's
+(10.245.0.0/24, on this machine's bridge): no kube-proxy runs, so a ClusterIP would not route;
+Envoy goes to the pods directly, as Istio's does. Polled (every `every` seconds) rather than watched.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from podserve.testbed.mesh import envoy, ir
+
+SERVICE_LABEL = "kubernetes.io/service-name"
+
+
+def _service_host(cluster: str) -> tuple[str, str]:
+    """outbound|8080||svc.ns.svc.cluster.local -> (ns, svc)."""
+    host = cluster.split("|")[-1]
+    service, namespace = host.split(".")[:2]
+    return namespace, service
+
+
+class SliceFeed:
+    """Keeps each cluster's endpoint file equal to its Service's ready, non-terminating EndpointSlice addresses."""
+
+    def __init__(self, api_client, config: ir.GatewayConfig, eds_folder: Path, every: float = 0.2):
+        from kubernetes import client
+
+        self.discovery, self.core = client.DiscoveryV1Api(api_client), client.CoreV1Api(api_client)
+        self.clusters = [c.name for c in config.clusters]
+        self.eds_folder, self.every = Path(eds_folder), every
+        self.version = 0
+        self.written: dict[str, list[tuple[str, int, dict]]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors: list[str] = []
+
+    def hosts(self, cluster: str) -> list[tuple[str, int, dict]]:
+        """(address, port, pod labels) of every ready, non-terminating endpoint of the cluster's Service."""
+        namespace, service = _service_host(cluster)
+        found = []
+        for piece in self.discovery.list_namespaced_endpoint_slice(
+                namespace, label_selector=f"{SERVICE_LABEL}={service}").items:
+            port = (piece.ports or [None])[0]
+            if port is None or port.port is None:
+                continue
+            for endpoint in piece.endpoints or []:
+                conditions = endpoint.conditions
+                if not conditions or not conditions.ready or conditions.terminating:
+                    continue
+                labels = {}
+                if endpoint.target_ref is not None and endpoint.target_ref.kind == "Pod":
+                    labels = self._labels(namespace, endpoint.target_ref.name)
+                found += [(address, port.port, labels) for address in endpoint.addresses]
+        return sorted(found, key=lambda h: (h[0], h[1]))
+
+    def _labels(self, namespace: str, pod: str) -> dict:
+        from kubernetes.client import ApiException
+
+        try:
+            return dict(self.core.read_namespaced_pod(pod, namespace).metadata.labels or {})
+        except ApiException:
+            return {}
+
+    def sync(self) -> bool:
+        """Write every cluster whose endpoints changed; return whether any did."""
+        changed = False
+        for cluster in self.clusters:
+            hosts = self.hosts(cluster)
+            if self.written.get(cluster) != hosts:
+                self.version += 1
+                envoy.write_atomically(envoy.eds_path(self.eds_folder, cluster),
+                                       envoy.load_assignment_hosts(cluster, hosts, self.version))
+                self.written[cluster] = hosts
+                changed = True
+        return changed
+
+    def start(self) -> "SliceFeed":
+        self.eds_folder.mkdir(parents=True, exist_ok=True)
+        self.sync()
+        self._thread = threading.Thread(target=self._loop, name="slice-feed", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.sync()
+            except Exception as exc:  # noqa: BLE001 - keep feeding; the test reads the errors
+                self.errors.append(repr(exc))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
