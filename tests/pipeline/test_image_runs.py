@@ -69,17 +69,20 @@ def serves_the_readme(box: Container, image_config: dict) -> None:
     status = open(f"/proc/{box.init_pid()}/status").read()
     uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
     assert uid_line.split()[1:] == ["10001"] * 4
-    assert len(README_CURLS) == 3
+    assert len(README_CURLS) == 4
     answers = []
     for line in README_CURLS:
         done = subprocess.run(["bash", "-c", line.replace("localhost:8080", f"127.0.0.1:{box.port}")],
                               cwd=REPO, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         answers.append(json.loads(done.stdout))
-    ping, upright, upside_down = answers
+    ping, upright, upside_down, video = answers
     assert ping["results"]["ready"] is True
     assert upright["results"]["angle"] == 0 and upright["postid"] == "1"
     assert upside_down["results"]["angle"] == 180 and upside_down["postid"] == "2"
+    # the video: decoded in the image by its own PyAV wheel, one frame a second, upright for 3 s then upside down
+    assert [(f["timestamp"], f["angle"]) for f in video["results"]["frames"]] == \
+        [(0.0, 0), (1.0, 0), (2.0, 0), (3.0, 180), (4.0, 180), (5.0, 180)] and video["postid"] == "3"
 
 
 def test_the_pulled_image_serves_the_readmes_curls_as_uid_10001_and_its_healthcheck_passes(container, cpu_rootfs):
