@@ -10,7 +10,7 @@ mirrors docker.io to it):
   GPU Dockerfile's own `apt-get install python3 python3-venv` runs; the server then runs on its
   CPU fallback.
 Everything above them (the Dockerfiles' steps, pip, the wheels) is real. Each rootfs is cached in
-.tools/image-bases/<recipe key>/rootfs.tar; each image is labelled with its key and rebuilt only when it changes.
+~/.cache/podserve/image-bases/<recipe key>/rootfs.tar (versions.shared_cache(), shared by every checkout); each image is labelled with its key and rebuilt only when it changes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,9 +96,10 @@ def recipe_for(image: str) -> Recipe:
     return RECIPES[repo]
 
 
-def rootfs_tar(recipe: Recipe, tools: Path = versions.REPO / ".tools", out=None) -> Path:
-    """The recipe's rootfs as a tar, made once with mmdebstrap (about 1-2 min) and reused."""
-    target = tools / "image-bases" / recipe.key() / "rootfs.tar"
+def rootfs_tar(recipe: Recipe, cache: Path | None = None, out=None) -> Path:
+    """The recipe's rootfs as a tar, made once per machine with mmdebstrap (about 1-2 min) and reused by every checkout
+    (versions.shared_cache(): its name is its recipe's key, so a changed recipe makes a new one)."""
+    target = (cache or versions.shared_cache()) / "image-bases" / recipe.key() / "rootfs.tar"
     if target.is_file():
         return target
     if shutil.which("mmdebstrap") is None:
@@ -145,14 +147,24 @@ def push_stand_ins(registry: Registry, build, out=None) -> dict[str, str]:
         if all(pushed_key(registry, image) == recipe.key() for image in images):
             continue
         started = time.monotonic()
-        context = rootfs_tar(recipe, out=out).parent  # the build context: rootfs.tar and its Dockerfile
-        (context / "Dockerfile").write_text(stand_in_dockerfile(recipe, images))
         names = ",".join(f"{registry.host}/{':'.join(repository(image))}" for image in images)
-        done = build(context, ["buildctl-daemonless.sh build --frontend dockerfile.v0 --local context=. "
-                               f"--local dockerfile=. --output 'type=image,\"name={names}\",push=true'"])
+        with tempfile.TemporaryDirectory(prefix="podserve-stand-in-") as folder:  # this build's own context
+            context = Path(folder)
+            context.chmod(0o755)  # BuildKit reads it from its user namespace
+            _link_or_copy(rootfs_tar(recipe, out=out), context / "rootfs.tar")
+            (context / "Dockerfile").write_text(stand_in_dockerfile(recipe, images))
+            done = build(context, ["buildctl-daemonless.sh build --frontend dockerfile.v0 --local context=. "
+                                   f"--local dockerfile=. --output 'type=image,\"name={names}\",push=true'"])
         if done.returncode != 0:
             raise StandInError(f"pushing the {recipe.name} stand-in failed:\n{done.stderr[-3000:]}")
         if out:
             print(f"  stand-in {recipe.name} pushed as {', '.join(images)} in {time.monotonic() - started:.0f}s",
                   file=out)
     return {image: recipe_for(image).key() for image in base_images()}
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem
+        shutil.copyfile(source, target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from podserve.testbed.cluster.versions import REPO, required_version
@@ -20,6 +21,12 @@ def buildkit_version() -> str:
 
 def registry_version() -> str:
     return required_version("github.com/distribution/distribution/v3", REGISTRY_MODULE / "go.mod")
+
+
+def shared_cache() -> Path:
+    """Where what every checkout on this machine may reuse lives (content-keyed, written atomically): $PODSERVE_CACHE,
+    else ~/.cache/podserve. A fresh clone then skips what only its inputs' content decides (the stand-in bases)."""
+    return Path(os.environ.get("PODSERVE_CACHE") or Path.home() / ".cache" / "podserve")
 
 
 def buildkit_dir(tools: Path = REPO / ".tools") -> Path:
