@@ -99,3 +99,114 @@ def test_each_failure_is_the_kubelet_s_own_and_the_deploy_tool_names_it(grey_ser
             assert "pull" in run.output.lower() and f"{name}:{tag}" in run.output, run.output
     finally:
         grey_service.deploy("delete", service=name)
+
+
+CLIENTS = 32
+LOAD_LIMIT_SECONDS = 240
+
+
+def test_a_rolling_update_under_32_clients_through_envoy_fed_by_endpointslices_fails_nothing(grey_service, tmp_path):
+    """hk's production stage (2 replicas) on the real node, v1 then v2, while 32 clients call through Envoy."""
+    import base64
+    import threading
+    import time
+
+    import requests
+    import yaml
+    from kubernetes import client
+
+    from podserve.testbed.mesh import envoy as envoy_config
+    from podserve.testbed.mesh import istio
+    from podserve.testbed.mesh.gateway import Envoy, validate
+    from podserve.testbed.mesh.mesh import gateway_objects
+    from podserve.testbed.mesh.slices import SliceFeed
+    from podserve.testbed.processes import free_port, poll_until
+
+    svc, conf = grey_service, grey_service.conf
+    stage = conf.stages["hk"]
+    namespace = stage.namespace_for("like")
+    v1 = svc.render(svc.name, svc.commit, stage="hk", variant="-v1", drain_seconds=2)
+    v2 = svc.render(svc.name, svc.commit, stage="hk", variant="-v2", drain_seconds=3)
+    core = client.CoreV1Api(svc.plane.api_client())
+    followers, feed, gateway, stop = [], None, None, threading.Event()
+    try:
+        first = svc.deploy("apply", manifests=v1, stage="hk")
+        assert first.returncode == 0, first.output
+        docs = gateway_objects(conf, "hk") + [d for f in sorted(v1.glob("*.yaml"))
+                                              for d in yaml.safe_load_all(f.read_text()) if d]
+        config = istio.translate(docs, stage.gateway)
+        (cluster,) = [c.name for c in config.clusters if f"|{svc.name}.{namespace}." in c.name]
+        feed = SliceFeed(svc.plane.api_client(), config, tmp_path).start()
+        port = free_port()
+        path = tmp_path / "envoy.json"
+        path.write_text(json.dumps(envoy_config.bootstrap(config, port=port, admin_port=0, eds_folder=tmp_path)))
+        validate(path)
+        gateway = Envoy(path, tmp_path)
+        poll_until(lambda: len(gateway.clusters().get(cluster, [])) == 2, "Envoy sees both v1 pods", 30)
+        old = [p.metadata.name for p in core.list_namespaced_pod(namespace, label_selector=f"service={svc.name}").items]
+        assert {h[2].get("service") for h in feed.written[cluster]} == {svc.name}  # the pods' labels came along
+        for pod in old:  # the old pods' logs, followed: they are gone once the rollout deleted them
+            out = (tmp_path / f"{pod}.log").open("w")
+            followers.append((pod, out, subprocess.Popen(
+                [KUBECTL, "logs", "-f", "-n", namespace, pod, "-c", "server"], stdout=out,
+                stderr=subprocess.STDOUT, env=svc.plane.tool_env())))
+
+        image = base64.b64encode((REPO / "examples" / "text-line.png").read_bytes()).decode()
+        url = f"http://127.0.0.1:{port}" + stage.public_path(svc.name, "like")
+        statuses: list[int] = []
+        failures: list[str] = []
+
+        def caller(index: int) -> None:
+            deadline = time.monotonic() + LOAD_LIMIT_SECONDS
+            with requests.Session() as session:
+                while not stop.is_set() and time.monotonic() < deadline:
+                    try:
+                        reply = session.post(url, json={"postid": str(index), "uid": "u", "seqid": "1",
+                                                        "image": image},
+                                             headers={"Host": stage.ingress_host}, timeout=30)
+                        statuses.append(reply.status_code)
+                        if reply.status_code != 200:
+                            failures.append(f"{reply.status_code} {reply.text[:120]}")
+                    except requests.RequestException as exc:
+                        statuses.append(0)
+                        failures.append(repr(exc)[:160])
+
+        callers = [threading.Thread(target=caller, args=(i,)) for i in range(CLIENTS)]
+        for thread in callers:
+            thread.start()
+        poll_until(lambda: len(statuses) >= CLIENTS, "every client answered once before the update", 60)
+        before = len(statuses)
+        update = svc.deploy("apply", manifests=v2, stage="hk")
+        after = len(statuses)
+        stop.set()
+        for thread in callers:
+            thread.join(timeout=60)
+        print(f"rolling update on the real node under {CLIENTS} clients: deploy exit {update.returncode} in "
+              f"{update.seconds:.1f}s; {len(statuses)} requests ({after - before} during the update), "
+              f"{len(failures)} failed")
+        assert update.returncode == 0, update.output
+        assert failures == [], failures[:10]
+        assert after - before > CLIENTS
+        left = core.list_namespaced_pod(namespace, label_selector=f"service={svc.name}").items
+        assert all(p.metadata.deletion_timestamp for p in left if p.metadata.name in old)  # v1: stopping or gone
+        for pod, out, process in followers:
+            process.wait(timeout=60)  # ends when the container does
+            out.close()
+            log = (tmp_path / f"{pod}.log").read_text()
+            assert "SIGTERM: draining" in log and "exited cleanly" in log, log[-2000:]
+        killing = [e for e in core.list_namespaced_event(namespace).items
+                   if e.reason == "Killing" and e.involved_object.name in old]
+        assert {e.involved_object.name for e in killing} == set(old)  # the kubelet's own SIGTERM
+        assert feed.errors == []
+    finally:
+        stop.set()
+        for _, out, process in followers:
+            process.kill()
+            out.close()
+        if gateway is not None:
+            gateway.stop()
+        if feed is not None:
+            feed.stop()
+        subprocess.run([KUBECTL, "delete", "-n", namespace, "deployment,service,pdb,configmap,"
+                        "virtualservices.networking.istio.io,destinationrules.networking.istio.io",
+                        "-l", f"service={svc.name}", "--wait=false"], capture_output=True, env=svc.plane.tool_env())
