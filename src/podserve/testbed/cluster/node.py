@@ -232,7 +232,7 @@ def containerd_config(cni_conf: Path, hosts_dir: Path, mirrors: list[Mirror]) ->
     auths = "".join(
         f'\n[plugins."io.containerd.grpc.v1.cri".registry.configs."{m.host}".auth]\n'
         f'  username = {json.dumps(m.username)}\n  password = {json.dumps(m.password)}\n'
-        for m in mirrors if m.username)
+        for m in {m.host: m for m in mirrors if m.username}.values())  # one login per registry host
     return f"""version = 2
 root = "{DATA / 'containerd'}"
 state = "{STATE / 'containerd'}"
