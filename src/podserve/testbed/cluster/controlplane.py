@@ -95,7 +95,10 @@ class ControlPlane:
         return path
 
     def _run(self, name: str, args: list[str]) -> Program:
-        program = Program(name, [str(self._binary(name)), *args], self.workdir / "logs" / f"{name}.log",
+        # setpriv --pdeathsig: it dies with the process that started it, even one killed with SIGKILL (a killed test
+        # session left an apiserver running for half an hour); setpriv execs, so the pid is the component's
+        program = Program(name, ["setpriv", "--pdeathsig", "KILL", "--", str(self._binary(name)), *args],
+                          self.workdir / "logs" / f"{name}.log",
                           env={"PATH": "/usr/bin:/bin", "HOME": str(self.workdir)}, cwd=self.workdir)
         self.programs.append(program)
         return program
