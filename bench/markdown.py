@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.report import CEILING, GUNICORN, OURS, TARGETS_DOC
+from bench.report import OURS, TARGETS_DOC
 
 
 

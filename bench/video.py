@@ -102,14 +102,19 @@ def server_point(port: int, videos: list[bytes], clients: int, seconds: float) -
                 errors[k] += 1
             n += 1
 
+    wall = _run_threads(client, clients)
+    return {"frames_per_second": round(sum(frames) / wall, 1), "errors": sum(errors), "seconds": round(wall, 1)}
+
+
+def _run_threads(target, count: int) -> float:
+    """Run target(0) .. target(count - 1) on their own threads; return the seconds until the last ended."""
     began = time.monotonic()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    threads = [threading.Thread(target=target, args=(k,)) for k in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.monotonic() - began
-    return {"frames_per_second": round(sum(frames) / wall, 1), "errors": sum(errors), "seconds": round(wall, 1)}
+    return time.monotonic() - began
 
 
 # --- the ceiling ---------------------------------------------------------------------------------------------------
@@ -143,14 +148,8 @@ def _ceiling_way(videos: list[bytes], workers: int, ffmpeg_threads: int, seconds
             frames[k] += len(batch)
             n += 1
 
-    began = time.monotonic()
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return {"frames_per_second": round(sum(frames) / (time.monotonic() - began), 1), "threads": workers,
-            "ffmpeg_threads": ffmpeg_threads}
+    wall = _run_threads(work, workers)
+    return {"frames_per_second": round(sum(frames) / wall, 1), "threads": workers, "ffmpeg_threads": ffmpeg_threads}
 
 
 # --- the sidecar question --------------------------------------------------------------------------------------------

@@ -68,6 +68,12 @@ class Program:
         except FileNotFoundError:
             return ""
 
+    def check_alive(self) -> None:
+        """Raise StartError naming this program, its exit code and its log's end, if it has exited."""
+        if not self.alive():
+            raise StartError(f"{self.name} exited with {self.process.returncode}; its log ({self.log_path}) ends:\n"
+                             f"{self.log_tail()}")
+
     def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll `ready` until it is true; raise StartError naming this program if it dies or times out."""
         deadline = time.monotonic() + timeout

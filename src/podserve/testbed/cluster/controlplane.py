@@ -209,9 +209,7 @@ class ControlPlane:
     def check_alive(self) -> None:
         """Raise StartError naming any program that has exited."""
         for program in self.programs:
-            if not program.alive():
-                raise StartError(f"{program.name} exited with {program.process.returncode}; its log "
-                                 f"({program.log_path}) ends:\n{program.log_tail()}")
+            program.check_alive()
 
     def stop(self) -> None:
         """Stop every program, the last started first."""

@@ -469,10 +469,9 @@ class RealNode:
         return ready and (node.status.allocatable or {}).get("nvidia.com/gpu") == str(gpus)
 
     def check_alive(self) -> None:
+        """Raise StartError naming any of the node's programs that has exited."""
         for program in self.programs:
-            if not program.alive():
-                raise StartError(f"{program.name} exited with {program.process.returncode}; its log "
-                                 f"({program.log_path}) ends:\n{program.log_tail()}")
+            program.check_alive()
 
     def stop(self) -> None:
         """Stop the plugin and the kubelet, remove the pods' containers, stop containerd, clean up, unlock."""
