@@ -26,8 +26,9 @@ from bench.workloads import REPO, Workload
 from podserve.metric_names import BATCH_FILL_WAIT_SECONDS, BATCH_SIZE, IN_FLIGHT, REFUSALS_HELD, VERB_CPU_SECONDS
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-BATCH_SUM, BATCH_COUNT, FILL_WAIT = BATCH_SIZE + "_sum", BATCH_SIZE + "_count", BATCH_FILL_WAIT_SECONDS + "_total"
-VERB_CPU = VERB_CPU_SECONDS + "_total"
+#: The /metrics series whose totals a window takes the difference of, and the Window field each goes to.
+WINDOW_FIELDS = {BATCH_SIZE + "_sum": "batch_items", BATCH_SIZE + "_count": "batches",
+                 BATCH_FILL_WAIT_SECONDS + "_total": "batch_fill_wait_s", VERB_CPU_SECONDS + "_total": "verb_cpu_s"}
 
 
 
@@ -74,14 +75,12 @@ class Server:
     def measure(self, concurrency: int, seconds: int) -> Window:
         self.wait_idle()
         switches_before = self.switch_count()
-        cpu_before, batches_before = self.cpu_seconds(), self.batch_totals()
+        cpu_before, totals_before = self.cpu_seconds(), self.metric_totals()
         window = run_wrk(self.url, self.request_files, concurrency, seconds)
-        cpu_after, batches_after = self.cpu_seconds(), self.batch_totals()
+        cpu_after, totals_after = self.cpu_seconds(), self.metric_totals()
         switches = self.switch_count() - switches_before
-        return _with(window, server_cpu_s=cpu_after - cpu_before, batches=batches_after[1] - batches_before[1],
-                     switches=switches, batch_items=batches_after[0] - batches_before[0],
-                     batch_fill_wait_s=batches_after[2] - batches_before[2],
-                     verb_cpu_s=batches_after[3] - batches_before[3], predict_cpu_s=batches_after[4] - batches_before[4])
+        return _with(window, server_cpu_s=cpu_after - cpu_before, switches=switches,
+                     **{field: totals_after[field] - totals_before[field] for field in totals_after})
 
     def pids(self) -> list[int]:
         """The server's process and its children (Gunicorn's workers)."""
@@ -148,22 +147,23 @@ class Server:
                 return
             time.sleep(0.02)
 
-    def batch_totals(self) -> tuple[float, float, float, float, float]:
-        """(inputs, predict calls, request-seconds held for fuller batches, CPU seconds in the handler's verbs, of
-        which in predict) so far, from the server's /metrics; zeros where it has none."""
+    def metric_totals(self) -> dict[str, float]:
+        """So far, from the server's /metrics, by the Window field each goes to: inputs and predict calls, the
+        request-seconds held for fuller batches, the CPU seconds in the handler's verbs and of those in predict;
+        zeros where the server has none (Gunicorn)."""
+        totals = dict.fromkeys(WINDOW_FIELDS.values(), 0.0) | {"predict_cpu_s": 0.0}
         if self.kind == "gunicorn":
-            return 0.0, 0.0, 0.0, 0.0, 0.0
+            return totals
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as reply:
             text = reply.read().decode()
-        totals = {BATCH_SUM: 0.0, BATCH_COUNT: 0.0, FILL_WAIT: 0.0, VERB_CPU: 0.0}
-        predict = 0.0
         for line in text.splitlines():
-            name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name in totals:
+            field = WINDOW_FIELDS.get(line.split("{", 1)[0].split(" ", 1)[0])
+            if field is not None:
                 value = float(line.rsplit(" ", 1)[1])
-                totals[name] += value
-                predict += value if name == VERB_CPU and 'verb="predict"' in line else 0.0
-        return totals[BATCH_SUM], totals[BATCH_COUNT], totals[FILL_WAIT], totals[VERB_CPU], predict
+                totals[field] += value
+                if field == "verb_cpu_s" and 'verb="predict"' in line:
+                    totals["predict_cpu_s"] += value
+        return totals
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after 30 s; return the exit code."""
