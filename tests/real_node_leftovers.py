@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,9 @@ MOUNT = node.STATE / "leftover-tmpfs"
 NETNS = "cni-podserve-leftover"
 CHAIN = "KUBE-PODSERVE-LEFTOVER"
 CGROUP = Path("/sys/fs/cgroup/memory") / node.CGROUP_ROOT / "leftover"
+CHECKPOINT = node.DEVICE_PLUGINS / node.DEVICE_CHECKPOINT
+#: A pod of the crashed run that held every GPU (its record's checksum is not the kubelet's: it is found by name).
+LEFTOVER_POD = "00000000-0000-4000-8000-1eff0ce0ca11"
 
 
 def _run(*argv: str) -> None:
@@ -19,7 +23,8 @@ def _run(*argv: str) -> None:
 
 def plant() -> list[tuple[str, str]]:
     """A tmpfs under the node's state, a cni-* network namespace, the bridge, a KUBE- chain jumped to from INPUT,
-    a memory cgroup with a process in it. Returns (kind, name) for each."""
+    a memory cgroup with a process in it, the device manager's record of a gone pod holding every GPU.
+    Returns (kind, name) for each."""
     MOUNT.mkdir(parents=True, exist_ok=True)
     _run("mount", "-t", "tmpfs", "leftover", str(MOUNT))
     _run("ip", "netns", "add", NETNS)
@@ -29,8 +34,12 @@ def plant() -> list[tuple[str, str]]:
     CGROUP.mkdir(parents=True, exist_ok=True)
     sleeper = subprocess.Popen(["sleep", "600"], start_new_session=True)  # a container's process, orphaned
     (CGROUP / "cgroup.procs").write_text(str(sleeper.pid))
+    CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
+    CHECKPOINT.write_text(json.dumps({"Data": {"PodDeviceEntries": [
+        {"PodUID": LEFTOVER_POD, "ContainerName": "c", "ResourceName": "nvidia.com/gpu",
+         "DeviceIDs": {"-1": [f"fake-gpu-{i}" for i in range(node.DEFAULT_GPUS)]}}]}, "Checksum": 0}))
     return [("mount", str(MOUNT)), ("netns", NETNS), ("bridge", node.BRIDGE), ("iptables", CHAIN),
-            ("process", str(sleeper.pid))]
+            ("process", str(sleeper.pid)), ("device checkpoint", node.DEVICE_CHECKPOINT)]
 
 
 def still_there() -> list[str]:
@@ -44,4 +53,6 @@ def still_there() -> list[str]:
         left.append(f"iptables chain {CHAIN}")
     if CGROUP.exists():
         left.append(f"cgroup {CGROUP}")
+    if CHECKPOINT.exists() and LEFTOVER_POD in CHECKPOINT.read_text():
+        left.append(f"the GPUs of pod {LEFTOVER_POD} in {CHECKPOINT}")
     return left

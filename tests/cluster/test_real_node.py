@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from real_node_leftovers import still_there
-from waiting import wait_for
+from waiting import pod_story, wait_for
 
 from podserve.testbed.cluster import node as real
 
@@ -33,6 +33,7 @@ def test_the_start_removed_a_crashed_runs_leftovers(real_node):
     assert planted["netns"] in real_node.cleaned["netns"]
     assert real_node.cleaned["bridge"] == [real.BRIDGE]
     assert any(planted["iptables"] in rule for rule in real_node.cleaned["iptables"])
+    assert real_node.cleaned["device checkpoint"] == [planted["device checkpoint"]]
 
 
 def test_the_fake_gpu_plugin_advertises_its_count_over_the_device_plugin_api(core, real_node):
@@ -54,7 +55,8 @@ def test_a_gpu_pod_runs_on_the_pod_network_and_more_gpus_than_advertised_do_not_
     core.create_namespaced_pod(namespace, _pod("one-gpu", 1))
     core.create_namespaced_pod(namespace, _pod("too-many", real.DEFAULT_GPUS + 1))
     running = wait_for(lambda: (p := core.read_namespaced_pod("one-gpu", namespace)).status.phase == "Running" and p,
-                       "the one-GPU pod Running on the real node", timeout=60)
+                       "the one-GPU pod Running on the real node", timeout=60,
+                       explain=lambda: pod_story(core, namespace, "one-gpu", real_node.program("kubelet")))
     assert running.spec.node_name == real_node.name
     assert ipaddress.ip_address(running.status.pod_ip) in ipaddress.ip_network(real.POD_SUBNET)
     assert running.status.pod_ip != real.NODE_IP

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import fcntl
 import gzip
 import hashlib
 import io
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 
 from podserve.testbed.cluster import versions
+from podserve.testbed.locks import wait_for_lock
 from podserve.testbed.processes import Program, StartError, free_port, poll_until
 
 NODE_NAME = "real-0"
@@ -49,6 +49,10 @@ LOCK = Path("/run/podserve-node.lock")
 #: The kubelet's device-plugin folder: fixed in the kubelet (pluginapi.KubeletSocket), whatever its root dir.
 DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
 PLUGIN_SOCKET = "podserve-fake-gpu.sock"
+#: The kubelet's device manager's record of which pod holds which GPU. A killed run's record names pods that are
+#: gone, and until its pod sources sync a new kubelet counts their GPUs as taken: the first GPU pod then fails
+#: admission (UnexpectedAdmissionError, "Available: 0"). clean_up removes it with the pods it describes.
+DEVICE_CHECKPOINT = "kubelet_internal_checkpoint"
 BRIDGE = "psnode0"
 POD_SUBNET = "10.245.0.0/24"
 #: The node's own address: the bridge's, the pods' gateway address (CNI's isGateway); the kubelet listens there.
@@ -219,7 +223,8 @@ def clean_up(binaries: Path | None = None) -> dict[str, list]:
     found["iptables"] = _remove_iptables_chains()
     shutil.rmtree(STATE, ignore_errors=True)
     shutil.rmtree(DATA / "kubelet", ignore_errors=True)
-    for name in (PLUGIN_SOCKET, "kubelet.sock"):
+    found["device checkpoint"] = [DEVICE_CHECKPOINT] if (DEVICE_PLUGINS / DEVICE_CHECKPOINT).exists() else []
+    for name in (PLUGIN_SOCKET, "kubelet.sock", DEVICE_CHECKPOINT):
         (DEVICE_PLUGINS / name).unlink(missing_ok=True)
     return found
 
@@ -363,14 +368,7 @@ class RealNode:
         if gpus < 1:
             raise StartError(f"gpus={gpus}: the fake GPU plugin advertises at least 1 (3 or more for a surge)")
         t0 = time.monotonic()
-        LOCK.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            poll_until(lambda: _try_lock(fd), f"the real node's lock {LOCK} (another run holds it)",
-                       LOCK_TIMEOUT_SECONDS, every=1.0)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = wait_for_lock(LOCK, LOCK_TIMEOUT_SECONDS, "the real node")
         node = cls(plane, workdir, binaries, fd)
         node.timings["lock"] = round(time.monotonic() - t0, 2)
         try:
@@ -468,6 +466,10 @@ class RealNode:
         ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
         return ready and (node.status.allocatable or {}).get("nvidia.com/gpu") == str(gpus)
 
+    def program(self, name: str) -> Program:
+        """The node's program called `name` (containerd, kubelet, fake-gpu-plugin)."""
+        return next(program for program in self.programs if program.name == name)
+
     def check_alive(self) -> None:
         """Raise StartError naming any of the node's programs that has exited."""
         for program in self.programs:
@@ -504,14 +506,6 @@ def _make_cgroup_root() -> None:
     for name in ("cpuset.cpus", "cpuset.mems"):
         if (cpuset / name).is_file():
             (cpuset / CGROUP_ROOT / name).write_text((cpuset / name).read_text())
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def _http_ok(url: str) -> bool:
