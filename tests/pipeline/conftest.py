@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,17 @@ def manifests_artifact(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def build_stage(tmp_path_factory):
     """The registry (htpasswd), the wheel index and the stand-in bases, on free ports, for the whole session."""
-    from image_stage import INDEX_PORT, STORAGE
+    from image_stage import INDEX_PORT, registry_storage
     from podserve.testbed.image import pipeline
 
-    with pipeline.BuildStage.start(tmp_path_factory.mktemp("image-stage"), storage=STORAGE, index_port=INDEX_PORT) \
-            as stage:
-        yield stage
+    storage, lock = registry_storage()
+    try:
+        with pipeline.BuildStage.start(tmp_path_factory.mktemp("image-stage"), storage=storage,
+                                       index_port=INDEX_PORT) as stage:
+            yield stage
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 @pytest.fixture(scope="session")

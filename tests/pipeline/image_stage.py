@@ -9,10 +9,13 @@ from pathlib import Path
 import yaml
 
 from podserve.testbed.image import pipeline
-from podserve.testbed.image.versions import REPO
+from podserve.testbed.image.versions import REPO, shared_cache
+from podserve.testbed.locks import try_lock
 
-#: The tests' registry storage, kept between sessions (so a second session's builds are cache hits).
-STORAGE = REPO / ".tools" / "image-test-registry"
+#: The tests' registry storage, kept between sessions and shared by every checkout on the machine (its build cache
+#: makes a fresh clone's builds cache hits); one session at a time holds it, others use their checkout's own.
+STORAGE = shared_cache() / "image-test-registry"
+OWN_STORAGE = REPO / ".tools" / "image-test-registry"
 #: What a pull of each image moves (config + compressed layers), measured 2026-11-23 + 10%: CPU service image 143.0 MB,
 #: GPU service image 412.0 MB (onnxruntime-gpu), tooling image 95.1 MB. A change that raises one says why here.
 #: PyAV (av 18.1.0, FFmpeg inside the wheel: issue 29's video decoding, in requirements/runtime.txt) added 36.9 MB to
@@ -22,6 +25,12 @@ HK_DEPLOYMENT = "build/manifests/hk/deployment.yaml"
 #: The wheel index's preferred port (any free one when taken): stable per storage, so that the pip steps' cache key
 #: (PIP_INDEX_URL is a build argument) is the same from session to session.
 INDEX_PORT = 20000 + int(hashlib.sha256(str(STORAGE).encode()).hexdigest(), 16) % 10000
+
+
+def registry_storage() -> tuple[Path, int | None]:
+    """The shared STORAGE with its lock held (close the descriptor to release), or OWN_STORAGE when another holds it."""
+    fd = try_lock(STORAGE.with_name(STORAGE.name + ".lock"))
+    return (STORAGE, fd) if fd is not None else (OWN_STORAGE, None)
 
 
 class BuiltFlavor:

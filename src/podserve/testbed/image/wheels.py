@@ -3,7 +3,8 @@
 A build container does not trust this machine's TLS interception CA, so pip inside it cannot
 reach PyPI; it gets the same pinned wheels over plain HTTP on 127.0.0.1 instead, through the
 Dockerfiles' PIP_INDEX_URL build argument (how a company's internal mirror is passed too).
-Wheels are for the images' Python (CPython 3.11, manylinux x86_64) and cached in .tools/wheels-cp311/.
+Wheels are for the images' Python (CPython 3.11, manylinux x86_64) and cached in the machine's shared cache
+(versions.shared_cache()/wheels-cp311, shared by every checkout, written under a lock).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import html
+import os
 import http.server
 import re
 import subprocess
@@ -20,8 +22,10 @@ from pathlib import Path
 
 from podserve.model_record import sha256_of
 from podserve.testbed.image import versions
+from podserve.testbed.locks import locked
 
-CACHE = versions.REPO / ".tools" / "wheels-cp311"
+CACHE = versions.shared_cache() / "wheels-cp311"
+LOCK_TIMEOUT_SECONDS = 900.0
 #: Debian bookworm's glibc is 2.36: every manylinux tag up to it (pip does not expand --platform itself).
 GLIBC_MINORS = range(5, 37)
 PLATFORM = (*[f"--platform=manylinux_2_{minor}_x86_64" for minor in GLIBC_MINORS],
@@ -36,6 +40,13 @@ class WheelError(RuntimeError):
 def download(requirements: list[Path], cache: Path = CACHE) -> Path:
     """pip download every pinned wheel of `requirements` (once per content of those files) and index them."""
     cache.mkdir(parents=True, exist_ok=True)
+    with locked(cache / ".lock", LOCK_TIMEOUT_SECONDS, "the wheel cache"):
+        _download(requirements, cache)
+        write_index(cache)
+    return cache
+
+
+def _download(requirements: list[Path], cache: Path) -> None:
     key = hashlib.sha256(b"".join(_with_includes(path) for path in sorted(requirements))).hexdigest()[:16]
     stamp = cache / f".done-{key}"
     if not stamp.is_file():
@@ -47,8 +58,6 @@ def download(requirements: list[Path], cache: Path = CACHE) -> Path:
         if done.returncode != 0:
             raise WheelError(f"pip download failed for {', '.join(map(str, requirements))}:\n{done.stderr[-2000:]}")
         stamp.touch()
-    write_index(cache)
-    return cache
 
 
 def _with_includes(path: Path) -> bytes:
@@ -71,9 +80,16 @@ def write_index(root: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         links = "".join(f'<a href="../../files/{html.escape(w.name)}#sha256={_sha256(w)}">{html.escape(w.name)}</a>\n'
                         for w in wheels)
-        (folder / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{links}</body></html>\n")
+        _write_atomically(folder / "index.html", f"<!DOCTYPE html><html><body>\n{links}</body></html>\n")
     listing = "".join(f'<a href="{p}/">{p}</a>\n' for p in sorted(projects))
-    (root / "simple" / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{listing}</body></html>\n")
+    _write_atomically(root / "simple" / "index.html", f"<!DOCTYPE html><html><body>\n{listing}</body></html>\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Another checkout's index may be serving this file right now: it sees the old page or the new, never half."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 @functools.lru_cache(maxsize=None)
