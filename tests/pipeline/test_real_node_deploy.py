@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from real_node_service import REPO, RealNodeService
+from real_node_service import REPO, TEAM, RealNodeService
 
 KUBECTL = str(REPO / ".tools" / "bin" / "kubectl")
 
@@ -82,6 +82,33 @@ def test_grey_deploy_starts_the_built_image_on_the_real_node_ready_by_its_probes
         assert lines, logs.stdout[-2000:]
     finally:
         grey_service.deploy("delete")
+
+
+def test_the_region_s_registry_name_pulls_from_the_folder_the_image_was_pushed_to(grey_service, real_node,
+                                                                                tmp_path):
+    """make cluster's mirror: registry.hk.example.com/<team>/<service> is fetched from <local>/hk/<team>/<service>,
+    where CI's jobs (and make image) pushed it; containerd's own client reads the hosts.toml the node writes."""
+    from podserve.testbed.cluster import node as real
+    from podserve.testbed.image.registry import USER
+
+    registry = grey_service.stage.registry
+    name = "registry.hk.example.com"
+    image = f"{name}/{TEAM}/{grey_service.name}:{grey_service.commit}"
+    login = f"{USER}:{registry.secrets()[0]}"
+
+    def pull(mirror):
+        (tmp_path / mirror.prefix / name).mkdir(parents=True)
+        (tmp_path / mirror.prefix / name / "hosts.toml").write_text(real.registry_hosts(mirror))
+        return real_node.ctr("images", "pull", "--hosts-dir", tmp_path / mirror.prefix, "--user", login, image)
+
+    flat = pull(real.Mirror(name, registry.host))  # the registry's root: no such repository there
+    assert flat.returncode != 0 and "not found" in (flat.stderr + flat.stdout).lower(), flat
+    pulled = pull(real.Mirror(name, registry.host, prefix="hk"))
+    assert pulled.returncode == 0, pulled.stderr
+    listed = real_node.ctr("images", "ls", f"name=={image}")
+    pushed = registry.describe(f"hk/{TEAM}/{grey_service.name}", grey_service.commit)
+    assert pushed.digest in listed.stdout, listed.stdout
+    real_node.ctr("images", "rm", image)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -7,7 +7,7 @@
 Every chosen stage is rendered to memory, parsed back and checked; only when all pass are
 the files written, to <out>/<stage>/<kind>.yaml. When anything fails, the manifests an earlier
 render left in <out>/ are removed, so that no later step deploys them by mistake. The image tag comes from --image-tag,
-else $CI_COMMIT_SHORT_SHA, else "dev". --existing-routes takes the VirtualServices other
+else $CI_COMMIT_SHORT_SHA, else the commit of value.py's checkout (what `make image` tags), else "dev". --existing-routes takes the VirtualServices other
 services already serve (`kubectl get virtualservices -A -o yaml`) and refuses overlaps.
 """
 
@@ -24,6 +24,7 @@ from typing import Sequence
 from podserve.tooling import (checks, handler_source, manifests, offline_manifests, output, platform_rules, routing,
                               templating, tenancy)
 from podserve.tooling.conf import Conf, load_conf
+from podserve.tooling.image_tag import default_image_tag
 from podserve.tooling.valuefile import Problem, ValueFileError
 from podserve.tooling.values import ServiceValues, load_values
 
@@ -107,7 +108,7 @@ def _render_offline(values: ServiceValues, conf: Conf, stages: list[str], image_
 def main(argv: list[str] | None = None) -> int:
     """Run the render command; return its exit status (0, or 2 when anything is invalid)."""
     args = _parser().parse_args(argv)
-    tag = args.image_tag or os.environ.get("CI_COMMIT_SHORT_SHA") or "dev"
+    tag = args.image_tag or default_image_tag(args.values)
     edited = platform_rules.refusal(Path(args.values).resolve().parent)
     if edited:  # the rules that apply are the tooling's own; a fork's edited copy is refused, never ignored
         print(f"Error: {edited}\nNothing was written.", file=sys.stderr)
@@ -166,7 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--values", default="value.py", help="the service's value.py (default: value.py)")
     parser.add_argument("--conf", default=None, help="the platform's conf/ folder (default: the repository's)")
     parser.add_argument("--out", default="build/manifests", help="write <out>/<stage>/*.yaml (default: build/manifests)")
-    parser.add_argument("--image-tag", default=None, help="image tag (default: $CI_COMMIT_SHORT_SHA, else dev)")
+    parser.add_argument("--image-tag", default=None, help="image tag (default: $CI_COMMIT_SHORT_SHA, else the "
+                        "checkout's commit, as make image tags it, else dev)")
     parser.add_argument("--existing-routes", default=None, help="VirtualServices already served (YAML), to refuse overlaps")
     parser.add_argument("--print-images", action="store_true", help="print the stages' images and write nothing")
     return parser

@@ -1,12 +1,16 @@
 """`make cluster`: build what is missing, start the control plane on fixed ports, stay until Ctrl-C.
 
     python -m podserve.testbed.cluster [--region hk] [--kubeconfig build/cluster/kubeconfig] [--no-real-node]
+                                       [--registry-port 5002] [--real-node-pool own|gpu|cpu]
 
 The data (etcd, keys, logs) lives in a temporary folder removed on exit; the admin kubeconfig
 is copied to --kubeconfig for kubectl, helm and `make deploy`. When the real node's pieces are
 built (`make node-tools cluster-binaries`), the cluster gains the real node (node.py) and a
 registry on 127.0.0.1:--registry-port serving `make image`'s storage (build/image/registry-storage),
-from which the node pulls every conf/regions.yaml registry name.
+from which the node pulls every conf/regions.yaml registry name (registry.hk.example.com/<team>/<service>
+from the folder hk/ that `make image` pushed it to). With --real-node-pool gpu (or cpu) the real node joins
+that pool of the region and kwok's nodes of it are cordoned: `make deploy` of a service small enough for
+the node's 2 cores then runs there (README: the local cluster's real node).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 
 from podserve.testbed.cluster import build, node, versions
 from podserve.testbed.cluster.controlplane import start
-from podserve.testbed.cluster.platform import fake_nodes
+from podserve.testbed.cluster.platform import fake_nodes, taints_for
 from podserve.testbed.image.registry import RegistryError
 from podserve.testbed.processes import StartError
 from podserve.tooling.conf import load_conf
@@ -39,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", type=Path, default=DEFAULT_KUBECONFIG, help="where to write the kubeconfig")
     parser.add_argument("--no-real-node", dest="real_node", action="store_false",
                         help="leave the real node out (kwok's fake nodes only)")
-    parser.add_argument("--registry-port", type=int, default=5000, help="the node's registry (make image's storage)")
+    parser.add_argument("--registry-port", type=int, default=5002, help="the node's registry (make image's storage)")
+    parser.add_argument("--real-node-pool", choices=("own", "gpu", "cpu"), default="own",
+                        help="own: the real node's own pool, which no conf pool selects; gpu or cpu: it joins that "
+                             "pool of the region (its labels and taints) and kwok's nodes of that pool are cordoned, "
+                             "so that a deploy whose pods fit its 2 cores lands on it")
     args = parser.parse_args(argv)
     if args.region not in load_conf().regions:
         print(f"Error: --region {args.region!r} is not in conf/regions.yaml; use one of "
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plane = start(workdir / "plane", region=args.region, fixed_ports=True)
         if args.real_node and not node.missing_pieces():
-            real, registry = _start_node(plane, workdir, args.registry_port)
+            real, registry = _start_node(plane, workdir, args.registry_port, args.real_node_pool)
         elif args.real_node:
             print(f"no real node: it lacks {', '.join(node.missing_pieces())} (make node-tools cluster-binaries)")
         args.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
@@ -89,18 +97,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _start_node(plane, workdir: Path, port: int):
+def _start_node(plane, workdir: Path, port: int, pool_name: str):
     """The registry on make image's storage, then the real node pulling from it; both stopped if either fails."""
     from podserve.testbed.image.registry import Registry  # noqa: PLC0415 - only with a real node
 
+    conf = load_conf()
+    pool = {} if pool_name == "own" else \
+        {"pool": (chosen := getattr(conf.regions[plane.region].node_pools, pool_name)).node_selector,
+         "taints": taints_for(chosen.tolerations)}
     registry = Registry.start(workdir / "registry", port, versions.REPO / "build" / "image" / "registry-storage")
     try:
-        names = sorted({region.registry for region in load_conf().regions.values()})
-        return node.RealNode.start(plane, workdir / "node", mirrors=node.mirrors_for(registry, names),
-                                   region=plane.region), registry
+        real = node.RealNode.start(plane, workdir / "node", mirrors=node.mirrors_for(registry, conf),
+                                   region=plane.region, **pool)
     except BaseException:
         registry.stop()
         raise
+    if pool:
+        cordoned = _cordon_fake_pool(plane, pool_name)
+        print(f"real node {real.name} joins {plane.region}'s {pool_name} pool {pool['pool']}; kwok's nodes of that "
+              f"pool cordoned: {', '.join(cordoned)}")
+    return real, registry
+
+
+def _cordon_fake_pool(plane, pool_name: str) -> list[str]:
+    """Cordon kwok's nodes of the region's `pool_name` pool (they would outscore the real node); return their names."""
+    from kubernetes import client  # noqa: PLC0415 - only with a real node
+
+    core = client.CoreV1Api(plane.api_client())
+    names = [n["metadata"]["name"] for n in fake_nodes(load_conf())
+             if n["metadata"]["name"].startswith(f"{plane.region}-{pool_name}-")]
+    for name in names:
+        core.patch_node(name, {"spec": {"unschedulable": True}})
+    return names
 
 
 if __name__ == "__main__":

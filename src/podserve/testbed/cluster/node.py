@@ -80,24 +80,32 @@ EVICTION_HARD = {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs
 
 @dataclasses.dataclass(frozen=True)
 class Mirror:
-    """A registry name the manifests use (registry.hk.example.com), served by a local registry (127.0.0.1:port)."""
+    """A registry name the manifests use (registry.hk.example.com), served by a local registry (127.0.0.1:port).
+
+    `prefix`: the repositories' folder in the local registry (`make image` pushes hk's images under hk/):
+    registry.hk.example.com/like/svc is pulled as 127.0.0.1:port/hk/like/svc.
+    """
     name: str
     host: str
     username: str = ""
     password: str = ""
+    prefix: str = ""
 
 
-def mirrors_for(registry, names) -> list[Mirror]:
-    """Mirrors pulling each registry name (conf/regions.yaml's registry.<region>.example.com) from `registry`."""
+def mirrors_for(registry, conf) -> list[Mirror]:
+    """Mirrors pulling each region's registry name from `registry`, under the region's folder, as `make image` and
+    the pipeline's checkout push them (<local registry>/<region>/<team>/<service>)."""
     from podserve.testbed.image.registry import USER
 
     password = registry.secrets()[0]
-    return [Mirror(name, registry.host, USER, password) for name in names]
+    return [Mirror(region.registry, registry.host, USER, password, prefix=name)
+            for name, region in sorted(conf.regions.items())]
 
 
-def node_labels(region: str) -> dict[str, str]:
-    """The real node's labels: its own pool (no conf pool selects it unless a test conf says so) and the region."""
-    return {POOL_LABEL: POOL, "topology.kubernetes.io/region": region}
+def node_labels(region: str, pool: dict[str, str] | None = None) -> dict[str, str]:
+    """The real node's labels: a pool's (by default its own, which no conf pool selects unless a test conf says so)
+    and the region."""
+    return {**(pool or {POOL_LABEL: POOL}), "topology.kubernetes.io/region": region}
 
 
 def pull_secret(name: str, host: str, username: str, password: str) -> dict:
@@ -270,9 +278,14 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 
 
 def registry_hosts(mirror: Mirror) -> str:
-    """certs.d/<name>/hosts.toml: pull <name>/... from the local registry over plain HTTP on loopback."""
-    return (f'server = "http://{mirror.host}"\n\n[host."http://{mirror.host}"]\n'
-            f'  capabilities = ["pull", "resolve"]\n')
+    """certs.d/<name>/hosts.toml: pull <name>/... from the local registry (under its prefix) over plain HTTP on
+    loopback. With a prefix the URL names the API root itself (override_path, containerd 1.6's hosts.toml)."""
+    if not mirror.prefix:
+        return (f'server = "http://{mirror.host}"\n\n[host."http://{mirror.host}"]\n'
+                f'  capabilities = ["pull", "resolve"]\n')
+    root = f"http://{mirror.host}/v2/{mirror.prefix}"
+    return (f'server = "{root}"\noverride_path = true\n\n[host."{root}"]\n'
+            f'  capabilities = ["pull", "resolve"]\n  override_path = true\n')
 
 
 def cni_config() -> dict:
@@ -355,7 +368,7 @@ class RealNode:
 
     @classmethod
     def start(cls, plane, workdir: Path, *, mirrors: list[Mirror] = (), gpus: int = DEFAULT_GPUS,
-              region: str = "hk", taints: list[dict] = TAINTS,
+              region: str = "hk", taints: list[dict] = TAINTS, pool: dict[str, str] | None = None,
               binaries: Path | None = None, after_lock=None) -> "RealNode":
         """Clean up, start containerd, the kubelet and the plugin; return once the node is Ready with its GPUs.
 
@@ -376,7 +389,7 @@ class RealNode:
                 after_lock()
             node.cleaned = clean_up(binaries)
             node.timings["clean up"] = round(time.monotonic() - t0, 2)
-            node._start(list(mirrors), gpus, node_labels(region), taints)
+            node._start(list(mirrors), gpus, node_labels(region, pool), taints)
         except BaseException:
             node.stop()
             raise
@@ -409,10 +422,10 @@ class RealNode:
         config.chmod(0o600)  # registry credentials
         containerd = self._run("containerd", ["containerd", "--config", config, "--log-level", "warn"])
         socket = STATE / "containerd.sock"
-        containerd.wait_until(lambda: self._ctr("version").returncode == 0, START_TIMEOUT_SECONDS,
+        containerd.wait_until(lambda: self.ctr("version").returncode == 0, START_TIMEOUT_SECONDS,
                               f"answering on {socket}")
         archive = pause_image_archive(self.binaries / "pause", self.workdir / "pause.tar")
-        imported = self._ctr("images", "import", archive)
+        imported = self.ctr("images", "import", archive)
         if imported.returncode != 0:
             raise StartError(f"importing the sandbox image failed: {imported.stderr.strip()}")
         self.timings["containerd"] = round(time.monotonic() - t0, 2)
@@ -445,7 +458,8 @@ class RealNode:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "hosts.toml").write_text(registry_hosts(mirror))
 
-    def _ctr(self, *args) -> subprocess.CompletedProcess:
+    def ctr(self, *args) -> subprocess.CompletedProcess:
+        """containerd's own client on the node's socket, in the kubelet's namespace (k8s.io)."""
         return subprocess.run(["ctr", "--address", str(STATE / "containerd.sock"), "-n", "k8s.io", *map(str, args)],
                               capture_output=True, text=True, timeout=120)
 

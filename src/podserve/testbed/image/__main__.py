@@ -5,8 +5,8 @@
 Starts the registry on 127.0.0.1:<port> (storage in <workdir>/registry-storage, kept: a second run
 is mostly cache hits), the wheel index on <port + 1> and the stand-in bases (bases.py), then for value.py's
 flavor and the other one: a checkout (pipeline.py), the `manifests` job, the `service-image` job;
-then the `tooling-image` job. Images are tagged <commit>-<flavor> (the tooling image <commit>) so
-both flavors stay listed. Prints each image's name, digest and size, and stops everything.
+then the `tooling-image` job. value.py's own flavor is tagged <commit>, as CI tags it and as `make deploy`
+renders it (tooling/image_tag.py), the other flavor <commit>-<flavor>, so both stay listed. Prints each image's name, digest and size, and stops everything.
 """
 
 from __future__ import annotations
@@ -24,12 +24,8 @@ from podserve.testbed.image.registry import RegistryError
 from podserve.testbed.image.runner import RunnerError
 from podserve.testbed.image.versions import REPO
 from podserve.testbed.image.wheels import WheelError
+from podserve.tooling.image_tag import commit_tag
 from podserve.tooling.values import load_values
-
-
-def commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return done.stdout.strip() or "dev"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     own = "gpu" if load_values(args.values)["gpu_num"] else "cpu"
-    sha = commit()
+    sha = commit_tag(REPO)
     shutil.rmtree(args.workdir / "run", ignore_errors=True)  # what a killed run left (its processes died with it)
     try:
         with pipeline.BuildStage.start(args.workdir / "run", args.port, args.workdir / "registry-storage",
@@ -53,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                 stage.checkout(checkout, pipeline.flavored_value(args.values.read_text(), flavor))
                 jobs = ["manifests", "service-image"] + (["tooling-image"] if flavor == own else [])
                 for job in jobs:
-                    done = stage.run_job(job, checkout, f"{sha}-{flavor}" if job != "tooling-image" else sha)
+                    tag = sha if job == "tooling-image" or flavor == own else f"{sha}-{flavor}"
+                    done = stage.run_job(job, checkout, tag)
                     if done.returncode != 0:
                         print(f"Error: the {job} job failed ({flavor}):\n{done.stderr[-4000:]}", file=sys.stderr)
                         return 1

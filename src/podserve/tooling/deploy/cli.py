@@ -128,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
                              help="the service's name again: what is retired is named twice, as CI has no prompt")
         if verb == "apply":
             sub.add_argument("--image-tag", default=None,
-                             help="image tag when rendering (default: $CI_COMMIT_SHORT_SHA, else dev)")
+                             help="image tag when rendering (default: $CI_COMMIT_SHORT_SHA, else the checkout's "
+                                  "commit, as make image tags it)")
             sub.add_argument("--image-metadata", default=None,
                              help="BuildKit's --metadata-file of the pushed image: deploy it by digest, not by tag")
             sub.add_argument("--dry-run", action="store_true",

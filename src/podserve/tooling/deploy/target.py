@@ -8,7 +8,6 @@ how prune and delete find the service's objects again, and nothing else.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,12 +83,13 @@ def from_manifests(folder: str | Path, stage: Stage) -> Target:
 def from_values(values_path: str | Path, conf: Conf, stage: Stage, image_tag: str | None = None) -> Target:
     """Render value.py's `stage` now (as CI's render job would); BadInput listing every problem."""
     from podserve.tooling import render, templating
+    from podserve.tooling.image_tag import default_image_tag
     from podserve.tooling.valuefile import ValueFileError
 
     if not Path(values_path).is_file():
         raise BadInput(f"--values {values_path} does not exist; run from the service's repository or pass "
                        "--manifests DIR (render's output)")
-    tag = image_tag or os.environ.get("CI_COMMIT_SHORT_SHA") or "dev"
+    tag = image_tag or default_image_tag(values_path)
     try:
         rendered = render.render(values_path, [stage.name], conf, tag)
     except (ValueFileError, templating.TemplateError) as exc:
