@@ -135,7 +135,7 @@ dashboards: $(VENV)/.test-deps model prometheus ## Regenerate the chart's dashbo
 # A real Kubernetes control plane on loopback (podserve/testbed/cluster/, cluster/go.mod pins the versions):
 # apiserver, controller-manager, scheduler and etcd built from Go modules, kwok for fake GPU nodes.
 REGION ?= hk
-cluster-binaries: $(VENV)/bin/python ## Build the control plane's binaries from Go modules into .tools/cluster/<versions>/ (once; ~6 min cold).
+cluster-binaries: $(VENV)/bin/python ## Build the control plane's binaries from Go modules into ~/.cache/podserve/cluster/ (once per machine; ~6 min cold).
 	@$(PY) -m podserve.testbed.cluster.build
 
 # The real node (podserve/testbed/cluster/node.py): the kubelet from the same module, Debian's containerd, runc and CNI
@@ -179,7 +179,7 @@ APACHE2_UTILS_DEB := 2.4.71-1~deb12u1
 IMAGE_REGISTRY_PORT ?= 5000
 .PHONY: buildctl image-tools image
 buildctl: image-tools
-image-tools: $(VENV)/bin/python ## BuildKit (buildctl, buildkitd), the registry, runc, mmdebstrap, htpasswd, pinned (once; ~4 min cold).
+image-tools: $(VENV)/bin/python ## BuildKit (buildctl, buildkitd), the registry (into ~/.cache/podserve), runc, mmdebstrap, htpasswd, pinned (once; ~4 min cold).
 	@missing=; for p in runc=$(RUNC_DEB) mmdebstrap=$(MMDEBSTRAP_DEB) apache2-utils=$(APACHE2_UTILS_DEB); do \
 		test "$$(dpkg-query -W -f='$${Status} $${Version}' $${p%%=*} 2>/dev/null)" = "install ok installed $${p#*=}" || \
 		missing="$$missing $$p"; done; test -z "$$missing" || flock /tmp/podserve-apt.lock sh -c \

@@ -22,7 +22,22 @@ def test_each_binary_reports_the_version_go_mod_pins():
         assert version_of(binary).strip() == f"Kubernetes {kubernetes}"
     assert f"etcd Version: {versions.etcd_version().lstrip('v')}" in version_of("etcd")
     assert version_of("kwok").startswith(f"kwok version {versions.KWOK_VERSION} ")
-    assert versions.binaries_dir().name == f"k8s-{kubernetes}_etcd-{versions.etcd_version()}_kwok-{versions.KWOK_VERSION}"
+    assert versions.binaries_dir().name.startswith(
+        f"k8s-{kubernetes}_etcd-{versions.etcd_version()}_kwok-{versions.KWOK_VERSION}_")
+
+
+def test_a_change_to_our_module_s_sources_names_a_new_set_of_binaries(tmp_path, monkeypatch):
+    """The cache key follows cluster/'s go.mod, go.sum and cmd/: an edited fake-gpu-plugin is never a stale hit."""
+    import shutil
+
+    module = tmp_path / "cluster"
+    shutil.copytree(versions.GO_MODULE, module, ignore=shutil.ignore_patterns("kwok-crds", "simulated-logs"))
+    monkeypatch.setattr(versions, "GO_MODULE", module)
+    before = versions.cache_key()
+    assert before == versions.binaries_dir().name
+    plugin = next((module / "cmd" / "fake-gpu-plugin").glob("*.go"))
+    plugin.write_text(plugin.read_text() + "\n// edited\n")
+    assert versions.cache_key() != before
 
 
 def test_the_apiserver_tells_clients_its_real_version(api):

@@ -9,8 +9,9 @@ from pathlib import Path
 import yaml
 
 from podserve.testbed.image import pipeline
-from podserve.testbed.image.versions import REPO, shared_cache
+from podserve.testbed.image.versions import REPO
 from podserve.testbed.locks import try_lock
+from podserve.testbed.machine_cache import shared_cache
 
 #: The tests' registry storage, kept between sessions and shared by every checkout on the machine (its build cache
 #: makes a fresh clone's builds cache hits); one session at a time holds it, others use their checkout's own.

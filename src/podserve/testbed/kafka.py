@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 from podserve.offline_settings import LOCAL_KAFKA_PORT
+from podserve.testbed.machine_cache import shared_cache
 from podserve.testbed.processes import Program, StartError, free_port, port_open
 
 KAFKA_VERSION = "4.1.1"
@@ -104,7 +105,7 @@ def install(tools: Path) -> Path:
     (target / "pom.xml").write_text(POM)
     shutil.rmtree(target / "libs", ignore_errors=True)
     command = ["mvn", "-B", "-q", "-f", str(target / "pom.xml"),
-               f"-Dmaven.repo.local={Path(tools).resolve() / 'maven-repo'}",
+               f"-Dmaven.repo.local={shared_cache() / 'maven-repo'}",  # Maven's own cache, shared by checkouts
                "dependency:copy-dependencies", f"-DoutputDirectory={(target / 'libs').resolve()}",
                "-DincludeScope=runtime"]
     result = subprocess.run(command, capture_output=True, text=True)

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(load_conf().regions)}", file=sys.stderr)
         return 2
     try:
-        build.build(versions.REPO / ".tools")
+        build.build()
     except build.BuildError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2

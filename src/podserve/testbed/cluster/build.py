@@ -1,6 +1,9 @@
-"""Build the control plane's binaries from Go modules into .tools/cluster/<versions>/, reusing what is there.
+"""Build the control plane's binaries from Go modules into the shared cache, reusing what is there.
 
-    python -m podserve.testbed.cluster.build [--tools .tools]
+    python -m podserve.testbed.cluster.build [--tools DIR]     (default: ~/.cache/podserve, machine_cache.py)
+
+They go to <DIR>/cluster/<versions>_<digest of cluster/'s go.mod, go.sum, tools.go and cmd/>/: every
+checkout on the machine reuses them, and a change to our module's sources builds a new set.
 
 kube-apiserver, kube-controller-manager, kube-scheduler and the real node's kubelet come from k8s.io/kubernetes and
 etcd from go.etcd.io/etcd/server/v3, both at the versions cluster/go.mod pins (built inside
@@ -63,8 +66,8 @@ def missing(target: Path) -> list[str]:
     return [name for name in versions.BINARIES if not (target / name).is_file()]
 
 
-def build(tools: Path, out=sys.stdout) -> Path:
-    """Build whatever binary is missing under tools/cluster/<key>/ and return that folder."""
+def build(tools: Path | None = None, out=sys.stdout) -> Path:
+    """Build whatever binary is missing under <tools>/cluster/<key>/ (the shared cache's) and return that folder."""
     target = versions.binaries_dir(tools)
     todo = missing(target)
     if not todo:
@@ -108,7 +111,8 @@ def build(tools: Path, out=sys.stdout) -> Path:
 def run_cli(build_into, description: str, argv: list[str] | None = None) -> int:
     """`--tools DIR`, then build_into(DIR); exit 2 with the error's message when a build fails."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--tools", type=Path, default=versions.REPO / ".tools", help="the tools folder (.tools)")
+    parser.add_argument("--tools", type=Path, default=None,
+                        help="where the binaries go (default: the machine's shared cache, ~/.cache/podserve)")
     args = parser.parse_args(argv)
     try:
         build_into(args.tools)

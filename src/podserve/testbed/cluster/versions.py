@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from podserve.testbed.machine_cache import inputs_digest, shared_cache
+
 REPO = Path(__file__).resolve().parents[4]
 #: Our Go module: its go.mod pins k8s.io/kubernetes and etcd (the one source of those versions).
 GO_MODULE = REPO / "cluster"
@@ -35,10 +37,11 @@ def etcd_version() -> str:
 
 
 def cache_key() -> str:
-    """The folder name under .tools/cluster/ for this set of versions."""
-    return f"k8s-{kubernetes_version()}_etcd-{etcd_version()}_kwok-{KWOK_VERSION}"
+    """The binaries' folder name: the versions, and a digest of our module (go.mod, go.sum, cmd/) they are built from."""
+    module = inputs_digest(GO_MODULE / "go.mod", GO_MODULE / "go.sum", GO_MODULE / "tools.go", GO_MODULE / "cmd")
+    return f"k8s-{kubernetes_version()}_etcd-{etcd_version()}_kwok-{KWOK_VERSION}_{module}"
 
 
-def binaries_dir(tools: Path = REPO / ".tools") -> Path:
-    """Where the built binaries of this set of versions live."""
-    return tools / "cluster" / cache_key()
+def binaries_dir(tools: Path | None = None) -> Path:
+    """Where the built binaries live: <tools>/cluster/<cache_key()>, the machine's shared cache by default."""
+    return (tools or shared_cache()) / "cluster" / cache_key()

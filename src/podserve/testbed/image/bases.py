@@ -10,7 +10,7 @@ mirrors docker.io to it):
   GPU Dockerfile's own `apt-get install python3 python3-venv` runs; the server then runs on its
   CPU fallback.
 Everything above them (the Dockerfiles' steps, pip, the wheels) is real. Each rootfs is cached in
-~/.cache/podserve/image-bases/<recipe key>/rootfs.tar (versions.shared_cache(), shared by every checkout); each image is labelled with its key and rebuilt only when it changes.
+~/.cache/podserve/image-bases/<recipe key>/rootfs.tar (machine_cache.shared_cache(), shared by every checkout); each image is labelled with its key and rebuilt only when it changes.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 from podserve.testbed.image import versions
 from podserve.testbed.image.ci_jobs import PIPELINE
 from podserve.testbed.image.registry import Registry, RegistryError
+from podserve.testbed.machine_cache import shared_cache
 
 #: Debian's apt sources, as this machine has them (mmdebstrap reads them on stdin).
 APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
@@ -98,8 +99,8 @@ def recipe_for(image: str) -> Recipe:
 
 def rootfs_tar(recipe: Recipe, cache: Path | None = None, out=None) -> Path:
     """The recipe's rootfs as a tar, made once per machine with mmdebstrap (about 1-2 min) and reused by every checkout
-    (versions.shared_cache(): its name is its recipe's key, so a changed recipe makes a new one)."""
-    target = (cache or versions.shared_cache()) / "image-bases" / recipe.key() / "rootfs.tar"
+    (machine_cache.shared_cache(): its name is its recipe's key, so a changed recipe makes a new one)."""
+    target = (cache or shared_cache()) / "image-bases" / recipe.key() / "rootfs.tar"
     if target.is_file():
         return target
     if shutil.which("mmdebstrap") is None:

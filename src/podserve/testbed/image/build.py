@@ -1,6 +1,8 @@
-"""Build BuildKit (buildctl, buildkitd) and the registry from their pinned Go modules into .tools/, reusing what is there.
+"""Build BuildKit (buildctl, buildkitd) and the registry from their pinned Go modules into the shared cache.
 
-    python -m podserve.testbed.image.build [--tools .tools]      (make image-tools)
+    python -m podserve.testbed.image.build [--tools DIR]      (make image-tools; default ~/.cache/podserve)
+
+Each goes to <DIR>/<name>-<version>-<digest of its go.mod and go.sum>/, reused by every checkout on the machine.
 
 buildctl and buildkitd come from tests/pipeline/buildctl/go.mod (BuildKit v0.29.0, the version of
 CI's moby/buildkit image), the registry from tests/pipeline/registry/go.mod; upstream's
@@ -32,7 +34,7 @@ def _module_dir(module_dir: Path, module: str, env: dict[str, str]) -> Path:
     return Path(json.loads(done.stdout)["Dir"])
 
 
-def build(tools: Path, out=sys.stdout) -> dict[str, Path]:
+def build(tools: Path | None = None, out=sys.stdout) -> dict[str, Path]:
     """Build whatever is missing; return {name: path} of buildctl, buildkitd, buildctl-daemonless.sh, registry."""
     kit, registry = versions.buildkit_dir(tools), versions.registry_binary(tools)
     wanted = {"buildctl": kit / "buildctl", "buildkitd": kit / "buildkitd",
@@ -40,13 +42,13 @@ def build(tools: Path, out=sys.stdout) -> dict[str, Path]:
     todo = [name for name, path in wanted.items() if not path.is_file()]
     if not todo:
         print(f"BuildKit {versions.buildkit_version()} and registry {versions.registry_version()} up to date "
-              f"in {tools}", file=out)
+              f"in {kit.parent}", file=out)
         return wanted
     env = go_env()
     for path in wanted.values():
         path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=tools, prefix=".build-image-") as tmp:
+    with tempfile.TemporaryDirectory(dir=kit.parent, prefix=".build-image-") as tmp:
         staging = Path(tmp)
         for name in todo:
             step = time.monotonic()

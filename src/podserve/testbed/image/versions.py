@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from podserve.testbed.cluster.versions import REPO, required_version
+from podserve.testbed.machine_cache import inputs_digest, shared_cache
 
 #: BuildKit's module (buildctl and buildkitd at one version: the one CI's moby/buildkit image runs).
 BUILDKIT_MODULE = REPO / "tests/pipeline/buildctl"
@@ -23,16 +23,14 @@ def registry_version() -> str:
     return required_version("github.com/distribution/distribution/v3", REGISTRY_MODULE / "go.mod")
 
 
-def shared_cache() -> Path:
-    """Where what every checkout on this machine may reuse lives (content-keyed, written atomically): $PODSERVE_CACHE,
-    else ~/.cache/podserve. A fresh clone then skips what only its inputs' content decides (the stand-in bases)."""
-    return Path(os.environ.get("PODSERVE_CACHE") or Path.home() / ".cache" / "podserve")
+def buildkit_dir(tools: Path | None = None) -> Path:
+    """Where buildctl, buildkitd and buildctl-daemonless.sh of this BuildKit module live (the shared cache's by
+    default), named by its version and a digest of its go.mod and go.sum."""
+    module = inputs_digest(BUILDKIT_MODULE / "go.mod", BUILDKIT_MODULE / "go.sum")
+    return (tools or shared_cache()) / f"buildkit-{buildkit_version()}-{module}"
 
 
-def buildkit_dir(tools: Path = REPO / ".tools") -> Path:
-    """Where buildctl, buildkitd and buildctl-daemonless.sh of this BuildKit version live."""
-    return tools / f"buildkit-{buildkit_version()}"
-
-
-def registry_binary(tools: Path = REPO / ".tools") -> Path:
-    return tools / f"registry-{registry_version()}" / "registry"
+def registry_binary(tools: Path | None = None) -> Path:
+    """The registry built from REGISTRY_MODULE (the shared cache's by default), named like buildkit_dir."""
+    module = inputs_digest(REGISTRY_MODULE / "go.mod", REGISTRY_MODULE / "go.sum")
+    return (tools or shared_cache()) / f"registry-{registry_version()}-{module}" / "registry"

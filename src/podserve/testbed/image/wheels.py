@@ -4,7 +4,7 @@ A build container does not trust this machine's TLS interception CA, so pip insi
 reach PyPI; it gets the same pinned wheels over plain HTTP on 127.0.0.1 instead, through the
 Dockerfiles' PIP_INDEX_URL build argument (how a company's internal mirror is passed too).
 Wheels are for the images' Python (CPython 3.11, manylinux x86_64) and cached in the machine's shared cache
-(versions.shared_cache()/wheels-cp311, shared by every checkout, written under a lock).
+(machine_cache.shared_cache()/wheels-cp311, shared by every checkout, written under a lock).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import threading
 from pathlib import Path
 
 from podserve.model_record import sha256_of
-from podserve.testbed.image import versions
 from podserve.testbed.locks import locked
+from podserve.testbed.machine_cache import shared_cache
 
-CACHE = versions.shared_cache() / "wheels-cp311"
+CACHE = shared_cache() / "wheels-cp311"
 LOCK_TIMEOUT_SECONDS = 900.0
 #: Debian bookworm's glibc is 2.36: every manylinux tag up to it (pip does not expand --platform itself).
 GLIBC_MINORS = range(5, 37)
