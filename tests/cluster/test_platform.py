@@ -73,3 +73,21 @@ def test_every_regions_node_pools_are_there_as_declared(core, conf):
                         pool.allocatable.gpus * region.gpu.memory_gib * 1024)
                 taints = {(t.key, t.effect) for t in node.spec.taints or []}
                 assert taints == {(t["key"], t["effect"]) for t in pool.tolerations}
+
+
+def test_a_real_node_joining_a_pool_cordons_only_kwoks_nodes_of_that_pool_in_its_region(control_plane, core, conf):
+    from podserve.testbed.cluster.__main__ import _cordon_fake_pool
+    from podserve.testbed.cluster.platform import fake_nodes
+
+    region = control_plane.region
+    expected = sorted(n["metadata"]["name"] for n in fake_nodes(conf)
+                      if n["metadata"]["name"].startswith(f"{region}-gpu-"))
+    assert expected, "the conf has no GPU pool in the test region"
+    try:
+        cordoned = _cordon_fake_pool(control_plane, conf.regions[region].node_pools.gpu.node_selector)
+        assert cordoned == expected
+        unschedulable = sorted(n.metadata.name for n in core.list_node().items if n.spec.unschedulable)
+        assert unschedulable == expected
+    finally:
+        for name in expected:
+            core.patch_node(name, {"spec": {"unschedulable": False}})

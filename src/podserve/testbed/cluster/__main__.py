@@ -25,7 +25,7 @@ from pathlib import Path
 
 from podserve.testbed.cluster import build, node, versions
 from podserve.testbed.cluster.controlplane import start
-from podserve.testbed.cluster.platform import fake_nodes, taints_for
+from podserve.testbed.cluster.platform import FAKE_NODE_LABEL, REGION_LABEL, fake_nodes, taints_for
 from podserve.testbed.image.registry import RegistryError
 from podserve.testbed.processes import StartError
 from podserve.tooling.conf import load_conf
@@ -113,19 +113,20 @@ def _start_node(plane, workdir: Path, port: int, pool_name: str):
         registry.stop()
         raise
     if pool:
-        cordoned = _cordon_fake_pool(plane, pool_name)
+        cordoned = _cordon_fake_pool(plane, pool["pool"])
         print(f"real node {real.name} joins {plane.region}'s {pool_name} pool {pool['pool']}; kwok's nodes of that "
               f"pool cordoned: {', '.join(cordoned)}")
     return real, registry
 
 
-def _cordon_fake_pool(plane, pool_name: str) -> list[str]:
-    """Cordon kwok's nodes of the region's `pool_name` pool (they would outscore the real node); return their names."""
+def _cordon_fake_pool(plane, node_selector: dict[str, str]) -> list[str]:
+    """Cordon kwok's nodes of the region's pool chosen by `node_selector` (they would outscore the real node)."""
     from kubernetes import client  # noqa: PLC0415 - only with a real node
 
     core = client.CoreV1Api(plane.api_client())
-    names = [n["metadata"]["name"] for n in fake_nodes(load_conf())
-             if n["metadata"]["name"].startswith(f"{plane.region}-{pool_name}-")]
+    labels = {**node_selector, REGION_LABEL: plane.region, **FAKE_NODE_LABEL}
+    selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+    names = sorted(n.metadata.name for n in core.list_node(label_selector=selector).items)
     for name in names:
         core.patch_node(name, {"spec": {"unschedulable": True}})
     return names

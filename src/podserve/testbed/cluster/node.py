@@ -280,12 +280,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 def registry_hosts(mirror: Mirror) -> str:
     """certs.d/<name>/hosts.toml: pull <name>/... from the local registry (under its prefix) over plain HTTP on
     loopback. With a prefix the URL names the API root itself (override_path, containerd 1.6's hosts.toml)."""
-    if not mirror.prefix:
-        return (f'server = "http://{mirror.host}"\n\n[host."http://{mirror.host}"]\n'
-                f'  capabilities = ["pull", "resolve"]\n')
-    root = f"http://{mirror.host}/v2/{mirror.prefix}"
-    return (f'server = "{root}"\noverride_path = true\n\n[host."{root}"]\n'
-            f'  capabilities = ["pull", "resolve"]\n  override_path = true\n')
+    root = f"http://{mirror.host}/v2/{mirror.prefix}" if mirror.prefix else f"http://{mirror.host}"
+    override = "override_path = true\n" if mirror.prefix else ""
+    return (f'server = "{root}"\n{override}\n[host."{root}"]\n'
+            f'  capabilities = ["pull", "resolve"]\n' + (f"  {override}" if override else ""))
 
 
 def cni_config() -> dict:

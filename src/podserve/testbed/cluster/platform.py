@@ -29,6 +29,7 @@ CHART = versions.REPO / "charts" / "podserve-platform"
 HELM = versions.REPO / ".tools" / "bin" / "helm"
 RELEASE = "podserve-platform"
 REGION_LABEL = "topology.kubernetes.io/region"
+FAKE_NODE_LABEL = {"type": "kwok"}  # on every node kwok runs, none other
 #: Nodes per pool: more than one, so spreading and "any node of the pool" mean something.
 NODES_PER_POOL = 2
 #: Namespaces Istio and Prometheus create in a real cluster before the chart goes in.
@@ -73,7 +74,7 @@ def fake_nodes(conf: Conf) -> list[dict]:
                     "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
                                  "labels": {**pool.node_selector, REGION_LABEL: region_name,
                                             "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                                            "kubernetes.io/arch": "amd64", "type": "kwok"}},
+                                            "kubernetes.io/arch": "amd64", **FAKE_NODE_LABEL}},
                     "spec": {"taints": taints_for(pool.tolerations)},
                     "status": {"allocatable": allocatable, "capacity": allocatable},
                 })

@@ -24,7 +24,7 @@ from podserve.testbed.image.registry import RegistryError
 from podserve.testbed.image.runner import RunnerError
 from podserve.testbed.image.versions import REPO
 from podserve.testbed.image.wheels import WheelError
-from podserve.tooling.image_tag import commit_tag
+from podserve.tooling.image_tag import default_image_tag
 from podserve.tooling.values import load_values
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     own = "gpu" if load_values(args.values)["gpu_num"] else "cpu"
-    sha = commit_tag(REPO)
+    sha = default_image_tag(args.values)  # the tag make deploy names for these values
     shutil.rmtree(args.workdir / "run", ignore_errors=True)  # what a killed run left (its processes died with it)
     try:
         with pipeline.BuildStage.start(args.workdir / "run", args.port, args.workdir / "registry-storage",
