@@ -12,6 +12,7 @@ Writes bench/results/video.{json,md}.
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import io
 import json
@@ -216,8 +217,11 @@ print(json.dumps({{"mib": round((status("VmHWM") - before) / 1024, 1)}}))
 """
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from bench.systems import free_port
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                            epilog="Takes no options: `make bench` runs it after bench.run.").parse_args(argv)
 
     cores = len(os.sched_getaffinity(0))
     videos = make_videos()
