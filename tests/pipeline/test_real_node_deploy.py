@@ -221,9 +221,12 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_endpointslices_f
             out.close()
             log = (tmp_path / f"{pod}.log").read_text()
             assert "SIGTERM: draining" in log and "exited cleanly" in log, log[-2000:]
-        killing = [e for e in core.list_namespaced_event(namespace).items
-                   if e.reason == "Killing" and e.involved_object.name in old]
-        assert {e.involved_object.name for e in killing} == set(old)  # the kubelet's own SIGTERM
+        def killed() -> set[str]:
+            return {e.involved_object.name for e in core.list_namespaced_event(namespace).items
+                    if e.reason == "Killing" and e.involved_object.name in old}
+
+        # The kubelet's own SIGTERM: its event recorder posts the Killing event in the background.
+        poll_until(lambda: killed() == set(old), "a Killing event from the kubelet for each v1 pod", 10)
         assert feed.errors == []
     finally:
         stop.set()
