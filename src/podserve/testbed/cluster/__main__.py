@@ -29,6 +29,7 @@ from podserve.testbed.cluster.platform import FAKE_NODE_LABEL, REGION_LABEL, fak
 from podserve.testbed.image.registry import RegistryError
 from podserve.testbed.processes import StartError
 from podserve.tooling.conf import load_conf
+from podserve.tooling.deploy.target import label_selector
 
 DEFAULT_KUBECONFIG = versions.REPO / "build" / "cluster" / "kubeconfig"
 
@@ -124,8 +125,7 @@ def _cordon_fake_pool(plane, node_selector: dict[str, str]) -> list[str]:
     from kubernetes import client  # noqa: PLC0415 - only with a real node
 
     core = client.CoreV1Api(plane.api_client())
-    labels = {**node_selector, REGION_LABEL: plane.region, **FAKE_NODE_LABEL}
-    selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+    selector = label_selector({**node_selector, REGION_LABEL: plane.region, **FAKE_NODE_LABEL})
     names = sorted(n.metadata.name for n in core.list_node(label_selector=selector).items)
     for name in names:
         core.patch_node(name, {"spec": {"unschedulable": True}})

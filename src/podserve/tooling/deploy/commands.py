@@ -20,7 +20,7 @@ from podserve.tooling.deploy.errors import BadInput, ClusterError, LockLost, Ref
 from podserve.tooling.deploy.history import History, Revision, as_applied, history_name, now_text
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, REPLICASETS, Kube, kind_of
 from podserve.tooling.deploy.lock import DeployLock, holder_identity
-from podserve.tooling.deploy.target import Target
+from podserve.tooling.deploy.target import Target, label_selector
 
 FORCED_ANNOTATION = "podserve.io/forced-reason"
 #: The field manager that keeps spec.replicas when an HPA takes a Deployment over.
@@ -423,7 +423,7 @@ def status(kube: Kube, target: Target, say=print) -> int:
         say("no Deployment: the stage is not deployed")
         return failures.EXIT_FAILED
     match = deployment["spec"]["selector"].get("matchLabels") or {}
-    pod_selector = ",".join(f"{k}={v}" for k, v in sorted(match.items()))
+    pod_selector = label_selector(match)
     pods = kube.list(PODS, target.namespace, pod_selector).get("items") or []
     replicasets = kube.list(REPLICASETS, target.namespace, pod_selector).get("items") or []
     done, line = diagnosis.rollout_status(deployment)

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 from podserve.tooling.deploy import diagnosis, failures
 from podserve.tooling.deploy.kube import EVENTS, MANAGED, PODS, REPLICASETS, Kube
-from podserve.tooling.deploy.target import Target
+from podserve.tooling.deploy.target import Target, label_selector
 
 #: Longest pause between two snapshots (a change in the stage's pods ends it sooner).
 POLL_SECONDS = 2
@@ -39,7 +39,7 @@ def observe(kube: Kube, target: Target, settings: WaitSettings, budget_left: flo
     name = target.deployment()["metadata"]["name"]
     deployment = kube.get(MANAGED["Deployment"], target.namespace, name)
     match = ((deployment or {}).get("spec") or {}).get("selector", {}).get("matchLabels") or {}
-    pod_selector = ",".join(f"{k}={v}" for k, v in sorted(match.items())) or target.selector
+    pod_selector = label_selector(match) or target.selector
     replicasets = kube.list(REPLICASETS, target.namespace, pod_selector).get("items") or []
     pods_list = kube.list(PODS, target.namespace, pod_selector)
     events = kube.list(EVENTS, target.namespace).get("items") or []

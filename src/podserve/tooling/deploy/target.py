@@ -21,6 +21,11 @@ from podserve.tooling.tenancy import TEAM_LABEL
 MANAGED_BY = ("app.kubernetes.io/managed-by", "podserve")
 
 
+def label_selector(labels: dict[str, str]) -> str:
+    """Return the equality label selector (`k=v,...`, keys sorted) matching every label in `labels`."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
 def selector(service: str, stage: str) -> str:
     """Return the label selector of every object render writes for one service's stage."""
     return f"{MANAGED_BY[0]}={MANAGED_BY[1]},service={service},stage={stage}"
