@@ -12,6 +12,7 @@ import copy
 import pytest
 
 from podserve.testbed.cluster.platform import REGION_LABEL
+from podserve.tooling.deploy.target import label_selector
 from waiting import wait_for
 
 GPU_STAGES = ("hk", "eu", "na")
@@ -46,7 +47,7 @@ def test_the_example_becomes_available_on_each_regions_gpu_nodes(applier, apps, 
     for stage in GPU_STAGES:
         wait_for(lambda stage=stage: available(stage), f"Deployment of stage {stage} Available")
         region = conf.regions[conf.stages[stage].region]
-        selector = ",".join(f"{k}={v}" for k, v in deployments[stage]["spec"]["selector"]["matchLabels"].items())
+        selector = label_selector(deployments[stage]["spec"]["selector"]["matchLabels"])
         pods = core.list_namespaced_pod(restricted, label_selector=selector).items
         assert len(pods) == deployments[stage]["spec"]["replicas"]
         for pod in pods:

@@ -21,6 +21,7 @@ from podserve.testbed.cluster.platform import REGION_LABEL
 from podserve.testbed.processes import poll_until
 from podserve.tooling import tenancy
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, Kind
+from podserve.tooling.deploy.target import label_selector
 
 KUBECTL = REPO / ".tools" / "bin" / "kubectl"
 _NODES = Kind("v1", "nodes", namespaced=False)
@@ -215,8 +216,7 @@ def gpu_values(live: Live, name: str) -> Path:
 
 def free_gpus(live: Live, pool: dict, resource: str) -> int:
     """GPUs of region hk's GPU pool not held by a pod that is still there."""
-    selector = ",".join(f"{k}={v}" for k, v in {**pool, REGION_LABEL: "hk"}.items())
-    nodes = live.admin.list(_NODES, None, selector)["items"]
+    nodes = live.admin.list(_NODES, None, label_selector({**pool, REGION_LABEL: "hk"}))["items"]
     total = sum(int(n["status"]["allocatable"].get(resource, 0)) for n in nodes)
     names = {n["metadata"]["name"] for n in nodes}
     held = sum(int((c.get("resources") or {}).get("limits", {}).get(resource, 0))

@@ -309,7 +309,7 @@ def node_offer(conf: Conf, target: Target, deployment: dict) -> str:
         if pool.node_selector == wanted:
             a = pool.allocatable
             gpus = f", {a.gpus} x {region.gpu.resource}" if a.gpus else ""
-            labels = ",".join(f"{k}={v}" for k, v in pool.node_selector.items())
+            labels = label_selector(pool.node_selector)
             return f"at most cpu {a.cpu}, memory {a.memory}{gpus} per node (pool {labels} in {region.name})"
     return ""
 

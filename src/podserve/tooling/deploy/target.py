@@ -28,7 +28,7 @@ def label_selector(labels: dict[str, str]) -> str:
 
 def selector(service: str, stage: str) -> str:
     """Return the label selector of every object render writes for one service's stage."""
-    return f"{MANAGED_BY[0]}={MANAGED_BY[1]},service={service},stage={stage}"
+    return label_selector({MANAGED_BY[0]: MANAGED_BY[1], "service": service, "stage": stage})
 
 
 @dataclass(frozen=True)
