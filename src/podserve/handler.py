@@ -196,6 +196,11 @@ class Handler:
     concurrent_batches: int = 1
     #: The most inputs one predict call gets (value.py's max_batch_size), set by the platform before `load`.
     max_batch_size: int = ServingSettings.max_batch_size
+    #: The inputs predict runs at once, when it cuts a larger batch into runs done one after another (None: it
+    #: runs the whole batch at once). The platform's OnnxHandler sets it on the CPU; the batcher then gives a
+    #: predict call no more than one run, since a second would only wait behind the first while a lane freed
+    #: meanwhile could start it.
+    run_size: int | None = None
     #: For the Open Inference Protocol (docs/open-inference.md), a handler that is not an ONNX model declares its
     #: tensors as (name, datatype, shape) with the batch dimension first and -1 for a free size, e.g.
     #: (("x", "FP32", (-1, 4)),). An OnnxHandler reads them from its model.
@@ -251,7 +256,6 @@ class OnnxHandler(Handler):
 
     input_shape: tuple[int, ...] | None = None
     all_outputs: bool = False
-    _run_size: int | None = None  # inputs per session run on the CPU (None: the whole batch); set by `load`
     #: Run sizes `load` times on the CPU, within the platform's max_batch_size.
     RUN_SIZES = (1, 2, 4, 8)
 
@@ -271,7 +275,7 @@ class OnnxHandler(Handler):
             log.warning("asked for %s but onnxruntime offers %s; this instance runs on the CPU",
                         device, ort.get_available_providers())
         if self.provider == "CPUExecutionProvider":
-            self._run_size = self._cheapest_run_size(
+            self.run_size = self._cheapest_run_size(
                 [size for size in self.RUN_SIZES if size <= max(1, self.max_batch_size)] or [1])
             self.concurrent_batches = max(1, device.cpu_threads)
 
@@ -283,7 +287,7 @@ class OnnxHandler(Handler):
         return self._predict(batch, True)
 
     def _predict(self, batch: Sequence[Any], all_outputs: bool) -> list[Any]:
-        size = self._run_size or len(batch)
+        size = self.run_size or len(batch)
         if size >= len(batch):
             return self._run(batch, all_outputs)
         return [output for start in range(0, len(batch), size)

@@ -1,9 +1,9 @@
 """Dynamic batching for one model instance: a bounded queue and the thread that drains it.
 
 Requests (`WorkItem`s) wait in the queue; the instance's thread takes up to
-`max_batch_size` of them, waiting at most `max_batch_delay` after the oldest one arrived
-(and only while more requests are on their way, and while a fuller batch would cost less per
-input: runtime/batch_policy.py),
+`max_batch_size` of them (one run's worth where the handler runs a batch as runs in turn),
+waiting at most `max_batch_delay` after the oldest one arrived (and only while more requests
+are on their way, and while a fuller batch would cost less per input: runtime/batch_policy.py),
 groups them by the handler's `batch_key` (inputs of different shapes are never stacked),
 runs one `predict` per group and hands every item its output or its error. Nothing here
 knows about HTTP: an HTTP view, a Kafka consumer or a test can drive it the same way.
@@ -96,7 +96,7 @@ class BatchWorker:
         self.cost = cost or BatchCost()  # what a predict call costs: whether waiting for more pays
         self._more_coming = more_coming
         self.handler = handler
-        self.max_batch_size = max_batch_size
+        self.largest = largest_batch(handler, max_batch_size)
         self.max_batch_delay = max_batch_delay
         self.capacity = capacity
         self._on_batch = on_batch
@@ -207,8 +207,8 @@ class BatchWorker:
         holding_since = None  # when this lane began to hold the batch open for more
         # Waiting only pays while other requests are on their way (being read or decoded);
         # a lone request runs at once instead of sitting out the delay.
-        while len(self._queue) < self.max_batch_size and not self._stopping and self._more_coming() \
-                and self.cost.worth_waiting(len(self._queue), self.max_batch_size):
+        while len(self._queue) < self.largest and not self._stopping and self._more_coming() \
+                and self.cost.worth_waiting(len(self._queue), self.largest):
             if holding_since is None:
                 holding_since = time.monotonic()
                 fill_by = min(fill_by, holding_since + self.cost.longest_worth_holding(self.max_batch_delay))
@@ -220,7 +220,7 @@ class BatchWorker:
         batch: list[WorkItem] = []
         expired: list[WorkItem] = []
         # Lanes waiting for work share what is queued, so that every free core gets some of it.
-        size = min(self.max_batch_size, -(-len(self._queue) // max(1, self._idle_lanes)))
+        size = min(self.largest, -(-len(self._queue) // max(1, self._idle_lanes)))
         while self._queue and len(batch) < size:
             item = self._queue.popleft()
             if item.deadline <= now:
@@ -262,6 +262,12 @@ class BatchWorker:
             finish_all(group, list(outputs))
             if self._on_batch is not None:
                 self._on_batch(self, len(group), seconds, group, cpu_seconds)
+
+
+def largest_batch(handler: Handler, max_batch_size: int) -> int:
+    """The most inputs the batcher gives one predict call: `max_batch_size`, or one run where the handler cuts a
+    batch into runs done one after another (`Handler.run_size`, the CPU's)."""
+    return min(max_batch_size, handler.run_size or max_batch_size)
 
 
 def _expired() -> DeadlineExceeded:

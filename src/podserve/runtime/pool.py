@@ -11,7 +11,7 @@ from typing import Any, Callable
 from podserve.errors import NotReady, Overloaded
 from podserve.handler import Device, Handler, model_inputs
 from podserve.runtime.batch_policy import BatchCost
-from podserve.runtime.batcher import BatchWorker, WorkItem, check_outputs
+from podserve.runtime.batcher import BatchWorker, WorkItem, check_outputs, largest_batch
 from podserve.runtime import verbs
 from podserve.runtime.metrics import Metrics
 from podserve.settings import ServingSettings
@@ -109,17 +109,17 @@ class InstancePool:
         self._loaded.set()
 
     def _warm_up(self, handler: Handler, cost: BatchCost, budget: float) -> None:
-        """Run one batch of every size the batcher can form (1 to max_batch_size): on a GPU the first run at
-        each new shape picks kernels and algorithms, which must not happen to a caller. Batches are not padded
-        to a few sizes instead: on the CPU that cost about 1.3x the CPU per input (`python -m bench.padding`).
-        Then time a second run of the smallest and the largest size, the batch policy's first measure of a
-        call's cost. Sizes past `budget` seconds are left cold (logged): start-up must stay within
+        """Run one batch of every size the batcher can form (1 to max_batch_size, or to one run on the CPU): on a
+        GPU the first run at each new shape picks kernels and algorithms, which must not happen to a caller. Batches
+        are not padded to a few sizes instead: on the CPU that cost about 1.3x the CPU per input (`python -m
+        bench.padding`). Then time a second run of the smallest and the largest size, the batch policy's first
+        measure of a call's cost. Sizes past `budget` seconds are left cold (logged): start-up must stay within
         init_delay_second, or Kubernetes restarts the pod before it ever serves."""
         inputs = model_inputs(handler.warmup_inputs())
         if not inputs:
             return
         began = time.perf_counter()
-        largest = self.settings.max_batch_size
+        largest = largest_batch(handler, self.settings.max_batch_size)
         for size in range(1, largest + 1):
             if time.perf_counter() - began > budget:
                 log.warning("warm-up stopped after %.1fs (its budget, %.0f%% of init_delay_second): batches of %d "
