@@ -198,9 +198,10 @@ class Handler:
     max_batch_size: int = ServingSettings.max_batch_size
     #: The inputs predict runs at once, when it cuts a larger batch into runs done one after another (None: it
     #: runs the whole batch at once). The platform's OnnxHandler sets it on the CPU; the batcher then gives a
-    #: predict call no more than one run, since a second would only wait behind the first while a lane freed
-    #: meanwhile could start it.
+    #: predict call one run, or as many as fit in max_batch_delay_ms (runtime/batcher.py: largest_batch).
     run_size: int | None = None
+    #: What one run of `run_size` inputs takes, in seconds (measured with it; 0 when not known).
+    run_seconds: float = 0.0
     #: For the Open Inference Protocol (docs/open-inference.md), a handler that is not an ONNX model declares its
     #: tensors as (name, datatype, shape) with the batch dimension first and -1 for a free size, e.g.
     #: (("x", "FP32", (-1, 4)),). An OnnxHandler reads them from its model.
@@ -247,8 +248,9 @@ class OnnxHandler(Handler):
     so that the warm-up batch can be built. On a GPU the session uses the CUDA execution
     provider on the instance's device with its memory limit. On the CPU every run is
     single-threaded: a batch is cut into runs of the size `load` measured to cost the least
-    CPU per input, and an instance with a budget of N threads does N runs at once on its one
-    session: `concurrent_batches` = N, so the batcher runs N batches at once, one per core
+    CPU per input (`run_size`), and an instance with a budget of N threads does N runs at
+    once on its one session: `concurrent_batches` = N, so the batcher runs N batches at once,
+    one per core
     (runs are thread-safe and release the GIL). Against one N-threaded run of the whole
     batch, that cut the example's CPU per request by up to 30% and keeps one copy of the
     weights (bench/optimisations.json); a lone request uses one core, though.
@@ -306,11 +308,12 @@ class OnnxHandler(Handler):
 
     def _cheapest_run_size(self, sizes: Sequence[int] = (1, 2, 4, 8), rounds: int = 3) -> int | None:
         """Time single-threaded runs of each size on the warm-up input, in interleaved rounds, and return the
-        size with the least time per input (None when no warm-up input can be built). Each run also holds the GIL
-        for its Python call and the conversion of its inputs and outputs, so the cheapest size is not traded for a
-        smaller one within some margin (bench/optimisations.json).
-        CPU caches make small runs cheaper for some models (the 320x320 detector: 1) and larger ones for
-        others (the text classifier: 2 to 8)."""
+        size with the least time per input (None when no warm-up input can be built); `run_seconds` is then one
+        run's time. Each run also holds the GIL for its Python call and the conversion of its inputs and outputs,
+        so the cheapest size is not traded for a smaller one within some margin (bench/optimisations.json), nor
+        for a larger one: the detector's runs of 4 cost 2% more than 1 and 5-10% of its throughput at 32 and 64
+        callers. CPU caches make small runs cheaper for some models (the 320x320 detector: 1) while others cost
+        about the same at every size (the text classifier: 2 to 8 within 1-3%, its pick noise)."""
         inputs = model_inputs(self.warmup_inputs())
         if len(inputs) != 1:
             return None
@@ -332,6 +335,7 @@ class OnnxHandler(Handler):
                     runs += 1
                 cost[size] = min(cost[size], (time.perf_counter() - began) / (runs * size))
         best = min(sizes, key=cost.__getitem__)
+        self.run_seconds = cost[best] * best
         log.info("%s: runs of %d input(s) cost the least CPU (%.3f ms per input; %s)", type(self).__name__, best,
                  cost[best] * 1000, ", ".join(f"{s}: {c * 1000:.3f}" for s, c in cost.items()))
         return best

@@ -107,8 +107,8 @@ GATE_ENV = "TEST_PREDICT_GATE"
 
 class GatedTextDirection(TextDirection):
     """The example's handler, whose predict waits while the file TEST_PREDICT_GATE names exists (at most 30 s),
-    first adding the held batch's size as a line to `<gate>.held`. Its CPU runs are of 8 inputs: the sizes the
-    example's load times cost within 1-3% of each other, so which it picks is noise, and a batch is one run."""
+    first adding the held batch's size as a line to `<gate>.held`. Its CPU runs are of 8 inputs (a batch: one run
+    or more): the sizes the example's load times cost within 1-3% of each other, so which it picks is noise."""
 
     RUN_SIZES = (8,)
 

@@ -134,6 +134,7 @@ class _Runs(Handler):
 
     concurrent_batches = 2
     run_size = 1
+    run_seconds = 0.010
 
     def __init__(self):
         self.release = threading.Event()
@@ -151,7 +152,6 @@ def test_a_lane_takes_one_run_and_leaves_the_rest_to_a_free_lane():
     took more would hold inputs behind its first run while the other lane, free, could start them (the heavy
     model's p99 at c=8 was 2.3x Gunicorn's so). Here the run of input 0 blocks; inputs 1 to 5 must not wait for it."""
     handler = _Runs()
-    assert largest_batch(handler, MAX) == 1 and largest_batch(_Costs(0.0, 0.0), MAX) == MAX
     worker = BatchWorker("w", handler, max_batch_size=MAX, max_batch_delay=0.005, capacity=16)
     answered = {i: threading.Event() for i in range(6)}
     for i in range(6):  # queued before either lane looks, so both find all six
@@ -166,3 +166,17 @@ def test_a_lane_takes_one_run_and_leaves_the_rest_to_a_free_lane():
         handler.release.set()
         worker.stop(timeout=10)
     assert answered[0].is_set() and sorted(map(len, handler.calls)) == [1] * 6, handler.calls
+
+
+def test_a_call_gets_one_run_or_as_many_as_fit_in_the_batch_delay():
+    class Cpu(Handler):
+        run_size = 2
+
+    short, long = Cpu(), Cpu()
+    short.run_seconds, long.run_seconds = 0.002, 0.040  # the example's runs of 2; a detector's
+    assert largest_batch(short, MAX, 0.005) == 4  # two runs fit in 5 ms
+    assert largest_batch(long, MAX, 0.005) == 2  # one run, however long
+    assert largest_batch(short, 3, 0.005) == 3  # never past max_batch_size
+    assert largest_batch(Cpu(), MAX, 0.005) == 2  # run time not measured: one run
+    assert largest_batch(_Costs(0.0, 0.0), MAX, 0.005) == MAX  # runs the whole batch at once (a GPU's): unchanged
+

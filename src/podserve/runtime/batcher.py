@@ -96,7 +96,7 @@ class BatchWorker:
         self.cost = cost or BatchCost()  # what a predict call costs: whether waiting for more pays
         self._more_coming = more_coming
         self.handler = handler
-        self.largest = largest_batch(handler, max_batch_size)
+        self.largest = largest_batch(handler, max_batch_size, max_batch_delay)
         self.max_batch_delay = max_batch_delay
         self.capacity = capacity
         self._on_batch = on_batch
@@ -264,10 +264,16 @@ class BatchWorker:
                 self._on_batch(self, len(group), seconds, group, cpu_seconds)
 
 
-def largest_batch(handler: Handler, max_batch_size: int) -> int:
-    """The most inputs the batcher gives one predict call: `max_batch_size`, or one run where the handler cuts a
-    batch into runs done one after another (`Handler.run_size`, the CPU's)."""
-    return min(max_batch_size, handler.run_size or max_batch_size)
+def largest_batch(handler: Handler, max_batch_size: int, max_batch_delay: float) -> int:
+    """The most inputs the batcher gives one predict call: `max_batch_size`; where the handler cuts a batch into
+    runs done one after another (`Handler.run_size`, the CPU's), one run, or as many as fit in `max_batch_delay`
+    (what a caller may wait for batching's sake): an input behind longer runs in the same lane would wait longer
+    than that while another lane could start it. Several short runs a call keep the batcher's hand-offs per input
+    down (runs of 2 of the example, one a call, cost 10-12% of its throughput at 64 callers)."""
+    if not handler.run_size:
+        return max_batch_size
+    runs = max(1, int(max_batch_delay / handler.run_seconds)) if handler.run_seconds > 0 else 1
+    return min(max_batch_size, handler.run_size * runs)
 
 
 def _expired() -> DeadlineExceeded:

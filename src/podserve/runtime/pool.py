@@ -119,7 +119,7 @@ class InstancePool:
         if not inputs:
             return
         began = time.perf_counter()
-        largest = largest_batch(handler, self.settings.max_batch_size)
+        largest = largest_batch(handler, self.settings.max_batch_size, self.settings.max_batch_delay_ms / 1000.0)
         for size in range(1, largest + 1):
             if time.perf_counter() - began > budget:
                 log.warning("warm-up stopped after %.1fs (its budget, %.0f%% of init_delay_second): batches of %d "
