@@ -1,7 +1,7 @@
 """Dynamic batching for one model instance: a bounded queue and the thread that drains it.
 
 Requests (`WorkItem`s) wait in the queue; the instance's thread takes up to
-`max_batch_size` of them (one run's worth where the handler runs a batch as runs in turn),
+`max_batch_size` of them (on the CPU a run or a few: `largest_batch`),
 waiting at most `max_batch_delay` after the oldest one arrived (and only while more requests
 are on their way, and while a fuller batch would cost less per input: runtime/batch_policy.py),
 groups them by the handler's `batch_key` (inputs of different shapes are never stacked),

@@ -109,7 +109,7 @@ class InstancePool:
         self._loaded.set()
 
     def _warm_up(self, handler: Handler, cost: BatchCost, budget: float) -> None:
-        """Run one batch of every size the batcher can form (1 to max_batch_size, or to one run on the CPU): on a
+        """Run one batch of every size the batcher can form (1 to `largest_batch`: max_batch_size on a GPU): on a
         GPU the first run at each new shape picks kernels and algorithms, which must not happen to a caller. Batches
         are not padded to a few sizes instead: on the CPU that cost about 1.3x the CPU per input (`python -m
         bench.padding`). Then time a second run of the smallest and the largest size, the batch policy's first
