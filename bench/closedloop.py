@@ -49,16 +49,20 @@ class Outcome:
 
 
 class _Connection:
-    __slots__ = ("sock", "sent_at", "buffer", "wire")
+    __slots__ = ("sock", "sent_at", "buffer", "wire", "open", "waiting")
 
     def __init__(self, sock: socket.socket):
         self.sock, self.sent_at, self.buffer, self.wire = sock, 0.0, b"", 0
+        self.open = True  # False once closed: its caller's next request goes on a new connection
+        self.waiting = False  # in `waiting`, to send (or reconnect) later
 
 
 def run_closed_loop(host: str, port: int, wires: Sequence[bytes], clients: int, seconds: float,
                     max_requests: int = 1_000_000, honour_retry_after: bool = False) -> Outcome:
     """Keep `clients` connections busy for `seconds` (or `max_requests` answers) sending `wires` in turn; with
-    `honour_retry_after`, a connection answered 503 waits its Retry-After before sending again."""
+    `honour_retry_after`, a connection answered 503 waits its Retry-After before sending again. An answer with
+    `Connection: close` (the pod's 503 past its connection limit) ends its connection, as any HTTP client ends
+    it: the caller's next request goes on a new one, and no socket error is counted."""
     outcome = Outcome()
     waiting: list[tuple[float, int, _Connection]] = []  # (send at, tie-break, connection) after a 503
     selector = selectors.DefaultSelector()
@@ -66,7 +70,6 @@ def run_closed_loop(host: str, port: int, wires: Sequence[bytes], clients: int, 
     next_wire = 0
 
     def open_connection() -> None:
-        nonlocal next_wire
         try:
             sock = socket.create_connection((host, port), timeout=10)
         except OSError:
@@ -76,7 +79,11 @@ def run_closed_loop(host: str, port: int, wires: Sequence[bytes], clients: int, 
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = _Connection(sock)
         selector.register(sock, selectors.EVENT_READ, connection)
-        send(connection)
+        try:
+            send(connection)
+        except OSError:  # closed before the request went: its caller tries again shortly, not in a hot loop
+            close(connection, failed=True)
+            later(connection, time.monotonic() + 0.01)
 
     def send(connection: _Connection) -> None:
         nonlocal next_wire
@@ -87,37 +94,57 @@ def run_closed_loop(host: str, port: int, wires: Sequence[bytes], clients: int, 
         connection.sock.sendall(wires[connection.wire])
         connection.sock.setblocking(False)
 
-    def fail(connection: _Connection) -> None:
-        outcome.socket_errors += 1
+    def close(connection: _Connection, failed: bool) -> None:
+        if not connection.open:
+            return
+        outcome.socket_errors += failed
+        connection.open = False
         selector.unregister(connection.sock)
         connection.sock.close()
+
+    def lost(connection: _Connection) -> None:
+        """A socket error or an end nobody announced: a new connection, now or when this one was due to send."""
+        close(connection, failed=True)
+        if not connection.waiting:
+            open_connection()
+
+    def later(connection: _Connection, at: float) -> None:
+        connection.waiting = True
+        heapq.heappush(waiting, (at, id(connection), connection))
+
+    def go_on(connection: _Connection) -> None:
+        """Send the connection's next request, or, once it is closed, open a new one for its caller."""
+        if not connection.open:
+            open_connection()
+            return
+        try:
+            send(connection)
+        except OSError:
+            lost(connection)
 
     started = time.monotonic()
     stop_at = started + seconds
     for _ in range(clients):
         open_connection()
-    while time.monotonic() < stop_at and outcome.answers < max_requests and selector.get_map():
+    while time.monotonic() < stop_at and outcome.answers < max_requests and (selector.get_map() or waiting):
         while waiting and waiting[0][0] <= time.monotonic():
             connection = heapq.heappop(waiting)[2]
-            try:
-                send(connection)
-            except OSError:
-                fail(connection)
-                open_connection()
+            connection.waiting = False
+            go_on(connection)
         next_due = waiting[0][0] - time.monotonic() if waiting else 0.1
         for key, _ in selector.select(timeout=max(0.0, min(0.1, next_due, stop_at - time.monotonic()))):
             connection: _Connection = key.data
+            if not connection.open:
+                continue
             try:
                 chunk = connection.sock.recv(65536)
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
-                fail(connection)
-                open_connection()
+                lost(connection)
                 continue
             if not chunk:
-                fail(connection)
-                open_connection()
+                lost(connection)
                 continue
             connection.buffer += chunk
             answer = _complete_answer(connection.buffer)
@@ -126,18 +153,17 @@ def run_closed_loop(host: str, port: int, wires: Sequence[bytes], clients: int, 
             status, headers, used = answer
             now = time.monotonic()
             outcome.latencies.setdefault(status, []).append(now - connection.sent_at)
-            if status == 503 and b"\r\nretry-after:" not in headers.lower():
+            lowered = headers.lower()
+            if status == 503 and b"\r\nretry-after:" not in lowered:
                 outcome.missing_retry_after += 1
             connection.buffer = connection.buffer[used:]
+            if b"\r\nconnection: close" in lowered:
+                close(connection, failed=False)
             pause = _retry_after(headers) if honour_retry_after and status == 503 else 0.0
             if pause and now + pause < stop_at:
-                heapq.heappush(waiting, (now + pause, id(connection), connection))
+                later(connection, now + pause)
             elif now < stop_at and not pause:
-                try:
-                    send(connection)
-                except OSError:
-                    fail(connection)
-                    open_connection()
+                go_on(connection)
     outcome.seconds = time.monotonic() - started
     for key in list(selector.get_map().values()):
         key.fileobj.close()
