@@ -5,8 +5,9 @@ input's). `BatchCost` learns both from the calls the instance makes (the warm-up
 size first, then every batch it serves), by least squares weighted towards the recent ones.
 
 With k inputs queued, each pays `fixed / k + per_item`; the most that waiting can save is what a full
-batch would take off the fixed share, `fixed / k - fixed / max_batch_size`. The batch runs at once
-when that is under `WORTH_WAITING` of what each input costs now, and waits (within
+batch (`full`, the most a call gets: runtime/batcher.py's `largest_batch`) would take off the fixed
+share, `fixed / k - fixed / full`. The batch runs at once when that is under `WORTH_WAITING` of what
+each input costs now, and waits (within
 `max_batch_delay_ms`, and only while more requests are on their way) when it is over, but never
 longer than one call's fixed cost: the lane's device idles meanwhile, and holding it longer than the
 call a fuller batch saves loses more device time than it gains (the ski-rental bound). So a GPU, whose
@@ -48,15 +49,15 @@ class BatchCost:
         self.per_item = max(0.0, slope)
         self.fixed = max(0.0, (self._sy - self.per_item * self._sx) / self._w)
 
-    def worth_waiting(self, queued: int, max_batch_size: int) -> bool:
+    def worth_waiting(self, queued: int, full: int) -> bool:
         """Whether a batch of `queued` inputs should wait for more (True until the cost can be split). An empty
         queue (its requests withdrawn while the batch was filling) has nothing to wait for."""
-        if queued <= 0 or queued >= max_batch_size:
+        if queued <= 0 or queued >= full:
             return False
         if self.fixed is None:
             return True
         now = self.fixed / queued + self.per_item
-        saving = self.fixed / queued - self.fixed / max_batch_size
+        saving = self.fixed / queued - self.fixed / full
         return now > 0 and saving > WORTH_WAITING * now
 
     def longest_worth_holding(self, max_batch_delay: float) -> float:
