@@ -3,7 +3,8 @@
 One thread does it all, one fetch at a time, so nothing is in hand during a rebalance:
 1. fetch up to as many messages as every instance's queue holds;
 2. decode each with the handler and queue it on the InstancePool, whose batch threads
-   group them into batches of up to max_batch_size (waiting up to max_batch_delay_ms);
+   group them into batches of up to max_batch_size (waiting up to max_batch_delay_ms, only where a
+   fuller batch would cost less per input: runtime/batch_policy.py);
 3. a message that cannot be parsed or decoded, or whose input the handler fails on even
    when run alone, becomes a dead letter; every other one a result keyed like its input;
 4. write results and dead letters, backing off and retrying whatever the sinks did not

@@ -1,0 +1,108 @@
+"""The offline worker queues a whole fetch for the batcher before it waits for any output: a fetch is batched.
+
+In process, without a broker: `OfflineWorker.process` on a fetch of messages (stand-ins for confluent_kafka's
+Message, which only the broker can make) against a real InstancePool whose handler holds every predict call
+until the test opens its gate. The fetch is decoded and queued whole behind the held calls, so how it is
+batched does not depend on how fast one decode thread feeds the batch threads (the 10,000-message test on the
+real broker measures that, and on a CPU the batch policy runs small batches at once where waiting would not pay).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from podserve import Handler
+from podserve.handler import Device
+from podserve.runtime.metrics import Metrics
+from podserve.runtime.offline.metrics import MessageMetrics
+from podserve.runtime.offline.worker import OfflineWorker
+from podserve.runtime.pool import InstancePool
+from podserve.settings import ServingSettings
+
+FETCH = 64
+
+
+class HeldSummer(Handler):
+    """Sums each input; while `opened` is clear, every predict call records its size and waits for it."""
+
+    opened = threading.Event()
+    held: list[int] = []
+    sizes: list[int] = []
+
+    def load(self, model_path, device):
+        pass
+
+    def warmup_inputs(self):
+        return [np.zeros(3)]
+
+    def decode(self, payload):
+        return np.asarray(payload.data, dtype=np.float64)
+
+    def predict(self, batch):
+        if not self.opened.is_set():
+            self.held.append(len(batch))
+            assert self.opened.wait(30), "the test never opened the gate"
+        self.sizes.append(len(batch))
+        return [float(item.sum()) for item in batch]
+
+    def encode(self, total):
+        return {"sum": total}
+
+
+class Message:
+    """What OfflineWorker.process reads of a confluent_kafka Message."""
+
+    def __init__(self, offset: int, value: bytes):
+        self._offset, self._value = offset, value
+
+    def key(self) -> bytes:
+        return f"m-{self._offset}".encode()
+
+    def value(self) -> bytes:
+        return self._value
+
+    def topic(self) -> str:
+        return "lines"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+def test_a_fetch_is_queued_whole_and_run_in_batches_not_one_message_at_a_time():
+    settings = ServingSettings(service_name="summer", max_batch_size=16, max_batch_delay_ms=5, queue_size=FETCH)
+    pool = InstancePool(HeldSummer, [Device("cpu")], settings, Metrics("summer", CollectorRegistry()))
+    HeldSummer.opened.set()
+    pool.load()
+    assert pool.ready, pool.status()
+    worker = OfflineWorker(settings, "lines", pool, consumer=None, sink=None, dead_letters=None,
+                           metrics=MessageMetrics("summer", "lines", CollectorRegistry()))
+    fetch = [Message(i, json.dumps({"postid": f"p-{i}", "data": [i, 1]}).encode()) for i in range(FETCH)]
+    HeldSummer.sizes.clear()
+    HeldSummer.opened.clear()
+    done: list = []
+    processing = threading.Thread(target=lambda: done.append(worker.process(fetch)))
+    try:
+        processing.start()
+        deadline = time.monotonic() + 30
+        while sum(HeldSummer.held) + sum(w.depth for w in pool.workers) < FETCH and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert sum(HeldSummer.held) + sum(w.depth for w in pool.workers) == FETCH, "the fetch was not queued whole"
+    finally:
+        HeldSummer.opened.set()
+        processing.join(30)
+        pool.stop()
+    results, dead = done[0]
+    assert dead == []
+    assert [(r.key, json.loads(r.value)["results"]) for r in results] == [
+        (f"m-{i}".encode(), {"sum": float(i + 1)}) for i in range(FETCH)]
+    assert sum(HeldSummer.sizes) == FETCH
+    print(f"batches of {HeldSummer.sizes}")
+    assert FETCH / len(HeldSummer.sizes) > 4, f"mean batch {FETCH / len(HeldSummer.sizes):.2f} for a fetch of {FETCH}"
