@@ -30,6 +30,8 @@ WRITE_TIMEOUTS = PREFIX + "write_timeouts_total"            # counter, connectio
 
 # Limits, set once at start-up so dashboards and alerts draw "used against allowed" without value.py.
 MAX_BATCH_SIZE = PREFIX + "max_batch_size"                  # gauge, labels ("service",)
+BATCH_LIMIT = PREFIX + "batch_limit"                        # gauge, STAGE_LABELS: most inputs one predict call gets
+#                                                             (max_batch_size; on the CPU the runs that fit the delay)
 REQUEST_TIMEOUT_SECONDS = PREFIX + "request_timeout_seconds"  # gauge, labels ("service",): the default deadline
 STARTUP_BUDGET_SECONDS = PREFIX + "startup_budget_seconds"  # gauge, labels ("service",): load + warm-up allowed
 QUEUE_CAPACITY = PREFIX + "queue_capacity"                  # gauge, STAGE_LABELS: queue_size of the instance

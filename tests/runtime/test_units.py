@@ -220,3 +220,37 @@ def test_warm_up_runs_every_batch_size_the_batcher_can_form():
         assert sizes == ([1, 2, 3, 4, 5, 6] + [1] * 3 + [6] * 3) * 2
     finally:
         pool.stop()
+
+
+@pytest.mark.parametrize("run_size, run_seconds, limit", [
+    (None, 0.0, 16),   # GPU-like: one call takes a full max_batch_size
+    (2, 0.002, 4),     # CPU: two runs of 2 fit in max_batch_delay_ms (5 ms)
+    (8, 0.009, 8),     # CPU: one run of 8 is already past the delay
+])
+def test_each_instance_exports_the_batch_limit_its_batcher_uses(run_size, run_seconds, limit):
+    """The dashboard's batch panel compares the mean batch with `podserve_batch_limit`, not max_batch_size alone:
+    on the CPU the batcher gives a call fewer inputs, and a mean far under max_batch_size is no fault there."""
+    from prometheus_client import CollectorRegistry
+
+    from podserve.runtime.metrics import Metrics
+    from podserve.runtime.pool import InstancePool
+
+    class Runs(Handler):
+        def warmup_inputs(self):
+            return [np.zeros(3, dtype=np.float32)]
+
+        def predict(self, batch):
+            return list(batch)
+
+    Runs.run_size, Runs.run_seconds = run_size, run_seconds
+    registry = CollectorRegistry()
+    settings = ServingSettings(max_batch_size=16, max_batch_delay_ms=5)
+    pool = InstancePool(Runs, [Device("cpu")], settings, Metrics("limits", registry))
+    pool.load()
+    try:
+        assert pool.ready, pool.status()
+        exported = registry.get_sample_value("podserve_batch_limit",
+                                             {"service": "limits", "model_instance": pool.names[0]})
+        assert exported == limit == pool.workers[0].largest
+    finally:
+        pool.stop()

@@ -60,6 +60,9 @@ class Metrics:
                                       ("service",), registry=registry).labels(service)
         self.max_batch_size = Gauge(names.MAX_BATCH_SIZE, "Most inputs one predict call receives (max_batch_size).",
                                     ("service",), registry=registry).labels(service)
+        self.batch_limit = Gauge(names.BATCH_LIMIT, "Most inputs the batcher gives one predict call on this "
+                                 "instance: max_batch_size, or on the CPU the runs that fit in max_batch_delay_ms.",
+                                 names.STAGE_LABELS, registry=registry)
         self.request_timeout = Gauge(names.REQUEST_TIMEOUT_SECONDS, "Default deadline of a request, in seconds.",
                                      ("service",), registry=registry).labels(service)
         self.startup_budget = Gauge(names.STARTUP_BUDGET_SECONDS, "Seconds load and warm-up may take before "

@@ -100,6 +100,7 @@ class InstancePool:
                                  capacity=self.settings.queue_size, on_batch=self._record_batch,
                                  more_coming=lambda: self._incoming > 0, cost=cost)
             self.metrics.queue_depth.labels(*labels).set_function(lambda w=worker: w.depth)
+            self.metrics.batch_limit.labels(*labels).set(worker.largest)
             worker.start()
             self.workers.append(worker)
             self.metrics.instance_ready.labels(*labels).set(1)

@@ -80,11 +80,13 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
             "the HTTP queue. Empty where the mesh is not installed.", width=8),
     ])
     batching = Row("Batching and saturation", [
-        Panel("timeseries", "Batch size: mean against max_batch_size", "none", [
+        Panel("timeseries", "Batch size: mean against the limit", "none", [
             Target(f"sum({_rate(m.BATCH_SIZE + '_sum', s)}) / sum({_rate(m.BATCH_SIZE + '_count', s)})", "mean"),
+            Target(f"max({m.BATCH_LIMIT}{{{s}}})", "limit"),
             Target(f"max({m.MAX_BATCH_SIZE}{{{s}}})", "max_batch_size")],
-            "Inputs per predict call. Far under the limit under load: raise max_batch_delay_ms or the traffic "
-            "is spread too thin.", width=6),
+            "Inputs per predict call. The limit is max_batch_size, or on the CPU the runs that fit in "
+            "max_batch_delay_ms (docs/server.md). Far under the limit under load: raise max_batch_delay_ms or "
+            "the traffic is spread too thin.", width=6),
         Panel("bargauge", "Batch size distribution", "short", [Target(
             f"sum by (le) ({_rate(m.BATCH_SIZE + '_bucket', s)})", "{{le}}", instant=True, format="heatmap")],
             "Batches per second of each size (Grafana turns the cumulative buckets into one bar per bucket).",
