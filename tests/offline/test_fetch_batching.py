@@ -86,6 +86,7 @@ def test_a_fetch_is_queued_whole_and_run_in_batches_not_one_message_at_a_time():
                            metrics=MessageMetrics("summer", "lines", CollectorRegistry()))
     fetch = [Message(i, json.dumps({"postid": f"p-{i}", "data": [i, 1]}).encode()) for i in range(FETCH)]
     HeldSummer.sizes.clear()
+    HeldSummer.held.clear()
     HeldSummer.opened.clear()
     done: list = []
     processing = threading.Thread(target=lambda: done.append(worker.process(fetch)))
