@@ -117,8 +117,12 @@ def install(tools: Path) -> Path:
 
 
 def cluster_id() -> str:
-    """A random cluster id in Kafka's format (what `kafka-storage.sh random-uuid` prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random cluster id in Kafka's format (what `kafka-storage.sh random-uuid` prints): never one starting with
+    "-", which Kafka's own Uuid.randomUuid also redraws (1 draw in 64: a command line would read it as an option)."""
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
 
 
 #: The largest record the test broker takes (48 MiB): the default video limit's JSON (~43 MiB) and its dead letter.
@@ -186,7 +190,7 @@ class KafkaBroker:
         config = self.data_dir / "server.properties"
         config.write_text(server_properties(self.data_dir, self.port, self.controller_port))
         (self.data_dir / "log4j2.properties").write_text(LOG4J2)
-        formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c",
+        formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id()}", "-c",
                                               str(config), "--ignore-formatted"),
                                    capture_output=True, text=True, timeout=timeout)
         if formatted.returncode != 0:
