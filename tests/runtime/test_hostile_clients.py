@@ -341,17 +341,26 @@ def test_head_announces_the_length_get_would_send(affine):
 
 
 def test_an_answered_requests_body_is_released_at_once_even_behind_a_slow_one(start_server, affine_model):
+    # init_delay_second 4: a 2 s warm-up budget, so start-up runs one 6 s predict, not a 30 s warm-up of them.
     server = start_server(handler="fixture_handlers:SlowAffine", model_path=str(affine_model),
-                          max_body_bytes=4 * MIB, TEST_PREDICT_SLEEP="2")
+                          max_body_bytes=4 * MIB, init_delay_second=4, TEST_PREDICT_SLEEP="6")
     bad = json.dumps({"postid": "bad", "data": "not a list", "pad": " " * (4 * MIB - 100)}).encode()
     refused = request_head("POST", ROUTE, {"Content-Type": "application/json", "Content-Length": str(len(bad))}) + bad
     peak_before = peak_rss_bytes(server.process.pid)
     with connect(server.port, timeout=30) as sock:
-        # The first request runs for 2 s; the fifteen behind it are answered 400 at once but wait their turn on the
-        # wire: their 60 MiB of bodies must not wait with them.
-        sock.sendall(json_request(ROUTE, BODY) + refused * 15)
+        # The first request runs for 6 s; the fifteen behind it are answered 400 at once but wait their turn on the
+        # wire: their 60 MiB of bodies must not wait with them. Each is sent once the server has answered the one
+        # before, so that only one body is ever being read or parsed: what the peak holds beyond that is bodies
+        # kept after their answers (sent all at once, how many are read before the first is parsed is a race).
+        sock.sendall(json_request(ROUTE, BODY))
+        for sent in range(1, 16):
+            sock.sendall(refused)
+            poll_until(lambda: requests_counted(server, 400) == sent, timeout=10, every=0.02,
+                       what=f"request {sent} of 15 answered 400")
+        assert requests_counted(server, 200) == 0, "the slow request ended before the fifteen were answered"
         reader = Reader(sock)
         statuses = [reader.response().status for _ in range(16)]
     assert statuses == [200] + [400] * 15
     grown = peak_rss_bytes(server.process.pid) - peak_before
+    print(f"peak RSS grew {grown / MIB:.1f} MiB over 15 answered bodies of 4 MiB")
     assert grown < 40 * MIB, f"peak RSS grew {grown / MIB:.1f} MiB: answered bodies were held"
