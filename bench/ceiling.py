@@ -97,6 +97,11 @@ class Ceiling:
                       p95_ms=float(p95), p99_ms=float(p99), server_cpu_s=cpu, batches=batches,
                       batch_items=batches * config.batch)
 
+    def outputs(self) -> list[np.ndarray]:
+        """The model's first output for each input, one row each (what an OnnxHandler's predict gives encode)."""
+        session = self._get_sessions(1, 1)[0]
+        return [session.run(None, {self._input_name: item[np.newaxis]})[0][0] for item in self.inputs]
+
     def _feed(self, offset: int, batch: int) -> dict:
         items = [self.inputs[(offset * batch + i) % len(self.inputs)] for i in range(batch)]
         return {self._input_name: np.stack(items)}

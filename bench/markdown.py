@@ -82,7 +82,7 @@ def _workload(name: str, w: dict) -> list[str]:
     for server, peaks in w["peak_rss_mb"].items():
         for process, mb in peaks.items():
             lines.append(f"| {server} | {process} | {mb} |")
-    lines += ["", "Preprocessing per image, alone (a step whose two-thread speedup is near 2 releases the GIL; near 1 "
+    lines += ["", "The handler's steps per image, alone (a step whose two-thread speedup is near 2 releases the GIL; near 1 "
               "holds it):", "", "| step | µs per call | two-thread speedup |", "|---|---|---|"]
     for step in w["preprocessing"]:
         lines.append(f"| {step['step']} | {step['us_per_call']} | {step['two_thread_speedup']} |")

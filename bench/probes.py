@@ -1,4 +1,4 @@
-"""What one request's preprocessing costs, step by step, and which steps release the GIL.
+"""What one request's preprocessing and postprocessing cost, step by step, and which steps release the GIL.
 
 Each step runs alone in a loop, first in one thread, then in two threads at once. On two
 free cores, a step that releases the GIL runs about twice as fast in two threads (speedup
@@ -24,6 +24,8 @@ from podserve.images import decode_image
 from podserve.runtime import api
 
 MAX_PIXELS = 25_000_000
+DECODE_STEP = "handler.decode (all of the above but the wire)"
+ENCODE_STEP = "handler.encode (the model's output to the answer)"
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,9 @@ def time_step(name: str, calls: Sequence[Callable[[], Any]], seconds: float = 0.
 
 
 def preprocessing_steps(handler: Handler, images: Sequence[bytes], size: tuple[int, int],
-                        seconds: float = 0.6) -> list[Step]:
-    """Time each stage a request's input goes through before inference, on the workload's images.
+                        outputs: Sequence[Any], seconds: float = 0.6) -> list[Step]:
+    """Time each stage a request's input goes through before inference, on the workload's images, and the
+    handler's encode on the model's `outputs` for them (the service's postprocessing, which every server runs).
 
     `size` is the (width, height) the handler resizes to; the resize and normalise steps
     here are the generic ones (PIL bilinear; numpy BGR, CHW, scale to float32).
@@ -64,8 +67,9 @@ def preprocessing_steps(handler: Handler, images: Sequence[bytes], size: tuple[i
                   seconds),
         time_step("resize (Pillow bilinear)", [lambda d=d: d.resize(size, Image.BILINEAR) for d in decoded], seconds),
         time_step("normalise (numpy)", [lambda r=r: _normalise(r) for r in resized], seconds),
-        time_step("handler.decode (all of the above but the wire)", [lambda p=p: handler.decode(p) for p in payloads],
+        time_step(DECODE_STEP, [lambda p=p: handler.decode(p) for p in payloads],
                   seconds),
+        time_step(ENCODE_STEP, [lambda o=o: handler.encode(o) for o in outputs], seconds),
     ]
 
 

@@ -180,3 +180,31 @@ def test_a_call_gets_one_run_or_as_many_as_fit_in_the_batch_delay():
     assert largest_batch(Cpu(), MAX, 0.005) == 2  # run time not measured: one run
     assert largest_batch(_Costs(0.0, 0.0), MAX, 0.005) == MAX  # runs the whole batch at once (a GPU's): unchanged
 
+
+
+@pytest.mark.parametrize("busy_lane, taken", [
+    (None, 2),  # both lanes free: half each
+    (0.0109, 2),  # the other lane's call of 10 (11 ms by the cost) ends in 0.1 ms: it gets half
+    (0.0, 4),  # it has just started that call: this lane would finish all 4 long before it could start one
+])
+def test_a_free_lane_takes_what_it_would_finish_before_any_other_lane(busy_lane, taken):
+    """Two lanes (the CPU's one per core), a cost of 1 ms a call and 1 ms an input, four inputs queued: each goes to
+    the lane that would finish it first, a busy lane counting from when its call should end. A lane that took all
+    four while the other is about to be free kept the last ones waiting behind its own call (the example's p99 at 8
+    callers); one that left half to a lane that has just started would keep them waiting as long."""
+    class TwoLanes(_Costs):
+        concurrent_batches = 2
+
+    worker = BatchWorker("w", TwoLanes(0.001, 0.001), max_batch_size=MAX, max_batch_delay=0.005, capacity=16,
+                         more_coming=lambda: False, cost=_learnt(fixed=0.001, per_item=0.001, noise=0.0))
+    for i in range(4):  # the lanes are never started: the test takes lane 0's batch itself
+        worker.submit(WorkItem(i, None, time.monotonic() + 30))
+    with worker._cond:
+        if busy_lane is None:
+            worker._idle_lanes = 2
+        else:
+            worker._idle_lanes = 1
+            worker._runs[1] = (10, time.monotonic() - busy_lane)  # a stall here only brings its end nearer
+        batch, expired = worker._take_batch(0)
+    assert [item.input for item in batch] == list(range(taken)) and expired == []
+    assert worker.depth == 4 - taken
