@@ -1,4 +1,5 @@
-"""The offline worker queues a whole fetch for the batcher before it waits for any output: a fetch is batched.
+"""The offline worker queues a whole fetch for the batcher before it waits for any output: a fetch is batched,
+and each result is encoded with its own message's context (WithContext) although its batch held others.
 
 In process, without a broker: `OfflineWorker.process` on a fetch of messages (stand-ins for confluent_kafka's
 Message, which only the broker can make) against a real InstancePool whose handler holds every predict call
@@ -16,7 +17,7 @@ import time
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from podserve import Handler
+from podserve import Handler, WithContext
 from podserve.handler import Device
 from podserve.runtime.metrics import Metrics
 from podserve.runtime.offline.metrics import MessageMetrics
@@ -28,7 +29,8 @@ FETCH = 64
 
 
 class HeldSummer(Handler):
-    """Sums each input; while `opened` is clear, every predict call records its size and waits for it."""
+    """Sums each input, keeping its postid as the context; while `opened` is clear, every predict call records
+    its size and waits for it."""
 
     opened = threading.Event()
     held: list[int] = []
@@ -41,7 +43,7 @@ class HeldSummer(Handler):
         return [np.zeros(3)]
 
     def decode(self, payload):
-        return np.asarray(payload.data, dtype=np.float64)
+        return WithContext(np.asarray(payload.data, dtype=np.float64), {"postid": payload.postid})
 
     def predict(self, batch):
         if not self.opened.is_set():
@@ -50,8 +52,8 @@ class HeldSummer(Handler):
         self.sizes.append(len(batch))
         return [float(item.sum()) for item in batch]
 
-    def encode(self, total):
-        return {"sum": total}
+    def encode(self, total, context):
+        return {"sum": total, **context}
 
 
 class Message:
@@ -76,7 +78,7 @@ class Message:
         return self._offset
 
 
-def test_a_fetch_is_queued_whole_and_run_in_batches_not_one_message_at_a_time():
+def test_a_fetch_is_queued_whole_and_run_in_batches_each_result_with_its_own_context():
     settings = ServingSettings(service_name="summer", max_batch_size=16, max_batch_delay_ms=5, queue_size=FETCH)
     pool = InstancePool(HeldSummer, [Device("cpu")], settings, Metrics("summer", CollectorRegistry()))
     HeldSummer.opened.set()
@@ -103,7 +105,7 @@ def test_a_fetch_is_queued_whole_and_run_in_batches_not_one_message_at_a_time():
     results, dead = done[0]
     assert dead == []
     assert [(r.key, json.loads(r.value)["results"]) for r in results] == [
-        (f"m-{i}".encode(), {"sum": float(i + 1)}) for i in range(FETCH)]
+        (f"m-{i}".encode(), {"sum": float(i + 1), "postid": f"p-{i}"}) for i in range(FETCH)]
     assert sum(HeldSummer.sizes) == FETCH
     print(f"batches of {HeldSummer.sizes}")
     assert FETCH / len(HeldSummer.sizes) > 4, f"mean batch {FETCH / len(HeldSummer.sizes):.2f} for a fetch of {FETCH}"

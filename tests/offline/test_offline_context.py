@@ -1,4 +1,8 @@
-"""The per-request context reaches `encode` for each message in the offline worker too, whatever the batches."""
+"""The per-request context reaches `encode` for each message in the offline worker too, whatever the batches.
+
+How the broker's messages are batched here depends on how fast one decode thread feeds the batch threads; that
+results keep their own context inside shared batches is shown deterministically by test_fetch_batching.py.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,4 @@ def test_each_result_is_encoded_with_its_own_messages_context(kafka, topics, sta
     results = wait_for(TopicReader(kafka.bootstrap, topics["sink_topic"]), len(messages), timeout=60, worker=worker)
     assert {r.key: json.loads(r.value)["results"] for r in results} == {
         f"m-{i}".encode(): {"sum": float(i * (1 + i % 3)), "postid": f"p-{i}", "count": 1 + i % 3} for i in range(60)}
-    batches = worker.metric(names.BATCH_SIZE + "_count")
-    print(f"{len(messages)} messages in {batches:.0f} batches")
-    assert batches < len(messages)  # some messages shared a batch
+    print(f"{len(messages)} messages in {worker.metric(names.BATCH_SIZE + '_count'):.0f} batches")
