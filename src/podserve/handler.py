@@ -308,12 +308,19 @@ class OnnxHandler(Handler):
 
     def _cheapest_run_size(self, sizes: Sequence[int] = (1, 2, 4, 8), rounds: int = 3) -> int | None:
         """Time single-threaded runs of each size on the warm-up input, in interleaved rounds, and return the
-        size with the least time per input (None when no warm-up input can be built); `run_seconds` is then one
-        run's time. Each run also holds the GIL for its Python call and the conversion of its inputs and outputs,
-        so the cheapest size is not traded for a smaller one within some margin (bench/optimisations.json), nor
-        for a larger one: the detector's runs of 4 cost 2% more than 1 and 5-10% of its throughput at 32 and 64
-        callers. CPU caches make small runs cheaper for some models (the 320x320 detector: 1) while others cost
-        about the same at every size (the text classifier: 2 to 8 within 1-3%, its pick noise)."""
+        size with the least CPU time per input (None when no warm-up input can be built); `run_seconds` is then
+        one run's time.
+
+        The calling thread's CPU clock times them (a one-thread session runs in that thread), not the wall clock,
+        which counts time spent preempted by other processes: beside two CPU-bound processes the detector's run
+        of 1 read 35-49 ms by the wall clock and 35-36 ms by CPU time, and timed by the wall clock on a noisy
+        host it picked runs of 8 by 0.3%, where runs of 1 cost 3-8% less on a quiet one (its batches of 8 then
+        gave 0.7-0.8x Gunicorn's throughput at 32 callers). Each run also holds the GIL for its Python call and
+        the conversion of its inputs and outputs, so the cheapest size is not traded for a smaller one within
+        some margin (bench/optimisations.json), nor for a larger one: the detector's runs of 4 cost 2% more than
+        1 and 5-10% of its throughput at 32 and 64 callers. CPU caches make small runs cheaper for some models
+        (the 320x320 detector: 1) while others cost about the same at every size (the text classifier: 2 to 8
+        within 1-3%, its pick noise)."""
         inputs = model_inputs(self.warmup_inputs())
         if len(inputs) != 1:
             return None
@@ -329,11 +336,11 @@ class OnnxHandler(Handler):
         sizes = list(cost)
         for _ in range(rounds):
             for size in sizes:
-                batch, runs, began = inputs * size, 0, time.perf_counter()
-                while runs < 2 or (time.perf_counter() - began < 0.05 and runs < 100):
+                batch, runs, began = inputs * size, 0, time.thread_time()
+                while runs < 2 or (time.thread_time() - began < 0.05 and runs < 100):
                     self._run(batch)
                     runs += 1
-                cost[size] = min(cost[size], (time.perf_counter() - began) / (runs * size))
+                cost[size] = min(cost[size], (time.thread_time() - began) / (runs * size))
         best = min(sizes, key=cost.__getitem__)
         self.run_seconds = cost[best] * best
         log.info("%s: runs of %d input(s) cost the least CPU (%.3f ms per input; %s)", type(self).__name__, best,
