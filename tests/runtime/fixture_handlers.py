@@ -49,13 +49,18 @@ class SlowDecode(Affine):
         return super().decode(payload)
 
 
+def spin_cpu(seconds: float) -> None:
+    """Spin until this thread has used `seconds` of CPU (time spent preempted or asleep does not count)."""
+    began = time.thread_time()
+    while time.thread_time() - began < seconds:
+        pass
+
+
 class CpuThenSleep(Affine):
     """Affine whose decode spins for 50 ms of its thread's CPU and whose encode sleeps 50 ms (no CPU)."""
 
     def decode(self, payload: Payload) -> np.ndarray:
-        began = time.thread_time()
-        while time.thread_time() - began < 0.05:
-            pass
+        spin_cpu(0.05)
         return super().decode(payload)
 
     def encode(self, output):

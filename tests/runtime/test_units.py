@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded
-from podserve.handler import Device, Handler, Payload, onnx_providers
+from podserve.handler import Device, Handler, OnnxHandler, Payload, onnx_providers
 from podserve.runtime import api
 from podserve.runtime.batcher import BatchWorker, WorkItem
 from podserve.runtime.devices import cpu_share, plan_devices
@@ -259,21 +259,14 @@ def test_each_instance_exports_the_batch_limit_its_batcher_uses(run_size, run_se
 def test_run_sizes_are_timed_by_the_threads_cpu_clock_not_time_spent_preempted():
     """Runs of 2 that cost less CPU per input than runs of 1 but spend longer off the CPU (as a run preempted
     by another process does) are still the cheapest: a neighbour's load must not pick the run size."""
-    from podserve.handler import OnnxHandler
-
-    def burn(seconds):
-        began = time.thread_time()
-        while time.thread_time() - began < seconds:
-            pass
+    from fixture_handlers import spin_cpu
 
     class Preempted(OnnxHandler):
-        input_names = ["x"]
-
         def warmup_inputs(self):
             return [np.zeros(3, dtype=np.float32)]
 
         def _run(self, batch, all_outputs=False):
-            burn(0.002 if len(batch) == 1 else 0.001 * len(batch))  # CPU per input: 2 ms in a run of 1, 1 ms in 2
+            spin_cpu(0.002 if len(batch) == 1 else 0.001 * len(batch))  # CPU per input: 2 ms in a run of 1, 1 ms in 2
             if len(batch) == 2:
                 time.sleep(0.006)  # off the CPU: by the wall clock a run of 2 costs 4 ms per input
             return list(batch)
