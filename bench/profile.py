@@ -20,7 +20,7 @@ from pathlib import Path
 STAGES = [
     ("HTTP server: event loop, parsing, writing", re.compile(
         r"\(podserve/runtime/httpserver\.py|\((asyncio|uvloop|httptools)/|^(run_forever|_run_once) ")),
-    ("Flask + Werkzeug: probes, metrics page", re.compile(r"\((flask|werkzeug)/|\(podserve/runtime/wsgi\.py")),
+    ("control thread: metrics page, 404/405", re.compile(r"\(podserve/runtime/control\.py")),
     ("our view: admission, deadline, hand-offs", re.compile(r"\(podserve/runtime/service_route\.py")),
     ("batching: queue, hand-off, wake-ups", re.compile(r"\(podserve/runtime/(batcher|pool)\.py")),
     ("metrics (prometheus_client)", re.compile(r"^(Metrics\.observe_\w+)|\(prometheus_client/")),
@@ -28,7 +28,7 @@ STAGES = [
     ("wire: JSON + base64", re.compile(r"^parse_request ")),
     ("handler.decode: image decode, resize, normalise", re.compile(r"^\w+\.decode \(")),
     ("handler.predict: stack + onnxruntime call", re.compile(r"^\w+\.predict \(")),
-    ("handler.encode + JSON response", re.compile(r"^(\w+\.encode|success_body|create_app\.<locals>\.respond) \(")),
+    ("handler.encode + JSON response", re.compile(r"^(\w+\.encode|success_body) \(")),
 ]
 OTHER = "other (start-up threads, interpreter)"
 RATE = 250  # samples per second

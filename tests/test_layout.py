@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "src" / "podserve"
 #: What CI's tooling may not pull in: requirements/tooling.txt does not install these.
-SERVER_ONLY = ("flask", "uvloop", "httptools", "onnxruntime", "prometheus_client", "PIL", "numpy", "werkzeug")
+SERVER_ONLY = ("uvloop", "httptools", "onnxruntime", "prometheus_client", "PIL", "numpy")
 
 
 def _imports(path: Path) -> set[str]:

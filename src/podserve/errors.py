@@ -45,6 +45,12 @@ class MethodNotAllowed(ServingError):
     status = 405
     code = "method_not_allowed"
 
+    @classmethod
+    def on(cls, method: str, path: str, allowed: tuple[str, ...]) -> "MethodNotAllowed":
+        """`method` refused on `path`, naming the methods it takes in the message and in `Allow` (RFC 9110)."""
+        methods = ", ".join(allowed)
+        return cls(f"{method} is not allowed on {path}; allowed: {methods}", headers={"Allow": methods})
+
 
 class RequestTimeout(ServingError):
     """The request's head or body did not arrive in time; the connection is closed."""

@@ -9,6 +9,9 @@ METRICS_PATH = "/metrics"
 #: The prefix of a service's own route, `/api/<service_name>`.
 API_PREFIX = "/api/"
 
+#: The methods that read a resource: what the probes, the metrics page and the v2 metadata answer.
+READ_METHODS = ("GET", "HEAD")
+
 #: Service names that would collide with the routes above.
 RESERVED_SERVICE_NAMES = frozenset({"ping", "live", "metrics", "ab-test", "v2"})
 

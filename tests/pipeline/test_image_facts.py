@@ -15,7 +15,7 @@ from image_stage import SIZE_BUDGET
 from podserve.testbed.image.pipeline import built_steps
 
 COMPILERS = re.compile(r"^(gcc|g\+\+|cc|c\+\+|clang|clang\+\+|x86_64-linux-gnu-(gcc|g\+\+)(-\d+)?|gcc-\d+|tcc)$")
-SERVER_ONLY = ("onnxruntime", "numpy", "PIL", "flask", "uvloop", "httptools", "confluent_kafka", "prometheus_client")
+SERVER_ONLY = ("onnxruntime", "numpy", "PIL", "uvloop", "httptools", "confluent_kafka", "prometheus_client")
 #: A PEM private key: the header and a line of base64 (a library's header string alone is not one).
 MODEL_CHECK = "RUN cd /app/model && test -f MODEL.sha256 && sha256sum --check --strict MODEL.sha256"
 PRIVATE_KEY = re.compile(rb"-----BEGIN (RSA |EC |OPENSSH )?PRIVATE KEY-----\r?\n[A-Za-z0-9+/=]{40,}")

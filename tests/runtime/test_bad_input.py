@@ -39,6 +39,11 @@ def test_routes_that_do_not_exist_or_take_another_method(example_server):
         reply = requests.request(method, example_server.url(path), timeout=10)
         assert reply.status_code == status, (method, path)
         assert set(reply.json()) == ERROR_KEYS
+        if status == 405:  # RFC 9110: a 405 lists the methods the path takes, in Allow and in the message
+            allowed = reply.headers["Allow"]
+            assert method not in allowed.split(", ") and allowed in reply.json()["msg"], (method, path, allowed)
+        else:
+            assert f"no route {path!r}" in reply.json()["msg"], (method, path)
 
 
 def test_a_thousand_malformed_requests_get_only_4xx_and_the_server_stays_correct(example_server):

@@ -148,6 +148,8 @@ def test_unknown_routes_and_methods_under_v2(v2_server):
                                  ("GET", "/v2/models/example/stats", 404), ("GET", "/v2/repository/index", 404)]:
         reply = requests.request(method, v2_server.url(f"/api/{SERVICE}{path}"), timeout=5)
         assert reply.status_code == status and "error" in reply.json(), (method, path, reply.text)
+        if status == 405:
+            assert reply.headers["Allow"] == ("POST" if path.endswith("/infer") else "GET, HEAD"), (method, path)
 
 
 def test_a_handler_that_is_not_onnx_serves_the_protocol_with_the_tensors_it_declares(start_server, affine_model):

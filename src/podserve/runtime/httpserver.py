@@ -37,11 +37,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any, Callable, Iterable
 from urllib.parse import unquote_to_bytes
 
 import httptools
-from werkzeug.http import HTTP_STATUS_CODES
 
 from podserve.errors import RETRY_AFTER_SECONDS
 
@@ -74,7 +74,8 @@ SEND_BUFFER_BYTES = 16 * 1024
 SERVER_NAME = "podserve"
 JSON_TYPE = [("Content-Type", "application/json")]
 
-_STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode("latin-1") for code, reason in HTTP_STATUS_CODES.items()}
+_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode("latin-1")
+                 for status in HTTPStatus}
 #: A header name is an RFC 9110 token; a value any latin-1 text without CR, LF or NUL.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")

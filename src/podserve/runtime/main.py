@@ -12,7 +12,7 @@ import uvloop
 
 from podserve import errors
 from podserve.routes import service_path
-from podserve.runtime.app import create_app
+from podserve.runtime.control import OTHER_ROUTE, ControlThread
 from podserve.runtime.devices import plan_devices
 from podserve.runtime.httpserver import Exchange, HttpLimits, HttpServer
 from podserve.runtime.lifecycle import GracefulShutdown, Lifecycle
@@ -24,15 +24,12 @@ from podserve.runtime.probes import Probes
 from podserve.runtime.service_route import ServiceRoute, error_answer
 from podserve.runtime.startup import StartupError, prepare_service
 from podserve.runtime.v2_route import V2Route
-from podserve.runtime.wsgi import WsgiThread
 
 log = logging.getLogger("podserve")
 
 #: What the HTTP server itself refuses, by status.
 _REFUSALS = {408: errors.RequestTimeout, 413: errors.PayloadTooLarge, 414: errors.InvalidInput,
              431: errors.HeadTooLarge, 503: errors.Overloaded}
-#: The route label of what is refused before a route is known (a connection over the limit, an unread request).
-OTHER_ROUTE = "other"
 
 
 def main() -> int:
@@ -53,8 +50,7 @@ def main() -> int:
     lifecycle = Lifecycle()
     route = service_path(settings.service_name)
     service = ServiceRoute(route, settings, pool, lifecycle, metrics)
-    control = WsgiThread(create_app(settings, pool, lifecycle, metrics), settings.host, settings.port,
-                         settings.control_queue_size)
+    control = ControlThread(route, metrics, settings.control_queue_size)
     probes = Probes(pool, lifecycle)
     open_inference = V2Route(route, settings.service_name, service, probes)
 
@@ -89,6 +85,7 @@ def main() -> int:
                         body_seconds=service.budget_seconds, body_limit=body_limit,
                         on_connection_refused=lambda: metrics.observe_request(OTHER_ROUTE, 503, 0.0),
                         on_write_timeout=metrics.write_timeouts.inc)
+    metrics.in_flight.set_function(lambda: lifecycle.in_flight)
     metrics.http_backlog.set_function(lambda: service.backlog)
     metrics.admission_limit.set_function(pool.holding_limit)
     metrics.refusals_held.set_function(lambda: service.refusals_held)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from podserve import errors
 from podserve.errors import NotReady, ServingError
-from podserve.routes import LIVE_PATH, PING_PATH
+from podserve.routes import LIVE_PATH, PING_PATH, READ_METHODS
 from podserve.runtime import api
 from podserve.runtime.httpserver import Answer, Exchange
 from podserve.runtime.lifecycle import Lifecycle
@@ -27,9 +27,8 @@ class Probes:
 
     def answer(self, exchange: Exchange) -> Answer:
         """The answer to a request for one of `PATHS`."""
-        if exchange.method not in ("GET", "HEAD"):
-            return _error(errors.MethodNotAllowed(f"{exchange.method} is not allowed on {exchange.path}; allowed: "
-                                                  f"GET, HEAD"))
+        if exchange.method not in READ_METHODS:
+            return _error(errors.MethodNotAllowed.on(exchange.method, exchange.path, READ_METHODS))
         return self.ping() if exchange.path == PING_PATH else self.live()
 
     def readiness_problem(self) -> NotReady | None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from podserve import errors
 from podserve.errors import InvalidInput, NotFound, NotReady, ServingError
+from podserve.routes import READ_METHODS
 from podserve.runtime import v2
 from podserve.runtime.batcher import AllOutputs, WorkItem
 from podserve.runtime.fanout import FanOut
@@ -65,11 +66,11 @@ class V2Route(Protocol):
             target = v2.route(exchange.path, self.prefix, self.model)
             if target.kind == "infer":
                 if exchange.method != "POST":
-                    raise errors.MethodNotAllowed(f"{exchange.method} is not allowed on {exchange.path}; allowed: POST")
+                    raise errors.MethodNotAllowed.on(exchange.method, exchange.path, ("POST",))
                 self.service.accept(exchange, self)
                 return
-            if exchange.method not in ("GET", "HEAD"):
-                raise errors.MethodNotAllowed(f"{exchange.method} is not allowed on {exchange.path}; allowed: GET")
+            if exchange.method not in READ_METHODS:
+                raise errors.MethodNotAllowed.on(exchange.method, exchange.path, READ_METHODS)
             exchange.answer(self._describe(target))
         except ServingError as error:
             exchange.answer(self.error_answer(error))
