@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,3 +275,28 @@ def test_run_sizes_are_timed_by_the_threads_cpu_clock_not_time_spent_preempted()
     handler = Preempted()
     assert handler._cheapest_run_size([1, 2], rounds=1) == 2
     assert 0.0015 < handler.run_seconds < 0.004  # one run of 2: its CPU time, not its 8 ms of wall time
+
+
+def _nice_of(thread_id: int) -> int:
+    """A thread's nice value, as the kernel reports it (/proc/self/task/<tid>/stat, field 19)."""
+    return int(Path(f"/proc/self/task/{thread_id}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.parametrize("run_size, lowered", [(1, True), (None, False)])
+def test_a_cpu_instances_batch_threads_run_below_the_request_threads_and_a_gpus_do_not(run_size, lowered):
+    """On the CPU the lanes yield a core to the threads that feed them (bench/optimisations.json); a GPU's lane
+    (no run size) keeps the process's priority, as its device idles whenever it waits for a core."""
+    from podserve.runtime.batcher import CPU_LANE_NICENESS
+
+    handler = Recorder()
+    handler.run_size, handler.concurrent_batches = run_size, 2
+    worker = _worker(handler)
+    try:
+        deadline = time.monotonic() + 10
+        while worker._idle_lanes < 2 and time.monotonic() < deadline:  # a lane sets its priority before it waits
+            time.sleep(0.01)
+        own = _nice_of(threading.get_native_id())
+        lanes = [_nice_of(thread.native_id) for thread in worker._threads]
+        assert lanes == [min(19, own + CPU_LANE_NICENESS) if lowered else own] * 2
+    finally:
+        worker.stop(timeout=5)

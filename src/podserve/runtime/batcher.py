@@ -13,6 +13,7 @@ knows about HTTP: an HTTP view, a Kafka consumer or a test can drive it the same
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -25,6 +26,10 @@ from podserve.runtime.batch_policy import BatchCost
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
+#: How much lower than the rest of the process a CPU instance's batch threads run (added to their nice value): the
+#: request threads and the event loop, which read, decode and answer what the lanes run, get a core as soon as they
+#: wake instead of waiting for a lane's time slice; the lanes then find fuller queues (bench/optimisations.json).
+CPU_LANE_NICENESS = 5
 
 
 class AllOutputs(tuple):
@@ -178,6 +183,8 @@ class BatchWorker:
             thread.join(timeout)
 
     def _loop(self, lane: int) -> None:
+        if self.handler.run_size:  # a CPU instance (a GPU lane mostly waits on its device and must keep it fed)
+            lower_this_threads_priority(CPU_LANE_NICENESS)
         while True:
             batch, expired = self._next_batch(lane)
             for item in expired:
@@ -296,6 +303,15 @@ def largest_batch(handler: Handler, max_batch_size: int, max_batch_delay: float)
         return max_batch_size
     runs = max(1, int(max_batch_delay / handler.run_seconds)) if handler.run_seconds > 0 else 1
     return min(max_batch_size, handler.run_size * runs)
+
+
+def lower_this_threads_priority(niceness: int) -> None:
+    """Add `niceness` to the calling thread's nice value (raising it needs no privilege); log when it cannot."""
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
+    except OSError as exc:
+        log.warning("could not lower the priority of thread %s (%s); it runs at the process's", thread, exc)
 
 
 def _expired() -> DeadlineExceeded:
