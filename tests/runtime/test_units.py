@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -277,11 +277,6 @@ def test_run_sizes_are_timed_by_the_threads_cpu_clock_not_time_spent_preempted()
     assert 0.0015 < handler.run_seconds < 0.004  # one run of 2: its CPU time, not its 8 ms of wall time
 
 
-def _nice_of(thread_id: int) -> int:
-    """A thread's nice value, as the kernel reports it (/proc/self/task/<tid>/stat, field 19)."""
-    return int(Path(f"/proc/self/task/{thread_id}/stat").read_text().rsplit(")", 1)[1].split()[16])
-
-
 @pytest.mark.parametrize("run_size, lowered", [(1, True), (None, False)])
 def test_a_cpu_instances_batch_threads_run_below_the_request_threads_and_a_gpus_do_not(run_size, lowered):
     """On the CPU the lanes yield a core to the threads that feed them (bench/optimisations.json); a GPU's lane
@@ -295,8 +290,8 @@ def test_a_cpu_instances_batch_threads_run_below_the_request_threads_and_a_gpus_
         deadline = time.monotonic() + 10
         while worker._idle_lanes < 2 and time.monotonic() < deadline:  # a lane sets its priority before it waits
             time.sleep(0.01)
-        own = _nice_of(threading.get_native_id())
-        lanes = [_nice_of(thread.native_id) for thread in worker._threads]
+        own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        lanes = [os.getpriority(os.PRIO_PROCESS, thread.native_id) for thread in worker._threads]
         assert lanes == [min(19, own + CPU_LANE_NICENESS) if lowered else own] * 2
     finally:
         worker.stop(timeout=5)
