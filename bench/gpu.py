@@ -4,12 +4,15 @@
 
 On a machine with a GPU (nvidia-smi lists one and onnxruntime offers the CUDA execution
 provider; `make bench-gpu` installs onnxruntime-gpu into its own environment there), our
-server runs value.py's settings on the GPU with batching on, and Gunicorn runs N sync
-workers, each loading its own CUDA session and copy of the weights. For each concurrency
+server runs value.py's settings on the GPU with batching on (`ours`; again with one request
+thread per CPU core of the pod, `ours-threads`), and Gunicorn runs N sync workers, each
+loading its own CUDA session and copy of the weights. For each concurrency
 the two are measured in alternating closed-loop wrk windows; the GPU memory each process
 holds (nvidia-smi) and its peak RSS are recorded. That table is what one process per GPU
 buys. Without a GPU the same script runs end to end on the CPU provider, and its output says
 so in its first line: those figures show that the benchmark works, not what a GPU does.
+On a GPU machine with no package index, give pip a folder of wheels through its environment:
+`PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels make bench-gpu`.
 Writes gpu.json and gpu.md to --out.
 """
 
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             # Ours: value.py's settings (gpu_num = 1, batching on); on a machine without a GPU it falls back to the CPU.
             servers.append(start_ours("ours", FAST, log_dir, {"PODSERVE_GPU_NUM": "1"}))
+            # The same with one request thread per CPU core of the pod: whether decoding, not the GPU, bounds it.
+            servers.append(start_ours("ours-threads", FAST, log_dir, {"PODSERVE_GPU_NUM": "1",
+                                                                      "PODSERVE_HTTP_THREADS": "0"}))
             servers.append(start_gunicorn(FAST, servers[0].path.rsplit("/", 1)[1], workers, log_dir,
                                           "cuda" if on_gpu else "cpu"))
             for server in servers:

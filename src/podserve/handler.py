@@ -260,6 +260,11 @@ class OnnxHandler(Handler):
     all_outputs: bool = False
     #: Run sizes `load` times on the CPU, within the platform's max_batch_size.
     RUN_SIZES = (1, 2, 4, 8)
+    #: The size every run is padded to with copies of its last input, the extra outputs dropped (None: a run is
+    #: its batch's size). `load` sets it to max_batch_size on a GPU: there a session sets its convolutions up
+    #: again whenever a run's shape differs from its last run's, 0.1-1.1 s each time on an H100, where a run of
+    #: 16 cost the example what a run of 1 did (bench/results/gpu-shape-setup/).
+    padded_size: int | None = None
 
     def load(self, model_path: str, device: Device) -> None:
         import onnxruntime as ort
@@ -276,6 +281,8 @@ class OnnxHandler(Handler):
         if device.is_gpu and self.provider != "CUDAExecutionProvider":
             log.warning("asked for %s but onnxruntime offers %s; this instance runs on the CPU",
                         device, ort.get_available_providers())
+        if self.provider == "CUDAExecutionProvider":
+            self.padded_size = gpu_padded_size(self.session.get_inputs()[0].shape, self.max_batch_size)
         if self.provider == "CPUExecutionProvider":
             self.run_size = self._cheapest_run_size(
                 [size for size in self.RUN_SIZES if size <= max(1, self.max_batch_size)] or [1])
@@ -289,7 +296,7 @@ class OnnxHandler(Handler):
         return self._predict(batch, True)
 
     def _predict(self, batch: Sequence[Any], all_outputs: bool) -> list[Any]:
-        size = self.run_size or len(batch)
+        size = self.run_size or self.padded_size or len(batch)
         if size >= len(batch):
             return self._run(batch, all_outputs)
         return [output for start in range(0, len(batch), size)
@@ -301,7 +308,9 @@ class OnnxHandler(Handler):
             feeds = {self.input_names[0]: _stack(batch)}
         else:
             feeds = {name: _stack([item[name] for item in batch]) for name in self.input_names}
-        outputs = self.session.run(self.output_names, feeds)
+        if self.padded_size and len(batch) < self.padded_size:
+            feeds = {name: _pad(array, self.padded_size) for name, array in feeds.items()}
+        outputs = [output[:len(batch)] for output in self.session.run(self.output_names, feeds)]
         if all_outputs:
             return [dict(zip(self.output_names, rows)) for rows in zip(*outputs)]
         return list(outputs[0])
@@ -366,10 +375,25 @@ def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack(arrays)
 
 
-#: CUDA provider options that keep a session inside its memory budget and make a new batch shape cheap:
-#: the arena grows by what is asked (not to the next power of two), cuDNN's workspace is not maxed out, and
-#: convolution algorithms are picked by heuristic (a first run at a new shape: ~2 ms instead of ~600 ms
-#: searching exhaustively, with equal steady-state speed in published measurements; shared/notes/gpu.md).
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+    """`array` with copies of its last row appended up to `size` rows (real inputs: no zeros for a model to
+    divide by)."""
+    return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
+
+
+def gpu_padded_size(input_shape: Sequence[Any], max_batch_size: int) -> int | None:
+    """The size a GPU session's runs are padded to: max_batch_size when the model's batch axis is free, None when
+    the model fixes it (its runs are that size already)."""
+    batch_axis = input_shape[0] if input_shape else None
+    return None if isinstance(batch_axis, int) else max(1, max_batch_size)
+
+
+#: CUDA provider options that keep a session inside its memory budget and make its set-up cheap: the arena grows
+#: by what is asked (not to the next power of two), cuDNN's workspace is not maxed out, and convolution algorithms
+#: are picked by heuristic. On an H100 (onnxruntime 1.31.1, cuDNN 9.14) a change of batch shape then cost the
+#: example 92-132 ms against 1.0 s searching exhaustively and 60 ms with the default algorithm, whose every run
+#: was 6x slower (11 ms against 1.9 ms); runs are padded to one shape besides (`padded_size`;
+#: bench/results/gpu-shape-setup/).
 CUDA_OPTIONS = {"arena_extend_strategy": "kSameAsRequested", "cudnn_conv_use_max_workspace": "0",
                 "cudnn_conv_algo_search": "HEURISTIC"}
 

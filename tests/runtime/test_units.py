@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded
-from podserve.handler import Device, Handler, OnnxHandler, Payload, onnx_providers
+from podserve.handler import Device, Handler, OnnxHandler, Payload, gpu_padded_size, onnx_providers
 from podserve.runtime import api
 from podserve.runtime.batcher import BatchWorker, WorkItem
 from podserve.runtime.devices import cpu_share, plan_devices
@@ -48,6 +48,37 @@ def test_gpu_plan_puts_instances_on_each_visible_gpu_with_the_memory_limit():
     # No memory limit asked (gpu_memory = 0): none passed, the arena still grows only by what is asked.
     unlimited = onnx_providers(Device("cuda", 0), ["CUDAExecutionProvider"])[0][1]
     assert "gpu_mem_limit" not in unlimited and unlimited["arena_extend_strategy"] == "kSameAsRequested"
+
+
+def test_a_gpu_session_pads_runs_to_max_batch_size_unless_the_model_fixes_its_batch_axis():
+    assert gpu_padded_size(["N", 3, 48, 192], 16) == 16
+    assert gpu_padded_size([None, 3], 8) == 8
+    assert gpu_padded_size([1, 3, 48, 192], 16) is None  # the model's runs are one shape already
+
+
+def test_padded_runs_are_one_shape_and_each_input_gets_its_own_answer(affine_model):
+    """With `padded_size` (a GPU's), a batch of 3 runs as 4 rows and one of 6 as two runs of 4; the padding's
+    outputs are dropped, and every input gets its own y = 2x + 1."""
+    class Affine(OnnxHandler):
+        input_shape = (2,)
+
+    handler = Affine()
+    handler.load(str(affine_model), Device("cpu", 0, cpu_threads=1))
+    handler.run_size, handler.padded_size = None, 4
+    shapes = []
+    session = handler.session
+
+    class Recording:
+        def run(self, names, feeds):
+            shapes.append(feeds["x"].shape)
+            return session.run(names, feeds)
+
+    handler.session = Recording()
+    for size in (1, 3, 4, 6):
+        batch = [np.full(2, float(i), dtype=np.float32) for i in range(size)]
+        outputs = handler.predict(batch)
+        assert [o.tolist() for o in outputs] == [[2 * i + 1.0] * 2 for i in range(size)]
+    assert set(shapes) == {(4, 2)} and len(shapes) == 5
 
 
 def test_without_cuda_the_plan_falls_back_to_the_cpu_and_splits_its_threads(tmp_path):

@@ -110,10 +110,10 @@ class InstancePool:
         self._loaded.set()
 
     def _warm_up(self, handler: Handler, cost: BatchCost, budget: float) -> None:
-        """Run one batch of every size the batcher can form (1 to `largest_batch`: max_batch_size on a GPU): on a
-        GPU the first run at each new shape picks kernels and algorithms, which must not happen to a caller. Batches
-        are not padded to a few sizes instead: on the CPU that cost about 1.3x the CPU per input (`python -m
-        bench.padding`). Then time a second run of the smallest and the largest size, the batch policy's first
+        """Run one batch of every size the batcher can form (1 to `largest_batch`: max_batch_size on a GPU), so that
+        a first run's set-up (allocations; on a GPU kernels and algorithms, where every run is padded to one shape,
+        `OnnxHandler.padded_size`) never happens to a caller. CPU batches are not padded to a few sizes: there that
+        cost about 1.3x the CPU per input (`python -m bench.padding`). Then time a second run of the smallest and the largest size, the batch policy's first
         measure of a call's cost. Sizes past `budget` seconds are left cold (logged): start-up must stay within
         init_delay_second, or Kubernetes restarts the pod before it ever serves."""
         inputs = model_inputs(handler.warmup_inputs())
