@@ -17,7 +17,7 @@ ARG FLAVOR=cpu
 
 FROM python:3.11.7-slim-bookworm AS python-cpu
 
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS python-gpu
+FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS python-gpu
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && ln -s /usr/bin/python3 /usr/local/bin/python \

@@ -1,7 +1,7 @@
 """Stand-ins for the base images, built from Debian's packages with mmdebstrap and pushed under the real names.
 
 No container registry is reachable here, so `python:3.11.7-slim-bookworm`, `python:3.11.7-slim` and
-`nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04` are STAND-INS served by the local registry (buildkitd
+`nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04` are STAND-INS served by the local registry (buildkitd
 mirrors docker.io to it):
 - python: Debian bookworm's python3 (3.11.2 stands in for 3.11.7), python3-venv and pip, with
   `python` and `pip` on PATH as the official image has them and no EXTERNALLY-MANAGED marker (as
