@@ -16,17 +16,15 @@ without one it runs on the CPU provider and says so.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import random
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 
+from bench.cuda_session import open_session, report_header, write_report
 from bench.workloads import REPO
-from podserve.handler import CUDA_OPTIONS
 
 MODES = ("HEURISTIC", "DEFAULT", "EXHAUSTIVE")
 SIZES = range(1, 17)
@@ -59,15 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     sequences = {"repeat 1": [1] * 40, "repeat 16": [16] * 40, "alternate 1,2": [1, 2] * 20,
                  "random 1..16": [rng.choice(SIZES) for _ in range(40)],
                  "random of 1,2,4,8,16": [rng.choice((1, 2, 4, 8, 16)) for _ in range(40)]}
-    results = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "onnxruntime": ort.__version__, "on_gpu": on_gpu, "model": args.model, "modes": {}}
+    results = {**report_header(args.model, on_gpu), "modes": {}}
     for mode in args.modes.split(","):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        providers = ([("CUDAExecutionProvider", {**CUDA_OPTIONS, "cudnn_conv_algo_search": mode}),
-                      "CPUExecutionProvider"] if on_gpu else ["CPUExecutionProvider"])
         began = time.perf_counter()
-        session = ort.InferenceSession(args.model, sess_options=options, providers=providers)
+        session, on_gpu = open_session(args.model, cudnn_conv_algo_search=mode)
         name = session.get_inputs()[0].name
         item = np.random.default_rng(0).random((1, *map(int, args.shape.split(","))), dtype=np.float32)
         first = timed_runs(session, name, item, list(SIZES))  # every size once: its first run
@@ -77,19 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         results["modes"][mode] = row
         print(mode, json.dumps(row), flush=True)
         del session
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu-shapes.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["# One CUDA session: what a change of batch size costs", "",
-             f"- Date: {results['date']}; onnxruntime {results['onnxruntime']}; model `{results['model']}`; "
-             f"{'CUDA provider' if on_gpu else 'NO GPU: the CPU provider'}", "",
-             "| mode | sequence | runs | wall ms median | wall ms max | CPU ms median |", "|---|---|---|---|---|---|"]
-    for mode, row in results["modes"].items():
-        for label, stats in row.items():
-            if isinstance(stats, dict):
-                lines.append(f"| {mode} | {label} | {stats['runs']} | {stats['wall_ms_median']} | "
-                             f"{stats['wall_ms_max']} | {stats['cpu_ms_median']} |")
-    (out / "gpu-shapes.md").write_text("\n".join(lines) + "\n")
+    write_report(args.out, "gpu-shapes", results, "One CUDA session: what a change of batch size costs", "",
+                 ("mode", "sequence", "runs", "wall ms median", "wall ms max", "CPU ms median"),
+                 [(mode, label, stats["runs"], stats["wall_ms_median"], stats["wall_ms_max"], stats["cpu_ms_median"])
+                  for mode, row in results["modes"].items() for label, stats in row.items() if isinstance(stats, dict)])
     return 0
 
 
