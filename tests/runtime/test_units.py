@@ -326,3 +326,17 @@ def test_a_cpu_instances_batch_threads_run_below_the_request_threads_and_a_gpus_
         assert lanes == [min(19, own + CPU_LANE_NICENESS) if lowered else own] * 2
     finally:
         worker.stop(timeout=5)
+
+
+def test_a_batch_is_counted_before_any_of_its_items_is_answered():
+    """The batch metrics are observed before the items are finished, so /metrics read by a caller that has its
+    answer always counts that answer's batch (a lane at nice +5 may be preempted between the two)."""
+    seen: list[list[str]] = []
+    worker = _worker(Recorder(), on_batch=lambda _w, _size, _s, items, _cpu: seen.append([i.state for i in items]))
+    try:
+        item = WorkItem(1.0, None, time.monotonic() + 5)
+        worker.submit(item)
+        assert item.wait() == -1.0
+        assert seen == [["running"]]
+    finally:
+        worker.stop(timeout=5)

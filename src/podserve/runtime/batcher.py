@@ -288,9 +288,9 @@ class BatchWorker:
             for item in group:
                 item.batch_size = len(group)
                 item.inference_seconds = seconds
-            finish_all(group, list(outputs))
-            if self._on_batch is not None:
+            if self._on_batch is not None:  # counted before any of its answers can reach a caller
                 self._on_batch(self, len(group), seconds, group, cpu_seconds)
+            finish_all(group, list(outputs))
 
 
 def largest_batch(handler: Handler, max_batch_size: int, max_batch_delay: float) -> int:

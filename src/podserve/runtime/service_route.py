@@ -319,15 +319,16 @@ class ServiceRoute:
         else:
             answer = outcome
         exchange = call.exchange
-        # Not held any more before the answer can reach the caller: its next request must find the room free.
+        # Not held any more, and counted, before the answer can reach the caller: its next request must find the
+        # room free, and /metrics read once it has its answer counts it.
         self.lifecycle.request_finished(call.places)
+        seconds = time.monotonic() - exchange.received_at
+        self.metrics.observe_request(self.route, answer.status, seconds)
         exchange.answer(answer)
         call.item = None  # no cycles left for the garbage collector: memory stays flat
         call.context = ()
         if item is not None:
             item.context = item.input = item.output = None
-        seconds = time.monotonic() - call.exchange.received_at
-        self.metrics.observe_request(self.route, answer.status, seconds)
         payload, call.payload, call.context = call.payload, None, ()  # released with its answer
         log_request({"route": self.route, "status": answer.status, **api.ids_of(payload),
                      "total_ms": round(seconds * 1000, 2),
