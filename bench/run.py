@@ -31,11 +31,10 @@ from bench.systems import CeilingSystem, Server, ServerFailed, start_gunicorn, s
 from bench.workloads import REPO, WORKLOADS, Workload
 
 OPTIMISATIONS = REPO / "bench" / "optimisations.json"  # measured while developing; see its "how" fields
-CONCURRENCIES = (1, 8, 32, 64)
 AGREE = 0.10  # two windows agree when their throughputs differ by at most 10%
 MIN_WINDOWS, MAX_WINDOWS = 2, 4
 MAX_WINDOW_S = 8
-BUDGET_S = {"fast": 170, "heavy": 260}  # measuring time per workload, start-up and search excluded
+BUDGET_S = {"fast": 240, "heavy": 260}  # measuring time per workload, start-up and search excluded
 #: CPU variants of our server, run beside it to justify value.py's defaults: one instance whose batches
 #: run as parallel single-threaded chunks (as value.py), against parallel single-threaded instances
 #: with and without batching.
@@ -61,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-variants", action="store_true", help="skip the CPU variants of our server")
     parser.add_argument("--only", default="", help="comma-separated systems to run (ours, gunicorn, ceiling); "
                                                     "default all")
-    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCIES)),
-                        help="comma-separated concurrencies (default 1,8,32,64)")
+    parser.add_argument("--concurrency", default="",
+                        help="comma-separated concurrencies (default each workload's: fast " +
+                             ",".join(map(str, WORKLOADS["fast"].concurrencies)) + ", heavy " +
+                             ",".join(map(str, WORKLOADS["heavy"].concurrencies)) + ")")
     parser.add_argument("--before", type=Path, metavar="SRC",
                         help="also run our server from another checkout's src/ (e.g. `git worktree add /tmp/before "
                              "<commit>`), as the system 'ours: before', in the same interleaved windows")
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure everything N times; the targets are judged on the median of the N runs, the "
                              "tables show the last run (issue 27 asks for 3)")
     args = parser.parse_args(argv)
-    args.concurrencies = tuple(int(c) for c in args.concurrency.split(","))
+    args.concurrencies = tuple(int(c) for c in args.concurrency.split(",")) if args.concurrency else ()
     args.systems = set(filter(None, args.only.split(","))) or {"ours", "gunicorn", "ceiling", "variants"}
     started = time.monotonic()
     cores = len(os.sched_getaffinity(0))
@@ -110,7 +111,8 @@ def run_workload(workload: Workload, cores: int, scratch: Path, args) -> dict:
 
     systems: list = []
     if "ceiling" in args.systems:
-        ceiling.search(args.concurrencies, workload.ceiling_batches, seconds=0.4 if args.quick else 0.8)
+        ceiling.search(args.concurrencies or workload.concurrencies, workload.ceiling_batches,
+                       seconds=0.4 if args.quick else 0.8)
         log("ceiling: " + ", ".join(f"{c.label()} {rps:.0f}/s" for c, rps in ceiling.searched.items()))
         systems.append(CeilingSystem(ceiling, workload.ceiling_batches))
 
@@ -172,11 +174,12 @@ def measure_points(workload: Workload, systems: list, args) -> list[dict]:
     points = []
     deadline = time.monotonic() + BUDGET_S[workload.name] * (0.4 if args.quick else 1.0)
     estimate: dict[str, float] = {}  # system -> last measured throughput
-    for index, concurrency in enumerate(args.concurrencies):
+    concurrencies = args.concurrencies or workload.concurrencies
+    for index, concurrency in enumerate(concurrencies):
         here = [s for s in systems if not s.name.startswith("ours: ") or s.name == BEFORE or
                 (concurrency in VARIANT_CONCURRENCIES)]
         seconds = window_seconds(workload, concurrency, [estimate.get(s.name) for s in here])
-        points_left = len(args.concurrencies) - index
+        points_left = len(concurrencies) - index
         point_deadline = time.monotonic() + (deadline - time.monotonic()) / points_left
         windows = interleave(here, concurrency, seconds, point_deadline, 1 if args.quick else MIN_WINDOWS)
         rows = [report.row(system, concurrency, windows[system.name], AGREE) for system in here]

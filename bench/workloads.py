@@ -24,6 +24,7 @@ class Workload:
     model_path: str  # relative to the repo
     ceiling_batches: tuple[int, ...]  # batch sizes the ceiling tries
     min_window_s: int  # shortest measuring window
+    concurrencies: tuple[int, ...]  # the callers `make bench` measures it at
 
     def images(self) -> list[bytes]:
         return _IMAGES[self.name]()
@@ -58,7 +59,9 @@ def _reencode(data: bytes, fmt: str) -> bytes:
 _IMAGES = {"fast": text_line_images, "heavy": page_images}
 
 FAST = Workload("fast", "text-direction classifier (ch_ppocr_mobile_v2.0_cls, 48x192)", "server:TextDirection",
-                "model/ch_ppocr_mobile_v2.0_cls_mobile.onnx", (1, 2, 4, 8, 16, 32, 64), 2)
+                "model/ch_ppocr_mobile_v2.0_cls_mobile.onnx", (1, 2, 4, 8, 16, 32, 64), 2,
+                # 2 and 4: where one process's thread hand-offs and shared GIL cost most against Gunicorn's workers
+                (1, 2, 4, 8, 32, 64))
 HEAVY = Workload("heavy", "text detector (PP-OCRv6_det_small, fixed 320x320)", "bench.detector:TextDetector",
-                 "model/PP-OCRv6_det_small.onnx", (1, 2, 4, 8), 3)
+                 "model/PP-OCRv6_det_small.onnx", (1, 2, 4, 8), 3, (1, 8, 32, 64))
 WORKLOADS = {w.name: w for w in (FAST, HEAVY)}
