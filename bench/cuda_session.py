@@ -11,12 +11,19 @@ from typing import Sequence
 from podserve.handler import CUDA_OPTIONS
 
 
+def cuda_offered() -> bool:
+    """Whether onnxruntime offers the CUDA execution provider here."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 def open_session(model: str, **cuda_options: str):
     """Return (an onnxruntime session of `model` with the platform's CUDA options and these, whether it is on
     the CUDA provider); on the CPU provider where onnxruntime offers no CUDA."""
     import onnxruntime as ort
 
-    on_gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+    on_gpu = cuda_offered()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     providers = ([("CUDAExecutionProvider", {**CUDA_OPTIONS, **cuda_options}), "CPUExecutionProvider"]

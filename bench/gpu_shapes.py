@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from bench.cuda_session import open_session, report_header, write_report
+from bench.cuda_session import cuda_offered, open_session, report_header, write_report
 from bench.workloads import REPO
 
 MODES = ("HEURISTIC", "DEFAULT", "EXHAUSTIVE")
@@ -44,15 +44,13 @@ def timed_runs(session, name: str, item: np.ndarray, sizes: list[int]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import onnxruntime as ort
-
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_shapes", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(REPO / "model" / "ch_ppocr_mobile_v2.0_cls_mobile.onnx"))
     parser.add_argument("--shape", default="3,48,192", help="one input's shape, no batch axis (the example's)")
     parser.add_argument("--modes", default=",".join(MODES), help="cudnn_conv_algo_search modes to measure")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args(argv)
-    on_gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+    on_gpu = cuda_offered()
     rng = random.Random(7)
     sequences = {"repeat 1": [1] * 40, "repeat 16": [16] * 40, "alternate 1,2": [1, 2] * 20,
                  "random 1..16": [rng.choice(SIZES) for _ in range(40)],

@@ -102,6 +102,7 @@ def run_workload(workload: Workload, cores: int, scratch: Path, args) -> dict:
     from podserve.runtime.pool import import_handler
 
     handler = import_handler(workload.handler)()
+    concurrencies = args.concurrencies or workload.concurrencies
     images = workload.images()
     payload_inputs = [handler.decode(_payload(image)) for image in images]
     size = payload_inputs[0].shape[2], payload_inputs[0].shape[1]
@@ -111,8 +112,7 @@ def run_workload(workload: Workload, cores: int, scratch: Path, args) -> dict:
 
     systems: list = []
     if "ceiling" in args.systems:
-        ceiling.search(args.concurrencies or workload.concurrencies, workload.ceiling_batches,
-                       seconds=0.4 if args.quick else 0.8)
+        ceiling.search(concurrencies, workload.ceiling_batches, seconds=0.4 if args.quick else 0.8)
         log("ceiling: " + ", ".join(f"{c.label()} {rps:.0f}/s" for c, rps in ceiling.searched.items()))
         systems.append(CeilingSystem(ceiling, workload.ceiling_batches))
 
@@ -136,7 +136,7 @@ def run_workload(workload: Workload, cores: int, scratch: Path, args) -> dict:
             server.measure(8, 1)  # warm-up, not recorded
         if "ours" in args.systems and workload.name == "fast" and not args.quick:
             servers += protocol_rows(servers[0], workload, images, payload_inputs, scratch)
-        points = measure_points(workload, systems + servers, args)
+        points = measure_points(workload, concurrencies, systems + servers, args)
         gil = profile_ours(servers[0], scratch, workload, args) if "ours" in args.systems else {}
         peaks = {server.name: server.peak_rss_mb() for server in servers}
     finally:
@@ -169,12 +169,11 @@ def protocol_rows(ours: Server, workload: Workload, images: list[bytes], tensors
     return rows
 
 
-def measure_points(workload: Workload, systems: list, args) -> list[dict]:
+def measure_points(workload: Workload, concurrencies: tuple[int, ...], systems: list, args) -> list[dict]:
     """Measure every concurrency, interleaving the systems window by window."""
     points = []
     deadline = time.monotonic() + BUDGET_S[workload.name] * (0.4 if args.quick else 1.0)
     estimate: dict[str, float] = {}  # system -> last measured throughput
-    concurrencies = args.concurrencies or workload.concurrencies
     for index, concurrency in enumerate(concurrencies):
         here = [s for s in systems if not s.name.startswith("ours: ") or s.name == BEFORE or
                 (concurrency in VARIANT_CONCURRENCIES)]

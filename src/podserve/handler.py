@@ -303,14 +303,16 @@ class OnnxHandler(Handler):
                 for output in self._run(batch[start:start + size], all_outputs)]
 
     def _run(self, batch: Sequence[Any], all_outputs: bool = False) -> list[Any]:
-        """Stack `batch`, run the session once, and return one output per input."""
+        """Stack `batch` (padded to `padded_size` with its last input), run the session once, and return one output
+        per input."""
+        count = len(batch)
+        if self.padded_size and count < self.padded_size:  # copies of a real input: no zeros for a model to divide by
+            batch = list(batch) + [batch[-1]] * (self.padded_size - count)
         if len(self.input_names) == 1 and not isinstance(batch[0], dict):
             feeds = {self.input_names[0]: _stack(batch)}
         else:
             feeds = {name: _stack([item[name] for item in batch]) for name in self.input_names}
-        if self.padded_size and len(batch) < self.padded_size:
-            feeds = {name: _pad(array, self.padded_size) for name, array in feeds.items()}
-        outputs = [output[:len(batch)] for output in self.session.run(self.output_names, feeds)]
+        outputs = [output[:count] for output in self.session.run(self.output_names, feeds)]
         if all_outputs:
             return [dict(zip(self.output_names, rows)) for rows in zip(*outputs)]
         return list(outputs[0])
@@ -373,12 +375,6 @@ def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
     if len(arrays) == 1 and isinstance(arrays[0], np.ndarray) and arrays[0].flags.c_contiguous:
         return arrays[0][np.newaxis]
     return np.stack(arrays)
-
-
-def _pad(array: np.ndarray, size: int) -> np.ndarray:
-    """`array` with copies of its last row appended up to `size` rows (real inputs: no zeros for a model to
-    divide by)."""
-    return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
 
 
 def gpu_padded_size(input_shape: Sequence[Any], max_batch_size: int) -> int | None:
