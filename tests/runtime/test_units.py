@@ -12,7 +12,7 @@ import pytest
 from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded
 from podserve.handler import Device, Handler, OnnxHandler, Payload, gpu_padded_size, onnx_providers
 from podserve.runtime import api
-from podserve.runtime.batcher import BatchWorker, WorkItem
+from podserve.runtime.batcher import RUNNING, BatchWorker, WorkItem
 from podserve.runtime.devices import cpu_share, plan_devices
 from podserve.settings import ServingSettings, SettingsError
 
@@ -337,6 +337,6 @@ def test_a_batch_is_counted_before_any_of_its_items_is_answered():
         item = WorkItem(1.0, None, time.monotonic() + 5)
         worker.submit(item)
         assert item.wait() == -1.0
-        assert seen == [["running"]]
+        assert seen == [[RUNNING]]
     finally:
         worker.stop(timeout=5)
