@@ -44,9 +44,9 @@ class ServingSettings:
     queue_size: int = field(default=64, metadata={"doc": "queued requests per instance before 503"})
     request_timeout_ms: int = field(default=10_000, metadata={"doc": "default deadline of a request"})
     drain_seconds: float = field(default=5.0, metadata={"doc": "seconds /api/ping is 503 before closing"})
-    http_threads: int = field(default=1, metadata={"doc": "request threads that parse, decode and encode (the "
-                                                                "event loop does the HTTP I/O); 0: one per CPU core, "
-                                                                "for a decode that releases the GIL"})
+    http_threads: int = field(default=1, metadata={"doc": "request threads that parse, decode and encode what "
+                                                                "the event loop does not (a step over 2 ms); 0: one "
+                                                                "per CPU core, for a decode that releases the GIL"})
     max_body_bytes: int = field(default=10 * 1024 * 1024, metadata={"doc": "largest request body (413 above)"})
     max_image_pixels: int = field(default=25_000_000, metadata={"doc": "largest decoded image (400 above)"})
     video_fps: float = field(default=1.0, metadata={"doc": "frames sampled per second of a video (the old platform's "

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
 
-from podserve import Handler, InvalidInput, OnnxHandler, Payload, service_metrics
+from podserve import Handler, InvalidInput, OnnxHandler, Payload, WithContext, service_metrics
 from server import TextDirection
 
 DECODED = service_metrics.counter("inputs_decoded", "Inputs the Affine handler decoded.")
@@ -47,6 +48,16 @@ class SlowDecode(Affine):
         except (TypeError, ValueError):
             pass
         return super().decode(payload)
+
+
+class WhereStepsRun(SlowDecode):
+    """SlowDecode whose answer names the threads that ran its decode and its encode."""
+
+    def decode(self, payload: Payload) -> WithContext:
+        return WithContext(super().decode(payload), threading.current_thread().name)
+
+    def encode(self, output, decoded_by):
+        return {"y": output.tolist(), "decoded_by": decoded_by, "encoded_by": threading.current_thread().name}
 
 
 def spin_cpu(seconds: float) -> None:

@@ -3,13 +3,14 @@
 A request read by the HTTP server (runtime/httpserver.py) comes here in the event loop's
 thread. It is refused at once (503, Retry-After) when the pod already holds as many requests
 as it may (`queue_size` per instance); otherwise it is counted, its deadline is armed, and it
-waits for a request thread.
+is begun.
 
-A request thread parses the body, runs the handler's `decode` and queues the input for a
-batch; it does not wait for the batch. When the batch is done, the batch thread hands the
-item back to the request threads, and one of them runs `encode` and answers. So a handful of
-threads serve any number of requests in flight, and each request costs two hand-offs to a
-request thread, whatever the batching does.
+Its `begin` parses the body, runs the handler's `decode` and queues the input for a batch;
+it does not wait for the batch. When the batch is done, the batch thread hands the item back,
+and `finish` runs `encode` and answers. Each step runs in the loop itself while it is measured
+cheap (runtime/inline_policy.py), and otherwise on a request thread: a slow `decode` never
+holds the loop, and a fast one costs no thread hand-off. So a handful of threads serve any
+number of requests in flight, whatever the batching does.
 
 A request's deadline counts from when its first bytes were read. If it passes while the
 request waits for a request thread or in its instance's queue, the loop answers 504 at that
@@ -33,6 +34,7 @@ from podserve.runtime import api
 from podserve.runtime.batcher import WorkItem
 from podserve.runtime.devices import cpu_share
 from podserve.runtime.httpserver import JSON_TYPE, Answer, Exchange, header_problem
+from podserve.runtime.inline_policy import INLINE_BODY_BYTES, StepCost
 from podserve.runtime.lifecycle import Lifecycle
 from podserve.runtime.logs import log_request
 from podserve.runtime.metrics import Metrics
@@ -83,6 +85,7 @@ class ServiceRoute:
         self._refusals: RefusalPacer | None = None
         self._work: queue.SimpleQueue = queue.SimpleQueue()  # a Call to begin, [WorkItem] to answer, None to stop
         self._lock = threading.Lock()  # guards Call.state: each call is answered exactly once
+        self._begin_cost, self._finish_cost = StepCost(), StepCost()
         self._threads = [threading.Thread(target=self._serve, name=f"request-{i}", daemon=True)
                          for i in range(request_threads(settings))]
         workers, ffmpeg_threads = video_threads(settings)
@@ -175,7 +178,10 @@ class ServiceRoute:
         call = Call(exchange, exchange.received_at + budget, protocol)
         exchange.timer = self.loop.call_later(max(0.0, call.deadline - time.monotonic()), self._expire, call)
         exchange.on_gone = lambda: self._end_early(call, _GONE, _GONE)
-        self._work.put(call)
+        if self._begin_cost.cheap and len(exchange.body or b"") <= INLINE_BODY_BYTES:
+            self._run(call)
+        else:
+            self._work.put(call)
 
     def _expire(self, call: Call) -> None:
         """The deadline passed: answer 504 now unless the request is being decoded or its batch has started."""
@@ -191,9 +197,9 @@ class ServiceRoute:
         if state == WAITING:
             self._answer(call, error)
         elif state == SUBMITTED and call.item is not None and call.item.worker is not None:
-            call.item.worker.withdraw(call.item, queued_error)  # if still queued: answered by a request thread
+            call.item.worker.withdraw(call.item, queued_error)  # if still queued: answered by finish
 
-    # In the request threads.
+    # In a request thread, or in the loop's while the step is cheap.
 
     def _serve(self) -> None:
         work = self._work
@@ -201,17 +207,27 @@ class ServiceRoute:
             job = work.get()
             if job is None:
                 return
-            try:
-                if type(job) is Call:
-                    self._begin(job)
-                else:
-                    for item in job:
-                        self._finish(item)
-            except Exception as exc:  # never lose a request to a bug here: answer it
-                log.exception("unexpected error serving %s", self.route)
-                error = ServingError(f"internal error: {type(exc).__name__}; see the server log")
-                for call in [job] if type(job) is Call else [item.context for item in job]:
-                    self._answer_once(call, error)
+            self._run(job)
+
+    def _run(self, job: "Call | list[WorkItem]") -> None:
+        """Begin a call or finish a batch's items, timing the step; never raise."""
+        began = time.perf_counter()
+        try:
+            if type(job) is Call:
+                self._begin(job)
+            else:
+                for item in job:
+                    self._finish(item)
+        except Exception as exc:  # never lose a request to a bug here: answer it
+            log.exception("unexpected error serving %s", self.route)
+            error = ServingError(f"internal error: {type(exc).__name__}; see the server log")
+            for call in [job] if type(job) is Call else [item.context for item in job]:
+                self._answer_once(call, error)
+        seconds = time.perf_counter() - began
+        if type(job) is Call:
+            self._begin_cost.observe(seconds)
+        else:
+            self._finish_cost.observe(seconds / len(job))
 
     def _begin(self, call: Call) -> None:
         with self._lock:
@@ -271,7 +287,11 @@ class ServiceRoute:
                 call.places = count
 
     def _work_done(self, items: list[WorkItem]) -> None:
-        self._work.put(items)  # from the batch thread: a request thread answers them
+        """From the batch thread: the loop or a request thread answers `items`."""
+        if self._finish_cost.cheap:
+            self.loop.call_soon_threadsafe(self._run, items)
+        else:
+            self._work.put(items)
 
     def _finish(self, item: WorkItem) -> None:
         call: Call = item.context

@@ -1,0 +1,60 @@
+"""Whether the event loop runs a request's own steps itself or hands them to a request thread.
+
+A request has two steps outside its batch: `begin` (parse the body, run `decode`, queue the
+input) and `finish` (run `encode`, build the answer). Handing a step to a request thread and
+back costs two thread wake-ups, and on a small machine each wake-up waits for a core shared
+with the loop and the batch threads: on the example model at 8 callers the hand-offs were most
+of the tail (bench/optimisations.json). So the loop runs a step itself while that step has been
+measured cheap, `INLINE_SECONDS` or less on average by the wall clock, and the body is no larger
+than `INLINE_BODY_BYTES`; otherwise (a slow `decode`, a large photo, a video) the step goes to a
+request thread, and the loop stays free to read, write, answer probes and fire deadlines. On
+average a step holds the loop for less than Python's GIL switch interval (5 ms), which a request
+thread may hold the GIL for anyway. Each step is measured wherever it runs, so a handler that turns slow goes back to the
+request threads, and its first `WARMUP_STEPS` run there before the loop trusts the figure.
+
+The loop cannot know a step's cost before running it, and a handler's `decode` can be slow on
+some inputs only: an image with many pixels in a small body (a crafted PNG). One step over
+`STALL_SECONDS` sends every step to the request threads for `STALL_PENALTY` times as long, so
+however such inputs are mixed with cheap ones, they hold the loop at most about 1% of the time
+(tests/runtime/test_inline_steps.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+#: The mean wall time of a step under which the loop runs it itself.
+INLINE_SECONDS = 0.002
+#: The largest body the loop parses itself: JSON and base64 take about 1-2 ms a MiB here.
+INLINE_BODY_BYTES = 1 << 20
+#: Steps measured on request threads before the loop may run any.
+WARMUP_STEPS = 8
+#: A step this long (well past a garbage collection's 16 ms here) stops the loop running steps for a while...
+STALL_SECONDS = 0.025
+#: ...for this many times the step's own time.
+STALL_PENALTY = 100
+#: Weight of one measurement against the mean of those before it (about the last 20 count).
+WEIGHT = 0.05
+
+
+class StepCost:
+    """The mean wall time of one kind of step, and whether the event loop may run it itself."""
+
+    __slots__ = ("mean", "seen", "threads_until")
+
+    def __init__(self) -> None:
+        self.mean = 0.0
+        self.seen = 0
+        self.threads_until = 0.0  # time.monotonic() before which every step goes to a request thread
+
+    def observe(self, seconds: float) -> None:
+        """Take one step's wall time into account (from any thread: a lost update only delays the verdict)."""
+        self.seen += 1
+        self.mean = seconds if self.seen == 1 else self.mean + WEIGHT * (seconds - self.mean)
+        if seconds > STALL_SECONDS:
+            self.threads_until = max(self.threads_until, time.monotonic() + STALL_PENALTY * seconds)
+
+    @property
+    def cheap(self) -> bool:
+        """Whether the loop may run the next such step itself."""
+        return self.seen >= WARMUP_STEPS and self.mean <= INLINE_SECONDS and time.monotonic() >= self.threads_until

@@ -1,0 +1,106 @@
+"""The event loop runs a request's decode and encode itself only while they are measured cheap
+(runtime/inline_policy.py): a slow step goes to a request thread, so the loop keeps answering."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+from podserve.runtime import inline_policy
+from podserve.runtime.inline_policy import INLINE_SECONDS, STALL_PENALTY, STALL_SECONDS, WARMUP_STEPS, StepCost
+
+LOOP_THREAD = "MainThread"  # runtime/main.py runs the event loop in the process's main thread
+REQUEST_THREAD = "request-0"
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A fake time.monotonic for inline_policy, moved by hand."""
+    now = [1000.0]
+    monkeypatch.setattr(inline_policy.time, "monotonic", lambda: now[0])
+    return now
+
+
+def test_steps_go_to_the_request_threads_until_warmed_up_and_while_their_mean_is_over_the_bound(clock):
+    cost = StepCost()
+    for _ in range(WARMUP_STEPS - 1):
+        cost.observe(0.0001)
+        assert not cost.cheap
+    cost.observe(0.0001)
+    assert cost.cheap
+    for _ in range(100):
+        cost.observe(INLINE_SECONDS * 1.5)  # a handler that became slower, never stalling
+    assert not cost.cheap
+    for _ in range(100):
+        cost.observe(0.0001)
+    assert cost.cheap
+
+
+def test_one_stall_sends_steps_to_the_request_threads_for_a_hundred_times_as_long(clock):
+    cost = StepCost()
+    for _ in range(50):
+        cost.observe(0.0001)
+    stall = 0.03
+    cost.observe(stall)
+    assert cost.mean < INLINE_SECONDS  # the mean alone would still send the next step to the loop
+    assert not cost.cheap
+    clock[0] += STALL_PENALTY * stall - 0.01
+    cost.observe(0.0001)
+    assert not cost.cheap
+    clock[0] += 0.02
+    assert cost.cheap
+    cost.observe(STALL_SECONDS * 0.9)  # slow but not a stall: only the mean sees it, and forgets it
+    for _ in range(20):
+        cost.observe(0.0001)
+    assert cost.cheap
+
+
+@pytest.mark.parametrize("stall_seconds", [0.03, 0.3, 3.0])
+def test_slow_inputs_mixed_with_cheap_ones_hold_the_loop_about_one_percent_of_the_time(clock, stall_seconds):
+    # A hostile caller sends an input that decodes slowly (a crafted image) whenever the loop would take it
+    # itself, between cheap requests: only the stalls that ran in the loop count against it.
+    cost, in_loop, began = StepCost(), 0.0, clock[0]
+    while clock[0] - began < 600:
+        if cost.cheap:
+            in_loop += stall_seconds
+            cost.observe(stall_seconds)
+            clock[0] += stall_seconds
+        else:
+            cost.observe(0.0005)  # a cheap request, on a request thread meanwhile
+            clock[0] += 0.0005
+    share = in_loop / (clock[0] - began)
+    assert 0 < share <= 1.05 / STALL_PENALTY, share
+
+
+def _ask(server, decode_seconds: float = 0.0) -> dict:
+    answer = server.post({"data": [1, 2, 3, 4], "postid": str(decode_seconds)})
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert results["y"] == [3.0, 5.0, 7.0, 9.0]
+    return results
+
+
+def test_cheap_steps_move_to_the_loop_and_a_stall_sends_them_back_while_the_loop_keeps_answering(start_server,
+                                                                                                    affine_model):
+    server = start_server(handler="fixture_handlers:WhereStepsRun", model_path=str(affine_model), http_threads=1)
+    for _ in range(WARMUP_STEPS):
+        assert _ask(server) == {"y": [3.0, 5.0, 7.0, 9.0], "decoded_by": REQUEST_THREAD,
+                                "encoded_by": REQUEST_THREAD}
+    assert _ask(server) == {"y": [3.0, 5.0, 7.0, 9.0], "decoded_by": LOOP_THREAD, "encoded_by": LOOP_THREAD}
+
+    # The loop cannot know that a decode will be slow: the first one holds it, once.
+    assert _ask(server, decode_seconds=0.1)["decoded_by"] == LOOP_THREAD
+    # Then every decode goes to the request thread for STALL_PENALTY times that (10 s), and the loop stays free.
+    slow: dict = {}
+    caller = threading.Thread(target=lambda: slow.update(_ask(server, decode_seconds=1.0)))
+    caller.start()
+    time.sleep(0.2)
+    began = time.monotonic()
+    pings = [requests.get(server.url("/api/ping"), timeout=5).status_code for _ in range(5)]
+    assert pings == [200] * 5 and time.monotonic() - began < 0.5
+    caller.join()
+    assert slow["decoded_by"] == REQUEST_THREAD
+    assert _ask(server)["decoded_by"] == REQUEST_THREAD
