@@ -289,9 +289,12 @@ class ServiceRoute:
     def _work_done(self, items: list[WorkItem]) -> None:
         """From the batch thread: the loop or a request thread answers `items`."""
         if self._finish_cost.cheap:
-            self.loop.call_soon_threadsafe(self._run, items)
-        else:
-            self._work.put(items)
+            try:
+                self.loop.call_soon_threadsafe(self._run, items)
+                return
+            except RuntimeError:  # the loop has closed (a shutdown past its finish timeout)
+                pass
+        self._work.put(items)
 
     def _finish(self, item: WorkItem) -> None:
         call: Call = item.context
