@@ -9,8 +9,9 @@ measured cheap, `INLINE_SECONDS` or less on average by the wall clock, and the b
 than `INLINE_BODY_BYTES`; otherwise (a slow `decode`, a large photo, a video) the step goes to a
 request thread, and the loop stays free to read, write, answer probes and fire deadlines. On
 average a step holds the loop for less than Python's GIL switch interval (5 ms), which a request
-thread may hold the GIL for anyway. Each step is measured wherever it runs, so a handler that turns slow goes back to the
-request threads, and its first `WARMUP_STEPS` run there before the loop trusts the figure.
+thread may hold the GIL for anyway. Each step is measured wherever it runs, so a handler that
+turns slow goes back to the request threads, and its first `WARMUP_STEPS` run there before the
+loop trusts the figure.
 
 The loop cannot know a step's cost before running it, and a handler's `decode` can be slow on
 some inputs only: an image with many pixels in a small body (a crafted PNG). One step over

@@ -211,9 +211,10 @@ class ServiceRoute:
 
     def _run(self, job: "Call | list[WorkItem]") -> None:
         """Begin a call or finish a batch's items, timing the step; never raise."""
+        begins = type(job) is Call
         began = time.perf_counter()
         try:
-            if type(job) is Call:
+            if begins:
                 self._begin(job)
             else:
                 for item in job:
@@ -221,10 +222,10 @@ class ServiceRoute:
         except Exception as exc:  # never lose a request to a bug here: answer it
             log.exception("unexpected error serving %s", self.route)
             error = ServingError(f"internal error: {type(exc).__name__}; see the server log")
-            for call in [job] if type(job) is Call else [item.context for item in job]:
+            for call in [job] if begins else [item.context for item in job]:
                 self._answer_once(call, error)
         seconds = time.perf_counter() - began
-        if type(job) is Call:
+        if begins:
             self._begin_cost.observe(seconds)
         else:
             self._finish_cost.observe(seconds / len(job))
