@@ -6,6 +6,11 @@ two ways to spend the machine's cores on them:
 - one single-threaded session per core (as many as c allows), in parallel threads, each
   running batches of b with sessions x b <= c (onnxruntime releases the GIL while it runs).
 `search` tries every way once, briefly; `best_for` picks the fastest that fits c.
+
+`ServiceSteps` turns the same loop into the service without a server: each batch is decoded
+from the workload's images by the handler, run, and each output encoded, in the same threads
+(what a server costing nothing would add to the ceiling: the service's own code, beside
+inference on the other cores).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -33,6 +38,15 @@ class Config:
     def label(self) -> str:
         plural = "s" if self.sessions > 1 else ""
         return f"{self.sessions} session{plural} x {self.threads} thread(s), batch {self.batch}"
+
+
+@dataclass(frozen=True)
+class ServiceSteps:
+    """The handler's own steps around inference: `decode` of an encoded image, `encode` of one output row."""
+
+    images: Sequence[bytes]
+    decode: Callable[[bytes], np.ndarray]
+    encode: Callable[[np.ndarray], Any]
 
 
 class Ceiling:
@@ -63,10 +77,13 @@ class Ceiling:
     def best_for(self, concurrency: int, batches: Sequence[int]) -> Config:
         return max(self.configs_for(concurrency, batches), key=lambda c: self.searched[c])
 
-    def run(self, config: Config, seconds: float, max_batches: int = 200_000) -> Window:
-        """Run `config` for `seconds` (and at most `max_batches` batches per session); time every batch."""
+    def run(self, config: Config, seconds: float, max_batches: int = 200_000,
+            steps: ServiceSteps | None = None) -> Window:
+        """Run `config` for `seconds` (and at most `max_batches` batches per session); time every batch. With `steps`,
+        every batch is decoded from the next images first and each of its outputs encoded after (latency included)."""
         sessions = self._get_sessions(config.threads, config.sessions)
         feeds = [self._feed(offset, config.batch) for offset in range(config.sessions)]
+        name = self._input_name
         latencies: list[list[float]] = [[] for _ in sessions]
         start = threading.Barrier(len(sessions) + 1)
         stop_at = [0.0]
@@ -76,7 +93,14 @@ class Ceiling:
             start.wait()
             while len(times) < max_batches and time.perf_counter() < stop_at[0]:
                 began = time.perf_counter()
-                session.run(None, feed)
+                if steps is None:
+                    session.run(None, feed)
+                else:
+                    first = (index + len(times) * len(sessions)) * config.batch
+                    items = [steps.decode(steps.images[(first + i) % len(steps.images)]) for i in range(config.batch)]
+                    batch = items[0][np.newaxis] if len(items) == 1 else np.stack(items)  # as the handler: no copy of one
+                    for output in session.run(None, {name: batch})[0]:
+                        steps.encode(output)
                 times.append(time.perf_counter() - began)
 
         threads = [threading.Thread(target=loop, args=(i,), name=f"ceiling-{i}") for i in range(len(sessions))]

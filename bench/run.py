@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from bench import profile, report
-from bench.ceiling import Ceiling
+from bench.ceiling import Ceiling, ServiceSteps
 from bench.loadgen import LoadError, raw_wires, request_wires, v2_binary_wires, write_wires
 from bench.probes import preprocessing_steps
 from bench.systems import CeilingSystem, Server, ServerFailed, start_gunicorn, start_ours
@@ -115,6 +115,9 @@ def run_workload(workload: Workload, cores: int, scratch: Path, args) -> dict:
         ceiling.search(concurrencies, workload.ceiling_batches, seconds=0.4 if args.quick else 0.8)
         log("ceiling: " + ", ".join(f"{c.label()} {rps:.0f}/s" for c, rps in ceiling.searched.items()))
         systems.append(CeilingSystem(ceiling, workload.ceiling_batches))
+        if any(name == workload.name for name, _ in report.BOUND_POINTS):
+            service = ServiceSteps(images, lambda image: handler.decode(_payload(image)), handler.encode)
+            systems.append(CeilingSystem(ceiling, workload.ceiling_batches, service))
 
     log_dir = Path(args.out) / "logs"  # the servers' logs, kept for a look after a failure (not committed)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -175,8 +178,9 @@ def measure_points(workload: Workload, concurrencies: tuple[int, ...], systems: 
     deadline = time.monotonic() + BUDGET_S[workload.name] * (0.4 if args.quick else 1.0)
     estimate: dict[str, float] = {}  # system -> last measured throughput
     for index, concurrency in enumerate(concurrencies):
-        here = [s for s in systems if not s.name.startswith("ours: ") or s.name == BEFORE or
-                (concurrency in VARIANT_CONCURRENCIES)]
+        here = [s for s in systems if (not s.name.startswith("ours: ") or s.name == BEFORE or
+                                        concurrency in VARIANT_CONCURRENCIES)
+                and (s.name != report.SERVICE_ALONE or (workload.name, concurrency) in report.BOUND_POINTS)]
         seconds = window_seconds(workload, concurrency, [estimate.get(s.name) for s in here])
         points_left = len(concurrencies) - index
         point_deadline = time.monotonic() + (deadline - time.monotonic()) / points_left

@@ -3,7 +3,8 @@
 - `Server`: an HTTP server in its own process (ours, a variant of ours, or Gunicorn),
   driven by wrk; its CPU time and peak RSS are read from /proc, and ours' batch sizes
   from its own /metrics.
-- `CeilingSystem`: onnxruntime in this process (see `bench.ceiling`).
+- `CeilingSystem`: onnxruntime in this process (see `bench.ceiling`), and with `steps` the
+  service without a server: the handler's decode and encode around it, no HTTP.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
-from bench.ceiling import Ceiling, Config
+from bench.ceiling import Ceiling, Config, ServiceSteps
 from bench.loadgen import Window, run_wrk
+from bench.report import SERVICE_ALONE
 from bench.workloads import REPO, Workload
 from podserve.metric_names import BATCH_FILL_WAIT_SECONDS, BATCH_SIZE, IN_FLIGHT, REFUSALS_HELD, VERB_CPU_SECONDS
 
@@ -213,20 +215,23 @@ def start_gunicorn(workload: Workload, service: str, workers: int, log_dir: Path
 
 
 class CeilingSystem:
-    """The ceiling as a system the orchestrator can interleave with the servers."""
+    """The ceiling as a system the orchestrator can interleave with the servers; with `steps`, the service alone (the
+    ceiling's configuration with the handler's decode and encode in its loop)."""
 
-    name = kind = "ceiling"
+    kind = "ceiling"
 
-    def __init__(self, ceiling: Ceiling, batches: Sequence[int]):
+    def __init__(self, ceiling: Ceiling, batches: Sequence[int], steps: ServiceSteps | None = None):
+        self.name = "ceiling" if steps is None else SERVICE_ALONE
         self.ceiling = ceiling
         self.batches = batches
+        self.steps = steps
         self.setup = ""
 
     def config_for(self, concurrency: int) -> Config:
         return self.ceiling.best_for(concurrency, self.batches)
 
     def measure(self, concurrency: int, seconds: int) -> Window:
-        return self.ceiling.run(self.config_for(concurrency), seconds)
+        return self.ceiling.run(self.config_for(concurrency), seconds, steps=self.steps)
 
 
 def _with(window: Window, **changes) -> Window:

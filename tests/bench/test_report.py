@@ -142,6 +142,26 @@ def test_the_heavy_goal_is_the_free_server_bound_less_003_when_that_bound_is_und
         assert verdict["goal"].startswith(">= 0.91 (the bound 0.94") and verdict["met"] is met
 
 
+def test_the_service_alone_measured_in_the_same_windows_is_the_bound_when_the_point_ran_it():
+    results = _results(fast64_ours=650, heavy8_ours=88)
+    heavy = results["workloads"]["heavy"]["points"][0]
+    heavy["rows"][0]["server_cpu_ms_per_request"] = 20.0  # estimated from parts alone: 2000 / 20.35 / 100 = 0.983
+    assert report.estimated_bound(results, "heavy", heavy) == 0.983
+    heavy["rows"].append({"system": report.SERVICE_ALONE, "throughput_rps": 92.0, "p50_ms": 21.0, "p99_ms": 25.0,
+                          "errors": 0, "server_cpu_ms_per_request": 21.7, "window_throughputs": [92.0, 93.0]})
+    # the service alone's 92 req/s, less wrk's 0.05 ms beside its 21.7 ms of CPU per request, against 100 req/s
+    assert report.free_server_bound(results, "heavy", heavy) == 0.918
+    for ours_rps, met in ((89.0, True), (88.0, False)):  # the goal: 0.918 - 0.03 = 0.888
+        heavy["rows"][1]["throughput_rps"] = ours_rps
+        report.add_ratios(heavy)
+        results["targets"] = report.targets(results)
+        verdict = next(t for t in results["targets"] if t["target"] == "heavy model, c=8: ours / ceiling")
+        assert verdict["goal"].startswith(">= 0.89 (the bound 0.92") and verdict["met"] is met
+    line = next(line for line in report.bounds(results) if line.startswith("The service alone"))
+    assert "answered 92 req/s = 0.92 x the ceiling" in line and "would reach 0.918 x the ceiling" in line
+    assert "against 20.300 ms for its parts alone" in line and "Ours reached 0.96 x the service alone" in line
+
+
 def test_profile_samples_go_to_the_deepest_named_stage():
     loop = "Connection.data_received (podserve/runtime/httpserver.py:120)"
     thread = "Thread.run (threading.py:982)"
