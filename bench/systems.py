@@ -23,7 +23,7 @@ from typing import Sequence
 
 from bench.ceiling import Ceiling, Config, ServiceSteps
 from bench.loadgen import Window, run_wrk
-from bench.report import SERVICE_ALONE
+from bench.report import CEILING, SERVICE_ALONE
 from bench.workloads import REPO, Workload
 from podserve.metric_names import BATCH_FILL_WAIT_SECONDS, BATCH_SIZE, IN_FLIGHT, REFUSALS_HELD, VERB_CPU_SECONDS
 
@@ -218,10 +218,10 @@ class CeilingSystem:
     """The ceiling as a system the orchestrator can interleave with the servers; with `steps`, the service alone (the
     ceiling's configuration with the handler's decode and encode in its loop)."""
 
-    kind = "ceiling"
+    kind = CEILING
 
     def __init__(self, ceiling: Ceiling, batches: Sequence[int], steps: ServiceSteps | None = None):
-        self.name = "ceiling" if steps is None else SERVICE_ALONE
+        self.name = CEILING if steps is None else SERVICE_ALONE
         self.ceiling = ceiling
         self.batches = batches
         self.steps = steps
