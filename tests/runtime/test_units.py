@@ -254,6 +254,41 @@ def test_warm_up_runs_every_batch_size_the_batcher_can_form():
         pool.stop()
 
 
+def test_a_pool_loaded_in_the_background_sets_start_up_objects_aside_from_garbage_collection():
+    """Later full collections skip what start-up left alive (the pod's entry points load in the background)."""
+    import gc
+
+    from prometheus_client import CollectorRegistry
+
+    from podserve.runtime.metrics import Metrics
+    from podserve.runtime.pool import InstancePool
+
+    class Node:
+        me = None
+
+    class Echo(Handler):
+        def warmup_inputs(self):
+            return [np.zeros(3, dtype=np.float32)]
+
+        def predict(self, batch):
+            return list(batch)
+
+    alive = Node()
+    alive.me = alive  # a cycle alive at start-up: full collections would scan it every time
+    pool = InstancePool(Echo, [Device("cpu")], ServingSettings(), Metrics("settle", CollectorRegistry()))
+    try:
+        pool.load_in_background().join(timeout=30)
+        assert pool.ready, pool.status()
+        assert gc.get_freeze_count() > 0
+        assert not any(tracked is alive for tracked in gc.get_objects())
+        later = Node()
+        later.me = later  # allocated while serving: still collected as usual
+        assert any(tracked is later for tracked in gc.get_objects())
+    finally:
+        gc.unfreeze()
+        pool.stop()
+
+
 @pytest.mark.parametrize("run_size, run_seconds, limit", [
     (None, 0.0, 16),   # GPU-like: one call takes a full max_batch_size
     (2, 0.002, 4),     # CPU: two runs of 2 fit in max_batch_delay_ms (5 ms)

