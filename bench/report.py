@@ -261,7 +261,8 @@ def bounds(results: dict) -> list[str]:
             f"{workload} model, c={concurrency}: inference alone costs {infer:.3f} ms of CPU per input (the ceiling's "
             f"own CPU time), the handler's decode {decode:.3f} ms and its encode {encode:.3f} ms per image (each "
             f"alone); with wrk's {client:.3f} ms, {cores} cores could answer at most {best:.0f} req/s = "
-            f"{best / ceiling['throughput_rps']:.2f} x the ceiling even if the server cost nothing. Ours spent "
+            f"{best / ceiling['throughput_rps']:.2f} x the ceiling if the server cost nothing and each part cost what "
+            f"it costs alone. Ours spent "
             f"{ours['server_cpu_ms_per_request']:.3f} ms per request: "
             f"{ours['server_cpu_ms_per_request'] - infer - decode - encode:.3f} ms beyond inference and the handler.")
         lines += inside_split(ours, infer, decode + encode)

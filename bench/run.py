@@ -178,9 +178,7 @@ def measure_points(workload: Workload, concurrencies: tuple[int, ...], systems: 
     deadline = time.monotonic() + BUDGET_S[workload.name] * (0.4 if args.quick else 1.0)
     estimate: dict[str, float] = {}  # system -> last measured throughput
     for index, concurrency in enumerate(concurrencies):
-        here = [s for s in systems if (not s.name.startswith("ours: ") or s.name == BEFORE or
-                                        concurrency in VARIANT_CONCURRENCIES)
-                and (s.name != report.SERVICE_ALONE or (workload.name, concurrency) in report.BOUND_POINTS)]
+        here = [s for s in systems if measured_at(s.name, workload.name, concurrency)]
         seconds = window_seconds(workload, concurrency, [estimate.get(s.name) for s in here])
         points_left = len(concurrencies) - index
         point_deadline = time.monotonic() + (deadline - time.monotonic()) / points_left
@@ -194,6 +192,16 @@ def measure_points(workload: Workload, concurrencies: tuple[int, ...], systems: 
         log(f"c={concurrency:<3} " + " | ".join(f"{r['system']} {r['throughput_rps']:.0f}/s p50 {r['p50_ms']:.1f}ms "
                                                  f"p99 {r['p99_ms']:.1f}ms ({r['windows']}w)" for r in rows))
     return points
+
+
+def measured_at(system: str, workload: str, concurrency: int) -> bool:
+    """Whether `system` runs at this point: the variants of ours only at VARIANT_CONCURRENCIES, the service alone
+    only where a target is judged against it (report.BOUND_POINTS), every other system everywhere."""
+    if system == report.SERVICE_ALONE:
+        return (workload, concurrency) in report.BOUND_POINTS
+    if system.startswith("ours: ") and system != BEFORE:
+        return concurrency in VARIANT_CONCURRENCIES
+    return True
 
 
 def interleave(systems: list, concurrency: int, seconds: int, deadline: float, min_windows: int) -> dict:
