@@ -14,7 +14,8 @@ from pathlib import Path
 import requests
 
 from podserve.settings import ServingSettings
-from podserve.testbed.processes import free_port
+from podserve.runtime.logs import ACCESS_LOGGER
+from podserve.testbed.processes import free_port, poll_until
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -86,6 +87,18 @@ class Server:
 
     def log_records(self) -> list[dict]:
         return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
+
+    def access_records(self, count: int, timeout: float = 10.0) -> list[dict]:
+        """The access log's records once there are `count`: the server writes a request's line just after its
+        answer (as nginx's log phase does), so a caller holding the answer may read the log before the line."""
+        records: list[dict] = []
+
+        def enough() -> bool:
+            records[:] = [r for r in self.log_records() if r.get("logger") == ACCESS_LOGGER]
+            return len(records) >= count
+
+        poll_until(enough, what=f"{count} access-log line(s)", timeout=timeout, every=0.02)
+        return records
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
