@@ -16,7 +16,9 @@ METHOD = {
                       "as soon as the previous answer arrives; requests cycle over real images in both wire forms "
                       "(JSON with base64, raw bytes)",
     "windows": "each system runs windows in turn at each concurrency until its last two windows agree within 10% "
-               "(at most 4); figures are medians over its windows",
+               "(at most 4); figures are medians over its windows; a window starts once the server measured "
+               "before it has gone quiet (under 5% of a core), since Gunicorn's workers go on answering what wrk "
+               "left queued after it exits",
     "ceiling": "onnxruntime in the benchmark's process on inputs the handler already preprocessed, no HTTP: the best "
                "of one session on every core and one single-threaded session per core, at the batch size that "
                "fits the concurrency (concurrency = inputs in flight)",

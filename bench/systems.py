@@ -31,7 +31,12 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: The /metrics series whose totals a window takes the difference of, and the Window field each goes to.
 WINDOW_FIELDS = {BATCH_SIZE + "_sum": "batch_items", BATCH_SIZE + "_count": "batches",
                  BATCH_FILL_WAIT_SECONDS + "_total": "batch_fill_wait_s", VERB_CPU_SECONDS + "_total": "verb_cpu_s"}
-
+#: A server is quiet after a window once its processes use less than this share of one core...
+QUIET_CORE_SHARE = 0.05
+#: ...over an interval this long (ten clock ticks where /proc gives no schedstat).
+QUIET_INTERVAL_S = 0.02
+#: The longest a server may take to go quiet before the next window starts anyway (with a warning).
+QUIET_TIMEOUT_S = 5.0
 
 
 class ServerFailed(RuntimeError):
@@ -81,6 +86,7 @@ class Server:
         window = run_wrk(self.url, self.request_files, concurrency, seconds)
         cpu_after, totals_after = self.cpu_seconds(), self.metric_totals()
         switches = self.switch_count() - switches_before
+        self.wait_quiet()
         return _with(window, server_cpu_s=cpu_after - cpu_before, switches=switches,
                      **{field: totals_after[field] - totals_before[field] for field in totals_after})
 
@@ -106,6 +112,37 @@ class Server:
                 continue
             total += int(fields[11]) + int(fields[12])  # utime, stime
         return total / CLOCK_TICKS
+
+    def cpu_ns(self) -> int:
+        """CPU time of every thread of every process of the server so far, in ns (/proc/<pid>/task/*/schedstat;
+        clock ticks from /proc/<pid>/stat where the kernel keeps no schedstat)."""
+        total, found = 0, False
+        for pid in self.pids():
+            for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+                try:
+                    total += int(stat.read_text().split()[0])
+                    found = True
+                except (OSError, ValueError, IndexError):
+                    continue
+        return total if found else int(self.cpu_seconds() * 1e9)
+
+    def wait_quiet(self, timeout_s: float = QUIET_TIMEOUT_S) -> float:
+        """Wait until the server has stopped working off the window just ended; return the seconds waited. The
+        next window, of another system, must start on idle cores: Gunicorn's workers go on answering what wrk
+        left queued in their sockets after it exits (about 60 ms of CPU, both cores for 35-40 ms, at 64
+        callers on the example), which the next system's first requests would otherwise pay for."""
+        interval = QUIET_INTERVAL_S if Path(f"/proc/{self.process.pid}/schedstat").exists() else 10 / CLOCK_TICKS
+        started = time.monotonic()
+        used = self.cpu_ns()
+        while time.monotonic() - started < timeout_s:
+            time.sleep(interval)
+            now = self.cpu_ns()
+            if now - used < QUIET_CORE_SHARE * interval * 1e9:
+                return time.monotonic() - started
+            used = now
+        print(f"[bench] {self.name} was still using the CPU {timeout_s:.0f}s after its window; going on",
+              file=sys.stderr, flush=True)
+        return time.monotonic() - started
 
     def switch_count(self) -> int:
         """Context switches so far of every thread of every process of the server (/proc/<pid>/task/*/status).

@@ -1,0 +1,46 @@
+"""A window starts on idle cores: the server measured before it has finished working off its own window."""
+
+import re
+import sys
+import time
+
+from bench.systems import QUIET_TIMEOUT_S, Server, free_port
+
+#: A parent whose child keeps one core busy for a while, then both sleep: Gunicorn's arbiter and a worker still
+#: answering what wrk left queued. The child prints when (time.monotonic(), the same clock in every process) it stops.
+BUSY_CHILD = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time\\nend = time.monotonic() + 0.4\\n"
+                  "print(f'busy until {end}', flush=True)\\nwhile time.monotonic() < end: pass\\ntime.sleep(60)"])
+time.sleep(60)
+"""
+IDLE = "print('busy until 0', flush=True)\nimport time\ntime.sleep(60)"
+
+
+def _start(tmp_path, code: str) -> tuple[Server, float]:
+    """The process, and when it stops using the CPU."""
+    server = Server("test", "gunicorn", [sys.executable, "-c", code], {}, free_port(), "svc", tmp_path / "log", "")
+    deadline = time.monotonic() + 20
+    while not (found := re.search(r"busy until ([\d.]+)", server.log_path.read_text())):
+        assert time.monotonic() < deadline, "the test process never said how long it is busy"
+        time.sleep(0.005)
+    return server, float(found.group(1))
+
+
+def test_waits_while_a_child_process_still_uses_a_core_and_no_longer(tmp_path):
+    server, busy_until = _start(tmp_path, BUSY_CHILD)
+    try:
+        waited = server.wait_quiet()
+        assert time.monotonic() >= busy_until, f"went on after {waited:.2f}s while the child still used a core"
+        assert waited < QUIET_TIMEOUT_S - 1, f"took {waited:.2f}s to see the child stop"
+        assert server.wait_quiet() < 0.2  # idle now: goes on at once
+    finally:
+        server.stop()
+
+
+def test_an_idle_server_is_quiet_at_once(tmp_path):
+    server, _ = _start(tmp_path, IDLE)
+    try:
+        assert server.wait_quiet() < 0.2
+    finally:
+        server.stop()
