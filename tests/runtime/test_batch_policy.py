@@ -182,22 +182,25 @@ def test_a_call_gets_one_run_or_as_many_as_fit_in_the_batch_delay():
 
 
 
-@pytest.mark.parametrize("busy_lane, taken", [
-    (None, 2),  # both lanes free: half each
-    (0.0109, 2),  # the other lane's call of 10 (11 ms by the cost) ends in 0.1 ms: it gets half
-    (0.0, 4),  # it has just started that call: this lane would finish all 4 long before it could start one
-])
-def test_a_free_lane_takes_what_it_would_finish_before_any_other_lane(busy_lane, taken):
-    """Two lanes (the CPU's one per core), a cost of 1 ms a call and 1 ms an input, four inputs queued: each goes to
-    the lane that would finish it first, a busy lane counting from when its call should end. A lane that took all
-    four while the other is about to be free kept the last ones waiting behind its own call (the example's p99 at 8
-    callers); one that left half to a lane that has just started would keep them waiting as long."""
-    class TwoLanes(_Costs):
-        concurrent_batches = 2
+class _TwoLanes(_Costs):
+    concurrent_batches = 2
 
-    worker = BatchWorker("w", TwoLanes(0.001, 0.001), max_batch_size=MAX, max_batch_delay=0.005, capacity=16,
+
+@pytest.mark.parametrize("queued, busy_lane, taken", [
+    (4, None, 2),  # both lanes free: half each
+    (4, 0.0109, 2),  # the other lane's call of 10 (11 ms by the cost) ends in 0.1 ms: it gets half
+    (4, 0.0, 4),  # it has just started that call: this lane would finish all 4 long before it could start one
+    (3, None, 3),  # less than a call's worth: all of it, and the other lane stays free
+])
+def test_a_free_lane_takes_what_it_would_finish_before_any_other_lane(queued, busy_lane, taken):
+    """Two lanes (the CPU's one per core), calls of up to 4, a cost of 1 ms a call and 1 ms an input: with a call's
+    worth queued each input goes to the lane that would finish it first, a busy lane counting from when its call
+    should end. A lane that took all four while the other is about to be free kept the last ones waiting behind its
+    own call (the example's p99 at 8 callers); one that left half to a lane that has just started would keep them
+    waiting as long."""
+    worker = BatchWorker("w", _TwoLanes(0.001, 0.001), max_batch_size=4, max_batch_delay=0.005, capacity=16,
                          more_coming=lambda: False, cost=_learnt(fixed=0.001, per_item=0.001, noise=0.0))
-    for i in range(4):  # the lanes are never started: the test takes lane 0's batch itself
+    for i in range(queued):  # the lanes are never started: the test takes lane 0's batch itself
         worker.submit(WorkItem(i, None, time.monotonic() + 30))
     with worker._cond:
         if busy_lane is None:
@@ -207,4 +210,51 @@ def test_a_free_lane_takes_what_it_would_finish_before_any_other_lane(busy_lane,
             worker._runs[1] = (10, time.monotonic() - busy_lane)  # a stall here only brings its end nearer
         batch, expired = worker._take_batch(0)
     assert [item.input for item in batch] == list(range(taken)) and expired == []
-    assert worker.depth == 4 - taken
+    assert worker.depth == queued - taken
+
+
+class _Held(_TwoLanes):
+    """Two lanes, calls of up to 4; a call with input "hold" blocks until `release` is set."""
+
+    def __init__(self):
+        super().__init__(0.0, 0.0)
+        self.release = threading.Event()
+
+    def predict(self, batch):
+        if "hold" in batch:
+            self.release.wait(30)
+        return list(batch)
+
+
+def test_a_second_call_starts_beside_a_busy_lane_only_for_a_calls_worth_or_after_the_batch_delay():
+    """A call beside another lane's shares a core with the event loop on a CPU, and its inputs finish last (the
+    example's tail at 8 callers). While less than a call's worth is queued, a free lane leaves it to the busy lane
+    whose call should end (by the measured cost: 1 ms) before the oldest input has waited the batch delay, and starts
+    it itself once the delay has passed (here the busy lane is held, so it never ends); a call's worth it starts at
+    once."""
+    delay = 1.0
+    handler = _Held()
+    worker = BatchWorker("w", handler, max_batch_size=4, max_batch_delay=delay, capacity=16,
+                         more_coming=lambda: False, cost=_learnt(fixed=0.001, per_item=0.0, noise=0.0))
+    worker.start()
+    try:
+        held = WorkItem("hold", None, time.monotonic() + 60)
+        worker.submit(held)
+        deadline = time.monotonic() + 10
+        while worker.running != 1:  # one lane runs the held call
+            assert time.monotonic() < deadline, "no lane took the held input"
+            time.sleep(0.001)
+        few = [WorkItem(i, None, time.monotonic() + 60) for i in range(2)]
+        for item in few:
+            worker.submit(item)
+        assert [item.wait() for item in few] == [0, 1]
+        assert min(item.queue_seconds for item in few) >= delay * 0.99  # left to the busy lane until the delay
+        full = [WorkItem(i, None, time.monotonic() + 60) for i in range(2, 6)]
+        for item in full:
+            worker.submit(item)
+        assert [item.wait() for item in full] == [2, 3, 4, 5]
+        assert min(item.queue_seconds for item in full) < delay / 2  # a call's worth: a call started at once
+        assert held.state != "done"
+    finally:
+        handler.release.set()
+        worker.stop(timeout=10)

@@ -2,7 +2,8 @@
 
 Requests (`WorkItem`s) wait in the queue; the instance's thread takes up to
 `max_batch_size` of them (on the CPU a run or a few: `largest_batch`; where several lanes run
-calls at once, the items it would finish before any other lane: `_share`),
+calls at once, a second call starts only once a call's worth is queued or a busy lane would not
+be free in time, and takes the items it would finish before any other lane: `_share`),
 waiting at most `max_batch_delay` after the oldest one arrived (and only while more requests
 are on their way, and while a fuller batch would cost less per input: runtime/batch_policy.py),
 groups them by the handler's `batch_key` (inputs of different shapes are never stacked),
@@ -207,10 +208,15 @@ class BatchWorker:
 
     def _take_batch(self, lane: int) -> tuple[list[WorkItem] | None, list[WorkItem]]:
         """Under the lock: wait for work and take this lane's share of it."""
-        while not self._queue:
-            if self._stopping:
-                return None, []
-            self._cond.wait()
+        while True:
+            while not self._queue:
+                if self._stopping:
+                    return None, []
+                self._cond.wait()
+            wait = self._left_to_a_busy_lane(lane)
+            if wait <= 0:
+                break
+            self._cond.wait(wait)
         fill_by = self._queue[0].enqueued_at + self.max_batch_delay
         holding_since = None  # when this lane began to hold the batch open for more
         # Waiting only pays while other requests are on their way (being read or decoded);
@@ -244,15 +250,40 @@ class BatchWorker:
             self._cond.notify()  # another free lane may take the rest
         return batch, expired
 
+    def _left_to_a_busy_lane(self, lane: int) -> float:
+        """Under the lock, the queue not empty: 0 when this free lane starts a call now; else how long it leaves
+        the queue to a busy lane that will be free in time to take it itself.
+
+        A CPU call needs a core, and the process's other threads (the event loop reading, decoding and answering
+        requests) want one too: on the example at 8 callers they use most of a core, and a call beside another
+        lane's ran on a core shared with them, at the lanes' lower priority, a fraction as fast; its inputs
+        finished last, the tail. So while less than a call's worth (`largest`) is queued, a free lane leaves it to
+        a busy lane whose call ends, by the measured cost, before the oldest input has waited `max_batch_delay`
+        (what a caller may wait for batching's sake), and starts it itself once that has passed. A call's worth
+        queued, or a busy lane that would not be free in time (a detector's long runs), and it starts at once
+        (bench/optimisations.json: the example at 2 to 8 callers +4 to +20%, p99 at 8 callers -20%)."""
+        fixed, per_item = self.cost.fixed, self.cost.per_item
+        if self.lanes == 1 or self._stopping or len(self._queue) >= self.largest or fixed is None:
+            return 0.0
+        ends = [run[1] + fixed + per_item * run[0] for other, run in enumerate(self._runs)
+                if run is not None and other != lane]
+        waited_enough_at = self._queue[0].enqueued_at + self.max_batch_delay
+        if not ends or min(ends) > waited_enough_at:
+            return 0.0
+        return max(0.0, waited_enough_at - time.monotonic())
+
     def _share(self, now: float) -> int:
         """Under the lock: how many queued items this free lane takes, so that every core gets some of the work.
 
-        Each item goes to the lane that would finish it first (list scheduling by earliest finish): a free lane
-        from now, a busy one from when its call should end by the measured cost. So a lane that is about to be
-        free gets a share instead of the items waiting behind this lane's longer call (at 8 callers on the
-        example: p99 -8%, throughput +4%; bench/optimisations.json), and one that has just started a call gets
-        none while the queue is short. Until the cost is measured, the free lanes share the queue evenly."""
+        Less than a call's worth: all of it (no other lane starts a call beside this one). More: each item goes to
+        the lane that would finish it first (list scheduling by earliest finish): a free lane from now, a busy one
+        from when its call should end by the measured cost. So a lane that is about to be free gets a share
+        instead of the items waiting behind this lane's longer call (at 8 callers on the example: p99 -8%,
+        throughput +4%; bench/optimisations.json), and one that has just started a call gets none while the queue
+        is short. Until the cost is measured, the free lanes share the queue evenly."""
         queued, fixed, per_item = len(self._queue), self.cost.fixed, self.cost.per_item
+        if queued < self.largest:
+            return queued
         if fixed is None or not per_item or self.lanes == 1:
             return min(self.largest, -(-queued // max(1, self._idle_lanes)))
         starts = [0.0]  # this lane first: ties go to it
