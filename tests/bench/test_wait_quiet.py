@@ -5,6 +5,7 @@ import sys
 import time
 
 from bench.systems import QUIET_TIMEOUT_S, Server, free_port
+from podserve.testbed.processes import poll_until
 
 #: A parent whose child keeps one core busy for a while, then both sleep: Gunicorn's arbiter and a worker still
 #: answering what wrk left queued. The child prints when (time.monotonic(), the same clock in every process) it stops.
@@ -20,10 +21,8 @@ IDLE = "print('busy until 0', flush=True)\nimport time\ntime.sleep(60)"
 def _start(tmp_path, code: str) -> tuple[Server, float]:
     """The process, and when it stops using the CPU."""
     server = Server("test", "gunicorn", [sys.executable, "-c", code], {}, free_port(), "svc", tmp_path / "log", "")
-    deadline = time.monotonic() + 20
-    while not (found := re.search(r"busy until ([\d.]+)", server.log_path.read_text())):
-        assert time.monotonic() < deadline, "the test process never said how long it is busy"
-        time.sleep(0.005)
+    found = poll_until(lambda: re.search(r"busy until ([\d.]+)", server.log_path.read_text()),
+                       "the test process saying how long it is busy", timeout=20, every=0.005)
     return server, float(found.group(1))
 
 

@@ -11,6 +11,7 @@ import pytest
 from podserve.handler import Handler
 from podserve.runtime.batch_policy import BatchCost
 from podserve.runtime.batcher import BatchWorker, WorkItem, largest_batch
+from podserve.testbed.processes import poll_until
 
 MAX = 16
 
@@ -240,10 +241,7 @@ def test_a_second_call_starts_beside_a_busy_lane_only_for_a_calls_worth_or_after
     try:
         held = WorkItem("hold", None, time.monotonic() + 60)
         worker.submit(held)
-        deadline = time.monotonic() + 10
-        while worker.running != 1:  # one lane runs the held call
-            assert time.monotonic() < deadline, "no lane took the held input"
-            time.sleep(0.001)
+        poll_until(lambda: worker.running == 1, "a lane running the held input", timeout=10, every=0.001)
         few = [WorkItem(i, None, time.monotonic() + 60) for i in range(2)]
         for item in few:
             worker.submit(item)

@@ -265,12 +265,15 @@ class BatchWorker:
         fixed, per_item = self.cost.fixed, self.cost.per_item
         if self.lanes == 1 or self._stopping or len(self._queue) >= self.largest or fixed is None:
             return 0.0
-        ends = [run[1] + fixed + per_item * run[0] for other, run in enumerate(self._runs)
-                if run is not None and other != lane]
+        ends = self._call_ends(fixed, per_item)
         waited_enough_at = self._queue[0].enqueued_at + self.max_batch_delay
         if not ends or min(ends) > waited_enough_at:
             return 0.0
         return max(0.0, waited_enough_at - time.monotonic())
+
+    def _call_ends(self, fixed: float, per_item: float) -> list[float]:
+        """Under the lock: when each call being predicted should end, by the measured cost (a free lane has none)."""
+        return [started + fixed + per_item * items for items, started in filter(None, self._runs)]
 
     def _share(self, now: float) -> int:
         """Under the lock: how many queued items this free lane takes, so that every core gets some of the work.
@@ -286,10 +289,8 @@ class BatchWorker:
             return queued
         if fixed is None or not per_item or self.lanes == 1:
             return min(self.largest, -(-queued // max(1, self._idle_lanes)))
-        starts = [0.0]  # this lane first: ties go to it
-        for run in self._runs:
-            if run is not None:
-                starts.append(max(0.0, run[1] + fixed + per_item * run[0] - now))
+        # This lane first: ties go to it.
+        starts = [0.0] + [max(0.0, end - now) for end in self._call_ends(fixed, per_item)]
         starts += [0.0] * (self.lanes - len(starts))
         counts = [0] * len(starts)
         for _ in range(min(queued, self.largest * self.lanes)):
