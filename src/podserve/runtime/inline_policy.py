@@ -51,7 +51,9 @@ class StepCost:
     def observe(self, seconds: float) -> None:
         """Take one step's wall time into account (from any thread: a lost update only delays the verdict)."""
         self.seen += 1
-        self.mean = seconds if self.seen == 1 else self.mean + WEIGHT * (seconds - self.mean)
+        # The plain mean of the first 1/WEIGHT steps, then a moving one: otherwise the first step, slowed by a
+        # cold start or a busy core, would count as much as all the others and keep steps off the loop long after.
+        self.mean += max(WEIGHT, 1.0 / self.seen) * (seconds - self.mean)
         if seconds > STALL_SECONDS:
             self.threads_until = max(self.threads_until, time.monotonic() + STALL_PENALTY * seconds)
 
