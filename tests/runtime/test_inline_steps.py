@@ -11,6 +11,7 @@ import requests
 
 from podserve.runtime import inline_policy
 from podserve.runtime.inline_policy import INLINE_SECONDS, STALL_PENALTY, STALL_SECONDS, WARMUP_STEPS, StepCost
+from podserve.testbed.processes import poll_until
 
 LOOP_THREAD = "MainThread"  # runtime/main.py runs the event loop in the process's main thread
 REQUEST_THREAD = "request-0"
@@ -94,28 +95,18 @@ def _ask(server, decode_seconds: float = 0.0) -> dict:
     return results
 
 
-def _ask_until_the_loop_runs_both_steps(server) -> None:
-    """Send cheap requests until the loop decodes and encodes one itself.
-
-    Bounded by time, not count: a step the machine slowed past STALL_SECONDS rightly keeps steps off the loop for
-    STALL_PENALTY times as long (a 50 ms one: 5 s), and the mean forgets a slow step over about 1/WEIGHT steps."""
-    deadline, asked = time.monotonic() + 20.0, 0
-    while True:
-        asked += 1
-        if _ask(server) == {"y": [3.0, 5.0, 7.0, 9.0], "decoded_by": LOOP_THREAD, "encoded_by": LOOP_THREAD}:
-            return
-        assert time.monotonic() < deadline, f"after {asked} cheap requests the loop still ran no step itself"
-
-
 def test_cheap_steps_move_to_the_loop_and_a_stall_sends_them_back_while_the_loop_keeps_answering(start_server,
                                                                                                     affine_model):
     server = start_server(handler="fixture_handlers:WhereStepsRun", model_path=str(affine_model), http_threads=1)
     for _ in range(WARMUP_STEPS):
         assert _ask(server) == {"y": [3.0, 5.0, 7.0, 9.0], "decoded_by": REQUEST_THREAD,
                                 "encoded_by": REQUEST_THREAD}
-    # Measured cheap, steps move to the loop: at once on a quiet machine, and a step that the machine slowed (the
-    # wall clock counts its waits for a core) delays that only until it is forgotten.
-    _ask_until_the_loop_runs_both_steps(server)
+    # Measured cheap, steps move to the loop: at once on a quiet machine. A step the machine slowed (the wall clock
+    # counts waits for a core) delays that until it is forgotten: over about 1/WEIGHT steps, or for STALL_PENALTY
+    # times as long past STALL_SECONDS (a 50 ms one: 5 s). Hence a bound in time, not in requests.
+    poll_until(lambda: _ask(server) == {"y": [3.0, 5.0, 7.0, 9.0], "decoded_by": LOOP_THREAD,
+                                        "encoded_by": LOOP_THREAD},
+               "the loop decoding and encoding a cheap request itself", timeout=20, every=0)
 
     # The loop cannot know that a decode will be slow: the first one runs wherever the cheap ones did (the loop,
     # unless the machine stalled the step just before), and is measured there.
