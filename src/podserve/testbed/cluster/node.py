@@ -49,6 +49,7 @@ LOCK = Path("/run/podserve-node.lock")
 #: The kubelet's device-plugin folder: fixed in the kubelet (pluginapi.KubeletSocket), whatever its root dir.
 DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
 PLUGIN_SOCKET = "podserve-fake-gpu.sock"
+KUBELET_SOCKET = "kubelet.sock"  # the kubelet's device-plugin registration socket
 #: The kubelet's device manager's record of which pod holds which GPU. A killed run's record names pods that are
 #: gone, and until its pod sources sync a new kubelet counts their GPUs as taken: the first GPU pod then fails
 #: admission (UnexpectedAdmissionError, "Available: 0"). clean_up removes it with the pods it describes.
@@ -232,7 +233,7 @@ def clean_up(binaries: Path | None = None) -> dict[str, list]:
     shutil.rmtree(STATE, ignore_errors=True)
     shutil.rmtree(DATA / "kubelet", ignore_errors=True)
     found["device checkpoint"] = [DEVICE_CHECKPOINT] if (DEVICE_PLUGINS / DEVICE_CHECKPOINT).exists() else []
-    for name in (PLUGIN_SOCKET, "kubelet.sock", DEVICE_CHECKPOINT):
+    for name in (PLUGIN_SOCKET, KUBELET_SOCKET, DEVICE_CHECKPOINT):
         (DEVICE_PLUGINS / name).unlink(missing_ok=True)
     return found
 
@@ -438,6 +439,10 @@ class RealNode:
             f"--hostname-override={self.name}", f"--node-ip={NODE_IP}", "--v=1"])
         kubelet.wait_until(lambda: _http_ok(f"http://127.0.0.1:{healthz}/healthz"), START_TIMEOUT_SECONDS,
                            "healthz ok")
+        # The kubelet's device manager empties its plugin folder when it starts, after healthz may answer, and then
+        # opens kubelet.sock there (clean_up removed the last run's): a plugin socket made before that is deleted.
+        kubelet.wait_until((DEVICE_PLUGINS / KUBELET_SOCKET).exists, START_TIMEOUT_SECONDS,
+                           f"its device-plugin socket {DEVICE_PLUGINS / KUBELET_SOCKET}")
         self.timings["kubelet"] = round(time.monotonic() - t0, 2)
         self._run("fake-gpu-plugin", [self.binaries / "fake-gpu-plugin", f"--count={gpus}",
                                        f"--socket-dir={DEVICE_PLUGINS}/"])
