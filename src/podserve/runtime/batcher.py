@@ -213,7 +213,7 @@ class BatchWorker:
                 if self._stopping:
                     return None, []
                 self._cond.wait()
-            wait = self._left_to_a_busy_lane(lane)
+            wait = self._left_to_a_busy_lane()
             if wait <= 0:
                 break
             self._cond.wait(wait)
@@ -250,7 +250,7 @@ class BatchWorker:
             self._cond.notify()  # another free lane may take the rest
         return batch, expired
 
-    def _left_to_a_busy_lane(self, lane: int) -> float:
+    def _left_to_a_busy_lane(self) -> float:
         """Under the lock, the queue not empty: 0 when this free lane starts a call now; else how long it leaves
         the queue to a busy lane that will be free in time to take it itself.
 
