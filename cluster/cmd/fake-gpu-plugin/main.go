@@ -24,7 +24,7 @@ import (
 	plugin "k8s.io/kubernetes/pkg/kubelet/cm/devicemanager/plugin/v1beta1"
 )
 
-// registerAttempts bounds the start-and-register retries (one second apart).
+// registerAttempts bounds the start-and-register attempts (one second apart).
 const registerAttempts = 30
 
 func main() {
@@ -46,41 +46,55 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	socket := filepath.Join(*dir, "podserve-fake-gpu.sock")
-	stub := plugin.NewDevicePluginStub(logger, devices, socket, *resource, false, false)
-	stub.SetAllocFunc(func(r *pluginapi.AllocateRequest, _ map[string]*pluginapi.Device) (*pluginapi.AllocateResponse, error) {
-		response := &pluginapi.AllocateResponse{}
-		for _, request := range r.ContainerRequests {
-			response.ContainerResponses = append(response.ContainerResponses, &pluginapi.ContainerAllocateResponse{
-				Envs: map[string]string{"PODSERVE_FAKE_GPU": "1",
-					"PODSERVE_FAKE_GPU_IDS": strings.Join(request.DevicesIds, ",")}})
-		}
-		return response, nil
-	})
-	// Serve and register; a busy kubelet may fail to dial back in time (it then drops the registration and the
-	// stub stops its server): start over, a bounded number of times.
-	err := stub.Start(ctx)
-	for attempt := 1; err == nil; attempt++ {
-		if err = stub.Register(ctx, filepath.Join(*dir, "kubelet.sock"), *resource, *dir); err == nil {
-			break
-		}
-		fmt.Fprintf(os.Stderr, "attempt %d of %d: %v\n", attempt, registerAttempts, err)
-		if attempt == registerAttempts {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			os.Exit(1)
-		case <-time.After(time.Second):
-		}
-		err = stub.Restart(ctx) // Register stopped the server on failure: serve again, then register again
-	}
+	kubelet := filepath.Join(*dir, "kubelet.sock")
+	stub, err := serveAndRegister(ctx, logger, func() *plugin.Stub {
+		return plugin.NewDevicePluginStub(logger, devices, socket, *resource, false, false)
+	}, kubelet, *resource, *dir)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "Error: registering %s with the kubelet on %s: %v\n", *resource, socket, err)
 		os.Exit(1)
 	}
 	// Watch re-registers when the kubelet restarts (its socket is re-created).
-	go stub.Watch(ctx, filepath.Join(*dir, "kubelet.sock"), *resource, *dir)
+	go stub.Watch(ctx, kubelet, *resource, *dir)
 	fmt.Printf("advertising %d x %s (fake: no GPU behind them) on %s\n", *count, *resource, socket)
 	<-ctx.Done()
 	_ = stub.Stop(logger)
+}
+
+// serveAndRegister starts a fresh stub serving on its socket and registers it with the kubelet, a bounded number
+// of times, one second apart. Either step can fail on a node coming up: the kubelet's device manager empties its
+// plugin folder when it starts, taking a socket made before with it (the stub's dial of its own socket then
+// times out), and a busy kubelet may fail to dial back in time (it drops the registration and the stub stops
+// serving). A failed stub is stopped, its socket removed, and the next attempt starts from nothing.
+func serveAndRegister(ctx context.Context, logger klog.Logger, newStub func() *plugin.Stub,
+	kubelet, resource, dir string) (*plugin.Stub, error) {
+	var err error
+	for attempt := 1; attempt <= registerAttempts; attempt++ {
+		stub := newStub()
+		stub.SetAllocFunc(allocate)
+		if err = stub.Start(ctx); err == nil {
+			if err = stub.Register(ctx, kubelet, resource, dir); err == nil {
+				return stub, nil
+			}
+		}
+		_ = stub.Stop(logger)
+		fmt.Fprintf(os.Stderr, "attempt %d of %d: %v\n", attempt, registerAttempts, err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	return nil, err
+}
+
+// allocate answers the kubelet's allocation of fake devices: no device nodes, only the environment that says so.
+func allocate(r *pluginapi.AllocateRequest, _ map[string]*pluginapi.Device) (*pluginapi.AllocateResponse, error) {
+	response := &pluginapi.AllocateResponse{}
+	for _, request := range r.ContainerRequests {
+		response.ContainerResponses = append(response.ContainerResponses, &pluginapi.ContainerAllocateResponse{
+			Envs: map[string]string{"PODSERVE_FAKE_GPU": "1",
+				"PODSERVE_FAKE_GPU_IDS": strings.Join(request.DevicesIds, ",")}})
+	}
+	return response, nil
 }
