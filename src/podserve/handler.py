@@ -247,8 +247,8 @@ class OnnxHandler(Handler):
     Set `input_shape` (one item, no batch axis) when the model's shape has free dimensions,
     so that the warm-up batch can be built. On a GPU the session uses the CUDA execution
     provider on the instance's device with its memory limit. On the CPU every run is
-    single-threaded: a batch is cut into runs of the size `load` measured to cost the least
-    CPU per input (`run_size`), and an instance with a budget of N threads does N runs at
+    single-threaded: a batch is cut into runs of the smallest size `load` measured to cost the
+    least CPU per input, or within RUN_SIZE_TIE of it (`run_size`), and an instance with a budget of N threads does N runs at
     once on its one session: `concurrent_batches` = N, so the batcher runs N batches at once,
     one per core
     (runs are thread-safe and release the GIL). Against one N-threaded run of the whole
@@ -260,6 +260,9 @@ class OnnxHandler(Handler):
     all_outputs: bool = False
     #: Run sizes `load` times on the CPU, within the platform's max_batch_size.
     RUN_SIZES = (1, 2, 4, 8)
+    #: Sizes whose CPU per input at start-up is within this fraction of the cheapest are a tie, which the
+    #: smaller run wins (see _cheapest_run_size).
+    RUN_SIZE_TIE = 0.02
     #: The size every run is padded to with copies of its last input, the extra outputs dropped (None: a run is
     #: its batch's size). `load` sets it to max_batch_size on a GPU: there a session sets its convolutions up
     #: again whenever a run's shape differs from its last run's, 0.1-1.1 s each time on an H100, where a run of
@@ -319,19 +322,23 @@ class OnnxHandler(Handler):
 
     def _cheapest_run_size(self, sizes: Sequence[int] = (1, 2, 4, 8), rounds: int = 3) -> int | None:
         """Time single-threaded runs of each size on the warm-up input, in interleaved rounds, and return the
-        size with the least CPU time per input (None when no warm-up input can be built); `run_seconds` is then
-        one run's time.
+        smallest size whose CPU time per input is within RUN_SIZE_TIE of the least (None when no warm-up input can
+        be built); `run_seconds` is then one run's time.
 
         The calling thread's CPU clock times them (a one-thread session runs in that thread), not the wall clock,
         which counts time spent preempted by other processes: beside two CPU-bound processes the detector's run
         of 1 read 35-49 ms by the wall clock and 35-36 ms by CPU time, and timed by the wall clock on a noisy
         host it picked runs of 8 by 0.3%, where runs of 1 cost 3-8% less on a quiet one (its batches of 8 then
         gave 0.7-0.8x Gunicorn's throughput at 32 callers). Each run also holds the GIL for its Python call and
-        the conversion of its inputs and outputs, so the cheapest size is not traded for a smaller one within
-        some margin (bench/optimisations.json), nor for a larger one: the detector's runs of 4 cost 2% more than
-        1 and 5-10% of its throughput at 32 and 64 callers. CPU caches make small runs cheaper for some models
-        (the 320x320 detector: 1) while others cost about the same at every size (the text classifier: 2 to 8
-        within 1-3%, its pick noise)."""
+        the conversion of its inputs and outputs, so a size clearly cheaper is not traded for a smaller one (the
+        text classifier's runs of 1 cost 5-8% more than 2: picking the smallest within 5% cost it 4% at 64
+        callers), nor for a larger one (the detector's runs of 4 cost 2% more than 1 and 5-10% of its throughput
+        at 32 and 64 callers). But sizes within 2% are a tie, and the smaller wins: the timing runs one warm input
+        again and again, while served inputs arrive from another core and a larger run's tensors take more of the
+        cache the feeding threads share, so a tie at start-up is not one when serving. The 320x320 detector timed
+        runs of 2 0.2-0.5% cheaper than 1 in one start-up in seven and then served 5-9% fewer requests at 8
+        callers; the classifier's runs of 2 and 4, within 1-2% of each other, served 1-8% more in 2s
+        (bench/optimisations.json)."""
         inputs = model_inputs(self.warmup_inputs())
         if len(inputs) != 1:
             return None
@@ -352,10 +359,12 @@ class OnnxHandler(Handler):
                     self._run(batch)
                     runs += 1
                 cost[size] = min(cost[size], (time.thread_time() - began) / (runs * size))
-        best = min(sizes, key=cost.__getitem__)
+        least = min(cost.values())
+        best = min(size for size in sizes if cost[size] <= least * (1 + self.RUN_SIZE_TIE))
         self.run_seconds = cost[best] * best
-        log.info("%s: runs of %d input(s) cost the least CPU (%.3f ms per input; %s)", type(self).__name__, best,
-                 cost[best] * 1000, ", ".join(f"{s}: {c * 1000:.3f}" for s, c in cost.items()))
+        log.info("%s: runs of %d input(s) cost the least CPU, or within %.0f%% of it (%.3f ms per input; %s)",
+                 type(self).__name__, best, self.RUN_SIZE_TIE * 100, cost[best] * 1000,
+                 ", ".join(f"{s}: {c * 1000:.3f}" for s, c in cost.items()))
         return best
 
     def warmup_inputs(self) -> list[Any]:
