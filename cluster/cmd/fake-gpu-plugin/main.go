@@ -65,7 +65,7 @@ func main() {
 // of times, one second apart. Either step can fail on a node coming up: the kubelet's device manager empties its
 // plugin folder when it starts, taking a socket made before with it (the stub's dial of its own socket then
 // times out), and a busy kubelet may fail to dial back in time (it drops the registration and the stub stops
-// serving). A failed stub is stopped, its socket removed, and the next attempt starts from nothing.
+// serving). A failed stub is stopped, its socket removed, and the next attempt starts from a fresh one.
 func serveAndRegister(ctx context.Context, logger klog.Logger, newStub func() *plugin.Stub,
 	kubelet, resource, dir string) (*plugin.Stub, error) {
 	var err error
@@ -77,7 +77,9 @@ func serveAndRegister(ctx context.Context, logger klog.Logger, newStub func() *p
 				return stub, nil
 			}
 		}
-		_ = stub.Stop(logger)
+		// Stopped in the background: a Start that failed at its folder's watch has counted a server goroutine it
+		// never started, and Stop would wait for it for ever. Stop is done long before the next attempt's second.
+		go func() { _ = stub.Stop(logger) }()
 		fmt.Fprintf(os.Stderr, "attempt %d of %d: %v\n", attempt, registerAttempts, err)
 		select {
 		case <-ctx.Done():
