@@ -336,9 +336,9 @@ class OnnxHandler(Handler):
         at 32 and 64 callers). But sizes within 2% are a tie, and the smaller wins: the timing runs one warm input
         again and again, while served inputs arrive from another core and a larger run's tensors take more of the
         cache the feeding threads share, so a tie at start-up is not one when serving. The 320x320 detector timed
-        runs of 2 0.2-0.5% cheaper than 1 in one start-up in seven and then served 5-9% fewer requests at 8
-        callers; the classifier's runs of 2 and 4, within 1-2% of each other, served 1-8% more in 2s
-        (bench/optimisations.json)."""
+        runs of 2 0.5-3% cheaper than 1 in 6 of 48 start-ups (all but one within 2%) and then served 5-9% fewer
+        requests at 8 callers; the classifier's runs of 2 and 4, within 1-2% of each other, served 1-8% more in
+        2s (bench/optimisations.json)."""
         inputs = model_inputs(self.warmup_inputs())
         if len(inputs) != 1:
             return None
