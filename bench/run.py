@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.workloads.split(","):
                 workload = WORKLOADS[name.strip()]
                 log(f"== run {number} of {args.runs}, {workload.name}: {workload.title}")
-                run["workloads"][workload.name] = run_workload(workload, cores, Path(scratch), args)
+                run["workloads"][workload.name] = run_workload(workload, cores, Path(scratch), args, number)
             runs.append(run)
     results["workloads"] = runs[-1]["workloads"]
     if len(runs) > 1:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_workload(workload: Workload, cores: int, scratch: Path, args) -> dict:
+def run_workload(workload: Workload, cores: int, scratch: Path, args, number: int = 1) -> dict:
     from podserve.runtime.pool import import_handler
 
     handler = import_handler(workload.handler)()
@@ -119,7 +119,9 @@ def run_workload(workload: Workload, cores: int, scratch: Path, args) -> dict:
             service = ServiceSteps(images, lambda image: handler.decode(_payload(image)), handler.encode)
             systems.append(CeilingSystem(ceiling, workload.ceiling_batches, service))
 
-    log_dir = Path(args.out) / "logs"  # the servers' logs, kept for a look after a failure (not committed)
+    # The servers' logs, one folder per run, kept for a look afterwards (not committed): each run starts its servers
+    # afresh, and what one picked at start-up (its run size, say) explains a run that differs from the others.
+    log_dir = Path(args.out) / "logs" / f"run-{number}"
     log_dir.mkdir(parents=True, exist_ok=True)
     starts = [lambda: start_ours("ours", workload, log_dir)] if "ours" in args.systems else []
     if "gunicorn" in args.systems:
