@@ -248,9 +248,9 @@ class OnnxHandler(Handler):
     so that the warm-up batch can be built. On a GPU the session uses the CUDA execution
     provider on the instance's device with its memory limit. On the CPU every run is
     single-threaded: a batch is cut into runs of the smallest size `load` measured to cost the
-    least CPU per input, or within RUN_SIZE_TIE of it (`run_size`), and an instance with a budget of N threads does N runs at
-    once on its one session: `concurrent_batches` = N, so the batcher runs N batches at once,
-    one per core
+    least CPU per input, or within RUN_SIZE_TIE of it (`run_size`), and an instance with a
+    budget of N threads does N runs at once on its one session: `concurrent_batches` = N, so
+    the batcher runs N batches at once, one per core
     (runs are thread-safe and release the GIL). Against one N-threaded run of the whole
     batch, that cut the example's CPU per request by up to 30% and keeps one copy of the
     weights (bench/optimisations.json); a lone request uses one core, though.

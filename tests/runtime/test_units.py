@@ -343,12 +343,12 @@ def test_run_sizes_are_timed_by_the_threads_cpu_clock_not_time_spent_preempted()
     assert 0.0015 < handler.run_seconds < 0.004  # one run of 2: its CPU time, not its 8 ms of wall time
 
 
-@pytest.mark.parametrize("cpu_ms_per_input, picked", [
+@pytest.mark.parametrize("relative_cost, picked", [
     ({1: 1.00, 2: 0.995, 4: 1.05}, 1),  # 2 timed 0.5% cheaper: a tie, the smaller run wins (the detector's case)
     ({1: 1.06, 2: 1.00, 4: 0.995}, 2),  # 1 clearly costlier, 2 and 4 tied (the classifier's case)
     ({1: 1.10, 2: 1.05, 4: 1.00}, 4),  # each larger size clearly cheaper: the cheapest
 ])
-def test_run_sizes_within_the_tie_of_the_cheapest_go_to_the_smallest(cpu_ms_per_input, picked):
+def test_run_sizes_within_the_tie_of_the_cheapest_go_to_the_smallest(relative_cost, picked):
     """Start-up timing cannot tell sizes apart within RUN_SIZE_TIE, and served the larger of such a tie costs more
     (bench/optimisations.json): the smallest size within it of the cheapest is picked, never a clearly costlier one."""
     from fixture_handlers import spin_cpu
@@ -358,11 +358,11 @@ def test_run_sizes_within_the_tie_of_the_cheapest_go_to_the_smallest(cpu_ms_per_
             return [np.zeros(3, dtype=np.float32)]
 
         def _run(self, batch, all_outputs=False):
-            spin_cpu(cpu_ms_per_input[len(batch)] * 0.004 * len(batch))  # 4 ms of CPU per input for 1.00
+            spin_cpu(relative_cost[len(batch)] * 0.004 * len(batch))  # CPU per input: 4 ms for a cost of 1.00
             return list(batch)
 
     assert Timed.RUN_SIZE_TIE == 0.02
-    assert Timed()._cheapest_run_size(list(cpu_ms_per_input), rounds=2) == picked
+    assert Timed()._cheapest_run_size(list(relative_cost), rounds=2) == picked
 
 
 @pytest.mark.parametrize("run_size, lowered", [(1, True), (None, False)])
