@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from podserve.testbed.cluster import versions
+from podserve.testbed.cluster.node import PLUGIN_SOCKET
 from podserve.testbed.processes import poll_until
 
 
@@ -22,7 +23,7 @@ def test_a_start_that_fails_is_tried_again_until_the_plugin_serves(tmp_path):
         assert plugin.poll() is None, f"the plugin exited after a failed start:\n{log.read_text()}"
         folder.mkdir()
         # Serving again: its socket is in the folder while it waits for a kubelet to register with (none here).
-        poll_until(lambda: list(folder.glob("*.sock")), "the plugin's socket in the new folder", timeout=10)
+        poll_until((folder / PLUGIN_SOCKET).exists, "the plugin's socket in the new folder", timeout=10)
         assert plugin.poll() is None, log.read_text()
     finally:
         plugin.terminate()
