@@ -26,12 +26,15 @@ def render(results: dict) -> str:
     if runs:
         lines += [f"Measured {runs} times in this one command: each target is judged on the median of the {runs} runs "
                   f"(every run's value beside it); the tables below show the last run.", "",
-                  "| target | goal | median | met | runs |", "|---|---|---|---|---|"]
+                  "| target | goal | median | met | runs | runs that met it |", "|---|---|---|---|---|---|"]
     else:
         lines += ["| target | goal | measured | met |", "|---|---|---|---|"]
     for t in results["targets"]:
-        each = f" | {', '.join(_fmt(v) for v in t.get('runs', []))}" if runs else ""
+        each = f" | {', '.join(_fmt(v) for v in t.get('runs', []))} | {_runs_met(t.get('runs_met'), runs)}" \
+            if runs else ""
         lines.append(f"| {t['target']} | {t['goal']} | {_fmt(t['measured'])} | {_verdict(t['met'])}{each} |")
+    if results.get("host_steadiness"):
+        lines += _steadiness(results["host_steadiness"])
     if results.get("bounds"):
         lines += ["", "### What bounds the missed targets (measured in this run)", ""]
         lines += [f"- {line}" for line in results["bounds"]]
@@ -106,6 +109,27 @@ def _workload(name: str, w: dict) -> list[str]:
     lines += ["", "Ceiling search (each configuration once, items per second):", "",
               ", ".join(f"{c['config']}: {c['throughput_rps']:.0f}" for c in w["ceiling_search"])]
     return lines
+
+
+def _steadiness(steadiness: dict) -> list[str]:
+    agree = f"{steadiness['agree']:.0%}"
+    lines = ["", "### Was the host steady in each run?", "",
+             "The references have no server in them (the ceiling, and the service alone where it ran), so they should "
+             f"measure the same in every run. A run where one departs from the runs' median by more than {agree} at a "
+             f"point, or where its windows never agreed within {agree}, shared the machine with something else, and "
+             "not evenly across the windows it interleaves. Such a run's values still count in the medians above, as "
+             "measured.", ""]
+    for run in steadiness["runs"]:
+        if run["steady"]:
+            lines.append(f"- Run {run['run']}: steady (every reference within {agree} of the runs' median, its "
+                         f"windows agreeing).")
+        else:
+            lines.append(f"- Run {run['run']}: **not steady**: {'; '.join(run['reasons'])}.")
+    return lines
+
+
+def _runs_met(count: int | None, runs: int) -> str:
+    return "n/a" if count is None else f"{count} of {runs}"
 
 
 def _optimisations(items: list[dict]) -> list[str]:

@@ -184,7 +184,49 @@ def median_targets(runs: list[dict]) -> list[dict]:
         middle = [same[i] for i in order[(len(order) - 1) // 2:len(order) // 2 + 1]]
         met = None if first["met"] is None else all(t["met"] for t in middle)
         verdicts.append({"target": first["target"], "goal": middle[0]["goal"],
-                         "measured": round(statistics.median(numbers), 3), "met": met, "runs": numbers})
+                         "measured": round(statistics.median(numbers), 3), "met": met, "runs": numbers,
+                         "runs_met": None if met is None else sum(bool(t["met"]) for t in same)})
+    return verdicts
+
+
+#: The systems without our server or Gunicorn in them: their throughput at a point is the host's speed there.
+REFERENCES = (CEILING, SERVICE_ALONE)
+
+
+def host_references(run: dict) -> list[dict]:
+    """The reference systems' throughput and windows at each point of one run (`run["workloads"]`)."""
+    return [{"workload": name, "concurrency": point["concurrency"], "system": row["system"],
+             "throughput_rps": row["throughput_rps"], "window_throughputs": row["window_throughputs"],
+             "settled": row["settled"]}
+            for name, workload in run["workloads"].items() for point in workload["points"]
+            for row in point["rows"] if row["system"] in REFERENCES]
+
+
+def host_steadiness(runs: list[dict], agree: float) -> list[dict]:
+    """Whether each run (each {"host": host_references(...)}) measured a steady host, and why not.
+
+    The references cost the same in every run, so where one departs from the runs' median by more than `agree` at
+    a point, or its own windows there never agreed within `agree`, something else on the machine took a share of
+    the cores during that run, and not evenly across the systems its windows interleave. Says so; changes no
+    verdict (pyperf's instability warning is the model)."""
+    by_point: dict[tuple, list[float]] = {}
+    for run in runs:
+        for ref in run["host"]:
+            by_point.setdefault((ref["workload"], ref["concurrency"], ref["system"]), []).append(ref["throughput_rps"])
+    verdicts = []
+    for number, run in enumerate(runs, 1):
+        reasons = []
+        for ref in run["host"]:
+            where = f"{ref['system']} at {ref['workload']} c={ref['concurrency']}"
+            median = statistics.median(by_point[(ref["workload"], ref["concurrency"], ref["system"])])
+            drift = ref["throughput_rps"] / median - 1 if median else 0.0
+            if abs(drift) > agree:
+                reasons.append(f"{where} {ref['throughput_rps']:.0f} req/s, {abs(drift):.0%} "
+                               f"{'under' if drift < 0 else 'over'} the runs' median ({median:.0f})")
+            if not ref["settled"] and len(ref["window_throughputs"]) > 1:  # a --quick run measures one window
+                reasons.append(f"{where}: windows {', '.join(f'{x:.0f}' for x in ref['window_throughputs'])} req/s "
+                               f"never agreed within {agree:.0%}")
+        verdicts.append({"run": number, "steady": not reasons, "reasons": reasons})
     return verdicts
 
 
@@ -357,10 +399,12 @@ def wrk_version() -> str:
     return (done.stdout or done.stderr).split("Copyright")[0].strip()
 
 
-def write(results: dict, out: Path) -> None:
+def write(results: dict, out: Path, agree: float) -> None:
     from bench.markdown import render
 
     results["targets"] = median_targets(results["runs"]) if results.get("runs") else targets(results)
+    if results.get("runs") and all("host" in run for run in results["runs"]):
+        results["host_steadiness"] = {"agree": agree, "runs": host_steadiness(results["runs"], agree)}
     results["bounds"] = bounds(results)
     results["defaults"] = defaults(results)
     out.mkdir(parents=True, exist_ok=True)

@@ -89,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run)
     results["workloads"] = runs[-1]["workloads"]
     if len(runs) > 1:
-        results["runs"] = [{"targets": report.targets(run)} for run in runs]
+        results["runs"] = [{"targets": report.targets(run), "host": report.host_references(run)} for run in runs]
     results["optimisations"] = json.loads(OPTIMISATIONS.read_text())
     results["wall_seconds"] = round(time.monotonic() - started, 1)
     out = Path(args.out)
-    report.write(results, out)
+    report.write(results, out, AGREE)
     log(f"wrote {out / 'latest.json'} and {out / 'latest.md'} in {results['wall_seconds']:.0f}s")
     return 0
 

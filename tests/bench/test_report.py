@@ -213,3 +213,58 @@ def test_three_runs_are_judged_on_their_median_and_each_run_is_listed():
     assert verdicts["fast model, c=64: ours / ceiling"]["met"] is None
     two = report.median_targets(runs[:2])  # an even count: met only when both middle runs met
     assert next(t for t in two if t["target"] == c64["target"])["met"] is False
+
+
+def _runs_with_heavy_ceilings(*ceilings: float) -> list[dict]:
+    runs = []
+    for rps in ceilings:
+        results = _results(fast64_ours=650, heavy8_ours=96)
+        for w in results["workloads"].values():
+            for p in w["points"]:
+                for r in p["rows"]:
+                    r["settled"] = True
+        heavy_ceiling = results["workloads"]["heavy"]["points"][0]["rows"][0]
+        heavy_ceiling.update(throughput_rps=rps, window_throughputs=[rps, rps])
+        runs.append({"targets": report.targets(results), "host": report.host_references(results)})
+    return runs
+
+
+def test_a_run_whose_reference_departs_from_the_runs_median_is_named_not_steady():
+    runs = _runs_with_heavy_ceilings(104, 128, 131)
+    steadiness = report.host_steadiness(runs, 0.10)
+    # 104 against the median 128: 19% under; 131 is 2% over, within 10%.
+    assert [run["steady"] for run in steadiness] == [False, True, True]
+    assert steadiness[0]["reasons"] == ["ceiling at heavy c=8 104 req/s, 19% under the runs' median (128)"]
+    assert all(run["steady"] for run in report.host_steadiness(_runs_with_heavy_ceilings(120, 128, 131), 0.10))
+
+
+def test_a_run_whose_reference_windows_never_agreed_is_named_not_steady():
+    runs = _runs_with_heavy_ceilings(128, 128, 128)
+    fast_ceiling = next(ref for ref in runs[2]["host"] if ref["workload"] == "fast" and ref["concurrency"] == 64)
+    fast_ceiling.update(settled=False, window_throughputs=[1000.0, 800.0, 1100.0, 850.0])
+    steadiness = report.host_steadiness(runs, 0.10)
+    assert [run["steady"] for run in steadiness] == [True, True, False]
+    assert steadiness[2]["reasons"] == ["ceiling at fast c=64: windows 1000, 800, 1100, 850 req/s never agreed "
+                                        "within 10%"]
+
+
+def test_the_report_counts_the_runs_that_met_each_target_and_says_which_run_was_not_steady(tmp_path):
+    runs = _runs_with_heavy_ceilings(104, 128, 131)
+    for run, ours in zip(runs, (450, 650, 700)):  # fast c=64 against Gunicorn's 500: 0.9, 1.3, 1.4
+        run["targets"] = report.targets(_results(fast64_ours=ours, heavy8_ours=96))
+    results = _results(fast64_ours=700, heavy8_ours=96)
+    results.update(command="make bench", date="today", wall_seconds=1.0, method={"windows": "w"}, runs=runs,
+                   machine={"cores": 2, "cpu": "cpu", "memory_gib": 1, "os": "os", "python": "3", "onnxruntime": "1",
+                            "wrk": "wrk", "load_average_at_start": [0, 0, 0]})
+    for w in results["workloads"].values():
+        w.update(title="t", handler="h", model="m", images=1, request_forms=["a", "b"], ceiling_search=[])
+        for p in w["points"]:
+            for r in p["rows"]:
+                r.update(setup="s", p95_ms=1.0, mean_batch_size=1.0, windows=2, settled=True,
+                         window_throughputs=[1.0, 1.0])
+    report.write(results, tmp_path, 0.10)
+    text = (tmp_path / "latest.md").read_text()
+    assert "| fast model, c=64: ours / Gunicorn (2 sync workers) | >= 1.0 | 1.3 | met | 0.9, 1.3, 1.4 | 2 of 3 |" \
+        in text
+    assert "- Run 1: **not steady**: ceiling at heavy c=8 104 req/s, 19% under the runs' median (128)." in text
+    assert "- Run 2: steady" in text and "- Run 3: steady" in text
