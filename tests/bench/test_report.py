@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench import report
+from bench.ceiling import Config
 from bench.loadgen import LoadError, Window, parse_wrk_output, request_wires
 from bench.markdown import render
 from bench.probes import DECODE_STEP, ENCODE_STEP
@@ -268,3 +269,20 @@ def test_the_report_counts_the_runs_that_met_each_target_and_says_which_run_was_
         in text
     assert "- Run 1: **not steady**: ceiling at heavy c=8 104 req/s, 19% under the runs' median (128)." in text
     assert "- Run 2: steady" in text and "- Run 3: steady" in text
+
+
+def test_a_session_on_every_core_is_not_a_reference_for_the_host():
+    runs = _runs_with_heavy_ceilings(128, 128, 128)
+    for run in runs:  # what host_references reads: the rows of each run, here the fast model's c=1 ceiling
+        results = _results(fast64_ours=650, heavy8_ours=96)
+        ceiling1 = results["workloads"]["fast"]["points"][0]["rows"][0]
+        ceiling1.update(settled=True, session_threads=2)
+        for row in results["workloads"]["fast"]["points"][1]["rows"] + results["workloads"]["heavy"]["points"][0][
+                "rows"]:
+            row.update(settled=True, session_threads=1)
+        run["host"] = report.host_references(results)
+    assert {(ref["workload"], ref["concurrency"]) for ref in runs[0]["host"]} == {("fast", 64), ("heavy", 8)}
+    runs[0]["host"][0]["throughput_rps"] *= 0.5  # a single-threaded reference halved: named
+    assert [run["steady"] for run in report.host_steadiness(runs, 0.10)] == [False, True, True]
+    ceiling = SimpleNamespace(name="ceiling", kind="ceiling", setup="", config_for=lambda c: Config(1, 2, 1))
+    assert report.row(ceiling, 1, [window(100), window(99)], 0.10)["session_threads"] == 2
