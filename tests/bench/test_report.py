@@ -188,17 +188,22 @@ def test_each_image_is_sent_as_json_with_base64_and_as_raw_bytes():
     assert b"application/octet-stream" in head and body == b"\x89PNG-bytes"
 
 
-def test_the_markdown_table_renders_every_target():
-    results = _results(fast64_ours=500, heavy8_ours=90)
+def _renderable(results: dict, **fields) -> dict:
+    """`results` with what markdown.render reads beside the targets: command, machine, each workload's header."""
     results.update(command="make bench", date="today", wall_seconds=1.0, method={"windows": "w"}, machine={
         "cores": 2, "cpu": "cpu", "memory_gib": 1, "os": "os", "python": "3", "onnxruntime": "1", "wrk": "wrk",
-        "load_average_at_start": [0, 0, 0]})
+        "load_average_at_start": [0, 0, 0]}, **fields)
     for w in results["workloads"].values():
         w.update(title="t", handler="h", model="m", images=1, request_forms=["a", "b"], ceiling_search=[])
         for p in w["points"]:
             for r in p["rows"]:
                 r.update(setup="s", p95_ms=1.0, mean_batch_size=1.0, windows=2, settled=True,
                          window_throughputs=[1.0, 1.0])
+    return results
+
+
+def test_the_markdown_table_renders_every_target():
+    results = _renderable(_results(fast64_ours=500, heavy8_ours=90))
     results["targets"] = report.targets(results)
     text = render(results)
     # missed: c=1 and c=64 against Gunicorn, c=64's CPU beyond inference, the heavy model, the peak RSS
@@ -253,16 +258,7 @@ def test_the_report_counts_the_runs_that_met_each_target_and_says_which_run_was_
     runs = _runs_with_heavy_ceilings(104, 128, 131)
     for run, ours in zip(runs, (450, 650, 700)):  # fast c=64 against Gunicorn's 500: 0.9, 1.3, 1.4
         run["targets"] = report.targets(_results(fast64_ours=ours, heavy8_ours=96))
-    results = _results(fast64_ours=700, heavy8_ours=96)
-    results.update(command="make bench", date="today", wall_seconds=1.0, method={"windows": "w"}, runs=runs,
-                   machine={"cores": 2, "cpu": "cpu", "memory_gib": 1, "os": "os", "python": "3", "onnxruntime": "1",
-                            "wrk": "wrk", "load_average_at_start": [0, 0, 0]})
-    for w in results["workloads"].values():
-        w.update(title="t", handler="h", model="m", images=1, request_forms=["a", "b"], ceiling_search=[])
-        for p in w["points"]:
-            for r in p["rows"]:
-                r.update(setup="s", p95_ms=1.0, mean_batch_size=1.0, windows=2, settled=True,
-                         window_throughputs=[1.0, 1.0])
+    results = _renderable(_results(fast64_ours=700, heavy8_ours=96), runs=runs)
     report.write(results, tmp_path, 0.10)
     text = (tmp_path / "latest.md").read_text()
     assert "| fast model, c=64: ours / Gunicorn (2 sync workers) | >= 1.0 | 1.3 | met | 0.9, 1.3, 1.4 | 2 of 3 |" \
