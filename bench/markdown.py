@@ -114,11 +114,12 @@ def _workload(name: str, w: dict) -> list[str]:
 def _steadiness(steadiness: dict) -> list[str]:
     agree = f"{steadiness['agree']:.0%}"
     lines = ["", "### Was the host steady in each run?", "",
-             "The references have no server in them (the ceiling, and the service alone where it ran), so they should "
-             f"measure the same in every run. A run where one departs from the runs' median by more than {agree} at a "
-             f"point, or where its windows never agreed within {agree}, shared the machine with something else, and "
-             "not evenly across the windows it interleaves. Such a run's values still count in the medians above, as "
-             "measured.", ""]
+             "The references have no server in them (the ceiling's single-threaded sessions, and the service alone "
+             f"where it ran), so they should measure the same in every run. Where one departs from the runs' median "
+             f"by more than {agree} at a point, the host ran at another speed in that run (something else took a "
+             f"share of the cores, or gave it back); where its windows never agreed within {agree}, the host's speed "
+             "changed between the windows the systems take in turn, which their ratios do not cancel. Such a run's "
+             "values still count in the medians above, as measured.", ""]
     for run in steadiness["runs"]:
         if run["steady"]:
             lines.append(f"- Run {run['run']}: steady (every reference within {agree} of the runs' median, its "

@@ -68,7 +68,7 @@ def row(system, concurrency: int, windows: Sequence[Window], agree: float) -> di
         "server_cpu_ms_per_request": round(sum(w.server_cpu_s for w in windows) / requests * 1000, 3)
         if requests else None,
     }
-    if not system.setup:  # the ceiling, or the service alone: onnxruntime in this process
+    if system.kind == CEILING:  # the ceiling, or the service alone: onnxruntime sessions in this process
         result["session_threads"] = system.config_for(concurrency).threads
     if system.kind == OURS and requests:
         def per_request(seconds: float) -> float:
@@ -211,10 +211,11 @@ def host_references(run: dict) -> list[dict]:
 def host_steadiness(runs: list[dict], agree: float) -> list[dict]:
     """Whether each run (each {"host": host_references(...)}) measured a steady host, and why not.
 
-    The references cost the same in every run, so where one departs from the runs' median by more than `agree` at
-    a point, or its own windows there never agreed within `agree`, something else on the machine took a share of
-    the cores during that run, and not evenly across the systems its windows interleave. Says so; changes no
-    verdict (pyperf's instability warning is the model)."""
+    The references cost the same in every run: where one departs from the runs' median by more than `agree` at a
+    point, the host ran at another speed in that run (something else took a share of the cores, or gave it back);
+    where its own windows there never agreed within `agree`, the host's speed changed between the windows the
+    systems take in turn, which their ratios do not cancel. Says so; changes no verdict (pyperf's instability
+    warning is the model)."""
     by_point: dict[tuple, list[float]] = {}
     for run in runs:
         for ref in run["host"]:
@@ -227,7 +228,7 @@ def host_steadiness(runs: list[dict], agree: float) -> list[dict]:
             median = statistics.median(by_point[(ref["workload"], ref["concurrency"], ref["system"])])
             drift = ref["throughput_rps"] / median - 1 if median else 0.0
             if abs(drift) > agree:
-                reasons.append(f"{where} {ref['throughput_rps']:.0f} req/s, {abs(drift):.0%} "
+                reasons.append(f"{where} {ref['throughput_rps']:.0f} req/s, {abs(drift):.1%} "
                                f"{'under' if drift < 0 else 'over'} the runs' median ({median:.0f})")
             if not ref["settled"] and len(ref["window_throughputs"]) > 1:  # a --quick run measures one window
                 reasons.append(f"{where}: windows {', '.join(f'{x:.0f}' for x in ref['window_throughputs'])} req/s "

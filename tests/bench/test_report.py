@@ -240,7 +240,7 @@ def test_a_run_whose_reference_departs_from_the_runs_median_is_named_not_steady(
     steadiness = report.host_steadiness(runs, 0.10)
     # 104 against the median 128: 19% under; 131 is 2% over, within 10%.
     assert [run["steady"] for run in steadiness] == [False, True, True]
-    assert steadiness[0]["reasons"] == ["ceiling at heavy c=8 104 req/s, 19% under the runs' median (128)"]
+    assert steadiness[0]["reasons"] == ["ceiling at heavy c=8 104 req/s, 18.8% under the runs' median (128)"]
     assert all(run["steady"] for run in report.host_steadiness(_runs_with_heavy_ceilings(120, 128, 131), 0.10))
 
 
@@ -263,7 +263,7 @@ def test_the_report_counts_the_runs_that_met_each_target_and_says_which_run_was_
     text = (tmp_path / "latest.md").read_text()
     assert "| fast model, c=64: ours / Gunicorn (2 sync workers) | >= 1.0 | 1.3 | met | 0.9, 1.3, 1.4 | 2 of 3 |" \
         in text
-    assert "- Run 1: **not steady**: ceiling at heavy c=8 104 req/s, 19% under the runs' median (128)." in text
+    assert "- Run 1: **not steady**: ceiling at heavy c=8 104 req/s, 18.8% under the runs' median (128)." in text
     assert "- Run 2: steady" in text and "- Run 3: steady" in text
 
 
