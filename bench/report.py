@@ -57,8 +57,10 @@ def row(system, concurrency: int, windows: Sequence[Window], agree: float) -> di
         mean_batch = 1.0  # by construction: one predict call per request
     else:
         mean_batch = round(sum(w.batch_items for w in windows) / batches, 2) if batches else None
+    # The ceiling, or the service alone: onnxruntime sessions in this process, their configuration chosen per point.
+    config = system.config_for(concurrency) if system.kind == CEILING else None
     result = {
-        "system": system.name, "setup": system.setup or _ceiling_setup(system, concurrency),
+        "system": system.name, "setup": system.setup or config.label(),
         "throughput_rps": round(statistics.median(w.throughput_rps for w in windows), 1),
         "p50_ms": median(w.p50_ms for w in windows), "p95_ms": median(w.p95_ms for w in windows),
         "p99_ms": median(w.p99_ms for w in windows), "errors": sum(w.errors for w in windows),
@@ -68,8 +70,8 @@ def row(system, concurrency: int, windows: Sequence[Window], agree: float) -> di
         "server_cpu_ms_per_request": round(sum(w.server_cpu_s for w in windows) / requests * 1000, 3)
         if requests else None,
     }
-    if system.kind == CEILING:  # the ceiling, or the service alone: onnxruntime sessions in this process
-        result["session_threads"] = system.config_for(concurrency).threads
+    if config is not None:
+        result["session_threads"] = config.threads
     if system.kind == OURS and requests:
         def per_request(seconds: float) -> float:
             return round(seconds / requests * 1000, 3)
@@ -85,10 +87,6 @@ def row(system, concurrency: int, windows: Sequence[Window], agree: float) -> di
             if requests else None
         result["switches_per_request"] = round(sum(w.switches for w in windows) / requests, 1) if requests else None
     return result
-
-
-def _ceiling_setup(system, concurrency: int) -> str:
-    return system.config_for(concurrency).label()
 
 
 def add_ratios(point: dict) -> None:
@@ -410,7 +408,7 @@ def write(results: dict, out: Path, agree: float) -> None:
     from bench.markdown import render
 
     results["targets"] = median_targets(results["runs"]) if results.get("runs") else targets(results)
-    if results.get("runs") and all("host" in run for run in results["runs"]):
+    if results.get("runs"):
         results["host_steadiness"] = {"agree": agree, "runs": host_steadiness(results["runs"], agree)}
     results["bounds"] = bounds(results)
     results["defaults"] = defaults(results)
