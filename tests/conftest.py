@@ -88,3 +88,13 @@ def real_node(control_plane, tmp_path_factory):
     node.planted = planted
     yield node
     node.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used the real node gets the node's own account (conditions, taints, log errors)."""
+    outcome = yield
+    report = outcome.get_result()
+    node = getattr(item, "funcargs", {}).get("real_node")
+    if report.failed and report.when == "call" and node is not None:
+        report.sections.append(("the real node", node.diagnostics()))

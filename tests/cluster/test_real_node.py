@@ -25,6 +25,30 @@ def test_kubectl_lists_the_real_node_ready_with_its_kubelet_and_runtime(control_
     print(f"real node Ready {real_node.timings['total']:.1f}s after its start: {real_node.timings}")
 
 
+def test_the_node_s_account_of_itself_names_its_state_and_only_its_programs_errors(real_node):
+    """What a failed real-node test's report carries (tests/conftest.py): read from the node, not assumed."""
+    said = real_node.diagnostics()
+    assert "Ready=True (KubeletReady" in said and "nvidia.com/gpu:NoSchedule" in said, said
+    assert "containerd: running" in said and "kubelet: running" in said and "fake-gpu-plugin: running" in said
+    assert f"sandbox image {real.SANDBOX_IMAGE}: present" in said
+    assert real._loud('E1126 14:02:11.123456   812 kuberuntime_sandbox.go:72] "Failed to create sandbox for pod"')
+    assert real._loud('time="2026-11-26T14:02:11Z" level=error msg="RunPodSandbox for ... failed"')
+    assert not real._loud('I1126 14:02:11.123456   812 kubelet.go:2470] "SyncLoop ADD"')
+
+
+def test_the_running_kubelet_has_no_disk_eviction_so_it_never_deletes_the_sandbox_image(core, real_node):
+    """The node's disk is the machine's: under disk pressure the kubelet deletes the sandbox image (containerd 1.6 does
+    not pin it), which nothing here can pull again, and no pod starts (kubernetes#81756). Read from the running
+    kubelet (configz), after its defaults were merged."""
+    import json
+
+    answer = core.connect_get_node_proxy_with_path(real_node.name, "configz", _preload_content=False)
+    config = json.loads(answer.data)["kubeletconfig"]
+    disk = {"nodefs.available", "nodefs.inodesFree", "imagefs.available", "imagefs.inodesFree"}
+    assert {signal: config["evictionHard"].get(signal) for signal in disk} == dict.fromkeys(disk, "0%"), config
+    assert config["imageGCHighThresholdPercent"] == 100, config
+
+
 def test_the_start_removed_a_crashed_runs_leftovers(real_node):
     planted = dict(real_node.planted)
     assert still_there() == []

@@ -74,9 +74,13 @@ POOL_LABEL, POOL = "podserve.io/pool", "real-node"
 TAINTS = [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]
 START_TIMEOUT_SECONDS = 90.0
 LOCK_TIMEOUT_SECONDS = 600.0
-#: Eviction thresholds for a development disk and memory (the defaults evict at 10-15% disk free).
-EVICTION_HARD = {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
-                 "nodefs.inodesFree": "1%"}
+#: Hard eviction on memory only ("0%" turns a signal off). The node's disk is the machine's own, shared with the rest
+#: of the run (BuildKit, the registry, caches) and with whatever else shares the machine's storage. Under disk
+#: pressure the kubelet taints the node and deletes every image no container uses, the sandbox image among them:
+#: containerd 1.6 does not pin it (1.7 does) and nothing here can pull it again, so the node stays Ready and no pod
+#: of it ever leaves ContainerCreating (kubernetes#81756). A full disk fails the run loudly elsewhere (ENOSPC).
+EVICTION_HARD = {"memory.available": "100Mi", "nodefs.available": "0%", "nodefs.inodesFree": "0%",
+                 "imagefs.available": "0%", "imagefs.inodesFree": "0%"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -487,6 +491,32 @@ class RealNode:
         """The node's program called `name` (containerd, kubelet, fake-gpu-plugin)."""
         return next(program for program in self.programs if program.name == name)
 
+    def diagnostics(self, lines: int = 25) -> str:
+        """What the node says of itself, for a failed test's report: its conditions and taints, its programs,
+        and the newest errors and warnings in containerd's and the kubelet's logs."""
+        said = []
+        try:
+            node = self._core().read_node(self.name)
+            said.append("conditions: " + "; ".join(f"{c.type}={c.status} ({c.reason}: {c.message})"
+                                                   for c in node.status.conditions or []))
+            said.append("taints: " + (", ".join(f"{t.key}:{t.effect}" for t in node.spec.taints or []) or "none"))
+        except Exception as exc:  # noqa: BLE001 - a report must not fail: say why the node could not be read
+            said.append(f"node {self.name} could not be read: {exc}")
+        try:
+            images = self.ctr("images", "ls", "-q")
+            said.append(f"containerd could not list its images: {images.stderr.strip()}" if images.returncode else
+                        f"sandbox image {SANDBOX_IMAGE}: " + ("present" if SANDBOX_IMAGE in images.stdout.split()
+                                                              else "MISSING: no pod of the node can start"))
+        except subprocess.TimeoutExpired:
+            said.append("containerd did not list its images within 120 s")
+        for program in self.programs:
+            said.append(f"{program.name}: " + ("running" if program.alive() else
+                                               f"exited with {program.process.returncode}"))
+            loud = [line for line in program.log_tail(5000).splitlines() if _loud(line)][-lines:]
+            said.append(f"  its last {len(loud)} errors and warnings ({program.log_path})" +
+                        "".join(f"\n    {line}" for line in loud))
+        return "\n".join(said)
+
     def check_alive(self) -> None:
         """Raise StartError naming any of the node's programs that has exited."""
         for program in self.programs:
@@ -523,6 +553,11 @@ def _make_cgroup_root() -> None:
     for name in ("cpuset.cpus", "cpuset.mems"):
         if (cpuset / name).is_file():
             (cpuset / CGROUP_ROOT / name).write_text((cpuset / name).read_text())
+
+
+def _loud(line: str) -> bool:
+    """An error or warning line of containerd (level=error) or of the kubelet (klog's E1126 / W1126 prefix)."""
+    return "level=error" in line or "level=warning" in line or re.match(r"[EW]\d{4} ", line) is not None
 
 
 def _http_ok(url: str) -> bool:
