@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api_objects import NOW, crashed, deployment, event, pod, replicasets, unschedulable
+from api_objects import IMAGE, NOW, crashed, deployment, event, pod, replicasets, unschedulable
 from podserve.tooling.deploy import diagnosis, failures
 from podserve.tooling.deploy.diagnosis import Observed, diagnose
 
@@ -163,6 +163,72 @@ def test_the_budget_running_out_without_a_known_cause_says_so():
                                                "state": {"waiting": {"reason": "ContainerCreating"}}}])
     verdict = diagnose(observe(deployment(updated=1), [creating], budget_left=0))
     assert verdict.failure is failures.TIMED_OUT and "ContainerCreating" in verdict.message
+
+
+SANDBOX = ('Failed to create pod sandbox: rpc error: code = Unknown desc = failed to setup network for sandbox '
+           '"4f1c": plugin type="bridge" failed (add): failed to allocate for range 0: no IP addresses available in '
+           'range set: 10.245.0.1-10.245.0.254')
+EXCEEDED = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+
+
+def on_a_node(statuses=None) -> dict:
+    """A scheduled pod whose one container the kubelet has not created yet."""
+    placed = pod(phase="Pending", statuses=statuses if statuses is not None else [
+        {"name": "server", "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}])
+    placed["spec"]["nodeName"] = "gpu-node-7"
+    return placed
+
+
+def repeated(event_obj: dict, count: int) -> dict:
+    return {**event_obj, "count": count}
+
+
+def test_a_pod_stuck_creating_shows_the_kubelet_s_last_event_while_waiting():
+    stuck = on_a_node()
+    events = [event(stuck, "Scheduled", "Successfully assigned podserve-grey/x to gpu-node-7", "Normal", 70),
+              repeated(event(stuck, "FailedCreatePodSandBox", SANDBOX, seconds_ago=12), 5)]
+    verdict = diagnose(observe(deployment(updated=1), [stuck], events))
+    assert verdict.state == diagnosis.PROGRESSING
+    assert verdict.message.endswith(
+        f"text-direction-new-x1: ContainerCreating (Warning FailedCreatePodSandBox (5 times, last 12 s ago): {SANDBOX})")
+
+
+def test_at_the_deadline_a_pod_never_started_is_the_node_s_failure_with_the_kubelet_s_words():
+    stuck = on_a_node()
+    events = [repeated(event(stuck, "FailedCreatePodSandBox", SANDBOX, seconds_ago=12), 9)]
+    verdict = diagnose(observe(deployment(updated=1, conditions=[EXCEEDED]), [stuck], events))
+    assert verdict.failure is failures.NOT_STARTED
+    assert verdict.message.startswith("The node never started the pod's containers: no new pod became available "
+                                      "within progressDeadlineSeconds = 185; pod text-direction-new-x1 was placed "
+                                      "on node gpu-node-7 60 s ago")
+    assert SANDBOX in verdict.message and "9 times" in verdict.message
+    assert "ask the platform team, naming the node" in verdict.message
+
+
+def test_a_pull_still_running_at_the_deadline_is_said_with_the_older_warning():
+    pulling = on_a_node()
+    events = [event(pulling, "FailedMount", 'MountVolume.SetUp failed for volume "conf": configmap "x" not found',
+                    seconds_ago=100),
+              event(pulling, "Pulling", f'Pulling image "{IMAGE}"', "Normal", 95)]
+    verdict = diagnose(observe(deployment(updated=1), [pulling], events, budget_left=0))
+    assert verdict.failure is failures.NOT_STARTED
+    assert f'the last event on it: Normal Pulling (95 s ago): Pulling image "{IMAGE}"; before it: Warning ' \
+           'FailedMount (100 s ago): MountVolume.SetUp failed' in verdict.message
+    assert "raise `init_delay_second`" in verdict.message
+
+
+def test_a_pod_the_kubelet_said_nothing_about_is_named_so():
+    init = on_a_node([{"name": "fetch", "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}])
+    verdict = diagnose(observe(deployment(updated=1, conditions=[EXCEEDED]), [init]))
+    assert verdict.failure is failures.NOT_STARTED
+    assert "the last event on it: none (the node's kubelet reported nothing on it)" in verdict.message
+
+
+def test_a_container_that_ran_before_is_not_a_pod_never_started():
+    restarted = on_a_node([{"name": "server", "restartCount": 1, "state": {"waiting": {"reason": "ContainerCreating"}},
+                            "lastState": {"terminated": {"reason": "Error", "exitCode": 1}}}])
+    verdict = diagnose(observe(deployment(updated=1, conditions=[EXCEEDED]), [restarted]))
+    assert verdict.failure is failures.PROGRESS_DEADLINE
 
 
 def test_no_deployment_yet_is_progressing():

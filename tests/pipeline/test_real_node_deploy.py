@@ -15,6 +15,8 @@ import pytest
 
 from real_node_service import REPO, TEAM, RealNodeService
 
+from podserve.tooling.deploy import failures
+
 KUBECTL = str(REPO / ".tools" / "bin" / "kubectl")
 
 #: A handler module that raises as it loads (at import): the process exits, the kubelet restarts it, backs off.
@@ -26,7 +28,7 @@ raise RuntimeError("recipe: the weights file is truncated")
 '''
 
 #: The recipes' handlers: what goes wrong happens in load, as a real model's load would go wrong.
-RECIPES = '''"""Handlers that fail on purpose, for the real-node failure tests (tests/pipeline/test_real_node_failures.py)."""
+RECIPES = '''"""Handlers that fail on purpose, for the real-node failure tests (tests/pipeline/test_real_node_deploy.py)."""
 import time
 
 from podserve.handler import Handler
@@ -42,14 +44,15 @@ class LoadsForever(Handler):
         time.sleep(3600)
 '''
 
+#: case: (value.py fields, image tag, the failure the deploy tool must name, words its message must hold)
 CASES = {
-    "oom": ({"handler": "real_node_recipes:OutgrowsMemory", "memory": "300Mi"}, None,
+    "oom": ({"handler": "real_node_recipes:OutgrowsMemory", "memory": "300Mi"}, None, failures.OOM_KILLED,
             ["OOMKilled", "137", "memory"]),
-    "crash": ({"handler": "real_node_crash:Handler"}, None,
+    "crash": ({"handler": "real_node_crash:Handler"}, None, failures.CRASH_LOOP,
               ["CrashLoopBackOff", "recipe: the weights file is truncated"]),
-    "pull": ({}, "never-pushed", ["never-pushed"]),
-    "startup": ({"handler": "real_node_recipes:LoadsForever", "init_delay_second": 5}, None,
-                ["init_delay_second"]),
+    "pull": ({}, "never-pushed", failures.IMAGE_PULL, ["never-pushed"]),
+    "startup": ({"handler": "real_node_recipes:LoadsForever", "init_delay_second": 5}, None, failures.STARTUP_PROBE,
+                ["killed by its startup probe", "init_delay_second"]),
 }
 
 
@@ -113,13 +116,14 @@ def test_the_region_s_registry_name_pulls_from_the_folder_the_image_was_pushed_t
 
 @pytest.mark.parametrize("case", CASES)
 def test_each_failure_is_the_kubelet_s_own_and_the_deploy_tool_names_it(grey_service, case):
-    fields, tag, said = CASES[case]
+    fields, tag, failure, said = CASES[case]
     name = grey_service.name  # the image is named after the service: every recipe is this one service, redeployed
     manifests = grey_service.render(name, tag or grey_service.commit, **fields)
     try:
         run = grey_service.deploy("apply", manifests=manifests)
         print(f"real node, {case}: deploy exit {run.returncode} in {run.seconds:.1f}s")
         assert run.returncode == 1, run.output
+        assert f"FAILED: {failure.headline}: " in run.output, run.output
         for words in said:
             assert words in run.output, run.output
         if case == "pull":

@@ -24,6 +24,8 @@ CERTAIN_RESTARTS = 2
 #: How many of the server's last log lines a message quotes.
 LOG_LINES = 8
 IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
+#: Waiting reasons of a container the kubelet has not created yet (its sandbox, volumes or image being set up).
+NOT_CREATED = ("ContainerCreating", "PodInitializing")
 REVISION = "deployment.kubernetes.io/revision"
 
 
@@ -70,7 +72,7 @@ def diagnose(obs: Observed) -> Verdict:
         return _after_waiting(pods, obs, failures.PROGRESS_DEADLINE,
                               f"no new pod became available within progressDeadlineSeconds = {deadline}")
     done, line = rollout_status(deployment)
-    progress = progress_line(deployment, pods, line)
+    progress = progress_line(deployment, pods, line, obs.events, obs.now)
     if done:
         return Verdict(SERVING, progress)
     if obs.budget_left_seconds <= 0:
@@ -105,31 +107,78 @@ def new_pods(deployment: dict, replicasets: list[dict], pods: list[dict]) -> lis
     return [pod for pod in pods if _owner_uid(pod) in uids and not pod["metadata"].get("deletionTimestamp")]
 
 
-def progress_line(deployment: dict, pods: list[dict], status_line: str) -> str:
+def progress_line(deployment: dict, pods: list[dict], status_line: str, events: list[dict] = (),
+                  now: datetime | None = None) -> str:
     """Return 'ready/wanted pods ready; <pod>: <what it waits for>; ...'."""
     wanted = (deployment.get("spec") or {}).get("replicas", 1)
     ready = sum(1 for pod in pods if _pod_ready(pod))
-    waiting = [f"{pod['metadata']['name']}: {pod_state(pod)}" for pod in pods if not _pod_ready(pod)]
+    waiting = [f"{pod['metadata']['name']}: {pod_state(pod, events, now)}" for pod in pods if not _pod_ready(pod)]
     return "; ".join([f"{ready}/{wanted} pods ready ({status_line})", *waiting])
 
 
-def pod_state(pod: dict) -> str:
-    """Return what a pod waits for, in a few words (Pending: unschedulable, ContainerCreating, not ready, ...)."""
+def pod_state(pod: dict, events: list[dict] = (), now: datetime | None = None) -> str:
+    """Return what a pod waits for, in a few words (Pending: unschedulable, ContainerCreating, not ready, ...).
+
+    A pod whose containers are not created yet also gets the kubelet's last event on it (what it is doing or
+    failing at: the sandbox, a volume, the pull), as `kubectl describe` would show.
+    """
     if _pod_ready(pod):
         return "running, ready"
     scheduled = _pod_condition(pod, "PodScheduled")
     if scheduled and scheduled.get("status") == "False":
         said = scheduled.get("message")
         return f"Pending ({scheduled.get('reason') or 'not scheduled'}{': ' + said if said else ''})"
+    story = last_events(pod, events, now) if not_started(pod) else ""
+    story = f" ({story})" if story else ""
     for status in _container_statuses(pod):
         state = status.get("state") or {}
         if "waiting" in state:
             restarts = status.get("restartCount", 0)
-            return f"{state['waiting'].get('reason', 'waiting')}" + (f", {restarts} restart(s)" if restarts else "")
+            return (f"{state['waiting'].get('reason', 'waiting')}" + (f", {restarts} restart(s)" if restarts else "")
+                    + story)
         if "terminated" in state:
             return f"terminated ({state['terminated'].get('reason', '')})"
     phase = (pod.get("status") or {}).get("phase", "Pending")
-    return "running, not ready yet" if phase == "Running" else phase
+    return "running, not ready yet" if phase == "Running" else phase + story
+
+
+def not_started(pod: dict) -> bool:
+    """Return whether the pod is on a node but none of its containers was ever created (all wait in NOT_CREATED)."""
+    if not (pod.get("spec") or {}).get("nodeName"):
+        return False
+    for status in _container_statuses(pod):
+        waiting = (status.get("state") or {}).get("waiting")
+        if not waiting or waiting.get("reason") not in NOT_CREATED or status.get("restartCount", 0) \
+                or (status.get("lastState") or {}).get("terminated"):
+            return False
+    return True
+
+
+def last_events(pod: dict, events: list[dict], now: datetime | None = None) -> str:
+    """Return the newest event on the pod, and the newest warning when an ordinary event came after it.
+
+    'Warning FailedCreatePodSandBox (5 times, last 12 s ago): Failed to create pod sandbox: ...'; "" with none.
+    """
+    about = sorted((e for e in events if _about(e, pod)), key=event_time)
+    if not about:
+        return ""
+    newest = about[-1]
+    said = [_event_words(newest, now)]
+    warning = next((e for e in reversed(about) if e.get("type") == "Warning"), None)
+    if warning is not None and warning is not newest:
+        said.append("before it: " + _event_words(warning, now))
+    return "; ".join(said)
+
+
+def _event_words(event: dict, now: datetime | None) -> str:
+    count = event.get("count") or (event.get("series") or {}).get("count") or 1
+    when = _time(event_time(event))
+    ago = f"{(now - when).total_seconds():.0f} s ago" if now and when else ""
+    times = f"{count} times" if count > 1 else ""
+    label = ", last ".join(part for part in (times, ago) if part) if times else ago
+    message = " ".join((event.get("message") or event.get("note") or "").split())  # the API caps it at 1 KiB
+    return (f"{event.get('type', 'Normal')} {event.get('reason', '?')}" + (f" ({label})" if label else "")
+            + (f": {message}" if message else ""))
 
 
 # --- certain failures -------------------------------------------------------------------------
@@ -272,6 +321,13 @@ def _after_waiting(pods: list[dict], obs: Observed, fallback: Failure, detail: s
             said = f"; the probe reported: {answered[-1]}" if answered else "; no probe failure was reported"
             return _failed(failures.NEVER_READY, f"{detail}; pod {name} runs but /api/ping never answered 200"
                            f"{said}{_quote_logs(_ping_lines(obs.logs.get(name)))}")
+        if not_started(pod):
+            node = pod["spec"]["nodeName"]
+            since = _time(scheduled.get("lastTransitionTime")) if scheduled else None
+            waited = f" {(obs.now - since).total_seconds():.0f} s ago" if since else ""
+            story = last_events(pod, obs.events, obs.now) or "none (the node's kubelet reported nothing on it)"
+            return _failed(failures.NOT_STARTED, f"{detail}; pod {name} was placed on node {node}{waited} and none "
+                           f"of its containers was created; the last event on it: {story}")
     states = "; ".join(f"{pod['metadata']['name']}: {pod_state(pod)}" for pod in pods) or "no new pod was created"
     return _failed(fallback, f"{detail}; {states}")
 

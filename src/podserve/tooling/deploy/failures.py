@@ -71,6 +71,14 @@ STARTUP_PROBE = Failure(
     "loading and warming up the model took longer than `init_delay_second`, so the pod was restarted while "
     "loading", "`init_delay_second`",
     "raise `init_delay_second` in value.py above the longest start-up (load + warm-up)")
+NOT_STARTED = Failure(
+    "not_started", "The node never started the pod's containers",
+    "the pod was scheduled, but its containers were never created: the kubelet failed or hung setting up its "
+    "sandbox (the pod's network), a volume, or the image pull; the kubelet's last event on the pod is quoted",
+    "none: the node or the registry (the platform team); `init_delay_second` for a pull still running",
+    "read the kubelet's words quoted above: FailedCreatePodSandBox is the node's runtime or network (ask the platform "
+    "team, naming the node), FailedMount a Secret or ConfigMap the pod needs that is missing, a pull still running "
+    "an image too large for the deadline (raise `init_delay_second` or make the image smaller)")
 NEVER_READY = Failure(
     "never_ready", "The pod runs but never became ready",
     "the server runs but `/api/ping` never answered 200 within the budget: the model did not load or warm "
@@ -103,8 +111,8 @@ FREEZE_WINDOW = Failure(
     "(the reason is recorded on the objects)", EXIT_REFUSED)
 
 #: Every failure, in the order docs/deploy.md lists them.
-ALL = (UNSCHEDULABLE, CREATE_REFUSED, OOM_KILLED, CRASH_LOOP, IMAGE_PULL, STARTUP_PROBE, NEVER_READY, PROGRESS_DEADLINE,
-       TIMED_OUT, ROUTE_COLLISION, LOCK_HELD, FREEZE_WINDOW)
+ALL = (UNSCHEDULABLE, CREATE_REFUSED, OOM_KILLED, CRASH_LOOP, IMAGE_PULL, NOT_STARTED, STARTUP_PROBE, NEVER_READY,
+       PROGRESS_DEADLINE, TIMED_OUT, ROUTE_COLLISION, LOCK_HELD, FREEZE_WINDOW)
 BY_REASON = {failure.reason: failure for failure in ALL}
 
 
