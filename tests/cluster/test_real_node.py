@@ -30,7 +30,7 @@ def test_the_node_s_account_of_itself_names_its_state_and_only_its_programs_erro
     said = real_node.diagnostics()
     assert "Ready=True (KubeletReady" in said and "nvidia.com/gpu:NoSchedule" in said, said
     assert "containerd: running" in said and "kubelet: running" in said and "fake-gpu-plugin: running" in said
-    assert f"sandbox image {real.SANDBOX_IMAGE}: present" in said
+    assert f"sandbox image {real.SANDBOX_IMAGE}: present" in said and f"disk of {real.DATA}: " in said
     assert real._loud('E1126 14:02:11.123456   812 kuberuntime_sandbox.go:72] "Failed to create sandbox for pod"')
     assert real._loud('time="2026-11-26T14:02:11Z" level=error msg="RunPodSandbox for ... failed"')
     assert not real._loud('I1126 14:02:11.123456   812 kubelet.go:2470] "SyncLoop ADD"')

@@ -509,6 +509,8 @@ class RealNode:
                                                               else "MISSING: no pod of the node can start"))
         except subprocess.TimeoutExpired:
             said.append("containerd did not list its images within 120 s")
+        disk = shutil.disk_usage(DATA)
+        said.append(f"disk of {DATA}: {disk.free / 2**30:.1f} GiB free of {disk.total / 2**30:.1f}")
         for program in self.programs:
             said.append(f"{program.name}: " + ("running" if program.alive() else
                                                f"exited with {program.process.returncode}"))
