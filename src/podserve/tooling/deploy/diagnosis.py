@@ -119,8 +119,8 @@ def progress_line(deployment: dict, pods: list[dict], status_line: str, events: 
 def pod_state(pod: dict, events: list[dict] = (), now: datetime | None = None) -> str:
     """Return what a pod waits for, in a few words (Pending: unschedulable, ContainerCreating, not ready, ...).
 
-    A pod whose containers are not created yet also gets the kubelet's last event on it (what it is doing or
-    failing at: the sandbox, a volume, the pull), as `kubectl describe` would show.
+    A pod whose containers are not created yet also gets the newest event on it (mostly the kubelet's: what it is
+    doing or failing at, the sandbox, a volume, the pull), as `kubectl describe` would show.
     """
     if _pod_ready(pod):
         return "running, ready"
@@ -174,8 +174,9 @@ def _event_words(event: dict, now: datetime | None) -> str:
     count = event.get("count") or (event.get("series") or {}).get("count") or 1
     when = _time(event_time(event))
     ago = f"{(now - when).total_seconds():.0f} s ago" if now and when else ""
-    times = f"{count} times" if count > 1 else ""
-    label = ", last ".join(part for part in (times, ago) if part) if times else ago
+    label = ago
+    if count > 1:
+        label = f"{count} times, last {ago}" if ago else f"{count} times"
     message = " ".join((event.get("message") or event.get("note") or "").split())  # the API caps it at 1 KiB
     return (f"{event.get('type', 'Normal')} {event.get('reason', '?')}" + (f" ({label})" if label else "")
             + (f": {message}" if message else ""))

@@ -74,7 +74,7 @@ STARTUP_PROBE = Failure(
 NOT_STARTED = Failure(
     "not_started", "The node never started the pod's containers",
     "the pod was scheduled, but its containers were never created: the kubelet failed or hung setting up its "
-    "sandbox (the pod's network), a volume, or the image pull; the kubelet's last event on the pod is quoted",
+    "sandbox (the pod's network), a volume, or the image pull; the newest event on the pod is quoted",
     "none: the node or the registry (the platform team); `init_delay_second` for a pull still running",
     "read the kubelet's words quoted above: FailedCreatePodSandBox is the node's runtime or network (ask the platform "
     "team, naming the node), FailedMount a Secret or ConfigMap the pod needs that is missing, a pull still running "
