@@ -14,7 +14,7 @@ import pytest
 
 from waiting import wait_for
 
-FAILURES = ("oom-killed", "crash-loop", "image-pull-backoff", "never-ready", "slow-start")
+FAILURES = ("oom-killed", "crash-loop", "image-pull-backoff", "sandbox-failure", "never-ready", "slow-start")
 #: The kubelet's crash back-off after the 1st, 2nd, ... restart (10 s doubling, at most 5 min).
 KUBELET_BACKOFFS = ("10s", "20s", "40s", "1m20s", "2m40s", "5m0s")
 
@@ -118,6 +118,22 @@ def test_an_image_that_cannot_be_pulled_is_in_image_pull_back_off(core, simulate
     assert failed[0] == "Error: ErrImagePull" and failed[1] == "Error: ImagePullBackOff"
     assert failed[2].startswith(f'Failed to pull image "{image}": rpc error: code = NotFound')
     assert events["BackOff"][0].message == f'Back-off pulling image "{image}"'
+
+
+def test_a_pod_whose_sandbox_cannot_be_created_stays_container_creating_on_its_node(core, simulated):
+    namespace, pods = simulated
+    pod = pods["sandbox-failure"]
+    server = pod.status.container_statuses[0]
+    assert pod.spec.node_name and pod.status.phase == "Pending" and not pod.status.pod_ip
+    assert server.state.waiting.reason == "ContainerCreating" and server.restart_count == 0
+    assert not server.started and not server.container_id and not server.last_state.terminated
+    conditions = {c.type: c.status for c in pod.status.conditions}
+    assert conditions["PodScheduled"] == "True" and conditions["PodReadyToStartContainers"] == "False"
+    not_ready(pod)
+    (event,) = wait_for(lambda: events_of(core, namespace, pod).get("FailedCreatePodSandBox"), "the sandbox event")
+    assert event.type == "Warning" and event.source.component == "kubelet" and event.source.host == pod.spec.node_name
+    assert event.message.startswith("Failed to create pod sandbox: rpc error: code = Unknown desc = failed to get "
+                                    'sandbox image "registry.k8s.io/pause:3.10"')
 
 
 def test_a_never_ready_container_runs_and_fails_its_readiness_probe(core, simulated):

@@ -215,6 +215,7 @@ def test_a_pull_still_running_at_the_deadline_is_said_with_the_older_warning():
     assert f'the last event on it: Normal Pulling (95 s ago): Pulling image "{IMAGE}"; before it: Warning ' \
            'FailedMount (100 s ago): MountVolume.SetUp failed' in verdict.message
     assert "raise `init_delay_second`" in verdict.message
+    assert verdict.message.count("Pulling image") == 1  # quoted once, not again in the budget's progress line
 
 
 def test_a_pod_the_kubelet_said_nothing_about_is_named_so():

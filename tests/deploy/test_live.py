@@ -78,29 +78,35 @@ def test_dry_run_prints_the_change_and_changes_nothing(live):
 
 
 FAILURES = [
-    # simulate (or cpu), what the tool must print first, the value.py field, extra flags
-    ("oom-killed", None, "The server was OOMKilled", "raise `memory`", ()),
-    ("crash-loop", None, "The server keeps crashing (CrashLoopBackOff)", "`model_path`", ()),
-    ("image-pull-backoff", None, "The image cannot be pulled (ImagePullBackOff)", "build job pushed", ()),
-    ("slow-start", None, "Start-up took longer than the startup probe allows", "raise `init_delay_second`", ()),
-    ("never-ready", None, "The pod runs but never became ready", "`init_delay_second`", ("--budget", "8")),
+    # simulate, what the tool must print first, the value.py field (or the kubelet's word), extra flags, and what
+    # `deploy status` then says of the pod
+    ("oom-killed", "The server was OOMKilled", "raise `memory`", (), "CrashLoopBackOff"),
+    ("crash-loop", "The server keeps crashing (CrashLoopBackOff)", "`model_path`", (), "CrashLoopBackOff"),
+    ("image-pull-backoff", "The image cannot be pulled (ImagePullBackOff)", "build job pushed", (), "ImagePullBackOff"),
+    ("sandbox-failure", "The node never started the pod's containers", "FailedCreatePodSandBox", ("--budget", "8"),
+     "ContainerCreating (Warning FailedCreatePodSandBox ("),
+    ("slow-start", "Start-up took longer than the startup probe allows", "raise `init_delay_second`", (),
+     "running, not ready yet"),
+    ("never-ready", "The pod runs but never became ready", "`init_delay_second`", ("--budget", "8"),
+     "running, not ready yet"),
 ]
 
 
-@pytest.mark.parametrize("simulate, cpu, headline, field, flags", FAILURES,
-                         ids=[f[0] or "insufficient-cpu" for f in FAILURES])
-def test_each_failure_is_diagnosed_with_its_field_and_grey_keeps_the_pod(live, simulate, cpu, headline, field, flags):
-    name = f"dt-{simulate or 'cpu'}"
+@pytest.mark.parametrize("simulate, headline, field, flags, state", FAILURES, ids=[f[0] for f in FAILURES])
+def test_each_failure_is_diagnosed_with_its_field_and_grey_keeps_the_pod(live, simulate, headline, field, flags, state):
+    name = f"dt-{simulate}"
     try:
-        run = live.deploy("apply", "--stage", "grey", "--manifests",
-                          live.manifests(name, "grey", simulate=simulate, cpu=cpu), *flags)
-        print(f"{simulate or 'insufficient cpu'}: exit {run.returncode} after {run.seconds:.1f} s")
+        run = live.deploy("apply", "--stage", "grey", "--manifests", live.manifests(name, "grey", simulate=simulate),
+                          *flags)
+        print(f"{simulate}: exit {run.returncode} after {run.seconds:.1f} s")
         assert run.returncode == 1, run.output
         assert f"FAILED: {headline}: " in run.stdout and field in run.stdout
         assert run.seconds < CERTAIN_WITHIN
         assert "grey is left as it is for inspection" in run.stdout
         left = live.objects(*GREY, name)
         assert any(o.startswith("Pod/") for o in left), left
+        status = live.deploy("status", "--stage", "grey", "--service", name, "--team", "like")
+        assert status.returncode == 1 and "0/1 ready, " in status.stdout and state in status.stdout, status.output
     finally:
         live.deploy("delete", "--stage", "grey", "--service", name, "--team", "like")
 

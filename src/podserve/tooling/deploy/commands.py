@@ -406,7 +406,8 @@ def _comparable(obj: dict) -> dict:
 # --- status, rollback, delete -----------------------------------------------------------------
 
 def status(kube: Kube, target: Target, say=print) -> int:
-    """Print the revision, the pods (ready, restarts, state) and recent warning events; 0 when serving."""
+    """Print the revision, the pods (ready, restarts, state; the newest event on a pod not started) and recent
+    warning events; 0 when serving."""
     history = History.load(kube, target.namespace, target.service, target.stage.name)
     current = history.current
     deployment = kube.get(MANAGED["Deployment"], target.namespace, target.service)
@@ -426,6 +427,10 @@ def status(kube: Kube, target: Target, say=print) -> int:
     pod_selector = label_selector(match)
     pods = kube.list(PODS, target.namespace, pod_selector).get("items") or []
     replicasets = kube.list(REPLICASETS, target.namespace, pod_selector).get("items") or []
+    uids = {o["metadata"].get("uid") for o in [deployment, *pods, *replicasets]}
+    events = [e for e in kube.list(EVENTS, target.namespace).get("items") or []
+              if (e.get("involvedObject") or {}).get("uid") in uids]
+    now = datetime.now(timezone.utc)
     done, line = diagnosis.rollout_status(deployment)
     say(diagnosis.progress_line(deployment, diagnosis.new_pods(deployment, replicasets, pods), line))
     for pod in pods:
@@ -433,11 +438,9 @@ def status(kube: Kube, target: Target, say=print) -> int:
         ready = sum(1 for s in statuses if s.get("ready"))
         restarts = sum(s.get("restartCount", 0) for s in statuses)
         say(f"  pod {pod['metadata']['name']}: {ready}/{len(statuses) or len(pod['spec']['containers'])} ready, "
-            f"{restarts} restart(s), {diagnosis.pod_state(pod)}")
-    uids = {o["metadata"].get("uid") for o in [deployment, *pods, *replicasets]}
-    events = [e for e in kube.list(EVENTS, target.namespace, field_selector="type=Warning")
-              .get("items") or [] if (e.get("involvedObject") or {}).get("uid") in uids]
-    for event in sorted(events, key=diagnosis.event_time)[-10:]:
+            f"{restarts} restart(s), {diagnosis.pod_state(pod, events, now)}")
+    warnings = [e for e in events if e.get("type") == "Warning"]
+    for event in sorted(warnings, key=diagnosis.event_time)[-10:]:
         involved = event.get("involvedObject") or {}
         say(f"  warning {diagnosis.event_time(event)} {involved.get('kind')}/{involved.get('name')}: "
             f"{event.get('reason')}: {event.get('message', '').strip()}")

@@ -76,7 +76,8 @@ def diagnose(obs: Observed) -> Verdict:
     if done:
         return Verdict(SERVING, progress)
     if obs.budget_left_seconds <= 0:
-        return _after_waiting(pods, obs, failures.TIMED_OUT, f"the budget ran out with {progress}")
+        states = progress_line(deployment, pods, line)  # no events: the verdict quotes a pod's newest one itself
+        return _after_waiting(pods, obs, failures.TIMED_OUT, f"the budget ran out with {states}")
     return Verdict(PROGRESSING, progress)
 
 
