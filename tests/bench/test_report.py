@@ -282,3 +282,24 @@ def test_a_session_on_every_core_is_not_a_reference_for_the_host():
     assert [run["steady"] for run in report.host_steadiness(runs, 0.10)] == [False, True, True]
     ceiling = SimpleNamespace(name="ceiling", kind="ceiling", setup="", config_for=lambda c: Config(1, 2, 1))
     assert report.row(ceiling, 1, [window(100), window(99)], 0.10)["session_threads"] == 2
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse sse2 avx avx2 fma
+
+processor\t: 1
+model name\t: Another CPU
+flags\t\t: avx512f
+"""
+
+
+def test_the_machine_names_the_cpu_s_generation_and_vector_units_from_its_first_cpu():
+    from bench.run import cpu_description
+
+    assert cpu_description(CPUINFO) == "AMD EPYC (family 25, model 1; AVX2, no AVX-512)"
+    assert cpu_description(CPUINFO.replace("avx2", "avx2 avx512f")) == "AMD EPYC (family 25, model 1; AVX-512)"
+    assert cpu_description("model name\t: Old\nflags\t\t: sse2\n") == "Old (no AVX2)"
