@@ -302,9 +302,10 @@ def machine(cores: int) -> dict:
 def cpu_description(cpuinfo: str) -> str:
     """Return the first CPU of /proc/cpuinfo as 'AMD EPYC (family 25, model 1; AVX2, no AVX-512)'.
 
-    Machines sold under one model name differ in generation and in the vector units onnxruntime's kernels use: a
-    single-threaded detector run cost 14-16 ms of CPU in the committed runs (which did not record the kind) and
-    38-52 ms on a family 25, model 1 machine with AVX2 and no AVX-512. Compare runs only on one kind.
+    Machines sold under one model name differ in generation and vector units, and a run's absolute figures with
+    them: a single-threaded detector run cost 14-16 ms of CPU in the committed runs (which did not record the kind)
+    and 38-52 ms on a family 25, model 1 machine with AVX2 and no AVX-512, where image decoding was as much slower.
+    Compare runs' absolute figures only on one kind.
     """
     first = cpuinfo.split("\n\n", 1)[0]
     fields = {key.strip(): value.strip() for key, _, value in
