@@ -60,6 +60,14 @@ class WhereStepsRun(SlowDecode):
         return {"y": output.tolist(), "decoded_by": decoded_by, "encoded_by": threading.current_thread().name}
 
 
+class WaitsOnDevice(WhereStepsRun):
+    """WhereStepsRun whose predict sleeps TEST_PREDICT_SLEEP seconds, holding no core: a lane waiting on a GPU."""
+
+    def predict(self, batch):
+        time.sleep(float(os.environ.get(SLEEP_ENV, "0.5")))
+        return super().predict(batch)
+
+
 def spin_cpu(seconds: float) -> None:
     """Spin until this thread has used `seconds` of CPU (time spent preempted or asleep does not count)."""
     began = time.thread_time()

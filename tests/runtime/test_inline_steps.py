@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from podserve.runtime import inline_policy
-from podserve.runtime.inline_policy import INLINE_SECONDS, STALL_PENALTY, STALL_SECONDS, WARMUP_STEPS, StepCost
+from podserve.runtime.inline_policy import (INLINE_SECONDS, STALL_PENALTY, STALL_SECONDS, WARMUP_STEPS, LoopRelief,
+                                            StepCost)
 from podserve.testbed.processes import poll_until
 
 LOOP_THREAD = "MainThread"  # runtime/main.py runs the event loop in the process's main thread
@@ -87,6 +90,28 @@ def test_slow_inputs_mixed_with_cheap_ones_hold_the_loop_about_one_percent_of_th
     assert 0 < share <= 1.05 / STALL_PENALTY, share
 
 
+def test_relief_only_with_requests_queued_past_the_lanes_and_a_whole_core_idle(clock, monkeypatch):
+    cpu = [5.0]
+    monkeypatch.setattr(inline_policy.time, "process_time", lambda: cpu[0])
+    in_flight = [64]
+    relief = LoopRelief(4.0, lambda: in_flight[0], lambda: 16)  # a pod of 4 cores, one lane taking 16 a run
+
+    def one_second_using(cores: float) -> None:
+        clock[0] += 1.0
+        cpu[0] += cores
+        relief.sample()
+
+    one_second_using(2.5)  # GPU lanes wait on the device: the loop and the request threads use 2.5 cores
+    assert relief.wanted
+    in_flight[0] = 16  # no more than the lane takes in one run: nothing queues behind the loop
+    assert not relief.wanted
+    in_flight[0] = 64
+    one_second_using(3.2)  # CPU lanes busy on the cores: a step handed off would wait for one
+    assert not relief.wanted
+    one_second_using(3.0)
+    assert relief.wanted
+
+
 def _ask(server, decode_seconds: float = 0.0) -> dict:
     answer = server.post({"data": [1, 2, 3, 4], "postid": str(decode_seconds)})
     assert answer.status_code == 200, answer.text
@@ -122,3 +147,20 @@ def test_cheap_steps_move_to_the_loop_and_a_stall_sends_them_back_while_the_loop
     caller.join()
     assert slow["decoded_by"] == REQUEST_THREAD
     assert _ask(server)["decoded_by"] == REQUEST_THREAD
+
+
+def test_cheap_steps_go_to_the_request_threads_while_requests_queue_past_a_lane_that_holds_no_core(start_server,
+                                                                                                   affine_model):
+    # A lane that sleeps in predict, as one waiting on a GPU does, taking one input a run: at 6 callers 5 queue while
+    # the process idles on 2 cores, and the loop hands even cheap steps to the request thread.
+    assert len(os.sched_getaffinity(0)) >= 2, "the test needs a core idle beside the event loop"
+    server = start_server(handler="fixture_handlers:WaitsOnDevice", model_path=str(affine_model), http_threads=1,
+                          max_batch_size=1, cpu=2, TEST_PREDICT_SLEEP="0.2")
+    poll_until(lambda: _ask(server)["decoded_by"] == LOOP_THREAD, "the loop decoding a cheap request itself",
+               timeout=20, every=0)
+    with ThreadPoolExecutor(6) as callers:
+        decoded_by = [answer["decoded_by"] for answer in callers.map(lambda _: _ask(server), range(6))]
+    # Only a request that found no other in flight may have been decoded by the loop.
+    assert decoded_by.count(REQUEST_THREAD) >= 5, decoded_by
+    # One at a time again, the loop takes them (once any step the burst slowed past STALL_SECONDS is forgotten).
+    poll_until(lambda: _ask(server)["decoded_by"] == LOOP_THREAD, "the loop decoding again", timeout=20, every=0)

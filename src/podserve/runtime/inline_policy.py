@@ -18,11 +18,20 @@ some inputs only: an image with many pixels in a small body (a crafted PNG). One
 `STALL_SECONDS` sends every step to the request threads for `STALL_PENALTY` times as long, so
 however such inputs are mixed with cheap ones, they hold the loop at most about 1% of the time
 (tests/runtime/test_inline_steps.py).
+
+Running steps in the loop saves hand-offs only while the loop keeps up. When more requests are
+in flight than the lanes take in one run each, and the pod has a whole core idle, the loop is
+the pod's bottleneck: on a GPU, whose lanes wait on the device and not on a core, the loop
+decoding every request itself held the example's batches to 4-5 at 64 callers, where request
+threads decoding beside it formed batches of 11 and cut the p99 from up to 1 s to 54-60 ms
+(bench/results/gpu-inline/). Then cheap steps go to the request threads too (`LoopRelief`). On
+a CPU pod at that load the lanes keep every core busy, no core is idle, and the loop keeps them.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 #: The mean wall time of a step under which the loop runs it itself.
 INLINE_SECONDS = 0.002
@@ -34,6 +43,8 @@ WARMUP_STEPS = 8
 STALL_SECONDS = 0.025
 #: ...for this many times the step's own time.
 STALL_PENALTY = 100
+#: How often the loop reads the process's CPU time, to know whether a core idles.
+CPU_SAMPLE_SECONDS = 0.25
 #: Weight of one measurement against the mean of those before it (about the last 20 count).
 WEIGHT = 0.05
 
@@ -61,3 +72,41 @@ class StepCost:
     def cheap(self) -> bool:
         """Whether the loop may run the next such step itself."""
         return self.seen >= WARMUP_STEPS and self.mean <= INLINE_SECONDS and time.monotonic() >= self.threads_until
+
+
+class LoopRelief:
+    """Whether cheap steps should go to the request threads anyway: requests queue past the lanes while a core idles.
+
+    `sample` runs in the event loop every CPU_SAMPLE_SECONDS (`start`); `wanted` is read by any thread.
+    """
+
+    def __init__(self, cores: float, in_flight: Callable[[], int], lanes_take: Callable[[], int]):
+        self.cores = cores
+        self._in_flight, self._lanes_take = in_flight, lanes_take
+        self.core_idle = False
+        self._sampled_at, self._cpu_at = time.monotonic(), time.process_time()
+        self._loop = self._timer = None
+
+    def start(self, loop) -> None:
+        self._loop = loop
+        self._timer = loop.call_later(CPU_SAMPLE_SECONDS, self._tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _tick(self) -> None:
+        self.sample()
+        self._timer = self._loop.call_later(CPU_SAMPLE_SECONDS, self._tick)
+
+    def sample(self) -> None:
+        """Read the cores the process used since the last sample, and whether a whole one was left idle."""
+        now, cpu = time.monotonic(), time.process_time()
+        if now > self._sampled_at:
+            self.core_idle = self.cores - (cpu - self._cpu_at) / (now - self._sampled_at) >= 1.0
+        self._sampled_at, self._cpu_at = now, cpu
+
+    @property
+    def wanted(self) -> bool:
+        """Whether the loop should hand even cheap steps to the request threads now."""
+        return self.core_idle and self._in_flight() > self._lanes_take()

@@ -196,6 +196,10 @@ class InstancePool:
         per instance. Counted at the door (runtime/service_route.py), so no request waits uncounted."""
         return max(1, len(self._devices)) * self.settings.queue_size
 
+    def lanes_take(self) -> int:
+        """Inputs the ready instances take in one run each (their largest batches)."""
+        return sum(worker.largest for worker in self.workers)
+
     def is_idle(self) -> bool:
         return all(worker.load == 0 for worker in self.workers)
 

@@ -34,7 +34,7 @@ from podserve.runtime import api
 from podserve.runtime.batcher import WorkItem
 from podserve.runtime.devices import cpu_share
 from podserve.runtime.httpserver import JSON_TYPE, Answer, Exchange, header_problem
-from podserve.runtime.inline_policy import INLINE_BODY_BYTES, StepCost
+from podserve.runtime.inline_policy import INLINE_BODY_BYTES, LoopRelief, StepCost
 from podserve.runtime.lifecycle import Lifecycle
 from podserve.runtime.logs import log_request
 from podserve.runtime.metrics import Metrics
@@ -86,6 +86,7 @@ class ServiceRoute:
         self._work: queue.SimpleQueue = queue.SimpleQueue()  # a Call to begin, [WorkItem] to answer, None to stop
         self._lock = threading.Lock()  # guards Call.state: each call is answered exactly once
         self._begin_cost, self._finish_cost = StepCost(), StepCost()
+        self._relief = LoopRelief(cpu_share(settings), lambda: lifecycle.in_flight, pool.lanes_take)
         self._threads = [threading.Thread(target=self._serve, name=f"request-{i}", daemon=True)
                          for i in range(request_threads(settings))]
         workers, ffmpeg_threads = video_threads(settings)
@@ -108,11 +109,13 @@ class ServiceRoute:
     def start(self, loop) -> None:
         self.loop = loop
         self._refusals = RefusalPacer(loop)
+        self._relief.start(loop)
         for thread in self._threads:
             thread.start()
         self.videos.start()
 
     def stop(self) -> None:
+        self._relief.stop()
         for _ in self._threads:
             self._work.put(None)
         for thread in self._threads:
@@ -178,7 +181,7 @@ class ServiceRoute:
         call = Call(exchange, exchange.received_at + budget, protocol)
         exchange.timer = self.loop.call_later(max(0.0, call.deadline - time.monotonic()), self._expire, call)
         exchange.on_gone = lambda: self._end_early(call, _GONE, _GONE)
-        if self._begin_cost.cheap and len(exchange.body or b"") <= INLINE_BODY_BYTES:
+        if self._begin_cost.cheap and len(exchange.body or b"") <= INLINE_BODY_BYTES and not self._relief.wanted:
             self._run(call)
         else:
             self._work.put(call)
@@ -289,7 +292,7 @@ class ServiceRoute:
 
     def _work_done(self, items: list[WorkItem]) -> None:
         """From the batch thread: the loop or a request thread answers `items`."""
-        if self._finish_cost.cheap:
+        if self._finish_cost.cheap and not self._relief.wanted:
             try:
                 self.loop.call_soon_threadsafe(self._run, items)
                 return
