@@ -24,6 +24,7 @@ INSTANCE_READY = PREFIX + "instance_ready"                  # gauge, 1 when load
 MODEL_LOAD_SECONDS = PREFIX + "model_load_seconds"          # gauge, per instance
 WARMUP_SECONDS = PREFIX + "warmup_seconds"                  # gauge, per instance
 HTTP_BACKLOG = PREFIX + "http_backlog"                      # gauge, requests and answers waiting for a request thread
+LOOP_RELIEF = PREFIX + "loop_relief"                        # gauge, 1 while the loop hands even cheap steps to threads
 ADMISSION_LIMIT = PREFIX + "admission_limit"                # gauge, requests the pod holds before refusing (503)
 REFUSALS_HELD = PREFIX + "refusals_held"                    # gauge, 503s decided and held back by the pacing
 WRITE_TIMEOUTS = PREFIX + "write_timeouts_total"            # counter, connections dropped: the caller read no answer

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from podserve import metric_names
 from podserve.runtime import inline_policy
 from podserve.runtime.inline_policy import (INLINE_SECONDS, STALL_PENALTY, STALL_SECONDS, WARMUP_STEPS, LoopRelief,
                                             StepCost)
@@ -158,9 +159,14 @@ def test_cheap_steps_go_to_the_request_threads_while_requests_queue_past_a_lane_
                           max_batch_size=1, cpu=2, TEST_PREDICT_SLEEP="0.2")
     poll_until(lambda: _ask(server)["decoded_by"] == LOOP_THREAD, "the loop decoding a cheap request itself",
                timeout=20, every=0)
+    assert server.metric_sum(metric_names.LOOP_RELIEF) == 0
     with ThreadPoolExecutor(6) as callers:
-        decoded_by = [answer["decoded_by"] for answer in callers.map(lambda _: _ask(server), range(6))]
+        answers = callers.map(lambda _: _ask(server), range(6))
+        # The six take 1.2 s in the lane, one after another; the gauge shows the relief meanwhile.
+        poll_until(lambda: server.metric_sum(metric_names.LOOP_RELIEF) == 1, "the relief on /metrics", timeout=1.0)
+        decoded_by = [answer["decoded_by"] for answer in answers]
     # Only a request that found no other in flight may have been decoded by the loop.
     assert decoded_by.count(REQUEST_THREAD) >= 5, decoded_by
+    assert server.metric_sum(metric_names.LOOP_RELIEF) == 0  # nothing in flight
     # One at a time again, the loop takes them (once any step the burst slowed past STALL_SECONDS is forgotten).
     poll_until(lambda: _ask(server)["decoded_by"] == LOOP_THREAD, "the loop decoding again", timeout=20, every=0)

@@ -87,6 +87,7 @@ def main() -> int:
                         on_write_timeout=metrics.write_timeouts.inc)
     metrics.in_flight.set_function(lambda: lifecycle.in_flight)
     metrics.http_backlog.set_function(lambda: service.backlog)
+    metrics.loop_relief.set_function(lambda: float(service.loop_relieved))
     metrics.admission_limit.set_function(pool.holding_limit)
     metrics.refusals_held.set_function(lambda: service.refusals_held)
     finish_timeout = settings.request_timeout_ms / 1000.0 + settings.stuck_batch_seconds

@@ -49,6 +49,10 @@ class Metrics:
                             names.STAGE_LABELS, registry=registry)
         self.http_backlog = Gauge(names.HTTP_BACKLOG, "Requests and answers waiting for a request thread.",
                                   ("service",), registry=registry).labels(service)
+        self.loop_relief = Gauge(names.LOOP_RELIEF, "1 while requests queue past what the instances take in one run "
+                                 "and a core of the pod idles, so the event loop hands even cheap decode and encode "
+                                 "steps to the request threads (runtime/inline_policy.py).",
+                                 ("service",), registry=registry).labels(service)
         self.admission_limit = Gauge(names.ADMISSION_LIMIT, "Requests the pod holds before it refuses more (503 at "
                                      "the door): queue_size per instance.",
                                      ("service",), registry=registry).labels(service)

@@ -102,6 +102,11 @@ class ServiceRoute:
         return self._work.qsize()
 
     @property
+    def loop_relieved(self) -> bool:
+        """Whether the event loop now hands even cheap steps to the request threads (inline_policy.LoopRelief)."""
+        return self._relief.wanted
+
+    @property
     def refusals_held(self) -> int:
         """503s decided and held back by the pacing (runtime/refusals.py)."""
         return self._refusals.held if self._refusals is not None else 0
