@@ -46,7 +46,7 @@ queue_size = 64            # requests queued per instance before answering 503; 
 request_timeout_ms = 10000  # default deadline; callers may only lower it
 drain_seconds = 5          # on shutdown, seconds /api/ping is 503 before the server closes
 # http_threads = 1                # request threads (parse, decode, encode); 0: one per CPU core
-                                  # (on a GPU 0 answered 1.08x more at 64 callers: bench/results/gpu.md)
+                                  # (on a GPU 0 answered 1.09-1.14x more at 64 callers: bench/results/gpu-runs.md)
 # max_body_bytes = 10485760       # largest request body (413 above)
 # max_image_pixels = 25000000     # largest decoded image (400 above)
 # stuck_batch_seconds = 120.0     # a batch running longer fails liveness (the pod restarts)
