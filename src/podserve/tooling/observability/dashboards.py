@@ -86,24 +86,29 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
             Target(f"max({m.MAX_BATCH_SIZE}{{{s}}})", "max_batch_size")],
             "Inputs per predict call. The limit is max_batch_size, or on the CPU the runs that fit in "
             "max_batch_delay_ms (docs/server.md). Far under the limit under load: raise max_batch_delay_ms or "
-            "the traffic is spread too thin.", width=6),
+            "the traffic is spread too thin.", width=5),
         Panel("bargauge", "Batch size distribution", "short", [Target(
             f"sum by (le) ({_rate(m.BATCH_SIZE + '_bucket', s)})", "{{le}}", instant=True, format="heatmap")],
             "Batches per second of each size (Grafana turns the cumulative buckets into one bar per bucket).",
-            width=6),
+            width=5),
         Panel("timeseries", "Queue depth per pod against capacity", "short", [
             Target(f"sum by (pod) ({m.QUEUE_DEPTH}{{{s}}})", "{{pod}}"),
             Target(f"max(sum by (pod) ({m.QUEUE_CAPACITY}{{{s}}}))", "capacity (queue_size x instances)")],
             "Requests waiting per pod; uneven lines mean uneven balancing. At capacity the pod answers 503.",
-            width=6),
+            width=5),
         Panel("timeseries", "In flight against the admission limit, per pod", "short", [
             Target(f"sum by (pod) ({m.IN_FLIGHT}{{{s}}})", "{{pod}} in flight"),
             Target(f"sum by (pod) ({m.ADMISSION_LIMIT}{{{s}}})", "{{pod}} admission limit"),
-            Target(f"sum by (pod) ({m.HTTP_BACKLOG}{{{s}}})", "{{pod}} waiting for a request thread"),
             Target(f"sum by (pod) ({m.REFUSALS_HELD}{{{s}}})", "{{pod}} 503s held back")],
             "Accepted and not yet answered, against what the pod holds before it answers 503 (queue_size per "
-            "instance). The backlog waits for a request thread to decode or answer it; 503s are held back "
-            "when callers retry faster than the door sends refusals.", width=6),
+            "instance); 503s are held back when callers retry faster than the door sends refusals.", width=5),
+        Panel("timeseries", "Request threads: backlog and loop relief, per pod", "short", [
+            Target(f"sum by (pod) ({m.HTTP_BACKLOG}{{{s}}})", "{{pod}} waiting for a request thread"),
+            Target(f"max by (pod) ({m.LOOP_RELIEF}{{{s}}})", "{{pod}} loop relieved (1)")],
+            "Requests and answers waiting for a request thread to parse, decode or encode them. Loop relieved is "
+            "1 while requests queue past what the instances take in one run and a core idles (a GPU pod at "
+            "load): the event loop then hands even its cheap steps to the request threads. A backlog that grows "
+            "while relieved: raise http_threads (0: one per core).", width=4),
     ])
     pods = Row("Pods and start-up", [
         Panel("stat", "Instances ready", "short", [
