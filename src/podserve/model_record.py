@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 #: The record's file name, in the model's folder.
@@ -55,9 +56,11 @@ def read_record(folder: Path) -> dict[str, str] | None:
     return entries
 
 
-def record(folder: Path, files: list[Path]) -> Path:
-    """Add (or refresh) `files`, which must lie in `folder`, to its record; keep the other entries."""
+def record(folder: Path, files: list[Path], forget: Iterable[str] = ()) -> Path:
+    """Add (or refresh) `files`, which must lie in `folder`, to its record; drop the entries named in `forget`."""
     entries = read_record(folder) or {}
+    for name in forget:
+        entries.pop(name, None)
     for file in files:
         entries[file.resolve().relative_to(folder.resolve()).as_posix()] = sha256_of(file)
     path = folder / RECORD_NAME

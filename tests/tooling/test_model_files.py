@@ -93,6 +93,21 @@ def test_prepare_fetches_the_example_only_when_model_path_names_it(tmp_path, exa
     assert read_record(tmp_path / "model") == {example_model.name: example_models.MODELS["cls"].sha256}
 
 
+def test_prepare_forgets_an_example_fetched_before_and_deleted_since(tmp_path, example_model):
+    """`make bench` records both examples; with the detector deleted since, `make model` drops it and keeps the rest."""
+    write_values(tmp_path, model_path=f"model/{example_model.name}")
+    (tmp_path / "model").mkdir()
+    shutil.copy(example_model, tmp_path / "model")
+    detector = example_models.MODELS["det"]
+    (tmp_path / "model" / RECORD_NAME).write_text(f"{detector.sha256}  {detector.filename}\n"
+                                                  f"{sha256_of(example_model)}  {example_model.name}\n"
+                                                  f"{'0' * 64}  team-notes.txt\n")
+    done = model_files("prepare", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert read_record(tmp_path / "model") == {example_model.name: example_models.MODELS["cls"].sha256,
+                                                "team-notes.txt": "0" * 64}  # only a missing example is forgotten
+
+
 def test_prepare_names_model_path_and_the_fix_when_there_is_no_model(tmp_path):
     write_values(tmp_path, model_path="model/missing.onnx")
     done = model_files("prepare", tmp_path)
