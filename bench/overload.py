@@ -26,7 +26,8 @@ import os
 import time
 from pathlib import Path
 
-from podserve.runtime.refusals import BURST_SECONDS, REFUSALS_PER_SECOND
+from podserve.metric_names import REFUSAL_RATE
+from podserve.runtime.refusals import BURST_SECONDS, MIN_REFUSALS_PER_SECOND, REFUSAL_CPU_SHARE, REFUSALS_PER_SECOND
 
 from bench.closedloop import Outcome, run_closed_loop, send_burst
 from bench.loadgen import request_wires
@@ -65,8 +66,9 @@ def measure(server, concurrency: int, honour_retry_after: bool = False) -> tuple
 
 
 def window(server, concurrency: int, honour_retry_after: bool = False) -> dict:
-    """One measured window, summarised."""
+    """One measured window, summarised, with the refusal rate the door had come to by its end."""
     row = summary(concurrency, *measure(server, concurrency, honour_retry_after))
+    row["door_refusal_rate"] = server.gauge(REFUSAL_RATE)
     print(json.dumps(row), flush=True)
     return row
 
@@ -175,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 HEADER = ("| c | load | answered req/s | answered p50 ms | answered p99 ms | p99 / knee p99 | refused (503) req/s | "
-          "503 p50 ms | 503 p99 ms | 503 without Retry-After | socket errors | server CPU ms/answer |")
+          "503 p50 ms | 503 p99 ms | 503 without Retry-After | socket errors | server CPU ms/answer | door's rate /s |")
+RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 
 def _row(row: dict) -> str:
@@ -184,7 +187,7 @@ def _row(row: dict) -> str:
     return (f"| {row['c']} | {load} | {row['ok_rps']} | {row['ok_p50_ms']} | {row['ok_p99_ms']} | "
             f"{row.get('ok_p99_over_knee_p99', '')} | {row['refused_rps']} | {row['refused_p50_ms']} | "
             f"{row['refused_p99_ms']} | {row['refused_without_retry_after']} | {row['socket_errors']} | "
-            f"{row['server_cpu_ms_per_answer']} |")
+            f"{row['server_cpu_ms_per_answer']} | {row.get('door_refusal_rate') or ''} |")
 
 
 def markdown(results: dict) -> str:
@@ -204,7 +207,7 @@ def markdown(results: dict) -> str:
              f"the best: one the sweeps' own spread cannot tell from the best). Where 4x and 16x the knee are no more than the {holds} requests the pod "
              f"holds, nothing is refused and the answered latency grows as Little's law says (callers / throughput); "
              f"beyond what it holds, the pod refuses at the door.", "",
-             HEADER, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             HEADER, RULE]
     lines += [_row(row) for row in results["capacity"] + results["overload"]]
     lines += ["", "The goal (issue 13): at 4x and 16x the knee, the answered p99 within 2x the knee's p99. "
               + "; ".join(f"{row['load']}: {row['ok_p99_over_knee_p99']}x "
@@ -232,7 +235,7 @@ def markdown(results: dict) -> str:
                   f"503 after about 0.2 s on a good pass, several hundred answered on others)."]
     what = "the knee" if smaller["queue_size"] == knee["c"] else "the concurrency below the knee"
     lines += ["", f"The same server holding less: queue_size = {smaller['queue_size']} ({what}), against the p99 at "
-              f"c={smaller['queue_size']} measured on it:", "", HEADER, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              f"c={smaller['queue_size']} measured on it:", "", HEADER, RULE]
     lines += [_row(row) for row in [smaller["knee"]] + smaller["rows"]]
     lines += ["", f"Holding {smaller['queue_size']} instead of {holds} shortens the answered latency under "
                   f"overload, but such a pod refuses callers at any concurrency above {smaller['queue_size']}, the "
@@ -245,9 +248,11 @@ def markdown(results: dict) -> str:
               "ignoring Retry-After, would turn every CPU cycle the model leaves free into refusals, each read, "
               "parsed and answered by the event loop holding the GIL (bench/optimisations.json, before the pacing: "
               "14,000-17,000 refusals/s, "
-              "the answered rate down to 0.14-0.26x the knee's, answered p99 6-11x); the door sends at most "
-              f"{REFUSALS_PER_SECOND:.0f} refusals a second and holds the rest back in order (runtime/refusals.py), "
-              "so they take a bounded share of the CPU:"]
+              "the answered rate down to 0.14-0.26x the knee's, answered p99 6-11x); the door sends refusals at "
+              f"once within {REFUSAL_CPU_SHARE} of a core by the CPU it measures one to cost its event loop "
+              f"({MIN_REFUSALS_PER_SECOND:.0f}-{REFUSALS_PER_SECOND:.0f} a second; the rate it had come to at the "
+              "end of each window is the table's last column) and holds the rest back in order "
+              "(runtime/refusals.py), so they take a bounded share of the CPU:"]
     lines += [f"- {line}" for line in refusal_costs(knee, results["overload"])]
     return "\n".join(lines) + "\n"
 

@@ -171,6 +171,15 @@ class Server:
                 peaks[role] = round(int(found.group(1)) * 1024 / 1e6, 1)
         return peaks
 
+    def gauge(self, name: str) -> float | None:
+        """The sum of a gauge's samples on our server's /metrics now; None where the server has no such gauge."""
+        if self.kind != "ours":
+            return None
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as reply:
+            values = [float(line.rsplit(" ", 1)[1]) for line in reply.read().decode().splitlines()
+                      if line.split("{", 1)[0].split(" ", 1)[0] == name]
+        return sum(values) if values else None
+
     def wait_idle(self, timeout_s: float = 15.0) -> None:
         """Wait until our server holds no request and no 503 held back by its pacing: wrk ends a window with
         requests in flight, which the server still answers; the next window must not start behind them (ours

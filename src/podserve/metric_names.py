@@ -27,6 +27,7 @@ HTTP_BACKLOG = PREFIX + "http_backlog"                      # gauge, requests an
 LOOP_RELIEF = PREFIX + "loop_relief"                        # gauge, 1 while the loop hands even cheap steps to threads
 ADMISSION_LIMIT = PREFIX + "admission_limit"                # gauge, requests the pod holds before refusing (503)
 REFUSALS_HELD = PREFIX + "refusals_held"                    # gauge, 503s decided and held back by the pacing
+REFUSAL_RATE = PREFIX + "refusal_rate"                      # gauge, refusals per second the door sends at once
 WRITE_TIMEOUTS = PREFIX + "write_timeouts_total"            # counter, connections dropped: the caller read no answer
 
 # Limits, set once at start-up so dashboards and alerts draw "used against allowed" without value.py.

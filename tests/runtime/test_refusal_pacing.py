@@ -1,4 +1,4 @@
-"""The door's 503s are paced: at once within the rate, beyond it held in order, never past their limit.
+"""The door's 503s are paced: at once within a rate that follows their measured cost, beyond it held in order.
 
 RefusalPacer on the server's own event loop (uvloop); the exchanges are stand-ins that record when their
 answer was sent (the real server path is covered by test_sustained_overload.py).
@@ -11,7 +11,7 @@ import asyncio
 import uvloop
 
 from podserve.runtime.httpserver import Answer
-from podserve.runtime.refusals import RefusalPacer
+from podserve.runtime.refusals import COST_WINDOW_SECONDS, MIN_REFUSALS_PER_WINDOW, RefusalCost, RefusalPacer
 
 REFUSAL = Answer(503, b'{"error": "overloaded"}', [("Retry-After", "1")])
 
@@ -109,3 +109,87 @@ def test_a_refusal_whose_caller_has_gone_is_dropped_without_taking_a_turn():
     gone, waited, sent = _run(scenario)
     assert all(caller.at is None for caller in gone) and sent == 11
     assert 0.05 <= waited <= 0.25, waited  # the first turn after the allowance, not the sixth (0.6 s)
+
+
+class Counters:
+    """A stand-in for the loop's CPU clock, the CPU of the handler's steps it ran and the admitted count."""
+
+    def __init__(self):
+        self.cpu, self.steps, self.admitted = 0.0, 0.0, 0
+
+    def window(self, cost: RefusalCost, http: float, steps: float = 0.0, admitted: int = 0,
+               refused: int = 0) -> None:
+        self.cpu += http + steps
+        self.steps += steps
+        self.admitted += admitted
+        cost.refused += refused
+        cost.sample()
+
+
+def _cost(counters: Counters, **kwargs) -> RefusalCost:
+    return RefusalCost(lambda: counters.admitted, lambda: counters.steps, cpu_clock=lambda: counters.cpu, **kwargs)
+
+
+def test_the_refusal_rate_is_a_share_of_a_core_over_the_loops_http_cpu_per_request():
+    counters = Counters()
+    cost = _cost(counters, cpu_share=0.15, most=2000.0, fewest=250.0)
+    assert cost.rate == 2000.0  # nothing measured yet: the most
+    for _ in range(30):  # calm: 100 admitted a window, 1 ms of steps each: no refusal, nothing learnt
+        counters.window(cost, http=0.03, steps=0.1, admitted=100)
+    assert cost.per_refusal is None and cost.rate == 2000.0
+    for _ in range(30):  # a storm: 50 admitted (50 ms of steps) and 250 refusals, 300 us of HTTP per request
+        counters.window(cost, http=300 * 300e-6, steps=0.05, admitted=50, refused=250)
+    assert abs(cost.per_refusal - 300e-6) < 3e-6, cost.per_refusal  # the steps' CPU is not the refusals'
+    assert abs(cost.rate - 500.0) < 5.0, cost.rate  # 0.15 of a core / 300 us
+    for _ in range(5):  # windows with too few refusals to say what one costs change nothing
+        counters.window(cost, http=0.05, admitted=50, refused=MIN_REFUSALS_PER_WINDOW - 1)
+    assert abs(cost.rate - 500.0) < 5.0, cost.rate
+    for _ in range(30):  # the same storm where a request costs the loop 50 us: no more than the most
+        counters.window(cost, http=300 * 50e-6, steps=0.05, admitted=50, refused=250)
+    assert cost.rate == 2000.0
+    for _ in range(30):  # where it costs 2 ms: no fewer than the fewest
+        counters.window(cost, http=300 * 2e-3, steps=0.05, admitted=50, refused=250)
+    assert cost.rate == 250.0
+
+
+def test_the_pacer_follows_the_measured_cost_on_the_loop():
+    async def scenario(loop):
+        counters = Counters()
+        cost = _cost(counters, cpu_share=0.15, most=2000.0, fewest=100.0)
+        pacer = RefusalPacer(loop, cost=cost, burst_seconds=0.25)
+        rates = [pacer.rate]
+        pacer.start()
+        counters.cpu += 0.06  # the first window: 200 refusals decided and 60 ms of the loop's CPU, 300 us each
+        sent: list = []
+        for _ in range(200):
+            pacer.refuse(Caller(loop, sent), REFUSAL, budget=10.0)
+        await asyncio.sleep(COST_WINDOW_SECONDS * 1.5)
+        rates.append(pacer.rate)
+        pacer.stop()
+        return rates, cost.refused
+
+    rates, refused = _run(scenario)
+    assert refused == 200
+    assert rates[0] == 2000.0 and abs(rates[1] - 500.0) < 1.0, rates
+
+
+def test_a_burst_allowance_granted_before_a_fall_in_the_rate_is_still_sent_at_once():
+    async def scenario(loop):
+        counters = Counters()
+        cost = _cost(counters, cpu_share=0.15, most=2000.0, fewest=100.0)
+        pacer = RefusalPacer(loop, cost=cost, burst_seconds=0.25)  # 500 may go at once
+        pacer.start()
+        sent: list = []
+        for _ in range(20):  # the head of a burst of new connections, 15 ms of the loop's CPU each
+            pacer.refuse(Caller(loop, sent), REFUSAL, budget=10.0)
+        counters.cpu += 20 * 0.015
+        await asyncio.sleep(COST_WINDOW_SECONDS * 1.5)
+        rate = pacer.rate
+        for _ in range(300):  # the rest of the burst, read after the window closed
+            pacer.refuse(Caller(loop, sent), REFUSAL, budget=10.0)
+        pacer.stop()
+        return rate, len(sent), pacer.held
+
+    rate, sent, held = _run(scenario)
+    assert rate == 100.0  # the fewest: 0.15 of a core / 15 ms
+    assert (sent, held) == (320, 0)  # within the 500 granted at the start, whatever the rate became

@@ -90,6 +90,7 @@ def main() -> int:
     metrics.loop_relief.set_function(lambda: float(service.loop_relieved))
     metrics.admission_limit.set_function(pool.holding_limit)
     metrics.refusals_held.set_function(lambda: service.refusals_held)
+    metrics.refusal_rate.set_function(lambda: service.refusal_rate)
     finish_timeout = settings.request_timeout_ms / 1000.0 + settings.stuck_batch_seconds
     shutdown = GracefulShutdown(server, lifecycle, pool.is_idle, settings.drain_seconds, finish_timeout)
 

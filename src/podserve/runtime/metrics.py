@@ -59,6 +59,10 @@ class Metrics:
         self.refusals_held = Gauge(names.REFUSALS_HELD, "503s decided at the door and held back because callers "
                                    "retried faster than the door sends refusals (runtime/refusals.py).",
                                    ("service",), registry=registry).labels(service)
+        self.refusal_rate = Gauge(names.REFUSAL_RATE, "Refusals (503 at the door) per second sent at once before "
+                                  "the rest are held: a share of a core over the event loop's measured CPU per "
+                                  "refusal, so lower on a slower host (runtime/refusals.py).",
+                                  ("service",), registry=registry).labels(service)
         self.write_timeouts = Counter(names.WRITE_TIMEOUTS, "Connections dropped because the caller read none of "
                                       "its answers within the write timeout (nothing could be answered).",
                                       ("service",), registry=registry).labels(service)

@@ -39,7 +39,7 @@ from podserve.runtime.lifecycle import Lifecycle
 from podserve.runtime.logs import log_request
 from podserve.runtime.metrics import Metrics
 from podserve.runtime.pool import InstancePool
-from podserve.runtime.refusals import RefusalPacer
+from podserve.runtime.refusals import RefusalCost, RefusalPacer
 from podserve.runtime.verbs import call_verb
 from podserve.runtime.video_route import VideoWork, video_threads
 from podserve.settings import ServingSettings
@@ -83,6 +83,8 @@ class ServiceRoute:
         self.metrics = metrics
         self.loop = None
         self._refusals: RefusalPacer | None = None
+        self._admitted = 0  # requests admitted at the door so far (event loop only)
+        self._steps_cpu = 0.0  # CPU seconds of the handler's steps the loop ran itself: not the door's HTTP work
         self._work: queue.SimpleQueue = queue.SimpleQueue()  # a Call to begin, [WorkItem] to answer, None to stop
         self._lock = threading.Lock()  # guards Call.state: each call is answered exactly once
         self._begin_cost, self._finish_cost = StepCost(), StepCost()
@@ -111,9 +113,15 @@ class ServiceRoute:
         """503s decided and held back by the pacing (runtime/refusals.py)."""
         return self._refusals.held if self._refusals is not None else 0
 
+    @property
+    def refusal_rate(self) -> float:
+        """Refusals per second the door now sends at once: a share of a core over what one costs (runtime/refusals.py)."""
+        return self._refusals.rate if self._refusals is not None else 0.0
+
     def start(self, loop) -> None:
         self.loop = loop
-        self._refusals = RefusalPacer(loop)
+        self._refusals = RefusalPacer(loop, cost=RefusalCost(lambda: self._admitted, lambda: self._steps_cpu))
+        self._refusals.start()
         self._relief.start(loop)
         for thread in self._threads:
             thread.start()
@@ -121,6 +129,8 @@ class ServiceRoute:
 
     def stop(self) -> None:
         self._relief.stop()
+        if self._refusals is not None:
+            self._refusals.stop()
         for _ in self._threads:
             self._work.put(None)
         for thread in self._threads:
@@ -180,6 +190,7 @@ class ServiceRoute:
             self._refusals.refuse(exchange, self._refusal, budget)
             return
         self.lifecycle.request_started()
+        self._admitted += 1
         if invalid is not None:
             self._answer(Call(exchange, 0.0, protocol), invalid)
             return
@@ -187,7 +198,7 @@ class ServiceRoute:
         exchange.timer = self.loop.call_later(max(0.0, call.deadline - time.monotonic()), self._expire, call)
         exchange.on_gone = lambda: self._end_early(call, _GONE, _GONE)
         if self._begin_cost.cheap and len(exchange.body or b"") <= INLINE_BODY_BYTES and not self._relief.wanted:
-            self._run(call)
+            self._run_in_loop(call)
         else:
             self._work.put(call)
 
@@ -216,6 +227,12 @@ class ServiceRoute:
             if job is None:
                 return
             self._run(job)
+
+    def _run_in_loop(self, job: "Call | list[WorkItem]") -> None:
+        """`_run` in the event loop's thread, its CPU counted apart from the loop's HTTP work (runtime/refusals.py)."""
+        cpu = time.thread_time()
+        self._run(job)
+        self._steps_cpu += time.thread_time() - cpu
 
     def _run(self, job: "Call | list[WorkItem]") -> None:
         """Begin a call or finish a batch's items, timing the step; never raise."""
@@ -299,7 +316,7 @@ class ServiceRoute:
         """From the batch thread: the loop or a request thread answers `items`."""
         if self._finish_cost.cheap and not self._relief.wanted:
             try:
-                self.loop.call_soon_threadsafe(self._run, items)
+                self.loop.call_soon_threadsafe(self._run_in_loop, items)
                 return
             except RuntimeError:  # the loop has closed (a shutdown past its finish timeout)
                 pass
