@@ -50,11 +50,13 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
             Target(f"sum(rate({m.REQUESTS_TOTAL}{{{slo}, {ERRORS}}}[{RATE}])) / {total}", "5xx share")],
             f"Share of requests answered 5xx; the platform's availability SLO allows {1 - obs.slo.availability:.4g} "
             "over 30 days, a service may set its own (the overview shows each service's burn rate).", width=8, min=0),
-        Panel("timeseries", "Shed (503) and deadline (504) answers per pod", "reqps", [Target(
-            f"sum by (pod, status) (rate({m.REQUESTS_TOTAL}{{{s}, status=~\"503|504\"}}[{RATE}]))",
-            "{{pod}} {{status}}")],
-            "503: a full queue (or not ready); 504: the deadline passed while queued, the request never ran.",
-            width=8),
+        Panel("timeseries", "Shed (503) and deadline (504) answers per pod", "reqps", [
+            Target(f"sum by (pod, status) (rate({m.REQUESTS_TOTAL}{{{s}, status=~\"503|504\"}}[{RATE}]))",
+                   "{{pod}} {{status}}"),
+            Target(f"sum by (pod) ({m.REFUSAL_RATE}{{{s}}})", "{{pod}} 503s sent at once, most")],
+            "503: a full queue (or not ready); 504: the deadline passed while queued, the request never ran. Past "
+            "the door's rate (a share of a core over what a refusal costs the pod), 503s to callers retrying at "
+            "once are held back, up to a second.", width=8),
     ])
     latency = Row("Latency", [
         Panel("timeseries", "Latency end to end", "s", [
