@@ -171,13 +171,18 @@ class Server:
                 peaks[role] = round(int(found.group(1)) * 1024 / 1e6, 1)
         return peaks
 
+    def _samples(self) -> list[tuple[str, str, float]]:
+        """Every sample on our server's /metrics now, as (metric name, the whole line, value)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as reply:
+            lines = reply.read().decode().splitlines()
+        return [(line.split("{", 1)[0].split(" ", 1)[0], line, float(line.rsplit(" ", 1)[1]))
+                for line in lines if line and not line.startswith("#")]
+
     def gauge(self, name: str) -> float | None:
         """The sum of a gauge's samples on our server's /metrics now; None where the server has no such gauge."""
         if self.kind != "ours":
             return None
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as reply:
-            values = [float(line.rsplit(" ", 1)[1]) for line in reply.read().decode().splitlines()
-                      if line.split("{", 1)[0].split(" ", 1)[0] == name]
+        values = [value for metric, _, value in self._samples() if metric == name]
         return sum(values) if values else None
 
     def wait_idle(self, timeout_s: float = 15.0) -> None:
@@ -188,10 +193,7 @@ class Server:
             return
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as reply:
-                held = sum(float(line.rsplit(" ", 1)[1]) for line in reply.read().decode().splitlines()
-                           if line.startswith((IN_FLIGHT, REFUSALS_HELD)))
-            if held == 0:
+            if sum(value for metric, _, value in self._samples() if metric in (IN_FLIGHT, REFUSALS_HELD)) == 0:
                 return
             time.sleep(0.02)
 
@@ -202,12 +204,9 @@ class Server:
         totals = dict.fromkeys(WINDOW_FIELDS.values(), 0.0) | {"predict_cpu_s": 0.0}
         if self.kind == "gunicorn":
             return totals
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as reply:
-            text = reply.read().decode()
-        for line in text.splitlines():
-            field = WINDOW_FIELDS.get(line.split("{", 1)[0].split(" ", 1)[0])
+        for metric, line, value in self._samples():
+            field = WINDOW_FIELDS.get(metric)
             if field is not None:
-                value = float(line.rsplit(" ", 1)[1])
                 totals[field] += value
                 if field == "verb_cpu_s" and 'verb="predict"' in line:
                     totals["predict_cpu_s"] += value
