@@ -65,6 +65,32 @@ def test_a_head_sent_slowly_gets_408_at_the_header_timeout_and_is_closed(affine)
     answers_normally(server)
 
 
+def test_blank_lines_between_requests_do_not_keep_a_connection_open_past_the_idle_timeout(affine):
+    """HTTP/1.1 has the server skip blank lines before a request, so they begin none: a caller trickling only
+    those is idle. It is closed at the idle timeout with nothing written, and a flood of them is a head over the
+    limit (431), however it is split."""
+    server = affine(idle_timeout_seconds=2)
+    with connect(server.port) as sock:
+        started = time.monotonic()
+        send_until_refused(sock, (b"\r\n" for _ in range(100)), pause=0.2, within=8)
+        reader = Reader(sock)
+        assert reader.closed_by_server(within=2)
+        closed_after = time.monotonic() - started
+        assert reader.buffer == b"", reader.buffer  # nothing was asked, so nothing is answered
+    assert 1.8 < closed_after < 5, closed_after
+    with connect(server.port) as sock:  # a request after blank lines, and blank lines after its answer
+        sock.sendall(b"\r\n\r\n" + json_request(ROUTE, BODY) + b"\r\n")
+        reader = Reader(sock)
+        assert reader.response().status == 200
+        assert reader.closed_by_server(within=5)
+    with connect(server.port) as sock:
+        send_until_refused(sock, (b"\r\n" * 512 for _ in range(1024)))  # up to 1 MiB of blank lines
+        answer = Reader(sock).response()
+        assert answer.status == 431 and answer.closes, answer.body
+    assert requests_counted(server, 431) == 1
+    answers_normally(server)
+
+
 def test_a_body_sent_slowly_gets_408_at_the_request_deadline_and_its_bytes_are_released(affine):
     server = affine(max_pending_body_bytes=10 * MIB)  # room for one largest body only
     head = request_head("POST", ROUTE, {"Content-Type": "application/json", "Content-Length": str(10 * MIB),

@@ -261,7 +261,6 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        self._last_active = time.monotonic()
         if self._unparsed is not None:  # reading is paused; a read already under way joins what waits
             self._unparsed = memoryview(bytes(self._unparsed) + data)
             return
@@ -326,7 +325,7 @@ class Connection(asyncio.Protocol):
             hint = "; Content-Length must be a number of bytes" if "content-length" in reason.lower() else ""
             self._answer_and_close(400, f"the request could not be read as HTTP/1.1 ({reason}){hint}")
             return end_of_data
-        if not self._in_body and self.current is not None and self._head_bytes > self.limits.max_head_bytes:
+        if not self._in_body and self._head_bytes > self.limits.max_head_bytes:  # blank lines before a head count
             self._answer_and_close(431, f"the request's head (request line and headers) is over "
                                         f"{self.limits.max_head_bytes} bytes; send smaller headers")
             return end_of_data
@@ -335,7 +334,10 @@ class Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        # A request beginning is what keeps a connection active: blank lines before one (which the parser skips,
+        # as HTTP/1.1 asks) begin nothing, so a caller sending only those is idle and closed at the idle timeout.
         self.current = Exchange(self, time.monotonic())
+        self._last_active = self.current.received_at
         self._url = b""
         self._header_list = []
 
