@@ -107,9 +107,9 @@ def test_rows_hold_places_and_go_through_the_batcher(v2_server, tensors):
         _client(v2_server).infer(SERVICE, [too_many])
 
 
-def _raw(server, document: dict, binary: bytes = b"", header_length: int | None = None,
+def _raw(server, document: dict | bytes, binary: bytes = b"", header_length: int | str | None = None,
          datatype_swap: str | None = None) -> tuple[int, str]:
-    header = json.dumps(document).encode()
+    header = document if isinstance(document, bytes) else json.dumps(document).encode()
     extra = {"Content-Type": "application/json", "Content-Length": str(len(header) + len(binary))}
     if binary or header_length is not None:
         extra["Inference-Header-Content-Length"] = str(header_length if header_length is not None else len(header))
@@ -141,6 +141,47 @@ def test_malformed_requests_get_400_naming_the_problem_and_the_server_keeps_serv
     status, error = _raw(v2_server, {"inputs": [good]})
     assert status == 200, error
     assert requests.get(v2_server.url(f"/api/{SERVICE}/v2/health/live"), timeout=5).status_code == 200
+
+
+def test_hostile_requests_get_400_naming_the_field_before_the_model_runs(v2_server):
+    def x(shape, data):
+        return {"name": "x", "datatype": "FP32", "shape": shape, "data": data}
+    ok = [x([1, 3, 2, 2], [0.0] * 12)]
+    huge = b"9" * 5000  # over int()'s 4300 digits: json.loads refuses it with a ValueError of its own
+    cases = [  # (body, Inference-Header-Content-Length, words of the message, which name the field at fault)
+        ({"inputs": [{"name": ["x"], "datatype": "FP32", "shape": [1], "data": [1]}]}, None,
+         "inputs[0]: name ['x'] must be a string"),
+        ({"inputs": [{**ok[0], "datatype": ["FP32"]}]}, None, "not a datatype this server reads"),
+        ({"inputs": ok, "outputs": 5}, None, '"outputs" must be a list'),
+        ({"inputs": ok, "outputs": [{"name": ["a"]}]}, None, "outputs[0]: name ['a'] must be a string"),
+        ({"inputs": ok, "outputs": [{"name": "a"}]}, None, "unknown output 'a'"),  # was: after the model
+        ({"inputs": ok, "id": 7}, None, '"id" must be a string'),
+        ({"inputs": ok, "parameters": {"timeout": 10 ** 400}}, None, "parameters.timeout 1000"),
+        (json.dumps({"inputs": [x([1, 3, 2, 2], [0.0] * 11 + ["N"])]}).encode().replace(b'"N"', huge), None,
+         "input 'x' holds 999999999999...999999, which is an integer of 5000 digits"),
+        (json.dumps({"inputs": ok, "id": "N"}).encode().replace(b'"N"', huge), None, "id holds 9999"),
+        (b'{"inputs": ' + b"[" * 100000 + b"]" * 100000 + b"}", None, "nested too deeply"),
+        ({"inputs": [x([1, 3, 0, 10 ** 30], [])]}, None, f"input 'x': shape [1, 3, 0, {10 ** 30}]: its shape[2] is 0"),
+        ({"inputs": [x([1, 3, 1, 10 ** 30], [])]}, None, "its shape[3] is " + str(10 ** 30)),
+        ({"inputs": [x([0, 3, 1, 10 ** 30], [])]}, None, "its batch size (shape[0]) is 0"),
+        ({"inputs": [x([1, 3, 0, 0], [])]}, None,  # was: onnxruntime's "Invalid input shape", a 500
+         "input 'x': shape [1, 3, 0, 0]: its shape[2] is 0; every size must be from 1"),
+        ({"inputs": ok}, "\xb2", "Inference-Header-Content-Length '\xb2' is not"),  # '\xb2'.isdigit()
+        ({"inputs": ok}, "0" * 4400 + "1", "first 1 bytes, by Inference-Header-Content-Length"),
+        ({"inputs": ok}, "1" * 4400, "Inference-Header-Content-Length is a number of 4400 digits, beyond"),
+    ]
+    log_before = len(v2_server.log())
+    batched = v2_server.metric_sum("podserve_batch_size_sum")
+    answers = [(message, *_raw(v2_server, document, header_length=header_length))
+               for document, header_length, message in cases]
+    floats = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 2, 2],
+                          "parameters": {"binary_data_size": 48.0}}]}  # a float offset broke a second input's read
+    answers.append(("input 'x': binary_data_size 48.0 is not", *_raw(v2_server, floats, bytes(48))))
+    assert [(message, status, error) for message, status, error in answers
+            if status != 400 or message not in error] == []
+    assert v2_server.metric_sum("podserve_batch_size_sum") == batched  # every one refused before the model ran
+    assert "Traceback" not in v2_server.log()[log_before:]
+    assert _raw(v2_server, {"inputs": ok, "parameters": {"timeout": 2 ** 63 - 1}, "id": "fine"}) == (200, "")
 
 
 def test_unknown_routes_and_methods_under_v2(v2_server):

@@ -216,7 +216,7 @@ def _loads(body: bytes, found: list) -> Any:
     except json.JSONDecodeError:
         raise
     except ValueError:  # an integer with more digits than int() reads (sys.get_int_max_str_digits)
-        hooks["parse_int"] = _read_int(found)
+        hooks["parse_int"] = read_int(found)
         return json.loads(body, **hooks)
 
 
@@ -227,7 +227,8 @@ def _read_float(found: list):
     return read
 
 
-def _read_int(found: list):
+def read_int(found: list):
+    """json.loads's parse_int: an integer int() refuses for its digits becomes a marker listed in `found`."""
     limit = sys.get_int_max_str_digits() or 4300
 
     def read(text: str):
@@ -238,8 +239,8 @@ def _read_int(found: list):
     return read
 
 
-def _refuse_unreadable(document: dict, marker: _Unreadable) -> None:
-    """Raise InvalidInput naming the top-level field that holds `marker`."""
+def field_holding(parts: dict, marker: _Unreadable) -> str:
+    """The key of `parts` whose value holds `marker` (an unreadable number `read_int` kept), or "body"."""
     def holds(value: Any) -> bool:
         if value is marker:
             return True
@@ -249,9 +250,14 @@ def _refuse_unreadable(document: dict, marker: _Unreadable) -> None:
             return any(holds(v) for v in value)
         return False
     try:
-        field = next((name for name, value in document.items() if holds(value)), "body")
+        return next((name for name, value in parts.items() if holds(value)), "body")
     except RecursionError:
-        field = "body"
+        return "body"
+
+
+def _refuse_unreadable(document: dict, marker: _Unreadable) -> None:
+    """Raise InvalidInput naming the top-level field that holds `marker`."""
+    field = field_holding(document, marker)
     raise InvalidInput(f"'{field}' holds {marker!s}, which {marker.reason}; send ids as strings and numbers "
                        f"that fit a 64-bit float", field=field)
 

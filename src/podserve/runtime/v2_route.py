@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from podserve import errors
-from podserve.errors import InvalidInput, NotFound, NotReady, ServingError
+from podserve.errors import NotFound, NotReady, ServingError
 from podserve.routes import READ_METHODS
 from podserve.runtime import v2
 from podserve.runtime.batcher import AllOutputs, WorkItem
@@ -111,12 +111,10 @@ class V2Route(Protocol):
     def begin(self, route: ServiceRoute, call: Call) -> None:
         specs = self.specs()
         exchange = call.exchange
-        request = v2.read_infer(exchange.body, exchange.headers, specs.inputs)
+        request = v2.read_infer(exchange.body, exchange.headers, specs.inputs, specs.outputs)  # a row at least
         if request.timeout_us is not None:  # Triton's `timeout` parameter lowers the deadline like the header
             call.deadline = min(call.deadline, exchange.received_at + request.timeout_us / 1e6)
         rows = _rows(request.inputs)
-        if len(rows) == 0:
-            raise InvalidInput("the inputs hold no rows (their first dimension is 0)", field="inputs")
         route.hold_places(call, len(rows), "rows", "inputs")  # the second admission step: a place per row
         self.pool.ensure_room()
         call.job = _Job(request, rows)
