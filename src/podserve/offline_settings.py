@@ -27,13 +27,20 @@ MODES = (ONLINE, OFFLINE)
 BOOTSTRAP_ENV = "PODSERVE_KAFKA_BOOTSTRAP"
 #: The suffix the grey stage adds to the sink topic and the consumer group, so it never takes production's messages.
 GREY_SUFFIX = "-grey"
-#: Kafka's rule for topic names (and the one we apply to consumer groups).
-TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+#: The longest topic name Kafka accepts (and the longest consumer group we do).
+MAX_NAME = 249
+#: Kafka's rule for topic names (and the one we apply to consumer groups); use it with fullmatch.
+TOPIC_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_NAME}}}")
 #: Where `make kafka` runs its broker, and so where a local `make serve` of an offline service looks by default.
 LOCAL_KAFKA_PORT = 9092
 LOCAL_KAFKA_BOOTSTRAP = f"127.0.0.1:{LOCAL_KAFKA_PORT}"
 #: Consumer lag per replica that KEDA aims at when value.py sets no `lag_target`.
 DEFAULT_LAG_TARGET = 1000
+
+
+def grey_name(name: str) -> str:
+    """Return the grey stage's name for one of production's sink topic, dead letter topic or consumer group."""
+    return name + GREY_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -70,10 +77,11 @@ class OfflineSettings:
         if not self.kafka_bootstrap:
             raise SettingsError(f"{BOOTSTRAP_ENV} is not set; set it to the Kafka bootstrap servers, e.g. "
                                 f"{BOOTSTRAP_ENV}=127.0.0.1:9092 (make kafka runs a broker there)")
-        for name in ("source_topic", "consumer_group", "dead_letter_topic"):
-            if not TOPIC_NAME.match(getattr(self, name)):
+        named = ("source_topic", "consumer_group", "dead_letter_topic") + (("sink_topic",) if self.sink_topic else ())
+        for name in named:
+            if not TOPIC_NAME.fullmatch(getattr(self, name)):
                 raise SettingsError(f"{ServingSettings.env_name(name)}={getattr(self, name)!r} must be a Kafka name: "
-                                    f"1 to 249 of A-Z a-z 0-9 . _ -")
+                                    f"1 to {MAX_NAME} of A-Z a-z 0-9 . _ -")
         if bool(self.sink_topic) == bool(self.sink_file):
             raise SettingsError(f"set exactly one of {ServingSettings.env_name('sink_topic')} and "
                                 f"{ServingSettings.env_name('sink_file')}")

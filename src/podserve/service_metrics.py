@@ -19,7 +19,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from podserve.settings import ServingSettings
 
 PREFIX = "service_"
-_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 def _service() -> str:
@@ -27,7 +27,7 @@ def _service() -> str:
 
 
 def _name(name: str) -> str:
-    if not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"metric name {name!r} must match [a-z_][a-z0-9_]* (e.g. 'chars_read')")
     return PREFIX + name
 

@@ -33,7 +33,8 @@ def test_only_the_server_container_is_pinned_and_the_input_is_not_changed():
     assert service == {"kind": "Service"}
 
 
-@pytest.mark.parametrize("text", ["{}", '{"containerimage.digest": "sha256:short"}', "not json", "[]"])
+@pytest.mark.parametrize("text", ["{}", '{"containerimage.digest": "sha256:short"}', "not json", "[]",
+                                  json.dumps({"containerimage.digest": "sha256:" + "a" * 64 + "\n"})])
 def test_a_metadata_file_without_a_digest_is_refused_naming_it(tmp_path, text):
     path = tmp_path / "metadata.json"
     path.write_text(text)

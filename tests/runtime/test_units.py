@@ -422,3 +422,11 @@ def test_a_batch_is_counted_before_any_of_its_items_is_answered():
         assert seen == [[RUNNING]]
     finally:
         worker.stop(timeout=5)
+
+
+@pytest.mark.parametrize("name", ["chars_read\n", "Chars", "", 7])
+def test_a_service_metric_name_that_is_not_a_whole_metric_name_is_refused(name):
+    from podserve import service_metrics
+
+    with pytest.raises(ValueError, match="must match"):
+        service_metrics.counter(name, "Characters read.")

@@ -81,4 +81,45 @@ def test_an_unknown_stage_or_bad_tag_exits_2(tmp_path, capsys):
     assert render.main(["--stage", "moon", "--out", str(tmp_path / "a")]) == 2
     assert "'moon' is not a stage; use one of grey, ab, hk, eu, na" in capsys.readouterr().err
     assert render.main(["--all", "--image-tag=-bad", "--out", str(tmp_path / "b")]) == 2
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert render.main(["--all", "--image-tag=t1\n", "--out", str(tmp_path / "c")]) == 2
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("text", ["replicas = " + " + ".join(["1"] * 3000), "replicas = " + "-" * 200_000 + "1"],
+                         ids=["3000-terms", "200000-signs"])
+def test_a_value_py_nested_too_deeply_to_parse_exits_2(text, tmp_path, capsys):
+    path = tmp_path / "value.py"
+    path.write_text(text + "\n")
+    assert render.main(["--all", "--values", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "value.py: is too deeply nested to read" in capsys.readouterr().err
+
+
+def test_values_naming_a_folder_exits_2(tmp_path, capsys):
+    assert render.main(["--all", "--values", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert f"value.py: {tmp_path} is a folder, not a file" in capsys.readouterr().err
+
+
+def rendered(tmp_path) -> Path:
+    """Render the valid service into out/ as an earlier run did; return out/."""
+    out = tmp_path / "out"
+    assert render.main(["--all", "--values", str(write_values(tmp_path, "good.py")), "--out", str(out)]) == 0
+    assert list(out.rglob("*.yaml"))
+    return out
+
+
+def test_a_failed_render_removes_the_manifests_of_an_earlier_one(tmp_path):
+    out = rendered(tmp_path)
+    broken = write_values(tmp_path, regions=[["hk", "eu"]])
+    assert render.main(["--all", "--values", str(broken), "--out", str(out)]) == 2
+    assert not list(out.rglob("*.yaml"))
+
+
+def test_a_render_that_crashes_keeps_its_traceback_and_leaves_no_manifests(tmp_path, monkeypatch):
+    def half_written(out, stages):
+        (out / "grey" / "deployment.yaml").write_text("half\n")
+        raise RuntimeError("a bug")
+    out = rendered(tmp_path)
+    monkeypatch.setattr(render.output, "write_stages", half_written)
+    with pytest.raises(RuntimeError, match="a bug"):
+        render.main(["--all", "--values", str(write_values(tmp_path)), "--out", str(out)])
+    assert not list(out.rglob("*.yaml"))

@@ -15,7 +15,8 @@ import pytest
 
 from kube_schemas import all_schema_errors, schema_errors
 from manifest_helpers import REPO, kustomize, read_tree
-from podserve.offline_settings import BOOTSTRAP_ENV
+from podserve.offline_settings import BOOTSTRAP_ENV, OfflineSettings, grey_name
+from podserve.settings import SettingsError
 from podserve.tooling import offline_manifests, render
 
 EXAMPLE = REPO / "examples" / "offline" / "value.py"
@@ -98,3 +99,20 @@ def test_an_offline_stage_with_a_service_is_refused(offline, conf):
 def test_the_ab_stage_is_refused_for_an_offline_service(tmp_path, capsys):
     assert render.main(["--stage", "ab", "--values", str(EXAMPLE), "--out", str(tmp_path)]) == 2
     assert "'ab' is not a stage of an offline service" in capsys.readouterr().err
+
+
+def test_grey_s_names_come_from_grey_name(offline):
+    production, grey = offline.values.worker_settings(), offline.values.worker_settings(grey=True)
+    assert grey.source_topic == production.source_topic
+    for name in ("sink_topic", "dead_letter_topic", "consumer_group"):
+        assert getattr(grey, name) == grey_name(getattr(production, name))
+
+
+@pytest.mark.parametrize("name, value", [("sink_topic", "s" * 250), ("dead_letter_topic", "d" * 250),
+                                         ("source_topic", "text-lines\n"), ("sink_topic", "text-directions\n")])
+def test_the_worker_refuses_a_topic_kafka_would(name, value):
+    settings = OfflineSettings(source_topic="text-lines", consumer_group="g", sink_topic="text-directions",
+                               dead_letter_topic="text-lines-dead", kafka_bootstrap="127.0.0.1:9092")
+    settings.check()
+    with pytest.raises(SettingsError, match="must be a Kafka name"):
+        OfflineSettings(**{**settings.__dict__, name: value}).check()

@@ -92,8 +92,12 @@ def test_the_example_passes_its_checks(example, conf):
     (lambda d: d["Deployment"]["metadata"]["labels"].update(team="Like Team"), "not a valid label value"),
     (lambda d: d["Deployment"]["spec"]["template"]["metadata"]["annotations"].update(**{"proxy.istio.io/config": "{}"}),
      "hold the app until the proxy starts"),
+    (lambda d: d["Service"]["metadata"].update(name="text-direction\n"), "must be a DNS-1035 label"),
+    (lambda d: d["Deployment"]["metadata"]["labels"].update(team="like\n"), "not a valid label value"),
+    (lambda d: d["Deployment"]["metadata"]["labels"].update(**{"team\n": "like"}), "not a valid label key"),
+    (lambda d: d["Deployment"]["metadata"]["labels"].update(**{"podserve.io\n/team": "like"}), "not a valid label key"),
 ], ids=["grace", "startup", "initial-delay", "liveness-path", "env", "read-only", "host-port", "selector", "balancer",
-        "replicas", "label", "proxy"])
+        "replicas", "label", "proxy", "name-newline", "label-newline", "key-newline", "prefix-newline"])
 def test_the_checks_catch_a_broken_object(example, conf, change, says):
     problems = problems_after(example, conf, change, stage="grey")
     assert any(says in p for p in problems), problems

@@ -20,9 +20,10 @@ from podserve.tooling.manifests import shutdown_seconds
 from podserve.tooling.valuefile import Problem, ValueFileError
 from podserve.tooling.values import ServiceValues
 
-_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+#: Used with fullmatch: match's `$` also matches before a trailing newline.
+_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+_PREFIX = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 ONE_EACH = ("Deployment", "Service", "VirtualService", "DestinationRule", "PodDisruptionBudget", "PodMonitor")
 _SAFE_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                  "projected", "secret"}
@@ -99,7 +100,7 @@ def check_routes(rendered: dict[str, list[dict]]) -> list[Problem]:
 def _check_metadata(doc: dict, namespace: str, say) -> None:
     meta = doc.get("metadata") or {}
     where = f"{doc.get('kind')} {meta.get('name')}"
-    if not _NAME.match(str(meta.get("name", ""))) or len(meta["name"]) > 63:
+    if not _NAME.fullmatch(str(meta.get("name", ""))) or len(meta["name"]) > 63:
         say(where, "the name must be a DNS-1035 label of at most 63 characters")
     if meta.get("namespace") != namespace:
         say(where, f"namespace {meta.get('namespace')!r} is not the team's of the stage, {namespace!r}")
@@ -107,9 +108,10 @@ def _check_metadata(doc: dict, namespace: str, say) -> None:
                    .get("labels") or {}):
         for key, value in labels.items():
             prefix, _, name = key.rpartition("/")
-            if (prefix and not _PREFIX.match(prefix)) or not name or not _LABEL_NAME.match(name) or len(name) > 63:
+            if (prefix and not _PREFIX.fullmatch(prefix)) or not name or not _LABEL_NAME.fullmatch(name) \
+                    or len(name) > 63:
                 say(where, f"label key {key!r} is not a valid label key")
-            if not isinstance(value, str) or not _LABEL_NAME.match(value) or len(value) > 63:
+            if not isinstance(value, str) or not _LABEL_NAME.fullmatch(value) or len(value) > 63:
                 say(where, f"label {key}={value!r} is not a valid label value (a string of at most 63 characters)")
 
 

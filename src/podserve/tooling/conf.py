@@ -19,9 +19,10 @@ from podserve.settings import ServingSettings
 from podserve.tooling import quantity
 from podserve.tooling.valuefile import Problem, ValueFileError
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-EXTENDED_RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_VERSION = re.compile(r"^1\.\d+$")
+# Whole strings are checked with fullmatch: match's `$` also matches before a trailing newline.
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+EXTENDED_RESOURCE = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_VERSION = re.compile(r"1\.\d+")
 _PLACEHOLDER = re.compile(r"{([^}]*)}")
 TRACKS = ("grey", "ab", "stable")
 
@@ -287,24 +288,24 @@ def _check(conf: Conf) -> list[Problem]:
     say = lambda where, message: problems.append(Problem(where, message))  # noqa: E731
     versions = conf.platform.kubernetes
     for key in ("oldest", "newest"):
-        if not _VERSION.match(getattr(versions, key)):
+        if not _VERSION.fullmatch(getattr(versions, key)):
             say(f"platform.yaml: kubernetes.{key}", f"{getattr(versions, key)!r} must look like \"1.30\"")
     _check_quantities(conf, say)
     if not conf.teams:
         say("teams.yaml: teams", "lists no team; add at least one")
     for team in conf.teams:
-        if not isinstance(team, str) or not DNS_LABEL.match(team) or team in RESERVED_SERVICE_NAMES:
+        if not isinstance(team, str) or not DNS_LABEL.fullmatch(team) or team in RESERVED_SERVICE_NAMES:
             say("teams.yaml: teams", f"{team!r} must be a lowercase DNS label and not one of "
                 f"{sorted(RESERVED_SERVICE_NAMES)}, because it is part of /api/<team>/<service>")
     for name, region in conf.regions.items():
         for key, resource in (("resource", region.gpu.resource), ("memory_resource", region.gpu.memory_resource)):
-            if resource is not None and not EXTENDED_RESOURCE.match(resource):
+            if resource is not None and not EXTENDED_RESOURCE.fullmatch(resource):
                 say(f"regions.yaml: {name}.gpu.{key}", f"{resource!r} must be an extended resource name "
                     "such as nvidia.com/gpu")
     namespaces: dict[tuple[str, str], str] = {}
     for name, stage in conf.stages.items():
         where = f"stages.yaml: {name}"
-        if not DNS_LABEL.match(name):
+        if not DNS_LABEL.fullmatch(name):
             say(where, f"the stage name {name!r} must be a lowercase DNS label")
         if stage.region not in conf.regions:
             say(f"{where}.region", f"{stage.region!r} is not in regions.yaml ({', '.join(conf.regions)})")
@@ -313,13 +314,13 @@ def _check(conf: Conf) -> list[Problem]:
                 "e.g. podserve-{team} (docs/tenancy.md)")
         for team in conf.teams if set(_PLACEHOLDER.findall(stage.namespace)) == {"team"} else ():
             namespace = stage.namespace_for(team)
-            if not DNS_LABEL.match(namespace) or len(namespace) > 63:
+            if not DNS_LABEL.fullmatch(namespace) or len(namespace) > 63:
                 say(f"{where}.namespace", f"{namespace!r} (team {team}) must be a lowercase DNS label of at most 63")
             other = namespaces.setdefault((stage.region, namespace), f"{name} of team {team}")
             if other != f"{name} of team {team}":
                 say(f"{where}.namespace", f"{namespace!r} is also stage {other}'s in region {stage.region}; "
                     "give each stage and team of a region its own namespace")
-        if stage.gateway.count("/") != 1 or not all(map(DNS_LABEL.match, stage.gateway.split("/"))):
+        if stage.gateway.count("/") != 1 or not all(map(DNS_LABEL.fullmatch, stage.gateway.split("/"))):
             say(f"{where}.gateway", f"{stage.gateway!r} must be <namespace>/<name> of an Istio Gateway")
         placeholders = set(_PLACEHOLDER.findall(stage.route))
         if not stage.route.startswith("/") or stage.route.endswith("/") or "service" not in placeholders \
@@ -354,7 +355,7 @@ def _check_quantities(conf: Conf, say) -> None:
 
 # --- observability.yaml: what dashboards and alert rules are built from -----------------------
 
-_DURATION = re.compile(r"^([0-9]+[smhdw])+$")
+_DURATION = re.compile(r"([0-9]+[smhdw])+")
 
 
 @dataclass(frozen=True)
@@ -446,12 +447,12 @@ def _check_observability(obs: Observability) -> list[Problem]:
             say(f"burn_rates.{kind}", "lists no window pair; add {long: 1h, short: 5m, factor: 14.4}")
         for i, rate in enumerate(getattr(obs.burn_rates, kind)):
             for key in ("long", "short"):
-                if not _DURATION.match(str(getattr(rate, key))):
+                if not _DURATION.fullmatch(str(getattr(rate, key))):
                     say(f"burn_rates.{kind}[{i}].{key}", f"{getattr(rate, key)!r} must be a Prometheus duration "
                         "such as 5m or 1h")
     for f in dataclasses.fields(Thresholds):
         value = getattr(obs.thresholds, f.name)
-        if f.name.endswith(("_for", "_window")) and not _DURATION.match(str(value)):
+        if f.name.endswith(("_for", "_window")) and not _DURATION.fullmatch(str(value)):
             say(f"thresholds.{f.name}", f"{value!r} must be a Prometheus duration such as 5m")
         if f.name.endswith("_ratio") and not 0 < value <= 1:
             say(f"thresholds.{f.name}", f"{value!r} must be a share above 0 and at most 1")

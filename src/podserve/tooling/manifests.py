@@ -99,12 +99,12 @@ def _autoscale(values: ServiceValues, stage: Stage, replicas: int) -> dict | Non
     if not (stage.autoscale and values["max_replicas"] > replicas):
         return None
     return {"min": replicas, "max": values["max_replicas"], "metric": AUTOSCALE_GAUGES[values["autoscale_metric"]],
-            "target": _number_quantity(values["autoscale_target"])}
+            "target": quantity.format_millis(Decimal(str(values["autoscale_target"])))}
 
 
 def _resources(values: ServiceValues, conf: Conf, stage: Stage) -> dict:
     region = conf.region_of(stage)
-    amounts = {"cpu": quantity.format_cpu(Decimal(str(values["cpu"]))), "memory": values["memory"]}
+    amounts = {"cpu": quantity.format_millis(Decimal(str(values["cpu"]))), "memory": values["memory"]}
     limits = dict(amounts)
     if values["gpu_num"]:
         limits[region.gpu.resource] = str(values["gpu_num"])
@@ -115,8 +115,3 @@ def _resources(values: ServiceValues, conf: Conf, stage: Stage) -> dict:
 
 def _seconds(ms: int) -> str:
     return f"{(Decimal(ms) / 1000).normalize():f}s"
-
-
-def _number_quantity(number) -> str:
-    value = Decimal(str(number))
-    return str(int(value)) if value == value.to_integral_value() else f"{int(value * 1000)}m"

@@ -29,7 +29,7 @@ EXIT_REFUSED = 2
 MANIFEST_SUFFIX = ".parts.json"
 FORMAT = "podserve-model-parts/1"
 _CHUNK = 1 << 20
-_PART_NAME = re.compile(r"^[^/\\]+\.part-\d{4,}$")
+_PART_NAME = re.compile(r"[^/\\]+\.part-\d{4,}")
 
 
 class PartsError(ValueError):
@@ -138,7 +138,7 @@ def _read_manifest(manifest: Path) -> dict:
         if data.get("format") != FORMAT:
             raise ValueError(f"format is {data.get('format')!r}, not {FORMAT!r}")
         parts = [Part(str(p["name"]), int(p["size"]), str(p["sha256"])) for p in data["parts"]]
-        bad = [p.name for p in parts if not _PART_NAME.match(p.name)]
+        bad = [p.name for p in parts if not _PART_NAME.fullmatch(p.name)]
         if bad or not parts or "/" in data["file"] or "\\" in data["file"]:
             raise ValueError(f"part or file names {bad or data['file']!r} are not plain names in this folder")
         return {"file": str(data["file"]), "sha256": str(data["sha256"]), "parts": parts}

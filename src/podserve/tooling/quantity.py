@@ -13,7 +13,7 @@ from decimal import Decimal
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
 _SUFFIX = r"Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+"
-_QUANTITY = re.compile(rf"^({_NUMBER})({_SUFFIX})?$")
+_QUANTITY = re.compile(rf"({_NUMBER})({_SUFFIX})?")
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
@@ -23,6 +23,10 @@ _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), ""
 _LOOKALIKES = {"gb": "Gi", "g": "Gi", "gib": "Gi", "mb": "Mi", "mib": "Mi", "kb": "Ki", "tb": "Ti", "b": ""}
 
 GI = 2**30
+#: The largest magnitude a Kubernetes quantity may have (resource.Quantity's documented 2^63-1).
+LARGEST = Decimal(2**63 - 1)
+#: Kubernetes' finest step, 1m.
+MILLI = Decimal("0.001")
 
 
 class QuantityError(ValueError):
@@ -31,15 +35,31 @@ class QuantityError(ValueError):
 
 def parse(text: str) -> Decimal:
     """Return the exact value of a Kubernetes quantity string, or raise QuantityError."""
-    match = _QUANTITY.match(text.strip()) if text.strip() == text else None
+    match = _QUANTITY.fullmatch(text)
     if not match:
         raise QuantityError(f"{text!r} is not a Kubernetes quantity{_suggest(text)}")
     number, suffix = Decimal(match.group(1)), match.group(2) or ""
-    if suffix in _BINARY:
-        return number * _BINARY[suffix]
-    if suffix in _DECIMAL:
-        return number * _DECIMAL[suffix]
-    return number.scaleb(int(suffix[1:]))
+    try:
+        amount = (number * _BINARY[suffix] if suffix in _BINARY else number * _DECIMAL[suffix] if suffix in _DECIMAL
+                  else number.scaleb(int(suffix[1:])))
+    except (ArithmeticError, ValueError):  # an exponent too long for int(), or beyond what a Decimal holds
+        raise QuantityError(_out_of_range(text)) from None
+    return in_range(text, amount)
+
+
+def in_range(value: object, amount: Decimal) -> Decimal:
+    """Return `amount` (what `value` asks for) when Kubernetes can hold it: finite, at most 2^63-1 in magnitude."""
+    if not amount.is_finite() or abs(amount) > LARGEST:
+        raise QuantityError(_out_of_range(value))
+    return amount
+
+
+def whole_millis(value: object, amount: Decimal, unit: str = "") -> Decimal:
+    """Return `amount` (what `value` asks for) when it is a whole number of 1m (0.001), Kubernetes' finest step."""
+    if amount * 1000 != (amount * 1000).to_integral_value():
+        rounded = max(amount.quantize(MILLI), MILLI)
+        raise QuantityError(f"{value!r} is finer than Kubernetes' 1m (0.001{unit}); round it, e.g. to {rounded}")
+    return amount
 
 
 def memory_bytes(value: object) -> int:
@@ -60,20 +80,17 @@ def cpu_cores(value: object) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise QuantityError(f"{value!r} must be a number of cores (4, 0.5) or a quantity (\"500m\")")
     try:
-        cores = parse(value) if isinstance(value, str) else Decimal(str(value))
+        cores = parse(value) if isinstance(value, str) else in_range(value, Decimal(str(value)))
     except QuantityError as exc:
         raise QuantityError(f"{exc}; write cores as a number (4, 0.5) or a quantity (\"500m\")") from None
     if cores <= 0:
         raise QuantityError(f"{value!r} must be above 0 cores, e.g. 0.5 or 4")
-    if (cores * 1000) != (cores * 1000).to_integral_value():
-        rounded = max(cores.quantize(Decimal("0.001")), Decimal("0.001"))
-        raise QuantityError(f"{value!r} is finer than Kubernetes' 1m (0.001 core); round it, e.g. to {rounded}")
-    return cores
+    return whole_millis(value, cores, " core")
 
 
-def format_cpu(cores: Decimal) -> str:
-    """Return the canonical quantity for a number of cores: "4", "500m"."""
-    millis = int(cores * 1000)
+def format_millis(amount: Decimal) -> str:
+    """Return the canonical quantity for an amount such as cores: "4", "500m"; raise QuantityError if finer than 1m."""
+    millis = int(whole_millis(amount, amount) * 1000)
     return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
 
 
@@ -81,6 +98,10 @@ def format_gib(nbytes: int | Decimal) -> str:
     """Return bytes as GiB for messages: "120Gi", "0.5Gi"."""
     gib = Decimal(nbytes) / GI
     return f"{gib.normalize():f}Gi"
+
+
+def _out_of_range(value: object) -> str:
+    return f"{value!r} is out of range: a Kubernetes quantity must be finite and at most 2^63-1 (about {LARGEST:.1e})"
 
 
 def _suggest(text: str) -> str:

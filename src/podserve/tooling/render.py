@@ -29,7 +29,7 @@ from podserve.tooling.valuefile import Problem, ValueFileError
 from podserve.tooling.values import ServiceValues, load_values
 
 EXIT_INVALID = 2
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # with fullmatch: match's $ passes a trailing newline
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf 
     if unknown:
         raise ValueFileError("--stage", [Problem("stage", f"{s!r} is not a stage; use one of {', '.join(conf.stages)}")
                                          for s in unknown])
-    if not _TAG.match(image_tag):
+    if not _TAG.fullmatch(image_tag):
         raise ValueFileError("--image-tag", [Problem("image_tag", f"{image_tag!r} is not a valid image tag (letters, "
                                                      "digits, _ . -, at most 128, not starting with . or -)")])
     if handler_paths is None:
@@ -106,12 +106,25 @@ def _render_offline(values: ServiceValues, conf: Conf, stages: list[str], image_
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the render command; return its exit status (0, or 2 when anything is invalid)."""
+    """Run the render command; return its exit status (0, or 2 when anything is invalid).
+
+    On any failure, the manifests in --out are removed first: an unexpected exception (a bug, its traceback kept)
+    or an interrupt while writing must not leave an earlier render's manifests, or half of this one's.
+    """
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BaseException:
+        _remove_earlier(args)
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     tag = args.image_tag or default_image_tag(args.values)
     edited = platform_rules.refusal(Path(args.values).resolve().parent)
     if edited:  # the rules that apply are the tooling's own; a fork's edited copy is refused, never ignored
         print(f"Error: {edited}\nNothing was written.", file=sys.stderr)
+        _remove_earlier(args)
         return EXIT_INVALID
     try:
         conf = load_conf(args.conf)
@@ -119,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         result = render(args.values, None if args.all else args.stage, conf, tag, existing)
     except (ValueFileError, templating.TemplateError) as exc:
         print(f"Error: {exc}\nNothing was written.", file=sys.stderr)
-        if not args.print_images and output.remove_stages(Path(args.out)):
-            print(f"The manifests an earlier render wrote in {args.out}/ were removed: they no longer match "
-                  f"{args.values}.", file=sys.stderr)
+        _remove_earlier(args)
         return EXIT_INVALID
     if not handler_source.default_paths(Path(args.values)):
         print(f"Note: no src/ beside {args.values}: handler {result.values['handler']!r} was not checked; render "
@@ -139,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     for path in output.write_not_deployed(Path(args.out), result.skipped):
         print(f"{path.parent}: {result.skipped[path.parent.name]}")
     return 0
+
+
+def _remove_earlier(args: argparse.Namespace) -> None:
+    """Remove the manifests in --out (--print-images writes none, so leaves them), saying so."""
+    if not args.print_images and output.remove_stages(Path(args.out)):
+        print(f"The manifests an earlier render wrote in {args.out}/ were removed: they no longer match "
+              f"{args.values}.", file=sys.stderr)
 
 
 def single_replica_warnings(result: Rendered) -> list[str]:

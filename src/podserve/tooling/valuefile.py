@@ -41,6 +41,12 @@ def read_assignments(path: str | Path) -> dict[str, tuple[object, int]]:
         source = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ValueFileError(path, [Problem("value.py", f"no file at {path}; pass the path of your value.py")])
+    except IsADirectoryError:
+        raise ValueFileError(path, [Problem("value.py", f"{path} is a folder, not a file; pass the path of your "
+                                             f"value.py, e.g. {path / 'value.py'}")])
+    except OSError as exc:
+        raise ValueFileError(path, [Problem("value.py", f"cannot be read ({exc.strerror}); pass the path of a "
+                                             "value.py you can read")])
     except UnicodeDecodeError as exc:
         raise ValueFileError(path, [Problem("value.py", f"is not UTF-8 text ({exc.reason} at byte {exc.start})")])
     try:
@@ -48,6 +54,10 @@ def read_assignments(path: str | Path) -> dict[str, tuple[object, int]]:
     except SyntaxError as exc:
         raise ValueFileError(path, [Problem("value.py", f"is not valid Python: {exc.msg}; correct that line "
                                              "(value.py holds only `name = value` lines)", exc.lineno)])
+    except (RecursionError, MemoryError):  # the parser's own limits, reached by an expression thousands deep
+        raise ValueFileError(path, [Problem("value.py", "is too deeply nested to read (an expression of thousands "
+                                             "of operators or brackets); write each value as a plain literal, "
+                                             "e.g. `replicas = 3`")])
 
     found: dict[str, tuple[object, int]] = {}
     problems: list[Problem] = []

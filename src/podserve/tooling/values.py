@@ -27,9 +27,10 @@ from podserve.tooling.valuefile import Problem, ValueFileError, read_assignments
 _SERVING_DEFAULTS = ServingSettings()
 REQUIRED = object()
 NONE = type(None)
-#: Service names are Service names too: DNS-1035 labels (a letter first).
-SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_HANDLER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+#: Service names are Service names too: DNS-1035 labels (a letter first). Patterns here are used with fullmatch:
+#: match's `$` also matches before a trailing newline.
+SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_HANDLER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 #: value.py's autoscale_metric -> the server's gauge an HPA averages per pod.
 AUTOSCALE_GAUGES = {"queue_depth": metric_names.QUEUE_DEPTH, "in_flight": metric_names.IN_FLIGHT}
 
@@ -141,12 +142,14 @@ class ServiceValues:
         The grey stage reads the same source with its own consumer group and writes to `<sink>-grey`
         (and its poison to `<dead_letter_topic>-grey`), so it never takes or mixes production's messages.
         """
-        suffix = offline_settings.GREY_SUFFIX if grey else ""
+        def own(name: str) -> str:
+            return offline_settings.grey_name(name) if grey else name
+
         sink_topic = self.fields["sink_topic"]
         return offline_settings.OfflineSettings(
-            source_topic=self.fields["source_topic"], consumer_group=self.fields["consumer_group"] + suffix,
-            sink_topic=sink_topic + suffix if sink_topic else "", sink_file=self.fields["sink_file"] or "",
-            dead_letter_topic=self.fields["dead_letter_topic"] + suffix)
+            source_topic=self.fields["source_topic"], consumer_group=own(self.fields["consumer_group"]),
+            sink_topic=own(sink_topic) if sink_topic else "", sink_file=self.fields["sink_file"] or "",
+            dead_letter_topic=own(self.fields["dead_letter_topic"]))
 
     def replicas_for(self, stage: Stage) -> int:
         """Return the replicas a stage runs: forced by conf, or from the field conf names."""
@@ -214,7 +217,7 @@ def _field_problem(name: str, value, conf: Conf) -> str | None:
 
 
 def _check_service_name(value: str, conf: Conf) -> str | None:
-    if not SERVICE_NAME.match(value) or len(value) > 63:
+    if not SERVICE_NAME.fullmatch(value) or len(value) > 63:
         return (f"{value!r} must be a DNS-1035 label: lowercase letters, digits and '-', a letter first, "
                 f"no '-' last, at most 63 characters (it names the Deployment and Service), e.g. 'text-direction'")
     if value in RESERVED_SERVICE_NAMES:
@@ -229,7 +232,7 @@ def _check_username(value: str, conf: Conf) -> str | None:
 
 
 def _check_handler(value: str, conf: Conf) -> str | None:
-    if not _HANDLER.match(value):
+    if not _HANDLER.fullmatch(value):
         return f"{value!r} must be 'module:Class', e.g. 'server:TextDirection' (the class in src/server.py)"
     return None
 
@@ -246,6 +249,16 @@ def _check_cpu(value, conf: Conf) -> str | None:
         quantity.cpu_cores(value)
     except quantity.QuantityError as exc:
         return str(exc)
+    return None
+
+
+def _check_autoscale_target(value, conf: Conf) -> str | None:
+    if value is None:
+        return None
+    try:
+        quantity.whole_millis(value, Decimal(str(value)))
+    except quantity.QuantityError as exc:
+        return f"{exc} (the HPA's averageValue is a quantity)"
     return None
 
 
@@ -275,9 +288,9 @@ def _check_mode(value: str, conf: Conf) -> str | None:
 
 
 def _check_kafka_name(value, conf: Conf) -> str | None:
-    if value is not None and (not offline_settings.TOPIC_NAME.match(value) or value in (".", "..")):
-        return (f"{value!r} is not a Kafka topic or group name; use 1 to 249 letters, digits, '.', '_' or '-', "
-                f"e.g. 'text-lines'")
+    if value is not None and (not offline_settings.TOPIC_NAME.fullmatch(value) or value in (".", "..")):
+        return (f"{value!r} is not a Kafka topic or group name; use 1 to {offline_settings.MAX_NAME} letters, digits, "
+                f"'.', '_' or '-', e.g. 'text-lines'")
     return None
 
 
@@ -289,18 +302,19 @@ def _check_sink_file(value, conf: Conf) -> str | None:
 
 def _check_regions(value: list, conf: Conf) -> str | None:
     production = sorted({s.region for s in conf.stages.values() if s.track == "stable"})
-    if not value or len(set(value)) != len(value) or any(r not in production for r in value):
+    # regions first: set() fails on a list or dict among them, which no region equals
+    if not value or any(r not in production for r in value) or len(set(value)) != len(value):
         return (f"is {value!r}; list the production regions to deploy to, each once, among {production} "
-                f"(e.g. `regions = {production[:2]!r}`), or leave it out for every region")
+                f"(e.g. `regions = {production[:2]!r}`), or remove it for every region")
     return None
 
 
 _FORMAT_CHECKS = {
     "service_name": _check_service_name, "username": _check_username, "handler": _check_handler,
     "model_path": _check_model_path, "cpu": _check_cpu, "memory": _check_memory,
-    "autoscale_metric": _check_autoscale_metric, "mode": _check_mode, "source_topic": _check_kafka_name,
-    "consumer_group": _check_kafka_name, "sink_topic": _check_kafka_name, "dead_letter_topic": _check_kafka_name,
-    "sink_file": _check_sink_file, "regions": _check_regions,
+    "autoscale_metric": _check_autoscale_metric, "autoscale_target": _check_autoscale_target, "mode": _check_mode,
+    "source_topic": _check_kafka_name, "consumer_group": _check_kafka_name, "sink_topic": _check_kafka_name,
+    "dead_letter_topic": _check_kafka_name, "sink_file": _check_sink_file, "regions": _check_regions,
 }
 
 
@@ -353,8 +367,12 @@ def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
         yield from _route_problems(v, conf, existing)
 
 
+#: The topics an offline worker reads or writes, by their field.
+_WORKER_TOPICS = ("source_topic", "sink_topic", "dead_letter_topic")
+
+
 def _offline_problems(v: dict):
-    """Yield what an offline service must name, and names that would make it read its own output."""
+    """Yield what an offline service must name, and names that would make a worker read or mix another's output."""
     for name, example in (("source_topic", "text-lines"), ("dead_letter_topic", "text-lines-dead")):
         if not v[name]:
             yield name, f"is required with mode = 'offline'; add `{name} = {example!r}` (a Kafka topic)"
@@ -362,13 +380,34 @@ def _offline_problems(v: dict):
         which = "both are set" if v["sink_topic"] else "neither is set"
         yield "sink_topic", (f"with mode = 'offline', set exactly one of sink_topic (a Kafka topic) and sink_file "
                              f"(a JSON-lines file, for one-off batch jobs); {which}")
-    if v["sink_topic"] and v["sink_topic"] == v["source_topic"]:
-        yield "sink_topic", f"is the source topic {v['source_topic']!r}: the worker would read its own results; choose another"
-    if v["dead_letter_topic"] and v["dead_letter_topic"] in (v["source_topic"], v["sink_topic"]):
-        yield "dead_letter_topic", (f"is {v['dead_letter_topic']!r}, also the source or sink topic; choose a topic of "
-                                    f"its own, e.g. '{v['source_topic']}-dead'")
+    if v["source_topic"] and v["dead_letter_topic"]:
+        yield from _worker_name_problems(ServiceValues(v))
     if v["use_srv"]:
         yield "use_srv", "is True but an offline worker takes no HTTP traffic from Kong; set use_srv = False"
+
+
+def _worker_name_problems(values: ServiceValues):
+    """Yield a problem for each name of grey's worker that Kafka refuses (grey's are longer), and for each topic
+    production or grey reads or writes that is also another of their topics."""
+    grey = values.worker_settings(grey=True)
+    for name in _WORKER_TOPICS + ("consumer_group",):
+        used = getattr(grey, name)
+        if used and not offline_settings.TOPIC_NAME.fullmatch(used):
+            most = offline_settings.MAX_NAME - (len(used) - len(values[name]))
+            yield name, (f"is {len(values[name])} characters, so grey's {name} ({len(used)}) is longer than Kafka's "
+                         f"{offline_settings.MAX_NAME}; use at most {most} characters")
+    seen: dict[str, str] = {}
+    for worker, stage in ((values.worker_settings(), ""), (grey, "grey's ")):
+        for name in _WORKER_TOPICS:
+            used = getattr(worker, name)
+            if not used or stage and name == "source_topic":  # grey reads production's source, with a group of its own
+                continue
+            if used in seen:
+                yield name, (f"{used!r} is both {seen[used]} and {stage}{name}: every topic production and grey read "
+                             f"or write must be their own (grey adds {offline_settings.GREY_SUFFIX!r} to the sink and "
+                             f"dead letter topics), or a worker would read its own output or mix its messages with "
+                             f"another's; choose another {name}")
+            seen.setdefault(used, stage + name)
 
 
 def _online_problems(v: dict):

@@ -18,7 +18,7 @@ from podserve.tooling.deploy.errors import BadInput
 
 #: BuildKit's key for the pushed image's manifest digest in --metadata-file.
 DIGEST_KEY = "containerimage.digest"
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 #: The container render names for the service's own image (templates/deployment.yaml.j2).
 SERVER_CONTAINER = "server"
 
@@ -31,7 +31,7 @@ def from_metadata(path: str | Path) -> str:
         raise BadInput(f"--image-metadata {path} cannot be read as BuildKit's metadata JSON ({exc}); pass the file "
                        "the image job wrote with `buildctl build --metadata-file`") from None
     digest = data.get(DIGEST_KEY) if isinstance(data, dict) else None
-    if not isinstance(digest, str) or not DIGEST.match(digest):
+    if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
         raise BadInput(f"--image-metadata {path} has no {DIGEST_KEY} of the form sha256:<64 hex>; pass the file "
                        "of the job that pushed the service's image")
     return digest

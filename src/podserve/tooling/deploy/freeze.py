@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_WEEKLY = re.compile(r"^(mon|tue|wed|thu|fri|sat|sun) ([01]\d|2[0-3]):([0-5]\d)$")
-_ONCE = re.compile(r"^\d{4}-\d{2}-\d{2} ([01]\d|2[0-3]):[0-5]\d$")
+_WEEKLY = re.compile(r"(mon|tue|wed|thu|fri|sat|sun) ([01]\d|2[0-3]):([0-5]\d)")
+_ONCE = re.compile(r"\d{4}-\d{2}-\d{2} ([01]\d|2[0-3]):[0-5]\d")
 _WEEK_MINUTES = 7 * 24 * 60
 
 
@@ -58,9 +58,9 @@ def ends_at(start: str, end: str, timezone: str, now: datetime) -> datetime | No
 
 
 def _kind(text: str) -> str | None:
-    return "weekly" if _WEEKLY.match(text) else "once" if _ONCE.match(text) else None
+    return "weekly" if _WEEKLY.fullmatch(text) else "once" if _ONCE.fullmatch(text) else None
 
 
 def _week_minute(text: str) -> int:
-    day, hour, minute = _WEEKLY.match(text).groups()
+    day, hour, minute = _WEEKLY.fullmatch(text).groups()
     return WEEKDAYS.index(day) * 24 * 60 + int(hour) * 60 + int(minute)

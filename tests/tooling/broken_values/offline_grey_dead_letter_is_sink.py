@@ -1,0 +1,15 @@
+# expect: dead_letter_topic -- grey's dead letters (results-grey) land in production's sink
+service_name = 'text-direction-offline'
+username = 'like'
+handler = 'server:TextDirection'
+model_path = 'model/ch_ppocr_mobile_v2.0_cls_mobile.onnx'
+cpu = 4
+memory = '8Gi'
+gpu_num = 1
+gpu_memory = 2
+replicas = 1
+max_replicas = 3
+mode = 'offline'
+source_topic = 'text-lines'
+sink_topic = 'results-grey'
+dead_letter_topic = 'results'

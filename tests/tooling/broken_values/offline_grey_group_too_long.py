@@ -1,0 +1,16 @@
+# expect: consumer_group -- with '-grey', grey's group is over Kafka's 249 characters
+service_name = 'text-direction-offline'
+username = 'like'
+handler = 'server:TextDirection'
+model_path = 'model/ch_ppocr_mobile_v2.0_cls_mobile.onnx'
+cpu = 4
+memory = '8Gi'
+gpu_num = 1
+gpu_memory = 2
+replicas = 1
+max_replicas = 3
+mode = 'offline'
+source_topic = 'text-lines'
+sink_topic = 'text-directions'
+dead_letter_topic = 'text-lines-dead'
+consumer_group = 'ggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggg'
