@@ -12,7 +12,7 @@ from pathlib import Path
 
 from podserve.testbed.image.ci_jobs import concrete_jobs, expand, resolved, script_lines, variables
 
-__all__ = ["EXEC", "REPO", "concrete_jobs", "dry_parse", "is_tool_line", "expand", "make_manifests_artifact", "resolved",
+__all__ = ["EXEC", "PYTHON", "REPO", "TOOL", "concrete_jobs", "dry_parse", "is_tool_line", "expand", "make_manifests_artifact", "resolved",
            "run_job_lines", "script_lines", "tool_argv", "variables"]
 from podserve.testbed.image.versions import REPO
 
@@ -30,16 +30,22 @@ def run_job_lines(lines: list[str], job: dict, cwd: Path, env: dict[str, str] | 
 EXEC = "exec "
 
 
+#: How every job runs Python: -P, so that the checkout (the job's folder) is never first on the path.
+PYTHON = "python -P"
+#: How a job's line runs a podserve tool.
+TOOL = PYTHON + " -m podserve.tooling."
+
+
 def is_tool_line(line: str) -> bool:
-    """Whether the line runs a podserve tool (`python -m podserve.tooling.x ...`, or `exec` of one)."""
-    return line.removeprefix(EXEC).startswith("python -m podserve.tooling.")
+    """Whether the line runs a podserve tool (`python -P -m podserve.tooling.x ...`, or `exec` of one)."""
+    return line.removeprefix(EXEC).startswith(TOOL)
 
 
 def tool_argv(line: str, job: dict) -> tuple[str, list[str]]:
-    """('podserve.tooling.x', argv) for a `[exec ]python -m podserve.tooling.x ...` line, variables expanded."""
+    """('podserve.tooling.x', argv) for a `[exec ]python -P -m podserve.tooling.x ...` line, variables expanded."""
     words = shlex.split(expand(line.removeprefix(EXEC).split(" > ")[0], variables(job)))
-    assert words[:2] == ["python", "-m"] and words[2].startswith("podserve.tooling."), line
-    return words[2], words[3:]
+    assert words[:3] == ["python", "-P", "-m"] and words[3].startswith("podserve.tooling."), line
+    return words[3], words[4:]
 
 
 _DRY_PARSE = textwrap.dedent("""

@@ -82,6 +82,8 @@ def test_the_tooling_image_holds_the_tooling_without_the_servers_packages(toolin
     assert [name for name in SERVER_ONLY if (site / name).exists()] == []
     assert (rootfs / "opt/podserve/src/podserve/tooling/render.py").is_file()
     assert not (rootfs / "opt/podserve/src/podserve/runtime").exists()
+    # A checkout's own podserve/ or yaml.py is never put before the image's code (test_jobs.py runs such decoys).
+    assert "PYTHONSAFEPATH=1" in facts.config["config"]["Env"]
 
 
 def test_a_one_line_change_in_src_rebuilds_only_the_last_layer(cpu_build, cpu_rootfs, tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ci_pipeline import (EXEC, REPO, concrete_jobs, is_tool_line, dry_parse, run_job_lines, script_lines, tool_argv,
-                         variables)
+from ci_pipeline import (EXEC, PYTHON, REPO, TOOL, concrete_jobs, dry_parse, is_tool_line, resolved, run_job_lines,
+                         script_lines, tool_argv, variables)
 from podserve.testbed.image.ci_jobs import PIPELINE
 from podserve.tooling import tenancy
 from podserve.tooling.conf import load_conf
@@ -20,7 +20,7 @@ CONF = load_conf()
 DEPLOY_JOBS = {name: job for name, job in JOBS.items() if "STAGE" in job.get("variables", {})}
 MANIFESTS = "build/manifests"
 IMAGE_METADATA = "build/image-metadata.json"
-FLAVOR_LINE = next(line for line in script_lines(JOBS["manifests"]) if line.startswith("python -c"))
+FLAVOR_LINE = next(line for line in script_lines(JOBS["manifests"]) if line.startswith(PYTHON + " -c"))
 #: Lines that are neither a podserve tool nor the builder: the flavor (run in its own test), the registry login of the
 #: build jobs. Nothing is installed: every job but the builds runs in the platform's tooling image.
 SETUP_LINES = {FLAVOR_LINE, "mkdir -p ~/.docker", 'cp "$REGISTRY_AUTH_CONFIG" ~/.docker/config.json'}
@@ -62,6 +62,24 @@ def test_the_flavor_line_prints_the_flavor_of_the_example(tmp_path):
     assert done.stdout.strip() in ("cpu", "gpu")
 
 
+def test_a_checkout_s_own_modules_never_stand_in_for_the_tooling_image_s(tmp_path):
+    """A job runs in its checkout, and `python -m` puts the current folder first on the path: a fork's own `yaml.py`
+    or `podserve/` would run in place of the image's render and deploy tool (and skip what only they enforce). Every
+    job's Python is `python -P`; decoys that would fail the job if imported leave it as it is."""
+    decoy = "raise SystemExit('DECOY: the checkout replaced the platform tooling')\n"
+    (tmp_path / "yaml.py").write_text(decoy)
+    (tmp_path / "podserve" / "tooling").mkdir(parents=True)
+    for module in ("podserve/__init__.py", "podserve/tooling/__init__.py", "podserve/tooling/render.py"):
+        (tmp_path / module).write_text(decoy)
+    (tmp_path / "value.py").write_text((REPO / "value.py").read_text())
+    job = resolved("manifests")
+    done = run_job_lines(script_lines(job), job, tmp_path, {"PYTHONPATH": str(REPO / "src")})
+    assert done.returncode == 0 and "DECOY" not in done.stdout + done.stderr, done.stderr[-2000:]
+    assert list((tmp_path / "build/manifests").glob("*/deployment.yaml")) and (tmp_path / "build/flavor.txt").read_text()
+    python_lines = [line for job in JOBS.values() for line in script_lines(job) if "python " in line]
+    assert python_lines and all(f"{PYTHON} " in line for line in python_lines), python_lines
+
+
 def test_render_runs_once_and_every_deploy_job_gets_its_output_as_artifacts():
     renders = [(name, argv) for name, module, argv in tool_calls() if module == "podserve.tooling.render"]
     writers = [(name, argv) for name, argv in renders if "--out" in argv]
@@ -84,6 +102,8 @@ def test_each_deploy_job_deploys_its_stage_with_that_regions_credentials():
             # grey and ab hold the preview account's variable, never production's (docs/tenancy.md).
             prefix = "KUBECONFIG_PREVIEW_" if tenancy.tier(CONF.stages[stage]) == "preview" else "KUBECONFIG_"
             assert JOBS[name]["variables"]["KUBECONFIG"] == f"${prefix}{region.upper()}", name
+            if prefix == "KUBECONFIG_":  # the variable's environment scope, production/<region>, matches this job only
+                assert JOBS[name]["environment"]["name"] == f"production/{region}", name
             deployed.setdefault(argv[0], set()).add(stage)
     assert deployed == {"apply": set(CONF.stages), "delete": {"grey", "ab"}}
 
@@ -181,7 +201,7 @@ def test_the_tool_is_exec_ed_so_the_runner_s_sigterm_reaches_it():
     for name, job in JOBS.items():
         lines = script_lines(job)
         if any(is_tool_line(line) for line in lines) and name not in ("manifests", "model"):
-            assert lines[-1].startswith(EXEC + "python -m podserve.tooling."), name
+            assert lines[-1].startswith(EXEC + TOOL), name
             assert all(not line.startswith(EXEC) for line in lines[:-1]), name  # nothing after an exec would run
 
 
@@ -209,7 +229,7 @@ def test_grey_is_an_environment_that_stops_itself():
     assert JOBS["stop_grey"]["needs"] == ["manifests"]  # the artifact it deletes by; nothing from a checkout
 
 
-MODEL_LINE = "python -m podserve.tooling.model_files prepare --values value.py"
+MODEL_LINE = TOOL + "model_files prepare --values value.py"
 
 
 def test_one_model_job_prepares_the_model_value_py_names_before_the_service_image():
