@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
+from fake_kube import Deploy
 from podserve.tooling.conf import load_conf
 from podserve.tooling.deploy import budget, commands
+from podserve.tooling.deploy.errors import BadInput
 from podserve.tooling.deploy.history import as_applied
+from podserve.tooling.deploy.kube import LEASES
+from podserve.tooling.deploy.lock import DeployLock, lease_name
 from podserve.tooling.deploy.target import from_values
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,3 +68,89 @@ def test_where_an_autoscaler_owns_the_replicas_the_budget_counts_its_live_pods(t
                                                      live).budget_seconds
     assert budget_for(6) == budget.rollout_seconds(deadline, 6)
     assert budget_for(1) == budget_for(None) == budget.rollout_seconds(deadline, 2)  # never below the minimum
+
+
+# --- the job's timeout: what is left of it, not all of it ($CI_JOB_TIMEOUT less the time spent) -----------------
+
+def rfc3339(seconds_ago: float) -> str:
+    return (datetime.now(timezone.utc) - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def needs(target, conf, objects) -> float:
+    """What the example's deploy may wait: its rollout, a rollback to the same objects, and the margin."""
+    return 2 * commands.wait_settings(target, conf, commands.Options(), objects).budget_seconds + \
+        commands.JOB_MARGIN_SECONDS
+
+
+def test_the_time_the_job_already_ran_counts_against_its_timeout():
+    """GitLab's timeout counts from the job's start ($CI_JOB_STARTED_AT): only what is left of it may be waited."""
+    conf = load_conf()
+    target = from_values(REPO / "value.py", conf, conf.stages["hk"], "t")
+    objects = list(target.objects)
+    needed = needs(target, conf, objects)
+    check = lambda environ, opts=commands.Options(), **chosen: commands.check_job_timeout(  # noqa: E731
+        target, conf, opts, objects, objects, None, environ, **chosen)
+    check({"CI_JOB_TIMEOUT": "3600", "CI_JOB_STARTED_AT": rfc3339(3600 - needed - 60)})  # fits, 60 s to spare
+    with pytest.raises(BadInput) as caught:
+        check({"CI_JOB_TIMEOUT": "3600", "CI_JOB_STARTED_AT": rfc3339(3600 - needed + 60)})
+    said = caught.value.message
+    assert caught.value.exit_code == 2
+    assert f"{needed:.0f} s in all, more than the job's timeout of 3600 s ($CI_JOB_TIMEOUT: .gitlab-ci.yml " \
+           "`timeout:`) leaves it" in said
+    assert "have passed since the job started at" in said and "($CI_JOB_STARTED_AT)" in said
+    assert "init_delay_second" in said and "Nothing was changed" in said
+    # Without $CI_JOB_STARTED_AT, from the tool's own start (cli.main sets Options.started).
+    with pytest.raises(BadInput, match="have passed since this tool started"):
+        check({"CI_JOB_TIMEOUT": "3600"}, commands.Options(started=time.monotonic() - (3600 - needed + 60)))
+
+
+def test_before_the_lock_the_lock_s_whole_wait_counts_too(tmp_path):
+    """The audit's case: init_delay_second = 720 needs 3560 s of a 3600 s job, but a lock held by another deploy may
+    first take 600 s: refused before waiting for it, naming the lock's wait."""
+    conf = load_conf()
+    values = tmp_path / "value.py"
+    values.write_text((REPO / "value.py").read_text().replace("init_delay_second = 60 ", "init_delay_second = 720 ", 1))
+    target = from_values(values, conf, conf.stages["hk"], "t")
+    objects, environ = list(target.objects), {"CI_JOB_TIMEOUT": "3600", "CI_JOB_STARTED_AT": rfc3339(0)}
+    assert needs(target, conf, objects) == 3560
+    commands.check_job_timeout(target, conf, commands.Options(), objects, objects, None, environ)  # once it holds it
+    with pytest.raises(BadInput) as caught:
+        commands.check_job_timeout(target, conf, commands.Options(), objects, objects, None, environ, lock_wait=600)
+    assert "and up to 600 s for the deploy lock, 4160 s in all" in caught.value.message
+    assert "--lock-wait, conf/deploy.yaml lock_wait_seconds" in caught.value.message
+
+
+def test_apply_refuses_before_waiting_for_a_held_lock_what_could_not_end_in_time(monkeypatch):
+    deploy = Deploy(monkeypatch)
+    target = deploy.target("v1")
+    rollout_only = commands.wait_settings(target, deploy.conf, commands.Options(), list(target.objects)).budget_seconds
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": lease_name(deploy.service), "namespace": deploy.namespace},
+             "spec": {"holderIdentity": "another deploy (pid 1)", "leaseDurationSeconds": 60}}
+    deploy.kube.request("POST", LEASES.path(deploy.namespace), body=lease)
+    # The first deploy (nothing to roll back to) fits once it holds the lock, not with the lock's 3 s wait.
+    monkeypatch.setenv("CI_JOB_TIMEOUT", str(int(rollout_only + commands.JOB_MARGIN_SECONDS + 1)))
+    monkeypatch.setenv("CI_JOB_STARTED_AT", rfc3339(0))
+    started = time.monotonic()
+    with pytest.raises(BadInput, match="and up to 3 s for the deploy lock"):
+        deploy.apply("v1", "serving", lock_wait_seconds=3)
+    assert time.monotonic() - started < 3 and deploy.kube.writes == []
+
+
+def test_apply_checks_again_once_it_holds_the_lock_with_the_real_time_left(monkeypatch):
+    deploy = Deploy(monkeypatch)
+    target = deploy.target("v1")
+    rollout_only = commands.wait_settings(target, deploy.conf, commands.Options(), list(target.objects)).budget_seconds
+    monkeypatch.setenv("CI_JOB_TIMEOUT", str(int(rollout_only + commands.JOB_MARGIN_SECONDS + 100)))
+    monkeypatch.setenv("CI_JOB_STARTED_AT", rfc3339(0))
+    waited = []
+    acquire, real_now = DeployLock.acquire, commands._utc_now
+
+    def slow_acquire(lock):  # the lock was held for 300 s by another deploy
+        acquire(lock)
+        waited.append(300)
+    monkeypatch.setattr(DeployLock, "acquire", slow_acquire)
+    monkeypatch.setattr(commands, "_utc_now", lambda: real_now() + timedelta(seconds=sum(waited)))
+    with pytest.raises(BadInput, match=r"30\d s have passed since the job started"):
+        deploy.apply("v1", "serving", lock_wait_seconds=1)
+    assert waited == [300] and deploy.kube.writes == [("delete", "leases", lease_name(deploy.service))]  # freed

@@ -4,7 +4,8 @@ Real: the apiserver, the deploy tool as a subprocess with team like's production
 Lease, SIGTERM as the GitLab runner sends it when a job is cancelled. Injected: a 500 on the 3rd
 apply (tests/deploy/fault_proxy.py, a proxy in front of the apiserver), and another holder taking
 the Lease over (the admin writes it, as a second deploy would). Simulated: the kubelet (kwok;
-`never-ready` keeps the new pods unready so the tool is mid-wait).
+`never-ready` keeps the new pods unready so the tool is mid-wait). The last tests need no cluster: they drive
+commands.apply against an in-memory API (tests/deploy/fake_kube.py) to cut the rollback itself short.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from datetime import datetime, timezone
 import pytest
 import yaml
 
+from fake_kube import Deploy
 from fault_proxy import FaultProxy
 from live import REPO, Live
 from podserve.testbed.processes import poll_until
 from podserve.tooling.conf import default_conf_dir
 from podserve.tooling.deploy import budget
+from podserve.tooling.deploy.errors import ClusterError, Terminated
 from podserve.tooling.deploy.kube import LEASES, MANAGED
 from receiver import Receiver
 
@@ -232,3 +235,100 @@ def test_a_deploy_that_could_outlast_the_ci_job_s_timeout_is_refused_before_any_
         assert live.objects(namespace, "hk", name) == []
     finally:
         live.remove(namespace, "hk", name)
+
+
+# --- without a cluster: the rollback itself cut short (commands.apply on tests/deploy/fake_kube.py) -------------
+
+ROLLBACK_FIX = ("finish it with `python -m podserve.tooling.deploy rollback --stage hk --service text-direction "
+                "--team like`")
+
+
+def rolling_back(deploy: Deploy) -> bool:
+    return any(line.startswith("rolling back to the previous revision") for line in deploy.said)
+
+
+def failed_line(deploy: Deploy) -> str:
+    (line,) = [line for line in deploy.said if line.startswith("FAILED: the rollback did not finish")]
+    return line
+
+
+def test_a_500_during_the_rollback_of_a_failed_rollout_is_reported_notified_and_left_for_rollback(monkeypatch):
+    """A 500 on the DestinationRule while a failed rollout rolls back: the other objects are still put back, one line
+    says which objects hold which revision and the command that finishes it, the notification says
+    rollback_failed, exit 1; the history keeps revision 2 pending, so `rollback` puts revision 1 back."""
+    deploy = Deploy(monkeypatch)
+    assert deploy.apply("v1", "serving") == 0
+
+    def fail(verb, doc):
+        if rolling_back(deploy) and doc["kind"] == "DestinationRule":
+            raise ClusterError(500, "PATCH destinationrules: Internal error")
+    deploy.kube.fail = fail
+    assert deploy.apply("v2", "failed", "serving") == 1
+    line = failed_line(deploy)
+    assert line.startswith("FAILED: the rollback did not finish (the API server answered 500: PATCH destinationrules")
+    assert ("hk is half rolled back: Deployment/text-direction, Service/text-direction, VirtualService/text-direction, "
+            "PodDisruptionBudget/text-direction, PodMonitor/text-direction are revision 1's again; "
+            "DestinationRule/text-direction is still revision 2's") in line  # those after the 500 too
+    assert line.endswith(ROLLBACK_FIX)
+    assert deploy.image().endswith(":v1")
+    assert [(b["outcome"], b["revision"]) for b in deploy.sent] == [("rollback_failed", 2)]
+    assert "OOMKilled" in deploy.sent[0]["diagnosis"] and "DestinationRule/text-direction is still revision 2's" \
+        in deploy.sent[0]["diagnosis"]
+    history = deploy.history()
+    assert (history.pending.number, history.current.number, history.restore.number) == (2, 1, 1)
+
+    deploy.kube.fail = lambda verb, doc: None
+    assert deploy.rollback("serving") == 0, deploy.output
+    assert "revision 2 (" in deploy.output and "never finished" in deploy.output
+    assert "rolling back to the previous revision (1)" in deploy.output
+    assert ("apply", "DestinationRule", "text-direction") in deploy.kube.writes[-6:]
+    history = deploy.history()
+    assert history.pending is None and history.current.number == 1  # put back, not swapped with revision 0
+    assert [(b["outcome"], b["revision"]) for b in deploy.sent] == [("rolled_back", 1)]
+
+
+def test_sigterm_during_the_rollback_of_a_failed_rollout_puts_every_object_back_and_says_so(monkeypatch):
+    """SIGTERM (a cancelled job) on the rollback's second write: the cut write is sent again and the rest follow, the
+    rollback's wait is skipped, exit 1, notified rollback_failed; the next deploy notices the unfinished revision."""
+    deploy = Deploy(monkeypatch)
+    assert deploy.apply("v1", "serving") == 0
+    writes = []
+
+    def fail(verb, doc):
+        if rolling_back(deploy) and verb == "apply":
+            writes.append(doc["kind"])
+            if len(writes) == 2:
+                raise Terminated("SIGTERM")
+    deploy.kube.fail = fail
+    assert deploy.apply("v2", "failed") == 1  # no verdict queued for the rollback: its wait is not started
+    line = failed_line(deploy)
+    assert line.startswith("FAILED: the rollback did not finish (SIGTERM: the job was cancelled or timed out): every "
+                           "object of hk is revision 1's again (") and "rollout was not waited for" in line
+    assert line.endswith(ROLLBACK_FIX)
+    assert writes == ["Deployment", "Service", "Service", "VirtualService", "DestinationRule", "PodDisruptionBudget",
+                      "PodMonitor"]
+    assert [b["outcome"] for b in deploy.sent] == ["rollback_failed"] and "SIGTERM" in deploy.sent[0]["diagnosis"]
+    assert deploy.history().pending.number == 2
+
+    deploy.kube.fail = lambda verb, doc: None
+    assert deploy.apply("v3", "serving") == 0
+    assert any(line.startswith("NOTICED: revision 2 (") and "never finished" in line for line in deploy.said)
+    assert deploy.history().pending is None
+
+
+def test_an_interrupted_deploy_whose_rollback_fails_too_stays_pending(monkeypatch):
+    """A 500 on the deploy's third write, then a 500 in its rollback: reported and notified as interrupted, and the
+    history keeps the revision pending (it used to forget it before rolling back)."""
+    deploy = Deploy(monkeypatch)
+    assert deploy.apply("v1", "serving") == 0
+
+    def fail(verb, doc):
+        if doc["kind"] == ("DestinationRule" if rolling_back(deploy) else "VirtualService"):
+            raise ClusterError(500, "injected fault")
+    deploy.kube.fail = fail
+    assert deploy.apply("v2") == 1
+    assert "INTERRUPTED: the API server answered 500: injected fault" in deploy.said
+    assert "DestinationRule/text-direction is still revision 2's" in failed_line(deploy)
+    assert [b["outcome"] for b in deploy.sent] == ["interrupted"]
+    assert "the rollback failed too" in deploy.sent[0]["diagnosis"]
+    assert deploy.history().pending.number == 2

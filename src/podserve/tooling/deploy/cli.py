@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import signal
 import sys
+import time
 
 from podserve.tooling.conf import load_conf, load_deploy_policy
 from podserve.tooling.deploy import commands, digest, failures, notify
@@ -28,6 +29,7 @@ from podserve.tooling.valuefile import ValueFileError
 
 def main(argv: list[str] | None = None) -> int:
     """Run one verb; return its exit status (never raises for a deploy's own errors)."""
+    started = time.monotonic()  # the job's time already spent counts from here where GitLab does not say when it began
     args = _parser().parse_args(argv)
     say = lambda text: print(text, flush=True)  # noqa: E731
     target = None
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         target = _target(args, conf, stage)
         opts = commands.options_from(policy, dry_run=getattr(args, "dry_run", None), force=getattr(args, "force", None),
                                      reason=getattr(args, "reason", None), budget_seconds=args.budget,
-                                     scheduling_grace_seconds=args.scheduling_grace, lock_wait_seconds=args.lock_wait)
+                                     scheduling_grace_seconds=args.scheduling_grace, lock_wait_seconds=args.lock_wait,
+                                     started=started)
         if getattr(args, "reason", None) and not getattr(args, "force", False):
             raise BadInput("--reason goes with --force; drop it, or add --force")
         kube = Kube.from_environment()

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from podserve.tooling import routing, tenancy
 from podserve.tooling.conf import Conf, DeployPolicy
 from podserve.tooling.deploy import budget, diagnosis, drift, failures, freeze, notify, rollout
-from podserve.tooling.deploy.errors import BadInput, ClusterError, LockLost, Refused, Terminated
+from podserve.tooling.deploy.errors import BadInput, ClusterError, LockLost, Refused, RollbackIncomplete, Terminated
 from podserve.tooling.deploy.history import History, Revision, as_applied, history_name, now_text
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, REPLICASETS, Kube, kind_of
 from podserve.tooling.deploy.lock import DeployLock, holder_identity
@@ -29,6 +29,8 @@ REPLICAS_HANDOVER = "podserve-deploy-handover-to-hpa"
 DELETE_WAIT_SECONDS = 180
 #: GitLab's predefined variable holding the job's timeout in seconds (the job's `timeout:` or the project's).
 JOB_TIMEOUT_VARIABLE = "CI_JOB_TIMEOUT"
+#: GitLab's predefined variable holding when the job started (RFC 3339): its timeout counts from then.
+JOB_STARTED_VARIABLE = "CI_JOB_STARTED_AT"
 #: What a deploy job needs besides its waits: starting, applying, notifying.
 JOB_MARGIN_SECONDS = 120
 
@@ -44,6 +46,7 @@ class Options:
     scheduling_grace_seconds: float = 90
     lock_wait_seconds: float = 600
     lock_lease_seconds: int = 60
+    started: float | None = None  # time.monotonic() when the tool started: the job's start without $CI_JOB_STARTED_AT
 
 
 def options_from(policy: DeployPolicy, **chosen) -> Options:
@@ -61,6 +64,12 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
     if opts.dry_run:
         check_routes(kube, target)
         return dry_run(kube, target, say)
+    objects = [drift.stamped(_annotated(obj, forced)) for obj in target.objects]
+    if job_timeout() is not None:  # in CI: what cannot end in the job's time left is refused before the lock's wait
+        history = History.load(kube, target.namespace, target.service, target.stage.name)
+        before = rollback_set(kube, target, history, kube.get(MANAGED["Deployment"], target.namespace, target.service))
+        check_job_timeout(target, conf, opts, objects, before, live_replicas(kube, target),
+                          lock_wait=opts.lock_wait_seconds)
     with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
                     opts.lock_lease_seconds, say) as lock:
         check_routes(kube, target)
@@ -69,18 +78,17 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         noticed = drift.differences(history, live) + renamed(kube, target)
         for line in noticed:  # a killed deploy, a rollout undo or a scale by hand since the last recorded deploy
             say(f"NOTICED: {line}")
-        # What a failure rolls back to: the recorded revision, unless something else really runs.
-        before = history.current.objects if history.current and not drift.template_drifted(history, live) \
-            else live_objects(kube, target)
-        objects = [drift.stamped(_annotated(obj, forced)) for obj in target.objects]
-        check_job_timeout(target, conf, opts, objects, before, live_replicas(kube, target))
+        before = rollback_set(kube, target, history, live)
+        check_job_timeout(target, conf, opts, objects, before, live_replicas(kube, target))  # with the real time left
         validate(kube, objects)
         number = history.next_number()
+        back_to = history.current.number if history.current and not drift.template_drifted(history, live) else None
         say(f"deploying {target.service} to {target.stage.name} (namespace {target.namespace}) as revision {number}: "
             f"{target.image()}")
         # From the first mutating call on, every way out ends rolled back (production) or recorded, never silent.
         try:
-            history.begin(kube, Revision(number, objects, target.image(), holder_identity(), now_text(), forced))
+            history.begin(kube, Revision(number, objects, target.image(), holder_identity(), now_text(), forced),
+                          Revision(back_to or 0, before, applied_at=now_text()))
             apply_set(kube, target, objects, say, lock.check)
             settings = wait_settings(target, conf, opts, objects, live_replicas(kube, target))
             say(f"waiting up to {settings.budget_seconds:.0f} s for the rollout")
@@ -99,15 +107,20 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
             _notify(target, number, "serving", "; ".join(f"noticed: {line}" for line in noticed) or None, say)
             return failures.EXIT_SERVING
         say(f"FAILED: {verdict.message}")
-        history.end(kube)
         if target.stage.track == "grey":
+            _end(kube, history, say)
             say(f"grey is left as it is for inspection (`python -m podserve.tooling.deploy status --stage "
                 f"{target.stage.name}`); stop it with `python -m podserve.tooling.deploy delete --stage "
                 f"{target.stage.name}`")
             _notify(target, number, "failed", verdict.message, say)
             return failures.EXIT_FAILED
-        outcome = roll_back_to(kube, target, before, history.current.number if history.current else None,
-                               conf, opts, say)
+        try:
+            outcome = roll_back_to(kube, target, before, back_to, conf, opts, say, rolled_from=number)
+        except RollbackIncomplete as exc:  # the history keeps this deploy pending: the next deploy and rollback see it
+            say(f"FAILED: {exc.message}")
+            _notify(target, number, "rollback_failed", f"{verdict.message}; {exc.message}", say)
+            return failures.EXIT_FAILED
+        _end(kube, history, say)
         _notify(target, number, outcome, verdict.message, say)
         return failures.EXIT_FAILED
 
@@ -115,24 +128,31 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
 def interrupted(kube: Kube, target: Target, before: list[dict], history: History, number: int, cause: str,
                 conf: Conf, opts: Options, say=print) -> int:
     """End a deploy cut short after its first change (an API error, SIGTERM): roll the stage back to what ran before
-    (as a failed rollout is; grey is kept for inspection), notify with outcome `interrupted`; return EXIT_FAILED."""
+    (as a failed rollout is; grey is kept for inspection), notify with outcome `interrupted`; return EXIT_FAILED.
+    The history forgets the deploy only once its rollback ended; one cut short leaves it pending."""
     say(f"INTERRUPTED: {cause}")
+    if target.stage.track == "grey":
+        _end(kube, history, say)
+        outcome = f"{target.stage.name} is left as it is (`status --stage {target.stage.name}` shows it)"
+    else:
+        back_to = history.restore.number if history.restore else None
+        try:
+            done = roll_back_to(kube, target, before, back_to or None, conf, opts, say, rolled_from=number)
+            outcome = "rolled back" if done == "rolled_back" else "the rollback did not become healthy"
+            _end(kube, history, say)
+        except RollbackIncomplete as exc:
+            outcome = f"the rollback failed too: {exc.message}"
+            say(f"FAILED: {exc.message}")
+    _notify(target, number, "interrupted", f"{cause}; {outcome}", say)
+    return failures.EXIT_FAILED
+
+
+def _end(kube: Kube, history: History, say=print) -> None:
+    """Forget the pending revision; when the history cannot be written, say that the next deploy will report it."""
     try:
         history.end(kube)
     except (ClusterError, Terminated):
         say("warning: the history still names this deploy as unfinished; the next deploy reports it")
-    if target.stage.track == "grey":
-        outcome = f"{target.stage.name} is left as it is (`status --stage {target.stage.name}` shows it)"
-    else:
-        try:
-            done = roll_back_to(kube, target, before, history.current.number if history.current else None, conf,
-                                opts, say)
-            outcome = "rolled back" if done == "rolled_back" else "the rollback did not become healthy"
-        except (ClusterError, Terminated) as exc:
-            outcome = f"the rollback failed too ({_cause(exc)}); run `rollback --stage {target.stage.name}`"
-            say(f"FAILED: {outcome}")
-    _notify(target, number, "interrupted", f"{cause}; {outcome}", say)
-    return failures.EXIT_FAILED
 
 
 def _cause(exc: BaseException) -> str:
@@ -141,25 +161,95 @@ def _cause(exc: BaseException) -> str:
     return exc.message
 
 
+def rollback_set(kube: Kube, target: Target, history: History, live: dict | None) -> list[dict]:
+    """What a failure rolls back to: the recorded revision, unless something else really runs (the live objects)."""
+    if history.current and not drift.template_drifted(history, live):
+        return history.current.objects
+    return live_objects(kube, target)
+
+
 def roll_back_to(kube: Kube, target: Target, objects: list[dict], number: int | None, conf: Conf, opts: Options,
-                 say=print) -> str:
-    """Re-apply the objects as they were before, prune the rest, wait; return 'rolled_back' or 'rollback_failed'."""
-    if not objects:
+                 say=print, rolled_from: int | None = None) -> str:
+    """Re-apply the objects as they were before, prune the rest, wait; return 'rolled_back', or 'rollback_failed'
+    when they do not become healthy. RollbackIncomplete when an API error or SIGTERM cut it short: it names which
+    objects are back, which still hold revision `rolled_from`'s, and the command that finishes the rollback."""
+    if objects:
+        say(f"rolling back to the previous revision{f' ({number})' if number else ''}")
+    else:
         say("rolling back: there was no previous revision, so this deploy's objects are removed")
-        apply_set(kube, replace(target, objects=()), [], say)
-        return "rolled_back"
-    say(f"rolling back to the previous revision{f' ({number})' if number else ''}")
     previous = replace(target, objects=tuple(objects))
-    apply_set(kube, previous, list(objects), say)
+    restored: list[str] = []
+    left: list[str] = []
+    stopped: list[BaseException] = []  # the first API error or SIGTERM; the rollback is incomplete once it holds one
+
+    # One object the API server refuses (a 500 on the DestinationRule) does not stop the others: each is
+    # independent, and each one put back is one object fewer of the failed revision serving beside the old ones
+    # (the old Deployment's pods behind the new VirtualService's routes). Only a server that does not answer at all
+    # ends it: every further call would wait as long to fail. SIGTERM does not stop it either: the CLI ignores a
+    # second one, these are a few quick writes, and stopping between them would leave production half rolled back;
+    # the write SIGTERM cut short is sent again. What the job's log and the notification then say is exact.
+    def attempt(step) -> bool:
+        if any(isinstance(exc, ClusterError) and not exc.status for exc in stopped):
+            return False
+        for _ in range(2):
+            try:
+                step()
+                return True
+            except Terminated as exc:
+                stopped.append(exc)
+            except ClusterError as exc:
+                stopped.append(exc)
+                return False
+        return False
+
+    for obj in objects:
+        what = f"{obj['kind']}/{obj['metadata']['name']}"
+        (restored if attempt(lambda: _apply_one(kube, obj, say)) else left).append(what)
+    extra: list[dict] = []
+    if not attempt(lambda: extra.extend(prunable(kube, previous, list(objects)))):
+        left.append("whatever only the rolled-back revision has (it could not be listed, so it was not pruned)")
+    for obj in extra:
+        what = f"{obj['kind']}/{obj['metadata']['name']}"
+        if attempt(lambda: _prune_one(kube, target, obj, say)):
+            restored.append(f"{what} (pruned)")
+        else:
+            left.append(f"{what} (not pruned)")
+    if stopped:
+        raise _incomplete(target, number, rolled_from, restored, left, stopped, waited=False)
     if previous.deployment() is None:
         return "rolled_back"
-    verdict = rollout.wait(kube, previous, wait_settings(previous, conf, opts, list(objects), live_replicas(kube, previous)),
-                           say)
+    try:
+        verdict = rollout.wait(kube, previous, wait_settings(previous, conf, opts, list(objects),
+                                                             live_replicas(kube, previous)), say)
+    except (ClusterError, Terminated) as exc:
+        raise _incomplete(target, number, rolled_from, restored, left, [exc], waited=True) from None
     if verdict.state == diagnosis.SERVING:
         say(f"rolled back: the previous revision is serving again: {verdict.message}")
         return "rolled_back"
     say(f"the rollback did not become healthy either: {verdict.message}")
     return "rollback_failed"
+
+
+def _incomplete(target: Target, number: int | None, rolled_from: int | None, restored: list[str], left: list[str],
+                stopped: list[BaseException], waited: bool) -> RollbackIncomplete:
+    """The error of a rollback cut short: one line of what runs in the stage now, and the command that finishes it."""
+    cause = "; ".join(dict.fromkeys(_cause(exc) for exc in stopped))
+    back = f"revision {number}'s" if number else "what ran before"
+    failed = f"revision {rolled_from}'s" if rolled_from else "the rolled-back revision's"
+    fix = (f"`python -m podserve.tooling.deploy rollback --stage {target.stage.name} --service {target.service} "
+           f"--team {target.team}`")
+    if left:
+        state = (f"{target.stage.name} is half rolled back: {', '.join(restored) or 'no object'} "
+                 f"{'is' if len(restored) == 1 else 'are'} {back} again; {', '.join(left)} "
+                 f"{'is' if len(left) == 1 else 'are'} still {failed}")
+    elif waited:
+        state = (f"every object of {target.stage.name} is {back} again, but its rollout was not seen to serve "
+                 f"({', '.join(restored)})")
+    else:
+        state = (f"every object of {target.stage.name} is {back} again ({', '.join(restored) or 'none'}), but its "
+                 "rollout was not waited for")
+    return RollbackIncomplete(f"the rollback did not finish ({cause}): {state}; finish it with {fix}", cause,
+                              restored, left)
 
 
 def validate(kube: Kube, objects: list[dict]) -> None:
@@ -188,15 +278,23 @@ def apply_set(kube: Kube, target: Target, objects: list[dict], say=print, check=
     before each change and raises to stop: the deploy lock's)."""
     for obj in objects:
         check()
-        kind, meta = kind_of(obj), obj["metadata"]
-        live = kube.get(kind, meta.get("namespace"), meta["name"])
-        if live is not None and obj["kind"] == "Deployment":
-            hand_over_replicas(kube, obj, live, say)
-        kube.apply(obj)
-        say(f"{'configured' if live is not None else 'created'} {obj['kind']}/{meta['name']}")
+        _apply_one(kube, obj, say)
     for obj in prunable(kube, target, objects):
-        kube.delete(kind_of(obj), target.namespace, obj["metadata"]["name"])
-        say(f"pruned {obj['kind']}/{obj['metadata']['name']} (no longer rendered)")
+        _prune_one(kube, target, obj, say)
+
+
+def _apply_one(kube: Kube, obj: dict, say=print) -> None:
+    kind, meta = kind_of(obj), obj["metadata"]
+    live = kube.get(kind, meta.get("namespace"), meta["name"])
+    if live is not None and obj["kind"] == "Deployment":
+        hand_over_replicas(kube, obj, live, say)
+    kube.apply(obj)
+    say(f"{'configured' if live is not None else 'created'} {obj['kind']}/{meta['name']}")
+
+
+def _prune_one(kube: Kube, target: Target, obj: dict, say=print) -> None:
+    kube.delete(kind_of(obj), target.namespace, obj["metadata"]["name"])
+    say(f"pruned {obj['kind']}/{obj['metadata']['name']} (no longer rendered)")
 
 
 def hand_over_replicas(kube: Kube, deployment: dict, live: dict, say=print) -> None:
@@ -232,24 +330,59 @@ def live_objects(kube: Kube, target: Target) -> list[dict]:
             for live in _list_if_served(kube, kind, target.namespace, target.selector)]
 
 
+def job_timeout(environ=os.environ) -> int | None:
+    """Return the CI job's timeout in seconds ($CI_JOB_TIMEOUT), or None outside CI."""
+    limit = (environ.get(JOB_TIMEOUT_VARIABLE) or "").strip()
+    return int(limit) if limit.isdigit() else None
+
+
+def job_seconds_spent(opts: Options, environ=os.environ) -> tuple[float, str]:
+    """Return how long the job has run and since when: $CI_JOB_STARTED_AT (RFC 3339), else since the tool started
+    (opts.started; then what ran before the tool in the job is not counted), else nothing is known (0)."""
+    text = (environ.get(JOB_STARTED_VARIABLE) or "").strip()
+    try:
+        started = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text) if text else None
+    except ValueError:
+        started = None
+    if started is not None:
+        started = started if started.tzinfo else started.replace(tzinfo=timezone.utc)
+        return max(0.0, (_utc_now() - started).total_seconds()), f"since the job started at {text} " \
+                                                                 f"(${JOB_STARTED_VARIABLE})"
+    if opts.started is not None:
+        return max(0.0, time.monotonic() - opts.started), "since this tool started"
+    return 0.0, "as far as is known"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 def check_job_timeout(target: Target, conf: Conf, opts: Options, objects: list[dict], before: list[dict],
-                      live: int | None, environ=os.environ) -> None:
-    """In CI, refuse before any change a deploy whose wait and rollback could outlast the job's timeout (GitLab would
-    kill it midway): BadInput naming the value.py fields and the job's `timeout:`."""
-    limit = environ.get(JOB_TIMEOUT_VARIABLE)
-    if not (limit or "").isdigit():
+                      live: int | None, environ=os.environ, lock_wait: float = 0) -> None:
+    """In CI, refuse before any change a deploy whose waits could outlast what is left of the job's timeout (GitLab
+    would kill it midway): its rollout's wait, its rollback's, JOB_MARGIN_SECONDS and `lock_wait` (the longest the
+    deploy lock may still make it wait: checked once before the lock with the lock's whole wait, and again once the
+    lock is taken, with 0), against $CI_JOB_TIMEOUT less the time the job has already run (job_seconds_spent).
+    BadInput naming the numbers, the value.py fields, the lock's wait and the job's `timeout:`."""
+    limit = job_timeout(environ)
+    if limit is None:
         return
     rollout_seconds = wait_settings(target, conf, opts, objects, live).budget_seconds
     rollback_seconds = 0.0
     if before and target.stage.track != "grey" and any(o.get("kind") == "Deployment" for o in before):
         rollback_seconds = wait_settings(replace(target, objects=tuple(before)), conf, opts, before, live).budget_seconds
-    needed = rollout_seconds + rollback_seconds + JOB_MARGIN_SECONDS
-    if needed > int(limit):
+    needed = rollout_seconds + rollback_seconds + JOB_MARGIN_SECONDS + lock_wait
+    spent, since = job_seconds_spent(opts, environ)
+    left = limit - spent
+    if needed > left:
+        lock_text = f" and up to {lock_wait:.0f} s for the deploy lock" if lock_wait else ""
+        lock_fix = ", wait less for the lock (--lock-wait, conf/deploy.yaml lock_wait_seconds)" if lock_wait else ""
         raise BadInput(f"this deploy may wait {rollout_seconds:.0f} s for its rollout and {rollback_seconds:.0f} s for a "
-                       f"rollback (+{JOB_MARGIN_SECONDS} s), more than the job's timeout of {limit} s "
-                       f"(${JOB_TIMEOUT_VARIABLE}: .gitlab-ci.yml `timeout:`), so GitLab could kill it midway: lower "
-                       "init_delay_second or the replicas (max_replicas) in value.py, or raise the deploy jobs' "
-                       "timeout. Nothing was changed")
+                       f"rollback (+{JOB_MARGIN_SECONDS} s){lock_text}, {needed:.0f} s in all, more than the job's "
+                       f"timeout of {limit} s (${JOB_TIMEOUT_VARIABLE}: .gitlab-ci.yml `timeout:`) leaves it: "
+                       f"{spent:.0f} s have passed {since}, {max(left, 0):.0f} s are left, so GitLab could kill it "
+                       f"midway: lower init_delay_second or the replicas (max_replicas) in value.py{lock_fix}, or "
+                       f"raise the deploy jobs' timeout to at least {needed + spent:.0f} s. Nothing was changed")
 
 
 def renamed(kube: Kube, target: Target) -> list[str]:
@@ -448,19 +581,50 @@ def status(kube: Kube, target: Target, say=print) -> int:
 
 
 def rollback(kube: Kube, target: Target, conf: Conf, opts: Options, say=print) -> int:
-    """Put the previous recorded revision back, wait for it; 0 when it serves."""
+    """Put the previous recorded revision back, wait for it; 0 when it serves. After a deploy that never finished
+    (killed, or its rollback cut short: the history still names it pending), put back what ran before that deploy
+    instead, as its rollback would have."""
     with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
                     opts.lock_lease_seconds, say):
         history = History.load(kube, target.namespace, target.service, target.stage.name)
+        if history.pending is not None:
+            return _finish_rollback(kube, target, conf, opts, history, say)
         if history.previous is None:
             raise BadInput(f"{target.service} in {target.stage.name} has no previous revision recorded (ConfigMap "
                            f"{target.namespace}/{history_name(target.service)}); deploy the version you want with apply")
-        outcome = roll_back_to(kube, target, history.previous.objects, history.previous.number, conf, opts, say)
+        try:
+            outcome = roll_back_to(kube, target, history.previous.objects, history.previous.number, conf, opts, say,
+                                   rolled_from=history.current.number if history.current else None)
+        except RollbackIncomplete as exc:  # the history is unchanged: the same command finishes it
+            say(f"FAILED: {exc.message}")
+            _notify(target, history.previous.number, "rollback_failed", exc.message, say)
+            return failures.EXIT_FAILED
         if outcome == "rolled_back":
             history.swap(kube)
         _notify(target, history.current.number if outcome == "rolled_back" else history.previous.number,
                 outcome, None, say)
         return failures.EXIT_SERVING if outcome == "rolled_back" else failures.EXIT_FAILED
+
+
+def _finish_rollback(kube: Kube, target: Target, conf: Conf, opts: Options, history: History, say=print) -> int:
+    """Put back what ran before the pending revision (history.restore, else the recorded current one); forget it."""
+    pending, back = history.pending, history.restore or history.current
+    if back is None:
+        raise BadInput(f"revision {pending.number} of {target.service} in {target.stage.name} never finished and the "
+                       f"history (ConfigMap {target.namespace}/{history_name(target.service)}) holds nothing to put "
+                       "back: deploy the version you want with apply")
+    say(f"revision {pending.number} ({pending.image}) never finished (its deploy was killed, or its rollback was cut "
+        "short): putting back what ran before it")
+    try:
+        outcome = roll_back_to(kube, target, back.objects, back.number or None, conf, opts, say,
+                               rolled_from=pending.number)
+    except RollbackIncomplete as exc:  # still pending: the same command goes on from here
+        say(f"FAILED: {exc.message}")
+        _notify(target, back.number or None, "rollback_failed", exc.message, say)
+        return failures.EXIT_FAILED
+    history.end(kube)
+    _notify(target, back.number or None, outcome, None, say)
+    return failures.EXIT_SERVING if outcome == "rolled_back" else failures.EXIT_FAILED
 
 
 def delete(kube: Kube, target: Target, opts: Options, say=print) -> int:

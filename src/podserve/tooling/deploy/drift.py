@@ -4,8 +4,9 @@ Every Deployment the tool applies carries, on its pod template, the hash of that
 rendered (TEMPLATE_HASH). Comparing the live Deployment's hash with the recorded revisions'
 tells which revision's pods really run, whoever put them there. A `pending` revision left in
 the history was started and never finished: its deploy was killed (SIGKILL: nothing could
-run). `differences` is a pure function of the history and the live Deployment; the deploy
-tool reports its lines at the start of `apply` and in `status`.
+run), or its rollback was cut short (commands.roll_back_to). `differences` is a pure
+function of the history and the live Deployment; the deploy tool reports its lines at the
+start of `apply` and in `status`.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ def differences(history: History, live: dict | None) -> list[str]:
     pending = history.pending
     if pending is not None:
         found.append(f"revision {pending.number} ({pending.image}) was started by {pending.applied_by} at "
-                     f"{pending.applied_at} and never finished: that deploy was killed (SIGKILL, a lost runner), "
-                     "so what it applied may be running unrecorded")
+                     f"{pending.applied_at} and never finished: that deploy was killed (SIGKILL, a lost runner) or "
+                     "its rollback was cut short (an API error, SIGTERM), so what it applied may be running "
+                     f"unrecorded; `python -m podserve.tooling.deploy rollback --stage {history.stage}` puts back "
+                     "what ran before it")
     current = history.current
     recorded = _deployment(current)
     if current is None or recorded is None or running_hash(recorded) is None:

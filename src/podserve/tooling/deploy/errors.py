@@ -53,6 +53,16 @@ class LockLost(DeployError):
     """The deploy's Lease was taken over (or could not be renewed): the deploy stops and leaves the stage alone."""
 
 
+class RollbackIncomplete(DeployError):
+    """A rollback an API error or SIGTERM stopped before it ended: `restored` names the objects put back (or pruned),
+    `left` those still as the rolled-back revision applied them; the message says what runs and the command that
+    finishes the rollback."""
+
+    def __init__(self, message: str, cause: str, restored: list[str], left: list[str]):
+        super().__init__(message)
+        self.cause, self.restored, self.left = cause, restored, left
+
+
 class Terminated(BaseException):
     """SIGTERM reached the tool (a cancelled or timed-out CI job); raised in the main thread, wherever it was.
 

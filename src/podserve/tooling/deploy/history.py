@@ -4,10 +4,11 @@ A ConfigMap `<service>.deploy-history` in the stage's namespace holds the revisi
 the image, who applied it and when, and the full set of objects as applied (not as the
 server defaulted them) for the current and the previous revision, and, while a deploy runs,
 the revision it is applying (`pending`): one still there at the next start was never
-finished (its deploy was killed; drift.py reports it). A rollback re-applies
-the previous set and prunes what it lacks, so it restores every object, not only the
-ReplicaSet. Before the first recorded deploy, the previous set is read from the live
-objects of the service and stage.
+finished (its deploy was killed, or its rollback did not finish; drift.py reports it), and
+beside it the set that deploy rolls back to (`restore`), so that `rollback` can put back what
+ran before it. A rollback re-applies the previous set and prunes what it lacks, so it
+restores every object, not only the ReplicaSet. Before the first recorded deploy, the
+previous set is read from the live objects of the service and stage.
 """
 
 from __future__ import annotations
@@ -58,28 +59,31 @@ class History:
     previous: Revision | None = None
     labels: dict = field(default_factory=dict)
     pending: Revision | None = None
+    restore: Revision | None = None  # what a rollback of `pending` puts back (number 0: unrecorded live objects)
 
     @classmethod
     def load(cls, kube: Kube, namespace: str, service: str, stage: str) -> "History":
         found = kube.get(CONFIGMAPS, namespace, history_name(service))
         data = (found or {}).get("data") or {}
         return cls(service, stage, namespace, Revision.from_json(data.get("current")),
-                   Revision.from_json(data.get("previous")), pending=Revision.from_json(data.get("pending")))
+                   Revision.from_json(data.get("previous")), pending=Revision.from_json(data.get("pending")),
+                   restore=Revision.from_json(data.get("restore")))
 
-    def begin(self, kube: Kube, revision: Revision) -> None:
-        """Store `revision` as pending before its first change: it stays there if the deploy is killed."""
-        self.pending = revision
+    def begin(self, kube: Kube, revision: Revision, restore: Revision | None = None) -> None:
+        """Store `revision` as pending before its first change, with the set a rollback of it puts back (`restore`):
+        both stay there if the deploy is killed or its rollback does not finish."""
+        self.pending, self.restore = revision, restore
         self._store(kube)
 
     def end(self, kube: Kube) -> None:
-        """Forget the pending revision (the deploy ended, rolled back or not)."""
-        if self.pending is not None:
-            self.pending = None
+        """Forget the pending revision (the deploy ended: serving, or rolled back to the end)."""
+        if self.pending is not None or self.restore is not None:
+            self.pending = self.restore = None
             self._store(kube)
 
     def record(self, kube: Kube, revision: Revision) -> None:
         """Make `revision` current (the old current becomes previous) and store both."""
-        self.previous, self.current, self.pending = self.current, revision, None
+        self.previous, self.current, self.pending, self.restore = self.current, revision, None, None
         self._store(kube)
 
     def swap(self, kube: Kube) -> None:
@@ -92,7 +96,8 @@ class History:
 
     def _store(self, kube: Kube) -> None:
         data = {name: revision.to_json() for name, revision in (("current", self.current), ("previous", self.previous),
-                                                                ("pending", self.pending)) if revision}
+                                                                ("pending", self.pending), ("restore", self.restore))
+                if revision}
         kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": history_name(self.service), "namespace": self.namespace,
                                  "labels": {"service": self.service, "stage": self.stage,
