@@ -55,10 +55,10 @@ def test_a_failing_url_is_logged_by_its_scheme_and_host_only():
     receiver, down = Receiver(), free_port()
     try:
         host = receiver.url.rsplit("/", 1)[0]
-        cases = {f"{receiver.url}?access_token={TOKEN} x": f"to {host} was not delivered (InvalidURL)",
-                 f"http://127.0.0.1:{down}/send?access_token={TOKEN}": f"to http://127.0.0.1:{down} was not delivered "
-                                                                        "(URLError)",
-                 f"http://robot:{TOKEN}@127.0.0.1:{down}/": f"to http://127.0.0.1:{down} was not delivered (URLError)"}
+        cases = {f"{receiver.url}?access_token={TOKEN} x": f"was not delivered (InvalidURL, to {host})",
+                 f"http://127.0.0.1:{down}/send?access_token={TOKEN}": f"was not delivered (URLError, to "
+                                                                        f"http://127.0.0.1:{down})",
+                 f"http://robot:{TOKEN}@127.0.0.1:{down}/": f"was not delivered (URLError, to http://127.0.0.1:{down})"}
         for url, says in cases.items():
             said = []
             assert notify.send({"outcome": "serving"}, {notify.URL_VARIABLE: url}, said.append) is False

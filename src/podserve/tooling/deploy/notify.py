@@ -47,8 +47,8 @@ def send(body: dict, environ=os.environ, log=None) -> bool:
         return True
     except Exception as exc:  # noqa: BLE001 (a notification never changes the deploy's exit status)
         status = f" {exc.code}" if isinstance(exc, urllib.error.HTTPError) and isinstance(exc.code, int) else ""
-        log(f"warning: the notification to {where} was not delivered ({type(exc).__name__}{status}); if it "
-            f"persists, check the CI/CD variable {URL_VARIABLE}; the deploy's result stands")
+        log(f"warning: the notification to {URL_VARIABLE} was not delivered ({type(exc).__name__}{status}, to "
+            f"{where}); if it persists, check that CI/CD variable; the deploy's result stands")
         return False
 
 
