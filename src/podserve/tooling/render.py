@@ -113,10 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        status = _run(args)
     except BaseException:
         _remove_earlier(args)
         raise
+    if status != 0:
+        _remove_earlier(args)
+    return status
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -124,7 +127,6 @@ def _run(args: argparse.Namespace) -> int:
     edited = platform_rules.refusal(Path(args.values).resolve().parent)
     if edited:  # the rules that apply are the tooling's own; a fork's edited copy is refused, never ignored
         print(f"Error: {edited}\nNothing was written.", file=sys.stderr)
-        _remove_earlier(args)
         return EXIT_INVALID
     try:
         conf = load_conf(args.conf)
@@ -132,7 +134,6 @@ def _run(args: argparse.Namespace) -> int:
         result = render(args.values, None if args.all else args.stage, conf, tag, existing)
     except (ValueFileError, templating.TemplateError) as exc:
         print(f"Error: {exc}\nNothing was written.", file=sys.stderr)
-        _remove_earlier(args)
         return EXIT_INVALID
     if not handler_source.default_paths(Path(args.values)):
         print(f"Note: no src/ beside {args.values}: handler {result.values['handler']!r} was not checked; render "

@@ -67,8 +67,9 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
     objects = [drift.stamped(_annotated(obj, forced)) for obj in target.objects]
     if job_timeout() is not None:  # in CI: what cannot end in the job's time left is refused before the lock's wait
         history = History.load(kube, target.namespace, target.service, target.stage.name)
-        before = rollback_set(kube, target, history, kube.get(MANAGED["Deployment"], target.namespace, target.service))
-        check_job_timeout(target, conf, opts, objects, before, live_replicas(kube, target),
+        live = kube.get(MANAGED["Deployment"], target.namespace, target.service)
+        check_job_timeout(target, conf, opts, objects, rollback_set(kube, target, history, live).objects,
+                          live_replicas(kube, target),
                           lock_wait=opts.lock_wait_seconds)
     with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
                     opts.lock_lease_seconds, say) as lock:
@@ -78,17 +79,17 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         noticed = drift.differences(history, live) + renamed(kube, target)
         for line in noticed:  # a killed deploy, a rollout undo or a scale by hand since the last recorded deploy
             say(f"NOTICED: {line}")
-        before = rollback_set(kube, target, history, live)
+        restore = rollback_set(kube, target, history, live)
+        before, back_to = restore.objects, restore.number or None
         check_job_timeout(target, conf, opts, objects, before, live_replicas(kube, target))  # with the real time left
         validate(kube, objects)
         number = history.next_number()
-        back_to = history.current.number if history.current and not drift.template_drifted(history, live) else None
         say(f"deploying {target.service} to {target.stage.name} (namespace {target.namespace}) as revision {number}: "
             f"{target.image()}")
         # From the first mutating call on, every way out ends rolled back (production) or recorded, never silent.
         try:
             history.begin(kube, Revision(number, objects, target.image(), holder_identity(), now_text(), forced),
-                          Revision(back_to or 0, before, applied_at=now_text()))
+                          restore)
             apply_set(kube, target, objects, say, lock.check)
             settings = wait_settings(target, conf, opts, objects, live_replicas(kube, target))
             say(f"waiting up to {settings.budget_seconds:.0f} s for the rollout")
@@ -161,11 +162,12 @@ def _cause(exc: BaseException) -> str:
     return exc.message
 
 
-def rollback_set(kube: Kube, target: Target, history: History, live: dict | None) -> list[dict]:
-    """What a failure rolls back to: the recorded revision, unless something else really runs (the live objects)."""
+def rollback_set(kube: Kube, target: Target, history: History, live: dict | None) -> Revision:
+    """What a failure rolls back to: the recorded revision, unless something else really runs (the live objects, as
+    revision 0: not recorded)."""
     if history.current and not drift.template_drifted(history, live):
-        return history.current.objects
-    return live_objects(kube, target)
+        return history.current
+    return Revision(0, live_objects(kube, target), applied_at=now_text())
 
 
 def roll_back_to(kube: Kube, target: Target, objects: list[dict], number: int | None, conf: Conf, opts: Options,
