@@ -14,6 +14,8 @@ from server import TextDirection
 DECODED = service_metrics.counter("inputs_decoded", "Inputs the Affine handler decoded.")
 
 SLEEP_ENV = "TEST_PREDICT_SLEEP"
+HOLD_ENV = "TEST_PREDICT_HOLD"  # a path: WaitsOnDevice's predict waits while a file is there
+HOLD_LIMIT_SECONDS = 60.0
 
 
 class Affine(OnnxHandler):
@@ -61,10 +63,14 @@ class WhereStepsRun(SlowDecode):
 
 
 class WaitsOnDevice(WhereStepsRun):
-    """WhereStepsRun whose predict sleeps TEST_PREDICT_SLEEP seconds, holding no core: a lane waiting on a GPU."""
+    """WhereStepsRun whose predict sleeps TEST_PREDICT_SLEEP seconds, and then as long as the file TEST_PREDICT_HOLD
+    names is there (at most a minute), holding no core: a lane waiting on a GPU, for as long as a test wants."""
 
     def predict(self, batch):
         time.sleep(float(os.environ.get(SLEEP_ENV, "0.5")))
+        hold, began = os.environ.get(HOLD_ENV), time.monotonic()
+        while hold and os.path.exists(hold) and time.monotonic() - began < HOLD_LIMIT_SECONDS:
+            time.sleep(0.01)
         return super().predict(batch)
 
 

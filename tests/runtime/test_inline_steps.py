@@ -151,21 +151,29 @@ def test_cheap_steps_move_to_the_loop_and_a_stall_sends_them_back_while_the_loop
 
 
 def test_cheap_steps_go_to_the_request_threads_while_requests_queue_past_a_lane_that_holds_no_core(start_server,
-                                                                                                   affine_model):
-    # A lane that sleeps in predict, as one waiting on a GPU does, taking one input a run: at 6 callers 5 queue while
-    # the process idles on 2 cores, and the loop hands even cheap steps to the request thread.
+                                                                                                   affine_model,
+                                                                                                   tmp_path):
+    # A lane that waits in predict, as one waiting on a GPU does, taking one input a run: with 6 callers in flight 5
+    # queue while the process idles on 2 cores, and the loop hands even cheap steps to the request thread.
     assert len(os.sched_getaffinity(0)) >= 2, "the test needs a core idle beside the event loop"
+    hold = tmp_path / "hold"  # while it is there the lane waits: every caller is in flight before the first answer
     server = start_server(handler="fixture_handlers:WaitsOnDevice", model_path=str(affine_model), http_threads=1,
-                          max_batch_size=1, cpu=2, TEST_PREDICT_SLEEP="0.2")
+                          max_batch_size=1, cpu=2, TEST_PREDICT_SLEEP="0.05", TEST_PREDICT_HOLD=str(hold))
     poll_until(lambda: _ask(server)["decoded_by"] == LOOP_THREAD, "the loop decoding a cheap request itself",
                timeout=20, every=0)
     assert server.metric_sum(metric_names.LOOP_RELIEF) == 0
+    hold.touch()
     with ThreadPoolExecutor(6) as callers:
-        answers = callers.map(lambda _: _ask(server), range(6))
-        # The six take 1.2 s in the lane, one after another; the gauge shows the relief meanwhile.
-        poll_until(lambda: server.metric_sum(metric_names.LOOP_RELIEF) == 1, "the relief on /metrics", timeout=1.0)
+        try:
+            answers = callers.map(lambda _: _ask(server), range(6))
+            # However slowly the callers arrive (a busy machine may start one thread long after another), none is
+            # answered before all six are in flight; the gauge shows the relief meanwhile.
+            poll_until(lambda: server.metric_sum(metric_names.IN_FLIGHT) == 6, "all six callers in flight", timeout=20)
+            poll_until(lambda: server.metric_sum(metric_names.LOOP_RELIEF) == 1, "the relief on /metrics", timeout=5)
+        finally:
+            hold.unlink()
         decoded_by = [answer["decoded_by"] for answer in answers]
-    # Only a request that found no other in flight may have been decoded by the loop.
+    # Only the request that found no other in flight, the first to arrive, may have been decoded by the loop.
     assert decoded_by.count(REQUEST_THREAD) >= 5, decoded_by
     assert server.metric_sum(metric_names.LOOP_RELIEF) == 0  # nothing in flight
     # One at a time again, the loop takes them (once any step the burst slowed past STALL_SECONDS is forgotten).
