@@ -19,6 +19,7 @@ import binascii
 import json
 import math
 import re
+import string
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -67,14 +68,18 @@ def body_kind(content_type: str | None) -> str | None:
 
 def _limits(limits: "InputLimits | int") -> InputLimits:
     return InputLimits(max_image_pixels=limits) if isinstance(limits, int) else limits
-_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\s]")
+
+
+_BASE64_ALPHABET = (string.ascii_letters + string.digits + "+/=").encode()
+_WHITESPACE = string.whitespace.encode()  # what base64 decoders skip and `\s` matches
+_NOT_BASE64 = re.compile(b"[^" + re.escape(_BASE64_ALPHABET + _WHITESPACE) + b"]")
 #: A JSON body over max_body_bytes is let in only as a video's: beside its base64 string it may hold at most this many
 #: bytes that base64 text does not (braces, quotes, commas, colons...). Those bytes bound how many JSON values a
 #: body holds, and each value costs tens of bytes once parsed: a 40 MiB body of `{},` made the pod hold 1.1 GB
 #: while it was parsed, to be refused afterwards.
 VIDEO_JSON_OTHER_BYTES = 64 * 1024
 #: What a base64 string in JSON is written with: its alphabet, line breaks and the backslashes of escapes (`\n`, `\/`).
-_BASE64_IN_JSON = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\\ \t\r\n\x0b\x0c"
+_BASE64_IN_JSON = _BASE64_ALPHABET + _WHITESPACE + b"\\"
 
 
 def parse_json_request(body: bytes, limits: InputLimits | int) -> Payload:

@@ -18,10 +18,9 @@ from podserve.tooling import routing
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.manifests import shutdown_seconds
 from podserve.tooling.valuefile import Problem, ValueFileError
-from podserve.tooling.values import ServiceValues
+from podserve.tooling.values import DNS_1035_LABEL, ServiceValues
 
 #: Used with fullmatch: match's `$` also matches before a trailing newline.
-_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 _PREFIX = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 ONE_EACH = ("Deployment", "Service", "VirtualService", "DestinationRule", "PodDisruptionBudget", "PodMonitor")
@@ -100,7 +99,7 @@ def check_routes(rendered: dict[str, list[dict]]) -> list[Problem]:
 def _check_metadata(doc: dict, namespace: str, say) -> None:
     meta = doc.get("metadata") or {}
     where = f"{doc.get('kind')} {meta.get('name')}"
-    if not _NAME.fullmatch(str(meta.get("name", ""))) or len(meta["name"]) > 63:
+    if not DNS_1035_LABEL.fullmatch(str(meta.get("name", ""))) or len(meta["name"]) > 63:
         say(where, "the name must be a DNS-1035 label of at most 63 characters")
     if meta.get("namespace") != namespace:
         say(where, f"namespace {meta.get('namespace')!r} is not the team's of the stage, {namespace!r}")

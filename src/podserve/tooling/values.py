@@ -27,9 +27,11 @@ from podserve.tooling.valuefile import Problem, ValueFileError, read_assignments
 _SERVING_DEFAULTS = ServingSettings()
 REQUIRED = object()
 NONE = type(None)
-#: Service names are Service names too: DNS-1035 labels (a letter first). Patterns here are used with fullmatch:
-#: match's `$` also matches before a trailing newline.
-SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+#: A Kubernetes object name that must be a DNS-1035 label (a letter first; at most 63 long, checked apart). Patterns
+#: here are used with fullmatch: match's `$` also matches before a trailing newline.
+DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+#: Service names are Service names too.
+SERVICE_NAME = DNS_1035_LABEL
 _HANDLER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 #: value.py's autoscale_metric -> the server's gauge an HPA averages per pod.
 AUTOSCALE_GAUGES = {"queue_depth": metric_names.QUEUE_DEPTH, "in_flight": metric_names.IN_FLIGHT}
