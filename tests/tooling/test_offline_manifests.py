@@ -10,6 +10,8 @@ golden files test).
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 
@@ -18,6 +20,7 @@ from manifest_helpers import REPO, kustomize, read_tree
 from podserve.offline_settings import BOOTSTRAP_ENV, OfflineSettings, grey_name
 from podserve.settings import SettingsError
 from podserve.tooling import offline_manifests, render
+from podserve.tooling.output import NOT_DEPLOYED
 
 EXAMPLE = REPO / "examples" / "offline" / "value.py"
 STAGES = ["grey", "hk", "eu", "na"]
@@ -31,7 +34,9 @@ def offline(conf) -> render.Rendered:
 def test_render_all_writes_four_stages_that_pass_every_schema(tmp_path, kubectl):
     assert render.main(["--all", "--values", str(EXAMPLE), "--out", str(tmp_path), "--image-tag", "golden"]) == 0
     tree = read_tree(tmp_path)
-    assert sorted(tree) == sorted(STAGES)  # no ab stage: an A/B copy of a consumer would split the stream
+    assert tree["ab"] == []  # no A/B copy: one of a consumer would split the stream
+    assert (tmp_path / "ab" / NOT_DEPLOYED).read_text() == render.NO_OFFLINE_COPY + "\n"
+    assert sorted(tree) == sorted([*STAGES, "ab"])
     for stage in STAGES:
         assert sorted(d["kind"] for d in tree[stage]) == ["Deployment", "PodDisruptionBudget", "PodMonitor",
                                                           "ScaledObject"]
@@ -99,6 +104,22 @@ def test_an_offline_stage_with_a_service_is_refused(offline, conf):
 def test_the_ab_stage_is_refused_for_an_offline_service(tmp_path, capsys):
     assert render.main(["--stage", "ab", "--values", str(EXAMPLE), "--out", str(tmp_path)]) == 2
     assert "'ab' is not a stage of an offline service" in capsys.readouterr().err
+
+
+def test_the_ab_and_left_out_regions_jobs_of_an_offline_service_end_at_once_passed(tmp_path):
+    # CI's ab_test job runs for every service: for Kafka workers it must pass, not fail on missing manifests. And
+    # `regions` binds workers as it binds pods: a left-out region gets no consumer of its topics.
+    values = tmp_path / "value.py"
+    values.write_text(EXAMPLE.read_text() + "\nregions = ['hk']\n")
+    out = tmp_path / "out"
+    assert render.main(["--all", "--values", str(values), "--out", str(out)]) == 0
+    assert {p.parent.name for p in out.glob("*/deployment.yaml")} == {"grey", "hk"}
+    for stage in ("ab", "eu", "na"):  # CI's job line; no KUBECONFIG: it never reaches a cluster
+        done = subprocess.run([sys.executable, "-m", "podserve.tooling.deploy", "apply", "--stage", stage,
+                               "--manifests", str(out)], capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "src")})
+        assert done.returncode == 0, done.stderr
+        assert f"{stage}: not deployed here" in done.stdout
 
 
 def test_grey_s_names_come_from_grey_name(offline):

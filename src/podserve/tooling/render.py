@@ -30,6 +30,9 @@ from podserve.tooling.values import ServiceValues, load_values
 
 EXIT_INVALID = 2
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # with fullmatch: match's $ passes a trailing newline
+#: Why an offline service has no A/B copy (render --all writes it as that stage's reason).
+NO_OFFLINE_COPY = ("not deployed here: an offline service (Kafka workers) has no A/B copy, which would split its "
+                   "stream between two versions")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf 
     """
     conf = conf if conf is not None else load_conf()
     stages = list(conf.stages) if stages is None else stages
+    every_stage = stages == list(conf.stages)
     unknown = [s for s in stages if s not in conf.stages]
     if unknown:
         raise ValueFileError("--stage", [Problem("stage", f"{s!r} is not a stage; use one of {', '.join(conf.stages)}")
@@ -66,11 +70,11 @@ def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf 
         handler_paths = handler_source.default_paths(Path(values_path))
     values = load_values(values_path, conf, existing_routes, handler_paths)
     project = _project(values, conf, project_path)
-    if values.offline:  # Kafka workers: their own templates, checks and stages (no ab)
-        return _render_offline(values, conf, stages, image_tag, templates, project)
     skipped = {name: f"not deployed here: value.py regions = {values['regions']!r} leaves out "
                      f"{conf.stages[name].region}" for name in stages if not values.deploys_to(conf.stages[name])}
     stages = [name for name in stages if name not in skipped]
+    if values.offline:  # Kafka workers: their own templates, checks and stages (no ab)
+        return _render_offline(values, conf, stages, skipped, image_tag, templates, project, every_stage)
     rendered = {name: tenancy.stamp(manifests.render_stage(values, conf, conf.stages[name], image_tag, templates),
                                     project) for name in stages}
     problems = [p for name in stages for p in checks.check_stage(rendered[name], values, conf, conf.stages[name])]
@@ -88,13 +92,16 @@ def _project(values: ServiceValues, conf: Conf, path: str | None) -> str:
         raise ValueFileError(tenancy.PROJECT_VARIABLE, [Problem("username", str(exc))]) from None
 
 
-def _render_offline(values: ServiceValues, conf: Conf, stages: list[str], image_tag: str,
-                    templates: Path | None, project: str) -> Rendered:
+def _render_offline(values: ServiceValues, conf: Conf, stages: list[str], skipped: dict[str, str], image_tag: str,
+                    templates: Path | None, project: str, every_stage: bool) -> Rendered:
+    """Render an offline service's stages; one it has no copy in (ab) is refused when asked for by name, and with
+    --all gets its reason, as a left-out region does, so that its CI job ends at once, passed."""
     offline_stages = offline_manifests.stages(conf)
-    skipped = [s for s in stages if s not in offline_stages]
-    if skipped and stages != list(conf.stages):
+    others = [s for s in stages if s not in offline_stages]
+    if others and not every_stage:
         raise ValueFileError("--stage", [Problem("stage", f"{s!r} is not a stage of an offline service; use one of "
-                                                 f"{', '.join(offline_stages)}") for s in skipped])
+                                                 f"{', '.join(offline_stages)}") for s in others])
+    skipped = {**skipped, **{s: NO_OFFLINE_COPY for s in others}}
     stages = [s for s in stages if s in offline_stages]
     rendered = {name: tenancy.stamp(offline_manifests.render_stage(values, conf, conf.stages[name], image_tag,
                                                                    templates), project) for name in stages}
@@ -102,7 +109,7 @@ def _render_offline(values: ServiceValues, conf: Conf, stages: list[str], image_
                 for p in offline_manifests.check_stage(rendered[name], values, conf, conf.stages[name])]
     if problems:
         raise checks.ManifestError("rendered manifests", problems)
-    return Rendered(values, conf, rendered)
+    return Rendered(values, conf, rendered, skipped)
 
 
 def main(argv: list[str] | None = None) -> int:
