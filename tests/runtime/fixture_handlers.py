@@ -14,8 +14,22 @@ from server import TextDirection
 DECODED = service_metrics.counter("inputs_decoded", "Inputs the Affine handler decoded.")
 
 SLEEP_ENV = "TEST_PREDICT_SLEEP"
-HOLD_ENV = "TEST_PREDICT_HOLD"  # a path: WaitsOnDevice's predict waits while a file is there
-HOLD_LIMIT_SECONDS = 60.0
+#: A path: a gated handler's predict waits while a file is there, so a test decides when a batch ends, not a clock.
+GATE_ENV = "TEST_PREDICT_GATE"
+GATE_LIMIT_SECONDS = 30.0
+
+
+def wait_at_gate(batch_size: int) -> None:
+    """Wait while the file TEST_PREDICT_GATE names is there (at most GATE_LIMIT_SECONDS), first adding the held
+    batch's size as a line to `<gate>.held`; return at once when the variable is unset or the file absent."""
+    gate = os.environ.get(GATE_ENV)
+    if not gate or not os.path.exists(gate):
+        return
+    with open(gate + ".held", "a") as held:
+        held.write(f"{batch_size}\n")
+    deadline = time.monotonic() + GATE_LIMIT_SECONDS
+    while os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 class Affine(OnnxHandler):
@@ -34,10 +48,11 @@ class Affine(OnnxHandler):
 
 
 class SlowAffine(Affine):
-    """Affine whose every predict call first sleeps TEST_PREDICT_SLEEP seconds."""
+    """Affine whose every predict call first sleeps TEST_PREDICT_SLEEP seconds, then waits at the gate."""
 
     def predict(self, batch):
         time.sleep(float(os.environ.get(SLEEP_ENV, "0.5")))
+        wait_at_gate(len(batch))
         return super().predict(batch)
 
 
@@ -63,14 +78,12 @@ class WhereStepsRun(SlowDecode):
 
 
 class WaitsOnDevice(WhereStepsRun):
-    """WhereStepsRun whose predict sleeps TEST_PREDICT_SLEEP seconds, and then as long as the file TEST_PREDICT_HOLD
-    names is there (at most a minute), holding no core: a lane waiting on a GPU, for as long as a test wants."""
+    """WhereStepsRun whose predict sleeps TEST_PREDICT_SLEEP seconds, then waits at the gate, holding no core: a lane
+    waiting on a GPU, for as long as a test wants."""
 
     def predict(self, batch):
         time.sleep(float(os.environ.get(SLEEP_ENV, "0.5")))
-        hold, began = os.environ.get(HOLD_ENV), time.monotonic()
-        while hold and os.path.exists(hold) and time.monotonic() - began < HOLD_LIMIT_SECONDS:
-            time.sleep(0.01)
+        wait_at_gate(len(batch))
         return super().predict(batch)
 
 
@@ -132,24 +145,14 @@ class HeaderInjector(Affine):
         return super().decode(payload)
 
 
-GATE_ENV = "TEST_PREDICT_GATE"
-
-
 class GatedTextDirection(TextDirection):
-    """The example's handler, whose predict waits while the file TEST_PREDICT_GATE names exists (at most 30 s),
-    first adding the held batch's size as a line to `<gate>.held`. Its CPU runs are of 8 inputs (a batch: one run
-    or more): the sizes the example's load times cost within 1-3% of each other, so which it picks is noise."""
+    """The example's handler, whose predict waits at the gate. Its CPU runs are of 8 inputs (a batch: one run or
+    more): the sizes the example's load times cost within 1-3% of each other, so which it picks is noise."""
 
     RUN_SIZES = (8,)
 
     def predict(self, batch):
-        gate = os.environ.get(GATE_ENV)
-        if gate and os.path.exists(gate):
-            with open(gate + ".held", "a") as held:
-                held.write(f"{len(batch)}\n")
-            deadline = time.monotonic() + 30
-            while os.path.exists(gate) and time.monotonic() < deadline:
-                time.sleep(0.005)
+        wait_at_gate(len(batch))
         return super().predict(batch)
 
 

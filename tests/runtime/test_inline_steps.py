@@ -156,13 +156,13 @@ def test_cheap_steps_go_to_the_request_threads_while_requests_queue_past_a_lane_
     # A lane that waits in predict, as one waiting on a GPU does, taking one input a run: with 6 callers in flight 5
     # queue while the process idles on 2 cores, and the loop hands even cheap steps to the request thread.
     assert len(os.sched_getaffinity(0)) >= 2, "the test needs a core idle beside the event loop"
-    hold = tmp_path / "hold"  # while it is there the lane waits: every caller is in flight before the first answer
+    gate = tmp_path / "gate"  # while it is there the lane waits: every caller is in flight before the first answer
     server = start_server(handler="fixture_handlers:WaitsOnDevice", model_path=str(affine_model), http_threads=1,
-                          max_batch_size=1, cpu=2, TEST_PREDICT_SLEEP="0.05", TEST_PREDICT_HOLD=str(hold))
+                          max_batch_size=1, cpu=2, TEST_PREDICT_SLEEP="0.05", TEST_PREDICT_GATE=str(gate))
     poll_until(lambda: _ask(server)["decoded_by"] == LOOP_THREAD, "the loop decoding a cheap request itself",
                timeout=20, every=0)
     assert server.metric_sum(metric_names.LOOP_RELIEF) == 0
-    hold.touch()
+    gate.touch()
     with ThreadPoolExecutor(6) as callers:
         try:
             answers = callers.map(lambda _: _ask(server), range(6))
@@ -171,7 +171,7 @@ def test_cheap_steps_go_to_the_request_threads_while_requests_queue_past_a_lane_
             poll_until(lambda: server.metric_sum(metric_names.IN_FLIGHT) == 6, "all six callers in flight", timeout=20)
             poll_until(lambda: server.metric_sum(metric_names.LOOP_RELIEF) == 1, "the relief on /metrics", timeout=5)
         finally:
-            hold.unlink()
+            gate.unlink()
         decoded_by = [answer["decoded_by"] for answer in answers]
     # Only the request that found no other in flight, the first to arrive, may have been decoded by the loop.
     assert decoded_by.count(REQUEST_THREAD) >= 5, decoded_by
