@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from podserve.tooling.conf import load_conf, load_deploy_policy
-from podserve.tooling.deploy import commands, diagnosis, rollout
+from podserve.tooling.deploy import commands, diagnosis, pipeline, rollout
 from podserve.tooling.deploy.errors import ClusterError
 from podserve.tooling.deploy.history import History
 from podserve.tooling.deploy.kube import CONFIGMAPS, LEASES, MANAGED, Kind, kind_of
@@ -110,7 +110,8 @@ class Deploy:
         self.conf = load_conf()
         self.policy = load_deploy_policy()
         self.monkeypatch.setattr(commands, "check_freeze", lambda *_a, **_k: "")  # today may be in a freeze window
-        for name in (commands.JOB_TIMEOUT_VARIABLE, commands.JOB_STARTED_VARIABLE):  # a test run in a CI job
+        for name in (commands.JOB_TIMEOUT_VARIABLE, commands.JOB_STARTED_VARIABLE,  # a test run in a CI job
+                     pipeline.PIPELINE_ID_VARIABLE, pipeline.COMMIT_VARIABLE):
             self.monkeypatch.delenv(name, raising=False)
         self.monkeypatch.setattr(rollout, "wait", lambda *_a, **_k: self.verdicts.pop(0))
         if not self.notify:

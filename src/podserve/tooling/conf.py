@@ -24,7 +24,9 @@ DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 EXTENDED_RESOURCE = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _VERSION = re.compile(r"1\.\d+")
 _PLACEHOLDER = re.compile(r"{([^}]*)}")
-TRACKS = ("grey", "ab", "stable")
+#: The track of the production stages (hk, eu, na): the regions' own copies, behind the grey and A/B ones.
+PRODUCTION_TRACK = "stable"
+TRACKS = ("grey", "ab", PRODUCTION_TRACK)
 
 
 class ConfError(ValueFileError):
@@ -152,6 +154,11 @@ class Stage:
     service_discovery: bool
     autoscale: bool
     name: str = ""
+
+    @property
+    def production(self) -> bool:
+        """Whether this is a region's production stage (track `stable`)."""
+        return self.track == PRODUCTION_TRACK
 
     def public_path(self, service: str, user: str) -> str:
         """Return this stage's public path of a service: its route with the names filled in."""

@@ -127,7 +127,7 @@ class ServiceValues:
         """Whether the service runs in `stage`: grey and ab always, a production stage when its region is among
         `regions` (None: every region)."""
         regions = self.fields.get("regions")
-        return stage.track != "stable" or regions is None or stage.region in regions
+        return not stage.production or regions is None or stage.region in regions
 
     def serving_settings(self) -> ServingSettings:
         """Return the settings the in-pod server gets for this service: value.py's and the platform's."""
@@ -303,7 +303,7 @@ def _check_sink_file(value, conf: Conf) -> str | None:
 
 
 def _check_regions(value: list, conf: Conf) -> str | None:
-    production = sorted({s.region for s in conf.stages.values() if s.track == "stable"})
+    production = sorted({s.region for s in conf.stages.values() if s.production})
     # regions first: set() fails on a list or dict among them, which no region equals
     if not value or any(r not in production for r in value) or len(set(value)) != len(value):
         return (f"is {value!r}; list the production regions to deploy to, each once, among {production} "

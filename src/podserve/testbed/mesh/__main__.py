@@ -41,7 +41,7 @@ def serve(args) -> int:
         return 2
     try:
         write_state(mesh, work / "state.json")
-        production = next(w.stage for w in mesh.workloads if mesh.conf.stages[w.stage].track == "stable")
+        production = next(w.stage for w in mesh.workloads if mesh.conf.stages[w.stage].production)
         paths = sorted({route.match_value for vh in mesh.config.virtual_hosts for route in vh.routes
                         if route.match_kind == "exact"})
         print(f"The {args.region} gateway (Envoy) listens on http://127.0.0.1:{mesh.port}; admin on "

@@ -120,7 +120,7 @@ class Mesh:
         host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
         cluster = ir.cluster_name(host, service["spec"]["ports"][0]["port"])
         name = deployment["metadata"]["name"]
-        default = self.production_pods if self.conf.stages[stage].track == "stable" else 1
+        default = self.production_pods if self.conf.stages[stage].production else 1
         replicas = self.replicas.get(f"{name}/{stage}", self.replicas.get(stage, default))
         return Workload(name, stage, cluster, env, Probe.from_container(container),
                         container["lifecycle"]["preStop"]["sleep"]["seconds"],

@@ -8,7 +8,8 @@
     python -m podserve.tooling.deploy retire --stage hk --confirm NAME [--manifests DIR | --service NAME --team TEAM]
 
 Exit status: 0 serving, 1 rollout failed (rolled back where that applies), 2 bad input
-(with the fix), 3 refused (route collision, lock held past the wait, freeze window).
+(with the fix), 3 refused (route collision, lock held past the wait, freeze window, a
+production deploy from a pipeline older than the one that deployed what runs).
 """
 
 from __future__ import annotations

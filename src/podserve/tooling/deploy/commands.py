@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from podserve.tooling import routing, tenancy
 from podserve.tooling.conf import Conf, DeployPolicy
-from podserve.tooling.deploy import budget, diagnosis, drift, failures, freeze, notify, rollout
+from podserve.tooling.deploy import budget, diagnosis, drift, failures, freeze, notify, pipeline, rollout
 from podserve.tooling.deploy.errors import BadInput, ClusterError, LockLost, Refused, RollbackIncomplete, Terminated
 from podserve.tooling.deploy.history import History, Revision, as_applied, history_name, now_text
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, REPLICASETS, Kube, kind_of
@@ -65,8 +65,10 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         check_routes(kube, target)
         return dry_run(kube, target, say)
     objects = [drift.stamped(_annotated(obj, forced)) for obj in target.objects]
+    job = pipeline.from_environment()
+    history = History.load(kube, target.namespace, target.service, target.stage.name)
+    pipeline.check_order(target, history, job)  # an old pipeline's job is refused before it waits for the lock
     if job_timeout() is not None:  # in CI: what cannot end in the job's time left is refused before the lock's wait
-        history = History.load(kube, target.namespace, target.service, target.stage.name)
         live = kube.get(MANAGED["Deployment"], target.namespace, target.service)
         check_job_timeout(target, conf, opts, objects, rollback_set(kube, target, history, live).objects,
                           live_replicas(kube, target),
@@ -75,6 +77,9 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
                     opts.lock_lease_seconds, say) as lock:
         check_routes(kube, target)
         history = History.load(kube, target.namespace, target.service, target.stage.name)
+        unchecked = pipeline.check_order(target, history, job)  # again, as a newer deploy may have ended meanwhile
+        if unchecked:
+            say(unchecked)
         live = kube.get(MANAGED["Deployment"], target.namespace, target.service)
         noticed = drift.differences(history, live) + renamed(kube, target)
         for line in noticed:  # a killed deploy, a rollout undo or a scale by hand since the last recorded deploy
@@ -84,12 +89,13 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         check_job_timeout(target, conf, opts, objects, before, live_replicas(kube, target))  # with the real time left
         validate(kube, objects)
         number = history.next_number()
+        revision = Revision(number, objects, target.image(), holder_identity(), now_text(), forced, job.pipeline,
+                            job.commit)
         say(f"deploying {target.service} to {target.stage.name} (namespace {target.namespace}) as revision {number}: "
             f"{target.image()}")
         # From the first mutating call on, every way out ends rolled back (production) or recorded, never silent.
         try:
-            history.begin(kube, Revision(number, objects, target.image(), holder_identity(), now_text(), forced),
-                          restore)
+            history.begin(kube, revision, restore)
             apply_set(kube, target, objects, say, lock.check)
             settings = wait_settings(target, conf, opts, objects, live_replicas(kube, target))
             say(f"waiting up to {settings.budget_seconds:.0f} s for the rollout")
@@ -103,7 +109,7 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         except (ClusterError, Terminated) as exc:
             return interrupted(kube, target, before, history, number, _cause(exc), conf, opts, say)
         if verdict.state == diagnosis.SERVING:
-            history.record(kube, Revision(number, objects, target.image(), holder_identity(), now_text(), forced))
+            history.record(kube, replace(revision, applied_at=now_text()))
             say(f"serving: revision {number} of {target.service} in {target.stage.name}: {verdict.message}")
             _notify(target, number, "serving", "; ".join(f"noticed: {line}" for line in noticed) or None, say)
             return failures.EXIT_SERVING
@@ -549,6 +555,7 @@ def status(kube: Kube, target: Target, say=print) -> int:
     running = drift.running_revision(history, deployment)
     say(f"{target.service} in {target.stage.name} (namespace {target.namespace}): " +
         (f"revision {current.number}, {current.image}, applied {current.applied_at} by {current.applied_by}"
+         + (f" from {pipeline.origin_of(current).describe()}" if current.pipeline is not None else "")
          + (f", forced: {current.reason}" if current.reason else "") if current else "no revision recorded"))
     if drift.template_drifted(history, deployment):
         say("really running: " + (f"revision {running.number} ({running.image})" if running else
@@ -631,7 +638,7 @@ def _finish_rollback(kube: Kube, target: Target, conf: Conf, opts: Options, hist
 
 def delete(kube: Kube, target: Target, opts: Options, say=print) -> int:
     """Remove every object of the service's stage (found by labels), then wait for its pods to be gone."""
-    if target.stage.track == "stable":
+    if target.stage.production:
         raise BadInput(f"delete stops grey and A/B copies only; {target.stage.name} serves production: to take "
                        f"the service out of it for good, run `retire --stage {target.stage.name} --confirm "
                        f"{target.service}`")

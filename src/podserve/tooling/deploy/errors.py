@@ -31,6 +31,14 @@ class Refused(DeployError):
         self.failure = failure
 
 
+class OutdatedPipeline(Refused):
+    """A production deploy from a pipeline older than the one that deployed what runs (an old pipeline's job retried),
+    refused before anything changed: the message names both pipelines and the ways back (`rollback`, a revert)."""
+
+    def __init__(self, detail: str):
+        super().__init__(failures.OUTDATED_PIPELINE, detail)
+
+
 class ClusterError(DeployError):
     """The API server answered with an error (or could not be reached); carries its HTTP status and message."""
 

@@ -109,10 +109,15 @@ FREEZE_WINDOW = Failure(
     "conf/deploy.yaml declares a freeze window for the stage's region now", "none: conf/deploy.yaml",
     "deploy after the window ends, or, for an emergency, run again with --force --reason TEXT "
     "(the reason is recorded on the objects)", EXIT_REFUSED)
+OUTDATED_PIPELINE = Failure(
+    "outdated_pipeline", "Refused: this job's pipeline is older than the one that deployed what runs",
+    "a production deploy job of an old pipeline was retried or played: it would put an older commit back",
+    "none: the pipeline", "to go back on purpose, run the `rollback` command above; otherwise revert the commit and "
+    "deploy the revert from a new pipeline", EXIT_REFUSED)
 
 #: Every failure, in the order docs/deploy.md lists them.
 ALL = (UNSCHEDULABLE, CREATE_REFUSED, OOM_KILLED, CRASH_LOOP, IMAGE_PULL, NOT_STARTED, STARTUP_PROBE, NEVER_READY,
-       PROGRESS_DEADLINE, TIMED_OUT, ROUTE_COLLISION, LOCK_HELD, FREEZE_WINDOW)
+       PROGRESS_DEADLINE, TIMED_OUT, ROUTE_COLLISION, LOCK_HELD, FREEZE_WINDOW, OUTDATED_PIPELINE)
 BY_REASON = {failure.reason: failure for failure in ALL}
 
 

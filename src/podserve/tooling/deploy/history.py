@@ -1,8 +1,9 @@
 """Revisions of a service's stage, kept in the cluster: the objects of the current and the previous deploy.
 
 A ConfigMap `<service>.deploy-history` in the stage's namespace holds the revision number,
-the image, who applied it and when, and the full set of objects as applied (not as the
-server defaulted them) for the current and the previous revision, and, while a deploy runs,
+the image, who applied it and when, the GitLab pipeline and commit it came from (pipeline.py),
+and the full set of objects as applied (not as the server defaulted them) for the current and
+the previous revision, and, while a deploy runs,
 the revision it is applying (`pending`): one still there at the next start was never
 finished (its deploy was killed, or its rollback did not finish; drift.py reports it), and
 beside it the set that deploy rolls back to (`restore`), so that `rollback` can put back what
@@ -14,7 +15,7 @@ previous set is read from the live objects of the service and stage.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 
 from podserve.tooling.deploy.kube import CONFIGMAPS, Kube
@@ -31,7 +32,11 @@ def history_name(service: str) -> str:
 
 @dataclass
 class Revision:
-    """One applied set: its number, image, who and when, and the objects."""
+    """One applied set: its number, image, who and when, the GitLab pipeline and commit it came from, and the objects.
+
+    `pipeline` ($CI_PIPELINE_ID) and `commit` ($CI_COMMIT_SHA) are None and "" when the tool ran outside CI, or
+    the entry was written before they were recorded; a rollback keeps them, as it puts the same revision back.
+    """
 
     number: int
     objects: list[dict]
@@ -39,13 +44,20 @@ class Revision:
     applied_by: str = ""
     applied_at: str = ""
     reason: str = ""
+    pipeline: int | None = None
+    commit: str = ""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> "Revision | None":
-        return cls(**json.loads(text)) if text else None
+        """Read a stored revision; entries of older tools lack later fields, and fields this one does not know are
+        left out, so a history outlives the tool that wrote it."""
+        if not text:
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
 @dataclass
