@@ -11,11 +11,14 @@ What the kubelet would report is simulated by kwok: the pod-template annotation
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -153,3 +156,32 @@ class Live:
             if exc.status == 404:  # a CRD this cluster does not serve
                 return []
             raise
+
+
+def read_until(process: subprocess.Popen, wanted: Callable[[str], bool], what: str, seconds: float = 60) -> list[str]:
+    """Read a started tool's stdout until a line `wanted` accepts and return the lines so far; the reader goes on, and
+    finish() collects what follows. AssertionError naming `what` when the tool exits or `seconds` pass first."""
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    seen, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        seen.append(line)
+        if wanted(line):
+            process.rest = lines
+            return seen
+    raise AssertionError(f"{what}: not within {seconds:.0f} s; the tool printed:\n{''.join(seen)}")
+
+
+def finish(process: subprocess.Popen, seen: list[str], timeout: float = 120) -> str:
+    """Wait for a tool read_until read from to exit; return its whole stdout and stderr."""
+    process.wait(timeout=timeout)
+    while (line := process.rest.get(timeout=10)) is not None:
+        seen.append(line)
+    return "".join(seen) + process.stderr.read()

@@ -10,11 +10,9 @@ commands.apply against an in-memory API (tests/deploy/fake_kube.py) to cut the r
 
 from __future__ import annotations
 
-import queue
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from datetime import datetime, timezone
 
@@ -23,7 +21,7 @@ import yaml
 
 from fake_kube import Deploy
 from fault_proxy import FaultProxy
-from live import REPO, Live
+from live import REPO, Live, finish, read_until
 from podserve.testbed.processes import poll_until
 from podserve.tooling.conf import default_conf_dir
 from podserve.tooling.deploy import budget
@@ -40,34 +38,16 @@ def live(control_plane, tmp_path) -> Live:
     return Live(control_plane, tmp_path)
 
 
+def waiting_for_rollout(process) -> list[str]:
+    """Read the tool's stdout until its first progress line ("[   0s] ..."): it has applied and is waiting."""
+    return read_until(process, lambda line: line.startswith("["), "the deploy waiting for its rollout")
+
+
 def image(live: Live, name: str) -> str:
     deployment = live.admin.get(MANAGED["Deployment"], live.namespace("hk"), name)
     return deployment["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
-def started_waiting(process, seconds: float = 60) -> list[str]:
-    """Read the tool's stdout until its first progress line ("[   0s] ..."): it has applied and is waiting."""
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
-                     daemon=True).start()
-    seen, deadline = [], time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-        if line is None:
-            break
-        seen.append(line)
-        if line.startswith("["):
-            process.rest = lines  # the reader goes on; finish() collects what follows
-            return seen
-    raise AssertionError(f"the deploy never started waiting:\n{''.join(seen)}")
-
-
-def finish(process, seen: list[str], timeout: float = 120) -> str:
-    """Wait for the tool to exit; return its whole stdout and stderr."""
-    process.wait(timeout=timeout)
-    while (line := process.rest.get(timeout=10)) is not None:
-        seen.append(line)
-    return "".join(seen) + process.stderr.read()
 
 
 def first_revision(live: Live, name: str) -> None:
@@ -103,7 +83,7 @@ def test_sigterm_mid_wait_rolls_back_notifies_and_frees_the_lock(live):
         process = live.start("apply", "--stage", "hk", "--budget", "300",
                              "--manifests", live.manifests(name, "hk", "v2", simulate="never-ready"),
                              PODSERVE_NOTIFY_URL=receiver.url)
-        seen = started_waiting(process)
+        seen = waiting_for_rollout(process)
         assert image(live, name).endswith(":v2")
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)  # what the runner sends a cancelled job
@@ -120,6 +100,22 @@ def test_sigterm_mid_wait_rolls_back_notifies_and_frees_the_lock(live):
         live.remove(live.namespace("hk"), "hk", name)
 
 
+def take_over(live: Live, namespace: str, lease: str, holder: str) -> None:
+    """Write the Lease as another holder would: with the resourceVersion read, again on a 409 (the tool renewed it
+    between the read and the write, as it does every second here)."""
+    for _ in range(20):
+        taken = live.admin.get(LEASES, namespace, lease)
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        taken["spec"].update(holderIdentity=holder, acquireTime=now, renewTime=now, leaseDurationSeconds=600)
+        try:
+            live.admin.request("PUT", LEASES.path(namespace, lease), body=taken)
+            return
+        except ClusterError as exc:
+            if exc.status != 409:
+                raise
+    raise AssertionError(f"{namespace}/{lease} could not be taken over in 20 tries: each write conflicted")
+
+
 def test_a_lease_taken_over_mid_deploy_stops_without_rolling_back_under_the_new_holder(live, tmp_path):
     name, receiver = "dt-fault-lease", Receiver()
     conf = tmp_path / "conf"
@@ -133,12 +129,8 @@ def test_a_lease_taken_over_mid_deploy_stops_without_rolling_back_under_the_new_
         process = live.start("apply", "--stage", "hk", "--budget", "300", "--conf", conf,
                              "--manifests", live.manifests(name, "hk", "v2", simulate="never-ready"),
                              PODSERVE_NOTIFY_URL=receiver.url)
-        seen = started_waiting(process)
-        taken = live.admin.get(LEASES, namespace, lease)
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        taken["spec"].update(holderIdentity="another-deploy (pid 1)", acquireTime=now, renewTime=now,
-                             leaseDurationSeconds=600)
-        live.admin.request("PUT", LEASES.path(namespace, lease), body=taken)  # with its resourceVersion, as a taker
+        seen = waiting_for_rollout(process)
+        take_over(live, namespace, lease, "another-deploy (pid 1)")
         output = finish(process, seen)
         assert process.returncode == 1, output
         assert "STOPPED: the deploy lock" in output and "taken over by another-deploy (pid 1)" in output
@@ -207,7 +199,7 @@ def test_a_deploy_killed_with_sigkill_is_reported_at_the_next_start(live, tmp_pa
         first_revision(live, name)
         process = live.start("apply", "--stage", "hk", "--budget", "300", "--conf", conf,
                              "--manifests", live.manifests(name, "hk", "v2", simulate="never-ready"))
-        seen = started_waiting(process)
+        seen = waiting_for_rollout(process)
         process.kill()
         finish(process, seen)
         status = live.deploy("status", "--stage", "hk", "--service", name, "--team", "like")

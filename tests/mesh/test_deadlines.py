@@ -12,6 +12,7 @@ import json
 import threading
 import time
 
+from podserve.testbed.processes import poll_until
 from traffic import marker, post, predicted, switch_dir
 
 PATH = "/grey/like/test"
@@ -26,7 +27,9 @@ def test_a_shorter_deadline_reaches_the_pod_and_a_request_queued_past_it_is_not_
     try:
         first = threading.Thread(target=lambda: replies.setdefault("blocker", post(mesh, PATH, blocker)))
         first.start()
-        time.sleep(0.5)  # the blocker is running its batch now
+        # Wait until the blocker holds the batch thread: the handler records an input before its slow sleep.
+        poll_until(lambda: blocker in predicted(mesh, "test", "grey", 0), "the blocker running on grey-0", timeout=30,
+                   every=0.02)
         timed = {}
 
         def send(name: str, first: float, headers: dict) -> None:
