@@ -32,7 +32,9 @@ def test_waits_while_a_child_process_still_uses_a_core_and_no_longer(tmp_path):
         waited = server.wait_quiet()
         assert time.monotonic() >= busy_until, f"went on after {waited:.2f}s while the child still used a core"
         assert waited < QUIET_TIMEOUT_S - 1, f"took {waited:.2f}s to see the child stop"
-        assert server.wait_quiet() < 0.2  # idle now: goes on at once
+        assert server.quiet_samples > 1
+        server.wait_quiet()
+        assert server.quiet_samples == 1  # idle now: goes on after its first look, however long the machine made it
     finally:
         server.stop()
 
@@ -40,6 +42,7 @@ def test_waits_while_a_child_process_still_uses_a_core_and_no_longer(tmp_path):
 def test_an_idle_server_is_quiet_at_once(tmp_path):
     server, _ = _start(tmp_path, IDLE)
     try:
-        assert server.wait_quiet() < 0.2
+        server.wait_quiet()
+        assert server.quiet_samples == 1
     finally:
         server.stop()
