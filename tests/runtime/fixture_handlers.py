@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 from podserve import Handler, InvalidInput, OnnxHandler, Payload, WithContext, service_metrics
 from server import TextDirection
+
+from context_handlers import ScaledAffine
 
 DECODED = service_metrics.counter("inputs_decoded", "Inputs the Affine handler decoded.")
 
@@ -30,6 +33,15 @@ def wait_at_gate(batch_size: int) -> None:
     deadline = time.monotonic() + GATE_LIMIT_SECONDS
     while os.path.exists(gate) and time.monotonic() < deadline:
         time.sleep(0.005)
+
+
+def held_batches(gate: str | os.PathLike) -> list[int]:
+    """The sizes of the batches held at `gate` so far, one per line of `<gate>.held` (for a test to poll: a batch is
+    there once its predict waits at the gate)."""
+    try:
+        return [int(line) for line in Path(f"{gate}.held").read_text().split()]
+    except FileNotFoundError:
+        return []
 
 
 class Affine(OnnxHandler):
@@ -130,6 +142,32 @@ class Hangs(Affine):
     def predict(self, batch):
         if any(item[0] == 999 for item in batch):
             time.sleep(3)
+        return super().predict(batch)
+
+
+class GatedHangs(Affine):
+    """Hangs held on the gate, not a clock: predict of a batch holding 999 waits while the gate is there."""
+
+    def predict(self, batch):
+        if any(item[0] == 999 for item in batch):
+            wait_at_gate(len(batch))
+        return super().predict(batch)
+
+
+class GatedDecode(Affine):
+    """Affine whose decode waits at the gate (a line of 1 in `<gate>.held`): a request thread held in a slow decode
+    for as long as a test wants."""
+
+    def decode(self, payload: Payload) -> np.ndarray:
+        wait_at_gate(1)
+        return super().decode(payload)
+
+
+class GatedScaledAffine(ScaledAffine):
+    """context_handlers.ScaledAffine whose predict waits at the gate."""
+
+    def predict(self, batch):
+        wait_at_gate(len(batch))
         return super().predict(batch)
 
 

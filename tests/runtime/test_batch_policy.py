@@ -57,15 +57,29 @@ def test_a_queue_emptied_while_filling_has_nothing_to_wait_for():
 
 
 def test_a_worker_whose_queue_empties_while_a_batch_fills_keeps_serving():
-    worker = BatchWorker("w", _Costs(0.001, 0.0), max_batch_size=MAX, max_batch_delay=0.2, capacity=16,
-                         cost=_learnt(fixed=0.5, per_item=0.0002))  # worth holding for the whole delay
+    # The batch thread asks `more_coming` each time it decides whether to go on holding its batch open for more,
+    # under the worker's lock: a call with the queue not empty is the thread filling a batch; a call after the queue
+    # was emptied is the thread deciding on the empty queue (where a ZeroDivisionError once killed it).
+    asked: list[int] = []  # the queue's depth at each call
+    filling = threading.Event()
+
+    def more_coming() -> bool:
+        decided_on_empty = 0 in asked
+        asked.append(worker.depth)
+        filling.set()
+        return not decided_on_empty  # more are coming until then; after, `stays` runs at once
+
+    worker = BatchWorker("w", _Costs(0.001, 0.0), max_batch_size=MAX, max_batch_delay=1.0, capacity=16,
+                         more_coming=more_coming,
+                         cost=_learnt(fixed=1.0, per_item=0.0002))  # worth holding for the whole 1 s delay
     worker.start()
     try:
         gone = WorkItem("gone", None, time.monotonic() + 30)
         worker.submit(gone)
-        time.sleep(0.05)  # the batch thread is waiting for the batch to fill
-        assert worker.withdraw(gone)
-        time.sleep(0.3)  # past the delay: it takes an empty queue's batch
+        assert filling.wait(10), "the batch thread never began to fill a batch"
+        assert worker.withdraw(gone), asked  # the thread holds its batch open (for up to 1 s) with `gone` in it
+        # Past the delay the thread looks again and finds the queue empty: it takes an empty queue's batch.
+        poll_until(lambda: 0 in asked, "the batch thread deciding on the emptied queue", timeout=10, every=0.01)
         stays = WorkItem("stays", None, time.monotonic() + 30)
         worker.submit(stays)
         assert stays.wait() == "stays" and worker.is_alive(stuck_after=10)

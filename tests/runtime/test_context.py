@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from load import burst
 
-from podserve import Handler, WithContext
+from podserve import Handler, WithContext, metric_names
 from podserve.handler import Device, Payload
+from podserve.testbed.processes import poll_until
 
 
-def test_each_answer_gets_its_own_requests_context_when_requests_are_batched(start_server, affine_model):
-    server = start_server(handler="context_handlers:ScaledAffine", model_path=str(affine_model), max_batch_size=16,
-                          max_batch_delay_ms=50, ins_num_per_gpu=1)  # ready: the warm-up ran on decode's results
+def test_each_answer_gets_its_own_requests_context_when_requests_are_batched(start_server, affine_model, tmp_path):
+    gate = tmp_path / "gate"  # while it is there, predict waits: the burst queues behind the first batch
+    server = start_server(handler="fixture_handlers:GatedScaledAffine", model_path=str(affine_model),
+                          max_batch_size=16, max_batch_delay_ms=50, ins_num_per_gpu=1,
+                          TEST_PREDICT_GATE=str(gate))  # ready: the warm-up ran on decode's results
     vectors = [[float(i + 1), -2.0 * (i + 1), 0.5, float(i % 7)] for i in range(48)]
-    replies = burst(server.api, [{"json": {"postid": str(i), "data": v}} for i, v in enumerate(vectors)])
+    gate.touch()
+    replies: list = []
+    sender = threading.Thread(target=lambda: replies.extend(
+        burst(server.api, [{"json": {"postid": str(i), "data": v}} for i, v in enumerate(vectors)])))
+    sender.start()
+    try:
+        # However slowly the callers arrive, the first batch runs only once all 48 are in flight: the rest are
+        # queued behind it and batched together.
+        poll_until(lambda: server.metric_sum(metric_names.IN_FLIGHT) == 48, "all 48 callers in flight", timeout=60,
+                   every=0.01)
+    finally:
+        gate.unlink(missing_ok=True)
+        sender.join(60)
     assert [r.status_code for r in replies] == [200] * 48
     for i, (reply, vector) in enumerate(zip(replies, vectors)):
         results = reply.json()["results"]

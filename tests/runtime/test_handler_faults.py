@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import requests
+
+from podserve.testbed.processes import poll_until
 
 
 def test_handler_exceptions_are_500_with_a_short_message_and_the_traceback_in_the_log(start_server, affine_model):
@@ -26,13 +27,25 @@ def test_handler_exceptions_are_500_with_a_short_message_and_the_traceback_in_th
     assert "KeyError: 'a bug in decode'" in log and "RuntimeError: a bug in predict" in log
 
 
-def test_liveness_fails_only_while_a_batch_is_stuck(start_server, affine_model):
-    server = start_server(handler="fixture_handlers:Hangs", model_path=str(affine_model), stuck_batch_seconds=0.5,
-                          ins_num_per_gpu=1)
-    hung = threading.Thread(target=lambda: server.post({"data": [999]}))
+def test_liveness_fails_only_while_a_batch_is_stuck(start_server, affine_model, tmp_path):
+    gate = tmp_path / "gate"  # while it is there, the batch of 999 hangs: a wedged batch thread, until the test says
+    server = start_server(handler="fixture_handlers:GatedHangs", model_path=str(affine_model), stuck_batch_seconds=0.5,
+                          ins_num_per_gpu=1, TEST_PREDICT_GATE=str(gate))
+
+    def live() -> requests.Response:
+        return requests.get(server.url("/api/live"), timeout=5)
+
+    assert live().status_code == 200
+    gate.touch()
+    answers: list = []
+    hung = threading.Thread(target=lambda: answers.append(server.post({"data": [999]}).status_code))
     hung.start()
-    time.sleep(1.2)
-    live = requests.get(server.url("/api/live"), timeout=5)
-    assert live.status_code == 503 and "instance cpu-0" in live.json()["msg"]
+    try:
+        message = poll_until(lambda: (reply := live()).status_code == 503 and reply.json()["msg"],
+                             "liveness failing while the batch is stuck", timeout=20, every=0.05)
+        assert "instance cpu-0" in message
+    finally:
+        gate.unlink(missing_ok=True)
     hung.join()
-    assert requests.get(server.url("/api/live"), timeout=5).status_code == 200
+    assert answers == [200]
+    poll_until(lambda: live().status_code == 200, "liveness back once the batch finished", timeout=20, every=0.05)

@@ -19,9 +19,12 @@ import requests
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from podserve import metric_names
 from podserve.handler import Payload
+from podserve.testbed.processes import poll_until
 from server import ANGLES, TextDirection
 
+from fixture_handlers import held_batches
 from hostile import Reader, connect, request_head
 
 SERVICE = "example"
@@ -211,18 +214,35 @@ def test_a_handler_that_declares_no_tensors_says_it_does_not_serve_the_protocol(
     assert reply.status_code == 404 and "declares no tensors" in reply.json()["error"]
 
 
-def test_triton_s_timeout_parameter_is_a_deadline_like_the_header(start_server, affine_model):
+def test_triton_s_timeout_parameter_is_a_deadline_like_the_header(start_server, affine_model, tmp_path):
+    gate = tmp_path / "gate"  # while it is there, predict waits: the blocker holds the lane until the test says
     server = start_server(handler="fixture_handlers:SlowAffine", model_path=str(affine_model), service_name=SERVICE,
-                          cpu=1, max_batch_size=2, init_delay_second=4,  # warm-up stops after 2 s
-                          TEST_PREDICT_SLEEP="1.0")  # one batch lane, held 1 s by the request below
+                          cpu=1, max_batch_size=2,  # one batch lane, held by the request below
+                          TEST_PREDICT_SLEEP="0", TEST_PREDICT_GATE=str(gate))
+    gate.touch()
     blocker = threading.Thread(target=lambda: server.post({"postid": "slow", "data": [1, 2, 3, 4]}))
     blocker.start()
-    try:
-        time.sleep(0.3)
+    answer: dict = {}
+
+    def send() -> None:
         started = time.monotonic()
-        status, error = _raw(server, {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
-                                                  "data": [1, 2, 3, 4]}], "parameters": {"timeout": 300_000}})
-        waited = time.monotonic() - started
+        answer["status"], answer["error"] = _raw(server, {
+            "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}],
+            "parameters": {"timeout": 300_000}})  # microseconds: 0.3 s
+        answer["waited"] = time.monotonic() - started
+
+    v2 = threading.Thread(target=send)
+    try:
+        poll_until(lambda: held_batches(gate) == [1], "the blocker inside its predict", timeout=20, every=0.01)
+        v2.start()
+        poll_until(lambda: server.metric_sum(metric_names.QUEUE_DEPTH) == 1, "the v2 request queued behind it",
+                   timeout=20, every=0.01)
+        queued_by = time.monotonic()  # the request arrived before this, so its 0.3 s have passed 0.3 s after it
+        time.sleep(max(0.0, queued_by + 0.35 - time.monotonic()))
     finally:
+        gate.unlink(missing_ok=True)  # the lane frees only once the v2 request's deadline has passed
         blocker.join(10)
+        v2.join(10)
+    status, error, waited = answer.get("status"), answer.get("error", ""), answer.get("waited", float("inf"))
     assert status == 504 and "deadline" in error and waited < 1.5, (status, error, waited)
+    assert server.metric_sum("podserve_batch_size_count") == 1, "the v2 request was run past its deadline"

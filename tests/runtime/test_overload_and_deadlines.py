@@ -6,7 +6,10 @@ import threading
 import time
 
 import requests
+from fixture_handlers import held_batches
 from load import burst
+
+from podserve.testbed.processes import poll_until
 
 # cpu=1: one core, so the instance runs one batch at a time (on more cores it runs one per core at once).
 SLOW = {"handler": "fixture_handlers:SlowAffine", "ins_num_per_gpu": 1, "max_batch_size": 1, "cpu": 1,
@@ -41,37 +44,62 @@ def _send_in_background(server, body, headers=None) -> dict:
     return result
 
 
-def test_request_queued_past_its_deadline_gets_504_and_is_not_run(start_server, affine_model):
-    server = start_server(model_path=str(affine_model), request_timeout_ms=300, **SLOW)
-    first = _send_in_background(server, {"postid": "runs", "data": [1]})
-    time.sleep(0.2)  # `first` is now inside its 0.6 s predict
-    # A caller may lower its deadline but not raise it: asking for 5 s still gets the server's 300 ms.
-    second = _send_in_background(server, {"postid": "waits", "data": [2]}, {"X-Request-Timeout-Ms": "5000"})
-    third = _send_in_background(server, {"postid": "hurries", "data": [3]}, {"X-Request-Timeout-Ms": "50"})
-    for result in (first, second, third):
-        result["thread"].join()
+def _probe_after(server) -> None:
+    """Send one more request and wait for its answer: one lane takes the queue in order, so whatever was queued
+    before it has run (and been counted) by then."""
+    reply = server.post({"postid": "probe", "data": [4]})
+    assert reply.status_code == 200 and reply.json()["results"] == [9.0], reply.text
+
+
+def test_request_queued_past_its_deadline_gets_504_and_is_not_run(start_server, affine_model, tmp_path):
+    gate = tmp_path / "gate"  # while it is there, predict waits: `first` runs until the test lets it finish
+    server = start_server(model_path=str(affine_model), request_timeout_ms=300, **{**SLOW, "TEST_PREDICT_SLEEP": 0},
+                          TEST_PREDICT_GATE=str(gate))
+    gate.touch()
+    try:
+        first = _send_in_background(server, {"postid": "runs", "data": [1]})
+        poll_until(lambda: held_batches(gate) == [1], "`first` inside its predict", timeout=20, every=0.01)
+        # A caller may lower its deadline but not raise it: asking for 5 s still gets the server's 300 ms.
+        second = _send_in_background(server, {"postid": "waits", "data": [2]}, {"X-Request-Timeout-Ms": "5000"})
+        third = _send_in_background(server, {"postid": "hurries", "data": [3]}, {"X-Request-Timeout-Ms": "50"})
+        for result in (second, third):
+            result["thread"].join(10)
+            # The 504s come when their deadlines pass, while the running request is still in its predict.
+            assert not result["thread"].is_alive(), "no answer while the running request held the instance"
+        assert first["thread"].is_alive()
+    finally:
+        gate.unlink(missing_ok=True)
+    first["thread"].join()
     assert first["status"] == 200 and first["body"]["results"] == [3.0]
     assert second["status"] == 504 and second["body"]["error"] == "deadline_exceeded"
+    assert second["seconds"] < 2.5, "the caller's 5 s deadline was used, not the server's 300 ms"
     assert third["status"] == 504 and third["body"]["postid"] == "hurries"
-    # The 504s came when their deadlines passed, before the running request finished.
     assert third["seconds"] < second["seconds"] < first["seconds"]
-    time.sleep(0.7)
-    assert server.metric_sum("podserve_batch_size_count") == 1, "a request past its deadline was run"
+    _probe_after(server)
+    assert server.metric_sum("podserve_batch_size_count") == 2, "a request past its deadline was run"
 
 
-def test_time_waiting_for_a_request_thread_counts_against_the_deadline(start_server, affine_model):
-    # One request thread, busy for 0.6 s decoding `first`: `second` waits for it in the request threads' queue,
+def test_time_waiting_for_a_request_thread_counts_against_the_deadline(start_server, affine_model, tmp_path):
+    # One request thread, held decoding `first` (at the gate): `second` waits for it in the request threads' queue,
     # and its 200 ms deadline passes there. It is answered 504 when the deadline passes, not when the thread
-    # frees, and it is never run.
-    server = start_server(model_path=str(affine_model), http_threads=1, handler="fixture_handlers:SlowDecode")
-    first = _send_in_background(server, {"postid": "0.6", "data": [1]})
-    time.sleep(0.2)
-    second = _send_in_background(server, {"postid": "0", "data": [2]}, {"X-Request-Timeout-Ms": "200"})
-    for result in (first, second):
-        result["thread"].join()
+    # frees (the thread frees only once `second` has its answer), and it is never run.
+    gate = tmp_path / "gate"
+    server = start_server(model_path=str(affine_model), http_threads=1, handler="fixture_handlers:GatedDecode",
+                          TEST_PREDICT_GATE=str(gate))
+    gate.touch()
+    try:
+        first = _send_in_background(server, {"postid": "held", "data": [1]})
+        poll_until(lambda: held_batches(gate) == [1], "`first` decoding on the request thread", timeout=20,
+                   every=0.01)
+        second = _send_in_background(server, {"postid": "0", "data": [2]}, {"X-Request-Timeout-Ms": "200"})
+        second["thread"].join(10)
+        assert not second["thread"].is_alive(), "`second` was not answered while `first` held the request thread"
+    finally:
+        gate.unlink(missing_ok=True)
+    first["thread"].join()
     assert first["status"] == 200
     assert second["status"] == 504 and second["body"]["error"] == "deadline_exceeded", second
     assert "waiting for a request thread" in second["body"]["msg"]
-    assert 0.15 < second["seconds"] < first["seconds"] - 0.1, (second["seconds"], first["seconds"])
-    time.sleep(0.5)
-    assert server.metric_sum("podserve_batch_size_count") == 1, "a request past its deadline was run"
+    assert 0.15 < second["seconds"] < min(2.5, first["seconds"]), (second["seconds"], first["seconds"])
+    _probe_after(server)
+    assert server.metric_sum("podserve_batch_size_count") == 2, "a request past its deadline was run"

@@ -16,6 +16,7 @@ from podserve.runtime import api
 from podserve.runtime.batcher import RUNNING, BatchWorker, WorkItem
 from podserve.runtime.devices import cpu_share, plan_devices
 from podserve.settings import ServingSettings, SettingsError
+from podserve.testbed.processes import poll_until
 
 
 def test_settings_round_trip_through_the_environment():
@@ -115,11 +116,12 @@ def _worker(handler, **kwargs) -> BatchWorker:
 
 def test_batcher_groups_by_shape_and_answers_every_item_in_order():
     handler = Recorder()
-    worker = _worker(handler)
+    worker = BatchWorker("test", handler, max_batch_size=8, max_batch_delay=0.05, capacity=64)
     inputs = [np.full(1 + i % 2, float(i)) for i in range(8)]
     items = [WorkItem(x, handler.batch_key(x), time.monotonic() + 5) for x in inputs]
-    for item in items:
+    for item in items:  # queued before the batch thread looks, so it finds all eight however slowly they came
         worker.submit(item)
+    worker.start()
     outputs = [item.wait() for item in items]
     worker.stop(5)
     assert all(np.array_equal(out, -x) for out, x in zip(outputs, inputs))
@@ -147,7 +149,7 @@ def test_batcher_refuses_when_full_and_withdraws_at_the_deadline():
     worker = _worker(Blocked(), max_batch_size=1, max_batch_delay=0.0, capacity=1)
     running = WorkItem(1.0, None, time.monotonic() + 5)
     worker.submit(running)
-    time.sleep(0.1)
+    poll_until(lambda: worker.running == 1, "the batch thread running the first item", timeout=5, every=0.001)
     queued = WorkItem(2.0, None, time.monotonic() + 0.1)
     worker.submit(queued)
     with pytest.raises(Overloaded):
