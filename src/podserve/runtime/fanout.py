@@ -19,12 +19,13 @@ from podserve.runtime.pool import InstancePool
 class FanOut:
     """The N inputs of one request: submit them, then `add` each finished item until every output is in."""
 
-    __slots__ = ("outputs", "done", "_index", "_lock")
+    __slots__ = ("outputs", "done", "_index", "_items", "_lock")
 
     def __init__(self, count: int):
         self.outputs: list[Any] = [None] * count
         self.done = 0
         self._index: dict[int, int] = {}  # id(WorkItem) -> its input's place among the N
+        self._items: list[WorkItem] = []  # the submitted ones, for `withdraw`
         self._lock = threading.Lock()
 
     def submit(self, pool: InstancePool, inputs: Sequence[Any], keys: Sequence[Hashable], deadline: float,
@@ -37,6 +38,22 @@ class FanOut:
                 item = pool.submit(model_input, key, deadline, incoming if index == last else None,
                                    on_done=on_done, context=context)
                 self._index[id(item)] = index
+                self._items.append(item)
+
+    def withdraw(self, error: Any = None) -> None:
+        """Take every input still queued out of its queue, each finished with `error` (None: the batcher's deadline
+        error): the request's deadline passed, or its caller left. Inputs already in a batch run to their end."""
+        with self._lock:
+            items = list(self._items)
+        for item in items:
+            if item.worker is not None:
+                item.worker.withdraw(item, error)
+
+    def release(self) -> None:
+        """Forget the submitted inputs (the request is answered): each refers to the request, and memory stays flat
+        only without such cycles."""
+        with self._lock:
+            self._items.clear()
 
     def add(self, item: WorkItem) -> bool:
         """Record a finished item's output in its place; True once every output is in."""

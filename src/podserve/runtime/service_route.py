@@ -33,6 +33,7 @@ from podserve.handler import Payload, WithContext
 from podserve.runtime import api
 from podserve.runtime.batcher import WorkItem
 from podserve.runtime.devices import cpu_share
+from podserve.runtime.fanout import FanOut
 from podserve.runtime.httpserver import JSON_TYPE, Answer, Exchange, header_problem
 from podserve.runtime.inline_policy import INLINE_BODY_BYTES, LoopRelief, StepCost
 from podserve.runtime.lifecycle import Lifecycle
@@ -202,6 +203,21 @@ class ServiceRoute:
         else:
             self._work.put(call)
 
+    def lower_deadline(self, call: Call, deadline: float) -> None:
+        """Move `call`'s deadline earlier (a protocol's own timeout, read from its body), its timer with it: from any
+        thread, before the call is submitted."""
+        if deadline >= call.deadline:
+            return
+        call.deadline = deadline
+        self.loop.call_soon_threadsafe(self._rearm, call)
+
+    def _rearm(self, call: Call) -> None:
+        exchange = call.exchange
+        if call.state == ANSWERED or exchange.timer is None:  # answered meanwhile: its timer went with the answer
+            return
+        exchange.timer.cancel()
+        exchange.timer = self.loop.call_later(max(0.0, call.deadline - time.monotonic()), self._expire, call)
+
     def _expire(self, call: Call) -> None:
         """The deadline passed: answer 504 now unless the request is being decoded or its batch has started."""
         self._end_early(call, _waited_past_deadline(call), queued_error=None)
@@ -217,6 +233,8 @@ class ServiceRoute:
             self._answer(call, error)
         elif state == SUBMITTED and call.item is not None and call.item.worker is not None:
             call.item.worker.withdraw(call.item, queued_error)  # if still queued: answered by finish
+        elif state == SUBMITTED and isinstance(call.job, FanOut):  # a v2 request's rows, a video's frames
+            call.job.withdraw(queued_error)
 
     # In a request thread, or in the loop's while the step is cheap.
 
@@ -375,6 +393,8 @@ class ServiceRoute:
         self.metrics.observe_request(self.route, answer.status, seconds)
         exchange.answer(answer)
         call.item = None  # no cycles left for the garbage collector: memory stays flat
+        if isinstance(call.job, FanOut):
+            call.job.release()
         call.context = ()
         if item is not None:
             item.context = item.input = item.output = None

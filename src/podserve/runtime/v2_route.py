@@ -113,7 +113,7 @@ class V2Route(Protocol):
         exchange = call.exchange
         request = v2.read_infer(exchange.body, exchange.headers, specs.inputs, specs.outputs)  # a row at least
         if request.timeout_us is not None:  # Triton's `timeout` parameter lowers the deadline like the header
-            call.deadline = min(call.deadline, exchange.received_at + request.timeout_us / 1e6)
+            route.lower_deadline(call, exchange.received_at + request.timeout_us / 1e6)
         rows = _rows(request.inputs)
         route.hold_places(call, len(rows), "rows", "inputs")  # the second admission step: a place per row
         self.pool.ensure_room()
