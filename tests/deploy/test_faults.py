@@ -10,7 +10,6 @@ commands.apply against an in-memory API (tests/deploy/fake_kube.py) to cut the r
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import time
@@ -22,8 +21,8 @@ import yaml
 from fake_kube import Deploy
 from fault_proxy import FaultProxy
 from live import REPO, Live, finish, read_until
+from podserve.testbed.deploy_policy import unfrozen_conf
 from podserve.testbed.processes import poll_until
-from podserve.tooling.conf import default_conf_dir
 from podserve.tooling.deploy import budget
 from podserve.tooling.deploy.errors import ClusterError, Terminated
 from podserve.tooling.deploy.kube import LEASES, MANAGED
@@ -119,7 +118,7 @@ def take_over(live: Live, namespace: str, lease: str, holder: str) -> None:
 def test_a_lease_taken_over_mid_deploy_stops_without_rolling_back_under_the_new_holder(live, tmp_path):
     name, receiver = "dt-fault-lease", Receiver()
     conf = tmp_path / "conf"
-    shutil.copytree(default_conf_dir(), conf)
+    unfrozen_conf(conf)  # today may be in a freeze window
     policy = yaml.safe_load((conf / "deploy.yaml").read_text())
     policy["lock_lease_seconds"] = 3  # renewed every second, so the takeover is seen at once
     (conf / "deploy.yaml").write_text(yaml.safe_dump(policy))
@@ -191,7 +190,7 @@ def test_a_deploy_killed_with_sigkill_is_reported_at_the_next_start(live, tmp_pa
     """Issue 26 must show 3 (second half): nothing runs at SIGKILL; the next start notices and says what runs."""
     name, namespace = "dt-drift-kill", live.namespace("hk")
     conf = tmp_path / "conf"
-    shutil.copytree(default_conf_dir(), conf)
+    unfrozen_conf(conf)  # today may be in a freeze window
     policy = yaml.safe_load((conf / "deploy.yaml").read_text())
     policy["lock_lease_seconds"] = 3  # the killed deploy's Lease is free 3 s after the next deploy first sees it
     (conf / "deploy.yaml").write_text(yaml.safe_dump(policy))

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from podserve.testbed.cluster import node as real
+from podserve.testbed.deploy_policy import unfrozen_conf
 from podserve.testbed.image import pipeline
 from podserve.testbed.image.registry import USER
 from podserve.tooling.conf import load_conf
@@ -69,6 +70,8 @@ class RealNodeService:
         for relative, text in (extra_src or {}).items():  # handlers the test adds (its recipes), in the image
             (self.checkout / "src" / relative).write_text(text)
         self.conf = load_conf(self.checkout / "conf")
+        # The deploy tool's: the checkout's, without freeze windows (today may be in one)
+        self.deploy_conf = unfrozen_conf(workdir / f"deploy-conf-{name}-{commit}", self.checkout / "conf")
         self.namespace = self.conf.stages["grey"].namespace_for(TEAM)
 
     def build(self) -> list[str]:
@@ -114,7 +117,7 @@ class RealNodeService:
         """The deploy tool on `stage`, with the checkout's manifests and conf and the admin's kubeconfig."""
         started = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "podserve.tooling.deploy", *args, "--stage", stage,
-                               "--conf", str(self.checkout / "conf"),
+                               "--conf", str(self.deploy_conf),
                                *self._target(args[0], manifests, service)],
                               cwd=self.checkout, capture_output=True, text=True, timeout=timeout,
                               env={"PATH": "/usr/bin:/bin", "HOME": str(self.checkout), "PYTHONPATH": str(self.checkout / "src"),
