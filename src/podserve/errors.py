@@ -117,6 +117,14 @@ class DeadlineExceeded(ServingError):
     code = "deadline_exceeded"
 
 
+class DecoderEnded(ServingError):
+    """The decoder process holding the request ended (a crash in a decoding library or the handler's native code,
+    or a hang it was replaced for) before answering it; the pod started another (docs/processes.md)."""
+
+    status = 502
+    code = "decoder_ended"
+
+
 class Wedged(ServingError):
     """A batch thread died or is stuck: the liveness probe fails so that Kubernetes restarts the pod."""
 

@@ -68,6 +68,10 @@ class Payload:
     max_image_pixels: int = 25_000_000
     video_limits: VideoLimits = VideoLimits()
 
+    def ids_only(self) -> "Payload":
+        """This payload without its input and other fields: all its answer needs once `decode` has run."""
+        return Payload(postid=self.postid, uid=self.uid, seqid=self.seqid)
+
     def open_image(self, mode: str = "RGB", draft_size: tuple[int, int] | None = None):
         """Return `image` decoded as a PIL image in `mode`; a 400 naming 'image' if it can't be.
 
@@ -157,7 +161,13 @@ class Handler:
     """
 
     def load(self, model_path: str, device: Device) -> None:
-        """Load the model for one instance on `device`. Called once per instance."""
+        """Load the model for one instance on `device`. Called once per instance, where the model runs."""
+
+    def load_codec(self, model_path: str) -> None:
+        """Load what `decode` and `encode` need beside the model (a tokenizer, label names), in every process that
+        decodes. Called once per handler object before its first `decode`: in one process, on each instance's
+        handler before `load`; in the split layout (docs/processes.md), on the decoder processes' handlers, which
+        never load the model. Default: nothing."""
 
     def decode(self, payload: Payload) -> Any:
         """Turn one request into one model input, or `WithContext(input, context)`. Runs in the request's thread."""

@@ -30,6 +30,17 @@ REFUSALS_HELD = PREFIX + "refusals_held"                    # gauge, 503s decide
 REFUSAL_RATE = PREFIX + "refusal_rate"                      # gauge, refusals per second the door sends at once
 WRITE_TIMEOUTS = PREFIX + "write_timeouts_total"            # counter, connections dropped: the caller read no answer
 
+# The split layout's processes (docs/processes.md), labels PROCESS_LABELS unless said; the series above are the pod's
+# sums over its processes.
+PROCESS_UP = PREFIX + "process_up"                          # gauge, 1 while the process runs and keeps its heartbeat
+PROCESS_CPU_SECONDS = PREFIX + "process_cpu_seconds_total"  # counter, the process's CPU (user + system)
+PROCESS_RESIDENT_BYTES = PREFIX + "process_resident_memory_bytes"  # gauge, the process's resident memory
+PROCESS_REQUESTS_HELD = PREFIX + "process_requests_held"    # gauge, requests a decoder process holds now
+PROCESS_RESTARTS = PREFIX + "process_restarts_total"        # counter, labels ("service", "role"): processes started
+#                                                             again after one ended (hung decoders included)
+REQUESTS_LOST = PREFIX + "requests_lost_total"              # counter, labels ("service", "reason"): requests answered
+#                                                             502 because the decoder process holding them ended
+
 # Limits, set once at start-up so dashboards and alerts draw "used against allowed" without value.py.
 MAX_BATCH_SIZE = PREFIX + "max_batch_size"                  # gauge, labels ("service",)
 BATCH_LIMIT = PREFIX + "batch_limit"                        # gauge, STAGE_LABELS: most inputs one predict call gets
@@ -48,6 +59,7 @@ SINK_RETRIES = PREFIX + "sink_retries_total"                # counter, writes th
 CONSUMER_LAG = PREFIX + "consumer_lag"                      # gauge, messages in the source not yet consumed
 
 REQUEST_LABELS = ("service", "route", "status")
+PROCESS_LABELS = ("service", "process", "role")
 #: Bucket bounds (seconds) of every latency histogram; an SLO's latency threshold must be one of them.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: Bucket bounds of the batch-size histogram.

@@ -47,6 +47,10 @@ class ServingSettings:
     http_threads: int = field(default=1, metadata={"doc": "request threads that parse, decode and encode what "
                                                                 "the event loop does not (a step over 2 ms); 0: one "
                                                                 "per CPU core, for a decode that releases the GIL"})
+    decode_processes: int = field(default=-1, metadata={
+        "doc": "processes that decode and encode requests beside the one that owns the model (the split layout, "
+               "docs/processes.md); 0: one process does everything; -1: one per core of the pod on a GPU pod "
+               "(gpu_num > 0), none on a CPU pod"})
     max_body_bytes: int = field(default=10 * 1024 * 1024, metadata={"doc": "largest request body (413 above)"})
     max_image_pixels: int = field(default=25_000_000, metadata={"doc": "largest decoded image (400 above)"})
     video_fps: float = field(default=1.0, metadata={"doc": "frames sampled per second of a video (the old platform's "
@@ -142,6 +146,9 @@ class ServingSettings:
         for name in ("gpu_num", "gpu_memory", "cpu", "max_batch_delay_ms", "drain_seconds", "http_threads"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{self.env_name(name)}={getattr(self, name)!r} must be 0 or more")
+        if self.decode_processes < -1:
+            raise SettingsError(f"{self.env_name('decode_processes')}={self.decode_processes!r} must be -1 (auto), 0 "
+                                f"(one process) or a number of decoder processes")
         for name in ("slo_availability", "slo_latency_target"):
             if not 0 <= getattr(self, name) < 1:
                 raise SettingsError(f"{self.env_name(name)}={getattr(self, name)!r} must be a share below 1 "

@@ -66,6 +66,17 @@ def body_kind(content_type: str | None) -> str | None:
     return None
 
 
+def body_limit(settings, content_type: str | None) -> int:
+    """The largest body of a request to the service route: a raw video's max_video_bytes; a JSON body as large as a
+    base64 video's (an image's or data's is held to max_body_bytes once read); anything else max_body_bytes."""
+    kind = body_kind(content_type)
+    if kind == RAW_VIDEO:
+        return settings.max_video_bytes
+    if kind == JSON:
+        return settings.largest_body_bytes()
+    return settings.max_body_bytes
+
+
 def _limits(limits: "InputLimits | int") -> InputLimits:
     return InputLimits(max_image_pixels=limits) if isinstance(limits, int) else limits
 

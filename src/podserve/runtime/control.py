@@ -32,8 +32,9 @@ OTHER_ROUTE = "other"
 class ControlThread:
     """Answer every request the HTTP server hands over that is neither the service's nor a probe."""
 
-    def __init__(self, service_route: str, metrics: Metrics, queue_size: int):
+    def __init__(self, service_route: str, metrics: Metrics, queue_size: int, registry=REGISTRY):
         self.service_route = service_route
+        self.registry = registry  # what /metrics exports (the split layout's front: every process's, summed)
         self.metrics = metrics
         self.queue_size = queue_size
         self._work: queue.SimpleQueue = queue.SimpleQueue()
@@ -75,7 +76,7 @@ class ControlThread:
         path, method = exchange.path, exchange.method
         if path == METRICS_PATH:
             if method in READ_METHODS:
-                return Answer(200, generate_latest(REGISTRY), [("Content-Type", CONTENT_TYPE_LATEST)])
+                return Answer(200, generate_latest(self.registry), [("Content-Type", CONTENT_TYPE_LATEST)])
             return self._error(errors.MethodNotAllowed.on(method, path, READ_METHODS))
         if path == self.service_route:  # its POSTs never come here
             return self._error(errors.MethodNotAllowed.on(method, path, ("POST",)))

@@ -13,7 +13,6 @@ import threading
 from typing import Any, Callable, Hashable, Sequence
 
 from podserve.runtime.batcher import WorkItem
-from podserve.runtime.pool import InstancePool
 
 
 class FanOut:
@@ -28,11 +27,11 @@ class FanOut:
         self._items: list[WorkItem] = []  # the submitted ones, for `withdraw`
         self._lock = threading.Lock()
 
-    def submit(self, pool: InstancePool, inputs: Sequence[Any], keys: Sequence[Hashable], deadline: float,
+    def submit(self, pool, inputs: Sequence[Any], keys: Sequence[Hashable], deadline: float,
                on_done: Callable[[list[WorkItem]], None], context: Any) -> None:
         """Queue every input (raises Overloaded when the queues are full); the batch threads may start on the first
         before the last is queued, and count the request as still coming until then."""
-        with self._lock, pool.admit() as incoming:  # `add` waits until every item's place is known
+        with self._lock, pool.decoding() as incoming:  # `add` waits until every item's place is known
             last = len(inputs) - 1
             for index, (model_input, key) in enumerate(zip(inputs, keys)):
                 item = pool.submit(model_input, key, deadline, incoming if index == last else None,

@@ -644,8 +644,9 @@ class HttpServer:
                  admit_head: Callable[[Exchange], bool] = lambda exchange: True,
                  on_connection_refused: Callable[[], None] = lambda: None,
                  on_write_timeout: Callable[[], None] = lambda: None, backlog: int = 4096,
-                 body_limit: Callable[[Exchange], int] | None = None):
+                 body_limit: Callable[[Exchange], int] | None = None, sock: socket.socket | None = None):
         self.host, self.port = host, port
+        self._listening_socket = sock  # given: listening already, shared with the process that made it
         self.body_limit = body_limit or (lambda exchange: limits.max_body_bytes)
         self.dispatch = dispatch
         self.refuse = refuse
@@ -679,10 +680,7 @@ class HttpServer:
         self.loop = asyncio.get_running_loop()
         self._loop_thread_id = threading.get_ident()
         self._stopped = asyncio.Event()
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)  # accepted connections inherit it
-        sock.bind((self.host, self.port))
+        sock = self._listening_socket or listening_socket(self.host, self.port)
         self.effective_port = sock.getsockname()[1]
         self._server = await self.loop.create_server(lambda: Connection(self), sock=sock, backlog=self.backlog)
         sweeper = self.loop.create_task(self._read_clocks())
@@ -724,6 +722,11 @@ class HttpServer:
     def stop_listening(self) -> None:
         """Close the listening socket (loop thread): new connections are refused; open ones carry on."""
         self.closing = True
+        if self._listening_socket is not None:  # another process holds it too: stop it listening for all of them
+            try:
+                self._listening_socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
@@ -741,6 +744,15 @@ class HttpServer:
             now = time.monotonic()
             for connection in list(self.connections):
                 connection.check_clocks(now)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host:port` (port 0: any free one), its accepted connections' send buffer fixed."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)  # accepted connections inherit it
+    sock.bind((host, port))
+    return sock
 
 
 def _unquote(path: bytes) -> str:

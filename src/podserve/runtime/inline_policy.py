@@ -50,14 +50,19 @@ WEIGHT = 0.05
 
 
 class StepCost:
-    """The mean wall time of one kind of step, and whether the event loop may run it itself."""
+    """The mean wall time of one kind of step, and whether the event loop may run it itself.
 
-    __slots__ = ("mean", "seen", "threads_until")
+    `inline_seconds` and `stall_seconds` default to the one-process layout's INLINE_SECONDS and STALL_SECONDS; a
+    decoder process, whose loop reads no HTTP and answers no probe, lets longer steps run in its loop
+    (runtime/decoder_process.py)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("mean", "seen", "threads_until", "inline_seconds", "stall_seconds")
+
+    def __init__(self, inline_seconds: float = INLINE_SECONDS, stall_seconds: float = STALL_SECONDS) -> None:
         self.mean = 0.0
         self.seen = 0
         self.threads_until = 0.0  # time.monotonic() before which every step goes to a request thread
+        self.inline_seconds, self.stall_seconds = inline_seconds, stall_seconds
 
     def observe(self, seconds: float) -> None:
         """Take one step's wall time into account (from any thread: a lost update only delays the verdict)."""
@@ -65,13 +70,14 @@ class StepCost:
         # The plain mean of the first 1/WEIGHT steps, then a moving one: otherwise the first step, slowed by a
         # cold start or a busy core, would count as much as all the others and keep steps off the loop long after.
         self.mean += max(WEIGHT, 1.0 / self.seen) * (seconds - self.mean)
-        if seconds > STALL_SECONDS:
+        if seconds > self.stall_seconds:
             self.threads_until = max(self.threads_until, time.monotonic() + STALL_PENALTY * seconds)
 
     @property
     def cheap(self) -> bool:
         """Whether the loop may run the next such step itself."""
-        return self.seen >= WARMUP_STEPS and self.mean <= INLINE_SECONDS and time.monotonic() >= self.threads_until
+        return (self.seen >= WARMUP_STEPS and self.mean <= self.inline_seconds
+                and time.monotonic() >= self.threads_until)
 
 
 class LoopRelief:

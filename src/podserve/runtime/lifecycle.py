@@ -41,6 +41,14 @@ class Lifecycle:
         with self._lock:
             self._in_flight -= places
 
+    def try_start(self, places: int, limit: int) -> bool:
+        """Take `places` more if that keeps the count within `limit`; say whether it did."""
+        with self._lock:
+            if self._in_flight + places > limit:
+                return False
+            self._in_flight += places
+            return True
+
 
 class GracefulShutdown:
     """Drive the HTTP server through drain, close and exit when a signal arrives (all in the event loop)."""

@@ -13,11 +13,51 @@ from podserve.settings import ServingSettings
 
 GIB = 1024 ** 3
 
+#: Gauges whose value a process reads from itself as it runs (set_function), with their help and labels: in the split
+#: layout the front process exports them from the pod's shared state (runtime/pod_metrics.py).
+LIVE_GAUGES = (
+    (names.QUEUE_DEPTH, "Requests waiting in an instance's queue.", names.STAGE_LABELS),
+    (names.IN_FLIGHT, "Requests accepted and not yet answered.", ("service",)),
+    (names.HTTP_BACKLOG, "Requests and answers waiting for a request thread.", ("service",)),
+    (names.LOOP_RELIEF, "1 while requests queue past what the instances take in one run and a core of the pod "
+                        "idles, so the event loop hands even cheap decode and encode steps to the request threads "
+                        "(runtime/inline_policy.py).", ("service",)),
+    (names.ADMISSION_LIMIT, "Requests the pod holds before it refuses more (503 at the door): queue_size per "
+                            "instance.", ("service",)),
+    (names.REFUSALS_HELD, "503s decided at the door and held back because callers retried faster than the door "
+                          "sends refusals (runtime/refusals.py).", ("service",)),
+    (names.REFUSAL_RATE, "Refusals (503 at the door) per second sent at once before the rest are held: a share of a "
+                         "core over the event loop's measured CPU per refusal, so lower on a slower host "
+                         "(runtime/refusals.py).", ("service",)),
+)
+
+
+class _Unexported:
+    """Stands for a live gauge in a process of the split layout: the front process exports those from the pod's
+    shared state (runtime/pod_metrics.py), so the others must not write them to the shared metric files."""
+
+    def labels(self, *_labels) -> "_Unexported":
+        return self
+
+    def set(self, _value: float) -> None:
+        pass
+
+    def set_function(self, _function) -> None:
+        pass
+
+
+#: Gauges the split layout aggregates: set once by the one process that knows them (the model process), read from
+#: the live processes only, so a restarted process's stale value never shows.
+_SET_ONCE = "livemax"
+
 
 class Metrics:
-    """Every collector the server updates, with the service label already bound."""
+    """Every collector the server updates, with the service label already bound.
 
-    def __init__(self, service: str, registry: CollectorRegistry = REGISTRY):
+    `live_gauges`: False in the split layout's processes, whose gauges read from the process itself (in flight,
+    backlog, queue depth, refusal pacing) the front process exports from the pod's shared state instead."""
+
+    def __init__(self, service: str, registry: CollectorRegistry = REGISTRY, live_gauges: bool = True):
         self.service = service
         self._by_route_status: dict[tuple[str, int], tuple] = {}  # (requests, request_seconds) children
         self.requests = Counter(names.REQUESTS_TOTAL, "Requests answered, by route and HTTP status.",
@@ -37,53 +77,41 @@ class Metrics:
         self.batch_fill_wait = Counter(names.BATCH_FILL_WAIT_SECONDS, "Seconds requests waited in the queue while a "
                                        "free batch lane held its batch open for more, summed over requests.",
                                        names.STAGE_LABELS, registry=registry)
-        self.queue_depth = Gauge(names.QUEUE_DEPTH, "Requests waiting in an instance's queue.",
-                                 names.STAGE_LABELS, registry=registry)
-        self.in_flight = Gauge(names.IN_FLIGHT, "Requests accepted and not yet answered.",
-                               ("service",), registry=registry).labels(service)
+        live = {name: (help_text, labels) for name, help_text, labels in LIVE_GAUGES}
+        for attribute, name in (("queue_depth", names.QUEUE_DEPTH), ("in_flight", names.IN_FLIGHT),
+                                ("http_backlog", names.HTTP_BACKLOG), ("loop_relief", names.LOOP_RELIEF),
+                                ("admission_limit", names.ADMISSION_LIMIT), ("refusals_held", names.REFUSALS_HELD),
+                                ("refusal_rate", names.REFUSAL_RATE)):
+            help_text, labels = live[name]
+            gauge = Gauge(name, help_text, labels, registry=registry) if live_gauges else _Unexported()
+            setattr(self, attribute, gauge.labels(service) if labels == ("service",) else gauge)
         self.instance_ready = Gauge(names.INSTANCE_READY, "1 when the instance is loaded and warmed up.",
-                                    names.STAGE_LABELS, registry=registry)
+                                    names.STAGE_LABELS, registry=registry, multiprocess_mode=_SET_ONCE)
         self.model_load = Gauge(names.MODEL_LOAD_SECONDS, "Seconds the instance took to load its model.",
-                                names.STAGE_LABELS, registry=registry)
+                                names.STAGE_LABELS, registry=registry, multiprocess_mode=_SET_ONCE)
         self.warmup = Gauge(names.WARMUP_SECONDS, "Seconds the instance's warm-up batches took.",
-                            names.STAGE_LABELS, registry=registry)
-        self.http_backlog = Gauge(names.HTTP_BACKLOG, "Requests and answers waiting for a request thread.",
-                                  ("service",), registry=registry).labels(service)
-        self.loop_relief = Gauge(names.LOOP_RELIEF, "1 while requests queue past what the instances take in one run "
-                                 "and a core of the pod idles, so the event loop hands even cheap decode and encode "
-                                 "steps to the request threads (runtime/inline_policy.py).",
-                                 ("service",), registry=registry).labels(service)
-        self.admission_limit = Gauge(names.ADMISSION_LIMIT, "Requests the pod holds before it refuses more (503 at "
-                                     "the door): queue_size per instance.",
-                                     ("service",), registry=registry).labels(service)
-        self.refusals_held = Gauge(names.REFUSALS_HELD, "503s decided at the door and held back because callers "
-                                   "retried faster than the door sends refusals (runtime/refusals.py).",
-                                   ("service",), registry=registry).labels(service)
-        self.refusal_rate = Gauge(names.REFUSAL_RATE, "Refusals (503 at the door) per second sent at once before "
-                                  "the rest are held: a share of a core over the event loop's measured CPU per "
-                                  "refusal, so lower on a slower host (runtime/refusals.py).",
-                                  ("service",), registry=registry).labels(service)
+                            names.STAGE_LABELS, registry=registry, multiprocess_mode=_SET_ONCE)
         self.write_timeouts = Counter(names.WRITE_TIMEOUTS, "Connections dropped because the caller read none of "
                                       "its answers within the write timeout (nothing could be answered).",
                                       ("service",), registry=registry).labels(service)
         self.max_batch_size = Gauge(names.MAX_BATCH_SIZE, "Most inputs one predict call receives (max_batch_size).",
-                                    ("service",), registry=registry).labels(service)
+                                    ("service",), registry=registry, multiprocess_mode=_SET_ONCE).labels(service)
         self.batch_limit = Gauge(names.BATCH_LIMIT, "Most inputs the batcher gives one predict call on this "
                                  "instance: max_batch_size, or on the CPU the runs that fit in max_batch_delay_ms.",
-                                 names.STAGE_LABELS, registry=registry)
+                                 names.STAGE_LABELS, registry=registry, multiprocess_mode=_SET_ONCE)
         self.request_timeout = Gauge(names.REQUEST_TIMEOUT_SECONDS, "Default deadline of a request, in seconds.",
-                                     ("service",), registry=registry).labels(service)
+                                     ("service",), registry=registry, multiprocess_mode=_SET_ONCE).labels(service)
         self.startup_budget = Gauge(names.STARTUP_BUDGET_SECONDS, "Seconds load and warm-up may take before "
                                     "Kubernetes restarts the pod (init_delay_second).", ("service",),
-                                    registry=registry).labels(service)
+                                    registry=registry, multiprocess_mode=_SET_ONCE).labels(service)
         self.queue_capacity = Gauge(names.QUEUE_CAPACITY, "Requests an instance's queue holds before 503 (queue_size).",
-                                    names.STAGE_LABELS, registry=registry)
+                                    names.STAGE_LABELS, registry=registry, multiprocess_mode=_SET_ONCE)
         self.gpu_memory_limit = Gauge(names.GPU_MEMORY_LIMIT_BYTES, "GPU memory the instance's session may use, "
                                       "in bytes (gpu_memory; 0: no limit or on the CPU).", names.STAGE_LABELS,
-                                      registry=registry)
+                                      registry=registry, multiprocess_mode=_SET_ONCE)
         self.slo_objective = Gauge(names.SLO_OBJECTIVE, "The service's own SLO objective by slo (availability, "
                                    "latency); 0: the platform's (conf/observability.yaml).", ("service", "slo"),
-                                   registry=registry)
+                                   registry=registry, multiprocess_mode=_SET_ONCE)
 
     def set_limits(self, settings: ServingSettings, instances: Sequence[str]) -> None:
         """Export the configured limits once at start-up, so dashboards and alerts compare against them."""

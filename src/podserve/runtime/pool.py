@@ -55,7 +55,7 @@ class InstancePool:
     """Load one handler per Device, give each a BatchWorker, and route inputs to the least loaded."""
 
     def __init__(self, handler_class: Callable[[], Handler], devices: list[Device], settings: ServingSettings,
-                 metrics: Metrics):
+                 metrics: Metrics, more_coming: Callable[[], bool] | None = None):
         self.settings = settings
         self.metrics = metrics
         verbs.on_verb_cpu = metrics.observe_verb_cpu  # a pod has one pool: its verbs' CPU goes to its metrics
@@ -67,10 +67,17 @@ class InstancePool:
         self._loaded = threading.Event()
         self._incoming = 0  # requests admitted and still being decoded: batches worth waiting for
         self._incoming_lock = threading.Lock()
+        # Whether more requests are on their way (being read or decoded): here, or in other processes.
+        self._more_coming = more_coming or (lambda: self._incoming > 0)
 
     @property
     def ready(self) -> bool:
         return self._loaded.is_set() and self.failure is None
+
+    @property
+    def instance_count(self) -> int:
+        """Instances loaded and serving."""
+        return len(self.workers)
 
     def status(self) -> str:
         """Say in words why the pool is or is not ready."""
@@ -100,6 +107,7 @@ class InstancePool:
                 started = time.perf_counter()
                 handler = self._handler_class()
                 handler.max_batch_size = self.settings.max_batch_size
+                handler.load_codec(self.settings.model_path)
                 handler.load(self.settings.model_path, device)
                 loaded = time.perf_counter()
                 cost = BatchCost()
@@ -114,7 +122,7 @@ class InstancePool:
             worker = BatchWorker(name, handler, max_batch_size=self.settings.max_batch_size,
                                  max_batch_delay=self.settings.max_batch_delay_ms / 1000.0,
                                  capacity=self.settings.queue_size, on_batch=self._record_batch,
-                                 more_coming=lambda: self._incoming > 0, cost=cost)
+                                 more_coming=self._more_coming, cost=cost)
             self.metrics.queue_depth.labels(*labels).set_function(lambda w=worker: w.depth)
             self.metrics.batch_limit.labels(*labels).set(worker.largest)
             worker.start()
@@ -157,14 +165,20 @@ class InstancePool:
                 fastest = min(fastest, time.perf_counter() - started)
             cost.observe(size, fastest)
 
-    def decoder(self) -> Handler:
-        """Return a handler whose `decode`/`encode` request threads may call."""
+    def codec_handler(self) -> Handler:
+        """The handler whose `decode` and `encode` the request threads call (NotReady until every instance is)."""
         if not self.ready:
             raise NotReady(f"not ready: {self.status()}")
         return self.workers[0].handler
 
-    def admit(self) -> "_Incoming":
-        """Count a request as on its way to a queue while it is decoded: `with pool.admit(): ...`."""
+    @staticmethod
+    def codec_handler_of(item: WorkItem) -> Handler:
+        """The handler that encodes `item`'s output: its instance's."""
+        return item.worker.handler
+
+    def decoding(self) -> "_Incoming":
+        """Count a request as on its way to a queue while it is decoded (`with pool.decoding(): ...`): the batch
+        threads wait for it, up to the batch delay, instead of running a batch without it."""
         return _Incoming(self)
 
     def ensure_room(self) -> None:

@@ -13,15 +13,15 @@ from podserve.routes import LIVE_PATH, PING_PATH, READ_METHODS
 from podserve.runtime import api
 from podserve.runtime.httpserver import Answer, Exchange
 from podserve.runtime.lifecycle import Lifecycle
-from podserve.runtime.pool import InstancePool
 
 PATHS = frozenset({PING_PATH, LIVE_PATH})
 
 
 class Probes:
-    """Answer the probes of one pod from its pool's and lifecycle's state."""
+    """Answer the probes of one pod from its pool's and lifecycle's state (in the split layout, `pool` is the
+    model process's published state: runtime/front_process.py's PodView)."""
 
-    def __init__(self, pool: InstancePool, lifecycle: Lifecycle):
+    def __init__(self, pool, lifecycle: Lifecycle):
         self.pool, self.lifecycle = pool, lifecycle
         self._ready: tuple[int, Answer] | None = None  # the ready answer, built once per instance count
 
@@ -48,7 +48,7 @@ class Probes:
         problem = self.readiness_problem()
         if problem is not None:
             return _error(problem)
-        instances = len(self.pool.workers)
+        instances = self.pool.instance_count
         if self._ready is None or self._ready[0] != instances:
             self._ready = instances, Answer.json(200, {"results": {"ready": True, "instances": instances},
                                                        "msg": self.pool.status()})

@@ -12,6 +12,7 @@ The tensors go straight to the handler's `predict_all_outputs`: no `decode`, no 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -22,14 +23,43 @@ from podserve.runtime import v2
 from podserve.runtime.batcher import AllOutputs, WorkItem
 from podserve.runtime.fanout import FanOut
 from podserve.runtime.httpserver import JSON_TYPE, Answer, Exchange
-from podserve.runtime.probes import Probes
-from podserve.runtime.service_route import SUBMITTED, Call, Protocol, ServiceRoute
+from podserve.runtime.service_route import Call, ServiceRoute, WireFormat
 
 
 @dataclass(frozen=True)
 class ModelSpecs:
     inputs: dict[str, v2.TensorSpec]
     outputs: dict[str, v2.TensorSpec]
+
+    def as_json(self) -> dict:
+        return {"inputs": [s.as_json() for s in self.inputs.values()],
+                "outputs": [s.as_json() for s in self.outputs.values()]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ModelSpecs":
+        def specs(items):
+            return {i["name"]: v2.TensorSpec(i["name"], i["datatype"], tuple(i["shape"])) for i in items}
+        return cls(specs(data["inputs"]), specs(data["outputs"]))
+
+
+def describe_model(handler) -> dict:
+    """What the Open Inference Protocol says of a loaded handler's model, as JSON: its tensors, or why it has none
+    ({"error": ...}). The model process publishes it for the front and decoders (runtime/pod_state.py)."""
+    try:
+        return model_specs(handler).as_json()
+    except NotFound as exc:
+        return {"error": exc.message}
+
+
+def model_specs(handler) -> ModelSpecs:
+    """The tensors of a loaded handler: read from its ONNX session, or declared (NotFound when neither)."""
+    session = getattr(handler, "session", None)
+    if session is not None:
+        return ModelSpecs(_tensor_specs(session.get_inputs()), _tensor_specs(session.get_outputs()))
+    if handler.tensor_inputs and handler.tensor_outputs:
+        return ModelSpecs(_declared(handler.tensor_inputs), _declared(handler.tensor_outputs))
+    raise NotFound("this service's handler is not an ONNX model and declares no tensors (Handler.tensor_inputs, "
+                   "tensor_outputs): it serves /api/<service> only, not the Open Inference Protocol")
 
 
 class _Job(FanOut):
@@ -42,14 +72,18 @@ class _Job(FanOut):
         self.request = request
 
 
-class V2Route(Protocol):
-    """Serve the Open Inference Protocol under `prefix` (the service's route) for model `model`."""
+class V2Route(WireFormat):
+    """Serve the Open Inference Protocol under `prefix` (the service's route) for model `model`.
 
-    def __init__(self, prefix: str, model: str, service: ServiceRoute, probes: Probes):
+    `accept(exchange, wire)` admits an infer request onto the service route's lane (in one process, the door and
+    the service route; in the front process, forwarding to a decoder); `describe()` is the model's description
+    (`describe_model`) once it is loaded, None before."""
+
+    def __init__(self, prefix: str, model: str, accept: Callable[[Exchange, WireFormat], None], probes,
+                 describe: Callable[[], dict | None]):
         self.prefix, self.model = prefix, model
         self.v2_prefix = prefix + "/v2"
-        self.service, self.probes = service, probes
-        self.pool, self.lifecycle = probes.pool, probes.lifecycle
+        self.accept, self.probes, self.describe = accept, probes, describe
         self._specs: ModelSpecs | None = None
 
     def serves(self, path: str) -> bool:
@@ -67,7 +101,7 @@ class V2Route(Protocol):
             if target.kind == "infer":
                 if exchange.method != "POST":
                     raise errors.MethodNotAllowed.on(exchange.method, exchange.path, ("POST",))
-                self.service.accept(exchange, self)
+                self.accept(exchange, self)
                 return
             if exchange.method not in READ_METHODS:
                 raise errors.MethodNotAllowed.on(exchange.method, exchange.path, READ_METHODS)
@@ -86,24 +120,17 @@ class V2Route(Protocol):
             return Answer.json(200 if ready else 503, {"ready": ready})
         specs = self.specs()
         return Answer.json(200, {"name": self.model, "versions": [v2.MODEL_VERSION], "platform": "onnxruntime_onnx",
-                                 "inputs": [s.as_json() for s in specs.inputs.values()],
-                                 "outputs": [s.as_json() for s in specs.outputs.values()]})
+                                 **specs.as_json()})
 
     def specs(self) -> ModelSpecs:
-        """The model's inputs and outputs, read from its ONNX session once it is loaded."""
+        """The model's inputs and outputs, from its description once it is loaded."""
         if self._specs is None:
-            if not self.pool.ready:
-                raise NotReady(f"not ready: {self.pool.status()}")
-            handler = self.pool.workers[0].handler
-            session = getattr(handler, "session", None)
-            if session is not None:
-                self._specs = ModelSpecs(_tensor_specs(session.get_inputs()), _tensor_specs(session.get_outputs()))
-            elif handler.tensor_inputs and handler.tensor_outputs:
-                self._specs = ModelSpecs(_declared(handler.tensor_inputs), _declared(handler.tensor_outputs))
-            else:
-                raise NotFound(f"this service's handler is not an ONNX model and declares no tensors "
-                               f"(Handler.tensor_inputs, tensor_outputs): it serves {self.prefix} only, not the "
-                               f"Open Inference Protocol")
+            description = self.describe()
+            if description is None:
+                raise NotReady(f"not ready: {self.probes.readiness_problem() or 'the model is loading'}")
+            if "error" in description:
+                raise NotFound(description["error"].replace("/api/<service>", self.prefix))
+            self._specs = ModelSpecs.from_json(description)
         return self._specs
 
     # In the request threads (through ServiceRoute).
@@ -116,17 +143,18 @@ class V2Route(Protocol):
             route.lower_deadline(call, exchange.received_at + request.timeout_us / 1e6)
         rows = _rows(request.inputs)
         route.hold_places(call, len(rows), "rows", "inputs")  # the second admission step: a place per row
-        self.pool.ensure_room()
-        call.job = _Job(request, rows)
-        handler = self.pool.workers[0].handler
-        call.state = SUBMITTED  # before the batch thread can possibly answer it
-        call.job.submit(self.pool, rows, [AllOutputs((handler.batch_key(row),)) for row in rows], call.deadline,
-                        route._work_done, call)
+        route.pool.ensure_room()
+        job = call.job = _Job(request, rows)
+        handler = route.pool.codec_handler()
+        if not route.submitting(call):  # answered meanwhile (its deadline, its caller gone): nothing to run
+            return
+        job.submit(route.pool, rows, [AllOutputs((handler.batch_key(row),)) for row in rows], call.deadline,
+                   route.work_done, call)
 
     def finish(self, route: ServiceRoute, call: Call, item: WorkItem) -> None:
         job: _Job = call.job
         if item.error is not None:
-            route._answer_once(call, item.error, item)
+            route.answer(call, item.error, item)
             return
         if not job.add(item):
             return
@@ -135,9 +163,9 @@ class V2Route(Protocol):
             outputs = {name: np.stack([row[name] for row in job.outputs]) for name in names}
             body, headers = v2.write_infer(job.request, self.model, outputs)
         except ServingError as error:
-            route._answer_once(call, error, item)
+            route.answer(call, error, item)
             return
-        route._answer_once(call, Answer(200, body, headers), item)
+        route.answer(call, Answer(200, body, headers), item)
 
     def error_answer(self, error: ServingError) -> Answer:
         return Answer(error.status, v2.error_body(error), JSON_TYPE + list(error.headers.items()))

@@ -87,11 +87,9 @@ class VideoWork:
                 self._decode(route, call, handler)
             except Exception as exc:  # never lose a request to a bug here: answer it
                 log.exception("unexpected error decoding a video on %s", route.route)
-                route._answer_once(call, ServingError(f"internal error: {type(exc).__name__}; see the server log"))
+                route.answer(call, ServingError(f"internal error: {type(exc).__name__}; see the server log"))
 
     def _decode(self, route, call, handler: Handler) -> None:
-        from podserve.runtime.service_route import SUBMITTED  # (that module imports this one)
-
         inputs, frames = [], []
         try:
             for frame in call.payload.open_video():
@@ -106,11 +104,14 @@ class VideoWork:
                                         f"context is its index and timestamp, which encode_video gets")
                 inputs.append(model_input)
                 frames.append((frame.index, frame.timestamp))
+            call.payload = call.payload.ids_only()  # the video's bytes go now, not with the answer
             route.hold_places(call, len(inputs), "sampled frames", "video")  # the second admission step
             route.pool.ensure_room()
-            call.job = VideoJob(frames)
-            call.state = SUBMITTED  # before the batch thread can possibly answer it
-            call.job.submit(route.pool, inputs, [handler.batch_key(i) for i in inputs], call.deadline,
-                            route._work_done, call)
+            job = VideoJob(frames)
+            call.job = job
+            if not route.submitting(call):  # answered meanwhile (its deadline, its caller gone): nothing to run
+                return
+            job.submit(route.pool, inputs, [handler.batch_key(i) for i in inputs], call.deadline, route.work_done,
+                       call)
         except ServingError as exc:
-            route._answer_once(call, exc)
+            route.answer(call, exc)

@@ -78,6 +78,7 @@ FIELDS: dict[str, Field] = {
     "request_timeout_ms": Field((int,), _SERVING_DEFAULTS.request_timeout_ms, 1, 600_000),
     "drain_seconds": Field((int, float), _SERVING_DEFAULTS.drain_seconds, 0, 300),
     "http_threads": Field((int,), _SERVING_DEFAULTS.http_threads, 0, 1024),
+    "decode_processes": Field((int,), _SERVING_DEFAULTS.decode_processes, -1, 256),
     "max_body_bytes": Field((int,), _SERVING_DEFAULTS.max_body_bytes, 1, 2**30),
     "max_image_pixels": Field((int,), _SERVING_DEFAULTS.max_image_pixels, 1, 10**9),
     "stuck_batch_seconds": Field((int, float), _SERVING_DEFAULTS.stuck_batch_seconds, 1, 86_400),

@@ -134,12 +134,12 @@ class OfflineWorker:
 
     def process(self, messages: list) -> tuple[list[Outgoing], list[Outgoing]]:
         """Return (results, dead letters) for `messages`: every message ends in exactly one of them."""
-        handler = self.pool.decoder()
+        handler = self.pool.codec_handler()
         payloads: list[Any] = [None] * len(messages)
         items: list[Any] = [None] * len(messages)
         contexts: list[tuple] = [()] * len(messages)  # what encode gets after the output (see WithContext)
         errors: list[ServingError | None] = [None] * len(messages)
-        with self.pool.admit():  # batch threads wait (up to the delay) for the rest of the fetch
+        with self.pool.decoding():  # batch threads wait (up to the delay) for the rest of the fetch
             for i, message in enumerate(messages):
                 try:
                     payloads[i] = records.parse(message.value(), self.input_limits)

@@ -1,0 +1,95 @@
+"""What every process the supervisor spawns does first: die with it, find its slot, and keep its heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import threading
+
+from podserve.runtime import layout
+from podserve.runtime.pod_state import READY, PodState, now_ns
+
+log = logging.getLogger(__name__)
+
+#: How often a process stamps its heartbeat; the supervisor calls a decoder hung after `layout`'s hang limit.
+HEARTBEAT_SECONDS = 0.1
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Be killed when the supervisor ends, however it ends (SIGKILL included): no process of a pod outlives it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        log.warning("could not ask to end with the supervisor (prctl)")
+    if os.getppid() != int(os.environ.get(layout.SUPERVISOR_PID, os.getppid())):
+        os._exit(1)  # it ended before the request took effect
+
+
+class Slot:
+    """This process's place in the pod's shared state."""
+
+    def __init__(self) -> None:
+        self.state = PodState(int(os.environ[layout.STATE_FD]))
+        self.index = int(os.environ[layout.SLOT])
+        self.fields = self.state.slots[self.index]
+        self.fields["pid"] = os.getpid()
+        self.beat()
+
+    def beat(self) -> None:
+        self.fields["heartbeat_ns"] = now_ns()
+
+    def ready(self) -> None:
+        self.fields["state"] = READY
+        self.beat()
+
+    def keep_beating(self, loop, publish=lambda fields: None) -> None:
+        """Stamp the heartbeat from `loop` every HEARTBEAT_SECONDS, and `publish(fields)` what the process holds: a
+        loop held up (its thread stuck holding the GIL) stops it, which is what the supervisor looks for."""
+        def beat() -> None:
+            self.beat()
+            publish(self.fields)
+            loop.call_later(HEARTBEAT_SECONDS, beat)
+        beat()
+
+
+def in_thread(loop: asyncio.AbstractEventLoop, function, *arguments) -> asyncio.Future:
+    """Run a blocking `function` on a daemon thread of its own; its result as a future of `loop`. Unlike the loop's
+    executor, nothing waits for the thread when the loop closes: a handshake blocked on a peer that has gone never
+    holds up a process's exit."""
+    future = loop.create_future()
+
+    def run() -> None:
+        try:
+            result, error = function(*arguments), None
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, error = None, exc
+
+        def settle() -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        try:
+            loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop has closed: nobody waits
+            pass
+
+    threading.Thread(target=run, name=f"blocking-{getattr(function, '__name__', 'call')}", daemon=True).start()
+    return future
+
+
+def hand_to_loop(loop: asyncio.AbstractEventLoop, coroutine) -> bool:
+    """Schedule `coroutine` on `loop` from another thread; False (and the coroutine closed) when the loop has closed."""
+    try:
+        asyncio.run_coroutine_threadsafe(coroutine, loop)
+        return True
+    except RuntimeError:
+        coroutine.close()
+        return False

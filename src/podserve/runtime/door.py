@@ -1,0 +1,103 @@
+"""Admission at the door: the places the pod holds, the paced 503 beyond them, and settling an answered request.
+
+A pod holds at most `holding_limit` requests at once (`queue_size` per instance), counted from the
+moment the event loop has read one until it is answered. One more is answered 503 with
+`Retry-After` right away, before any app code runs; the 503s themselves are paced
+(runtime/refusals.py). A request that becomes N inputs (an Open Inference request's rows, a
+video's frames) takes N places once N is known (`hold_places`, the second admission step).
+Whoever answers a request settles it here: its places come back, it is counted, and its answer
+goes out, in that order, so the caller's next request finds the room free and a scrape read once
+it has its answer counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from podserve.errors import InvalidInput, Overloaded
+from podserve.runtime.httpserver import Answer, Exchange
+from podserve.runtime.lifecycle import Lifecycle
+from podserve.runtime.metrics import Metrics
+from podserve.runtime.refusals import RefusalCost, RefusalPacer
+
+
+class Door:
+    """Admit or refuse the requests of one route, and settle them once answered (event loop, but `settle` and
+    `hold_places` from any thread)."""
+
+    def __init__(self, route: str, holding_limit: Callable[[], int], lifecycle: Lifecycle, metrics: Metrics,
+                 refusal: Answer, steps_cpu: Callable[[], float] = lambda: 0.0):
+        self.route = route
+        self.holding_limit = holding_limit
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+        self._refusal = refusal
+        self._steps_cpu = steps_cpu  # CPU of the handler's steps the loop ran itself: not the door's HTTP work
+        self._admitted = 0  # requests admitted so far (event loop only)
+        self._refusals: RefusalPacer | None = None
+
+    @property
+    def refusals_held(self) -> int:
+        """503s decided and held back by the pacing (runtime/refusals.py)."""
+        return self._refusals.held if self._refusals is not None else 0
+
+    @property
+    def refusal_rate(self) -> float:
+        """Refusals per second the door now sends at once: a share of a core over what one costs."""
+        return self._refusals.rate if self._refusals is not None else 0.0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._refusals = RefusalPacer(loop, cost=RefusalCost(lambda: self._admitted, self._steps_cpu))
+        self._refusals.start()
+
+    def stop(self) -> None:
+        if self._refusals is not None:
+            self._refusals.stop()
+
+    def admit_head(self, exchange: Exchange, budget: float) -> bool:
+        """At a request's headers: refuse it now when the pod is full (503, paced), before its body is read."""
+        if self.lifecycle.in_flight < self.holding_limit():
+            return True
+        self.refuse(exchange, budget)
+        return False
+
+    def admit(self, exchange: Exchange, budget: float) -> bool:
+        """Take a place for a request read whole, or refuse it (503, paced) when the pod is full."""
+        if self.lifecycle.in_flight >= self.holding_limit():
+            self.refuse(exchange, budget)
+            return False
+        self.lifecycle.request_started()
+        self._admitted += 1
+        return True
+
+    def refuse(self, exchange: Exchange, budget: float) -> None:
+        self.metrics.observe_request(self.route, Overloaded.status, 0.0)
+        self._refusals.refuse(exchange, self._refusal, budget)
+
+    def hold_places(self, exchange: Exchange, held: int, count: int, unit: str, field: str) -> int:
+        """The second admission step of a request holding `held` places that became `count` inputs: hold a place for
+        each, or refuse it (400 when it could never fit, naming `field`; 503 when the pod is too full now). Returns
+        the places the request holds now."""
+        limit = self.holding_limit()
+        if count > limit:
+            raise InvalidInput(f"{count} {unit} are more than this pod holds at once ({limit}: queue_size per "
+                               f"instance); send at most {limit} {unit} a request", field=field)
+        extra = count - held
+        if extra <= 0:
+            return held
+        if not self.lifecycle.try_start(extra, limit):
+            raise Overloaded(f"this pod cannot hold {count} more {unit} now ({self.lifecycle.in_flight} of "
+                             f"{limit} places taken); retry shortly, or send fewer {unit}")
+        return count
+
+    def release_places(self, exchange: Exchange, places: int) -> None:
+        """Give back `places` a request took that its answer will not (it was answered while taking them)."""
+        if places > 0:
+            self.lifecycle.request_finished(places)
+
+    def settle(self, exchange: Exchange, places: int, answer: Answer, seconds: float) -> None:
+        """A request is answered: give its places back, count it, and send its answer."""
+        self.lifecycle.request_finished(places)
+        self.metrics.observe_request(self.route, answer.status, seconds)
+        exchange.answer(answer)
