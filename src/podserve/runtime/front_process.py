@@ -295,11 +295,13 @@ class PodView:
         silent = (now - int(model["heartbeat_ns"])) / 1e9
         if silent > stuck:
             return f"the model process has not stamped its heartbeat for {silent:.0f}s"
+        names = self.state.info().get("instances", [])
         for index in range(int(model["instances"])):
             instance = self.state.instances[index]
             started = int(instance["batch_started_ns"])
             if not instance["alive"] or started and (now - started) / 1e9 > stuck:
-                return (f"instance {index}: batch thread is dead or one batch has run over {stuck:g}s")
+                name = names[index] if index < len(names) else str(index)
+                return f"instance {name}: batch thread is dead or one batch has run over {stuck:g}s"
         return None
 
 

@@ -78,8 +78,9 @@ class Supervisor:
         self.folder = tempfile.mkdtemp(prefix="podserve-")
         self.metrics_dir = os.path.join(self.folder, "metrics")
         os.mkdir(self.metrics_dir)
+        # Bound, not listening: a connection before the first front serves is refused (nothing waits unseen); once
+        # the front listens, the socket keeps listening while a replaced front starts, so callers wait in its backlog.
         self.http = listening_socket(settings.host, settings.port)
-        self.http.listen(4096)
         self.front_listener = self._unix_listener("front.sock")
         self.model_listener = self._unix_listener("model.sock")
         self.children: list[Child] = []
