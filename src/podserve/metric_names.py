@@ -48,6 +48,14 @@ SINK_RETRIES = PREFIX + "sink_retries_total"                # counter, writes th
 CONSUMER_LAG = PREFIX + "consumer_lag"                      # gauge, messages in the source not yet consumed
 
 REQUEST_LABELS = ("service", "route", "status")
+#: The `route` of requests for no route of the service's own (404s, /metrics refused, connections refused over the
+#: connection limit): what the SLOs leave out.
+OTHER_ROUTE = "other"
+#: The statuses the server exports on its route from the start, at 0 (requests and their latency histogram), so that
+#: a ratio, a rate or a quantile over them reads 0, not "no data", before the first one: the 5xx that dashboards and
+#: alert rules select by name (beside every 5xx), and 200 for the latency panels and the latency SLO's rules.
+STATUS_OK, STATUS_FAILED, STATUS_SHED, STATUS_DEADLINE = "200", "500", "503", "504"
+STARTING_STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_SHED, STATUS_DEADLINE)
 #: Bucket bounds (seconds) of every latency histogram; an SLO's latency threshold must be one of them.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: Bucket bounds of the batch-size histogram.

@@ -97,14 +97,29 @@ class Metrics:
             self.queue_capacity.labels(self.service, instance).set(settings.queue_size)
             self.gpu_memory_limit.labels(self.service, instance).set(gpu_bytes)
 
+    def create_series(self, route: str, instances: Sequence[str]) -> None:
+        """Create at 0 every labelled series the dashboards and alert rules read, before what it counts happens:
+        a query over a series that does not exist yet has no data (an empty panel, a rule that never evaluates)."""
+        for status in names.STARTING_STATUSES:
+            self._route_status(route, int(status))
+        for instance in instances:
+            labels = (self.service, instance)
+            for collector in (self.queue_wait, self.inference, self.batch_size, self.batch_fill_wait,
+                              self.queue_depth, self.instance_ready, self.model_load, self.warmup, self.batch_limit):
+                collector.labels(*labels)
+
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        children = self._by_route_status.get((route, status))
-        if children is None:  # looked up once per route and status: labels() costs more than the observation
-            labels = (self.service, route, str(status))
-            children = self._by_route_status[(route, status)] = (self.requests.labels(*labels),
-                                                                 self.request_seconds.labels(*labels))
+        children = self._by_route_status.get((route, status)) or self._route_status(route, status)
         children[0].inc()
         children[1].observe(seconds)
+
+    def _route_status(self, route: str, status: int) -> tuple:
+        """The request counter and histogram of one route and status (looked up once: labels() costs more than
+        the observation)."""
+        labels = (self.service, route, str(status))
+        children = self._by_route_status[(route, status)] = (self.requests.labels(*labels),
+                                                             self.request_seconds.labels(*labels))
+        return children
 
     def observe_verb_cpu(self, verb: str, seconds: float) -> None:
         child = self._verb_cpu.get(verb)
