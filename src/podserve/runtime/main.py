@@ -84,8 +84,8 @@ def main() -> int:
     server = HttpServer(settings.host, settings.port, dispatch=dispatch, refuse=refuse,
                         limits=HttpLimits.from_settings(settings), admit_head=admit_head,
                         body_seconds=service.budget_seconds, body_limit=body_limit,
-                        on_connection_refused=lambda: metrics.observe_request(OTHER_ROUTE, 503, 0.0),
-                        on_write_timeout=metrics.write_timeouts.inc)
+                        answer_probe=probes.answer_request, on_over_limit=metrics.observe_over_limit,
+                        on_linger_end=metrics.observe_linger_end, on_write_timeout=metrics.write_timeouts.inc)
     metrics.in_flight.set_function(lambda: lifecycle.in_flight)
     metrics.http_backlog.set_function(lambda: service.backlog)
     metrics.loop_relief.set_function(lambda: float(service.loop_relieved))
