@@ -29,6 +29,10 @@ ADMISSION_LIMIT = PREFIX + "admission_limit"                # gauge, requests th
 REFUSALS_HELD = PREFIX + "refusals_held"                    # gauge, 503s decided and held back by the pacing
 REFUSAL_RATE = PREFIX + "refusal_rate"                      # gauge, refusals per second the door sends at once
 WRITE_TIMEOUTS = PREFIX + "write_timeouts_total"            # counter, connections dropped: the caller read no answer
+OVER_LIMIT_CONNECTIONS = PREFIX + "over_limit_connections_total"  # counter, labels OVER_LIMIT_LABELS: connections
+#                                                             beyond max_connections, by outcome (runtime/probe_lane.py)
+LINGERING_CLOSES = PREFIX + "lingering_closes_total"        # counter, labels LINGER_LABELS: closes after a refusal,
+#                                                             by what ended them (runtime/lingering.py)
 
 # The split layout's processes (docs/processes.md), labels PROCESS_LABELS unless said; the series above are the pod's
 # sums over its processes.
@@ -60,6 +64,16 @@ CONSUMER_LAG = PREFIX + "consumer_lag"                      # gauge, messages in
 
 REQUEST_LABELS = ("service", "route", "status")
 PROCESS_LABELS = ("service", "process", "role")
+#: The `route` of requests for no route of the service's own (404s, /metrics refused, connections refused over the
+#: connection limit): what the SLOs leave out.
+OTHER_ROUTE = "other"
+#: The statuses the server exports on its route from the start, at 0 (requests and their latency histogram), so that
+#: a ratio, a rate or a quantile over them reads 0, not "no data", before the first one: the 5xx that dashboards and
+#: alert rules select by name (beside every 5xx), and 200 for the latency panels and the latency SLO's rules.
+STATUS_OK, STATUS_FAILED, STATUS_SHED, STATUS_DEADLINE = "200", "500", "503", "504"
+STARTING_STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_SHED, STATUS_DEADLINE)
+OVER_LIMIT_LABELS = ("service", "outcome")
+LINGER_LABELS = ("service", "ended")
 #: Bucket bounds (seconds) of every latency histogram; an SLO's latency threshold must be one of them.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: Bucket bounds of the batch-size histogram.

@@ -1,8 +1,11 @@
 """Every dashboard query and every rule expression, through a real Prometheus scraping real servers under load.
 
-Real: three server processes started as `make serve` starts them (value.py's settings, the example
+Real: four server processes started as `make serve` starts them (value.py's settings, the example
 model, small queues), a real Prometheus (Debian's package) scraping each every second with the
-labels the rendered PodMonitor gives a pod, and evaluating the chart's rendered rules.
+labels the rendered PodMonitor gives a pod, and evaluating the chart's rendered rules. Three (hk and
+grey) take a burst that overloads them; the fourth, alone in stage ab, one ordinary burst from a
+single caller (no 503, 504 or 500, no batch held open), and every dashboard query must return data
+for it alone too.
 Simulated (see podserve.testbed): Kubernetes itself (no pods, so the PodMonitor's labels are
 static target labels), the mesh and the GPUs. So Istio, dcgm-exporter and kube-state-metrics
 series do not exist here: queries over them are checked only for syntax (Prometheus parses
@@ -67,17 +70,25 @@ def _check_documented(expr: str, platform_labels: set[str]) -> list[str]:
     return problems
 
 
+#: The stage of the pod that serves only one ordinary burst.
+QUIET_STAGE = "ab"
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, chart_rules):
-    """Pods, Prometheus, and the time right after a bounded burst of good, bad, overload and deadline requests."""
+    """Pods, Prometheus, and the time right after a bounded burst of good, bad, overload and deadline requests
+    (and, to the quiet pod, one ordinary burst)."""
     workdir = tmp_path_factory.mktemp("live")
-    pods = start_pods(workdir, {"hk": 2, "grey": 1})
+    pods = start_pods(workdir, {"hk": 2, "grey": 1, QUIET_STAGE: 1})
+    busy = [pod for pod in pods if pod.stage != QUIET_STAGE]
     prom = None
     try:
         prom = Prometheus(workdir / "prometheus", [p.target for p in pods], [chart_rules],
                           scrape_interval="1s").start()
         prom.wait_for(m.MAX_BATCH_SIZE)
-        counts = send_traffic(pods, 4, 3) + send_traffic(pods, 6, 24)
+        quiet = send_traffic([pod for pod in pods if pod.stage == QUIET_STAGE], 3, 1)
+        assert quiet[200] > 0 and 503 not in quiet, f"the quiet pod's burst should be ordinary: {quiet}"
+        counts = send_traffic(busy, 4, 3) + send_traffic(busy, 6, 24)
         time.sleep(3)  # three more scrapes and rule evaluations
         yield prom, pods, counts, time.time()
     finally:
@@ -127,9 +138,12 @@ def _dashboard_queries(models) -> list[tuple[str, str, str]]:
     return out
 
 
-def test_every_dashboard_query_parses_and_ours_return_data(live, models, obs):
+@pytest.mark.parametrize("stage", [".*", QUIET_STAGE], ids=["every pod", "the pod after one ordinary burst"])
+def test_every_dashboard_query_parses_and_ours_return_data(live, models, obs, stage):
+    """Over every pod, and over the quiet pod alone: a series a query reads must exist before what it counts has
+    happened (the quiet pod has refused nothing and held no batch open), or the panel shows no data."""
     prom, _, _, at = live
-    variables = {"cluster": ".*", "stage": ".*", "namespace": ".*", "pod": ".*", "service": "text-direction"}
+    variables = {"cluster": ".*", "stage": stage, "namespace": ".*", "pod": ".*", "service": "text-direction"}
     platform_labels = {"job", "instance", obs.cluster_label}
     empty, problems, ours = [], [], 0
     for dashboard, title, expr in _dashboard_queries(models):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -13,10 +14,13 @@ import requests
 TINY_RECEIVE_BUFFER = 4096
 
 
-def connect(port: int, timeout: float = 10.0, receive_buffer: int | None = None) -> socket.socket:
+def connect(port: int, timeout: float = 10.0, receive_buffer: int | None = None,
+            send_buffer: int | None = None) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if receive_buffer:  # before connect, so the window the server sees is small from the start
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    if send_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.settimeout(timeout)
     sock.connect(("127.0.0.1", port))
     return sock
@@ -101,15 +105,23 @@ class Reader:
         return False
 
 
+def _paced(pieces, pause: float, within: float):
+    """`pieces` one at a time, `pause` seconds after each, for at most `within` seconds."""
+    deadline = time.monotonic() + within
+    for piece in pieces:
+        if time.monotonic() > deadline:
+            return
+        yield piece
+        if pause:
+            time.sleep(pause)
+
+
 def send_until_refused(sock: socket.socket, pieces, pause: float = 0.0, within: float = 30.0) -> int:
     """Send `pieces` one by one until the server stops taking them (it closed, or answered); return bytes sent."""
     sent = 0
-    deadline = time.monotonic() + within
     sock.setblocking(False)
     try:
-        for piece in pieces:
-            if time.monotonic() > deadline:
-                break
+        for piece in _paced(pieces, pause, within):
             try:
                 sock.recv(1, socket.MSG_PEEK)
                 return sent  # an answer, or EOF, came back: the server refused what we send
@@ -123,11 +135,40 @@ def send_until_refused(sock: socket.socket, pieces, pause: float = 0.0, within: 
                 time.sleep(0.01)
             except (ConnectionResetError, BrokenPipeError):
                 return sent
-            if pause:
-                time.sleep(pause)
         return sent
     finally:
         sock.setblocking(True)
+
+
+def send_until_closed(sock: socket.socket, pieces, pause: float = 0.0, within: float = 30.0) -> int:
+    """Send `pieces` one by one, reading nothing, until the server has closed the connection (a send fails) or
+    `within` seconds pass; return bytes sent. An answer or end of file from the server does not stop it."""
+    sent = 0
+    sock.settimeout(within)
+    try:
+        for piece in _paced(pieces, pause, within):
+            sock.sendall(piece)
+            sent += len(piece)
+    except (ConnectionResetError, BrokenPipeError, socket.timeout):
+        pass
+    return sent
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_quiet(pid: int, within: float = 60.0, window: float = 0.5, busy_share: float = 0.2) -> None:
+    """Wait until the process has done what it was given: under `busy_share` of a core for one `window`."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(window)
+        if cpu_seconds(pid) - before < busy_share * window:
+            return
+    raise AssertionError(f"the server was still busy after {within:.0f} s")
 
 
 def peak_rss_bytes(pid: int) -> int:
@@ -196,3 +237,46 @@ def answers_normally(server, body: dict | None = None) -> dict:
     reply = requests.post(server.api, json=body or {"postid": "after", "data": [1, 2, 3, 4]}, timeout=10)
     assert reply.status_code == 200, reply.text
     return reply.json()
+
+
+def timed_answer(port: int, raw_request: bytes, timeout: float = 10.0) -> tuple[Response, float]:
+    """Send `raw_request` on a new connection (as the kubelet sends a probe: one write, then read); return the
+    answer and the seconds from connecting to having it."""
+    started = time.monotonic()
+    with connect(port, timeout=timeout) as sock:
+        sock.sendall(raw_request)
+        answer = Reader(sock).response(head_only=raw_request.startswith(b"HEAD "))
+    return answer, time.monotonic() - started
+
+
+def send_all_then_read(port: int, head: bytes, pieces, timeout: float = 60.0) -> Response:
+    """Send `head` and every one of `pieces` without reading (a blocking sendall each, as a naive client does),
+    and only then read the answer. A reset on the way is an AssertionError saying where it came.
+
+    The socket's send buffer is fixed at 64 KiB: otherwise the kernels' buffers (autotuned to megabytes on
+    loopback) may take all of it before the server closes, and whether a reset then loses the answer is a race."""
+    with connect(port, timeout=timeout, send_buffer=64 * 1024) as sock:
+        sent = 0
+        try:
+            sock.sendall(head)
+            for piece in pieces:
+                sock.sendall(piece)
+                sent += len(piece)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise AssertionError(f"the server reset the connection after {sent} bytes sent: {exc!r}") from exc
+        reader = Reader(sock)
+        try:
+            answer = reader.response()
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise AssertionError(f"all {sent} bytes sent, then the answer was lost to a reset: {exc!r}") from exc
+        assert reader.closed_by_server(within=5), "the server left the refused connection open"
+        return answer
+
+
+def metric_value(server, name: str, **labels: str) -> float:
+    """One sample of the server's /metrics, by name and (some of) its labels; 0 when absent."""
+    total = 0.0
+    for key, value in served_metrics(server).items():
+        if key.split("{")[0] == name and all(f'{k}="{v}"' in key for k, v in labels.items()):
+            total += value
+    return total

@@ -9,6 +9,7 @@ where waiting out the production value would only make the test slow.
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import threading
 import time
@@ -17,8 +18,12 @@ import pytest
 import requests
 
 from hostile import (TINY_RECEIVE_BUFFER, Reader, answers_normally, connect, flood_until_blocked, json_request,
-                     peak_rss_bytes, request_head, requests_counted, send_until_refused)
+                     metric_value, peak_rss_bytes, request_head, requests_counted, rss_bytes, send_all_then_read,
+                     send_until_closed, send_until_refused, timed_answer, wait_until_quiet)
+from podserve.metric_names import LINGERING_CLOSES, OVER_LIMIT_CONNECTIONS
 from podserve.runtime.httpserver import PIPELINE_DEPTH
+from podserve.runtime.lingering import LINGER_BYTES, LINGER_SECONDS
+from podserve.runtime.probe_lane import LANE_SIZE
 from podserve.testbed.processes import poll_until
 
 MIB = 1024 * 1024
@@ -158,33 +163,139 @@ def test_a_chunked_body_of_a_million_tiny_chunks_is_held_in_one_buffer(affine):
     assert grown < 16 * MIB, f"peak RSS grew {grown / MIB:.1f} MiB for a 2 MiB body"
 
 
-def test_connections_beyond_the_limit_get_a_fast_503_and_are_closed(affine):
+def test_beyond_the_connection_limit_probes_are_answered_and_everything_else_gets_a_503(affine):
+    """A connection over max_connections is read as far as its request line, in a lane of its own: the probes are
+    answered from the pod's state, anything else (or nothing within a second) gets the prebuilt 503, and a crowd
+    of silent connections cannot fill the lane (the oldest is evicted, with the 503, unread)."""
     server = affine(max_connections=8)
     held = [connect(server.port) for _ in range(8)]
+    silent_crowd = []
     try:
         for sock in held:  # each is accepted and served
             sock.sendall(request_head("GET", "/api/ping"))
             assert Reader(sock).response().status == 200
-        with connect(server.port) as extra:
-            reader = Reader(extra)
-            answer = reader.response()
-            assert answer.status == 503 and answer.closes and answer.headers["retry-after"] == "1"
-            assert "8 connections open" in answer.json()["msg"]
-            assert reader.closed_by_server(within=2)
+        refused, took = timed_answer(server.port, json_request(ROUTE, BODY))
+        assert refused.status == 503 and refused.closes and refused.headers["retry-after"] == "1", refused.body
+        assert "8 connections open" in refused.json()["msg"] and took < 1.0
+        with connect(server.port) as silent:  # sends nothing: the 503 once its second is up, then end of file
+            started = time.monotonic()
+            reader = Reader(silent)
+            assert reader.response().status == 503
+            assert 0.8 < time.monotonic() - started < 3.0
+            assert reader.closed_by_server(within=3)
+        silent_crowd = [connect(server.port) for _ in range(LANE_SIZE + 36)]  # more than the lane holds
+        for path, method, status in (("/api/ping", "GET", 200), ("/api/live", "GET", 200), ("/api/ping", "HEAD", 200),
+                                     ("/api/ping", "POST", 405), ("/metrics", "GET", 503)):
+            answer, took = timed_answer(server.port, request_head(method, path))
+            assert (answer.status, answer.closes) == (status, True), (method, path, answer.body)
+            assert took < 1.0, f"{method} {path} over the limit took {took:.3f} s"
+        assert answer.json()["msg"].startswith("this pod has 8 connections open")
+        ping, _ = timed_answer(server.port, b"GET /api/ping?probe=kubelet HTTP/1.0\r\n\r\n")
+        assert ping.status == 200 and ping.json()["results"]["ready"] is True
+        long_line, took = timed_answer(server.port, b"GET /api/ping?" + b"x" * 2000 + b" HTTP/1.1\r\n\r\n")
+        assert long_line.status == 503 and took < 1.0  # a request line over 1 KiB is no probe, refused at once
+    finally:
+        for sock in held + silent_crowd:
+            sock.close()
+    poll_until(lambda: timed_answer(server.port, json_request(ROUTE, BODY))[0].status == 200, timeout=10,
+               what="a request on a new connection served once the held ones closed")
+    assert metric_value(server, OVER_LIMIT_CONNECTIONS, outcome="probe") == 5
+    evicted = metric_value(server, OVER_LIMIT_CONNECTIONS, outcome="evicted")
+    assert evicted >= 36, evicted  # the crowd beyond the lane's 64, at least
+    refused_count = metric_value(server, OVER_LIMIT_CONNECTIONS, outcome="refused")
+    assert requests_counted(server, 503, route="other") == refused_count + evicted
+    answers_normally(server)
+
+
+def test_two_thousand_connections_held_leave_the_probes_answered_within_a_second(affine):
+    """Issue 58: with 2,000 connections held (the limit is 1,000), 200 of them pipelining requests and never
+    reading, probes on new connections are answered 200 within a second from the pod's state, a request for the
+    service gets the 503, and the pod's memory stays within idle + 64 MiB."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard >= 4096, f"this test holds 2,000 sockets; the open-file limit is {hard}"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    server = affine()  # max_connections: conf/platform.yaml's 1000
+    idle_rss = rss_bytes(server.process.pid)
+    pings = request_head("GET", "/api/ping") * 1500  # 57 KB
+    held: list[socket.socket] = []
+    most_rss = idle_rss
+    try:
+        for _ in range(200):
+            sock = connect(server.port, receive_buffer=TINY_RECEIVE_BUFFER)
+            held.append(sock)
+            sock.setblocking(False)
+            try:
+                sock.send(pings)  # as much as the kernel takes at once; its answers are never read
+            except BlockingIOError:
+                pass
+        held += [connect(server.port) for _ in range(1800)]
+        wait_until_quiet(server.process.pid)  # what the crowd sent is read and answered, as far as it goes
+        most_rss = max(most_rss, rss_bytes(server.process.pid))
+        for i in range(10):
+            path = ("/api/ping", "/api/live")[i % 2]
+            answer, took = timed_answer(server.port, request_head("GET", path, {"Connection": "close"}))
+            assert answer.status == 200, (path, answer.status, answer.body)
+            assert took < 1.0, f"probe {i} ({path}) took {took:.3f} s"
+            most_rss = max(most_rss, rss_bytes(server.process.pid))
+        refused = send_all_then_read(server.port, json_request(ROUTE, BODY), [])
+        assert refused.status == 503 and "1000 connections open" in refused.json()["msg"], refused.body
+        most_rss = max(most_rss, rss_bytes(server.process.pid))
     finally:
         for sock in held:
             sock.close()
-    refused_again = []  # until the server has seen the eight close, a new connection may still be refused
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    print(f"RSS idle {idle_rss / MIB:.1f} MiB, most {most_rss / MIB:.1f} MiB with 2,000 connections held")
+    assert most_rss < idle_rss + 64 * MIB, f"RSS grew {(most_rss - idle_rss) / MIB:.1f} MiB"
+    poll_until(lambda: metric_value(server, OVER_LIMIT_CONNECTIONS) > 0, timeout=10,
+               what="/metrics answered once the held connections closed")
+    assert metric_value(server, OVER_LIMIT_CONNECTIONS, outcome="probe") == 10
+    answers_normally(server)
 
-    def served() -> bool:
-        with connect(server.port) as sock:
-            sock.sendall(request_head("GET", "/api/ping"))
-            status = Reader(sock).response().status
-        refused_again.append(status == 503)
-        return status == 200
 
-    poll_until(served, timeout=5, what="a new connection served once the held ones closed")
-    assert requests_counted(server, 503, route="other") == 1 + sum(refused_again)
+@pytest.mark.parametrize("kind", ["431 for a 3 MiB header", "413 for a 3 MiB body"])
+def test_a_caller_that_sends_everything_before_reading_reads_its_refusal_not_a_reset(affine, kind):
+    """The server closes after these refusals; it first reads and discards what the caller is still sending
+    (a lingering close), so the refusal is not lost to the reset a close with unread bytes would send."""
+    server = affine(max_body_bytes=MIB)
+    if kind.startswith("431"):
+        head = b"POST " + ROUTE.encode() + b" HTTP/1.1\r\nHost: pod\r\nX-Long: "
+        status, words = 431, "65536 bytes"
+    else:
+        # Raw bytes: refused from its headers, being over max_body_bytes by more than the 1 MiB read and dropped.
+        head = request_head("POST", ROUTE, {"Content-Type": "application/octet-stream",
+                                            "Content-Length": str(3 * MIB)})
+        status, words = 413, "over the limit of 1048576"
+    answer = send_all_then_read(server.port, head, (b"a" * 65536 for _ in range(48)))  # 3 MiB, not read meanwhile
+    assert answer.status == status and answer.closes, answer.body
+    assert words in answer.json()["msg"]
+    poll_until(lambda: metric_value(server, LINGERING_CLOSES, ended="caller") == 1, timeout=10,
+               what="the lingering close ended by the caller")
+    assert requests_counted(server, status) == 1
+    answers_normally(server)
+
+
+def test_a_lingering_close_is_bounded_in_time_and_in_bytes(affine):
+    """A refused caller that never stops sending holds its connection at most LINGER_SECONDS after the refusal
+    (trickling) and is reset after LINGER_BYTES (flooding)."""
+    server = affine(header_timeout_seconds=1)
+    with connect(server.port) as sock:  # a slow head: 408 at the header timeout, then it keeps trickling
+        sock.sendall(b"POST /api/example HTTP/1.1\r\nHost: pod\r\n")
+        send_until_refused(sock, (b"X-Slow: 1\r\n" for _ in range(100)), pause=0.1, within=8)
+        refused_at = time.monotonic()
+        reader = Reader(sock)
+        assert reader.response().status == 408
+        sent_after = send_until_closed(sock, (b"X-Slow: 1\r\n" for _ in range(1000)), pause=0.1, within=15)
+        closed_after = time.monotonic() - refused_at
+    assert LINGER_SECONDS - 0.5 < closed_after < LINGER_SECONDS + 3, closed_after
+    assert sent_after > 0
+    poll_until(lambda: metric_value(server, LINGERING_CLOSES, ended="time") == 1, timeout=10,
+               what="the lingering close ended by its clock")
+    with connect(server.port) as sock:  # a header that never ends, sent as fast as the server reads
+        sock.sendall(b"POST /api/example HTTP/1.1\r\nHost: pod\r\nX-Long: ")
+        sent = send_until_closed(sock, (b"a" * 65536 for _ in range(1024)), within=30)  # up to 64 MiB
+    assert LINGER_BYTES < sent < LINGER_BYTES + 24 * MIB, f"{sent / MIB:.1f} MiB sent before the reset"
+    poll_until(lambda: metric_value(server, LINGERING_CLOSES, ended="bytes") == 1, timeout=10,
+               what="the lingering close ended by its byte bound")
     answers_normally(server)
 
 
@@ -199,6 +310,40 @@ def test_a_caller_that_never_reads_its_answers_is_disconnected_at_the_write_time
             for _ in range(1000):  # whatever was already on the way is readable; then the reset
                 if not sock.recv(65536):
                     raise ConnectionResetError("closed")
+    answers_normally(server)
+
+
+def test_callers_that_pipeline_without_reading_make_the_pod_buffer_less_than_a_read_each(affine):
+    """Once a caller's answers back up, what the server had already read of its pipelined requests waits unparsed
+    (a few bytes per request) instead of being answered into the loop's buffer (about five times as many bytes):
+    100 callers sending 512 KiB of pings each make the pod hold less than one 256 KiB read (uvloop's) each."""
+    server = affine()
+    idle_rss = rss_bytes(server.process.pid)
+    pings = request_head("GET", "/api/ping") * 1700  # 64 KB
+    callers = [connect(server.port, receive_buffer=TINY_RECEIVE_BUFFER) for _ in range(100)]
+    try:
+        sent = dict.fromkeys(callers, 0)
+        sending = set(callers)
+        for _ in range(100):  # a few rounds: each caller sends until its 512 KiB are out or the kernel takes no more
+            for sock in list(sending):
+                sock.setblocking(False)
+                try:
+                    sent[sock] += sock.send(pings)
+                except BlockingIOError:
+                    sending.discard(sock)
+                if sent[sock] >= 512 * 1024:
+                    sending.discard(sock)
+            if not sending:
+                break
+            time.sleep(0.05)
+        wait_until_quiet(server.process.pid)
+        grown = rss_bytes(server.process.pid) - idle_rss
+    finally:
+        for sock in callers:
+            sock.close()
+    print(f"RSS grew {grown / MIB:.1f} MiB for 100 callers that pipelined {sum(sent.values()) / MIB:.0f} MiB "
+          f"of pings and read nothing")
+    assert grown < 100 * 256 * 1024, f"RSS grew {grown / MIB:.1f} MiB"
     answers_normally(server)
 
 

@@ -15,6 +15,7 @@ from podserve.handler import Device, Handler, OnnxHandler, Payload, gpu_padded_s
 from podserve.runtime import api
 from podserve.runtime.batcher import RUNNING, BatchWorker, WorkItem
 from podserve.runtime.devices import cpu_share, plan_devices
+from podserve.runtime.probe_lane import request_line
 from podserve.settings import ServingSettings, SettingsError
 from podserve.testbed.processes import poll_until
 
@@ -432,3 +433,17 @@ def test_a_service_metric_name_that_is_not_a_whole_metric_name_is_refused(name):
 
     with pytest.raises(ValueError, match="must match"):
         service_metrics.counter(name, "Characters read.")
+
+
+@pytest.mark.parametrize("line, parsed", [
+    (b"GET /api/ping HTTP/1.1\r", ("/api/ping", "GET")),
+    (b"HEAD /api/live?from=kubelet HTTP/1.0", ("/api/live", "HEAD")),
+    (b"GET /api/ping", None),                       # HTTP/0.9: no version
+    (b"GET /api/ping HTTP/2.0\r", None),            # not HTTP/1.x
+    (b"GET  /api/ping HTTP/1.1\r", None),           # two spaces
+    (b"GET api/ping HTTP/1.1\r", None),             # not an origin-form path
+    (b"G3T /api/ping HTTP/1.1\r", None),            # not a method
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01", None),  # a TLS ClientHello
+])
+def test_the_probe_lane_reads_only_an_http_1_request_line(line, parsed):
+    assert request_line(line) == parsed

@@ -111,7 +111,7 @@ def parse_json_request(body: bytes, limits: InputLimits | int) -> Payload:
         return _parse_json_request(body, limits)
     except InvalidInput:
         if len(body) > limits.max_body_bytes and b'"video"' not in body:
-            raise _body_too_large(len(body), limits, "an image or data") from None
+            raise _body_too_large(len(body), limits, "image or data") from None
         raise
 
 

@@ -17,6 +17,7 @@ import threading
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from podserve import errors
+from podserve import metric_names as names
 from podserve.errors import ServingError
 from podserve.routes import LIVE_PATH, METRICS_PATH, PING_PATH, READ_METHODS
 from podserve.runtime.httpserver import Answer, Exchange
@@ -25,8 +26,7 @@ from podserve.runtime.service_route import error_answer
 
 log = logging.getLogger(__name__)
 
-#: The route label of a request answered before, or without, a route of the pod (404s, refused connections).
-OTHER_ROUTE = "other"
+OTHER_ROUTE = names.OTHER_ROUTE
 
 
 class ControlThread:

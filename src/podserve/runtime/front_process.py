@@ -318,6 +318,7 @@ def main() -> int:
                    ("service", "reason")).labels(settings.service_name, "decoder_ended")
     lifecycle = Lifecycle()
     route = service_path(settings.service_name)
+    metrics.create_series(route, [])  # the model process creates its instances' series
     budgets = Budgets(settings)
     limit = layout.holding_limit(settings)
     refusal = error_answer(errors.Overloaded(f"this pod is full: it already holds {limit} requests (queue_size per "

@@ -20,8 +20,12 @@ from the platform's conf/platform.yaml through the environment):
   is refused 503 at its headers, unread, so many slow uploads cannot add up;
 - at most `PIPELINE_DEPTH` requests of one connection are dispatched and unanswered: reading
   stops there, and what one read brought beyond it waits, parsed no further than a slice;
-- a caller that reads none of its answers for the write timeout is disconnected; beyond the
-  connection limit a new connection gets a 503 and is closed.
+- a caller that reads none of its answers for the write timeout is disconnected;
+- beyond the connection limit a new connection is read only as far as its request line, in a
+  bounded lane (`probe_lane`): the kubelet's probes get their answer from the pod's state
+  (`answer_probe`), anything else the prebuilt 503;
+- a refusal on a connection the server then closes is followed by a lingering close (`lingering`):
+  the caller still sending reads the refusal instead of a reset.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from podserve.errors import RETRY_AFTER_SECONDS
+from podserve.runtime.lingering import Linger
+from podserve.runtime.probe_lane import ProbeLane
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,23 @@ _HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 
 def status_line(status: int) -> bytes:
     return _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
+
+
+def render(answer: "Answer", date_and_server: bytes, head_only: bool, close: bool, http_1_0: bool = False) -> bytes:
+    """`answer` as bytes on the wire (raises UnicodeEncodeError, TypeError, ... for a header that cannot be sent)."""
+    length = answer.length if head_only and answer.length is not None else len(answer.body)
+    head = [status_line(answer.status), b"Content-Length: ", str(length).encode(), b"\r\n"]
+    for name, value in answer.headers:
+        head.append(f"{name}: {value}\r\n".encode("latin-1"))
+    head.append(date_and_server)
+    if close:
+        head.append(b"Connection: close\r\n")
+    elif http_1_0:
+        head.append(b"Connection: keep-alive\r\n")
+    head.append(b"\r\n")
+    if not head_only:
+        head.append(answer.body)
+    return b"".join(head)
 
 
 @dataclass(frozen=True)
@@ -218,6 +241,7 @@ class Connection(asyncio.Protocol):
         self._write_blocked_since: float | None = None
         self._corked: list[bytes] | None = None  # answers written while a read is parsed go out in one write
         self._closing = False
+        self._linger: Linger | None = None  # the lingering close after a refusal, once begun
         self._last_active = time.monotonic()
 
     # asyncio.Protocol
@@ -227,9 +251,7 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=SEND_BUFFER_BYTES)
         if len(self.server.connections) >= self.limits.max_connections:
             self._closing = True
-            transport.write(self.server.connection_refusal)
-            transport.close()
-            self.server.on_connection_refused()
+            self.server.probe_lane.take(transport)  # it reads the request line from now on, not this connection
             return
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
@@ -245,6 +267,8 @@ class Connection(asyncio.Protocol):
         for exchange in self.pending:
             if exchange.on_gone is not None and exchange.answer_ is None:
                 exchange.on_gone()
+        if self._linger is not None:
+            self._linger.caller_closed()
 
     def pause_writing(self) -> None:
         # The caller is not reading its answers: stop reading its requests until it catches up, so that a
@@ -255,11 +279,17 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_blocked_since = None
-        if not self._paused and not self._closing and self.transport is not None:
+        if self._closing or self.transport is None:
+            return
+        if self._unparsed is not None:  # what was read before the caller stopped reading: parse it on the next turn
+            self.server.loop.call_soon(self._next_turn)
+        elif not self._paused:
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
+            if self._linger is not None:
+                self._linger.discard(len(data))
             return
         if self._unparsed is not None:  # reading is paused; a read already under way joins what waits
             self._unparsed = memoryview(bytes(self._unparsed) + data)
@@ -277,7 +307,9 @@ class Connection(asyncio.Protocol):
         try:
             while pos < end_of_data and not self._closing:
                 self._dispatch_parked()
-                if self.parked:  # the depth is reached: parse nothing more until answers go out
+                # The depth is reached, or the caller reads none of its answers: parse nothing more until answers
+                # go out (else one read of thousands of pipelined pings would all be answered into the loop's buffer).
+                if self.parked or self._write_blocked_since is not None:
                     self._unparsed = view[pos:]
                     self._pause()
                     return
@@ -465,14 +497,14 @@ class Connection(asyncio.Protocol):
         if exchange.timer is not None:
             exchange.timer.cancel()
             exchange.timer = None
-        if self.transport is None:
+        if self.transport is None or self._linger is not None:
             return
         pending = self.pending
         while pending and pending[0].answer_ is not None:
             done = pending.popleft()
             close = self._write(done, done.answer_)
             if close:
-                self._close_after_write()
+                self._close_after_write(lingering=done.answer_.status >= 400)
                 return
         if not self._feeding:  # inside the parser, its own loop takes up what waits
             self._dispatch_parked()
@@ -485,51 +517,52 @@ class Connection(asyncio.Protocol):
 
     def _write(self, exchange: Exchange, answer: Answer) -> bool:
         close = answer.close or not exchange.keep_alive or self.server.closing and len(self.pending) == 0
-        length = answer.length if exchange.method == "HEAD" and answer.length is not None else len(answer.body)
-        head = [status_line(answer.status), b"Content-Length: ", str(length).encode(), b"\r\n"]
         try:
-            for name, value in answer.headers:
-                head.append(f"{name}: {value}\r\n".encode("latin-1"))
+            data = render(answer, self.server.date_and_server(), exchange.method == "HEAD", close,
+                          exchange.version == "1.0")
         except (UnicodeEncodeError, AttributeError, TypeError, ValueError):  # error_answer checks; this is the net
             log.error("an answer's headers could not be sent: %r", answer.headers)
             return self._write(exchange, Answer(500, b'{"results": null, "msg": "internal error: the answer\'s '
                                                      b'headers could not be sent; see the server log"}',
                                                 [("Content-Type", "application/json")], answer.close))
-        head.append(self.server.date_and_server())
-        if close:
-            head.append(b"Connection: close\r\n")
-        elif exchange.version == "1.0":
-            head.append(b"Connection: keep-alive\r\n")
-        head.append(b"\r\n")
-        if exchange.method != "HEAD":
-            head.append(answer.body)
         if self._corked is not None:
-            self._corked.append(b"".join(head))
+            self._corked.append(data)
         else:
-            self.transport.write(b"".join(head))
+            self.transport.write(data)
         self._last_active = time.monotonic()
         return close
 
-    def _close_after_write(self) -> None:
+    def _close_after_write(self, lingering: bool = False) -> None:
+        """Close once what is buffered is written; after a refusal (`lingering`), with a lingering close."""
         self._closing = True
         self._uncork()
-        if self.transport is not None:
+        if self.transport is None or self._linger is not None:
+            return
+        if lingering and not self.transport.is_closing():
+            self._linger = Linger(self.transport, self.server.loop, self.server.on_linger_end)
+        else:
             self.transport.close()  # flushes what is buffered first
 
     # clocks (read by the server's sweep, loop thread)
 
     def check_clocks(self, now: float) -> None:
         """Close what has outrun its clock: a slow head (408), a slow body (408), an unread answer, an idle line."""
-        if self.transport is None or self._closing:
+        if self.transport is None:
             return
         limits = self.limits
+        if self._write_blocked_since is not None and now - self._write_blocked_since > limits.write_timeout_seconds:
+            self.server.on_write_timeout()
+            self.transport.abort()  # the caller reads nothing: no answer, not even a 408, could reach it
+            return
+        if self._closing:  # closing once its answers are written (a refusal's lingering close has its own clock)
+            return
         current = self.current
         if current is not None and current.refused_early:
-            if now > self._body_deadline:  # its 503 is written or on its way: close once it is
+            if now > self._body_deadline:  # its 503 is written or on its way: close (lingering) once it is
                 self._closing, current.keep_alive = True, False
                 self.transport.pause_reading()
                 if current not in self.pending:
-                    self.transport.close()
+                    self._close_after_write(lingering=True)
             return
         if current is not None:
             if not self._in_body and now - current.received_at > limits.header_timeout_seconds:
@@ -540,10 +573,6 @@ class Connection(asyncio.Protocol):
                 self._answer_and_close(408, "the request's body was not complete within the request's deadline; "
                                             "send it faster, or with a longer X-Request-Timeout-Ms")
                 return
-        if self._write_blocked_since is not None and now - self._write_blocked_since > limits.write_timeout_seconds:
-            self.server.on_write_timeout()
-            self.transport.abort()  # the caller reads nothing: no answer, not even a 408, could reach it
-            return
         if self.is_idle() and now - self._last_active > limits.idle_timeout_seconds:
             self._close_after_write()
 
@@ -551,7 +580,7 @@ class Connection(asyncio.Protocol):
         return not self.pending and not self.parked and self.current is None
 
     def close_if_idle(self) -> None:
-        if self.is_idle() and self.transport is not None:
+        if self.is_idle() and self.transport is not None and self._linger is None:  # a lingering close ends itself
             self._close_after_write()
 
     # refusing
@@ -634,15 +663,20 @@ class HttpServer:
     `admit_head(exchange)` is called when a request's headers are read: False means it has been answered
     already (e.g. a full pod's 503) and its body is not worth reading. `body_seconds(headers)` is the time a
     request's body may take to arrive, from its first byte (its deadline); `body_limit(exchange)` its largest
-    size, from its path and headers (default: the limits' max_body_bytes). `on_refused_connection` and
-    `on_write_timeout` count what the server drops without a request to answer.
+    size, from its path and headers (default: the limits' max_body_bytes). `answer_probe(path, method)` is
+    the answer to a request on a connection over the connection limit (None: not a probe, so the prebuilt
+    503), from the pod's state, in the loop thread. `on_over_limit(outcome)` counts each connection over the
+    limit (one of `probe_lane.OUTCOMES`), `on_linger_end(ending)` each lingering close (one of
+    `lingering.ENDINGS`), and `on_write_timeout` each caller dropped for reading none of its answers.
     """
 
     def __init__(self, host: str, port: int, *, dispatch: Callable[[Exchange], None],
                  refuse: Callable[[Exchange, int, str, str | None], None], limits: HttpLimits,
                  body_seconds: Callable[[dict], float],
                  admit_head: Callable[[Exchange], bool] = lambda exchange: True,
-                 on_connection_refused: Callable[[], None] = lambda: None,
+                 answer_probe: Callable[[str, str], Answer | None] = lambda path, method: None,
+                 on_over_limit: Callable[[str], None] = lambda outcome: None,
+                 on_linger_end: Callable[[str], None] = lambda ending: None,
                  on_write_timeout: Callable[[], None] = lambda: None, backlog: int = 4096,
                  body_limit: Callable[[Exchange], int] | None = None, sock: socket.socket | None = None):
         self.host, self.port = host, port
@@ -652,7 +686,8 @@ class HttpServer:
         self.refuse = refuse
         self.admit_head = admit_head
         self.body_seconds = body_seconds
-        self.on_connection_refused = on_connection_refused
+        self.answer_probe = answer_probe
+        self.on_linger_end = on_linger_end
         self.on_write_timeout = on_write_timeout
         self.limits = limits
         self.backlog = backlog
@@ -667,6 +702,7 @@ class HttpServer:
         body = (b'{"results": null, "msg": "this pod has ' + str(limits.max_connections).encode() +
                 b' connections open, its limit; retry shortly, or elsewhere"}')
         self.connection_refusal += b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        self.probe_lane = ProbeLane(self._probe_reply, self.connection_refusal, on_over_limit, on_linger_end)
         self._server: asyncio.base_events.Server | None = None
         self._outbox: deque[tuple[Exchange, Answer]] = deque()
         self._wake_pending = False
@@ -690,6 +726,16 @@ class HttpServer:
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.abort()
+        self.probe_lane.close_all()
+
+    def _probe_reply(self, path: str, method: str) -> bytes | None:
+        """The bytes answering a request line read over the connection limit: a probe's answer, or None."""
+        try:
+            answer = self.answer_probe(path, method)
+            return None if answer is None else render(answer, self.date_and_server(), method == "HEAD", close=True)
+        except Exception:  # the caller gets the prebuilt 503; the lane and the loop carry on
+            log.exception("answering a probe over the connection limit failed")
+            return None
 
     def answer_soon(self, exchange: Exchange, answer: Answer) -> None:
         """Queue `answer` for the loop to write; safe from any thread. The loop is woken once per burst."""

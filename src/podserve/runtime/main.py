@@ -72,8 +72,9 @@ def serve_in_one_process(settings: ServingSettings, handler_class: type) -> int:
     devices = plan_devices(settings)
     pool = InstancePool(handler_class, devices, settings, metrics)
     metrics.set_limits(settings, pool.names)
-    lifecycle = Lifecycle()
     route = service_path(settings.service_name)
+    metrics.create_series(route, pool.names)
+    lifecycle = Lifecycle()
     budgets = Budgets(settings)
     refusal = error_answer(errors.Overloaded(
         f"this pod is full: it already holds {pool.holding_limit()} requests (queue_size per instance); retry "
@@ -160,8 +161,8 @@ def http_server(settings: ServingSettings, route: str, metrics: Metrics, open_in
     return HttpServer(settings.host, settings.port, dispatch=dispatch, refuse=refuse,
                       limits=HttpLimits.from_settings(settings), admit_head=admits_head,
                       body_seconds=budgets.of_headers, body_limit=body_limit, sock=sock,
-                      on_connection_refused=lambda: metrics.observe_request(OTHER_ROUTE, 503, 0.0),
-                      on_write_timeout=metrics.write_timeouts.inc)
+                      answer_probe=probes.answer_request, on_over_limit=metrics.observe_over_limit,
+                      on_linger_end=metrics.observe_linger_end, on_write_timeout=metrics.write_timeouts.inc)
 
 
 def raise_open_file_limit() -> None:

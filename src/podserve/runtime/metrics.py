@@ -9,6 +9,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from podserve import metric_names as names
 from podserve.metric_names import BATCH_BUCKETS, LATENCY_BUCKETS
+from podserve.runtime import lingering, probe_lane
 from podserve.settings import ServingSettings
 
 GIB = 1024 ** 3
@@ -94,6 +95,16 @@ class Metrics:
         self.write_timeouts = Counter(names.WRITE_TIMEOUTS, "Connections dropped because the caller read none of "
                                       "its answers within the write timeout (nothing could be answered).",
                                       ("service",), registry=registry).labels(service)
+        over_limit = Counter(names.OVER_LIMIT_CONNECTIONS, "Connections opened beyond max_connections, by outcome: "
+                             "probe (a probe answered from the pod's state), refused (the 503 after its request "
+                             "line), evicted (the 503 at once, unread: the lane for them was full).",
+                             names.OVER_LIMIT_LABELS, registry=registry)
+        self._over_limit = {outcome: over_limit.labels(service, outcome) for outcome in probe_lane.OUTCOMES}
+        lingering_closes = Counter(names.LINGERING_CLOSES, "Connections closed after a refusal, read and discarded "
+                                   "until the caller closed (caller), or cut at the time or byte bound (time, bytes: "
+                                   "a caller still sending then saw a reset).", names.LINGER_LABELS,
+                                   registry=registry)
+        self._linger_ends = {ending: lingering_closes.labels(service, ending) for ending in lingering.ENDINGS}
         self.max_batch_size = Gauge(names.MAX_BATCH_SIZE, "Most inputs one predict call receives (max_batch_size).",
                                     ("service",), registry=registry, multiprocess_mode=_SET_ONCE).labels(service)
         self.batch_limit = Gauge(names.BATCH_LIMIT, "Most inputs the batcher gives one predict call on this "
@@ -125,14 +136,38 @@ class Metrics:
             self.queue_capacity.labels(self.service, instance).set(settings.queue_size)
             self.gpu_memory_limit.labels(self.service, instance).set(gpu_bytes)
 
+    def create_series(self, route: str, instances: Sequence[str]) -> None:
+        """Create at 0 every labelled series the dashboards and alert rules read, before what it counts happens:
+        a query over a series that does not exist yet has no data (an empty panel, a rule that never evaluates)."""
+        for status in names.STARTING_STATUSES:
+            self._route_status(route, int(status))
+        for instance in instances:
+            labels = (self.service, instance)
+            for collector in (self.queue_wait, self.inference, self.batch_size, self.batch_fill_wait,
+                              self.queue_depth, self.instance_ready, self.model_load, self.warmup, self.batch_limit):
+                collector.labels(*labels)
+
+    def observe_over_limit(self, outcome: str) -> None:
+        """A connection beyond max_connections ended with `outcome`; the 503s are counted as route "other" too."""
+        self._over_limit[outcome].inc()
+        if outcome != probe_lane.ANSWERED_PROBE:
+            self.observe_request(names.OTHER_ROUTE, 503, 0.0)
+
+    def observe_linger_end(self, ending: str) -> None:
+        self._linger_ends[ending].inc()
+
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        children = self._by_route_status.get((route, status))
-        if children is None:  # looked up once per route and status: labels() costs more than the observation
-            labels = (self.service, route, str(status))
-            children = self._by_route_status[(route, status)] = (self.requests.labels(*labels),
-                                                                 self.request_seconds.labels(*labels))
+        children = self._by_route_status.get((route, status)) or self._route_status(route, status)
         children[0].inc()
         children[1].observe(seconds)
+
+    def _route_status(self, route: str, status: int) -> tuple:
+        """The request counter and histogram of one route and status (looked up once: labels() costs more than
+        the observation)."""
+        labels = (self.service, route, str(status))
+        children = self._by_route_status[(route, status)] = (self.requests.labels(*labels),
+                                                             self.request_seconds.labels(*labels))
+        return children
 
     def observe_verb_cpu(self, verb: str, seconds: float) -> None:
         child = self._verb_cpu.get(verb)

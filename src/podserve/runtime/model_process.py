@@ -25,6 +25,7 @@ import prometheus_client
 import uvloop
 
 from podserve.errors import ClientGone, Overloaded, ServingError
+from podserve.routes import service_path
 from podserve.runtime import layout
 from podserve.runtime.batcher import WorkItem
 from podserve.runtime.child import Slot, die_with_parent, hand_to_loop
@@ -220,6 +221,7 @@ def main() -> int:
     devices = plan_devices(settings)
     pool = InstancePool(handler_class, devices, settings, metrics, more_coming=lambda: state.incoming() > 0)
     metrics.set_limits(settings, pool.names)
+    metrics.create_series(service_path(settings.service_name), pool.names)
     outputs = Arena(output_arena_bytes(settings), "podserve-model-outputs")
     async def run() -> None:
         loop = asyncio.get_running_loop()

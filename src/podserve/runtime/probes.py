@@ -27,9 +27,16 @@ class Probes:
 
     def answer(self, exchange: Exchange) -> Answer:
         """The answer to a request for one of `PATHS`."""
-        if exchange.method not in READ_METHODS:
-            return _error(errors.MethodNotAllowed.on(exchange.method, exchange.path, READ_METHODS))
-        return self.ping() if exchange.path == PING_PATH else self.live()
+        return self.answer_request(exchange.path, exchange.method)
+
+    def answer_request(self, path: str, method: str) -> Answer | None:
+        """The answer to `method path` if it asks for one of `PATHS`, else None: what the server's lane for
+        connections over its limit calls (`HttpServer.answer_probe`), with nothing but the request line."""
+        if path not in PATHS:
+            return None
+        if method not in READ_METHODS:
+            return _error(errors.MethodNotAllowed.on(method, path, READ_METHODS))
+        return self.ping() if path == PING_PATH else self.live()
 
     def readiness_problem(self) -> NotReady | None:
         """Why this pod takes no traffic now (loading or draining), or None when it is ready."""

@@ -51,8 +51,8 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
             f"Share of requests answered 5xx; the platform's availability SLO allows {1 - obs.slo.availability:.4g} "
             "over 30 days, a service may set its own (the overview shows each service's burn rate).", width=8, min=0),
         Panel("timeseries", "Shed (503) and deadline (504) answers per pod", "reqps", [
-            Target(f"sum by (pod, status) (rate({m.REQUESTS_TOTAL}{{{s}, status=~\"503|504\"}}[{RATE}]))",
-                   "{{pod}} {{status}}"),
+            Target(f"sum by (pod, status) (rate({m.REQUESTS_TOTAL}{{{s}, "
+                   f"status=~\"{m.STATUS_SHED}|{m.STATUS_DEADLINE}\"}}[{RATE}]))", "{{pod}} {{status}}"),
             Target(f"sum by (pod) ({m.REFUSAL_RATE}{{{s}}})", "{{pod}} 503s sent at once, most")],
             "503: a full queue (or not ready); 504: the deadline passed while queued, the request never ran. Past "
             "the door's rate (a share of a core over what a refusal costs the pod), 503s to callers retrying at "

@@ -12,10 +12,10 @@ SERVICE_KEY = ("namespace", "service", "stage")
 #: The same, per pod.
 POD_KEY = ("namespace", "service", "stage", "pod")
 #: Requests that count towards the SLOs: the service's own route (not 404s for unknown paths).
-SLO_REQUESTS = 'route!="other"'
+SLO_REQUESTS = f'route!="{m.OTHER_ROUTE}"'
 ERRORS = 'status=~"5.."'
-SHED = 'status="503"'
-DEADLINE = 'status="504"'
+SHED = f'status="{m.STATUS_SHED}"'
+DEADLINE = f'status="{m.STATUS_DEADLINE}"'
 MIB = 1024 * 1024
 
 
