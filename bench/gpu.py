@@ -36,10 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.loadgen import request_wires, write_wires
+from bench.loadgen import LoadError, request_wires, write_wires
 from bench.report import cores_used
-from bench.run import machine
-from bench.systems import DECODE_PROCESSES, Server, start_gunicorn, start_ours
+from bench.run import service_name, machine
+from bench.systems import DECODE_PROCESSES, Server, ServerFailed, start_gunicorn, start_ours
 from bench.workloads import FAST, REPO
 
 CONCURRENCIES = (1, 8, 64, 256)
@@ -128,28 +128,31 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="podserve-bench-gpu-") as scratch:
         log_dir = out / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        servers: list[Server] = []
+        servers: list[Server] = []  # every server started: each is stopped
+        starts = [(name, lambda n=name, layout=layout: start_ours(n, FAST, log_dir, {**pod, DECODE_PROCESSES: layout}))
+                  for name, layout in LAYOUTS.items()]
+        starts.append(("gunicorn", lambda: start_gunicorn(FAST, service_name(), workers, log_dir,
+                                                          "cuda" if on_gpu else "cpu")))
         try:
-            for name, layout in LAYOUTS.items():
-                servers.append(start_ours(name, FAST, log_dir, {**pod, DECODE_PROCESSES: layout}))
-                servers[-1].wait_ready()  # one at a time: each times its calls at start-up, on a quiet machine
-            servers.append(start_gunicorn(FAST, servers[0].path.rsplit("/", 1)[1], workers, log_dir,
-                                          "cuda" if on_gpu else "cpu"))
-            for server in servers:
-                server.wait_ready()
-                wires = request_wires(server.path, f"127.0.0.1:{server.port}", FAST.images())
-                server.request_files = write_wires(wires, Path(scratch) / server.name)
-                server.measure(8, 1)  # warm-up, not recorded
+            running = []  # those still measured
+            for name, start in starts:
+                server = _started(name, start, servers, scratch, results)
+                if server is not None:
+                    running.append(server)
             for concurrency in CONCURRENCIES:
                 if time.monotonic() - started > args.budget_s:
                     results["skipped"].append(concurrency)
                     print(f"c={concurrency} skipped: {args.budget_s} s had passed", flush=True)
                     continue
-                windows: dict[str, list] = {s.name: [] for s in servers}
+                windows: dict[str, list] = {s.name: [] for s in running}
                 for _ in range(WINDOWS):
-                    for server in servers:
-                        windows[server.name].append(server.measure(concurrency, args.seconds))
-                for server in servers:
+                    for server in list(running):
+                        try:
+                            windows[server.name].append(server.measure(concurrency, args.seconds))
+                        except (LoadError, OSError) as exc:  # wrk failed, or the server no longer answers /metrics
+                            _failed(results, server.name, f"at c={concurrency}: {exc}")
+                            running.remove(server)
+                for server in running:
                     results["points"].append(point_row(concurrency, server, windows[server.name]))
                     print(json.dumps(results["points"][-1]), flush=True)
             holding = gpu_processes()
@@ -169,6 +172,27 @@ def main(argv: list[str] | None = None) -> int:
     (out / "gpu.md").write_text(markdown(results))
     print(f"wrote {out / 'gpu.json'} and {out / 'gpu.md'} in {results['wall_seconds']:.0f}s")
     return 0
+
+
+def _started(name: str, start, servers: list[Server], scratch: str, results: dict) -> Server | None:
+    """Start one system, wait until it is ready, write its requests and warm it up; None (and the reason in the
+    results) when it cannot: the other systems are measured all the same, on a machine lent for minutes."""
+    try:
+        server = start()
+        servers.append(server)
+        server.wait_ready()  # one at a time: each times its calls at start-up, on a quiet machine
+        wires = request_wires(server.path, f"127.0.0.1:{server.port}", FAST.images())
+        server.request_files = write_wires(wires, Path(scratch) / server.name)
+        server.measure(8, 1)  # warm-up, not recorded
+        return server
+    except (ServerFailed, LoadError, OSError) as exc:
+        _failed(results, name, str(exc))
+        return None
+
+
+def _failed(results: dict, name: str, why: str) -> None:
+    results.setdefault("failed", {})[name] = why
+    print(f"{name} FAILED: {why}", flush=True)
 
 
 def point_row(concurrency: int, server: Server, ws: list) -> dict:
@@ -198,6 +222,8 @@ def markdown(results: dict) -> str:
              f"Gunicorn: {results['gunicorn_workers']} workers, each with its own copy of the model", ""]
     if results["skipped"]:
         lines += [f"Skipped, the time budget spent: c={', '.join(map(str, results['skipped']))}.", ""]
+    lines += [f"**{name} failed** (left out from then on): {why}" for name, why in results.get("failed", {}).items()]
+    lines += [""] if results.get("failed") else []
     lines += ["| c | system | setup | req/s | p50 ms | p99 ms | errors | mean batch | server CPU ms/req | cores: "
               "server, wrk, other |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["points"]:

@@ -131,7 +131,7 @@ def run_workload(workload: Workload, cores: int, scratch: Path, args, number: in
     log_dir = _log_dir(args, number)
     starts = [lambda: start_ours("ours", workload, log_dir)] if "ours" in args.systems else []
     if "gunicorn" in args.systems:
-        starts.append(lambda: start_gunicorn(workload, _service_name(), cores, log_dir))
+        starts.append(lambda: start_gunicorn(workload, service_name(), cores, log_dir))
     if "variants" in args.systems and not (args.no_variants or args.quick):
         starts += [lambda n=name, e=env: start_ours(n, workload, log_dir, e) for name, env in VARIANTS.items()]
     if args.before:
@@ -377,7 +377,8 @@ def cpu_description(cpuinfo: str) -> str:
     return f"{fields.get('model name', platform.processor())} ({kind + '; ' if kind else ''}{vectors})"
 
 
-def _service_name() -> str:
+def service_name() -> str:
+    """The service's name in value.py (the path every system serves)."""
     from podserve.tooling.values import load_values
 
     return load_values(REPO / "value.py").serving_settings().service_name

@@ -249,6 +249,12 @@ class Server:
         return self.process.returncode
 
 
+def log_name(workload: Workload, system: str) -> str:
+    """A server's log file: its workload and system, in letters, digits, '.', '_' and '-' alone (what a GPU machine
+    lent for a benchmark hands back)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{workload.name}-{system}").strip("-") + ".log"
+
+
 def start_ours(name: str, workload: Workload, log_dir: Path, overrides: dict[str, str] | None = None,
                src: Path = REPO / "src") -> Server:
     """Our server with the environment `make serve` derives from value.py; only the port, the
@@ -267,7 +273,7 @@ def start_ours(name: str, workload: Workload, log_dir: Path, overrides: dict[str
                        "PODSERVE_HTTP_THREADS", "PODSERVE_CPU", "PODSERVE_QUEUE_SIZE", DECODE_PROCESSES) if k in env)
     service = env["PODSERVE_SERVICE_NAME"]
     return Server(name, "ours", [sys.executable, "-m", "podserve.runtime"], env, port, service,
-                  log_dir / f"{workload.name}-{name}.log", setup)
+                  log_dir / log_name(workload, name), setup)
 
 
 #: A process that imports a handler's module and decodes the workload's images with it, then reports its peak RSS:
@@ -309,7 +315,7 @@ def start_gunicorn(workload: Workload, service: str, workers: int, log_dir: Path
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     command = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "sync", "-b", f"127.0.0.1:{port}",
                "--backlog", "2048", "--timeout", "120", "--log-level", "warning", "bench.gunicorn_app:app_from_env()"]
-    return Server("gunicorn", "gunicorn", command, env, port, service, log_dir / f"{workload.name}-gunicorn.log",
+    return Server("gunicorn", "gunicorn", command, env, port, service, log_dir / log_name(workload, "gunicorn"),
                   f"{workers} sync workers x 1 onnxruntime {'CUDA session' if device == 'cuda' else 'thread'}, "
                   f"no batching")
 
