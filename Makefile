@@ -85,7 +85,7 @@ wrk: ## Debian's wrk at the pinned version, the benchmarks' load generator (once
 
 # BENCH_RUNS=3 measures three times and judges the targets on the median run (about 5 min more a run).
 BENCH_RUNS ?= 1
-bench: $(VENV)/bin/python wrk ## Our server vs the onnxruntime ceiling vs Gunicorn, overload, video: bench/results/ (about 12 min).
+bench: $(VENV)/bin/python wrk ## Our server vs the onnxruntime ceiling vs Gunicorn, overload, video: bench/results/ (about 13 min).
 	@test -f $(VENV)/.bench-deps -a -z "$$(find requirements -newer $(VENV)/.bench-deps)" || \
 		{ $(PIP) install -r requirements/bench.txt && touch $(VENV)/.bench-deps; }
 	$(PY) -m podserve.tooling.example_models model cls det
@@ -95,7 +95,7 @@ bench: $(VENV)/bin/python wrk ## Our server vs the onnxruntime ceiling vs Gunico
 
 # With a GPU (nvidia-smi lists one): onnxruntime-gpu in its own environment, .venv-gpu (it must not share one with
 # the CPU wheel). Without one: .venv and the CPU provider, and the results say that no GPU was present.
-bench-gpu: $(VENV)/bin/python wrk ## One process per GPU vs Gunicorn's N workers: bench/results/gpu.{json,md}.
+bench-gpu: $(VENV)/bin/python wrk ## Our pod split and in one process vs Gunicorn, c=1-256, 16-core pod: bench/results/gpu.{json,md}.
 	@if nvidia-smi -L >/dev/null 2>&1; then \
 		test -f .venv-gpu/.deps -a -z "$$(find requirements -newer .venv-gpu/.deps)" || \
 			{ $(PYTHON) -m venv .venv-gpu && .venv-gpu/bin/python -m pip install --quiet \

@@ -1,18 +1,25 @@
-"""`make bench-gpu`: one process per GPU (ours, batching) against Gunicorn's N workers, each with its own model.
+"""`make bench-gpu`: our pod on a GPU, split and in one process, against Gunicorn's workers, each with its own model.
 
-    python -m bench.gpu [--workers N] [--seconds S] [--out bench/results]
+    python -m bench.gpu [--workers N] [--seconds S] [--budget-s S] [--out bench/results]
 
 On a machine with a GPU (nvidia-smi lists one and onnxruntime offers the CUDA execution
-provider; `make bench-gpu` installs onnxruntime-gpu into its own environment there), our
-server runs value.py's settings on the GPU with batching on (`ours`; again with one request
-thread per CPU core of the pod, `ours-threads`), and Gunicorn runs N sync workers, each
-loading its own CUDA session and copy of the weights. For each concurrency
-the two are measured in alternating closed-loop wrk windows; the GPU memory each process
-holds (nvidia-smi) and its peak RSS are recorded. That table is what one process per GPU
-buys. Without a GPU the same script runs end to end on the CPU provider, and its output says
-so in its first line: those figures show that the benchmark works, not what a GPU does.
+provider; `make bench-gpu` installs onnxruntime-gpu into its own environment there), three
+systems run side by side with the same pod setting (`POD`: the machine's cores up to 16,
+batches of up to 64, room for 256 requests): ours in the split layout (its decoder processes
+as the pod decides: one per core on a GPU pod), ours in the one-process layout, and Gunicorn
+with one sync worker per core (at most 16), each worker loading its own CUDA session and copy
+of the weights. For each concurrency (1, 8, 64, 256) they are measured in alternating
+closed-loop wrk windows; the processes holding GPU memory (nvidia-smi: one CUDA context each,
+the goal is exactly one per pod), the GPU memory and peak RSS of each process, and the cores
+the pod, wrk and everything else used are recorded. Without a GPU the same script runs end to
+end on the CPU provider, and its first line says so: those figures show that the benchmark
+works, not what a GPU does. It stops starting new points once --budget-s has passed (each
+point is about 6 windows of --seconds); on an H200 with 16 cores the whole run is expected
+to take 3-4 minutes.
 On a GPU machine with no package index, give pip a folder of wheels through its environment:
-`PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels make bench-gpu`.
+`PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels make bench-gpu`, or carry it as
+../shared/notes/gpu.md says ("Running on a GPU machine": `bash .gpu/gpu-run.sh python3 -m
+bench.gpu --out $OUT`).
 Writes gpu.json and gpu.md to --out.
 """
 
@@ -22,19 +29,32 @@ import argparse
 import datetime
 import json
 import os
+import platform
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from bench.loadgen import request_wires, write_wires
-from bench.run import machine
-from bench.systems import Server, start_gunicorn, start_ours
+from bench.loadgen import LoadError, request_wires, write_wires
+from bench.report import cores_used
+from bench.run import service_name, machine
+from bench.systems import DECODE_PROCESSES, Server, ServerFailed, start_gunicorn, start_ours
 from bench.workloads import FAST, REPO
 
-CONCURRENCIES = (1, 8, 64)
+CONCURRENCIES = (1, 8, 64, 256)
 WINDOWS = 2
+#: The most cores the pod setting takes, and Gunicorn's workers (one per core).
+MOST_CORES = 16
+#: The pod setting every system of ours runs with here, besides its cores: batches of up to 64, and room for the
+#: 256 callers of the last point (queue_size per instance is the pod's holding limit).
+POD = {"PODSERVE_GPU_NUM": "1", "PODSERVE_MAX_BATCH_SIZE": "64", "PODSERVE_QUEUE_SIZE": str(max(CONCURRENCIES))}
+#: Our two layouts (issue 55): the split layout as the pod decides it (-1: one decoder per core on a GPU pod), and
+#: today's one process.
+SPLIT, ONE_PROCESS = "ours: split (auto)", "ours: one process"
+LAYOUTS = {SPLIT: "-1", ONE_PROCESS: "0"}
+#: Started once this many seconds have passed, a point is skipped (and the results say so).
+BUDGET_S = 300
 
 
 def gpu_inventory() -> tuple[list[str], list[str]]:
@@ -49,86 +69,101 @@ def gpu_inventory() -> tuple[list[str], list[str]]:
     return gpus, onnxruntime.get_available_providers()
 
 
-def gpu_memory_mb(pids: list[int]) -> dict[int, float]:
-    """GPU memory each of `pids` holds, in MB, from nvidia-smi; {} where there is none."""
+def gpu_processes() -> dict[int, float]:
+    """{pid: GPU memory in MB} of every process nvidia-smi lists as holding GPU memory (each holds a CUDA context);
+    {} where there is none, or no nvidia-smi."""
     try:
         out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return {}
+    return parse_compute_apps(out)
+
+
+def parse_compute_apps(out: str) -> dict[int, float]:
+    """nvidia-smi's `--query-compute-apps=pid,used_memory --format=csv,noheader,nounits` as {pid: MB}."""
     used = {}
     for line in out.splitlines():
         pid, _, mib = line.partition(",")
-        if pid.strip().isdigit() and int(pid) in pids:
+        try:
             used[int(pid)] = round(float(mib) * 1.048576, 1)
+        except ValueError:
+            continue  # "[N/A]", or a line that is not a process
     return used
+
+
+def cuda_contexts(pids: list[int], holding: dict[int, float]) -> int:
+    """How many of a system's processes hold a CUDA context (are listed as holding GPU memory)."""
+    return sum(1 for pid in pids if pid in holding)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=0, help="Gunicorn workers (default: CPU cores, at most 8)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help=f"Gunicorn workers (default: one per CPU core, at most {MOST_CORES})")
     parser.add_argument("--seconds", type=int, default=3, help="length of one measuring window")
+    parser.add_argument("--budget-s", type=int, default=BUDGET_S,
+                        help="seconds after which no new point starts (the points left are skipped and named)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0))
-    workers = args.workers or min(cores, 8)
+    pod_cores = min(cores, MOST_CORES)
+    workers = args.workers or pod_cores
     gpus, providers = gpu_inventory()
     on_gpu = bool(gpus) and "CUDAExecutionProvider" in providers
-    where = (f"GPU present: {'; '.join(gpus)}; onnxruntime offers {providers}: both servers ran on the CUDA provider"
+    where = (f"GPU present: {'; '.join(gpus)}; onnxruntime offers {providers}: every server ran on the CUDA provider"
              if on_gpu else
-             f"NO GPU WAS PRESENT (nvidia-smi listed {len(gpus)} GPU(s); onnxruntime offers {providers}): both servers "
+             f"NO GPU WAS PRESENT (nvidia-smi listed {len(gpus)} GPU(s); onnxruntime offers {providers}): every server "
              f"ran on the CPU provider. These figures show that `make bench-gpu` runs end to end, not what a GPU does.")
     print(where, flush=True)
     started = time.monotonic()
+    pod = {**POD, "PODSERVE_CPU": str(pod_cores)}
     results = {"command": os.environ.get("BENCH_COMMAND", "python -m bench.gpu"), "where": where, "on_gpu": on_gpu,
                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "machine": machine(cores), "load_average_at_start": list(os.getloadavg()),
-               "model": FAST.model_path, "handler": FAST.handler, "gunicorn_workers": workers, "points": [],
-               "processes": {}}
+               "machine": {**machine(cores), "gpu": gpus or "none", "hostname": platform.node()},
+               "load_average_at_start": list(os.getloadavg()), "model": FAST.model_path, "handler": FAST.handler,
+               "pod": pod, "gunicorn_workers": workers, "points": [], "skipped": [], "processes": {},
+               "cuda_contexts": {}}
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="podserve-bench-gpu-") as scratch:
         log_dir = out / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        servers: list[Server] = []
+        servers: list[Server] = []  # every server started: each is stopped
+        starts = [(name, lambda n=name, layout=layout: start_ours(n, FAST, log_dir, {**pod, DECODE_PROCESSES: layout}))
+                  for name, layout in LAYOUTS.items()]
+        starts.append(("gunicorn", lambda: start_gunicorn(FAST, service_name(), workers, log_dir,
+                                                          "cuda" if on_gpu else "cpu")))
         try:
-            # Ours: value.py's settings (gpu_num = 1, batching on); on a machine without a GPU it falls back to the CPU.
-            servers.append(start_ours("ours", FAST, log_dir, {"PODSERVE_GPU_NUM": "1"}))
-            # The same with one request thread per CPU core of the pod: whether decoding, not the GPU, bounds it.
-            servers.append(start_ours("ours-threads", FAST, log_dir, {"PODSERVE_GPU_NUM": "1",
-                                                                      "PODSERVE_HTTP_THREADS": "0"}))
-            servers.append(start_gunicorn(FAST, servers[0].path.rsplit("/", 1)[1], workers, log_dir,
-                                          "cuda" if on_gpu else "cpu"))
-            for server in servers:
-                server.wait_ready()
-                wires = request_wires(server.path, f"127.0.0.1:{server.port}", FAST.images())
-                server.request_files = write_wires(wires, Path(scratch) / server.name)
-                server.measure(8, 1)  # warm-up, not recorded
+            running = []  # those still measured
+            for name, start in starts:
+                server = _started(name, start, servers, scratch, results)
+                if server is not None:
+                    running.append(server)
             for concurrency in CONCURRENCIES:
-                windows: dict[str, list] = {s.name: [] for s in servers}
+                if time.monotonic() - started > args.budget_s:
+                    results["skipped"].append(concurrency)
+                    print(f"c={concurrency} skipped: {args.budget_s} s had passed", flush=True)
+                    continue
+                windows: dict[str, list] = {s.name: [] for s in running}
                 for _ in range(WINDOWS):
-                    for server in servers:
-                        windows[server.name].append(server.measure(concurrency, args.seconds))
-                for server in servers:
-                    ws = windows[server.name]
-                    row = {"c": concurrency, "system": server.name, "setup": server.setup,
-                           "rps": round(statistics.median(w.throughput_rps for w in ws), 1),
-                           "p50_ms": round(statistics.median(w.p50_ms for w in ws), 2),
-                           "p99_ms": round(statistics.median(w.p99_ms for w in ws), 2),
-                           "errors": sum(w.errors for w in ws),
-                           "cpu_ms_per_request": round(1000 * sum(w.server_cpu_s for w in ws) /
-                                                       max(1, sum(w.requests for w in ws)), 3),
-                           "mean_batch": round(sum(w.batch_items for w in ws) / sum(w.batches for w in ws), 2)
-                           if sum(w.batches for w in ws) else 1}
-                    results["points"].append(row)
-                    print(json.dumps(row), flush=True)
+                    for server in list(running):
+                        try:
+                            windows[server.name].append(server.measure(concurrency, args.seconds))
+                        except (LoadError, OSError) as exc:  # wrk failed, or the server no longer answers /metrics
+                            _failed(results, server.name, f"at c={concurrency}: {exc}")
+                            running.remove(server)
+                for server in running:
+                    results["points"].append(point_row(concurrency, server, windows[server.name]))
+                    print(json.dumps(results["points"][-1]), flush=True)
+            holding = gpu_processes()
+            results["gpu_processes"] = {str(pid): mb for pid, mb in holding.items()}
             for server in servers:
                 pids = server.pids()
-                gpu = gpu_memory_mb(pids)
                 rss = server.peak_rss_mb()
+                results["cuda_contexts"][server.name] = cuda_contexts(pids, holding)
                 results["processes"][server.name] = [
-                    {"process": role, "peak_rss_mb": mb,
-                     "gpu_memory_mb": gpu.get(server.process.pid if role == "main" else int(role.split("-")[1]))}
-                    for role, mb in rss.items()]
+                    {"process": server.process_role(pid), "peak_rss_mb": rss.get(server.process_role(pid)),
+                     "gpu_memory_mb": holding.get(pid)} for pid in pids]
         finally:
             results["exit_codes"] = {server.name: server.stop() for server in servers}
     results["wall_seconds"] = round(time.monotonic() - started, 1)
@@ -139,29 +174,78 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _started(name: str, start, servers: list[Server], scratch: str, results: dict) -> Server | None:
+    """Start one system, wait until it is ready, write its requests and warm it up; None (and the reason in the
+    results) when it cannot: the other systems are measured all the same, on a machine lent for minutes."""
+    try:
+        server = start()
+        servers.append(server)
+        server.wait_ready()  # one at a time: each times its calls at start-up, on a quiet machine
+        wires = request_wires(server.path, f"127.0.0.1:{server.port}", FAST.images())
+        server.request_files = write_wires(wires, Path(scratch) / server.name)
+        server.measure(8, 1)  # warm-up, not recorded
+        return server
+    except (ServerFailed, LoadError, OSError) as exc:
+        _failed(results, name, str(exc))
+        return None
+
+
+def _failed(results: dict, name: str, why: str) -> None:
+    results.setdefault("failed", {})[name] = why
+    print(f"{name} FAILED: {why}", flush=True)
+
+
+def point_row(concurrency: int, server: Server, ws: list) -> dict:
+    """One system at one concurrency: medians over its windows, its CPU per request, and the cores it, wrk and every
+    other process used."""
+    requests, batches = sum(w.requests for w in ws), sum(w.batches for w in ws)
+    return {"c": concurrency, "system": server.name, "setup": server.setup,
+            "rps": round(statistics.median(w.throughput_rps for w in ws), 1),
+            "p50_ms": round(statistics.median(w.p50_ms for w in ws), 2),
+            "p99_ms": round(statistics.median(w.p99_ms for w in ws), 2),
+            "errors": sum(w.errors for w in ws),
+            "cpu_ms_per_request": round(1000 * sum(w.server_cpu_s for w in ws) / max(1, requests), 3),
+            "mean_batch": round(sum(w.batch_items for w in ws) / batches, 2) if batches else 1, **cores_used(ws)}
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
-    lines = ["# GPU benchmark: one process per GPU (ours, batching) vs Gunicorn's workers", "",
+    gpu = "; ".join(m["gpu"]) if isinstance(m["gpu"], list) else "no GPU"
+    lines = [f"# GPU benchmark on {gpu}: our pod, split and in one process, vs Gunicorn's workers", "",
              f"**{results['where']}**", "",
              f"- Command: `{results['command']}` (wall time {results['wall_seconds']:.0f} s)",
              f"- Date: {results['date']}",
-             f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}, onnxruntime "
-             f"{m['onnxruntime']}, {m['wrk']}; load average at start "
+             f"- Machine: {m['hostname']}: {gpu}; {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python "
+             f"{m['python']}, onnxruntime {m['onnxruntime']}, {m['wrk']}; load average at start "
              f"{[round(x, 2) for x in results['load_average_at_start']]} (a shared machine: other jobs ran beside it)",
-             f"- Model: `{results['model']}` (`{results['handler']}`); Gunicorn: {results['gunicorn_workers']} workers, "
-             f"each with its own copy of the model", "",
-             "| c | system | setup | req/s | p50 ms | p99 ms | errors | mean batch | server CPU ms/req |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"- Model: `{results['model']}` (`{results['handler']}`); our pod: {_settings(results['pod'])}; "
+             f"Gunicorn: {results['gunicorn_workers']} workers, each with its own copy of the model", ""]
+    if results["skipped"]:
+        lines += [f"Skipped, the time budget spent: c={', '.join(map(str, results['skipped']))}.", ""]
+    lines += [f"**{name} failed** (left out from then on): {why}" for name, why in results.get("failed", {}).items()]
+    lines += [""] if results.get("failed") else []
+    lines += ["| c | system | setup | req/s | p50 ms | p99 ms | errors | mean batch | server CPU ms/req | cores: "
+              "server, wrk, other |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["points"]:
+        cores = f"{row.get('server_cores')}, {row.get('wrk_cores')}, {row.get('other_cores')}"
         lines.append(f"| {row['c']} | {row['system']} | {row['setup']} | {row['rps']} | {row['p50_ms']} | "
-                     f"{row['p99_ms']} | {row['errors']} | {row['mean_batch']} | {row['cpu_ms_per_request']} |")
-    lines += ["", "Memory of each process (GPU memory from nvidia-smi; n/a without a GPU):", "",
+                     f"{row['p99_ms']} | {row['errors']} | {row['mean_batch']} | {row['cpu_ms_per_request']} | "
+                     f"{cores} |")
+    lines += ["", "CUDA contexts (processes nvidia-smi lists as holding GPU memory; the goal is exactly one per pod of "
+                  "ours): " + "; ".join(f"{system} {count}" for system, count in results["cuda_contexts"].items())
+              + f"; {len(results.get('gpu_processes', {}))} on the GPU in all.", "",
+              "Memory of each process (GPU memory from nvidia-smi; n/a where it holds none, or without a GPU):", "",
               "| system | process | peak RSS MB | GPU memory MB |", "|---|---|---|---|"]
     for system, processes in results["processes"].items():
         for proc in processes:
-            gpu = proc["gpu_memory_mb"] if proc["gpu_memory_mb"] is not None else "n/a"
-            lines.append(f"| {system} | {proc['process']} | {proc['peak_rss_mb']} | {gpu} |")
+            gpu_mb = proc["gpu_memory_mb"] if proc["gpu_memory_mb"] is not None else "n/a"
+            lines.append(f"| {system} | {proc['process']} | {proc['peak_rss_mb']} | {gpu_mb} |")
     return "\n".join(lines) + "\n"
+
+
+def _settings(env: dict[str, str]) -> str:
+    """PODSERVE_MAX_BATCH_SIZE=64 as max_batch_size=64, and so on."""
+    return ", ".join(f"{name.removeprefix('PODSERVE_').lower()}={value}" for name, value in env.items())
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ class Window:
     verb_cpu_s: float = 0.0  # CPU seconds in the handler's verbs (ours: podserve_verb_cpu_seconds_total)
     predict_cpu_s: float = 0.0  # of which in predict (onnxruntime's work, in the batch threads)
     switches: float = 0.0  # context switches of the server's threads in the window (voluntary + involuntary)
+    machine_busy_s: float = 0.0  # every core's busy CPU seconds, whoever spent them (/proc/stat), over elapsed_s
+    elapsed_s: float = 0.0  # wall seconds from the server's CPU read before the window to the one after it
+    machine_cores: int = 0  # the cores machine_busy_s is summed over
 
     @property
     def throughput_rps(self) -> float:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from bench.report import OURS, TARGETS_DOC
-
+from bench.report import OURS, TARGETS_DOC, cores_left_rps
 
 
 def render(results: dict) -> str:
@@ -45,7 +44,7 @@ def render(results: dict) -> str:
                   "same run:", ""]
         lines += [f"- {line}" for line in results["defaults"]]
     for name, workload in results["workloads"].items():
-        lines += _workload(name, workload)
+        lines += _standin(workload) if workload.get("kind") == "standin" else _workload(name, workload)
     if results.get("optimisations"):
         lines += _optimisations(results["optimisations"])
     lines += ["", "## Method", ""] + [f"- **{k.replace('_', ' ')}**: {v}" for k, v in results["method"].items()]
@@ -57,8 +56,8 @@ def _workload(name: str, w: dict) -> list[str]:
              f"Handler `{w['handler']}`, model `{w['model']}`; {w['images']} images, each sent as "
              f"{' and as '.join(w['request_forms'])}.", "",
              "| c | system | setup | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch | server CPU ms/req "
-             "| thread switches/req | wrk CPU ms/req | windows (req/s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| thread switches/req | wrk CPU ms/req | cores: server, wrk, other | windows (req/s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for point in w["points"]:
         for r in point["rows"]:
             bold = "**" if r["system"] == OURS else ""
@@ -67,8 +66,7 @@ def _workload(name: str, w: dict) -> list[str]:
                 f"{bold} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | "
                 f"{_fmt(r['mean_batch_size'])} | {_fmt(r['server_cpu_ms_per_request'])} | "
                 f"{_fmt(r.get('switches_per_request'))} | "
-                f"{_fmt(r.get('client_cpu_ms_per_request'))} | {', '.join(f'{x:.0f}' for x in r['window_throughputs'])}"
-                f"{'' if r['settled'] else ' (not settled)'} |")
+                f"{_fmt(r.get('client_cpu_ms_per_request'))} | {_cores(r)} | {_windows(r)} |")
     lines += ["", "Ours against the others, by concurrency (throughput ratios; p50 difference to the ceiling; p99 "
               "ratio), and what our batching policy did: the mean batch, and how long a request waited on average "
               "while a free lane held its batch open for more (`podserve_batch_fill_wait_seconds_total`):", "",
@@ -96,18 +94,46 @@ def _workload(name: str, w: dict) -> list[str]:
                   "| threads | cores |", "|---|---|"]
         lines += [f"| {group} | {cores} |" for group, cores in gil["cores_by_thread_group"].items()]
     if "gil_ms_per_request_by_stage" in gil:
-        windows = gil.get("gil_ms_per_request_windows", [gil["gil_ms_per_request"]])
-        lines += ["", f"Where its GIL time goes at c=64 (py-spy `--gil`, {len(windows)} more windows holding it "
-                      f"{', '.join(f'{ms:.3f}' for ms in windows)} ms per request; the median window shown, "
-                      f"{gil['throughput_rps_while_profiled']:.0f} req/s while profiled): the GIL was held "
-                      f"{gil['gil_busy_share']:.0%} of the time, {gil['gil_ms_per_request']:.3f} ms per request; "
-                      f"the process used {gil['server_cpu_ms_per_request']:.3f} ms of CPU per request in all.", "",
-                  "| stage | GIL ms per request |", "|---|---|"]
+        windows = gil["gil_ms_per_request_windows"]
+        processes = gil.get("gil_ms_per_request_by_process", {})
+        lines += ["", f"Where its GIL time goes at c=64 (py-spy `--gil --subprocesses`, {len(windows)} more windows "
+                      f"in which the busiest process held its GIL {', '.join(f'{ms:.3f}' for ms in windows)} ms per "
+                      f"request; the median window shown, {gil['throughput_rps_while_profiled']:.0f} req/s while "
+                      f"profiled): the busiest GIL was held {gil['gil_busy_share']:.0%} of the time, "
+                      f"{gil['busiest_gil_ms_per_request']:.3f} ms per request, and every process's together "
+                      f"{gil['gil_ms_per_request']:.3f} ms; the pod used {gil['server_cpu_ms_per_request']:.3f} ms of "
+                      f"CPU per request in all.", "", "| stage (every process) | GIL ms per request |", "|---|---|"]
         lines += [f"| {stage} | {ms:.3f} |" for stage, ms in gil["gil_ms_per_request_by_stage"].items()]
+        if len(processes) > 1:
+            lines += ["", "| process | GIL ms per request |", "|---|---|"]
+            lines += [f"| {process} | {ms:.3f} |" for process, ms in processes.items()]
     if gil.get("skipped"):
         lines += ["", f"GIL profile skipped: {gil['skipped']}"]
     lines += ["", "Ceiling search (each configuration once, items per second):", "",
               ", ".join(f"{c['config']}: {c['throughput_rps']:.0f}" for c in w["ceiling_search"])]
+    return lines
+
+
+def _standin(w: dict) -> list[str]:
+    """The GPU stand-in's point: each layout's throughput beside the cores it, wrk and everything else used."""
+    lines = ["", f"## {w['title']}", "",
+             f"Handler `{w['handler']}` (bench/standin.py: the example's decode and encode, a predict that sleeps 2 ms a "
+             f"call whatever the batch), the split layout with {w['decoders']} decoder processes; {w['images']} images, "
+             f"each sent as {' and as '.join(w['request_forms'])}. What the cores left allow: (the machine's cores less "
+             f"wrk's and every other process's, in the same windows) / the pod's CPU per request.", "",
+             "| c | system | setup | req/s | p50 ms | p99 ms | errors | mean batch | pod CPU ms/req | cores: pod, wrk, "
+             "other, machine | the cores left allow (req/s) | req/s / that | windows (req/s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for point in w["points"]:
+        for r in point["rows"]:
+            allow = cores_left_rps(r)
+            lines.append(f"| {point['concurrency']} | {r['system']} | {r['setup']} | {r['throughput_rps']:.0f} | "
+                         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {_fmt(r['mean_batch_size'])} | "
+                         f"{_fmt(r['server_cpu_ms_per_request'])} | {_cores(r)}, {_fmt(r.get('machine_cores'))} | "
+                         f"{_fmt(allow)} | {_fmt(r['throughput_rps'] / allow if allow else None)} | {_windows(r)} |")
+    lines += ["", "Peak RSS (VmHWM) of each layout's processes, MB: " + "; ".join(
+        f"{server}: {round(sum(peaks.values()), 1)} in {len(peaks)} process(es)" for server, peaks in
+        w["peak_rss_mb"].items()) + "."]
     return lines
 
 
@@ -127,6 +153,18 @@ def _steadiness(steadiness: dict) -> list[str]:
         else:
             lines.append(f"- Run {run['run']}: **not steady**: {'; '.join(run['reasons'])}.")
     return lines
+
+
+def _cores(row: dict) -> str:
+    """The cores the server, wrk and every other process used in a row's windows ('n/a' for the ceiling)."""
+    if "server_cores" not in row:
+        return "n/a"
+    return f"{_fmt(row['server_cores'])}, {_fmt(row['wrk_cores'])}, {_fmt(row['other_cores'])}"
+
+
+def _windows(row: dict) -> str:
+    """Each window's throughput, and whether the last two agreed."""
+    return ", ".join(f"{x:.0f}" for x in row["window_throughputs"]) + ("" if row["settled"] else " (not settled)")
 
 
 def _runs_met(count: int | None, runs: int) -> str:

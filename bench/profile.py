@@ -47,9 +47,10 @@ class ProfileUnavailable(RuntimeError):
 
 
 def record_gil(pid: int, seconds: int, out: Path, rate: int = RATE) -> Path:
-    """Sample the GIL holder of process `pid` for `seconds` without pausing it; write py-spy's raw format."""
+    """Sample the GIL holder of process `pid` and of every process under it (each has its own GIL) for `seconds`
+    without pausing them; write py-spy's raw format, each stack headed by the processes it runs in."""
     command = [_py_spy(), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(rate), "--gil",
-               "--nonblocking", "--format", "raw", "--output", str(out)]
+               "--nonblocking", "--subprocesses", "--format", "raw", "--output", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
     if done.returncode != 0 or not out.exists():
         raise ProfileUnavailable(f"py-spy failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}")
@@ -88,12 +89,6 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     return seconds
 
 
-def machine_idle_ticks() -> tuple[int, int]:
-    """(all, idle + iowait) CPU ticks of the machine so far, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(values), values[3] + values[4]
-
-
 def stage_of(stack: list[str]) -> str:
     for frame in reversed(stack):
         for stage, pattern in reversed(STAGES):
@@ -102,17 +97,35 @@ def stage_of(stack: list[str]) -> str:
     return OTHER
 
 
+#: The frames py-spy's --subprocesses puts at the head of a stack, one per process from the one it attached to down:
+#: `process 1234:"python -m podserve.runtime"`.
+PROCESS_FRAME = re.compile(r'^process (\d+):')
+
+
 def stage_split(raw: str, requests: int, rate: int, seconds: float) -> dict:
-    """Return the GIL's busy share and its milliseconds per request by stage, from py-spy's raw output."""
+    """Return the GIL's busy share and its milliseconds per request by stage and by process, from py-spy's raw
+    output. Each process has a GIL of its own: the busiest one's time per request is what serialises a request
+    (`busiest_gil_ms_per_request`); the sum over them (`gil_ms_per_request`) is how much Python held a GIL in all."""
     samples: Counter[str] = Counter()
+    by_process: Counter[int | None] = Counter()
     for line in raw.splitlines():
-        if not line.strip():
-            continue
         stack, _, count = line.rpartition(" ")
-        # py-spy writes some counts as decimals ("392.0"), seen on a fresh clone.
-        samples[stage_of(stack.split(";"))] += float(count)
+        try:
+            number = float(count)  # py-spy writes some counts as decimals ("392.0"), seen on a fresh clone.
+        except ValueError:
+            continue  # not a stack: a blank line, or the rest of a command line that spans lines
+        frames = stack.split(";")
+        processes = [int(found.group(1)) for found in map(PROCESS_FRAME.match, frames) if found]
+        samples[stage_of([frame for frame in frames if not PROCESS_FRAME.match(frame)])] += number
+        by_process[processes[-1] if processes else None] += number
     total = sum(samples.values())
-    per_request = {stage: round(count / rate / requests * 1000, 3) for stage, count in samples.most_common()}
-    return {"gil_busy_share": round(total / (rate * seconds), 3), "requests": requests,
-            "gil_ms_per_request": round(total / rate / requests * 1000, 3) if requests else None,
-            "gil_ms_per_request_by_stage": per_request}
+
+    def per_request(count: float) -> float:
+        return round(count / rate / requests * 1000, 3)
+
+    busiest = max(by_process.values(), default=0.0)
+    return {"gil_busy_share": round(busiest / (rate * seconds), 3), "requests": requests,
+            "gil_ms_per_request": per_request(total) if requests else None,
+            "busiest_gil_ms_per_request": per_request(busiest) if requests else None,
+            "gil_ms_per_request_by_stage": {stage: per_request(count) for stage, count in samples.most_common()},
+            "gil_ms_per_request_by_pid": {pid: per_request(count) for pid, count in by_process.most_common()}}

@@ -1,13 +1,14 @@
 """`make bench`: our server against the onnxruntime ceiling and the Gunicorn design, in one run.
 
-    python -m bench.run [--quick] [--workloads fast,heavy] [--out bench/results]
+    python -m bench.run [--quick] [--workloads fast,heavy,standin] [--decoders N] [--out bench/results]
 
 For each workload: time the preprocessing steps, search the ceiling's configurations,
 start our server (as `make serve` runs it, plus the CPU variants that justify its
 defaults) and Gunicorn, then for each concurrency run closed-loop windows of every system
 in turn (so that machine drift hits them all alike) until each system's last two windows
-agree within 10%. Every loop is bounded in count and time. Writes latest.json and
-latest.md to --out.
+agree within 10%. The GPU stand-in (bench/standin.py) runs only our pod, in one process and
+in the split layout, the same way. Every loop is bounded in count and time. Writes
+latest.json and latest.md to --out.
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ from bench import profile, report
 from bench.ceiling import Ceiling, ServiceSteps
 from bench.loadgen import LoadError, raw_wires, request_wires, v2_binary_wires, write_wires
 from bench.probes import preprocessing_steps
-from bench.systems import CeilingSystem, Server, ServerFailed, start_gunicorn, start_ours
-from bench.workloads import REPO, WORKLOADS, Workload
+from bench.systems import (DECODE_PROCESSES, CeilingSystem, Server, ServerFailed, handler_process_peak_mb,
+                           start_gunicorn, start_ours)
+from bench.workloads import REPO, STANDIN, WORKLOADS, Workload
 
 OPTIMISATIONS = REPO / "bench" / "optimisations.json"  # measured while developing; see its "how" fields
 AGREE = 0.10  # two windows agree when their throughputs differ by at most 10%
 MIN_WINDOWS, MAX_WINDOWS = 2, 4
 MAX_WINDOW_S = 8
-BUDGET_S = {"fast": 240, "heavy": 260}  # measuring time per workload, start-up and search excluded
+BUDGET_S = {"fast": 240, "heavy": 260, "standin": 40}  # measuring time per workload, start-up and search excluded
 #: CPU variants of our server, run beside it to justify value.py's defaults: one instance whose batches
 #: run as parallel single-threaded chunks (as value.py), against parallel single-threaded instances
 #: with and without batching.
@@ -54,7 +56,8 @@ GIL_WINDOWS = 3  # profiled windows; the median is reported (a shared machine's 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", default="fast,heavy", help="comma-separated: fast, heavy")
+    parser.add_argument("--workloads", default="fast,heavy,standin",
+                        help="comma-separated: fast, heavy, standin (the GPU stand-in, c=64, in both layouts)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="folder for latest.json/.md")
     parser.add_argument("--quick", action="store_true", help="a smoke run: one window per system, short")
     parser.add_argument("--no-variants", action="store_true", help="skip the CPU variants of our server")
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", type=Path, metavar="SRC",
                         help="also run our server from another checkout's src/ (e.g. `git worktree add /tmp/before "
                              "<commit>`), as the system 'ours: before', in the same interleaved windows")
+    parser.add_argument("--decoders", type=int, default=0, metavar="N",
+                        help="decoder processes of the split layout in the GPU stand-in's point (default: one per "
+                             "core of this machine)")
     parser.add_argument("--runs", type=int, default=1, metavar="N",
                         help="measure everything N times; the targets are judged on the median of the N runs, the "
                              "tables show the last run (issue 27 asks for 3)")
@@ -84,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             run = {"machine": results["machine"], "workloads": {}}
             for name in args.workloads.split(","):
                 workload = WORKLOADS[name.strip()]
+                if workload is STANDIN and "ours" not in args.systems:
+                    continue  # its systems are two layouts of ours
                 log(f"== run {number} of {args.runs}, {workload.name}: {workload.title}")
-                run["workloads"][workload.name] = run_workload(workload, cores, Path(scratch), args, number)
+                measure = run_standin if workload is STANDIN else run_workload
+                run["workloads"][workload.name] = measure(workload, cores, Path(scratch), args, number)
             runs.append(run)
     results["workloads"] = runs[-1]["workloads"]
     if len(runs) > 1:
@@ -119,26 +128,17 @@ def run_workload(workload: Workload, cores: int, scratch: Path, args, number: in
             service = ServiceSteps(images, lambda image: handler.decode(_payload(image)), handler.encode)
             systems.append(CeilingSystem(ceiling, workload.ceiling_batches, service))
 
-    # The servers' logs, one folder per run, kept for a look afterwards (not committed): each run starts its servers
-    # afresh, and what one picked at start-up (its run size, say) explains a run that differs from the others.
-    log_dir = Path(args.out) / "logs" / f"run-{number}"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = _log_dir(args, number)
     starts = [lambda: start_ours("ours", workload, log_dir)] if "ours" in args.systems else []
     if "gunicorn" in args.systems:
-        starts.append(lambda: start_gunicorn(workload, _service_name(), cores, log_dir))
+        starts.append(lambda: start_gunicorn(workload, service_name(), cores, log_dir))
     if "variants" in args.systems and not (args.no_variants or args.quick):
         starts += [lambda n=name, e=env: start_ours(n, workload, log_dir, e) for name, env in VARIANTS.items()]
     if args.before:
         starts.append(lambda: start_ours(BEFORE, workload, log_dir, src=args.before.resolve()))
     servers: list[Server] = []
     try:
-        for start in starts:  # one at a time: each instance times its runs at start-up, on a quiet machine
-            server = start()
-            servers.append(server)
-            server.wait_ready()
-            wires = request_wires(server.path, f"127.0.0.1:{server.port}", images)
-            server.request_files = write_wires(wires, scratch / workload.name / server.name)
-            server.measure(8, 1)  # warm-up, not recorded
+        start_servers(starts, servers, workload, images, scratch)
         if "ours" in args.systems and workload.name == "fast" and not args.quick:
             servers += protocol_rows(servers[0], workload, images, payload_inputs, scratch)
         points = measure_points(workload, concurrencies, systems + servers, args)
@@ -146,12 +146,60 @@ def run_workload(workload: Workload, cores: int, scratch: Path, args, number: in
         peaks = {server.name: server.peak_rss_mb() for server in servers}
     finally:
         exits = {server.name: server.stop() for server in servers}
-    return {"title": workload.title, "handler": workload.handler, "model": workload.model_path,
-            "images": len(images), "request_forms": ["JSON with base64 image", "raw bytes (application/octet-stream)"],
-            "setups": {s.name: s.setup for s in servers}, "preprocessing": [s.as_dict() for s in steps],
+    return {**_header(workload, images, servers), "preprocessing": [s.as_dict() for s in steps],
             "ceiling_search": [{"config": c.label(), "throughput_rps": round(rps, 1)}
                                for c, rps in ceiling.searched.items()],
-            "points": points, "peak_rss_mb": peaks, "exit_codes": exits, "gil_profile": gil}
+            "points": points, "peak_rss_mb": peaks, "exit_codes": exits, "gil_profile": gil,
+            "handler_process_peak_mb": handler_process_peak_mb(workload.handler, images)}
+
+
+def run_standin(workload: Workload, cores: int, scratch: Path, args, number: int = 1) -> dict:
+    """The GPU stand-in (bench/standin.py): our pod in the one-process layout and in the split layout, as value.py
+    sets it but for the layout, measured in the same interleaved windows. What each answers, against what the
+    cores left to it allow at its own CPU per request, is issue 55's first measure (report.standin_targets)."""
+    images = workload.images()
+    decoders = args.decoders or cores
+    log_dir = _log_dir(args, number)
+    layouts = {report.ONE_PROCESS_LAYOUT: "0", report.SPLIT_LAYOUT: str(decoders)}
+    starts = [lambda n=name, count=count: start_ours(n, workload, log_dir, {DECODE_PROCESSES: count})
+              for name, count in layouts.items()]
+    servers: list[Server] = []
+    try:
+        start_servers(starts, servers, workload, images, scratch)
+        points = measure_points(workload, args.concurrencies or workload.concurrencies, servers, args)
+        peaks = {server.name: server.peak_rss_mb() for server in servers}
+    finally:
+        exits = {server.name: server.stop() for server in servers}
+    return {**_header(workload, images, servers), "kind": STANDIN.name, "decoders": decoders,
+            "points": points, "peak_rss_mb": peaks, "exit_codes": exits}
+
+
+def start_servers(starts: list, servers: list[Server], workload: Workload, images: list[bytes], scratch: Path) -> None:
+    """Start each server in turn (one at a time: each instance times its runs at start-up, on a quiet machine), wait
+    until it is ready, write its requests and warm it up; each goes into `servers` as soon as it runs, so that the
+    caller stops it whatever happens next."""
+    for start in starts:
+        server = start()
+        servers.append(server)
+        server.wait_ready()
+        wires = request_wires(server.path, f"127.0.0.1:{server.port}", images)
+        server.request_files = write_wires(wires, scratch / workload.name / server.name)
+        server.measure(8, 1)  # warm-up, not recorded
+
+
+def _log_dir(args, number: int) -> Path:
+    """The servers' logs, one folder per run, kept for a look afterwards (not committed): each run starts its servers
+    afresh, and what one picked at start-up (its run size, say) explains a run that differs from the others."""
+    log_dir = Path(args.out) / "logs" / f"run-{number}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return log_dir
+
+
+def _header(workload: Workload, images: list[bytes], servers: list[Server]) -> dict:
+    """What every workload's results start with: its title, handler, model, requests and the servers' setups."""
+    return {"title": workload.title, "handler": workload.handler, "model": workload.model_path, "images": len(images),
+            "request_forms": ["JSON with base64 image", "raw bytes (application/octet-stream)"],
+            "setups": {s.name: s.setup for s in servers}}
 
 
 def protocol_rows(ours: Server, workload: Workload, images: list[bytes], tensors: list, scratch: Path) -> list[Server]:
@@ -198,7 +246,10 @@ def measure_points(workload: Workload, concurrencies: tuple[int, ...], systems: 
 
 def measured_at(system: str, workload: str, concurrency: int) -> bool:
     """Whether `system` runs at this point: the variants of ours only at VARIANT_CONCURRENCIES, the service alone
-    only where a target is judged against it (report.BOUND_POINTS), every other system everywhere."""
+    only where a target is judged against it (report.BOUND_POINTS), every other system (the GPU stand-in's layouts
+    among them) everywhere."""
+    if workload == STANDIN.name:
+        return True
     if system == report.SERVICE_ALONE:
         return (workload, concurrency) in report.BOUND_POINTS
     if system.startswith("ours: ") and system != BEFORE:
@@ -232,28 +283,35 @@ def window_seconds(workload: Workload, concurrency: int, throughputs: list[float
 
 
 def profile_ours(server: Server, scratch: Path, workload: Workload, args) -> dict:
-    """Extra windows of our server at concurrency 64 (not part of the table): one measuring which of its
-    threads used the CPU and how idle the machine was, then GIL_WINDOWS under py-spy sampling the GIL's
-    holder, of which the median is reported."""
+    """Extra windows of our server at concurrency 64 (not part of the table): one measuring which threads of its
+    processes used the CPU and how idle the machine was, then GIL_WINDOWS under py-spy sampling each process's GIL
+    holder, of which the window whose busiest GIL is the median is reported."""
     if args.quick:
         return {"skipped": "--quick"}
     import threading
 
+    pids = server.pids()
+    several = len(pids) > 1  # the split layout: each thread group is named with its process
     try:
-        groups = profile.thread_groups(server.process.pid)
+        groups = {tid: f"{server.process_role(pid)}: {group}" if several else group
+                  for pid in pids for tid, group in profile.thread_groups(pid).items()}
     except profile.ProfileUnavailable as exc:
         return {"skipped": str(exc)}
-    before, machine_before = profile.thread_cpu_seconds(server.process.pid), profile.machine_idle_ticks()
+
+    def thread_seconds() -> dict[int, float]:
+        return {tid: seconds for pid in pids for tid, seconds in profile.thread_cpu_seconds(pid).items()}
+
+    before = thread_seconds()
     window = server.measure(64, PROFILE_S - 1)
-    after, machine_after = profile.thread_cpu_seconds(server.process.pid), profile.machine_idle_ticks()
+    after = thread_seconds()
     cores: dict[str, float] = {}
     for tid, seconds in after.items():
         group = groups.get(tid, "other")
         cores[group] = cores.get(group, 0.0) + (seconds - before.get(tid, 0.0)) / window.seconds
-    total, idle = (a - b for a, b in zip(machine_after, machine_before))
+    capacity = window.elapsed_s * window.machine_cores
     split: dict = {"cores_by_thread_group": {g: round(c, 2) for g, c in sorted(cores.items(), key=lambda x: -x[1])},
-                   "machine_idle_share": round(idle / total, 3) if total else None,
-                   "throughput_rps_unprofiled": round(window.throughput_rps, 1)}
+                   "machine_idle_share": round(1 - window.machine_busy_s / capacity, 3) if capacity else None,
+                   "throughput_rps_unprofiled": round(window.throughput_rps, 1), "processes": len(pids)}
 
     profiled = []
     for number in range(GIL_WINDOWS):
@@ -267,12 +325,15 @@ def profile_ours(server: Server, scratch: Path, workload: Workload, args) -> dic
         if "error" in result:
             return {**split, "skipped": result["error"]}
         one = profile.stage_split(out.read_text(), window.requests, profile.RATE, window.seconds)
+        one["gil_ms_per_request_by_process"] = {
+            "main" if pid is None else server.process_role(pid): ms
+            for pid, ms in one.pop("gil_ms_per_request_by_pid").items()}
         one["throughput_rps_while_profiled"] = round(window.throughput_rps, 1)
         one["server_cpu_ms_per_request"] = round(window.server_cpu_s / window.requests * 1000, 3)
         profiled.append(one)
-    profiled.sort(key=lambda one: one["gil_ms_per_request"])
+    profiled.sort(key=lambda one: one["busiest_gil_ms_per_request"])
     split.update(profiled[len(profiled) // 2])
-    split["gil_ms_per_request_windows"] = [one["gil_ms_per_request"] for one in profiled]
+    split["gil_ms_per_request_windows"] = [one["busiest_gil_ms_per_request"] for one in profiled]
     return split
 
 
@@ -316,7 +377,8 @@ def cpu_description(cpuinfo: str) -> str:
     return f"{fields.get('model name', platform.processor())} ({kind + '; ' if kind else ''}{vectors})"
 
 
-def _service_name() -> str:
+def service_name() -> str:
+    """The service's name in value.py (the path every system serves)."""
     from podserve.tooling.values import load_values
 
     return load_values(REPO / "value.py").serving_settings().service_name

@@ -1,8 +1,9 @@
 """The systems under test, each measured one closed-loop window at a time.
 
-- `Server`: an HTTP server in its own process (ours, a variant of ours, or Gunicorn),
-  driven by wrk; its CPU time and peak RSS are read from /proc, and ours' batch sizes
-  from its own /metrics.
+- `Server`: an HTTP server in its own process tree (ours, a variant of ours, or Gunicorn),
+  driven by wrk; the CPU time and peak RSS of every process of the tree are read from /proc
+  (`bench.proctree`), with the machine's CPU over each window, and ours' batch sizes from
+  its own /metrics.
 - `CeilingSystem`: onnxruntime in this process (see `bench.ceiling`), and with `steps` the
   service without a server: the handler's decode and encode around it, no HTTP.
 """
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,14 +25,19 @@ from typing import Sequence
 
 from bench.ceiling import Ceiling, Config, ServiceSteps
 from bench.loadgen import Window, run_wrk
+from bench.proctree import (CLOCK_TICKS, machine_cpu, peak_rss_bytes, process_tree, still_running,
+                            tree_cpu_seconds)
 from bench.report import CEILING, SERVICE_ALONE
 from bench.workloads import REPO, Workload
 from podserve.metric_names import BATCH_FILL_WAIT_SECONDS, BATCH_SIZE, IN_FLIGHT, REFUSALS_HELD, VERB_CPU_SECONDS
+from podserve.settings import ServingSettings
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: The /metrics series whose totals a window takes the difference of, and the Window field each goes to.
 WINDOW_FIELDS = {BATCH_SIZE + "_sum": "batch_items", BATCH_SIZE + "_count": "batches",
                  BATCH_FILL_WAIT_SECONDS + "_total": "batch_fill_wait_s", VERB_CPU_SECONDS + "_total": "verb_cpu_s"}
+#: The environment variable that picks our pod's layout (issue 55): 0 one process, N the split layout with N decoder
+#: processes, -1 (or unset) the pod decides.
+DECODE_PROCESSES = ServingSettings.env_name("decode_processes")
 #: A server is quiet after a window once its processes use less than this share of one core...
 QUIET_CORE_SHARE = 0.05
 #: ...over an interval this long (ten clock ticks where /proc gives no schedstat).
@@ -50,7 +57,8 @@ def free_port() -> int:
 
 
 class Server:
-    """One server process (and its children, for Gunicorn's workers) on a loopback port."""
+    """One server process and every process under it (our pod's supervisor and the processes it spawns, Gunicorn's
+    arbiter and its workers) on a loopback port."""
 
     kind = "server"
 
@@ -83,36 +91,25 @@ class Server:
     def measure(self, concurrency: int, seconds: int) -> Window:
         self.wait_idle()
         switches_before = self.switch_count()
-        cpu_before, totals_before = self.cpu_seconds(), self.metric_totals()
+        totals_before = self.metric_totals()
+        cpu_before, machine_before, began = self.cpu_seconds(), machine_cpu(), time.monotonic()
         window = run_wrk(self.url, self.request_files, concurrency, seconds)
-        cpu_after, totals_after = self.cpu_seconds(), self.metric_totals()
+        cpu_after, machine_after, ended = self.cpu_seconds(), machine_cpu(), time.monotonic()
+        totals_after = self.metric_totals()
         switches = self.switch_count() - switches_before
         self.wait_quiet()
         return _with(window, server_cpu_s=cpu_after - cpu_before, switches=switches,
+                     machine_busy_s=machine_after.busy_s - machine_before.busy_s, elapsed_s=ended - began,
+                     machine_cores=machine_after.cores,
                      **{field: totals_after[field] - totals_before[field] for field in totals_after})
 
     def pids(self) -> list[int]:
-        """The server's process and its children (Gunicorn's workers)."""
-        pids = [self.process.pid]
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.process.pid:
-                pids.append(int(stat.parent.name))
-        return pids
+        """The server's process and every process under it, the server's first."""
+        return process_tree(self.process.pid)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds of every process of the server so far."""
-        total = 0
-        for pid in self.pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / CLOCK_TICKS
+        """User + system CPU seconds so far of every process of the server, those that ended and were reaped too."""
+        return tree_cpu_seconds(self.pids())
 
     def cpu_ns(self) -> int:
         """CPU time of every thread of every process of the server so far, in ns (/proc/<pid>/task/*/schedstat;
@@ -172,18 +169,20 @@ class Server:
         return total
 
     def peak_rss_mb(self) -> dict[str, float]:
-        """VmHWM (peak resident set) of each process of the server, in MB (10^6 bytes)."""
+        """VmHWM (peak resident set) of each process of the server now running, in MB (10^6 bytes), by role: the
+        process the benchmark started is "main", each under it "<kind>-<pid>" (`process_role`)."""
         peaks = {}
         for pid in self.pids():
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-            if found:
-                role = "main" if pid == self.process.pid else f"worker-{pid}"
-                peaks[role] = round(int(found.group(1)) * 1024 / 1e6, 1)
+            peak = peak_rss_bytes(pid)
+            if peak is not None:
+                peaks[self.process_role(pid)] = round(peak / 1e6, 1)
         return peaks
+
+    def process_role(self, pid: int) -> str:
+        """'main' for the process the benchmark started; 'worker-<pid>' under Gunicorn, 'process-<pid>' under ours."""
+        if pid == self.process.pid:
+            return "main"
+        return f"{'worker' if self.kind == 'gunicorn' else 'process'}-{pid}"
 
     def _samples(self) -> list[tuple[str, str, float]]:
         """Every sample on our server's /metrics now, as (metric name, the whole line, value)."""
@@ -227,7 +226,10 @@ class Server:
         return totals
 
     def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL after 30 s; return the exit code."""
+        """SIGTERM to the server's first process, then SIGKILL to its process group after 30 s; return the exit code.
+        Processes of its tree still running once it has exited (a pod that left what it started behind) are killed
+        too, with a warning: a benchmark leaves nothing running."""
+        tree = self.pids()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -235,8 +237,22 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
+        left = still_running(tree[1:], self.process.pid)
+        if left:
+            print(f"[bench] {self.name} exited leaving processes {left} running; killing its process group",
+                  file=sys.stderr, flush=True)
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self._log.close()
         return self.process.returncode
+
+
+def log_name(workload: Workload, system: str) -> str:
+    """A server's log file: its workload and system, in letters, digits, '.', '_' and '-' alone (what a GPU machine
+    lent for a benchmark hands back)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{workload.name}-{system}").strip("-") + ".log"
 
 
 def start_ours(name: str, workload: Workload, log_dir: Path, overrides: dict[str, str] | None = None,
@@ -254,10 +270,41 @@ def start_ours(name: str, workload: Workload, log_dir: Path, overrides: dict[str
     env["PYTHONPATH"] = os.pathsep.join([str(src), str(REPO)])
     setup = ", ".join(f"{k.removeprefix('PODSERVE_').lower()}={env[k]}" for k in
                       ("PODSERVE_INS_NUM_PER_GPU", "PODSERVE_MAX_BATCH_SIZE", "PODSERVE_MAX_BATCH_DELAY_MS",
-                       "PODSERVE_HTTP_THREADS", "PODSERVE_CPU"))
+                       "PODSERVE_HTTP_THREADS", "PODSERVE_CPU", "PODSERVE_QUEUE_SIZE", DECODE_PROCESSES) if k in env)
     service = env["PODSERVE_SERVICE_NAME"]
     return Server(name, "ours", [sys.executable, "-m", "podserve.runtime"], env, port, service,
-                  log_dir / f"{workload.name}-{name}.log", setup)
+                  log_dir / log_name(workload, name), setup)
+
+
+#: A process that imports a handler's module and decodes the workload's images with it, then reports its peak RSS:
+#: what any process of a pod that decodes holds without a model.
+HANDLER_PROCESS = """
+import sys
+from podserve.handler import Payload
+from podserve.runtime.pool import import_handler
+handler = import_handler(sys.argv[1])()
+for path in sys.argv[2:]:
+    with open(path, "rb") as image:
+        handler.decode(Payload(image=image.read()))
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+"""
+
+
+def handler_process_peak_mb(handler: str, images: Sequence[bytes], src: Path = REPO / "src") -> float:
+    """The peak RSS (MB) of a fresh Python process that imports `handler`'s module and decodes `images` with it, no
+    model loaded: the least each process of a pod that decodes holds (the allowance per process in the peak RSS
+    target, bench.report)."""
+    with tempfile.TemporaryDirectory(prefix="podserve-bench-rss-") as folder:
+        paths = []
+        for number, image in enumerate(images):
+            paths.append(Path(folder) / f"image-{number}")
+            paths[-1].write_bytes(image)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(REPO)])}
+        done = subprocess.run([sys.executable, "-c", HANDLER_PROCESS, handler, *map(str, paths)], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise ServerFailed(f"a process decoding with {handler} failed ({done.returncode}): {done.stderr[-400:]}")
+    return round(int(done.stdout.split()[-1]) * 1024 / 1e6, 1)
 
 
 def start_gunicorn(workload: Workload, service: str, workers: int, log_dir: Path, device: str = "cpu") -> Server:
@@ -268,7 +315,7 @@ def start_gunicorn(workload: Workload, service: str, workers: int, log_dir: Path
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     command = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "sync", "-b", f"127.0.0.1:{port}",
                "--backlog", "2048", "--timeout", "120", "--log-level", "warning", "bench.gunicorn_app:app_from_env()"]
-    return Server("gunicorn", "gunicorn", command, env, port, service, log_dir / f"{workload.name}-gunicorn.log",
+    return Server("gunicorn", "gunicorn", command, env, port, service, log_dir / log_name(workload, "gunicorn"),
                   f"{workers} sync workers x 1 onnxruntime {'CUDA session' if device == 'cuda' else 'thread'}, "
                   f"no batching")
 

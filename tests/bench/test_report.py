@@ -87,28 +87,39 @@ def _results(fast64_ours: float, heavy8_ours: float, errors: int = 0) -> dict:
                   "peak_rss_mb": {"ours": {"main": 500.0}}, "preprocessing": steps}}}
 
 
+BEYOND = ("fast model, c=64: server CPU per request beyond inference and the handler's decode and encode / "
+          "inference's CPU alone")
+GIL = "fast model, c=64: GIL held per request by the busiest process / inference's CPU alone"
+C1_GAP = "fast model, c=1: (ours p50 - ceiling p50) / the handler's decode and encode of one request alone"
+RSS = "peak RSS of our pod's processes together (the sum of each one's), example model (MB)"
+
+
 def test_targets_follow_issue_13_and_missed_ones_get_a_measured_bound():
     results = _results(fast64_ours=650, heavy8_ours=96)
-    results["workloads"]["fast"]["gil_profile"] = {"gil_ms_per_request": 0.2}
+    results["workloads"]["fast"]["gil_profile"] = {"busiest_gil_ms_per_request": 0.2}
     met = {t["target"]: t["met"] for t in report.targets(results)}
     assert met == {"fast model, c=1: ours / Gunicorn (2 sync workers)": False,  # 500 against 600 req/s
                    "fast model, c=1: ours p99 / Gunicorn p99": True,  # 5 against 9 ms
                    "fast model, c=64: ours / Gunicorn (2 sync workers)": True,
                    "fast model, c=64: ours p99 / Gunicorn p99": True, "fast model, c=64: ours / ceiling": None,
+                   BEYOND: False,  # 0.6 ms beyond / 0.6 ms of inference = 1.0 (goal 0.859)
                    "fast model, c=64: server CPU per request beyond inference and the handler's decode and encode "
-                   "(ms)": False,
-                   "fast model, c=64: GIL held per request (ms)": True,
+                   "(ms)": None,
+                   GIL: True,  # 0.2 ms / 0.6 ms of inference = 0.333 (goal 0.43)
+                   "fast model, c=64: GIL held per request by the busiest process (ms)": None,
                    "fast model, c=64: thread switches per request": True,
-                   "heavy model, c=8: ours / ceiling": True, "fast model, c=1: ours p50 - ceiling p50 (ms)": True,
+                   "heavy model, c=8: ours / ceiling": True,
+                   C1_GAP: True,  # (2.0 - 0.5 ms) / (0.25 + 0.05) = 5.0 (goal 5.634)
+                   "fast model, c=1: ours p50 - ceiling p50 (ms)": None,
                    "errors, every system at every point": True, "fast model, c=64: ours p99 / p50": True,
-                   "peak RSS of all our pod's processes, example model (MB)": False}
-    # 1.5 ms of CPU per request - 0.6 inference - 0.25 decode - 0.05 encode = 0.6 beyond them (goal 0.5).
+                   RSS: False}  # one process of 140 MB against 126
+    # 1.5 ms of CPU per request - 0.6 inference - 0.25 decode - 0.05 encode = 0.6 beyond them.
     assert report.beyond_inference_ms(results, "fast", results["workloads"]["fast"]["points"][1]) == 0.6
     results = _results(fast64_ours=450, heavy8_ours=90, errors=1)
     results["targets"] = verdicts = report.targets(results)
     missed = {t["target"] for t in verdicts if t["met"] is False}
     assert {"fast model, c=64: ours / Gunicorn (2 sync workers)", "heavy model, c=8: ours / ceiling",
-            "errors, every system at every point", "fast model, c=64: GIL held per request (ms)"} <= missed
+            "errors, every system at every point", GIL} <= missed  # no GIL profile: not met
     bounds = report.bounds(results)
     # 2 cores / (0.6 ms inference + 0.25 decode + 0.05 encode + 0.05 ms wrk) = 2105 req/s at most.
     assert "at most 2105 req/s" in bounds[0] and "Gunicorn spent 1.400 ms" in bounds[2]
@@ -303,3 +314,131 @@ def test_the_machine_names_the_cpu_s_generation_and_vector_units_from_its_first_
     assert cpu_description(CPUINFO) == "AMD EPYC (family 25, model 1; AVX2, no AVX-512)"
     assert cpu_description(CPUINFO.replace("avx2", "avx2 avx512f")) == "AMD EPYC (family 25, model 1; AVX-512)"
     assert cpu_description("model name\t: Old\nflags\t\t: sse2\n") == "Old (no AVX2)"
+
+
+def _goal_host(beyond_ms: float, gil_ms: float, c1_gap_ms: float) -> dict:
+    """A run on the host the millisecond goals were set on (df7401f): inference 0.582 ms of CPU per input, the
+    handler's decode 0.353 ms and encode 0.002 ms alone; ours spending `beyond_ms` past them at c=64."""
+    results = _results(fast64_ours=650, heavy8_ours=96)
+    results["workloads"]["fast"]["preprocessing"] = [
+        {"step": DECODE_STEP, "us_per_call": 353.0, "two_thread_speedup": 1.0},
+        {"step": ENCODE_STEP, "us_per_call": 2.0, "two_thread_speedup": 1.0}]
+    c1, c64 = results["workloads"]["fast"]["points"]
+    for point in (c1, c64):
+        point["rows"][0]["server_cpu_ms_per_request"] = 0.582
+    c64["rows"][1]["server_cpu_ms_per_request"] = round(0.582 + 0.355 + beyond_ms, 3)
+    c1["rows"][0]["p50_ms"], c1["rows"][1]["p50_ms"] = 0.81, 0.81 + c1_gap_ms
+    report.add_ratios(c1)
+    results["workloads"]["fast"]["gil_profile"] = {"busiest_gil_ms_per_request": gil_ms}
+    return {t["target"]: t for t in report.targets(results)}
+
+
+def test_the_ratio_goals_are_the_old_millisecond_goals_on_the_host_they_were_set_on():
+    at_goal = _goal_host(beyond_ms=0.5, gil_ms=0.25, c1_gap_ms=2.0)
+    assert (at_goal[BEYOND]["goal"], at_goal[GIL]["goal"], at_goal[C1_GAP]["goal"]) == ("<= 0.859", "<= 0.43",
+                                                                                       "<= 5.634")
+    assert all(at_goal[name]["met"] for name in (BEYOND, GIL, C1_GAP))
+    assert at_goal[BEYOND]["measured"] == 0.859 and at_goal[C1_GAP]["measured"] == 5.634
+    past = _goal_host(beyond_ms=0.51, gil_ms=0.252, c1_gap_ms=2.01)  # each just over its old millisecond goal
+    assert not any(past[name]["met"] for name in (BEYOND, GIL, C1_GAP))
+    assert past["fast model, c=64: server CPU per request beyond inference and the handler's decode and encode (ms)"][
+        "measured"] == 0.51  # the milliseconds stay in the table, reported
+
+
+def test_the_peak_rss_goal_grows_by_a_decoding_process_for_each_process_beyond_the_first():
+    assert report.peak_rss_goal(1, 45.0) == (126.0, "<= 126.0 (issue 4's run)")
+    goal, text = report.peak_rss_goal(5, 45.0)  # a supervisor, a front, two decoders and the model's process
+    assert goal == 126.0 + 4 * 45.0 and text.startswith("<= 306.0 (issue 4's run's 126.0 + 4 x 45.0")
+    results = _results(fast64_ours=650, heavy8_ours=96)
+    fast = results["workloads"]["fast"]
+    fast["handler_process_peak_mb"] = 40.0
+    for main, met in ((126.0, True), (126.1, False)):
+        fast["peak_rss_mb"]["ours"] = {"main": main, "process-11": 40.0, "process-12": 40.0}
+        verdict = next(t for t in report.targets(results) if t["target"] == RSS)
+        assert verdict["measured"] == main + 80.0 and verdict["met"] is met
+
+
+def _standin_window(rps: float, server_cpu_s: float, client_cpu_s: float, machine_busy_s: float) -> Window:
+    return Window(requests=int(rps * 2), seconds=2.0, errors=0, p50_ms=40.0, p95_ms=50.0, p99_ms=60.0,
+                  server_cpu_s=server_cpu_s, client_cpu_s=client_cpu_s, machine_busy_s=machine_busy_s,
+                  elapsed_s=2.0, machine_cores=2)
+
+
+def _standin_results(split_rps: float, one_rps: float) -> dict:
+    """The GPU stand-in's c=64: each layout's pod spending 1.7 ms of CPU per request, wrk 0.1 of a core, other
+    processes 0.2 of a core, on 2 cores: what the cores left allow is (2 - 0.3) / 1.7 ms = 1000 req/s."""
+    def layout(name: str, rps: float) -> dict:
+        system = SimpleNamespace(name=name, kind="ours", setup="decode_processes=2")
+        pod = rps * 2 * 0.0017
+        windows = [_standin_window(rps, pod, 0.2, pod + 0.2 + 0.4)] * 2
+        return report.row(system, 64, windows, 0.10)
+
+    point = {"concurrency": 64, "rows": [layout(report.ONE_PROCESS_LAYOUT, one_rps),
+                                         layout(report.SPLIT_LAYOUT, split_rps)]}
+    return {"machine": {"cores": 2}, "workloads": {"standin": {"kind": "standin", "points": [point]}}}
+
+
+def test_the_stand_in_is_judged_against_what_the_cores_left_to_the_pod_allow_and_against_one_process():
+    row = _standin_results(850, 600)["workloads"]["standin"]["points"][0]["rows"][1]
+    assert (row["server_cores"], row["wrk_cores"], row["other_cores"], row["machine_cores"]) == (1.445, 0.1, 0.2, 2)
+    assert report.cores_left_rps(row) == 1000.0
+    for split_rps, one_rps, cores_met, gain_met in ((850, 600, True, True), (849, 600, False, True),
+                                                    (1000, 715, True, False)):
+        verdicts = {t["target"]: t for t in report.standin_targets(_standin_results(split_rps, one_rps))}
+        cores = verdicts["GPU stand-in, c=64: ours, split: req/s / what the cores left to it allow at its CPU per "
+                         "request"]
+        assert cores["measured"] == split_rps / 1000 and cores["met"] is cores_met and cores["goal"] == ">= 0.85"
+        assert verdicts["GPU stand-in, c=64: ours, one process: req/s / what the cores left to it allow at its CPU "
+                        "per request"]["met"] is None  # reported
+        gain = verdicts["GPU stand-in, c=64: split layout / one-process layout (req/s, same windows)"]
+        assert gain["measured"] == round(split_rps / one_rps, 3) and gain["met"] is gain_met
+    # the error count takes the stand-in's rows too
+    results = _standin_results(850, 600)
+    results["workloads"]["standin"]["points"][0]["rows"][0]["errors"] = 3
+    assert next(t for t in report.targets(results) if t["target"].startswith("errors"))["measured"] == 3
+
+
+def test_other_processes_are_the_machine_s_busy_time_less_the_server_s_and_wrk_s():
+    windows = [_standin_window(500, server_cpu_s=1.6, client_cpu_s=0.2, machine_busy_s=2.6),
+               _standin_window(500, server_cpu_s=1.8, client_cpu_s=0.2, machine_busy_s=2.4)]
+    # 4 s of wall time: server 3.4 s = 0.85 cores, wrk 0.4 s = 0.1, the rest of 5.0 busy seconds 1.2 s = 0.3
+    assert report.cores_used(windows) == {"server_cores": 0.85, "wrk_cores": 0.1, "other_cores": 0.3,
+                                          "machine_cores": 2}
+    # ticks read at slightly different moments can put the machine under the server and wrk: never negative
+    assert report.cores_used([_standin_window(500, 1.0, 0.2, 1.1)])["other_cores"] == 0.0
+    assert report.cores_used([window(100)]) == {}  # a window that did not read the machine
+
+
+def test_the_stand_in_point_renders_with_the_cores_each_layout_used():
+    results = _standin_results(900, 600)
+    workload = results["workloads"]["standin"]
+    workload.update(title="GPU stand-in", handler="bench.standin:GpuStandIn", model="m", images=4, decoders=2,
+                    request_forms=["a", "b"], peak_rss_mb={report.SPLIT_LAYOUT: {"main": 20.0, "process-9": 60.0}})
+    results = _renderable(results)
+    for row in workload["points"][0]["rows"]:
+        row.update(mean_batch_size=16.0, window_throughputs=[880.0, 920.0])
+    results["targets"] = report.targets(results)
+    text = render(results)
+    assert "the split layout with 2 decoder processes" in text
+    # split: 900 req/s, 1.7 ms, cores 1.53 (pod), 0.1 (wrk), 0.2 (other) of 2: the cores left allow 1000 req/s
+    assert "| 64 | ours, split | s | 900 | 40.00 | 60.00 | 0 | 16 | 1.7 | 1.53, 0.1, 0.2, 2 | 1000 | 0.9 | 880, 920 |" \
+        in text
+    assert "ours, split: 80.0 in 2 process(es)" in text
+    assert "| GPU stand-in, c=64: split layout / one-process layout (req/s, same windows) | >= 1.4 | 1.5 | met |" \
+        in text
+
+
+def test_each_process_has_its_own_gil_and_the_busiest_one_is_what_serialises_a_request():
+    front = 'process 10:"python -m podserve.runtime";process 11:"python -c spawn"'
+    loop = "Connection.data_received (podserve/runtime/httpserver.py:120)"
+    decode = "TextDirection.decode (server.py:29)"
+    raw = (f'{front};{loop} 60\n'
+           f'process 10:"python -m podserve.runtime";process 12:"python -c spawn";{decode} 30\n'
+           f'process 10:"python -m podserve.runtime";process 13:"python -c spawn";{decode} 20.0\n'
+           'spawn_main(tracker_fd=5)" --multiprocessing-fork\n')  # the rest of a command line py-spy split
+    split = stage_split(raw, requests=100, rate=100, seconds=1.0)
+    assert split["gil_ms_per_request"] == 11.0 and split["busiest_gil_ms_per_request"] == 6.0
+    assert split["gil_busy_share"] == 0.6
+    assert split["gil_ms_per_request_by_pid"] == {11: 6.0, 12: 3.0, 13: 2.0}
+    assert split["gil_ms_per_request_by_stage"] == {"HTTP server: event loop, parsing, writing": 6.0,
+                                                    "handler.decode: image decode, resize, normalise": 5.0}
