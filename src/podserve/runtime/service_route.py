@@ -13,8 +13,9 @@ holds the loop, and a fast one costs no thread hand-off. So a handful of threads
 number of requests in flight, whatever the batching does.
 
 A request's deadline counts from when its first bytes were read. If it passes while the
-request waits for a request thread or in its instance's queue, the loop answers 504 at that
-moment and the request is never run; a batch that has started is never abandoned.
+request waits for a request thread or in its instance's queue, or while its video waits for a
+video thread or is decoded there, the loop answers 504 at that moment and the request is never
+run; a batch that has started is never abandoned.
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ DEADLINE_HEADERS = ("X-Request-Timeout-Ms", "X-Envoy-Expected-Rq-Timeout-Ms")
 _DEADLINE_KEYS = [(header, header.lower()) for header in DEADLINE_HEADERS]
 _RESULTS_JSON = json.JSONEncoder(allow_nan=False)  # one encoder for every answer: NaN is the handler's bug
 
-WAITING, WORKING, SUBMITTED, ANSWERED = range(4)
+WAITING, WORKING, SUBMITTED, ANSWERED, DECODING_VIDEO = range(5)
+#: States in which the deadline timer (or the caller leaving) answers a call at once: one that waits for a request
+#: thread, and a video that waits for a video thread or is being decoded there (which then drops it).
+_ENDS_EARLY = (WAITING, DECODING_VIDEO)
 
 
 class Call:
@@ -219,17 +223,19 @@ class ServiceRoute:
         exchange.timer = self.loop.call_later(max(0.0, call.deadline - time.monotonic()), self._expire, call)
 
     def _expire(self, call: Call) -> None:
-        """The deadline passed: answer 504 now unless the request is being decoded or its batch has started."""
+        """The deadline passed: answer 504 now unless the request is being decoded on a request thread or its batch
+        has started."""
         self._end_early(call, _waited_past_deadline(call), queued_error=None)
 
     def _end_early(self, call: Call, error: ServingError, queued_error: ServingError | None) -> None:
-        """End `call` with `error` if it has not started, or with `queued_error` (None: the batcher's deadline
-        error) if it waits in its instance's queue. One being decoded, or whose batch has started, runs to its end."""
+        """End `call` with `error` if it has not started or its video is with a video thread (which drops it), or with
+        `queued_error` (None: the batcher's deadline error) if it waits in its instance's queue. One being decoded on
+        a request thread, or whose batch has started, runs to its end."""
         with self._lock:
             state = call.state
-            if state == WAITING:
+            if state in _ENDS_EARLY:
                 call.state = ANSWERED
-        if state == WAITING:
+        if state in _ENDS_EARLY:
             self._answer(call, error)
         elif state == SUBMITTED and call.item is not None and call.item.worker is not None:
             call.item.worker.withdraw(call.item, queued_error)  # if still queued: answered by finish
@@ -313,22 +319,39 @@ class ServiceRoute:
         except ServingError as exc:
             self._answer_once(call, exc)
 
-    def hold_places(self, call: Call, count: int, unit: str, field: str) -> None:
-        """The second admission step of a request that became `count` inputs (an N-row tensor, a video's frames):
-        hold a place for each against the pod's limit, or refuse it (400 when it could never fit, naming `field`;
-        503 when the pod is too full now)."""
+    def hold_places(self, call: Call, count: int, unit: str, field: str) -> bool:
+        """The second admission step of a request that became `count` inputs (an N-row tensor, a video's frames, or
+        the frames its header claims): hold `count` places against the pod's limit from now on (at least one: fewer
+        than it holds gives the rest back), or refuse it (400 when it could never fit, naming `field`; 503 when the
+        pod is too full now). False when `call` was answered meanwhile (its deadline, its caller gone): it holds
+        nothing any more, and its holder drops it."""
         limit = self.pool.holding_limit()
         if count > limit:
             raise InvalidInput(f"{count} {unit} are more than this pod holds at once ({limit}: queue_size per "
                                f"instance); send at most {limit} {unit} a request", field=field)
-        extra = count - call.places
-        if extra > 0:
-            with self._lock:
-                if self.lifecycle.in_flight + extra > limit:
-                    raise Overloaded(f"this pod cannot hold {count} more {unit} now ({self.lifecycle.in_flight} of "
-                                     f"{limit} places taken); retry shortly, or send fewer {unit}")
+        with self._lock:  # the answer gives back `call.places` once it is ANSWERED: never change them after
+            if call.state == ANSWERED:
+                return False
+            extra = max(1, count) - call.places
+            if extra > 0 and self.lifecycle.in_flight + extra > limit:
+                raise Overloaded(f"this pod cannot hold {count} {unit} now ({self.lifecycle.in_flight} of "
+                                 f"{limit} places taken, {call.places} of them by this request); retry shortly, "
+                                 f"or send fewer {unit}")
+            if extra > 0:
                 self.lifecycle.request_started(extra)
-                call.places = count
+            elif extra < 0:
+                self.lifecycle.request_finished(-extra)
+            call.places += extra
+        return True
+
+    def step(self, call: Call, state: int) -> bool:
+        """Move `call` on to `state` (from any thread), unless it was answered meanwhile: then False, and whoever
+        holds it drops it."""
+        with self._lock:
+            if call.state == ANSWERED:
+                return False
+            call.state = state
+        return True
 
     def _work_done(self, items: list[WorkItem]) -> None:
         """From the batch thread: the loop or a request thread answers `items`."""
@@ -445,8 +468,9 @@ _GONE = ClientGone("the caller hung up before its request ran; it was not run")
 
 def _waited_past_deadline(call: Call) -> DeadlineExceeded:
     waited = time.monotonic() - call.exchange.received_at
-    return DeadlineExceeded(f"the request's deadline passed after {waited * 1000:.1f} ms waiting for a request "
-                            f"thread; it was not run")
+    where = ("while its video waited for a video thread or was decoded" if call.state == DECODING_VIDEO
+             else "waiting for a request thread")
+    return DeadlineExceeded(f"the request's deadline passed after {waited * 1000:.1f} ms {where}; it was not run")
 
 
 def request_threads(settings: ServingSettings) -> int:
