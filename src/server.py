@@ -20,6 +20,7 @@ class TextDirection(OnnxHandler):
     """Classify a text-line image, or each sampled frame of a video, as 0 or 180 degrees."""
 
     input_shape = (3, HEIGHT, WIDTH)
+    video_frame_size = (WIDTH, HEIGHT)  # FFmpeg scales a video's frames down to cover it: to_input finishes
 
     def decode(self, payload: Payload) -> np.ndarray:
         return self.to_input(payload.open_image(mode="RGB", draft_size=(WIDTH, HEIGHT)))

@@ -178,7 +178,8 @@ class Handler:
         raise NotImplementedError(f"{type(self).__name__}.predict is not written")
 
     def decode_frame(self, frame: VideoFrame) -> Any:
-        """Turn one sampled frame of a video (`frame.image`, upright RGB; `frame.timestamp`) into one model input.
+        """Turn one sampled frame of a video (`frame.image`, upright RGB, scaled to cover `video_frame_size` when set;
+        `frame.timestamp`) into one model input.
 
         A service that reads videos writes it (with `encode_video`): the platform decodes the video on its own
         threads, calls this for each frame sampled at `video_fps`, batches the frames like images (with other
@@ -201,6 +202,11 @@ class Handler:
         with the input (`WithContext`), and is passed only then."""
         return output.tolist() if isinstance(output, np.ndarray) else output
 
+    #: The frame size (width, height) `decode_frame` wants, or None for full-size frames. FFmpeg then scales each
+    #: sampled frame down, keeping its aspect, to the smallest size that covers it (as an image's `draft_size` does;
+    #: never up), before the frame becomes RGB, so `frame.image` of a 4K video is 192x108 for (192, 48), not 25 MB of
+    #: RGB; the size is of the upright frame (rotation metadata applied). Finish the resize in `decode_frame`.
+    video_frame_size: tuple[int, int] | None = None
     #: Batches the batcher may give `predict` at once, from as many threads (1: one at a time). The platform's
     #: OnnxHandler sets it on the CPU; a handler whose predict is not thread-safe leaves it at 1.
     concurrent_batches: int = 1

@@ -1,14 +1,17 @@
 """Decode an untrusted video into frames sampled at a rate, refusing what is over the limits before decoding it.
 
 PyAV (FFmpeg inside its wheel) demuxes and decodes; it releases the GIL while it does.
-The header is read first: the container and codec must be on the allowlists, the
-resolution within `max_pixels` (FFmpeg is told the same limit, so a file claiming a huge
-size is refused before a frame is decoded) and the claimed duration and sampled frame count
-within theirs. While decoding, the same limits hold for what the stream actually holds
-(a stream that claims nothing, or less than it holds), and so does a per-video decode
-timeout, checked between packets. A stream that breaks mid-way, or ends well before the
-duration it claims (a truncated upload), is refused with a 400, never answered with the
-frames decoded so far: a moderation verdict on half a video would look like one on all of it.
+The header is read first (`open_stream`, which decodes no frame): the container and codec
+must be on the allowlists, the resolution within `max_pixels` (FFmpeg is told the same limit,
+so a file claiming a huge size is refused before a frame is decoded) and the claimed duration
+and sampled frame count within theirs; the count is known then (`VideoStream.claimed_frames`),
+for a caller to reserve room before decoding. Frames are then decoded (`VideoStream.frames`),
+each scaled by FFmpeg to a size the caller asks for before it becomes RGB. While decoding,
+the same limits hold for what the stream actually holds (a stream that claims nothing, or
+less than it holds), and so does a per-video decode timeout, checked between packets. A
+stream that breaks mid-way, or ends well before the duration it claims (a truncated upload),
+is refused with a 400, never answered with the frames decoded so far: a moderation verdict on
+half a video would look like one on all of it.
 """
 
 from __future__ import annotations
@@ -54,9 +57,18 @@ class VideoFrame:
     image: Image.Image
 
 
-def decode_video(data: bytes, limits: VideoLimits, *, mode: str = "RGB", field: str = "video") -> Iterator[VideoFrame]:
+def decode_video(data: bytes, limits: VideoLimits, *, mode: str = "RGB", field: str = "video",
+                 size: tuple[int, int] | None = None) -> Iterator[VideoFrame]:
     """Yield the frames of `data` sampled at `limits.fps` (the first frame at or after each 1/fps step), upright
-    (rotation metadata applied) and in `mode`; raise InvalidInput naming `field`, the limit and the fix."""
+    (rotation metadata applied), scaled down to cover `size` (see VideoStream.frames) and in `mode`; raise
+    InvalidInput naming `field`, the limit and the fix."""
+    with open_stream(data, limits, field) as video:
+        yield from video.frames(mode, size)
+
+
+def open_stream(data: bytes, limits: VideoLimits, field: str = "video") -> "VideoStream":
+    """Open `data` and check its header against `limits` (container, codec, resolution, claimed length), decoding
+    no frame; raise InvalidInput naming `field`, the limit and the fix. The decode timeout counts from here."""
     import av  # imported here: a service that reads no video never loads FFmpeg
 
     if not data:
@@ -68,16 +80,53 @@ def decode_video(data: bytes, limits: VideoLimits, *, mode: str = "RGB", field: 
     except av.FFmpegError as exc:
         raise InvalidInput(f"'{field}' could not be read as a video ({_reason(exc)}); its first bytes are "
                            f"{data[:8]!r}; send a complete MP4, MOV, WebM, MKV or AVI file", field=field) from None
-    with container:
+    try:
         stream = _check_header(container, limits, field)
+    except BaseException:
+        container.close()
+        raise
+    return VideoStream(container, stream, limits, field, began)
+
+
+class VideoStream:
+    """A video whose header is within the limits: the sampled frames it claims (`claimed_frames`), then its frames.
+
+    Use it as a context manager (or `close` it): it holds FFmpeg's demuxer and decoder."""
+
+    def __init__(self, container, stream, limits: VideoLimits, field: str, began: float):
+        self._container, self._stream, self._limits, self._field, self._began = container, stream, limits, field, began
+        self.claimed_seconds = _claimed_seconds(container, stream)
+        #: The sampled frames the header claims, or `limits.max_frames` when it claims no length: what a caller
+        #: reserves before decoding. An honest stream holds at most this many; one that holds more is refused only
+        #: past `max_frames`, so whoever reserved must take a place for each frame past the claim as it comes.
+        self.claimed_frames = (limits.max_frames if self.claimed_seconds is None
+                               else _sampled_frames(self.claimed_seconds, limits.fps))
+
+    def __enter__(self) -> "VideoStream":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._container.close()
+
+    def frames(self, mode: str = "RGB", size: tuple[int, int] | None = None) -> Iterator[VideoFrame]:
+        """Decode and yield the sampled frames, upright and in `mode`. With `size` (width, height), FFmpeg scales
+        each one down, keeping its aspect, to the smallest size that covers `size` (as an image's draft does), before
+        it becomes RGB: a 4K frame is 25 MB of RGB, its 192x108 cover 62 KB. A frame already within `size` in
+        either side is left as it is; `size` is of the upright frame (rotation metadata applied)."""
+        import av
+
+        limits, field, stream = self._limits, self._field, self._stream
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = max(1, limits.threads)
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        claimed = _claimed_seconds(container, stream)
+        claimed = self.claimed_seconds
         index, next_at, timestamp = 0, 0.0, 0.0
         try:
-            for packet in container.demux(stream):
-                if time.monotonic() - began > limits.timeout_seconds:
+            for packet in self._container.demux(stream):
+                if time.monotonic() - self._began > limits.timeout_seconds:
                     raise InvalidInput(f"'{field}' took over {limits.timeout_seconds:g} s to decode (the per-video "
                                        f"decode timeout, video_decode_timeout_seconds); send a shorter or smaller "
                                        f"video", field=field)
@@ -94,7 +143,7 @@ def decode_video(data: bytes, limits: VideoLimits, *, mode: str = "RGB", field: 
                         raise InvalidInput(f"'{field}' holds more than {limits.max_frames} frames sampled at "
                                            f"{limits.fps:g} per second (max_video_frames); send a shorter video",
                                            field=field)
-                    yield VideoFrame(index, round(timestamp, 3), _upright(frame, mode))
+                    yield VideoFrame(index, round(timestamp, 3), _upright(frame, mode, size, limits.threads))
                     index += 1
                     next_at = index / limits.fps
         except av.FFmpegError as exc:
@@ -106,6 +155,17 @@ def decode_video(data: bytes, limits: VideoLimits, *, mode: str = "RGB", field: 
         if claimed is not None and timestamp + TRUNCATION_SLACK_SECONDS < claimed - 1 / _frame_rate(stream):
             raise InvalidInput(f"'{field}' ends at {timestamp:.1f} s though its header claims {claimed:.1f} s: it "
                                f"looks truncated; nothing of it is answered: send the complete file", field=field)
+
+
+def frame_size_problem(size) -> str | None:
+    """What is wrong with a handler's `video_frame_size` (None when nothing: None, or two positive ints)."""
+    if size is None:
+        return None
+    if (not isinstance(size, tuple) or len(size) != 2
+            or not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in size)):
+        return (f"it is {size!r}; set it to (width, height) in pixels, two positive integers such as (192, 48), or "
+                f"None for frames at full size")
+    return None
 
 
 def _check_header(container, limits: VideoLimits, field: str):
@@ -133,12 +193,17 @@ def _check_header(container, limits: VideoLimits, field: str):
         if claimed > limits.max_seconds:
             raise InvalidInput(f"'{field}' is {claimed:.1f} s long by its header, over the limit of "
                                f"{limits.max_seconds:g} s (max_video_seconds); send a shorter video", field=field)
-        samples = math.floor(claimed * limits.fps) + 1
+        samples = _sampled_frames(claimed, limits.fps)
         if samples > limits.max_frames:
             raise InvalidInput(f"'{field}' is {claimed:.1f} s long by its header: {samples} frames sampled at "
                                f"{limits.fps:g} per second, over the limit of {limits.max_frames} "
                                f"(max_video_frames); send a shorter video", field=field)
     return stream
+
+
+def _sampled_frames(seconds: float, fps: float) -> int:
+    """Frames sampled at `fps` from a video `seconds` long, at most (one at 0 s, then one each 1/fps step)."""
+    return math.floor(seconds * fps) + 1
 
 
 def _claimed_seconds(container, stream) -> float | None:
@@ -158,14 +223,31 @@ def _claim(claimed: float | None) -> str:
     return "no length" if claimed is None else f"{claimed:.1f} s"
 
 
-def _upright(frame, mode: str) -> Image.Image:
-    """The frame as a PIL image in `mode`, turned as its rotation metadata says (phone uploads)."""
-    image = frame.to_image()
+def _upright(frame, mode: str, size: tuple[int, int] | None = None, threads: int = 1) -> Image.Image:
+    """The frame as a PIL image in `mode`, scaled by FFmpeg (on `threads`) to cover `size` (upright width, height;
+    None: as it is) and turned as its rotation metadata says (phone uploads)."""
     turn = round((frame.rotation or 0) / 90) % 4  # counterclockwise quarter turns that display it
+    if size is None:
+        image = frame.to_image()
+    else:
+        sideways = turn % 2 == 1  # the stored frame's width is the shown frame's height
+        shown = (frame.height, frame.width) if sideways else (frame.width, frame.height)
+        width, height = covering_size(shown, size)
+        if sideways:
+            width, height = height, width
+        image = frame.to_image(width=width, height=height, threads=max(1, threads))
     if turn:
         image = image.transpose((None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
                                  Image.Transpose.ROTATE_270)[turn])
     return image if image.mode == mode else image.convert(mode)
+
+
+def covering_size(frame: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """The smallest (width, height) of `frame`'s aspect that covers `size`; `frame` itself when it is no larger."""
+    scale = max(size[0] / frame[0], size[1] / frame[1])
+    if scale >= 1:
+        return frame
+    return max(1, round(frame[0] * scale)), max(1, round(frame[1] * scale))
 
 
 def _reason(exc: Exception) -> str:

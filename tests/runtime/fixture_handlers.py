@@ -15,6 +15,7 @@ from server import TextDirection
 from context_handlers import ScaledAffine
 
 DECODED = service_metrics.counter("inputs_decoded", "Inputs the Affine handler decoded.")
+FRAMES_DECODED = service_metrics.counter("frames_decoded", "Sampled video frames FrameProbe's decode_frame got.")
 
 SLEEP_ENV = "TEST_PREDICT_SLEEP"
 #: A path: a gated handler's predict waits while a file is there, so a test decides when a batch ends, not a clock.
@@ -116,6 +117,35 @@ class CpuThenSleep(Affine):
     def encode(self, output):
         time.sleep(0.05)
         return super().encode(output)
+
+
+class FrameProbe(Affine):
+    """Affine that reads videos too: each sampled frame becomes (width, height, brightness of its top-left corner, of
+    its bottom-left corner), which the model's 2x + 1 carries to the answer, so a test sees the size and the way up
+    `decode_frame` got it at; the frames are counted (service_frames_decoded_total). Its frames are wanted at 192x48
+    at least (the example's input). A frame whose top-left corner is bright waits at the gate in decode_frame, and
+    every predict call waits there too."""
+
+    video_frame_size = (192, 48)
+
+    def decode_frame(self, frame) -> np.ndarray:
+        FRAMES_DECODED.inc()
+        pixels = np.asarray(frame.image.convert("L"), dtype=np.float32)
+        corner = max(1, min(pixels.shape) // 20)
+        top_left, bottom_left = float(pixels[:corner, :corner].mean()), float(pixels[-corner:, :corner].mean())
+        if top_left > 128:
+            wait_at_gate(1)
+        return np.asarray([*frame.image.size, top_left, bottom_left], dtype=np.float32)
+
+    def predict(self, batch):
+        wait_at_gate(len(batch))
+        return super().predict(batch)
+
+
+class TallFrames(FrameProbe):
+    """FrameProbe asking for frames no pixel wide: the server refuses to start, naming video_frame_size."""
+
+    video_frame_size = (0, 48)
 
 
 class Faulty(Affine):

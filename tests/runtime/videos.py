@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import av
 import numpy as np
@@ -68,3 +69,28 @@ def sampled_frames_as_png(video: bytes, fps: float = 1.0) -> list[tuple[float, b
             samples.append((round(frame.time, 3), out.getvalue()))
             next_at = len(samples) / fps
     return samples
+
+
+#: MP4 boxes that state a length, and where it sits after the box's name (version 0 boxes: 32-bit fields).
+_DURATION_FIELDS = {b"mvhd": 16, b"tkhd": 20, b"mdhd": 16}
+
+
+def understated(mp4: bytes, factor: int) -> bytes:
+    """`mp4` (from `encode`) with every length its header states divided by `factor`: a header that claims a
+    fraction of the frames its stream holds."""
+    out = bytearray(mp4)
+    for box, offset in _DURATION_FIELDS.items():
+        at = out.find(box)
+        assert at > 0 and out[at + 4] == 0, f"no version-0 {box!r} box"
+        place = at + 4 + offset
+        (duration,) = struct.unpack(">I", out[place:place + 4])
+        out[place:place + 4] = struct.pack(">I", duration // factor)
+    return bytes(out)
+
+
+def marked_frame(width: int, height: int, marked: bool = True) -> np.ndarray:
+    """A black RGB frame, with a white block in its top-left corner (a tenth of each side) when `marked`."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    if marked:
+        pixels[:height // 10, :width // 10] = 255
+    return pixels

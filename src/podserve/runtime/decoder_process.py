@@ -101,7 +101,7 @@ class FrontDoor:
         """Ask the front for `count` places in all (a request thread or a video thread waits for its answer)."""
         if threading.get_ident() == self._loop_thread:
             raise RuntimeError("hold_places from the event loop would wait for the loop itself")
-        if count <= held:
+        if count == held:
             return held
         waiter, box = threading.Event(), []
         self._holds[exchange.rid] = (waiter, box)

@@ -77,18 +77,18 @@ class Door:
 
     def hold_places(self, exchange: Exchange, held: int, count: int, unit: str, field: str) -> int:
         """The second admission step of a request holding `held` places that became `count` inputs: hold a place for
-        each, or refuse it (400 when it could never fit, naming `field`; 503 when the pod is too full now). Returns
-        the places the request holds now."""
+        each from now on (at least one; fewer than it holds gives the rest back), or refuse it (400 when it could
+        never fit, naming `field`; 503 when the pod is too full now). Returns the places the request holds now."""
         limit = self.holding_limit()
         if count > limit:
             raise InvalidInput(f"{count} {unit} are more than this pod holds at once ({limit}: queue_size per "
                                f"instance); send at most {limit} {unit} a request", field=field)
-        extra = count - held
-        if extra <= 0:
-            return held
-        if not self.lifecycle.try_start(extra, limit):
-            raise Overloaded(f"this pod cannot hold {count} more {unit} now ({self.lifecycle.in_flight} of "
-                             f"{limit} places taken); retry shortly, or send fewer {unit}")
+        count = max(1, count)
+        if count < held:
+            self.lifecycle.request_finished(held - count)
+        elif count > held and not self.lifecycle.try_start(count - held, limit):
+            raise Overloaded(f"this pod cannot hold {count} {unit} now ({self.lifecycle.in_flight} of {limit} places "
+                             f"taken, {held} of them by this request); retry shortly, or send fewer {unit}")
         return count
 
     def release_places(self, exchange: Exchange, places: int) -> None:

@@ -155,13 +155,18 @@ class ServiceRoute:
                 call.state = ANSWERED
         if state in (WAITING, WORKING):
             self._answer(call, error or _past_deadline(call, "waiting for a request thread" if state == WAITING
-                                                       else "while it was decoded"))
+                                                       else "while it was decoded (a video: or waited for a video "
+                                                            "thread)"))
         elif state == SUBMITTED and call.item is not None and call.item.worker is not None:
             call.item.worker.withdraw(call.item, error)  # if still queued: answered by finish
         elif state == SUBMITTED and isinstance(call.job, FanOut):  # a v2 request's rows, a video's frames
             call.job.withdraw(error)
 
     # In a request thread, or in the loop's while the step is cheap.
+
+    def is_answered(self, call: Call) -> bool:
+        """Whether `call` has its answer (its deadline passed, its caller left): whoever holds it drops it."""
+        return call.state == ANSWERED
 
     def submitting(self, call: Call) -> bool:
         """Mark `call` as handed to the batcher, unless it was answered meanwhile (its deadline passed or its caller
@@ -176,17 +181,22 @@ class ServiceRoute:
         """From the batch thread: the loop or a request thread finishes `items`."""
         self.runner.finish(items)
 
-    def hold_places(self, call: Call, count: int, unit: str, field: str) -> None:
-        """The second admission step of a request that became `count` inputs (an N-row tensor, a video's frames):
-        a place for each, or ServingError (400 when it could never fit, 503 when the pod is too full now)."""
+    def hold_places(self, call: Call, count: int, unit: str, field: str) -> bool:
+        """The second admission step of a request that became `count` inputs (an N-row tensor, a video's frames, or
+        the frames its header claims): hold `count` places from now on (at least one; fewer than it holds gives the
+        rest back), or ServingError (400 when it could never fit, naming `field`; 503 when the pod is too full now).
+        False when `call` was answered meanwhile (its deadline, its caller gone): it holds nothing, and is dropped."""
+        if call.state == ANSWERED:
+            return False
         held = call.places
         places = self.door.hold_places(call.exchange, held, count, unit, field)
         with self._lock:
             if call.state != ANSWERED:
                 call.places = places
-                return
-        self.door.release_places(call.exchange, places - held)  # answered meanwhile: it gave back only `held`
-        raise ClientGone("the request was answered while it took its places")
+                return True
+        # Answered meanwhile: its answer gave back `held`, not what this took beyond them.
+        self.door.release_places(call.exchange, places - held)
+        return False
 
     def _begin(self, call: Call) -> None:
         with self._lock:

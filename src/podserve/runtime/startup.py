@@ -1,4 +1,4 @@
-"""What every entry point in the pod does first: read the settings, import the handler, check the model."""
+"""What every entry point in the pod does first: read the settings, import the handler and check it, check the model."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from podserve.runtime.model_check import ModelCheckError, check_model
 from podserve.runtime.pool import HandlerImportError, import_handler
 from podserve.settings import ServingSettings, SettingsError
+from podserve.videos import frame_size_problem
 
 
 class StartupError(RuntimeError):
@@ -20,6 +21,9 @@ def prepare_service() -> tuple[ServingSettings, type]:
         handler_class = import_handler(settings.handler)
     except (SettingsError, HandlerImportError) as exc:
         raise StartupError(str(exc)) from None
+    problem = frame_size_problem(handler_class.video_frame_size)
+    if problem:
+        raise StartupError(f"{handler_class.__name__}.video_frame_size, the frame size decode_frame wants: {problem}")
     model = Path(settings.model_path)
     if not model.exists():
         raise StartupError(f"the model is not at {settings.model_path!r} (PODSERVE_MODEL_PATH); fetch it "

@@ -142,7 +142,8 @@ class V2Route(WireFormat):
         if request.timeout_us is not None:  # Triton's `timeout` parameter lowers the deadline like the header
             route.lower_deadline(call, exchange.received_at + request.timeout_us / 1e6)
         rows = _rows(request.inputs)
-        route.hold_places(call, len(rows), "rows", "inputs")  # the second admission step: a place per row
+        if not route.hold_places(call, len(rows), "rows", "inputs"):  # the second admission step: a place per row
+            return
         route.pool.ensure_room()
         job = call.job = _Job(request, rows)
         handler = route.pool.codec_handler()

@@ -1,14 +1,23 @@
 """Videos on `/api/<service>`: decoded on their own bounded threads, then fanned out as frames through the batcher.
 
 A request whose payload is a video leaves the request thread at once (`http_threads` is 1 by
-default, and image requests need it): one of the pod's video threads decodes it with PyAV
-(podserve/videos.py: limits, sampling at `video_fps`, rotation), calls the handler's
-`decode_frame` on each sampled frame, takes a place per frame against the pod's limit (the
-second admission step, `ServiceRoute.hold_places`) and submits the frames to the batcher, where
-they share batches with every other request's inputs (runtime/fanout.py). When the last frame's
-output is in, a request thread hands them, in order, to the handler's `encode_video` and answers
-(ServiceRoute._finish). A video is decoded whole before its frames are submitted, so its places
-are known exactly and a refused video costs the batcher nothing.
+default, and image requests need it) for one of the pod's video threads. There PyAV opens it
+and checks its header (podserve/videos.py: limits, sampling at `video_fps`, rotation), and the
+request takes a place for each sampled frame its header claims (`max_video_frames` when it
+claims none) against the pod's limit before any frame is decoded (the second admission step,
+`ServiceRoute.hold_places`): a pod too full for it answers 503 without decoding it. Then each
+sampled frame is decoded, scaled by FFmpeg to the handler's `video_frame_size`, and handed to
+the handler's `decode_frame`; a stream holding more frames than its header claims takes a place
+for each one past the claim as it comes (503 when the pod has none left), and one holding fewer
+gives the rest back before its frames are submitted to the batcher, where they share batches
+with every other request's inputs (runtime/fanout.py). When the last frame's output is in, a
+request thread hands them, in order, to the handler's `encode_video` and answers
+(ServiceRoute._finish). A video is decoded whole before its frames are submitted, so a video
+refused mid-way costs the batcher nothing.
+
+While the video waits for a video thread or is decoded there, its deadline timer answers it 504
+at its deadline (and its caller leaving frees it at once); the video thread then drops it, at the
+latest after the frame it is decoding, and submits none of its frames.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from podserve.runtime.devices import cpu_share
 from podserve.runtime.fanout import FanOut
 from podserve.runtime.verbs import call_verb
 from podserve.settings import ServingSettings
+from podserve.videos import open_stream
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +81,8 @@ class VideoWork:
             thread.join(timeout=5)
 
     def begin(self, route, call, handler: Handler) -> None:
-        """In a request thread: refuse a video the handler cannot read, else queue it for a video thread."""
+        """In a request thread: refuse a video the handler cannot read, else queue it for a video thread (its deadline
+        answers it there, as it answers any request not yet submitted: runtime/service_route.py)."""
         if not handler.reads_video():
             raise InvalidInput(f"this service ({type(handler).__name__}) does not read videos; send 'image' or "
                                f"'data'", field="video")
@@ -90,28 +101,44 @@ class VideoWork:
                 route.answer(call, ServingError(f"internal error: {type(exc).__name__}; see the server log"))
 
     def _decode(self, route, call, handler: Handler) -> None:
+        """Reserve the places the video's header claims, decode it, and submit its frames: unless it is answered
+        meanwhile (its deadline passed, its caller left), which drops it here."""
+        payload = call.payload
+        if payload is None or route.is_answered(call):  # answered while it waited for this thread
+            return
         inputs, frames = [], []
         try:
-            for frame in call.payload.open_video():
-                if time.monotonic() >= call.deadline:
-                    raise DeadlineExceeded(f"the request's deadline passed while its video was decoded (at "
-                                           f"{frame.timestamp:.1f} s); it was not run")
-                if call.exchange.abandoned:
-                    raise ClientGone("the caller hung up while its video was decoded; it was not run")
-                model_input = call_verb(handler.decode_frame, frame)
-                if type(model_input) is WithContext:
-                    raise HandlerFailed(f"{type(handler).__name__}.decode_frame returned WithContext; a frame's "
-                                        f"context is its index and timestamp, which encode_video gets")
-                inputs.append(model_input)
-                frames.append((frame.index, frame.timestamp))
-            call.payload = call.payload.ids_only()  # the video's bytes go now, not with the answer
-            route.hold_places(call, len(inputs), "sampled frames", "video")  # the second admission step
+            with open_stream(payload.video, payload.video_limits) as video:
+                if not route.hold_places(call, video.claimed_frames, "sampled frames", "video"):
+                    return
+                for frame in video.frames(size=handler.video_frame_size):
+                    if route.is_answered(call):
+                        return
+                    if time.monotonic() >= call.deadline:  # its timer answers it; this is for a late timer
+                        raise _deadline_passed(f"while its video was decoded (at {frame.timestamp:.1f} s)")
+                    if call.exchange.abandoned:
+                        raise ClientGone("the caller hung up while its video was decoded; it was not run")
+                    if frame.index >= call.places and not route.hold_places(  # more frames than its header claims
+                            call, frame.index + 1, "sampled frames", "video"):
+                        return
+                    model_input = call_verb(handler.decode_frame, frame)
+                    if type(model_input) is WithContext:
+                        raise HandlerFailed(f"{type(handler).__name__}.decode_frame returned WithContext; a frame's "
+                                            f"context is its index and timestamp, which encode_video gets")
+                    inputs.append(model_input)
+                    frames.append((frame.index, frame.timestamp))
+            if not route.hold_places(call, len(inputs), "sampled frames", "video"):  # gives back what it did not use
+                return
+            call.payload = payload.ids_only()  # the video's bytes go now, not with the answer
             route.pool.ensure_room()
-            job = VideoJob(frames)
-            call.job = job
+            job = call.job = VideoJob(frames)
             if not route.submitting(call):  # answered meanwhile (its deadline, its caller gone): nothing to run
                 return
             job.submit(route.pool, inputs, [handler.batch_key(i) for i in inputs], call.deadline, route.work_done,
                        call)
         except ServingError as exc:
             route.answer(call, exc)
+
+
+def _deadline_passed(when: str) -> DeadlineExceeded:
+    return DeadlineExceeded(f"the request's deadline passed {when}; it was not run")

@@ -32,6 +32,7 @@ from podserve.runtime.pool import InstancePool
 from podserve.runtime.verbs import call_verb
 from podserve.runtime.video_route import video_threads
 from podserve.settings import ServingSettings
+from podserve.videos import decode_video
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class OfflineWorker:
             raise InvalidInput(f"this service ({type(handler).__name__}) does not read videos; send 'image' "
                                f"or 'data'", field="video")
         items, frames = [], []
-        for frame in payload.open_video():
+        for frame in decode_video(payload.video, payload.video_limits, size=handler.video_frame_size):
             model_input = call_verb(handler.decode_frame, frame)
             items.append(self._submit(model_input, handler.batch_key(model_input)))
             frames.append((frame.index, frame.timestamp))
