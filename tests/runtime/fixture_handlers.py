@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -248,3 +249,20 @@ class Undeclared(Doubler):
 
     tensor_inputs = ()
     tensor_outputs = ()
+
+
+class FailsInNativeCode(TextDirection):
+    """The example, whose decode fails in native code for a request whose JSON marks it, as a decoding library or a
+    team's C extension can: `"crash": true` aborts the process (SIGABRT, as a segfault in FFmpeg ends it);
+    `"hang": "release"` blocks in C without the GIL, `"hang": "hold"` blocks in C holding it (libc's sleep through
+    ctypes, whose PyDLL keeps the GIL and CDLL lets it go)."""
+
+    def decode(self, payload: Payload) -> np.ndarray:
+        if payload.extra.get("crash") is True:
+            os.abort()
+        hang = payload.extra.get("hang")
+        if hang == "release":
+            ctypes.CDLL(None).sleep(3600)
+        elif hang == "hold":
+            ctypes.PyDLL(None).sleep(3600)
+        return super().decode(payload)

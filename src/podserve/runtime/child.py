@@ -8,13 +8,14 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from podserve.runtime import layout
 from podserve.runtime.pod_state import READY, PodState, now_ns
 
 log = logging.getLogger(__name__)
 
-#: How often a process stamps its heartbeat; the supervisor calls a decoder hung after `layout`'s hang limit.
+#: How often a process stamps its heartbeat (from a thread of its own) and its loop's stamp.
 HEARTBEAT_SECONDS = 0.1
 _PR_SET_PDEATHSIG = 1
 
@@ -41,20 +42,30 @@ class Slot:
         self.beat()
 
     def beat(self) -> None:
-        self.fields["heartbeat_ns"] = now_ns()
+        self.fields["heartbeat_ns"] = self.fields["loop_ns"] = now_ns()
 
     def ready(self) -> None:
         self.fields["state"] = READY
         self.beat()
 
     def keep_beating(self, loop, publish=lambda fields: None) -> None:
-        """Stamp the heartbeat from `loop` every HEARTBEAT_SECONDS, and `publish(fields)` what the process holds: a
-        loop held up (its thread stuck holding the GIL) stops it, which is what the supervisor looks for."""
-        def beat() -> None:
-            self.beat()
-            publish(self.fields)
-            loop.call_later(HEARTBEAT_SECONDS, beat)
-        beat()
+        """Stamp the heartbeat every HEARTBEAT_SECONDS from a thread of its own, and the loop's stamp from `loop`
+        with `publish(fields)` of what the process holds. The heartbeat stops only while a thread holds the GIL
+        (stuck in native code that never lets go: the supervisor kills the process); the loop's stamp also while the
+        loop is stuck in a step without the GIL (the front sends it nothing new; the supervisor replaces it)."""
+        fields = self.fields
+
+        def heartbeat() -> None:
+            while True:
+                fields["heartbeat_ns"] = now_ns()
+                time.sleep(HEARTBEAT_SECONDS)
+
+        def loop_beat() -> None:
+            fields["loop_ns"] = now_ns()
+            publish(fields)
+            loop.call_later(HEARTBEAT_SECONDS, loop_beat)
+        threading.Thread(target=heartbeat, name="heartbeat", daemon=True).start()
+        loop_beat()
 
 
 def in_thread(loop: asyncio.AbstractEventLoop, function, *arguments) -> asyncio.Future:

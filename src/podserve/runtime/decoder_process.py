@@ -57,6 +57,10 @@ HOLD_TIMEOUT_SECONDS = 10.0
 #: CPU time, unlike the wall clock, does not count the time a busy machine left the step waiting for a core.
 STEP_INLINE_SECONDS = 0.02
 STEP_STALL_SECONDS = 0.2
+#: A request or video thread still decoding a request this long after its deadline is stuck (in native code, without
+#: the GIL: with it, the whole process would stop and be killed), and what waits for that thread with it: this decoder
+#: takes nothing new and asks the supervisor for a successor.
+STUCK_THREAD_SECONDS = 0.5
 #: How often a lost link to the front or the model process is tried again (the supervisor is replacing it).
 RECONNECT_SECONDS = 0.2
 
@@ -116,6 +120,12 @@ class FrontDoor:
         if error is not None:
             raise error_from_wire(error)
         return places
+
+    def submitted(self, exchange: ForwardedExchange) -> None:
+        """Tell the front the request's inputs are with the model process: from now on its batch answers it, so the
+        front's deadline backstop leaves it alone (a batch that has started is never abandoned)."""
+        if self.link is not None:
+            self.link.send(("submitted", exchange.rid))
 
     def release_places(self, exchange: ForwardedExchange, places: int) -> None:
         if places > 0 and self.link is not None:
@@ -195,6 +205,11 @@ class DecoderProcess:
     def _publish(self, fields) -> None:
         fields["held"] = len(self.door.exchanges)
         fields["backlog"] = self.service.backlog
+        overdue = self.service.overdue_seconds()
+        if overdue > STUCK_THREAD_SECONDS and not fields["replace"]:
+            log.error("%s: a thread has been decoding one request %.1fs past its deadline (stuck in native code?): "
+                      "asking to be replaced", self.name, overdue)
+            fields["replace"] = 1
 
     async def _connect_model(self) -> None:
         while not self.stopping:

@@ -96,6 +96,9 @@ class Door:
         if places > 0:
             self.lifecycle.request_finished(places)
 
+    def submitted(self, exchange: Exchange) -> None:
+        """The request's inputs are in the batcher's hands (one process: nothing to do)."""
+
     def settle(self, exchange: Exchange, places: int, answer: Answer, seconds: float) -> None:
         """A request is answered: give its places back, count it, and send its answer."""
         self.lifecycle.request_finished(places)

@@ -56,23 +56,28 @@ from podserve.settings import ServingSettings
 
 log = logging.getLogger("podserve.front")
 
-#: A decoder whose heartbeat is older than this gets no new request (it may be hung; the supervisor decides).
+#: A decoder whose event loop has not come round for this long gets no new request (it is busy or stuck in a step; the
+#: supervisor decides which).
 STALE_DECODER_NS = 500_000_000
-#: A forwarded request still unanswered this long after its deadline is answered 504 here: the decoder holding it
-#: is wedged in a way its own deadline timer cannot answer (its process is being replaced meanwhile).
-BACKSTOP_SECONDS = 2.0
+#: A forwarded request not answered and not handed to the model this long after its deadline is answered 504 here:
+#: its decoder's own deadline timer did not (its loop is stuck in a decode, with or without the GIL), and the
+#: supervisor replaces such a decoder.
+EXPIRE_GRACE_SECONDS = 0.25
+#: How often requests waiting for a decoder are offered again.
+WAITING_LOOK_SECONDS = 0.05
 
 
 class Forwarded:
     """An admitted request on its way through a decoder: the places it holds, and who holds it."""
 
-    __slots__ = ("rid", "exchange", "places", "deadline", "wire", "decoder", "timer")
+    __slots__ = ("rid", "exchange", "places", "deadline", "wire", "decoder", "timer", "submitted")
 
     def __init__(self, rid: int, exchange: Exchange, deadline: float, wire: str | None):
         self.rid, self.exchange, self.deadline, self.wire = rid, exchange, deadline, wire
         self.places = 1
         self.decoder: "DecoderLink | None" = None
         self.timer = None
+        self.submitted = False  # its inputs are with the model process: its batch answers it
 
 
 class DecoderLink:
@@ -96,6 +101,13 @@ class Decoders:
     def start(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
         self.loop = loop
         threading.Thread(target=self._accept, args=(listener,), name="accept-decoders", daemon=True).start()
+        self._look_again()
+
+    def _look_again(self) -> None:
+        """Forward what waits whenever a decoder can take it (one that was busy or starting may be free now)."""
+        if self.waiting:
+            self._forward_waiting()
+        self.loop.call_later(WAITING_LOOK_SECONDS, self._look_again)
 
     @property
     def ready_count(self) -> int:
@@ -110,7 +122,7 @@ class Decoders:
     def forward(self, exchange: Exchange, deadline: float, wire: str | None) -> None:
         record = Forwarded(next(self._ids), exchange, deadline, wire)
         exchange.on_gone = lambda: self._gone(record)
-        record.timer = self.loop.call_at(self._loop_time(deadline + BACKSTOP_SECONDS), self._backstop, record)
+        record.timer = self.loop.call_at(self._loop_time(deadline + EXPIRE_GRACE_SECONDS), self._expire, record)
         decoder = self._least_busy()
         if decoder is None:
             self.waiting.append(record)
@@ -128,7 +140,7 @@ class Decoders:
     def _takes_requests(self, link: DecoderLink, now: int) -> bool:
         slot = self.state.slots[link.slot]
         return (not link.link.closed and slot["state"] == READY and not slot["replace"]
-                and now - slot["heartbeat_ns"] < STALE_DECODER_NS)
+                and now - slot["loop_ns"] < STALE_DECODER_NS)
 
     def _send(self, record: Forwarded, decoder: DecoderLink) -> None:
         exchange = record.exchange
@@ -155,16 +167,19 @@ class Decoders:
             self._settle(record, error_answer(errors.ClientGone("the caller hung up before its request ran; it was "
                                                                 "not run")), log_it=True)
 
-    def _backstop(self, record: Forwarded) -> None:
+    def _expire(self, record: Forwarded) -> None:
+        """The deadline passed and its decoder has neither answered nor handed the request to the model."""
+        record.timer = None
         if record.decoder is None and record in self.waiting:
             self.waiting.remove(record)
             self._settle(record, error_answer(DeadlineExceeded(
                 "the request's deadline passed while no decoder process could take it; it was not run")), log_it=True)
-        elif record.decoder is not None and record.decoder.held.pop(record.rid, None) is not None:
+        elif record.decoder is not None and not record.submitted \
+                and record.decoder.held.pop(record.rid, None) is not None:
             record.decoder.link.send(("gone", record.rid))
             self._settle(record, error_answer(DeadlineExceeded(
-                f"the request's deadline passed {BACKSTOP_SECONDS:g} s ago and {record.decoder.name} has not "
-                f"answered it; it is being replaced")), log_it=True)
+                f"the request's deadline passed while {record.decoder.name} was decoding it (its decode is stuck: "
+                f"the process is replaced if it does not recover); it was not run")), log_it=True)
 
     def _settle(self, record: Forwarded, answer: Answer, log_it: bool = False) -> None:
         if record.timer is not None:
@@ -189,6 +204,10 @@ class Decoders:
                 record = decoder.held.pop(rid, None)
                 if record is not None:
                     self._settle(record, Answer(status, body, headers, close))
+            elif kind == "submitted":
+                record = decoder.held.get(message[1])
+                if record is not None:
+                    record.submitted = True
             elif kind == "hold":
                 self._hold(decoder, *message[1:])
             elif kind == "release":

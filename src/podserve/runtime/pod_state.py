@@ -32,9 +32,11 @@ _MODEL = np.dtype([("ready", "<i8"), ("failed", "<i8"), ("instances", "<i8"), ("
                    ("heartbeat_ns", "<i8"), ("pid", "<i8"), ("generation", "<i8"), ("info_version", "<i8"),
                    ("info_length", "<i8"), ("status_version", "<i8"), ("status_length", "<i8")])
 _INSTANCE = np.dtype([("queue_depth", "<i8"), ("batch_started_ns", "<i8"), ("alive", "<i8")])
+#: A slot's heartbeat is stamped by a thread of its own (it stops only while some thread holds the GIL), its
+#: loop_ns by its event loop (it stops while the loop is stuck in a step, with or without the GIL).
 _SLOT = np.dtype([("role", "<i8"), ("state", "<i8"), ("pid", "<i8"), ("generation", "<i8"),
-                  ("heartbeat_ns", "<i8"), ("started_ns", "<i8"), ("incoming", "<i8"), ("held", "<i8"),
-                  ("backlog", "<i8"), ("replace", "<i8")])
+                  ("heartbeat_ns", "<i8"), ("loop_ns", "<i8"), ("started_ns", "<i8"), ("incoming", "<i8"),
+                  ("held", "<i8"), ("backlog", "<i8"), ("replace", "<i8")])
 #: What the supervisor counts: processes it started again after one ended, by role, and decoders it found hung.
 _POD = np.dtype([("front_restarts", "<i8"), ("decoder_restarts", "<i8"), ("model_restarts", "<i8"),
                  ("hung_decoders", "<i8"), ("supervisor_pid", "<i8")])
@@ -118,7 +120,8 @@ class PodState:
         for index in range(MAX_SLOTS):
             slot = self.slots[index]
             if slot["role"] == FREE:
-                self.slots[index] = (role, STARTING, 0, int(slot["generation"]) + 1, now_ns(), now_ns(), 0, 0, 0, 0)
+                now = now_ns()
+                self.slots[index] = (role, STARTING, 0, int(slot["generation"]) + 1, now, now, now, 0, 0, 0, 0)
                 return index
         raise RuntimeError(f"no free slot among {MAX_SLOTS}: processes are being replaced faster than they end")
 

@@ -70,6 +70,8 @@ class Settler(Interface):
 
     def release_places(self, exchange: Exchange, places: int) -> None: ...
 
+    def submitted(self, exchange: Exchange) -> None: ...
+
     def settle(self, exchange: Exchange, places: int, answer: Answer, seconds: float) -> None: ...
 
 
@@ -164,6 +166,15 @@ class ServiceRoute:
 
     # In a request thread, or in the loop's while the step is cheap.
 
+    def overdue_seconds(self) -> float:
+        """How long past its request's deadline the longest-stuck thread still begins a request (decodes it, or its
+        video): 0 when none is past its deadline. A thread stuck in native code without the GIL never comes back."""
+        now, worst = time.monotonic(), 0.0
+        for job in list(self.runner.busy.values()) + list(self.videos.busy.values()):
+            if type(job) is Call:
+                worst = max(worst, now - job.deadline)
+        return worst
+
     def is_answered(self, call: Call) -> bool:
         """Whether `call` has its answer (its deadline passed, its caller left): whoever holds it drops it."""
         return call.state == ANSWERED
@@ -175,7 +186,8 @@ class ServiceRoute:
             if call.state != WORKING:
                 return False
             call.state = SUBMITTED  # before the batch thread can possibly answer it
-            return True
+        self.door.submitted(call.exchange)
+        return True
 
     def work_done(self, items: list[WorkItem]) -> None:
         """From the batch thread: the loop or a request thread finishes `items`."""

@@ -36,6 +36,7 @@ class StepRunner:
         self._begin_cost, self._finish_cost = costs(), costs()
         self._clock = clock  # what a step's cost is measured by: the wall clock, or (a decoder's) its thread's CPU
         self._loop_thread: int | None = None
+        self.busy: dict[int, Any] = {}  # request thread -> the job it runs now
         self.steps_cpu = 0.0  # CPU seconds of the steps the loop ran itself (runtime/refusals.py subtracts them)
         self.loop = None
         self._threads = [threading.Thread(target=self._serve, name=f"request-{i}", daemon=True)
@@ -91,12 +92,14 @@ class StepRunner:
         self._work.put(items)
 
     def _serve(self) -> None:
-        work = self._work
+        work, busy, me = self._work, self.busy, threading.get_ident()
         while True:
             job = work.get()
             if job is None:
                 return
+            busy[me] = job
             self._run(job)
+            del busy[me]
 
     def _run_in_loop(self, job: Any) -> None:
         """`_run` in the event loop's thread, its CPU counted apart from the loop's HTTP work."""

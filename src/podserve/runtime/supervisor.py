@@ -38,8 +38,12 @@ from podserve.settings import ServingSettings
 
 log = logging.getLogger("podserve.supervisor")
 
-#: A ready decoder whose heartbeat is this old holds its GIL in native code: it is killed and replaced.
-HANG_SECONDS = 2.0
+#: A ready decoder whose heartbeat (stamped by a thread of its own) is this old has a thread holding the GIL in native
+#: code: it is killed and replaced.
+HANG_SECONDS = 3.0
+#: A ready decoder whose event loop has not come round for this long is stuck in a step without the GIL: a successor
+#: is started and it is asked to end (its requests were answered 504 by the front at their deadlines meanwhile).
+LOOP_STUCK_SECONDS = 10.0
 #: A process starting (importing, loading its handler) gets this long before its first heartbeat.
 START_GRACE_SECONDS = 120.0
 #: How often the supervisor looks at its processes.
@@ -205,6 +209,7 @@ class Supervisor:
             if child.role != DECODER:
                 continue
             silent = (now - int(slot["heartbeat_ns"])) / 1e9
+            stuck = (now - int(slot["loop_ns"])) / 1e9
             if slot["state"] == READY and silent > HANG_SECONDS:
                 log.error("%s has not stamped its heartbeat for %.1fs (a thread holding the GIL in native code?): "
                           "killed and replaced; the requests it held are answered 502", child.name, silent)
@@ -213,9 +218,11 @@ class Supervisor:
             elif slot["state"] == STARTING and (now - int(slot["started_ns"])) / 1e9 > START_GRACE_SECONDS:
                 log.error("%s did not start within %gs: killed", child.name, START_GRACE_SECONDS)
                 child.process.kill()
-            elif slot["replace"] and slot["state"] == READY:
-                log.warning("%s asked to be replaced (a thread stuck past its request's deadline): starting "
-                            "another, then ending it", child.name)
+            elif slot["state"] == READY and (slot["replace"] or stuck > LOOP_STUCK_SECONDS):
+                why = ("its event loop has been stuck in one step for %.0fs" % stuck if stuck > LOOP_STUCK_SECONDS
+                       else "it asked to be: a thread is stuck past its request's deadline")
+                log.warning("%s is replaced (%s): starting another, then ending it", child.name, why)
+                slot["replace"] = 1
                 self.state.pod["decoder_restarts"] += 1
                 self.start(DECODER)
                 child.retire_by = now_s + self.settings.request_timeout_ms / 1000.0 + 5.0

@@ -65,6 +65,7 @@ class VideoWork:
     def __init__(self, workers: int):
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._serve, name=f"video-{i}", daemon=True) for i in range(workers)]
+        self.busy: dict[int, object] = {}  # video thread -> the call whose video it decodes now
 
     @property
     def backlog(self) -> int:
@@ -94,11 +95,14 @@ class VideoWork:
             if job is None:
                 return
             route, call, handler = job
+            self.busy[threading.get_ident()] = call
             try:
                 self._decode(route, call, handler)
             except Exception as exc:  # never lose a request to a bug here: answer it
                 log.exception("unexpected error decoding a video on %s", route.route)
                 route.answer(call, ServingError(f"internal error: {type(exc).__name__}; see the server log"))
+            finally:
+                del self.busy[threading.get_ident()]
 
     def _decode(self, route, call, handler: Handler) -> None:
         """Reserve the places the video's header claims, decode it, and submit its frames: unless it is answered
