@@ -31,10 +31,11 @@ SERVICE = "example"
 IMAGES = ("text-line.png", "text-line-upside-down.png")
 
 
-@pytest.fixture(scope="module")
-def v2_server(start_module_server, example_model):
+@pytest.fixture(scope="module", params=[0, 2], ids=["one-process", "split"])
+def v2_server(start_module_server, example_model, request):
+    """The example in each layout (docs/processes.md): one process, and a front with two decoder processes."""
     return start_module_server(handler="server:TextDirection", model_path=str(example_model), service_name=SERVICE,
-                               queue_size=8, max_batch_size=4)
+                               queue_size=8, max_batch_size=4, decode_processes=request.param)
 
 
 @pytest.fixture(scope="module")

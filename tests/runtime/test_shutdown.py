@@ -22,9 +22,11 @@ def _refused_at_connect(exc: requests.RequestException) -> bool:
                                                                  ConnectionRefusedError)
 
 
-def test_sigterm_while_32_clients_send_loses_no_accepted_request(start_server, affine_model):
+@pytest.mark.parametrize("decoders", [0, 2], ids=["one-process", "split"])
+def test_sigterm_while_32_clients_send_loses_no_accepted_request(start_server, affine_model, decoders):
     server = start_server(model_path=str(affine_model), handler="fixture_handlers:SlowAffine", ins_num_per_gpu=1,
-                          max_batch_size=4, TEST_PREDICT_SLEEP=0.05, drain_seconds=DRAIN, queue_size=64)
+                          max_batch_size=4, TEST_PREDICT_SLEEP=0.05, drain_seconds=DRAIN, queue_size=64,
+                          decode_processes=decoders)
     outcomes: list[tuple[float, float, int | str]] = []  # (sent, answered, 200 or what went wrong)
     refused: list[float] = []  # when a client's connect was refused: that request never reached the server
     lock = threading.Lock()
