@@ -49,10 +49,15 @@ MOST_CORES = 16
 #: The pod setting every system of ours runs with here, besides its cores: batches of up to 64, and room for the
 #: 256 callers of the last point (queue_size per instance is the pod's holding limit).
 POD = {"PODSERVE_GPU_NUM": "1", "PODSERVE_MAX_BATCH_SIZE": "64", "PODSERVE_QUEUE_SIZE": str(max(CONCURRENCIES))}
-#: Our two layouts (issue 55): the split layout as the pod decides it (-1: one decoder per core on a GPU pod), and
-#: today's one process.
-SPLIT, ONE_PROCESS = "ours: split (auto)", "ours: one process"
-LAYOUTS = {SPLIT: "-1", ONE_PROCESS: "0"}
+ONE_PROCESS = "ours: one process"
+
+
+def layouts(pod_cores: int) -> dict[str, str]:
+    """Our layouts (issue 55) by name, each its decode_processes: the split layout with one decoder per core (what
+    auto gives a GPU pod), with two fewer (room for the front, the model process and wrk on the same cores), and
+    one process. Named explicitly, not auto: a machine whose GPU device files look unusual would run one process."""
+    split = {f"ours: split, {n} decoders": str(n) for n in sorted({pod_cores, max(1, pod_cores - 2)}, reverse=True)}
+    return {**split, ONE_PROCESS: "0"}
 #: Started once this many seconds have passed, a point is skipped (and the results say so).
 BUDGET_S = 300
 
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         log_dir.mkdir(parents=True, exist_ok=True)
         servers: list[Server] = []  # every server started: each is stopped
         starts = [(name, lambda n=name, layout=layout: start_ours(n, FAST, log_dir, {**pod, DECODE_PROCESSES: layout}))
-                  for name, layout in LAYOUTS.items()]
+                  for name, layout in layouts(pod_cores).items()]
         starts.append(("gunicorn", lambda: start_gunicorn(FAST, service_name(), workers, log_dir,
                                                           "cuda" if on_gpu else "cpu")))
         try:
