@@ -19,25 +19,36 @@ def repo() -> Path:
     return REPO
 
 
-@pytest.fixture(scope="session")
-def affine_model(tmp_path_factory) -> Path:
-    """An ONNX model y = 2x + 1 over float32 [N, D], D free: cheap, and its answers are known."""
+def _save_affine(path: Path, batch_axis: str | int) -> Path:
+    """Write the ONNX model y = 2x + 1 over float32 [batch_axis, D], D free, to `path`."""
     import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
         [helper.make_node("Mul", ["x", "two"], ["doubled"]), helper.make_node("Add", ["doubled", "one"], ["y"])],
         "affine",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "D"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "D"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch_axis, "D"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch_axis, "D"])],
         [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]), helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    path = tmp_path_factory.mktemp("models") / "affine.onnx"
     onnx.save(model, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def affine_model(tmp_path_factory) -> Path:
+    """An ONNX model y = 2x + 1 over float32 [N, D], D free: cheap, and its answers are known."""
+    return _save_affine(tmp_path_factory.mktemp("models") / "affine.onnx", "N")
+
+
+@pytest.fixture(scope="session")
+def affine_batch_of_one_model(tmp_path_factory) -> Path:
+    """The same model with its batch axis fixed at 1 (float32 [1, D]), as many exported models are: onnxruntime
+    refuses a run of any other batch."""
+    return _save_affine(tmp_path_factory.mktemp("models") / "affine-batch-1.onnx", 1)
 
 
 @pytest.fixture(scope="session")

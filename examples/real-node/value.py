@@ -1,8 +1,10 @@
 """A service small enough for the local cluster's real node (2 cores): the example's handler and model.
 
 `make image VALUES=examples/real-node/value.py` builds its GPU image (the GPU is the real node's
-only stand-in: the server runs on its CPU fallback); with `make cluster REAL_NODE_POOL=gpu`,
-`make deploy STAGE=grey VALUES=examples/real-node/value.py` runs it on the real node (README).
+only stand-in, and the image's CUDA base too: the server starts there but is not ready, its
+/api/ping naming the CUDA and cuDNN libraries that do not load, docs/server.md "CPU and GPU");
+with `make cluster REAL_NODE_POOL=gpu`, `make deploy STAGE=grey VALUES=examples/real-node/value.py`
+starts it on the real node (README), where it stays not ready for that reason.
 """
 
 service_name = "real-node-demo"

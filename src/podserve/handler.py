@@ -18,6 +18,7 @@ from typing import Any, Hashable, NamedTuple, Sequence
 
 import numpy as np
 
+from podserve.cuda_libraries import CudaUnavailable, why_not_cuda
 from podserve.errors import HandlerFailed, InvalidInput
 from podserve.images import decode_image
 from podserve.settings import ServingSettings
@@ -218,6 +219,13 @@ class Handler:
     run_size: int | None = None
     #: What one run of `run_size` inputs takes, in seconds (measured with it; 0 when not known).
     run_seconds: float = 0.0
+    #: The rows every run is padded to with copies of its last input, the extra outputs dropped (None: a run is
+    #: its batch's size). The platform's OnnxHandler sets it on a GPU (one shape per session); the batcher then
+    #: gives a predict call at most one run (runtime/batcher.py: largest_batch), and the metrics count the padding.
+    padded_size: int | None = None
+    #: (rows, seconds) of runs timed at load where rows differ, padded and not (the platform's OnnxHandler on a
+    #: GPU): what a row costs, which calls that are all padded to one size cannot tell (runtime/batch_policy.py).
+    run_costs: tuple[tuple[int, float], ...] = ()
     #: For the Open Inference Protocol (docs/open-inference.md), a handler that is not an ONNX model declares its
     #: tensors as (name, datatype, shape) with the batch dimension first and -1 for a free size, e.g.
     #: (("x", "FP32", (-1, 4)),). An OnnxHandler reads them from its model.
@@ -262,7 +270,13 @@ class OnnxHandler(Handler):
     hands `encode` one row of the first output (or a dict of rows when `all_outputs`).
     Set `input_shape` (one item, no batch axis) when the model's shape has free dimensions,
     so that the warm-up batch can be built. On a GPU the session uses the CUDA execution
-    provider on the instance's device with its memory limit. On the CPU every run is
+    provider on the instance's device with its memory limit, and every run is padded to one
+    shape (`padded_size`: max_batch_size, or the batch the model fixes, e.g. a batch axis of 1):
+    there a session sets its convolutions up again whenever a run's shape differs from its last
+    run's, 0.1-1.1 s each time on an H100, where a run of 16 cost the example what a run of 1
+    did (bench/results/gpu-shape-setup/). A GPU instance whose session did not get the CUDA
+    provider does not load: `CudaUnavailable` names the libraries that do not load
+    (podserve.cuda_libraries) and the fix. On the CPU every run is
     single-threaded: a batch is cut into runs of the smallest size `load` measured to cost the
     least CPU per input, or within RUN_SIZE_TIE of it (`run_size`), and an instance with a
     budget of N threads does N runs at once on its one session: `concurrent_batches` = N, so
@@ -279,11 +293,6 @@ class OnnxHandler(Handler):
     #: Sizes whose CPU per input at start-up is within this fraction of the cheapest are a tie, which the
     #: smaller run wins (see _cheapest_run_size).
     RUN_SIZE_TIE = 0.02
-    #: The size every run is padded to with copies of its last input, the extra outputs dropped (None: a run is
-    #: its batch's size). `load` sets it to max_batch_size on a GPU: there a session sets its convolutions up
-    #: again whenever a run's shape differs from its last run's, 0.1-1.1 s each time on an H100, where a run of
-    #: 16 cost the example what a run of 1 did (bench/results/gpu-shape-setup/).
-    padded_size: int | None = None
 
     def load(self, model_path: str, device: Device) -> None:
         import onnxruntime as ort
@@ -298,10 +307,12 @@ class OnnxHandler(Handler):
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.provider = self.session.get_providers()[0]
         if device.is_gpu and self.provider != "CUDAExecutionProvider":
-            log.warning("asked for %s but onnxruntime offers %s; this instance runs on the CPU",
-                        device, ort.get_available_providers())
+            raise CudaUnavailable(why_not_cuda(ort, str(device)))
         if self.provider == "CUDAExecutionProvider":
-            self.padded_size = gpu_padded_size(self.session.get_inputs()[0].shape, self.max_batch_size)
+            batch_axis = self.session.get_inputs()[0].shape[:1]
+            self.padded_size = gpu_padded_size(batch_axis, self.max_batch_size)
+            if fixed_batch(batch_axis) is None:  # a fixed batch runs one size only: nothing to compare
+                self.run_costs = self._time_padding()
         if self.provider == "CPUExecutionProvider":
             self.run_size = self._cheapest_run_size(
                 [size for size in self.RUN_SIZES if size <= max(1, self.max_batch_size)] or [1])
@@ -321,11 +332,11 @@ class OnnxHandler(Handler):
         return [output for start in range(0, len(batch), size)
                 for output in self._run(batch[start:start + size], all_outputs)]
 
-    def _run(self, batch: Sequence[Any], all_outputs: bool = False) -> list[Any]:
-        """Stack `batch` (padded to `padded_size` with its last input), run the session once, and return one output
-        per input."""
+    def _run(self, batch: Sequence[Any], all_outputs: bool = False, pad: bool = True) -> list[Any]:
+        """Stack `batch` (padded to `padded_size` with its last input, unless not `pad`), run the session once, and
+        return one output per input."""
         count = len(batch)
-        if self.padded_size and count < self.padded_size:  # copies of a real input: no zeros for a model to divide by
+        if pad and self.padded_size and count < self.padded_size:  # copies of a real input: no zeros to divide by
             batch = list(batch) + [batch[-1]] * (self.padded_size - count)
         if len(self.input_names) == 1 and not isinstance(batch[0], dict):
             feeds = {self.input_names[0]: _stack(batch)}
@@ -335,6 +346,26 @@ class OnnxHandler(Handler):
         if all_outputs:
             return [dict(zip(self.output_names, rows)) for rows in zip(*outputs)]
         return list(outputs[0])
+
+    def _time_padding(self, rounds: int = 3) -> tuple[tuple[int, float], ...]:
+        """Time a run of one input unpadded and one padded to `padded_size` (the least of `rounds` each, after an
+        untimed run of each shape: its set-up) and return them as `run_costs`; the padded shape last, as it is the
+        one the session serves. () when no warm-up input can be built or runs are not padded."""
+        inputs = model_inputs(self.warmup_inputs())
+        if len(inputs) != 1 or not self.padded_size or self.padded_size <= 1:
+            return ()
+        timed = []
+        for pad in (False, True):
+            self._run(inputs, pad=pad)  # the first run of a shape sets it up
+            fastest = float("inf")
+            for _ in range(rounds):
+                started = time.perf_counter()
+                self._run(inputs, pad=pad)
+                fastest = min(fastest, time.perf_counter() - started)
+            timed.append((self.padded_size if pad else 1, fastest))
+        log.info("%s: a run of 1 input takes %.3f ms, padded to %d rows %.3f ms", type(self).__name__,
+                 timed[0][1] * 1000, timed[1][0], timed[1][1] * 1000)
+        return tuple(timed)
 
     def _cheapest_run_size(self, sizes: Sequence[int] = (1, 2, 4, 8), rounds: int = 3) -> int | None:
         """Time single-threaded runs of each size on the warm-up input, in interleaved rounds, and return the
@@ -402,11 +433,16 @@ def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack(arrays)
 
 
-def gpu_padded_size(input_shape: Sequence[Any], max_batch_size: int) -> int | None:
-    """The size a GPU session's runs are padded to: max_batch_size when the model's batch axis is free, None when
-    the model fixes it (its runs are that size already)."""
+def fixed_batch(input_shape: Sequence[Any]) -> int | None:
+    """The batch size a model input's shape fixes (its first axis is a number), or None when it is free."""
     batch_axis = input_shape[0] if input_shape else None
-    return None if isinstance(batch_axis, int) else max(1, max_batch_size)
+    return batch_axis if isinstance(batch_axis, int) and batch_axis > 0 else None
+
+
+def gpu_padded_size(input_shape: Sequence[Any], max_batch_size: int) -> int:
+    """The size a GPU session's runs are padded to: max_batch_size when the model's batch axis is free, the size
+    the model fixes when it does (a larger batch runs as several runs of it, one after another)."""
+    return fixed_batch(input_shape) or max(1, max_batch_size)
 
 
 #: CUDA provider options that keep a session inside its memory budget and make its set-up cheap: the arena grows

@@ -16,6 +16,8 @@ QUEUE_WAIT_SECONDS = PREFIX + "queue_wait_seconds"          # histogram, enqueue
 INFERENCE_SECONDS = PREFIX + "inference_seconds"            # histogram, one predict call
 BATCH_SIZE = PREFIX + "batch_size"                          # histogram, items per predict call
 VERB_CPU_SECONDS = PREFIX + "verb_cpu_seconds"              # counter, labels VERB_LABELS: CPU the handler's verbs used
+PADDED_ROWS = PREFIX + "padded_rows_total"                  # counter, rows a call ran that were padding (a GPU pads
+#                                                             every run to one size); inputs are batch_size's _sum
 BATCH_FILL_WAIT_SECONDS = PREFIX + "batch_fill_wait_seconds"  # counter, request-seconds queued while a free lane held
 #                                                             its batch open for more (the batching policy's cost)
 QUEUE_DEPTH = PREFIX + "queue_depth"                        # gauge, items waiting in the queue

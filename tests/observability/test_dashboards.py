@@ -99,7 +99,7 @@ def test_service_dashboard_has_the_variables_and_panels_the_issue_asks_for(model
     exprs = " ".join(t["expr"] for p in lint.panels(model) for t in p["targets"])
     for needle in ("podserve_requests_total", "histogram_quantile(0.99", "podserve_queue_wait_seconds_bucket",
                    "podserve_inference_seconds_bucket", "podserve_batch_size_bucket", "podserve_max_batch_size",
-                   "podserve_batch_limit",
+                   "podserve_batch_limit", "podserve_padded_rows_total",
                    "podserve_queue_depth", "podserve_queue_capacity", "podserve_in_flight_requests",
                    "podserve_http_backlog", "podserve_loop_relief", "podserve_refusal_rate",
                    "podserve_instance_ready", "kube_pod_container_status_restarts_total", "podserve_model_load_seconds",

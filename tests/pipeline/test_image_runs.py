@@ -92,9 +92,12 @@ def test_the_pulled_image_serves_the_readmes_curls_as_uid_10001_and_its_healthch
     assert container.exec(["sh", "-c", "touch /tmp/x"]).returncode == 0
 
 
-def test_the_gpu_flavor_builds_on_its_stand_in_base_and_serves_on_the_cpu_fallback(gpu_build, tmp_path):
+def test_the_gpu_flavor_builds_on_its_stand_in_base_and_is_not_ready_naming_the_missing_cuda_libraries(gpu_build,
+                                                                                                      tmp_path):
     """value.py with gpu_num = 1: the jobs as written build the GPU Dockerfile stage (its own apt-get included) on the
-    nvidia/cuda stand-in (Debian, no CUDA); the pulled image starts like the CPU one and serves on the CPU."""
+    nvidia/cuda stand-in (Debian, no CUDA). onnxruntime-gpu lists the CUDA provider, cannot load it, and would run
+    the session on the CPU: the instance does not load, /api/ping answers 503 naming the CUDA and cuDNN libraries
+    that do not load and the fix, the log says the same, the image's HEALTHCHECK fails, and SIGTERM still exits 0."""
     registry = gpu_build.stage.registry
     digests = {registry.describe(*gpu_build.repo_and_tag(image)).digest for image in gpu_build.images}
     assert len(gpu_build.images) == 3 and len(digests) == 1
@@ -105,11 +108,30 @@ def test_the_gpu_flavor_builds_on_its_stand_in_base_and_serves_on_the_cpu_fallba
     site = next((rootfs / "opt/venv/lib").glob("python3*/site-packages"))
     assert (site / "onnxruntime/capi").is_dir() and any(site.glob("onnxruntime_gpu-*.dist-info"))
     with Container.start(rootfs, facts.config, gpu_build.deployment, tmp_path / "run") as box:
-        serves_the_readme(box, facts.config)
-        # onnxruntime-gpu lists the CUDA provider, fails to load it (no CUDA libraries), and the instance runs on the CPU
-        assert "this instance runs on the CPU" in box.log() and "(provider CPUExecutionProvider)" in box.log()
+        status, body = poll_until(lambda: _settled_ping(box), "/api/ping saying why the instance did not load", 180,
+                                  every=1)
+        assert status == 503 and body["error"] == "not_ready", body
+        message = body["msg"]
+        print(f"/api/ping on the stand-in GPU image: {status} {message}")
+        assert message.startswith("not ready: instance cuda0-0 failed to load: CudaUnavailable: asked for cuda:0 "
+                                  "(gpu_num > 0) but onnxruntime-gpu 1.31.1 could not start its CUDA provider"), message
+        for named in ("libcudart.so.13", "libcudnn.so.9", "libcublas.so.13", "the NVIDIA driver's",
+                      "run the GPU image", "LD_LIBRARY_PATH", "set gpu_num = 0 in value.py"):
+            assert named in message, (named, message)
+        assert "libcudart.so.13" in box.log() and "CudaUnavailable" in box.log()
+        assert box.exec(healthcheck_argv(facts.config), timeout=10).returncode == 1
+        assert requests.get(f"{box.url}/api/live", timeout=5).status_code == 200  # not wedged: no restart loop
         box.kill(signal.SIGTERM)
         assert box.wait(float(env_of(gpu_build.deployment)["PODSERVE_DRAIN_SECONDS"]) + 5) == 0
+
+
+def _settled_ping(box: Container) -> tuple[int, dict] | None:
+    """/api/ping's status and body once loading is over, ready or failed (None while the server starts or loads)."""
+    try:
+        reply = requests.get(f"{box.url}/api/ping", timeout=2)
+    except requests.RequestException:
+        return None
+    return (reply.status_code, reply.json()) if reply.status_code == 200 or "failed to load" in reply.text else None
 
 
 def test_sigterm_stops_the_container_with_exit_0_within_drain_seconds_plus_5(container, cpu_build):

@@ -46,6 +46,20 @@ def held_batches(gate: str | os.PathLike) -> list[int]:
         return []
 
 
+def record_runs(handler: OnnxHandler) -> list[tuple[int, ...]]:
+    """Record the shape of input `x` of every run the handler's session makes from now on."""
+    shapes: list[tuple[int, ...]] = []
+    session = handler.session
+
+    class Recording:
+        def run(self, names, feeds):
+            shapes.append(feeds["x"].shape)
+            return session.run(names, feeds)
+
+    handler.session = Recording()
+    return shapes
+
+
 class Affine(OnnxHandler):
     """y = 2x + 1 over a list of numbers sent as `data`."""
 

@@ -102,6 +102,60 @@ def test_until_two_sizes_were_seen_it_waits_as_before():
     assert cost.fixed is None and cost.worth_waiting(1, MAX)
 
 
+#: Measured on an H200 with the example classifier (../shared/notes/gpu.md): a run of 1 input 1.4 ms, a run of 64
+#: 2.5 ms; at load its runs are timed unpadded at 1 and padded to max_batch_size (Handler.run_costs).
+H200_RUNS = ((1, 0.0014), (64, 0.0025))
+
+
+def _padded(runs=H200_RUNS, padded_size: int = 64) -> BatchCost:
+    cost = BatchCost(padded_size)
+    for rows, seconds in runs:
+        cost.observe_rows(rows, seconds)
+    return cost
+
+
+def test_padded_calls_cost_what_their_rows_do_whatever_their_inputs():
+    """Every call padded to 64 rows costs the 64 rows' 2.5 ms: waiting for a fuller batch is worth it until the
+    saving is under 5% (60 inputs of 64), and a lane holds its batch at most what one more call costs."""
+    cost = _padded()
+    assert cost.per_item == pytest.approx(0.0011 / 63) and cost.fixed == pytest.approx(0.0014 - 0.0011 / 63)
+    assert cost.call_seconds(1) == cost.call_seconds(64) == pytest.approx(0.0025)
+    assert [cost.worth_waiting(k, 64) for k in range(1, 65)] == [True] * 60 + [False] * 4
+    assert cost.longest_worth_holding(0.005) == pytest.approx(0.0025 - 0.0011 / 63)
+    assert cost.describe() == "1.383 ms per call + 0.017 ms per row, runs padded to 64 rows: 2.500 ms a run"
+
+
+def _served(cost: BatchCost, rng: random.Random, calls: int) -> None:
+    """Calls as a GPU pod serves them at two loads (../shared/notes/gpu.md): quiet, batches of 1-8 in 2.2 ms; busy,
+    full batches of 40-64 whose thread waits for the GIL on its way back from the device, 11-25 ms."""
+    for i in range(calls):
+        if i % 2:
+            cost.observe(rng.randint(1, 8), 0.0022)
+        else:
+            cost.observe(rng.randint(40, 64), rng.uniform(0.011, 0.025))
+
+
+def test_a_busy_spells_slower_full_batches_do_not_pass_for_a_cost_per_input():
+    """Counted by their inputs (as before), the served calls read a cost per input, and the policy stops waiting
+    before a batch is 3/4 full, though a padded call of 40 costs what one of 64 does. Counted by the rows they run,
+    they only move what a call costs: the policy waits for full batches, and what a row costs stays the timed
+    runs' (not the 0.000 ms an input the padded warm-up read)."""
+    by_inputs, by_rows = BatchCost(), _padded()
+    by_inputs.observe(1, 0.0025)  # the warm-up's timed batches, both padded to 64 rows
+    by_inputs.observe(64, 0.0025)
+    by_rows.observe(1, 0.0025)
+    by_rows.observe(64, 0.0025)
+    assert by_inputs.per_item < 1e-12 and by_inputs.describe().endswith("+ 0.000 ms per input")
+    for cost in (by_inputs, by_rows):
+        _served(cost, random.Random(3), 400)
+    assert by_inputs.per_item > 0.0001  # the busy spell passed for 0.1+ ms an input
+    assert not by_inputs.worth_waiting(48, 64)
+    assert [by_rows.worth_waiting(k, 64) for k in range(1, 65)] == [True] * 60 + [False] * 4
+    assert by_rows.per_item == pytest.approx(0.0011 / 63)
+    # What a call costs follows the calls: between the quiet 2.2 ms and the busy 11-25 ms.
+    assert 0.004 < by_rows.call_seconds(64) < 0.015
+
+
 class _Costs(Handler):
     """A handler whose predict sleeps fixed + per_item x n seconds."""
 

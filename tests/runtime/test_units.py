@@ -19,6 +19,8 @@ from podserve.runtime.probe_lane import request_line
 from podserve.settings import ServingSettings, SettingsError
 from podserve.testbed.processes import poll_until
 
+from fixture_handlers import record_runs
+
 
 def test_settings_round_trip_through_the_environment():
     settings = ServingSettings(service_name="ocr", max_batch_size=32, max_batch_delay_ms=3.5, gpu_num=2)
@@ -53,10 +55,22 @@ def test_gpu_plan_puts_instances_on_each_visible_gpu_with_the_memory_limit():
     assert "gpu_mem_limit" not in unlimited and unlimited["arena_extend_strategy"] == "kSameAsRequested"
 
 
-def test_a_gpu_session_pads_runs_to_max_batch_size_unless_the_model_fixes_its_batch_axis():
+def test_a_gpu_session_pads_runs_to_max_batch_size_or_to_the_batch_its_model_fixes():
     assert gpu_padded_size(["N", 3, 48, 192], 16) == 16
     assert gpu_padded_size([None, 3], 8) == 8
-    assert gpu_padded_size([1, 3, 48, 192], 16) is None  # the model's runs are one shape already
+    assert gpu_padded_size([1, 3, 48, 192], 16) == 1  # a batch of 1 fixed: runs of 1, one after another
+    assert gpu_padded_size([8, 3], 4) == 8  # the model's 8 rows even when max_batch_size gives a call fewer
+
+
+@pytest.mark.parametrize("padded_size, max_batch_size, largest", [(16, 16, 16), (1, 16, 1), (8, 4, 4)])
+def test_where_runs_are_padded_a_call_gets_at_most_one_run(padded_size, max_batch_size, largest):
+    """On a GPU (runs padded to one size, no run size) the batcher's largest call is one padded run: a model whose
+    batch axis is fixed at 1 gets one input a call, not max_batch_size inputs run one after another."""
+    from podserve.runtime.batcher import largest_batch
+
+    handler = Recorder()
+    handler.padded_size = padded_size
+    assert largest_batch(handler, max_batch_size, 0.005) == largest
 
 
 def test_padded_runs_are_one_shape_and_each_input_gets_its_own_answer(affine_model):
@@ -68,15 +82,7 @@ def test_padded_runs_are_one_shape_and_each_input_gets_its_own_answer(affine_mod
     handler = Affine()
     handler.load(str(affine_model), Device("cpu", 0, cpu_threads=1))
     handler.run_size, handler.padded_size = None, 4
-    shapes = []
-    session = handler.session
-
-    class Recording:
-        def run(self, names, feeds):
-            shapes.append(feeds["x"].shape)
-            return session.run(names, feeds)
-
-    handler.session = Recording()
+    shapes = record_runs(handler)
     for size in (1, 3, 4, 6):
         batch = [np.full(2, float(i), dtype=np.float32) for i in range(size)]
         outputs = handler.predict(batch)

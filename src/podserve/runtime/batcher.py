@@ -326,11 +326,16 @@ class BatchWorker:
 
 
 def largest_batch(handler: Handler, max_batch_size: int, max_batch_delay: float) -> int:
-    """The most inputs the batcher gives one predict call: `max_batch_size`; where the handler cuts a batch into
-    runs done one after another (`Handler.run_size`, the CPU's), one run, or as many as fit in `max_batch_delay`
-    (what a caller may wait for batching's sake): an input behind longer runs in the same lane would wait longer
-    than that while another lane could start it. Several short runs a call keep the batcher's hand-offs per input
-    down (runs of 2 of the example, one a call, cost 10-12% of its throughput at 64 callers)."""
+    """The most inputs the batcher gives one predict call: `max_batch_size`; where the handler pads its runs to one
+    size (`Handler.padded_size`, a GPU's), one run of it (a model whose batch axis is fixed at 1 gets one input a
+    call: more would run one after another and only hold the others' answers back); where the handler cuts a
+    batch into runs done one after another (`Handler.run_size`, the CPU's), one run, or as many as fit in
+    `max_batch_delay` (what a caller may wait for batching's sake): an input behind longer runs in the same lane
+    would wait longer than that while another lane could start it. Several short runs a call keep the batcher's
+    hand-offs per input down (runs of 2 of the example, one a call, cost 10-12% of its throughput at 64
+    callers)."""
+    if handler.padded_size:
+        return max(1, min(max_batch_size, handler.padded_size))
     if not handler.run_size:
         return max_batch_size
     runs = max(1, int(max_batch_delay / handler.run_seconds)) if handler.run_seconds > 0 else 1

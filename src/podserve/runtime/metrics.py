@@ -75,6 +75,9 @@ class Metrics:
                                 "them, by verb (predict: the batch thread's, with onnxruntime's CPU work).",
                                 names.VERB_LABELS, registry=registry)
         self._verb_cpu: dict[str, Any] = {}
+        self.padded_rows = Counter(names.PADDED_ROWS, "Rows the model ran that were padding, not inputs (on a GPU "
+                                   "every run is padded to one size), beside the inputs podserve_batch_size sums.",
+                                   names.STAGE_LABELS, registry=registry)
         self.batch_fill_wait = Counter(names.BATCH_FILL_WAIT_SECONDS, "Seconds requests waited in the queue while a "
                                        "free batch lane held its batch open for more, summed over requests.",
                                        names.STAGE_LABELS, registry=registry)
@@ -134,6 +137,7 @@ class Metrics:
         gpu_bytes = settings.gpu_memory * GIB if settings.gpu_num > 0 else 0
         for instance in instances:
             self.queue_capacity.labels(self.service, instance).set(settings.queue_size)
+            self.padded_rows.labels(self.service, instance)  # exported at 0 from the start: CPU pods pad nothing
             self.gpu_memory_limit.labels(self.service, instance).set(gpu_bytes)
 
     def create_series(self, route: str, instances: Sequence[str]) -> None:
@@ -176,10 +180,12 @@ class Metrics:
         child.inc(seconds)
 
     def observe_batch(self, instance: str, size: int, seconds: float, queue_waits: list[float],
-                      fill_wait: float = 0.0) -> None:
-        """One predict call: its size and time, each input's queue wait, and the request-seconds its lane held
-        the batch open for more (`fill_wait`)."""
+                      fill_wait: float = 0.0, rows: int | None = None) -> None:
+        """One predict call: its size and time, each input's queue wait, the request-seconds its lane held the
+        batch open for more (`fill_wait`), and the rows it ran, padding included (`rows`; None: its size)."""
         self.batch_size.labels(self.service, instance).observe(size)
+        if rows is not None and rows > size:
+            self.padded_rows.labels(self.service, instance).inc(rows - size)
         if fill_wait:
             self.batch_fill_wait.labels(self.service, instance).inc(fill_wait)
         self.inference.labels(self.service, instance).observe(seconds)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from podserve.errors import NotReady, Overloaded
 from podserve.handler import Device, Handler, model_inputs
-from podserve.runtime.batch_policy import BatchCost
+from podserve.runtime.batch_policy import BatchCost, rows_run
 from podserve.runtime.batcher import BatchWorker, WorkItem, check_outputs, largest_batch
 from podserve.runtime import verbs
 from podserve.runtime.metrics import Metrics
@@ -110,7 +110,9 @@ class InstancePool:
                 handler.load_codec(self.settings.model_path)
                 handler.load(self.settings.model_path, device)
                 loaded = time.perf_counter()
-                cost = BatchCost()
+                cost = BatchCost(handler.padded_size)
+                for rows, seconds in handler.run_costs:  # what a row costs, where padded calls cannot tell
+                    cost.observe_rows(rows, seconds)
                 self._warm_up(handler, cost, budget=self.settings.init_delay_second * WARMUP_SHARE - (loaded - started))
                 warmed = time.perf_counter()
             except Exception as exc:
@@ -134,9 +136,9 @@ class InstancePool:
         self._loaded.set()
 
     def _warm_up(self, handler: Handler, cost: BatchCost, budget: float) -> None:
-        """Run one batch of every size the batcher can form (1 to `largest_batch`: max_batch_size on a GPU), so that
-        a first run's set-up (allocations; on a GPU kernels and algorithms, where every run is padded to one shape,
-        `OnnxHandler.padded_size`) never happens to a caller. CPU batches are not padded to a few sizes: there that
+        """Run one batch of every size the batcher can form (1 to `largest_batch`: on a GPU max_batch_size, or the
+        batch a model fixes), so that a first run's set-up (allocations; on a GPU kernels and algorithms, where every
+        run is padded to one shape, `Handler.padded_size`) never happens to a caller. CPU batches are not padded to a few sizes: there that
         cost about 1.3x the CPU per input (`python -m bench.padding`). Then time a second run of the smallest and the largest size, the batch policy's first
         measure of a call's cost. Sizes past `budget` seconds are left cold (logged): start-up must stay within
         init_delay_second, or Kubernetes restarts the pod before it ever serves."""
@@ -232,7 +234,7 @@ class InstancePool:
     def _record_batch(self, worker: BatchWorker, size: int, seconds: float, items: list[WorkItem],
                       cpu_seconds: float) -> None:
         self.metrics.observe_batch(worker.name, size, seconds, [item.queue_seconds for item in items],
-                                   sum(item.fill_seconds for item in items))
+                                   sum(item.fill_seconds for item in items), rows_run(size, worker.handler.padded_size))
         self.metrics.observe_verb_cpu("predict", cpu_seconds)
 
 

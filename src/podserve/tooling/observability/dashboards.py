@@ -88,22 +88,29 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
             Target(f"max({m.MAX_BATCH_SIZE}{{{s}}})", "max_batch_size")],
             "Inputs per predict call. The limit is max_batch_size, or on the CPU the runs that fit in "
             "max_batch_delay_ms (docs/server.md). Far under the limit under load: raise max_batch_delay_ms or "
-            "the traffic is spread too thin.", width=5),
+            "the traffic is spread too thin.", width=4),
+        Panel("timeseries", "Rows run that are padding", "percentunit", [
+            Target(f"sum({_rate(m.PADDED_ROWS, s)}) / (sum({_rate(m.PADDED_ROWS, s)}) + "
+                   f"sum({_rate(m.BATCH_SIZE + '_sum', s)}))", "padding share of the rows run")],
+            "On a GPU every run is padded to one size, max_batch_size (one shape per session, docs/server.md): "
+            "the share of the rows the model runs that are copies, not inputs. High while batches are small "
+            "(light load); a device near its limit with a high share: lower max_batch_size. Always 0 on the CPU.",
+            width=4, min=0, max=1),
         Panel("bargauge", "Batch size distribution", "short", [Target(
             f"sum by (le) ({_rate(m.BATCH_SIZE + '_bucket', s)})", "{{le}}", instant=True, format="heatmap")],
             "Batches per second of each size (Grafana turns the cumulative buckets into one bar per bucket).",
-            width=5),
+            width=4),
         Panel("timeseries", "Queue depth per pod against capacity", "short", [
             Target(f"sum by (pod) ({m.QUEUE_DEPTH}{{{s}}})", "{{pod}}"),
             Target(f"max(sum by (pod) ({m.QUEUE_CAPACITY}{{{s}}}))", "capacity (queue_size x instances)")],
             "Requests waiting per pod; uneven lines mean uneven balancing. At capacity the pod answers 503.",
-            width=5),
+            width=4),
         Panel("timeseries", "In flight against the admission limit, per pod", "short", [
             Target(f"sum by (pod) ({m.IN_FLIGHT}{{{s}}})", "{{pod}} in flight"),
             Target(f"sum by (pod) ({m.ADMISSION_LIMIT}{{{s}}})", "{{pod}} admission limit"),
             Target(f"sum by (pod) ({m.REFUSALS_HELD}{{{s}}})", "{{pod}} 503s held back")],
             "Accepted and not yet answered, against what the pod holds before it answers 503 (queue_size per "
-            "instance); 503s are held back when callers retry faster than the door sends refusals.", width=5),
+            "instance); 503s are held back when callers retry faster than the door sends refusals.", width=4),
         Panel("timeseries", "Request threads: backlog and loop relief, per pod", "short", [
             Target(f"sum by (pod) ({m.HTTP_BACKLOG}{{{s}}})", "{{pod}} waiting for a request thread"),
             Target(f"max by (pod) ({m.LOOP_RELIEF}{{{s}}})", "{{pod}} loop relieved (1)")],
