@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"c={concurrency} skipped: {args.budget_s} s had passed", flush=True)
                     continue
                 windows: dict[str, list] = {s.name: [] for s in running}
+                roles_before = {s.name: role_cpu_seconds(s) for s in running}
                 for _ in range(WINDOWS):
                     for server in list(running):
                         try:
@@ -159,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
                             running.remove(server)
                 for server in running:
                     results["points"].append(point_row(concurrency, server, windows[server.name]))
+                    spent = role_cpu_seconds(server)
+                    requests = max(1, sum(w.requests for w in windows[server.name]))
+                    if spent:  # the split layout: which of its processes the CPU went to (the front bounds it?)
+                        results["points"][-1]["role_cpu_ms_per_request"] = {
+                            role: round(1000 * (seconds - roles_before[server.name].get(role, 0.0)) / requests, 3)
+                            for role, seconds in spent.items()}
                     print(json.dumps(results["points"][-1]), flush=True)
             holding = gpu_processes()
             results["gpu_processes"] = {str(pid): mb for pid, mb in holding.items()}
@@ -177,6 +184,24 @@ def main(argv: list[str] | None = None) -> int:
     (out / "gpu.md").write_text(markdown(results))
     print(f"wrote {out / 'gpu.json'} and {out / 'gpu.md'} in {results['wall_seconds']:.0f}s")
     return 0
+
+
+def role_cpu_seconds(server: Server) -> dict[str, float]:
+    """CPU seconds each role of a split pod's processes has used (front, decoder, model), from its /metrics;
+    {} for a server that does not publish them (one process, Gunicorn) or no longer answers."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as page:
+            text = page.read().decode()
+    except OSError:
+        return {}
+    spent: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("podserve_process_cpu_seconds_total{") and 'role="' in line:
+            role = line.split('role="', 1)[1].split('"', 1)[0]
+            spent[role] = spent.get(role, 0.0) + float(line.rsplit(" ", 1)[1])
+    return spent
 
 
 def _started(name: str, start, servers: list[Server], scratch: str, results: dict) -> Server | None:
