@@ -11,7 +11,7 @@ username = "like"                # your team: one of the teams in conf/teams.yam
 handler = "server:TextDirection"  # module:Class in src/ that serves the model
 model_path = "model/ch_ppocr_mobile_v2.0_cls_mobile.onnx"  # relative to the repo (and the image's /app)
 
-# --- resources of one pod (one pod = one GPU = one process) --------------------------
+# --- resources of one pod (one pod = one GPU = one process owning it, fed by decoders) ---
 cpu = 4              # CPU cores per pod (4, 0.5 or "500m"); also sets the model's CPU threads
 memory = "8Gi"       # memory per pod, a Kubernetes quantity ("24Gi", not "24GB"); default "8Gi"
 gpu_num = 1          # GPUs per pod: 1, or 0 to serve on the CPU (the platform allows at most 1)
@@ -45,6 +45,9 @@ max_batch_delay_ms = 5     # longest wait for a batch to fill after its first re
 queue_size = 64            # requests queued per instance before answering 503; at least max_batch_size
 request_timeout_ms = 10000  # default deadline; callers may only lower it
 drain_seconds = 5          # on shutdown, seconds /api/ping is 503 before the server closes
+# decode_processes = -1           # processes that decode and encode beside the one that owns the GPU
+                                  # (docs/processes.md): -1: one per core on a GPU pod, none on a CPU pod;
+                                  # 0: one process does everything
 # http_threads = 1                # request threads (parse, decode, encode); 0: one per CPU core
                                   # (on a GPU 0 answered 1.09-1.14x more at 64 callers: bench/results/gpu-runs.md)
 # max_body_bytes = 10485760       # largest request body (413 above)

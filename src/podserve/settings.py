@@ -51,6 +51,9 @@ class ServingSettings:
         "doc": "processes that decode and encode requests beside the one that owns the model (the split layout, "
                "docs/processes.md); 0: one process does everything; -1: one per core of the pod on a GPU pod "
                "(gpu_num > 0), none on a CPU pod"})
+    memory_bytes: int = field(default=0, metadata={
+        "doc": "the pod's memory (value.py's memory) its budgets are planned in (podserve/memory_plan.py); 0: the "
+               "container's limit, or the machine's memory", "from": "memory"})
     max_body_bytes: int = field(default=10 * 1024 * 1024, metadata={"doc": "largest request body (413 above)"})
     max_image_pixels: int = field(default=25_000_000, metadata={"doc": "largest decoded image (400 above)"})
     video_fps: float = field(default=1.0, metadata={"doc": "frames sampled per second of a video (the old platform's "
@@ -104,6 +107,11 @@ class ServingSettings:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
+    def derived_names(cls) -> dict[str, str]:
+        """The settings the tooling derives from another value.py field, by the field's name (memory_bytes: memory)."""
+        return {f.name: f.metadata["from"] for f in dataclasses.fields(cls) if "from" in f.metadata}
+
+    @classmethod
     def platform_names(cls) -> list[str]:
         """Return the settings the platform sets for every service (conf/platform.yaml's `http`), not value.py."""
         return [f.name for f in dataclasses.fields(cls) if f.metadata.get("owner") == PLATFORM]
@@ -143,7 +151,8 @@ class ServingSettings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)}={getattr(self, name)!r} must be above 0")
-        for name in ("gpu_num", "gpu_memory", "cpu", "max_batch_delay_ms", "drain_seconds", "http_threads"):
+        for name in ("gpu_num", "gpu_memory", "cpu", "max_batch_delay_ms", "drain_seconds", "http_threads",
+                     "memory_bytes"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{self.env_name(name)}={getattr(self, name)!r} must be 0 or more")
         if self.decode_processes < -1:

@@ -11,9 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kube_schemas import all_schema_errors
+from podserve import memory_plan
 from podserve.routes import RESERVED_SERVICE_NAMES
-from podserve.tooling import output, render
+from podserve.tooling import output, quantity, render
 from podserve.tooling.conf import load_conf
+from podserve.tooling.values import FIELDS, pod_layout
 from service_files import VALID, value_text
 
 CONF = load_conf()
@@ -30,12 +32,19 @@ def valid_services(draw) -> dict:
     production = [r if r is not None else replicas["replicas"] for r in regions.values()]
     batch = draw(st.integers(1, 256))
     use_srv = draw(st.booleans())
+    cpu = draw(st.integers(1, 16) | st.integers(1, 16000).map(lambda m: f"{m}m")
+               | st.integers(1, 16000).map(lambda m: m / 1000))
+    # The least memory whose plan holds for this pod (podserve/memory_plan.py): less is refused, naming memory.
+    fields = {**{name: f.default for name, f in FIELDS.items()}, **VALID, "cpu": float(quantity.cpu_cores(cpu)),
+              "gpu_num": gpu_num, "ins_num_per_gpu": instances, "memory": "1Gi"}
+    least = memory_plan.smallest_memory(*pod_layout(fields, CONF))
     return {
         "service_name": draw(NAMES),
         "username": draw(st.sampled_from(CONF.teams)),
-        "cpu": draw(st.integers(1, 16) | st.integers(1, 16000).map(lambda m: f"{m}m")
-                    | st.integers(1, 16000).map(lambda m: m / 1000)),
-        "memory": draw(st.integers(256, 100 * 1024).map(lambda mi: f"{mi}Mi") | st.integers(1, 100).map(lambda g: f"{g}Gi")),
+        "cpu": cpu,
+        "memory": draw(st.integers(max(quantity.memory_bytes(CONF.platform.limits.min_memory), least) >> 20,
+                                   100 * 1024).map(lambda mi: f"{mi}Mi")
+                       | st.integers(max(1, -(-least >> 30)), 100).map(lambda g: f"{g}Gi")),
         "gpu_num": gpu_num,
         "ins_num_per_gpu": instances,
         "gpu_memory": draw(st.integers(1, 10 // instances)) if gpu_num else 0,

@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from podserve import memory_plan
 from podserve.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
 from podserve.handler import Payload
 from podserve.videos import VideoLimits
@@ -44,14 +45,18 @@ class InputLimits:
     max_body_bytes: int = 10 * 1024 * 1024
     max_video_bytes: int = 32 * 1024 * 1024
     video: VideoLimits = field(default_factory=VideoLimits)
+    #: The most parsing one JSON body may take (podserve/memory_plan.py's per_parse; 0: no limit).
+    max_parse_bytes: int = 0
 
     @classmethod
-    def from_settings(cls, settings, holding_limit: int, video_threads: int = 1) -> "InputLimits":
-        """The limits of `settings`; a video's sampled frames never more than the pod holds (`holding_limit`)."""
+    def from_settings(cls, settings, holding_limit: int, video_threads: int = 1,
+                      max_parse_bytes: int = 0) -> "InputLimits":
+        """The limits of `settings`; a video's sampled frames never more than the pod holds (`holding_limit`), a
+        body's parsing never more than `max_parse_bytes` (the pod's memory plan)."""
         return cls(settings.max_image_pixels, settings.max_body_bytes, settings.max_video_bytes, VideoLimits(
             fps=settings.video_fps, max_seconds=settings.max_video_seconds,
             max_frames=min(settings.max_video_frames, holding_limit), max_pixels=settings.max_video_pixels,
-            timeout_seconds=settings.video_decode_timeout_seconds, threads=video_threads))
+            timeout_seconds=settings.video_decode_timeout_seconds, threads=video_threads), max_parse_bytes)
 
 
 def body_kind(content_type: str | None) -> str | None:
@@ -99,14 +104,21 @@ def parse_json_request(body: bytes, limits: InputLimits | int) -> Payload:
     The front end reads a JSON body as large as a base64 video's; one over max_body_bytes that is not a video is
     refused 413, whatever else is wrong with it."""
     limits = _limits(limits)
+    other = len(body.translate(None, _BASE64_IN_JSON)) if limits.max_parse_bytes or \
+        len(body) > limits.max_body_bytes else 0
     if len(body) > limits.max_body_bytes:
-        other = len(body.translate(None, _BASE64_IN_JSON))
         if other > VIDEO_JSON_OTHER_BYTES:
             raise PayloadTooLarge(f"the body is {len(body)} bytes, over the limit of {limits.max_body_bytes} "
                                   f"(max_body_bytes); only a video's JSON may be larger, and beside its base64 string "
                                   f"it holds {other} bytes of other JSON (at most {VIDEO_JSON_OTHER_BYTES}); send an "
                                   f"image or data under the limit, or a video with little more than its ids",
                                   field="body")
+    if limits.max_parse_bytes and memory_plan.json_parse_bytes(len(body), other) > limits.max_parse_bytes:
+        cost = memory_plan.json_parse_bytes(len(body), other)
+        raise PayloadTooLarge(f"the body holds about {other:,} JSON values and would take about {cost >> 20} MiB to "
+                              f"parse; this pod parses at most {limits.max_parse_bytes >> 20} MiB at once (memory in "
+                              f"value.py, shared by the parses it runs at once); send images and videos as base64 "
+                              f"strings, and fewer values", field="body")
     try:
         return _parse_json_request(body, limits)
     except InvalidInput:

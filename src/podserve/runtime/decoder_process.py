@@ -159,7 +159,8 @@ class DecoderProcess:
         self.model = ModelClient(settings, slot, handler, arena)
         self.door = FrontDoor()
         route = service_path(settings.service_name)
-        limits = api.InputLimits.from_settings(settings, layout.holding_limit(settings), 1)
+        limits = api.InputLimits.from_settings(settings, layout.holding_limit(settings), 1,
+                                               layout.pod_memory_plan(settings).per_parse)
         # One core is this process's: no core of its own idles for the loop to hand work to, so no relief.
         relief = LoopRelief(1.0, lambda: 0, lambda: 0)
         self.service = ServiceRoute(route, settings, self.model, self.door, request_threads(settings), relief,
@@ -295,8 +296,8 @@ class DecoderProcess:
 
 
 def input_arena_bytes(settings) -> int:
-    """This decoder's arena for model inputs: room for every place of the pod at once (at most 256 MiB)."""
-    return 256 * 1024 * 1024
+    """This decoder's arena for model inputs: its share of the pod's shared memory (podserve/memory_plan.py)."""
+    return layout.pod_memory_plan(settings).arena_per_decoder
 
 
 def main() -> int:

@@ -342,7 +342,7 @@ def main() -> int:
     limit = layout.holding_limit(settings)
     refusal = error_answer(errors.Overloaded(f"this pod is full: it already holds {limit} requests (queue_size per "
                                              f"instance); retry shortly, or elsewhere"))
-    door = Door(route, lambda: limit, lifecycle, metrics, refusal)
+    door = Door(route, lambda: limit, lifecycle, metrics, refusal, body_budget=layout.pod_memory_plan(settings).bodies)
     decoders = Decoders(settings, state, door, route, lost)
     view = PodView(state, decoders, settings)
     probes = Probes(view, lifecycle)

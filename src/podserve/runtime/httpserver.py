@@ -47,6 +47,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from podserve import memory_plan
 from podserve.errors import RETRY_AFTER_SECONDS
 from podserve.runtime.lingering import Linger
 from podserve.runtime.probe_lane import ProbeLane
@@ -61,11 +62,9 @@ PIPELINE_DEPTH = 16
 #: Bytes parsed at a time while a request head (or a chunked body) may end in them: what one connection can make the
 #: server parse beyond its pipeline depth. A Content-Length body is parsed to its end in one step.
 PARSE_SLICE_BYTES = 4096
-#: A body declared larger than this, or chunked (its size unknown until it ends), may use only `LARGE_BODY_SHARE`
-#: of the pod-wide budget for bodies still being sent: the rest is kept for ordinary requests, so that slow large
-#: uploads and chunk floods cannot starve them.
-LARGE_BODY_BYTES = 1024 * 1024
-LARGE_BODY_SHARE = 0.75
+#: A body declared larger than LARGE_BODY_BYTES, or chunked, may use only LARGE_BODY_SHARE of the pod-wide budget for
+#: bodies still being sent (podserve/memory_plan.py says why).
+LARGE_BODY_BYTES, LARGE_BODY_SHARE = memory_plan.LARGE_BODY_BYTES, memory_plan.LARGE_BODY_SHARE
 #: Requests one connection may complete in one turn of the loop; the rest of its read waits for the next turn, so
 #: a read of thousands of pipelined requests cannot keep every other connection (and the probes) waiting.
 MESSAGES_PER_TURN = 32
@@ -179,7 +178,7 @@ class Exchange:
     """
 
     __slots__ = ("method", "target", "path", "query", "headers", "body", "version", "keep_alive", "received_at",
-                 "answer_", "connection", "oversize", "timer", "refused_early", "on_gone")
+                 "answer_", "connection", "oversize", "timer", "refused_early", "on_gone", "held_bytes")
 
     def __init__(self, connection: "Connection", received_at: float):
         self.connection = connection
@@ -197,6 +196,7 @@ class Exchange:
         self.timer: asyncio.TimerHandle | None = None  # cancelled when the answer is written
         self.refused_early = False  # answered at its headers: its body is read and dropped, never dispatched
         self.on_gone: Callable[[], None] | None = None
+        self.held_bytes = 0  # of the pod's budget for admitted bodies (runtime/door.py), given back with the answer
 
     def answer(self, answer: Answer) -> None:
         """Send `answer` (from any thread); the first answer wins, later ones are dropped."""

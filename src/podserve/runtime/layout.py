@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import glob
+from pathlib import Path
 
+from podserve import memory_plan
 from podserve.runtime.devices import cpu_share
 from podserve.settings import ServingSettings
 
@@ -56,3 +58,17 @@ FRONT_FD, FRONT_PATH = "PODSERVE_SPLIT_FRONT_FD", "PODSERVE_SPLIT_FRONT_PATH"
 MODEL_FD, MODEL_PATH = "PODSERVE_SPLIT_MODEL_FD", "PODSERVE_SPLIT_MODEL_PATH"
 #: The supervisor's pid (its start is the pod's: process_start_time_seconds).
 SUPERVISOR_PID = "PODSERVE_SPLIT_SUPERVISOR_PID"
+
+
+def model_bytes(model_path: str) -> int:
+    """The size of the model's files (a file, or every file of a folder): what each instance's weights take."""
+    path = Path(model_path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file()) if path.is_dir() else 0
+
+
+def pod_memory_plan(settings: ServingSettings) -> memory_plan.MemoryPlan:
+    """This pod's memory plan (podserve/memory_plan.py), the same in every process of it."""
+    return memory_plan.plan(settings, decoder_processes(settings), settings.gpu_num > 0 and gpu_visible(),
+                            model_bytes(settings.model_path))

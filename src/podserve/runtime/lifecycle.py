@@ -27,6 +27,7 @@ class Lifecycle:
     def __init__(self) -> None:
         self.draining = False
         self._in_flight = 0
+        self.body_bytes = 0  # bytes of the admitted requests' bodies, held until they are answered
         self._lock = threading.Lock()
 
     @property
@@ -40,6 +41,18 @@ class Lifecycle:
     def request_finished(self, places: int = 1) -> None:
         with self._lock:
             self._in_flight -= places
+
+    def try_hold_bytes(self, size: int, room: int) -> bool:
+        """Count `size` more bytes of bodies held if that keeps them within `room`; say whether it did."""
+        with self._lock:
+            if self.body_bytes + size > room:
+                return False
+            self.body_bytes += size
+            return True
+
+    def release_bytes(self, size: int) -> None:
+        with self._lock:
+            self.body_bytes -= size
 
     def try_start(self, places: int, limit: int) -> bool:
         """Take `places` more if that keeps the count within `limit`; say whether it did."""

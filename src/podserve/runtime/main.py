@@ -24,7 +24,7 @@ from podserve.runtime.devices import cpu_share, plan_devices
 from podserve.runtime.door import Door
 from podserve.runtime.httpserver import Exchange, HttpLimits, HttpServer
 from podserve.runtime.inline_policy import LoopRelief
-from podserve.runtime.layout import decoder_processes
+from podserve.runtime.layout import decoder_processes, pod_memory_plan
 from podserve.runtime.lifecycle import GracefulShutdown, Lifecycle
 from podserve.runtime.logs import configure_logging
 from podserve.runtime.metrics import Metrics
@@ -79,11 +79,14 @@ def serve_in_one_process(settings: ServingSettings, handler_class: type) -> int:
     refusal = error_answer(errors.Overloaded(
         f"this pod is full: it already holds {pool.holding_limit()} requests (queue_size per instance); retry "
         f"shortly, or elsewhere"))
-    door = Door(route, pool.holding_limit, lifecycle, metrics, refusal, steps_cpu=lambda: service.runner.steps_cpu)
+    memory = pod_memory_plan(settings)
+    door = Door(route, pool.holding_limit, lifecycle, metrics, refusal, steps_cpu=lambda: service.runner.steps_cpu,
+                body_budget=memory.bodies)
     workers, ffmpeg_threads = video_threads(settings)
     relief = LoopRelief(cpu_share(settings), lambda: lifecycle.in_flight, pool.lanes_take)
     service = ServiceRoute(route, settings, pool, door, request_threads(settings), relief, VideoWork(workers),
-                           api.InputLimits.from_settings(settings, pool.holding_limit(), ffmpeg_threads))
+                           api.InputLimits.from_settings(settings, pool.holding_limit(), ffmpeg_threads,
+                                                         memory.per_parse))
     control = ControlThread(route, metrics, settings.control_queue_size)
     probes = Probes(pool, lifecycle)
 
@@ -113,7 +116,7 @@ def serve_in_one_process(settings: ServingSettings, handler_class: type) -> int:
         control.start()
         log.info("serving %s with %s on http://%s:%s: %d instance(s) on %s", settings.service_name,
                  settings.handler, settings.host, server.effective_port, len(devices), ", ".join(map(str, devices)),
-                 extra={"fields": {"settings": settings.to_env()}})
+                 extra={"fields": {"settings": settings.to_env(), "memory_plan": memory.__dict__}})
         pool.load_in_background()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -197,8 +197,8 @@ class ModelServer:
 
 
 def output_arena_bytes(settings) -> int:
-    """The outputs arena's capacity: room for a full queue of every instance's outputs (at most 64 MiB)."""
-    return 64 * 1024 * 1024
+    """The outputs arena's capacity: a decoder's share of the pod's shared memory (podserve/memory_plan.py)."""
+    return layout.pod_memory_plan(settings).arena_per_decoder
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from podserve import metric_names
+from podserve import memory_plan, metric_names
 from podserve import offline_settings
 from podserve.routes import RESERVED_SERVICE_NAMES
 from podserve.settings import ServingSettings, SettingsError
@@ -133,7 +133,8 @@ class ServiceValues:
     def serving_settings(self) -> ServingSettings:
         """Return the settings the in-pod server gets for this service: value.py's and the platform's."""
         shared = set(ServingSettings.names()) & set(self.fields)
-        return ServingSettings(**{name: self.fields[name] for name in shared}, **self.platform)
+        return ServingSettings(**{name: self.fields[name] for name in shared}, **self.platform,
+                               memory_bytes=quantity.memory_bytes(self.fields["memory"]))
 
     @property
     def offline(self) -> bool:
@@ -368,6 +369,7 @@ def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
     else:
         yield from _online_problems(v)
         yield from _route_problems(v, conf, existing)
+        yield from _memory_problems(v, conf)
 
 
 #: The topics an offline worker reads or writes, by their field.
@@ -411,6 +413,34 @@ def _worker_name_problems(values: ServiceValues):
                              f"dead letter topics), or a worker would read its own output or mix its messages with "
                              f"another's; choose another {name}")
             seen.setdefault(used, stage + name)
+
+
+def pod_layout(v: dict, conf: Conf) -> tuple[ServingSettings, int, bool, int]:
+    """(the pod's settings, its decoder processes, whether on a GPU, its model's bytes) as it runs on its node: what
+    its memory plan (podserve/memory_plan.py) is made of. `decode_processes = -1` (auto) gives a GPU pod one decoder
+    per core (runtime/layout.py)."""
+    settings = ServingSettings(**{n: v[n] for n in set(ServingSettings.names()) & set(v)},
+                               **dataclasses.asdict(conf.platform.http), memory_bytes=quantity.memory_bytes(v["memory"]))
+    decoders = v["decode_processes"]
+    if decoders == -1:
+        decoders = max(1, int(quantity.cpu_cores(v["cpu"]))) if v["gpu_num"] else 0
+    model = Path(v["model_path"])
+    return settings, decoders, v["gpu_num"] > 0, model.stat().st_size if model.is_file() else 0
+
+
+def _memory_problems(v: dict, conf: Conf):
+    """Yield what the pod's memory cannot hold (podserve/memory_plan.py): its processes and shared memory, one largest
+    request body, and the parses it may run at once; and a video upload that could never be read."""
+    settings, decoders, on_gpu, model_bytes = pod_layout(v, conf)
+    problem = memory_plan.video_upload_problem(settings)
+    if problem:
+        yield "max_video_bytes", problem
+    problems = memory_plan.plan(settings, decoders, on_gpu, model_bytes).problems()
+    if problems:
+        least = memory_plan.smallest_memory(settings, decoders, on_gpu, model_bytes)
+        for message in problems:
+            field, _, text = message.partition(": ")
+            yield field, f"{text} (this pod needs memory = \"{-(-least // (1 << 20))}Mi\" at least)"
 
 
 def _online_problems(v: dict):
