@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
              "| c | ours (frames/s) | ceiling (frames/s) | ours / ceiling | errors |", "|---|---|---|---|---|"]
     lines += [f"| {r['concurrency']} | {r['ours']['frames_per_second']} | {r['ceiling']['frames_per_second']} | "
               f"{r['ratio']} | {r['ours']['errors']} |" for r in rows]
-    lines += ["", "Decoding in-process (the sidecar question, README's Videos):", "",
+    lines += ["", "Decoding in-process (the sidecar question, docs/videos.md):", "",
               f"- decode only, one core: {figures['decode_sampled_frames_per_second_one_core']} sampled frames/s",
               f"- GIL held while decoding: {figures['decode_gil_share'] * 100:.0f}% of the decoder's time, "
               f"{figures['gil_ms_per_sampled_frame']} ms per sampled frame",

@@ -157,8 +157,18 @@ class Handler:
     `predict` runs in the instance's batch threads.
 
     Rules the runtime checks: `predict` returns a sequence with exactly one output per
-    input, in the same order. `decode` may raise `InvalidInput` (the caller gets a 400 that
-    names the field); any other exception is a 500 and is logged with its traceback.
+    input, in the same order; `encode` takes the context when `decode` returns one (and only
+    then) and returns what JSON holds (lists, numbers, strings, dicts); `decode_frame` returns
+    the input alone (a frame's context is its index and timestamp); `batch_key` returns
+    something hashable; what `decode` and `predict` return can cross to another process (an
+    array, a dict of arrays, plain data: a GPU pod decodes apart from its model). At start,
+    once the first instance is loaded, a synthetic image (and, when `decode_frame` is written,
+    a synthetic frame) goes through the verbs (runtime/contract.py): a broken rule stops the
+    start, naming the rule and the fix (`/api/ping` answers 503 with it), and an `InvalidInput`
+    on it is fine (a service that reads `data`). `decode` and `decode_frame` raise
+    `InvalidInput("...", field=...)` for bad input (the caller gets a 400 that names the
+    field); any other exception is a 500, logged with its traceback, whose answer and log line
+    say to raise `InvalidInput` instead.
     """
 
     def load(self, model_path: str, device: Device) -> None:

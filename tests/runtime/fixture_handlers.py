@@ -280,3 +280,30 @@ class FailsInNativeCode(TextDirection):
         elif hang == "hold":
             ctypes.PyDLL(None).sleep(3600)
         return super().decode(payload)
+
+
+class RaisesValueError(Affine):
+    """Affine whose decode raises a plain ValueError for a negative first number, as most code does on bad input (the
+    platform answers it 500, and its answer and log say how to answer 400 instead)."""
+
+    def decode(self, payload: Payload) -> np.ndarray:
+        item = super().decode(payload)
+        if item[0] < 0:
+            raise ValueError(f"{item[0]} is negative")
+        return item
+
+
+class FrameWithContext(FrameProbe):
+    """FrameProbe whose decode_frame returns WithContext: a frame's context is its index and timestamp already, so the
+    start fails naming that rule."""
+
+    def decode_frame(self, frame) -> WithContext:
+        return WithContext(super().decode_frame(frame), frame.timestamp)
+
+
+class EncodesArrays(TextDirection):
+    """The example, whose encode returns the model's scores as a numpy array: JSON cannot hold it, so the start
+    fails naming that rule."""
+
+    def encode(self, scores: np.ndarray) -> dict:
+        return {"scores": scores}

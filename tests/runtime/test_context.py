@@ -65,7 +65,8 @@ def test_warm_up_runs_on_decode_results_with_the_context_set_aside():
     pool.load()
     try:
         assert pool.ready, pool.status()
-        # Batches of 1, 2 and 3 bare inputs, then three timed runs of 1 and of 3: predict never sees a context.
-        assert seen == [np.ndarray] * (6 + 3 * 1 + 3 * 3)
+        # Batches of 1, 2 and 3 bare inputs, three timed runs of 1 and of 3, then the contract check's synthetic
+        # request (runtime/contract.py): predict never sees a context.
+        assert seen == [np.ndarray] * (6 + 3 * 1 + 3 * 3 + 1)
     finally:
         pool.stop()

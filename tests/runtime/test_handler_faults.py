@@ -11,7 +11,8 @@ from podserve.testbed.processes import poll_until
 
 def test_handler_exceptions_are_500_with_a_short_message_and_the_traceback_in_the_log(start_server, affine_model):
     server = start_server(handler="fixture_handlers:Faulty", model_path=str(affine_model))
-    cases = {13: "Faulty.decode failed: KeyError; see the server log",
+    cases = {13: "Faulty.decode failed: KeyError; see the server log; for bad input, raise InvalidInput(message, "
+                 "field=...) (from podserve) to answer 400 instead",
              666: "Faulty.predict failed: RuntimeError; see the server log",
              7: "Faulty.predict returned 0 outputs for a batch of 1; it must return one output per input, in order"}
     for value, message in cases.items():

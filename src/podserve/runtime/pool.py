@@ -13,6 +13,7 @@ from podserve.errors import NotReady, Overloaded
 from podserve.handler import Device, Handler, model_inputs
 from podserve.runtime.batch_policy import BatchCost, rows_run
 from podserve.runtime.batcher import BatchWorker, WorkItem, check_outputs, largest_batch
+from podserve.runtime.contract import ContractViolation, check_contract
 from podserve.runtime import verbs
 from podserve.runtime.metrics import Metrics
 from podserve.settings import ServingSettings
@@ -115,6 +116,12 @@ class InstancePool:
                     cost.observe_rows(rows, seconds)
                 self._warm_up(handler, cost, budget=self.settings.init_delay_second * WARMUP_SHARE - (loaded - started))
                 warmed = time.perf_counter()
+                if not self.workers:  # the first instance: one synthetic request checks the handler for the pod
+                    check_contract(handler, self.settings)
+            except ContractViolation as exc:
+                log.error("the handler breaks its contract, so the pod does not start serving: %s", exc)
+                self.failure = f"the handler breaks its contract: {exc}"
+                return
             except Exception as exc:
                 log.exception("instance %s failed to load", name)
                 self.failure = f"instance {name} failed to load: {type(exc).__name__}: {exc}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Callable
 
@@ -14,12 +15,23 @@ log = logging.getLogger("podserve")
 #: at its metrics (`podserve_verb_cpu_seconds_total`), so the CPU a pod spends splits into the service's and its own.
 on_verb_cpu: Callable[[str, float], None] | None = None
 
+#: The verbs that read a caller's input. A plain exception there (what most code raises on bad input) is still a 500,
+#: as it may be the handler's bug, but the answer and the log say how a handler answers bad input with a 400.
+INPUT_VERBS = frozenset({"decode", "decode_frame"})
+#: What that answer and that log line say.
+INVALID_INPUT_HINT = "for bad input, raise InvalidInput(message, field=...) (from podserve) to answer 400 instead"
+
+_hinted: set[tuple[str, str, str]] = set()  # (handler class, verb, exception type) whose log line gave the hint
+_hinted_lock = threading.Lock()
+
 
 def call_verb(method: Callable[..., Any], *arguments: Any) -> Any:
     """Call a handler verb; its ServingError passes through, anything else is logged and becomes HandlerFailed.
 
     The HandlerFailed's message is short (callers see it); its `detail` adds the exception's own text,
-    for places that only the platform reads (the server log, a dead-letter record).
+    for places that only the platform reads (the server log, a dead-letter record). From `decode` and
+    `decode_frame` both also say how to answer bad input with a 400 (`InvalidInput`); the log says it
+    once per handler, verb and exception type in each process, the traceback every time.
     """
     began = time.thread_time()
     try:
@@ -28,11 +40,28 @@ def call_verb(method: Callable[..., Any], *arguments: Any) -> Any:
         raise
     except Exception as exc:
         owner = type(getattr(method, "__self__", None)).__name__
-        log.exception("%s.%s raised", owner, method.__name__)
-        failed = HandlerFailed(f"{owner}.{method.__name__} failed: {type(exc).__name__}; see the server log")
-        failed.detail = f"{owner}.{method.__name__} failed: {type(exc).__name__}: {exc}"
+        verb, kind = method.__name__, type(exc).__name__
+        message = f"{owner}.{verb} failed: {kind}; see the server log"
+        if verb in INPUT_VERBS:
+            message += f"; {INVALID_INPUT_HINT}"
+        if verb in INPUT_VERBS and _first_time((owner, verb, kind)):
+            log.exception("%s.%s raised %s, which answers 500: %s (said once per exception type)", owner, verb, kind,
+                          INVALID_INPUT_HINT)
+        else:
+            log.exception("%s.%s raised", owner, verb)
+        failed = HandlerFailed(message)
+        failed.detail = f"{owner}.{verb} failed: {kind}: {exc}"
         raise failed from None
     finally:
         observe = on_verb_cpu
         if observe is not None:
             observe(method.__name__, time.thread_time() - began)
+
+
+def _first_time(key: tuple[str, str, str]) -> bool:
+    """Whether `key` is seen here for the first time (and remember it)."""
+    with _hinted_lock:
+        if key in _hinted:
+            return False
+        _hinted.add(key)
+        return True

@@ -10,7 +10,7 @@ registry on 127.0.0.1:--registry-port serving `make image`'s storage (build/imag
 from which the node pulls every conf/regions.yaml registry name (registry.hk.example.com/<team>/<service>
 from the folder hk/ that `make image` pushed it to). With --real-node-pool gpu (or cpu) the real node joins
 that pool of the region and kwok's nodes of it are cordoned: `make deploy` of a service small enough for
-the node's 2 cores then runs there (README: the local cluster's real node).
+the node's 2 cores then runs there (docs/pipeline.md: the real node).
 """
 
 from __future__ import annotations
