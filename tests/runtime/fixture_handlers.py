@@ -307,3 +307,12 @@ class EncodesArrays(TextDirection):
 
     def encode(self, scores: np.ndarray) -> dict:
         return {"scores": scores}
+
+
+class UnsendableOnSeven(Affine):
+    """Affine whose output for an input starting with 7 is a lock (what pickle refuses): an output the model process
+    cannot send back, in the split layout."""
+
+    def predict(self, batch):
+        outputs = super().predict(batch)
+        return [threading.Lock() if item[0] == 7 else output for item, output in zip(batch, outputs)]

@@ -132,3 +132,13 @@ def test_the_front_ended_is_started_again_on_the_same_port(start_server, example
     reply = requests.post(server.api, json={"postid": "after", "image": image}, timeout=60)
     assert reply.status_code == 200, reply.text
     assert metric_value(server, "podserve_process_restarts_total", role="front") == 1
+
+
+def test_an_output_that_cannot_cross_to_its_decoder_fails_its_request_alone(start_server, affine_model):
+    server = start_server(handler="fixture_handlers:UnsendableOnSeven", model_path=str(affine_model),
+                          decode_processes=1, max_batch_size=8)
+    replies = burst(server.api, [{"json": {"postid": str(n), "data": [n, 0, 0, 0]}} for n in range(5, 10)])
+    statuses = {json_reply["postid"]: (reply.status_code, json_reply.get("msg")) for reply in replies
+                for json_reply in [reply.json()]}
+    assert statuses["7"][0] == 500 and "cannot be sent to the decoder" in statuses["7"][1], statuses
+    assert all(statuses[str(n)][0] == 200 for n in (5, 6, 8, 9)), statuses

@@ -222,7 +222,8 @@ class DecoderProcess:
                 await asyncio.sleep(RECONNECT_SECONDS)
         else:
             return
-        link = await open_link(self.loop, sock, self.model.on_messages, self._model_lost, name="model")
+        link = await open_link(self.loop, sock, self.model.on_messages, self._model_lost, name="model",
+                               on_unsendable=self.model.unsendable)
         self.model.connected(link, outputs)
 
     def _handshake_model(self) -> tuple[socket.socket, PeerArena]:

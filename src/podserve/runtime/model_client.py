@@ -13,7 +13,7 @@ import itertools
 import threading
 from typing import Any, Callable
 
-from podserve.errors import NotReady, Overloaded, ServingError
+from podserve.errors import HandlerFailed, NotReady, Overloaded, ServingError
 from podserve.handler import Handler
 from podserve.runtime import layout
 from podserve.runtime.batcher import QUEUED, RUNNING
@@ -150,6 +150,21 @@ class ModelClient:
             admission.release()
         link.send(("submit", item.item_id, key, deadline, descriptor))
         return item
+
+    def unsendable(self, message, exc: Exception) -> None:
+        """A submit the link could not send (its key or input holds what pickle refuses): its item fails, at once."""
+        if message[0] != "submit":
+            return
+        with self._lock:
+            item = self.items.pop(message[1], None)
+        if item is None:
+            return
+        self._free_inputs(item)
+        item.error = HandlerFailed(f"{type(self.handler).__name__}.decode gave an input (or batch_key a key) that "
+                                   f"cannot be sent to the model process ({type(exc).__name__}: {exc}); return "
+                                   f"numpy arrays, dicts of them, or plain values")
+        if item.on_done is not None:
+            item.on_done([item])
 
     def withdraw(self, item: RemoteItem, error: ServingError | None) -> None:
         if self.link is not None and item.item_id in self.items:

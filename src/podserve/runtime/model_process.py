@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -24,7 +25,7 @@ import time
 import prometheus_client
 import uvloop
 
-from podserve.errors import ClientGone, Overloaded, ServingError
+from podserve.errors import ClientGone, HandlerFailed, Overloaded, ServingError
 from podserve.routes import service_path
 from podserve.runtime import layout
 from podserve.runtime.batcher import WorkItem
@@ -111,6 +112,23 @@ class DecoderPeer:
         if not self.closed:
             self.link.send(("done", replies))
 
+    def unsendable(self, message, exc: Exception) -> None:
+        """A batch's answer the link could not send (an output holding what pickle refuses): each reply goes again,
+        those pickle refuses as the handler's failure, so no item is left unanswered."""
+        if message[0] != "done":
+            return
+        replies = []
+        for reply in message[1]:
+            try:
+                pickle.dumps(reply)
+                replies.append(reply)
+            except Exception:
+                failed = HandlerFailed(f"predict gave an output that cannot be sent to the decoder process "
+                                       f"({type(exc).__name__}: {exc}); return numpy arrays, dicts of them, or plain "
+                                       f"values")
+                replies.append((reply[0], None, error_to_wire(failed), *reply[3:]))
+        self.link.send(("done", replies))
+
     def lost(self) -> None:
         """The decoder has gone: withdraw what it queued, free what it never freed."""
         with self._lock:
@@ -163,7 +181,8 @@ class ModelServer:
                 return
 
     async def _connect(self, peer: DecoderPeer, sock: socket.socket) -> None:
-        peer.link = await open_link(self.loop, sock, peer.on_messages, lambda: self._lost(peer), name=peer.name)
+        peer.link = await open_link(self.loop, sock, peer.on_messages, lambda: self._lost(peer), name=peer.name,
+                                    on_unsendable=peer.unsendable)
         self.peers.add(peer)
         log.info("decoder %s connected", peer.name)
 

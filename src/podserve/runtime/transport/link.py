@@ -28,11 +28,13 @@ class Link(asyncio.Protocol):
     """One end of a link. `on_messages(list)` gets each frame's messages; `on_lost()` once it closes."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_messages: Callable[[list], None],
-                 on_lost: Callable[[], None] = lambda: None, name: str = "link"):
+                 on_lost: Callable[[], None] = lambda: None, name: str = "link",
+                 on_unsendable: Callable[[Any, Exception], None] | None = None):
         self.loop = loop
         self.name = name
         self.on_messages = on_messages
         self.on_lost = on_lost
+        self.on_unsendable = on_unsendable  # a message pickle refused: its owner answers what it carried
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._loop_thread = threading.get_ident()
@@ -96,8 +98,27 @@ class Link(asyncio.Protocol):
         messages = []
         while outbox:
             messages.append(outbox.popleft())
-        frame = pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            frame = pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # one message holds what pickle refuses: send the others, hand that one back
+            frame = pickle.dumps(self._sendable(messages), protocol=pickle.HIGHEST_PROTOCOL)
         self.transport.writelines((_LENGTH.pack(len(frame)), frame))
+
+    def _sendable(self, messages: list) -> list:
+        """The messages pickle takes; each it refuses goes to `on_unsendable` (logged), never silently lost."""
+        kept = []
+        for message in messages:
+            try:
+                pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                log.error("%s: a %r message could not be sent (%s: %s)", self.name,
+                          message[0] if isinstance(message, tuple) and message else type(message).__name__,
+                          type(exc).__name__, exc)
+                if self.on_unsendable is not None:
+                    self.on_unsendable(message, exc)
+                continue
+            kept.append(message)
+        return kept
 
     def close(self) -> None:
         if self.transport is not None:
@@ -105,7 +126,8 @@ class Link(asyncio.Protocol):
 
 
 async def open_link(loop: asyncio.AbstractEventLoop, sock, on_messages: Callable[[list], None],
-                    on_lost: Callable[[], None] = lambda: None, name: str = "link") -> Link:
+                    on_lost: Callable[[], None] = lambda: None, name: str = "link",
+                    on_unsendable: Callable[[Any, Exception], None] | None = None) -> Link:
     """Wrap a connected Unix socket (after its handshake) in a Link running on `loop`."""
-    _, link = await loop.connect_accepted_socket(lambda: Link(loop, on_messages, on_lost, name), sock)
+    _, link = await loop.connect_accepted_socket(lambda: Link(loop, on_messages, on_lost, name, on_unsendable), sock)
     return link
