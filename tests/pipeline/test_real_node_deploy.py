@@ -244,3 +244,101 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_endpointslices_f
         subprocess.run([KUBECTL, "delete", "-n", namespace, "deployment,service,pdb,configmap,"
                         "virtualservices.networking.istio.io,destinationrules.networking.istio.io",
                         "-l", f"service={svc.name}", "--wait=false"], capture_output=True, env=svc.plane.tool_env())
+
+
+def _noise_video(frames: int = 24, rate: int = 2) -> bytes:
+    """An h264 MP4 of 720p noise (which does not compress): tens of MB, under max_video_bytes."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "tests" / "runtime"))
+    from videos import encode
+
+    rng = np.random.default_rng(5)
+    return encode([rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(frames)], rate)
+
+
+def _pod_memory_peak(pod_uid: str) -> int:
+    """The pod's cgroup's peak memory (cgroup v1's max_usage_in_bytes, v2's memory.peak), found by its UID."""
+    import glob
+
+    for pattern, name in (("/sys/fs/cgroup/memory/**/pod{}", "memory.max_usage_in_bytes"),
+                          ("/sys/fs/cgroup/**/pod{}", "memory.peak")):
+        for uid in (pod_uid, pod_uid.replace("-", "_")):
+            for folder in glob.glob(pattern.format(uid), recursive=True):
+                try:
+                    return int(open(f"{folder}/{name}").read())
+                except (OSError, ValueError):
+                    continue
+    return 0
+
+
+def test_a_2gi_pod_under_huge_bodies_and_64_videos_refuses_the_excess_serves_the_rest_and_is_never_oom_killed(
+        grey_service, real_node):
+    """Issue 55's memory case on the real node (kubelet, containerd, runc: the kernel enforces the 2Gi limit): 32
+    clients sending 10 MiB JSON bodies whose junk field would parse into a 300 MB tree, and 64 base64 videos of
+    tens of MB at once, while ordinary requests are sent; in the split layout with two decoders."""
+    import base64
+    import threading
+    import time
+
+    import requests
+    from kubernetes import client
+
+    name = grey_service.name
+    manifests = grey_service.render(name, grey_service.commit, memory="2Gi", cpu="1", decode_processes=2)
+    core = client.CoreV1Api(grey_service.plane.api_client())
+    video = _noise_video()
+    assert 16 << 20 < len(video) < 32 << 20, len(video)
+    video_body = json.dumps({"postid": "video", "video": base64.b64encode(video).decode()}).encode()
+    image = base64.b64encode((REPO / "examples" / "text-line.png").read_bytes()).decode()
+    head = json.dumps({"postid": "junk", "image": image})[:-1].encode() + b', "junk": ['
+    junk = head + b"0," * (((10 << 20) - len(head) - 3) // 2) + b"0]}"
+    outcomes: dict[str, list] = {"junk": [], "video": [], "ordinary": []}
+    try:
+        run = grey_service.deploy("apply", manifests=manifests)
+        assert run.returncode == 0, run.output
+        (pod,) = core.list_namespaced_pod(grey_service.namespace, label_selector=f"service={name}").items
+        url = f"http://{pod.status.pod_ip}:8080/api/{name}"
+        stop = threading.Event()
+
+        def send(kind: str, body: bytes | dict, times: int) -> None:
+            for _ in range(times):
+                try:
+                    reply = (requests.post(url, json=body, timeout=120) if isinstance(body, dict) else
+                             requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=120))
+                    outcomes[kind].append(reply.status_code)
+                except requests.RequestException as exc:
+                    outcomes[kind].append(type(exc).__name__)
+
+        def ordinary() -> None:
+            while not stop.is_set():
+                send("ordinary", {"postid": "o", "image": image}, 1)
+
+        threads = [threading.Thread(target=send, args=("junk", junk, 3)) for _ in range(32)]
+        threads += [threading.Thread(target=send, args=("video", video_body, 1)) for _ in range(64)]
+        side = [threading.Thread(target=ordinary) for _ in range(4)]
+        began = time.monotonic()
+        for thread in side + threads:
+            thread.start()
+        for thread in threads:
+            thread.join(600)
+        stop.set()
+        for thread in side:
+            thread.join(120)
+        seconds = time.monotonic() - began
+        (pod,) = core.list_namespaced_pod(grey_service.namespace, label_selector=f"service={name}").items
+        status = pod.status.container_statuses[0]
+        peak = _pod_memory_peak(pod.metadata.uid)
+        counts = {kind: {s: list(map(str, found)).count(s) for s in sorted(set(map(str, found)))}
+                  for kind, found in outcomes.items()}
+        print(f"2Gi pod, split layout, {seconds:.0f}s: {counts}; restarts {status.restart_count}, last state "
+              f"{status.last_state}; cgroup peak {peak / (1 << 20):.0f} MiB")
+        assert status.restart_count == 0 and status.last_state.terminated is None, status
+        assert set(outcomes["junk"]) <= {413, 503} and 413 in outcomes["junk"], counts
+        assert set(outcomes["video"]) <= {200, 503} and 503 in outcomes["video"], counts
+        assert outcomes["ordinary"].count(200) >= 10 and set(outcomes["ordinary"]) <= {200, 503}, counts
+        assert peak == 0 or peak < 2 << 30
+    finally:
+        grey_service.deploy("delete")
