@@ -59,6 +59,8 @@ log = logging.getLogger("podserve.front")
 #: A decoder whose event loop has not come round for this long gets no new request (it is busy or stuck in a step; the
 #: supervisor decides which).
 STALE_DECODER_NS = 500_000_000
+#: A decoder whose heartbeat (a thread of its own) is older than this does not count towards the pod's readiness.
+ALIVE_DECODER_NS = 3_000_000_000
 #: A forwarded request not answered and not handed to the model this long after its deadline is answered 504 here:
 #: its decoder's own deadline timer did not (its loop is stuck in a decode, with or without the GIL), and the
 #: supervisor replaces such a decoder.
@@ -111,8 +113,12 @@ class Decoders:
 
     @property
     def ready_count(self) -> int:
-        """Decoders connected and taking requests."""
-        return sum(1 for link in self.links.values() if self._takes_requests(link, now_ns()))
+        """Decoders connected and serving: ready, and their heartbeat fresh (one busy in a long step still counts; the
+        supervisor replaces one that is hung)."""
+        now = now_ns()
+        return sum(1 for link in self.links.values()
+                   if not link.link.closed and self.state.slots[link.slot]["state"] == READY
+                   and now - self.state.slots[link.slot]["heartbeat_ns"] < ALIVE_DECODER_NS)
 
     def idle(self) -> bool:
         return not self.waiting and not any(link.held for link in self.links.values())
