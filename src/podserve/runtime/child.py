@@ -7,6 +7,7 @@ import ctypes
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -18,6 +19,23 @@ log = logging.getLogger(__name__)
 #: How often a process stamps its heartbeat (from a thread of its own) and its loop's stamp.
 HEARTBEAT_SECONDS = 0.1
 _PR_SET_PDEATHSIG = 1
+
+
+def start_child() -> tuple:
+    """What each process the supervisor spawns does first: end with it, log as the pod logs, leave SIGINT to it,
+    and read its settings and handler. Returns (settings, handler class), or raises SystemExit(2) naming what
+    stops it (the supervisor then stops the pod with exit code 2)."""
+    from podserve.runtime.logs import configure_logging
+    from podserve.runtime.startup import StartupError, prepare_service
+
+    die_with_parent()
+    configure_logging()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when the pod stops
+    try:
+        return prepare_service()
+    except StartupError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def die_with_parent() -> None:

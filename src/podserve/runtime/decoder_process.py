@@ -25,20 +25,18 @@ import time
 import prometheus_client
 import uvloop
 
-from podserve.errors import NotReady, Overloaded, ServingError
+from podserve.errors import NotReady, Overloaded
 from podserve.routes import service_path
 from podserve.runtime import api, layout, verbs
-from podserve.runtime.child import Slot, die_with_parent, in_thread
+from podserve.runtime.child import Slot, in_thread, start_child
 from podserve.runtime.deadlines import Budgets
 from podserve.runtime.httpserver import Answer
 from podserve.runtime.inline_policy import LoopRelief, StepCost
-from podserve.runtime.logs import configure_logging
 from podserve.runtime.metrics import Metrics
 from podserve.runtime.model_client import ModelClient
 from podserve.runtime.pool import set_aside_start_up_objects
 from podserve.runtime.pod_state import RETIRING
 from podserve.runtime.service_route import ServiceRoute
-from podserve.runtime.startup import StartupError, prepare_service
 from podserve.runtime.step_runner import request_threads
 from podserve.runtime.transport.arena import Arena, PeerArena
 from podserve.runtime.transport.handshake import HandshakeError, receive_hello, send_hello
@@ -212,16 +210,22 @@ class DecoderProcess:
                       "asking to be replaced", self.name, overdue)
             fields["replace"] = 1
 
-    async def _connect_model(self) -> None:
+    async def _until_connected(self, handshake, peer: str):
+        """`handshake`'s result once it succeeds (tried again every RECONNECT_SECONDS while the supervisor starts
+        the peer), or None once this process is stopping."""
         while not self.stopping:
             try:
-                sock, outputs = await in_thread(self.loop, self._handshake_model)
-                break
+                return await in_thread(self.loop, handshake)
             except (OSError, HandshakeError) as exc:
-                log.debug("the model process is not there yet: %s", exc)
+                log.debug("%s is not there yet: %s", peer, exc)
                 await asyncio.sleep(RECONNECT_SECONDS)
-        else:
+        return None
+
+    async def _connect_model(self) -> None:
+        connected = await self._until_connected(self._handshake_model, "the model process")
+        if connected is None:
             return
+        sock, outputs = connected
         link = await open_link(self.loop, sock, self.model.on_messages, self._model_lost, name="model",
                                on_unsendable=self.model.unsendable)
         self.model.connected(link, outputs)
@@ -246,14 +250,8 @@ class DecoderProcess:
             self.loop.create_task(self._connect_model())
 
     async def _connect_front(self) -> None:
-        while not self.stopping:
-            try:
-                sock = await in_thread(self.loop, self._handshake_front)
-                break
-            except (OSError, HandshakeError) as exc:
-                log.debug("the front is not there yet: %s", exc)
-                await asyncio.sleep(RECONNECT_SECONDS)
-        else:
+        sock = await self._until_connected(self._handshake_front, "the front")
+        if sock is None:
             return
         self.door.link = await open_link(self.loop, sock, self._from_front, self._front_lost, name="front")
 
@@ -296,20 +294,8 @@ class DecoderProcess:
         self.service.start_call(exchange, deadline, self.v2 if wire == "v2" else None, invalid)
 
 
-def input_arena_bytes(settings) -> int:
-    """This decoder's arena for model inputs: its share of the pod's shared memory (podserve/memory_plan.py)."""
-    return layout.pod_memory_plan(settings).arena_per_decoder
-
-
 def main() -> int:
-    die_with_parent()
-    configure_logging()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when the pod stops
-    try:
-        settings, handler_class = prepare_service()
-    except StartupError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
+    settings, handler_class = start_child()
     slot = Slot()
     prometheus_client.disable_created_metrics()
     metrics = Metrics(settings.service_name, live_gauges=False)
@@ -317,7 +303,7 @@ def main() -> int:
     handler = handler_class()
     handler.max_batch_size = settings.max_batch_size
     handler.load_codec(settings.model_path)
-    arena = Arena(input_arena_bytes(settings), f"podserve-decoder-{slot.index}-inputs")
+    arena = Arena(layout.pod_memory_plan(settings).arena_per_decoder, f"podserve-decoder-{slot.index}-inputs")
     process = DecoderProcess(settings, handler, slot, arena)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(process.run())

@@ -18,7 +18,6 @@ import asyncio
 import itertools
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -31,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from podserve import errors, metric_names as names
-from podserve.errors import DeadlineExceeded, DecoderEnded, NotReady, ServingError
+from podserve.errors import DeadlineExceeded, DecoderEnded, ServingError
 from podserve.routes import service_path
 from podserve.runtime import layout
 from podserve.runtime.child import Slot, die_with_parent, hand_to_loop

@@ -29,12 +29,10 @@ from podserve.errors import ClientGone, HandlerFailed, Overloaded, ServingError
 from podserve.routes import service_path
 from podserve.runtime import layout
 from podserve.runtime.batcher import WorkItem
-from podserve.runtime.child import Slot, die_with_parent, hand_to_loop
+from podserve.runtime.child import Slot, hand_to_loop, start_child
 from podserve.runtime.devices import plan_devices
-from podserve.runtime.logs import configure_logging
 from podserve.runtime.metrics import Metrics
 from podserve.runtime.pool import InstancePool
-from podserve.runtime.startup import StartupError, prepare_service
 from podserve.runtime.transport.arena import Arena, PeerArena
 from podserve.runtime.transport.handshake import HandshakeError, receive_hello, send_hello
 from podserve.runtime.transport.items import NoRoom, error_from_wire, error_to_wire, pack, unpack
@@ -215,20 +213,8 @@ class ModelServer:
         self.loop.call_later(PUBLISH_SECONDS, self._publish)
 
 
-def output_arena_bytes(settings) -> int:
-    """The outputs arena's capacity: a decoder's share of the pod's shared memory (podserve/memory_plan.py)."""
-    return layout.pod_memory_plan(settings).arena_per_decoder
-
-
 def main() -> int:
-    die_with_parent()
-    configure_logging()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when the pod stops
-    try:
-        settings, handler_class = prepare_service()
-    except StartupError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
+    settings, handler_class = start_child()
     slot = Slot()
     state = slot.state
     state.model["pid"] = os.getpid()
@@ -241,7 +227,7 @@ def main() -> int:
     pool = InstancePool(handler_class, devices, settings, metrics, more_coming=lambda: state.incoming() > 0)
     metrics.set_limits(settings, pool.names)
     metrics.create_series(service_path(settings.service_name), pool.names)
-    outputs = Arena(output_arena_bytes(settings), "podserve-model-outputs")
+    outputs = Arena(layout.pod_memory_plan(settings).arena_per_decoder, "podserve-model-outputs")
     async def run() -> None:
         loop = asyncio.get_running_loop()
         stopping = loop.create_future()
