@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import yaml
@@ -186,21 +187,28 @@ def test_a_rollout_undo_by_hand_is_reported_by_the_next_deploy_and_status_names_
         live.remove(namespace, "hk", name)
 
 
+def killed_mid_rollout(live: Live, name: str, tmp_path: Path) -> Path:
+    """Deploy revision 1, then revision 2 (never ready) killed with SIGKILL mid-rollout; return the conf/ the next
+    deploys use: no freeze window (today may be in one), the killed deploy's Lease free 3 s after it is first seen."""
+    conf = tmp_path / "conf"
+    unfrozen_conf(conf)
+    policy = yaml.safe_load((conf / "deploy.yaml").read_text())
+    policy["lock_lease_seconds"] = 3
+    (conf / "deploy.yaml").write_text(yaml.safe_dump(policy))
+    first_revision(live, name)
+    process = live.start("apply", "--stage", "hk", "--budget", "300", "--conf", conf,
+                         "--manifests", live.manifests(name, "hk", "v2", simulate="never-ready"))
+    seen = waiting_for_rollout(process)
+    process.kill()
+    finish(process, seen)
+    return conf
+
+
 def test_a_deploy_killed_with_sigkill_is_reported_at_the_next_start(live, tmp_path):
     """Issue 26 must show 3 (second half): nothing runs at SIGKILL; the next start notices and says what runs."""
     name, namespace = "dt-drift-kill", live.namespace("hk")
-    conf = tmp_path / "conf"
-    unfrozen_conf(conf)  # today may be in a freeze window
-    policy = yaml.safe_load((conf / "deploy.yaml").read_text())
-    policy["lock_lease_seconds"] = 3  # the killed deploy's Lease is free 3 s after the next deploy first sees it
-    (conf / "deploy.yaml").write_text(yaml.safe_dump(policy))
     try:
-        first_revision(live, name)
-        process = live.start("apply", "--stage", "hk", "--budget", "300", "--conf", conf,
-                             "--manifests", live.manifests(name, "hk", "v2", simulate="never-ready"))
-        seen = waiting_for_rollout(process)
-        process.kill()
-        finish(process, seen)
+        conf = killed_mid_rollout(live, name, tmp_path)
         status = live.deploy("status", "--stage", "hk", "--service", name, "--team", "like")
         assert "NOTICED: revision 2 (" in status.stdout and "never finished: that deploy was killed" in status.stdout
         assert "really running: revision 2 (" in status.stdout and ":v2)" in status.stdout
@@ -219,18 +227,8 @@ def test_a_failed_deploy_after_a_killed_one_puts_back_what_ran_before_the_killed
     rollback puts revision 1's template back (what ran before the killed deploy, history.restore), never revision 2's
     half-applied objects, and `status` says revision 1 runs, as recorded."""
     name, namespace = "dt-kill-then-fail", live.namespace("hk")
-    conf = tmp_path / "conf"
-    unfrozen_conf(conf)  # today may be in a freeze window
-    policy = yaml.safe_load((conf / "deploy.yaml").read_text())
-    policy["lock_lease_seconds"] = 3  # the killed deploy's Lease is free 3 s after the next deploy first sees it
-    (conf / "deploy.yaml").write_text(yaml.safe_dump(policy))
     try:
-        first_revision(live, name)
-        process = live.start("apply", "--stage", "hk", "--budget", "300", "--conf", conf,
-                             "--manifests", live.manifests(name, "hk", "v2", simulate="never-ready"))
-        seen = waiting_for_rollout(process)
-        process.kill()
-        finish(process, seen)
+        conf = killed_mid_rollout(live, name, tmp_path)
         assert image(live, name).endswith(":v2")  # the killed deploy's template is what the Deployment holds
         failed = live.deploy("apply", "--stage", "hk", "--budget", "20", "--conf", conf,
                              "--manifests", live.manifests(name, "hk", "v3", simulate="never-ready"))

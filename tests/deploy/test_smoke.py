@@ -97,35 +97,30 @@ def metadata(tmp_path: Path, digest: str) -> Path:
     return path
 
 
-def test_grey_answering_from_another_pipeline_s_build_fails_the_gate_naming_both_digests(manifests, tmp_path, capsys):
-    gateway = Gateway(unready=0, digest=THEIRS)
+def smoke_expecting(digest: str, gateway: Gateway, manifests: Path, tmp_path: Path) -> int:
+    """The smoke of this pipeline's build (`digest`, its metadata file) against `gateway`, which it then stops."""
     try:
-        code = smoke.main(["--stage", "grey", "--manifests", str(manifests), "--base-url", gateway.url, "--every", "0",
-                           "--image-metadata", str(metadata(tmp_path, OURS))])
+        return smoke.main(["--stage", "grey", "--manifests", str(manifests), "--base-url", gateway.url, "--every", "0",
+                           "--image-metadata", str(metadata(tmp_path, digest))])
     finally:
         gateway.stop()
+
+
+def test_grey_answering_from_another_pipeline_s_build_fails_the_gate_naming_both_digests(manifests, tmp_path, capsys):
+    gateway = Gateway(unready=0, digest=THEIRS)
+    code = smoke_expecting(OURS, gateway, manifests, tmp_path)
     err = capsys.readouterr().err
     assert code == 1 and len(gateway.seen) == 1  # certain at once: no waiting for the other build to go away
     assert f"grey serves the image {THEIRS}, not this pipeline's {OURS}: another pipeline" in err
 
 
 def test_grey_answering_from_this_pipeline_s_build_passes(manifests, tmp_path, capsys):
-    gateway = Gateway(unready=1, digest=OURS)
-    try:
-        code = smoke.main(["--stage", "grey", "--manifests", str(manifests), "--base-url", gateway.url, "--every", "0",
-                           "--image-metadata", str(metadata(tmp_path, OURS))])
-    finally:
-        gateway.stop()
+    code = smoke_expecting(OURS, Gateway(unready=1, digest=OURS), manifests, tmp_path)
     assert code == 0 and f"answered 200 on try 2 from {OURS}" in capsys.readouterr().out
 
 
 def test_a_pod_naming_no_digest_fails_a_gate_that_expects_one(manifests, tmp_path, capsys):
-    gateway = Gateway(unready=0)
-    try:
-        code = smoke.main(["--stage", "grey", "--manifests", str(manifests), "--base-url", gateway.url, "--every", "0",
-                           "--image-metadata", str(metadata(tmp_path, OURS))])
-    finally:
-        gateway.stop()
+    code = smoke_expecting(OURS, Gateway(unready=0), manifests, tmp_path)
     assert code == 1 and "(one that names no digest)" in capsys.readouterr().err
 
 
