@@ -113,6 +113,8 @@ def test_the_tooling_image_is_the_release_the_deploy_jobs_and_stop_grey_pin_by_d
     assert pinned == variables(JOBS["grey"])["TOOLING_IMAGE"] == f"{image}@{variables({})['PLATFORM_RELEASE_DIGEST']}"
     assert JOBS["tooling-image"]["needs"] == []  # built beside the service image, not after it
     job = JOBS["tooling-image"]
+    # its digest, for the release to pin: in the job's own folder (it needs no job, so no build/ artifact folder)
+    assert opts["--metadata-file"] == ["tooling-image-metadata.json"] == job["artifacts"]["paths"]
     for pipeline, runs in ((release_variables(RELEASE), True), ({**release_variables(RELEASE), "CI_COMMIT_TAG": ""},
                                                                 False),  # a branch of the platform project
                            ({**release_variables(RELEASE), "CI_COMMIT_REF_PROTECTED": "false"}, False),
