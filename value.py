@@ -36,8 +36,9 @@ max_replicas = 0     # 0: fixed replicas. Above a region's replicas: an HPA scal
 init_delay_second = 60      # longest start-up (load + warm-up) before Kubernetes restarts the pod
 # use_decode_sidecar = False  # the old platform's decode sidecar: none here, the server decodes videos (docs/videos.md)
 use_srv = False             # register production pods with Kong service discovery (a hostPort)
-host_port = 0               # the host port Kong probes at IP:host_port/api/ping; required (20000
-                            # to 29999) when use_srv is True, and 0 when it is not
+host_port = 0               # the host port Kong probes at IP:host_port/api/ping; required (in your
+                            # team's own range, conf/teams.yaml host_ports: like's 20000 to 22499)
+                            # when use_srv is True, and 0 when it is not
 
 # --- serving (the platform defaults suit most services) ------------------------------
 max_batch_size = 16        # most requests one predict call receives; default 8

@@ -18,10 +18,11 @@ ins_num_per_gpu = 1
 gpu_memory = 2
 
 mode = "offline"
-source_topic = "text-lines"          # each message: {"postid", "uid", "seqid", "image": "<base64>"}
-sink_topic = "text-directions"       # each result: {"postid", "uid", "seqid", "results"}, keyed like its input
-dead_letter_topic = "text-lines-dead"  # poison messages, unchanged, with the error in their headers
-# consumer_group defaults to service_name; the grey stage uses "<group>-grey" and writes "text-directions-grey"
+source_topic = "like.text-lines"       # each message: {"postid", "uid", "seqid", "image": "<base64>"}
+sink_topic = "like.text-directions"     # each result: {"postid", "uid", "seqid", "results"}, keyed like its input
+dead_letter_topic = "like.text-lines-dead"  # poison messages, unchanged, with the error in their headers
+# every topic and consumer_group starts with the team ("like."); consumer_group defaults to "like.<service_name>";
+# the grey stage uses "<group>-grey" and writes "like.text-directions-grey"
 
 replicas = 1        # KEDA scales each region between replicas and max_replicas on consumer lag
 max_replicas = 3    # at most the source topic's partitions do work; more would sit idle

@@ -29,6 +29,9 @@ def test_only_the_server_container_is_pinned_and_the_input_is_not_changed():
     (pinned, service) = digest.pin((deployment, {"kind": "Service"}), DIGEST)
     containers = pinned["spec"]["template"]["spec"]["containers"]
     assert [c["image"] for c in containers] == [f"r.example.com/like/svc@{DIGEST}", "r.example.com/d:2"]
+    # the server knows its build: it names it on every answer (podserve.image_identity), CI's smoke compares
+    assert containers[0]["env"] == [{"name": "PODSERVE_IMAGE_DIGEST", "value": DIGEST}] and "env" not in containers[1]
+    assert digest.pin((pinned,), DIGEST)[0]["spec"]["template"]["spec"]["containers"][0]["env"] == containers[0]["env"]
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":v1")
     assert service == {"kind": "Service"}
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import yaml
@@ -186,21 +187,28 @@ def test_a_rollout_undo_by_hand_is_reported_by_the_next_deploy_and_status_names_
         live.remove(namespace, "hk", name)
 
 
+def killed_mid_rollout(live: Live, name: str, tmp_path: Path) -> Path:
+    """Deploy revision 1, then revision 2 (never ready) killed with SIGKILL mid-rollout; return the conf/ the next
+    deploys use: no freeze window (today may be in one), the killed deploy's Lease free 3 s after it is first seen."""
+    conf = tmp_path / "conf"
+    unfrozen_conf(conf)
+    policy = yaml.safe_load((conf / "deploy.yaml").read_text())
+    policy["lock_lease_seconds"] = 3
+    (conf / "deploy.yaml").write_text(yaml.safe_dump(policy))
+    first_revision(live, name)
+    process = live.start("apply", "--stage", "hk", "--budget", "300", "--conf", conf,
+                         "--manifests", live.manifests(name, "hk", "v2", simulate="never-ready"))
+    seen = waiting_for_rollout(process)
+    process.kill()
+    finish(process, seen)
+    return conf
+
+
 def test_a_deploy_killed_with_sigkill_is_reported_at_the_next_start(live, tmp_path):
     """Issue 26 must show 3 (second half): nothing runs at SIGKILL; the next start notices and says what runs."""
     name, namespace = "dt-drift-kill", live.namespace("hk")
-    conf = tmp_path / "conf"
-    unfrozen_conf(conf)  # today may be in a freeze window
-    policy = yaml.safe_load((conf / "deploy.yaml").read_text())
-    policy["lock_lease_seconds"] = 3  # the killed deploy's Lease is free 3 s after the next deploy first sees it
-    (conf / "deploy.yaml").write_text(yaml.safe_dump(policy))
     try:
-        first_revision(live, name)
-        process = live.start("apply", "--stage", "hk", "--budget", "300", "--conf", conf,
-                             "--manifests", live.manifests(name, "hk", "v2", simulate="never-ready"))
-        seen = waiting_for_rollout(process)
-        process.kill()
-        finish(process, seen)
+        conf = killed_mid_rollout(live, name, tmp_path)
         status = live.deploy("status", "--stage", "hk", "--service", name, "--team", "like")
         assert "NOTICED: revision 2 (" in status.stdout and "never finished: that deploy was killed" in status.stdout
         assert "really running: revision 2 (" in status.stdout and ":v2)" in status.stdout
@@ -214,6 +222,49 @@ def test_a_deploy_killed_with_sigkill_is_reported_at_the_next_start(live, tmp_pa
         live.remove(namespace, "hk", name)
 
 
+def test_a_failed_deploy_after_a_killed_one_puts_back_what_ran_before_the_killed_one(live, tmp_path):
+    """It must show 5: deploy 2 killed with SIGKILL mid-rollout (its template half-applied), deploy 3 fails: the
+    rollback puts revision 1's template back (what ran before the killed deploy, history.restore), never revision 2's
+    half-applied objects, and `status` says revision 1 runs, as recorded."""
+    name, namespace = "dt-kill-then-fail", live.namespace("hk")
+    try:
+        conf = killed_mid_rollout(live, name, tmp_path)
+        assert image(live, name).endswith(":v2")  # the killed deploy's template is what the Deployment holds
+        failed = live.deploy("apply", "--stage", "hk", "--budget", "20", "--conf", conf,
+                             "--manifests", live.manifests(name, "hk", "v3", simulate="never-ready"))
+        print(f"killed deploy 2, failed deploy 3: exit {failed.returncode} after {failed.seconds:.1f} s")
+        assert failed.returncode == 1, failed.output
+        assert "rolling back to the previous revision (1)" in failed.stdout, failed.stdout
+        assert "rolled back: the previous revision is serving again" in failed.stdout
+        assert image(live, name).endswith(":v1")  # revision 1's template, not the killed revision 2's
+        status = live.deploy("status", "--stage", "hk", "--service", name, "--team", "like")
+        assert status.returncode == 0, status.output
+        assert f"{name} in hk (namespace {namespace}): revision 1, " in status.stdout and ":v1, applied" in status.stdout
+        assert "really running" not in status.stdout and "NOTICED" not in status.stdout  # what runs is what is recorded
+    finally:
+        live.remove(namespace, "hk", name)
+
+
+def test_a_second_project_of_the_team_with_the_same_service_name_is_refused(live):
+    """It must show 5: project B of team like deploys a service named as project A's: refused (exit 3) by the live
+    objects' podserve.io/project, before anything changed; A's service is untouched and A redeploys as before."""
+    name, namespace = "dt-two-projects", live.namespace("hk")
+    try:
+        first = live.deploy("apply", "--stage", "hk", "--values", live.values(name), CI_PROJECT_PATH="models/like/a")
+        assert first.returncode == 0, first.output
+        before = live.versions(namespace, "hk", name)
+        second = live.deploy("apply", "--stage", "hk", "--values", live.values(name), CI_PROJECT_PATH="models/like/b")
+        print(f"a second project's service of the same name: exit {second.returncode} after {second.seconds:.1f} s")
+        assert second.returncode == 3, second.output
+        assert "Refused: another GitLab project of the team deploys this service" in second.stderr
+        assert "belongs to GitLab project models/like/a, not this one (models/like/b)" in second.stderr
+        assert live.versions(namespace, "hk", name) == before  # not one resourceVersion moved
+        again = live.deploy("apply", "--stage", "hk", "--values", live.values(name), CI_PROJECT_PATH="models/like/a")
+        assert again.returncode == 0, again.output
+    finally:
+        live.remove(namespace, "hk", name)
+
+
 def test_a_deploy_that_could_outlast_the_ci_job_s_timeout_is_refused_before_any_change(live):
     """GitLab's timeout is static, the waits come from value.py: the tool compares them first ($CI_JOB_TIMEOUT)."""
     name, namespace = "dt-job-timeout", live.namespace("hk")
@@ -221,7 +272,7 @@ def test_a_deploy_that_could_outlast_the_ci_job_s_timeout_is_refused_before_any_
         run = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v1"),
                           CI_JOB_TIMEOUT="300")
         assert run.returncode == 2, run.output
-        assert "more than the job's timeout of 300 s ($CI_JOB_TIMEOUT: .gitlab-ci.yml `timeout:`)" in run.stderr
+        assert "more than the job's timeout of 300 s ($CI_JOB_TIMEOUT) leaves it" in run.stderr
         assert "init_delay_second" in run.stderr and "Nothing was changed" in run.stderr
         assert live.objects(namespace, "hk", name) == []
     finally:
@@ -323,3 +374,31 @@ def test_an_interrupted_deploy_whose_rollback_fails_too_stays_pending(monkeypatc
     assert [b["outcome"] for b in deploy.sent] == ["interrupted"]
     assert "the rollback failed too" in deploy.sent[0]["diagnosis"]
     assert deploy.history().pending.number == 2
+
+
+def test_a_rollback_whose_lock_is_lost_stops_between_writes(monkeypatch):
+    """As a deploy does, a rollback checks its lock before each write: taken over mid-rollback (simulated: check
+    raises LockLost from the third write of the rollback on), it writes nothing more and leaves the stage to the new
+    holder, exit 1, notified interrupted."""
+    from podserve.tooling.deploy import lock
+    from podserve.tooling.deploy.errors import LockLost
+
+    deploy = Deploy(monkeypatch)
+    assert deploy.apply("v1", "serving") == 0
+    written = []
+    real_check = lock.DeployLock.check
+
+    def changes() -> int:  # the lock's own Lease (freed at the end) left out
+        return sum(1 for write in deploy.kube.writes if write[1] != "leases")
+
+    def check(self):
+        if rolling_back(deploy):
+            written.append(changes())
+            if len(written) >= 3:
+                raise LockLost("the deploy lock was taken over by another deploy")
+        return real_check(self)
+    monkeypatch.setattr(lock.DeployLock, "check", check)
+    assert deploy.apply("v2", "failed", "serving") == 1
+    assert any(line.startswith("STOPPED: the deploy lock was taken over") for line in deploy.said), deploy.output
+    assert changes() == written[2]  # nothing written once the lock was gone
+    assert [b["outcome"] for b in deploy.sent] == ["interrupted"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from live import Live
+from receiver import Receiver
 
 PROJECT = "models/like/ocr-direction"  # one GitLab project; its service renamed from dt-retire-old to dt-retire-new
 
@@ -34,8 +35,25 @@ def test_a_renamed_service_s_old_objects_are_reported_and_retire_leaves_nothing_
         print(f"retire: exit {retired.returncode} after {retired.seconds:.1f} s")
         assert retired.returncode == 0, retired.output
         assert "nothing with its labels is left" in retired.stdout
+        deleted = [line.split()[1] for line in retired.stdout.splitlines() if line.startswith("deleted ")]
+        assert deleted[0] == f"VirtualService/{old}" and f"Deployment/{old}" in deleted  # callers stop before the pods
         assert live.objects(namespace, "hk", old) == []  # no Deployment, pod, ReplicaSet, history or Lease
         assert f"Deployment/{new}" in live.objects(namespace, "hk", new)  # the renamed service is untouched
     finally:
         live.remove(namespace, "hk", old)
         live.remove(namespace, "hk", new)
+
+
+def test_retire_of_a_service_with_nothing_deployed_exits_1_without_a_notification(live):
+    """It must show 5: a mistyped --service (nothing with its labels in the namespace) is a failure, not a retirement:
+    exit 1, the message names the labels and the namespace, and nobody is notified."""
+    receiver = Receiver()
+    try:
+        run = live.deploy("retire", "--stage", "hk", "--service", "dt-never-deployed", "--team", "like", "--confirm",
+                          "dt-never-deployed", PODSERVE_NOTIFY_URL=receiver.url)
+        print(f"retire of nothing: exit {run.returncode} after {run.seconds:.1f} s")
+        assert run.returncode == 1, run.output
+        assert "FAILED: nothing of dt-never-deployed runs in hk: no object in namespace podserve-like" in run.stdout
+        assert receiver.bodies == []
+    finally:
+        receiver.stop()

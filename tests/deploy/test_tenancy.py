@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,9 +50,9 @@ def dry_apply(kubeconfig, *docs: dict) -> subprocess.CompletedProcess:
                    "-f", "-", stdin=yaml.safe_dump_all(docs))
 
 
-def rendered(live: Live, name: str, stage: str) -> dict[str, dict]:
+def rendered(live: Live, name: str, stage: str, max_replicas: int = 0) -> dict[str, dict]:
     """The stage's objects as render writes them for `live`'s team, by kind."""
-    folder = live.manifests(name, stage) / stage
+    folder = live.manifests(name, stage, max_replicas=max_replicas) / stage
     return {doc["kind"]: doc for path in sorted(folder.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text())
             if doc}
 
@@ -170,7 +171,7 @@ POLICY_CASES = [
     ("privileged template", "Deployment", lambda o: _privileged(o["Deployment"]["spec"]["template"]["spec"]),
      "podserve-privileged", "privileged containers are not allowed"),
     ("host port outside the range", "Deployment", lambda o: _container(o)["ports"][0].update(hostPort=8080),
-     "podserve-host-ports", "a hostPort is allowed only on the http port, from 20000 to 29999"),
+     "podserve-host-ports", "allowed only on the http port, within the own range of team like, from 20000 to 22499"),
     ("root", "Deployment", lambda o: _container(o)["securityContext"].update(runAsNonRoot=False),
      "podserve-restricted", "must run as non-root"),
     ("too much memory", "Deployment", lambda o: _container(o)["resources"]["limits"].update(memory="1Ti"),
@@ -186,7 +187,50 @@ POLICY_CASES = [
     ("another team's project", "VirtualService",
      lambda o: o["VirtualService"]["metadata"]["annotations"].update({tenancy.PROJECT_ANNOTATION: "models/imo/x"}),
      "podserve-owner", "naming a GitLab project under models/like/ (render stamps CI_PROJECT_PATH)"),
+    ("runAsUser 0", "Deployment", lambda o: _pod_context(o).update(runAsUser=0),
+     "podserve-restricted", "runAsUser: 0 (root) is not allowed"),
+    ("a capability added", "Deployment",
+     lambda o: _container(o)["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
+     "podserve-restricted", "drop ALL capabilities and add none but NET_BIND_SERVICE"),
+    ("seccomp Unconfined", "Deployment", lambda o: _pod_context(o).update(seccompProfile={"type": "Unconfined"}),
+     "podserve-restricted", "the seccomp profile must be RuntimeDefault or Localhost"),
+    ("an SELinux type", "Deployment", lambda o: _pod_context(o).update(seLinuxOptions={"type": "spc_t"}),
+     "podserve-restricted", "seLinuxOptions may set only the type container_t"),
+    ("AppArmor Unconfined", "Deployment", lambda o: _pod_context(o).update(appArmorProfile={"type": "Unconfined"}),
+     "podserve-restricted", "the AppArmor profile must be RuntimeDefault or Localhost"),
+    ("an unsafe sysctl", "Deployment",
+     lambda o: _pod_context(o).update(sysctls=[{"name": "kernel.msgmax", "value": "1"}]),
+     "podserve-restricted", "only the safe sysctls are allowed"),
+    ("a ServiceAccount token", "Deployment",
+     lambda o: o["Deployment"]["spec"]["template"]["spec"].update(automountServiceAccountToken=True),
+     "podserve-restricted", "pods must set automountServiceAccountToken: false"),
+    ("a hostPath volume", "Deployment",
+     lambda o: o["Deployment"]["spec"]["template"]["spec"]["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+     "podserve-restricted", "no hostPath"),
+    ("a hostProcess container", "Deployment",  # the API demands hostNetwork with it: either policy may answer first
+     lambda o: _pod_context(o).update(windowsOptions={"hostProcess": True})
+     or o["Deployment"]["spec"]["template"]["spec"].update(hostNetwork=True),
+     ("podserve-restricted", "podserve-privileged"),
+     ("Windows hostProcess containers are not allowed", "the host's network, PID and IPC namespaces are not allowed")),
+    ("no cpu limit", "Deployment", lambda o: _container(o)["resources"]["limits"].pop("cpu"),
+     "podserve-resources", "every container must set cpu and memory limits"),
+    ("the brokers' address of the service's choosing", "Deployment",
+     lambda o: _container(o)["env"].append({"name": "PODSERVE_KAFKA_BOOTSTRAP", "value": "203.0.113.9:9092"}),
+     "podserve-brokers", "PODSERVE_KAFKA_BOOTSTRAP must come from the ConfigMap podserve-kafka"),
+    ("a route bound to the mesh", "VirtualService", lambda o: o["VirtualService"]["spec"].update(gateways=["mesh"]),
+     "podserve-routes", "binds only the Gateway of its stage, istio-ingress/podserve"),
+    ("a PodMonitor relabelling namespace", "PodMonitor",
+     lambda o: o["PodMonitor"]["spec"]["podMetricsEndpoints"][0].update(
+         relabelings=[{"targetLabel": "namespace", "replacement": "podserve-imo"}]),
+     "podserve-podmonitors", "relabelling may not write (nor map, keep or drop) the namespace, pod, service"),
+    ("an HPA past 64", "HorizontalPodAutoscaler",
+     lambda o: o["HorizontalPodAutoscaler"]["spec"].update(maxReplicas=65),
+     "podserve-autoscalers", "an HPA may scale to at most 64 replicas"),
 ]
+
+
+def _pod_context(objects: dict) -> dict:
+    return objects["Deployment"]["spec"]["template"]["spec"]["securityContext"]
 
 
 @pytest.mark.parametrize("what, kind, change, policy, says", POLICY_CASES, ids=[case[0] for case in POLICY_CASES])
@@ -194,7 +238,7 @@ def test_the_admission_policies_refuse_each_rule_and_admit_ours(teams, control_p
                                                                  says):
     """It must show 3, in production's namespace (Pod Security "privileged" there, for Kong's host ports)."""
     a, _ = teams
-    objects = rendered(a, "tn-policy", "hk")
+    objects = rendered(a, "tn-policy", "hk", max_replicas=4 if kind == "HorizontalPodAutoscaler" else 0)
     objects["Pod"] = _pod(objects["Deployment"], "tn-policy-pod")
     admin = control_plane.kubeconfig  # pods come from controllers; the admin stands in for them
     ours = dry_apply(a.kubeconfig("production"), *(o for k, o in objects.items() if k != "Pod"))
@@ -203,7 +247,183 @@ def test_the_admission_policies_refuse_each_rule_and_admit_ours(teams, control_p
     change(objects)
     refused = dry_apply(admin if kind == "Pod" else a.kubeconfig("production"), objects[kind])
     assert refused.returncode != 0, f"{what} was admitted"
+    pairs = zip(policy, says) if isinstance(policy, tuple) else [(policy, says)]  # several rules refuse some objects
+    assert any(f"ValidatingAdmissionPolicy '{p}'" in refused.stderr and s in refused.stderr for p, s in pairs), \
+        refused.stderr
+
+
+OFFLINE = """service_name = {name!r}
+username = "imo"
+cpu = 1
+memory = "1Gi"
+gpu_num = 0
+gpu_memory = 0
+replicas = 1
+max_replicas = 2
+init_delay_second = 10
+mode = "offline"
+source_topic = "imo.lines"
+sink_topic = "imo.directions"
+dead_letter_topic = "imo.lines-dead"
+"""
+
+
+def offline_rendered(live: Live, name: str, stage: str) -> dict[str, dict]:
+    """An offline service of `live`'s team (imo) rendered for `stage` by render's CLI, by kind."""
+    path = live.tmp / name / "value.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OFFLINE.format(name=name))
+    out = live.tmp / name / "manifests"
+    done = subprocess.run([sys.executable, "-m", "podserve.tooling.render", "--stage", stage, "--values", str(path),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=60, env=live.env())
+    assert done.returncode == 0, done.stderr
+    return {doc["kind"]: doc for p in sorted((out / stage).glob("*.yaml")) for doc in yaml.safe_load_all(p.read_text())
+            if doc}
+
+
+def _gpus(spec: dict, containers: int) -> None:
+    """`containers` containers of one GPU each in one pod (the server and copies of it)."""
+    server = spec["containers"][0]
+    server["resources"]["limits"]["nvidia.com/gpu"] = "1"
+    for index in range(1, containers):
+        copy = {k: v for k, v in server.items() if k not in ("ports", "startupProbe", "readinessProbe", "livenessProbe",
+                                                            "lifecycle")}
+        spec["containers"].append(dict(copy, name=f"copy-{index}"))
+
+
+def _spec(objects: dict) -> dict:
+    return objects["Deployment"]["spec"]["template"]["spec"]
+
+
+def _route(objects: dict) -> dict:
+    return objects["VirtualService"]["spec"]["http"][0]
+
+
+#: (what, team imo's credential, kind, the change refused, the policy, its words, the change admitted (None: render's))
+ROUTE = "alertmanager.monitoring.svc.cluster.local"
+SECOND_PASS = [
+    ("production priority", "preview", "Deployment",
+     lambda o: _spec(o).update(priorityClassName=tenancy.PRIORITY_CLASSES["production"]["name"]),
+     "podserve-priority", "must have priorityClassName podserve-preview, not podserve-production", None),
+    ("65 replicas", "preview", "Deployment", lambda o: o["Deployment"]["spec"].update(replicas=65),
+     "podserve-resources", "a Deployment may have at most 64 replicas",
+     lambda o: o["Deployment"]["spec"].update(replicas=64)),
+    ("4 containers of one GPU", "preview", "Deployment", lambda o: _gpus(_spec(o), 4),
+     "podserve-resources", "at most 1 nvidia.com/gpu, all its containers together", lambda o: _gpus(_spec(o), 1)),
+    ("a route to alertmanager", "preview", "VirtualService",
+     lambda o: _route(o)["route"][0]["destination"].update(host=ROUTE),
+     "podserve-routes", "may route and mirror only to the own Services of its team", None),
+    ("a mirror into another team's namespace", "preview", "VirtualService",
+     lambda o: _route(o).update(mirror={"host": "svc.podserve-like.svc.cluster.local"}),
+     "podserve-routes", "with the namespace among podserve-imo,podserve-imo-ab,podserve-imo-grey",
+     lambda o: _route(o).update(mirror={"host": "svc.podserve-imo.svc.cluster.local"})),  # grey mirrors production's
+    ("a delegate", "preview", "VirtualService",
+     lambda o: _route(o).update(delegate={"name": "x", "namespace": "podserve-like"}) or _route(o).pop("route"),
+     "podserve-routes", "delegate is not allowed", None),
+    ("a PodMonitor of any namespace", "preview", "PodMonitor",
+     lambda o: o["PodMonitor"]["spec"].update(namespaceSelector={"any": True}),
+     "podserve-podmonitors", "scrapes its own namespace only",
+     lambda o: o["PodMonitor"]["spec"].update(namespaceSelector={"matchNames": ["podserve-imo-grey"]})),
+    ("a PodMonitor honouring labels", "preview", "PodMonitor",
+     lambda o: o["PodMonitor"]["spec"]["podMetricsEndpoints"][0].update(honorLabels=True),
+     "podserve-podmonitors", "honorLabels is not allowed", None),
+    ("a ClusterTriggerAuthentication", "preview", "ScaledObject",
+     lambda o: o["ScaledObject"]["spec"]["triggers"][0].update(
+         authenticationRef={"name": "platform-kafka", "kind": "ClusterTriggerAuthentication"}),
+     "podserve-autoscalers", "never a ClusterTriggerAuthentication",
+     lambda o: o["ScaledObject"]["spec"]["triggers"][0].update(
+         authenticationRef={"name": "own-kafka", "kind": "TriggerAuthentication"})),
+    ("a ScaledObject without maxReplicaCount", "preview", "ScaledObject",
+     lambda o: o["ScaledObject"]["spec"].pop("maxReplicaCount"),
+     "podserve-autoscalers", "must set maxReplicaCount (the KEDA default is 100)", None),
+    ("a trigger with brokers of its own", "preview", "ScaledObject",
+     lambda o: o["ScaledObject"]["spec"]["triggers"][0]["metadata"].update(bootstrapServers="203.0.113.9:9092"),
+     "podserve-autoscalers", "the triggers of a ScaledObject may be kafka only", None),
+    ("a trigger of another kind", "preview", "ScaledObject",
+     lambda o: o["ScaledObject"]["spec"]["triggers"].append(
+         {"type": "prometheus", "metadata": {"serverAddress": "http://prometheus.monitoring:9090", "query": "up",
+                                             "threshold": "1"}}),
+     "podserve-autoscalers", "the triggers of a ScaledObject may be kafka only", None),
+    ("another team's host port", "production", "Deployment",
+     lambda o: _spec(o)["containers"][0]["ports"][0].update(hostPort=20001),  # team like's range
+     "podserve-host-ports", "within the own range of team imo, from 22500 to 24999",
+     lambda o: _spec(o)["containers"][0]["ports"][0].update(hostPort=22501)),
+    ("procMount Unmasked", "production", "Deployment",
+     lambda o: _spec(o).update(hostUsers=False) or _spec(o)["containers"][0]["securityContext"].update(
+         procMount="Unmasked"),
+     "podserve-restricted", "procMount must be Default",
+     lambda o: _spec(o).update(hostUsers=False) or _spec(o)["containers"][0]["securityContext"].update(
+         procMount="Default")),
+    ("nodeName", "production", "Deployment", lambda o: _spec(o).update(nodeName="hk-gpu-0"),
+     "podserve-placement", "nodeName is not allowed", None),
+    ("a toleration outside the pools", "production", "Deployment",
+     lambda o: _spec(o).update(tolerations=[{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists",
+                                              "effect": "NoSchedule"}]),
+     "podserve-placement", "tolerations may be only those of the node pools of the region",
+     lambda o: _spec(o).update(tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])),
+]
+
+
+@pytest.fixture(scope="module")
+def imo(control_plane, tmp_path_factory) -> Live:
+    return Live(control_plane, tmp_path_factory.mktemp("tenancy-imo-second"), "imo")
+
+
+@pytest.mark.parametrize("what, tier, kind, change, policy, says, allowed", SECOND_PASS,
+                         ids=[case[0] for case in SECOND_PASS])
+def test_a_team_s_own_credential_cannot_take_capacity_routes_metrics_or_nodes_from_the_others(imo, what, tier, kind,
+                                                                                              change, policy, says,
+                                                                                              allowed):
+    """It must show 1: with team imo's preview credential in its grey namespace, its production one in production,
+    each refused with the rule named, and the same object with allowed values admitted (render's own, or `allowed`)."""
+    stage = "grey" if tier == "preview" else "hk"
+    made = offline_rendered(imo, "tn-second-offline", stage) if kind == "ScaledObject" else \
+        rendered(imo, "tn-second", stage)
+    kubeconfig = imo.kubeconfig(tier)
+    if allowed:
+        allowed(made)
+    admitted = dry_apply(kubeconfig, made[kind])
+    assert admitted.returncode == 0, admitted.stderr
+    made = offline_rendered(imo, "tn-second-offline", stage) if kind == "ScaledObject" else \
+        rendered(imo, "tn-second", stage)
+    change(made)
+    refused = dry_apply(kubeconfig, made[kind])
+    assert refused.returncode != 0, f"{what} was admitted"
     assert f"ValidatingAdmissionPolicy '{policy}'" in refused.stderr and says in refused.stderr, refused.stderr
+
+
+def test_a_grey_over_its_namespace_s_cpu_quota_fails_naming_the_quota(imo):
+    """It must show 1 (the quota): two greys of team imo at 31 cores each fit its preview quota (64); the first one's
+    next rollout needs room for its surge pod too, which the quota has not: refused by the cluster, exit 1."""
+    names, namespace = ("tn-cpu-a", "tn-cpu-b"), imo.namespace("grey")
+    values = {}
+    for name in names:
+        values[name] = imo.values(name)
+        values[name].write_text(values[name].read_text().replace("cpu = 1", "cpu = 31"))
+    try:
+        for name in names:
+            first = imo.deploy("apply", "--stage", "grey", "--values", values[name], "--image-tag", "v1")
+            assert first.returncode == 0, first.output
+        run = imo.deploy("apply", "--stage", "grey", "--values", values[names[0]], "--image-tag", "v2")
+        print(f"grey over its cpu quota: exit {run.returncode} after {run.seconds:.1f} s")
+        assert run.returncode == 1, run.output
+        assert "FAILED: The cluster refuses to create the pods: " in run.stdout
+        assert f"the ResourceQuota {namespace}/{tenancy.QUOTA_NAME} is full" in run.stdout
+        assert "exceeded quota: podserve-quota" in run.stdout and "requests.cpu" in run.stdout
+    finally:
+        for name in names:
+            imo.remove(namespace, "grey", name)
+
+
+def test_render_refuses_an_offline_topic_without_the_team(imo, tmp_path):
+    """It must show 1 (the last): a topic of team imo's offline service not named imo.<...>: exit 2, nothing written."""
+    path = tmp_path / "value.py"
+    path.write_text(OFFLINE.format(name="tn-topics").replace('sink_topic = "imo.directions"', 'sink_topic = "directions"'))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "podserve.tooling.render", "--all", "--values", str(path), "--out",
+                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=60, env=imo.env())
+    assert done.returncode == 2 and not out.exists(), done.stderr
+    assert "sink_topic: 'directions' does not carry the team: rename it to 'imo.directions'" in done.stderr
 
 
 def gpu_values(live: Live, name: str) -> Path:
@@ -269,13 +489,17 @@ def test_a_production_rollout_on_a_full_gpu_pool_preempts_grey_and_completes(tea
 
 
 def test_pods_a_quota_has_no_room_for_are_diagnosed_naming_the_quota(control_plane, tmp_path):
-    """Team hello's ab asks 5 GPUs where its namespace's quota (conf/platform.yaml preview_gpus: 4) allows 4."""
-    live, name = Live(control_plane, tmp_path, "hello"), "tn-quota"
-    values = gpu_values(live, name)
-    values.write_text(values.read_text().replace("ab_replicas = 1", "ab_replicas = 5"))
-    namespace = live.namespace("ab")
+    """Team hello's two ab copies of 3 one-GPU pods: each fits its namespace's quota alone (conf/platform.yaml
+    preview_quota gpus: 4; render refuses one that does not), the second not beside the first."""
+    live = Live(control_plane, tmp_path, "hello")
+    names, namespace = ("tn-quota-a", "tn-quota-b"), live.namespace("ab")
+    values = {name: gpu_values(live, name) for name in names}
+    for path in values.values():
+        path.write_text(path.read_text().replace("ab_replicas = 1", "ab_replicas = 3"))
     try:
-        run = live.deploy("apply", "--stage", "ab", "--values", values)
+        first = live.deploy("apply", "--stage", "ab", "--values", values[names[0]])
+        assert first.returncode == 0, first.output
+        run = live.deploy("apply", "--stage", "ab", "--values", values[names[1]])
         print(f"ab over its GPU quota: exit {run.returncode} after {run.seconds:.1f} s")
         assert run.returncode == 1, run.output
         assert "FAILED: The cluster refuses to create the pods: " in run.stdout
@@ -284,7 +508,8 @@ def test_pods_a_quota_has_no_room_for_are_diagnosed_naming_the_quota(control_pla
         assert run.seconds < 60  # certain at once: not waited out, not blamed on init_delay_second
         assert "init_delay_second" not in run.stdout.split("FAILED:")[1].split("\n")[0]
     finally:
-        live.remove(namespace, "ab", name)
+        for name in names:
+            live.remove(namespace, "ab", name)
 
 
 def test_deploys_name_the_image_by_digest_and_a_rollback_re_applies_the_tested_one(teams, tmp_path):
@@ -313,3 +538,70 @@ def test_deploys_name_the_image_by_digest_and_a_rollback_re_applies_the_tested_o
         assert refused.returncode == 2 and "has no containerimage.digest" in refused.stderr
     finally:
         a.deploy("delete", "--stage", "grey", "--service", name, "--team", "like")
+
+
+def test_ci_cannot_repoint_its_namespace_s_brokers(teams):
+    """podserve-owner: the ConfigMap podserve-kafka is the platform's (the region's brokers, the chart's); the team's
+    account may write ConfigMaps there (its history) but not that one."""
+    a, _ = teams
+    namespace = a.namespace("grey")
+    brokers = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "podserve-kafka", "namespace": namespace},
+               "data": {"bootstrap": "203.0.113.9:9092"}}
+    refused = kubectl(a.kubeconfig("preview"), "apply", "--server-side", "--force-conflicts", "--dry-run=server",
+                      "-f", "-", stdin=yaml.safe_dump(brokers))
+    assert refused.returncode != 0 and "ValidatingAdmissionPolicy 'podserve-owner'" in refused.stderr, refused.stderr
+    assert "holds the platform's brokers: CI's accounts may not change it" in refused.stderr
+    history = dict(brokers, metadata={"name": "tn-brokers.deploy-history", "namespace": namespace}, data={})
+    assert dry_apply(a.kubeconfig("preview"), history).returncode == 0
+
+
+def test_a_missing_or_broken_limits_configmap_is_named_not_a_blanket_refusal(teams, control_plane):
+    """The pod policies' parameters, podserve-system/podserve-limits, deleted (then one key lost): the deploy tool's dry
+    run exits 2 naming the ConfigMap (and the key) and saying no value.py can fix it; put back, the same deploy passes."""
+    a, _ = teams
+    name, admin = "tn-limits", a.plane.kubeconfig
+    saved = kubectl(admin, "-n", "podserve-system", "get", "configmap", "podserve-limits", "-o", "yaml")
+    assert saved.returncode == 0, saved.stderr
+    original = yaml.safe_load(saved.stdout)
+    restore = {"apiVersion": "v1", "kind": "ConfigMap", "data": original["data"],
+               "metadata": {k: original["metadata"][k] for k in ("name", "namespace", "labels", "annotations")
+                            if k in original["metadata"]}}
+    try:
+        assert kubectl(admin, "-n", "podserve-system", "delete", "configmap", "podserve-limits").returncode == 0
+        missing = a.deploy("apply", "--stage", "grey", "--values", a.values(name), "--dry-run")
+        assert missing.returncode == 2, missing.output
+        assert "the platform's ConfigMap podserve-limits (the parameters of the admission policy" in missing.stderr
+        assert "is missing, so the cluster refuses every pod of every team" in missing.stderr
+        broken = dict(restore, data={k: v for k, v in original["data"].items() if k != "maxCpu"})
+        assert kubectl(admin, "apply", "-f", "-", stdin=yaml.safe_dump(broken)).returncode == 0
+        lacking = a.deploy("apply", "--stage", "grey", "--values", a.values(name), "--dry-run")
+        assert lacking.returncode == 2 and "the platform's ConfigMap podserve-limits lacks maxCpu" in lacking.stderr
+    finally:
+        put_back = kubectl(admin, "apply", "--server-side", "--force-conflicts", "--field-manager", "helm", "-f", "-",
+                           stdin=yaml.safe_dump(restore))
+        assert put_back.returncode == 0, put_back.stderr
+    assert a.deploy("apply", "--stage", "grey", "--values", a.values(name), "--dry-run").returncode == 0
+
+
+def test_one_region_s_chart_values_are_refused_in_another_region_s_cluster(control_plane, tmp_path):
+    """The session's cluster is hk's (its chart recorded region hk): helm with eu's values fails before changing
+    anything, naming both regions; hk's values pass (server-side dry runs, which read the cluster as an upgrade
+    does)."""
+    from podserve.testbed.cluster.platform import CHART, HELM, RELEASE
+    from podserve.tooling.chart_values import chart_values
+    from podserve.tooling.conf import load_conf
+
+    def upgrade(region: str) -> subprocess.CompletedProcess:
+        """helm's server-side dry run: the chart's lookups read the cluster, nothing is installed."""
+        values = tmp_path / f"values-{region}.yaml"
+        values.write_text(yaml.safe_dump(chart_values(load_conf(), region)))
+        return subprocess.run([str(HELM), "upgrade", "--install", RELEASE, str(CHART), "--namespace", "default",
+                               "--dry-run=server", "-f", str(values), "--kubeconfig", str(control_plane.kubeconfig)],
+                              capture_output=True, text=True, timeout=180, env=control_plane.tool_env())
+
+    wrong = upgrade("eu")
+    assert wrong.returncode != 0
+    assert "these values are region eu's, but this cluster is region hk (ConfigMap podserve-system/podserve-cluster)" \
+        in wrong.stderr, wrong.stderr
+    right = upgrade("hk")
+    assert right.returncode == 0, right.stderr

@@ -37,7 +37,7 @@ def test_readme_feeds_the_offline_example_and_reads_its_results(kafka, tmp_path)
         worker.wait_until(lambda: subprocess.run(["curl", "-sf", f"localhost:{port}/api/ping"],
                                                  capture_output=True).returncode == 0, 90, "GET /api/ping answers 200")
         sent = subprocess.run(["bash", "-c", send], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-        assert sent.returncode == 0 and "sent 2 message(s) to text-lines" in sent.stdout, sent.stderr
+        assert sent.returncode == 0 and "sent 2 message(s) to like.text-lines" in sent.stdout, sent.stderr
         results: dict[str, dict] = {}
         deadline = time.monotonic() + 60
         while len(results) < 2 and time.monotonic() < deadline:

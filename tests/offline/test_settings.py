@@ -21,7 +21,7 @@ def test_the_example_becomes_the_workers_environment_with_the_local_broker_by_de
     assert env[BOOTSTRAP_ENV] == LOCAL_KAFKA_BOOTSTRAP
     settings = OfflineSettings.from_env(env)
     assert (settings.source_topic, settings.sink_topic, settings.dead_letter_topic, settings.consumer_group) == \
-        ("text-lines", "text-directions", "text-lines-dead", "text-direction-offline")
+        ("like.text-lines", "like.text-directions", "like.text-lines-dead", "like.text-direction-offline")
     assert local_environment(str(EXAMPLE), {BOOTSTRAP_ENV: "kafka:9092"})[BOOTSTRAP_ENV] == "kafka:9092"
     assert ENTRY_POINTS[load_values(EXAMPLE)["mode"]] == "podserve.runtime.offline"
     assert BOOTSTRAP_ENV not in OfflineSettings(kafka_bootstrap="x:1", source_topic="a").to_env()  # never rendered
@@ -30,7 +30,7 @@ def test_the_example_becomes_the_workers_environment_with_the_local_broker_by_de
 def test_grey_reads_with_its_own_group_and_writes_its_own_topics():
     grey = load_values(EXAMPLE).worker_settings(grey=True)
     assert (grey.source_topic, grey.consumer_group, grey.sink_topic, grey.dead_letter_topic) == \
-        ("text-lines", "text-direction-offline-grey", "text-directions-grey", "text-lines-dead-grey")
+        ("like.text-lines", "like.text-direction-offline-grey", "like.text-directions-grey", "like.text-lines-dead-grey")
 
 
 @pytest.mark.parametrize("env, says", [

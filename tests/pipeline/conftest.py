@@ -50,13 +50,16 @@ def cpu_rootfs(cpu_build, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tooling_rootfs(cpu_build, tmp_path_factory):
-    """The tooling-image job run as written in the CPU checkout, its image pulled: (image name, rootfs, facts)."""
-    from ci_pipeline import concrete_jobs, variables
+    """The tooling-image job run as written in the CPU checkout, as the platform's pipeline of its release tag runs it,
+    its image pulled: (image name, rootfs, facts)."""
+    from ci_pipeline import variables
+    from podserve.testbed.image.pipeline import release_variables
 
     stage = cpu_build.stage
-    done = stage.run_job("tooling-image", cpu_build.checkout)
+    release = release_variables(variables({}, {})["PLATFORM_RELEASE"])
+    done = stage.run_job("tooling-image", cpu_build.checkout, extra=release)
     assert done.returncode == 0, f"the tooling-image job failed:\n{done.stderr[-4000:]}"
-    image = variables(concrete_jobs()["tooling-image"], stage.predefined(cpu_build.checkout))["TOOLING_IMAGE"]
+    image = stage.job_env("tooling-image", cpu_build.checkout, extra=release)["RELEASE_IMAGE"]
     repo, tag = cpu_build.repo_and_tag(image)
     rootfs = tmp_path_factory.mktemp("tooling-image") / "rootfs"
     return image, rootfs, stage.registry.pull(repo, tag, rootfs)

@@ -23,6 +23,8 @@ from ci_pipeline import REPO, concrete_jobs, script_lines, variables
 from image_layout import REFUSE_SERVER_DEPS, commands, context_files, dockerignore, final_stage, lay_out
 from podserve.model_record import record
 from podserve.testbed.image import versions
+from podserve.testbed.image.ci_jobs import PREDEFINED, matching_rule
+from podserve.testbed.image.pipeline import release_variables
 from test_layout import SERVER_ONLY
 
 JOBS = concrete_jobs()
@@ -32,16 +34,23 @@ BUILDCTL = versions.buildkit_dir() / "buildctl"
 NO_DAEMON = "failed to list workers"
 
 
-def buildctl_argv(name: str, workdir: Path) -> list[str]:
-    """Run the job's build line with the real buildctl (no daemon); return the argv it got, once it parsed it all."""
+#: The pipeline each build job runs in: a branch's for the service image, a protected release tag's for the tooling.
+RELEASE = variables({}, {})["PLATFORM_RELEASE"]
+PIPELINES = {"service-image": {}, "tooling-image": release_variables(RELEASE)}
+
+
+def buildctl_argv(name: str, workdir: Path, pipeline: dict[str, str] | None = None) -> list[str]:
+    """Run the job's build line with the real buildctl (no daemon); return the argv it got, once it parsed it all.
+    `pipeline`: GitLab's variables where they differ from a branch's (default: PIPELINES')."""
     assert BUILDCTL.is_file(), f"{BUILDCTL} is missing: run `make image-tools` (make test does it first)"
     job = JOBS[name]
+    seen = {**PREDEFINED, **(PIPELINES[name] if pipeline is None else pipeline)}
     (line,) = [line for line in script_lines(job) if line.startswith("buildctl-daemonless.sh ")]
     # buildctl-daemonless.sh starts a rootless buildkitd, then runs `buildctl --addr <its socket> "$@"`; here no daemon.
     stand_in = ('buildctl-daemonless.sh() { printf "%s\\0" "$@" > argv.bin; '
                 f'"{BUILDCTL}" --addr "unix://$PWD/no-buildkitd.sock" "$@"; }}\n')
     done = subprocess.run(["bash", "-uo", "pipefail", "-c", stand_in + line], cwd=workdir, capture_output=True,
-                          text=True, env={**os.environ, **variables(job)}, timeout=60)
+                          text=True, env={**os.environ, **variables(job, seen)}, timeout=60)
     errors = [text for text in done.stderr.splitlines() if text.strip()]
     assert done.returncode == 1 and len(errors) == 1 and NO_DAEMON in errors[0], (
         f"buildctl refused the {name} job's command line before reaching the daemon:\n{done.stderr}")
@@ -76,6 +85,7 @@ def test_each_image_is_built_by_buildkit_rootless_with_a_registry_cache(job, man
     imported, exported = csv_fields(opts["--import-cache"][0]), csv_fields(opts["--export-cache"][0])
     assert imported["type"] == exported["type"] == "registry"
     assert imported["ref"] == exported["ref"] and exported["mode"] == "max"
+    assert opts["--metadata-file"]  # what it pushed, by digest: what the deploy jobs (or a release) pin
     output = csv_fields(opts["--output"][0])
     assert output["type"] == "image" and output["push"] == "true"
     declared = {c.value[0].split("=")[0] for c in commands(BUILD_JOBS[job]) if c.cmd == "ARG"}
@@ -94,11 +104,42 @@ def test_the_service_image_is_pushed_under_every_name_render_gives_in_its_flavor
     assert {"python-cpu", "python-gpu"} <= stages
 
 
-def test_the_tooling_image_is_the_one_the_deploy_jobs_and_stop_grey_run_in(manifests_artifact):
+def test_the_tooling_image_is_the_release_the_deploy_jobs_and_stop_grey_pin_by_digest(manifests_artifact):
+    """Built for a protected tag of the platform's project only, pushed under that tag; every job runs the release
+    PLATFORM_RELEASE names, by its digest (a tag can be moved)."""
     opts = options(buildctl_argv("tooling-image", manifests_artifact))
     image = csv_fields(opts["--output"][0])["name"]
-    assert image == variables(JOBS["stop_grey"])["TOOLING_IMAGE"] == variables(JOBS["grey"])["TOOLING_IMAGE"]
+    pinned = variables(JOBS["stop_grey"])["TOOLING_IMAGE"]
+    assert pinned == variables(JOBS["grey"])["TOOLING_IMAGE"] == f"{image}@{variables({})['PLATFORM_RELEASE_DIGEST']}"
     assert JOBS["tooling-image"]["needs"] == []  # built beside the service image, not after it
+    job = JOBS["tooling-image"]
+    # its digest, for the release to pin: in the job's own folder (it needs no job, so no build/ artifact folder)
+    assert opts["--metadata-file"] == ["tooling-image-metadata.json"] == job["artifacts"]["paths"]
+    for pipeline, runs in ((release_variables(RELEASE), True), ({**release_variables(RELEASE), "CI_COMMIT_TAG": ""},
+                                                                False),  # a branch of the platform project
+                           ({**release_variables(RELEASE), "CI_COMMIT_REF_PROTECTED": "false"}, False),
+                           ({**release_variables(RELEASE), "CI_PROJECT_PATH": "models/like/x"}, False)):  # a fork
+        assert (matching_rule(job, {**PREDEFINED, **variables({}), **pipeline}) is not None) == runs, pipeline
+
+
+def test_each_ref_builds_with_its_own_cache_and_only_the_default_branch_writes_its_own(manifests_artifact):
+    """A branch reads its own cache and the default branch's and writes its own; the default branch reads and writes
+    only its own, pushing with the protected credential no branch holds (REGISTRY_AUTH_CONFIG_PROTECTED)."""
+    default = {"CI_COMMIT_BRANCH": "main", "CI_COMMIT_REF_SLUG": "main", "CI_DEFAULT_BRANCH": "main"}
+    job = JOBS["service-image"]
+    caches = {}
+    for name, pipeline in (("branch", {}), ("other branch", {"CI_COMMIT_BRANCH": "b2", "CI_COMMIT_REF_SLUG": "b2"}),
+                           ("default", default)):
+        opts = options(buildctl_argv("service-image", manifests_artifact, pipeline))
+        caches[name] = ([csv_fields(v)["ref"] for v in opts["--import-cache"]],
+                        csv_fields(opts["--export-cache"][0])["ref"],
+                        variables(job, {**PREDEFINED, **pipeline})["BUILD_AUTH_CONFIG"])
+    (branch_reads, branch_writes, branch_auth), (_, other_writes, _) = caches["branch"], caches["other branch"]
+    default_reads, default_writes, default_auth = caches["default"]
+    assert set(default_reads) == {default_writes} and branch_reads == [branch_writes, default_writes]
+    assert len({branch_writes, other_writes, default_writes}) == 3  # each ref its own
+    assert (branch_auth, default_auth) == ("$REGISTRY_AUTH_CONFIG", "$REGISTRY_AUTH_CONFIG_PROTECTED")
+    assert not default_writes.startswith(variables(job)["CI_REGISTRY_IMAGE"])  # not where branches' jobs can push
 
 
 def test_no_kaniko_and_no_docker_daemon_anywhere():

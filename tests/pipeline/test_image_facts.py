@@ -15,7 +15,9 @@ from image_stage import SIZE_BUDGET
 from podserve.testbed.image.pipeline import built_steps
 
 COMPILERS = re.compile(r"^(gcc|g\+\+|cc|c\+\+|clang|clang\+\+|x86_64-linux-gnu-(gcc|g\+\+)(-\d+)?|gcc-\d+|tcc)$")
-SERVER_ONLY = ("onnxruntime", "numpy", "PIL", "uvloop", "httptools", "confluent_kafka", "prometheus_client")
+#: The server's packages the tooling image must not hold (confluent_kafka is both: the offline smoke reads a consumer
+#: group's offsets with it, podserve.tooling.offline_smoke).
+SERVER_ONLY = ("onnxruntime", "numpy", "PIL", "uvloop", "httptools", "prometheus_client")
 #: A PEM private key: the header and a line of base64 (a library's header string alone is not one).
 MODEL_CHECK = "RUN cd /app/model && test -f MODEL.sha256 && sha256sum --check --strict MODEL.sha256"
 PRIVATE_KEY = re.compile(rb"-----BEGIN (RSA |EC |OPENSSH )?PRIVATE KEY-----\r?\n[A-Za-z0-9+/=]{40,}")
@@ -80,6 +82,7 @@ def test_the_tooling_image_holds_the_tooling_without_the_servers_packages(toolin
     site = next((rootfs / "opt/venv/lib").glob("python3*/site-packages"))
     assert (site / "kubernetes").is_dir() and (site / "podserve.pth").is_file()
     assert [name for name in SERVER_ONLY if (site / name).exists()] == []
+    assert (site / "confluent_kafka").is_dir()  # the offline smoke's client
     assert (rootfs / "opt/podserve/src/podserve/tooling/render.py").is_file()
     assert not (rootfs / "opt/podserve/src/podserve/runtime").exists()
     # A checkout's own podserve/ or yaml.py is never put before the image's code (test_jobs.py runs such decoys).

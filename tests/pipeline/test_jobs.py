@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,19 +12,20 @@ import pytest
 
 from ci_pipeline import (EXEC, PYTHON, REPO, TOOL, concrete_jobs, dry_parse, is_tool_line, resolved, run_job_lines,
                          script_lines, tool_argv, variables)
-from podserve.testbed.image.ci_jobs import PIPELINE
+from podserve.testbed.image import tooling
+from podserve.testbed.image.ci_jobs import PIPELINE, PREDEFINED
 from podserve.tooling import tenancy
-from podserve.tooling.conf import load_conf
+from podserve.tooling.conf import load_conf, load_deploy_policy
 
 JOBS = concrete_jobs()
 CONF = load_conf()
 DEPLOY_JOBS = {name: job for name, job in JOBS.items() if "STAGE" in job.get("variables", {})}
 MANIFESTS = "build/manifests"
 IMAGE_METADATA = "build/image-metadata.json"
-FLAVOR_LINE = next(line for line in script_lines(JOBS["manifests"]) if line.startswith(PYTHON + " -c"))
-#: Lines that are neither a podserve tool nor the builder: the flavor (run in its own test), the registry login of the
-#: build jobs. Nothing is installed: every job but the builds runs in the platform's tooling image.
-SETUP_LINES = {FLAVOR_LINE, "mkdir -p ~/.docker", 'cp "$REGISTRY_AUTH_CONFIG" ~/.docker/config.json'}
+FLAVOR_LINE = next(line for line in script_lines(JOBS["manifests"]) if "--print-flavor" in line)
+#: Lines that are neither a podserve tool nor the builder: the registry login of the build jobs. Nothing is installed:
+#: every job but the builds runs in the platform's tooling image.
+SETUP_LINES = {"mkdir -p ~/.docker", 'cp "$BUILD_AUTH_CONFIG" ~/.docker/config.json'}
 
 
 def tool_calls() -> list[tuple[str, str, list[str]]]:
@@ -55,17 +57,20 @@ def test_each_tool_call_parses_with_the_real_cli(job, module, argv):
 
 def test_the_flavor_line_prints_the_flavor_of_the_example(tmp_path):
     (tmp_path / "value.py").write_text((REPO / "value.py").read_text())
-    done = subprocess.run(["bash", "-c", FLAVOR_LINE.replace(" > build/flavor.txt", "")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(REPO / "src"),
-                                                                           "PATH": f"{sys.prefix}/bin:/usr/bin:/bin"})
+    job = resolved("manifests")
+    done = run_job_lines([FLAVOR_LINE.replace(" > build/flavor.txt", "")], job, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() in ("cpu", "gpu")
+    assert done.stdout.strip() == "gpu"  # the example's gpu_num = 1
+    (tmp_path / "value.py").write_text((REPO / "value.py").read_text().replace("gpu_num = 1", "gpu_num = 0")
+                                       .replace("gpu_memory = 2", "gpu_memory = 0"))
+    assert run_job_lines([FLAVOR_LINE.replace(" > build/flavor.txt", "")], job, tmp_path).stdout.strip() == "cpu"
 
 
-def test_a_checkout_s_own_modules_never_stand_in_for_the_tooling_image_s(tmp_path):
-    """A job runs in its checkout, and `python -m` puts the current folder first on the path: a fork's own `yaml.py`
-    or `podserve/` would run in place of the image's render and deploy tool (and skip what only they enforce). Every
-    job's Python is `python -P`; decoys that would fail the job if imported leave it as it is."""
+def test_a_checkout_s_own_modules_and_the_job_s_variables_never_stand_in_for_the_tooling_image_s(tmp_path):
+    """A job runs in its checkout: with a plain `python -m`, the current folder comes first on the path, and a CI/CD
+    variable PYTHONPATH (or PATH) would bring a fork's own `yaml.py` or `podserve/` in place of the image's render and
+    deploy tool (and skip what only they enforce). Every job runs the image's interpreter by its path, isolated
+    (`-I`); decoys in the checkout and a PYTHONPATH pointing at them leave the job as it is."""
     decoy = "raise SystemExit('DECOY: the checkout replaced the platform tooling')\n"
     (tmp_path / "yaml.py").write_text(decoy)
     (tmp_path / "podserve" / "tooling").mkdir(parents=True)
@@ -73,11 +78,37 @@ def test_a_checkout_s_own_modules_never_stand_in_for_the_tooling_image_s(tmp_pat
         (tmp_path / module).write_text(decoy)
     (tmp_path / "value.py").write_text((REPO / "value.py").read_text())
     job = resolved("manifests")
-    done = run_job_lines(script_lines(job), job, tmp_path, {"PYTHONPATH": str(REPO / "src")})
+    lines = [f"export PYTHONPATH={tmp_path}", *script_lines(job)]  # a team's CI/CD variable, as the runner exports it
+    done = run_job_lines(lines, job, tmp_path)
     assert done.returncode == 0 and "DECOY" not in done.stdout + done.stderr, done.stderr[-2000:]
     assert list((tmp_path / "build/manifests").glob("*/deployment.yaml")) and (tmp_path / "build/flavor.txt").read_text()
-    python_lines = [line for job in JOBS.values() for line in script_lines(job) if "python " in line]
-    assert python_lines and all(f"{PYTHON} " in line for line in python_lines), python_lines
+    python_lines = [line for job in JOBS.values() for line in script_lines(job) if "python" in line]
+    assert python_lines and all(line.removeprefix(EXEC).startswith(f"{PYTHON} -m ") for line in python_lines)
+    assert f"COPY --from=build /opt/venv /opt/venv" in (REPO / "Dockerfile.tooling").read_text()
+    assert PYTHON.split()[0] == tooling.IMAGE_PYTHON
+
+
+def test_in_ci_the_tools_refuse_to_run_other_than_as_the_image_s_own(tmp_path):
+    """The tools run as a fork would rewrite the job's line: a plain `python -m` with PYTHONPATH, or an isolated
+    interpreter loading the checkout's own src/: in CI (GITLAB_CI) each refuses, exit 2, before it reads anything."""
+    (tmp_path / "value.py").write_text((REPO / "value.py").read_text())
+    shutil.copytree(REPO / "src" / "podserve", tmp_path / "src" / "podserve",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "run.py").write_text("import runpy, sys\nsys.path.insert(0, sys.argv.pop(1))\n"
+                                     "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)\n")
+    env = {"PATH": f"{sys.prefix}/bin:/usr/bin:/bin", "GITLAB_CI": "true", "CI_PROJECT_DIR": str(tmp_path)}
+    says = {"not isolated": "it was started without -I", "the checkout's": f"it was loaded from {tmp_path}"}
+    for tool, argv in (("render", ["--all", "--out", "build/manifests"]), ("deploy", ["status", "--stage", "grey"]),
+                       ("smoke", ["--stage", "grey"]), ("model_files", ["prepare", "--values", "value.py"])):
+        module = f"podserve.tooling.{tool}"
+        for how, command, extra in (
+                ("not isolated", [sys.executable, "-m", module, *argv], {"PYTHONPATH": str(REPO / "src")}),
+                ("the checkout's", [sys.executable, "-I", "run.py", str(tmp_path / "src"), module, *argv], {})):
+            done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60, env={**env, **extra})
+            assert done.returncode == 2, (how, command, done.stdout, done.stderr)
+            assert "in CI the platform's tools run only as the tooling image's own" in done.stderr, done.stderr
+            assert says[how] in done.stderr, done.stderr
+    assert not (tmp_path / "build").exists()
 
 
 def test_render_runs_once_and_every_deploy_job_gets_its_output_as_artifacts():
@@ -127,14 +158,16 @@ def test_every_job_but_the_image_builds_runs_the_platform_s_pinned_tooling_and_r
     """Rules (conf/, templates/) and tools come from the pinned release, never from the checkout (docs/tenancy.md)."""
     pipeline_vars = variables({}, {"CI_REGISTRY": "r"})
     assert pipeline_vars["TOOLING_IMAGE"] == f"r/{pipeline_vars['PLATFORM_PROJECT']}/podserve-tooling:" \
-        f"{pipeline_vars['PLATFORM_RELEASE']}"
+        f"{pipeline_vars['PLATFORM_RELEASE']}@{pipeline_vars['PLATFORM_RELEASE_DIGEST']}"
     assert re.fullmatch(r"\d{4}\.\d+\.\d+", pipeline_vars["PLATFORM_RELEASE"])  # a release, not a branch or latest
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", pipeline_vars["PLATFORM_RELEASE_DIGEST"])  # pinned: a tag can move
     for name, job in JOBS.items():
         if name in ("service-image", "tooling-image"):
             continue
         assert job.get("image", PIPELINE["default"]["image"]) == "$TOOLING_IMAGE", name
         assert "PYTHONPATH" not in variables(job) and not any("pip install" in line for line in script_lines(job)), name
-    assert JOBS["tooling-image"]["rules"] == [{"if": "$CI_PROJECT_PATH == $PLATFORM_PROJECT"}]
+    assert [rule["if"] for rule in JOBS["tooling-image"]["rules"]] == [
+        '$CI_PROJECT_PATH == $PLATFORM_PROJECT && $CI_COMMIT_TAG && $CI_COMMIT_REF_PROTECTED == "true"']
 
 
 def test_the_service_image_job_records_its_digest_and_every_apply_job_deploys_by_it():
@@ -188,12 +221,15 @@ def test_production_needs_grey_deployed_and_answering_through_its_route():
     needs = JOBS["deploy-hk"]["needs"]
     assert "grey" in needs and "smoke-grey" in needs  # plain names: neither optional
     smoke = JOBS["smoke-grey"]
-    assert smoke["needs"] == ["manifests", "grey"] and smoke["stage"] == "smoke"
+    assert smoke["needs"] == ["manifests", "service-image", "grey"] and smoke["stage"] == "smoke"
     assert PIPELINE["stages"].index("smoke") == PIPELINE["stages"].index("grey") + 1
     (line,) = script_lines(smoke)
     module, argv = tool_argv(line, smoke)
     assert module == "podserve.tooling.smoke" and argv[argv.index("--stage") + 1] == "grey"
     assert argv[argv.index("--manifests") + 1] == MANIFESTS
+    # this pipeline's build, by digest (service-image's artifact); the pods and the brokers with grey's credential
+    assert argv[argv.index("--image-metadata") + 1] == IMAGE_METADATA
+    assert smoke["variables"]["KUBECONFIG"] == JOBS["grey"]["variables"]["KUBECONFIG"]
 
 
 def test_the_tool_is_exec_ed_so_the_runner_s_sigterm_reaches_it():
@@ -240,9 +276,9 @@ def test_one_model_job_prepares_the_model_value_py_names_before_the_service_imag
 
 
 def _model_job(checkout: Path) -> subprocess.CompletedProcess:
-    """The model job's own script line (this tree's src/ standing in for the tooling image's podserve)."""
+    """The model job's own script line (the tooling image laid out from this tree)."""
     job = JOBS["model"]
-    return run_job_lines(script_lines(job), job, checkout, {"PYTHONPATH": str(REPO / "src")})
+    return run_job_lines(script_lines(job), job, checkout)
 
 
 def _checkout_naming(tmp_path: Path, model_path: str) -> Path:
@@ -298,12 +334,13 @@ def test_no_credential_is_written_in_the_pipeline():
 
 
 def test_the_deploy_jobs_timeout_holds_the_example_s_rollout_and_rollback():
-    """The tool refuses a deploy whose waits could outlast $CI_JOB_TIMEOUT; the example fits in the jobs' timeout."""
+    """The tool refuses a deploy whose waits could outlast $CI_JOB_TIMEOUT; the example fits in the jobs' timeout,
+    which conf/deploy.yaml's ci_job_timeout_seconds (render's limit: GitLab expands no variable in `timeout:`) is."""
     from podserve.tooling.deploy import commands
     from podserve.tooling.deploy.target import from_values
 
     timeouts = {JOBS[name].get("timeout") for name in DEPLOY_JOBS if not name.startswith("stop_")}
-    assert timeouts == {"1h"}
+    assert timeouts == {"1h"} and load_deploy_policy().ci_job_timeout_seconds == 3600
     for name in CONF.stages:
         target = from_values(REPO / "value.py", CONF, CONF.stages[name], "t")
         objects = list(target.objects)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ci_pipeline import (REPO, concrete_jobs, dry_parse, make_manifests_artifact, run_job_lines, script_lines,
                          tool_argv, variables)
+from podserve.testbed.image import tooling
 from image_layout import REFUSE_SERVER_DEPS, lay_out
 from test_layout import SERVER_ONLY
 
@@ -19,27 +20,26 @@ STOP = concrete_jobs()["stop_grey"]
 MANIFESTS = "build/manifests"
 
 
-def no_checkout_job(tmp_path: Path, artifacts: Path) -> tuple[Path, dict[str, str]]:
-    """(the job's folder, its environment) as the runner gives them to stop_grey after the branch is deleted:
-    the `manifests` artifact and nothing else in the folder; the tooling image's files (laid out from
-    Dockerfile.tooling's COPY lines) on the path; none of the server's packages importable."""
-    image = lay_out("Dockerfile.tooling", tmp_path / "image")
+def no_checkout_job(tmp_path: Path, artifacts: Path) -> tuple[Path, dict[str, str], Path]:
+    """(the job's folder, its environment, the image's interpreter) as the runner gives them to stop_grey after the
+    branch is deleted: the `manifests` artifact and nothing else in the folder; the tooling image (laid out as
+    Dockerfile.tooling's COPY lines hold it) with none of the server's packages importable."""
+    python = tooling.lay_out(REPO, tmp_path / "image", preload=REFUSE_SERVER_DEPS.format(names=tuple(SERVER_ONLY)))
+    image = python.parents[3]
+    assert {p.relative_to(image).as_posix() for p in image.rglob("*") if p.is_file() and "venv" not in p.parts} == {
+        p.relative_to(tmp_path / "layout").as_posix() for p in lay_out("Dockerfile.tooling", tmp_path / "layout").rglob("*")
+        if p.is_file() and "requirements" not in p.parts}  # the stand-in holds what the Dockerfile copies
     job = tmp_path / "builds/team/service"
     job.mkdir(parents=True)
     assert STOP["needs"] == ["manifests"]
     shutil.copytree(artifacts / "build", job / "build")  # the artifacts GitLab downloads; no git clone
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(REFUSE_SERVER_DEPS.format(names=tuple(SERVER_ONLY)))
     env = {**variables(STOP), "CI_PROJECT_DIR": str(job), "HOME": str(tmp_path),
-           "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-           # The job's own PYTHONPATH ($CI_PROJECT_DIR/src: absent, no checkout), then what the image's .pth adds.
-           "PYTHONPATH": f"{job / 'src'}:{image / 'opt/podserve/src'}:{site}"}
-    return job, env
+           "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    return job, env, python
 
 
 def test_stop_grey_needs_no_checkout_and_deletes_by_the_manifests_artifact(tmp_path, manifests_artifact):
-    job, env = no_checkout_job(tmp_path, manifests_artifact)
+    job, env, python = no_checkout_job(tmp_path, manifests_artifact)
     assert STOP["variables"]["GIT_STRATEGY"] == "none" and STOP["image"] == "$TOOLING_IMAGE"
     assert not (job / "src").exists() and not (job / "value.py").exists()
     (line,) = script_lines(STOP)
@@ -47,7 +47,7 @@ def test_stop_grey_needs_no_checkout_and_deletes_by_the_manifests_artifact(tmp_p
     assert (module, argv[:3]) == ("podserve.tooling.deploy", ["delete", "--stage", "grey"])
     assert (job / argv[argv.index("--manifests") + 1] / "grey").is_dir()
     # The image's deploy tool, with no checkout and none of the server's packages, accepts the job's command line.
-    parsed = dry_parse(module, argv, cwd=job, env=env)
+    parsed = dry_parse(module, argv, cwd=job, env={**env, "PYTHONPATH": str(python.parents[3] / "opt/podserve/src")})
     assert parsed.get("stage") == "grey" and parsed.get("manifests") == MANIFESTS
 
 
@@ -93,7 +93,7 @@ def test_stop_grey_removes_a_deployed_grey_from_the_control_plane_without_a_chec
     (checkout / "build/image-metadata.json").write_text(json.dumps({"containerimage.digest": digest}))
     grey = concrete_jobs()["grey"]
     started = time.monotonic()
-    deployed = run_job_lines(script_lines(grey), grey, checkout, {**kube, "PYTHONPATH": str(REPO / "src")}, timeout=300)
+    deployed = run_job_lines(script_lines(grey), grey, checkout, kube, timeout=300)
     assert deployed.returncode == 0, f"grey's deploy failed:\n{deployed.stdout[-3000:]}\n{deployed.stderr[-3000:]}"
     api = control_plane.api_client()
     assert "Deployment" in grey_objects(api, namespace, service)
@@ -103,10 +103,10 @@ def test_stop_grey_removes_a_deployed_grey_from_the_control_plane_without_a_chec
     assert image.endswith(f"/{service}@{digest}"), image  # by the digest BuildKit recorded, not the tag
     deploy_seconds = time.monotonic() - started
 
-    job, env = no_checkout_job(tmp_path, checkout)
+    job, env, python = no_checkout_job(tmp_path, checkout)
     env.update(kube)
     started = time.monotonic()
-    stopped = run_job_lines(script_lines(STOP), STOP, job, env, timeout=300)
+    stopped = run_job_lines(script_lines(STOP), STOP, job, env, timeout=300, python=python)
     assert stopped.returncode == 0, f"stop_grey failed:\n{stopped.stdout[-3000:]}\n{stopped.stderr[-3000:]}"
 
     deadline = time.monotonic() + 60

@@ -52,11 +52,10 @@ def test_the_templated_chart_passes_the_schemas(helm, conf, tmp_path, region):
     args = ["-f", values_file(conf, region, tmp_path)] if region else []
     docs = template(helm, CHART, tmp_path, *args)
     kinds = sorted({d["kind"] for d in docs})
-    # ResourceQuotas only where grey and ab run (their GPU quota; production has none).
-    assert [k for k in kinds if k != "ResourceQuota"] == [
+    assert kinds == [
         "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Gateway", "Namespace", "PriorityClass", "PrometheusRule",
-        "Role", "RoleBinding", "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
-    assert ("ResourceQuota" in kinds) == (region in (None, "hk"))
+        "ResourceQuota", "Role", "RoleBinding", "ServiceAccount", "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding"]
     assert all_schema_errors(docs) == []
 
 
@@ -72,6 +71,13 @@ def test_the_chart_holds_what_each_stage_of_the_region_needs(helm, conf, tmp_pat
         assert labels["pod-security.kubernetes.io/enforce"] == ("privileged" if stage.service_discovery else "restricted")
         assert labels["podserve.io/team"] == team
         assert stage.namespace_for(team) in bound
+        # Every service namespace: its quota (grey and ab the preview one, production the team's), its brokers.
+        (quota,) = [d for d in docs if d["kind"] == "ResourceQuota" and d["metadata"]["namespace"] ==
+                    stage.namespace_for(team)]
+        assert quota["spec"]["hard"] == tenancy.quota(conf, stage, team) and quota["spec"]["hard"]["requests.cpu"]
+        (brokers,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "podserve-kafka"
+                      and d["metadata"]["namespace"] == stage.namespace_for(team)]
+        assert brokers["data"] == {"bootstrap": conf.regions[region].kafka_bootstrap}
         hosts = [h for server in gateways[stage.gateway]["spec"]["servers"] for h in server["hosts"]]
         assert stage.ingress_host in hosts
 
@@ -82,10 +88,14 @@ def test_the_policies_and_namespaces_use_the_names_tenancy_defines(helm, tmp_pat
     policies = json.dumps([d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"])
     namespace = next(d for d in docs if d["kind"] == "Namespace" and tenancy.NAMESPACE_TEAM in d["metadata"]["labels"])
     for key in (tenancy.NAMESPACE_TEAM, tenancy.NAMESPACE_HOSTS, tenancy.NAMESPACE_ROUTE_PREFIX,
-                tenancy.NAMESPACE_DEPLOYER):
+                tenancy.NAMESPACE_DEPLOYER, tenancy.NAMESPACE_ROUTE_NAMESPACES, tenancy.NAMESPACE_GATEWAY,
+                tenancy.NAMESPACE_PRIORITY_CLASS, tenancy.NAMESPACE_HOST_PORT_MIN, tenancy.NAMESPACE_HOST_PORT_MAX):
         assert key in policies
         assert key in {**namespace["metadata"]["labels"], **namespace["metadata"]["annotations"]}
     assert tenancy.NAMESPACE_TIER in namespace["metadata"]["labels"]
+    # Kept by helm: an uninstall, or a team left out of the values, never deletes a namespace and its workloads.
+    assert all(d["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for d in docs
+               if d["kind"] == "Namespace" and tenancy.NAMESPACE_TEAM in d["metadata"]["labels"])
     assert f"object.metadata.labels['{tenancy.TEAM_LABEL}']" in policies
 
 

@@ -43,7 +43,14 @@ def test_the_shipped_conf_loads(conf):
     ("regions.yaml", lambda d: d["na"]["gpu"].update(resource="gpu"), "regions.yaml: na.gpu.resource"),
     ("regions.yaml", lambda d: d["hk"]["node_pools"]["gpu"]["allocatable"].update(memory="120GB"),
      "regions.yaml: hk.node_pools.gpu.allocatable.memory"),
-    ("teams.yaml", lambda d: d["teams"].append("ab-test"), "teams.yaml: teams"),
+    ("teams.yaml", lambda d: d["teams"].update({"ab-test": d["teams"]["like"]}), "teams.yaml: teams"),
+    ("teams.yaml", lambda d: d["teams"]["imo"]["host_ports"].update(min=22000), "teams.yaml: teams.imo.host_ports"),
+    ("teams.yaml", lambda d: d["teams"]["hello"]["host_ports"].update(max=30500), "teams.yaml: teams.hello.host_ports"),
+    ("teams.yaml", lambda d: d["teams"]["like"]["quota"].update(memory="2TB"), "teams.yaml: teams.like.quota.memory"),
+    ("teams.yaml", lambda d: d["teams"]["like"].pop("quota"), "teams.yaml: teams.like.quota"),
+    ("platform.yaml", lambda d: d["limits"]["preview_quota"].update(cpu="lots"),
+     "platform.yaml: limits.preview_quota.cpu"),
+    ("regions.yaml", lambda d: d["hk"].pop("kafka_bootstrap"), "regions.yaml: hk.kafka_bootstrap"),
     ("teams.yaml", lambda d: d.update(gitlab_group="models"), "teams.yaml: gitlab_group"),
     ("teams.yaml", lambda d: d.update(owners=["x"]), "teams.yaml: owners"),
     ("platform.yaml", lambda d: d["kubernetes"].update(oldest="v1.30"), "platform.yaml: kubernetes.oldest"),
@@ -66,11 +73,22 @@ def test_chart_values_follow_the_stages_of_a_region(conf):
     assert set(by_name) == {f"podserve-{team}{suffix}" for team in conf.teams for suffix in ("", "-ab", "-grey")}
     assert by_name["podserve-like"] == {
         "name": "podserve-like", "team": "like", "stage": "hk", "tier": "production",
-        "account": "podserve-like-production", "hostPorts": True, "hosts": ["infer-hk.example.com"],
-        "routePrefix": "/api/like/", "projectGroup": "models/like/", "quota": {}}
+        "account": "podserve-like-production", "hostPorts": True, "hostPortRange": [20000, 22499],
+        "hosts": ["infer-hk.example.com"], "routePrefix": "/api/like/",
+        "routeNamespaces": ["podserve-like", "podserve-like-ab", "podserve-like-grey"],
+        "gateway": "istio-ingress/podserve", "priorityClass": "podserve-production", "projectGroup": "models/like/",
+        "quota": {"pods": "256", "requests.cpu": "512", "limits.cpu": "512", "requests.memory": "2048Gi",
+                  "limits.memory": "2048Gi", "requests.nvidia.com/gpu": "64"}}
     assert by_name["podserve-imo-grey"]["account"] == "podserve-imo-preview"
     assert by_name["podserve-imo-grey"]["routePrefix"] == "/grey/imo/" and not by_name["podserve-imo-grey"]["hostPorts"]
-    assert by_name["podserve-imo-grey"]["quota"] == {"requests.nvidia.com/gpu": str(conf.platform.limits.preview_gpus)}
+    preview = conf.platform.limits.preview_quota
+    assert by_name["podserve-imo-grey"]["quota"] == {
+        "pods": str(preview.pods), "requests.cpu": preview.cpu, "limits.cpu": preview.cpu,
+        "requests.memory": preview.memory, "limits.memory": preview.memory, "requests.nvidia.com/gpu": str(preview.gpus)}
+    assert by_name["podserve-imo-grey"]["priorityClass"] == "podserve-preview"
+    # eu has only production: its VirtualServices may reach the team's production namespace there, nothing else.
+    assert {ns["name"]: ns["routeNamespaces"] for ns in chart_values.chart_values(conf, "eu")["namespaces"]}[
+        "podserve-imo"] == ["podserve-imo"]
     assert hk["priorityClasses"][0]["name"] == "podserve-production"
     assert hk["gateways"][0]["hosts"] == ["infer-hk.example.com"]
     assert chart_values.main(["mars"]) == 2

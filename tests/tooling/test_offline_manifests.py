@@ -61,14 +61,14 @@ def test_production_scales_on_lag_and_grey_has_its_own_group_and_sink(offline):
     hk = by_stage["hk"]["ScaledObject"]["spec"]
     assert (hk["minReplicaCount"], hk["maxReplicaCount"]) == (1, 3)
     assert hk["triggers"] == [{"type": "kafka", "metadata": {
-        "bootstrapServersFromEnv": BOOTSTRAP_ENV, "topic": "text-lines", "consumerGroup": "text-direction-offline",
+        "bootstrapServersFromEnv": BOOTSTRAP_ENV, "topic": "like.text-lines", "consumerGroup": "like.text-direction-offline",
         "lagThreshold": "1000", "offsetResetPolicy": "earliest"}}]
     grey = by_stage["grey"]
-    assert grey["ScaledObject"]["spec"]["triggers"][0]["metadata"]["consumerGroup"] == "text-direction-offline-grey"
+    assert grey["ScaledObject"]["spec"]["triggers"][0]["metadata"]["consumerGroup"] == "like.text-direction-offline-grey"
     env = {e["name"]: e for e in grey["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["PODSERVE_SOURCE_TOPIC"]["value"] == "text-lines"
-    assert env["PODSERVE_CONSUMER_GROUP"]["value"] == "text-direction-offline-grey"
-    assert env["PODSERVE_SINK_TOPIC"]["value"] == "text-directions-grey"
+    assert env["PODSERVE_SOURCE_TOPIC"]["value"] == "like.text-lines"
+    assert env["PODSERVE_CONSUMER_GROUP"]["value"] == "like.text-direction-offline-grey"
+    assert env["PODSERVE_SINK_TOPIC"]["value"] == "like.text-directions-grey"
     assert env[BOOTSTRAP_ENV] == {"name": BOOTSTRAP_ENV, "valueFrom": {"configMapKeyRef": offline_manifests.KAFKA_CONFIGMAP}}
     assert "replicas" not in grey["Deployment"]["spec"]
 
@@ -76,13 +76,13 @@ def test_production_scales_on_lag_and_grey_has_its_own_group_and_sink(offline):
 @pytest.mark.parametrize("change, says", [
     (lambda d: d["Deployment"]["spec"].update(replicas=2), "would fight"),
     (lambda d: d["ScaledObject"]["spec"].update(minReplicaCount=2), "not from the stage's 1 replicas up"),
-    (lambda d: d["ScaledObject"]["spec"]["triggers"][0]["metadata"].update(consumerGroup="text-direction-offline"),
+    (lambda d: d["ScaledObject"]["spec"]["triggers"][0]["metadata"].update(consumerGroup="like.text-direction-offline"),
      "one kafka trigger"),
     (lambda d: d["Deployment"]["spec"]["template"]["spec"]["containers"][0].update(command=["python", "-m", "podserve.runtime"]),
      "must run python -m podserve.runtime.offline"),
     (lambda d: d["Deployment"]["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"].update(path="/api/ping"),
      "livenessProbe must GET /api/live"),
-    (lambda d: [e.update(value="text-directions") for e in d["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    (lambda d: [e.update(value="like.text-directions") for e in d["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
                 if e["name"] == "PODSERVE_SINK_TOPIC"], "topics or group from its env that differ"),
     (lambda d: d["PodMonitor"]["spec"]["selector"]["matchLabels"].update(stage="hk"), "does not select"),
 ], ids=["replicas", "min", "group", "command", "liveness", "sink", "selector"])

@@ -18,8 +18,8 @@ from service_files import write_values
 VARIED = {
     "cpu_only": dict(gpu_num=0, gpu_memory=0, cpu="500m", memory="1Gi", ins_num_per_gpu=2),
     "autoscaled": dict(max_replicas=8, autoscale_metric="in_flight", autoscale_target=2.5, hk_replicas=None),
-    "kong": dict(use_srv=True, host_port=23456),
-    "big": dict(cpu=24, memory="96Gi", gpu_memory=5, ins_num_per_gpu=2, init_delay_second=1800,
+    "kong": dict(use_srv=True, host_port=21234),
+    "big": dict(cpu=24, memory="96Gi", gpu_memory=5, ins_num_per_gpu=2, init_delay_second=1800, hk_replicas=1,
                 request_timeout_ms=120000, drain_seconds=30),
     "tiny_team_y": dict(service_name="y", username="imo", replicas=1, hk_replicas=None, eu_replicas=None,
                         na_replicas=None, cpu=1, memory="512Mi", gpu_num=0, gpu_memory=0),
@@ -71,7 +71,7 @@ def test_kong_host_port_only_where_service_discovery_runs(rendered, conf):
     for stage, docs in rendered["kong"].stages.items():
         (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
         port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]
-        assert port.get("hostPort") == (23456 if conf.stages[stage].service_discovery else None)
+        assert port.get("hostPort") == (21234 if conf.stages[stage].service_discovery else None)
         assert port["containerPort"] == 8080
 
 

@@ -47,7 +47,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from podserve import memory_plan
+from podserve import image_identity, memory_plan
 from podserve.errors import RETRY_AFTER_SECONDS
 from podserve.runtime.lingering import Linger
 from podserve.runtime.probe_lane import ProbeLane
@@ -691,6 +691,7 @@ class HttpServer:
         self.on_write_timeout = on_write_timeout
         self.limits = limits
         self.backlog = backlog
+        self._identity = f"Server: {SERVER_NAME}\r\n{image_identity.header_line()}"  # the build, for CI's smoke
         self.connections: set[Connection] = set()
         self.pending_body_bytes = 0
         self.closing = False
@@ -762,7 +763,7 @@ class HttpServer:
         now = int(time.time())
         if now != self._date_second:
             self._date_second = now
-            self._date_header = f"Date: {formatdate(now, usegmt=True)}\r\nServer: {SERVER_NAME}\r\n".encode()
+            self._date_header = f"Date: {formatdate(now, usegmt=True)}\r\n{self._identity}".encode()
         return self._date_header
 
     def stop_listening(self) -> None:

@@ -129,13 +129,14 @@ def cluster_id() -> str:
 BROKER_MESSAGE_BYTES = 48 * 1024 * 1024
 
 
-def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
-    """The broker+controller configuration of a one-node cluster on loopback."""
+def server_properties(data_dir: Path, port: int, controller_port: int, host: str = "127.0.0.1") -> str:
+    """The broker+controller configuration of a one-node cluster: clients on `host` (loopback unless the real node's
+    pods must reach it: its bridge address), the controller on loopback."""
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
-        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://{host}:{port}",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
         "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -161,9 +162,13 @@ def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
 
 
 class KafkaBroker:
-    """One broker process on 127.0.0.1: `start()` formats storage and waits until clients can use it."""
+    """One broker process, its clients' listener on `host` (127.0.0.1; the real node's bridge address where its pods
+    are clients: never an address outside this machine): `start()` formats storage and waits until clients can use
+    it."""
 
-    def __init__(self, tools: Path, data_dir: Path, port: int | None = None, controller_port: int | None = None):
+    def __init__(self, tools: Path, data_dir: Path, port: int | None = None, controller_port: int | None = None,
+                 host: str = "127.0.0.1"):
+        self.host = host
         self.libs = install_dir(tools) / "libs"
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
@@ -173,7 +178,7 @@ class KafkaBroker:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def _java(self, main_class: str, *args: str) -> list[str]:
         log4j = f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}"
@@ -183,12 +188,12 @@ class KafkaBroker:
         if not self.libs.is_dir():
             raise StartError(f"Kafka {KAFKA_VERSION} is not installed in {self.libs.parent}; run "
                              f"`make kafka-install` (python -m podserve.testbed.kafka install)")
-        if port_open(self.port):
-            raise StartError(f"port {self.port} is taken: another broker (or program) listens on 127.0.0.1:{self.port}")
+        if port_open(self.port, self.host):
+            raise StartError(f"port {self.port} is taken: another broker (or program) listens on {self.bootstrap}")
         started = time.monotonic()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "server.properties"
-        config.write_text(server_properties(self.data_dir, self.port, self.controller_port))
+        config.write_text(server_properties(self.data_dir, self.port, self.controller_port, self.host))
         (self.data_dir / "log4j2.properties").write_text(LOG4J2)
         formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id()}", "-c",
                                               str(config), "--ignore-formatted"),
@@ -206,7 +211,7 @@ class KafkaBroker:
         return self
 
     def _answers(self) -> bool:
-        if not port_open(self.port):
+        if not port_open(self.port, self.host):
             return False
         from confluent_kafka.admin import AdminClient  # the client is a test/runtime dependency, not the installer's
 

@@ -13,12 +13,24 @@ import sys
 
 import yaml
 
+from podserve.offline_settings import BOOTSTRAP_ENV
 from podserve.tooling import quantity, tenancy
 from podserve.tooling.conf import Conf, load_conf
+from podserve.tooling.offline_manifests import KAFKA_CONFIGMAP
 from podserve.tooling.valuefile import ValueFileError
 
 #: The container port the templates name `http` (templates/deployment.yaml.j2): the only one a host port may map.
 HTTP_PORT_NAME = "http"
+#: Tolerations the API server itself adds to every pod (its DefaultTolerationSeconds admission plugin).
+DEFAULT_TOLERATIONS = ({"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"},
+                       {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"})
+
+
+def toleration_key(toleration: dict) -> str:
+    """Return a toleration as the pod policies compare it: key|operator|value|effect (operator Equal by default);
+    policies.yaml builds the same string from each toleration of a pod."""
+    return "|".join((toleration.get("key", ""), toleration.get("operator", "Equal"), toleration.get("value", ""),
+                     toleration.get("effect", "")))
 
 
 def chart_values(conf: Conf, region: str) -> dict:
@@ -37,17 +49,25 @@ def chart_values(conf: Conf, region: str) -> dict:
         "limits": pod_limits(conf, region),
         "priorityClasses": list(tenancy.PRIORITY_CLASSES.values()),
         "alertRules": {"labels": conf.platform.monitoring.podmonitor_labels},
+        "kafka": {"configMap": KAFKA_CONFIGMAP["name"], "key": KAFKA_CONFIGMAP["key"],
+                  "bootstrap": settings.kafka_bootstrap},
+        "region": region,
     }
 
 
 def pod_limits(conf: Conf, region: str) -> dict:
-    """What the admission policies hold each pod to: conf/platform.yaml's limits, the region's largest node."""
+    """What the admission policies hold each pod and autoscaler to: conf/platform.yaml's limits, the region's largest
+    node, its pools' tolerations, where the brokers' address comes from."""
     limits, settings = conf.platform.limits, conf.regions[region]
-    pools = [settings.node_pools.gpu.allocatable, settings.node_pools.cpu.allocatable]
-    return {"hostPortMin": limits.host_port_min, "hostPortMax": limits.host_port_max,
-            "httpPortName": HTTP_PORT_NAME, "gpuResource": settings.gpu.resource, "maxGpus": limits.gpus_per_pod,
-            "maxCpu": str(max((p.cpu for p in pools), key=quantity.cpu_cores)),
-            "maxMemory": str(max((p.memory for p in pools), key=quantity.memory_bytes))}
+    pools = [settings.node_pools.gpu, settings.node_pools.cpu]
+    tolerations = [*(t for pool in pools for t in pool.tolerations), *DEFAULT_TOLERATIONS]
+    return {"httpPortName": HTTP_PORT_NAME, "gpuResource": settings.gpu.resource, "maxGpus": limits.gpus_per_pod,
+            "maxCpu": str(max((p.allocatable.cpu for p in pools), key=quantity.cpu_cores)),
+            "maxMemory": str(max((p.allocatable.memory for p in pools), key=quantity.memory_bytes)),
+            "maxReplicas": limits.max_replicas,
+            "tolerations": ",".join(sorted(dict.fromkeys(map(toleration_key, tolerations)))),
+            "kafkaBootstrapEnv": BOOTSTRAP_ENV, "kafkaConfigMap": KAFKA_CONFIGMAP["name"],
+            "kafkaKey": KAFKA_CONFIGMAP["key"]}
 
 
 def main(argv: list[str]) -> int:

@@ -14,7 +14,7 @@ import re
 
 from podserve import routes
 from podserve.settings import ServingSettings, SettingsError
-from podserve.tooling import routing
+from podserve.tooling import routing, tenancy
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.manifests import shutdown_seconds
 from podserve.tooling.valuefile import Problem, ValueFileError
@@ -46,7 +46,7 @@ def check_stage(docs: list[dict], values: ServiceValues, conf: Conf, stage: Stag
     pod = deployment["spec"]["template"]
     _check_pod(pod, values, conf, stage, say)
     _check_pod_security(pod["spec"], stage, say)
-    _check_mesh(by_kind, stage, namespace, say)
+    _check_mesh(by_kind, conf, values["username"], stage, namespace, say)
     return problems
 
 
@@ -209,8 +209,10 @@ def _check_pod_security(spec: dict, stage: Stage, say) -> None:
                 say(where, f"{name} uses hostPort {port['hostPort']}, which stage {stage.name} does not allow")
 
 
-def _check_mesh(by_kind: dict[str, list[dict]], stage: Stage, namespace: str, say) -> None:
+def _check_mesh(by_kind: dict[str, list[dict]], conf: Conf, team: str, stage: Stage, namespace: str, say) -> None:
     service, vs, dr = by_kind["Service"][0], by_kind["VirtualService"][0], by_kind["DestinationRule"][0]
+    for problem in tenancy.destination_problems(vs, conf, team, stage):
+        say("VirtualService", problem)
     fqdn = f"{service['metadata']['name']}.{namespace}.svc.cluster.local"
     ports = {p["port"] for p in service["spec"]["ports"]}
     if dr["spec"]["host"] != fqdn:

@@ -42,6 +42,16 @@ class KubernetesVersions:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """What all pods of one namespace may ask at once (its ResourceQuota): requested cpu and memory, GPUs, pods."""
+
+    cpu: str
+    memory: str
+    gpus: int
+    pods: int
+
+
+@dataclass(frozen=True)
 class Limits:
     gpus_per_pod: int
     max_replicas: int
@@ -49,7 +59,7 @@ class Limits:
     host_port_min: int
     host_port_max: int
     min_memory: str
-    preview_gpus: int
+    preview_quota: Quota
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,7 @@ class Region:
     registry: str
     gateway_selector: dict
     gateway_tls_secret: str
+    kafka_bootstrap: str
     gpu: Gpu
     node_pools: NodePools
     name: str = ""
@@ -174,6 +185,22 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class HostPorts:
+    """A team's own range of host ports (teams.yaml host_ports), inside the platform's."""
+
+    min: int
+    max: int
+
+
+@dataclass(frozen=True)
+class Team:
+    """One team of teams.yaml: its host ports and its production namespaces' quota."""
+
+    host_ports: HostPorts
+    quota: Quota
+
+
+@dataclass(frozen=True)
 class Conf:
     """Everything in conf/, checked."""
 
@@ -184,9 +211,15 @@ class Conf:
     stages: dict[str, Stage]
     #: The GitLab group of each team's projects, with {team} (teams.yaml gitlab_group).
     gitlab_group: str = "{team}"
+    #: Each team's host ports and production quota (teams.yaml), by team name.
+    team_settings: dict = dataclasses.field(default_factory=dict)
 
     def region_of(self, stage: Stage) -> Region:
         return self.regions[stage.region]
+
+    def team(self, name: str) -> Team:
+        """Return a team's settings (teams.yaml)."""
+        return self.team_settings[name]
 
     def project_group(self, team: str) -> str:
         """Return the GitLab group path holding `team`'s projects ("models/like")."""
@@ -209,7 +242,10 @@ def load_conf(folder: str | Path | None = None) -> Conf:
         raise ConfError(folder, problems)
     platform = _build(Platform, raw["platform"], "platform.yaml:", problems)
     teams_doc = _build_mapping(raw["teams"], "teams.yaml", problems)
-    teams = tuple(teams_doc.get("teams") or ())
+    team_settings = {name: _build(Team, body, f"teams.yaml: teams.{name}", problems)
+                     for name, body in _build_mapping(teams_doc.get("teams") or {}, "teams.yaml: teams",
+                                                      problems).items()}
+    teams = tuple(team_settings)
     unknown = sorted(set(teams_doc) - {"teams", "gitlab_group"})
     problems.extend(Problem(f"teams.yaml: {key}", "is not a key of teams.yaml; use teams and gitlab_group")
                     for key in unknown)
@@ -224,7 +260,7 @@ def load_conf(folder: str | Path | None = None) -> Conf:
               for name, body in _build_mapping(raw["stages"], "stages.yaml", problems).items()}
     if problems:
         raise ConfError(folder, problems)
-    conf = Conf(folder, platform, teams, regions, stages, gitlab_group)
+    conf = Conf(folder, platform, teams, regions, stages, gitlab_group, team_settings)
     problems.extend(_check(conf))
     if problems:
         raise ConfError(folder, problems)
@@ -304,6 +340,7 @@ def _check(conf: Conf) -> list[Problem]:
         if not isinstance(team, str) or not DNS_LABEL.fullmatch(team) or team in RESERVED_SERVICE_NAMES:
             say("teams.yaml: teams", f"{team!r} must be a lowercase DNS label and not one of "
                 f"{sorted(RESERVED_SERVICE_NAMES)}, because it is part of /api/<team>/<service>")
+    _check_host_ports(conf, say)
     for name, region in conf.regions.items():
         for key, resource in (("resource", region.gpu.resource), ("memory_resource", region.gpu.memory_resource)):
             if resource is not None and not EXTENDED_RESOURCE.fullmatch(resource):
@@ -341,9 +378,27 @@ def _check(conf: Conf) -> list[Problem]:
     return problems
 
 
+def _check_host_ports(conf: Conf, say) -> None:
+    """Each team's host ports lie inside the platform's range and no two teams' ranges overlap."""
+    limits = conf.platform.limits
+    ranges = sorted((t.host_ports.min, t.host_ports.max, name) for name, t in conf.team_settings.items())
+    for low, high, name in ranges:
+        if not limits.host_port_min <= low <= high <= limits.host_port_max:
+            say(f"teams.yaml: teams.{name}.host_ports", f"{low}-{high} must be a range (min <= max) inside "
+                f"platform.yaml's limits.host_port_min..max ({limits.host_port_min}-{limits.host_port_max})")
+    for (_, high, name), (low, _, other) in zip(ranges, ranges[1:]):
+        if low <= high:
+            say(f"teams.yaml: teams.{other}.host_ports", f"overlaps team {name}'s (up to {high}): every team needs a "
+                "range of its own, or one could hold another's Kong port on a node")
+
+
 def _check_quantities(conf: Conf, say) -> None:
     platform = conf.platform
-    checks = [("platform.yaml: limits.min_memory", platform.limits.min_memory, quantity.memory_bytes),
+    quotas = [("platform.yaml: limits.preview_quota", platform.limits.preview_quota)]
+    quotas += [(f"teams.yaml: teams.{name}.quota", team.quota) for name, team in conf.team_settings.items()]
+    checks = [(f"{where}.{key}", getattr(quota, key), parse) for where, quota in quotas
+              for key, parse in (("cpu", quantity.cpu_cores), ("memory", quantity.memory_bytes))]
+    checks += [("platform.yaml: limits.min_memory", platform.limits.min_memory, quantity.memory_bytes),
               ("platform.yaml: pod.tmp_size", platform.pod.tmp_size, quantity.memory_bytes),
               ("platform.yaml: mesh.sidecar_cpu", platform.mesh.sidecar_cpu, quantity.cpu_cores),
               ("platform.yaml: mesh.sidecar_memory", platform.mesh.sidecar_memory, quantity.memory_bytes)]
@@ -481,6 +536,7 @@ class DeployPolicy:
     """conf/deploy.yaml, checked: how long a deploy waits for the lock, when regions freeze deploys."""
 
     lock_wait_seconds: int
+    ci_job_timeout_seconds: int
     lock_lease_seconds: int
     scheduling_grace_seconds: int
     exempt_stages: list
@@ -490,12 +546,13 @@ class DeployPolicy:
         return list(self.freeze_windows.get(region) or [])
 
 
-def load_deploy_policy(folder: str | Path | None = None) -> DeployPolicy:
-    """Read and check conf/deploy.yaml against conf/'s regions and stages; raise ConfError listing every problem."""
+def load_deploy_policy(folder: str | Path | None = None, conf: Conf | None = None) -> DeployPolicy:
+    """Read and check conf/deploy.yaml against conf/'s regions and stages (`conf`: already loaded from `folder`);
+    raise ConfError listing every problem."""
     from podserve.tooling.deploy import freeze
 
-    folder = Path(folder) if folder is not None else default_conf_dir()
-    conf = load_conf(folder)
+    folder = Path(folder) if folder is not None else (conf.folder if conf is not None else default_conf_dir())
+    conf = conf if conf is not None else load_conf(folder)
     problems: list[Problem] = []
     raw = _read_yaml(folder / "deploy.yaml", problems)
     if problems:
@@ -504,7 +561,7 @@ def load_deploy_policy(folder: str | Path | None = None) -> DeployPolicy:
     if problems:
         raise ConfError(folder, problems)
     say = lambda where, message: problems.append(Problem(f"deploy.yaml: {where}", message))  # noqa: E731
-    for key in ("lock_wait_seconds", "lock_lease_seconds", "scheduling_grace_seconds"):
+    for key in ("lock_wait_seconds", "ci_job_timeout_seconds", "lock_lease_seconds", "scheduling_grace_seconds"):
         if getattr(policy, key) < 1:
             say(key, f"{getattr(policy, key)} must be 1 or more seconds")
     for stage in policy.exempt_stages:

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from podserve import model_record
-from podserve.tooling import example_models, model_parts
+from podserve.tooling import example_models, model_parts, platform_rules
 from podserve.tooling.valuefile import ValueFileError
 from podserve.tooling.values import load_values
 
@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return 0, 2 when value.py or the model is wrong (the message says what to do), 1 when
     the example could not be downloaded."""
     args = _parser().parse_args(argv)
+    refused = platform_rules.run_refusal()
+    if refused:
+        print(f"Error: {refused}", file=sys.stderr)
+        return EXIT_INVALID
     try:
         model_path = _model_path(args.values)
         if args.command == "prepare":

@@ -7,12 +7,25 @@ beside its code: those are the rules that apply. A fork's checkout carries copie
 template's history); if they differ from the image's, the fork meant to change a rule, and
 render refuses (exit 2) naming each file rather than silently applying the image's.
 Platform fixes reach forks as a new tooling image release (docs/tenancy.md).
+
+In CI the tools also refuse to run unless they are the image's own, isolated from the job: its
+interpreter started with `-I` (no PYTHONPATH or other PYTHON* variable, user site or job folder on
+the path) and this code not loaded from the job's checkout (`run_refusal`), so that a CI/CD
+variable or a file of the fork cannot put other code in their place.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 from pathlib import Path
+
+#: GitLab's predefined variables: set ("true") in every CI job, and the job's folder (its checkout).
+CI_VARIABLE = "GITLAB_CI"
+JOB_FOLDER_VARIABLE = "CI_PROJECT_DIR"
+#: How the jobs run the tools (.gitlab-ci.yml): the tooling image's interpreter, by its path, isolated.
+TOOLING_PYTHON = "/opt/venv/bin/python -I"
 
 #: The folders of platform rules, relative to a checkout's root and to the tooling's own root.
 RULE_FOLDERS = ("conf", "templates")
@@ -55,3 +68,22 @@ def refusal(checkout: Path, platform: Path | None = None) -> str | None:
             f"They come from the platform's tooling image ({platform or tooling_root()}), not from this checkout. "
             "Put these files back as the platform ships them (merge the platform's release into your fork); to "
             "change a rule, ask the platform team (docs/tenancy.md).")
+
+
+def run_refusal(environ=os.environ, isolated: bool | None = None, code: Path | None = None) -> str | None:
+    """In a CI job, return why this tool may not run (None outside CI, or when it runs as the image's own): it must
+    be started isolated (`python -I`) and be loaded from outside the job's folder (the checkout)."""
+    if environ.get(CI_VARIABLE) != "true":
+        return None
+    isolated = bool(sys.flags.isolated) if isolated is None else isolated
+    code = (code or tooling_root()).resolve()
+    job = Path(environ.get(JOB_FOLDER_VARIABLE) or "/nonexistent").resolve()
+    problem = ("it was started without -I, so PYTHONPATH and the job's folder may have put other code first"
+               if not isolated else
+               f"it was loaded from {code}, inside the job's checkout {job}" if code == job or job in code.parents
+               else None)
+    if problem is None:
+        return None
+    return (f"in CI the platform's tools run only as the tooling image's own (`{TOOLING_PYTHON} -m "
+            f"podserve.tooling.<tool>`, .gitlab-ci.yml): {problem}. Nothing was done; run the job as the platform's "
+            "pipeline file writes it")

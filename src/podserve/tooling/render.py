@@ -3,6 +3,7 @@
     python -m podserve.tooling.render --all [--values value.py] [--out build/manifests]
     python -m podserve.tooling.render --stage grey [--stage ab ...] [--image-tag TAG]
     python -m podserve.tooling.render --all --print-images   # the image each stage pulls
+    python -m podserve.tooling.render --all --print-flavor   # gpu or cpu: the Dockerfile flavor of value.py
 
 Every chosen stage is rendered to memory, parsed back and checked; only when all pass are
 the files written, to <out>/<stage>/<kind>.yaml. When anything fails, the manifests an earlier
@@ -21,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from podserve.tooling import (checks, handler_source, manifests, offline_manifests, output, platform_rules, routing,
-                              templating, tenancy)
-from podserve.tooling.conf import Conf, load_conf
+from podserve.tooling import (checks, handler_source, job_time, manifests, offline_manifests, output, platform_rules,
+                              routing, templating, tenancy)
+from podserve.tooling.conf import Conf, DeployPolicy, load_conf, load_deploy_policy
 from podserve.tooling.image_tag import default_image_tag
 from podserve.tooling.valuefile import Problem, ValueFileError
 from podserve.tooling.values import ServiceValues, load_values
@@ -69,16 +70,18 @@ def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf 
     if handler_paths is None:
         handler_paths = handler_source.default_paths(Path(values_path))
     values = load_values(values_path, conf, existing_routes, handler_paths)
+    policy = load_deploy_policy(conf=conf)
     project = _project(values, conf, project_path)
     skipped = {name: f"not deployed here: value.py regions = {values['regions']!r} leaves out "
                      f"{conf.stages[name].region}" for name in stages if not values.deploys_to(conf.stages[name])}
     stages = [name for name in stages if name not in skipped]
     if values.offline:  # Kafka workers: their own templates, checks and stages (no ab)
-        return _render_offline(values, conf, stages, skipped, image_tag, templates, project, every_stage)
+        return _render_offline(values, conf, policy, stages, skipped, image_tag, templates, project, every_stage)
     rendered = {name: tenancy.stamp(manifests.render_stage(values, conf, conf.stages[name], image_tag, templates),
                                     project) for name in stages}
     problems = [p for name in stages for p in checks.check_stage(rendered[name], values, conf, conf.stages[name])]
     problems += checks.check_routes(rendered)
+    problems += _job_time_problems(rendered, values, conf, policy)
     if problems:
         raise checks.ManifestError("rendered manifests", problems)
     return Rendered(values, conf, rendered, skipped)
@@ -92,8 +95,16 @@ def _project(values: ServiceValues, conf: Conf, path: str | None) -> str:
         raise ValueFileError(tenancy.PROJECT_VARIABLE, [Problem("username", str(exc))]) from None
 
 
-def _render_offline(values: ServiceValues, conf: Conf, stages: list[str], skipped: dict[str, str], image_tag: str,
-                    templates: Path | None, project: str, every_stage: bool) -> Rendered:
+def _job_time_problems(rendered: dict[str, list[dict]], values: ServiceValues, conf: Conf,
+                       policy: DeployPolicy) -> list:
+    """The stages whose deploy could outlast its CI job (job_time), once each stage's documents are sound."""
+    return [p for name, docs in rendered.items() if any(d.get("kind") == "Deployment" for d in docs)
+            for p in job_time.problems(docs, values, conf.stages[name], policy)]
+
+
+def _render_offline(values: ServiceValues, conf: Conf, policy: DeployPolicy, stages: list[str],
+                    skipped: dict[str, str], image_tag: str, templates: Path | None, project: str,
+                    every_stage: bool) -> Rendered:
     """Render an offline service's stages; one it has no copy in (ab) is refused when asked for by name, and with
     --all gets its reason, as a left-out region does, so that its CI job ends at once, passed."""
     offline_stages = offline_manifests.stages(conf)
@@ -107,6 +118,7 @@ def _render_offline(values: ServiceValues, conf: Conf, stages: list[str], skippe
                                                                    templates), project) for name in stages}
     problems = [p for name in stages
                 for p in offline_manifests.check_stage(rendered[name], values, conf, conf.stages[name])]
+    problems += _job_time_problems(rendered, values, conf, policy)
     if problems:
         raise checks.ManifestError("rendered manifests", problems)
     return Rendered(values, conf, rendered, skipped)
@@ -119,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     or an interrupt while writing must not leave an earlier render's manifests, or half of this one's.
     """
     args = _parser().parse_args(argv)
+    refused = platform_rules.run_refusal()
+    if refused:  # before anything, and without touching --out: another program wrote what is there
+        print(f"Error: {refused}", file=sys.stderr)
+        return EXIT_INVALID
     try:
         status = _run(args)
     except BaseException:
@@ -149,6 +165,9 @@ def _run(args: argparse.Namespace) -> int:
         images = {manifests.image_ref(result.values, conf, conf.stages[s], tag) for s in result.stages}
         print("\n".join(sorted(images)))
         return 0
+    if args.print_flavor:  # the Dockerfile's flavor value.py's pods need (the image build's FLAVOR)
+        print("gpu" if result.values["gpu_num"] else "cpu")
+        return 0
     for warning in single_replica_warnings(result):
         print(f"Warning: {warning}", file=sys.stderr)
     written = output.write_stages(Path(args.out), result.stages)
@@ -162,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _remove_earlier(args: argparse.Namespace) -> None:
     """Remove the manifests in --out (--print-images writes none, so leaves them), saying so."""
-    if not args.print_images and output.remove_stages(Path(args.out)):
+    if not (args.print_images or args.print_flavor) and output.remove_stages(Path(args.out)):
         print(f"The manifests an earlier render wrote in {args.out}/ were removed: they no longer match "
               f"{args.values}.", file=sys.stderr)
 
@@ -197,6 +216,8 @@ def _parser() -> argparse.ArgumentParser:
                         "checkout's commit, as make image tags it, else dev)")
     parser.add_argument("--existing-routes", default=None, help="VirtualServices already served (YAML), to refuse overlaps")
     parser.add_argument("--print-images", action="store_true", help="print the stages' images and write nothing")
+    parser.add_argument("--print-flavor", action="store_true",
+                        help="print the image flavor value.py needs (gpu or cpu) and write nothing")
     return parser
 
 

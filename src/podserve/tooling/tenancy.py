@@ -11,7 +11,7 @@ account; neither can write anywhere else.
 
 from __future__ import annotations
 
-from podserve.tooling.conf import Conf, Stage
+from podserve.tooling.conf import Conf, Quota, Stage
 
 #: The object label render stamps with value.py's username.
 TEAM_LABEL = "team"
@@ -21,6 +21,17 @@ NAMESPACE_TIER = "podserve.io/tier"
 NAMESPACE_HOSTS = "podserve.io/hosts"
 NAMESPACE_ROUTE_PREFIX = "podserve.io/route-prefix"
 NAMESPACE_DEPLOYER = "podserve.io/deployer"
+#: The only namespaces a VirtualService there may route or mirror to (its team's of the region), comma-separated, and
+#: the one Gateway it may bind to: the route-destination rules of policies.yaml read them (route_namespaces).
+NAMESPACE_ROUTE_NAMESPACES = "podserve.io/route-namespaces"
+NAMESPACE_GATEWAY = "podserve.io/gateway"
+#: The PriorityClass every pod there must name (the namespace's tier's).
+NAMESPACE_PRIORITY_CLASS = "podserve.io/priority-class"
+#: The team's own host ports (conf/teams.yaml host_ports), inclusive.
+NAMESPACE_HOST_PORT_MIN = "podserve.io/host-port-min"
+NAMESPACE_HOST_PORT_MAX = "podserve.io/host-port-max"
+#: The name of every namespace's ResourceQuota (the deploy tool's diagnosis names it when it is full).
+QUOTA_NAME = "podserve-quota"
 #: The GitLab project that rendered an object (CI_PROJECT_PATH), and the group a namespace's objects must come from.
 PROJECT_ANNOTATION = "podserve.io/project"
 NAMESPACE_PROJECT_GROUP = "podserve.io/project-group"
@@ -73,12 +84,58 @@ def stamp(documents: list[dict], project_path: str) -> list[dict]:
     return documents
 
 
-def quota(conf: Conf, stage: Stage) -> dict[str, str]:
-    """The ResourceQuota's hard limits of a team's namespace of `stage`: none in production (priority rules
-    there), the platform's preview_gpus in grey and ab, so branches cannot take a pool's GPUs."""
-    if tier(stage) != "preview":
-        return {}
-    return {f"requests.{conf.region_of(stage).gpu.resource}": str(conf.platform.limits.preview_gpus)}
+def quota_of(conf: Conf, stage: Stage, team: str) -> Quota:
+    """What all of `team`'s pods in its namespace of `stage` may ask at once: the platform's preview_quota in grey
+    and ab (branches cannot take a pool), the team's own (conf/teams.yaml quota) in production."""
+    return conf.platform.limits.preview_quota if tier(stage) == "preview" else conf.team(team).quota
+
+
+def quota(conf: Conf, stage: Stage, team: str) -> dict[str, str]:
+    """The ResourceQuota's hard limits of `team`'s namespace of `stage` (quota_of), as the API names them."""
+    amounts = quota_of(conf, stage, team)
+    hard = {"pods": str(amounts.pods), f"requests.{conf.region_of(stage).gpu.resource}": str(amounts.gpus)}
+    for resource in ("cpu", "memory"):
+        hard[f"requests.{resource}"] = hard[f"limits.{resource}"] = str(getattr(amounts, resource))
+    return hard
+
+
+def route_namespaces(conf: Conf, team: str, region: str) -> list[str]:
+    """The namespaces a VirtualService of `team` in `region` may send traffic to, or mirror it to: the team's own
+    (production, grey, ab), never another team's nor the platform's. The one place this rule is made: the chart
+    writes it on each namespace (NAMESPACE_ROUTE_NAMESPACES, read by podserve-routes) and render checks with it."""
+    return sorted({stage.namespace_for(team) for stage in conf.stages.values() if stage.region == region})
+
+
+#: The form of a Service's host a route may name: <name>.<namespace>.svc.cluster.local (policies.yaml checks the same).
+SERVICE_HOST_SUFFIX = ".svc.cluster.local"
+
+
+def destination_hosts(virtual_service: dict) -> list[str]:
+    """Every host a VirtualService sends traffic to: its routes' destinations, its mirror and mirrors."""
+    hosts = []
+    for http in (virtual_service.get("spec") or {}).get("http") or []:
+        hosts += [(r.get("destination") or {}).get("host", "") for r in http.get("route") or []]
+        hosts += [(http["mirror"] or {}).get("host", "")] if "mirror" in http else []
+        hosts += [(m.get("destination") or {}).get("host", "") for m in http.get("mirrors") or []]
+    return hosts
+
+
+def destination_problems(virtual_service: dict, conf: Conf, team: str, stage: Stage) -> list[str]:
+    """What podserve-routes would refuse of a VirtualService of `team` at `stage`: a destination or mirror outside
+    the team's own namespaces (route_namespaces), a delegate, a gateway other than the stage's."""
+    allowed = route_namespaces(conf, team, stage.region)
+    found = []
+    for host in destination_hosts(virtual_service):
+        name, _, namespace = host.removesuffix(SERVICE_HOST_SUFFIX).partition(".")
+        if not host.endswith(SERVICE_HOST_SUFFIX) or not name or "." in namespace or namespace not in allowed:
+            found.append(f"routes or mirrors to {host!r}: only Services of team {team}'s namespaces "
+                         f"({', '.join(allowed)}) as <name>.<namespace>{SERVICE_HOST_SUFFIX}")
+    spec = virtual_service.get("spec") or {}
+    if any("delegate" in http for http in spec.get("http") or []):
+        found.append("delegates a route: delegate is not allowed")
+    if spec.get("gateways") != [stage.gateway]:
+        found.append(f"binds {spec.get('gateways')}: only the stage's Gateway {stage.gateway}")
+    return found
 
 
 def namespaces(conf: Conf, region: str) -> list[dict]:
@@ -86,10 +143,13 @@ def namespaces(conf: Conf, region: str) -> list[dict]:
     found = []
     for stage in (s for s in conf.stages.values() if s.region == region):
         for team in conf.teams:
+            ports = conf.team(team).host_ports
             found.append({"name": stage.namespace_for(team), "team": team, "stage": stage.name,
                           "tier": tier(stage), "account": account(team, tier(stage)),
-                          "hostPorts": stage.service_discovery,
+                          "hostPorts": stage.service_discovery, "hostPortRange": [ports.min, ports.max],
                           "hosts": [stage.ingress_host], "routePrefix": stage.route_prefix_for(team),
+                          "routeNamespaces": route_namespaces(conf, team, region), "gateway": stage.gateway,
+                          "priorityClass": priority_class(stage),
                           "projectGroup": f"{conf.project_group(team)}/",
-                          "quota": quota(conf, stage)})
+                          "quota": quota(conf, stage, team)})
     return sorted(found, key=lambda ns: ns["name"])

@@ -20,7 +20,7 @@ from podserve import memory_plan, metric_names
 from podserve import offline_settings
 from podserve.routes import RESERVED_SERVICE_NAMES
 from podserve.settings import ServingSettings, SettingsError
-from podserve.tooling import handler_source, quantity, routing
+from podserve.tooling import handler_source, quantity, routing, tenancy
 from podserve.tooling.conf import Conf, Region, Stage, load_conf
 from podserve.tooling.valuefile import Problem, ValueFileError, read_assignments
 
@@ -333,7 +333,7 @@ def _normalise(values: dict) -> dict:
     if values["autoscale_target"] is None:
         values["autoscale_target"] = values["max_batch_size"]
     if values["mode"] == offline_settings.OFFLINE and values["consumer_group"] is None:
-        values["consumer_group"] = values["service_name"]
+        values["consumer_group"] = team_prefix(values["username"]) + values["service_name"]
     return values
 
 
@@ -348,9 +348,11 @@ def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
     if v["queue_size"] < v["max_batch_size"]:
         yield "queue_size", (f"is {v['queue_size']}, below max_batch_size = {v['max_batch_size']}: a batch could "
                              f"never fill; set queue_size to at least {v['max_batch_size']}")
-    if v["use_srv"] and not limits.host_port_min <= v["host_port"] <= limits.host_port_max:
-        yield "host_port", (f"is {v['host_port']}, but use_srv = True needs the port Kong probes: set it between "
-                            f"{limits.host_port_min} and {limits.host_port_max} (conf/platform.yaml limits)")
+    ports = conf.team(v["username"]).host_ports
+    if v["use_srv"] and not ports.min <= v["host_port"] <= ports.max:
+        yield "host_port", (f"is {v['host_port']}, but use_srv = True needs the port Kong probes, in team "
+                            f"{v['username']}'s own range: set it between {ports.min} and {ports.max} "
+                            "(conf/teams.yaml host_ports; each team has its own, so no two teams' pods want one port)")
     if not v["use_srv"] and v["host_port"]:
         yield "host_port", f"is {v['host_port']} but has no effect without use_srv = True; remove it or set use_srv = True"
     if v["use_decode_sidecar"]:
@@ -364,6 +366,9 @@ def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
         yield from _replica_problems(v, stage)
     for region in dict.fromkeys(stage.region for stage in conf.stages.values()):
         yield from _node_problems(v, conf, conf.regions[region])
+    for stage in conf.stages.values():
+        if tenancy.tier(stage) == "preview" and not (v["mode"] == offline_settings.OFFLINE and stage.track == "ab"):
+            yield from _quota_problems(v, conf, stage)
     if v["mode"] == offline_settings.OFFLINE:
         yield from _offline_problems(v)
     else:
@@ -376,11 +381,24 @@ def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
 _WORKER_TOPICS = ("source_topic", "sink_topic", "dead_letter_topic")
 
 
+def team_prefix(team: str) -> str:
+    """The prefix every Kafka topic and consumer group of `team` starts with ("like."): team names hold no dots, so
+    no team's names can start with another's."""
+    return f"{team}."
+
+
 def _offline_problems(v: dict):
     """Yield what an offline service must name, and names that would make a worker read or mix another's output."""
+    prefix = team_prefix(v["username"])
     for name, example in (("source_topic", "text-lines"), ("dead_letter_topic", "text-lines-dead")):
         if not v[name]:
-            yield name, f"is required with mode = 'offline'; add `{name} = {example!r}` (a Kafka topic)"
+            yield name, f"is required with mode = 'offline'; add `{name} = {prefix + example!r}` (a Kafka topic)"
+    for name in _WORKER_TOPICS + ("consumer_group",):
+        if v[name] and not v[name].startswith(prefix):
+            yield name, (f"{v[name]!r} does not carry the team: rename it to {prefix + v[name]!r} and set that name (every topic and "
+                         f"consumer group of team {v['username']} starts with {prefix!r}, so that no team reads, "
+                         "writes or joins another's by accident; the brokers' ACLs on that prefix are what make it "
+                         "a wall: docs/offline.md)")
     if bool(v["sink_topic"]) == bool(v["sink_file"]):
         which = "both are set" if v["sink_topic"] else "neither is set"
         yield "sink_topic", (f"with mode = 'offline', set exactly one of sink_topic (a Kafka topic) and sink_file "
@@ -458,6 +476,33 @@ def _replica_problems(v: dict, stage: Stage):
         yield "max_replicas", (f"is {v['max_replicas']}, below the {replicas} replicas of stage {stage.name}: an HPA "
                                f"never goes below its minimum; set max_replicas to at least {replicas}, or 0 for "
                                "fixed replicas")
+
+
+def _quota_problems(v: dict, conf: Conf, stage: Stage):
+    """Yield what keeps a grey or ab rollout (its replicas and surge pod, sidecars included) out of the team's
+    namespace quota even when nothing else of the team runs there: the cluster would refuse its pods."""
+    replicas = _replicas(v, stage)
+    pods = replicas + conf.platform.pod.max_surge
+    quota, mesh = tenancy.quota_of(conf, stage, v["username"]), conf.platform.mesh
+    cpu = pods * (Decimal(str(v["cpu"])) + quantity.cpu_cores(mesh.sidecar_cpu))
+    memory = pods * (quantity.memory_bytes(v["memory"]) + quantity.memory_bytes(mesh.sidecar_memory))
+    count_field = stage.replicas if isinstance(stage.replicas, str) else None
+    asked = [("cpu", f"{cpu.normalize():f} cpu", cpu > quantity.cpu_cores(quota.cpu), quota.cpu),
+             ("memory", quantity.format_gib(memory), memory > quantity.memory_bytes(quota.memory), quota.memory),
+             ("gpu_num", f"{pods * v['gpu_num']} GPUs", pods * v["gpu_num"] > quota.gpus, quota.gpus),
+             (count_field or "replicas", f"{pods} pods", pods > quota.pods, f"{quota.pods} pods")]
+    for name, amount, over, most in asked:
+        if over:  # the stage's replicas are the lever where value.py sets them (ab_replicas), else the amount
+            field = count_field or name
+            also = f" or {name}" if field != name else ""
+            yield field, (f"stage {stage.name}'s {pods} pods ({replicas} and the rollout's surge pod, each with its mesh "
+                         f"sidecar) ask {amount}, more than team {v['username']}'s namespace {stage.namespace_for(v['username'])} "
+                         f"may hold at once ({most}: conf/platform.yaml limits.preview_quota); lower {field}{also}")
+
+
+def _replicas(v: dict, stage: Stage) -> int:
+    replicas = stage.replicas if isinstance(stage.replicas, int) else v.get(stage.replicas)
+    return replicas if isinstance(replicas, int) else 1
 
 
 def _node_problems(v: dict, conf: Conf, region: Region):

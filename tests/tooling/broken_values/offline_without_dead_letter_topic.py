@@ -10,5 +10,5 @@ gpu_memory = 2
 replicas = 1
 max_replicas = 3
 mode = 'offline'
-source_topic = 'text-lines'
-sink_topic = 'text-directions'
+source_topic = 'like.text-lines'
+sink_topic = 'like.text-directions'

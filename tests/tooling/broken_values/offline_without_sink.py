@@ -10,5 +10,5 @@ gpu_memory = 2
 replicas = 1
 max_replicas = 3
 mode = 'offline'
-source_topic = 'text-lines'
-dead_letter_topic = 'text-lines-dead'
+source_topic = 'like.text-lines'
+dead_letter_topic = 'like.text-lines-dead'

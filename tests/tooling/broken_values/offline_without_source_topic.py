@@ -10,5 +10,5 @@ gpu_memory = 2
 replicas = 1
 max_replicas = 3
 mode = 'offline'
-sink_topic = 'text-directions'
-dead_letter_topic = 'text-lines-dead'
+sink_topic = 'like.text-directions'
+dead_letter_topic = 'like.text-lines-dead'

@@ -50,13 +50,14 @@ def main(argv: list[str] | None = None) -> int:
                 jobs = ["manifests", "service-image"] + (["tooling-image"] if flavor == own else [])
                 for job in jobs:
                     tag = sha if job == "tooling-image" or flavor == own else f"{sha}-{flavor}"
-                    done = stage.run_job(job, checkout, tag)
+                    release = pipeline.release_variables(tag) if job == "tooling-image" else None
+                    done = stage.run_job(job, checkout, tag, extra=release)
                     if done.returncode != 0:
                         print(f"Error: the {job} job failed ({flavor}):\n{done.stderr[-4000:]}", file=sys.stderr)
                         return 1
                     if job.endswith("-image"):
                         built += ((checkout / "build/images.txt").read_text().split() if job == "service-image" else
-                                  [stage.job_env(job, checkout, sha)["TOOLING_IMAGE"]])
+                                  [stage.job_env(job, checkout, sha, release)["RELEASE_IMAGE"]])
                         cached, total = pipeline.cache_use(done.stderr)
                         what = job if job == "tooling-image" else f"{job} ({flavor})"
                         print(f"  {what}: {cached} of {total} Dockerfile steps from the cache")

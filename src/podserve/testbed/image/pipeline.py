@@ -8,9 +8,11 @@ A checkout is a copy of the working tree's files (tracked and untracked, less wh
 and of model/ (the model job's artifact), whose conf/regions.yaml sends each region's images to
 the local registry (`<registry>/<region>`): the push targets still come from conf, as in CI.
 Each job runs its own script lines from .gitlab-ci.yml with its variables expanded as GitLab does,
-CI's predefined variables pointing at the local registry, REGISTRY_AUTH_CONFIG a docker
-config.json written for this run, PIP_INDEX_URL the local index; the build jobs run in the
-runner's namespaces (runner.py), the others in a plain shell with this environment's Python.
+CI's predefined variables pointing at the local registry, REGISTRY_AUTH_CONFIG (and its protected twin) a
+docker config.json written for this run, PIP_INDEX_URL the local index; the build jobs run in the
+runner's namespaces (runner.py), the others in a plain shell, their `/opt/venv/bin/python -I` being the
+tooling image laid out from the checkout (tooling.py: its conf/ is the checkout's test conf, as the
+image built from that checkout would hold).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from podserve.testbed.image import bases, ci_jobs, runner, wheels
+from podserve.testbed.image import bases, ci_jobs, runner, tooling, wheels
 from podserve.testbed.image.registry import Registry
 from podserve.testbed.image.versions import REPO
 from podserve.testbed.processes import free_port
@@ -35,6 +37,13 @@ REQUIREMENTS = ("cpu.txt", "gpu.txt", "tooling.txt")
 #: CI's team/project path in the registry (CI_REGISTRY_IMAGE's path).
 PROJECT_PATH = "team/service"
 BUILD_TIMEOUT = 1500
+
+
+def release_variables(tag: str) -> dict[str, str]:
+    """What GitLab gives the platform project's pipeline of a protected tag `tag`: tooling-image's rule matches it."""
+    platform = ci_jobs.PIPELINE["variables"]["PLATFORM_PROJECT"]
+    return {"CI_PROJECT_PATH": platform, "CI_COMMIT_TAG": tag, "CI_COMMIT_REF_PROTECTED": "true",
+            "CI_COMMIT_BRANCH": ""}
 
 
 class BuildStage:
@@ -91,29 +100,33 @@ class BuildStage:
         return {**ci_jobs.PREDEFINED, "CI_PROJECT_DIR": str(checkout), "CI_COMMIT_SHORT_SHA": commit,
                 "CI_REGISTRY": self.registry.host, "CI_REGISTRY_IMAGE": f"{self.registry.host}/{PROJECT_PATH}"}
 
-    def job_env(self, name: str, checkout: Path, commit: str = ci_jobs.PREDEFINED["CI_COMMIT_SHORT_SHA"]) -> dict:
-        """The environment job `name` runs with: its variables, CI/CD variables, a HOME of its own."""
+    def job_env(self, name: str, checkout: Path, commit: str = ci_jobs.PREDEFINED["CI_COMMIT_SHORT_SHA"],
+                extra: dict[str, str] | None = None) -> dict:
+        """The environment job `name` runs with: its variables, CI/CD variables (`extra`: more of them, a predefined
+        one overridden), a HOME of its own."""
         job = ci_jobs.resolved(name)
         home = self.workdir / "homes" / f"{name}-{time.monotonic_ns()}"
         home.mkdir(parents=True)
-        # The jobs that run in the tooling image find podserve where its .pth puts it; here the checkout's own src/
-        # stands in for it (the checkout's conf/ and templates/ then are the tooling's, as in the image).
+        cicd = {"REGISTRY_AUTH_CONFIG": str(self.auth_config), "REGISTRY_AUTH_CONFIG_PROTECTED": str(self.auth_config),
+                "PIP_INDEX_URL": self.index.url, **(extra or {})}
         return {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-                "HOME": str(home), "LANG": "C.UTF-8", "PYTHONPATH": str(checkout / "src"),
-                **ci_jobs.variables(job, self.predefined(checkout, commit)),
-                "REGISTRY_AUTH_CONFIG": str(self.auth_config), "PIP_INDEX_URL": self.index.url}
+                "HOME": str(home), "LANG": "C.UTF-8",
+                **ci_jobs.variables(job, {**self.predefined(checkout, commit), **cicd}), **cicd}
 
     def run_job(self, name: str, checkout: Path, commit: str = ci_jobs.PREDEFINED["CI_COMMIT_SHORT_SHA"],
-                timeout: float = BUILD_TIMEOUT) -> subprocess.CompletedProcess:
-        """Run job `name`'s script lines as written, in checkout; return what happened (stdout, stderr, code)."""
+                timeout: float = BUILD_TIMEOUT, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run job `name`'s script lines as written, in checkout; return what happened (stdout, stderr, code).
+        `extra`: CI/CD variables the job sees besides the registry's (KUBECONFIG_PREVIEW_HK, ...)."""
         job = ci_jobs.resolved(name)
-        lines, env = ci_jobs.script_lines(job), self.job_env(name, checkout, commit)
+        lines, env = ci_jobs.script_lines(job), self.job_env(name, checkout, commit, extra)
         started = time.monotonic()
-        if "buildkit" in str(job.get("image", {}).get("name", "")):
+        image = job.get("image") or ""
+        if "buildkit" in (image.get("name", "") if isinstance(image, dict) else image):
             done = runner.run_job(lines, env, checkout, self.workdir / "jobs", self.registry.host, timeout)
-        else:
-            done = subprocess.run(["bash", "-eo", "pipefail", "-c", "\n".join(lines)], cwd=checkout, env=env,
-                                  capture_output=True, text=True, timeout=timeout)
+        else:  # in the tooling image: its interpreter, laid out from the checkout
+            python = tooling.lay_out(checkout, self.workdir / "tooling" / checkout.name)
+            done = subprocess.run(["bash", "-eo", "pipefail", "-c", "\n".join(tooling.job_lines(lines, python))],
+                                  cwd=checkout, env=env, capture_output=True, text=True, timeout=timeout)
         print(f"job {name}: exit {done.returncode} in {time.monotonic() - started:.0f}s", file=self.out, flush=True)
         return done
 

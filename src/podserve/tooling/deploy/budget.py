@@ -6,6 +6,13 @@ whole probe periods), then one readiness period. That is the Deployment's
 `progressDeadlineSeconds`: the controller resets it on every step of progress, so it is a
 per-pod budget. The deploy tool waits for the whole rollout: one such budget per surge
 step (pods roll `max_surge` at a time, none unavailable) plus a margin.
+
+A failed rollout is rolled back (not grey's): the rollback replaces only the pods the
+rollout had made available, at most replicas - 1 (with every new pod available the
+rollout is complete, not failed), so its wait is budgeted from how far the rollout got.
+A CI deploy job has a fixed time (conf/deploy.yaml ci_job_timeout_seconds: GitLab does not
+expand variables in `timeout:`), of which the deploy lock may take its whole wait:
+`deploy_job_seconds` is what one deploy may need of it, render refuses a stage that cannot fit.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ POD_START_ALLOWANCE_SECONDS = 120
 ROLLOUT_MARGIN_SECONDS = 30
 #: Kubernetes' own default when a Deployment sets no progressDeadlineSeconds.
 KUBERNETES_DEFAULT_PROGRESS_DEADLINE = 600
+#: What a deploy job needs besides its waits: starting, applying, recording, notifying.
+JOB_MARGIN_SECONDS = 120
 
 
 def startup_failure_threshold(init_delay_second: int, probe_period_seconds: int) -> int:
@@ -39,3 +48,20 @@ def rollout_seconds(progress_deadline: int, replicas: int, max_surge: int = 1) -
     """Return how long the deploy tool waits for a whole rollout of `replicas` pods, `max_surge` at a time."""
     steps = max(1, math.ceil(max(replicas, 1) / max(max_surge, 1)))
     return steps * progress_deadline + ROLLOUT_MARGIN_SECONDS
+
+
+def rollback_seconds(progress_deadline: int, rolled_out: int, max_surge: int = 1) -> int:
+    """Return how long a rollback may wait: one step per `max_surge` of the `rolled_out` pods the failed rollout had
+    made available (each replaced by a previous one again); with none, every previous pod still runs (none is
+    unavailable during a rollout) and the rollback only removes the failed one: the margin."""
+    return rollout_seconds(progress_deadline, rolled_out, max_surge) if rolled_out > 0 else ROLLOUT_MARGIN_SECONDS
+
+
+def deploy_job_seconds(progress_deadline: int, replicas: int, max_surge: int, rolled_back: bool,
+                       lock_wait: float) -> tuple[int, int, float]:
+    """Return (rollout, rollback, in all) seconds one deploy of `replicas` pods may need of its job: the rollout's
+    budget, a rollback of at most replicas - 1 pods (none where a failure is left as it is: grey), the lock's whole
+    wait and JOB_MARGIN_SECONDS."""
+    rollout = rollout_seconds(progress_deadline, replicas, max_surge)
+    rollback = rollback_seconds(progress_deadline, replicas - 1, max_surge) if rolled_back else 0
+    return rollout, rollback, rollout + rollback + lock_wait + JOB_MARGIN_SECONDS

@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 
+from podserve.tooling import platform_rules
 from podserve.tooling.conf import load_conf, load_deploy_policy
 from podserve.tooling.deploy import commands, digest, failures, notify
 from podserve.tooling.deploy.errors import BadInput, DeployError, NotDeployedHere, Refused, Terminated
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     target = None
     signal.signal(signal.SIGTERM, _terminated)
     try:
+        refused = platform_rules.run_refusal()
+        if refused:
+            raise BadInput(refused)
         conf = load_conf(args.conf)
         policy = load_deploy_policy(args.conf)
         stage = stage_of(conf, args.stage)

@@ -31,8 +31,6 @@ DELETE_WAIT_SECONDS = 180
 JOB_TIMEOUT_VARIABLE = "CI_JOB_TIMEOUT"
 #: GitLab's predefined variable holding when the job started (RFC 3339): its timeout counts from then.
 JOB_STARTED_VARIABLE = "CI_JOB_STARTED_AT"
-#: What a deploy job needs besides its waits: starting, applying, notifying.
-JOB_MARGIN_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -81,6 +79,7 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         if unchecked:
             say(unchecked)
         live = kube.get(MANAGED["Deployment"], target.namespace, target.service)
+        check_project(kube, target)
         noticed = drift.differences(history, live) + renamed(kube, target)
         for line in noticed:  # a killed deploy, a rollout undo or a scale by hand since the last recorded deploy
             say(f"NOTICED: {line}")
@@ -107,7 +106,7 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
             _notify(target, number, "interrupted", exc.message, say)
             return failures.EXIT_FAILED
         except (ClusterError, Terminated) as exc:
-            return interrupted(kube, target, before, history, number, _cause(exc), conf, opts, say)
+            return interrupted(kube, target, before, history, number, _cause(exc), conf, opts, say, lock.check)
         if verdict.state == diagnosis.SERVING:
             history.record(kube, replace(revision, applied_at=now_text()))
             say(f"serving: revision {number} of {target.service} in {target.stage.name}: {verdict.message}")
@@ -122,10 +121,15 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
             _notify(target, number, "failed", verdict.message, say)
             return failures.EXIT_FAILED
         try:
-            outcome = roll_back_to(kube, target, before, back_to, conf, opts, say, rolled_from=number)
+            outcome = roll_back_to(kube, target, before, back_to, conf, opts, say, rolled_from=number,
+                                   check=lock.check, rolled_out=rolled_out(kube, target))
         except RollbackIncomplete as exc:  # the history keeps this deploy pending: the next deploy and rollback see it
             say(f"FAILED: {exc.message}")
             _notify(target, number, "rollback_failed", f"{verdict.message}; {exc.message}", say)
+            return failures.EXIT_FAILED
+        except LockLost as exc:
+            say(f"STOPPED: {exc.message}. The rollback stops here: the stage belongs to the new holder's deploy now")
+            _notify(target, number, "interrupted", f"{verdict.message}; {exc.message}", say)
             return failures.EXIT_FAILED
         _end(kube, history, say)
         _notify(target, number, outcome, verdict.message, say)
@@ -133,7 +137,7 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
 
 
 def interrupted(kube: Kube, target: Target, before: list[dict], history: History, number: int, cause: str,
-                conf: Conf, opts: Options, say=print) -> int:
+                conf: Conf, opts: Options, say=print, check=lambda: None) -> int:
     """End a deploy cut short after its first change (an API error, SIGTERM): roll the stage back to what ran before
     (as a failed rollout is; grey is kept for inspection), notify with outcome `interrupted`; return EXIT_FAILED.
     The history forgets the deploy only once its rollback ended; one cut short leaves it pending."""
@@ -144,12 +148,16 @@ def interrupted(kube: Kube, target: Target, before: list[dict], history: History
     else:
         back_to = history.restore.number if history.restore else None
         try:
-            done = roll_back_to(kube, target, before, back_to or None, conf, opts, say, rolled_from=number)
+            done = roll_back_to(kube, target, before, back_to or None, conf, opts, say, rolled_from=number,
+                                check=check)
             outcome = "rolled back" if done == "rolled_back" else "the rollback did not become healthy"
             _end(kube, history, say)
         except RollbackIncomplete as exc:
             outcome = f"the rollback failed too: {exc.message}"
             say(f"FAILED: {exc.message}")
+        except LockLost as exc:
+            outcome = f"the rollback stopped: {exc.message}"
+            say(f"STOPPED: {exc.message}")
     _notify(target, number, "interrupted", f"{cause}; {outcome}", say)
     return failures.EXIT_FAILED
 
@@ -169,18 +177,26 @@ def _cause(exc: BaseException) -> str:
 
 
 def rollback_set(kube: Kube, target: Target, history: History, live: dict | None) -> Revision:
-    """What a failure rolls back to: the recorded revision, unless something else really runs (the live objects, as
-    revision 0: not recorded)."""
+    """What a failure rolls back to: after a deploy that never finished (killed: the history still names it pending),
+    what ran before that deploy (the set it would itself have rolled back to), never its half-applied objects;
+    else the recorded revision, unless something else really runs (the live objects, as revision 0: not
+    recorded: a `kubectl rollout undo`, an edit)."""
+    if history.pending is not None and (history.restore or history.current):
+        return history.restore or history.current
     if history.current and not drift.template_drifted(history, live):
         return history.current
     return Revision(0, live_objects(kube, target), applied_at=now_text())
 
 
 def roll_back_to(kube: Kube, target: Target, objects: list[dict], number: int | None, conf: Conf, opts: Options,
-                 say=print, rolled_from: int | None = None) -> str:
+                 say=print, rolled_from: int | None = None, check=lambda: None, rolled_out: int | None = None) -> str:
     """Re-apply the objects as they were before, prune the rest, wait; return 'rolled_back', or 'rollback_failed'
     when they do not become healthy. RollbackIncomplete when an API error or SIGTERM cut it short: it names which
-    objects are back, which still hold revision `rolled_from`'s, and the command that finishes the rollback."""
+    objects are back, which still hold revision `rolled_from`'s, and the command that finishes the rollback.
+
+    `check` runs before each write, as in a deploy (the deploy lock's: LockLost stops it, the stage being another
+    deploy's by then); `rolled_out`, the new pods a failed rollout had made available, budgets the wait
+    (budget.rollback_seconds; None: the whole rollout of the objects)."""
     if objects:
         say(f"rolling back to the previous revision{f' ({number})' if number else ''}")
     else:
@@ -201,6 +217,7 @@ def roll_back_to(kube: Kube, target: Target, objects: list[dict], number: int | 
             return False
         for _ in range(2):
             try:
+                check()
                 step()
                 return True
             except Terminated as exc:
@@ -226,9 +243,12 @@ def roll_back_to(kube: Kube, target: Target, objects: list[dict], number: int | 
         raise _incomplete(target, number, rolled_from, restored, left, stopped, waited=False)
     if previous.deployment() is None:
         return "rolled_back"
+    settings = wait_settings(previous, conf, opts, list(objects), live_replicas(kube, previous))
+    if rolled_out is not None and opts.budget_seconds is None:
+        settings = replace(settings, budget_seconds=budget.rollback_seconds(
+            progress_deadline(previous.deployment()), rolled_out, max_surge(previous.deployment())))
     try:
-        verdict = rollout.wait(kube, previous, wait_settings(previous, conf, opts, list(objects),
-                                                             live_replicas(kube, previous)), say)
+        verdict = rollout.wait(kube, previous, settings, say, check)
     except (ClusterError, Terminated) as exc:
         raise _incomplete(target, number, rolled_from, restored, left, [exc], waited=True) from None
     if verdict.state == diagnosis.SERVING:
@@ -263,22 +283,32 @@ def _incomplete(target: Target, number: int | None, rolled_from: int | None, res
 def validate(kube: Kube, objects: list[dict]) -> None:
     """Server-side dry-run every object first, so that one the API server refuses leaves everything unchanged."""
     for obj in objects:
-        try:
-            kube.apply(obj, dry_run=True)
-        except ClusterError as exc:
-            what = f"{obj.get('kind')}/{obj['metadata'].get('name')}"
-            if exc.status == 404:
-                raise BadInput(f"{what}: the cluster has no place for it ({exc.message}): the stage's namespace or "
-                               f"the {obj.get('kind')} CRD is missing; ask the platform team to install the platform "
-                               "chart (charts/podserve-platform) and the CRDs. Nothing was changed")
-            if "ValidatingAdmissionPolicy" in exc.message:  # the platform's rules (docs/tenancy.md)
-                raise BadInput(f"{what}: the platform's admission policy refuses it ({exc.message}); change what the "
-                               "policy names (docs/tenancy.md lists each). Nothing was changed")
-            # A 500 'failed to create typed patch object' is server-side apply meeting a field the schema lacks.
-            if exc.status in (400, 409, 422) or (exc.status == 500 and "not declared in schema" in exc.message):
-                raise BadInput(f"{what}: the API server refuses it ({exc.message}); render the manifests again "
-                               "with this version of the tooling. Nothing was changed")
-            raise
+        dry_apply(kube, obj)
+
+
+def dry_apply(kube: Kube, obj: dict) -> dict:
+    """Server-side dry-run one object; return what the server would store. A refusal is BadInput saying what to
+    change: the platform itself broken (its limits ConfigMap), a platform rule (docs/tenancy.md), a field or kind
+    the cluster does not know; other errors go on as they are."""
+    try:
+        return kube.apply(obj, dry_run=True)
+    except ClusterError as exc:
+        what = f"{obj.get('kind')}/{obj['metadata'].get('name')}"
+        if exc.status == 404:
+            raise BadInput(f"{what}: the cluster has no place for it ({exc.message}): the stage's namespace or "
+                           f"the {obj.get('kind')} CRD is missing; ask the platform team to install the platform "
+                           "chart (charts/podserve-platform) and the CRDs. Nothing was changed") from None
+        broken = diagnosis.platform_broken(exc.message)
+        if broken:
+            raise BadInput(f"{what}: {broken}. Nothing was changed") from None
+        if "ValidatingAdmissionPolicy" in exc.message:  # the platform's rules (docs/tenancy.md)
+            raise BadInput(f"{what}: the platform's admission policy refuses it ({exc.message}); change what the "
+                           "policy names (docs/tenancy.md lists each). Nothing was changed") from None
+        # A 500 'failed to create typed patch object' is server-side apply meeting a field the schema lacks.
+        if exc.status in (400, 409, 422) or (exc.status == 500 and "not declared in schema" in exc.message):
+            raise BadInput(f"{what}: the API server refuses it ({exc.message}); render the manifests again "
+                           "with this version of the tooling. Nothing was changed") from None
+        raise
 
 
 def apply_set(kube: Kube, target: Target, objects: list[dict], say=print, check=lambda: None) -> None:
@@ -375,22 +405,24 @@ def check_job_timeout(target: Target, conf: Conf, opts: Options, objects: list[d
     limit = job_timeout(environ)
     if limit is None:
         return
-    rollout_seconds = wait_settings(target, conf, opts, objects, live).budget_seconds
+    settings = wait_settings(target, conf, opts, objects, live)
+    rollout_seconds = settings.budget_seconds
     rollback_seconds = 0.0
-    if before and target.stage.track != "grey" and any(o.get("kind") == "Deployment" for o in before):
-        rollback_seconds = wait_settings(replace(target, objects=tuple(before)), conf, opts, before, live).budget_seconds
-    needed = rollout_seconds + rollback_seconds + JOB_MARGIN_SECONDS + lock_wait
+    previous = next((o for o in before if o.get("kind") == "Deployment"), None)
+    if previous is not None and target.stage.track != "grey":  # at most all but one of the new pods to put back
+        rollback_seconds = budget.rollback_seconds(progress_deadline(previous), rollout_pods(target, objects, live) - 1,
+                                                   max_surge(previous))
+    needed = rollout_seconds + rollback_seconds + budget.JOB_MARGIN_SECONDS + lock_wait
     spent, since = job_seconds_spent(opts, environ)
     left = limit - spent
     if needed > left:
         lock_text = f" and up to {lock_wait:.0f} s for the deploy lock" if lock_wait else ""
-        lock_fix = ", wait less for the lock (--lock-wait, conf/deploy.yaml lock_wait_seconds)" if lock_wait else ""
+        lock_fix = ", or deploy when no other deploy of it runs" if lock_wait else ""
         raise BadInput(f"this deploy may wait {rollout_seconds:.0f} s for its rollout and {rollback_seconds:.0f} s for a "
-                       f"rollback (+{JOB_MARGIN_SECONDS} s){lock_text}, {needed:.0f} s in all, more than the job's "
-                       f"timeout of {limit} s (${JOB_TIMEOUT_VARIABLE}: .gitlab-ci.yml `timeout:`) leaves it: "
-                       f"{spent:.0f} s have passed {since}, {max(left, 0):.0f} s are left, so GitLab could kill it "
-                       f"midway: lower init_delay_second or the replicas (max_replicas) in value.py{lock_fix}, or "
-                       f"raise the deploy jobs' timeout to at least {needed + spent:.0f} s. Nothing was changed")
+                       f"rollback (+{budget.JOB_MARGIN_SECONDS} s){lock_text}, {needed:.0f} s in all, more than the "
+                       f"job's timeout of {limit} s (${JOB_TIMEOUT_VARIABLE}) leaves it: {spent:.0f} s have passed "
+                       f"{since}, {max(left, 0):.0f} s are left, so GitLab could kill it midway: lower "
+                       f"init_delay_second or the replicas (max_replicas) in value.py{lock_fix}. Nothing was changed")
 
 
 def renamed(kube: Kube, target: Target) -> list[str]:
@@ -420,22 +452,62 @@ def live_replicas(kube: Kube, target: Target) -> int | None:
     return ((live or {}).get("spec") or {}).get("replicas")
 
 
-def wait_settings(target: Target, conf: Conf, opts: Options, objects: list[dict],
-                  live: int | None = None) -> rollout.WaitSettings:
-    """Return the wait's budget (from the Deployment's progressDeadlineSeconds and replicas) and grace.
+def progress_deadline(deployment: dict | None) -> int:
+    """Return a Deployment's progressDeadlineSeconds (Kubernetes' default where it sets none)."""
+    return ((deployment or {}).get("spec") or {}).get("progressDeadlineSeconds") \
+        or budget.KUBERNETES_DEFAULT_PROGRESS_DEADLINE
 
-    Where an HPA or KEDA owns the replicas (render leaves spec.replicas out), the rollout replaces the `live` pods
-    the autoscaler keeps, not its minimum: the budget counts those.
-    """
+
+def max_surge(deployment: dict | None) -> int:
+    """Return a Deployment's rolling maxSurge as a count (1 where it is a percentage or unset)."""
+    surge = ((((deployment or {}).get("spec") or {}).get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge", 1)
+    return surge if isinstance(surge, int) else 1
+
+
+def rolled_out(kube: Kube, target: Target) -> int | None:
+    """Return how many new pods the target's rollout had made available (its newest ReplicaSet's available ones);
+    None when the cluster does not say (the rollback then gets the whole rollout's budget)."""
+    try:
+        live = kube.get(MANAGED["Deployment"], target.namespace, target.service)
+        if live is None:
+            return 0
+        replicasets = kube.list(REPLICASETS, target.namespace, label_selector(
+            (live["spec"].get("selector") or {}).get("matchLabels") or {})).get("items") or []
+    except ClusterError:
+        return None
+    return sum((rs.get("status") or {}).get("availableReplicas", 0) for rs in diagnosis.new_replicasets(live, replicasets))
+
+
+def check_project(kube: Kube, target: Target) -> None:
+    """Refuse (exit 3) objects whose live namesakes another GitLab project of the team deployed: two projects with one
+    service name would silently take each other's service over (their podserve.io/project annotation tells)."""
+    ours = (((target.deployment() or {}).get("metadata") or {}).get("annotations") or {}).get(tenancy.PROJECT_ANNOTATION)
+    if not ours:
+        return
+    for obj in target.objects:
+        live = kube.get(kind_of(obj), target.namespace, obj["metadata"]["name"])
+        theirs = (((live or {}).get("metadata") or {}).get("annotations") or {}).get(tenancy.PROJECT_ANNOTATION)
+        if theirs and theirs != ours:
+            raise Refused(failures.PROJECT_COLLISION, f"{obj['kind']}/{obj['metadata']['name']} in {target.namespace} "
+                                                      f"belongs to GitLab project {theirs}, not this one ({ours})")
+
+
+def rollout_pods(target: Target, objects: list[dict], live: int | None = None) -> int:
+    """Return how many pods a rollout of `objects` replaces: the Deployment's replicas, or where an HPA or KEDA owns
+    them (render leaves spec.replicas out) the `live` pods the autoscaler keeps, at least its minimum."""
     deployment = next((o for o in objects if o.get("kind") == "Deployment"), None) or target.deployment() or {}
-    spec = deployment.get("spec") or {}
     scaler = next((o for o in objects if o.get("kind") in ("HorizontalPodAutoscaler", "ScaledObject")), None)
     least = ((scaler or {}).get("spec") or {})
     least = least.get("minReplicas") or least.get("minReplicaCount") or 1
-    replicas = spec.get("replicas") or (max(live or 0, least) if scaler else 1)
-    surge = ((spec.get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge", 1)
-    deadline = spec.get("progressDeadlineSeconds") or budget.KUBERNETES_DEFAULT_PROGRESS_DEADLINE
-    seconds = opts.budget_seconds or budget.rollout_seconds(deadline, replicas, surge if isinstance(surge, int) else 1)
+    return (deployment.get("spec") or {}).get("replicas") or (max(live or 0, least) if scaler else 1)
+
+
+def wait_settings(target: Target, conf: Conf, opts: Options, objects: list[dict],
+                  live: int | None = None) -> rollout.WaitSettings:
+    """Return the wait's budget (from the Deployment's progressDeadlineSeconds and rollout_pods) and grace."""
+    deployment = next((o for o in objects if o.get("kind") == "Deployment"), None) or target.deployment() or {}
+    seconds = opts.budget_seconds or budget.rollout_seconds(progress_deadline(deployment),
+                                                            rollout_pods(target, objects, live), max_surge(deployment))
     return rollout.WaitSettings(seconds, opts.scheduling_grace_seconds, node_offer(conf, target, deployment))
 
 
@@ -507,7 +579,7 @@ def dry_run(kube: Kube, target: Target, say=print) -> int:
     for obj in map(drift.stamped, target.objects):  # as apply would send them
         kind, meta = kind_of(obj), obj["metadata"]
         live = kube.get(kind, meta.get("namespace"), meta["name"])
-        after = kube.apply(obj, dry_run=True)
+        after = dry_apply(kube, obj)
         what = f"{obj['kind']}/{meta['name']}"
         if live is None:
             say(f"would create {what}")
@@ -594,16 +666,16 @@ def rollback(kube: Kube, target: Target, conf: Conf, opts: Options, say=print) -
     (killed, or its rollback cut short: the history still names it pending), put back what ran before that deploy
     instead, as its rollback would have."""
     with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
-                    opts.lock_lease_seconds, say):
+                    opts.lock_lease_seconds, say) as lock:
         history = History.load(kube, target.namespace, target.service, target.stage.name)
         if history.pending is not None:
-            return _finish_rollback(kube, target, conf, opts, history, say)
+            return _finish_rollback(kube, target, conf, opts, history, say, lock.check)
         if history.previous is None:
             raise BadInput(f"{target.service} in {target.stage.name} has no previous revision recorded (ConfigMap "
                            f"{target.namespace}/{history_name(target.service)}); deploy the version you want with apply")
         try:
             outcome = roll_back_to(kube, target, history.previous.objects, history.previous.number, conf, opts, say,
-                                   rolled_from=history.current.number if history.current else None)
+                                   rolled_from=history.current.number if history.current else None, check=lock.check)
         except RollbackIncomplete as exc:  # the history is unchanged: the same command finishes it
             say(f"FAILED: {exc.message}")
             _notify(target, history.previous.number, "rollback_failed", exc.message, say)
@@ -615,7 +687,8 @@ def rollback(kube: Kube, target: Target, conf: Conf, opts: Options, say=print) -
         return failures.EXIT_SERVING if outcome == "rolled_back" else failures.EXIT_FAILED
 
 
-def _finish_rollback(kube: Kube, target: Target, conf: Conf, opts: Options, history: History, say=print) -> int:
+def _finish_rollback(kube: Kube, target: Target, conf: Conf, opts: Options, history: History, say=print,
+                     check=lambda: None) -> int:
     """Put back what ran before the pending revision (history.restore, else the recorded current one); forget it."""
     pending, back = history.pending, history.restore or history.current
     if back is None:
@@ -626,7 +699,7 @@ def _finish_rollback(kube: Kube, target: Target, conf: Conf, opts: Options, hist
         "short): putting back what ran before it")
     try:
         outcome = roll_back_to(kube, target, back.objects, back.number or None, conf, opts, say,
-                               rolled_from=pending.number)
+                               rolled_from=pending.number, check=check)
     except RollbackIncomplete as exc:  # still pending: the same command goes on from here
         say(f"FAILED: {exc.message}")
         _notify(target, back.number or None, "rollback_failed", exc.message, say)
@@ -654,15 +727,23 @@ def retire(kube: Kube, target: Target, policy: DeployPolicy, opts: Options, conf
     check_freeze(policy, target, replace(opts, force=False), datetime.now(timezone.utc), say)
     say(f"retiring {target.service} from {target.stage.name} (namespace {target.namespace}): every object with its "
         "labels, its history and its lock")
-    return _remove(kube, target, opts, "retired", say)
+    return _remove(kube, target, opts, "retired", say, nothing_is_a_failure=True)
 
 
-def _remove(kube: Kube, target: Target, opts: Options, outcome: str, say=print) -> int:
+#: What `delete` and `retire` remove first: the route, so that callers stop reaching the service before its pods go.
+REMOVED_FIRST = ("VirtualService",)
+
+
+def _remove(kube: Kube, target: Target, opts: Options, outcome: str, say=print, nothing_is_a_failure: bool = False) -> int:
+    """Remove every object with the service's and stage's labels, the route first, its history last; wait for its
+    pods. With nothing there at all: exit 1 and no notification where `nothing_is_a_failure` (retire: a mistyped
+    --service or --team), else 0 (stopping a grey that is already gone)."""
     labels = f"service={target.service},stage={target.stage.name}"
+    kinds = sorted(MANAGED.items(), key=lambda item: item[0] not in REMOVED_FIRST)
     with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
                     opts.lock_lease_seconds, say):
         removed = 0
-        for kind_name, kind in [*MANAGED.items(), ("ConfigMap", CONFIGMAPS)]:
+        for kind_name, kind in [*kinds, ("ConfigMap", CONFIGMAPS)]:
             for live in _list_if_served(kube, kind, target.namespace, labels):
                 if kube.delete(kind, target.namespace, live["metadata"]["name"], propagation="Foreground"):
                     say(f"deleted {kind_name}/{live['metadata']['name']}")
@@ -678,6 +759,11 @@ def _remove(kube: Kube, target: Target, opts: Options, outcome: str, say=print) 
                 say(f"still there after {DELETE_WAIT_SECONDS} s: {', '.join(left)}")
                 return failures.EXIT_FAILED
             time.sleep(1)
+    if not removed and nothing_is_a_failure:
+        say(f"FAILED: nothing of {target.service} runs in {target.stage.name}: no object in namespace "
+            f"{target.namespace} has the labels {labels} (team {target.team}); check --service and --team; nothing "
+            "was changed and nobody was notified")
+        return failures.EXIT_FAILED
     say(f"{target.service} in {target.stage.name}: {removed} object(s) deleted; nothing with its labels is left")
     _notify(target, None, outcome, None, say)
     return failures.EXIT_SERVING

@@ -97,15 +97,43 @@ def rollout_status(deployment: dict) -> tuple[bool, str]:
     return True, "rollout complete"
 
 
-def new_pods(deployment: dict, replicasets: list[dict], pods: list[dict]) -> list[dict]:
-    """Return the pods of the Deployment's newest ReplicaSet (the revision being rolled out)."""
+def new_replicasets(deployment: dict, replicasets: list[dict]) -> list[dict]:
+    """Return the Deployment's newest ReplicaSet (the revision being rolled out) among `replicasets`, as a list."""
     revision = ((deployment.get("metadata") or {}).get("annotations") or {}).get(REVISION)
     owned = [rs for rs in replicasets if _owner_uid(rs) == deployment["metadata"].get("uid")]
     current = [rs for rs in owned if ((rs["metadata"].get("annotations") or {}).get(REVISION)) == revision]
     if not current and owned:
         current = [max(owned, key=lambda rs: int((rs["metadata"].get("annotations") or {}).get(REVISION, 0)))]
-    uids = {rs["metadata"].get("uid") for rs in current}
+    return current
+
+
+def new_pods(deployment: dict, replicasets: list[dict], pods: list[dict]) -> list[dict]:
+    """Return the pods of the Deployment's newest ReplicaSet (the revision being rolled out)."""
+    uids = {rs["metadata"].get("uid") for rs in new_replicasets(deployment, replicasets)}
     return [pod for pod in pods if _owner_uid(pod) in uids and not pod["metadata"].get("deletionTimestamp")]
+
+
+#: What the API server says when a policy's parameters (the platform's ConfigMap podserve-limits) are missing.
+NO_PARAMS = "no params found for policy binding"
+LIMITS_CONFIGMAP = "podserve-limits"
+
+
+def platform_broken(message: str) -> str:
+    """Name what is broken in the platform itself when an admission refusal says so ('' when nothing is): the limits
+    ConfigMap the pod policies read is missing, or lacks a key. Every pod of every team is refused then, and no
+    change of the service's helps."""
+    policy = re.search(r"ValidatingAdmissionPolicy '([^']+)'", message)
+    if NO_PARAMS in message:
+        return (f"the platform's ConfigMap {LIMITS_CONFIGMAP} (the parameters of the admission policy "
+                f"{policy.group(1) if policy else '?'}) is missing, so the cluster refuses every pod of every team: "
+                "nothing in value.py can fix it; ask the platform team to install the platform chart again "
+                "(charts/podserve-platform)")
+    if f"{LIMITS_CONFIGMAP} lacks " in message:
+        lacks = message.split(f"{LIMITS_CONFIGMAP} lacks ", 1)[1].split(":", 1)[0]
+        return (f"the platform's ConfigMap {LIMITS_CONFIGMAP} lacks {lacks}, so the cluster refuses every pod of "
+                "every team: nothing in value.py can fix it; ask the platform team to install the platform chart "
+                "again (charts/podserve-platform)")
+    return ""
 
 
 def progress_line(deployment: dict, pods: list[dict], status_line: str, events: list[dict] = (),
@@ -233,9 +261,10 @@ def _create_refused(deployment: dict, replicasets: list[dict]) -> Verdict | None
             message = failure.get("message", "")
             quota = re.search(r"exceeded quota: ([^,]+)", message)
             policy = re.search(r"ValidatingAdmissionPolicy '([^']+)'", message)
-            named = (f"the ResourceQuota {deployment['metadata'].get('namespace')}/{quota.group(1)} is full"
-                     if quota else f"the admission policy {policy.group(1)} refuses them" if policy else
-                     "the API server refuses them")
+            named = (platform_broken(message)
+                     or (f"the ResourceQuota {deployment['metadata'].get('namespace')}/{quota.group(1)} is full"
+                         if quota else f"the admission policy {policy.group(1)} refuses them" if policy else
+                         "the API server refuses them"))
             return _failed(failures.CREATE_REFUSED, f"{owner.get('kind', 'ReplicaSet')} {owner['metadata']['name']} "
                            f"cannot create pods ({failure.get('reason', 'FailedCreate')}): {named}: \"{message}\"")
     return None

@@ -4,7 +4,9 @@ BuildKit writes what it pushed to `--metadata-file` (JSON, `containerimage.diges
 manifest's digest, one for every name it pushed, so every region's registry serves the same
 bytes under it). `apply --image-metadata FILE` replaces the server container's tag with that
 digest before anything is applied; the history keeps the applied objects, so a rollback
-re-applies the digest that was tested, whatever the tag points at by then.
+re-applies the digest that was tested, whatever the tag points at by then. The server container
+also gets the digest in its environment (podserve.image_identity): the pod publishes it on every
+answer, and CI's smoke checks that grey serves this pipeline's build, not another branch's.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import re
 from pathlib import Path
 
+from podserve.image_identity import IMAGE_DIGEST_ENV
 from podserve.tooling.deploy.errors import BadInput
 
 #: BuildKit's key for the pushed image's manifest digest in --metadata-file.
@@ -45,7 +48,7 @@ def repository(image: str) -> str:
 
 
 def pin(objects: tuple[dict, ...], digest: str) -> tuple[dict, ...]:
-    """Return copies of `objects` whose server containers name their image by `digest`."""
+    """Return copies of `objects` whose server containers name their image by `digest`, and know it (its env)."""
     pinned = []
     for obj in objects:
         if obj.get("kind") == "Deployment":
@@ -53,5 +56,7 @@ def pin(objects: tuple[dict, ...], digest: str) -> tuple[dict, ...]:
             for container in obj["spec"]["template"]["spec"]["containers"]:
                 if container.get("name") == SERVER_CONTAINER:
                     container["image"] = f"{repository(container['image'])}@{digest}"
+                    env = [e for e in container.get("env") or [] if e.get("name") != IMAGE_DIGEST_ENV]
+                    container["env"] = [*env, {"name": IMAGE_DIGEST_ENV, "value": digest}]
         pinned.append(obj)
     return tuple(pinned)

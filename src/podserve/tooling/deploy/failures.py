@@ -114,10 +114,16 @@ OUTDATED_PIPELINE = Failure(
     "a production deploy job of an old pipeline was retried or played: it would put an older commit back",
     "none: the pipeline", "to go back on purpose, run the `rollback` command above; otherwise revert the commit and "
     "deploy the revert from a new pipeline", EXIT_REFUSED)
+PROJECT_COLLISION = Failure(
+    "project_collision", "Refused: another GitLab project of the team deploys this service",
+    "a live object of the stage with this service's name carries another project's podserve.io/project: two projects "
+    "of one team chose one service_name, and the second would silently take the first's service over",
+    "`service_name`", "choose another `service_name`; if the service moved to this project on purpose, retire it from "
+    "the old one first (`retire --stage S --service NAME --team TEAM --confirm NAME`)", EXIT_REFUSED)
 
 #: Every failure, in the order docs/deploy.md lists them.
 ALL = (UNSCHEDULABLE, CREATE_REFUSED, OOM_KILLED, CRASH_LOOP, IMAGE_PULL, NOT_STARTED, STARTUP_PROBE, NEVER_READY,
-       PROGRESS_DEADLINE, TIMED_OUT, ROUTE_COLLISION, LOCK_HELD, FREEZE_WINDOW, OUTDATED_PIPELINE)
+       PROGRESS_DEADLINE, TIMED_OUT, ROUTE_COLLISION, PROJECT_COLLISION, LOCK_HELD, FREEZE_WINDOW, OUTDATED_PIPELINE)
 BY_REASON = {failure.reason: failure for failure in ALL}
 
 

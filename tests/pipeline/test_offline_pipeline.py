@@ -1,0 +1,121 @@
+"""An offline service reaches production (issue 56, It must show 2): CI's job lines as written, on the real node.
+
+Real: the manifests, model and service-image jobs (BuildKit, the local registry), then grey, smoke-grey and deploy-hk,
+each its own line run as written with the tooling image laid out from the checkout (its test conf: hk's pools are the
+real node's, no freeze window) and the credential GitLab gives the job (the team's preview account, then its
+production one); the real node's kubelet and containerd running the workers; a real Kafka broker (on the node's bridge
+address, where the pods reach it), which the platform chart's ConfigMap podserve-kafka names (the test sets it there as
+the platform team would for the region's brokers). Production's stream is played by messages the test writes to the
+source topic; grey reads it with a group of its own, and the smoke looks at that group's commits, sending nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+
+import pytest
+
+from real_node_service import REPO, TEAM, RealNodeService, values
+from podserve.testbed.cluster import node as real
+from podserve.testbed.deploy_policy import unfrozen_conf
+from podserve.testbed.kafka import KafkaBroker, install_dir, installed
+from podserve.testbed.processes import poll_until
+from podserve.testbed.topics import TopicReader, image_message, send
+from podserve.tooling.deploy.kube import CONFIGMAPS, MANAGED, PODS, Kube
+from podserve.tooling.offline_manifests import KAFKA_CONFIGMAP
+
+sys.path.insert(0, str(REPO / "tests" / "deploy"))
+from ci_account import ci_kubeconfig  # noqa: E402 - the deploy tests' way to get an account's credentials
+
+NAME = "offline-ci"
+OFFLINE = {"mode": "offline", "source_topic": f"{TEAM}.lines", "sink_topic": f"{TEAM}.directions",
+           "dead_letter_topic": f"{TEAM}.lines-dead", "replicas": 1, "hk_replicas": 1, "max_replicas": 1,
+           "lag_target": 10}
+
+
+@pytest.fixture(scope="module")
+def broker(real_node, tmp_path_factory):
+    """A broker the real node's pods reach: its clients' listener on the node's bridge address."""
+    tools = REPO / ".tools"
+    assert installed(tools), f"Kafka is not installed in {install_dir(tools)}: run `make kafka-install`"
+    started = KafkaBroker(tools, tmp_path_factory.mktemp("kafka-node"), host=real.NODE_IP).start()
+    yield started
+    started.stop()
+
+
+def brokers_of_the_region(plane, namespaces: list[str], bootstrap: str) -> dict[str, str]:
+    """Point each namespace's podserve-kafka at `bootstrap`; return what they held, to put back."""
+    admin = Kube(plane.api_client())
+    before = {}
+    for namespace in namespaces:
+        found = admin.get(CONFIGMAPS, namespace, KAFKA_CONFIGMAP["name"])
+        before[namespace] = found["data"][KAFKA_CONFIGMAP["key"]]
+        admin.request("PATCH", CONFIGMAPS.path(namespace, KAFKA_CONFIGMAP["name"]),
+                      body={"data": {KAFKA_CONFIGMAP["key"]: bootstrap}},
+                      content_type="application/merge-patch+json")
+    return before
+
+
+def test_an_offline_service_passes_grey_its_smoke_and_deploy_hk_with_the_ci_job_lines(build_stage, control_plane,
+                                                                                     real_node, broker, tmp_path):
+    service = RealNodeService(build_stage, control_plane, real_node, tmp_path, NAME, "offline1")
+    # The tooling image built from this checkout carries its conf/: the test conf, without freeze windows (today may
+    # be in one), so that deploy-hk deploys.
+    unfrozen = unfrozen_conf(tmp_path / "unfrozen", service.checkout / "conf")
+    shutil.copy(unfrozen / "deploy.yaml", service.checkout / "conf" / "deploy.yaml")
+    (service.checkout / "value.py").write_text(values(NAME, **OFFLINE))
+    grey_ns, hk_ns = (service.conf.stages[s].namespace_for(TEAM) for s in ("grey", "hk"))
+    credentials = {"KUBECONFIG_PREVIEW_HK": str(ci_kubeconfig(control_plane, tmp_path / "p.kubeconfig", TEAM, "preview")),
+                   "KUBECONFIG_HK": str(ci_kubeconfig(control_plane, tmp_path / "h.kubeconfig", TEAM, "production"))}
+    admin = Kube(control_plane.api_client())
+    before = brokers_of_the_region(control_plane, [grey_ns, hk_ns], broker.bootstrap)
+    try:
+        images = service.build()
+        assert (service.checkout / "build/flavor.txt").read_text().strip() == "cpu"
+        assert sorted(p.name for p in (service.checkout / "build/manifests/grey").glob("*.yaml")) == [
+            "deployment.yaml", "poddisruptionbudget.yaml", "podmonitor.yaml", "scaledobject.yaml"]  # no route
+        digest = json.loads((service.checkout / "build/image-metadata.json").read_text())["containerimage.digest"]
+        service.let_the_node_pull()
+        timings = {}
+        for job in ("grey", "smoke-grey", "deploy-hk"):
+            if job == "smoke-grey":  # production's stream goes on: grey reads it with its own consumer group
+                send(broker.bootstrap, OFFLINE["source_topic"], lines(6))
+            started = time.monotonic()
+            done = build_stage.run_job(job, service.checkout, service.commit, timeout=600, extra=credentials)
+            timings[job] = time.monotonic() - started
+            print(f"{job}: exit {done.returncode} in {timings[job]:.1f} s\n{done.stdout[-1500:]}")
+            assert done.returncode == 0, f"{job} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            if job == "smoke-grey":
+                assert f"worker pod(s) of grey ready in {grey_ns}, each on {digest}" in done.stdout
+                assert f"consumer group {TEAM}.{NAME}-grey on {OFFLINE['source_topic']}: " in done.stdout
+        for namespace in (grey_ns, hk_ns):  # the kubelet runs the build this pipeline pushed, by digest
+            (pod,) = [p for p in admin.list(PODS, namespace, f"service={NAME}")["items"]
+                      if not p["metadata"].get("deletionTimestamp")]
+            assert pod["spec"]["nodeName"] == real_node.name
+            assert pod["status"]["containerStatuses"][0]["imageID"].endswith(digest), pod["status"]
+        # grey's results went to its own sink, production's to production's (both read the same stream)
+        for sink in (f"{OFFLINE['sink_topic']}-grey", OFFLINE["sink_topic"]):
+            reader = TopicReader(broker.bootstrap, sink)
+            try:
+                poll_until(lambda: reader.read_new(2) is not None and len(reader.records) >= 6, f"6 results in {sink}",
+                           120)
+            finally:
+                reader.close()
+        assert images and all(image.endswith(f":{service.commit}") for image in images)
+    finally:
+        for namespace in (grey_ns, hk_ns):  # as the admin: production cannot be deleted with the tool
+            for kind in [*MANAGED.values(), CONFIGMAPS]:
+                for item in admin.list(kind, namespace, f"service={NAME}").get("items") or []:
+                    admin.delete(kind, namespace, item["metadata"]["name"])
+        for namespace, value in before.items():
+            admin.request("PATCH", CONFIGMAPS.path(namespace, KAFKA_CONFIGMAP["name"]),
+                          body={"data": {KAFKA_CONFIGMAP["key"]: value}}, content_type="application/merge-patch+json")
+
+
+def lines(count: int) -> list[tuple[bytes, bytes]]:
+    """`count` messages of the example's text line, as production's stream would carry them."""
+    image = (REPO / "examples" / "text-line.png").read_bytes()
+    return [(f"line-{i}".encode(), image_message(image, postid=f"line-{i}", seqid=i)) for i in range(count)]

@@ -1,0 +1,15 @@
+# expect: sink_topic -- a topic without the team ("like.") is refused: teams never share Kafka names
+service_name = 'text-direction-offline'
+username = 'like'
+handler = 'server:TextDirection'
+model_path = 'model/ch_ppocr_mobile_v2.0_cls_mobile.onnx'
+cpu = 4
+memory = '8Gi'
+gpu_num = 1
+gpu_memory = 2
+replicas = 1
+max_replicas = 3
+mode = 'offline'
+source_topic = 'like.text-lines'
+sink_topic = 'text-directions'
+dead_letter_topic = 'like.text-lines-dead'
