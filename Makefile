@@ -66,7 +66,7 @@ ARGS ?=
 .PHONY: deploy
 deploy: $(VENV)/.tooling-deps ## Deploy VALUES' STAGE (grey, ab, hk, eu, na) with $$KUBECONFIG: exit 0 serving, 1 failed, 2 bad input, 3 refused.
 	@test -n "$(STAGE)" || { echo "Error: name the stage: make deploy STAGE=grey (or ab, hk, eu, na)" >&2; exit 2; }
-	$(PY) -m podserve.tooling.deploy apply --stage $(STAGE) --values $(VALUES) $(ARGS)
+	$(PY) -m podserve.tooling.deploy apply --local --stage $(STAGE) --values $(VALUES) $(ARGS)
 
 # The deploy tool's other verbs, on VALUES' STAGE: `make status STAGE=grey`, `make rollback STAGE=hk`, `make delete STAGE=grey`.
 DEPLOY_VERBS := status rollback delete

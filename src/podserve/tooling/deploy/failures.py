@@ -121,9 +121,17 @@ PROJECT_COLLISION = Failure(
     "`service_name`", "choose another `service_name`; if the service moved to this project on purpose, retire it from "
     "the old one first (`retire --stage S --service NAME --team TEAM --confirm NAME`)", EXIT_REFUSED)
 
+IMAGE_NOT_BUILT = Failure(
+    "image_not_built", "Refused: the image for this commit was never built",
+    "a person's `make deploy` to the local cluster names the image `make image` builds from the checkout's commit, "
+    "and the registry storage the local cluster pulls from does not hold it", "none: the image",
+    "run `make image` (it builds the commit's image and pushes it where the local cluster pulls from), then deploy "
+    "again", EXIT_REFUSED)
+
 #: Every failure, in the order docs/deploy.md lists them.
 ALL = (UNSCHEDULABLE, CREATE_REFUSED, OOM_KILLED, CRASH_LOOP, IMAGE_PULL, NOT_STARTED, STARTUP_PROBE, NEVER_READY,
-       PROGRESS_DEADLINE, TIMED_OUT, ROUTE_COLLISION, PROJECT_COLLISION, LOCK_HELD, FREEZE_WINDOW, OUTDATED_PIPELINE)
+       PROGRESS_DEADLINE, TIMED_OUT, ROUTE_COLLISION, PROJECT_COLLISION, LOCK_HELD, FREEZE_WINDOW, OUTDATED_PIPELINE,
+       IMAGE_NOT_BUILT)
 BY_REASON = {failure.reason: failure for failure in ALL}
 
 
