@@ -9,6 +9,11 @@ VALUES ?= value.py
 OUT ?= build/manifests
 export PYTHONPATH := $(CURDIR)/src
 export PYTHONUNBUFFERED := 1
+# The platform's own suite (make test, .ci/run) runs the tools as a checkout's, also inside a CI runner, whose
+# variables would switch them to a CI job's rules (tests/conftest.py drops the rest of them).
+ifneq ($(filter test,$(MAKECMDGOALS)),)
+unexport CI GITLAB_CI CI_PROJECT_DIR
+endif
 
 .PHONY: serve test model record split tools render wrk bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries
 
