@@ -260,3 +260,20 @@ def test_pods_the_replicaset_cannot_create_are_certain_at_once_naming_the_quota_
     assert verdict.state == diagnosis.FAILED and verdict.failure is failures.CREATE_REFUSED
     assert names in verdict.message and "ReplicaSet text-direction-new cannot create pods (FailedCreate)" in \
         verdict.message
+
+
+@pytest.mark.parametrize("message", [
+    'Operation cannot be fulfilled on resourcequotas "podserve-quota": the object has been modified; please apply '
+    'your changes to the latest version and try again',
+    'the server has received too many requests and has asked us to try again later (post pods)',
+    'the server was unable to return a response in the time allotted, but may still be processing the request '
+    '(post pods)',
+])
+def test_a_refusal_the_replicaset_controller_retries_is_no_verdict(message):
+    """Two pods admitted at once both update the quota's usage; the loser's FailedCreate is a 409 the controller
+    retries (seen in tests/deploy/test_live.py's rollback: it failed a rollback that then came up)."""
+    sets = replicasets()
+    sets[1]["status"] = {"conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                                         "message": f'pods "text-direction-new-x2" is forbidden: {message}'}]}
+    verdict = diagnose(Observed(deployment(replicas=2, updated=1), sets, [pod()], [], NOW, {}, GRACE, 100.0, ""))
+    assert verdict.state == diagnosis.PROGRESSING, verdict.message

@@ -27,6 +27,12 @@ IMAGE_PULL_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "E
 #: Waiting reasons of a container the kubelet has not created yet (its sandbox, volumes or image being set up).
 NOT_CREATED = ("ContainerCreating", "PodInitializing")
 REVISION = "deployment.kubernetes.io/revision"
+#: Refusals the ReplicaSet controller retries by itself, which pass: a write conflict (two pods admitted at once
+#: both updating the namespace's ResourceQuota usage: 409), the API server shedding load (429) or timing out (504).
+#: A ReplicaFailure saying one of these is no verdict; a refusal that stays ends at the progress deadline.
+TRANSIENT_CREATE_ERRORS = ("the object has been modified; please apply your changes", "Too many requests",
+                           "the server has received too many requests", "the server was unable to return a response "
+                           "in the time allotted", "Timeout: request did not complete within")
 
 
 @dataclass(frozen=True)
@@ -275,7 +281,8 @@ def _certain_failure(pod: dict, obs: Observed) -> Verdict | None:
 def _create_refused(deployment: dict, replicasets: list[dict]) -> Verdict | None:
     """The new ReplicaSet's ReplicaFailure (FailedCreate): a quota or an admission policy refuses its pods.
 
-    With maxUnavailable 0 nothing old goes until a new pod is ready, so the rollout cannot go on: certain.
+    With maxUnavailable 0 nothing old goes until a new pod is ready, so the rollout cannot go on: certain, but for
+    the refusals the controller retries and that pass (TRANSIENT_CREATE_ERRORS).
     """
     revision = ((deployment.get("metadata") or {}).get("annotations") or {}).get(REVISION)
     current = [rs for rs in replicasets if _owner_uid(rs) == deployment["metadata"].get("uid")
@@ -283,7 +290,7 @@ def _create_refused(deployment: dict, replicasets: list[dict]) -> Verdict | None
     for owner in [*current, deployment]:
         failure = next((c for c in (owner.get("status") or {}).get("conditions") or []
                         if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), None)
-        if failure:
+        if failure and not any(words in failure.get("message", "") for words in TRANSIENT_CREATE_ERRORS):
             message = failure.get("message", "")
             quota = re.search(r"exceeded quota: ([^,]+)", message)
             policy = re.search(r"ValidatingAdmissionPolicy '([^']+)'", message)
