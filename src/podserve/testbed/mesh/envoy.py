@@ -80,12 +80,23 @@ def _virtual_host(vh: ir.VirtualHost) -> dict:
 
 def _route(route: ir.Route) -> dict:
     match = {"path": route.match_value} if route.match_kind == "exact" else {"prefix": route.match_value}
-    action = {"cluster": route.cluster, "timeout": _duration(route.timeout_s)}
+    match["case_sensitive"] = True
+    if route.headers:
+        match["headers"] = [{"name": name, "string_match": {"exact": value}} for name, value in route.headers]
+    if route.weighted:
+        action = {"weighted_clusters": {"clusters": [{"name": cluster, "weight": weight}
+                                                     for cluster, weight in route.weighted]}}
+    else:
+        action = {"cluster": route.cluster}
+    action["timeout"] = _duration(route.timeout_s)
     if route.rewrite_uri is not None:
         action["prefix_rewrite"] = route.rewrite_uri
     if route.retries is not None:
         action["retry_policy"] = _retry_policy(route.retries)
-    return {"name": route.name, "match": dict(match, case_sensitive=True), "route": action}
+    if route.mirror is not None:  # Istio's translateRequestMirrorPolicy: a share in millionths
+        action["request_mirror_policies"] = [{"cluster": route.mirror.cluster, "runtime_fraction": {
+            "default_value": {"numerator": round(route.mirror.percent * 10_000), "denominator": "MILLION"}}}]
+    return {"name": route.name, "match": match, "route": action}
 
 
 def _retry_policy(retries: ir.Retries) -> dict:
@@ -160,6 +171,11 @@ def load_assignment(cluster: str, ports: list[int], version: int) -> dict:
     endpoints = [{"endpoint": {"address": _address(port)}} for port in sorted(ports)]
     return {"version_info": str(version), "resources": [
         {"@type": CLA, "cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []}]}
+
+
+def subset_hosts(cluster: ir.Cluster, hosts: list[tuple[str, int, dict]]) -> list[tuple[str, int, dict]]:
+    """The (ip, port, pod labels) of a Service's ready endpoints that are `cluster`'s: its subset's pods, or all."""
+    return [host for host in hosts if cluster.selects(host[2])]
 
 
 def load_assignment_hosts(cluster: str, hosts: list[tuple[str, int, dict]], version: int) -> dict:

@@ -59,7 +59,7 @@ class Workload:
 
     service: str
     stage: str
-    cluster: str
+    cluster: str  # where its traffic goes: its Service's cluster, or in production the subset of its pods (stable)
     env: dict[str, str]
     probe: Probe
     prestop_s: float
@@ -67,6 +67,8 @@ class Workload:
     replicas: int
     pods: list[Pod] = field(default_factory=list)
     prober: Prober | None = None
+    labels: dict = field(default_factory=dict)  # its pods' labels (the pod template's): subsets select by them
+    host: str = ""  # its Service, <name>.<namespace>.svc.cluster.local
 
 
 class Mesh:
@@ -124,7 +126,8 @@ class Mesh:
         replicas = self.replicas.get(f"{name}/{stage}", self.replicas.get(stage, default))
         return Workload(name, stage, cluster, env, Probe.from_container(container),
                         container["lifecycle"]["preStop"]["sleep"]["seconds"],
-                        pod_spec["terminationGracePeriodSeconds"], replicas)
+                        pod_spec["terminationGracePeriodSeconds"], replicas,
+                        labels=dict(deployment["spec"]["template"]["metadata"]["labels"]), host=host)
 
     def start(self) -> "Mesh":
         """Render, translate, start the pods, wait for them, write endpoints, start Envoy; return self."""
@@ -141,11 +144,14 @@ class Mesh:
         gateway = self.conf.stages[self.stage_names[0]].gateway
         self.config = istio.translate(objects, gateway)
         for workload in self.workloads:
+            workload.cluster = self._cluster_of(workload)
+        for workload in self.workloads:
             for index in range(workload.replicas):
                 workload.pods.append(self._new_pod(workload, index))
         self._wait_ready([pod for w in self.workloads for pod in w.pods], timeout=120)
+        envoy_config.write_empty_endpoints(self.config, self.work)
         for workload in self.workloads:
-            self._write_endpoints(workload.cluster)
+            self._write_workload_endpoints(workload)
         self.port = self.port or free_port()
         config_path = self.work / "envoy.json"
         config_path.write_text(json.dumps(envoy_config.bootstrap(
@@ -155,7 +161,7 @@ class Mesh:
         self.envoy = Envoy(config_path, self.work)
         self.envoy.program.wait_until(self._envoy_sees_every_pod, 30, "every ready pod in Envoy's clusters")
         for workload in self.workloads:
-            prober = Prober(workload.probe, lambda pod, w=workload: self._write_endpoints(w.cluster))
+            prober = Prober(workload.probe, lambda pod, w=workload: self._write_workload_endpoints(w))
             for pod in workload.pods:
                 prober.watch(pod)
             self._probers.append(prober)
@@ -177,15 +183,32 @@ class Mesh:
 
     def _envoy_sees_every_pod(self) -> bool:
         clusters = self.envoy.clusters()
-        return all(len(clusters.get(w.cluster, [])) == sum(p.ready for p in w.pods) for w in self.workloads)
+        return all(len(clusters.get(c.name, [])) == sum(p.ready for w in self._workloads_of(c) for p in w.pods)
+                   for c in self.config.clusters)
 
     # --- endpoints --------------------------------------------------------------------------------
+
+    def _cluster_of(self, workload: Workload) -> str:
+        """The gateway's cluster that serves a workload's traffic: a subset of its Service that selects its pods
+        (production's stable), else its Service's own cluster."""
+        found = [c for c in self.config.clusters if c.service_host == workload.host and c.selects(workload.labels)]
+        return max(found, key=lambda c: len(c.subset_labels)).name if found else workload.cluster
+
+    def _workloads_of(self, cluster: ir.Cluster) -> list[Workload]:
+        """The workloads whose pods are endpoints of `cluster` (its Service's, of its subset)."""
+        return [w for w in self.workloads if w.host == cluster.service_host and cluster.selects(w.labels)]
+
+    def _write_workload_endpoints(self, workload: Workload) -> None:
+        """Rewrite the endpoint file of every cluster a workload's pods belong to."""
+        for cluster in self.config.clusters:
+            if workload in self._workloads_of(cluster):
+                self._write_endpoints(cluster.name)
 
     def _write_endpoints(self, cluster: str) -> None:
         """Rewrite one cluster's endpoint file: its pods that are ready and not terminating."""
         with self._eds_lock:
             self._eds_version += 1
-            ports = [p.port for w in self.workloads if w.cluster == cluster for p in w.pods
+            ports = [p.port for w in self._workloads_of(self.config.cluster(cluster)) for p in w.pods
                      if p.ready and not p.terminating]
             envoy_config.write_atomically(envoy_config.eds_path(self.work, cluster),
                                           envoy_config.load_assignment(cluster, ports, self._eds_version))
@@ -218,7 +241,7 @@ class Mesh:
                                    "ready and in the endpoints")
             on_step(f"{new.name} ready on :{new.port}")
             old.terminating = True
-            self._write_endpoints(workload.cluster)
+            self._write_workload_endpoints(workload)
             time.sleep(workload.prestop_s)
             code = old.terminate(workload.grace_s)
             workload.prober.forget(old)

@@ -2,10 +2,12 @@
 
     feed = SliceFeed(api_client, config, rendered_objects, eds_folder).start()   # then Envoy; feed.stop()
 
-For each of the gateway's clusters (outbound|<port>||<service>.<namespace>.svc.cluster.local) it
+For each of the gateway's clusters (outbound|<port>|<subset>|<service>.<namespace>.svc.cluster.local) it
 reads the EndpointSlices the controller-manager keeps for that Service (label
 kubernetes.io/service-name) and writes Envoy's endpoint file with the addresses that are ready and
-not terminating, each with its pod's labels as metadata. Pod addresses are the real node's
+not terminating, each with its pod's labels as metadata; a DestinationRule subset's cluster gets only the
+endpoints whose pods carry its labels (a production stage's stable and canary pods, by track), as istiod does.
+`set_config` follows a gateway config that changes (the route feed's: routefeed.py). Pod addresses are the real node's
 (10.245.0.0/24, on this machine's bridge): no kube-proxy runs, so a ClusterIP would not route;
 Envoy goes to the pods directly, as Istio's does. Polled (every `every` seconds) rather than watched.
 """
@@ -34,7 +36,7 @@ class SliceFeed:
         from kubernetes import client
 
         self.discovery, self.core = client.DiscoveryV1Api(api_client), client.CoreV1Api(api_client)
-        self.clusters = [c.name for c in config.clusters]
+        self.config = config
         self.eds_folder, self.every = Path(eds_folder), every
         self.version = 0
         self.written: dict[str, list[tuple[str, int, dict]]] = {}
@@ -42,8 +44,20 @@ class SliceFeed:
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []
 
+    @property
+    def clusters(self) -> list[str]:
+        return [c.name for c in self.config.clusters]
+
+    def set_config(self, config: ir.GatewayConfig) -> None:
+        """Feed the clusters of a new gateway config from now on (the caller writes their files first)."""
+        self.config = config
+
     def hosts(self, cluster: str) -> list[tuple[str, int, dict]]:
-        """(address, port, pod labels) of every ready, non-terminating endpoint of the cluster's Service."""
+        """(address, port, pod labels) of every ready, non-terminating endpoint of the cluster's Service whose pod
+        the cluster selects (its subset's labels, or every pod)."""
+        return envoy.subset_hosts(self.config.cluster(cluster), self._service_hosts(cluster))
+
+    def _service_hosts(self, cluster: str) -> list[tuple[str, int, dict]]:
         namespace, service = _service_host(cluster)
         found = []
         for piece in self.discovery.list_namespaced_endpoint_slice(
@@ -72,8 +86,12 @@ class SliceFeed:
     def sync(self) -> bool:
         """Write every cluster whose endpoints changed; return whether any did."""
         changed = False
-        for cluster in self.clusters:
-            hosts = self.hosts(cluster)
+        config, services = self.config, {}
+        for cluster in [c.name for c in config.clusters]:
+            service = _service_host(cluster)
+            if service not in services:  # each Service's slices once: its subsets' clusters share them
+                services[service] = self._service_hosts(cluster)
+            hosts = envoy.subset_hosts(config.cluster(cluster), services[service])
             if self.written.get(cluster) != hosts:
                 self.version += 1
                 envoy.write_atomically(envoy.eds_path(self.eds_folder, cluster),
