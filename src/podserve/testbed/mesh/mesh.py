@@ -28,6 +28,7 @@ from podserve.testbed.mesh import ir, istio
 from podserve.testbed.mesh.gateway import Envoy, validate
 from podserve.testbed.mesh.pods import Pod, Probe, Prober, python_path
 from podserve.testbed.processes import StartError, free_port
+from podserve.testbed.prometheus import ScrapeTarget, pod_monitor_labels
 from podserve.tooling import chart_values, render
 from podserve.tooling.conf import Conf, load_conf
 
@@ -69,6 +70,7 @@ class Workload:
     prober: Prober | None = None
     labels: dict = field(default_factory=dict)  # its pods' labels (the pod template's): subsets select by them
     host: str = ""  # its Service, <name>.<namespace>.svc.cluster.local
+    docs: list[dict] = field(default_factory=list)  # what render wrote for the stage
 
 
 class Mesh:
@@ -94,8 +96,9 @@ class Mesh:
         self.objects: list[dict] = []
         self.envoy: Envoy | None = None
         self.config: ir.GatewayConfig | None = None
-        self._eds_lock = threading.Lock()
+        self._eds_lock = threading.RLock()
         self._eds_version = 0
+        self._xds_version = 0
         self._probers: list[Prober] = []
         self._rollouts = 0
 
@@ -127,7 +130,7 @@ class Mesh:
         return Workload(name, stage, cluster, env, Probe.from_container(container),
                         container["lifecycle"]["preStop"]["sleep"]["seconds"],
                         pod_spec["terminationGracePeriodSeconds"], replicas,
-                        labels=dict(deployment["spec"]["template"]["metadata"]["labels"]), host=host)
+                        labels=dict(deployment["spec"]["template"]["metadata"]["labels"]), host=host, docs=docs)
 
     def start(self) -> "Mesh":
         """Render, translate, start the pods, wait for them, write endpoints, start Envoy; return self."""
@@ -149,14 +152,15 @@ class Mesh:
             for index in range(workload.replicas):
                 workload.pods.append(self._new_pod(workload, index))
         self._wait_ready([pod for w in self.workloads for pod in w.pods], timeout=120)
-        envoy_config.write_empty_endpoints(self.config, self.work)
+        self.port = self.port or free_port()
+        self._check_with_envoy(self.config)
+        self._xds_version += 1
+        envoy_config.write_xds(self.config, self.work, self.work, self._xds_version, self.local_any_host)
         for workload in self.workloads:
             self._write_workload_endpoints(workload)
-        self.port = self.port or free_port()
         config_path = self.work / "envoy.json"
-        config_path.write_text(json.dumps(envoy_config.bootstrap(
-            self.config, port=self.port, admin_port=0, eds_folder=self.work, local_any_host=self.local_any_host),
-            indent=1))
+        config_path.write_text(json.dumps(envoy_config.dynamic_bootstrap(
+            gateway, port=self.port, admin_port=0, xds_folder=self.work), indent=1))
         validate(config_path)
         self.envoy = Envoy(config_path, self.work)
         self.envoy.program.wait_until(self._envoy_sees_every_pod, 30, "every ready pod in Envoy's clusters")
@@ -166,6 +170,35 @@ class Mesh:
                 prober.watch(pod)
             self._probers.append(prober)
             workload.prober = prober
+
+    def _check_with_envoy(self, config: ir.GatewayConfig) -> None:
+        """Have Envoy validate `config` as a bootstrap first: an xDS update it rejects would be kept out silently."""
+        path = self.work / "envoy-check.json"
+        path.write_text(json.dumps(envoy_config.bootstrap(config, port=self.port, admin_port=0, eds_folder=self.work,
+                                                          local_any_host=self.local_any_host)))
+        envoy_config.write_empty_endpoints(config, self.work)
+        validate(path)
+
+    def update(self, objects: list[dict], timeout: float = 30) -> None:
+        """Serve `objects` (every Gateway, VirtualService and DestinationRule of the region, as render writes them)
+        from now on, as istiod pushes a change: translate, validate, write the routes and clusters Envoy reads, feed
+        each cluster's endpoints, and wait until Envoy runs that version."""
+        config = istio.translate(objects, self.config.name)
+        if config == self.config:  # Envoy keeps a version whose content it already runs: nothing to push
+            self.objects = objects
+            return
+        self._check_with_envoy(config)
+        with self._eds_lock:
+            self.objects, self.config = objects, config
+            for workload in self.workloads:
+                workload.cluster = self._cluster_of(workload)
+        for workload in self.workloads:
+            self._write_workload_endpoints(workload)
+        self._xds_version += 1
+        envoy_config.write_xds(config, self.work, self.work, self._xds_version, self.local_any_host)
+        self.envoy.program.wait_until(lambda: self.envoy.route_version() == str(self._xds_version), timeout,
+                                      f"Envoy serving routes version {self._xds_version}")
+        self.envoy.program.wait_until(self._envoy_sees_every_pod, timeout, "every ready pod in Envoy's clusters")
 
     def _new_pod(self, workload: Workload, index: int, rollout: int = 0) -> Pod:
         env = {**workload.env, **self.env, **self.pod_env.get((workload.service, workload.stage, index), {})}
@@ -247,6 +280,17 @@ class Mesh:
             workload.prober.forget(old)
             workload.pods.remove(old)
             on_step(f"{old.name} on :{old.port} left the endpoints, SIGTERM after {workload.prestop_s}s, exit {code}")
+
+    def scrape_targets(self) -> list[ScrapeTarget]:
+        """Each pod's /metrics with the labels its stage's PodMonitor gives it (as the Prometheus operator would)."""
+        targets = []
+        for workload in self.workloads:
+            by_kind = {d["kind"]: d for d in workload.docs}
+            monitor, deployment = by_kind["PodMonitor"], by_kind["Deployment"]
+            path = monitor["spec"]["podMetricsEndpoints"][0]["path"]
+            targets += [ScrapeTarget(f"127.0.0.1:{pod.port}", pod_monitor_labels(monitor, deployment, pod.name), path)
+                        for pod in workload.pods]
+        return targets
 
     def state(self) -> dict:
         """Return what build/mesh/state.json holds: Envoy's addresses and each pod's stage, pid and port."""
