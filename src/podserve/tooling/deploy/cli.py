@@ -6,10 +6,13 @@
     python -m podserve.tooling.deploy rollback --stage S
     python -m podserve.tooling.deploy delete --stage grey [--manifests DIR | --service NAME --team TEAM]
     python -m podserve.tooling.deploy retire --stage hk --confirm NAME [--manifests DIR | --service NAME --team TEAM]
+    python -m podserve.tooling.deploy analyze --stage grey --against hk [--manifests DIR] [--prometheus URL]
+                                             [--out FILE] [--window SECONDS]
 
 Exit status: 0 serving, 1 rollout failed (rolled back where that applies), 2 bad input
 (with the fix), 3 refused (route collision, lock held past the wait, freeze window, a
-production deploy from a pipeline older than the one that deployed what runs).
+production deploy from a pipeline older than the one that deployed what runs). `analyze`:
+0 pass, 1 fail, 2 bad input, 3 refused (grey runs another build), 4 inconclusive.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 
 from podserve.tooling import platform_rules
 from podserve.tooling.conf import load_conf, load_deploy_policy
-from podserve.tooling.deploy import commands, digest, failures, notify
+from podserve.tooling.deploy import analysis, commands, digest, failures, notify
 from podserve.tooling.deploy.errors import BadInput, DeployError, NotDeployedHere, Refused, Terminated
 from podserve.tooling.deploy.kube import Kube
 from podserve.tooling.deploy.target import Target, from_manifests, from_values, service_from_values, stage_of
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                                      started=started)
         if getattr(args, "reason", None) and not getattr(args, "force", False):
             raise BadInput("--reason goes with --force; drop it, or add --force")
+        if args.command == "analyze":
+            return _analyze(args, conf, policy, target)
         kube = Kube.from_environment()
         if args.command == "apply":
             return commands.apply(kube, target, conf, policy, opts, say)
@@ -76,6 +81,26 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
 
 
+def _analyze(args, conf, policy, target: Target) -> int:
+    """Judge the preview stage `target` against the production stage --against, as `analysis` says."""
+    from podserve.tooling.deploy.prometheus_api import PrometheusAPI
+
+    against = stage_of(conf, args.against)
+    if not against.production or against.region != target.stage.region or target.stage.production:
+        raise BadInput(f"--stage {target.stage.name} --against {args.against}: judge a preview stage (grey) against "
+                       f"the production stage of its region ({', '.join(n for n, s in conf.stages.items() if s.production and s.region == target.stage.region)})")
+    if not any(o.get("kind") == "VirtualService" for o in target.objects):
+        print(f"{target.service} is an offline service: it keeps its rolling update and has no verdict", flush=True)
+        analysis.write(args.out, None, analysis.plan_for(target, target, policy), None, "not applicable",
+                       "an offline service", analysis.pipeline.from_environment())
+        return failures.EXIT_SERVING
+    stable = from_manifests(args.manifests, against) if args.manifests else \
+        from_values(args.values, conf, against, args.image_tag)
+    prometheus = PrometheusAPI.from_environment(args.prometheus)
+    return analysis.analyze(Kube.from_environment(), prometheus, target, stable, policy, args.out, args.window,
+                            lambda text: print(text, flush=True))
+
+
 def _terminated(signum, _frame) -> None:
     """SIGTERM (the runner cancelling the job): raise in the main thread; a second one is ignored, so the rollback
     that follows runs to its end (the runner's SIGKILL after its grace period still ends everything)."""
@@ -85,10 +110,10 @@ def _terminated(signum, _frame) -> None:
 
 def _target(args, conf, stage) -> Target:
     """Return what the verb acts on: rendered objects for apply, else just the service and stage."""
-    if args.command == "apply":
+    if args.command in ("apply", "analyze"):
         target = from_manifests(args.manifests, stage) if args.manifests else \
             from_values(args.values, conf, stage, args.image_tag)
-        if args.image_metadata:  # the image that was built and tested, by digest (docs/deploy.md)
+        if getattr(args, "image_metadata", None):  # the image that was built and tested, by digest (docs/deploy.md)
             target = dataclasses.replace(target, objects=digest.pin(target.objects,
                                                                     digest.from_metadata(args.image_metadata)))
         return target
@@ -113,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
         "rollback": "put the previous revision back and wait for it",
         "delete": "remove every object of the service's grey (or ab) stage, found by its labels",
         "retire": "take the service out of a stage for good, production included (--confirm NAME, no prompt)",
+        "analyze": "judge grey against production's stable pods by Prometheus: 0 pass, 1 fail, 3 refused, 4 "
+                   "inconclusive",
     }
     for verb, text in described.items():
         sub = verbs.add_parser(verb, help=text, description=text)
@@ -128,6 +155,17 @@ def _parser() -> argparse.ArgumentParser:
                               "(default: conf/deploy.yaml scheduling_grace_seconds)")
         sub.add_argument("--lock-wait", type=float, default=None,
                          help="seconds to wait for another deploy's lock (default: conf/deploy.yaml lock_wait_seconds)")
+        if verb == "analyze":
+            sub.add_argument("--against", required=True, help="the production stage judged against (hk)")
+            sub.add_argument("--prometheus", default=None,
+                             help="Prometheus' URL (default: $PODSERVE_PROMETHEUS_URL; $PODSERVE_PROMETHEUS_TOKEN is "
+                                  "sent as a bearer token)")
+            sub.add_argument("--out", default=None, help="write the verdict as JSON here (what apply --verdict reads)")
+            sub.add_argument("--window", type=int, default=None,
+                             help="seconds to judge (default and least: conf/deploy.yaml verdict.window_seconds, or "
+                                  "value.py verdict_window_seconds)")
+            sub.add_argument("--image-tag", default=None, help="image tag when rendering (as apply's)")
+            continue
         if verb != "apply":
             sub.add_argument("--service", default=None, help="the service's name, when there is no value.py or manifests")
             sub.add_argument("--team", default=None, help="the service's team (value.py's username), with --service")

@@ -1,0 +1,198 @@
+"""The verdict on grey, live (issue 57, It must show 2): `analyze --stage grey --against hk` as CI's verdict-grey runs
+it, on the mirror's testbed.
+
+Real: Envoy mirroring hk's requests to grey (grey_mirror_percent = 50, the platform's most, so grey answers as many
+requests a pod as hk's two pods do), our server processes, Prometheus scraping them every second, the control plane
+holding grey's Deployment and history as the deploy tool wrote them (the team's preview account, pipeline 100), and
+the deploy tool's CLI judging. Simulated: the kubelet (kwok runs grey's pod in the cluster; the mesh's grey process
+is that pod's container, scraped under its name) and istiod (testbed/mesh).
+
+Load: 40 requests a second to hk, paced, during each window (hk's two pods and grey's one each answer about 20 a
+second of the tiny affine model). Windows: 60 s where there is load to judge, the test conf's 30 s otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mesh_setup import HERE, REPO, RUNTIME_TESTS, fast_conf_dir, write_values
+from podserve.testbed.deploy_policy import unfrozen_conf
+from podserve.testbed.mesh.mesh import Mesh
+from podserve.testbed.prometheus import Prometheus, ScrapeTarget, pod_monitor_labels
+from podserve.tooling import render
+from podserve.tooling.conf import load_conf
+from podserve.tooling.deploy.kube import PODS
+from traffic import paced_load
+
+sys.path.insert(0, str(REPO / "tests" / "deploy"))
+from live import Live, read_until  # noqa: E402
+
+SERVICE = "judged"
+RATE = 40
+JUDGED_WINDOW = 60
+#: The test conf's window (conf/deploy.yaml's is 120 s): the idle and the replaced grey need no load to be judged.
+SHORT_WINDOW = 30
+PIPELINE = "100"
+
+
+@pytest.fixture(scope="module")
+def testbed(control_plane, tmp_path_factory, affine_model):
+    """hk (2 pods) mirroring 50% to grey (1 pod), grey deployed to the control plane, Prometheus over all three."""
+    work = tmp_path_factory.mktemp("verdict")
+    conf_dir = unfrozen_conf(work / "conf", fast_conf_dir(work / "fast"))
+    policy = yaml.safe_load((conf_dir / "deploy.yaml").read_text())
+    policy["verdict"]["window_seconds"] = SHORT_WINDOW
+    (conf_dir / "deploy.yaml").write_text(yaml.safe_dump(policy))
+    conf = load_conf(conf_dir)
+    (work / "service").mkdir()  # not beside conf/: render would take the test's conf for a fork's edited rules
+    values = write_values(work / "service", service_name=SERVICE, grey_mirror_percent=50, http_threads=4,
+                          replicas=2, hk_replicas=2)
+    live = Live(control_plane, work / "live")
+    manifests = _render(values, conf_dir, work / "manifests-v1", "v1")
+    deployed = live.deploy("apply", "--stage", "grey", "--manifests", manifests, "--conf", conf_dir,
+                           CI_PIPELINE_ID=PIPELINE)
+    assert deployed.returncode == 0, deployed.output
+    (pod,) = [p["metadata"]["name"] for p in live.items(PODS, live.namespace("grey"), f"service={SERVICE}")]
+    pod_env = {}
+    for stage, index in (("hk", 0), ("hk", 1), ("grey", 0)):
+        folder = work / "switch" / f"{stage}-{index}"
+        folder.mkdir(parents=True)
+        pod_env[(SERVICE, stage, index)] = {"SWITCH_DIR": str(folder)}
+    mesh = Mesh([values], work / "mesh", region="hk", conf=conf, stages=["grey", "hk"], replicas={"hk": 2},
+                env={"PODSERVE_MODEL_PATH": str(affine_model)}, pod_env=pod_env,
+                extra_python_path=(HERE, RUNTIME_TESTS), local_any_host=False)
+    prometheus = None
+    try:
+        mesh.start()
+        targets = []
+        for target in mesh.scrape_targets():  # grey's process is the cluster's grey pod: scraped under its name
+            if target.labels["stage"] == "grey":
+                by_kind = {d["kind"]: d for d in mesh.workload("grey").docs}
+                target = ScrapeTarget(target.address, pod_monitor_labels(by_kind["PodMonitor"],
+                                                                         by_kind["Deployment"], pod), target.path)
+            targets.append(target)
+        prometheus = Prometheus(work / "prometheus", targets).start()
+        prometheus.wait_for(f'up{{pod="{pod}"}} == 1')
+        yield live, mesh, prometheus, manifests, conf_dir, values, work
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        mesh.stop()
+        live.deploy("delete", "--stage", "grey", "--service", SERVICE, "--team", "like", "--conf", conf_dir)
+
+
+def _render(values: Path, conf_dir: Path, out: Path, tag: str) -> Path:
+    shutil.rmtree(out, ignore_errors=True)
+    assert render.main(["--all", "--values", str(values), "--conf", str(conf_dir), "--out", str(out),
+                        "--image-tag", tag]) == 0
+    return out
+
+
+def _analyze(testbed, tmp_path, load: bool, window: int | None, during=None):
+    """Run CI's verdict-grey line against the testbed while `load` callers send hk 40 requests a second; `during`
+    runs once the window has started. Return (exit status, output, the verdict file)."""
+    live, mesh, prometheus, manifests, conf_dir, *_ = testbed
+    out = tmp_path / "verdict.json"
+    args = ["analyze", "--stage", "grey", "--against", "hk", "--manifests", manifests, "--conf", conf_dir,
+            "--prometheus", prometheus.url, "--out", out] + (["--window", window] if window else [])
+    stop = threading.Event()
+
+    def callers():
+        while not stop.is_set():
+            paced_load(mesh, "/api/like/judged", RATE, RATE * 5)
+
+    loader = threading.Thread(target=callers, daemon=True)
+    if load:
+        loader.start()
+    process = live.start(*args, CI_PIPELINE_ID=PIPELINE)
+    try:
+        seen = read_until(process, lambda line: line.startswith("judging "), "the window started", 120)
+        if during is not None:
+            during()
+        process.wait(timeout=(window or SHORT_WINDOW) + 120)
+        while (line := process.rest.get(timeout=10)) is not None:
+            seen.append(line)
+    finally:
+        stop.set()
+        if process.poll() is None:
+            process.kill()
+        if load:
+            loader.join(timeout=60)
+    output = "".join(seen) + process.stderr.read()
+    print(f"\n{output}")
+    return process.returncode, output, json.loads(out.read_text()) if out.exists() else None
+
+
+def _switch(testbed, name: str, text: str | None) -> None:
+    path = Path(testbed[1].pod_env[(SERVICE, "grey", 0)]["SWITCH_DIR"]) / name
+    if text is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(text)
+
+
+def test_an_identical_build_passes_with_its_numbers_and_its_false_fail_probability(testbed, tmp_path):
+    code, output, found = _analyze(testbed, tmp_path, load=True, window=JUDGED_WINDOW)
+    assert code == 0, output
+    judged = found["judged"]
+    assert found["result"] == "pass" and judged["result"] == "pass"
+    assert judged["candidate"]["requests"] >= 1000 and judged["stable"]["requests"] >= 2000
+    assert found["candidate"]["pipeline"] == int(PIPELINE) and found["candidate"]["image"].endswith(f"/{SERVICE}:v1")
+    print(f"identical build: false-fail probability at these counts {judged['false_fail_probability']:.2e} "
+          "(verdict.false_fail_probability: each check's P(Z > z(1 - alpha) + margin / s) summed, with the ceiling's)")
+    assert judged["false_fail_probability"] < 1e-3
+    for words in ("candidate grey (track grey): ", "500: 0, 503: 0, 504: 0", "B, where stable reaches 90%",
+                  "p-value", "verdict: pass"):
+        assert words in output
+
+
+def test_a_tenth_of_decodes_failing_fails_on_errors(testbed, tmp_path):
+    _switch(testbed, "failing_decodes", "10")
+    try:
+        code, output, found = _analyze(testbed, tmp_path, load=True, window=JUDGED_WINDOW)
+    finally:
+        _switch(testbed, "failing_decodes", None)
+    assert code == 1, output
+    errors = next(c for c in found["judged"]["checks"] if c["name"] == "errors")
+    assert found["result"] == "fail" and errors["result"] == "fail" and 0.07 < errors["candidate"] < 0.13
+    assert errors["p_value"] < 0.01 and "errors: fail" in output
+
+
+def test_a_build_20_ms_slower_fails_on_latency(testbed, tmp_path):
+    _switch(testbed, "decode_delay", "0.02")
+    try:
+        code, output, found = _analyze(testbed, tmp_path, load=True, window=JUDGED_WINDOW)
+    finally:
+        _switch(testbed, "decode_delay", None)
+    assert code == 1, output
+    checks = {c["name"]: c for c in found["judged"]["checks"]}
+    assert checks["latency"]["result"] == "fail" and checks["errors"]["result"] != "fail"
+    assert "latency: fail" in output
+
+
+def test_an_idle_grey_is_inconclusive(testbed, tmp_path):
+    code, output, found = _analyze(testbed, tmp_path, load=False, window=None)
+    assert code == 4, output
+    assert found["result"] == "inconclusive" and "fewer than" in found["why"]
+
+
+def test_grey_replaced_in_the_window_is_refused(testbed, tmp_path):
+    live, mesh, prometheus, manifests, conf_dir, values, work = testbed
+
+    def another_branch_deploys_grey():
+        v2 = _render(values, conf_dir, work / "manifests-v2", "v2")
+        assert live.deploy("apply", "--stage", "grey", "--manifests", v2, "--conf", conf_dir,
+                           CI_PIPELINE_ID="101").returncode == 0
+
+    code, output, found = _analyze(testbed, tmp_path, load=False, window=None, during=another_branch_deploys_grey)
+    assert code == 3, output
+    assert "Refused: grey runs another build than this pipeline's" in output
+    assert found["result"] == "refused" and "pipeline 101" in found["why"]
