@@ -17,7 +17,6 @@ import json
 import shutil
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest

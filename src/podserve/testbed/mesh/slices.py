@@ -40,6 +40,7 @@ class SliceFeed:
         self.eds_folder, self.every = Path(eds_folder), every
         self.version = 0
         self.written: dict[str, list[tuple[str, int, dict]]] = {}
+        self._syncing = threading.Lock()  # its own thread and the route feed's both sync
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []
@@ -85,6 +86,10 @@ class SliceFeed:
 
     def sync(self) -> bool:
         """Write every cluster whose endpoints changed; return whether any did."""
+        with self._syncing:
+            return self._sync()
+
+    def _sync(self) -> bool:
         changed = False
         config, services = self.config, {}
         for cluster in [c.name for c in config.clusters]:
