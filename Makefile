@@ -9,6 +9,11 @@ VALUES ?= value.py
 OUT ?= build/manifests
 export PYTHONPATH := $(CURDIR)/src
 export PYTHONUNBUFFERED := 1
+# The platform's own suite (make test, .ci/run) runs the tools as a checkout's, also inside a CI runner, whose
+# variables would switch them to a CI job's rules (tests/conftest.py drops the rest of them).
+ifneq ($(filter test,$(MAKECMDGOALS)),)
+unexport CI GITLAB_CI CI_PROJECT_DIR
+endif
 
 .PHONY: serve test model record split tools render wrk bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries
 
@@ -66,7 +71,7 @@ ARGS ?=
 .PHONY: deploy
 deploy: $(VENV)/.tooling-deps ## Deploy VALUES' STAGE (grey, ab, hk, eu, na) with $$KUBECONFIG: exit 0 serving, 1 failed, 2 bad input, 3 refused.
 	@test -n "$(STAGE)" || { echo "Error: name the stage: make deploy STAGE=grey (or ab, hk, eu, na)" >&2; exit 2; }
-	$(PY) -m podserve.tooling.deploy apply --stage $(STAGE) --values $(VALUES) $(ARGS)
+	$(PY) -m podserve.tooling.deploy apply --local --stage $(STAGE) --values $(VALUES) $(ARGS)
 
 # The deploy tool's other verbs, on VALUES' STAGE: `make status STAGE=grey`, `make rollback STAGE=hk`, `make delete STAGE=grey`.
 DEPLOY_VERBS := status rollback delete

@@ -13,6 +13,13 @@ REPO = Path(__file__).resolve().parent.parent
 # however pytest itself was started.
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
 
+# The suite runs the tools as a checkout's, also when a CI runner runs it (.ci/run): the runner's variables would
+# switch them to a CI job's rules (platform_rules.run_refusal, the deploy tool's --local, image tags from
+# CI_COMMIT_SHORT_SHA). A test that needs a CI job's variables sets them itself.
+CI_RUNNER_VARIABLES = [name for name in os.environ if name in ("CI", "GITLAB_CI") or name.startswith("CI_")]
+for name in CI_RUNNER_VARIABLES:
+    del os.environ[name]
+
 
 @pytest.fixture(scope="session")
 def repo() -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fresh_copy import fresh_copy, run
 from live import Live
 from readme_blocks import blocks, command_word
+from test_local_image import stand_in_for_make_image
 
 GREY = ("podserve-like-grey", "grey")  # value.py's team is like
 
@@ -15,6 +16,7 @@ def test_readme_deploy_commands_run_as_written(control_plane, tmp_path):
     assert cluster_blocks, "README has no `# needs: cluster` block: its deploy commands would go untested"
     live = Live(control_plane, tmp_path)
     copy = fresh_copy(tmp_path / "repo")
+    stand_in_for_make_image(copy)  # README's step before `make deploy`; the real `make image` takes minutes
     service = "text-direction"  # value.py's; no other test deploys it
     outputs = {}
     try:

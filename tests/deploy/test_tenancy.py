@@ -430,6 +430,7 @@ def gpu_values(live: Live, name: str) -> Path:
     """A one-GPU service of `live`'s team: one production replica in hk, the grey copy's one."""
     path = live.values(name)
     text = path.read_text().replace("gpu_num = 0", "gpu_num = 1").replace("gpu_memory = 0", "gpu_memory = 4")
+    text = text.replace('memory = "1Gi"', 'memory = "2Gi"')  # a CUDA context and a decoder beside the model: the plan
     path.write_text(text.replace("hk_replicas = 2", "hk_replicas = 1"))
     return path
 

@@ -30,7 +30,7 @@ REGIONS = ("hk", "eu", "na")
 VARIED = {
     "plain": {},
     "autoscaled": dict(max_replicas=8, autoscale_metric="in_flight", autoscale_target=2.5, hk_replicas=None),
-    "many_instances": dict(gpu_num=1, gpu_memory=1, ins_num_per_gpu=4, queue_size=100, max_batch_size=32, memory="2Gi"),
+    "many_instances": dict(gpu_num=1, gpu_memory=1, ins_num_per_gpu=4, queue_size=100, max_batch_size=32, memory="3Gi"),
     "slow_service": dict(request_timeout_ms=120000, drain_seconds=30),
     "other_team": dict(username="imo", replicas=1, hk_replicas=None, eu_replicas=None, na_replicas=None),
 }

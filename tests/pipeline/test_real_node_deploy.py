@@ -46,7 +46,7 @@ class LoadsForever(Handler):
 
 #: case: (value.py fields, image tag, the failure the deploy tool must name, words its message must hold)
 CASES = {
-    "oom": ({"handler": "real_node_recipes:OutgrowsMemory", "memory": "300Mi"}, None, failures.OOM_KILLED,
+    "oom": ({"handler": "real_node_recipes:OutgrowsMemory", "memory": "512Mi"}, None, failures.OOM_KILLED,
             ["OOMKilled", "137", "memory"]),
     "crash": ({"handler": "real_node_crash:Handler"}, None, failures.CRASH_LOOP,
               ["CrashLoopBackOff", "recipe: the weights file is truncated"]),

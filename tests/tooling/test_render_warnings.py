@@ -24,3 +24,15 @@ def test_the_example_is_warned_about_exactly_where_it_runs_one_pod(tmp_path, cap
     assert render.main(["--all", "--out", str(tmp_path / "out"), "--image-tag", "t"]) == 0
     warned = [line.split()[1] for line in capsys.readouterr().err.splitlines() if line.startswith("Warning:")]
     assert warned == ["eu", "na"]  # value.py: hk_replicas = 2, eu_replicas = na_replicas = 1
+
+
+def test_a_warning_says_where_the_value_came_from_a_default_being_called_one(tmp_path, capsys):
+    """eu_replicas left out takes `replicas`; `replicas` left out is the default (1): neither is blamed on value.py."""
+    values = tmp_path / "value.py"
+    text = "".join(line for line in (REPO / "value.py").read_text().splitlines(keepends=True)
+                   if not line.startswith(("replicas =", "eu_replicas =", "na_replicas =")))
+    values.write_text(text)
+    assert render.main(["--all", "--values", str(values), "--out", str(tmp_path / "out"), "--image-tag", "t"]) == 0
+    err = capsys.readouterr().err
+    assert "Warning: eu runs one replica (eu_replicas left out, so replicas = 1, the default): " in err, err
+    assert "= 1 in value.py" not in err, err

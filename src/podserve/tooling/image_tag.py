@@ -11,6 +11,8 @@ import os
 import subprocess
 from pathlib import Path
 
+#: Where `make image` keeps its registry's storage, which `make cluster`'s nodes pull from (relative to the checkout).
+LOCAL_REGISTRY_STORAGE = "build/image/registry-storage"
 #: GitLab's CI_COMMIT_SHORT_SHA is 8 hex digits; the local tag has the same length.
 SHORT_SHA_LENGTH = 8
 OUTSIDE_GIT = "dev"

@@ -199,8 +199,13 @@ def single_replica_warnings(result: Rendered) -> list[str]:
             or (scaler.get("spec") or {}).get("minReplicaCount")
         if least == 1:
             field = stage.replicas if isinstance(stage.replicas, str) else "replicas"
-            warnings.append(f"{name} runs one replica ({field} = 1 in value.py): any node drain or eviction takes the "
-                            f"service down in {stage.region}; set {field} to 2 or more")
+            values = result.values
+            if field in values.assigned or field == "replicas":
+                source = values.source(field)
+            else:  # a region's own field left out takes `replicas`
+                source = f"{field} left out, so {values.source('replicas')}"
+            warnings.append(f"{name} runs one replica ({source}): any node drain or eviction takes the service down "
+                            f"in {stage.region}; set {field} to 2 or more")
     return warnings
 
 

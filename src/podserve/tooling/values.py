@@ -131,6 +131,13 @@ class ServiceValues:
     fields: dict
     #: The platform's serving settings every service gets (conf/platform.yaml's `http`), by setting name.
     platform: dict = dataclasses.field(default_factory=dict)
+    #: The fields value.py itself sets (the others took their defaults).
+    assigned: frozenset = frozenset()
+
+    def source(self, name: str) -> str:
+        """Where a field's value came from, for a message: "hk_replicas = 1 in value.py", or "1, the default"."""
+        value = self.fields[name]
+        return f"{name} = {value!r} in value.py" if name in self.assigned else f"{name} = {value!r}, the default"
 
     def __getitem__(self, name: str):
         return self.fields[name]
@@ -206,7 +213,7 @@ def load_values(path: str | Path, conf: Conf | None = None,
                     for name, message in _service_problems(values, conf, existing_routes)]
     if problems:
         raise ValueFileError(path, problems)
-    return ServiceValues(values, dataclasses.asdict(conf.platform.http))
+    return ServiceValues(values, dataclasses.asdict(conf.platform.http), frozenset(assigned))
 
 
 # --- one field at a time --------------------------------------------------------------------

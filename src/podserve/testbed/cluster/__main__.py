@@ -30,6 +30,7 @@ from podserve.testbed.image.registry import RegistryError
 from podserve.testbed.processes import StartError
 from podserve.tooling.conf import load_conf
 from podserve.tooling.deploy.target import label_selector
+from podserve.tooling.image_tag import LOCAL_REGISTRY_STORAGE
 
 DEFAULT_KUBECONFIG = versions.REPO / "build" / "cluster" / "kubeconfig"
 
@@ -106,7 +107,7 @@ def _start_node(plane, workdir: Path, port: int, pool_name: str):
     pool = {} if pool_name == "own" else \
         {"pool": (chosen := getattr(conf.regions[plane.region].node_pools, pool_name)).node_selector,
          "taints": taints_for(chosen.tolerations)}
-    registry = Registry.start(workdir / "registry", port, versions.REPO / "build" / "image" / "registry-storage")
+    registry = Registry.start(workdir / "registry", port, versions.REPO / LOCAL_REGISTRY_STORAGE)
     try:
         real = node.RealNode.start(plane, workdir / "node", mirrors=node.mirrors_for(registry, conf),
                                    region=plane.region, **pool)

@@ -21,14 +21,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import signal
+from pathlib import Path
 import sys
 import time
 
 from podserve.tooling import platform_rules
 from podserve.tooling.conf import load_conf, load_deploy_policy
-from podserve.tooling.deploy import analysis, canary, commands, digest, failures, notify
-from podserve.tooling.deploy.errors import BadInput, DeployError, NotDeployedHere, Refused, Terminated
-from podserve.tooling.deploy.kube import Kube
+from podserve.tooling.deploy import analysis, canary, commands, digest, failures, local_image, notify
+from podserve.tooling.deploy.errors import BadInput, ClusterError, DeployError, NotDeployedHere, Refused, Terminated
+from podserve.tooling.deploy.kube import NODES, PODS, Kube
 from podserve.tooling.deploy.target import Target, from_manifests, from_values, service_from_values, stage_of
 from podserve.tooling.valuefile import ValueFileError
 
@@ -59,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
             return _analyze(args, conf, policy, target)
         kube = Kube.from_environment()
         if args.command == "apply":
-            return commands.apply(kube, target, conf, policy, opts, say)
+            local = args.local and not args.manifests and not args.image_metadata and \
+                local_image.applies(kube.api.configuration.host)
+            if local:
+                _check_local(target, args.values, opts.dry_run, say)
+            status = commands.apply(kube, target, conf, policy, opts, say)
+            if local and status == failures.EXIT_SERVING and not opts.dry_run:
+                _say_where_it_ran(kube, target, say)
+            return status
         if args.command == "status":
             return commands.status(kube, target, say)
         if args.command == "rollback":
@@ -103,6 +111,32 @@ def _analyze(args, conf, policy, target: Target) -> int:
     prometheus = PrometheusAPI.from_environment(args.prometheus)
     return analysis.analyze(Kube.from_environment(), prometheus, target, stable, policy, args.out, args.window,
                             lambda text: print(text, flush=True))
+
+
+def _check_local(target: Target, values: str, dry_run: bool, say) -> None:
+    """A person's `make deploy` to the local cluster: the image must exist (exit 3 naming `make image`; a dry run only
+    warns), and changes the commit does not hold are named (tooling/deploy/local_image.py)."""
+    checkout = Path(values).resolve().parent
+    changed = local_image.uncommitted(checkout, Path(values))
+    if changed:
+        say(f"warning: {', '.join(changed)} changed since the commit: the image `make image` built for it does not "
+            f"hold these changes; commit them and run `make image` before deploying them")
+    missing = local_image.missing_image(target.image(), checkout)
+    if missing and dry_run:
+        say(f"warning: {missing}")
+    elif missing:
+        raise Refused(failures.IMAGE_NOT_BUILT, missing)
+
+
+def _say_where_it_ran(kube: Kube, target: Target, say) -> None:
+    """Say so when every pod of what now serves is on a kwok node, where no container ran."""
+    try:
+        pods = kube.list(PODS, target.namespace, f"service={target.service}").get("items") or []
+        nodes = {node["metadata"]["name"]: node for node in kube.list(NODES).get("items") or []}
+    except ClusterError:  # an account that may not list nodes: nothing to say of them
+        return
+    if local_image.on_kwok_only(pods, nodes):
+        say(local_image.NO_CONTAINER)
 
 
 def _terminated(signum, _frame) -> None:
@@ -184,6 +218,10 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--image-tag", default=None,
                              help="image tag when rendering (default: $CI_COMMIT_SHORT_SHA, else the checkout's "
                                   "commit, as make image tags it)")
+            sub.add_argument("--local", action="store_true",
+                             help="a person's deploy from their checkout (make deploy) to the local cluster: refuse an "
+                                  "image `make image` never built, name changes the commit does not hold, say where "
+                                  "the pods ran")
             sub.add_argument("--image-metadata", default=None,
                              help="BuildKit's --metadata-file of the pushed image: deploy it by digest, not by tag")
             sub.add_argument("--dry-run", action="store_true",

@@ -748,11 +748,21 @@ def status(kube: Kube, target: Target, say=print) -> int:
         restarts = sum(s.get("restartCount", 0) for s in statuses)
         say(f"  pod {pod['metadata']['name']}: {ready}/{len(statuses) or len(pod['spec']['containers'])} ready, "
             f"{restarts} restart(s), {diagnosis.pod_state(pod, events, now)}")
-    warnings = [e for e in events if e.get("type") == "Warning"]
+    ready = {pod["metadata"]["name"]: diagnosis.pod_is_ready(pod) for pod in pods}
+    warnings, noise = [], {}
+    for event in (e for e in events if e.get("type") == "Warning"):
+        name = (event.get("involvedObject") or {}).get("name")
+        note = diagnosis.known_noise(event, ready.get(name, False))
+        if note:
+            noise[note] = noise.get(note, 0) + 1
+        else:
+            warnings.append(event)
     for event in sorted(warnings, key=diagnosis.event_time)[-10:]:
         involved = event.get("involvedObject") or {}
         say(f"  warning {diagnosis.event_time(event)} {involved.get('kind')}/{involved.get('name')}: "
             f"{event.get('reason')}: {event.get('message', '').strip()}")
+    for note, count in noise.items():
+        say(f"  known, not a fault ({count} warning event(s) left out): {note}")
     return failures.EXIT_SERVING if done else failures.EXIT_FAILED
 
 

@@ -183,12 +183,38 @@ def not_started(pod: dict) -> bool:
     return True
 
 
+#: Warnings a healthy pod shows, by reason: the tool leaves them out of its lines and names each once.
+MISSING_CLUSTER_DNS = ("the node has no cluster DNS (MissingClusterDNS: make cluster's real node runs none; the pod "
+                       "resolves names through the node's own resolv.conf)")
+STARTUP_WHILE_LOADING = ("startup probe failures while the server loaded, within the start init_delay_second allows "
+                         "(the pod is ready now)")
+
+
+def known_noise(event: dict, pod_ready: bool) -> str | None:
+    """What a warning that says nothing wrong is (one of the summaries above), or None for one worth reading: the
+    kubelet's MissingClusterDNS, and a startup probe failing on a pod that became ready (its start was allowed)."""
+    reason, message = event.get("reason"), event.get("message") or event.get("note") or ""
+    if reason == "MissingClusterDNS":
+        return MISSING_CLUSTER_DNS
+    if reason == "Unhealthy" and message.startswith("Startup probe failed") and pod_ready:
+        return STARTUP_WHILE_LOADING
+    return None
+
+
+def noise_in(pods: list[dict], events: list[dict]) -> set[str]:
+    """The known noise among the pods' events (each summary once)."""
+    return {note for pod in pods for event in events if _about(event, pod)
+            for note in [known_noise(event, _pod_ready(pod))] if note}
+
+
 def last_events(pod: dict, events: list[dict], now: datetime | None = None) -> str:
-    """Return the newest event on the pod, and the newest warning when an ordinary event came after it.
+    """Return the newest event on the pod, and the newest warning when an ordinary event came after it (known noise
+    left out: `known_noise`).
 
     'Warning FailedCreatePodSandBox (5 times, last 12 s ago): Failed to create pod sandbox: ...'; "" with none.
     """
-    about = sorted((e for e in events if _about(e, pod)), key=event_time)
+    ready = _pod_ready(pod)
+    about = sorted((e for e in events if _about(e, pod) and not known_noise(e, ready)), key=event_time)
     if not about:
         return ""
     newest = about[-1]
@@ -438,6 +464,11 @@ def _container_spec(pod: dict, name: str) -> dict:
 
 def _pod_condition(pod: dict, kind: str) -> dict | None:
     return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
+
+
+def pod_is_ready(pod: dict) -> bool:
+    """Whether the pod's Ready condition is true."""
+    return _pod_ready(pod)
 
 
 def _pod_ready(pod: dict) -> bool:

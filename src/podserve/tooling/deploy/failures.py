@@ -147,10 +147,17 @@ VERDICT_NOT_PASSED = Failure(
     "set to the reason (recorded on the objects, the revision and the notification, with $GITLAB_USER_LOGIN)",
     EXIT_REFUSED)
 
+IMAGE_NOT_BUILT = Failure(
+    "image_not_built", "Refused: the image for this commit was never built",
+    "a person's `make deploy` to the local cluster names the image `make image` builds from the checkout's commit, "
+    "and the registry storage the local cluster pulls from does not hold it", "none: the image",
+    "run `make image` (it builds the commit's image and pushes it where the local cluster pulls from), then deploy "
+    "again", EXIT_REFUSED)
+
 #: Every failure, in the order docs/deploy.md lists them.
 ALL = (UNSCHEDULABLE, CREATE_REFUSED, OOM_KILLED, CRASH_LOOP, IMAGE_PULL, NOT_STARTED, STARTUP_PROBE, NEVER_READY,
        PROGRESS_DEADLINE, TIMED_OUT, CANARY_FAILED, ROUTE_COLLISION, PROJECT_COLLISION, LOCK_HELD, FREEZE_WINDOW,
-       OUTDATED_PIPELINE, GREY_ANOTHER_BUILD, VERDICT_NOT_PASSED)
+       OUTDATED_PIPELINE, GREY_ANOTHER_BUILD, VERDICT_NOT_PASSED, IMAGE_NOT_BUILT)
 BY_REASON = {failure.reason: failure for failure in ALL}
 
 

@@ -53,6 +53,7 @@ MANAGED = {
 #: What the tool reads or keeps beside them.
 REPLICASETS = Kind("apps/v1", "replicasets")
 PODS = Kind("v1", "pods")
+NODES = Kind("v1", "nodes")
 EVENTS = Kind("v1", "events")
 CONFIGMAPS = Kind("v1", "configmaps")
 LEASES = Kind("coordination.k8s.io/v1", "leases")

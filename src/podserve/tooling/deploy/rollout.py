@@ -56,10 +56,14 @@ def wait(kube: Kube, target: Target, settings: WaitSettings, say=print, check=la
     """
     started = time.monotonic()
     last_line, last_said = None, 0.0
+    noted: set[str] = set()  # known noise, named once
     while True:
         check()
         elapsed = time.monotonic() - started
         observed, version, pod_selector = observe(kube, target, settings, settings.budget_seconds - elapsed)
+        for note in diagnosis.noise_in(observed.pods, observed.events) - noted:
+            say(f"note: {note}; not repeated")
+            noted.add(note)
         verdict = diagnosis.diagnose(observed)
         if verdict.failure and verdict.failure.reason in _QUOTING_LOGS:
             logs = server_logs(kube, target.namespace, observed)
