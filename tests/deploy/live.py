@@ -167,10 +167,13 @@ class Live:
 
 def read_until(process: subprocess.Popen, wanted: Callable[[str], bool], what: str, seconds: float = 60) -> list[str]:
     """Read a started tool's stdout until a line `wanted` accepts and return the lines so far; the reader goes on, and
-    finish() collects what follows. AssertionError naming `what` when the tool exits or `seconds` pass first."""
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
-                     daemon=True).start()
+    finish() collects what follows; a second call on the same tool goes on from there (one reader per tool).
+    AssertionError naming `what` when the tool exits or `seconds` pass first."""
+    lines: queue.Queue | None = getattr(process, "rest", None)
+    if lines is None:
+        lines = process.rest = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
+                         daemon=True).start()
     seen, deadline = [], time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         try:
@@ -181,7 +184,6 @@ def read_until(process: subprocess.Popen, wanted: Callable[[str], bool], what: s
             break
         seen.append(line)
         if wanted(line):
-            process.rest = lines
             return seen
     raise AssertionError(f"{what}: not within {seconds:.0f} s; the tool printed:\n{''.join(seen)}")
 

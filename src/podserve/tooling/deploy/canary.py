@@ -28,7 +28,7 @@ import json
 import time
 from dataclasses import replace
 
-from podserve.tooling import release
+from podserve.tooling import job_time, release
 from podserve.tooling.deploy import analysis, budget, canary_objects, diagnosis, drift, failures, rollout
 from podserve.tooling.deploy.errors import BadInput
 from podserve.tooling.deploy.history import History, history_name, now_text
@@ -253,17 +253,12 @@ def _summary(index: int, weight: int, attempt: int, found) -> dict:
 
 
 def worst_seconds(target: Target, objects: list[dict], policy, stable_replicas: int) -> int:
-    """The longest a canary of `objects` may take before its promotion (budget.canary_seconds)."""
-    deployment = deployment_of(objects) or {}
-    steps = release.read_release_policy(deployment)["canary_steps"]
-    if not steps:
+    """The longest a production canary of `objects` may take before its promotion (render's job-time check counts
+    the same: job_time.canary_seconds); 0 for any other stage or without canary_steps."""
+    deployment = deployment_of(objects)
+    if deployment is None or not target.stage.production:
         return 0
-    thresholds = release.verdict_policy(policy.verdict, release.read_release_policy(deployment)["verdict"])
-    deadline = (deployment.get("spec") or {}).get("progressDeadlineSeconds") or \
-        budget.KUBERNETES_DEFAULT_PROGRESS_DEADLINE
-    return budget.canary_seconds(deadline, [release.canary_replicas(w, stable_replicas) for w in steps],
-                                 release.slow_start_seconds(rule_of(objects)), thresholds.window_seconds,
-                                 thresholds.max_extensions)
+    return job_time.canary_seconds(list(objects), deployment, stable_replicas, policy)
 
 
 def wait_settings_for(target: Target, deployment: dict, settings: rollout.WaitSettings) -> rollout.WaitSettings:
@@ -289,6 +284,8 @@ def run(kube: Kube, target: Target, conf, policy, opts, lock, history: History, 
     before, back_to = restore.objects, restore.number or None
     plan = analysis.plan_for(target, target, policy, track=release.CANARY)
     loop = Canary(kube, target, state, objects, before, plan, prometheus, lock.check, say)
+    if not resumed:  # a command left for a killed canary that had this revision's number is not for this one
+        clear_command(kube, target)
     history.begin(kube, revision, restore)
     loop.history = history
     say(f"canary of revision {revision.number}: steps {', '.join(f'{w}%' for w in state['steps'])}, each judged for "
