@@ -32,11 +32,14 @@ def _service_host(cluster: str) -> tuple[str, str]:
 class SliceFeed:
     """Keeps each cluster's endpoint file equal to its Service's ready, non-terminating EndpointSlice addresses."""
 
-    def __init__(self, api_client, config: ir.GatewayConfig, eds_folder: Path, every: float = 0.2):
+    def __init__(self, api_client, config: ir.GatewayConfig, eds_folder: Path, every: float = 0.2,
+                 address_of=None):
+        """`address_of(pod address)`: where a pod's address really serves, (host, port), or None while it does not
+        (kwok_pods.PodPlayer's processes that play kwok's pods); without it, the pod's own address and port."""
         from kubernetes import client
 
         self.discovery, self.core = client.DiscoveryV1Api(api_client), client.CoreV1Api(api_client)
-        self.config = config
+        self.config, self.address_of = config, address_of
         self.eds_folder, self.every = Path(eds_folder), every
         self.version = 0
         self.written: dict[str, list[tuple[str, int, dict]]] = {}
@@ -73,7 +76,10 @@ class SliceFeed:
                 labels = {}
                 if endpoint.target_ref is not None and endpoint.target_ref.kind == "Pod":
                     labels = self._labels(namespace, endpoint.target_ref.name)
-                found += [(address, port.port, labels) for address in endpoint.addresses]
+                for address in endpoint.addresses:
+                    served = (address, port.port) if self.address_of is None else self.address_of(address)
+                    if served is not None:
+                        found.append((*served, labels))
         return sorted(found, key=lambda h: (h[0], h[1]))
 
     def _labels(self, namespace: str, pod: str) -> dict:
