@@ -6,6 +6,7 @@ and ReplicaSet controllers and the garbage collector (orphaning, adoption), the 
 (with nothing to scrape: kwok's pods serve nothing, so every analysis waits for the canary's pods to be scraped,
 which gives each test its time to act, and ends inconclusive). Simulated: the kubelet (kwok: pods become ready).
 The canary is ended by `deploy canary promote|abort`, SIGTERM, SIGKILL or `rollback`, as each test says.
+The six scenarios run side by side (each its own service), as they mostly wait: about 40 s in all instead of 80.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 import yaml
@@ -112,7 +114,7 @@ def _at_step_one(process: subprocess.Popen) -> list[str]:
                       120)
 
 
-def test_a_second_apply_is_refused_and_the_weights_stay_and_status_shows_the_canary(live, conf_dir, prometheus):
+def _a_second_apply_is_refused_and_the_weights_stay_and_status_shows_the_canary(live, conf_dir, prometheus, tmp_path):
     service = Service(live, conf_dir, prometheus, "dt-canary-lock")
     receiver = Receiver()
     try:
@@ -150,7 +152,7 @@ def test_a_second_apply_is_refused_and_the_weights_stay_and_status_shows_the_can
         service.remove()
 
 
-def test_sigterm_aborts_the_canary_stable_first(live, conf_dir, prometheus):
+def _sigterm_aborts_the_canary_stable_first(live, conf_dir, prometheus, tmp_path):
     service = Service(live, conf_dir, prometheus, "dt-canary-term")
     try:
         assert service.apply("v1").returncode == 0
@@ -167,8 +169,8 @@ def test_sigterm_aborts_the_canary_stable_first(live, conf_dir, prometheus):
         service.remove()
 
 
-def test_after_sigkill_status_and_apply_notice_it_kubectl_s_weights_are_drift_and_the_same_revision_resumes(
-        live, conf_dir, prometheus):
+def _after_sigkill_status_and_apply_notice_it_kubectl_s_weights_are_drift_and_the_same_revision_resumes(
+        live, conf_dir, prometheus, tmp_path):
     service = Service(live, conf_dir, prometheus, "dt-canary-kill")
     try:
         assert service.apply("v1").returncode == 0
@@ -210,7 +212,8 @@ def test_after_sigkill_status_and_apply_notice_it_kubectl_s_weights_are_drift_an
         service.remove()
 
 
-def test_another_revision_aborts_a_killed_canary_and_starts_over_and_rollback_aborts_one(live, conf_dir, prometheus):
+def _another_revision_aborts_a_killed_canary_and_starts_over_and_rollback_aborts_one(
+        live, conf_dir, prometheus, tmp_path):
     service = Service(live, conf_dir, prometheus, "dt-canary-over")
     try:
         assert service.apply("v1").returncode == 0
@@ -236,7 +239,7 @@ def test_another_revision_aborts_a_killed_canary_and_starts_over_and_rollback_ab
         service.remove()
 
 
-def test_the_selector_s_migration_restarts_no_pod_and_a_rollback_across_it_works(live, conf_dir, prometheus):
+def _the_selector_s_migration_restarts_no_pod_and_a_rollback_across_it_works(live, conf_dir, prometheus, tmp_path):
     """A Deployment applied with the old selector ({service, stage}, as render wrote it before track), then the new
     one: re-created with its ReplicaSets orphaned and adopted, the same pods; a rollback goes back across it."""
     service = Service(live, conf_dir, prometheus, "dt-migrate", extra="")
@@ -270,7 +273,7 @@ def test_the_selector_s_migration_restarts_no_pod_and_a_rollback_across_it_works
         service.remove()
 
 
-def test_production_mirroring_to_grey_needs_grey_s_pass_or_a_recorded_override(live, conf_dir, prometheus, tmp_path):
+def _production_mirroring_to_grey_needs_grey_s_pass_or_a_recorded_override(live, conf_dir, prometheus, tmp_path):
     service = Service(live, conf_dir, prometheus, "dt-verdict", extra="grey_mirror_percent = 20\n")
     receiver = Receiver()
     try:
@@ -299,3 +302,58 @@ def test_production_mirroring_to_grey_needs_grey_s_pass_or_a_recorded_override(l
     finally:
         receiver.stop()
         service.remove()
+
+
+# --- the scenarios run side by side: each has its own service, Lease and history, and mostly waits on the control
+# plane and the tool; each test below reports its own scenario (its AssertionError re-raised there) ---------------
+
+SCENARIOS = (
+    'a_second_apply_is_refused_and_the_weights_stay_and_status_shows_the_canary',
+    'sigterm_aborts_the_canary_stable_first',
+    'after_sigkill_status_and_apply_notice_it_kubectl_s_weights_are_drift_and_the_same_revision_resumes',
+    'another_revision_aborts_a_killed_canary_and_starts_over_and_rollback_aborts_one',
+    'the_selector_s_migration_restarts_no_pod_and_a_rollback_across_it_works',
+    'production_mirroring_to_grey_needs_grey_s_pass_or_a_recorded_override',
+)
+
+
+@pytest.fixture(scope="module")
+def scenarios(live, conf_dir, prometheus) -> dict[str, Future]:
+    pool = ThreadPoolExecutor(len(SCENARIOS), thread_name_prefix="canary-scenario")
+    started = {}
+    for name in SCENARIOS:
+        folder = live.tmp / f"scenario-{name[:40]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        started[name] = pool.submit(globals()[f"_{name}"], live, conf_dir, prometheus, folder)
+    yield started
+    pool.shutdown(wait=True)
+
+
+def _ran(scenarios: dict[str, Future], request) -> None:
+    """The outcome of the scenario named as the test (test_<name>: _<name>)."""
+    scenarios[request.node.name.removeprefix("test_")].result(timeout=600)
+
+
+def test_a_second_apply_is_refused_and_the_weights_stay_and_status_shows_the_canary(scenarios, request):
+    _ran(scenarios, request)
+
+
+def test_sigterm_aborts_the_canary_stable_first(scenarios, request):
+    _ran(scenarios, request)
+
+
+def test_after_sigkill_status_and_apply_notice_it_kubectl_s_weights_are_drift_and_the_same_revision_resumes(
+        scenarios, request):
+    _ran(scenarios, request)
+
+
+def test_another_revision_aborts_a_killed_canary_and_starts_over_and_rollback_aborts_one(scenarios, request):
+    _ran(scenarios, request)
+
+
+def test_the_selector_s_migration_restarts_no_pod_and_a_rollback_across_it_works(scenarios, request):
+    _ran(scenarios, request)
+
+
+def test_production_mirroring_to_grey_needs_grey_s_pass_or_a_recorded_override(scenarios, request):
+    _ran(scenarios, request)
