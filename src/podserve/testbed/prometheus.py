@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from podserve.testbed.polling import Poller
 from podserve.testbed.processes import Program, StartError, free_port
 
 #: The package `make prometheus` installs (Makefile pins the same version).
@@ -167,7 +167,7 @@ class Prometheus:
         return self.api("targets")["activeTargets"]
 
 
-class PodTargetFeed:
+class PodTargetFeed(Poller):
     """Keeps a file_sd file equal to the pods the live PodMonitors of `namespaces` select (running, with an IP):
     each pod's address and port, its labels as the Prometheus operator gives them, and the metrics path."""
 
@@ -176,11 +176,9 @@ class PodTargetFeed:
         from kubernetes import client
 
         self.core, self.objects = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
-        self.path, self.namespaces, self.every, self.address_of = Path(path), namespaces, every, address_of
+        super().__init__(every, "pod-targets")
+        self.path, self.namespaces, self.address_of = Path(path), namespaces, address_of
         self.written: list[dict] | None = None
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def targets(self) -> list[dict]:
         found = []
@@ -216,21 +214,5 @@ class PodTargetFeed:
         self.written = targets
         return True
 
-    def start(self) -> "PodTargetFeed":
+    def prepare(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.sync()
-        self._thread = threading.Thread(target=self._loop, name="pod-targets", daemon=True)
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.sync()
-            except Exception as exc:  # noqa: BLE001 - keep following; the test reads the errors
-                self.errors.append(repr(exc))
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from podserve.testbed.polling import Poller
 from podserve.testbed.processes import Program, free_port
 
 #: The container port a pod serves on (render's): the address an EndpointSlice names is the pod's IP and this port.
@@ -47,7 +48,7 @@ class Played:
         return self.ready
 
 
-class PodPlayer:
+class PodPlayer(Poller):
     """Keeps one server process per Running, Ready, non-terminating kwok pod of `selector` in `namespace`."""
 
     def __init__(self, api_client, namespace: str, selector: str, work: Path,
@@ -57,12 +58,9 @@ class PodPlayer:
         self.core, self.api_client = client.CoreV1Api(api_client), api_client
         self.namespace, self.selector, self.work, self.env_for, self.repo = namespace, selector, Path(work), env_for, \
             Path(repo)
-        self.every = every
+        super().__init__(every, "pod-player")
         self.playing: dict[str, Played] = {}  # by pod uid
-        self.errors: list[str] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def address_of(self, address: str) -> tuple[str, int] | None:
         """The loopback (host, port) of the ready process that plays the pod at `address` (None: none yet)."""
@@ -91,24 +89,11 @@ class PodPlayer:
                 with self._lock:
                     self.playing[uid] = played
 
-    def start(self) -> "PodPlayer":
+    def prepare(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
-        self.sync()
-        self._thread = threading.Thread(target=self._loop, name="pod-player", daemon=True)
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.sync()
-            except Exception as exc:  # noqa: BLE001 - keep playing; the test reads the errors
-                self.errors.append(repr(exc))
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        super().stop()
         with self._lock:
             playing, self.playing = list(self.playing.values()), {}
         for played in playing:

@@ -11,10 +11,10 @@ helm, not applied here) come from `extra` objects. Polled rather than watched, l
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from podserve.testbed.mesh import envoy, ir, istio
+from podserve.testbed.polling import Poller
 
 #: The Istio kinds istiod reads for a gateway: (plural, kind).
 KINDS = (("gateways", "Gateway"), ("virtualservices", "VirtualService"), ("destinationrules", "DestinationRule"))
@@ -29,20 +29,18 @@ def _as_written(item: dict, kind: str) -> dict:
             "spec": item.get("spec") or {}}
 
 
-class RouteFeed:
+class RouteFeed(Poller):
     """Keeps the xDS files of one gateway equal to the translation of the cluster's live Istio objects."""
 
     def __init__(self, api_client, gateway: str, folder: Path, slices=None, extra: list[dict] = (),
                  every: float = 0.5):
         from kubernetes import client
 
+        super().__init__(every, "route-feed")
         self.objects_api = client.CustomObjectsApi(api_client)
-        self.gateway, self.folder, self.slices, self.extra, self.every = gateway, Path(folder), slices, list(extra), every
+        self.gateway, self.folder, self.slices, self.extra = gateway, Path(folder), slices, list(extra)
         self.config: ir.GatewayConfig | None = None
         self.version = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def objects(self) -> list[dict]:
         """Every live Gateway, VirtualService and DestinationRule, with the `extra` objects."""
@@ -66,21 +64,5 @@ class RouteFeed:
         self.config = config
         return True
 
-    def start(self) -> "RouteFeed":
+    def prepare(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.sync()
-        self._thread = threading.Thread(target=self._loop, name="route-feed", daemon=True)
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.sync()
-            except Exception as exc:  # noqa: BLE001 - keep feeding; the test reads the errors
-                self.errors.append(repr(exc))
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from podserve.testbed.mesh import envoy, ir
+from podserve.testbed.polling import Poller
 
 SERVICE_LABEL = "kubernetes.io/service-name"
 
@@ -29,7 +30,7 @@ def _service_host(cluster: str) -> tuple[str, str]:
     return namespace, service
 
 
-class SliceFeed:
+class SliceFeed(Poller):
     """Keeps each cluster's endpoint file equal to its Service's ready, non-terminating EndpointSlice addresses."""
 
     def __init__(self, api_client, config: ir.GatewayConfig, eds_folder: Path, every: float = 0.2,
@@ -40,13 +41,11 @@ class SliceFeed:
 
         self.discovery, self.core = client.DiscoveryV1Api(api_client), client.CoreV1Api(api_client)
         self.config, self.address_of = config, address_of
-        self.eds_folder, self.every = Path(eds_folder), every
+        super().__init__(every, "slice-feed")
+        self.eds_folder = Path(eds_folder)
         self.version = 0
         self.written: dict[str, list[tuple[str, int, dict]]] = {}
         self._syncing = threading.Lock()  # its own thread and the route feed's both sync
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.errors: list[str] = []
 
     @property
     def clusters(self) -> list[str]:
@@ -111,21 +110,5 @@ class SliceFeed:
                 changed = True
         return changed
 
-    def start(self) -> "SliceFeed":
+    def prepare(self) -> None:
         self.eds_folder.mkdir(parents=True, exist_ok=True)
-        self.sync()
-        self._thread = threading.Thread(target=self._loop, name="slice-feed", daemon=True)
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.sync()
-            except Exception as exc:  # noqa: BLE001 - keep feeding; the test reads the errors
-                self.errors.append(repr(exc))
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
