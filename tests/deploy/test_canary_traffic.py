@@ -94,7 +94,8 @@ def bench(control_plane, tmp_path_factory, affine_model):
     xds = work / "xds"
     slices = SliceFeed(control_plane.api_client(), istio.translate(extra, gateway), xds,
                        address_of=player.address_of)
-    routes = RouteFeed(control_plane.api_client(), gateway, xds, slices, extra=extra).start()
+    routes = RouteFeed(control_plane.api_client(), gateway, xds, slices, extra=extra,
+                       selector=f"service={SERVICE},stage=hk").start()  # not what other tests left in the cluster
     slices.start()
     port = free_port()
     bootstrap = work / "envoy.json"

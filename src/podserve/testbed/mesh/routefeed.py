@@ -33,20 +33,24 @@ class RouteFeed(Poller):
     """Keeps the xDS files of one gateway equal to the translation of the cluster's live Istio objects."""
 
     def __init__(self, api_client, gateway: str, folder: Path, slices=None, extra: list[dict] = (),
-                 every: float = 0.5):
+                 every: float = 0.5, selector: str | None = None):
+        """`selector`: a label selector the VirtualServices and DestinationRules fed must match (a test's own
+        service's, so that what other tests left in the cluster never reaches its gateway); Gateways are all fed."""
         from kubernetes import client
 
         super().__init__(every, "route-feed")
         self.objects_api = client.CustomObjectsApi(api_client)
         self.gateway, self.folder, self.slices, self.extra = gateway, Path(folder), slices, list(extra)
+        self.selector = selector
         self.config: ir.GatewayConfig | None = None
         self.version = 0
 
     def objects(self) -> list[dict]:
-        """Every live Gateway, VirtualService and DestinationRule, with the `extra` objects."""
+        """Every live Gateway, VirtualService and DestinationRule (of `selector`), with the `extra` objects."""
         found = list(self.extra)
         for plural, kind in KINDS:
-            listed = self.objects_api.list_cluster_custom_object(GROUP, VERSION, plural)
+            chosen = {"label_selector": self.selector} if self.selector and kind != "Gateway" else {}
+            listed = self.objects_api.list_cluster_custom_object(GROUP, VERSION, plural, **chosen)
             found += [_as_written(item, kind) for item in listed.get("items") or []]
         return found
 
