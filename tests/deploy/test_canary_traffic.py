@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import threading
 import time
@@ -43,7 +44,7 @@ from podserve.tooling import release, render
 from podserve.tooling.conf import load_conf
 from podserve.tooling.deploy import canary_objects, drift
 from podserve.tooling.deploy.history import History
-from podserve.tooling.deploy.kube import MANAGED, PODS
+from podserve.tooling.deploy.kube import MANAGED, PODS, REPLICASETS
 from receiver import Receiver
 
 MESH_TESTS = REPO / "tests" / "mesh"
@@ -107,11 +108,12 @@ def bench(control_plane, tmp_path_factory, affine_model):
     prometheus = Prometheus(work / "prometheus", [], file_targets=work / "targets.json").start()
     bench = Bench(live, conf_dir, values, prometheus, envoy, port, player, routes, slices, work)
     try:
-        first = bench.apply("v1")
+        first = bench.live.deploy(*bench.args("v1", bench.before_subsets("v1")), timeout=300)
         assert first.returncode == 0, first.output
         poll_until(lambda: len([p for p in player.by_port().values() if p.probe()]) == 2,
                    "both stable pods' processes ready", 60)
         poll_until(lambda: _answered(bench, 5), "Envoy answering hk's route from the stable pods", 60)
+        bench.migrate()
         yield bench
     finally:
         for part in (targets, routes, slices):
@@ -137,9 +139,33 @@ class Bench:
                                 "--out", str(out), "--image-tag", tag]) == 0
         return out
 
-    def args(self, tag: str) -> list:
-        return ["apply", "--stage", "hk", "--manifests", self.manifests(tag), "--prometheus", self.prometheus.url,
-                "--conf", self.conf_dir]
+    def args(self, tag: str, manifests: Path | None = None) -> list:
+        return ["apply", "--stage", "hk", "--manifests", manifests or self.manifests(tag), "--prometheus",
+                self.prometheus.url, "--conf", self.conf_dir]
+
+    def before_subsets(self, tag: str) -> Path:
+        """The stage as render wrote it before issue 57: the Deployment selecting {service, stage}, the route to the
+        Service without subsets or weights, the rule without subsets."""
+        out = self.work / f"manifests-{tag}-before-subsets"
+        shutil.copytree(self.manifests(tag), out, dirs_exist_ok=True)
+        for name, change in (("deployment", _old_selector), ("virtualservice", _old_route),
+                             ("destinationrule", _old_rule)):
+            path = out / "hk" / f"{name}.yaml"
+            path.write_text(yaml.safe_dump_all([change(d) for d in yaml.safe_load_all(path.read_text()) if d]))
+        return out
+
+    def migrate(self) -> None:
+        """Apply the rendered v1 over the pre-57 one under traffic; keep what the migration test asserts."""
+        before = self.stable_pods()
+        replicaset = self.live.items(REPLICASETS, self.namespace, f"service={SERVICE}")
+        with Callers(self) as callers:
+            answered = lambda count: lambda: len(callers.outcomes) >= count  # noqa: E731
+            poll_until(answered(2 * RATE), "two seconds of callers on the old route", 30)
+            run = self.apply("v1")
+            poll_until(answered(len(callers.outcomes) + 2 * RATE), "two seconds of callers on the new route", 30)
+        self.migration = (before, replicaset, run, list(callers.outcomes), self.stable_pods(),
+                          self.live.items(REPLICASETS, self.namespace, f"service={SERVICE}"),
+                          self.live.admin.get(MANAGED["Deployment"], self.namespace, SERVICE))
 
     def apply(self, tag: str, **env):
         return self.live.deploy(*self.args(tag), timeout=300, **env)
@@ -172,6 +198,23 @@ class Bench:
             cluster = f"outbound|8080|{subset}|{SERVICE}.{self.namespace}.svc.cluster.local"
             found[subset] = self.envoy.stat(f"cluster.{cluster}.upstream_rq_total")
         return found
+
+
+def _old_selector(deployment: dict) -> dict:
+    deployment["spec"]["selector"]["matchLabels"].pop("track")
+    return deployment
+
+
+def _old_route(route: dict) -> dict:
+    route["spec"]["http"] = [dict(h, route=[{"destination": {k: v for k, v in h["route"][0]["destination"].items()
+                                                             if k != "subset"}}])
+                             for h in route["spec"]["http"] if not any("headers" in m for m in h["match"])]
+    return route
+
+
+def _old_rule(rule: dict) -> dict:
+    rule["spec"].pop("subsets")
+    return rule
 
 
 def _post(bench: Bench, headers: dict | None = None, timeout: float = 10):
@@ -235,9 +278,28 @@ def _share_within(share: float, weight: int, requests: int) -> float:
     return DEVIATIONS * math.sqrt(p * (1 - p) / requests)
 
 
+def test_the_selector_s_migration_under_traffic_restarts_no_pod_and_fails_no_request(bench):
+    """A Deployment and route of before issue 57 (selector {service, stage}, no subsets), then the rendered ones under
+    RATE requests a second: the Deployment re-created with its ReplicaSet orphaned and adopted, the same pods (uid,
+    restarts, the very processes), every caller answered 200 across the selector's and the route's change."""
+    before, (replicaset,), run, outcomes, after, (adopted,), deployment = bench.migration
+    assert run.returncode == 0, run.output
+    assert f"re-created Deployment/{SERVICE} for its selector" in run.stdout
+    assert deployment["spec"]["selector"]["matchLabels"] == {"service": SERVICE, "stage": "hk", "track": "stable"}
+    assert adopted["metadata"]["uid"] == replicaset["metadata"]["uid"]
+    assert adopted["metadata"]["ownerReferences"][0]["uid"] == deployment["metadata"]["uid"]
+    assert after == before and len(after) == 2
+    statuses = {}
+    for _, status, _ in outcomes:
+        statuses[status] = statuses.get(status, 0) + 1
+    print(f"\nthe selector's migration under {RATE} requests a second: {statuses} ({run.seconds:.1f} s)\n{run.output}")
+    assert statuses == {200: len(outcomes)} and len(outcomes) >= RATE * 4
+
+
 def test_a_failing_build_aborts_at_step_one_within_its_share_and_stable_never_changes(bench):
     before, hash_before = bench.stable_pods(), bench.template_hash()
     assert len(before) == 2 and all(pid for _, _, pid in before.values())
+    running = History.load(bench.live.admin, bench.namespace, SERVICE, "hk").current.number
     receiver = Receiver()
     try:
         with Callers(bench):
@@ -263,12 +325,13 @@ def test_a_failing_build_aborts_at_step_one_within_its_share_and_stable_never_ch
         (body,) = receiver.bodies
         assert body["outcome"] == "canary_aborted" and "errors: fail" in body["diagnosis"]
         history = History.load(bench.live.admin, bench.namespace, SERVICE, "hk")
-        assert history.pending is None and history.current.number == 1
+        assert history.pending is None and history.current.number == running
     finally:
         receiver.stop()
 
 
 def test_a_good_build_passes_every_step_within_its_share_ends_at_stable_100_and_the_header_reaches_the_canary(bench):
+    number = History.load(bench.live.admin, bench.namespace, SERVICE, "hk").current.number + 1
     with Callers(bench) as callers:
         process = bench.start("v3")
         seen = read_until(process, lambda line: line.startswith("step 1 of 2: 25% of hk's requests"),
@@ -296,8 +359,8 @@ def test_a_good_build_passes_every_step_within_its_share_ends_at_stable_100_and_
                                       for w, s, b, n in shares) + f"\n{output}")
     for weight, share, bound, _ in shares:
         assert abs(share - weight / 100) <= bound + 0.01, (weight, share, bound)  # 0.01: the route feed's poll
-    assert output.count("verdict: pass") == 2 and "serving: revision 2 of weighed in hk after its canary (2 step(s) " \
-        "passed" in output
+    assert output.count("verdict: pass") == 2
+    assert f"serving: revision {number} of {SERVICE} in hk after its canary (2 step(s) passed" in output
     statuses = {}
     for _, status, _ in during:
         statuses[status] = statuses.get(status, 0) + 1
