@@ -6,7 +6,7 @@ and ReplicaSet controllers and the garbage collector (orphaning, adoption), the 
 (with nothing to scrape: kwok's pods serve nothing, so every analysis waits for the canary's pods to be scraped,
 which gives each test its time to act, and ends inconclusive). Simulated: the kubelet (kwok: pods become ready).
 The canary is ended by `deploy canary promote|abort`, SIGTERM, SIGKILL or `rollback`, as each test says.
-The six scenarios run side by side (each its own service), as they mostly wait: about 40 s in all instead of 80.
+The seven scenarios run side by side (each its own service), as they mostly wait: about 45 s in all instead of 90.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from podserve.testbed.prometheus import Prometheus
 from podserve.tooling import release
 from podserve.tooling.conf import load_conf
 from podserve.tooling.deploy import canary_objects, drift
-from podserve.tooling.deploy.history import History
+from podserve.tooling.deploy.history import History, history_name
 from podserve.tooling.deploy.kube import MANAGED, PODS, REPLICASETS
 from receiver import Receiver
 
@@ -304,6 +304,35 @@ def _production_mirroring_to_grey_needs_grey_s_pass_or_a_recorded_override(live,
         service.remove()
 
 
+def _a_canary_the_history_lost_shows_as_drift_from_its_annotation_and_rollback_aborts_it(
+        live, conf_dir, prometheus, tmp_path):
+    """The history forgets the killed canary (its pending revision removed by hand, say a restored backup): the
+    route's and the canary's annotation still say a canary runs, status notices it, rollback aborts it."""
+    service = Service(live, conf_dir, prometheus, "dt-canary-lost")
+    try:
+        assert service.apply("v1").returncode == 0
+        before = service.stable_pods()
+        process = service.start("v2")
+        _at_step_one(process)
+        process.kill()
+        process.wait(timeout=30)
+        forgot = subprocess.run(
+            [KUBECTL, "-n", HK, "patch", "configmap", history_name(service.name), "--type", "json", "-p",
+             json.dumps([{"op": "remove", "path": f"/data/{key}"} for key in ("pending", "restore")])],
+            capture_output=True, text=True, timeout=60, env=service.live.plane.tool_env())
+        assert forgot.returncode == 0, forgot.stderr
+        assert service.history().pending is None and service.canary() is not None
+        status = service.verb("status")
+        assert (f"NOTICED: a canary (revision 2, step 1) runs (Deployment/{release.canary_name(service.name)}: "
+                "present) but the history records none: its state was lost") in status.stdout, status.output
+        assert "not the recorded stable 100, canary 0" in status.stdout  # the weights too
+        back = service.verb("rollback")
+        assert "a canary runs: aborting it first" in back.stdout, back.output
+        assert service.weights() == [100, 0] and service.canary() is None and service.stable_pods() == before
+    finally:
+        service.remove()
+
+
 # --- the scenarios run side by side: each has its own service, Lease and history, and mostly waits on the control
 # plane and the tool; each test below reports its own scenario (its AssertionError re-raised there) ---------------
 
@@ -314,6 +343,7 @@ SCENARIOS = (
     'another_revision_aborts_a_killed_canary_and_starts_over_and_rollback_aborts_one',
     'the_selector_s_migration_restarts_no_pod_and_a_rollback_across_it_works',
     'production_mirroring_to_grey_needs_grey_s_pass_or_a_recorded_override',
+    'a_canary_the_history_lost_shows_as_drift_from_its_annotation_and_rollback_aborts_it',
 )
 
 
@@ -356,4 +386,8 @@ def test_the_selector_s_migration_restarts_no_pod_and_a_rollback_across_it_works
 
 
 def test_production_mirroring_to_grey_needs_grey_s_pass_or_a_recorded_override(scenarios, request):
+    _ran(scenarios, request)
+
+
+def test_a_canary_the_history_lost_shows_as_drift_from_its_annotation_and_rollback_aborts_it(scenarios, request):
     _ran(scenarios, request)
