@@ -6,7 +6,7 @@ and ReplicaSet controllers and the garbage collector (orphaning, adoption), the 
 (with nothing to scrape: kwok's pods serve nothing, so every analysis waits for the canary's pods to be scraped,
 which gives each test its time to act, and ends inconclusive). Simulated: the kubelet (kwok: pods become ready).
 The canary is ended by `deploy canary promote|abort`, SIGTERM, SIGKILL or `rollback`, as each test says.
-The seven scenarios run side by side (each its own service), as they mostly wait: about 45 s in all instead of 90.
+The eight scenarios run side by side (each its own service), as they mostly wait: about 45 s in all instead of 90.
 """
 
 from __future__ import annotations
@@ -333,6 +333,25 @@ def _a_canary_the_history_lost_shows_as_drift_from_its_annotation_and_rollback_a
         service.remove()
 
 
+def _retire_takes_a_killed_canary_with_the_rest(live, conf_dir, prometheus, tmp_path):
+    """retire (production too) finds the canary Deployment by its labels, as prune and status do."""
+    service = Service(live, conf_dir, prometheus, "dt-canary-retired")
+    try:
+        assert service.apply("v1").returncode == 0
+        process = service.start("v2")
+        _at_step_one(process)
+        process.kill()
+        process.wait(timeout=30)
+        assert service.canary() is not None
+        retired = service.verb("retire", "--confirm", service.name)
+        assert retired.returncode == 0, retired.output
+        assert service.canary() is None and service.live.admin.get(MANAGED["Deployment"], HK, service.name) is None
+        left = [o for o in service.live.objects(HK, "hk", service.name) if not o.startswith(("Pod/", "ReplicaSet/"))]
+        assert left == []  # pods and ReplicaSets go after their Deployments, by the garbage collector
+    finally:
+        service.remove()
+
+
 # --- the scenarios run side by side: each has its own service, Lease and history, and mostly waits on the control
 # plane and the tool; each test below reports its own scenario (its AssertionError re-raised there) ---------------
 
@@ -344,6 +363,7 @@ SCENARIOS = (
     'the_selector_s_migration_restarts_no_pod_and_a_rollback_across_it_works',
     'production_mirroring_to_grey_needs_grey_s_pass_or_a_recorded_override',
     'a_canary_the_history_lost_shows_as_drift_from_its_annotation_and_rollback_aborts_it',
+    'retire_takes_a_killed_canary_with_the_rest',
 )
 
 
@@ -390,4 +410,8 @@ def test_production_mirroring_to_grey_needs_grey_s_pass_or_a_recorded_override(s
 
 
 def test_a_canary_the_history_lost_shows_as_drift_from_its_annotation_and_rollback_aborts_it(scenarios, request):
+    _ran(scenarios, request)
+
+
+def test_retire_takes_a_killed_canary_with_the_rest(scenarios, request):
     _ran(scenarios, request)

@@ -153,3 +153,11 @@ def test_the_verdict_override_is_the_person_s_and_is_recorded_with_who_gave_it(t
     assert any(recorded in line for line in said)
     verdict.write_text(json_module.dumps({"result": "pass", "candidate": {"image": target.image()}}))
     assert verdict_gate.check(target, str(verdict), lambda _: None, environ={}) == ""
+    # mirroring off: grey saw only its own callers, so its failed verdict is printed and advisory
+    unmirrored = from_values(REPO / "value.py", conf, conf.stages["hk"], "v7")
+    verdict.write_text(json_module.dumps({"result": "fail", "why": "errors: fail",
+                                          "candidate": {"image": unmirrored.image()}}))
+    said.clear()
+    assert not verdict_gate.mirrored(unmirrored)
+    assert verdict_gate.check(unmirrored, str(verdict), said.append, environ={}) == ""
+    assert said == ["grey's verdict (advisory: hk mirrors nothing to grey): fail (errors: fail)"]
