@@ -26,6 +26,12 @@ def _stat_fields(pid: int, proc: Path = PROC) -> list[str] | None:
         return None
 
 
+def process_state(pid: int, proc: Path = PROC) -> str | None:
+    """The process's state letter (R running, S sleeping, ...); None once it is gone."""
+    fields = _stat_fields(pid, proc)
+    return fields[0] if fields else None
+
+
 def process_tree(root: int, proc: Path = PROC) -> list[int]:
     """`root` and every process under it (children, their children, ...), root first; [] once root is gone."""
     children: dict[int, list[int]] = {}

@@ -4,6 +4,7 @@ import re
 import sys
 import time
 
+from bench.proctree import process_state
 from bench.systems import QUIET_TIMEOUT_S, Server, free_port
 from podserve.testbed.processes import poll_until
 
@@ -42,6 +43,9 @@ def test_waits_while_a_child_process_still_uses_a_core_and_no_longer(tmp_path):
 def test_an_idle_server_is_quiet_at_once(tmp_path):
     server, _ = _start(tmp_path, IDLE)
     try:
+        # Its line is written before its sleep starts, and the kernel adds a running task's time to its schedstat
+        # only at a tick or a switch: time run before the first reading could land in the first 1 ms look.
+        poll_until(lambda: process_state(server.process.pid) == "S", "the idle process asleep", timeout=20, every=0.005)
         server.wait_quiet()
         assert server.quiet_samples == 1
     finally:
