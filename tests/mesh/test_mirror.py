@@ -6,9 +6,9 @@ scraping them with their PodMonitors' labels every second. Simulated: istiod and
 routes' change between runs (written as istiod would push it: Envoy's file-based xDS). grey's pod marks its answers
 and holds a request at the gate for as long as the test says (mesh_handlers.Switchable).
 
-Rates, on this machine's 2 shared cores: 50 requests a second for the share (25 a pod of hk's two, 10 copies a
-second to grey), 40 for the gate, against pods that answer the tiny affine model in a few milliseconds each (hk's two
-pods hold 48 requests before the mesh sheds).
+Rates, on this machine's 2 shared cores: 100 requests a second for the share (50 a pod of hk's two, 20 copies a
+second to grey), 80 for the gate, against pods that answer the tiny affine model in a few milliseconds each (hk's two
+pods hold 48 requests before the mesh sheds; at 80 a second and some 10 ms each, about one is in flight).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from traffic import counts, paced_load, percentile
 SERVICE = "shadowed"
 PERCENT = 20
 PATH = f"/api/like/{SERVICE}"
-SHARE_RATE, SHARE_COUNT = 50, 1000
-#: Four runs of 10 s: three unmirrored for the spread, one with grey held (each copy 5 s: grey's pool of 24 fills in
-#: 3 s at 8 copies a second, the rest overflow).
-GATE_RATE, GATE_COUNT = 40, 400
+SHARE_RATE, SHARE_COUNT = 100, 1000
+#: Four runs of 5 s, 400 requests each (p99: the 4th slowest): three unmirrored for the spread, one with grey held
+#: (each copy 5 s: grey's pool of 24 fills in 1.5 s at 16 copies a second, the rest overflow).
+GATE_RATE, GATE_COUNT = 80, 400
 #: How long grey holds each mirrored request at its gate: under grey's deadline (10 s), so it never answers 504.
 HOLD_SECONDS = 5
 #: The binomial bound on the mirrored share: at 1000 requests its standard deviation is 1.26 points, so 20 +- 5
