@@ -112,9 +112,8 @@ def _analyze(testbed, tmp_path, load: bool, window: int | None, during=None):
             "--prometheus", prometheus.url, "--out", out] + (["--window", window] if window else [])
     stop = threading.Event()
 
-    def callers():
-        while not stop.is_set():
-            paced_load(mesh, "/api/like/judged", RATE, RATE * 5)
+    def callers():  # at most as long as the waits below: up to 120 s for the window, the window, 120 s after it
+        paced_load(mesh, "/api/like/judged", RATE, RATE * (240 + (window or SHORT_WINDOW)), stop=stop)
 
     loader = threading.Thread(target=callers, daemon=True)
     if load:

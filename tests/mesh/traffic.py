@@ -93,9 +93,10 @@ def steady_load(mesh: Mesh, path: str, clients: int, seconds: float, timeout: fl
 
 
 def paced_load(mesh: Mesh, path: str, rate: float, count: int, clients: int = 8, timeout: float = 30,
-               headers: dict | None = None) -> list[Outcome]:
+               headers: dict | None = None, stop: threading.Event | None = None) -> list[Outcome]:
     """Send `count` requests at `rate` a second, each at its own time (t0 + i / rate) from one of `clients` threads,
-    whatever the answers take (a late one never delays the next); return every outcome, each with its answer."""
+    whatever the answers take (a late one never delays the next); return every outcome, each with its answer.
+    With `stop`, no request is sent once it is set (those under way are answered)."""
     start = time.monotonic() + 0.2
     numbers = iter(range(count))
     taken = threading.Lock()
@@ -108,7 +109,10 @@ def paced_load(mesh: Mesh, path: str, rate: float, count: int, clients: int = 8,
                     index = next(numbers, None)
                 if index is None:
                     return
-                time.sleep(max(0.0, start + index / rate - time.monotonic()))
+                if stop is None:
+                    time.sleep(max(0.0, start + index / rate - time.monotonic()))
+                elif stop.wait(max(0.0, start + index / rate - time.monotonic())):
+                    return
                 sent = time.monotonic()
                 try:
                     reply = post(mesh, path, session=session, timeout=timeout, headers=headers)
