@@ -10,8 +10,9 @@ is that pod's container, scraped under its name) and istiod (testbed/mesh).
 Load: 60 requests a second to hk, paced, during each window (hk's two pods and grey's one each answer about 30 a
 second of the tiny affine model, a few milliseconds each). Windows: 15 s for the identical build (about 450 grey and
 900 hk requests: its 5xx and latency bounds fit the platform's margins from about 400 on each side), 10 s (the test
-conf's least) for the failing and the slower build and the idle grey, 20 s for the grey replaced mid-window (its deploy must end in
-it). The platform's own window is 120 s; the thresholds are the platform's.
+conf's least) for the failing and the slower build and the idle grey, 20 s for the grey replaced mid-window (its
+deploy must end in it). The platform's own window is 120 s; the thresholds are the platform's. The idle grey and the
+replaced grey are judged side by side, as neither sends a request: grey is replaced once the idle verdict is given.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import shutil
 import sys
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
@@ -45,7 +47,9 @@ FAULT_WINDOW = 10
 #: The test conf's window (conf/deploy.yaml's is 120 s, and the least --window may ask): the idle grey needs no
 #: load to be judged.
 SHORT_WINDOW = 10
-#: grey replaced mid-window: another pipeline's deploy of grey must end inside it.
+#: grey replaced mid-window: another pipeline's deploy of grey must end inside it. Judged beside the idle grey, whose
+#: verdict comes about 12.5 s into this window (its 10 s and two scrape intervals); grey's deploy then took 0.9 to 3 s
+#: here, and the window's end is read two scrape intervals after it: 20 s leaves the deploy 9.5 s.
 REPLACED_WINDOW = 20
 PIPELINE = "100"
 
@@ -105,7 +109,7 @@ def _render(values: Path, conf_dir: Path, out: Path, tag: str) -> Path:
 
 def _analyze(testbed, tmp_path, load: bool, window: int | None, during=None):
     """Run CI's verdict-grey line against the testbed while `load` callers send hk RATE requests a second; `during`
-    runs once the window has started. Return (exit status, output, the verdict file)."""
+    runs with the analysis's process once the window has started. Return (exit status, output, the verdict file)."""
     live, mesh, prometheus, manifests, conf_dir, *_ = testbed
     out = tmp_path / "verdict.json"
     args = ["analyze", "--stage", "grey", "--against", "hk", "--manifests", manifests, "--conf", conf_dir,
@@ -122,7 +126,7 @@ def _analyze(testbed, tmp_path, load: bool, window: int | None, during=None):
     try:
         seen = read_until(process, lambda line: line.startswith("judging "), "the window started", 120)
         if during is not None:
-            during()
+            during(process)
         process.wait(timeout=(window or SHORT_WINDOW) + 120)
         while (line := process.rest.get(timeout=10)) is not None:
             seen.append(line)
@@ -133,7 +137,6 @@ def _analyze(testbed, tmp_path, load: bool, window: int | None, during=None):
         if load:
             loader.join(timeout=60)
     output = "".join(seen) + process.stderr.read()
-    print(f"\n{output}")
     return process.returncode, output, json.loads(out.read_text()) if out.exists() else None
 
 
@@ -147,6 +150,7 @@ def _switch(testbed, name: str, text: str | None) -> None:
 
 def test_an_identical_build_passes_with_its_numbers_and_its_false_fail_probability(testbed, tmp_path):
     code, output, found = _analyze(testbed, tmp_path, load=True, window=JUDGED_WINDOW)
+    print(f"\n{output}")
     assert code == 0, output
     judged = found["judged"]
     assert found["result"] == "pass" and judged["result"] == "pass"
@@ -167,6 +171,7 @@ def test_a_tenth_of_decodes_failing_fails_on_errors(testbed, tmp_path):
         code, output, found = _analyze(testbed, tmp_path, load=True, window=FAULT_WINDOW)
     finally:
         _switch(testbed, "failing_decodes", None)
+    print(f"\n{output}")
     assert code == 1, output
     errors = next(c for c in found["judged"]["checks"] if c["name"] == "errors")
     assert found["result"] == "fail" and errors["result"] == "fail" and 0.07 < errors["candidate"] < 0.13
@@ -179,29 +184,47 @@ def test_a_build_20_ms_slower_fails_on_latency(testbed, tmp_path):
         code, output, found = _analyze(testbed, tmp_path, load=True, window=FAULT_WINDOW)
     finally:
         _switch(testbed, "decode_delay", None)
+    print(f"\n{output}")
     assert code == 1, output
     checks = {c["name"]: c for c in found["judged"]["checks"]}
     assert checks["latency"]["result"] == "fail" and checks["errors"]["result"] != "fail"
     assert "latency: fail" in output
 
 
-def test_an_idle_grey_is_inconclusive(testbed, tmp_path):
-    code, output, found = _analyze(testbed, tmp_path, load=False, window=None)
+@pytest.fixture(scope="module")
+def unloaded(testbed, tmp_path_factory) -> dict[str, Future]:
+    """The idle grey's verdict and the replaced grey's, side by side (neither sends a request, so neither adds to the
+    other's counts): another pipeline deploys grey once the idle verdict is given (both its ends read pipeline 100's
+    grey), inside the replaced verdict's window. {"idle": Future, "replaced": Future} of _analyze's results."""
+    live, mesh, prometheus, manifests, conf_dir, values, work = testbed
+    pool = ThreadPoolExecutor(2, thread_name_prefix="verdict-unloaded")
+    idle = pool.submit(_analyze, testbed, tmp_path_factory.mktemp("idle"), False, None)
+
+    v2 = _render(values, conf_dir, work / "manifests-v2", "v2")
+
+    def another_branch_deploys_grey(process):
+        wait([idle])
+        deployed = live.deploy("apply", "--stage", "grey", "--manifests", v2, "--conf", conf_dir, CI_PIPELINE_ID="101")
+        assert deployed.returncode == 0, deployed.output
+        assert process.poll() is None, "grey v2's deploy ended after the replaced verdict's window"
+        print(f"grey v2 deployed by pipeline 101 in {deployed.seconds:.1f} s of the {REPLACED_WINDOW} s window")
+
+    replaced = pool.submit(_analyze, testbed, tmp_path_factory.mktemp("replaced"), False, REPLACED_WINDOW,
+                           another_branch_deploys_grey)
+    yield {"idle": idle, "replaced": replaced}
+    pool.shutdown(wait=True)
+
+
+def test_an_idle_grey_is_inconclusive(unloaded):
+    code, output, found = unloaded["idle"].result(timeout=600)
+    print(f"\n{output}")
     assert code == 4, output
     assert found["result"] == "inconclusive" and "fewer than" in found["why"]
 
 
-def test_grey_replaced_in_the_window_is_refused(testbed, tmp_path):
-    live, mesh, prometheus, manifests, conf_dir, values, work = testbed
-
-    def another_branch_deploys_grey():
-        v2 = _render(values, conf_dir, work / "manifests-v2", "v2")
-        deployed = live.deploy("apply", "--stage", "grey", "--manifests", v2, "--conf", conf_dir, CI_PIPELINE_ID="101")
-        assert deployed.returncode == 0, deployed.output
-        print(f"grey v2 deployed by pipeline 101 in {deployed.seconds:.1f} s of the {REPLACED_WINDOW} s window")
-
-    code, output, found = _analyze(testbed, tmp_path, load=False, window=REPLACED_WINDOW,
-                                   during=another_branch_deploys_grey)
+def test_grey_replaced_in_the_window_is_refused(unloaded):
+    code, output, found = unloaded["replaced"].result(timeout=600)
+    print(f"\n{output}")
     assert code == 3, output
     assert "Refused: grey runs another build than this pipeline's" in output
     assert found["result"] == "refused" and "pipeline 101" in found["why"]
