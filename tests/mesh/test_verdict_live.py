@@ -9,8 +9,8 @@ is that pod's container, scraped under its name) and istiod (testbed/mesh).
 
 Load: 60 requests a second to hk, paced, during each window (hk's two pods and grey's one each answer about 30 a
 second of the tiny affine model, a few milliseconds each). Windows: 15 s for the identical build (about 450 grey and
-900 hk requests: its 5xx and latency bounds fit the platform's margins from about 400 on each side), 10 s (the test
-conf's least) for the failing and the slower build and the idle grey, 20 s for the grey replaced mid-window (its
+900 hk requests: its 5xx and latency bounds fit the platform's margins from about 400 on each side), 10 s for the
+failing and the slower build, 5 s (the test conf's least) for the idle grey, 13 s for the grey replaced mid-window (its
 deploy must end in it). The platform's own window is 120 s; the thresholds are the platform's. The idle grey and the
 replaced grey are judged side by side, as neither sends a request: grey is replaced once the idle verdict is given.
 """
@@ -42,15 +42,16 @@ from live import Live, read_until  # noqa: E402
 SERVICE = "judged"
 RATE = 60
 JUDGED_WINDOW = 15
-#: A build that fails or is slower is told at 10 s already (about 300 grey requests: its p-values below 1e-9).
+#: A build that fails or is slower is told at 10 s already (about 300 grey requests, above min_requests' 200: its
+#: p-values below 1e-6).
 FAULT_WINDOW = 10
-#: The test conf's window (conf/deploy.yaml's is 120 s, and the least --window may ask): the idle grey needs no
-#: load to be judged.
-SHORT_WINDOW = 10
+#: The test conf's window (conf/deploy.yaml's is 120 s), so the least --window may ask: the idle grey's, which sees no
+#: request whatever its length (its 5 s hold five scrapes of its pod, as judging needs).
+SHORT_WINDOW = 5
 #: grey replaced mid-window: another pipeline's deploy of grey must end inside it. Judged beside the idle grey, whose
-#: verdict comes about 12.5 s into this window (its 10 s and two scrape intervals); grey's deploy then took 0.9 to 3 s
-#: here, and the window's end is read two scrape intervals after it: 20 s leaves the deploy 9.5 s.
-REPLACED_WINDOW = 20
+#: verdict comes about 7.5 s into this window (its 5 s and two scrape intervals); grey's deploy then took 0.9 to 3.5 s
+#: here, and the window's end is read two scrape intervals after it: 13 s leaves the deploy 7.5 s.
+REPLACED_WINDOW = 13
 PIPELINE = "100"
 
 
