@@ -8,11 +8,13 @@ the deploy tool's CLI judging. Simulated: the kubelet (kwok runs grey's pod in t
 is that pod's container, scraped under its name) and istiod (testbed/mesh).
 
 Load: 60 requests a second to hk, paced, during each window (hk's two pods and grey's one each answer about 30 a
-second of the tiny affine model, a few milliseconds each). Windows: 15 s for the identical build (about 450 grey and
-900 hk requests: its 5xx and latency bounds fit the platform's margins from about 400 on each side), 10 s for the
-failing and the slower build, 5 s (the test conf's least) for the idle grey, 13 s for the grey replaced mid-window (its
-deploy must end in it). The platform's own window is 120 s; the thresholds are the platform's. The idle grey and the
-replaced grey are judged side by side, as neither sends a request: grey is replaced once the idle verdict is given.
+second of the tiny affine model, a few milliseconds each); 120 a second (60 a pod) for the failing and the slower
+build. Windows: 15 s for the identical build (about 450 grey and 900 hk requests: its 5xx and latency bounds fit the
+platform's margins from about 400 on each side), 5 s for the failing and the slower build (the same 300 grey and 600
+hk requests as 10 s at 60 a second) and the idle grey (the test conf's least), 13 s for the grey replaced
+mid-window (its deploy must end in it). The platform's own window is 120 s; the thresholds are the platform's. The
+idle grey and the replaced grey are judged side by side, as neither sends a request: grey is replaced once the idle
+verdict is given.
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ from live import Live, read_until  # noqa: E402
 SERVICE = "judged"
 RATE = 60
 JUDGED_WINDOW = 15
-#: A build that fails or is slower is told at 10 s already (about 300 grey requests, above min_requests' 200: its
-#: p-values below 1e-6).
-FAULT_WINDOW = 10
+#: A build that fails or is slower is told in 5 s at twice the rate (about 300 grey requests, above min_requests'
+#: 200: its p-values below 1e-6).
+FAULT_RATE, FAULT_WINDOW = 2 * RATE, 5
 #: The test conf's window (conf/deploy.yaml's is 120 s), so the least --window may ask: the idle grey's, which sees no
 #: request whatever its length (its 5 s hold five scrapes of its pod, as judging needs).
 SHORT_WINDOW = 5
@@ -108,8 +110,8 @@ def _render(values: Path, conf_dir: Path, out: Path, tag: str) -> Path:
     return out
 
 
-def _analyze(testbed, tmp_path, load: bool, window: int | None, during=None):
-    """Run CI's verdict-grey line against the testbed while `load` callers send hk RATE requests a second; `during`
+def _analyze(testbed, tmp_path, load: bool, window: int | None, during=None, rate: int = RATE):
+    """Run CI's verdict-grey line against the testbed while `load` callers send hk `rate` requests a second; `during`
     runs with the analysis's process once the window has started. Return (exit status, output, the verdict file)."""
     live, mesh, prometheus, manifests, conf_dir, *_ = testbed
     out = tmp_path / "verdict.json"
@@ -118,7 +120,7 @@ def _analyze(testbed, tmp_path, load: bool, window: int | None, during=None):
     stop = threading.Event()
 
     def callers():  # at most as long as the waits below: up to 120 s for the window, the window, 120 s after it
-        paced_load(mesh, "/api/like/judged", RATE, RATE * (240 + (window or SHORT_WINDOW)), stop=stop)
+        paced_load(mesh, "/api/like/judged", rate, rate * (240 + (window or SHORT_WINDOW)), stop=stop)
 
     loader = threading.Thread(target=callers, daemon=True)
     if load:
@@ -169,7 +171,7 @@ def test_an_identical_build_passes_with_its_numbers_and_its_false_fail_probabili
 def test_a_tenth_of_decodes_failing_fails_on_errors(testbed, tmp_path):
     _switch(testbed, "failing_decodes", "10")
     try:
-        code, output, found = _analyze(testbed, tmp_path, load=True, window=FAULT_WINDOW)
+        code, output, found = _analyze(testbed, tmp_path, load=True, window=FAULT_WINDOW, rate=FAULT_RATE)
     finally:
         _switch(testbed, "failing_decodes", None)
     print(f"\n{output}")
@@ -182,7 +184,7 @@ def test_a_tenth_of_decodes_failing_fails_on_errors(testbed, tmp_path):
 def test_a_build_20_ms_slower_fails_on_latency(testbed, tmp_path):
     _switch(testbed, "decode_delay", "0.02")
     try:
-        code, output, found = _analyze(testbed, tmp_path, load=True, window=FAULT_WINDOW)
+        code, output, found = _analyze(testbed, tmp_path, load=True, window=FAULT_WINDOW, rate=FAULT_RATE)
     finally:
         _switch(testbed, "decode_delay", None)
     print(f"\n{output}")
