@@ -9,10 +9,13 @@ is that pod's container, scraped under its name) and istiod (testbed/mesh).
 
 Load: 60 requests a second to hk, paced, during each window (hk's two pods and grey's one each answer about 30 a
 second of the tiny affine model, a few milliseconds each); 120 a second (60 a pod) for the failing and the slower
-build. Windows: 15 s for the identical build (about 450 grey and 900 hk requests: its 5xx and latency bounds fit the
-platform's margins from about 400 on each side), 5 s for the failing and the slower build (the same 300 grey and 600
-hk requests as 10 s at 60 a second) and the idle grey (the test conf's least), 13 s for the grey replaced
-mid-window (its deploy must end in it). The platform's own window is 120 s; the thresholds are the platform's. The
+build and the identical one. Windows: 20 s for the identical build (about 1,200 grey and 2,400 hk requests), 5 s
+for the failing and the slower build (the same 300 grey and 600 hk requests as 10 s at 60 a second) and the idle grey
+(the test conf's least), 13 s for the grey replaced mid-window (its deploy must end in it). The platform's own window
+is 120 s. Thresholds: the platform's, but for the latency and queue margins, 0.10 here against its 0.05: on these
+2 cores every mirrored copy runs at the same moment as its original, so grey (all of whose requests are such copies)
+is 1 to 3 points more often above B than hk (half of whose are) with the very same build; at the platform's margin
+that bias alone made the identical build inconclusive in 3 of 9 runs. Production's grey runs on its own node. The
 idle grey and the replaced grey are judged side by side, as neither sends a request: grey is replaced once the idle
 verdict is given.
 """
@@ -43,7 +46,11 @@ from live import Live, read_until  # noqa: E402
 
 SERVICE = "judged"
 RATE = 60
-JUDGED_WINDOW = 15
+#: The identical build: twice the rate for 20 s (about 1,200 grey requests): the latency share's upper bound then sits
+#: about 0.025 above the measured difference, so the co-location bias (0.01-0.03) stays well inside the 0.10 margin.
+JUDGED_RATE, JUDGED_WINDOW = 2 * RATE, 20
+#: The latency and queue margins of this testbed (the platform's: 0.05): see the module's docstring.
+CO_LOCATED_MARGIN = 0.10
 #: A build that fails or is slower is told in 5 s at twice the rate (about 300 grey requests, above min_requests'
 #: 200: its p-values below 1e-6).
 FAULT_RATE, FAULT_WINDOW = 2 * RATE, 5
@@ -63,7 +70,8 @@ def testbed(control_plane, tmp_path_factory, affine_model):
     work = tmp_path_factory.mktemp("verdict")
     conf_dir = unfrozen_conf(work / "conf", fast_conf_dir(work / "fast"))
     policy = yaml.safe_load((conf_dir / "deploy.yaml").read_text())
-    policy["verdict"]["window_seconds"] = SHORT_WINDOW
+    policy["verdict"].update(window_seconds=SHORT_WINDOW, latency_margin=CO_LOCATED_MARGIN,
+                             queue_margin=CO_LOCATED_MARGIN)
     (conf_dir / "deploy.yaml").write_text(yaml.safe_dump(policy))
     conf = load_conf(conf_dir)
     (work / "service").mkdir()  # not beside conf/: render would take the test's conf for a fork's edited rules
@@ -152,12 +160,12 @@ def _switch(testbed, name: str, text: str | None) -> None:
 
 
 def test_an_identical_build_passes_with_its_numbers_and_its_false_fail_probability(testbed, tmp_path):
-    code, output, found = _analyze(testbed, tmp_path, load=True, window=JUDGED_WINDOW)
+    code, output, found = _analyze(testbed, tmp_path, load=True, window=JUDGED_WINDOW, rate=JUDGED_RATE)
     print(f"\n{output}")
     assert code == 0, output
     judged = found["judged"]
     assert found["result"] == "pass" and judged["result"] == "pass"
-    expected = RATE * JUDGED_WINDOW  # hk's requests; grey gets half as copies
+    expected = JUDGED_RATE * JUDGED_WINDOW  # hk's requests; grey gets half as copies
     assert judged["candidate"]["requests"] >= 0.8 * expected / 2 and judged["stable"]["requests"] >= 0.8 * expected
     assert found["candidate"]["pipeline"] == int(PIPELINE) and found["candidate"]["image"].endswith(f"/{SERVICE}:v1")
     print(f"identical build: false-fail probability at these counts {judged['false_fail_probability']:.2e} "
