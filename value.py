@@ -67,6 +67,16 @@ drain_seconds = 5          # on shutdown, seconds /api/ping is 503 before the se
 # slo_availability = 0.999          # share of requests answered without a 5xx; 0: the platform's (conf/observability.yaml)
 # slo_latency_target = 0.99         # share answered within the platform's latency threshold (0.5 s); 0: the platform's
 
+# --- releasing production (docs/deploy.md: the verdict, the canary, mirroring) ------------------
+# grey_mirror_percent = 0           # share of hk's production requests also sent to grey (0 to 50): grey answers
+                                  # production's payloads, callers get production's answers only; 0: off
+# canary_steps = []                 # e.g. [10, 50]: production gets the new pod template as a canary at 10%,
+                                  # then 50% of requests, judged by the verdict at each step, before its rollout;
+                                  # []: a plain rolling update
+# verdict_error_margin = None       # tighter than conf/deploy.yaml's verdict: the 5xx share over stable's allowed
+# verdict_latency_margin = None     # the share of requests above stable's 90% latency bucket over stable's
+# verdict_window_seconds = None     # a longer window to judge each step by
+
 # --- offline mode: a Kafka worker instead of the HTTP server (see examples/offline/value.py) ---
 # mode = "online"                   # "online": the HTTP server; "offline": a worker consuming source_topic
 # source_topic = "text-lines"       # offline: the Kafka topic it reads (the same JSON body as /api/<service>)

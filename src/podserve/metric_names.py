@@ -64,8 +64,22 @@ MESSAGES_DEAD_LETTERED = PREFIX + "messages_dead_lettered_total"  # counter, poi
 SINK_RETRIES = PREFIX + "sink_retries_total"                # counter, writes the sink failed (retried, not committed)
 CONSUMER_LAG = PREFIX + "consumer_lag"                      # gauge, messages in the source not yet consumed
 
-REQUEST_LABELS = ("service", "route", "status")
+#: Where a request came from: `live` (a caller), or `mirror`, a copy the mesh sent while it answers the caller from
+#: production (Istio's mirror appends MIRROR_HOST_SUFFIX to the Host; the caller never sees the copy's answer).
+ORIGIN_LABEL = "origin"
+ORIGIN_LIVE, ORIGIN_MIRROR = "live", "mirror"
+ORIGINS = (ORIGIN_LIVE, ORIGIN_MIRROR)
+MIRROR_HOST_SUFFIX = "-shadow"
+REQUEST_LABELS = ("service", "route", "status", ORIGIN_LABEL)
 PROCESS_LABELS = ("service", "process", "role")
+
+
+def origin_of(host: str) -> str:
+    """Return the `origin` of a request with this Host header: `mirror` when its host (without a port) ends in
+    MIRROR_HOST_SUFFIX, else `live`."""
+    name, colon, port = host.rpartition(":")
+    bare = name if colon and port.isdigit() else host
+    return ORIGIN_MIRROR if bare.endswith(MIRROR_HOST_SUFFIX) else ORIGIN_LIVE
 #: The `route` of requests for no route of the service's own (404s, /metrics refused, connections refused over the
 #: connection limit): what the SLOs leave out.
 OTHER_ROUTE = "other"

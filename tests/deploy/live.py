@@ -85,18 +85,21 @@ class Live:
         """The team's namespace of `stage`."""
         return self.conf.stages[stage].namespace_for(self.team)
 
-    def values(self, name: str, max_replicas: int = 0) -> Path:
+    def values(self, name: str, max_replicas: int = 0, extra: str = "") -> Path:
+        """The service's value.py (VALUES, then the `extra` lines)."""
         path = self.tmp / name / "value.py"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(VALUES.format(name=name, team=self.team, max_replicas=max_replicas))
+        path.write_text(VALUES.format(name=name, team=self.team, max_replicas=max_replicas) + extra)
         return path
 
     def manifests(self, name: str, stage: str, tag: str = "v1", simulate: str | None = None,
-                  max_replicas: int = 0, cpu: str | None = None) -> Path:
-        """Render the service's stage with render's CLI into a folder, as CI's build job does; then simulate."""
-        out = self.tmp / name / f"manifests-{tag}-{simulate or 'ok'}-{max_replicas}-{cpu}"
+                  max_replicas: int = 0, cpu: str | None = None, extra: str = "", conf: Path | None = None) -> Path:
+        """Render the service's stage with render's CLI into a folder, as CI's build job does; then simulate.
+        `extra`: more value.py lines; `conf`: the platform's conf/ to render with (default: the repository's)."""
+        out = self.tmp / name / f"manifests-{tag}-{simulate or 'ok'}-{max_replicas}-{cpu}-{abs(hash(extra))}"
         done = subprocess.run([sys.executable, "-m", "podserve.tooling.render", "--stage", stage, "--values",
-                               str(self.values(name, max_replicas)), "--out", str(out), "--image-tag", tag],
+                               str(self.values(name, max_replicas, extra)), "--out", str(out), "--image-tag", tag,
+                               *(["--conf", str(conf)] if conf else [])],
                               cwd=REPO, capture_output=True, text=True, timeout=60, env=self.env())
         assert done.returncode == 0, done.stderr
         path = out / stage / "deployment.yaml"
@@ -164,10 +167,13 @@ class Live:
 
 def read_until(process: subprocess.Popen, wanted: Callable[[str], bool], what: str, seconds: float = 60) -> list[str]:
     """Read a started tool's stdout until a line `wanted` accepts and return the lines so far; the reader goes on, and
-    finish() collects what follows. AssertionError naming `what` when the tool exits or `seconds` pass first."""
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
-                     daemon=True).start()
+    finish() collects what follows; a second call on the same tool goes on from there (one reader per tool).
+    AssertionError naming `what` when the tool exits or `seconds` pass first."""
+    lines: queue.Queue | None = getattr(process, "rest", None)
+    if lines is None:
+        lines = process.rest = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
+                         daemon=True).start()
     seen, deadline = [], time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         try:
@@ -178,7 +184,6 @@ def read_until(process: subprocess.Popen, wanted: Callable[[str], bool], what: s
             break
         seen.append(line)
         if wanted(line):
-            process.rest = lines
             return seen
     raise AssertionError(f"{what}: not within {seconds:.0f} s; the tool printed:\n{''.join(seen)}")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from fake_kube import Deploy
-from podserve.tooling.conf import load_conf
-from podserve.tooling.deploy import budget, commands
+from podserve.tooling.conf import load_conf, load_deploy_policy
+from podserve.tooling.deploy import budget, canary, commands
 from podserve.tooling.deploy.errors import BadInput
 from podserve.tooling.deploy.history import as_applied
 from podserve.tooling.deploy.kube import LEASES
@@ -157,3 +157,32 @@ def test_apply_checks_again_once_it_holds_the_lock_with_the_real_time_left(monke
     with pytest.raises(BadInput, match=r"30\d s have passed since the job started"):
         deploy.apply("v1", "serving", lock_wait_seconds=1)
     assert waited == [300] and deploy.kube.writes == [("delete", "leases", lease_name(deploy.service))]  # freed
+
+
+def test_a_canary_s_steps_at_their_worst_count_against_the_job_s_time(tmp_path):
+    """Issue 57: a production canary (canary_steps) adds every step's pods, slow start, window and extensions to what
+    the job may wait (canary.worst_seconds, as render's job-time check counts it); a job that holds the rollout and
+    rollback alone is refused (exit 2) before any change once the steps are counted, naming them."""
+    conf = load_conf()
+    values = tmp_path / "value.py"
+    values.write_text((REPO / "value.py").read_text() + "\ncanary_steps = [10, 50]\n")
+    target = from_values(values, conf, conf.stages["hk"], "t")
+    objects = list(target.objects)
+    policy = load_deploy_policy()
+    steps = canary.worst_seconds(target, objects, policy, 3)
+    deadline = target.deployment()["spec"]["progressDeadlineSeconds"]
+    window = policy.verdict.window_seconds
+    assert steps >= 2 * (1 + policy.verdict.max_extensions) * window + deadline  # both steps' windows, one pod start
+    assert canary.worst_seconds(from_values(REPO / "value.py", conf, conf.stages["hk"], "t"),
+                                list(from_values(REPO / "value.py", conf, conf.stages["hk"], "t").objects), policy,
+                                3) == 0  # no canary_steps: a rolling update
+    assert canary.worst_seconds(from_values(values, conf, conf.stages["grey"], "t"),
+                                list(from_values(values, conf, conf.stages["grey"], "t").objects), policy, 1) == 0
+    needed = needs(target, conf, objects)
+    environ = {"CI_JOB_TIMEOUT": str(needed + 60), "CI_JOB_STARTED_AT": rfc3339(0)}
+    commands.check_job_timeout(target, conf, commands.Options(), objects, objects, None, environ)  # a rolling update
+    with pytest.raises(BadInput) as caught:
+        commands.check_job_timeout(target, conf, commands.Options(), objects, objects, None, environ,
+                                   canary_seconds=steps)
+    assert caught.value.exit_code == 2
+    assert f"after up to {steps} s of its canary's steps, {needed + steps:.0f} s in all" in caught.value.message

@@ -119,3 +119,41 @@ def test_exempt_stages_deploy_inside_a_freeze(tmp_path):
     policy, conf = always_frozen(tmp_path), load_conf()
     assert commands.check_freeze(policy, Target("svc", conf.stages["grey"], "like"), commands.Options(),
                                  at("2026-11-22T10:00:00")) == ""
+
+
+def test_a_deploy_that_would_still_run_when_a_window_starts_is_refused(tmp_path):
+    """Issue 57: a canary's steps may take long; the freeze windows must hold its worst case. Friday 17:30 in Hong
+    Kong, 30 minutes before the repository's window (fri 18:00): a rolling update goes, a deploy that may last 45
+    minutes is refused, naming when the window would start; 29 minutes still fit."""
+    conf, policy = load_conf(), load_deploy_policy()
+    target, now = Target("svc", conf.stages["hk"], "like"), at("2026-11-20T09:30:00")  # Friday 17:30 in Hong Kong
+    assert any(w.start == "fri 18:00" for w in policy.windows_for("hk"))
+    assert commands.check_freeze(policy, target, commands.Options(), now) == ""
+    assert commands.check_freeze(policy, target, commands.Options(), now, lasting=29 * 60) == ""
+    with pytest.raises(Refused) as caught:
+        commands.check_freeze(policy, target, commands.Options(), now, lasting=45 * 60)
+    assert caught.value.exit_code == 3
+    assert "this deploy may take up to 2700 s (its canary's steps at their worst) and would still run when it " \
+           "starts, at about 2026-11-20 10:00 UTC" in caught.value.message
+
+
+def test_the_span_a_canary_may_take_counts_every_step_and_the_rollout_and_rollback(tmp_path):
+    """commands.deploy_span: 0 without canary_steps (the window is checked at the start only, as before) or for grey;
+    with canary_steps, the canary's worst case plus the rollout and the rollback, as the job's time counts them."""
+    from podserve.tooling.deploy import budget, canary
+    from podserve.tooling.deploy.target import from_values
+
+    conf, policy = load_conf(), load_deploy_policy()
+    values = tmp_path / "value.py"
+    values.write_text((default_conf_dir().parent / "value.py").read_text() + "\ncanary_steps = [10, 50]\n")
+    plain = from_values(default_conf_dir().parent / "value.py", conf, conf.stages["hk"], "t")
+    assert commands.deploy_span(plain, policy) == 0
+    assert commands.deploy_span(from_values(values, conf, conf.stages["grey"], "t"), policy) == 0
+    target = from_values(values, conf, conf.stages["hk"], "t")
+    deployment = target.deployment()
+    replicas = deployment["spec"]["replicas"]
+    steps = canary.worst_seconds(target, list(target.objects), policy, replicas)
+    rollout, rollback, total = budget.deploy_job_seconds(deployment["spec"]["progressDeadlineSeconds"], replicas, 1,
+                                                         True, 0, steps)
+    assert steps > 0 and commands.deploy_span(target, policy) == total == rollout + rollback + steps + \
+        budget.JOB_MARGIN_SECONDS

@@ -20,7 +20,8 @@ import yaml
 from live import REPO, Live
 from podserve.testbed.cluster.platform import REGION_LABEL
 from podserve.testbed.processes import poll_until
-from podserve.tooling import tenancy
+from podserve.tooling import release, tenancy
+from podserve.tooling.deploy import canary_objects, drift
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, Kind
 from podserve.tooling.deploy.target import label_selector
 
@@ -58,8 +59,10 @@ def rendered(live: Live, name: str, stage: str, max_replicas: int = 0) -> dict[s
 
 
 def routes(live: Live, namespace: str, name: str) -> list[str]:
+    """The paths a live VirtualService routes, each once (production's serves each twice since issue 57: to the
+    canary with the header x-podserve-track, and to the subsets by weight)."""
     vs = live.admin.get(MANAGED["VirtualService"], namespace, name)
-    return sorted(m["uri"].get("exact") or m["uri"].get("prefix") for r in vs["spec"]["http"] for m in r["match"])
+    return sorted({m["uri"].get("exact") or m["uri"].get("prefix") for r in vs["spec"]["http"] for m in r["match"]})
 
 
 def test_team_b_with_team_a_s_service_name_lands_apart_and_cannot_touch_a(teams):
@@ -299,6 +302,13 @@ def _route(objects: dict) -> dict:
     return objects["VirtualService"]["spec"]["http"][0]
 
 
+def _weighted(objects: dict) -> dict:
+    """A production route that splits stable and canary by weight (render's third: after the two header routes)."""
+    found = objects["VirtualService"]["spec"]["http"][2]
+    assert [d["destination"]["subset"] for d in found["route"]] == ["stable", "canary"], found
+    return found
+
+
 #: (what, team imo's credential, kind, the change refused, the policy, its words, the change admitted (None: render's))
 ROUTE = "alertmanager.monitoring.svc.cluster.local"
 SECOND_PASS = [
@@ -317,6 +327,15 @@ SECOND_PASS = [
      lambda o: _route(o).update(mirror={"host": "svc.podserve-like.svc.cluster.local"}),
      "podserve-routes", "with the namespace among podserve-imo,podserve-imo-ab,podserve-imo-grey",
      lambda o: _route(o).update(mirror={"host": "svc.podserve-imo.svc.cluster.local"})),  # grey mirrors production's
+    ("a production mirror into another team's grey", "production", "VirtualService",
+     lambda o: _weighted(o).update(mirror={"host": "tn-second.podserve-like-grey.svc.cluster.local"},
+                                   mirrorPercentage={"value": 20.0}),
+     "podserve-routes", "with the namespace among podserve-imo,podserve-imo-ab,podserve-imo-grey",
+     lambda o: _weighted(o).update(mirror={"host": "tn-second.podserve-imo-grey.svc.cluster.local"},
+                                   mirrorPercentage={"value": 20.0})),  # production's mirror into its own grey
+    ("a production canary subset sent to another team's Service", "production", "VirtualService",
+     lambda o: _weighted(o)["route"][1]["destination"].update(host="tn-second.podserve-like.svc.cluster.local"),
+     "podserve-routes", "may route and mirror only to the own Services of its team", None),
     ("a delegate", "preview", "VirtualService",
      lambda o: _route(o).update(delegate={"name": "x", "namespace": "podserve-like"}) or _route(o).pop("route"),
      "podserve-routes", "delegate is not allowed", None),
@@ -390,6 +409,25 @@ def test_a_team_s_own_credential_cannot_take_capacity_routes_metrics_or_nodes_fr
     refused = dry_apply(kubeconfig, made[kind])
     assert refused.returncode != 0, f"{what} was admitted"
     assert f"ValidatingAdmissionPolicy '{policy}'" in refused.stderr and says in refused.stderr, refused.stderr
+
+
+def test_a_production_canary_is_admitted_as_stable_is_and_judged_by_the_same_policies(imo):
+    """It must show 5 (issue 57): the canary Deployment the deploy tool makes from production's (canary_objects:
+    track canary, no hostPort, the rendered labels and annotations) is admitted with team imo's production
+    credential; the same canary claiming team like is refused, as stable would be."""
+    made = rendered(imo, "tn-second", "hk")
+    state = {"revision": 2, "step": 0, "weights": [90, 10]}
+    canary = canary_objects.canary_deployment(drift.stamped(made["Deployment"]), 1, state)
+    assert canary["metadata"]["name"] == release.canary_name("tn-second")
+    assert canary["spec"]["selector"]["matchLabels"]["track"] == "canary"
+    kubeconfig = imo.kubeconfig("production")
+    admitted = dry_apply(kubeconfig, canary)
+    assert admitted.returncode == 0, admitted.stderr
+    canary["metadata"]["labels"]["team"] = "like"
+    refused = dry_apply(kubeconfig, canary)
+    assert refused.returncode != 0, "a canary of another team was admitted"
+    assert "ValidatingAdmissionPolicy 'podserve-owner'" in refused.stderr and "must carry the owner label team: imo" \
+        in refused.stderr, refused.stderr
 
 
 def test_a_grey_over_its_namespace_s_cpu_quota_fails_naming_the_quota(imo):

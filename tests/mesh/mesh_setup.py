@@ -22,11 +22,14 @@ VALUES = dict(service_name="test", username="like", handler="mesh_handlers:Switc
               use_decode_sidecar=False, use_srv=False, host_port=0, max_batch_size=4, max_batch_delay_ms=2,
               queue_size=32, request_timeout_ms=10000, drain_seconds=1)
 
-#: What the suite shortens in conf/platform.yaml (probe period, preStop, outlier times, slow start).
+#: What the suite shortens in conf/platform.yaml (probe period, preStop, outlier times, slow start, scrape interval).
 FAST = {"pod": {"probe_period_seconds": 1, "probe_timeout_seconds": 1, "prestop_sleep_seconds": 1},
         "mesh": {"outlier_detection": {"consecutive5xxErrors": 5, "interval": "1s", "baseEjectionTime": "3s",
                                        "maxEjectionPercent": 50},
-                 "slow_start": "1s"}}
+                 "slow_start": "1s"},
+        # the testbed's Prometheus scrapes every second; the PodMonitor says so, and the verdict reads its window's
+        # end two intervals later (analysis.py): 2 s, not 30
+        "monitoring": {"scrape_interval": "1s"}}
 
 
 def write_values(folder: Path, **changes) -> Path:

@@ -61,13 +61,20 @@ def test_step_one_the_example_to_the_ir_matches_its_golden_file():
     conf = load_conf()
     config = istio.translate(_example_objects(conf), "istio-ingress/podserve")
     _check_golden("hk-ir.json", dataclasses.asdict(config))
-    production = config.cluster("outbound|8080||text-direction.podserve-like.svc.cluster.local")
+    production = config.cluster("outbound|8080|stable|text-direction.podserve-like.svc.cluster.local")
     assert production.limits.max_requests == 96  # 2 pods x 64 queued x 3/4 (mesh_limits.MESH_SHARE)
+    assert production.subset_labels == (("track", "stable"),)
+    canary = config.cluster("outbound|8080|canary|text-direction.podserve-like.svc.cluster.local")
+    assert canary.limits.max_requests == 48 and canary.outlier == production.outlier  # its own pool, the rest shared
     assert production.outlier.consecutive_5xx == 5 and production.slow_start_s == 30
     assert production.idle_timeout_s < conf.platform.http.idle_timeout_seconds  # the mesh closes an idle line first
     routes = {route.match_value: route for vh in config.virtual_hosts for route in vh.routes}
-    exact = routes["/api/like/text-direction"]
+    exact = next(r for vh in config.virtual_hosts for r in vh.routes if r.name == "text-direction-exact"
+                 and r.match_value == "/api/like/text-direction")
     assert (exact.match_kind, exact.rewrite_uri, exact.timeout_s) == ("exact", "/api/text-direction", 11)
+    assert exact.cluster == production.name and exact.weighted == ()  # stable 100: istiod drops a weight of 0
+    header = next(r for vh in config.virtual_hosts for r in vh.routes if r.name == "text-direction-canary-exact")
+    assert header.headers == (("x-podserve-track", "canary"),) and header.cluster == canary.name
     assert routes["/api/like/text-direction/"].rewrite_uri == "/api/text-direction/"
     assert exact.retries.retry_on == ("connect-failure", "refused-stream") and exact.retries.attempts == 2
 
@@ -77,8 +84,8 @@ def test_step_two_the_ir_to_envoy_matches_its_golden_file_and_envoy_accepts_it(t
     config = istio.translate(_example_objects(conf), "istio-ingress/podserve")
     bootstrap = envoy.bootstrap(config, port=8080, admin_port=0, eds_folder=tmp_path / "eds", local_any_host=True)
     _check_golden("hk-envoy.json", json.loads(json.dumps(bootstrap).replace(str(tmp_path), "/work")))
-    (cluster,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"].endswith("|text-direction.podserve-like"
-                                                                                             ".svc.cluster.local")]
+    (cluster,) = [c for c in bootstrap["static_resources"]["clusters"]
+                  if c["name"] == "outbound|8080|stable|text-direction.podserve-like.svc.cluster.local"]
     assert cluster["outlier_detection"]["enforcing_consecutive_5xx"] == 100
     assert cluster["outlier_detection"]["enforcing_success_rate"] == 0
     assert cluster["circuit_breakers"]["thresholds"][0]["max_requests"] == 96
@@ -124,14 +131,14 @@ def test_every_rendered_option_translates_with_no_unknown_field(tmp_path, varied
 
 
 @pytest.mark.parametrize("template, field, text", [
-    ("virtualservice.yaml.j2", "http[0].mirrorPercentage", "      timeout:", ),
+    ("virtualservice.yaml.j2", "http[0].corsPolicy", "      timeout:", ),
     ("destinationrule.yaml.j2", "trafficPolicy.tls", "    outlierDetection:"),
 ])
 def test_a_rendered_field_the_translation_does_not_know_is_refused(tmp_path, template, field, text):
     templates = tmp_path / "templates"
     shutil.copytree(REPO / "templates", templates)
     source = (templates / template).read_text()
-    injected = {"virtualservice.yaml.j2": "      mirrorPercentage: {value: 5.0}\n",
+    injected = {"virtualservice.yaml.j2": "      corsPolicy: {allowOrigins: [{exact: '*'}]}\n",
                 "destinationrule.yaml.j2": "    tls: {mode: ISTIO_MUTUAL}\n"}[template]
     assert text in source
     (templates / template).write_text(source.replace(text, injected + text, 1))
@@ -142,6 +149,41 @@ def test_a_rendered_field_the_translation_does_not_know_is_refused(tmp_path, tem
         istio.translate(objects, "istio-ingress/podserve")
     print(f"\nrefused: {refused.value}")
     assert f"field spec.{field} is not translated" in str(refused.value)
+
+
+def test_weights_a_mirror_and_a_header_route_reach_envoy_as_istiod_writes_them(tmp_path):
+    """A canary at 10% (the deploy tool's weights on the rendered route) and hk's mirror to grey at 20%: Envoy's
+    weighted_clusters, request_mirror_policies in millionths, and the header match; Envoy accepts them."""
+    conf = load_conf()
+    values = write_values(tmp_path, service_name="shadowed", grey_mirror_percent=20, canary_steps=[10])
+    stages = ["grey", "hk"]
+    objects = gateway_objects(conf, "hk") + [d for docs in render.render(values, stages=stages, conf=conf)
+                                             .stages.values() for d in docs]
+    vs = next(d for d in objects if d["kind"] == "VirtualService" and d["metadata"]["namespace"] == "podserve-like")
+    for http in vs["spec"]["http"][2:]:
+        http["route"][0]["weight"], http["route"][1]["weight"] = 90, 10
+    config = istio.translate(objects, "istio-ingress/podserve")
+    host = "shadowed.podserve-like.svc.cluster.local"
+    route = next(r for vh in config.virtual_hosts for r in vh.routes
+                 if r.name == "shadowed-subpaths" and r.owner == "podserve-like/shadowed")
+    assert route.weighted == ((f"outbound|8080|stable|{host}", 90), (f"outbound|8080|canary|{host}", 10))
+    assert route.mirror.cluster == "outbound|8080||shadowed.podserve-like-grey.svc.cluster.local"
+    assert route.mirror.percent == 20.0
+    bootstrap = envoy.bootstrap(config, port=8080, admin_port=0, eds_folder=tmp_path)
+    routes = {r["name"]: r for vh in bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+              ["typed_config"]["route_config"]["virtual_hosts"] for r in vh["routes"]
+              if r["match"].get("path", r["match"].get("prefix", "")).startswith("/api/")}  # production's, not grey's
+    action = routes["shadowed-subpaths"]["route"]
+    assert action["weighted_clusters"]["clusters"] == [{"name": f"outbound|8080|stable|{host}", "weight": 90},
+                                                       {"name": f"outbound|8080|canary|{host}", "weight": 10}]
+    assert action["request_mirror_policies"] == [{"cluster": route.mirror.cluster, "runtime_fraction": {
+        "default_value": {"numerator": 200_000, "denominator": "MILLION"}}}]
+    assert routes["shadowed-canary-subpaths"]["match"]["headers"] == [
+        {"name": "x-podserve-track", "string_match": {"exact": "canary"}}]
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(bootstrap))
+    envoy.write_empty_endpoints(config, tmp_path)
+    validate(path)
 
 
 def test_an_unknown_gateway_field_and_an_unknown_kind_are_refused():

@@ -49,6 +49,7 @@ class Outcome:
     overloaded: bool = False  # Envoy's own 503 from a circuit breaker (x-envoy-overloaded)
     detail: str = ""  # the start of the body of an answer other than 200
     started: float = 0.0  # time.monotonic() when it was sent
+    answer: object = None  # the JSON `results` of a 200
 
 
 def steady_load(mesh: Mesh, path: str, clients: int, seconds: float, timeout: float = 30,
@@ -88,6 +89,47 @@ def steady_load(mesh: Mesh, path: str, clients: int, seconds: float, timeout: fl
         thread.start()
     for thread in threads:
         thread.join(seconds + timeout + 5)
+    return outcomes
+
+
+def paced_load(mesh: Mesh, path: str, rate: float, count: int, clients: int = 8, timeout: float = 30,
+               headers: dict | None = None, stop: threading.Event | None = None) -> list[Outcome]:
+    """Send `count` requests at `rate` a second, each at its own time (t0 + i / rate) from one of `clients` threads,
+    whatever the answers take (a late one never delays the next); return every outcome, each with its answer.
+    With `stop`, no request is sent once it is set (those under way are answered)."""
+    start = time.monotonic() + 0.2
+    numbers = iter(range(count))
+    taken = threading.Lock()
+    outcomes: list[Outcome] = []
+
+    def client() -> None:
+        with requests.Session() as session:
+            while True:
+                with taken:
+                    index = next(numbers, None)
+                if index is None:
+                    return
+                if stop is None:
+                    time.sleep(max(0.0, start + index / rate - time.monotonic()))
+                elif stop.wait(max(0.0, start + index / rate - time.monotonic())):
+                    return
+                sent = time.monotonic()
+                try:
+                    reply = post(mesh, path, session=session, timeout=timeout, headers=headers)
+                    ok = reply.status_code == 200
+                    outcome = Outcome(reply.status_code, time.monotonic() - sent,
+                                      reply.headers.get("x-envoy-overloaded") == "true",
+                                      "" if ok else reply.text[:120], sent, reply.json()["results"] if ok else None)
+                except requests.RequestException as exc:
+                    outcome = Outcome(0, time.monotonic() - sent, detail=repr(exc)[:120], started=sent)
+                with taken:
+                    outcomes.append(outcome)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(count / rate + timeout + 10)
     return outcomes
 
 

@@ -166,7 +166,7 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_endpointslices_f
         docs = gateway_objects(conf, "hk") + [d for f in sorted(v1.glob("*.yaml"))
                                               for d in yaml.safe_load_all(f.read_text()) if d]
         config = istio.translate(docs, stage.gateway)
-        (cluster,) = [c.name for c in config.clusters if f"|{svc.name}.{namespace}." in c.name]
+        (cluster,) = [c.name for c in config.clusters if f"|{svc.name}.{namespace}." in c.name and c.subset == "stable"]
         feed = SliceFeed(svc.plane.api_client(), config, tmp_path).start()
         port = free_port()
         path = tmp_path / "envoy.json"

@@ -22,7 +22,7 @@ def test_ping_live_and_metrics(start_server, affine_model):
     assert requests.get(server.url("/api/live"), timeout=5).status_code == 200
     server.post({"data": [1.0]})
     metrics = server.metrics()
-    assert metrics['podserve_requests_total{route="/api/example",service="example",status="200"}'] == 1
+    assert metrics['podserve_requests_total{origin="live",route="/api/example",service="example",status="200"}'] == 1
     assert metrics['podserve_instance_ready{model_instance="cpu-0",service="example"}'] == 1
     assert metrics['podserve_instance_ready{model_instance="cpu-1",service="example"}'] == 1
     assert server.metric_sum("podserve_batch_size_count") == 1

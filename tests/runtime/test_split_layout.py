@@ -66,6 +66,27 @@ def test_both_layouts_give_the_same_answers(pods, repo):
         assert replies[0].json() == replies[1].json()
 
 
+def test_a_mirrored_copy_is_counted_as_origin_mirror_in_both_layouts(pods, repo):
+    """Istio's mirror appends -shadow to the Host of the copy it sends grey (docs/deploy.md): the door counts that
+    request as origin="mirror", a caller's as origin="live", both from the start at 0 (dashboards' selectors)."""
+    image = base64.b64encode((repo / "examples" / EXAMPLES[0]).read_bytes()).decode()
+    for server in pods:
+        before = {origin: metric_value(server, "podserve_requests_total", status="200", origin=origin)
+                  for origin in ("live", "mirror")}
+        assert metric_value(server, "podserve_requests_total", status="503", origin="mirror") == 0
+        assert f'origin="mirror"' in "".join(k for k in server.metrics() if k.startswith("podserve_requests_total"))
+        for host in ("infer-hk.example.com-shadow", "infer-hk.example.com-shadow:80"):
+            reply = requests.post(server.api, json={"postid": "m", "image": image}, headers={"Host": host}, timeout=30)
+            assert reply.status_code == 200
+        for host in ("infer-hk.example.com", "shadow.example.com"):
+            assert requests.post(server.api, json={"postid": "l", "image": image}, headers={"Host": host},
+                                 timeout=30).status_code == 200
+        after = {origin: metric_value(server, "podserve_requests_total", status="200", origin=origin)
+                 for origin in ("live", "mirror")}
+        assert {o: after[o] - before[o] for o in after} == {"live": 2, "mirror": 2}, server
+        assert metric_value(server, "podserve_request_duration_seconds_count", status="200", origin="mirror") >= 2
+
+
 def test_one_metrics_page_sums_the_pods_processes(pods, repo):
     _one, split = pods
     image = base64.b64encode((repo / "examples" / EXAMPLES[0]).read_bytes()).decode()

@@ -55,3 +55,109 @@ def test_the_stages_are_the_products():
     for name, job in PIPELINE.items():
         if isinstance(job, dict) and "stage" in job:
             assert job["stage"] in PIPELINE["stages"], name
+
+
+# --- grey's verdict and production's gate (issue 57, It must show 6) ------------------------------------------------
+
+def _job(name: str) -> dict:
+    from podserve.testbed.image.ci_jobs import resolved
+
+    return resolved(name)
+
+
+def _only_line(job: dict) -> list[str]:
+    """The job's one script line, as words (it must be one `exec` of a tool)."""
+    import shlex
+
+    from podserve.testbed.image.ci_jobs import script_lines
+
+    (line,) = script_lines(job)
+    assert line.startswith("exec /opt/venv/bin/python -I -m podserve.tooling."), line
+    return shlex.split(line)
+
+
+def test_verdict_grey_judges_grey_against_hk_after_smoke_grey_and_keeps_its_verdict_whatever_the_exit():
+    from podserve.tooling.deploy import failures
+
+    job = _job("verdict-grey")
+    assert job["stage"] == "smoke" and "smoke-grey" in job["needs"]  # after grey answered through its route
+    assert job["variables"]["KUBECONFIG"] == _job("grey")["variables"]["KUBECONFIG"] == "$KUBECONFIG_PREVIEW_HK"
+    assert [rule["if"] for rule in job["rules"]] == ["$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"]
+    words = _only_line(job)
+    assert words[words.index("-m") + 1:words.index("-m") + 3] == ["podserve.tooling.deploy", "analyze"]
+    assert words[words.index("--stage") + 1] == "grey" and "STAGE" not in job["variables"]  # judges, deploys nothing
+    assert words[words.index("--against") + 1] == "hk"
+    assert words[words.index("--out") + 1] == "build/verdict.json"
+    assert job["artifacts"] == {"when": "always", "paths": ["build/verdict.json"]}
+    # fail, refused and inconclusive let the pipeline go on (deploy-hk refuses them itself); bad input stops it
+    assert job["allow_failure"] == {"exit_codes": [failures.EXIT_FAILED, failures.EXIT_REFUSED,
+                                                   failures.EXIT_INCONCLUSIVE]}
+    assert failures.EXIT_BAD_INPUT not in job["allow_failure"]["exit_codes"]
+
+
+def test_deploy_hk_needs_the_verdict_and_hands_it_to_apply_and_the_other_regions_do_not():
+    hk = _job("deploy-hk")
+    assert {"grey", "smoke-grey", "verdict-grey"} <= {n for n in hk["needs"] if isinstance(n, str)}  # none optional
+    words = _only_line(hk)
+    assert words[words.index("-m") + 2] == "apply"
+    assert words[words.index("--verdict") + 1] == _job("verdict-grey")["artifacts"]["paths"][0]
+    assert words[words.index("--image-metadata") + 1] == "build/image-metadata.json"
+    for region in ("deploy-eu", "deploy-na"):
+        assert "verdict-grey" not in _job(region)["needs"] and "--verdict" not in _only_line(_job(region)), region
+
+
+def test_every_job_that_runs_a_tool_runs_exactly_one_exec_as_its_last_line():
+    from podserve.testbed.image.ci_jobs import concrete_jobs, script_lines
+
+    for name, job in concrete_jobs().items():
+        lines = script_lines(job)
+        execs = [line for line in lines if line.startswith("exec ")]
+        if any("podserve.tooling." in line for line in lines) and name not in ("manifests", "model"):
+            assert len(execs) == 1 and lines[-1] == execs[0], name
+        else:
+            assert execs == [], name
+
+
+def test_the_verdict_override_is_the_person_s_and_is_recorded_with_who_gave_it(tmp_path):
+    """PODSERVE_VERDICT_OVERRIDE is never set by the pipeline (only by whoever plays deploy-hk): apply refuses a
+    failed verdict without it (exit 3), and with it returns what it records (objects, revision, notification): the
+    reason, $GITLAB_USER_LOGIN and the verdict it overrode."""
+    import json as json_module
+
+    import pytest as pytest_module
+
+    from podserve.tooling.conf import load_conf
+    from podserve.tooling.deploy import failures, verdict_gate
+    from podserve.tooling.deploy.errors import Refused
+    from podserve.tooling.deploy.target import from_values
+
+    assert verdict_gate.OVERRIDE_VARIABLE not in PIPELINE["variables"]
+    assert all(verdict_gate.OVERRIDE_VARIABLE not in (job.get("variables") or {}) for job in PIPELINE.values()
+               if isinstance(job, dict))
+    values = tmp_path / "value.py"
+    values.write_text((REPO / "value.py").read_text() + "\ngrey_mirror_percent = 20\n")
+    conf = load_conf()
+    target = from_values(values, conf, conf.stages["hk"], "v7")
+    assert verdict_gate.mirrored(target)
+    verdict = tmp_path / "verdict.json"
+    verdict.write_text(json_module.dumps({"result": "fail", "why": "errors: fail",
+                                          "candidate": {"image": target.image()}}))
+    with pytest_module.raises(Refused) as refused:
+        verdict_gate.check(target, str(verdict), lambda _: None, environ={})
+    assert refused.value.exit_code == failures.EXIT_REFUSED and "grey's verdict is 'fail'" in str(refused.value)
+    said = []
+    recorded = verdict_gate.check(target, str(verdict), said.append,
+                                  environ={verdict_gate.OVERRIDE_VARIABLE: "grey flaked; checked by hand",
+                                           verdict_gate.USER_VARIABLE: "alice"})
+    assert recorded.startswith("grey flaked; checked by hand (by alice at ") and "grey's verdict is 'fail'" in recorded
+    assert any(recorded in line for line in said)
+    verdict.write_text(json_module.dumps({"result": "pass", "candidate": {"image": target.image()}}))
+    assert verdict_gate.check(target, str(verdict), lambda _: None, environ={}) == ""
+    # mirroring off: grey saw only its own callers, so its failed verdict is printed and advisory
+    unmirrored = from_values(REPO / "value.py", conf, conf.stages["hk"], "v7")
+    verdict.write_text(json_module.dumps({"result": "fail", "why": "errors: fail",
+                                          "candidate": {"image": unmirrored.image()}}))
+    said.clear()
+    assert not verdict_gate.mirrored(unmirrored)
+    assert verdict_gate.check(unmirrored, str(verdict), said.append, environ={}) == ""
+    assert said == ["grey's verdict (advisory: hk mirrors nothing to grey): fail (errors: fail)"]

@@ -9,7 +9,8 @@ The bodies of the requests it holds are bounded too (`body_budget`, from the pod
 podserve/memory_plan.py): a request whose body would take the pod over it gets a 503 at its headers
 (from its Content-Length) or once read, and a large body (over LARGE_BODY_BYTES) may use only
 LARGE_BODY_SHARE of it, so large uploads never shut out ordinary requests.
-Whoever answers a request settles it here: its places and its body's bytes come back, it is counted,
+Whoever answers a request settles it here: its places and its body's bytes come back, it is counted (by its
+origin too: `mirror` when its Host ends in `-shadow`, a copy the mesh mirrored to this pod),
 and its answer goes out, in that order, so the caller's next request finds the room free and a
 scrape read once it has its answer counts it.
 """
@@ -20,6 +21,7 @@ import asyncio
 from typing import Callable
 
 from podserve.errors import InvalidInput, Overloaded
+from podserve.metric_names import origin_of
 from podserve.runtime.httpserver import LARGE_BODY_BYTES, LARGE_BODY_SHARE, Answer, Exchange
 from podserve.runtime.lifecycle import Lifecycle
 from podserve.runtime.metrics import Metrics
@@ -106,7 +108,7 @@ class Door:
             f"it over ({which}, from memory in value.py); retry shortly, or elsewhere", field="body"))
 
     def refuse(self, exchange: Exchange, budget: float, answer: Answer | None = None) -> None:
-        self.metrics.observe_request(self.route, Overloaded.status, 0.0)
+        self.metrics.observe_request(self.route, Overloaded.status, 0.0, origin_of(exchange.headers.get("host", "")))
         self._refusals.refuse(exchange, answer or self._refusal, budget)
 
     def hold_places(self, exchange: Exchange, held: int, count: int, unit: str, field: str) -> int:
@@ -139,5 +141,5 @@ class Door:
         if exchange.held_bytes:
             self.lifecycle.release_bytes(exchange.held_bytes)
             exchange.held_bytes = 0
-        self.metrics.observe_request(self.route, answer.status, seconds)
+        self.metrics.observe_request(self.route, answer.status, seconds, origin_of(exchange.headers.get("host", "")))
         exchange.answer(answer)

@@ -60,8 +60,9 @@ class Metrics:
 
     def __init__(self, service: str, registry: CollectorRegistry = REGISTRY, live_gauges: bool = True):
         self.service = service
-        self._by_route_status: dict[tuple[str, int], tuple] = {}  # (requests, request_seconds) children
-        self.requests = Counter(names.REQUESTS_TOTAL, "Requests answered, by route and HTTP status.",
+        self._by_route_status: dict[tuple[str, int, str], tuple] = {}  # (requests, request_seconds) children
+        self.requests = Counter(names.REQUESTS_TOTAL, "Requests answered, by route, HTTP status and origin (live, or "
+                                "mirror: a copy the mesh sent, whose answer no caller sees).",
                                 names.REQUEST_LABELS, registry=registry)
         self.request_seconds = Histogram(names.REQUEST_SECONDS, "Seconds from request read to response, in process.",
                                          names.REQUEST_LABELS, buckets=LATENCY_BUCKETS, registry=registry)
@@ -144,7 +145,8 @@ class Metrics:
         """Create at 0 every labelled series the dashboards and alert rules read, before what it counts happens:
         a query over a series that does not exist yet has no data (an empty panel, a rule that never evaluates)."""
         for status in names.STARTING_STATUSES:
-            self._route_status(route, int(status))
+            for origin in names.ORIGINS:
+                self._route_status(route, int(status), origin)
         for instance in instances:
             labels = (self.service, instance)
             for collector in (self.queue_wait, self.inference, self.batch_size, self.batch_fill_wait,
@@ -160,17 +162,18 @@ class Metrics:
     def observe_linger_end(self, ending: str) -> None:
         self._linger_ends[ending].inc()
 
-    def observe_request(self, route: str, status: int, seconds: float) -> None:
-        children = self._by_route_status.get((route, status)) or self._route_status(route, status)
+    def observe_request(self, route: str, status: int, seconds: float, origin: str = names.ORIGIN_LIVE) -> None:
+        """Count one answered request of `route` and its latency; `origin`: names.origin_of its Host."""
+        children = self._by_route_status.get((route, status, origin)) or self._route_status(route, status, origin)
         children[0].inc()
         children[1].observe(seconds)
 
-    def _route_status(self, route: str, status: int) -> tuple:
-        """The request counter and histogram of one route and status (looked up once: labels() costs more than
-        the observation)."""
-        labels = (self.service, route, str(status))
-        children = self._by_route_status[(route, status)] = (self.requests.labels(*labels),
-                                                             self.request_seconds.labels(*labels))
+    def _route_status(self, route: str, status: int, origin: str) -> tuple:
+        """The request counter and histogram of one route, status and origin (looked up once: labels() costs more
+        than the observation)."""
+        labels = (self.service, route, str(status), origin)
+        children = self._by_route_status[(route, status, origin)] = (self.requests.labels(*labels),
+                                                                     self.request_seconds.labels(*labels))
         return children
 
     def observe_verb_cpu(self, verb: str, seconds: float) -> None:

@@ -7,13 +7,16 @@ What is simulated: Kubernetes service discovery. In a cluster the Prometheus ope
 each PodMonitor into `kubernetes_sd_configs` plus relabelings that give every series the
 labels `namespace`, `pod`, `container`, `endpoint`, `job` (<namespace>/<PodMonitor name>) and
 the pod labels named in `podTargetLabels`; here the same labels are static target labels
-(`pod_monitor_labels` derives them from the rendered PodMonitor and Deployment). Prometheus
-still sets `instance` (the target's address) itself, which is why our label is `model_instance`.
+(`pod_monitor_labels` derives them from the rendered PodMonitor and Deployment), or, against a
+real cluster, a file `PodTargetFeed` keeps equal to the live PodMonitors' pods (Prometheus'
+file_sd follows it as pods come and go). Prometheus still sets `instance` (the target's
+address) itself, which is why our label is `model_instance`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import urllib.parse
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from podserve.testbed.polling import Poller
 from podserve.testbed.processes import Program, StartError, free_port
 
 #: The package `make prometheus` installs (Makefile pins the same version).
@@ -48,14 +52,19 @@ def pod_monitor_labels(podmonitor: dict, deployment: dict, pod_name: str) -> dic
     namespace, pod, container (the container exposing the port), endpoint (the port's name),
     job (<namespace>/<name>) and each `podTargetLabels` label copied from the pod template.
     """
-    spec = podmonitor["spec"]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    selector = spec["selector"]["matchLabels"]
+    selector = podmonitor["spec"]["selector"]["matchLabels"]
     if any(pod_labels.get(k) != v for k, v in selector.items()):
         raise ValueError(f"PodMonitor {podmonitor['metadata']['name']} does not select the Deployment's pods "
                          f"(selector {selector}, pod labels {pod_labels})")
+    return pod_target_labels(podmonitor, pod_labels, deployment["spec"]["template"]["spec"], pod_name)
+
+
+def pod_target_labels(podmonitor: dict, pod_labels: dict, pod_spec: dict, pod_name: str) -> dict[str, str]:
+    """The target labels a PodMonitor gives one pod of its (with those labels and that spec)."""
+    spec = podmonitor["spec"]
     endpoint = spec["podMetricsEndpoints"][0]["port"]
-    container = next(c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]
+    container = next(c["name"] for c in pod_spec["containers"]
                      if any(p.get("name") == endpoint for p in c.get("ports", [])))
     namespace = podmonitor["metadata"]["namespace"]
     labels = {"namespace": namespace, "pod": pod_name, "container": container, "endpoint": endpoint,
@@ -75,6 +84,7 @@ class Prometheus:
     binary: str = "prometheus"
     port: int = 0
     program: Program | None = None
+    file_targets: Path | None = None  # a file_sd file of targets (PodTargetFeed), followed as it changes
 
     @property
     def url(self) -> str:
@@ -90,7 +100,10 @@ class Prometheus:
             "rule_files": [str(p) for p in self.rule_files],
             "scrape_configs": [{"job_name": job, "metrics_path": targets[0].path, "honor_labels": False,
                                 "static_configs": [{"targets": [t.address], "labels": t.labels} for t in targets]}
-                               for job, targets in jobs.items()],
+                               for job, targets in jobs.items()] + ([{
+                                   "job_name": "pod-monitors", "honor_labels": False,
+                                   "file_sd_configs": [{"files": [str(self.file_targets)], "refresh_interval": "1s"}]}]
+                                   if self.file_targets else []),
         }
 
     def start(self, timeout: float = 60.0) -> "Prometheus":
@@ -152,3 +165,54 @@ class Prometheus:
 
     def targets_health(self) -> list[dict]:
         return self.api("targets")["activeTargets"]
+
+
+class PodTargetFeed(Poller):
+    """Keeps a file_sd file equal to the pods the live PodMonitors of `namespaces` select (running, with an IP):
+    each pod's address and port, its labels as the Prometheus operator gives them, and the metrics path."""
+
+    def __init__(self, api_client, path: Path, namespaces: list[str], every: float = 1.0, address_of=None):
+        """`address_of(pod IP)`: where the pod really serves (host, port), or None while it does not (as SliceFeed's)."""
+        from kubernetes import client
+
+        self.core, self.objects = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
+        super().__init__(every, "pod-targets")
+        self.path, self.namespaces, self.address_of = Path(path), namespaces, address_of
+        self.written: list[dict] | None = None
+
+    def targets(self) -> list[dict]:
+        found = []
+        for namespace in self.namespaces:
+            monitors = self.objects.list_namespaced_custom_object("monitoring.coreos.com", "v1", namespace,
+                                                                  "podmonitors").get("items") or []
+            for monitor in monitors:
+                selector = ",".join(f"{k}={v}" for k, v in sorted(monitor["spec"]["selector"]["matchLabels"].items()))
+                endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+                for pod in self.core.list_namespaced_pod(namespace, label_selector=selector).items:
+                    if pod.status.phase != "Running" or not pod.status.pod_ip or pod.metadata.deletion_timestamp:
+                        continue
+                    spec = pod.to_dict()["spec"]
+                    spec = {"containers": [{"name": c["name"], "ports": c.get("ports") or []}
+                                           for c in spec["containers"]]}
+                    port = next(p["container_port"] for c in spec["containers"] for p in c["ports"]
+                                if p.get("name") == endpoint["port"])
+                    labels = pod_target_labels(monitor, dict(pod.metadata.labels or {}), spec, pod.metadata.name)
+                    served = (pod.status.pod_ip, port) if self.address_of is None else self.address_of(pod.status.pod_ip)
+                    if served is None:
+                        continue
+                    found.append({"targets": [f"{served[0]}:{served[1]}"],
+                                  "labels": dict(labels, __metrics_path__=endpoint.get("path", "/metrics"))})
+        return sorted(found, key=lambda t: t["targets"][0])
+
+    def sync(self) -> bool:
+        targets = self.targets()
+        if targets == self.written:
+            return False
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(targets))
+        os.replace(tmp, self.path)
+        self.written = targets
+        return True
+
+    def prepare(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)

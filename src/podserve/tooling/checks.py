@@ -14,7 +14,7 @@ import re
 
 from podserve import routes
 from podserve.settings import ServingSettings, SettingsError
-from podserve.tooling import routing, tenancy
+from podserve.tooling import release, routing, tenancy
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.manifests import shutdown_seconds
 from podserve.tooling.valuefile import Problem, ValueFileError
@@ -221,8 +221,38 @@ def _check_mesh(by_kind: dict[str, list[dict]], conf: Conf, team: str, stage: St
         say("DestinationRule", "must balance by LEAST_REQUEST")
     if vs["spec"].get("hosts") != [stage.ingress_host] or vs["spec"].get("gateways") != [stage.gateway]:
         say("VirtualService", f"must bind host {stage.ingress_host} on gateway {stage.gateway}")
+    subsets = {s.get("name"): s.get("labels") for s in dr["spec"].get("subsets") or []}
+    if stage.production and subsets != {name: {release.TRACK_LABEL: name} for name in release.SUBSETS}:
+        say("DestinationRule", f"must define the subsets {', '.join(release.SUBSETS)} by their {release.TRACK_LABEL} "
+            f"label, not {subsets}: the route always goes to them by weight")
     for http in vs["spec"].get("http") or []:
         for route in http.get("route") or []:
             destination = route["destination"]
             if destination["host"] != fqdn or destination.get("port", {}).get("number") not in ports:
                 say("VirtualService", f"route {http.get('name')} goes to {destination}, not the Service {fqdn}")
+            subset = destination.get("subset")
+            if (subset not in subsets) if stage.production else subset is not None:
+                say("VirtualService", f"route {http.get('name')} goes to subset {destination.get('subset')!r}, not "
+                    f"one the DestinationRule defines ({', '.join(subsets) or 'none here'})")
+        weights = [r.get("weight") for r in http.get("route") or []]
+        if len(weights) > 1 and sum(w or 0 for w in weights) != 100:
+            say("VirtualService", f"route {http.get('name')} weighs its destinations {weights}: they must add up to 100")
+        _check_mirror(http, conf, team, stage, say)
+
+
+def _check_mirror(http: dict, conf: Conf, team: str, stage: Stage, say) -> None:
+    """A route may mirror only production's traffic, only to the service's own grey, at most the platform's share."""
+    if "mirror" not in http and "mirrorPercentage" not in http:
+        return
+    grey = next((s for s in conf.stages.values() if s.track == "grey" and s.region == stage.region), None)
+    name = http["route"][0]["destination"]["host"].split(".")[0] if http.get("route") else ""
+    wanted = f"{name}.{grey.namespace_for(team)}.svc.cluster.local" if grey else None
+    host = (http.get("mirror") or {}).get("host")
+    percent = (http.get("mirrorPercentage") or {}).get("value")
+    most = conf.platform.limits.max_grey_mirror_percent
+    if not stage.production or host != wanted:
+        say("VirtualService", f"route {http.get('name')} mirrors to {host!r}: only a production stage mirrors, and "
+            f"only to its own grey ({wanted or 'no grey in this region'})")
+    if not isinstance(percent, (int, float)) or not 0 < percent <= most:
+        say("VirtualService", f"route {http.get('name')} mirrors {percent!r}%: between 0 and {most} "
+            "(conf/platform.yaml limits.max_grey_mirror_percent)")

@@ -60,6 +60,8 @@ class Limits:
     host_port_max: int
     min_memory: str
     preview_quota: Quota
+    max_grey_mirror_percent: int
+    max_canary_steps: int
 
 
 @dataclass(frozen=True)
@@ -532,8 +534,26 @@ class FreezeWindow:
 
 
 @dataclass(frozen=True)
+class VerdictPolicy:
+    """conf/deploy.yaml's `verdict`: how a candidate (grey, a canary) is judged against stable (deploy/verdict.py);
+    value.py's verdict_* fields may only tighten it."""
+
+    window_seconds: int
+    alpha: float
+    error_margin: float
+    error_ceiling: float
+    latency_quantile: float
+    latency_margin: float
+    queue_margin: float
+    comparable_rate_ratio: float
+    min_requests: int
+    max_extensions: int
+
+
+@dataclass(frozen=True)
 class DeployPolicy:
-    """conf/deploy.yaml, checked: how long a deploy waits for the lock, when regions freeze deploys."""
+    """conf/deploy.yaml, checked: how long a deploy waits for the lock, when regions freeze deploys, how a canary
+    is judged."""
 
     lock_wait_seconds: int
     ci_job_timeout_seconds: int
@@ -541,9 +561,27 @@ class DeployPolicy:
     scheduling_grace_seconds: int
     exempt_stages: list
     freeze_windows: dict  # region -> list of FreezeWindow
+    verdict: VerdictPolicy
 
     def windows_for(self, region: str) -> list[FreezeWindow]:
         return list(self.freeze_windows.get(region) or [])
+
+
+def _check_verdict(verdict: VerdictPolicy, say) -> None:
+    """Say what cannot be a verdict's threshold: shares outside (0, 1), counts below 1."""
+    if not isinstance(verdict, VerdictPolicy):
+        return
+    for key in ("alpha", "error_margin", "error_ceiling", "latency_quantile", "latency_margin", "queue_margin"):
+        value = getattr(verdict, key)
+        if isinstance(value, float) and not 0 < value < 1:
+            say(f"verdict.{key}", f"{value} must be a share between 0 and 1")
+    for key in ("window_seconds", "min_requests"):
+        if isinstance(getattr(verdict, key), int) and getattr(verdict, key) < 1:
+            say(f"verdict.{key}", f"{getattr(verdict, key)} must be 1 or more")
+    if isinstance(verdict.max_extensions, int) and verdict.max_extensions < 0:
+        say("verdict.max_extensions", f"{verdict.max_extensions} must be 0 or more")
+    if isinstance(verdict.comparable_rate_ratio, float) and verdict.comparable_rate_ratio < 1:
+        say("verdict.comparable_rate_ratio", f"{verdict.comparable_rate_ratio} must be 1 or more")
 
 
 def load_deploy_policy(folder: str | Path | None = None, conf: Conf | None = None) -> DeployPolicy:
@@ -564,6 +602,7 @@ def load_deploy_policy(folder: str | Path | None = None, conf: Conf | None = Non
     for key in ("lock_wait_seconds", "ci_job_timeout_seconds", "lock_lease_seconds", "scheduling_grace_seconds"):
         if getattr(policy, key) < 1:
             say(key, f"{getattr(policy, key)} must be 1 or more seconds")
+    _check_verdict(policy.verdict, say)
     for stage in policy.exempt_stages:
         if stage not in conf.stages:
             say("exempt_stages", f"{stage!r} is not a stage in stages.yaml ({', '.join(conf.stages)})")

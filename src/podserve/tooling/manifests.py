@@ -15,10 +15,10 @@ from pathlib import Path
 
 from podserve import routes
 from podserve.settings import HTTP_PORT
-from podserve.tooling import mesh_limits, quantity, routing, templating, tenancy
+from podserve.tooling import mesh_limits, quantity, release, routing, templating, tenancy
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.deploy import budget
-from podserve.tooling.values import AUTOSCALE_GAUGES, ServiceValues
+from podserve.tooling.values import AUTOSCALE_GAUGES, VERDICT_FIELDS, ServiceValues
 
 TEMPLATES = ("deployment.yaml.j2", "service.yaml.j2", "virtualservice.yaml.j2", "destinationrule.yaml.j2",
              "poddisruptionbudget.yaml.j2", "podmonitor.yaml.j2", "horizontalpodautoscaler.yaml.j2")
@@ -51,11 +51,19 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
     stop = shutdown_seconds(values, conf)
     public_path = stage.public_path(values["service_name"], values["username"])
     namespace = stage.namespace_for(values["username"])
+    selector = {"service": values["service_name"], "stage": stage.name}
+    fqdn = f"{values['service_name']}.{namespace}.svc.cluster.local"
+    autoscaled = _autoscale(values, stage, replicas) is not None
+    most_pods = mesh_limits.most_pods(values, replicas, autoscaled)
     return {
         "name": values["service_name"],
         "namespace": namespace,
         "labels": labels,
-        "selector": {"service": values["service_name"], "stage": stage.name},
+        "selector": selector,  # every pod of the stage: the Service, PDB, PodMonitor and topology spread select it
+        # the Deployment's own: a production stage's canary runs beside it (release.py), told apart by its track
+        "deployment_selector": dict(selector, **{release.TRACK_LABEL: stage.track}) if stage.production else selector,
+        "release": {release.RELEASE_ANNOTATION: release.release_policy(values["canary_steps"], {
+            key: values[name] for name, (key, _) in VERDICT_FIELDS.items()})} if stage.production else None,
         "image": image_ref(values, conf, stage, image_tag),
         "replicas": replicas,
         "autoscale": _autoscale(values, stage, replicas),
@@ -77,14 +85,61 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
         "priority_class": tenancy.priority_class(stage),
         "host": stage.ingress_host,
         "gateway": stage.gateway,
-        "matches": [{"uri": {m.kind: m.value}} for m in routing.service_matches(public_path)],
-        "fqdn": f"{values['service_name']}.{namespace}.svc.cluster.local",
+        "routes": _routes(values, conf, stage, public_path, fqdn),
+        "fqdn": fqdn,
         "route_timeout": _seconds(values["request_timeout_ms"] + platform.mesh.route_timeout_margin_ms),
-        "connection_pool": mesh_limits.connection_pool(
-            values, mesh_limits.most_pods(values, replicas, _autoscale(values, stage, replicas) is not None),
-            platform.http.idle_timeout_seconds),
+        "connection_pool": mesh_limits.connection_pool(values, most_pods, platform.http.idle_timeout_seconds),
+        "subsets": _subsets(values, conf, most_pods) if stage.production else [],
         "platform": platform,
     }
+
+
+def _routes(values: ServiceValues, conf: Conf, stage: Stage, public_path: str, fqdn: str) -> list[dict]:
+    """The VirtualService's HTTP routes: the exact path and its sub-paths, each rewritten to the pod's route. In
+    production each goes to the subsets by weight (stable 100: the deploy tool sets a canary's), after a route of
+    the same path with the canary's header to the canary; hk's mirror grey_mirror_percent of them to grey."""
+    name, port, service_path = values["service_name"], HTTP_PORT, routes.service_path(values["service_name"])
+    found = []
+    mirror = _mirror(values, conf, stage)
+    for match in routing.service_matches(public_path):
+        kind = "exact" if match.kind == "exact" else "subpaths"
+        uri = {"uri": {match.kind: match.value}}
+        rewrite = service_path if match.kind == "exact" else service_path + "/"
+        if not stage.production:
+            found.append({"name": f"{name}-{kind}", "match": uri, "rewrite": rewrite, "mirror": None,
+                          "destinations": [{"destination": {"host": fqdn, "port": {"number": port}}}]})
+            continue
+        found.insert(len(found) // 2, {
+            "name": f"{name}-{release.CANARY}-{kind}", "rewrite": rewrite, "mirror": None,
+            "match": dict(uri, headers={release.CANARY_HEADER: {"exact": release.CANARY}}),
+            "destinations": [{"destination": {"host": fqdn, "port": {"number": port}, "subset": release.CANARY}}]})
+        found.append({"name": f"{name}-{kind}", "match": uri, "rewrite": rewrite, "mirror": mirror,
+                      "destinations": [{"destination": {"host": fqdn, "port": {"number": port}, "subset": subset},
+                                        "weight": weight}
+                                       for subset, weight in zip(release.SUBSETS, release.weights(0))]})
+    return found
+
+
+def _mirror(values: ServiceValues, conf: Conf, stage: Stage) -> dict | None:
+    """{"destination", "percent"}: where and how much of a production stage's traffic is copied: grey's Service, when grey runs in the stage's
+    region (hk) and value.py sets grey_mirror_percent; else None."""
+    grey = next((s for s in conf.stages.values() if s.track == "grey" and s.region == stage.region), None)
+    if grey is None or not values["grey_mirror_percent"]:
+        return None
+    host = f"{values['service_name']}.{grey.namespace_for(values['username'])}.svc.cluster.local"
+    return {"destination": {"host": host, "port": {"number": HTTP_PORT}},
+            "percent": float(values["grey_mirror_percent"])}
+
+
+def _subsets(values: ServiceValues, conf: Conf, most_pods: int) -> list[dict]:
+    """The production DestinationRule's subsets, by track, each with a connection pool for its own pods: stable's
+    for the stage's most pods, the canary's for its most (its largest step of them)."""
+    idle = conf.platform.http.idle_timeout_seconds
+    steps = values["canary_steps"]
+    canary_pods = release.canary_replicas(max(steps), most_pods) if steps else 1
+    return [{"name": subset, "labels": {release.TRACK_LABEL: subset},
+             "trafficPolicy": {"connectionPool": mesh_limits.connection_pool(values, pods, idle)}}
+            for subset, pods in ((release.STABLE, most_pods), (release.CANARY, canary_pods))]
 
 
 def render_stage(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str,

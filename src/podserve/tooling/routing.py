@@ -76,7 +76,8 @@ def overlaps(a: UriMatch, b: UriMatch) -> bool:
 
 
 def routes_of(doc: dict) -> list[Route]:
-    """Return the routes of one VirtualService: each http match's uri, with its hosts."""
+    """Return the routes of one VirtualService: each http match's uri, with its hosts, once each (a production
+    route's canary header route serves the same paths)."""
     meta = doc.get("metadata") or {}
     # The namespace is part of the owner: two teams may both have a service of one name (docs/tenancy.md).
     owner = f"{meta.get('namespace', '')}/{(meta.get('labels') or {}).get('service') or meta.get('name', '')}"
@@ -87,7 +88,7 @@ def routes_of(doc: dict) -> list[Route]:
             uri = match.get("uri") or {"prefix": "/"}
             kind = next(k for k in KINDS if k in uri)
             found.extend(Route(owner, host, UriMatch(kind, uri[kind])) for host in spec.get("hosts") or [])
-    return found
+    return list(dict.fromkeys(found))
 
 
 def owners_of(virtual_services: list[dict], host: str, path: str) -> list[str]:

@@ -91,6 +91,13 @@ FIELDS: dict[str, Field] = {
     # SLO objectives the alert rules hold this service to; 0: conf/observability.yaml's.
     "slo_availability": Field((int, float), _SERVING_DEFAULTS.slo_availability, 0, 0.99999),
     "slo_latency_target": Field((int, float), _SERVING_DEFAULTS.slo_latency_target, 0, 0.99999),
+    # Releasing production (docs/deploy.md): a share of hk's requests copied to grey (hk only), the canary's weighted
+    # steps (empty: a rolling update), and the verdict's thresholds, tighter than conf/deploy.yaml's (None: those).
+    "grey_mirror_percent": Field((int, float), 0, 0, "max_grey_mirror_percent"),
+    "canary_steps": Field((list,), ()),
+    "verdict_error_margin": Field((int, float, NONE), None, 0.0001, 1),
+    "verdict_latency_margin": Field((int, float, NONE), None, 0.0001, 1),
+    "verdict_window_seconds": Field((int, NONE), None, 1, 3600),
     # Offline (Kafka worker) mode; see podserve.offline_settings.
     "mode": Field((str,), offline_settings.ONLINE),
     "source_topic": Field((str, NONE), None),
@@ -100,6 +107,10 @@ FIELDS: dict[str, Field] = {
     "dead_letter_topic": Field((str, NONE), None),
     "lag_target": Field((int,), offline_settings.DEFAULT_LAG_TARGET, 1, 10_000_000),
 }
+
+#: value.py's verdict_* fields: each the conf/deploy.yaml `verdict` key it tightens, and whether tighter is lower.
+VERDICT_FIELDS = {"verdict_error_margin": ("error_margin", True), "verdict_latency_margin": ("latency_margin", True),
+                  "verdict_window_seconds": ("window_seconds", False)}
 
 #: The fields only an offline service may set (consumer_group defaults to service_name there).
 OFFLINE_FIELDS = ("source_topic", "consumer_group", "sink_topic", "sink_file", "dead_letter_topic")
@@ -311,6 +322,17 @@ def _check_sink_file(value, conf: Conf) -> str | None:
     return None
 
 
+def _check_canary_steps(value, conf: Conf) -> str | None:
+    most = conf.platform.limits.max_canary_steps
+    steps = list(value)
+    if (len(steps) > most or any(not isinstance(w, int) or isinstance(w, bool) or not 1 <= w <= 99 for w in steps)
+            or steps != sorted(set(steps))):
+        return (f"is {value!r}; set it to at most {most} canary weights in percent, each from 1 to 99 and rising (e.g. "
+                f"`canary_steps = [10, 50]`: 10% of production's requests, then 50%, then the rollout), or [] for a "
+                f"plain rolling update (conf/platform.yaml limits.max_canary_steps)")
+    return None
+
+
 def _check_regions(value: list, conf: Conf) -> str | None:
     production = sorted({s.region for s in conf.stages.values() if s.production})
     # regions first: set() fails on a list or dict among them, which no region equals
@@ -326,6 +348,7 @@ _FORMAT_CHECKS = {
     "autoscale_metric": _check_autoscale_metric, "autoscale_target": _check_autoscale_target, "mode": _check_mode,
     "source_topic": _check_kafka_name, "consumer_group": _check_kafka_name, "sink_topic": _check_kafka_name,
     "dead_letter_topic": _check_kafka_name, "sink_file": _check_sink_file, "regions": _check_regions,
+    "canary_steps": _check_canary_steps,
 }
 
 
@@ -339,6 +362,7 @@ def _normalise(values: dict) -> dict:
             values[name] = values["replicas"]
     if values["autoscale_target"] is None:
         values["autoscale_target"] = values["max_batch_size"]
+    values["canary_steps"] = list(values["canary_steps"])
     if values["mode"] == offline_settings.OFFLINE and values["consumer_group"] is None:
         values["consumer_group"] = team_prefix(values["username"]) + values["service_name"]
     return values
@@ -376,12 +400,35 @@ def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
     for stage in conf.stages.values():
         if tenancy.tier(stage) == "preview" and not (v["mode"] == offline_settings.OFFLINE and stage.track == "ab"):
             yield from _quota_problems(v, conf, stage)
+    yield from _release_problems(v, conf)
     if v["mode"] == offline_settings.OFFLINE:
         yield from _offline_problems(v)
     else:
         yield from _online_problems(v)
         yield from _route_problems(v, conf, existing)
         yield from _memory_problems(v, conf)
+
+
+def _release_problems(v: dict, conf: Conf):
+    """Yield what an offline service cannot have (mirroring, a canary: it keeps its rolling update), and verdict
+    thresholds looser than the platform's (conf/deploy.yaml `verdict`)."""
+    from podserve.tooling.conf import ConfError, load_deploy_policy
+
+    if v["mode"] == offline_settings.OFFLINE:
+        for name, off in (("grey_mirror_percent", 0), ("canary_steps", [])):
+            if v[name] != off:
+                yield name, (f"is {v[name]!r}, but an offline service takes no HTTP traffic to mirror or weigh: it "
+                             f"keeps its rolling update; set {name} = {off!r} or remove it")
+    try:
+        platform = load_deploy_policy(conf=conf).verdict
+    except ConfError:
+        return  # conf/'s own problems are reported where conf/ is loaded
+    for name, (key, lower) in VERDICT_FIELDS.items():
+        mine, theirs = v[name], getattr(platform, key)
+        if mine is not None and (mine > theirs if lower else mine < theirs):
+            yield name, (f"is {mine}, looser than the platform's {theirs} (conf/deploy.yaml "
+                         f"verdict.{key}): value.py may only tighten it; set it to at {'most' if lower else 'least'} "
+                         f"{theirs}, or remove it")
 
 
 #: The topics an offline worker reads or writes, by their field.

@@ -1,8 +1,11 @@
-"""Step two: the IR to an Envoy bootstrap (static listener and clusters, endpoints from files).
+"""Step two: the IR to Envoy config (a listener, routes and clusters, endpoints from files).
 
-The output is what istiod would push to the region's ingress gateway over xDS, written as a
-static bootstrap: one HTTP listener, one route table, and per cluster an EDS subscription
-to a file (`eds_path`) that the harness rewrites atomically. TLS is not played: the gateway's
+The output is what istiod would push to the region's ingress gateway over xDS, written either as a
+static bootstrap (`bootstrap`: one HTTP listener, one route table, the clusters) or as Envoy's
+file-based xDS (`dynamic_bootstrap` and `write_xds`: the same listener reading its routes (RDS) and
+the clusters (CDS) from files the harness rewrites, so routes and clusters change while Envoy runs,
+as istiod's pushes change them); either way per cluster an EDS subscription to a file (`eds_path`)
+that the harness rewrites atomically. TLS is not played: the gateway's
 HTTPS server's routes are served over plain HTTP on loopback (simulated, said here and in
 the README). `local_any_host` adds a catch-all virtual host with the same routes, so that
 `curl localhost:8080/...` works without setting Host.
@@ -21,6 +24,10 @@ MAX = 2**32 - 1  # Istio starts every circuit-breaker threshold here
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 CLA = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+#: The route table's name (istiod's for the gateway's port 80 server).
+ROUTE_CONFIG_NAME = "http.80"
 PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 
 
@@ -36,30 +43,75 @@ def eds_path(folder: Path, cluster: str) -> Path:
 def bootstrap(config: ir.GatewayConfig, *, port: int, admin_port: int, eds_folder: Path,
               local_any_host: bool = False) -> dict:
     """Return the Envoy bootstrap for `config`, listening on 127.0.0.1:port."""
+    route_config = {"name": ROUTE_CONFIG_NAME, "virtual_hosts": _virtual_hosts(config, local_any_host)}
+    return {
+        "node": _node(config.name),
+        "admin": {"address": _address(admin_port)},
+        "static_resources": {
+            "listeners": [_listener(port, {"route_config": route_config})],
+            "clusters": [_cluster(c, eds_folder) for c in config.clusters],
+        },
+    }
+
+
+def dynamic_bootstrap(gateway: str, *, port: int, admin_port: int, xds_folder: Path) -> dict:
+    """Return an Envoy bootstrap whose listener on 127.0.0.1:port reads its routes and clusters from the files
+    write_xds keeps in `xds_folder` (Envoy's file-based xDS: it follows each file's atomic replacement)."""
+    return {
+        "node": _node(gateway),
+        "admin": {"address": _address(admin_port)},
+        "dynamic_resources": {"cds_config": _file_source(xds_path(xds_folder, "cds"))},
+        "static_resources": {"listeners": [_listener(port, {"rds": {
+            "route_config_name": ROUTE_CONFIG_NAME, "config_source": _file_source(xds_path(xds_folder, "rds"))}})]},
+    }
+
+
+def xds_path(folder: Path, kind: str) -> Path:
+    """Return the file a dynamic bootstrap reads its routes ("rds") or clusters ("cds") from."""
+    return Path(folder) / f"{kind}.json"
+
+
+def write_xds(config: ir.GatewayConfig, xds_folder: Path, eds_folder: Path, version: int,
+              local_any_host: bool = False) -> None:
+    """Write `config` where a dynamic bootstrap reads it: each new cluster's empty endpoint file first, then the
+    clusters, then the routes, so that no route ever names a cluster Envoy does not have."""
+    Path(xds_folder).mkdir(parents=True, exist_ok=True)
+    write_empty_endpoints(config, eds_folder)
+    write_atomically(xds_path(xds_folder, "cds"), {"version_info": str(version), "resources": [
+        dict(_cluster(c, eds_folder), **{"@type": CLUSTER}) for c in config.clusters]})
+    write_atomically(xds_path(xds_folder, "rds"), {"version_info": str(version), "resources": [
+        {"@type": ROUTE_CONFIGURATION, "name": ROUTE_CONFIG_NAME,
+         "virtual_hosts": _virtual_hosts(config, local_any_host)}]})
+
+
+def _file_source(path: Path) -> dict:
+    return {"path_config_source": {"path": str(path)}, "resource_api_version": "V3"}
+
+
+def _node(gateway: str) -> dict:
+    return {"id": f"gateway-{gateway.replace('/', '-')}", "cluster": "istio-ingressgateway"}
+
+
+def _listener(port: int, routes: dict) -> dict:
+    return {"name": "http", "address": _address(port),
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                            "typed_config": _connection_manager(routes)}]}]}
+
+
+def _virtual_hosts(config: ir.GatewayConfig, local_any_host: bool) -> list[dict]:
     virtual_hosts = [_virtual_host(vh) for vh in config.virtual_hosts]
     if local_any_host:
         routes = [route for vh in config.virtual_hosts for route in vh.routes]
         virtual_hosts.append(_virtual_host(ir.VirtualHost("local-any-host", ("*",), tuple(routes))))
-    return {
-        "node": {"id": f"gateway-{config.name.replace('/', '-')}", "cluster": "istio-ingressgateway"},
-        "admin": {"address": _address(admin_port)},
-        "static_resources": {
-            "listeners": [{
-                "name": "http",
-                "address": _address(port),
-                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                "typed_config": _connection_manager(virtual_hosts)}]}],
-            }],
-            "clusters": [_cluster(c, eds_folder) for c in config.clusters],
-        },
-    }
+    return virtual_hosts
 
 
 def _address(port: int) -> dict:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def _connection_manager(virtual_hosts: list[dict]) -> dict:
+def _connection_manager(routes: dict) -> dict:
+    """The HTTP connection manager of the gateway's listener; `routes`: {"route_config": ...} or {"rds": ...}."""
     return {
         "@type": HCM,
         "stat_prefix": "gateway",
@@ -69,7 +121,7 @@ def _connection_manager(virtual_hosts: list[dict]) -> dict:
         # address as internal unless told; an Internet caller's x-envoy-* headers are stripped).
         "internal_address_config": {"cidr_ranges": [{"address_prefix": "127.0.0.0", "prefix_len": 8}]},
         "normalize_path": True,
-        "route_config": {"name": "http.80", "virtual_hosts": virtual_hosts},
+        **routes,
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
     }
 
@@ -80,12 +132,23 @@ def _virtual_host(vh: ir.VirtualHost) -> dict:
 
 def _route(route: ir.Route) -> dict:
     match = {"path": route.match_value} if route.match_kind == "exact" else {"prefix": route.match_value}
-    action = {"cluster": route.cluster, "timeout": _duration(route.timeout_s)}
+    match["case_sensitive"] = True
+    if route.headers:
+        match["headers"] = [{"name": name, "string_match": {"exact": value}} for name, value in route.headers]
+    if route.weighted:
+        action = {"weighted_clusters": {"clusters": [{"name": cluster, "weight": weight}
+                                                     for cluster, weight in route.weighted]}}
+    else:
+        action = {"cluster": route.cluster}
+    action["timeout"] = _duration(route.timeout_s)
     if route.rewrite_uri is not None:
         action["prefix_rewrite"] = route.rewrite_uri
     if route.retries is not None:
         action["retry_policy"] = _retry_policy(route.retries)
-    return {"name": route.name, "match": dict(match, case_sensitive=True), "route": action}
+    if route.mirror is not None:  # Istio's translateRequestMirrorPolicy: a share in millionths
+        action["request_mirror_policies"] = [{"cluster": route.mirror.cluster, "runtime_fraction": {
+            "default_value": {"numerator": round(route.mirror.percent * 10_000), "denominator": "MILLION"}}}]
+    return {"name": route.name, "match": match, "route": action}
 
 
 def _retry_policy(retries: ir.Retries) -> dict:
@@ -160,6 +223,11 @@ def load_assignment(cluster: str, ports: list[int], version: int) -> dict:
     endpoints = [{"endpoint": {"address": _address(port)}} for port in sorted(ports)]
     return {"version_info": str(version), "resources": [
         {"@type": CLA, "cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []}]}
+
+
+def subset_hosts(cluster: ir.Cluster, hosts: list[tuple[str, int, dict]]) -> list[tuple[str, int, dict]]:
+    """The (ip, port, pod labels) of a Service's ready endpoints that are `cluster`'s: its subset's pods, or all."""
+    return [host for host in hosts if cluster.selects(host[2])]
 
 
 def load_assignment_hosts(cluster: str, hosts: list[tuple[str, int, dict]], version: int) -> dict:

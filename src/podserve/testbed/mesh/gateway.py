@@ -75,6 +75,13 @@ class Envoy:
                 "eds_healthy": health.get("eds_health_status", "HEALTHY") == "HEALTHY"}
         return out
 
+    def route_version(self) -> str | None:
+        """Return the version_info of the route table Envoy runs (file-based RDS; None: a static bootstrap's)."""
+        dump = json.loads(self.get("/config_dump?resource=dynamic_route_configs"))
+        for config in dump.get("configs", []):
+            return config.get("version_info")
+        return None
+
     def stat(self, name: str) -> int:
         """Return one counter or gauge by its exact name (0 when Envoy has not created it)."""
         for line in self.get("/stats?filter=" + urllib.parse.quote("^" + re.escape(name) + "$")).splitlines():

@@ -21,17 +21,29 @@ class Retries:
 
 
 @dataclass(frozen=True)
+class Mirror:
+    """A copy of a route's requests sent to another cluster, whose answers are dropped: `percent` of them."""
+
+    cluster: str
+    percent: float = 100.0
+
+
+@dataclass(frozen=True)
 class Route:
-    """One match of a virtual host: a path match, its rewrite, the cluster, timeout and retries."""
+    """One match of a virtual host: a path match (and exact header matches), its rewrite, the cluster (or clusters by
+    weight), timeout, retries and mirror."""
 
     name: str
     match_kind: str  # exact | prefix
     match_value: str
-    cluster: str
+    cluster: str  # the one cluster, or "" when `weighted` splits the route
     timeout_s: float  # 0: no timeout (Istio's default)
     rewrite_uri: str | None = None
     retries: Retries | None = None
     owner: str = ""  # namespace/name of the VirtualService it came from
+    headers: tuple[tuple[str, str], ...] = ()  # (name, exact value): every one must match
+    weighted: tuple[tuple[str, int], ...] = ()  # (cluster, weight), weights of more than one destination
+    mirror: Mirror | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,12 @@ class Cluster:
     limits: CircuitBreakers = field(default_factory=CircuitBreakers)
     connect_timeout_s: float = 10.0  # Istio's mesh-wide connectTimeout default
     idle_timeout_s: float | None = None  # an upstream connection idle this long is closed (None: Envoy's 1 h)
+    subset: str = ""  # a DestinationRule subset: only the Service's endpoints whose pods carry `subset_labels`
+    subset_labels: tuple[tuple[str, str], ...] = ()
+
+    def selects(self, labels: dict) -> bool:
+        """Whether a pod with `labels` is one of this cluster's endpoints (every pod of the Service without a subset)."""
+        return all(labels.get(key) == value for key, value in self.subset_labels)
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,6 @@ class GatewayConfig:
         return next(c for c in self.clusters if c.name == name)
 
 
-def cluster_name(service_host: str, port: int) -> str:
-    """Return istiod's name for the outbound cluster of a Service port."""
-    return f"outbound|{port}||{service_host}"
+def cluster_name(service_host: str, port: int, subset: str = "") -> str:
+    """Return istiod's name for the outbound cluster of a Service port (and DestinationRule subset)."""
+    return f"outbound|{port}|{subset}|{service_host}"

@@ -17,7 +17,26 @@ API_VERSION = "networking.istio.io/v1"
 DEFAULT_RETRY_HOST_PREDICATE = "envoy.retry_host_predicates.previous_hosts"
 
 ANY = object()  # a free-form mapping (labels, selectors): not translated, not checked inside
+NUMBER = (int, float)
 
+
+class MapOf:
+    """A mapping whose keys are free (header names) and whose values each follow `schema`."""
+
+    def __init__(self, schema):
+        self.schema = schema
+
+
+_DESTINATION = {"host": str, "port": {"number": int}, "subset": str}
+_TRAFFIC_POLICY = {
+    "loadBalancer": {"simple": str, "warmup": {"duration": str}},
+    "outlierDetection": {"consecutive5xxErrors": int, "consecutiveGatewayErrors": int, "interval": str,
+                         "baseEjectionTime": str, "maxEjectionPercent": int, "minHealthPercent": int,
+                         "splitExternalLocalOriginErrors": bool, "consecutiveLocalOriginFailures": int},
+    "connectionPool": {"http": {"http2MaxRequests": int, "http1MaxPendingRequests": int, "maxRetries": int,
+                                "idleTimeout": str},
+                       "tcp": {"maxConnections": int, "connectTimeout": str}},
+}
 _METADATA = {"name": str, "namespace": str, "labels": ANY, "annotations": ANY}
 SCHEMAS = {
     "Gateway": {
@@ -30,24 +49,19 @@ SCHEMAS = {
         "gateways": [str],
         "http": [{
             "name": str,
-            "match": [{"uri": {"exact": str, "prefix": str}}],
+            "match": [{"uri": {"exact": str, "prefix": str}, "headers": MapOf({"exact": str})}],
             "rewrite": {"uri": str},
-            "route": [{"destination": {"host": str, "port": {"number": int}}}],
+            "route": [{"destination": _DESTINATION, "weight": int}],
+            "mirror": _DESTINATION,
+            "mirrorPercentage": {"value": NUMBER},
             "timeout": str,
             "retries": {"attempts": int, "retryOn": str, "perTryTimeout": str},
         }],
     },
     "DestinationRule": {
         "host": str,
-        "trafficPolicy": {
-            "loadBalancer": {"simple": str, "warmup": {"duration": str}},
-            "outlierDetection": {"consecutive5xxErrors": int, "consecutiveGatewayErrors": int, "interval": str,
-                                 "baseEjectionTime": str, "maxEjectionPercent": int, "minHealthPercent": int,
-                                 "splitExternalLocalOriginErrors": bool, "consecutiveLocalOriginFailures": int},
-            "connectionPool": {"http": {"http2MaxRequests": int, "http1MaxPendingRequests": int, "maxRetries": int,
-                                        "idleTimeout": str},
-                               "tcp": {"maxConnections": int, "connectTimeout": str}},
-        },
+        "trafficPolicy": _TRAFFIC_POLICY,
+        "subsets": [{"name": str, "labels": ANY, "trafficPolicy": _TRAFFIC_POLICY}],
     },
 }
 #: The load-balancing choices translated (LEAST_REQUEST is what we render).
@@ -72,6 +86,12 @@ def check_known(doc: dict) -> None:
 def _walk(schema, value, path: str, where: str) -> None:
     if schema is ANY:
         return
+    if isinstance(schema, MapOf):
+        if not isinstance(value, dict):
+            raise UnknownFieldError(f"{where}: {path} is {type(value).__name__}, expected a mapping")
+        for key, item in value.items():
+            _walk(schema.schema, item, f"{path}.{key}", where)
+        return
     if isinstance(schema, dict):
         if not isinstance(value, dict):
             raise UnknownFieldError(f"{where}: {path or 'the object'} is {type(value).__name__}, expected a mapping")
@@ -88,8 +108,9 @@ def _walk(schema, value, path: str, where: str) -> None:
         for i, item in enumerate(value):
             _walk(schema[0], item, f"{path}[{i}]", where)
         return
-    if not isinstance(value, schema) or (schema is int and isinstance(value, bool)):
-        raise UnknownFieldError(f"{where}: {path} is {value!r}, expected {schema.__name__}")
+    if not isinstance(value, schema) or (schema in (int, NUMBER) and isinstance(value, bool)):
+        wanted = "a number" if schema is NUMBER else schema.__name__
+        raise UnknownFieldError(f"{where}: {path} is {value!r}, expected {wanted}")
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
@@ -118,7 +139,7 @@ def translate(docs: list[dict], gateway: str) -> ir.GatewayConfig:
     served = {host for gw in gateways for server in gw["spec"]["servers"] for host in server["hosts"]}
     rules = {d["spec"]["host"]: d for d in mesh_docs if d["kind"] == "DestinationRule"}
     hosts: dict[str, list[ir.Route]] = {}
-    destinations: dict[str, tuple[str, int]] = {}
+    destinations: dict[str, tuple[str, int, str]] = {}
     for vs in (d for d in mesh_docs if d["kind"] == "VirtualService"):
         spec = vs["spec"]
         if gateway not in spec.get("gateways", []):
@@ -131,8 +152,8 @@ def translate(docs: list[dict], gateway: str) -> ir.GatewayConfig:
             hosts.setdefault(host, []).extend(routes)
     virtual_hosts = tuple(ir.VirtualHost(f"{host}:80", (host, f"{host}:*"), tuple(routes))
                           for host, routes in sorted(hosts.items()))
-    clusters = tuple(_cluster(name, host, port, rules.get(host))
-                     for name, (host, port) in sorted(destinations.items()))
+    clusters = tuple(_cluster(name, host, port, rules.get(host), subset)
+                     for name, (host, port, subset) in sorted(destinations.items()))
     return ir.GatewayConfig(gateway, virtual_hosts, clusters)
 
 
@@ -140,22 +161,39 @@ def _ref(doc: dict) -> str:
     return f"{doc['metadata'].get('namespace', '')}/{doc['metadata']['name']}"
 
 
-def _routes(vs: dict, destinations: dict[str, tuple[str, int]]) -> list[ir.Route]:
+def _routes(vs: dict, destinations: dict[str, tuple[str, int, str]]) -> list[ir.Route]:
+    """Each http rule's matches as routes. Destinations by weight as istiod weighs them (route.go): a destination of
+    weight 0 is left out while another has weight, and a rule left with one destination goes to it alone."""
     where = f"VirtualService {_ref(vs)}"
     routes = []
     for i, http in enumerate(vs["spec"].get("http", [])):
-        (route,) = http["route"] if len(http["route"]) == 1 else _refuse(where, f"http[{i}].route: one destination")
-        destination = route["destination"]
-        host, port = destination["host"], destination["port"]["number"]
-        cluster = ir.cluster_name(host, port)
-        destinations[cluster] = (host, port)
+        weighted = [(_destination(r["destination"], destinations), r.get("weight", 0)) for r in http["route"]]
+        if len(weighted) > 1:
+            if sum(w for _, w in weighted) <= 0:
+                _refuse(where, f"http[{i}].route: weights adding up to more than 0")
+            weighted = [(cluster, w) for cluster, w in weighted if w > 0]
+        cluster = weighted[0][0] if len(weighted) == 1 else ""
+        mirror = None
+        if "mirror" in http:
+            percent = (http.get("mirrorPercentage") or {}).get("value", 100.0)
+            mirror = ir.Mirror(_destination(http["mirror"], destinations), float(percent))
         retries = _retries(http.get("retries"), f"{where}: http[{i}].retries")
         timeout = seconds(http["timeout"], f"{where}: http[{i}].timeout") if "timeout" in http else 0.0
         for match in http.get("match") or [{"uri": {"prefix": "/"}}]:
             ((kind, value),) = match["uri"].items()
+            headers = tuple(sorted((name, matcher["exact"]) for name, matcher in (match.get("headers") or {}).items()))
             routes.append(ir.Route(http.get("name", f"{_ref(vs)}-{i}"), kind, value, cluster, timeout,
-                                   (http.get("rewrite") or {}).get("uri"), retries, _ref(vs)))
+                                   (http.get("rewrite") or {}).get("uri"), retries, _ref(vs), headers,
+                                   tuple(weighted) if not cluster else (), mirror))
     return routes
+
+
+def _destination(destination: dict, destinations: dict[str, tuple[str, int, str]]) -> str:
+    """Return the cluster of one destination (host, port, subset) and note it among the gateway's clusters."""
+    host, port, subset = destination["host"], destination["port"]["number"], destination.get("subset", "")
+    cluster = ir.cluster_name(host, port, subset)
+    destinations[cluster] = (host, port, subset)
+    return cluster
 
 
 def _refuse(where: str, what: str):
@@ -173,11 +211,22 @@ def _retries(block: dict | None, where: str) -> ir.Retries:
     return ir.Retries(max(block.get("attempts", 0), 0), retry_on, codes, per_try)
 
 
-def _cluster(name: str, host: str, port: int, rule: dict | None) -> ir.Cluster:
+def _cluster(name: str, host: str, port: int, rule: dict | None, subset: str = "") -> ir.Cluster:
+    """One cluster: the Service's (no subset) or a DestinationRule subset's, whose own trafficPolicy replaces the
+    rule's piece by piece (loadBalancer, outlierDetection, connectionPool), as Istio's MergeTrafficPolicy does."""
     if rule is None:  # no DestinationRule: Istio's defaults (least request, no limits, no ejection)
+        if subset:
+            raise UnknownFieldError(f"cluster {name}: subset {subset!r} of {host}, which has no DestinationRule")
         return ir.Cluster(name, host, port)
     where = f"DestinationRule {_ref(rule)}"
-    policy = rule["spec"].get("trafficPolicy", {})
+    policy = dict(rule["spec"].get("trafficPolicy", {}))
+    labels: tuple[tuple[str, str], ...] = ()
+    if subset:
+        found = next((s for s in rule["spec"].get("subsets") or [] if s["name"] == subset), None)
+        if found is None:
+            raise UnknownFieldError(f"{where}: no subset {subset!r}, which a route names")
+        policy.update(found.get("trafficPolicy") or {})
+        labels = tuple(sorted((found.get("labels") or {}).items()))
     balancer = policy.get("loadBalancer", {})
     if balancer.get("simple", "LEAST_REQUEST") not in LB_POLICIES:
         raise UnknownFieldError(f"{where}: loadBalancer.simple {balancer['simple']!r} is not translated "
@@ -193,7 +242,7 @@ def _cluster(name: str, host: str, port: int, rule: dict | None) -> ir.Cluster:
     connect = seconds(tcp["connectTimeout"], where + ": tcp.connectTimeout") if "connectTimeout" in tcp else 10.0
     idle = seconds(http["idleTimeout"], where + ": http.idleTimeout") if "idleTimeout" in http else None
     return ir.Cluster(name, host, port, seconds(warmup, where + ": warmup.duration") if warmup else None,
-                      _outlier(policy.get("outlierDetection"), where), limits, connect, idle)
+                      _outlier(policy.get("outlierDetection"), where), limits, connect, idle, subset, labels)
 
 
 def _outlier(block: dict | None, where: str) -> ir.OutlierDetection | None:

@@ -28,6 +28,7 @@ from podserve.testbed.mesh import ir, istio
 from podserve.testbed.mesh.gateway import Envoy, validate
 from podserve.testbed.mesh.pods import Pod, Probe, Prober, python_path
 from podserve.testbed.processes import StartError, free_port
+from podserve.testbed.prometheus import ScrapeTarget, pod_monitor_labels
 from podserve.tooling import chart_values, render
 from podserve.tooling.conf import Conf, load_conf
 
@@ -59,7 +60,7 @@ class Workload:
 
     service: str
     stage: str
-    cluster: str
+    cluster: str  # where its traffic goes: its Service's cluster, or in production the subset of its pods (stable)
     env: dict[str, str]
     probe: Probe
     prestop_s: float
@@ -67,6 +68,9 @@ class Workload:
     replicas: int
     pods: list[Pod] = field(default_factory=list)
     prober: Prober | None = None
+    labels: dict = field(default_factory=dict)  # its pods' labels (the pod template's): subsets select by them
+    host: str = ""  # its Service, <name>.<namespace>.svc.cluster.local
+    docs: list[dict] = field(default_factory=list)  # what render wrote for the stage
 
 
 class Mesh:
@@ -92,8 +96,9 @@ class Mesh:
         self.objects: list[dict] = []
         self.envoy: Envoy | None = None
         self.config: ir.GatewayConfig | None = None
-        self._eds_lock = threading.Lock()
+        self._eds_lock = threading.RLock()
         self._eds_version = 0
+        self._xds_version = 0
         self._probers: list[Prober] = []
         self._rollouts = 0
 
@@ -124,7 +129,8 @@ class Mesh:
         replicas = self.replicas.get(f"{name}/{stage}", self.replicas.get(stage, default))
         return Workload(name, stage, cluster, env, Probe.from_container(container),
                         container["lifecycle"]["preStop"]["sleep"]["seconds"],
-                        pod_spec["terminationGracePeriodSeconds"], replicas)
+                        pod_spec["terminationGracePeriodSeconds"], replicas,
+                        labels=dict(deployment["spec"]["template"]["metadata"]["labels"]), host=host, docs=docs)
 
     def start(self) -> "Mesh":
         """Render, translate, start the pods, wait for them, write endpoints, start Envoy; return self."""
@@ -141,25 +147,58 @@ class Mesh:
         gateway = self.conf.stages[self.stage_names[0]].gateway
         self.config = istio.translate(objects, gateway)
         for workload in self.workloads:
+            workload.cluster = self._cluster_of(workload)
+        for workload in self.workloads:
             for index in range(workload.replicas):
                 workload.pods.append(self._new_pod(workload, index))
         self._wait_ready([pod for w in self.workloads for pod in w.pods], timeout=120)
-        for workload in self.workloads:
-            self._write_endpoints(workload.cluster)
         self.port = self.port or free_port()
+        self._check_with_envoy(self.config)
+        self._xds_version += 1
+        envoy_config.write_xds(self.config, self.work, self.work, self._xds_version, self.local_any_host)
+        for workload in self.workloads:
+            self._write_workload_endpoints(workload)
         config_path = self.work / "envoy.json"
-        config_path.write_text(json.dumps(envoy_config.bootstrap(
-            self.config, port=self.port, admin_port=0, eds_folder=self.work, local_any_host=self.local_any_host),
-            indent=1))
+        config_path.write_text(json.dumps(envoy_config.dynamic_bootstrap(
+            gateway, port=self.port, admin_port=0, xds_folder=self.work), indent=1))
         validate(config_path)
         self.envoy = Envoy(config_path, self.work)
         self.envoy.program.wait_until(self._envoy_sees_every_pod, 30, "every ready pod in Envoy's clusters")
         for workload in self.workloads:
-            prober = Prober(workload.probe, lambda pod, w=workload: self._write_endpoints(w.cluster))
+            prober = Prober(workload.probe, lambda pod, w=workload: self._write_workload_endpoints(w))
             for pod in workload.pods:
                 prober.watch(pod)
             self._probers.append(prober)
             workload.prober = prober
+
+    def _check_with_envoy(self, config: ir.GatewayConfig) -> None:
+        """Have Envoy validate `config` as a bootstrap first: an xDS update it rejects would be kept out silently."""
+        path = self.work / "envoy-check.json"
+        path.write_text(json.dumps(envoy_config.bootstrap(config, port=self.port, admin_port=0, eds_folder=self.work,
+                                                          local_any_host=self.local_any_host)))
+        envoy_config.write_empty_endpoints(config, self.work)
+        validate(path)
+
+    def update(self, objects: list[dict], timeout: float = 30) -> None:
+        """Serve `objects` (every Gateway, VirtualService and DestinationRule of the region, as render writes them)
+        from now on, as istiod pushes a change: translate, validate, write the routes and clusters Envoy reads, feed
+        each cluster's endpoints, and wait until Envoy runs that version."""
+        config = istio.translate(objects, self.config.name)
+        if config == self.config:  # Envoy keeps a version whose content it already runs: nothing to push
+            self.objects = objects
+            return
+        self._check_with_envoy(config)
+        with self._eds_lock:
+            self.objects, self.config = objects, config
+            for workload in self.workloads:
+                workload.cluster = self._cluster_of(workload)
+        for workload in self.workloads:
+            self._write_workload_endpoints(workload)
+        self._xds_version += 1
+        envoy_config.write_xds(config, self.work, self.work, self._xds_version, self.local_any_host)
+        self.envoy.program.wait_until(lambda: self.envoy.route_version() == str(self._xds_version), timeout,
+                                      f"Envoy serving routes version {self._xds_version}")
+        self.envoy.program.wait_until(self._envoy_sees_every_pod, timeout, "every ready pod in Envoy's clusters")
 
     def _new_pod(self, workload: Workload, index: int, rollout: int = 0) -> Pod:
         env = {**workload.env, **self.env, **self.pod_env.get((workload.service, workload.stage, index), {})}
@@ -177,15 +216,32 @@ class Mesh:
 
     def _envoy_sees_every_pod(self) -> bool:
         clusters = self.envoy.clusters()
-        return all(len(clusters.get(w.cluster, [])) == sum(p.ready for p in w.pods) for w in self.workloads)
+        return all(len(clusters.get(c.name, [])) == sum(p.ready for w in self._workloads_of(c) for p in w.pods)
+                   for c in self.config.clusters)
 
     # --- endpoints --------------------------------------------------------------------------------
+
+    def _cluster_of(self, workload: Workload) -> str:
+        """The gateway's cluster that serves a workload's traffic: a subset of its Service that selects its pods
+        (production's stable), else its Service's own cluster."""
+        found = [c for c in self.config.clusters if c.service_host == workload.host and c.selects(workload.labels)]
+        return max(found, key=lambda c: len(c.subset_labels)).name if found else workload.cluster
+
+    def _workloads_of(self, cluster: ir.Cluster) -> list[Workload]:
+        """The workloads whose pods are endpoints of `cluster` (its Service's, of its subset)."""
+        return [w for w in self.workloads if w.host == cluster.service_host and cluster.selects(w.labels)]
+
+    def _write_workload_endpoints(self, workload: Workload) -> None:
+        """Rewrite the endpoint file of every cluster a workload's pods belong to."""
+        for cluster in self.config.clusters:
+            if workload in self._workloads_of(cluster):
+                self._write_endpoints(cluster.name)
 
     def _write_endpoints(self, cluster: str) -> None:
         """Rewrite one cluster's endpoint file: its pods that are ready and not terminating."""
         with self._eds_lock:
             self._eds_version += 1
-            ports = [p.port for w in self.workloads if w.cluster == cluster for p in w.pods
+            ports = [p.port for w in self._workloads_of(self.config.cluster(cluster)) for p in w.pods
                      if p.ready and not p.terminating]
             envoy_config.write_atomically(envoy_config.eds_path(self.work, cluster),
                                           envoy_config.load_assignment(cluster, ports, self._eds_version))
@@ -218,12 +274,23 @@ class Mesh:
                                    "ready and in the endpoints")
             on_step(f"{new.name} ready on :{new.port}")
             old.terminating = True
-            self._write_endpoints(workload.cluster)
+            self._write_workload_endpoints(workload)
             time.sleep(workload.prestop_s)
             code = old.terminate(workload.grace_s)
             workload.prober.forget(old)
             workload.pods.remove(old)
             on_step(f"{old.name} on :{old.port} left the endpoints, SIGTERM after {workload.prestop_s}s, exit {code}")
+
+    def scrape_targets(self) -> list[ScrapeTarget]:
+        """Each pod's /metrics with the labels its stage's PodMonitor gives it (as the Prometheus operator would)."""
+        targets = []
+        for workload in self.workloads:
+            by_kind = {d["kind"]: d for d in workload.docs}
+            monitor, deployment = by_kind["PodMonitor"], by_kind["Deployment"]
+            path = monitor["spec"]["podMetricsEndpoints"][0]["path"]
+            targets += [ScrapeTarget(f"127.0.0.1:{pod.port}", pod_monitor_labels(monitor, deployment, pod.name), path)
+                        for pod in workload.pods]
+        return targets
 
     def state(self) -> dict:
         """Return what build/mesh/state.json holds: Envoy's addresses and each pod's stage, pid and port."""

@@ -2,10 +2,12 @@
 
     feed = SliceFeed(api_client, config, rendered_objects, eds_folder).start()   # then Envoy; feed.stop()
 
-For each of the gateway's clusters (outbound|<port>||<service>.<namespace>.svc.cluster.local) it
+For each of the gateway's clusters (outbound|<port>|<subset>|<service>.<namespace>.svc.cluster.local) it
 reads the EndpointSlices the controller-manager keeps for that Service (label
 kubernetes.io/service-name) and writes Envoy's endpoint file with the addresses that are ready and
-not terminating, each with its pod's labels as metadata. Pod addresses are the real node's
+not terminating, each with its pod's labels as metadata; a DestinationRule subset's cluster gets only the
+endpoints whose pods carry its labels (a production stage's stable and canary pods, by track), as istiod does.
+`set_config` follows a gateway config that changes (the route feed's: routefeed.py). Pod addresses are the real node's
 (10.245.0.0/24, on this machine's bridge): no kube-proxy runs, so a ClusterIP would not route;
 Envoy goes to the pods directly, as Istio's does. Polled (every `every` seconds) rather than watched.
 """
@@ -16,6 +18,7 @@ import threading
 from pathlib import Path
 
 from podserve.testbed.mesh import envoy, ir
+from podserve.testbed.polling import Poller
 
 SERVICE_LABEL = "kubernetes.io/service-name"
 
@@ -27,23 +30,37 @@ def _service_host(cluster: str) -> tuple[str, str]:
     return namespace, service
 
 
-class SliceFeed:
+class SliceFeed(Poller):
     """Keeps each cluster's endpoint file equal to its Service's ready, non-terminating EndpointSlice addresses."""
 
-    def __init__(self, api_client, config: ir.GatewayConfig, eds_folder: Path, every: float = 0.2):
+    def __init__(self, api_client, config: ir.GatewayConfig, eds_folder: Path, every: float = 0.2,
+                 address_of=None):
+        """`address_of(pod address)`: where a pod's address really serves, (host, port), or None while it does not
+        (kwok_pods.PodPlayer's processes that play kwok's pods); without it, the pod's own address and port."""
         from kubernetes import client
 
         self.discovery, self.core = client.DiscoveryV1Api(api_client), client.CoreV1Api(api_client)
-        self.clusters = [c.name for c in config.clusters]
-        self.eds_folder, self.every = Path(eds_folder), every
+        self.config, self.address_of = config, address_of
+        super().__init__(every, "slice-feed")
+        self.eds_folder = Path(eds_folder)
         self.version = 0
         self.written: dict[str, list[tuple[str, int, dict]]] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.errors: list[str] = []
+        self._syncing = threading.Lock()  # its own thread and the route feed's both sync
+
+    @property
+    def clusters(self) -> list[str]:
+        return [c.name for c in self.config.clusters]
+
+    def set_config(self, config: ir.GatewayConfig) -> None:
+        """Feed the clusters of a new gateway config from now on (the caller writes their files first)."""
+        self.config = config
 
     def hosts(self, cluster: str) -> list[tuple[str, int, dict]]:
-        """(address, port, pod labels) of every ready, non-terminating endpoint of the cluster's Service."""
+        """(address, port, pod labels) of every ready, non-terminating endpoint of the cluster's Service whose pod
+        the cluster selects (its subset's labels, or every pod)."""
+        return envoy.subset_hosts(self.config.cluster(cluster), self._service_hosts(cluster))
+
+    def _service_hosts(self, cluster: str) -> list[tuple[str, int, dict]]:
         namespace, service = _service_host(cluster)
         found = []
         for piece in self.discovery.list_namespaced_endpoint_slice(
@@ -58,7 +75,10 @@ class SliceFeed:
                 labels = {}
                 if endpoint.target_ref is not None and endpoint.target_ref.kind == "Pod":
                     labels = self._labels(namespace, endpoint.target_ref.name)
-                found += [(address, port.port, labels) for address in endpoint.addresses]
+                for address in endpoint.addresses:
+                    served = (address, port.port) if self.address_of is None else self.address_of(address)
+                    if served is not None:
+                        found.append((*served, labels))
         return sorted(found, key=lambda h: (h[0], h[1]))
 
     def _labels(self, namespace: str, pod: str) -> dict:
@@ -71,9 +91,17 @@ class SliceFeed:
 
     def sync(self) -> bool:
         """Write every cluster whose endpoints changed; return whether any did."""
+        with self._syncing:
+            return self._sync()
+
+    def _sync(self) -> bool:
         changed = False
-        for cluster in self.clusters:
-            hosts = self.hosts(cluster)
+        config, services = self.config, {}
+        for cluster in [c.name for c in config.clusters]:
+            service = _service_host(cluster)
+            if service not in services:  # each Service's slices once: its subsets' clusters share them
+                services[service] = self._service_hosts(cluster)
+            hosts = envoy.subset_hosts(config.cluster(cluster), services[service])
             if self.written.get(cluster) != hosts:
                 self.version += 1
                 envoy.write_atomically(envoy.eds_path(self.eds_folder, cluster),
@@ -82,21 +110,5 @@ class SliceFeed:
                 changed = True
         return changed
 
-    def start(self) -> "SliceFeed":
+    def prepare(self) -> None:
         self.eds_folder.mkdir(parents=True, exist_ok=True)
-        self.sync()
-        self._thread = threading.Thread(target=self._loop, name="slice-feed", daemon=True)
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.sync()
-            except Exception as exc:  # noqa: BLE001 - keep feeding; the test reads the errors
-                self.errors.append(repr(exc))
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)

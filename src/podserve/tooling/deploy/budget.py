@@ -58,10 +58,28 @@ def rollback_seconds(progress_deadline: int, rolled_out: int, max_surge: int = 1
 
 
 def deploy_job_seconds(progress_deadline: int, replicas: int, max_surge: int, rolled_back: bool,
-                       lock_wait: float) -> tuple[int, int, float]:
+                       lock_wait: float, canary: float = 0) -> tuple[int, int, float]:
     """Return (rollout, rollback, in all) seconds one deploy of `replicas` pods may need of its job: the rollout's
     budget, a rollback of at most replicas - 1 pods (none where a failure is left as it is: grey), the lock's whole
-    wait and JOB_MARGIN_SECONDS."""
+    wait, a canary's steps before the rollout (`canary`, canary_seconds) and JOB_MARGIN_SECONDS."""
     rollout = rollout_seconds(progress_deadline, replicas, max_surge)
     rollback = rollback_seconds(progress_deadline, replicas - 1, max_surge) if rolled_back else 0
-    return rollout, rollback, rollout + rollback + lock_wait + JOB_MARGIN_SECONDS
+    return rollout, rollback, rollout + rollback + lock_wait + canary + JOB_MARGIN_SECONDS
+
+
+#: From a canary step's weights until its analysis window may start: every candidate pod scraped (a few scrape
+#: intervals) after slow start; the window itself is the verdict's.
+WINDOW_START_ALLOWANCE_SECONDS = 60
+
+
+def canary_seconds(progress_deadline: int, canary_pods: list[int], slow_start: float, window: float,
+                   max_extensions: int) -> int:
+    """Return the longest a canary's steps may take before its promotion: at each step, the canary's new pods start
+    together (one progress deadline; none new: the margin), then slow start, the window's start and the window,
+    extended at most `max_extensions` times. `canary_pods`: its pods at each step (release.canary_replicas)."""
+    total, before = 0.0, 0
+    for pods in canary_pods:
+        total += progress_deadline + ROLLOUT_MARGIN_SECONDS if pods > before else ROLLOUT_MARGIN_SECONDS
+        total += slow_start + WINDOW_START_ALLOWANCE_SECONDS + (1 + max_extensions) * window
+        before = max(before, pods)
+    return math.ceil(total)

@@ -6,10 +6,14 @@
     python -m podserve.tooling.deploy rollback --stage S
     python -m podserve.tooling.deploy delete --stage grey [--manifests DIR | --service NAME --team TEAM]
     python -m podserve.tooling.deploy retire --stage hk --confirm NAME [--manifests DIR | --service NAME --team TEAM]
+    python -m podserve.tooling.deploy analyze --stage grey --against hk [--manifests DIR] [--prometheus URL]
+                                             [--out FILE] [--window SECONDS]
+    python -m podserve.tooling.deploy canary promote|abort --stage hk [--reason TEXT] [--manifests DIR | ...]
 
 Exit status: 0 serving, 1 rollout failed (rolled back where that applies), 2 bad input
 (with the fix), 3 refused (route collision, lock held past the wait, freeze window, a
-production deploy from a pipeline older than the one that deployed what runs).
+production deploy from a pipeline older than the one that deployed what runs). `analyze`:
+0 pass, 1 fail, 2 bad input, 3 refused (grey runs another build), 4 inconclusive.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 
 from podserve.tooling import platform_rules
 from podserve.tooling.conf import load_conf, load_deploy_policy
-from podserve.tooling.deploy import commands, digest, failures, local_image, notify
+from podserve.tooling.deploy import analysis, canary, commands, digest, failures, local_image, notify
 from podserve.tooling.deploy.errors import BadInput, ClusterError, DeployError, NotDeployedHere, Refused, Terminated
 from podserve.tooling.deploy.kube import NODES, PODS, Kube
 from podserve.tooling.deploy.target import Target, from_manifests, from_values, service_from_values, stage_of
@@ -48,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         opts = commands.options_from(policy, dry_run=getattr(args, "dry_run", None), force=getattr(args, "force", None),
                                      reason=getattr(args, "reason", None), budget_seconds=args.budget,
                                      scheduling_grace_seconds=args.scheduling_grace, lock_wait_seconds=args.lock_wait,
-                                     started=started)
-        if getattr(args, "reason", None) and not getattr(args, "force", False):
+                                     started=started, prometheus=getattr(args, "prometheus", None),
+                                     verdict=getattr(args, "verdict", None))
+        if getattr(args, "reason", None) and not getattr(args, "force", False) and args.command != "canary":
             raise BadInput("--reason goes with --force; drop it, or add --force")
+        if args.command == "analyze":
+            return _analyze(args, conf, policy, target)
         kube = Kube.from_environment()
         if args.command == "apply":
             local = args.local and not args.manifests and not args.image_metadata and \
@@ -67,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             return commands.rollback(kube, target, conf, opts, say)
         if args.command == "retire":
             return commands.retire(kube, target, policy, opts, args.confirm, say)
+        if args.command == "canary":
+            return canary.send_command(kube, target, args.action, args.reason or "", say)
         return commands.delete(kube, target, opts, say)
     except ValueFileError as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -82,6 +91,26 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, Refused) and target is not None and args.command == "apply" and not args.dry_run:
             notify.send(notify.payload(target.service, target.stage.name, None, "refused", exc.message))
         return exc.exit_code
+
+
+def _analyze(args, conf, policy, target: Target) -> int:
+    """Judge the preview stage `target` against the production stage --against, as `analysis` says."""
+    from podserve.tooling.deploy.prometheus_api import PrometheusAPI
+
+    against = stage_of(conf, args.against)
+    if not against.production or against.region != target.stage.region or target.stage.production:
+        raise BadInput(f"--stage {target.stage.name} --against {args.against}: judge a preview stage (grey) against "
+                       f"the production stage of its region ({', '.join(n for n, s in conf.stages.items() if s.production and s.region == target.stage.region)})")
+    if not any(o.get("kind") == "VirtualService" for o in target.objects):
+        print(f"{target.service} is an offline service: it keeps its rolling update and has no verdict", flush=True)
+        analysis.write(args.out, None, analysis.plan_for(target, target, policy), None, "not applicable",
+                       "an offline service", analysis.pipeline.from_environment())
+        return failures.EXIT_SERVING
+    stable = from_manifests(args.manifests, against) if args.manifests else \
+        from_values(args.values, conf, against, args.image_tag)
+    prometheus = PrometheusAPI.from_environment(args.prometheus)
+    return analysis.analyze(Kube.from_environment(), prometheus, target, stable, policy, args.out, args.window,
+                            lambda text: print(text, flush=True))
 
 
 def _check_local(target: Target, values: str, dry_run: bool, say) -> None:
@@ -119,10 +148,10 @@ def _terminated(signum, _frame) -> None:
 
 def _target(args, conf, stage) -> Target:
     """Return what the verb acts on: rendered objects for apply, else just the service and stage."""
-    if args.command == "apply":
+    if args.command in ("apply", "analyze"):
         target = from_manifests(args.manifests, stage) if args.manifests else \
             from_values(args.values, conf, stage, args.image_tag)
-        if args.image_metadata:  # the image that was built and tested, by digest (docs/deploy.md)
+        if getattr(args, "image_metadata", None):  # the image that was built and tested, by digest (docs/deploy.md)
             target = dataclasses.replace(target, objects=digest.pin(target.objects,
                                                                     digest.from_metadata(args.image_metadata)))
         return target
@@ -147,6 +176,9 @@ def _parser() -> argparse.ArgumentParser:
         "rollback": "put the previous revision back and wait for it",
         "delete": "remove every object of the service's grey (or ab) stage, found by its labels",
         "retire": "take the service out of a stage for good, production included (--confirm NAME, no prompt)",
+        "analyze": "judge grey against production's stable pods by Prometheus: 0 pass, 1 fail, 3 refused, 4 "
+                   "inconclusive",
+        "canary": "ask the running canary to promote now (skipping its analysis: --reason required) or to abort",
     }
     for verb, text in described.items():
         sub = verbs.add_parser(verb, help=text, description=text)
@@ -162,9 +194,23 @@ def _parser() -> argparse.ArgumentParser:
                               "(default: conf/deploy.yaml scheduling_grace_seconds)")
         sub.add_argument("--lock-wait", type=float, default=None,
                          help="seconds to wait for another deploy's lock (default: conf/deploy.yaml lock_wait_seconds)")
+        if verb == "analyze":
+            sub.add_argument("--against", required=True, help="the production stage judged against (hk)")
+            sub.add_argument("--prometheus", default=None,
+                             help="Prometheus' URL (default: $PODSERVE_PROMETHEUS_URL; $PODSERVE_PROMETHEUS_TOKEN is "
+                                  "sent as a bearer token)")
+            sub.add_argument("--out", default=None, help="write the verdict as JSON here (what apply --verdict reads)")
+            sub.add_argument("--window", type=int, default=None,
+                             help="seconds to judge (default and least: conf/deploy.yaml verdict.window_seconds, or "
+                                  "value.py verdict_window_seconds)")
+            sub.add_argument("--image-tag", default=None, help="image tag when rendering (as apply's)")
+            continue
         if verb != "apply":
             sub.add_argument("--service", default=None, help="the service's name, when there is no value.py or manifests")
             sub.add_argument("--team", default=None, help="the service's team (value.py's username), with --service")
+        if verb == "canary":
+            sub.add_argument("action", choices=(canary.PROMOTE, canary.ABORT))
+            sub.add_argument("--reason", default=None, help="why (required to promote: the analysis is skipped)")
         if verb == "retire":
             sub.add_argument("--confirm", required=True, metavar="SERVICE_NAME",
                              help="the service's name again: what is retired is named twice, as CI has no prompt")
@@ -182,6 +228,11 @@ def _parser() -> argparse.ArgumentParser:
                              help="print what would change (server-side dry run) and change nothing")
             sub.add_argument("--force", action="store_true", help="deploy inside a freeze window (needs --reason)")
             sub.add_argument("--reason", default=None, help="why a forced deploy cannot wait; recorded on the objects")
+            sub.add_argument("--verdict", default=None,
+                             help="grey's verdict (analyze --out): with mirroring on, production deploys only an "
+                                  "image it passed, unless $PODSERVE_VERDICT_OVERRIDE gives a reason")
+            sub.add_argument("--prometheus", default=None,
+                             help="a canary's Prometheus (default: $PODSERVE_PROMETHEUS_URL)")
     return parser
 
 

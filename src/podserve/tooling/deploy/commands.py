@@ -11,11 +11,12 @@ import copy
 import os
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from podserve.tooling import routing, tenancy
+from podserve.tooling import release, routing, tenancy
 from podserve.tooling.conf import Conf, DeployPolicy
-from podserve.tooling.deploy import budget, diagnosis, drift, failures, freeze, notify, pipeline, rollout
+from podserve.tooling.deploy import (budget, canary, canary_objects, diagnosis, drift, failures, freeze, notify,
+                                    pipeline, rollout, verdict_gate)
 from podserve.tooling.deploy.errors import BadInput, ClusterError, LockLost, Refused, RollbackIncomplete, Terminated
 from podserve.tooling.deploy.history import History, Revision, as_applied, history_name, now_text
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, REPLICASETS, Kube, kind_of
@@ -45,6 +46,8 @@ class Options:
     lock_wait_seconds: float = 600
     lock_lease_seconds: int = 60
     started: float | None = None  # time.monotonic() when the tool started: the job's start without $CI_JOB_STARTED_AT
+    prometheus: str | None = None  # a canary's verdicts: Prometheus' URL (None: $PODSERVE_PROMETHEUS_URL)
+    verdict: str | None = None  # grey's verdict file (verdict_gate.py)
 
 
 def options_from(policy: DeployPolicy, **chosen) -> Options:
@@ -58,19 +61,20 @@ def options_from(policy: DeployPolicy, **chosen) -> Options:
 
 def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Options, say=print) -> int:
     """Apply the target's objects, prune the rest, wait; on failure roll back (not grey). Return the exit status."""
-    forced = check_freeze(policy, target, opts, datetime.now(timezone.utc), say)
+    forced = check_freeze(policy, target, opts, datetime.now(timezone.utc), say, lasting=deploy_span(target, policy))
+    override = verdict_gate.check(target, opts.verdict, say)  # production takes only what grey's verdict passed
     if opts.dry_run:
         check_routes(kube, target)
         return dry_run(kube, target, say)
-    objects = [drift.stamped(_annotated(obj, forced)) for obj in target.objects]
+    objects = [drift.stamped(_annotated(obj, forced, override)) for obj in target.objects]
     job = pipeline.from_environment()
     history = History.load(kube, target.namespace, target.service, target.stage.name)
     pipeline.check_order(target, history, job)  # an old pipeline's job is refused before it waits for the lock
     if job_timeout() is not None:  # in CI: what cannot end in the job's time left is refused before the lock's wait
         live = kube.get(MANAGED["Deployment"], target.namespace, target.service)
         check_job_timeout(target, conf, opts, objects, rollback_set(kube, target, history, live).objects,
-                          live_replicas(kube, target),
-                          lock_wait=opts.lock_wait_seconds)
+                          live_replicas(kube, target), lock_wait=opts.lock_wait_seconds,
+                          canary_seconds=canary.worst_seconds(target, objects, policy, live_replicas(kube, target) or 1))
     with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
                     opts.lock_lease_seconds, say) as lock:
         check_routes(kube, target)
@@ -80,20 +84,26 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
             say(unchecked)
         live = kube.get(MANAGED["Deployment"], target.namespace, target.service)
         check_project(kube, target)
-        noticed = drift.differences(history, live) + renamed(kube, target)
+        noticed = drift.differences(history, live) + renamed(kube, target) + canary_drift(kube, target, history)
         for line in noticed:  # a killed deploy, a rollout undo or a scale by hand since the last recorded deploy
             say(f"NOTICED: {line}")
         restore = rollback_set(kube, target, history, live)
         before, back_to = restore.objects, restore.number or None
-        check_job_timeout(target, conf, opts, objects, before, live_replicas(kube, target))  # with the real time left
+        check_job_timeout(target, conf, opts, objects, before, live_replicas(kube, target),  # with the real time left
+                          canary_seconds=canary.worst_seconds(target, objects, policy, live_replicas(kube, target) or 1))
         validate(kube, objects)
+        prometheus = canary_prometheus(target, objects, opts)
         number = history.next_number()
         revision = Revision(number, objects, target.image(), holder_identity(), now_text(), forced, job.pipeline,
-                            job.commit)
+                            job.commit, verdict_override=override)
         say(f"deploying {target.service} to {target.stage.name} (namespace {target.namespace}) as revision {number}: "
             f"{target.image()}")
         # From the first mutating call on, every way out ends rolled back (production) or recorded, never silent.
         try:
+            state = canary.decide(kube, target, history, objects, before, say)
+            if state is not None:
+                return canary.run(kube, target, conf, policy, opts, lock, history, revision, restore, objects, state,
+                                  prometheus, noticed, say)
             history.begin(kube, revision, restore)
             apply_set(kube, target, objects, say, lock.check)
             settings = wait_settings(target, conf, opts, objects, live_replicas(kube, target))
@@ -110,30 +120,38 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         if verdict.state == diagnosis.SERVING:
             history.record(kube, replace(revision, applied_at=now_text()))
             say(f"serving: revision {number} of {target.service} in {target.stage.name}: {verdict.message}")
-            _notify(target, number, "serving", "; ".join(f"noticed: {line}" for line in noticed) or None, say)
+            _notify(target, number, "serving", "; ".join(f"noticed: {line}" for line in noticed) or None, say,
+                    override)
             return failures.EXIT_SERVING
-        say(f"FAILED: {verdict.message}")
-        if target.stage.track == "grey":
-            _end(kube, history, say)
-            say(f"grey is left as it is for inspection (`python -m podserve.tooling.deploy status --stage "
-                f"{target.stage.name}`); stop it with `python -m podserve.tooling.deploy delete --stage "
-                f"{target.stage.name}`")
-            _notify(target, number, "failed", verdict.message, say)
-            return failures.EXIT_FAILED
-        try:
-            outcome = roll_back_to(kube, target, before, back_to, conf, opts, say, rolled_from=number,
-                                   check=lock.check, rolled_out=rolled_out(kube, target))
-        except RollbackIncomplete as exc:  # the history keeps this deploy pending: the next deploy and rollback see it
-            say(f"FAILED: {exc.message}")
-            _notify(target, number, "rollback_failed", f"{verdict.message}; {exc.message}", say)
-            return failures.EXIT_FAILED
-        except LockLost as exc:
-            say(f"STOPPED: {exc.message}. The rollback stops here: the stage belongs to the new holder's deploy now")
-            _notify(target, number, "interrupted", f"{verdict.message}; {exc.message}", say)
-            return failures.EXIT_FAILED
+        return failed_rollout(kube, target, history, before, back_to, number, verdict, conf, opts, say, lock.check)
+
+
+def failed_rollout(kube: Kube, target: Target, history: History, before: list[dict], back_to: int | None, number: int,
+                   verdict: diagnosis.Verdict, conf: Conf, opts: Options, say=print, check=lambda: None) -> int:
+    """End a rollout that failed: keep grey for inspection, roll production back (budgeted from how far the rollout
+    got), forget the pending revision once the rollback ended, notify; return EXIT_FAILED."""
+    say(f"FAILED: {verdict.message}")
+    if target.stage.track == "grey":
         _end(kube, history, say)
-        _notify(target, number, outcome, verdict.message, say)
+        say(f"grey is left as it is for inspection (`python -m podserve.tooling.deploy status --stage "
+            f"{target.stage.name}`); stop it with `python -m podserve.tooling.deploy delete --stage "
+            f"{target.stage.name}`")
+        _notify(target, number, "failed", verdict.message, say)
         return failures.EXIT_FAILED
+    try:
+        outcome = roll_back_to(kube, target, before, back_to, conf, opts, say, rolled_from=number,
+                               check=check, rolled_out=rolled_out(kube, target))
+    except RollbackIncomplete as exc:  # the history keeps this deploy pending: the next deploy and rollback see it
+        say(f"FAILED: {exc.message}")
+        _notify(target, number, "rollback_failed", f"{verdict.message}; {exc.message}", say)
+        return failures.EXIT_FAILED
+    except LockLost as exc:
+        say(f"STOPPED: {exc.message}. The rollback stops here: the stage belongs to the new holder's deploy now")
+        _notify(target, number, "interrupted", f"{verdict.message}; {exc.message}", say)
+        return failures.EXIT_FAILED
+    _end(kube, history, say)
+    _notify(target, number, outcome, verdict.message, say)
+    return failures.EXIT_FAILED
 
 
 def interrupted(kube: Kube, target: Target, before: list[dict], history: History, number: int, cause: str,
@@ -281,9 +299,21 @@ def _incomplete(target: Target, number: int | None, rolled_from: int | None, res
 
 
 def validate(kube: Kube, objects: list[dict]) -> None:
-    """Server-side dry-run every object first, so that one the API server refuses leaves everything unchanged."""
+    """Server-side dry-run every object first, so that one the API server refuses leaves everything unchanged (a
+    Deployment whose selector changes with the live selector: the selector is immutable, and apply re-creates it)."""
     for obj in objects:
-        dry_apply(kube, obj)
+        dry_apply(kube, _with_live_selector(kube, obj))
+
+
+def _with_live_selector(kube: Kube, obj: dict) -> dict:
+    if obj.get("kind") != "Deployment":
+        return obj
+    live = kube.get(kind_of(obj), obj["metadata"].get("namespace"), obj["metadata"]["name"])
+    if live is None or not selector_changes(live, obj):
+        return obj
+    found = copy.deepcopy(obj)
+    found["spec"]["selector"] = live["spec"]["selector"]
+    return found
 
 
 def dry_apply(kube: Kube, obj: dict) -> dict:
@@ -311,23 +341,67 @@ def dry_apply(kube: Kube, obj: dict) -> dict:
         raise
 
 
-def apply_set(kube: Kube, target: Target, objects: list[dict], say=print, check=lambda: None) -> None:
-    """Server-side apply every object, then delete the target's objects that are not among them (`check` runs
-    before each change and raises to stop: the deploy lock's)."""
+def apply_set(kube: Kube, target: Target, objects: list[dict], say=print, check=lambda: None,
+              keep: tuple[tuple[str, str], ...] = ()) -> None:
+    """Server-side apply every object, then delete the target's objects that are not among them nor in `keep`
+    ((kind, name): a running canary's Deployment) (`check` runs before each change and raises to stop: the deploy
+    lock's)."""
     for obj in objects:
         check()
         _apply_one(kube, obj, say)
-    for obj in prunable(kube, target, objects):
+    for obj in prunable(kube, target, objects, keep):
         _prune_one(kube, target, obj, say)
 
 
 def _apply_one(kube: Kube, obj: dict, say=print) -> None:
     kind, meta = kind_of(obj), obj["metadata"]
     live = kube.get(kind, meta.get("namespace"), meta["name"])
+    if live is not None and obj["kind"] == "Deployment" and selector_changes(live, obj):
+        recreate_orphaning(kube, obj, live, say)
+        return
     if live is not None and obj["kind"] == "Deployment":
         hand_over_replicas(kube, obj, live, say)
     kube.apply(obj)
     say(f"{'configured' if live is not None else 'created'} {obj['kind']}/{meta['name']}")
+
+
+#: How long a Deployment deleted with propagationPolicy Orphan may take to be gone (the garbage collector first
+#: frees its ReplicaSets of their owner).
+ORPHAN_WAIT_SECONDS = 60
+
+
+def selector_changes(live: dict, deployment: dict) -> bool:
+    """Whether applying `deployment` changes the live one's selector (immutable: the object must be re-created)."""
+    return ((live.get("spec") or {}).get("selector") or {}) != ((deployment.get("spec") or {}).get("selector") or {})
+
+
+def recreate_orphaning(kube: Kube, deployment: dict, live: dict, say=print) -> None:
+    """Re-create a Deployment whose selector changes (production's gained `track: stable`, or a rollback across
+    that): delete it with propagationPolicy Orphan, so that its ReplicaSets and pods keep running ownerless, and
+    create it again with its live replicas; the controller adopts the ReplicaSet whose pod template is the same (its
+    labels match the new selector), so no pod restarts."""
+    meta = deployment["metadata"]
+    was = label_selector(((live.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+    becomes = label_selector(((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+    kube.delete(MANAGED["Deployment"], meta["namespace"], meta["name"], uid=live["metadata"]["uid"],
+                propagation="Orphan")
+    deadline = time.monotonic() + ORPHAN_WAIT_SECONDS
+    while kube.get(MANAGED["Deployment"], meta["namespace"], meta["name"]) is not None:
+        if time.monotonic() > deadline:
+            raise ClusterError(0, f"Deployment/{meta['name']} deleted with its ReplicaSets orphaned was still there "
+                                  f"after {ORPHAN_WAIT_SECONDS} s (the garbage collector frees them first)")
+        time.sleep(0.5)
+    created = copy.deepcopy(deployment)
+    replicas = (live.get("spec") or {}).get("replicas")
+    handed = "replicas" not in deployment["spec"] and replicas is not None  # an HPA's: kept, not reset to 1
+    if handed:
+        created["spec"]["replicas"] = replicas
+    kube.apply(created)
+    if handed:
+        hand_over_replicas(kube, deployment, created, say)
+        kube.apply(deployment)
+    say(f"re-created Deployment/{meta['name']} for its selector ({was} -> {becomes}), its ReplicaSets orphaned and "
+        "adopted again: no pod restarts")
 
 
 def _prune_one(kube: Kube, target: Target, obj: dict, say=print) -> None:
@@ -350,9 +424,9 @@ def hand_over_replicas(kube: Kube, deployment: dict, live: dict, say=print) -> N
     say(f"handed spec.replicas ({live['spec']['replicas']}) of Deployment/{live['metadata']['name']} over to the HPA")
 
 
-def prunable(kube: Kube, target: Target, objects: list[dict]) -> list[dict]:
-    """Return the live objects of the target's service and stage that `objects` no longer holds."""
-    keep = {(o["kind"], o["metadata"]["name"]) for o in objects}
+def prunable(kube: Kube, target: Target, objects: list[dict], kept: tuple[tuple[str, str], ...] = ()) -> list[dict]:
+    """Return the live objects of the target's service and stage that `objects` no longer holds (nor `kept`)."""
+    keep = {(o["kind"], o["metadata"]["name"]) for o in objects} | set(kept)
     found = []
     for kind_name, kind in MANAGED.items():
         for live in _list_if_served(kube, kind, target.namespace, target.selector):
@@ -365,7 +439,8 @@ def live_objects(kube: Kube, target: Target) -> list[dict]:
     """Return the target's live objects as they could be applied again (the rollback set before any history)."""
     return [as_applied(dict(live, kind=kind_name, apiVersion=live.get("apiVersion") or kind.api_version))
             for kind_name, kind in MANAGED.items()
-            for live in _list_if_served(kube, kind, target.namespace, target.selector)]
+            for live in _list_if_served(kube, kind, target.namespace, target.selector)
+            if (live["metadata"].get("labels") or {}).get(release.TRACK_LABEL) != release.CANARY]
 
 
 def job_timeout(environ=os.environ) -> int | None:
@@ -396,12 +471,13 @@ def _utc_now() -> datetime:
 
 
 def check_job_timeout(target: Target, conf: Conf, opts: Options, objects: list[dict], before: list[dict],
-                      live: int | None, environ=os.environ, lock_wait: float = 0) -> None:
+                      live: int | None, environ=os.environ, lock_wait: float = 0, canary_seconds: float = 0) -> None:
     """In CI, refuse before any change a deploy whose waits could outlast what is left of the job's timeout (GitLab
     would kill it midway): its rollout's wait, its rollback's, JOB_MARGIN_SECONDS and `lock_wait` (the longest the
     deploy lock may still make it wait: checked once before the lock with the lock's whole wait, and again once the
     lock is taken, with 0), against $CI_JOB_TIMEOUT less the time the job has already run (job_seconds_spent).
-    BadInput naming the numbers, the value.py fields, the lock's wait and the job's `timeout:`."""
+    BadInput naming the numbers, the value.py fields, the lock's wait and the job's `timeout:`. A production canary's
+    steps at their worst (`canary_seconds`, canary.worst_seconds) come before its rollout."""
     limit = job_timeout(environ)
     if limit is None:
         return
@@ -412,11 +488,12 @@ def check_job_timeout(target: Target, conf: Conf, opts: Options, objects: list[d
     if previous is not None and target.stage.track != "grey":  # at most all but one of the new pods to put back
         rollback_seconds = budget.rollback_seconds(progress_deadline(previous), rollout_pods(target, objects, live) - 1,
                                                    max_surge(previous))
-    needed = rollout_seconds + rollback_seconds + budget.JOB_MARGIN_SECONDS + lock_wait
+    needed = rollout_seconds + rollback_seconds + budget.JOB_MARGIN_SECONDS + lock_wait + canary_seconds
     spent, since = job_seconds_spent(opts, environ)
     left = limit - spent
     if needed > left:
         lock_text = f" and up to {lock_wait:.0f} s for the deploy lock" if lock_wait else ""
+        lock_text += f", after up to {canary_seconds:.0f} s of its canary's steps" if canary_seconds else ""
         lock_fix = ", or deploy when no other deploy of it runs" if lock_wait else ""
         raise BadInput(f"this deploy may wait {rollout_seconds:.0f} s for its rollout and {rollback_seconds:.0f} s for a "
                        f"rollback (+{budget.JOB_MARGIN_SECONDS} s){lock_text}, {needed:.0f} s in all, more than the "
@@ -529,17 +606,30 @@ def node_offer(conf: Conf, target: Target, deployment: dict) -> str:
 
 # --- policy checks ----------------------------------------------------------------------------
 
-def check_freeze(policy: DeployPolicy, target: Target, opts: Options, now: datetime, say=print) -> str:
-    """Refuse inside a freeze window of the stage's region, unless forced; return the forced reason ('' if none)."""
+def check_freeze(policy: DeployPolicy, target: Target, opts: Options, now: datetime, say=print,
+                 lasting: float = 0) -> str:
+    """Refuse inside a freeze window of the stage's region, or one that starts within `lasting` seconds (what the
+    deploy may take at its worst: a canary's), unless forced; return the forced reason ('' if none)."""
     if target.stage.name in policy.exempt_stages:
         return ""
     for window in policy.windows_for(target.stage.region):
-        ends = freeze.ends_at(window.start, window.end, window.timezone, now)
+        ends, now_or_later = None, now
+        for minute in range(0, int(lasting // 60) + 2):  # windows are set to the minute
+            now_or_later = min(now + timedelta(minutes=minute), now + timedelta(seconds=lasting))
+            ends = freeze.ends_at(window.start, window.end, window.timezone, now_or_later)
+            if ends is not None:
+                break
         if ends is None:
             continue
+        if now_or_later > now:  # not frozen now, but the window starts within the deploy's span
+            starts = now_or_later.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+            window_note = (f"; this deploy may take up to {lasting:.0f} s (its canary's steps at their worst) and "
+                           f"would still run when it starts, at about {starts} UTC")
+        else:
+            window_note = ""
         in_utc = ends.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
         detail = (f"region {target.stage.region} is frozen from {window.start} to {window.end} ({window.timezone}: "
-                  f"{window.reason}); this window ends at {ends.isoformat()} ({in_utc} UTC)")
+                  f"{window.reason}); this window ends at {ends.isoformat()} ({in_utc} UTC){window_note}")
         if not opts.force:
             raise Refused(failures.FREEZE_WINDOW, detail)
         if not opts.reason.strip():
@@ -579,16 +669,20 @@ def dry_run(kube: Kube, target: Target, say=print) -> int:
     for obj in map(drift.stamped, target.objects):  # as apply would send them
         kind, meta = kind_of(obj), obj["metadata"]
         live = kube.get(kind, meta.get("namespace"), meta["name"])
-        after = dry_apply(kube, obj)
+        after = dry_apply(kube, _with_live_selector(kube, obj))
         what = f"{obj['kind']}/{meta['name']}"
         if live is None:
             say(f"would create {what}")
             continue
+        if obj["kind"] == "Deployment" and selector_changes(live, obj):
+            say(f"would re-create {what} for its new selector, orphaning its ReplicaSets for the new one to adopt "
+                "(no pod restarts)")
         changed = differences(_comparable(live), _comparable(after))
         say(f"would change {what}: {', '.join(changed[:12])}{' ...' if len(changed) > 12 else ''}" if changed
             else f"unchanged {what}")
     for obj in prunable(kube, target, list(target.objects)):
         say(f"would delete {obj['kind']}/{obj['metadata']['name']} (no longer rendered)")
+
     return failures.EXIT_SERVING
 
 
@@ -632,11 +726,12 @@ def status(kube: Kube, target: Target, say=print) -> int:
     if drift.template_drifted(history, deployment):
         say("really running: " + (f"revision {running.number} ({running.image})" if running else
                                    "a pod template no recorded revision has") + ", not what the history records")
-    for line in drift.differences(history, deployment):
+    for line in drift.differences(history, deployment) + canary_drift(kube, target, history):
         say(f"NOTICED: {line}")
     if deployment is None:
         say("no Deployment: the stage is not deployed")
         return failures.EXIT_FAILED
+    _canary_status(kube, target, history, say)
     match = deployment["spec"]["selector"].get("matchLabels") or {}
     pod_selector = label_selector(match)
     pods = kube.list(PODS, target.namespace, pod_selector).get("items") or []
@@ -671,6 +766,35 @@ def status(kube: Kube, target: Target, say=print) -> int:
     return failures.EXIT_SERVING if done else failures.EXIT_FAILED
 
 
+def _canary_status(kube: Kube, target: Target, history: History, say=print) -> None:
+    """The canary that runs (its revision, step, weights, last analysis) and its pods, when there is one."""
+    state = history.pending.canary if history.pending else None
+    live = canary.live_canary(kube, target)
+    if state is None and live is None:
+        return
+    if state is not None:
+        last = (state.get("analyses") or [{}])[-1]
+        say(f"canary of revision {history.pending.number}: {state.get('phase')}, step {state.get('step', -1) + 1} of "
+            f"{len(state.get('steps') or [])}, weights stable {state['weights'][0]}, canary {state['weights'][1]}"
+            + (f"; last analysis: step {last['step']}, {last['result']}" if last else ""))
+    if live is not None:
+        match = label_selector(live["spec"]["selector"].get("matchLabels") or {})
+        pods = kube.list(PODS, target.namespace, match).get("items") or []
+        ready = sum(1 for pod in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
+                                             for c in (pod.get("status") or {}).get("conditions") or []))
+        say(f"  Deployment/{live['metadata']['name']}: {ready}/{len(pods)} pods ready")
+
+
+def abort_canary(kube: Kube, target: Target, history: History, say=print, check=lambda: None) -> bool:
+    """Abort a canary that runs (stable 100 on the live route, then the canary deleted); whether there was one."""
+    if not (history.pending and history.pending.canary) and canary.live_canary(kube, target) is None:
+        return False
+    say("a canary runs: aborting it first (stable 100, the canary deleted)")
+    route = kube.get(MANAGED["VirtualService"], target.namespace, target.service)
+    canary.abort_objects(kube, target, as_applied(dict(route, kind="VirtualService")) if route else None, say, check)
+    return True
+
+
 def rollback(kube: Kube, target: Target, conf: Conf, opts: Options, say=print) -> int:
     """Put the previous recorded revision back, wait for it; 0 when it serves. After a deploy that never finished
     (killed, or its rollback cut short: the history still names it pending), put back what ran before that deploy
@@ -678,6 +802,9 @@ def rollback(kube: Kube, target: Target, conf: Conf, opts: Options, say=print) -
     with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
                     opts.lock_lease_seconds, say) as lock:
         history = History.load(kube, target.namespace, target.service, target.stage.name)
+        if target.stage.production and abort_canary(kube, target, history, say, lock.check):
+            _notify(target, history.pending.number if history.pending else None, "canary_aborted",
+                    "rollback aborted the canary", say)
         if history.pending is not None:
             return _finish_rollback(kube, target, conf, opts, history, say, lock.check)
         if history.previous is None:
@@ -790,13 +917,67 @@ def _list_if_served(kube: Kube, kind, namespace: str | None, selector: str | Non
         raise
 
 
-def _annotated(obj: dict, forced: str) -> dict:
-    if not forced:
+def _annotated(obj: dict, forced: str, override: str = "") -> dict:
+    added = {key: text for key, text in ((FORCED_ANNOTATION, forced), (verdict_gate.OVERRIDE_ANNOTATION, override))
+             if text}
+    if not added:
         return obj
     meta = dict(obj["metadata"])
-    meta["annotations"] = dict(meta.get("annotations") or {}, **{FORCED_ANNOTATION: forced})
+    meta["annotations"] = dict(meta.get("annotations") or {}, **added)
     return dict(obj, metadata=meta)
 
 
-def _notify(target: Target, revision: int | None, outcome: str, diagnosis_text: str | None, say) -> None:
-    notify.send(notify.payload(target.service, target.stage.name, revision, outcome, diagnosis_text))
+def _notify(target: Target, revision: int | None, outcome: str, diagnosis_text: str | None, say,
+            override: str = "") -> None:
+    body = notify.payload(target.service, target.stage.name, revision, outcome, diagnosis_text)
+    if override:
+        body["verdict_override"] = override
+    notify.send(body)
+
+
+def deploy_span(target: Target, policy: DeployPolicy) -> float:
+    """The longest a deploy of the rendered target may run at its worst: a canary's steps, its rollout and rollback
+    (the freeze windows must not begin in it)."""
+    deployment = target.deployment()
+    if deployment is None or not target.stage.production:
+        return 0
+    replicas = (deployment.get("spec") or {}).get("replicas") or 1
+    worst = canary.worst_seconds(target, list(target.objects), policy, replicas)
+    if not worst:
+        return 0
+    return budget.deploy_job_seconds(progress_deadline(deployment), replicas, max_surge(deployment), True, 0,
+                                     worst)[2]
+
+
+def canary_prometheus(target: Target, objects: list[dict], opts: Options):
+    """The Prometheus a production canary is judged by (before any change: BadInput when none is set), or None."""
+    from podserve.tooling.deploy.prometheus_api import PrometheusAPI
+
+    if not target.stage.production or not release.read_release_policy(canary.deployment_of(objects))["canary_steps"]:
+        return None
+    return PrometheusAPI.from_environment(opts.prometheus)
+
+
+def canary_drift(kube: Kube, target: Target, history: History) -> list[str]:
+    """One line per way the live route and canary differ from the canary the history records (none running: stable
+    100 and no canary): weights edited with kubectl, a canary left running while the history lost its state."""
+    if not target.stage.production:
+        return []
+    route = kube.get(MANAGED["VirtualService"], target.namespace, target.service)
+    if route is None:
+        return []
+    recorded = (history.pending.canary if history.pending else None) or None
+    weights, running = canary_objects.weights_of(route), canary_objects.read_annotation(route)
+    want = recorded.get("weights") if recorded else release.weights(0)
+    found = []
+    if weights is not None and weights != want:
+        found.append(f"the weights on VirtualService/{target.service} are stable {weights[0]}, canary {weights[1]}, "
+                     f"not the recorded stable {want[0]}, canary {want[1]}: edited outside the tool (kubectl?); the "
+                     "next apply or rollback sets them again")
+    live = canary.live_canary(kube, target)
+    if recorded is None and (running or live is not None):
+        said = f" (revision {running.get('revision')}, step {running.get('step', -1) + 1})" if running else ""
+        found.append(f"a canary{said} runs (Deployment/{release.canary_name(target.service)}: "
+                     f"{'present' if live else 'gone'}) but the history records none: its state was lost; the next "
+                     "apply aborts it (stable 100, the canary deleted) before it deploys")
+    return found

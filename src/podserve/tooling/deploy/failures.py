@@ -15,6 +15,8 @@ EXIT_SERVING = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_REFUSED = 3
+#: `analyze`'s verdict when it cannot say (too few requests, a pod unscraped, Prometheus unreachable).
+EXIT_INCONCLUSIVE = 4
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,30 @@ PROJECT_COLLISION = Failure(
     "`service_name`", "choose another `service_name`; if the service moved to this project on purpose, retire it from "
     "the old one first (`retire --stage S --service NAME --team TEAM --confirm NAME`)", EXIT_REFUSED)
 
+CANARY_FAILED = Failure(
+    "canary_failed", "The canary failed its verdict",
+    "at a step of `canary_steps`, the canary's pods answered worse than stable's by more than a margin (5xx, latency "
+    "above stable's 90% bucket, queue wait), or surely above the error ceiling, or stayed inconclusive past "
+    "max_extensions: stable was set back to 100 and the canary deleted; stable's pods never changed",
+    "none: the build (or `canary_steps`, `verdict_window_seconds`)",
+    "read the numbers above (which check, by how much): fix the build; for too few requests at a step, use a larger "
+    "first step or a longer `verdict_window_seconds`")
+GREY_ANOTHER_BUILD = Failure(
+    "grey_another_build", "Refused: grey runs another build than this pipeline's",
+    "grey's history or its pod template names another revision than this pipeline's (another branch deployed grey, "
+    "or it was changed by hand) at the start or the end of the verdict's window: its numbers would judge that build",
+    "none: the pipeline",
+    "run this pipeline's grey job again, then its verdict-grey; or play deploy-hk with PODSERVE_VERDICT_OVERRIDE set "
+    "to the reason", EXIT_REFUSED)
+VERDICT_NOT_PASSED = Failure(
+    "verdict_not_passed", "Refused: grey's verdict is not a pass for this image",
+    "with mirroring on (`grey_mirror_percent`), hk deploys only an image grey's verdict (verdict-grey's "
+    "build/verdict.json) passed; it failed, was inconclusive or refused, is missing, or judged another image",
+    "none: the build (or PODSERVE_VERDICT_OVERRIDE)",
+    "read verdict-grey's numbers; fix the build, or play deploy-hk with the CI/CD variable PODSERVE_VERDICT_OVERRIDE "
+    "set to the reason (recorded on the objects, the revision and the notification, with $GITLAB_USER_LOGIN)",
+    EXIT_REFUSED)
+
 IMAGE_NOT_BUILT = Failure(
     "image_not_built", "Refused: the image for this commit was never built",
     "a person's `make deploy` to the local cluster names the image `make image` builds from the checkout's commit, "
@@ -130,8 +156,8 @@ IMAGE_NOT_BUILT = Failure(
 
 #: Every failure, in the order docs/deploy.md lists them.
 ALL = (UNSCHEDULABLE, CREATE_REFUSED, OOM_KILLED, CRASH_LOOP, IMAGE_PULL, NOT_STARTED, STARTUP_PROBE, NEVER_READY,
-       PROGRESS_DEADLINE, TIMED_OUT, ROUTE_COLLISION, PROJECT_COLLISION, LOCK_HELD, FREEZE_WINDOW, OUTDATED_PIPELINE,
-       IMAGE_NOT_BUILT)
+       PROGRESS_DEADLINE, TIMED_OUT, CANARY_FAILED, ROUTE_COLLISION, PROJECT_COLLISION, LOCK_HELD, FREEZE_WINDOW,
+       OUTDATED_PIPELINE, GREY_ANOTHER_BUILD, VERDICT_NOT_PASSED, IMAGE_NOT_BUILT)
 BY_REASON = {failure.reason: failure for failure in ALL}
 
 

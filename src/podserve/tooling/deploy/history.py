@@ -46,6 +46,11 @@ class Revision:
     reason: str = ""
     pipeline: int | None = None
     commit: str = ""
+    #: While the revision runs as a canary (pending): its steps, the step and weights now, its phase and every
+    #: analysis (canary.py); kept once recorded, as what it went through.
+    canary: dict | None = None
+    #: Why production took it without grey's pass, and who said so (PODSERVE_VERDICT_OVERRIDE, $GITLAB_USER_LOGIN).
+    verdict_override: str = ""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -85,6 +90,10 @@ class History:
         """Store `revision` as pending before its first change, with the set a rollback of it puts back (`restore`):
         both stay there if the deploy is killed or its rollback does not finish."""
         self.pending, self.restore = revision, restore
+        self._store(kube)
+
+    def keep_pending(self, kube: Kube) -> None:
+        """Store the pending revision as it is now (a canary's step, weights and analyses)."""
         self._store(kube)
 
     def end(self, kube: Kube) -> None:

@@ -1,0 +1,95 @@
+"""Releasing production: the canary's names and labels, the weights on the route, the copy of traffic to grey.
+
+One place for these facts, read by render (manifests.py, checks.py) and the deploy tool (deploy/canary*.py):
+
+- A production stage's pods are told apart by the label `track`: the Deployment `<service>` runs `stable`, a canary
+  `<service>-canary` runs `canary`. Its Service, PodDisruptionBudget, PodMonitor and topology spread select both
+  (`service`, `stage`); the DestinationRule's subsets `stable` and `canary` split them by `track`, and the
+  VirtualService always routes to those subsets by weight (stable 100 when no canary runs).
+- A request with the header `x-podserve-track: canary` on the service's path reaches the canary (no session
+  affinity: each request is routed on its own).
+- hk's VirtualService may mirror `grey_mirror_percent` of its requests to grey's Service (the one cross-namespace
+  target a route has); Istio sends the copy with `-shadow` appended to its Host, and the caller is answered by
+  production only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+from podserve.tooling.conf import PRODUCTION_TRACK
+
+#: The pod label that tells a production stage's Deployments apart, and its values (the DestinationRule's subsets).
+TRACK_LABEL = "track"
+STABLE = PRODUCTION_TRACK
+CANARY = "canary"
+SUBSETS = (STABLE, CANARY)
+#: The request header that sends a request on the service's path to the canary.
+CANARY_HEADER = "x-podserve-track"
+#: On the production Deployment: value.py's canary_steps and verdict thresholds (JSON), what the deploy tool follows.
+RELEASE_ANNOTATION = "podserve.io/release"
+#: On the VirtualService and the canary Deployment while a canary runs: its revision, step and weights (JSON), so
+#: that a history that lost its canary state shows as drift.
+CANARY_ANNOTATION = "podserve.io/canary"
+#: A Kubernetes object name's longest.
+MAX_NAME = 63
+_CANARY_SUFFIX = "-" + CANARY
+
+
+def canary_name(service: str) -> str:
+    """Return the canary Deployment's name: `<service>-canary`, or, past 63 characters, the service's name cut short
+    with a hash of the whole, so that two long names never meet."""
+    name = service + _CANARY_SUFFIX
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(service.encode()).hexdigest()[:8]
+    return f"{service[:MAX_NAME - len(_CANARY_SUFFIX) - len(digest) - 1].rstrip('-')}-{digest}{_CANARY_SUFFIX}"
+
+
+def canary_replicas(weight: int, stable_replicas: int) -> int:
+    """Return the canary's pods at a step of `weight` percent: ceil(weight x stable's live replicas), at least 1."""
+    return max(1, math.ceil(weight * max(stable_replicas, 0) / 100))
+
+
+def weights(canary: int) -> list[int]:
+    """Return [stable, canary] weights in percent for a canary share of `canary` percent."""
+    return [100 - canary, canary]
+
+
+def release_policy(canary_steps: list[int], verdict: dict) -> str:
+    """Return the RELEASE_ANNOTATION's text: the canary's steps and value.py's verdict thresholds (None left out)."""
+    return json.dumps({"canary_steps": list(canary_steps),
+                       "verdict": {k: v for k, v in verdict.items() if v is not None}}, sort_keys=True)
+
+
+def read_release_policy(deployment: dict | None) -> dict:
+    """Return a rendered production Deployment's release policy ({"canary_steps": [], "verdict": {}} when it has
+    none: rendered before canaries, or not a production stage)."""
+    text = ((((deployment or {}).get("metadata") or {}).get("annotations") or {}).get(RELEASE_ANNOTATION)) or "{}"
+    try:
+        found = json.loads(text)
+    except ValueError:
+        found = {}
+    return {"canary_steps": list(found.get("canary_steps") or []), "verdict": dict(found.get("verdict") or {})}
+
+
+def verdict_policy(platform, rendered: dict):
+    """Return the verdict's thresholds for a service: conf/deploy.yaml's (`platform`, a VerdictPolicy) with value.py's
+    tighter ones as render wrote them (read_release_policy(...)["verdict"]); keys the platform lacks are ignored."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(platform)}
+    return dataclasses.replace(platform, **{k: v for k, v in (rendered or {}).items() if k in known})
+
+
+def slow_start_seconds(destination_rule: dict | None) -> float:
+    """Return a rendered DestinationRule's slow start (loadBalancer.warmup.duration) in seconds, 0 when it has none."""
+    text = ((((destination_rule or {}).get("spec") or {}).get("trafficPolicy") or {}).get("loadBalancer") or {}) \
+        .get("warmup", {}).get("duration") or "0s"
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit) and text[:-len(unit)].replace(".", "", 1).isdigit():
+            return float(text[:-len(unit)]) * units[unit]
+    return 0.0

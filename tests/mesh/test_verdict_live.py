@@ -1,0 +1,241 @@
+"""The verdict on grey, live (issue 57, It must show 2): `analyze --stage grey --against hk` as CI's verdict-grey runs
+it, on the mirror's testbed.
+
+Real: Envoy mirroring hk's requests to grey (grey_mirror_percent = 50, the platform's most, so grey answers as many
+requests a pod as hk's two pods do), our server processes, Prometheus scraping them every second, the control plane
+holding grey's Deployment and history as the deploy tool wrote them (the team's preview account, pipeline 100), and
+the deploy tool's CLI judging. Simulated: the kubelet (kwok runs grey's pod in the cluster; the mesh's grey process
+is that pod's container, scraped under its name) and istiod (testbed/mesh).
+
+Load: 60 requests a second to hk, paced, during each window (hk's two pods and grey's one each answer about 30 a
+second of the tiny affine model, a few milliseconds each); 120 a second (60 a pod) for the failing and the slower
+build and the identical one. Windows: 20 s for the identical build (about 1,200 grey and 2,400 hk requests), 5 s
+for the failing and the slower build (the same 300 grey and 600 hk requests as 10 s at 60 a second) and the idle grey
+(the test conf's least), 13 s for the grey replaced mid-window (its deploy must end in it). The platform's own window
+is 120 s. Thresholds: the platform's, but for the latency and queue margins, 0.10 here against its 0.05: on these
+2 cores every mirrored copy runs at the same moment as its original, so grey (all of whose requests are such copies)
+is 1 to 3 points more often above B than hk (half of whose are) with the very same build; at the platform's margin
+that bias alone made the identical build inconclusive in 3 of 9 runs. Production's grey runs on its own node. The
+idle grey and the replaced grey are judged side by side, as neither sends a request: grey is replaced once the idle
+verdict is given.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mesh_setup import HERE, REPO, RUNTIME_TESTS, fast_conf_dir, write_values
+from podserve.testbed.deploy_policy import unfrozen_conf
+from podserve.testbed.mesh.mesh import Mesh
+from podserve.testbed.prometheus import Prometheus, ScrapeTarget, pod_monitor_labels
+from podserve.tooling import render
+from podserve.tooling.conf import load_conf
+from podserve.tooling.deploy.kube import PODS
+from traffic import paced_load
+
+sys.path.insert(0, str(REPO / "tests" / "deploy"))
+from live import Live, read_until  # noqa: E402
+
+SERVICE = "judged"
+RATE = 60
+#: The identical build: twice the rate for 20 s (about 1,200 grey requests): the latency share's upper bound then sits
+#: about 0.025 above the measured difference, so the co-location bias (0.01-0.03) stays well inside the 0.10 margin.
+JUDGED_RATE, JUDGED_WINDOW = 2 * RATE, 20
+#: The latency and queue margins of this testbed (the platform's: 0.05): see the module's docstring.
+CO_LOCATED_MARGIN = 0.10
+#: A build that fails or is slower is told in 5 s at twice the rate (about 300 grey requests, above min_requests'
+#: 200: its p-values below 1e-6).
+FAULT_RATE, FAULT_WINDOW = 2 * RATE, 5
+#: The test conf's window (conf/deploy.yaml's is 120 s), so the least --window may ask: the idle grey's, which sees no
+#: request whatever its length (its 5 s hold five scrapes of its pod, as judging needs).
+SHORT_WINDOW = 5
+#: grey replaced mid-window: another pipeline's deploy of grey must end inside it. Judged beside the idle grey, whose
+#: verdict comes about 7.5 s into this window (its 5 s and two scrape intervals); grey's deploy then took 0.9 to 3.5 s
+#: here, and the window's end is read two scrape intervals after it: 13 s leaves the deploy 7.5 s.
+REPLACED_WINDOW = 13
+PIPELINE = "100"
+
+
+@pytest.fixture(scope="module")
+def testbed(control_plane, tmp_path_factory, affine_model):
+    """hk (2 pods) mirroring 50% to grey (1 pod), grey deployed to the control plane, Prometheus over all three."""
+    work = tmp_path_factory.mktemp("verdict")
+    conf_dir = unfrozen_conf(work / "conf", fast_conf_dir(work / "fast"))
+    policy = yaml.safe_load((conf_dir / "deploy.yaml").read_text())
+    policy["verdict"].update(window_seconds=SHORT_WINDOW, latency_margin=CO_LOCATED_MARGIN,
+                             queue_margin=CO_LOCATED_MARGIN)
+    (conf_dir / "deploy.yaml").write_text(yaml.safe_dump(policy))
+    conf = load_conf(conf_dir)
+    (work / "service").mkdir()  # not beside conf/: render would take the test's conf for a fork's edited rules
+    values = write_values(work / "service", service_name=SERVICE, grey_mirror_percent=50, http_threads=4,
+                          replicas=2, hk_replicas=2)
+    live = Live(control_plane, work / "live")
+    manifests = _render(values, conf_dir, work / "manifests-v1", "v1")
+    deployed = live.deploy("apply", "--stage", "grey", "--manifests", manifests, "--conf", conf_dir,
+                           CI_PIPELINE_ID=PIPELINE)
+    assert deployed.returncode == 0, deployed.output
+    (pod,) = [p["metadata"]["name"] for p in live.items(PODS, live.namespace("grey"), f"service={SERVICE}")]
+    pod_env = {}
+    for stage, index in (("hk", 0), ("hk", 1), ("grey", 0)):
+        folder = work / "switch" / f"{stage}-{index}"
+        folder.mkdir(parents=True)
+        pod_env[(SERVICE, stage, index)] = {"SWITCH_DIR": str(folder)}
+    mesh = Mesh([values], work / "mesh", region="hk", conf=conf, stages=["grey", "hk"], replicas={"hk": 2},
+                env={"PODSERVE_MODEL_PATH": str(affine_model)}, pod_env=pod_env,
+                extra_python_path=(HERE, RUNTIME_TESTS), local_any_host=False)
+    prometheus = None
+    try:
+        mesh.start()
+        targets = []
+        for target in mesh.scrape_targets():  # grey's process is the cluster's grey pod: scraped under its name
+            if target.labels["stage"] == "grey":
+                by_kind = {d["kind"]: d for d in mesh.workload("grey").docs}
+                target = ScrapeTarget(target.address, pod_monitor_labels(by_kind["PodMonitor"],
+                                                                         by_kind["Deployment"], pod), target.path)
+            targets.append(target)
+        prometheus = Prometheus(work / "prometheus", targets).start()
+        prometheus.wait_for(f'up{{pod="{pod}"}} == 1')
+        yield live, mesh, prometheus, manifests, conf_dir, values, work
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        mesh.stop()
+        live.deploy("delete", "--stage", "grey", "--service", SERVICE, "--team", "like", "--conf", conf_dir)
+
+
+def _render(values: Path, conf_dir: Path, out: Path, tag: str) -> Path:
+    shutil.rmtree(out, ignore_errors=True)
+    assert render.main(["--all", "--values", str(values), "--conf", str(conf_dir), "--out", str(out),
+                        "--image-tag", tag]) == 0
+    return out
+
+
+def _analyze(testbed, tmp_path, load: bool, window: int | None, during=None, rate: int = RATE):
+    """Run CI's verdict-grey line against the testbed while `load` callers send hk `rate` requests a second; `during`
+    runs with the analysis's process once the window has started. Return (exit status, output, the verdict file)."""
+    live, mesh, prometheus, manifests, conf_dir, *_ = testbed
+    out = tmp_path / "verdict.json"
+    args = ["analyze", "--stage", "grey", "--against", "hk", "--manifests", manifests, "--conf", conf_dir,
+            "--prometheus", prometheus.url, "--out", out] + (["--window", window] if window else [])
+    stop = threading.Event()
+
+    def callers():  # at most as long as the waits below: up to 120 s for the window, the window, 120 s after it
+        paced_load(mesh, "/api/like/judged", rate, rate * (240 + (window or SHORT_WINDOW)), stop=stop)
+
+    loader = threading.Thread(target=callers, daemon=True)
+    if load:
+        loader.start()
+    process = live.start(*args, CI_PIPELINE_ID=PIPELINE)
+    try:
+        seen = read_until(process, lambda line: line.startswith("judging "), "the window started", 120)
+        if during is not None:
+            during(process)
+        process.wait(timeout=(window or SHORT_WINDOW) + 120)
+        while (line := process.rest.get(timeout=10)) is not None:
+            seen.append(line)
+    finally:
+        stop.set()
+        if process.poll() is None:
+            process.kill()
+        if load:
+            loader.join(timeout=60)
+    output = "".join(seen) + process.stderr.read()
+    return process.returncode, output, json.loads(out.read_text()) if out.exists() else None
+
+
+def _switch(testbed, name: str, text: str | None) -> None:
+    path = Path(testbed[1].pod_env[(SERVICE, "grey", 0)]["SWITCH_DIR"]) / name
+    if text is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(text)
+
+
+def test_an_identical_build_passes_with_its_numbers_and_its_false_fail_probability(testbed, tmp_path):
+    code, output, found = _analyze(testbed, tmp_path, load=True, window=JUDGED_WINDOW, rate=JUDGED_RATE)
+    print(f"\n{output}")
+    assert code == 0, output
+    judged = found["judged"]
+    assert found["result"] == "pass" and judged["result"] == "pass"
+    expected = JUDGED_RATE * JUDGED_WINDOW  # hk's requests; grey gets half as copies
+    assert judged["candidate"]["requests"] >= 0.8 * expected / 2 and judged["stable"]["requests"] >= 0.8 * expected
+    assert found["candidate"]["pipeline"] == int(PIPELINE) and found["candidate"]["image"].endswith(f"/{SERVICE}:v1")
+    print(f"identical build: false-fail probability at these counts {judged['false_fail_probability']:.2e} "
+          "(verdict.false_fail_probability: each check's P(Z > z(1 - alpha) + margin / s) summed, with the ceiling's)")
+    assert judged["false_fail_probability"] < 1e-3
+    for words in ("candidate grey (track grey): ", "500: 0, 503: 0, 504: 0", "B, where stable reaches 90%",
+                  "p-value", "verdict: pass"):
+        assert words in output
+
+
+def test_a_tenth_of_decodes_failing_fails_on_errors(testbed, tmp_path):
+    _switch(testbed, "failing_decodes", "10")
+    try:
+        code, output, found = _analyze(testbed, tmp_path, load=True, window=FAULT_WINDOW, rate=FAULT_RATE)
+    finally:
+        _switch(testbed, "failing_decodes", None)
+    print(f"\n{output}")
+    assert code == 1, output
+    errors = next(c for c in found["judged"]["checks"] if c["name"] == "errors")
+    assert found["result"] == "fail" and errors["result"] == "fail" and 0.07 < errors["candidate"] < 0.13
+    assert errors["p_value"] < 0.01 and "errors: fail" in output
+
+
+def test_a_build_20_ms_slower_fails_on_latency(testbed, tmp_path):
+    _switch(testbed, "decode_delay", "0.02")
+    try:
+        code, output, found = _analyze(testbed, tmp_path, load=True, window=FAULT_WINDOW, rate=FAULT_RATE)
+    finally:
+        _switch(testbed, "decode_delay", None)
+    print(f"\n{output}")
+    assert code == 1, output
+    checks = {c["name"]: c for c in found["judged"]["checks"]}
+    assert checks["latency"]["result"] == "fail" and checks["errors"]["result"] != "fail"
+    assert "latency: fail" in output
+
+
+@pytest.fixture(scope="module")
+def unloaded(testbed, tmp_path_factory) -> dict[str, Future]:
+    """The idle grey's verdict and the replaced grey's, side by side (neither sends a request, so neither adds to the
+    other's counts): another pipeline deploys grey once the idle verdict is given (both its ends read pipeline 100's
+    grey), inside the replaced verdict's window. {"idle": Future, "replaced": Future} of _analyze's results."""
+    live, mesh, prometheus, manifests, conf_dir, values, work = testbed
+    pool = ThreadPoolExecutor(2, thread_name_prefix="verdict-unloaded")
+    idle = pool.submit(_analyze, testbed, tmp_path_factory.mktemp("idle"), False, None)
+
+    v2 = _render(values, conf_dir, work / "manifests-v2", "v2")
+
+    def another_branch_deploys_grey(process):
+        wait([idle])
+        deployed = live.deploy("apply", "--stage", "grey", "--manifests", v2, "--conf", conf_dir, CI_PIPELINE_ID="101")
+        assert deployed.returncode == 0, deployed.output
+        assert process.poll() is None, "grey v2's deploy ended after the replaced verdict's window"
+        print(f"grey v2 deployed by pipeline 101 in {deployed.seconds:.1f} s of the {REPLACED_WINDOW} s window")
+
+    replaced = pool.submit(_analyze, testbed, tmp_path_factory.mktemp("replaced"), False, REPLACED_WINDOW,
+                           another_branch_deploys_grey)
+    yield {"idle": idle, "replaced": replaced}
+    pool.shutdown(wait=True)
+
+
+def test_an_idle_grey_is_inconclusive(unloaded):
+    code, output, found = unloaded["idle"].result(timeout=600)
+    print(f"\n{output}")
+    assert code == 4, output
+    assert found["result"] == "inconclusive" and "fewer than" in found["why"]
+
+
+def test_grey_replaced_in_the_window_is_refused(unloaded):
+    code, output, found = unloaded["replaced"].result(timeout=600)
+    print(f"\n{output}")
+    assert code == 3, output
+    assert "Refused: grey runs another build than this pipeline's" in output
+    assert found["result"] == "refused" and "pipeline 101" in found["why"]

@@ -1,0 +1,16 @@
+# expect: canary_steps -- an offline service keeps its rolling update: refused
+service_name = 'text-direction-offline'
+username = 'like'
+handler = 'server:TextDirection'
+model_path = 'model/ch_ppocr_mobile_v2.0_cls_mobile.onnx'
+cpu = 4
+memory = '8Gi'
+gpu_num = 1
+gpu_memory = 2
+replicas = 1
+max_replicas = 3
+mode = 'offline'
+source_topic = 'like.text-lines'
+sink_topic = 'like.text-directions'
+dead_letter_topic = 'like.text-lines-dead'
+canary_steps = [10]

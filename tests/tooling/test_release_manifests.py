@@ -1,0 +1,135 @@
+"""What render writes for releasing production (issue 57): subsets always, the stable selector's track, the canary's
+header route, the mirror to grey (hk only), and what its checks refuse."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from podserve.tooling import checks, release, render
+from podserve.tooling.deploy import drift
+from podserve.tooling.values import load_values
+from service_files import write_values
+
+#: The hk and eu pod templates' hashes as main's render gave them (golden image tag) before the stable selector
+#: gained `track: stable`: the selector moves, the template (so every pod and its hash) stays.
+HASHES_BEFORE = {"hk": "076115e543909b82", "eu": "2f38308f044f9179"}
+
+
+def _by_kind(docs: list[dict]) -> dict[str, dict]:
+    return {d["kind"]: d for d in docs}
+
+
+def test_production_always_routes_to_the_subsets_by_weight_and_the_header_reaches_the_canary(tmp_path, conf):
+    stages = render.render(write_values(tmp_path, canary_steps=[10, 50]), conf=conf, image_tag="golden").stages
+    for name in ("hk", "eu", "na"):
+        objects = _by_kind(stages[name])
+        subsets = objects["DestinationRule"]["spec"]["subsets"]
+        assert [(s["name"], s["labels"]) for s in subsets] == [("stable", {"track": "stable"}),
+                                                              ("canary", {"track": "canary"})]
+        pools = {s["name"]: s["trafficPolicy"]["connectionPool"]["http"]["http2MaxRequests"] for s in subsets}
+        whole = objects["DestinationRule"]["spec"]["trafficPolicy"]["connectionPool"]["http"]["http2MaxRequests"]
+        replicas = objects["Deployment"]["spec"]["replicas"]
+        assert pools["stable"] == whole  # the stage's pods
+        assert pools["canary"] == whole * release.canary_replicas(50, replicas) // replicas  # its most pods, at 50%
+        http = objects["VirtualService"]["spec"]["http"]
+        assert [h["name"].rsplit("-", 2)[-2:] for h in http][:2] == [["canary", "exact"], ["canary", "subpaths"]]
+        for header_route, route in zip(http[:2], http[2:]):
+            assert header_route["match"] == [dict(route["match"][0], headers={"x-podserve-track": {"exact": "canary"}})]
+            assert [d["destination"]["subset"] for d in header_route["route"]] == ["canary"]
+            assert [(d["destination"]["subset"], d["weight"]) for d in route["route"]] == [("stable", 100),
+                                                                                           ("canary", 0)]
+        assert release.read_release_policy(objects["Deployment"])["canary_steps"] == [10, 50]
+    for name in ("grey", "ab"):  # a preview copy: one Deployment, one destination, no subsets
+        objects = _by_kind(stages[name])
+        assert "subsets" not in objects["DestinationRule"]["spec"]
+        assert all(list(d["destination"]) == ["host", "port"] for h in objects["VirtualService"]["spec"]["http"]
+                   for d in h["route"])
+        assert release.RELEASE_ANNOTATION not in objects["Deployment"]["metadata"].get("annotations", {})
+
+
+def test_the_stable_selector_gains_track_its_template_and_hash_do_not_and_the_rest_select_every_pod(tmp_path, conf):
+    stages = render.render(write_values(tmp_path), conf=conf, image_tag="golden").stages
+    for name, before in HASHES_BEFORE.items():
+        objects = _by_kind(stages[name])
+        deployment = objects["Deployment"]
+        assert deployment["spec"]["selector"]["matchLabels"] == {"service": "text-direction", "stage": name,
+                                                                 "track": "stable"}
+        assert drift.template_hash(deployment) == before
+        both = {"service": "text-direction", "stage": name}  # stable's pods and a canary's
+        assert objects["Service"]["spec"]["selector"] == both
+        assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == both
+        assert objects["PodMonitor"]["spec"]["selector"]["matchLabels"] == both
+        spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"][0]["labelSelector"]
+        assert spread["matchLabels"] == both
+    assert _by_kind(stages["grey"])["Deployment"]["spec"]["selector"]["matchLabels"] == {
+        "service": "text-direction", "stage": "grey"}
+
+
+def test_hk_mirrors_its_share_to_its_own_grey_and_no_other_stage_mirrors(tmp_path, conf):
+    stages = render.render(write_values(tmp_path, grey_mirror_percent=20), conf=conf).stages
+    hk = _by_kind(stages["hk"])["VirtualService"]["spec"]["http"]
+    mirrored = [h for h in hk if "mirror" in h]
+    assert [h["name"] for h in mirrored] == ["text-direction-exact", "text-direction-subpaths"]  # not the header's
+    for http in mirrored:
+        assert http["mirror"] == {"host": "text-direction.podserve-like-grey.svc.cluster.local", "port": {"number": 8080}}
+        assert http["mirrorPercentage"] == {"value": 20.0}
+    for name in ("eu", "na", "grey", "ab"):  # grey lives in hk: only hk's production can copy to it
+        assert not any("mirror" in h for h in _by_kind(stages[name])["VirtualService"]["spec"]["http"]), name
+    off = render.render(write_values(tmp_path, name="off.py"), conf=conf).stages["hk"]
+    assert not any("mirror" in h for h in _by_kind(off)["VirtualService"]["spec"]["http"])
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda http: http["route"][1]["destination"].update(subset="blue"), "goes to subset 'blue'"),
+    (lambda http: http["route"][0].update(weight=90), "they must add up to 100"),
+    (lambda http: http.update(mirror={"host": "text-direction.podserve-like-ab.svc.cluster.local"},
+                              mirrorPercentage={"value": 10.0}), "only to its own grey"),
+    (lambda http: http.update(mirror={"host": "text-direction.podserve-like-grey.svc.cluster.local"},
+                              mirrorPercentage={"value": 80.0}), "between 0 and 50"),
+], ids=["unknown-subset", "weights-not-100", "mirror-to-ab", "mirror-over-the-limit"])
+def test_checks_refuse_a_route_off_the_subsets_or_mirroring_elsewhere(tmp_path, conf, change, says):
+    path = write_values(tmp_path)
+    docs = copy.deepcopy(render.render(path, stages=["hk"], conf=conf).stages["hk"])
+    change(next(d for d in docs if d["kind"] == "VirtualService")["spec"]["http"][2])
+    problems = [str(p) for p in checks.check_stage(docs, load_values(path, conf), conf, conf.stages["hk"])]
+    assert any(says in p for p in problems), problems
+
+
+def test_grey_may_not_mirror_and_a_rule_without_subsets_is_refused(tmp_path, conf):
+    path = write_values(tmp_path)
+    rendered = render.render(path, stages=["grey", "hk"], conf=conf).stages
+    grey = copy.deepcopy(rendered["grey"])
+    next(d for d in grey if d["kind"] == "VirtualService")["spec"]["http"][0].update(
+        mirror={"host": "text-direction.podserve-like-grey.svc.cluster.local"}, mirrorPercentage={"value": 10.0})
+    problems = [str(p) for p in checks.check_stage(grey, load_values(path, conf), conf, conf.stages["grey"])]
+    assert any("only a production stage mirrors" in p for p in problems), problems
+    hk = copy.deepcopy(rendered["hk"])
+    next(d for d in hk if d["kind"] == "DestinationRule")["spec"].pop("subsets")
+    problems = [str(p) for p in checks.check_stage(hk, load_values(path, conf), conf, conf.stages["hk"])]
+    assert any("must define the subsets stable, canary" in p for p in problems), problems
+
+
+def test_the_release_policy_carries_value_py_s_tighter_thresholds_only(tmp_path, conf):
+    from podserve.tooling.conf import load_deploy_policy
+
+    path = write_values(tmp_path, canary_steps=[25], verdict_error_margin=0.004, verdict_window_seconds=300)
+    deployment = _by_kind(render.render(path, stages=["hk"], conf=conf).stages["hk"])["Deployment"]
+    policy = release.read_release_policy(deployment)
+    assert policy == {"canary_steps": [25], "verdict": {"error_margin": 0.004, "window_seconds": 300}}
+    platform = load_deploy_policy(conf=conf).verdict
+    merged = release.verdict_policy(platform, policy["verdict"])
+    assert (merged.error_margin, merged.window_seconds, merged.latency_margin) == (0.004, 300, platform.latency_margin)
+    text = deployment["metadata"]["annotations"][release.RELEASE_ANNOTATION]
+    assert json.loads(text) == policy
+
+
+def test_the_canary_s_name_stays_a_63_character_dns_label():
+    assert release.canary_name("text-direction") == "text-direction-canary"
+    long = "a" * 60 + "-b"
+    named = release.canary_name(long)
+    assert len(named) <= 63 and named.endswith("-canary") and named != release.canary_name("a" * 60 + "-c")
+    assert release.canary_replicas(10, 2) == 1 and release.canary_replicas(50, 3) == 2 and release.canary_replicas(
+        10, 0) == 1
