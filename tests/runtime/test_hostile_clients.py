@@ -361,8 +361,9 @@ def test_a_content_length_of_any_length_gets_400_never_500(affine, length):
 
 
 def test_pipelined_requests_beyond_the_depth_are_not_dispatched_until_answers_go_out(start_server, affine_model):
+    # init_delay_second 2: a 1 s warm-up budget, so start-up runs a few 0.3 s predicts, not 22 of them (6.6 s).
     server = start_server(handler="fixture_handlers:SlowAffine", model_path=str(affine_model), max_batch_size=16,
-                          queue_size=64, TEST_PREDICT_SLEEP="0.3")
+                          queue_size=64, init_delay_second=2, TEST_PREDICT_SLEEP="0.3")
     count = 120
     with connect(server.port, timeout=60) as sock:
         sock.sendall(b"".join(json_request(ROUTE, {"postid": str(i), "data": [i, 1, 1, 1]})
