@@ -230,7 +230,9 @@ def test_a_failed_deploy_after_a_killed_one_puts_back_what_ran_before_the_killed
     try:
         conf = killed_mid_rollout(live, name, tmp_path)
         assert image(live, name).endswith(":v2")  # the killed deploy's template is what the Deployment holds
-        failed = live.deploy("apply", "--stage", "hk", "--budget", "20", "--conf", conf,
+        # The budget only has to run out (never-ready) and then cover the rollback, which waits on nothing: revision
+        # 1's two pods never stopped (the rollout surges, none unavailable). 8 s, as test_live's never-ready case.
+        failed = live.deploy("apply", "--stage", "hk", "--budget", "8", "--conf", conf,
                              "--manifests", live.manifests(name, "hk", "v3", simulate="never-ready"))
         print(f"killed deploy 2, failed deploy 3: exit {failed.returncode} after {failed.seconds:.1f} s")
         assert failed.returncode == 1, failed.output

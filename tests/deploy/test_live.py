@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import shutil
 import signal
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator
 
 import pytest
 import yaml
 
-from live import Live, finish, read_until
+from live import Live, Run, finish, read_until
 from podserve.tooling.conf import default_conf_dir, load_conf
 from podserve.testbed.processes import poll_until
 from podserve.tooling.deploy.kube import LEASES, MANAGED, Kind
@@ -93,23 +96,51 @@ FAILURES = [
 ]
 
 
-@pytest.mark.parametrize("simulate, headline, field, flags, state", FAILURES, ids=[f[0] for f in FAILURES])
-def test_each_failure_is_diagnosed_with_its_field_and_grey_keeps_the_pod(live, simulate, headline, field, flags, state):
+@dataclass
+class Failed:
+    """One failing case as it ran: the failed apply, the objects then left in grey, and `deploy status` then."""
+
+    run: Run
+    left: list[str]
+    status: Run
+
+
+def deploy_to_fail(live: Live, simulate: str, flags: tuple[str, ...]) -> Failed:
+    """Deploy dt-<simulate> to fail as kwok simulates it, look at what is left and at status; then delete it."""
     name = f"dt-{simulate}"
     try:
         run = live.deploy("apply", "--stage", "grey", "--manifests", live.manifests(name, "grey", simulate=simulate),
                           *flags)
-        print(f"{simulate}: exit {run.returncode} after {run.seconds:.1f} s")
-        assert run.returncode == 1, run.output
-        assert f"FAILED: {headline}: " in run.stdout and field in run.stdout
-        assert run.seconds < CERTAIN_WITHIN
-        assert "grey is left as it is for inspection" in run.stdout
         left = live.objects(*GREY, name)
-        assert any(o.startswith("Pod/") for o in left), left
         status = live.deploy("status", "--stage", "grey", "--service", name, "--team", "like")
-        assert status.returncode == 1 and "0/1 ready, " in status.stdout and state in status.stdout, status.output
+        return Failed(run, left, status)
     finally:
         live.deploy("delete", "--stage", "grey", "--service", name, "--team", "like")
+
+
+@pytest.fixture(scope="module")
+def failed(live, request) -> Iterator[dict[str, Future]]:
+    """The failing cases the session selected, run side by side: each waits on kwok's simulated kubelet and a deploy
+    budget, not on the CPU, and each has its own service (its own objects, lock and pods)."""
+    chosen = {item.callspec.params["simulate"] for item in request.session.items
+              if item.originalname == "test_each_failure_is_diagnosed_with_its_field_and_grey_keeps_the_pod"}
+    assert live.ci_kubeconfig.exists()  # grey's account: its kubeconfig written once, before the threads read it
+    with ThreadPoolExecutor(max_workers=len(FAILURES)) as pool:
+        yield {simulate: pool.submit(deploy_to_fail, live, simulate, flags)
+               for simulate, _, _, flags, _ in FAILURES if simulate in chosen}
+
+
+@pytest.mark.parametrize("simulate, headline, field, flags, state", FAILURES, ids=[f[0] for f in FAILURES])
+def test_each_failure_is_diagnosed_with_its_field_and_grey_keeps_the_pod(failed, simulate, headline, field, flags, state):
+    case = failed[simulate].result()
+    run, left, status = case.run, case.left, case.status
+    print(f"{simulate}: exit {run.returncode} after {run.seconds:.1f} s")
+    assert run.returncode == 1, run.output
+    assert f"FAILED: {headline}: " in run.stdout and field in run.stdout
+    assert run.seconds < CERTAIN_WITHIN
+    assert "grey is left as it is for inspection" in run.stdout
+    assert any(o.startswith("Pod/") for o in left), left
+    assert status.returncode == 1 and "0/1 ready, " in status.stdout and state in status.stdout, status.output
 
 
 def test_a_pod_larger_than_any_node_is_refused_at_once_by_the_platform_s_policy(live):

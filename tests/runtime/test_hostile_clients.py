@@ -17,6 +17,7 @@ import time
 import pytest
 import requests
 
+from fixture_handlers import held_batches
 from hostile import (TINY_RECEIVE_BUFFER, Reader, answers_normally, connect, flood_until_blocked, json_request,
                      metric_value, peak_rss_bytes, request_head, requests_counted, rss_bytes, send_all_then_read,
                      send_until_closed, send_until_refused, timed_answer, wait_until_quiet)
@@ -360,8 +361,9 @@ def test_a_content_length_of_any_length_gets_400_never_500(affine, length):
 
 
 def test_pipelined_requests_beyond_the_depth_are_not_dispatched_until_answers_go_out(start_server, affine_model):
+    # init_delay_second 2: a 1 s warm-up budget, so start-up runs a few 0.3 s predicts, not 22 of them (6.6 s).
     server = start_server(handler="fixture_handlers:SlowAffine", model_path=str(affine_model), max_batch_size=16,
-                          queue_size=64, TEST_PREDICT_SLEEP="0.3")
+                          queue_size=64, init_delay_second=2, TEST_PREDICT_SLEEP="0.3")
     count = 120
     with connect(server.port, timeout=60) as sock:
         sock.sendall(b"".join(json_request(ROUTE, {"postid": str(i), "data": [i, 1, 1, 1]})
@@ -431,9 +433,11 @@ def test_a_handler_header_that_cannot_be_sent_gets_500_naming_it_and_the_answers
     answers_normally(server, {"postid": "after", "data": [5, 2, 3, 4]})
 
 
-def test_100_continue_is_sent_only_to_http_1_1_and_only_to_a_request_the_pod_can_take(start_server, affine_model):
+def test_100_continue_is_sent_only_to_http_1_1_and_only_to_a_request_the_pod_can_take(start_server, affine_model,
+                                                                                     tmp_path):
+    gate = tmp_path / "gate"  # while it is there, a predict call waits at it: the busy request holds its place
     server = start_server(handler="fixture_handlers:SlowAffine", model_path=str(affine_model), queue_size=1,
-                          max_batch_size=1, TEST_PREDICT_SLEEP="1.5")
+                          max_batch_size=1, TEST_PREDICT_SLEEP="0", TEST_PREDICT_GATE=str(gate))
     body = json.dumps(BODY).encode()
     head = {"Content-Type": "application/json", "Content-Length": str(len(body)), "Expect": "100-continue"}
     with connect(server.port) as old:  # HTTP/1.0: no interim answer, whatever it asks
@@ -441,8 +445,9 @@ def test_100_continue_is_sent_only_to_http_1_1_and_only_to_a_request_the_pod_can
         answer = Reader(old).response()
         assert answer.status == 200 and answer.interim == []
     with connect(server.port) as busy, connect(server.port) as waiting:
-        busy.sendall(json_request(ROUTE, BODY))  # holds the pod's only place for 1.5 s
-        time.sleep(0.3)
+        gate.touch()
+        busy.sendall(json_request(ROUTE, BODY))  # holds the pod's only place until the gate goes
+        poll_until(lambda: held_batches(gate) == [1], timeout=10, every=0.01, what="the busy request in its predict")
         started = time.monotonic()
         waiting.sendall(request_head("POST", ROUTE, head))  # its body waits for a 100 that must not come
         reader = Reader(waiting)
@@ -450,6 +455,7 @@ def test_100_continue_is_sent_only_to_http_1_1_and_only_to_a_request_the_pod_can
         assert answer.status == 503 and answer.interim == [] and answer.closes
         assert time.monotonic() - started < 1.0  # at its headers, not after its body or the busy request
         assert reader.closed_by_server(within=2)
+        gate.unlink()
         assert Reader(busy).response().status == 200
     with connect(server.port) as fresh:  # room again: 100 Continue, then the answer
         fresh.sendall(request_head("POST", ROUTE, head))
@@ -511,24 +517,27 @@ def test_head_announces_the_length_get_would_send(affine):
     answers_normally(server)
 
 
-def test_an_answered_requests_body_is_released_at_once_even_behind_a_slow_one(start_server, affine_model):
-    # init_delay_second 4: a 2 s warm-up budget, so start-up runs one 6 s predict, not a 30 s warm-up of them.
+def test_an_answered_requests_body_is_released_at_once_even_behind_a_slow_one(start_server, affine_model, tmp_path):
+    gate = tmp_path / "gate"  # while it is there, a predict call waits at it: the first request is the slow one
     server = start_server(handler="fixture_handlers:SlowAffine", model_path=str(affine_model),
-                          max_body_bytes=4 * MIB, init_delay_second=4, TEST_PREDICT_SLEEP="6")
+                          max_body_bytes=4 * MIB, TEST_PREDICT_SLEEP="0", TEST_PREDICT_GATE=str(gate))
     bad = json.dumps({"postid": "bad", "data": "not a list", "pad": " " * (4 * MIB - 100)}).encode()
     refused = request_head("POST", ROUTE, {"Content-Type": "application/json", "Content-Length": str(len(bad))}) + bad
     peak_before = peak_rss_bytes(server.process.pid)
     with connect(server.port, timeout=30) as sock:
-        # The first request runs for 6 s; the fifteen behind it are answered 400 at once but wait their turn on the
-        # wire: their 60 MiB of bodies must not wait with them. Each is sent once the server has answered the one
-        # before, so that only one body is ever being read or parsed: what the peak holds beyond that is bodies
-        # kept after their answers (sent all at once, how many are read before the first is parsed is a race).
+        # The first request runs until the gate goes; the fifteen behind it are answered 400 at once but wait their
+        # turn on the wire: their 60 MiB of bodies must not wait with them. Each is sent once the server has answered
+        # the one before, so that only one body is ever being read or parsed: what the peak holds beyond that is
+        # bodies kept after their answers (sent all at once, how many are read before the first is parsed is a race).
+        gate.touch()
         sock.sendall(json_request(ROUTE, BODY))
+        poll_until(lambda: held_batches(gate) == [1], timeout=10, every=0.01, what="the first request in its predict")
         for sent in range(1, 16):
             sock.sendall(refused)
             poll_until(lambda: requests_counted(server, 400) == sent, timeout=10, every=0.02,
                        what=f"request {sent} of 15 answered 400")
         assert requests_counted(server, 200) == 0, "the slow request ended before the fifteen were answered"
+        gate.unlink()
         reader = Reader(sock)
         statuses = [reader.response().status for _ in range(16)]
     assert statuses == [200] + [400] * 15

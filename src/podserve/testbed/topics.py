@@ -63,16 +63,20 @@ class TopicReader:
 
     def __init__(self, bootstrap: str, topic: str):
         self.topic = topic
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"podserve-reader-{os.getpid()}",
-                                  "enable.auto.commit": False, "enable.partition.eof": False})
+        config = {"bootstrap.servers": bootstrap, "group.id": f"podserve-reader-{os.getpid()}",
+                  "enable.auto.commit": False, "enable.partition.eof": False}
+        self.consumer = Consumer(config)
         partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        # The partitions' ends are asked with a client of their own: the reading one's connection is held by its
+        # fetch's long poll (fetch.wait.max.ms, 500 ms), and each of its own queries would wait behind that.
+        self.end_offsets = Consumer(config)
         self.partitions = sorted(partitions)
         self.records: list[Record] = []
 
     def read_new(self, timeout: float = 10.0) -> list[Record]:
         """Consume up to the current end of every partition; return the records read this time."""
-        ends = {p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)[1]
+        ends = {p: self.end_offsets.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5)[1]
                 for p in self.partitions}
         done = {p: -1 for p in self.partitions}
         for record in self.records:
@@ -80,7 +84,7 @@ class TopicReader:
         new: list[Record] = []
         deadline = time.monotonic() + timeout
         while any(done[p] + 1 < ends[p] for p in self.partitions) and time.monotonic() < deadline:
-            for message in self.consumer.consume(500, 0.5):
+            for message in self.consumer.consume(500, 0.05):  # waits the whole timeout for fewer than 500
                 if message.error():
                     continue
                 record = Record(message.key(), message.value(),
@@ -93,6 +97,7 @@ class TopicReader:
 
     def close(self) -> None:
         self.consumer.close()
+        self.end_offsets.close()
 
 
 def main(argv: list[str]) -> int:
