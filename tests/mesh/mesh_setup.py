@@ -49,3 +49,19 @@ def fast_conf_dir(folder: Path) -> Path:
         platform[section].update(changes)
     (conf / "platform.yaml").write_text(yaml.safe_dump(platform))
     return conf
+
+
+def before_subsets(doc: dict) -> dict:
+    """A rendered production object as render wrote it before issue 57: the Deployment selecting {service, stage},
+    the VirtualService routing to the Service without subsets, weights or the canary's header route, the
+    DestinationRule without subsets; any other object as it is."""
+    kind, spec = doc.get("kind"), doc.get("spec") or {}
+    if kind == "Deployment":
+        spec["selector"]["matchLabels"].pop("track", None)
+    elif kind == "VirtualService":
+        spec["http"] = [dict(h, route=[{"destination": {k: v for k, v in h["route"][0]["destination"].items()
+                                                        if k != "subset"}}])
+                        for h in spec["http"] if not any("headers" in m for m in h["match"])]
+    elif kind == "DestinationRule":
+        spec.pop("subsets", None)
+    return doc

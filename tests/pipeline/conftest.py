@@ -71,3 +71,16 @@ def gpu_build(build_stage, tmp_path_factory):
     from image_stage import BuiltFlavor
 
     return BuiltFlavor(build_stage, tmp_path_factory.mktemp("gpu"), "gpu")
+
+
+@pytest.fixture(scope="session")
+def grey_service(build_stage, control_plane, real_node, tmp_path_factory):
+    """The real-node tests' one service (real_node_service.py), its image built once with every recipe, pullable by
+    the real node in grey and hk."""
+    from real_node_service import COMMIT, EXTRA_SRC, NAME, RealNodeService
+
+    service = RealNodeService(build_stage, control_plane, real_node, tmp_path_factory.mktemp("real-node"), NAME,
+                              COMMIT, extra_src=EXTRA_SRC)
+    service.build()
+    service.let_the_node_pull()
+    return service

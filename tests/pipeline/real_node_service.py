@@ -33,6 +33,64 @@ SMALL = {"handler": "server:TextDirection", "model_path": "model/ch_ppocr_mobile
          "hk_replicas": 2, "init_delay_second": 60, "drain_seconds": 2}
 
 
+#: The name and commit of the one service every real-node test builds (tests/pipeline/conftest.py: grey_service).
+NAME, COMMIT = "on-real-node", "realnode1"
+
+#: A handler module that raises as it loads (at import): the process exits, the kubelet restarts it, backs off.
+#: (A handler whose load() raises does not crash the pod: the runtime keeps serving 503 on /api/ping with no
+#: instance, so the kubelet's startup probe restarts it after init_delay_second: the "startup" case's diagnosis.)
+CRASHES = '''"""A handler that cannot load, for the real-node failure tests (tests/pipeline/test_real_node_deploy.py)."""
+print("recipe: reading the weights", flush=True)
+raise RuntimeError("recipe: the weights file is truncated")
+'''
+
+#: The recipes' handlers, picked by value.py's `handler`: what goes wrong in load happens as a real model's load
+#: would go wrong (test_real_node_deploy.py); the canary's builds serve the example's model and answers, one failing
+#: a third of its decodes, one marking its answers (test_real_node_canary.py).
+RECIPES = '''"""Handlers that fail on purpose, or tell who answered, for the real-node tests (tests/pipeline/)."""
+import itertools
+import threading
+import time
+
+from podserve.handler import Handler
+from server import TextDirection
+
+
+class OutgrowsMemory(Handler):
+    def load(self, model_path, device):
+        self.hog = [b"x" * (1 << 20) for _ in range(2048)]  # 2 GiB, written: far past the pod's limit
+
+
+class LoadsForever(Handler):
+    def load(self, model_path, device):
+        time.sleep(3600)
+
+
+class FailsEveryThirdDecode(TextDirection):
+    """A build whose decode fails on real payloads: every third decode raises (a 500)."""
+
+    decodes = itertools.count(1)
+    counting = threading.Lock()
+
+    def decode(self, payload):
+        with self.counting:
+            number = next(self.decodes)
+        if number % 3 == 0:
+            raise RuntimeError("recipe: this build's decode fails on every third payload")
+        return super().decode(payload)
+
+
+class MarksItsAnswers(TextDirection):
+    """A good build: the example's answers, each with `build` added, so a caller tells which build answered."""
+
+    def encode(self, scores):
+        return {**super().encode(scores), "build": "marked"}
+'''
+
+#: What the real-node tests add to the checkout's src/ before its image is built: one build serves every recipe.
+EXTRA_SRC = {"real_node_recipes.py": RECIPES, "real_node_crash.py": CRASHES}
+
+
 def values(name: str, **fields) -> str:
     """value.py's text for service `name` of TEAM: SMALL, with `fields` changed."""
     return "".join(f"{key} = {value!r}\n" for key, value in
@@ -81,15 +139,17 @@ class RealNodeService:
             assert done.returncode == 0, f"the {job} job failed:\n{done.stderr[-4000:]}"
         return (self.checkout / "build/images.txt").read_text().split()
 
-    def render(self, name: str, tag: str, stage: str = "grey", variant: str = "", **fields) -> Path:
+    def render(self, name: str, tag: str, stage: str = "grey", variant: str = "", conf: Path | None = None,
+               **fields) -> Path:
         """Render a service's `stage` with render's CLI and the checkout's conf (what the manifests job
-        runs), naming this checkout's image at `tag`; `fields` override value.py's (handler, memory, ...)."""
+        runs; or `conf`), naming this checkout's image at `tag`; `fields` override value.py's (handler, memory,
+        ...)."""
         value_file = self.workdir / f"{name}-{tag}-{stage}{variant}" / "value.py"
         value_file.parent.mkdir(parents=True, exist_ok=True)
         value_file.write_text(values(name, **fields))
         out = value_file.parent / "manifests"
         done = subprocess.run([sys.executable, "-m", "podserve.tooling.render", "--stage", stage, "--values",
-                               str(value_file), "--conf", str(self.checkout / "conf"), "--image-tag", tag,
+                               str(value_file), "--conf", str(conf or self.checkout / "conf"), "--image-tag", tag,
                                "--out", str(out)], cwd=self.checkout, capture_output=True, text=True, timeout=120,
                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(self.checkout / "src")})
         assert done.returncode == 0, done.stderr
@@ -113,16 +173,28 @@ class RealNodeService:
             core.patch_namespaced_service_account("default", namespace, {"imagePullSecrets": [{"name": PULL_SECRET}]})
 
     def deploy(self, *args: str, manifests: Path | None = None, service: str | None = None, stage: str = "grey",
-               timeout: float = 300) -> Deployed:
-        """The deploy tool on `stage`, with the checkout's manifests and conf and the admin's kubeconfig."""
+               timeout: float = 300, **more) -> Deployed:
+        """The deploy tool on `stage`, with the checkout's manifests and conf and the admin's kubeconfig (`more`:
+        start()'s)."""
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "podserve.tooling.deploy", *args, "--stage", stage,
-                               "--conf", str(self.deploy_conf),
-                               *self._target(args[0], manifests, service)],
-                              cwd=self.checkout, capture_output=True, text=True, timeout=timeout,
-                              env={"PATH": "/usr/bin:/bin", "HOME": str(self.checkout), "PYTHONPATH": str(self.checkout / "src"),
-                                   "KUBECONFIG": str(self.plane.kubeconfig)})
-        return Deployed(done.returncode, done.stdout + done.stderr, time.monotonic() - started)
+        process = self.start(*args, manifests=manifests, service=service, stage=stage, **more)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        return Deployed(process.returncode, stdout + stderr, time.monotonic() - started)
+
+    def start(self, *args: str, manifests: Path | None = None, service: str | None = None, stage: str = "grey",
+              conf: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """deploy()'s run, started: its stdout and stderr piped (text); `conf` instead of the checkout's (unfrozen),
+        `env` added to its environment."""
+        return subprocess.Popen([sys.executable, "-m", "podserve.tooling.deploy", *args, "--stage", stage,
+                                 "--conf", str(conf or self.deploy_conf), *self._target(args[0], manifests, service)],
+                                cwd=self.checkout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={"PATH": "/usr/bin:/bin", "HOME": str(self.checkout),
+                                     "PYTHONPATH": str(self.checkout / "src"), "KUBECONFIG": str(self.plane.kubeconfig),
+                                     **(env or {})})
 
     def _target(self, verb: str, manifests: Path | None, service: str | None) -> list[str]:
         if verb == "apply":

@@ -1,8 +1,8 @@
 """Our image on the real node: CI's jobs build it, the deploy tool deploys grey, the kubelet starts, probes, logs it.
 
 Then the four failures as the kubelet reports them (no podserve.io/simulate annotation), each from a
-recipe here: a handler in the test's image (RECIPES, added to the checkout's src/ before CI's
-service-image job builds it, so one build serves every case) chosen by the rendered PODSERVE_HANDLER,
+recipe: a handler in the test's image (real_node_service.RECIPES, added to the checkout's src/ before CI's
+service-image job builds it, so one build serves every case and the canary's) chosen by the rendered PODSERVE_HANDLER,
 or a tag never pushed. The deploy tool must exit 1 naming the cause and the value.py field to change.
 """
 
@@ -13,36 +13,11 @@ import subprocess
 
 import pytest
 
-from real_node_service import REPO, TEAM, RealNodeService
+from real_node_service import REPO, TEAM
 
 from podserve.tooling.deploy import failures
 
 KUBECTL = str(REPO / ".tools" / "bin" / "kubectl")
-
-#: A handler module that raises as it loads (at import): the process exits, the kubelet restarts it, backs off.
-#: (A handler whose load() raises does not crash the pod: the runtime keeps serving 503 on /api/ping with no
-#: instance, so the kubelet's startup probe restarts it after init_delay_second: the "startup" case's diagnosis.)
-CRASHES = '''"""A handler that cannot load, for the real-node failure tests (tests/pipeline/test_real_node_deploy.py)."""
-print("recipe: reading the weights", flush=True)
-raise RuntimeError("recipe: the weights file is truncated")
-'''
-
-#: The recipes' handlers: what goes wrong happens in load, as a real model's load would go wrong.
-RECIPES = '''"""Handlers that fail on purpose, for the real-node failure tests (tests/pipeline/test_real_node_deploy.py)."""
-import time
-
-from podserve.handler import Handler
-
-
-class OutgrowsMemory(Handler):
-    def load(self, model_path, device):
-        self.hog = [b"x" * (1 << 20) for _ in range(2048)]  # 2 GiB, written: far past the pod's limit
-
-
-class LoadsForever(Handler):
-    def load(self, model_path, device):
-        time.sleep(3600)
-'''
 
 #: case: (value.py fields, image tag, the failure the deploy tool must name, words its message must hold)
 CASES = {
@@ -55,15 +30,6 @@ CASES = {
                 ["killed by its startup probe", "init_delay_second"]),
 }
 
-
-
-@pytest.fixture(scope="session")
-def grey_service(build_stage, control_plane, real_node, tmp_path_factory):
-    service = RealNodeService(build_stage, control_plane, real_node, tmp_path_factory.mktemp("real-node"),
-                              "on-real-node", "realnode1", extra_src={"real_node_recipes.py": RECIPES, "real_node_crash.py": CRASHES})
-    service.build()
-    service.let_the_node_pull()
-    return service
 
 
 def test_grey_deploy_starts_the_built_image_on_the_real_node_ready_by_its_probes(grey_service, real_node):

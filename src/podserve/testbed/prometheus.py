@@ -171,13 +171,12 @@ class PodTargetFeed(Poller):
     """Keeps a file_sd file equal to the pods the live PodMonitors of `namespaces` select (running, with an IP):
     each pod's address and port, its labels as the Prometheus operator gives them, and the metrics path."""
 
-    def __init__(self, api_client, path: Path, namespaces: list[str], every: float = 1.0, address_of=None):
-        """`address_of(pod IP)`: where the pod really serves (host, port), or None while it does not (as SliceFeed's)."""
+    def __init__(self, api_client, path: Path, namespaces: list[str], every: float = 1.0):
         from kubernetes import client
 
         self.core, self.objects = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
         super().__init__(every, "pod-targets")
-        self.path, self.namespaces, self.address_of = Path(path), namespaces, address_of
+        self.path, self.namespaces = Path(path), namespaces
         self.written: list[dict] | None = None
 
     def targets(self) -> list[dict]:
@@ -197,10 +196,7 @@ class PodTargetFeed(Poller):
                     port = next(p["container_port"] for c in spec["containers"] for p in c["ports"]
                                 if p.get("name") == endpoint["port"])
                     labels = pod_target_labels(monitor, dict(pod.metadata.labels or {}), spec, pod.metadata.name)
-                    served = (pod.status.pod_ip, port) if self.address_of is None else self.address_of(pod.status.pod_ip)
-                    if served is None:
-                        continue
-                    found.append({"targets": [f"{served[0]}:{served[1]}"],
+                    found.append({"targets": [f"{pod.status.pod_ip}:{port}"],
                                   "labels": dict(labels, __metrics_path__=endpoint.get("path", "/metrics"))})
         return sorted(found, key=lambda t: t["targets"][0])
 

@@ -5,12 +5,17 @@
 Every `every` seconds it lists the live Gateways, VirtualServices and DestinationRules (what the deploy tool
 applied: a canary's weights, a rollback's routes), translates them with istio.py, and when the result changed it
 hands the new clusters to the SliceFeed (whose endpoint files are written first), then writes Envoy's file-based xDS
-(envoy.write_xds: clusters, then routes). Gateways that the cluster lacks (the platform chart's are rendered with
+(envoy.write_xds: clusters, then routes). Every cluster once written is kept (and fed), as istiod keeps a cluster for
+every Service port and DestinationRule subset whether a route names it or not: Envoy applies the clusters' file and
+the routes' file one after the other, so a cluster dropped with the route that named it (the selector's migration
+moves hk's route from the Service's cluster to its `stable` subset's, a rollback back) would answer that route's
+requests 503 (no cluster) in between. Gateways that the cluster lacks (the platform chart's are rendered with
 helm, not applied here) come from `extra` objects. Polled rather than watched, like the SliceFeed.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from podserve.testbed.mesh import envoy, ir, istio
@@ -42,7 +47,8 @@ class RouteFeed(Poller):
         self.objects_api = client.CustomObjectsApi(api_client)
         self.gateway, self.folder, self.slices, self.extra = gateway, Path(folder), slices, list(extra)
         self.selector = selector
-        self.config: ir.GatewayConfig | None = None
+        self.config: ir.GatewayConfig | None = None  # what was written: the live translation and the kept clusters
+        self.translated: ir.GatewayConfig | None = None
         self.version = 0
 
     def objects(self) -> list[dict]:
@@ -55,18 +61,28 @@ class RouteFeed(Poller):
         return found
 
     def sync(self) -> bool:
-        """Translate what is live; write it when it changed (endpoints of new clusters first); return whether."""
-        config = istio.translate(self.objects(), self.gateway)
-        if config == self.config:
+        """Translate what is live; write it, with every cluster written before, when it changed (endpoints of new
+        clusters first); return whether."""
+        translated = istio.translate(self.objects(), self.gateway)
+        if translated == self.translated:
             return False
+        config = keeping_clusters(translated, self.config)
         if self.slices is not None:
             envoy.write_empty_endpoints(config, self.slices.eds_folder)
             self.slices.set_config(config)
             self.slices.sync()
         self.version += 1
         envoy.write_xds(config, self.folder, self.slices.eds_folder if self.slices else self.folder, self.version)
-        self.config = config
+        self.config, self.translated = config, translated
         return True
 
     def prepare(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+
+
+def keeping_clusters(config: ir.GatewayConfig, before: ir.GatewayConfig | None) -> ir.GatewayConfig:
+    """`config` with the clusters of `before` that it no longer has, as they were."""
+    if before is None:
+        return config
+    names = {c.name for c in config.clusters}
+    return replace(config, clusters=config.clusters + tuple(c for c in before.clusters if c.name not in names))

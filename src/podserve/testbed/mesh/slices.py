@@ -1,6 +1,6 @@
 """The gateway's endpoints from a real cluster's EndpointSlices, as istiod feeds them: ready, not terminating.
 
-    feed = SliceFeed(api_client, config, rendered_objects, eds_folder).start()   # then Envoy; feed.stop()
+    feed = SliceFeed(api_client, config, eds_folder).start()   # then Envoy; feed.stop()
 
 For each of the gateway's clusters (outbound|<port>|<subset>|<service>.<namespace>.svc.cluster.local) it
 reads the EndpointSlices the controller-manager keeps for that Service (label
@@ -33,14 +33,11 @@ def _service_host(cluster: str) -> tuple[str, str]:
 class SliceFeed(Poller):
     """Keeps each cluster's endpoint file equal to its Service's ready, non-terminating EndpointSlice addresses."""
 
-    def __init__(self, api_client, config: ir.GatewayConfig, eds_folder: Path, every: float = 0.2,
-                 address_of=None):
-        """`address_of(pod address)`: where a pod's address really serves, (host, port), or None while it does not
-        (kwok_pods.PodPlayer's processes that play kwok's pods); without it, the pod's own address and port."""
+    def __init__(self, api_client, config: ir.GatewayConfig, eds_folder: Path, every: float = 0.2):
         from kubernetes import client
 
         self.discovery, self.core = client.DiscoveryV1Api(api_client), client.CoreV1Api(api_client)
-        self.config, self.address_of = config, address_of
+        self.config = config
         super().__init__(every, "slice-feed")
         self.eds_folder = Path(eds_folder)
         self.version = 0
@@ -75,10 +72,7 @@ class SliceFeed(Poller):
                 labels = {}
                 if endpoint.target_ref is not None and endpoint.target_ref.kind == "Pod":
                     labels = self._labels(namespace, endpoint.target_ref.name)
-                for address in endpoint.addresses:
-                    served = (address, port.port) if self.address_of is None else self.address_of(address)
-                    if served is not None:
-                        found.append((*served, labels))
+                found += [(address, port.port, labels) for address in endpoint.addresses]
         return sorted(found, key=lambda h: (h[0], h[1]))
 
     def _labels(self, namespace: str, pod: str) -> dict:
