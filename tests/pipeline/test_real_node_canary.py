@@ -16,11 +16,11 @@ Rates and thresholds, stated: RATE = 60 requests a second of the example's text 
 Each pod has CPU = 400m (the 2-core node holds the 2 stable pods, the canary's, the promotion's surge pod and one
 pod still stopping); the example's server spends about 2.1 ms of CPU on such a request (300 of them, the server on
 this machine), so one pod holds about 190 a second: 60 a second is well within 2 stable pods' capacity, and within the
-canary's one pod at step 2's 50% (30 a second). Steps [25, 50]. The test's conf/deploy.yaml judges each step for WINDOW = 10 s
-(about 150 canary requests at step 1) with min_requests 100, error margin 0.05, latency and queue margins 0.15, one
-extension (the platform's 120 s, 200, 0.01 and 0.05 would need minutes a step at this rate), alpha 0.01 and the error
-ceiling 0.05 as the platform's; conf/platform.yaml's probe period, slow start and scrape interval are tests/mesh's
-FAST ones (1 s). A step's measured canary share is bounded by DEVIATIONS binomial deviations.
+canary's one pod at step 2's 50% (30 a second). Steps [25, 50]. The test's conf/deploy.yaml judges each step for
+WINDOW = 10 s (about 150 canary requests at step 1) with min_requests 100, error margin 0.05, latency and queue margins
+0.15, one extension (the platform's 120 s, 200, 0.01 and 0.05 would need minutes a step at this rate), alpha 0.01 and
+the error ceiling 0.05 as the platform's; conf/platform.yaml's probe period, slow start and scrape interval are
+tests/mesh's FAST ones (1 s). A step's measured canary share is bounded by DEVIATIONS binomial deviations.
 
 Counted, not hidden: the deploy tool deletes the canary's Deployment right after it sets stable 100 (an abort, a
 promotion), and the gateway may still send the canary's share for a moment to a subset whose endpoints are gone (here
@@ -298,6 +298,11 @@ class Callers:
                     self.outcomes.append((sent, 0, repr(exc)[:120]))
 
 
+def _read_to(process, start: str, what: str) -> list[str]:
+    """The started tool's lines up to the first that begins with `start` (read_until: at most 120 s)."""
+    return read_until(process, lambda line: line.startswith(start), what, 120)
+
+
 def _at_the_canary_s_deletion(outcomes: list, expected: set[int], weighted: float) -> tuple[list, list]:
     """The callers' answers Envoy gave 503 (no endpoint) from the time stable 100 was set, and any other answer whose
     status is not `expected`: each as (seconds after stable 100, status, what it said)."""
@@ -354,11 +359,9 @@ def test_a_failing_build_aborts_at_step_one_within_its_share_and_stable_never_ch
     try:
         with Callers(bench) as callers:
             process = bench.start(bench.manifests(FAILING), PODSERVE_NOTIFY_URL=receiver.url)
-            seen = read_until(process, lambda line: line.startswith("step 1 of 2: 25% of hk's requests"),
-                              "canary step 1", 120)
+            seen = _read_to(process, "step 1 of 2: 25% of hk's requests", "canary step 1")
             at_step = bench.sent()
-            seen += read_until(process, lambda line: line.startswith("set the weights of VirtualService"),
-                               "stable 100", 120)
+            seen += _read_to(process, "set the weights of VirtualService", "stable 100")
             weighted = time.monotonic()
             output = finish(process, seen, timeout=240)
             after = bench.sent()
@@ -395,22 +398,19 @@ def test_a_good_build_passes_every_step_within_its_share_ends_at_stable_100_and_
     number, hash_before = bench.history().current.number + 1, bench.template_hash()
     with Callers(bench) as callers:
         process = bench.start(bench.manifests(GOOD))
-        seen = read_until(process, lambda line: line.startswith("step 1 of 2: 25% of hk's requests"),
-                          "canary step 1", 120)
+        seen = _read_to(process, "step 1 of 2: 25% of hk's requests", "canary step 1")
         counted = [bench.sent()]
         marks = []
         for _ in range(20):
             reply = bench.post({release.CANARY_HEADER: release.CANARY})
             assert reply.status_code == 200, reply.text
             marks.append(reply.json()["results"].get("build"))
-        seen += read_until(process, lambda line: line.startswith("step 2 of 2: 50% of hk's requests"),
-                           "canary step 2", 120)
+        seen += _read_to(process, "step 2 of 2: 50% of hk's requests", "canary step 2")
         counted.append(bench.sent())
-        seen += read_until(process, lambda line: line.startswith("promoting revision"), "the promotion", 120)
+        seen += _read_to(process, "promoting revision", "the promotion")
         counted.append(bench.sent())
         promoted = time.monotonic()
-        seen += read_until(process, lambda line: line.startswith("set the weights of VirtualService"),
-                           "stable 100", 120)
+        seen += _read_to(process, "set the weights of VirtualService", "stable 100")
         weighted = time.monotonic()
         output = finish(process, seen, timeout=300)
         ended = time.monotonic()
@@ -426,7 +426,8 @@ def test_a_good_build_passes_every_step_within_its_share_ends_at_stable_100_and_
     print("\ngood build: " + "; ".join(f"step {w}%: canary share {s:.1%} of {n} (bound +-{b:.1%})"
                                       for w, s, b, n in shares)
           + f"; with the header: {marks}; callers' answers from the start to after the promotion: {statuses}; "
-            f"the promotion's rollout {weighted - promoted:.1f} s, stable 100 to the tool's exit {ended - weighted:.1f} s; "
+            f"the promotion's rollout {weighted - promoted:.1f} s, stable 100 to the tool's exit "
+            f"{ended - weighted:.1f} s; "
             f"Envoy's 503s at the canary's deletion (s after stable 100): {lost}; other answers: {unexpected}\n"
             f"{output}")
     assert marks == [GOOD_MARK] * 20  # the header, matched with the URI, reaches the canary alone
