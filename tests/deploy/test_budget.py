@@ -172,7 +172,8 @@ def test_a_canary_s_steps_at_their_worst_count_against_the_job_s_time(tmp_path):
     steps = canary.worst_seconds(target, objects, policy, 3)
     deadline = target.deployment()["spec"]["progressDeadlineSeconds"]
     window = policy.verdict.window_seconds
-    assert steps >= 2 * (1 + policy.verdict.max_extensions) * window + deadline  # both steps' windows, one pod start
+    assert steps >= 2 * (1 + policy.verdict.max_extensions) * window + deadline \
+        + policy.canary_scale_down_delay_seconds  # both steps' windows, one pod start, its pods serving on at its end
     assert canary.worst_seconds(from_values(REPO / "value.py", conf, conf.stages["hk"], "t"),
                                 list(from_values(REPO / "value.py", conf, conf.stages["hk"], "t").objects), policy,
                                 3) == 0  # no canary_steps: a rolling update

@@ -50,6 +50,7 @@ def conf_dir(live) -> str:
     policy = yaml.safe_load((folder / "deploy.yaml").read_text())
     policy["verdict"]["window_seconds"] = 30
     policy["lock_lease_seconds"] = 5
+    policy["canary_scale_down_delay_seconds"] = 1  # no callers here: tests/pipeline/test_real_node_canary.py has them
     (folder / "deploy.yaml").write_text(yaml.safe_dump(policy))
     return str(folder)
 

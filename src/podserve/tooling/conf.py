@@ -559,6 +559,7 @@ class DeployPolicy:
     ci_job_timeout_seconds: int
     lock_lease_seconds: int
     scheduling_grace_seconds: int
+    canary_scale_down_delay_seconds: int
     exempt_stages: list
     freeze_windows: dict  # region -> list of FreezeWindow
     verdict: VerdictPolicy
@@ -602,6 +603,8 @@ def load_deploy_policy(folder: str | Path | None = None, conf: Conf | None = Non
     for key in ("lock_wait_seconds", "ci_job_timeout_seconds", "lock_lease_seconds", "scheduling_grace_seconds"):
         if getattr(policy, key) < 1:
             say(key, f"{getattr(policy, key)} must be 1 or more seconds")
+    if policy.canary_scale_down_delay_seconds < 0:
+        say("canary_scale_down_delay_seconds", f"{policy.canary_scale_down_delay_seconds} must be 0 or more seconds")
     _check_verdict(policy.verdict, say)
     for stage in policy.exempt_stages:
         if stage not in conf.stages:

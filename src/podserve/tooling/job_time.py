@@ -76,4 +76,5 @@ def canary_seconds(docs: list[dict], deployment: dict, replicas: int, policy: De
     rule = next((d for d in docs if d.get("kind") == "DestinationRule"), None)
     deadline = deployment["spec"].get("progressDeadlineSeconds") or budget.KUBERNETES_DEFAULT_PROGRESS_DEADLINE
     return budget.canary_seconds(deadline, [release.canary_replicas(w, replicas) for w in rendered["canary_steps"]],
-                                 release.slow_start_seconds(rule), verdict.window_seconds, verdict.max_extensions)
+                                 release.slow_start_seconds(rule), verdict.window_seconds, verdict.max_extensions) \
+        + policy.canary_scale_down_delay_seconds  # its end: the canary serves on while the mesh takes stable 100

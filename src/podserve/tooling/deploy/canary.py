@@ -14,7 +14,8 @@ template is canaried: every other object stays what runs until the promotion.
 4. Promotion: today's rollout of the whole revision on stable with the canary still weighted; then stable 100, the
    canary deleted, the revision recorded (with this state: its steps and analyses).
 
-Abort: stable 100 first, then the canary deleted; `canary_aborted` is notified with the numbers; exit 1. SIGTERM
+Abort: stable 100 first, then the canary deleted (canary_scale_down_delay_seconds later, as at promotion);
+`canary_aborted` is notified with the numbers; exit 1. SIGTERM
 aborts the same way. After a SIGKILL the history still holds the revision pending with its state (and the objects
 carry the step): the next apply of the same revision resumes at the recorded step, another revision aborts the
 canary first and starts over, `rollback` aborts it. `deploy canary promote|abort` asks the running loop, through the
@@ -73,7 +74,7 @@ def live_canary(kube: Kube, target: Target) -> dict | None:
 # --- the decision: a canary (new or resumed), or today's rolling update --------------------------------------
 
 def decide(kube: Kube, target: Target, history: History, objects: list[dict], before: list[dict],
-           say=print) -> dict | None:
+           say=print, delay_seconds: float = 0) -> dict | None:
     """Return the state of the canary this apply runs (resumed: the same revision a killed deploy left at a step),
     or None for a rolling update. A canary of another revision left running is aborted first (stable 100, the canary
     deleted; the history keeps that revision pending, so this deploy still rolls back to what ran before it)."""
@@ -87,7 +88,7 @@ def decide(kube: Kube, target: Target, history: History, objects: list[dict], be
     if running or live_canary(kube, target) is not None:
         which = f"revision {pending.number}'s" if running else "a"
         say(f"a canary ({which}) is still running from an earlier deploy: aborting it before this revision")
-        abort_objects(kube, target, route_of(before) or _live_route(kube, target), say)
+        abort_objects(kube, target, route_of(before) or _live_route(kube, target), say, delay_seconds=delay_seconds)
     steps = release.read_release_policy(deployment_of(objects))["canary_steps"]
     if not target.stage.production or not steps:
         return None
@@ -111,15 +112,30 @@ def _live_route(kube: Kube, target: Target) -> dict | None:
 
 # --- abort -------------------------------------------------------------------------------------------------
 
-def abort_objects(kube: Kube, target: Target, route: dict | None, say=print, check=lambda: None) -> None:
-    """Stable 100 first (the route as it ran, unweighted), then the canary Deployment deleted."""
+def abort_objects(kube: Kube, target: Target, route: dict | None, say=print, check=lambda: None,
+                  delay_seconds: float = 0) -> None:
+    """Stable 100 first (the route as it ran, unweighted), then, `delay_seconds` later, the canary deleted."""
     if route is not None:
         check()
         kube.apply(canary_objects.weighted(route, release.weights(0)))
         say(f"set the weights of VirtualService/{route['metadata']['name']} to stable 100, canary 0")
+        if live_canary(kube, target) is not None:
+            serve_while_the_mesh_settles(delay_seconds, say, check)
     check()
     if kube.delete(MANAGED["Deployment"], target.namespace, release.canary_name(target.service)):
         say(f"deleted Deployment/{release.canary_name(target.service)}")
+
+
+def serve_while_the_mesh_settles(delay_seconds: float, say=print, check=lambda: None) -> None:
+    """Wait `delay_seconds` (conf/deploy.yaml canary_scale_down_delay_seconds) with the canary still serving, so
+    requests the gateways still route to it by the old weights are answered, not 503 "no healthy upstream"."""
+    if delay_seconds <= 0:
+        return
+    say(f"the canary serves {delay_seconds:.0f} s more while the mesh takes the new weights, then goes")
+    deadline = time.monotonic() + delay_seconds
+    while (left := deadline - time.monotonic()) > 0:
+        check()
+        time.sleep(min(analysis.TICK_SECONDS, left))
 
 
 # --- commands from `deploy canary promote|abort` -----------------------------------------------------------------
@@ -303,7 +319,7 @@ def run(kube: Kube, target: Target, conf, policy, opts, lock, history: History, 
     def aborted(why: str) -> int:
         say(f"ABORTED: {failures.CANARY_FAILED.say(why)}")
         try:
-            abort_objects(kube, target, loop.route, say)
+            abort_objects(kube, target, loop.route, say, delay_seconds=opts.canary_scale_down_delay_seconds)
         except ClusterError as exc:  # the history keeps the revision pending: rollback finishes the abort
             say(f"FAILED: the canary could not be aborted ({exc.message}): run `python -m podserve.tooling.deploy "
                 f"rollback --stage {target.stage.name} --service {target.service} --team {target.team}`")
@@ -363,6 +379,7 @@ def _promote(kube: Kube, target: Target, conf, opts, lock, history: History, rev
     lock.check()
     kube.apply(route_of(objects))
     say(f"set the weights of VirtualService/{target.service} to stable 100, canary 0")
+    serve_while_the_mesh_settles(opts.canary_scale_down_delay_seconds, say, lock.check)
     lock.check()
     if kube.delete(MANAGED["Deployment"], target.namespace, release.canary_name(target.service)):
         say(f"deleted Deployment/{release.canary_name(target.service)}")

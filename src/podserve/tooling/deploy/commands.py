@@ -45,6 +45,7 @@ class Options:
     scheduling_grace_seconds: float = 90
     lock_wait_seconds: float = 600
     lock_lease_seconds: int = 60
+    canary_scale_down_delay_seconds: float = 30  # a canary's pods serve this long after stable 100, then go
     started: float | None = None  # time.monotonic() when the tool started: the job's start without $CI_JOB_STARTED_AT
     prometheus: str | None = None  # a canary's verdicts: Prometheus' URL (None: $PODSERVE_PROMETHEUS_URL)
     verdict: str | None = None  # grey's verdict file (verdict_gate.py)
@@ -53,7 +54,8 @@ class Options:
 def options_from(policy: DeployPolicy, **chosen) -> Options:
     """Return Options with the policy's values where the command line chose none."""
     defaults = Options(scheduling_grace_seconds=policy.scheduling_grace_seconds,
-                       lock_wait_seconds=policy.lock_wait_seconds, lock_lease_seconds=policy.lock_lease_seconds)
+                       lock_wait_seconds=policy.lock_wait_seconds, lock_lease_seconds=policy.lock_lease_seconds,
+                       canary_scale_down_delay_seconds=policy.canary_scale_down_delay_seconds)
     return replace(defaults, **{k: v for k, v in chosen.items() if v is not None})
 
 
@@ -100,7 +102,8 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
             f"{target.image()}")
         # From the first mutating call on, every way out ends rolled back (production) or recorded, never silent.
         try:
-            state = canary.decide(kube, target, history, objects, before, say)
+            state = canary.decide(kube, target, history, objects, before, say,
+                                  delay_seconds=opts.canary_scale_down_delay_seconds)
             if state is not None:
                 return canary.run(kube, target, conf, policy, opts, lock, history, revision, restore, objects, state,
                                   prometheus, noticed, say)
@@ -785,13 +788,15 @@ def _canary_status(kube: Kube, target: Target, history: History, say=print) -> N
         say(f"  Deployment/{live['metadata']['name']}: {ready}/{len(pods)} pods ready")
 
 
-def abort_canary(kube: Kube, target: Target, history: History, say=print, check=lambda: None) -> bool:
+def abort_canary(kube: Kube, target: Target, history: History, say=print, check=lambda: None,
+                 delay_seconds: float = 0) -> bool:
     """Abort a canary that runs (stable 100 on the live route, then the canary deleted); whether there was one."""
     if not (history.pending and history.pending.canary) and canary.live_canary(kube, target) is None:
         return False
     say("a canary runs: aborting it first (stable 100, the canary deleted)")
     route = kube.get(MANAGED["VirtualService"], target.namespace, target.service)
-    canary.abort_objects(kube, target, as_applied(dict(route, kind="VirtualService")) if route else None, say, check)
+    canary.abort_objects(kube, target, as_applied(dict(route, kind="VirtualService")) if route else None, say, check,
+                         delay_seconds)
     return True
 
 
@@ -802,7 +807,8 @@ def rollback(kube: Kube, target: Target, conf: Conf, opts: Options, say=print) -
     with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
                     opts.lock_lease_seconds, say) as lock:
         history = History.load(kube, target.namespace, target.service, target.stage.name)
-        if target.stage.production and abort_canary(kube, target, history, say, lock.check):
+        if target.stage.production and abort_canary(kube, target, history, say, lock.check,
+                                                    opts.canary_scale_down_delay_seconds):
             _notify(target, history.pending.number if history.pending else None, "canary_aborted",
                     "rollback aborted the canary", say)
         if history.pending is not None:
