@@ -127,7 +127,7 @@ def analyse(prometheus: PrometheusAPI, plan: Plan, candidate_pods: Callable[[], 
     settle = 2 * plan.scrape_interval_seconds
     say(f"judging {plan.candidate.describe()} ({', '.join(pods)}) against {plan.stable.describe()} from "
         f"{_clock(start)} for {policy.window_seconds} s")
-    _wait_until(end + settle, check, now)
+    wait_until(end + settle, check, now)
     guard()
     try:
         missing = unscraped(prometheus, plan.candidate, pods, end, policy.window_seconds)
@@ -167,7 +167,8 @@ def _window_start(prometheus: PrometheusAPI, plan: Plan, candidate_pods, say, ch
         time.sleep(TICK_SECONDS)
 
 
-def _wait_until(moment: float, check, now) -> None:
+def wait_until(moment: float, check, now=time.monotonic) -> None:
+    """Sleep until `now()` reaches `moment`, calling `check` (the lock, a SIGTERM) at least every TICK_SECONDS."""
     while (left := moment - now()) > 0:
         check()
         time.sleep(min(TICK_SECONDS, left))

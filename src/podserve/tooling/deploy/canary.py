@@ -132,10 +132,7 @@ def serve_while_the_mesh_settles(delay_seconds: float, say=print, check=lambda: 
     if delay_seconds <= 0:
         return
     say(f"the canary serves {delay_seconds:.0f} s more while the mesh takes the new weights, then goes")
-    deadline = time.monotonic() + delay_seconds
-    while (left := deadline - time.monotonic()) > 0:
-        check()
-        time.sleep(min(analysis.TICK_SECONDS, left))
+    analysis.wait_until(time.monotonic() + delay_seconds, check)
 
 
 # --- commands from `deploy canary promote|abort` -----------------------------------------------------------------
@@ -237,10 +234,7 @@ class Canary:
     def judge(self, index: int, weight: int) -> None:
         """Wait out slow start, then analyse up to 1 + max_extensions windows; Stop(abort) unless one passes."""
         policy = self.plan.policy
-        deadline = time.monotonic() + self.plan.slow_start_seconds
-        while time.monotonic() < deadline:
-            self.tick()
-            time.sleep(min(analysis.TICK_SECONDS, max(0.0, deadline - time.monotonic())))
+        analysis.wait_until(time.monotonic() + self.plan.slow_start_seconds, self.tick)
         match = deployment_of([self.canary_deployment(1)])["spec"]["selector"]["matchLabels"]
         for attempt in range(1 + policy.max_extensions):
             found = analysis.analyse(self.prometheus, self.plan,
