@@ -3,22 +3,28 @@
 Then the four failures as the kubelet reports them (no podserve.io/simulate annotation), each from a
 recipe: a handler in the test's image (real_node_service.RECIPES, added to the checkout's src/ before CI's
 service-image job builds it, so one build serves every case and the canary's) chosen by the rendered PODSERVE_HANDLER,
-or a tag never pushed. The deploy tool must exit 1 naming the cause and the value.py field to change.
+or a tag never pushed. The deploy tool must exit 1 naming the cause and the value.py field to change. The four run
+side by side, each its own service running that one image: each waits on the kubelet's probes and back-offs, not on
+the CPU.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator
 
 import pytest
 
-from real_node_service import REPO, TEAM
+from real_node_service import REPO, TEAM, Deployed, RealNodeService
 
 from podserve.tooling.deploy import failures
 
 KUBECTL = str(REPO / ".tools" / "bin" / "kubectl")
 
+#: The cases' pods ask this much CPU each, so that the four fit the real node (2 cores) at once with room to spare.
+CASE_CPU = "400m"
 #: case: (value.py fields, image tag, the failure the deploy tool must name, words its message must hold)
 CASES = {
     "oom": ({"handler": "real_node_recipes:OutgrowsMemory", "memory": "512Mi"}, None, failures.OOM_KILLED,
@@ -80,22 +86,39 @@ def test_the_region_s_registry_name_pulls_from_the_folder_the_image_was_pushed_t
     real_node.ctr("images", "rm", image)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_each_failure_is_the_kubelet_s_own_and_the_deploy_tool_names_it(grey_service, case):
-    fields, tag, failure, said = CASES[case]
-    name = grey_service.name  # the image is named after the service: every recipe is this one service, redeployed
-    manifests = grey_service.render(name, tag or grey_service.commit, **fields)
+def deploy_to_fail(service: RealNodeService, case: str) -> Deployed:
+    """Deploy <service>-<case> on grey, running the service's own image (at the case's tag); then delete it."""
+    fields, tag, _, _ = CASES[case]
+    name = f"{service.name}-{case}"
+    manifests = service.render(name, tag or service.commit, cpu=CASE_CPU, **fields)
+    for path in manifests.rglob("*.yaml"):  # the image is named after the service that built it, not after the case
+        path.write_text(path.read_text().replace(f"/{TEAM}/{name}:", f"/{TEAM}/{service.name}:"))
     try:
-        run = grey_service.deploy("apply", manifests=manifests)
-        print(f"real node, {case}: deploy exit {run.returncode} in {run.seconds:.1f}s")
-        assert run.returncode == 1, run.output
-        assert f"FAILED: {failure.headline}: " in run.output, run.output
-        for words in said:
-            assert words in run.output, run.output
-        if case == "pull":
-            assert "pull" in run.output.lower() and f"{name}:{tag}" in run.output, run.output
+        return service.deploy("apply", manifests=manifests)
     finally:
-        grey_service.deploy("delete", service=name)
+        service.deploy("delete", service=name)
+
+
+@pytest.fixture(scope="module")
+def failed(grey_service, request) -> Iterator[dict[str, Future]]:
+    """The failing cases the session selected, deployed side by side, each as its own service."""
+    chosen = {item.callspec.params["case"] for item in request.session.items
+              if item.originalname == "test_each_failure_is_the_kubelet_s_own_and_the_deploy_tool_names_it"}
+    with ThreadPoolExecutor(max_workers=len(CASES)) as pool:
+        yield {case: pool.submit(deploy_to_fail, grey_service, case) for case in CASES if case in chosen}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_failure_is_the_kubelet_s_own_and_the_deploy_tool_names_it(grey_service, failed, case):
+    _, tag, failure, said = CASES[case]
+    run = failed[case].result()
+    print(f"real node, {case}: deploy exit {run.returncode} in {run.seconds:.1f}s")
+    assert run.returncode == 1, run.output
+    assert f"FAILED: {failure.headline}: " in run.output, run.output
+    for words in said:
+        assert words in run.output, run.output
+    if case == "pull":
+        assert "pull" in run.output.lower() and f"{grey_service.name}:{tag}" in run.output, run.output
 
 
 CLIENTS = 32
