@@ -1,6 +1,6 @@
 """The names and labels of the server's Prometheus metrics: one place, for code, manifests and dashboards.
 
-The runtime builds its collectors from these names (`podserve.runtime.metrics`); the
+The runtime builds its collectors from these names (`podserve.runtime.core.metrics`); the
 manifests (HPA, alert rules) and dashboards refer to the same constants. This module imports
 nothing so that CI's tooling can use it without the server's dependencies.
 """
@@ -32,9 +32,10 @@ REFUSALS_HELD = PREFIX + "refusals_held"                    # gauge, 503s decide
 REFUSAL_RATE = PREFIX + "refusal_rate"                      # gauge, refusals per second the door sends at once
 WRITE_TIMEOUTS = PREFIX + "write_timeouts_total"            # counter, connections dropped: the caller read no answer
 OVER_LIMIT_CONNECTIONS = PREFIX + "over_limit_connections_total"  # counter, labels OVER_LIMIT_LABELS: connections
-#                                                             beyond max_connections, by outcome (runtime/probe_lane.py)
+#                                                             beyond max_connections, by outcome
+#                                                             (runtime/http/probe_lane.py)
 LINGERING_CLOSES = PREFIX + "lingering_closes_total"        # counter, labels LINGER_LABELS: closes after a refusal,
-#                                                             by what ended them (runtime/lingering.py)
+#                                                             by what ended them (runtime/http/lingering.py)
 
 # The split layout's processes (docs/processes.md), labels PROCESS_LABELS unless said; the series above are the pod's
 # sums over its processes.

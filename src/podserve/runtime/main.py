@@ -2,7 +2,7 @@
 
 `python -m podserve.runtime` is the pod's entry point (PID 1). With `decode_processes` 0 (a CPU pod
 by default) one process reads, decodes, batches and answers (`serve_in_one_process`); otherwise it
-becomes the supervisor of the split layout (runtime/supervisor.py, docs/processes.md).
+becomes the supervisor of the split layout (runtime/processes/supervisor.py, docs/processes.md).
 """
 
 from __future__ import annotations
@@ -17,25 +17,25 @@ import uvloop
 
 from podserve import errors
 from podserve.routes import service_path
-from podserve.runtime import api
-from podserve.runtime.control import OTHER_ROUTE, ControlThread
-from podserve.runtime.deadlines import Budgets
-from podserve.runtime.devices import cpu_share, plan_devices
-from podserve.runtime.door import Door
-from podserve.runtime.httpserver import Exchange, HttpLimits, HttpServer
-from podserve.runtime.inline_policy import LoopRelief
-from podserve.runtime.layout import decoder_processes, pod_memory_plan
-from podserve.runtime.lifecycle import GracefulShutdown, Lifecycle
-from podserve.runtime.logs import configure_logging
-from podserve.runtime.metrics import Metrics
-from podserve.runtime.pool import InstancePool
-from podserve.runtime.probes import PATHS as PROBE_PATHS
-from podserve.runtime.probes import Probes
-from podserve.runtime.service_route import ServiceRoute, error_answer
-from podserve.runtime.startup import StartupError, prepare_service
-from podserve.runtime.step_runner import request_threads
-from podserve.runtime.v2_route import V2Route, describe_model
-from podserve.runtime.video_route import VideoWork, video_threads
+from podserve.runtime.batching.inline_policy import LoopRelief
+from podserve.runtime.batching.pool import InstancePool
+from podserve.runtime.batching.step_runner import request_threads
+from podserve.runtime.core.devices import cpu_share, plan_devices
+from podserve.runtime.core.lifecycle import GracefulShutdown, Lifecycle
+from podserve.runtime.core.logs import configure_logging
+from podserve.runtime.core.metrics import Metrics
+from podserve.runtime.core.startup import StartupError, prepare_service
+from podserve.runtime.http.admission import Door
+from podserve.runtime.http.deadlines import Budgets
+from podserve.runtime.http.server import Exchange, HttpLimits, HttpServer
+from podserve.runtime.processes.layout import decoder_processes, pod_memory_plan
+from podserve.runtime.protocols import api
+from podserve.runtime.protocols.control import OTHER_ROUTE, ControlThread
+from podserve.runtime.protocols.probes import PATHS as PROBE_PATHS
+from podserve.runtime.protocols.probes import Probes
+from podserve.runtime.protocols.service_route import ServiceRoute, error_answer
+from podserve.runtime.protocols.v2_route import V2Route, describe_model
+from podserve.runtime.protocols.video_route import VideoWork, video_threads
 from podserve.settings import ServingSettings, SettingsError
 
 log = logging.getLogger("podserve")
@@ -54,7 +54,7 @@ def main() -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     if decoder_processes(settings) > 0:
-        from podserve.runtime.supervisor import supervise
+        from podserve.runtime.processes.supervisor import supervise
         return supervise(settings)
     try:
         settings, handler_class = prepare_service()
