@@ -19,7 +19,7 @@ from flask import Flask, Response, request
 from podserve.errors import ServingError
 from podserve.handler import Device
 from podserve.routes import PING_PATH, service_path
-from podserve.runtime.batching.pool import import_handler
+from podserve.runtime.core.startup import import_handler
 from podserve.runtime.protocols import api
 
 MAX_IMAGE_PIXELS = 25_000_000

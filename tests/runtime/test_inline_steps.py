@@ -17,7 +17,7 @@ from podserve.runtime.batching.inline_policy import (INLINE_SECONDS, STALL_PENAL
                                                      LoopRelief, StepCost)
 from podserve.testbed.processes import poll_until
 
-LOOP_THREAD = "MainThread"  # runtime/main.py runs the event loop in the process's main thread
+LOOP_THREAD = "MainThread"  # processes/one_process.py runs the event loop in the process's main thread
 REQUEST_THREAD = "request-0"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import threading
 import time
@@ -31,25 +30,6 @@ def set_aside_start_up_objects() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
-
-
-class HandlerImportError(ImportError):
-    """The handler named in the settings cannot be imported."""
-
-
-def import_handler(spec: str) -> type[Handler]:
-    """Return the Handler class named 'module:Class'."""
-    module_name, _, class_name = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise HandlerImportError(f"handler {spec!r}: cannot import module {module_name!r} ({exc}); "
-                                 f"check `handler` in value.py and that src/ is on the path") from exc
-    handler = getattr(module, class_name, None)
-    if not (isinstance(handler, type) and issubclass(handler, Handler)):
-        raise HandlerImportError(f"handler {spec!r}: {module_name} has no Handler subclass named {class_name!r}; "
-                                 f"check `handler` in value.py")
-    return handler
 
 
 class InstancePool:

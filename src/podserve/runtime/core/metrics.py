@@ -9,7 +9,6 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from podserve import metric_names as names
 from podserve.metric_names import BATCH_BUCKETS, LATENCY_BUCKETS
-from podserve.runtime.http import lingering, probe_lane
 from podserve.settings import ServingSettings
 
 GIB = 1024 ** 3
@@ -103,12 +102,12 @@ class Metrics:
                              "probe (a probe answered from the pod's state), refused (the 503 after its request "
                              "line), evicted (the 503 at once, unread: the lane for them was full).",
                              names.OVER_LIMIT_LABELS, registry=registry)
-        self._over_limit = {outcome: over_limit.labels(service, outcome) for outcome in probe_lane.OUTCOMES}
+        self._over_limit = {outcome: over_limit.labels(service, outcome) for outcome in names.OVER_LIMIT_OUTCOMES}
         lingering_closes = Counter(names.LINGERING_CLOSES, "Connections closed after a refusal, read and discarded "
                                    "until the caller closed (caller), or cut at the time or byte bound (time, bytes: "
                                    "a caller still sending then saw a reset).", names.LINGER_LABELS,
                                    registry=registry)
-        self._linger_ends = {ending: lingering_closes.labels(service, ending) for ending in lingering.ENDINGS}
+        self._linger_ends = {ending: lingering_closes.labels(service, ending) for ending in names.LINGER_ENDINGS}
         self.max_batch_size = Gauge(names.MAX_BATCH_SIZE, "Most inputs one predict call receives (max_batch_size).",
                                     ("service",), registry=registry, multiprocess_mode=_SET_ONCE).labels(service)
         self.batch_limit = Gauge(names.BATCH_LIMIT, "Most inputs the batcher gives one predict call on this "
@@ -156,7 +155,7 @@ class Metrics:
     def observe_over_limit(self, outcome: str) -> None:
         """A connection beyond max_connections ended with `outcome`; the 503s are counted as route "other" too."""
         self._over_limit[outcome].inc()
-        if outcome != probe_lane.ANSWERED_PROBE:
+        if outcome != names.OVER_LIMIT_PROBE:
             self.observe_request(names.OTHER_ROUTE, 503, 0.0)
 
     def observe_linger_end(self, ending: str) -> None:

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-from podserve.runtime.batching.pool import HandlerImportError, import_handler
+from podserve.handler import Handler
 from podserve.runtime.core.model_check import ModelCheckError, check_model
 from podserve.settings import ServingSettings, SettingsError
 from podserve.videos import frame_size_problem
+
+
+class HandlerImportError(ImportError):
+    """The handler named in the settings cannot be imported."""
+
+
+def import_handler(spec: str) -> type[Handler]:
+    """Return the Handler class named 'module:Class'."""
+    module_name, _, class_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise HandlerImportError(f"handler {spec!r}: cannot import module {module_name!r} ({exc}); "
+                                 f"check `handler` in value.py and that src/ is on the path") from exc
+    handler = getattr(module, class_name, None)
+    if not (isinstance(handler, type) and issubclass(handler, Handler)):
+        raise HandlerImportError(f"handler {spec!r}: {module_name} has no Handler subclass named {class_name!r}; "
+                                 f"check `handler` in value.py")
+    return handler
 
 
 class StartupError(RuntimeError):

@@ -33,13 +33,11 @@ class Door:
     `hold_places` from any thread)."""
 
     def __init__(self, route: str, holding_limit: Callable[[], int], lifecycle: Lifecycle, metrics: Metrics,
-                 refusal: Answer, steps_cpu: Callable[[], float] = lambda: 0.0, body_budget: int = 0,
-                 answer_error: Callable[[Overloaded], Answer] | None = None):
+                 refusal: Answer, answer_error: Callable[[Overloaded], Answer],
+                 steps_cpu: Callable[[], float] = lambda: 0.0, body_budget: int = 0):
         self.route = route
         self.body_budget = body_budget  # 0: bodies are bounded by places and max_body_bytes alone
-        if answer_error is None:
-            from podserve.runtime.protocols.service_route import error_answer as answer_error  # (it imports this module's users)
-        self._answer_error = answer_error
+        self._answer_error = answer_error  # the route's error answer (protocols/service_route.py's error_answer)
         self.holding_limit = holding_limit
         self.lifecycle = lifecycle
         self.metrics = metrics

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
+from podserve.metric_names import LINGER_ENDED_BY_BYTES, LINGER_ENDED_BY_CALLER, LINGER_ENDED_BY_TIME
+
 #: The longest a refused connection is read and discarded after its answer. Longer than a caller on the mesh or a
 #: LAN needs to finish sending what it began (16 MiB at 100 Mbit/s takes 1.3 s), short enough that a refused
 #: connection holds its slot (counted against max_connections, or the probe lane's own bound) only briefly.
@@ -22,18 +24,14 @@ LINGER_SECONDS = 2.0
 #: the slack read before a 413, so that a caller uploading a body a little over the limit reads its 413.
 LINGER_BYTES = 16 * 1024 * 1024
 
-#: How a lingering close ended (the `ended` label of podserve_lingering_closes_total).
-ENDED_BY_CALLER = "caller"   # the caller closed: it has read the answer
-ENDED_BY_TIME = "time"       # LINGER_SECONDS passed: closed; only a caller still sending sees a reset
-ENDED_BY_BYTES = "bytes"     # the caller sent over LINGER_BYTES more: reset at once
-ENDINGS = (ENDED_BY_CALLER, ENDED_BY_TIME, ENDED_BY_BYTES)
 
 
 class Linger:
     """One connection's lingering close: begun by `Linger(...)`, fed by `discard`, ended by `caller_closed`.
 
     The protocol that owns `transport` calls `discard(len(data))` from its data_received (reading nothing
-    else) and `caller_closed()` from its connection_lost; `on_end(ending)` is called once, with one of ENDINGS.
+    else) and `caller_closed()` from its connection_lost; `on_end(ending)` is called once, with one of
+    metric_names.LINGER_ENDINGS.
     """
 
     __slots__ = ("transport", "bytes_left", "timer", "on_end")
@@ -51,13 +49,13 @@ class Linger:
         """Drop `size` bytes the caller sent; past the byte bound, reset the connection."""
         self.bytes_left -= size
         if self.bytes_left < 0 and self.transport is not None:
-            transport = self._end(ENDED_BY_BYTES)
+            transport = self._end(LINGER_ENDED_BY_BYTES)
             transport.abort()
 
     def caller_closed(self) -> None:
         """The connection is gone (the caller closed it, or it was reset): stop the clock."""
         if self.transport is not None:
-            self._end(ENDED_BY_CALLER)
+            self._end(LINGER_ENDED_BY_CALLER)
 
     def cut(self) -> None:
         """Close now without counting an ending (the server is stopping)."""
@@ -68,7 +66,7 @@ class Linger:
 
     def _time_up(self) -> None:
         if self.transport is not None:
-            transport = self._end(ENDED_BY_TIME)
+            transport = self._end(LINGER_ENDED_BY_TIME)
             transport.close()  # after what is still buffered (the write timeout bounds a caller that reads nothing)
 
     def _end(self, ending: str) -> asyncio.Transport:

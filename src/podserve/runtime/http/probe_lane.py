@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
+from podserve.metric_names import OVER_LIMIT_EVICTED, OVER_LIMIT_PROBE, OVER_LIMIT_REFUSED
 from podserve.runtime.http.lingering import Linger
 
 #: Over-limit connections read or lingering at once. The kubelet probes once per probe period (10 s by default,
@@ -31,11 +32,6 @@ REQUEST_LINE_BYTES = 1024
 #: The longest an over-limit connection may take to send its request line: the kubelet's default probe timeout.
 REQUEST_LINE_SECONDS = 1.0
 
-#: What became of an over-limit connection (the `outcome` label of podserve_over_cap_connections_total).
-ANSWERED_PROBE = "probe"      # a probe, answered from the pod's state
-REFUSED = "refused"           # anything else (or no request line in time): the 503, then a lingering close
-EVICTED = "evicted"           # the lane was full: the 503 at once, unread, and closed
-OUTCOMES = (ANSWERED_PROBE, REFUSED, EVICTED)
 
 
 def request_line(data: bytes) -> tuple[str, str] | None:
@@ -54,7 +50,7 @@ class ProbeLane:
 
     `answer(path, method)` returns the bytes to send for a request line: the whole answer, with
     `Connection: close` (None: send `refusal`, the prebuilt 503). `on_outcome(outcome)` counts each
-    connection once, with one of OUTCOMES; `on_linger_end(ending)` counts each lingering close.
+    connection once, with one of metric_names.OVER_LIMIT_OUTCOMES; `on_linger_end(ending)` counts each lingering close.
     """
 
     def __init__(self, answer: Callable[[str, str], bytes | None], refusal: bytes,
@@ -121,7 +117,7 @@ class OverLimitConnection(asyncio.Protocol):
         self._stop_clock()
         if self.transport is None:
             return
-        self.lane.on_outcome(ANSWERED_PROBE if reply is not None else REFUSED)
+        self.lane.on_outcome(OVER_LIMIT_PROBE if reply is not None else OVER_LIMIT_REFUSED)
         self.transport.write(reply if reply is not None else self.lane.refusal)
         self.lane.reading.pop(self, None)
         self.lane.lingering[self] = None
@@ -137,7 +133,7 @@ class OverLimitConnection(asyncio.Protocol):
             self.linger.cut()
         elif self.transport is not None:
             self._stop_clock()
-            self.lane.on_outcome(EVICTED)
+            self.lane.on_outcome(OVER_LIMIT_EVICTED)
             self.transport.write(self.lane.refusal)
             self.transport.close()
 

@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import re
+import resource
 import socket
 import threading
 import time
@@ -666,8 +667,8 @@ class HttpServer:
     size, from its path and headers (default: the limits' max_body_bytes). `answer_probe(path, method)` is
     the answer to a request on a connection over the connection limit (None: not a probe, so the prebuilt
     503), from the pod's state, in the loop thread. `on_over_limit(outcome)` counts each connection over the
-    limit (one of `probe_lane.OUTCOMES`), `on_linger_end(ending)` each lingering close (one of
-    `lingering.ENDINGS`), and `on_write_timeout` each caller dropped for reading none of its answers.
+    limit (one of `metric_names.OVER_LIMIT_OUTCOMES`), `on_linger_end(ending)` each lingering close (one of
+    `metric_names.LINGER_ENDINGS`), and `on_write_timeout` each caller dropped for reading none of its answers.
     """
 
     def __init__(self, host: str, port: int, *, dispatch: Callable[[Exchange], None],
@@ -800,6 +801,17 @@ def listening_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)  # accepted connections inherit it
     sock.bind((host, port))
     return sock
+
+
+def raise_open_file_limit() -> None:
+    """Let the process open as many connections as the hard limit allows: a connection the loop cannot accept
+    (EMFILE) would wait unseen in the kernel's accept queue."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            log.warning("could not raise the open-file limit from %d to %d", soft, hard)
 
 
 def _unquote(path: bytes) -> str:

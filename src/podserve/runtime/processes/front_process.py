@@ -38,8 +38,7 @@ from podserve.runtime.core.logs import configure_logging, log_request
 from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.http.admission import Door
 from podserve.runtime.http.deadlines import Budgets
-from podserve.runtime.http.server import Answer, Exchange
-from podserve.runtime.main import http_server, raise_open_file_limit
+from podserve.runtime.http.server import Answer, Exchange, raise_open_file_limit
 from podserve.runtime.processes import layout
 from podserve.runtime.processes.child import Slot, die_with_parent, hand_to_loop
 from podserve.runtime.processes.pod_metrics import PodMetrics
@@ -49,6 +48,7 @@ from podserve.runtime.processes.transport.items import error_to_wire
 from podserve.runtime.processes.transport.link import open_link
 from podserve.runtime.protocols.control import ControlThread
 from podserve.runtime.protocols.probes import Probes
+from podserve.runtime.protocols.router import http_server
 from podserve.runtime.protocols.service_route import error_answer
 from podserve.runtime.protocols.v2_route import V2Route
 from podserve.settings import ServingSettings
@@ -347,7 +347,8 @@ def main() -> int:
     limit = layout.holding_limit(settings)
     refusal = error_answer(errors.Overloaded(f"this pod is full: it already holds {limit} requests (queue_size per "
                                              f"instance); retry shortly, or elsewhere"))
-    door = Door(route, lambda: limit, lifecycle, metrics, refusal, body_budget=layout.pod_memory_plan(settings).bodies)
+    door = Door(route, lambda: limit, lifecycle, metrics, refusal, error_answer,
+                body_budget=layout.pod_memory_plan(settings).bodies)
     decoders = Decoders(settings, state, door, route, lost)
     view = PodView(state, decoders, settings)
     probes = Probes(view, lifecycle)
