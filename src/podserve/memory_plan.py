@@ -38,7 +38,7 @@ BODY_SHARE = 0.4
 ARENA_SHARE = 0.1
 MIN_ARENA_BYTES = 16 * MIB
 #: A body declared larger than this, or chunked (its size unknown until it ends), may use only LARGE_BODY_SHARE of a
-#: pod-wide body budget (bodies still being sent, runtime/http/server.py; bodies held, runtime/http/admission.py): the
+#: pod-wide body budget (bodies still being sent, runtime/http/parser.py; bodies held, runtime/http/admission.py): the
 #: rest is kept for ordinary requests, so that slow large uploads and chunk floods cannot starve them.
 LARGE_BODY_BYTES = 1024 * 1024
 LARGE_BODY_SHARE = 0.75

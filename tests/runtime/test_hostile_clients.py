@@ -23,8 +23,8 @@ from hostile import (TINY_RECEIVE_BUFFER, Reader, answers_normally, connect, flo
                      send_until_closed, send_until_refused, timed_answer, wait_until_quiet)
 from podserve.metric_names import LINGERING_CLOSES, OVER_LIMIT_CONNECTIONS
 from podserve.runtime.http.lingering import LINGER_BYTES, LINGER_SECONDS
+from podserve.runtime.http.parser import PIPELINE_DEPTH
 from podserve.runtime.http.probe_lane import LANE_SIZE
-from podserve.runtime.http.server import PIPELINE_DEPTH
 from podserve.testbed.processes import poll_until
 
 MIB = 1024 * 1024

@@ -24,8 +24,8 @@ from podserve.errors import InvalidInput, Overloaded
 from podserve.metric_names import origin_of
 from podserve.runtime.core.lifecycle import Lifecycle
 from podserve.runtime.core.metrics import Metrics
+from podserve.runtime.http.messages import LARGE_BODY_BYTES, LARGE_BODY_SHARE, Answer, Exchange
 from podserve.runtime.http.refusals import RefusalCost, RefusalPacer
-from podserve.runtime.http.server import LARGE_BODY_BYTES, LARGE_BODY_SHARE, Answer, Exchange
 
 
 class Door:

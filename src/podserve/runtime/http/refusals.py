@@ -32,7 +32,7 @@ from collections import deque
 from typing import Callable
 
 from podserve.errors import RETRY_AFTER_SECONDS
-from podserve.runtime.http.server import Answer, Exchange
+from podserve.runtime.http.messages import Answer, Exchange
 
 #: The most refusals per second the door sends at once, however cheap they are.
 REFUSALS_PER_SECOND = 2000.0

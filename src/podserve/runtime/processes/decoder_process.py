@@ -33,7 +33,7 @@ from podserve.runtime.batching.step_runner import request_threads
 from podserve.runtime.core import verbs
 from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.http.deadlines import Budgets
-from podserve.runtime.http.server import Answer
+from podserve.runtime.http.messages import Answer
 from podserve.runtime.processes import layout
 from podserve.runtime.processes.child import Slot, in_thread, start_child
 from podserve.runtime.processes.model_client import ModelClient

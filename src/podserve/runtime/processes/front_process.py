@@ -1,7 +1,7 @@
 """The front process of the split layout: the pod's HTTP server, its door, and the decoders it forwards to.
 
 It runs platform code only, so what a caller or a team's code does never stops it answering probes:
-it reads every request (runtime/http/server.py), admits or refuses it at the door (runtime/http/admission.py:
+it reads every request (runtime/http/), admits or refuses it at the door (runtime/http/admission.py:
 the pod's places, the paced 503s, pending bodies, connections: pod-wide limits, kept in this one
 process), answers the probes, the Open Inference Protocol's health and metadata and /metrics from the
 pod's shared state, and forwards each admitted request whole to the decoder process holding the fewest
@@ -38,7 +38,8 @@ from podserve.runtime.core.logs import configure_logging, log_request
 from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.http.admission import Door
 from podserve.runtime.http.deadlines import Budgets
-from podserve.runtime.http.server import Answer, Exchange, raise_open_file_limit
+from podserve.runtime.http.messages import Answer, Exchange
+from podserve.runtime.http.server import raise_open_file_limit
 from podserve.runtime.processes import layout
 from podserve.runtime.processes.child import Slot, die_with_parent, hand_to_loop
 from podserve.runtime.processes.pod_metrics import PodMetrics

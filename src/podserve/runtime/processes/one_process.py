@@ -18,7 +18,8 @@ from podserve.runtime.core.lifecycle import GracefulShutdown, Lifecycle
 from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.http.admission import Door
 from podserve.runtime.http.deadlines import Budgets
-from podserve.runtime.http.server import Exchange, raise_open_file_limit
+from podserve.runtime.http.messages import Exchange
+from podserve.runtime.http.server import raise_open_file_limit
 from podserve.runtime.processes.layout import pod_memory_plan
 from podserve.runtime.protocols import api
 from podserve.runtime.protocols.control import ControlThread

@@ -21,7 +21,7 @@ from podserve import metric_names as names
 from podserve.errors import ServingError
 from podserve.routes import LIVE_PATH, METRICS_PATH, PING_PATH, READ_METHODS
 from podserve.runtime.core.metrics import Metrics
-from podserve.runtime.http.server import Answer, Exchange
+from podserve.runtime.http.messages import Answer, Exchange
 from podserve.runtime.protocols.service_route import error_answer
 
 log = logging.getLogger(__name__)

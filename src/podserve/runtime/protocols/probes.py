@@ -11,7 +11,7 @@ from podserve import errors
 from podserve.errors import NotReady, ServingError
 from podserve.routes import LIVE_PATH, PING_PATH, READ_METHODS
 from podserve.runtime.core.lifecycle import Lifecycle
-from podserve.runtime.http.server import Answer, Exchange
+from podserve.runtime.http.messages import Answer, Exchange
 from podserve.runtime.protocols import api
 
 PATHS = frozenset({PING_PATH, LIVE_PATH})

@@ -6,7 +6,8 @@ from __future__ import annotations
 from podserve import errors
 from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.http.deadlines import Budgets
-from podserve.runtime.http.server import Exchange, HttpLimits, HttpServer
+from podserve.runtime.http.messages import Exchange, HttpLimits
+from podserve.runtime.http.server import HttpServer
 from podserve.runtime.protocols import api
 from podserve.runtime.protocols.control import OTHER_ROUTE, ControlThread
 from podserve.runtime.protocols.probes import PATHS as PROBE_PATHS

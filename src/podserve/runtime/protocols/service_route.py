@@ -33,7 +33,7 @@ from podserve.runtime.batching.inline_policy import StepCost
 from podserve.runtime.batching.step_runner import StepRunner
 from podserve.runtime.core.logs import log_request
 from podserve.runtime.core.verbs import call_verb
-from podserve.runtime.http.server import JSON_TYPE, Answer, Exchange, header_problem
+from podserve.runtime.http.messages import JSON_TYPE, Answer, Exchange, header_problem
 from podserve.runtime.protocols import api
 from podserve.runtime.protocols.video_route import VideoWork
 from podserve.settings import ServingSettings

@@ -21,7 +21,7 @@ from podserve.errors import NotFound, NotReady, ServingError
 from podserve.routes import READ_METHODS
 from podserve.runtime.batching.batcher import AllOutputs, WorkItem
 from podserve.runtime.batching.fanout import FanOut
-from podserve.runtime.http.server import JSON_TYPE, Answer, Exchange
+from podserve.runtime.http.messages import JSON_TYPE, Answer, Exchange
 from podserve.runtime.protocols import v2
 from podserve.runtime.protocols.service_route import Call, ServiceRoute, WireFormat
 
