@@ -196,7 +196,7 @@ class InstancePool:
 
     def holding_limit(self) -> int:
         """Requests the pod holds at once (from reading one to answering it) before refusing more: `queue_size`
-        per instance. Counted at the door (runtime/protocols/service_route.py), so no request waits uncounted."""
+        per instance. Counted at admission (runtime/http/admission.py), so no request waits uncounted."""
         return max(1, len(self._devices)) * self.settings.queue_size
 
     def lanes_take(self) -> int:

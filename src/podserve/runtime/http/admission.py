@@ -1,4 +1,4 @@
-"""Admission at the door: the places the pod holds, the paced 503 beyond them, and settling an answered request.
+"""Admission: the places (slots) the pod holds, the paced 503 beyond them, and settling an answered request.
 
 A pod holds at most `holding_limit` requests at once (`queue_size` per instance), counted from the
 moment the event loop has read one until it is answered. One more is answered 503 with
@@ -28,7 +28,7 @@ from podserve.runtime.http.messages import LARGE_BODY_BYTES, LARGE_BODY_SHARE, A
 from podserve.runtime.http.refusals import RefusalCost, RefusalPacer
 
 
-class Door:
+class Admission:
     """Admit or refuse the requests of one route, and settle them once answered (event loop, but `settle` and
     `hold_places` from any thread)."""
 
@@ -42,7 +42,7 @@ class Door:
         self.lifecycle = lifecycle
         self.metrics = metrics
         self._refusal = refusal
-        self._steps_cpu = steps_cpu  # CPU of the handler's steps the loop ran itself: not the door's HTTP work
+        self._steps_cpu = steps_cpu  # CPU of the handler's steps the loop ran itself: not admission's HTTP work
         self._admitted = 0  # requests admitted so far (event loop only)
         self._refusals: RefusalPacer | None = None
 
@@ -53,7 +53,7 @@ class Door:
 
     @property
     def refusal_rate(self) -> float:
-        """Refusals per second the door now sends at once: a share of a core over what one costs."""
+        """Refusals per second admission now sends at once: a share of a core over what one costs."""
         return self._refusals.rate if self._refusals is not None else 0.0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

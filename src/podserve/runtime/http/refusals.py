@@ -1,4 +1,4 @@
-"""Pace the door's 503s, so that callers retrying at once cannot take the CPU from the requests the pod holds.
+"""Pace admission's 503s, so that callers retrying at once cannot take the CPU from the requests the pod holds.
 
 A refusal costs the event loop tens of microseconds of CPU, holding the GIL: reading the
 request, parsing it, writing the 503. A caller that honours Retry-After comes back a second
@@ -34,11 +34,11 @@ from typing import Callable
 from podserve.errors import RETRY_AFTER_SECONDS
 from podserve.runtime.http.messages import Answer, Exchange
 
-#: The most refusals per second the door sends at once, however cheap they are.
+#: The most refusals per second admission sends at once, however cheap they are.
 REFUSALS_PER_SECOND = 2000.0
 #: The fewest, however dear they measure: a storm's 503s never go out slower than this.
 MIN_REFUSALS_PER_SECOND = 250.0
-#: The share of a core the door's refusals may take: 2,000 a second at the ~75 us each measured on the host of the
+#: The share of a core admission's refusals may take: 2,000 a second at the ~75 us each measured on the host of the
 #: earlier committed runs (bench/results/overload.md), fewer where a refusal costs more.
 REFUSAL_CPU_SHARE = 0.15
 #: How often the event loop's CPU is read to measure a refusal's cost.

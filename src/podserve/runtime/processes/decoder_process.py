@@ -85,7 +85,7 @@ class ForwardedExchange:
         return self.gone
 
 
-class FrontDoor:
+class FrontAdmission:
     """The front process that admitted this decoder's requests: answers go back to it, more places come from it."""
 
     def __init__(self) -> None:
@@ -157,13 +157,13 @@ class DecoderProcess:
         self.name = f"decoder-{slot.index}"
         self.budgets = Budgets(settings)
         self.model = ModelClient(settings, slot, handler, arena)
-        self.door = FrontDoor()
+        self.admission = FrontAdmission()
         route = service_path(settings.service_name)
         limits = api.InputLimits.from_settings(settings, layout.holding_limit(settings), 1,
                                                layout.pod_memory_plan(settings).per_parse)
         # One core is this process's: no core of its own idles for the loop to hand work to, so no relief.
         relief = LoopRelief(1.0, lambda: 0, lambda: 0)
-        self.service = ServiceRoute(route, settings, self.model, self.door, request_threads(settings), relief,
+        self.service = ServiceRoute(route, settings, self.model, self.admission, request_threads(settings), relief,
                                     VideoWork(1), limits,
                                     step_costs=lambda: StepCost(STEP_INLINE_SECONDS, STEP_STALL_SECONDS),
                                     step_clock=time.thread_time)
@@ -178,7 +178,7 @@ class DecoderProcess:
 
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.door._loop_thread = threading.get_ident()
+        self.admission._loop_thread = threading.get_ident()
         stopping = self.loop.create_future()
         self.loop.add_signal_handler(signal.SIGTERM, lambda: stopping.done() or stopping.set_result(None))
         self.service.start(self.loop)
@@ -193,7 +193,7 @@ class DecoderProcess:
         connecting.cancel()
         self.slot.fields["state"] = RETIRING  # the front sends nothing more
         give_up = time.monotonic() + self.settings.request_timeout_ms / 1000.0 + 5
-        while self.door.exchanges and time.monotonic() < give_up:
+        while self.admission.exchanges and time.monotonic() < give_up:
             await asyncio.sleep(0.02)
         self.service.stop()
 
@@ -204,7 +204,7 @@ class DecoderProcess:
             self.slot.ready()
 
     def _publish(self, fields) -> None:
-        fields["held"] = len(self.door.exchanges)
+        fields["held"] = len(self.admission.exchanges)
         fields["backlog"] = self.service.backlog
         overdue = self.service.overdue_seconds()
         if overdue > STUCK_THREAD_SECONDS and not fields["replace"]:
@@ -255,7 +255,7 @@ class DecoderProcess:
         sock = await self._until_connected(self._handshake_front, "the front")
         if sock is None:
             return
-        self.door.link = await open_link(self.loop, sock, self._from_front, self._front_lost, name="front")
+        self.admission.link = await open_link(self.loop, sock, self._from_front, self._front_lost, name="front")
 
     def _handshake_front(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -269,7 +269,7 @@ class DecoderProcess:
             raise
 
     def _front_lost(self) -> None:
-        self.door.lost()
+        self.admission.lost()
         if not self.stopping:
             log.warning("%s: the front has gone; reconnecting", self.name)
             self.loop.create_task(self._connect_front())
@@ -280,18 +280,18 @@ class DecoderProcess:
             if kind == "request":
                 self._start(*message[1:])
             elif kind == "gone":
-                exchange = self.door.exchanges.get(message[1])
+                exchange = self.admission.exchanges.get(message[1])
                 if exchange is not None and not exchange.gone:
                     exchange.gone = True
                     if exchange.on_gone is not None:
                         exchange.on_gone()
             elif kind == "held":
-                self.door.granted(*message[1:])
+                self.admission.granted(*message[1:])
 
     def _start(self, rid: int, method: str, path: str, query: str, headers: dict, body: bytes, received_at: float,
                deadline: float, wire: str | None, oversize: bool, peer: str) -> None:
         exchange = ForwardedExchange(rid, method, path, query, headers, body, received_at, oversize, peer)
-        self.door.exchanges[rid] = exchange
+        self.admission.exchanges[rid] = exchange
         _budget, invalid = self.budgets.of_request(headers, len(body))
         self.service.start_call(exchange, deadline, self.v2 if wire == "v2" else None, invalid)
 

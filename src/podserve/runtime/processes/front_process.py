@@ -1,7 +1,7 @@
-"""The front process of the split layout: the pod's HTTP server, its door, and the decoders it forwards to.
+"""The front process of the split layout: the pod's HTTP server, its admission, and the decoders it forwards to.
 
 It runs platform code only, so what a caller or a team's code does never stops it answering probes:
-it reads every request (runtime/http/), admits or refuses it at the door (runtime/http/admission.py:
+it reads every request (runtime/http/), admits or refuses it (runtime/http/admission.py:
 the pod's places, the paced 503s, pending bodies, connections: pod-wide limits, kept in this one
 process), answers the probes, the Open Inference Protocol's health and metadata and /metrics from the
 pod's shared state, and forwards each admitted request whole to the decoder process holding the fewest
@@ -36,7 +36,7 @@ from podserve.runtime.batching.pool import set_aside_start_up_objects
 from podserve.runtime.core.lifecycle import GracefulShutdown, Lifecycle
 from podserve.runtime.core.logs import configure_logging, log_request
 from podserve.runtime.core.metrics import Metrics
-from podserve.runtime.http.admission import Door
+from podserve.runtime.http.admission import Admission
 from podserve.runtime.http.deadlines import Budgets
 from podserve.runtime.http.messages import Answer, Exchange
 from podserve.runtime.http.server import raise_open_file_limit
@@ -93,8 +93,8 @@ class DecoderLink:
 class Decoders:
     """Forward admitted requests to the decoders; settle their answers; answer for those that end."""
 
-    def __init__(self, settings: ServingSettings, state: PodState, door: Door, route: str, lost: Counter):
-        self.settings, self.state, self.door, self.route, self.lost = settings, state, door, route, lost
+    def __init__(self, settings: ServingSettings, state: PodState, admission: Admission, route: str, lost: Counter):
+        self.settings, self.state, self.admission, self.route, self.lost = settings, state, admission, route, lost
         self.loop: asyncio.AbstractEventLoop | None = None
         self.links: dict[int, DecoderLink] = {}
         self.waiting: deque[Forwarded] = deque()  # admitted while no decoder could take it
@@ -194,7 +194,7 @@ class Decoders:
         exchange = record.exchange
         seconds = time.monotonic() - exchange.received_at
         exchange.on_gone = None
-        self.door.settle(exchange, record.places, answer, seconds)
+        self.admission.settle(exchange, record.places, answer, seconds)
         if log_it:  # decoders log what they answer; these never reached one, or it ended
             log_request({"route": self.route, "status": answer.status, "total_ms": round(seconds * 1000, 2),
                          "deadline_ms": round(max(0.0, record.deadline - exchange.received_at) * 1000),
@@ -220,7 +220,7 @@ class Decoders:
                 record = decoder.held.get(message[1])
                 if record is not None and message[2] > 0:
                     record.places -= message[2]
-                    self.door.lifecycle.request_finished(message[2])
+                    self.admission.lifecycle.request_finished(message[2])
         if self.waiting:
             self._forward_waiting()
 
@@ -231,7 +231,7 @@ class Decoders:
                                                                                   "already"))))
             return
         try:
-            record.places = self.door.hold_places(record.exchange, record.places, count, unit, field)
+            record.places = self.admission.hold_places(record.exchange, record.places, count, unit, field)
         except ServingError as exc:
             decoder.link.send(("held", rid, None, error_to_wire(exc)))
             return
@@ -348,27 +348,28 @@ def main() -> int:
     limit = layout.holding_limit(settings)
     refusal = error_answer(errors.Overloaded(f"this pod is full: it already holds {limit} requests (queue_size per "
                                              f"instance); retry shortly, or elsewhere"))
-    door = Door(route, lambda: limit, lifecycle, metrics, refusal, error_answer,
-                body_budget=layout.pod_memory_plan(settings).bodies)
-    decoders = Decoders(settings, state, door, route, lost)
+    admission = Admission(route, lambda: limit, lifecycle, metrics, refusal, error_answer,
+                          body_budget=layout.pod_memory_plan(settings).bodies)
+    decoders = Decoders(settings, state, admission, route, lost)
     view = PodView(state, decoders, settings)
     probes = Probes(view, lifecycle)
 
     def accept(exchange: Exchange, wire=None) -> None:
         budget, _invalid = budgets.of_request(exchange.headers, len(exchange.body or b""))
-        if door.admit(exchange, budget):  # a bad header is the decoder's to answer, as it answers everything else
+        if admission.admit(exchange, budget):  # a bad header is the decoder's to answer, as it answers everything else
             decoders.forward(exchange, exchange.received_at + budget, "v2" if wire is not None else None)
 
     open_inference = V2Route(route, settings.service_name, accept, probes,
                              describe=lambda: state.info().get("v2") if state.model["ready"] else None)
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    registry.register(PodMetrics(settings, state, lifecycle, door, limit))
+    registry.register(PodMetrics(settings, state, lifecycle, admission, limit))
     ProcessCollector(pid=lambda: int(os.environ[layout.SUPERVISOR_PID]), registry=registry)  # the pod's PID 1
     control = ControlThread(route, metrics, settings.control_queue_size, registry)
     http = socket.socket(fileno=int(os.environ[layout.HTTP_FD]))
     server = http_server(settings, route, metrics, open_inference, probes, control, accept, sock=http,
-                         admit_head=lambda exchange: door.admit_head(exchange, budgets.of_headers(exchange.headers)))
+                         admit_head=lambda exchange: admission.admit_head(exchange,
+                                                                          budgets.of_headers(exchange.headers)))
     finish_timeout = settings.request_timeout_ms / 1000.0 + settings.stuck_batch_seconds
     shutdown = GracefulShutdown(server, lifecycle, decoders.idle, settings.drain_seconds, finish_timeout)
     listener = socket.socket(fileno=int(os.environ[layout.FRONT_FD]))
@@ -376,7 +377,7 @@ def main() -> int:
     def started() -> None:
         loop = asyncio.get_running_loop()
         shutdown.install(loop)
-        door.start(loop)
+        admission.start(loop)
         decoders.start(loop, listener)
         control.start()
         slot.keep_beating(loop)
@@ -386,7 +387,7 @@ def main() -> int:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(server.serve(on_started=started))
-    door.stop()
+    admission.stop()
     control.stop()
     listener.close()
     log.info("front exited cleanly")

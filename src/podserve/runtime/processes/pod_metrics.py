@@ -28,9 +28,9 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 class PodMetrics:
     """A collector for the front's registry (runtime/processes/front_process.py)."""
 
-    def __init__(self, settings, state: PodState, lifecycle, door, limit: int):
-        self.service, self.state, self.lifecycle, self.door, self.limit = settings.service_name, state, lifecycle, \
-            door, limit
+    def __init__(self, settings, state: PodState, lifecycle, admission, limit: int):
+        self.service, self.state, self.lifecycle, self.limit = settings.service_name, state, lifecycle, limit
+        self.admission = admission
 
     def collect(self):
         service, state = self.service, self.state
@@ -39,8 +39,8 @@ class PodMetrics:
                             (names.HTTP_BACKLOG, sum(int(state.slots[i]["backlog"]) for i in decoders)),
                             (names.LOOP_RELIEF, 0.0),  # decoders own a core each: their loops are never relieved
                             (names.ADMISSION_LIMIT, self.limit),
-                            (names.REFUSALS_HELD, self.door.refusals_held),
-                            (names.REFUSAL_RATE, self.door.refusal_rate)):
+                            (names.REFUSALS_HELD, self.admission.refusals_held),
+                            (names.REFUSAL_RATE, self.admission.refusal_rate)):
             gauge = GaugeMetricFamily(name, _HELP[name], labels=["service"])
             gauge.add_metric([service], value)
             yield gauge

@@ -1,6 +1,6 @@
 """`POST /api/<service>`: a request's deadline, its two steps around the batch, and its answer.
 
-A request comes here admitted (runtime/http/admission.py: its place taken at the door), with its deadline.
+A request comes here admitted (runtime/http/admission.py: its place taken), with its deadline.
 Its `begin` parses the body, runs the handler's `decode` and queues the input for a batch; it does
 not wait for the batch. When the batch is done, `finish` runs `encode` and answers. Each step runs
 in the event loop while it is measured cheap, else on a request thread (runtime/batching/step_runner.py).
@@ -11,8 +11,8 @@ at that moment: a decode still running goes on, but its input is dropped, never 
 that has started is never abandoned. The same goes for a caller who hangs up (499, not sent).
 
 The same route serves in both layouts (docs/processes.md): in one process, `pool` is the model
-instances and `door` the HTTP server's own; in a decoder process, `pool` is the model process
-reached through shared memory and `door` the front process that admitted the request.
+instances and `admission` the HTTP server's own; in a decoder process, `pool` is the model process
+reached through shared memory and `admission` the front process that admitted the request.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ WAITING, WORKING, SUBMITTED, ANSWERED = range(4)
 
 
 class Call:
-    """One service request between the door and its answer."""
+    """One service request between its admission and its answer."""
 
     __slots__ = ("exchange", "deadline", "state", "item", "payload", "context", "wire", "job", "places")
 
@@ -64,7 +64,7 @@ class Call:
 
 class Settler(Interface):
     """Who admitted a request: it takes more places for it, and settles it once answered (runtime/http/admission.py's
-    Door, or in a decoder process the front that admitted it)."""
+    Admission, or in a decoder process the front that admitted it)."""
 
     def hold_places(self, exchange: Exchange, held: int, count: int, unit: str, field: str) -> int: ...
 
@@ -76,15 +76,15 @@ class Settler(Interface):
 
 
 class ServiceRoute:
-    """Serve `POST /api/<service>` from `pool`, answering through `door`."""
+    """Serve `POST /api/<service>` from `pool`, answering through `admission`."""
 
-    def __init__(self, route: str, settings: ServingSettings, pool, door: Settler, runner_threads: int,
+    def __init__(self, route: str, settings: ServingSettings, pool, admission: Settler, runner_threads: int,
                  relief, videos: VideoWork, input_limits: api.InputLimits, step_costs=StepCost,
                  step_clock=time.perf_counter):
         self.route = route
         self.settings = settings
         self.pool = pool
-        self.door = door
+        self.admission = admission
         self.loop = None
         self._lock = threading.Lock()  # guards Call.state: each call is answered exactly once
         self.runner = StepRunner(runner_threads, relief, self._begin, self._finish_items, self._failed, step_costs,
@@ -187,7 +187,7 @@ class ServiceRoute:
             if call.state != WORKING:
                 return False
             call.state = SUBMITTED  # before the batch thread can possibly answer it
-        self.door.submitted(call.exchange)
+        self.admission.submitted(call.exchange)
         return True
 
     def work_done(self, items: list[WorkItem]) -> None:
@@ -202,13 +202,13 @@ class ServiceRoute:
         if call.state == ANSWERED:
             return False
         held = call.places
-        places = self.door.hold_places(call.exchange, held, count, unit, field)
+        places = self.admission.hold_places(call.exchange, held, count, unit, field)
         with self._lock:
             if call.state != ANSWERED:
                 call.places = places
                 return True
         # Answered meanwhile: its answer gave back `held`, not what this took beyond them.
-        self.door.release_places(call.exchange, places - held)
+        self.admission.release_places(call.exchange, places - held)
         return False
 
     def _begin(self, call: Call) -> None:
@@ -312,7 +312,7 @@ class ServiceRoute:
             answer = outcome
         exchange = call.exchange
         seconds = time.monotonic() - exchange.received_at
-        self.door.settle(exchange, call.places, answer, seconds)
+        self.admission.settle(exchange, call.places, answer, seconds)
         call.item = None  # no cycles left for the garbage collector: memory stays flat
         if isinstance(call.job, FanOut):
             call.job.release()

@@ -1,8 +1,8 @@
 """`/api/<service>/v2/...`: the Open Inference Protocol served from the same instances and batcher as the service.
 
 Health and metadata are answered by the event loop from the pool's state, like the probes.
-An infer request takes the service route's lane (runtime/protocols/service_route.py: admission at the
-door, its deadline, the request threads, refusal pacing): a request thread reads its tensors
+An infer request takes the service route's lane (runtime/protocols/service_route.py: admission,
+its deadline, the request threads, refusal pacing): a request thread reads its tensors
 (runtime/protocols/v2.py), and a batch of N rows becomes N inputs for the batcher, holding N places
 against the pod's limit (a second admission step, once N is known), so they share batches with
 `/api/<service>`'s requests and each other's; the rows' outputs are gathered back in order.
@@ -75,7 +75,7 @@ class _Job(FanOut):
 class V2Route(WireFormat):
     """Serve the Open Inference Protocol under `prefix` (the service's route) for model `model`.
 
-    `accept(exchange, wire)` admits an infer request onto the service route's lane (in one process, the door and
+    `accept(exchange, wire)` admits an infer request onto the service route's lane (in one process, admission and
     the service route; in the front process, forwarding to a decoder); `describe()` is the model's description
     (`describe_model`) once it is loaded, None before."""
 
