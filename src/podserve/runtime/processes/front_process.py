@@ -368,6 +368,7 @@ def main() -> int:
     control = ControlThread(route, metrics, settings.control_queue_size, registry)
     http = socket.socket(fileno=int(os.environ[layout.HTTP_FD]))
     server = http_server(settings, route, metrics, open_inference, probes, control, accept, sock=http,
+                         uploads=layout.pod_memory_plan(settings).uploads,
                          admit_head=lambda exchange: admission.admit_head(exchange,
                                                                           budgets.of_headers(exchange.headers)))
     finish_timeout = settings.request_timeout_ms / 1000.0 + settings.stuck_batch_seconds

@@ -66,7 +66,7 @@ def serve_in_one_process(settings: ServingSettings, handler_class: type) -> int:
 
     open_inference = V2Route(route, settings.service_name, accept, probes,
                              describe=lambda: describe_model(pool.workers[0].handler) if pool.ready else None)
-    server = http_server(settings, route, metrics, open_inference, probes, control, accept,
+    server = http_server(settings, route, metrics, open_inference, probes, control, accept, uploads=memory.uploads,
                          admit_head=lambda exchange: admission.admit_head(exchange,
                                                                           budgets.of_headers(exchange.headers)))
     metrics.in_flight.set_function(lambda: lifecycle.in_flight)
@@ -86,7 +86,7 @@ def serve_in_one_process(settings: ServingSettings, handler_class: type) -> int:
         control.start()
         log.info("serving %s with %s on http://%s:%s: %d instance(s) on %s", settings.service_name,
                  settings.handler, settings.host, server.effective_port, len(devices), ", ".join(map(str, devices)),
-                 extra={"fields": {"settings": settings.to_env(), "memory_plan": memory.__dict__}})
+                 extra={"fields": {"settings": settings.to_env(), "memory_plan": memory.describe()}})
         pool.load_in_background()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -14,8 +14,10 @@ import mmap
 import os
 import threading
 
+from podserve import memory_plan
+
 #: The smallest block: one page.
-MIN_ORDER = 12
+MIN_ORDER = memory_plan.ARENA_PAGE_ORDER
 
 
 class Arena:
@@ -25,8 +27,8 @@ class Arena:
         if capacity < 1 << MIN_ORDER:
             raise ValueError(f"an arena of {capacity} bytes is smaller than one page")
         self.capacity = capacity
-        self.order = max(MIN_ORDER, (capacity - 1).bit_length())
-        self.size = 1 << self.order
+        self.size = memory_plan.arena_bytes(capacity)  # what the pod's memory plan counts for it
+        self.order = self.size.bit_length() - 1
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
         os.ftruncate(self.fd, self.size)
         self.map = mmap.mmap(self.fd, self.size)
