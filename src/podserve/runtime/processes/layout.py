@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 from podserve import memory_plan
-from podserve.runtime.core.devices import cpu_share
+from podserve.runtime.core.devices import cpu_share, gpu_devices
 from podserve.settings import ServingSettings
 
 AUTO = -1
-#: Where a GPU shows in a container given one (the NVIDIA device plugin mounts them; so does a GPU machine's driver).
-GPU_DEVICES = "/dev/nvidia[0-9]*"
 
 
 def gpu_visible() -> bool:
     """Whether an NVIDIA GPU is visible to this process (its device files), without loading any CUDA library."""
-    return bool(glob.glob(GPU_DEVICES))
+    return bool(gpu_devices())
 
 
 def decoder_processes(settings: ServingSettings) -> int:
