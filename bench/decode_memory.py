@@ -41,32 +41,22 @@ size = width * height
 run = lambda: decode_image(data, max_pixels=pixels, mode="RGB", draft_size=(192, 48))
 """
 VIDEO = """
-import io, av, numpy as np
+from bench.decode_memory import VIDEO_OPTIONS, noise_video
 from podserve.videos import VideoLimits, decode_video
 variant, threads = {codec!r}, {threads}
-codec = variant.split(" ")[0]
+codec, options = variant.split(" ")[0], VIDEO_OPTIONS[variant]
+fmt = "webm" if codec == "libvpx-vp9" else "mp4"
 width, height = 3840, 2160
-def encode(w, h, count):
-    rng = np.random.default_rng(2)
-    frames = [rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1) for _ in range(4)]
-    out = io.BytesIO()
-    with av.open(out, "w", format="webm" if codec == "libvpx-vp9" else "mp4") as box:
-        stream = box.add_stream(codec, rate=2, options={{"libx264": {{"preset": "ultrafast"}},
-            "libx264 16 references, B-frames": {{"preset": "ultrafast", "x264-params": "ref=16:bframes=3"}},
-            "libx265": {{"preset": "ultrafast"}}, "libvpx-vp9": {{"deadline": "realtime", "cpu-used": "8"}}}}[variant])
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for i in range(count):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frames[i % 4], format="rgb24")):
-                box.mux(packet)
-        for packet in stream.encode():
-            box.mux(packet)
-    return out.getvalue()
 limits = VideoLimits(threads=threads, max_frames=600, max_seconds=600, timeout_seconds=600)
-list(decode_video(encode(64, 64, 4), limits, size=(192, 48)))  # FFmpeg's libraries loaded before the peak is reset
-data = encode(width, height, 20)  # 28 MB at 4K: within max_video_bytes
+list(decode_video(noise_video(64, 64, 4, codec, options, fmt), limits, size=(192, 48)))  # FFmpeg's libraries loaded
+data = noise_video(width, height, 20, codec, options, fmt)  # 28 MB at 4K: within max_video_bytes
 size = width * height
 run = lambda: list(decode_video(data, limits, size=(192, 48)))
 """
+#: Each video case's encoder options, by its name (its codec first).
+VIDEO_OPTIONS = {"libx264": {"preset": "ultrafast"},
+                 "libx264 16 references, B-frames": {"preset": "ultrafast", "x264-params": "ref=16:bframes=3"},
+                 "libx265": {"preset": "ultrafast"}, "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8"}}
 JSON = """
 import json
 shape = {shape!r}
@@ -80,7 +70,7 @@ run = lambda: json.loads(data)
 """
 HARNESS = """
 import sys
-sys.path.insert(0, {src!r})
+sys.path[:0] = [{src!r}, {repo!r}]
 {case}
 def status(name):
     for line in open("/proc/self/status"):
@@ -94,15 +84,37 @@ print(size, status("VmHWM:") - before)
 """
 IMAGES = [("WEBP", "RGBA"), ("WEBP", "RGB"), ("PNG", "RGBA"), ("PNG", "RGB"), ("PNG", "LA"), ("PNG", "I;16"),
           ("PNG", "P"), ("PNG", "L"), ("GIF", "P"), ("BMP", "RGB"), ("TIFF", "F"), ("TIFF", "CMYK"), ("JPEG", "RGB")]
-VIDEOS = [(codec, threads) for codec in ("libx264", "libx264 16 references, B-frames", "libx265", "libvpx-vp9")
-          for threads in (1, 2, 3)]
+VIDEOS = [(codec, threads) for codec in VIDEO_OPTIONS for threads in (1, 2, 3)]
 SHAPES = ["nested", "dicts", "objects", "floats", "zeros", "strings"]
+
+
+def noise_video(width: int, height: int, count: int, codec: str = "libx264", options: dict | None = None,
+                fmt: str = "mp4") -> bytes:
+    """`count` frames of blocky noise (which compresses little) at 2 frames a second, encoded by PyAV."""
+    import io
+
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+              for _ in range(4)]
+    out = io.BytesIO()
+    with av.open(out, "w", format=fmt) as box:
+        stream = box.add_stream(codec, rate=2, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(count):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frames[i % 4], format="rgb24")):
+                box.mux(packet)
+        for packet in stream.encode():
+            box.mux(packet)
+    return out.getvalue()
 
 
 def measure(case: str) -> tuple[int, int]:
     """(the input's size: pixels or bytes, the peak the decode added) of one case, in a fresh process."""
-    done = subprocess.run([sys.executable, "-c", HARNESS.format(src=str(REPO / "src"), case=case)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    harness = HARNESS.format(src=str(REPO / "src"), repo=str(REPO), case=case)
+    done = subprocess.run([sys.executable, "-c", harness], cwd=REPO, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     size, peak = map(int, done.stdout.split()[-2:])

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
+from bench.decode_memory import VIDEO_OPTIONS, noise_video  # noqa: E402
 from bench.systems import Server, free_port  # noqa: E402
 from podserve import memory_plan  # noqa: E402
 from podserve.settings import ServingSettings  # noqa: E402
@@ -145,26 +146,12 @@ def largest_webp(pixels: int) -> bytes:
 def video_4k(max_bytes: int, max_pixels: int) -> bytes:
     """An h264 MP4 at the largest frame the pod admits (3840x2160 by default), 2 frames a second, under max_bytes,
     with 16 reference frames and B-frames: the most a decoder keeps (bench.decode_memory)."""
-    import av
-
     width = 3840 if max_pixels >= 3840 * 2160 else int((max_pixels * 16 / 9) ** 0.5) // 16 * 16
     height = width * 9 // 16 // 16 * 16
-    rng = np.random.default_rng(4)
-    frames = [rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
-              for _ in range(4)]
     for count in (20, 12, 8, 4):
-        out = io.BytesIO()
-        with av.open(out, "w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=2, options={"preset": "ultrafast",
-                                                                      "x264-params": "ref=16:bframes=3"})
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            for i in range(count):
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frames[i % 4], format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        if len(out.getvalue()) <= max_bytes:
-            return out.getvalue()
+        video = noise_video(width, height, count, "libx264", VIDEO_OPTIONS["libx264 16 references, B-frames"])
+        if len(video) <= max_bytes:
+            return video
     raise RuntimeError("no 4K video fits max_video_bytes")
 
 

@@ -117,7 +117,8 @@ def test_the_gpu_flavor_builds_on_its_stand_in_base_with_onnxruntime_gpu_and_its
 
 #: The stand-in GPU pod's three causes (issue 69): which image runs under the GPU Deployment, what the pod's env gets
 #: beside it, and the words /api/ping and the log must hold. No stand-in has a /dev/nvidia* (its node mounted none),
-#: so every case names that too, and the GPU image's CUDA libraries that do not load.
+#: so every case names that too, and the GPU image's CUDA libraries that do not load. "no visible device" is what
+#: docs/pipeline.md's real-node walkthrough shows of examples/real-node/value.py (tests/tooling/test_docs_values.py).
 GPU_CAUSES = {
     "the CPU package": ("cpu", {}, ["onnxruntime here is the CPU package, without the CUDA provider",
                                     "install onnxruntime-gpu"]),
@@ -182,7 +183,7 @@ def test_with_a_64mib_limit_the_container_is_oom_killed_and_reported_so(cpu_buil
     with Container.start(rootfs, facts.config, cpu_build.deployment, tmp_path, memory_limit="64Mi") as box:
         poll_until(lambda: box.process.poll() is not None or _ping(box), "the server up, or dead", 180, every=0.5)
         if box.process.poll() is None:
-            try:  # a 16-megapixel RGB image (the default max_image_pixels) decodes to 64 MB: more than the limit leaves
+            try:  # a 12-megapixel RGB image (within the default max_image_pixels) decodes to 49 MB: more than is left
                 requests.post(f"{box.url}/api/text-direction?postid=big", data=_large_png(),
                               headers={"Content-Type": "application/octet-stream"}, timeout=60)
             except requests.RequestException:
@@ -197,7 +198,7 @@ def _large_png() -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new("RGB", (4000, 4000), (200, 120, 40)).save(buffer, format="PNG")
+    Image.new("RGB", (3500, 3500), (200, 120, 40)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -44,7 +44,7 @@ class Pod:
     def __init__(self, name: str, cluster: str, env: dict[str, str], log_dir: Path, repo: Path):
         self.name, self.cluster = name, cluster
         self.port = free_port()
-        self.env = dict(env, PODSERVE_HOST="127.0.0.1", PODSERVE_PORT=str(self.port))
+        self.env = dict(env, PODSERVE_HOST="127.0.0.1", PODSERVE_PORT=str(self.port), PODSERVE_REQUIRE_GPU="0")
         self.log_dir, self.repo = Path(log_dir), Path(repo)
         self.ready = False
         self.terminating = False
