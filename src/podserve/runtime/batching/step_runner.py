@@ -36,7 +36,7 @@ class StepRunner:
         self._begin_cost, self._finish_cost = costs(), costs()
         self._clock = clock  # what a step's cost is measured by: the wall clock, or (a decoder's) its thread's CPU
         self._loop_thread: int | None = None
-        self.busy: dict[int, Any] = {}  # request thread -> the job it runs now
+        self.busy: dict[int, tuple[Any, float]] = {}  # request thread -> (the job it runs now, since when: monotonic)
         self.steps_cpu = 0.0  # CPU seconds of the steps the loop ran itself (runtime/http/refusals.py subtracts them)
         self.loop = None
         self._threads = [threading.Thread(target=self._serve, name=f"request-{i}", daemon=True)
@@ -97,7 +97,7 @@ class StepRunner:
             job = work.get()
             if job is None:
                 return
-            busy[me] = job
+            busy[me] = job, time.monotonic()
             self._run(job)
             del busy[me]
 

@@ -65,7 +65,7 @@ class VideoWork:
     def __init__(self, workers: int):
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._serve, name=f"video-{i}", daemon=True) for i in range(workers)]
-        self.busy: dict[int, object] = {}  # video thread -> the call whose video it decodes now
+        self.busy: dict[int, tuple[object, float]] = {}  # video thread -> (the call whose video it decodes, since)
 
     @property
     def backlog(self) -> int:
@@ -95,7 +95,7 @@ class VideoWork:
             if job is None:
                 return
             route, call, handler = job
-            self.busy[threading.get_ident()] = call
+            self.busy[threading.get_ident()] = call, time.monotonic()
             try:
                 self._decode(route, call, handler)
             except Exception as exc:  # never lose a request to a bug here: answer it
