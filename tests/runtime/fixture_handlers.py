@@ -368,15 +368,22 @@ def decoded_by(path: str | os.PathLike) -> dict[int, int]:
         return {}
 
 
+#: A path: LeavesOrphans' orphan lives while the file is there.
+ORPHAN_GATE_ENV = "TEST_ORPHAN_GATE"
+
+
 class LeavesOrphans(Affine):
-    """Affine whose decode of a request whose first number is 5 starts a shell that starts `sleep` in the background
-    and exits: the sleep, orphaned, ends a moment later for whoever adopted it to reap. Its pid is the answer."""
+    """Affine whose decode of a request whose first number is 5 starts a shell that starts a loop in the background
+    and exits: the loop, orphaned, lives while TEST_ORPHAN_GATE's file is there, then ends for whoever adopted it to
+    reap. Its pid (as this process sees pids) is the answer."""
 
     def decode(self, payload: Payload) -> WithContext:
         item = super().decode(payload)
         orphan = 0
         if item[0] == 5:
-            shell = subprocess.run(["sh", "-c", "sleep 0.2 & echo $!"], capture_output=True, text=True, check=True)
+            loop = f'while [ -e "{os.environ[ORPHAN_GATE_ENV]}" ]; do sleep 0.02; done'
+            shell = subprocess.run(["sh", "-c", f"({loop}) >/dev/null 2>&1 & echo $!"], capture_output=True,
+                                   text=True, check=True)
             orphan = int(shell.stdout)
         return WithContext(item, orphan)
 

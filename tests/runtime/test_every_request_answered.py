@@ -78,8 +78,9 @@ def gates(tmp_path):
 def fault_pod(start_server, affine_model, gates, **settings):
     """The split layout, two decoders, one model instance with one lane taking batches of one (a second input waits in
     its queue), FaultPoints' gates wired."""
-    return start_server(handler="fixture_handlers:FaultPoints", model_path=str(affine_model), decode_processes=2,
-                        cpu=1, max_batch_size=1, queue_size=8,
+    settings = {"decode_processes": 2, **settings}
+    return start_server(handler="fixture_handlers:FaultPoints", model_path=str(affine_model), cpu=1,
+                        max_batch_size=1, queue_size=8,
                         TEST_PREDICT_GATE=str(gates["predict"]), TEST_DECODE_GATE=str(gates["decode"]),
                         TEST_LOAD_GATE=str(gates["load"]), TEST_DECODED_BY=str(gates["decoded_by"]), **settings)
 
