@@ -34,9 +34,14 @@ MIB = 1 << 20
 class ModelEnd:
     """The model process's end of a decoder's link (a socketpair's): what it got, and its outputs arena."""
 
-    def __init__(self, sock: socket.socket):
-        self.sock, self.outputs = sock, Arena(MIB, "test-outputs")
+    def __init__(self):
+        self.outputs = Arena(MIB, "test-outputs")
         self.messages: list = []
+        self.link = None
+
+    def end(self) -> None:
+        """The model process ends: its end of the link goes (through its transport, which owns the socket)."""
+        self.link.transport.abort()
 
     def mapped(self) -> PeerArena:
         return PeerArena(os.dup(self.outputs.fd))
@@ -45,9 +50,9 @@ class ModelEnd:
 async def connect(client: ModelClient, generation: int) -> ModelEnd:
     loop = asyncio.get_running_loop()
     decoder_sock, model_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    end = ModelEnd(model_sock)
+    end = ModelEnd()
     link = await open_link(loop, decoder_sock, client.on_messages, client.lost, name="model")
-    await open_link(loop, model_sock, end.messages.extend, name="decoder")
+    end.link = await open_link(loop, model_sock, end.messages.extend, name="decoder")
     client.connected(link, end.mapped(), generation)
     return end
 
@@ -95,7 +100,7 @@ def test_an_input_packed_as_the_model_process_ends_is_refused_not_recorded_after
         thread = threading.Thread(target=submit)
         thread.start()
         await until(packed.is_set, "the second input packed")
-        end.sock.close()  # the model process ends
+        end.end()  # the model process ends
         await until(lambda: client.link is None, "the decoder seeing the link lost")
         assert answered == [recorded] and isinstance(recorded.error, NotReady), "recorded before: answered 503"
         go_on.set()
@@ -116,7 +121,7 @@ def test_a_withdrawal_goes_to_the_model_process_that_got_the_input_never_to_its_
         first = await connect(client, generation=1)
         old = client.submit(np.ones(2048, np.float32), None, time.monotonic() + 10, on_done=answered.extend)
         await until(lambda: [m[0] for m in first.messages] == ["submit"], "the input with the first model process")
-        first.sock.close()
+        first.end()
         await until(lambda: answered == [old], "the input answered 503 as its model process ended")
         second = await connect(client, generation=2)
         new = client.submit(np.ones(2048, np.float32), None, time.monotonic() + 10, on_done=answered.extend)

@@ -211,10 +211,11 @@ class InstancePool:
         return instances_problem(((worker.name, worker.threads_alive, worker.batch_started) for worker in self.workers),
                                  self.settings.stuck_batch_seconds, time.monotonic())
 
-    def stop(self, timeout: float) -> None:
-        """Finish what is queued, and wait at most `timeout` seconds for each instance's batch threads to end."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish what is queued, and wait at most `timeout` seconds (default `stuck_batch_seconds`) for each
+        instance's batch threads to end."""
         for worker in self.workers:
-            worker.stop(timeout=timeout)
+            worker.stop(timeout=self.settings.stuck_batch_seconds if timeout is None else timeout)
 
     def _record_batch(self, worker: BatchWorker, size: int, seconds: float, items: list[WorkItem],
                       cpu_seconds: float) -> None:

@@ -68,7 +68,7 @@ def main() -> int:
              extra={"fields": {"settings": {**settings.to_env(), **offline.to_env()}}})
     code = _run_beside_signals(worker)
     dead_letters.close()
-    pool.stop(timeout=settings.stuck_batch_seconds)
+    pool.stop()
     probes.stop()
     return code
 

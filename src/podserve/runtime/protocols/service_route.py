@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from typing import Any, Protocol as Interface
-from urllib.parse import parse_qsl
 
 from podserve import errors
 from podserve.errors import ClientGone, DeadlineExceeded, HandlerFailed, ServingError
@@ -248,7 +247,7 @@ class ServiceRoute:
             self.pool.ensure_room()
             with self.pool.decoding() as incoming:
                 call.payload = api.parse_request(exchange.headers.get("content-type"), exchange.body,
-                                                 QueryArgs(exchange.query), self.input_limits)
+                                                 api.QueryArgs(exchange.query), self.input_limits)
                 if call.payload.video is not None:  # decoded on a video thread, not this one
                     self.videos.begin(self, call, handler)
                     return
@@ -388,17 +387,3 @@ def stuck_step_seconds(settings: ServingSettings) -> float:
 def _past_deadline(call: Call, where: str) -> DeadlineExceeded:
     waited = time.monotonic() - call.exchange.received_at
     return DeadlineExceeded(f"the request's deadline passed after {waited * 1000:.1f} ms {where}; it was not run")
-
-
-class QueryArgs:
-    """The query string's parameters (the first value of each), parsed only when one is asked for."""
-
-    def __init__(self, query: str):
-        self.query, self._parsed = query, None
-
-    def get(self, name: str, default: Any = None) -> Any:
-        if self._parsed is None:
-            self._parsed = {}
-            for key, value in parse_qsl(self.query, keep_blank_values=True):
-                self._parsed.setdefault(key, value)
-        return self._parsed.get(name, default)
