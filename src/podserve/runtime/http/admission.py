@@ -23,6 +23,7 @@ thread stuck with it, a link gone quiet), and tells its holder to drop it (`on_g
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from typing import Callable
@@ -35,6 +36,7 @@ from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.http.messages import LARGE_BODY_BYTES, LARGE_BODY_SHARE, Answer, Exchange
 from podserve.runtime.http.refusals import RefusalCost, RefusalPacer
 
+log = logging.getLogger(__name__)
 
 #: Every admitted request is answered by its deadline plus this, whatever ends or hangs (docs/processes.md): a batch
 #: that started before the deadline gets this long to end; past it, the request is answered 504 here.
@@ -115,7 +117,9 @@ class Admission:
         self.lifecycle.request_started()
         self._admitted += 1
         exchange.places = 1
-        tick = exchange.backstop = int((exchange.received_at + budget + ANSWER_GRACE_SECONDS) / BACKSTOP_TICK_SECONDS) + 1
+        # The tick before the one its grace ends in: swept every tick, it is answered within the grace.
+        due_at = exchange.received_at + budget + ANSWER_GRACE_SECONDS
+        tick = exchange.backstop = int(due_at / BACKSTOP_TICK_SECONDS) - 1
         with self._lock:
             self._due.setdefault(tick, {})[id(exchange)] = exchange
         return True
@@ -197,14 +201,17 @@ class Admission:
         """Answer 504 every admitted request past its deadline and grace that nobody has answered."""
         if self._loop is None:
             return
+        self._loop.call_later(BACKSTOP_TICK_SECONDS, self._sweep)  # first: nothing below may stop the backstop
         now = int(time.monotonic() / BACKSTOP_TICK_SECONDS)
         while self._swept < now:
             self._swept += 1
             with self._lock:
                 due = self._due.pop(self._swept, None)
             for exchange in (due or {}).values():
-                self._backstop(exchange)
-        self._loop.call_later(BACKSTOP_TICK_SECONDS, self._sweep)
+                try:
+                    self._backstop(exchange)
+                except Exception:  # a holder's bug: the request is answered, the next ones still will be
+                    log.exception("the backstop's holder callback failed")
 
     def _backstop(self, exchange: Exchange) -> None:
         holder, exchange.on_gone = exchange.on_gone, None

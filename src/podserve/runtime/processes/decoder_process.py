@@ -130,8 +130,8 @@ class FrontAdmission:
         return places
 
     def submitted(self, exchange: ForwardedExchange) -> None:
-        """Tell the front the request's inputs are with the model process: from now on its batch answers it, so the
-        front's deadline backstop leaves it alone (a batch that has started is never abandoned)."""
+        """Tell the front the request's inputs are with the model process: it no longer counts towards this
+        decoder's backlog (what the front routes by)."""
         if self.link is not None:
             self.link.send(("submitted", exchange.rid))
 

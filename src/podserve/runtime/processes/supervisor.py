@@ -83,6 +83,7 @@ class Child:
     started: float = field(default_factory=time.monotonic)
     served: bool = False  # it reached READY at least once
     retire_by: float | None = None  # asked to finish and end (a replaced decoder): killed if still there by then
+    killed: bool = False  # found hung and killed: reaped soon, not killed again
 
     @property
     def name(self) -> str:
@@ -232,12 +233,15 @@ class Supervisor:
                 continue
             silent = (now - int(slot["heartbeat_ns"])) / 1e9
             stuck = (now - int(slot["loop_ns"])) / 1e9
+            if child.killed:
+                continue
             if slot["state"] == READY and silent > HANG_SECONDS:
                 self._hung(child, silent)
             elif child.role != DECODER:
                 continue
             elif slot["state"] == STARTING and (now - int(slot["started_ns"])) / 1e9 > START_GRACE_SECONDS:
                 log.error("%s did not start within %gs: killed", child.name, START_GRACE_SECONDS)
+                child.killed = True
                 child.process.kill()
             elif slot["state"] == READY and (slot["replace"] or stuck > LOOP_STUCK_SECONDS) \
                     and now_s >= self.last_replaced + self.replace_backoff:
@@ -255,6 +259,7 @@ class Supervisor:
             self.state.model["ready"] = 0
         if child.role == DECODER:
             self.state.pod["hung_decoders"] += 1
+        child.killed = True
         child.process.kill()
 
     def _replace(self, child: Child, why: str, now: float) -> None:

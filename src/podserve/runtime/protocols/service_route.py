@@ -8,7 +8,8 @@ in the event loop while it is measured cheap, else on a request thread (runtime/
 A request's deadline counts from when its first bytes were read. If it passes while the request
 waits for a request thread, is being decoded, or waits in its instance's queue, it is answered 504
 at that moment: a decode still running goes on, but its input is dropped, never queued; a batch
-that has started is never abandoned. The same goes for a caller who hangs up (499, not sent).
+that has started runs to its end, and its answer waits for it up to the grace past the deadline (then admission's
+backstop has answered 504: runtime/http/admission.py). The same goes for a caller who hangs up (499, not sent).
 
 The same route serves in both layouts (docs/processes.md): in one process, `pool` is the model
 instances and `admission` the HTTP server's own; in a decoder process, `pool` is the model process

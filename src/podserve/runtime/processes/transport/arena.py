@@ -144,11 +144,7 @@ class Arena:
         return len(self._orders)
 
     def close(self) -> None:
-        self.generations = None
-        try:
-            self.map.close()
-        except BufferError:  # a view is still alive somewhere: the mapping goes with it
-            pass
+        self.generations = _unmap(self.map)
         os.close(self.fd)
 
 
@@ -179,8 +175,13 @@ class PeerArena:
         return memoryview(self.map)[self.start + offset:self.start + offset + nbytes]
 
     def close(self) -> None:
-        self.generations = None
-        try:
-            self.map.close()
-        except BufferError:  # a view is still alive somewhere: the mapping goes with it
-            pass
+        self.generations = _unmap(self.map)
+
+
+def _unmap(mapping: mmap.mmap) -> None:
+    """Close `mapping` (a view still alive somewhere keeps it until that view goes); nothing is read through it
+    after this (the generations table, set to what this returns, is gone too)."""
+    try:
+        mapping.close()
+    except BufferError:
+        pass

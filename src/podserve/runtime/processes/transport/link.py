@@ -80,15 +80,14 @@ class Link(asyncio.Protocol):
         self.on_lost()
 
     def pause_writing(self) -> None:
-        self.paused = True
-        log.warning("%s: over %d bytes wait to be written (the peer is not reading): paused", self.name,
-                    self.high_water)
+        self.paused = True  # a large frame does this for a moment; a peer that stops reading, until its end
+        log.debug("%s: over %d bytes wait to be written: paused", self.name, self.high_water)
         if self.on_pause is not None:
             self.on_pause()
 
     def resume_writing(self) -> None:
         self.paused = False
-        log.info("%s: the peer reads again: resumed", self.name)
+        log.debug("%s: the peer has read down to the low-water mark: resumed", self.name)
         if self.on_resume is not None:
             self.on_resume()
 
