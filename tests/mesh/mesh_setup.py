@@ -65,3 +65,11 @@ def before_subsets(doc: dict) -> dict:
     elif kind == "DestinationRule":
         spec.pop("subsets", None)
     return doc
+
+
+def stop_checked(mesh) -> None:
+    """Stop a mesh; fail if its Envoy refused an update from istiod or ran an Istio extension (issue 65, It must
+    show 3: every mesh of the suite is checked so at its end)."""
+    problems = mesh.gateway_problems()
+    mesh.stop()
+    assert problems == [], problems

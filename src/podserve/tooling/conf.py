@@ -87,6 +87,7 @@ class Mesh:
     retries: dict
     outlier_detection: dict
     slow_start: str
+    istiod: dict  # environment the region's istiod must run with (the test bed's istiod runs with it too)
 
 
 @dataclass(frozen=True)
