@@ -7,12 +7,16 @@ production pods. Pods serve the tiny affine model with `mesh_handlers.Switchable
 test slows down or breaks per pod. The platform's conf/ is copied with shorter probe,
 preStop and outlier-detection times so that the suite stays short; every figure the tests
 use is read back from the rendered objects, never assumed. istiod and the control plane are the session's
-(tests/conftest.py): every Envoy of the session is fed by the one istiod.
+(tests/conftest.py): every Envoy of the session is fed by the one istiod. The mesh stops after the last test of this
+folder, not at the session's end: its Pods hold places in the team's namespaces (the preview quota's 8 pods) that
+later suites' deploys need.
 """
 
 from __future__ import annotations
 
 import pytest
+
+from pathlib import Path
 
 from podserve.testbed.mesh.mesh import Mesh
 from podserve.tooling.conf import load_conf
@@ -37,5 +41,20 @@ def mesh(tmp_path_factory, affine_model, control_plane, istiod) -> Mesh:
                    env={"PODSERVE_MODEL_PATH": str(affine_model)}, pod_env=pod_env,
                    extra_python_path=(HERE, RUNTIME_TESTS))
     started.start()
+    _running.append(started)
     yield started
-    stop_checked(started)
+    _stop()
+
+
+_running: list[Mesh] = []
+
+
+def _stop() -> None:
+    while _running:
+        stop_checked(_running.pop())
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the folder's mesh once its last test has run (the next test, if any, is another folder's)."""
+    if _running and (nextitem is None or Path(nextitem.path).parent != HERE):
+        _stop()
