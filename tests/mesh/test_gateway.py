@@ -66,8 +66,8 @@ def test_istio_s_crds_in_the_cluster_are_the_istio_module_s_and_istiod_is_built_
 
     from podserve.testbed.mesh import build
 
-    shipped = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all((build.binaries_dir() / build.CRD_FILE)
-                                                                            .read_text()) if doc}
+    shipped = {doc["metadata"]["name"]: doc for doc in yaml.load_all((build.binaries_dir() / build.CRD_FILE).read_text(),
+                                                                       Loader=yaml.CSafeLoader) if doc}
     extensions = client.ApiextensionsV1Api(control_plane.api_client())
     for name in ("gateways.networking.istio.io", "virtualservices.networking.istio.io",
                  "destinationrules.networking.istio.io"):
