@@ -76,15 +76,20 @@ class PodNetwork:
         """Allocate a free number (reclaiming a dead owner's), create the namespace and its veth; return it."""
         STATE.mkdir(parents=True, exist_ok=True)
         with locked(LOCK, LOCK_TIMEOUT_SECONDS, "the mesh's pod network"):
+            taken = []
             for number in range(1, MAX_NETWORKS + 1):
                 network = cls(number)
                 if (NETNS / network.name).exists() or (STATE / f"{number}.owner").exists():
                     if _owner_alive(number):
-                        continue
-                    network.remove()  # a killed run's
-                network._set_up()
-                return network
-        raise StartError(f"no free mesh pod network: {MAX_NETWORKS} namespaces psmesh-* in use")
+                        taken.append(number)
+                    else:
+                        network.remove()  # a killed run's: its processes, veth and namespace
+            number = next((n for n in range(1, MAX_NETWORKS + 1) if n not in taken), None)
+            if number is None:
+                raise StartError(f"no free mesh pod network: {MAX_NETWORKS} namespaces psmesh-* in use")
+            network = cls(number)
+            network._set_up()
+            return network
 
     def _set_up(self) -> None:
         me = os.getpid()
