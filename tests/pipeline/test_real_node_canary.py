@@ -188,15 +188,18 @@ class Bench:
         with Callers(self) as callers:
             callers.wait_for(2 * RATE, "two seconds of callers on the old route")
             before = self.stable_pods(), self.replicasets(), self.deployment()
+            started = {"migrated": time.monotonic()}
             migrated = self.deploy("apply", self.manifests())
             after = self.stable_pods(), self.replicasets(), self.deployment()
+            started["back"] = time.monotonic()
             back = self.deploy("rollback")
             rolled_back = self.stable_pods(), self.replicasets(), self.deployment()
+            started["again"] = time.monotonic()
             again = self.deploy("apply", self.manifests())
             callers.wait_for(len(callers.outcomes) + 2 * RATE, "two seconds of callers on the new route")
         self.migration = {"before": before, "migrated": (migrated, *after), "back": (back, *rolled_back),
                           "again": (again, self.stable_pods(), self.replicasets(), self.deployment()),
-                          "outcomes": list(callers.outcomes)}
+                          "outcomes": list(callers.outcomes), "started": started}
 
     def answered(self, count: int) -> bool:
         import requests
@@ -349,6 +352,11 @@ def test_the_selector_s_migration_and_its_rollback_under_traffic_restart_no_pod_
     seconds = outcomes[-1][0] - outcomes[0][0]
     print(f"callers' answers across the migration, the rollback and the migration again ({seconds:.0f} s at {RATE} a "
           f"second): {statuses}")
+    for sent, status, said in outcomes:
+        if status != 200:
+            step, at = max(((name, t) for name, t in bench.migration["started"].items() if t <= sent),
+                           key=lambda item: item[1], default=("before", outcomes[0][0]))
+            print(f"  {status} {said!r} sent {sent - at:.2f} s into {step}")
     assert statuses == {200: len(outcomes)} and len(outcomes) >= RATE * 4
 
 
