@@ -87,6 +87,8 @@ class Mesh:
     retries: dict
     outlier_detection: dict
     slow_start: str
+    propagation_seconds: float  # istiod's push to every gateway: the deploy tool's make-before-break waits
+    istiod: dict  # environment the region's istiod must run with (the test bed's istiod runs with it too)
 
 
 @dataclass(frozen=True)
