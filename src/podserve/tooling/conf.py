@@ -150,6 +150,7 @@ class Region:
     gateway_selector: dict
     gateway_tls_secret: str
     kafka_bootstrap: str
+    kafka_security_protocol: str
     gpu: Gpu
     node_pools: NodePools
     name: str = ""
