@@ -46,6 +46,11 @@ def test_the_secret_holds_the_principal_for_the_worker_and_keda_and_nothing_reac
     doc = kafka_acls.secret("podserve-imo-grey", "imo-grey", "s3cret")
     assert doc["metadata"]["name"] == kafka_access.CREDENTIALS_SECRET
     assert doc["stringData"]["username"] == "imo-grey" and doc["stringData"]["password"] == "s3cret"
+    assert doc["stringData"]["tls"] == "enable" and kafka_acls.secret("n", "u", "p", "SASL_PLAINTEXT")["stringData"]["tls"] == "disable"
+    keda = kafka_acls.trigger_authentication("podserve-imo-grey")["spec"]["secretTargetRef"]
+    assert {ref["name"] for ref in keda} == {kafka_access.CREDENTIALS_SECRET}
+    assert {ref["parameter"]: ref["key"] for ref in keda} == {"username": "username", "password": "password",
+                                                             "sasl": "sasl", "tls": "tls"}
     assert kafka_acls.worker_namespaces(load_conf(), "hk") == {
         **{f"podserve-{t}": t for t in load_conf().teams}, **{f"podserve-{t}-grey": f"{t}-grey" for t in load_conf().teams}}
     settings = OfflineSettings(source_topic="imo.a", consumer_group="imo.g", sink_topic="imo.b",

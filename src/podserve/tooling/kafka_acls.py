@@ -10,7 +10,8 @@ platform team's (never CI's): with the brokers' admin credential in its environm
 PODSERVE_KAFKA_SECURITY_PROTOCOL) and $KUBECONFIG for the region's cluster, for each team and
 each namespace where its offline workers run (production's and grey's), it
 1. keeps the password of the namespace's Secret podserve-kafka-credentials, or makes one
-   (a new one for all with --rotate) and writes the Secret,
+   (a new one for all with --rotate), and writes the Secret and the TriggerAuthentication
+   podserve-kafka through which KEDA's kafka trigger reads the same principal,
 2. sets that SCRAM-SHA-512 credential on the brokers,
 3. creates the ACLs conf asks for and deletes any other ACL of a team principal;
 and exits 0, or 1 naming what the brokers or the cluster refused. Run it again at will: it
@@ -114,14 +115,28 @@ def new_password() -> str:
     return secrets.token_urlsafe(32)
 
 
-def secret(namespace: str, user: str, password: str) -> dict:
+MANAGED_BY = {"app.kubernetes.io/managed-by": "podserve-kafka-acls"}
+#: KEDA's kafka scaler's parameters, each read from a key of the Secret (TriggerAuthentication secretTargetRef).
+KEDA_PARAMETERS = {"username": kafka_access.USERNAME_KEY, "password": kafka_access.PASSWORD_KEY, "sasl": "sasl",
+                   "tls": "tls"}
+
+
+def secret(namespace: str, user: str, password: str, protocol: str = kafka_access.DEFAULT_SECURE_PROTOCOL) -> dict:
     """The Secret a team namespace's workers (and KEDA, and the smoke) read their principal from."""
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": kafka_access.CREDENTIALS_SECRET, "namespace": namespace,
-                         "labels": {"app.kubernetes.io/managed-by": "podserve-kafka-acls"}},
+            "metadata": {"name": kafka_access.CREDENTIALS_SECRET, "namespace": namespace, "labels": MANAGED_BY},
             "stringData": {kafka_access.USERNAME_KEY: user, kafka_access.PASSWORD_KEY: password,
-                           # KEDA's kafka scaler reads its SASL mode and TLS from the same Secret (TriggerAuthentication)
-                           "sasl": "scram_sha512", "tls": "enable"}}
+                           "sasl": "scram_sha512", "tls": "enable" if protocol.endswith("SSL") else "disable"}}
+
+
+def trigger_authentication(namespace: str) -> dict:
+    """KEDA's way to the namespace's principal: the ScaledObject's kafka trigger names it (offline_manifests)."""
+    from podserve.tooling.offline_manifests import KAFKA_TRIGGER_AUTHENTICATION
+
+    return {"apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
+            "metadata": {"name": KAFKA_TRIGGER_AUTHENTICATION, "namespace": namespace, "labels": MANAGED_BY},
+            "spec": {"secretTargetRef": [{"parameter": parameter, "name": kafka_access.CREDENTIALS_SECRET, "key": key}
+                                         for parameter, key in KEDA_PARAMETERS.items()]}}
 
 
 def worker_namespaces(conf: Conf, region: str) -> dict[str, str]:
@@ -140,7 +155,13 @@ def apply(admin, kube, conf: Conf, region: str, rotate: bool = False, out=sys.st
 
     from podserve.tooling.deploy.kube import Kind
 
-    secrets_kind = Kind("v1", "secrets")
+    secrets_kind, triggers_kind = Kind("v1", "secrets"), Kind("keda.sh/v1alpha1", "triggerauthentications")
+
+    def server_side_apply(kind: Kind, doc: dict) -> None:
+        kube.request("PATCH", kind.path(doc["metadata"]["namespace"], doc["metadata"]["name"]),
+                     {"fieldManager": "podserve-kafka-acls", "fieldValidation": "Strict", "force": True}, doc,
+                     "application/apply-patch+yaml")
+
     passwords: dict[str, str] = {}
     namespaces = worker_namespaces(conf, region)
     for namespace, user in namespaces.items():
@@ -148,9 +169,11 @@ def apply(admin, kube, conf: Conf, region: str, rotate: bool = False, out=sys.st
         data = (found or {}).get("data") or {}
         if data.get(kafka_access.PASSWORD_KEY) and user not in passwords:
             passwords[user] = base64.b64decode(data[kafka_access.PASSWORD_KEY]).decode()
+    protocol = conf.regions[region].kafka_security_protocol
     for namespace, user in namespaces.items():
         password = passwords.setdefault(user, new_password())
-        kube.apply(secret(namespace, user, password), manager="podserve-kafka-acls")
+        server_side_apply(secrets_kind, secret(namespace, user, password, protocol))
+        server_side_apply(triggers_kind, trigger_authentication(namespace))
     for user, password in sorted(passwords.items()):
         set_password(admin, user, password)
     created, deleted = sync_acls(admin, conf)
