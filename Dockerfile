@@ -4,9 +4,10 @@
 # credentials for the registry come from CI variables at push time, never from this file.
 # The model files must be in model/ before the build (CI's model job prepares them), with
 # their SHA-256 in model/MODEL.sha256: the build refuses a model that does not match it, and the
-# server checks it again at start (podserve.runtime.model_check).
+# server checks it again at start (podserve.runtime.core.model_check).
 # CI builds this with BuildKit (buildctl-daemonless.sh, see .gitlab-ci.yml); CI's own tooling has its
-# image, Dockerfile.tooling: nothing here installs it. `make image` builds it here (docs/image.md).
+# image, Dockerfile.tooling: nothing here installs it, and .dockerignore keeps src/podserve/tooling (and the
+# testbed) out of COPY src/. `make image` builds it here (docs/image.md).
 #
 # PIP_INDEX_URL: the index pip installs the pinned requirements from (empty: PyPI), e.g. a
 # company's internal mirror. Only the build stage sees it: it is not in the pushed image or its history.

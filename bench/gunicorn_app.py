@@ -6,7 +6,7 @@
 Every worker process loads its own copy of the same handler (single-threaded: one worker
 per core, as the old guides advise) and calls decode -> predict([one input]) -> encode in
 the request's own thread: no batching, no queue the code can see. The wire format is
-podserve's own (`podserve.runtime.api`), so both servers parse the same bytes the same way.
+podserve's own (`podserve.runtime.protocols.api`), so both servers parse the same bytes the same way.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from flask import Flask, Response, request
 from podserve.errors import ServingError
 from podserve.handler import Device
 from podserve.routes import PING_PATH, service_path
-from podserve.runtime import api
-from podserve.runtime.pool import import_handler
+from podserve.runtime.core.startup import import_handler
+from podserve.runtime.protocols import api
 
 MAX_IMAGE_PIXELS = 25_000_000
 

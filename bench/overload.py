@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from podserve.metric_names import REFUSAL_RATE
-from podserve.runtime.refusals import BURST_SECONDS, MIN_REFUSALS_PER_SECOND, REFUSAL_CPU_SHARE, REFUSALS_PER_SECOND
+from podserve.runtime.http.refusals import (BURST_SECONDS, MIN_REFUSALS_PER_SECOND, REFUSAL_CPU_SHARE,
+                                            REFUSALS_PER_SECOND)
 
 from bench.closedloop import Outcome, run_closed_loop, send_burst
 from bench.loadgen import request_wires
@@ -55,7 +56,7 @@ def summary(concurrency: int, outcome: Outcome, server_cpu_s: float) -> dict:
 
 def measure(server, concurrency: int, honour_retry_after: bool = False) -> tuple[Outcome, float]:
     """One closed-loop window against `server`, once it holds no request from the previous one and the door's
-    refusal allowance has refilled (runtime/refusals.py): what the callers saw, and the server's CPU seconds."""
+    refusal allowance has refilled (runtime/http/refusals.py): what the callers saw, and the server's CPU seconds."""
     server.wait_idle()
     time.sleep(BURST_SECONDS)
     wires = request_wires(server.path, f"127.0.0.1:{server.port}", FAST.images())
@@ -252,7 +253,7 @@ def markdown(results: dict) -> str:
               f"once within {REFUSAL_CPU_SHARE} of a core by the CPU it measures one to cost its event loop "
               f"({MIN_REFUSALS_PER_SECOND:.0f}-{REFUSALS_PER_SECOND:.0f} a second; the rate it had come to at the "
               "end of each window is the table's last column) and holds the rest back in order "
-              "(runtime/refusals.py), so they take a bounded share of the CPU:"]
+              "(runtime/http/refusals.py), so they take a bounded share of the CPU:"]
     lines += [f"- {line}" for line in refusal_costs(knee, results["overload"])]
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,7 @@ import resource
 import time
 
 from podserve.handler import Device
-from podserve.runtime.pool import import_handler
+from podserve.runtime.core.startup import import_handler
 
 from bench.workloads import FAST, REPO
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from podserve.handler import Handler, Payload
 from podserve.images import decode_image
-from podserve.runtime import api
+from podserve.runtime.protocols import api
 
 MAX_PIXELS = 25_000_000
 DECODE_STEP = "handler.decode (all of the above but the wire)"

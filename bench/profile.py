@@ -19,10 +19,11 @@ from pathlib import Path
 # (stage, pattern on one frame "function (file:line)"); the deepest matching frame decides.
 STAGES = [
     ("HTTP server: event loop, parsing, writing", re.compile(
-        r"\(podserve/runtime/httpserver\.py|\((asyncio|uvloop|httptools)/|^(run_forever|_run_once) ")),
-    ("control thread: metrics page, 404/405", re.compile(r"\(podserve/runtime/control\.py")),
-    ("our view: admission, deadline, hand-offs", re.compile(r"\(podserve/runtime/service_route\.py")),
-    ("batching: queue, hand-off, wake-ups", re.compile(r"\(podserve/runtime/(batcher|pool)\.py")),
+        r"\(podserve/runtime/http/(server|connection|parser|messages)\.py|\((asyncio|uvloop|httptools)/|"
+        r"^(run_forever|_run_once) ")),
+    ("control thread: metrics page, 404/405", re.compile(r"\(podserve/runtime/protocols/control\.py")),
+    ("our view: admission, deadline, hand-offs", re.compile(r"\(podserve/runtime/protocols/service_route\.py")),
+    ("batching: queue, hand-off, wake-ups", re.compile(r"\(podserve/runtime/batching/(batcher|pool)\.py")),
     ("metrics (prometheus_client)", re.compile(r"^(Metrics\.observe_\w+)|\(prometheus_client/")),
     ("access log (one JSON line)", re.compile(r"^log_request ")),
     ("wire: JSON + base64", re.compile(r"^parse_request ")),

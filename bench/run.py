@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_workload(workload: Workload, cores: int, scratch: Path, args, number: int = 1) -> dict:
-    from podserve.runtime.pool import import_handler
+    from podserve.runtime.core.startup import import_handler
 
     handler = import_handler(workload.handler)()
     concurrencies = args.concurrencies or workload.concurrencies

@@ -8,7 +8,7 @@ alone (HTTP, the handler's decode and encode, hand-offs between threads and proc
 
 To the batcher it is a GPU instance: no CPU runs (`run_size` None), one batch at a time (`concurrent_batches` 1),
 batches of up to max_batch_size, and the warm-up's timed calls show the batch policy a fixed cost per call and none
-per input, so it forms full batches (runtime/batch_policy.py).
+per input, so it forms full batches (runtime/batching/batch_policy.py).
 """
 
 from __future__ import annotations

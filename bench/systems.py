@@ -281,7 +281,7 @@ def start_ours(name: str, workload: Workload, log_dir: Path, overrides: dict[str
 HANDLER_PROCESS = """
 import sys
 from podserve.handler import Payload
-from podserve.runtime.pool import import_handler
+from podserve.runtime.core.startup import import_handler
 handler = import_handler(sys.argv[1])()
 for path in sys.argv[2:]:
     with open(path, "rb") as image:

@@ -1,10 +1,12 @@
-"""The repo keeps its rules: the pod's runtime and CI's tooling never import each other; README stays a short read
-whose links stay in the repo and whose figures live in docs/ and bench/results/."""
+"""The repo keeps its rules: the pod's runtime imports down its layers and never CI's tooling or the test bed, and its
+modules stay small; CI's tooling never imports the runtime; README stays a short read whose links stay in the repo and
+whose figures live in docs/ and bench/results/."""
 
 from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +29,143 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_runtime_never_imports_tooling():
-    offenders = {f"{p.name}: {n}" for p in (PACKAGE / "runtime").rglob("*.py") for n in _imports(p)
-                 if n.startswith("podserve.tooling")}
-    assert offenders == set()
+#: What the pod's code (the runtime and the service surface, podserve/*.py) never imports: its image holds neither.
+NOT_IN_THE_POD = {"podserve.tooling": "CI's tooling", "podserve.testbed": "the test bed"}
+#: The most lines a runtime module may have; past it, it has more than one job: split it along a seam.
+MAX_MODULE_LINES = 400
+#: A string naming a podserve module (to import_module, or to `python -m`): an import too.
+MODULE_NAME = re.compile(r"podserve(\.\w+)+")
+
+
+def _module(path: Path, src: Path) -> str:
+    parts = path.relative_to(src).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str, runtime: Path) -> str | None:
+    """The layer of a podserve module: `surface` (podserve/*.py), the runtime's (runtime/__init__.py's LAYERS: its
+    folder, `transport` for processes/transport/, `entry` at runtime/'s top), or None (tooling, the test bed)."""
+    parts = module.split(".")[1:]
+    if not parts or len(parts) == 1 and parts[0] not in ("runtime", *(n.split(".")[1] for n in NOT_IN_THE_POD)):
+        return "surface"
+    if parts[0] != "runtime":
+        return None
+    if len(parts) == 1 or not (runtime / parts[1]).is_dir():
+        return "entry"
+    return "transport" if parts[1:3] == ["processes", "transport"] else parts[1]
+
+
+def _imported(path: Path, module: str, modules: set[str]) -> list[tuple[int, str]]:
+    """(line, module) for each podserve module `path` imports: import statements anywhere in it (in a function
+    too, relative ones resolved), and strings that name one (importlib.import_module's, `python -m`'s)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([node.module] if node.module else []))
+            found += [(node.lineno, f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+                      for alias in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_NAME.fullmatch(node.value):
+            found.append((node.lineno, node.value))
+    return [(line, name) for line, name in found if name == "podserve" or name.startswith("podserve.")]
+
+
+def layout_problems(src: Path) -> list[str]:
+    """What breaks the pod's layout rules under `src` (holding podserve/), each naming the file, the line and the fix:
+    an import from a lower runtime layer up (or across, or into a layer not listed for it in runtime/__init__.py's
+    LAYERS), from the service surface into the runtime, or from either into CI's tooling or the test bed; a runtime
+    module over MAX_MODULE_LINES; a runtime folder in no layer. Reads the files; imports nothing."""
+    package, runtime = src / "podserve", src / "podserve" / "runtime"
+    tree = ast.parse((runtime / "__init__.py").read_text(encoding="utf-8"))
+    layers = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                  and any(isinstance(target, ast.Name) and target.id == "LAYERS" for target in node.targets))
+    files = sorted(package.glob("*.py")) + sorted(runtime.rglob("*.py"))
+    modules = {_module(path, src) for path in files}
+    problems = [f"runtime/{folder.name}/ is in no layer: add it to LAYERS in runtime/__init__.py"
+                for folder in sorted(runtime.iterdir()) if folder.is_dir() and folder.name != "__pycache__"
+                and folder.name not in layers]
+    for path in files:
+        name, where = _module(path, src), path.relative_to(package).as_posix()
+        layer = _layer(name, runtime)
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if layer != "surface" and lines > MAX_MODULE_LINES:
+            problems.append(f"{where} has {lines} lines, over {MAX_MODULE_LINES}: split it along a seam")
+        for line, target in _imported(path, name, modules):
+            other = _layer(target, runtime)
+            outside = next((what for prefix, what in NOT_IN_THE_POD.items()
+                            if target == prefix or target.startswith(prefix + ".")), None)
+            if outside:
+                problems.append(f"{where}:{line} imports {target}, {outside}, which the pod's image does not hold: "
+                                f"move what the pod needs beside the pod's code (runtime/ or podserve/*.py)")
+            elif layer == "surface" and other != "surface":
+                problems.append(f"{where}:{line} imports {target}: the service surface imports no runtime module "
+                                f"(the runtime imports it)")
+            elif layer in layers and other not in ("surface", layer, *layers[layer]):
+                allowed = ", ".join(layers[layer]) or "no other layer"
+                problems.append(f"{where}:{line}: {layer} imports {target} ({other}); {layer} may import {allowed} "
+                                f"(runtime/__init__.py's LAYERS): move the shared piece down, or pass it in")
+    return problems
+
+
+def test_the_pods_code_imports_down_its_layers_never_ci_tooling_or_the_test_bed_and_stays_small():
+    assert layout_problems(REPO / "src") == []
+
+
+#: fault: (file under podserve/, what it holds, what the one problem says)
+LAYOUT_FAULTS = {
+    "a lower layer up": ("runtime/core/planted.py", "from podserve.runtime.http.server import HttpServer\n",
+                         "core/planted.py:1: core imports podserve.runtime.http.server (http); core may import no"),
+    "across, between siblings": ("runtime/batching/planted.py", "from podserve.runtime.http import admission\n",
+                                 "batching imports podserve.runtime.http.admission (http); batching may import core"),
+    "a relative import up": ("runtime/http/planted.py", "from ..protocols import api\n",
+                             "http imports podserve.runtime.protocols.api (protocols)"),
+    "up, inside a function": ("runtime/processes/transport/planted.py",
+                              "def later():\n    from podserve.runtime.processes import layout\n",
+                              "transport imports podserve.runtime.processes.layout (processes)"),
+    "the entry point from below": ("runtime/processes/planted.py", "from podserve.runtime.main import main\n",
+                                   "processes imports podserve.runtime.main (entry)"),
+    "the runtime into CI's tooling": ("runtime/protocols/planted.py", "from podserve.tooling.render import main\n",
+                                      "protocols/planted.py:1 imports podserve.tooling.render, CI's tooling"),
+    "a tooling module by its name": ("runtime/offline/planted.py",
+                                     "import importlib\nimportlib.import_module('podserve.tooling.deploy')\n",
+                                     "offline/planted.py:2 imports podserve.tooling.deploy, CI's tooling"),
+    "the surface into the test bed": ("planted.py", "import podserve.testbed.processes\n",
+                                      "planted.py:1 imports podserve.testbed.processes, the test bed"),
+    "the surface into the runtime": ("planted.py", "from podserve.runtime.core import logs\n",
+                                     "planted.py:1 imports podserve.runtime.core.logs: the service surface imports no"),
+    "a module too long": ("runtime/batching/planted.py", "x = 1\n" * (MAX_MODULE_LINES + 1),
+                          f"batching/planted.py has {MAX_MODULE_LINES + 1} lines, over {MAX_MODULE_LINES}"),
+    "a folder in no layer": ("runtime/plugins/__init__.py", "", "runtime/plugins/ is in no layer"),
+}
+
+
+@pytest.fixture(scope="module")
+def pods_code(tmp_path_factory) -> Path:
+    """A copy of the pod's code (src/podserve without tooling/ and testbed/), which passes the check."""
+    src = tmp_path_factory.mktemp("layout") / "src"
+    shutil.copytree(PACKAGE, src / "podserve", ignore=shutil.ignore_patterns("tooling", "testbed", "__pycache__"))
+    assert layout_problems(src) == []
+    return src
+
+
+@pytest.mark.parametrize("fault", list(LAYOUT_FAULTS))
+def test_the_layout_check_catches_each_fault(pods_code, fault):
+    """With one planted file in the pod's code, the check names exactly that one problem."""
+    relative, text, expected = LAYOUT_FAULTS[fault]
+    planted = pods_code / "podserve" / relative
+    new_folder = not planted.parent.exists()
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_text(text)
+    try:
+        problems = layout_problems(pods_code)
+    finally:
+        shutil.rmtree(planted.parent) if new_folder else planted.unlink()
+    assert len(problems) == 1 and expected in problems[0], problems
 
 
 def test_tooling_never_imports_the_runtime():

@@ -163,7 +163,7 @@ class Handler:
     something hashable; what `decode` and `predict` return can cross to another process (an
     array, a dict of arrays, plain data: a GPU pod decodes apart from its model). At start,
     once the first instance is loaded, a synthetic image (and, when `decode_frame` is written,
-    a synthetic frame) goes through the verbs (runtime/contract.py): a broken rule stops the
+    a synthetic frame) goes through the verbs (runtime/batching/contract.py): a broken rule stops the
     start, naming the rule and the fix (`/api/ping` answers 503 with it), and an `InvalidInput`
     on it is fine (a service that reads `data`). `decode` and `decode_frame` raise
     `InvalidInput("...", field=...)` for bad input (the caller gets a 400 that names the
@@ -225,16 +225,18 @@ class Handler:
     max_batch_size: int = ServingSettings.max_batch_size
     #: The inputs predict runs at once, when it cuts a larger batch into runs done one after another (None: it
     #: runs the whole batch at once). The platform's OnnxHandler sets it on the CPU; the batcher then gives a
-    #: predict call one run, or as many as fit in max_batch_delay_ms (runtime/batcher.py: largest_batch).
+    #: predict call one run, or as many as fit in max_batch_delay_ms (runtime/batching/batcher.py: largest_batch).
     run_size: int | None = None
     #: What one run of `run_size` inputs takes, in seconds (measured with it; 0 when not known).
     run_seconds: float = 0.0
     #: The rows every run is padded to with copies of its last input, the extra outputs dropped (None: a run is
     #: its batch's size). The platform's OnnxHandler sets it on a GPU (one shape per session); the batcher then
-    #: gives a predict call at most one run (runtime/batcher.py: largest_batch), and the metrics count the padding.
+    #: gives a predict call at most one run (runtime/batching/batcher.py: largest_batch), and the metrics count the
+    #: padding.
     padded_size: int | None = None
     #: (rows, seconds) of runs timed at load where rows differ, padded and not (the platform's OnnxHandler on a
-    #: GPU): what a row costs, which calls that are all padded to one size cannot tell (runtime/batch_policy.py).
+    #: GPU): what a row costs, which calls that are all padded to one size cannot tell
+    #: (runtime/batching/batch_policy.py).
     run_costs: tuple[tuple[int, float], ...] = ()
     #: For the Open Inference Protocol (docs/open-inference.md), a handler that is not an ONNX model declares its
     #: tensors as (name, datatype, shape) with the batch dimension first and -1 for a free size, e.g.

@@ -1,7 +1,7 @@
 """What a pod's memory holds, from value.py's `memory`: its processes, shared memory, the bodies it admits, parsing.
 
-Both the pod and the tooling read it: the pod sizes its budgets by it (runtime/door.py admits
-request bodies within `bodies`; runtime/api.py refuses a JSON body whose parse would take more
+Both the pod and the tooling read it: the pod sizes its budgets by it (runtime/http/admission.py admits
+request bodies within `bodies`; runtime/protocols/api.py refuses a JSON body whose parse would take more
 than `per_parse`; decoders size their shared memory by `arena_per_decoder`), and render refuses a
 value.py whose plan does not fit (`problems`), naming the field to change. What does not fit a
 budget waits or gets a 503 (a body over it) or a 413 (a body that could never be parsed here): the
@@ -38,8 +38,8 @@ BODY_SHARE = 0.4
 ARENA_SHARE = 0.1
 MIN_ARENA_BYTES = 16 * MIB
 #: A body declared larger than this, or chunked (its size unknown until it ends), may use only LARGE_BODY_SHARE of a
-#: pod-wide body budget (bodies still being sent, runtime/httpserver.py; bodies held, runtime/door.py): the rest is
-#: kept for ordinary requests, so that slow large uploads and chunk floods cannot starve them.
+#: pod-wide body budget (bodies still being sent, runtime/http/parser.py; bodies held, runtime/http/admission.py): the
+#: rest is kept for ordinary requests, so that slow large uploads and chunk floods cannot starve them.
 LARGE_BODY_BYTES = 1024 * 1024
 LARGE_BODY_SHARE = 0.75
 
@@ -53,8 +53,8 @@ class MemoryPlan:
     parsers: int  # threads that may parse a request body at once, pod-wide
     processes: int  # what the processes hold at rest
     arenas: int  # shared memory, all arenas together
-    bodies: int  # admitted request bodies, pod-wide (runtime/door.py)
-    per_parse: int  # the most one body's parsing may take (runtime/api.py refuses more with a 413)
+    bodies: int  # admitted request bodies, pod-wide (runtime/http/admission.py)
+    per_parse: int  # the most one body's parsing may take (runtime/protocols/api.py refuses more with a 413)
     largest_body: int  # the largest body the service takes (a video's JSON, in base64)
 
     @property

@@ -1,6 +1,6 @@
 """The names and labels of the server's Prometheus metrics: one place, for code, manifests and dashboards.
 
-The runtime builds its collectors from these names (`podserve.runtime.metrics`); the
+The runtime builds its collectors from these names (`podserve.runtime.core.metrics`); the
 manifests (HPA, alert rules) and dashboards refer to the same constants. This module imports
 nothing so that CI's tooling can use it without the server's dependencies.
 """
@@ -32,9 +32,10 @@ REFUSALS_HELD = PREFIX + "refusals_held"                    # gauge, 503s decide
 REFUSAL_RATE = PREFIX + "refusal_rate"                      # gauge, refusals per second the door sends at once
 WRITE_TIMEOUTS = PREFIX + "write_timeouts_total"            # counter, connections dropped: the caller read no answer
 OVER_LIMIT_CONNECTIONS = PREFIX + "over_limit_connections_total"  # counter, labels OVER_LIMIT_LABELS: connections
-#                                                             beyond max_connections, by outcome (runtime/probe_lane.py)
+#                                                             beyond max_connections, by outcome
+#                                                             (runtime/http/probe_lane.py)
 LINGERING_CLOSES = PREFIX + "lingering_closes_total"        # counter, labels LINGER_LABELS: closes after a refusal,
-#                                                             by what ended them (runtime/lingering.py)
+#                                                             by what ended them (runtime/http/lingering.py)
 
 # The split layout's processes (docs/processes.md), labels PROCESS_LABELS unless said; the series above are the pod's
 # sums over its processes.
@@ -89,7 +90,18 @@ OTHER_ROUTE = "other"
 STATUS_OK, STATUS_FAILED, STATUS_SHED, STATUS_DEADLINE = "200", "500", "503", "504"
 STARTING_STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_SHED, STATUS_DEADLINE)
 OVER_LIMIT_LABELS = ("service", "outcome")
+#: What became of a connection over the connection limit (OVER_LIMIT_CONNECTIONS's `outcome`,
+#: runtime/http/probe_lane.py).
+OVER_LIMIT_PROBE = "probe"       # a probe, answered from the pod's state
+OVER_LIMIT_REFUSED = "refused"   # anything else (or no request line in time): the 503, then a lingering close
+OVER_LIMIT_EVICTED = "evicted"   # the lane was full: the 503 at once, unread, and closed
+OVER_LIMIT_OUTCOMES = (OVER_LIMIT_PROBE, OVER_LIMIT_REFUSED, OVER_LIMIT_EVICTED)
 LINGER_LABELS = ("service", "ended")
+#: How a lingering close ended (LINGERING_CLOSES's `ended`, runtime/http/lingering.py).
+LINGER_ENDED_BY_CALLER = "caller"  # the caller closed: it has read the answer
+LINGER_ENDED_BY_TIME = "time"      # LINGER_SECONDS passed: closed; only a caller still sending sees a reset
+LINGER_ENDED_BY_BYTES = "bytes"    # the caller sent over LINGER_BYTES more: reset at once
+LINGER_ENDINGS = (LINGER_ENDED_BY_CALLER, LINGER_ENDED_BY_TIME, LINGER_ENDED_BY_BYTES)
 #: Bucket bounds (seconds) of every latency histogram; an SLO's latency threshold must be one of them.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: Bucket bounds of the batch-size histogram.

@@ -74,8 +74,8 @@ class ServingSettings:
                                                                   "rules (0: the platform's)"})
     slo_latency_target: float = field(default=0.0, metadata={"doc": "share of requests under the platform's latency "
                                                                     "threshold, exported (0: the platform's)"})
-    # The HTTP front end's limits (runtime/httpserver.py): the platform's, from conf/platform.yaml's `http` section
-    # (value.py cannot set them). Defaults and their reasons: docs/http-limits.md.
+    # The HTTP front end's limits (runtime/http/messages.py: HttpLimits): the platform's, from conf/platform.yaml's
+    # `http` section (value.py cannot set them). Defaults and their reasons: docs/http-limits.md.
     max_head_bytes: int = field(default=64 * 1024, metadata={
         "doc": "largest request line and headers, counted as they arrive (431 above)", "owner": PLATFORM})
     header_timeout_seconds: float = field(default=15.0, metadata={

@@ -62,7 +62,7 @@ WIRES = [b"GET / HTTP/1.1\r\nHost: door\r\n\r\n"]
 
 
 def test_a_503_that_closes_its_connection_is_a_refusal_and_the_caller_goes_on_over_a_new_one():
-    """The pod past its connection limit answers 503 with `Connection: close` (runtime/httpserver.py). That is a
+    """The pod past its connection limit answers 503 with `Connection: close` (runtime/http/server.py). That is a
     refusal, not a socket error: the caller waits its Retry-After and sends again on a new connection (make bench's
     16x overload row at a knee of 64 is 1,024 callers, over the pod's 1,000 connections)."""
     door = _Door(refusals=4, announce=True)

@@ -175,13 +175,14 @@ def test_the_service_alone_measured_in_the_same_windows_is_the_bound_when_the_po
 
 
 def test_profile_samples_go_to_the_deepest_named_stage():
-    loop = "Connection.data_received (podserve/runtime/httpserver.py:120)"
+    loop = "Connection.data_received (podserve/runtime/http/connection.py:120)"
     thread = "Thread.run (threading.py:982)"
-    view = "ServiceRoute._begin (podserve/runtime/service_route.py:160)"
+    view = "ServiceRoute._begin (podserve/runtime/protocols/service_route.py:160)"
     assert stage_of(["run_forever (asyncio/base_events.py:608)", loop]).startswith("HTTP server")
     assert stage_of([thread, view, "TextDirection.decode (server.py:29)", "open (PIL/Image.py:3600)"]) \
         .startswith("handler.decode")
-    assert stage_of([thread, view, "BatchWorker.submit (podserve/runtime/batcher.py:110)"]).startswith("batching")
+    batcher = "BatchWorker.submit (podserve/runtime/batching/batcher.py:110)"
+    assert stage_of([thread, view, batcher]).startswith("batching")
     assert stage_of(["<module> (x.py:1)"]) == OTHER
     raw = f"{loop} 30\n{thread};{view} 20.0\n"
     split = stage_split(raw, requests=100, rate=100, seconds=1.0)
@@ -430,7 +431,7 @@ def test_the_stand_in_point_renders_with_the_cores_each_layout_used():
 
 def test_each_process_has_its_own_gil_and_the_busiest_one_is_what_serialises_a_request():
     front = 'process 10:"python -m podserve.runtime";process 11:"python -c spawn"'
-    loop = "Connection.data_received (podserve/runtime/httpserver.py:120)"
+    loop = "Connection.data_received (podserve/runtime/http/connection.py:120)"
     decode = "TextDirection.decode (server.py:29)"
     raw = (f'{front};{loop} 60\n'
            f'process 10:"python -m podserve.runtime";process 12:"python -c spawn";{decode} 30\n'

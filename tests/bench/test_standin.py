@@ -8,8 +8,8 @@ from prometheus_client import CollectorRegistry
 from bench.standin import OUTPUT, PREDICT_SECONDS, GpuStandIn
 from bench.workloads import STANDIN, text_line_images
 from podserve.handler import Device, Payload
-from podserve.runtime.metrics import Metrics
-from podserve.runtime.pool import InstancePool
+from podserve.runtime.batching.pool import InstancePool
+from podserve.runtime.core.metrics import Metrics
 from podserve.settings import ServingSettings
 from server import TextDirection
 

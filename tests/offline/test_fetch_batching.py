@@ -19,10 +19,10 @@ from prometheus_client import CollectorRegistry
 
 from podserve import Handler, WithContext
 from podserve.handler import Device
-from podserve.runtime.metrics import Metrics
+from podserve.runtime.batching.pool import InstancePool
+from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.offline.metrics import MessageMetrics
 from podserve.runtime.offline.worker import OfflineWorker
-from podserve.runtime.pool import InstancePool
 from podserve.settings import ServingSettings
 
 FETCH = 64

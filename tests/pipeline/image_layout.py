@@ -1,4 +1,4 @@
-"""What an image's COPY lines put where, read with BuildKit's own Dockerfile parser, honouring .dockerignore.
+"""What an image's COPY lines put where, read with BuildKit's own Dockerfile parser, honouring its .dockerignore.
 
 An image's files laid out in a folder by following the Dockerfile's COPY instructions, for the quick
 checks (a stand-in for the build: RUN lines are not executed). The real images are built, pulled and
@@ -45,8 +45,11 @@ def _pattern(line: str) -> re.Pattern:
     return re.compile(regex + "$")
 
 
-def dockerignore() -> list[re.Pattern]:
-    lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
+def dockerignore(name: str = "Dockerfile") -> list[re.Pattern]:
+    """The patterns BuildKit leaves out of `name`'s build context: `<name>.dockerignore`'s when there is one (BuildKit
+    reads it in place of .dockerignore), else .dockerignore's."""
+    own = REPO / f"{name}.dockerignore"
+    lines = [line.strip() for line in (own if own.is_file() else REPO / ".dockerignore").read_text().splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     assert not any(line.startswith("!") for line in lines), "image_layout does not model .dockerignore exceptions (!)"
     return [_pattern(line) for line in lines]
@@ -72,7 +75,7 @@ def context_files(source: str, patterns: list[re.Pattern]) -> list[Path]:
 
 def lay_out(name: str, root: Path, skip_sources: tuple[str, ...] = ()) -> Path:
     """Copy what the final stage's COPY lines take from the context into `root`, as the image would hold it."""
-    patterns = dockerignore()
+    patterns = dockerignore(name)
     for cmd in final_stage(name):
         if cmd.cmd != "COPY" or any(flag.startswith("--from") for flag in cmd.flags) or cmd.value[0] in skip_sources:
             continue

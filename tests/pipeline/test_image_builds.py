@@ -149,7 +149,7 @@ def test_no_kaniko_and_no_docker_daemon_anywhere():
 
 @pytest.mark.parametrize("name", sorted(BUILD_JOBS.values()))
 def test_every_copy_source_is_in_the_build_context(name):
-    patterns = dockerignore()
+    patterns = dockerignore(name)
     for cmd in commands(name):
         if cmd.cmd == "COPY" and not any(flag.startswith("--from") for flag in cmd.flags):
             for source in cmd.value[:-1]:
@@ -194,6 +194,14 @@ def test_the_tooling_image_installs_only_the_toolings_dependencies_and_no_runtim
     package = root / "opt/podserve/src/podserve"
     assert (package / "tooling/render.py").is_file() and (root / "opt/podserve/conf/stages.yaml").is_file()
     assert not (package / "runtime").exists()
+
+
+def test_the_service_image_holds_the_pods_code_and_neither_ci_tooling_nor_the_test_bed(tmp_path):
+    """What the service image's COPY lines take through .dockerignore (the build itself: test_image_facts.py)."""
+    package = lay_out("Dockerfile", tmp_path / "image", skip_sources=("model/",)) / "app/src/podserve"
+    assert (package / "runtime/main.py").is_file() and (package / "settings.py").is_file()
+    assert (package.parent / "server.py").is_file()
+    assert not (package / "tooling").exists() and not (package / "testbed").exists()
 
 
 def test_the_tooling_images_render_works_from_any_folder_without_the_servers_dependencies(tmp_path):

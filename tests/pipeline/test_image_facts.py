@@ -68,6 +68,7 @@ def test_the_cpu_service_image_holds_the_server_the_model_and_nothing_else(cpu_r
     for name in model:
         assert readable_by(rootfs, f"/app/model/{name}", 10001, 10001), name
     assert not (rootfs / "app/src/podserve/testbed").exists()  # what runs in the pod only
+    assert not (rootfs / "app/src/podserve/tooling").exists()  # CI's tooling has its own image
     assert (rootfs / "app/src/podserve/runtime").is_dir() and (rootfs / "app/src/server.py").is_file()
     site = next((rootfs / "opt/venv/lib").glob("python3*/site-packages"))
     assert (site / "onnxruntime").is_dir() and not (site / "kubernetes").exists()  # the runtime's deps only

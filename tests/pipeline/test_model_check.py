@@ -63,7 +63,7 @@ def test_the_check_names_each_problem_and_the_fix(tmp_path):
     import pytest
 
     from podserve.model_record import record
-    from podserve.runtime.model_check import ModelCheckError, check_model
+    from podserve.runtime.core.model_check import ModelCheckError, check_model
 
     model = tmp_path / "m.onnx"
     model.write_bytes(b"weights")

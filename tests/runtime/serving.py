@@ -13,8 +13,8 @@ from pathlib import Path
 
 import requests
 
+from podserve.runtime.core.logs import ACCESS_LOGGER
 from podserve.settings import ServingSettings
-from podserve.runtime.logs import ACCESS_LOGGER
 from podserve.testbed.processes import free_port, poll_until
 
 REPO = Path(__file__).resolve().parents[2]

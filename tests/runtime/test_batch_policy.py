@@ -9,8 +9,8 @@ import time
 import pytest
 
 from podserve.handler import Handler
-from podserve.runtime.batch_policy import BatchCost
-from podserve.runtime.batcher import BatchWorker, WorkItem, largest_batch
+from podserve.runtime.batching.batch_policy import BatchCost
+from podserve.runtime.batching.batcher import BatchWorker, WorkItem, largest_batch
 from podserve.testbed.processes import poll_until
 
 MAX = 16

@@ -10,7 +10,7 @@ from images import varied_images
 from load import burst
 
 from podserve.metric_names import MODEL_LOAD_SECONDS, STARTUP_BUDGET_SECONDS, WARMUP_SECONDS
-from podserve.runtime.pool import WARMUP_SHARE
+from podserve.runtime.batching.pool import WARMUP_SHARE
 from podserve.testbed.processes import poll_until
 from podserve.tooling.values import load_values
 

@@ -43,8 +43,8 @@ def test_each_answer_gets_its_own_requests_context_when_requests_are_batched(sta
 def test_warm_up_runs_on_decode_results_with_the_context_set_aside():
     from prometheus_client import CollectorRegistry
 
-    from podserve.runtime.metrics import Metrics
-    from podserve.runtime.pool import InstancePool
+    from podserve.runtime.batching.pool import InstancePool
+    from podserve.runtime.core.metrics import Metrics
     from podserve.settings import ServingSettings
 
     seen: list = []
@@ -66,7 +66,7 @@ def test_warm_up_runs_on_decode_results_with_the_context_set_aside():
     try:
         assert pool.ready, pool.status()
         # Batches of 1, 2 and 3 bare inputs, three timed runs of 1 and of 3, then the contract check's synthetic
-        # request (runtime/contract.py): predict never sees a context.
+        # request (runtime/batching/contract.py): predict never sees a context.
         assert seen == [np.ndarray] * (6 + 3 * 1 + 3 * 3 + 1)
     finally:
         pool.stop()

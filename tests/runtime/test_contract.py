@@ -12,7 +12,7 @@ import requests
 
 from podserve import Handler, InvalidInput, WithContext
 from podserve.handler import Device
-from podserve.runtime.contract import ContractViolation, check_contract
+from podserve.runtime.batching.contract import ContractViolation, check_contract
 from podserve.settings import ServingSettings
 from podserve.testbed.processes import poll_until
 

@@ -18,10 +18,10 @@ from prometheus_client import CollectorRegistry
 
 from podserve.cuda_libraries import CudaUnavailable, cuda_libraries, unloadable, why_not_cuda
 from podserve.handler import Device, OnnxHandler
-from podserve.runtime.lifecycle import Lifecycle
-from podserve.runtime.metrics import Metrics
-from podserve.runtime.pool import InstancePool
-from podserve.runtime.probes import Probes
+from podserve.runtime.batching.pool import InstancePool
+from podserve.runtime.core.lifecycle import Lifecycle
+from podserve.runtime.core.metrics import Metrics
+from podserve.runtime.protocols.probes import Probes
 from podserve.settings import ServingSettings
 
 from fixture_handlers import record_runs

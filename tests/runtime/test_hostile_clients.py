@@ -22,9 +22,9 @@ from hostile import (TINY_RECEIVE_BUFFER, Reader, answers_normally, connect, flo
                      metric_value, peak_rss_bytes, request_head, requests_counted, rss_bytes, send_all_then_read,
                      send_until_closed, send_until_refused, timed_answer, wait_until_quiet)
 from podserve.metric_names import LINGERING_CLOSES, OVER_LIMIT_CONNECTIONS
-from podserve.runtime.httpserver import PIPELINE_DEPTH
-from podserve.runtime.lingering import LINGER_BYTES, LINGER_SECONDS
-from podserve.runtime.probe_lane import LANE_SIZE
+from podserve.runtime.http.lingering import LINGER_BYTES, LINGER_SECONDS
+from podserve.runtime.http.parser import PIPELINE_DEPTH
+from podserve.runtime.http.probe_lane import LANE_SIZE
 from podserve.testbed.processes import poll_until
 
 MIB = 1024 * 1024

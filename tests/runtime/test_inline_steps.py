@@ -1,5 +1,5 @@
 """The event loop runs a request's decode and encode itself only while they are measured cheap
-(runtime/inline_policy.py): a slow step goes to a request thread, so the loop keeps answering."""
+(runtime/batching/inline_policy.py): a slow step goes to a request thread, so the loop keeps answering."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 import requests
 
 from podserve import metric_names
-from podserve.runtime import inline_policy
-from podserve.runtime.inline_policy import (INLINE_SECONDS, STALL_PENALTY, STALL_SECONDS, WARMUP_STEPS, LoopRelief,
-                                            StepCost)
+from podserve.runtime.batching import inline_policy
+from podserve.runtime.batching.inline_policy import (INLINE_SECONDS, STALL_PENALTY, STALL_SECONDS, WARMUP_STEPS,
+                                                     LoopRelief, StepCost)
 from podserve.testbed.processes import poll_until
 
-LOOP_THREAD = "MainThread"  # runtime/main.py runs the event loop in the process's main thread
+LOOP_THREAD = "MainThread"  # processes/one_process.py runs the event loop in the process's main thread
 REQUEST_THREAD = "request-0"
 
 

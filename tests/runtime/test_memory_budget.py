@@ -18,7 +18,7 @@ import requests
 from PIL import Image
 
 from podserve import memory_plan
-from podserve.runtime import layout
+from podserve.runtime.processes import layout
 from podserve.settings import ServingSettings
 from podserve.testbed.processes import poll_until
 

@@ -10,8 +10,8 @@ import asyncio
 
 import uvloop
 
-from podserve.runtime.httpserver import Answer
-from podserve.runtime.refusals import COST_WINDOW_SECONDS, MIN_REFUSALS_PER_WINDOW, RefusalCost, RefusalPacer
+from podserve.runtime.http.messages import Answer
+from podserve.runtime.http.refusals import COST_WINDOW_SECONDS, MIN_REFUSALS_PER_WINDOW, RefusalCost, RefusalPacer
 
 REFUSAL = Answer(503, b'{"error": "overloaded"}', [("Retry-After", "1")])
 

@@ -41,7 +41,7 @@ def _children(server) -> dict[str, int]:
         except (OSError, ValueError, IndexError):
             continue
         if parent == server.process.pid:
-            role = command.rsplit("podserve.runtime.", 1)[-1].split("_")[0].strip()
+            role = command.rsplit("podserve.runtime.processes.", 1)[-1].split("_")[0].strip()
             found.setdefault(role, []).append(int(entry))
     return found
 

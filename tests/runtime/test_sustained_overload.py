@@ -5,7 +5,7 @@ service time), batches of up to 4, holding at most 8 requests (queue_size). Its 
 then ~200 req/s, reached at ~8 concurrent callers. Bounded: three 2.5 s windows. Thresholds
 carry wide margins, as the machine may be loaded: what must hold is that the pod refuses
 instead of queueing, that queueing does not grow with the overload, and that callers retrying
-at once get their 503s no faster than the door's pacing allows (runtime/refusals.py).
+at once get their 503s no faster than the door's pacing allows (runtime/http/refusals.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from bench import closedloop
 from bench.closedloop import run_closed_loop, send_burst
 from podserve.metric_names import (ADMISSION_LIMIT, IN_FLIGHT, INFERENCE_SECONDS, LATENCY_BUCKETS, QUEUE_DEPTH,
                                    QUEUE_WAIT_SECONDS, REFUSAL_RATE)
-from podserve.runtime.refusals import BURST_SECONDS, HOLD_LIMIT_SECONDS, MIN_REFUSALS_PER_SECOND, REFUSALS_PER_SECOND
+from podserve.runtime.http.refusals import (BURST_SECONDS, HOLD_LIMIT_SECONDS, MIN_REFUSALS_PER_SECOND,
+                                            REFUSALS_PER_SECOND)
 from podserve.testbed.processes import poll_until
 
 PACED = {"handler": "fixture_handlers:SlowAffine", "ins_num_per_gpu": 1, "max_batch_size": 4, "queue_size": 8,

@@ -12,10 +12,10 @@ import pytest
 
 from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded, PayloadTooLarge
 from podserve.handler import Device, Handler, OnnxHandler, Payload, gpu_padded_size, onnx_providers
-from podserve.runtime import api
-from podserve.runtime.batcher import RUNNING, BatchWorker, WorkItem
-from podserve.runtime.devices import cpu_share, plan_devices
-from podserve.runtime.probe_lane import request_line
+from podserve.runtime.batching.batcher import RUNNING, BatchWorker, WorkItem
+from podserve.runtime.core.devices import cpu_share, plan_devices
+from podserve.runtime.http.probe_lane import request_line
+from podserve.runtime.protocols import api
 from podserve.settings import ServingSettings, SettingsError
 from podserve.testbed.processes import poll_until
 
@@ -66,7 +66,7 @@ def test_a_gpu_session_pads_runs_to_max_batch_size_or_to_the_batch_its_model_fix
 def test_where_runs_are_padded_a_call_gets_at_most_one_run(padded_size, max_batch_size, largest):
     """On a GPU (runs padded to one size, no run size) the batcher's largest call is one padded run: a model whose
     batch axis is fixed at 1 gets one input a call, not max_batch_size inputs run one after another."""
-    from podserve.runtime.batcher import largest_batch
+    from podserve.runtime.batching.batcher import largest_batch
 
     handler = Recorder()
     handler.padded_size = padded_size
@@ -263,8 +263,8 @@ def test_the_handler_docstring_example_runs_as_written():
 def test_warm_up_runs_every_batch_size_the_batcher_can_form():
     from prometheus_client import CollectorRegistry
 
-    from podserve.runtime.metrics import Metrics
-    from podserve.runtime.pool import InstancePool
+    from podserve.runtime.batching.pool import InstancePool
+    from podserve.runtime.core.metrics import Metrics
 
     sizes: list[int] = []
 
@@ -294,8 +294,8 @@ def test_a_pool_loaded_in_the_background_sets_start_up_objects_aside_from_garbag
 
     from prometheus_client import CollectorRegistry
 
-    from podserve.runtime.metrics import Metrics
-    from podserve.runtime.pool import InstancePool
+    from podserve.runtime.batching.pool import InstancePool
+    from podserve.runtime.core.metrics import Metrics
 
     class Node:
         me = None
@@ -333,8 +333,8 @@ def test_each_instance_exports_the_batch_limit_its_batcher_uses(run_size, run_se
     on the CPU the batcher gives a call fewer inputs, and a mean far under max_batch_size is no fault there."""
     from prometheus_client import CollectorRegistry
 
-    from podserve.runtime.metrics import Metrics
-    from podserve.runtime.pool import InstancePool
+    from podserve.runtime.batching.pool import InstancePool
+    from podserve.runtime.core.metrics import Metrics
 
     class Runs(Handler):
         def warmup_inputs(self):
@@ -403,7 +403,7 @@ def test_run_sizes_within_the_tie_of_the_cheapest_go_to_the_smallest(relative_co
 def test_a_cpu_instances_batch_threads_run_below_the_request_threads_and_a_gpus_do_not(run_size, lowered):
     """On the CPU the lanes yield a core to the threads that feed them (bench/optimisations.json); a GPU's lane
     (no run size) keeps the process's priority, as its device idles whenever it waits for a core."""
-    from podserve.runtime.batcher import CPU_LANE_NICENESS
+    from podserve.runtime.batching.batcher import CPU_LANE_NICENESS
 
     handler = Recorder()
     handler.run_size, handler.concurrent_batches = run_size, 2

@@ -79,7 +79,7 @@ def test_rotation_metadata_is_honoured(server):
 
 
 def test_video_limits_never_exceed_what_the_pod_holds():
-    from podserve.runtime.api import InputLimits
+    from podserve.runtime.protocols.api import InputLimits
     limits = InputLimits.from_settings(ServingSettings(max_video_frames=500, queue_size=64), holding_limit=64)
     assert limits.video.max_frames == 64
 
@@ -98,7 +98,7 @@ def test_a_video_s_header_says_how_many_frames_it_claims_before_any_is_decoded()
 
 
 def test_a_handler_asking_for_frames_of_no_size_does_not_start(monkeypatch, affine_model):
-    from podserve.runtime.startup import StartupError, prepare_service
+    from podserve.runtime.core.startup import StartupError, prepare_service
     settings = ServingSettings(handler="fixture_handlers:TallFrames", model_path=str(affine_model))
     for name, value in settings.to_env().items():
         monkeypatch.setenv(name, value)

@@ -1,7 +1,7 @@
 """What the mesh lets through to one stage's pods: the DestinationRule's connection-pool limits.
 
 A pod answers 503 once it holds `queue_size` requests per model instance (the server's
-admission limit, runtime/service_route.py: every request from the moment it is read until
+admission limit, runtime/protocols/service_route.py: every request from the moment it is read until
 it is answered). The mesh admits at most `MESH_SHARE` of what the stage's pods hold, so global
 overload is shed by the gateway's Envoy (a fast local 503 with `x-envoy-overloaded`, never
 counted against a pod by outlier detection) before it reaches a pod's own limit; the rest

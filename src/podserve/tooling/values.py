@@ -497,7 +497,7 @@ def _worker_name_problems(values: ServiceValues):
 def pod_layout(v: dict, conf: Conf) -> tuple[ServingSettings, int, bool, int]:
     """(the pod's settings, its decoder processes, whether on a GPU, its model's bytes) as it runs on its node: what
     its memory plan (podserve/memory_plan.py) is made of. `decode_processes = -1` (auto) gives a GPU pod one decoder
-    per core (runtime/layout.py)."""
+    per core (runtime/processes/layout.py)."""
     settings = ServingSettings(**{n: v[n] for n in set(ServingSettings.names()) & set(v)},
                                **dataclasses.asdict(conf.platform.http), memory_bytes=quantity.memory_bytes(v["memory"]))
     decoders = v["decode_processes"]

@@ -13,15 +13,15 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from podserve.kafka_access import KafkaRefused
 from podserve.offline_settings import OfflineSettings
-from podserve.runtime.devices import plan_devices
-from podserve.runtime.logs import configure_logging
-from podserve.runtime.metrics import Metrics
+from podserve.runtime.batching.pool import InstancePool
+from podserve.runtime.core.devices import plan_devices
+from podserve.runtime.core.logs import configure_logging
+from podserve.runtime.core.metrics import Metrics
+from podserve.runtime.core.startup import StartupError, prepare_service
 from podserve.runtime.offline.metrics import MessageMetrics
 from podserve.runtime.offline.probes import ProbeServer
 from podserve.runtime.offline.sinks import FileSink, KafkaSink, ensure_topics, max_message_bytes, producer_config
 from podserve.runtime.offline.worker import OfflineWorker, consumer_config
-from podserve.runtime.pool import InstancePool
-from podserve.runtime.startup import StartupError, prepare_service
 from podserve.settings import SettingsError
 
 log = logging.getLogger("podserve")

@@ -18,8 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from podserve.errors import NotReady, ServingError, Wedged
 from podserve.routes import LIVE_PATH, METRICS_PATH, PING_PATH
-from podserve.runtime import api
 from podserve.runtime.offline.worker import OfflineWorker
+from podserve.runtime.protocols import api
 
 
 class ProbeServer:

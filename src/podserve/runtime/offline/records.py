@@ -16,7 +16,7 @@ from typing import Any
 
 from podserve.errors import ServingError
 from podserve.handler import Payload
-from podserve.runtime import api
+from podserve.runtime.protocols import api
 
 ERROR_HEADER = "podserve-error"
 MESSAGE_HEADER = "podserve-error-message"

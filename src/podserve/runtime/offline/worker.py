@@ -4,7 +4,7 @@ One thread does it all, one fetch at a time, so nothing is in hand during a reba
 1. fetch up to as many messages as every instance's queue holds;
 2. decode each with the handler and queue it on the InstancePool, whose batch threads
    group them into batches of up to max_batch_size (waiting up to max_batch_delay_ms, only where a
-   fuller batch would cost less per input: runtime/batch_policy.py);
+   fuller batch would cost less per input: runtime/batching/batch_policy.py);
 3. a message that cannot be parsed or decoded, or whose input the handler fails on even
    when run alone, becomes a dead letter; every other one a result keyed like its input;
 4. write results and dead letters, backing off and retrying whatever the sinks did not
@@ -25,13 +25,13 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded, ServingError
 from podserve.handler import FrameOutput, WithContext
 from podserve.kafka_access import KafkaRefused, is_refusal, refusal, user_of
-from podserve.runtime import api
+from podserve.runtime.batching.pool import InstancePool
+from podserve.runtime.core.verbs import call_verb
 from podserve.runtime.offline import records
 from podserve.runtime.offline.metrics import MessageMetrics
 from podserve.runtime.offline.records import Outgoing
-from podserve.runtime.pool import InstancePool
-from podserve.runtime.verbs import call_verb
-from podserve.runtime.video_route import video_threads
+from podserve.runtime.protocols import api
+from podserve.runtime.protocols.video_route import video_threads
 from podserve.settings import ServingSettings
 from podserve.videos import decode_video
 

@@ -1,0 +1,136 @@
+"""Where a request's two steps run: in the event loop while they are measured cheap, else on a request thread.
+
+A request has two steps outside its batch: `begin` (parse the body, run `decode`, queue the input)
+and `finish` (run `encode`, build the answer). The loop runs a step itself while that kind of step
+is measured cheap and the body small (runtime/batching/inline_policy.py: a hand-off costs two thread
+wake-ups), and while the loop is not the bottleneck (`LoopRelief`); otherwise the step goes to one
+of the request threads, and the loop stays free to read, write, answer probes and fire deadlines.
+A handful of threads serve any number of requests in flight, whatever the batching does.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+from podserve.runtime.batching.inline_policy import INLINE_BODY_BYTES, LoopRelief, StepCost
+from podserve.runtime.core.devices import cpu_share
+from podserve.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+
+class StepRunner:
+    """Run `begin(call)` and `finish(items)` in the loop or on `threads` request threads; a step that raises is
+    handed to `on_failure(job, exc)`, which must answer its requests."""
+
+    def __init__(self, threads: int, relief: LoopRelief, begin: Callable[[Any], None],
+                 finish: Callable[[list], None], on_failure: Callable[[Any, Exception], None],
+                 costs: Callable[[], StepCost] = StepCost, clock: Callable[[], float] = time.perf_counter):
+        self._relief = relief
+        self._begin, self._finish, self._on_failure = begin, finish, on_failure
+        self._work: queue.SimpleQueue = queue.SimpleQueue()  # a call to begin, [WorkItem] to finish, None to stop
+        self._begin_cost, self._finish_cost = costs(), costs()
+        self._clock = clock  # what a step's cost is measured by: the wall clock, or (a decoder's) its thread's CPU
+        self._loop_thread: int | None = None
+        self.busy: dict[int, Any] = {}  # request thread -> the job it runs now
+        self.steps_cpu = 0.0  # CPU seconds of the steps the loop ran itself (runtime/http/refusals.py subtracts them)
+        self.loop = None
+        self._threads = [threading.Thread(target=self._serve, name=f"request-{i}", daemon=True)
+                         for i in range(threads)]
+
+    @property
+    def backlog(self) -> int:
+        """Steps waiting for a request thread."""
+        return self._work.qsize()
+
+    @property
+    def loop_relieved(self) -> bool:
+        """Whether the event loop now hands even cheap steps to the request threads (inline_policy.LoopRelief)."""
+        return self._relief.wanted
+
+    def start(self, loop) -> None:
+        self.loop = loop
+        self._loop_thread = threading.get_ident()
+        self._relief.start(loop)
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._relief.stop()
+        for _ in self._threads:
+            self._work.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def begin(self, call: Any, body_bytes: int) -> None:
+        """From the loop: begin `call` now if cheap, else on a request thread."""
+        if self._begin_cost.cheap and body_bytes <= INLINE_BODY_BYTES and not self._relief.wanted:
+            self._run_in_loop(call)
+        else:
+            self._work.put(call)
+
+    def begin_on_thread(self, call: Any) -> None:
+        """Begin `call` on a request thread whatever its cost (a step that may wait on something)."""
+        self._work.put(call)
+
+    def finish(self, items: list) -> None:
+        """From a batch thread (or the loop, where a link brings outputs): finish `items` in the loop or a request
+        thread."""
+        if self._finish_cost.cheap and not self._relief.wanted:
+            if threading.get_ident() == self._loop_thread:
+                self._run_in_loop(items)
+                return
+            try:
+                self.loop.call_soon_threadsafe(self._run_in_loop, items)
+                return
+            except RuntimeError:  # the loop has closed (a shutdown past its finish timeout)
+                pass
+        self._work.put(items)
+
+    def _serve(self) -> None:
+        work, busy, me = self._work, self.busy, threading.get_ident()
+        while True:
+            job = work.get()
+            if job is None:
+                return
+            busy[me] = job
+            self._run(job)
+            del busy[me]
+
+    def _run_in_loop(self, job: Any) -> None:
+        """`_run` in the event loop's thread, its CPU counted apart from the loop's HTTP work."""
+        cpu = time.thread_time()
+        self._run(job)
+        self.steps_cpu += time.thread_time() - cpu
+
+    def _run(self, job: Any) -> None:
+        """Begin a call or finish a batch's items, timing the step; never raise."""
+        begins = type(job) is not list
+        began = self._clock()
+        try:
+            if begins:
+                self._begin(job)
+            else:
+                self._finish(job)
+        except Exception as exc:  # never lose a request to a bug here: answer it
+            self._on_failure(job, exc)
+        seconds = self._clock() - began
+        if begins:
+            self._begin_cost.observe(seconds)
+        else:
+            self._finish_cost.observe(seconds / max(1, len(job)))
+
+
+def request_threads(settings: ServingSettings) -> int:
+    """`http_threads`, or when 0 one per CPU core of the pod.
+
+    One is the default: Python code holding the GIL runs one thread at a time anyway, and a
+    second request thread contending for it cost throughput, CPU and thread switches at every
+    concurrency measured (bench/optimisations.json). More pay only for a `decode` that spends
+    its time in code releasing the GIL (large photos, I/O).
+    """
+    return settings.http_threads or max(1, int(cpu_share(settings)))
