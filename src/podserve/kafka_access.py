@@ -26,7 +26,8 @@ from typing import Mapping
 SEPARATOR = "."
 #: What grey's own topics and groups carry after the team's prefix (`like.grey.text-directions`).
 GREY_PART = "grey."
-#: The suffix of grey's principal (`like-grey`): a dash, which a team name (a DNS label) may hold but never ends with.
+#: The suffix of grey's principal (`like-grey`); conf refuses a team name that ends with it (it would be another team's
+#: grey principal).
 GREY_USER_SUFFIX = "-grey"
 #: The SASL mechanism every team principal authenticates with.
 SASL_MECHANISM = "SCRAM-SHA-512"
@@ -110,6 +111,13 @@ def grants(team: str, grey: bool = False) -> list[Grant]:
     return [Grant("topic", team_prefix(team), ("READ", "DESCRIBE")),  # production's stream, to run beside it
             Grant("topic", grey_prefix(team), _OWN_TOPICS),
             Grant("group", grey_prefix(team), _OWN_GROUPS)]
+
+
+def may(user: str, operation: str, topic: str) -> bool:
+    """Whether the brokers let `user` (a team principal) do `operation` (READ, CREATE, ...) to `topic`."""
+    team, grey = owner(user)
+    return any(grant.resource == "topic" and operation in grant.operations and topic.startswith(grant.prefix)
+               for grant in grants(team, grey))
 
 
 def grants_said(user: str) -> str:

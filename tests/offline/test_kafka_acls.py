@@ -139,3 +139,20 @@ def test_without_credentials_the_brokers_serve_nothing(kafka):
     plain = {"bootstrap.servers": kafka.bootstrap, "socket.timeout.ms": 3000}
     with pytest.raises(KafkaException):
         AdminClient(plain).list_topics(timeout=5)  # the listener speaks SASL only
+
+
+def test_grey_waits_for_production_s_stream_it_may_read_but_not_create_then_reads_it(kafka, topics, start_worker):
+    """Grey started before production's source topic exists: it neither crash-loops on a refused create nor exits 2;
+    it says what it waits for, and is ready once the stream's producer (here the admin) creates the topic."""
+    grey_topics = {key: (value if key == "source_topic" else kafka_access.grey_name(value, TEAM))
+                   for key, value in topics.items()}
+    worker = start_worker(grey_topics, wait=False, user=kafka_access.username(TEAM, grey=True))
+    waiting = f"waiting for topic(s) {topics['source_topic']}: User:{TEAM}-grey reads them but may not create them"
+    worker.program.wait_until(lambda: waiting in worker.program.log_path.read_text(), 90, "the worker says it waits")
+    assert worker.program.process.poll() is None
+    with pytest.raises(OSError):  # no probe answers yet: not ready (a refused connection, as while brokers are away)
+        worker.get("/api/ping")
+    create_topic(kafka.admin, topics["source_topic"])
+    worker.wait_ready(120)
+    said = worker.program.log_path.read_text()
+    assert "TOPIC_AUTHORIZATION_FAILED" not in said and "created missing topic(s)" in said  # its own sink, dead letters

@@ -20,6 +20,7 @@ import sys
 import time
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from real_node_service import REPO, TEAM, RealNodeService, values
 from podserve.testbed.cluster import node as real
@@ -93,6 +94,11 @@ def test_an_offline_service_passes_grey_its_smoke_and_deploy_hk_with_the_ci_job_
             "deployment.yaml", "poddisruptionbudget.yaml", "podmonitor.yaml", "scaledobject.yaml"]  # no route
         digest = json.loads((service.checkout / "build/image-metadata.json").read_text())["containerimage.digest"]
         service.let_the_node_pull()
+        # Production's stream exists before any worker reads it: grey may read it but not create it (its worker waits,
+        # not ready, for a source topic it may not create).
+        source = OFFLINE["source_topic"]
+        AdminClient(broker.admin).create_topics([NewTopic(source, num_partitions=-1, replication_factor=-1)])[
+            source].result(30)
         timings = {}
         for job in ("grey", "smoke-grey", "deploy-hk"):
             if job == "smoke-grey":  # production's stream goes on: grey reads it with its own consumer group

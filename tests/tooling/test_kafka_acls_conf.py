@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from manifest_helpers import REPO
 from podserve import kafka_access
 from podserve.offline_settings import OfflineSettings
@@ -71,3 +73,28 @@ def test_a_refusal_names_the_topic_the_principal_the_error_and_what_is_granted()
         "'imo' only topics 'imo.*' and consumer groups 'imo.*'")
     grey = kafka_access.refusal("consumer group", "imo.text-direction", "imo-grey", "GROUP_AUTHORIZATION_FAILED")
     assert "to principal 'User:imo-grey'" in grey and "consumer groups 'imo.grey.*'" in grey
+
+
+def test_a_team_whose_name_ends_in_the_grey_suffix_is_refused_naming_why(tmp_path):
+    """Team 'like-grey' would authenticate as team like's grey principal (and like's grey as it): conf refuses it."""
+    import shutil
+
+    import yaml
+
+    from podserve.tooling.conf import ConfError
+
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    teams = yaml.safe_load((conf / "teams.yaml").read_text())
+    teams["teams"]["like" + kafka_access.GREY_USER_SUFFIX] = teams["teams"]["like"]
+    (conf / "teams.yaml").write_text(yaml.safe_dump(teams))
+    with pytest.raises(ConfError, match=r"'like-grey' must not end in '-grey': its Kafka principal would be team "
+                                        r"'like''s grey one"):
+        load_conf(conf)
+
+
+def test_may_says_what_the_grants_allow():
+    grey = kafka_access.username("imo", grey=True)
+    assert kafka_access.may(grey, "READ", "imo.lines") and not kafka_access.may(grey, "CREATE", "imo.lines")
+    assert kafka_access.may(grey, "CREATE", "imo.grey.lines") and not kafka_access.may(grey, "READ", "like.lines")
+    assert kafka_access.may("imo", "CREATE", "imo.lines") and not kafka_access.may("imo", "CREATE", "like.lines")
