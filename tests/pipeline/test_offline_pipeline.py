@@ -97,8 +97,8 @@ def test_an_offline_service_passes_grey_its_smoke_and_deploy_hk_with_the_ci_job_
         # Production's stream exists before any worker reads it: grey may read it but not create it (its worker waits,
         # not ready, for a source topic it may not create).
         source = OFFLINE["source_topic"]
-        AdminClient(broker.admin).create_topics([NewTopic(source, num_partitions=-1, replication_factor=-1)])[
-            source].result(30)
+        stream_admin = AdminClient(broker.admin)  # held: a client collected before its future answers cancels it
+        stream_admin.create_topics([NewTopic(source, num_partitions=-1, replication_factor=-1)])[source].result(30)
         timings = {}
         for job in ("grey", "smoke-grey", "deploy-hk"):
             if job == "smoke-grey":  # production's stream goes on: grey reads it with its own consumer group
