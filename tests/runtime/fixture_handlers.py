@@ -330,8 +330,9 @@ class FaultPoints(Affine):
     """Affine whose every step can be held where a test says, by the request's first number: AT_DECODE waits at
     TEST_DECODE_GATE in decode (its input not yet submitted), AT_PREDICT at TEST_PREDICT_GATE in predict (mid-batch),
     ENCODE_RELEASES_GIL blocks in C in encode without the GIL and ENCODE_HOLDS_GIL holding it (libc's sleep through
-    ctypes' CDLL and PyDLL). Its decode appends "<second number> <pid>" to TEST_DECODED_BY, so a test knows which
-    decoder process holds its request; its load waits at TEST_LOAD_GATE (a model process being replaced)."""
+    ctypes' CDLL and PyDLL; "<mark> <pid>" appended to `<TEST_DECODED_BY>.encoding` first). Its decode appends
+    "<second number> <pid>" to TEST_DECODED_BY, so a test knows which decoder process holds its request; its load
+    waits at TEST_LOAD_GATE (a model process being replaced)."""
 
     def load(self, model_path, device):
         wait_at_gate(1, LOAD_GATE_ENV)
@@ -353,6 +354,9 @@ class FaultPoints(Affine):
         return super().predict(batch)
 
     def encode(self, output, mark):
+        if mark in (ENCODE_RELEASES_GIL, ENCODE_HOLDS_GIL) and os.environ.get(DECODED_BY_ENV):
+            with open(os.environ[DECODED_BY_ENV] + ".encoding", "a") as encoding:  # a test knows it is stuck now
+                encoding.write(f"{mark} {os.getpid()}\n")
         if mark == ENCODE_RELEASES_GIL:
             ctypes.CDLL(None).sleep(3600)
         elif mark == ENCODE_HOLDS_GIL:

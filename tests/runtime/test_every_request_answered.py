@@ -237,20 +237,26 @@ def test_the_front_killed_or_stopped_with_a_request_mid_batch(start_server, affi
 
 
 @pytest.mark.parametrize("decoders", [0, 2], ids=["one-process", "split"])
-def test_a_sigterm_drain_ends_within_its_stated_bound_with_a_batch_stuck(start_server, affine_model, gates, decoders):
-    """A batch that never ends (at the gate until the test's end) does not hold the drain: the backstop answers its
-    request at its deadline and grace, and the pod exits 0 within drain_bound_seconds (and the supervisor's END_SECONDS
-    for the other processes)."""
-    # No body larger than an image's: no upload allowance in the longest deadline, so the bound is tight.
-    settings = {"drain_seconds": 0.5, "request_timeout_ms": 2000, "max_video_bytes": 1 << 20}
+def test_a_sigterm_drain_ends_within_its_stated_bound_with_a_batch_and_an_encode_stuck(start_server, affine_model,
+                                                                                      gates, decoders):
+    """A batch that never ends (at the gate until the test's end) and a request thread that never comes back from
+    `encode` (in C, without the GIL) do not hold the drain: the backstop answers their requests at their deadline and
+    grace, and the pod exits 0 within drain_bound_seconds (the threads still busy get STOP_SECONDS in all, or the
+    supervisor's END_SECONDS for the other processes)."""
+    # No body larger than an image's: no upload allowance in the longest deadline, so the bound is tight. Two request
+    # threads: one stays in its encode, the other decodes the request whose batch then stays at the gate.
+    settings = {"drain_seconds": 0.5, "request_timeout_ms": 2000, "max_video_bytes": 1 << 20, "http_threads": 2}
     server = fault_pod(start_server, affine_model, gates, **{**settings, "decode_processes": decoders})
     bound = drain_bound_seconds(ServingSettings(**settings), split=decoders > 0)
+    encoding = Sent(server, ENCODE_RELEASES_GIL, 1, deadline=2.0)
+    poll_until(lambda: (gates["decoded_by"].parent / "decoded-by.encoding").exists(), "a request thread stuck in "
+               "its encode", timeout=30, every=0.01)
     gates["predict"].touch()
-    stuck = Sent(server, AT_PREDICT, 1, deadline=2.0)
+    stuck = Sent(server, AT_PREDICT, 2, deadline=2.0)
     poll_until(lambda: held_batches(gates["predict"]), "its batch at the gate", timeout=30, every=0.01)
     began = time.monotonic()
     server.terminate()
-    assert stuck.answer() == (504, "deadline_exceeded")
+    assert stuck.answer() == (504, "deadline_exceeded") and encoding.answer() == (504, "deadline_exceeded")
     code = server.process.wait(bound + 5)
     took = time.monotonic() - began
     print(f"{'split' if decoders else 'one process'}: drained and exited {code} in {took:.1f} s (bound {bound:.1f} s)")

@@ -23,6 +23,7 @@ from typing import Any, Callable, Hashable
 from podserve.errors import DeadlineExceeded, HandlerFailed, Overloaded, ServingError
 from podserve.handler import Handler
 from podserve.runtime.batching.batch_policy import BatchCost
+from podserve.runtime.core.lifecycle import join_by
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +175,13 @@ class BatchWorker:
         """Whether every batch thread still runs (one that died takes its lane's batches with it)."""
         return all(thread.is_alive() for thread in self._threads)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Finish what is queued, then end the threads."""
+    def stop(self, timeout: float | None = None, until: float | None = None) -> None:
+        """Finish what is queued, then end the threads, waiting for them `timeout` seconds in all (or until the
+        monotonic time `until`; neither: as long as they take)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout)
+        join_by(self._threads, until if until is not None or timeout is None else time.monotonic() + timeout)
 
     def _loop(self, lane: int) -> None:
         if self.handler.run_size:  # a CPU instance (a GPU lane mostly waits on its device and must keep it fed)

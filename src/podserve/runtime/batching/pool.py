@@ -212,10 +212,11 @@ class InstancePool:
                                  self.settings.stuck_batch_seconds, time.monotonic())
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish what is queued, and wait at most `timeout` seconds (default `stuck_batch_seconds`) for each
-        instance's batch threads to end."""
+        """Finish what is queued, and wait at most `timeout` seconds in all (default `stuck_batch_seconds`) for the
+        instances' batch threads to end."""
+        until = time.monotonic() + (self.settings.stuck_batch_seconds if timeout is None else timeout)
         for worker in self.workers:
-            worker.stop(timeout=self.settings.stuck_batch_seconds if timeout is None else timeout)
+            worker.stop(until=until)
 
     def _record_batch(self, worker: BatchWorker, size: int, seconds: float, items: list[WorkItem],
                       cpu_seconds: float) -> None:

@@ -25,6 +25,13 @@ CLOSE_SECONDS = 5.0
 STOP_SECONDS = 5.0
 
 
+def join_by(threads, until: float | None) -> None:
+    """Join each of `threads`, all of them by the monotonic time `until` (None: each as long as it takes): a shutdown
+    whose stuck threads wait out one bound, not one each."""
+    for thread in threads:
+        thread.join(None if until is None else max(0.0, until - time.monotonic()))
+
+
 class Lifecycle:
     """Shared flags the HTTP views read, and the count of requests in flight."""
 

@@ -8,6 +8,7 @@ own model instances (the model process's, runtime/batching/pool.py) instead of a
 from __future__ import annotations
 
 import logging
+import time
 
 import prometheus_client
 
@@ -75,7 +76,8 @@ def serve_in_one_process(settings: ServingSettings, handler_class: type) -> int:
 
     code = front.serve(service.start_call, lambda: describe_model(pool.workers[0].handler) if pool.ready else None,
                        ControlThread(front.route, metrics, settings.control_queue_size), started)
-    pool.stop(timeout=STOP_SECONDS)  # every request is answered: a batch still running has nobody waiting
-    service.stop()
+    until = time.monotonic() + STOP_SECONDS  # every request is answered: a step or batch still running has nobody
+    pool.stop(timeout=STOP_SECONDS)
+    service.stop(until)
     log.info("exited cleanly")
     return code

@@ -113,9 +113,11 @@ class ServiceRoute:
         self.runner.start(loop)
         self.videos.start()
 
-    def stop(self) -> None:
-        self.runner.stop()
-        self.videos.stop()
+    def stop(self, until: float | None = None) -> None:
+        """End the request and video threads, waiting for them until the monotonic time `until` (default 5 s)."""
+        until = time.monotonic() + 5 if until is None else until
+        self.runner.stop(until)
+        self.videos.stop(until)
 
     # In the event loop's thread.
 

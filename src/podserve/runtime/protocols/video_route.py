@@ -31,6 +31,7 @@ from podserve.errors import ClientGone, DeadlineExceeded, HandlerFailed, Invalid
 from podserve.handler import FrameOutput, Handler, WithContext
 from podserve.runtime.batching.fanout import FanOut
 from podserve.runtime.core.devices import cpu_share
+from podserve.runtime.core.lifecycle import join_by
 from podserve.runtime.core.verbs import call_verb
 from podserve.settings import ServingSettings
 from podserve.videos import open_stream
@@ -75,11 +76,10 @@ class VideoWork:
         for thread in self._threads:
             thread.start()
 
-    def stop(self) -> None:
+    def stop(self, until: float | None = None) -> None:
         for _ in self._threads:
             self._work.put(None)
-        for thread in self._threads:
-            thread.join(timeout=5)
+        join_by(self._threads, time.monotonic() + 5 if until is None else until)
 
     def begin(self, route, call, handler: Handler) -> None:
         """In a request thread: refuse a video the handler cannot read, else queue it for a video thread (its deadline
