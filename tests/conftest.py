@@ -85,6 +85,27 @@ def control_plane(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def istiod(control_plane, tmp_path_factory):
+    """istiod (pilot-discovery, `make istiod`) against the session's control plane, once; the chart's Gateway with
+    TLS left out (podserve.testbed.mesh.istiod.plaintext_gateway). Every mesh of the session is fed by it. At the
+    session's end it must have had no update refused by any gateway (pilot_total_xds_rejects 0)."""
+    from podserve.testbed.mesh.istiod import Istiod, plaintext_gateway
+    from podserve.testbed.processes import StartError
+    from podserve.tooling.conf import load_conf
+
+    gateway = load_conf().stages["hk"].gateway
+    plaintext_gateway(control_plane.api_client(), *gateway.split("/"))
+    try:
+        started = Istiod.start(control_plane, tmp_path_factory.mktemp("istiod"))
+    except StartError as exc:
+        pytest.fail(f"istiod did not start: {exc}", pytrace=False)
+    yield started
+    rejects = started.rejects()
+    started.stop()
+    assert rejects == 0, f"istiod counted {rejects} xDS updates refused by a gateway (pilot_total_xds_rejects)"
+
+
+@pytest.fixture(scope="session")
 def real_node(control_plane, tmp_path_factory):
     """The real node (containerd, runc, kubelet, fake GPU plugin) joined to the session's control plane, once.
 

@@ -3,8 +3,9 @@ videos, the bodies it reads and holds, their parsing.
 
 Both the pod and the tooling read it: the pod sizes its budgets by it (the HTTP server reads bodies within
 `uploads`; runtime/http/admission.py holds admitted bodies within `bodies`; runtime/protocols/api.py refuses a JSON
-body whose parse would take more than `per_parse`; decoders and the model process size their shared memory by
-`arena_per_decoder`), and render refuses a value.py whose plan does not fit (`problems`), naming the field to change.
+body whose parse would take more than `per_parse`; decoders and the model process split `arenas` by
+podserve/arena_sizing.py), and render refuses a value.py whose plan does not fit (`problems`), naming the field to
+change.
 What does not fit a budget waits or gets a 503 (a body over it) or a 413 (a body that could never be parsed here): the
 pod's memory stays within its limit, and the kernel never has to kill it (docs/processes.md, "Memory").
 
@@ -19,6 +20,8 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from podserve.arena_sizing import ArenaSizes, arena_sizes
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -62,19 +65,11 @@ BODY_SHARE = 0.3
 #: Shared memory (the decoders' input arenas and the model process's outputs): this share of the pod's memory.
 ARENA_SHARE = 0.1
 MIN_ARENA_BYTES = 16 * MIB
-#: An arena's smallest block, and so its smallest size: one page.
-ARENA_PAGE_ORDER = 12
 #: A body declared larger than this, or chunked (its size unknown until it ends), may use only LARGE_BODY_SHARE of a
 #: pod-wide body budget (bodies still being sent, runtime/http/parser.py; bodies held, runtime/http/admission.py): the
 #: rest is kept for ordinary requests, so that slow large uploads and chunk floods cannot starve them.
 LARGE_BODY_BYTES = 1024 * 1024
 LARGE_BODY_SHARE = 0.75
-
-
-def arena_bytes(capacity: int) -> int:
-    """What an arena that may hold `capacity` bytes at once maps, and so may commit (runtime/processes/transport/arena.py
-    sizes its memfd by this): its buddy allocator's power of two. Its pages are committed as blocks are written."""
-    return 1 << max(ARENA_PAGE_ORDER, (max(1, capacity) - 1).bit_length())
 
 
 def measured(nbytes: float) -> int:
@@ -94,7 +89,7 @@ class MemoryPlan:
     code: int  # the code every process maps, once
     processes: int  # what the processes hold at rest, the model's weights and a CUDA context included
     replacement: int  # a replaced decoder's successor, while the one it replaces still holds its memory
-    arenas: int  # shared memory, all arenas together, at what they map
+    arenas: int  # shared memory, all arenas together: what podserve/arena_sizing.py splits between them
     pixels: int  # decoded images: each thread that may decode holding the largest image the pod admits
     video_frames: int  # the videos decoded at once, at the largest frame the pod admits
     uploads: int  # bodies still being sent, pod-wide (the HTTP server)
@@ -110,9 +105,9 @@ class MemoryPlan:
         return max(1, self.decoders) * self.threads
 
     @property
-    def arena_per_decoder(self) -> int:
-        """The capacity of each arena (a decoder's inputs, the model process's outputs); 0 in one process."""
-        return largest_arena(self.arenas // (self.decoders + 1)) if self.decoders else 0
+    def arena_sizes(self) -> ArenaSizes:
+        """Each decoder's input arena and its output share in the model process, carved from `arenas`."""
+        return arena_sizes(self.arenas, self.decoders)
 
     @property
     def parses(self) -> int:
@@ -129,15 +124,17 @@ class MemoryPlan:
     def describe(self) -> dict[str, str]:
         """What each share is, with its size: what the pod logs at start."""
         layout = f"{self.decoders} decoders beside the model process" if self.decoders else "one process"
-        each = f" ({_mib(self.arena_per_decoder)} each, {self.decoders + 1} arenas)" if self.decoders else ""
+        sizes = self.arena_sizes
+        each = (f" (each decoder's inputs {_mib(sizes.inputs)} and its outputs {_mib(sizes.outputs)}; "
+                f"{_mib(sizes.allocated)} allocated)") if self.decoders else ""
         return {"memory": f"{_mib(self.memory)}, {layout}",
                 "code": f"{_mib(self.code)}: the interpreter, libraries and modules every process maps, once",
                 "processes": f"{_mib(self.processes)}: the processes' own memory at rest, the model's weights and any "
                              f"CUDA context included (each with the code it maps: "
                              + ", ".join(f"{role} {_mib(size)}" for role, size in self.process_bytes) + ")",
-                "replacement": f"{_mib(self.replacement)}: a replaced decoder's successor and its arena, while the "
+                "replacement": f"{_mib(self.replacement)}: a replaced decoder's successor and its arenas, while the "
                                "one it replaces still holds its memory",
-                "arenas": f"{_mib(self.arenas)}: shared memory, at what the arenas map{each}",
+                "arenas": f"{_mib(self.arenas)}: shared memory, the most the arenas hold{each}",
                 "pixels": f"{_mib(self.pixels)}: {max(1, self.decoders) * self.threads} threads each decoding the "
                           f"largest image admitted",
                 "videos": f"{_mib(self.video_frames)}: {self.videos} video(s) decoded at once at the largest frame",
@@ -187,14 +184,6 @@ class MemoryPlan:
         return found
 
 
-def largest_arena(room: int) -> int:
-    """The largest capacity whose arena maps no more than `room` (at least one page)."""
-    capacity = max(1 << ARENA_PAGE_ORDER, room)
-    while arena_bytes(capacity) > max(room, 1 << ARENA_PAGE_ORDER):
-        capacity = arena_bytes(capacity) // 2
-    return capacity
-
-
 def smallest_memory(settings, decoders: int, on_gpu: bool, model_bytes: int, cores: float | None = None) -> int:
     """The least memory (to the MiB) whose plan holds for these settings: what to raise `memory` to."""
     low, high = 64 * MIB, 1 << 40
@@ -240,9 +229,9 @@ def plan(settings, decoders: int, on_gpu: bool, model_bytes: int, memory: int | 
     processes = sum(anonymous[role] * count for role, count in counts.items())
     code = measured((CODE_MIB + cuda[1]) * MIB)
     if decoders:
-        arenas = (decoders + 1) * arena_bytes(largest_arena(max(MIN_ARENA_BYTES * (decoders + 1),
-                                                                int(memory * ARENA_SHARE)) // (decoders + 1)))
-        replacement = anonymous["decoder"] + arenas // (decoders + 1)
+        arenas = max(MIN_ARENA_BYTES * (decoders + 1), int(memory * ARENA_SHARE))
+        # its successor's input arena and the model process's new output share for it, while the old ones are mapped
+        replacement = anonymous["decoder"] + arena_sizes(arenas, decoders).allocated // decoders
     else:
         arenas = replacement = 0
     pixels = max(1, decoders) * threads * settings.max_image_pixels * DECODED_PIXEL_BYTES

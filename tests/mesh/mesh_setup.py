@@ -26,7 +26,7 @@ VALUES = dict(service_name="test", username="like", handler="mesh_handlers:Switc
 FAST = {"pod": {"probe_period_seconds": 1, "probe_timeout_seconds": 1, "prestop_sleep_seconds": 1},
         "mesh": {"outlier_detection": {"consecutive5xxErrors": 5, "interval": "1s", "baseEjectionTime": "3s",
                                        "maxEjectionPercent": 50},
-                 "slow_start": "1s"},
+                 "slow_start": "1s", "propagation_seconds": 2},
         # the testbed's Prometheus scrapes every second; the PodMonitor says so, and the verdict reads its window's
         # end two intervals later (analysis.py): 2 s, not 30
         "monitoring": {"scrape_interval": "1s"}}
@@ -65,3 +65,11 @@ def before_subsets(doc: dict) -> dict:
     elif kind == "DestinationRule":
         spec.pop("subsets", None)
     return doc
+
+
+def stop_checked(mesh) -> None:
+    """Stop a mesh; fail if its Envoy refused an update from istiod or ran an Istio extension (issue 65, It must
+    show 3: every mesh of the suite is checked so at its end)."""
+    problems = mesh.gateway_problems()
+    mesh.stop()
+    assert problems == [], problems

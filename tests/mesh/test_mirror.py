@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh_setup import HERE, RUNTIME_TESTS, fast_conf_dir, write_values
+from mesh_setup import HERE, RUNTIME_TESTS, fast_conf_dir, stop_checked, write_values
 from podserve.testbed.mesh.mesh import Mesh
 from podserve.testbed.processes import poll_until
 from podserve.testbed.prometheus import Prometheus
@@ -41,7 +41,7 @@ SHARE_TOLERANCE = 0.05
 
 
 @pytest.fixture(scope="module")
-def shadowed(tmp_path_factory, affine_model):
+def shadowed(tmp_path_factory, affine_model, control_plane, istiod):
     """hk (2 pods) mirroring 20% to grey (1 pod), a real Prometheus scraping the three."""
     work = tmp_path_factory.mktemp("mirror")
     conf = load_conf(fast_conf_dir(work))
@@ -55,9 +55,9 @@ def shadowed(tmp_path_factory, affine_model):
         pod_env[(SERVICE, stage, index)] = {"SWITCH_DIR": str(folder)}
     # grey marks its answers (none may reach a caller) and decodes on a request thread (it holds requests there)
     pod_env[(SERVICE, "grey", 0)].update(ANSWER_MARK="grey", DECODE_FLOOR="0.03")
-    mesh = Mesh([values], work, region="hk", conf=conf, stages=["grey", "hk"], replicas={"hk": 2},
-                env={"PODSERVE_MODEL_PATH": str(affine_model)}, pod_env=pod_env,
-                extra_python_path=(HERE, RUNTIME_TESTS), local_any_host=False)
+    mesh = Mesh([values], work, plane=control_plane, istiod=istiod, region="hk", conf=conf, stages=["grey", "hk"],
+                replicas={"hk": 2}, env={"PODSERVE_MODEL_PATH": str(affine_model)}, pod_env=pod_env,
+                extra_python_path=(HERE, RUNTIME_TESTS))
     prometheus = None
     try:
         mesh.start()
@@ -67,7 +67,7 @@ def shadowed(tmp_path_factory, affine_model):
     finally:
         if prometheus is not None:
             prometheus.stop()
-        mesh.stop()
+        stop_checked(mesh)
 
 
 def _count(prometheus: Prometheus, selector: str) -> float:
@@ -84,9 +84,9 @@ def _mirror_settled(mesh: Mesh, prometheus: Prometheus, hk_sent: int):
     grey = _grey_cluster(mesh)
 
     def settled():
-        if mesh.envoy.stat(f"cluster.{grey}.upstream_rq_active"):
+        if mesh.envoy.cluster_stat(grey, "upstream_rq_active"):
             return None
-        answered = mesh.envoy.stat(f"cluster.{grey}.upstream_rq_completed")
+        answered = mesh.envoy.cluster_stat(grey, "upstream_rq_completed")
         hk, mirrored = _count(prometheus, 'stage="hk"'), _count(prometheus, 'stage="grey", origin="mirror"')
         return (hk, mirrored) if hk >= hk_sent and mirrored == answered else None
 
@@ -120,34 +120,34 @@ def test_grey_held_at_its_gate_slows_no_caller_and_its_overflow_shows_in_envoy_n
     grey = _grey_cluster(mesh)
     gate = mesh.pod_env[(SERVICE, "grey", 0)]["SWITCH_DIR"] + "/decode_delay"
     try:
-        mesh.update(unmirrored)
-        before = mesh.envoy.stat(f"cluster.{grey}.upstream_rq_total")
+        mesh.update(unmirrored, lambda envoy: not _mirrors(envoy), what="Envoy's routes without the mirror")
+        before = mesh.envoy.cluster_stat(grey, "upstream_rq_total")
         baseline = []
         for _ in range(3):
             outcomes = paced_load(mesh, PATH, GATE_RATE, GATE_COUNT)
             assert counts(outcomes) == {200: GATE_COUNT}
             baseline.append(percentile([o.seconds for o in outcomes], 0.99))
-        assert mesh.envoy.stat(f"cluster.{grey}.upstream_rq_total") == before  # unmirrored: grey saw nothing
-        mesh.update(mirrored)
+        assert mesh.envoy.cluster_stat(grey, "upstream_rq_total") == before  # unmirrored: grey saw nothing
+        mesh.update(mirrored, _mirrors, what="Envoy's routes mirroring again")
         errors_before = _count(prometheus, 'stage="grey", status=~"5.."')
         copies_before = _count(prometheus, 'stage="grey", origin="mirror"')
         overflow_before = _overflow(mesh, grey)
-        sent_before = mesh.envoy.stat(f"cluster.{grey}.upstream_rq_total")
+        sent_before = mesh.envoy.cluster_stat(grey, "upstream_rq_total")
         with open(gate, "w") as held:
             held.write(str(HOLD_SECONDS))
         outcomes = paced_load(mesh, PATH, GATE_RATE, GATE_COUNT)
     finally:
         Path(gate).unlink(missing_ok=True)
-        mesh.update(mirrored)
+        mesh.update(mirrored, _mirrors, what="Envoy's routes mirroring again")
     p99 = percentile([o.seconds for o in outcomes], 0.99)
     low, high = min(baseline), max(baseline)
     spread = high - low
-    poll_until(lambda: not mesh.envoy.stat(f"cluster.{grey}.upstream_rq_active"), "grey's held copies answered", 60)
+    poll_until(lambda: not mesh.envoy.cluster_stat(grey, "upstream_rq_active"), "grey's held copies answered", 60)
     overflow = _overflow(mesh, grey) - overflow_before
-    reached = mesh.envoy.stat(f"cluster.{grey}.upstream_rq_total") - sent_before
+    reached = mesh.envoy.cluster_stat(grey, "upstream_rq_total") - sent_before
     answered = poll_until(lambda: (_count(prometheus, 'stage="grey", origin="mirror"') - copies_before == reached
                                    and reached), "grey's series counting every copy that reached it", 30)
-    limit = mesh.config.cluster(grey).limits.max_requests
+    limit = mesh.envoy.cluster_config(grey)["circuit_breakers"]["thresholds"][0]["max_requests"]
     print(f"\n{GATE_COUNT} requests at {GATE_RATE}/s: callers' p99 {p99 * 1000:.1f} ms with grey holding each copy "
           f"{HOLD_SECONDS} s, against {', '.join(f'{b * 1000:.1f}' for b in baseline)} ms unmirrored; copies that "
           f"reached grey {reached} (its series: {answered}), overflowed at the gateway {overflow} (grey's pool: "
@@ -160,8 +160,14 @@ def test_grey_held_at_its_gate_slows_no_caller_and_its_overflow_shows_in_envoy_n
     assert reached <= math.ceil(GATE_COUNT * PERCENT / 100)
 
 
+def _mirrors(envoy) -> bool:
+    """Whether Envoy's routes to hk's subpaths mirror (request_mirror_policies), as istiod pushed them."""
+    return any(route.get("route", {}).get("request_mirror_policies") for route in envoy.routes()
+               if route.get("name") == f"{SERVICE}-subpaths")
+
+
 def _overflow(mesh: Mesh, cluster: str) -> int:
     """Requests to `cluster` Envoy failed at once because its circuit breakers were full: max_requests
     (upstream_rq_active_overflow) or the pending queue (upstream_rq_pending_overflow)."""
-    return sum(mesh.envoy.stat(f"cluster.{cluster}.{name}") for name in
+    return sum(mesh.envoy.cluster_stat(cluster, name) for name in
                ("upstream_rq_active_overflow", "upstream_rq_pending_overflow"))

@@ -1,8 +1,8 @@
 """The Open Inference Protocol through the mesh: Triton's own client reaches a pod by /api/<team>/<service>/v2/...
 
 The route's existing prefix rewrite (/api/<team>/<service>/ -> /api/<service>/) carries the protocol's
-paths; the real Envoy plays the region's gateway (the kubelet's and istiod's parts are simulated, as in the
-rest of this suite).
+paths; the real Envoy, fed by istiod, plays the region's gateway (the kubelet's part is simulated, as in the rest of
+this suite).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from traffic import HOST
 
 
 def test_triton_s_client_infers_through_the_gateway_by_the_team_s_path(mesh):
-    client = triton.InferenceServerClient(url=f"127.0.0.1:{mesh.port}/api/like/test")
+    client = triton.InferenceServerClient(url=mesh.url.removeprefix("http://") + "/api/like/test")
     headers = {"Host": HOST}
     assert client.is_server_ready(headers=headers) and client.is_model_ready("test", headers=headers)
     assert client.get_model_metadata("test", headers=headers)["inputs"][0]["name"] == "x"

@@ -1,4 +1,5 @@
-"""Outlier detection through the real Envoy, per the rendered DestinationRule (see its template's comment).
+"""Outlier detection through the real Envoy, per the rendered DestinationRule as istiod translates it (see its
+template's comment).
 
 A pod whose handler is broken answers 500: after consecutive5xxErrors of them Envoy ejects
 it, and it returns after baseEjectionTime (at the next interval sweep). maxEjectionPercent
@@ -30,7 +31,7 @@ def test_a_broken_pod_is_ejected_and_returns_after_the_ejection_time(mesh):
     threshold, base, interval = (rendered["consecutive5xxErrors"], _seconds(rendered["baseEjectionTime"]),
                                  _seconds(rendered["interval"]))
     workload = mesh.workload("hk", "test")
-    pods = {pod.port: pod.name for pod in workload.pods}
+    pods = {pod.address: pod.name for pod in workload.pods}
     # Envoy's host stats and ejections last as long as the session's mesh: an earlier test (a SIGKILLed pod's
     # connect failures) may have ejected a host. Start from no ejection and count each host's errors from here on.
     def none_ejected() -> dict | None:
@@ -38,8 +39,8 @@ def test_a_broken_pod_is_ejected_and_returns_after_the_ejection_time(mesh):
         return found if found and not any(host["ejected"] for host in found.values()) else None
 
     hosts = poll_until(none_ejected, f"no host of {workload.cluster} ejected", timeout=60)
-    errors_before = {port: host["rq_error"] for port, host in hosts.items()}
-    broken_ports = [workload.pods[i].port for i in (1, 2)]  # pods[i] runs with switch_dir(..., i)
+    errors_before = {address: host["rq_error"] for address, host in hosts.items()}
+    broken_addresses = [workload.pods[i].address for i in (1, 2)]  # pods[i] runs with switch_dir(..., i)
     broken = [switch_dir(mesh, "test", "hk", i) / "broken" for i in (1, 2)]
     for flag in broken:
         flag.write_text("")
@@ -48,7 +49,7 @@ def test_a_broken_pod_is_ejected_and_returns_after_the_ejection_time(mesh):
         for _ in range(200):
             statuses.append(post(mesh, PATH).status_code)
             hosts = mesh.envoy.hosts(workload.cluster)
-            ejected = next((port for port in broken_ports if hosts.get(port, {}).get("ejected")), None)
+            ejected = next((address for address in broken_addresses if hosts.get(address, {}).get("ejected")), None)
             if ejected or time.monotonic() - started > 20:
                 break
         ejected_at = time.monotonic()
@@ -57,8 +58,8 @@ def test_a_broken_pod_is_ejected_and_returns_after_the_ejection_time(mesh):
         # The other broken pod stays in: a second ejection would be 2/3 = 67% > maxEjectionPercent.
         after = [post(mesh, PATH).status_code for _ in range(60)]
         hosts = mesh.envoy.hosts(workload.cluster)
-        still_ejected = [pods[p] for p, h in hosts.items() if h["ejected"]]
-        overflow = mesh.envoy.stat(f"cluster.{workload.cluster}.outlier_detection.ejections_overflow")
+        still_ejected = [pods[a] for a, h in hosts.items() if h["ejected"]]
+        overflow = mesh.envoy.cluster_stat(workload.cluster, "outlier_detection.ejections_overflow")
     finally:
         for flag in broken:
             flag.unlink()

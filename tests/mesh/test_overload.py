@@ -23,8 +23,8 @@ def test_excess_gets_fast_503s_from_the_mesh_and_no_pod_is_ejected(mesh):
                and d["metadata"]["namespace"] == mesh.conf.stages["hk"].namespace_for("like")]
     limit = rule["spec"]["trafficPolicy"]["connectionPool"]["http"]["http2MaxRequests"]
     assert limit == mesh_limits.connection_pool(VALUES, len(workload.pods), 300)["http"]["http2MaxRequests"] == 72
-    ejections = f"cluster.{workload.cluster}.outlier_detection.ejections_enforced_total"
-    ejected_before = mesh.envoy.stat(ejections)
+    ejections = "outlier_detection.ejections_enforced_total"
+    ejected_before = mesh.envoy.cluster_stat(workload.cluster, ejections)
     flags = [switch_dir(mesh, "test", "hk", i) / "slow" for i in range(len(workload.pods))]
     for flag in flags:
         flag.write_text(BATCH_SLEEP)  # each pod: at most 4 requests per 100 ms
@@ -36,8 +36,8 @@ def test_excess_gets_fast_503s_from_the_mesh_and_no_pod_is_ejected(mesh):
     answered = [o.seconds for o in outcomes if o.status == 200]
     mesh_503 = [o.seconds for o in outcomes if o.status == 503 and o.overloaded]
     pod_503 = [o for o in outcomes if o.status == 503 and not o.overloaded]
-    overflow = mesh.envoy.stat(f"cluster.{workload.cluster}.upstream_rq_active_overflow")  # max_requests
-    ejected = mesh.envoy.stat(ejections) - ejected_before
+    overflow = mesh.envoy.cluster_stat(workload.cluster, "upstream_rq_active_overflow")  # max_requests
+    ejected = mesh.envoy.cluster_stat(workload.cluster, ejections) - ejected_before
     print(f"\noverload: {CLIENTS} clients for {SECONDS} s against a limit of {limit}: {counts(outcomes)}; "
           f"503 from the mesh (x-envoy-overloaded) {len(mesh_503)}, p50 {percentile(mesh_503, .5) * 1000:.1f} ms, "
           f"p99 {percentile(mesh_503, .99) * 1000:.1f} ms; from the pods {len(pod_503)}; answered p50 "

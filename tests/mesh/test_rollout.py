@@ -58,7 +58,7 @@ def test_a_pod_killed_with_sigkill_costs_a_bounded_number_of_requests_and_the_me
     slow.unlink()
     load.join(60)
     # Recovered: the kubelet (simulated) restarted the container, the probe found it ready, it is back in the endpoints.
-    while time.monotonic() - killed_at < 30 and not (victim.ready and victim.port in mesh.endpoints(workload.cluster)
+    while time.monotonic() - killed_at < 30 and not (victim.ready and victim.address in mesh.endpoints(workload.cluster)
                                                      and victim.pid != killed_pid):
         time.sleep(0.1)
     back_after = time.monotonic() - killed_at
@@ -74,5 +74,5 @@ def test_a_pod_killed_with_sigkill_costs_a_bounded_number_of_requests_and_the_me
     # Each client has at most one request in flight: those on the dead pod fail (a POST that may have run is not
     # retried); requests sent after the kill are retried elsewhere on connect failure and must all succeed.
     assert len(in_flight) <= 16 and len(unseen) <= 16 and len(failed) == len(in_flight) + len(unseen)
-    assert victim.pid != killed_pid and victim.port in mesh.endpoints(workload.cluster)
+    assert victim.pid != killed_pid and victim.address in mesh.endpoints(workload.cluster)
     assert after == [200] * 30

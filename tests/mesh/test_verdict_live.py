@@ -3,9 +3,10 @@ it, on the mirror's testbed.
 
 Real: Envoy mirroring hk's requests to grey (grey_mirror_percent = 50, the platform's most, so grey answers as many
 requests a pod as hk's two pods do), our server processes, Prometheus scraping them every second, the control plane
-holding grey's Deployment and history as the deploy tool wrote them (the team's preview account, pipeline 100), and
-the deploy tool's CLI judging. Simulated: the kubelet (kwok runs grey's pod in the cluster; the mesh's grey process
-is that pod's container, scraped under its name) and istiod (testbed/mesh).
+holding grey's Deployment and history as the deploy tool wrote them (the team's preview account, pipeline 100), istiod
+feeding Envoy from it, and the deploy tool's CLI judging. Simulated: the kubelet (grey's pod is the deploy tool's,
+scheduled to a kwok node; the mesh runs its container as its grey process and reports it at its address: Mesh's
+`adopt`; it is scraped under its name).
 
 Load: 60 requests a second to hk, paced, during each window (hk's two pods and grey's one each answer about 30 a
 second of the tiny affine model, a few milliseconds each); 120 a second (60 a pod) for the failing and the slower
@@ -32,10 +33,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mesh_setup import HERE, REPO, RUNTIME_TESTS, fast_conf_dir, write_values
+from mesh_setup import HERE, REPO, RUNTIME_TESTS, fast_conf_dir, stop_checked, write_values
 from podserve.testbed.deploy_policy import unfrozen_conf
 from podserve.testbed.mesh.mesh import Mesh
-from podserve.testbed.prometheus import Prometheus, ScrapeTarget, pod_monitor_labels
+from podserve.testbed.prometheus import Prometheus
 from podserve.tooling import render
 from podserve.tooling.conf import load_conf
 from podserve.tooling.deploy.kube import PODS
@@ -65,7 +66,7 @@ PIPELINE = "100"
 
 
 @pytest.fixture(scope="module")
-def testbed(control_plane, tmp_path_factory, affine_model):
+def testbed(control_plane, istiod, tmp_path_factory, affine_model):
     """hk (2 pods) mirroring 50% to grey (1 pod), grey deployed to the control plane, Prometheus over all three."""
     work = tmp_path_factory.mktemp("verdict")
     conf_dir = unfrozen_conf(work / "conf", fast_conf_dir(work / "fast"))
@@ -88,26 +89,20 @@ def testbed(control_plane, tmp_path_factory, affine_model):
         folder = work / "switch" / f"{stage}-{index}"
         folder.mkdir(parents=True)
         pod_env[(SERVICE, stage, index)] = {"SWITCH_DIR": str(folder)}
-    mesh = Mesh([values], work / "mesh", region="hk", conf=conf, stages=["grey", "hk"], replicas={"hk": 2},
-                env={"PODSERVE_MODEL_PATH": str(affine_model)}, pod_env=pod_env,
-                extra_python_path=(HERE, RUNTIME_TESTS), local_any_host=False)
+    mesh = Mesh([values], work / "mesh", plane=control_plane, istiod=istiod, region="hk", conf=conf,
+                stages=["grey", "hk"], replicas={"hk": 2}, env={"PODSERVE_MODEL_PATH": str(affine_model)},
+                pod_env=pod_env, extra_python_path=(HERE, RUNTIME_TESTS), adopt={(SERVICE, "grey"): [pod]})
     prometheus = None
     try:
         mesh.start()
-        targets = []
-        for target in mesh.scrape_targets():  # grey's process is the cluster's grey pod: scraped under its name
-            if target.labels["stage"] == "grey":
-                by_kind = {d["kind"]: d for d in mesh.workload("grey").docs}
-                target = ScrapeTarget(target.address, pod_monitor_labels(by_kind["PodMonitor"],
-                                                                         by_kind["Deployment"], pod), target.path)
-            targets.append(target)
+        targets = mesh.scrape_targets()  # grey's process is the cluster's grey pod: scraped under its name
         prometheus = Prometheus(work / "prometheus", targets).start()
         prometheus.wait_for(f'up{{pod="{pod}"}} == 1')
         yield live, mesh, prometheus, manifests, conf_dir, values, work
     finally:
         if prometheus is not None:
             prometheus.stop()
-        mesh.stop()
+        stop_checked(mesh)
         live.deploy("delete", "--stage", "grey", "--service", SERVICE, "--team", "like", "--conf", conf_dir)
 
 

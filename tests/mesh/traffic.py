@@ -27,8 +27,9 @@ def body(first: float = 1.0, postid: str = "p") -> dict:
 
 def post(mesh: Mesh, path: str, first: float = 1.0, headers: dict | None = None, timeout: float = 30,
          session: requests.Session | None = None, postid: str = "p") -> requests.Response:
-    """POST the affine body to `path` through the gateway, as a caller of infer-hk.example.com."""
-    return (session or requests).post(f"http://127.0.0.1:{mesh.port}{path}", json=body(first, postid),
+    """POST the affine body to `path` through the gateway (its HTTPS server's routes), as a caller of
+    infer-hk.example.com."""
+    return (session or requests).post(f"{mesh.url}{path}", json=body(first, postid),
                                       headers={"Host": HOST, **(headers or {})}, timeout=timeout)
 
 
@@ -144,7 +145,7 @@ def requests_per_pod(mesh: Mesh, stage: str, service: str = "test") -> dict[str,
     """Return {pod name: requests Envoy sent it} for one stage (Envoy's per-host rq_total)."""
     workload = mesh.workload(stage, service)
     hosts = mesh.envoy.hosts(workload.cluster)
-    return {pod.name: hosts.get(pod.port, {}).get("rq_total", 0) for pod in workload.pods}
+    return {pod.name: hosts.get(pod.address, {}).get("rq_total", 0) for pod in workload.pods}
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -5,9 +5,9 @@ Real: the control plane with the platform chart's policies, its Deployment, Repl
 garbage collector (orphaning, adoption); the real node (kubelet, containerd, runc: tests/conftest.py real_node) running
 our image as CI's jobs built it (tests/pipeline/conftest.py grey_service), hk's 2 stable pods started, probed and
 stopped by the kubelet; the deploy tool's CLI and its canary loop (as the admin, as the real node's other deploys);
-Envoy 1.40 on the live routes (RouteFeed: the VirtualService and DestinationRule the tool applies, as istiod pushes
-them) fed the live EndpointSlices by subset (SliceFeed); Prometheus scraping the pods by the live PodMonitors
-(PodTargetFeed). Simulated: istiod (testbed/mesh). The builds are one image, told apart by value.py's `handler`
+istiod (the session's: tests/conftest.py) feeding Envoy 1.40 the VirtualService and DestinationRule the tool applies
+and the pods' EndpointSlices, Envoy in its own pod network on the node's bridge (testbed/mesh Gateway); Prometheus
+scraping the pods by the live PodMonitors (PodTargetFeed). The builds are one image, told apart by value.py's `handler`
 (real_node_service.RECIPES), so no second build: stable serves the example's TextDirection, the failing build
 FailsEveryThirdDecode (every third decode raises: a 500, as a build whose decode fails on real payloads), the good
 build MarksItsAnswers (the same answers with `build` added, so a caller tells who answered).
@@ -23,9 +23,10 @@ the error ceiling 0.05 as the platform's; conf/platform.yaml's probe period, slo
 tests/mesh's FAST ones (1 s). A step's measured canary share is bounded by DEVIATIONS binomial deviations.
 
 At a canary's end (an abort, a promotion) the tool sets stable 100, lets the canary serve SCALE_DOWN_DELAY more
-seconds (conf/deploy.yaml canary_scale_down_delay_seconds: 30 in the platform's conf; here the route feed polls every
-0.5 s, as istiod pushes), then deletes it: no caller may get Envoy's 503 "no healthy upstream" from a subset whose
-endpoints are gone. Deleted at once (the delay 0), 0 to 6 such 503s a run were measured, 0.16-0.44 s after stable 100.
+seconds (conf/deploy.yaml canary_scale_down_delay_seconds: 30 in the platform's conf; here 2 s: istiod pushes a change
+within a few hundred milliseconds), then deletes it: no caller may get Envoy's 503 "no healthy upstream" from a subset
+whose endpoints are gone. Deleted at once (the delay 0), 0 to 6 such 503s a run were measured (with the route feed that
+stood in for istiod before issue 65), 0.16-0.44 s after stable 100.
 """
 
 from __future__ import annotations
@@ -49,16 +50,13 @@ from live import Live, finish, read_until  # noqa: E402
 from mesh_setup import FAST, before_subsets  # noqa: E402
 from receiver import Receiver  # noqa: E402
 
+from podserve.testbed.cluster.node import BRIDGE, GATEWAY_ADDRESS, POD_SUBNET  # noqa: E402
 from podserve.testbed.deploy_policy import unfrozen_conf  # noqa: E402
-from podserve.testbed.mesh import envoy as envoy_config  # noqa: E402
-from podserve.testbed.mesh import istio  # noqa: E402
-from podserve.testbed.mesh.gateway import Envoy  # noqa: E402
-from podserve.testbed.mesh.mesh import gateway_objects  # noqa: E402
-from podserve.testbed.mesh.routefeed import RouteFeed  # noqa: E402
-from podserve.testbed.mesh.slices import SliceFeed  # noqa: E402
-from podserve.testbed.processes import free_port, poll_until  # noqa: E402
+from podserve.testbed.mesh.gateway import Envoy, Gateway  # noqa: E402
+from podserve.testbed.mesh.podnetwork import PodNetwork  # noqa: E402
+from podserve.testbed.processes import poll_until  # noqa: E402
 from podserve.testbed.prometheus import PodTargetFeed, Prometheus  # noqa: E402
-from podserve.tooling import release  # noqa: E402
+from podserve.tooling import chart_values, release  # noqa: E402
 from podserve.tooling.conf import load_conf  # noqa: E402
 from podserve.tooling.deploy import canary_objects, drift  # noqa: E402
 from podserve.tooling.deploy.history import History  # noqa: E402
@@ -81,7 +79,7 @@ GOOD_MARK = "marked"
 SELECTOR = f"service={NAME},stage=hk"
 #: What Envoy answers (503) for a cluster with no endpoint: the canary's, deleted before the gateway applied stable 100.
 NO_ENDPOINT = "no healthy upstream"
-#: The canary's pods serve this long after stable 100 is set: four of the route feed's 0.5 s polls.
+#: The canary's pods serve this long after stable 100 is set: istiod pushes the weights in well under that.
 SCALE_DOWN_DELAY = 2
 
 
@@ -101,41 +99,40 @@ def canary_conf(source: Path, target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bench(grey_service, tmp_path_factory):
-    """hk's two stable pods on the real node as deployed before issue 57, Envoy on the live routes, Prometheus on
-    the pods; then the selector's migration, its rollback and the migration again under RATE requests a second."""
+def bench(grey_service, istiod, tmp_path_factory):
+    """hk's two stable pods on the real node as deployed before issue 57, the gateway (Envoy fed by istiod) on the
+    node's bridge, Prometheus on the pods; then the selector's migration, its rollback and the migration again under
+    RATE requests a second."""
     work = tmp_path_factory.mktemp("real-node-canary")
     service = grey_service
     conf_dir = canary_conf(service.checkout / "conf", work / "conf")
     conf = load_conf(conf_dir)
     plane = service.plane
     namespace = conf.stages["hk"].namespace_for(TEAM)
-    gateway = conf.stages["hk"].gateway
-    extra = gateway_objects(conf, "hk")
-    xds = work / "xds"
-    slices = SliceFeed(plane.api_client(), istio.translate(extra, gateway), xds)
-    routes = RouteFeed(plane.api_client(), gateway, xds, slices, extra=extra, selector=SELECTOR).start()
-    slices.start()
-    port = free_port()
-    bootstrap = work / "envoy.json"
-    bootstrap.write_text(json.dumps(envoy_config.dynamic_bootstrap(gateway, port=port, admin_port=0,
-                                                                    xds_folder=xds)))
-    envoy = Envoy(bootstrap, work / "envoy")
-    targets = PodTargetFeed(plane.api_client(), work / "targets.json", [namespace]).start()
-    prometheus = Prometheus(work / "prometheus", [], file_targets=work / "targets.json").start()
     live = Live(plane, work / "live")
-    bench = Bench(service, live, conf_dir, conf, namespace, prometheus, envoy, port, routes, work)
+    network = PodNetwork.create()
+    gateway = targets = prometheus = None
     try:
+        network.attach(BRIDGE, f"{GATEWAY_ADDRESS}/{POD_SUBNET.split('/')[1]}")
+        gateway = Gateway.start(plane.api_client(), istiod, network, work, conf.stages["hk"].gateway,
+                                chart_values.chart_values(conf, "hk")["gateways"][0]["selector"])
+        targets = PodTargetFeed(plane.api_client(), work / "targets.json", [namespace]).start()
+        prometheus = Prometheus(work / "prometheus", [], file_targets=work / "targets.json").start()
+        bench = Bench(service, live, conf_dir, conf, namespace, prometheus, gateway, work)
         first = bench.deploy("apply", manifests=bench.before_subsets())
         assert first.returncode == 0, first.output
         poll_until(lambda: bench.answered(5), "Envoy answering hk's route from the stable pods", 60)
         bench.migrate()
         yield bench
+        assert gateway.envoy.rejected_updates() == {} and gateway.envoy.istio_type_urls() == []
     finally:
-        for part in (targets, routes, slices):
-            part.stop()
-        prometheus.stop()
-        envoy.stop()
+        if targets is not None:
+            targets.stop()
+        if prometheus is not None:
+            prometheus.stop()
+        if gateway is not None:
+            gateway.stop()
+        network.remove()
         live.remove(namespace, "hk", NAME)
         poll_until(lambda: not live.items(PODS, namespace, SELECTOR), "hk's pods gone from the real node", 60)
 
@@ -144,11 +141,12 @@ class Bench:
     """The canary's stage: the service's hk manifests per build, the deploy tool, what Envoy sent, the pods."""
 
     def __init__(self, service, live: Live, conf_dir: Path, conf, namespace: str, prometheus: Prometheus,
-                 envoy: Envoy, port: int, routes: RouteFeed, work: Path):
+                 gateway: Gateway, work: Path):
         self.service, self.live, self.conf_dir, self.namespace = service, live, conf_dir, namespace
-        self.prometheus, self.envoy, self.port, self.routes, self.work = prometheus, envoy, port, routes, work
+        self.prometheus, self.work = prometheus, work
+        self.envoy: Envoy = gateway.envoy
         stage = conf.stages["hk"]
-        self.url, self.host = f"http://127.0.0.1:{port}" + stage.public_path(NAME, TEAM), stage.ingress_host
+        self.url, self.host = gateway.url + stage.public_path(NAME, TEAM), stage.ingress_host
         image = base64.b64encode((REPO / "examples" / "text-line.png").read_bytes()).decode()
         self.body = {"postid": "p", "uid": "u", "seqid": "s", "image": image}
         self._rendered: dict[str | None, Path] = {}
@@ -190,15 +188,18 @@ class Bench:
         with Callers(self) as callers:
             callers.wait_for(2 * RATE, "two seconds of callers on the old route")
             before = self.stable_pods(), self.replicasets(), self.deployment()
+            started = {"migrated": time.monotonic()}
             migrated = self.deploy("apply", self.manifests())
             after = self.stable_pods(), self.replicasets(), self.deployment()
+            started["back"] = time.monotonic()
             back = self.deploy("rollback")
             rolled_back = self.stable_pods(), self.replicasets(), self.deployment()
+            started["again"] = time.monotonic()
             again = self.deploy("apply", self.manifests())
             callers.wait_for(len(callers.outcomes) + 2 * RATE, "two seconds of callers on the new route")
         self.migration = {"before": before, "migrated": (migrated, *after), "back": (back, *rolled_back),
                           "again": (again, self.stable_pods(), self.replicasets(), self.deployment()),
-                          "outcomes": list(callers.outcomes)}
+                          "outcomes": list(callers.outcomes), "started": started}
 
     def answered(self, count: int) -> bool:
         import requests
@@ -246,9 +247,10 @@ class Bench:
 
     def sent(self) -> dict[str, int]:
         """Requests Envoy has sent each subset's cluster of the service so far (upstream_rq_total)."""
-        clusters = {c.subset: c.name for c in self.routes.config.clusters
-                    if f"|{NAME}.{self.namespace}." in c.name and c.subset in release.SUBSETS}
-        return {subset: self.envoy.stat(f"cluster.{cluster}.upstream_rq_total") for subset, cluster in clusters.items()}
+        host = f"{NAME}.{self.namespace}.svc.cluster.local"
+        clusters = {name.split("|")[2]: name for name in self.envoy.clusters()
+                    if name.endswith(f"|{host}") and name.split("|")[2] in release.SUBSETS}
+        return {subset: self.envoy.cluster_stat(cluster, "upstream_rq_total") for subset, cluster in clusters.items()}
 
 
 class Callers:
@@ -350,6 +352,11 @@ def test_the_selector_s_migration_and_its_rollback_under_traffic_restart_no_pod_
     seconds = outcomes[-1][0] - outcomes[0][0]
     print(f"callers' answers across the migration, the rollback and the migration again ({seconds:.0f} s at {RATE} a "
           f"second): {statuses}")
+    for sent, status, said in outcomes:
+        if status != 200:
+            step, at = max(((name, t) for name, t in bench.migration["started"].items() if t <= sent),
+                           key=lambda item: item[1], default=("before", outcomes[0][0]))
+            print(f"  {status} {said!r} sent {sent - at:.2f} s into {step}")
     assert statuses == {200: len(outcomes)} and len(outcomes) >= RATE * 4
 
 
@@ -434,7 +441,7 @@ def test_a_good_build_passes_every_step_within_its_share_ends_at_stable_100_and_
             f"{output}")
     assert marks == [GOOD_MARK] * 20  # the header, matched with the URI, reaches the canary alone
     for weight, share, bound, _ in shares:
-        assert abs(share - weight / 100) <= bound + 0.01, (weight, share, bound)  # 0.01: the route feed's poll
+        assert abs(share - weight / 100) <= bound + 0.01, (weight, share, bound)  # 0.01: istiod's push of a step
     assert output.count("verdict: pass") == 2
     assert f"serving: revision {number} of {NAME} in hk after its canary (2 step(s) passed" in output
     assert unexpected == [] and lost == []  # the steps and the promotion's rollout on the real node: all 200

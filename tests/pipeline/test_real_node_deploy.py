@@ -130,8 +130,9 @@ MEMORY_CASE = {"memory": "2Gi", "cpu": "1", "decode_processes": 1, "max_image_pi
                "request_timeout_ms": 30000}
 
 
-def test_a_rolling_update_under_32_clients_through_envoy_fed_by_endpointslices_fails_nothing(grey_service, tmp_path):
-    """hk's production stage (2 replicas) on the real node, v1 then v2, while 32 clients call through Envoy."""
+def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_nothing(grey_service, istiod, tmp_path):
+    """hk's production stage (2 replicas) on the real node, v1 then v2, while 32 clients call through the gateway
+    (Envoy fed by istiod, in its own pod network on the node's bridge)."""
     import base64
     import threading
     import time
@@ -140,12 +141,11 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_endpointslices_f
     import yaml
     from kubernetes import client
 
-    from podserve.testbed.mesh import envoy as envoy_config
-    from podserve.testbed.mesh import istio
-    from podserve.testbed.mesh.gateway import Envoy, validate
-    from podserve.testbed.mesh.mesh import gateway_objects
-    from podserve.testbed.mesh.slices import SliceFeed
-    from podserve.testbed.processes import free_port, poll_until
+    from podserve.testbed.cluster.node import BRIDGE, GATEWAY_ADDRESS, POD_SUBNET
+    from podserve.testbed.mesh.gateway import Gateway
+    from podserve.testbed.mesh.podnetwork import PodNetwork
+    from podserve.testbed.processes import poll_until
+    from podserve.tooling import chart_values
 
     svc, conf = grey_service, grey_service.conf
     stage = conf.stages["hk"]
@@ -153,23 +153,22 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_endpointslices_f
     v1 = svc.render(svc.name, svc.commit, stage="hk", variant="-v1", drain_seconds=2)
     v2 = svc.render(svc.name, svc.commit, stage="hk", variant="-v2", drain_seconds=3)
     core = client.CoreV1Api(svc.plane.api_client())
-    followers, feed, gateway, stop = [], None, None, threading.Event()
+    followers, gateway, network, stop = [], None, None, threading.Event()
     try:
         first = svc.deploy("apply", manifests=v1, stage="hk")
         assert first.returncode == 0, first.output
-        docs = gateway_objects(conf, "hk") + [d for f in sorted(v1.glob("*.yaml"))
-                                              for d in yaml.safe_load_all(f.read_text()) if d]
-        config = istio.translate(docs, stage.gateway)
-        (cluster,) = [c.name for c in config.clusters if f"|{svc.name}.{namespace}." in c.name and c.subset == "stable"]
-        feed = SliceFeed(svc.plane.api_client(), config, tmp_path).start()
-        port = free_port()
-        path = tmp_path / "envoy.json"
-        path.write_text(json.dumps(envoy_config.bootstrap(config, port=port, admin_port=0, eds_folder=tmp_path)))
-        validate(path)
-        gateway = Envoy(path, tmp_path)
-        poll_until(lambda: len(gateway.clusters().get(cluster, [])) == 2, "Envoy sees both v1 pods", 30)
+        (service,) = [d for f in sorted(v1.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
+                      if d and d["kind"] == "Service"]
+        cluster = f"outbound|{service['spec']['ports'][0]['port']}|stable|{svc.name}.{namespace}.svc.cluster.local"
+        network = PodNetwork.create()
+        network.attach(BRIDGE, f"{GATEWAY_ADDRESS}/{POD_SUBNET.split('/')[1]}")
+        gateway = Gateway.start(svc.plane.api_client(), istiod, network, tmp_path, stage.gateway,
+                                chart_values.chart_values(conf, "hk")["gateways"][0]["selector"])
+        v1_pods = {p.status.pod_ip for p in core.list_namespaced_pod(namespace,
+                                                                     label_selector=f"service={svc.name}").items}
+        # istiod sends the stable subset the pods whose labels it selects, at their addresses
+        poll_until(lambda: set(gateway.envoy.hosts(cluster)) == v1_pods, "Envoy sees both v1 pods", 30)
         old = [p.metadata.name for p in core.list_namespaced_pod(namespace, label_selector=f"service={svc.name}").items]
-        assert {h[2].get("service") for h in feed.written[cluster]} == {svc.name}  # the pods' labels came along
         for pod in old:  # the old pods' logs, followed: they are gone once the rollout deleted them
             out = (tmp_path / f"{pod}.log").open("w")
             followers.append((pod, out, subprocess.Popen(
@@ -177,7 +176,7 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_endpointslices_f
                 stderr=subprocess.STDOUT, env=svc.plane.tool_env())))
 
         image = base64.b64encode((REPO / "examples" / "text-line.png").read_bytes()).decode()
-        url = f"http://127.0.0.1:{port}" + stage.public_path(svc.name, "like")
+        url = gateway.url + stage.public_path(svc.name, "like")
         statuses: list[int] = []
         failures: list[str] = []
 
@@ -225,7 +224,7 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_endpointslices_f
 
         # The kubelet's own SIGTERM: its event recorder posts the Killing event in the background.
         poll_until(lambda: killed() == set(old), "a Killing event from the kubelet for each v1 pod", 10)
-        assert feed.errors == []
+        assert gateway.envoy.rejected_updates() == {} and gateway.envoy.istio_type_urls() == []
     finally:
         stop.set()
         for _, out, process in followers:
@@ -233,8 +232,8 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_endpointslices_f
             out.close()
         if gateway is not None:
             gateway.stop()
-        if feed is not None:
-            feed.stop()
+        if network is not None:
+            network.remove()
         subprocess.run([KUBECTL, "delete", "-n", namespace, "deployment,service,pdb,configmap,"
                         "virtualservices.networking.istio.io,destinationrules.networking.istio.io",
                         "-l", f"service={svc.name}", "--wait=false"], capture_output=True, env=svc.plane.tool_env())

@@ -155,17 +155,24 @@ def test_the_shares_add_up_to_the_memory_and_each_is_said():
         assert all(described[name].startswith(f"{size / (1 << 20):,.0f} MiB") for name, size in plan.shares().items())
 
 
-def test_arenas_are_counted_at_what_they_map():
+def test_the_arenas_the_processes_map_are_within_the_plans_share_and_a_successors_are_counted():
+    from podserve.arena_sizing import arena_file_bytes
     from podserve.runtime.processes.transport.arena import Arena
 
-    for memory in (1 << 30, 3 << 30, 8 << 30):
-        plan = memory_plan.plan(ServingSettings(memory_bytes=memory), 2, False, 0, cores=2)
-        arena = Arena(plan.arena_per_decoder, "podserve-test-arena")
-        try:
-            assert arena.size * 3 == plan.arenas and arena.size <= plan.arenas // 3
-        finally:
-            os.close(arena.fd)
-    assert memory_plan.arena_bytes(5 << 20) == 8 << 20 and memory_plan.largest_arena(7 << 20) == 4 << 20
+    for memory, decoders in ((1 << 30, 1), (3 << 30, 2), (8 << 30, 4)):
+        plan = memory_plan.plan(ServingSettings(memory_bytes=memory), decoders, False, 0, cores=decoders)
+        sizes = plan.arena_sizes  # what decoder_process.py and model_process.py create (layout.pod_arena_sizes)
+        mapped = []
+        for capacity in [sizes.inputs, sizes.outputs] * decoders:
+            arena = Arena(capacity, "podserve-test-arena")
+            try:
+                mapped.append(os.fstat(arena.fd).st_size)
+            finally:
+                os.close(arena.fd)
+        assert sum(mapped) == sizes.allocated <= plan.arenas
+        assert sizes.allocated > 0.99 * plan.arenas  # the share is used, not rounded down to a power of two
+        successor = arena_file_bytes(sizes.inputs) + arena_file_bytes(sizes.outputs)
+        assert plan.replacement >= successor + memory_plan.measured(memory_plan.PROCESS_MIB["decoder"][0] * memory_plan.MIB)
 
 
 def test_the_body_budgets_come_from_the_pods_memory():

@@ -124,7 +124,8 @@ def test_readme_blocks_run_as_written_in_a_fresh_copy(tmp_path):
 
 
 def test_readme_mesh_curls_through_the_gateway_make_mesh_starts(tmp_path):
-    """`make mesh` with PODS=1 on a free port: Envoy in front of the hk region's stages, docs/mesh.md's three curls."""
+    """`make mesh` with PODS=1 on a free port: a control plane, istiod and Envoy in front of the hk region's stages,
+    docs/mesh.md's three curls."""
     import signal
 
     curls = _curls(REPO / "docs" / "mesh.md", "Through the mesh")
@@ -139,7 +140,7 @@ def test_readme_mesh_curls_through_the_gateway_make_mesh_starts(tmp_path):
     try:
         started = time.monotonic()
         while not state_path.exists():
-            assert mesh.poll() is None and time.monotonic() - started < 120, (tmp_path / "mesh.log").read_text()
+            assert mesh.poll() is None and time.monotonic() - started < 240, (tmp_path / "mesh.log").read_text()
             time.sleep(0.2)
         state = json.loads(state_path.read_text())
         assert {pod["stage"] for pod in state["pods"]} == {"grey", "ab", "hk"} and state["envoy_admin"]

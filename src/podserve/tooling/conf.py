@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from podserve import kafka_access
 from podserve.routes import RESERVED_SERVICE_NAMES
 from podserve.settings import ServingSettings
 from podserve.tooling import quantity
@@ -87,6 +88,8 @@ class Mesh:
     retries: dict
     outlier_detection: dict
     slow_start: str
+    propagation_seconds: float  # istiod's push to every gateway: the deploy tool's make-before-break waits
+    istiod: dict  # environment the region's istiod must run with (the test bed's istiod runs with it too)
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ class Region:
     gateway_selector: dict
     gateway_tls_secret: str
     kafka_bootstrap: str
+    kafka_security_protocol: str
     gpu: Gpu
     node_pools: NodePools
     name: str = ""
@@ -342,6 +346,9 @@ def _check(conf: Conf) -> list[Problem]:
         if not isinstance(team, str) or not DNS_LABEL.fullmatch(team) or team in RESERVED_SERVICE_NAMES:
             say("teams.yaml: teams", f"{team!r} must be a lowercase DNS label and not one of "
                 f"{sorted(RESERVED_SERVICE_NAMES)}, because it is part of /api/<team>/<service>")
+        elif team.endswith(kafka_access.GREY_USER_SUFFIX):
+            say("teams.yaml: teams", f"{team!r} must not end in {kafka_access.GREY_USER_SUFFIX!r}: its Kafka principal "
+                f"would be team {team[:-len(kafka_access.GREY_USER_SUFFIX)]!r}'s grey one; choose another name")
     _check_host_ports(conf, say)
     for name, region in conf.regions.items():
         for key, resource in (("resource", region.gpu.resource), ("memory_resource", region.gpu.memory_resource)):

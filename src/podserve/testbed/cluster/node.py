@@ -58,6 +58,9 @@ BRIDGE = "psnode0"
 POD_SUBNET = "10.245.0.0/24"
 #: The node's own address: the bridge's, the pods' gateway address (CNI's isGateway); the kubelet listens there.
 NODE_IP = "10.245.0.1"
+#: The last address CNI gives a pod; above it, the mesh's gateway pod joins the bridge (podnetwork.PodNetwork.attach).
+POD_RANGE_END = "10.245.0.239"
+GATEWAY_ADDRESS = "10.245.0.250"
 CGROUP_ROOT = "podserve-node"
 CNI_BIN = Path("/usr/lib/cni")
 #: Where containerd 1.6's CRI mounts the pods' network namespaces (fixed there: netns_mounts_under is 1.7's).
@@ -296,7 +299,8 @@ def cni_config() -> dict:
     return {"cniVersion": "0.4.0", "name": "podserve-node", "plugins": [
         {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "isDefaultGateway": False, "ipMasq": False,
          "hairpinMode": True,
-         "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET, "gateway": NODE_IP}]], "routes": [],
+         "ipam": {"type": "host-local", "routes": [],
+                  "ranges": [[{"subnet": POD_SUBNET, "gateway": NODE_IP, "rangeEnd": POD_RANGE_END}]],
                   "dataDir": str(STATE / "cni-ipam")}},
         {"type": "loopback"}]}
 

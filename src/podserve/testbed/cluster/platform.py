@@ -3,7 +3,9 @@
 The node pools are those conf/regions.yaml declares for every region (kwok runs them): labels
 from each pool's node_selector plus the region's topology label, taints implied by the pool's
 tolerations, allocatable as declared with the region's own GPU resource. The CRDs are the
-ones we emit objects for (Istio, prometheus-operator, KEDA), from ../shared/schemas/crds. The
+ones we emit objects for: Istio's from the istio module istiod is built from (`make istiod`: its
+crd-all.gen.yaml, beside pilot-discovery in the shared cache), prometheus-operator's and KEDA's
+from ../shared/schemas/crds. The
 chart is charts/podserve-platform, installed with the real helm (.tools/bin/helm) and the
 region's values (podserve.tooling.chart_values).
 """
@@ -97,6 +99,29 @@ def crd_documents(folder: Path = CRDS, kinds: set[str] | None = None) -> list[di
             and (kinds is None or doc["spec"]["names"]["kind"] in kinds)]
 
 
+def istio_crds(kinds: set[str], binaries: Path | None = None) -> list[dict]:
+    """Istio's CRDs of `kinds` as the istio module ships them (the file `make istiod` puts beside pilot-discovery)."""
+    from podserve.testbed.mesh import build
+
+    path = (binaries or build.binaries_dir()) / build.CRD_FILE
+    if not path.is_file():
+        raise StartError(f"Istio's CRDs: {path} is missing; run `make istiod` (they come from the istio module "
+                         "istiod is built from)")
+    return [doc for doc in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader)
+            if doc and doc.get("kind") == "CustomResourceDefinition" and _is_istio(doc)
+            and doc["spec"]["names"]["kind"] in kinds]
+
+
+def _is_istio(crd: dict) -> bool:
+    return crd["spec"]["group"].endswith(".istio.io")
+
+
+def platform_crds() -> list[dict]:
+    """The CRDs of every kind we emit objects of: Istio's from the istio module, the others from the shared schemas."""
+    kinds = emitted_kinds()
+    return [crd for crd in crd_documents(CRDS, kinds) if not _is_istio(crd)] + istio_crds(kinds)
+
+
 def _create(call, what: str, **kwargs) -> None:
     from kubernetes.client.exceptions import ApiException
 
@@ -118,7 +143,7 @@ def set_up(plane) -> None:
     for node in fake_nodes(conf):
         _create(core.create_node, f"node {node['metadata']['name']}", body=node)
     extensions = client.ApiextensionsV1Api(api)
-    crds = crd_documents(CRDS, emitted_kinds())  # the CRDs we emit objects of (Istio, prometheus-operator, KEDA)
+    crds = platform_crds()  # the CRDs we emit objects of (Istio, prometheus-operator, KEDA)
     for crd in crds:
         _create(extensions.create_custom_resource_definition, f"CRD {crd['metadata']['name']}", body=crd)
     plane.timings["nodes, CRDs"] = round(time.monotonic() - t0, 2)

@@ -1,8 +1,7 @@
-"""The region's ingress gateway for real: Envoy in front of our server processes, configured as istiod would.
+"""The region's ingress gateway for real: istiod feeding a real Envoy in front of our server processes.
 
-Two steps through a small intermediate form (Envoy Gateway's layering): `istio.translate`
-(rendered Gateway, VirtualServices, DestinationRules -> `ir.GatewayConfig`, refusing any
-field it does not know) and `envoy.bootstrap` (IR -> Envoy bootstrap with file-based EDS).
-`Mesh` starts the pods and Envoy, keeps the endpoints as the kubelet's readiness probe and
-istiod would (simulated), and rolls or kills pods. `make mesh` runs `__main__`.
+istiod (built from Go modules: build.py) reads the control plane: the platform chart's Gateway, the rendered
+Services, VirtualServices and DestinationRules `Mesh` applies, the EndpointSlices of the pods `Mesh` runs as
+processes in a pod network of their own (podnetwork.py); Envoy (gateway.py) runs what istiod pushes.
+`make mesh` runs `__main__`.
 """

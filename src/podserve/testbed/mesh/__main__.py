@@ -1,12 +1,13 @@
-"""`make mesh`: one region's gateway (a real Envoy on 127.0.0.1:8080) in front of every stage's pods.
+"""`make mesh`: one region's gateway (a real Envoy fed by istiod) in front of every stage's pods, on 127.0.0.1:8080.
 
     python -m podserve.testbed.mesh serve [--values value.py] [--region hk] [--pods 3] [--port 8080]
     python -m podserve.testbed.mesh rollout     # restart the running mesh's production pods, one at a time
 
-`serve` writes build/mesh/state.json (Envoy's admin address; each pod's stage, pid and port)
-and runs until Ctrl-C, which stops everything it started. `rollout` sends the running mesh
-SIGHUP (its pid is in state.json), and it replaces its production pods as a Deployment
-rollout does, printing each step.
+`serve` starts a control plane (podserve.testbed.cluster, free ports) and istiod against it, then the mesh; it
+forwards 127.0.0.1:--port to the gateway's HTTPS server (TLS left out), writes build/mesh/state.json (the gateway's
+and Envoy's addresses, istiod's debug page; each pod's stage, pid and address) and runs until Ctrl-C, which stops
+everything it started. `rollout` sends the running mesh SIGHUP (its pid is in state.json), and it replaces its
+production pods as a Deployment rollout does, printing each step.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ import sys
 import threading
 from pathlib import Path
 
+import shutil
+import tempfile
+import time
+
+from podserve.testbed.cluster import build as cluster_build
+from podserve.testbed.cluster.controlplane import start as start_control_plane
+from podserve.testbed.mesh import build as istiod_build
+from podserve.testbed.mesh.istiod import Istiod, plaintext_gateway
 from podserve.testbed.mesh.mesh import Mesh
 from podserve.testbed.processes import StartError
 from podserve.tooling.valuefile import ValueFileError
@@ -28,24 +37,42 @@ STATE = Path("build/mesh/state.json")
 
 def serve(args) -> int:
     work = Path(args.work)
-    mesh = Mesh([Path(args.values)], work, region=args.region, pods=args.pods, port=args.port)
     stop = threading.Event()
     rollout = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: rollout.set())
+    started = time.monotonic()
+    scratch = Path(tempfile.mkdtemp(prefix="podserve-mesh-"))
+    plane = istiod = mesh = None
     try:
+        cluster_build.build()
+        istiod_build.build()
+        print("starting a control plane (podserve.testbed.cluster, free ports) and istiod ...", flush=True)
+        plane = start_control_plane(scratch / "plane", region=args.region)
+        gateway = next(s.gateway for s in _conf().stages.values() if s.region == args.region)
+        plaintext_gateway(plane.api_client(), *gateway.split("/"))
+        istiod = Istiod.start(plane, scratch / "istiod")
+        mesh = Mesh([Path(args.values)], work, plane=plane, istiod=istiod, region=args.region, pods=args.pods)
         mesh.start()
-    except (StartError, ValueFileError, ValueError) as exc:
+        port = mesh.forward(args.port)
+    except (StartError, ValueFileError, ValueError, cluster_build.BuildError, OSError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
+        for part in (mesh, istiod, plane):
+            if part is not None:
+                part.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
         return 2
     try:
         write_state(mesh, work / "state.json")
         production = next(w.stage for w in mesh.workloads if mesh.conf.stages[w.stage].production)
-        paths = sorted({route.match_value for vh in mesh.config.virtual_hosts for route in vh.routes
-                        if route.match_kind == "exact"})
-        print(f"The {args.region} gateway (Envoy) listens on http://127.0.0.1:{mesh.port}; admin on "
-              f"http://{mesh.envoy.admin}; {len(mesh.state()['pods'])} pods; state in {work / 'state.json'}.\n"
+        paths = sorted({match["uri"]["exact"] for doc in mesh.objects if doc["kind"] == "VirtualService"
+                        for http in doc["spec"]["http"] for match in http["match"]
+                        if "exact" in match["uri"] and not match.get("headers")})
+        print(f"The {args.region} gateway (Envoy, fed by istiod) is up in {time.monotonic() - started:.0f} s: its "
+              f"HTTPS server's routes (TLS left out) on http://127.0.0.1:{port}, forwarded to {mesh.url}; its port 80 "
+              f"(301 to https, as in production) at {mesh.plaintext_url}; admin on http://{mesh.envoy.admin}; "
+              f"{len(mesh.state()['pods'])} pods; state in {work / 'state.json'}.\n"
               f"Routes: {', '.join(paths)} (POST them as the README's \"Try it\" shows)\n"
               f"Rolling restart of {production}: python -m podserve.testbed.mesh rollout. Ctrl-C stops everything.",
               flush=True)
@@ -55,10 +82,20 @@ def serve(args) -> int:
                 mesh.rolling_restart(production, on_step=lambda m: print(f"rollout: {m}", flush=True))
                 write_state(mesh, work / "state.json")
                 print("rollout: done", flush=True)
+            istiod.check_alive()
     finally:
-        print("stopping the gateway and the pods", flush=True)
+        print("stopping the gateway, the pods, istiod and the control plane", flush=True)
         mesh.stop()
+        istiod.stop()
+        plane.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def _conf():
+    from podserve.tooling.conf import load_conf
+
+    return load_conf()
 
 
 def write_state(mesh: Mesh, path: Path) -> None:

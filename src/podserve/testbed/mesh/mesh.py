@@ -1,57 +1,49 @@
-"""One region's gateway in front of its stages' pods: render, translate, start, keep endpoints, roll, stop.
+"""One region's gateway in front of its stages' pods, driven by istiod: render, apply, start, keep pods' status, roll, stop.
 
-`Mesh.start()` renders each service's value.py for the region's stages (production gets
-`pods` pods, grey and ab one each, unless `replicas` says otherwise) and the platform
-chart's Gateway, translates them (istio.py -> ir -> envoy.py), starts every pod, writes
-each cluster's endpoints once every first pod is ready, then starts Envoy. From then on a
-Prober per mesh keeps the endpoint files equal to "ready and not terminating", as the
-EndpointSlice controller and istiod would. Simulated: the kubelet (probing, restarts) and
-istiod (the files stand in for xDS); real: our server processes and Envoy.
+`Mesh.start()` renders each service's value.py for the region's stages (production gets `pods` pods, grey and ab
+one each, unless `replicas` says otherwise) and applies its Services, VirtualServices and DestinationRules to the
+control plane as the deploy tool does; the Gateway is the platform chart's, installed with the control plane (TLS
+left out: istiod.plaintext_gateway). Each pod is a server process in the mesh's pod network (podnetwork.py), at its
+own address, and a Pod object in the control plane (the Deployment's pod template) whose status
+the mesh writes as the kubelet would (the scheduler places it on a kwok node of its pool; kwok leaves pods marked
+`podserve.io/process` to the mesh): the real EndpointSlice controller turns them into EndpointSlices, istiod reads
+those, the Services, the Istio objects and the pods' labels (subsets), and pushes the gateway Envoy its listeners,
+routes, clusters and endpoints over xDS. Simulated: the kubelet (probing with the rendered probe's timings, restarts,
+status) and the Deployment (the mesh creates and replaces the pods); real: istiod, Envoy, the control plane, our
+server processes.
 """
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from podserve.testbed.mesh import envoy as envoy_config
-from podserve.testbed.mesh import ir, istio
-from podserve.testbed.mesh.gateway import Envoy, validate
-from podserve.testbed.mesh.pods import Pod, Probe, Prober, python_path
-from podserve.testbed.processes import StartError, free_port
+from podserve.testbed.cluster.apply import Applier
+from podserve.testbed.mesh.forward import Forwarder
+from podserve.testbed.mesh.gateway import Envoy, Gateway
+from podserve.testbed.mesh.istiod import Istiod
+from podserve.testbed.mesh.podnetwork import PodNetwork
+from podserve.testbed.mesh.pods import Pod, Probe, Prober, pod_object, pod_status, python_path
+from podserve.testbed.processes import StartError, poll_until
 from podserve.testbed.prometheus import ScrapeTarget, pod_monitor_labels
 from podserve.tooling import chart_values, render
 from podserve.tooling.conf import Conf, load_conf
 
 REPO = Path(__file__).resolve().parents[4]
-HELM = REPO / ".tools" / "bin" / "helm"
-CHART = REPO / "charts" / "podserve-platform"
+#: What the mesh applies of a stage's rendered objects (the rest: the Deployment's pods are the mesh's processes).
+APPLIED_KINDS = ("Service", "VirtualService", "DestinationRule")
+FIELD_MANAGER = "podserve-mesh"
+#: How long the scheduler may take to place a pod the mesh creates.
+SCHEDULE_TIMEOUT_SECONDS = 30.0
 
 
-def gateway_objects(conf: Conf, region: str) -> list[dict]:
-    """Render the platform chart's Gateways for `region` with the real helm (`make tools` fetches it)."""
-    if not HELM.is_file():
-        raise StartError(f"{HELM} is missing: run `make tools` (the mesh renders the chart's Gateway with helm)")
-    with tempfile.TemporaryDirectory() as tmp:
-        values = Path(tmp) / "values.yaml"
-        values.write_text(yaml.safe_dump(chart_values.chart_values(conf, region)))
-        env = {"HOME": tmp, "XDG_CACHE_HOME": tmp, "XDG_CONFIG_HOME": tmp, "XDG_DATA_HOME": tmp,
-               "KUBECONFIG": "/dev/null", "PATH": "/usr/bin:/bin"}
-        done = subprocess.run([str(HELM), "template", "podserve-platform", str(CHART), "-f", str(values),
-                               "--show-only", "templates/gateway.yaml"], capture_output=True, text=True,
-                              timeout=120, env=env)
-    if done.returncode != 0:
-        raise StartError(f"helm could not render the chart's Gateway: {done.stderr}")
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+def cluster_name(host: str, port: int, subset: str = "") -> str:
+    """istiod's name for the outbound cluster of a Service port (and DestinationRule subset)."""
+    return f"outbound|{port}|{subset}|{host}"
 
 
 @dataclass
@@ -66,6 +58,9 @@ class Workload:
     prestop_s: float
     grace_s: float
     replicas: int
+    namespace: str
+    port: int  # the container's port (the Service's targetPort `http`)
+    template: dict  # the Deployment's pod template
     pods: list[Pod] = field(default_factory=list)
     prober: Prober | None = None
     labels: dict = field(default_factory=dict)  # its pods' labels (the pod template's): subsets select by them
@@ -76,37 +71,42 @@ class Workload:
 class Mesh:
     """The gateway Envoy of one region and the pods of every stage there, for `make mesh` and the tests."""
 
-    def __init__(self, values_paths: list[Path], work: Path, *, region: str = "hk", pods: int = 3,
-                 conf: Conf | None = None, port: int = 0, stages: list[str] | None = None,
+    def __init__(self, values_paths: list[Path], work: Path, *, plane, istiod: Istiod, region: str = "hk",
+                 pods: int = 3, conf: Conf | None = None, stages: list[str] | None = None,
                  replicas: dict[str, int] | None = None, env: dict[str, str] | None = None,
-                 pod_env: dict[tuple[str, str, int], dict] | None = None,
-                 extra_python_path: tuple[Path, ...] = (), local_any_host: bool = True):
+                 pod_env: dict[tuple[str, str, int], dict] | None = None, extra_python_path: tuple[Path, ...] = (),
+                 adopt: dict[tuple[str, str], list[str]] | None = None):
+        """`adopt`: {(service, stage): [pod names]}: that stage's pods are these Pod objects, already in the cluster
+        (the deploy tool's, which kwok marked Running at an address no process has): the mesh runs their containers
+        as its processes and reports them at its addresses, creating no Pod of its own for them."""
         self.values_paths = [Path(p) for p in values_paths]
         self.work = Path(work)
+        self.plane, self.istiod = plane, istiod
         self.region, self.production_pods = region, pods
         self.conf = conf if conf is not None else load_conf()
-        self.port = port
         self.stage_names = stages or [name for name, s in self.conf.stages.items() if s.region == region]
         self.replicas = replicas or {}
         self.env = env or {}
         self.pod_env = pod_env or {}
         self.extra_python_path = tuple(extra_python_path)
-        self.local_any_host = local_any_host
+        self.adopt = adopt or {}
+        self._adopted: set[str] = set()
         self.workloads: list[Workload] = []
         self.objects: list[dict] = []
+        self.gateway: Gateway | None = None  # the gateway pod: Envoy, its address, the live Gateway it serves
+        self.network: PodNetwork | None = None
         self.envoy: Envoy | None = None
-        self.config: ir.GatewayConfig | None = None
-        self._eds_lock = threading.RLock()
-        self._eds_version = 0
-        self._xds_version = 0
+        self._forwarders: list[Forwarder] = []
         self._probers: list[Prober] = []
         self._rollouts = 0
+        self._status_lock = threading.Lock()
+        self._api = None
 
     # --- start ------------------------------------------------------------------------------------
 
     def render(self) -> list[dict]:
-        """Render every service's stages in the region and the region's Gateway; return all objects."""
-        objects = gateway_objects(self.conf, self.region)
+        """Render every service's stages in the region; return the objects."""
+        objects = []
         for path in self.values_paths:
             rendered = render.render(path, stages=self.stage_names, conf=self.conf, image_tag="local",
                                      handler_paths=[REPO / "src", *self.extra_python_path])
@@ -119,21 +119,34 @@ class Mesh:
     def _workload(self, stage: str, docs: list[dict]) -> Workload:
         by_kind = {d["kind"]: d for d in docs}
         deployment, service = by_kind["Deployment"], by_kind["Service"]
-        pod_spec = deployment["spec"]["template"]["spec"]
-        container = pod_spec["containers"][0]
-        env = {e["name"]: e["value"] for e in container["env"]}
+        template = deployment["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
-        cluster = ir.cluster_name(host, service["spec"]["ports"][0]["port"])
+        port = next(p["containerPort"] for p in container["ports"] if p.get("name") == "http")
         name = deployment["metadata"]["name"]
         default = self.production_pods if self.conf.stages[stage].production else 1
         replicas = self.replicas.get(f"{name}/{stage}", self.replicas.get(stage, default))
-        return Workload(name, stage, cluster, env, Probe.from_container(container),
-                        container["lifecycle"]["preStop"]["sleep"]["seconds"],
-                        pod_spec["terminationGracePeriodSeconds"], replicas,
-                        labels=dict(deployment["spec"]["template"]["metadata"]["labels"]), host=host, docs=docs)
+        workload = Workload(name, stage, "", env, Probe.from_container(container),
+                            container["lifecycle"]["preStop"]["sleep"]["seconds"],
+                            template["spec"]["terminationGracePeriodSeconds"], replicas,
+                            deployment["metadata"]["namespace"], port, template,
+                            labels=dict(template["metadata"]["labels"]), host=host, docs=docs)
+        workload.cluster = self._cluster_of(workload, docs)
+        return workload
+
+    def _cluster_of(self, workload: Workload, objects: list[dict]) -> str:
+        """The gateway's cluster that serves a workload's traffic: the DestinationRule subset of its Service that
+        selects its pods (production's stable), else its Service's own cluster."""
+        service_port = next(d for d in objects if d["kind"] == "Service")["spec"]["ports"][0]["port"]
+        subsets = [s for d in objects if d["kind"] == "DestinationRule" and d["spec"]["host"] == workload.host
+                   for s in d["spec"].get("subsets") or []
+                   if all(workload.labels.get(k) == v for k, v in (s.get("labels") or {}).items())]
+        chosen = max(subsets, key=lambda s: len(s.get("labels") or {}), default=None)
+        return cluster_name(workload.host, service_port, chosen["name"] if chosen else "")
 
     def start(self) -> "Mesh":
-        """Render, translate, start the pods, wait for them, write endpoints, start Envoy; return self."""
+        """Render, apply, start the pods and the gateway Envoy, wait until Envoy has every ready pod; return self."""
         self.work.mkdir(parents=True, exist_ok=True)
         try:
             self._start()
@@ -143,68 +156,84 @@ class Mesh:
         return self
 
     def _start(self) -> None:
-        objects = self.render()
-        gateway = self.conf.stages[self.stage_names[0]].gateway
-        self.config = istio.translate(objects, gateway)
-        for workload in self.workloads:
-            workload.cluster = self._cluster_of(workload)
+        self._api = self.plane.api_client()
+        self.render()
+        self.network = PodNetwork.create()
+        self.apply(self._owned_objects())
         for workload in self.workloads:
             for index in range(workload.replicas):
                 workload.pods.append(self._new_pod(workload, index))
         self._wait_ready([pod for w in self.workloads for pod in w.pods], timeout=120)
-        self.port = self.port or free_port()
-        self._check_with_envoy(self.config)
-        self._xds_version += 1
-        envoy_config.write_xds(self.config, self.work, self.work, self._xds_version, self.local_any_host)
         for workload in self.workloads:
-            self._write_workload_endpoints(workload)
-        config_path = self.work / "envoy.json"
-        config_path.write_text(json.dumps(envoy_config.dynamic_bootstrap(
-            gateway, port=self.port, admin_port=0, xds_folder=self.work), indent=1))
-        validate(config_path)
-        self.envoy = Envoy(config_path, self.work)
-        self.envoy.program.wait_until(self._envoy_sees_every_pod, 30, "every ready pod in Envoy's clusters")
+            for pod in workload.pods:
+                self._write_status(workload, pod)
+        selector = chart_values.chart_values(self.conf, self.region)["gateways"][0]["selector"]
+        self.gateway = Gateway.start(self._api, self.istiod, self.network, self.work,
+                                     self.conf.stages[self.stage_names[0]].gateway, selector)
+        self.envoy = self.gateway.envoy
+        self.envoy.program.wait_until(self._envoy_sees_every_pod, 60, "every ready pod in Envoy's clusters")
         for workload in self.workloads:
-            prober = Prober(workload.probe, lambda pod, w=workload: self._write_workload_endpoints(w))
+            prober = Prober(workload.probe, lambda pod, w=workload: self._write_status(w, pod))
             for pod in workload.pods:
                 prober.watch(pod)
             self._probers.append(prober)
             workload.prober = prober
 
-    def _check_with_envoy(self, config: ir.GatewayConfig) -> None:
-        """Have Envoy validate `config` as a bootstrap first: an xDS update it rejects would be kept out silently."""
-        path = self.work / "envoy-check.json"
-        path.write_text(json.dumps(envoy_config.bootstrap(config, port=self.port, admin_port=0, eds_folder=self.work,
-                                                          local_any_host=self.local_any_host)))
-        envoy_config.write_empty_endpoints(config, self.work)
-        validate(path)
+    def _owned_objects(self) -> list[dict]:
+        """The rendered objects of every stage but the adopted ones (those are their deploy's)."""
+        return [doc for w in self.workloads if (w.service, w.stage) not in self.adopt for doc in w.docs]
 
-    def update(self, objects: list[dict], timeout: float = 30) -> None:
-        """Serve `objects` (every Gateway, VirtualService and DestinationRule of the region, as render writes them)
-        from now on, as istiod pushes a change: translate, validate, write the routes and clusters Envoy reads, feed
-        each cluster's endpoints, and wait until Envoy runs that version."""
-        config = istio.translate(objects, self.config.name)
-        if config == self.config:  # Envoy keeps a version whose content it already runs: nothing to push
-            self.objects = objects
-            return
-        self._check_with_envoy(config)
-        with self._eds_lock:
-            self.objects, self.config = objects, config
-            for workload in self.workloads:
-                workload.cluster = self._cluster_of(workload)
-        for workload in self.workloads:
-            self._write_workload_endpoints(workload)
-        self._xds_version += 1
-        envoy_config.write_xds(config, self.work, self.work, self._xds_version, self.local_any_host)
-        self.envoy.program.wait_until(lambda: self.envoy.route_version() == str(self._xds_version), timeout,
-                                      f"Envoy serving routes version {self._xds_version}")
-        self.envoy.program.wait_until(self._envoy_sees_every_pod, timeout, "every ready pod in Envoy's clusters")
+    def apply(self, objects: list[dict]) -> None:
+        """Server-side apply the Services, VirtualServices and DestinationRules among `objects`, as the admin."""
+        applier = Applier(self._api, FIELD_MANAGER)
+        for doc in objects:
+            if doc.get("kind") in APPLIED_KINDS:
+                applier.apply(doc)
+
+    def update(self, objects: list[dict], until, timeout: float = 30, what: str = "Envoy running the change") -> None:
+        """Apply `objects` (every object of the mesh's stages, as render writes them, changed) as the deploy tool
+        applies a change, and wait until `until(envoy)` says Envoy runs what istiod pushed for it."""
+        self.apply(objects)
+        self.objects = objects
+        poll_until(lambda: until(self.envoy), what, timeout)
 
     def _new_pod(self, workload: Workload, index: int, rollout: int = 0) -> Pod:
+        from kubernetes import client
+
         env = {**workload.env, **self.env, **self.pod_env.get((workload.service, workload.stage, index), {})}
         env["PYTHONPATH"] = python_path(REPO / "src", *self.extra_python_path)
+        env["PATH"] = "/usr/bin:/bin"
+        adopted = self.adopt.get((workload.service, workload.stage), [])
         name = f"{workload.service}-{workload.stage}-{index}" + (f"-r{rollout}" if rollout else "")
-        return Pod(name, workload.cluster, env, self.work / "logs", REPO)
+        if not rollout and index < len(adopted):
+            name = adopted[index]
+            self._adopted.add(name)
+        pod = Pod(name, workload.cluster, env, self.work / "logs", REPO, self.network.new_address(), workload.port,
+                  inside=self.network.inside)
+        if name not in self._adopted:
+            core = client.CoreV1Api(self._api)
+            core.create_namespaced_pod(workload.namespace, pod_object(pod, workload.template, workload.namespace))
+            # the scheduler places it (a kwok node of its pool; kwok leaves it to the mesh): its status comes after
+            poll_until(lambda: core.read_namespaced_pod(name, workload.namespace).spec.node_name,
+                       f"the scheduler placing pod {workload.namespace}/{name}", SCHEDULE_TIMEOUT_SECONDS, every=0.05)
+        return pod
+
+    def _write_status(self, workload: Workload, pod: Pod) -> None:
+        """Write `pod`'s status to its Pod object, as the kubelet reports it (Running, Ready as probed)."""
+        from kubernetes import client
+        from kubernetes.client import ApiException
+
+        container = workload.template["spec"]["containers"][0]["name"]
+        with self._status_lock:
+            try:
+                # a merge patch: its lists (podIPs, conditions) replace the Pod's, whoever wrote them (an adopted pod's
+                # kwok status), where a strategic merge would add to them
+                client.CoreV1Api(self._api).patch_namespaced_pod_status(
+                    pod.name, workload.namespace, pod_status(pod, container),
+                    _content_type="application/merge-patch+json")
+            except ApiException as exc:
+                if exc.status != 404:  # a pod the mesh deleted meanwhile
+                    raise
 
     def _wait_ready(self, pods: list[Pod], timeout: float) -> None:
         for pod in pods:
@@ -215,42 +244,35 @@ class Mesh:
             pod.ready = True
 
     def _envoy_sees_every_pod(self) -> bool:
-        clusters = self.envoy.clusters()
-        return all(len(clusters.get(c.name, [])) == sum(p.ready for w in self._workloads_of(c) for p in w.pods)
-                   for c in self.config.clusters)
+        return all(set(self.endpoints(w.cluster)) == {p.address for p in w.pods if p.ready and not p.terminating}
+                   for w in self.workloads)
 
-    # --- endpoints --------------------------------------------------------------------------------
+    # --- what a person or a test reads ------------------------------------------------------------
 
-    def _cluster_of(self, workload: Workload) -> str:
-        """The gateway's cluster that serves a workload's traffic: a subset of its Service that selects its pods
-        (production's stable), else its Service's own cluster."""
-        found = [c for c in self.config.clusters if c.service_host == workload.host and c.selects(workload.labels)]
-        return max(found, key=lambda c: len(c.subset_labels)).name if found else workload.cluster
+    @property
+    def url(self) -> str:
+        """Where callers reach the gateway's HTTPS server's routes (TLS left out): http://<gateway>:443."""
+        return self.gateway.url
 
-    def _workloads_of(self, cluster: ir.Cluster) -> list[Workload]:
-        """The workloads whose pods are endpoints of `cluster` (its Service's, of its subset)."""
-        return [w for w in self.workloads if w.host == cluster.service_host and cluster.selects(w.labels)]
+    @property
+    def plaintext_url(self) -> str:
+        """The gateway's port-80 server as rendered (httpsRedirect: every request answered 301)."""
+        return self.gateway.plaintext_url
 
-    def _write_workload_endpoints(self, workload: Workload) -> None:
-        """Rewrite the endpoint file of every cluster a workload's pods belong to."""
-        for cluster in self.config.clusters:
-            if workload in self._workloads_of(cluster):
-                self._write_endpoints(cluster.name)
+    def gateway_problems(self) -> list[str]:
+        """What a stock Envoy fed by istiod must never show: an update it refused (any update_rejected counter), an
+        Istio extension in its config (a type URL istio.*: istio-proxy's, not Envoy's). Empty when none."""
+        if self.envoy is None:
+            return []
+        problems = [f"Envoy refused updates: {name} = {count}" for name, count in
+                    sorted(self.envoy.rejected_updates().items())]
+        problems += [f"Envoy's config holds an Istio extension: type.googleapis.com/{url}"
+                     for url in self.envoy.istio_type_urls()]
+        return problems
 
-    def _write_endpoints(self, cluster: str) -> None:
-        """Rewrite one cluster's endpoint file: its pods that are ready and not terminating."""
-        with self._eds_lock:
-            self._eds_version += 1
-            ports = [p.port for w in self._workloads_of(self.config.cluster(cluster)) for p in w.pods
-                     if p.ready and not p.terminating]
-            envoy_config.write_atomically(envoy_config.eds_path(self.work, cluster),
-                                          envoy_config.load_assignment(cluster, ports, self._eds_version))
-
-    def endpoints(self, cluster: str) -> list[int]:
-        """Return the ports in a cluster's endpoint file now."""
-        data = json.loads(envoy_config.eds_path(self.work, cluster).read_text())
-        return [e["endpoint"]["address"]["socket_address"]["port_value"]
-                for group in data["resources"][0]["endpoints"] for e in group["lb_endpoints"]]
+    def endpoints(self, cluster: str) -> list[str]:
+        """The addresses Envoy has for a cluster now (what istiod sent: ready, not terminating)."""
+        return sorted(self.envoy.hosts(cluster)) if self.envoy else []
 
     # --- what a person or a test does to it ---------------------------------------------------------
 
@@ -260,9 +282,9 @@ class Mesh:
     def rolling_restart(self, stage: str, service: str | None = None, on_step=lambda message: None) -> None:
         """Replace every pod of a stage one at a time, as a Deployment rollout with maxSurge 1, maxUnavailable 0.
 
-        New pod started and ready (in the endpoints); the old one leaves the endpoints as a
-        terminating pod does, then gets SIGTERM after the preStop sleep, and SIGKILL after
-        the grace period.
+        New pod started and ready (in Envoy's endpoints); the old one is deleted (its endpoint turns terminating and
+        istiod drops it), gets SIGTERM after the preStop sleep, SIGKILL after the grace period, and its Pod object goes
+        once it has exited, as the kubelet confirms a deletion.
         """
         workload = self.workload(stage, service)
         self._rollouts += 1
@@ -270,16 +292,28 @@ class Mesh:
             new = self._new_pod(workload, index, rollout=self._rollouts)
             workload.pods.append(new)
             workload.prober.watch(new)
-            new.program.wait_until(lambda: new.ready and new.port in self.endpoints(workload.cluster), 120,
-                                   "ready and in the endpoints")
-            on_step(f"{new.name} ready on :{new.port}")
+            new.program.wait_until(lambda: new.ready and new.address in self.endpoints(workload.cluster), 120,
+                                   "ready and in Envoy's endpoints")
+            on_step(f"{new.name} ready at {new.address}")
             old.terminating = True
-            self._write_workload_endpoints(workload)
+            self._delete_pod(workload, old, grace=int(workload.grace_s))
             time.sleep(workload.prestop_s)
             code = old.terminate(workload.grace_s)
             workload.prober.forget(old)
             workload.pods.remove(old)
-            on_step(f"{old.name} on :{old.port} left the endpoints, SIGTERM after {workload.prestop_s}s, exit {code}")
+            self._delete_pod(workload, old, grace=0)
+            on_step(f"{old.name} at {old.address} left the endpoints, SIGTERM after {workload.prestop_s}s, exit {code}")
+
+    def _delete_pod(self, workload: Workload, pod: Pod, grace: int) -> None:
+        from kubernetes import client
+        from kubernetes.client import ApiException
+
+        try:
+            client.CoreV1Api(self._api).delete_namespaced_pod(pod.name, workload.namespace,
+                                                              grace_period_seconds=grace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def scrape_targets(self) -> list[ScrapeTarget]:
         """Each pod's /metrics with the labels its stage's PodMonitor gives it (as the Prometheus operator would)."""
@@ -288,26 +322,60 @@ class Mesh:
             by_kind = {d["kind"]: d for d in workload.docs}
             monitor, deployment = by_kind["PodMonitor"], by_kind["Deployment"]
             path = monitor["spec"]["podMetricsEndpoints"][0]["path"]
-            targets += [ScrapeTarget(f"127.0.0.1:{pod.port}", pod_monitor_labels(monitor, deployment, pod.name), path)
-                        for pod in workload.pods]
+            targets += [ScrapeTarget(f"{pod.address}:{pod.port}", pod_monitor_labels(monitor, deployment, pod.name),
+                                     path) for pod in workload.pods]
         return targets
 
     def state(self) -> dict:
-        """Return what build/mesh/state.json holds: Envoy's addresses and each pod's stage, pid and port."""
-        return {"listener": f"127.0.0.1:{self.port}", "envoy_admin": self.envoy.admin if self.envoy else None,
+        """Return what build/mesh/state.json holds: Envoy's addresses and each pod's stage, pid and address."""
+        return {"gateway": self.url, "gateway_port_80": self.plaintext_url,
+                "envoy_admin": self.envoy.admin if self.envoy else None,
                 "envoy_pid": self.envoy.program.pid if self.envoy else None,
+                "istiod_debug": f"http://127.0.0.1:{self.istiod.http_port}/debug",
                 "pods": [{"name": p.name, "service": w.service, "stage": w.stage, "cluster": w.cluster, "pid": p.pid,
-                          "port": p.port, "ready": p.ready} for w in self.workloads for p in w.pods]}
+                          "address": f"{p.address}:{p.port}", "ready": p.ready} for w in self.workloads for p in w.pods]}
+
+    def forward(self, port: int) -> int:
+        """Forward 127.0.0.1:`port` (0: a free one) to the gateway's HTTPS server's stand-in; return the port."""
+        forwarder = Forwarder.tcp(("127.0.0.1", port), (self.gateway.address, self.gateway.server_port("HTTPS")))
+        self._forwarders.append(forwarder)
+        return forwarder.port
 
     def stop(self) -> None:
-        """Stop the probers, Envoy and every pod (SIGTERM, then SIGKILL)."""
+        """Stop the probers, Envoy and every pod (SIGTERM, then SIGKILL); delete what the mesh made in the cluster."""
         for prober in self._probers:
             prober.stop()
-        if self.envoy is not None:
-            self.envoy.stop()
-        pods = [pod for workload in self.workloads for pod in workload.pods]
-        for pod in pods:  # SIGTERM all at once, so that their drain windows overlap
+        if self.gateway is not None:
+            self.gateway.stop()
+        pods = [(workload, pod) for workload in self.workloads for pod in workload.pods]
+        for _, pod in pods:  # SIGTERM all at once, so that their drain windows overlap
             pod.terminating = True
             pod.program.signal(signal.SIGTERM)
-        for pod in pods:
+        for _, pod in pods:
             pod.program.stop(timeout=30)
+        for forwarder in self._forwarders:
+            forwarder.stop()
+        if self._api is not None:
+            self._clean_cluster(pods)
+        if self.network is not None:
+            self.network.remove()
+
+    def _clean_cluster(self, pods: list) -> None:
+        from kubernetes import dynamic
+        from kubernetes.client import ApiException
+
+        resources = dynamic.DynamicClient(self._api).resources
+        try:
+            for workload, pod in pods:
+                if pod.name not in self._adopted:  # an adopted pod is its Deployment's to delete
+                    self._delete_pod(workload, pod, grace=0)
+            for doc in self._owned_objects():
+                if doc.get("kind") in APPLIED_KINDS:
+                    kind = resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+                    try:
+                        kind.delete(name=doc["metadata"]["name"], namespace=doc["metadata"]["namespace"])
+                    except ApiException as exc:
+                        if exc.status != 404:
+                            raise
+        except ApiException:
+            pass  # the control plane may be gone first (the session's end)

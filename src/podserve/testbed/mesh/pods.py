@@ -1,10 +1,11 @@
-"""Our server processes as a stage's pods, and the kubelet's readiness probe of each (simulated kubelet).
+"""Our server processes as a stage's pods, and the kubelet's part for them (simulated kubelet).
 
-A `Pod` is `python -m podserve.runtime` with the rendered Deployment's environment, bound
-to a free loopback port (what `make serve` runs). A `Prober` probes its readiness path
-with the rendered probe's period, timeout and failure threshold (success threshold 1),
-as the kubelet does, and reports each change; a pod whose process died is restarted on
-the same port, as the kubelet restarts a container (without its back-off).
+A `Pod` is `python -m podserve.runtime` with the rendered Deployment's environment, in the mesh's pod network
+(podnetwork.py) on its own address and the container's port (8080), as in production. A `Prober` probes its readiness
+path with the rendered probe's period, timeout and failure threshold (success threshold 1), as the kubelet does, and
+reports each change (the mesh writes it to the Pod's status: pod_status); a pod whose process died is restarted on
+the same address, as the kubelet restarts a container (without its back-off). `pod_object` is the Pod the mesh
+creates in the control plane for each: the Deployment's pod template, which the scheduler places.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from podserve.testbed.processes import Program, free_port
+from podserve.testbed.processes import Program
+
+#: On each Pod the mesh runs as a process: kwok's stages leave such a pod to the mesh (cluster/kwok-stages.yaml).
+PROCESS_ANNOTATION = "podserve.io/process"
 
 
 @dataclass(frozen=True)
@@ -39,20 +43,22 @@ class Probe:
 
 
 class Pod:
-    """One server process of one stage of one service."""
+    """One server process of one stage of one service, at its own address in the pod network."""
 
-    def __init__(self, name: str, cluster: str, env: dict[str, str], log_dir: Path, repo: Path):
+    def __init__(self, name: str, cluster: str, env: dict[str, str], log_dir: Path, repo: Path, address: str,
+                 port: int, inside: Callable[[list], list] = lambda argv: argv):
         self.name, self.cluster = name, cluster
-        self.port = free_port()
-        self.env = dict(env, PODSERVE_HOST="127.0.0.1", PODSERVE_PORT=str(self.port), PODSERVE_REQUIRE_GPU="0")
+        self.address, self.port, self.inside = address, port, inside
+        self.env = dict(env, PODSERVE_HOST=address, PODSERVE_PORT=str(port), PODSERVE_REQUIRE_GPU="0")
         self.log_dir, self.repo = Path(log_dir), Path(repo)
         self.ready = False
         self.terminating = False
         self.restarts = 0
+        self.started_at = time.time()
         self.program = self._start()
 
     def _start(self) -> Program:
-        return Program(self.name, [sys.executable, "-m", "podserve.runtime"],
+        return Program(self.name, self.inside([sys.executable, "-m", "podserve.runtime"]),
                        self.log_dir / f"{self.name}.{self.restarts}.log", env=self.env, cwd=self.repo)
 
     @property
@@ -60,11 +66,12 @@ class Pod:
         return self.program.pid
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.address}:{self.port}{path}"
 
     def restart(self) -> None:
-        """Start the process again on the same port (the kubelet restarting a dead container)."""
+        """Start the process again on the same address (the kubelet restarting a dead container)."""
         self.restarts += 1
+        self.started_at = time.time()
         self.program = self._start()
 
     def kill(self) -> None:
@@ -136,3 +143,39 @@ def python_path(*extra: Path) -> str:
     """Return PYTHONPATH for a pod: the repository's src/ and any extra folders (test handlers)."""
     parts = [str(p) for p in extra] + [os.environ.get("PYTHONPATH", "")]
     return os.pathsep.join(p for p in parts if p)
+
+
+#: What a mesh pod's containers request of a node: almost nothing. Their processes run on this machine, not in the
+#: node's capacity, and the session's other tests schedule on the same kwok nodes (a service asking a whole node
+#: must still fit there). Limits stay as rendered (the platform's admission policies require them).
+TOKEN_REQUESTS = {"cpu": "1m", "memory": "1Mi"}
+
+
+def pod_object(pod: Pod, template: dict, namespace: str) -> dict:
+    """The Pod object of `pod`: the Deployment's pod template (labels, spec: the scheduler places it), marked as a
+    process, its containers requesting TOKEN_REQUESTS."""
+    spec = dict(template["spec"], containers=[
+        dict(c, resources=dict(c.get("resources") or {}, requests=dict(TOKEN_REQUESTS)))
+        for c in template["spec"]["containers"]])
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod.name, "namespace": namespace, "labels": dict(template["metadata"]["labels"]),
+                         "annotations": {PROCESS_ANNOTATION: "true"}},
+            "spec": spec}
+
+
+def _timestamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def pod_status(pod: Pod, container: str) -> dict:
+    """The status a kubelet reports for `pod` now: Running at its address, Ready as its probe last said."""
+    started = _timestamp(pod.started_at)
+    ready = "True" if pod.ready else "False"
+    return {"status": {
+        "phase": "Running", "podIP": pod.address, "podIPs": [{"ip": pod.address}], "startTime": started,
+        "conditions": [{"type": kind, "status": status, "lastTransitionTime": started}
+                       for kind, status in (("PodScheduled", "True"), ("Initialized", "True"),
+                                            ("ContainersReady", ready), ("Ready", ready))],
+        "containerStatuses": [{"name": container, "image": "local", "imageID": "", "ready": pod.ready,
+                               "restartCount": pod.restarts, "started": True,
+                               "state": {"running": {"startedAt": started}}}]}}

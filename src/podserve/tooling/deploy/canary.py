@@ -362,7 +362,8 @@ def _promote(kube: Kube, target: Target, conf, opts, lock, history: History, rev
                 for o in objects]
     say(f"promoting revision {revision.number}: the rollout of stable, the canary still at {state['weights'][1]}%")
     commands.apply_set(kube, target, weighted, say, lock.check,
-                       keep=(("Deployment", release.canary_name(target.service)),))
+                       keep=(("Deployment", release.canary_name(target.service)),),
+                       propagation_seconds=conf.platform.mesh.propagation_seconds)
     settings = commands.wait_settings(target, conf, opts, objects, commands.live_replicas(kube, target))
     say(f"waiting up to {settings.budget_seconds:.0f} s for the rollout")
     verdict = rollout.wait(kube, target, settings, say, lock.check)

@@ -108,7 +108,8 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
                 return canary.run(kube, target, conf, policy, opts, lock, history, revision, restore, objects, state,
                                   prometheus, noticed, say)
             history.begin(kube, revision, restore)
-            apply_set(kube, target, objects, say, lock.check)
+            apply_set(kube, target, objects, say, lock.check,
+                      propagation_seconds=conf.platform.mesh.propagation_seconds)
             settings = wait_settings(target, conf, opts, objects, live_replicas(kube, target))
             say(f"waiting up to {settings.budget_seconds:.0f} s for the rollout")
             verdict = rollout.wait(kube, target, settings, say, lock.check)
@@ -248,9 +249,16 @@ def roll_back_to(kube: Kube, target: Target, objects: list[dict], number: int | 
                 return False
         return False
 
-    for obj in objects:
-        what = f"{obj['kind']}/{obj['metadata']['name']}"
-        (restored if attempt(lambda: _apply_one(kube, obj, say)) else left).append(what)
+    steps: list = []
+    if not attempt(lambda: steps.extend(mesh_steps(kube, list(objects), conf.platform.mesh.propagation_seconds,
+                                                   say))):
+        steps = list(objects)  # the live DestinationRules could not be read: in the order rendered
+    for step in steps:
+        if callable(step):
+            step()
+            continue
+        what = f"{step['kind']}/{step['metadata']['name']}"
+        (restored if attempt(lambda: _apply_one(kube, step, say)) else left).append(what)
     extra: list[dict] = []
     if not attempt(lambda: extra.extend(prunable(kube, previous, list(objects)))):
         left.append("whatever only the rolled-back revision has (it could not be listed, so it was not pruned)")
@@ -345,15 +353,55 @@ def dry_apply(kube: Kube, obj: dict) -> dict:
 
 
 def apply_set(kube: Kube, target: Target, objects: list[dict], say=print, check=lambda: None,
-              keep: tuple[tuple[str, str], ...] = ()) -> None:
-    """Server-side apply every object, then delete the target's objects that are not among them nor in `keep`
-    ((kind, name): a running canary's Deployment) (`check` runs before each change and raises to stop: the deploy
-    lock's)."""
-    for obj in objects:
+              keep: tuple[tuple[str, str], ...] = (), propagation_seconds: float = 0) -> None:
+    """Server-side apply every object (make before break: mesh_steps), then delete the target's objects that are not
+    among them nor in `keep` ((kind, name): a running canary's Deployment) (`check` runs before each change and
+    raises to stop: the deploy lock's)."""
+    for step in mesh_steps(kube, objects, propagation_seconds, say):
         check()
-        _apply_one(kube, obj, say)
+        step() if callable(step) else _apply_one(kube, step, say)
     for obj in prunable(kube, target, objects, keep):
         _prune_one(kube, target, obj, say)
+
+
+def mesh_steps(kube: Kube, objects: list[dict], propagation_seconds: float, say=print) -> list:
+    """The objects to apply, in an order that never has a gateway route to a subset it has no cluster for (istiod
+    drops a DestinationRule subset's cluster with the subset, and a gateway answers a route to a cluster it lacks
+    503 with no body; measured on the real node through istiod: 22 of them at 60 requests a second when a rollback
+    removed the `stable` subset and its route at once). Each step is an object to apply, or a callable that waits
+    `propagation_seconds` (istiod's push to every gateway, conf/platform.yaml mesh.propagation_seconds).
+
+    Make before break: a DestinationRule that gains subsets goes first (with any subset it loses still in it), then,
+    once the mesh carries them, everything else (the VirtualServices that name them); a DestinationRule that loses
+    subsets goes last, once the mesh carries the routes that no longer name them. Nothing waits when no subset of a
+    live DestinationRule changes (every deploy but the selector's migration and a rollback across it)."""
+    growing, rest, shrinking = [], [], []
+    for obj in objects:
+        live = kube.get(kind_of(obj), obj["metadata"].get("namespace"), obj["metadata"]["name"]) \
+            if obj.get("kind") == "DestinationRule" else None
+        if live is None:
+            rest.append(obj)
+            continue
+        had = {s["name"]: s for s in (live.get("spec") or {}).get("subsets") or []}
+        has = {s["name"] for s in (obj.get("spec") or {}).get("subsets") or []}
+        lost = [subset for name, subset in had.items() if name not in has]
+        if has - set(had):
+            first = copy.deepcopy(obj)
+            first["spec"]["subsets"] = list(first["spec"].get("subsets") or []) + lost
+            growing.append(first)
+        if lost:
+            shrinking.append(obj)
+        elif not has - set(had):
+            rest.append(obj)
+
+    def wait(why: str):
+        def waiting() -> None:
+            say(f"waiting {propagation_seconds:g} s for the mesh to {why}")
+            time.sleep(propagation_seconds)
+        return [waiting] if propagation_seconds else []
+
+    return (growing + (wait("carry the new subsets before a route names them") if growing else []) + rest
+            + (wait("route away from the subsets that go") if shrinking else []) + shrinking)
 
 
 def _apply_one(kube: Kube, obj: dict, say=print) -> None:
