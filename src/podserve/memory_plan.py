@@ -62,8 +62,12 @@ LOOP_BODY_BYTES = 1 << 20
 #: UPLOAD_SHARE, admitted bodies BODY_SHARE, and the parses the pod may run at once the rest.
 UPLOAD_SHARE = 0.2
 BODY_SHARE = 0.3
-#: Shared memory (the decoders' input arenas and the model process's outputs): this share of the pod's memory.
-ARENA_SHARE = 0.1
+#: Shared memory (the decoders' input arenas and their output shares in the model process): this share of the pod's
+#: memory, and one decoder's arenas more while a replaced decoder's are still mapped (`replacement`). A sixteenth:
+#: 128 MiB in a 2Gi pod, what the measured runs held (bench/results/pod-memory/, the real node's 2Gi case), where a
+#: batch of 16 of the example's inputs is 1.8 MB of float32; a tenth left a 2Gi GPU pod too little for one video's
+#: upload.
+ARENA_SHARE = 1 / 16
 MIN_ARENA_BYTES = 16 * MIB
 #: A body declared larger than this, or chunked (its size unknown until it ends), may use only LARGE_BODY_SHARE of a
 #: pod-wide body budget (bodies still being sent, runtime/http/parser.py; bodies held, runtime/http/admission.py): the

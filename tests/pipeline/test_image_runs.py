@@ -117,8 +117,9 @@ def test_the_gpu_flavor_builds_on_its_stand_in_base_with_onnxruntime_gpu_and_its
 
 #: The stand-in GPU pod's three causes (issue 69): which image runs under the GPU Deployment, what the pod's env gets
 #: beside it, and the words /api/ping and the log must hold. No stand-in has a /dev/nvidia* (its node mounted none),
-#: so every case names that too, and the GPU image's CUDA libraries that do not load. "no visible device" is what
-#: docs/pipeline.md's real-node walkthrough shows of examples/real-node/value.py (tests/tooling/test_docs_values.py).
+#: so every case names that too, and the GPU image's CUDA libraries that do not load. Each case is what
+#: docs/pipeline.md's real-node walkthrough shows of examples/real-node/value.py's GPU image, on this flavor's image
+#: (tests/tooling/test_docs_values.py).
 GPU_CAUSES = {
     "the CPU package": ("cpu", {}, ["onnxruntime here is the CPU package, without the CUDA provider",
                                     "install onnxruntime-gpu"]),

@@ -124,7 +124,7 @@ def test_each_failure_is_the_kubelet_s_own_and_the_deploy_tool_names_it(grey_ser
 CLIENTS = 32
 LOAD_LIMIT_SECONDS = 240
 #: The memory case's value.py fields (issue 69's item 3): the real node's 2Gi cgroup, 25 MP images admitted, one
-#: decoder beside the model process (its two decoding threads' 25 MP images, 763 MiB, are what its plan holds), and
+#: decoder beside the model process (its two decoding threads' 25 MP images, 762 MiB, are what its plan holds), and
 #: deadlines of 30 s (a 25 MP decode takes seconds of the pod's one core).
 MEMORY_CASE = {"memory": "2Gi", "cpu": "1", "decode_processes": 1, "max_image_pixels": 25_000_000,
                "request_timeout_ms": 30000}

@@ -3,8 +3,9 @@ copy, OUT in a temporary folder); each other one in the test its block names bel
 
 README's blocks run in tests/runtime/test_readme.py (tests/readme_blocks.py); docs/offline.md's in
 tests/offline/test_offline_readme.py. docs/pipeline.md's real-node walkthrough needs `make cluster` (its registry on
-127.0.0.1:5002 and its kubeconfig): what it shows, the GPU service's pod not ready naming why, runs in
-tests/pipeline/test_image_runs.py on the same image, and its render here.
+127.0.0.1:5002 and its kubeconfig), so its image, deploy and delete lines do not run as written: what it shows, a
+GPU service's pod not ready naming why, runs in tests/pipeline/test_image_runs.py on the GPU flavor's image (the
+same Dockerfile and stand-in CUDA base, built from value.py with gpu_num = 1), and its render runs here.
 """
 
 from __future__ import annotations
