@@ -9,14 +9,8 @@ import json
 import pytest
 
 from podserve.tooling import checks, release, render
-from podserve.tooling.deploy import drift
 from podserve.tooling.values import load_values
 from service_files import write_values
-
-#: The hk and eu pod templates' hashes as main's render gave them (golden image tag) before the stable selector
-#: gained `track: stable`: the selector moves, the template (so every pod and its hash) stays.
-HASHES_BEFORE = {"hk": "076115e543909b82", "eu": "2f38308f044f9179"}
-
 
 def _by_kind(docs: list[dict]) -> dict[str, dict]:
     return {d["kind"]: d for d in docs}
@@ -50,14 +44,15 @@ def test_production_always_routes_to_the_subsets_by_weight_and_the_header_reache
         assert release.RELEASE_ANNOTATION not in objects["Deployment"]["metadata"].get("annotations", {})
 
 
-def test_the_stable_selector_gains_track_its_template_and_hash_do_not_and_the_rest_select_every_pod(tmp_path, conf):
+def test_the_stable_selector_names_track_its_pods_carry_and_the_rest_select_every_pod(tmp_path, conf):
     stages = render.render(write_values(tmp_path), conf=conf, image_tag="golden").stages
-    for name, before in HASHES_BEFORE.items():
+    for name in ("hk", "eu"):
         objects = _by_kind(stages[name])
         deployment = objects["Deployment"]
         assert deployment["spec"]["selector"]["matchLabels"] == {"service": "text-direction", "stage": name,
                                                                  "track": "stable"}
-        assert drift.template_hash(deployment) == before
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()  # the apiserver refuses less
         both = {"service": "text-direction", "stage": name}  # stable's pods and a canary's
         assert objects["Service"]["spec"]["selector"] == both
         assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == both

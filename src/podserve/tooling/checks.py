@@ -158,8 +158,8 @@ def _check_pod(pod: dict, values: ServiceValues, conf: Conf, stage: Stage, say) 
     stop = shutdown_seconds(values, conf)
     grace = spec.get("terminationGracePeriodSeconds", 30)
     if grace <= stop:
-        say("Deployment", f"terminationGracePeriodSeconds {grace} is not above preStop + drain + the longest "
-            f"request ({stop}s): requests would be killed")
+        say("Deployment", f"terminationGracePeriodSeconds {grace} is not above preStop + the runtime's "
+            f"bound from SIGTERM to exit ({stop}s, podserve.stop_bounds): admitted requests would be killed")
     try:
         proxy = json.loads(pod["metadata"].get("annotations", {}).get("proxy.istio.io/config", "{}"))
     except ValueError:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from podserve import routes
 from podserve.settings import HTTP_PORT
+from podserve.stop_bounds import drain_bound_seconds
 from podserve.tooling import mesh_limits, quantity, release, routing, templating, tenancy
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.deploy import budget
@@ -32,9 +33,10 @@ def image_ref(values: ServiceValues, conf: Conf, stage: Stage, tag: str) -> str:
 
 
 def shutdown_seconds(values: ServiceValues, conf: Conf) -> int:
-    """Return the longest a pod takes to stop: preStop sleep, drain window, then the longest request."""
-    return (conf.platform.pod.prestop_sleep_seconds + math.ceil(values["drain_seconds"])
-            + math.ceil(values["request_timeout_ms"] / 1000))
+    """Return the longest a pod takes to stop: the preStop sleep, then the runtime's own bound from SIGTERM to its
+    exit (podserve.stop_bounds: the drain window, every admitted request answered, connections closed, the other
+    processes ended), taken for the split layout, the longer one (a GPU pod runs it)."""
+    return conf.platform.pod.prestop_sleep_seconds + math.ceil(drain_bound_seconds(values.serving_settings(), True))
 
 
 def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) -> dict:
