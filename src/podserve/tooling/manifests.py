@@ -91,7 +91,7 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
         "fqdn": fqdn,
         "route_timeout": _seconds(values["request_timeout_ms"] + platform.mesh.route_timeout_margin_ms),
         "connection_pool": mesh_limits.connection_pool(values, most_pods, platform.http.idle_timeout_seconds),
-        "subsets": _subsets(values, conf, most_pods) if stage.production else [],
+        "subsets": _subsets(values, conf, most_pods) if stage.production else _grey_subsets(stage),
         "platform": platform,
     }
 
@@ -129,8 +129,15 @@ def _mirror(values: ServiceValues, conf: Conf, stage: Stage) -> dict | None:
     if grey is None or not values["grey_mirror_percent"]:
         return None
     host = f"{values['service_name']}.{grey.namespace_for(values['username'])}.svc.cluster.local"
-    return {"destination": {"host": host, "port": {"number": HTTP_PORT}},
+    return {"destination": {"host": host, "subset": release.MIRROR_SUBSET, "port": {"number": HTTP_PORT}},
             "percent": float(values["grey_mirror_percent"])}
+
+
+def _grey_subsets(stage: Stage) -> list[dict]:
+    """grey's one subset: its pods of the protected default branch's code, where production's mirror goes."""
+    if stage.track != "grey":
+        return []
+    return [{"name": release.MIRROR_SUBSET, "labels": {release.MIRROR_LABEL: release.MIRROR_LABEL_VALUE}}]
 
 
 def _subsets(values: ServiceValues, conf: Conf, most_pods: int) -> list[dict]:
