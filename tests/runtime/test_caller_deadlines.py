@@ -2,7 +2,7 @@
 service's own timeout, and replacing stuck decoders backs off.
 
 200 requests carry a 100 ms deadline (X-Request-Timeout-Ms) on the largest image the pod admits: 25 megapixels
-(`max_image_pixels`), a PNG whose decode takes about half a second here whatever its size on the wire (84 KB: the body
+(`max_image_pixels`, set so: the default is 12.5), a PNG whose decode takes about half a second here whatever its size on the wire (84 KB: the body
 arrives well within its deadline, so the answer is the decode's), at c=8. Every answer is 504, and with the service's
 own timeout (10 s) above a decode no decoder is ever replaced. With it below one, decoders count as stuck and ask to
 be replaced, and the supervisor replaces at most one per back-off period (processes/supervisor.py: 1 s, doubling).
@@ -23,19 +23,20 @@ from PIL import Image
 
 from podserve.runtime.processes.supervisor import (REPLACE_BACKOFF_MAX_SECONDS, REPLACE_BACKOFF_SECONDS,
                                                     REPLACE_CALM_SECONDS)
-from podserve.settings import ServingSettings
 
 from hostile import metric_value
 
 REQUESTS = 200
 DEADLINE_MS = 100
+#: The pods' max_image_pixels, and the image's pixels.
+LARGEST_PIXELS = 25_000_000
 
 
 @pytest.fixture(scope="module")
 def largest_image() -> bytes:
-    """A PNG of exactly `max_image_pixels` (5000 x 5000): a gradient, small on the wire, slow to decode."""
-    side = int(ServingSettings().max_image_pixels ** 0.5)
-    assert side * side == ServingSettings().max_image_pixels
+    """A PNG of exactly the pods' `max_image_pixels` (5000 x 5000): a gradient, small on the wire, slow to decode."""
+    side = int(LARGEST_PIXELS ** 0.5)
+    assert side * side == LARGEST_PIXELS
     ramp = np.linspace(0, 255, side, dtype=np.uint8)
     pixels = np.stack([np.tile(ramp, (side, 1)), np.tile(ramp[:, None], (1, side)), np.full((side, side), 128,
                                                                                             np.uint8)], -1)
@@ -89,7 +90,8 @@ def replacements(server) -> list[tuple[float, float]]:
 
 
 def test_a_caller_deadline_shorter_than_a_decode_costs_no_decoder(start_server, example_model, largest_image):
-    server = start_server(handler="server:TextDirection", model_path=str(example_model), decode_processes=2)
+    server = start_server(handler="server:TextDirection", model_path=str(example_model), decode_processes=2,
+                          max_image_pixels=LARGEST_PIXELS)
     began = time.monotonic()
     outcomes = send_all(server, largest_image, callers=8)
     took = time.monotonic() - began
@@ -106,7 +108,7 @@ def test_stuck_decoders_are_replaced_at_most_once_per_back_off_period(start_serv
     replaced. Requests one after another (60: while decoders are replaced, some wait for the backstop, 1.1 s): each
     still 504, and the replacements space out by the stated back-off."""
     server = start_server(handler="server:TextDirection", model_path=str(example_model), decode_processes=2,
-                          request_timeout_ms=300, video_decode_timeout_seconds=0.3)
+                          max_image_pixels=LARGEST_PIXELS, request_timeout_ms=300, video_decode_timeout_seconds=0.3)
     began = time.time()
     outcomes = send_all(server, largest_image, callers=1, count=60)
     took = time.time() - began
