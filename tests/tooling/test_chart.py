@@ -53,10 +53,25 @@ def test_the_templated_chart_passes_the_schemas(helm, conf, tmp_path, region):
     docs = template(helm, CHART, tmp_path, *args)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == [
-        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Gateway", "Namespace", "PriorityClass", "PrometheusRule",
-        "ResourceQuota", "Role", "RoleBinding", "ServiceAccount", "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding"]
+        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Gateway", "Namespace", "PodMonitor",
+        "PriorityClass", "PrometheusRule", "ResourceQuota", "Role", "RoleBinding", "ServiceAccount",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     assert all_schema_errors(docs) == []
+
+
+def test_the_rollouts_controller_reads_no_secret_and_runs_no_job_beyond_its_namespace(helm, conf, tmp_path):
+    """Argo's own install grants cluster-wide Secret reads and Job writes (for analysis providers the platform
+    refuses): the chart's ClusterRole grants neither; Secrets only in the controller's namespace (notifications)."""
+    docs = template(helm, CHART, tmp_path, "-f", values_file(conf, "hk", tmp_path))
+    (cluster_role,) = [d for d in docs
+                       if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "podserve-argo-rollouts"]
+    granted = {(resource, verb) for rule in cluster_role["rules"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    assert not {r for r, _ in granted} & {"secrets", "configmaps"}
+    assert not {v for r, v in granted if r == "jobs"} - {"get", "list", "watch"}
+    assert ("rollouts", "update") in granted and ("virtualservices", "update") in granted
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "podserve-argo-rollouts"]
+    assert role["metadata"]["namespace"] == "argo-rollouts"
 
 
 @pytest.mark.parametrize("region", REGIONS)

@@ -4,7 +4,8 @@ The node pools are those conf/regions.yaml declares for every region (kwok runs 
 from each pool's node_selector plus the region's topology label, taints implied by the pool's
 tolerations, allocatable as declared with the region's own GPU resource. The CRDs are the
 ones we emit objects for: Istio's from the istio module istiod is built from (`make istiod`: its
-crd-all.gen.yaml, beside pilot-discovery in the shared cache), prometheus-operator's and KEDA's
+crd-all.gen.yaml, beside pilot-discovery in the shared cache), Argo Rollouts' from its module (`make
+argo-rollouts`, beside the controller), prometheus-operator's and KEDA's
 from ../shared/schemas/crds. The
 chart is charts/podserve-platform, installed with the real helm (.tools/bin/helm) and the
 region's values (podserve.tooling.chart_values).
@@ -116,10 +117,30 @@ def _is_istio(crd: dict) -> bool:
     return crd["spec"]["group"].endswith(".istio.io")
 
 
+def argo_crds(tools: Path | None = None) -> list[dict]:
+    """Argo Rollouts' CRDs (all five: the controller watches every kind) as its module ships them (`make
+    argo-rollouts` copies them beside the controller)."""
+    from podserve.testbed.rollouts import build
+
+    paths = build.crd_paths(tools)
+    absent = [p for p in paths if not p.is_file()]
+    if absent:
+        raise StartError(f"Argo Rollouts' CRDs: {absent[0]} is missing; run `make argo-rollouts` (they come from the "
+                         "argo-rollouts module the controller is built from)")
+    return [doc for path in paths for doc in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader)
+            if doc and doc.get("kind") == "CustomResourceDefinition"]
+
+
+def _is_argo(crd: dict) -> bool:
+    return crd["spec"]["group"] == "argoproj.io"
+
+
 def platform_crds() -> list[dict]:
-    """The CRDs of every kind we emit objects of: Istio's from the istio module, the others from the shared schemas."""
+    """The CRDs of every kind we emit objects of: Istio's from the istio module, Argo Rollouts' from its module, the
+    others from the shared schemas."""
     kinds = emitted_kinds()
-    return [crd for crd in crd_documents(CRDS, kinds) if not _is_istio(crd)] + istio_crds(kinds)
+    return [crd for crd in crd_documents(CRDS, kinds) if not _is_istio(crd) and not _is_argo(crd)] + \
+        istio_crds(kinds) + argo_crds()
 
 
 def _create(call, what: str, **kwargs) -> None:
