@@ -16,9 +16,9 @@
 
 ARG FLAVOR=cpu
 
-FROM python:3.11.7-slim-bookworm AS python-cpu
+FROM python:3.11.7-slim-bookworm@sha256:637774748f62b832dc11e7b286e48cd716727ed04b45a0322776c01bc526afc3 AS python-cpu
 
-FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS python-gpu
+FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04@sha256:14d94b039cb94bbd5da559f303b46bc4b0d5d6c24ab1a9d7b186e566ed3400dc AS python-gpu
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && ln -s /usr/bin/python3 /usr/local/bin/python \

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
+from podserve import kafka_access
 from podserve.settings import ServingSettings, SettingsError
 
 #: The value of value.py's `mode` (and PODSERVE_MODE) that runs the worker.
@@ -24,9 +25,7 @@ OFFLINE = "offline"
 ONLINE = "online"
 MODES = (ONLINE, OFFLINE)
 #: The environment variable with the Kafka bootstrap servers ("host:port,host:port").
-BOOTSTRAP_ENV = "PODSERVE_KAFKA_BOOTSTRAP"
-#: The suffix the grey stage adds to the sink topic and the consumer group, so it never takes production's messages.
-GREY_SUFFIX = "-grey"
+BOOTSTRAP_ENV = kafka_access.BOOTSTRAP_ENV
 #: The longest topic name Kafka accepts (and the longest consumer group we do).
 MAX_NAME = 249
 #: Kafka's rule for topic names (and the one we apply to consumer groups); use it with fullmatch.
@@ -36,11 +35,6 @@ LOCAL_KAFKA_PORT = 9092
 LOCAL_KAFKA_BOOTSTRAP = f"127.0.0.1:{LOCAL_KAFKA_PORT}"
 #: Consumer lag per replica that KEDA aims at when value.py sets no `lag_target`.
 DEFAULT_LAG_TARGET = 1000
-
-
-def grey_name(name: str) -> str:
-    """Return the grey stage's name for one of production's sink topic, dead letter topic or consumer group."""
-    return name + GREY_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -53,6 +47,11 @@ class OfflineSettings:
     sink_file: str = ""
     dead_letter_topic: str = ""
     kafka_bootstrap: str = ""
+    #: The principal the worker authenticates as, from the namespace's Secret podserve-kafka-credentials (never the
+    #: repo), and the protocol from the ConfigMap podserve-kafka; like the brokers, never among to_env().
+    kafka_username: str = ""
+    kafka_password: str = ""
+    kafka_security_protocol: str = ""
     sink_retry_max_seconds: float = 30.0
 
     @classmethod
@@ -69,9 +68,16 @@ class OfflineSettings:
         return settings
 
     def to_env(self) -> dict[str, str]:
-        """The PODSERVE_* variables that reproduce these settings (the bootstrap servers never among them)."""
+        """The PODSERVE_* variables that reproduce these settings (the brokers and credentials never among them)."""
         return {ServingSettings.env_name(f.name): str(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.name != "kafka_bootstrap" and getattr(self, f.name) not in ("", None)}
+                if not f.name.startswith("kafka_") and getattr(self, f.name) not in ("", None)}
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka's connection settings: the brokers and, with a user, SASL/SCRAM (podserve.kafka_access)."""
+        return kafka_access.client_config({
+            BOOTSTRAP_ENV: self.kafka_bootstrap, kafka_access.USERNAME_ENV: self.kafka_username,
+            kafka_access.PASSWORD_ENV: self.kafka_password,
+            kafka_access.SECURITY_PROTOCOL_ENV: self.kafka_security_protocol})
 
     def check(self) -> None:
         if not self.kafka_bootstrap:

@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from PIL import Image
 
-from podserve.offline_settings import BOOTSTRAP_ENV, OfflineSettings
+from podserve.offline_settings import OfflineSettings
 from podserve.settings import ServingSettings
 from podserve.testbed.processes import Program, free_port
 from podserve.testbed.topics import image_message
@@ -45,20 +45,24 @@ def line_messages(count: int, prefix: str) -> tuple[list[tuple[bytes, bytes]], d
     return messages, angles
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+#: The team whose principal the tests' workers run as (the brokers' ACLs on): every topic and group is under its prefix.
+TEAM = "imo"
+
+
+def create_topic(connection: dict, topic: str, partitions: int = PARTITIONS) -> None:
+    admin = AdminClient(connection)
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
 
 
-def topic_exists(bootstrap: str, topic: str) -> bool:
-    return topic in AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+def topic_exists(connection: dict, topic: str) -> bool:
+    return topic in AdminClient(connection).list_topics(timeout=10).topics
 
 
 class CommittedOffsets:
     """Ask the group's coordinator what a group committed, without joining the group (no subscribe)."""
 
-    def __init__(self, bootstrap: str, group: str, topic: str):
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    def __init__(self, connection: dict, group: str, topic: str):
+        self.consumer = Consumer({**connection, "group.id": group, "enable.auto.commit": False})
         partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.partitions = [TopicPartition(topic, p) for p in sorted(partitions)]
 
@@ -73,9 +77,9 @@ class CommittedOffsets:
         self.consumer.close()
 
 
-def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+def committed(connection: dict, group: str, topic: str) -> dict[int, int]:
     """The group's committed offset per partition (-1001, Kafka's 'none', where it committed nothing)."""
-    offsets = CommittedOffsets(bootstrap, group, topic)
+    offsets = CommittedOffsets(connection, group, topic)
     try:
         return offsets.now()
     finally:
@@ -83,16 +87,18 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
 
 
 class Worker:
-    """`python -m podserve.runtime.offline` as a subprocess, its settings from the environment as in a pod."""
+    """`python -m podserve.runtime.offline` as a subprocess, its settings from the environment as in a pod: `kafka` is
+    the brokers and the principal's credentials (KafkaBroker.environment(user)), as the pod's ConfigMap and Secret
+    give them."""
 
-    def __init__(self, log_path: Path, bootstrap: str, topics: dict[str, str], *, handler: str = "server:TextDirection",
+    def __init__(self, log_path: Path, kafka: dict[str, str], topics: dict[str, str], *, handler: str = "server:TextDirection",
                  model_path: Path = EXAMPLE_MODEL, **serving):
         self.port = free_port()
         settings = ServingSettings(service_name="text-direction", handler=handler, model_path=str(model_path),
                                    host="127.0.0.1", port=self.port, **{"max_batch_size": 16,
                                                                         "max_batch_delay_ms": 5.0, **serving})
-        worker = OfflineSettings(kafka_bootstrap=bootstrap, **topics)
-        env = {**os.environ, **settings.to_env(), **worker.to_env(), BOOTSTRAP_ENV: bootstrap,
+        worker = OfflineSettings(**topics)
+        env = {**os.environ, **settings.to_env(), **worker.to_env(), **kafka,
                "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(HERE)])}
         self.program = Program("offline-worker", [sys.executable, "-m", "podserve.runtime.offline"], log_path,
                                env=env, cwd=REPO)

@@ -17,8 +17,8 @@ def test_each_result_is_encoded_with_its_own_messages_context(kafka, topics, sta
     messages = [(f"m-{i}".encode(), json.dumps({"postid": f"p-{i}", "data": [i] * (1 + i % 3)}).encode())
                 for i in range(60)]
     worker = start_worker(topics, handler="context_handler:Summer")
-    send(kafka.bootstrap, topics["source_topic"], messages)
-    results = wait_for(TopicReader(kafka.bootstrap, topics["sink_topic"]), len(messages), timeout=60, worker=worker)
+    send(kafka.admin, topics["source_topic"], messages)
+    results = wait_for(TopicReader(kafka.admin, topics["sink_topic"]), len(messages), timeout=60, worker=worker)
     assert {r.key: json.loads(r.value)["results"] for r in results} == {
         f"m-{i}".encode(): {"sum": float(i * (1 + i % 3)), "postid": f"p-{i}", "count": 1 + i % 3} for i in range(60)}
     print(f"{len(messages)} messages in {worker.metric(names.BATCH_SIZE + '_count'):.0f} batches")

@@ -10,6 +10,7 @@ import sys
 import time
 
 from kafka_workers import REPO
+from podserve import kafka_access
 from podserve.offline_settings import BOOTSTRAP_ENV
 from podserve.testbed.processes import Program, free_port
 
@@ -27,9 +28,14 @@ def _readme_topic_lines() -> list[str]:
 
 
 def test_readme_feeds_the_offline_example_and_reads_its_results(kafka, tmp_path):
+    """As team like: `make serve` and the topics tool take its credentials where `make kafka` writes them (here the
+    session broker's, in a folder of the test's), and the brokers' ACLs apply."""
     send, read = _readme_topic_lines()
     port = free_port()
-    env = {**os.environ, BOOTSTRAP_ENV: kafka.bootstrap, "PODSERVE_PORT": str(port), "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, BOOTSTRAP_ENV: kafka.bootstrap, "PODSERVE_PORT": str(port), "PYTHONPATH": str(REPO / "src"),
+           kafka_access.LOCAL_CREDENTIALS_ENV: str(kafka.write_credentials(tmp_path / "credentials"))}
+    for name in (kafka_access.USERNAME_ENV, kafka_access.PASSWORD_ENV):
+        env.pop(name, None)
     # What `make serve VALUES=examples/offline/value.py` runs once the venv and the model are in place.
     worker = Program("readme-worker", [sys.executable, "-m", "podserve.tooling.serve_local",
                                        "examples/offline/value.py"], tmp_path / "worker.log", env=env, cwd=REPO)

@@ -30,7 +30,7 @@ def test_the_example_becomes_the_workers_environment_with_the_local_broker_by_de
 def test_grey_reads_with_its_own_group_and_writes_its_own_topics():
     grey = load_values(EXAMPLE).worker_settings(grey=True)
     assert (grey.source_topic, grey.consumer_group, grey.sink_topic, grey.dead_letter_topic) == \
-        ("like.text-lines", "like.text-direction-offline-grey", "like.text-directions-grey", "like.text-lines-dead-grey")
+        ("like.text-lines", "like.grey.text-direction-offline", "like.grey.text-directions", "like.grey.text-lines-dead")
 
 
 @pytest.mark.parametrize("env, says", [

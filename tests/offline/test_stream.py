@@ -69,13 +69,13 @@ def by_key(records) -> collections.Counter:
 
 def test_ten_thousand_messages_give_exactly_one_result_each(kafka, topics, start_worker):
     messages, angles = line_messages(10_000, "line")
-    create_topic(kafka.bootstrap, topics["source_topic"])
-    send(kafka.bootstrap, topics["source_topic"], messages)  # before the worker's group exists: read from the start
-    assert not topic_exists(kafka.bootstrap, topics["sink_topic"])  # the worker creates it (the broker never does)
+    create_topic(kafka.admin, topics["source_topic"])
+    send(kafka.admin, topics["source_topic"], messages)  # before the worker's group exists: read from the start
+    assert not topic_exists(kafka.admin, topics["sink_topic"])  # the worker creates it (the broker never does)
 
     started = time.monotonic()
     worker = start_worker(topics)
-    reader = TopicReader(kafka.bootstrap, topics["sink_topic"])
+    reader = TopicReader(kafka.admin, topics["sink_topic"])
     records = wait_for_keys(reader, set(angles), timeout=300, worker=worker)
     seconds = time.monotonic() - started
     counts = by_key(records)
@@ -100,7 +100,7 @@ def test_ten_thousand_messages_give_exactly_one_result_each(kafka, topics, start
     while worker.metric(names.CONSUMER_LAG) != 0 and time.monotonic() < deadline:
         time.sleep(1)
     assert worker.metric(names.CONSUMER_LAG) == 0
-    assert sum(committed(kafka.bootstrap, topics["consumer_group"], topics["source_topic"]).values()) == len(messages)
+    assert sum(committed(kafka.admin, topics["consumer_group"], topics["source_topic"]).values()) == len(messages)
     reader.close()
 
 
@@ -109,9 +109,9 @@ def test_poison_goes_to_the_dead_letter_topic_with_its_error_and_the_stream_goes
     poison = [(f"poison-{i}".encode(), value) for i, value in enumerate(POISON)]
     messages = good[:50] + poison[:2] + good[50:120] + poison[2:] + good[120:]
     worker = start_worker(topics)  # the source does not exist yet either: the worker creates it
-    send(kafka.bootstrap, topics["source_topic"], messages)
-    results = wait_for(TopicReader(kafka.bootstrap, topics["sink_topic"]), len(good), timeout=120, worker=worker)
-    dead = wait_for(TopicReader(kafka.bootstrap, topics["dead_letter_topic"]), len(poison), timeout=60)
+    send(kafka.admin, topics["source_topic"], messages)
+    results = wait_for(TopicReader(kafka.admin, topics["sink_topic"]), len(good), timeout=120, worker=worker)
+    dead = wait_for(TopicReader(kafka.admin, topics["dead_letter_topic"]), len(poison), timeout=60)
     assert set(by_key(results)) == set(angles)  # those after the poison too
     assert sorted(r.key for r in dead) == sorted(key for key, _ in poison)
     originals = dict(poison)
@@ -130,9 +130,9 @@ def test_a_failing_predict_dead_letters_only_its_own_input(kafka, topics, start_
     bad = [(b"negative", json.dumps({"postid": "neg", "data": [-1.0, 1.0]}).encode()),
            (b"raises-in-decode", json.dumps({"postid": "boom", "data": "boom"}).encode())]
     worker = start_worker(topics, handler="fussy_handler:Fussy")
-    send(kafka.bootstrap, topics["source_topic"], good[:40] + bad + good[40:])
-    results = wait_for(TopicReader(kafka.bootstrap, topics["sink_topic"]), len(good), timeout=60, worker=worker)
-    dead = wait_for(TopicReader(kafka.bootstrap, topics["dead_letter_topic"]), len(bad), timeout=60)
+    send(kafka.admin, topics["source_topic"], good[:40] + bad + good[40:])
+    results = wait_for(TopicReader(kafka.admin, topics["sink_topic"]), len(good), timeout=60, worker=worker)
+    dead = wait_for(TopicReader(kafka.admin, topics["dead_letter_topic"]), len(bad), timeout=60)
     assert {r.key: json.loads(r.value)["results"] for r in results} == {f"n-{i}".encode(): i + 1.0 for i in range(100)}
     errors = {r.key: r.headers[ERROR_HEADER] for r in dead}
     assert errors == {b"negative": "handler_error", b"raises-in-decode": "handler_error"}
@@ -143,12 +143,12 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka, topics, start_work
     """Killed where it hurts most: results written, their offsets not yet committed (frozen with SIGSTOP at varied
     moments until caught there, for up to 20 s; SIGKILL then, or at the end of that time anyway)."""
     messages, angles = line_messages(2000, "kill")
-    create_topic(kafka.bootstrap, topics["source_topic"])
-    send(kafka.bootstrap, topics["source_topic"], messages)
+    create_topic(kafka.admin, topics["source_topic"])
+    send(kafka.admin, topics["source_topic"], messages)
     first = start_worker(topics)
-    reader = TopicReader(kafka.bootstrap, topics["sink_topic"])
+    reader = TopicReader(kafka.admin, topics["sink_topic"])
     wait_for(reader, 200, timeout=120, worker=first)
-    watch = CommittedOffsets(kafka.bootstrap, topics["consumer_group"], topics["source_topic"])
+    watch = CommittedOffsets(kafka.admin, topics["consumer_group"], topics["source_topic"])
     deadline, attempt = time.monotonic() + 20, 0
     while time.monotonic() < deadline:  # freeze it at varied moments until it is caught in the window
         time.sleep((0.03, 0.07, 0.11)[attempt % 3])
@@ -176,17 +176,17 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka, topics, start_work
     assert not missing
     assert duplicates == written_at_kill - committed_at_kill  # exactly those written but not committed, read again
     assert duplicates <= 64  # at most the one fetch in hand at the kill (queue_size 64 x 1 instance)
-    assert sum(committed(kafka.bootstrap, topics["consumer_group"], topics["source_topic"]).values()) == len(messages)
+    assert sum(committed(kafka.admin, topics["consumer_group"], topics["source_topic"]).values()) == len(messages)
 
 
 def test_sigterm_mid_stream_exits_0_with_everything_fetched_written_and_committed(kafka, topics, start_worker):
     messages, _ = line_messages(2000, "term")
-    create_topic(kafka.bootstrap, topics["source_topic"])
-    send(kafka.bootstrap, topics["source_topic"], messages)
-    source = TopicReader(kafka.bootstrap, topics["source_topic"])
+    create_topic(kafka.admin, topics["source_topic"])
+    send(kafka.admin, topics["source_topic"], messages)
+    source = TopicReader(kafka.admin, topics["source_topic"])
     assert len(source.read_new()) == len(messages)
     worker = start_worker(topics)
-    reader = TopicReader(kafka.bootstrap, topics["sink_topic"])
+    reader = TopicReader(kafka.admin, topics["sink_topic"])
     wait_for(reader, 400, timeout=120, worker=worker)
     worker.program.signal(signal.SIGTERM)
     assert worker.program.process.wait(60) == 0
@@ -194,7 +194,7 @@ def test_sigterm_mid_stream_exits_0_with_everything_fetched_written_and_committe
     reader.read_new()
     written = by_key(reader.records)
     offsets = {partition: max(offset, 0)  # -1001: nothing committed on that partition yet
-               for partition, offset in committed(kafka.bootstrap, topics["consumer_group"], topics["source_topic"]).items()}
+               for partition, offset in committed(kafka.admin, topics["consumer_group"], topics["source_topic"]).items()}
     should_be_written = {r.key for r in source.records if r.offset < offsets[r.partition]}
     print(f"\nSIGTERM after {len(written)} results: exit 0; the worker fetched {counts['consumed']}, wrote "
           f"{counts['produced']}, committed {counts['committed']}; committed offsets {offsets}")
@@ -212,12 +212,12 @@ def test_a_sink_that_is_down_is_retried_without_committing_then_written(kafka, t
               "sink_retry_max_seconds": 1.0}
     messages, angles = line_messages(100, "down")
     worker = start_worker(topics)
-    send(kafka.bootstrap, topics["source_topic"], messages)
+    send(kafka.admin, topics["source_topic"], messages)
     deadline = time.monotonic() + 60
     while worker.metric(names.SINK_RETRIES) < 2 and time.monotonic() < deadline:  # it failed, then failed again
         time.sleep(0.2)
     assert worker.metric(names.SINK_RETRIES) >= 2 and worker.metric(names.MESSAGES_PRODUCED) == 0
-    offsets = committed(kafka.bootstrap, topics["consumer_group"], topics["source_topic"])
+    offsets = committed(kafka.admin, topics["consumer_group"], topics["source_topic"])
     assert all(offset < 0 for offset in offsets.values()), offsets  # nothing committed while the sink is down
     assert worker.get("/api/live")[0] == 200  # backing off is not being wedged
     volume.mkdir()  # the volume comes back
@@ -227,7 +227,7 @@ def test_a_sink_that_is_down_is_retried_without_committing_then_written(kafka, t
     lines = [json.loads(line) for line in sink_file.read_text().splitlines()]
     assert sorted(line["key"] for line in lines) == sorted(key.decode() for key in angles)
     assert all(line["results"]["angle"] == angles[line["key"].encode()] for line in lines)
-    assert sum(committed(kafka.bootstrap, topics["consumer_group"], topics["source_topic"]).values()) == len(messages)
+    assert sum(committed(kafka.admin, topics["consumer_group"], topics["source_topic"]).values()) == len(messages)
 
 
 def test_probes_and_metrics_mean_what_the_servers_do(kafka, topics, start_worker):

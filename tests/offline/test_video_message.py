@@ -27,8 +27,8 @@ def test_a_video_message_gets_its_frames_on_the_sink_topic_even_over_kafka_s_def
                 (b"large", _message(large, "large"))]
     assert len(messages[1][1]) > 1_000_000
     worker = start_worker(topics)  # creates the topics with room for a video (max.message.bytes)
-    send(kafka.bootstrap, topics["source_topic"], messages, message_bytes=8 * 1024 * 1024)
-    records = wait_for(TopicReader(kafka.bootstrap, topics["sink_topic"]), 2, timeout=60, worker=worker)
+    send(kafka.admin, topics["source_topic"], messages, message_bytes=8 * 1024 * 1024)
+    records = wait_for(TopicReader(kafka.admin, topics["sink_topic"]), 2, timeout=60, worker=worker)
     results = {record.key: json.loads(record.value) for record in records}
     frames = results[b"flip"]["results"]["frames"]
     assert [f["timestamp"] for f in frames] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]

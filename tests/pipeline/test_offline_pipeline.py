@@ -4,9 +4,12 @@ Real: the manifests, model and service-image jobs (BuildKit, the local registry)
 each its own line run as written with the tooling image laid out from the checkout (its test conf: hk's pools are the
 real node's, no freeze window) and the credential GitLab gives the job (the team's preview account, then its
 production one); the real node's kubelet and containerd running the workers; a real Kafka broker (on the node's bridge
-address, where the pods reach it), which the platform chart's ConfigMap podserve-kafka names (the test sets it there as
-the platform team would for the region's brokers). Production's stream is played by messages the test writes to the
-source topic; grey reads it with a group of its own, and the smoke looks at that group's commits, sending nothing.
+address, where the pods reach it) with the platform's access on (SASL/SCRAM, the StandardAuthorizer, every team's ACLs
+from conf/teams.yaml), which the platform chart's ConfigMap podserve-kafka names and whose principals are in each
+namespace's Secret podserve-kafka-credentials (the test writes both as the platform team would for the region's
+brokers: grey's namespace gets team like's grey principal, hk's its production one). Production's stream is played by
+messages the test (the broker's admin) writes to the source topic; grey reads it with a group of its own, under grey's
+prefix, and the smoke looks at that group's commits as grey's principal, sending nothing.
 """
 
 from __future__ import annotations
@@ -17,15 +20,19 @@ import sys
 import time
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from real_node_service import REPO, TEAM, RealNodeService, values
 from podserve.testbed.cluster import node as real
 from podserve.testbed.deploy_policy import unfrozen_conf
-from podserve.testbed.kafka import KafkaBroker, install_dir, installed
+from podserve import kafka_access
+from podserve.testbed.kafka import CLIENT_PROTOCOL, KafkaBroker, install_dir, installed
 from podserve.testbed.processes import poll_until
 from podserve.testbed.topics import TopicReader, image_message, send
 from podserve.tooling.deploy.kube import CONFIGMAPS, MANAGED, PODS, Kube
-from podserve.tooling.offline_manifests import KAFKA_CONFIGMAP
+from podserve.tooling import kafka_acls
+from podserve.tooling.deploy.kube import Kind
+from podserve.tooling.offline_manifests import KAFKA_CONFIGMAP, KAFKA_PROTOCOL_KEY
 
 sys.path.insert(0, str(REPO / "tests" / "deploy"))
 from ci_account import ci_kubeconfig  # noqa: E402 - the deploy tests' way to get an account's credentials
@@ -42,20 +49,27 @@ def broker(real_node, tmp_path_factory):
     tools = REPO / ".tools"
     assert installed(tools), f"Kafka is not installed in {install_dir(tools)}: run `make kafka-install`"
     started = KafkaBroker(tools, tmp_path_factory.mktemp("kafka-node"), host=real.NODE_IP).start()
+    started.team_access()
     yield started
     started.stop()
 
 
-def brokers_of_the_region(plane, namespaces: list[str], bootstrap: str) -> dict[str, str]:
-    """Point each namespace's podserve-kafka at `bootstrap`; return what they held, to put back."""
+SECRETS = Kind("v1", "secrets")
+
+
+def brokers_of_the_region(plane, users: dict[str, str], broker: KafkaBroker) -> dict[str, dict]:
+    """As the platform team: point each namespace's podserve-kafka at the broker and write its Secret with the
+    principal of `users` ({namespace: user}); return what the ConfigMaps held, to put back."""
     admin = Kube(plane.api_client())
     before = {}
-    for namespace in namespaces:
+    for namespace, user in users.items():
         found = admin.get(CONFIGMAPS, namespace, KAFKA_CONFIGMAP["name"])
-        before[namespace] = found["data"][KAFKA_CONFIGMAP["key"]]
+        before[namespace] = found["data"]
         admin.request("PATCH", CONFIGMAPS.path(namespace, KAFKA_CONFIGMAP["name"]),
-                      body={"data": {KAFKA_CONFIGMAP["key"]: bootstrap}},
+                      body={"data": {KAFKA_CONFIGMAP["key"]: broker.bootstrap, KAFKA_PROTOCOL_KEY: CLIENT_PROTOCOL}},
                       content_type="application/merge-patch+json")
+        admin.request("POST", SECRETS.path(namespace),
+                      body=kafka_acls.secret(namespace, user, broker.passwords[user], CLIENT_PROTOCOL))
     return before
 
 
@@ -71,7 +85,8 @@ def test_an_offline_service_passes_grey_its_smoke_and_deploy_hk_with_the_ci_job_
     credentials = {"KUBECONFIG_PREVIEW_HK": str(ci_kubeconfig(control_plane, tmp_path / "p.kubeconfig", TEAM, "preview")),
                    "KUBECONFIG_HK": str(ci_kubeconfig(control_plane, tmp_path / "h.kubeconfig", TEAM, "production"))}
     admin = Kube(control_plane.api_client())
-    before = brokers_of_the_region(control_plane, [grey_ns, hk_ns], broker.bootstrap)
+    before = brokers_of_the_region(control_plane, {grey_ns: kafka_access.username(TEAM, grey=True),
+                                                    hk_ns: kafka_access.username(TEAM)}, broker)
     try:
         images = service.build()
         assert (service.checkout / "build/flavor.txt").read_text().strip() == "cpu"
@@ -79,10 +94,15 @@ def test_an_offline_service_passes_grey_its_smoke_and_deploy_hk_with_the_ci_job_
             "deployment.yaml", "poddisruptionbudget.yaml", "podmonitor.yaml", "scaledobject.yaml"]  # no route
         digest = json.loads((service.checkout / "build/image-metadata.json").read_text())["containerimage.digest"]
         service.let_the_node_pull()
+        # Production's stream exists before any worker reads it: grey may read it but not create it (its worker waits,
+        # not ready, for a source topic it may not create).
+        source = OFFLINE["source_topic"]
+        stream_admin = AdminClient(broker.admin)  # held: a client collected before its future answers cancels it
+        stream_admin.create_topics([NewTopic(source, num_partitions=-1, replication_factor=-1)])[source].result(30)
         timings = {}
         for job in ("grey", "smoke-grey", "deploy-hk"):
             if job == "smoke-grey":  # production's stream goes on: grey reads it with its own consumer group
-                send(broker.bootstrap, OFFLINE["source_topic"], lines(6))
+                send(broker.admin, OFFLINE["source_topic"], lines(6))
             started = time.monotonic()
             done = build_stage.run_job(job, service.checkout, service.commit, timeout=600, extra=credentials)
             timings[job] = time.monotonic() - started
@@ -90,15 +110,15 @@ def test_an_offline_service_passes_grey_its_smoke_and_deploy_hk_with_the_ci_job_
             assert done.returncode == 0, f"{job} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
             if job == "smoke-grey":
                 assert f"worker pod(s) of grey ready in {grey_ns}, each on {digest}" in done.stdout
-                assert f"consumer group {TEAM}.{NAME}-grey on {OFFLINE['source_topic']}: " in done.stdout
+                assert f"consumer group {TEAM}.grey.{NAME} on {OFFLINE['source_topic']}: " in done.stdout
         for namespace in (grey_ns, hk_ns):  # the kubelet runs the build this pipeline pushed, by digest
             (pod,) = [p for p in admin.list(PODS, namespace, f"service={NAME}")["items"]
                       if not p["metadata"].get("deletionTimestamp")]
             assert pod["spec"]["nodeName"] == real_node.name
             assert pod["status"]["containerStatuses"][0]["imageID"].endswith(digest), pod["status"]
         # grey's results went to its own sink, production's to production's (both read the same stream)
-        for sink in (f"{OFFLINE['sink_topic']}-grey", OFFLINE["sink_topic"]):
-            reader = TopicReader(broker.bootstrap, sink)
+        for sink in (kafka_access.grey_name(OFFLINE["sink_topic"], TEAM), OFFLINE["sink_topic"]):
+            reader = TopicReader(broker.admin, sink)
             try:
                 poll_until(lambda: reader.read_new(2) is not None and len(reader.records) >= 6, f"6 results in {sink}",
                            120)
@@ -110,9 +130,10 @@ def test_an_offline_service_passes_grey_its_smoke_and_deploy_hk_with_the_ci_job_
             for kind in [*MANAGED.values(), CONFIGMAPS]:
                 for item in admin.list(kind, namespace, f"service={NAME}").get("items") or []:
                     admin.delete(kind, namespace, item["metadata"]["name"])
-        for namespace, value in before.items():
+        for namespace, data in before.items():
             admin.request("PATCH", CONFIGMAPS.path(namespace, KAFKA_CONFIGMAP["name"]),
-                          body={"data": {KAFKA_CONFIGMAP["key"]: value}}, content_type="application/merge-patch+json")
+                          body={"data": data}, content_type="application/merge-patch+json")
+            admin.delete(SECRETS, namespace, kafka_access.CREDENTIALS_SECRET)
 
 
 def lines(count: int) -> list[tuple[bytes, bytes]]:

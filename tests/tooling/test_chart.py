@@ -92,7 +92,13 @@ def test_the_chart_holds_what_each_stage_of_the_region_needs(helm, conf, tmp_pat
         assert quota["spec"]["hard"] == tenancy.quota(conf, stage, team) and quota["spec"]["hard"]["requests.cpu"]
         (brokers,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "podserve-kafka"
                       and d["metadata"]["namespace"] == stage.namespace_for(team)]
-        assert brokers["data"] == {"bootstrap": conf.regions[region].kafka_bootstrap}
+        assert brokers["data"] == {"bootstrap": conf.regions[region].kafka_bootstrap,
+                                   "security_protocol": conf.regions[region].kafka_security_protocol}
+        (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == stage.namespace_for(team)]
+        secrets = [rule for rule in role["rules"] if "secrets" in rule["resources"]]
+        # CI may read the namespace's Kafka principal (the offline smoke), and no other Secret, and write none
+        assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["podserve-kafka-credentials"],
+                            "verbs": ["get"]}]
         hosts = [h for server in gateways[stage.gateway]["spec"]["servers"] for h in server["hosts"]]
         assert stage.ingress_host in hosts
 

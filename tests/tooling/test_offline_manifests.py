@@ -17,7 +17,8 @@ import pytest
 
 from kube_schemas import all_schema_errors, schema_errors
 from manifest_helpers import REPO, kustomize, read_tree
-from podserve.offline_settings import BOOTSTRAP_ENV, OfflineSettings, grey_name
+from podserve import kafka_access
+from podserve.offline_settings import BOOTSTRAP_ENV, OfflineSettings
 from podserve.settings import SettingsError
 from podserve.tooling import offline_manifests, render
 from podserve.tooling.output import NOT_DEPLOYED
@@ -62,14 +63,21 @@ def test_production_scales_on_lag_and_grey_has_its_own_group_and_sink(offline):
     assert (hk["minReplicaCount"], hk["maxReplicaCount"]) == (1, 3)
     assert hk["triggers"] == [{"type": "kafka", "metadata": {
         "bootstrapServersFromEnv": BOOTSTRAP_ENV, "topic": "like.text-lines", "consumerGroup": "like.text-direction-offline",
-        "lagThreshold": "1000", "offsetResetPolicy": "earliest"}}]
+        "lagThreshold": "1000", "offsetResetPolicy": "earliest"}, "authenticationRef": {"name": "podserve-kafka"}}]
     grey = by_stage["grey"]
-    assert grey["ScaledObject"]["spec"]["triggers"][0]["metadata"]["consumerGroup"] == "like.text-direction-offline-grey"
+    assert grey["ScaledObject"]["spec"]["triggers"][0]["metadata"]["consumerGroup"] == "like.grey.text-direction-offline"
     env = {e["name"]: e for e in grey["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["PODSERVE_SOURCE_TOPIC"]["value"] == "like.text-lines"
-    assert env["PODSERVE_CONSUMER_GROUP"]["value"] == "like.text-direction-offline-grey"
-    assert env["PODSERVE_SINK_TOPIC"]["value"] == "like.text-directions-grey"
+    assert env["PODSERVE_CONSUMER_GROUP"]["value"] == "like.grey.text-direction-offline"
+    assert env["PODSERVE_SINK_TOPIC"]["value"] == "like.grey.text-directions"
     assert env[BOOTSTRAP_ENV] == {"name": BOOTSTRAP_ENV, "valueFrom": {"configMapKeyRef": offline_manifests.KAFKA_CONFIGMAP}}
+    # the principal from the platform's Secret in the namespace (grey's, in grey's namespace), never a value
+    assert env["PODSERVE_KAFKA_USERNAME"] == {"name": "PODSERVE_KAFKA_USERNAME", "valueFrom": {"secretKeyRef": {
+        "name": "podserve-kafka-credentials", "key": "username"}}}
+    assert env["PODSERVE_KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "podserve-kafka-credentials",
+                                                                           "key": "password"}
+    assert env["PODSERVE_KAFKA_SECURITY_PROTOCOL"]["valueFrom"]["configMapKeyRef"]["name"] == "podserve-kafka"
+    assert not any("value" in e for n, e in env.items() if n.startswith("PODSERVE_KAFKA_"))
     assert "replicas" not in grey["Deployment"]["spec"]
 
 
@@ -85,7 +93,10 @@ def test_production_scales_on_lag_and_grey_has_its_own_group_and_sink(offline):
     (lambda d: [e.update(value="like.text-directions") for e in d["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
                 if e["name"] == "PODSERVE_SINK_TOPIC"], "topics or group from its env that differ"),
     (lambda d: d["PodMonitor"]["spec"]["selector"]["matchLabels"].update(stage="hk"), "does not select"),
-], ids=["replicas", "min", "group", "command", "liveness", "sink", "selector"])
+    (lambda d: [e.update(valueFrom=None, value="like") for e in d["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+                if e["name"] == "PODSERVE_KAFKA_USERNAME"], "PODSERVE_KAFKA_USERNAME must come from"),
+    (lambda d: d["ScaledObject"]["spec"]["triggers"][0].pop("authenticationRef"), "TriggerAuthentication podserve-kafka"),
+], ids=["replicas", "min", "group", "command", "liveness", "sink", "selector", "a username of the repo's", "KEDA without the principal"])
 def test_the_offline_checks_catch_a_broken_object(offline, conf, change, says):
     docs = copy.deepcopy(offline.stages["grey"])
     change({d["kind"]: d for d in docs})
@@ -122,11 +133,12 @@ def test_the_ab_and_left_out_regions_jobs_of_an_offline_service_end_at_once_pass
         assert f"{stage}: not deployed here" in done.stdout
 
 
-def test_grey_s_names_come_from_grey_name(offline):
+def test_grey_s_names_come_from_grey_name_under_the_prefix_only_grey_s_principal_writes(offline):
     production, grey = offline.values.worker_settings(), offline.values.worker_settings(grey=True)
     assert grey.source_topic == production.source_topic
     for name in ("sink_topic", "dead_letter_topic", "consumer_group"):
-        assert getattr(grey, name) == grey_name(getattr(production, name))
+        assert getattr(grey, name) == kafka_access.grey_name(getattr(production, name), "like")
+        assert getattr(grey, name).startswith("like.grey.") and not getattr(production, name).startswith("like.grey.")
 
 
 @pytest.mark.parametrize("name, value", [("sink_topic", "s" * 250), ("dead_letter_topic", "d" * 250),

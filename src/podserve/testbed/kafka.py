@@ -11,6 +11,14 @@ and runs `kafka.Kafka`; the pytest fixture gives it free ports. Nothing is simul
 the size of the cluster: one node, replication factor 1. The broker does NOT create topics
 on first use (`auto.create.topics.enable=false`, as in production): the offline worker
 creates the topics it names when they are missing.
+
+Access is the platform's (podserve.kafka_access): clients authenticate with SASL/SCRAM-SHA-512 and
+KRaft's StandardAuthorizer allows each principal only what its ACLs say
+(`allow.everyone.if.no.acl.found=false`). The broker's own admin (`admin`, a super user with a
+password made per start) sets each team's users and ACLs with the platform's own tool
+(`team_access()`: podserve.tooling.kafka_acls). What differs from production: SASL over plain TCP
+(loopback, or the real node's bridge), where production's brokers speak SASL_SSL; the controller
+and inter-broker listeners authenticate the admin with PLAIN on loopback.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -27,6 +36,7 @@ import time
 import uuid
 from pathlib import Path
 
+from podserve import kafka_access
 from podserve.offline_settings import LOCAL_KAFKA_PORT
 from podserve.testbed.machine_cache import shared_cache
 from podserve.testbed.processes import Program, StartError, free_port, port_open
@@ -129,17 +139,39 @@ def cluster_id() -> str:
 BROKER_MESSAGE_BYTES = 48 * 1024 * 1024
 
 
-def server_properties(data_dir: Path, port: int, controller_port: int, host: str = "127.0.0.1") -> str:
-    """The broker+controller configuration of a one-node cluster: clients on `host` (loopback unless the real node's
-    pods must reach it: its bridge address), the controller on loopback."""
+#: The broker's own super user (SCRAM on the clients' listener, PLAIN between its controller and broker parts).
+ADMIN_USER = "admin"
+#: What the clients' listener speaks here (production's brokers: SASL_SSL).
+CLIENT_PROTOCOL = "SASL_PLAINTEXT"
+
+
+def server_properties(data_dir: Path, port: int, controller_port: int, internal_port: int, admin_password: str,
+                      host: str = "127.0.0.1") -> str:
+    """The broker+controller configuration of a one-node cluster: clients (SASL/SCRAM) on `host` (loopback unless the
+    real node's pods must reach it: its bridge address), the controller and inter-broker listeners on loopback, every
+    request authorised by KRaft's StandardAuthorizer (nothing allowed without an ACL, but to the admin)."""
+    plain = (f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{ADMIN_USER}" '
+             f'password="{admin_password}" user_{ADMIN_USER}="{admin_password}";')
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
-        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+        f"listeners=CLIENTS://{host}:{port},INTERNAL://127.0.0.1:{internal_port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=CLIENTS://{host}:{port},INTERNAL://127.0.0.1:{internal_port}",
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "inter.broker.listener.name=INTERNAL",
+        f"listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,INTERNAL:SASL_PLAINTEXT,CLIENTS:{CLIENT_PROTOCOL}",
+        f"listener.name.clients.sasl.enabled.mechanisms={kafka_access.SASL_MECHANISM}",
+        f"listener.name.clients.{kafka_access.SASL_MECHANISM.lower()}.sasl.jaas.config="
+        "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "listener.name.internal.sasl.enabled.mechanisms=PLAIN",
+        f"listener.name.internal.plain.sasl.jaas.config={plain}",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+        f"listener.name.controller.plain.sasl.jaas.config={plain}",
+        "sasl.mechanism.inter.broker.protocol=PLAIN",
+        "sasl.mechanism.controller.protocol=PLAIN",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        f"super.users=User:{ADMIN_USER}",
+        "allow.everyone.if.no.acl.found=false",
         f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
         f"log.dirs={data_dir / 'logs'}",
         f"num.partitions={DEFAULT_PARTITIONS}",
@@ -173,6 +205,10 @@ class KafkaBroker:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.controller_port = controller_port or free_port()
+        self.internal_port = free_port()
+        self.admin_password = secrets.token_urlsafe(24)
+        #: The team principals' passwords, once team_access() made them: {user: password}.
+        self.passwords: dict[str, str] = {}
         self.program: Program | None = None
         self.start_seconds: float | None = None
 
@@ -193,10 +229,13 @@ class KafkaBroker:
         started = time.monotonic()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "server.properties"
-        config.write_text(server_properties(self.data_dir, self.port, self.controller_port, self.host))
+        config.write_text(server_properties(self.data_dir, self.port, self.controller_port, self.internal_port,
+                                            self.admin_password, self.host))
+        config.chmod(0o600)  # it holds the admin's password
         (self.data_dir / "log4j2.properties").write_text(LOG4J2)
+        admin = f"{kafka_access.SASL_MECHANISM}=[name={ADMIN_USER},password={self.admin_password}]"
         formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id()}", "-c",
-                                              str(config), "--ignore-formatted"),
+                                              str(config), "--ignore-formatted", "--add-scram", admin),
                                    capture_output=True, text=True, timeout=timeout)
         if formatted.returncode != 0:
             raise StartError(f"kafka-storage format failed (exit {formatted.returncode}):\n"
@@ -215,8 +254,54 @@ class KafkaBroker:
             return False
         from confluent_kafka.admin import AdminClient  # the client is a test/runtime dependency, not the installer's
 
-        metadata = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=2)
+        metadata = AdminClient(self.admin_config()).list_topics(timeout=2)
         return bool(metadata.brokers)
+
+    def environment(self, user: str = ADMIN_USER) -> dict[str, str]:
+        """What a client of the platform's (a worker, the smoke, the topics tool) reads to connect as `user`."""
+        password = self.admin_password if user == ADMIN_USER else self.passwords[user]
+        return {kafka_access.BOOTSTRAP_ENV: self.bootstrap, kafka_access.USERNAME_ENV: user,
+                kafka_access.PASSWORD_ENV: password, kafka_access.SECURITY_PROTOCOL_ENV: CLIENT_PROTOCOL}
+
+    def client_config(self, user: str = ADMIN_USER) -> dict[str, str]:
+        """librdkafka's settings to connect as `user` (the broker's admin by default)."""
+        return kafka_access.client_config(self.environment(user))
+
+    def admin_config(self) -> dict[str, str]:
+        return self.client_config(ADMIN_USER)
+
+    @property
+    def admin(self) -> dict[str, str]:
+        """librdkafka's settings of the broker's admin (a super user: the platform, playing production's stream)."""
+        return self.admin_config()
+
+    def team_access(self, conf=None) -> dict[str, str]:
+        """Every team's principals (conf/teams.yaml) with fresh passwords and the platform's ACLs, set by the platform's
+        own tool; return {user: password}."""
+        from confluent_kafka.admin import AdminClient
+
+        from podserve.tooling import kafka_acls
+        from podserve.tooling.conf import load_conf
+
+        conf = conf or load_conf()
+        admin = AdminClient(self.admin_config())
+        for user in kafka_acls.users(conf):
+            self.passwords[user] = kafka_acls.new_password()
+            kafka_acls.set_password(admin, user, self.passwords[user])
+        kafka_acls.sync_acls(admin, conf)
+        return dict(self.passwords)
+
+    def write_credentials(self, folder: Path) -> Path:
+        """Write each team principal's environment to <folder>/<user>.env (mode 600), where `make serve` and the topics
+        tool find them (kafka_access.local_credentials); return the folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for user in self.passwords:
+            path = folder / f"{user}.env"
+            path.touch(mode=0o600)
+            path.chmod(0o600)
+            path.write_text("".join(f"{name}={value}\n" for name, value in self.environment(user).items()))
+        return folder
 
     def stop(self) -> int | None:
         return self.program.stop(timeout=20) if self.program else None
@@ -231,8 +316,11 @@ def _serve(tools: Path) -> int:
     except StartError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    print(f"Kafka {KAFKA_VERSION} (KRaft, one node) on {broker.bootstrap}, started in {broker.start_seconds:.1f}s; "
-          f"data in {data_dir}, log in {broker.program.log_path}. Ctrl-C stops it.", flush=True)
+    broker.team_access()
+    credentials = broker.write_credentials(Path(kafka_access.LOCAL_CREDENTIALS_DIR))
+    print(f"Kafka {KAFKA_VERSION} (KRaft, one node, SASL/SCRAM with the platform's ACLs) on {broker.bootstrap}, started "
+          f"in {broker.start_seconds:.1f}s; data in {data_dir}, log in {broker.program.log_path}; each team's "
+          f"credentials (made for this run) in {credentials}/<user>.env. Ctrl-C stops it.", flush=True)
     stop: list[int] = []
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, even where a shell started us with SIGINT ignored
         signal.signal(signum, lambda number, _frame: stop.append(number))

@@ -3,8 +3,11 @@
     python -m podserve.testbed.topics send TOPIC IMAGE...   # one message per image, keyed by its file name
     python -m podserve.testbed.topics read TOPIC            # every record so far: key, headers, value; then exit
 
-`send` creates the topic when it is missing (the broker does not). Both use PODSERVE_KAFKA_BOOTSTRAP (default 127.0.0.1:9092, where `make kafka` listens).
-A message is the JSON body `POST /api/<service>` takes: `{"postid", "uid", "seqid", "image"}`.
+`send` creates the topic when it is missing (the broker does not). Both connect as a platform client does
+(podserve.kafka_access): PODSERVE_KAFKA_BOOTSTRAP (default 127.0.0.1:9092, where `make kafka` listens) and the
+principal of PODSERVE_KAFKA_USERNAME / PODSERVE_KAFKA_PASSWORD (by default the topic's team's, which `make kafka`
+writes to build/kafka/), so the brokers' ACLs apply to them as to the team's workers. A message is the JSON body `POST /api/<service>` takes:
+`{"postid", "uid", "seqid", "image"}`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from podserve import kafka_access
 from podserve.offline_settings import BOOTSTRAP_ENV, LOCAL_KAFKA_BOOTSTRAP
 
 
@@ -40,10 +44,11 @@ def image_message(image: bytes, postid, uid="u", seqid=1) -> bytes:
                        "image": base64.b64encode(image).decode()}).encode()
 
 
-def send(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]], timeout: float = 60.0,
+def send(connection: dict, topic: str, messages: list[tuple[bytes | None, bytes]], timeout: float = 60.0,
          message_bytes: int = 1_000_000) -> None:
-    """Produce (key, value) pairs and wait until the broker acknowledged every one; raise if any failed."""
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+    """Produce (key, value) pairs on `connection` (librdkafka's settings: the brokers and the principal) and wait until
+    the broker acknowledged every one; raise if any failed."""
+    producer = Producer({**connection, "acks": "all", "enable.idempotence": True,
                          "linger.ms": 10, "message.max.bytes": message_bytes})
     failures: list[str] = []
     for key, value in messages:
@@ -59,11 +64,13 @@ def send(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]],
 
 
 class TopicReader:
-    """Read a whole topic, every partition from its start, up to its end at each `read_new()` call."""
+    """Read a whole topic, every partition from its start, up to its end at each `read_new()` call (assigned, never
+    joining a group: its group, under the topic's team prefix, is only named)."""
 
-    def __init__(self, bootstrap: str, topic: str):
+    def __init__(self, connection: dict, topic: str):
         self.topic = topic
-        config = {"bootstrap.servers": bootstrap, "group.id": f"podserve-reader-{os.getpid()}",
+        team = topic.split(kafka_access.SEPARATOR, 1)[0]
+        config = {**connection, "group.id": f"{kafka_access.team_prefix(team)}podserve-reader-{os.getpid()}",
                   "enable.auto.commit": False, "enable.partition.eof": False}
         self.consumer = Consumer(config)
         partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -101,18 +108,20 @@ class TopicReader:
 
 
 def main(argv: list[str]) -> int:
-    bootstrap = os.environ.get(BOOTSTRAP_ENV) or LOCAL_KAFKA_BOOTSTRAP
+    team = argv[1].split(kafka_access.SEPARATOR, 1)[0] if len(argv) > 1 else ""
+    connection = kafka_access.client_config(kafka_access.with_local_credentials(team, os.environ),
+                                            bootstrap=os.environ.get(BOOTSTRAP_ENV) or LOCAL_KAFKA_BOOTSTRAP)
     if len(argv) >= 3 and argv[0] == "send":
         topic, images = argv[1], [Path(p) for p in argv[2:]]
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient(connection)
         if topic not in admin.list_topics(timeout=10).topics:  # brokers here create no topic on first use
             admin.create_topics([NewTopic(topic, num_partitions=-1, replication_factor=-1)])[topic].result(30)
-        send(bootstrap, topic, [(p.name.encode(), image_message(p.read_bytes(), p.stem, seqid=i))
+        send(connection, topic, [(p.name.encode(), image_message(p.read_bytes(), p.stem, seqid=i))
                                 for i, p in enumerate(images, 1)])
         print(f"sent {len(images)} message(s) to {topic}")
         return 0
     if len(argv) == 2 and argv[0] == "read":
-        reader = TopicReader(bootstrap, argv[1])
+        reader = TopicReader(connection, argv[1])
         for record in reader.read_new():
             key = record.key.decode(errors="replace") if record.key is not None else None
             headers = f" {json.dumps(record.headers)}" if record.headers else ""

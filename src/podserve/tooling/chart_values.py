@@ -13,10 +13,11 @@ import sys
 
 import yaml
 
+from podserve import kafka_access
 from podserve.offline_settings import BOOTSTRAP_ENV
 from podserve.tooling import quantity, tenancy
 from podserve.tooling.conf import Conf, load_conf
-from podserve.tooling.offline_manifests import KAFKA_CONFIGMAP
+from podserve.tooling.offline_manifests import KAFKA_CONFIGMAP, KAFKA_PROTOCOL_KEY
 from podserve.tooling.valuefile import ValueFileError
 
 #: The container port the templates name `http` (templates/deployment.yaml.j2): the only one a host port may map.
@@ -50,7 +51,9 @@ def chart_values(conf: Conf, region: str) -> dict:
         "priorityClasses": list(tenancy.PRIORITY_CLASSES.values()),
         "alertRules": {"labels": conf.platform.monitoring.podmonitor_labels},
         "kafka": {"configMap": KAFKA_CONFIGMAP["name"], "key": KAFKA_CONFIGMAP["key"],
-                  "bootstrap": settings.kafka_bootstrap},
+                  "bootstrap": settings.kafka_bootstrap, "protocolKey": KAFKA_PROTOCOL_KEY,
+                  "securityProtocol": settings.kafka_security_protocol,
+                  "credentialsSecret": kafka_access.CREDENTIALS_SECRET},
         "region": region,
     }
 

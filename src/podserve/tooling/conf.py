@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from podserve import kafka_access
 from podserve.routes import RESERVED_SERVICE_NAMES
 from podserve.settings import ServingSettings
 from podserve.tooling import quantity
@@ -152,6 +153,7 @@ class Region:
     gateway_selector: dict
     gateway_tls_secret: str
     kafka_bootstrap: str
+    kafka_security_protocol: str
     gpu: Gpu
     node_pools: NodePools
     name: str = ""
@@ -344,6 +346,9 @@ def _check(conf: Conf) -> list[Problem]:
         if not isinstance(team, str) or not DNS_LABEL.fullmatch(team) or team in RESERVED_SERVICE_NAMES:
             say("teams.yaml: teams", f"{team!r} must be a lowercase DNS label and not one of "
                 f"{sorted(RESERVED_SERVICE_NAMES)}, because it is part of /api/<team>/<service>")
+        elif team.endswith(kafka_access.GREY_USER_SUFFIX):
+            say("teams.yaml: teams", f"{team!r} must not end in {kafka_access.GREY_USER_SUFFIX!r}: its Kafka principal "
+                f"would be team {team[:-len(kafka_access.GREY_USER_SUFFIX)]!r}'s grey one; choose another name")
     _check_host_ports(conf, say)
     for name, region in conf.regions.items():
         for key, resource in (("resource", region.gpu.resource), ("memory_resource", region.gpu.memory_resource)):

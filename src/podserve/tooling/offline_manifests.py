@@ -5,15 +5,17 @@ DestinationRule, and no ab stage: each production region and grey get a Deployme
 workers (`python -m podserve.runtime.offline`, probes and /metrics on the pod's HTTP port),
 its PodDisruptionBudget and PodMonitor, and always a KEDA ScaledObject scaling on the
 consumer group's lag between the stage's replicas and max_replicas (lag_target per replica).
-Grey reads the same source with its own group and writes `<sink>-grey`. The Kafka bootstrap
-servers come from the region's ConfigMap `podserve-kafka` (key `bootstrap`), never the repo.
+Grey reads the same source with its own group and writes its own topics (`<team>.grey.*`). The Kafka bootstrap
+servers and protocol come from the region's ConfigMap `podserve-kafka`, the principal and its password from the
+namespace's Secret `podserve-kafka-credentials` (the platform writes both; never the repo), and KEDA reads the same
+principal through the namespace's TriggerAuthentication `podserve-kafka` (podserve.tooling.kafka_acls).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from podserve import routes
+from podserve import kafka_access, routes
 from podserve.offline_settings import BOOTSTRAP_ENV, OfflineSettings
 from podserve.settings import ServingSettings, SettingsError
 from podserve.tooling import checks, manifests, templating
@@ -23,8 +25,20 @@ from podserve.tooling.values import ServiceValues
 
 TEMPLATES = ("offline-deployment.yaml.j2", "poddisruptionbudget.yaml.j2", "podmonitor.yaml.j2",
              "scaledobject.yaml.j2")
-#: The ConfigMap (and key) each region's cluster provides with its Kafka bootstrap servers.
+#: The ConfigMap (and key) each region's cluster provides with its Kafka bootstrap servers, and its protocol's key.
 KAFKA_CONFIGMAP = {"name": "podserve-kafka", "key": "bootstrap"}
+KAFKA_PROTOCOL_KEY = "security_protocol"
+#: The TriggerAuthentication (per team namespace, written by the platform beside the Secret) KEDA's trigger names.
+KAFKA_TRIGGER_AUTHENTICATION = "podserve-kafka"
+#: Where the worker's Kafka connection comes from: {variable: valueFrom}, the cluster's objects, never values.
+KAFKA_ENV = {
+    BOOTSTRAP_ENV: {"configMapKeyRef": dict(KAFKA_CONFIGMAP)},
+    kafka_access.SECURITY_PROTOCOL_ENV: {"configMapKeyRef": {"name": KAFKA_CONFIGMAP["name"], "key": KAFKA_PROTOCOL_KEY}},
+    kafka_access.USERNAME_ENV: {"secretKeyRef": {"name": kafka_access.CREDENTIALS_SECRET,
+                                                 "key": kafka_access.USERNAME_KEY}},
+    kafka_access.PASSWORD_ENV: {"secretKeyRef": {"name": kafka_access.CREDENTIALS_SECRET,
+                                                 "key": kafka_access.PASSWORD_KEY}},
+}
 #: What the worker's container runs instead of the image's default (the HTTP server).
 COMMAND = ["python", "-m", "podserve.runtime.offline"]
 #: Stages of this track get no offline worker: an A/B copy of a consumer would split the stream.
@@ -53,9 +67,9 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
     w.update(
         command=COMMAND,
         env=[{"name": name, "value": env[name]} for name in sorted(env)]
-        + [{"name": BOOTSTRAP_ENV, "valueFrom": {"configMapKeyRef": dict(KAFKA_CONFIGMAP)}}],
+        + [{"name": name, "valueFrom": source} for name, source in KAFKA_ENV.items()],
         scaler={"min": replicas, "max": max(replicas, values["max_replicas"] if stage.autoscale else replicas),
-                "polling_seconds": KEDA_POLLING_SECONDS,
+                "polling_seconds": KEDA_POLLING_SECONDS, "authentication": KAFKA_TRIGGER_AUTHENTICATION,
                 "kafka": {"bootstrapServersFromEnv": BOOTSTRAP_ENV, "topic": worker.source_topic,
                           "consumerGroup": worker.consumer_group, "lagThreshold": str(values["lag_target"]),
                           "offsetResetPolicy": "earliest"}},
@@ -111,6 +125,9 @@ def _check_scaler(deployment: dict, scaled: dict, values: ServiceValues, stage: 
               "lagThreshold": str(values["lag_target"]), "bootstrapServersFromEnv": BOOTSTRAP_ENV}
     if len(kafka) != 1 or any(kafka[0]["metadata"].get(k) != v for k, v in wanted.items()):
         say("ScaledObject", f"must have one kafka trigger with {wanted}")
+    elif (kafka[0].get("authenticationRef") or {}).get("name") != KAFKA_TRIGGER_AUTHENTICATION:
+        say("ScaledObject", f"its kafka trigger must read the team's principal through the TriggerAuthentication "
+            f"{KAFKA_TRIGGER_AUTHENTICATION} (authenticationRef)")
 
 
 def _check_worker(pod: dict, values: ServiceValues, stage: Stage, say) -> None:
@@ -125,9 +142,11 @@ def _check_worker(pod: dict, values: ServiceValues, stage: Stage, say) -> None:
         if ((server.get(kind) or {}).get("httpGet") or {}).get("path") != path:
             say("Deployment", f"{kind} must GET {path} on the worker's port")
     env = {item["name"]: item.get("value", "") for item in server.get("env") or []}
-    bootstrap = next((item for item in server.get("env") or [] if item["name"] == BOOTSTRAP_ENV), {})
-    if "configMapKeyRef" not in (bootstrap.get("valueFrom") or {}):
-        say("Deployment", f"{BOOTSTRAP_ENV} must come from the region's ConfigMap, never from the repo")
+    sources = {item["name"]: item.get("valueFrom") for item in server.get("env") or []}
+    for name, source in KAFKA_ENV.items():
+        if sources.get(name) != source:
+            say("Deployment", f"{name} must come from {source} (the platform's objects in the namespace), never "
+                f"from the repo")
     try:
         if ServingSettings.from_env(env) != values.serving_settings():
             say("Deployment", "the worker would read serving settings from its env that differ from value.py's")

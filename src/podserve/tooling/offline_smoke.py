@@ -5,9 +5,10 @@ sent (it would reach production's workers too): what grey does with the stream i
 instead. The stage's pods, found by the Deployment's selector with $KUBECONFIG (the preview
 account may list them), must all be ready, each running the pipeline's image digest (its spec
 and, where the kubelet reports it, the image it really runs). Then the group's committed offsets
-on the source topic, read from the brokers of the namespace's ConfigMap podserve-kafka (never
-joining the group: nothing is taken from the workers), must be caught up with the topic (no lag)
-or move forward within --attempts x --every seconds.
+on the source topic, read from the brokers of the namespace's ConfigMap podserve-kafka as the
+namespace's own principal (the Secret podserve-kafka-credentials, which CI's account may read;
+never joining the group: nothing is taken from the workers), must be caught up with the topic
+(no lag) or move forward within --attempts x --every seconds.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import argparse
 import sys
 import time
 
-from podserve.tooling.deploy.kube import CONFIGMAPS, PODS, Kube
+import base64
+
+from podserve import kafka_access
+from podserve.tooling.deploy.kube import CONFIGMAPS, PODS, Kind, Kube
 from podserve.tooling.deploy.target import label_selector
-from podserve.tooling.offline_manifests import KAFKA_CONFIGMAP
+from podserve.tooling.offline_manifests import KAFKA_CONFIGMAP, KAFKA_PROTOCOL_KEY
 from podserve.tooling.smoke import EXIT_FAILED, EXIT_OK, SmokeError, other_build
 
+SECRETS = Kind("v1", "secrets")
 #: librdkafka's offset for a partition the group never committed.
 NO_OFFSET = -1001
 
@@ -52,8 +57,7 @@ def check(args: argparse.Namespace, docs: dict[str, dict], expected: str | None)
                   f"podserve.tooling.deploy status --stage {args.stage}`", file=sys.stderr)
             return EXIT_FAILED
         time.sleep(args.every)
-    bootstrap = brokers(kube, namespace)
-    return progress(args, bootstrap, trigger["topic"], trigger["consumerGroup"])
+    return progress(args, connection(kube, namespace), trigger["topic"], trigger["consumerGroup"])
 
 
 def pods_seen(kube: Kube, namespace: str, selector: str, expected: str | None) -> tuple[list[str], list[str], list[str]]:
@@ -79,21 +83,32 @@ def digest_of(image: str) -> str:
     return image.rsplit("@", 1)[1] if "@sha256:" in image else ""
 
 
-def brokers(kube: Kube, namespace: str) -> str:
-    """Return the brokers the namespace's workers use (the platform chart's ConfigMap podserve-kafka)."""
-    found = kube.get(CONFIGMAPS, namespace, KAFKA_CONFIGMAP["name"])
-    value = ((found or {}).get("data") or {}).get(KAFKA_CONFIGMAP["key"], "")
-    if not value:
+def connection(kube: Kube, namespace: str) -> dict[str, str]:
+    """Return how the namespace's workers reach the brokers: the platform chart's ConfigMap podserve-kafka (brokers,
+    protocol) and the platform's Secret podserve-kafka-credentials (the namespace's principal)."""
+    found = (kube.get(CONFIGMAPS, namespace, KAFKA_CONFIGMAP["name"]) or {}).get("data") or {}
+    if not found.get(KAFKA_CONFIGMAP["key"]):
         raise SmokeError(f"the ConfigMap {namespace}/{KAFKA_CONFIGMAP['name']} (key {KAFKA_CONFIGMAP['key']}) is "
                          "missing: the platform chart puts the region's brokers there; ask the platform team")
-    return value
+    secret = (kube.get(SECRETS, namespace, kafka_access.CREDENTIALS_SECRET) or {}).get("data") or {}
+    if not secret.get(kafka_access.USERNAME_KEY):
+        raise SmokeError(f"the Secret {namespace}/{kafka_access.CREDENTIALS_SECRET} is missing: the platform writes the "
+                         "namespace's Kafka principal there (python -m podserve.tooling.kafka_acls apply); ask the "
+                         "platform team")
+    plain = {key: base64.b64decode(value).decode() for key, value in secret.items()}
+    return kafka_access.client_config({
+        kafka_access.BOOTSTRAP_ENV: found[KAFKA_CONFIGMAP["key"]],
+        kafka_access.SECURITY_PROTOCOL_ENV: found.get(KAFKA_PROTOCOL_KEY, ""),
+        kafka_access.USERNAME_ENV: plain[kafka_access.USERNAME_KEY],
+        kafka_access.PASSWORD_ENV: plain.get(kafka_access.PASSWORD_KEY, "")})
 
 
-def offsets(bootstrap: str, topic: str, group: str, timeout: float) -> dict[int, tuple[int, int, int]]:
+def offsets(client: dict[str, str], topic: str, group: str, timeout: float) -> dict[int, tuple[int, int, int]]:
     """Return {partition: (committed or NO_OFFSET, low, high)} of `group` on `topic`, without joining the group."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+    bootstrap = client["bootstrap.servers"]
+    consumer = Consumer({**client, "group.id": group, "enable.auto.commit": False,
                          "socket.timeout.ms": int(timeout * 1000)})
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
@@ -108,6 +123,10 @@ def offsets(bootstrap: str, topic: str, group: str, timeout: float) -> dict[int,
             found[tp.partition] = (committed.get(tp.partition, NO_OFFSET), low, high)
         return found
     except KafkaException as exc:
+        name = exc.args[0].name()
+        if kafka_access.is_refusal(name):
+            what = ("consumer group", group) if name == "GROUP_AUTHORIZATION_FAILED" else ("topic", topic)
+            raise SmokeError(kafka_access.refusal(*what, kafka_access.user_of(client), name)) from None
         raise SmokeError(f"the brokers {bootstrap} did not answer for {topic} ({exc}); check the ConfigMap "
                          f"{KAFKA_CONFIGMAP['name']} and the brokers") from None
     finally:
@@ -119,11 +138,11 @@ def lag(seen: dict[int, tuple[int, int, int]]) -> int:
     return sum(high - (committed if committed >= 0 else low) for committed, low, high in seen.values())
 
 
-def progress(args: argparse.Namespace, bootstrap: str, topic: str, group: str) -> int:
+def progress(args: argparse.Namespace, client: dict[str, str], topic: str, group: str) -> int:
     """Pass when the group is caught up with the topic or its commits move within the attempts."""
-    first = offsets(bootstrap, topic, group, args.timeout)
+    first = offsets(client, topic, group, args.timeout)
     for attempt in range(1, args.attempts + 1):
-        now = first if attempt == 1 else offsets(bootstrap, topic, group, args.timeout)
+        now = first if attempt == 1 else offsets(client, topic, group, args.timeout)
         moved = {p: (first[p][0], now[p][0]) for p in now if p in first and now[p][0] > first[p][0]}
         if lag(now) == 0 or moved:
             how = ("caught up with the topic (no lag)" if not moved else "committing: " + ", ".join(

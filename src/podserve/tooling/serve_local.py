@@ -6,7 +6,8 @@ Reads and checks value.py, turns it into the same PODSERVE_* variables the Deplo
 sets, listens on 127.0.0.1 (PODSERVE_HOST and PODSERVE_PORT in the environment override
 the address), and replaces this process with `python -m podserve.runtime`, or, for an
 offline service (`mode = "offline"`), with the Kafka worker `python -m podserve.runtime.offline`
-reading from PODSERVE_KAFKA_BOOTSTRAP (default: the broker `make kafka` runs).
+reading from PODSERVE_KAFKA_BOOTSTRAP (default: the broker `make kafka` runs) as the principal of
+PODSERVE_KAFKA_USERNAME (default: value.py's team's, from the credentials `make kafka` wrote).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
+from podserve import kafka_access
 from podserve.offline_settings import BOOTSTRAP_ENV, LOCAL_KAFKA_BOOTSTRAP
 from podserve.tooling.valuefile import ValueFileError
 from podserve.tooling.values import load_values
@@ -31,7 +33,7 @@ def local_environment(values_path: str, environ: dict[str, str]) -> dict[str, st
     settings = values.serving_settings()
     env = {**environ, **settings.to_env()}
     if values.offline:
-        env.update(values.worker_settings().to_env())
+        env = {**kafka_access.with_local_credentials(values["username"], env), **values.worker_settings().to_env()}
         env[BOOTSTRAP_ENV] = environ.get(BOOTSTRAP_ENV) or LOCAL_KAFKA_BOOTSTRAP
     for name, local_default in LOCAL_DEFAULTS.items():
         variable = settings.env_name(name)

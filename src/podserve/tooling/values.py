@@ -16,7 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from podserve import memory_plan, metric_names
+from podserve import kafka_access, memory_plan, metric_names
 from podserve import offline_settings
 from podserve.routes import RESERVED_SERVICE_NAMES
 from podserve.settings import ServingSettings, SettingsError
@@ -161,11 +161,13 @@ class ServiceValues:
     def worker_settings(self, grey: bool = False) -> offline_settings.OfflineSettings:
         """Return the offline worker's settings (no bootstrap servers: those come from the environment).
 
-        The grey stage reads the same source with its own consumer group and writes to `<sink>-grey`
-        (and its poison to `<dead_letter_topic>-grey`), so it never takes or mixes production's messages.
+        The grey stage reads the same source with its own consumer group and writes to its own sink and dead-letter
+        topics, each under the team's grey prefix (`like.text-directions` -> `like.grey.text-directions`): grey's
+        principal may write and join nothing else (podserve.kafka_access), so it never takes or mixes production's
+        messages.
         """
         def own(name: str) -> str:
-            return offline_settings.grey_name(name) if grey else name
+            return kafka_access.grey_name(name, self.fields["username"]) if grey else name
 
         sink_topic = self.fields["sink_topic"]
         return offline_settings.OfflineSettings(
@@ -438,7 +440,7 @@ _WORKER_TOPICS = ("source_topic", "sink_topic", "dead_letter_topic")
 def team_prefix(team: str) -> str:
     """The prefix every Kafka topic and consumer group of `team` starts with ("like."): team names hold no dots, so
     no team's names can start with another's."""
-    return f"{team}."
+    return kafka_access.team_prefix(team)
 
 
 def _offline_problems(v: dict):
@@ -447,17 +449,23 @@ def _offline_problems(v: dict):
     for name, example in (("source_topic", "text-lines"), ("dead_letter_topic", "text-lines-dead")):
         if not v[name]:
             yield name, f"is required with mode = 'offline'; add `{name} = {prefix + example!r}` (a Kafka topic)"
+    grey_prefix = kafka_access.grey_prefix(v["username"])
+    unnamed = False
     for name in _WORKER_TOPICS + ("consumer_group",):
         if v[name] and not v[name].startswith(prefix):
+            unnamed = True
             yield name, (f"{v[name]!r} does not carry the team: rename it to {prefix + v[name]!r} and set that name (every topic and "
-                         f"consumer group of team {v['username']} starts with {prefix!r}, so that no team reads, "
-                         "writes or joins another's by accident; the brokers' ACLs on that prefix are what make it "
-                         "a wall: docs/offline.md)")
+                         f"consumer group of team {v['username']} starts with {prefix!r}: the brokers' ACLs allow "
+                         "the team's principal nothing else, docs/offline.md)")
+        elif v[name] and v[name].startswith(grey_prefix):
+            yield name, (f"{v[name]!r} starts with {grey_prefix!r}, grey's own prefix: grey's workers (any branch's "
+                         f"code) write and join there, so production must not read, write or join it; choose a name "
+                         f"outside {grey_prefix!r}")
     if bool(v["sink_topic"]) == bool(v["sink_file"]):
         which = "both are set" if v["sink_topic"] else "neither is set"
         yield "sink_topic", (f"with mode = 'offline', set exactly one of sink_topic (a Kafka topic) and sink_file "
                              f"(a JSON-lines file, for one-off batch jobs); {which}")
-    if v["source_topic"] and v["dead_letter_topic"]:
+    if v["source_topic"] and v["dead_letter_topic"] and not unnamed:
         yield from _worker_name_problems(ServiceValues(v))
     if v["use_srv"]:
         yield "use_srv", "is True but an offline worker takes no HTTP traffic from Kong; set use_srv = False"
@@ -481,9 +489,8 @@ def _worker_name_problems(values: ServiceValues):
                 continue
             if used in seen:
                 yield name, (f"{used!r} is both {seen[used]} and {stage}{name}: every topic production and grey read "
-                             f"or write must be their own (grey adds {offline_settings.GREY_SUFFIX!r} to the sink and "
-                             f"dead letter topics), or a worker would read its own output or mix its messages with "
-                             f"another's; choose another {name}")
+                             f"or write must be their own, or a worker would read its own output or mix its messages "
+                             f"with another's; choose another {name}")
             seen.setdefault(used, stage + name)
 
 

@@ -1,4 +1,4 @@
-# expect: consumer_group -- with '-grey', grey's group is over Kafka's 249 characters
+# expect: consumer_group -- with 'grey.' after the team, grey's group is over Kafka's 249 characters
 service_name = 'text-direction-offline'
 username = 'like'
 handler = 'server:TextDirection'

@@ -1,4 +1,4 @@
-# expect: sink_topic -- with '-grey', grey's sink is over Kafka's 249 characters
+# expect: sink_topic -- with 'grey.' after the team, grey's sink is over Kafka's 249 characters
 service_name = 'text-direction-offline'
 username = 'like'
 handler = 'server:TextDirection'

@@ -11,6 +11,7 @@ import time
 import prometheus_client
 from confluent_kafka import Consumer, KafkaException, Producer
 
+from podserve.kafka_access import KafkaRefused, may, principal, user_of
 from podserve.offline_settings import OfflineSettings
 from podserve.runtime.batching.pool import InstancePool
 from podserve.runtime.core.devices import plan_devices
@@ -19,7 +20,8 @@ from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.core.startup import StartupError, prepare_service
 from podserve.runtime.offline.metrics import MessageMetrics
 from podserve.runtime.offline.probes import ProbeServer
-from podserve.runtime.offline.sinks import FileSink, KafkaSink, ensure_topics, max_message_bytes, producer_config
+from podserve.runtime.offline.sinks import (FileSink, KafkaSink, ensure_topics, max_message_bytes, producer_config,
+                                           waiting_for)
 from podserve.runtime.offline.worker import OfflineWorker, consumer_config
 from podserve.settings import SettingsError
 
@@ -41,22 +43,28 @@ def main() -> int:
     message_metrics = MessageMetrics(settings.service_name, offline.source_topic)
     devices = plan_devices(settings)
     pool = InstancePool(handler_class, devices, settings, metrics)
-    pool.load_in_background()
+    loader = pool.load_in_background()
     topics = [offline.source_topic, offline.dead_letter_topic] + ([offline.sink_topic] if offline.sink_topic else [])
     stop_requested: list[str] = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append("SIGTERM"))
     signal.signal(signal.SIGINT, lambda *_: stop_requested.append("SIGINT"))
     message_bytes = max_message_bytes(settings)
-    if not _create_topics(offline.kafka_bootstrap, topics, stop_requested, message_bytes):
-        return 0
+    connection = offline.client_config()
+    try:
+        if not _create_topics(connection, topics, stop_requested, message_bytes):
+            return 0
+    except KafkaRefused as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        loader.join()  # an interpreter leaving while onnxruntime loads on another thread aborts
+        pool.stop()
+        return 2
 
-    dead_letters = KafkaSink(offline.kafka_bootstrap, offline.dead_letter_topic,
-                             Producer(producer_config(offline.kafka_bootstrap, message_bytes)))
-    sink = (KafkaSink(offline.kafka_bootstrap, offline.sink_topic, dead_letters.producer) if offline.sink_topic
+    dead_letters = KafkaSink(connection, offline.dead_letter_topic, Producer(producer_config(connection, message_bytes)))
+    sink = (KafkaSink(connection, offline.sink_topic, dead_letters.producer) if offline.sink_topic
             else FileSink(offline.sink_file))
-    consumer = Consumer(consumer_config(offline.kafka_bootstrap, offline.consumer_group))
-    worker = OfflineWorker(settings, offline.source_topic, pool, consumer, sink, dead_letters, message_metrics,
-                           offline.sink_retry_max_seconds)
+    consumer_settings = consumer_config(connection, offline.consumer_group)
+    worker = OfflineWorker(settings, offline.source_topic, pool, Consumer(consumer_settings), sink, dead_letters,
+                           message_metrics, offline.sink_retry_max_seconds, consumer_settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop("SIGTERM"))
     signal.signal(signal.SIGINT, lambda *_: worker.request_stop("SIGINT"))
     if stop_requested:
@@ -80,6 +88,10 @@ def _run_beside_signals(worker: OfflineWorker) -> int:
     def consume() -> None:
         try:
             result.append(worker.run())
+        except KafkaRefused as exc:  # the platform's ACLs: a restart changes nothing, the message says what would
+            log.error("%s", exc)
+            print(f"Error: {exc}", file=sys.stderr)
+            result.append(2)
         except Exception:  # exit non-zero (the pod restarts); nothing uncommitted was lost, only not yet written
             log.exception("the consume loop failed")
 
@@ -90,17 +102,29 @@ def _run_beside_signals(worker: OfflineWorker) -> int:
     return result[0] if result else 1
 
 
-def _create_topics(bootstrap: str, topics: list[str], stop_requested: list[str], message_bytes: int) -> bool:
-    """Create the missing topics, retrying while the brokers are unreachable; False if stopped meanwhile."""
+def _create_topics(connection: dict, topics: list[str], stop_requested: list[str], message_bytes: int) -> bool:
+    """Create the missing topics this principal may create and wait for the others (production's stream, which grey
+    only reads), retrying while the brokers are unreachable; False if stopped meanwhile; KafkaRefused (never retried)
+    where the brokers refuse this principal."""
+    bootstrap = connection["bootstrap.servers"]
+    user = user_of(connection)
+    # A topic it may read but not create (grey and production's stream) is waited for; any other is asked for, and
+    # the brokers' refusal of one outside the principal's grants is named.
+    theirs = [topic for topic in topics if user and may(user, "READ", topic) and not may(user, "CREATE", topic)]
+    ours = [topic for topic in topics if topic not in theirs]
     backoff = 1.0
     while not stop_requested:
         try:
-            created = ensure_topics(bootstrap, topics, message_bytes=message_bytes)
+            created = ensure_topics(connection, ours, message_bytes=message_bytes)
             if created:
                 log.info("created missing topic(s): %s", ", ".join(created))
-            return True
+            absent = waiting_for(connection, theirs)
+            if not absent:
+                return True
+            log.warning("waiting for topic(s) %s: %s reads them but may not create them (the production worker or the "
+                        "stream's producer does); retrying in %.0fs", ", ".join(absent), principal(user), backoff)
         except KafkaException as exc:
             log.warning("cannot reach Kafka at %s to check the topics (%s); retrying in %.0fs", bootstrap, exc, backoff)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)
     return False

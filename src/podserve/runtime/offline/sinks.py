@@ -17,6 +17,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from podserve.kafka_access import KafkaRefused, is_refusal, refusal, user_of
 from podserve.runtime.offline.records import Outgoing
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ def max_message_bytes(settings) -> int:
     return max(KAFKA_DEFAULT_MESSAGE_BYTES, settings.video_json_bytes() + DEAD_LETTER_MARGIN_BYTES)
 
 
-def producer_config(bootstrap: str, message_bytes: int = KAFKA_DEFAULT_MESSAGE_BYTES) -> dict:
-    return {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+def producer_config(connection: dict, message_bytes: int = KAFKA_DEFAULT_MESSAGE_BYTES) -> dict:
+    """A producer on `connection` (OfflineSettings.client_config(): the brokers and the principal)."""
+    return {**connection, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
             "message.timeout.ms": DELIVERY_TIMEOUT_MS, "client.id": "podserve-offline",
             "message.max.bytes": message_bytes}
 
@@ -47,15 +49,16 @@ def producer_config(bootstrap: str, message_bytes: int = KAFKA_DEFAULT_MESSAGE_B
 class KafkaSink:
     """Produce records to one topic and wait for every acknowledgement."""
 
-    def __init__(self, bootstrap: str, topic: str, producer: Producer | None = None):
-        self.bootstrap = bootstrap
+    def __init__(self, connection: dict, topic: str, producer: Producer | None = None):
+        self.connection = connection
         self.topic = topic
-        self.producer = producer or Producer(producer_config(bootstrap))
+        self.producer = producer or Producer(producer_config(connection))
         self.last_error: str | None = None
 
     def send(self, records: list[Outgoing]) -> list[Outgoing]:
         failed: list[Outgoing] = []
         fatal: list[bool] = []
+        refused: list[str] = []
 
         def on_delivery(record: Outgoing):
             def report(error, _message) -> None:
@@ -63,6 +66,8 @@ class KafkaSink:
                     failed.append(record)
                     self.last_error = str(error)
                     fatal.append(error.fatal())
+                    if is_refusal(error.name()):
+                        refused.append(error.name())
             return report
 
         for record in records:
@@ -79,9 +84,11 @@ class KafkaSink:
                     break
         while self.producer.flush(1.0) > 0:  # every record gets its report within DELIVERY_TIMEOUT_MS
             pass
+        if refused:  # no retry changes what this principal may write: stop, committing nothing
+            raise KafkaRefused(refusal("topic", self.topic, user_of(self.connection), refused[0]))
         if any(fatal):  # an idempotent producer that hit a fatal error must be replaced
             log.warning("the producer for %s hit a fatal error (%s); starting a new one", self.topic, self.last_error)
-            self.producer = Producer(producer_config(self.bootstrap))
+            self.producer = Producer(producer_config(self.connection))
         return failed
 
     def close(self) -> None:
@@ -121,14 +128,33 @@ def missing_topics(admin: AdminClient, topics: list[str], timeout: float = 10.0)
     return [topic for topic in dict.fromkeys(topics) if topic not in existing]
 
 
-def ensure_topics(bootstrap: str, topics: list[str], timeout: float = 10.0, message_bytes: int | None = None) -> list[str]:
+def waiting_for(connection: dict, topics: list[str], timeout: float = 10.0) -> list[str]:
+    """Those of `topics` that do not exist yet (none asked: no call to the brokers)."""
+    if not topics:
+        return []
+    return missing_topics(AdminClient(connection), topics, timeout)
+
+
+def ensure_topics(connection: dict, topics: list[str], timeout: float = 10.0,
+                  message_bytes: int | None = None) -> list[str]:
     """Create those of `topics` that do not exist (broker's default partitions and replication); return them.
 
     The worker, not the broker, creates missing topics: production brokers (and the testbed's)
     run with auto.create.topics.enable=false. A topic created meanwhile by someone else is fine.
+    A topic the principal may not see or create (another team's), or a principal the brokers do not
+    take, raises KafkaRefused naming it: the platform's ACLs (podserve.kafka_access), not the network.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    missing = missing_topics(admin, topics, timeout)
+    user = user_of(connection)
+    failed_auth: list[str] = []
+    admin = AdminClient({**connection, "error_cb": lambda error: failed_auth.append(error.name())
+                         if error.name() in ("_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED") else None})
+    try:
+        missing = missing_topics(admin, topics, timeout)
+    except KafkaException:
+        admin.poll(0)  # serves the error callback: an authentication failure only shows there
+        if failed_auth:
+            raise KafkaRefused(refusal("topic", topics[0], user, failed_auth[0])) from None
+        raise
     if not missing:
         return []
     config = {"max.message.bytes": str(message_bytes)} if message_bytes else {}
@@ -140,6 +166,8 @@ def ensure_topics(bootstrap: str, topics: list[str], timeout: float = 10.0, mess
             future.result()
             log.info("created missing topic %s", topic)
         except KafkaException as exc:
+            if is_refusal(exc.args[0].name()):
+                raise KafkaRefused(refusal("topic", topic, user, exc.args[0].name())) from None
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
     return missing

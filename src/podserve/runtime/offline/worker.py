@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded, ServingError
 from podserve.handler import FrameOutput, WithContext
+from podserve.kafka_access import KafkaRefused, is_refusal, refusal, user_of
 from podserve.runtime.batching.pool import InstancePool
 from podserve.runtime.core.verbs import call_verb
 from podserve.runtime.offline import records
@@ -43,18 +44,21 @@ LAG_EVERY_SECONDS = 5.0
 FIRST_BACKOFF_SECONDS = 0.5
 
 
-def consumer_config(bootstrap: str, group: str) -> dict:
-    """A consumer that commits only what the worker commits, and starts a new group at the earliest offset."""
-    return {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+def consumer_config(connection: dict, group: str) -> dict:
+    """A consumer on `connection` (the brokers and the principal) that commits only what the worker commits, and
+    starts a new group at the earliest offset."""
+    return {**connection, "group.id": group, "enable.auto.commit": False,
             "enable.auto.offset.store": False, "auto.offset.reset": "earliest", "session.timeout.ms": 10_000,
             "client.id": "podserve-offline"}
 
 
 class OfflineWorker:
-    """Drive `pool` from `consumer`'s topic into `sink`, poison into `dead_letters`."""
+    """Drive `pool` from `consumer`'s topic into `sink`, poison into `dead_letters`; `consumer_settings` (its config)
+    names its principal and group in a refusal."""
 
     def __init__(self, settings: ServingSettings, topic: str, pool: InstancePool, consumer: Consumer, sink,
-                 dead_letters, metrics: MessageMetrics, sink_retry_max_seconds: float = 30.0):
+                 dead_letters, metrics: MessageMetrics, sink_retry_max_seconds: float = 30.0,
+                 consumer_settings: dict | None = None):
         self.settings = settings
         self.topic = topic
         self.pool = pool
@@ -70,6 +74,7 @@ class OfflineWorker:
         self.counts = {"consumed": 0, "produced": 0, "dead_lettered": 0, "committed": 0}
         self.seconds = {"process": 0.0, "write": 0.0, "commit": 0.0}  # where the loop's time went
         self.input_limits = api.InputLimits.from_settings(settings, pool.holding_limit(), video_threads(settings)[1])
+        self.user, self.group = user_of(consumer_settings or {}), (consumer_settings or {}).get("group.id", "")
 
     # --- life ---------------------------------------------------------------------------
 
@@ -277,9 +282,15 @@ class OfflineWorker:
         except KafkaException as exc:
             log.debug("consumer lag not updated: %s", exc)
 
-    @staticmethod
-    def _is_error(message) -> bool:
-        if message.error() is None:
+    def _is_error(self, message) -> bool:
+        """Whether `message` is an error to skip (logged); raise KafkaRefused where the brokers refused this principal
+        the topic or the group (no retry changes that)."""
+        error = message.error()
+        if error is None:
             return False
-        log.warning("consumer error: %s", message.error())
+        if is_refusal(error.name()):
+            what, name = (("consumer group", self.group) if error.name() == "GROUP_AUTHORIZATION_FAILED"
+                          else ("topic", message.topic() or self.topic))
+            raise KafkaRefused(refusal(what, name, self.user, error.name()))
+        log.warning("consumer error: %s", error)
         return True

@@ -9,7 +9,11 @@ mirrors docker.io to it):
 - nvidia/cuda: a Debian bookworm minbase with Debian's apt sources and no CUDA libraries, so the
   GPU Dockerfile's own `apt-get install python3 python3-venv` runs; the server then runs on its
   CPU fallback.
-Everything above them (the Dockerfiles' steps, pip, the wheels) is real. Each rootfs is cached in
+The Dockerfiles pin each base by digest (`python:3.11.7-slim-bookworm@sha256:...`: the real image's, which no
+registry here can serve); BuildKit pulls by that digest and so refuses a stand-in pushed under the tag. A checkout
+the testbed builds from therefore names each stand-in by ITS digest instead (`pin_stand_ins`: the FROM lines' digests,
+and nothing else, replaced), and a test builds the Dockerfile as committed to show the real digest is what BuildKit
+asks for. Everything above them (the Dockerfiles' steps, pip, the wheels) is real. Each rootfs is cached in
 ~/.cache/podserve/image-bases/<recipe key>/rootfs.tar (machine_cache.shared_cache(), shared by every checkout); each image is labelled with its key and rebuilt only when it changes.
 """
 
@@ -73,8 +77,8 @@ RECIPES = {"library/python": PYTHON, "nvidia/cuda": CUDA}
 
 
 def base_images() -> list[str]:
-    """The base images the Dockerfiles and CI's default image name (stage aliases, ${ARG} bases and CI's image built
-    from Dockerfile.tooling, $TOOLING_IMAGE, left out)."""
+    """The base images the Dockerfiles and CI's default image name, as written (with their pinned digest; stage
+    aliases, ${ARG} bases and CI's image built from Dockerfile.tooling, $TOOLING_IMAGE, left out)."""
     names = {PIPELINE["default"]["image"]} - {"$TOOLING_IMAGE"}
     for dockerfile in ("Dockerfile", "Dockerfile.tooling"):
         text = (versions.REPO / dockerfile).read_text()
@@ -85,8 +89,8 @@ def base_images() -> list[str]:
 
 
 def repository(image: str) -> tuple[str, str]:
-    """docker.io's (repository, tag) of an image name: python:3.11 -> (library/python, 3.11)."""
-    name, tag = image.rsplit(":", 1)
+    """docker.io's (repository, tag) of an image name: python:3.11[@sha256:...] -> (library/python, 3.11)."""
+    name, tag = image.split("@", 1)[0].rsplit(":", 1)
     return (name if "/" in name else f"library/{name}"), tag
 
 
@@ -162,6 +166,21 @@ def push_stand_ins(registry: Registry, build, out=None) -> dict[str, str]:
             print(f"  stand-in {recipe.name} pushed as {', '.join(images)} in {time.monotonic() - started:.0f}s",
                   file=out)
     return {image: recipe_for(image).key() for image in base_images()}
+
+
+def stand_in_digests(registry: Registry) -> dict[str, str]:
+    """{base image as the Dockerfiles pin it: the digest of its stand-in in `registry`}."""
+    return {image: registry.describe(*repository(image)).digest for image in base_images()}
+
+
+def pin_stand_ins(dockerfile_text: str, digests: dict[str, str]) -> str:
+    """The Dockerfile with each pinned base's digest replaced by its stand-in's (stand_in_digests); nothing else."""
+    for image, digest in digests.items():
+        if "@" in image:
+            dockerfile_text = re.sub(rf"^(FROM\s+){re.escape(image)}(\s|$)",
+                                     lambda m: f"{m.group(1)}{image.split('@')[0]}@{digest}{m.group(2)}",
+                                     dockerfile_text, flags=re.MULTILINE)
+    return dockerfile_text
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

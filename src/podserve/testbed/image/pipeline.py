@@ -52,6 +52,8 @@ class BuildStage:
     def __init__(self, workdir: Path, registry: Registry, index: wheels.Index, out):
         self.workdir, self.registry, self.index, self.out = workdir, registry, index, out
         self.auth_config = registry.docker_config(workdir / "secrets" / "registry-auth.json")
+        #: {base image as the Dockerfiles pin it: its stand-in's digest here} (bases.pin_stand_ins).
+        self.stand_ins: dict[str, str] = {}
 
     @classmethod
     def start(cls, workdir: Path, port: int | None = None, storage: Path | None = None, gpu: bool = True,
@@ -73,6 +75,7 @@ class BuildStage:
         stage = cls(workdir, registry, index, out)
         try:
             bases.push_stand_ins(registry, stage.build_in, out=out)
+            stage.stand_ins = bases.stand_in_digests(registry)
         except BaseException:
             stage.stop()
             raise
@@ -140,8 +143,10 @@ class BuildStage:
 
     # --- the checkout --------------------------------------------------------------------------
 
-    def checkout(self, dest: Path, value_text: str | None = None, model: Path = REPO / "model") -> Path:
-        """Copy the working tree (what git does not ignore) and model/ to dest; regions' registries -> local."""
+    def checkout(self, dest: Path, value_text: str | None = None, model: Path = REPO / "model",
+                 as_committed: bool = False) -> Path:
+        """Copy the working tree (what git does not ignore) and model/ to dest; regions' registries -> local; the
+        Dockerfiles' base digests -> their stand-ins' (unless `as_committed`: then BuildKit asks for the real ones)."""
         listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                                 capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
         for relative in filter(None, listed):
@@ -159,6 +164,9 @@ class BuildStage:
             body["registry"] = f"{self.registry.host}/{region}"
         regions_file.write_text("# The regions' registries are the local one (podserve.testbed.image.pipeline).\n"
                                 + yaml.safe_dump(regions, sort_keys=False))
+        for dockerfile in ("Dockerfile", "Dockerfile.tooling"):
+            if not as_committed and (dest / dockerfile).is_file():
+                (dest / dockerfile).write_text(bases.pin_stand_ins((dest / dockerfile).read_text(), self.stand_ins))
         os.chmod(dest, 0o755)
         return dest
 

@@ -4,9 +4,11 @@
 
 The lines run with `bash -eo pipefail` (as the runner runs a job) in namespaces of their own, made
 here as rootlesskit makes them for the rootless image: a user namespace (uids 0-65535 mapped,
-so buildkitd runs as the mapped root in rootless mode, which `--oci-worker-no-process-sandbox`
-requires), a mount namespace (buildkitd's state, socket and config are private to the job) and a
-PID namespace (when the job ends or its caller dies, every process it started dies with it). The
+so buildkitd runs as the mapped root in rootless mode), a mount namespace (buildkitd's state,
+socket and config are private to the job) and a PID namespace (when the job ends or its caller
+dies, every process it started dies with it) with a fresh, unmasked /proc: what a runner tagged
+podserve-buildkit gives the job, so that rootless runc can give each RUN step a PID namespace and
+/proc of its own (BuildKit's process sandbox; CI passes no --oci-worker-no-process-sandbox). The
 network is the host's: the registry and the wheel index are on its loopback.
 
 `buildctl-daemonless.sh` (upstream's script) then starts buildkitd for the job's one build as it does

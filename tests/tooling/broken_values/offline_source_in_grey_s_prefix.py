@@ -1,4 +1,4 @@
-# expect: sink_topic -- grey's sink (out-grey) is the source: grey reads its own results
+# expect: source_topic -- production reading grey's prefix (like.grey.) would read what any branch's code writes
 service_name = 'text-direction-offline'
 username = 'like'
 handler = 'server:TextDirection'
@@ -10,6 +10,6 @@ gpu_memory = 2
 replicas = 1
 max_replicas = 3
 mode = 'offline'
-source_topic = 'like.out-grey'
+source_topic = 'like.grey.out'
 sink_topic = 'like.out'
 dead_letter_topic = 'like.text-lines-dead'

@@ -1,4 +1,4 @@
-# expect: dead_letter_topic -- grey's dead letters (results-grey) land in production's sink
+# expect: sink_topic -- production writing under grey's prefix (like.grey.) would mix its results with grey's
 service_name = 'text-direction-offline'
 username = 'like'
 handler = 'server:TextDirection'
@@ -11,5 +11,5 @@ replicas = 1
 max_replicas = 3
 mode = 'offline'
 source_topic = 'like.text-lines'
-sink_topic = 'like.results-grey'
+sink_topic = 'like.grey.results'
 dead_letter_topic = 'like.results'
