@@ -19,6 +19,7 @@ from waiting import wait_for
 ARGO = ("argoproj.io", "v1alpha1")
 ISTIO = ("networking.istio.io", "v1")
 HASH_LABEL = "rollouts-pod-template-hash"
+SCALE_DOWN_DELAY_SECONDS = 5
 
 
 def rollout_from(deployment: dict, route_names: list[str], steps: list[dict]) -> dict:
@@ -33,6 +34,9 @@ def rollout_from(deployment: dict, route_names: list[str], steps: list[dict]) ->
     labels.pop(release.TRACK_LABEL, None)
     name = found["metadata"]["name"]
     spec["strategy"] = {"canary": {
+        # the old stable's pods serve this long after the switch (what gateways still route by the old weights);
+        # the Rollout is complete only once they are gone
+        "scaleDownDelaySeconds": SCALE_DOWN_DELAY_SECONDS,
         "stableMetadata": {"labels": {release.TRACK_LABEL: release.STABLE}},
         "canaryMetadata": {"labels": {release.TRACK_LABEL: release.CANARY}},
         "trafficRouting": {"istio": {
@@ -115,4 +119,5 @@ def test_a_canary_runs_on_the_controller_with_the_charts_rbac(rollouts_controlle
                    and 'phase="Completed"' in line and line.endswith(" 1")
                    for line in rollouts_controller.metrics().splitlines())
 
-    wait_for(reported_completed, "rollout_info says Completed", timeout=30)
+    wait_for(reported_completed, "rollout_info says Completed (the old ReplicaSet scaled down)",
+             timeout=SCALE_DOWN_DELAY_SECONDS + 45)
