@@ -96,6 +96,7 @@ class Mesh:
 class Monitoring:
     podmonitor_labels: dict
     scrape_interval: str
+    prometheus_address: str
 
 
 @dataclass(frozen=True)
