@@ -137,6 +137,7 @@ def test_alert_rules_use_metrics_the_server_exports(helm, tmp_path):
     exported = {v for v in vars(metric_names).values() if isinstance(v, str) and v.startswith(metric_names.PREFIX)
                 and v != metric_names.PREFIX}
     recorded = {rule["record"] for rule in rules if "record" in rule}
-    # Besides ours: recording rules of the same file, and kube-state-metrics' and dcgm-exporter's metrics.
-    known = exported | recorded | {"kube_", "DCGM_FI_"}
+    # Besides ours: recording rules of the same file, and kube-state-metrics', dcgm-exporter's and Argo Rollouts'
+    # controller's metrics.
+    known = exported | recorded | {"kube_", "DCGM_FI_", "rollout_info"}
     assert rules and all(any(m in rule["expr"] for m in known) for rule in rules)

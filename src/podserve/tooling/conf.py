@@ -459,6 +459,7 @@ class Thresholds:
     shedding_for: str
     not_ready_for: str
     replicas_mismatch_for: str
+    rollout_stuck_for: str
     restarts: int
     restarts_window: str
     startup_budget_ratio: float
@@ -474,6 +475,7 @@ class Observability:
     cluster_label: str
     server_container: str
     kube_state_metrics_selector: str
+    rollouts_selector: str
     dcgm_pod_label: str
     dcgm_namespace_label: str
     istio_reporter: str
