@@ -89,6 +89,7 @@ def test_a_result_of_another_shape_is_never_a_pass(evaluate):
 # --- the counts, by a real Prometheus ------------------------------------------------------------------------------
 
 NS, GREY_NS, OTHER_NS = "podserve-like", "podserve-like-grey", "podserve-bigolive"
+LATENCY = "podserve_request_duration_seconds_bucket"
 SERVICE, TEAM = "text-direction", "like"
 STABLE_HASH, CANARY_HASH = "5d8f7c", "7b9c6d"
 #: The canary's pods start this long after the series begin; the queries run at these moments after that.
@@ -117,7 +118,21 @@ def _series(start: float, seconds: int) -> dict[str, list[tuple[float, float]]]:
         for (origin, status), per_scrape in counts.items():
             counter(dict(target, service=SERVICE, route=SERVICE, status=status, origin=origin), per_scrape, since)
 
+    def latency(namespace: str, stage: str, track: str, pod_hash: str, name: str, since: int,
+                cumulative: dict[str, float]) -> None:
+        labels = {"namespace": namespace, "job": f"{namespace}/{SERVICE}", "stage": stage, "track": track,
+                  "pod": name, "team": TEAM, at.HASH_SERIES_LABEL: pod_hash, "service": SERVICE, "route": SERVICE,
+                  "status": "200", "origin": "live"}
+        for le, per_scrape in cumulative.items():
+            key = f"{LATENCY}{{" + ",".join(f'{k}="{v}"' for k, v in sorted(dict(labels, le=le).items())) + "}"
+            series[key] = [(start + t, per_scrape * (t - since) / SCRAPE) for t in range(since, seconds + 1, SCRAPE)]
+
     pod(NS, "hk", "stable", STABLE_HASH, "stable-0", 0, {("live", "200"): 100, ("live", "500"): 1})
+    # 2xx latency, cumulative per scrape: stable reaches 90% at 10 ms (B); the canary, 20 ms slower, has 90% above B
+    latency(NS, "hk", "stable", STABLE_HASH, "stable-0", 0,
+            {"0.005": 50, "0.01": 90, "0.025": 99, "0.05": 100, "+Inf": 100})
+    latency(NS, "hk", "canary", CANARY_HASH, "canary-0", CANARY_AT,
+            {"0.005": 0, "0.01": 10, "0.025": 60, "0.05": 99, "+Inf": 100})
     pod(NS, "hk", "canary", CANARY_HASH, "canary-0", CANARY_AT,
         {("live", "200"): 100, ("live", "500"): 10, ("smoke", "500"): 50, ("mirror", "500"): 50})
     # another team's pod wearing the victim's labels and hash, in its own namespace: never counted
@@ -135,8 +150,8 @@ def stored(tmp_path_factory):
     start = (int(time.time()) - 3 * 3600) // SCRAPE * SCRAPE
     seconds = CANARY_AT + SECOND + 60
     lines = []
-    for name in ("podserve_requests_total", "up"):
-        lines.append(f"# TYPE {name} {'counter' if name.endswith('_total') else 'gauge'}")
+    for name in ("podserve_requests_total", "up", LATENCY):
+        lines.append(f"# TYPE {name} {'counter' if name.endswith('_total') else 'gauge' if name == 'up' else 'unknown'}")
         for key, points in _series(start, seconds).items():
             if key.startswith(name + "{"):
                 lines += [f"{key} {value} {moment}" for moment, value in points]
@@ -199,3 +214,26 @@ def test_an_impostor_namespace_with_the_victims_labels_is_not_counted(stored):
                             at=canary_start + FIRST), "the impostor's series are in Prometheus"
     judged, counted, *_ = _values(prometheus, _canary(), canary_start + FIRST)
     assert judged / counted < 0.1
+
+
+def test_a_build_20ms_slower_fails_on_latency(stored, evaluate):
+    """Stable answers 90% of its requests within 10 ms (B); the canary, 20 ms slower, has 90% above B: the rendered
+    latency query counts that and Argo's conditions fail it."""
+    prometheus, canary_start = stored
+    query = at.canary(NS, TEAM, SERVICE, "hk", T, SCRAPE).latency_query() \
+        .replace("{{args.canary-hash}}", CANARY_HASH).replace("{{args.stable-hash}}", STABLE_HASH)
+    counts = _values(prometheus, query, canary_start + FIRST)
+    above_c, all_c, above_s, all_s, _ = counts
+    assert abs(above_c / all_c - 0.9) < 0.02 and abs(above_s / all_s - 0.1) < 0.02, counts
+    assert evaluate("latency", counts) == "Failed"
+
+
+def test_the_queue_wait_is_judged_at_each_side_s_per_pod_rate(stored):
+    """The queue-wait query's last two counts are each side's callers' requests a second per pod over the judged
+    moments: what decides whether the waits are comparable."""
+    prometheus, canary_start = stored
+    query = at.canary(NS, TEAM, SERVICE, "hk", T, SCRAPE).queue_query() \
+        .replace("{{args.canary-hash}}", CANARY_HASH).replace("{{args.stable-hash}}", STABLE_HASH)
+    *_, canary_rate, stable_rate = _values(prometheus, query, canary_start + SECOND)
+    # both over the same judged moments (so comparable), a second of the span: one pod each, 110 and 101 a scrape
+    assert 0.5 < canary_rate / stable_rate < 2 and 0 < stable_rate <= 101 / SCRAPE

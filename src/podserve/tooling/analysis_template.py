@@ -145,7 +145,8 @@ class Comparison:
         stab = self._over_window(f"rate({metric}_bucket{stable_sel}[1m])", by="le")
         inf = 'label_replace(vector(1), "le", "+Inf", "", "")'
         n_c, n_s = (f"scalar(sum({side} and on(le) {inf}) or vector(0))" for side in (cand, stab))
-        eligible = f"({stab} / {n_s} >= {self.thresholds.latency_quantile!r})"
+        # (less a hair: the counts are sums of rates, and a share of exactly the quantile must count as reaching it)
+        eligible = f"({stab} / {n_s} >= {self.thresholds.latency_quantile - 1e-9!r})"
         below_c, below_s = (f"scalar(min({side} and on(le) {eligible}) or vector(0))" for side in (cand, stab))
         return f"({n_c} - {below_c})", n_c, f"({n_s} - {below_s})", n_s
 
