@@ -17,6 +17,7 @@ what it builds and how long it took; a warm run with every binary present does n
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -60,6 +61,15 @@ def _go(args: list[str], what: str, env: dict[str, str], cwd: Path) -> None:
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
         raise BuildError(f"building {what} failed (go {' '.join(args[:2])} ... exited {done.returncode}):\n{tail}")
+
+
+def module_folder(module: str, version: str, cwd: Path, env: dict[str, str]) -> Path:
+    """A module's folder in the Go module cache (downloaded by `go mod download` if a build has not yet)."""
+    done = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BuildError(f"go mod download {module}@{version} failed:\n{done.stdout}{done.stderr}")
+    return Path(json.loads(done.stdout)["Dir"])
 
 
 def missing(target: Path) -> list[str]:

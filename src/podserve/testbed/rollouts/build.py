@@ -16,16 +16,14 @@ AnalysisTemplates' unit tests.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from podserve.testbed.cluster.build import BuildError, _go, go_env, run_cli
+from podserve.testbed.cluster.build import _go, go_env, module_folder, run_cli
 from podserve.testbed.cluster.versions import GO_MODULE, required_version
 from podserve.testbed.machine_cache import inputs_digest, shared_cache
 
@@ -89,7 +87,7 @@ def build(tools: Path | None = None, out=sys.stdout) -> Path:
             print(f"building {binary} ({ARGO_ROLLOUTS} {version}) ...", file=out, flush=True)
             _go(["build", "-trimpath", "-ldflags", stamp, "-o", str(staging / binary), package], binary, env,
                 ROLLOUTS_MODULE)
-        module = module_dir(env)
+        module = module_folder(ARGO_ROLLOUTS, version, ROLLOUTS_MODULE, env)
         (staging / CRD_FOLDER).mkdir()
         for name in CRD_FILES:
             shutil.copyfile(module / CRDS_IN_MODULE / name, staging / CRD_FOLDER / name)
@@ -100,15 +98,6 @@ def build(tools: Path | None = None, out=sys.stdout) -> Path:
             os.replace(staging / name, target / name)
     print(f"  built argo-rollouts in {time.monotonic() - started:.0f}s", file=out, flush=True)
     return target
-
-
-def module_dir(env: dict[str, str]) -> Path:
-    """The argo-rollouts module's folder in the Go module cache (downloaded by the build)."""
-    done = subprocess.run(["go", "mod", "download", "-json", f"{ARGO_ROLLOUTS}@{rollouts_version()}"],
-                          cwd=ROLLOUTS_MODULE, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise BuildError(f"go mod download {ARGO_ROLLOUTS}@{rollouts_version()} failed:\n{done.stdout}{done.stderr}")
-    return Path(json.loads(done.stdout)["Dir"])
 
 
 def main(argv: list[str] | None = None) -> int:

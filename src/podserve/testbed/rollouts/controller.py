@@ -13,13 +13,13 @@ the chart's RBAC is what the tests show it needs; `--istio-api-version=v1` as th
 
 from __future__ import annotations
 
-import json
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import yaml
 
+from podserve.testbed.cluster.accounts import account_kubeconfig
 from podserve.testbed.processes import Program, StartError, free_port
 from podserve.testbed.rollouts import build
 
@@ -31,30 +31,6 @@ START_TIMEOUT_SECONDS = 60.0
 def chart_settings() -> dict:
     """The chart's `rollouts` values (namespace, ports, image)."""
     return yaml.safe_load(CHART_VALUES.read_text())["rollouts"]
-
-
-def account_kubeconfig(plane, namespace: str, account: str, path: Path, seconds: int = 7200) -> Path:
-    """Write a kubeconfig for ServiceAccount `namespace/account` (a TokenRequest by the admin) and return its path."""
-    api = plane.api_client()
-    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": seconds}}
-    method, url, headers, _, _ = api.param_serialize(
-        "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
-        header_params={"Content-Type": "application/json", "Accept": "application/json"},
-        auth_settings=["BearerToken"])
-    response = api.call_api(method, url, header_params=headers, body=body)
-    if response.status != 201:
-        raise StartError(f"TokenRequest for {namespace}/{account} failed ({response.status}): {response.read()!r}")
-    token = json.loads(response.read())["status"]["token"]
-    admin = yaml.safe_load(Path(plane.kubeconfig).read_text())
-    ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": account,
-        "clusters": [{"name": "test", "cluster": {"server": plane.server, "certificate-authority-data": ca}}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": account, "context": {"cluster": "test", "user": account, "namespace": namespace}}],
-    }))
-    path.chmod(0o600)
-    return path
 
 
 class RolloutsController:
@@ -76,7 +52,8 @@ class RolloutsController:
         work = Path(work)
         work.mkdir(parents=True, exist_ok=True)
         namespace = namespace or chart_settings()["namespace"]
-        kubeconfig = account_kubeconfig(plane, namespace, ACCOUNT, work / "kubeconfig")
+        kubeconfig = account_kubeconfig(plane, namespace, ACCOUNT, work / "kubeconfig", seconds=7200,
+                                        default_namespace=namespace)
         metrics, healthz = free_port(), free_port()
         program = Program("rollouts-controller", [
             "setpriv", "--pdeathsig", "KILL", "--", binary, f"--kubeconfig={kubeconfig}", "--leader-elect=false",
