@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                              ",".join(map(str, WORKLOADS["heavy"].concurrencies)) + ")")
     parser.add_argument("--before", type=Path, metavar="SRC",
                         help="also run our server from another checkout's src/ (e.g. `git worktree add /tmp/before "
-                             "<commit>`), as the system 'ours: before', in the same interleaved windows")
+                             "<commit>`), as the system 'ours: before' (the GPU stand-in: each layout as '<layout>: "
+                             "before'), in the same interleaved windows")
     parser.add_argument("--decoders", type=int, default=0, metavar="N",
                         help="decoder processes of the split layout in the GPU stand-in's point (default: one per "
                              "core of this machine)")
@@ -163,6 +164,10 @@ def run_standin(workload: Workload, cores: int, scratch: Path, args, number: int
     layouts = {report.ONE_PROCESS_LAYOUT: "0", report.SPLIT_LAYOUT: str(decoders)}
     starts = [lambda n=name, count=count: start_ours(n, workload, log_dir, {DECODE_PROCESSES: count})
               for name, count in layouts.items()]
+    if args.before:  # both layouts from the other checkout too, as "<layout>: before", in the same windows
+        starts += [lambda n=name, count=count: start_ours(f"{n}: before", workload, log_dir, {DECODE_PROCESSES: count},
+                                                          src=args.before.resolve())
+                   for name, count in layouts.items()]
     servers: list[Server] = []
     try:
         start_servers(starts, servers, workload, images, scratch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,10 +25,10 @@ GATE_ENV = "TEST_PREDICT_GATE"
 GATE_LIMIT_SECONDS = 30.0
 
 
-def wait_at_gate(batch_size: int) -> None:
-    """Wait while the file TEST_PREDICT_GATE names is there (at most GATE_LIMIT_SECONDS), first adding the held
-    batch's size as a line to `<gate>.held`; return at once when the variable is unset or the file absent."""
-    gate = os.environ.get(GATE_ENV)
+def wait_at_gate(batch_size: int, env: str = GATE_ENV) -> None:
+    """Wait while the file TEST_PREDICT_GATE (or `env`) names is there (at most GATE_LIMIT_SECONDS), first adding the
+    held batch's size as a line to `<gate>.held`; return at once when the variable is unset or the file absent."""
+    gate = os.environ.get(env)
     if not gate or not os.path.exists(gate):
         return
     with open(gate + ".held", "a") as held:
@@ -316,3 +317,79 @@ class UnsendableOnSeven(Affine):
     def predict(self, batch):
         outputs = super().predict(batch)
         return [threading.Lock() if item[0] == 7 else output for item, output in zip(batch, outputs)]
+
+
+#: Gates of FaultPoints' other steps (paths, like TEST_PREDICT_GATE's), and the file its decode records who decoded
+#: each request in.
+DECODE_GATE_ENV, LOAD_GATE_ENV, DECODED_BY_ENV = "TEST_DECODE_GATE", "TEST_LOAD_GATE", "TEST_DECODED_BY"
+#: What FaultPoints does with a request, by its first number.
+AT_DECODE, AT_PREDICT, ENCODE_RELEASES_GIL, ENCODE_HOLDS_GIL = 1, 2, 3, 4
+
+
+class FaultPoints(Affine):
+    """Affine whose every step can be held where a test says, by the request's first number: AT_DECODE waits at
+    TEST_DECODE_GATE in decode (its input not yet submitted), AT_PREDICT at TEST_PREDICT_GATE in predict (mid-batch),
+    ENCODE_RELEASES_GIL blocks in C in encode without the GIL and ENCODE_HOLDS_GIL holding it (libc's sleep through
+    ctypes' CDLL and PyDLL; "<mark> <pid>" appended to `<TEST_DECODED_BY>.encoding` first). Its decode appends
+    "<second number> <pid>" to TEST_DECODED_BY, so a test knows which decoder process holds its request; its load
+    waits at TEST_LOAD_GATE (a model process being replaced)."""
+
+    def load(self, model_path, device):
+        wait_at_gate(1, LOAD_GATE_ENV)
+        super().load(model_path, device)
+
+    def decode(self, payload: Payload) -> WithContext:
+        item = super().decode(payload)
+        mark = int(item[0])
+        if os.environ.get(DECODED_BY_ENV):
+            with open(os.environ[DECODED_BY_ENV], "a") as decoded_by:
+                decoded_by.write(f"{int(item[1])} {os.getpid()}\n")
+        if mark == AT_DECODE:
+            wait_at_gate(1, DECODE_GATE_ENV)
+        return WithContext(item, mark)
+
+    def predict(self, batch):
+        if any(item[0] == AT_PREDICT for item in batch):
+            wait_at_gate(len(batch))
+        return super().predict(batch)
+
+    def encode(self, output, mark):
+        if mark in (ENCODE_RELEASES_GIL, ENCODE_HOLDS_GIL) and os.environ.get(DECODED_BY_ENV):
+            with open(os.environ[DECODED_BY_ENV] + ".encoding", "a") as encoding:  # a test knows it is stuck now
+                encoding.write(f"{mark} {os.getpid()}\n")
+        if mark == ENCODE_RELEASES_GIL:
+            ctypes.CDLL(None).sleep(3600)
+        elif mark == ENCODE_HOLDS_GIL:
+            ctypes.PyDLL(None).sleep(3600)
+        return output.tolist()
+
+
+def decoded_by(path: str | os.PathLike) -> dict[int, int]:
+    """Which process decoded each request FaultPoints saw (by its second number), from its TEST_DECODED_BY file."""
+    try:
+        return {int(number): int(pid) for number, pid in (line.split() for line in Path(path).read_text().splitlines())}
+    except FileNotFoundError:
+        return {}
+
+
+#: A path: LeavesOrphans' orphan lives while the file is there.
+ORPHAN_GATE_ENV = "TEST_ORPHAN_GATE"
+
+
+class LeavesOrphans(Affine):
+    """Affine whose decode of a request whose first number is 5 starts a shell that starts a loop in the background
+    and exits: the loop, orphaned, lives while TEST_ORPHAN_GATE's file is there, then ends for whoever adopted it to
+    reap. Its pid (as this process sees pids) is the answer."""
+
+    def decode(self, payload: Payload) -> WithContext:
+        item = super().decode(payload)
+        orphan = 0
+        if item[0] == 5:
+            loop = f'while [ -e "{os.environ[ORPHAN_GATE_ENV]}" ]; do sleep 0.02; done'
+            shell = subprocess.run(["sh", "-c", f"({loop}) >/dev/null 2>&1 & echo $!"], capture_output=True,
+                                   text=True, check=True)
+            orphan = int(shell.stdout)
+        return WithContext(item, orphan)
+
+    def encode(self, output, orphan):
+        return {"y": output.tolist(), "orphan": orphan}

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 class Server:
     """A server process under test; `stop()` sends SIGTERM and returns the exit code."""
 
-    def __init__(self, log_path: Path, **settings):
+    def __init__(self, log_path: Path, wrapper: tuple[str, ...] = (), **settings):
         settings.setdefault("drain_seconds", 0)  # tests that shut down on purpose set their own
         self.port = free_port()
         self.log_path = log_path
@@ -35,7 +35,7 @@ class Server:
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(HERE)])
         self.service = config.service_name
         self._log = open(log_path, "wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "podserve.runtime"], env=env, cwd=REPO,
+        self.process = subprocess.Popen([*wrapper, sys.executable, "-m", "podserve.runtime"], env=env, cwd=REPO,
                                         stdout=self._log, stderr=subprocess.STDOUT)
         self.session = requests.Session()
 

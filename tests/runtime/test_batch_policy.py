@@ -82,7 +82,7 @@ def test_a_worker_whose_queue_empties_while_a_batch_fills_keeps_serving():
         poll_until(lambda: 0 in asked, "the batch thread deciding on the emptied queue", timeout=10, every=0.01)
         stays = WorkItem("stays", None, time.monotonic() + 30)
         worker.submit(stays)
-        assert stays.wait() == "stays" and worker.is_alive(stuck_after=10)
+        assert stays.wait() == "stays" and worker.threads_alive
     finally:
         worker.stop(timeout=10)
 

@@ -1,18 +1,20 @@
 """Start the pod's server: read the settings, then serve in one process, or supervise the split layout.
 
 `python -m podserve.runtime` is the pod's entry point (PID 1). With `decode_processes` 0 (a CPU pod
-by default) one process reads, decodes, batches and answers (processes/one_process.py); otherwise it
-becomes the supervisor of the split layout (processes/supervisor.py, docs/processes.md).
+by default) one process reads, decodes, batches and answers (processes/one_process.py), under an init of its own
+when it is a container's PID 1 (processes/init.py); otherwise it becomes the supervisor of the split layout
+(processes/supervisor.py, docs/processes.md), which reaps every process of the pod itself.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from podserve.runtime.core.logs import configure_logging
 from podserve.runtime.core.startup import StartupError, prepare_service
+from podserve.runtime.processes.init import serve_under_init
 from podserve.runtime.processes.layout import decoder_processes
-from podserve.runtime.processes.one_process import serve_in_one_process
 from podserve.settings import ServingSettings, SettingsError
 
 
@@ -27,6 +29,12 @@ def main() -> int:
     if decoder_processes(settings) > 0:
         from podserve.runtime.processes.supervisor import supervise
         return supervise(settings)
+    return serve_under_init(serve_one_process) if os.getpid() == 1 else serve_one_process()
+
+
+def serve_one_process() -> int:
+    """The one-process layout (its modules imported here: an init forks before they are)."""
+    from podserve.runtime.processes.one_process import serve_in_one_process
     try:
         settings, handler_class = prepare_service()
     except StartupError as exc:

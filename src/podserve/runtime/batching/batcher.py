@@ -23,6 +23,7 @@ from typing import Any, Callable, Hashable
 from podserve.errors import DeadlineExceeded, HandlerFailed, Overloaded, ServingError
 from podserve.handler import Handler
 from podserve.runtime.batching.batch_policy import BatchCost
+from podserve.runtime.core.lifecycle import join_by
 
 log = logging.getLogger(__name__)
 
@@ -169,19 +170,18 @@ class BatchWorker:
         starts = [run[1] for run in self._runs if run is not None]
         return min(starts) if starts else None
 
-    def is_alive(self, stuck_after: float) -> bool:
-        """False when a batch thread died or one batch has run longer than `stuck_after` seconds."""
-        started = self.batch_started
-        stuck = started is not None and time.monotonic() - started > stuck_after
-        return all(thread.is_alive() for thread in self._threads) and not stuck
+    @property
+    def threads_alive(self) -> bool:
+        """Whether every batch thread still runs (one that died takes its lane's batches with it)."""
+        return all(thread.is_alive() for thread in self._threads)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Finish what is queued, then end the threads."""
+    def stop(self, timeout: float | None = None, until: float | None = None) -> None:
+        """Finish what is queued, then end the threads, waiting for them `timeout` seconds in all (or until the
+        monotonic time `until`; neither: as long as they take)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout)
+        join_by(self._threads, until if until is not None or timeout is None else time.monotonic() + timeout)
 
     def _loop(self, lane: int) -> None:
         if self.handler.run_size:  # a CPU instance (a GPU lane mostly waits on its device and must keep it fed)

@@ -208,21 +208,32 @@ class InstancePool:
 
     def liveness_problem(self) -> str | None:
         """Return why the process is wedged (a batch thread dead or stuck), or None when it is alive."""
-        for worker in self.workers:
-            if not worker.is_alive(self.settings.stuck_batch_seconds):
-                return (f"instance {worker.name}: batch thread is dead or one batch has run over "
-                        f"{self.settings.stuck_batch_seconds:g}s")
-        return None
+        return instances_problem(((worker.name, worker.threads_alive, worker.batch_started) for worker in self.workers),
+                                 self.settings.stuck_batch_seconds, time.monotonic())
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish what is queued, and wait at most `timeout` seconds in all (default `stuck_batch_seconds`) for the
+        instances' batch threads to end."""
+        until = time.monotonic() + (self.settings.stuck_batch_seconds if timeout is None else timeout)
         for worker in self.workers:
-            worker.stop(timeout=self.settings.stuck_batch_seconds)
+            worker.stop(until=until)
 
     def _record_batch(self, worker: BatchWorker, size: int, seconds: float, items: list[WorkItem],
                       cpu_seconds: float) -> None:
         self.metrics.observe_batch(worker.name, size, seconds, [item.queue_seconds for item in items],
                                    sum(item.fill_seconds for item in items), rows_run(size, worker.handler.padded_size))
         self.metrics.observe_verb_cpu("predict", cpu_seconds)
+
+
+def instances_problem(instances, stuck_after: float, now: float) -> str | None:
+    """The pod's one liveness rule for its model instances, in both layouts (one process reads its pool; the split
+    layout's front reads what the model process publishes, runtime/processes/pod_view.py): why they are wedged, or
+    None. `instances` gives (name, whether its batch threads all run, the monotonic start of its oldest running
+    batch or None); a batch that has run over `stuck_after` seconds (`stuck_batch_seconds`) is stuck."""
+    for name, alive, started in instances:
+        if not alive or started is not None and now - started > stuck_after:
+            return f"instance {name}: batch thread is dead or one batch has run over {stuck_after:g}s"
+    return None
 
 
 class _Incoming:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from podserve.runtime.batching.inline_policy import INLINE_BODY_BYTES, LoopRelief, StepCost
 from podserve.runtime.core.devices import cpu_share
+from podserve.runtime.core.lifecycle import join_by
 from podserve.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class StepRunner:
         self._begin_cost, self._finish_cost = costs(), costs()
         self._clock = clock  # what a step's cost is measured by: the wall clock, or (a decoder's) its thread's CPU
         self._loop_thread: int | None = None
-        self.busy: dict[int, Any] = {}  # request thread -> the job it runs now
+        self.busy: dict[int, tuple[Any, float]] = {}  # request thread -> (the job it runs now, since when: monotonic)
         self.steps_cpu = 0.0  # CPU seconds of the steps the loop ran itself (runtime/http/refusals.py subtracts them)
         self.loop = None
         self._threads = [threading.Thread(target=self._serve, name=f"request-{i}", daemon=True)
@@ -59,12 +60,13 @@ class StepRunner:
         for thread in self._threads:
             thread.start()
 
-    def stop(self) -> None:
+    def stop(self, until: float | None = None) -> None:
+        """End the request threads once their work is done, waiting for them until the monotonic time `until`
+        (default 5 s from now)."""
         self._relief.stop()
         for _ in self._threads:
             self._work.put(None)
-        for thread in self._threads:
-            thread.join(timeout=5)
+        join_by(self._threads, time.monotonic() + 5 if until is None else until)
 
     def begin(self, call: Any, body_bytes: int) -> None:
         """From the loop: begin `call` now if cheap, else on a request thread."""
@@ -97,7 +99,7 @@ class StepRunner:
             job = work.get()
             if job is None:
                 return
-            busy[me] = job
+            busy[me] = job, time.monotonic()
             self._run(job)
             del busy[me]
 

@@ -11,21 +11,38 @@ podserve/memory_plan.py): a request whose body would take the pod over it gets a
 LARGE_BODY_SHARE of it, so large uploads never shut out ordinary requests.
 Whoever answers a request settles it here: its places and its body's bytes come back, it is counted (by its
 origin too: `mirror` when its Host ends in `-shadow`, a copy the mesh mirrored to this pod),
-and its answer goes out, in that order, so the caller's next request finds the room free and a
-scrape read once it has its answer counts it.
+its body dropped, and its answer goes out, in that order, so the caller's next request finds the room free and a
+scrape read once it has its answer counts it. A request is settled once: a second answer is dropped.
+
+The pod's guarantee lives here, the same in both layouts: every admitted request is answered by its deadline plus
+ANSWER_GRACE_SECONDS. Whoever holds a request answers it at its deadline (a decoder's timer, a batcher's withdrawal);
+admission's backstop answers 504 whatever is still unanswered a grace later (a batch still running, a process or a
+thread stuck with it, a link gone quiet), and tells its holder to drop it (`on_gone`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
+import time
 from typing import Callable
 
-from podserve.errors import InvalidInput, Overloaded
+from podserve.errors import ClientGone, DeadlineExceeded, InvalidInput, Overloaded
 from podserve.metric_names import origin_of
 from podserve.runtime.core.lifecycle import Lifecycle
+from podserve.runtime.core.logs import log_request
 from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.http.messages import LARGE_BODY_BYTES, LARGE_BODY_SHARE, Answer, Exchange
 from podserve.runtime.http.refusals import RefusalCost, RefusalPacer
+
+log = logging.getLogger(__name__)
+
+#: Every admitted request is answered by its deadline plus this, whatever ends or hangs (docs/processes.md): a batch
+#: that started before the deadline gets this long to end; past it, the request is answered 504 here.
+ANSWER_GRACE_SECONDS = 1.0
+#: How often the backstop looks for requests past their deadline and grace (the grace's granularity).
+BACKSTOP_TICK_SECONDS = 0.05
 
 
 class Admission:
@@ -45,6 +62,10 @@ class Admission:
         self._steps_cpu = steps_cpu  # CPU of the handler's steps the loop ran itself: not admission's HTTP work
         self._admitted = 0  # requests admitted so far (event loop only)
         self._refusals: RefusalPacer | None = None
+        self._lock = threading.Lock()  # settled, places and the backstop's ticks: settle runs on any thread
+        self._due: dict[int, dict[int, Exchange]] = {}  # backstop tick -> the requests it answers if nobody has
+        self._swept = 0  # the last tick the backstop looked at
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def refusals_held(self) -> int:
@@ -59,10 +80,14 @@ class Admission:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._refusals = RefusalPacer(loop, cost=RefusalCost(lambda: self._admitted, self._steps_cpu))
         self._refusals.start()
+        self._loop = loop
+        self._swept = int(time.monotonic() / BACKSTOP_TICK_SECONDS)
+        self._sweep()
 
     def stop(self) -> None:
         if self._refusals is not None:
             self._refusals.stop()
+        self._loop = None
 
     def admit_head(self, exchange: Exchange, budget: float) -> bool:
         """At a request's headers: refuse it now (503, paced) when the pod is full, or its body (by Content-Length)
@@ -91,6 +116,12 @@ class Admission:
             exchange.held_bytes = length
         self.lifecycle.request_started()
         self._admitted += 1
+        exchange.places = 1
+        # The tick before the one its grace ends in: swept every tick, it is answered within the grace.
+        due_at = exchange.received_at + budget + ANSWER_GRACE_SECONDS
+        tick = exchange.backstop = int(due_at / BACKSTOP_TICK_SECONDS) - 1
+        with self._lock:
+            self._due.setdefault(tick, {})[id(exchange)] = exchange
         return True
 
     def _room(self, length: int) -> int:
@@ -112,32 +143,84 @@ class Admission:
     def hold_places(self, exchange: Exchange, held: int, count: int, unit: str, field: str) -> int:
         """The second admission step of a request holding `held` places that became `count` inputs: hold a place for
         each from now on (at least one; fewer than it holds gives the rest back), or refuse it (400 when it could
-        never fit, naming `field`; 503 when the pod is too full now). Returns the places the request holds now."""
+        never fit, naming `field`; 503 when the pod is too full now; ClientGone when it was answered meanwhile).
+        Returns the places the request holds now."""
         limit = self.holding_limit()
         if count > limit:
             raise InvalidInput(f"{count} {unit} are more than this pod holds at once ({limit}: queue_size per "
                                f"instance); send at most {limit} {unit} a request", field=field)
         count = max(1, count)
-        if count < held:
-            self.lifecycle.request_finished(held - count)
-        elif count > held and not self.lifecycle.try_start(count - held, limit):
-            raise Overloaded(f"this pod cannot hold {count} {unit} now ({self.lifecycle.in_flight} of {limit} places "
-                             f"taken, {held} of them by this request); retry shortly, or send fewer {unit}")
+        with self._lock:
+            if exchange.settled:
+                raise ClientGone("the request was answered already (its deadline and grace passed)")
+            held = exchange.places
+            if count < held:
+                self.lifecycle.request_finished(held - count)
+            elif count > held and not self.lifecycle.try_start(count - held, limit):
+                raise Overloaded(f"this pod cannot hold {count} {unit} now ({self.lifecycle.in_flight} of {limit} "
+                                 f"places taken, {held} of them by this request); retry shortly, or send fewer "
+                                 f"{unit}")
+            exchange.places = count
         return count
 
     def release_places(self, exchange: Exchange, places: int) -> None:
-        """Give back `places` a request took that its answer will not (it was answered while taking them)."""
-        if places > 0:
-            self.lifecycle.request_finished(places)
+        """Give back `places` a request took that its answer will not (nothing once it is answered: its answer gave
+        back every place it held)."""
+        with self._lock:
+            if places > 0 and not exchange.settled:
+                places = min(places, exchange.places - 1)
+                exchange.places -= places
+                self.lifecycle.request_finished(places)
 
     def submitted(self, exchange: Exchange) -> None:
         """The request's inputs are in the batcher's hands (one process: nothing to do)."""
 
-    def settle(self, exchange: Exchange, places: int, answer: Answer, seconds: float) -> None:
-        """A request is answered: give its places and its body's bytes back, count it, and send its answer."""
+    def settle(self, exchange: Exchange, answer: Answer, seconds: float) -> bool:
+        """A request is answered: give its places and its body's bytes back, count it, drop its body and send its
+        answer. False (and nothing done) when it was answered already."""
+        with self._lock:
+            if exchange.settled:
+                return False
+            exchange.settled = True
+            due = self._due.get(exchange.backstop)
+            if due is not None:
+                due.pop(id(exchange), None)
+            places, exchange.places = exchange.places, 0
         self.lifecycle.request_finished(places)
         if exchange.held_bytes:
             self.lifecycle.release_bytes(exchange.held_bytes)
             exchange.held_bytes = 0
+        exchange.body = b""  # whoever still holds the request (a queued step, a decoder) holds no body with it
         self.metrics.observe_request(self.route, answer.status, seconds, origin_of(exchange.headers.get("host", "")))
         exchange.answer(answer)
+        return True
+
+    # The backstop (event loop).
+
+    def _sweep(self) -> None:
+        """Answer 504 every admitted request past its deadline and grace that nobody has answered."""
+        if self._loop is None:
+            return
+        self._loop.call_later(BACKSTOP_TICK_SECONDS, self._sweep)  # first: nothing below may stop the backstop
+        now = int(time.monotonic() / BACKSTOP_TICK_SECONDS)
+        while self._swept < now:
+            self._swept += 1
+            with self._lock:
+                due = self._due.pop(self._swept, None)
+            for exchange in (due or {}).values():
+                try:
+                    self._backstop(exchange)
+                except Exception:  # a holder's bug: the request is answered, the next ones still will be
+                    log.exception("the backstop's holder callback failed")
+
+    def _backstop(self, exchange: Exchange) -> None:
+        holder, exchange.on_gone = exchange.on_gone, None
+        seconds = time.monotonic() - exchange.received_at
+        error = DeadlineExceeded(f"the request's deadline passed over {ANSWER_GRACE_SECONDS:g} s ago and it had no "
+                                 f"answer: its batch was still running, or the process or thread holding it is stuck "
+                                 f"(the pod's log says which); it may have run")
+        if self.settle(exchange, self._answer_error(error), seconds):
+            log_request({"route": self.route, "status": error.status, "total_ms": round(seconds * 1000, 2),
+                         "error": error.message, "backstop": True})
+        if holder is not None:  # its holder drops it: a decoder stops work on it, a queued input is withdrawn
+            holder()

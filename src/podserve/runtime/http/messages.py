@@ -121,7 +121,8 @@ class Exchange:
     """
 
     __slots__ = ("method", "target", "path", "query", "headers", "body", "version", "keep_alive", "received_at",
-                 "answer_", "connection", "oversize", "timer", "refused_early", "on_gone", "held_bytes")
+                 "answer_", "connection", "oversize", "timer", "refused_early", "on_gone", "held_bytes", "places",
+                 "settled", "backstop")
 
     def __init__(self, connection: "Connection", received_at: float):
         self.connection = connection
@@ -140,6 +141,9 @@ class Exchange:
         self.refused_early = False  # answered at its headers: its body is read and dropped, never dispatched
         self.on_gone: Callable[[], None] | None = None
         self.held_bytes = 0  # of the pod's budget for admitted bodies (http/admission.py), given back with the answer
+        self.places = 0  # of the pod's places (http/admission.py), given back with the answer
+        self.settled = False  # answered through admission: exactly once
+        self.backstop = 0  # the tick at which admission answers it if nobody has (http/admission.py)
 
     def answer(self, answer: Answer) -> None:
         """Send `answer` (from any thread); the first answer wins, later ones are dropped."""

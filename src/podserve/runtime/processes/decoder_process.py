@@ -25,7 +25,7 @@ import time
 import prometheus_client
 import uvloop
 
-from podserve.errors import NotReady, Overloaded
+from podserve.errors import HandlerFailed, NotReady, Overloaded
 from podserve.routes import service_path
 from podserve.runtime.batching.inline_policy import LoopRelief, StepCost
 from podserve.runtime.batching.pool import set_aside_start_up_objects
@@ -43,7 +43,7 @@ from podserve.runtime.processes.transport.handshake import HandshakeError, recei
 from podserve.runtime.processes.transport.items import error_from_wire
 from podserve.runtime.processes.transport.link import open_link
 from podserve.runtime.protocols import api
-from podserve.runtime.protocols.service_route import ServiceRoute
+from podserve.runtime.protocols.service_route import ServiceRoute, error_answer
 from podserve.runtime.protocols.v2_route import V2Route
 from podserve.runtime.protocols.video_route import VideoWork
 
@@ -57,12 +57,10 @@ HOLD_TIMEOUT_SECONDS = 10.0
 #: CPU time, unlike the wall clock, does not count the time a busy machine left the step waiting for a core.
 STEP_INLINE_SECONDS = 0.02
 STEP_STALL_SECONDS = 0.2
-#: A request or video thread still decoding a request this long after its deadline is stuck (in native code, without
-#: the GIL: with it, the whole process would stop and be killed), and what waits for that thread with it: this decoder
-#: takes nothing new and asks the supervisor for a successor.
-STUCK_THREAD_SECONDS = 0.5
 #: How often a lost link to the front or the model process is tried again (the supervisor is replacing it).
 RECONNECT_SECONDS = 0.2
+#: How often this decoder gives the pages of its arena's long-free blocks back.
+TRIM_SECONDS = 1.0
 
 
 class ForwardedExchange:
@@ -94,12 +92,22 @@ class FrontAdmission:
         self._holds: dict[int, tuple[threading.Event, list]] = {}
         self._loop_thread: int | None = None
 
-    def settle(self, exchange: ForwardedExchange, places: int, answer: Answer, seconds: float) -> None:
+    def settle(self, exchange: ForwardedExchange, answer: Answer, seconds: float) -> bool:
+        """Send `answer` to the front, which settles the request (places, bytes, counts); drop the body here."""
         if exchange.timer is not None:
             exchange.timer.cancel()
+        exchange.body = b""
         if self.exchanges.pop(exchange.rid, None) is None or self.link is None:
-            return  # the front has gone (or forgot it): nobody to answer
+            return False  # the front has gone, or answered it already (its backstop): nobody to answer
         self.link.send(("answer", exchange.rid, answer.status, list(answer.headers), answer.body, answer.close))
+        return True
+
+    def unsendable(self, message, exc: Exception) -> None:
+        """An answer the link to the front could not carry (over its frame cap): a 500 naming why goes instead."""
+        if message[0] == "answer" and self.link is not None:
+            answer = error_answer(HandlerFailed(f"the answer could not be sent ({exc}); return a smaller result from "
+                                                f"encode"))
+            self.link.send(("answer", message[1], answer.status, list(answer.headers), answer.body, answer.close))
 
     def hold_places(self, exchange: ForwardedExchange, held: int, count: int, unit: str, field: str) -> int:
         """Ask the front for `count` places in all (a request thread or a video thread waits for its answer)."""
@@ -122,8 +130,8 @@ class FrontAdmission:
         return places
 
     def submitted(self, exchange: ForwardedExchange) -> None:
-        """Tell the front the request's inputs are with the model process: from now on its batch answers it, so the
-        front's deadline backstop leaves it alone (a batch that has started is never abandoned)."""
+        """Tell the front the request's inputs are with the model process: it no longer counts towards this
+        decoder's backlog (what the front routes by)."""
         if self.link is not None:
             self.link.send(("submitted", exchange.rid))
 
@@ -172,6 +180,7 @@ class DecoderProcess:
         self.v2.begins_on_thread = True  # its second admission step waits for the front's answer
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
+        self._trimmed = time.monotonic()
 
     def readiness_problem(self) -> NotReady | None:
         return None if self.model.ready else NotReady(f"not ready: {self.model.status()}")
@@ -206,11 +215,17 @@ class DecoderProcess:
     def _publish(self, fields) -> None:
         fields["held"] = len(self.admission.exchanges)
         fields["backlog"] = self.service.backlog
-        overdue = self.service.overdue_seconds()
-        if overdue > STUCK_THREAD_SECONDS and not fields["replace"]:
-            log.error("%s: a thread has been decoding one request %.1fs past its deadline (stuck in native code?): "
-                      "asking to be replaced", self.name, overdue)
+        fields["busy"] = self.service.busy  # the front routes by what is ahead of a request here: these and its own
+        stuck = self.service.stuck_problem()
+        if stuck is not None and not fields["replace"]:
+            log.error("%s: %s: asking to be replaced", self.name, stuck)
             fields["replace"] = 1
+        elif stuck is None and fields["replace"] and not self.stopping:  # it came back before the supervisor acted
+            fields["replace"] = 0
+        now = time.monotonic()
+        if now - self._trimmed > TRIM_SECONDS:
+            self._trimmed = now
+            self.arena.trim()
 
     async def _until_connected(self, handshake, peer: str):
         """`handshake`'s result once it succeeds (tried again every RECONNECT_SECONDS while the supervisor starts
@@ -227,20 +242,23 @@ class DecoderProcess:
         connected = await self._until_connected(self._handshake_model, "the model process")
         if connected is None:
             return
-        sock, outputs = connected
+        sock, outputs, generation = connected
         link = await open_link(self.loop, sock, self.model.on_messages, self._model_lost, name="model",
-                               on_unsendable=self.model.unsendable)
-        self.model.connected(link, outputs)
+                               on_unsendable=self.model.unsendable, frame_cap=layout.MODEL_FRAME_BYTES)
+        self.model.connected(link, outputs, generation)
 
-    def _handshake_model(self) -> tuple[socket.socket, PeerArena]:
+    def _handshake_model(self) -> tuple[socket.socket, PeerArena, int]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(os.environ[layout.MODEL_PATH])
             send_hello(sock, {"name": self.name, "pid": os.getpid()}, [self.arena.fd])
-            _hello, fds = receive_hello(sock, max_fds=1)
+            hello, fds = receive_hello(sock, max_fds=1)
             if len(fds) != 1:
-                raise HandshakeError("the model process's hello came without its outputs arena")
-            return sock, PeerArena(fds[0])
+                raise HandshakeError("the model process's hello came without this decoder's outputs arena")
+            try:
+                return sock, PeerArena(fds[0]), int(hello["generation"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise HandshakeError(f"the model process's hello is not one: {exc}") from None
         except BaseException:
             sock.close()
             raise
@@ -255,13 +273,16 @@ class DecoderProcess:
         sock = await self._until_connected(self._handshake_front, "the front")
         if sock is None:
             return
-        self.admission.link = await open_link(self.loop, sock, self._from_front, self._front_lost, name="front")
+        self.admission.link = await open_link(self.loop, sock, self._from_front, self._front_lost, name="front",
+                                              on_unsendable=self.admission.unsendable,
+                                              frame_cap=layout.front_frame_cap(self.settings))
 
     def _handshake_front(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(os.environ[layout.FRONT_PATH])
-            send_hello(sock, {"name": self.name, "slot": self.slot.index, "pid": os.getpid()})
+            send_hello(sock, {"name": self.name, "slot": self.slot.index, "pid": os.getpid(),
+                              "generation": int(self.slot.fields["generation"])})
             receive_hello(sock, max_fds=0)
             return sock
         except BaseException:
@@ -279,8 +300,9 @@ class DecoderProcess:
             kind = message[0]
             if kind == "request":
                 self._start(*message[1:])
-            elif kind == "gone":
-                exchange = self.admission.exchanges.get(message[1])
+            elif kind in ("gone", "dropped"):  # its caller hung up (answered 499), or the front answered it already
+                exchanges = self.admission.exchanges
+                exchange = exchanges.pop(message[1], None) if kind == "dropped" else exchanges.get(message[1])
                 if exchange is not None and not exchange.gone:
                     exchange.gone = True
                     if exchange.on_gone is not None:
@@ -305,7 +327,7 @@ def main() -> int:
     handler = handler_class()
     handler.max_batch_size = settings.max_batch_size
     handler.load_codec(settings.model_path)
-    arena = Arena(layout.pod_memory_plan(settings).arena_per_decoder, f"podserve-decoder-{slot.index}-inputs")
+    arena = Arena(layout.pod_arena_sizes(settings).inputs, f"podserve-decoder-{slot.index}-inputs")
     process = DecoderProcess(settings, handler, slot, arena)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(process.run())

@@ -6,6 +6,7 @@ import glob
 from pathlib import Path
 
 from podserve import memory_plan
+from podserve.arena_sizing import ArenaSizes, arena_sizes
 from podserve.runtime.core.devices import cpu_share
 from podserve.settings import ServingSettings
 
@@ -72,3 +73,23 @@ def pod_memory_plan(settings: ServingSettings) -> memory_plan.MemoryPlan:
     """This pod's memory plan (podserve/memory_plan.py), the same in every process of it."""
     return memory_plan.plan(settings, decoder_processes(settings), settings.gpu_num > 0 and gpu_visible(),
                             model_bytes(settings.model_path))
+
+
+def pod_arena_sizes(settings: ServingSettings) -> ArenaSizes:
+    """Each decoder's input arena and its output share in the model process (podserve/arena_sizing.py), from the
+    plan's shared memory."""
+    plan = pod_memory_plan(settings)
+    return arena_sizes(plan.arenas, plan.decoders)
+
+
+#: What a link's frame holds beside the largest body it carries (a request's head, an answer's headers).
+FRAME_SLACK_BYTES = 1 << 20
+#: The frame cap of a decoder's link to the model process (descriptors, small arrays inline, values that are not
+#: arrays pickled: a handler's list or string).
+MODEL_FRAME_BYTES = 64 << 20
+
+
+def front_frame_cap(settings: ServingSettings) -> int:
+    """The frame cap of a decoder's link to the front: the largest body a request may hold (a video's base64 JSON),
+    or an answer as large, with room for its head."""
+    return max(MODEL_FRAME_BYTES, settings.largest_body_bytes() + FRAME_SLACK_BYTES)

@@ -5,6 +5,11 @@
 process's batch threads run it and send the output back the same way, and the item's `on_done` runs
 here, in the event loop's thread. Readiness, the instances' queues and what the lanes take come from the
 pod's shared state (runtime/processes/pod_state.py), which the model process publishes.
+
+Every item submitted is answered exactly once: by its output or error, by a withdrawal's answer (sent on the link it
+was submitted on, never to a model process that did not get it), or, when that link is lost, by a 503 here (an item
+is recorded under the same lock `lost` takes, so none slips between the two). A link the model process does not read
+(over its high-water mark) takes no new input: 503 at once.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from podserve.handler import Handler
 from podserve.runtime.batching.batcher import QUEUED, RUNNING
 from podserve.runtime.processes import layout
 from podserve.runtime.processes.child import Slot
-from podserve.runtime.processes.transport.arena import Arena, PeerArena
+from podserve.runtime.processes.transport.arena import Arena, PeerArena, StaleBlock
 from podserve.runtime.processes.transport.items import NoRoom, error_from_wire, error_to_wire, pack, unpack
 from podserve.settings import ServingSettings
 
@@ -45,11 +50,11 @@ class RemoteItem:
     """One input submitted to the model process, with the fields a WorkItem has once done."""
 
     __slots__ = ("item_id", "key", "deadline", "state", "output", "error", "batch_size", "queue_seconds",
-                 "fill_seconds", "inference_seconds", "worker", "on_done", "context", "blocks", "input")
+                 "fill_seconds", "inference_seconds", "worker", "on_done", "context", "blocks", "input", "link")
 
     def __init__(self, item_id: int, key: Any, deadline: float, on_done: Callable | None, context: Any,
-                 blocks: list[int], worker: RemoteWorker):
-        self.item_id, self.key, self.deadline = item_id, key, deadline
+                 blocks: list[int], worker: RemoteWorker, link):
+        self.item_id, self.key, self.deadline, self.link = item_id, key, deadline, link
         self.on_done, self.context, self.blocks, self.worker = on_done, context, blocks, worker
         self.state = QUEUED
         self.input = self.output = None
@@ -88,20 +93,23 @@ class ModelClient:
         self.state = slot.state
         self.link = None
         self.outputs: PeerArena | None = None
+        self.generation = 0  # the model process's, from its hello: its shared-state records are read only while same
         self.items: dict[int, RemoteItem] = {}
         self._ids = itertools.count(1)
         self._workers: dict[str, RemoteWorker] = {}
         self._unknown = RemoteWorker("model", self)
         self._lock = threading.Lock()
 
-    def connected(self, link, outputs: PeerArena) -> None:
-        self.link, self.outputs = link, outputs
+    def connected(self, link, outputs: PeerArena, generation: int) -> None:
+        with self._lock:
+            self.link, self.outputs, self.generation = link, outputs, generation
 
     # The pool interface (runtime/batching/pool.py's InstancePool has the same).
 
     @property
     def ready(self) -> bool:
-        return bool(self.state.model["ready"]) and self.link is not None and not self.link.closed
+        return (bool(self.state.model["ready"]) and self.link is not None and not self.link.closed
+                and int(self.state.model["generation"]) == self.generation)
 
     def status(self) -> str:
         if self.link is None or self.link.closed:
@@ -139,12 +147,18 @@ class ModelClient:
         link = self.link
         if link is None or link.closed:
             raise NotReady(f"not ready: {self.status()}")
+        if link.paused:
+            raise Overloaded(f"the model process is not reading what this decoder sends it ({link.waiting_bytes} "
+                             f"bytes wait): it is stuck or being replaced; retry shortly")
         try:
             descriptor, blocks = pack(input, self.arena)
         except NoRoom as exc:
             raise Overloaded(f"this decoder's shared memory for model inputs is full ({exc}); retry shortly") from None
-        item = RemoteItem(next(self._ids), key, deadline, on_done, context, blocks, self._unknown)
+        item = RemoteItem(next(self._ids), key, deadline, on_done, context, blocks, self._unknown, link)
         with self._lock:
+            if self.link is not link or link.closed:  # lost meanwhile: `lost` has answered what it found already
+                self._free_inputs(item)
+                raise NotReady(f"not ready: {_MODEL_GONE}")
             self.items[item.item_id] = item
         if admission is not None:
             admission.release()
@@ -167,19 +181,27 @@ class ModelClient:
             item.on_done([item])
 
     def withdraw(self, item: RemoteItem, error: ServingError | None) -> None:
-        if self.link is not None and item.item_id in self.items:
-            self.link.send(("withdraw", item.item_id, error_to_wire(error) if error is not None else None))
+        """Ask the model process that got `item` to withdraw it (on its own link: a newer model process never saw
+        it, and a lost link's items are answered here)."""
+        if item.item_id in self.items:
+            item.link.send(("withdraw", item.item_id, error_to_wire(error) if error is not None else None))
 
     # From the link (event loop).
 
     def on_messages(self, messages: list) -> None:
         finished: dict[Any, list[RemoteItem]] = {}
-        freed: list[int] = []
+        freed: list = []
         for message in messages:
             if message[0] != "done":
                 continue
             for item_id, descriptor, error, batch_size, queue_seconds, inference_seconds, instance in message[1]:
-                output = unpack(descriptor, self.outputs, copy=True, blocks=freed) if descriptor else None
+                output = None
+                if descriptor:
+                    try:
+                        output = unpack(descriptor, self.outputs, copy=True, blocks=freed)
+                    except StaleBlock as exc:  # fenced: never someone else's output
+                        error = error_to_wire(ServingError(f"internal error: the output was overwritten before it "
+                                                           f"was read ({exc})"))
                 with self._lock:
                     item = self.items.pop(item_id, None)
                 if item is None:
@@ -201,10 +223,13 @@ class ModelClient:
                 on_done(items)
 
     def lost(self) -> None:
-        """The model process has ended: every item still there gets a 503, and its input's blocks come back."""
+        """The model process has ended (or its link has): every item still there gets a 503, its input's blocks come
+        back, and its outputs arena is unmapped (the model process never hands its blocks out again)."""
         with self._lock:
             items, self.items = list(self.items.values()), {}
-        self.link = None
+            self.link, outputs, self.outputs = None, self.outputs, None
+        if outputs is not None:
+            outputs.close()
         finished: dict[Any, list[RemoteItem]] = {}
         for item in items:
             self._free_inputs(item)

@@ -36,7 +36,7 @@ _INSTANCE = np.dtype([("queue_depth", "<i8"), ("batch_started_ns", "<i8"), ("ali
 #: loop_ns by its event loop (it stops while the loop is stuck in a step, with or without the GIL).
 _SLOT = np.dtype([("role", "<i8"), ("state", "<i8"), ("pid", "<i8"), ("generation", "<i8"),
                   ("heartbeat_ns", "<i8"), ("loop_ns", "<i8"), ("started_ns", "<i8"), ("incoming", "<i8"),
-                  ("held", "<i8"), ("backlog", "<i8"), ("replace", "<i8")])
+                  ("held", "<i8"), ("backlog", "<i8"), ("busy", "<i8"), ("replace", "<i8")])
 #: What the supervisor counts: processes it started again after one ended, by role, and decoders it found hung.
 _POD = np.dtype([("front_restarts", "<i8"), ("decoder_restarts", "<i8"), ("model_restarts", "<i8"),
                  ("hung_decoders", "<i8"), ("supervisor_pid", "<i8")])
@@ -121,14 +121,14 @@ class PodState:
             slot = self.slots[index]
             if slot["role"] == FREE:
                 now = now_ns()
-                self.slots[index] = (role, STARTING, 0, int(slot["generation"]) + 1, now, now, now, 0, 0, 0, 0)
+                self.slots[index] = (role, STARTING, 0, int(slot["generation"]) + 1, now, now, now, 0, 0, 0, 0, 0)
                 return index
         raise RuntimeError(f"no free slot among {MAX_SLOTS}: processes are being replaced faster than they end")
 
     def release_slot(self, index: int) -> None:
         """The slot's process has ended: what it held is no longer held by anyone (the supervisor's)."""
         slot = self.slots[index]
-        for field in ("state", "pid", "incoming", "held", "backlog", "replace"):
+        for field in ("state", "pid", "incoming", "held", "backlog", "busy", "replace"):
             slot[field] = 0
         slot["role"] = FREE
 

@@ -8,15 +8,22 @@ runs threads or CUDA, and starts every process afresh (fork and exec), never for
 - A process that ends is started again (at once, then after 0.25 s, 0.5 s, ... up to 10 s while it keeps
   ending within 10 s of its start). One that ends with exit code 2 before it ever served (a bad setting,
   a handler that cannot be imported) ends the pod with exit code 2: starting it again would not help.
-- A decoder whose heartbeat stops for `HANG_SECONDS` (a thread holding the GIL in native code) is killed
-  and replaced; one that asks to be replaced (a thread stuck without the GIL past its request's deadline)
-  gets a successor first, then SIGTERM to finish what it holds.
-- SIGTERM (or SIGINT) goes to the front, which drains (docs/server.md: Shutdown); once it has exited, the
-  decoders and the model process get SIGTERM, and the supervisor exits 0 when all have.
+- A serving process whose heartbeat stops for `HANG_SECONDS` (stopped, or a thread holding the GIL in native code)
+  is killed and started again: a decoder (the front answers what it held 502), the model process (the pod is not
+  ready until its successor has loaded; the decoders answer what it held 503) or the front.
+- A decoder that asks to be replaced (a thread stuck in one step past the service's own timeout) or whose loop is
+  stuck gets a successor first, then SIGTERM to finish what it holds. These replacements back off: the next comes no
+  sooner than REPLACE_BACKOFF_SECONDS after one, doubling while they keep coming (to REPLACE_BACKOFF_MAX_SECONDS).
+- It reaps every process that ends in the pod, its children's children too (it is PID 1, or the subreaper of the
+  pod's processes), so no zombie outlives its parent.
+- SIGTERM (or SIGINT) goes to the front, which drains (docs/server.md: Shutdown; processes/front.py states its
+  bound); once it has exited, the decoders and the model process get SIGTERM, and the supervisor exits 0 when all
+  have.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import select
@@ -33,13 +40,14 @@ from prometheus_client import multiprocess
 
 from podserve.runtime.http.server import listening_socket
 from podserve.runtime.processes import layout
+from podserve.runtime.processes.front import front_drain_seconds
 from podserve.runtime.processes.pod_state import DECODER, FRONT, MODEL, READY, STARTING, PodState, now_ns
 from podserve.settings import ServingSettings
 
 log = logging.getLogger("podserve.supervisor")
 
-#: A ready decoder whose heartbeat (stamped by a thread of its own) is this old has a thread holding the GIL in native
-#: code: it is killed and replaced.
+#: A ready process whose heartbeat (stamped by a thread of its own) is this old is stopped or has a thread holding the
+#: GIL in native code: it is killed and replaced.
 HANG_SECONDS = 3.0
 #: A ready decoder whose event loop has not come round for this long is stuck in a step without the GIL: a successor
 #: is started and it is asked to end (its requests were answered 504 by the front at their deadlines meanwhile).
@@ -51,6 +59,14 @@ TICK_SECONDS = 0.1
 #: A process ending within this long of its start counts towards the back-off before the next start.
 QUICK_END_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 10.0
+#: After a stuck decoder is replaced, the next replacement of a stuck decoder waits at least this long; the wait
+#: doubles with each replacement that comes within REPLACE_CALM_SECONDS of the one before, up to the most.
+REPLACE_BACKOFF_SECONDS = 1.0
+REPLACE_BACKOFF_MAX_SECONDS = 30.0
+REPLACE_CALM_SECONDS = 60.0
+#: How long the other processes get to end after SIGTERM, once the front has drained, before they are killed.
+END_SECONDS = 10.0
+_PR_SET_CHILD_SUBREAPER = 36
 #: Exit code of a process that cannot start because of its configuration (runtime/core/startup.py).
 BAD_CONFIGURATION = 2
 _MODULES = {FRONT: "front_process", DECODER: "decoder_process", MODEL: "model_process"}
@@ -67,6 +83,7 @@ class Child:
     started: float = field(default_factory=time.monotonic)
     served: bool = False  # it reached READY at least once
     retire_by: float | None = None  # asked to finish and end (a replaced decoder): killed if still there by then
+    killed: bool = False  # found hung and killed: reaped soon, not killed again
 
     @property
     def name(self) -> str:
@@ -93,6 +110,8 @@ class Supervisor:
         self.stopping: str | None = None  # the signal that began the shutdown
         self.exit_code = 0
         self._signals: list[int] = []
+        self.replace_backoff = REPLACE_BACKOFF_SECONDS  # before the next stuck decoder is replaced
+        self.last_replaced = -REPLACE_CALM_SECONDS  # monotonic time of the last one
 
     def _unix_listener(self, name: str) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -125,6 +144,7 @@ class Supervisor:
     # Watching them.
 
     def run(self) -> int:
+        become_subreaper()
         read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(write_end)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -158,6 +178,7 @@ class Supervisor:
         return self.exit_code
 
     def _reap(self) -> None:
+        reap_orphans({child.process.pid for child in self.children})
         for child in list(self.children):
             code = child.process.poll()
             if code is None:
@@ -168,7 +189,8 @@ class Supervisor:
             self.state.release_slot(child.slot)
             multiprocess.mark_process_dead(child.process.pid, self.metrics_dir)
             if child.role == MODEL:
-                self.state.model["ready"] = 0
+                self.state.model["ready"] = self.state.model["instances"] = 0
+                self.state.instances[:] = 0  # its last batch says nothing about its successor
             how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
             if self.stopping is not None or child.retire_by is not None:
                 log.info("%s ended (%s)", child.name, how)
@@ -209,27 +231,49 @@ class Supervisor:
                     log.warning("%s did not finish its requests in time: killed", child.name)
                     child.process.kill()
                 continue
-            if child.role != DECODER:
-                continue
             silent = (now - int(slot["heartbeat_ns"])) / 1e9
             stuck = (now - int(slot["loop_ns"])) / 1e9
+            if child.killed:
+                continue
             if slot["state"] == READY and silent > HANG_SECONDS:
-                log.error("%s has not stamped its heartbeat for %.1fs (a thread holding the GIL in native code?): "
-                          "killed and replaced; the requests it held are answered 502", child.name, silent)
-                self.state.pod["hung_decoders"] += 1
-                child.process.kill()
+                self._hung(child, silent)
+            elif child.role != DECODER:
+                continue
             elif slot["state"] == STARTING and (now - int(slot["started_ns"])) / 1e9 > START_GRACE_SECONDS:
                 log.error("%s did not start within %gs: killed", child.name, START_GRACE_SECONDS)
+                child.killed = True
                 child.process.kill()
-            elif slot["state"] == READY and (slot["replace"] or stuck > LOOP_STUCK_SECONDS):
+            elif slot["state"] == READY and (slot["replace"] or stuck > LOOP_STUCK_SECONDS) \
+                    and now_s >= self.last_replaced + self.replace_backoff:
                 why = ("its event loop has been stuck in one step for %.0fs" % stuck if stuck > LOOP_STUCK_SECONDS
-                       else "it asked to be: a thread is stuck past its request's deadline")
-                log.warning("%s is replaced (%s): starting another, then ending it", child.name, why)
-                slot["replace"] = 1
-                self.state.pod["decoder_restarts"] += 1
-                self.start(DECODER)
-                child.retire_by = now_s + self.settings.request_timeout_ms / 1000.0 + 5.0
-                child.process.terminate()
+                       else "it asked to be: a thread is stuck in one step past the service's timeout")
+                self._replace(child, why, now_s)
+
+    def _hung(self, child: Child, silent: float) -> None:
+        """A serving process stopped stamping its heartbeat: kill it (its successor starts once it is reaped)."""
+        what = {DECODER: "the requests it held are answered 502", FRONT: "its connections are reset",
+                MODEL: "the pod is not ready until its successor has loaded; the requests it held are answered 503"}
+        log.error("%s has not stamped its heartbeat for %.1fs (stopped, or a thread holding the GIL in native code?): "
+                  "killed and replaced; %s", child.name, silent, what[child.role])
+        if child.role == MODEL:
+            self.state.model["ready"] = 0
+        if child.role == DECODER:
+            self.state.pod["hung_decoders"] += 1
+        child.killed = True
+        child.process.kill()
+
+    def _replace(self, child: Child, why: str, now: float) -> None:
+        """Start a stuck decoder's successor, then end it (it finishes what it holds), backing off the next one."""
+        self.replace_backoff = (min(REPLACE_BACKOFF_MAX_SECONDS, self.replace_backoff * 2)
+                                if now - self.last_replaced < REPLACE_CALM_SECONDS else REPLACE_BACKOFF_SECONDS)
+        self.last_replaced = now
+        log.warning("%s is replaced (%s): starting another, then ending it; the next such replacement waits %gs",
+                    child.name, why, self.replace_backoff)
+        self.state.slots[child.slot]["replace"] = 1
+        self.state.pod["decoder_restarts"] += 1
+        self.start(DECODER)
+        child.retire_by = now + self.settings.request_timeout_ms / 1000.0 + 5.0
+        child.process.terminate()
 
     # Stopping.
 
@@ -242,8 +286,7 @@ class Supervisor:
         log.info("%s: the front drains, then every other process ends", self.stopping)
         if front and drain:
             front[0].process.send_signal(signum)
-        self._front_done_by = time.monotonic() + (self.settings.drain_seconds + self.settings.request_timeout_ms /
-                                                  1000.0 + self.settings.stuck_batch_seconds + 10 if drain else 0)
+        self._front_done_by = time.monotonic() + (front_drain_seconds(self.settings) if drain else 0)
         self._others_told = False
 
     def _continue_stopping(self) -> None:
@@ -252,12 +295,12 @@ class Supervisor:
             return
         if not self._others_told:
             self._others_told = True
-            self._kill_by = time.monotonic() + 10.0
+            self._kill_by = time.monotonic() + END_SECONDS
             for child in self.children:
                 child.process.terminate()
         elif time.monotonic() > self._kill_by:
             for child in self.children:
-                log.warning("%s did not end within 10s of SIGTERM: killed", child.name)
+                log.warning("%s did not end within %gs of SIGTERM: killed", child.name, END_SECONDS)
                 child.process.kill()
             self._kill_by = float("inf")
 
@@ -266,6 +309,31 @@ class Supervisor:
             sock.close()
         shutil.rmtree(self.folder, ignore_errors=True)
         log.info("exited cleanly" if self.exit_code == 0 else f"exited with code {self.exit_code}")
+
+
+def become_subreaper() -> None:
+    """Have every orphan of the pod's processes reparented here, not to whatever runs above us (as PID 1 they are
+    anyway): `reap_orphans` then reaps them."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    except (OSError, AttributeError):
+        log.warning("could not become the subreaper of the pod's processes (prctl)")
+
+
+def reap_orphans(known: set[int]) -> int:
+    """Reap every ended child that is not one of `known` (the processes this supervisor waits on itself: their exit
+    codes are theirs to read): a team's subprocess orphaned by a decoder or the model process that ended. Returns
+    how many it reaped."""
+    reaped = 0
+    while True:
+        try:
+            ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped
+        if ended is None or ended.si_pid in known:
+            return reaped
+        os.waitpid(ended.si_pid, 0)
+        reaped += 1
 
 
 def supervise(settings: ServingSettings) -> int:

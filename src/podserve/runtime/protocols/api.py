@@ -23,6 +23,7 @@ import string
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from urllib.parse import parse_qsl
 
 from podserve import memory_plan
 from podserve.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
@@ -322,3 +323,17 @@ def _decode_base64(value: Any, field: str = "image") -> bytes:
             where = f"its length without whitespace ({len(unwrapped)}) is not padded to a multiple of 4"
     raise InvalidInput(f"'{field}' is not valid base64: {where}; send standard base64 (A-Z a-z 0-9 + / with = "
                        f"padding), or the raw bytes with Content-Type: {raw_type}", field=field)
+
+
+class QueryArgs:
+    """The query string's parameters (the first value of each), parsed only when one is asked for."""
+
+    def __init__(self, query: str):
+        self.query, self._parsed = query, None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if self._parsed is None:
+            self._parsed = {}
+            for key, value in parse_qsl(self.query, keep_blank_values=True):
+                self._parsed.setdefault(key, value)
+        return self._parsed.get(name, default)

@@ -8,7 +8,8 @@ in the event loop while it is measured cheap, else on a request thread (runtime/
 A request's deadline counts from when its first bytes were read. If it passes while the request
 waits for a request thread, is being decoded, or waits in its instance's queue, it is answered 504
 at that moment: a decode still running goes on, but its input is dropped, never queued; a batch
-that has started is never abandoned. The same goes for a caller who hangs up (499, not sent).
+that has started runs to its end, and its answer waits for it up to the grace past the deadline (then admission's
+backstop has answered 504: runtime/http/admission.py). The same goes for a caller who hangs up (499, not sent).
 
 The same route serves in both layouts (docs/processes.md): in one process, `pool` is the model
 instances and `admission` the HTTP server's own; in a decoder process, `pool` is the model process
@@ -22,7 +23,6 @@ import logging
 import threading
 import time
 from typing import Any, Protocol as Interface
-from urllib.parse import parse_qsl
 
 from podserve import errors
 from podserve.errors import ClientGone, DeadlineExceeded, HandlerFailed, ServingError
@@ -72,7 +72,9 @@ class Settler(Interface):
 
     def submitted(self, exchange: Exchange) -> None: ...
 
-    def settle(self, exchange: Exchange, places: int, answer: Answer, seconds: float) -> None: ...
+    def settle(self, exchange: Exchange, answer: Answer, seconds: float) -> bool:
+        """Give back what the request holds, count it, drop its body, send `answer`; False when it was answered
+        already (admission's backstop answered it: runtime/http/admission.py)."""
 
 
 class ServiceRoute:
@@ -98,6 +100,11 @@ class ServiceRoute:
         return self.runner.backlog
 
     @property
+    def busy(self) -> int:
+        """Request and video threads running a step now (one stuck in native code stays busy)."""
+        return len(self.runner.busy) + len(self.videos.busy)
+
+    @property
     def loop_relieved(self) -> bool:
         return self.runner.loop_relieved
 
@@ -106,9 +113,11 @@ class ServiceRoute:
         self.runner.start(loop)
         self.videos.start()
 
-    def stop(self) -> None:
-        self.runner.stop()
-        self.videos.stop()
+    def stop(self, until: float | None = None) -> None:
+        """End the request and video threads, waiting for them until the monotonic time `until` (default 5 s)."""
+        until = time.monotonic() + 5 if until is None else until
+        self.runner.stop(until)
+        self.videos.stop(until)
 
     # In the event loop's thread.
 
@@ -167,14 +176,17 @@ class ServiceRoute:
 
     # In a request thread, or in the loop's while the step is cheap.
 
-    def overdue_seconds(self) -> float:
-        """How long past its request's deadline the longest-stuck thread still begins a request (decodes it, or its
-        video): 0 when none is past its deadline. A thread stuck in native code without the GIL never comes back."""
-        now, worst = time.monotonic(), 0.0
-        for job in list(self.runner.busy.values()) + list(self.videos.busy.values()):
-            if type(job) is Call:
-                worst = max(worst, now - job.deadline)
-        return worst
+    def stuck_problem(self) -> str | None:
+        """Why a thread of this route is stuck, or None: a request thread in one step (a decode, an encode) or a video
+        thread on one video for longer than the service's own timeout (`stuck_step_seconds`), never a caller's
+        deadline. A thread stuck in native code without the GIL never comes back; one holding it stops the process."""
+        now, limit = time.monotonic(), stuck_step_seconds(self.settings)
+        for kind, busy in (("request", self.runner.busy), ("video", self.videos.busy)):
+            for _job, began in list(busy.values()):
+                if now - began > limit:
+                    return (f"a {kind} thread has run one step for {now - began:.1f} s, over the service's timeout of "
+                            f"{limit:g} s (stuck in native code?)")
+        return None
 
     def is_answered(self, call: Call) -> bool:
         """Whether `call` has its answer (its deadline passed, its caller left): whoever holds it drops it."""
@@ -238,7 +250,7 @@ class ServiceRoute:
             self.pool.ensure_room()
             with self.pool.decoding() as incoming:
                 call.payload = api.parse_request(exchange.headers.get("content-type"), exchange.body,
-                                                 QueryArgs(exchange.query), self.input_limits)
+                                                 api.QueryArgs(exchange.query), self.input_limits)
                 if call.payload.video is not None:  # decoded on a video thread, not this one
                     self.videos.begin(self, call, handler)
                     return
@@ -312,13 +324,15 @@ class ServiceRoute:
             answer = outcome
         exchange = call.exchange
         seconds = time.monotonic() - exchange.received_at
-        self.admission.settle(exchange, call.places, answer, seconds)
+        settled = self.admission.settle(exchange, answer, seconds)
         call.item = None  # no cycles left for the garbage collector: memory stays flat
         if isinstance(call.job, FanOut):
             call.job.release()
         if item is not None:
             item.context = item.input = item.output = None
         payload, call.payload, call.context = call.payload, None, ()  # released with its answer
+        if not settled:  # answered already, by admission's backstop (which logged it)
+            return
         log_request({"route": self.route, "status": answer.status, **api.ids_of(payload),
                      "total_ms": round(seconds * 1000, 2),
                      "deadline_ms": round(max(0.0, call.deadline - exchange.received_at) * 1000),
@@ -366,20 +380,13 @@ def error_answer(error: ServingError, payload: Payload | None = None, close: boo
 _GONE = ClientGone("the caller hung up before its request ran; it was not run")
 
 
+def stuck_step_seconds(settings: ServingSettings) -> float:
+    """How long one step (a decode, an encode, a video's decoding) may run before its thread counts as stuck: the
+    service's own timeout (`request_timeout_ms`; for a video the longer of it and `video_decode_timeout_seconds`),
+    whatever deadline a caller's headers asked for."""
+    return max(settings.request_timeout_ms / 1000.0, settings.video_decode_timeout_seconds)
+
+
 def _past_deadline(call: Call, where: str) -> DeadlineExceeded:
     waited = time.monotonic() - call.exchange.received_at
     return DeadlineExceeded(f"the request's deadline passed after {waited * 1000:.1f} ms {where}; it was not run")
-
-
-class QueryArgs:
-    """The query string's parameters (the first value of each), parsed only when one is asked for."""
-
-    def __init__(self, query: str):
-        self.query, self._parsed = query, None
-
-    def get(self, name: str, default: Any = None) -> Any:
-        if self._parsed is None:
-            self._parsed = {}
-            for key, value in parse_qsl(self.query, keep_blank_values=True):
-                self._parsed.setdefault(key, value)
-        return self._parsed.get(name, default)

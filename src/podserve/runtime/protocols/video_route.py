@@ -31,6 +31,7 @@ from podserve.errors import ClientGone, DeadlineExceeded, HandlerFailed, Invalid
 from podserve.handler import FrameOutput, Handler, WithContext
 from podserve.runtime.batching.fanout import FanOut
 from podserve.runtime.core.devices import cpu_share
+from podserve.runtime.core.lifecycle import join_by
 from podserve.runtime.core.verbs import call_verb
 from podserve.settings import ServingSettings
 from podserve.videos import open_stream
@@ -65,7 +66,7 @@ class VideoWork:
     def __init__(self, workers: int):
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._serve, name=f"video-{i}", daemon=True) for i in range(workers)]
-        self.busy: dict[int, object] = {}  # video thread -> the call whose video it decodes now
+        self.busy: dict[int, tuple[object, float]] = {}  # video thread -> (the call whose video it decodes, since)
 
     @property
     def backlog(self) -> int:
@@ -75,11 +76,10 @@ class VideoWork:
         for thread in self._threads:
             thread.start()
 
-    def stop(self) -> None:
+    def stop(self, until: float | None = None) -> None:
         for _ in self._threads:
             self._work.put(None)
-        for thread in self._threads:
-            thread.join(timeout=5)
+        join_by(self._threads, time.monotonic() + 5 if until is None else until)
 
     def begin(self, route, call, handler: Handler) -> None:
         """In a request thread: refuse a video the handler cannot read, else queue it for a video thread (its deadline
@@ -95,7 +95,7 @@ class VideoWork:
             if job is None:
                 return
             route, call, handler = job
-            self.busy[threading.get_ident()] = call
+            self.busy[threading.get_ident()] = call, time.monotonic()
             try:
                 self._decode(route, call, handler)
             except Exception as exc:  # never lose a request to a bug here: answer it

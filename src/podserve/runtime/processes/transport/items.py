@@ -15,7 +15,7 @@ import numpy as np
 
 from podserve import errors
 from podserve.errors import ServingError
-from podserve.runtime.processes.transport.arena import Arena, PeerArena
+from podserve.runtime.processes.transport.arena import Arena, PeerArena, StaleBlock
 
 #: Arrays up to this size travel inside the message: a block costs more than copying them.
 INLINE_BYTES = 4096
@@ -50,34 +50,45 @@ def _pack(value: Any, arena: Arena, blocks: list[int]) -> tuple:
         if offset is None:
             raise NoRoom(value.nbytes, arena)
         blocks.append(offset)
-        np.copyto(np.ndarray(value.shape, value.dtype, buffer=arena.map, offset=offset), value)
-        return BLOCK, offset, value.dtype.str, value.shape
+        np.copyto(arena.view(offset, value.shape, value.dtype), value)
+        return BLOCK, offset, arena.generation(offset), value.dtype.str, value.shape
     if type(value) is dict and value and all(isinstance(v, np.ndarray) for v in value.values()):
         return DICT, tuple((name, _pack(item, arena, blocks)) for name, item in value.items())
     return OBJECT, value
 
 
-def unpack(descriptor: tuple, peer: PeerArena | None, copy: bool = False, blocks: list[int] | None = None) -> Any:
+def unpack(descriptor: tuple, peer: PeerArena | None, copy: bool = False, blocks: list | None = None) -> Any:
     """The value `descriptor` describes: arrays in the peer's arena are views of it (valid until the peer frees
-    them; with `copy`, copies this process owns, and their blocks listed in `blocks` for the peer to free), small
-    ones a copy of the message's bytes."""
+    them), small ones a copy of the message's bytes. With `copy`, arrays are copies this process owns, checked
+    against their blocks' generations after the copy too. `blocks` gets (offset, generation) of each block read: the
+    peer frees them once told, and a reader of views checks them (`fenced`) once it is done. Raises StaleBlock when a
+    block was freed since its descriptor was written."""
     kind = descriptor[0]
     if kind == BLOCK:
-        _, offset, dtype, shape = descriptor
+        _, offset, generation, dtype, shape = descriptor
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        view = np.frombuffer(peer.buffer(offset, nbytes), dtype=dtype).reshape(shape)
+        view = np.frombuffer(peer.buffer(offset, nbytes, generation), dtype=dtype).reshape(shape)
+        if blocks is not None:
+            blocks.append((offset, generation))
         if not copy:
             return view
-        if blocks is not None:
-            blocks.append(offset)
-        return view.copy()
+        value = view.copy()
+        if not peer.holds(offset, generation):
+            raise StaleBlock(f"the block at {offset} was freed while it was read")
+        return value
     if kind == INLINE:
         _, dtype, shape, raw = descriptor
         return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
     if kind == DICT:
         return {name: unpack(item, peer, copy, blocks) for name, item in descriptor[1]}
     return descriptor[1]
+
+
+def fenced(peer: PeerArena, blocks: list) -> bool:
+    """Whether every block (offset, generation) read in place from `peer` still holds what was read: a reader of
+    views asks once it is done with them (its results from a block freed meanwhile are not the block's writer's)."""
+    return all(peer.holds(offset, generation) for offset, generation in blocks)
 
 
 def error_to_wire(error: ServingError) -> tuple:
