@@ -16,14 +16,11 @@ AnalysisTemplates' unit tests.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-from podserve.testbed.cluster.build import _go, go_env, module_folder, run_cli
+from podserve.testbed.cluster.build import _go, go_env, module_folder, run_cli, staged_build
 from podserve.testbed.cluster.versions import GO_MODULE, required_version
 from podserve.testbed.machine_cache import inputs_digest, shared_cache
 
@@ -74,15 +71,13 @@ def build(tools: Path | None = None, out=sys.stdout) -> Path:
     if not missing(target):
         print(f"argo-rollouts up to date in {target}", file=out)
         return target
-    target.mkdir(parents=True, exist_ok=True)
     env = go_env()
     version = rollouts_version()
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
-        staging = Path(tmp)
-        # upstream's LDFLAGS stamp the version the controller reports (its metrics' build info, `version`)
-        stamp = f"-s -w -X {ARGO_ROLLOUTS}/utils/version.version={version.lstrip('v')} " \
-                f"-X {ARGO_ROLLOUTS}/utils/version.gitTreeState=clean"
+    # upstream's LDFLAGS stamp the version the controller reports (its metrics' build info, `version`)
+    stamp = f"-s -w -X {ARGO_ROLLOUTS}/utils/version.version={version.lstrip('v')} " \
+            f"-X {ARGO_ROLLOUTS}/utils/version.gitTreeState=clean"
+
+    def fill(staging: Path) -> list[str]:
         for binary, package in PACKAGES.items():
             print(f"building {binary} ({ARGO_ROLLOUTS} {version}) ...", file=out, flush=True)
             _go(["build", "-trimpath", "-ldflags", stamp, "-o", str(staging / binary), package], binary, env,
@@ -91,13 +86,9 @@ def build(tools: Path | None = None, out=sys.stdout) -> Path:
         (staging / CRD_FOLDER).mkdir()
         for name in CRD_FILES:
             shutil.copyfile(module / CRDS_IN_MODULE / name, staging / CRD_FOLDER / name)
-        (target / CRD_FOLDER).mkdir(exist_ok=True)
-        for name in CRD_FILES:
-            os.replace(staging / CRD_FOLDER / name, target / CRD_FOLDER / name)
-        for name in (EVALUATE, PLUGIN, CONTROLLER):  # the controller last: its presence means the folder is complete
-            os.replace(staging / name, target / name)
-    print(f"  built argo-rollouts in {time.monotonic() - started:.0f}s", file=out, flush=True)
-    return target
+        return [*(f"{CRD_FOLDER}/{name}" for name in CRD_FILES), EVALUATE, PLUGIN, CONTROLLER]  # the controller last
+
+    return staged_build(target, "argo-rollouts", fill, out)
 
 
 def main(argv: list[str] | None = None) -> int:
