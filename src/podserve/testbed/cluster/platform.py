@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from podserve.testbed.cluster import versions
-from podserve.testbed.processes import StartError, poll_until
+from podserve.testbed.processes import StartError, built, poll_until
 from podserve.tooling.chart_values import chart_values
 from podserve.tooling.conf import Conf, Region, load_conf
 
@@ -104,10 +104,7 @@ def istio_crds(kinds: set[str], binaries: Path | None = None) -> list[dict]:
     """Istio's CRDs of `kinds` as the istio module ships them (the file `make istiod` puts beside pilot-discovery)."""
     from podserve.testbed.mesh import build
 
-    path = (binaries or build.binaries_dir()) / build.CRD_FILE
-    if not path.is_file():
-        raise StartError(f"Istio's CRDs: {path} is missing; run `make istiod` (they come from the istio module "
-                         "istiod is built from)")
+    path = built((binaries or build.binaries_dir()) / build.CRD_FILE, "Istio's CRDs (from the istio module)", "istiod")
     return [doc for doc in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader)
             if doc and doc.get("kind") == "CustomResourceDefinition" and _is_istio(doc)
             and doc["spec"]["names"]["kind"] in kinds]
@@ -122,11 +119,8 @@ def argo_crds(tools: Path | None = None) -> list[dict]:
     argo-rollouts` copies them beside the controller)."""
     from podserve.testbed.rollouts import build
 
-    paths = build.crd_paths(tools)
-    absent = [p for p in paths if not p.is_file()]
-    if absent:
-        raise StartError(f"Argo Rollouts' CRDs: {absent[0]} is missing; run `make argo-rollouts` (they come from the "
-                         "argo-rollouts module the controller is built from)")
+    paths = [built(path, "Argo Rollouts' CRDs (from the argo-rollouts module)", "argo-rollouts")
+             for path in build.crd_paths(tools)]
     return [doc for path in paths for doc in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader)
             if doc and doc.get("kind") == "CustomResourceDefinition"]
 

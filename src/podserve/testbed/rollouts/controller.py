@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from podserve.testbed.cluster.accounts import account_kubeconfig
-from podserve.testbed.processes import Program, StartError, free_port
+from podserve.testbed.processes import Program, built, free_port
 from podserve.testbed.rollouts import build
 
 CHART_VALUES = Path(__file__).resolve().parents[4] / "charts" / "podserve-platform" / "values.yaml"
@@ -45,10 +45,7 @@ class RolloutsController:
               extra_args: tuple[str, ...] = ()) -> "RolloutsController":
         """Start the controller against `plane` as the chart's account and wait until it serves its metrics."""
         binaries = binaries or build.binaries_dir()
-        binary = binaries / build.CONTROLLER
-        if not binary.is_file():
-            raise StartError(f"rollouts-controller: {binary} is missing; build it with `make argo-rollouts` "
-                             "(python -m podserve.testbed.rollouts.build)")
+        binary = built(binaries / build.CONTROLLER, "rollouts-controller", "argo-rollouts")
         work = Path(work)
         work.mkdir(parents=True, exist_ok=True)
         namespace = namespace or chart_settings()["namespace"]
