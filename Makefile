@@ -15,7 +15,7 @@ ifneq ($(filter test,$(MAKECMDGOALS)),)
 unexport CI GITLAB_CI CI_PROJECT_DIR
 endif
 
-.PHONY: serve test model record split tools render wrk bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries istiod netpol
+.PHONY: serve test model record split tools render wrk bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries istiod argo-rollouts netpol
 
 serve: $(VENV)/.serve-deps model ## Serve the example model locally on port 8080.
 	$(PY) -m podserve.tooling.serve_local $(VALUES)
@@ -29,6 +29,7 @@ TEST_NEEDS += cluster-binaries
 TEST_NEEDS += image-tools
 TEST_NEEDS += node-tools
 TEST_NEEDS += istiod
+TEST_NEEDS += argo-rollouts
 TEST_NEEDS += netpol
 
 test: $(TEST_NEEDS) ## Install what the tests need and run them.
@@ -164,7 +165,7 @@ node-tools: image-tools ## The real node's Debian packages: containerd, CNI plug
 		missing="$$missing $$p"; done; test -z "$$missing" || flock /tmp/podserve-apt.lock sh -c \
 		"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing"
 
-cluster: cluster-binaries istiod tools $(VENV)/.test-deps $(if $(filter 0,$(REAL_NODE)),,node-tools netpol) ## Control plane + fake node pools + the real node + CRDs + platform chart (REGION=hk) on 127.0.0.1:6443, until Ctrl-C.
+cluster: cluster-binaries istiod argo-rollouts tools $(VENV)/.test-deps $(if $(filter 0,$(REAL_NODE)),,node-tools netpol) ## Control plane + fake node pools + the real node + CRDs + platform chart (REGION=hk) on 127.0.0.1:6443, until Ctrl-C.
 	$(PY) -m podserve.testbed.cluster --region $(REGION) --kubeconfig build/cluster/kubeconfig \
 		--registry-port $(NODE_REGISTRY_PORT) --real-node-pool $(REAL_NODE_POOL) $(if $(filter 0,$(REAL_NODE)),--no-real-node,)
 
@@ -172,6 +173,11 @@ cluster: cluster-binaries istiod tools $(VENV)/.test-deps $(if $(filter 0,$(REAL
 # with Istio's CRDs from that module, into ~/.cache/podserve/istiod/ (the control plane installs the CRDs from there).
 istiod: $(VENV)/bin/python ## Build istiod (pilot-discovery) from Go modules into ~/.cache/podserve/istiod/ (once per machine; about 8 min cold on 2 idle cores).
 	@$(PY) -m podserve.testbed.mesh.build
+
+# Argo Rollouts (podserve/testbed/rollouts/build.py): rollouts-controller and kubectl-argo-rollouts from the module
+# cluster/argo-rollouts/go.mod pins, with Argo's CRDs from that module, into ~/.cache/podserve/argo-rollouts/.
+argo-rollouts: $(VENV)/bin/python ## Build Argo Rollouts' controller and kubectl plugin from Go modules into ~/.cache/podserve/argo-rollouts/ (once per machine; about 10 min cold on 2 idle cores).
+	@$(PY) -m podserve.testbed.rollouts.build
 
 # The real node's NetworkPolicy engine (podserve/testbed/cluster/netpol.py): kube-network-policies from the module
 # cluster/netpol/go.mod pins, with cluster/netpol/nfqueue-compat.patch, into ~/.cache/podserve/netpol/.

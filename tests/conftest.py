@@ -106,6 +106,26 @@ def istiod(control_plane, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def rollouts_controller(control_plane, tmp_path_factory):
+    """Argo Rollouts' controller (`make argo-rollouts`) against the session's control plane, once, as the platform
+    chart's ServiceAccount (its RBAC). At the session's end its log must show no request the RBAC refused."""
+    from podserve.testbed.processes import StartError
+    from podserve.testbed.rollouts.controller import RolloutsController
+
+    try:
+        started = RolloutsController.start(control_plane, tmp_path_factory.mktemp("argo-rollouts"))
+    except StartError as exc:
+        pytest.fail(f"the Argo Rollouts controller did not start: {exc}", pytrace=False)
+    yield started
+    # RBAC's refusal names the user ("... is forbidden: User "system:serviceaccount:..." cannot ...", quotes escaped
+    # in Argo's own lines, not in client-go's), unlike the apiserver's other "forbidden" (a namespace being deleted
+    # under a test's Rollout: "forbidden: unable to create new content in namespace ...")
+    forbidden = started.log_lines("forbidden: User ")
+    started.stop()
+    assert not forbidden, "the chart's RBAC refused the controller:\n" + "\n".join(forbidden[:5])
+
+
+@pytest.fixture(scope="session")
 def real_node(control_plane, tmp_path_factory):
     """The real node (containerd, runc, kubelet, fake GPU plugin) joined to the session's control plane, once.
 

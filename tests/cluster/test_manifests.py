@@ -3,12 +3,16 @@
 Real: kube-apiserver's decoding, OpenAPI and CRD structural-schema validation, admission
 (PodSecurity included). Applied as a server-side dry run (dryRun=All): every check a real
 apply passes through, nothing stored, so all stages and services can be checked side by side.
+The session's cluster is one region's; a stage of another region goes to a copy of the team's
+namespace labelled with that stage, as its own region's chart labels it (the admission policies
+hold a pod template's stage to its namespace's).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import uuid
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -16,13 +20,38 @@ from kubernetes.client.exceptions import ApiException
 SERVICES = ("example", "offline-example", "cpu_only", "autoscaled", "kong", "big", "tiny_team_y")
 
 
+@pytest.fixture
+def stage_namespace(core, control_plane, conf):
+    """The namespace a stage's objects are applied to here: their own in the session's region, else a copy of it
+    (labels and annotations as the chart made them) whose stage label is the stage's, deleted afterwards."""
+    copies: dict[tuple[str, str], str] = {}
+
+    def namespace(name: str, stage: str) -> str:
+        if conf.stages[stage].region == control_plane.region:
+            return name
+        if (name, stage) not in copies:
+            live = core.read_namespace(name).metadata
+            copy_name = f"{name}-{stage}-{uuid.uuid4().hex[:6]}"
+            core.create_namespace({"metadata": {"name": copy_name, "annotations": live.annotations,
+                                                "labels": {**live.labels, "podserve.io/stage": stage}}})
+            copies[(name, stage)] = copy_name
+        return copies[(name, stage)]
+
+    yield namespace
+    for name in copies.values():
+        core.delete_namespace(name)
+
+
 @pytest.mark.parametrize("service", SERVICES)
-def test_every_stage_is_accepted_with_strict_validation(applier, services, service):
+def test_every_stage_is_accepted_with_strict_validation(applier, services, service, stage_namespace):
     rendered = services[service]
     refused = []
     applied = 0
     for stage, docs in rendered.stages.items():
         for doc in docs:
+            if "namespace" in doc["metadata"]:
+                doc = {**doc, "metadata": {**doc["metadata"],
+                                           "namespace": stage_namespace(doc["metadata"]["namespace"], stage)}}
             try:
                 result = applier.apply(doc, dry_run=True)
             except ApiException as exc:

@@ -9,6 +9,7 @@ to give, to show admission still refuses what RBAC wrongly lets through.
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import yaml
 from live import REPO, Live
 from podserve.testbed.cluster.platform import REGION_LABEL
 from podserve.testbed.processes import poll_until
+from podserve.tooling import analysis_template as at
 from podserve.tooling import release, tenancy
 from podserve.tooling.deploy import canary_objects, drift
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, Kind
@@ -222,6 +224,17 @@ POLICY_CASES = [
      "podserve-brokers", "PODSERVE_KAFKA_BOOTSTRAP must come from the ConfigMap podserve-kafka"),
     ("a route bound to the mesh", "VirtualService", lambda o: o["VirtualService"]["spec"].update(gateways=["mesh"]),
      "podserve-routes", "binds only the Gateway of its stage, istio-ingress/podserve"),
+    ("a pod template of another team", "Deployment",
+     lambda o: o["Deployment"]["spec"]["template"]["metadata"]["labels"].update(team="imo"),
+     "podserve-workload-labels", "the pod template must carry the label team: like, the team of namespace"),
+    ("a pod template with a pod-template hash", "Deployment",
+     lambda o: o["Deployment"]["spec"]["template"]["metadata"]["labels"].update(
+         {"rollouts-pod-template-hash": "5d8f7c"}),
+     "podserve-workload-labels", "may not set rollouts-pod-template-hash or pod-template-hash"),
+    ("a PodMonitor relabelling track", "PodMonitor",
+     lambda o: o["PodMonitor"]["spec"]["podMetricsEndpoints"][0].update(
+         relabelings=[{"targetLabel": "track", "replacement": "stable"}]),
+     "podserve-podmonitors", "relabelling may not write (nor map, keep or drop) the namespace, pod, service"),
     ("a PodMonitor relabelling namespace", "PodMonitor",
      lambda o: o["PodMonitor"]["spec"]["podMetricsEndpoints"][0].update(
          relabelings=[{"targetLabel": "namespace", "replacement": "podserve-imo"}]),
@@ -431,8 +444,12 @@ def test_a_production_canary_is_admitted_as_stable_is_and_judged_by_the_same_pol
     canary["metadata"]["labels"]["team"] = "like"
     refused = dry_apply(kubeconfig, canary)
     assert refused.returncode != 0, "a canary of another team was admitted"
-    assert "ValidatingAdmissionPolicy 'podserve-owner'" in refused.stderr and "must carry the owner label team: imo" \
-        in refused.stderr, refused.stderr
+    # two policies refuse it, and the apiserver names the first that denies (in no set order): the owner label, and
+    # the pod template's team (imo's) not the object's
+    reasons = {"podserve-owner": "must carry the owner label team: imo",
+               "podserve-workload-labels": "the pod template's team, stage and service labels"}
+    assert any(f"ValidatingAdmissionPolicy '{policy}'" in refused.stderr and why in refused.stderr
+               for policy, why in reasons.items()), refused.stderr
 
 
 def test_a_grey_over_its_namespace_s_cpu_quota_fails_naming_the_quota(imo):
@@ -655,3 +672,86 @@ def test_one_region_s_chart_values_are_refused_in_another_region_s_cluster(contr
         in wrong.stderr, wrong.stderr
     right = upgrade("hk")
     assert right.returncode == 0, right.stderr
+
+
+def test_another_team_s_pods_may_not_wear_the_victim_s_labels(teams):
+    """It must show 4 (issue 66), admission's half: team imo's production account applies a Deployment whose pods
+    say team like, the victim's service and track stable: refused, so no such pod ever reaches like's counts."""
+    a, b = teams
+    victim = rendered(a, "tn-victim", "hk")["Deployment"]
+    impostor = rendered(b, "tn-impostor", "hk")["Deployment"]
+    labels = impostor["spec"]["template"]["metadata"]["labels"]
+    labels.update({k: victim["spec"]["template"]["metadata"]["labels"][k] for k in ("team", "track")})
+    refused = dry_apply(b.kubeconfig("production"), impostor)
+    assert refused.returncode != 0, "imo's pods wearing like's labels were admitted"
+    assert "ValidatingAdmissionPolicy 'podserve-workload-labels'" in refused.stderr
+    assert "must carry the label team: imo, the team of namespace podserve-imo" in refused.stderr, refused.stderr
+
+
+def _analysis_template(objects: dict, metrics: list[dict]) -> dict:
+    deployment = objects["Deployment"]["metadata"]
+    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
+            "metadata": {"name": f"{deployment['name']}-verdict", "namespace": deployment["namespace"],
+                         "labels": deployment["labels"], "annotations": deployment["annotations"]},
+            "spec": {"args": [{"name": at.CANARY_HASH_ARG}, {"name": at.STABLE_HASH_ARG}], "metrics": metrics}}
+
+
+def _rollout(objects: dict) -> dict:
+    """The rendered Deployment as a Rollout (canary strategy, track from Argo's metadata)."""
+    found = copy.deepcopy(objects["Deployment"])
+    spec = found["spec"]
+    spec.pop("strategy"), spec.pop("progressDeadlineSeconds", None)
+    spec["selector"]["matchLabels"].pop(release.TRACK_LABEL, None)
+    spec["template"]["metadata"]["labels"].pop(release.TRACK_LABEL, None)
+    found["metadata"]["labels"].pop(release.TRACK_LABEL, None)
+    spec["strategy"] = {"canary": {"stableMetadata": {"labels": {release.TRACK_LABEL: release.STABLE}},
+                                   "canaryMetadata": {"labels": {release.TRACK_LABEL: release.CANARY}},
+                                   "steps": [{"setWeight": 10}, {"analysis": {"templates": [
+                                       {"templateName": f"{found['metadata']['name']}-verdict"}]}}]}}
+    return dict(found, apiVersion="argoproj.io/v1alpha1", kind="Rollout")
+
+
+ANALYSIS_CASES = [
+    ("a web provider", "AnalysisTemplate",
+     lambda o: o["AnalysisTemplate"]["spec"]["metrics"][0].update(provider={"web": {"url": "http://203.0.113.9/"}}),
+     "may only query the Prometheus of the region"),
+    ("another Prometheus", "AnalysisTemplate",
+     lambda o: o["AnalysisTemplate"]["spec"]["metrics"][0]["provider"]["prometheus"].update(
+         address="http://203.0.113.9:9090"), "may only query the Prometheus of the region"),
+    ("a Secret as an argument", "AnalysisTemplate",
+     lambda o: o["AnalysisTemplate"]["spec"]["args"].append(
+         {"name": "token", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}),
+     "an analysis argument may not come from a Secret"),
+    ("a ClusterAnalysisTemplate in a step", "Rollout",
+     lambda o: o["Rollout"]["spec"]["strategy"]["canary"]["steps"][1]["analysis"]["templates"][0].update(
+         clusterScope=True), "name only AnalysisTemplates of its own namespace"),
+    ("an Experiment step", "Rollout",
+     lambda o: o["Rollout"]["spec"]["strategy"]["canary"]["steps"].append(
+         {"experiment": {"templates": [{"name": "x", "specRef": "canary"}]}}), "may run no Experiment"),
+    ("another team on the canary's pods", "Rollout",
+     lambda o: o["Rollout"]["spec"]["strategy"]["canary"]["canaryMetadata"]["labels"].update(team="imo"),
+     "may set only the label track"),
+]
+
+
+@pytest.mark.parametrize("what, kind, change, says", ANALYSIS_CASES, ids=[case[0] for case in ANALYSIS_CASES])
+def test_a_rollout_and_its_analysis_use_only_what_the_platform_allows(teams, what, kind, change, says):
+    """Issue 66: Argo's objects in a team's namespace, as its CI account applies them: ours admitted, each variant
+    refused by the policy that names the rule (the controller would run a web call or a Job with its own reach)."""
+    from podserve.tooling.conf import load_conf, load_deploy_policy
+
+    a, _ = teams
+    objects = rendered(a, "tn-argo", "hk")
+    thresholds = at.Thresholds.of(load_deploy_policy().verdict)
+    comparison = at.canary(a.namespace("hk"), a.team, "tn-argo", "hk", thresholds, 15)
+    address = load_conf().platform.monitoring.prometheus_address
+    objects["AnalysisTemplate"] = _analysis_template(objects, at.metrics(comparison, address, 30))
+    objects["Rollout"] = _rollout(objects)
+    production = a.kubeconfig("production")
+    ours = dry_apply(production, objects["AnalysisTemplate"], objects["Rollout"])
+    assert ours.returncode == 0, ours.stderr
+    change(objects)
+    refused = dry_apply(production, objects[kind])
+    assert refused.returncode != 0, f"{what} was admitted"
+    policy = "podserve-workload-labels" if what == "another team on the canary's pods" else "podserve-analysis"
+    assert f"ValidatingAdmissionPolicy '{policy}'" in refused.stderr and says in refused.stderr, refused.stderr

@@ -46,3 +46,19 @@ def test_the_command_exits_2_on_bad_conf(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("podserve.tooling.conf.default_conf_dir", lambda: tmp_path)
     assert main(["--check"]) == 2
     assert "slo.latency_seconds" in capsys.readouterr().err
+
+
+def test_a_rollout_is_stuck_only_past_the_longest_release_the_platform_allows(obs):
+    """PodserveRolloutStuck waits rollout_stuck_for: longer than the most canary steps the platform allows, each
+    judged as long as its analysis may take (analysis_template.metrics: slow start and a window, then a measurement
+    a window until the sample is full, and once more)."""
+    from podserve.tooling import analysis_template as at
+    from podserve.tooling.conf import load_conf, load_deploy_policy
+
+    conf, thresholds = load_conf(), at.Thresholds.of(load_deploy_policy().verdict)
+    slow_start = int(conf.platform.mesh.slow_start.rstrip("s"))
+    (metric, *_) = at.metrics(at.canary("ns", "team", "svc", "hk", thresholds, 15), "http://p", slow_start)
+    per_step = slow_start + thresholds.window_seconds + (metric["count"] - 1) * thresholds.window_seconds
+    longest = conf.platform.limits.max_canary_steps * per_step
+    stuck = obs.thresholds.rollout_stuck_for
+    assert stuck.endswith("m") and int(stuck[:-1]) * 60 > longest, (stuck, longest)

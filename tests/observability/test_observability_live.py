@@ -39,6 +39,8 @@ DOCUMENTED = {
     "kube": ({"kube_pod_status_ready", "kube_deployment_spec_replicas", "kube_deployment_status_replicas_available",
               "kube_pod_container_status_restarts_total", "kube_replicaset_created"},
              {"namespace", "pod", "container", "deployment", "condition", "replicaset"}),
+    "rollouts": ({"rollout_info", "rollout_info_replicas_desired", "rollout_info_replicas_available"},
+                 {"namespace", "name", "phase", "strategy", "traffic_router"}),
 }
 SCRAPE_SECONDS, INTERVAL_SECONDS = 1.0, 9.0   # $__rate_interval = 10s
 
@@ -52,6 +54,8 @@ def _source(name: str) -> str:
         return "dcgm"
     if name.startswith("kube_"):
         return "kube"
+    if name.startswith("rollout_"):
+        return "rollouts"
     raise AssertionError(f"{name}: a metric of no known exporter")
 
 

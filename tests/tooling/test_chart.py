@@ -53,11 +53,25 @@ def test_the_templated_chart_passes_the_schemas(helm, conf, tmp_path, region):
     docs = template(helm, CHART, tmp_path, *args)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == [
-        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Gateway", "Namespace", "NetworkPolicy", "PriorityClass",
-        "PrometheusRule",
-        "ResourceQuota", "Role", "RoleBinding", "ServiceAccount", "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding"]
+        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Gateway", "Namespace", "NetworkPolicy",
+        "PodMonitor", "PriorityClass", "PrometheusRule", "ResourceQuota", "Role", "RoleBinding", "ServiceAccount",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     assert all_schema_errors(docs) == []
+
+
+def test_the_rollouts_controller_reads_no_secret_and_runs_no_job_beyond_its_namespace(helm, conf, tmp_path):
+    """Argo's own install grants cluster-wide Secret reads and Job writes (for analysis providers the platform
+    refuses): the chart's ClusterRole grants neither; Secrets only in the controller's namespace (notifications)."""
+    docs = template(helm, CHART, tmp_path, "-f", values_file(conf, "hk", tmp_path))
+    (cluster_role,) = [d for d in docs
+                       if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "podserve-argo-rollouts"]
+    granted = {(resource, verb) for rule in cluster_role["rules"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    assert not {r for r, _ in granted} & {"secrets", "configmaps"}
+    assert not {v for r, v in granted if r == "jobs"} - {"get", "list", "watch"}
+    assert ("rollouts", "update") in granted and ("virtualservices", "update") in granted
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "podserve-argo-rollouts"]
+    assert role["metadata"]["namespace"] == "argo-rollouts"
 
 
 @pytest.mark.parametrize("region", REGIONS)
@@ -160,6 +174,7 @@ def test_alert_rules_use_metrics_the_server_exports(helm, tmp_path):
     exported = {v for v in vars(metric_names).values() if isinstance(v, str) and v.startswith(metric_names.PREFIX)
                 and v != metric_names.PREFIX}
     recorded = {rule["record"] for rule in rules if "record" in rule}
-    # Besides ours: recording rules of the same file, and kube-state-metrics' and dcgm-exporter's metrics.
-    known = exported | recorded | {"kube_", "DCGM_FI_"}
+    # Besides ours: recording rules of the same file, and kube-state-metrics', dcgm-exporter's and Argo Rollouts'
+    # controller's metrics.
+    known = exported | recorded | {"kube_", "DCGM_FI_", "rollout_info"}
     assert rules and all(any(m in rule["expr"] for m in known) for rule in rules)

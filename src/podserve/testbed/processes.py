@@ -15,6 +15,13 @@ class StartError(RuntimeError):
     """A local program did not start; the message names it and quotes the end of its log."""
 
 
+def built(path: Path, what: str, make_target: str) -> Path:
+    """`path`, a file `make <make_target>` puts there; StartError naming `what`, the path and the target if absent."""
+    if not path.is_file():
+        raise StartError(f"{what}: {path} is missing; build it with `make {make_target}` (make test does it first)")
+    return path
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

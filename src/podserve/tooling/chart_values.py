@@ -81,7 +81,7 @@ def pod_limits(conf: Conf, region: str) -> dict:
             "maxReplicas": limits.max_replicas,
             "tolerations": ",".join(sorted(dict.fromkeys(map(toleration_key, tolerations)))),
             "kafkaBootstrapEnv": BOOTSTRAP_ENV, "kafkaConfigMap": KAFKA_CONFIGMAP["name"],
-            "kafkaKey": KAFKA_CONFIGMAP["key"]}
+            "kafkaKey": KAFKA_CONFIGMAP["key"], "prometheusAddress": conf.platform.monitoring.prometheus_address}
 
 
 def main(argv: list[str]) -> int:

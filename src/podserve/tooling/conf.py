@@ -97,6 +97,7 @@ class Mesh:
 class Monitoring:
     podmonitor_labels: dict
     scrape_interval: str
+    prometheus_address: str
 
 
 @dataclass(frozen=True)
@@ -512,6 +513,7 @@ class Thresholds:
     shedding_for: str
     not_ready_for: str
     replicas_mismatch_for: str
+    rollout_stuck_for: str
     restarts: int
     restarts_window: str
     startup_budget_ratio: float
@@ -527,6 +529,7 @@ class Observability:
     cluster_label: str
     server_container: str
     kube_state_metrics_selector: str
+    rollouts_selector: str
     dcgm_pod_label: str
     dcgm_namespace_label: str
     istio_reporter: str
@@ -609,6 +612,11 @@ class VerdictPolicy:
     comparable_rate_ratio: float
     min_requests: int
     max_extensions: int
+    # Argo Rollouts' analysis (analysis_template.py): margins relative to stable's share, each with a floor
+    relative_margin: float
+    error_floor: float
+    latency_floor: float
+    queue_floor: float
 
 
 @dataclass(frozen=True)
@@ -633,7 +641,8 @@ def _check_verdict(verdict: VerdictPolicy, say) -> None:
     """Say what cannot be a verdict's threshold: shares outside (0, 1), counts below 1."""
     if not isinstance(verdict, VerdictPolicy):
         return
-    for key in ("alpha", "error_margin", "error_ceiling", "latency_quantile", "latency_margin", "queue_margin"):
+    for key in ("alpha", "error_margin", "error_ceiling", "latency_quantile", "latency_margin", "queue_margin",
+                "error_floor", "latency_floor", "queue_floor"):
         value = getattr(verdict, key)
         if isinstance(value, float) and not 0 < value < 1:
             say(f"verdict.{key}", f"{value} must be a share between 0 and 1")
@@ -642,6 +651,8 @@ def _check_verdict(verdict: VerdictPolicy, say) -> None:
             say(f"verdict.{key}", f"{getattr(verdict, key)} must be 1 or more")
     if isinstance(verdict.max_extensions, int) and verdict.max_extensions < 0:
         say("verdict.max_extensions", f"{verdict.max_extensions} must be 0 or more")
+    if isinstance(verdict.relative_margin, float) and not verdict.relative_margin > 0:
+        say("verdict.relative_margin", f"{verdict.relative_margin} must be above 0 (a share of stable's own)")
     if isinstance(verdict.comparable_rate_ratio, float) and verdict.comparable_rate_ratio < 1:
         say("verdict.comparable_rate_ratio", f"{verdict.comparable_rate_ratio} must be 1 or more")
 

@@ -22,6 +22,7 @@ RULES = HERE.parents[2] / "charts" / "podserve-platform" / "files" / "alerts" / 
 
 HK = {"namespace": "podserve-like", "stage": "hk"}
 KSM = {"job": "kube-state-metrics", "namespace": "podserve-like"}
+ARGO = {"job": "argo-rollouts/argo-rollouts", "namespace": "podserve-like"}
 
 
 def series(name: str, labels: dict, values: str) -> dict:
@@ -131,8 +132,23 @@ CASES = [
                       "1x40")],
      "eval": "35m",
      "fire": {"PodservePodNotReady": [{"namespace": "podserve-like", "pod": "sick-0"}],
-              "PodserveReplicasMismatch": [{**KSM, "deployment": "short"}],
+              "PodserveReplicasMismatch": [{"namespace": "podserve-like", "deployment": "short"}],
               "PodserveRestartLoop": [{**KSM, "pod": "loop-0", "container": "server"}]}},
+    {"name": "Argo Rollouts: a Rollout short of pods, one paused past rollout_stuck_for; completed ones quiet",
+     "interval": "1m",
+     "input": [series("rollout_info_replicas_desired", {**ARGO, "name": "short"}, "3x60"),
+               series("rollout_info_replicas_available", {**ARGO, "name": "short"}, "2x60"),
+               series("rollout_info_replicas_desired", {**ARGO, "name": "whole"}, "3x60"),
+               series("rollout_info_replicas_available", {**ARGO, "name": "whole"}, "3x60"),
+               series("rollout_info", {**ARGO, "name": "paused", "strategy": "canary", "traffic_router": "Istio",
+                                       "phase": "Paused"}, "1x60"),
+               series("rollout_info", {**ARGO, "name": "done", "strategy": "canary", "traffic_router": "Istio",
+                                       "phase": "Completed"}, "1x60"),
+               series("rollout_info", {**ARGO, "name": "brief", "strategy": "canary", "traffic_router": "Istio",
+                                       "phase": "Paused"}, "1x10 _x50")],
+     "eval": "50m",
+     "fire": {"PodserveReplicasMismatch": [{"namespace": "podserve-like", "deployment": "short"}],
+              "PodserveRolloutStuck": [{"namespace": "podserve-like", "name": "paused"}]}},
     {"name": "a service that stopped reporting; one still reporting stays quiet",
      "interval": "1m",
      "input": [series("podserve_max_batch_size", {**pod("gone", "gone-0"), "container": "server"}, "8x10 _x30"),

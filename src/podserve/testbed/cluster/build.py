@@ -17,6 +17,7 @@ what it builds and how long it took; a warm run with every binary present does n
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from podserve.testbed.cluster import versions
 
@@ -60,6 +62,29 @@ def _go(args: list[str], what: str, env: dict[str, str], cwd: Path) -> None:
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
         raise BuildError(f"building {what} failed (go {' '.join(args[:2])} ... exited {done.returncode}):\n{tail}")
+
+
+def module_folder(module: str, version: str, cwd: Path, env: dict[str, str]) -> Path:
+    """A module's folder in the Go module cache (downloaded by `go mod download` if a build has not yet)."""
+    done = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BuildError(f"go mod download {module}@{version} failed:\n{done.stdout}{done.stderr}")
+    return Path(json.loads(done.stdout)["Dir"])
+
+
+def staged_build(target: Path, what: str, fill: Callable[[Path], list[str]], out=sys.stdout) -> Path:
+    """Build `what` into `target` through a staging folder beside it: fill(staging) builds there and returns the
+    paths it made, moved into `target` in that order (the last one's presence means the folder is complete)."""
+    target.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+        staging = Path(tmp)
+        for name in fill(staging):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, target / name)
+    print(f"  built {what} in {time.monotonic() - started:.0f}s", file=out, flush=True)
+    return target
 
 
 def missing(target: Path) -> list[str]:

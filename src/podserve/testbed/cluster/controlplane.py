@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from podserve.testbed.cluster import pki, versions
-from podserve.testbed.processes import Program, StartError, free_port
+from podserve.testbed.processes import Program, built, free_port
 
 #: The kwok stages: how fake nodes and pods behave (default Ready; failures by annotation).
 STAGES = versions.GO_MODULE / "kwok-stages.yaml"
@@ -88,11 +88,7 @@ class ControlPlane:
     # --- processes ---------------------------------------------------------------------------
 
     def _binary(self, name: str) -> Path:
-        path = self.binaries / name
-        if not path.is_file():
-            raise StartError(f"{name}: binary {path} is missing; build it with `make cluster-binaries` "
-                             f"(python -m podserve.testbed.cluster.build)")
-        return path
+        return built(self.binaries / name, name, "cluster-binaries")
 
     def _run(self, name: str, args: list[str]) -> Program:
         # setpriv --pdeathsig: it dies with the process that started it, even one killed with SIGKILL (a killed test

@@ -4,7 +4,8 @@ The node pools are those conf/regions.yaml declares for every region (kwok runs 
 from each pool's node_selector plus the region's topology label, taints implied by the pool's
 tolerations, allocatable as declared with the region's own GPU resource. The CRDs are the
 ones we emit objects for: Istio's from the istio module istiod is built from (`make istiod`: its
-crd-all.gen.yaml, beside pilot-discovery in the shared cache), prometheus-operator's and KEDA's
+crd-all.gen.yaml, beside pilot-discovery in the shared cache), Argo Rollouts' from its module (`make
+argo-rollouts`, beside the controller), prometheus-operator's and KEDA's
 from ../shared/schemas/crds. The
 chart is charts/podserve-platform, installed with the real helm (.tools/bin/helm) and the
 region's values (podserve.tooling.chart_values).
@@ -20,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from podserve.testbed.cluster import versions
-from podserve.testbed.processes import StartError, poll_until
+from podserve.testbed.processes import StartError, built, poll_until
 from podserve.tooling.chart_values import chart_values
 from podserve.tooling.conf import Conf, Region, load_conf
 
@@ -103,10 +104,7 @@ def istio_crds(kinds: set[str], binaries: Path | None = None) -> list[dict]:
     """Istio's CRDs of `kinds` as the istio module ships them (the file `make istiod` puts beside pilot-discovery)."""
     from podserve.testbed.mesh import build
 
-    path = (binaries or build.binaries_dir()) / build.CRD_FILE
-    if not path.is_file():
-        raise StartError(f"Istio's CRDs: {path} is missing; run `make istiod` (they come from the istio module "
-                         "istiod is built from)")
+    path = built((binaries or build.binaries_dir()) / build.CRD_FILE, "Istio's CRDs (from the istio module)", "istiod")
     return [doc for doc in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader)
             if doc and doc.get("kind") == "CustomResourceDefinition" and _is_istio(doc)
             and doc["spec"]["names"]["kind"] in kinds]
@@ -116,10 +114,27 @@ def _is_istio(crd: dict) -> bool:
     return crd["spec"]["group"].endswith(".istio.io")
 
 
+def argo_crds(tools: Path | None = None) -> list[dict]:
+    """Argo Rollouts' CRDs (all five: the controller watches every kind) as its module ships them (`make
+    argo-rollouts` copies them beside the controller)."""
+    from podserve.testbed.rollouts import build
+
+    paths = [built(path, "Argo Rollouts' CRDs (from the argo-rollouts module)", "argo-rollouts")
+             for path in build.crd_paths(tools)]
+    return [doc for path in paths for doc in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader)
+            if doc and doc.get("kind") == "CustomResourceDefinition"]
+
+
+def _is_argo(crd: dict) -> bool:
+    return crd["spec"]["group"] == "argoproj.io"
+
+
 def platform_crds() -> list[dict]:
-    """The CRDs of every kind we emit objects of: Istio's from the istio module, the others from the shared schemas."""
+    """The CRDs of every kind we emit objects of: Istio's from the istio module, Argo Rollouts' from its module, the
+    others from the shared schemas."""
     kinds = emitted_kinds()
-    return [crd for crd in crd_documents(CRDS, kinds) if not _is_istio(crd)] + istio_crds(kinds)
+    return [crd for crd in crd_documents(CRDS, kinds) if not _is_istio(crd) and not _is_argo(crd)] + \
+        istio_crds(kinds) + argo_crds()
 
 
 def _create(call, what: str, **kwargs) -> None:

@@ -11,16 +11,11 @@ them is kept in the repository). GOTOOLCHAIN=local (the module says `go 1.26.0`)
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-from podserve.testbed.cluster.build import BuildError, _go, go_env, run_cli
+from podserve.testbed.cluster.build import _go, go_env, module_folder, run_cli, staged_build
 from podserve.testbed.cluster.versions import GO_MODULE, required_version
 from podserve.testbed.machine_cache import inputs_digest, shared_cache
 
@@ -59,30 +54,18 @@ def build(tools: Path | None = None, out=sys.stdout) -> Path:
     if not missing(target):
         print(f"istiod up to date in {target}", file=out)
         return target
-    target.mkdir(parents=True, exist_ok=True)
     env = go_env()
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
-        staging = Path(tmp)
+
+    def fill(staging: Path) -> list[str]:
         print(f"building istiod ({PILOT_DISCOVERY}, {ISTIO} {istio_version()}) ...", file=out, flush=True)
         _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(staging / PILOT_DISCOVERY),
              f"{ISTIO}/pilot/cmd/{PILOT_DISCOVERY}"], "istiod", env, ISTIOD_MODULE)
-        module = module_dir(env)
+        module = module_folder(ISTIO, istio_version(), ISTIOD_MODULE, env)
         shutil.copyfile(module / CRD_IN_MODULE, staging / CRD_FILE)
         shutil.copyfile(module / VERSION_FILE, staging / VERSION_FILE)
-        for name in (CRD_FILE, VERSION_FILE, PILOT_DISCOVERY):  # the binary last: its presence means the folder is complete
-            os.replace(staging / name, target / name)
-    print(f"  built istiod in {time.monotonic() - started:.0f}s", file=out, flush=True)
-    return target
+        return [CRD_FILE, VERSION_FILE, PILOT_DISCOVERY]  # the binary last
 
-
-def module_dir(env: dict[str, str]) -> Path:
-    """The istio module's folder in the Go module cache (downloaded by the build)."""
-    done = subprocess.run(["go", "mod", "download", "-json", f"{ISTIO}@{istio_version()}"], cwd=ISTIOD_MODULE,
-                          env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise BuildError(f"go mod download {ISTIO}@{istio_version()} failed:\n{done.stdout}{done.stderr}")
-    return Path(json.loads(done.stdout)["Dir"])
+    return staged_build(target, "istiod", fill, out)
 
 
 def main(argv: list[str] | None = None) -> int:

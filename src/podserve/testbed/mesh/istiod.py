@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from podserve.testbed.mesh import build
-from podserve.testbed.processes import Program, StartError, free_port
+from podserve.testbed.processes import Program, built, free_port
 
 #: The mesh config (production's are the defaults but for these).
 MESH_CONFIG = {
@@ -66,10 +66,7 @@ class Istiod:
 
             platform_env = load_conf().platform.mesh.istiod
         binaries = binaries or build.binaries_dir()
-        binary = binaries / build.PILOT_DISCOVERY
-        if not binary.is_file():
-            raise StartError(f"istiod: {binary} is missing; build it with `make istiod` "
-                             "(python -m podserve.testbed.mesh.build)")
+        binary = built(binaries / build.PILOT_DISCOVERY, "istiod", "istiod")
         work = Path(work)
         work.mkdir(parents=True, exist_ok=True)
         (work / "mesh.yaml").write_text(yaml.safe_dump(MESH_CONFIG))

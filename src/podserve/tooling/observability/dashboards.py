@@ -37,6 +37,7 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
     s = f'{cl}=~"$cluster", stage=~"$stage", service="$service", pod=~"$pod"'
     slo = f"{s}, {SLO_REQUESTS}"
     kube = f'{obs.kube_state_metrics_selector}, {cl}=~"$cluster", namespace=~"$namespace"'
+    rollouts = f'{obs.rollouts_selector}, {cl}=~"$cluster", namespace=~"$namespace"'
     mesh = (f'{cl}=~"$cluster", reporter="{obs.istio_reporter}", destination_workload="$service", '
             'destination_workload_namespace=~"$namespace"')
     dcgm = f'{cl}=~"$cluster", {sel.dcgm_filter("$pod", "$namespace")}'
@@ -125,11 +126,14 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
             Target(f"count({m.INSTANCE_READY}{{{s}}})", "of", instant=True)],
             "Model instances loaded and warmed up, of all the pods' instances.", width=6),
         Panel("timeseries", "Pods ready against desired", "short", [
-            Target(f"sum by (namespace) (kube_deployment_status_replicas_available{{{kube}, deployment=\"$service\"}})",
+            Target(f"sum by (namespace) (kube_deployment_status_replicas_available{{{kube}, deployment=\"$service\"}})"
+                   f" or sum by (namespace) (rollout_info_replicas_available{{{rollouts}, name=\"$service\"}})",
                    "available {{namespace}}"),
-            Target(f"sum by (namespace) (kube_deployment_spec_replicas{{{kube}, deployment=\"$service\"}})",
+            Target(f"sum by (namespace) (kube_deployment_spec_replicas{{{kube}, deployment=\"$service\"}})"
+                   f" or sum by (namespace) (rollout_info_replicas_desired{{{rollouts}, name=\"$service\"}})",
                    "desired {{namespace}}")],
-            "From kube-state-metrics.", width=6),
+            "Grey and ab from kube-state-metrics (Deployments), production from Argo Rollouts' controller "
+            "(Rollouts).", width=6),
         Panel("timeseries", "Restarts", "short", [Target(
             f"sum by (pod) (increase(kube_pod_container_status_restarts_total{{{kube}, pod=~\"$pod\", "
             f"container=\"{obs.server_container}\"}}[{RATE}]))", "{{pod}}")],

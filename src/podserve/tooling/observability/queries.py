@@ -49,6 +49,11 @@ class Selectors:
         parts = [self.obs.kube_state_metrics_selector, f'namespace=~"{self.namespace_regex}"']
         return ", ".join(parts + ([extra] if extra else []))
 
+    def rollouts(self, extra: str = "") -> str:
+        """Argo Rollouts' controller's series of the services' namespaces (production's Rollouts)."""
+        parts = [self.obs.rollouts_selector, f'namespace=~"{self.namespace_regex}"']
+        return ", ".join(parts + ([extra] if extra else []))
+
     def dcgm(self, metric: str, selector: str) -> str:
         """A dcgm-exporter metric with its pod and namespace labels renamed to `pod` and `namespace`."""
         expr = f"{metric}{{{selector}}}"

@@ -28,7 +28,7 @@ class Alert:
     name: str
     expr: str
     probe: str
-    source: str            # "server" (our metrics), "kube" (kube-state-metrics) or "dcgm"
+    source: str            # "server" (our metrics), "kube" (kube-state-metrics, Argo Rollouts'), "rollouts" or "dcgm"
     severity: str
     summary: str
     description: str
@@ -164,14 +164,31 @@ def alerts(obs: Observability, sel: Selectors) -> list[Alert]:
         "Pod {{ $labels.pod }} (namespace {{ $labels.namespace }}) has not been ready for " + t.not_ready_for,
         "The pod fails its readiness probe (/api/ping), so the mesh sends it nothing. Look first at "
         "`kubectl describe pod` (events: image pull, scheduling, probe failures) and the pod's log.", t.not_ready_for))
+    # a Deployment's (grey, ab) from kube-state-metrics, a Rollout's (production) from Argo's controller, both
+    # labelled `deployment` (the Rollout's name) so that one alert and one runbook cover both
     spec = f"kube_deployment_spec_replicas{{{sel.kube()}}}"
     available = f"kube_deployment_status_replicas_available{{{sel.kube()}}}"
+    wanted = f'label_replace(rollout_info_replicas_desired{{{sel.rollouts()}}}, "deployment", "$1", "name", "(.*)")'
+    serving = f'label_replace(rollout_info_replicas_available{{{sel.rollouts()}}}, "deployment", "$1", "name", "(.*)")'
+    short = f"sum by (namespace, deployment) ({spec} - {available})"
+    rollout_short = f"sum by (namespace, deployment) ({wanted} - {serving})"
     found.append(Alert(
-        "PodserveReplicasMismatch", f"{spec} > {available}", f"{spec} - {available}", "kube", "warning",
-        "Deployment {{ $labels.deployment }} (namespace {{ $labels.namespace }}) has fewer ready pods than wanted",
-        "Fewer pods are available than the Deployment (or its HPA) asks for: pods pending for a GPU, failing "
-        "to start, or a rollout stuck. Look first at `kubectl get pods` in the namespace and the events of the "
-        "pending ones (GPU capacity in the region).", t.replicas_mismatch_for))
+        "PodserveReplicasMismatch", f"({short} > 0) or ({rollout_short} > 0)", f"{short} or {rollout_short}",
+        "kube", "warning",
+        "{{ $labels.deployment }} (namespace {{ $labels.namespace }}) has fewer ready pods than wanted",
+        "Fewer pods are available than the Deployment or production's Rollout (or its HPA) asks for: pods pending "
+        "for a GPU, failing to start, or a rollout stuck. Look first at `kubectl get pods` in the namespace and the "
+        "events of the pending ones (GPU capacity in the region).", t.replicas_mismatch_for))
+    not_completed = sel.rollouts('phase!="Completed"')
+    stuck = f"max by (namespace, name) (rollout_info{{{not_completed}}})"
+    found.append(Alert(
+        "PodserveRolloutStuck", f"{stuck} == 1", stuck, "rollouts", "warning",
+        "Rollout {{ $labels.name }} (namespace {{ $labels.namespace }}) has not completed in " + t.rollout_stuck_for,
+        "Production's release is not Completed past the longest release the platform allows: paused at a step "
+        "(an inconclusive analysis, or a promote awaited), aborted (its analysis failed or errored: stable serves, "
+        "and stays until the next deploy), or timed out. Look first at `python -m podserve.tooling.deploy status "
+        "--stage <stage>` (or `kubectl argo rollouts get rollout`), then promote, abort or deploy again.",
+        t.rollout_stuck_for))
     server_container = sel.kube(f'container="{obs.server_container}"')
     restarts = f"increase(kube_pod_container_status_restarts_total{{{server_container}}}[{t.restarts_window}])"
     found.append(Alert(

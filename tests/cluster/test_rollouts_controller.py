@@ -1,0 +1,123 @@
+"""Argo Rollouts' controller, built from its Go module, runs a canary on the test control plane as the platform
+chart's ServiceAccount: Istio subset-level routing on the service's VirtualService and DestinationRule, the
+`track` label from stableMetadata/canaryMetadata, promotion by its kubectl plugin.
+
+Real: the controller and its plugin (`make argo-rollouts`), the apiserver with Argo's and Istio's CRDs as their
+modules ship them, the chart's RBAC, the ReplicaSet controller, the scheduler. Simulated: the nodes (kwok) and their
+containers, Ready at once.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from podserve.tooling import release
+from waiting import wait_for
+
+ARGO = ("argoproj.io", "v1alpha1")
+ISTIO = ("networking.istio.io", "v1")
+HASH_LABEL = "rollouts-pod-template-hash"
+SCALE_DOWN_DELAY_SECONDS = 5
+
+
+def rollout_from(deployment: dict, route_names: list[str], steps: list[dict]) -> dict:
+    """The rendered hk Deployment as a Rollout: canary strategy, Istio subset-level routing, track by Argo."""
+    found = copy.deepcopy(deployment)
+    spec = found["spec"]
+    for key in ("strategy", "progressDeadlineSeconds"):
+        spec.pop(key, None)
+    selector = {k: v for k, v in spec["selector"]["matchLabels"].items() if k != release.TRACK_LABEL}
+    spec["selector"] = {"matchLabels": selector}
+    labels = spec["template"]["metadata"]["labels"]
+    labels.pop(release.TRACK_LABEL, None)
+    name = found["metadata"]["name"]
+    spec["strategy"] = {"canary": {
+        # the old stable's pods serve this long after the switch (what gateways still route by the old weights);
+        # the Rollout is complete only once they are gone
+        "scaleDownDelaySeconds": SCALE_DOWN_DELAY_SECONDS,
+        "stableMetadata": {"labels": {release.TRACK_LABEL: release.STABLE}},
+        "canaryMetadata": {"labels": {release.TRACK_LABEL: release.CANARY}},
+        "trafficRouting": {"istio": {
+            "virtualService": {"name": name, "routes": route_names},
+            "destinationRule": {"name": name, "canarySubsetName": release.CANARY,
+                                "stableSubsetName": release.STABLE}}},
+        "steps": steps}}
+    return dict(found, apiVersion="argoproj.io/v1alpha1", kind="Rollout")
+
+
+def moved(obj: dict, namespace: str) -> dict:
+    found = copy.deepcopy(obj)
+    found["metadata"]["namespace"] = namespace
+    return found
+
+
+def weights(objects, namespace: str, name: str) -> set[tuple]:
+    found = objects.get_namespaced_custom_object(*ISTIO, namespace, "virtualservices", name)
+    return {tuple((d["destination"]["subset"], d.get("weight", 0)) for d in http["route"])
+            for http in found["spec"]["http"] if len(http["route"]) == 2}
+
+
+@pytest.fixture
+def objects(api):
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api)
+
+
+def test_a_canary_runs_on_the_controller_with_the_charts_rbac(rollouts_controller, applier, objects, core, services,
+                                                               scratch_namespace):
+    namespace = scratch_namespace("argo", {"pod-security.kubernetes.io/enforce": "restricted"})
+    stage = services["example"].stages["hk"]
+    by_kind = {o["kind"]: o for o in stage}
+    name = by_kind["Deployment"]["metadata"]["name"]
+    routes = [http["name"] for http in by_kind["VirtualService"]["spec"]["http"] if len(http["route"]) == 2]
+    assert len(routes) == 2, "the production route has its exact path and its sub-paths, both weighted"
+    for kind in ("Service", "DestinationRule", "VirtualService"):
+        applier.apply(moved(by_kind[kind], namespace))
+    rollout = moved(rollout_from(by_kind["Deployment"], routes, [{"setWeight": 20}, {"pause": {}}]), namespace)
+    applier.apply(rollout)
+
+    def phase() -> str:
+        found = objects.get_namespaced_custom_object(*ARGO, namespace, "rollouts", name)
+        status = found.get("status") or {}
+        return status.get("phase", "") if status.get("observedGeneration") == str(found["metadata"]["generation"]) \
+            else ""
+
+    wait_for(lambda: phase() == "Healthy", "the first revision Healthy (no steps on a first revision)", timeout=90)
+    assert weights(objects, namespace, name) == {(("stable", 100), ("canary", 0))}
+
+    changed = copy.deepcopy(rollout)
+    changed["spec"]["template"]["spec"]["containers"][0]["image"] += "-2"
+    applier.apply(changed)
+    wait_for(lambda: phase() == "Paused", "the second revision paused at its pause step", timeout=90)
+    assert weights(objects, namespace, name) == {(("stable", 80), ("canary", 20))}
+    rule = objects.get_namespaced_custom_object(*ISTIO, namespace, "destinationrules", name)
+    subset_hashes = {s["name"]: s["labels"].get(HASH_LABEL) for s in rule["spec"]["subsets"]}
+    assert subset_hashes["stable"] and subset_hashes["canary"] and subset_hashes["stable"] != subset_hashes["canary"]
+    pods = core.list_namespaced_pod(namespace).items
+    tracks = {(p.metadata.labels.get(HASH_LABEL), p.metadata.labels.get(release.TRACK_LABEL)) for p in pods
+              if p.metadata.deletion_timestamp is None}
+    assert (subset_hashes["canary"], release.CANARY) in tracks and (subset_hashes["stable"], release.STABLE) in tracks
+
+    promoted = rollouts_controller.plugin("promote", name, "-n", namespace)
+    assert promoted.returncode == 0, promoted.stderr
+    wait_for(lambda: phase() == "Healthy", "the second revision Healthy after promote", timeout=90)
+    # at the end Argo sends the canary 100%, then makes its ReplicaSet stable (both subsets on its hash) and the
+    # weights stable 100 again
+    wait_for(lambda: weights(objects, namespace, name) == {(("stable", 100), ("canary", 0))},
+             "stable 100 after the promotion", timeout=30)
+    rule = objects.get_namespaced_custom_object(*ISTIO, namespace, "destinationrules", name)
+    assert {s["labels"].get(HASH_LABEL) for s in rule["spec"]["subsets"]} == {subset_hashes["canary"]}
+    status = rollouts_controller.plugin("status", name, "-n", namespace)
+    assert status.returncode == 0 and "Healthy" in status.stdout, status.stdout + status.stderr
+    # its metrics, which the chart's PodMonitor has Prometheus scrape and the platform's alert reads
+    # (rollout_info's phases are its own: Completed, Progressing, Paused, Abort, Timeout, Error, InvalidSpec)
+    def reported_completed() -> bool:
+        return any(line.startswith("rollout_info{") and f'namespace="{namespace}"' in line
+                   and 'phase="Completed"' in line and line.endswith(" 1")
+                   for line in rollouts_controller.metrics().splitlines())
+
+    wait_for(reported_completed, "rollout_info says Completed (the old ReplicaSet scaled down)",
+             timeout=SCALE_DOWN_DELAY_SECONDS + 45)
