@@ -459,7 +459,9 @@ def test_a_grey_over_its_namespace_s_cpu_quota_fails_naming_the_quota(imo):
     values = {}
     for name in names:
         values[name] = imo.values(name)
-        values[name].write_text(values[name].read_text().replace("cpu = 1", "cpu = 31"))
+        # 8Gi: 31 cores decode 15 videos at once (the memory plan); three such pods stay far within the memory quota
+        values[name].write_text(values[name].read_text().replace("cpu = 1", "cpu = 31")
+                                .replace('memory = "1Gi"', 'memory = "8Gi"'))
     try:
         for name in names:
             first = imo.deploy("apply", "--stage", "grey", "--values", values[name], "--image-tag", "v1")
