@@ -25,18 +25,18 @@ for name in CI_RUNNER_VARIABLES:
 #: the image builds the pipeline suite shares): `make test`'s workers (pytest-xdist) run them all on one worker,
 #: started first since together they take the longest. Every other module is a unit of its own.
 ONE_PER_MACHINE = ("tests/pipeline/", "tests/cluster/test_real_node.py")
+ONE_PER_MACHINE_UNIT = "one-per-machine"
 
 
 def _unit(nodeid: str) -> str:
     """The work unit of a test: ONE_PER_MACHINE's one, else its module."""
     module = nodeid.split("::")[0]
-    return "one-per-machine" if module.startswith(ONE_PER_MACHINE) else module
+    return ONE_PER_MACHINE_UNIT if module.startswith(ONE_PER_MACHINE) else module
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Put ONE_PER_MACHINE's tests first (a stable sort: every module keeps its order)."""
-    items.sort(key=lambda item: _unit(item.nodeid) != "one-per-machine")
+    items.sort(key=lambda item: _unit(item.nodeid) != ONE_PER_MACHINE_UNIT)
 
 
 @pytest.hookimpl(optionalhook=True)
