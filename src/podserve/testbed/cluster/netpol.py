@@ -101,7 +101,7 @@ def build(tools: Path | None = None, out=sys.stdout) -> Path:
             raise BuildError(f"{PATCH.name} does not apply to {PACKAGE} {version()}:\n{applied.stderr}")
         with (staging / "go.mod").open("a") as go_mod:
             go_mod.write(f"\nreplace {PACKAGE} => ./upstream\n")
-        _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(Path(tmp) / BINARY), f"{PACKAGE}/cmd"],
+        _go(["build", "-ldflags", "-s -w", "-o", str(Path(tmp) / BINARY), f"{PACKAGE}/cmd"],
             BINARY, env, staging)
         os.replace(Path(tmp) / BINARY, target)
     print(f"  built {BINARY} in {time.monotonic() - started:.0f}s", file=out, flush=True)
