@@ -10,7 +10,7 @@ etcd from go.etcd.io/etcd/server/v3, both at the versions cluster/go.mod pins (b
 that module, with the version stamped as upstream's hack/lib/version.sh does), and so are the node's
 fake-gpu-plugin and pause (cluster/cmd/); kwok is
 `go install`ed by module path at KWOK_VERSION. GOTOOLCHAIN=local, CGO_ENABLED=0: only Go
-modules are downloaded. A cold build takes minutes (2 cores: about 6), so each step prints
+modules are downloaded. A cold build takes minutes (1,077 CPU-s: about 10 on 2 idle cores), so each step prints
 what it builds and how long it took; a warm run with every binary present does nothing.
 """
 
