@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from podserve.testbed.cluster import versions
+from podserve.testbed.cluster import build, versions
 
 
 def version_of(binary: str) -> str:
@@ -38,6 +38,18 @@ def test_a_change_to_our_module_s_sources_names_a_new_set_of_binaries(tmp_path, 
     plugin = next((module / "cmd" / "fake-gpu-plugin").glob("*.go"))
     plugin.write_text(plugin.read_text() + "\n// edited\n")
     assert versions.cache_key() != before
+
+
+def test_every_go_build_and_install_compiles_without_dwarf_and_with_trimmed_paths(tmp_path):
+    """The build modules' two environments carry the shared flags to each compile (go build -n: printed, not run)."""
+    cache = {"GOCACHE": str(tmp_path / "gocache")}  # -n compiles nothing; the machine's cache is left alone
+    for verb, env in (("build", build.go_env()), ("install", build.install_env(tmp_path / "bin"))):
+        done = subprocess.run(["go", verb, "-n", "./cmd/pause"], cwd=versions.GO_MODULE, env=dict(env, **cache),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        compiles = [line for line in done.stderr.splitlines() if "/compile " in line]
+        assert compiles, done.stderr
+        assert [line for line in compiles if "-dwarf=false" not in line or " -trimpath " not in line] == []
 
 
 def test_the_apiserver_tells_clients_its_real_version(api):

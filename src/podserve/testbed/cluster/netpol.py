@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from podserve.testbed.cluster.build import BuildError, _go, go_env, run_cli
+from podserve.testbed.cluster.build import BuildError, _go, go_env, module_folder, run_cli
 from podserve.testbed.cluster.versions import GO_MODULE, required_version
 from podserve.testbed.machine_cache import inputs_digest, shared_cache
 from podserve.testbed.processes import StartError, free_port
@@ -101,7 +101,7 @@ def build(tools: Path | None = None, out=sys.stdout) -> Path:
             raise BuildError(f"{PATCH.name} does not apply to {PACKAGE} {version()}:\n{applied.stderr}")
         with (staging / "go.mod").open("a") as go_mod:
             go_mod.write(f"\nreplace {PACKAGE} => ./upstream\n")
-        _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(Path(tmp) / BINARY), f"{PACKAGE}/cmd"],
+        _go(["build", "-ldflags", "-s -w", "-o", str(Path(tmp) / BINARY), f"{PACKAGE}/cmd"],
             BINARY, env, staging)
         os.replace(Path(tmp) / BINARY, target)
     print(f"  built {BINARY} in {time.monotonic() - started:.0f}s", file=out, flush=True)
@@ -110,11 +110,7 @@ def build(tools: Path | None = None, out=sys.stdout) -> Path:
 
 def module_dir(env: dict[str, str]) -> Path:
     """The engine's module in the Go module cache, downloaded and checked against cluster/netpol/go.sum."""
-    done = subprocess.run(["go", "mod", "download", "-json", f"{PACKAGE}@{version()}"], cwd=MODULE, env=env,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise BuildError(f"go mod download {PACKAGE}@{version()} failed:\n{done.stdout}{done.stderr}")
-    return Path(json.loads(done.stdout)["Dir"])
+    return module_folder(PACKAGE, version(), MODULE, env)
 
 
 # --- the agent ---------------------------------------------------------------------------------------------------

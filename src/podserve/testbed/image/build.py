@@ -61,7 +61,7 @@ def build(tools: Path | None = None, out=sys.stdout) -> dict[str, Path]:
                                    if name == "registry" else
                                    (versions.BUILDKIT_MODULE, f"github.com/moby/buildkit/cmd/{name}"))
                 print(f"building {name} ...", file=out, flush=True)
-                _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(staging / name), package], name, env, module)
+                _go(["build", "-ldflags", "-s -w", "-o", str(staging / name), package], name, env, module)
             os.replace(staging / name, wanted[name])  # moved in only once built
             print(f"  {name} ready in {time.monotonic() - step:.0f}s (total {time.monotonic() - started:.0f}s)",
                   file=out, flush=True)

@@ -58,7 +58,7 @@ def build(tools: Path | None = None, out=sys.stdout) -> Path:
 
     def fill(staging: Path) -> list[str]:
         print(f"building istiod ({PILOT_DISCOVERY}, {ISTIO} {istio_version()}) ...", file=out, flush=True)
-        _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(staging / PILOT_DISCOVERY),
+        _go(["build", "-ldflags", "-s -w", "-o", str(staging / PILOT_DISCOVERY),
              f"{ISTIO}/pilot/cmd/{PILOT_DISCOVERY}"], "istiod", env, ISTIOD_MODULE)
         module = module_folder(ISTIO, istio_version(), ISTIOD_MODULE, env)
         shutil.copyfile(module / CRD_IN_MODULE, staging / CRD_FILE)
