@@ -13,38 +13,15 @@ import copy
 
 import pytest
 
+from podserve.tooling import analysis_template as at
 from podserve.tooling import release
+from podserve.tooling import rollout as rollouts
 from waiting import wait_for
 
 ARGO = ("argoproj.io", "v1alpha1")
 ISTIO = ("networking.istio.io", "v1")
-HASH_LABEL = "rollouts-pod-template-hash"
+HASH_LABEL = at.HASH_POD_LABEL
 SCALE_DOWN_DELAY_SECONDS = 5
-
-
-def rollout_from(deployment: dict, route_names: list[str], steps: list[dict]) -> dict:
-    """The rendered hk Deployment as a Rollout: canary strategy, Istio subset-level routing, track by Argo."""
-    found = copy.deepcopy(deployment)
-    spec = found["spec"]
-    for key in ("strategy", "progressDeadlineSeconds"):
-        spec.pop(key, None)
-    selector = {k: v for k, v in spec["selector"]["matchLabels"].items() if k != release.TRACK_LABEL}
-    spec["selector"] = {"matchLabels": selector}
-    labels = spec["template"]["metadata"]["labels"]
-    labels.pop(release.TRACK_LABEL, None)
-    name = found["metadata"]["name"]
-    spec["strategy"] = {"canary": {
-        # the old stable's pods serve this long after the switch (what gateways still route by the old weights);
-        # the Rollout is complete only once they are gone
-        "scaleDownDelaySeconds": SCALE_DOWN_DELAY_SECONDS,
-        "stableMetadata": {"labels": {release.TRACK_LABEL: release.STABLE}},
-        "canaryMetadata": {"labels": {release.TRACK_LABEL: release.CANARY}},
-        "trafficRouting": {"istio": {
-            "virtualService": {"name": name, "routes": route_names},
-            "destinationRule": {"name": name, "canarySubsetName": release.CANARY,
-                                "stableSubsetName": release.STABLE}}},
-        "steps": steps}}
-    return dict(found, apiVersion="argoproj.io/v1alpha1", kind="Rollout")
 
 
 def moved(obj: dict, namespace: str) -> dict:
@@ -72,11 +49,13 @@ def test_a_canary_runs_on_the_controller_with_the_charts_rbac(rollouts_controlle
     stage = services["example"].stages["hk"]
     by_kind = {o["kind"]: o for o in stage}
     name = by_kind["Deployment"]["metadata"]["name"]
-    routes = [http["name"] for http in by_kind["VirtualService"]["spec"]["http"] if len(http["route"]) == 2]
-    assert len(routes) == 2, "the production route has its exact path and its sub-paths, both weighted"
+    assert len(rollouts.weighted_routes(by_kind["VirtualService"])) == 2, \
+        "the production route has its exact path and its sub-paths, both weighted"
     for kind in ("Service", "DestinationRule", "VirtualService"):
         applier.apply(moved(by_kind[kind], namespace))
-    rollout = moved(rollout_from(by_kind["Deployment"], routes, [{"setWeight": 20}, {"pause": {}}]), namespace)
+    # the old stable's pods serve SCALE_DOWN_DELAY_SECONDS after the switch; the Rollout is complete once they are gone
+    rollout = moved(rollouts.rollout(by_kind["Deployment"], by_kind["VirtualService"], by_kind["DestinationRule"],
+                                     [{"setWeight": 20}, {"pause": {}}], SCALE_DOWN_DELAY_SECONDS), namespace)
     applier.apply(rollout)
 
     def phase() -> str:
