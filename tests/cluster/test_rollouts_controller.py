@@ -16,6 +16,7 @@ import pytest
 from podserve.tooling import analysis_template as at
 from podserve.tooling import release
 from podserve.tooling import rollout as rollouts
+from podserve.tooling.conf import load_deploy_policy
 from waiting import wait_for
 
 ARGO = ("argoproj.io", "v1alpha1")
@@ -100,3 +101,64 @@ def test_a_canary_runs_on_the_controller_with_the_charts_rbac(rollouts_controlle
 
     wait_for(reported_completed, "rollout_info says Completed (the old ReplicaSet scaled down)",
              timeout=SCALE_DOWN_DELAY_SECONDS + 45)
+
+
+def test_a_canary_step_runs_the_services_analysis_on_both_pod_template_hashes(rollouts_controller, applier, objects,
+                                                                              core, services, scratch_namespace,
+                                                                              tmp_path):
+    """The Rollout's analysis step (rollout.steps) starts an AnalysisRun of the service's AnalysisTemplate
+    (rollout.analysis_template) with the canary's and stable's pod template hashes as Argo resolves them, and every
+    query of the run selects those hashes in the Rollout's namespace. Prometheus is real and empty: the first
+    measurement has nothing to count (inconclusive), which is not a pass."""
+    from podserve.testbed.prometheus import Prometheus
+
+    namespace = scratch_namespace("argo-analysis", {"pod-security.kubernetes.io/enforce": "restricted"})
+    by_kind = {o["kind"]: moved(o, namespace) for o in services["example"].stages["hk"]}
+    meta = by_kind["Deployment"]["metadata"]
+    name = meta["name"]
+    for kind in ("Service", "DestinationRule", "VirtualService"):
+        applier.apply(by_kind[kind])
+    prometheus = Prometheus(tmp_path / "prometheus", []).start()
+    try:
+        thresholds = at.Thresholds.of(load_deploy_policy().verdict)
+        comparison = at.canary(namespace, meta["labels"]["team"], name, "hk", thresholds, 15)
+        template = rollouts.analysis_template(name, namespace, meta["labels"], comparison, prometheus.url, 0)
+        for metric in template["spec"]["metrics"]:  # measured at once (production waits out slow start and a window)
+            metric["initialDelay"] = "0s"
+        applier.apply(template)
+        rollout = rollouts.rollout(by_kind["Deployment"], by_kind["VirtualService"], by_kind["DestinationRule"],
+                                   rollouts.steps([20], rollouts.template_name(name)), SCALE_DOWN_DELAY_SECONDS)
+        applier.apply(rollout)
+
+        def status() -> dict:
+            return objects.get_namespaced_custom_object(*ARGO, namespace, "rollouts", name).get("status") or {}
+
+        wait_for(lambda: status().get("phase") == "Healthy", "the first revision Healthy", timeout=90)
+        stable_hash = status()["stableRS"]
+        changed = copy.deepcopy(rollout)
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] += "-2"
+        applier.apply(changed)
+
+        def runs() -> list[dict]:
+            return objects.list_namespaced_custom_object(*ARGO, namespace, "analysisruns")["items"]
+
+        wait_for(lambda: any((r.get("status") or {}).get("metricResults") for r in runs()),
+                 "the step's AnalysisRun measured", timeout=90)
+        (run,) = runs()
+        canary_hash = status()["currentPodHash"]
+        assert canary_hash != stable_hash
+        args = {a["name"]: a.get("value") for a in run["spec"]["args"]}
+        assert args == {at.CANARY_HASH_ARG: canary_hash, at.STABLE_HASH_ARG: stable_hash}
+        # the run keeps the template's queries; Argo puts the arguments in at each measurement
+        for metric in run["spec"]["metrics"]:
+            query = metric["provider"]["prometheus"]["query"]
+            assert f'{at.HASH_SERIES_LABEL}="{{{{args.{at.CANARY_HASH_ARG}}}}}"' in query, metric["name"]
+            assert f'{at.HASH_SERIES_LABEL}="{{{{args.{at.STABLE_HASH_ARG}}}}}"' in query, metric["name"]
+            assert f'namespace="{namespace}"' in query
+        assert weights(objects, namespace, name) == {(("stable", 80), ("canary", 20))}
+        # Prometheus took the queries with the hashes in them (an Error otherwise) and counted nothing: not a pass
+        errors = next(r for r in run["status"]["metricResults"] if r["name"] == "errors")
+        assert errors["measurements"][0]["phase"] == "Inconclusive", errors
+        assert errors["measurements"][0]["value"] == "[0,0,0,0,0]", errors
+    finally:
+        prometheus.stop()
