@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import urllib.parse
@@ -69,7 +70,9 @@ def pod_target_labels(podmonitor: dict, pod_labels: dict, pod_spec: dict, pod_na
     namespace = podmonitor["metadata"]["namespace"]
     labels = {"namespace": namespace, "pod": pod_name, "container": container, "endpoint": endpoint,
               "job": f"{namespace}/{podmonitor['metadata']['name']}"}
-    labels.update({name: pod_labels[name] for name in spec.get("podTargetLabels", []) if name in pod_labels})
+    # as the operator writes them: a label name's characters Prometheus does not allow become _
+    labels.update({re.sub(r"[^a-zA-Z0-9_]", "_", name): pod_labels[name] for name in spec.get("podTargetLabels", [])
+                   if name in pod_labels})
     return labels
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from podserve import routes
 from podserve.settings import HTTP_PORT
-from podserve.tooling import mesh_limits, quantity, release, routing, templating, tenancy
+from podserve.tooling import analysis_template, mesh_limits, quantity, release, routing, templating, tenancy
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.deploy import budget
 from podserve.tooling.values import AUTOSCALE_GAUGES, VERDICT_FIELDS, ServiceValues
@@ -60,6 +60,8 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
         "namespace": namespace,
         "labels": labels,
         "selector": selector,  # every pod of the stage: the Service, PDB, PodMonitor and topology spread select it
+        # the pod labels every series carries (the PodMonitor's podTargetLabels); a Rollout's pods' hash among them
+        "pod_target_labels": [tenancy.TEAM_LABEL, "stage", release.TRACK_LABEL, analysis_template.HASH_POD_LABEL],
         # the Deployment's own: a production stage's canary runs beside it (release.py), told apart by its track
         "deployment_selector": dict(selector, **{release.TRACK_LABEL: stage.track}) if stage.production else selector,
         "release": {release.RELEASE_ANNOTATION: release.release_policy(values["canary_steps"], {
