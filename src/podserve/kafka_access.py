@@ -6,9 +6,11 @@ namespaces; `python -m podserve.tooling.kafka_acls`):
 
 - `<team>` (production's workers, in the team's production namespaces): reads, writes and
   creates topics `<team>.*`, joins and commits consumer groups `<team>.*`;
-- `<team>-grey` (grey's workers, in the team's grey namespace, deployed from any branch): reads
-  topics `<team>.*` (production's stream), but writes, creates and joins only `<team>.grey.*`,
-  so no branch's code can write production's sinks or take production's group's messages.
+- `<team>-grey` (grey's workers, in the team's grey namespace, deployed from any branch): reads,
+  writes, creates and joins only `<team>.grey.*`: grey's own stream, which the team feeds. Not
+  production's: every branch's CI job holds the preview credential, which reads this principal's
+  Secret (the offline smoke) and can start a pod that mounts it, so whatever grey's principal may
+  read, any branch's code may. Production's data stays with production's principal.
 
 The brokers authorise each request with KRaft's StandardAuthorizer against these prefixed ACLs
 (`allow.everyone.if.no.acl.found=false`): a principal may do nothing else, to any other team's
@@ -66,7 +68,7 @@ def grey_prefix(team: str) -> str:
 
 
 def grey_name(name: str, team: str) -> str:
-    """Grey's own name for one of production's sink topic, dead-letter topic or consumer group of `team`:
+    """Grey's own name for one of production's topics (source, sink, dead letters) or its consumer group of `team`:
     `like.text-directions` -> `like.grey.text-directions`."""
     prefix = team_prefix(team)
     if not name.startswith(prefix):
@@ -108,24 +110,15 @@ def grants(team: str, grey: bool = False) -> list[Grant]:
     """Everything the brokers allow a team's production (or grey) principal: nothing else is allowed."""
     if not grey:
         return [Grant("topic", team_prefix(team), _OWN_TOPICS), Grant("group", team_prefix(team), _OWN_GROUPS)]
-    return [Grant("topic", team_prefix(team), ("READ", "DESCRIBE")),  # production's stream, to run beside it
-            Grant("topic", grey_prefix(team), _OWN_TOPICS),
-            Grant("group", grey_prefix(team), _OWN_GROUPS)]
-
-
-def may(user: str, operation: str, topic: str) -> bool:
-    """Whether the brokers let `user` (a team principal) do `operation` (READ, CREATE, ...) to `topic`."""
-    team, grey = owner(user)
-    return any(grant.resource == "topic" and operation in grant.operations and topic.startswith(grant.prefix)
-               for grant in grants(team, grey))
+    return [Grant("topic", grey_prefix(team), _OWN_TOPICS), Grant("group", grey_prefix(team), _OWN_GROUPS)]
 
 
 def grants_said(user: str) -> str:
     """What the platform grants `user`, in words (the end of every refusal)."""
     team, grey = owner(user)
     if grey:
-        return (f"the platform grants grey of team {team!r} only writes to topics '{grey_prefix(team)}*' and consumer "
-                f"groups '{grey_prefix(team)}*' (it reads '{team_prefix(team)}*')")
+        return (f"the platform grants grey of team {team!r} only its own stream: topics '{grey_prefix(team)}*' and "
+                f"consumer groups '{grey_prefix(team)}*' (never production's topics: grey runs any branch's code)")
     return f"the platform grants team {team!r} only topics '{team_prefix(team)}*' and consumer groups " \
            f"'{team_prefix(team)}*'"
 

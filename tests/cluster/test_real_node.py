@@ -58,6 +58,7 @@ def test_the_start_removed_a_crashed_runs_leftovers(real_node):
     assert real_node.cleaned["bridge"] == [real.BRIDGE]
     assert any(planted["iptables"] in rule for rule in real_node.cleaned["iptables"])
     assert real_node.cleaned["device checkpoint"] == [planted["device checkpoint"]]
+    assert real_node.cleaned["nftables"] == [planted["nftables"]]
 
 
 def test_the_fake_gpu_plugin_advertises_its_count_over_the_device_plugin_api(core, real_node):

@@ -338,12 +338,17 @@ SECOND_PASS = [
      "podserve-routes", "may route and mirror only to the own Services of its team", None),
     ("a mirror into another team's namespace", "preview", "VirtualService",
      lambda o: _route(o).update(mirror={"host": "svc.podserve-like.svc.cluster.local"}),
-     "podserve-routes", "with the namespace among podserve-imo,podserve-imo-ab,podserve-imo-grey",
-     lambda o: _route(o).update(mirror={"host": "svc.podserve-imo.svc.cluster.local"})),  # grey mirrors production's
+     "podserve-routes", "with the namespace among podserve-imo-grey",
+     lambda o: _route(o).update(mirror={"host": "svc.podserve-imo-grey.svc.cluster.local"})),  # grey's own namespace
+    # issue 68: a branch publishing its team's production pods under /grey/<team>/ (with any rewrite)
+    ("a grey route into production", "preview", "VirtualService",
+     lambda o: _route(o)["route"][0]["destination"].update(
+         host=_route(o)["route"][0]["destination"]["host"].replace(".podserve-imo-grey.", ".podserve-imo.")),
+     "podserve-routes", "with the namespace among podserve-imo-grey", None),
     ("a production mirror into another team's grey", "production", "VirtualService",
      lambda o: _weighted(o).update(mirror={"host": "tn-second.podserve-like-grey.svc.cluster.local"},
                                    mirrorPercentage={"value": 20.0}),
-     "podserve-routes", "with the namespace among podserve-imo,podserve-imo-ab,podserve-imo-grey",
+     "podserve-routes", "with the namespace among podserve-imo,podserve-imo-grey",
      lambda o: _weighted(o).update(mirror={"host": "tn-second.podserve-imo-grey.svc.cluster.local"},
                                    mirrorPercentage={"value": 20.0})),  # production's mirror into its own grey
     ("a production canary subset sent to another team's Service", "production", "VirtualService",

@@ -32,6 +32,10 @@ FAST = {"pod": {"probe_period_seconds": 1, "probe_timeout_seconds": 1, "prestop_
         "monitoring": {"scrape_interval": "1s"}}
 
 
+#: GitLab's variables in the default branch's pipeline (protected): grey rendered so takes production's mirror.
+DEFAULT_BRANCH_VARIABLES = {"CI_COMMIT_BRANCH": "main", "CI_DEFAULT_BRANCH": "main", "CI_COMMIT_REF_PROTECTED": "true"}
+
+
 def write_values(folder: Path, **changes) -> Path:
     """Write a test service's value.py (VALUES with `changes`); return its path."""
     fields = dict(VALUES, **changes)

@@ -30,15 +30,16 @@ import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
 
-from mesh_setup import HERE, REPO, RUNTIME_TESTS, fast_conf_dir, stop_checked, write_values
+from mesh_setup import DEFAULT_BRANCH_VARIABLES, HERE, REPO, RUNTIME_TESTS, fast_conf_dir, stop_checked, write_values
 from podserve.testbed.deploy_policy import unfrozen_conf
 from podserve.testbed.mesh.mesh import Mesh
 from podserve.testbed.prometheus import Prometheus
-from podserve.tooling import render
+from podserve.tooling import provenance, render
 from podserve.tooling.conf import load_conf
 from podserve.tooling.deploy.kube import PODS
 from traffic import paced_load
@@ -90,6 +91,7 @@ def testbed(control_plane, istiod, tmp_path_factory, affine_model):
         folder.mkdir(parents=True)
         pod_env[(SERVICE, stage, index)] = {"SWITCH_DIR": str(folder)}
     mesh = Mesh([values], work / "mesh", plane=control_plane, istiod=istiod, region="hk", conf=conf,
+                source=provenance.Source.from_environment(DEFAULT_BRANCH_VARIABLES),
                 stages=["grey", "hk"], replicas={"hk": 2}, env={"PODSERVE_MODEL_PATH": str(affine_model)},
                 pod_env=pod_env, extra_python_path=(HERE, RUNTIME_TESTS), adopt={(SERVICE, "grey"): [pod]})
     prometheus = None
@@ -107,9 +109,11 @@ def testbed(control_plane, istiod, tmp_path_factory, affine_model):
 
 
 def _render(values: Path, conf_dir: Path, out: Path, tag: str) -> Path:
+    """render as the default branch's manifests job runs it (its grey takes production's mirror)."""
     shutil.rmtree(out, ignore_errors=True)
-    assert render.main(["--all", "--values", str(values), "--conf", str(conf_dir), "--out", str(out),
-                        "--image-tag", tag]) == 0
+    with mock.patch.dict("os.environ", DEFAULT_BRANCH_VARIABLES):
+        assert render.main(["--all", "--values", str(values), "--conf", str(conf_dir), "--out", str(out),
+                            "--image-tag", tag]) == 0
     return out
 
 

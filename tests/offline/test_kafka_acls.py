@@ -69,28 +69,32 @@ def test_a_team_s_credentials_cannot_read_write_or_join_another_team_s(kafka):
         reader.close()
 
 
-def test_grey_reads_production_s_stream_but_cannot_write_production_s_topics_nor_join_its_groups(kafka):
+def test_grey_cannot_read_write_or_join_production_s_topics_and_reads_its_own_stream(kafka):
+    """Grey runs any branch's code: production's stream is production's data, out of its reach (issue 68, item 4)."""
     run = uuid.uuid4().hex[:8]
     stream, sink = f"{TEAM}.stream-{run}", f"{TEAM}.results-{run}"
-    grey_sink = kafka_access.grey_name(sink, TEAM)
+    grey_stream, grey_sink = kafka_access.grey_name(stream, TEAM), kafka_access.grey_name(sink, TEAM)
     for topic in (stream, sink):
         create_topic(kafka.admin, topic, partitions=1)
     send(kafka.admin, stream, [(b"k", b"production's record")])
     grey = kafka.client_config(kafka_access.username(TEAM, grey=True))
+    group = kafka_access.grey_name(f"{TEAM}.text-direction", TEAM)
+    assert _consume_errors(grey, group, stream) == {"TOPIC_AUTHORIZATION_FAILED"}  # not even with its own group
     assert _produce(grey, sink) == "TOPIC_AUTHORIZATION_FAILED"  # a branch's code never writes production's results
-    assert _consume_errors(grey, f"{TEAM}.text-direction", stream) == {"GROUP_AUTHORIZATION_FAILED"}
+    assert _consume_errors(grey, f"{TEAM}.text-direction", grey_stream) == {"GROUP_AUTHORIZATION_FAILED"}
     with pytest.raises(KafkaException, match="TOPIC_AUTHORIZATION_FAILED"):
         create_topic(grey, f"{TEAM}.made-by-grey-{run}", partitions=1)  # nor creates them
-    create_topic(grey, grey_sink, partitions=1)
+    for topic in (grey_stream, grey_sink):
+        create_topic(grey, topic, partitions=1)
     assert _produce(grey, grey_sink) is None  # grey's own topics...
-    consumer = Consumer({**grey, "group.id": kafka_access.grey_name(f"{TEAM}.text-direction", TEAM),
-                         "auto.offset.reset": "earliest"})
-    consumer.subscribe([stream])  # ... and production's stream, with a group of grey's own
+    send(grey, grey_stream, [(b"k", b"the team's record for grey")])  # ... its stream, which the team feeds ...
+    consumer = Consumer({**grey, "group.id": group, "auto.offset.reset": "earliest"})
+    consumer.subscribe([grey_stream])  # ... read with a group of its own
     try:
         read, deadline = [], time.monotonic() + 30
         while not read and time.monotonic() < deadline:
             read = [m for m in consumer.consume(10, 0.5) if m.error() is None]
-        assert [m.value() for m in read] == [b"production's record"]
+        assert [m.value() for m in read] == [b"the team's record for grey"]
     finally:
         consumer.close()
 
@@ -141,18 +145,22 @@ def test_without_credentials_the_brokers_serve_nothing(kafka):
         AdminClient(plain).list_topics(timeout=5)  # the listener speaks SASL only
 
 
-def test_grey_waits_for_production_s_stream_it_may_read_but_not_create_then_reads_it(kafka, topics, start_worker):
-    """Grey started before production's source topic exists: it neither crash-loops on a refused create nor exits 2;
-    it says what it waits for, and is ready once the stream's producer (here the admin) creates the topic."""
-    grey_topics = {key: (value if key == "source_topic" else kafka_access.grey_name(value, TEAM))
-                   for key, value in topics.items()}
+def test_grey_s_worker_makes_its_own_stream_and_is_refused_production_s(kafka, topics, start_worker):
+    """Grey's names are all under its prefix (value.py's worker_settings): its worker creates what is missing, its
+    source included, and is ready; pointed at production's stream (a worker config of a branch's making), the brokers
+    refuse it, and the worker names the refusal and exits 2 at once."""
+    grey_topics = {key: kafka_access.grey_name(value, TEAM) for key, value in topics.items()}
     worker = start_worker(grey_topics, wait=False, user=kafka_access.username(TEAM, grey=True))
-    waiting = f"waiting for topic(s) {topics['source_topic']}: User:{TEAM}-grey reads them but may not create them"
-    worker.program.wait_until(lambda: waiting in worker.program.log_path.read_text(), 90, "the worker says it waits")
-    assert worker.program.process.poll() is None
-    with pytest.raises(OSError):  # no probe answers yet: not ready (a refused connection, as while brokers are away)
-        worker.get("/api/ping")
-    create_topic(kafka.admin, topics["source_topic"])
     worker.wait_ready(120)
     said = worker.program.log_path.read_text()
-    assert "TOPIC_AUTHORIZATION_FAILED" not in said and "created missing topic(s)" in said  # its own sink, dead letters
+    assert "TOPIC_AUTHORIZATION_FAILED" not in said and "created missing topic(s)" in said, said[-2000:]
+    assert grey_topics["source_topic"] in said.split("created missing topic(s)")[1].splitlines()[0]
+    worker.stop()
+    create_topic(kafka.admin, topics["source_topic"])  # production's stream
+    reader = start_worker({**grey_topics, "source_topic": topics["source_topic"]}, wait=False,
+                          user=kafka_access.username(TEAM, grey=True))
+    assert reader.program.process.wait(90) == 2, reader.program.log_tail(30)
+    said = reader.program.log_path.read_text()
+    assert (f"Kafka refused topic {topics['source_topic']!r} to principal 'User:{TEAM}-grey': "
+            f"TOPIC_AUTHORIZATION_FAILED; the platform grants grey of team {TEAM!r} only its own stream") in said, \
+        said[-3000:]

@@ -27,10 +27,10 @@ def test_the_example_becomes_the_workers_environment_with_the_local_broker_by_de
     assert BOOTSTRAP_ENV not in OfflineSettings(kafka_bootstrap="x:1", source_topic="a").to_env()  # never rendered
 
 
-def test_grey_reads_with_its_own_group_and_writes_its_own_topics():
+def test_grey_reads_its_own_stream_with_its_own_group_and_writes_its_own_topics():
     grey = load_values(EXAMPLE).worker_settings(grey=True)
     assert (grey.source_topic, grey.consumer_group, grey.sink_topic, grey.dead_letter_topic) == \
-        ("like.text-lines", "like.grey.text-direction-offline", "like.grey.text-directions", "like.grey.text-lines-dead")
+        ("like.grey.text-lines", "like.grey.text-direction-offline", "like.grey.text-directions", "like.grey.text-lines-dead")
 
 
 @pytest.mark.parametrize("env, says", [

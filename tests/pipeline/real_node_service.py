@@ -157,13 +157,17 @@ class RealNodeService:
 
     def let_the_node_pull(self) -> None:
         """containerd pulls the registry's names from it over HTTP; the namespace's pods log in with a Secret."""
-        from kubernetes import client
-
         host = self.stage.registry.host
         self.node.add_registry(real.Mirror(host, host))
+        self.let_pods_pull(*{self.conf.stages[stage].namespace_for(TEAM) for stage in ("grey", "hk")})
+
+    def let_pods_pull(self, *namespaces: str) -> None:
+        """The namespaces' pods log in to the registry (their default ServiceAccount's imagePullSecret)."""
+        from kubernetes import client
+
         core = client.CoreV1Api(self.plane.api_client())
-        secret = real.pull_secret(PULL_SECRET, host, USER, self.stage.registry.secrets()[0])
-        for namespace in {self.conf.stages[stage].namespace_for(TEAM) for stage in ("grey", "hk")}:
+        secret = real.pull_secret(PULL_SECRET, self.stage.registry.host, USER, self.stage.registry.secrets()[0])
+        for namespace in namespaces:
             try:
                 core.create_namespaced_secret(namespace, secret)
             except client.ApiException as exc:

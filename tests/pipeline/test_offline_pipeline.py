@@ -8,8 +8,9 @@ address, where the pods reach it) with the platform's access on (SASL/SCRAM, the
 from conf/teams.yaml), which the platform chart's ConfigMap podserve-kafka names and whose principals are in each
 namespace's Secret podserve-kafka-credentials (the test writes both as the platform team would for the region's
 brokers: grey's namespace gets team like's grey principal, hk's its production one). Production's stream is played by
-messages the test (the broker's admin) writes to the source topic; grey reads it with a group of its own, under grey's
-prefix, and the smoke looks at that group's commits as grey's principal, sending nothing.
+messages the test (the broker's admin) writes to the source topic; grey has a stream of its own under grey's prefix
+(production's data never reaches grey: issue 68), which the test feeds as the team would, and the smoke looks at grey's
+group's commits there as grey's principal, sending nothing.
 """
 
 from __future__ import annotations
@@ -94,15 +95,15 @@ def test_an_offline_service_passes_grey_its_smoke_and_deploy_hk_with_the_ci_job_
             "deployment.yaml", "poddisruptionbudget.yaml", "podmonitor.yaml", "scaledobject.yaml"]  # no route
         digest = json.loads((service.checkout / "build/image-metadata.json").read_text())["containerimage.digest"]
         service.let_the_node_pull()
-        # Production's stream exists before any worker reads it: grey may read it but not create it (its worker waits,
-        # not ready, for a source topic it may not create).
-        source = OFFLINE["source_topic"]
+        # Production's stream exists before any worker reads it (grey's, its own, grey's worker creates)
+        source, grey_source = OFFLINE["source_topic"], kafka_access.grey_name(OFFLINE["source_topic"], TEAM)
         stream_admin = AdminClient(broker.admin)  # held: a client collected before its future answers cancels it
         stream_admin.create_topics([NewTopic(source, num_partitions=-1, replication_factor=-1)])[source].result(30)
         timings = {}
         for job in ("grey", "smoke-grey", "deploy-hk"):
-            if job == "smoke-grey":  # production's stream goes on: grey reads it with its own consumer group
-                send(broker.admin, OFFLINE["source_topic"], lines(6))
+            if job == "smoke-grey":  # the team feeds grey's stream; production's goes on (for hk's workers)
+                send(broker.client_config(kafka_access.username(TEAM, grey=True)), grey_source, lines(6))
+                send(broker.admin, source, lines(6))
             started = time.monotonic()
             done = build_stage.run_job(job, service.checkout, service.commit, timeout=600, extra=credentials)
             timings[job] = time.monotonic() - started
@@ -110,13 +111,13 @@ def test_an_offline_service_passes_grey_its_smoke_and_deploy_hk_with_the_ci_job_
             assert done.returncode == 0, f"{job} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
             if job == "smoke-grey":
                 assert f"worker pod(s) of grey ready in {grey_ns}, each on {digest}" in done.stdout
-                assert f"consumer group {TEAM}.grey.{NAME} on {OFFLINE['source_topic']}: " in done.stdout
+                assert f"consumer group {TEAM}.grey.{NAME} on {grey_source}: " in done.stdout
         for namespace in (grey_ns, hk_ns):  # the kubelet runs the build this pipeline pushed, by digest
             (pod,) = [p for p in admin.list(PODS, namespace, f"service={NAME}")["items"]
                       if not p["metadata"].get("deletionTimestamp")]
             assert pod["spec"]["nodeName"] == real_node.name
             assert pod["status"]["containerStatuses"][0]["imageID"].endswith(digest), pod["status"]
-        # grey's results went to its own sink, production's to production's (both read the same stream)
+        # grey's results went to its own sink, production's to production's (each from its own stream)
         for sink in (kafka_access.grey_name(OFFLINE["sink_topic"], TEAM), OFFLINE["sink_topic"]):
             reader = TopicReader(broker.admin, sink)
             try:

@@ -127,7 +127,8 @@ LOAD_LIMIT_SECONDS = 240
 
 def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_nothing(grey_service, istiod, tmp_path):
     """hk's production stage (2 replicas) on the real node, v1 then v2, while 32 clients call through the gateway
-    (Envoy fed by istiod, in its own pod network on the node's bridge)."""
+    (Envoy fed by istiod, in its own pod network on the node's bridge), the chart's NetworkPolicies enforced by the
+    node's kube-network-policies."""
     import base64
     import threading
     import time
@@ -194,9 +195,9 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_not
         for thread in callers:
             thread.start()
         poll_until(lambda: len(statuses) >= CLIENTS, "every client answered once before the update", 60)
-        before = len(statuses)
+        before, verdicts = len(statuses), svc.node.policies.verdicts()
         update = svc.deploy("apply", manifests=v2, stage="hk")
-        after = len(statuses)
+        after, judged = len(statuses), svc.node.policies.verdicts()
         stop.set()
         for thread in callers:
             thread.join(timeout=60)
@@ -206,6 +207,9 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_not
         assert update.returncode == 0, update.output
         assert failures == [], failures[:10]
         assert after - before > CLIENTS
+        # the chart's NetworkPolicies held the gateway's connections to the new pods (the engine judged them: its Pod
+        # in istio-ingress with the gateway's labels) and refused none
+        assert judged["accept"] > verdicts["accept"] and judged["drop"] == verdicts["drop"], (verdicts, judged)
         left = core.list_namespaced_pod(namespace, label_selector=f"service={svc.name}").items
         assert all(p.metadata.deletion_timestamp for p in left if p.metadata.name in old)  # v1: stopping or gone
         for pod, out, process in followers:

@@ -5,7 +5,7 @@ between this pipeline's grey job and its smoke-grey job. Real: the grey job's li
 account, the apiserver) run twice, this pipeline's then another branch's, each with its own BuildKit metadata; the
 server process that answers grey's route behind a real Envoy (podserve.testbed.mesh), started with the environment
 the live Deployment gives its pod, so it names the digest the deploy tool gave it; smoke-grey's line. Simulated: the
-kubelet (kwok starts nothing: the mesh's process plays the pod) and the two digests (made up: no image is pulled).
+kubelet (kwok starts nothing: the mesh's process plays the Deployment's pod) and the two digests (made up: no image is pulled).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from ci_pipeline import REPO, concrete_jobs, make_manifests_artifact, run_job_lines, script_lines
 from podserve.image_identity import IMAGE_DIGEST_ENV
 from podserve.testbed.mesh.mesh import Mesh
-from podserve.tooling.deploy.kube import MANAGED, Kube
+from podserve.tooling.deploy.kube import MANAGED, PODS, Kube
 
 sys.path.insert(0, str(REPO / "tests" / "deploy"))
 from ci_account import ci_kubeconfig  # noqa: E402 - the deploy tests' way to get an account's credentials
@@ -51,13 +51,18 @@ def smoke_job(checkout, kubeconfig, base_url: str):
                          {"KUBECONFIG_PREVIEW_HK": str(kubeconfig)}, timeout=180)
 
 
-def serving_pod(checkout, work, digest_env: dict):
-    """grey's route behind a real Envoy, answered by the server started with the live Deployment's digest env."""
-    return Mesh([checkout / "value.py"], work, region="hk", stages=["grey"], replicas={"grey": 1},
-                pod_env={(SERVICE, "grey", 0): digest_env}).start()
+def serving_pod(checkout, work, digest_env: dict, plane, istiod, admin: Kube):
+    """grey's route behind a real Envoy fed by istiod, answered by a server started with the live Deployment's
+    digest env as the process of the Deployment's own (kwok's) pod."""
+    pods = [p["metadata"]["name"] for p in admin.list(PODS, "podserve-like-grey", f"service={SERVICE}")["items"]
+            if not p["metadata"].get("deletionTimestamp")]
+    assert len(pods) == 1, pods
+    return Mesh([checkout / "value.py"], work, plane=plane, istiod=istiod, region="hk", stages=["grey"],
+                replicas={"grey": 1}, pod_env={(SERVICE, "grey", 0): digest_env},
+                adopt={(SERVICE, "grey"): pods}).start()
 
 
-def test_a_grey_of_another_branch_deployed_before_the_smoke_fails_it_naming_both_digests(control_plane, tmp_path):
+def test_a_grey_of_another_branch_deployed_before_the_smoke_fails_it_naming_both_digests(control_plane, istiod, tmp_path):
     kubeconfig = ci_kubeconfig(control_plane, tmp_path / "preview.kubeconfig", "like", "preview")
     ours, theirs = pipeline_checkout(tmp_path, "ours", OURS), pipeline_checkout(tmp_path, "theirs", THEIRS)
     admin = Kube(control_plane.api_client())
@@ -72,17 +77,17 @@ def test_a_grey_of_another_branch_deployed_before_the_smoke_fails_it_naming_both
         grey_job(ours, kubeconfig)  # this pipeline's grey
         grey_job(theirs, kubeconfig)  # another branch's push, before this pipeline's smoke-grey ran
         assert live_digest() == {IMAGE_DIGEST_ENV: THEIRS}
-        mesh = serving_pod(ours, tmp_path / "mesh-theirs", live_digest())
+        mesh = serving_pod(ours, tmp_path / "mesh-theirs", live_digest(), control_plane, istiod, admin)
         started = time.monotonic()
-        done = smoke_job(ours, kubeconfig, f"http://127.0.0.1:{mesh.port}")
+        done = smoke_job(ours, kubeconfig, mesh.url)
         print(f"smoke-grey after another branch's grey: exit {done.returncode} in {time.monotonic() - started:.1f} s")
         assert done.returncode == 1, done.stdout + done.stderr
         assert f"grey serves the image {THEIRS}, not this pipeline's {OURS}: another pipeline" in done.stderr
         mesh.stop()
 
         grey_job(ours, kubeconfig)  # this pipeline's grey again: now the smoke passes
-        mesh = serving_pod(ours, tmp_path / "mesh-ours", live_digest())
-        done = smoke_job(ours, kubeconfig, f"http://127.0.0.1:{mesh.port}")
+        mesh = serving_pod(ours, tmp_path / "mesh-ours", live_digest(), control_plane, istiod, admin)
+        done = smoke_job(ours, kubeconfig, mesh.url)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "answered 200 on try" in done.stdout and f"from {OURS}" in done.stdout
     finally:

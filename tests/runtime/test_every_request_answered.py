@@ -18,10 +18,9 @@ import time
 import pytest
 import requests
 
-from podserve.runtime.http.admission import ANSWER_GRACE_SECONDS
-from podserve.runtime.processes.front import drain_bound_seconds
 from podserve.runtime.processes.supervisor import HANG_SECONDS
 from podserve.settings import ServingSettings
+from podserve.stop_bounds import ANSWER_GRACE_SECONDS, drain_bound_seconds
 from podserve.testbed.processes import poll_until
 
 from fixture_handlers import (AT_DECODE, AT_PREDICT, ENCODE_HOLDS_GIL, ENCODE_RELEASES_GIL, decoded_by,

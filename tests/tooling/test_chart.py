@@ -53,8 +53,8 @@ def test_the_templated_chart_passes_the_schemas(helm, conf, tmp_path, region):
     docs = template(helm, CHART, tmp_path, *args)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == [
-        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Gateway", "Namespace", "PodMonitor",
-        "PriorityClass", "PrometheusRule", "ResourceQuota", "Role", "RoleBinding", "ServiceAccount",
+        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Gateway", "Namespace", "NetworkPolicy",
+        "PodMonitor", "PriorityClass", "PrometheusRule", "ResourceQuota", "Role", "RoleBinding", "ServiceAccount",
         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     assert all_schema_errors(docs) == []
 
@@ -101,6 +101,43 @@ def test_the_chart_holds_what_each_stage_of_the_region_needs(helm, conf, tmp_pat
                             "verbs": ["get"]}]
         hosts = [h for server in gateways[stage.gateway]["spec"]["servers"] for h in server["hosts"]]
         assert stage.ingress_host in hosts
+
+
+def _peer(namespace: str, selector: dict) -> dict:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "podSelector": {"matchLabels": selector}}
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_every_team_namespace_is_closed_but_to_what_the_platform_needs(helm, conf, tmp_path, region):
+    """Default deny in and out, then: the stage's gateway pods and Prometheus to the http port, Kong's networks too
+    where pods take host ports, every pod to DNS and istiod, offline workers to the brokers' networks and ports."""
+    docs = template(helm, CHART, tmp_path, "-f", values_file(conf, region, tmp_path))
+    settings, network, http = conf.regions[region], conf.platform.network, [{"protocol": "TCP", "port": "http"}]
+    for stage, team in ((s, t) for s in conf.stages.values() if s.region == region for t in conf.teams):
+        policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"
+                    and d["metadata"]["namespace"] == stage.namespace_for(team)}
+        assert set(policies) == {"podserve-default-deny", "podserve-from-gateway", "podserve-from-prometheus",
+                                 "podserve-to-dns-and-istiod", "podserve-offline-to-brokers",
+                                 *(["podserve-from-kong"] if stage.service_discovery else [])}
+        assert policies["podserve-default-deny"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+        gateway_namespace = stage.gateway.split("/")[0]
+        assert policies["podserve-from-gateway"]["ingress"] == [
+            {"from": [_peer(gateway_namespace, settings.gateway_selector)], "ports": http}]
+        assert policies["podserve-from-prometheus"]["ingress"] == [
+            {"from": [_peer(network.prometheus.namespace, network.prometheus.selector)], "ports": http}]
+        if stage.service_discovery:
+            assert policies["podserve-from-kong"]["ingress"] == [
+                {"from": [{"ipBlock": {"cidr": cidr}} for cidr in settings.kong_networks], "ports": http}]
+        dns, istiod = network.dns, network.istiod
+        assert policies["podserve-to-dns-and-istiod"]["egress"] == [
+            {"to": [_peer(dns.namespace, dns.selector)],
+             "ports": [{"protocol": "UDP", "port": dns.port}, {"protocol": "TCP", "port": dns.port}]},
+            {"to": [_peer(istiod.namespace, istiod.selector)], "ports": [{"protocol": "TCP", "port": istiod.port}]}]
+        brokers = policies["podserve-offline-to-brokers"]
+        assert brokers["podSelector"] == {"matchLabels": {tenancy.MODE_LABEL: tenancy.OFFLINE_MODE}}
+        assert brokers["egress"] == [{"to": [{"ipBlock": {"cidr": cidr}} for cidr in settings.kafka_networks],
+                                      "ports": [{"protocol": "TCP", "port": int(settings.kafka_bootstrap.split(":")[-1])}]}]
 
 
 def test_the_policies_and_namespaces_use_the_names_tenancy_defines(helm, tmp_path):

@@ -75,7 +75,7 @@ def test_chart_values_follow_the_stages_of_a_region(conf):
         "name": "podserve-like", "team": "like", "stage": "hk", "tier": "production",
         "account": "podserve-like-production", "hostPorts": True, "hostPortRange": [20000, 22499],
         "hosts": ["infer-hk.example.com"], "routePrefix": "/api/like/",
-        "routeNamespaces": ["podserve-like", "podserve-like-ab", "podserve-like-grey"],
+        "routeNamespaces": ["podserve-like", "podserve-like-grey"],
         "gateway": "istio-ingress/podserve", "priorityClass": "podserve-production", "projectGroup": "models/like/",
         "quota": {"pods": "256", "requests.cpu": "512", "limits.cpu": "512", "requests.memory": "2048Gi",
                   "limits.memory": "2048Gi", "requests.nvidia.com/gpu": "64"}}
@@ -86,6 +86,7 @@ def test_chart_values_follow_the_stages_of_a_region(conf):
         "pods": str(preview.pods), "requests.cpu": preview.cpu, "limits.cpu": preview.cpu,
         "requests.memory": preview.memory, "limits.memory": preview.memory, "requests.nvidia.com/gpu": str(preview.gpus)}
     assert by_name["podserve-imo-grey"]["priorityClass"] == "podserve-preview"
+    assert by_name["podserve-imo-grey"]["routeNamespaces"] == ["podserve-imo-grey"]  # never production's pods
     # eu has only production: its VirtualServices may reach the team's production namespace there, nothing else.
     assert {ns["name"]: ns["routeNamespaces"] for ns in chart_values.chart_values(conf, "eu")["namespaces"]}[
         "podserve-imo"] == ["podserve-imo"]

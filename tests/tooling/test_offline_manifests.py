@@ -57,7 +57,7 @@ def test_the_scaled_object_is_really_checked_by_the_keda_schema(offline):
     assert "minReplicaCount" in errors and "lagThreshold" in errors and "scaleTarget" in errors, errors
 
 
-def test_production_scales_on_lag_and_grey_has_its_own_group_and_sink(offline):
+def test_production_scales_on_lag_and_grey_has_its_own_stream_group_and_sink(offline):
     by_stage = {stage: {d["kind"]: d for d in docs} for stage, docs in offline.stages.items()}
     hk = by_stage["hk"]["ScaledObject"]["spec"]
     assert (hk["minReplicaCount"], hk["maxReplicaCount"]) == (1, 3)
@@ -67,7 +67,8 @@ def test_production_scales_on_lag_and_grey_has_its_own_group_and_sink(offline):
     grey = by_stage["grey"]
     assert grey["ScaledObject"]["spec"]["triggers"][0]["metadata"]["consumerGroup"] == "like.grey.text-direction-offline"
     env = {e["name"]: e for e in grey["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["PODSERVE_SOURCE_TOPIC"]["value"] == "like.text-lines"
+    assert env["PODSERVE_SOURCE_TOPIC"]["value"] == "like.grey.text-lines"
+    assert grey["ScaledObject"]["spec"]["triggers"][0]["metadata"]["topic"] == "like.grey.text-lines"
     assert env["PODSERVE_CONSUMER_GROUP"]["value"] == "like.grey.text-direction-offline"
     assert env["PODSERVE_SINK_TOPIC"]["value"] == "like.grey.text-directions"
     assert env[BOOTSTRAP_ENV] == {"name": BOOTSTRAP_ENV, "valueFrom": {"configMapKeyRef": offline_manifests.KAFKA_CONFIGMAP}}
@@ -135,8 +136,8 @@ def test_the_ab_and_left_out_regions_jobs_of_an_offline_service_end_at_once_pass
 
 def test_grey_s_names_come_from_grey_name_under_the_prefix_only_grey_s_principal_writes(offline):
     production, grey = offline.values.worker_settings(), offline.values.worker_settings(grey=True)
-    assert grey.source_topic == production.source_topic
-    for name in ("sink_topic", "dead_letter_topic", "consumer_group"):
+    # its source too: grey's stream is its own, never production's (production's data; grey runs any branch's code)
+    for name in ("source_topic", "sink_topic", "dead_letter_topic", "consumer_group"):
         assert getattr(grey, name) == kafka_access.grey_name(getattr(production, name), "like")
         assert getattr(grey, name).startswith("like.grey.") and not getattr(production, name).startswith("like.grey.")
 

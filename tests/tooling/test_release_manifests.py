@@ -8,15 +8,9 @@ import json
 
 import pytest
 
-from podserve.tooling import checks, release, render
-from podserve.tooling.deploy import drift
+from podserve.tooling import checks, provenance, release, render
 from podserve.tooling.values import load_values
 from service_files import write_values
-
-#: The hk and eu pod templates' hashes as main's render gave them (golden image tag) before the stable selector
-#: gained `track: stable`: the selector moves, the template (so every pod and its hash) stays.
-HASHES_BEFORE = {"hk": "076115e543909b82", "eu": "2f38308f044f9179"}
-
 
 def _by_kind(docs: list[dict]) -> dict[str, dict]:
     return {d["kind"]: d for d in docs}
@@ -42,22 +36,25 @@ def test_production_always_routes_to_the_subsets_by_weight_and_the_header_reache
             assert [(d["destination"]["subset"], d["weight"]) for d in route["route"]] == [("stable", 100),
                                                                                            ("canary", 0)]
         assert release.read_release_policy(objects["Deployment"])["canary_steps"] == [10, 50]
-    for name in ("grey", "ab"):  # a preview copy: one Deployment, one destination, no subsets
+    for name in ("grey", "ab"):  # a preview copy: one Deployment, one destination; grey's one subset is the mirror's
         objects = _by_kind(stages[name])
-        assert "subsets" not in objects["DestinationRule"]["spec"]
+        assert objects["DestinationRule"]["spec"].get("subsets") == (
+            [{"name": "mirror-target", "labels": {"podserve.io/mirror-target": "default-branch"}}] if name == "grey"
+            else None)
         assert all(list(d["destination"]) == ["host", "port"] for h in objects["VirtualService"]["spec"]["http"]
                    for d in h["route"])
         assert release.RELEASE_ANNOTATION not in objects["Deployment"]["metadata"].get("annotations", {})
 
 
-def test_the_stable_selector_gains_track_its_template_and_hash_do_not_and_the_rest_select_every_pod(tmp_path, conf):
+def test_the_stable_selector_names_track_its_pods_carry_and_the_rest_select_every_pod(tmp_path, conf):
     stages = render.render(write_values(tmp_path), conf=conf, image_tag="golden").stages
-    for name, before in HASHES_BEFORE.items():
+    for name in ("hk", "eu"):
         objects = _by_kind(stages[name])
         deployment = objects["Deployment"]
         assert deployment["spec"]["selector"]["matchLabels"] == {"service": "text-direction", "stage": name,
                                                                  "track": "stable"}
-        assert drift.template_hash(deployment) == before
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()  # the apiserver refuses less
         both = {"service": "text-direction", "stage": name}  # stable's pods and a canary's
         assert objects["Service"]["spec"]["selector"] == both
         assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == both
@@ -74,7 +71,9 @@ def test_hk_mirrors_its_share_to_its_own_grey_and_no_other_stage_mirrors(tmp_pat
     mirrored = [h for h in hk if "mirror" in h]
     assert [h["name"] for h in mirrored] == ["text-direction-exact", "text-direction-subpaths"]  # not the header's
     for http in mirrored:
-        assert http["mirror"] == {"host": "text-direction.podserve-like-grey.svc.cluster.local", "port": {"number": 8080}}
+        # grey's pods of the protected default branch only (the subset selects the label only their render gives)
+        assert http["mirror"] == {"host": "text-direction.podserve-like-grey.svc.cluster.local",
+                                  "subset": "mirror-target", "port": {"number": 8080}}
         assert http["mirrorPercentage"] == {"value": 20.0}
     for name in ("eu", "na", "grey", "ab"):  # grey lives in hk: only hk's production can copy to it
         assert not any("mirror" in h for h in _by_kind(stages[name])["VirtualService"]["spec"]["http"]), name
@@ -98,6 +97,44 @@ def test_checks_refuse_a_route_off_the_subsets_or_mirroring_elsewhere(tmp_path, 
     assert any(says in p for p in problems), problems
 
 
+SOURCES = {"the protected default branch": (provenance.Source("main", "main", True), True),
+           "another branch": (provenance.Source("feature/x", "main", True), False),
+           "the default branch unprotected": (provenance.Source("main", "main", False), False),
+           "a tag or merge request": (provenance.Source("", "main", True), False)}
+
+
+@pytest.mark.parametrize("source, mirrored", SOURCES.values(), ids=SOURCES)
+def test_only_grey_of_the_protected_default_branch_takes_production_s_mirror_and_grey_records_its_branch(
+        tmp_path, conf, source, mirrored):
+    stages = render.render(write_values(tmp_path, grey_mirror_percent=20), conf=conf, source=source).stages
+    grey = _by_kind(stages["grey"])
+    subset = grey["DestinationRule"]["spec"]["subsets"][0]
+    labels = grey["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert (all(labels.get(k) == v for k, v in subset["labels"].items())) is mirrored
+    for doc in stages["grey"]:
+        assert json.loads(doc["metadata"]["annotations"][provenance.SOURCE_ANNOTATION]) == {
+            "branch": source.branch, "default_branch": "main", "protected": source.protected}
+    # production's render is the same whoever deployed grey: its copy goes to the subset, never to grey's Service
+    assert [h["mirror"]["subset"] for h in _by_kind(stages["hk"])["VirtualService"]["spec"]["http"] if "mirror" in h] \
+        == ["mirror-target"] * 2
+    assert not any(provenance.SOURCE_ANNOTATION in (d["metadata"].get("annotations") or {}) for d in stages["hk"])
+
+
+def test_render_says_whether_grey_takes_production_s_mirror(tmp_path, conf, monkeypatch, capsys):
+    path = write_values(tmp_path, grey_mirror_percent=20)
+    for variables, said in (({"CI_COMMIT_BRANCH": "feature/x", "CI_DEFAULT_BRANCH": "main",
+                              "CI_COMMIT_REF_PROTECTED": "false"},
+                             "grey is built from branch feature/x (not the default branch main): production's requests "
+                             "are not mirrored to it"),
+                            ({"CI_COMMIT_BRANCH": "main", "CI_DEFAULT_BRANCH": "main", "CI_COMMIT_REF_PROTECTED": "true"},
+                             "grey is built from the protected default branch main: hk mirrors 20% of its requests")):
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        assert render.main(["--all", "--values", str(path), "--conf", str(conf.folder), "--out",
+                            str(tmp_path / "out")]) == 0
+        assert said in capsys.readouterr().out
+
+
 def test_grey_may_not_mirror_and_a_rule_without_subsets_is_refused(tmp_path, conf):
     path = write_values(tmp_path)
     rendered = render.render(path, stages=["grey", "hk"], conf=conf).stages
@@ -110,6 +147,17 @@ def test_grey_may_not_mirror_and_a_rule_without_subsets_is_refused(tmp_path, con
     next(d for d in hk if d["kind"] == "DestinationRule")["spec"].pop("subsets")
     problems = [str(p) for p in checks.check_stage(hk, load_values(path, conf), conf, conf.stages["hk"])]
     assert any("must define the subsets stable, canary" in p for p in problems), problems
+    # a grey whose subset would take every pod (any branch's) as the mirror's, or a mirror to grey's whole Service
+    grey = copy.deepcopy(rendered["grey"])
+    next(d for d in grey if d["kind"] == "DestinationRule")["spec"]["subsets"][0]["labels"] = {"stage": "grey"}
+    problems = [str(p) for p in checks.check_stage(grey, load_values(path, conf), conf, conf.stages["grey"])]
+    assert any("must define the one subset mirror-target" in p for p in problems), problems
+    mirrored = render.render(write_values(tmp_path, name="m.py", grey_mirror_percent=10), stages=["hk"], conf=conf)
+    hk = copy.deepcopy(mirrored.stages["hk"])
+    for http in next(d for d in hk if d["kind"] == "VirtualService")["spec"]["http"]:
+        (http.get("mirror") or {}).pop("subset", None)
+    problems = [str(p) for p in checks.check_stage(hk, mirrored.values, conf, conf.stages["hk"])]
+    assert any("only to grey's subset mirror-target" in p for p in problems), problems
 
 
 def test_the_release_policy_carries_value_py_s_tighter_thresholds_only(tmp_path, conf):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kube_schemas import KUBE_VERSIONS, all_schema_errors
 from manifest_helpers import REPO, kustomize, read_tree
-from podserve.tooling import render
+from podserve.tooling import provenance, render
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 STAGES = ["grey", "ab", "hk", "eu", "na"]
@@ -40,8 +40,11 @@ def test_render_all_writes_five_stages_that_pass_every_check(tmp_path, kubectl):
             sorted((d["kind"], d["metadata"]["name"]) for d in tree[stage])
 
 
-def test_output_is_the_golden_files_byte_for_byte(tmp_path):
-    """Regenerate after an intended change: python -m podserve.tooling.render --all --image-tag golden --out tests/tooling/golden"""
+def test_output_is_the_golden_files_byte_for_byte(tmp_path, monkeypatch):
+    """Regenerate after an intended change: python -m podserve.tooling.render --all --image-tag golden --out tests/tooling/golden
+    (outside CI: grey's source record is of no branch pipeline, whatever CI variables this run has)."""
+    for name in (provenance.BRANCH_VARIABLE, provenance.DEFAULT_BRANCH_VARIABLE, provenance.PROTECTED_VARIABLE):
+        monkeypatch.delenv(name, raising=False)
     assert render.main(["--all", "--out", str(tmp_path), "--image-tag", "golden"]) == 0
     written = {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*.yaml"))}
     golden = {p.relative_to(GOLDEN): p.read_bytes() for p in sorted(GOLDEN.rglob("*.yaml"))}

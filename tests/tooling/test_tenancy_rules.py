@@ -12,9 +12,13 @@ from podserve.tooling.values import load_values
 from service_files import write_values
 
 
-def test_a_team_s_routes_may_reach_its_own_namespaces_of_the_region_only(conf):
-    assert tenancy.route_namespaces(conf, "imo", "hk") == ["podserve-imo", "podserve-imo-ab", "podserve-imo-grey"]
-    assert tenancy.route_namespaces(conf, "imo", "eu") == ["podserve-imo"]  # grey and ab run in hk only
+def test_production_routes_reach_its_namespace_and_grey_s_and_grey_and_ab_only_their_own(conf):
+    stages = conf.stages
+    assert tenancy.route_namespaces(conf, "imo", stages["hk"]) == ["podserve-imo", "podserve-imo-grey"]  # the mirror
+    assert tenancy.route_namespaces(conf, "imo", stages["eu"]) == ["podserve-imo"]  # grey runs in hk only
+    # any branch's code: never production's pods under grey's or ab's path
+    assert tenancy.route_namespaces(conf, "imo", stages["grey"]) == ["podserve-imo-grey"]
+    assert tenancy.route_namespaces(conf, "imo", stages["ab"]) == ["podserve-imo-ab"]
 
 
 @pytest.mark.parametrize("change, says", [
@@ -37,11 +41,15 @@ def test_render_refuses_what_podserve_routes_refuses(tmp_path, conf, change, say
     assert any(says in p for p in problems), problems
 
 
-def test_grey_mirroring_its_own_production_and_the_stage_s_gateway_pass(tmp_path, conf):
+def test_grey_routing_into_its_own_production_is_refused_and_the_stage_s_gateway_passes(tmp_path, conf):
     rendered = render.render(write_values(tmp_path), stages=["grey"], conf=conf).stages["grey"]
     vs = copy.deepcopy(next(d for d in rendered if d["kind"] == "VirtualService"))
-    vs["spec"]["http"][0]["mirror"] = {"host": "text-direction.podserve-like.svc.cluster.local"}
     assert tenancy.destination_problems(vs, conf, "like", conf.stages["grey"]) == []
+    into_production = copy.deepcopy(vs)
+    into_production["spec"]["http"][0]["route"][0]["destination"]["host"] = "text-direction.podserve-like.svc.cluster.local"
+    assert tenancy.destination_problems(into_production, conf, "like", conf.stages["grey"]) == [
+        "routes or mirrors to 'text-direction.podserve-like.svc.cluster.local': only Services of team like's namespaces "
+        "(podserve-like-grey) as <name>.<namespace>.svc.cluster.local"]
     vs["spec"]["gateways"] = ["mesh"]
     assert tenancy.destination_problems(vs, conf, "like", conf.stages["grey"]) == [
         "binds ['mesh']: only the stage's Gateway istio-ingress/podserve"]

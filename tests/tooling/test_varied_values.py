@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -10,6 +11,8 @@ import yaml
 from kube_schemas import all_schema_errors
 from manifest_helpers import REPO
 from podserve import metric_names
+from podserve.settings import ServingSettings
+from podserve.stop_bounds import ANSWER_GRACE_SECONDS, CLOSE_SECONDS, END_SECONDS
 from podserve.tooling import render
 from podserve.tooling.conf import load_conf
 from podserve.tooling.valuefile import ValueFileError
@@ -87,8 +90,15 @@ def test_big_budgets_follow_start_up_and_shutdown(rendered):
     pod = deployment["spec"]["template"]
     probe = pod["spec"]["containers"][0]["startupProbe"]
     assert probe["periodSeconds"] * probe["failureThreshold"] >= 1800 and "initialDelaySeconds" not in probe
-    assert pod["spec"]["terminationGracePeriodSeconds"] == 5 + 30 + 120 + 5
-    assert '"terminationDrainDuration": "155s"' in pod["metadata"]["annotations"]["proxy.istio.io/config"]
+    # preStop 5 s, then the runtime's bound: drain 30 s, the longest deadline (120 s, and the largest body's upload
+    # allowance at the platform's rate), the answer's grace, connections' close, the other processes' end; margin 5 s
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    settings = ServingSettings.from_env(env)
+    upload = settings.largest_body_bytes() / settings.min_upload_bytes_per_second
+    assert upload > 10  # a large video's allowance: what the old grace (preStop + drain + timeout) left out
+    stop = 5 + math.ceil(30 + 120 + upload + ANSWER_GRACE_SECONDS + CLOSE_SECONDS + END_SECONDS)
+    assert pod["spec"]["terminationGracePeriodSeconds"] == stop + 5
+    assert f'"terminationDrainDuration": "{stop}s"' in pod["metadata"]["annotations"]["proxy.istio.io/config"]
     (vs,) = stage_docs(rendered["big"], "hk", "VirtualService")
     assert {http["timeout"] for http in vs["spec"]["http"]} == {"121s"}
 

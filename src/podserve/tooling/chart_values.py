@@ -9,6 +9,7 @@ hold (the deployer's identity, where dashboards go) keeps the chart's defaults.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import yaml
@@ -16,7 +17,7 @@ import yaml
 from podserve import kafka_access
 from podserve.offline_settings import BOOTSTRAP_ENV
 from podserve.tooling import quantity, tenancy
-from podserve.tooling.conf import Conf, load_conf
+from podserve.tooling.conf import Conf, broker_ports, load_conf
 from podserve.tooling.offline_manifests import KAFKA_CONFIGMAP, KAFKA_PROTOCOL_KEY
 from podserve.tooling.valuefile import ValueFileError
 
@@ -54,8 +55,18 @@ def chart_values(conf: Conf, region: str) -> dict:
                   "bootstrap": settings.kafka_bootstrap, "protocolKey": KAFKA_PROTOCOL_KEY,
                   "securityProtocol": settings.kafka_security_protocol,
                   "credentialsSecret": kafka_access.CREDENTIALS_SECRET},
+        "networkPolicies": network_policies(conf, region),
         "region": region,
     }
+
+
+def network_policies(conf: Conf, region: str) -> dict:
+    """What the team namespaces' NetworkPolicies let through in `region` (templates/networkpolicies.yaml)."""
+    network, settings = conf.platform.network, conf.regions[region]
+    return {"dns": dataclasses.asdict(network.dns), "istiod": dataclasses.asdict(network.istiod),
+            "prometheus": dataclasses.asdict(network.prometheus), "kong": {"cidrs": list(settings.kong_networks)},
+            "brokers": {"cidrs": list(settings.kafka_networks), "ports": broker_ports(settings),
+                        "podSelector": {tenancy.MODE_LABEL: tenancy.OFFLINE_MODE}}}
 
 
 def pod_limits(conf: Conf, region: str) -> dict:

@@ -158,8 +158,8 @@ def _check_pod(pod: dict, values: ServiceValues, conf: Conf, stage: Stage, say) 
     stop = shutdown_seconds(values, conf)
     grace = spec.get("terminationGracePeriodSeconds", 30)
     if grace <= stop:
-        say("Deployment", f"terminationGracePeriodSeconds {grace} is not above preStop + drain + the longest "
-            f"request ({stop}s): requests would be killed")
+        say("Deployment", f"terminationGracePeriodSeconds {grace} is not above preStop + the runtime's "
+            f"bound from SIGTERM to exit ({stop}s, podserve.stop_bounds): admitted requests would be killed")
     try:
         proxy = json.loads(pod["metadata"].get("annotations", {}).get("proxy.istio.io/config", "{}"))
     except ValueError:
@@ -222,6 +222,10 @@ def _check_mesh(by_kind: dict[str, list[dict]], conf: Conf, team: str, stage: St
     if vs["spec"].get("hosts") != [stage.ingress_host] or vs["spec"].get("gateways") != [stage.gateway]:
         say("VirtualService", f"must bind host {stage.ingress_host} on gateway {stage.gateway}")
     subsets = {s.get("name"): s.get("labels") for s in dr["spec"].get("subsets") or []}
+    if stage.track == "grey" and subsets != {release.MIRROR_SUBSET: {release.MIRROR_LABEL: release.MIRROR_LABEL_VALUE}}:
+        say("DestinationRule", f"must define the one subset {release.MIRROR_SUBSET} by the label {release.MIRROR_LABEL}"
+            f"={release.MIRROR_LABEL_VALUE}, not {subsets}: production's mirror reaches grey's pods of the protected "
+            "default branch only")
     if stage.production and subsets != {name: {release.TRACK_LABEL: name} for name in release.SUBSETS}:
         say("DestinationRule", f"must define the subsets {', '.join(release.SUBSETS)} by their {release.TRACK_LABEL} "
             f"label, not {subsets}: the route always goes to them by weight")
@@ -248,11 +252,15 @@ def _check_mirror(http: dict, conf: Conf, team: str, stage: Stage, say) -> None:
     name = http["route"][0]["destination"]["host"].split(".")[0] if http.get("route") else ""
     wanted = f"{name}.{grey.namespace_for(team)}.svc.cluster.local" if grey else None
     host = (http.get("mirror") or {}).get("host")
+    subset = (http.get("mirror") or {}).get("subset")
     percent = (http.get("mirrorPercentage") or {}).get("value")
     most = conf.platform.limits.max_grey_mirror_percent
     if not stage.production or host != wanted:
         say("VirtualService", f"route {http.get('name')} mirrors to {host!r}: only a production stage mirrors, and "
             f"only to its own grey ({wanted or 'no grey in this region'})")
+    if subset != release.MIRROR_SUBSET:
+        say("VirtualService", f"route {http.get('name')} mirrors to subset {subset!r}: only to grey's subset "
+            f"{release.MIRROR_SUBSET} (its pods of the protected default branch)")
     if not isinstance(percent, (int, float)) or not 0 < percent <= most:
         say("VirtualService", f"route {http.get('name')} mirrors {percent!r}%: between 0 and {most} "
             "(conf/platform.yaml limits.max_grey_mirror_percent)")

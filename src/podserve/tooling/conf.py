@@ -7,6 +7,7 @@ the file and the key. conf/ is the platform team's; a service never changes it.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import typing
 from dataclasses import dataclass
@@ -104,6 +105,30 @@ class Autoscaling:
     scale_down_stabilization_seconds: int
 
 
+@dataclass(frozen=True)
+class PeerPods:
+    """Pods of the platform's that a team's pods hear from: their namespace and labels."""
+    namespace: str
+    selector: dict
+
+
+@dataclass(frozen=True)
+class PeerService:
+    """Pods of the platform's that a team's pods connect to: their namespace, labels and port."""
+    namespace: str
+    selector: dict
+    port: int
+
+
+@dataclass(frozen=True)
+class Network:
+    """What a team namespace's NetworkPolicies let through besides the region's gateway (the chart's
+    networkpolicies.yaml; docs/tenancy.md): everything else in and out of a team's pods is refused."""
+    dns: PeerService      # every pod resolves names: UDP and TCP to these pods' port
+    istiod: PeerService   # every pod's Istio sidecar: its configuration and certificates from istiod's port
+    prometheus: PeerPods  # scrapes every pod's http port
+
+
 #: The pod's HTTP front-end limits (conf/platform.yaml's `http`): exactly the platform-owned serving settings.
 HttpLimits = dataclasses.make_dataclass(
     "HttpLimits", [(f.name, {"int": int, "float": float}.get(f.type, f.type)) for f in dataclasses.fields(ServingSettings)
@@ -119,6 +144,7 @@ class Platform:
     mesh: Mesh
     monitoring: Monitoring
     autoscaling: Autoscaling
+    network: Network
 
 
 @dataclass(frozen=True)
@@ -155,6 +181,8 @@ class Region:
     gateway_tls_secret: str
     kafka_bootstrap: str
     kafka_security_protocol: str
+    kafka_networks: list  # the brokers' addresses (CIDRs): where offline pods may connect, on kafka_bootstrap's ports
+    kong_networks: list   # where Kong's probes and proxies come from (CIDRs): use_srv pods take them on the http port
     gpu: Gpu
     node_pools: NodePools
     name: str = ""
@@ -352,6 +380,13 @@ def _check(conf: Conf) -> list[Problem]:
                 f"would be team {team[:-len(kafka_access.GREY_USER_SUFFIX)]!r}'s grey one; choose another name")
     _check_host_ports(conf, say)
     for name, region in conf.regions.items():
+        for key in ("kafka_networks", "kong_networks"):
+            for network in getattr(region, key):
+                if not _is_network(network):
+                    say(f"regions.yaml: {name}.{key}", f"{network!r} must be a network in CIDR form, e.g. 10.20.0.0/16 "
+                        "(a NetworkPolicy's ipBlock)")
+        if not broker_ports(region):
+            say(f"regions.yaml: {name}.kafka_bootstrap", f"{region.kafka_bootstrap!r} must list host:port,... ")
         for key, resource in (("resource", region.gpu.resource), ("memory_resource", region.gpu.memory_resource)):
             if resource is not None and not EXTENDED_RESOURCE.fullmatch(resource):
                 say(f"regions.yaml: {name}.gpu.{key}", f"{resource!r} must be an extended resource name "
@@ -386,6 +421,25 @@ def _check(conf: Conf) -> list[Problem]:
         if isinstance(stage.replicas, int) and stage.replicas < 1:
             say(f"{where}.replicas", f"{stage.replicas} must be 1 or more, or the value.py field that gives it")
     return problems
+
+
+def _is_network(text) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(text, str) and "/" in text
+
+
+def broker_ports(region: Region) -> list[int]:
+    """The ports of the region's brokers (kafka_bootstrap's host:port list), the ones offline pods may reach."""
+    ports = set()
+    for server in region.kafka_bootstrap.split(","):
+        port = server.strip().rpartition(":")[2]
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            return []
+        ports.add(int(port))
+    return sorted(ports)
 
 
 def _check_host_ports(conf: Conf, say) -> None:

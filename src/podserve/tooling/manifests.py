@@ -15,6 +15,7 @@ from pathlib import Path
 
 from podserve import routes
 from podserve.settings import HTTP_PORT
+from podserve.stop_bounds import drain_bound_seconds
 from podserve.tooling import analysis_template, mesh_limits, quantity, release, routing, templating, tenancy
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.deploy import budget
@@ -32,9 +33,10 @@ def image_ref(values: ServiceValues, conf: Conf, stage: Stage, tag: str) -> str:
 
 
 def shutdown_seconds(values: ServiceValues, conf: Conf) -> int:
-    """Return the longest a pod takes to stop: preStop sleep, drain window, then the longest request."""
-    return (conf.platform.pod.prestop_sleep_seconds + math.ceil(values["drain_seconds"])
-            + math.ceil(values["request_timeout_ms"] / 1000))
+    """Return the longest a pod takes to stop: the preStop sleep, then the runtime's own bound from SIGTERM to its
+    exit (podserve.stop_bounds: the drain window, every admitted request answered, connections closed, the other
+    processes ended), taken for the split layout, the longer one (a GPU pod runs it)."""
+    return conf.platform.pod.prestop_sleep_seconds + math.ceil(drain_bound_seconds(values.serving_settings(), True))
 
 
 def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) -> dict:
@@ -91,7 +93,7 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
         "fqdn": fqdn,
         "route_timeout": _seconds(values["request_timeout_ms"] + platform.mesh.route_timeout_margin_ms),
         "connection_pool": mesh_limits.connection_pool(values, most_pods, platform.http.idle_timeout_seconds),
-        "subsets": _subsets(values, conf, most_pods) if stage.production else [],
+        "subsets": _subsets(values, conf, most_pods) if stage.production else _grey_subsets(stage),
         "platform": platform,
     }
 
@@ -129,8 +131,15 @@ def _mirror(values: ServiceValues, conf: Conf, stage: Stage) -> dict | None:
     if grey is None or not values["grey_mirror_percent"]:
         return None
     host = f"{values['service_name']}.{grey.namespace_for(values['username'])}.svc.cluster.local"
-    return {"destination": {"host": host, "port": {"number": HTTP_PORT}},
+    return {"destination": {"host": host, "subset": release.MIRROR_SUBSET, "port": {"number": HTTP_PORT}},
             "percent": float(values["grey_mirror_percent"])}
+
+
+def _grey_subsets(stage: Stage) -> list[dict]:
+    """grey's one subset: its pods of the protected default branch's code, where production's mirror goes."""
+    if stage.track != "grey":
+        return []
+    return [{"name": release.MIRROR_SUBSET, "labels": {release.MIRROR_LABEL: release.MIRROR_LABEL_VALUE}}]
 
 
 def _subsets(values: ServiceValues, conf: Conf, most_pods: int) -> list[dict]:

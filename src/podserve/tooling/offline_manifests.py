@@ -5,7 +5,8 @@ DestinationRule, and no ab stage: each production region and grey get a Deployme
 workers (`python -m podserve.runtime.offline`, probes and /metrics on the pod's HTTP port),
 its PodDisruptionBudget and PodMonitor, and always a KEDA ScaledObject scaling on the
 consumer group's lag between the stage's replicas and max_replicas (lag_target per replica).
-Grey reads the same source with its own group and writes its own topics (`<team>.grey.*`). The Kafka bootstrap
+Grey has a stream of its own: it reads, joins and writes only `<team>.grey.*` (grey runs any branch's code; production's
+stream is production's data, kafka_access). The Kafka bootstrap
 servers and protocol come from the region's ConfigMap `podserve-kafka`, the principal and its password from the
 namespace's Secret `podserve-kafka-credentials` (the platform writes both; never the repo), and KEDA reads the same
 principal through the namespace's TriggerAuthentication `podserve-kafka` (podserve.tooling.kafka_acls).
@@ -18,7 +19,7 @@ from pathlib import Path
 from podserve import kafka_access, routes
 from podserve.offline_settings import BOOTSTRAP_ENV, OfflineSettings
 from podserve.settings import ServingSettings, SettingsError
-from podserve.tooling import checks, manifests, templating
+from podserve.tooling import checks, manifests, templating, tenancy
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.valuefile import Problem, ValueFileError
 from podserve.tooling.values import ServiceValues
@@ -65,6 +66,7 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
     env = {**{item["name"]: item["value"] for item in w["env"]}, **worker.to_env()}
     replicas = values.replicas_for(stage)
     w.update(
+        labels=dict(w["labels"], **{tenancy.MODE_LABEL: tenancy.OFFLINE_MODE}),  # the pods the brokers take
         command=COMMAND,
         env=[{"name": name, "value": env[name]} for name in sorted(env)]
         + [{"name": name, "valueFrom": source} for name, source in KAFKA_ENV.items()],

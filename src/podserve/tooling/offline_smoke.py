@@ -1,8 +1,7 @@
 """An offline grey's smoke (it has no route): its workers ready on this pipeline's build, its consumer group moving.
 
-Grey reads production's source topic with a consumer group of its own, so no test message is
-sent (it would reach production's workers too): what grey does with the stream is watched
-instead. The stage's pods, found by the Deployment's selector with $KUBECONFIG (the preview
+Grey reads its own stream (`<team>.grey.<source>`, which the team feeds; kafka_access), and no test
+message is sent: what grey does with its stream is watched instead. The stage's pods, found by the Deployment's selector with $KUBECONFIG (the preview
 account may list them), must all be ready, each running the pipeline's image digest (its spec
 and, where the kubelet reports it, the image it really runs). Then the group's committed offsets
 on the source topic, read from the brokers of the namespace's ConfigMap podserve-kafka as the

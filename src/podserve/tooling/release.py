@@ -9,8 +9,9 @@ One place for these facts, read by render (manifests.py, checks.py) and the depl
 - A request with the header `x-podserve-track: canary` on the service's path reaches the canary (no session
   affinity: each request is routed on its own).
 - hk's VirtualService may mirror `grey_mirror_percent` of its requests to grey's Service (the one cross-namespace
-  target a route has); Istio sends the copy with `-shadow` appended to its Host, and the caller is answered by
-  production only.
+  target a route has), to its subset MIRROR_SUBSET: grey's pods built from the protected default branch, which alone
+  carry MIRROR_LABEL (provenance.py); Istio sends the copy with `-shadow` appended to its Host, and the caller is
+  answered by production only.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ RELEASE_ANNOTATION = "podserve.io/release"
 #: On the VirtualService and the canary Deployment while a canary runs: its revision, step and weights (JSON), so
 #: that a history that lost its canary state shows as drift.
 CANARY_ANNOTATION = "podserve.io/canary"
+#: grey's pods of the protected default branch's code (provenance.mark), and grey's DestinationRule subset of them:
+#: production's mirror goes there and nowhere else, so another branch's grey pods never get a copy.
+MIRROR_LABEL, MIRROR_LABEL_VALUE = "podserve.io/mirror-target", "default-branch"
+MIRROR_SUBSET = "mirror-target"
 #: A Kubernetes object name's longest.
 MAX_NAME = 63
 _CANARY_SUFFIX = "-" + CANARY

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Sequence
 
 from podserve.tooling import (checks, handler_source, job_time, manifests, offline_manifests, output, platform_rules,
-                              routing, templating, tenancy)
-from podserve.tooling.conf import Conf, DeployPolicy, load_conf, load_deploy_policy
+                              provenance, routing, templating, tenancy)
+from podserve.tooling.conf import Conf, DeployPolicy, Stage, load_conf, load_deploy_policy
 from podserve.tooling.image_tag import default_image_tag
 from podserve.tooling.valuefile import Problem, ValueFileError
 from podserve.tooling.values import ServiceValues, load_values
@@ -50,10 +50,12 @@ class Rendered:
 def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf | None = None,
            image_tag: str = "dev", existing_routes: list[routing.Route] = (),
            templates: Path | None = None, handler_paths: Sequence[Path] | None = None,
-           project_path: str | None = None) -> Rendered:
+           project_path: str | None = None, source: provenance.Source | None = None) -> Rendered:
     """Render and check the chosen stages (all when None); raise ValueFileError (or a subclass) if anything is wrong.
 
-    Every object carries the GitLab project's path (`project_path`, default $CI_PROJECT_PATH; tenancy.project).
+    Every object carries the GitLab project's path (`project_path`, default $CI_PROJECT_PATH; tenancy.project), and
+    grey's the branch it is built from (`source`, default GitLab's variables; provenance.mark: production's mirror
+    reaches only a grey of the protected default branch).
 
     `handler` is checked in the source folders `handler_paths` (default: handler_source.default_paths).
     """
@@ -75,16 +77,23 @@ def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf 
     skipped = {name: f"not deployed here: value.py regions = {values['regions']!r} leaves out "
                      f"{conf.stages[name].region}" for name in stages if not values.deploys_to(conf.stages[name])}
     stages = [name for name in stages if name not in skipped]
+    source = source if source is not None else provenance.Source.from_environment()
     if values.offline:  # Kafka workers: their own templates, checks and stages (no ab)
-        return _render_offline(values, conf, policy, stages, skipped, image_tag, templates, project, every_stage)
-    rendered = {name: tenancy.stamp(manifests.render_stage(values, conf, conf.stages[name], image_tag, templates),
-                                    project) for name in stages}
+        return _render_offline(values, conf, policy, stages, skipped, image_tag, templates, project, every_stage,
+                               source)
+    rendered = {name: _marked(tenancy.stamp(manifests.render_stage(values, conf, conf.stages[name], image_tag,
+                                                                   templates), project), conf.stages[name], source)
+                for name in stages}
     problems = [p for name in stages for p in checks.check_stage(rendered[name], values, conf, conf.stages[name])]
     problems += checks.check_routes(rendered)
     problems += _job_time_problems(rendered, values, conf, policy)
     if problems:
         raise checks.ManifestError("rendered manifests", problems)
     return Rendered(values, conf, rendered, skipped)
+
+
+def _marked(docs: list[dict], stage: Stage, source: provenance.Source) -> list[dict]:
+    return provenance.mark(docs, source) if stage.track == "grey" else docs
 
 
 def _project(values: ServiceValues, conf: Conf, path: str | None) -> str:
@@ -104,7 +113,7 @@ def _job_time_problems(rendered: dict[str, list[dict]], values: ServiceValues, c
 
 def _render_offline(values: ServiceValues, conf: Conf, policy: DeployPolicy, stages: list[str],
                     skipped: dict[str, str], image_tag: str, templates: Path | None, project: str,
-                    every_stage: bool) -> Rendered:
+                    every_stage: bool, source: provenance.Source) -> Rendered:
     """Render an offline service's stages; one it has no copy in (ab) is refused when asked for by name, and with
     --all gets its reason, as a left-out region does, so that its CI job ends at once, passed."""
     offline_stages = offline_manifests.stages(conf)
@@ -114,8 +123,9 @@ def _render_offline(values: ServiceValues, conf: Conf, policy: DeployPolicy, sta
                                                  f"{', '.join(offline_stages)}") for s in others])
     skipped = {**skipped, **{s: NO_OFFLINE_COPY for s in others}}
     stages = [s for s in stages if s in offline_stages]
-    rendered = {name: tenancy.stamp(offline_manifests.render_stage(values, conf, conf.stages[name], image_tag,
-                                                                   templates), project) for name in stages}
+    rendered = {name: _marked(tenancy.stamp(offline_manifests.render_stage(values, conf, conf.stages[name], image_tag,
+                                                                           templates), project), conf.stages[name],
+                              source) for name in stages}
     problems = [p for name in stages
                 for p in offline_manifests.check_stage(rendered[name], values, conf, conf.stages[name])]
     problems += _job_time_problems(rendered, values, conf, policy)
@@ -176,6 +186,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{Path(args.out) / stage}: {count} files, {len(result.stages[stage])} objects")
     for path in output.write_not_deployed(Path(args.out), result.skipped):
         print(f"{path.parent}: {result.skipped[path.parent.name]}")
+    if any(conf.stages[s].track == "grey" for s in result.stages) and result.values["grey_mirror_percent"]:
+        print(provenance.Source.from_environment().mirror_note(result.values["grey_mirror_percent"]))
     return 0
 
 

@@ -39,6 +39,9 @@ NAMESPACE_PROJECT_GROUP = "podserve.io/project-group"
 PROJECT_VARIABLE = "CI_PROJECT_PATH"
 #: Grey and ab serve no production traffic: they run on every branch, with the preview account.
 PREVIEW_TRACKS = ("grey", "ab")
+#: The pod label (and value) render puts on offline workers: the only pods the chart's NetworkPolicies let reach the
+#: brokers (podserve-offline-to-brokers).
+MODE_LABEL, OFFLINE_MODE = "podserve.io/mode", "offline"
 
 
 #: Each tier's PriorityClass (the chart creates them): production pods preempt grey and ab ones when a
@@ -99,11 +102,17 @@ def quota(conf: Conf, stage: Stage, team: str) -> dict[str, str]:
     return hard
 
 
-def route_namespaces(conf: Conf, team: str, region: str) -> list[str]:
-    """The namespaces a VirtualService of `team` in `region` may send traffic to, or mirror it to: the team's own
-    (production, grey, ab), never another team's nor the platform's. The one place this rule is made: the chart
-    writes it on each namespace (NAMESPACE_ROUTE_NAMESPACES, read by podserve-routes) and render checks with it."""
-    return sorted({stage.namespace_for(team) for stage in conf.stages.values() if stage.region == region})
+def route_namespaces(conf: Conf, team: str, stage: Stage) -> list[str]:
+    """The namespaces a VirtualService of `team` at `stage` may send traffic to, or mirror it to: a production stage its
+    own and its region's grey (the mirror); grey and ab (any branch's code, the preview account) their own only, so no
+    branch can publish production's pods under its own path. Never another team's nor the platform's. The one place
+    this rule is made: the chart writes it on each namespace (NAMESPACE_ROUTE_NAMESPACES, read by podserve-routes) and
+    render checks with it."""
+    own = stage.namespace_for(team)
+    if tier(stage) == "preview":
+        return [own]
+    return sorted({own, *(s.namespace_for(team) for s in conf.stages.values()
+                          if s.track == "grey" and s.region == stage.region)})
 
 
 #: The form of a Service's host a route may name: <name>.<namespace>.svc.cluster.local (policies.yaml checks the same).
@@ -123,7 +132,7 @@ def destination_hosts(virtual_service: dict) -> list[str]:
 def destination_problems(virtual_service: dict, conf: Conf, team: str, stage: Stage) -> list[str]:
     """What podserve-routes would refuse of a VirtualService of `team` at `stage`: a destination or mirror outside
     the team's own namespaces (route_namespaces), a delegate, a gateway other than the stage's."""
-    allowed = route_namespaces(conf, team, stage.region)
+    allowed = route_namespaces(conf, team, stage)
     found = []
     for host in destination_hosts(virtual_service):
         name, _, namespace = host.removesuffix(SERVICE_HOST_SUFFIX).partition(".")
@@ -148,7 +157,7 @@ def namespaces(conf: Conf, region: str) -> list[dict]:
                           "tier": tier(stage), "account": account(team, tier(stage)),
                           "hostPorts": stage.service_discovery, "hostPortRange": [ports.min, ports.max],
                           "hosts": [stage.ingress_host], "routePrefix": stage.route_prefix_for(team),
-                          "routeNamespaces": route_namespaces(conf, team, region), "gateway": stage.gateway,
+                          "routeNamespaces": route_namespaces(conf, team, stage), "gateway": stage.gateway,
                           "priorityClass": priority_class(stage),
                           "projectGroup": f"{conf.project_group(team)}/",
                           "quota": quota(conf, stage, team)})

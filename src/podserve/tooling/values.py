@@ -161,17 +161,17 @@ class ServiceValues:
     def worker_settings(self, grey: bool = False) -> offline_settings.OfflineSettings:
         """Return the offline worker's settings (no bootstrap servers: those come from the environment).
 
-        The grey stage reads the same source with its own consumer group and writes to its own sink and dead-letter
-        topics, each under the team's grey prefix (`like.text-directions` -> `like.grey.text-directions`): grey's
-        principal may write and join nothing else (podserve.kafka_access), so it never takes or mixes production's
-        messages.
+        The grey stage has a stream of its own: it reads its source, joins its group and writes its sink and
+        dead-letter topics each under the team's grey prefix (`like.text-lines` -> `like.grey.text-lines`), the only
+        topics grey's principal may touch (podserve.kafka_access): production's stream is production's data, and grey
+        runs any branch's code. The team feeds grey's source.
         """
         def own(name: str) -> str:
             return kafka_access.grey_name(name, self.fields["username"]) if grey else name
 
         sink_topic = self.fields["sink_topic"]
         return offline_settings.OfflineSettings(
-            source_topic=self.fields["source_topic"], consumer_group=own(self.fields["consumer_group"]),
+            source_topic=own(self.fields["source_topic"]), consumer_group=own(self.fields["consumer_group"]),
             sink_topic=own(sink_topic) if sink_topic else "", sink_file=self.fields["sink_file"] or "",
             dead_letter_topic=own(self.fields["dead_letter_topic"]))
 
@@ -485,7 +485,7 @@ def _worker_name_problems(values: ServiceValues):
     for worker, stage in ((values.worker_settings(), ""), (grey, "grey's ")):
         for name in _WORKER_TOPICS:
             used = getattr(worker, name)
-            if not used or stage and name == "source_topic":  # grey reads production's source, with a group of its own
+            if not used:
                 continue
             if used in seen:
                 yield name, (f"{used!r} is both {seen[used]} and {stage}{name}: every topic production and grey read "

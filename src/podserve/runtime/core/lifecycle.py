@@ -17,12 +17,10 @@ import signal
 import threading
 import time
 
+from podserve.stop_bounds import CLOSE_SECONDS
+
 log = logging.getLogger(__name__)
 
-#: Once every request is answered, how long keep-alive connections get to take their answers before the server stops.
-CLOSE_SECONDS = 5.0
-#: Then, how long batches still running (their requests answered already) get to end before the process exits.
-STOP_SECONDS = 5.0
 
 
 def join_by(threads, until: float | None) -> None:

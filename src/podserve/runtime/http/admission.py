@@ -35,12 +35,10 @@ from podserve.runtime.core.logs import log_request
 from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.http.messages import LARGE_BODY_BYTES, LARGE_BODY_SHARE, Answer, Exchange
 from podserve.runtime.http.refusals import RefusalCost, RefusalPacer
+from podserve.stop_bounds import ANSWER_GRACE_SECONDS
 
 log = logging.getLogger(__name__)
 
-#: Every admitted request is answered by its deadline plus this, whatever ends or hangs (docs/processes.md): a batch
-#: that started before the deadline gets this long to end; past it, the request is answered 504 here.
-ANSWER_GRACE_SECONDS = 1.0
 #: How often the backstop looks for requests past their deadline and grace (the grace's granularity).
 BACKSTOP_TICK_SECONDS = 0.05
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from podserve.errors import InvalidInput
 from podserve.settings import ServingSettings
+from podserve.stop_bounds import upload_seconds
 
 #: Headers by which a caller (or Envoy, from the route's timeout) may shorten the deadline.
 DEADLINE_HEADERS = ("X-Request-Timeout-Ms", "X-Envoy-Expected-Rq-Timeout-Ms")
@@ -61,6 +62,4 @@ class Budgets:
         arrives: the front end extends its body deadline by the same rule chunk by chunk
         (HttpLimits.min_upload_bytes_per_second), never by the largest video's up front, which would let a chunk
         flood hold the pod's body budget for minutes."""
-        if length <= self.settings.max_body_bytes:
-            return 0.0
-        return length / self.settings.min_upload_bytes_per_second
+        return upload_seconds(self.settings, length)

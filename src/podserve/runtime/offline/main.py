@@ -11,7 +11,7 @@ import time
 import prometheus_client
 from confluent_kafka import Consumer, KafkaException, Producer
 
-from podserve.kafka_access import KafkaRefused, may, principal, user_of
+from podserve.kafka_access import KafkaRefused
 from podserve.offline_settings import OfflineSettings
 from podserve.runtime.batching.pool import InstancePool
 from podserve.runtime.core.devices import plan_devices
@@ -20,8 +20,7 @@ from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.core.startup import StartupError, prepare_service
 from podserve.runtime.offline.metrics import MessageMetrics
 from podserve.runtime.offline.probes import ProbeServer
-from podserve.runtime.offline.sinks import (FileSink, KafkaSink, ensure_topics, max_message_bytes, producer_config,
-                                           waiting_for)
+from podserve.runtime.offline.sinks import FileSink, KafkaSink, ensure_topics, max_message_bytes, producer_config
 from podserve.runtime.offline.worker import OfflineWorker, consumer_config
 from podserve.settings import SettingsError
 
@@ -103,28 +102,19 @@ def _run_beside_signals(worker: OfflineWorker) -> int:
 
 
 def _create_topics(connection: dict, topics: list[str], stop_requested: list[str], message_bytes: int) -> bool:
-    """Create the missing topics this principal may create and wait for the others (production's stream, which grey
-    only reads), retrying while the brokers are unreachable; False if stopped meanwhile; KafkaRefused (never retried)
-    where the brokers refuse this principal."""
+    """Create the missing topics, retrying while the brokers are unreachable; False if stopped meanwhile; KafkaRefused
+    (never retried) where the brokers refuse this principal (every topic a principal may read it may create: grey's
+    stream is its own, kafka_access)."""
     bootstrap = connection["bootstrap.servers"]
-    user = user_of(connection)
-    # A topic it may read but not create (grey and production's stream) is waited for; any other is asked for, and
-    # the brokers' refusal of one outside the principal's grants is named.
-    theirs = [topic for topic in topics if user and may(user, "READ", topic) and not may(user, "CREATE", topic)]
-    ours = [topic for topic in topics if topic not in theirs]
     backoff = 1.0
     while not stop_requested:
         try:
-            created = ensure_topics(connection, ours, message_bytes=message_bytes)
+            created = ensure_topics(connection, topics, message_bytes=message_bytes)
             if created:
                 log.info("created missing topic(s): %s", ", ".join(created))
-            absent = waiting_for(connection, theirs)
-            if not absent:
-                return True
-            log.warning("waiting for topic(s) %s: %s reads them but may not create them (the production worker or the "
-                        "stream's producer does); retrying in %.0fs", ", ".join(absent), principal(user), backoff)
+            return True
         except KafkaException as exc:
             log.warning("cannot reach Kafka at %s to check the topics (%s); retrying in %.0fs", bootstrap, exc, backoff)
-        time.sleep(backoff)
-        backoff = min(backoff * 2, 30.0)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
     return False

@@ -128,13 +128,6 @@ def missing_topics(admin: AdminClient, topics: list[str], timeout: float = 10.0)
     return [topic for topic in dict.fromkeys(topics) if topic not in existing]
 
 
-def waiting_for(connection: dict, topics: list[str], timeout: float = 10.0) -> list[str]:
-    """Those of `topics` that do not exist yet (none asked: no call to the brokers)."""
-    if not topics:
-        return []
-    return missing_topics(AdminClient(connection), topics, timeout)
-
-
 def ensure_topics(connection: dict, topics: list[str], timeout: float = 10.0,
                   message_bytes: int | None = None) -> list[str]:
     """Create those of `topics` that do not exist (broker's default partitions and replication); return them.

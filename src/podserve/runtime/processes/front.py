@@ -5,7 +5,7 @@ layout's front process (processes/front_process.py) forwards it to a decoder pro
 is this module's, built once here: the HTTP server and its routes (runtime/protocols/router.py), admission with the
 pod's places, body budget, paced 503s and the backstop that answers every admitted request by its deadline and
 grace (runtime/http/admission.py), the probes over the model's state, the Open Inference Protocol's health and
-metadata, the control thread, and the SIGTERM drain, whose bound `drain_bound_seconds` states.
+metadata, the control thread, and the SIGTERM drain, whose bound podserve.stop_bounds states.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import uvloop
 
 from podserve import errors
 from podserve.routes import service_path
-from podserve.runtime.core.lifecycle import CLOSE_SECONDS, STOP_SECONDS, GracefulShutdown, Lifecycle
+from podserve.runtime.core.lifecycle import GracefulShutdown, Lifecycle
 from podserve.runtime.core.metrics import Metrics
-from podserve.runtime.http.admission import ANSWER_GRACE_SECONDS, Admission
+from podserve.runtime.http.admission import Admission
 from podserve.runtime.http.deadlines import Budgets
 from podserve.runtime.http.messages import Exchange
 from podserve.runtime.http.server import raise_open_file_limit
@@ -31,29 +31,9 @@ from podserve.runtime.protocols.router import http_server
 from podserve.runtime.protocols.service_route import error_answer
 from podserve.runtime.protocols.v2_route import V2Route
 from podserve.settings import ServingSettings
+from podserve.stop_bounds import answer_bound_seconds
 
 log = logging.getLogger("podserve")
-
-
-def answer_bound_seconds(settings: ServingSettings) -> float:
-    """The longest an admitted request waits for its answer: the longest deadline (the service's own timeout, plus
-    the largest body's upload allowance) and the grace (runtime/http/admission.py)."""
-    return (settings.request_timeout_ms / 1000.0 + Budgets(settings).upload_seconds(settings.largest_body_bytes())
-            + ANSWER_GRACE_SECONDS)
-
-
-def front_drain_seconds(settings: ServingSettings) -> float:
-    """How long the front takes from SIGTERM to its exit at most: `drain_seconds` taking requests, every admitted
-    request answered (`answer_bound_seconds`), then the connections closed."""
-    return settings.drain_seconds + answer_bound_seconds(settings) + CLOSE_SECONDS
-
-
-def drain_bound_seconds(settings: ServingSettings, split: bool) -> float:
-    """How long a pod takes from SIGTERM to its exit at most: the front's drain, then batches still running (their
-    requests answered) STOP_SECONDS to end in one process, or in the split layout every other process the
-    supervisor's END_SECONDS to end before it kills them."""
-    from podserve.runtime.processes.supervisor import END_SECONDS
-    return front_drain_seconds(settings) + (END_SECONDS if split else STOP_SECONDS)
 
 
 class Front:

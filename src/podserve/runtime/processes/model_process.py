@@ -36,7 +36,6 @@ from podserve.routes import service_path
 from podserve.runtime.batching.batcher import WorkItem
 from podserve.runtime.batching.pool import InstancePool
 from podserve.runtime.core.devices import plan_devices
-from podserve.runtime.core.lifecycle import STOP_SECONDS
 from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.processes import layout
 from podserve.runtime.processes.child import Slot, hand_to_loop, start_child
@@ -46,6 +45,7 @@ from podserve.runtime.processes.transport.items import (NoRoom, error_from_wire,
                                                         unpack)
 from podserve.runtime.processes.transport.link import FrameTooLarge, open_link
 from podserve.runtime.protocols.v2_route import describe_model
+from podserve.stop_bounds import STOP_SECONDS
 
 log = logging.getLogger("podserve.model")
 

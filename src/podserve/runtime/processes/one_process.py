@@ -16,7 +16,6 @@ from podserve.runtime.batching.inline_policy import LoopRelief
 from podserve.runtime.batching.pool import InstancePool
 from podserve.runtime.batching.step_runner import request_threads
 from podserve.runtime.core.devices import cpu_share, plan_devices
-from podserve.runtime.core.lifecycle import STOP_SECONDS
 from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.processes.front import Front
 from podserve.runtime.processes.layout import pod_memory_plan
@@ -26,6 +25,7 @@ from podserve.runtime.protocols.service_route import ServiceRoute
 from podserve.runtime.protocols.v2_route import describe_model
 from podserve.runtime.protocols.video_route import VideoWork, video_threads
 from podserve.settings import ServingSettings
+from podserve.stop_bounds import STOP_SECONDS
 
 log = logging.getLogger("podserve")
 

@@ -40,9 +40,9 @@ from prometheus_client import multiprocess
 
 from podserve.runtime.http.server import listening_socket
 from podserve.runtime.processes import layout
-from podserve.runtime.processes.front import front_drain_seconds
 from podserve.runtime.processes.pod_state import DECODER, FRONT, MODEL, READY, STARTING, PodState, now_ns
 from podserve.settings import ServingSettings
+from podserve.stop_bounds import END_SECONDS, front_drain_seconds
 
 log = logging.getLogger("podserve.supervisor")
 
@@ -64,8 +64,6 @@ MAX_BACKOFF_SECONDS = 10.0
 REPLACE_BACKOFF_SECONDS = 1.0
 REPLACE_BACKOFF_MAX_SECONDS = 30.0
 REPLACE_CALM_SECONDS = 60.0
-#: How long the other processes get to end after SIGTERM, once the front has drained, before they are killed.
-END_SECONDS = 10.0
 _PR_SET_CHILD_SUBREAPER = 36
 #: Exit code of a process that cannot start because of its configuration (runtime/core/startup.py).
 BAD_CONFIGURATION = 2

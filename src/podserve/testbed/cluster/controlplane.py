@@ -232,6 +232,11 @@ class ControlPlane:
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node"},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"system:node:{node}"}]})
 
+    @property
+    def ca_path(self) -> Path:
+        """The cluster's CA certificate (what a pod's ServiceAccount folder holds as ca.crt)."""
+        return self._ca.cert_path
+
     # --- clients ---------------------------------------------------------------------------
 
     def api_client(self):

@@ -4,7 +4,9 @@
     node.name, node.pod_subnet; ...; node.stop()
 
 Real: the kubelet (v1.35.4, built from cluster/go.mod's Kubernetes module), Debian's containerd
-1.6 with its CRI plugin and Debian's runc, Debian's CNI plugins (bridge, host-local, loopback).
+1.6 with its CRI plugin and Debian's runc, Debian's CNI plugins (bridge, host-local, loopback), and the
+NetworkPolicy engine kube-network-policies (netpol.py: built from Go modules, enforcing the cluster's
+NetworkPolicies on the node's pods with nftables).
 Simulated: the GPUs only: fake-gpu-plugin (cluster/cmd/fake-gpu-plugin) advertises
 nvidia.com/gpu over the kubelet's real device-plugin API, with nothing behind it. No kube-proxy
 runs: ClusterIPs do not route; pod addresses (POD_SUBNET, on the bridge BRIDGE) do, from this
@@ -15,7 +17,8 @@ One real node per machine (the kubelet's device-plugin socket path is fixed): LO
 starts. Everything the node makes lives under fixed names (STATE, DATA's kubelet folder, the
 cgroup CGROUP_ROOT, the bridge, KUBE-/CNI- iptables chains), so `clean_up()`, called by every
 start while holding the lock, removes what a crashed run left: its processes, mounts, network
-namespaces (NETNS/cni-*), cgroups, bridge and iptables chains. containerd's image store (DATA/containerd) is
+namespaces (NETNS/cni-*), cgroups, bridge, iptables chains and the policy engine's nftables table. containerd's
+image store (DATA/containerd) is
 kept between runs, so pulls are cache hits.
 """
 
@@ -36,7 +39,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from podserve.testbed.cluster import versions
+from podserve.testbed.cluster import netpol, versions
 from podserve.testbed.locks import wait_for_lock
 from podserve.testbed.processes import Program, StartError, free_port, poll_until
 
@@ -70,7 +73,7 @@ NETNS = Path("/run/netns")
 SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
 #: Debian's packages the node runs, pinned (the Makefile's node-tools installs them).
 DEBIAN = {"containerd": "1.6.20~ds1-1+deb12u3", "containernetworking-plugins": "1.1.1+ds1-3+b5",
-          "iptables": "1.8.9-2", "runc": "1.1.5+ds1-1+deb12u1"}
+          "iptables": "1.8.9-2", "nftables": "1.0.6-2+deb12u2", "runc": "1.1.5+ds1-1+deb12u1"}
 DEFAULT_GPUS = 4
 #: The node's own pool label and its GPU pool's taint: pods land there only when their conf says so.
 POOL_LABEL, POOL = "podserve.io/pool", "real-node"
@@ -128,8 +131,9 @@ def missing_pieces(binaries: Path | None = None) -> list[str]:
     """What the node lacks on this machine: its built binaries and Debian's programs (empty when it can start)."""
     binaries = binaries or versions.binaries_dir()
     lacking = [str(binaries / name) for name in versions.NODE_BINARIES if not (binaries / name).is_file()]
-    lacking += [program for program in ("containerd", "ctr", "runc", "iptables-save", "ip")
+    lacking += [program for program in ("containerd", "ctr", "runc", "iptables-save", "ip", netpol.NFT, "unshare")
                 if shutil.which(program, path="/usr/sbin:/usr/bin:/sbin:/bin") is None]
+    lacking += [str(path) for path in (netpol.binary_path(),) if not path.is_file()]
     lacking += [str(CNI_BIN / plugin) for plugin in ("bridge", "host-local", "loopback")
                 if not (CNI_BIN / plugin).is_file()]
     return lacking
@@ -141,7 +145,7 @@ def missing_pieces(binaries: Path | None = None) -> list[str]:
 def _ours(argv: list[str], binaries: Path) -> bool:
     """A process of the node: one naming its state folders (containerd, its shims), or its kubelet or plugin."""
     return any(str(STATE) in arg or str(DATA) in arg for arg in argv) or bool(argv) and argv[0] in (
-        str(binaries / "kubelet"), str(binaries / "fake-gpu-plugin"))
+        str(binaries / "kubelet"), str(binaries / "fake-gpu-plugin"), str(netpol.binary_path()))
 
 
 def _kill_leftover_processes(binaries: Path) -> list[int]:
@@ -237,6 +241,7 @@ def clean_up(binaries: Path | None = None) -> dict[str, list]:
     link = subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, timeout=30)
     found["bridge"] = [BRIDGE] if link.returncode == 0 else []
     found["iptables"] = _remove_iptables_chains()
+    found["nftables"] = [" ".join(netpol.TABLE)] if netpol.remove_table() else []
     shutil.rmtree(STATE, ignore_errors=True)
     shutil.rmtree(DATA / "kubelet", ignore_errors=True)
     found["device checkpoint"] = [DEVICE_CHECKPOINT] if (DEVICE_PLUGINS / DEVICE_CHECKPOINT).exists() else []
@@ -370,6 +375,7 @@ class RealNode:
         self.name = NODE_NAME
         self.pod_subnet = POD_SUBNET
         self.programs: list[Program] = []
+        self.policies: netpol.Agent | None = None
         self.timings: dict[str, float] = {}
         self.cleaned: dict[str, list] = {}
 
@@ -384,7 +390,7 @@ class RealNode:
         binaries = binaries or versions.binaries_dir()
         lacking = missing_pieces(binaries)
         if lacking:
-            raise StartError(f"the real node lacks {', '.join(lacking)}: run `make node-tools cluster-binaries`")
+            raise StartError(f"the real node lacks {', '.join(lacking)}: run `make node-tools cluster-binaries netpol`")
         if gpus < 1:
             raise StartError(f"gpus={gpus}: the fake GPU plugin advertises at least 1 (3 or more for a surge)")
         t0 = time.monotonic()
@@ -458,6 +464,9 @@ class RealNode:
         kubelet.wait_until(lambda: self._ready_with(gpus), START_TIMEOUT_SECONDS,
                            f"node {self.name} Ready with {gpus} nvidia.com/gpu")
         self.timings["ready"] = round(time.monotonic() - t0, 2)
+        # before any pod starts: from its first packet, every pod a NetworkPolicy selects is held to it
+        self.policies = netpol.Agent.start(self.plane, self.workdir, self.name, self._run)
+        self.timings["network policies"] = round(time.monotonic() - t0, 2)
 
     def add_registry(self, mirror: Mirror) -> None:
         """Pull `mirror.name`'s images from its local registry from now on (containerd reads certs.d at each pull).
@@ -533,6 +542,7 @@ class RealNode:
         for program in reversed(self.programs):
             program.stop(timeout=10.0)
         self.programs = []
+        self.policies = None
         if self._lock_fd is not None:
             clean_up(self.binaries)  # the pods' processes, mounts, netns: nothing outlives the node
             os.close(self._lock_fd)  # releases the lock

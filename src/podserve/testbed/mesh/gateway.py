@@ -10,6 +10,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from podserve.testbed.cluster.bridge_pods import register
 from podserve.testbed.mesh.envoy import ADMIN_PORT, gateway_bootstrap
 from podserve.testbed.mesh.forward import Forwarder
 from podserve.testbed.processes import Program, StartError
@@ -123,15 +124,19 @@ class Envoy:
 
 class Gateway:
     """The region's ingress gateway pod: Envoy in a pod network (podnetwork.py) at its own address, fed by istiod
-    through a Unix socket forwarded to istiod's loopback port; `object` is the live Gateway it serves.
+    through a Unix socket forwarded to istiod's loopback port; `object` is the live Gateway it serves. Where the
+    network is joined to the real node's bridge, the gateway's Pod object (its namespace, the selector's labels, its
+    bridge address) is in the cluster while it runs: the node's NetworkPolicies let the gateway's pods in
+    (podserve.testbed.cluster.bridge_pods).
 
         gateway = Gateway.start(api_client, istiod, network, work, "istio-ingress/podserve", {"istio": "ingressgateway"})
         gateway.url            # http://<address>:443: the HTTPS server's routes (TLS left out: istiod.plaintext_gateway)
         gateway.plaintext_url  # http://<address>:80: the port-80 server as rendered (httpsRedirect: 301)
     """
 
-    def __init__(self, envoy: Envoy, address: str, forwarder: Forwarder, gateway_object: dict):
+    def __init__(self, envoy: Envoy, address: str, forwarder: Forwarder, gateway_object: dict, forget=lambda: None):
         self.envoy, self.address, self.forwarder, self.object = envoy, address, forwarder, gateway_object
+        self._forget = forget
 
     @classmethod
     def start(cls, api_client, istiod, network, work: Path, gateway: str, selector: dict[str, str]) -> "Gateway":
@@ -141,19 +146,24 @@ class Gateway:
         live = client.CustomObjectsApi(api_client).get_namespaced_custom_object("networking.istio.io", "v1",
                                                                                  namespace, "gateways", name)
         address = network.new_address()
+        pod = f"istio-ingressgateway-{network.number}"
         socket_path = Path(work).resolve() / "istiod.sock"
         forwarder = Forwarder.unix(socket_path, ("127.0.0.1", istiod.grpc_port))
+        forget = lambda: None  # noqa: E731
         try:
+            if network.bridge_address:  # on the real node's pod network: its policy engine knows it by its Pod
+                forget = register(api_client, namespace, pod, dict(selector), network.bridge_address)
             config_path = Path(work) / "envoy.json"
             config_path.write_text(json.dumps(gateway_bootstrap(
-                pod=f"istio-ingressgateway-{network.number}", namespace=namespace, address=address,
+                pod=pod, namespace=namespace, address=address,
                 labels=dict(selector), istio_version=istiod.version, xds_socket=socket_path), indent=1))
             validate(config_path)
             envoy = Envoy(config_path, work, f"{address}:{ADMIN_PORT}", inside=network.inside)
         except BaseException:
             forwarder.stop()
+            forget()
             raise
-        return cls(envoy, address, forwarder, live)
+        return cls(envoy, address, forwarder, live, forget)
 
     def server_port(self, protocol_was: str) -> int:
         """The port of the Gateway's server that was `protocol_was` as rendered (HTTPS: its plain-HTTP stand-in)."""
@@ -171,3 +181,4 @@ class Gateway:
     def stop(self) -> None:
         self.envoy.stop()
         self.forwarder.stop()
+        self._forget()

@@ -30,7 +30,7 @@ from podserve.testbed.mesh.podnetwork import PodNetwork
 from podserve.testbed.mesh.pods import Pod, Probe, Prober, pod_object, pod_status, python_path
 from podserve.testbed.processes import StartError, poll_until
 from podserve.testbed.prometheus import ScrapeTarget, pod_monitor_labels
-from podserve.tooling import chart_values, render
+from podserve.tooling import chart_values, provenance, render
 from podserve.tooling.conf import Conf, load_conf
 
 REPO = Path(__file__).resolve().parents[4]
@@ -75,10 +75,12 @@ class Mesh:
                  pods: int = 3, conf: Conf | None = None, stages: list[str] | None = None,
                  replicas: dict[str, int] | None = None, env: dict[str, str] | None = None,
                  pod_env: dict[tuple[str, str, int], dict] | None = None, extra_python_path: tuple[Path, ...] = (),
-                 adopt: dict[tuple[str, str], list[str]] | None = None):
+                 adopt: dict[tuple[str, str], list[str]] | None = None, source: provenance.Source | None = None):
         """`adopt`: {(service, stage): [pod names]}: that stage's pods are these Pod objects, already in the cluster
         (the deploy tool's, which kwok marked Running at an address no process has): the mesh runs their containers
-        as its processes and reports them at its addresses, creating no Pod of its own for them."""
+        as its processes and reports them at its addresses, creating no Pod of its own for them. `source`: the branch
+        grey is rendered from (default: none, whatever CI variables the environment holds: no mirror reaches grey;
+        provenance.py)."""
         self.values_paths = [Path(p) for p in values_paths]
         self.work = Path(work)
         self.plane, self.istiod = plane, istiod
@@ -90,6 +92,7 @@ class Mesh:
         self.pod_env = pod_env or {}
         self.extra_python_path = tuple(extra_python_path)
         self.adopt = adopt or {}
+        self.source = source or provenance.Source()
         self._adopted: set[str] = set()
         self.workloads: list[Workload] = []
         self.objects: list[dict] = []
@@ -109,7 +112,7 @@ class Mesh:
         objects = []
         for path in self.values_paths:
             rendered = render.render(path, stages=self.stage_names, conf=self.conf, image_tag="local",
-                                     handler_paths=[REPO / "src", *self.extra_python_path])
+                                     handler_paths=[REPO / "src", *self.extra_python_path], source=self.source)
             for stage, docs in rendered.stages.items():
                 objects.extend(docs)
                 self.workloads.append(self._workload(stage, docs))
@@ -278,6 +281,15 @@ class Mesh:
 
     def workload(self, stage: str, service: str | None = None) -> Workload:
         return next(w for w in self.workloads if w.stage == stage and (service is None or w.service == service))
+
+    def take_template(self, stage: str, docs: list[dict], service: str | None = None) -> Workload:
+        """Take a stage's re-rendered objects `docs` (another branch's render, say) as its workload's: its next pods
+        (a rolling_restart) get their template and labels, and its traffic cluster is the one that selects them."""
+        workload = self.workload(stage, service)
+        template = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
+        workload.template, workload.labels = template, dict(template["metadata"]["labels"])
+        workload.cluster = self._cluster_of(workload, docs)
+        return workload
 
     def rolling_restart(self, stage: str, service: str | None = None, on_step=lambda message: None) -> None:
         """Replace every pod of a stage one at a time, as a Deployment rollout with maxSurge 1, maxUnavailable 0.

@@ -69,6 +69,7 @@ class PodNetwork:
         self.host_link, self.inner_link = f"psm{number}h", f"psm{number}n"
         self.subnet = f"{PREFIX}.{number}.0/24"
         self.host_address = f"{PREFIX}.{number}.1"
+        self.bridge_address: str | None = None  # its address on the real node's bridge, once attached
         self._next = 2
 
     @classmethod
@@ -122,6 +123,7 @@ class PodNetwork:
         _ip("link", "set", outer, "master", bridge, "up")
         _ip("-n", self.name, "addr", "add", address, "dev", inner)
         _ip("-n", self.name, "link", "set", inner, "up")
+        self.bridge_address = address.split("/")[0]
 
     def inside(self, argv: list) -> list[str]:
         """`argv` run inside the namespace (`ip netns exec` execs it: the pid is the program's)."""
