@@ -52,7 +52,8 @@ drain_seconds = 5          # on shutdown, seconds /api/ping is 503 before the se
 # http_threads = 1                # request threads (parse, decode, encode); 0: one per CPU core
                                   # (on a GPU 0 answered 1.09-1.14x more at 64 callers: bench/results/gpu-runs.md)
 # max_body_bytes = 10485760       # largest request body (413 above)
-# max_image_pixels = 25000000     # largest decoded image (400 above)
+# max_image_pixels = 12500000     # largest decoded image (400 above); 16 bytes a pixel per decoding thread
+                                  # count against memory (docs/processes.md, "Memory")
 # stuck_batch_seconds = 120.0     # a batch running longer fails liveness (the pod restarts)
 
 # --- video (sent as 'video' base64 in JSON, or raw with a video/* Content-Type; see README) ---

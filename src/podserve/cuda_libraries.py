@@ -29,11 +29,16 @@ class CudaUnavailable(RuntimeError):
     what to do."""
 
 
+def cuda_major(cuda_version: str | None) -> str:
+    """The CUDA major of the version onnxruntime-gpu says it was built with ('13.0' -> '13'), or DEFAULT_CUDA_MAJOR."""
+    return cuda_version.split(".")[0] if cuda_version else DEFAULT_CUDA_MAJOR
+
+
 def cuda_libraries(cuda_version: str) -> tuple[str, ...]:
     """The shared libraries onnxruntime-gpu's CUDA provider needs, for the CUDA version it was built with
     ('13.0'): CUDA's runtime, cuDNN 9, CUDA's maths libraries (what `onnxruntime.preload_dlls()` loads), and the
     driver's."""
-    major = cuda_version.split(".")[0] if cuda_version else DEFAULT_CUDA_MAJOR
+    major = cuda_major(cuda_version)
     cufft = "12" if major.isdigit() and int(major) >= 13 else "11"  # cuFFT's own numbering (onnxruntime's rule)
     return (f"libcudart.so.{major}", "libcudnn.so.9", f"libcublas.so.{major}", f"libcublasLt.so.{major}",
             "libcurand.so.10", f"libcufft.so.{cufft}", f"libnvrtc.so.{major}", DRIVER_LIBRARY)
@@ -58,7 +63,7 @@ def why_not_cuda(ort, device: str, load: Callable[[str], object] = ctypes.CDLL) 
                 f"CUDA provider: install onnxruntime-gpu (requirements/gpu.txt; the GPU image has it), or set "
                 f"gpu_num = 0 in value.py to serve on the CPU")
     cuda_version = getattr(ort, "cuda_version", "") or ""
-    major = cuda_version.split(".")[0] if cuda_version else DEFAULT_CUDA_MAJOR
+    major = cuda_major(cuda_version)
     missing = unloadable(cuda_libraries(cuda_version), load)
     provider = os.path.join(os.path.dirname(ort.__file__), "capi", "libonnxruntime_providers_cuda.so")
     provider_error = unloadable([provider], load).get(provider) if os.path.exists(provider) else None

@@ -35,6 +35,8 @@ class Device:
     index: int = 0
     memory_limit_bytes: int = 0  # 0: no limit (GPU only)
     cpu_threads: int = 1  # intra-op threads for this instance
+    #: Why this GPU cannot be used ("": it can): the platform then loads no instance on it, and the pod says why.
+    unusable: str = ""
 
     @property
     def is_gpu(self) -> bool:
@@ -66,7 +68,7 @@ class Payload:
     data: Any = None
     video: bytes | None = None
     extra: dict = field(default_factory=dict)
-    max_image_pixels: int = 25_000_000
+    max_image_pixels: int = ServingSettings.max_image_pixels
     video_limits: VideoLimits = VideoLimits()
 
     def ids_only(self) -> "Payload":

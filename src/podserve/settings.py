@@ -47,6 +47,10 @@ class ServingSettings:
     http_threads: int = field(default=1, metadata={"doc": "request threads that parse, decode and encode what "
                                                                 "the event loop does not (a step over 2 ms); 0: one "
                                                                 "per CPU core, for a decode that releases the GIL"})
+    require_gpu: int = field(default=0, metadata={
+        "doc": "1 (the rendered Deployment of a GPU service): an instance that cannot use its GPU does not load, so "
+               "the pod is never ready on the CPU and /api/ping says why; 0 (make serve of a GPU service on a laptop): "
+               "it serves on the CPU with a warning", "from": "gpu_num"})
     decode_processes: int = field(default=-1, metadata={
         "doc": "processes that decode and encode requests beside the one that owns the model (the split layout, "
                "docs/processes.md); 0: one process does everything; -1: one per core of the pod on a GPU pod "
@@ -55,7 +59,9 @@ class ServingSettings:
         "doc": "the pod's memory (value.py's memory) its budgets are planned in (podserve/memory_plan.py); 0: the "
                "container's limit, or the machine's memory", "from": "memory"})
     max_body_bytes: int = field(default=10 * 1024 * 1024, metadata={"doc": "largest request body (413 above)"})
-    max_image_pixels: int = field(default=25_000_000, metadata={"doc": "largest decoded image (400 above)"})
+    max_image_pixels: int = field(default=12_500_000, metadata={
+        "doc": "largest decoded image (400 above); each thread that decodes may hold 16 bytes a pixel of it "
+               "(podserve/memory_plan.py), so the default fits a 1Gi pod of one core"})
     video_fps: float = field(default=1.0, metadata={"doc": "frames sampled per second of a video (the old platform's "
                                                            "one a second)"})
     max_video_bytes: int = field(default=32 * 1024 * 1024, metadata={"doc": "largest video, raw or before base64 "
@@ -87,9 +93,6 @@ class ServingSettings:
         "owner": PLATFORM})
     max_connections: int = field(default=1000, metadata={
         "doc": "open connections; a new one beyond it gets 503 and is closed", "owner": PLATFORM})
-    max_pending_body_bytes: int = field(default=64 * 1024 * 1024, metadata={
-        "doc": "bytes of bodies still being sent, pod-wide (room for one largest body at least); a body that would "
-               "go over it gets 503 at its headers; chunked bodies and bodies over 1 MiB may use three quarters of it", "owner": PLATFORM})
     min_upload_bytes_per_second: int = field(default=1024 * 1024, metadata={
         "doc": "the slowest upload a large body (over max_body_bytes: a video) may arrive at: its body deadline is "
                "its length at this rate on top of the request's deadline", "owner": PLATFORM})
@@ -134,6 +137,17 @@ class ServingSettings:
         """Return the environment variables that reproduce these settings."""
         return {self.env_name(name): _format(getattr(self, name)) for name in self.names()}
 
+    def request_threads(self, cores: float) -> int:
+        """The request threads a process that decodes runs, on `cores` cores: `http_threads`, or when 0 one per core."""
+        return self.http_threads or max(1, int(cores))
+
+    @staticmethod
+    def video_threads(cores: float) -> tuple[int, int]:
+        """(videos one process decodes at once, FFmpeg's threads for each) on `cores` cores: a video thread per two
+        cores, each video's decoder using the cores of its share (on 2 cores: one video at a time on 2 threads)."""
+        workers = max(1, int(cores) // 2)
+        return workers, max(1, max(1, int(cores)) // workers)
+
     def video_json_bytes(self) -> int:
         """The largest JSON body holding a video of max_video_bytes (base64, plus room for the ids)."""
         return math.ceil(self.max_video_bytes / 3) * 4 + 64 * 1024
@@ -155,6 +169,8 @@ class ServingSettings:
                      "memory_bytes"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{self.env_name(name)}={getattr(self, name)!r} must be 0 or more")
+        if self.require_gpu not in (0, 1):
+            raise SettingsError(f"{self.env_name('require_gpu')}={self.require_gpu!r} must be 0 or 1")
         if self.decode_processes < -1:
             raise SettingsError(f"{self.env_name('decode_processes')}={self.decode_processes!r} must be -1 (auto), 0 "
                                 f"(one process) or a number of decoder processes")

@@ -2,20 +2,26 @@
 
 import re
 import sys
+import threading
 import time
 
 from bench.proctree import process_state
 from bench.systems import QUIET_TIMEOUT_S, Server, free_port
 from podserve.testbed.processes import poll_until
 
-#: A parent whose child keeps one core busy for a while, then both sleep: Gunicorn's arbiter and a worker still
-#: answering what wrk left queued. The child prints when (time.monotonic(), the same clock in every process) it stops.
+#: A parent whose child keeps one core busy until the file `stop` exists, then both sleep: Gunicorn's arbiter
+#: and a worker still answering what wrk left queued. The child prints that it is busy, then when (time.monotonic(),
+#: the same clock in every process) it stopped. (A child busy for a fixed time could be done before the first look on
+#: a loaded machine, and the wait would show nothing.)
 BUSY_CHILD = """
 import subprocess, sys, time
-subprocess.Popen([sys.executable, "-c", "import time\\nend = time.monotonic() + 0.4\\n"
-                  "print(f'busy until {end}', flush=True)\\nwhile time.monotonic() < end: pass\\ntime.sleep(60)"])
+subprocess.Popen([sys.executable, "-c", "import os, time\\nprint('busy until 0', flush=True)\\n"
+                  "while not os.path.exists({stop!r}): pass\\n"
+                  "print(f'stopped at {{time.monotonic()}}', flush=True)\\ntime.sleep(60)"])
 time.sleep(60)
 """
+#: How long the child stays busy once the wait has looked once.
+BUSY_SECONDS = 0.4
 IDLE = "print('busy until 0', flush=True)\nimport time\ntime.sleep(60)"
 
 
@@ -28,10 +34,24 @@ def _start(tmp_path, code: str) -> tuple[Server, float]:
 
 
 def test_waits_while_a_child_process_still_uses_a_core_and_no_longer(tmp_path):
-    server, busy_until = _start(tmp_path, BUSY_CHILD)
+    stop = tmp_path / "stop"
+    server, _ = _start(tmp_path, BUSY_CHILD.format(stop=str(stop)))
     try:
+
+        def stop_after_the_first_look() -> None:  # so the first look sees the child busy, whatever the load
+            poll_until(lambda: getattr(server, "quiet_samples", 0) >= 1, "the wait's first look", timeout=60,
+                       every=0.005)
+            time.sleep(BUSY_SECONDS)
+            stop.touch()
+
+        stopper = threading.Thread(target=stop_after_the_first_look)
+        stopper.start()
         waited = server.wait_quiet()
-        assert time.monotonic() >= busy_until, f"went on after {waited:.2f}s while the child still used a core"
+        stopper.join(60)
+        stopped = poll_until(lambda: re.search(r"stopped at ([\d.]+)", server.log_path.read_text()),
+                             "the child saying when it stopped", timeout=20, every=0.005)
+        assert time.monotonic() >= float(stopped.group(1)), \
+            f"went on after {waited:.2f}s while the child still used a core"
         assert waited < QUIET_TIMEOUT_S - 1, f"took {waited:.2f}s to see the child stop"
         assert server.quiet_samples > 1
         server.wait_quiet()

@@ -20,7 +20,10 @@ VALUES = dict(service_name="test", username="like", handler="mesh_handlers:Switc
               cpu=1, memory="1Gi", gpu_num=0, gpu_memory=0, ins_num_per_gpu=1, replicas=PRODUCTION_PODS,
               ab_replicas=1, hk_replicas=PRODUCTION_PODS, eu_replicas=1, na_replicas=1, init_delay_second=60,
               use_decode_sidecar=False, use_srv=False, host_port=0, max_batch_size=4, max_batch_delay_ms=2,
-              queue_size=32, request_timeout_ms=10000, drain_seconds=1)
+              queue_size=32, request_timeout_ms=10000, drain_seconds=1,
+              # the mesh's services are sent numbers, never images: a small image cap keeps the memory plan's share of
+              # pixels (each request thread may decode one) within 1Gi at the 32 threads test_mirror runs
+              max_image_pixels=250_000)
 
 #: What the suite shortens in conf/platform.yaml (probe period, preStop, outlier times, slow start, scrape interval).
 FAST = {"pod": {"probe_period_seconds": 1, "probe_timeout_seconds": 1, "prestop_sleep_seconds": 1},

@@ -9,6 +9,7 @@ podserve.testbed.image.bases); every layer above it is what the Dockerfile build
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -92,35 +93,67 @@ def test_the_pulled_image_serves_the_readmes_curls_as_uid_10001_and_its_healthch
     assert container.exec(["sh", "-c", "touch /tmp/x"]).returncode == 0
 
 
-def test_the_gpu_flavor_builds_on_its_stand_in_base_and_is_not_ready_naming_the_missing_cuda_libraries(gpu_build,
-                                                                                                      tmp_path):
+@pytest.fixture(scope="module")
+def gpu_rootfs(gpu_build, tmp_path_factory):
+    """The GPU service image pulled (hk's name) and unpacked: (rootfs, its ImageFacts)."""
+    rootfs = tmp_path_factory.mktemp("gpu-image") / "rootfs"
+    return rootfs, gpu_build.stage.registry.pull(*gpu_build.repo_and_tag(gpu_build.images[0]), rootfs)
+
+
+def test_the_gpu_flavor_builds_on_its_stand_in_base_with_onnxruntime_gpu_and_its_pod_requires_the_gpu(gpu_build,
+                                                                                                    gpu_rootfs):
     """value.py with gpu_num = 1: the jobs as written build the GPU Dockerfile stage (its own apt-get included) on the
-    nvidia/cuda stand-in (Debian, no CUDA). onnxruntime-gpu lists the CUDA provider, cannot load it, and would run
-    the session on the CPU: the instance does not load, /api/ping answers 503 naming the CUDA and cuDNN libraries
-    that do not load and the fix, the log says the same, the image's HEALTHCHECK fails, and SIGTERM still exits 0."""
+    nvidia/cuda stand-in (Debian, no CUDA), with onnxruntime-gpu; the rendered pod says it is a GPU pod."""
     registry = gpu_build.stage.registry
     digests = {registry.describe(*gpu_build.repo_and_tag(image)).digest for image in gpu_build.images}
     assert len(gpu_build.images) == 3 and len(digests) == 1
     assert env_of(gpu_build.deployment)["PODSERVE_GPU_NUM"] == "1"
-    rootfs = tmp_path / "rootfs"
-    facts = registry.pull(*gpu_build.repo_and_tag(gpu_build.images[0]), rootfs)
+    assert env_of(gpu_build.deployment)["PODSERVE_REQUIRE_GPU"] == "1"  # make serve's environment says 0
+    rootfs, facts = gpu_rootfs
     assert facts.size <= SIZE_BUDGET["service-gpu"], f"{facts.size / 1e6:.1f} MB: over budget, say why in image_stage.py"
     site = next((rootfs / "opt/venv/lib").glob("python3*/site-packages"))
     assert (site / "onnxruntime/capi").is_dir() and any(site.glob("onnxruntime_gpu-*.dist-info"))
-    with Container.start(rootfs, facts.config, gpu_build.deployment, tmp_path / "run") as box:
+
+
+#: The stand-in GPU pod's three causes (issue 69): which image runs under the GPU Deployment, what the pod's env gets
+#: beside it, and the words /api/ping and the log must hold. No stand-in has a /dev/nvidia* (its node mounted none),
+#: so every case names that too, and the GPU image's CUDA libraries that do not load. Each case is what
+#: docs/pipeline.md's real-node walkthrough shows of examples/real-node/value.py's GPU image, on this flavor's image
+#: (tests/tooling/test_docs_values.py).
+GPU_CAUSES = {
+    "the CPU package": ("cpu", {}, ["onnxruntime here is the CPU package, without the CUDA provider",
+                                    "install onnxruntime-gpu"]),
+    "no visible device": ("gpu", {}, ["no GPU device is visible (no /dev/nvidia[0-9]*",
+                                      "these CUDA and cuDNN libraries do not load here: libcudart.so.13, libcudnn.so.9",
+                                      "libcuda.so.1"]),
+    "an empty CUDA_VISIBLE_DEVICES": ("gpu", {"CUDA_VISIBLE_DEVICES": ""},
+                                      ["CUDA_VISIBLE_DEVICES='' shows 0 GPU(s), fewer than gpu_num"]),
+}
+
+
+@pytest.mark.parametrize("cause", GPU_CAUSES)
+def test_the_stand_in_gpu_pod_is_not_ready_and_names_why_it_cannot_use_its_gpu(gpu_build, gpu_rootfs, cpu_rootfs,
+                                                                              tmp_path, cause):
+    """The GPU Deployment (PODSERVE_REQUIRE_GPU=1) on the stand-in: no instance loads, /api/ping answers 503 naming
+    the cause and the fix, the log says the same, the image's HEALTHCHECK fails, /api/live stays 200 (no restart
+    loop: the startup probe and the deploy tool's diagnosis report it), and SIGTERM still exits 0."""
+    flavor, env, words = GPU_CAUSES[cause]
+    rootfs, facts = gpu_rootfs if flavor == "gpu" else cpu_rootfs
+    deployment = copy.deepcopy(gpu_build.deployment)
+    (server,) = deployment["spec"]["template"]["spec"]["containers"]
+    server["env"] += [{"name": name, "value": value} for name, value in env.items()]
+    with Container.start(rootfs, facts.config, deployment, tmp_path / "run") as box:
         status, body = poll_until(lambda: _settled_ping(box), "/api/ping saying why the instance did not load", 180,
                                   every=1)
         assert status == 503 and body["error"] == "not_ready", body
         message = body["msg"]
-        print(f"/api/ping on the stand-in GPU image: {status} {message}")
-        assert message.startswith("not ready: instance cuda0-0 failed to load: CudaUnavailable: asked for cuda:0 "
-                                  "(gpu_num > 0) but onnxruntime-gpu 1.31.1 could not start its CUDA provider"), message
-        for named in ("libcudart.so.13", "libcudnn.so.9", "libcublas.so.13", "the NVIDIA driver's",
-                      "run the GPU image", "LD_LIBRARY_PATH", "set gpu_num = 0 in value.py"):
-            assert named in message, (named, message)
-        assert "libcudart.so.13" in box.log() and "CudaUnavailable" in box.log()
+        print(f"/api/ping on the stand-in GPU pod, {cause}: {status} {message}")
+        assert message.startswith("not ready: instance cuda0-0 failed to load: CudaUnavailable: asked for 1 GPU(s) "
+                                  "(gpu_num = 1) and will not serve on the CPU, but "), message
+        for named in [*words, "set gpu_num = 0 in value.py"]:
+            assert named in message and named in box.log(), (named, message)
         assert box.exec(healthcheck_argv(facts.config), timeout=10).returncode == 1
-        assert requests.get(f"{box.url}/api/live", timeout=5).status_code == 200  # not wedged: no restart loop
+        assert requests.get(f"{box.url}/api/live", timeout=5).status_code == 200
         box.kill(signal.SIGTERM)
         assert box.wait(float(env_of(gpu_build.deployment)["PODSERVE_DRAIN_SECONDS"]) + 5) == 0
 
@@ -151,7 +184,7 @@ def test_with_a_64mib_limit_the_container_is_oom_killed_and_reported_so(cpu_buil
     with Container.start(rootfs, facts.config, cpu_build.deployment, tmp_path, memory_limit="64Mi") as box:
         poll_until(lambda: box.process.poll() is not None or _ping(box), "the server up, or dead", 180, every=0.5)
         if box.process.poll() is None:
-            try:  # a 20-megapixel RGB image decodes to 60 MB: more than the limit leaves
+            try:  # a 12-megapixel RGB image (within the default max_image_pixels) decodes to 49 MB: more than is left
                 requests.post(f"{box.url}/api/text-direction?postid=big", data=_large_png(),
                               headers={"Content-Type": "application/octet-stream"}, timeout=60)
             except requests.RequestException:
@@ -166,7 +199,7 @@ def _large_png() -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new("RGB", (5000, 4000), (200, 120, 40)).save(buffer, format="PNG")
+    Image.new("RGB", (3500, 3500), (200, 120, 40)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

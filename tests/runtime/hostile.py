@@ -280,3 +280,21 @@ def metric_value(server, name: str, **labels: str) -> float:
         if key.split("{")[0] == name and all(f'{k}="{v}"' in key for k, v in labels.items()):
             total += value
     return total
+
+
+def memory_for_uploads(uploads: int, **settings) -> int:
+    """The pod memory (memory_bytes) whose plan lets the one-process server under test read `uploads` bytes of bodies
+    at once (podserve/memory_plan.py: the HTTP server's budget for bodies still being sent is the plan's)."""
+    from podserve import memory_plan
+    from podserve.runtime.processes import layout
+    from podserve.settings import ServingSettings
+
+    def planned(memory: int) -> int:
+        config = ServingSettings(**settings, memory_bytes=memory)
+        return memory_plan.plan(config, 0, False, layout.model_bytes(config.model_path)).uploads
+
+    low, high = 1 << 20, 1 << 40
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if planned(middle) < uploads else (low, middle)
+    return high

@@ -54,7 +54,7 @@ class Server:
             try:
                 if requests.get(self.url("/api/ping"), timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow on a loaded machine: again
                 pass
             time.sleep(0.05)
         raise AssertionError(f"server not ready within {timeout}s:\n{self.log()}")

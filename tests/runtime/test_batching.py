@@ -18,8 +18,8 @@ from podserve.tooling.values import load_values
 def test_burst_of_64_on_the_example_is_batched_and_answers_match_single_requests(start_server, repo, tmp_path):
     settings = load_values(repo / "value.py").serving_settings()
     assert settings.max_batch_size == 16, "issue 2 asks for this with max_batch_size = 16 in value.py"
-    fields = {name: getattr(settings, name) for name in settings.names()
-              if name not in ("host", "port", "drain_seconds")}
+    fields = {name: getattr(settings, name) for name in settings.names()  # as make serve runs it: on the CPU here
+              if name not in ("host", "port", "drain_seconds", "require_gpu")}
     fields["model_path"] = str(repo / settings.model_path)
     gate = tmp_path / "gate"
     # The example's handler, its predict held while `gate` exists: the burst is read and queued whole before any

@@ -19,8 +19,8 @@ import requests
 
 from fixture_handlers import held_batches
 from hostile import (TINY_RECEIVE_BUFFER, Reader, answers_normally, connect, flood_until_blocked, json_request,
-                     metric_value, peak_rss_bytes, request_head, requests_counted, rss_bytes, send_all_then_read,
-                     send_until_closed, send_until_refused, timed_answer, wait_until_quiet)
+                     memory_for_uploads, metric_value, peak_rss_bytes, request_head, requests_counted, rss_bytes,
+                     send_all_then_read, send_until_closed, send_until_refused, timed_answer, wait_until_quiet)
 from podserve.metric_names import LINGERING_CLOSES, OVER_LIMIT_CONNECTIONS
 from podserve.runtime.http.lingering import LINGER_BYTES, LINGER_SECONDS
 from podserve.runtime.http.parser import PIPELINE_DEPTH
@@ -97,8 +97,9 @@ def test_blank_lines_between_requests_do_not_keep_a_connection_open_past_the_idl
     answers_normally(server)
 
 
-def test_a_body_sent_slowly_gets_408_at_the_request_deadline_and_its_bytes_are_released(affine):
-    server = affine(max_pending_body_bytes=10 * MIB)  # room for one largest body only
+def test_a_body_sent_slowly_gets_408_at_the_request_deadline_and_its_bytes_are_released(affine, affine_model):
+    # room for one largest body only: a pod whose memory leaves bodies being sent less than max_body_bytes gets that
+    server = affine(memory_bytes=memory_for_uploads(10 * MIB, model_path=str(affine_model)))
     head = request_head("POST", ROUTE, {"Content-Type": "application/json", "Content-Length": str(10 * MIB),
                                                  "X-Request-Timeout-Ms": "2000"})
     with connect(server.port) as sock:
@@ -123,8 +124,10 @@ def test_a_body_sent_slowly_gets_408_at_the_request_deadline_and_its_bytes_are_r
     answers_normally(server)
 
 
-def test_bodies_still_being_sent_share_one_pod_wide_budget_and_beyond_it_get_503_at_their_headers(affine):
-    server = affine(max_body_bytes=4096, max_pending_body_bytes=8192)
+def test_bodies_still_being_sent_share_one_pod_wide_budget_and_beyond_it_get_503_at_their_headers(affine,
+                                                                                                   affine_model):
+    limits = {"max_body_bytes": 4096, "max_image_pixels": 1000, "max_video_pixels": 1000}
+    server = affine(**limits, memory_bytes=memory_for_uploads(8192, model_path=str(affine_model), **limits))
     body = json.dumps({"postid": "1", "data": [1, 2, 3, 4], "pad": " " * 3900}).encode()
     head = request_head("POST", ROUTE, {"Content-Type": "application/json", "Content-Length": str(len(body))})
     first, second, third = (connect(server.port) for _ in range(3))

@@ -21,12 +21,14 @@ import threading
 import time
 from pathlib import Path
 
-from hostile import rss_bytes
+from hostile import memory_for_uploads, rss_bytes
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CROWD_SECONDS = 12.0  # longer than the longest limit below (6 s) plus a clock tick
 LIMITS = {"header_timeout_seconds": 5, "write_timeout_seconds": 5, "request_timeout_ms": 6000}
+#: What the pod may hold of bodies still being sent (its memory is chosen to give this: hostile.memory_for_uploads).
+UPLOADS = 64 * 1024 * 1024
 MB = 1000 * 1000
 
 
@@ -72,13 +74,14 @@ def _p99(latencies: list[tuple[float, float]]) -> float:
 
 
 def test_a_crowd_of_200_hostile_connections_leaves_the_pod_serving(start_server, example_model, tmp_path):
-    server = start_server(handler="server:TextDirection", model_path=str(example_model), service_name="example",
-                          max_batch_size=16, max_batch_delay_ms=5, **LIMITS)
+    settings = {"model_path": str(example_model), "max_batch_size": 16, "max_batch_delay_ms": 5, **LIMITS}
+    server = start_server(handler="server:TextDirection", service_name="example", **settings,
+                          memory_bytes=memory_for_uploads(UPLOADS, **settings))
     route = "/api/example"
     _normal_clients(server.port, route, 2.0)  # warm: the first requests of a fresh process are slower
     base_p99 = _p99(_normal_clients(server.port, route, 6.0))
     idle_rss = rss_bytes(server.process.pid)
-    budget = 64 * 1024 * 1024  # conf/platform.yaml's max_pending_body_bytes (the default this server runs with)
+    budget = UPLOADS  # the pod-wide budget for bodies still being sent (its memory plan's, from memory_bytes)
 
     outcomes_path = tmp_path / "crowd.json"
     crowd_started = time.monotonic()

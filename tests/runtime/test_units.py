@@ -41,7 +41,8 @@ def test_bad_settings_name_the_variable(env, message):
 
 def test_gpu_plan_puts_instances_on_each_visible_gpu_with_the_memory_limit():
     settings = ServingSettings(gpu_num=2, ins_num_per_gpu=2, gpu_memory=10)
-    devices = plan_devices(settings, {"CUDA_VISIBLE_DEVICES": "3,5"}, cuda_available=True)
+    devices = plan_devices(settings, {"CUDA_VISIBLE_DEVICES": "3,5"}, cuda_available=True,
+                           device_files=["/dev/nvidia3", "/dev/nvidia5"])
     assert [(d.kind, d.index) for d in devices] == [("cuda", 0), ("cuda", 0), ("cuda", 1), ("cuda", 1)]
     assert {d.memory_limit_bytes for d in devices} == {10 * 1024 ** 3}
     providers = onnx_providers(devices[2], ["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -98,7 +99,8 @@ def test_without_cuda_the_plan_falls_back_to_the_cpu_and_splits_its_threads(tmp_
     assert onnx_providers(devices[0], ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert cpu_share(ServingSettings(cpu=0), cgroup_root=tmp_path) == min(1.5, cpu_share(ServingSettings(cpu=64)))
-    assert plan_devices(settings, {"CUDA_VISIBLE_DEVICES": ""}, cuda_available=True)[0].kind == "cpu"
+    assert plan_devices(settings, {"CUDA_VISIBLE_DEVICES": ""}, cuda_available=True,
+                        device_files=["/dev/nvidia0"])[0].kind == "cpu"
 
 
 class Recorder(Handler):

@@ -25,7 +25,9 @@ VARIED = {
     "big": dict(cpu=24, memory="96Gi", gpu_memory=5, ins_num_per_gpu=2, init_delay_second=1800, hk_replicas=1,
                 request_timeout_ms=120000, drain_seconds=30),
     "tiny_team_y": dict(service_name="y", username="imo", replicas=1, hk_replicas=None, eu_replicas=None,
-                        na_replicas=None, cpu=1, memory="512Mi", gpu_num=0, gpu_memory=0),
+                        na_replicas=None, cpu=1, memory="512Mi", gpu_num=0, gpu_memory=0,
+                        # what a 512Mi pod's memory plan holds: smaller images and videos than the defaults
+                        max_image_pixels=2_000_000, max_video_bytes=16 << 20, max_video_pixels=1280 * 720),
 }
 
 

@@ -64,7 +64,8 @@ def start_pods(workdir: Path, layout: dict[str, int], values_path: Path = REPO /
         for stage, count in layout.items():
             docs = rendered.stages[stage]
             podmonitor, deployment = _document(docs, "PodMonitor"), _document(docs, "Deployment")
-            base = dataclasses.replace(rendered.values.serving_settings(), host="127.0.0.1",
+            # on this machine's CPU, as make serve runs a GPU service (its pod would require the GPU)
+            base = dataclasses.replace(rendered.values.serving_settings(), host="127.0.0.1", require_gpu=0,
                                        **(settings or BUSY_SETTINGS))
             for i in range(count):
                 port = free_port()

@@ -4,7 +4,8 @@
 
 Reads and checks value.py, turns it into the same PODSERVE_* variables the Deployment
 sets, listens on 127.0.0.1 (PODSERVE_HOST and PODSERVE_PORT in the environment override
-the address), and replaces this process with `python -m podserve.runtime`, or, for an
+the address), serves a GPU service on the CPU where no GPU is usable (its pod would not be ready: PODSERVE_REQUIRE_GPU),
+and replaces this process with `python -m podserve.runtime`, or, for an
 offline service (`mode = "offline"`), with the Kafka worker `python -m podserve.runtime.offline`
 reading from PODSERVE_KAFKA_BOOTSTRAP (default: the broker `make kafka` runs) as the principal of
 PODSERVE_KAFKA_USERNAME (default: value.py's team's, from the credentials `make kafka` wrote).
@@ -21,8 +22,10 @@ from podserve.tooling.valuefile import ValueFileError
 from podserve.tooling.values import load_values
 
 
-#: Settings the caller's environment may override locally (e.g. `PODSERVE_PORT=18080 make serve`).
-LOCAL_DEFAULTS = {"host": "127.0.0.1", "port": None}
+#: Settings a local run changes, which the caller's environment may override (e.g. `PODSERVE_PORT=18080 make serve`):
+#: loopback, and a GPU service on a machine without a usable GPU serving on the CPU (with a warning) where its pod
+#: would not be ready (`PODSERVE_REQUIRE_GPU=1 make serve` behaves as the pod).
+LOCAL_DEFAULTS = {"host": "127.0.0.1", "port": None, "require_gpu": "0"}
 #: The module `python -m` runs for each mode of value.py.
 ENTRY_POINTS = {"online": "podserve.runtime", "offline": "podserve.runtime.offline"}
 

@@ -149,10 +149,12 @@ class ServiceValues:
         return not stage.production or regions is None or stage.region in regions
 
     def serving_settings(self) -> ServingSettings:
-        """Return the settings the in-pod server gets for this service: value.py's and the platform's."""
+        """Return the settings the in-pod server gets for this service: value.py's and the platform's (`make serve`
+        changes a few: serve_local.LOCAL_DEFAULTS)."""
         shared = set(ServingSettings.names()) & set(self.fields)
         return ServingSettings(**{name: self.fields[name] for name in shared}, **self.platform,
-                               memory_bytes=quantity.memory_bytes(self.fields["memory"]))
+                               memory_bytes=quantity.memory_bytes(self.fields["memory"]),
+                               require_gpu=int(self.fields["gpu_num"] > 0))
 
     @property
     def offline(self) -> bool:
@@ -508,12 +510,10 @@ def pod_layout(v: dict, conf: Conf) -> tuple[ServingSettings, int, bool, int]:
 
 
 def _memory_problems(v: dict, conf: Conf):
-    """Yield what the pod's memory cannot hold (podserve/memory_plan.py): its processes and shared memory, one largest
-    request body, and the parses it may run at once; and a video upload that could never be read."""
+    """Yield what the pod's memory cannot hold (podserve/memory_plan.py): its code, processes, shared memory and
+    decodes, one largest request body, and the parses it may run at once; and a video upload that could never be
+    read."""
     settings, decoders, on_gpu, model_bytes = pod_layout(v, conf)
-    problem = memory_plan.video_upload_problem(settings)
-    if problem:
-        yield "max_video_bytes", problem
     problems = memory_plan.plan(settings, decoders, on_gpu, model_bytes).problems()
     if problems:
         least = memory_plan.smallest_memory(settings, decoders, on_gpu, model_bytes)

@@ -1,4 +1,4 @@
-# expect: max_video_bytes -- its base64 upload never fits what large bodies may use
+# expect: max_video_bytes -- its base64 upload (1.3 GB) never fits what large bodies still being sent may use of 8Gi
 service_name = 'text-direction'
 username = 'like'
 handler = 'server:TextDirection'
@@ -22,4 +22,4 @@ max_batch_delay_ms = 5
 queue_size = 64
 request_timeout_ms = 10000
 drain_seconds = 5
-max_video_bytes = 60000000
+max_video_bytes = 1000000000

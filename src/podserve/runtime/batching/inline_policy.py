@@ -33,10 +33,12 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from podserve import memory_plan
+
 #: The mean wall time of a step under which the loop runs it itself.
 INLINE_SECONDS = 0.002
-#: The largest body the loop parses itself: JSON and base64 take about 1-2 ms a MiB here.
-INLINE_BODY_BYTES = 1 << 20
+#: The largest body the loop parses itself: JSON and base64 take about 1-2 ms a MiB here (the memory plan counts it).
+INLINE_BODY_BYTES = memory_plan.LOOP_BODY_BYTES
 #: Steps measured on request threads before the loop may run any.
 WARMUP_STEPS = 8
 #: A step this long (well past a garbage collection's 16 ms here) stops the loop running steps for a while...

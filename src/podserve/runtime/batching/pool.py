@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from podserve.cuda_libraries import CudaUnavailable
 from podserve.errors import NotReady, Overloaded
 from podserve.handler import Device, Handler, model_inputs
 from podserve.runtime.batching.batch_policy import BatchCost, rows_run
@@ -85,6 +86,8 @@ class InstancePool:
             labels = (self.metrics.service, name)
             self.metrics.instance_ready.labels(*labels).set(0)
             try:
+                if device.unusable:  # a GPU pod without a usable GPU (runtime/core/devices.py): never on the CPU
+                    raise CudaUnavailable(device.unusable)
                 started = time.perf_counter()
                 handler = self._handler_class()
                 handler.max_batch_size = self.settings.max_batch_size

@@ -135,4 +135,4 @@ def request_threads(settings: ServingSettings) -> int:
     concurrency measured (bench/optimisations.json). More pay only for a `decode` that spends
     its time in code releasing the GIL (large photos, I/O).
     """
-    return settings.http_threads or max(1, int(cpu_share(settings)))
+    return settings.request_threads(cpu_share(settings))

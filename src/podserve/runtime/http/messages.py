@@ -65,13 +65,14 @@ class HttpLimits:
     min_upload_bytes_per_second: float = 0.0
 
     @classmethod
-    def from_settings(cls, settings) -> "HttpLimits":
-        """The limits a ServingSettings carries; the pending-body budget holds at least one largest body."""
+    def from_settings(cls, settings, pending_body_bytes: int) -> "HttpLimits":
+        """The limits a ServingSettings carries, and the pod's budget for bodies still being sent (its memory plan's
+        `uploads`), which holds at least one largest body."""
         return cls(max_body_bytes=settings.max_body_bytes, max_head_bytes=settings.max_head_bytes,
                    header_timeout_seconds=settings.header_timeout_seconds,
                    write_timeout_seconds=settings.write_timeout_seconds,
                    idle_timeout_seconds=settings.idle_timeout_seconds, max_connections=settings.max_connections,
-                   max_pending_body_bytes=max(settings.max_pending_body_bytes,
+                   max_pending_body_bytes=max(pending_body_bytes,
                                               math.ceil(settings.max_body_bytes / LARGE_BODY_SHARE)),
                    min_upload_bytes_per_second=settings.min_upload_bytes_per_second)
 

@@ -48,8 +48,9 @@ class Front:
         self.budgets = Budgets(settings)
         refusal = error_answer(errors.Overloaded(f"this pod is full: it already holds {holding_limit()} requests "
                                                  f"(queue_size per instance); retry shortly, or elsewhere"))
+        self.memory = pod_memory_plan(settings)
         self.admission = Admission(self.route, holding_limit, self.lifecycle, metrics, refusal, error_answer,
-                                   steps_cpu=steps_cpu, body_budget=pod_memory_plan(settings).bodies)
+                                   steps_cpu=steps_cpu, body_budget=self.memory.bodies)
         self.probes = Probes(model, self.lifecycle)
         self.server = None
 
@@ -67,6 +68,7 @@ class Front:
         open_inference = V2Route(self.route, self.settings.service_name, accept, self.probes, describe=describe)
         self.server = server = http_server(
             self.settings, self.route, self.metrics, open_inference, self.probes, control, accept, sock=sock,
+            uploads=self.memory.uploads,
             admit_head=lambda exchange: admission.admit_head(exchange, budgets.of_headers(exchange.headers)))
         shutdown = GracefulShutdown(server, self.lifecycle, self.settings.drain_seconds,
                                     answer_bound_seconds(self.settings))

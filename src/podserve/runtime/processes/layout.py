@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 from podserve import memory_plan
-from podserve.arena_sizing import ArenaSizes, arena_sizes
-from podserve.runtime.core.devices import cpu_share
+from podserve.arena_sizing import ArenaSizes
+from podserve.runtime.core.devices import cpu_share, gpu_devices
 from podserve.settings import ServingSettings
 
 AUTO = -1
-#: Where a GPU shows in a container given one (the NVIDIA device plugin mounts them; so does a GPU machine's driver).
-GPU_DEVICES = "/dev/nvidia[0-9]*"
 
 
 def gpu_visible() -> bool:
     """Whether an NVIDIA GPU is visible to this process (its device files), without loading any CUDA library."""
-    return bool(glob.glob(GPU_DEVICES))
+    return bool(gpu_devices())
 
 
 def decoder_processes(settings: ServingSettings) -> int:
@@ -78,8 +75,7 @@ def pod_memory_plan(settings: ServingSettings) -> memory_plan.MemoryPlan:
 def pod_arena_sizes(settings: ServingSettings) -> ArenaSizes:
     """Each decoder's input arena and its output share in the model process (podserve/arena_sizing.py), from the
     plan's shared memory."""
-    plan = pod_memory_plan(settings)
-    return arena_sizes(plan.arenas, plan.decoders)
+    return pod_memory_plan(settings).arena_sizes
 
 
 #: What a link's frame holds beside the largest body it carries (a request's head, an answer's headers).

@@ -71,7 +71,7 @@ def serve_in_one_process(settings: ServingSettings, handler_class: type) -> int:
         log.info("serving %s with %s on http://%s:%s: %d instance(s) on %s", settings.service_name,
                  settings.handler, settings.host, front.server.effective_port, len(devices),
                  ", ".join(map(str, devices)),
-                 extra={"fields": {"settings": settings.to_env(), "memory_plan": memory.__dict__}})
+                 extra={"fields": {"settings": settings.to_env(), "memory_plan": memory.describe()}})
         pool.load_in_background()
 
     code = front.serve(service.start_call, lambda: describe_model(pool.workers[0].handler) if pool.ready else None,

@@ -154,7 +154,7 @@ class Supervisor:
             self.start(DECODER)
         memory = layout.pod_memory_plan(self.settings)
         log.info("supervising %s: the front, %d decoder process(es) and the model process (docs/processes.md)",
-                 self.settings.service_name, self.decoders, extra={"fields": {"memory_plan": memory.__dict__}})
+                 self.settings.service_name, self.decoders, extra={"fields": {"memory_plan": memory.describe()}})
         for problem in memory.problems():
             log.warning("the pod's memory plan does not hold (render refuses such a value.py): %s", problem)
         while self.children:

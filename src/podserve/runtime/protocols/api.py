@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl
 from podserve import memory_plan
 from podserve.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
 from podserve.handler import Payload
+from podserve.settings import ServingSettings
 from podserve.videos import VideoLimits
 
 ID_FIELDS = ("postid", "uid", "seqid")
@@ -42,7 +43,7 @@ JSON, RAW_IMAGE, RAW_VIDEO = "json", "image", "video"
 class InputLimits:
     """What a request's input may be: the image and body limits, and a video's (ServingSettings' fields)."""
 
-    max_image_pixels: int = 25_000_000
+    max_image_pixels: int = ServingSettings.max_image_pixels
     max_body_bytes: int = 10 * 1024 * 1024
     max_video_bytes: int = 32 * 1024 * 1024
     video: VideoLimits = field(default_factory=VideoLimits)

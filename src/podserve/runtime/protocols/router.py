@@ -21,9 +21,10 @@ _REFUSALS = {408: errors.RequestTimeout, 413: errors.PayloadTooLarge, 414: error
 
 
 def http_server(settings: ServingSettings, route: str, metrics: Metrics, open_inference: V2Route, probes,
-                control: ControlThread, accept, admit_head, sock=None) -> HttpServer:
+                control: ControlThread, accept, admit_head, uploads: int, sock=None) -> HttpServer:
     """The pod's HTTP server, routing `POST <route>` to `accept`, the Open Inference Protocol, the probes (answered
-    in the loop) and the rest (the control thread); listening on `sock` when given (the split layout's front)."""
+    in the loop) and the rest (the control thread); reading bodies within `uploads` bytes at once (the pod's memory
+    plan's); listening on `sock` when given (the split layout's front)."""
 
     def dispatch(exchange: Exchange) -> None:
         if exchange.path == route and exchange.method == "POST":
@@ -53,7 +54,7 @@ def http_server(settings: ServingSettings, route: str, metrics: Metrics, open_in
 
     budgets = Budgets(settings)
     return HttpServer(settings.host, settings.port, dispatch=dispatch, refuse=refuse,
-                      limits=HttpLimits.from_settings(settings), admit_head=admits_head,
+                      limits=HttpLimits.from_settings(settings, uploads), admit_head=admits_head,
                       body_seconds=budgets.of_headers, body_limit=body_limit, sock=sock,
                       answer_probe=probes.answer_request, on_over_limit=metrics.observe_over_limit,
                       on_linger_end=metrics.observe_linger_end, on_write_timeout=metrics.write_timeouts.inc)

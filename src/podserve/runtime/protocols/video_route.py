@@ -40,11 +40,9 @@ log = logging.getLogger(__name__)
 
 
 def video_threads(settings: ServingSettings) -> tuple[int, int]:
-    """(videos decoded at once, FFmpeg's threads for each), from the pod's CPU share: a video thread per two cores,
-    each video's decoder using the cores of its share (on 2 cores: one video at a time on 2 threads)."""
-    cores = max(1, int(cpu_share(settings)))
-    workers = max(1, cores // 2)
-    return workers, max(1, cores // workers)
+    """(videos decoded at once, FFmpeg's threads for each), from the pod's CPU share (ServingSettings.video_threads,
+    which the memory plan counts too)."""
+    return settings.video_threads(cpu_share(settings))
 
 
 class VideoJob(FanOut):

@@ -49,7 +49,7 @@ class Pod:
                  port: int, inside: Callable[[list], list] = lambda argv: argv):
         self.name, self.cluster = name, cluster
         self.address, self.port, self.inside = address, port, inside
-        self.env = dict(env, PODSERVE_HOST=address, PODSERVE_PORT=str(port))
+        self.env = dict(env, PODSERVE_HOST=address, PODSERVE_PORT=str(port), PODSERVE_REQUIRE_GPU="0")
         self.log_dir, self.repo = Path(log_dir), Path(repo)
         self.ready = False
         self.terminating = False
