@@ -44,7 +44,7 @@ def test_six_replicas_at_init_delay_120_now_fit_with_the_rollback_budgeted_from_
     platform's .gitlab-ci.yml); a failed rollout of 6 pods has at most 5 to put back: 1500 + 1255 + 600 + 120 s."""
     path = write_values(tmp_path, hk_replicas=6, init_delay_second=120)
     rendered = render.render(path, conf=conf)
-    deployment = next(d for d in rendered.stages["hk"] if d["kind"] == "Deployment")
+    deployment = next(d for d in rendered.stages["hk"] if d["kind"] == "Rollout")
     deadline = deployment["spec"]["progressDeadlineSeconds"]
     assert deadline == 245
     policy = load_deploy_policy()

@@ -11,7 +11,7 @@ import pytest
 
 from kube_schemas import schema_errors
 from podserve.tooling import analysis_template as at
-from podserve.tooling import release, render, rollout
+from podserve.tooling import manifests, release, render, rollout
 from podserve.tooling.conf import load_conf, load_deploy_policy
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -19,8 +19,11 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def hk() -> dict:
-    rendered = render.render(REPO / "value.py", conf=load_conf(), image_tag="t")
-    return {doc["kind"]: doc for doc in rendered.stages["hk"]}
+    """hk's objects as the templates render them (the Deployment production's Rollout is made from), then render's."""
+    conf = load_conf()
+    rendered = render.render(REPO / "value.py", conf=conf, image_tag="t")
+    docs = manifests.render_stage(rendered.values, conf, conf.stages["hk"], "t")
+    return dict({doc["kind"]: doc for doc in docs}, rendered={doc["kind"]: doc for doc in rendered.stages["hk"]})
 
 
 def test_the_deployment_becomes_a_rollout_with_the_same_pods_and_argo_s_tracks(hk):
@@ -31,7 +34,7 @@ def test_the_deployment_becomes_a_rollout_with_the_same_pods_and_argo_s_tracks(h
     assert (found["apiVersion"], found["kind"]) == ("argoproj.io/v1alpha1", "Rollout")
     spec = found["spec"]
     # one ReplicaSet per revision: neither the selector nor the template carries track; Argo stamps it
-    assert release.TRACK_LABEL in deployment["spec"]["selector"]["matchLabels"]
+    assert release.TRACK_LABEL in deployment["spec"]["template"]["metadata"]["labels"]
     assert release.TRACK_LABEL not in spec["selector"]["matchLabels"]
     assert release.TRACK_LABEL not in spec["template"]["metadata"]["labels"]
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
@@ -85,3 +88,28 @@ def test_the_analysis_template_takes_both_hashes_and_passes_argo_s_schema(hk):
     assert [a["name"] for a in found["spec"]["args"]] == [at.CANARY_HASH_ARG, at.STABLE_HASH_ARG]
     assert [m["name"] for m in found["spec"]["metrics"]] == list(at.CHECKS)
     assert release.TRACK_LABEL not in found["metadata"]["labels"]
+
+
+def test_render_writes_production_as_the_rollout_and_its_analysis_template_with_the_platforms_prometheus(hk, tmp_path):
+    from service_files import write_values
+
+    conf, policy = load_conf(), load_deploy_policy()
+    found = hk["rendered"]
+    assert "Deployment" not in found and schema_errors(found["Rollout"]) == [] \
+        and schema_errors(found["AnalysisTemplate"]) == []
+    canary = found["Rollout"]["spec"]["strategy"]["canary"]
+    assert canary["scaleDownDelaySeconds"] == policy.canary_scale_down_delay_seconds
+    # the example has no canary_steps: still a Rollout, straight to each new revision
+    assert canary["steps"] == []
+    analysis = found["AnalysisTemplate"]
+    assert analysis["metadata"]["name"] == rollout.template_name(found["Rollout"]["metadata"]["name"])
+    for metric in analysis["spec"]["metrics"]:  # only the platform's Prometheus (podserve-analysis admits no other)
+        assert metric["provider"]["prometheus"]["address"] == conf.platform.monitoring.prometheus_address
+        assert f'namespace="{found["Rollout"]["metadata"]["namespace"]}"' in metric["provider"]["prometheus"]["query"]
+    # value.py's steps and tighter thresholds reach the Rollout and its template
+    values = write_values(tmp_path, canary_steps=[10, 50], verdict_window_seconds=300)
+    docs = {d["kind"]: d for d in render.render(values, stages=["hk"], conf=conf).stages["hk"]}
+    steps = docs["Rollout"]["spec"]["strategy"]["canary"]["steps"]
+    assert steps == rollout.steps([10, 50], docs["AnalysisTemplate"]["metadata"]["name"])
+    assert {m["interval"] for m in docs["AnalysisTemplate"]["spec"]["metrics"]} == {"300s"}
+    assert {m["interval"] for m in analysis["spec"]["metrics"]} == {f"{policy.verdict.window_seconds}s"} != {"300s"}

@@ -29,6 +29,7 @@ import yaml
 
 from podserve.testbed.polling import Poller
 from podserve.testbed.processes import Program, StartError, free_port
+from podserve.tooling.rollout import stable_pod_labels
 
 #: The package `make prometheus` installs (Makefile pins the same version).
 DEBIAN_PACKAGE = "prometheus"
@@ -48,12 +49,13 @@ class ScrapeTarget:
 
 
 def pod_monitor_labels(podmonitor: dict, deployment: dict, pod_name: str) -> dict[str, str]:
-    """Return the target labels the Prometheus operator gives a pod selected by `podmonitor`.
+    """Return the target labels the Prometheus operator gives a stable pod of `deployment` (a Deployment or
+    Rollout) selected by `podmonitor`.
 
     namespace, pod, container (the container exposing the port), endpoint (the port's name),
     job (<namespace>/<name>) and each `podTargetLabels` label copied from the pod template.
     """
-    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pod_labels = stable_pod_labels(deployment)
     selector = podmonitor["spec"]["selector"]["matchLabels"]
     if any(pod_labels.get(k) != v for k, v in selector.items()):
         raise ValueError(f"PodMonitor {podmonitor['metadata']['name']} does not select the Deployment's pods "

@@ -14,7 +14,7 @@ import re
 
 from podserve import routes
 from podserve.settings import ServingSettings, SettingsError
-from podserve.tooling import release, routing, tenancy
+from podserve.tooling import release, rollout, routing, tenancy
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.manifests import shutdown_seconds
 from podserve.tooling.valuefile import Problem, ValueFileError
@@ -23,7 +23,9 @@ from podserve.tooling.values import DNS_1035_LABEL, ServiceValues
 #: Used with fullmatch: match's `$` also matches before a trailing newline.
 _LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 _PREFIX = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
-ONE_EACH = ("Deployment", "Service", "VirtualService", "DestinationRule", "PodDisruptionBudget", "PodMonitor")
+#: What every stage has exactly one of, besides what runs its pods (rollout.workload_kind: a production stage's Rollout
+#: with its AnalysisTemplate, another stage's Deployment).
+ONE_EACH = ("Service", "VirtualService", "DestinationRule", "PodDisruptionBudget", "PodMonitor")
 _SAFE_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                  "projected", "secret"}
 
@@ -37,11 +39,13 @@ def check_stage(docs: list[dict], values: ServiceValues, conf: Conf, stage: Stag
     problems: list[Problem] = []
     say = reporter(stage, problems)
     namespace = stage.namespace_for(values["username"])
-    by_kind = documents_by_kind(docs, stage, namespace, ONE_EACH, "the stage", say)
+    kind = rollout.workload_kind(stage)
+    own = (kind, "AnalysisTemplate") if stage.production else (kind,)
+    by_kind = documents_by_kind(docs, stage, namespace, (*own, *ONE_EACH), "the stage", say)
     if problems:
         return problems
-    deployment = by_kind["Deployment"][0]
-    check_selectors(_selectors(by_kind), deployment, say)
+    deployment = by_kind[kind][0]
+    check_selectors(_selectors(by_kind, kind), deployment, say)
     _check_replicas(deployment, by_kind.get("HorizontalPodAutoscaler", []), values.replicas_for(stage), say)
     pod = deployment["spec"]["template"]
     _check_pod(pod, values, conf, stage, say)
@@ -74,7 +78,7 @@ def check_selectors(selectors, deployment: dict, say) -> None:
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     for doc, selector in selectors:
         if not selector or any(pod_labels.get(k) != v for k, v in selector.items()):
-            say(doc["kind"], f"selector {selector} does not select the Deployment's pods ({pod_labels})")
+            say(doc["kind"], f"selector {selector} does not select the {deployment['kind']}'s pods ({pod_labels})")
 
 
 def check_routes(rendered: dict[str, list[dict]]) -> list[Problem]:
@@ -114,8 +118,8 @@ def _check_metadata(doc: dict, namespace: str, say) -> None:
                 say(where, f"label {key}={value!r} is not a valid label value (a string of at most 63 characters)")
 
 
-def _selectors(by_kind: dict[str, list[dict]]):
-    yield by_kind["Deployment"][0], by_kind["Deployment"][0]["spec"]["selector"]["matchLabels"]
+def _selectors(by_kind: dict[str, list[dict]], workload: str):
+    yield by_kind[workload][0], by_kind[workload][0]["spec"]["selector"]["matchLabels"]
     yield by_kind["Service"][0], by_kind["Service"][0]["spec"].get("selector")
     for kind in ("PodDisruptionBudget", "PodMonitor"):
         yield by_kind[kind][0], by_kind[kind][0]["spec"]["selector"].get("matchLabels")
@@ -127,8 +131,8 @@ def _check_replicas(deployment: dict, hpas: list[dict], replicas: int, say) -> N
         say("HorizontalPodAutoscaler", "one stage has at most one")
     for hpa in hpas:
         target = hpa["spec"]["scaleTargetRef"]
-        if (target.get("kind"), target.get("name")) != ("Deployment", deployment["metadata"]["name"]):
-            say("HorizontalPodAutoscaler", f"scales {target}, not the stage's Deployment")
+        if (target.get("kind"), target.get("name")) != (deployment["kind"], deployment["metadata"]["name"]):
+            say("HorizontalPodAutoscaler", f"scales {target}, not the stage's {deployment['kind']}")
         if fixed is not None:
             say("Deployment", "sets spec.replicas while an HPA scales it: the two would fight; leave replicas to the HPA")
         if hpa["spec"].get("minReplicas") != replicas:

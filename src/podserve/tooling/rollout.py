@@ -4,9 +4,9 @@
     found = rollout.rollout(deployment, virtual_service, destination_rule, steps, scale_down_delay_seconds=30)
     template = rollout.analysis_template("text-direction", namespace, labels, comparison, address, slow_start)
 
-Issue 66, item 1 of its plan (not yet wired into render: production still renders a Deployment that the deploy
-tool's own canary releases; docs/deploy.md). The Rollout keeps the Deployment's pod template and metadata; what
-changes:
+render writes every production stage this way (`production`): the Deployment the templates render becomes the Rollout,
+the service's AnalysisTemplate joins it, and an autoscaler scales the Rollout. The Rollout keeps the Deployment's pod
+template and metadata; what changes:
 - the selector and the pod template lose `track` (one ReplicaSet per revision, not one Deployment per track); Argo
   stamps `track: stable|canary` on the pods through stableMetadata/canaryMetadata, the labels the DestinationRule's
   subsets select (with the pod template hash Argo adds to them);
@@ -30,6 +30,62 @@ API_VERSION = "argoproj.io/v1alpha1"
 #: The Deployment fields a Rollout has no place for (its strategy is the canary below).
 DEPLOYMENT_ONLY = ("strategy",)
 _TEMPLATE_SUFFIX = "-verdict"
+
+
+#: The kinds that run a stage's pods: a Deployment (grey, ab, offline workers), a Rollout (production).
+WORKLOAD_KINDS = ("Deployment", "Rollout")
+
+
+def workload_of(docs) -> dict | None:
+    """The document among `docs` that runs the stage's pods (its Deployment or Rollout), or None."""
+    return next((d for d in docs if d.get("kind") in WORKLOAD_KINDS), None)
+
+
+def stable_pod_labels(workload: dict) -> dict:
+    """The labels a stable pod of `workload` (a Deployment or Rollout) carries: its template's, and a Rollout's
+    stableMetadata labels, which Argo adds to its stable ReplicaSet's pods (`track: stable`). Argo's pod template hash
+    label is left out: it names a ReplicaSet Argo made."""
+    labels = dict(workload["spec"]["template"]["metadata"].get("labels") or {})
+    canary = ((workload["spec"].get("strategy") or {}).get("canary") or {}) if workload.get("kind") == "Rollout" else {}
+    return dict(labels, **((canary.get("stableMetadata") or {}).get("labels") or {}))
+
+
+def workload_kind(stage) -> str:
+    """The kind that runs a stage's pods: a Rollout in production (Argo releases it), else a Deployment."""
+    return "Rollout" if stage.production else "Deployment"
+
+
+def production(docs: list[dict], platform, verdict, scale_down_delay_seconds: int) -> list[dict]:
+    """A production stage's rendered documents as Argo releases them: the Deployment replaced (in place, same order)
+    by its Rollout, whose steps are the release annotation's canary_steps, and the service's AnalysisTemplate after
+    it, judging with `verdict` (conf/deploy.yaml's VerdictPolicy) tightened by value.py's fields.
+
+    `platform` is conf/platform.yaml (its Prometheus address and scrape interval)."""
+    by_kind = {doc["kind"]: doc for doc in docs}
+    deployment, rule = by_kind["Deployment"], by_kind["DestinationRule"]
+    meta = deployment["metadata"]
+    policy = release.read_release_policy(deployment)
+    name = template_name(meta["name"])
+    found = rollout(deployment, by_kind["VirtualService"], rule, steps(policy["canary_steps"], name),
+                    scale_down_delay_seconds)
+    labels = meta["labels"]
+    comparison = at.canary(meta["namespace"], labels["team"], labels["service"], labels["stage"],
+                           at.Thresholds.of(release.verdict_policy(verdict, policy["verdict"])),
+                           seconds(platform.monitoring.scrape_interval))
+    template = analysis_template(meta["name"], meta["namespace"], labels, comparison,
+                                 platform.monitoring.prometheus_address, release.slow_start_seconds(rule))
+    out = []
+    for doc in docs:
+        out += [found, template] if doc is deployment else [doc]
+    return out
+
+
+def seconds(duration: str) -> int:
+    """A Prometheus duration of whole seconds or minutes ("15s", "1m") as seconds; ValueError otherwise."""
+    units = {"s": 1, "m": 60}
+    if duration[-1:] in units and duration[:-1].isdigit():
+        return int(duration[:-1]) * units[duration[-1]]
+    raise ValueError(f"{duration!r} is not a duration of whole seconds or minutes (15s, 1m)")
 
 
 def template_name(service: str) -> str:
