@@ -102,7 +102,8 @@ class Live:
                                *(["--conf", str(conf)] if conf else [])],
                               cwd=REPO, capture_output=True, text=True, timeout=60, env=self.env())
         assert done.returncode == 0, done.stderr
-        path = out / stage / "deployment.yaml"
+        # the object that runs the pods: a production stage's Rollout, another stage's Deployment
+        path = next(p for p in (out / stage / "rollout.yaml", out / stage / "deployment.yaml") if p.is_file())
         deployment = yaml.safe_load(path.read_text())
         pod = deployment["spec"]["template"]
         if simulate:  # kwok plays the kubelet: this annotation picks the failure it reports

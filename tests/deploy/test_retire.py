@@ -12,7 +12,7 @@ PROJECT = "models/like/ocr-direction"  # one GitLab project; its service renamed
 
 
 @pytest.fixture
-def live(control_plane, tmp_path) -> Live:
+def live(control_plane, rollouts_controller, tmp_path) -> Live:
     return Live(control_plane, tmp_path)
 
 

@@ -23,7 +23,7 @@ from podserve.testbed.cluster.platform import REGION_LABEL
 from podserve.testbed.processes import poll_until
 from podserve.tooling import analysis_template as at
 from podserve.tooling import release, tenancy
-from podserve.tooling.deploy import canary_objects, drift
+from podserve.tooling.deploy import drift
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, Kind
 from podserve.tooling.deploy.target import label_selector
 
@@ -33,7 +33,7 @@ _NAMESPACES = Kind("v1", "namespaces", namespaced=False)
 
 
 @pytest.fixture(scope="module")
-def teams(control_plane, tmp_path_factory) -> tuple[Live, Live]:
+def teams(control_plane, rollouts_controller, tmp_path_factory) -> tuple[Live, Live]:
     """Team A (like) and team B (imo), each with its own accounts."""
     made = []
     for team in ("like", "imo"):
@@ -402,7 +402,7 @@ SECOND_PASS = [
 
 
 @pytest.fixture(scope="module")
-def imo(control_plane, tmp_path_factory) -> Live:
+def imo(control_plane, rollouts_controller, tmp_path_factory) -> Live:
     return Live(control_plane, tmp_path_factory.mktemp("tenancy-imo-second"), "imo")
 
 
@@ -429,21 +429,20 @@ def test_a_team_s_own_credential_cannot_take_capacity_routes_metrics_or_nodes_fr
     assert f"ValidatingAdmissionPolicy '{policy}'" in refused.stderr and says in refused.stderr, refused.stderr
 
 
-def test_a_production_canary_is_admitted_as_stable_is_and_judged_by_the_same_policies(imo):
-    """It must show 5 (issue 57): the canary Deployment the deploy tool makes from production's (canary_objects:
-    track canary, no hostPort, the rendered labels and annotations) is admitted with team imo's production
-    credential; the same canary claiming team like is refused, as stable would be."""
+def test_a_production_rollout_and_its_analysis_template_are_admitted_for_the_team_and_refused_for_another(imo):
+    """Production renders an Argo Rollout (its canary is Argo's ReplicaSet of it) and the service's AnalysisTemplate:
+    both are admitted with team imo's production credential; the same Rollout claiming team like is refused, as a
+    Deployment would be."""
     made = rendered(imo, "tn-second", "hk")
-    state = {"revision": 2, "step": 0, "weights": [90, 10]}
-    canary = canary_objects.canary_deployment(drift.stamped(made["Deployment"]), 1, state)
-    assert canary["metadata"]["name"] == release.canary_name("tn-second")
-    assert canary["spec"]["selector"]["matchLabels"]["track"] == "canary"
+    assert "Deployment" not in made
     kubeconfig = imo.kubeconfig("production")
-    admitted = dry_apply(kubeconfig, canary)
-    assert admitted.returncode == 0, admitted.stderr
-    canary["metadata"]["labels"]["team"] = "like"
-    refused = dry_apply(kubeconfig, canary)
-    assert refused.returncode != 0, "a canary of another team was admitted"
+    for kind in ("AnalysisTemplate", "Rollout"):
+        admitted = dry_apply(kubeconfig, drift.stamped(made[kind]))
+        assert admitted.returncode == 0, admitted.stderr
+    rollout = drift.stamped(made["Rollout"])
+    rollout["metadata"]["labels"]["team"] = "like"
+    refused = dry_apply(kubeconfig, rollout)
+    assert refused.returncode != 0, "a Rollout of another team was admitted"
     # two policies refuse it, and the apiserver names the first that denies (in no set order): the owner label, and
     # the pod template's team (imo's) not the object's
     reasons = {"podserve-owner": "must carry the owner label team: imo",
@@ -557,7 +556,7 @@ def test_a_production_rollout_on_a_full_gpu_pool_preempts_grey_and_completes(tea
         a.remove(a.namespace("grey"), "grey", name)
 
 
-def test_pods_a_quota_has_no_room_for_are_diagnosed_naming_the_quota(control_plane, tmp_path):
+def test_pods_a_quota_has_no_room_for_are_diagnosed_naming_the_quota(control_plane, rollouts_controller, tmp_path):
     """Team hello's two ab copies of 3 one-GPU pods: each fits its namespace's quota alone (conf/platform.yaml
     preview_quota gpus: 4; render refuses one that does not), the second not beside the first."""
     live = Live(control_plane, tmp_path, "hello")
