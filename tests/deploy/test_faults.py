@@ -313,9 +313,11 @@ def test_a_500_during_the_rollback_of_a_failed_rollout_is_reported_notified_and_
     assert deploy.apply("v2", "failed", "serving") == 1
     line = failed_line(deploy)
     assert line.startswith("FAILED: the rollback did not finish (the API server answered 500: PATCH destinationrules")
-    assert ("hk is half rolled back: Deployment/text-direction, Service/text-direction, VirtualService/text-direction, "
-            "PodDisruptionBudget/text-direction, PodMonitor/text-direction are revision 1's again; "
-            "DestinationRule/text-direction is still revision 2's") in line  # those after the 500 too
+    # those after the 500 too; the Rollout last, after the route and rule it names (commands.mesh_steps)
+    assert ("hk is half rolled back: AnalysisTemplate/text-direction-verdict, Service/text-direction, "
+            "VirtualService/text-direction, PodDisruptionBudget/text-direction, PodMonitor/text-direction, "
+            "Rollout/text-direction are revision 1's again; DestinationRule/text-direction is still revision 2's") \
+        in line
     assert line.endswith(ROLLBACK_FIX)
     assert deploy.image().endswith(":v1")
     assert [(b["outcome"], b["revision"]) for b in deploy.sent] == [("rollback_failed", 2)]
@@ -352,8 +354,8 @@ def test_sigterm_during_the_rollback_of_a_failed_rollout_puts_every_object_back_
     assert line.startswith("FAILED: the rollback did not finish (SIGTERM: the job was cancelled or timed out): every "
                            "object of hk is revision 1's again (") and "rollout was not waited for" in line
     assert line.endswith(ROLLBACK_FIX)
-    assert writes == ["Deployment", "Service", "Service", "VirtualService", "DestinationRule", "PodDisruptionBudget",
-                      "PodMonitor"]
+    assert writes == ["AnalysisTemplate", "Service", "Service", "VirtualService", "DestinationRule",
+                      "PodDisruptionBudget", "PodMonitor", "Rollout"]
     assert [b["outcome"] for b in deploy.sent] == ["rollback_failed"] and "SIGTERM" in deploy.sent[0]["diagnosis"]
     assert deploy.history().pending.number == 2
 

@@ -186,9 +186,9 @@ def test_a_failing_production_deploy_rolls_back_and_the_previous_revision_serves
                           PODSERVE_NOTIFY_URL=receiver.url)
         print(f"failed production deploy: exit {run.returncode} after {run.seconds:.1f} s")
         assert run.returncode == 1, run.output
-        assert "FAILED: The server was OOMKilled" in run.stdout
-        assert "rolling back to the previous revision (1)" in run.stdout
-        assert "rolled back: the previous revision is serving again: 2/2 pods ready" in run.stdout
+        assert "FAILED: The server was OOMKilled" in run.stdout, run.stdout
+        assert "rolling back to the previous revision (1)" in run.stdout, run.stdout
+        assert "rolled back: the previous revision is serving again: 2/2 pods ready" in run.stdout, run.stdout
         deployment = live.admin.get(MANAGED["Rollout"], HK[0], name)
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["image"].endswith(f"/like/{name}:v1")

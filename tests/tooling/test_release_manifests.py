@@ -182,10 +182,6 @@ def test_the_release_policy_carries_value_py_s_tighter_thresholds_only(tmp_path,
     assert json.loads(text) == policy
 
 
-def test_the_canary_s_name_stays_a_63_character_dns_label():
-    assert release.canary_name("text-direction") == "text-direction-canary"
-    long = "a" * 60 + "-b"
-    named = release.canary_name(long)
-    assert len(named) <= 63 and named.endswith("-canary") and named != release.canary_name("a" * 60 + "-c")
+def test_the_canary_s_pods_at_a_step_are_its_share_of_stable_s_rounded_up_at_least_one():
     assert release.canary_replicas(10, 2) == 1 and release.canary_replicas(50, 3) == 2 and release.canary_replicas(
         10, 0) == 1

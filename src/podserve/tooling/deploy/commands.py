@@ -13,9 +13,8 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
-from podserve.tooling import release, routing, tenancy
+from podserve.tooling import job_time, release, routing, tenancy
 from podserve.tooling.conf import Conf, DeployPolicy
-from podserve.tooling import job_time
 from podserve.tooling.deploy import (argo, budget, diagnosis, drift, failures, freeze, notify, pipeline, rollout,
                                     verdict_gate)
 from podserve.tooling.deploy.errors import BadInput, ClusterError, LockLost, Refused, RollbackIncomplete, Terminated
@@ -457,6 +456,9 @@ def mesh_steps(kube: Kube, objects: list[dict], propagation_seconds: float, say=
             time.sleep(propagation_seconds)
         return [waiting] if propagation_seconds else []
 
+    # a Rollout after the VirtualService and DestinationRule it names: Argo validates them when it first sees it (a
+    # Rollout naming one not yet there is Degraded, InvalidSpec, until its next resync)
+    rest.sort(key=lambda obj: obj.get("kind") == "Rollout")
     return (growing + (wait("carry the new subsets before a route names them") if growing else []) + rest
             + (wait("route away from the subsets that go") if shrinking else []) + shrinking)
 

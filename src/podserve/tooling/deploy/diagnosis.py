@@ -70,6 +70,9 @@ def diagnose(obs: Observed) -> Verdict:
     deployment = obs.deployment
     if deployment is None:
         return Verdict(PROGRESSING, "waiting for the Deployment to appear")
+    if deployment.get("kind") == "Rollout" and not _observed(deployment):
+        # its status (currentPodHash: which pods are new) is still the previous spec's, a rollback's failed pods
+        return Verdict(PROGRESSING, "waiting for Argo Rollouts to observe the new spec")
     pods = new_pods(deployment, obs.replicasets, obs.pods)
     certain = next((v for v in (_certain_failure(pod, obs) for pod in pods) if v), None) or \
         _create_refused(deployment, obs.replicasets)
