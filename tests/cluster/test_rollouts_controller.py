@@ -37,6 +37,14 @@ def weights(objects, namespace: str, name: str) -> set[tuple]:
             for http in found["spec"]["http"] if len(http["route"]) == 2}
 
 
+def with_steps(rollout: dict, steps: list[dict]) -> dict:
+    """The Rollout render wrote for hk, with these steps and a short scale-down delay."""
+    found = copy.deepcopy(rollout)
+    canary = found["spec"]["strategy"]["canary"]
+    canary.update(steps=steps, scaleDownDelaySeconds=SCALE_DOWN_DELAY_SECONDS)
+    return found
+
+
 @pytest.fixture
 def objects(api):
     from kubernetes import client
@@ -49,14 +57,13 @@ def test_a_canary_runs_on_the_controller_with_the_charts_rbac(rollouts_controlle
     namespace = scratch_namespace("argo", {"pod-security.kubernetes.io/enforce": "restricted"})
     stage = services["example"].stages["hk"]
     by_kind = {o["kind"]: o for o in stage}
-    name = by_kind["Deployment"]["metadata"]["name"]
+    name = by_kind["Rollout"]["metadata"]["name"]
     assert len(rollouts.weighted_routes(by_kind["VirtualService"])) == 2, \
         "the production route has its exact path and its sub-paths, both weighted"
     for kind in ("Service", "DestinationRule", "VirtualService"):
         applier.apply(moved(by_kind[kind], namespace))
     # the old stable's pods serve SCALE_DOWN_DELAY_SECONDS after the switch; the Rollout is complete once they are gone
-    rollout = moved(rollouts.rollout(by_kind["Deployment"], by_kind["VirtualService"], by_kind["DestinationRule"],
-                                     [{"setWeight": 20}, {"pause": {}}], SCALE_DOWN_DELAY_SECONDS), namespace)
+    rollout = moved(with_steps(by_kind["Rollout"], [{"setWeight": 20}, {"pause": {}}]), namespace)
     applier.apply(rollout)
 
     def phase() -> str:
@@ -114,7 +121,7 @@ def test_a_canary_step_runs_the_services_analysis_on_both_pod_template_hashes(ro
 
     namespace = scratch_namespace("argo-analysis", {"pod-security.kubernetes.io/enforce": "restricted"})
     by_kind = {o["kind"]: moved(o, namespace) for o in services["example"].stages["hk"]}
-    meta = by_kind["Deployment"]["metadata"]
+    meta = by_kind["Rollout"]["metadata"]
     name = meta["name"]
     for kind in ("Service", "DestinationRule", "VirtualService"):
         applier.apply(by_kind[kind])
@@ -126,8 +133,7 @@ def test_a_canary_step_runs_the_services_analysis_on_both_pod_template_hashes(ro
         for metric in template["spec"]["metrics"]:  # measured at once (production waits out slow start and a window)
             metric["initialDelay"] = "0s"
         applier.apply(template)
-        rollout = rollouts.rollout(by_kind["Deployment"], by_kind["VirtualService"], by_kind["DestinationRule"],
-                                   rollouts.steps([20], rollouts.template_name(name)), SCALE_DOWN_DELAY_SECONDS)
+        rollout = with_steps(by_kind["Rollout"], rollouts.steps([20], rollouts.template_name(name)))
         applier.apply(rollout)
 
         def status() -> dict:
