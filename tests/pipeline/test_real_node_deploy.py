@@ -130,10 +130,13 @@ MEMORY_CASE = {"memory": "2Gi", "cpu": "1", "decode_processes": 1, "max_image_pi
                "request_timeout_ms": 30000}
 
 
-def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_nothing(grey_service, istiod, tmp_path):
-    """hk's production stage (2 replicas) on the real node, v1 then v2, while 32 clients call through the gateway
-    (Envoy fed by istiod, in its own pod network on the node's bridge), the chart's NetworkPolicies enforced by the
-    node's kube-network-policies."""
+def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_nothing(grey_service, istiod,
+                                                                                    rollouts_controller, tmp_path):
+    """hk's production stage (2 replicas) on the real node, v1 then v2 released by Argo Rollouts (render's Rollout, no
+    canary steps: the new ReplicaSet in full, the route's subsets switched, the old pods scaled down after
+    scaleDownDelaySeconds), while 32 clients call through the gateway (Envoy fed by istiod, in its own pod network on
+    the node's bridge) until every v1 pod is stopping, the chart's NetworkPolicies enforced by the node's
+    kube-network-policies."""
     import base64
     import threading
     import time
@@ -202,6 +205,12 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_not
         poll_until(lambda: len(statuses) >= CLIENTS, "every client answered once before the update", 60)
         before, verdicts = len(statuses), svc.node.policies.verdicts()
         update = svc.deploy("apply", manifests=v2, stage="hk")
+        # Argo scales v1 down scaleDownDelaySeconds after the switch: the callers go on until then
+        delay = yaml.safe_load(next(v2.glob("rollout.yaml")).read_text())["spec"]["strategy"]["canary"][
+            "scaleDownDelaySeconds"]
+        poll_until(lambda: all(p.metadata.deletion_timestamp or p.metadata.name not in old for p in
+                               core.list_namespaced_pod(namespace, label_selector=f"service={svc.name}").items),
+                   "every v1 pod stopping (Argo's scale-down)", delay + 60)
         after, judged = len(statuses), svc.node.policies.verdicts()
         stop.set()
         for thread in callers:
@@ -238,8 +247,8 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_not
             gateway.stop()
         if network is not None:
             network.remove()
-        subprocess.run([KUBECTL, "delete", "-n", namespace, "deployment,service,pdb,configmap,"
-                        "virtualservices.networking.istio.io,destinationrules.networking.istio.io",
+        subprocess.run([KUBECTL, "delete", "-n", namespace, "rollouts.argoproj.io,analysistemplates.argoproj.io,"
+                        "service,pdb,configmap,virtualservices.networking.istio.io,destinationrules.networking.istio.io",
                         "-l", f"service={svc.name}", "--wait=false"], capture_output=True, env=svc.plane.tool_env())
 
 

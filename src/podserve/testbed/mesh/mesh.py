@@ -216,7 +216,8 @@ class Mesh:
                   inside=self.network.inside)
         if name not in self._adopted:
             core = client.CoreV1Api(self._api)
-            core.create_namespaced_pod(workload.namespace, pod_object(pod, workload.template, workload.namespace))
+            core.create_namespaced_pod(workload.namespace,
+                                       pod_object(pod, workload.template, workload.namespace, workload.labels))
             # the scheduler places it (a kwok node of its pool; kwok leaves it to the mesh): its status comes after
             poll_until(lambda: core.read_namespaced_pod(name, workload.namespace).spec.node_name,
                        f"the scheduler placing pod {workload.namespace}/{name}", SCHEDULE_TIMEOUT_SECONDS, every=0.05)

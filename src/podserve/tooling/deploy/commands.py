@@ -46,7 +46,6 @@ class Options:
     scheduling_grace_seconds: float = 90
     lock_wait_seconds: float = 600
     lock_lease_seconds: int = 60
-    canary_scale_down_delay_seconds: float = 30  # render's (the Rollout's scaleDownDelaySeconds); kept for the CLI
     started: float | None = None  # time.monotonic() when the tool started: the job's start without $CI_JOB_STARTED_AT
     verdict: str | None = None  # grey's verdict file (verdict_gate.py)
 
@@ -54,8 +53,7 @@ class Options:
 def options_from(policy: DeployPolicy, **chosen) -> Options:
     """Return Options with the policy's values where the command line chose none."""
     defaults = Options(scheduling_grace_seconds=policy.scheduling_grace_seconds,
-                       lock_wait_seconds=policy.lock_wait_seconds, lock_lease_seconds=policy.lock_lease_seconds,
-                       canary_scale_down_delay_seconds=policy.canary_scale_down_delay_seconds)
+                       lock_wait_seconds=policy.lock_wait_seconds, lock_lease_seconds=policy.lock_lease_seconds)
     return replace(defaults, **{k: v for k, v in chosen.items() if v is not None})
 
 
