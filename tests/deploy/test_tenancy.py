@@ -21,7 +21,7 @@ from live import REPO, Live
 from podserve.testbed.cluster.platform import REGION_LABEL
 from podserve.testbed.processes import poll_until
 from podserve.tooling import release, tenancy
-from podserve.tooling.deploy import drift
+from podserve.tooling.deploy import argo, drift
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, Kind
 from podserve.tooling.deploy.target import label_selector
 from podserve.tooling.rollout import workload_of
@@ -547,7 +547,8 @@ def test_a_production_rollout_on_a_full_gpu_pool_preempts_grey_and_completes(tea
         assert rollout.seconds < 60  # never a rollback after minutes
         deployment = a.admin.get(MANAGED["Rollout"], a.namespace("hk"), name)
         assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":v2")
-        assert deployment["status"]["readyReplicas"] == 1
+        # v2's one pod serves as stable (v1's stays scaleDownDelaySeconds longer: Argo's scale-down after the switch)
+        assert argo.state_of(deployment).promoted and deployment["status"]["updatedReplicas"] == 1
         preempted = [e for e in a.items(EVENTS, a.namespace("grey")) if e.get("reason") == "Preempted"]
         assert preempted and grey_pods[0]["metadata"]["name"] in {e["involvedObject"]["name"] for e in preempted}
     finally:
