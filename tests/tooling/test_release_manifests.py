@@ -21,8 +21,8 @@ def test_production_always_routes_to_the_subsets_by_weight_and_no_header_reaches
     for name in ("hk", "eu", "na"):
         objects = _by_kind(stages[name])
         subsets = objects["DestinationRule"]["spec"]["subsets"]
-        assert [(s["name"], s["labels"]) for s in subsets] == [("stable", {"track": "stable"}),
-                                                              ("canary", {"track": "canary"})]
+        # by Argo's pod template hash alone (it writes it): never by track, which Argo moves after the switch
+        assert [(s["name"], s.get("labels")) for s in subsets] == [("stable", None), ("canary", None)]
         pools = {s["name"]: s["trafficPolicy"]["connectionPool"]["http"]["http2MaxRequests"] for s in subsets}
         whole = objects["DestinationRule"]["spec"]["trafficPolicy"]["connectionPool"]["http"]["http2MaxRequests"]
         replicas = objects["Rollout"]["spec"]["replicas"]

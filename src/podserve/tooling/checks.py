@@ -230,9 +230,9 @@ def _check_mesh(by_kind: dict[str, list[dict]], conf: Conf, team: str, stage: St
         say("DestinationRule", f"must define the one subset {release.MIRROR_SUBSET} by the label {release.MIRROR_LABEL}"
             f"={release.MIRROR_LABEL_VALUE}, not {subsets}: production's mirror reaches grey's pods of the protected "
             "default branch only")
-    if stage.production and subsets != {name: {release.TRACK_LABEL: name} for name in release.SUBSETS}:
-        say("DestinationRule", f"must define the subsets {', '.join(release.SUBSETS)} by their {release.TRACK_LABEL} "
-            f"label, not {subsets}: the route always goes to them by weight")
+    if stage.production and subsets != {name: None for name in release.SUBSETS}:
+        say("DestinationRule", f"must define the subsets {', '.join(release.SUBSETS)} without labels (Argo Rollouts "
+            f"writes each one's pod template hash), not {subsets}: the route always goes to them by weight")
     for http in vs["spec"].get("http") or []:
         for route in http.get("route") or []:
             destination = route["destination"]

@@ -141,12 +141,16 @@ def _grey_subsets(stage: Stage) -> list[dict]:
 
 
 def _subsets(values: ServiceValues, conf: Conf, most_pods: int) -> list[dict]:
-    """The production DestinationRule's subsets, by track, each with a connection pool for its own pods: stable's
-    for the stage's most pods, the canary's for its most (its largest step of them)."""
+    """The production DestinationRule's subsets, each with a connection pool for its own pods: stable's for the
+    stage's most pods, the canary's for its most (its largest step of them). No labels: Argo Rollouts writes each
+    subset's rollouts-pod-template-hash, which alone tells them apart. Not `track`: Argo moves a promoted ReplicaSet's
+    pods from track canary to stable only after it switched the subsets' hashes, so a subset selecting both had no
+    pod meanwhile (measured on the real node under 32 clients: 23 of 4,983 requests answered 503 "no healthy
+    upstream" in one update)."""
     idle = conf.platform.http.idle_timeout_seconds
     steps = values["canary_steps"]
     canary_pods = release.canary_replicas(max(steps), most_pods) if steps else 1
-    return [{"name": subset, "labels": {release.TRACK_LABEL: subset},
+    return [{"name": subset,
              "trafficPolicy": {"connectionPool": mesh_limits.connection_pool(values, pods, idle)}}
             for subset, pods in ((release.STABLE, most_pods), (release.CANARY, canary_pods))]
 
