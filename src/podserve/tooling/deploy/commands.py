@@ -146,9 +146,14 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
 def live_workload(kube: Kube, target: Target) -> dict | None:
     """The live object that runs the target's pods (its Deployment, or in production its Rollout), or None."""
     workload = target.deployment()
-    kind, name = (workload["kind"], workload["metadata"]["name"]) if workload else \
-        (workload_kind(target.stage), target.service)
-    return kube.get(MANAGED[kind], target.namespace, name)
+    if workload:
+        return kube.get(MANAGED[workload["kind"]], target.namespace, workload["metadata"]["name"])
+    # by name only (status, rollback, canary with --service): production's Rollout, or an offline worker's Deployment
+    for kind in dict.fromkeys((workload_kind(target.stage), "Deployment")):
+        found = kube.get(MANAGED[kind], target.namespace, target.service)
+        if found is not None:
+            return found
+    return None
 
 
 def attachable(history: History, live: dict | None, objects: list[dict]) -> Revision | None:
