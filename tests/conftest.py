@@ -21,6 +21,36 @@ for name in CI_RUNNER_VARIABLES:
     del os.environ[name]
 
 
+#: Tests that use what a machine has one of (the real node: one kubelet, held under its lock for a session's life;
+#: the image builds the pipeline suite shares): `make test`'s workers (pytest-xdist) run them all on one worker,
+#: started first since together they take the longest. Every other module is a unit of its own.
+ONE_PER_MACHINE = ("tests/pipeline/", "tests/cluster/test_real_node.py")
+ONE_PER_MACHINE_UNIT = "one-per-machine"
+
+
+def _unit(nodeid: str) -> str:
+    """The work unit of a test: ONE_PER_MACHINE's one, else its module."""
+    module = nodeid.split("::")[0]
+    return ONE_PER_MACHINE_UNIT if module.startswith(ONE_PER_MACHINE) else module
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put ONE_PER_MACHINE's tests first (a stable sort: every module keeps its order)."""
+    items.sort(key=lambda item: _unit(item.nodeid) != ONE_PER_MACHINE_UNIT)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scheduling by scope, with _unit's scopes (its loadgroup marks do not reach pytest 9's node ids)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ByUnit(config, log)
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

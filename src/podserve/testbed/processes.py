@@ -37,15 +37,19 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def poll_until(check: Callable[[], object], what: str, timeout: float, every: float = 0.1):
-    """Call `check` until it returns something truthy and return that; raise TimeoutError naming `what`."""
+    """Call `check` until it returns something truthy and return that; raise TimeoutError naming `what`.
+
+    The last call is made once the deadline has passed: a caller starved of the CPU through its sleep still looks
+    once more before it gives up.
+    """
     deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
+    while True:
         last = check()
         if last:
             return last
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f}s (last seen: {last!r})")
         time.sleep(every)
-    raise TimeoutError(f"{what}: not within {timeout:.0f}s (last seen: {last!r})")
 
 
 class Program:
