@@ -13,12 +13,13 @@ of them, about 45 s: the window each test acts in.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import pytest
 import yaml
 
-from live import Live, finish, read_until
+from live import Live, before_rollouts, finish, read_until
 from podserve.tooling import analysis_template as at
 from podserve.tooling.conf import load_conf
 from podserve.tooling.deploy import argo
@@ -212,5 +213,71 @@ def test_sigterm_stops_the_job_not_the_release_and_canary_abort_then_rollback_en
         assert service.history().pending is None and service.history().current.number == 1
         nothing = service.verb("canary", "abort", "--reason", "again")
         assert nothing.returncode == 2 and "no release of dr-sigterm runs" in nothing.stderr, nothing.output
+    finally:
+        service.remove()
+
+
+class ReadyPods:
+    """The fewest ready, not terminating pods of a service seen in a background poll (every 0.2 s), and how many
+    distinct pods were ready at some point."""
+
+    def __init__(self, service: Service):
+        self.service, self.fewest, self.seen = service, None, set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> "ReadyPods":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.2):
+            pods = self.service.live.items(PODS, HK, f"service={self.service.name},stage=hk")
+            ready = [p["metadata"]["uid"] for p in pods if not p["metadata"].get("deletionTimestamp") and any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in (p.get("status") or {}).get(
+                    "conditions") or [])]
+            self.seen.update(ready)
+            self.fewest = len(ready) if self.fewest is None else min(self.fewest, len(ready))
+
+
+def test_a_live_deployment_moves_into_the_rollout_never_short_of_ready_pods_and_a_failed_canary_stays_in_it(
+        live, conf_dir):
+    """It must show 5, on simulated pods (tests/pipeline's real node shows it under traffic): production as deployed
+    before issue 66 (a Deployment of v0, 2 pods), then apply of v1's Rollout. The tool moves the stage into a Rollout
+    of v0 first (its pods beside the Deployment's until all are available, then the Deployment deleted), so v1 is a
+    canary against v0, never a straight replacement; the canary's analysis errors (no Prometheus here), Argo aborts,
+    and the rollback to v0's revision stays in the Rollout: no Deployment is re-created, v0's Rollout pods never
+    restart. Ready pods never fall below 2."""
+    service = Service(live, conf_dir, "dr-migrate")
+    legacy = before_rollouts(live.manifests(service.name, "hk", "v0", extra=STEPS, conf=service.conf) / "hk",
+                             live.tmp / "dr-migrate-before" / "hk").parent
+    try:
+        first = live.deploy("apply", "--stage", "hk", "--conf", service.conf, "--manifests", legacy)
+        assert first.returncode == 0, first.output
+        old = live.admin.get(MANAGED["Deployment"], HK, service.name)
+        assert old["spec"]["selector"]["matchLabels"]["track"] == "stable" and service.rollout() is None
+        with ReadyPods(service) as ready:
+            run = service.apply("v1")
+        print(f"migration then v1's canary: exit {run.returncode} in {run.seconds:.1f} s; fewest ready pods "
+              f"{ready.fewest}, {len(ready.seen)} pods ready at some point")
+        assert run.returncode == 1, run.output  # v1's canary: aborted (its analysis reaches no Prometheus)
+        said = run.stdout
+        assert f"migrating hk from Deployment/{service.name} to Argo Rollouts" in said, run.output
+        assert f"migrated: Deployment/{service.name} replaced by Rollout/{service.name} (2 pods replaced)" in said, run.output
+        assert said.index("migrated:") < said.index("Argo Rollouts aborted the release"), run.output
+        assert "rolled back: the previous revision is serving again" in said, run.output
+        assert live.admin.get(MANAGED["Deployment"], HK, service.name) is None  # never re-created by the rollback
+        state = service.state()
+        assert state.promoted and state.weights == (100, 0), state.describe()
+        (image,) = {c["image"] for c in service.rollout()["spec"]["template"]["spec"]["containers"]}
+        assert image.endswith(":v0"), image
+        assert ready.fewest == 2  # the Deployment's 2 until the Rollout's 2 were ready; never fewer
+        assert len(ready.seen) >= 5  # v0's 2 in the Deployment, v0's 2 in the Rollout, v1's canary
+        assert all(restarts == 0 for _, restarts in service.stable_pods().values()) and len(service.stable_pods()) == 2
+        assert service.history().pending is None
     finally:
         service.remove()

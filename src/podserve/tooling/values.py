@@ -414,8 +414,9 @@ def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
 
 
 def _release_problems(v: dict, conf: Conf):
-    """Yield what an offline service cannot have (mirroring, a canary: it keeps its rolling update), and verdict
-    thresholds looser than the platform's (conf/deploy.yaml `verdict`)."""
+    """Yield what an offline service cannot have (mirroring, a canary: it keeps its rolling update), a canary of a
+    service Kong calls by host port (use_srv), and verdict thresholds looser than the platform's (conf/deploy.yaml
+    `verdict`)."""
     from podserve.tooling.conf import ConfError, load_deploy_policy
 
     if v["mode"] == offline_settings.OFFLINE:
@@ -423,6 +424,11 @@ def _release_problems(v: dict, conf: Conf):
             if v[name] != off:
                 yield name, (f"is {v[name]!r}, but an offline service takes no HTTP traffic to mirror or weigh: it "
                              f"keeps its rolling update; set {name} = {off!r} or remove it")
+    if v["use_srv"] and v["canary_steps"]:
+        yield "canary_steps", (f"is {v['canary_steps']!r}, but use_srv = True: Kong calls the pods on their host port, "
+                               "outside the mesh's weights, so a canary's share of the requests could not be held (and "
+                               "its pods would join Kong's pool at once); set canary_steps = [] (each revision rolled "
+                               "out whole, as Kong sees pods come and go) or use_srv = False")
     try:
         platform = load_deploy_policy(conf=conf).verdict
     except ConfError:

@@ -15,9 +15,10 @@ from datetime import datetime, timedelta, timezone
 
 from podserve.tooling import job_time, release, routing, tenancy
 from podserve.tooling.conf import Conf, DeployPolicy
-from podserve.tooling.deploy import (argo, budget, diagnosis, drift, failures, freeze, notify, pipeline, rollout,
-                                    verdict_gate)
-from podserve.tooling.deploy.errors import BadInput, ClusterError, LockLost, Refused, RollbackIncomplete, Terminated
+from podserve.tooling.deploy import (argo, budget, diagnosis, drift, failures, freeze, migration, notify, pipeline,
+                                    rollout, verdict_gate)
+from podserve.tooling.deploy.errors import (BadInput, ClusterError, DeployError, LockLost, Refused,
+                                            RollbackIncomplete, Terminated)
 from podserve.tooling.deploy.history import History, Revision, as_applied, history_name, now_text
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, REPLICASETS, Kube, kind_of
 from podserve.tooling.deploy.lock import DeployLock, holder_identity
@@ -92,6 +93,8 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         check_job_timeout(target, conf, opts, objects, before, live_replicas(kube, target),  # with the real time left
                           canary_seconds=canary_worst_seconds(target, objects, policy, live_replicas(kube, target) or 1))
         validate(kube, objects)
+        if migrate_to_rollout(kube, target, objects, conf, opts, say, lock.check, workload_of(list(restore.objects))):
+            live = live_workload(kube, target)  # the interim Rollout; a failure rolls back within it (roll_back_to)
         attached = attachable(history, live, objects)
         number = attached.number if attached else history.next_number()
         revision = Revision(number, objects, target.image(), holder_identity(), now_text(), forced, job.pipeline,
@@ -144,16 +147,76 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
 
 
 def live_workload(kube: Kube, target: Target) -> dict | None:
-    """The live object that runs the target's pods (its Deployment, or in production its Rollout), or None."""
+    """The live object that runs the target's pods (its Deployment, or in production its Rollout, or the Deployment
+    a production stage ran before its migration to the Rollout), or None."""
     workload = target.deployment()
     if workload:
-        return kube.get(MANAGED[workload["kind"]], target.namespace, workload["metadata"]["name"])
+        found = kube.get(MANAGED[workload["kind"]], target.namespace, workload["metadata"]["name"])
+        if found is None and workload["kind"] == "Rollout":  # a stage not yet migrated from its Deployment
+            found = kube.get(MANAGED["Deployment"], target.namespace, workload["metadata"]["name"])
+        return found
     # by name only (status, rollback, canary with --service): production's Rollout, or an offline worker's Deployment
     for kind in dict.fromkeys((workload_kind(target.stage), "Deployment")):
         found = kube.get(MANAGED[kind], target.namespace, target.service)
         if found is not None:
             return found
     return None
+
+
+class MigrationFailed(DeployError):
+    """The interim Rollout of a migration from a Deployment never served: it was removed, the Deployment serves."""
+
+
+#: How long a migration waits, beyond the old pods' terminationGracePeriodSeconds, for them to be gone.
+MIGRATION_DRAIN_MARGIN_SECONDS = 60
+
+
+def migrate_to_rollout(kube: Kube, target: Target, objects: list[dict], conf: Conf, opts: Options, say=print,
+                       check=lambda: None, recorded: dict | None = None) -> list[dict] | None:
+    """Move a production stage from its live Deployment to Argo's Rollout without dropping a request (migration.py):
+    the interim Rollout runs the Deployment's pods beside it until every one is available, then the Deployment goes.
+    `recorded`: the Deployment as the history recorded it when the live one has not drifted from it (its template as
+    rendered, which hashes as this apply's when the build is the same: no second replacement). Return the interim
+    objects, or None when nothing runs in a Deployment. MigrationFailed when the interim pods never serve (the
+    Rollout removed, the Deployment serving)."""
+    workload = workload_of(objects)
+    if not target.stage.production or workload is None:
+        return None
+    name = workload["metadata"]["name"]
+    old = migration.legacy_deployment(kube.get(MANAGED["Deployment"], target.namespace, name), objects)
+    if old is None:
+        return None
+    moved = migration.interim(objects, old, migration.same_workload(recorded, old))
+    replicas = old["spec"].get("replicas", 1)
+    say(f"migrating {target.stage.name} from Deployment/{name} to Argo Rollouts: Rollout/{name} starts {replicas} "
+        f"pods of the Deployment's pod template, and the Deployment's {replicas} serve until every one is available")
+    for step in mesh_steps(kube, moved, conf.platform.mesh.propagation_seconds, say):
+        check()
+        step() if callable(step) else _apply_one(kube, step, say)
+    interim = replace(target, objects=tuple(moved))
+    verdict = rollout.wait(kube, interim, wait_settings(interim, conf, opts, moved, replicas), say, check)
+    if verdict.state != diagnosis.SERVING:
+        check()
+        kube.delete(MANAGED["Rollout"], target.namespace, name)
+        raise MigrationFailed(f"the migration to Argo Rollouts stopped: Rollout/{name}'s pods of the running build "
+                              f"did not serve ({verdict.message}). Rollout/{name} was removed; Deployment/{name} "
+                              "serves as before. Fix what the message names (for GPUs: the migration runs both "
+                              "workloads' pods at once) and deploy again")
+    check()
+    selector = migration.old_pods_selector(old)
+    kube.delete(MANAGED["Deployment"], target.namespace, name, uid=old["metadata"]["uid"])
+    grace = (old["spec"]["template"]["spec"].get("terminationGracePeriodSeconds") or 30)
+    say(f"Rollout/{name} serves with {replicas} pods: deleted Deployment/{name}; waiting up to "
+        f"{grace + MIGRATION_DRAIN_MARGIN_SECONDS} s for its pods to drain and stop")
+    deadline = time.monotonic() + grace + MIGRATION_DRAIN_MARGIN_SECONDS
+    while left := kube.list(PODS, target.namespace, selector).get("items") or []:
+        if time.monotonic() > deadline:
+            say(f"warning: {len(left)} pod(s) of Deployment/{name} still stopping; going on")
+            break
+        check()
+        time.sleep(1)
+    say(f"migrated: Deployment/{name} replaced by Rollout/{name} ({replicas} pods replaced)")
+    return moved
 
 
 def attachable(history: History, live: dict | None, objects: list[dict]) -> Revision | None:
@@ -278,6 +341,8 @@ def roll_back_to(kube: Kube, target: Target, objects: list[dict], number: int | 
     `check` runs before each write, as in a deploy (the deploy lock's: LockLost stops it, the stage being another
     deploy's by then); `rolled_out`, the new pods a failed rollout had made available, budgets the wait
     (budget.rollback_seconds; None: the whole rollout of the objects)."""
+    if target.stage.production and (workload_of(list(objects)) or {}).get("kind") == "Deployment":
+        objects = migration.into_rollout(list(objects), live_objects(kube, target))  # never back to a Deployment
     if objects:
         say(f"rolling back to the previous revision{f' ({number})' if number else ''}")
     else:
