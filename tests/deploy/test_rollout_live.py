@@ -260,6 +260,9 @@ def test_a_live_deployment_moves_into_the_rollout_never_short_of_ready_pods_and_
         assert first.returncode == 0, first.output
         old = live.admin.get(MANAGED["Deployment"], HK, service.name)
         assert old["spec"]["selector"]["matchLabels"]["track"] == "stable" and service.rollout() is None
+        dry = live.deploy(*service.apply_args("v1"), "--dry-run")
+        assert dry.returncode == 0 and f"would move Deployment/{service.name} into Rollout" in dry.stdout, dry.output
+        assert f"would delete Deployment/{service.name}" not in dry.stdout, dry.output
         with ReadyPods(service) as ready:
             run = service.apply("v1")
         print(f"migration then v1's canary: exit {run.returncode} in {run.seconds:.1f} s; fewest ready pods "

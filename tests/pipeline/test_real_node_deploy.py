@@ -13,17 +13,16 @@ from __future__ import annotations
 import json
 import subprocess
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from contextlib import ExitStack
 from typing import Iterator
 
 import pytest
 
-from real_node_service import REPO, TEAM, Deployed, RealNodeService
+from real_node_service import (KUBECTL, REPO, TEAM, Deployed, RealNodeService, hk_gateway, remove_hk,
+                               subset_cluster)
 
 from podserve.tooling.deploy import failures
 
-KUBECTL = str(REPO / ".tools" / "bin" / "kubectl")
 
 #: The cases' pods ask this much CPU each, so that the four fit the real node (2 cores) at once with room to spare.
 CASE_CPU = "400m"
@@ -132,43 +131,6 @@ MEMORY_CASE = {"memory": "2Gi", "cpu": "1", "decode_processes": 1, "max_image_pi
                "request_timeout_ms": 30000}
 
 
-@contextmanager
-def hk_gateway(svc: RealNodeService, istiod, work: Path) -> Iterator:
-    """hk's gateway (Envoy fed by istiod) in its own pod network on the real node's bridge; stopped at the end."""
-    from podserve.testbed.cluster.node import BRIDGE, GATEWAY_ADDRESS, POD_SUBNET
-    from podserve.testbed.mesh.gateway import Gateway
-    from podserve.testbed.mesh.podnetwork import PodNetwork
-    from podserve.tooling import chart_values
-
-    network, gateway = PodNetwork.create(), None
-    try:
-        network.attach(BRIDGE, f"{GATEWAY_ADDRESS}/{POD_SUBNET.split('/')[1]}")
-        gateway = Gateway.start(svc.plane.api_client(), istiod, network, work, svc.conf.stages["hk"].gateway,
-                                chart_values.chart_values(svc.conf, "hk")["gateways"][0]["selector"])
-        yield gateway
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        network.remove()
-
-
-def stable_cluster(svc: RealNodeService, manifests: Path, namespace: str) -> str:
-    """Envoy's name of the stable subset's cluster of the service the stage folder `manifests` holds."""
-    import yaml
-
-    (service,) = [d for f in sorted(manifests.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
-                  if d and d["kind"] == "Service"]
-    return f"outbound|{service['spec']['ports'][0]['port']}|stable|{svc.name}.{namespace}.svc.cluster.local"
-
-
-def remove_hk(svc: RealNodeService, namespace: str) -> None:
-    """Delete the service's hk objects as the admin (production cannot be deleted with the tool)."""
-    subprocess.run([KUBECTL, "delete", "-n", namespace, "rollouts.argoproj.io,analysistemplates.argoproj.io,"
-                    "deployments,service,pdb,configmap,virtualservices.networking.istio.io,"
-                    "destinationrules.networking.istio.io", "-l", f"service={svc.name}", "--wait=false"],
-                   capture_output=True, env=svc.plane.tool_env())
-
-
 def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_nothing(grey_service, istiod,
                                                                                     rollouts_controller, tmp_path):
     """hk's production stage (2 replicas) on the real node, v1 then v2 released by Argo Rollouts (render's Rollout, no
@@ -196,7 +158,7 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_not
     try:
         first = svc.deploy("apply", manifests=v1, stage="hk")
         assert first.returncode == 0, first.output
-        cluster = stable_cluster(svc, v1, namespace)
+        cluster = subset_cluster(svc, v1, namespace)
         gateway = stack.enter_context(hk_gateway(svc, istiod, tmp_path))
         v1_pods = {p.status.pod_ip for p in core.list_namespaced_pod(namespace,
                                                                      label_selector=f"service={svc.name}").items}
@@ -348,7 +310,7 @@ def test_the_move_from_the_deployment_to_the_rollout_under_60_requests_a_second_
         before = {p.metadata.name: p.status.pod_ip for p in pods()}
         assert len(before) == 2 and all("rollouts-pod-template-hash" not in p.metadata.labels for p in pods())
         gateway = stack.enter_context(hk_gateway(svc, istiod, tmp_path))
-        poll_until(lambda: set(gateway.envoy.hosts(stable_cluster(svc, rendered, namespace))) == set(before.values()),
+        poll_until(lambda: set(gateway.envoy.hosts(subset_cluster(svc, rendered, namespace))) == set(before.values()),
                    "Envoy sends the stable subset to the Deployment's 2 pods", 30)
         url, start = gateway.url + stage.public_path(svc.name, TEAM), time.monotonic() + 0.2
         threads = [threading.Thread(target=caller, args=(i, url, start), daemon=True) for i in range(CALLERS)]

@@ -859,7 +859,15 @@ def dry_run(kube: Kube, target: Target, say=print) -> int:
         changed = differences(_comparable(live), _comparable(after))
         say(f"would change {what}: {', '.join(changed[:12])}{' ...' if len(changed) > 12 else ''}" if changed
             else f"unchanged {what}")
+    workload = workload_of(list(target.objects))
+    old = migration.legacy_deployment(kube.get(MANAGED["Deployment"], target.namespace, workload["metadata"]["name"]),
+                                      list(target.objects)) if target.stage.production and workload else None
     for obj in prunable(kube, target, list(target.objects)):
+        if old is not None and (obj["kind"], obj["metadata"]["name"]) == ("Deployment", old["metadata"]["name"]):
+            say(f"would move Deployment/{old['metadata']['name']} into Rollout/{old['metadata']['name']} first: a "
+                "Rollout of the running build beside it until all its pods are available, then the Deployment "
+                "deleted (docs/deploy.md: The move from the Deployment)")
+            continue
         say(f"would delete {obj['kind']}/{obj['metadata']['name']} (no longer rendered)")
 
     return failures.EXIT_SERVING
