@@ -340,3 +340,23 @@ def test_an_aborted_rollout_fails_with_argo_s_words_and_the_analysis_counts():
     assert said in verdict.message
     assert "errors: Failed [failed 1] value [120,6000,6,6000,120]" in verdict.message
     assert "canary new against stable old" in verdict.message
+
+
+def test_an_aborted_rollout_whose_spec_is_stable_s_again_waits_for_argo_to_clear_the_abort():
+    """A rollback re-applied stable's spec after an abort: Argo may write the observed generation a status write
+    before it clears the abort. The spec's template hash (the tool's annotation) is the stable ReplicaSet's: no
+    verdict yet. The same abort on the failed revision's spec is a failure."""
+    from podserve.tooling.deploy import drift
+
+    said = "RolloutAborted: Rollout aborted update to revision 2"
+    rollout = _rollout(phase="Degraded", abort=True, message=said, generation=3, observed="3")
+    rollout["spec"].setdefault("template", {}).setdefault("metadata", {})["annotations"] = {
+        drift.TEMPLATE_HASH: "stable-spec"}
+    old, new = _hashed()
+    for rs, spec in ((old, "stable-spec"), (new, "failed-spec")):
+        rs["spec"] = {"template": {"metadata": {"annotations": {drift.TEMPLATE_HASH: spec}}}}
+    observed = Observed(rollout, [old, new], [pod(ready=True)], [], NOW, {}, GRACE, 100.0, "", ())
+    verdict = diagnose(observed)
+    assert verdict.state == diagnosis.PROGRESSING and "taking stable's spec back" in verdict.message
+    rollout["spec"]["template"]["metadata"]["annotations"][drift.TEMPLATE_HASH] = "failed-spec"
+    assert diagnose(observed).failure is failures.ROLLOUT_ABORTED

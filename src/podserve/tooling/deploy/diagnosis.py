@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from podserve.tooling import analysis_template as at
-from podserve.tooling.deploy import argo, failures
+from podserve.tooling.deploy import argo, drift, failures
 from podserve.tooling.deploy.failures import Failure
 
 SERVING, PROGRESSING, FAILED = "serving", "progressing", "failed"
@@ -84,6 +84,8 @@ def diagnose(obs: Observed) -> Verdict:
                               f"no new pod became available within progressDeadlineSeconds = {deadline}")
     if deployment.get("kind") == "Rollout":
         state = argo.state_of(deployment)
+        if state.observed and state.aborted and _back_on_stable(deployment, state, obs.replicasets):
+            return Verdict(PROGRESSING, "Argo Rollouts taking stable's spec back after the abort")
         if state.observed and (state.aborted or state.phase == argo.DEGRADED):
             analysis = argo.failed_analysis(list(obs.analysis_runs))
             return _failed(failures.ROLLOUT_ABORTED, f"{state.message or 'aborted'}"
@@ -96,6 +98,15 @@ def diagnose(obs: Observed) -> Verdict:
         states = progress_line(deployment, pods, line)  # no events: the verdict quotes a pod's newest one itself
         return _after_waiting(pods, obs, failures.TIMED_OUT, f"the budget ran out with {states}")
     return Verdict(PROGRESSING, progress)
+
+
+def _back_on_stable(rollout: dict, state: argo.State, replicasets: list[dict]) -> bool:
+    """Whether an aborted Rollout's spec is its stable ReplicaSet's pod template again (a rollback re-applied it):
+    Argo clears the abort once it acts on that spec, which may come a status write after it observed the spec."""
+    ours = drift.running_hash(rollout)
+    return bool(ours) and any(drift.running_hash(rs) == ours for rs in replicasets
+                              if ((rs.get("metadata") or {}).get("labels") or {}).get(at.HASH_POD_LABEL)
+                              == state.stable_hash)
 
 
 def _observed(workload: dict) -> bool:
