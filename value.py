@@ -73,7 +73,7 @@ drain_seconds = 5          # on shutdown, seconds /api/ping is 503 before the se
                                   # production's payloads, callers get production's answers only; 0: off
 # canary_steps = []                 # e.g. [10, 50]: production gets the new pod template as a canary at 10%,
                                   # then 50% of requests, judged by the verdict at each step, before its rollout;
-                                  # []: a plain rolling update
+                                  # []: a plain rolling update (the only choice with use_srv = True)
 # verdict_error_margin = None       # tighter than conf/deploy.yaml's verdict: the 5xx share over stable's allowed
 # verdict_latency_margin = None     # the share of requests above stable's 90% latency bucket over stable's
 # verdict_window_seconds = None     # a longer window to judge each step by

@@ -13,38 +13,16 @@ import copy
 
 import pytest
 
+from podserve.tooling import analysis_template as at
 from podserve.tooling import release
+from podserve.tooling import rollout as rollouts
+from podserve.tooling.conf import load_deploy_policy
 from waiting import wait_for
 
 ARGO = ("argoproj.io", "v1alpha1")
 ISTIO = ("networking.istio.io", "v1")
-HASH_LABEL = "rollouts-pod-template-hash"
+HASH_LABEL = at.HASH_POD_LABEL
 SCALE_DOWN_DELAY_SECONDS = 5
-
-
-def rollout_from(deployment: dict, route_names: list[str], steps: list[dict]) -> dict:
-    """The rendered hk Deployment as a Rollout: canary strategy, Istio subset-level routing, track by Argo."""
-    found = copy.deepcopy(deployment)
-    spec = found["spec"]
-    for key in ("strategy", "progressDeadlineSeconds"):
-        spec.pop(key, None)
-    selector = {k: v for k, v in spec["selector"]["matchLabels"].items() if k != release.TRACK_LABEL}
-    spec["selector"] = {"matchLabels": selector}
-    labels = spec["template"]["metadata"]["labels"]
-    labels.pop(release.TRACK_LABEL, None)
-    name = found["metadata"]["name"]
-    spec["strategy"] = {"canary": {
-        # the old stable's pods serve this long after the switch (what gateways still route by the old weights);
-        # the Rollout is complete only once they are gone
-        "scaleDownDelaySeconds": SCALE_DOWN_DELAY_SECONDS,
-        "stableMetadata": {"labels": {release.TRACK_LABEL: release.STABLE}},
-        "canaryMetadata": {"labels": {release.TRACK_LABEL: release.CANARY}},
-        "trafficRouting": {"istio": {
-            "virtualService": {"name": name, "routes": route_names},
-            "destinationRule": {"name": name, "canarySubsetName": release.CANARY,
-                                "stableSubsetName": release.STABLE}}},
-        "steps": steps}}
-    return dict(found, apiVersion="argoproj.io/v1alpha1", kind="Rollout")
 
 
 def moved(obj: dict, namespace: str) -> dict:
@@ -59,6 +37,14 @@ def weights(objects, namespace: str, name: str) -> set[tuple]:
             for http in found["spec"]["http"] if len(http["route"]) == 2}
 
 
+def with_steps(rollout: dict, steps: list[dict]) -> dict:
+    """The Rollout render wrote for hk, with these steps and a short scale-down delay."""
+    found = copy.deepcopy(rollout)
+    canary = found["spec"]["strategy"]["canary"]
+    canary.update(steps=steps, scaleDownDelaySeconds=SCALE_DOWN_DELAY_SECONDS)
+    return found
+
+
 @pytest.fixture
 def objects(api):
     from kubernetes import client
@@ -71,12 +57,13 @@ def test_a_canary_runs_on_the_controller_with_the_charts_rbac(rollouts_controlle
     namespace = scratch_namespace("argo", {"pod-security.kubernetes.io/enforce": "restricted"})
     stage = services["example"].stages["hk"]
     by_kind = {o["kind"]: o for o in stage}
-    name = by_kind["Deployment"]["metadata"]["name"]
-    routes = [http["name"] for http in by_kind["VirtualService"]["spec"]["http"] if len(http["route"]) == 2]
-    assert len(routes) == 2, "the production route has its exact path and its sub-paths, both weighted"
+    name = by_kind["Rollout"]["metadata"]["name"]
+    assert len(rollouts.weighted_routes(by_kind["VirtualService"])) == 2, \
+        "the production route has its exact path and its sub-paths, both weighted"
     for kind in ("Service", "DestinationRule", "VirtualService"):
         applier.apply(moved(by_kind[kind], namespace))
-    rollout = moved(rollout_from(by_kind["Deployment"], routes, [{"setWeight": 20}, {"pause": {}}]), namespace)
+    # the old stable's pods serve SCALE_DOWN_DELAY_SECONDS after the switch; the Rollout is complete once they are gone
+    rollout = moved(with_steps(by_kind["Rollout"], [{"setWeight": 20}, {"pause": {}}]), namespace)
     applier.apply(rollout)
 
     def phase() -> str:
@@ -121,3 +108,63 @@ def test_a_canary_runs_on_the_controller_with_the_charts_rbac(rollouts_controlle
 
     wait_for(reported_completed, "rollout_info says Completed (the old ReplicaSet scaled down)",
              timeout=SCALE_DOWN_DELAY_SECONDS + 45)
+
+
+def test_a_canary_step_runs_the_services_analysis_on_both_pod_template_hashes(rollouts_controller, applier, objects,
+                                                                              core, services, scratch_namespace,
+                                                                              tmp_path):
+    """The Rollout's analysis step (rollout.steps) starts an AnalysisRun of the service's AnalysisTemplate
+    (rollout.analysis_template) with the canary's and stable's pod template hashes as Argo resolves them, and every
+    query of the run selects those hashes in the Rollout's namespace. Prometheus is real and empty: the first
+    measurement has nothing to count (inconclusive), which is not a pass."""
+    from podserve.testbed.prometheus import Prometheus
+
+    namespace = scratch_namespace("argo-analysis", {"pod-security.kubernetes.io/enforce": "restricted"})
+    by_kind = {o["kind"]: moved(o, namespace) for o in services["example"].stages["hk"]}
+    meta = by_kind["Rollout"]["metadata"]
+    name = meta["name"]
+    for kind in ("Service", "DestinationRule", "VirtualService"):
+        applier.apply(by_kind[kind])
+    prometheus = Prometheus(tmp_path / "prometheus", []).start()
+    try:
+        thresholds = at.Thresholds.of(load_deploy_policy().verdict)
+        comparison = at.canary(namespace, meta["labels"]["team"], name, "hk", thresholds, 15)
+        template = rollouts.analysis_template(name, namespace, meta["labels"], comparison, prometheus.url, 0)
+        for metric in template["spec"]["metrics"]:  # measured at once (production waits out slow start and a window)
+            metric["initialDelay"] = "0s"
+        applier.apply(template)
+        rollout = with_steps(by_kind["Rollout"], rollouts.steps([20], rollouts.template_name(name)))
+        applier.apply(rollout)
+
+        def status() -> dict:
+            return objects.get_namespaced_custom_object(*ARGO, namespace, "rollouts", name).get("status") or {}
+
+        wait_for(lambda: status().get("phase") == "Healthy", "the first revision Healthy", timeout=90)
+        stable_hash = status()["stableRS"]
+        changed = copy.deepcopy(rollout)
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] += "-2"
+        applier.apply(changed)
+
+        def runs() -> list[dict]:
+            return objects.list_namespaced_custom_object(*ARGO, namespace, "analysisruns")["items"]
+
+        wait_for(lambda: any((r.get("status") or {}).get("metricResults") for r in runs()),
+                 "the step's AnalysisRun measured", timeout=90)
+        (run,) = runs()
+        canary_hash = status()["currentPodHash"]
+        assert canary_hash != stable_hash
+        args = {a["name"]: a.get("value") for a in run["spec"]["args"]}
+        assert args == {at.CANARY_HASH_ARG: canary_hash, at.STABLE_HASH_ARG: stable_hash}
+        # the run keeps the template's queries; Argo puts the arguments in at each measurement
+        for metric in run["spec"]["metrics"]:
+            query = metric["provider"]["prometheus"]["query"]
+            assert f'{at.HASH_SERIES_LABEL}="{{{{args.{at.CANARY_HASH_ARG}}}}}"' in query, metric["name"]
+            assert f'{at.HASH_SERIES_LABEL}="{{{{args.{at.STABLE_HASH_ARG}}}}}"' in query, metric["name"]
+            assert f'namespace="{namespace}"' in query
+        assert weights(objects, namespace, name) == {(("stable", 80), ("canary", 20))}
+        # Prometheus took the queries with the hashes in them (an Error otherwise) and counted nothing: not a pass
+        errors = next(r for r in run["status"]["metricResults"] if r["name"] == "errors")
+        assert errors["measurements"][0]["phase"] == "Inconclusive", errors
+        assert errors["measurements"][0]["value"] == "[0,0,0,0,0]", errors
+    finally:
+        prometheus.stop()

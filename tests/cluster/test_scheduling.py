@@ -13,14 +13,20 @@ import pytest
 
 from podserve.testbed.cluster.platform import REGION_LABEL
 from podserve.tooling.deploy.target import label_selector
+from podserve.tooling.rollout import workload_of
 from waiting import wait_for
 
 GPU_STAGES = ("hk", "eu", "na")
 
 
 def deployment_of(services, stage: str) -> dict:
-    (deployment,) = [d for d in services["example"].stages[stage] if d["kind"] == "Deployment"]
-    return copy.deepcopy(deployment)
+    """The stage's pods as render writes them, run by a Deployment: a production stage's Rollout's pod template (where
+    its pods land is what is tested here; Argo running them is tests/cluster/test_rollouts_controller.py)."""
+    found = copy.deepcopy(workload_of(services["example"].stages[stage]))
+    if found["kind"] == "Rollout":
+        found["spec"].pop("strategy")
+        found.update(apiVersion="apps/v1", kind="Deployment")
+    return found
 
 
 def moved(deployment: dict, namespace: str, suffix: str) -> dict:

@@ -21,6 +21,7 @@ from podserve.tooling.deploy.errors import ClusterError
 from podserve.tooling.deploy.history import History
 from podserve.tooling.deploy.kube import CONFIGMAPS, LEASES, MANAGED, Kind, kind_of
 from podserve.tooling.deploy.target import Target, from_values
+from podserve.tooling.rollout import workload_kind
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,7 +147,8 @@ class Deploy:
         return self.kube.get(MANAGED[kind], self.namespace, self.service)
 
     def image(self) -> str:
-        return self.live("Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+        return self.live(workload_kind(self.conf.stages[self.stage]))["spec"]["template"]["spec"]["containers"][0][
+            "image"]
 
     @property
     def output(self) -> str:

@@ -24,7 +24,7 @@ import yaml
 
 from ci_account import ci_kubeconfig
 from podserve.testbed.deploy_policy import unfrozen_conf
-from podserve.tooling import tenancy
+from podserve.tooling import release, tenancy
 from podserve.tooling.conf import load_conf
 from podserve.tooling.deploy.errors import ClusterError
 from podserve.tooling.deploy.kube import CONFIGMAPS, LEASES, MANAGED, PODS, REPLICASETS, Kube
@@ -102,7 +102,8 @@ class Live:
                                *(["--conf", str(conf)] if conf else [])],
                               cwd=REPO, capture_output=True, text=True, timeout=60, env=self.env())
         assert done.returncode == 0, done.stderr
-        path = out / stage / "deployment.yaml"
+        # the object that runs the pods: a production stage's Rollout, another stage's Deployment
+        path = next(p for p in (out / stage / "rollout.yaml", out / stage / "deployment.yaml") if p.is_file())
         deployment = yaml.safe_load(path.read_text())
         pod = deployment["spec"]["template"]
         if simulate:  # kwok plays the kubelet: this annotation picks the failure it reports
@@ -163,6 +164,35 @@ class Live:
             if exc.status == 404:  # a CRD this cluster does not serve
                 return []
             raise
+
+
+def before_rollouts(folder: Path, out: Path) -> Path:
+    """A production stage's rendered folder as render wrote it before issue 66 (into `out`): the Deployment instead of
+    the Rollout (selector and pod template with `track: stable`, rolling one pod at a time), the DestinationRule's
+    subsets selecting `track`, no AnalysisTemplate, the autoscaler scaling the Deployment."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in folder.glob("*.yaml"):
+        docs = []
+        for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
+            if doc["kind"] == "AnalysisTemplate":
+                continue
+            if doc["kind"] == "Rollout":
+                doc = dict(doc, apiVersion="apps/v1", kind="Deployment")
+                stable = {release.TRACK_LABEL: release.STABLE}
+                doc["spec"]["selector"]["matchLabels"].update(stable)
+                doc["spec"]["template"]["metadata"]["labels"].update(stable)
+                doc["metadata"]["labels"].update(stable)
+                doc["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+                path = path.with_name("deployment.yaml")
+            if doc["kind"] == "DestinationRule":
+                for subset in doc["spec"]["subsets"]:
+                    subset["labels"] = {release.TRACK_LABEL: subset["name"]}
+            if doc["kind"] == "HorizontalPodAutoscaler":
+                doc["spec"]["scaleTargetRef"].update(apiVersion="apps/v1", kind="Deployment")
+            docs.append(doc)
+        if docs:
+            (out / path.name).write_text(yaml.safe_dump_all(docs))
+    return out
 
 
 def read_until(process: subprocess.Popen, wanted: Callable[[str], bool], what: str, seconds: float = 60) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 
 from fake_kube import Deploy
 from podserve.tooling.conf import load_conf, load_deploy_policy
-from podserve.tooling.deploy import budget, canary, commands
+from podserve.tooling.deploy import budget, commands
 from podserve.tooling.deploy.errors import BadInput
 from podserve.tooling.deploy.history import as_applied
 from podserve.tooling.deploy.kube import LEASES
@@ -169,15 +169,15 @@ def test_a_canary_s_steps_at_their_worst_count_against_the_job_s_time(tmp_path):
     target = from_values(values, conf, conf.stages["hk"], "t")
     objects = list(target.objects)
     policy = load_deploy_policy()
-    steps = canary.worst_seconds(target, objects, policy, 3)
+    steps = commands.canary_worst_seconds(target, objects, policy, 3)
     deadline = target.deployment()["spec"]["progressDeadlineSeconds"]
     window = policy.verdict.window_seconds
     assert steps >= 2 * (1 + policy.verdict.max_extensions) * window + deadline \
         + policy.canary_scale_down_delay_seconds  # both steps' windows, one pod start, its pods serving on at its end
-    assert canary.worst_seconds(from_values(REPO / "value.py", conf, conf.stages["hk"], "t"),
+    assert commands.canary_worst_seconds(from_values(REPO / "value.py", conf, conf.stages["hk"], "t"),
                                 list(from_values(REPO / "value.py", conf, conf.stages["hk"], "t").objects), policy,
                                 3) == 0  # no canary_steps: a rolling update
-    assert canary.worst_seconds(from_values(values, conf, conf.stages["grey"], "t"),
+    assert commands.canary_worst_seconds(from_values(values, conf, conf.stages["grey"], "t"),
                                 list(from_values(values, conf, conf.stages["grey"], "t").objects), policy, 1) == 0
     needed = needs(target, conf, objects)
     environ = {"CI_JOB_TIMEOUT": str(needed + 60), "CI_JOB_STARTED_AT": rfc3339(0)}

@@ -277,3 +277,86 @@ def test_a_refusal_the_replicaset_controller_retries_is_no_verdict(message):
                                          "message": f'pods "text-direction-new-x2" is forbidden: {message}'}]}
     verdict = diagnose(Observed(deployment(replicas=2, updated=1), sets, [pod()], [], NOW, {}, GRACE, 100.0, ""))
     assert verdict.state == diagnosis.PROGRESSING, verdict.message
+
+
+# --- a production Rollout, as Argo Rollouts writes its status ---------------------------------------------------
+
+def _rollout(phase="Progressing", current="new", stable="old", generation=2, observed="2", abort=False,
+             message="", step=1) -> dict:
+    """The Deployment of api_objects as Argo's Rollout: its ReplicaSets told apart by their pod template hash."""
+    found = deployment(replicas=2, updated=2, ready=2, available=2)
+    found.update(apiVersion="argoproj.io/v1alpha1", kind="Rollout")
+    found["metadata"]["generation"] = generation
+    found["spec"]["strategy"] = {"canary": {"steps": [{"setWeight": 10}, {"analysis": {}}]}}
+    found["status"].update(observedGeneration=observed, phase=phase, message=message, currentPodHash=current,
+                           stableRS=stable, abort=abort, currentStepIndex=step,
+                           canary={"weights": {"stable": {"weight": 90}, "canary": {"weight": 10}}})
+    return found
+
+
+def _hashed() -> list[dict]:
+    old, new = replicasets()
+    for rs, label in ((old, "old"), (new, "new")):
+        rs["metadata"]["labels"] = {"rollouts-pod-template-hash": label}
+    return [old, new]
+
+
+def _observe_rollout(rollout, pods, runs=()) -> Observed:
+    return Observed(rollout, _hashed(), list(pods), [], NOW, {}, GRACE, 100.0, "", tuple(runs))
+
+
+def test_a_rollout_argo_has_not_observed_yet_is_progressing_whatever_its_previous_pods_do():
+    """Right after a rollback re-applies stable's spec, the status still names the failed revision's hash: its
+    crash-looping pods are no verdict on the spec just applied."""
+    looping = pod(statuses=crashed(restarts=3))
+    assert diagnose(_observe_rollout(_rollout(), [looping])).state == diagnosis.FAILED  # observed: certain
+    verdict = diagnose(_observe_rollout(_rollout(generation=3, observed="2"), [looping]))
+    assert verdict.state == diagnosis.PROGRESSING and "observe the new spec" in verdict.message
+
+
+def test_a_rollout_serves_only_once_healthy_on_its_current_pod_template():
+    ready = [pod(ready=True), pod(name="text-direction-new-x2", ready=True)]
+    mid_step = diagnose(_observe_rollout(_rollout(phase="Paused", message="CanaryPauseStep"), ready))
+    assert mid_step.state == diagnosis.PROGRESSING
+    assert "Argo Rollouts: Paused (CanaryPauseStep), step 2 of 2, weights stable 90, canary 10" in mid_step.message
+    # Healthy but still the old template (Argo about to start the canary): not serving
+    assert diagnose(_observe_rollout(_rollout(phase="Healthy"), ready)).state == diagnosis.PROGRESSING
+    done = diagnose(_observe_rollout(_rollout(phase="Healthy", stable="new", step=2), ready))
+    assert done.state == diagnosis.SERVING and done.message.startswith("2/2 pods ready (rollout complete)")
+
+
+def test_an_aborted_rollout_fails_with_argo_s_words_and_the_analysis_counts():
+    run = {"metadata": {"name": "text-direction-5d8-2"},
+           "spec": {"args": [{"name": "canary-hash", "value": "new"}, {"name": "stable-hash", "value": "old"}]},
+           "status": {"phase": "Failed", "metricResults": [
+               {"name": "errors", "phase": "Failed", "failed": 1,
+                "measurements": [{"phase": "Failed", "value": "[120,6000,6,6000,120]"}]},
+               {"name": "latency", "phase": "Successful", "successful": 1,
+                "measurements": [{"phase": "Successful", "value": "[10,6000,12,6000,120]"}]}]}}
+    said = "RolloutAborted: Rollout aborted update to revision 2: Metric \"errors\" assessed Failed"
+    verdict = diagnose(_observe_rollout(_rollout(phase="Degraded", abort=True, message=said), [pod(ready=True)],
+                                        [run]))
+    assert verdict.state == diagnosis.FAILED and verdict.failure is failures.ROLLOUT_ABORTED
+    assert said in verdict.message
+    assert "errors: Failed [failed 1] value [120,6000,6,6000,120]" in verdict.message
+    assert "canary new against stable old" in verdict.message
+
+
+def test_an_aborted_rollout_whose_spec_is_stable_s_again_waits_for_argo_to_clear_the_abort():
+    """A rollback re-applied stable's spec after an abort: Argo may write the observed generation a status write
+    before it clears the abort. The spec's template hash (the tool's annotation) is the stable ReplicaSet's: no
+    verdict yet. The same abort on the failed revision's spec is a failure."""
+    from podserve.tooling.deploy import drift
+
+    said = "RolloutAborted: Rollout aborted update to revision 2"
+    rollout = _rollout(phase="Degraded", abort=True, message=said, generation=3, observed="3")
+    rollout["spec"].setdefault("template", {}).setdefault("metadata", {})["annotations"] = {
+        drift.TEMPLATE_HASH: "stable-spec"}
+    old, new = _hashed()
+    for rs, spec in ((old, "stable-spec"), (new, "failed-spec")):
+        rs["spec"] = {"template": {"metadata": {"annotations": {drift.TEMPLATE_HASH: spec}}}}
+    observed = Observed(rollout, [old, new], [pod(ready=True)], [], NOW, {}, GRACE, 100.0, "", ())
+    verdict = diagnose(observed)
+    assert verdict.state == diagnosis.PROGRESSING and "taking stable's spec back" in verdict.message
+    rollout["spec"]["template"]["metadata"]["annotations"][drift.TEMPLATE_HASH] = "failed-spec"
+    assert diagnose(observed).failure is failures.ROLLOUT_ABORTED

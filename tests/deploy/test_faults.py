@@ -11,7 +11,6 @@ commands.apply against an in-memory API (tests/deploy/fake_kube.py) to cut the r
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +20,7 @@ import yaml
 
 from fake_kube import Deploy
 from fault_proxy import FaultProxy
-from live import REPO, Live, finish, read_until
+from live import Live, finish, read_until
 from podserve.testbed.deploy_policy import unfrozen_conf
 from podserve.testbed.processes import poll_until
 from podserve.tooling.deploy import budget
@@ -30,11 +29,10 @@ from podserve.tooling.deploy.kube import LEASES, MANAGED
 from receiver import Receiver
 
 
-KUBECTL = REPO / ".tools" / "bin" / "kubectl"
 
 
 @pytest.fixture
-def live(control_plane, tmp_path) -> Live:
+def live(control_plane, rollouts_controller, tmp_path) -> Live:
     return Live(control_plane, tmp_path)
 
 
@@ -44,7 +42,7 @@ def waiting_for_rollout(process) -> list[str]:
 
 
 def image(live: Live, name: str) -> str:
-    deployment = live.admin.get(MANAGED["Deployment"], live.namespace("hk"), name)
+    deployment = live.admin.get(MANAGED["Rollout"], live.namespace("hk"), name)
     return deployment["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
@@ -76,7 +74,9 @@ def test_a_500_on_the_third_apply_rolls_back_notifies_and_frees_the_lock(live):
         live.remove(live.namespace("hk"), "hk", name)
 
 
-def test_sigterm_mid_wait_rolls_back_notifies_and_frees_the_lock(live):
+def test_sigterm_mid_wait_leaves_the_release_to_argo_notifies_and_frees_the_lock(live):
+    """A cancelled job (SIGTERM) is not the controller: the Rollout keeps revision 2 (Argo goes on with it), the job
+    says so, notifies `interrupted`, frees the lock, exit 1; `rollback` then puts revision 1 back."""
     name, receiver = "dt-fault-term", Receiver()
     try:
         first_revision(live, name)
@@ -90,11 +90,14 @@ def test_sigterm_mid_wait_rolls_back_notifies_and_frees_the_lock(live):
         output = finish(process, seen)
         print(f"SIGTERM mid-wait: exit {process.returncode}, {time.monotonic() - started:.1f} s after the signal")
         assert process.returncode == 1, output
-        assert "INTERRUPTED: SIGTERM" in output and "rolling back to the previous revision (1)" in output
-        assert image(live, name).endswith(":v1")
+        assert "STOPPED: SIGTERM" in output and "release goes on in the cluster" in output
+        assert "rolling back" not in output and image(live, name).endswith(":v2")
         assert [b["outcome"] for b in receiver.bodies] == ["interrupted"]
         assert "SIGTERM" in receiver.bodies[0]["diagnosis"]
         assert live.admin.get(LEASES, live.namespace("hk"), f"podserve-deploy.{name}") is None
+        back = live.deploy("rollback", "--stage", "hk", "--service", name, "--team", "like")
+        assert back.returncode == 0, back.output
+        assert image(live, name).endswith(":v1")
     finally:
         receiver.stop()
         live.remove(live.namespace("hk"), "hk", name)
@@ -152,28 +155,28 @@ def test_an_hpa_scaled_service_rolls_out_with_the_budget_of_its_live_replicas(li
     try:
         first = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v1", max_replicas=8))
         assert first.returncode == 0, first.output
-        live.admin.request("PATCH", MANAGED["Deployment"].path(namespace, name) + "/scale",
+        live.admin.request("PATCH", MANAGED["Rollout"].path(namespace, name) + "/scale",
                            body={"spec": {"replicas": 6}}, content_type="application/merge-patch+json")
         run = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v2", max_replicas=8))
         assert run.returncode == 0, run.output
-        deadline = live.admin.get(MANAGED["Deployment"], namespace, name)["spec"]["progressDeadlineSeconds"]
+        deadline = live.admin.get(MANAGED["Rollout"], namespace, name)["spec"]["progressDeadlineSeconds"]
         assert f"waiting up to {budget.rollout_seconds(deadline, 6)} s for the rollout" in run.stdout
-        deployment = live.admin.get(MANAGED["Deployment"], namespace, name)
+        deployment = live.admin.get(MANAGED["Rollout"], namespace, name)
         assert deployment["spec"]["replicas"] == 6 and deployment["status"]["updatedReplicas"] == 6
         assert image(live, name).endswith(":v2") and "6/6 pods ready" in run.stdout
     finally:
         live.remove(namespace, "hk", name)
 
 
-def test_a_rollout_undo_by_hand_is_reported_by_the_next_deploy_and_status_names_what_runs(live):
-    """Issue 26 must show 3 (first half): `kubectl rollout undo` between two deploys."""
+def test_a_rollout_undo_by_hand_is_reported_by_the_next_deploy_and_status_names_what_runs(live, rollouts_controller):
+    """Issue 26 must show 3 (first half): an undo by hand between two deploys (Argo's plugin: `kubectl argo rollouts
+    undo`)."""
     name, namespace = "dt-drift-undo", live.namespace("hk")
     try:
         first_revision(live, name)
         second = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v2"))
         assert second.returncode == 0, second.output
-        undo = subprocess.run([str(KUBECTL), "--kubeconfig", str(live.plane.kubeconfig), "-n", namespace, "rollout",
-                               "undo", f"deployment/{name}"], capture_output=True, text=True, timeout=60)
+        undo = rollouts_controller.plugin("undo", name, "-n", namespace)
         assert undo.returncode == 0, undo.stderr
         poll_until(lambda: image(live, name).endswith(":v1"), "the undo", 30, every=0.2)
         status = live.deploy("status", "--stage", "hk", "--service", name, "--team", "like")
@@ -181,7 +184,7 @@ def test_a_rollout_undo_by_hand_is_reported_by_the_next_deploy_and_status_names_
         assert "really running: revision 1 (" in status.stdout and ":v1)" in status.stdout  # ... and what runs
         third = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", "v3"))
         assert third.returncode == 0, third.output
-        assert "NOTICED: the live Deployment runs revision 1's pod template" in third.stdout
+        assert "NOTICED: the live Rollout runs revision 1's pod template" in third.stdout
         assert "not recorded revision 2" in third.stdout and "`kubectl rollout undo`" in third.stdout
     finally:
         live.remove(namespace, "hk", name)
@@ -310,9 +313,11 @@ def test_a_500_during_the_rollback_of_a_failed_rollout_is_reported_notified_and_
     assert deploy.apply("v2", "failed", "serving") == 1
     line = failed_line(deploy)
     assert line.startswith("FAILED: the rollback did not finish (the API server answered 500: PATCH destinationrules")
-    assert ("hk is half rolled back: Deployment/text-direction, Service/text-direction, VirtualService/text-direction, "
-            "PodDisruptionBudget/text-direction, PodMonitor/text-direction are revision 1's again; "
-            "DestinationRule/text-direction is still revision 2's") in line  # those after the 500 too
+    # those after the 500 too; the Rollout last, after the route and rule it names (commands.mesh_steps)
+    assert ("hk is half rolled back: AnalysisTemplate/text-direction-verdict, Service/text-direction, "
+            "VirtualService/text-direction, PodDisruptionBudget/text-direction, PodMonitor/text-direction, "
+            "Rollout/text-direction are revision 1's again; DestinationRule/text-direction is still revision 2's") \
+        in line
     assert line.endswith(ROLLBACK_FIX)
     assert deploy.image().endswith(":v1")
     assert [(b["outcome"], b["revision"]) for b in deploy.sent] == [("rollback_failed", 2)]
@@ -349,8 +354,8 @@ def test_sigterm_during_the_rollback_of_a_failed_rollout_puts_every_object_back_
     assert line.startswith("FAILED: the rollback did not finish (SIGTERM: the job was cancelled or timed out): every "
                            "object of hk is revision 1's again (") and "rollout was not waited for" in line
     assert line.endswith(ROLLBACK_FIX)
-    assert writes == ["Deployment", "Service", "Service", "VirtualService", "DestinationRule", "PodDisruptionBudget",
-                      "PodMonitor"]
+    assert writes == ["AnalysisTemplate", "Service", "Service", "VirtualService", "DestinationRule",
+                      "PodDisruptionBudget", "PodMonitor", "Rollout"]
     assert [b["outcome"] for b in deploy.sent] == ["rollback_failed"] and "SIGTERM" in deploy.sent[0]["diagnosis"]
     assert deploy.history().pending.number == 2
 

@@ -32,7 +32,7 @@ CERTAIN_WITHIN = 60
 
 
 @pytest.fixture(scope="module")
-def live(control_plane, tmp_path_factory) -> Live:
+def live(control_plane, rollouts_controller, tmp_path_factory) -> Live:
     tmp = tmp_path_factory.mktemp("deploy")
     return Live(control_plane, tmp)
 
@@ -186,10 +186,10 @@ def test_a_failing_production_deploy_rolls_back_and_the_previous_revision_serves
                           PODSERVE_NOTIFY_URL=receiver.url)
         print(f"failed production deploy: exit {run.returncode} after {run.seconds:.1f} s")
         assert run.returncode == 1, run.output
-        assert "FAILED: The server was OOMKilled" in run.stdout
-        assert "rolling back to the previous revision (1)" in run.stdout
-        assert "rolled back: the previous revision is serving again: 2/2 pods ready" in run.stdout
-        deployment = live.admin.get(MANAGED["Deployment"], HK[0], name)
+        assert "FAILED: The server was OOMKilled" in run.stdout, run.stdout
+        assert "rolling back to the previous revision (1)" in run.stdout, run.stdout
+        assert "rolled back: the previous revision is serving again: 2/2 pods ready" in run.stdout, run.stdout
+        deployment = live.admin.get(MANAGED["Rollout"], HK[0], name)
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["image"].endswith(f"/like/{name}:v1")
         assert "podserve.io/simulate" not in deployment["spec"]["template"]["metadata"]["annotations"]
@@ -203,7 +203,7 @@ def test_a_failing_production_deploy_rolls_back_and_the_previous_revision_serves
         assert again.returncode == 0, again.output
         back = live.deploy("rollback", "--stage", "hk", "--service", name, "--team", "like")
         assert back.returncode == 0, back.output
-        image = live.admin.get(MANAGED["Deployment"], HK[0], name)["spec"]["template"]["spec"]["containers"][0]["image"]
+        image = live.admin.get(MANAGED["Rollout"], HK[0], name)["spec"]["template"]["spec"]["containers"][0]["image"]
         assert image.endswith(":v1")
     finally:
         receiver.stop()
@@ -218,14 +218,14 @@ def test_objects_no_longer_rendered_are_pruned(live):
         scaled = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", max_replicas=4))
         assert scaled.returncode == 0, scaled.output
         assert live.admin.get(MANAGED["HorizontalPodAutoscaler"], HK[0], name) is not None
-        # The HPA takes over from 2 pods: the Deployment does not drop to its default of 1 on the way.
-        assert f"handed spec.replicas (2) of Deployment/{name} over to the HPA" in scaled.stdout
-        assert live.admin.get(MANAGED["Deployment"], HK[0], name)["spec"]["replicas"] == 2
+        # The HPA takes over from 2 pods: the Rollout does not drop to its default of 1 on the way.
+        assert f"handed spec.replicas (2) of Rollout/{name} over to the HPA" in scaled.stdout
+        assert live.admin.get(MANAGED["Rollout"], HK[0], name)["spec"]["replicas"] == 2
         fixed = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", max_replicas=0))
         assert fixed.returncode == 0, fixed.output
         assert f"pruned HorizontalPodAutoscaler/{name} (no longer rendered)" in fixed.stdout
         assert live.admin.get(MANAGED["HorizontalPodAutoscaler"], HK[0], name) is None
-        assert live.admin.get(MANAGED["Deployment"], HK[0], name)["spec"]["replicas"] == 2
+        assert live.admin.get(MANAGED["Rollout"], HK[0], name)["spec"]["replicas"] == 2
     finally:
         live.remove(*HK, name)
 

@@ -156,10 +156,10 @@ class Killed(BaseException):
 def test_a_deploy_killed_midway_counts_as_what_runs_until_rollback_puts_back_what_ran_before(monkeypatch):
     deploy = deployed(monkeypatch, 100, "v1")
 
-    def killed_at_the_deployment(verb, doc):
-        if doc["kind"] == "Deployment":
+    def killed_at_the_rollout(verb, doc):
+        if doc["kind"] == "Rollout":
             raise Killed()
-    deploy.kube.fail = killed_at_the_deployment
+    deploy.kube.fail = killed_at_the_rollout
     ci(monkeypatch, 200)
     with pytest.raises(Killed):
         deploy.apply("v2")

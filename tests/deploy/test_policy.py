@@ -140,7 +140,7 @@ def test_a_deploy_that_would_still_run_when_a_window_starts_is_refused(tmp_path)
 def test_the_span_a_canary_may_take_counts_every_step_and_the_rollout_and_rollback(tmp_path):
     """commands.deploy_span: 0 without canary_steps (the window is checked at the start only, as before) or for grey;
     with canary_steps, the canary's worst case plus the rollout and the rollback, as the job's time counts them."""
-    from podserve.tooling.deploy import budget, canary
+    from podserve.tooling.deploy import budget
     from podserve.tooling.deploy.target import from_values
 
     conf, policy = load_conf(), load_deploy_policy()
@@ -152,7 +152,7 @@ def test_the_span_a_canary_may_take_counts_every_step_and_the_rollout_and_rollba
     target = from_values(values, conf, conf.stages["hk"], "t")
     deployment = target.deployment()
     replicas = deployment["spec"]["replicas"]
-    steps = canary.worst_seconds(target, list(target.objects), policy, replicas)
+    steps = commands.canary_worst_seconds(target, list(target.objects), policy, replicas)
     rollout, rollback, total = budget.deploy_job_seconds(deployment["spec"]["progressDeadlineSeconds"], replicas, 1,
                                                          True, 0, steps)
     assert steps > 0 and commands.deploy_span(target, policy) == total == rollout + rollback + steps + \

@@ -11,7 +11,7 @@ from test_local_image import stand_in_for_make_image
 GREY = ("podserve-like-grey", "grey")  # value.py's team is like
 
 
-def test_readme_deploy_commands_run_as_written(control_plane, tmp_path):
+def test_readme_deploy_commands_run_as_written(control_plane, rollouts_controller, tmp_path):
     cluster_blocks = [b for b in blocks() if b.needs == "cluster"]
     assert cluster_blocks, "README has no `# needs: cluster` block: its deploy commands would go untested"
     live = Live(control_plane, tmp_path)

@@ -21,7 +21,7 @@ def values(tmp_path: Path, regions: str) -> Path:
 def test_render_writes_only_the_chosen_regions_and_the_reason_for_the_others(tmp_path, capsys):
     out = tmp_path / "out"
     assert render.main(["--all", "--values", str(values(tmp_path, "['hk', 'na']")), "--out", str(out)]) == 0
-    assert {p.parent.name for p in out.glob("*/deployment.yaml")} == {"grey", "ab", "hk", "na"}
+    assert {p.parent.name for p in [*out.glob("*/deployment.yaml"), *out.glob("*/rollout.yaml")]} == {"grey", "ab", "hk", "na"}
     assert (out / "eu" / "not-deployed.txt").read_text() == \
         "not deployed here: value.py regions = ['hk', 'na'] leaves out eu\n"
     assert "out/eu: not deployed here" in capsys.readouterr().out

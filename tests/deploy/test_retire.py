@@ -12,7 +12,7 @@ PROJECT = "models/like/ocr-direction"  # one GitLab project; its service renamed
 
 
 @pytest.fixture
-def live(control_plane, tmp_path) -> Live:
+def live(control_plane, rollouts_controller, tmp_path) -> Live:
     return Live(control_plane, tmp_path)
 
 
@@ -36,9 +36,9 @@ def test_a_renamed_service_s_old_objects_are_reported_and_retire_leaves_nothing_
         assert retired.returncode == 0, retired.output
         assert "nothing with its labels is left" in retired.stdout
         deleted = [line.split()[1] for line in retired.stdout.splitlines() if line.startswith("deleted ")]
-        assert deleted[0] == f"VirtualService/{old}" and f"Deployment/{old}" in deleted  # callers stop before the pods
-        assert live.objects(namespace, "hk", old) == []  # no Deployment, pod, ReplicaSet, history or Lease
-        assert f"Deployment/{new}" in live.objects(namespace, "hk", new)  # the renamed service is untouched
+        assert deleted[0] == f"VirtualService/{old}" and f"Rollout/{old}" in deleted  # callers stop before the pods
+        assert live.objects(namespace, "hk", old) == []  # no Rollout, pod, ReplicaSet, history or Lease
+        assert f"Rollout/{new}" in live.objects(namespace, "hk", new)  # the renamed service is untouched
     finally:
         live.remove(namespace, "hk", old)
         live.remove(namespace, "hk", new)

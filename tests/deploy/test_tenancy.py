@@ -9,7 +9,6 @@ to give, to show admission still refuses what RBAC wrongly lets through.
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -21,11 +20,11 @@ import yaml
 from live import REPO, Live
 from podserve.testbed.cluster.platform import REGION_LABEL
 from podserve.testbed.processes import poll_until
-from podserve.tooling import analysis_template as at
 from podserve.tooling import release, tenancy
-from podserve.tooling.deploy import canary_objects, drift
+from podserve.tooling.deploy import argo, drift
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, Kind
 from podserve.tooling.deploy.target import label_selector
+from podserve.tooling.rollout import workload_of
 
 KUBECTL = REPO / ".tools" / "bin" / "kubectl"
 _NODES = Kind("v1", "nodes", namespaced=False)
@@ -33,7 +32,7 @@ _NAMESPACES = Kind("v1", "namespaces", namespaced=False)
 
 
 @pytest.fixture(scope="module")
-def teams(control_plane, tmp_path_factory) -> tuple[Live, Live]:
+def teams(control_plane, rollouts_controller, tmp_path_factory) -> tuple[Live, Live]:
     """Team A (like) and team B (imo), each with its own accounts."""
     made = []
     for team in ("like", "imo"):
@@ -53,9 +52,9 @@ def dry_apply(kubeconfig, *docs: dict) -> subprocess.CompletedProcess:
                    "-f", "-", stdin=yaml.safe_dump_all(docs))
 
 
-def rendered(live: Live, name: str, stage: str, max_replicas: int = 0) -> dict[str, dict]:
-    """The stage's objects as render writes them for `live`'s team, by kind."""
-    folder = live.manifests(name, stage, max_replicas=max_replicas) / stage
+def rendered(live: Live, name: str, stage: str, max_replicas: int = 0, extra: str = "") -> dict[str, dict]:
+    """The stage's objects as render writes them for `live`'s team, by kind (`extra`: more value.py lines)."""
+    folder = live.manifests(name, stage, max_replicas=max_replicas, extra=extra) / stage
     return {doc["kind"]: doc for path in sorted(folder.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text())
             if doc}
 
@@ -76,7 +75,7 @@ def test_team_b_with_team_a_s_service_name_lands_apart_and_cannot_touch_a(teams)
         first = a.deploy("apply", "--stage", "hk", "--values", a.values(name))
         assert first.returncode == 0, first.output  # A's production account deploys A (It must show 2, second half)
         before = a.versions(a_ns, "hk", name)
-        assert f"Deployment/{name}" in before and f"VirtualService/{name}" in before
+        assert f"Rollout/{name}" in before and f"VirtualService/{name}" in before
         second = b.deploy("apply", "--stage", "hk", "--values", b.values(name))
         print(f"team A then team B, one service name: exits {first.returncode}, {second.returncode} "
               f"after {first.seconds:.1f} s, {second.seconds:.1f} s")
@@ -84,12 +83,12 @@ def test_team_b_with_team_a_s_service_name_lands_apart_and_cannot_touch_a(teams)
         assert a.versions(a_ns, "hk", name) == before  # not one resourceVersion of A's moved
         assert routes(a, a_ns, name) == [f"/api/like/{name}", f"/api/like/{name}/"]
         assert routes(b, b_ns, name) == [f"/api/imo/{name}", f"/api/imo/{name}/"]
-        project = a.admin.get(MANAGED["Deployment"], b_ns, name)["metadata"]["annotations"][tenancy.PROJECT_ANNOTATION]
+        project = a.admin.get(MANAGED["Rollout"], b_ns, name)["metadata"]["annotations"][tenancy.PROJECT_ANNOTATION]
         assert project == f"models/imo/{name}"  # stamped by render: B's project, in B's GitLab group
         assert a.admin.get(CONFIGMAPS, b_ns, f"{name}.deploy-history") is not None  # B's history is its own
 
-        # B's production account, with kubectl, on A's Deployment: RBAC refuses it.
-        refused = kubectl(b.kubeconfig("production"), "-n", a_ns, "annotate", "deployment", name, "hijacked-by=imo")
+        # B's production account, with kubectl, on A's Rollout: RBAC refuses it.
+        refused = kubectl(b.kubeconfig("production"), "-n", a_ns, "annotate", "rollout", name, "hijacked-by=imo")
         assert refused.returncode != 0
         assert "forbidden" in refused.stderr and "podserve-imo-production" in refused.stderr, refused.stderr
         # Even where RBAC is wrongly widened (simulated: a stray RoleBinding), admission refuses, naming the policy.
@@ -101,7 +100,7 @@ def test_team_b_with_team_a_s_service_name_lands_apart_and_cannot_touch_a(teams)
         admin = a.plane.kubeconfig
         assert kubectl(admin, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(stray)).returncode == 0
         try:
-            widened = kubectl(b.kubeconfig("production"), "-n", a_ns, "annotate", "deployment", name, "hijacked-by=imo")
+            widened = kubectl(b.kubeconfig("production"), "-n", a_ns, "annotate", "rollout", name, "hijacked-by=imo")
             assert widened.returncode != 0
             assert "ValidatingAdmissionPolicy 'podserve-owner'" in widened.stderr, widened.stderr
             assert f"only system:serviceaccount:podserve-system:podserve-like-production deploys there" \
@@ -119,13 +118,13 @@ def test_the_preview_account_can_touch_nothing_in_production(teams):
     a, _ = teams
     preview, name = a.kubeconfig("preview"), "tn-grey"
     objects = rendered(a, name, "hk")
-    refused = dry_apply(preview, objects["Deployment"])
+    refused = dry_apply(preview, objects["Rollout"])
     assert refused.returncode != 0 and "forbidden" in refused.stderr, refused.stderr
-    assert 'cannot patch resource "deployments"' in refused.stderr and f'namespace "{a.namespace("hk")}"' in \
+    assert 'cannot patch resource "rollouts"' in refused.stderr and f'namespace "{a.namespace("hk")}"' in \
         refused.stderr
     route = dry_apply(preview, objects["VirtualService"])  # production's own route, on production's host
     assert route.returncode != 0 and 'cannot patch resource "virtualservices"' in route.stderr, route.stderr
-    listing = kubectl(preview, "-n", a.namespace("hk"), "get", "deployments")
+    listing = kubectl(preview, "-n", a.namespace("hk"), "get", "rollouts")
     assert listing.returncode != 0 and "forbidden" in listing.stderr
     # The deploy tool with grey's credential against production: refused before anything changed (exit 2).
     run = a.deploy("apply", "--stage", "hk", "--values", a.values(name), KUBECONFIG=str(preview))
@@ -164,22 +163,23 @@ def _pod(deployment: dict, name: str) -> dict:
                          "labels": template["metadata"]["labels"]}}
 
 
-def _container(objects: dict, kind: str = "Deployment") -> dict:
-    spec = objects[kind]["spec"]
-    return (spec if kind == "Pod" else spec["template"]["spec"])["containers"][0]
+def _container(objects: dict, kind: str | None = None) -> dict:
+    """The server container of the Pod (kind "Pod") or of the stage's workload (its Deployment or Rollout)."""
+    spec = objects["Pod"]["spec"] if kind == "Pod" else workload_of(objects.values())["spec"]["template"]["spec"]
+    return spec["containers"][0]
 
 
 #: (what, the kind changed, the change, the policy that must refuse it, its message)
 POLICY_CASES = [
     ("privileged pod", "Pod", lambda o: _privileged(o["Pod"]["spec"]),
      "podserve-privileged", "privileged containers are not allowed"),
-    ("privileged template", "Deployment", lambda o: _privileged(o["Deployment"]["spec"]["template"]["spec"]),
+    ("privileged template", "Rollout", lambda o: _privileged(o["Rollout"]["spec"]["template"]["spec"]),
      "podserve-privileged", "privileged containers are not allowed"),
-    ("host port outside the range", "Deployment", lambda o: _container(o)["ports"][0].update(hostPort=8080),
+    ("host port outside the range", "Rollout", lambda o: _container(o)["ports"][0].update(hostPort=8080),
      "podserve-host-ports", "allowed only on the http port, within the own range of team like, from 20000 to 22499"),
-    ("root", "Deployment", lambda o: _container(o)["securityContext"].update(runAsNonRoot=False),
+    ("root", "Rollout", lambda o: _container(o)["securityContext"].update(runAsNonRoot=False),
      "podserve-restricted", "must run as non-root"),
-    ("too much memory", "Deployment", lambda o: _container(o)["resources"]["limits"].update(memory="1Ti"),
+    ("too much memory", "Rollout", lambda o: _container(o)["resources"]["limits"].update(memory="1Ti"),
      "podserve-resources", "may ask at most cpu 62 and memory 240Gi"),
     ("LoadBalancer Service", "Service", lambda o: o["Service"]["spec"].update(type="LoadBalancer"),
      "podserve-service-type", "Services here are ClusterIP only"),
@@ -187,48 +187,48 @@ POLICY_CASES = [
      "podserve-service-type", "Services here may not set externalIPs"),
     ("no owner labels", "Service", lambda o: o["Service"]["metadata"].update(labels={"service": "tn-policy"}),
      "podserve-owner", "must carry the owner label team: like"),
-    ("no project", "Deployment", lambda o: o["Deployment"]["metadata"].pop("annotations"),
+    ("no project", "Rollout", lambda o: o["Rollout"]["metadata"].pop("annotations"),
      "podserve-owner", "must carry the annotation podserve.io/project naming a GitLab project under models/like/"),
     ("another team's project", "VirtualService",
      lambda o: o["VirtualService"]["metadata"]["annotations"].update({tenancy.PROJECT_ANNOTATION: "models/imo/x"}),
      "podserve-owner", "naming a GitLab project under models/like/ (render stamps CI_PROJECT_PATH)"),
-    ("runAsUser 0", "Deployment", lambda o: _pod_context(o).update(runAsUser=0),
+    ("runAsUser 0", "Rollout", lambda o: _pod_context(o).update(runAsUser=0),
      "podserve-restricted", "runAsUser: 0 (root) is not allowed"),
-    ("a capability added", "Deployment",
+    ("a capability added", "Rollout",
      lambda o: _container(o)["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
      "podserve-restricted", "drop ALL capabilities and add none but NET_BIND_SERVICE"),
-    ("seccomp Unconfined", "Deployment", lambda o: _pod_context(o).update(seccompProfile={"type": "Unconfined"}),
+    ("seccomp Unconfined", "Rollout", lambda o: _pod_context(o).update(seccompProfile={"type": "Unconfined"}),
      "podserve-restricted", "the seccomp profile must be RuntimeDefault or Localhost"),
-    ("an SELinux type", "Deployment", lambda o: _pod_context(o).update(seLinuxOptions={"type": "spc_t"}),
+    ("an SELinux type", "Rollout", lambda o: _pod_context(o).update(seLinuxOptions={"type": "spc_t"}),
      "podserve-restricted", "seLinuxOptions may set only the type container_t"),
-    ("AppArmor Unconfined", "Deployment", lambda o: _pod_context(o).update(appArmorProfile={"type": "Unconfined"}),
+    ("AppArmor Unconfined", "Rollout", lambda o: _pod_context(o).update(appArmorProfile={"type": "Unconfined"}),
      "podserve-restricted", "the AppArmor profile must be RuntimeDefault or Localhost"),
-    ("an unsafe sysctl", "Deployment",
+    ("an unsafe sysctl", "Rollout",
      lambda o: _pod_context(o).update(sysctls=[{"name": "kernel.msgmax", "value": "1"}]),
      "podserve-restricted", "only the safe sysctls are allowed"),
-    ("a ServiceAccount token", "Deployment",
-     lambda o: o["Deployment"]["spec"]["template"]["spec"].update(automountServiceAccountToken=True),
+    ("a ServiceAccount token", "Rollout",
+     lambda o: o["Rollout"]["spec"]["template"]["spec"].update(automountServiceAccountToken=True),
      "podserve-restricted", "pods must set automountServiceAccountToken: false"),
-    ("a hostPath volume", "Deployment",
-     lambda o: o["Deployment"]["spec"]["template"]["spec"]["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+    ("a hostPath volume", "Rollout",
+     lambda o: o["Rollout"]["spec"]["template"]["spec"]["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
      "podserve-restricted", "no hostPath"),
-    ("a hostProcess container", "Deployment",  # the API demands hostNetwork with it: either policy may answer first
+    ("a hostProcess container", "Rollout",  # the API demands hostNetwork with it: either policy may answer first
      lambda o: _pod_context(o).update(windowsOptions={"hostProcess": True})
-     or o["Deployment"]["spec"]["template"]["spec"].update(hostNetwork=True),
+     or o["Rollout"]["spec"]["template"]["spec"].update(hostNetwork=True),
      ("podserve-restricted", "podserve-privileged"),
      ("Windows hostProcess containers are not allowed", "the host's network, PID and IPC namespaces are not allowed")),
-    ("no cpu limit", "Deployment", lambda o: _container(o)["resources"]["limits"].pop("cpu"),
+    ("no cpu limit", "Rollout", lambda o: _container(o)["resources"]["limits"].pop("cpu"),
      "podserve-resources", "every container must set cpu and memory limits"),
-    ("the brokers' address of the service's choosing", "Deployment",
+    ("the brokers' address of the service's choosing", "Rollout",
      lambda o: _container(o)["env"].append({"name": "PODSERVE_KAFKA_BOOTSTRAP", "value": "203.0.113.9:9092"}),
      "podserve-brokers", "PODSERVE_KAFKA_BOOTSTRAP must come from the ConfigMap podserve-kafka"),
     ("a route bound to the mesh", "VirtualService", lambda o: o["VirtualService"]["spec"].update(gateways=["mesh"]),
      "podserve-routes", "binds only the Gateway of its stage, istio-ingress/podserve"),
-    ("a pod template of another team", "Deployment",
-     lambda o: o["Deployment"]["spec"]["template"]["metadata"]["labels"].update(team="imo"),
+    ("a pod template of another team", "Rollout",
+     lambda o: o["Rollout"]["spec"]["template"]["metadata"]["labels"].update(team="imo"),
      "podserve-workload-labels", "the pod template must carry the label team: like, the team of namespace"),
-    ("a pod template with a pod-template hash", "Deployment",
-     lambda o: o["Deployment"]["spec"]["template"]["metadata"]["labels"].update(
+    ("a pod template with a pod-template hash", "Rollout",
+     lambda o: o["Rollout"]["spec"]["template"]["metadata"]["labels"].update(
          {"rollouts-pod-template-hash": "5d8f7c"}),
      "podserve-workload-labels", "may not set rollouts-pod-template-hash or pod-template-hash"),
     ("a PodMonitor relabelling track", "PodMonitor",
@@ -246,7 +246,7 @@ POLICY_CASES = [
 
 
 def _pod_context(objects: dict) -> dict:
-    return objects["Deployment"]["spec"]["template"]["spec"]["securityContext"]
+    return workload_of(objects.values())["spec"]["template"]["spec"]["securityContext"]
 
 
 @pytest.mark.parametrize("what, kind, change, policy, says", POLICY_CASES, ids=[case[0] for case in POLICY_CASES])
@@ -255,7 +255,7 @@ def test_the_admission_policies_refuse_each_rule_and_admit_ours(teams, control_p
     """It must show 3, in production's namespace (Pod Security "privileged" there, for Kong's host ports)."""
     a, _ = teams
     objects = rendered(a, "tn-policy", "hk", max_replicas=4 if kind == "HorizontalPodAutoscaler" else 0)
-    objects["Pod"] = _pod(objects["Deployment"], "tn-policy-pod")
+    objects["Pod"] = _pod(objects["Rollout"], "tn-policy-pod")
     admin = control_plane.kubeconfig  # pods come from controllers; the admin stands in for them
     ours = dry_apply(a.kubeconfig("production"), *(o for k, o in objects.items() if k != "Pod"))
     assert ours.returncode == 0, ours.stderr
@@ -308,7 +308,7 @@ def _gpus(spec: dict, containers: int) -> None:
 
 
 def _spec(objects: dict) -> dict:
-    return objects["Deployment"]["spec"]["template"]["spec"]
+    return workload_of(objects.values())["spec"]["template"]["spec"]
 
 
 def _route(objects: dict) -> dict:
@@ -316,8 +316,8 @@ def _route(objects: dict) -> dict:
 
 
 def _weighted(objects: dict) -> dict:
-    """A production route that splits stable and canary by weight (render's third: after the two header routes)."""
-    found = objects["VirtualService"]["spec"]["http"][2]
+    """A production route that splits stable and canary by weight (render's first: no header route)."""
+    found = objects["VirtualService"]["spec"]["http"][0]
     assert [d["destination"]["subset"] for d in found["route"]] == ["stable", "canary"], found
     return found
 
@@ -381,19 +381,19 @@ SECOND_PASS = [
          {"type": "prometheus", "metadata": {"serverAddress": "http://prometheus.monitoring:9090", "query": "up",
                                              "threshold": "1"}}),
      "podserve-autoscalers", "the triggers of a ScaledObject may be kafka only", None),
-    ("another team's host port", "production", "Deployment",
+    ("another team's host port", "production", "Rollout",
      lambda o: _spec(o)["containers"][0]["ports"][0].update(hostPort=20001),  # team like's range
      "podserve-host-ports", "within the own range of team imo, from 22500 to 24999",
      lambda o: _spec(o)["containers"][0]["ports"][0].update(hostPort=22501)),
-    ("procMount Unmasked", "production", "Deployment",
+    ("procMount Unmasked", "production", "Rollout",
      lambda o: _spec(o).update(hostUsers=False) or _spec(o)["containers"][0]["securityContext"].update(
          procMount="Unmasked"),
      "podserve-restricted", "procMount must be Default",
      lambda o: _spec(o).update(hostUsers=False) or _spec(o)["containers"][0]["securityContext"].update(
          procMount="Default")),
-    ("nodeName", "production", "Deployment", lambda o: _spec(o).update(nodeName="hk-gpu-0"),
+    ("nodeName", "production", "Rollout", lambda o: _spec(o).update(nodeName="hk-gpu-0"),
      "podserve-placement", "nodeName is not allowed", None),
-    ("a toleration outside the pools", "production", "Deployment",
+    ("a toleration outside the pools", "production", "Rollout",
      lambda o: _spec(o).update(tolerations=[{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists",
                                               "effect": "NoSchedule"}]),
      "podserve-placement", "tolerations may be only those of the node pools of the region",
@@ -402,7 +402,7 @@ SECOND_PASS = [
 
 
 @pytest.fixture(scope="module")
-def imo(control_plane, tmp_path_factory) -> Live:
+def imo(control_plane, rollouts_controller, tmp_path_factory) -> Live:
     return Live(control_plane, tmp_path_factory.mktemp("tenancy-imo-second"), "imo")
 
 
@@ -429,21 +429,20 @@ def test_a_team_s_own_credential_cannot_take_capacity_routes_metrics_or_nodes_fr
     assert f"ValidatingAdmissionPolicy '{policy}'" in refused.stderr and says in refused.stderr, refused.stderr
 
 
-def test_a_production_canary_is_admitted_as_stable_is_and_judged_by_the_same_policies(imo):
-    """It must show 5 (issue 57): the canary Deployment the deploy tool makes from production's (canary_objects:
-    track canary, no hostPort, the rendered labels and annotations) is admitted with team imo's production
-    credential; the same canary claiming team like is refused, as stable would be."""
+def test_a_production_rollout_and_its_analysis_template_are_admitted_for_the_team_and_refused_for_another(imo):
+    """Production renders an Argo Rollout (its canary is Argo's ReplicaSet of it) and the service's AnalysisTemplate:
+    both are admitted with team imo's production credential; the same Rollout claiming team like is refused, as a
+    Deployment would be."""
     made = rendered(imo, "tn-second", "hk")
-    state = {"revision": 2, "step": 0, "weights": [90, 10]}
-    canary = canary_objects.canary_deployment(drift.stamped(made["Deployment"]), 1, state)
-    assert canary["metadata"]["name"] == release.canary_name("tn-second")
-    assert canary["spec"]["selector"]["matchLabels"]["track"] == "canary"
+    assert "Deployment" not in made
     kubeconfig = imo.kubeconfig("production")
-    admitted = dry_apply(kubeconfig, canary)
-    assert admitted.returncode == 0, admitted.stderr
-    canary["metadata"]["labels"]["team"] = "like"
-    refused = dry_apply(kubeconfig, canary)
-    assert refused.returncode != 0, "a canary of another team was admitted"
+    for kind in ("AnalysisTemplate", "Rollout"):
+        admitted = dry_apply(kubeconfig, drift.stamped(made[kind]))
+        assert admitted.returncode == 0, admitted.stderr
+    rollout = drift.stamped(made["Rollout"])
+    rollout["metadata"]["labels"]["team"] = "like"
+    refused = dry_apply(kubeconfig, rollout)
+    assert refused.returncode != 0, "a Rollout of another team was admitted"
     # two policies refuse it, and the apiserver names the first that denies (in no set order): the owner label, and
     # the pod template's team (imo's) not the object's
     reasons = {"podserve-owner": "must carry the owner label team: imo",
@@ -546,9 +545,10 @@ def test_a_production_rollout_on_a_full_gpu_pool_preempts_grey_and_completes(tea
         print(f"production rollout on a full GPU pool: exit {rollout.returncode} after {rollout.seconds:.1f} s")
         assert rollout.returncode == 0, rollout.output
         assert rollout.seconds < 60  # never a rollback after minutes
-        deployment = a.admin.get(MANAGED["Deployment"], a.namespace("hk"), name)
+        deployment = a.admin.get(MANAGED["Rollout"], a.namespace("hk"), name)
         assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":v2")
-        assert deployment["status"]["readyReplicas"] == 1
+        # v2's one pod serves as stable (v1's stays scaleDownDelaySeconds longer: Argo's scale-down after the switch)
+        assert argo.state_of(deployment).promoted and deployment["status"]["updatedReplicas"] == 1
         preempted = [e for e in a.items(EVENTS, a.namespace("grey")) if e.get("reason") == "Preempted"]
         assert preempted and grey_pods[0]["metadata"]["name"] in {e["involvedObject"]["name"] for e in preempted}
     finally:
@@ -557,7 +557,7 @@ def test_a_production_rollout_on_a_full_gpu_pool_preempts_grey_and_completes(tea
         a.remove(a.namespace("grey"), "grey", name)
 
 
-def test_pods_a_quota_has_no_room_for_are_diagnosed_naming_the_quota(control_plane, tmp_path):
+def test_pods_a_quota_has_no_room_for_are_diagnosed_naming_the_quota(control_plane, rollouts_controller, tmp_path):
     """Team hello's two ab copies of 3 one-GPU pods: each fits its namespace's quota alone (conf/platform.yaml
     preview_quota gpus: 4; render refuses one that does not), the second not beside the first."""
     live = Live(control_plane, tmp_path, "hello")
@@ -677,40 +677,17 @@ def test_one_region_s_chart_values_are_refused_in_another_region_s_cluster(contr
 
 
 def test_another_team_s_pods_may_not_wear_the_victim_s_labels(teams):
-    """It must show 4 (issue 66), admission's half: team imo's production account applies a Deployment whose pods
-    say team like, the victim's service and track stable: refused, so no such pod ever reaches like's counts."""
+    """It must show 4 (issue 66), admission's half: team imo's production account applies a Rollout whose pods say
+    team like, the victim's service and track stable: refused, so no such pod ever reaches like's counts."""
     a, b = teams
-    victim = rendered(a, "tn-victim", "hk")["Deployment"]
-    impostor = rendered(b, "tn-impostor", "hk")["Deployment"]
+    victim = rendered(a, "tn-victim", "hk")["Rollout"]
+    impostor = rendered(b, "tn-impostor", "hk")["Rollout"]
     labels = impostor["spec"]["template"]["metadata"]["labels"]
-    labels.update({k: victim["spec"]["template"]["metadata"]["labels"][k] for k in ("team", "track")})
+    labels.update(team=victim["spec"]["template"]["metadata"]["labels"]["team"], track=release.STABLE)
     refused = dry_apply(b.kubeconfig("production"), impostor)
     assert refused.returncode != 0, "imo's pods wearing like's labels were admitted"
     assert "ValidatingAdmissionPolicy 'podserve-workload-labels'" in refused.stderr
     assert "must carry the label team: imo, the team of namespace podserve-imo" in refused.stderr, refused.stderr
-
-
-def _analysis_template(objects: dict, metrics: list[dict]) -> dict:
-    deployment = objects["Deployment"]["metadata"]
-    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
-            "metadata": {"name": f"{deployment['name']}-verdict", "namespace": deployment["namespace"],
-                         "labels": deployment["labels"], "annotations": deployment["annotations"]},
-            "spec": {"args": [{"name": at.CANARY_HASH_ARG}, {"name": at.STABLE_HASH_ARG}], "metrics": metrics}}
-
-
-def _rollout(objects: dict) -> dict:
-    """The rendered Deployment as a Rollout (canary strategy, track from Argo's metadata)."""
-    found = copy.deepcopy(objects["Deployment"])
-    spec = found["spec"]
-    spec.pop("strategy"), spec.pop("progressDeadlineSeconds", None)
-    spec["selector"]["matchLabels"].pop(release.TRACK_LABEL, None)
-    spec["template"]["metadata"]["labels"].pop(release.TRACK_LABEL, None)
-    found["metadata"]["labels"].pop(release.TRACK_LABEL, None)
-    spec["strategy"] = {"canary": {"stableMetadata": {"labels": {release.TRACK_LABEL: release.STABLE}},
-                                   "canaryMetadata": {"labels": {release.TRACK_LABEL: release.CANARY}},
-                                   "steps": [{"setWeight": 10}, {"analysis": {"templates": [
-                                       {"templateName": f"{found['metadata']['name']}-verdict"}]}}]}}
-    return dict(found, apiVersion="argoproj.io/v1alpha1", kind="Rollout")
 
 
 ANALYSIS_CASES = [
@@ -740,15 +717,8 @@ ANALYSIS_CASES = [
 def test_a_rollout_and_its_analysis_use_only_what_the_platform_allows(teams, what, kind, change, says):
     """Issue 66: Argo's objects in a team's namespace, as its CI account applies them: ours admitted, each variant
     refused by the policy that names the rule (the controller would run a web call or a Job with its own reach)."""
-    from podserve.tooling.conf import load_conf, load_deploy_policy
-
     a, _ = teams
-    objects = rendered(a, "tn-argo", "hk")
-    thresholds = at.Thresholds.of(load_deploy_policy().verdict)
-    comparison = at.canary(a.namespace("hk"), a.team, "tn-argo", "hk", thresholds, 15)
-    address = load_conf().platform.monitoring.prometheus_address
-    objects["AnalysisTemplate"] = _analysis_template(objects, at.metrics(comparison, address, 30))
-    objects["Rollout"] = _rollout(objects)
+    objects = rendered(a, "tn-argo", "hk", extra="canary_steps = [10]\n")  # as render writes them: ours
     production = a.kubeconfig("production")
     ours = dry_apply(production, objects["AnalysisTemplate"], objects["Rollout"])
     assert ours.returncode == 0, ours.stderr

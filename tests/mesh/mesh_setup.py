@@ -58,22 +58,6 @@ def fast_conf_dir(folder: Path) -> Path:
     return conf
 
 
-def before_subsets(doc: dict) -> dict:
-    """A rendered production object as render wrote it before issue 57: the Deployment selecting {service, stage},
-    the VirtualService routing to the Service without subsets, weights or the canary's header route, the
-    DestinationRule without subsets; any other object as it is."""
-    kind, spec = doc.get("kind"), doc.get("spec") or {}
-    if kind == "Deployment":
-        spec["selector"]["matchLabels"].pop("track", None)
-    elif kind == "VirtualService":
-        spec["http"] = [dict(h, route=[{"destination": {k: v for k, v in h["route"][0]["destination"].items()
-                                                        if k != "subset"}}])
-                        for h in spec["http"] if not any("headers" in m for m in h["match"])]
-    elif kind == "DestinationRule":
-        spec.pop("subsets", None)
-    return doc
-
-
 def stop_checked(mesh) -> None:
     """Stop a mesh; fail if its Envoy refused an update from istiod or ran an Istio extension (issue 65, It must
     show 3: every mesh of the suite is checked so at its end)."""

@@ -22,7 +22,8 @@ OWN_STORAGE = REPO / ".tools" / "image-test-registry"
 #: PyAV (av 18.1.0, FFmpeg inside the wheel: issue 29's video decoding, in requirements/runtime.txt) added 36.9 MB to
 #: both service images: CPU 179.9 MB measured, so 197.9 MB; GPU 412.0 + 36.9 = 448.9 MB, so 493.8 MB.
 SIZE_BUDGET = {"service-cpu": 197_900_000, "service-gpu": 493_800_000, "tooling": 104_600_000}
-HK_DEPLOYMENT = "build/manifests/hk/deployment.yaml"
+#: What runs hk's pods: its Rollout (its pod template is what a container runs under here)
+HK_WORKLOAD = "build/manifests/hk/rollout.yaml"
 #: The wheel index's preferred port (any free one when taken): stable per storage, so that the pip steps' cache key
 #: (PIP_INDEX_URL is a build argument) is the same from session to session.
 INDEX_PORT = 20000 + int(hashlib.sha256(str(STORAGE).encode()).hexdigest(), 16) % 10000
@@ -51,7 +52,7 @@ class BuiltFlavor:
 
     @functools.cached_property
     def deployment(self) -> dict:
-        return yaml.safe_load((self.checkout / HK_DEPLOYMENT).read_text())
+        return yaml.safe_load((self.checkout / HK_WORKLOAD).read_text())
 
     def repo_and_tag(self, image: str) -> tuple[str, str]:
         host = f"{self.stage.registry.host}/"

@@ -13,8 +13,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -25,6 +27,7 @@ from podserve.testbed.image.registry import USER
 from podserve.tooling.conf import load_conf
 
 REPO = Path(__file__).resolve().parents[2]
+KUBECTL = str(REPO / ".tools" / "bin" / "kubectl")
 TEAM = "like"
 PULL_SECRET = "podserve-test-registry"
 #: The small test value.py: half a CPU and 1Gi, which the 2-core real node holds (the example asks 4 and 8Gi).
@@ -85,6 +88,14 @@ class MarksItsAnswers(TextDirection):
 
     def encode(self, scores):
         return {**super().encode(scores), "build": "marked"}
+
+
+class SlowerBy20ms(MarksItsAnswers):
+    """A slower build: the same answers (marked), each decode 20 ms later."""
+
+    def decode(self, payload):
+        time.sleep(0.02)
+        return super().decode(payload)
 '''
 
 #: What the real-node tests add to the checkout's src/ before its image is built: one build serves every recipe.
@@ -204,3 +215,38 @@ class RealNodeService:
         if verb == "apply":
             return ["--manifests", str(manifests or self.checkout / "build" / "manifests" / "grey")]
         return ["--service", service or self.name, "--team", TEAM]
+
+
+@contextmanager
+def hk_gateway(svc: RealNodeService, istiod, work: Path) -> Iterator:
+    """hk's gateway (Envoy fed by istiod) in its own pod network on the real node's bridge; stopped at the end."""
+    from podserve.testbed.cluster.node import BRIDGE, GATEWAY_ADDRESS, POD_SUBNET
+    from podserve.testbed.mesh.gateway import Gateway
+    from podserve.testbed.mesh.podnetwork import PodNetwork
+    from podserve.tooling import chart_values
+
+    network, gateway = PodNetwork.create(), None
+    try:
+        network.attach(BRIDGE, f"{GATEWAY_ADDRESS}/{POD_SUBNET.split('/')[1]}")
+        gateway = Gateway.start(svc.plane.api_client(), istiod, network, work, svc.conf.stages["hk"].gateway,
+                                chart_values.chart_values(svc.conf, "hk")["gateways"][0]["selector"])
+        yield gateway
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        network.remove()
+
+
+def subset_cluster(svc: RealNodeService, manifests: Path, namespace: str, subset: str = "stable") -> str:
+    """Envoy's name of a subset's cluster of the service the stage folder `manifests` holds."""
+    (service,) = [d for f in sorted(manifests.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
+                  if d and d["kind"] == "Service"]
+    return f"outbound|{service['spec']['ports'][0]['port']}|{subset}|{svc.name}.{namespace}.svc.cluster.local"
+
+
+def remove_hk(svc: RealNodeService, namespace: str) -> None:
+    """Delete the service's hk objects as the admin (production cannot be deleted with the tool)."""
+    subprocess.run([KUBECTL, "delete", "-n", namespace, "rollouts.argoproj.io,analysistemplates.argoproj.io,"
+                    "deployments,service,pdb,configmap,virtualservices.networking.istio.io,"
+                    "destinationrules.networking.istio.io", "-l", f"service={svc.name}", "--wait=false"],
+                   capture_output=True, env=svc.plane.tool_env())

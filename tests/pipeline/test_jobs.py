@@ -20,6 +20,10 @@ from podserve.tooling.conf import load_conf, load_deploy_policy
 JOBS = concrete_jobs()
 CONF = load_conf()
 DEPLOY_JOBS = {name: job for name, job in JOBS.items() if "STAGE" in job.get("variables", {})}
+#: The manual jobs that promote or abort the release Argo Rollouts runs in a region: a status patch, no image needed.
+CANARY_JOBS = {name: job for name, job in DEPLOY_JOBS.items() if name.startswith("canary-")}
+#: The jobs that apply or delete a stage's objects.
+APPLYING_JOBS = {name: job for name, job in DEPLOY_JOBS.items() if name not in CANARY_JOBS}
 MANIFESTS = "build/manifests"
 IMAGE_METADATA = "build/image-metadata.json"
 FLAVOR_LINE = next(line for line in script_lines(JOBS["manifests"]) if "--print-flavor" in line)
@@ -138,7 +142,9 @@ def test_each_deploy_job_deploys_its_stage_with_that_regions_credentials():
             if prefix == "KUBECONFIG_":  # the variable's environment scope, production/<region>, matches this job only
                 assert JOBS[name]["environment"]["name"] == f"production/{region}", name
             deployed.setdefault(argv[0], set()).add(stage)
-    assert deployed == {"apply": set(CONF.stages), "delete": {"grey", "ab"}, "analyze": {"grey"}}  # verdict-grey
+    production = {name for name in CONF.stages if CONF.stages[name].production}
+    # verdict-grey's analyze; canary promote|abort in each production stage
+    assert deployed == {"apply": set(CONF.stages), "delete": {"grey", "ab"}, "analyze": {"grey"}, "canary": production}
 
 
 def _needed(job: dict) -> dict[str, bool]:
@@ -148,7 +154,7 @@ def _needed(job: dict) -> dict[str, bool]:
 
 
 def test_deploy_jobs_run_in_the_tooling_image_after_both_images_are_built():
-    for name, job in DEPLOY_JOBS.items():
+    for name, job in APPLYING_JOBS.items():
         assert job["image"] == "$TOOLING_IMAGE", name
         if not name.startswith("stop_"):
             # tooling-image runs in the platform's project only: elsewhere the pinned release is already there.
@@ -178,11 +184,29 @@ def test_the_service_image_job_records_its_digest_and_every_apply_job_deploys_by
     assert line.split("--metadata-file ")[1].split()[0] == IMAGE_METADATA
     assert IMAGE_METADATA in JOBS["service-image"]["artifacts"]["paths"]
     applies = [name for name, module, argv in tool_calls() if module == "podserve.tooling.deploy" and argv[0] == "apply"]
-    assert set(applies) == {name for name in DEPLOY_JOBS if not name.startswith("stop_")}
+    assert set(applies) == {name for name in APPLYING_JOBS if not name.startswith("stop_")}
     for name in applies:
         assert "service-image" in JOBS[name]["needs"], name  # GitLab hands a job the artifacts of what it needs
         (_, argv) = next((m, a) for n, m, a in tool_calls() if n == name)
         assert argv[argv.index("--image-metadata") + 1] == IMAGE_METADATA, name
+
+
+def test_each_region_has_manual_canary_promote_and_abort_jobs_that_need_a_reason_and_wait_on_nothing():
+    """canary-promote|abort-<region>: manual on the default branch, never blocking (allow_failure), the region's
+    production credential by its environment, no resource_group (the region's deploy job holds it while it waits on
+    the release they end), only the manifests (the service's name), PODSERVE_CANARY_REASON passed as --reason."""
+    regions = {CONF.stages[name].region for name in CONF.stages if CONF.stages[name].production}
+    assert set(CANARY_JOBS) == {f"canary-{action}-{region}" for action in ("promote", "abort") for region in regions}
+    for name, job in CANARY_JOBS.items():
+        action, region = name.split("-")[1:]
+        assert job["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH", "when": "manual",
+                                 "allow_failure": True}], name
+        assert job["environment"] == {"name": f"production/{region}", "action": "access"}, name
+        assert "resource_group" not in job and job["needs"] == ["manifests"] and job["timeout"] == "10m", name
+        assert job["stage"] == f"deploy-{region}", name
+        module, argv = tool_argv(script_lines(job)[-1], job)
+        assert module == "podserve.tooling.deploy" and argv[:2] == ["canary", action], name
+        assert argv[argv.index("--reason") + 1] == "$PODSERVE_CANARY_REASON", name
 
 
 def test_ab_and_every_region_hold_a_resource_group_of_their_own():
@@ -209,7 +233,7 @@ def test_the_preview_gates_never_block_the_pipeline_and_production_s_do():
     closed: GitLab counts a failed job with allow_failure: true as passed for `needs` (issue 26)."""
     manual = _manual()
     assert manual == {"stop_grey": True, "ab_test": True, "stop_ab": True,
-                      "deploy-hk": False, "deploy-eu": False, "deploy-na": False}
+                      "deploy-hk": False, "deploy-eu": False, "deploy-na": False, **{name: True for name in CANARY_JOBS}}
     assert "rules" not in JOBS["grey"] and "when" not in JOBS["grey"] and "rules" not in JOBS["smoke-grey"]
 
 
@@ -341,7 +365,7 @@ def test_the_deploy_jobs_timeout_holds_the_example_s_rollout_and_rollback():
     from podserve.tooling.deploy import commands
     from podserve.tooling.deploy.target import from_values
 
-    timeouts = {JOBS[name].get("timeout") for name in DEPLOY_JOBS if not name.startswith("stop_")}
+    timeouts = {JOBS[name].get("timeout") for name in APPLYING_JOBS if not name.startswith("stop_")}
     assert timeouts == {"1h"} and load_deploy_policy().ci_job_timeout_seconds == 3600
     for name in CONF.stages:
         target = from_values(REPO / "value.py", CONF, CONF.stages[name], "t")

@@ -13,15 +13,16 @@ from __future__ import annotations
 import json
 import subprocess
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from typing import Iterator
 
 import pytest
 
-from real_node_service import REPO, TEAM, Deployed, RealNodeService
+from real_node_service import (KUBECTL, REPO, TEAM, Deployed, RealNodeService, hk_gateway, remove_hk,
+                               subset_cluster)
 
 from podserve.tooling.deploy import failures
 
-KUBECTL = str(REPO / ".tools" / "bin" / "kubectl")
 
 #: The cases' pods ask this much CPU each, so that the four fit the real node (2 cores) at once with room to spare.
 CASE_CPU = "400m"
@@ -130,10 +131,13 @@ MEMORY_CASE = {"memory": "2Gi", "cpu": "1", "decode_processes": 1, "max_image_pi
                "request_timeout_ms": 30000}
 
 
-def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_nothing(grey_service, istiod, tmp_path):
-    """hk's production stage (2 replicas) on the real node, v1 then v2, while 32 clients call through the gateway
-    (Envoy fed by istiod, in its own pod network on the node's bridge), the chart's NetworkPolicies enforced by the
-    node's kube-network-policies."""
+def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_nothing(grey_service, istiod,
+                                                                                    rollouts_controller, tmp_path):
+    """hk's production stage (2 replicas) on the real node, v1 then v2 released by Argo Rollouts (render's Rollout, no
+    canary steps: the new ReplicaSet in full, the route's subsets switched, the old pods scaled down after
+    scaleDownDelaySeconds), while 32 clients call through the gateway (Envoy fed by istiod, in its own pod network on
+    the node's bridge) until every v1 pod is stopping, the chart's NetworkPolicies enforced by the node's
+    kube-network-policies."""
     import base64
     import threading
     import time
@@ -142,11 +146,7 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_not
     import yaml
     from kubernetes import client
 
-    from podserve.testbed.cluster.node import BRIDGE, GATEWAY_ADDRESS, POD_SUBNET
-    from podserve.testbed.mesh.gateway import Gateway
-    from podserve.testbed.mesh.podnetwork import PodNetwork
     from podserve.testbed.processes import poll_until
-    from podserve.tooling import chart_values
 
     svc, conf = grey_service, grey_service.conf
     stage = conf.stages["hk"]
@@ -154,17 +154,12 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_not
     v1 = svc.render(svc.name, svc.commit, stage="hk", variant="-v1", drain_seconds=2)
     v2 = svc.render(svc.name, svc.commit, stage="hk", variant="-v2", drain_seconds=3)
     core = client.CoreV1Api(svc.plane.api_client())
-    followers, gateway, network, stop = [], None, None, threading.Event()
+    followers, stop, stack = [], threading.Event(), ExitStack()
     try:
         first = svc.deploy("apply", manifests=v1, stage="hk")
         assert first.returncode == 0, first.output
-        (service,) = [d for f in sorted(v1.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
-                      if d and d["kind"] == "Service"]
-        cluster = f"outbound|{service['spec']['ports'][0]['port']}|stable|{svc.name}.{namespace}.svc.cluster.local"
-        network = PodNetwork.create()
-        network.attach(BRIDGE, f"{GATEWAY_ADDRESS}/{POD_SUBNET.split('/')[1]}")
-        gateway = Gateway.start(svc.plane.api_client(), istiod, network, tmp_path, stage.gateway,
-                                chart_values.chart_values(conf, "hk")["gateways"][0]["selector"])
+        cluster = subset_cluster(svc, v1, namespace)
+        gateway = stack.enter_context(hk_gateway(svc, istiod, tmp_path))
         v1_pods = {p.status.pod_ip for p in core.list_namespaced_pod(namespace,
                                                                      label_selector=f"service={svc.name}").items}
         # istiod sends the stable subset the pods whose labels it selects, at their addresses
@@ -202,6 +197,12 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_not
         poll_until(lambda: len(statuses) >= CLIENTS, "every client answered once before the update", 60)
         before, verdicts = len(statuses), svc.node.policies.verdicts()
         update = svc.deploy("apply", manifests=v2, stage="hk")
+        # Argo scales v1 down scaleDownDelaySeconds after the switch: the callers go on until then
+        delay = yaml.safe_load(next(v2.glob("rollout.yaml")).read_text())["spec"]["strategy"]["canary"][
+            "scaleDownDelaySeconds"]
+        poll_until(lambda: all(p.metadata.deletion_timestamp or p.metadata.name not in old for p in
+                               core.list_namespaced_pod(namespace, label_selector=f"service={svc.name}").items),
+                   "every v1 pod stopping (Argo's scale-down)", delay + 60)
         after, judged = len(statuses), svc.node.policies.verdicts()
         stop.set()
         for thread in callers:
@@ -234,13 +235,118 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_not
         for _, out, process in followers:
             process.kill()
             out.close()
-        if gateway is not None:
-            gateway.stop()
-        if network is not None:
-            network.remove()
-        subprocess.run([KUBECTL, "delete", "-n", namespace, "deployment,service,pdb,configmap,"
-                        "virtualservices.networking.istio.io,destinationrules.networking.istio.io",
-                        "-l", f"service={svc.name}", "--wait=false"], capture_output=True, env=svc.plane.tool_env())
+        stack.close()
+        remove_hk(svc, namespace)
+
+
+#: The migration's load: RATE requests a second through Envoy, each sent at its own time by one of CALLERS threads.
+RATE = 60
+CALLERS = 8
+
+
+def test_the_move_from_the_deployment_to_the_rollout_under_60_requests_a_second_fails_none_and_restarts_none(
+        grey_service, istiod, rollouts_controller, tmp_path):
+    """Issue 66's migration on the real node: hk as deployed before issue 66 (a Deployment of 2 pods, the
+    DestinationRule's subsets selecting `track`), then apply of the rendered Rollout of the same build, while RATE
+    requests a second go through the gateway (Envoy fed by istiod). The tool starts the Rollout's 2 pods of the
+    Deployment's template beside the Deployment's 2, deletes the Deployment once they are all available, and its pods
+    drain: every request answered 200, no container restarted (the kubelet's restart counts, sampled every 0.5 s),
+    the 2 pods replaced by 2 of the Rollout, which Argo holds Healthy."""
+    import base64
+    import sys
+    import threading
+    import time
+
+    import requests
+    from kubernetes import client
+
+    from podserve.testbed.processes import poll_until
+
+    sys.path.insert(0, str(REPO / "tests" / "deploy"))
+    from live import before_rollouts
+
+    svc = grey_service
+    stage = svc.conf.stages["hk"]
+    namespace = stage.namespace_for(TEAM)
+    core = client.CoreV1Api(svc.plane.api_client())
+
+    def pods() -> list:
+        return [p for p in core.list_namespaced_pod(namespace, label_selector=f"service={svc.name}").items
+                if not p.metadata.deletion_timestamp]
+
+    poll_until(lambda: not core.list_namespaced_pod(namespace, label_selector=f"service={svc.name}").items,
+               "no hk pod of the service left from an earlier test", 120)
+    rendered = svc.render(svc.name, svc.commit, stage="hk", variant="-migration", cpu=CASE_CPU)
+    legacy = before_rollouts(rendered, tmp_path / "before-rollouts" / "hk")
+    body = {"postid": "m", "uid": "u", "seqid": "1",
+            "image": base64.b64encode((REPO / "examples" / "text-line.png").read_bytes()).decode()}
+    outcomes: list[tuple[float, int, str]] = []
+    restarts: dict[str, int] = {}
+    stop = threading.Event()
+
+    def caller(index: int, url: str, start: float) -> None:
+        with requests.Session() as session:
+            for number in range(index, 300 * RATE, CALLERS):  # at most 300 s
+                if stop.wait(max(0.0, start + number / RATE - time.monotonic())):
+                    return
+                sent = time.monotonic()
+                try:
+                    reply = session.post(url, json=body, headers={"Host": stage.ingress_host}, timeout=30)
+                    outcomes.append((sent, reply.status_code, "" if reply.status_code == 200 else reply.text[:120]))
+                except requests.RequestException as exc:
+                    outcomes.append((sent, 0, repr(exc)[:120]))
+
+    def watch_restarts() -> None:
+        while not stop.wait(0.5):
+            for pod in core.list_namespaced_pod(namespace, label_selector=f"service={svc.name}").items:
+                counted = sum(c.restart_count for c in pod.status.container_statuses or [])
+                restarts[pod.metadata.name] = max(counted, restarts.get(pod.metadata.name, 0))
+
+    threads: list[threading.Thread] = []
+    with ExitStack() as stack:
+        stack.callback(remove_hk, svc, namespace)
+        first = svc.deploy("apply", manifests=legacy, stage="hk")
+        assert first.returncode == 0, first.output
+        before = {p.metadata.name: p.status.pod_ip for p in pods()}
+        assert len(before) == 2 and all("rollouts-pod-template-hash" not in p.metadata.labels for p in pods())
+        gateway = stack.enter_context(hk_gateway(svc, istiod, tmp_path))
+        poll_until(lambda: set(gateway.envoy.hosts(subset_cluster(svc, rendered, namespace))) == set(before.values()),
+                   "Envoy sends the stable subset to the Deployment's 2 pods", 30)
+        url, start = gateway.url + stage.public_path(svc.name, TEAM), time.monotonic() + 0.2
+        threads = [threading.Thread(target=caller, args=(i, url, start), daemon=True) for i in range(CALLERS)]
+        threads.append(threading.Thread(target=watch_restarts, daemon=True))
+        stack.callback(lambda: [stop.set(), *(t.join(timeout=40) for t in threads)])
+        for thread in threads:
+            thread.start()
+        poll_until(lambda: len(outcomes) >= 2 * RATE, "two seconds of callers on the Deployment's pods", 60)
+        began = time.monotonic()
+        moved = svc.deploy("apply", manifests=rendered, stage="hk")
+        ended = time.monotonic()
+        count = len(outcomes)
+        poll_until(lambda: len(outcomes) >= count + 2 * RATE, "two seconds of callers on the Rollout's pods", 60)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=40)
+        after = {p.metadata.name: p for p in pods()}
+        during = [o for o in outcomes if began <= o[0] <= ended]
+        failed = [o for o in outcomes if o[1] != 200]
+        seconds = outcomes[-1][0] - outcomes[0][0]
+        print(f"migration on the real node: exit {moved.returncode} in {moved.seconds:.1f} s; {len(outcomes)} "
+              f"requests in {seconds:.0f} s ({len(during)} during the apply), {len(failed)} failed; pods replaced: "
+              f"{sorted(before)} -> {sorted(after)}; restarts seen {restarts}")
+        assert moved.returncode == 0, moved.output
+        assert "(2 pods replaced)" in moved.output, moved.output
+        assert failed == [], [(round(t - began, 2), status, said) for t, status, said in failed[:10]]
+        assert len(during) >= RATE * moved.seconds * 0.8  # the rate held while the tool worked
+        assert set(after).isdisjoint(before) and len(after) == 2
+        assert all(p.metadata.labels.get("rollouts-pod-template-hash") for p in after.values())
+        assert restarts and set(before) <= set(restarts) and set(restarts.values()) == {0}
+        live = svc.plane.api_client()
+        custom = client.CustomObjectsApi(live)
+        rollout = custom.get_namespaced_custom_object("argoproj.io", "v1alpha1", namespace, "rollouts", svc.name)
+        assert rollout["status"]["phase"] == "Healthy", rollout["status"]
+        assert client.AppsV1Api(live).list_namespaced_deployment(namespace,
+                                                                 label_selector=f"service={svc.name}").items == []
 
 
 def _noise_video(frames: int = 24, rate: int = 2) -> bytes:

@@ -57,12 +57,13 @@ def _delete(service, namespace: str) -> None:
     import subprocess
 
     subprocess.run([KUBECTL, "delete", "-n", namespace, "deployment,service,pdb,configmap,podmonitors.monitoring.coreos.com,"
-                    "virtualservices.networking.istio.io,destinationrules.networking.istio.io", "-l", f"service={NAME}",
+                    "virtualservices.networking.istio.io,destinationrules.networking.istio.io,"
+                    "rollouts.argoproj.io,analysistemplates.argoproj.io", "-l", f"service={NAME}",
                     "--wait=false"], capture_output=True, env=service.plane.tool_env(), timeout=120)
 
 
 @pytest.fixture(scope="module")
-def bed(grey_service, real_node):
+def bed(grey_service, real_node, rollouts_controller):  # its hk pods are a Rollout's
     from kubernetes import client
 
     svc, conf = grey_service, grey_service.conf

@@ -37,9 +37,14 @@ def shared_schemas() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def crd_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
-    """Return {(apiVersion, kind): validator} for every served version of every CRD in shared/."""
+    """Return {(apiVersion, kind): validator} for every served version of every CRD in shared/ and of Argo
+    Rollouts' (its module's own files, `make argo-rollouts`)."""
+    from podserve.testbed.rollouts import build
+
+    argo = build.crd_paths()
+    assert all(p.is_file() for p in argo), f"{argo[0].parent} lacks Argo's CRDs: run `make argo-rollouts`"
     validators = {}
-    for path in sorted(shared_schemas().joinpath("crds").glob("*.yaml")):
+    for path in [*sorted(shared_schemas().joinpath("crds").glob("*.yaml")), *argo]:
         for crd in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue

@@ -232,3 +232,24 @@ def _concrete():
 
 
 JOBS_FOR_SCOPE = _concrete()
+
+
+def test_each_region_has_manual_canary_promote_and_abort_jobs_that_never_wait_for_its_deploy_job():
+    """The release runs in the cluster (Argo Rollouts): promote and abort are manual jobs of the default branch, with
+    the region's credential (its environment, access only), in the region's stage but needing only the manifests and
+    holding no resource_group, so they run while the region's deploy job waits on the release."""
+    from podserve.testbed.image.ci_jobs import concrete_jobs, script_lines
+
+    jobs = concrete_jobs()
+    for region in ("hk", "eu", "na"):
+        for action in ("promote", "abort"):
+            job = jobs[f"canary-{action}-{region}"]
+            assert job["stage"] == f"deploy-{region}" and job["needs"] == ["manifests"]
+            assert "resource_group" not in job and jobs[f"deploy-{region}"]["resource_group"] == f"production/{region}"
+            assert job["environment"] == {"name": f"production/{region}", "action": "access"}
+            assert job["variables"]["KUBECONFIG"] == f"$KUBECONFIG_{region.upper()}"
+            assert job["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH", "when": "manual",
+                                     "allow_failure": True}]
+            (line,) = script_lines(job)
+            assert f"podserve.tooling.deploy canary {action} --stage \"$STAGE\"" in line
+            assert '--reason "$PODSERVE_CANARY_REASON"' in line

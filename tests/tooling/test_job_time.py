@@ -44,7 +44,7 @@ def test_six_replicas_at_init_delay_120_now_fit_with_the_rollback_budgeted_from_
     platform's .gitlab-ci.yml); a failed rollout of 6 pods has at most 5 to put back: 1500 + 1255 + 600 + 120 s."""
     path = write_values(tmp_path, hk_replicas=6, init_delay_second=120)
     rendered = render.render(path, conf=conf)
-    deployment = next(d for d in rendered.stages["hk"] if d["kind"] == "Deployment")
+    deployment = next(d for d in rendered.stages["hk"] if d["kind"] == "Rollout")
     deadline = deployment["spec"]["progressDeadlineSeconds"]
     assert deadline == 245
     policy = load_deploy_policy()
@@ -55,7 +55,7 @@ def test_six_replicas_at_init_delay_120_now_fit_with_the_rollback_budgeted_from_
 def test_the_limit_render_checks_is_the_deploy_jobs_own_timeout():
     """GitLab expands no variable in `timeout:`, so the hour is written twice; they must agree."""
     deploy_jobs = [job for job in concrete_jobs().values() if "STAGE" in job.get("variables", {})
-                   and job.get("environment", {}).get("action") != "stop"]
+                   and job.get("environment", {}).get("action") not in ("stop", "access")]  # not canary-*
     assert {job["timeout"] for job in deploy_jobs} == {"1h"}
     assert load_deploy_policy().ci_job_timeout_seconds == 3600
 

@@ -16,26 +16,33 @@ def _by_kind(docs: list[dict]) -> dict[str, dict]:
     return {d["kind"]: d for d in docs}
 
 
-def test_production_always_routes_to_the_subsets_by_weight_and_the_header_reaches_the_canary(tmp_path, conf):
+def test_production_always_routes_to_the_subsets_by_weight_and_no_header_reaches_the_canary(tmp_path, conf):
     stages = render.render(write_values(tmp_path, canary_steps=[10, 50]), conf=conf, image_tag="golden").stages
     for name in ("hk", "eu", "na"):
         objects = _by_kind(stages[name])
         subsets = objects["DestinationRule"]["spec"]["subsets"]
-        assert [(s["name"], s["labels"]) for s in subsets] == [("stable", {"track": "stable"}),
-                                                              ("canary", {"track": "canary"})]
+        # by Argo's pod template hash alone (it writes it): never by track, which Argo moves after the switch
+        assert [(s["name"], s.get("labels")) for s in subsets] == [("stable", None), ("canary", None)]
         pools = {s["name"]: s["trafficPolicy"]["connectionPool"]["http"]["http2MaxRequests"] for s in subsets}
         whole = objects["DestinationRule"]["spec"]["trafficPolicy"]["connectionPool"]["http"]["http2MaxRequests"]
-        replicas = objects["Deployment"]["spec"]["replicas"]
+        replicas = objects["Rollout"]["spec"]["replicas"]
         assert pools["stable"] == whole  # the stage's pods
         assert pools["canary"] == whole * release.canary_replicas(50, replicas) // replicas  # its most pods, at 50%
         http = objects["VirtualService"]["spec"]["http"]
-        assert [h["name"].rsplit("-", 2)[-2:] for h in http][:2] == [["canary", "exact"], ["canary", "subpaths"]]
-        for header_route, route in zip(http[:2], http[2:]):
-            assert header_route["match"] == [dict(route["match"][0], headers={"x-podserve-track": {"exact": "canary"}})]
-            assert [d["destination"]["subset"] for d in header_route["route"]] == ["canary"]
+        # only the path and its sub-paths, each weighted (Argo sets the weights): no header a caller sends reaches
+        # the canary, nor steers or biases its sample
+        assert [h["name"] for h in http] == ["text-direction-exact", "text-direction-subpaths"]
+        for route in http:
+            assert all(set(m) == {"uri"} for m in route["match"]), route["match"]
             assert [(d["destination"]["subset"], d["weight"]) for d in route["route"]] == [("stable", 100),
                                                                                            ("canary", 0)]
-        assert release.read_release_policy(objects["Deployment"])["canary_steps"] == [10, 50]
+        rollout = objects["Rollout"]["spec"]["strategy"]["canary"]
+        assert rollout["trafficRouting"]["istio"]["virtualService"]["routes"] == [h["name"] for h in http]
+        assert [s["setWeight"] for s in rollout["steps"] if "setWeight" in s] == [10, 50]
+        assert [s["analysis"]["templates"] for s in rollout["steps"] if "analysis" in s] == \
+            [[{"templateName": objects["AnalysisTemplate"]["metadata"]["name"]}]] * 2
+        assert release.read_release_policy(objects["Rollout"])["canary_steps"] == [10, 50]
+        assert "Deployment" not in objects
     for name in ("grey", "ab"):  # a preview copy: one Deployment, one destination; grey's one subset is the mirror's
         objects = _by_kind(stages[name])
         assert objects["DestinationRule"]["spec"].get("subsets") == (
@@ -46,13 +53,14 @@ def test_production_always_routes_to_the_subsets_by_weight_and_the_header_reache
         assert release.RELEASE_ANNOTATION not in objects["Deployment"]["metadata"].get("annotations", {})
 
 
-def test_the_stable_selector_names_track_its_pods_carry_and_the_rest_select_every_pod(tmp_path, conf):
+def test_the_rollout_selects_every_pod_of_the_stage_and_argo_stamps_track_as_the_other_selectors_do(tmp_path, conf):
     stages = render.render(write_values(tmp_path), conf=conf, image_tag="golden").stages
     for name in ("hk", "eu"):
         objects = _by_kind(stages[name])
-        deployment = objects["Deployment"]
-        assert deployment["spec"]["selector"]["matchLabels"] == {"service": "text-direction", "stage": name,
-                                                                 "track": "stable"}
+        deployment = objects["Rollout"]
+        # one selector for every revision's ReplicaSet; Argo stamps track (stableMetadata/canaryMetadata)
+        assert deployment["spec"]["selector"]["matchLabels"] == {"service": "text-direction", "stage": name}
+        assert release.TRACK_LABEL not in deployment["spec"]["template"]["metadata"]["labels"]
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()  # the apiserver refuses less
         both = {"service": "text-direction", "stage": name}  # stable's pods and a canary's
@@ -92,7 +100,7 @@ def test_hk_mirrors_its_share_to_its_own_grey_and_no_other_stage_mirrors(tmp_pat
 def test_checks_refuse_a_route_off_the_subsets_or_mirroring_elsewhere(tmp_path, conf, change, says):
     path = write_values(tmp_path)
     docs = copy.deepcopy(render.render(path, stages=["hk"], conf=conf).stages["hk"])
-    change(next(d for d in docs if d["kind"] == "VirtualService")["spec"]["http"][2])
+    change(next(d for d in docs if d["kind"] == "VirtualService")["spec"]["http"][0])
     problems = [str(p) for p in checks.check_stage(docs, load_values(path, conf), conf, conf.stages["hk"])]
     assert any(says in p for p in problems), problems
 
@@ -164,7 +172,7 @@ def test_the_release_policy_carries_value_py_s_tighter_thresholds_only(tmp_path,
     from podserve.tooling.conf import load_deploy_policy
 
     path = write_values(tmp_path, canary_steps=[25], verdict_error_margin=0.004, verdict_window_seconds=300)
-    deployment = _by_kind(render.render(path, stages=["hk"], conf=conf).stages["hk"])["Deployment"]
+    deployment = _by_kind(render.render(path, stages=["hk"], conf=conf).stages["hk"])["Rollout"]
     policy = release.read_release_policy(deployment)
     assert policy == {"canary_steps": [25], "verdict": {"error_margin": 0.004, "window_seconds": 300}}
     platform = load_deploy_policy(conf=conf).verdict
@@ -174,10 +182,6 @@ def test_the_release_policy_carries_value_py_s_tighter_thresholds_only(tmp_path,
     assert json.loads(text) == policy
 
 
-def test_the_canary_s_name_stays_a_63_character_dns_label():
-    assert release.canary_name("text-direction") == "text-direction-canary"
-    long = "a" * 60 + "-b"
-    named = release.canary_name(long)
-    assert len(named) <= 63 and named.endswith("-canary") and named != release.canary_name("a" * 60 + "-c")
+def test_the_canary_s_pods_at_a_step_are_its_share_of_stable_s_rounded_up_at_least_one():
     assert release.canary_replicas(10, 2) == 1 and release.canary_replicas(50, 3) == 2 and release.canary_replicas(
         10, 0) == 1

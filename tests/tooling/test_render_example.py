@@ -31,7 +31,9 @@ def test_render_all_writes_five_stages_that_pass_every_check(tmp_path, kubectl):
     tree = read_tree(tmp_path)
     assert sorted(tree) == sorted(STAGES)
     docs = [doc for stage in STAGES for doc in tree[stage]]
-    assert len(docs) == 30  # six objects a stage: no HPA, since the example's max_replicas is 0
+    # six objects a preview stage, seven a production one (its Rollout and AnalysisTemplate for the Deployment): no
+    # HPA, since the example's max_replicas is 0
+    assert len(docs) == 6 * 2 + 7 * 3
     assert KUBE_VERSIONS == ("1.30", "1.37")
     assert all_schema_errors(docs) == []
     for stage in STAGES:
@@ -55,7 +57,7 @@ def test_output_is_the_golden_files_byte_for_byte(tmp_path, monkeypatch):
 
 def test_the_golden_files_pass_the_schemas():
     docs = [doc for stage in read_tree(GOLDEN).values() for doc in stage]
-    assert len(docs) == 30 and all_schema_errors(docs) == []
+    assert len(docs) == 6 * 2 + 7 * 3 and all_schema_errors(docs) == []
 
 
 def test_rendering_twice_gives_the_same_bytes(tmp_path):
@@ -71,8 +73,8 @@ def test_a_stage_folder_holds_only_the_current_objects(tmp_path, conf):
     (tmp_path / "hk" / "horizontalpodautoscaler.yaml").write_text("stale\n")
     assert render.main(["--stage", "hk", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in (tmp_path / "hk").iterdir()) == [
-        "deployment.yaml", "destinationrule.yaml", "poddisruptionbudget.yaml", "podmonitor.yaml", "service.yaml",
-        "virtualservice.yaml"]
+        "analysistemplate.yaml", "destinationrule.yaml", "poddisruptionbudget.yaml", "podmonitor.yaml", "rollout.yaml",
+        "service.yaml", "virtualservice.yaml"]
 
 
 def test_one_stage_and_the_image_tag_from_ci(tmp_path):
@@ -81,7 +83,7 @@ def test_one_stage_and_the_image_tag_from_ci(tmp_path):
                             env={"CI_COMMIT_SHORT_SHA": "abc1234", "PYTHONPATH": str(REPO / "src")})
     assert result.returncode == 0, result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["eu"]
-    assert "image: registry.eu.example.com/like/text-direction:abc1234" in (tmp_path / "eu" / "deployment.yaml").read_text()
+    assert "image: registry.eu.example.com/like/text-direction:abc1234" in (tmp_path / "eu" / "rollout.yaml").read_text()
 
 
 def test_print_images_lists_each_registry_and_writes_nothing(tmp_path):
@@ -118,7 +120,9 @@ def test_the_kubernetes_validate_command_passes_core_kinds_and_only_warns_on_crd
     docs = [doc for stage in read_tree(GOLDEN).values() for doc in stage]
     crd_kinds = {(d["apiVersion"], d["kind"]) for d in docs if (d["apiVersion"], d["kind"]) in crd_validators()}
     core = [d for d in docs if (d["apiVersion"], d["kind"]) not in crd_kinds]
-    assert sum(" passed for resource " in line for line in lines) == len(core) * len(KUBE_VERSIONS) == 30
+    # grey and ab: Deployment, Service, PodDisruptionBudget; production: Service, PodDisruptionBudget
+    assert sum(" passed for resource " in line for line in lines) == len(core) * len(KUBE_VERSIONS) == (3 * 2 + 2 * 3) * 2
     warned = {line.split("kind ")[1].split(" with")[0] for line in lines if line.startswith("WARN")}
-    assert warned == {kind for _, kind in crd_kinds} == {"VirtualService", "DestinationRule", "PodMonitor"}
+    assert warned == {kind for _, kind in crd_kinds} == {"VirtualService", "DestinationRule", "PodMonitor", "Rollout",
+                                                         "AnalysisTemplate"}
     assert not any(line.startswith("ERROR") for line in lines)

@@ -17,7 +17,7 @@ def test_a_production_stage_with_one_replica_is_warned_about(tmp_path, capsys):
     assert "Warning: hk runs one replica (hk_replicas = 1 in value.py): any node drain or eviction takes the " \
            "service down in hk; set hk_replicas to 2 or more" in err
     assert "grey runs" not in err and "ab runs" not in err  # preview stages: one pod is the point
-    assert (tmp_path / "out" / "hk" / "deployment.yaml").is_file()
+    assert (tmp_path / "out" / "hk" / "rollout.yaml").is_file()
 
 
 def test_the_example_is_warned_about_exactly_where_it_runs_one_pod(tmp_path, capsys):

@@ -60,7 +60,7 @@ def test_the_platforms_http_limits_reach_the_pods_environment_from_conf():
     settings = load_values(REPO / "value.py", conf).serving_settings()
     assert (settings.header_timeout_seconds, settings.max_connections) == (7.5, 321)
     [deployment] = [doc for doc in render.render(REPO / "value.py", stages=["hk"], conf=conf).stages["hk"]
-                    if doc["kind"] == "Deployment"]
+                    if doc["kind"] == "Rollout"]
     env = {item["name"]: item["value"] for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["PODSERVE_HEADER_TIMEOUT_SECONDS"] == "7.5" and env["PODSERVE_MAX_CONNECTIONS"] == "321"
     assert [name for name, field in FIELDS.items() if field.default is REQUIRED] == ["service_name", "username"]

@@ -49,7 +49,7 @@ def test_every_object_passes_the_schemas(rendered, name):
 
 
 def test_cpu_only_runs_on_the_cpu_pool_with_threads_shared(rendered):
-    (deployment,) = stage_docs(rendered["cpu_only"], "hk", "Deployment")
+    (deployment,) = stage_docs(rendered["cpu_only"], "hk", "Rollout")
     spec = deployment["spec"]["template"]["spec"]
     assert spec["nodeSelector"] == {"podserve.io/pool": "cpu"} and spec["tolerations"] == []
     server = spec["containers"][0]
@@ -62,8 +62,11 @@ def test_autoscaled_production_has_an_hpa_and_no_fixed_replicas(rendered):
     service = rendered["autoscaled"]
     for stage in ("hk", "eu", "na"):
         (hpa,) = stage_docs(service, stage, "HorizontalPodAutoscaler")
-        (deployment,) = stage_docs(service, stage, "Deployment")
+        (deployment,) = stage_docs(service, stage, "Rollout")
         assert "replicas" not in deployment["spec"]
+        # the HPA scales the Rollout (Argo keeps stable at the count the HPA sets through a canary's steps)
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+                                                 "name": deployment["metadata"]["name"]}
         assert hpa["spec"]["maxReplicas"] == 8 and hpa["spec"]["minReplicas"] == {"hk": 2, "eu": 1, "na": 1}[stage]
         metric = hpa["spec"]["metrics"][0]["pods"]
         assert metric["metric"]["name"] == metric_names.IN_FLIGHT and metric["target"]["averageValue"] == "2500m"
@@ -74,21 +77,21 @@ def test_autoscaled_production_has_an_hpa_and_no_fixed_replicas(rendered):
 
 def test_kong_host_port_only_where_service_discovery_runs(rendered, conf):
     for stage, docs in rendered["kong"].stages.items():
-        (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+        (deployment,) = [d for d in docs if d["kind"] == ("Rollout" if conf.stages[stage].production else "Deployment")]
         port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]
         assert port.get("hostPort") == (21234 if conf.stages[stage].service_discovery else None)
         assert port["containerPort"] == 8080
 
 
 def test_hami_region_asks_for_gpu_memory_and_mig_region_for_a_slice(rendered):
-    limits = {stage: stage_docs(rendered["big"], stage, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    limits = {stage: stage_docs(rendered["big"], stage, "Rollout")[0]["spec"]["template"]["spec"]["containers"][0]
               ["resources"]["limits"] for stage in ("hk", "eu", "na")}
     assert limits["na"]["nvidia.com/gpumem"] == str(5 * 2 * 1024) and limits["na"]["nvidia.com/gpu"] == "1"
     assert limits["eu"]["nvidia.com/mig-2g.20gb"] == "1" and "nvidia.com/gpu" not in limits["eu"]
 
 
 def test_big_budgets_follow_start_up_and_shutdown(rendered):
-    (deployment,) = stage_docs(rendered["big"], "hk", "Deployment")
+    (deployment,) = stage_docs(rendered["big"], "hk", "Rollout")
     pod = deployment["spec"]["template"]
     probe = pod["spec"]["containers"][0]["startupProbe"]
     assert probe["periodSeconds"] * probe["failureThreshold"] >= 1800 and "initialDelaySeconds" not in probe
@@ -113,7 +116,7 @@ def test_a_service_named_y_stays_a_string_for_kubernetes(rendered, tmp_path, kub
     text = (out / "hk" / "service.yaml").read_text()
     assert "service: 'y'" in text and "name: 'y'" in text  # YAML 1.1 (kubectl) reads a bare y as true
     built = kustomize(kubectl, out / "hk", tmp_path)
-    assert {d["metadata"]["name"] for d in built} == {"y"}
+    assert {d["metadata"]["name"] for d in built} == {"y", "y-verdict"}  # its objects, its AnalysisTemplate
 
 
 def test_the_decode_sidecar_is_refused_because_the_server_decodes_videos_itself(tmp_path):

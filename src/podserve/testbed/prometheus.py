@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import urllib.parse
@@ -28,6 +29,7 @@ import yaml
 
 from podserve.testbed.polling import Poller
 from podserve.testbed.processes import Program, StartError, free_port
+from podserve.tooling.rollout import stable_pod_labels
 
 #: The package `make prometheus` installs (Makefile pins the same version).
 DEBIAN_PACKAGE = "prometheus"
@@ -47,12 +49,13 @@ class ScrapeTarget:
 
 
 def pod_monitor_labels(podmonitor: dict, deployment: dict, pod_name: str) -> dict[str, str]:
-    """Return the target labels the Prometheus operator gives a pod selected by `podmonitor`.
+    """Return the target labels the Prometheus operator gives a stable pod of `deployment` (a Deployment or
+    Rollout) selected by `podmonitor`.
 
     namespace, pod, container (the container exposing the port), endpoint (the port's name),
     job (<namespace>/<name>) and each `podTargetLabels` label copied from the pod template.
     """
-    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pod_labels = stable_pod_labels(deployment)
     selector = podmonitor["spec"]["selector"]["matchLabels"]
     if any(pod_labels.get(k) != v for k, v in selector.items()):
         raise ValueError(f"PodMonitor {podmonitor['metadata']['name']} does not select the Deployment's pods "
@@ -69,7 +72,9 @@ def pod_target_labels(podmonitor: dict, pod_labels: dict, pod_spec: dict, pod_na
     namespace = podmonitor["metadata"]["namespace"]
     labels = {"namespace": namespace, "pod": pod_name, "container": container, "endpoint": endpoint,
               "job": f"{namespace}/{podmonitor['metadata']['name']}"}
-    labels.update({name: pod_labels[name] for name in spec.get("podTargetLabels", []) if name in pod_labels})
+    # as the operator writes them: a label name's characters Prometheus does not allow become _
+    labels.update({re.sub(r"[^a-zA-Z0-9_]", "_", name): pod_labels[name] for name in spec.get("podTargetLabels", [])
+                   if name in pod_labels})
     return labels
 
 

@@ -28,6 +28,7 @@ from podserve.testbed.processes import Program, free_port
 from podserve.testbed.prometheus import ScrapeTarget, pod_monitor_labels
 from podserve.tooling.conf import load_observability
 from podserve.tooling.render import render
+from podserve.tooling.rollout import workload_of
 
 REPO = Path(__file__).resolve().parents[3]
 IMAGE = REPO / "examples" / "text-line.png"
@@ -63,7 +64,7 @@ def start_pods(workdir: Path, layout: dict[str, int], values_path: Path = REPO /
     try:
         for stage, count in layout.items():
             docs = rendered.stages[stage]
-            podmonitor, deployment = _document(docs, "PodMonitor"), _document(docs, "Deployment")
+            podmonitor, deployment = _document(docs, "PodMonitor"), workload_of(docs)
             # on this machine's CPU, as make serve runs a GPU service (its pod would require the GPU)
             base = dataclasses.replace(rendered.values.serving_settings(), host="127.0.0.1", require_gpu=0,
                                        **(settings or BUSY_SETTINGS))

@@ -130,9 +130,17 @@ class Comparison:
         return (f"(sum_over_time(((sum({vector_expr}) or on() vector(0)) and on() {self.mask})[{span}s:{step}s])"
                 f" * {step})")
 
+    def increase(self, series: str) -> str:
+        """A counter's per-second increase over the last scrape interval: its sample minus the one an interval before
+        (a counter reset counts as nothing). Summed over the judged moments these telescope to exactly the counter's
+        increase over them; a rate over a fixed range would divide a young pod's first samples by the whole range
+        (its first minute counted at a fraction: on the real node, a step's canary at 1/20 of its requests)."""
+        step = self.scrape_seconds
+        return f"(clamp_min({series} - {series} offset {step}s, 0) / {step})"
+
     def count(self, metric: str, selector: str) -> str:
-        """A counter's increase over the judged moments (its per-second rate summed at each of them), a scalar."""
-        return f"scalar({self._over_window(f'rate({metric}{selector}[1m])')} or vector(0))"
+        """A counter's increase over the judged moments, a scalar."""
+        return f"scalar({self._over_window(self.increase(metric + selector))} or vector(0))"
 
     def seconds(self) -> str:
         span, step = self.thresholds.span_seconds, self.scrape_seconds
@@ -141,8 +149,8 @@ class Comparison:
     def above_b(self, metric: str, candidate_sel: str, stable_sel: str) -> tuple[str, str, str, str]:
         """(x_c, n_c, x_s, n_s): each side's count above B and in all (scalars), B the bucket where stable's
         cumulative share first reaches latency_quantile."""
-        cand = self._over_window(f"rate({metric}_bucket{candidate_sel}[1m])", by="le")
-        stab = self._over_window(f"rate({metric}_bucket{stable_sel}[1m])", by="le")
+        cand = self._over_window(self.increase(f"{metric}_bucket{candidate_sel}"), by="le")
+        stab = self._over_window(self.increase(f"{metric}_bucket{stable_sel}"), by="le")
         inf = 'label_replace(vector(1), "le", "+Inf", "", "")'
         n_c, n_s = (f"scalar(sum({side} and on(le) {inf}) or vector(0))" for side in (cand, stab))
         # (less a hair: the counts are sums of rates, and a share of exactly the quantile must count as reaching it)

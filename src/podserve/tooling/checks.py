@@ -14,7 +14,7 @@ import re
 
 from podserve import routes
 from podserve.settings import ServingSettings, SettingsError
-from podserve.tooling import release, routing, tenancy
+from podserve.tooling import release, rollout, routing, tenancy
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.manifests import shutdown_seconds
 from podserve.tooling.valuefile import Problem, ValueFileError
@@ -23,7 +23,9 @@ from podserve.tooling.values import DNS_1035_LABEL, ServiceValues
 #: Used with fullmatch: match's `$` also matches before a trailing newline.
 _LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 _PREFIX = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
-ONE_EACH = ("Deployment", "Service", "VirtualService", "DestinationRule", "PodDisruptionBudget", "PodMonitor")
+#: What every stage has exactly one of, besides what runs its pods (rollout.workload_kind: a production stage's Rollout
+#: with its AnalysisTemplate, another stage's Deployment).
+ONE_EACH = ("Service", "VirtualService", "DestinationRule", "PodDisruptionBudget", "PodMonitor")
 _SAFE_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                  "projected", "secret"}
 
@@ -37,15 +39,17 @@ def check_stage(docs: list[dict], values: ServiceValues, conf: Conf, stage: Stag
     problems: list[Problem] = []
     say = reporter(stage, problems)
     namespace = stage.namespace_for(values["username"])
-    by_kind = documents_by_kind(docs, stage, namespace, ONE_EACH, "the stage", say)
+    kind = rollout.workload_kind(stage)
+    own = (kind, "AnalysisTemplate") if stage.production else (kind,)
+    by_kind = documents_by_kind(docs, stage, namespace, (*own, *ONE_EACH), "the stage", say)
     if problems:
         return problems
-    deployment = by_kind["Deployment"][0]
-    check_selectors(_selectors(by_kind), deployment, say)
-    _check_replicas(deployment, by_kind.get("HorizontalPodAutoscaler", []), values.replicas_for(stage), say)
+    deployment = by_kind[kind][0]
+    check_selectors(_selectors(by_kind, kind), deployment, say)
+    _check_replicas(deployment, by_kind.get("HorizontalPodAutoscaler", []), values.replicas_for(stage), say, kind)
     pod = deployment["spec"]["template"]
-    _check_pod(pod, values, conf, stage, say)
-    _check_pod_security(pod["spec"], stage, say)
+    _check_pod(pod, values, conf, stage, say, kind)
+    _check_pod_security(pod["spec"], stage, say, kind)
     _check_mesh(by_kind, conf, values["username"], stage, namespace, say)
     return problems
 
@@ -74,7 +78,7 @@ def check_selectors(selectors, deployment: dict, say) -> None:
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     for doc, selector in selectors:
         if not selector or any(pod_labels.get(k) != v for k, v in selector.items()):
-            say(doc["kind"], f"selector {selector} does not select the Deployment's pods ({pod_labels})")
+            say(doc["kind"], f"selector {selector} does not select the {deployment['kind']}'s pods ({pod_labels})")
 
 
 def check_routes(rendered: dict[str, list[dict]]) -> list[Problem]:
@@ -114,51 +118,51 @@ def _check_metadata(doc: dict, namespace: str, say) -> None:
                 say(where, f"label {key}={value!r} is not a valid label value (a string of at most 63 characters)")
 
 
-def _selectors(by_kind: dict[str, list[dict]]):
-    yield by_kind["Deployment"][0], by_kind["Deployment"][0]["spec"]["selector"]["matchLabels"]
+def _selectors(by_kind: dict[str, list[dict]], workload: str):
+    yield by_kind[workload][0], by_kind[workload][0]["spec"]["selector"]["matchLabels"]
     yield by_kind["Service"][0], by_kind["Service"][0]["spec"].get("selector")
     for kind in ("PodDisruptionBudget", "PodMonitor"):
         yield by_kind[kind][0], by_kind[kind][0]["spec"]["selector"].get("matchLabels")
 
 
-def _check_replicas(deployment: dict, hpas: list[dict], replicas: int, say) -> None:
+def _check_replicas(deployment: dict, hpas: list[dict], replicas: int, say, owner: str = "Deployment") -> None:
     fixed = deployment["spec"].get("replicas")
     if len(hpas) > 1:
         say("HorizontalPodAutoscaler", "one stage has at most one")
     for hpa in hpas:
         target = hpa["spec"]["scaleTargetRef"]
-        if (target.get("kind"), target.get("name")) != ("Deployment", deployment["metadata"]["name"]):
-            say("HorizontalPodAutoscaler", f"scales {target}, not the stage's Deployment")
+        if (target.get("kind"), target.get("name")) != (deployment["kind"], deployment["metadata"]["name"]):
+            say("HorizontalPodAutoscaler", f"scales {target}, not the stage's {deployment['kind']}")
         if fixed is not None:
-            say("Deployment", "sets spec.replicas while an HPA scales it: the two would fight; leave replicas to the HPA")
+            say(owner, "sets spec.replicas while an HPA scales it: the two would fight; leave replicas to the HPA")
         if hpa["spec"].get("minReplicas") != replicas:
             say("HorizontalPodAutoscaler", f"minReplicas {hpa['spec'].get('minReplicas')} is not the stage's {replicas}")
     if not hpas and fixed != replicas:
-        say("Deployment", f"spec.replicas is {fixed!r}, not the stage's {replicas}")
+        say(owner, f"spec.replicas is {fixed!r}, not the stage's {replicas}")
 
 
-def _check_pod(pod: dict, values: ServiceValues, conf: Conf, stage: Stage, say) -> None:
+def _check_pod(pod: dict, values: ServiceValues, conf: Conf, stage: Stage, say, owner: str = "Deployment") -> None:
     spec = pod["spec"]
     server = next((c for c in spec["containers"] if c["name"] == "server"), None)
     if server is None:
-        say("Deployment", "has no container named server")
+        say(owner, "has no container named server")
         return
     probes = {kind: server.get(kind) or {} for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
     wanted = {"startupProbe": routes.PING_PATH, "readinessProbe": routes.PING_PATH, "livenessProbe": routes.LIVE_PATH}
     for kind, probe in probes.items():
         if (probe.get("httpGet") or {}).get("path") != wanted[kind]:
-            say("Deployment", f"{kind} must GET {wanted[kind]}")
+            say(owner, f"{kind} must GET {wanted[kind]}")
         if "initialDelaySeconds" in probe:
-            say("Deployment", f"{kind} sets initialDelaySeconds; the startup probe's budget replaces it")
+            say(owner, f"{kind} sets initialDelaySeconds; the startup probe's budget replaces it")
     startup = probes["startupProbe"]
     budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
     if budget < values["init_delay_second"]:
-        say("Deployment", f"the startup probe allows {budget}s, less than init_delay_second = "
+        say(owner, f"the startup probe allows {budget}s, less than init_delay_second = "
             f"{values['init_delay_second']}: the pod would restart while loading")
     stop = shutdown_seconds(values, conf)
     grace = spec.get("terminationGracePeriodSeconds", 30)
     if grace <= stop:
-        say("Deployment", f"terminationGracePeriodSeconds {grace} is not above preStop + the runtime's "
+        say(owner, f"terminationGracePeriodSeconds {grace} is not above preStop + the runtime's "
             f"bound from SIGTERM to exit ({stop}s, podserve.stop_bounds): admitted requests would be killed")
     try:
         proxy = json.loads(pod["metadata"].get("annotations", {}).get("proxy.istio.io/config", "{}"))
@@ -166,24 +170,24 @@ def _check_pod(pod: dict, values: ServiceValues, conf: Conf, stage: Stage, say) 
         proxy = {}
     drain = re.fullmatch(r"(\d+)s", str(proxy.get("terminationDrainDuration", "")))
     if proxy.get("holdApplicationUntilProxyStarts") is not True or not drain or not stop <= int(drain[1]) < grace:
-        say("Deployment", f"proxy.istio.io/config must hold the app until the proxy starts and drain the proxy "
+        say(owner, f"proxy.istio.io/config must hold the app until the proxy starts and drain the proxy "
             f"for {stop}s to {grace - 1}s, after the app; it is {proxy}")
     env = {item["name"]: item.get("value", "") for item in server.get("env") or []}
     try:
         if ServingSettings.from_env(env) != values.serving_settings():
-            say("Deployment", "the server would read settings from its env that differ from value.py's")
+            say(owner, "the server would read settings from its env that differ from value.py's")
     except SettingsError as exc:
-        say("Deployment", f"the server would refuse its env: {exc}")
+        say(owner, f"the server would refuse its env: {exc}")
     limits = server.get("resources", {}).get("limits", {})
     gpus = conf.region_of(stage).gpu.resource
     if int(limits.get(gpus, 0)) != values["gpu_num"]:
-        say("Deployment", f"limits give {limits.get(gpus, 0)} {gpus}, value.py's gpu_num is {values['gpu_num']}")
+        say(owner, f"limits give {limits.get(gpus, 0)} {gpus}, value.py's gpu_num is {values['gpu_num']}")
 
 
-def _check_pod_security(spec: dict, stage: Stage, say) -> None:
+def _check_pod_security(spec: dict, stage: Stage, say, owner: str = "Deployment") -> None:
     """Pod Security "restricted", except the hostPort that service discovery needs where conf allows it."""
     context = spec.get("securityContext") or {}
-    where = "Deployment"
+    where = owner
     for key in ("hostNetwork", "hostPID", "hostIPC"):
         if spec.get(key):
             say(where, f"{key} is forbidden by Pod Security 'restricted'")
@@ -226,9 +230,9 @@ def _check_mesh(by_kind: dict[str, list[dict]], conf: Conf, team: str, stage: St
         say("DestinationRule", f"must define the one subset {release.MIRROR_SUBSET} by the label {release.MIRROR_LABEL}"
             f"={release.MIRROR_LABEL_VALUE}, not {subsets}: production's mirror reaches grey's pods of the protected "
             "default branch only")
-    if stage.production and subsets != {name: {release.TRACK_LABEL: name} for name in release.SUBSETS}:
-        say("DestinationRule", f"must define the subsets {', '.join(release.SUBSETS)} by their {release.TRACK_LABEL} "
-            f"label, not {subsets}: the route always goes to them by weight")
+    if stage.production and subsets != {name: None for name in release.SUBSETS}:
+        say("DestinationRule", f"must define the subsets {', '.join(release.SUBSETS)} without labels (Argo Rollouts "
+            f"writes each one's pod template hash), not {subsets}: the route always goes to them by weight")
     for http in vs["spec"].get("http") or []:
         for route in http.get("route") or []:
             destination = route["destination"]

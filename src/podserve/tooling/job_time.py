@@ -16,6 +16,7 @@ from __future__ import annotations
 from podserve.tooling import release
 from podserve.tooling.conf import DeployPolicy, Stage
 from podserve.tooling.deploy import budget
+from podserve.tooling.rollout import workload_of
 from podserve.tooling.valuefile import Problem
 from podserve.tooling.values import ServiceValues
 
@@ -25,7 +26,7 @@ UNROLLED_TRACK = "grey"
 
 def problems(docs: list[dict], values: ServiceValues, stage: Stage, policy: DeployPolicy) -> list[Problem]:
     """Return the problem of a stage whose deploy could outlast the deploy job (none when it fits)."""
-    deployment = next(d for d in docs if d.get("kind") == "Deployment")
+    deployment = workload_of(docs)
     scaler = next((d for d in docs if d.get("kind") in ("HorizontalPodAutoscaler", "ScaledObject")), None)
     spec = deployment["spec"]
     scaled = (scaler or {}).get("spec") or {}

@@ -16,7 +16,7 @@ from pathlib import Path
 from podserve import routes
 from podserve.settings import HTTP_PORT
 from podserve.stop_bounds import drain_bound_seconds
-from podserve.tooling import mesh_limits, quantity, release, routing, templating, tenancy
+from podserve.tooling import analysis_template, mesh_limits, quantity, release, rollout, routing, templating, tenancy
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.deploy import budget
 from podserve.tooling.values import AUTOSCALE_GAUGES, VERDICT_FIELDS, ServiceValues
@@ -62,8 +62,11 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
         "namespace": namespace,
         "labels": labels,
         "selector": selector,  # every pod of the stage: the Service, PDB, PodMonitor and topology spread select it
-        # the Deployment's own: a production stage's canary runs beside it (release.py), told apart by its track
-        "deployment_selector": dict(selector, **{release.TRACK_LABEL: stage.track}) if stage.production else selector,
+        # the pod labels every series carries (the PodMonitor's podTargetLabels); a Rollout's pods' hash among them
+        "pod_target_labels": [tenancy.TEAM_LABEL, "stage", release.TRACK_LABEL, analysis_template.HASH_POD_LABEL],
+        # what an autoscaler scales: a production stage's Rollout (tooling/rollout.py), else the Deployment
+        "scale_target": ({"apiVersion": rollout.API_VERSION, "kind": "Rollout"} if stage.production
+                         else {"apiVersion": "apps/v1", "kind": "Deployment"}),
         "release": {release.RELEASE_ANNOTATION: release.release_policy(values["canary_steps"], {
             key: values[name] for name, (key, _) in VERDICT_FIELDS.items()})} if stage.production else None,
         "image": image_ref(values, conf, stage, image_tag),
@@ -98,8 +101,9 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
 
 def _routes(values: ServiceValues, conf: Conf, stage: Stage, public_path: str, fqdn: str) -> list[dict]:
     """The VirtualService's HTTP routes: the exact path and its sub-paths, each rewritten to the pod's route. In
-    production each goes to the subsets by weight (stable 100: the deploy tool sets a canary's), after a route of
-    the same path with the canary's header to the canary; hk's mirror grey_mirror_percent of them to grey."""
+    production each goes to the subsets by weight (stable 100: Argo Rollouts sets a canary's on these routes; no
+    header reaches the canary, so nobody outside steers or biases its sample); hk's mirror grey_mirror_percent of them
+    to grey."""
     name, port, service_path = values["service_name"], HTTP_PORT, routes.service_path(values["service_name"])
     found = []
     mirror = _mirror(values, conf, stage)
@@ -111,10 +115,6 @@ def _routes(values: ServiceValues, conf: Conf, stage: Stage, public_path: str, f
             found.append({"name": f"{name}-{kind}", "match": uri, "rewrite": rewrite, "mirror": None,
                           "destinations": [{"destination": {"host": fqdn, "port": {"number": port}}}]})
             continue
-        found.insert(len(found) // 2, {
-            "name": f"{name}-{release.CANARY}-{kind}", "rewrite": rewrite, "mirror": None,
-            "match": dict(uri, headers={release.CANARY_HEADER: {"exact": release.CANARY}}),
-            "destinations": [{"destination": {"host": fqdn, "port": {"number": port}, "subset": release.CANARY}}]})
         found.append({"name": f"{name}-{kind}", "match": uri, "rewrite": rewrite, "mirror": mirror,
                       "destinations": [{"destination": {"host": fqdn, "port": {"number": port}, "subset": subset},
                                         "weight": weight}
@@ -141,12 +141,16 @@ def _grey_subsets(stage: Stage) -> list[dict]:
 
 
 def _subsets(values: ServiceValues, conf: Conf, most_pods: int) -> list[dict]:
-    """The production DestinationRule's subsets, by track, each with a connection pool for its own pods: stable's
-    for the stage's most pods, the canary's for its most (its largest step of them)."""
+    """The production DestinationRule's subsets, each with a connection pool for its own pods: stable's for the
+    stage's most pods, the canary's for its most (its largest step of them). No labels: Argo Rollouts writes each
+    subset's rollouts-pod-template-hash, which alone tells them apart. Not `track`: Argo moves a promoted ReplicaSet's
+    pods from track canary to stable only after it switched the subsets' hashes, so a subset selecting both had no
+    pod meanwhile (measured on the real node under 32 clients: 23 of 4,983 requests answered 503 "no healthy
+    upstream" in one update)."""
     idle = conf.platform.http.idle_timeout_seconds
     steps = values["canary_steps"]
     canary_pods = release.canary_replicas(max(steps), most_pods) if steps else 1
-    return [{"name": subset, "labels": {release.TRACK_LABEL: subset},
+    return [{"name": subset,
              "trafficPolicy": {"connectionPool": mesh_limits.connection_pool(values, pods, idle)}}
             for subset, pods in ((release.STABLE, most_pods), (release.CANARY, canary_pods))]
 

@@ -17,7 +17,7 @@ KIND_FILES = {
     "Deployment": "deployment.yaml", "Service": "service.yaml", "VirtualService": "virtualservice.yaml",
     "DestinationRule": "destinationrule.yaml", "PodDisruptionBudget": "poddisruptionbudget.yaml",
     "PodMonitor": "podmonitor.yaml", "HorizontalPodAutoscaler": "horizontalpodautoscaler.yaml",
-    "ScaledObject": "scaledobject.yaml",
+    "ScaledObject": "scaledobject.yaml", "Rollout": "rollout.yaml", "AnalysisTemplate": "analysistemplate.yaml",
 }
 
 

@@ -1,13 +1,12 @@
-"""Releasing production: the canary's names and labels, the weights on the route, the copy of traffic to grey.
+"""Releasing production: the canary's labels, the weights on the route, the copy of traffic to grey.
 
-One place for these facts, read by render (manifests.py, checks.py) and the deploy tool (deploy/canary*.py):
+One place for these facts, read by render (manifests.py, checks.py, rollout.py) and the deploy tool:
 
-- A production stage's pods are told apart by the label `track`: the Deployment `<service>` runs `stable`, a canary
-  `<service>-canary` runs `canary`. Its Service, PodDisruptionBudget, PodMonitor and topology spread select both
-  (`service`, `stage`); the DestinationRule's subsets `stable` and `canary` split them by `track`, and the
-  VirtualService always routes to those subsets by weight (stable 100 when no canary runs).
-- A request with the header `x-podserve-track: canary` on the service's path reaches the canary (no session
-  affinity: each request is routed on its own).
+- A production stage's pods are told apart by the label `track`, which Argo Rollouts stamps (rollout.py): the stable
+  ReplicaSet's pods `stable`, the canary's `canary`. Its Service, PodDisruptionBudget, PodMonitor and topology spread
+  select both (`service`, `stage`); the DestinationRule's subsets `stable` and `canary` split them by `track`, and the
+  VirtualService always routes to those subsets by weight (stable 100 when no canary runs; Argo sets a canary's). No
+  header reaches the canary.
 - hk's VirtualService may mirror `grey_mirror_percent` of its requests to grey's Service (the one cross-namespace
   target a route has), to its subset MIRROR_SUBSET: grey's pods built from the protected default branch, which alone
   carry MIRROR_LABEL (provenance.py); Istio sends the copy with `-shadow` appended to its Host, and the caller is
@@ -16,41 +15,24 @@ One place for these facts, read by render (manifests.py, checks.py) and the depl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
 from podserve.tooling.conf import PRODUCTION_TRACK
 
-#: The pod label that tells a production stage's Deployments apart, and its values (the DestinationRule's subsets).
+#: The pod label that tells a production stage's stable and canary pods apart, and its values (the subsets).
 TRACK_LABEL = "track"
 STABLE = PRODUCTION_TRACK
 CANARY = "canary"
 SUBSETS = (STABLE, CANARY)
-#: The request header that sends a request on the service's path to the canary.
-CANARY_HEADER = "x-podserve-track"
-#: On the production Deployment: value.py's canary_steps and verdict thresholds (JSON), what the deploy tool follows.
+#: On the production Rollout: value.py's canary_steps and verdict thresholds (JSON), what its steps are made from.
 RELEASE_ANNOTATION = "podserve.io/release"
-#: On the VirtualService and the canary Deployment while a canary runs: its revision, step and weights (JSON), so
-#: that a history that lost its canary state shows as drift.
-CANARY_ANNOTATION = "podserve.io/canary"
 #: grey's pods of the protected default branch's code (provenance.mark), and grey's DestinationRule subset of them:
 #: production's mirror goes there and nowhere else, so another branch's grey pods never get a copy.
 MIRROR_LABEL, MIRROR_LABEL_VALUE = "podserve.io/mirror-target", "default-branch"
 MIRROR_SUBSET = "mirror-target"
 #: A Kubernetes object name's longest.
 MAX_NAME = 63
-_CANARY_SUFFIX = "-" + CANARY
-
-
-def canary_name(service: str) -> str:
-    """Return the canary Deployment's name: `<service>-canary`, or, past 63 characters, the service's name cut short
-    with a hash of the whole, so that two long names never meet."""
-    name = service + _CANARY_SUFFIX
-    if len(name) <= MAX_NAME:
-        return name
-    digest = hashlib.sha256(service.encode()).hexdigest()[:8]
-    return f"{service[:MAX_NAME - len(_CANARY_SUFFIX) - len(digest) - 1].rstrip('-')}-{digest}{_CANARY_SUFFIX}"
 
 
 def canary_replicas(weight: int, stable_replicas: int) -> int:

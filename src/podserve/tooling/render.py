@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from podserve.tooling import (checks, handler_source, job_time, manifests, offline_manifests, output, platform_rules,
-                              provenance, routing, templating, tenancy)
+                              provenance, rollout, routing, templating, tenancy)
 from podserve.tooling.conf import Conf, DeployPolicy, Stage, load_conf, load_deploy_policy
 from podserve.tooling.image_tag import default_image_tag
 from podserve.tooling.valuefile import Problem, ValueFileError
@@ -81,8 +81,9 @@ def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf 
     if values.offline:  # Kafka workers: their own templates, checks and stages (no ab)
         return _render_offline(values, conf, policy, stages, skipped, image_tag, templates, project, every_stage,
                                source)
-    rendered = {name: _marked(tenancy.stamp(manifests.render_stage(values, conf, conf.stages[name], image_tag,
-                                                                   templates), project), conf.stages[name], source)
+    rendered = {name: _marked(tenancy.stamp(_released(manifests.render_stage(values, conf, conf.stages[name], image_tag,
+                                                                             templates), conf, policy,
+                                                      conf.stages[name]), project), conf.stages[name], source)
                 for name in stages}
     problems = [p for name in stages for p in checks.check_stage(rendered[name], values, conf, conf.stages[name])]
     problems += checks.check_routes(rendered)
@@ -90,6 +91,13 @@ def render(values_path: str | Path, stages: list[str] | None = None, conf: Conf 
     if problems:
         raise checks.ManifestError("rendered manifests", problems)
     return Rendered(values, conf, rendered, skipped)
+
+
+def _released(docs: list[dict], conf: Conf, policy: DeployPolicy, stage: Stage) -> list[dict]:
+    """A production stage as Argo Rollouts releases it (tooling/rollout.py); other stages as rendered."""
+    if not stage.production:
+        return docs
+    return rollout.production(docs, conf.platform, policy.verdict, policy.canary_scale_down_delay_seconds)
 
 
 def _marked(docs: list[dict], stage: Stage, source: provenance.Source) -> list[dict]:
@@ -107,7 +115,7 @@ def _project(values: ServiceValues, conf: Conf, path: str | None) -> str:
 def _job_time_problems(rendered: dict[str, list[dict]], values: ServiceValues, conf: Conf,
                        policy: DeployPolicy) -> list:
     """The stages whose deploy could outlast its CI job (job_time), once each stage's documents are sound."""
-    return [p for name, docs in rendered.items() if any(d.get("kind") == "Deployment" for d in docs)
+    return [p for name, docs in rendered.items() if rollout.workload_of(docs) is not None
             for p in job_time.problems(docs, values, conf.stages[name], policy)]
 
 
@@ -205,7 +213,7 @@ def single_replica_warnings(result: Rendered) -> list[str]:
         stage = result.conf.stages[name]
         if tenancy.tier(stage) != "production":
             continue
-        deployment = next((d for d in docs if d.get("kind") == "Deployment"), None) or {}
+        deployment = rollout.workload_of(docs) or {}
         scaler = next((d for d in docs if d.get("kind") in ("HorizontalPodAutoscaler", "ScaledObject")), {})
         least = (deployment.get("spec") or {}).get("replicas") or (scaler.get("spec") or {}).get("minReplicas") \
             or (scaler.get("spec") or {}).get("minReplicaCount")

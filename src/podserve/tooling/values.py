@@ -402,7 +402,9 @@ def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
     for region in dict.fromkeys(stage.region for stage in conf.stages.values()):
         yield from _node_problems(v, conf, conf.regions[region])
     for stage in conf.stages.values():
-        if tenancy.tier(stage) == "preview" and not (v["mode"] == offline_settings.OFFLINE and stage.track == "ab"):
+        if v["mode"] == offline_settings.OFFLINE and stage.track == "ab":
+            continue
+        if tenancy.tier(stage) == "preview" or v["mode"] != offline_settings.OFFLINE:
             yield from _quota_problems(v, conf, stage)
     yield from _release_problems(v, conf)
     if v["mode"] == offline_settings.OFFLINE:
@@ -414,8 +416,9 @@ def _service_problems(v: dict, conf: Conf, existing: list[routing.Route]):
 
 
 def _release_problems(v: dict, conf: Conf):
-    """Yield what an offline service cannot have (mirroring, a canary: it keeps its rolling update), and verdict
-    thresholds looser than the platform's (conf/deploy.yaml `verdict`)."""
+    """Yield what an offline service cannot have (mirroring, a canary: it keeps its rolling update), a canary of a
+    service Kong calls by host port (use_srv), and verdict thresholds looser than the platform's (conf/deploy.yaml
+    `verdict`)."""
     from podserve.tooling.conf import ConfError, load_deploy_policy
 
     if v["mode"] == offline_settings.OFFLINE:
@@ -423,6 +426,11 @@ def _release_problems(v: dict, conf: Conf):
             if v[name] != off:
                 yield name, (f"is {v[name]!r}, but an offline service takes no HTTP traffic to mirror or weigh: it "
                              f"keeps its rolling update; set {name} = {off!r} or remove it")
+    if v["use_srv"] and v["canary_steps"]:
+        yield "canary_steps", (f"is {v['canary_steps']!r}, but use_srv = True: Kong calls the pods on their host port, "
+                               "outside the mesh's weights, so a canary's share of the requests could not be held (and "
+                               "its pods would join Kong's pool at once); set canary_steps = [] (each revision rolled "
+                               "out whole, as Kong sees pods come and go) or use_srv = False")
     try:
         platform = load_deploy_policy(conf=conf).verdict
     except ConfError:
@@ -540,10 +548,18 @@ def _replica_problems(v: dict, stage: Stage):
 
 
 def _quota_problems(v: dict, conf: Conf, stage: Stage):
-    """Yield what keeps a grey or ab rollout (its replicas and surge pod, sidecars included) out of the team's
-    namespace quota even when nothing else of the team runs there: the cluster would refuse its pods."""
+    """Yield what keeps a stage's rollout out of the team's namespace quota even when nothing else of the team runs
+    there (sidecars included): the cluster would refuse its pods. grey and ab roll with a surge pod; an online
+    production stage's release (Argo Rollouts) runs the new revision in full beside a whole stable before it
+    switches (no dynamic stable scale), at the most replicas its autoscaler may reach."""
     replicas = _replicas(v, stage)
-    pods = replicas + conf.platform.pod.max_surge
+    if stage.production:
+        most = max(replicas, v["max_replicas"]) if stage.autoscale else replicas
+        pods, how = 2 * most, f"the new revision's {most} in full beside stable's {most}"
+        where = f"conf/teams.yaml teams.{v['username']}.quota"
+    else:
+        pods, how = replicas + conf.platform.pod.max_surge, f"{replicas} and the rollout's surge pod"
+        where = "conf/platform.yaml limits.preview_quota"
     quota, mesh = tenancy.quota_of(conf, stage, v["username"]), conf.platform.mesh
     cpu = pods * (Decimal(str(v["cpu"])) + quantity.cpu_cores(mesh.sidecar_cpu))
     memory = pods * (quantity.memory_bytes(v["memory"]) + quantity.memory_bytes(mesh.sidecar_memory))
@@ -552,13 +568,15 @@ def _quota_problems(v: dict, conf: Conf, stage: Stage):
              ("memory", quantity.format_gib(memory), memory > quantity.memory_bytes(quota.memory), quota.memory),
              ("gpu_num", f"{pods * v['gpu_num']} GPUs", pods * v["gpu_num"] > quota.gpus, quota.gpus),
              (count_field or "replicas", f"{pods} pods", pods > quota.pods, f"{quota.pods} pods")]
-    for name, amount, over, most in asked:
+    for name, amount, over, most_held in asked:
         if over:  # the stage's replicas are the lever where value.py sets them (ab_replicas), else the amount
             field = count_field or name
             also = f" or {name}" if field != name else ""
-            yield field, (f"stage {stage.name}'s {pods} pods ({replicas} and the rollout's surge pod, each with its mesh "
-                         f"sidecar) ask {amount}, more than team {v['username']}'s namespace {stage.namespace_for(v['username'])} "
-                         f"may hold at once ({most}: conf/platform.yaml limits.preview_quota); lower {field}{also}")
+            if stage.production and stage.autoscale and v["max_replicas"] > replicas:
+                also += " or max_replicas"
+            yield field, (f"stage {stage.name}'s {pods} pods ({how}, each with its mesh sidecar) ask {amount}, more "
+                          f"than team {v['username']}'s namespace {stage.namespace_for(v['username'])} may hold at "
+                          f"once ({most_held}: {where}); lower {field}{also}")
 
 
 def _replicas(v: dict, stage: Stage) -> int:

@@ -1,4 +1,5 @@
-"""`make cluster`: build what is missing, start the control plane on fixed ports, stay until Ctrl-C.
+"""`make cluster`: build what is missing, start the control plane (and Argo Rollouts' controller) on fixed ports, stay
+until Ctrl-C.
 
     python -m podserve.testbed.cluster [--region hk] [--kubeconfig build/cluster/kubeconfig] [--no-real-node]
                                        [--registry-port 5002] [--real-node-pool own|gpu|cpu]
@@ -28,6 +29,7 @@ from podserve.testbed.cluster.controlplane import start
 from podserve.testbed.cluster.platform import FAKE_NODE_LABEL, REGION_LABEL, fake_nodes, taints_for
 from podserve.testbed.image.registry import RegistryError
 from podserve.testbed.processes import StartError
+from podserve.testbed.rollouts.controller import RolloutsController
 from podserve.tooling.conf import load_conf
 from podserve.tooling.deploy.target import label_selector
 from podserve.tooling.image_tag import LOCAL_REGISTRY_STORAGE
@@ -63,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a supervisor stopping us: stop everything
         signal.signal(signum, _stop)
     workdir = Path(tempfile.mkdtemp(prefix="podserve-cluster-"))
-    plane = real = registry = None
+    plane = real = registry = rollouts = None
     try:
         plane = start(workdir / "plane", region=args.region, fixed_ports=True)
+        # production stages are Argo Rollouts: `make deploy STAGE=hk` waits on the controller's status
+        rollouts = RolloutsController.start(plane, workdir / "argo-rollouts")
         if args.real_node and not node.missing_pieces():
             real, registry = _start_node(plane, workdir, args.registry_port, args.real_node_pool)
         elif args.real_node:
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         if real is not None:
             print(f"real node {real.name} Ready in {real.timings['total']:.1f}s (containerd, runc, kubelet; "
                   f"GPUs: fake-gpu-plugin); images from {registry.host}")
+        print(f"Argo Rollouts' controller running as the chart's account (log: {workdir / 'argo-rollouts'})")
         print(f"  kubectl --kubeconfig {args.kubeconfig} get nodes -o wide")
         print(f"  logs: {workdir / 'plane' / 'logs'}; Ctrl-C stops everything", flush=True)
         while True:
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopping ...", flush=True)
     finally:
-        for part in (real, registry, plane):
+        for part in (rollouts, real, registry, plane):
             if part is not None:
                 part.stop()
         args.kubeconfig.unlink(missing_ok=True)

@@ -32,6 +32,7 @@ from podserve.testbed.processes import StartError, poll_until
 from podserve.testbed.prometheus import ScrapeTarget, pod_monitor_labels
 from podserve.tooling import chart_values, provenance, render
 from podserve.tooling.conf import Conf, load_conf
+from podserve.tooling.rollout import stable_pod_labels, workload_of
 
 REPO = Path(__file__).resolve().parents[4]
 #: What the mesh applies of a stage's rendered objects (the rest: the Deployment's pods are the mesh's processes).
@@ -121,7 +122,7 @@ class Mesh:
 
     def _workload(self, stage: str, docs: list[dict]) -> Workload:
         by_kind = {d["kind"]: d for d in docs}
-        deployment, service = by_kind["Deployment"], by_kind["Service"]
+        deployment, service = workload_of(docs), by_kind["Service"]
         template = deployment["spec"]["template"]
         container = template["spec"]["containers"][0]
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
@@ -134,7 +135,7 @@ class Mesh:
                             container["lifecycle"]["preStop"]["sleep"]["seconds"],
                             template["spec"]["terminationGracePeriodSeconds"], replicas,
                             deployment["metadata"]["namespace"], port, template,
-                            labels=dict(template["metadata"]["labels"]), host=host, docs=docs)
+                            labels=stable_pod_labels(deployment), host=host, docs=docs)
         workload.cluster = self._cluster_of(workload, docs)
         return workload
 
@@ -215,7 +216,8 @@ class Mesh:
                   inside=self.network.inside)
         if name not in self._adopted:
             core = client.CoreV1Api(self._api)
-            core.create_namespaced_pod(workload.namespace, pod_object(pod, workload.template, workload.namespace))
+            core.create_namespaced_pod(workload.namespace,
+                                       pod_object(pod, workload.template, workload.namespace, workload.labels))
             # the scheduler places it (a kwok node of its pool; kwok leaves it to the mesh): its status comes after
             poll_until(lambda: core.read_namespaced_pod(name, workload.namespace).spec.node_name,
                        f"the scheduler placing pod {workload.namespace}/{name}", SCHEDULE_TIMEOUT_SECONDS, every=0.05)
@@ -286,8 +288,8 @@ class Mesh:
         """Take a stage's re-rendered objects `docs` (another branch's render, say) as its workload's: its next pods
         (a rolling_restart) get their template and labels, and its traffic cluster is the one that selects them."""
         workload = self.workload(stage, service)
-        template = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
-        workload.template, workload.labels = template, dict(template["metadata"]["labels"])
+        deployment = workload_of(docs)
+        workload.template, workload.labels = deployment["spec"]["template"], stable_pod_labels(deployment)
         workload.cluster = self._cluster_of(workload, docs)
         return workload
 
@@ -332,7 +334,7 @@ class Mesh:
         targets = []
         for workload in self.workloads:
             by_kind = {d["kind"]: d for d in workload.docs}
-            monitor, deployment = by_kind["PodMonitor"], by_kind["Deployment"]
+            monitor, deployment = by_kind["PodMonitor"], workload_of(workload.docs)
             path = monitor["spec"]["podMetricsEndpoints"][0]["path"]
             targets += [ScrapeTarget(f"{pod.address}:{pod.port}", pod_monitor_labels(monitor, deployment, pod.name),
                                      path) for pod in workload.pods]

@@ -151,14 +151,15 @@ def python_path(*extra: Path) -> str:
 TOKEN_REQUESTS = {"cpu": "1m", "memory": "1Mi"}
 
 
-def pod_object(pod: Pod, template: dict, namespace: str) -> dict:
-    """The Pod object of `pod`: the Deployment's pod template (labels, spec: the scheduler places it), marked as a
+def pod_object(pod: Pod, template: dict, namespace: str, labels: dict) -> dict:
+    """The Pod object of `pod`: the Deployment's (Rollout's) pod template (spec: the scheduler places it) with the
+    pod's `labels` (a Rollout's stable pods also carry what Argo stamps: rollout.stable_pod_labels), marked as a
     process, its containers requesting TOKEN_REQUESTS."""
     spec = dict(template["spec"], containers=[
         dict(c, resources=dict(c.get("resources") or {}, requests=dict(TOKEN_REQUESTS)))
         for c in template["spec"]["containers"]])
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod.name, "namespace": namespace, "labels": dict(template["metadata"]["labels"]),
+            "metadata": {"name": pod.name, "namespace": namespace, "labels": dict(labels),
                          "annotations": {PROCESS_ANNOTATION: "true"}},
             "spec": spec}
 

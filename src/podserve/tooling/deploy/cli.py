@@ -10,6 +10,9 @@
                                              [--out FILE] [--window SECONDS]
     python -m podserve.tooling.deploy canary promote|abort --stage hk [--reason TEXT] [--manifests DIR | ...]
 
+A production stage is an Argo Rollout: apply applies it and follows Argo's status (a job killed meanwhile changes
+nothing in the cluster; the next one of the same revision attaches), rollback and `canary abort` are Argo's abort.
+
 Exit status: 0 serving, 1 rollout failed (rolled back where that applies), 2 bad input
 (with the fix), 3 refused (route collision, lock held past the wait, freeze window, a
 production deploy from a pipeline older than the one that deployed what runs). `analyze`:
@@ -27,7 +30,7 @@ import time
 
 from podserve.tooling import platform_rules
 from podserve.tooling.conf import load_conf, load_deploy_policy
-from podserve.tooling.deploy import analysis, canary, commands, digest, failures, local_image, notify
+from podserve.tooling.deploy import analysis, commands, digest, failures, local_image, notify
 from podserve.tooling.deploy.errors import BadInput, ClusterError, DeployError, NotDeployedHere, Refused, Terminated
 from podserve.tooling.deploy.kube import NODES, PODS, Kube
 from podserve.tooling.deploy.target import Target, from_manifests, from_values, service_from_values, stage_of
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = commands.options_from(policy, dry_run=getattr(args, "dry_run", None), force=getattr(args, "force", None),
                                      reason=getattr(args, "reason", None), budget_seconds=args.budget,
                                      scheduling_grace_seconds=args.scheduling_grace, lock_wait_seconds=args.lock_wait,
-                                     started=started, prometheus=getattr(args, "prometheus", None),
+                                     started=started,
                                      verdict=getattr(args, "verdict", None))
         if getattr(args, "reason", None) and not getattr(args, "force", False) and args.command != "canary":
             raise BadInput("--reason goes with --force; drop it, or add --force")
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "retire":
             return commands.retire(kube, target, policy, opts, args.confirm, say)
         if args.command == "canary":
-            return canary.send_command(kube, target, args.action, args.reason or "", say)
+            return commands.canary(kube, target, args.action, args.reason or "", say)
         return commands.delete(kube, target, opts, say)
     except ValueFileError as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -178,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
         "retire": "take the service out of a stage for good, production included (--confirm NAME, no prompt)",
         "analyze": "judge grey against production's stable pods by Prometheus: 0 pass, 1 fail, 3 refused, 4 "
                    "inconclusive",
-        "canary": "ask the running canary to promote now (skipping its analysis: --reason required) or to abort",
+        "canary": "promote the production release Argo Rollouts runs now (its remaining steps and analysis skipped: "
+                  "--reason required) or abort it",
     }
     for verb, text in described.items():
         sub = verbs.add_parser(verb, help=text, description=text)
@@ -209,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--service", default=None, help="the service's name, when there is no value.py or manifests")
             sub.add_argument("--team", default=None, help="the service's team (value.py's username), with --service")
         if verb == "canary":
-            sub.add_argument("action", choices=(canary.PROMOTE, canary.ABORT))
+            sub.add_argument("action", choices=(commands.PROMOTE, commands.ABORT))
             sub.add_argument("--reason", default=None, help="why (required to promote: the analysis is skipped)")
         if verb == "retire":
             sub.add_argument("--confirm", required=True, metavar="SERVICE_NAME",
@@ -231,8 +235,6 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--verdict", default=None,
                              help="grey's verdict (analyze --out): with mirroring on, production deploys only an "
                                   "image it passed, unless $PODSERVE_VERDICT_OVERRIDE gives a reason")
-            sub.add_argument("--prometheus", default=None,
-                             help="a canary's Prometheus (default: $PODSERVE_PROMETHEUS_URL)")
     return parser
 
 

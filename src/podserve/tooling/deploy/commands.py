@@ -13,15 +13,17 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
-from podserve.tooling import release, routing, tenancy
+from podserve.tooling import job_time, release, routing, tenancy
 from podserve.tooling.conf import Conf, DeployPolicy
-from podserve.tooling.deploy import (budget, canary, canary_objects, diagnosis, drift, failures, freeze, notify,
-                                    pipeline, rollout, verdict_gate)
-from podserve.tooling.deploy.errors import BadInput, ClusterError, LockLost, Refused, RollbackIncomplete, Terminated
+from podserve.tooling.deploy import (argo, budget, diagnosis, drift, failures, freeze, migration, notify, pipeline,
+                                    rollout, verdict_gate)
+from podserve.tooling.deploy.errors import (BadInput, ClusterError, DeployError, LockLost, Refused,
+                                            RollbackIncomplete, Terminated)
 from podserve.tooling.deploy.history import History, Revision, as_applied, history_name, now_text
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, REPLICASETS, Kube, kind_of
 from podserve.tooling.deploy.lock import DeployLock, holder_identity
 from podserve.tooling.deploy.target import Target, label_selector
+from podserve.tooling.rollout import WORKLOAD_KINDS, workload_kind, workload_of
 
 FORCED_ANNOTATION = "podserve.io/forced-reason"
 #: The field manager that keeps spec.replicas when an HPA takes a Deployment over.
@@ -45,17 +47,14 @@ class Options:
     scheduling_grace_seconds: float = 90
     lock_wait_seconds: float = 600
     lock_lease_seconds: int = 60
-    canary_scale_down_delay_seconds: float = 30  # a canary's pods serve this long after stable 100, then go
     started: float | None = None  # time.monotonic() when the tool started: the job's start without $CI_JOB_STARTED_AT
-    prometheus: str | None = None  # a canary's verdicts: Prometheus' URL (None: $PODSERVE_PROMETHEUS_URL)
     verdict: str | None = None  # grey's verdict file (verdict_gate.py)
 
 
 def options_from(policy: DeployPolicy, **chosen) -> Options:
     """Return Options with the policy's values where the command line chose none."""
     defaults = Options(scheduling_grace_seconds=policy.scheduling_grace_seconds,
-                       lock_wait_seconds=policy.lock_wait_seconds, lock_lease_seconds=policy.lock_lease_seconds,
-                       canary_scale_down_delay_seconds=policy.canary_scale_down_delay_seconds)
+                       lock_wait_seconds=policy.lock_wait_seconds, lock_lease_seconds=policy.lock_lease_seconds)
     return replace(defaults, **{k: v for k, v in chosen.items() if v is not None})
 
 
@@ -73,10 +72,10 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
     history = History.load(kube, target.namespace, target.service, target.stage.name)
     pipeline.check_order(target, history, job)  # an old pipeline's job is refused before it waits for the lock
     if job_timeout() is not None:  # in CI: what cannot end in the job's time left is refused before the lock's wait
-        live = kube.get(MANAGED["Deployment"], target.namespace, target.service)
+        live = live_workload(kube, target)
         check_job_timeout(target, conf, opts, objects, rollback_set(kube, target, history, live).objects,
                           live_replicas(kube, target), lock_wait=opts.lock_wait_seconds,
-                          canary_seconds=canary.worst_seconds(target, objects, policy, live_replicas(kube, target) or 1))
+                          canary_seconds=canary_worst_seconds(target, objects, policy, live_replicas(kube, target) or 1))
     with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
                     opts.lock_lease_seconds, say) as lock:
         check_routes(kube, target)
@@ -84,33 +83,39 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
         unchecked = pipeline.check_order(target, history, job)  # again, as a newer deploy may have ended meanwhile
         if unchecked:
             say(unchecked)
-        live = kube.get(MANAGED["Deployment"], target.namespace, target.service)
+        live = live_workload(kube, target)
         check_project(kube, target)
-        noticed = drift.differences(history, live) + renamed(kube, target) + canary_drift(kube, target, history)
+        noticed = drift.differences(history, live) + renamed(kube, target)
         for line in noticed:  # a killed deploy, a rollout undo or a scale by hand since the last recorded deploy
             say(f"NOTICED: {line}")
         restore = rollback_set(kube, target, history, live)
         before, back_to = restore.objects, restore.number or None
         check_job_timeout(target, conf, opts, objects, before, live_replicas(kube, target),  # with the real time left
-                          canary_seconds=canary.worst_seconds(target, objects, policy, live_replicas(kube, target) or 1))
+                          canary_seconds=canary_worst_seconds(target, objects, policy, live_replicas(kube, target) or 1))
         validate(kube, objects)
-        prometheus = canary_prometheus(target, objects, opts)
-        number = history.next_number()
+        if migrate_to_rollout(kube, target, objects, conf, opts, say, lock.check, workload_of(list(restore.objects))):
+            live = live_workload(kube, target)  # the interim Rollout; a failure rolls back within it (roll_back_to)
+        attached = attachable(history, live, objects)
+        number = attached.number if attached else history.next_number()
         revision = Revision(number, objects, target.image(), holder_identity(), now_text(), forced, job.pipeline,
                             job.commit, verdict_override=override)
         say(f"deploying {target.service} to {target.stage.name} (namespace {target.namespace}) as revision {number}: "
             f"{target.image()}")
-        # From the first mutating call on, every way out ends rolled back (production) or recorded, never silent.
+        # From the first mutating call on, every way out ends rolled back (production: by Argo), recorded, or left
+        # to Argo Rollouts in the cluster (a production release goes on whatever happens to this job), never silent.
         try:
-            state = canary.decide(kube, target, history, objects, before, say,
-                                  delay_seconds=opts.canary_scale_down_delay_seconds)
-            if state is not None:
-                return canary.run(kube, target, conf, policy, opts, lock, history, revision, restore, objects, state,
-                                  prometheus, noticed, say)
-            history.begin(kube, revision, restore)
-            apply_set(kube, target, objects, say, lock.check,
-                      propagation_seconds=conf.platform.mesh.propagation_seconds)
+            if attached:  # an earlier job of this revision was killed: Argo went on; follow it, change nothing
+                revision = attached
+                say(f"attaching to revision {number}'s release, which Argo Rollouts runs in the cluster since an "
+                    f"earlier job applied it: {argo.state_of(live).describe()}")
+            else:
+                history.begin(kube, revision, restore)
+                apply_set(kube, target, objects, say, lock.check,
+                          propagation_seconds=conf.platform.mesh.propagation_seconds)
             settings = wait_settings(target, conf, opts, objects, live_replicas(kube, target))
+            if target.stage.production:
+                settings = replace(settings, budget_seconds=settings.budget_seconds + canary_worst_seconds(
+                    target, objects, policy, live_replicas(kube, target) or 1))
             say(f"waiting up to {settings.budget_seconds:.0f} s for the rollout")
             verdict = rollout.wait(kube, target, settings, say, lock.check)
             lock.check()
@@ -119,15 +124,130 @@ def apply(kube: Kube, target: Target, conf: Conf, policy: DeployPolicy, opts: Op
                 "new holder's deploy now, and its Lease is left alone")
             _notify(target, number, "interrupted", exc.message, say)
             return failures.EXIT_FAILED
-        except (ClusterError, Terminated) as exc:
+        except Terminated as exc:
+            if target.stage.production:  # the release is Argo's: stopping this job changes nothing in the cluster
+                say(f"STOPPED: {exc.message}. Revision {number}'s release goes on in the cluster: Argo Rollouts "
+                    "promotes or aborts it by its own analysis; run the job again to follow it to its end (it "
+                    f"attaches), or `python -m podserve.tooling.deploy canary abort --stage {target.stage.name}`")
+                _notify(target, number, "interrupted", f"{exc.message}; the release goes on in the cluster", say)
+                return failures.EXIT_FAILED
+            return interrupted(kube, target, before, history, number, _cause(exc), conf, opts, say, lock.check)
+        except ClusterError as exc:
             return interrupted(kube, target, before, history, number, _cause(exc), conf, opts, say, lock.check)
         if verdict.state == diagnosis.SERVING:
+            asked = History.load(kube, target.namespace, target.service, target.stage.name).pending
+            if asked is not None and asked.number == number and asked.canary:  # `canary promote --reason` meanwhile
+                revision = replace(revision, canary=asked.canary)
             history.record(kube, replace(revision, applied_at=now_text()))
             say(f"serving: revision {number} of {target.service} in {target.stage.name}: {verdict.message}")
             _notify(target, number, "serving", "; ".join(f"noticed: {line}" for line in noticed) or None, say,
                     override)
             return failures.EXIT_SERVING
         return failed_rollout(kube, target, history, before, back_to, number, verdict, conf, opts, say, lock.check)
+
+
+def live_workload(kube: Kube, target: Target) -> dict | None:
+    """The live object that runs the target's pods (its Deployment, or in production its Rollout, or the Deployment
+    a production stage ran before its migration to the Rollout), or None."""
+    workload = target.deployment()
+    if workload:
+        found = kube.get(MANAGED[workload["kind"]], target.namespace, workload["metadata"]["name"])
+        if found is None and workload["kind"] == "Rollout":  # a stage not yet migrated from its Deployment
+            found = kube.get(MANAGED["Deployment"], target.namespace, workload["metadata"]["name"])
+        return found
+    # by name only (status, rollback, canary with --service): production's Rollout, or an offline worker's Deployment
+    for kind in dict.fromkeys((workload_kind(target.stage), "Deployment")):
+        found = kube.get(MANAGED[kind], target.namespace, target.service)
+        if found is not None:
+            return found
+    return None
+
+
+class MigrationFailed(DeployError):
+    """The interim Rollout of a migration from a Deployment never served: it was removed, the Deployment serves."""
+
+
+#: How long a migration waits, beyond the old pods' terminationGracePeriodSeconds, for them to be gone.
+MIGRATION_DRAIN_MARGIN_SECONDS = 60
+
+
+def migrate_to_rollout(kube: Kube, target: Target, objects: list[dict], conf: Conf, opts: Options, say=print,
+                       check=lambda: None, recorded: dict | None = None) -> list[dict] | None:
+    """Move a production stage from its live Deployment to Argo's Rollout without dropping a request (migration.py):
+    the interim Rollout runs the Deployment's pods beside it until every one is available, then the Deployment goes.
+    `recorded`: the Deployment as the history recorded it when the live one has not drifted from it (its template as
+    rendered, which hashes as this apply's when the build is the same: no second replacement). Return the interim
+    objects, or None when nothing runs in a Deployment. MigrationFailed when the interim pods never serve (the
+    Rollout removed, the Deployment serving)."""
+    workload = workload_of(objects)
+    if not target.stage.production or workload is None:
+        return None
+    name = workload["metadata"]["name"]
+    old = migration.legacy_deployment(kube.get(MANAGED["Deployment"], target.namespace, name), objects)
+    if old is None:
+        return None
+    moved = migration.interim(objects, old, migration.same_workload(recorded, old))
+    replicas = old["spec"].get("replicas", 1)
+    say(f"migrating {target.stage.name} from Deployment/{name} to Argo Rollouts: Rollout/{name} starts {replicas} "
+        f"pods of the Deployment's pod template, and the Deployment's {replicas} serve until every one is available")
+    for step in mesh_steps(kube, moved, conf.platform.mesh.propagation_seconds, say):
+        check()
+        step() if callable(step) else _apply_one(kube, step, say)
+    interim = replace(target, objects=tuple(moved))
+    verdict = rollout.wait(kube, interim, wait_settings(interim, conf, opts, moved, replicas), say, check)
+    if verdict.state != diagnosis.SERVING:
+        check()
+        kube.delete(MANAGED["Rollout"], target.namespace, name)
+        raise MigrationFailed(f"the migration to Argo Rollouts stopped: Rollout/{name}'s pods of the running build "
+                              f"did not serve ({verdict.message}). Rollout/{name} was removed; Deployment/{name} "
+                              "serves as before. Fix what the message names (for GPUs: the migration runs both "
+                              "workloads' pods at once) and deploy again")
+    check()
+    selector = migration.old_pods_selector(old)
+    kube.delete(MANAGED["Deployment"], target.namespace, name, uid=old["metadata"]["uid"])
+    grace = (old["spec"]["template"]["spec"].get("terminationGracePeriodSeconds") or 30)
+    say(f"Rollout/{name} serves with {replicas} pods: deleted Deployment/{name}; waiting up to "
+        f"{grace + MIGRATION_DRAIN_MARGIN_SECONDS} s for its pods to drain and stop")
+    deadline = time.monotonic() + grace + MIGRATION_DRAIN_MARGIN_SECONDS
+    while left := kube.list(PODS, target.namespace, selector).get("items") or []:
+        if time.monotonic() > deadline:
+            say(f"warning: {len(left)} pod(s) of Deployment/{name} still stopping; going on")
+            break
+        check()
+        time.sleep(1)
+    say(f"migrated: Deployment/{name} replaced by Rollout/{name} ({replicas} pods replaced)")
+    return moved
+
+
+def attachable(history: History, live: dict | None, objects: list[dict]) -> Revision | None:
+    """The pending revision whose release Argo still runs with this apply's pod template (an earlier job of the
+    same revision was killed): the apply follows it instead of applying again; None otherwise."""
+    pending = history.pending
+    if pending is None or live is None or live.get("kind") != "Rollout" or not argo.in_progress(live):
+        return None
+    ours = drift.running_hash(workload_of(objects))
+    if drift.running_hash(live) == ours and drift.running_hash(workload_of(list(pending.objects))) == ours:
+        return pending
+    return None
+
+
+def abort_release(kube: Kube, target: Target, say=print, check=lambda: None) -> bool:
+    """Abort the production release Argo runs (every request back to stable, the canary scaled down by Argo);
+    whether one was running."""
+    if not target.stage.production:
+        return False
+    live = live_workload(kube, target)
+    if live is None or live.get("kind") != "Rollout" or not argo.in_progress(live):
+        return False
+    check()
+    try:
+        argo.abort(kube, target.namespace, live["metadata"]["name"])
+    except ClusterError as exc:  # the rollback that follows re-applies stable's spec, which ends the release too
+        say(f"could not abort the release of Rollout/{live['metadata']['name']} ({_cause(exc)})")
+        return False
+    say(f"aborted the release of Rollout/{live['metadata']['name']}: Argo Rollouts sends every request back to "
+        "stable and scales the canary down")
+    return True
 
 
 def failed_rollout(kube: Kube, target: Target, history: History, before: list[dict], back_to: int | None, number: int,
@@ -143,6 +263,7 @@ def failed_rollout(kube: Kube, target: Target, history: History, before: list[di
         _notify(target, number, "failed", verdict.message, say)
         return failures.EXIT_FAILED
     try:
+        abort_release(kube, target, say, check)  # stable 100 at once; the rollback below re-applies stable's spec
         outcome = roll_back_to(kube, target, before, back_to, conf, opts, say, rolled_from=number,
                                check=check, rolled_out=rolled_out(kube, target))
     except RollbackIncomplete as exc:  # the history keeps this deploy pending: the next deploy and rollback see it
@@ -170,6 +291,7 @@ def interrupted(kube: Kube, target: Target, before: list[dict], history: History
     else:
         back_to = history.restore.number if history.restore else None
         try:
+            abort_release(kube, target, say, check)
             done = roll_back_to(kube, target, before, back_to or None, conf, opts, say, rolled_from=number,
                                 check=check)
             outcome = "rolled back" if done == "rolled_back" else "the rollback did not become healthy"
@@ -219,6 +341,8 @@ def roll_back_to(kube: Kube, target: Target, objects: list[dict], number: int | 
     `check` runs before each write, as in a deploy (the deploy lock's: LockLost stops it, the stage being another
     deploy's by then); `rolled_out`, the new pods a failed rollout had made available, budgets the wait
     (budget.rollback_seconds; None: the whole rollout of the objects)."""
+    if target.stage.production and (workload_of(list(objects)) or {}).get("kind") == "Deployment":
+        objects = migration.into_rollout(list(objects), live_objects(kube, target))  # never back to a Deployment
     if objects:
         say(f"rolling back to the previous revision{f' ({number})' if number else ''}")
     else:
@@ -400,6 +524,9 @@ def mesh_steps(kube: Kube, objects: list[dict], propagation_seconds: float, say=
             time.sleep(propagation_seconds)
         return [waiting] if propagation_seconds else []
 
+    # a Rollout after the VirtualService and DestinationRule it names: Argo validates them when it first sees it (a
+    # Rollout naming one not yet there is Degraded, InvalidSpec, until its next resync)
+    rest.sort(key=lambda obj: obj.get("kind") == "Rollout")
     return (growing + (wait("carry the new subsets before a route names them") if growing else []) + rest
             + (wait("route away from the subsets that go") if shrinking else []) + shrinking)
 
@@ -410,7 +537,7 @@ def _apply_one(kube: Kube, obj: dict, say=print) -> None:
     if live is not None and obj["kind"] == "Deployment" and selector_changes(live, obj):
         recreate_orphaning(kube, obj, live, say)
         return
-    if live is not None and obj["kind"] == "Deployment":
+    if live is not None and obj["kind"] in WORKLOAD_KINDS:
         hand_over_replicas(kube, obj, live, say)
     kube.apply(obj)
     say(f"{'configured' if live is not None else 'created'} {obj['kind']}/{meta['name']}")
@@ -469,10 +596,11 @@ def hand_over_replicas(kube: Kube, deployment: dict, live: dict, say=print) -> N
     """
     if "replicas" in (deployment.get("spec") or {}) or "replicas" not in (live.get("spec") or {}):
         return
-    kube.apply({"apiVersion": deployment["apiVersion"], "kind": "Deployment",
+    kube.apply({"apiVersion": deployment["apiVersion"], "kind": deployment["kind"],
                 "metadata": {"name": live["metadata"]["name"], "namespace": live["metadata"]["namespace"]},
                 "spec": {"replicas": live["spec"]["replicas"]}}, force=False, manager=REPLICAS_HANDOVER)
-    say(f"handed spec.replicas ({live['spec']['replicas']}) of Deployment/{live['metadata']['name']} over to the HPA")
+    say(f"handed spec.replicas ({live['spec']['replicas']}) of {deployment['kind']}/{live['metadata']['name']} over to "
+        "the HPA")
 
 
 def prunable(kube: Kube, target: Target, objects: list[dict], kept: tuple[tuple[str, str], ...] = ()) -> list[dict]:
@@ -528,14 +656,14 @@ def check_job_timeout(target: Target, conf: Conf, opts: Options, objects: list[d
     deploy lock may still make it wait: checked once before the lock with the lock's whole wait, and again once the
     lock is taken, with 0), against $CI_JOB_TIMEOUT less the time the job has already run (job_seconds_spent).
     BadInput naming the numbers, the value.py fields, the lock's wait and the job's `timeout:`. A production canary's
-    steps at their worst (`canary_seconds`, canary.worst_seconds) come before its rollout."""
+    steps at their worst (`canary_seconds`, canary_worst_seconds) come before its rollout."""
     limit = job_timeout(environ)
     if limit is None:
         return
     settings = wait_settings(target, conf, opts, objects, live)
     rollout_seconds = settings.budget_seconds
     rollback_seconds = 0.0
-    previous = next((o for o in before if o.get("kind") == "Deployment"), None)
+    previous = workload_of(before)
     if previous is not None and target.stage.track != "grey":  # at most all but one of the new pods to put back
         rollback_seconds = budget.rollback_seconds(progress_deadline(previous), rollout_pods(target, objects, live) - 1,
                                                    max_surge(previous))
@@ -560,8 +688,8 @@ def renamed(kube: Kube, target: Target) -> list[str]:
     if not project:
         return []
     found = []
-    for other in _list_if_served(kube, MANAGED["Deployment"], target.namespace,
-                                 f"stage={target.stage.name},app.kubernetes.io/managed-by=podserve"):
+    for other in [o for kind in WORKLOAD_KINDS for o in _list_if_served(
+            kube, MANAGED[kind], target.namespace, f"stage={target.stage.name},app.kubernetes.io/managed-by=podserve")]:
         name = (other["metadata"].get("labels") or {}).get("service")
         if name != target.service and (other["metadata"].get("annotations") or {}).get(
                 tenancy.PROJECT_ANNOTATION) == project:
@@ -572,11 +700,11 @@ def renamed(kube: Kube, target: Target) -> list[str]:
 
 
 def live_replicas(kube: Kube, target: Target) -> int | None:
-    """Return the live Deployment's spec.replicas (an autoscaler's count once it owns the field), or None."""
-    deployment = target.deployment()
-    if deployment is None:
+    """Return the live Deployment's (Rollout's) spec.replicas (an autoscaler's count once it owns the field), or
+    None."""
+    if target.deployment() is None:
         return None
-    live = kube.get(MANAGED["Deployment"], target.namespace, deployment["metadata"]["name"])
+    live = live_workload(kube, target)
     return ((live or {}).get("spec") or {}).get("replicas")
 
 
@@ -596,7 +724,7 @@ def rolled_out(kube: Kube, target: Target) -> int | None:
     """Return how many new pods the target's rollout had made available (its newest ReplicaSet's available ones);
     None when the cluster does not say (the rollback then gets the whole rollout's budget)."""
     try:
-        live = kube.get(MANAGED["Deployment"], target.namespace, target.service)
+        live = live_workload(kube, target)
         if live is None:
             return 0
         replicasets = kube.list(REPLICASETS, target.namespace, label_selector(
@@ -623,7 +751,7 @@ def check_project(kube: Kube, target: Target) -> None:
 def rollout_pods(target: Target, objects: list[dict], live: int | None = None) -> int:
     """Return how many pods a rollout of `objects` replaces: the Deployment's replicas, or where an HPA or KEDA owns
     them (render leaves spec.replicas out) the `live` pods the autoscaler keeps, at least its minimum."""
-    deployment = next((o for o in objects if o.get("kind") == "Deployment"), None) or target.deployment() or {}
+    deployment = workload_of(objects) or target.deployment() or {}
     scaler = next((o for o in objects if o.get("kind") in ("HorizontalPodAutoscaler", "ScaledObject")), None)
     least = ((scaler or {}).get("spec") or {})
     least = least.get("minReplicas") or least.get("minReplicaCount") or 1
@@ -633,7 +761,7 @@ def rollout_pods(target: Target, objects: list[dict], live: int | None = None) -
 def wait_settings(target: Target, conf: Conf, opts: Options, objects: list[dict],
                   live: int | None = None) -> rollout.WaitSettings:
     """Return the wait's budget (from the Deployment's progressDeadlineSeconds and rollout_pods) and grace."""
-    deployment = next((o for o in objects if o.get("kind") == "Deployment"), None) or target.deployment() or {}
+    deployment = workload_of(objects) or target.deployment() or {}
     seconds = opts.budget_seconds or budget.rollout_seconds(progress_deadline(deployment),
                                                             rollout_pods(target, objects, live), max_surge(deployment))
     return rollout.WaitSettings(seconds, opts.scheduling_grace_seconds, node_offer(conf, target, deployment))
@@ -731,7 +859,15 @@ def dry_run(kube: Kube, target: Target, say=print) -> int:
         changed = differences(_comparable(live), _comparable(after))
         say(f"would change {what}: {', '.join(changed[:12])}{' ...' if len(changed) > 12 else ''}" if changed
             else f"unchanged {what}")
+    workload = workload_of(list(target.objects))
+    old = migration.legacy_deployment(kube.get(MANAGED["Deployment"], target.namespace, workload["metadata"]["name"]),
+                                      list(target.objects)) if target.stage.production and workload else None
     for obj in prunable(kube, target, list(target.objects)):
+        if old is not None and (obj["kind"], obj["metadata"]["name"]) == ("Deployment", old["metadata"]["name"]):
+            say(f"would move Deployment/{old['metadata']['name']} into Rollout/{old['metadata']['name']} first: a "
+                "Rollout of the running build beside it until all its pods are available, then the Deployment "
+                "deleted (docs/deploy.md: The move from the Deployment)")
+            continue
         say(f"would delete {obj['kind']}/{obj['metadata']['name']} (no longer rendered)")
 
     return failures.EXIT_SERVING
@@ -768,7 +904,7 @@ def status(kube: Kube, target: Target, say=print) -> int:
     warning events; 0 when serving."""
     history = History.load(kube, target.namespace, target.service, target.stage.name)
     current = history.current
-    deployment = kube.get(MANAGED["Deployment"], target.namespace, target.service)
+    deployment = live_workload(kube, target)
     running = drift.running_revision(history, deployment)
     say(f"{target.service} in {target.stage.name} (namespace {target.namespace}): " +
         (f"revision {current.number}, {current.image}, applied {current.applied_at} by {current.applied_by}"
@@ -777,12 +913,12 @@ def status(kube: Kube, target: Target, say=print) -> int:
     if drift.template_drifted(history, deployment):
         say("really running: " + (f"revision {running.number} ({running.image})" if running else
                                    "a pod template no recorded revision has") + ", not what the history records")
-    for line in drift.differences(history, deployment) + canary_drift(kube, target, history):
+    for line in drift.differences(history, deployment):
         say(f"NOTICED: {line}")
     if deployment is None:
-        say("no Deployment: the stage is not deployed")
+        say(f"no {workload_kind(target.stage)}: the stage is not deployed")
         return failures.EXIT_FAILED
-    _canary_status(kube, target, history, say)
+    _release_status(kube, deployment, history, say)
     match = deployment["spec"]["selector"].get("matchLabels") or {}
     pod_selector = label_selector(match)
     pods = kube.list(PODS, target.namespace, pod_selector).get("items") or []
@@ -817,35 +953,18 @@ def status(kube: Kube, target: Target, say=print) -> int:
     return failures.EXIT_SERVING if done else failures.EXIT_FAILED
 
 
-def _canary_status(kube: Kube, target: Target, history: History, say=print) -> None:
-    """The canary that runs (its revision, step, weights, last analysis) and its pods, when there is one."""
-    state = history.pending.canary if history.pending else None
-    live = canary.live_canary(kube, target)
-    if state is None and live is None:
+def _release_status(kube: Kube, live: dict, history: History, say=print) -> None:
+    """A production Rollout's release as Argo runs it: phase, step, weights, each analysis run's measurements; and
+    what `canary promote|abort` recorded."""
+    if live.get("kind") != "Rollout":
         return
-    if state is not None:
-        last = (state.get("analyses") or [{}])[-1]
-        say(f"canary of revision {history.pending.number}: {state.get('phase')}, step {state.get('step', -1) + 1} of "
-            f"{len(state.get('steps') or [])}, weights stable {state['weights'][0]}, canary {state['weights'][1]}"
-            + (f"; last analysis: step {last['step']}, {last['result']}" if last else ""))
-    if live is not None:
-        match = label_selector(live["spec"]["selector"].get("matchLabels") or {})
-        pods = kube.list(PODS, target.namespace, match).get("items") or []
-        ready = sum(1 for pod in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
-                                             for c in (pod.get("status") or {}).get("conditions") or []))
-        say(f"  Deployment/{live['metadata']['name']}: {ready}/{len(pods)} pods ready")
-
-
-def abort_canary(kube: Kube, target: Target, history: History, say=print, check=lambda: None,
-                 delay_seconds: float = 0) -> bool:
-    """Abort a canary that runs (stable 100 on the live route, then the canary deleted); whether there was one."""
-    if not (history.pending and history.pending.canary) and canary.live_canary(kube, target) is None:
-        return False
-    say("a canary runs: aborting it first (stable 100, the canary deleted)")
-    route = kube.get(MANAGED["VirtualService"], target.namespace, target.service)
-    canary.abort_objects(kube, target, as_applied(dict(route, kind="VirtualService")) if route else None, say, check,
-                         delay_seconds)
-    return True
+    say(argo.state_of(live).describe())
+    for run in argo.analysis_runs(kube, live)[-3:]:
+        for line in argo.measurements(run):
+            say(f"  {line}")
+    asked = (history.pending.canary if history.pending else None) or {}
+    if asked.get("action"):
+        say(f"  canary {asked['action']} asked by {asked.get('by')} at {asked.get('at')}: {asked.get('reason') or '-'}")
 
 
 def rollback(kube: Kube, target: Target, conf: Conf, opts: Options, say=print) -> int:
@@ -855,10 +974,9 @@ def rollback(kube: Kube, target: Target, conf: Conf, opts: Options, say=print) -
     with DeployLock(kube, target.namespace, target.service, target.stage.name, opts.lock_wait_seconds,
                     opts.lock_lease_seconds, say) as lock:
         history = History.load(kube, target.namespace, target.service, target.stage.name)
-        if target.stage.production and abort_canary(kube, target, history, say, lock.check,
-                                                    opts.canary_scale_down_delay_seconds):
+        if abort_release(kube, target, say, lock.check):
             _notify(target, history.pending.number if history.pending else None, "canary_aborted",
-                    "rollback aborted the canary", say)
+                    "rollback aborted the release Argo Rollouts ran", say)
         if history.pending is not None:
             return _finish_rollback(kube, target, conf, opts, history, say, lock.check)
         if history.previous is None:
@@ -996,42 +1114,54 @@ def deploy_span(target: Target, policy: DeployPolicy) -> float:
     if deployment is None or not target.stage.production:
         return 0
     replicas = (deployment.get("spec") or {}).get("replicas") or 1
-    worst = canary.worst_seconds(target, list(target.objects), policy, replicas)
+    worst = canary_worst_seconds(target, list(target.objects), policy, replicas)
     if not worst:
         return 0
     return budget.deploy_job_seconds(progress_deadline(deployment), replicas, max_surge(deployment), True, 0,
                                      worst)[2]
 
 
-def canary_prometheus(target: Target, objects: list[dict], opts: Options):
-    """The Prometheus a production canary is judged by (before any change: BadInput when none is set), or None."""
-    from podserve.tooling.deploy.prometheus_api import PrometheusAPI
+def canary_worst_seconds(target: Target, objects: list[dict], policy, stable_replicas: int) -> int:
+    """The longest a production release's canary steps may take before its promotion (render's job-time check counts
+    the same: job_time.canary_seconds); 0 for any other stage or without canary_steps."""
+    workload = workload_of(objects)
+    if workload is None or not target.stage.production:
+        return 0
+    return job_time.canary_seconds(list(objects), workload, stable_replicas, policy)
 
-    if not target.stage.production or not release.read_release_policy(canary.deployment_of(objects))["canary_steps"]:
-        return None
-    return PrometheusAPI.from_environment(opts.prometheus)
+
+# --- canary promote|abort ---------------------------------------------------------------------------------------
+
+PROMOTE, ABORT = "promote", "abort"
 
 
-def canary_drift(kube: Kube, target: Target, history: History) -> list[str]:
-    """One line per way the live route and canary differ from the canary the history records (none running: stable
-    100 and no canary): weights edited with kubectl, a canary left running while the history lost its state."""
-    if not target.stage.production:
-        return []
-    route = kube.get(MANAGED["VirtualService"], target.namespace, target.service)
-    if route is None:
-        return []
-    recorded = (history.pending.canary if history.pending else None) or None
-    weights, running = canary_objects.weights_of(route), canary_objects.read_annotation(route)
-    want = recorded.get("weights") if recorded else release.weights(0)
-    found = []
-    if weights is not None and weights != want:
-        found.append(f"the weights on VirtualService/{target.service} are stable {weights[0]}, canary {weights[1]}, "
-                     f"not the recorded stable {want[0]}, canary {want[1]}: edited outside the tool (kubectl?); the "
-                     "next apply or rollback sets them again")
-    live = canary.live_canary(kube, target)
-    if recorded is None and (running or live is not None):
-        said = f" (revision {running.get('revision')}, step {running.get('step', -1) + 1})" if running else ""
-        found.append(f"a canary{said} runs (Deployment/{release.canary_name(target.service)}: "
-                     f"{'present' if live else 'gone'}) but the history records none: its state was lost; the next "
-                     "apply aborts it (stable 100, the canary deleted) before it deploys")
-    return found
+def canary(kube: Kube, target: Target, action: str, reason: str, say=print) -> int:
+    """Promote the production release Argo runs now (every step and analysis left skipped: `reason` required) or
+    abort it, as Argo's plugin does (status patches on the Rollout); the reason and who asked are recorded in the
+    history's pending revision and notified. BadInput when no release runs."""
+    if action == PROMOTE and not reason.strip():
+        raise BadInput("promote skips the release's remaining steps and analysis: say why with --reason TEXT (it is "
+                       "recorded in the history and the notification)")
+    live = live_workload(kube, target) if target.stage.production else None
+    if live is None or live.get("kind") != "Rollout" or not argo.in_progress(live):
+        state = argo.state_of(live).describe() if live is not None and live.get("kind") == "Rollout" else \
+            f"no Rollout of {target.service}"
+        raise BadInput(f"no release of {target.service} runs in {target.stage.name} (namespace {target.namespace}; "
+                       f"{state}): nothing to promote or abort")
+    name = live["metadata"]["name"]
+    if action == PROMOTE:
+        argo.promote_full(kube, target.namespace, name, paused=bool((live.get("spec") or {}).get("paused")))
+    else:
+        argo.abort(kube, target.namespace, name)
+    asked = {"action": action, "reason": reason.strip(), "by": holder_identity(), "at": now_text()}
+    history = History.load(kube, target.namespace, target.service, target.stage.name)
+    if history.pending is not None:
+        history.pending = replace(history.pending, canary=asked)
+        history.keep_pending(kube)
+    said = f" ({reason.strip()})" if reason.strip() else ""
+    say(f"{'promoted' if action == PROMOTE else 'aborted'} the release of Rollout/{name} in {target.stage.name}"
+        f"{said}: Argo Rollouts {'skips every remaining step and analysis' if action == PROMOTE else 'sends every request back to stable and scales the canary down'}")
+    _notify(target, history.pending.number if history.pending else None,
+            "canary_promoted" if action == PROMOTE else "canary_aborted",
+            f"{action} by {asked['by']}{said}", say)
+    return failures.EXIT_SERVING

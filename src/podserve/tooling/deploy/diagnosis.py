@@ -1,7 +1,7 @@
 """The rollout's verdict: a pure function from the observed objects to serving, progressing or failed, and why.
 
-`diagnose(Observed)` reads API-shaped dicts (a Deployment, its ReplicaSets, pods and
-events, as the API server returns them) plus the server's last log lines, and returns a
+`diagnose(Observed)` reads API-shaped dicts (a Deployment, or a production Rollout with its
+AnalysisRuns, its ReplicaSets, pods and events, as the API server returns them) plus the server's last log lines, and returns a
 `Verdict`: what a progress line says while the rollout goes on, or, as soon as the
 outcome is certain, the failure in a service owner's words with the value.py field to
 change (see `failures`). The watch loop around it is `rollout.py`; like kubectl's rollout
@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from podserve.tooling.deploy import failures
+from podserve.tooling import analysis_template as at
+from podserve.tooling.deploy import argo, drift, failures
 from podserve.tooling.deploy.failures import Failure
 
 SERVING, PROGRESSING, FAILED = "serving", "progressing", "failed"
@@ -48,6 +49,7 @@ class Observed:
     scheduling_grace_seconds: float = 90.0
     budget_left_seconds: float = 1.0  # the deploy tool's wait budget; <= 0 once it is spent
     node_offer: str = ""  # what the region's nodes can allocate, from conf/regions.yaml
+    analysis_runs: tuple = ()  # a Rollout's AnalysisRuns, oldest first
 
 
 @dataclass(frozen=True)
@@ -68,15 +70,26 @@ def diagnose(obs: Observed) -> Verdict:
     deployment = obs.deployment
     if deployment is None:
         return Verdict(PROGRESSING, "waiting for the Deployment to appear")
+    if deployment.get("kind") == "Rollout" and not _observed(deployment):
+        # its status (currentPodHash: which pods are new) is still the previous spec's, a rollback's failed pods
+        return Verdict(PROGRESSING, "waiting for Argo Rollouts to observe the new spec")
     pods = new_pods(deployment, obs.replicasets, obs.pods)
     certain = next((v for v in (_certain_failure(pod, obs) for pod in pods) if v), None) or \
         _create_refused(deployment, obs.replicasets)
     if certain:
         return certain
-    if _condition(deployment, "Progressing", "False", "ProgressDeadlineExceeded"):
+    if _condition(deployment, "Progressing", "False", "ProgressDeadlineExceeded") and _observed(deployment):
         deadline = (deployment.get("spec") or {}).get("progressDeadlineSeconds")
         return _after_waiting(pods, obs, failures.PROGRESS_DEADLINE,
                               f"no new pod became available within progressDeadlineSeconds = {deadline}")
+    if deployment.get("kind") == "Rollout":
+        state = argo.state_of(deployment)
+        if state.observed and state.aborted and _back_on_stable(deployment, state, obs.replicasets):
+            return Verdict(PROGRESSING, "Argo Rollouts taking stable's spec back after the abort")
+        if state.observed and (state.aborted or state.phase == argo.DEGRADED):
+            analysis = argo.failed_analysis(list(obs.analysis_runs))
+            return _failed(failures.ROLLOUT_ABORTED, f"{state.message or 'aborted'}"
+                           + (f"; {analysis}" if analysis else ""))
     done, line = rollout_status(deployment)
     progress = progress_line(deployment, pods, line, obs.events, obs.now)
     if done:
@@ -87,8 +100,26 @@ def diagnose(obs: Observed) -> Verdict:
     return Verdict(PROGRESSING, progress)
 
 
+def _back_on_stable(rollout: dict, state: argo.State, replicasets: list[dict]) -> bool:
+    """Whether an aborted Rollout's spec is its stable ReplicaSet's pod template again (a rollback re-applied it):
+    Argo clears the abort once it acts on that spec, which may come a status write after it observed the spec."""
+    ours = drift.running_hash(rollout)
+    return bool(ours) and any(drift.running_hash(rs) == ours for rs in replicasets
+                              if ((rs.get("metadata") or {}).get("labels") or {}).get(at.HASH_POD_LABEL)
+                              == state.stable_hash)
+
+
+def _observed(workload: dict) -> bool:
+    status = workload.get("status") or {}
+    return str(status.get("observedGeneration", "")) == str((workload.get("metadata") or {}).get("generation", ""))
+
+
 def rollout_status(deployment: dict) -> tuple[bool, str]:
-    """Return (complete, what it waits for), as kubectl's rollout status decides it."""
+    """Return (complete, what it waits for), as kubectl's rollout status decides it; a Rollout as Argo says it
+    (Healthy on its current pod template: every step done)."""
+    if deployment.get("kind") == "Rollout":
+        state = argo.state_of(deployment)
+        return state.promoted, ("rollout complete" if state.promoted else state.describe())
     spec, status, meta = deployment.get("spec") or {}, deployment.get("status") or {}, deployment.get("metadata") or {}
     if meta.get("generation", 0) > status.get("observedGeneration", 0):
         return False, "waiting for the Deployment's new spec to be observed"
@@ -104,7 +135,12 @@ def rollout_status(deployment: dict) -> tuple[bool, str]:
 
 
 def new_replicasets(deployment: dict, replicasets: list[dict]) -> list[dict]:
-    """Return the Deployment's newest ReplicaSet (the revision being rolled out) among `replicasets`, as a list."""
+    """Return the Deployment's newest ReplicaSet (the revision being rolled out) among `replicasets`, as a list; a
+    Rollout's is the one of its current pod template hash (status.currentPodHash, Argo's label on its ReplicaSets)."""
+    if deployment.get("kind") == "Rollout":
+        current = (deployment.get("status") or {}).get("currentPodHash")
+        return [rs for rs in replicasets if _owner_uid(rs) == deployment["metadata"].get("uid") and current
+                and (rs["metadata"].get("labels") or {}).get(at.HASH_POD_LABEL) == current]
     revision = ((deployment.get("metadata") or {}).get("annotations") or {}).get(REVISION)
     owned = [rs for rs in replicasets if _owner_uid(rs) == deployment["metadata"].get("uid")]
     current = [rs for rs in owned if ((rs["metadata"].get("annotations") or {}).get(REVISION)) == revision]
@@ -285,8 +321,9 @@ def _create_refused(deployment: dict, replicasets: list[dict]) -> Verdict | None
     the refusals the controller retries and that pass (TRANSIENT_CREATE_ERRORS).
     """
     revision = ((deployment.get("metadata") or {}).get("annotations") or {}).get(REVISION)
-    current = [rs for rs in replicasets if _owner_uid(rs) == deployment["metadata"].get("uid")
-               and ((rs["metadata"].get("annotations") or {}).get(REVISION)) == revision]
+    current = new_replicasets(deployment, replicasets) if deployment.get("kind") == "Rollout" else \
+        [rs for rs in replicasets if _owner_uid(rs) == deployment["metadata"].get("uid")
+         and ((rs["metadata"].get("annotations") or {}).get(REVISION)) == revision]
     for owner in [*current, deployment]:
         failure = next((c for c in (owner.get("status") or {}).get("conditions") or []
                         if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), None)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from podserve.image_identity import IMAGE_DIGEST_ENV
 from podserve.tooling.deploy.errors import BadInput
+from podserve.tooling.rollout import WORKLOAD_KINDS
 
 #: BuildKit's key for the pushed image's manifest digest in --metadata-file.
 DIGEST_KEY = "containerimage.digest"
@@ -51,7 +52,7 @@ def pin(objects: tuple[dict, ...], digest: str) -> tuple[dict, ...]:
     """Return copies of `objects` whose server containers name their image by `digest`, and know it (its env)."""
     pinned = []
     for obj in objects:
-        if obj.get("kind") == "Deployment":
+        if obj.get("kind") in WORKLOAD_KINDS:
             obj = copy.deepcopy(obj)
             for container in obj["spec"]["template"]["spec"]["containers"]:
                 if container.get("name") == SERVER_CONTAINER:

@@ -16,6 +16,7 @@ import hashlib
 import json
 
 from podserve.tooling.deploy.history import History, Revision
+from podserve.tooling.rollout import WORKLOAD_KINDS, workload_of
 
 #: The pod-template annotation holding the hash of the template as rendered.
 TEMPLATE_HASH = "podserve.io/template-hash"
@@ -29,8 +30,8 @@ def template_hash(deployment: dict) -> str:
 
 
 def stamped(obj: dict) -> dict:
-    """Return a Deployment with its template's hash on the template (other kinds unchanged)."""
-    if obj.get("kind") != "Deployment":
+    """Return a Deployment or Rollout with its template's hash on the template (other kinds unchanged)."""
+    if obj.get("kind") not in WORKLOAD_KINDS:
         return obj
     obj = copy.deepcopy(obj)
     metadata = obj["spec"]["template"].setdefault("metadata", {})
@@ -45,7 +46,7 @@ def running_hash(deployment: dict | None) -> str | None:
 
 
 def _deployment(revision: Revision | None) -> dict | None:
-    return next((o for o in (revision.objects if revision else []) if o.get("kind") == "Deployment"), None)
+    return workload_of(revision.objects if revision else [])
 
 
 def _image(deployment: dict | None) -> str:
@@ -67,8 +68,9 @@ def differences(history: History, live: dict | None) -> list[str]:
     recorded = _deployment(current)
     if current is None or recorded is None or running_hash(recorded) is None:
         return found  # nothing recorded to compare with (or recorded before hashes were kept)
+    kind = recorded.get("kind", "Deployment")
     if live is None:
-        return found + [f"the Deployment of recorded revision {current.number} is gone (deleted outside the tool)"]
+        return found + [f"the {kind} of recorded revision {current.number} is gone (deleted outside the tool)"]
     live_hash = running_hash(live)
     if live_hash != running_hash(recorded):
         known = [(name, r) for name, r in (("pending", pending), ("previous", history.previous))
@@ -76,13 +78,13 @@ def differences(history: History, live: dict | None) -> list[str]:
         what = (f"revision {known[0][1].number}'s pod template" if known and known[0][0] == "previous" else
                 f"the pod template of unfinished revision {known[0][1].number}" if known else
                 "a pod template no recorded revision has")
-        found.append(f"the live Deployment runs {what} (image {_image(live)}), not recorded revision "
+        found.append(f"the live {kind} runs {what} (image {_image(live)}), not recorded revision "
                      f"{current.number} ({_image(recorded)}): changed outside the tool (`kubectl rollout undo`, an "
                      "edit)" + (" or by the killed deploy" if known and known[0][0] == "pending" else ""))
     scaled = not any(o.get("kind") in ("HorizontalPodAutoscaler", "ScaledObject") for o in current.objects)
     want, have = (recorded.get("spec") or {}).get("replicas"), (live.get("spec") or {}).get("replicas")
     if scaled and want is not None and have != want:
-        found.append(f"the live Deployment has {have} replicas, recorded revision {current.number} {want}: "
+        found.append(f"the live {kind} has {have} replicas, recorded revision {current.number} {want}: "
                      "scaled by hand (an incident scale?)")
     return found
 

@@ -123,14 +123,15 @@ PROJECT_COLLISION = Failure(
     "`service_name`", "choose another `service_name`; if the service moved to this project on purpose, retire it from "
     "the old one first (`retire --stage S --service NAME --team TEAM --confirm NAME`)", EXIT_REFUSED)
 
-CANARY_FAILED = Failure(
-    "canary_failed", "The canary failed its verdict",
-    "at a step of `canary_steps`, the canary's pods answered worse than stable's by more than a margin (5xx, latency "
-    "above stable's 90% bucket, queue wait), or surely above the error ceiling, or stayed inconclusive past "
-    "max_extensions: stable was set back to 100 and the canary deleted; stable's pods never changed",
+ROLLOUT_ABORTED = Failure(
+    "rollout_aborted", "Argo Rollouts aborted the release",
+    "the production Rollout's analysis failed at a step (5xx, latency above stable's bucket or queue wait worse than "
+    "stable's by more than the relative margin, or above the ceiling), stayed inconclusive past its limit, could not "
+    "reach Prometheus, or someone ran `canary abort`: Argo sent every request back to stable and scaled the canary "
+    "down; stable's pods never changed",
     "none: the build (or `canary_steps`, `verdict_window_seconds`)",
-    "read the numbers above (which check, by how much): fix the build; for too few requests at a step, use a larger "
-    "first step or a longer `verdict_window_seconds`")
+    "read the analysis above (which metric, its counts): fix the build; for too few requests at a step, use a larger "
+    "first step or a longer `verdict_window_seconds`; Prometheus named: ask the platform team")
 GREY_ANOTHER_BUILD = Failure(
     "grey_another_build", "Refused: grey runs another build than this pipeline's",
     "grey's history or its pod template names another revision than this pipeline's (another branch deployed grey, "
@@ -156,7 +157,7 @@ IMAGE_NOT_BUILT = Failure(
 
 #: Every failure, in the order docs/deploy.md lists them.
 ALL = (UNSCHEDULABLE, CREATE_REFUSED, OOM_KILLED, CRASH_LOOP, IMAGE_PULL, NOT_STARTED, STARTUP_PROBE, NEVER_READY,
-       PROGRESS_DEADLINE, TIMED_OUT, CANARY_FAILED, ROUTE_COLLISION, PROJECT_COLLISION, LOCK_HELD, FREEZE_WINDOW,
+       PROGRESS_DEADLINE, TIMED_OUT, ROLLOUT_ABORTED, ROUTE_COLLISION, PROJECT_COLLISION, LOCK_HELD, FREEZE_WINDOW,
        OUTDATED_PIPELINE, GREY_ANOTHER_BUILD, VERDICT_NOT_PASSED, IMAGE_NOT_BUILT)
 BY_REASON = {failure.reason: failure for failure in ALL}
 

@@ -49,6 +49,8 @@ MANAGED = {
     "PodMonitor": Kind("monitoring.coreos.com/v1", "podmonitors"),
     "HorizontalPodAutoscaler": Kind("autoscaling/v2", "horizontalpodautoscalers"),
     "ScaledObject": Kind("keda.sh/v1alpha1", "scaledobjects"),
+    "Rollout": Kind("argoproj.io/v1alpha1", "rollouts"),
+    "AnalysisTemplate": Kind("argoproj.io/v1alpha1", "analysistemplates"),
 }
 #: What the tool reads or keeps beside them.
 REPLICASETS = Kind("apps/v1", "replicasets")

@@ -1,4 +1,5 @@
-"""Waiting for a rollout: read the Deployment, its ReplicaSets, pods and warning events, ask the diagnosis, repeat.
+"""Waiting for a rollout: read the Deployment (a production Rollout with its AnalysisRuns), its ReplicaSets, pods and
+warning events, ask the diagnosis, repeat.
 
 Each round reads one snapshot, passes it to `diagnosis.diagnose` (a pure function) and
 prints a progress line when it changed; then it watches the stage's pods until one
@@ -12,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from podserve.tooling.deploy import diagnosis, failures
+from podserve.tooling.deploy import argo, diagnosis, failures
 from podserve.tooling.deploy.kube import EVENTS, MANAGED, PODS, REPLICASETS, Kube
 from podserve.tooling.deploy.target import Target, label_selector
 
@@ -36,16 +37,17 @@ class WaitSettings:
 def observe(kube: Kube, target: Target, settings: WaitSettings, budget_left: float,
             logs: dict[str, str] | None = None) -> tuple[diagnosis.Observed, str, str]:
     """Read one snapshot of the target's rollout; return it, the pods list's resourceVersion and pod selector."""
-    name = target.deployment()["metadata"]["name"]
-    deployment = kube.get(MANAGED["Deployment"], target.namespace, name)
+    workload = target.deployment()
+    deployment = kube.get(MANAGED[workload["kind"]], target.namespace, workload["metadata"]["name"])
     match = ((deployment or {}).get("spec") or {}).get("selector", {}).get("matchLabels") or {}
     pod_selector = label_selector(match) or target.selector
     replicasets = kube.list(REPLICASETS, target.namespace, pod_selector).get("items") or []
     pods_list = kube.list(PODS, target.namespace, pod_selector)
     events = kube.list(EVENTS, target.namespace).get("items") or []
+    runs = tuple(argo.analysis_runs(kube, deployment)) if (deployment or {}).get("kind") == "Rollout" else ()
     observed = diagnosis.Observed(deployment, replicasets, pods_list.get("items") or [], events,
                                   datetime.now(timezone.utc), logs or {}, settings.scheduling_grace_seconds,
-                                  budget_left, settings.node_offer)
+                                  budget_left, settings.node_offer, runs)
     return observed, (pods_list.get("metadata") or {}).get("resourceVersion", ""), pod_selector
 
 

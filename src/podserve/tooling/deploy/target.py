@@ -16,6 +16,7 @@ import yaml
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.deploy.errors import BadInput, NotDeployedHere
 from podserve.tooling.output import NOT_DEPLOYED
+from podserve.tooling.rollout import workload_of
 from podserve.tooling.tenancy import TEAM_LABEL
 
 MANAGED_BY = ("app.kubernetes.io/managed-by", "podserve")
@@ -50,7 +51,8 @@ class Target:
         return selector(self.service, self.stage.name)
 
     def deployment(self) -> dict | None:
-        return next((o for o in self.objects if o.get("kind") == "Deployment"), None)
+        """The object that runs the stage's pods: its Deployment, or in production its Rollout."""
+        return workload_of(self.objects)
 
     def image(self) -> str:
         deployment = self.deployment() or {}
@@ -140,5 +142,5 @@ def _checked(objects: list[dict], stage: Stage, where: str) -> Target:
                        f"of {len(teams)} teams; pass one service's manifests")
     target = Target(services.pop(), stage, teams.pop(), tuple(objects))
     if target.deployment() is None:
-        raise BadInput(f"{where} has no Deployment; pass the folder render wrote")
+        raise BadInput(f"{where} has no Deployment or Rollout; pass the folder render wrote")
     return target

@@ -1,0 +1,372 @@
+"""Production releases on Argo Rollouts on the real node, under callers through Envoy (issue 66, It must show 1 and 6).
+
+Real: the control plane, the real node (kubelet, containerd, runc) running our image as CI's jobs built it
+(tests/pipeline/conftest.py grey_service), the Argo Rollouts controller (the session's, `make argo-rollouts`) setting
+the weights on the VirtualService the deploy tool applied and running the service's AnalysisTemplate against a real
+Prometheus that scrapes the pods (PodTargetFeed: the live PodMonitor's targets, the pod template hash label copied as
+the operator does), istiod feeding the weights Argo writes to Envoy 1.40 on the node's bridge (the gateway), the
+deploy tool's CLI as CI runs it. The builds are one image told apart by value.py's `handler`
+(real_node_service.RECIPES): stable the example's TextDirection; FAILING raises on every third decode (a 500);
+SLOWER answers the same 20 ms later; GOOD answers the same with `build` added.
+
+Rates and thresholds, stated: RATE requests a second of the example's text line through Envoy from CALLERS threads;
+each pod CPU 400m (the node holds stable's 2, the canary's and pods stopping). Steps STEPS; the test conf judges each
+step over WINDOW seconds with VERDICT's floors (the platform's 0.2-point error floor and 2-point latency floor need
+thousands of requests a step: minutes at this rate); the slow start, probe period and scrape interval are 1 s. A
+step's measured canary share (Envoy's own request counts per subset) is bounded by DEVIATIONS binomial deviations.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import yaml
+
+from real_node_service import COMMIT, NAME, REPO, TEAM, hk_gateway, remove_hk, subset_cluster
+
+sys.path[:0] = [str(REPO / "tests" / "deploy"), str(REPO / "tests" / "mesh")]
+from live import finish, read_until  # noqa: E402
+from mesh_setup import FAST  # noqa: E402
+from receiver import Receiver  # noqa: E402
+
+from podserve.testbed.deploy_policy import unfrozen_conf  # noqa: E402
+from podserve.testbed.processes import poll_until  # noqa: E402
+from podserve.testbed.prometheus import PodTargetFeed, Prometheus  # noqa: E402
+from podserve.tooling.conf import load_conf  # noqa: E402
+
+RATE = 60
+CALLERS = 8
+CPU = "400m"
+STEPS = [25, 50]
+WINDOW = 10
+#: The floors are the least of each *_floor and *_margin (analysis_template.Thresholds.of), so both are raised.
+VERDICT = {"window_seconds": WINDOW, "min_requests": 100, "max_extensions": 1, "error_margin": 0.05,
+           "error_floor": 0.05, "latency_margin": 0.15, "latency_floor": 0.15, "queue_margin": 0.15,
+           "queue_floor": 0.15}
+#: Argo's scaleDownDelaySeconds here: the old pods serve this long after the switch (istiod pushes in under 1 s).
+SCALE_DOWN_DELAY = 5
+#: stable's pods (value.py hk_replicas), all of which must be in the stable subset whenever a weight goes to stable.
+STABLE_PODS = 2
+DEVIATIONS = 3.5
+FAILING = "real_node_recipes:FailsEveryThirdDecode"
+SLOWER = "real_node_recipes:SlowerBy20ms"
+GOOD = "real_node_recipes:MarksItsAnswers"
+ARGO = ("argoproj.io", "v1alpha1")
+ISTIO = ("networking.istio.io", "v1")
+
+
+def release_conf(source: Path, target: Path, prometheus: str) -> Path:
+    """The checkout's conf/ unfrozen, with FAST's probes, slow start and scrape interval, the test's Prometheus as the
+    region's, VERDICT, the short scale-down delay and a 5 s deploy lock lease; return it."""
+    conf = unfrozen_conf(target, source)
+    platform = yaml.safe_load((conf / "platform.yaml").read_text())
+    for section, changes in FAST.items():
+        platform[section].update(changes)
+    platform["monitoring"]["prometheus_address"] = prometheus
+    (conf / "platform.yaml").write_text(yaml.safe_dump(platform))
+    policy = yaml.safe_load((conf / "deploy.yaml").read_text())
+    policy["verdict"].update(VERDICT)
+    policy["canary_scale_down_delay_seconds"] = SCALE_DOWN_DELAY
+    policy["lock_lease_seconds"] = 5  # a killed job's lock is free that soon
+    (conf / "deploy.yaml").write_text(yaml.safe_dump(policy))
+    return conf
+
+
+class Bench:
+    """hk on the real node: the rendered builds, the deploy tool, the gateway's Envoy, the live objects."""
+
+    def __init__(self, service, conf_dir: Path, namespace: str, gateway, work: Path):
+        from kubernetes import client
+
+        self.service, self.conf_dir, self.namespace, self.work = service, conf_dir, namespace, work
+        self.envoy = gateway.envoy
+        stage = load_conf(conf_dir).stages["hk"]
+        self.url, self.host = gateway.url + stage.public_path(NAME, TEAM), stage.ingress_host
+        image = base64.b64encode((REPO / "examples" / "text-line.png").read_bytes()).decode()
+        self.body = {"postid": "p", "uid": "u", "seqid": "s", "image": image}
+        self.objects = client.CustomObjectsApi(service.plane.api_client())
+        self.core = client.CoreV1Api(service.plane.api_client())
+        self._rendered: dict[str, Path] = {}
+
+    def manifests(self, handler: str = "server:TextDirection", **fields) -> Path:
+        """hk of the service with `handler`, CPU, canary_steps STEPS (and `fields`), rendered with the test conf."""
+        key = f"{handler}-{sorted(fields.items())}"
+        if key not in self._rendered:
+            variant = f"-rollout-{handler.split(':')[-1]}-{len(self._rendered)}"
+            self._rendered[key] = self.service.render(NAME, COMMIT, stage="hk", conf=self.conf_dir, variant=variant,
+                                                      handler=handler, cpu=CPU, canary_steps=STEPS, **fields)
+        return self._rendered[key]
+
+    def deploy(self, *args: str, manifests: Path | None = None, **env):
+        return self.service.deploy(*args, manifests=manifests, stage="hk", conf=self.conf_dir, env=env, timeout=600)
+
+    def start(self, manifests: Path, **env):
+        return self.service.start("apply", manifests=manifests, stage="hk", conf=self.conf_dir, env=env)
+
+    def cluster(self, subset: str) -> str:
+        return subset_cluster(self.service, self.manifests(), self.namespace, subset)
+
+    def rollout(self) -> dict:
+        return self.objects.get_namespaced_custom_object(*ARGO, self.namespace, "rollouts", NAME)
+
+    def weights(self) -> tuple[int, int]:
+        """(stable, canary) of the live VirtualService's weighted route, as Argo set them."""
+        vs = self.objects.get_namespaced_custom_object(*ISTIO, self.namespace, "virtualservices", NAME)
+        for http in vs["spec"]["http"]:
+            found = {d["destination"].get("subset"): d.get("weight", 0) for d in http.get("route", [])}
+            if set(found) == {"stable", "canary"}:
+                return found["stable"], found["canary"]
+        raise AssertionError(f"no weighted route in {vs['spec']['http']}")
+
+    def sent(self) -> dict[str, int]:
+        """Requests Envoy has sent each subset's cluster so far (upstream_rq_total)."""
+        found = {}
+        for subset in ("stable", "canary"):
+            try:
+                found[subset] = self.envoy.cluster_stat(self.cluster(subset), "upstream_rq_total")
+            except KeyError:
+                found[subset] = 0
+        return found
+
+    def healthy_hosts(self, subset: str = "stable") -> int:
+        """A subset's endpoints Envoy holds as healthy and not ejected."""
+        return sum(1 for h in self.envoy.hosts(self.cluster(subset)).values() if h["eds_healthy"] and not h["ejected"])
+
+    def stable_pods(self) -> dict[str, tuple]:
+        """{name: (uid, restarts)} of the pods of the Rollout's stable ReplicaSet, not stopping."""
+        stable = self.rollout()["status"].get("stableRS", "")
+        pods = self.core.list_namespaced_pod(self.namespace,
+                                             label_selector=f"service={NAME},rollouts-pod-template-hash={stable}").items
+        return {p.metadata.name: (p.metadata.uid, sum(c.restart_count for c in p.status.container_statuses or []))
+                for p in pods if not p.metadata.deletion_timestamp}
+
+
+class Callers:
+    """RATE requests a second through Envoy from CALLERS threads, each at its own time, until stopped (at most
+    `seconds`); each answer as (time sent, status, the answering build's mark or what went wrong)."""
+
+    def __init__(self, bench: Bench, seconds: float = 420):
+        self.bench, self.seconds = bench, seconds
+        self.outcomes: list[tuple[float, int, str | None]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(CALLERS)]
+        self._start = time.monotonic() + 0.2
+
+    def __enter__(self) -> "Callers":
+        for thread in self._threads:
+            thread.start()
+        poll_until(lambda: len(self.outcomes) >= RATE, "a second of callers", 60)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=40)
+
+    def statuses(self) -> dict[int, int]:
+        found: dict[int, int] = {}
+        for _, status, _ in self.outcomes:
+            found[status] = found.get(status, 0) + 1
+        return found
+
+    def _client(self, index: int) -> None:
+        import requests
+
+        bench = self.bench
+        with requests.Session() as session:
+            for number in range(index, int(self.seconds * RATE), CALLERS):
+                if self._stop.wait(max(0.0, self._start + number / RATE - time.monotonic())):
+                    return
+                sent = time.monotonic()
+                try:
+                    reply = session.post(bench.url, json=bench.body, headers={"Host": bench.host}, timeout=30)
+                    mark = reply.json()["results"].get("build") if reply.status_code == 200 else reply.text[:120]
+                    self.outcomes.append((sent, reply.status_code, mark))
+                except (requests.RequestException, ValueError) as exc:
+                    self.outcomes.append((sent, 0, repr(exc)[:120]))
+
+
+class WeightWatch:
+    """Every change of the route's weights, seen by polling every 0.1 s: (time, (stable, canary), each subset's
+    healthy endpoints in Envoy then, Envoy's requests sent per subset then)."""
+
+    def __init__(self, bench: Bench):
+        self.bench = bench
+        self.changes: list[tuple[float, tuple[int, int], dict[str, int], dict[str, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "WeightWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        last = None
+        while not self._stop.wait(0.1):
+            weights = self.bench.weights()
+            if weights != last:
+                hosts = {subset: self.bench.healthy_hosts(subset) for subset in ("stable", "canary")}
+                self.changes.append((time.monotonic(), weights, hosts, self.bench.sent()))
+                last = weights
+
+
+@pytest.fixture(scope="module")
+def bench(grey_service, istiod, rollouts_controller, tmp_path_factory):
+    """hk's first revision (stable: the example's handler, 2 pods) on the real node behind the gateway, Prometheus
+    scraping the namespace's pods by their PodMonitor."""
+    work = tmp_path_factory.mktemp("real-node-rollout")
+    namespace = grey_service.conf.stages["hk"].namespace_for(TEAM)
+    with ExitStack() as stack:
+        targets = PodTargetFeed(grey_service.plane.api_client(), work / "targets.json", [namespace]).start()
+        stack.callback(targets.stop)
+        prometheus = Prometheus(work / "prometheus", [], file_targets=work / "targets.json").start()
+        stack.callback(prometheus.stop)
+        conf_dir = release_conf(grey_service.checkout / "conf", work / "conf", prometheus.url)
+        stack.callback(remove_hk, grey_service, namespace)
+        core = bench_core(grey_service)
+        poll_until(lambda: not core.list_namespaced_pod(namespace, label_selector=f"service={NAME}").items,
+                   "no hk pod of the service left from an earlier test", 120)
+        gateway = stack.enter_context(hk_gateway(grey_service, istiod, work))
+        bench = Bench(grey_service, conf_dir, namespace, gateway, work)
+        first = bench.deploy("apply", manifests=bench.manifests())
+        assert first.returncode == 0, first.output
+        poll_until(lambda: bench.healthy_hosts() == STABLE_PODS, "Envoy holding stable's 2 pods", 60)
+        yield bench
+        assert gateway.envoy.rejected_updates() == {} and gateway.envoy.istio_type_urls() == []
+
+
+def bench_core(service):
+    from kubernetes import client
+
+    return client.CoreV1Api(service.plane.api_client())
+
+
+def _bound(weight: int, requests: int) -> float:
+    """DEVIATIONS binomial standard deviations of a share at `weight` percent over `requests`."""
+    p = weight / 100
+    return DEVIATIONS * math.sqrt(p * (1 - p) / max(requests, 1))
+
+
+def _assert_full_stable_at_each_switch(watch: WeightWatch) -> None:
+    """Item 6: whenever the weights went back towards stable, Envoy held every stable pod as healthy; whenever all
+    went to one subset (stable after an abort, the canary at Argo's full promotion), that subset held a stable's
+    worth of pods."""
+    for previous, (_, weights, hosts, _) in zip(watch.changes, watch.changes[1:]):
+        if weights[0] > previous[1][0]:
+            assert hosts["stable"] >= STABLE_PODS, (weights, hosts, watch.changes)
+        for subset, weight in zip(("stable", "canary"), weights):
+            if weight == 100:
+                assert hosts[subset] >= STABLE_PODS, (weights, hosts, watch.changes)
+
+
+def test_a_failing_build_is_aborted_at_its_first_step_within_its_share_and_stable_never_restarts(bench):
+    before = bench.stable_pods()
+    receiver = Receiver()
+    try:
+        with Callers(bench) as callers, WeightWatch(bench) as watch:
+            run = bench.deploy("apply", manifests=bench.manifests(FAILING), PODSERVE_NOTIFY_URL=receiver.url)
+        weights = [c[1] for c in watch.changes]
+        print(f"\nfailing build: exit {run.returncode} in {run.seconds:.1f} s; weights {weights}; callers "
+              f"{callers.statuses()}")
+        assert run.returncode == 1, run.output
+        assert "Argo Rollouts aborted the release" in run.output and "errors: Failed" in run.output, run.output
+        assert weights == [(100, 0), (75, 25), (100, 0)], watch.changes  # aborted at step 1, never at 50
+        (_, _, _, at_step), (_, _, _, at_abort) = watch.changes[1], watch.changes[2]
+        canary = at_abort["canary"] - at_step["canary"]
+        total = canary + at_abort["stable"] - at_step["stable"]
+        print(f"step 1: Envoy sent the canary {canary} of {total} requests ({canary / total:.3f})")
+        assert abs(canary / total - 0.25) <= _bound(25, total), (canary, total)
+        _assert_full_stable_at_each_switch(watch)
+        assert set(callers.statuses()) <= {200, 500}  # the failing build's own 500s; nothing lost by the mesh
+        assert bench.stable_pods() == before  # the same pods, never restarted
+        (body,) = [b for b in receiver.bodies if b["outcome"] != "serving"]
+        assert body["outcome"] == "rolled_back" and "errors: Failed" in body["diagnosis"], body
+        assert "candidate_judged" in body["diagnosis"], body  # the analysis' counts, named
+    finally:
+        receiver.stop()
+
+
+def test_a_build_20_ms_slower_fails_on_latency(bench):
+    before = bench.stable_pods()
+    with Callers(bench) as callers, WeightWatch(bench) as watch:
+        run = bench.deploy("apply", manifests=bench.manifests(SLOWER))
+    print(f"\nslower build: exit {run.returncode} in {run.seconds:.1f} s; callers {callers.statuses()}")
+    assert run.returncode == 1, run.output
+    assert "latency: Failed" in run.output and "errors: Failed" not in run.output, run.output
+    _assert_full_stable_at_each_switch(watch)
+    assert set(callers.statuses()) == {200}
+    assert bench.stable_pods() == before
+
+
+def test_a_killed_job_s_release_goes_on_alone_the_rerun_reports_its_end_and_a_good_build_is_promoted(bench):
+    """The job SIGKILLed at step 1: Argo goes on through every step and promotes; the rerun attaches and reports
+    serving; every caller answered 200 throughout, GOOD's marks only at the end."""
+    before = bench.stable_pods()
+    manifests = bench.manifests(GOOD)
+    with Callers(bench) as callers, WeightWatch(bench) as watch:
+        process = bench.start(manifests)
+        poll_until(lambda: bench.weights() == (75, 25), "Argo at step 1's weight", 120)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        rerun = bench.start(manifests)
+        seen = read_until(rerun, lambda line: line.startswith("attaching to revision"), "the rerun attaches", 120)
+        out = finish(rerun, seen, 300)
+        count = len(callers.outcomes)
+        poll_until(lambda: len(callers.outcomes) >= count + RATE, "a second of callers after the promotion", 60)
+    weights = [c[1] for c in watch.changes]
+    print(f"\nkilled at step 1, rerun: exit {rerun.returncode}; weights {weights}; callers {callers.statuses()}")
+    assert rerun.returncode == 0 and "serving: revision" in out, out
+    # every step, then Argo's full promotion: all requests to the new pods (the canary subset at 100, both subsets
+    # selecting the new ReplicaSet once it is stable; Argo sets 100/0 again as the next release starts)
+    assert weights[-3:] == [(75, 25), (50, 50), (0, 100)], watch.changes
+    _assert_full_stable_at_each_switch(watch)
+    assert callers.statuses() == {200: len(callers.outcomes)}
+    assert {mark for _, _, mark in callers.outcomes[-RATE // 2:]} == {"marked"}
+    after = bench.stable_pods()
+    assert set(after).isdisjoint(before) and len(after) == STABLE_PODS
+
+
+def test_an_abort_at_the_last_step_sends_the_weight_back_only_to_a_full_stable_and_fails_no_request(
+        bench, rollouts_controller):
+    """`canary abort --reason` at step 2 (50%; step 1's abort is the failing build's, by its analysis): Argo sends
+    every request back to stable, which holds all its pods at that moment (no dynamic stable scale); every caller
+    answered 200. Step 1's analysis is skipped by the operator's `kubectl argo rollouts promote` (the next step), so
+    that what is tested does not hang on a verdict (the failing and the killed job's builds test those)."""
+    before = bench.stable_pods()
+    step = len(STEPS)
+    weight = STEPS[step - 1]
+    manifests = bench.manifests(GOOD, drain_seconds=2 + step)  # a pod template of its own: a release each time
+    with Callers(bench) as callers, WeightWatch(bench) as watch:
+        process = bench.start(manifests)
+        try:
+            poll_until(lambda: bench.weights() == (100 - STEPS[0], STEPS[0]), "Argo at step 1's weight", 180)
+            skipped = rollouts_controller.plugin("promote", NAME, "-n", bench.namespace)
+            assert skipped.returncode == 0, skipped.stderr
+            poll_until(lambda: bench.weights() == (100 - weight, weight), f"Argo at step {step}'s weight", 60)
+        except (TimeoutError, AssertionError):
+            process.kill()
+            raise AssertionError(f"the release never reached step {step}: {process.communicate()[0]}\n"
+                                 f"{bench.rollout().get('status')}") from None
+        aborted = bench.deploy("canary", "abort", "--reason", f"test: abort at step {step}")
+        assert aborted.returncode == 0, aborted.output
+        poll_until(lambda: bench.weights() == (100, 0), "Argo's abort: stable 100", 60)
+        out = process.communicate(timeout=300)[0]
+    weights = [c[1] for c in watch.changes]
+    print(f"\nabort at step {step}: job exit {process.returncode}; weights {weights}; callers {callers.statuses()}")
+    assert process.returncode == 1 and "rolled back" in out, out
+    assert weights[-1] == (100, 0) and (100 - weight, weight) in weights, watch.changes
+    _assert_full_stable_at_each_switch(watch)
+    assert callers.statuses() == {200: len(callers.outcomes)}
+    assert bench.stable_pods() == before
