@@ -358,5 +358,7 @@ def test_an_aborted_rollout_whose_spec_is_stable_s_again_waits_for_argo_to_clear
     observed = Observed(rollout, [old, new], [pod(ready=True)], [], NOW, {}, GRACE, 100.0, "", ())
     verdict = diagnose(observed)
     assert verdict.state == diagnosis.PROGRESSING and "taking stable's spec back" in verdict.message
+    rollout["status"]["abort"] = False  # the abort cleared, the phase still Degraded with Argo's words
+    assert diagnose(observed).state == diagnosis.PROGRESSING
     rollout["spec"]["template"]["metadata"]["annotations"][drift.TEMPLATE_HASH] = "failed-spec"
     assert diagnose(observed).failure is failures.ROLLOUT_ABORTED

@@ -84,7 +84,8 @@ def diagnose(obs: Observed) -> Verdict:
                               f"no new pod became available within progressDeadlineSeconds = {deadline}")
     if deployment.get("kind") == "Rollout":
         state = argo.state_of(deployment)
-        if state.observed and state.aborted and _back_on_stable(deployment, state, obs.replicasets):
+        aborted = state.aborted or (state.phase == argo.DEGRADED and state.message.startswith(ABORTED_MESSAGE))
+        if state.observed and aborted and _back_on_stable(deployment, state, obs.replicasets):
             return Verdict(PROGRESSING, "Argo Rollouts taking stable's spec back after the abort")
         if state.observed and (state.aborted or state.phase == argo.DEGRADED):
             analysis = argo.failed_analysis(list(obs.analysis_runs))
@@ -100,9 +101,14 @@ def diagnose(obs: Observed) -> Verdict:
     return Verdict(PROGRESSING, progress)
 
 
+#: How Argo's message begins while a Rollout stays Degraded from an abort (one status write may outlast the abort).
+ABORTED_MESSAGE = "RolloutAborted"
+
+
 def _back_on_stable(rollout: dict, state: argo.State, replicasets: list[dict]) -> bool:
     """Whether an aborted Rollout's spec is its stable ReplicaSet's pod template again (a rollback re-applied it):
-    Argo clears the abort once it acts on that spec, which may come a status write after it observed the spec."""
+    Argo clears the abort, then the Degraded phase, once it acts on that spec, each a status write after it observed
+    the spec."""
     ours = drift.running_hash(rollout)
     return bool(ours) and any(drift.running_hash(rs) == ours for rs in replicasets
                               if ((rs.get("metadata") or {}).get("labels") or {}).get(at.HASH_POD_LABEL)
