@@ -73,8 +73,12 @@ def test_an_extended_step_judges_the_grown_sample(evaluate):
 
 
 @pytest.mark.parametrize("check, counts, phase", [
-    ("latency", [1000, 10000, 1000, 10000, 150], "Successful"),
-    ("latency", [3000, 10000, 1000, 10000, 150], "Failed"),
+    ("latency", [1000, 10000, 1000, 10000, 150, 5000, 5000], "Successful"),
+    ("latency", [3000, 10000, 1000, 10000, 150, 5000, 5000], "Failed"),
+    # the tail above B as stable's, most answers past M where stable has half: slower, whatever B's bucket hides
+    ("latency", [1000, 10000, 1000, 10000, 150, 9000, 5000], "Failed"),
+    ("latency", [1000, 10000, 1000, 10000, 150, 5200, 5000], "Successful"),  # within M's relative margin
+    ("latency", [1000, 10000, 1000, 10000, 150], "Inconclusive"),  # the shape before M: never a pass
     ("queue-wait", [3000, 10000, 1000, 10000, 150, 10.0, 10.0], "Failed"),
     ("queue-wait", [3000, 10000, 1000, 10000, 150, 10.0, 50.0], "Successful"),  # rates 5x apart: not judged
 ])
@@ -92,6 +96,8 @@ NS, GREY_NS, OTHER_NS = "podserve-like", "podserve-like-grey", "podserve-bigoliv
 LATENCY = "podserve_request_duration_seconds_bucket"
 SERVICE, TEAM = "text-direction", "like"
 STABLE_HASH, CANARY_HASH = "5d8f7c", "7b9c6d"
+#: A second release in the same stage: stable loaded (its p90 in the 50-100 ms bucket), the canary 20 ms slower.
+LOADED_STABLE_HASH, LOADED_CANARY_HASH = "6c4e2a", "8f1b3d"
 #: The canary's pods start this long after the series begin; the queries run at these moments after that.
 CANARY_AT, FIRST, SECOND = 600, 150, 270
 
@@ -133,6 +139,15 @@ def _series(start: float, seconds: int) -> dict[str, list[tuple[float, float]]]:
             {"0.005": 50, "0.01": 90, "0.025": 99, "0.05": 100, "+Inf": 100})
     latency(NS, "hk", "canary", CANARY_HASH, "canary-0", CANARY_AT,
             {"0.005": 0, "0.01": 10, "0.025": 60, "0.05": 99, "+Inf": 100})
+    # loaded: stable's p90 past 50 ms (B = 100 ms, M = 25 ms); the canary is stable 20 ms later, so above B it
+    # has 5% against stable's 2%, above M 90% against 30%
+    latency(NS, "hk", "stable", LOADED_STABLE_HASH, "loaded-stable-0", 0,
+            {"0.005": 10, "0.01": 40, "0.025": 70, "0.05": 88, "0.1": 98, "0.25": 100, "+Inf": 100})
+    latency(NS, "hk", "canary", LOADED_CANARY_HASH, "loaded-canary-0", CANARY_AT,
+            {"0.005": 0, "0.01": 0, "0.025": 10, "0.05": 75, "0.1": 95, "0.25": 100, "+Inf": 100})
+    for track, pod_hash, since in (("stable", LOADED_STABLE_HASH, 0), ("canary", LOADED_CANARY_HASH, CANARY_AT)):
+        up({"namespace": NS, "job": f"{NS}/{SERVICE}", "stage": "hk", "track": track, "pod": f"loaded-{track}-0",
+            "team": TEAM, at.HASH_SERIES_LABEL: pod_hash}, since)
     pod(NS, "hk", "canary", CANARY_HASH, "canary-0", CANARY_AT,
         {("live", "200"): 100, ("live", "500"): 10, ("smoke", "500"): 50, ("mirror", "500"): 50})
     # another team's pod wearing the victim's labels and hash, in its own namespace: never counted
@@ -217,16 +232,37 @@ def test_an_impostor_namespace_with_the_victims_labels_is_not_counted(stored):
     assert judged / counted < 0.1
 
 
+def _latency_counts(prometheus, moment: float, canary: str, stable: str) -> list[float]:
+    query = at.canary(NS, TEAM, SERVICE, "hk", T, SCRAPE).latency_query() \
+        .replace("{{args.canary-hash}}", canary).replace("{{args.stable-hash}}", stable)
+    return _values(prometheus, query, moment)
+
+
 def test_a_build_20ms_slower_fails_on_latency(stored, evaluate):
     """Stable answers 90% of its requests within 10 ms (B); the canary, 20 ms slower, has 90% above B: the rendered
     latency query counts that and Argo's conditions fail it."""
     prometheus, canary_start = stored
-    query = at.canary(NS, TEAM, SERVICE, "hk", T, SCRAPE).latency_query() \
-        .replace("{{args.canary-hash}}", CANARY_HASH).replace("{{args.stable-hash}}", STABLE_HASH)
-    counts = _values(prometheus, query, canary_start + FIRST)
-    above_c, all_c, above_s, all_s, _ = counts
+    counts = _latency_counts(prometheus, canary_start + FIRST, CANARY_HASH, STABLE_HASH)
+    above_c, all_c, above_s, all_s, _, median_c, median_s = counts
     assert abs(above_c / all_c - 0.9) < 0.02 and abs(above_s / all_s - 0.1) < 0.02, counts
+    # M is stable's 5 ms bucket (half of its answers): the canary has every answer above it
+    assert abs(median_c / all_c - 1.0) < 0.02 and abs(median_s / all_s - 0.5) < 0.02, counts
     assert evaluate("latency", counts) == "Failed"
+
+
+def test_a_build_20ms_slower_beside_a_loaded_stable_fails_at_the_median_where_the_tail_s_bucket_hides_it(
+        stored, evaluate):
+    """Stable loaded, its p90 past 50 ms: B is the 100 ms bucket, and 20 ms more moves few answers past it (the
+    fresh-clone run's case on the real node: the slower build promoted). Above M, stable's 25 ms bucket, the canary
+    has 90% against 30%: a fail; the tail's counts alone do not fail it."""
+    prometheus, canary_start = stored
+    counts = _latency_counts(prometheus, canary_start + FIRST, LOADED_CANARY_HASH, LOADED_STABLE_HASH)
+    above_c, all_c, above_s, all_s, seconds, median_c, median_s = counts
+    assert abs(above_c / all_c - 0.05) < 0.02 and abs(above_s / all_s - 0.02) < 0.02, counts
+    assert abs(median_c / all_c - 0.9) < 0.02 and abs(median_s / all_s - 0.3) < 0.02, counts
+    assert evaluate("latency", counts) == "Failed"
+    as_stable_at_median = [above_c, all_c, above_s, all_s, seconds, median_s * all_c / all_s, median_s]
+    assert evaluate("latency", as_stable_at_median) != "Failed"
 
 
 def test_the_queue_wait_is_judged_at_each_side_s_per_pod_rate(stored):

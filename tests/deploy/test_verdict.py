@@ -86,6 +86,25 @@ def test_a_build_20_ms_slower_fails_on_latency_not_on_errors():
     assert found.check("latency").candidate > 0.9 > 0.2 > found.check("latency").stable
 
 
+#: A loaded stable's latency: its p90 past 50 ms, so B is the 100 ms bucket and M (half its answers) the 25 ms one.
+LOADED = (0.0, 0.0, 0.10, 0.30, 0.30, 0.18, 0.10, 0.02, 0, 0, 0, 0, 0, 0, 0)
+#: LOADED 20 ms later: above B 5% against stable's 2%, above M 90% against 30%.
+LOADED_20_MS_LATER = (0.0, 0.0, 0.0, 0.0, 0.10, 0.65, 0.20, 0.05, 0, 0, 0, 0, 0, 0, 0)
+
+
+def test_a_build_20_ms_slower_than_a_loaded_stable_fails_at_m_where_b_s_bucket_hides_it():
+    rng = np.random.default_rng(6)
+    found = verdict.judge(side(rng, 400, shares=LOADED_20_MS_LATER), side(rng, 1500, shares=LOADED), POLICY)
+    assert (found.latency_bucket, found.median_bucket) == (0.1, 0.025)
+    assert found.check("latency").result != verdict.FAIL  # 5% against 2%: within B's margin
+    median = found.check("latency_at_median")
+    assert found.result == verdict.FAIL and median.result == verdict.FAIL
+    assert median.candidate > 0.85 and median.stable < 0.35
+    assert any(reason.startswith("latency_at_median: fail") for reason in found.reasons)
+    same = verdict.judge(side(rng, 400, shares=LOADED), side(rng, 1500, shares=LOADED), POLICY)
+    assert same.check("latency_at_median").result == verdict.PASS  # the guard passes what it cannot fail
+
+
 def test_too_few_requests_are_inconclusive_whatever_they_say():
     rng = np.random.default_rng(3)
     idle = verdict.judge(verdict.Counts({"200": 0}), side(rng, 1500), POLICY)

@@ -10,8 +10,10 @@ namespace's default ServiceAccount's imagePullSecret.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,7 +51,7 @@ raise RuntimeError("recipe: the weights file is truncated")
 
 #: The recipes' handlers, picked by value.py's `handler`: what goes wrong in load happens as a real model's load
 #: would go wrong (test_real_node_deploy.py); the canary's builds serve the example's model and answers, one failing
-#: a third of its decodes, one marking its answers (test_real_node_canary.py).
+#: a third of its decodes, one marking its answers, one slower (test_real_node_rollout.py).
 RECIPES = '''"""Handlers that fail on purpose, or tell who answered, for the real-node tests (tests/pipeline/)."""
 import itertools
 import threading
@@ -250,3 +252,62 @@ def remove_hk(svc: RealNodeService, namespace: str) -> None:
                     "deployments,service,pdb,configmap,virtualservices.networking.istio.io,"
                     "destinationrules.networking.istio.io", "-l", f"service={svc.name}", "--wait=false"],
                    capture_output=True, env=svc.plane.tool_env())
+
+
+def example_body(postid: str = "p") -> dict:
+    """A caller's request body: the example's text line."""
+    image = base64.b64encode((REPO / "examples" / "text-line.png").read_bytes()).decode()
+    return {"postid": postid, "uid": "u", "seqid": "s", "image": image}
+
+
+class PacedCallers:
+    """`rate` requests a second to `url` (with Host `host`) from `callers` threads, each request sent at its own time,
+    until stopped (at most `seconds`); each answer as (time sent, status, the answering build's mark for a 200, what
+    went wrong otherwise). `with` waits for a second of answers before its body runs."""
+
+    def __init__(self, url: str, host: str, body: dict, rate: int, callers: int, seconds: float = 300):
+        self.url, self.host, self.body, self.rate, self.seconds = url, host, body, rate, seconds
+        self.outcomes: list[tuple[float, int, str | None]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i, callers), daemon=True) for i in range(callers)]
+        self._start = time.monotonic() + 0.2
+
+    def __enter__(self) -> "PacedCallers":
+        from podserve.testbed.processes import poll_until
+
+        for thread in self._threads:
+            thread.start()
+        poll_until(lambda: len(self.outcomes) >= self.rate, "a second of callers", 60)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=40)
+
+    def statuses(self) -> dict[int, int]:
+        found: dict[int, int] = {}
+        for _, status, _ in self.outcomes:
+            found[status] = found.get(status, 0) + 1
+        return found
+
+    def failed(self) -> list[tuple[float, int, str | None]]:
+        return [o for o in self.outcomes if o[1] != 200]
+
+    def _client(self, index: int, callers: int) -> None:
+        import requests
+
+        with requests.Session() as session:
+            for number in range(index, int(self.seconds * self.rate), callers):
+                if self._stop.wait(max(0.0, self._start + number / self.rate - time.monotonic())):
+                    return
+                sent = time.monotonic()
+                try:
+                    reply = session.post(self.url, json=self.body, headers={"Host": self.host}, timeout=30)
+                    mark = reply.json()["results"].get("build") if reply.status_code == 200 else reply.text[:120]
+                    self.outcomes.append((sent, reply.status_code, mark))
+                except (requests.RequestException, ValueError) as exc:
+                    self.outcomes.append((sent, 0, repr(exc)[:120]))

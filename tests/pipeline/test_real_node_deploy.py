@@ -18,8 +18,8 @@ from typing import Iterator
 
 import pytest
 
-from real_node_service import (KUBECTL, REPO, TEAM, Deployed, RealNodeService, hk_gateway, remove_hk,
-                               subset_cluster)
+from real_node_service import (KUBECTL, REPO, TEAM, Deployed, PacedCallers, RealNodeService, example_body, hk_gateway,
+                               remove_hk, subset_cluster)
 
 from podserve.tooling.deploy import failures
 
@@ -252,12 +252,10 @@ def test_the_move_from_the_deployment_to_the_rollout_under_60_requests_a_second_
     Deployment's template beside the Deployment's 2, deletes the Deployment once they are all available, and its pods
     drain: every request answered 200, no container restarted (the kubelet's restart counts, sampled every 0.5 s),
     the 2 pods replaced by 2 of the Rollout, which Argo holds Healthy."""
-    import base64
     import sys
     import threading
     import time
 
-    import requests
     from kubernetes import client
 
     from podserve.testbed.processes import poll_until
@@ -278,23 +276,8 @@ def test_the_move_from_the_deployment_to_the_rollout_under_60_requests_a_second_
                "no hk pod of the service left from an earlier test", 120)
     rendered = svc.render(svc.name, svc.commit, stage="hk", variant="-migration", cpu=CASE_CPU)
     legacy = before_rollouts(rendered, tmp_path / "before-rollouts" / "hk")
-    body = {"postid": "m", "uid": "u", "seqid": "1",
-            "image": base64.b64encode((REPO / "examples" / "text-line.png").read_bytes()).decode()}
-    outcomes: list[tuple[float, int, str]] = []
     restarts: dict[str, int] = {}
     stop = threading.Event()
-
-    def caller(index: int, url: str, start: float) -> None:
-        with requests.Session() as session:
-            for number in range(index, 300 * RATE, CALLERS):  # at most 300 s
-                if stop.wait(max(0.0, start + number / RATE - time.monotonic())):
-                    return
-                sent = time.monotonic()
-                try:
-                    reply = session.post(url, json=body, headers={"Host": stage.ingress_host}, timeout=30)
-                    outcomes.append((sent, reply.status_code, "" if reply.status_code == 200 else reply.text[:120]))
-                except requests.RequestException as exc:
-                    outcomes.append((sent, 0, repr(exc)[:120]))
 
     def watch_restarts() -> None:
         while not stop.wait(0.5):
@@ -302,7 +285,7 @@ def test_the_move_from_the_deployment_to_the_rollout_under_60_requests_a_second_
                 counted = sum(c.restart_count for c in pod.status.container_statuses or [])
                 restarts[pod.metadata.name] = max(counted, restarts.get(pod.metadata.name, 0))
 
-    threads: list[threading.Thread] = []
+    watcher = threading.Thread(target=watch_restarts, daemon=True)
     with ExitStack() as stack:
         stack.callback(remove_hk, svc, namespace)
         first = svc.deploy("apply", manifests=legacy, stage="hk")
@@ -312,24 +295,24 @@ def test_the_move_from_the_deployment_to_the_rollout_under_60_requests_a_second_
         gateway = stack.enter_context(hk_gateway(svc, istiod, tmp_path))
         poll_until(lambda: set(gateway.envoy.hosts(subset_cluster(svc, rendered, namespace))) == set(before.values()),
                    "Envoy sends the stable subset to the Deployment's 2 pods", 30)
-        url, start = gateway.url + stage.public_path(svc.name, TEAM), time.monotonic() + 0.2
-        threads = [threading.Thread(target=caller, args=(i, url, start), daemon=True) for i in range(CALLERS)]
-        threads.append(threading.Thread(target=watch_restarts, daemon=True))
-        stack.callback(lambda: [stop.set(), *(t.join(timeout=40) for t in threads)])
-        for thread in threads:
-            thread.start()
+        callers = PacedCallers(gateway.url + stage.public_path(svc.name, TEAM), stage.ingress_host,
+                               example_body("m"), RATE, CALLERS)
+        watcher.start()
+        stack.callback(lambda: [stop.set(), watcher.join(timeout=10)])
+        stack.enter_context(callers)
+        outcomes = callers.outcomes
         poll_until(lambda: len(outcomes) >= 2 * RATE, "two seconds of callers on the Deployment's pods", 60)
         began = time.monotonic()
         moved = svc.deploy("apply", manifests=rendered, stage="hk")
         ended = time.monotonic()
         count = len(outcomes)
         poll_until(lambda: len(outcomes) >= count + 2 * RATE, "two seconds of callers on the Rollout's pods", 60)
+        callers.stop()
         stop.set()
-        for thread in threads:
-            thread.join(timeout=40)
+        watcher.join(timeout=10)
         after = {p.metadata.name: p for p in pods()}
         during = [o for o in outcomes if began <= o[0] <= ended]
-        failed = [o for o in outcomes if o[1] != 200]
+        failed = callers.failed()
         seconds = outcomes[-1][0] - outcomes[0][0]
         print(f"migration on the real node: exit {moved.returncode} in {moved.seconds:.1f} s; {len(outcomes)} "
               f"requests in {seconds:.0f} s ({len(during)} during the apply), {len(failed)} failed; pods replaced: "

@@ -22,8 +22,10 @@ hold for nothing: stable is the baseline.
   each side, Agresti and Caffo) and s its standard error: fail when (d - margin) / s > z(1 - alpha); pass when
   d + z(1 - alpha) s <= margin and both sides counted at least min_requests; else inconclusive.
 - Checks: errors (the 5xx share; and a candidate whose 5xx share is surely above error_ceiling fails whatever stable
-  does), latency (the share of 2xx answers above B, the bucket where stable reaches latency_quantile of its own),
-  queue wait (the same on the queue-wait histogram, judged only while the two sides' per-pod rates are within
+  does), latency (the share of 2xx answers above B, the bucket where stable reaches latency_quantile of its own; and
+  a candidate surely worse above M, the bucket where stable reaches half of its answers, fails too: the buckets
+  double, so a build 20 ms slower whose tail stays inside B's bucket, stable's p90 at 30 ms and B at 50 ms, still
+  moves most of its answers past M), queue wait (the same on the queue-wait histogram, judged only while the two sides' per-pod rates are within
   comparable_rate_ratio of each other: waits grow with load, not only with the build).
 - Only callers' requests count: `origin="live"` on both sides of a canary (there is no header route into a canary;
   smoke requests carry origin="smoke"), `origin="mirror"` on grey's side (copies of hk's callers' requests: smoke
@@ -48,7 +50,12 @@ CANARY_HASH_ARG, STABLE_HASH_ARG = "canary-hash", "stable-hash"
 #: The checks, each an Argo metric of the template, and what each measurement's value lists, in order.
 CHECKS = ("errors", "latency", "queue-wait")
 COUNTS = ("candidate_judged", "candidate_all", "stable_judged", "stable_all", "seconds")
+LATENCY_COUNTS = (*COUNTS, "candidate_above_median", "stable_above_median")
 QUEUE_COUNTS = (*COUNTS, "candidate_pod_rate", "stable_pod_rate")
+#: What each check's measurement lists, in order.
+COUNTS_OF = {"errors": COUNTS, "latency": LATENCY_COUNTS, "queue-wait": QUEUE_COUNTS}
+#: M: the latency check's second bound, the bucket where stable reaches this share of its 2xx answers.
+MEDIAN = 0.5
 #: A Prometheus error retried this many times in a row before the run errors (Argo retries an error every 10 s).
 CONSECUTIVE_ERROR_LIMIT = 4
 PROMETHEUS_TIMEOUT_SECONDS = 20
@@ -146,17 +153,21 @@ class Comparison:
         span, step = self.thresholds.span_seconds, self.scrape_seconds
         return f"scalar(count_over_time({self.mask}[{span}s:{step}s]) * {step} or vector(0))"
 
-    def above_b(self, metric: str, candidate_sel: str, stable_sel: str) -> tuple[str, str, str, str]:
-        """(x_c, n_c, x_s, n_s): each side's count above B and in all (scalars), B the bucket where stable's
-        cumulative share first reaches latency_quantile."""
+    def above(self, metric: str, candidate_sel: str, stable_sel: str, quantiles: tuple[float, ...]
+              ) -> tuple[str, str, list[tuple[str, str]]]:
+        """(n_c, n_s, [(x_c, x_s) for each quantile]): each side's count in all and above the bucket where stable's
+        cumulative share first reaches that quantile (scalars)."""
         cand = self._over_window(self.increase(f"{metric}_bucket{candidate_sel}"), by="le")
         stab = self._over_window(self.increase(f"{metric}_bucket{stable_sel}"), by="le")
         inf = 'label_replace(vector(1), "le", "+Inf", "", "")'
         n_c, n_s = (f"scalar(sum({side} and on(le) {inf}) or vector(0))" for side in (cand, stab))
-        # (less a hair: the counts are sums of rates, and a share of exactly the quantile must count as reaching it)
-        eligible = f"({stab} / {n_s} >= {self.thresholds.latency_quantile - 1e-9!r})"
-        below_c, below_s = (f"scalar(min({side} and on(le) {eligible}) or vector(0))" for side in (cand, stab))
-        return f"({n_c} - {below_c})", n_c, f"({n_s} - {below_s})", n_s
+        found = []
+        for quantile in quantiles:
+            # (less a hair: the counts are sums of rates, and a share of exactly the quantile must count as reaching it)
+            eligible = f"({stab} / {n_s} >= {quantile - 1e-9!r})"
+            below_c, below_s = (f"scalar(min({side} and on(le) {eligible}) or vector(0))" for side in (cand, stab))
+            found.append((f"({n_c} - {below_c})", f"({n_s} - {below_s})"))
+        return n_c, n_s, found
 
     def pod_rate(self, side: Side) -> str:
         span, step = self.thresholds.span_seconds, self.scrape_seconds
@@ -172,12 +183,16 @@ class Comparison:
                         self.count(m.REQUESTS_TOTAL, self.stable.requests()), self.seconds()])
 
     def latency_query(self) -> str:
-        return ordered([*self.above_b(m.REQUEST_SECONDS, self.candidate.requests("2.."), self.stable.requests("2..")),
-                        self.seconds()])
+        n_c, n_s, ((x_c, x_s), (m_c, m_s)) = self.above(m.REQUEST_SECONDS, self.candidate.requests("2.."),
+                                                        self.stable.requests("2.."),
+                                                        (self.thresholds.latency_quantile, MEDIAN))
+        return ordered([x_c, n_c, x_s, n_s, self.seconds(), m_c, m_s])
 
     def queue_query(self) -> str:
-        return ordered([*self.above_b(m.QUEUE_WAIT_SECONDS, self.candidate.stage(), self.stable.stage()),
-                        self.seconds(), self.pod_rate(self.candidate), self.pod_rate(self.stable)])
+        n_c, n_s, ((x_c, x_s),) = self.above(m.QUEUE_WAIT_SECONDS, self.candidate.stage(), self.stable.stage(),
+                                             (self.thresholds.latency_quantile,))
+        return ordered([x_c, n_c, x_s, n_s, self.seconds(), self.pod_rate(self.candidate),
+                        self.pod_rate(self.stable)])
 
 
 def ordered(scalars: list[str]) -> str:
@@ -198,6 +213,15 @@ def _bindings(t: Thresholds, floor: float, names=COUNTS) -> str:
             f"let worse = (d - margin) / se > {t.z!r}; ")
 
 
+def _worse_at_median(t: Thresholds, floor: float) -> str:
+    """The latency check's second bound M: `worse_at_median`, the candidate's share above M surely past its margin
+    (the same statistic as _bindings', on the counts above M)."""
+    return ("let pcm = (candidate_above_median + 1) / (candidate_all + 2); "
+            "let psm = (stable_above_median + 1) / (stable_all + 2); "
+            "let sem = (pcm * (1 - pcm) / (candidate_all + 2) + psm * (1 - psm) / (stable_all + 2)) ** 0.5; "
+            f"let worse_at_median = (pcm - psm - max({floor!r}, {t.relative_margin!r} * psm)) / sem > {t.z!r}; ")
+
+
 #: The judged sample counts as full this many scrapes short of `span` (the subquery's edges).
 SUBQUERY_EDGE_SCRAPES = 2
 
@@ -214,10 +238,10 @@ def conditions(check: str, t: Thresholds, scrape_seconds: int) -> tuple[str, str
         return (f"len(result) == {size} && ({lets}{ceiling}passes && !over)",
                 f"len(result) == {size} && ({lets}{ceiling}worse || over || (seconds >= {full_at} && !passes))")
     if check == "latency":
-        lets = _bindings(t, t.latency_floor)
-        size = len(COUNTS)
-        return (f"len(result) == {size} && ({lets}passes)",
-                f"len(result) == {size} && ({lets}worse || (seconds >= {full_at} && !passes))")
+        lets = _bindings(t, t.latency_floor, LATENCY_COUNTS) + _worse_at_median(t, t.latency_floor)
+        size = len(LATENCY_COUNTS)
+        return (f"len(result) == {size} && ({lets}passes && !worse_at_median)",
+                f"len(result) == {size} && ({lets}worse || worse_at_median || (seconds >= {full_at} && !passes))")
     if check == "queue-wait":
         lets = _bindings(t, t.queue_floor, QUEUE_COUNTS)
         ratio = t.comparable_rate_ratio

@@ -192,7 +192,7 @@ def report(found: verdict.Verdict, plan: Plan, say=print) -> None:
             f"({counted.per_pod_rate():.2f}/s a pod), 5xx {counted.errors} ({apart})")
     if found.latency_bucket is not None:
         say(f"B, where stable reaches {plan.policy.latency_quantile:.0%} of its 2xx answers: "
-            f"{found.latency_bucket:g} s")
+            f"{found.latency_bucket:g} s; M, where it reaches half: {found.median_bucket:g} s")
     for item in found.checks:
         say(f"  {item.name}: {verdict.describe(item)}")
     if found.false_fail_probability is not None:

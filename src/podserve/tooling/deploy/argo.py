@@ -102,14 +102,15 @@ def analysis_runs(kube: Kube, rollout: dict) -> list[dict]:
 
 def measurements(run: dict) -> list[str]:
     """One line per metric of an AnalysisRun: its phase, counts and its last measurement's value (the verdict's
-    counts, in analysis_template.COUNTS order) and message."""
+    counts, named as analysis_template.COUNTS_OF names them) and message."""
     lines = []
     hashes = {a["name"]: a.get("value", "") for a in (run.get("spec") or {}).get("args") or []}
     for result in (run.get("status") or {}).get("metricResults") or []:
         last = (result.get("measurements") or [{}])[-1]
         counts = ", ".join(f"{key} {result.get(key, 0)}" for key in ("successful", "failed", "inconclusive", "error")
                            if result.get(key))
-        value = f" value {last['value']} ({', '.join(at.COUNTS)})" if last.get("value") else ""
+        names = at.COUNTS_OF.get(result.get("name"), at.COUNTS)
+        value = f" value {last['value']} ({', '.join(names)})" if last.get("value") else ""
         message = f": {last['message']}" if last.get("message") else ""
         lines.append(f"{result.get('name')}: {result.get('phase', '?')} [{counts}]{value}{message}")
     head = (f"analysis {run['metadata']['name']} ({(run.get('status') or {}).get('phase', 'Pending')}), canary "

@@ -2,7 +2,9 @@
 
 Each check compares a share of the candidate's requests with stable's, one-sided (only worse matters), with a
 margin: the errors (the 5xx share), the latency (the share above B, the latency bucket where stable reaches
-`latency_quantile` of its requests) and, only where the two sides' per-pod rates are within `comparable_rate_ratio`
+`latency_quantile` of its requests; and, as a guard that only fails, the share above M, the bucket where stable
+reaches half of them: the buckets double, so a slower build whose tail stays inside B's wide bucket still moves most
+of its answers past M) and, only where the two sides' per-pod rates are within `comparable_rate_ratio`
 of each other, the queue wait (the same, on podserve_queue_wait_seconds). For a difference d = p_candidate -
 p_stable, estimated as Agresti and Caffo do (one success and one failure added to each side, which keeps a share of 0
 from claiming certainty), with its standard error s:
@@ -25,8 +27,10 @@ the ceiling's.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from statistics import NormalDist
+
+from podserve.tooling.analysis_template import MEDIAN
 
 PASS, FAIL, INCONCLUSIVE, NOT_JUDGED = "pass", "fail", "inconclusive", "not judged"
 #: The statuses printed apart (the 5xx the platform's own pods answer: a handler's error, shedding, a deadline).
@@ -85,6 +89,7 @@ class Verdict:
     stable: Counts | None = None
     latency_bucket: float | None = None
     false_fail_probability: float | None = None
+    median_bucket: float | None = None
 
     def check(self, name: str) -> Check | None:
         return next((c for c in self.checks if c.name == name), None)
@@ -98,7 +103,9 @@ class Verdict:
                     "per_pod_rate": round(counts.per_pod_rate(), 3)}
 
         bucket = self.latency_bucket if self.latency_bucket is not None and math.isfinite(self.latency_bucket) else None
+        median = self.median_bucket if self.median_bucket is not None and math.isfinite(self.median_bucket) else None
         return {"result": self.result, "reasons": self.reasons, "latency_bucket_seconds": bucket,
+                "median_bucket_seconds": median,
                 "false_fail_probability": self.false_fail_probability, "candidate": side(self.candidate),
                 "stable": side(self.stable), "checks": [asdict(c) for c in self.checks]}
 
@@ -171,12 +178,17 @@ def judge(candidate: Counts, stable: Counts, policy) -> Verdict:
     checks.append(Check("error_ceiling", FAIL if lower > policy.error_ceiling else PASS,
                         _share(candidate.errors, candidate.requests), upper_bound=lower, margin=policy.error_ceiling))
     bucket = bucket_at(stable.latency, policy.latency_quantile)
+    median = bucket_at(stable.latency, MEDIAN)
     if bucket is None or not candidate.latency:
         checks.append(Check("latency", INCONCLUSIVE, detail="no latency histogram of 2xx answers on one side"))
     else:
         xc, nc = above(candidate.latency, bucket)
         xs, ns = above(stable.latency, bucket)
         checks.append(compare_shares("latency", xc, nc, xs, ns, policy.latency_margin, policy.alpha))
+        at_median = compare_shares("latency_at_median", *above(candidate.latency, median),
+                                   *above(stable.latency, median), policy.latency_margin, policy.alpha)
+        # a guard: surely worse above M fails; anything else leaves the latency to B's check
+        checks.append(at_median if at_median.result == FAIL else replace(at_median, result=PASS))
     checks.append(_queue_check(candidate, stable, policy))
     failed = [c for c in checks if c.result == FAIL]
     if failed:
@@ -190,10 +202,11 @@ def judge(candidate: Counts, stable: Counts, policy) -> Verdict:
         result = PASS
     reasons = [f"{c.name}: {describe(c)}" for c in failed] + reasons
     latency_share = _share(*above(stable.latency, bucket)) if bucket is not None else None
+    median_share = _share(*above(stable.latency, median)) if median is not None else None
     queue = _queue_share(stable, policy) if checks[-1].result != NOT_JUDGED else None
     return Verdict(result, checks, reasons, candidate, stable, bucket,
                    false_fail_probability(candidate.requests, stable.requests, _share(stable.errors, stable.requests),
-                                          latency_share, policy, queue))
+                                          latency_share, policy, queue, median_share), median)
 
 
 def _share(x: float, n: float) -> float:
@@ -232,7 +245,7 @@ def describe(check: Check) -> str:
 
 
 def false_fail_probability(n_candidate: int, n_stable: int, error_share: float, latency_share: float | None,
-                           policy, queue_share: float | None = None) -> float:
+                           policy, queue_share: float | None = None, median_share: float | None = None) -> float:
     """Return the probability that an identical build fails at these counts: for each check whose shares are equal
     on both sides, P(Z > z(1 - alpha) + margin / s), summed (a bound on their union), with the ceiling's."""
     if n_candidate <= 0 or n_stable <= 0:
@@ -246,8 +259,9 @@ def false_fail_probability(n_candidate: int, n_stable: int, error_share: float, 
         return upper_tail(critical + (margin - (pc - ps)) / error)
 
     total = one(error_share, policy.error_margin)
-    if latency_share is not None:
-        total += one(latency_share, policy.latency_margin)
+    for share in (latency_share, median_share):
+        if share is not None:
+            total += one(share, policy.latency_margin)
     if queue_share is not None:
         total += one(queue_share, policy.queue_margin)
     # the ceiling: the candidate's share, truly the stable's, bounded above the ceiling (normal approximation)
