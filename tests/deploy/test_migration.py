@@ -100,12 +100,12 @@ def test_the_same_build_s_interim_template_is_the_rendered_one_so_argo_replaces_
     recorded = drift.stamped(recorded)
     live = copy.deepcopy(recorded)
     live["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"  # an API server default
-    same = workload_of(migration.interim(stamped, live, migration.same_workload(recorded, live)))
+    same = workload_of(migration.interim(stamped, live, recorded))
     assert same["spec"]["template"] == workload_of(stamped)["spec"]["template"]
     defaulted = workload_of(migration.interim(stamped, live))
     assert defaulted["spec"]["template"] != workload_of(stamped)["spec"]["template"]
-    other = dict(recorded, metadata=dict(recorded["metadata"], name="another"))
-    assert migration.same_workload(other, live) is None and migration.same_workload(None, live) is None
+    other = dict(recorded, metadata=dict(recorded["metadata"], name="another"))  # not this Deployment's record
+    assert workload_of(migration.interim(stamped, live, other)) == defaulted
 
 
 def _before(objects: list[dict]) -> list[dict]:

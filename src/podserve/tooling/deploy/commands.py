@@ -186,7 +186,7 @@ def migrate_to_rollout(kube: Kube, target: Target, objects: list[dict], conf: Co
     old = migration.legacy_deployment(kube.get(MANAGED["Deployment"], target.namespace, name), objects)
     if old is None:
         return None
-    moved = migration.interim(objects, old, migration.same_workload(recorded, old))
+    moved = migration.interim(objects, old, recorded)
     replicas = old["spec"].get("replicas", 1)
     say(f"migrating {target.stage.name} from Deployment/{name} to Argo Rollouts: Rollout/{name} starts {replicas} "
         f"pods of the Deployment's pod template, and the Deployment's {replicas} serve until every one is available")

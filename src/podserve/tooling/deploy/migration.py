@@ -44,21 +44,15 @@ def legacy_deployment(live: dict | None, objects: list[dict]) -> dict | None:
     return live if live["metadata"]["name"] == workload["metadata"]["name"] else None
 
 
-def same_workload(recorded: dict | None, live: dict) -> dict | None:
-    """`recorded` (the history's copy of a workload, as the tool applied it) when it is `live`'s kind and name."""
-    if recorded is None or (recorded.get("kind"), recorded["metadata"]["name"]) != ("Deployment",
-                                                                                   live["metadata"]["name"]):
-        return None
-    return recorded
-
-
 def interim(objects: list[dict], deployment: dict, recorded: dict | None = None) -> list[dict]:
     """`objects` with the Rollout running `deployment`'s pods (`carrying`: its replica count, and the pod template
-    of `recorded`, the same Deployment as the tool applied it, else the live one's) with no traffic routing and no
-    steps. The live template holds the API server's defaults, which a Rollout's does not get: Argo would hash it
-    apart from the rendered template of the same build and replace the pods a second time."""
+    of `recorded`, the history's copy of the same Deployment as the tool applied it, else the live one's) with no
+    traffic routing and no steps. The live template holds the API server's defaults, which a Rollout's does not get:
+    Argo would hash it apart from the rendered template of the same build and replace the pods a second time."""
+    same = recorded is not None and (recorded.get("kind"), recorded["metadata"]["name"]) == (
+        "Deployment", deployment["metadata"]["name"])
     source = dict(deployment, spec=dict(deployment["spec"], template=recorded["spec"]["template"])) \
-        if recorded is not None else deployment
+        if same else deployment
     out = carrying(objects, source)
     for canary in (o["spec"]["strategy"]["canary"] for o in out if o.get("kind") == "Rollout"):
         for key in _INTERIM_DROPS:
