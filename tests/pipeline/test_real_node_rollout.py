@@ -1,4 +1,4 @@
-"""Production releases on Argo Rollouts on the real node, under callers through Envoy (issue 66, It must show 1 and 6).
+"""Production releases on Argo Rollouts on the real node, under callers through Envoy (issue 66, It must show 1, 2 and 6).
 
 Real: the control plane, the real node (kubelet, containerd, runc) running our image as CI's jobs built it
 (tests/pipeline/conftest.py grey_service), the Argo Rollouts controller (the session's, `make argo-rollouts`) setting
@@ -40,6 +40,7 @@ from receiver import Receiver  # noqa: E402
 from podserve.testbed.deploy_policy import unfrozen_conf  # noqa: E402
 from podserve.testbed.processes import poll_until  # noqa: E402
 from podserve.testbed.prometheus import PodTargetFeed, Prometheus  # noqa: E402
+from podserve.tooling import analysis_template as at  # noqa: E402
 from podserve.tooling.conf import load_conf  # noqa: E402
 
 RATE = 60
@@ -91,6 +92,7 @@ class Bench:
         stage = load_conf(conf_dir).stages["hk"]
         self.url, self.host = gateway.url + stage.public_path(NAME, TEAM), stage.ingress_host
         self.objects = client.CustomObjectsApi(service.plane.api_client())
+        self.prometheus: Prometheus | None = None  # the bench fixture's
         self.core = client.CoreV1Api(service.plane.api_client())
         self._rendered: dict[str, Path] = {}
 
@@ -197,6 +199,7 @@ def bench(grey_service, istiod, rollouts_controller, tmp_path_factory):
                    "no hk pod of the service left from an earlier test", 120)
         gateway = stack.enter_context(hk_gateway(grey_service, istiod, work))
         bench = Bench(grey_service, conf_dir, namespace, gateway, work)
+        bench.prometheus = prometheus
         first = bench.deploy("apply", manifests=bench.manifests())
         assert first.returncode == 0, first.output
         poll_until(lambda: bench.healthy_hosts() == STABLE_PODS, "Envoy holding stable's 2 pods", 60)
@@ -301,12 +304,14 @@ def test_a_killed_job_s_release_goes_on_alone_the_rerun_reports_its_end_and_a_go
     assert set(after).isdisjoint(before) and len(after) == STABLE_PODS
 
 
-def test_an_abort_at_the_last_step_sends_the_weight_back_only_to_a_full_stable_and_fails_no_request(
+def test_prometheus_stopped_at_the_last_step_errors_and_aborts_naming_it_back_to_a_full_stable_failing_no_request(
         bench, rollouts_controller):
-    """`canary abort --reason` at step 2 (50%; step 1's abort is the failing build's, by its analysis): Argo sends
-    every request back to stable, which holds all its pods at that moment (no dynamic stable scale); every caller
+    """It must show 2 and 6's full-weight step: Prometheus stopped once Argo is at step 2 (50%; step 1's abort is the
+    failing build's, by its analysis): each measurement is an error, retried every 10 s, and after
+    CONSECUTIVE_ERROR_LIMIT + 1 of them the run ends in Error, never a pass; Argo sends every request back to stable,
+    which holds all its pods at that moment (no dynamic stable scale); the tool names Prometheus; every caller
     answered 200. Step 1's analysis is skipped by the operator's `kubectl argo rollouts promote` (the next step), so
-    that what is tested does not hang on a verdict (the failing and the killed job's builds test those)."""
+    that what is tested does not hang on a verdict. The module's last test: its Prometheus stays stopped."""
     before = bench.stable_pods()
     step = len(STEPS)
     weight = STEPS[step - 1]
@@ -322,15 +327,22 @@ def test_an_abort_at_the_last_step_sends_the_weight_back_only_to_a_full_stable_a
             process.kill()
             raise AssertionError(f"the release never reached step {step}: {process.communicate()[0]}\n"
                                  f"{bench.rollout().get('status')}") from None
-        aborted = bench.deploy("canary", "abort", "--reason", f"test: abort at step {step}")
-        assert aborted.returncode == 0, aborted.output
-        poll_until(lambda: bench.weights() == (100, 0), "Argo's abort: stable 100", 60)
+        bench.prometheus.stop()
+        stopped = time.monotonic()
         out = process.communicate(timeout=300)[0]
+        aborted_after = time.monotonic() - stopped
     weights = [c[1] for c in watch.changes]
-    print(f"\nabort at step {step}: job exit {process.returncode}; weights {weights}; callers {callers.statuses()}")
-    assert process.returncode == 1 and "rolled back" in out, out
+    print(f"\nPrometheus stopped at step {step}: job exit {process.returncode} {aborted_after:.0f} s later; weights "
+          f"{weights}; callers {callers.statuses()}")
+    assert process.returncode == 1 and "Argo Rollouts aborted the release" in out and "rolled back" in out, out
+    assert "Error" in out and bench.prometheus.url.removeprefix("http://") in out, out  # the address, named
+    runs = [r for r in bench.objects.list_namespaced_custom_object(*ARGO, bench.namespace, "analysisruns")["items"]
+            if r["metadata"]["name"].startswith(bench.rollout()["metadata"]["name"])]
+    last = max(runs, key=lambda r: r["metadata"]["creationTimestamp"])
+    assert last["status"]["phase"] == "Error", last["status"]
+    for result in last["status"]["metricResults"]:
+        assert result["consecutiveError"] == at.CONSECUTIVE_ERROR_LIMIT + 1 and not result.get("successful"), result
     assert weights[-1] == (100, 0) and (100 - weight, weight) in weights, watch.changes
     _assert_full_stable_at_each_switch(watch)
     assert callers.statuses() == {200: len(callers.outcomes)}
     assert bench.stable_pods() == before
-
