@@ -24,9 +24,14 @@ def _plan(window: int | None = None) -> analysis.Plan:
 
 def test_grey_s_run_is_the_canary_s_statistic_on_grey_s_mirrored_requests_against_stable_by_its_track():
     plan, conf = _plan(), load_conf()
-    run = analysis.analysis_run(plan, "text-direction-grey-1", {"team": "like"})
+    grey = from_manifests(GOLDEN, conf.stages["grey"]).deployment()
+    run = analysis.analysis_run(plan, "text-direction-grey-1", grey)
     assert run["kind"] == "AnalysisRun" and run["metadata"]["namespace"] == plan.candidate_namespace
     assert run["metadata"]["labels"][analysis.VERDICT_OF_LABEL] == plan.service
+    # what admission asks of every object in a team's namespace: the owner label and the project annotation
+    assert run["metadata"]["labels"]["team"] == grey["metadata"]["labels"]["team"]
+    project = grey["metadata"]["annotations"]["podserve.io/project"]
+    assert run["metadata"]["annotations"] == {"podserve.io/project": project}
     metrics = run["spec"]["metrics"]
     assert [m["name"] for m in metrics] == list(at.CHECKS)
     for metric in metrics:

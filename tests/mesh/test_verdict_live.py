@@ -42,13 +42,16 @@ from podserve.testbed.mesh.mesh import Mesh
 from podserve.testbed.prometheus import Prometheus
 from podserve.tooling import provenance, render
 from podserve.tooling.conf import load_conf
-from podserve.tooling.deploy.kube import PODS
+from podserve.tooling.deploy.diagnosis import LIMITS_CONFIGMAP
+from podserve.tooling.deploy.kube import CONFIGMAPS, PODS
 from traffic import paced_load
 
 sys.path.insert(0, str(REPO / "tests" / "deploy"))
 from live import Live, read_until  # noqa: E402
 
 SERVICE = "judged"
+#: The platform chart's namespace, where its ConfigMap of the admission policies' parameters lives.
+LIMITS_NAMESPACE = "podserve-system"
 RATE = 60
 #: The identical build: twice the rate for 20 s (about 1,200 grey requests): the latency share's upper bound then sits
 #: about 0.025 above the measured difference, so the co-location bias (0.01-0.03) stays well inside the 0.10 margin.
@@ -97,7 +100,7 @@ def testbed(control_plane, istiod, rollouts_controller, tmp_path_factory, affine
                 source=provenance.Source.from_environment(DEFAULT_BRANCH_VARIABLES),
                 stages=["grey", "hk"], replicas={"hk": 2}, env={"PODSERVE_MODEL_PATH": str(affine_model)},
                 pod_env=pod_env, extra_python_path=(HERE, RUNTIME_TESTS), adopt={(SERVICE, "grey"): [pod]})
-    prometheus = None
+    prometheus = region_prometheus = None
     try:
         mesh.start()
         targets = mesh.scrape_targets()  # grey's process is the cluster's grey pod: scraped under its name
@@ -106,8 +109,18 @@ def testbed(control_plane, istiod, rollouts_controller, tmp_path_factory, affine
         platform = yaml.safe_load((conf_dir / "platform.yaml").read_text())
         platform["monitoring"]["prometheus_address"] = prometheus.url  # what Argo's runs query: the region's
         (conf_dir / "platform.yaml").write_text(yaml.safe_dump(platform))
+        # the region's Prometheus as the platform chart would name it: admission lets an analysis query only that one
+        limits = live.admin.get(CONFIGMAPS, LIMITS_NAMESPACE, LIMITS_CONFIGMAP)
+        region_prometheus = limits["data"]["prometheusAddress"]
+        live.admin.request("PATCH", CONFIGMAPS.path(LIMITS_NAMESPACE, LIMITS_CONFIGMAP),
+                           body={"data": {"prometheusAddress": prometheus.url}},
+                           content_type="application/merge-patch+json")
         yield live, mesh, prometheus, manifests, conf_dir, values, work
     finally:
+        if region_prometheus is not None:
+            live.admin.request("PATCH", CONFIGMAPS.path(LIMITS_NAMESPACE, LIMITS_CONFIGMAP),
+                               body={"data": {"prometheusAddress": region_prometheus}},
+                               content_type="application/merge-patch+json")
         if prometheus is not None:
             prometheus.stop()
         stop_checked(mesh)
@@ -143,7 +156,11 @@ def _analyze(testbed, tmp_path, load: bool, window: int | None, during=None, rat
         loader.start()
     process = live.start(*args, CI_PIPELINE_ID=PIPELINE, CI_JOB_ID=job)
     try:
-        seen = read_until(process, lambda line: line.startswith("judging "), "the run started", 120)
+        try:
+            seen = read_until(process, lambda line: line.startswith("judging "), "the run started", 120)
+        except AssertionError as exc:
+            process.kill()
+            raise AssertionError(f"{exc}{process.stderr.read()}") from None
         if during is not None:
             during(process)
         process.wait(timeout=longest)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from podserve.tooling import analysis_template as at
-from podserve.tooling import release
+from podserve.tooling import release, tenancy
 from podserve.tooling.conf import Conf, DeployPolicy, VerdictPolicy
 from podserve.tooling.deploy import argo, drift, failures, pipeline
 from podserve.tooling.deploy.errors import BadInput, Refused
@@ -96,11 +96,15 @@ def plan_for(candidate: Target, stable: Target, conf: Conf, policy: DeployPolicy
                 thresholds, metrics)
 
 
-def analysis_run(plan: Plan, name: str, labels: dict) -> dict:
-    """The AnalysisRun of `plan` (in grey's namespace, labelled as the service's verdict run)."""
+def analysis_run(plan: Plan, name: str, owner: dict) -> dict:
+    """The AnalysisRun of `plan` in grey's namespace, labelled as the service's verdict run, with the owner labels
+    and project annotation of `owner` (grey's Deployment as rendered: what admission asks of every object there)."""
+    meta = owner.get("metadata") or {}
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k in ("team", "service", "stage")}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k == tenancy.PROJECT_ANNOTATION}
     return {"apiVersion": argo.ANALYSIS_RUNS.api_version, "kind": "AnalysisRun",
             "metadata": {"name": name, "namespace": plan.candidate_namespace,
-                         "labels": {**labels, VERDICT_OF_LABEL: plan.service}},
+                         "labels": {**labels, VERDICT_OF_LABEL: plan.service}, "annotations": annotations},
             "spec": {"metrics": plan.metrics}}
 
 
@@ -148,14 +152,16 @@ def run_name(service: str, environ=os.environ, now: Callable[[], float] = time.t
     return service[:release.MAX_NAME - len(suffix)] + suffix
 
 
-def start(kube: Kube, plan: Plan, name: str, labels: dict, say=print) -> dict:
+def start(kube: Kube, plan: Plan, name: str, owner: dict, say=print) -> dict:
     """Delete the service's older verdict runs but the newest RUNS_KEPT - 1 (and one of this name), create this one."""
     runs = kube.list(argo.ANALYSIS_RUNS, plan.candidate_namespace, f"{VERDICT_OF_LABEL}={plan.service}")
     older = [r["metadata"]["name"] for r in sorted(runs.get("items") or [],
                                                    key=lambda r: r["metadata"].get("creationTimestamp", ""))]
     for old in {name} & set(older) | set(older[:max(0, len(older) - RUNS_KEPT + 1)]):
         kube.delete(argo.ANALYSIS_RUNS, plan.candidate_namespace, old)
-    created = kube.apply(analysis_run(plan, name, labels))
+    # created, not applied: the preview account may create and delete runs, never patch one
+    created = kube.request("POST", argo.ANALYSIS_RUNS.path(plan.candidate_namespace),
+                           body=analysis_run(plan, name, owner))
     first = plan.metrics[0]
     say(f"judging grey (namespace {plan.candidate_namespace}) against {plan.stable_stage}'s stable pods (namespace "
         f"{plan.stable_namespace}): AnalysisRun/{name}, Argo's first measurement {first['initialDelay']} after its "
@@ -208,8 +214,7 @@ def analyze(kube: Kube, conf: Conf, candidate: Target, stable: Target, policy: D
     build = None
     try:
         build = grey_build(kube, candidate, job)
-        start(kube, plan, name, {"team": candidate.team, "service": candidate.service, "stage": candidate.stage.name},
-              say)
+        start(kube, plan, name, candidate.deployment(), say)
         try:
             run = wait(kube, plan, name, say, check)
         except BaseException:
