@@ -9,6 +9,7 @@ to give, to show admission still refuses what RBAC wrongly lets through.
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -727,3 +728,38 @@ def test_a_rollout_and_its_analysis_use_only_what_the_platform_allows(teams, wha
     assert refused.returncode != 0, f"{what} was admitted"
     policy = "podserve-workload-labels" if what == "another team on the canary's pods" else "podserve-analysis"
     assert f"ValidatingAdmissionPolicy '{policy}'" in refused.stderr and says in refused.stderr, refused.stderr
+
+
+def test_grey_s_verdict_run_is_admitted_for_the_preview_account_and_refused_with_another_provider(teams):
+    """Issue 66: every branch's jobs hold the preview credential, which now creates AnalysisRuns (grey's verdict) that
+    the controller runs with its own reach: the run `analyze` builds is admitted in grey's namespace; the same run
+    with a web provider, another Prometheus or another team's label is refused."""
+    from podserve.tooling.conf import load_conf, load_deploy_policy
+    from podserve.tooling.deploy import analysis
+    from podserve.tooling.deploy.target import from_manifests
+
+    a, _ = teams
+    conf = load_conf()
+    grey, hk = (from_manifests(a.manifests("tn-verdict", stage) / stage, conf.stages[stage])
+                for stage in ("grey", "hk"))
+    plan = analysis.plan_for(grey, hk, conf, load_deploy_policy(), since=0)
+    run = analysis.analysis_run(plan, "tn-verdict-grey-1", grey.deployment())
+    preview = a.kubeconfig("preview")
+
+    def dry_create(doc):  # as analyze does: a create (the account may not patch a run)
+        return kubectl(preview, "create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(doc))
+
+    ours = dry_create(run)
+    assert ours.returncode == 0, ours.stderr
+    hostile = [
+        ("a web provider", lambda r: r["spec"]["metrics"][0].update(provider={"web": {"url": "http://203.0.113.9/"}}),
+         "ValidatingAdmissionPolicy 'podserve-analysis'"),
+        ("another Prometheus", lambda r: r["spec"]["metrics"][0]["provider"]["prometheus"].update(
+            address="http://203.0.113.9:9090"), "ValidatingAdmissionPolicy 'podserve-analysis'"),
+        ("another team's label", lambda r: r["metadata"]["labels"].update(team="imo"), "must carry the owner label"),
+    ]
+    for what, change, says in hostile:
+        changed = copy.deepcopy(run)
+        change(changed)
+        refused = dry_create(changed)
+        assert refused.returncode != 0 and says in refused.stderr, (what, refused.stderr)

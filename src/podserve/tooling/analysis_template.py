@@ -25,11 +25,12 @@ hold for nothing: stable is the baseline.
   does), latency (the share of 2xx answers above B, the bucket where stable reaches latency_quantile of its own; and
   a candidate surely worse above M, the bucket where stable reaches half of its answers, fails too: the buckets
   double, so a build 20 ms slower whose tail stays inside B's bucket, stable's p90 at 30 ms and B at 50 ms, still
-  moves most of its answers past M), queue wait (the same on the queue-wait histogram, judged only while the two sides' per-pod rates are within
-  comparable_rate_ratio of each other: waits grow with load, not only with the build).
-- Only callers' requests count: `origin="live"` on both sides of a canary (there is no header route into a canary;
-  smoke requests carry origin="smoke"), `origin="mirror"` on grey's side (copies of hk's callers' requests: smoke
-  and direct /grey/ requests out). Every selector names the namespace, the team and the service.
+  moves most of its answers past M), queue wait (the same on the queue-wait histogram, judged only while the two
+  sides' per-pod rates are within comparable_rate_ratio of each other: waits grow with load, not only with the build).
+- Only callers' requests count: `origin="live"` on both sides of a canary (there is no header route into a canary; the
+  server knows no origin for smoke yet, so a smoke job's requests to production count as a caller's), `origin="mirror"`
+  on grey's side (copies of hk's callers' requests: grey's smoke and direct /grey/ requests out). Every selector names
+  the namespace, the team and the service.
 - Prometheus unreachable or failing is a measurement Error, apart from inconclusive: Argo retries it every 10 s and
   the run errors (the Rollout aborts) after consecutiveErrorLimit errors in a row, its message naming the address.
 """
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 from podserve import metric_names as m
+from podserve.tooling import release
 
 #: The pod label Argo gives a Rollout's pods, and the series label the PodMonitor copies it to.
 HASH_POD_LABEL = "rollouts-pod-template-hash"
@@ -117,17 +119,21 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Comparison:
-    """A candidate and a stable side, the thresholds, and the scrape interval (the subqueries' resolution)."""
+    """A candidate and a stable side, the thresholds, the scrape interval (the subqueries' resolution), and the
+    moment (Unix seconds) before which nothing counts, if any (grey's run: its pod ran before it was judged)."""
 
     candidate: Side
     stable: Side
     thresholds: Thresholds
     scrape_seconds: int
+    since: int | None = None
 
     @property
     def mask(self) -> str:
-        """1 at the moments a candidate pod was scraped."""
-        return f"(count(up{{{self.candidate.targets}}} == 1) > 0)"
+        """1 at the moments a candidate pod was scraped (and, with `since`, from then on: time() inside a subquery is
+        each step's own moment)."""
+        scraped = f"(count(up{{{self.candidate.targets}}} == 1) > 0)"
+        return f"({scraped} and on() (vector(time()) >= {self.since}))" if self.since is not None else scraped
 
     def _over_window(self, vector_expr: str, by: str = "") -> str:
         span, step = self.thresholds.span_seconds, self.scrape_seconds
@@ -226,9 +232,12 @@ def _worse_at_median(t: Thresholds, floor: float) -> str:
 SUBQUERY_EDGE_SCRAPES = 2
 
 
-def conditions(check: str, t: Thresholds, scrape_seconds: int) -> tuple[str, str]:
-    """(successCondition, failureCondition) of one check."""
+def conditions(check: str, t: Thresholds, scrape_seconds: int, full_sample_fails: bool = True) -> tuple[str, str]:
+    """(successCondition, failureCondition) of one check. With `full_sample_fails` (a canary step, which must end)
+    a sample that spans every extension and still does not pass fails; without (grey's run: nothing to abort) the
+    run ends Inconclusive once its measurements are all taken."""
     full_at = t.span_seconds - SUBQUERY_EDGE_SCRAPES * scrape_seconds
+    full = f" || (seconds >= {full_at} && !passes)" if full_sample_fails else ""
     if check == "errors":
         lets = _bindings(t, t.error_floor)
         ceiling = (f"let share = candidate_judged / max(candidate_all, 1); "
@@ -236,12 +245,12 @@ def conditions(check: str, t: Thresholds, scrape_seconds: int) -> tuple[str, str
                    f"** 0.5 > {t.error_ceiling!r}; ")
         size = len(COUNTS)
         return (f"len(result) == {size} && ({lets}{ceiling}passes && !over)",
-                f"len(result) == {size} && ({lets}{ceiling}worse || over || (seconds >= {full_at} && !passes))")
+                f"len(result) == {size} && ({lets}{ceiling}worse || over{full})")
     if check == "latency":
         lets = _bindings(t, t.latency_floor, LATENCY_COUNTS) + _worse_at_median(t, t.latency_floor)
         size = len(LATENCY_COUNTS)
         return (f"len(result) == {size} && ({lets}passes && !worse_at_median)",
-                f"len(result) == {size} && ({lets}worse || worse_at_median || (seconds >= {full_at} && !passes))")
+                f"len(result) == {size} && ({lets}worse || worse_at_median{full})")
     if check == "queue-wait":
         lets = _bindings(t, t.queue_floor, QUEUE_COUNTS)
         ratio = t.comparable_rate_ratio
@@ -251,15 +260,17 @@ def conditions(check: str, t: Thresholds, scrape_seconds: int) -> tuple[str, str
         size = len(QUEUE_COUNTS)
         return (f"len(result) == {size} && ({lets}{comparable}!comparable || passes)",
                 f"len(result) == {size} && ({lets}{comparable}comparable && "
-                f"(worse || (seconds >= {full_at} && !passes)))")
+                f"(worse{full}))")
     raise KeyError(check)
 
 
 # --- the AnalysisTemplate's metrics --------------------------------------------------------------------------------
 
-def metrics(comparison: Comparison, prometheus_address: str, slow_start_seconds: float) -> list[dict]:
+def metrics(comparison: Comparison, prometheus_address: str, slow_start_seconds: float,
+            full_sample_fails: bool = True) -> list[dict]:
     """Argo metrics, one per check: the first measurement once slow start is over and one window counted, then one
-    a window until the sample is full, and once more (an inconclusive on the full sample fails)."""
+    a window until the sample is full, and once more (an inconclusive on the full sample fails, with
+    `full_sample_fails`; else the run ends Inconclusive)."""
     t = comparison.thresholds
     count = math.ceil(t.span_seconds / t.window_seconds) + 1
     common = {"interval": f"{t.window_seconds}s", "initialDelay": f"{int(slow_start_seconds) + t.window_seconds}s",
@@ -269,7 +280,7 @@ def metrics(comparison: Comparison, prometheus_address: str, slow_start_seconds:
                "queue-wait": comparison.queue_query()}
     found = []
     for check in CHECKS:
-        success, failure = conditions(check, t, comparison.scrape_seconds)
+        success, failure = conditions(check, t, comparison.scrape_seconds, full_sample_fails)
         found.append(dict(common, name=check, successCondition=success, failureCondition=failure,
                           provider={"prometheus": {"address": prometheus_address, "query": queries[check],
                                                    "timeout": PROMETHEUS_TIMEOUT_SECONDS}}))
@@ -299,12 +310,15 @@ def canary(namespace: str, team: str, service: str, stage: str, thresholds: Thre
 
 
 def grey(grey_namespace: str, namespace: str, team: str, service: str, stage: str, thresholds: Thresholds,
-         scrape_seconds: int) -> Comparison:
+         scrape_seconds: int, since: int | None = None) -> Comparison:
     """Grey's pods on the copies hk mirrors to them (origin mirror) against `stage`'s stable pods on its callers'
-    requests (origin live; its stable hash passed as {{args.stable-hash}})."""
-    hashed = f', {HASH_SERIES_LABEL}="{{{{args.{STABLE_HASH_ARG}}}}}"'
+    requests (origin live), counted from `since` on (the run's start: grey served, and was scraped, before). Stable's
+    pods are told by `track="stable"`, the label Argo stamps on its stable ReplicaSet's pods (stableMetadata): grey's
+    job runs as the preview account, which cannot read production's Rollout for its stable hash; the namespace keeps
+    any other team's pods out."""
+    tracked = f', {release.TRACK_LABEL}="{release.STABLE}"'
     candidate = Side(_labels(grey_namespace, team, service, "grey"), m.ORIGIN_MIRROR,
                      _targets(grey_namespace, service, "grey"))
-    stable = Side(_labels(namespace, team, service, stage, hashed), m.ORIGIN_LIVE,
-                  _targets(namespace, service, stage, hashed))
-    return Comparison(candidate, stable, thresholds, scrape_seconds)
+    stable = Side(_labels(namespace, team, service, stage, tracked), m.ORIGIN_LIVE,
+                  _targets(namespace, service, stage, tracked))
+    return Comparison(candidate, stable, thresholds, scrape_seconds, since)

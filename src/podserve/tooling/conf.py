@@ -599,8 +599,8 @@ class FreezeWindow:
 
 @dataclass(frozen=True)
 class VerdictPolicy:
-    """conf/deploy.yaml's `verdict`: how a candidate (grey, a canary) is judged against stable (deploy/verdict.py);
-    value.py's verdict_* fields may only tighten it."""
+    """conf/deploy.yaml's `verdict`: how a candidate (grey, a canary) is judged against stable (analysis_template.py,
+    run by Argo Rollouts); value.py's verdict_* fields may only tighten it."""
 
     window_seconds: int
     alpha: float

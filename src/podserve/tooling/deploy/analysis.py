@@ -1,214 +1,84 @@
-"""Judging a candidate by Prometheus: one window, the counts of both sides, and the verdict (verdict.py).
+"""Grey's verdict, run by Argo Rollouts: one AnalysisRun of the canary's own statistic, grey against production.
 
     python -m podserve.tooling.deploy analyze --stage grey --against hk [--manifests DIR] [--out FILE]
 
-A side is a set of pods told apart by the labels the PodMonitor gives every series (team, stage, track; the
-server's own `service`): grey's (track grey) or a canary's (track canary) against production's stable pods. The
-window starts once every candidate pod (the pods Kubernetes says are ready) has been scraped and is past slow start,
-lasts `window_seconds`, and its counts are read once the scrapes of its end have landed (two scrape intervals).
-Only requests of the service's own route count (`route!="other"`), mirrored copies included: for grey they are
-production's payloads. Grey is judged only while it runs this pipeline's revision: the history (its pipeline) and
-the live pod template's hash are checked at both ends of the window; another build there is refused (exit 3).
+The job creates, in grey's namespace, an AnalysisRun whose metrics are the ones every production canary step runs
+(analysis_template.metrics on analysis_template.grey: grey's mirrored requests against the production stage's stable
+pods, both namespaces named; the platform's Prometheus, conf/platform.yaml), waits for Argo to end it, and reports
+its phase: Successful is a pass, Failed a fail, Error (Prometheus unreachable past its retries) or Inconclusive an
+inconclusive. The sample grows window by window until it passes, fails or spans every extension, as a canary's;
+one that never passes ends Inconclusive (a canary's fails: Argo must end its step).
+Grey is judged only while it runs this pipeline's revision: the history (its pipeline) and the live pod template's
+hash are checked before the run and once it ended; another build there is refused (exit 3). A job stopped while
+the run goes on deletes it.
 
-Exit: 0 pass, 1 fail, 2 bad input, 3 refused, 4 inconclusive (too few requests, a candidate pod not scraped
-throughout, Prometheus unreachable). `--out` writes the verdict as JSON (what `apply --verdict` reads).
+Exit: 0 pass, 1 fail, 2 bad input, 3 refused, 4 inconclusive. `--out` writes the verdict as JSON (what
+`apply --verdict` reads).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from podserve import metric_names as m
-from podserve.tooling import release
-from podserve.tooling.conf import DeployPolicy, VerdictPolicy
-from podserve.tooling.deploy import budget, drift, failures, pipeline, verdict
+from podserve.tooling import analysis_template as at
+from podserve.tooling import release, tenancy
+from podserve.tooling.conf import Conf, DeployPolicy, VerdictPolicy
+from podserve.tooling.deploy import argo, drift, failures, pipeline
 from podserve.tooling.deploy.errors import BadInput, Refused
 from podserve.tooling.deploy.history import History
-from podserve.tooling.deploy.kube import MANAGED, PODS, Kube
-from podserve.tooling.deploy.prometheus_api import PrometheusAPI, Unreachable
-from podserve.tooling.deploy.target import Target, label_selector
+from podserve.tooling.deploy.kube import MANAGED, Kube
+from podserve.tooling.deploy.target import Target
+from podserve.tooling.rollout import seconds as duration_seconds
 
-#: The verdict file's format, as `apply --verdict` reads it.
-VERDICT_VERSION = 1
-#: How often the waits look at the clock and at what may stop them (SIGTERM, the lock, a canary command).
+#: The verdict file's format, as `apply --verdict` reads it (2: the AnalysisRun's measurements).
+VERDICT_VERSION = 2
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+#: Argo's AnalysisRun phases, as verdicts.
+RESULT_BY_PHASE = {"Successful": PASS, "Failed": FAIL, "Error": INCONCLUSIVE, "Inconclusive": INCONCLUSIVE}
+EXIT_BY_RESULT = {PASS: failures.EXIT_SERVING, FAIL: failures.EXIT_FAILED, INCONCLUSIVE: failures.EXIT_INCONCLUSIVE}
+#: How often the wait reads the run's status.
 TICK_SECONDS = 1.0
-#: What the verdict's exit statuses are, by result.
-EXIT_BY_RESULT = {verdict.PASS: failures.EXIT_SERVING, verdict.FAIL: failures.EXIT_FAILED,
-                  verdict.INCONCLUSIVE: failures.EXIT_INCONCLUSIVE}
-
-
-@dataclass(frozen=True)
-class Side:
-    """The pods one side of a comparison is: a team's service at a stage and track, in its namespace."""
-
-    team: str
-    service: str
-    stage: str
-    track: str
-    namespace: str
-
-    def selector(self) -> str:
-        """The labels of the server's series from these pods (its own `service`, the PodMonitor's the rest)."""
-        return f'team="{self.team}", service="{self.service}", stage="{self.stage}", track="{self.track}"'
-
-    def target_selector(self) -> str:
-        """The labels of these pods' scrape targets (`up`): the PodMonitor's job (<namespace>/<name>) and labels."""
-        return f'job="{self.namespace}/{self.service}", stage="{self.stage}", track="{self.track}"'
-
-    def describe(self) -> str:
-        return f"{self.stage} (track {self.track})"
-
-
-@dataclass(frozen=True)
-class PodState:
-    """A candidate pod as Kubernetes reports it: its name, and since when it is ready (None: not ready)."""
-
-    name: str
-    ready_since: float | None
+#: What the wait allows beyond the run's own schedule (the controller's reaction, Prometheus' timeouts).
+RUN_MARGIN_SECONDS = 60
+#: The AnalysisRuns of a service kept in grey's namespace (older ones are deleted as a new one starts).
+RUNS_KEPT = 3
+VERDICT_OF_LABEL = "podserve.io/verdict-of"
+#: GitLab's predefined variable: this job's id (each retry its own).
+JOB_ID_VARIABLE = "CI_JOB_ID"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What one analysis judges, and how: the two sides, the thresholds, slow start and the scrape interval."""
+    """What grey's run judges: grey's stage and namespace against the production stage's, the thresholds, and the
+    metrics Argo runs (one per check)."""
 
-    candidate: Side
-    stable: Side
+    service: str
+    team: str
+    candidate_namespace: str
+    stable_stage: str
+    stable_namespace: str
     policy: VerdictPolicy
-    slow_start_seconds: float
-    scrape_interval_seconds: float
+    metrics: list[dict]
+
+    def seconds(self) -> float:
+        """The longest the run may take: its first measurement's delay, then an interval for each other one."""
+        first = self.metrics[0]
+        return (duration_seconds(first["initialDelay"]) + duration_seconds(first["interval"]) * first["count"]
+                + at.CONSECUTIVE_ERROR_LIMIT * 10 + RUN_MARGIN_SECONDS)
 
 
-def counts(prometheus: PrometheusAPI, side: Side, end: float, seconds: int) -> verdict.Counts:
-    """One side's counts over the window of `seconds` ending at `end`."""
-    window = f"[{seconds}s]"
-    route = f'route!="{m.OTHER_ROUTE}"'
-    statuses = prometheus.by(f"sum by (status) (increase({m.REQUESTS_TOTAL}{{{side.selector()}, {route}}}{window}))",
-                             end, "status")
-    latency = prometheus.by(f"sum by (le) (increase({m.REQUEST_SECONDS}_bucket{{{side.selector()}, {route}, "
-                            f'status=~"2.."}}{window}))', end, "le")
-    queue = prometheus.by(f"sum by (le) (increase({m.QUEUE_WAIT_SECONDS}_bucket{{{side.selector()}}}{window}))",
-                          end, "le")
-    pods = prometheus.by(f"max by (pod) (max_over_time(up{{{side.target_selector()}}}{window}))", end, "pod")
-    return verdict.Counts({k: v for k, v in statuses.items()}, _histogram(latency), _histogram(queue),
-                          max(1, sum(1 for v in pods.values() if v >= 1)), float(seconds))
-
-
-def _histogram(by_le: dict[str, float]) -> dict[float, float]:
-    return {float(le): value for le, value in by_le.items() if le}
-
-
-def unscraped(prometheus: PrometheusAPI, side: Side, pods: list[str], end: float, seconds: int) -> list[str]:
-    """The candidate pods not scraped successfully throughout the window."""
-    window = f"[{seconds}s]"
-    lowest = prometheus.by(f"min by (pod) (min_over_time(up{{{side.target_selector()}}}{window}))", end, "pod")
-    samples = prometheus.by(f"sum by (pod) (count_over_time(up{{{side.target_selector()}}}{window}))", end, "pod")
-    return [pod for pod in pods if lowest.get(pod, 0) < 1 or samples.get(pod, 0) < 2]
-
-
-def analyse(prometheus: PrometheusAPI, plan: Plan, candidate_pods: Callable[[], list[PodState]], say=print,
-            check: Callable[[], None] = lambda: None, guard: Callable[[], None] = lambda: None,
-            now: Callable[[], float] = time.time) -> verdict.Verdict:
-    """Wait for the window to start, wait it out, and judge; `check` runs every tick (it raises to stop: SIGTERM,
-    the deploy lock, a canary command), `guard` at both ends of the window (grey's revision: it raises Refused)."""
-    policy = plan.policy
-    try:
-        start, pods = _window_start(prometheus, plan, candidate_pods, say, check, now)
-    except Unreachable as exc:
-        return _inconclusive(str(exc))
-    if start is None:
-        return _inconclusive(pods)
-    guard()
-    end = start + policy.window_seconds
-    settle = 2 * plan.scrape_interval_seconds
-    say(f"judging {plan.candidate.describe()} ({', '.join(pods)}) against {plan.stable.describe()} from "
-        f"{_clock(start)} for {policy.window_seconds} s")
-    wait_until(end + settle, check, now)
-    guard()
-    try:
-        missing = unscraped(prometheus, plan.candidate, pods, end, policy.window_seconds)
-        if missing:
-            return _inconclusive(f"candidate pod(s) {', '.join(missing)} were not scraped throughout the window")
-        found = verdict.judge(counts(prometheus, plan.candidate, end, policy.window_seconds),
-                              counts(prometheus, plan.stable, end, policy.window_seconds), policy)
-    except Unreachable as exc:
-        return _inconclusive(str(exc))
-    return found
-
-
-def _window_start(prometheus: PrometheusAPI, plan: Plan, candidate_pods, say, check, now):
-    """Wait until every candidate pod is ready, past slow start and scraped; return (start, names), or
-    (None, why) when that does not happen within slow start and budget.WINDOW_START_ALLOWANCE_SECONDS."""
-    deadline = now() + plan.slow_start_seconds + budget.WINDOW_START_ALLOWANCE_SECONDS
-    said = None
-    while True:
-        check()
-        pods = candidate_pods()
-        at = now()
-        scraped = {pod for pod, up in prometheus.by(f"max by (pod) (up{{{plan.candidate.target_selector()}}})", at,
-                                                    "pod").items() if up >= 1}
-        waiting = [p.name for p in pods if p.ready_since is None or p.name not in scraped
-                   or at < p.ready_since + plan.slow_start_seconds]
-        if pods and not waiting:
-            return at, sorted(p.name for p in pods)
-        if at >= deadline:
-            why = (f"no {plan.candidate.describe()} pod is ready" if not pods else
-                   f"candidate pod(s) {', '.join(waiting)} not ready, not past slow start "
-                   f"({plan.slow_start_seconds:g} s) or not scraped by Prometheus within "
-                   f"{budget.WINDOW_START_ALLOWANCE_SECONDS + plan.slow_start_seconds:g} s")
-            return None, why
-        if waiting != said:
-            say(f"waiting for {', '.join(waiting) or 'a candidate pod'} to be ready, past slow start and scraped")
-            said = waiting
-        time.sleep(TICK_SECONDS)
-
-
-def wait_until(moment: float, check, now=time.monotonic) -> None:
-    """Sleep until `now()` reaches `moment`, calling `check` (the lock, a SIGTERM) at least every TICK_SECONDS."""
-    while (left := moment - now()) > 0:
-        check()
-        time.sleep(min(TICK_SECONDS, left))
-
-
-def _inconclusive(why: str) -> verdict.Verdict:
-    return verdict.Verdict(verdict.INCONCLUSIVE, [], [why])
-
-
-def _clock(moment: float) -> str:
-    return datetime.fromtimestamp(moment).astimezone().strftime("%H:%M:%S %Z")
-
-
-def report(found: verdict.Verdict, plan: Plan, say=print) -> None:
-    """Print the verdict with its numbers: requests and statuses of each side, each check, B and the p-values."""
-    for name, side, counted in (("candidate", plan.candidate, found.candidate), ("stable", plan.stable, found.stable)):
-        if counted is None:
-            continue
-        apart = ", ".join(f"{status}: {round(counted.statuses.get(status, 0))}" for status in verdict.STATUSES_APART)
-        say(f"{name} {side.describe()}: {counted.requests} requests on {counted.pods} pod(s) "
-            f"({counted.per_pod_rate():.2f}/s a pod), 5xx {counted.errors} ({apart})")
-    if found.latency_bucket is not None:
-        say(f"B, where stable reaches {plan.policy.latency_quantile:.0%} of its 2xx answers: "
-            f"{found.latency_bucket:g} s; M, where it reaches half: {found.median_bucket:g} s")
-    for item in found.checks:
-        say(f"  {item.name}: {verdict.describe(item)}")
-    if found.false_fail_probability is not None:
-        say(f"an identical build would fail at these counts with probability at most "
-            f"{found.false_fail_probability:.2e}")
-    say(f"verdict: {found.result}" + (f" ({'; '.join(found.reasons)})" if found.reasons else ""))
-
-
-# --- grey against production: the `analyze` verb ----------------------------------------------------------
-
-def plan_for(candidate: Target, stable: Target, policy: DeployPolicy, track: str | None = None,
-             window: int | None = None) -> Plan:
-    """The plan of judging `candidate` (its stage's track, or `track`: a canary) against `stable`'s stable pods,
-    with the thresholds conf/deploy.yaml and value.py (the production Deployment's release policy) give."""
-    rendered = release.read_release_policy(stable.deployment())["verdict"]
-    thresholds = release.verdict_policy(policy.verdict, rendered)
+def plan_for(candidate: Target, stable: Target, conf: Conf, policy: DeployPolicy, window: int | None = None,
+             since: int | None = None) -> Plan:
+    """Grey (`candidate`) against `stable`'s stable pods from `since` (Unix seconds) on, with the thresholds
+    conf/deploy.yaml and value.py (the production workload's release annotation) give; `window` may only lengthen
+    the window."""
+    workload = next(o for o in stable.objects if o.get("kind") in ("Deployment", "Rollout"))
+    thresholds = release.verdict_policy(policy.verdict, release.read_release_policy(workload)["verdict"])
     if window is not None:
         if window < thresholds.window_seconds:
             raise BadInput(f"--window {window} is shorter than the {thresholds.window_seconds} s the platform and "
@@ -216,38 +86,26 @@ def plan_for(candidate: Target, stable: Target, policy: DeployPolicy, track: str
                            "a window may only be longer")
         thresholds = replace(thresholds, window_seconds=window)
     rule = next((o for o in stable.objects if o.get("kind") == "DestinationRule"), None)
-    monitor = next((o for o in candidate.objects if o.get("kind") == "PodMonitor"), None)
-    interval = ((monitor or {}).get("spec", {}).get("podMetricsEndpoints") or [{}])[0].get("interval", "15s")
-    return Plan(Side(candidate.team, candidate.service, candidate.stage.name, track or candidate.stage.track,
-                     candidate.namespace),
-                Side(stable.team, stable.service, stable.stage.name, release.STABLE, stable.namespace),
-                thresholds, release.slow_start_seconds(rule), _seconds(interval))
+    scrape = duration_seconds(conf.platform.monitoring.scrape_interval)
+    comparison = at.grey(candidate.namespace, stable.namespace, candidate.team, candidate.service, stable.stage.name,
+                         at.Thresholds.of(thresholds), scrape, since)
+    # grey has nothing to abort: a sample that never passes ends the run Inconclusive, not Failed
+    metrics = at.metrics(comparison, conf.platform.monitoring.prometheus_address, release.slow_start_seconds(rule),
+                         full_sample_fails=False)
+    return Plan(candidate.service, candidate.team, candidate.namespace, stable.stage.name, stable.namespace,
+                thresholds, metrics)
 
 
-def _seconds(text: str) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    for unit in ("ms", "s", "m", "h"):
-        if text.endswith(unit):
-            try:
-                return float(text[:-len(unit)]) * units[unit]
-            except ValueError:
-                break
-    return 15.0
-
-
-def ready_pods(kube: Kube, namespace: str, match_labels: dict) -> list[PodState]:
-    """The pods a Deployment's selector selects, with since when each is ready (None: not ready, or stopping)."""
-    found = []
-    for pod in kube.list(PODS, namespace, label_selector(match_labels)).get("items") or []:
-        if (pod.get("metadata") or {}).get("deletionTimestamp"):
-            continue
-        ready = next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
-        since = None
-        if ready.get("status") == "True":
-            text = ready.get("lastTransitionTime") or ""
-            since = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else 0.0
-        found.append(PodState(pod["metadata"]["name"], since))
-    return found
+def analysis_run(plan: Plan, name: str, owner: dict) -> dict:
+    """The AnalysisRun of `plan` in grey's namespace, labelled as the service's verdict run, with the owner labels
+    and project annotation of `owner` (grey's Deployment as rendered: what admission asks of every object there)."""
+    meta = owner.get("metadata") or {}
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k in ("team", "service", "stage")}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k == tenancy.PROJECT_ANNOTATION}
+    return {"apiVersion": argo.ANALYSIS_RUNS.api_version, "kind": "AnalysisRun",
+            "metadata": {"name": name, "namespace": plan.candidate_namespace,
+                         "labels": {**labels, VERDICT_OF_LABEL: plan.service}, "annotations": annotations},
+            "spec": {"metrics": plan.metrics}}
 
 
 @dataclass(frozen=True)
@@ -262,7 +120,7 @@ class GreyBuild:
 
 def grey_build(kube: Kube, target: Target, job: pipeline.Origin, since: GreyBuild | None = None) -> GreyBuild:
     """Return what grey runs; Refused (GREY_ANOTHER_BUILD) when it is not this pipeline's recorded revision (its
-    history's pipeline, its live pod template), or no longer the build seen at the window's start (`since`)."""
+    history's pipeline, its live pod template), or no longer the build seen before the run (`since`)."""
     history = History.load(kube, target.namespace, target.service, target.stage.name)
     live = kube.get(MANAGED["Deployment"], target.namespace, target.service)
     current = history.current
@@ -280,48 +138,122 @@ def grey_build(kube: Kube, target: Target, job: pipeline.Origin, since: GreyBuil
         raise Refused(failures.GREY_ANOTHER_BUILD, f"{where} runs revision {current.number} ({current.image}) from "
                                                    f"pipeline {current.pipeline}, not this pipeline's ({job.pipeline})")
     if since is not None and found != since:
-        raise Refused(failures.GREY_ANOTHER_BUILD, f"{where} was replaced during the window: revision "
-                                                   f"{since.revision} ({since.image}) at its start, revision "
-                                                   f"{found.revision} ({found.image}) at its end")
+        raise Refused(failures.GREY_ANOTHER_BUILD, f"{where} was replaced while it was judged: revision "
+                                                   f"{since.revision} ({since.image}) at the start, revision "
+                                                   f"{found.revision} ({found.image}) at the end")
     return found
 
 
-def analyze(kube: Kube, prometheus: PrometheusAPI, candidate: Target, stable: Target, policy: DeployPolicy,
-            out: str | None = None, window: int | None = None, say=print) -> int:
-    """Judge grey (`candidate`) against production's stable pods (`stable`); print, write `out`; return the exit."""
+def run_name(service: str, environ=os.environ, now: Callable[[], float] = time.time) -> str:
+    """<service>-grey-<GitLab's job id> (a retried job has its own; the Unix time when run by hand), within
+    Kubernetes' 63 characters."""
+    job_id = (environ.get(JOB_ID_VARIABLE) or "").strip()
+    suffix = f"-grey-{job_id if job_id.isdigit() else int(now())}"
+    return service[:release.MAX_NAME - len(suffix)] + suffix
+
+
+def start(kube: Kube, plan: Plan, name: str, owner: dict, say=print) -> dict:
+    """Delete the service's older verdict runs but the newest RUNS_KEPT - 1 (and one of this name), create this one."""
+    runs = kube.list(argo.ANALYSIS_RUNS, plan.candidate_namespace, f"{VERDICT_OF_LABEL}={plan.service}")
+    older = [r["metadata"]["name"] for r in sorted(runs.get("items") or [],
+                                                   key=lambda r: r["metadata"].get("creationTimestamp", ""))]
+    for old in {name} & set(older) | set(older[:max(0, len(older) - RUNS_KEPT + 1)]):
+        kube.delete(argo.ANALYSIS_RUNS, plan.candidate_namespace, old)
+    # created, not applied: the preview account may create and delete runs, never patch one
+    created = kube.request("POST", argo.ANALYSIS_RUNS.path(plan.candidate_namespace),
+                           body=analysis_run(plan, name, owner))
+    first = plan.metrics[0]
+    say(f"judging grey (namespace {plan.candidate_namespace}) against {plan.stable_stage}'s stable pods (namespace "
+        f"{plan.stable_namespace}): AnalysisRun/{name}, Argo's first measurement {first['initialDelay']} after its "
+        f"start, then one every {first['interval']} until a pass, a fail or {first['count']} measurements")
+    return created
+
+
+def wait(kube: Kube, plan: Plan, name: str, say=print, check: Callable[[], None] = lambda: None,
+         now: Callable[[], float] = time.monotonic) -> dict:
+    """The run once Argo ended it (its phase one of RESULT_BY_PHASE), printing each new measurement; a run still
+    going at the deadline is returned as it is (its phase not an end: inconclusive)."""
+    deadline = now() + plan.seconds()
+    printed: set[tuple[str, int]] = set()
+    while True:
+        check()
+        run = kube.get(argo.ANALYSIS_RUNS, plan.candidate_namespace, name) or {}
+        for result in (run.get("status") or {}).get("metricResults") or []:
+            for index, measurement in enumerate(result.get("measurements") or []):
+                if measurement.get("finishedAt") and (result["name"], index) not in printed:
+                    printed.add((result["name"], index))
+                    names = ", ".join(at.COUNTS_OF.get(result["name"], at.COUNTS))
+                    say(f"  {result['name']}: {measurement.get('phase')} {measurement.get('value') or ''} ({names})"
+                        + (f": {measurement['message']}" if measurement.get("message") else ""))
+        if (run.get("status") or {}).get("phase") in RESULT_BY_PHASE or now() > deadline:
+            return run
+        time.sleep(TICK_SECONDS)
+
+
+def outcome(run: dict) -> tuple[str, str]:
+    """(result, why) of an ended run: its phase as a verdict, and each metric's line when it is not a pass."""
+    status = run.get("status") or {}
+    phase = status.get("phase", "")
+    result = RESULT_BY_PHASE.get(phase, INCONCLUSIVE)
+    if result == PASS:
+        return result, ""
+    if phase not in RESULT_BY_PHASE:
+        return result, f"the AnalysisRun did not end in time (phase {phase or 'Pending'})"
+    return result, "; ".join(line.strip() for line in argo.measurements(run)[1:])
+
+
+def analyze(kube: Kube, conf: Conf, candidate: Target, stable: Target, policy: DeployPolicy, out: str | None = None,
+            window: int | None = None, say=print, check: Callable[[], None] = lambda: None) -> int:
+    """Judge grey (`candidate`) against production's stable pods (`stable`) by an AnalysisRun; print, write `out`;
+    return the exit status."""
     job = pipeline.from_environment()
-    plan = plan_for(candidate, stable, policy, window=window)
+    plan = plan_for(candidate, stable, conf, policy, window, since=int(time.time()))
     if job.pipeline is None:
         say("pipeline not checked: $CI_PIPELINE_ID is not set (run by hand): grey is judged as it runs now")
-    deployment = kube.get(MANAGED["Deployment"], candidate.namespace, candidate.service) or {}
-    match = (deployment.get("spec") or {}).get("selector", {}).get("matchLabels") or \
-        {"service": candidate.service, "stage": candidate.stage.name}
-    seen: list[GreyBuild] = []
-
-    def guard() -> None:
-        seen.append(grey_build(kube, candidate, job, seen[0] if seen else None))
-
+    name = run_name(candidate.service)
+    build = None
     try:
-        found = analyse(prometheus, plan, lambda: ready_pods(kube, candidate.namespace, match), say, guard=guard)
+        build = grey_build(kube, candidate, job)
+        start(kube, plan, name, candidate.deployment(), say)
+        try:
+            run = wait(kube, plan, name, say, check)
+        except BaseException:
+            kube.delete(argo.ANALYSIS_RUNS, plan.candidate_namespace, name)
+            raise
+        grey_build(kube, candidate, job, build)
     except Refused as exc:
-        write(out, None, plan, seen[0] if seen else None, "refused", exc.message, job)
+        write(out, plan, build, "refused", exc.message, job, None)
         raise
-    report(found, plan, say)
-    write(out, found, plan, seen[0] if seen else None, found.result, "; ".join(found.reasons), job)
-    return EXIT_BY_RESULT[found.result]
+    result, why = outcome(run)
+    say(f"verdict: {result}" + (f" ({why})" if why else ""))
+    write(out, plan, build, result, why, job, run)
+    return EXIT_BY_RESULT[result]
 
 
-def write(out: str | None, found: verdict.Verdict | None, plan: Plan, build: GreyBuild | None, result: str,
-          why: str, job: pipeline.Origin) -> None:
+def _value(measurement: dict):
+    """A measurement's counts as a list (Argo stores them as text), or its text when not JSON, or None."""
+    try:
+        return json.loads(measurement["value"]) if measurement.get("value") else None
+    except ValueError:
+        return measurement["value"]
+
+
+def write(out: str | None, plan: Plan, build: GreyBuild | None, result: str, why: str, job: pipeline.Origin,
+          run: dict | None) -> None:
     """Write the verdict file `apply --verdict` reads (nothing without `out`)."""
     if not out:
         return
+    measured = {r["name"]: {"phase": r.get("phase"), "names": list(at.COUNTS_OF.get(r["name"], at.COUNTS)),
+                            "values": [_value(m) for m in r.get("measurements") or []]}
+                for r in ((run or {}).get("status") or {}).get("metricResults") or []}
     body = {"version": VERDICT_VERSION, "result": result, "why": why,
-            "candidate": dict(plan.candidate.__dict__, **({"revision": build.revision, "image": build.image,
-                                                           "pipeline": build.pipeline,
-                                                           "template_hash": build.template_hash} if build else {})),
-            "stable": plan.stable.__dict__, "pipeline": job.pipeline, "commit": job.commit,
-            "thresholds": plan.policy.__dict__, "judged": found.as_dict() if found else None}
+            "candidate": {"stage": "grey", "namespace": plan.candidate_namespace, "service": plan.service,
+                          "team": plan.team, **({"revision": build.revision, "image": build.image,
+                                                  "pipeline": build.pipeline,
+                                                  "template_hash": build.template_hash} if build else {})},
+            "stable": {"stage": plan.stable_stage, "namespace": plan.stable_namespace},
+            "pipeline": job.pipeline, "commit": job.commit, "thresholds": plan.policy.__dict__,
+            "analysis_run": ((run or {}).get("metadata") or {}).get("name"), "measurements": measured}
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -6,8 +6,8 @@
     python -m podserve.tooling.deploy rollback --stage S
     python -m podserve.tooling.deploy delete --stage grey [--manifests DIR | --service NAME --team TEAM]
     python -m podserve.tooling.deploy retire --stage hk --confirm NAME [--manifests DIR | --service NAME --team TEAM]
-    python -m podserve.tooling.deploy analyze --stage grey --against hk [--manifests DIR] [--prometheus URL]
-                                             [--out FILE] [--window SECONDS]
+    python -m podserve.tooling.deploy analyze --stage grey --against hk [--manifests DIR] [--out FILE]
+                                             [--window SECONDS]
     python -m podserve.tooling.deploy canary promote|abort --stage hk [--reason TEXT] [--manifests DIR | ...]
 
 A production stage is an Argo Rollout: apply applies it and follows Argo's status (a job killed meanwhile changes
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import signal
 from pathlib import Path
 import sys
@@ -98,22 +99,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def _analyze(args, conf, policy, target: Target) -> int:
     """Judge the preview stage `target` against the production stage --against, as `analysis` says."""
-    from podserve.tooling.deploy.prometheus_api import PrometheusAPI
-
     against = stage_of(conf, args.against)
     if not against.production or against.region != target.stage.region or target.stage.production:
         raise BadInput(f"--stage {target.stage.name} --against {args.against}: judge a preview stage (grey) against "
                        f"the production stage of its region ({', '.join(n for n, s in conf.stages.items() if s.production and s.region == target.stage.region)})")
     if not any(o.get("kind") == "VirtualService" for o in target.objects):
         print(f"{target.service} is an offline service: it keeps its rolling update and has no verdict", flush=True)
-        analysis.write(args.out, None, analysis.plan_for(target, target, policy), None, "not applicable",
-                       "an offline service", analysis.pipeline.from_environment())
+        _write_not_applicable(args.out, target)
         return failures.EXIT_SERVING
     stable = from_manifests(args.manifests, against) if args.manifests else \
         from_values(args.values, conf, against, args.image_tag)
-    prometheus = PrometheusAPI.from_environment(args.prometheus)
-    return analysis.analyze(Kube.from_environment(), prometheus, target, stable, policy, args.out, args.window,
+    return analysis.analyze(Kube.from_environment(), conf, target, stable, policy, args.out, args.window,
                             lambda text: print(text, flush=True))
+
+
+def _write_not_applicable(out: str | None, target: Target) -> None:
+    """The verdict file of a service that has none (offline: no route, no mirror)."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({"version": analysis.VERDICT_VERSION, "result": "not applicable",
+                                         "why": "an offline service", "candidate": {"service": target.service}},
+                                        indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _check_local(target: Target, values: str, dry_run: bool, say) -> None:
@@ -179,8 +185,8 @@ def _parser() -> argparse.ArgumentParser:
         "rollback": "put the previous revision back and wait for it",
         "delete": "remove every object of the service's grey (or ab) stage, found by its labels",
         "retire": "take the service out of a stage for good, production included (--confirm NAME, no prompt)",
-        "analyze": "judge grey against production's stable pods by Prometheus: 0 pass, 1 fail, 3 refused, 4 "
-                   "inconclusive",
+        "analyze": "judge grey against production's stable pods by an Argo Rollouts AnalysisRun (the canary's "
+                   "statistic): 0 pass, 1 fail, 3 refused, 4 inconclusive",
         "canary": "promote the production release Argo Rollouts runs now (its remaining steps and analysis skipped: "
                   "--reason required) or abort it",
     }
@@ -200,9 +206,6 @@ def _parser() -> argparse.ArgumentParser:
                          help="seconds to wait for another deploy's lock (default: conf/deploy.yaml lock_wait_seconds)")
         if verb == "analyze":
             sub.add_argument("--against", required=True, help="the production stage judged against (hk)")
-            sub.add_argument("--prometheus", default=None,
-                             help="Prometheus' URL (default: $PODSERVE_PROMETHEUS_URL; $PODSERVE_PROMETHEUS_TOKEN is "
-                                  "sent as a bearer token)")
             sub.add_argument("--out", default=None, help="write the verdict as JSON here (what apply --verdict reads)")
             sub.add_argument("--window", type=int, default=None,
                              help="seconds to judge (default and least: conf/deploy.yaml verdict.window_seconds, or "
