@@ -16,7 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from podserve import kafka_access, memory_plan, metric_names
+from podserve import kafka_access, memory_plan
 from podserve import offline_settings
 from podserve.routes import RESERVED_SERVICE_NAMES
 from podserve.settings import ServingSettings, SettingsError
@@ -33,8 +33,8 @@ DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 #: Service names are Service names too.
 SERVICE_NAME = DNS_1035_LABEL
 _HANDLER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
-#: value.py's autoscale_metric -> the server's gauge an HPA averages per pod.
-AUTOSCALE_GAUGES = {"queue_depth": metric_names.QUEUE_DEPTH, "in_flight": metric_names.IN_FLIGHT}
+#: value.py's autoscale_metric choices: what each scales on is podserve.tooling.scaling.SERIES.
+AUTOSCALE_METRICS = ("queue_depth", "in_flight")
 
 
 class Field(NamedTuple):
@@ -284,7 +284,7 @@ def _check_autoscale_target(value, conf: Conf) -> str | None:
     try:
         quantity.whole_millis(value, Decimal(str(value)))
     except quantity.QuantityError as exc:
-        return f"{exc} (the HPA's averageValue is a quantity)"
+        return f"{exc} (KEDA's threshold becomes the HPA's averageValue, a quantity)"
     return None
 
 
@@ -301,8 +301,9 @@ def _check_memory(value: str, conf: Conf) -> str | None:
 
 
 def _check_autoscale_metric(value: str, conf: Conf) -> str | None:
-    if value not in AUTOSCALE_GAUGES:
-        return f"{value!r} is not a gauge the HPA can average; use one of {', '.join(AUTOSCALE_GAUGES)}"
+    if value not in AUTOSCALE_METRICS:
+        return (f"{value!r} is not a scaling signal; use 'queue_depth' (requests queued for a free batch lane, the "
+                f"default) or 'in_flight' (requests accepted and not yet answered)")
     return None
 
 
