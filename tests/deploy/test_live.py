@@ -217,14 +217,14 @@ def test_objects_no_longer_rendered_are_pruned(live):
         assert first.returncode == 0, first.output
         scaled = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", max_replicas=4))
         assert scaled.returncode == 0, scaled.output
-        assert live.admin.get(MANAGED["HorizontalPodAutoscaler"], HK[0], name) is not None
-        # The HPA takes over from 2 pods: the Rollout does not drop to its default of 1 on the way.
+        assert live.admin.get(MANAGED["ScaledObject"], HK[0], name) is not None
+        # KEDA's HPA takes over from 2 pods: the Rollout does not drop to its default of 1 on the way.
         assert f"handed spec.replicas (2) of Rollout/{name} over to the HPA" in scaled.stdout
         assert live.admin.get(MANAGED["Rollout"], HK[0], name)["spec"]["replicas"] == 2
         fixed = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", max_replicas=0))
         assert fixed.returncode == 0, fixed.output
-        assert f"pruned HorizontalPodAutoscaler/{name} (no longer rendered)" in fixed.stdout
-        assert live.admin.get(MANAGED["HorizontalPodAutoscaler"], HK[0], name) is None
+        assert f"pruned ScaledObject/{name} (no longer rendered)" in fixed.stdout
+        assert live.admin.get(MANAGED["ScaledObject"], HK[0], name) is None
         assert live.admin.get(MANAGED["Rollout"], HK[0], name)["spec"]["replicas"] == 2
     finally:
         live.remove(*HK, name)
