@@ -119,8 +119,12 @@ def argo_crds(tools: Path | None = None) -> list[dict]:
     argo-rollouts` copies them beside the controller)."""
     from podserve.testbed.rollouts import build
 
-    paths = [built(path, "Argo Rollouts' CRDs (from the argo-rollouts module)", "argo-rollouts")
-             for path in build.crd_paths(tools)]
+    return _engine_crds(build.ENGINE, "Argo Rollouts' CRDs (from the argo-rollouts module)", tools)
+
+
+def _engine_crds(engine, what: str, tools: Path | None) -> list[dict]:
+    """The CRDs an engine's build copied beside its binaries (podserve.testbed.engine_build)."""
+    paths = [built(path, what, engine.name) for path in engine.crd_paths(tools)]
     return [doc for path in paths for doc in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader)
             if doc and doc.get("kind") == "CustomResourceDefinition"]
 
@@ -134,9 +138,7 @@ def keda_crds(tools: Path | None = None) -> list[dict]:
     the operator)."""
     from podserve.testbed.keda import build
 
-    paths = [built(path, "KEDA's CRDs (from the keda module)", "keda") for path in build.crd_paths(tools)]
-    return [doc for path in paths for doc in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader)
-            if doc and doc.get("kind") == "CustomResourceDefinition"]
+    return _engine_crds(build.ENGINE, "KEDA's CRDs (from the keda module)", tools)
 
 
 def _is_keda(crd: dict) -> bool:

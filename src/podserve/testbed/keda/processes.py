@@ -42,7 +42,7 @@ class Keda:
     @classmethod
     def start(cls, plane, work: Path, binaries: Path | None = None) -> "Keda":
         """Start both against `plane`, register the adapter, and wait until the APIService is Available."""
-        binaries = binaries or build.binaries_dir()
+        binaries = binaries or build.ENGINE.binaries_dir()
         operator_binary = built(binaries / build.OPERATOR, "keda-operator", "keda")
         adapter_binary = built(binaries / build.ADAPTER, "keda-adapter", "keda")
         work = Path(work)
