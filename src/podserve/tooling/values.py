@@ -570,11 +570,11 @@ def _quota_problems(v: dict, conf: Conf, stage: Stage):
              ("gpu_num", f"{pods * v['gpu_num']} GPUs", pods * v["gpu_num"] > quota.gpus, quota.gpus),
              (count_field or "replicas", f"{pods} pods", pods > quota.pods, f"{quota.pods} pods")]
     for name, amount, over, most_held in asked:
-        if over:  # the stage's replicas are the lever where value.py sets them (ab_replicas), else the amount
-            field = count_field or name
+        if over:  # the lever: max_replicas where the autoscaler's most is what overflows, else the stage's replicas
+            #       where value.py sets them (ab_replicas), else the amount
+            autoscaled = stage.production and stage.autoscale and v["max_replicas"] > replicas
+            field = "max_replicas" if autoscaled else count_field or name
             also = f" or {name}" if field != name else ""
-            if stage.production and stage.autoscale and v["max_replicas"] > replicas:
-                also += " or max_replicas"
             yield field, (f"stage {stage.name}'s {pods} pods ({how}, each with its mesh sidecar) ask {amount}, more "
                           f"than team {v['username']}'s namespace {stage.namespace_for(v['username'])} may hold at "
                           f"once ({most_held}: {where}); lower {field}{also}")
