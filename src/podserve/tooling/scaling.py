@@ -43,13 +43,11 @@ from podserve import metric_names as m
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.observability.queries import POD_KEY, by
 
-API_VERSION = "keda.sh/v1alpha1"
 #: The recorded per-pod series each value.py autoscale_metric scales on (one record each, rule_groups).
 BACKLOG_SERIES = "podserve_pod:queue_backlog:mean1m"
 IN_FLIGHT_SERIES = "podserve_pod:in_flight:mean1m"
-SERIES = {"queue_depth": BACKLOG_SERIES, "in_flight": IN_FLIGHT_SERIES}  # keys: values.AUTOSCALE_METRICS
-#: The labels a scaling query may select on besides the namespace (the tenancy policy holds queries to these).
-QUERY_LABELS = ("service", "stage")
+#: value.py's autoscale_metric -> the series it scales on (the keys are the field's choices)
+SERIES = {"queue_depth": BACKLOG_SERIES, "in_flight": IN_FLIGHT_SERIES}
 WINDOW = "1m"
 #: KEDA names the HPA it makes keda-hpa-<ScaledObject's name> (kept: never the name of an HPA rendered before KEDA,
 #: which the deploy tool prunes while KEDA creates its own).
@@ -66,7 +64,8 @@ def recording_rules() -> list[dict]:
 
 
 def query(series: str, namespace: str, service: str) -> str:
-    """The trigger's PromQL: the stage's pods' sum of `series` (one element, as KEDA's prometheus scaler needs)."""
+    """The trigger's PromQL: the stage's pods' sum of `series` (one element, as KEDA's prometheus scaler needs); the
+    only shape podserve-autoscalers admits (its own namespace, service and stage selectors at most)."""
     return f'sum({series}{{namespace="{namespace}",service="{service}"}})'
 
 

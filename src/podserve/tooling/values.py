@@ -22,6 +22,7 @@ from podserve.routes import RESERVED_SERVICE_NAMES
 from podserve.settings import ServingSettings, SettingsError
 from podserve.tooling import handler_source, quantity, routing, tenancy
 from podserve.tooling.conf import Conf, Region, Stage, load_conf
+from podserve.tooling.scaling import SERIES
 from podserve.tooling.valuefile import Problem, ValueFileError, read_assignments
 
 _SERVING_DEFAULTS = ServingSettings()
@@ -33,8 +34,8 @@ DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 #: Service names are Service names too.
 SERVICE_NAME = DNS_1035_LABEL
 _HANDLER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
-#: value.py's autoscale_metric choices: what each scales on is podserve.tooling.scaling.SERIES.
-AUTOSCALE_METRICS = ("queue_depth", "in_flight")
+#: value.py's autoscale_metric choices (podserve.tooling.scaling.SERIES: what each scales on).
+AUTOSCALE_METRICS = tuple(SERIES)
 
 
 class Field(NamedTuple):
