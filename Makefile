@@ -15,7 +15,7 @@ ifneq ($(filter test,$(MAKECMDGOALS)),)
 unexport CI GITLAB_CI CI_PROJECT_DIR
 endif
 
-.PHONY: serve test model record split tools render wrk bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries istiod argo-rollouts netpol go-builds
+.PHONY: serve test model record split tools render wrk bench bench-gpu clean prometheus dashboards kafka kafka-install cluster cluster-binaries istiod argo-rollouts keda netpol go-builds
 
 serve: $(VENV)/.serve-deps model ## Serve the example model locally on port 8080.
 	$(PY) -m podserve.tooling.serve_local $(VALUES)
@@ -28,7 +28,8 @@ TEST_NEEDS += kafka-install
 TEST_NEEDS += go-builds
 TEST_NEEDS += node-tools
 # The builds from Go modules the suites need (make go-builds runs them side by side), one line per suite, longest first.
-GO_BUILDS := cluster-binaries
+GO_BUILDS := keda
+GO_BUILDS += cluster-binaries
 GO_BUILDS += argo-rollouts
 GO_BUILDS += istiod
 GO_BUILDS += image-tools
@@ -155,7 +156,7 @@ dashboards: $(VENV)/.test-deps model prometheus ## Regenerate the chart's dashbo
 # run's lines interleave, each naming what it builds; a failed build's error names it, the one beside it finishes and
 # no other starts (make's own rule), as when they ran one by one.
 GO_BUILD_JOBS ?= 2
-go-builds: $(VENV)/bin/python ## Build every Go tool the tests need, GO_BUILD_JOBS at a time (once per machine; ~50 CPU-min cold: about 27 min on 2 idle cores).
+go-builds: $(VENV)/bin/python ## Build every Go tool the tests need, GO_BUILD_JOBS at a time (once per machine; ~73 CPU-min cold with KEDA's 23: about 39 min on 2 idle cores).
 	@$(MAKE) --no-print-directory -j$(GO_BUILD_JOBS) $(GO_BUILDS)
 
 # A real Kubernetes control plane on loopback (podserve/testbed/cluster/, cluster/go.mod pins the versions):
@@ -183,7 +184,7 @@ node-tools: image-tools ## The real node's Debian packages: containerd, CNI plug
 		missing="$$missing $$p"; done; test -z "$$missing" || flock /tmp/podserve-apt.lock sh -c \
 		"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing"
 
-cluster: cluster-binaries istiod argo-rollouts tools $(VENV)/.test-deps $(if $(filter 0,$(REAL_NODE)),,node-tools netpol) ## Control plane + fake node pools + the real node + CRDs + platform chart (REGION=hk) on 127.0.0.1:6443, until Ctrl-C.
+cluster: cluster-binaries istiod argo-rollouts keda tools $(VENV)/.test-deps $(if $(filter 0,$(REAL_NODE)),,node-tools netpol) ## Control plane + fake node pools + the real node + CRDs + platform chart (REGION=hk) on 127.0.0.1:6443, until Ctrl-C.
 	$(PY) -m podserve.testbed.cluster --region $(REGION) --kubeconfig build/cluster/kubeconfig \
 		--registry-port $(NODE_REGISTRY_PORT) --real-node-pool $(REAL_NODE_POOL) $(if $(filter 0,$(REAL_NODE)),--no-real-node,)
 
@@ -196,6 +197,11 @@ istiod: $(VENV)/bin/python ## Build istiod (pilot-discovery) from Go modules int
 # cluster/argo-rollouts/go.mod pins, with Argo's CRDs from that module, into ~/.cache/podserve/argo-rollouts/.
 argo-rollouts: $(VENV)/bin/python ## Build Argo Rollouts' controller and kubectl plugin from Go modules into ~/.cache/podserve/argo-rollouts/ (once per machine; 9 CPU-min cold: about 5 min on 2 idle cores).
 	@$(PY) -m podserve.testbed.rollouts.build
+
+# KEDA (podserve/testbed/keda/build.py): its operator and metrics API server from the module cluster/keda/go.mod pins,
+# with KEDA's CRDs from that module, into ~/.cache/podserve/keda/ (the control plane installs the CRDs from there).
+keda: $(VENV)/bin/python ## Build KEDA's operator and metrics API server from Go modules into ~/.cache/podserve/keda/ (once per machine; 23 CPU-min cold, measured niced beside other work: about 12 min on 2 idle cores).
+	@$(PY) -m podserve.testbed.keda.build
 
 # The real node's NetworkPolicy engine (podserve/testbed/cluster/netpol.py): kube-network-policies from the module
 # cluster/netpol/go.mod pins, with cluster/netpol/nfqueue-compat.patch, into ~/.cache/podserve/netpol/.

@@ -27,9 +27,9 @@ ab_replicas = 1      # pods of the A/B copy
 hk_replicas = 2      # per-region production pods; leave out (or None) to take `replicas`
 eu_replicas = 1      # likewise for eu
 na_replicas = 1      # likewise for na
-max_replicas = 0     # 0: fixed replicas. Above a region's replicas: an HPA scales between them
-# autoscale_metric = "queue_depth"  # what the HPA averages per pod: "queue_depth" or "in_flight"
-# autoscale_target = 16             # the per-pod average it keeps; default max_batch_size
+max_replicas = 0     # 0: fixed replicas. Above a region's replicas: KEDA scales production between them
+# autoscale_metric = "queue_depth"  # per pod: "queue_depth" (requests queued for a free batch lane) or "in_flight"
+# autoscale_target = 16             # the per-pod mean over a minute it keeps; default max_batch_size
 # regions = ["hk", "eu"]            # production regions to run in (default: every one); CI's job for another ends passed
 
 # --- start-up and discovery ----------------------------------------------------------

@@ -156,6 +156,21 @@ def rollouts_controller(control_plane, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def keda(control_plane, tmp_path_factory):
+    """KEDA's operator and metrics API server (`make keda`) against the session's control plane, once, the adapter
+    registered as the external metrics API (podserve.testbed.keda.processes)."""
+    from podserve.testbed.keda.processes import Keda
+    from podserve.testbed.processes import StartError
+
+    try:
+        started = Keda.start(control_plane, tmp_path_factory.mktemp("keda"))
+    except StartError as exc:
+        pytest.fail(f"KEDA did not start: {exc}", pytrace=False)
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="session")
 def real_node(control_plane, tmp_path_factory):
     """The real node (containerd, runc, kubelet, fake GPU plugin) joined to the session's control plane, once.
 

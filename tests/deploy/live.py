@@ -187,7 +187,7 @@ def before_rollouts(folder: Path, out: Path) -> Path:
             if doc["kind"] == "DestinationRule":
                 for subset in doc["spec"]["subsets"]:
                     subset["labels"] = {release.TRACK_LABEL: subset["name"]}
-            if doc["kind"] == "HorizontalPodAutoscaler":
+            if doc["kind"] == "ScaledObject":
                 doc["spec"]["scaleTargetRef"].update(apiVersion="apps/v1", kind="Deployment")
             docs.append(doc)
         if docs:

@@ -28,7 +28,7 @@ FULL = T.span_seconds  # a sample that spans the whole of span
 
 @pytest.fixture(scope="module")
 def evaluate():
-    binary = build.binaries_dir() / build.EVALUATE
+    binary = build.ENGINE.binaries_dir() / build.EVALUATE
     assert binary.is_file(), f"{binary} is missing: run `make argo-rollouts` (make test does it first)"
 
     def judge(check: str, result: list[float]) -> str:

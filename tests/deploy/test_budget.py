@@ -56,14 +56,14 @@ def test_a_live_object_is_turned_back_into_what_was_applied():
 
 
 def test_where_an_autoscaler_owns_the_replicas_the_budget_counts_its_live_pods(tmp_path):
-    """An HPA (minReplicas 2) scaled to 6: the rollout replaces 6 pods, so the wait budgets for 6, not for 2."""
+    """KEDA's HPA (minReplicaCount 2) scaled to 6: the rollout replaces 6 pods, so the wait budgets for 6, not 2."""
     conf = load_conf()
     values = tmp_path / "value.py"
     values.write_text((REPO / "value.py").read_text().replace("max_replicas = 0 ", "max_replicas = 8 ", 1))
     target = from_values(values, conf, conf.stages["hk"], "t")
     deadline = target.deployment()["spec"]["progressDeadlineSeconds"]
-    hpa = next(o for o in target.objects if o["kind"] == "HorizontalPodAutoscaler")
-    assert "replicas" not in target.deployment()["spec"] and hpa["spec"]["minReplicas"] == 2
+    scaled = next(o for o in target.objects if o["kind"] == "ScaledObject")
+    assert "replicas" not in target.deployment()["spec"] and scaled["spec"]["minReplicaCount"] == 2
     budget_for = lambda live: commands.wait_settings(target, conf, commands.Options(), list(target.objects),  # noqa
                                                      live).budget_seconds
     assert budget_for(6) == budget.rollout_seconds(deadline, 6)

@@ -21,6 +21,7 @@ import yaml
 from live import Live, Run, finish, read_until
 from podserve.tooling.conf import default_conf_dir, load_conf
 from podserve.testbed.processes import poll_until
+from podserve.tooling import scaling
 from podserve.tooling.deploy.kube import LEASES, MANAGED, Kind
 from receiver import Receiver
 
@@ -210,6 +211,33 @@ def test_a_failing_production_deploy_rolls_back_and_the_previous_revision_serves
         live.remove(*HK, name)
 
 
+def test_keda_s_writes_pass_a_team_s_policies_and_the_tool_leaves_its_hpa_alone(live, keda):
+    """KEDA's own writes in a team's production namespace (its finalizer on the ScaledObject, keda-hpa-<service>)
+    pass the platform's admission policies; KEDA copies the ScaledObject's labels onto its HPA, so it matches the
+    service's selector, yet an apply again neither prunes it nor re-applies it (it is KEDA's, a controller's)."""
+    name, namespace = "dt-keda", HK[0]
+    hpa_name = scaling.HPA_PREFIX + name
+    try:
+        manifests = live.manifests(name, "hk", max_replicas=4)
+        first = live.deploy("apply", "--stage", "hk", "--manifests", manifests)
+        assert first.returncode == 0, first.output
+        hpa = poll_until(lambda: live.admin.get(MANAGED["HorizontalPodAutoscaler"], namespace, hpa_name),
+                         f"KEDA's HPA {hpa_name}", 60)
+        assert (hpa["spec"]["scaleTargetRef"]["kind"], hpa["spec"]["maxReplicas"]) == ("Rollout", 4)
+        assert hpa["metadata"]["labels"]["service"] == name  # what makes it look like the tool's own
+        finalizers = poll_until(lambda: live.admin.get(MANAGED["ScaledObject"], namespace, name)["metadata"].get(
+            "finalizers"), "KEDA's finalizer on the ScaledObject", 30)
+        assert "finalizer.keda.sh" in finalizers
+        again = live.deploy("apply", "--stage", "hk", "--manifests", manifests)
+        assert again.returncode == 0, again.output
+        assert "pruned HorizontalPodAutoscaler" not in again.stdout, again.stdout
+        kept = live.admin.get(MANAGED["HorizontalPodAutoscaler"], namespace, hpa_name)
+        assert kept is not None and kept["metadata"]["uid"] == hpa["metadata"]["uid"]
+        assert not keda.log_lines("ValidatingAdmissionPolicy"), keda.log_lines("ValidatingAdmissionPolicy")[:3]
+    finally:
+        live.remove(*HK, name)
+
+
 def test_objects_no_longer_rendered_are_pruned(live):
     name = "dt-prune"
     try:
@@ -217,14 +245,14 @@ def test_objects_no_longer_rendered_are_pruned(live):
         assert first.returncode == 0, first.output
         scaled = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", max_replicas=4))
         assert scaled.returncode == 0, scaled.output
-        assert live.admin.get(MANAGED["HorizontalPodAutoscaler"], HK[0], name) is not None
-        # The HPA takes over from 2 pods: the Rollout does not drop to its default of 1 on the way.
+        assert live.admin.get(MANAGED["ScaledObject"], HK[0], name) is not None
+        # KEDA's HPA takes over from 2 pods: the Rollout does not drop to its default of 1 on the way.
         assert f"handed spec.replicas (2) of Rollout/{name} over to the HPA" in scaled.stdout
         assert live.admin.get(MANAGED["Rollout"], HK[0], name)["spec"]["replicas"] == 2
         fixed = live.deploy("apply", "--stage", "hk", "--manifests", live.manifests(name, "hk", max_replicas=0))
         assert fixed.returncode == 0, fixed.output
-        assert f"pruned HorizontalPodAutoscaler/{name} (no longer rendered)" in fixed.stdout
-        assert live.admin.get(MANAGED["HorizontalPodAutoscaler"], HK[0], name) is None
+        assert f"pruned ScaledObject/{name} (no longer rendered)" in fixed.stdout
+        assert live.admin.get(MANAGED["ScaledObject"], HK[0], name) is None
         assert live.admin.get(MANAGED["Rollout"], HK[0], name)["spec"]["replicas"] == 2
     finally:
         live.remove(*HK, name)

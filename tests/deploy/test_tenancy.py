@@ -241,9 +241,60 @@ POLICY_CASES = [
          relabelings=[{"targetLabel": "namespace", "replacement": "podserve-imo"}]),
      "podserve-podmonitors", "relabelling may not write (nor map, keep or drop) the namespace, pod, service"),
     ("an HPA past 64", "HorizontalPodAutoscaler",
-     lambda o: o["HorizontalPodAutoscaler"]["spec"].update(maxReplicas=65),
+     lambda o: o.update(HorizontalPodAutoscaler=_hpa(o["ScaledObject"], 65)),
      "podserve-autoscalers", "an HPA may scale to at most 64 replicas"),
+    ("a ScaledObject past 64", "ScaledObject",
+     lambda o: o["ScaledObject"]["spec"].update(maxReplicaCount=65),
+     "podserve-autoscalers", "at most 64 (conf/platform.yaml limits.max_replicas)"),
+    ("a fallback past 64", "ScaledObject",
+     lambda o: o["ScaledObject"]["spec"].update(fallback={"failureThreshold": 3, "replicas": 65}),
+     "podserve-autoscalers", "and its fallback replicas no more"),
+    ("a scaler on another team's queue", "ScaledObject",
+     lambda o: _query(o, _own_query(o).replace(_namespace(o), "podserve-imo")),
+     "podserve-autoscalers", "must sum one of the platform scaling series"),
+    ("a scaler on every namespace", "ScaledObject",
+     lambda o: _query(o, _own_query(o).replace(f'namespace="{_namespace(o)}"', 'namespace=~"podserve-.+"')),
+     "podserve-autoscalers", "must sum one of the platform scaling series"),
+    ("a scaler adding another namespace's series", "ScaledObject",
+     lambda o: _query(o, _own_query(o) + ' or sum(podserve_pod:queue_backlog:mean1m{namespace="podserve-imo"})'),
+     "podserve-autoscalers", "must sum one of the platform scaling series"),
+    ("a scaler on a raw series", "ScaledObject",
+     lambda o: _query(o, f'sum(podserve_requests_total{{namespace="{_namespace(o)}"}})'),
+     "podserve-autoscalers", "must sum one of the platform scaling series"),
+    ("a scaler at another Prometheus", "ScaledObject",
+     lambda o: o["ScaledObject"]["spec"]["triggers"][0]["metadata"].update(serverAddress="http://203.0.113.9:9090"),
+     "podserve-autoscalers", "may query only the Prometheus of the region"),
+    ("a scaler with headers of its own", "ScaledObject",
+     lambda o: o["ScaledObject"]["spec"]["triggers"][0]["metadata"].update(customHeaders="X-Scope-OrgID=imo"),
+     "podserve-autoscalers", "may query only the Prometheus of the region"),
+    ("a scaler with credentials", "ScaledObject",
+     lambda o: o["ScaledObject"]["spec"]["triggers"][0].update(authenticationRef={"name": "stolen"}),
+     "podserve-autoscalers", "may query only the Prometheus of the region"),
+    ("a scaler of another kind", "ScaledObject",
+     lambda o: o["ScaledObject"]["spec"]["triggers"].append(
+         {"type": "cron", "metadata": {"timezone": "UTC", "start": "0 * * * *", "end": "59 * * * *",
+                                       "desiredReplicas": "64"}}),
+     "podserve-autoscalers", "may be kafka (the platform's brokers) or prometheus"),
 ]
+
+
+def _hpa(scaled: dict, most: int) -> dict:
+    """An HPA of a team's own on the ScaledObject's target (KEDA makes one; a team may not go past the limit either)."""
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "own-hpa", "namespace": scaled["metadata"]["namespace"]},
+            "spec": {"scaleTargetRef": scaled["spec"]["scaleTargetRef"], "minReplicas": 1, "maxReplicas": most}}
+
+
+def _namespace(objects: dict) -> str:
+    return objects["ScaledObject"]["metadata"]["namespace"]
+
+
+def _own_query(objects: dict) -> str:
+    return objects["ScaledObject"]["spec"]["triggers"][0]["metadata"]["query"]
+
+
+def _query(objects: dict, query: str) -> None:
+    objects["ScaledObject"]["spec"]["triggers"][0]["metadata"]["query"] = query
 
 
 def _pod_context(objects: dict) -> dict:
@@ -255,7 +306,7 @@ def test_the_admission_policies_refuse_each_rule_and_admit_ours(teams, control_p
                                                                  says):
     """It must show 3, in production's namespace (Pod Security "privileged" there, for Kong's host ports)."""
     a, _ = teams
-    objects = rendered(a, "tn-policy", "hk", max_replicas=4 if kind == "HorizontalPodAutoscaler" else 0)
+    objects = rendered(a, "tn-policy", "hk", max_replicas=4 if kind in ("HorizontalPodAutoscaler", "ScaledObject") else 0)
     objects["Pod"] = _pod(objects["Rollout"], "tn-policy-pod")
     admin = control_plane.kubeconfig  # pods come from controllers; the admin stands in for them
     ours = dry_apply(a.kubeconfig("production"), *(o for k, o in objects.items() if k != "Pod"))
@@ -376,12 +427,12 @@ SECOND_PASS = [
      "podserve-autoscalers", "must set maxReplicaCount (the KEDA default is 100)", None),
     ("a trigger with brokers of its own", "preview", "ScaledObject",
      lambda o: o["ScaledObject"]["spec"]["triggers"][0]["metadata"].update(bootstrapServers="203.0.113.9:9092"),
-     "podserve-autoscalers", "the triggers of a ScaledObject may be kafka only", None),
-    ("a trigger of another kind", "preview", "ScaledObject",
+     "podserve-autoscalers", "a kafka trigger must read the brokers from", None),
+    ("a trigger on another Prometheus", "preview", "ScaledObject",
      lambda o: o["ScaledObject"]["spec"]["triggers"].append(
          {"type": "prometheus", "metadata": {"serverAddress": "http://prometheus.monitoring:9090", "query": "up",
                                              "threshold": "1"}}),
-     "podserve-autoscalers", "the triggers of a ScaledObject may be kafka only", None),
+     "podserve-autoscalers", "may query only the Prometheus of the region", None),
     ("another team's host port", "production", "Rollout",
      lambda o: _spec(o)["containers"][0]["ports"][0].update(hostPort=20001),  # team like's range
      "podserve-host-ports", "within the own range of team imo, from 22500 to 24999",

@@ -41,7 +41,7 @@ def crd_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
     Rollouts' (its module's own files, `make argo-rollouts`)."""
     from podserve.testbed.rollouts import build
 
-    argo = build.crd_paths()
+    argo = build.ENGINE.crd_paths()
     assert all(p.is_file() for p in argo), f"{argo[0].parent} lacks Argo's CRDs: run `make argo-rollouts`"
     validators = {}
     for path in [*sorted(shared_schemas().joinpath("crds").glob("*.yaml")), *argo]:

@@ -103,14 +103,18 @@ def test_the_checks_catch_a_broken_object(example, conf, change, says):
     assert any(says in p for p in problems), problems
 
 
-def test_an_hpa_and_fixed_replicas_never_fight(example, conf):
+def test_a_scaler_and_fixed_replicas_never_fight_and_no_hpa_of_our_own(example, conf):
     docs = deployment_of(example)
-    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-           "metadata": {"name": "text-direction", "namespace": conf.stages["hk"].namespace_for("like")},
-           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "text-direction"},
-                    "minReplicas": 2, "maxReplicas": 4}}
-    problems = [str(p) for p in checks.check_stage(docs + [hpa], example.values, conf, conf.stages["hk"])]
+    meta = {"name": "text-direction", "namespace": conf.stages["hk"].namespace_for("like")}
+    scaled = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": meta,
+              "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "text-direction"},
+                       "minReplicaCount": 2, "maxReplicaCount": 4, "triggers": []}}
+    problems = [str(p) for p in checks.check_stage(docs + [scaled], example.values, conf, conf.stages["hk"])]
     assert any("would fight" in p for p in problems), problems
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta,
+           "spec": {"scaleTargetRef": scaled["spec"]["scaleTargetRef"], "minReplicas": 2, "maxReplicas": 4}}
+    problems = [str(p) for p in checks.check_stage(docs + [hpa], example.values, conf, conf.stages["hk"])]
+    assert any("KEDA makes the stage's HPA" in p for p in problems), problems
 
 
 def test_a_bare_prefix_route_is_refused(example):

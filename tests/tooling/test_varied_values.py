@@ -10,7 +10,7 @@ import yaml
 
 from kube_schemas import all_schema_errors
 from manifest_helpers import REPO
-from podserve import metric_names
+from podserve.tooling import scaling
 from podserve.settings import ServingSettings
 from podserve.stop_bounds import ANSWER_GRACE_SECONDS, CLOSE_SECONDS, END_SECONDS
 from podserve.tooling import render
@@ -58,20 +58,27 @@ def test_cpu_only_runs_on_the_cpu_pool_with_threads_shared(rendered):
     assert env["OMP_NUM_THREADS"] == "1" and env["PODSERVE_CPU"] == "0.5" and env["PODSERVE_GPU_NUM"] == "0"
 
 
-def test_autoscaled_production_has_an_hpa_and_no_fixed_replicas(rendered):
+def test_autoscaled_production_has_a_scaled_object_on_its_own_pods_and_no_fixed_replicas(rendered, conf):
     service = rendered["autoscaled"]
     for stage in ("hk", "eu", "na"):
-        (hpa,) = stage_docs(service, stage, "HorizontalPodAutoscaler")
+        (scaled,) = stage_docs(service, stage, "ScaledObject")
         (deployment,) = stage_docs(service, stage, "Rollout")
-        assert "replicas" not in deployment["spec"]
-        # the HPA scales the Rollout (Argo keeps stable at the count the HPA sets through a canary's steps)
-        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
-                                                 "name": deployment["metadata"]["name"]}
-        assert hpa["spec"]["maxReplicas"] == 8 and hpa["spec"]["minReplicas"] == {"hk": 2, "eu": 1, "na": 1}[stage]
-        metric = hpa["spec"]["metrics"][0]["pods"]
-        assert metric["metric"]["name"] == metric_names.IN_FLIGHT and metric["target"]["averageValue"] == "2500m"
+        assert "replicas" not in deployment["spec"] and stage_docs(service, stage, "HorizontalPodAutoscaler") == []
+        # KEDA's HPA scales the Rollout (Argo keeps stable at the count the HPA sets through a canary's steps)
+        assert scaled["spec"]["scaleTargetRef"] == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+                                                    "name": deployment["metadata"]["name"]}
+        assert scaled["spec"]["maxReplicaCount"] == 8
+        assert scaled["spec"]["minReplicaCount"] == {"hk": 2, "eu": 1, "na": 1}[stage]
+        (trigger,) = scaled["spec"]["triggers"]
+        namespace = deployment["metadata"]["namespace"]
+        assert trigger == {"type": "prometheus", "metricType": "AverageValue", "metadata": {
+            "serverAddress": conf.platform.monitoring.prometheus_address, "threshold": "2.5",
+            "query": f'sum({scaling.IN_FLIGHT_SERIES}{{namespace="{namespace}",service="{service.values["service_name"]}"}})'}}
+        behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+        assert behavior["scaleDown"]["stabilizationWindowSeconds"] == \
+            conf.platform.autoscaling.scale_down_stabilization_seconds == 300
     for stage in ("grey", "ab"):
-        assert stage_docs(service, stage, "HorizontalPodAutoscaler") == []
+        assert stage_docs(service, stage, "ScaledObject") == []
         assert stage_docs(service, stage, "Deployment")[0]["spec"]["replicas"] == 1
 
 

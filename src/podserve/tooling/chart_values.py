@@ -16,7 +16,7 @@ import yaml
 
 from podserve import kafka_access
 from podserve.offline_settings import BOOTSTRAP_ENV
-from podserve.tooling import quantity, tenancy
+from podserve.tooling import quantity, scaling, tenancy
 from podserve.tooling.conf import Conf, broker_ports, load_conf
 from podserve.tooling.offline_manifests import KAFKA_CONFIGMAP, KAFKA_PROTOCOL_KEY
 from podserve.tooling.valuefile import ValueFileError
@@ -71,7 +71,7 @@ def network_policies(conf: Conf, region: str) -> dict:
 
 def pod_limits(conf: Conf, region: str) -> dict:
     """What the admission policies hold each pod and autoscaler to: conf/platform.yaml's limits, the region's largest
-    node, its pools' tolerations, where the brokers' address comes from."""
+    node, its pools' tolerations, where the brokers' address comes from, the Prometheus and the series scalers read."""
     limits, settings = conf.platform.limits, conf.regions[region]
     pools = [settings.node_pools.gpu, settings.node_pools.cpu]
     tolerations = [*(t for pool in pools for t in pool.tolerations), *DEFAULT_TOLERATIONS]
@@ -81,7 +81,9 @@ def pod_limits(conf: Conf, region: str) -> dict:
             "maxReplicas": limits.max_replicas,
             "tolerations": ",".join(sorted(dict.fromkeys(map(toleration_key, tolerations)))),
             "kafkaBootstrapEnv": BOOTSTRAP_ENV, "kafkaConfigMap": KAFKA_CONFIGMAP["name"],
-            "kafkaKey": KAFKA_CONFIGMAP["key"], "prometheusAddress": conf.platform.monitoring.prometheus_address}
+            "kafkaKey": KAFKA_CONFIGMAP["key"], "prometheusAddress": conf.platform.monitoring.prometheus_address,
+            # the series a ScaledObject's prometheus trigger may sum (podserve-autoscalers: a regex alternation)
+            "scalingSeries": "|".join(scaling.SERIES.values())}
 
 
 def main(argv: list[str]) -> int:

@@ -46,7 +46,10 @@ def check_stage(docs: list[dict], values: ServiceValues, conf: Conf, stage: Stag
         return problems
     deployment = by_kind[kind][0]
     check_selectors(_selectors(by_kind, kind), deployment, say)
-    _check_replicas(deployment, by_kind.get("HorizontalPodAutoscaler", []), values.replicas_for(stage), say, kind)
+    _check_replicas(deployment, by_kind.get("ScaledObject", []), values.replicas_for(stage), say, kind)
+    if by_kind.get("HorizontalPodAutoscaler"):
+        say("HorizontalPodAutoscaler", "KEDA makes the stage's HPA from its ScaledObject (one mechanism): render none")
+    _check_triggers(by_kind.get("ScaledObject", []), conf, namespace, say)
     pod = deployment["spec"]["template"]
     _check_pod(pod, values, conf, stage, say, kind)
     _check_pod_security(pod["spec"], stage, say, kind)
@@ -125,20 +128,32 @@ def _selectors(by_kind: dict[str, list[dict]], workload: str):
         yield by_kind[kind][0], by_kind[kind][0]["spec"]["selector"].get("matchLabels")
 
 
-def _check_replicas(deployment: dict, hpas: list[dict], replicas: int, say, owner: str = "Deployment") -> None:
+def _check_replicas(deployment: dict, scalers: list[dict], replicas: int, say, owner: str = "Deployment") -> None:
     fixed = deployment["spec"].get("replicas")
-    if len(hpas) > 1:
-        say("HorizontalPodAutoscaler", "one stage has at most one")
-    for hpa in hpas:
-        target = hpa["spec"]["scaleTargetRef"]
+    if len(scalers) > 1:
+        say("ScaledObject", "one stage has at most one")
+    for scaled in scalers:
+        target = scaled["spec"]["scaleTargetRef"]
         if (target.get("kind"), target.get("name")) != (deployment["kind"], deployment["metadata"]["name"]):
-            say("HorizontalPodAutoscaler", f"scales {target}, not the stage's {deployment['kind']}")
+            say("ScaledObject", f"scales {target}, not the stage's {deployment['kind']}")
         if fixed is not None:
-            say(owner, "sets spec.replicas while an HPA scales it: the two would fight; leave replicas to the HPA")
-        if hpa["spec"].get("minReplicas") != replicas:
-            say("HorizontalPodAutoscaler", f"minReplicas {hpa['spec'].get('minReplicas')} is not the stage's {replicas}")
-    if not hpas and fixed != replicas:
+            say(owner, "sets spec.replicas while KEDA scales it: the two would fight; leave replicas to KEDA")
+        if scaled["spec"].get("minReplicaCount") != replicas:
+            say("ScaledObject", f"minReplicaCount {scaled['spec'].get('minReplicaCount')} is not the stage's {replicas}")
+    if not scalers and fixed != replicas:
         say(owner, f"spec.replicas is {fixed!r}, not the stage's {replicas}")
+
+
+def _check_triggers(scalers: list[dict], conf: Conf, namespace: str, say) -> None:
+    """An online stage scales on its own pods' series from the region's Prometheus (what podserve-autoscalers admits)."""
+    address = conf.platform.monitoring.prometheus_address
+    for scaled in scalers:
+        for trigger in scaled["spec"].get("triggers") or []:
+            meta = trigger.get("metadata") or {}
+            if trigger.get("type") != "prometheus" or meta.get("serverAddress") != address \
+                    or f'namespace="{namespace}"' not in meta.get("query", ""):
+                say("ScaledObject", f"an online stage's triggers must be prometheus, at {address}, on series of "
+                    f"namespace {namespace} only")
 
 
 def _check_pod(pod: dict, values: ServiceValues, conf: Conf, stage: Stage, say, owner: str = "Deployment") -> None:

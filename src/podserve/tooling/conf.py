@@ -102,7 +102,13 @@ class Monitoring:
 
 @dataclass(frozen=True)
 class Autoscaling:
+    """How every stage's KEDA ScaledObject (and the HPA it makes) moves: conf/platform.yaml `autoscaling`."""
+
     scale_down_stabilization_seconds: int
+    scale_down_percent_per_minute: int
+    scale_up_pods_per_minute: int
+    scale_up_percent_per_minute: int
+    polling_seconds: int
 
 
 @dataclass(frozen=True)

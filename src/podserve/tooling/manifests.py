@@ -16,13 +16,14 @@ from pathlib import Path
 from podserve import routes
 from podserve.settings import HTTP_PORT
 from podserve.stop_bounds import drain_bound_seconds
-from podserve.tooling import analysis_template, mesh_limits, quantity, release, rollout, routing, templating, tenancy
+from podserve.tooling import (analysis_template, mesh_limits, quantity, release, rollout, routing, scaling, templating,
+                              tenancy)
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.deploy import budget
-from podserve.tooling.values import AUTOSCALE_GAUGES, VERDICT_FIELDS, ServiceValues
+from podserve.tooling.values import VERDICT_FIELDS, ServiceValues
 
 TEMPLATES = ("deployment.yaml.j2", "service.yaml.j2", "virtualservice.yaml.j2", "destinationrule.yaml.j2",
-             "poddisruptionbudget.yaml.j2", "podmonitor.yaml.j2", "horizontalpodautoscaler.yaml.j2")
+             "poddisruptionbudget.yaml.j2", "podmonitor.yaml.j2", "scaledobject.yaml.j2")
 #: Thread pools of the numeric libraries a model may load; each gets the instance's share.
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -55,8 +56,8 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
     namespace = stage.namespace_for(values["username"])
     selector = {"service": values["service_name"], "stage": stage.name}
     fqdn = f"{values['service_name']}.{namespace}.svc.cluster.local"
-    autoscaled = _autoscale(values, stage, replicas) is not None
-    most_pods = mesh_limits.most_pods(values, replicas, autoscaled)
+    scaler = scaling.online_scaler(values, conf, stage, replicas)
+    most_pods = mesh_limits.most_pods(values, replicas, scaler is not None)
     return {
         "name": values["service_name"],
         "namespace": namespace,
@@ -71,7 +72,7 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
             key: values[name] for name, (key, _) in VERDICT_FIELDS.items()})} if stage.production else None,
         "image": image_ref(values, conf, stage, image_tag),
         "replicas": replicas,
-        "autoscale": _autoscale(values, stage, replicas),
+        "scaler": scaler,  # KEDA's ScaledObject (scaling.py); the workload then sets no replicas
         "env": [{"name": name, "value": env[name]} for name in sorted(env)],
         "resources": _resources(values, conf, stage),
         "pool": region.node_pools.gpu if gpu_num else region.node_pools.cpu,
@@ -161,13 +162,6 @@ def render_stage(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str
     env = templating.environment(templates or templating.default_templates_dir())
     context = {"w": workload(values, conf, stage, image_tag)}
     return [doc for name in TEMPLATES for doc in templating.render_documents(env, name, context)]
-
-
-def _autoscale(values: ServiceValues, stage: Stage, replicas: int) -> dict | None:
-    if not (stage.autoscale and values["max_replicas"] > replicas):
-        return None
-    return {"min": replicas, "max": values["max_replicas"], "metric": AUTOSCALE_GAUGES[values["autoscale_metric"]],
-            "target": quantity.format_millis(Decimal(str(values["autoscale_target"])))}
 
 
 def _resources(values: ServiceValues, conf: Conf, stage: Stage) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 from podserve import kafka_access, routes
 from podserve.offline_settings import BOOTSTRAP_ENV, OfflineSettings
 from podserve.settings import ServingSettings, SettingsError
-from podserve.tooling import checks, manifests, templating, tenancy
+from podserve.tooling import checks, manifests, scaling, templating, tenancy
 from podserve.tooling.conf import Conf, Stage
 from podserve.tooling.valuefile import Problem, ValueFileError
 from podserve.tooling.values import ServiceValues
@@ -45,7 +45,6 @@ COMMAND = ["python", "-m", "podserve.runtime.offline"]
 #: Stages of this track get no offline worker: an A/B copy of a consumer would split the stream.
 SKIPPED_TRACKS = ("ab",)
 GREY_TRACK = "grey"
-KEDA_POLLING_SECONDS = 30
 ONE_EACH = ("Deployment", "PodDisruptionBudget", "PodMonitor", "ScaledObject")
 NEVER = ("Service", "VirtualService", "DestinationRule", "HorizontalPodAutoscaler")
 
@@ -70,13 +69,19 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
         command=COMMAND,
         env=[{"name": name, "value": env[name]} for name in sorted(env)]
         + [{"name": name, "valueFrom": source} for name, source in KAFKA_ENV.items()],
-        scaler={"min": replicas, "max": max(replicas, values["max_replicas"] if stage.autoscale else replicas),
-                "polling_seconds": KEDA_POLLING_SECONDS, "authentication": KAFKA_TRIGGER_AUTHENTICATION,
-                "kafka": {"bootstrapServersFromEnv": BOOTSTRAP_ENV, "topic": worker.source_topic,
-                          "consumerGroup": worker.consumer_group, "lagThreshold": str(values["lag_target"]),
-                          "offsetResetPolicy": "earliest"}},
+        scale_target={"apiVersion": "apps/v1", "kind": "Deployment"},  # a worker is never a Rollout
+        scaler=scaling.scaler(conf, replicas, max(replicas, values["max_replicas"] if stage.autoscale else replicas),
+                              [_lag_trigger(values, worker)]),
     )
     return w
+
+
+def _lag_trigger(values: ServiceValues, worker: OfflineSettings) -> dict:
+    """KEDA's kafka trigger on the worker's consumer group's lag, lag_target per replica, as the team's principal."""
+    return {"type": "kafka", "authenticationRef": {"name": KAFKA_TRIGGER_AUTHENTICATION},
+            "metadata": {"bootstrapServersFromEnv": BOOTSTRAP_ENV, "topic": worker.source_topic,
+                         "consumerGroup": worker.consumer_group, "lagThreshold": str(values["lag_target"]),
+                         "offsetResetPolicy": "earliest"}}
 
 
 def render_stage(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str,

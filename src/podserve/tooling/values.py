@@ -16,12 +16,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from podserve import kafka_access, memory_plan, metric_names
+from podserve import kafka_access, memory_plan
 from podserve import offline_settings
 from podserve.routes import RESERVED_SERVICE_NAMES
 from podserve.settings import ServingSettings, SettingsError
 from podserve.tooling import handler_source, quantity, routing, tenancy
 from podserve.tooling.conf import Conf, Region, Stage, load_conf
+from podserve.tooling.scaling import SERIES
 from podserve.tooling.valuefile import Problem, ValueFileError, read_assignments
 
 _SERVING_DEFAULTS = ServingSettings()
@@ -33,8 +34,8 @@ DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 #: Service names are Service names too.
 SERVICE_NAME = DNS_1035_LABEL
 _HANDLER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
-#: value.py's autoscale_metric -> the server's gauge an HPA averages per pod.
-AUTOSCALE_GAUGES = {"queue_depth": metric_names.QUEUE_DEPTH, "in_flight": metric_names.IN_FLIGHT}
+#: value.py's autoscale_metric choices (podserve.tooling.scaling.SERIES: what each scales on).
+AUTOSCALE_METRICS = tuple(SERIES)
 
 
 class Field(NamedTuple):
@@ -284,7 +285,7 @@ def _check_autoscale_target(value, conf: Conf) -> str | None:
     try:
         quantity.whole_millis(value, Decimal(str(value)))
     except quantity.QuantityError as exc:
-        return f"{exc} (the HPA's averageValue is a quantity)"
+        return f"{exc} (KEDA's threshold becomes the HPA's averageValue, a quantity)"
     return None
 
 
@@ -301,8 +302,9 @@ def _check_memory(value: str, conf: Conf) -> str | None:
 
 
 def _check_autoscale_metric(value: str, conf: Conf) -> str | None:
-    if value not in AUTOSCALE_GAUGES:
-        return f"{value!r} is not a gauge the HPA can average; use one of {', '.join(AUTOSCALE_GAUGES)}"
+    if value not in AUTOSCALE_METRICS:
+        return (f"{value!r} is not a scaling signal; use 'queue_depth' (requests queued for a free batch lane, the "
+                f"default) or 'in_flight' (requests accepted and not yet answered)")
     return None
 
 
@@ -569,11 +571,11 @@ def _quota_problems(v: dict, conf: Conf, stage: Stage):
              ("gpu_num", f"{pods * v['gpu_num']} GPUs", pods * v["gpu_num"] > quota.gpus, quota.gpus),
              (count_field or "replicas", f"{pods} pods", pods > quota.pods, f"{quota.pods} pods")]
     for name, amount, over, most_held in asked:
-        if over:  # the stage's replicas are the lever where value.py sets them (ab_replicas), else the amount
-            field = count_field or name
+        if over:  # the lever: max_replicas where the autoscaler's most is what overflows, else the stage's replicas
+            #       where value.py sets them (ab_replicas), else the amount
+            autoscaled = stage.production and stage.autoscale and v["max_replicas"] > replicas
+            field = "max_replicas" if autoscaled else count_field or name
             also = f" or {name}" if field != name else ""
-            if stage.production and stage.autoscale and v["max_replicas"] > replicas:
-                also += " or max_replicas"
             yield field, (f"stage {stage.name}'s {pods} pods ({how}, each with its mesh sidecar) ask {amount}, more "
                           f"than team {v['username']}'s namespace {stage.namespace_for(v['username'])} may hold at "
                           f"once ({most_held}: {where}); lower {field}{also}")

@@ -35,6 +35,8 @@ FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 SERVICE_CIDR = "10.0.0.0/24"
 POD_CIDR = "10.244.0.0/16"
 ADMIN_USER = "podserve-admin"
+#: Who the apiserver is when it proxies to an aggregated API (the front proxy CA's only client: requestheader-allowed-names).
+FRONT_PROXY_CLIENT = "front-proxy-client"
 START_TIMEOUT_SECONDS = 60.0
 
 
@@ -124,6 +126,10 @@ class ControlPlane:
                                   organization="system:masters", client=True)
         kwok_serving = ca.issue("kwok", "kwok", server=True)
         sa_key = pki.service_account_key(self._pki / "sa.key")
+        # The aggregation layer (an APIService such as KEDA's external metrics): the apiserver proxies to it as
+        # front-proxy-client, a CA of its own, and tells it the caller in the request headers
+        front_proxy = pki.Authority(self._pki / "front-proxy")
+        proxy_client = front_proxy.issue("front-proxy-client", FRONT_PROXY_CLIENT, client=True)
         identities = {"kube-controller-manager": ca.issue("controller-manager", "system:kube-controller-manager",
                                                           client=True),
                       "kube-scheduler": ca.issue("scheduler", "system:kube-scheduler", client=True)}
@@ -154,7 +160,11 @@ class ControlPlane:
             f"--service-account-key-file={sa_key}", f"--service-account-signing-key-file={sa_key}",
             f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
             f"--kubelet-certificate-authority={ca.cert_path}", "--kubelet-preferred-address-types=InternalIP",
-            "--profiling=false", "--endpoint-reconciler-type=none"])
+            "--profiling=false", "--endpoint-reconciler-type=none",
+            f"--requestheader-client-ca-file={front_proxy.cert_path}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}", "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group", "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={proxy_client.cert}", f"--proxy-client-key-file={proxy_client.key}"])
         apiserver.wait_until(lambda: self._ok(f"{self.server}/readyz", self._tls()), START_TIMEOUT_SECONDS,
                              "/readyz ok")
         self._timed("kube-apiserver", t0)
@@ -231,6 +241,11 @@ class ControlPlane:
             "metadata": {"name": f"podserve-node-{node}"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node"},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"system:node:{node}"}]})
+
+    @property
+    def authority(self) -> pki.Authority:
+        """The cluster's CA: what issues a component's certificates (an aggregated API server's, a kubelet's)."""
+        return self._ca
 
     @property
     def ca_path(self) -> Path:

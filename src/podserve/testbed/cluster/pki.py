@@ -57,8 +57,10 @@ class Authority:
         self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, name: str, common_name: str, *, organization: str | None = None, server: bool = False,
-              client: bool = False, folder: Path | None = None, ips: tuple[str, ...] = ()) -> CertPair:
-        """Write <name>.crt/.key (into `folder`, else the CA's): a leaf for 127.0.0.1, localhost and `ips` (server) and/or a client identity."""
+              client: bool = False, folder: Path | None = None, ips: tuple[str, ...] = (),
+              names: tuple[str, ...] = ()) -> CertPair:
+        """Write <name>.crt/.key (into `folder`, else the CA's): a leaf for 127.0.0.1, localhost, `ips` and DNS `names`
+        (server) and/or a client identity."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client
@@ -72,7 +74,7 @@ class Authority:
             builder = builder.add_extension(x509.SubjectAlternativeName(
                 [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("10.0.0.1"))]
                 + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-                + [x509.DNSName(n) for n in LOOPBACK_NAMES]), critical=False)
+                + [x509.DNSName(n) for n in (*LOOPBACK_NAMES, *names)]), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         folder = folder or self.folder
         pair = CertPair(folder / f"{name}.crt", folder / f"{name}.key")

@@ -5,8 +5,8 @@ from each pool's node_selector plus the region's topology label, taints implied 
 tolerations, allocatable as declared with the region's own GPU resource. The CRDs are the
 ones we emit objects for: Istio's from the istio module istiod is built from (`make istiod`: its
 crd-all.gen.yaml, beside pilot-discovery in the shared cache), Argo Rollouts' from its module (`make
-argo-rollouts`, beside the controller), prometheus-operator's and KEDA's
-from ../shared/schemas/crds. The
+argo-rollouts`, beside the controller), KEDA's from its module (`make keda`, beside the operator),
+prometheus-operator's from ../shared/schemas/crds. The
 chart is charts/podserve-platform, installed with the real helm (.tools/bin/helm) and the
 region's values (podserve.tooling.chart_values).
 """
@@ -119,8 +119,12 @@ def argo_crds(tools: Path | None = None) -> list[dict]:
     argo-rollouts` copies them beside the controller)."""
     from podserve.testbed.rollouts import build
 
-    paths = [built(path, "Argo Rollouts' CRDs (from the argo-rollouts module)", "argo-rollouts")
-             for path in build.crd_paths(tools)]
+    return _engine_crds(build.ENGINE, "Argo Rollouts' CRDs (from the argo-rollouts module)", tools)
+
+
+def _engine_crds(engine, what: str, tools: Path | None) -> list[dict]:
+    """The CRDs an engine's build copied beside its binaries (podserve.testbed.engine_build)."""
+    paths = [built(path, what, engine.name) for path in engine.crd_paths(tools)]
     return [doc for path in paths for doc in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader)
             if doc and doc.get("kind") == "CustomResourceDefinition"]
 
@@ -129,12 +133,24 @@ def _is_argo(crd: dict) -> bool:
     return crd["spec"]["group"] == "argoproj.io"
 
 
+def keda_crds(tools: Path | None = None) -> list[dict]:
+    """KEDA's CRDs (all six: the operator watches every kind) as its module ships them (`make keda` copies them beside
+    the operator)."""
+    from podserve.testbed.keda import build
+
+    return _engine_crds(build.ENGINE, "KEDA's CRDs (from the keda module)", tools)
+
+
+def _is_keda(crd: dict) -> bool:
+    return crd["spec"]["group"].endswith("keda.sh")
+
+
 def platform_crds() -> list[dict]:
-    """The CRDs of every kind we emit objects of: Istio's from the istio module, Argo Rollouts' from its module, the
-    others from the shared schemas."""
+    """The CRDs of every kind we emit objects of: Istio's from the istio module, Argo Rollouts' and KEDA's from
+    theirs, the others from the shared schemas."""
     kinds = emitted_kinds()
-    return [crd for crd in crd_documents(CRDS, kinds) if not _is_istio(crd) and not _is_argo(crd)] + \
-        istio_crds(kinds) + argo_crds()
+    return [crd for crd in crd_documents(CRDS, kinds) if not (_is_istio(crd) or _is_argo(crd) or _is_keda(crd))] + \
+        istio_crds(kinds) + argo_crds() + keda_crds()
 
 
 def _create(call, what: str, **kwargs) -> None:
@@ -158,7 +174,7 @@ def set_up(plane) -> None:
     for node in fake_nodes(conf):
         _create(core.create_node, f"node {node['metadata']['name']}", body=node)
     extensions = client.ApiextensionsV1Api(api)
-    crds = platform_crds()  # the CRDs we emit objects of (Istio, prometheus-operator, KEDA)
+    crds = platform_crds()  # the CRDs we emit objects of (Istio, Argo Rollouts, KEDA, prometheus-operator)
     for crd in crds:
         _create(extensions.create_custom_resource_definition, f"CRD {crd['metadata']['name']}", body=crd)
     plane.timings["nodes, CRDs"] = round(time.monotonic() - t0, 2)

@@ -44,7 +44,7 @@ class RolloutsController:
     def start(cls, plane, work: Path, binaries: Path | None = None, namespace: str | None = None,
               extra_args: tuple[str, ...] = ()) -> "RolloutsController":
         """Start the controller against `plane` as the chart's account and wait until it serves its metrics."""
-        binaries = binaries or build.binaries_dir()
+        binaries = binaries or build.ENGINE.binaries_dir()
         binary = built(binaries / build.CONTROLLER, "rollouts-controller", "argo-rollouts")
         work = Path(work)
         work.mkdir(parents=True, exist_ok=True)

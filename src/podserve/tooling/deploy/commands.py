@@ -609,7 +609,7 @@ def prunable(kube: Kube, target: Target, objects: list[dict], kept: tuple[tuple[
     found = []
     for kind_name, kind in MANAGED.items():
         for live in _list_if_served(kube, kind, target.namespace, target.selector):
-            if (kind_name, live["metadata"]["name"]) not in keep:
+            if (kind_name, live["metadata"]["name"]) not in keep and not controlled(live):
                 found.append(dict(live, kind=kind_name))
     return found
 
@@ -619,7 +619,14 @@ def live_objects(kube: Kube, target: Target) -> list[dict]:
     return [as_applied(dict(live, kind=kind_name, apiVersion=live.get("apiVersion") or kind.api_version))
             for kind_name, kind in MANAGED.items()
             for live in _list_if_served(kube, kind, target.namespace, target.selector)
-            if (live["metadata"].get("labels") or {}).get(release.TRACK_LABEL) != release.CANARY]
+            if (live["metadata"].get("labels") or {}).get(release.TRACK_LABEL) != release.CANARY
+            and not controlled(live)]
+
+
+def controlled(live: dict) -> bool:
+    """Whether a controller made `live` (its controller ownerReference): KEDA's HPA carries its ScaledObject's labels,
+    so it matches the service's selector, but it is KEDA's to keep or remove, never the tool's to prune or re-apply."""
+    return any(ref.get("controller") for ref in live["metadata"].get("ownerReferences") or [])
 
 
 def job_timeout(environ=os.environ) -> int | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import yaml
 
 from podserve import metric_names as m
+from podserve.tooling import scaling
 from podserve.tooling.conf import Observability
 from podserve.tooling.observability.queries import (DEADLINE, ERRORS, MIB, POD_KEY, SERVICE_KEY, SHED, SLO_REQUESTS,
                                                     Selectors, budget_name, by, ratio, recording_name,
@@ -221,9 +222,10 @@ def alert_rule(alert: Alert, obs: Observability) -> dict:
 
 
 def rule_groups(obs: Observability, sel: Selectors) -> dict:
-    """The rule file: SLO recording rules, then the alerts."""
+    """The rule file: SLO recording rules, the series the autoscalers read (podserve.tooling.scaling), the alerts."""
     return {"groups": [
         {"name": "podserve-slo", "rules": recording_rules(obs)},
+        {"name": "podserve-scaling", "rules": scaling.recording_rules()},
         {"name": "podserve-alerts", "rules": [alert_rule(a, obs) for a in alerts(obs, sel)]},
     ]}
 

@@ -1,0 +1,88 @@
+"""KEDA, built from its Go module, scales a production Rollout on the pods' own series from a real Prometheus,
+through the apiserver's aggregation layer.
+
+Real: KEDA's operator and metrics API server (`make keda`), registered as external.metrics.k8s.io with the
+apiserver (front-proxy flags, the adapter's certificate checked by the aggregator), the HPA controller of the
+controller-manager, Argo Rollouts' controller (the Rollout's scale subresource and selector), a Prometheus
+evaluating the PromQL. Simulated: the series' values (a recording rule of the test's Prometheus writes the
+recorded series render's query reads, instead of pods' scrapes) and the nodes (kwok).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import yaml
+
+from podserve.testbed.prometheus import Prometheus
+from podserve.tooling import scaling
+from waiting import wait_for
+
+ARGO = ("argoproj.io", "v1alpha1")
+KEDA = ("keda.sh", "v1alpha1")
+#: In flight per pod, summed over the stage (what the test's Prometheus records): 10 over a target of 2.5 per pod
+#: asks for 4 replicas, reachable from 2 in one step of the platform's scale-up policy (+100% or +4 a minute).
+IN_FLIGHT_SUM = 10
+
+
+def moved(obj: dict, namespace: str) -> dict:
+    found = copy.deepcopy(obj)
+    found["metadata"]["namespace"] = namespace
+    return found
+
+
+def test_keda_serves_the_rendered_query_through_the_apiserver_and_its_hpa_scales_the_rollout(
+        keda, rollouts_controller, applier, services, scratch_namespace, api, tmp_path):
+    from kubernetes import client
+
+    namespace = scratch_namespace("keda")
+    by_kind = {o["kind"]: o for o in services["autoscaled"].stages["hk"]}
+    scaled = moved(by_kind["ScaledObject"], namespace)
+    name = scaled["metadata"]["name"]
+    (trigger,) = scaled["spec"]["triggers"]
+    rendered_namespace = by_kind["ScaledObject"]["metadata"]["namespace"]
+    query = trigger["metadata"]["query"].replace(f'namespace="{rendered_namespace}"', f'namespace="{namespace}"')
+    assert query == scaling.query(scaling.IN_FLIGHT_SERIES, namespace, name)
+    rules = tmp_path / "rules.yaml"
+    series = (f'label_replace(label_replace(label_replace(vector({IN_FLIGHT_SUM}), "namespace", "{namespace}", "", ""), '
+              f'"service", "{name}", "", ""), "pod", "{name}-0", "", "")')
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "pods", "rules": [
+        {"record": scaling.IN_FLIGHT_SERIES, "expr": series}]}]}))
+    prometheus = Prometheus(tmp_path / "prometheus", [], rule_files=[rules]).start()
+    try:
+        prometheus.wait_for(query)
+        trigger["metadata"].update(serverAddress=prometheus.url, query=query)  # the test's Prometheus, not the region's
+        for kind in ("Service", "DestinationRule", "VirtualService", "Rollout", "ScaledObject"):
+            applier.apply(moved(by_kind[kind], namespace) if kind != "ScaledObject" else scaled)
+        autoscaling = client.AutoscalingV2Api(api)
+        hpa_name = scaling.HPA_PREFIX + name
+        hpa = wait_for(lambda: _read_hpa(autoscaling, namespace, hpa_name), f"KEDA's HPA {hpa_name}", timeout=60)
+        assert (hpa.spec.scale_target_ref.kind, hpa.spec.scale_target_ref.name) == ("Rollout", name)
+        assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 8)
+        assert hpa.spec.behavior.scale_down.stabilization_window_seconds == 300
+        (metric,) = hpa.spec.metrics
+        selector = ",".join(f"{k}={v}" for k, v in metric.external.metric.selector.match_labels.items())
+
+        items = wait_for(lambda: keda.external_metric(namespace, metric.external.metric.name, selector),
+                         "the external metric through the apiserver", timeout=60)
+        assert [item["value"] for item in items] == [str(IN_FLIGHT_SUM)]  # Prometheus' value, as a quantity
+        objects = client.CustomObjectsApi(api)
+        wait_for(lambda: objects.get_namespaced_custom_object(*ARGO, namespace, "rollouts", name)["spec"].get(
+            "replicas") == IN_FLIGHT_SUM / 2.5, "the HPA scaling the Rollout from 2 to 4", timeout=120,
+            explain=lambda: str(autoscaling.read_namespaced_horizontal_pod_autoscaler(hpa_name, namespace).status))
+        ready = objects.get_namespaced_custom_object(*KEDA, namespace, "scaledobjects", name)["status"]["conditions"]
+        assert {c["type"]: c["status"] for c in ready}.get("Ready") == "True", ready
+    finally:
+        prometheus.stop()
+    assert not keda.log_lines("forbidden"), keda.log_lines("forbidden")[:5]
+
+
+def _read_hpa(autoscaling, namespace: str, name: str):
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return autoscaling.read_namespaced_horizontal_pod_autoscaler(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
