@@ -133,7 +133,10 @@ class Comparison:
         """1 at the moments a candidate pod was scraped (and, with `since`, from then on: time() inside a subquery is
         each step's own moment)."""
         scraped = f"(count(up{{{self.candidate.targets}}} == 1) > 0)"
-        return f"({scraped} and on() (vector(time()) >= {self.since}))" if self.since is not None else scraped
+        if self.since is None:
+            return scraped
+        # a moment counts the increase over the scrape interval before it: the first is one interval after `since`
+        return f"({scraped} and on() (vector(time()) >= {self.since + self.scrape_seconds}))"
 
     def _over_window(self, vector_expr: str, by: str = "") -> str:
         span, step = self.thresholds.span_seconds, self.scrape_seconds

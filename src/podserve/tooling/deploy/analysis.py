@@ -19,6 +19,7 @@ Exit: 0 pass, 1 fail, 2 bad input, 3 refused, 4 inconclusive. `--out` writes the
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -207,7 +208,7 @@ def analyze(kube: Kube, conf: Conf, candidate: Target, stable: Target, policy: D
     """Judge grey (`candidate`) against production's stable pods (`stable`) by an AnalysisRun; print, write `out`;
     return the exit status."""
     job = pipeline.from_environment()
-    plan = plan_for(candidate, stable, conf, policy, window, since=int(time.time()))
+    plan = plan_for(candidate, stable, conf, policy, window, since=math.ceil(time.time()))
     if job.pipeline is None:
         say("pipeline not checked: $CI_PIPELINE_ID is not set (run by hand): grey is judged as it runs now")
     name = run_name(candidate.service)

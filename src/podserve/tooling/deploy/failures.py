@@ -125,10 +125,10 @@ PROJECT_COLLISION = Failure(
 
 ROLLOUT_ABORTED = Failure(
     "rollout_aborted", "Argo Rollouts aborted the release",
-    "the production Rollout's analysis failed at a step (5xx, latency above stable's bucket or queue wait worse than "
-    "stable's by more than the relative margin, or above the ceiling), stayed inconclusive past its limit, could not "
-    "reach Prometheus, or someone ran `canary abort`: Argo sent every request back to stable and scaled the canary "
-    "down; stable's pods never changed",
+    "the production Rollout's analysis failed at a step (5xx, latency above stable's 90% or 50% bucket or queue wait "
+    "worse than stable's by more than the relative margin, or above the ceiling), stayed inconclusive past its limit, "
+    "could not reach Prometheus, or someone ran `canary abort`: Argo sent every request back to stable and scaled the "
+    "canary down; stable's pods never changed",
     "none: the build (or `canary_steps`, `verdict_window_seconds`)",
     "read the analysis above (which metric, its counts): fix the build; for too few requests at a step, use a larger "
     "first step or a longer `verdict_window_seconds`; Prometheus named: ask the platform team")
