@@ -58,8 +58,10 @@ QUEUE_COUNTS = (*COUNTS, "candidate_pod_rate", "stable_pod_rate")
 COUNTS_OF = {"errors": COUNTS, "latency": LATENCY_COUNTS, "queue-wait": QUEUE_COUNTS}
 #: M: the latency check's second bound, the bucket where stable reaches this share of its 2xx answers.
 MEDIAN = 0.5
-#: A Prometheus error retried this many times in a row before the run errors (Argo retries an error every 10 s).
+#: A Prometheus error retried this many times in a row before the run errors, ERROR_RETRY_SECONDS apart (Argo's own
+#: interval for a measurement in error, not configurable).
 CONSECUTIVE_ERROR_LIMIT = 4
+ERROR_RETRY_SECONDS = 10
 PROMETHEUS_TIMEOUT_SECONDS = 20
 
 

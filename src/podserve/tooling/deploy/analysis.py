@@ -70,7 +70,7 @@ class Plan:
         """The longest the run may take: its first measurement's delay, then an interval for each other one."""
         first = self.metrics[0]
         return (duration_seconds(first["initialDelay"]) + duration_seconds(first["interval"]) * first["count"]
-                + at.CONSECUTIVE_ERROR_LIMIT * 10 + RUN_MARGIN_SECONDS)
+                + at.CONSECUTIVE_ERROR_LIMIT * at.ERROR_RETRY_SECONDS + RUN_MARGIN_SECONDS)
 
 
 def plan_for(candidate: Target, stable: Target, conf: Conf, policy: DeployPolicy, window: int | None = None,
@@ -78,8 +78,7 @@ def plan_for(candidate: Target, stable: Target, conf: Conf, policy: DeployPolicy
     """Grey (`candidate`) against `stable`'s stable pods from `since` (Unix seconds) on, with the thresholds
     conf/deploy.yaml and value.py (the production workload's release annotation) give; `window` may only lengthen
     the window."""
-    workload = next(o for o in stable.objects if o.get("kind") in ("Deployment", "Rollout"))
-    thresholds = release.verdict_policy(policy.verdict, release.read_release_policy(workload)["verdict"])
+    thresholds = release.verdict_policy(policy.verdict, release.read_release_policy(stable.deployment())["verdict"])
     if window is not None:
         if window < thresholds.window_seconds:
             raise BadInput(f"--window {window} is shorter than the {thresholds.window_seconds} s the platform and "
@@ -158,7 +157,7 @@ def start(kube: Kube, plan: Plan, name: str, owner: dict, say=print) -> dict:
     runs = kube.list(argo.ANALYSIS_RUNS, plan.candidate_namespace, f"{VERDICT_OF_LABEL}={plan.service}")
     older = [r["metadata"]["name"] for r in sorted(runs.get("items") or [],
                                                    key=lambda r: r["metadata"].get("creationTimestamp", ""))]
-    for old in {name} & set(older) | set(older[:max(0, len(older) - RUNS_KEPT + 1)]):
+    for old in {name, *older[:max(0, len(older) - RUNS_KEPT + 1)]}:  # a name already gone: delete says so
         kube.delete(argo.ANALYSIS_RUNS, plan.candidate_namespace, old)
     # created, not applied: the preview account may create and delete runs, never patch one
     created = kube.request("POST", argo.ANALYSIS_RUNS.path(plan.candidate_namespace),
@@ -183,8 +182,8 @@ def wait(kube: Kube, plan: Plan, name: str, say=print, check: Callable[[], None]
             for index, measurement in enumerate(result.get("measurements") or []):
                 if measurement.get("finishedAt") and (result["name"], index) not in printed:
                     printed.add((result["name"], index))
-                    names = ", ".join(at.COUNTS_OF.get(result["name"], at.COUNTS))
-                    say(f"  {result['name']}: {measurement.get('phase')} {measurement.get('value') or ''} ({names})"
+                    counted = argo.counts_text(result["name"], measurement)
+                    say(f"  {result['name']}: {measurement.get('phase')} {counted}"
                         + (f": {measurement['message']}" if measurement.get("message") else ""))
         if (run.get("status") or {}).get("phase") in RESULT_BY_PHASE or now() > deadline:
             return run

@@ -100,6 +100,13 @@ def analysis_runs(kube: Kube, rollout: dict) -> list[dict]:
     return sorted(owned, key=lambda r: r["metadata"].get("creationTimestamp", ""))
 
 
+def counts_text(metric: str, measurement: dict) -> str:
+    """A measurement's value with its counts' names (analysis_template.COUNTS_OF), '' when it has none."""
+    if not measurement.get("value"):
+        return ""
+    return f"{measurement['value']} ({', '.join(at.COUNTS_OF.get(metric, at.COUNTS))})"
+
+
 def measurements(run: dict) -> list[str]:
     """One line per metric of an AnalysisRun: its phase, counts and its last measurement's value (the verdict's
     counts, named as analysis_template.COUNTS_OF names them) and message."""
@@ -109,8 +116,7 @@ def measurements(run: dict) -> list[str]:
         last = (result.get("measurements") or [{}])[-1]
         counts = ", ".join(f"{key} {result.get(key, 0)}" for key in ("successful", "failed", "inconclusive", "error")
                            if result.get(key))
-        names = at.COUNTS_OF.get(result.get("name"), at.COUNTS)
-        value = f" value {last['value']} ({', '.join(names)})" if last.get("value") else ""
+        value = f" value {counts_text(result.get('name'), last)}" if last.get("value") else ""
         message = f": {last['message']}" if last.get("message") else ""
         lines.append(f"{result.get('name')}: {result.get('phase', '?')} [{counts}]{value}{message}")
     head = (f"analysis {run['metadata']['name']} ({(run.get('status') or {}).get('phase', 'Pending')}), canary "
