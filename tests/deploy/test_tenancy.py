@@ -279,9 +279,15 @@ POLICY_CASES = [
 
 
 def _hpa(scaled: dict, most: int) -> dict:
-    """An HPA of a team's own on the ScaledObject's target (KEDA makes one; a team may not go past the limit either)."""
+    """An HPA of a team's own on the ScaledObject's target (KEDA makes one; a team may not go past the limit either).
+
+    It carries the owner's labels and annotations so that only the replica limit refuses it: the apiserver names one denying policy, in
+    no fixed order.
+    """
     return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-            "metadata": {"name": "own-hpa", "namespace": scaled["metadata"]["namespace"]},
+            "metadata": {"name": "own-hpa", "namespace": scaled["metadata"]["namespace"],
+                         "labels": dict(scaled["metadata"].get("labels", {})),
+                         "annotations": dict(scaled["metadata"].get("annotations", {}))},
             "spec": {"scaleTargetRef": scaled["spec"]["scaleTargetRef"], "minReplicas": 1, "maxReplicas": most}}
 
 
