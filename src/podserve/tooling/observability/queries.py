@@ -52,10 +52,6 @@ class Selectors:
         """Argo Rollouts' controller's series of the services' namespaces (production's Rollouts)."""
         return self._scoped(self.obs.rollouts_selector, extra)
 
-    def keda(self, extra: str = "") -> str:
-        """KEDA's operator's series of the services' namespaces (each ScaledObject's trigger value)."""
-        return self._scoped(self.obs.keda_selector, extra)
-
     def _scoped(self, exporter: str, extra: str) -> str:
         parts = [exporter, f'namespace=~"{self.namespace_regex}"']
         return ", ".join(parts + ([extra] if extra else []))
