@@ -6,6 +6,10 @@ apiserver (front-proxy flags, the adapter's certificate checked by the aggregato
 controller-manager, Argo Rollouts' controller (the Rollout's scale subresource and selector), a Prometheus
 evaluating the PromQL. Simulated: the series' values (a recording rule of the test's Prometheus writes the
 recorded series render's query reads, instead of pods' scrapes) and the nodes (kwok).
+
+The team's ResourceQuota holds 3 pods: the HPA asks 4, the ReplicaSet creates 3 and the apiserver refuses the
+fourth (FailedCreate), and the same Prometheus, scraping Argo's controller, shows it as the platform's alert
+PodserveScaleUpRefused reads it (one pod not created).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import copy
 
 import yaml
 
-from podserve.testbed.prometheus import Prometheus
+from podserve.testbed.prometheus import Prometheus, ScrapeTarget
 from podserve.tooling import scaling
+from podserve.tooling.conf import load_observability
+from podserve.tooling.observability.queries import pods_not_created
 from waiting import wait_for
 
 ARGO = ("argoproj.io", "v1alpha1")
@@ -23,6 +29,8 @@ KEDA = ("keda.sh", "v1alpha1")
 #: In flight per pod, summed over the stage (what the test's Prometheus records): 10 over a target of 2.5 per pod
 #: asks for 4 replicas, reachable from 2 in one step of the platform's scale-up policy (+100% or +4 a minute).
 IN_FLIGHT_SUM = 10
+#: The team's quota of pods in the test's namespace: one short of what the HPA asks.
+QUOTA_PODS = 3
 
 
 def moved(obj: dict, namespace: str) -> dict:
@@ -31,7 +39,7 @@ def moved(obj: dict, namespace: str) -> dict:
     return found
 
 
-def test_keda_serves_the_rendered_query_through_the_apiserver_and_its_hpa_scales_the_rollout(
+def test_keda_serves_the_rendered_query_through_the_apiserver_and_its_hpa_scales_the_rollout_to_the_quota(
         keda, rollouts_controller, applier, services, scratch_namespace, api, tmp_path):
     from kubernetes import client
 
@@ -48,7 +56,14 @@ def test_keda_serves_the_rendered_query_through_the_apiserver_and_its_hpa_scales
               f'"service", "{name}", "", ""), "pod", "{name}-0", "", "")')
     rules.write_text(yaml.safe_dump({"groups": [{"name": "pods", "rules": [
         {"record": scaling.IN_FLIGHT_SERIES, "expr": series}]}]}))
-    prometheus = Prometheus(tmp_path / "prometheus", [], rule_files=[rules]).start()
+    core = client.CoreV1Api(api)
+    core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "team"}, "spec": {"hard": {
+        "pods": str(QUOTA_PODS)}}})
+    wait_for(lambda: (core.read_namespaced_resource_quota("team", namespace).status.hard or {}).get("pods"),
+             "the quota controller counting the namespace's pods", timeout=30)
+    rollouts_job = load_observability().rollouts_selector
+    argo = ScrapeTarget(f"127.0.0.1:{rollouts_controller.metrics_port}", {"job": rollouts_job.split('"')[1]})
+    prometheus = Prometheus(tmp_path / "prometheus", [argo], rule_files=[rules]).start()
     try:
         prometheus.wait_for(query)
         trigger["metadata"].update(serverAddress=prometheus.url, query=query)  # the test's Prometheus, not the region's
@@ -72,6 +87,17 @@ def test_keda_serves_the_rendered_query_through_the_apiserver_and_its_hpa_scales
             explain=lambda: str(autoscaling.read_namespaced_horizontal_pod_autoscaler(hpa_name, namespace).status))
         ready = objects.get_namespaced_custom_object(*KEDA, namespace, "scaledobjects", name)["status"]["conditions"]
         assert {c["type"]: c["status"] for c in ready}.get("Ready") == "True", ready
+
+        # at the quota: the fourth pod refused, and what the alert reads from Argo's controller says so
+        _, not_created = pods_not_created("", f'{rollouts_job}, namespace="{namespace}"')
+        shown = lambda: [(r["metric"]["deployment"], r["value"][1]) for r in prometheus.query(not_created)]  # noqa: E731
+        wait_for(lambda: shown() == [(name, str(4 - QUOTA_PODS))], "Argo's series showing the pod the quota refused",
+                 timeout=60, explain=lambda: f"{shown()}; pods: {[p.metadata.name for p in core.list_namespaced_pod(namespace).items]}")
+        refused = [e for e in core.list_namespaced_event(namespace).items
+                   if e.reason == "FailedCreate" and e.involved_object.kind == "ReplicaSet"]
+        assert refused and "exceeded quota: team" in refused[0].message, [e.message for e in refused]
+        conditions = objects.get_namespaced_custom_object(*ARGO, namespace, "rollouts", name)["status"]["conditions"]
+        assert any(c["type"] == "ReplicaFailure" and c["status"] == "True" for c in conditions), conditions
     finally:
         prometheus.stop()
     assert not keda.log_lines("forbidden"), keda.log_lines("forbidden")[:5]

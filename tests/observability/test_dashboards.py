@@ -105,6 +105,10 @@ def test_service_dashboard_has_the_variables_and_panels_the_issue_asks_for(model
                    "podserve_instance_ready", "kube_pod_container_status_restarts_total", "podserve_model_load_seconds",
                    "podserve_warmup_seconds", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED",
                    "podserve_gpu_memory_limit_bytes", 'istio_request_duration_milliseconds_bucket',
-                   'reporter="destination"', "by (track)", 'status=~"503|504"'):
+                   'reporter="destination"', "by (track)", 'status=~"503|504"',
+                   # the Scaling row: what stopped a scale-up, and the metric against its target
+                   "podserve_pod:queue_backlog:mean1m", "keda_scaler_metrics_value",
+                   "kube_horizontalpodautoscaler_spec_target_metric", "kube_horizontalpodautoscaler_spec_max_replicas",
+                   "rollout_info_replicas_unavailable", "kube_deployment_status_replicas{"):
         assert needle in exprs, needle
     assert any(a.get("expr") for a in model["annotations"]["list"]), "no deploy (pod start) annotation"

@@ -29,7 +29,8 @@ from podserve.tooling.values import load_values
 
 SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^{}]*)\}")
 MATCHER = re.compile(r'(\w+)\s*(?:=~|!~|!=|=)\s*"')
-# Names the exporters document (Istio standard metrics; dcgm-exporter's default counters; kube-state-metrics).
+# Names the exporters document (Istio standard metrics; dcgm-exporter's default counters; kube-state-metrics;
+# Argo Rollouts' and KEDA's controllers).
 DOCUMENTED = {
     "istio": ({"istio_requests_total", "istio_request_duration_milliseconds_bucket"},
               {"reporter", "destination_workload", "destination_workload_namespace", "destination_service",
@@ -37,10 +38,17 @@ DOCUMENTED = {
     "dcgm": ({"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"},
              {"gpu", "UUID", "pod", "namespace", "container", "exported_pod", "exported_namespace"}),
     "kube": ({"kube_pod_status_ready", "kube_deployment_spec_replicas", "kube_deployment_status_replicas_available",
-              "kube_pod_container_status_restarts_total", "kube_replicaset_created"},
-             {"namespace", "pod", "container", "deployment", "condition", "replicaset"}),
-    "rollouts": ({"rollout_info", "rollout_info_replicas_desired", "rollout_info_replicas_available"},
+              "kube_deployment_status_replicas", "kube_pod_container_status_restarts_total", "kube_replicaset_created",
+              "kube_horizontalpodautoscaler_status_condition", "kube_horizontalpodautoscaler_status_desired_replicas",
+              "kube_horizontalpodautoscaler_status_current_replicas", "kube_horizontalpodautoscaler_spec_max_replicas",
+              "kube_horizontalpodautoscaler_spec_target_metric"},
+             {"namespace", "pod", "container", "deployment", "condition", "status", "replicaset",
+              "horizontalpodautoscaler", "metric_name", "metric_target_type"}),
+    "rollouts": ({"rollout_info", "rollout_info_replicas_desired", "rollout_info_replicas_available",
+                  "rollout_info_replicas_unavailable"},
                  {"namespace", "name", "phase", "strategy", "traffic_router"}),
+    # KEDA v2.21 pkg/metricscollector/prommetrics.go
+    "keda": ({"keda_scaler_metrics_value"}, {"namespace", "metric", "scaledObject", "scaler", "triggerIndex", "type"}),
 }
 SCRAPE_SECONDS, INTERVAL_SECONDS = 1.0, 9.0   # $__rate_interval = 10s
 
@@ -56,6 +64,8 @@ def _source(name: str) -> str:
         return "kube"
     if name.startswith("rollout_"):
         return "rollouts"
+    if name.startswith("keda_"):
+        return "keda"
     raise AssertionError(f"{name}: a metric of no known exporter")
 
 

@@ -519,6 +519,7 @@ class Thresholds:
     shedding_for: str
     not_ready_for: str
     replicas_mismatch_for: str
+    scale_up_stopped_for: str
     rollout_stuck_for: str
     restarts: int
     restarts_window: str
@@ -536,6 +537,7 @@ class Observability:
     server_container: str
     kube_state_metrics_selector: str
     rollouts_selector: str
+    keda_selector: str
     dcgm_pod_label: str
     dcgm_namespace_label: str
     istio_reporter: str

@@ -49,6 +49,16 @@ def pod(service: str, name: str) -> dict:
     return {**HK, "service": service, "pod": name}
 
 
+def hpa(service: str, *, limited: str, desired: str, most: int) -> list[dict]:
+    """kube-state-metrics' series of KEDA's HPA of `service`: its ScalingLimited condition (status true), desired
+    replicas and maxReplicas."""
+    labels = {**KSM, "horizontalpodautoscaler": f"keda-hpa-{service}"}
+    return [series("kube_horizontalpodautoscaler_status_condition",
+                   {**labels, "condition": "ScalingLimited", "status": "true"}, limited),
+            series("kube_horizontalpodautoscaler_status_desired_replicas", labels, desired),
+            series("kube_horizontalpodautoscaler_spec_max_replicas", labels, f"{most}x25")]
+
+
 # (interval, input series, eval time, {alert: [label sets expected to fire]}); alerts not named are
 # checked too, with no alert expected, where the group lists them under "quiet".
 CASES = [
@@ -149,6 +159,41 @@ CASES = [
      "eval": "50m",
      "fire": {"PodserveReplicasMismatch": [{"namespace": "podserve-like", "deployment": "short"}],
               "PodserveRolloutStuck": [{"namespace": "podserve-like", "name": "paused"}]}},
+    {"name": "a stage at its limits at 6m: a Rollout and a Deployment whose ReplicaSets could not create the pods "
+             "their HPAs asked for (FailedCreate: the team's quota) and an HPA held at maxReplicas; quiet: pods "
+             "that exist but are pending, an HPA limited at its minimum, one exactly at its maximum and content",
+     "interval": "1m",
+     "input": [series("rollout_info_replicas_desired", {**ARGO, "name": "quota"}, "2x5 4x20"),
+               series("rollout_info_replicas_available", {**ARGO, "name": "quota"}, "2x25"),
+               series("rollout_info_replicas_unavailable", {**ARGO, "name": "quota"}, "0x25"),
+               series("rollout_info_replicas_desired", {**ARGO, "name": "pending"}, "2x5 4x20"),
+               series("rollout_info_replicas_available", {**ARGO, "name": "pending"}, "2x25"),
+               series("rollout_info_replicas_unavailable", {**ARGO, "name": "pending"}, "0x5 2x20"),
+               series("kube_deployment_spec_replicas", {**KSM, "deployment": "worker-quota"}, "1x5 3x20"),
+               series("kube_deployment_status_replicas", {**KSM, "deployment": "worker-quota"}, "1x25"),
+               series("kube_deployment_status_replicas_available", {**KSM, "deployment": "worker-quota"}, "1x25"),
+               series("kube_deployment_spec_replicas", {**KSM, "deployment": "worker-pending"}, "1x5 3x20"),
+               series("kube_deployment_status_replicas", {**KSM, "deployment": "worker-pending"}, "1x5 3x20"),
+               series("kube_deployment_status_replicas_available", {**KSM, "deployment": "worker-pending"}, "1x25"),
+               series("kube_deployment_spec_replicas", {**KSM, "deployment": "worker-whole"}, "2x25"),
+               series("kube_deployment_status_replicas", {**KSM, "deployment": "worker-whole"}, "2x25"),
+               series("kube_deployment_status_replicas_available", {**KSM, "deployment": "worker-whole"}, "2x25"),
+               *hpa("at-max", limited="0x5 1x20", desired="4x5 8x20", most=8),
+               *hpa("at-min", limited="1x25", desired="2x25", most=8),
+               *hpa("exactly-max", limited="0x25", desired="4x5 8x20", most=8)],
+     "eval": "14m",
+     "fire": {"PodserveScaleUpRefused": [{"namespace": "podserve-like", "deployment": "quota"},
+                                         {"namespace": "podserve-like", "deployment": "worker-quota"}],
+              "PodserveScaleUpAtMax": [{"namespace": "podserve-like", "deployment": "at-max"}]}},
+    {"name": "a scale-up that completes: the HPA asks 2 -> 4 at 6m, the ReplicaSet creates the pods within a "
+             "scrape, they start a minute later; no limit alert",
+     "interval": "1m",
+     "input": [series("rollout_info_replicas_desired", {**ARGO, "name": "grows"}, "2x5 4x20"),
+               series("rollout_info_replicas_available", {**ARGO, "name": "grows"}, "2x7 4x17"),
+               series("rollout_info_replicas_unavailable", {**ARGO, "name": "grows"}, "0x5 0 2 0x17"),
+               *hpa("grows", limited="0x25", desired="2x5 4x20", most=8)],
+     "eval": "14m",
+     "fire": {}},
     {"name": "a service that stopped reporting; one still reporting stays quiet",
      "interval": "1m",
      "input": [series("podserve_max_batch_size", {**pod("gone", "gone-0"), "container": "server"}, "8x10 _x30"),

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 from podserve import metric_names as m
+from podserve.tooling import scaling
 from podserve.tooling.conf import Observability
 from podserve.tooling.observability.panels import DATASOURCE, Panel, Row, Target, dashboard, datasource_variable, \
     query_variable
-from podserve.tooling.observability.queries import ERRORS, MIB, SLO_REQUESTS, Selectors, budget_name, quantile, \
-    recording_name
+from podserve.tooling.observability.queries import ERRORS, HPA_LABEL, MIB, SLO_REQUESTS, Selectors, budget_name, \
+    pods_not_created, quantile, recording_name
 
 RATE = "$__rate_interval"
 
@@ -38,6 +39,8 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
     slo = f"{s}, {SLO_REQUESTS}"
     kube = f'{obs.kube_state_metrics_selector}, {cl}=~"$cluster", namespace=~"$namespace"'
     rollouts = f'{obs.rollouts_selector}, {cl}=~"$cluster", namespace=~"$namespace"'
+    keda = f'{obs.keda_selector}, {cl}=~"$cluster", namespace=~"$namespace"'
+    hpa = f'{kube}, {HPA_LABEL}="{scaling.HPA_PREFIX}$service"'
     mesh = (f'{cl}=~"$cluster", reporter="{obs.istio_reporter}", destination_workload="$service", '
             'destination_workload_namespace=~"$namespace"')
     dcgm = f'{cl}=~"$cluster", {sel.dcgm_filter("$pod", "$namespace")}'
@@ -120,29 +123,49 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
             "load): the event loop then hands even its cheap steps to the request threads. A backlog that grows "
             "while relieved: raise http_threads (0: one per core).", width=4),
     ])
-    pods = Row("Pods and start-up", [
-        Panel("stat", "Instances ready", "short", [
-            Target(f"sum({m.INSTANCE_READY}{{{s}}})", "ready", instant=True),
-            Target(f"count({m.INSTANCE_READY}{{{s}}})", "of", instant=True)],
-            "Model instances loaded and warmed up, of all the pods' instances.", width=6),
+    not_created = " or ".join(pods_not_created(f'{kube}, deployment="$service"', f'{rollouts}, name="$service"'))
+    scaling_row = Row("Scaling", [
         Panel("timeseries", "Pods ready against desired", "short", [
             Target(f"sum by (namespace) (kube_deployment_status_replicas_available{{{kube}, deployment=\"$service\"}})"
                    f" or sum by (namespace) (rollout_info_replicas_available{{{rollouts}, name=\"$service\"}})",
                    "available {{namespace}}"),
             Target(f"sum by (namespace) (kube_deployment_spec_replicas{{{kube}, deployment=\"$service\"}})"
                    f" or sum by (namespace) (rollout_info_replicas_desired{{{rollouts}, name=\"$service\"}})",
-                   "desired {{namespace}}")],
+                   "desired {{namespace}}"),
+            Target(f"max by (namespace) (kube_horizontalpodautoscaler_spec_max_replicas{{{hpa}}})",
+                   "most (max_replicas) {{namespace}}"),
+            Target(not_created, "not created: FailedCreate (quota, admission) {{namespace}}")],
             "Grey and ab from kube-state-metrics (Deployments), production from Argo Rollouts' controller "
-            "(Rollouts).", width=6),
+            "(Rollouts); desired is what the HPA (KEDA's keda-hpa-<service>) set. A scale-up stops at the most "
+            "(alert PodserveScaleUpAtMax) or where the ReplicaSet cannot create pods: 'not created' above 0 is its "
+            "FailedCreate, the team's quota or an admission policy (alert PodserveScaleUpRefused). Desired above "
+            "available with nothing 'not created': pods exist but wait for a node or are not ready.", width=12),
+        Panel("timeseries", "Scaling metric against its target", "short", [
+            Target(f"sum by (pod) ({scaling.BACKLOG_SERIES}{{{s}}})", "{{pod}} queued for a lane (mean 1m)"),
+            Target(f"sum by (namespace) (keda_scaler_metrics_value{{{keda}, scaledObject=\"$service\"}}) / on "
+                   f"(namespace) sum by (namespace) (kube_horizontalpodautoscaler_status_current_replicas{{{hpa}}})",
+                   "per pod, as the HPA averages it {{namespace}}"),
+            Target(f"max by (namespace) (kube_horizontalpodautoscaler_spec_target_metric{{{hpa}, "
+                   f"metric_target_type=\"average\"}})", "target (autoscale_target) {{namespace}}")],
+            "What the autoscaler scales on: the requests each pod held queued because every batch lane was busy "
+            "(autoscale_metric queue_depth), and KEDA's trigger value (the stage's sum of the metric value.py "
+            "chose) over the HPA's pods. Above the target the HPA adds pods, below it removes them after the "
+            "stabilisation window.", width=12),
+    ])
+    pods = Row("Pods and start-up", [
+        Panel("stat", "Instances ready", "short", [
+            Target(f"sum({m.INSTANCE_READY}{{{s}}})", "ready", instant=True),
+            Target(f"count({m.INSTANCE_READY}{{{s}}})", "of", instant=True)],
+            "Model instances loaded and warmed up, of all the pods' instances.", width=8),
         Panel("timeseries", "Restarts", "short", [Target(
             f"sum by (pod) (increase(kube_pod_container_status_restarts_total{{{kube}, pod=~\"$pod\", "
             f"container=\"{obs.server_container}\"}}[{RATE}]))", "{{pod}}")],
-            "Server container restarts (kube-state-metrics): start-up over budget, liveness or memory.", width=6),
+            "Server container restarts (kube-state-metrics): start-up over budget, liveness or memory.", width=8),
         Panel("timeseries", "Model load and warm-up against the start-up budget", "s", [
             Target(f"max by (pod, model_instance) ({m.MODEL_LOAD_SECONDS}{{{s}}})", "load {{pod}} {{model_instance}}"),
             Target(f"max by (pod, model_instance) ({m.WARMUP_SECONDS}{{{s}}})", "warm-up {{pod}} {{model_instance}}"),
             Target(f"max({m.STARTUP_BUDGET_SECONDS}{{{s}}})", "budget (init_delay_second)")],
-            "Seconds each instance took to load and warm up; over the budget Kubernetes restarts the pod.", width=6),
+            "Seconds each instance took to load and warm up; over the budget Kubernetes restarts the pod.", width=8),
     ])
     gpu = Row("GPU (dcgm-exporter)", [
         Panel("timeseries", "GPU utilisation per pod", "percent", [Target(
@@ -176,7 +199,7 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
                         f'replicaset=~"$service-.*"}}) * 1000'}
     return dashboard("podserve-service", "podserve / service",
                      "One podserve service: pick cluster, stage, service and pods. Built by `make dashboards`.",
-                     [traffic, latency, batching, pods, gpu, tracks], variables, [starts, rollouts])
+                     [traffic, latency, batching, scaling_row, pods, gpu, tracks], variables, [starts, rollouts])
 
 
 def overview_dashboard(obs: Observability, sel: Selectors) -> dict:

@@ -46,12 +46,14 @@ class Selectors:
 
     def kube(self, extra: str = "") -> str:
         """kube-state-metrics series of the services' namespaces."""
-        parts = [self.obs.kube_state_metrics_selector, f'namespace=~"{self.namespace_regex}"']
-        return ", ".join(parts + ([extra] if extra else []))
+        return self._scoped(self.obs.kube_state_metrics_selector, extra)
 
     def rollouts(self, extra: str = "") -> str:
         """Argo Rollouts' controller's series of the services' namespaces (production's Rollouts)."""
-        parts = [self.obs.rollouts_selector, f'namespace=~"{self.namespace_regex}"']
+        return self._scoped(self.obs.rollouts_selector, extra)
+
+    def _scoped(self, exporter: str, extra: str) -> str:
+        parts = [exporter, f'namespace=~"{self.namespace_regex}"']
         return ", ".join(parts + ([extra] if extra else []))
 
     def dcgm(self, metric: str, selector: str) -> str:
@@ -65,6 +67,29 @@ class Selectors:
     def dcgm_filter(self, pod: str, namespace: str) -> str:
         """A selector on dcgm-exporter's own label names."""
         return f'{self.obs.dcgm_pod_label}=~"{pod}", {self.obs.dcgm_namespace_label}=~"{namespace}"'
+
+
+#: kube-state-metrics' label that names an HorizontalPodAutoscaler
+HPA_LABEL = "horizontalpodautoscaler"
+
+
+def as_deployment(expr: str) -> str:
+    """An Argo Rollouts series with its Rollout's `name` copied to `deployment`, the label a Deployment's series
+    carries in kube-state-metrics: one alert and one panel line cover both workloads."""
+    return f'label_replace({expr}, "deployment", "$1", "name", "(.*)")'
+
+
+def pods_not_created(kube: str, rollouts: str) -> tuple[str, str]:
+    """Pods a workload wants that do not exist, by (namespace, deployment), for Deployments (kube-state-metrics) and
+    Rollouts (Argo's controller). A workload's status.replicas counts every pod of its ReplicaSets that is not
+    terminating, pending and crashing ones included: what it lacks were never created, the ReplicaSet's FailedCreate
+    (the namespace's ResourceQuota or an admission policy refused them), not pods waiting for a node."""
+    deployments = (f"sum by (namespace, deployment) (kube_deployment_spec_replicas{{{kube}}} "
+                   f"- kube_deployment_status_replicas{{{kube}}})")
+    existing = f"(rollout_info_replicas_available{{{rollouts}}} + rollout_info_replicas_unavailable{{{rollouts}}})"
+    rollouts_short = (f"sum by (namespace, deployment) "
+                      f"({as_deployment(f'rollout_info_replicas_desired{{{rollouts}}} - {existing}')})")
+    return deployments, rollouts_short
 
 
 def ratio(numerator_filter: str, selector: str, window: str, key=SERVICE_KEY) -> str:
