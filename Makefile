@@ -35,10 +35,11 @@ GO_BUILDS += istiod
 GO_BUILDS += image-tools
 GO_BUILDS += netpol
 
-# Two pytest workers: half the suite's time goes to waiting on controllers, brokers and probes, not to the CPU; one
-# worker runs everything that shares the real node and the image builds (tests/conftest.py's ONE_PER_MACHINE).
+# Three pytest workers on two cores: much of the suite's time goes to waiting on controllers, brokers and probes, not
+# to the CPU (docs/tests.md: two workers left a quarter of the run's wall time to spare); one worker runs everything
+# that shares the real node and the image builds (tests/conftest.py's ONE_PER_MACHINE).
 # TEST_WORKERS=0 runs the suite in one process.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 test: $(TEST_NEEDS) ## Install what the tests need and run them.
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder tests

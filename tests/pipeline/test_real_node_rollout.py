@@ -338,7 +338,9 @@ def test_prometheus_stopped_at_the_last_step_errors_and_aborts_naming_it_back_to
     assert "Error" in out and bench.prometheus.url.removeprefix("http://") in out, out  # the address, named
     runs = [r for r in bench.objects.list_namespaced_custom_object(*ARGO, bench.namespace, "analysisruns")["items"]
             if r["metadata"]["name"].startswith(bench.rollout()["metadata"]["name"])]
-    last = max(runs, key=lambda r: r["metadata"]["creationTimestamp"])
+    # step 1's run (terminated by the promote: Successful, "Run Terminated") and step 2's are often created in the
+    # same second: of the runs of that second, step 2's has the higher step index (the label Argo gives a step's run)
+    last = max(runs, key=lambda r: (r["metadata"]["creationTimestamp"], _step_index(r)))
     assert last["status"]["phase"] == "Error", last["status"]
     for result in last["status"]["metricResults"]:
         assert result["consecutiveError"] == at.CONSECUTIVE_ERROR_LIMIT + 1 and not result.get("successful"), result
@@ -346,3 +348,9 @@ def test_prometheus_stopped_at_the_last_step_errors_and_aborts_naming_it_back_to
     _assert_full_stable_at_each_switch(watch)
     assert callers.statuses() == {200: len(callers.outcomes)}
     assert bench.stable_pods() == before
+
+
+
+def _step_index(run: dict) -> int:
+    """The canary step whose analysis `run` is (Argo's label step-index); -1 for a run of no step."""
+    return int(run["metadata"].get("labels", {}).get("step-index", -1))
