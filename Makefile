@@ -157,7 +157,7 @@ dashboards: $(VENV)/.test-deps model prometheus ## Regenerate the chart's dashbo
 # run's lines interleave, each naming what it builds; a failed build's error names it, the one beside it finishes and
 # no other starts (make's own rule), as when they ran one by one.
 GO_BUILD_JOBS ?= 2
-go-builds: $(VENV)/bin/python ## Build every Go tool the tests need, GO_BUILD_JOBS at a time (once per machine; ~73 CPU-min cold with KEDA's 23: about 39 min on 2 idle cores).
+go-builds: $(VENV)/bin/python ## Build every Go tool the tests need, GO_BUILD_JOBS at a time (once per machine; about 31 min of wall on 2 idle cores from empty caches, docs/tests.md).
 	@$(MAKE) --no-print-directory -j$(GO_BUILD_JOBS) $(GO_BUILDS)
 
 # A real Kubernetes control plane on loopback (podserve/testbed/cluster/, cluster/go.mod pins the versions):
