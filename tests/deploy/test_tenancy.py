@@ -69,8 +69,7 @@ def rendered(live: Live, name: str, stage: str, max_replicas: int = 0, extra: st
 
 
 def routes(live: Live, namespace: str, name: str) -> list[str]:
-    """The paths a live VirtualService routes, each once (production's serves each twice since issue 57: to the
-    canary with the header x-podserve-track, and to the subsets by weight)."""
+    """The paths a live VirtualService routes, each once."""
     vs = live.admin.get(MANAGED["VirtualService"], namespace, name)
     return sorted({m["uri"].get("exact") or m["uri"].get("prefix") for r in vs["spec"]["http"] for m in r["match"]})
 

@@ -25,7 +25,7 @@ from podserve.testbed.processes import poll_until
 from server import ANGLES, TextDirection
 
 from fixture_handlers import held_batches
-from hostile import Reader, connect, request_head
+from hostile import Reader, connect, metric_value, request_head
 
 SERVICE = "example"
 IMAGES = ("text-line.png", "text-line-upside-down.png")
@@ -66,6 +66,23 @@ def test_every_endpoint_answers_triton_s_client(v2_server):
         client.get_model_metadata(SERVICE, model_version="7")
     health = requests.get(v2_server.url(f"/api/{SERVICE}/v2/health/ready"), timeout=5)
     assert health.status_code == 200 and health.json() == {"ready": True}  # the status code and a JSON body
+
+
+def test_the_smoke_s_readiness_requests_enter_no_request_series(v2_server):
+    """CI's smoke asks the service's <route>/v2/health/ready (tooling/smoke.py), answered from the pod's state: it is
+    never counted in the request series, so no verdict (grey's or a canary's) and no SLO counts it, whatever its
+    origin. A request the server does count (a route it does not serve, 404) moves the same series."""
+    from podserve.tooling.smoke import READY_SUFFIX
+
+    before = v2_server.metric_sum(metric_names.REQUESTS_TOTAL)
+    not_found = metric_value(v2_server, metric_names.REQUESTS_TOTAL, status="404")
+    for _ in range(5):
+        assert requests.get(v2_server.url(f"/api/{SERVICE}{READY_SUFFIX}"), timeout=5).status_code == 200
+    assert requests.get(v2_server.url(f"/api/{SERVICE}/nothing-here"), timeout=5).status_code == 404
+    # the front counts in the order it answers: once the 404 shows, a count of the readiness requests would have too
+    poll_until(lambda: metric_value(v2_server, metric_names.REQUESTS_TOTAL, status="404") == not_found + 1,
+               "the 404 counted", 5)
+    assert v2_server.metric_sum(metric_names.REQUESTS_TOTAL) == before + 1
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
