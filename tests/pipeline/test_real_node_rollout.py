@@ -270,7 +270,7 @@ def test_a_build_20_ms_slower_fails_on_latency(bench):
     print(latency)
     assert "candidate_above_median, stable_above_median" in latency, latency
     _assert_full_stable_at_each_switch(watch)
-    assert set(callers.statuses()) == {200}
+    assert set(callers.statuses()) == {200}, callers.failed()  # (time sent, status, body)
     assert bench.stable_pods() == before
 
 
