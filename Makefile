@@ -37,7 +37,7 @@ GO_BUILDS += netpol
 
 # Two pytest workers: much of the suite's time goes to waiting on controllers, brokers and probes, not to the CPU; one
 # worker runs everything that shares the real node and the image builds (tests/conftest.py's ONE_PER_MACHINE).
-# Three are faster (docs/tests.md: 20.5 min against 27) but, under their load, one request of a real-node release
+# Three are faster (docs/tests.md: 20.5 min against 22.9-27) but, under their load, one request of a real-node release
 # was answered 500 by no pod of ours (docs/tests.md): two until that is understood. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 
