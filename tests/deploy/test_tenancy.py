@@ -288,8 +288,8 @@ POLICY_CASES = [
 def _hpa(scaled: dict, most: int) -> dict:
     """An HPA of a team's own on the ScaledObject's target (KEDA makes one; a team may not go past the limit either).
 
-    It carries the owner's labels and annotations so that only the replica limit refuses it: the apiserver names one denying policy, in
-    no fixed order.
+    It carries the owner's labels and annotations so that only the replica limit refuses it: the apiserver names one
+    denying policy, in no fixed order.
     """
     return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
             "metadata": {"name": "own-hpa", "namespace": scaled["metadata"]["namespace"],

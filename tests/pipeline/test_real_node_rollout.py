@@ -350,7 +350,6 @@ def test_prometheus_stopped_at_the_last_step_errors_and_aborts_naming_it_back_to
     assert bench.stable_pods() == before
 
 
-
 def _step_index(run: dict) -> int:
     """The canary step whose analysis `run` is (Argo's label step-index); -1 for a run of no step."""
     return int(run["metadata"].get("labels", {}).get("step-index", -1))

@@ -235,8 +235,12 @@ def scale_up_stopped(obs: Observability, sel: Selectors) -> list[Alert]:
                f'status="true"}})')
     at_most = (f"max by {key} (kube_horizontalpodautoscaler_status_desired_replicas{{{hpa}}}) >= on {key} "
                f"max by {key} (kube_horizontalpodautoscaler_spec_max_replicas{{{hpa}}})")
-    named = lambda expr: (f'max by (namespace, deployment) (label_replace({expr}, "deployment", "$1", '  # noqa: E731
-                          f'"{HPA_LABEL}", "{scaling.HPA_PREFIX}(.+)"))')
+
+    def named(expr: str) -> str:
+        """`expr` by (namespace, deployment): the workload's name out of its KEDA HPA's."""
+        return (f'max by (namespace, deployment) (label_replace({expr}, "deployment", "$1", "{HPA_LABEL}", '
+                f'"{scaling.HPA_PREFIX}(.+)"))')
+
     at_max = Alert(
         "PodserveScaleUpAtMax", named(f"({limited} == 1) and on {key} ({at_most})"), named(limited), "kube",
         "warning", f"{workload} is held at max_replicas while its queue asks for more pods",
