@@ -35,11 +35,10 @@ GO_BUILDS += istiod
 GO_BUILDS += image-tools
 GO_BUILDS += netpol
 
-# Two pytest workers: much of the suite's time goes to waiting on controllers, brokers and probes, not to the CPU; one
-# worker runs everything that shares the real node and the image builds (tests/conftest.py's ONE_PER_MACHINE).
-# Three are faster (docs/tests.md: 20.5 min against 22.9-27) but, under their load, one request of a real-node release
-# was answered 500 by no pod of ours (docs/tests.md): two until that is understood. TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+# Three pytest workers: much of the suite's time goes to waiting on controllers, brokers and probes, not to the CPU;
+# one worker runs everything that shares the real node and the image builds (tests/conftest.py's ONE_PER_MACHINE).
+# Three against two: docs/tests.md. TEST_WORKERS=2 runs two, TEST_WORKERS=0 one process.
+TEST_WORKERS ?= 3
 
 test: $(TEST_NEEDS) ## Install what the tests need and run them.
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder tests
@@ -157,7 +156,7 @@ dashboards: $(VENV)/.test-deps model prometheus ## Regenerate the chart's dashbo
 # run's lines interleave, each naming what it builds; a failed build's error names it, the one beside it finishes and
 # no other starts (make's own rule), as when they ran one by one.
 GO_BUILD_JOBS ?= 2
-go-builds: $(VENV)/bin/python ## Build every Go tool the tests need, GO_BUILD_JOBS at a time (once per machine; about 31 min of wall on 2 idle cores from empty caches, docs/tests.md).
+go-builds: $(VENV)/bin/python ## Build every Go tool the tests need, GO_BUILD_JOBS at a time (once per machine; 23-31 min of wall on 2 idle cores from empty caches, by the VM: docs/tests.md).
 	@$(MAKE) --no-print-directory -j$(GO_BUILD_JOBS) $(GO_BUILDS)
 
 # A real Kubernetes control plane on loopback (podserve/testbed/cluster/, cluster/go.mod pins the versions):

@@ -54,6 +54,9 @@ VERDICT = {"window_seconds": WINDOW, "min_requests": 100, "max_extensions": 1, "
            "queue_floor": 0.15}
 #: Argo's scaleDownDelaySeconds here: the old pods serve this long after the switch (istiod pushes in under 1 s).
 SCALE_DOWN_DELAY = 5
+#: The most seconds from Argo's write of a weight to Envoy running it: istiod's debounce waits for 100 ms of quiet, at
+#: most 10 s (PILOT_DEBOUNCE_MAX), then pushes.
+PUSH_BOUND = 15
 #: stable's pods (value.py hk_replicas), all of which must be in the stable subset whenever a weight goes to stable.
 STABLE_PODS = 2
 DEVIATIONS = 3.5
@@ -90,7 +93,8 @@ class Bench:
         self.service, self.conf_dir, self.namespace, self.work = service, conf_dir, namespace, work
         self.envoy = gateway.envoy
         stage = load_conf(conf_dir).stages["hk"]
-        self.url, self.host = gateway.url + stage.public_path(NAME, TEAM), stage.ingress_host
+        self.path = stage.public_path(NAME, TEAM)
+        self.url, self.host = gateway.url + self.path, stage.ingress_host
         self.objects = client.CustomObjectsApi(service.plane.api_client())
         self.prometheus: Prometheus | None = None  # the bench fixture's
         self.core = client.CoreV1Api(service.plane.api_client())
@@ -121,14 +125,26 @@ class Bench:
     def rollout(self) -> dict:
         return self.objects.get_namespaced_custom_object(*ARGO, self.namespace, "rollouts", NAME)
 
+    def virtual_service(self) -> dict:
+        return self.objects.get_namespaced_custom_object(*ISTIO, self.namespace, "virtualservices", NAME)
+
     def weights(self) -> tuple[int, int]:
         """(stable, canary) of the live VirtualService's weighted route, as Argo set them."""
-        vs = self.objects.get_namespaced_custom_object(*ISTIO, self.namespace, "virtualservices", NAME)
-        for http in vs["spec"]["http"]:
-            found = {d["destination"].get("subset"): d.get("weight", 0) for d in http.get("route", [])}
-            if set(found) == {"stable", "canary"}:
-                return found["stable"], found["canary"]
-        raise AssertionError(f"no weighted route in {vs['spec']['http']}")
+        return weights_of(self.virtual_service())
+
+    def envoy_weights(self) -> tuple[int, int]:
+        """(stable, canary) of the callers' route as Envoy runs it now: istiod leaves a 0 weight out, and sends one
+        cluster alone when only one is left."""
+        index = {self.cluster("stable"): 0, self.cluster("canary"): 1}
+        for route in self.envoy.routes():
+            if route.get("match", {}).get("path") != self.path:
+                continue
+            action, weights = route["route"], [0, 0]
+            for cluster in action.get("weighted_clusters", {}).get("clusters", [{"name": action.get("cluster"),
+                                                                                 "weight": 100}]):
+                weights[index[cluster["name"]]] = cluster["weight"]
+            return weights[0], weights[1]
+        raise AssertionError(f"Envoy has no route for {self.path}")
 
     def sent(self) -> dict[str, int]:
         """Requests Envoy has sent each subset's cluster so far (upstream_rq_total)."""
@@ -153,32 +169,86 @@ class Bench:
                 for p in pods if not p.metadata.deletion_timestamp}
 
 
+def weights_of(virtual_service: dict) -> tuple[int, int]:
+    """(stable, canary) of a VirtualService's weighted route."""
+    for http in virtual_service["spec"]["http"]:
+        found = {d["destination"].get("subset"): d.get("weight", 0) for d in http.get("route", [])}
+        if set(found) == {"stable", "canary"}:
+            return found["stable"], found["canary"]
+    raise AssertionError(f"no weighted route in {virtual_service['spec']['http']}")
+
+
 class WeightWatch:
-    """Every change of the route's weights, seen by polling every 0.1 s: (time, (stable, canary), each subset's
-    healthy endpoints in Envoy then, Envoy's requests sent per subset then)."""
+    """Every change of the route's weights: each one Argo writes to the VirtualService, seen by watching it (`changes`:
+    time, (stable, canary), each subset's healthy endpoints in Envoy then, Envoy's requests sent per subset then), and
+    the route Envoy runs once istiod pushed it, seen by polling Envoy every 0.1 s (`applied`: time, (stable, canary),
+    requests sent; a weight replaced before istiod pushed it never runs).
+
+    Leaving waits until Envoy runs the VirtualService's last weights (at most PUSH_BOUND s), so that the next test's
+    callers never meet a route of this test's release."""
 
     def __init__(self, bench: Bench):
         self.bench = bench
         self.changes: list[tuple[float, tuple[int, int], dict[str, int], dict[str, int]]] = []
+        self.applied: list[tuple[float, tuple[int, int], dict[str, int]]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._threads = [threading.Thread(target=self._watch_written, daemon=True),
+                         threading.Thread(target=self._poll_envoy, daemon=True)]
 
     def __enter__(self) -> "WeightWatch":
-        self._thread.start()
+        virtual_service = self.bench.virtual_service()
+        self._record(weights_of(virtual_service))
+        self._version = virtual_service["metadata"]["resourceVersion"]
+        for thread in self._threads:
+            thread.start()
+        poll_until(lambda: self.applied, "Envoy's route read once", 10)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        try:
+            if exc[0] is None:
+                poll_until(lambda: self.applied[-1][1] == self.changes[-1][1],
+                           f"Envoy running the VirtualService's last weights {self.changes[-1]}", PUSH_BOUND)
+        finally:
+            self._stop.set()
+            for thread in self._threads:
+                thread.join(timeout=10)
 
-    def _watch(self) -> None:
-        last = None
-        while not self._stop.wait(0.1):
-            weights = self.bench.weights()
-            if weights != last:
-                hosts = {subset: self.bench.healthy_hosts(subset) for subset in ("stable", "canary")}
-                self.changes.append((time.monotonic(), weights, hosts, self.bench.sent()))
-                last = weights
+    def _record(self, weights: tuple[int, int]) -> None:
+        seen = time.monotonic()
+        if not self.changes or self.changes[-1][1] != weights:
+            hosts = {subset: self.bench.healthy_hosts(subset) for subset in ("stable", "canary")}
+            self.changes.append((seen, weights, hosts, self.bench.sent()))
+
+    def _watch_written(self) -> None:
+        """Every version of the VirtualService, from the one read on entering: a watch that the apiserver ends each
+        second, so that leaving stops it."""
+        from kubernetes import watch
+
+        while not self._stop.is_set():
+            stream = watch.Watch().stream(
+                self.bench.objects.list_namespaced_custom_object, *ISTIO, self.bench.namespace, "virtualservices",
+                field_selector=f"metadata.name={NAME}", resource_version=self._version, timeout_seconds=1)
+            for event in stream:
+                if event["type"] == "ERROR":  # e.g. the version compacted away: read the object again
+                    virtual_service = self.bench.virtual_service()
+                else:
+                    virtual_service = event["object"]
+                self._version = virtual_service["metadata"]["resourceVersion"]
+                self._record(weights_of(virtual_service))
+
+    def _poll_envoy(self) -> None:
+        while not self._stop.is_set():
+            running = self.bench.envoy_weights()
+            if not self.applied or self.applied[-1][1] != running:
+                self.applied.append((time.monotonic(), running, self.bench.sent()))
+            self._stop.wait(0.1)
+
+    def push_seconds(self) -> list[float | None]:
+        """For each change of the VirtualService after the first, the seconds from the watch seeing it to Envoy
+        running it (None: Envoy never ran it after that, as when istiod pushed it and the next write together)."""
+        return [next((round(t - written, 1) for t, running, _ in self.applied if t >= written and running == weights),
+                     None) for written, weights, _, _ in self.changes[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -243,10 +313,14 @@ def test_a_failing_build_is_aborted_at_its_first_step_within_its_share_and_stabl
         assert run.returncode == 1, run.output
         assert "Argo Rollouts aborted the release" in run.output and "errors: Failed" in run.output, run.output
         assert weights == [(100, 0), (75, 25), (100, 0)], watch.changes  # aborted at step 1, never at 50
-        (_, _, _, at_step), (_, _, _, at_abort) = watch.changes[1], watch.changes[2]
+        # the share while Envoy ran step 1's weights: from its push to the abort's
+        ran = [w for _, w, _ in watch.applied]
+        assert ran[ran.index((75, 25)):] == [(75, 25), (100, 0)], watch.applied
+        (_, _, at_step), (_, _, at_abort) = watch.applied[ran.index((75, 25)):]
         canary = at_abort["canary"] - at_step["canary"]
         total = canary + at_abort["stable"] - at_step["stable"]
-        print(f"step 1: Envoy sent the canary {canary} of {total} requests ({canary / total:.3f})")
+        print(f"step 1: Envoy sent the canary {canary} of {total} requests ({canary / total:.3f}); Envoy ran each "
+              f"weight {watch.push_seconds()} s after Argo wrote it")
         assert abs(canary / total - 0.25) <= _bound(25, total), (canary, total)
         _assert_full_stable_at_each_switch(watch)
         assert set(callers.statuses()) <= {200, 500}  # the failing build's own 500s; nothing lost by the mesh
@@ -262,7 +336,8 @@ def test_a_build_20_ms_slower_fails_on_latency(bench):
     before = bench.stable_pods()
     with bench.callers() as callers, WeightWatch(bench) as watch:
         run = bench.deploy("apply", manifests=bench.manifests(SLOWER))
-    print(f"\nslower build: exit {run.returncode} in {run.seconds:.1f} s; callers {callers.statuses()}")
+    print(f"\nslower build: exit {run.returncode} in {run.seconds:.1f} s; callers {callers.statuses()}; Envoy ran "
+          f"each weight {watch.push_seconds()} s after Argo wrote it")
     assert run.returncode == 1, run.output
     assert "latency: Failed" in run.output and "errors: Failed" not in run.output, run.output
     # the counts, named: on a loaded machine B's bucket hides the 20 ms and M fails it (analysis_template's docstring)
@@ -290,7 +365,8 @@ def test_a_killed_job_s_release_goes_on_alone_the_rerun_reports_its_end_and_a_go
         count = len(callers.outcomes)
         poll_until(lambda: len(callers.outcomes) >= count + RATE, "a second of callers after the promotion", 60)
     weights = [c[1] for c in watch.changes]
-    print(f"\nkilled at step 1, rerun: exit {rerun.returncode}; weights {weights}; callers {callers.statuses()}")
+    print(f"\nkilled at step 1, rerun: exit {rerun.returncode}; weights {weights}; callers {callers.statuses()}; "
+          f"Envoy ran each weight {watch.push_seconds()} s after Argo wrote it")
     assert rerun.returncode == 0 and "serving: revision" in out, out
     # every step, then Argo's full promotion: all requests to the new pods (the canary subset at 100), then, once the
     # new ReplicaSet is stable, 100/0 again (Argo does so after the promotion, or as the next release starts)
@@ -333,7 +409,8 @@ def test_prometheus_stopped_at_the_last_step_errors_and_aborts_naming_it_back_to
         aborted_after = time.monotonic() - stopped
     weights = [c[1] for c in watch.changes]
     print(f"\nPrometheus stopped at step {step}: job exit {process.returncode} {aborted_after:.0f} s later; weights "
-          f"{weights}; callers {callers.statuses()}")
+          f"{weights}; callers {callers.statuses()}; Envoy ran each weight {watch.push_seconds()} s after Argo "
+          "wrote it")
     assert process.returncode == 1 and "Argo Rollouts aborted the release" in out and "rolled back" in out, out
     assert "Error" in out and bench.prometheus.url.removeprefix("http://") in out, out  # the address, named
     runs = [r for r in bench.objects.list_namespaced_custom_object(*ARGO, bench.namespace, "analysisruns")["items"]
