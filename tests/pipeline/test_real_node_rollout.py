@@ -41,6 +41,7 @@ from podserve.testbed.deploy_policy import unfrozen_conf  # noqa: E402
 from podserve.testbed.processes import poll_until  # noqa: E402
 from podserve.testbed.prometheus import PodTargetFeed, Prometheus  # noqa: E402
 from podserve.tooling import analysis_template as at  # noqa: E402
+from podserve.tooling.analysis_template import HASH_POD_LABEL  # noqa: E402
 from podserve.tooling.conf import load_conf  # noqa: E402
 
 RATE = 60
@@ -182,7 +183,10 @@ class WeightWatch:
     """Every change of the route's weights: each one Argo writes to the VirtualService, seen by watching it (`changes`:
     time, (stable, canary), each subset's healthy endpoints in Envoy then, Envoy's requests sent per subset then), and
     the route Envoy runs once istiod pushed it, seen by polling Envoy every 0.1 s (`applied`: time, (stable, canary),
-    requests sent; a weight replaced before istiod pushed it never runs).
+    requests sent per subset before the last poll that read this route, and after the first: between them, every
+    request was sent under it; a weight replaced before istiod pushed it never runs). And every version
+    of the DestinationRule whose subsets do not all select a pod template hash (`unhashed`: such a subset selects every
+    pod of the Service).
 
     Leaving waits until Envoy runs the VirtualService's last weights (at most PUSH_BOUND s), so that the next test's
     callers never meet a route of this test's release."""
@@ -190,15 +194,15 @@ class WeightWatch:
     def __init__(self, bench: Bench):
         self.bench = bench
         self.changes: list[tuple[float, tuple[int, int], dict[str, int], dict[str, int]]] = []
-        self.applied: list[tuple[float, tuple[int, int], dict[str, int]]] = []
+        self.applied: list[tuple[float, tuple[int, int], dict[str, int], dict[str, int]]] = []
+        self.unhashed: list[list[dict]] = []
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._watch_written, daemon=True),
+        self._threads = [threading.Thread(target=self._watch, args=("virtualservices", self._written), daemon=True),
+                         threading.Thread(target=self._watch, args=("destinationrules", self._subsets), daemon=True),
                          threading.Thread(target=self._poll_envoy, daemon=True)]
 
     def __enter__(self) -> "WeightWatch":
-        virtual_service = self.bench.virtual_service()
-        self._record(weights_of(virtual_service))
-        self._version = virtual_service["metadata"]["resourceVersion"]
+        self._record(self.bench.weights())
         for thread in self._threads:
             thread.start()
         poll_until(lambda: self.applied, "Envoy's route read once", 10)
@@ -220,35 +224,56 @@ class WeightWatch:
             hosts = {subset: self.bench.healthy_hosts(subset) for subset in ("stable", "canary")}
             self.changes.append((seen, weights, hosts, self.bench.sent()))
 
-    def _watch_written(self) -> None:
-        """Every version of the VirtualService, from the one read on entering: a watch that the apiserver ends each
-        second, so that leaving stops it."""
+    def _written(self, virtual_service: dict) -> None:
+        self._record(weights_of(virtual_service))
+
+    def _subsets(self, rule: dict) -> None:
+        subsets = rule["spec"].get("subsets") or []
+        if not all(HASH_POD_LABEL in (s.get("labels") or {}) for s in subsets):
+            self.unhashed.append(subsets)
+
+    def _watch(self, plural: str, seen) -> None:
+        """Every version of the service's object of `plural` from the one read now, each given to `seen`: a watch that
+        the apiserver ends each second, so that leaving stops it."""
         from kubernetes import watch
 
+        def read() -> dict:
+            return self.bench.objects.get_namespaced_custom_object(*ISTIO, self.bench.namespace, plural, NAME)
+
+        version = read()["metadata"]["resourceVersion"]
         while not self._stop.is_set():
             stream = watch.Watch().stream(
-                self.bench.objects.list_namespaced_custom_object, *ISTIO, self.bench.namespace, "virtualservices",
-                field_selector=f"metadata.name={NAME}", resource_version=self._version, timeout_seconds=1)
+                self.bench.objects.list_namespaced_custom_object, *ISTIO, self.bench.namespace, plural,
+                field_selector=f"metadata.name={NAME}", resource_version=version, timeout_seconds=1)
             for event in stream:
-                if event["type"] == "ERROR":  # e.g. the version compacted away: read the object again
-                    virtual_service = self.bench.virtual_service()
-                else:
-                    virtual_service = event["object"]
-                self._version = virtual_service["metadata"]["resourceVersion"]
-                self._record(weights_of(virtual_service))
+                found = read() if event["type"] == "ERROR" else event["object"]  # e.g. its version compacted away
+                version = found["metadata"]["resourceVersion"]
+                seen(found)
 
     def _poll_envoy(self) -> None:
         while not self._stop.is_set():
+            before = self.bench.sent()
             running = self.bench.envoy_weights()
+            after = self.bench.sent()
             if not self.applied or self.applied[-1][1] != running:
-                self.applied.append((time.monotonic(), running, self.bench.sent()))
+                self.applied.append((time.monotonic(), running, before, after))
+            else:
+                self.applied[-1] = self.applied[-1][:2] + (before, self.applied[-1][3])
             self._stop.wait(0.1)
+
+    def sent_under(self, weights: tuple[int, int]) -> tuple[int, int]:
+        """(canary, all) of the requests Envoy sent while it ran `weights` (the first time), counted between the
+        first poll that read that route and the last one that still did."""
+        ran = [w for _, w, _, _ in self.applied]
+        (_, _, last_before, first_after) = self.applied[ran.index(weights)]
+        canary = last_before["canary"] - first_after["canary"]
+        return canary, canary + last_before["stable"] - first_after["stable"]
 
     def push_seconds(self) -> list[float | None]:
         """For each change of the VirtualService after the first, the seconds from the watch seeing it to Envoy
         running it (None: Envoy never ran it after that, as when istiod pushed it and the next write together)."""
-        return [next((round(t - written, 1) for t, running, _ in self.applied if t >= written and running == weights),
-                     None) for written, weights, _, _ in self.changes[1:]]
+        return [next((round(t - written, 1) for t, running, *_ in self.applied if t >= written and running == weights),
+                     None) for written, weights, *_ in self.changes[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +317,9 @@ def _bound(weight: int, requests: int) -> float:
 def _assert_full_stable_at_each_switch(watch: WeightWatch) -> None:
     """Item 6: whenever the weights went back towards stable, Envoy held every stable pod as healthy; whenever all
     went to one subset (stable after an abort, the canary at Argo's full promotion), that subset held a stable's
-    worth of pods."""
+    worth of pods. And the DestinationRule's subsets never selected every pod of the Service (the deploy tool's apply
+    keeps Argo's hashes: argo.keep_subset_hashes)."""
+    assert watch.unhashed == [], watch.unhashed
     for previous, (_, weights, hosts, _) in zip(watch.changes, watch.changes[1:]):
         if weights[0] > previous[1][0]:
             assert hosts["stable"] >= STABLE_PODS, (weights, hosts, watch.changes)
@@ -313,12 +340,10 @@ def test_a_failing_build_is_aborted_at_its_first_step_within_its_share_and_stabl
         assert run.returncode == 1, run.output
         assert "Argo Rollouts aborted the release" in run.output and "errors: Failed" in run.output, run.output
         assert weights == [(100, 0), (75, 25), (100, 0)], watch.changes  # aborted at step 1, never at 50
-        # the share while Envoy ran step 1's weights: from its push to the abort's
-        ran = [w for _, w, _ in watch.applied]
+        # the share while Envoy ran step 1's weights
+        ran = [w for _, w, _, _ in watch.applied]
         assert ran[ran.index((75, 25)):] == [(75, 25), (100, 0)], watch.applied
-        (_, _, at_step), (_, _, at_abort) = watch.applied[ran.index((75, 25)):]
-        canary = at_abort["canary"] - at_step["canary"]
-        total = canary + at_abort["stable"] - at_step["stable"]
+        canary, total = watch.sent_under((75, 25))
         print(f"step 1: Envoy sent the canary {canary} of {total} requests ({canary / total:.3f}); Envoy ran each "
               f"weight {watch.push_seconds()} s after Argo wrote it")
         assert abs(canary / total - 0.25) <= _bound(25, total), (canary, total)

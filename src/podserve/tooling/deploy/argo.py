@@ -12,6 +12,7 @@ and the next job attaches to it (commands.apply). The verbs Argo's kubectl plugi
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from podserve.tooling import analysis_template as at
@@ -22,6 +23,8 @@ ANALYSIS_RUNS = Kind("argoproj.io/v1alpha1", "analysisruns")
 #: The phases Argo writes to status.phase (utils/rollout CalculateRolloutPhase).
 HEALTHY, PROGRESSING, PAUSED, DEGRADED = "Healthy", "Progressing", "Paused", "Degraded"
 _MERGE = "application/merge-patch+json"
+#: The annotation Argo puts on a DestinationRule whose subsets' labels it writes (its value: the Rollout's name).
+MANAGED_BY = "argo-rollouts.argoproj.io/managed-by-rollouts"
 
 
 @dataclass(frozen=True)
@@ -130,3 +133,25 @@ def failed_analysis(runs: list[dict]) -> str:
         if (run.get("status") or {}).get("phase") in ("Failed", "Error", "Inconclusive"):
             return "; ".join(line.strip() for line in measurements(run))
     return ""
+
+
+def keep_subset_hashes(obj: dict, live: dict | None) -> dict:
+    """`obj` with the labels Argo wrote on the live DestinationRule's subsets (each one's pod template hash), when
+    Argo manages it; `obj` itself otherwise.
+
+    Render writes the subsets without labels, and a server-side apply replaces the whole list: applied as rendered,
+    both subsets would select every pod of the Service until Argo wrote its hashes again, the pods an abort keeps up
+    for its scale-down delay among them. On the real node, the apply that began the next release sent a caller's
+    request to the aborted build's pod that way (its 500; issue 66). Argo moves the hashes itself once it sees the
+    new Rollout."""
+    managed = live is not None and MANAGED_BY in (live["metadata"].get("annotations") or {})
+    if obj.get("kind") != "DestinationRule" or not managed:
+        return obj
+    hashes = {s["name"]: s["labels"] for s in (live.get("spec") or {}).get("subsets") or [] if s.get("labels")}
+    if not hashes:
+        return obj
+    kept = copy.deepcopy(obj)
+    for subset in kept["spec"].get("subsets") or []:
+        if subset["name"] in hashes and not subset.get("labels"):
+            subset["labels"] = dict(hashes[subset["name"]])
+    return kept

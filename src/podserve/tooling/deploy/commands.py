@@ -441,9 +441,13 @@ def validate(kube: Kube, objects: list[dict]) -> None:
 
 
 def _with_live_selector(kube: Kube, obj: dict) -> dict:
-    if obj.get("kind") != "Deployment":
+    """`obj` as apply sends it over the live one: a Deployment with the live selector, a DestinationRule with the
+    subset hashes Argo wrote."""
+    if obj.get("kind") not in ("Deployment", "DestinationRule"):
         return obj
     live = kube.get(kind_of(obj), obj["metadata"].get("namespace"), obj["metadata"]["name"])
+    if obj["kind"] == "DestinationRule":
+        return argo.keep_subset_hashes(obj, live)
     if live is None or not selector_changes(live, obj):
         return obj
     found = copy.deepcopy(obj)
@@ -539,7 +543,7 @@ def _apply_one(kube: Kube, obj: dict, say=print) -> None:
         return
     if live is not None and obj["kind"] in WORKLOAD_KINDS:
         hand_over_replicas(kube, obj, live, say)
-    kube.apply(obj)
+    kube.apply(argo.keep_subset_hashes(obj, live))
     say(f"{'configured' if live is not None else 'created'} {obj['kind']}/{meta['name']}")
 
 
