@@ -79,9 +79,11 @@ POD_STOP_SECONDS = 20
 PEAK_IN_FLIGHT = PEAK_RATE * STORAGE_WAIT_SECONDS  # Little's law: what the peak holds in flight, at least
 LIGHT_IN_FLIGHT = LIGHT_RATE * STORAGE_WAIT_SECONDS
 #: The stated bound on scale-up: from the metric crossing the target at 1 pod to 3 pods ready in Envoy. The 1m mean
-#: climbs from the target to twice the target (what asks for 3) at the peak's rate of climb, (PEAK_IN_FLIGHT -
-#: LIGHT_IN_FLIGHT) / MEAN_WINDOW_SECONDS a second, then the HPA's next sync asks 3 and the pods start.
-CLIMB_SECONDS = AUTOSCALE_TARGET * MEAN_WINDOW_SECONDS / (PEAK_IN_FLIGHT - LIGHT_IN_FLIGHT)
+#: climbs from the target to what asks for 3 (twice the target from 1 pod; past the tolerance of it, from 2 pods where
+#: a sync on the way asked 2) at the peak's rate of climb, (PEAK_IN_FLIGHT - LIGHT_IN_FLIGHT) / MEAN_WINDOW_SECONDS a
+#: second at least, then the HPA's next sync asks 3 and the pods start.
+ASKS_THREE = (MAX_PODS - 1) * AUTOSCALE_TARGET * (1 + HPA_TOLERANCE)
+CLIMB_SECONDS = (ASKS_THREE - AUTOSCALE_TARGET) * MEAN_WINDOW_SECONDS / (PEAK_IN_FLIGHT - LIGHT_IN_FLIGHT)
 SCALE_UP_BOUND = CLIMB_SECONDS + HPA_SYNC_SECONDS + SERIES_SLACK_SECONDS + POD_START_SECONDS
 #: The stated bound on scale-down, from the peak's end to 1 pod left: the 1m mean falls to the light load's level
 #: (under the target) within its window, then the scale-down window, the HPA's sync and the removed pods' drain.
