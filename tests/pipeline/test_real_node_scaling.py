@@ -303,9 +303,10 @@ def _read(call):
         raise
 
 
-def _seconds(later: Sample | None, earlier: Sample | None) -> float:
+def _seconds(later: Sample | None, earlier: Sample | float | None) -> float:
+    """Seconds from `earlier` (a sample or a time.monotonic()) to the sample `later`; both must have been seen."""
     assert later is not None and earlier is not None, (earlier, later)
-    return later.at - earlier.at
+    return later.at - (earlier if isinstance(earlier, float) else earlier.at)
 
 
 def _distinct(values: list[int]) -> list[int]:
@@ -349,16 +350,16 @@ def test_a_load_ramp_scales_1_to_3_within_its_bound_and_back_to_1_after_the_wind
     (most_held,) = bench.prometheus.query(f"max(max_over_time({m.IN_FLIGHT}{pods}[{window}]))")
     (limit,) = bench.prometheus.query(f"min({m.ADMISSION_LIMIT}{pods})")
     most_held, limit = float(most_held["value"][1]), float(limit["value"][1])
-    print(f"\nscale-up: the summed mean in-flight crossed {AUTOSCALE_TARGET} {crossed.at - start:.1f} s into the "
+    print(f"\nscale-up: the summed mean in-flight crossed {AUTOSCALE_TARGET} {_seconds(crossed, start):.1f} s into the "
           f"ramp at {crossed.current} pod; it asked for {MAX_PODS} {_seconds(asks_three, crossed):.1f} s later, the "
           f"HPA desired them {_seconds(desired_three, asks_three):.1f} s after, {MAX_PODS} ready in Envoy "
           f"{_seconds(three_ready, desired_three):.1f} s after that: {_seconds(three_ready, crossed):.1f} s from the "
           f"crossing (bound {SCALE_UP_BOUND:.0f} s); highest summed mean {highest:.2f}, most one pod held "
           f"{most_held:.0f} (its admission limit {limit:.0f})")
-    print(f"scale-down: the mean asked for 1 {asks_one.at - peak_end:.1f} s "
-          f"after the peak's end, the HPA desired 1 {_seconds(desired_one, asks_one):.1f} s later (window "
-          f"{SCALE_DOWN_WINDOW} s), one pod left {_seconds(one_left, desired_one):.1f} s after: "
-          f"{one_left.at - peak_end:.1f} s from the peak's end (bound {SCALE_DOWN_BOUND:.0f} s); desired {desired}")
+    print(f"scale-down: the mean asked for 1 {_seconds(asks_one, peak_end):.1f} s after the peak's end, the HPA "
+          f"desired 1 {_seconds(desired_one, asks_one):.1f} s later (window {SCALE_DOWN_WINDOW} s), one pod left "
+          f"{_seconds(one_left, desired_one):.1f} s after: {_seconds(one_left, peak_end):.1f} s from the peak's end "
+          f"(bound {SCALE_DOWN_BOUND:.0f} s); desired {desired}")
     print(f"callers: light {light.statuses()}, peak {peak.statuses()}; {seconds:.0f} s of load; "
           f"{len(timeline.samples)} samples, {len(timeline.errors)} failed {timeline.errors[:3]}")
 
@@ -368,18 +369,18 @@ def test_a_load_ramp_scales_1_to_3_within_its_bound_and_back_to_1_after_the_wind
     assert _seconds(desired_three, asks_three) <= HPA_SYNC_SECONDS + SERIES_SLACK_SECONDS, timeline.samples
     assert _seconds(three_ready, desired_three) <= POD_START_SECONDS, timeline.samples
     assert AUTOSCALE_TARGET < highest and most_held < limit, (highest, most_held, limit)
-    # down: held by the window (the HPA says so) once the mean asks for 1, then the pods drained
     # up to 3 (through 2 where a sync fell between the levels that ask 2 and 3), then down to 1 (likewise), no
     # flapping between
-    top = desired.index(MAX_PODS)
     assert desired[0] == desired[-1] == MIN_PODS and max(desired) == MAX_PODS, desired
+    top = desired.index(MAX_PODS)
     assert desired[:top + 1] == sorted(desired[:top + 1]) and desired[top:] == sorted(desired[top:], reverse=True)
+    # down: held by the window (the HPA says so) once the mean asks for 1, then the pods drained
     waited = _seconds(desired_one, asks_one)
     assert SCALE_DOWN_WINDOW - HPA_SYNC_SECONDS - SERIES_SLACK_SECONDS <= waited, timeline.samples
     assert waited <= SCALE_DOWN_WINDOW + HPA_SYNC_SECONDS + SERIES_SLACK_SECONDS, timeline.samples
     assert any(s.stabilized for s in timeline.samples if asks_one.at <= s.at < desired_one.at), timeline.samples
     assert _seconds(one_left, desired_one) <= POD_STOP_SECONDS, timeline.samples
-    assert one_left.at - peak_end <= SCALE_DOWN_BOUND, timeline.samples
+    assert _seconds(one_left, peak_end) <= SCALE_DOWN_BOUND, timeline.samples
     assert max(s.pods for s in timeline.samples) <= MAX_PODS, timeline.samples
     # nothing failed: the ramp, the new pods joining, the removed pods draining under the light load
     assert light.statuses() == {200: len(light.outcomes)}, light.failed()[:10]
