@@ -11,6 +11,7 @@ namespace's default ServiceAccount's imagePullSecret.
 from __future__ import annotations
 
 import base64
+import math
 import subprocess
 import sys
 import threading
@@ -49,9 +50,13 @@ print("recipe: reading the weights", flush=True)
 raise RuntimeError("recipe: the weights file is truncated")
 '''
 
+#: How long the WaitsOnStorage recipe's decode waits, off the CPU (tests/pipeline/test_real_node_scaling.py).
+STORAGE_WAIT_SECONDS = 0.15
+
 #: The recipes' handlers, picked by value.py's `handler`: what goes wrong in load happens as a real model's load
 #: would go wrong (test_real_node_deploy.py); the canary's builds serve the example's model and answers, one failing
-#: a third of its decodes, one marking its answers, one slower (test_real_node_rollout.py).
+#: a third of its decodes, one marking its answers, one slower (test_real_node_rollout.py); one whose requests wait on
+#: storage, holding the pod's in-flight up without its CPU (test_real_node_scaling.py).
 RECIPES = '''"""Handlers that fail on purpose, or tell who answered, for the real-node tests (tests/pipeline/)."""
 import itertools
 import threading
@@ -98,7 +103,16 @@ class SlowerBy20ms(MarksItsAnswers):
     def decode(self, payload):
         time.sleep(0.02)
         return super().decode(payload)
-'''
+
+
+class WaitsOnStorage(TextDirection):
+    """The example's answers, each decode STORAGE_WAIT_SECONDS later without using the CPU, as a handler that fetches
+    its input from object storage waits: a pod holds requests in flight while its CPU idles."""
+
+    def decode(self, payload):
+        time.sleep(STORAGE_WAIT_SECONDS)
+        return super().decode(payload)
+''' + f"\n\nSTORAGE_WAIT_SECONDS = {STORAGE_WAIT_SECONDS!r}\n"
 
 #: What the real-node tests add to the checkout's src/ before its image is built: one build serves every recipe.
 EXTRA_SRC = {"real_node_recipes.py": RECIPES, "real_node_crash.py": CRASHES}
@@ -250,7 +264,8 @@ def remove_hk(svc: RealNodeService, namespace: str) -> None:
     """Delete the service's hk objects as the admin (production cannot be deleted with the tool)."""
     subprocess.run([KUBECTL, "delete", "-n", namespace, "rollouts.argoproj.io,analysistemplates.argoproj.io,"
                     "deployments,service,pdb,configmap,virtualservices.networking.istio.io,"
-                    "destinationrules.networking.istio.io", "-l", f"service={svc.name}", "--wait=false"],
+                    "destinationrules.networking.istio.io,scaledobjects.keda.sh,horizontalpodautoscalers",
+                    "-l", f"service={svc.name}", "--wait=false"],
                    capture_output=True, env=svc.plane.tool_env())
 
 
@@ -263,10 +278,13 @@ def example_body(postid: str = "p") -> dict:
 class PacedCallers:
     """`rate` requests a second to `url` (with Host `host`) from `callers` threads, each request sent at its own time,
     until stopped (at most `seconds`); each answer as (time sent, status, the answering build's mark for a 200, what
-    went wrong otherwise). `with` waits for a second of answers before its body runs."""
+    went wrong otherwise). With `ramp_seconds`, the rate first rises evenly from none to `rate` over that time. `with`
+    waits for `rate` answers before its body runs."""
 
-    def __init__(self, url: str, host: str, body: dict, rate: int, callers: int, seconds: float = 300):
+    def __init__(self, url: str, host: str, body: dict, rate: int, callers: int, seconds: float = 300,
+                 ramp_seconds: float = 0):
         self.url, self.host, self.body, self.rate, self.seconds = url, host, body, rate, seconds
+        self.ramp_seconds = ramp_seconds
         self.outcomes: list[tuple[float, int, str | None]] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._client, args=(i, callers), daemon=True) for i in range(callers)]
@@ -297,12 +315,20 @@ class PacedCallers:
     def failed(self) -> list[tuple[float, int, str | None]]:
         return [o for o in self.outcomes if o[1] != 200]
 
+    def send_time(self, number: int) -> float:
+        """Seconds after the start that request `number` (from 0) is sent: n(t) = rate t^2 / (2 ramp) requests sent
+        by t during the ramp, then `rate` a second."""
+        during_ramp = self.rate * self.ramp_seconds / 2
+        if number < during_ramp:
+            return math.sqrt(2 * self.ramp_seconds * number / self.rate)
+        return self.ramp_seconds + (number - during_ramp) / self.rate
+
     def _client(self, index: int, callers: int) -> None:
         import requests
 
         with requests.Session() as session:
             for number in range(index, int(self.seconds * self.rate), callers):
-                if self._stop.wait(max(0.0, self._start + number / self.rate - time.monotonic())):
+                if self._stop.wait(max(0.0, self._start + self.send_time(number) - time.monotonic())):
                     return
                 sent = time.monotonic()
                 try:

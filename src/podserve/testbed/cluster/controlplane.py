@@ -38,6 +38,11 @@ ADMIN_USER = "podserve-admin"
 #: Who the apiserver is when it proxies to an aggregated API (the front proxy CA's only client: requestheader-allowed-names).
 FRONT_PROXY_CLIENT = "front-proxy-client"
 START_TIMEOUT_SECONDS = 60.0
+#: The HPA controller's period and tolerance (kube-controller-manager's defaults, stated so that the scaling tests
+#: derive their bounds from them): every period it reads each HPA's metrics and, where the usage ratio is off 1 by more
+#: than the tolerance, asks for ceil(usage / target) replicas.
+HPA_SYNC_SECONDS = 15
+HPA_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -180,7 +185,9 @@ class ControlPlane:
             f"--authorization-kubeconfig={kcm_config}", f"--secure-port={p.controller_manager}",
             f"--service-account-private-key-file={sa_key}", f"--root-ca-file={ca.cert_path}",
             "--use-service-account-credentials=true", f"--cluster-cidr={POD_CIDR}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--controllers=*,-nodeipam"])
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--controllers=*,-nodeipam",
+            f"--horizontal-pod-autoscaler-sync-period={HPA_SYNC_SECONDS}s",
+            f"--horizontal-pod-autoscaler-tolerance={HPA_TOLERANCE}"])
         scheduler_config = self.workdir / "kube-scheduler.kubeconfig"
         self._run("kube-scheduler", [
             *common, f"--kubeconfig={scheduler_config}", f"--authentication-kubeconfig={scheduler_config}",
