@@ -198,3 +198,28 @@ def test_decodes_stuck_holding_the_gil_get_their_process_replaced_and_the_pod_se
         reply = requests.post(server.api, json={"postid": f"after-{number}", "image": image}, timeout=30)
         assert reply.status_code == 200 and reply.json()["results"]["angle"] == 0, reply.text
     assert "has not stamped its heartbeat" in server.log()
+
+
+def test_the_metrics_page_leaves_out_a_metric_file_its_process_has_only_just_created(tmp_path):
+    """A replacement process creates its metric file empty before it sizes it; /metrics read in between answered 500
+    (prometheus_client's collector fails the page on it: struct.error). The front's collector leaves the empty file
+    out and keeps every sample of the others."""
+    import os
+    import struct
+    import subprocess
+    import sys
+
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from podserve.runtime.processes.pod_metrics import ProcessFiles
+
+    counted = ("from prometheus_client import Counter; "
+               "Counter('podserve_test_answers', 'answers', ('service',)).labels('s').inc(3)")
+    subprocess.run([sys.executable, "-c", counted], check=True, timeout=60,
+                   env=dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)))
+    (tmp_path / "counter_4242.db").write_bytes(b"")  # a starting process's file, not yet sized
+    with pytest.raises(struct.error):
+        list(MultiProcessCollector(None, path=str(tmp_path)).collect())
+    samples = {(s.name, s.labels.get("service")): s.value
+               for metric in ProcessFiles(None, path=str(tmp_path)).collect() for s in metric.samples}
+    assert samples == {("podserve_test_answers_total", "s"): 3.0}

@@ -19,7 +19,6 @@ import sys
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from podserve import metric_names as names
 from podserve.runtime.batching.pool import set_aside_start_up_objects
@@ -29,7 +28,7 @@ from podserve.runtime.processes import layout
 from podserve.runtime.processes.child import Slot, die_with_parent
 from podserve.runtime.processes.decoders import Decoders
 from podserve.runtime.processes.front import Front
-from podserve.runtime.processes.pod_metrics import PodMetrics
+from podserve.runtime.processes.pod_metrics import PodMetrics, ProcessFiles
 from podserve.runtime.processes.pod_view import PodView
 from podserve.runtime.protocols.control import ControlThread
 from podserve.settings import ServingSettings
@@ -53,7 +52,7 @@ def main() -> int:
     metrics.create_series(front.route, [])  # the model process creates its instances' series
     decoders = view.decoders = Decoders(settings, state, front.admission, front.route, lost)
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    ProcessFiles(registry)
     registry.register(PodMetrics(settings, state, front.lifecycle, front.admission, limit))
     ProcessCollector(pid=lambda: int(os.environ[layout.SUPERVISOR_PID]), registry=registry)  # the pod's PID 1
     listener = socket.socket(fileno=int(os.environ[layout.FRONT_FD]))
