@@ -15,6 +15,7 @@ PodserveScaleUpRefused reads it (one pod not created).
 from __future__ import annotations
 
 import copy
+import time
 
 import yaml
 
@@ -65,7 +66,9 @@ def test_keda_serves_the_rendered_query_through_the_apiserver_and_its_hpa_scales
     argo = ScrapeTarget(f"127.0.0.1:{rollouts_controller.metrics_port}", {"job": rollouts_job.split('"')[1]})
     prometheus = Prometheus(tmp_path / "prometheus", [argo], rule_files=[rules]).start()
     try:
-        prometheus.wait_for(query)
+        # KEDA asks Prometheus for the query at the current second (RFC 3339, its fraction dropped): a series younger
+        # than that second reads empty there, which KEDA answers as 0 (ignoreNullValues)
+        wait_for(lambda: prometheus.query(query, at=time.time() - 2), "the recorded series 2 s old", timeout=30)
         trigger["metadata"].update(serverAddress=prometheus.url, query=query)  # the test's Prometheus, not the region's
         for kind in ("Service", "DestinationRule", "VirtualService", "Rollout", "ScaledObject"):
             applier.apply(moved(by_kind[kind], namespace) if kind != "ScaledObject" else scaled)
