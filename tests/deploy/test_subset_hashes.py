@@ -77,5 +77,5 @@ class OneObject:
 
 
 def test_the_dry_run_and_validation_send_what_apply_sends(rendered_rule):
-    sent = commands._with_live_selector(OneObject(argo_wrote(rendered_rule, "aaa", "bbb")), rendered_rule)
+    sent = commands.as_applied_over_live(OneObject(argo_wrote(rendered_rule, "aaa", "bbb")), rendered_rule)
     assert [s["labels"][HASH_POD_LABEL] for s in sent["spec"]["subsets"]] == ["aaa", "bbb"]

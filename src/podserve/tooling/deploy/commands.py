@@ -437,10 +437,10 @@ def validate(kube: Kube, objects: list[dict]) -> None:
     """Server-side dry-run every object first, so that one the API server refuses leaves everything unchanged (a
     Deployment whose selector changes with the live selector: the selector is immutable, and apply re-creates it)."""
     for obj in objects:
-        dry_apply(kube, _with_live_selector(kube, obj))
+        dry_apply(kube, as_applied_over_live(kube, obj))
 
 
-def _with_live_selector(kube: Kube, obj: dict) -> dict:
+def as_applied_over_live(kube: Kube, obj: dict) -> dict:
     """`obj` as apply sends it over the live one: a Deployment with the live selector, a DestinationRule with the
     subset hashes Argo wrote."""
     if obj.get("kind") not in ("Deployment", "DestinationRule"):
@@ -859,7 +859,7 @@ def dry_run(kube: Kube, target: Target, say=print) -> int:
     for obj in map(drift.stamped, target.objects):  # as apply would send them
         kind, meta = kind_of(obj), obj["metadata"]
         live = kube.get(kind, meta.get("namespace"), meta["name"])
-        after = dry_apply(kube, _with_live_selector(kube, obj))
+        after = dry_apply(kube, as_applied_over_live(kube, obj))
         what = f"{obj['kind']}/{meta['name']}"
         if live is None:
             say(f"would create {what}")
