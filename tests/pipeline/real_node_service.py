@@ -41,6 +41,9 @@ SMALL = {"handler": "server:TextDirection", "model_path": "model/ch_ppocr_mobile
 
 #: The name and commit of the one service every real-node test builds (tests/pipeline/conftest.py: grey_service).
 NAME, COMMIT = "on-real-node", "realnode1"
+#: What each pod of the real-node tests' cases asks of the CPU: four fit the 2-core node with room to spare (a
+#: release's two stable pods, its canary and a pod stopping; scaling's three).
+POD_CPU = "400m"
 
 #: A handler module that raises as it loads (at import): the process exits, the kubelet restarts it, backs off.
 #: (A handler whose load() raises does not crash the pod: the runtime keeps serving 503 on /api/ping with no
@@ -122,6 +125,22 @@ def values(name: str, **fields) -> str:
     """value.py's text for service `name` of TEAM: SMALL, with `fields` changed."""
     return "".join(f"{key} = {value!r}\n" for key, value in
                    {"service_name": name, "username": TEAM, **SMALL, **fields}.items())
+
+
+def fast_conf(source: Path, target: Path, prometheus: str | None = None) -> Path:
+    """The conf/ `source` unfrozen into `target`, with FAST's probes, preStop, slow start and scrape interval (the mesh
+    suite's) and `prometheus` as the region's Prometheus where given; return it."""
+    sys.path.insert(0, str(REPO / "tests" / "mesh"))
+    from mesh_setup import FAST
+
+    conf = unfrozen_conf(target, source)
+    platform = yaml.safe_load((conf / "platform.yaml").read_text())
+    for section, changes in FAST.items():
+        platform[section].update(changes)
+    if prometheus:
+        platform["monitoring"]["prometheus_address"] = prometheus
+    (conf / "platform.yaml").write_text(yaml.safe_dump(platform))
+    return conf
 
 
 def real_node_conf(checkout: Path) -> None:

@@ -23,17 +23,13 @@ import time
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from real_node_kafka import region_brokers, start_node_broker
 from real_node_service import REPO, TEAM, RealNodeService, values
-from podserve.testbed.cluster import node as real
 from podserve.testbed.deploy_policy import unfrozen_conf
 from podserve import kafka_access
-from podserve.testbed.kafka import CLIENT_PROTOCOL, KafkaBroker, install_dir, installed
 from podserve.testbed.processes import poll_until
 from podserve.testbed.topics import TopicReader, image_message, send
 from podserve.tooling.deploy.kube import CONFIGMAPS, MANAGED, PODS, Kube
-from podserve.tooling import kafka_acls
-from podserve.tooling.deploy.kube import Kind
-from podserve.tooling.offline_manifests import KAFKA_CONFIGMAP, KAFKA_PROTOCOL_KEY
 
 sys.path.insert(0, str(REPO / "tests" / "deploy"))
 from ci_account import ci_kubeconfig  # noqa: E402 - the deploy tests' way to get an account's credentials
@@ -46,32 +42,10 @@ OFFLINE = {"mode": "offline", "source_topic": f"{TEAM}.lines", "sink_topic": f"{
 
 @pytest.fixture(scope="module")
 def broker(real_node, tmp_path_factory):
-    """A broker the real node's pods reach: its clients' listener on the node's bridge address."""
-    tools = REPO / ".tools"
-    assert installed(tools), f"Kafka is not installed in {install_dir(tools)}: run `make kafka-install`"
-    started = KafkaBroker(tools, tmp_path_factory.mktemp("kafka-node"), host=real.NODE_IP).start()
-    started.team_access()
+    """A broker the real node's pods reach, every team's access set."""
+    started = start_node_broker(REPO / ".tools", tmp_path_factory.mktemp("kafka-node"))
     yield started
     started.stop()
-
-
-SECRETS = Kind("v1", "secrets")
-
-
-def brokers_of_the_region(plane, users: dict[str, str], broker: KafkaBroker) -> dict[str, dict]:
-    """As the platform team: point each namespace's podserve-kafka at the broker and write its Secret with the
-    principal of `users` ({namespace: user}); return what the ConfigMaps held, to put back."""
-    admin = Kube(plane.api_client())
-    before = {}
-    for namespace, user in users.items():
-        found = admin.get(CONFIGMAPS, namespace, KAFKA_CONFIGMAP["name"])
-        before[namespace] = found["data"]
-        admin.request("PATCH", CONFIGMAPS.path(namespace, KAFKA_CONFIGMAP["name"]),
-                      body={"data": {KAFKA_CONFIGMAP["key"]: broker.bootstrap, KAFKA_PROTOCOL_KEY: CLIENT_PROTOCOL}},
-                      content_type="application/merge-patch+json")
-        admin.request("POST", SECRETS.path(namespace),
-                      body=kafka_acls.secret(namespace, user, broker.passwords[user], CLIENT_PROTOCOL))
-    return before
 
 
 def test_an_offline_service_passes_grey_its_smoke_and_deploy_hk_with_the_ci_job_lines(build_stage, control_plane,
@@ -86,55 +60,51 @@ def test_an_offline_service_passes_grey_its_smoke_and_deploy_hk_with_the_ci_job_
     credentials = {"KUBECONFIG_PREVIEW_HK": str(ci_kubeconfig(control_plane, tmp_path / "p.kubeconfig", TEAM, "preview")),
                    "KUBECONFIG_HK": str(ci_kubeconfig(control_plane, tmp_path / "h.kubeconfig", TEAM, "production"))}
     admin = Kube(control_plane.api_client())
-    before = brokers_of_the_region(control_plane, {grey_ns: kafka_access.username(TEAM, grey=True),
-                                                    hk_ns: kafka_access.username(TEAM)}, broker)
-    try:
-        images = service.build()
-        assert (service.checkout / "build/flavor.txt").read_text().strip() == "cpu"
-        assert sorted(p.name for p in (service.checkout / "build/manifests/grey").glob("*.yaml")) == [
-            "deployment.yaml", "poddisruptionbudget.yaml", "podmonitor.yaml", "scaledobject.yaml"]  # no route
-        digest = json.loads((service.checkout / "build/image-metadata.json").read_text())["containerimage.digest"]
-        service.let_the_node_pull()
-        # Production's stream exists before any worker reads it (grey's, its own, grey's worker creates)
-        source, grey_source = OFFLINE["source_topic"], kafka_access.grey_name(OFFLINE["source_topic"], TEAM)
-        stream_admin = AdminClient(broker.admin)  # held: a client collected before its future answers cancels it
-        stream_admin.create_topics([NewTopic(source, num_partitions=-1, replication_factor=-1)])[source].result(30)
-        timings = {}
-        for job in ("grey", "smoke-grey", "deploy-hk"):
-            if job == "smoke-grey":  # the team feeds grey's stream; production's goes on (for hk's workers)
-                send(broker.client_config(kafka_access.username(TEAM, grey=True)), grey_source, lines(6))
-                send(broker.admin, source, lines(6))
-            started = time.monotonic()
-            done = build_stage.run_job(job, service.checkout, service.commit, timeout=600, extra=credentials)
-            timings[job] = time.monotonic() - started
-            print(f"{job}: exit {done.returncode} in {timings[job]:.1f} s\n{done.stdout[-1500:]}")
-            assert done.returncode == 0, f"{job} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-            if job == "smoke-grey":
-                assert f"worker pod(s) of grey ready in {grey_ns}, each on {digest}" in done.stdout
-                assert f"consumer group {TEAM}.grey.{NAME} on {grey_source}: " in done.stdout
-        for namespace in (grey_ns, hk_ns):  # the kubelet runs the build this pipeline pushed, by digest
-            (pod,) = [p for p in admin.list(PODS, namespace, f"service={NAME}")["items"]
-                      if not p["metadata"].get("deletionTimestamp")]
-            assert pod["spec"]["nodeName"] == real_node.name
-            assert pod["status"]["containerStatuses"][0]["imageID"].endswith(digest), pod["status"]
-        # grey's results went to its own sink, production's to production's (each from its own stream)
-        for sink in (kafka_access.grey_name(OFFLINE["sink_topic"], TEAM), OFFLINE["sink_topic"]):
-            reader = TopicReader(broker.admin, sink)
-            try:
-                poll_until(lambda: reader.read_new(2) is not None and len(reader.records) >= 6, f"6 results in {sink}",
-                           120)
-            finally:
-                reader.close()
-        assert images and all(image.endswith(f":{service.commit}") for image in images)
-    finally:
-        for namespace in (grey_ns, hk_ns):  # as the admin: production cannot be deleted with the tool
-            for kind in [*MANAGED.values(), CONFIGMAPS]:
-                for item in admin.list(kind, namespace, f"service={NAME}").get("items") or []:
-                    admin.delete(kind, namespace, item["metadata"]["name"])
-        for namespace, data in before.items():
-            admin.request("PATCH", CONFIGMAPS.path(namespace, KAFKA_CONFIGMAP["name"]),
-                          body={"data": data}, content_type="application/merge-patch+json")
-            admin.delete(SECRETS, namespace, kafka_access.CREDENTIALS_SECRET)
+    with region_brokers(control_plane, {grey_ns: kafka_access.username(TEAM, grey=True),
+                                        hk_ns: kafka_access.username(TEAM)}, broker):
+        try:
+            images = service.build()
+            assert (service.checkout / "build/flavor.txt").read_text().strip() == "cpu"
+            assert sorted(p.name for p in (service.checkout / "build/manifests/grey").glob("*.yaml")) == [
+                "deployment.yaml", "poddisruptionbudget.yaml", "podmonitor.yaml", "scaledobject.yaml"]  # no route
+            digest = json.loads((service.checkout / "build/image-metadata.json").read_text())["containerimage.digest"]
+            service.let_the_node_pull()
+            # Production's stream exists before any worker reads it (grey's, its own, grey's worker creates)
+            source, grey_source = OFFLINE["source_topic"], kafka_access.grey_name(OFFLINE["source_topic"], TEAM)
+            stream_admin = AdminClient(broker.admin)  # held: a client collected before its future answers cancels it
+            stream_admin.create_topics([NewTopic(source, num_partitions=-1, replication_factor=-1)])[source].result(30)
+            timings = {}
+            for job in ("grey", "smoke-grey", "deploy-hk"):
+                if job == "smoke-grey":  # the team feeds grey's stream; production's goes on (for hk's workers)
+                    send(broker.client_config(kafka_access.username(TEAM, grey=True)), grey_source, lines(6))
+                    send(broker.admin, source, lines(6))
+                started = time.monotonic()
+                done = build_stage.run_job(job, service.checkout, service.commit, timeout=600, extra=credentials)
+                timings[job] = time.monotonic() - started
+                print(f"{job}: exit {done.returncode} in {timings[job]:.1f} s\n{done.stdout[-1500:]}")
+                assert done.returncode == 0, f"{job} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+                if job == "smoke-grey":
+                    assert f"worker pod(s) of grey ready in {grey_ns}, each on {digest}" in done.stdout
+                    assert f"consumer group {TEAM}.grey.{NAME} on {grey_source}: " in done.stdout
+            for namespace in (grey_ns, hk_ns):  # the kubelet runs the build this pipeline pushed, by digest
+                (pod,) = [p for p in admin.list(PODS, namespace, f"service={NAME}")["items"]
+                          if not p["metadata"].get("deletionTimestamp")]
+                assert pod["spec"]["nodeName"] == real_node.name
+                assert pod["status"]["containerStatuses"][0]["imageID"].endswith(digest), pod["status"]
+            # grey's results went to its own sink, production's to production's (each from its own stream)
+            for sink in (kafka_access.grey_name(OFFLINE["sink_topic"], TEAM), OFFLINE["sink_topic"]):
+                reader = TopicReader(broker.admin, sink)
+                try:
+                    poll_until(lambda: reader.read_new(2) is not None and len(reader.records) >= 6,
+                               f"6 results in {sink}", 120)
+                finally:
+                    reader.close()
+            assert images and all(image.endswith(f":{service.commit}") for image in images)
+        finally:
+            for namespace in (grey_ns, hk_ns):  # as the admin: production cannot be deleted with the tool
+                for kind in [*MANAGED.values(), CONFIGMAPS]:
+                    for item in admin.list(kind, namespace, f"service={NAME}").get("items") or []:
+                        admin.delete(kind, namespace, item["metadata"]["name"])
 
 
 def lines(count: int) -> list[tuple[bytes, bytes]]:

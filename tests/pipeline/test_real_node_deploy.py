@@ -18,14 +18,11 @@ from typing import Iterator
 
 import pytest
 
-from real_node_service import (KUBECTL, REPO, TEAM, Deployed, PacedCallers, RealNodeService, example_body, hk_gateway,
-                               remove_hk, subset_cluster)
+from real_node_service import (KUBECTL, POD_CPU, REPO, TEAM, Deployed, PacedCallers, RealNodeService, example_body,
+                               hk_gateway, remove_hk, subset_cluster)
 
 from podserve.tooling.deploy import failures
 
-
-#: The cases' pods ask this much CPU each, so that the four fit the real node (2 cores) at once with room to spare.
-CASE_CPU = "400m"
 #: case: (value.py fields, image tag, the failure the deploy tool must name, words its message must hold)
 CASES = {
     "oom": ({"handler": "real_node_recipes:OutgrowsMemory"}, None, failures.OOM_KILLED,
@@ -91,7 +88,7 @@ def deploy_to_fail(service: RealNodeService, case: str) -> Deployed:
     """Deploy <service>-<case> on grey, running the service's own image (at the case's tag); then delete it."""
     fields, tag, _, _ = CASES[case]
     name = f"{service.name}-{case}"
-    manifests = service.render(name, tag or service.commit, cpu=CASE_CPU, **fields)
+    manifests = service.render(name, tag or service.commit, cpu=POD_CPU, **fields)
     for path in manifests.rglob("*.yaml"):  # the image is named after the service that built it, not after the case
         path.write_text(path.read_text().replace(f"/{TEAM}/{name}:", f"/{TEAM}/{service.name}:"))
     try:
@@ -274,7 +271,7 @@ def test_the_move_from_the_deployment_to_the_rollout_under_60_requests_a_second_
 
     poll_until(lambda: not core.list_namespaced_pod(namespace, label_selector=f"service={svc.name}").items,
                "no hk pod of the service left from an earlier test", 120)
-    rendered = svc.render(svc.name, svc.commit, stage="hk", variant="-migration", cpu=CASE_CPU)
+    rendered = svc.render(svc.name, svc.commit, stage="hk", variant="-migration", cpu=POD_CPU)
     legacy = before_rollouts(rendered, tmp_path / "before-rollouts" / "hk")
     restarts: dict[str, int] = {}
     stop = threading.Event()

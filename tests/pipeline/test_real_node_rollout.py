@@ -29,15 +29,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from real_node_service import (COMMIT, NAME, REPO, TEAM, PacedCallers, example_body, hk_gateway, remove_hk,
-                               subset_cluster)
+from real_node_service import (COMMIT, NAME, POD_CPU, REPO, TEAM, PacedCallers, example_body, fast_conf, hk_gateway,
+                               remove_hk, subset_cluster)
 
 sys.path[:0] = [str(REPO / "tests" / "deploy"), str(REPO / "tests" / "mesh")]
 from live import finish, read_until  # noqa: E402
-from mesh_setup import FAST  # noqa: E402
 from receiver import Receiver  # noqa: E402
 
-from podserve.testbed.deploy_policy import unfrozen_conf  # noqa: E402
 from podserve.testbed.processes import poll_until  # noqa: E402
 from podserve.testbed.prometheus import PodTargetFeed, Prometheus  # noqa: E402
 from podserve.tooling import analysis_template as at  # noqa: E402
@@ -46,7 +44,6 @@ from podserve.tooling.conf import load_conf  # noqa: E402
 
 RATE = 60
 CALLERS = 8
-CPU = "400m"
 STEPS = [25, 50]
 WINDOW = 10
 #: The floors are the least of each *_floor and *_margin (analysis_template.Thresholds.of), so both are raised.
@@ -69,14 +66,9 @@ ISTIO = ("networking.istio.io", "v1")
 
 
 def release_conf(source: Path, target: Path, prometheus: str) -> Path:
-    """The checkout's conf/ unfrozen, with FAST's probes, slow start and scrape interval, the test's Prometheus as the
-    region's, VERDICT, the short scale-down delay and a 5 s deploy lock lease; return it."""
-    conf = unfrozen_conf(target, source)
-    platform = yaml.safe_load((conf / "platform.yaml").read_text())
-    for section, changes in FAST.items():
-        platform[section].update(changes)
-    platform["monitoring"]["prometheus_address"] = prometheus
-    (conf / "platform.yaml").write_text(yaml.safe_dump(platform))
+    """The checkout's conf/ as fast_conf makes it (FAST's probes, slow start and scrape interval, the test's Prometheus
+    as the region's), with VERDICT, the short scale-down delay and a 5 s deploy lock lease; return it."""
+    conf = fast_conf(source, target, prometheus)
     policy = yaml.safe_load((conf / "deploy.yaml").read_text())
     policy["verdict"].update(VERDICT)
     policy["canary_scale_down_delay_seconds"] = SCALE_DOWN_DELAY
@@ -102,12 +94,12 @@ class Bench:
         self._rendered: dict[str, Path] = {}
 
     def manifests(self, handler: str = "server:TextDirection", **fields) -> Path:
-        """hk of the service with `handler`, CPU, canary_steps STEPS (and `fields`), rendered with the test conf."""
+        """hk of the service with `handler`, POD_CPU, canary_steps STEPS (and `fields`), rendered with the test conf."""
         key = f"{handler}-{sorted(fields.items())}"
         if key not in self._rendered:
             variant = f"-rollout-{handler.split(':')[-1]}-{len(self._rendered)}"
             self._rendered[key] = self.service.render(NAME, COMMIT, stage="hk", conf=self.conf_dir, variant=variant,
-                                                      handler=handler, cpu=CPU, canary_steps=STEPS, **fields)
+                                                      handler=handler, cpu=POD_CPU, canary_steps=STEPS, **fields)
         return self._rendered[key]
 
     def callers(self) -> PacedCallers:

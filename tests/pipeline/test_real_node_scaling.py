@@ -27,19 +27,18 @@ KEDA's metrics server every HPA_SYNC_SECONDS and KEDA queries Prometheus at each
 from __future__ import annotations
 
 import math
-import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
 
-from real_node_service import (COMMIT, NAME, STORAGE_WAIT_SECONDS, TEAM, PacedCallers, example_body, hk_gateway,
-                               remove_hk, subset_cluster)
-from test_real_node_rollout import CPU, release_conf
+from real_node_service import (COMMIT, NAME, POD_CPU, STORAGE_WAIT_SECONDS, TEAM, PacedCallers, example_body,
+                               fast_conf, hk_gateway, subset_cluster)
+from scaling_watch import (KEDA, SAMPLE_SECONDS, Timeline, distinct, read_or_none, remove_scaled_hk, scaled_object,
+                           shorten_scale_down, since, wait_for_no_hk_pods)
 
 from podserve import metric_names as m
 from podserve.testbed.cluster.controlplane import HPA_SYNC_SECONDS, HPA_TOLERANCE
@@ -55,7 +54,7 @@ WAITS_ON_STORAGE = "real_node_recipes:WaitsOnStorage"
 MIN_PODS, MAX_PODS = 1, 3
 #: The in-flight per pod the HPA keeps (value.py autoscale_target), against the pod's admission limit of 64.
 AUTOSCALE_TARGET = 3
-VALUES = {"handler": WAITS_ON_STORAGE, "cpu": CPU, "hk_replicas": MIN_PODS, "max_replicas": MAX_PODS,
+VALUES = {"handler": WAITS_ON_STORAGE, "cpu": POD_CPU, "hk_replicas": MIN_PODS, "max_replicas": MAX_PODS,
           "autoscale_metric": "in_flight", "autoscale_target": AUTOSCALE_TARGET,
           # request threads: the peak's 9 waiting decodes never wait for a thread; what each thread may parse and
           # decode counts against the pod's memory plan (1Gi), so bodies, videos and images are held small (the
@@ -88,18 +87,13 @@ SCALE_UP_BOUND = CLIMB_SECONDS + HPA_SYNC_SECONDS + SERIES_SLACK_SECONDS + POD_S
 #: The stated bound on scale-down, from the peak's end to 1 pod left: the 1m mean falls to the light load's level
 #: (under the target) within its window, then the scale-down window, the HPA's sync and the removed pods' drain.
 SCALE_DOWN_BOUND = MEAN_WINDOW_SECONDS + SCALE_DOWN_WINDOW + HPA_SYNC_SECONDS + SERIES_SLACK_SECONDS + POD_STOP_SECONDS
-KEDA = ("keda.sh", "v1alpha1")
 ARGO = ("argoproj.io", "v1alpha1")
 
 
 def scaling_conf(source: Path, target: Path, prometheus: str) -> Path:
-    """release_conf's test conf (FAST's probes and scrape interval, the test's Prometheus as the region's) with the
+    """fast_conf's test conf (FAST's probes and scrape interval, the test's Prometheus as the region's) with the
     scale-down stabilisation window shortened to SCALE_DOWN_WINDOW; return it."""
-    conf = release_conf(source, target, prometheus)
-    platform = yaml.safe_load((conf / "platform.yaml").read_text())
-    platform["autoscaling"]["scale_down_stabilization_seconds"] = SCALE_DOWN_WINDOW
-    (conf / "platform.yaml").write_text(yaml.safe_dump(platform))
-    return conf
+    return shorten_scale_down(fast_conf(source, target, prometheus), SCALE_DOWN_WINDOW)
 
 
 @contextmanager
@@ -142,43 +136,6 @@ class Sample:
     ready: int  # the Rollout's ready replicas
     pods: int  # the service's pods, stopping ones too
     hosts: int  # stable's hosts Envoy holds healthy and not ejected
-
-
-SAMPLE_SECONDS = 0.5
-
-
-class Timeline:
-    """Samples every part in a thread while the test runs; `samples` in order."""
-
-    def __init__(self, bench: "ScalingBench"):
-        self.bench = bench
-        self.samples: list[Sample] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> "Timeline":
-        self._thread.start()
-        poll_until(lambda: self.samples, "a first sample of the service", 30)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    @property
-    def last(self) -> Sample:
-        return self.samples[-1]
-
-    def _sample(self) -> None:
-        while not self._stop.wait(SAMPLE_SECONDS):
-            try:
-                self.samples.append(self.bench.sample())
-            except Exception as exc:  # a refused or slow call: counted, the next sample tries again
-                self.errors.append(repr(exc)[:200])
-
-    def first(self, check: Callable[[Sample], bool], after: float = 0.0) -> Sample | None:
-        return next((s for s in self.samples if s.at >= after and check(s)), None)
 
 
 def hpa_asks(in_flight: float, current: int) -> int:
@@ -249,14 +206,12 @@ def scaling_bench(grey_service, istiod, rollouts_controller, keda, tmp_path_fact
         stack.enter_context(region_prometheus(grey_service.plane, prometheus.url, scaled_object(manifests)))
         # removed before the address is put back: KEDA's last update of its ScaledObject (its finalizer) is admitted
         stack.callback(remove_scaled_hk, grey_service, namespace)
-        core = client.CoreV1Api(grey_service.plane.api_client())
-        poll_until(lambda: not core.list_namespaced_pod(namespace, label_selector=f"service={NAME}").items,
-                   "no hk pod of the service left from an earlier test", 120)
+        wait_for_no_hk_pods(grey_service, namespace)
         gateway = stack.enter_context(hk_gateway(grey_service, istiod, work))
         bench = ScalingBench(grey_service, namespace, manifests, gateway, prometheus)
         deployed = grey_service.deploy("apply", manifests=manifests, stage="hk", conf=conf_dir, timeout=600)
         assert deployed.returncode == 0, deployed.output
-        hpa = poll_until(lambda: _read(bench.hpa), f"KEDA's HPA {bench.hpa_name}", 60)
+        hpa = poll_until(lambda: read_or_none(bench.hpa), f"KEDA's HPA {bench.hpa_name}", 60)
         assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (MIN_PODS, MAX_PODS)
         # the platform's behaviour (conf/platform.yaml), its scale-down window shortened in the test conf only
         behavior = client.ApiClient().sanitize_for_serialization(hpa.spec.behavior)
@@ -265,7 +220,7 @@ def scaling_bench(grey_service, istiod, rollouts_controller, keda, tmp_path_fact
         for direction in ("scaleUp", "scaleDown"):
             for field in ("stabilizationWindowSeconds", "policies"):
                 assert behavior[direction][field] == expected[direction][field], (behavior, expected)
-        poll_until(lambda: bench.in_flight() is not None and _read(bench.hpa).status.current_metrics,
+        poll_until(lambda: bench.in_flight() is not None and read_or_none(bench.hpa).status.current_metrics,
                    "the HPA reading the pods' in-flight from KEDA", 90)
         poll_until(lambda: sum(1 for h in bench.envoy.hosts(bench.stable).values() if h["eds_healthy"]) == MIN_PODS,
                    "Envoy holding the one pod", 60)
@@ -274,51 +229,11 @@ def scaling_bench(grey_service, istiod, rollouts_controller, keda, tmp_path_fact
         assert gateway.envoy.rejected_updates() == {} and gateway.envoy.istio_type_urls() == []
 
 
-def scaled_object(manifests: Path) -> dict:
-    """The ScaledObject render wrote in the stage folder `manifests`."""
-    (found,) = [d for f in sorted(manifests.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
-                if d and d["kind"] == "ScaledObject"]
-    return found
-
-
-def remove_scaled_hk(service, namespace: str) -> None:
-    """remove_hk, and wait until KEDA has let its ScaledObject go (its finalizer removes the HPA)."""
-    from kubernetes import client
-
-    remove_hk(service, namespace)
-    objects = client.CustomObjectsApi(service.plane.api_client())
-    poll_until(lambda: not objects.list_namespaced_custom_object(*KEDA, namespace, "scaledobjects",
-                                                                 label_selector=f"service={NAME}")["items"],
-               "KEDA letting the ScaledObject go", 60, every=0.5)
-
-
-def _read(call):
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        return call()
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
-def _seconds(later: Sample | None, earlier: Sample | float | None) -> float:
-    """Seconds from `earlier` (a sample or a time.monotonic()) to the sample `later`; both must have been seen."""
-    assert later is not None and earlier is not None, (earlier, later)
-    return later.at - (earlier if isinstance(earlier, float) else earlier.at)
-
-
-def _distinct(values: list[int]) -> list[int]:
-    """`values` with each run of equal values as one."""
-    return [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
-
-
 def test_a_load_ramp_scales_1_to_3_within_its_bound_and_back_to_1_after_the_window_failing_no_request(
         scaling_bench):
     bench = scaling_bench
     assert bench.query == scaling.query(scaling.IN_FLIGHT_SERIES, bench.namespace, NAME)
-    with Timeline(bench) as timeline, bench.callers(LIGHT_RATE, LIGHT_CALLERS) as light:
+    with Timeline(bench.sample) as timeline, bench.callers(LIGHT_RATE, LIGHT_CALLERS) as light:
         start = time.monotonic()
         with bench.callers(PEAK_RATE - LIGHT_RATE, PEAK_CALLERS, RAMP_SECONDS) as peak:
             poll_until(lambda: timeline.last.ready == MAX_PODS and timeline.last.hosts == MAX_PODS,
@@ -344,30 +259,30 @@ def test_a_load_ramp_scales_1_to_3_within_its_bound_and_back_to_1_after_the_wind
     desired_one = timeline.first(lambda s: s.desired == MIN_PODS, peak_end)
     one_left = timeline.first(lambda s: (s.pods, s.hosts) == (1, 1), desired_one.at if desired_one else peak_end)
     highest = max(s.in_flight for s in timeline.samples if s.in_flight is not None)
-    desired = _distinct([s.desired for s in timeline.samples if s.desired])
+    desired = distinct([s.desired for s in timeline.samples if s.desired])
     window = f"{seconds + MEAN_WINDOW_SECONDS:.0f}s"
     pods = f'{{namespace="{bench.namespace}"}}'
     (most_held,) = bench.prometheus.query(f"max(max_over_time({m.IN_FLIGHT}{pods}[{window}]))")
     (limit,) = bench.prometheus.query(f"min({m.ADMISSION_LIMIT}{pods})")
     most_held, limit = float(most_held["value"][1]), float(limit["value"][1])
-    print(f"\nscale-up: the summed mean in-flight crossed {AUTOSCALE_TARGET} {_seconds(crossed, start):.1f} s into the "
-          f"ramp at {crossed.current} pod; it asked for {MAX_PODS} {_seconds(asks_three, crossed):.1f} s later, the "
-          f"HPA desired them {_seconds(desired_three, asks_three):.1f} s after, {MAX_PODS} ready in Envoy "
-          f"{_seconds(three_ready, desired_three):.1f} s after that: {_seconds(three_ready, crossed):.1f} s from the "
+    print(f"\nscale-up: the summed mean in-flight crossed {AUTOSCALE_TARGET} {since(crossed, start):.1f} s into the "
+          f"ramp at {crossed.current} pod; it asked for {MAX_PODS} {since(asks_three, crossed):.1f} s later, the "
+          f"HPA desired them {since(desired_three, asks_three):.1f} s after, {MAX_PODS} ready in Envoy "
+          f"{since(three_ready, desired_three):.1f} s after that: {since(three_ready, crossed):.1f} s from the "
           f"crossing (bound {SCALE_UP_BOUND:.0f} s); highest summed mean {highest:.2f}, most one pod held "
           f"{most_held:.0f} (its admission limit {limit:.0f})")
-    print(f"scale-down: the mean asked for 1 {_seconds(asks_one, peak_end):.1f} s after the peak's end, the HPA "
-          f"desired 1 {_seconds(desired_one, asks_one):.1f} s later (window {SCALE_DOWN_WINDOW} s), one pod left "
-          f"{_seconds(one_left, desired_one):.1f} s after: {_seconds(one_left, peak_end):.1f} s from the peak's end "
+    print(f"scale-down: the mean asked for 1 {since(asks_one, peak_end):.1f} s after the peak's end, the HPA "
+          f"desired 1 {since(desired_one, asks_one):.1f} s later (window {SCALE_DOWN_WINDOW} s), one pod left "
+          f"{since(one_left, desired_one):.1f} s after: {since(one_left, peak_end):.1f} s from the peak's end "
           f"(bound {SCALE_DOWN_BOUND:.0f} s); desired {desired}")
     print(f"callers: light {light.statuses()}, peak {peak.statuses()}; {seconds:.0f} s of load; "
           f"{len(timeline.samples)} samples, {len(timeline.errors)} failed {timeline.errors[:3]}")
 
     # up: from one pod, the HPA's next sync after the metric asks for 3, the pods within their start
     assert crossed.current == MIN_PODS, crossed
-    assert _seconds(three_ready, crossed) <= SCALE_UP_BOUND, timeline.samples
-    assert _seconds(desired_three, asks_three) <= HPA_SYNC_SECONDS + SERIES_SLACK_SECONDS, timeline.samples
-    assert _seconds(three_ready, desired_three) <= POD_START_SECONDS, timeline.samples
+    assert since(three_ready, crossed) <= SCALE_UP_BOUND, timeline.samples
+    assert since(desired_three, asks_three) <= HPA_SYNC_SECONDS + SERIES_SLACK_SECONDS, timeline.samples
+    assert since(three_ready, desired_three) <= POD_START_SECONDS, timeline.samples
     assert AUTOSCALE_TARGET < highest and most_held < limit, (highest, most_held, limit)
     # up to 3 (through 2 where a sync fell between the levels that ask 2 and 3), then down to 1 (likewise), no
     # flapping between
@@ -375,12 +290,12 @@ def test_a_load_ramp_scales_1_to_3_within_its_bound_and_back_to_1_after_the_wind
     top = desired.index(MAX_PODS)
     assert desired[:top + 1] == sorted(desired[:top + 1]) and desired[top:] == sorted(desired[top:], reverse=True)
     # down: held by the window (the HPA says so) once the mean asks for 1, then the pods drained
-    waited = _seconds(desired_one, asks_one)
+    waited = since(desired_one, asks_one)
     assert SCALE_DOWN_WINDOW - HPA_SYNC_SECONDS - SERIES_SLACK_SECONDS <= waited, timeline.samples
     assert waited <= SCALE_DOWN_WINDOW + HPA_SYNC_SECONDS + SERIES_SLACK_SECONDS, timeline.samples
     assert any(s.stabilized for s in timeline.samples if asks_one.at <= s.at < desired_one.at), timeline.samples
-    assert _seconds(one_left, desired_one) <= POD_STOP_SECONDS, timeline.samples
-    assert _seconds(one_left, peak_end) <= SCALE_DOWN_BOUND, timeline.samples
+    assert since(one_left, desired_one) <= POD_STOP_SECONDS, timeline.samples
+    assert since(one_left, peak_end) <= SCALE_DOWN_BOUND, timeline.samples
     assert max(s.pods for s in timeline.samples) <= MAX_PODS, timeline.samples
     # nothing failed: the ramp, the new pods joining, the removed pods draining under the light load
     assert light.statuses() == {200: len(light.outcomes)}, light.failed()[:10]

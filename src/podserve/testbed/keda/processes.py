@@ -36,8 +36,10 @@ START_TIMEOUT_SECONDS = 90.0
 class Keda:
     """KEDA's operator and adapter processes and how to reach them."""
 
-    def __init__(self, plane, operator: Program, adapter: Program, health_port: int):
+    def __init__(self, plane, operator: Program, adapter: Program, health_port: int, metrics_port: int):
         self.plane, self.operator, self.adapter, self.health_port = plane, operator, adapter, health_port
+        #: The operator's Prometheus endpoint (plain HTTP on 127.0.0.1: keda_scaler_metrics_value and the rest).
+        self.metrics_port = metrics_port
 
     @classmethod
     def start(cls, plane, work: Path, binaries: Path | None = None) -> "Keda":
@@ -72,7 +74,7 @@ class Keda:
                 f"--lister-kubeconfig={plane.kubeconfig}", f"--authentication-kubeconfig={plane.kubeconfig}",
                 f"--authorization-kubeconfig={plane.kubeconfig}", "--zap-encoder=console"],
                 work / "keda-adapter.log", env=env, cwd=work)
-            keda = cls(plane, operator, adapter, health)
+            keda = cls(plane, operator, adapter, health, metrics)
             keda._register(secure)
             adapter.wait_until(keda.available, START_TIMEOUT_SECONDS, f"APIService {API_SERVICE} Available")
         except BaseException:

@@ -10,7 +10,7 @@ from podserve.tooling.conf import Observability
 from podserve.tooling.observability.panels import DATASOURCE, Panel, Row, Target, dashboard, datasource_variable, \
     query_variable
 from podserve.tooling.observability.queries import ERRORS, HPA_LABEL, MIB, SLO_REQUESTS, Selectors, budget_name, \
-    pods_not_created, quantile, recording_name
+    keda_trigger_values, pods_not_created, quantile, recording_name
 
 RATE = "$__rate_interval"
 
@@ -39,7 +39,7 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
     slo = f"{s}, {SLO_REQUESTS}"
     kube = f'{obs.kube_state_metrics_selector}, {cl}=~"$cluster", namespace=~"$namespace"'
     rollouts = f'{obs.rollouts_selector}, {cl}=~"$cluster", namespace=~"$namespace"'
-    keda = f'{obs.keda_selector}, {cl}=~"$cluster", namespace=~"$namespace"'
+    keda_service = f'{obs.keda_selector}, {cl}=~"$cluster", namespace=~"$namespace", scaledObject="$service"'
     hpa = f'{kube}, {HPA_LABEL}="{scaling.HPA_PREFIX}$service"'
     mesh = (f'{cl}=~"$cluster", reporter="{obs.istio_reporter}", destination_workload="$service", '
             'destination_workload_namespace=~"$namespace"')
@@ -142,8 +142,8 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
             "available with nothing 'not created': pods exist but wait for a node or are not ready.", width=12),
         Panel("timeseries", "Scaling metric against its target", "short", [
             Target(f"sum by (pod) ({scaling.BACKLOG_SERIES}{{{s}}})", "{{pod}} queued for a lane (mean 1m)"),
-            Target(f"sum by (namespace) (keda_scaler_metrics_value{{{keda}, scaledObject=\"$service\"}}) / on "
-                   f"(namespace) sum by (namespace) (kube_horizontalpodautoscaler_status_current_replicas{{{hpa}}})",
+            Target(f"{keda_trigger_values(keda_service)} / on (namespace) "
+                   f"sum by (namespace) (kube_horizontalpodautoscaler_status_current_replicas{{{hpa}}})",
                    "per pod, as the HPA averages it {{namespace}}"),
             Target(f"max by (namespace) (kube_horizontalpodautoscaler_spec_target_metric{{{hpa}, "
                    f"metric_target_type=\"average\"}})", "target (autoscale_target) {{namespace}}")],

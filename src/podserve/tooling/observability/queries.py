@@ -71,6 +71,14 @@ class Selectors:
 
 #: kube-state-metrics' label that names an HorizontalPodAutoscaler
 HPA_LABEL = "horizontalpodautoscaler"
+#: KEDA's operator's gauge of each trigger's last value, labelled namespace, scaledObject, scaler, metric.
+KEDA_TRIGGER_VALUE = "keda_scaler_metrics_value"
+
+
+def keda_trigger_values(selector: str) -> str:
+    """What KEDA last reported for the ScaledObjects `selector` picks (the operator's series), summed per namespace:
+    the value the HPA divides by its pods."""
+    return f"sum by (namespace) ({KEDA_TRIGGER_VALUE}{{{selector}}})"
 
 
 def as_deployment(expr: str) -> str:
