@@ -51,8 +51,11 @@ def _fixtures() -> dict[str, str]:
     texts["pipeline: the real node's service"] = node.values("on-real-node")
     cases = _module("tests/pipeline/test_real_node_deploy.py")
     for case, (fields, *_rest) in cases.CASES.items():
-        texts[f"pipeline: real-node case {case}"] = node.values(f"on-real-node-{case}", cpu=cases.CASE_CPU, **fields)
+        texts[f"pipeline: real-node case {case}"] = node.values(f"on-real-node-{case}", cpu=node.POD_CPU, **fields)
     texts["pipeline: the real node's 2Gi memory case"] = node.values("on-real-node", **cases.MEMORY_CASE)
+    for relative in ("tests/pipeline/test_real_node_scaling.py", "tests/pipeline/test_real_node_offline_scaling.py"):
+        scaled = _module(relative)
+        texts[f"pipeline: {Path(relative).stem}.VALUES"] = node.values("on-real-node", **scaled.VALUES)
     live = _module("tests/deploy/live.py")
     texts["deploy: live.VALUES"] = live.VALUES.format(name="svc", team="like", max_replicas=0)
     tenancy = _module("tests/deploy/test_tenancy.py")
