@@ -528,6 +528,7 @@ def _visible(spec: dict, value: str | None = None) -> None:
 
 
 def _on(spec: dict, pool) -> None:
+    """The pod placed on `pool` as render places it: the pool's nodeSelector and tolerations."""
     spec.update(nodeSelector=dict(pool.node_selector), tolerations=list(pool.tolerations))
 
 
