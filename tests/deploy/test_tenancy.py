@@ -603,7 +603,7 @@ THIRD_PASS = [
      "podserve-podmonitors", MONITOR_LIMITS, lambda o: o["PodMonitor"]["spec"].update(sampleLimit=500, labelLimit=20)),
     ("an image from a foreign registry", "preview", "Deployment",
      lambda o: _spec(o)["containers"][0].update(image="docker.io/library/python:3.11"),
-     "podserve-images", "images come only from the platform registry of the region, registry.hk.example.com/", None),
+     "podserve-images", "images come only from the platform registries of the region, registry.hk.example.com", None),
     ("an image of a look-alike host", "production", "Rollout",
      lambda o: _spec(o)["containers"][0].update(image="registry.hk.example.com.evil.example/imo/x:1"),
      "podserve-images", "not registry.hk.example.com.evil.example/imo/x:1",

@@ -94,7 +94,7 @@ def pod_limits(conf: Conf, region: str) -> dict:
             "gpuResources": ",".join(gpu_resources), "gpuPool": selector_entries(settings.node_pools.gpu.node_selector),
             "poolKeys": ",".join(sorted({key for pool in pools for key in pool.node_selector})),
             "resources": ",".join([*tenancy.BASE_RESOURCES, *gpu_resources]),
-            "topologyKeys": ",".join(tenancy.TOPOLOGY_KEYS), "registry": settings.registry,
+            "topologyKeys": ",".join(tenancy.TOPOLOGY_KEYS), "registries": settings.registry,
             "gpuVisibilityEnv": tenancy.GPU_VISIBILITY_ENV, "noGpu": tenancy.NO_GPU,
             "maxCpu": str(max((p.allocatable.cpu for p in pools), key=quantity.cpu_cores)),
             "maxMemory": str(max((p.allocatable.memory for p in pools), key=quantity.memory_bytes)),
