@@ -88,7 +88,8 @@ def test_chart_values_follow_the_stages_of_a_region(conf):
         "pods": str(preview.pods), "requests.cpu": preview.cpu, "limits.cpu": preview.cpu,
         "requests.memory": preview.memory, "limits.memory": preview.memory,
         "requests.nvidia.com/gpu": str(preview.gpus),  # each pod 2304Mi of local disk: 2Gi and its sidecar's 256Mi
-        "requests.ephemeral-storage": f"{preview.pods * 2304}Mi", "limits.ephemeral-storage": f"{preview.pods * 2304}Mi"}
+        "requests.ephemeral-storage": f"{preview.pods * 2304}Mi",
+        "limits.ephemeral-storage": f"{preview.pods * 2304}Mi"}
     assert by_name["podserve-imo-grey"]["priorityClass"] == "podserve-preview"
     assert by_name["podserve-imo-grey"]["routeNamespaces"] == ["podserve-imo-grey"]  # never production's pods
     # eu has only production: its VirtualServices may reach the team's production namespace there, nothing else.
