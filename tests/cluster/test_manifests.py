@@ -5,13 +5,16 @@ Real: kube-apiserver's decoding, OpenAPI and CRD structural-schema validation, a
 apply passes through, nothing stored, so all stages and services can be checked side by side.
 The session's cluster is one region's; a stage of another region goes to a copy of the team's
 namespace labelled with that stage, as its own region's chart labels it (the admission policies
-hold a pod template's stage to its namespace's).
+hold a pod template's stage to its namespace's), and is checked with the policies' parameters of
+its own region (podserve-system/podserve-limits as that region's chart writes it: its registry, GPU
+resources and pools), put back to the session's region's afterwards.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import time
 import uuid
 
 import pytest
@@ -42,6 +45,26 @@ def stage_namespace(core, control_plane, conf):
         core.delete_namespace(name)
 
 
+#: How long the apiserver may take to read changed policy parameters (its informer on the ConfigMap).
+PARAMS_SETTLE_SECONDS = 10.0
+
+
+@pytest.fixture
+def region_limits(core, control_plane, conf):
+    """Set the admission policies' parameters to a region's (podserve.tooling.chart_values.pod_limits, as the chart
+    writes them); the session region's put back afterwards."""
+    from podserve.tooling.chart_values import pod_limits
+
+    original = core.read_namespaced_config_map("podserve-limits", "podserve-system").data
+
+    def use(region: str) -> None:
+        data = original if region == control_plane.region else {k: str(v) for k, v in pod_limits(conf, region).items()}
+        core.patch_namespaced_config_map("podserve-limits", "podserve-system", {"data": data})
+
+    yield use
+    use(control_plane.region)
+
+
 def moved(doc: dict, namespace: str) -> dict:
     """`doc` in `namespace`; a ScaledObject's queries select that namespace's series (podserve-autoscalers holds a
     prometheus trigger to its own namespace's)."""
@@ -55,18 +78,31 @@ def moved(doc: dict, namespace: str) -> dict:
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_every_stage_is_accepted_with_strict_validation(applier, services, service, stage_namespace):
+def test_every_stage_is_accepted_with_strict_validation(applier, services, service, stage_namespace, region_limits,
+                                                        conf, control_plane):
     rendered = services[service]
     refused = []
     applied = 0
+    region, settling = control_plane.region, 0.0
     for stage, docs in rendered.stages.items():
+        if conf.stages[stage].region != region:
+            region = conf.stages[stage].region
+            region_limits(region)
+            settling = time.monotonic() + PARAMS_SETTLE_SECONDS
         for doc in docs:
             if "namespace" in doc["metadata"]:
                 doc = moved(doc, stage_namespace(doc["metadata"]["namespace"], stage))
-            try:
-                result = applier.apply(doc, dry_run=True)
-            except ApiException as exc:
-                refused.append(f"{stage}: {doc['kind']} {doc['metadata']['name']}: {exc.status} {exc.body}")
+            result = None
+            while result is None:
+                try:
+                    result = applier.apply(doc, dry_run=True)
+                except ApiException as exc:
+                    if time.monotonic() < settling:  # the region's parameters may not be read yet: again
+                        time.sleep(0.5)
+                        continue
+                    refused.append(f"{stage}: {doc['kind']} {doc['metadata']['name']}: {exc.status} {exc.body}")
+                    break
+            if result is None:
                 continue
             assert result["kind"] == doc["kind"] and result["metadata"]["uid"]
             applied += 1

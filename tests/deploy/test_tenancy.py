@@ -21,7 +21,8 @@ import yaml
 from live import REPO, Live
 from podserve.testbed.cluster.platform import REGION_LABEL
 from podserve.testbed.processes import poll_until
-from podserve.tooling import release, tenancy
+from podserve.tooling import quantity, release, tenancy
+from podserve.tooling.conf import load_conf
 from podserve.tooling.deploy import argo, drift
 from podserve.tooling.deploy.kube import CONFIGMAPS, EVENTS, MANAGED, PODS, Kind
 from podserve.tooling.deploy.target import label_selector
@@ -369,9 +370,9 @@ def offline_rendered(live: Live, name: str, stage: str) -> dict[str, dict]:
 
 
 def _gpus(spec: dict, containers: int) -> None:
-    """`containers` containers of one GPU each in one pod (the server and copies of it)."""
+    """`containers` containers of one GPU each in one pod (the server and copies of it), on the GPU pool."""
+    _one_gpu(spec, POOLS.gpu)
     server = spec["containers"][0]
-    server["resources"]["limits"]["nvidia.com/gpu"] = "1"
     for index in range(1, containers):
         copy = {k: v for k, v in server.items() if k not in ("ports", "startupProbe", "readinessProbe", "livenessProbe",
                                                             "lifecycle")}
@@ -484,6 +485,12 @@ def test_a_team_s_own_credential_cannot_take_capacity_routes_metrics_or_nodes_fr
                                                                                               allowed):
     """It must show 1: with team imo's preview credential in its grey namespace, its production one in production,
     each refused with the rule named, and the same object with allowed values admitted (render's own, or `allowed`)."""
+    refused_and_admitted(imo, what, tier, kind, change, policy, says, allowed)
+
+
+def refused_and_admitted(imo, what, tier, kind, change, policy, says, allowed) -> None:
+    """The object of `kind` render writes for team imo's tier, changed by `allowed` (if any), admitted with the tier's
+    credential; changed by `change`, refused by `policy` with its words `says`."""
     stage = "grey" if tier == "preview" else "hk"
     made = offline_rendered(imo, "tn-second-offline", stage) if kind == "ScaledObject" else \
         rendered(imo, "tn-second", stage)
@@ -498,6 +505,166 @@ def test_a_team_s_own_credential_cannot_take_capacity_routes_metrics_or_nodes_fr
     refused = dry_apply(kubeconfig, made[kind])
     assert refused.returncode != 0, f"{what} was admitted"
     assert f"ValidatingAdmissionPolicy '{policy}'" in refused.stderr and says in refused.stderr, refused.stderr
+
+
+#: hk's node pools and GPU resource, as the chart's policies know them (conf/regions.yaml)
+POOLS, POOL_GPU = load_conf().regions["hk"].node_pools, load_conf().regions["hk"].gpu.resource
+
+
+def _avoid(spec: dict, topology: str = "kubernetes.io/hostname", kind: str = "podAntiAffinity",
+           when: str = "requiredDuringSchedulingIgnoredDuringExecution", **where) -> None:
+    """Pod (anti-)affinity to the service's own pods by `topology` (`where`: namespaces, namespaceSelector)."""
+    term = {"labelSelector": {"matchLabels": {"service": "tn-second"}}, "topologyKey": topology, **where}
+    terms = [term] if when.startswith("required") else [{"weight": 100, "podAffinityTerm": term}]
+    spec["affinity"] = {kind: {when: terms}}
+
+
+def _visible(spec: dict, value: str | None = None) -> None:
+    """The server container's NVIDIA_VISIBLE_DEVICES set to `value`, or left out (None)."""
+    server = spec["containers"][0]
+    server["env"] = [e for e in server["env"] if e["name"] != tenancy.GPU_VISIBILITY_ENV]
+    if value is not None:
+        server["env"].append({"name": tenancy.GPU_VISIBILITY_ENV, "value": value})
+
+
+def _on(spec: dict, pool) -> None:
+    """The pod placed on `pool` as render places it: the pool's nodeSelector and tolerations."""
+    spec.update(nodeSelector=dict(pool.node_selector), tolerations=list(pool.tolerations))
+
+
+def _one_gpu(spec: dict, pool) -> None:
+    """A one-GPU pod as render writes one (no NVIDIA_VISIBLE_DEVICES of its own: the device plugin sets it), on
+    `pool`."""
+    spec["containers"][0]["resources"]["limits"][POOL_GPU] = "1"
+    _visible(spec)
+    _on(spec, pool)
+
+
+def _unplaced(spec: dict) -> None:
+    """No pool selected, the GPU pool's taint tolerated: any GPU node would take it."""
+    spec.pop("nodeSelector")
+    spec.update(tolerations=list(POOLS.gpu.tolerations))
+
+
+TOPOLOGY = "a topologyKey (pod affinity, anti-affinity, topology spread) may be only " + ",".join(tenancy.TOPOLOGY_KEYS)
+NO_VOID = f"every container that asks for no GPU must set env {tenancy.GPU_VISIBILITY_ENV}={tenancy.NO_GPU}"
+RESOURCES = "a container may ask only for cpu,memory,ephemeral-storage,nvidia.com/gpu, each counted in the quota"
+MONITOR_LIMITS = "a PodMonitor must set sampleLimit (1 to 10000) and labelLimit (1 to 32)"
+#: Issue 68 (placement, devices, shared systems), as SECOND_PASS: (what, team imo's credential, kind, the change
+#: refused, the policy, its words, the change admitted (None: render's own)). A grey route into production:
+#: SECOND_PASS's "a grey route into production".
+THIRD_PASS = [
+    ("anti-affinity across namespaces", "production", "Rollout", lambda o: _avoid(_spec(o), namespaceSelector={}),
+     "podserve-placement", "may look at the pods of podserve-imo only: no namespaceSelector",
+     lambda o: _avoid(_spec(o))),
+    ("anti-affinity to another team's namespace", "preview", "Deployment",
+     lambda o: _avoid(_spec(o), namespaces=["podserve-like"]),
+     "podserve-placement", "may look at the pods of podserve-imo-grey only",
+     lambda o: _avoid(_spec(o), namespaces=["podserve-imo-grey"])),
+    ("a preferred affinity to another team's pods", "production", "Rollout",
+     lambda o: _avoid(_spec(o), kind="podAffinity", when="preferredDuringSchedulingIgnoredDuringExecution",
+                      namespaceSelector={"matchLabels": {tenancy.NAMESPACE_TEAM: "like"}}),
+     "podserve-placement", "may look at the pods of podserve-imo only",
+     lambda o: _avoid(_spec(o), kind="podAffinity", when="preferredDuringSchedulingIgnoredDuringExecution")),
+    ("a region-wide topologyKey", "preview", "Deployment",
+     lambda o: _spec(o)["topologySpreadConstraints"][0].update(topologyKey="topology.kubernetes.io/region"),
+     "podserve-placement", TOPOLOGY,
+     lambda o: _spec(o)["topologySpreadConstraints"][0].update(topologyKey="topology.kubernetes.io/zone")),
+    ("anti-affinity over a region", "production", "Rollout",
+     lambda o: _avoid(_spec(o), "topology.kubernetes.io/region"), "podserve-placement", TOPOLOGY,
+     lambda o: _avoid(_spec(o), "kubernetes.io/hostname")),
+    ("a GPU-less pod on the GPU pool", "production", "Rollout", lambda o: _on(_spec(o), POOLS.gpu),
+     "podserve-placement", "a pod that asks for no GPU may not run on the GPU pool: its nodeSelector must name a pool "
+     "(podserve.io/pool) other than podserve.io/pool=gpu-2080ti", None),
+    ("a GPU-less pod on no pool", "preview", "Deployment", lambda o: _unplaced(_spec(o)),
+     "podserve-placement", "a pod that asks for no GPU may not run on the GPU pool", None),
+    ("a GPU pod off the GPU pool", "preview", "Deployment", lambda o: _one_gpu(_spec(o), POOLS.cpu),
+     "podserve-placement", "a pod that asks for a GPU (nvidia.com/gpu) must select the GPU pool: nodeSelector "
+     "podserve.io/pool=gpu-2080ti", lambda o: _one_gpu(_spec(o), POOLS.gpu)),
+    ("a GPU-less pod without NVIDIA_VISIBLE_DEVICES=void", "preview", "Deployment", lambda o: _visible(_spec(o)),
+     "podserve-gpu-devices", NO_VOID, None),
+    ("a GPU-less pod seeing every GPU", "production", "Rollout", lambda o: _visible(_spec(o), "all"),
+     "podserve-gpu-devices", NO_VOID, None),
+    ("a GPU pod naming its own devices", "production", "Rollout",
+     lambda o: _one_gpu(_spec(o), POOLS.gpu) or _visible(_spec(o), "0,1,2,3"),
+     "podserve-gpu-devices", "a container that asks for a GPU may not set NVIDIA_VISIBLE_DEVICES",
+     lambda o: _one_gpu(_spec(o), POOLS.gpu)),
+    ("an unlisted MIG profile", "preview", "Deployment",
+     lambda o: _spec(o)["containers"][0]["resources"]["limits"].update({"nvidia.com/mig-1g.10gb": "1"}),
+     "podserve-resources", RESOURCES, None),
+    ("GPU memory where GPUs are not shared", "production", "Rollout",  # na's nvidia.com/gpumem: not hk's
+     lambda o: _spec(o)["containers"][0]["resources"]["limits"].update({"nvidia.com/gpumem": "4096"}),
+     "podserve-resources", RESOURCES, None),
+    ("a PodMonitor without limits", "preview", "PodMonitor",
+     lambda o: [o["PodMonitor"]["spec"].pop(k) for k in ("sampleLimit", "labelLimit")],
+     "podserve-podmonitors", MONITOR_LIMITS, None),
+    ("a PodMonitor past the caps", "production", "PodMonitor",
+     lambda o: o["PodMonitor"]["spec"].update(sampleLimit=1000000),
+     "podserve-podmonitors", MONITOR_LIMITS, lambda o: o["PodMonitor"]["spec"].update(sampleLimit=500, labelLimit=20)),
+    ("an image from a foreign registry", "preview", "Deployment",
+     lambda o: _spec(o)["containers"][0].update(image="docker.io/library/python:3.11"),
+     "podserve-images", "images come only from the platform registries of the region, registry.hk.example.com", None),
+    ("an image of a look-alike host", "production", "Rollout",
+     lambda o: _spec(o)["containers"][0].update(image="registry.hk.example.com.evil.example/imo/x:1"),
+     "podserve-images", "not registry.hk.example.com.evil.example/imo/x:1",
+     lambda o: _spec(o)["containers"][0].update(image=f"registry.hk.example.com/imo/tn-second@sha256:{'a' * 64}")),
+]
+
+
+@pytest.mark.parametrize("what, tier, kind, change, policy, says, allowed", THIRD_PASS,
+                         ids=[case[0] for case in THIRD_PASS])
+def test_a_team_s_own_credential_cannot_crowd_others_pods_see_their_gpus_or_flood_shared_systems(imo, what, tier, kind,
+                                                                                                 change, policy, says,
+                                                                                                 allowed):
+    """Issue 68, It must show 1: with team imo's preview credential in its grey namespace, its production one in
+    production, each refused with the rule named, and the same object with allowed values admitted."""
+    refused_and_admitted(imo, what, tier, kind, change, policy, says, allowed)
+
+
+def test_ci_cannot_delete_the_platform_s_configmaps(imo):
+    """Issue 68: podserve-kafka (the brokers) is the platform's: neither of team imo's accounts may delete it in its
+    namespaces (RBAC lets them delete ConfigMaps: their histories); the team's own history ConfigMap is deleted."""
+    for tier, stage in (("preview", "grey"), ("production", "hk")):
+        kubeconfig, namespace = imo.kubeconfig(tier), imo.namespace(stage)
+        refused = kubectl(kubeconfig, "-n", namespace, "delete", "configmap", "podserve-kafka", "--dry-run=server")
+        assert refused.returncode != 0 and "ValidatingAdmissionPolicy 'podserve-owner'" in refused.stderr, \
+            refused.stderr
+        assert "the ConfigMap podserve-kafka belongs to the platform" in refused.stderr
+        assert "CI accounts may neither change nor delete it" in refused.stderr
+        history = {"apiVersion": "v1", "kind": "ConfigMap", "data": {},
+                   "metadata": {"name": "tn-delete.deploy-history", "namespace": namespace}}
+        made = kubectl(kubeconfig, "apply", "--server-side", "--field-manager", "tenancy-test", "-f", "-",
+                       stdin=yaml.safe_dump(history))
+        assert made.returncode == 0, made.stderr
+        deleted = kubectl(kubeconfig, "-n", namespace, "delete", "configmap", "tn-delete.deploy-history")
+        assert deleted.returncode == 0, deleted.stderr
+    assert imo.admin.get(CONFIGMAPS, imo.namespace("grey"), "podserve-kafka") is not None
+
+
+def test_a_grey_over_its_namespace_s_ephemeral_storage_quota_fails_naming_the_quota(imo):
+    """Issue 68, It must show 1 (the quota): team imo's grey at the platform's local disk (pod.ephemeral_storage) is
+    deployed; the same grey asking 32Gi for its pod, more than the namespace's quota of local disk, is refused by the
+    cluster naming the quota (deploy tool exit 1)."""
+    name, namespace = "tn-disk", imo.namespace("grey")
+    hard = tenancy.quota(imo.conf, imo.conf.stages["grey"], "imo")
+    assert quantity.memory_bytes(hard["limits.ephemeral-storage"]) < quantity.memory_bytes("32Gi")
+    try:
+        ours = imo.deploy("apply", "--stage", "grey", "--manifests", imo.manifests(name, "grey", tag="v1") / "grey")
+        assert ours.returncode == 0, ours.output
+        greedy = imo.manifests(name, "grey", tag="v2") / "grey"
+        path = greedy / "deployment.yaml"
+        deployment = yaml.safe_load(path.read_text())
+        for amounts in deployment["spec"]["template"]["spec"]["containers"][0]["resources"].values():
+            amounts["ephemeral-storage"] = "32Gi"
+        path.write_text(yaml.safe_dump(deployment))
+        run = imo.deploy("apply", "--stage", "grey", "--manifests", greedy)
+        print(f"grey over its ephemeral-storage quota: exit {run.returncode} after {run.seconds:.1f} s")
+        assert run.returncode == 1, run.output
+        assert "FAILED: The cluster refuses to create the pods: " in run.stdout
+        assert f"the ResourceQuota {namespace}/{tenancy.QUOTA_NAME} is full" in run.stdout
+        assert "exceeded quota: podserve-quota" in run.stdout and "ephemeral-storage" in run.stdout
+    finally:
+        imo.remove(namespace, "grey", name)
 
 
 def test_a_production_rollout_and_its_analysis_template_are_admitted_for_the_team_and_refused_for_another(imo):
@@ -690,7 +857,7 @@ def test_ci_cannot_repoint_its_namespace_s_brokers(teams):
     refused = kubectl(a.kubeconfig("preview"), "apply", "--server-side", "--force-conflicts", "--dry-run=server",
                       "-f", "-", stdin=yaml.safe_dump(brokers))
     assert refused.returncode != 0 and "ValidatingAdmissionPolicy 'podserve-owner'" in refused.stderr, refused.stderr
-    assert "holds the platform's brokers: CI's accounts may not change it" in refused.stderr
+    assert "the ConfigMap podserve-kafka belongs to the platform (podserve-kafka: the brokers" in refused.stderr
     history = dict(brokers, metadata={"name": "tn-brokers.deploy-history", "namespace": namespace}, data={})
     assert dry_apply(a.kubeconfig("preview"), history).returncode == 0
 

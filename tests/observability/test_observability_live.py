@@ -23,6 +23,7 @@ import pytest
 from podserve import metric_names as m
 from podserve.testbed.prometheus import Prometheus
 from podserve.testbed.served_pods import BUSY_SETTINGS, REPO, send_traffic, start_pods, stop_pods
+from podserve.tooling.conf import load_conf
 from podserve.tooling.observability import rules
 from podserve.tooling.observability.queries import expand
 from podserve.tooling.values import load_values
@@ -118,6 +119,21 @@ def test_the_burst_brought_every_kind_of_answer(live):
         assert counts[status] > 0, f"no {status} in the burst: {counts}"
     seen = {r["metric"]["status"] for r in prom.query(f"sum by (status) ({m.REQUESTS_TOTAL})", at)}
     assert {"200", "400", "503", "504"} <= seen
+
+
+def test_a_busy_pod_s_scrape_stays_far_under_the_caps_every_pod_monitor_carries(live):
+    """Issue 68: one scrape of a pod after the burst (every route, status and origin seen) brings a quarter of
+    conf/platform.yaml monitoring.scrape_sample_limit at most, and no series more labels than scrape_label_limit less
+    the target's own (the test bed's Prometheus holds both caps: a scrape past either fails whole)."""
+    prom, pods, _, at = live
+    monitoring = load_conf().platform.monitoring
+    scraped = {r["metric"]["instance"]: float(r["value"][1]) for r in prom.query("scrape_samples_scraped", at)}
+    series = prom.api("series", **{"match[]": '{job!=""}', "start": f"{at - 60:.3f}", "end": f"{at:.3f}"})
+    labels = max(len(s) for s in series)  # __name__ included, as Prometheus counts them for label_limit
+    print(f"samples per scrape: {sorted(scraped.values())} (cap {monitoring.scrape_sample_limit}); "
+          f"most labels on a series: {labels} (cap {monitoring.scrape_label_limit})")
+    assert len(scraped) == len(pods) and 0 < max(scraped.values()) <= monitoring.scrape_sample_limit / 4
+    assert labels <= monitoring.scrape_label_limit * 3 // 4
 
 
 def test_limits_are_exported_and_our_label_is_model_instance(live, obs):

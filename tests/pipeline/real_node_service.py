@@ -5,7 +5,10 @@ tolerate its GPU taint), so no kwok node can take these pods; value.py asks for 
 1Gi, which the 2-core node holds. The images are pushed to the build stage's registry as
 <registry>/hk/<team>/<service>:<commit>, and the manifests job renders that same tag: nothing is
 edited between the build and the deploy. The node pulls them over loopback, logging in with the
-namespace's default ServiceAccount's imagePullSecret.
+namespace's default ServiceAccount's imagePullSecret. The cluster's admission policy podserve-images lists that
+registry beside the region's own (podserve.testbed.cluster.platform.allow_registry), as the region's cluster lists
+the registry its conf names. The pools: the GPU-less pods name the real node's pool, which is not conf's GPU pool,
+so podserve-placement admits them as they are (docs/tenancy.md).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Iterator
 import yaml
 
 from podserve.testbed.cluster import node as real
+from podserve.testbed.cluster import platform
 from podserve.testbed.deploy_policy import unfrozen_conf
 from podserve.testbed.image import pipeline
 from podserve.testbed.image.registry import USER
@@ -174,6 +178,7 @@ class RealNodeService:
         for relative, text in (extra_src or {}).items():  # handlers the test adds (its recipes), in the image
             (self.checkout / "src" / relative).write_text(text)
         self.conf = load_conf(self.checkout / "conf")
+        platform.allow_registry(plane, self.conf.regions["hk"].registry)  # the checkout's: the local registry
         # The deploy tool's: the checkout's, without freeze windows (today may be in one)
         self.deploy_conf = unfrozen_conf(workdir / f"deploy-conf-{name}-{commit}", self.checkout / "conf")
         self.namespace = self.conf.stages["grey"].namespace_for(TEAM)

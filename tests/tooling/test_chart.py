@@ -53,9 +53,9 @@ def test_the_templated_chart_passes_the_schemas(helm, conf, tmp_path, region):
     docs = template(helm, CHART, tmp_path, *args)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == [
-        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Gateway", "Namespace", "NetworkPolicy",
-        "PodMonitor", "PriorityClass", "PrometheusRule", "ResourceQuota", "Role", "RoleBinding", "ServiceAccount",
-        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Gateway", "LimitRange", "Namespace",
+        "NetworkPolicy", "PodMonitor", "PriorityClass", "PrometheusRule", "ResourceQuota", "Role", "RoleBinding",
+        "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     assert all_schema_errors(docs) == []
 
 
@@ -101,6 +101,34 @@ def test_the_chart_holds_what_each_stage_of_the_region_needs(helm, conf, tmp_pat
                             "verbs": ["get"]}]
         hosts = [h for server in gateways[stage.gateway]["spec"]["servers"] for h in server["hosts"]]
         assert stage.ingress_host in hosts
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_every_resource_a_pod_may_ask_is_counted_in_each_namespace_s_quota(helm, conf, tmp_path, region):
+    """Issue 68: podserve-resources admits only the resources of the limits' list; each is in every team namespace's
+    ResourceQuota (na's GPU memory the GPUs' worth, eu's MIG slice), and the LimitRange gives the mesh's containers
+    the local disk the quota needs them to ask."""
+    docs = template(helm, CHART, tmp_path, "-f", values_file(conf, region, tmp_path))
+    (limits,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "podserve-limits"]
+    allowed = limits["data"]["resources"].split(",")
+    assert allowed == ["cpu", "memory", "ephemeral-storage", *tenancy.extended_resources(conf, region)]
+    gpu = conf.regions[region].gpu
+    for stage, team in ((s, t) for s in conf.stages.values() if s.region == region for t in conf.teams):
+        namespace = stage.namespace_for(team)
+        (quota,) = [d["spec"]["hard"] for d in docs if d["kind"] == "ResourceQuota"
+                    and d["metadata"]["namespace"] == namespace]
+        assert all(f"requests.{resource}" in quota for resource in allowed), (namespace, quota)
+        assert quota["requests.ephemeral-storage"] == quota["limits.ephemeral-storage"]
+        gpus = tenancy.quota_of(conf, stage, team).gpus
+        if gpu.memory_resource:  # HAMi: MiB, as render asks it per pod
+            assert quota[f"requests.{gpu.memory_resource}"] == str(gpus * gpu.memory_gib * 1024)
+        (defaults,) = [d["spec"]["limits"] for d in docs if d["kind"] == "LimitRange"
+                       and d["metadata"]["namespace"] == namespace]
+        disk = conf.platform.mesh.sidecar_ephemeral_storage
+        assert defaults == [{"type": "Container", "default": {"ephemeral-storage": disk},
+                             "defaultRequest": {"ephemeral-storage": disk}}]
+    assert {r for r in allowed if r.startswith("nvidia.com/")} == {gpu.resource, *([gpu.memory_resource] if
+                                                                                   gpu.memory_resource else [])}
 
 
 def _peer(namespace: str, selector: dict) -> dict:

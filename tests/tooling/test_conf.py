@@ -78,13 +78,18 @@ def test_chart_values_follow_the_stages_of_a_region(conf):
         "routeNamespaces": ["podserve-like", "podserve-like-grey"],
         "gateway": "istio-ingress/podserve", "priorityClass": "podserve-production", "projectGroup": "models/like/",
         "quota": {"pods": "256", "requests.cpu": "512", "limits.cpu": "512", "requests.memory": "2048Gi",
-                  "limits.memory": "2048Gi", "requests.nvidia.com/gpu": "64"}}
+                  "limits.memory": "2048Gi", "requests.nvidia.com/gpu": "64",
+                  # 256 pods of 2Gi (pod.ephemeral_storage) and 256Mi (mesh.sidecar_ephemeral_storage)
+                  "requests.ephemeral-storage": "589824Mi", "limits.ephemeral-storage": "589824Mi"}}
     assert by_name["podserve-imo-grey"]["account"] == "podserve-imo-preview"
     assert by_name["podserve-imo-grey"]["routePrefix"] == "/grey/imo/" and not by_name["podserve-imo-grey"]["hostPorts"]
     preview = conf.platform.limits.preview_quota
     assert by_name["podserve-imo-grey"]["quota"] == {
         "pods": str(preview.pods), "requests.cpu": preview.cpu, "limits.cpu": preview.cpu,
-        "requests.memory": preview.memory, "limits.memory": preview.memory, "requests.nvidia.com/gpu": str(preview.gpus)}
+        "requests.memory": preview.memory, "limits.memory": preview.memory,
+        "requests.nvidia.com/gpu": str(preview.gpus),  # each pod 2304Mi of local disk: 2Gi and its sidecar's 256Mi
+        "requests.ephemeral-storage": f"{preview.pods * 2304}Mi",
+        "limits.ephemeral-storage": f"{preview.pods * 2304}Mi"}
     assert by_name["podserve-imo-grey"]["priorityClass"] == "podserve-preview"
     assert by_name["podserve-imo-grey"]["routeNamespaces"] == ["podserve-imo-grey"]  # never production's pods
     # eu has only production: its VirtualServices may reach the team's production namespace there, nothing else.

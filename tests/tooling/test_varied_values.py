@@ -53,9 +53,11 @@ def test_cpu_only_runs_on_the_cpu_pool_with_threads_shared(rendered):
     spec = deployment["spec"]["template"]["spec"]
     assert spec["nodeSelector"] == {"podserve.io/pool": "cpu"} and spec["tolerations"] == []
     server = spec["containers"][0]
-    assert server["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+    assert server["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "2Gi"}
     env = {e["name"]: e["value"] for e in server["env"]}
     assert env["OMP_NUM_THREADS"] == "1" and env["PODSERVE_CPU"] == "0.5" and env["PODSERVE_GPU_NUM"] == "0"
+    # no GPU: the CUDA base image's NVIDIA_VISIBLE_DEVICES=all would hand it every GPU of its node (issue 68)
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
 
 
 def test_autoscaled_production_has_a_scaled_object_on_its_own_pods_and_no_fixed_replicas(rendered, conf):

@@ -10,7 +10,9 @@ the pod labels named in `podTargetLabels`; here the same labels are static targe
 (`pod_monitor_labels` derives them from the rendered PodMonitor and Deployment), or, against a
 real cluster, a file `PodTargetFeed` keeps equal to the live PodMonitors' pods (Prometheus'
 file_sd follows it as pods come and go). Prometheus still sets `instance` (the target's
-address) itself, which is why our label is `model_instance`.
+address) itself, which is why our label is `model_instance`. Every scrape holds the caps every PodMonitor carries
+(conf/platform.yaml monitoring: sampleLimit and labelLimit, which the operator writes as sample_limit and
+label_limit): a scrape past either fails whole, so a test scraping our pods shows they stay within them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import yaml
 
 from podserve.testbed.polling import Poller
 from podserve.testbed.processes import Program, StartError, free_port
+from podserve.tooling.conf import load_conf
 from podserve.tooling.rollout import stable_pod_labels
 
 #: The package `make prometheus` installs (Makefile pins the same version).
@@ -99,14 +102,16 @@ class Prometheus:
         jobs: dict[str, list[ScrapeTarget]] = {}
         for target in self.targets:
             jobs.setdefault(target.labels.get("job", "podserve"), []).append(target)
+        monitoring = load_conf().platform.monitoring
+        limits = {"sample_limit": monitoring.scrape_sample_limit, "label_limit": monitoring.scrape_label_limit}
         return {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval,
                        "scrape_timeout": self.scrape_interval},
             "rule_files": [str(p) for p in self.rule_files],
-            "scrape_configs": [{"job_name": job, "metrics_path": targets[0].path, "honor_labels": False,
+            "scrape_configs": [{"job_name": job, "metrics_path": targets[0].path, "honor_labels": False, **limits,
                                 "static_configs": [{"targets": [t.address], "labels": t.labels} for t in targets]}
                                for job, targets in jobs.items()] + ([{
-                                   "job_name": "pod-monitors", "honor_labels": False,
+                                   "job_name": "pod-monitors", "honor_labels": False, **limits,
                                    "file_sd_configs": [{"files": [str(self.file_targets)], "refresh_interval": "1s"}]}]
                                    if self.file_targets else []),
         }

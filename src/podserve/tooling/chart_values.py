@@ -51,6 +51,12 @@ def chart_values(conf: Conf, region: str) -> dict:
         "limits": pod_limits(conf, region),
         "priorityClasses": list(tenancy.PRIORITY_CLASSES.values()),
         "alertRules": {"labels": conf.platform.monitoring.podmonitor_labels},
+        "podMonitors": {"sampleLimit": conf.platform.monitoring.scrape_sample_limit,
+                        "labelLimit": conf.platform.monitoring.scrape_label_limit},
+        "platformConfigMaps": list(tenancy.PLATFORM_CONFIGMAPS),
+        # the mesh's injected containers: render writes its own containers' local disk, the LimitRange theirs
+        "containerDefaults": {"name": tenancy.LIMIT_RANGE_NAME,
+                              "ephemeralStorage": conf.platform.mesh.sidecar_ephemeral_storage},
         "kafka": {"configMap": KAFKA_CONFIGMAP["name"], "key": KAFKA_CONFIGMAP["key"],
                   "bootstrap": settings.kafka_bootstrap, "protocolKey": KAFKA_PROTOCOL_KEY,
                   "securityProtocol": settings.kafka_security_protocol,
@@ -69,13 +75,27 @@ def network_policies(conf: Conf, region: str) -> dict:
                         "podSelector": {tenancy.MODE_LABEL: tenancy.OFFLINE_MODE}}}
 
 
+def selector_entries(selector: dict) -> str:
+    """Return a node selector as the pod policies read it: key=value,... (sorted)."""
+    return ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+
+
 def pod_limits(conf: Conf, region: str) -> dict:
     """What the admission policies hold each pod and autoscaler to: conf/platform.yaml's limits, the region's largest
-    node, its pools' tolerations, where the brokers' address comes from, the Prometheus and the series scalers read."""
+    node, its pools' tolerations and selectors, the resources and registry its pods may use, where the brokers'
+    address comes from, the Prometheus and the series scalers read."""
     limits, settings = conf.platform.limits, conf.regions[region]
     pools = [settings.node_pools.gpu, settings.node_pools.cpu]
     tolerations = [*(t for pool in pools for t in pool.tolerations), *DEFAULT_TOLERATIONS]
+    gpu_resources = tenancy.extended_resources(conf, region)
     return {"httpPortName": HTTP_PORT_NAME, "gpuResource": settings.gpu.resource, "maxGpus": limits.gpus_per_pod,
+            # a pod asking any of gpuResources must select gpuPool; one asking none must select a pool (poolKeys)
+            # other than gpuPool (podserve-placement)
+            "gpuResources": ",".join(gpu_resources), "gpuPool": selector_entries(settings.node_pools.gpu.node_selector),
+            "poolKeys": ",".join(sorted({key for pool in pools for key in pool.node_selector})),
+            "resources": ",".join([*tenancy.BASE_RESOURCES, *gpu_resources]),
+            "topologyKeys": ",".join(tenancy.TOPOLOGY_KEYS), "registries": settings.registry,
+            "gpuVisibilityEnv": tenancy.GPU_VISIBILITY_ENV, "noGpu": tenancy.NO_GPU,
             "maxCpu": str(max((p.allocatable.cpu for p in pools), key=quantity.cpu_cores)),
             "maxMemory": str(max((p.allocatable.memory for p in pools), key=quantity.memory_bytes)),
             "maxReplicas": limits.max_replicas,

@@ -70,6 +70,7 @@ class Limits:
 class PodDefaults:
     run_as_user: int
     tmp_size: str
+    ephemeral_storage: str
     prestop_sleep_seconds: int
     grace_margin_seconds: int
     probe_period_seconds: int
@@ -85,6 +86,7 @@ class PodDefaults:
 class Mesh:
     sidecar_cpu: str
     sidecar_memory: str
+    sidecar_ephemeral_storage: str
     route_timeout_margin_ms: int
     retries: dict
     outlier_detection: dict
@@ -97,6 +99,8 @@ class Mesh:
 class Monitoring:
     podmonitor_labels: dict
     scrape_interval: str
+    scrape_sample_limit: int
+    scrape_label_limit: int
     prometheus_address: str
 
 
@@ -470,6 +474,9 @@ def _check_quantities(conf: Conf, say) -> None:
               for key, parse in (("cpu", quantity.cpu_cores), ("memory", quantity.memory_bytes))]
     checks += [("platform.yaml: limits.min_memory", platform.limits.min_memory, quantity.memory_bytes),
               ("platform.yaml: pod.tmp_size", platform.pod.tmp_size, quantity.memory_bytes),
+              ("platform.yaml: pod.ephemeral_storage", platform.pod.ephemeral_storage, quantity.memory_bytes),
+              ("platform.yaml: mesh.sidecar_ephemeral_storage", platform.mesh.sidecar_ephemeral_storage,
+               quantity.memory_bytes),
               ("platform.yaml: mesh.sidecar_cpu", platform.mesh.sidecar_cpu, quantity.cpu_cores),
               ("platform.yaml: mesh.sidecar_memory", platform.mesh.sidecar_memory, quantity.memory_bytes)]
     for name, region in conf.regions.items():
@@ -483,6 +490,13 @@ def _check_quantities(conf: Conf, say) -> None:
             parse(value)
         except quantity.QuantityError as exc:
             say(where, str(exc))
+    pod = platform.pod
+    try:
+        if quantity.memory_bytes(pod.ephemeral_storage) <= quantity.memory_bytes(pod.tmp_size):
+            say("platform.yaml: pod.ephemeral_storage", f"is {pod.ephemeral_storage}, not above pod.tmp_size "
+                f"({pod.tmp_size}): the server container's limit holds /tmp and its logs; raise it")
+    except quantity.QuantityError:
+        pass  # said above
 
 
 # --- observability.yaml: what dashboards and alert rules are built from -----------------------

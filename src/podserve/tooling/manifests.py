@@ -51,6 +51,8 @@ def workload(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str) ->
     instances = mesh_limits.instances_per_pod(values)
     threads = max(1, int(values["cpu"]) // instances)
     env = dict(values.serving_settings().to_env(), **{name: str(threads) for name in THREAD_ENV})
+    if not gpu_num:  # else the CUDA base image's NVIDIA_VISIBLE_DEVICES=all hands it every GPU of its node
+        env[tenancy.GPU_VISIBILITY_ENV] = tenancy.NO_GPU
     stop = shutdown_seconds(values, conf)
     public_path = stage.public_path(values["service_name"], values["username"])
     namespace = stage.namespace_for(values["username"])
@@ -166,7 +168,8 @@ def render_stage(values: ServiceValues, conf: Conf, stage: Stage, image_tag: str
 
 def _resources(values: ServiceValues, conf: Conf, stage: Stage) -> dict:
     region = conf.region_of(stage)
-    amounts = {"cpu": quantity.format_millis(Decimal(str(values["cpu"]))), "memory": values["memory"]}
+    amounts = {"cpu": quantity.format_millis(Decimal(str(values["cpu"]))), "memory": values["memory"],
+               "ephemeral-storage": conf.platform.pod.ephemeral_storage}  # the quota counts it: /tmp and the logs
     limits = dict(amounts)
     if values["gpu_num"]:
         limits[region.gpu.resource] = str(values["gpu_num"])

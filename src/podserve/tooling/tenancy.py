@@ -11,6 +11,7 @@ account; neither can write anywhere else.
 
 from __future__ import annotations
 
+from podserve.tooling import quantity
 from podserve.tooling.conf import Conf, Quota, Stage
 
 #: The object label render stamps with value.py's username.
@@ -39,6 +40,20 @@ NAMESPACE_PROJECT_GROUP = "podserve.io/project-group"
 PROJECT_VARIABLE = "CI_PROJECT_PATH"
 #: Grey and ab serve no production traffic: they run on every branch, with the preview account.
 PREVIEW_TRACKS = ("grey", "ab")
+#: The only topologyKeys a pod's spread constraints and pod (anti-)affinity terms may name (podserve-placement): a
+#: node or a zone. A region-wide key makes one pod's anti-affinity hold a whole region.
+TOPOLOGY_KEYS = ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+#: What every container that asks no GPU carries: the CUDA base image sets NVIDIA_VISIBLE_DEVICES=all, and the NVIDIA
+#: container toolkit then gives the container every GPU of its node (podserve-gpu-devices; render writes it).
+GPU_VISIBILITY_ENV, NO_GPU = "NVIDIA_VISIBLE_DEVICES", "void"
+#: The resources a container may ask besides the region's GPU ones (conf/regions.yaml gpu.resource, memory_resource):
+#: each counted in the namespace's quota (podserve-resources refuses any other: hugepages, another MIG profile).
+BASE_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+#: ConfigMaps in a team namespace that are the platform's (the brokers, the cluster's and the mesh's CA certificates):
+#: CI's accounts may neither change nor delete them (podserve-owner).
+PLATFORM_CONFIGMAPS = ("podserve-kafka", "kube-root-ca.crt", "istio-ca-root-cert")
+#: The name of every team namespace's LimitRange: the local disk of containers render does not write (the mesh's).
+LIMIT_RANGE_NAME = "podserve-defaults"
 #: The pod label (and value) render puts on offline workers: the only pods the chart's NetworkPolicies let reach the
 #: brokers (podserve-offline-to-brokers).
 MODE_LABEL, OFFLINE_MODE = "podserve.io/mode", "offline"
@@ -94,12 +109,31 @@ def quota_of(conf: Conf, stage: Stage, team: str) -> Quota:
 
 
 def quota(conf: Conf, stage: Stage, team: str) -> dict[str, str]:
-    """The ResourceQuota's hard limits of `team`'s namespace of `stage` (quota_of), as the API names them."""
-    amounts = quota_of(conf, stage, team)
-    hard = {"pods": str(amounts.pods), f"requests.{conf.region_of(stage).gpu.resource}": str(amounts.gpus)}
+    """The ResourceQuota's hard limits of `team`'s namespace of `stage` (quota_of), as the API names them: every
+    resource a container may ask (extended_resources) is counted. GPU memory (HAMi) is the GPUs' worth; local disk the
+    pods' worth (conf/platform.yaml pod.ephemeral_storage and the mesh's sidecar_ephemeral_storage each)."""
+    amounts, gpu = quota_of(conf, stage, team), conf.region_of(stage).gpu
+    hard = {"pods": str(amounts.pods), f"requests.{gpu.resource}": str(amounts.gpus)}
+    if gpu.memory_resource:  # MiB, as render asks it
+        hard[f"requests.{gpu.memory_resource}"] = str(amounts.gpus * gpu.memory_gib * 1024)
     for resource in ("cpu", "memory"):
         hard[f"requests.{resource}"] = hard[f"limits.{resource}"] = str(getattr(amounts, resource))
+    hard["requests.ephemeral-storage"] = hard["limits.ephemeral-storage"] = pod_disk(conf, amounts.pods)
     return hard
+
+
+def pod_disk(conf: Conf, pods: int) -> str:
+    """The local disk `pods` pods may ask at once, each its server container's and its mesh sidecar's (MiB)."""
+    each = (quantity.memory_bytes(conf.platform.pod.ephemeral_storage)
+            + quantity.memory_bytes(conf.platform.mesh.sidecar_ephemeral_storage))
+    return f"{pods * each // 2**20}Mi"
+
+
+def extended_resources(conf: Conf, region: str) -> list[str]:
+    """The resources beyond BASE_RESOURCES a container may ask in `region`: its GPU (or MIG slice) and, where GPUs
+    are shared by memory, their memory."""
+    gpu = conf.regions[region].gpu
+    return [gpu.resource] + ([gpu.memory_resource] if gpu.memory_resource else [])
 
 
 def route_namespaces(conf: Conf, team: str, stage: Stage) -> list[str]:

@@ -228,6 +228,24 @@ def install_chart(plane, conf: Conf) -> None:
         raise StartError(f"platform chart: helm install failed ({done.returncode}):\n{done.stdout}{done.stderr}")
 
 
+#: The ConfigMap (and its key) the pod policies read the region's registries from (chart_values.pod_limits).
+LIMITS_CONFIGMAP, REGISTRIES_KEY = ("podserve-system", "podserve-limits"), "registries"
+
+
+def allow_registry(plane, registry: str) -> None:
+    """List `registry` among the region's registries the admission policy podserve-images admits images from, beside
+    the chart's (as the platform team lists a registry of the region). The pipeline's checkouts name the local registry
+    in their conf (podserve.testbed.image.pipeline): the cluster then admits what they build, as the region's
+    cluster admits what its registry holds."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(plane.api_client())
+    namespace, name = LIMITS_CONFIGMAP
+    listed = core.read_namespaced_config_map(name, namespace).data[REGISTRIES_KEY].split(",")
+    if registry not in listed:
+        core.patch_namespaced_config_map(name, namespace, {"data": {REGISTRIES_KEY: ",".join([*listed, registry])}})
+
+
 #: Taints the node-lifecycle controller manages on a node that is not (yet) Ready.
 LIFECYCLE_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
