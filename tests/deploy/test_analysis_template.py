@@ -99,6 +99,8 @@ STABLE_HASH, CANARY_HASH = "5d8f7c", "7b9c6d"
 LOADED_STABLE_HASH, LOADED_CANARY_HASH = "6c4e2a", "8f1b3d"
 #: The canary's pods start this long after the series begin; the queries run at these moments after that.
 CANARY_AT, FIRST, SECOND = 600, 150, 270
+#: A canary pod scraped this long before it got callers (ready before Argo's weight reached it).
+IDLE_CANARY_HASH, IDLE_SECONDS = "4e2d0c", 120
 
 
 def _series(start: float, seconds: int) -> dict[str, list[tuple[float, float]]]:
@@ -149,6 +151,12 @@ def _series(start: float, seconds: int) -> dict[str, list[tuple[float, float]]]:
             "team": TEAM, at.HASH_SERIES_LABEL: pod_hash}, since)
     pod(NS, "hk", "canary", CANARY_HASH, "canary-0", CANARY_AT,
         {("live", "200"): 100, ("live", "500"): 10, ("smoke", "500"): 50, ("mirror", "500"): 50})
+    # a canary ready and scraped IDLE_SECONDS before Argo's weight sent it callers
+    up({"namespace": NS, "job": f"{NS}/{SERVICE}", "stage": "hk", "track": "canary", "pod": "idle-canary-0",
+        "team": TEAM, at.HASH_SERIES_LABEL: IDLE_CANARY_HASH}, CANARY_AT - IDLE_SECONDS)
+    counter({"namespace": NS, "job": f"{NS}/{SERVICE}", "stage": "hk", "track": "canary", "pod": "idle-canary-0",
+             "team": TEAM, at.HASH_SERIES_LABEL: IDLE_CANARY_HASH, "service": SERVICE, "route": SERVICE,
+             "status": "200", "origin": "live"}, 100, CANARY_AT)
     # another team's pod wearing the victim's labels and hash, in its own namespace: never counted
     pod(OTHER_NS, "hk", "canary", CANARY_HASH, "impostor-0", 0, {("live", "500"): 500})
     pod(GREY_NS, "grey", "grey", None, "grey-0", CANARY_AT,
@@ -211,6 +219,16 @@ def test_the_window_grows_and_stable_is_counted_over_the_same_moments(stored):
     assert second[1] > 1.5 * first[1], "an extension judges the grown sample, not a fresh window"
     for counts in (first, second):  # stable only while the canary was scraped, not over the whole span before it
         assert abs(counts[3] / counts[4] - 101 / SCRAPE) < 0.1 * 101 / SCRAPE
+
+
+def test_the_sample_s_length_counts_the_moments_the_canary_served_not_its_idle_ready_ones(stored):
+    """A canary pod is ready (scraped) before the weight reaches it: its first measurement's sample is as long as its
+    traffic, so it is not full (judged on its first seconds without an extension) while the span would hold both."""
+    prometheus, canary_start = stored
+    assert FIRST + IDLE_SECONDS <= FULL  # the span holds the idle time: counted in, the sample would read longer
+    counts = _values(prometheus, _canary(IDLE_CANARY_HASH), canary_start + FIRST)
+    assert FIRST - 2 * SCRAPE <= counts[4] <= FIRST + SCRAPE, counts
+    assert abs(counts[1] - 100 * FIRST / SCRAPE) <= 100 * 2, counts
 
 
 def test_grey_is_judged_on_its_mirrored_requests_only(stored):

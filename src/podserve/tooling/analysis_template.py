@@ -161,8 +161,12 @@ class Comparison:
         return f"scalar({self._over_window(self.increase(metric + selector))} or vector(0))"
 
     def seconds(self) -> str:
+        """How long the sample is: the judged moments at which the candidate answered callers. Not every moment it was
+        scraped: a canary pod is ready (and scraped) before Argo's weight reaches it, and counting that idle time made
+        the first measurement a full sample, judged without an extension on its first seconds of traffic."""
         span, step = self.thresholds.span_seconds, self.scrape_seconds
-        return f"scalar(count_over_time({self.mask}[{span}s:{step}s]) * {step} or vector(0))"
+        serving = f"(sum({self.increase(m.REQUESTS_TOTAL + self.candidate.requests())}) > 0)"
+        return f"scalar(count_over_time(({self.mask} and on() {serving})[{span}s:{step}s]) * {step} or vector(0))"
 
     def above(self, metric: str, candidate_sel: str, stable_sel: str, quantiles: tuple[float, ...]
               ) -> tuple[str, str, list[tuple[str, str]]]:
