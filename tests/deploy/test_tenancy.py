@@ -659,10 +659,7 @@ def test_a_grey_over_its_namespace_s_ephemeral_storage_quota_fails_naming_the_qu
         path.write_text(yaml.safe_dump(deployment))
         run = imo.deploy("apply", "--stage", "grey", "--manifests", greedy)
         print(f"grey over its ephemeral-storage quota: exit {run.returncode} after {run.seconds:.1f} s")
-        assert run.returncode == 1, run.output
-        assert "FAILED: The cluster refuses to create the pods: " in run.stdout
-        assert f"the ResourceQuota {namespace}/{tenancy.QUOTA_NAME} is full" in run.stdout
-        assert "exceeded quota: podserve-quota" in run.stdout and "ephemeral-storage" in run.stdout
+        assert_refused_by_the_quota(run, namespace, "ephemeral-storage")
     finally:
         imo.remove(namespace, "grey", name)
 
@@ -705,13 +702,18 @@ def test_a_grey_over_its_namespace_s_cpu_quota_fails_naming_the_quota(imo):
             assert first.returncode == 0, first.output
         run = imo.deploy("apply", "--stage", "grey", "--values", values[names[0]], "--image-tag", "v2")
         print(f"grey over its cpu quota: exit {run.returncode} after {run.seconds:.1f} s")
-        assert run.returncode == 1, run.output
-        assert "FAILED: The cluster refuses to create the pods: " in run.stdout
-        assert f"the ResourceQuota {namespace}/{tenancy.QUOTA_NAME} is full" in run.stdout
-        assert "exceeded quota: podserve-quota" in run.stdout and "requests.cpu" in run.stdout
+        assert_refused_by_the_quota(run, namespace, "requests.cpu")
     finally:
         for name in names:
             imo.remove(namespace, "grey", name)
+
+
+def assert_refused_by_the_quota(run, namespace: str, resource: str) -> None:
+    """The deploy tool failed (exit 1) naming the namespace's full ResourceQuota and `resource` as the cluster did."""
+    assert run.returncode == 1, run.output
+    assert "FAILED: The cluster refuses to create the pods: " in run.stdout
+    assert f"the ResourceQuota {namespace}/{tenancy.QUOTA_NAME} is full" in run.stdout
+    assert f"exceeded quota: {tenancy.QUOTA_NAME}" in run.stdout and resource in run.stdout
 
 
 def test_render_refuses_an_offline_topic_without_the_team(imo, tmp_path):
