@@ -34,6 +34,8 @@ from podserve.testbed.image.registry import USER
 from podserve.tooling.conf import load_conf
 
 REPO = Path(__file__).resolve().parents[2]
+#: The mesh suite's folder, where FAST (its short probes, preStop, slow start and scrape interval) is defined.
+MESH_TESTS = REPO / "tests" / "mesh"
 KUBECTL = str(REPO / ".tools" / "bin" / "kubectl")
 TEAM = "like"
 PULL_SECRET = "podserve-test-registry"
@@ -134,16 +136,17 @@ def values(name: str, **fields) -> str:
 def fast_conf(source: Path, target: Path, prometheus: str | None = None) -> Path:
     """The conf/ `source` unfrozen into `target`, with FAST's probes, preStop, slow start and scrape interval (the mesh
     suite's) and `prometheus` as the region's Prometheus where given; return it."""
-    sys.path.insert(0, str(REPO / "tests" / "mesh"))
+    if str(MESH_TESTS) not in sys.path:
+        sys.path.insert(0, str(MESH_TESTS))
     from mesh_setup import FAST
 
     conf = unfrozen_conf(target, source)
-    platform = yaml.safe_load((conf / "platform.yaml").read_text())
+    settings = yaml.safe_load((conf / "platform.yaml").read_text())
     for section, changes in FAST.items():
-        platform[section].update(changes)
+        settings[section].update(changes)
     if prometheus:
-        platform["monitoring"]["prometheus_address"] = prometheus
-    (conf / "platform.yaml").write_text(yaml.safe_dump(platform))
+        settings["monitoring"]["prometheus_address"] = prometheus
+    (conf / "platform.yaml").write_text(yaml.safe_dump(settings))
     return conf
 
 
