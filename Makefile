@@ -113,7 +113,7 @@ bench: $(VENV)/bin/python wrk ## Our server vs the onnxruntime ceiling vs Gunico
 
 # With a GPU (nvidia-smi lists one): onnxruntime-gpu in its own environment, .venv-gpu (it must not share one with
 # the CPU wheel). Without one: .venv and the CPU provider, and the results say that no GPU was present.
-bench-gpu: $(VENV)/bin/python wrk ## Our pod split and in one process vs Gunicorn, c=1-256, 16-core pod: bench/results/gpu.{json,md}.
+bench-gpu: $(VENV)/bin/python wrk ## Our pod split and in one process vs Gunicorn, c=1-512, 16-core pod: bench/results/gpu.{json,md}.
 	@if nvidia-smi -L >/dev/null 2>&1; then \
 		test -f .venv-gpu/.deps -a -z "$$(find requirements -newer .venv-gpu/.deps)" || \
 			{ $(PYTHON) -m venv .venv-gpu && .venv-gpu/bin/python -m pip install --quiet \

@@ -36,18 +36,25 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.decode_alone import decode_alone_rps
 from bench.loadgen import LoadError, request_wires, write_wires
+from bench.pod_split import STAGES, stage_means, stage_totals
 from bench.report import cores_used
-from bench.run import service_name, machine
+from bench.run import machine, service_name
+from bench.standin import OUTPUT
 from bench.systems import DECODE_PROCESSES, Server, ServerFailed, start_gunicorn, start_ours
 from bench.workloads import FAST, REPO
 
-CONCURRENCIES = (1, 8, 64, 256)
+#: 512: the decode bound of a 16-core box (about 20k req/s, issue 70) at the ~25 ms a request spends in the pod at
+#: high load needs 500 callers in flight (Little's law); 256 reached 8.5k at 29 ms.
+CONCURRENCIES = (1, 8, 64, 256, 512)
+#: Seconds each process decodes alone for the decode bound (issue 70), before the servers start.
+DECODE_ALONE_S = 5.0
 WINDOWS = 2
 #: The most cores the pod setting takes, and Gunicorn's workers (one per core).
 MOST_CORES = 16
 #: The pod setting every system of ours runs with here, besides its cores: batches of up to 64, and room for the
-#: 256 callers of the last point (queue_size per instance is the pod's holding limit).
+#: callers of the last point (queue_size per instance is the pod's holding limit).
 POD = {"PODSERVE_GPU_NUM": "1", "PODSERVE_MAX_BATCH_SIZE": "64", "PODSERVE_QUEUE_SIZE": str(max(CONCURRENCIES))}
 ONE_PROCESS = "ours: one process"
 
@@ -122,12 +129,15 @@ def main(argv: list[str] | None = None) -> int:
              f"ran on the CPU provider. These figures show that `make bench-gpu` runs end to end, not what a GPU does.")
     print(where, flush=True)
     started = time.monotonic()
+    decode_rps = decode_alone_rps(FAST.handler, FAST.images(), [OUTPUT], pod_cores, DECODE_ALONE_S)
+    print(f"decode and encode alone in {pod_cores} processes: {decode_rps:.0f} requests/s", flush=True)
     pod = {**POD, "PODSERVE_CPU": str(pod_cores)}
     results = {"command": os.environ.get("BENCH_COMMAND", "python -m bench.gpu"), "where": where, "on_gpu": on_gpu,
                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "machine": {**machine(cores), "gpu": gpus or "none", "hostname": platform.node()},
                "load_average_at_start": list(os.getloadavg()), "model": FAST.model_path, "handler": FAST.handler,
                "pod": pod, "gunicorn_workers": workers, "points": [], "skipped": [], "processes": {},
+               "decode_alone": {"processes": pod_cores, "seconds": DECODE_ALONE_S, "rps": round(decode_rps, 1)},
                "cuda_contexts": {}}
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="podserve-bench-gpu-") as scratch:
@@ -150,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"c={concurrency} skipped: {args.budget_s} s had passed", flush=True)
                     continue
                 windows: dict[str, list] = {s.name: [] for s in running}
-                roles_before = {s.name: role_cpu_seconds(s) for s in running}
+                roles_before = {s.name: s.role_cpu_seconds() for s in running}
+                stages_before = {s.name: stage_totals(s) for s in running}
                 for _ in range(WINDOWS):
                     for server in list(running):
                         try:
@@ -160,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
                             running.remove(server)
                 for server in running:
                     results["points"].append(point_row(concurrency, server, windows[server.name]))
-                    spent = role_cpu_seconds(server)
+                    results["points"][-1].update(decode_bound(results["points"][-1], decode_rps / pod_cores, pod_cores))
+                    stages = stage_means(stages_before[server.name], stage_totals(server))
+                    if stages:
+                        results["points"][-1]["stage_ms"] = stages
+                    spent = server.role_cpu_seconds()
                     requests = max(1, sum(w.requests for w in windows[server.name]))
                     if spent:  # the split layout: which of its processes the CPU went to (the front bounds it?)
                         results["points"][-1]["role_cpu_ms_per_request"] = {
@@ -186,22 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def role_cpu_seconds(server: Server) -> dict[str, float]:
-    """CPU seconds each role of a split pod's processes has used (front, decoder, model), from its /metrics;
-    {} for a server that does not publish them (one process, Gunicorn) or no longer answers."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as page:
-            text = page.read().decode()
-    except OSError:
+def decode_bound(row: dict, per_core_rps: float, pod_cores: int) -> dict:
+    """The decode bound at a point (issue 70): what the cores left to the pod (its cores, less wrk's and every other
+    process's in the same windows) decode and encode alone, and the share of it the system answered."""
+    if not row.get("machine_cores"):
         return {}
-    spent: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("podserve_process_cpu_seconds_total{") and 'role="' in line:
-            role = line.split('role="', 1)[1].split('"', 1)[0]
-            spent[role] = spent.get(role, 0.0) + float(line.rsplit(" ", 1)[1])
-    return spent
+    left = min(pod_cores, row["machine_cores"] - row["wrk_cores"] - row["other_cores"])
+    bound = round(per_core_rps * left, 1)
+    return {"decode_bound_rps": bound, "decode_bound_fraction": round(row["rps"] / bound, 3) if bound else None}
 
 
 def _started(name: str, start, servers: list[Server], scratch: str, results: dict) -> Server | None:
@@ -254,13 +261,32 @@ def markdown(results: dict) -> str:
         lines += [f"Skipped, the time budget spent: c={', '.join(map(str, results['skipped']))}.", ""]
     lines += [f"**{name} failed** (left out from then on): {why}" for name, why in results.get("failed", {}).items()]
     lines += [""] if results.get("failed") else []
+    alone = results.get("decode_alone")
+    if alone:
+        lines += [f"The decode bound (issue 70): the handler's decode and encode alone, no server, in {alone['processes']}"
+                  f" processes at once for {alone['seconds']:g} s before the servers started: {alone['rps']:.0f} "
+                  f"requests/s, {alone['rps'] / alone['processes']:.0f} a core; at a point, that per core times the "
+                  f"cores left to the pod (its cores less wrk's and every other process's in the same windows). The "
+                  f"last concurrency is where the bound needs to be reached: {CONCURRENCIES[-1]} callers.", ""]
     lines += ["| c | system | setup | req/s | p50 ms | p99 ms | errors | mean batch | server CPU ms/req | cores: "
-              "server, wrk, other |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "server, wrk, other | decode bound (req/s) | req/s / that | CPU ms/req by process |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["points"]:
         cores = f"{row.get('server_cores')}, {row.get('wrk_cores')}, {row.get('other_cores')}"
+        roles = ", ".join(f"{role} {ms}" for role, ms in row.get("role_cpu_ms_per_request", {}).items()) or "n/a"
         lines.append(f"| {row['c']} | {row['system']} | {row['setup']} | {row['rps']} | {row['p50_ms']} | "
                      f"{row['p99_ms']} | {row['errors']} | {row['mean_batch']} | {row['cpu_ms_per_request']} | "
-                     f"{cores} |")
+                     f"{cores} | {row.get('decode_bound_rps', 'n/a')} | {row.get('decode_bound_fraction', 'n/a')} | "
+                     f"{roles} |")
+    staged = [row for row in results["points"] if row.get("stage_ms")]
+    if staged:
+        lines += ["", "Where a request's time goes in our pods (means from the pod's histograms over each point, ms: "
+                      "the whole time in the pod, an input's wait in the queue for a batch, a predict call; the rest of "
+                      "the time in the pod is decode, encode and the hand-offs between processes):", "",
+                  "| c | system | p50 at the caller | " + " | ".join(stage for stage, _ in STAGES) + " |",
+                  "|---|---|---|" + "---|" * len(STAGES)]
+        lines += [f"| {row['c']} | {row['system']} | {row['p50_ms']} | "
+                  + " | ".join(str(row["stage_ms"].get(stage, "n/a")) for stage, _ in STAGES) + " |" for row in staged]
     lines += ["", "CUDA contexts (processes nvidia-smi lists as holding GPU memory; the goal is exactly one per pod of "
                   "ours): " + "; ".join(f"{system} {count}" for system, count in results["cuda_contexts"].items())
               + f"; {len(results.get('gpu_processes', {}))} on the GPU in all.", "",

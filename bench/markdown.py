@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.report import OURS, TARGETS_DOC, cores_left_rps
+from bench.report import OURS, TARGETS_DOC, cores_left_rps, decode_bound_rps, handler_ms
 
 
 def render(results: dict) -> str:
@@ -116,21 +116,32 @@ def _workload(name: str, w: dict) -> list[str]:
 
 def _standin(w: dict) -> list[str]:
     """The GPU stand-in's point: each layout's throughput beside the cores it, wrk and everything else used."""
+    floor = handler_ms(w) or None
     lines = ["", f"## {w['title']}", "",
              f"Handler `{w['handler']}` (bench/standin.py: the example's decode and encode, a predict that sleeps 2 ms a "
              f"call whatever the batch), the split layout with {w['decoders']} decoder processes; {w['images']} images, "
              f"each sent as {' and as '.join(w['request_forms'])}. What the cores left allow: (the machine's cores less "
-             f"wrk's and every other process's, in the same windows) / the pod's CPU per request.", "",
+             f"wrk's and every other process's, in the same windows) / the pod's CPU per request; the decode bound: the "
+             f"same cores / the handler's decode and encode of a request timed alone in this run "
+             f"({_fmt(floor)} ms).", "",
              "| c | system | setup | req/s | p50 ms | p99 ms | errors | mean batch | pod CPU ms/req | cores: pod, wrk, "
-             "other, machine | the cores left allow (req/s) | req/s / that | windows (req/s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "other, machine | the cores left allow (req/s) | req/s / that | the decode bound (req/s) | req/s / that "
+             "| windows (req/s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for point in w["points"]:
         for r in point["rows"]:
-            allow = cores_left_rps(r)
+            allow, bound = cores_left_rps(r), decode_bound_rps(r, floor)
             lines.append(f"| {point['concurrency']} | {r['system']} | {r['setup']} | {r['throughput_rps']:.0f} | "
                          f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {_fmt(r['mean_batch_size'])} | "
                          f"{_fmt(r['server_cpu_ms_per_request'])} | {_cores(r)}, {_fmt(r.get('machine_cores'))} | "
-                         f"{_fmt(allow)} | {_fmt(r['throughput_rps'] / allow if allow else None)} | {_windows(r)} |")
+                         f"{_fmt(allow)} | {_fmt(r['throughput_rps'] / allow if allow else None)} | {_fmt(bound)} | "
+                         f"{_fmt(r['throughput_rps'] / bound if bound else None)} | {_windows(r)} |")
+    for server, split in w.get("split", {}).items():
+        by_process = ", ".join(f"{role} {ms}" for role, ms in split["cpu_ms_per_request_by_process"].items())
+        stages = ", ".join(f"{stage} {ms}" for stage, ms in split["stage_ms"].items())
+        lines += ["", f"{server}, one more window at c={split['concurrency']} ({split['throughput_rps']:.0f} req/s, "
+                      f"{split['pod_cpu_ms_per_request']} ms of the pod's CPU a request): CPU ms a request by process: "
+                      f"{by_process}; mean ms in the pod's stages: {stages}."]
     lines += ["", "Peak RSS (VmHWM) of each layout's processes, MB: " + "; ".join(
         f"{server}: {round(sum(peaks.values()), 1)} in {len(peaks)} process(es)" for server, peaks in
         w["peak_rss_mb"].items()) + "."]

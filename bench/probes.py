@@ -59,7 +59,6 @@ def preprocessing_steps(handler: Handler, images: Sequence[bytes], size: tuple[i
     bodies = [json.dumps({"postid": "1", "image": base64.b64encode(i).decode()}).encode() for i in images]
     decoded = [decode_image(i, max_pixels=MAX_PIXELS) for i in images]
     resized = [np.asarray(d.resize(size, Image.BILINEAR)) for d in decoded]
-    payloads = [Payload(image=i, max_image_pixels=MAX_PIXELS) for i in images]
     return [
         time_step("parse JSON + base64 (wire)", [lambda b=b: api.parse_json_request(b, MAX_PIXELS) for b in bodies],
                   seconds),
@@ -67,10 +66,16 @@ def preprocessing_steps(handler: Handler, images: Sequence[bytes], size: tuple[i
                   seconds),
         time_step("resize (Pillow bilinear)", [lambda d=d: d.resize(size, Image.BILINEAR) for d in decoded], seconds),
         time_step("normalise (numpy)", [lambda r=r: _normalise(r) for r in resized], seconds),
-        time_step(DECODE_STEP, [lambda p=p: handler.decode(p) for p in payloads],
-                  seconds),
-        time_step(ENCODE_STEP, [lambda o=o: handler.encode(o) for o in outputs], seconds),
-    ]
+    ] + handler_steps(handler, images, outputs, seconds)
+
+
+def handler_steps(handler: Handler, images: Sequence[bytes], outputs: Sequence[Any],
+                  seconds: float = 0.6) -> list[Step]:
+    """Time the handler's decode of each of `images` and its encode of each of `outputs`, alone: what a request must
+    cost with no server at all (beside inference)."""
+    payloads = [Payload(image=i, max_image_pixels=MAX_PIXELS) for i in images]
+    return [time_step(DECODE_STEP, [lambda p=p: handler.decode(p) for p in payloads], seconds),
+            time_step(ENCODE_STEP, [lambda o=o: handler.encode(o) for o in outputs], seconds)]
 
 
 def _normalise(pixels: np.ndarray) -> np.ndarray:

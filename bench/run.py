@@ -27,7 +27,8 @@ from pathlib import Path
 from bench import profile, report
 from bench.ceiling import Ceiling, ServiceSteps
 from bench.loadgen import LoadError, raw_wires, request_wires, v2_binary_wires, write_wires
-from bench.probes import preprocessing_steps
+from bench.pod_split import split_window
+from bench.probes import handler_steps, preprocessing_steps
 from bench.systems import (DECODE_PROCESSES, CeilingSystem, Server, ServerFailed, handler_process_peak_mb,
                            start_gunicorn, start_ours)
 from bench.workloads import REPO, STANDIN, WORKLOADS, Workload
@@ -51,6 +52,8 @@ BEFORE = "ours: before"
 #: binary tensors (decoded by the handler first, as a caller holding tensors would): the fast workload only.
 RAW_BYTES, V2_BINARY = "ours: raw bytes", "ours: v2 binary"
 PROFILE_S = 6
+#: The split layout's extra window at c=64: where its CPU and a request's time go, by process and by stage.
+SPLIT_WINDOW_S = 5
 GIL_WINDOWS = 3  # profiled windows; the median is reported (a shared machine's noise is about +-10% per window)
 
 
@@ -156,9 +159,16 @@ def run_workload(workload: Workload, cores: int, scratch: Path, args, number: in
 
 def run_standin(workload: Workload, cores: int, scratch: Path, args, number: int = 1) -> dict:
     """The GPU stand-in (bench/standin.py): our pod in the one-process layout and in the split layout, as value.py
-    sets it but for the layout, measured in the same interleaved windows. What each answers, against what the
-    cores left to it allow at its own CPU per request, is issue 55's first measure (report.standin_targets)."""
+    sets it but for the layout, measured in the same interleaved windows, after the handler's decode and encode are
+    timed alone. What each answers, against what the cores left to it allow at its own CPU per request (issue 55) and
+    at the decode and encode alone (issue 70's decode bound), is report.standin_targets."""
+    from podserve.runtime.core.startup import import_handler
+
     images = workload.images()
+    handler = import_handler(workload.handler)()
+    outputs = handler.predict([handler.decode(_payload(image)) for image in images])
+    steps = handler_steps(handler, images, outputs, seconds=0.3 if args.quick else 0.6)
+    log("handler steps: " + "; ".join(f"{s.name} {s.us_per_call:.0f}us" for s in steps))
     decoders = args.decoders or cores
     log_dir = _log_dir(args, number)
     layouts = {report.ONE_PROCESS_LAYOUT: "0", report.SPLIT_LAYOUT: str(decoders)}
@@ -172,11 +182,13 @@ def run_standin(workload: Workload, cores: int, scratch: Path, args, number: int
     try:
         start_servers(starts, servers, workload, images, scratch)
         points = measure_points(workload, args.concurrencies or workload.concurrencies, servers, args)
+        split = {server.name: split_window(server, 64, SPLIT_WINDOW_S) for server in servers
+                 if server.name.startswith(report.SPLIT_LAYOUT) and not args.quick}
         peaks = {server.name: server.peak_rss_mb() for server in servers}
     finally:
         exits = {server.name: server.stop() for server in servers}
     return {**_header(workload, images, servers), "kind": STANDIN.name, "decoders": decoders,
-            "points": points, "peak_rss_mb": peaks, "exit_codes": exits}
+            "preprocessing": [s.as_dict() for s in steps], "points": points, "split": split, "peak_rss_mb": peaks, "exit_codes": exits}
 
 
 def start_servers(starts: list, servers: list[Server], workload: Workload, images: list[bytes], scratch: Path) -> None:

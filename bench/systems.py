@@ -29,7 +29,8 @@ from bench.proctree import (CLOCK_TICKS, machine_cpu, peak_rss_bytes, process_tr
                             tree_cpu_seconds)
 from bench.report import CEILING, SERVICE_ALONE
 from bench.workloads import REPO, Workload
-from podserve.metric_names import BATCH_FILL_WAIT_SECONDS, BATCH_SIZE, IN_FLIGHT, REFUSALS_HELD, VERB_CPU_SECONDS
+from podserve.metric_names import (BATCH_FILL_WAIT_SECONDS, BATCH_SIZE, IN_FLIGHT, PROCESS_CPU_SECONDS, REFUSALS_HELD,
+                                   VERB_CPU_SECONDS)
 from podserve.settings import ServingSettings
 
 #: The /metrics series whose totals a window takes the difference of, and the Window field each goes to.
@@ -197,6 +198,28 @@ class Server:
             return None
         values = [value for metric, _, value in self._samples() if metric == name]
         return sum(values) if values else None
+
+    def role_cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds each role of a split pod's processes has used so far (front, decoder, model), from its /metrics;
+        {} for a server that does not publish them (one process, Gunicorn) or no longer answers."""
+        if self.kind != "ours":
+            return {}
+        try:
+            samples = self._samples()
+        except OSError:
+            return {}
+        spent: dict[str, float] = {}
+        for metric, line, value in samples:
+            if metric == PROCESS_CPU_SECONDS and 'role="' in line:
+                role = line.split('role="', 1)[1].split('"', 1)[0]
+                spent[role] = spent.get(role, 0.0) + value
+        return spent
+
+    def histogram_totals(self, name: str) -> tuple[float, float]:
+        """A histogram's sum and count so far over all its series on our server's /metrics."""
+        samples = self._samples()
+        return (sum(value for metric, _, value in samples if metric == name + "_sum"),
+                sum(value for metric, _, value in samples if metric == name + "_count"))
 
     def wait_idle(self, timeout_s: float = 15.0) -> None:
         """Wait until our server holds no request and no 503 held back by its pacing: wrk ends a window with

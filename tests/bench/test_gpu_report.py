@@ -1,6 +1,7 @@
 """make bench-gpu's own arithmetic: which processes hold a CUDA context, and the table that names the machine."""
 
-from bench.gpu import cuda_contexts, markdown, parse_compute_apps
+from bench.gpu import cuda_contexts, decode_bound, markdown, parse_compute_apps
+from bench.pod_split import STAGES, stage_means
 from bench.systems import log_name
 from bench.workloads import FAST
 
@@ -34,7 +35,8 @@ def test_the_table_names_the_gpu_the_host_and_each_system_s_contexts():
     text = markdown(results)
     assert text.startswith("# GPU benchmark on GPU 0: NVIDIA H200 (UUID: x):")
     assert "- Machine: gpu-7: GPU 0: NVIDIA H200" in text and "our pod: cpu=16, max_batch_size=64" in text
-    assert "| 256 | ours: split (auto) | s | 8000.0 | 30.0 | 40.0 | 0 | 63.0 | 1.9 | 15.2, 0.4, 0.1 |" in text
+    assert "| 256 | ours: split (auto) | s | 8000.0 | 30.0 | 40.0 | 0 | 63.0 | 1.9 | 15.2, 0.4, 0.1 | n/a | n/a | n/a |" \
+        in text
     assert "ours: split (auto) 1; gunicorn 16; 17 on the GPU in all." in text
     assert "Skipped, the time budget spent: c=256." in text
 
@@ -61,3 +63,29 @@ def test_a_system_that_cannot_start_is_named_and_the_others_go_on(tmp_path):
 def test_a_server_s_log_is_named_in_the_characters_a_lent_machine_hands_back():
     assert log_name(FAST, "ours: split (auto)") == "fast-ours-split-auto.log"
     assert log_name(FAST, "gunicorn") == "fast-gunicorn.log"
+
+
+def test_the_decode_bound_is_what_the_cores_left_to_the_pod_decode_alone():
+    row = {"rps": 8000.0, "machine_cores": 16, "wrk_cores": 0.8, "other_cores": 0.2}
+    # 1,600 requests a second a core decoded alone; 15 cores left to the pod: a bound of 24,000, 8,000 a third of it.
+    assert decode_bound(row, 1600.0, 16) == {"decode_bound_rps": 24000.0, "decode_bound_fraction": 0.333}
+    # on a bigger machine the pod still has only its own cores
+    assert decode_bound({**row, "machine_cores": 64}, 1600.0, 16)["decode_bound_rps"] == 25600.0
+    assert decode_bound({"rps": 8000.0}, 1600.0, 16) == {}  # windows that did not read the machine
+
+
+def test_a_request_s_time_in_the_pod_splits_by_stage_from_the_histograms_over_a_point():
+    request, queued, predict = (stage for stage, _ in STAGES)
+    before = {request: (10.0, 1000.0), queued: (4.0, 1000.0), predict: (1.0, 40.0)}
+    after = {request: (40.0, 2000.0), queued: (14.0, 2000.0), predict: (1.25, 140.0)}
+    # 1,000 requests took 30 s in the pod (30 ms each), waited 10 s queued (10 ms each), 100 calls ran 0.25 s.
+    assert stage_means(before, after) == {request: 30.0, queued: 10.0, predict: 2.5}
+    assert stage_means(after, after) == {}  # nothing answered in between: no mean
+    results = _results()
+    results["points"][0].update(stage_ms={request: 30.0, queued: 10.0, predict: 2.5}, decode_bound_rps=24000.0,
+                                decode_bound_fraction=0.333, role_cpu_ms_per_request={"front": 0.1, "decoder": 0.8})
+    results["decode_alone"] = {"processes": 16, "seconds": 5.0, "rps": 25600.0}
+    text = markdown(results)
+    assert "| 24000.0 | 0.333 | front 0.1, decoder 0.8 |" in text
+    assert "in 16 processes at once for 5 s before the servers started: 25600 requests/s, 1600 a core" in text
+    assert "| 256 | ours: split (auto) | 30.0 | 30.0 | 10.0 | 2.5 |" in text

@@ -6,7 +6,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from bench.standin import OUTPUT, PREDICT_SECONDS, GpuStandIn
-from bench.workloads import STANDIN, text_line_images
+from bench.workloads import CALLER_MIX, STANDIN, text_line_mix
 from podserve.handler import Device, Payload
 from podserve.runtime.batching.pool import InstancePool
 from podserve.runtime.core.metrics import Metrics
@@ -52,7 +52,26 @@ def test_predict_waits_its_fixed_cost_without_a_core_and_answers_one_output_per_
 def test_decode_and_encode_are_the_example_s_own():
     stand_in, example = GpuStandIn(), TextDirection()
     assert STANDIN.handler == "bench.standin:GpuStandIn" and STANDIN.concurrencies == (64,)
-    for image in text_line_images():
+    for image in text_line_mix():
         decoded = stand_in.decode(Payload(image=image))
         assert decoded.shape == (3, 48, 192) and np.array_equal(decoded, example.decode(Payload(image=image)))
     assert stand_in.encode(OUTPUT) == {"angle": 0, "score": 0.9}
+
+
+def test_the_callers_mix_is_text_lines_from_narrow_crops_to_camera_frames_in_png_and_jpeg():
+    from io import BytesIO
+
+    from PIL import Image
+
+    images = text_line_mix()
+    assert images == text_line_mix()  # the same bytes every time: runs compare
+    opened = [Image.open(BytesIO(image)) for image in images]
+    assert [(i.width, i.height, i.format) for i in opened] == [(w, h, f) for w, h, f, _ in CALLER_MIX]
+    assert {i.format for i in opened} == {"PNG", "JPEG"} and opened[0].width < 100 and opened[-1].width >= 1920
+    # drawn text in both directions: the example's model reads some upright and some upside down
+    classifier = TextDirection()
+    classifier.load("model/ch_ppocr_mobile_v2.0_cls_mobile.onnx", Device("cpu"))
+    angles = [classifier.encode(classifier.predict([classifier.decode(Payload(image=image))])[0])["angle"]
+              for image in images]
+    upside_down = [180 if turned else 0 for _, _, _, turned in CALLER_MIX]
+    assert sum(a == b for a, b in zip(angles, upside_down)) >= 0.9 * len(images), (angles, upside_down)
