@@ -30,7 +30,7 @@ from podserve.runtime.http.admission import Admission
 from podserve.runtime.http.messages import Answer, Exchange
 from podserve.runtime.processes.child import hand_to_loop
 from podserve.runtime.processes.layout import front_frame_cap
-from podserve.runtime.processes.pod_state import READY, PodState, now_ns
+from podserve.runtime.processes.pod_state import READY, SLOT_WORD, SLOT_WORDS, PodState, now_ns
 from podserve.runtime.processes.transport.handshake import HandshakeError, receive_hello, send_hello
 from podserve.runtime.processes.transport.items import error_to_wire
 from podserve.runtime.processes.transport.link import open_link
@@ -44,6 +44,9 @@ log = logging.getLogger("podserve.front")
 STALE_DECODER_NS = 500_000_000
 #: A decoder whose heartbeat (a thread of its own) is older than this does not count towards the pod's readiness.
 ALIVE_DECODER_NS = 3_000_000_000
+#: The slot fields routing reads, as word indices (pod_state.SLOT_WORD).
+_GENERATION, _STATE, _REPLACE, _LOOP_NS, _BUSY = (SLOT_WORD[name] for name in
+                                                  ("generation", "state", "replace", "loop_ns", "busy"))
 #: How often requests waiting for a decoder are offered again.
 WAITING_LOOK_SECONDS = 0.05
 
@@ -99,8 +102,8 @@ class Decoders:
 
     def _current(self, decoder: DecoderLink) -> bool:
         """Whether `decoder`'s link is open and its slot still the process that connected (not a newer one's)."""
-        slot = self.state.slots[decoder.slot]
-        return not decoder.link.closed and int(slot["generation"]) == decoder.generation
+        return (not decoder.link.closed
+                and self.state.slot_words[decoder.slot * SLOT_WORDS + _GENERATION] == decoder.generation)
 
     @property
     def ready_count(self) -> int:
@@ -127,19 +130,25 @@ class Decoders:
         self._send(record, decoder)
 
     def _least_busy(self) -> DecoderLink | None:
-        now = now_ns()
-        takers = [link for link in self.links.values() if self._takes_requests(link, now)]
-        return min(takers, key=self._backlog) if takers else None
+        """The decoder that takes requests with the least ahead of a new one (each request pays this look: the slots
+        are read as plain words)."""
+        now, best, least = now_ns(), None, None
+        for link in self.links.values():
+            if self._takes_requests(link, now):
+                backlog = self._backlog(link)
+                if least is None or backlog < least:
+                    best, least = link, backlog
+        return best
 
     def _backlog(self, link: DecoderLink) -> tuple[int, int]:
         """What is ahead of a new request at `link`'s decoder: the requests it has yet to decode and the steps its
         threads run now (one stuck in an encode counts), then everything it holds."""
-        return link.decoding + int(self.state.slots[link.slot]["busy"]), len(link.held)
+        return link.decoding + self.state.slot_words[link.slot * SLOT_WORDS + _BUSY], len(link.held)
 
     def _takes_requests(self, link: DecoderLink, now: int) -> bool:
-        slot = self.state.slots[link.slot]
-        return (self._current(link) and not link.link.paused and slot["state"] == READY and not slot["replace"]
-                and now - slot["loop_ns"] < STALE_DECODER_NS)
+        words, base = self.state.slot_words, link.slot * SLOT_WORDS
+        return (self._current(link) and not link.link.paused and words[base + _STATE] == READY
+                and not words[base + _REPLACE] and now - words[base + _LOOP_NS] < STALE_DECODER_NS)
 
     def _send(self, record: Forwarded, decoder: DecoderLink) -> None:
         exchange = record.exchange

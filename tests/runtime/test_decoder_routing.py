@@ -1,0 +1,56 @@
+"""The front routes each admitted request to the decoder with the least ahead of it, among those that take requests."""
+
+import types
+
+import pytest
+
+from podserve.runtime.processes.decoders import STALE_DECODER_NS, DecoderLink, Decoders
+from podserve.runtime.processes.pod_state import DECODER, READY, STARTING, PodState, now_ns
+
+
+@pytest.fixture
+def decoders():
+    """Three decoders connected and ready, each with nothing ahead of a new request."""
+    state = PodState.create()
+    routing = Decoders.__new__(Decoders)  # routing needs only the state and the links
+    routing.state, routing.links = state, {}
+    for _ in range(3):
+        slot = state.claim_slot(DECODER)
+        state.slots[slot]["state"] = READY
+        link = DecoderLink(f"decoder-{slot}", slot, int(state.slots[slot]["generation"]))
+        link.link = types.SimpleNamespace(closed=False, paused=False)
+        routing.links[slot] = link
+    return routing
+
+
+def test_the_decoder_with_the_least_to_decode_and_the_fewest_steps_running_gets_the_request(decoders):
+    first, second, third = decoders.links.values()
+    first.decoding, second.decoding, third.decoding = 2, 1, 1
+    decoders.state.slots[second.slot]["busy"] = 1  # a thread of its own in a step: 2 ahead, as the first
+    assert decoders._least_busy() is third
+    third.decoding = 3
+    second.held = {1: None}  # ties on what is ahead go to the one holding fewer requests
+    first.held = {1: None, 2: None}
+    assert decoders._least_busy() is second
+
+
+@pytest.mark.parametrize("why", ["paused", "closed", "replaced", "not ready", "stale loop", "newer process"])
+def test_a_decoder_that_cannot_take_requests_gets_none_however_idle(decoders, why):
+    idle, busy, busier = decoders.links.values()
+    busy.decoding, busier.decoding = 5, 6
+    slot = decoders.state.slots[idle.slot]
+    if why == "paused":
+        idle.link.paused = True  # its link is over its high-water mark
+    elif why == "closed":
+        idle.link.closed = True
+    elif why == "replaced":
+        slot["replace"] = 1
+    elif why == "not ready":
+        slot["state"] = STARTING
+    elif why == "stale loop":
+        slot["loop_ns"] = now_ns() - STALE_DECODER_NS - 1
+    else:
+        slot["generation"] += 1  # its slot belongs to the process that replaced it
+    assert decoders._least_busy() is busy
+    busy.link.paused = busier.link.paused = True
+    assert decoders._least_busy() is None  # the request waits for one
