@@ -5,17 +5,18 @@
 On a machine with a GPU (nvidia-smi lists one and onnxruntime offers the CUDA execution
 provider; `make bench-gpu` installs onnxruntime-gpu into its own environment there), three
 systems run side by side with the same pod setting (`POD`: the machine's cores up to 16,
-batches of up to 64, room for 256 requests): ours in the split layout (its decoder processes
+batches of up to 64, room for 512 requests): ours in the split layout (its decoder processes
 as the pod decides: one per core on a GPU pod), ours in the one-process layout, and Gunicorn
 with one sync worker per core (at most 16), each worker loading its own CUDA session and copy
-of the weights. For each concurrency (1, 8, 64, 256) they are measured in alternating
+of the weights. For each concurrency (1, 8, 64, 256, 512) they are measured in alternating
 closed-loop wrk windows; the processes holding GPU memory (nvidia-smi: one CUDA context each,
 the goal is exactly one per pod), the GPU memory and peak RSS of each process, and the cores
 the pod, wrk and everything else used are recorded. Without a GPU the same script runs end to
 end on the CPU provider, and its first line says so: those figures show that the benchmark
 works, not what a GPU does. It stops starting new points once --budget-s has passed (each
 point is about 6 windows of --seconds); on an H200 with 16 cores the whole run is expected
-to take 3-4 minutes.
+to take 4-5 minutes. Before the servers start, the handler's decode and encode run alone in one process
+per core for DECODE_ALONE_S: the decode bound each point is judged against (issue 70).
 On a GPU machine with no package index, give pip a folder of wheels through its environment:
 `PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels make bench-gpu`, or carry it as
 ../shared/notes/gpu.md says ("Running on a GPU machine": `bash .gpu/gpu-run.sh python3 -m
