@@ -68,11 +68,17 @@ def test_prometheus_stopped_during_an_analysis_errors_then_aborts_naming_it(roll
     ended = status()
     assert ended["phase"] == "Error", ended
     address = prometheus.url.removeprefix("http://")
+    # The run ends Error once one check has erred once past the limit: Argo then measures no check again (its
+    # utils/analysis IsTerminating), so a check whose retries fell into a later reconcile than that one's (their times
+    # drift apart by how long each measurement took) stops one error short: a fresh clone's run ended with the errors
+    # check at 4, so the latency check's fifth had ended it.
+    counts = {}
     for result in ended["metricResults"]:
         if result["name"] == "queue-wait":
             continue  # it had passed already: not measured again
         errors = [m for m in result["measurements"] if m["phase"] == "Error"]
-        assert len(errors) == at.CONSECUTIVE_ERROR_LIMIT + 1, result
+        counts[result["name"]] = len(errors)
+        assert len(errors) in (at.CONSECUTIVE_ERROR_LIMIT, at.CONSECUTIVE_ERROR_LIMIT + 1), result
         assert address in errors[-1]["message"], errors[-1]
         assert not any(m["phase"] == "Successful" for m in result["measurements"])
         # retried, not given up at once: each error measured Argo's retry interval after the last one ended (the
@@ -80,6 +86,7 @@ def test_prometheus_stopped_during_an_analysis_errors_then_aborts_naming_it(roll
         started = [_seconds(m["startedAt"]) for m in errors]
         ended_at = [_seconds(m["finishedAt"]) for m in errors]
         assert all(b - a >= ERROR_RETRY_SECONDS - 1 for a, b in zip(ended_at, started[1:])), errors
+    assert max(counts.values()) == at.CONSECUTIVE_ERROR_LIMIT + 1, (counts, ended)  # the one that ended the run
     assert address in ended.get("message", "") or any(address in (r.get("message") or "")
                                                       for r in ended["metricResults"]), ended
 
