@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import time
+
+import pytest
 
 from ci_pipeline import REPO
 from podserve.testbed.image import bases, ci_jobs, runner
 
-PROBE = """FROM {base}
+#: The step's two findings are the only files exported: BuildKit's local exporter can deadlock sending a whole root
+#: filesystem to the client (moby/buildkit#2950, open; a fresh clone's run hung 600 s in it, buildctl and buildkitd
+#: both waiting).
+PROBE = """FROM {base} AS probe
 RUN ls /proc | grep -E '^[0-9]+$' | while read pid; do printf '%s %s\\n' "$pid" "$(tr '\\0' ' ' < /proc/$pid/cmdline)"; \\
     done > /processes.txt; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c BUILD_AUTH_CONFIG > /seen.txt \\
     || true; cat /processes.txt /seen.txt
+FROM scratch
+COPY --from=probe /processes.txt /seen.txt /
 """
 
 
@@ -72,3 +81,19 @@ def test_buildkit_pulls_the_base_by_the_pinned_digest_not_by_the_tag(build_stage
     standin = bases.pin_stand_ins(f"FROM {python}\n", build_stage.stand_ins)
     assert standin == f"FROM {python.split('@')[0]}@{build_stage.stand_ins[python]}\n"
     assert json.dumps(build_stage.stand_ins)  # the testbed's own, the only digests it can vouch for
+
+
+
+def test_a_job_killed_at_its_timeout_leaves_none_of_its_processes(tmp_path):
+    """A job past its timeout is killed whole, not only its unshare: a hung BuildKit export once left buildkitd and
+    buildctl running for half an hour after its test had failed."""
+    name = f"hung-job-{time.monotonic_ns()}"  # what the job's processes are called (argv[0]), to find any left
+    (tmp_path / "context").mkdir()
+    with pytest.raises(subprocess.TimeoutExpired):
+        runner.run_job([f"exec -a {name} sleep 300 & exec -a {name} sleep 301"], {"PATH": "/usr/bin:/bin"},
+                       tmp_path / "context", tmp_path / "jobs", "127.0.0.1:1", 2)
+    deadline, left = time.monotonic() + 5, ["?"]
+    while left and time.monotonic() < deadline:
+        left = subprocess.run(["pgrep", "-f", name], capture_output=True, text=True).stdout.split()
+        time.sleep(0.1)
+    assert not left, f"processes of the killed job still run: {left}"

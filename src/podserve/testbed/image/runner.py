@@ -79,7 +79,7 @@ def run_job(lines: list[str], env: dict[str, str], cwd: Path, workdir: Path, reg
     process = subprocess.Popen(["unshare", "--user", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", SETUP],
                                env=job_env, cwd=cwd, stdin=read_end,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=_die_with_parent)
+                               preexec_fn=_die_with_parent, start_new_session=True)
     os.close(read_end)
     try:
         _map_ids(process.pid)
@@ -88,7 +88,12 @@ def run_job(lines: list[str], env: dict[str, str], cwd: Path, workdir: Path, reg
         write_end = -1
         stdout, stderr = process.communicate(timeout=timeout)
     except BaseException:
-        process.kill()
+        # The whole job, not only unshare: a job killed at its timeout once left buildkitd and buildctl running for
+        # half an hour (unshare's --kill-child did not reach them); they keep the job's session.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         process.communicate(timeout=30)
         raise
     finally:
