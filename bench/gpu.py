@@ -39,8 +39,8 @@ from pathlib import Path
 
 from bench.decode_alone import decode_alone_rps
 from bench.loadgen import LoadError, request_wires, write_wires
-from bench.pod_split import STAGES, stage_means, stage_totals
-from bench.report import cores_used
+from bench.pod_split import STAGES, role_ms_per_request, stage_means, stage_totals
+from bench.report import cores_left, cores_used
 from bench.run import machine, service_name
 from bench.standin import OUTPUT
 from bench.systems import DECODE_PROCESSES, Server, ServerFailed, start_gunicorn, start_ours
@@ -177,11 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                     if stages:
                         results["points"][-1]["stage_ms"] = stages
                     spent = server.role_cpu_seconds()
-                    requests = max(1, sum(w.requests for w in windows[server.name]))
                     if spent:  # the split layout: which of its processes the CPU went to (the front bounds it?)
-                        results["points"][-1]["role_cpu_ms_per_request"] = {
-                            role: round(1000 * (seconds - roles_before[server.name].get(role, 0.0)) / requests, 3)
-                            for role, seconds in spent.items()}
+                        results["points"][-1]["role_cpu_ms_per_request"] = role_ms_per_request(
+                            roles_before[server.name], spent, sum(w.requests for w in windows[server.name]))
                     print(json.dumps(results["points"][-1]), flush=True)
             holding = gpu_processes()
             results["gpu_processes"] = {str(pid): mb for pid, mb in holding.items()}
@@ -205,10 +203,10 @@ def main(argv: list[str] | None = None) -> int:
 def decode_bound(row: dict, per_core_rps: float, pod_cores: int) -> dict:
     """The decode bound at a point (issue 70): what the cores left to the pod (its cores, less wrk's and every other
     process's in the same windows) decode and encode alone, and the share of it the system answered."""
-    if not row.get("machine_cores"):
+    left = cores_left(row)
+    if left is None:
         return {}
-    left = min(pod_cores, row["machine_cores"] - row["wrk_cores"] - row["other_cores"])
-    bound = round(per_core_rps * left, 1)
+    bound = round(per_core_rps * min(pod_cores, left), 1)
     return {"decode_bound_rps": bound, "decode_bound_fraction": round(row["rps"] / bound, 3) if bound else None}
 
 

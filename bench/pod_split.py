@@ -35,15 +35,17 @@ def stage_means(before: dict, after: dict) -> dict[str, float]:
     return means
 
 
+def role_ms_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """Each role's CPU milliseconds a request between two `Server.role_cpu_seconds` reads over `requests`."""
+    return {role: round(1000 * (used - before.get(role, 0.0)) / max(1, requests), 3) for role, used in after.items()}
+
+
 def split_window(server, concurrency: int, seconds: int) -> dict:
     """One more window of `server` at `concurrency`: its throughput, each role's CPU per request and the stages'
     mean milliseconds (not part of the tables' medians)."""
     roles, stages = server.role_cpu_seconds(), stage_totals(server)
     window = server.measure(concurrency, seconds)
-    spent = server.role_cpu_seconds()
-    requests = max(1, window.requests)
     return {"concurrency": concurrency, "throughput_rps": round(window.throughput_rps, 1),
-            "pod_cpu_ms_per_request": round(1000 * window.server_cpu_s / requests, 3),
-            "cpu_ms_per_request_by_process": {role: round(1000 * (used - roles.get(role, 0.0)) / requests, 3)
-                                              for role, used in spent.items()},
+            "pod_cpu_ms_per_request": round(1000 * window.server_cpu_s / max(1, window.requests), 3),
+            "cpu_ms_per_request_by_process": role_ms_per_request(roles, server.role_cpu_seconds(), window.requests),
             "stage_ms": stage_means(stages, stage_totals(server))}

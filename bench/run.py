@@ -188,7 +188,8 @@ def run_standin(workload: Workload, cores: int, scratch: Path, args, number: int
     finally:
         exits = {server.name: server.stop() for server in servers}
     return {**_header(workload, images, servers), "kind": STANDIN.name, "decoders": decoders,
-            "preprocessing": [s.as_dict() for s in steps], "points": points, "split": split, "peak_rss_mb": peaks, "exit_codes": exits}
+            "preprocessing": [s.as_dict() for s in steps], "points": points, "split": split, "peak_rss_mb": peaks,
+            "exit_codes": exits}
 
 
 def start_servers(starts: list, servers: list[Server], workload: Workload, images: list[bytes], scratch: Path) -> None:
