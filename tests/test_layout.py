@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "src" / "podserve"
 #: What CI's tooling may not pull in: requirements/tooling.txt does not install these.
-SERVER_ONLY = ("uvloop", "httptools", "onnxruntime", "prometheus_client", "PIL", "numpy")
+SERVER_ONLY = ("uvloop", "httptools", "onnxruntime", "prometheus_client", "PIL", "numpy", "pybase64")
 
 
 def _imports(path: Path) -> set[str]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import threading
 import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded, PayloadTooLarge
 from podserve.handler import Device, Handler, OnnxHandler, Payload, gpu_padded_size, onnx_providers
@@ -181,6 +184,26 @@ def test_json_and_raw_requests_become_the_same_payload():
     with pytest.raises(InvalidInput) as error:
         api.parse_json_request(b'{"image": "aGk=", "video": "x"}', 100)
     assert error.value.field == "video"
+
+
+@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n -_é", max_size=24))
+@settings(max_examples=3000, deadline=None)
+def test_an_image_field_decodes_exactly_as_the_standard_librarys_strict_base64(text):
+    """The fast decoder (pybase64) never accepts what the standard library's strict mode refuses, nor decodes to
+    other bytes: what it refuses falls back to the standard library, whose answer stands (issue 70)."""
+    try:
+        expected = base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, binascii.Error):
+        try:
+            expected = base64.b64decode(b"".join(text.encode("ascii").split()), validate=True)  # line-wrapped
+        except (ValueError, binascii.Error):
+            expected = None
+    if expected is None:
+        with pytest.raises(InvalidInput, match="'image' is not valid base64") as error:
+            api._decode_base64(text)
+        assert error.value.field == "image"
+    else:
+        assert api._decode_base64(text) == expected
 
 
 def test_a_json_body_over_max_body_bytes_is_parsed_only_when_it_is_little_more_than_a_videos_base64():

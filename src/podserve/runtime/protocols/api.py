@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import parse_qsl
 
+import pybase64
+
 from podserve import memory_plan
 from podserve.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
 from podserve.handler import Payload
@@ -308,6 +310,10 @@ def _decode_base64(value: Any, field: str = "image") -> bytes:
     if not isinstance(value, str):
         raise InvalidInput(f"'{field}' must be a base64 string, not {type(value).__name__}; or send the raw bytes "
                            f"with Content-Type: {raw_type}", field=field)
+    try:  # SIMD: 2 µs for the callers' mix's 22 KB average, the standard library's 63 (bench/optimisations.json)
+        return pybase64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        pass  # it refuses a superset of what the standard library's strict mode does: that one decides
     raw = value.encode("ascii", errors="replace")
     try:
         return base64.b64decode(raw, validate=True)
