@@ -172,3 +172,31 @@ def test_a_link_whose_peer_does_not_read_is_paused_past_its_high_water_mark():
         assert left.events == ["pause", "resume"]
         await until(lambda: len(right.messages) == n + 1, "every message, once read")
     asyncio.run(run())
+
+
+def test_a_message_sent_later_rides_in_the_next_frame_or_goes_alone_within_its_bound(monkeypatch):
+    """A receipt nobody waits on (`send_later`) does not wake the peer by itself when other messages follow: it rides
+    in their frame, in order; alone, it still goes out, bounded by LATER_SECONDS (issue 70)."""
+    from podserve.runtime.processes.transport import link as link_module
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        left_sock, right_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        frames: list[list] = []
+        sender = await open_link(loop, left_sock, lambda messages: None, name="test")
+        await open_link(loop, right_sock, frames.append, name="test")
+        monkeypatch.setattr(link_module, "LATER_SECONDS", 0.001)
+        sender.send_later(("free", [7]))
+        await until(lambda: frames, "the message alone, within its bound")
+        assert frames == [[("free", [7])]]
+        monkeypatch.setattr(link_module, "LATER_SECONDS", 3600.0)  # only another message's frame carries it now
+        sender.send_later(("submitted", 1))
+        await asyncio.sleep(0.05)
+        assert len(frames) == 1
+        sender.send(("answer", 1))
+        await until(lambda: len(frames) == 2, "the frame of the next message")
+        assert frames[1] == [("submitted", 1), ("answer", 1)]
+        await loop.run_in_executor(None, sender.send_later, ("free", [8]))  # another thread: sent as `send` sends
+        await until(lambda: len(frames) == 3, "the message sent from another thread")
+        assert frames[2] == [("free", [8])]
+    asyncio.run(run())

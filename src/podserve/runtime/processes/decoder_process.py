@@ -131,9 +131,9 @@ class FrontAdmission:
 
     def submitted(self, exchange: ForwardedExchange) -> None:
         """Tell the front the request's inputs are with the model process: it no longer counts towards this
-        decoder's backlog (what the front routes by)."""
+        decoder's backlog (what the front routes by). It rides with the next answer (within a millisecond)."""
         if self.link is not None:
-            self.link.send(("submitted", exchange.rid))
+            self.link.send_later(("submitted", exchange.rid))
 
     def release_places(self, exchange: ForwardedExchange, places: int) -> None:
         if places > 0 and self.link is not None:

@@ -216,8 +216,8 @@ class ModelClient:
                     item.worker = self._workers.get(instance) or self._workers.setdefault(
                         instance, RemoteWorker(instance, self))
                 finished.setdefault(item.on_done, []).append(item)
-        if freed and self.link is not None:
-            self.link.send(("free", freed))
+        if freed and self.link is not None:  # rides with the next submit (within a millisecond)
+            self.link.send_later(("free", freed))
         for on_done, items in finished.items():
             if on_done is not None:
                 on_done(items)

@@ -2,7 +2,8 @@
 
 Each frame is an 8-byte length and a pickled list of messages (plain tuples: arrays never ride in them, see
 `items`). `send` may be called from any thread: messages sent during one turn of the event loop go out in one frame
-and one write, so a busy link costs a few microseconds a message. The receiving side gets each frame's messages in
+and one write, so a busy link costs a few microseconds a message. A message nobody waits on (a receipt, blocks to
+free) goes with `send_later`: in the next frame, or alone within a millisecond, never waking the peer by itself. The receiving side gets each frame's messages in
 order, in the event loop's thread.
 
 Each link pushes back (docs/processes.md: The wire between them):
@@ -33,6 +34,8 @@ _PICKLE = pickle.HIGHEST_PROTOCOL
 FRAME_CAP_BYTES = 64 << 20
 #: Bytes waiting to be written past which a link is paused.
 HIGH_WATER_BYTES = 8 << 20
+#: The longest a message sent with `send_later` waits for another message's frame to ride in.
+LATER_SECONDS = 0.001
 
 
 class FrameTooLarge(ValueError):
@@ -65,6 +68,7 @@ class Link(asyncio.Protocol):
         self._buffer = bytearray()
         self._outbox: deque = deque()
         self._flush_pending = False
+        self._later: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -133,6 +137,24 @@ class Link(asyncio.Protocol):
                     self.loop.call_soon_threadsafe(self._flush)
                 except RuntimeError:  # the loop has closed: the process is exiting
                     pass
+
+    def send_later(self, message: Any) -> None:
+        """Queue `message`, which nobody waits on (a receipt, blocks to free): it goes out with the next message's
+        frame, or alone within LATER_SECONDS. A busy link carries it for nothing; the peer is not woken for it alone.
+        From another thread than the loop's it is sent as `send` sends."""
+        if threading.get_ident() != self._loop_thread:
+            self.send(message)
+            return
+        if self.closed:
+            return
+        self._outbox.append(message)
+        if not self._flush_pending and self._later is None:
+            self._later = self.loop.call_later(LATER_SECONDS, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._later = None
+        if not self._flush_pending:
+            self._flush()
 
     def _flush(self) -> None:
         self._flush_pending = False
