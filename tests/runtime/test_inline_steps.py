@@ -178,3 +178,46 @@ def test_cheap_steps_go_to_the_request_threads_while_requests_queue_past_a_lane_
     assert server.metric_sum(metric_names.LOOP_RELIEF) == 0  # nothing in flight
     # One at a time again, the loop takes them (once any step the burst slowed past STALL_SECONDS is forgotten).
     poll_until(lambda: _ask(server)["decoded_by"] == LOOP_THREAD, "the loop decoding again", timeout=20, every=0)
+
+
+def test_in_the_loop_a_finished_batch_is_answered_before_the_begins_still_waiting_for_their_turn(monkeypatch):
+    """Where the loop serves HTTP it begins what one turn read in turns; a batch that finishes meanwhile is encoded
+    and answered between them, not behind every decode read with it (a CPU pod's tail at 64 callers, issue 70). A
+    decoder's loop begins each at once."""
+    import asyncio
+
+    from podserve.runtime.batching.step_runner import StepRunner
+
+    ran: list[str] = []
+
+    def warm() -> StepCost:
+        cost = StepCost()
+        for _ in range(WARMUP_STEPS):
+            cost.observe(0.0001)
+        return cost
+
+    def begin(call: str) -> None:
+        ran.append(call)
+        if call == "begin-1":  # a batch finishes on its thread while the loop decodes
+            done = threading.Thread(target=runner.finish, args=(["batch-A"],))
+            done.start()
+            done.join()
+
+    async def run() -> None:
+        runner.start(asyncio.get_running_loop())
+        for n in range(1, 5):  # what one turn of the loop read
+            runner.begin(f"begin-{n}", 100)
+        while len(ran) < 5:
+            await asyncio.sleep(0.001)
+
+    for turn_seconds, order in ((0.0, ["begin-1", "batch-A", "begin-2", "begin-3", "begin-4"]),  # one begin a turn
+                                (None, ["begin-1", "begin-2", "begin-3", "begin-4", "batch-A"])):
+        ran.clear()
+        runner = StepRunner(1, LoopRelief(1.0, lambda: 0, lambda: 0), begin, lambda items: ran.extend(items),
+                            lambda job, exc: ran.append(f"failed {job}: {exc!r}"), costs=warm,
+                            begin_turn_seconds=turn_seconds)
+        try:
+            asyncio.run(run())
+        finally:
+            runner.stop()
+        assert ran == order, turn_seconds

@@ -30,7 +30,7 @@ from podserve.handler import Payload, WithContext
 from podserve.runtime.batching.batcher import WorkItem
 from podserve.runtime.batching.fanout import FanOut
 from podserve.runtime.batching.inline_policy import StepCost
-from podserve.runtime.batching.step_runner import StepRunner
+from podserve.runtime.batching.step_runner import BEGIN_TURN_SECONDS, StepRunner
 from podserve.runtime.core.logs import log_request
 from podserve.runtime.core.verbs import call_verb
 from podserve.runtime.http.messages import JSON_TYPE, Answer, Exchange, header_problem
@@ -82,7 +82,7 @@ class ServiceRoute:
 
     def __init__(self, route: str, settings: ServingSettings, pool, admission: Settler, runner_threads: int,
                  relief, videos: VideoWork, input_limits: api.InputLimits, step_costs=StepCost,
-                 step_clock=time.perf_counter):
+                 step_clock=time.perf_counter, begin_turn_seconds: float | None = BEGIN_TURN_SECONDS):
         self.route = route
         self.settings = settings
         self.pool = pool
@@ -90,7 +90,7 @@ class ServiceRoute:
         self.loop = None
         self._lock = threading.Lock()  # guards Call.state: each call is answered exactly once
         self.runner = StepRunner(runner_threads, relief, self._begin, self._finish_items, self._failed, step_costs,
-                                 step_clock)
+                                 step_clock, begin_turn_seconds)
         self.videos = videos
         self.input_limits = input_limits
 
