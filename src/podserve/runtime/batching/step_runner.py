@@ -60,8 +60,8 @@ class StepRunner:
 
     @property
     def backlog(self) -> int:
-        """Steps waiting for a request thread or for the loop's next turn of begins."""
-        return self._work.qsize() + len(self._begins)
+        """Steps waiting for a request thread (not the begins waiting a few milliseconds for the loop's next turn)."""
+        return self._work.qsize()
 
     @property
     def loop_relieved(self) -> bool:

@@ -3,8 +3,8 @@
 Each frame is an 8-byte length and a pickled list of messages (plain tuples: arrays never ride in them, see
 `items`). `send` may be called from any thread: messages sent during one turn of the event loop go out in one frame
 and one write, so a busy link costs a few microseconds a message. A message nobody waits on (a receipt, blocks to
-free) goes with `send_later`: in the next frame, or alone within a millisecond, never waking the peer by itself. The receiving side gets each frame's messages in
-order, in the event loop's thread.
+free) goes with `send_later`: in the next frame, or alone within a millisecond, never waking the peer by itself. The
+receiving side gets each frame's messages in order, in the event loop's thread.
 
 Each link pushes back (docs/processes.md: The wire between them):
 - a frame cap, both ways: a message that would not fit in one frame is refused at the sender, handed to its
