@@ -181,9 +181,9 @@ def test_cheap_steps_go_to_the_request_threads_while_requests_queue_past_a_lane_
 
 
 def test_in_the_loop_a_finished_batch_is_answered_before_the_begins_still_waiting_for_their_turn(monkeypatch):
-    """Where the loop serves HTTP it begins what one turn read in turns; a batch that finishes meanwhile is encoded
-    and answered between them, not behind every decode read with it (a CPU pod's tail at 64 callers, issue 70). A
-    decoder's loop begins each at once."""
+    """Where the loop serves HTTP, past a turn's first BEGIN_TURN_SECONDS it begins what one turn read in turns; a
+    batch that finishes meanwhile is encoded and answered between them, not behind every decode read with it (a CPU
+    pod's tail at 64 callers, issue 70). Within that time, and in a decoder's loop, each begins at once."""
     import asyncio
 
     from podserve.runtime.batching.step_runner import StepRunner
@@ -210,8 +210,11 @@ def test_in_the_loop_a_finished_batch_is_answered_before_the_begins_still_waitin
         while len(ran) < 5:
             await asyncio.sleep(0.001)
 
-    for turn_seconds, order in ((0.0, ["begin-1", "batch-A", "begin-2", "begin-3", "begin-4"]),  # one begin a turn
-                                (None, ["begin-1", "begin-2", "begin-3", "begin-4", "batch-A"])):
+    in_turns = ["begin-1", "batch-A", "begin-2", "begin-3", "begin-4"]
+    at_once = ["begin-1", "begin-2", "begin-3", "begin-4", "batch-A"]
+    for turn_seconds, order in ((0.0, in_turns),  # one begin a turn
+                                (3600.0, at_once),  # within a turn's time: at once, as at low concurrency
+                                (None, at_once)):  # a decoder's loop
         ran.clear()
         runner = StepRunner(1, LoopRelief(1.0, lambda: 0, lambda: 0), begin, lambda items: ran.extend(items),
                             lambda job, exc: ran.append(f"failed {job}: {exc!r}"), costs=warm,

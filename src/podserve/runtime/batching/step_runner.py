@@ -7,9 +7,9 @@ wake-ups), and while the loop is not the bottleneck (`LoopRelief`); otherwise th
 of the request threads, and the loop stays free to read, write, answer probes and fire deadlines.
 A handful of threads serve any number of requests in flight, whatever the batching does.
 
-Where the loop also serves HTTP (the one-process layout), a finish goes before every begin: the begins the loop
-takes on wait in line and run in turns of at most `BEGIN_TURN_SECONDS`, between which the loop writes the answers of
-batches that are done and reads what has arrived. Run as they were read, the decodes of everything one turn of the
+Where the loop also serves HTTP (the one-process layout), a finish goes before every begin past the first
+`BEGIN_TURN_SECONDS` of a turn: the begins the loop takes on past them wait in line and run in turns of at most that,
+between which the loop writes the answers of batches that are done and reads what has arrived. Run as they were read, the decodes of everything one turn of the
 loop read (tens of requests at 64 callers) held the answers of finished batches back behind them: a CPU pod's c=64
 p99 at 1.4x Gunicorn's, 0.94x in turns (bench/optimisations.json). A decoder process's loop, which reads no HTTP,
 begins at once: in turns it fed the model process later and answered 7-10% fewer requests.
@@ -49,6 +49,7 @@ class StepRunner:
         self._work: queue.SimpleQueue = queue.SimpleQueue()  # a call to begin, [WorkItem] to finish, None to stop
         self._begins: deque = deque()  # calls the loop begins itself, in turns (`_begin_some`)
         self._begin_turn_seconds = begin_turn_seconds  # None: the loop begins a call at once
+        self._turn_until: float | None = None  # until when this turn of the loop begins calls at once
         self._begin_cost, self._finish_cost = costs(), costs()
         self._clock = clock  # what a step's cost is measured by: the wall clock, or (a decoder's) its thread's CPU
         self._loop_thread: int | None = None
@@ -91,11 +92,21 @@ class StepRunner:
             if self._begin_turn_seconds is None:
                 self._run_in_loop(call)
                 return
-            if not self._begins:
+            if not self._begins:  # nothing waits: begin now, while this turn's begins are within their time
+                now = time.perf_counter()
+                if self._turn_until is None:
+                    self._turn_until = now + self._begin_turn_seconds
+                    self.loop.call_soon(self._end_turn)  # runs once this turn's reads are done
+                if now < self._turn_until:
+                    self._run_in_loop(call)
+                    return
                 self.loop.call_soon(self._begin_some)
             self._begins.append(call)
         else:
             self._work.put(call)
+
+    def _end_turn(self) -> None:
+        self._turn_until = None
 
     def _begin_some(self) -> None:
         """Begin the calls waiting for the loop, for at most its turn's seconds; the rest in the loop's next turn."""
