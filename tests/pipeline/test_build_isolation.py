@@ -18,6 +18,7 @@ import pytest
 
 from ci_pipeline import REPO
 from podserve.testbed.image import bases, ci_jobs, runner
+from podserve.testbed.processes import poll_until
 
 #: The step's two findings are the only files exported: BuildKit's local exporter can deadlock sending a whole root
 #: filesystem to the client (moby/buildkit#2950, open; a fresh clone's run hung 600 s in it, buildctl and buildkitd
@@ -83,7 +84,6 @@ def test_buildkit_pulls_the_base_by_the_pinned_digest_not_by_the_tag(build_stage
     assert json.dumps(build_stage.stand_ins)  # the testbed's own, the only digests it can vouch for
 
 
-
 def test_a_job_killed_at_its_timeout_leaves_none_of_its_processes(tmp_path):
     """A job past its timeout is killed whole, not only its unshare: a hung BuildKit export once left buildkitd and
     buildctl running for half an hour after its test had failed."""
@@ -92,8 +92,5 @@ def test_a_job_killed_at_its_timeout_leaves_none_of_its_processes(tmp_path):
     with pytest.raises(subprocess.TimeoutExpired):
         runner.run_job([f"exec -a {name} sleep 300 & exec -a {name} sleep 301"], {"PATH": "/usr/bin:/bin"},
                        tmp_path / "context", tmp_path / "jobs", "127.0.0.1:1", 2)
-    deadline, left = time.monotonic() + 5, ["?"]
-    while left and time.monotonic() < deadline:
-        left = subprocess.run(["pgrep", "-f", name], capture_output=True, text=True).stdout.split()
-        time.sleep(0.1)
-    assert not left, f"processes of the killed job still run: {left}"
+    poll_until(lambda: not subprocess.run(["pgrep", "-f", name], capture_output=True, text=True).stdout.split(),
+               f"every process of the killed job ({name}) gone", 5)

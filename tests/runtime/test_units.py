@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overloaded, PayloadTooLarge
@@ -187,7 +188,7 @@ def test_json_and_raw_requests_become_the_same_payload():
 
 
 @given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n -_é", max_size=24))
-@settings(max_examples=3000, deadline=None)
+@hypothesis_settings(max_examples=3000, deadline=None)
 def test_an_image_field_decodes_exactly_as_the_standard_librarys_strict_base64(text):
     """The fast decoder (pybase64) never accepts what the standard library's strict mode refuses, nor decodes to
     other bytes: what it refuses falls back to the standard library, whose answer stands (issue 70)."""
