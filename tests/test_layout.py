@@ -15,7 +15,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "src" / "podserve"
-#: What CI's tooling may not pull in: requirements/tooling.txt does not install these.
+#: What CI's tooling may not pull in: requirements/tooling.txt does not install these, and the tooling image holds
+#: none of them (tests/pipeline). confluent_kafka is both the server's and the tooling's: the offline smoke reads a
+#: consumer group's offsets with it (podserve.tooling.offline_smoke).
 SERVER_ONLY = ("uvloop", "httptools", "onnxruntime", "prometheus_client", "PIL", "numpy", "pybase64")
 
 

@@ -13,11 +13,9 @@ from pathlib import Path
 
 from image_stage import SIZE_BUDGET
 from podserve.testbed.image.pipeline import built_steps
+from test_layout import SERVER_ONLY  # the server's packages the tooling image must not hold
 
 COMPILERS = re.compile(r"^(gcc|g\+\+|cc|c\+\+|clang|clang\+\+|x86_64-linux-gnu-(gcc|g\+\+)(-\d+)?|gcc-\d+|tcc)$")
-#: The server's packages the tooling image must not hold (confluent_kafka is both: the offline smoke reads a consumer
-#: group's offsets with it, podserve.tooling.offline_smoke).
-SERVER_ONLY = ("onnxruntime", "numpy", "PIL", "uvloop", "httptools", "prometheus_client", "pybase64")
 #: A PEM private key: the header and a line of base64 (a library's header string alone is not one).
 MODEL_CHECK = "RUN cd /app/model && test -f MODEL.sha256 && sha256sum --check --strict MODEL.sha256"
 PRIVATE_KEY = re.compile(rb"-----BEGIN (RSA |EC |OPENSSH )?PRIVATE KEY-----\r?\n[A-Za-z0-9+/=]{40,}")

@@ -174,7 +174,7 @@ class DecoderProcess:
         self.service = ServiceRoute(route, settings, self.model, self.admission, request_threads(settings), relief,
                                     VideoWork(1), limits,
                                     step_costs=lambda: StepCost(STEP_INLINE_SECONDS, STEP_STALL_SECONDS),
-                                    step_clock=time.thread_time, begin_turn_seconds=None)
+                                    step_clock=time.thread_time)
         self.v2 = V2Route(route, settings.service_name, accept=lambda *_: None, probes=self,
                           describe=lambda: self.model.state.info().get("v2") if self.model.ready else None)
         self.v2.begins_on_thread = True  # its second admission step waits for the front's answer

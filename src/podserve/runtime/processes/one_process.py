@@ -14,7 +14,7 @@ import prometheus_client
 
 from podserve.runtime.batching.inline_policy import LoopRelief
 from podserve.runtime.batching.pool import InstancePool
-from podserve.runtime.batching.step_runner import request_threads
+from podserve.runtime.batching.step_runner import BEGIN_TURN_SECONDS, request_threads
 from podserve.runtime.core.devices import cpu_share, plan_devices
 from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.processes.front import Front
@@ -58,7 +58,8 @@ def serve_in_one_process(settings: ServingSettings, handler_class: type) -> int:
     relief = LoopRelief(cpu_share(settings), lambda: lifecycle.in_flight, pool.lanes_take)
     service = pool.service = ServiceRoute(
         front.route, settings, pool, admission, request_threads(settings), relief, VideoWork(workers),
-        api.InputLimits.from_settings(settings, pool.holding_limit(), ffmpeg_threads, memory.per_parse))
+        api.InputLimits.from_settings(settings, pool.holding_limit(), ffmpeg_threads, memory.per_parse),
+        begin_turn_seconds=BEGIN_TURN_SECONDS)  # its loop also serves HTTP: finished batches answered between turns
     metrics.in_flight.set_function(lambda: lifecycle.in_flight)
     metrics.http_backlog.set_function(lambda: service.backlog)
     metrics.loop_relief.set_function(lambda: float(service.loop_relieved))

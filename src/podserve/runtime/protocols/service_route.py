@@ -30,7 +30,7 @@ from podserve.handler import Payload, WithContext
 from podserve.runtime.batching.batcher import WorkItem
 from podserve.runtime.batching.fanout import FanOut
 from podserve.runtime.batching.inline_policy import StepCost
-from podserve.runtime.batching.step_runner import BEGIN_TURN_SECONDS, StepRunner
+from podserve.runtime.batching.step_runner import StepRunner
 from podserve.runtime.core.logs import log_request
 from podserve.runtime.core.verbs import call_verb
 from podserve.runtime.http.messages import JSON_TYPE, Answer, Exchange, header_problem
@@ -78,11 +78,12 @@ class Settler(Interface):
 
 
 class ServiceRoute:
-    """Serve `POST /api/<service>` from `pool`, answering through `admission`."""
+    """Serve `POST /api/<service>` from `pool`, answering through `admission`; `begin_turn_seconds` as StepRunner's
+    (None, a decoder's: begin at once; the one-process layout, whose loop also serves HTTP, passes its turn)."""
 
     def __init__(self, route: str, settings: ServingSettings, pool, admission: Settler, runner_threads: int,
                  relief, videos: VideoWork, input_limits: api.InputLimits, step_costs=StepCost,
-                 step_clock=time.perf_counter, begin_turn_seconds: float | None = BEGIN_TURN_SECONDS):
+                 step_clock=time.perf_counter, begin_turn_seconds: float | None = None):
         self.route = route
         self.settings = settings
         self.pool = pool
