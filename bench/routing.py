@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import argparse
 import time
-import types
 
-from podserve.runtime.processes.decoders import DecoderLink, Decoders
-from podserve.runtime.processes.pod_state import DECODER, READY, PodState
+from podserve.testbed.decoder_routing import ready_decoders
 
 
 def routing_us(decoders: int, calls: int) -> float:
     """Microseconds one `Decoders._least_busy` takes with `decoders` ready decoders (the median of five rounds)."""
-    state = PodState.create()
-    routing = Decoders.__new__(Decoders)  # routing needs only the state and the links
-    routing.state, routing.links = state, {}
-    for _ in range(decoders):
-        slot = state.claim_slot(DECODER)
-        state.slots[slot]["state"] = READY
-        link = DecoderLink(f"decoder-{slot}", slot, int(state.slots[slot]["generation"]))
-        link.link = types.SimpleNamespace(closed=False, paused=False)
-        routing.links[slot] = link
+    routing = ready_decoders(decoders)
     rounds = []
     for _ in range(5):
         began = time.perf_counter()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from bench.workloads import REPO, Workload
 from podserve.metric_names import (BATCH_FILL_WAIT_SECONDS, BATCH_SIZE, IN_FLIGHT, PROCESS_CPU_SECONDS, REFUSALS_HELD,
                                    VERB_CPU_SECONDS)
 from podserve.settings import ServingSettings
+from podserve.testbed.processes import free_port
 
 #: The /metrics series whose totals a window takes the difference of, and the Window field each goes to.
 WINDOW_FIELDS = {BATCH_SIZE + "_sum": "batch_items", BATCH_SIZE + "_count": "batches",
@@ -49,12 +49,6 @@ QUIET_TIMEOUT_S = 5.0
 
 class ServerFailed(RuntimeError):
     """A server under test exited or never became ready."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

@@ -1,26 +1,16 @@
 """The front routes each admitted request to the decoder with the least ahead of it, among those that take requests."""
 
-import types
-
 import pytest
 
-from podserve.runtime.processes.decoders import STALE_DECODER_NS, DecoderLink, Decoders
-from podserve.runtime.processes.pod_state import DECODER, READY, STARTING, PodState, now_ns
+from podserve.runtime.processes.decoders import STALE_DECODER_NS
+from podserve.runtime.processes.pod_state import STARTING, now_ns
+from podserve.testbed.decoder_routing import ready_decoders
 
 
 @pytest.fixture
 def decoders():
     """Three decoders connected and ready, each with nothing ahead of a new request."""
-    state = PodState.create()
-    routing = Decoders.__new__(Decoders)  # routing needs only the state and the links
-    routing.state, routing.links = state, {}
-    for _ in range(3):
-        slot = state.claim_slot(DECODER)
-        state.slots[slot]["state"] = READY
-        link = DecoderLink(f"decoder-{slot}", slot, int(state.slots[slot]["generation"]))
-        link.link = types.SimpleNamespace(closed=False, paused=False)
-        routing.links[slot] = link
-    return routing
+    return ready_decoders(3)
 
 
 def test_the_decoder_with_the_least_to_decode_and_the_fewest_steps_running_gets_the_request(decoders):
