@@ -160,8 +160,8 @@ class FrontAdmission:
 class DecoderProcess:
     """The links to the front and the model process, and the service route between them."""
 
-    def __init__(self, settings, handler, slot: Slot, arena: Arena):
-        self.settings, self.slot, self.arena = settings, slot, arena
+    def __init__(self, settings, handler, slot: Slot, arena: Arena, metrics: Metrics):
+        self.settings, self.slot, self.arena, self.metrics = settings, slot, arena, metrics
         self.name = f"decoder-{slot.index}"
         self.budgets = Budgets(settings)
         self.model = ModelClient(settings, slot, handler, arena)
@@ -187,6 +187,7 @@ class DecoderProcess:
 
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.metrics.defer_per_turn(self.loop)
         self.admission._loop_thread = threading.get_ident()
         stopping = self.loop.create_future()
         self.loop.add_signal_handler(signal.SIGTERM, lambda: stopping.done() or stopping.set_result(None))
@@ -328,9 +329,10 @@ def main() -> int:
     handler.max_batch_size = settings.max_batch_size
     handler.load_codec(settings.model_path)
     arena = Arena(layout.pod_arena_sizes(settings).inputs, f"podserve-decoder-{slot.index}-inputs")
-    process = DecoderProcess(settings, handler, slot, arena)
+    process = DecoderProcess(settings, handler, slot, arena, metrics)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(process.run())
+    metrics.flush()
     log.info("%s exited cleanly", process.name)
     return 0
 

@@ -58,6 +58,7 @@ def main() -> int:
     listener = socket.socket(fileno=int(os.environ[layout.FRONT_FD]))
 
     def started(loop) -> None:
+        metrics.defer_per_turn(loop)
         decoders.start(loop, listener)
         slot.keep_beating(loop)
         slot.ready()
@@ -68,6 +69,7 @@ def main() -> int:
                        ControlThread(front.route, metrics, settings.control_queue_size, registry),
                        started, sock=socket.socket(fileno=int(os.environ[layout.HTTP_FD])))
     listener.close()
+    metrics.flush()
     log.info("front exited cleanly")
     return code
 

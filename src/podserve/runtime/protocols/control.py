@@ -76,6 +76,7 @@ class ControlThread:
         path, method = exchange.path, exchange.method
         if path == METRICS_PATH:
             if method in READ_METHODS:
+                self.metrics.flush()  # what the event loop's turn in progress observed (Metrics.defer_per_turn)
                 return Answer(200, generate_latest(self.registry), [("Content-Type", CONTENT_TYPE_LATEST)])
             return self._error(errors.MethodNotAllowed.on(method, path, READ_METHODS))
         if path == self.service_route:  # its POSTs never come here
