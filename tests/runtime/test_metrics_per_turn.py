@@ -73,6 +73,19 @@ def test_a_turn_s_observations_apply_when_it_ends_before_what_it_queued_to_write
                     "the next turns": (2.0, 0.004, 0.75)}
 
 
+def test_once_the_loop_has_closed_its_thread_s_observations_apply_at_once():
+    registry = CollectorRegistry()
+    metrics = Metrics(SERVICE, registry)
+
+    async def turn() -> None:
+        metrics.defer_per_turn(asyncio.get_running_loop())
+
+    _on_uvloop(turn)
+    metrics.observe_request(ROUTE, 200, 0.005)  # a shutdown's last answers, after the loop
+    metrics.observe_verb_cpu("decode", 0.5)
+    assert _counts(registry) == (1.0, 0.005, 0.5)
+
+
 def test_other_threads_observe_at_once_and_a_flush_from_any_thread_applies_what_the_turn_deferred():
     registry = CollectorRegistry()
     metrics = Metrics(SERVICE, registry)

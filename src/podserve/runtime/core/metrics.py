@@ -206,8 +206,11 @@ class Metrics:
     def _defer(self, item: tuple) -> None:
         self._deferred.append(item)
         if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._turn_loop.call_soon(self.flush)
+            try:
+                self._turn_loop.call_soon(self.flush)
+                self._flush_scheduled = True
+            except RuntimeError:  # the loop has closed (the process is stopping): apply it now
+                self.flush()
 
     def observe_request(self, route: str, status: int, seconds: float, origin: str = names.ORIGIN_LIVE) -> None:
         """Count one answered request of `route` and its latency; `origin`: names.origin_of its Host."""
