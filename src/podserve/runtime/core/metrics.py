@@ -259,7 +259,7 @@ class Metrics:
 def observe_all(histogram, values: Sequence[float]) -> None:
     """What `histogram.observe(value)` for each of `values` does (a labelled child of a prometheus_client Histogram),
     writing its sum once and each bucket that got some once. It reads the child's bounds and values (prometheus_client
-    0.26's; tests/runtime/test_units.py holds the two the same)."""
+    0.26's; tests/runtime/test_metrics_per_turn.py holds the two the same)."""
     bounds = histogram._upper_bounds
     counts = [0] * len(bounds)
     for value in values:
