@@ -36,6 +36,7 @@ from bench.loadgen import request_wires, run_wrk, write_wires
 from bench.proctree import tree_cpu_seconds
 from bench.systems import free_port
 from bench.workloads import FAST, REPO
+from podserve.testbed.processes import poll_until, port_open
 
 CONCURRENCY = 64
 #: The floor server's answer to every request (what the example's answers hold, ids left out).
@@ -134,18 +135,13 @@ def http_floor(images: list[bytes], seconds: int, windows: int) -> dict:
 
 
 def _wait_up(port: int, process: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """Until the floor server listens on `port` (RuntimeError if it exits first, TimeoutError past `timeout_s`)."""
+    def listening() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"the floor server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the floor server was not up within {timeout_s:.0f}s")
+        return port_open(port)
+
+    poll_until(listening, f"the floor server listening on {port}", timeout_s)
 
 
 def decode_cache_cost(handler_spec: str, images: list[bytes], rounds: int = DECODE_ROUNDS) -> dict:
@@ -239,13 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     from bench.run import machine  # onnxruntime's version with the machine's facts
 
     images = FAST.images()
+    facts = machine(len(os.sched_getaffinity(0)))
     results = {"command": " ".join(["python -m bench.floors", *(argv if argv is not None else sys.argv[1:])]),
                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "machine": machine(len(os.sched_getaffinity(0))),
+               "machine": f"{facts['cores']}-core {facts['cpu']}",
                "http_floor": http_floor(images, args.seconds, args.windows),
                "decode_cache": decode_cache_cost(FAST.handler, images)}
-    machine_line = results["machine"]
-    results["machine"] = f"{machine_line['cores']}-core {machine_line['cpu']}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "floors.json").write_text(json.dumps(results, indent=2) + "\n")

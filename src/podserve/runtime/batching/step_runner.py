@@ -9,10 +9,11 @@ A handful of threads serve any number of requests in flight, whatever the batchi
 
 Where the loop also serves HTTP (the one-process layout), a finish goes before every begin past the first
 `BEGIN_TURN_SECONDS` of a turn: the begins the loop takes on past them wait in line and run in turns of at most that,
-between which the loop writes the answers of batches that are done and reads what has arrived. Run as they were read, the decodes of everything one turn of the
-loop read (tens of requests at 64 callers) held the answers of finished batches back behind them: a CPU pod's c=64
-p99 at 1.4x Gunicorn's, 0.94x in turns (bench/optimisations.json). A decoder process's loop, which reads no HTTP,
-begins at once: in turns it fed the model process later and answered 7-10% fewer requests.
+between which the loop writes the answers of batches that are done and reads what has arrived. Run as they were
+read, the decodes of everything one turn of the loop read (tens of requests at 64 callers) held the answers of
+finished batches back behind them: a CPU pod's c=64 p99 at 1.4x Gunicorn's, 0.94x in turns (bench/optimisations.json).
+A decoder process's loop, which reads no HTTP, begins at once: in turns it fed the model process later and answered
+7-10% fewer requests.
 """
 
 from __future__ import annotations

@@ -196,8 +196,7 @@ class Metrics:
             else:
                 verbs[item[0]] = verbs.get(item[0], 0.0) + item[1]
         for (route, status, origin), latencies in requests.items():
-            counter, histogram = self._by_route_status.get((route, status, origin)) or \
-                self._route_status(route, status, origin)
+            counter, histogram = self._route_status(route, status, origin)
             counter.inc(len(latencies))
             observe_all(histogram, latencies)
         for verb, seconds in verbs.items():
@@ -217,16 +216,18 @@ class Metrics:
         if self._turn_thread == threading.get_ident():
             self._defer((route, status, origin, seconds))
             return
-        children = self._by_route_status.get((route, status, origin)) or self._route_status(route, status, origin)
+        children = self._route_status(route, status, origin)
         children[0].inc()
         children[1].observe(seconds)
 
     def _route_status(self, route: str, status: int, origin: str) -> tuple:
-        """The request counter and histogram of one route, status and origin (looked up once: labels() costs more
+        """The request counter and histogram of one route, status and origin (labels() looked up once: it costs more
         than the observation)."""
-        labels = (self.service, route, str(status), origin)
-        children = self._by_route_status[(route, status, origin)] = (self.requests.labels(*labels),
-                                                                     self.request_seconds.labels(*labels))
+        children = self._by_route_status.get((route, status, origin))
+        if children is None:
+            labels = (self.service, route, str(status), origin)
+            children = self._by_route_status[(route, status, origin)] = (self.requests.labels(*labels),
+                                                                         self.request_seconds.labels(*labels))
         return children
 
     def observe_verb_cpu(self, verb: str, seconds: float) -> None:
