@@ -58,7 +58,7 @@ class Call:
         self.deadline = deadline
         self.state = WAITING
         self.item: WorkItem | None = None
-        self.payload: Payload | None = None
+        self.payload: Payload | None = None  # released by its answer, from any thread: a decode holds its own reference
         self.context: tuple = ()  # what encode gets after the output: (context,) when decode returned WithContext
 
 
@@ -203,6 +203,13 @@ class ServiceRoute:
         self.admission.submitted(call.exchange)
         return True
 
+    def keep_ids(self, call: Call, payload: Payload) -> None:
+        """Keep only `payload`'s ids on `call` for its answer, unless it was answered (payload released) meanwhile."""
+        ids = payload.ids_only()
+        with self._lock:
+            if call.state != ANSWERED:
+                call.payload = ids
+
     def work_done(self, items: list[WorkItem]) -> None:
         """From the batch thread: the loop or a request thread finishes `items`."""
         self.runner.finish(items)
@@ -250,13 +257,13 @@ class ServiceRoute:
             handler = self.pool.codec_handler()
             self.pool.ensure_room()
             with self.pool.decoding() as incoming:
-                call.payload = api.parse_request(exchange.headers.get("content-type"), exchange.body,
-                                                 api.QueryArgs(exchange.query), self.input_limits)
-                if call.payload.video is not None:  # decoded on a video thread, not this one
+                payload = call.payload = api.parse_request(exchange.headers.get("content-type"), exchange.body,
+                                                           api.QueryArgs(exchange.query), self.input_limits)
+                if payload.video is not None:  # decoded on a video thread, not this one
                     self.videos.begin(self, call, handler)
                     return
-                model_input = call_verb(handler.decode, call.payload)
-                call.payload = call.payload.ids_only()  # the body's tree and bytes go now, not with the answer
+                model_input = call_verb(handler.decode, payload)
+                self.keep_ids(call, payload)  # the body's tree and bytes go now, not with the answer
                 if type(model_input) is WithContext:  # the context stays here; only the input is batched
                     model_input, call.context = model_input.input, (model_input.context,)
                 if not self.submitting(call):

@@ -131,7 +131,7 @@ class VideoWork:
                     frames.append((frame.index, frame.timestamp))
             if not route.hold_places(call, len(inputs), "sampled frames", "video"):  # gives back what it did not use
                 return
-            call.payload = payload.ids_only()  # the video's bytes go now, not with the answer
+            route.keep_ids(call, payload)  # the video's bytes go now, not with the answer
             route.pool.ensure_room()
             job = call.job = VideoJob(frames)
             if not route.submitting(call):  # answered meanwhile (its deadline, its caller gone): nothing to run
