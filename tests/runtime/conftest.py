@@ -20,8 +20,7 @@ def start_server(tmp_path):
         return server
 
     yield start
-    for server in servers:
-        server.stop()
+    stop_all(servers)
 
 
 @pytest.fixture(scope="module")
@@ -37,5 +36,14 @@ def start_module_server(tmp_path_factory):
         return server
 
     yield start
+    stop_all(servers)
+
+
+def stop_all(servers: list[Server]) -> None:
+    """Stop each server, then fail the test whose server logged a fault of the runtime's own: a request can be
+    answered well and still have hit a bug (a decode that outlived its answer once raised on the payload the answer
+    had released, logged as an unexpected error and seen by no assertion)."""
     for server in servers:
         server.stop()
+    faults = {server.log_path.name: server.platform_faults() for server in servers}
+    assert not any(faults.values()), f"the runtime logged faults of its own: {faults}"
