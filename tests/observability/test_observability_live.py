@@ -23,6 +23,7 @@ import pytest
 from podserve import metric_names as m
 from podserve.testbed.prometheus import Prometheus
 from podserve.testbed.served_pods import BUSY_SETTINGS, REPO, send_traffic, start_pods, stop_pods
+from podserve.testbed.server_logs import runtime_faults
 from podserve.tooling.conf import load_conf
 from podserve.tooling.observability import rules
 from podserve.tooling.observability.queries import expand
@@ -119,6 +120,14 @@ def test_the_burst_brought_every_kind_of_answer(live):
         assert counts[status] > 0, f"no {status} in the burst: {counts}"
     seen = {r["metric"]["status"] for r in prom.query(f"sum by (status) ({m.REQUESTS_TOTAL})", at)}
     assert {"200", "400", "503", "504"} <= seen
+
+
+def test_the_burst_hit_no_fault_of_the_runtime_s_own(live):
+    """Its 5 ms deadlines end requests mid-decode, its overload refuses them at the door, its bad bodies fail their
+    parse: however each was answered, no pod logged a fault of its own (the runtime's RUNTIME_FAULT records)."""
+    _, pods, _, _ = live
+    faults = {pod.name: runtime_faults(pod.program.log_path.read_text(errors="replace")) for pod in pods}
+    assert not any(faults.values()), faults
 
 
 def test_a_busy_pod_s_scrape_stays_far_under_the_caps_every_pod_monitor_carries(live):

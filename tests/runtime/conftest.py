@@ -45,5 +45,5 @@ def stop_all(servers: list[Server]) -> None:
     had released, logged as an unexpected error and seen by no assertion)."""
     for server in servers:
         server.stop()
-    faults = {server.log_path.name: server.platform_faults() for server in servers}
+    faults = {server.log_path.name: server.runtime_faults() for server in servers}
     assert not any(faults.values()), f"the runtime logged faults of its own: {faults}"

@@ -16,15 +16,10 @@ import requests
 from podserve.runtime.core.logs import ACCESS_LOGGER
 from podserve.settings import ServingSettings
 from podserve.testbed.processes import free_port, poll_until
+from podserve.testbed.server_logs import runtime_faults
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-
-
-#: How the runtime logs a fault of its own (not the handler's, not the caller's): each is a bug of the platform's,
-#: however well the request it hit was answered. Every server the fixtures started is checked for them once stopped.
-PLATFORM_FAULTS = ("unexpected error", "reading a request failed", "the backstop's holder callback failed",
-                   "answering a probe over the connection limit failed", "writing an answer failed")
 
 
 class Server:
@@ -95,19 +90,9 @@ class Server:
     def log_records(self) -> list[dict]:
         return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
 
-    def platform_faults(self) -> list[str]:
-        """The log's records of a fault of the runtime's own (PLATFORM_FAULTS), each with its traceback's last line."""
-        faults = []
-        for line in self.log().splitlines():
-            if line.startswith("{") and any(fault in line for fault in PLATFORM_FAULTS):
-                try:
-                    record = json.loads(line)
-                except ValueError:  # a line cut short by a process killed as it wrote
-                    continue
-                if str(record.get("msg", "")).startswith(PLATFORM_FAULTS):
-                    last = str(record.get("traceback") or "no traceback").strip().splitlines()[-1]
-                    faults.append(f"{record['msg']}: {last}")
-        return faults
+    def runtime_faults(self) -> list[str]:
+        """The faults of the runtime's own that its log records (podserve/testbed/server_logs.py)."""
+        return runtime_faults(self.log())
 
     def access_records(self, count: int, timeout: float = 10.0) -> list[dict]:
         """The access log's records once there are `count`: the server writes a request's line just after its

@@ -9,6 +9,10 @@ import threading
 import time
 
 ACCESS_LOGGER = "podserve.access"
+#: Marks a record as a fault of the runtime's own, a bug of the platform's (not the handler's, not the caller's),
+#: however well the request it hit was answered: `log.exception(..., extra=RUNTIME_FAULT)` writes `"fault": "runtime"`
+#: into its line, for an alert or a test to find (podserve/testbed/server_logs.py).
+RUNTIME_FAULT = {"fields": {"fault": "runtime"}}
 
 
 class JsonFormatter(logging.Formatter):

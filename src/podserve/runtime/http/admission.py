@@ -31,7 +31,7 @@ from typing import Callable
 from podserve.errors import ClientGone, DeadlineExceeded, InvalidInput, Overloaded
 from podserve.metric_names import origin_of
 from podserve.runtime.core.lifecycle import Lifecycle
-from podserve.runtime.core.logs import log_request
+from podserve.runtime.core.logs import RUNTIME_FAULT, log_request
 from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.http.messages import LARGE_BODY_BYTES, LARGE_BODY_SHARE, Answer, Exchange
 from podserve.runtime.http.refusals import RefusalCost, RefusalPacer
@@ -209,7 +209,7 @@ class Admission:
                 try:
                     self._backstop(exchange)
                 except Exception:  # a holder's bug: the request is answered, the next ones still will be
-                    log.exception("the backstop's holder callback failed")
+                    log.exception("the backstop's holder callback failed", extra=RUNTIME_FAULT)
 
     def _backstop(self, exchange: Exchange) -> None:
         holder, exchange.on_gone = exchange.on_gone, None

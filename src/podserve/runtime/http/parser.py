@@ -14,6 +14,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from podserve.runtime.core.logs import RUNTIME_FAULT
 from podserve.runtime.http.messages import LARGE_BODY_BYTES, LARGE_BODY_SHARE, Exchange
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class RequestParser:
             end = pos + max(1, upgrade.args[0])
         except httptools.HttpParserCallbackError as exc:  # one of the callbacks below raised
             if not isinstance(exc.__context__, _Refused):
-                log.error("reading a request failed", exc_info=exc.__context__)
+                log.error("reading a request failed", exc_info=exc.__context__, extra=RUNTIME_FAULT)
                 self._answer_and_close(500, "internal error while reading the request; see the server log")
             return end_of_data
         except httptools.HttpParserError as exc:

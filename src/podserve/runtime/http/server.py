@@ -44,6 +44,7 @@ from typing import Callable
 
 from podserve import image_identity
 from podserve.errors import RETRY_AFTER_SECONDS
+from podserve.runtime.core.logs import RUNTIME_FAULT
 from podserve.runtime.http.connection import SEND_BUFFER_BYTES, Connection
 from podserve.runtime.http.messages import SERVER_NAME, Answer, Exchange, HttpLimits, render
 from podserve.runtime.http.probe_lane import ProbeLane
@@ -132,7 +133,7 @@ class HttpServer:
             answer = self.answer_probe(path, method)
             return None if answer is None else render(answer, self.date_and_server(), method == "HEAD", close=True)
         except Exception:  # the caller gets the prebuilt 503; the lane and the loop carry on
-            log.exception("answering a probe over the connection limit failed")
+            log.exception("answering a probe over the connection limit failed", extra=RUNTIME_FAULT)
             return None
 
     def answer_soon(self, exchange: Exchange, answer: Answer) -> None:
@@ -154,7 +155,7 @@ class HttpServer:
             try:
                 exchange.connection.deliver(exchange, answer)
             except Exception:  # one failing answer must never strand the answers queued after it
-                log.exception("writing an answer failed")
+                log.exception("writing an answer failed", extra=RUNTIME_FAULT)
 
     def date_and_server(self) -> bytes:
         now = int(time.time())

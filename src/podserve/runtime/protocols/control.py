@@ -20,6 +20,7 @@ from podserve import errors
 from podserve import metric_names as names
 from podserve.errors import ServingError
 from podserve.routes import LIVE_PATH, METRICS_PATH, PING_PATH, READ_METHODS
+from podserve.runtime.core.logs import RUNTIME_FAULT
 from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.http.messages import Answer, Exchange
 from podserve.runtime.protocols.service_route import error_answer
@@ -67,7 +68,7 @@ class ControlThread:
             try:
                 answer = self.answer(exchange)
             except Exception as exc:  # never leave a caller without an answer
-                log.exception("unexpected error on %s %s", exchange.method, exchange.path)
+                log.exception("unexpected error on %s %s", exchange.method, exchange.path, extra=RUNTIME_FAULT)
                 answer = self._error(ServingError(f"internal error: {type(exc).__name__}; see the server log"))
             exchange.answer(answer)
 

@@ -31,7 +31,7 @@ from podserve.runtime.batching.batcher import WorkItem
 from podserve.runtime.batching.fanout import FanOut
 from podserve.runtime.batching.inline_policy import StepCost
 from podserve.runtime.batching.step_runner import StepRunner
-from podserve.runtime.core.logs import log_request
+from podserve.runtime.core.logs import RUNTIME_FAULT, log_request
 from podserve.runtime.core.verbs import call_verb
 from podserve.runtime.http.messages import JSON_TYPE, Answer, Exchange, header_problem
 from podserve.runtime.protocols import api
@@ -308,7 +308,7 @@ class ServiceRoute:
         self.answer(call, Answer(200, body, JSON_TYPE), item)
 
     def _failed(self, job: Any, exc: Exception) -> None:
-        log.exception("unexpected error serving %s", self.route, exc_info=exc)
+        log.exception("unexpected error serving %s", self.route, exc_info=exc, extra=RUNTIME_FAULT)
         error = ServingError(f"internal error: {type(exc).__name__}; see the server log")
         for call in [job] if type(job) is Call else [item.context for item in job]:
             self.answer(call, error)

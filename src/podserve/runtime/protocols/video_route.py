@@ -32,6 +32,7 @@ from podserve.handler import FrameOutput, Handler, WithContext
 from podserve.runtime.batching.fanout import FanOut
 from podserve.runtime.core.devices import cpu_share
 from podserve.runtime.core.lifecycle import join_by
+from podserve.runtime.core.logs import RUNTIME_FAULT
 from podserve.runtime.core.verbs import call_verb
 from podserve.settings import ServingSettings
 from podserve.videos import open_stream
@@ -97,7 +98,7 @@ class VideoWork:
             try:
                 self._decode(route, call, handler)
             except Exception as exc:  # never lose a request to a bug here: answer it
-                log.exception("unexpected error decoding a video on %s", route.route)
+                log.exception("unexpected error decoding a video on %s", route.route, extra=RUNTIME_FAULT)
                 route.answer(call, ServingError(f"internal error: {type(exc).__name__}; see the server log"))
             finally:
                 del self.busy[threading.get_ident()]
