@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from podserve.testbed.server_logs import runtime_faults
+
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 RUNTIME_TESTS = REPO / "tests" / "runtime"  # fixture_handlers.Affine, which mesh_handlers extends
@@ -60,7 +62,9 @@ def fast_conf_dir(folder: Path) -> Path:
 
 def stop_checked(mesh) -> None:
     """Stop a mesh; fail if its Envoy refused an update from istiod or ran an Istio extension (issue 65, It must
-    show 3: every mesh of the suite is checked so at its end)."""
+    show 3: every mesh of the suite is checked so at its end), or if a pod logged a fault of the runtime's own."""
     problems = mesh.gateway_problems()
     mesh.stop()
     assert problems == [], problems
+    faults = {log.name: runtime_faults(log.read_text(errors="replace")) for log in (mesh.work / "logs").glob("*.log")}
+    assert not any(faults.values()), {name: found for name, found in faults.items() if found}

@@ -37,6 +37,7 @@ import pytest
 import yaml
 
 from mesh_setup import DEFAULT_BRANCH_VARIABLES, HERE, REPO, RUNTIME_TESTS, fast_conf_dir, stop_checked, write_values
+from podserve import metric_names as m
 from podserve.testbed.deploy_policy import unfrozen_conf
 from podserve.testbed.mesh.mesh import Mesh
 from podserve.testbed.prometheus import Prometheus
@@ -239,6 +240,9 @@ def unloaded(testbed, tmp_path_factory) -> dict[str, Future]:
     other's counts): another pipeline deploys grey once the idle verdict is given (both its ends read pipeline 100's
     grey), inside the replaced verdict's window. {"idle": Future, "replaced": Future} of _analyze's results."""
     live, mesh, prometheus, manifests, conf_dir, values, work = testbed
+    # The tests before loaded hk and grey until their verdicts ended: their last requests must be scraped and older
+    # than a window before the idle one opens (it once judged 18 grey and 41 hk requests of the 40 ms slower build's).
+    prometheus.wait_for(f"sum(increase({m.REQUESTS_TOTAL}[{SHORT_WINDOW + 2}s])) == 0", timeout=60)
     pool = ThreadPoolExecutor(2, thread_name_prefix="verdict-unloaded")
     idle = pool.submit(_analyze, testbed, tmp_path_factory.mktemp("idle"), False, None, job="2")
 
