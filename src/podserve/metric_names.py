@@ -31,6 +31,7 @@ ADMISSION_LIMIT = PREFIX + "admission_limit"                # gauge, requests th
 REFUSALS_HELD = PREFIX + "refusals_held"                    # gauge, 503s decided and held back by the pacing
 REFUSAL_RATE = PREFIX + "refusal_rate"                      # gauge, refusals per second the door sends at once
 WRITE_TIMEOUTS = PREFIX + "write_timeouts_total"            # counter, connections dropped: the caller read no answer
+RUNTIME_FAULTS = PREFIX + "runtime_faults_total"            # counter: faults of the runtime's own it logged (a bug)
 OVER_LIMIT_CONNECTIONS = PREFIX + "over_limit_connections_total"  # counter, labels OVER_LIMIT_LABELS: connections
 #                                                             beyond max_connections, by outcome
 #                                                             (runtime/http/probe_lane.py)

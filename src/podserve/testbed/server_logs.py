@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-from podserve.runtime.core.logs import RUNTIME_FAULT
-
-_FIELD, _VALUE = next(iter(RUNTIME_FAULT["fields"].items()))
+from podserve.runtime.core.logs import FAULT_FIELD, FAULT_VALUE
 
 
 def runtime_faults(log_text: str) -> list[str]:
@@ -14,13 +12,13 @@ def runtime_faults(log_text: str) -> list[str]:
     line. A line cut short (a process killed as it wrote) is skipped."""
     faults = []
     for line in log_text.splitlines():
-        if not line.startswith("{") or f'"{_FIELD}": "{_VALUE}"' not in line:
+        if not line.startswith("{") or f'"{FAULT_FIELD}": "{FAULT_VALUE}"' not in line:
             continue
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get(_FIELD) == _VALUE:
+        if record.get(FAULT_FIELD) == FAULT_VALUE:
             last = str(record.get("traceback") or "no traceback").strip().splitlines()[-1]
             faults.append(f"{record.get('msg')}: {last}")
     return faults

@@ -7,12 +7,26 @@ import logging
 import sys
 import threading
 import time
+from typing import Callable
 
 ACCESS_LOGGER = "podserve.access"
 #: Marks a record as a fault of the runtime's own, a bug of the platform's (not the handler's, not the caller's),
 #: however well the request it hit was answered: `log.exception(..., extra=RUNTIME_FAULT)` writes `"fault": "runtime"`
 #: into its line, for an alert or a test to find (podserve/testbed/server_logs.py).
-RUNTIME_FAULT = {"fields": {"fault": "runtime"}}
+FAULT_FIELD, FAULT_VALUE = "fault", "runtime"
+RUNTIME_FAULT = {"fields": {FAULT_FIELD: FAULT_VALUE}}
+#: Called for each record logged with RUNTIME_FAULT once logging is configured (Metrics.count_runtime_faults sets it).
+on_runtime_fault: Callable[[], None] | None = None
+
+
+class RuntimeFaultCounter(logging.Filter):
+    """Counts the records marked RUNTIME_FAULT on their way out (podserve_runtime_faults_total); drops none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        count, fields = on_runtime_fault, getattr(record, "fields", None)
+        if count is not None and isinstance(fields, dict) and fields.get(FAULT_FIELD) == FAULT_VALUE:
+            count()
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,6 +49,7 @@ def configure_logging(level: str = "INFO") -> None:
     """Send every log record to stderr as JSON lines. Call once, from the entry point only."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RuntimeFaultCounter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

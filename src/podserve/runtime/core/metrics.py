@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from podserve import metric_names as names
 from podserve.metric_names import BATCH_BUCKETS, LATENCY_BUCKETS
+from podserve.runtime.core import logs
 from podserve.settings import ServingSettings
 
 GIB = 1024 ** 3
@@ -101,6 +102,10 @@ class Metrics:
                                 names.STAGE_LABELS, registry=registry, multiprocess_mode=_SET_ONCE)
         self.warmup = Gauge(names.WARMUP_SECONDS, "Seconds the instance's warm-up batches took.",
                             names.STAGE_LABELS, registry=registry, multiprocess_mode=_SET_ONCE)
+        self.runtime_faults = Counter(names.RUNTIME_FAULTS, "Faults of the server's own it logged (a bug of the "
+                                      "platform's, not the handler's or the caller's; the log line carries \"fault\": "
+                                      "\"runtime\" and its traceback).", ("service",),
+                                      registry=registry).labels(service)
         self.write_timeouts = Counter(names.WRITE_TIMEOUTS, "Connections dropped because the caller read none of "
                                       "its answers within the write timeout (nothing could be answered).",
                                       ("service",), registry=registry).labels(service)
@@ -229,6 +234,10 @@ class Metrics:
             children = self._by_route_status[(route, status, origin)] = (self.requests.labels(*labels),
                                                                          self.request_seconds.labels(*labels))
         return children
+
+    def count_runtime_faults(self) -> None:
+        """Count every record this process logs with RUNTIME_FAULT (runtime/core/logs.py) from now on."""
+        logs.on_runtime_fault = self.runtime_faults.inc
 
     def observe_verb_cpu(self, verb: str, seconds: float) -> None:
         if self._turn_thread == threading.get_ident():

@@ -324,6 +324,7 @@ def main() -> int:
     slot = Slot()
     prometheus_client.disable_created_metrics()
     metrics = Metrics(settings.service_name, live_gauges=False)
+    metrics.count_runtime_faults()
     verbs.on_verb_cpu = metrics.observe_verb_cpu
     handler = handler_class()
     handler.max_batch_size = settings.max_batch_size

@@ -44,6 +44,7 @@ def main() -> int:
     state = slot.state
     prometheus_client.disable_created_metrics()
     metrics = Metrics(settings.service_name, live_gauges=False)
+    metrics.count_runtime_faults()
     lost = Counter(names.REQUESTS_LOST, "Requests answered 502 because the decoder process holding them ended.",
                    ("service", "reason")).labels(settings.service_name, "decoder_ended")
     limit = layout.holding_limit(settings)

@@ -269,6 +269,7 @@ def main() -> int:
     listener = socket.socket(fileno=int(os.environ[layout.MODEL_FD]))
     prometheus_client.disable_created_metrics()
     metrics = Metrics(settings.service_name, live_gauges=False)
+    metrics.count_runtime_faults()
     devices = plan_devices(settings)
     pool = InstancePool(handler_class, devices, settings, metrics, more_coming=lambda: state.incoming() > 0)
     metrics.set_limits(settings, pool.names)

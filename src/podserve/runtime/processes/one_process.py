@@ -47,6 +47,7 @@ def serve_in_one_process(settings: ServingSettings, handler_class: type) -> int:
     """The one-process layout: this process reads, decodes, batches and answers every request."""
     prometheus_client.disable_created_metrics()
     metrics = Metrics(settings.service_name)
+    metrics.count_runtime_faults()
     devices = plan_devices(settings)
     pool = OneProcessModel(handler_class, devices, settings, metrics)
     metrics.set_limits(settings, pool.names)
