@@ -113,7 +113,7 @@ CASES = [
                series("podserve_startup_budget_seconds", pod("light", "light-0"), "60x5")],
      "eval": "2m",
      "fire": {"PodserveStartupNearBudget": [pod("heavy", "heavy-0")]}},
-    {"name": "one fault of the server's own at 6m fires for the window; a pod without one and a fault 20m ago quiet",
+    {"name": "one fault of the server's own at 6m fires for its 10m window; quiet: a pod without one, a fault at 3m",
      "interval": "1m",
      "input": [series("podserve_runtime_faults_total", pod("buggy", "buggy-0"), "0x5 1x20"),
                series("podserve_runtime_faults_total", pod("sound", "sound-0"), "0x25"),
