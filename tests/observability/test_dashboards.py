@@ -103,7 +103,7 @@ def test_service_dashboard_has_the_variables_and_panels_the_issue_asks_for(model
                    "podserve_queue_depth", "podserve_queue_capacity", "podserve_in_flight_requests",
                    "podserve_http_backlog", "podserve_loop_relief", "podserve_refusal_rate",
                    "podserve_instance_ready", "kube_pod_container_status_restarts_total", "podserve_model_load_seconds",
-                   "podserve_warmup_seconds", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED",
+                   "podserve_warmup_seconds", "podserve_runtime_faults_total", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED",
                    "podserve_gpu_memory_limit_bytes", 'istio_request_duration_milliseconds_bucket',
                    'reporter="destination"', "by (track)", 'status=~"503|504"',
                    # the Scaling row: what stopped a scale-up, and the metric against its target

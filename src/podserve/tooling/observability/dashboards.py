@@ -156,16 +156,21 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
         Panel("stat", "Instances ready", "short", [
             Target(f"sum({m.INSTANCE_READY}{{{s}}})", "ready", instant=True),
             Target(f"count({m.INSTANCE_READY}{{{s}}})", "of", instant=True)],
-            "Model instances loaded and warmed up, of all the pods' instances.", width=8),
+            "Model instances loaded and warmed up, of all the pods' instances.", width=6),
         Panel("timeseries", "Restarts", "short", [Target(
             f"sum by (pod) (increase(kube_pod_container_status_restarts_total{{{kube}, pod=~\"$pod\", "
             f"container=\"{obs.server_container}\"}}[{RATE}]))", "{{pod}}")],
-            "Server container restarts (kube-state-metrics): start-up over budget, liveness or memory.", width=8),
+            "Server container restarts (kube-state-metrics): start-up over budget, liveness or memory.", width=6),
         Panel("timeseries", "Model load and warm-up against the start-up budget", "s", [
             Target(f"max by (pod, model_instance) ({m.MODEL_LOAD_SECONDS}{{{s}}})", "load {{pod}} {{model_instance}}"),
             Target(f"max by (pod, model_instance) ({m.WARMUP_SECONDS}{{{s}}})", "warm-up {{pod}} {{model_instance}}"),
             Target(f"max({m.STARTUP_BUDGET_SECONDS}{{{s}}})", "budget (init_delay_second)")],
-            "Seconds each instance took to load and warm up; over the budget Kubernetes restarts the pod.", width=8),
+            "Seconds each instance took to load and warm up; over the budget Kubernetes restarts the pod.", width=6),
+        Panel("timeseries", "Faults of the runtime's own (platform bugs)", "short", [Target(
+            f"sum by (pod) (increase({m.RUNTIME_FAULTS}{{{s}}}[{RATE}]))", "{{pod}}")],
+            "Errors the server logged as its own bug, not the handler's or the caller's (alert "
+            "PodserveRuntimeFault). The pod's log lines with \"fault\": \"runtime\" hold each traceback: send "
+            "them to the platform team. Should be 0.", width=6, min=0),
     ])
     gpu = Row("GPU (dcgm-exporter)", [
         Panel("timeseries", "GPU utilisation per pod", "percent", [Target(
