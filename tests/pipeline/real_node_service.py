@@ -296,6 +296,32 @@ def remove_hk(svc: RealNodeService, namespace: str) -> None:
                    capture_output=True, env=svc.plane.tool_env())
 
 
+def runtime_faults_in_pods(svc: RealNodeService, namespace: str) -> dict[str, list[str]]:
+    """Each of the service's pods in `namespace` not being deleted -> the faults of the runtime's own its server
+    container logged (podserve.testbed.server_logs), read with `kubectl logs` (the kubelet's copy of its output)."""
+    from kubernetes import client
+
+    from podserve.testbed.server_logs import runtime_faults
+
+    faults = {}
+    for pod in client.CoreV1Api(svc.plane.api_client()).list_namespaced_pod(
+            namespace, label_selector=f"service={svc.name}").items:
+        if pod.metadata.deletion_timestamp:
+            continue
+        logs = subprocess.run([KUBECTL, "logs", "-n", namespace, pod.metadata.name, "-c", "server"],
+                              capture_output=True, text=True, timeout=60, env=svc.plane.tool_env())
+        assert logs.returncode == 0, f"kubectl logs {pod.metadata.name}: {logs.stderr}"
+        faults[pod.metadata.name] = runtime_faults(logs.stdout)
+    return faults
+
+
+def assert_no_runtime_fault(svc: RealNodeService, namespace: str) -> None:
+    """Fail naming each of the service's pods in `namespace` whose server logged a fault of the runtime's own."""
+    faults = runtime_faults_in_pods(svc, namespace)
+    assert faults, f"no pod of {svc.name} in {namespace} to read"
+    assert not any(faults.values()), {pod: found for pod, found in faults.items() if found}
+
+
 def example_body(postid: str = "p") -> dict:
     """A caller's request body: the example's text line."""
     image = base64.b64encode((REPO / "examples" / "text-line.png").read_bytes()).decode()

@@ -18,9 +18,10 @@ from typing import Iterator
 
 import pytest
 
-from real_node_service import (KUBECTL, POD_CPU, REPO, TEAM, Deployed, PacedCallers, RealNodeService, example_body,
-                               hk_gateway, remove_hk, subset_cluster)
+from real_node_service import (KUBECTL, POD_CPU, REPO, TEAM, Deployed, PacedCallers, RealNodeService,
+                               assert_no_runtime_fault, example_body, hk_gateway, remove_hk, subset_cluster)
 
+from podserve.testbed.server_logs import runtime_faults
 from podserve.tooling.deploy import failures
 
 #: case: (value.py fields, image tag, the failure the deploy tool must name, words its message must hold)
@@ -53,6 +54,7 @@ def test_grey_deploy_starts_the_built_image_on_the_real_node_ready_by_its_probes
         assert logs.returncode == 0, logs.stderr
         lines = [json.loads(line) for line in logs.stdout.splitlines() if line.startswith("{")]
         assert lines, logs.stdout[-2000:]
+        assert runtime_faults(logs.stdout) == []
     finally:
         grey_service.deploy("delete")
 
@@ -220,6 +222,8 @@ def test_a_rolling_update_under_32_clients_through_envoy_fed_by_istiod_fails_not
             out.close()
             log = (tmp_path / f"{pod}.log").read_text()
             assert "SIGTERM: draining" in log and "exited cleanly" in log, log[-2000:]
+            assert runtime_faults(log) == [], pod
+        assert_no_runtime_fault(svc, namespace)  # v2's pods
         def killed() -> set[str]:
             return {e.involved_object.name for e in core.list_namespaced_event(namespace).items
                     if e.reason == "Killing" and e.involved_object.name in old}
@@ -327,6 +331,7 @@ def test_the_move_from_the_deployment_to_the_rollout_under_60_requests_a_second_
         assert rollout["status"]["phase"] == "Healthy", rollout["status"]
         assert client.AppsV1Api(live).list_namespaced_deployment(namespace,
                                                                  label_selector=f"service={svc.name}").items == []
+        assert_no_runtime_fault(svc, namespace)
 
 
 def _noise_video(frames: int = 24, rate: int = 2) -> bytes:
@@ -462,5 +467,6 @@ def test_a_2gi_pod_under_hang_ups_25_mp_images_huge_bodies_and_64_videos_stays_u
         assert {200, 503} <= set(outcomes["video"]), counts
         assert 200 in outcomes["largest"] and outcomes["ordinary"].count(200) >= 10, counts
         assert 0 < peak < planned
+        assert_no_runtime_fault(grey_service, grey_service.namespace)  # hang-ups, refusals and deadlines included
     finally:
         grey_service.deploy("delete")

@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from real_node_service import (COMMIT, NAME, POD_CPU, REPO, TEAM, PacedCallers, example_body, fast_conf, hk_gateway,
-                               remove_hk, subset_cluster)
+from real_node_service import (COMMIT, NAME, POD_CPU, REPO, TEAM, PacedCallers, assert_no_runtime_fault, example_body,
+                               fast_conf, hk_gateway, remove_hk, subset_cluster)
 
 sys.path[:0] = [str(REPO / "tests" / "deploy"), str(REPO / "tests" / "mesh")]
 from live import finish, read_until  # noqa: E402
@@ -292,6 +292,7 @@ def bench(grey_service, istiod, rollouts_controller, tmp_path_factory):
         poll_until(lambda: bench.healthy_hosts() == STABLE_PODS, "Envoy holding stable's 2 pods", 60)
         yield bench
         assert gateway.envoy.rejected_updates() == {} and gateway.envoy.istio_type_urls() == []
+        assert_no_runtime_fault(grey_service, namespace)  # stable's pods, through every release of the module
 
 
 def bench_core(service):

@@ -35,8 +35,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from real_node_service import (COMMIT, NAME, POD_CPU, STORAGE_WAIT_SECONDS, TEAM, PacedCallers, example_body,
-                               fast_conf, hk_gateway, subset_cluster)
+from real_node_service import (COMMIT, NAME, POD_CPU, STORAGE_WAIT_SECONDS, TEAM, PacedCallers,
+                               assert_no_runtime_fault, example_body, fast_conf, hk_gateway, subset_cluster)
 from scaling_watch import (KEDA, SAMPLE_SECONDS, Timeline, distinct, read_or_none, remove_scaled_hk, scaled_object,
                            shorten_scale_down, since, wait_for_no_hk_pods)
 
@@ -301,3 +301,4 @@ def test_a_load_ramp_scales_1_to_3_within_its_bound_and_back_to_1_after_the_wind
     # nothing failed: the ramp, the new pods joining, the removed pods draining under the light load
     assert light.statuses() == {200: len(light.outcomes)}, light.failed()[:10]
     assert peak.statuses() == {200: len(peak.outcomes)}, peak.failed()[:10]
+    assert_no_runtime_fault(bench.service, bench.namespace)  # the pod left
