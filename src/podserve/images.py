@@ -50,8 +50,11 @@ def decode_image(data: bytes, *, max_pixels: int, mode: str = "RGB",
                                f"video/* Content-Type", field=field) from None
         raise InvalidInput(f"'{field}' is not an image in a format this server reads ({', '.join(ACCEPTED_FORMATS)}); "
                            f"its first bytes are {data[:8]!r}", field=field) from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
-        raise InvalidInput(f"'{field}' could not be decoded ({exc}); send a complete, valid image", field=field) from None
+    except Exception as exc:  # noqa: BLE001 - not only Pillow's documented OSError, ValueError, SyntaxError, EOFError
+        # and MemoryError: its plugins raise others on some malformed files (TypeError from a TIFF whose strip offsets
+        # are typed RATIONAL), and whatever the bytes make it raise is the caller's bad image, never a 500
+        raise InvalidInput(f"'{field}' could not be decoded ({type(exc).__name__}: {exc}); send a complete, valid "
+                           f"image", field=field) from None
 
 
 def _video_container(data: bytes) -> str | None:

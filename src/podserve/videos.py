@@ -75,13 +75,30 @@ def open_stream(data: bytes, limits: VideoLimits, field: str = "video") -> "Vide
         raise InvalidInput(f"'{field}' is empty; send the bytes of an MP4, MOV, WebM, MKV or AVI video", field=field)
     began = time.monotonic()
     try:
-        container = av.open(io.BytesIO(data), mode="r",
+        # Tags are text the file's writer chose: one not in UTF-8 (a recorder's Latin-1 or GBK) must not refuse it
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="replace",
                             stream_options=[{"max_pixels": str(limits.max_pixels)}] * _STREAM_OPTION_SLOTS)
-    except av.FFmpegError as exc:
+    except ValueError as exc:
+        if "stream_options" not in str(exc):
+            raise InvalidInput(f"'{field}' could not be read as a video ({exc}); send a complete MP4, MOV, WebM, MKV "
+                               f"or AVI file", field=field) from None
+        # PyAV: the container names no stream before FFmpeg decodes some (MPEG program streams, FLV), so the pixel
+        # limit cannot be set; none of them is a container this server reads
+        raise InvalidInput(f"'{field}' is in a container whose streams are found only by decoding them (such as MPEG "
+                           f"program stream or FLV), which this server does not read; send "
+                           f"{', '.join(ACCEPTED_CONTAINERS.values())}", field=field) from None
+    except Exception as exc:  # noqa: BLE001 - FFmpegError, and whatever else PyAV raises on bytes a caller chose
         raise InvalidInput(f"'{field}' could not be read as a video ({_reason(exc)}); its first bytes are "
                            f"{data[:8]!r}; send a complete MP4, MOV, WebM, MKV or AVI file", field=field) from None
     try:
         stream = _check_header(container, limits, field)
+    except InvalidInput:
+        container.close()
+        raise
+    except Exception as exc:  # noqa: BLE001 - a header PyAV reads only in part (a stream with no codec context)
+        container.close()
+        raise InvalidInput(f"'{field}' has a header that could not be read ({type(exc).__name__}: {exc}); send a "
+                           f"complete MP4, MOV, WebM, MKV or AVI file", field=field) from None
     except BaseException:
         container.close()
         raise
@@ -146,7 +163,9 @@ class VideoStream:
                     yield VideoFrame(index, round(timestamp, 3), _upright(frame, mode, size, limits.threads))
                     index += 1
                     next_at = index / limits.fps
-        except av.FFmpegError as exc:
+        except InvalidInput:
+            raise
+        except Exception as exc:  # noqa: BLE001 - FFmpegError, and whatever else PyAV raises on a caller's bytes
             raise InvalidInput(f"'{field}' is corrupt at about {timestamp:.1f} s ({_reason(exc)}); nothing of it is "
                                f"answered: send a complete, valid video", field=field) from None
         if index == 0:
@@ -180,6 +199,9 @@ def _check_header(container, limits: VideoLimits, field: str):
     if not container.streams.video:
         raise InvalidInput(f"'{field}' holds no video stream; send a video", field=field)
     stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise InvalidInput(f"'{field}' holds a video stream whose codec could not be identified; send "
+                           f"{', '.join(ACCEPTED_CODECS)}", field=field)
     codec = stream.codec_context.name
     if codec not in ACCEPTED_CODECS:
         raise InvalidInput(f"'{field}' is encoded with {codec!r}, which this server does not decode; send "

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import io
 import struct
 import zlib
 
 from images import text_image
+from PIL import Image
 
 MAX_BODY = 256 * 1024
+#: TIFF's tag number of StripOffsets, and its field type number of RATIONAL (TIFF 6.0, section 2).
+STRIP_OFFSETS, TIFF_RATIONAL = 273, 5
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -17,6 +21,20 @@ def png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def tiff_with_rational_strip_offsets() -> bytes:
+    """A small TIFF whose StripOffsets tag is typed RATIONAL: Pillow 13 reads the offset as an IFDRational and its
+    seek raises TypeError, none of the errors Pillow documents for a bad file (found by mutating valid images)."""
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(out, "TIFF")
+    data = bytearray(out.getvalue())
+    ifd = struct.unpack_from("<I", data, 4)[0]  # little-endian: Pillow writes "II*\0"
+    for entry in range(ifd + 2, ifd + 2 + 12 * struct.unpack_from("<H", data, ifd)[0], 12):
+        if struct.unpack_from("<H", data, entry)[0] == STRIP_OFFSETS:
+            struct.pack_into("<H", data, entry + 2, TIFF_RATIONAL)
+            return bytes(data)
+    raise AssertionError("Pillow wrote a TIFF without StripOffsets")
 
 
 def b64(data: bytes) -> str:
@@ -48,6 +66,7 @@ CASES: dict[str, tuple[dict, int, str | None]] = {
     "image is text": ({"json": {"image": b64(b"hello, I am not an image at all")}}, 400, "image"),
     "image truncated": ({"json": {"image": b64(GOOD_PNG[: len(GOOD_PNG) // 2])}}, 400, "image"),
     "image bomb": ({"json": {"image": b64(png_claiming(60_000, 60_000))}}, 400, "image"),
+    "image TIFF that trips Pillow": ({"json": {"image": b64(tiff_with_rational_strip_offsets())}}, 400, "image"),
     "image bomb raw": ({"data": png_claiming(100_000, 100_000), "headers": RAW}, 400, "image"),
     "raw garbage": ({"data": b"\x00\x01garbage" * 10, "headers": RAW}, 400, "image"),
     "raw empty": ({"data": b"", "headers": RAW}, 400, "image"),

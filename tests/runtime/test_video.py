@@ -17,8 +17,8 @@ from fixture_handlers import GATE_LIMIT_SECONDS, held_batches
 from images import text_image
 from load import burst
 from PIL import Image
-from videos import (Unseekable, encode, flipping_video, marked_frame, sampled_frames_as_png, text_frame,
-                    understated)
+from videos import (Unseekable, encode, flipping_video, latin1_titled, marked_frame, sampled_frames_as_png,
+                    text_frame, understated)
 
 from podserve.settings import ServingSettings
 from podserve.testbed.processes import poll_until
@@ -78,6 +78,13 @@ def test_rotation_metadata_is_honoured(server):
     assert [f["angle"] for f in _frames(server.post(data=upside_down_but_shown_turned, headers=VIDEO_TYPE))] == [0, 0]
 
 
+def test_a_video_whose_title_is_not_utf_8_is_answered_as_any_other(server):
+    """Matroska asks for UTF-8 tags; a recorder that writes Latin-1 (or GBK) makes a video that plays everywhere."""
+    video = latin1_titled([text_frame(False)] * 2 + [text_frame(True)] * 2, 1)
+    assert [f["angle"] for f in _frames(server.post(data=video, headers={"Content-Type": "video/x-matroska"}))] == [
+        0, 0, 180, 180]
+
+
 def test_video_limits_never_exceed_what_the_pod_holds():
     from podserve.runtime.protocols.api import InputLimits
     limits = InputLimits.from_settings(ServingSettings(max_video_frames=500, queue_size=64), holding_limit=64)
@@ -131,6 +138,11 @@ def _hostile() -> dict[str, tuple[dict, int, str, str]]:
         "truncated mp4": ({"data": video[:len(video) // 2], "headers": raw}, 400, "video", "could not be read"),
         "truncated mkv": ({"data": mkv[:len(mkv) // 2], "headers": raw}, 400, "video", "truncated"),
         "wrong container": ({"data": _gif(), "headers": raw}, 400, "video", "image"),
+        # containers whose streams FFmpeg finds only by decoding: the pixel limit cannot be set before a frame is read
+        "MPEG program stream (.mpg)": ({"data": encode([tiny] * 4, 2, fmt="mpeg", codec="mpeg2video"),
+                                        "headers": raw}, 400, "video", "does not read"),
+        "FLV": ({"data": encode([tiny] * 4, 2, fmt="flv", codec="flv"), "headers": raw}, 400, "video",
+                "does not read"),
         "image sent as video": ({"json": {"video": base64.b64encode(text_image("hello")).decode()}}, 400, "video",
                                 "send it as 'image'"),
         "video sent as image": ({"data": video, "headers": {"Content-Type": "image/png"}}, 400, "image",

@@ -22,12 +22,15 @@ def text_frame(upside_down: bool, text: str = LINE, size: int = 32) -> np.ndarra
 
 
 def encode(frames: list[np.ndarray], rate: int, fmt: str = "mp4", codec: str = "libx264", rotation: int | None = None,
-           sink=None) -> bytes:
+           sink=None, title: str | None = None, bitexact: bool = False) -> bytes:
     """Encode RGB arrays at `rate` frames a second; `sink` (a write-only object) makes a stream that cannot seek,
-    so the muxer writes no length into the header."""
+    so the muxer writes no length into the header; `title`: the container's title tag; `bitexact`: the same bytes
+    every time (Matroska writes a random segment UID otherwise)."""
     out_buffer = sink if sink is not None else io.BytesIO()
     height, width = frames[0].shape[:2]
-    with av.open(out_buffer, "w", format=fmt) as out:
+    with av.open(out_buffer, "w", format=fmt, container_options={"fflags": "+bitexact"} if bitexact else None) as out:
+        if title is not None:
+            out.metadata["title"] = title
         stream = out.add_stream(codec, rate=rate, options={"preset": "ultrafast"} if codec == "libx264" else {})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if rotation is not None:
@@ -38,6 +41,14 @@ def encode(frames: list[np.ndarray], rate: int, fmt: str = "mp4", codec: str = "
         for packet in stream.encode():
             out.mux(packet)
     return bytes(sink.data) if sink is not None else out_buffer.getvalue()
+
+
+def latin1_titled(frames: list[np.ndarray], rate: int) -> bytes:
+    """A Matroska video whose title tag is Latin-1, not the UTF-8 the format asks for (as some recorders write it)."""
+    placeholder, title = "TTTTTT", "Café £".encode("latin-1")  # the same length: no size field changes
+    video = encode(frames, rate, fmt="matroska", title=placeholder)
+    assert video.count(placeholder.encode()) == 1 and len(title) == len(placeholder)
+    return video.replace(placeholder.encode(), title)
 
 
 def flipping_video(seconds: int = 10, rate: int = 10, flip_at: float = 5.0, **kwargs) -> bytes:
