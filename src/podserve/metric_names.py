@@ -65,6 +65,8 @@ MESSAGES_PRODUCED = PREFIX + "messages_produced_total"      # counter, results t
 MESSAGES_DEAD_LETTERED = PREFIX + "messages_dead_lettered_total"  # counter, poison messages sent to dead letter
 SINK_RETRIES = PREFIX + "sink_retries_total"                # counter, writes the sink failed (retried, not committed)
 CONSUMER_LAG = PREFIX + "consumer_lag"                      # gauge, messages in the source not yet consumed
+#: Only an offline worker exports these (an online pod never does).
+OFFLINE_METRICS = (MESSAGES_CONSUMED, MESSAGES_PRODUCED, MESSAGES_DEAD_LETTERED, SINK_RETRIES, CONSUMER_LAG)
 
 #: Where a request came from: `live` (a caller), or `mirror`, a copy the mesh sent while it answers the caller from
 #: production (Istio's mirror appends MIRROR_HOST_SUFFIX to the Host; the caller never sees the copy's answer).

@@ -25,7 +25,7 @@ from podserve.testbed.prometheus import Prometheus
 from podserve.testbed.served_pods import BUSY_SETTINGS, REPO, send_traffic, start_pods, stop_pods
 from podserve.testbed.server_logs import runtime_faults
 from podserve.tooling.conf import load_conf
-from podserve.tooling.observability import rules
+from podserve.tooling.observability import dashboards, rules
 from podserve.tooling.observability.queries import expand
 from podserve.tooling.values import load_values
 
@@ -56,6 +56,8 @@ SCRAPE_SECONDS, INTERVAL_SECONDS = 1.0, 9.0   # $__rate_interval = 10s
 
 
 def _source(name: str) -> str:
+    if name in m.OFFLINE_METRICS:
+        return "offline"  # an offline worker's: tests/offline/test_offline_observability.py
     if name.startswith(("podserve_", "podserve:")) or name == "process_start_time_seconds":
         return "ours"
     if name.startswith("istio_"):
@@ -75,7 +77,7 @@ def _check_documented(expr: str, platform_labels: set[str]) -> list[str]:
     problems = []
     for name, matchers in SELECTOR.findall(expr):
         source = _source(name)
-        if source == "ours":
+        if source in ("ours", "offline"):
             continue
         metrics, labels = DOCUMENTED[source]
         if name not in metrics:
@@ -165,18 +167,6 @@ def test_limits_are_exported_and_our_label_is_model_instance(live, obs):
         assert key in labels, f"the PodMonitor's label {key} is missing: {labels}"
 
 
-def _dashboard_queries(models) -> list[tuple[str, str, str]]:
-    out = []
-    for name, model in models.items():
-        for panel in model["panels"]:
-            for target in panel.get("targets", []):
-                out.append((name, f"{panel['title']} [{target['refId']}]", target["expr"]))
-        for annotation in model["annotations"]["list"]:
-            if "expr" in annotation:
-                out.append((name, f"annotation {annotation['name']}", annotation["expr"]))
-    return out
-
-
 @pytest.mark.parametrize("stage", [".*", QUIET_STAGE], ids=["every pod", "the pod after one ordinary burst"])
 def test_every_dashboard_query_parses_and_ours_return_data(live, models, obs, stage):
     """Over every pod, and over the quiet pod alone: a series a query reads must exist before what it counts has
@@ -185,10 +175,12 @@ def test_every_dashboard_query_parses_and_ours_return_data(live, models, obs, st
     variables = {"cluster": ".*", "stage": stage, "namespace": ".*", "pod": ".*", "service": "text-direction"}
     platform_labels = {"job", "instance", obs.cluster_label}
     empty, problems, ours = [], [], 0
-    for dashboard, title, expr in _dashboard_queries(models):
+    for dashboard, title, expr in dashboards.queries(models):
         query = expand(expr, variables, INTERVAL_SECONDS, SCRAPE_SECONDS, 300)
         result = prom.query(query, at)  # raises QueryError if Prometheus cannot parse it
         sources = {_source(n) for n, _ in SELECTOR.findall(expr)}
+        if sources == {"offline"}:
+            continue  # no worker here: tests/offline/test_offline_observability.py
         if sources == {"ours"}:
             ours += 1
             if not result:
@@ -197,7 +189,7 @@ def test_every_dashboard_query_parses_and_ours_return_data(live, models, obs, st
             problems += [f"{dashboard}: {title}: {p}" for p in _check_documented(expr, platform_labels)]
     assert empty == [] and problems == []
     assert ours >= 30
-    print(f"{len(_dashboard_queries(models))} dashboard queries parsed; {ours} over our metrics returned data")
+    print(f"{len(dashboards.queries(models))} dashboard queries parsed; {ours} over our metrics returned data")
 
 
 def test_every_dashboard_variable_finds_values(live, models):
@@ -224,7 +216,7 @@ def test_every_rule_parses_and_ours_return_data(live, obs, selectors):
         prom.query(alert.expr, at)  # parses
         if alert.source == "server":
             assert prom.query(alert.probe, at), f"{alert.name}: {alert.probe} returned nothing"
-        else:
+        elif alert.source != "offline":  # a worker's: tests/offline/test_offline_observability.py
             assert _check_documented(alert.expr, platform_labels) == [], alert.name
     loaded = prom.api("rules")["groups"]
     health = {r["name"]: (r["health"], r.get("lastError")) for g in loaded for r in g["rules"]}

@@ -541,6 +541,9 @@ class Thresholds:
     gpu_memory_ratio: float
     gpu_memory_for: str
     absent_for: str
+    dead_letter_ratio: float
+    dead_letter_for: str
+    consumer_stalled_for: str
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,11 @@ def pod(service: str, name: str) -> dict:
     return {**HK, "service": service, "pod": name}
 
 
+def offline(service: str) -> dict:
+    """An offline worker's series: its pod's labels and its source topic (metric_names.MESSAGE_LABELS)."""
+    return {**pod(service, f"{service}-0"), "topic": "lines"}
+
+
 def hpa(service: str, *, limited: str, desired: str, most: int) -> list[dict]:
     """kube-state-metrics' series of KEDA's HPA of `service`: its ScalingLimited condition (status true), desired
     replicas and maxReplicas."""
@@ -120,6 +125,26 @@ CASES = [
                series("podserve_runtime_faults_total", pod("mended", "mended-0"), "0x2 1x23")],
      "eval": "14m",
      "fire": {"PodserveRuntimeFault": [pod("buggy", "buggy-0")]}},
+    {"name": "an offline worker dead-lettering 10% of its messages; 1% and a worker with no message stay quiet",
+     "interval": "1m",
+     "input": [series("podserve_messages_consumed_total", offline("poisoned"), "0+100x20"),
+               series("podserve_messages_dead_lettered_total", offline("poisoned"), "0+10x20"),
+               series("podserve_messages_consumed_total", offline("clean"), "0+100x20"),
+               series("podserve_messages_dead_lettered_total", offline("clean"), "0+1x20"),
+               series("podserve_messages_consumed_total", offline("idle"), "0x20"),
+               series("podserve_messages_dead_lettered_total", offline("idle"), "0x20")],
+     "eval": "16m",
+     "fire": {"PodserveDeadLettering": [svc("poisoned")]}},
+    {"name": "an offline worker with messages waiting that consumes none; one consuming and one caught up stay quiet",
+     "interval": "1m",
+     "input": [series("podserve_consumer_lag", offline("stuck"), "50x20"),
+               series("podserve_messages_consumed_total", offline("stuck"), "7x20"),
+               series("podserve_consumer_lag", offline("busy"), "50x20"),
+               series("podserve_messages_consumed_total", offline("busy"), "0+30x20"),
+               series("podserve_consumer_lag", offline("done"), "0x20"),
+               series("podserve_messages_consumed_total", offline("done"), "7x20")],
+     "eval": "16m",
+     "fire": {"PodserveConsumerStalled": [pod("stuck", "stuck-0")]}},
     {"name": "GPU memory at 93% of gpu_memory; 49% and a pod with no limit stay quiet",
      "interval": "1m",
      "input": [series("DCGM_FI_DEV_FB_USED", {"namespace": "podserve-like", "pod": "full-0", "gpu": "0"}, "1900x20"),

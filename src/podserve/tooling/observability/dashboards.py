@@ -172,6 +172,23 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
             "PodserveRuntimeFault). The pod's log lines with \"fault\": \"runtime\" hold each traceback: send "
             "them to the platform team. Should be 0.", width=6, min=0),
     ])
+    offline = Row("Offline workers (Kafka)", [
+        Panel("timeseries", "Offline messages", "short", [
+            Target(f"sum({_rate(m.MESSAGES_CONSUMED, s)})", "consumed a second"),
+            Target(f"sum({_rate(m.MESSAGES_PRODUCED, s)})", "answered (written to the sink) a second"),
+            Target(f"sum({_rate(m.MESSAGES_DEAD_LETTERED, s)})", "dead-lettered a second")],
+            "A worker's messages: fetched from the source topic, answered on the sink topic, or sent to the "
+            "dead-letter topic with their error (alert PodserveDeadLettering). Empty for an online service.",
+            width=8, min=0),
+        Panel("timeseries", "Consumer lag per pod", "short", [
+            Target(f"sum by (pod) ({m.CONSUMER_LAG}{{{s}}})", "{{pod}}")],
+            "Messages waiting in the partitions each worker holds: what KEDA scales the workers on (lag_target "
+            "each). Growing while nothing is consumed: alert PodserveConsumerStalled.", width=8, min=0),
+        Panel("timeseries", "Sink writes retried", "short", [
+            Target(f"sum by (pod) ({_rate(m.SINK_RETRIES, s)})", "{{pod}}")],
+            "Writes to the sink topic that failed and are being retried: nothing is committed meanwhile, so no "
+            "message is lost, but none is answered either.", width=8, min=0),
+    ])
     gpu = Row("GPU (dcgm-exporter)", [
         Panel("timeseries", "GPU utilisation per pod", "percent", [Target(
             f"max by (pod) ({sel.dcgm('DCGM_FI_DEV_GPU_UTIL', dcgm)})", "{{pod}}")],
@@ -204,7 +221,7 @@ def service_dashboard(obs: Observability, sel: Selectors) -> dict:
                         f'replicaset=~"$service-.*"}}) * 1000'}
     return dashboard("podserve-service", "podserve / service",
                      "One podserve service: pick cluster, stage, service and pods. Built by `make dashboards`.",
-                     [traffic, latency, batching, scaling_row, pods, gpu, tracks], variables, [starts, rollouts])
+                     [traffic, latency, batching, scaling_row, pods, offline, gpu, tracks], variables, [starts, rollouts])
 
 
 def overview_dashboard(obs: Observability, sel: Selectors) -> dict:
@@ -260,6 +277,16 @@ def overview_dashboard(obs: Observability, sel: Selectors) -> dict:
 def build(obs: Observability, sel: Selectors) -> dict[str, dict]:
     """Every dashboard by file name."""
     return {"podserve-service": service_dashboard(obs, sel), "podserve-overview": overview_dashboard(obs, sel)}
+
+
+def queries(models: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """(dashboard, where in it, expression) of every panel's target and every annotation of `models` (build's)."""
+    out = []
+    for name, model in models.items():
+        for panel in model["panels"]:
+            out += [(name, f"{panel['title']} [{target['refId']}]", target["expr"]) for target in panel.get("targets", [])]
+        out += [(name, f"annotation {a['name']}", a["expr"]) for a in model["annotations"]["list"] if "expr" in a]
+    return out
 
 
 def render(model: dict) -> str:
