@@ -24,6 +24,8 @@ POISON = [
     json.dumps({"postid": "p", "image": "%%% not base64 %%%"}).encode(),
     image_message(b"these bytes are no image", postid="p"),
     json.dumps({"postid": "p", "data": [1, 2, 3]}).encode(),  # this service reads an image
+    # a field named by a lone surrogate (valid JSON, no UTF-8 for it): its error names the field
+    b'{"postid": "p", "image": "aGk=", "\\udc00x": 1e999}',
 ]
 
 

@@ -46,12 +46,18 @@ def result(key: bytes | None, payload: Payload, results: Any) -> Outgoing:
 
 def dead_letter(message, error: ServingError) -> Outgoing:
     """The dead-letter record of a poison `message` (a confluent_kafka Message): itself, with the error in headers."""
-    headers = [(ERROR_HEADER, error.code.encode()), (MESSAGE_HEADER, getattr(error, "detail", error.message).encode()[:4096])]
+    headers = [(ERROR_HEADER, error.code.encode()), (MESSAGE_HEADER, _text(getattr(error, "detail", error.message))[:4096])]
     if error.field:
-        headers.append((FIELD_HEADER, str(error.field).encode()))
+        headers.append((FIELD_HEADER, _text(str(error.field))))
     headers += [(name, str(value).encode())
                 for name, value in zip(SOURCE_HEADERS, (message.topic(), message.partition(), message.offset()))]
     return Outgoing(message.key(), message.value() or b"", tuple(headers))
+
+
+def _text(value: str) -> bytes:
+    """UTF-8 of an error's message or field, which may quote the caller's JSON: a lone surrogate there (valid JSON,
+    `"\\udc00"`) has no UTF-8, and is written as its escape instead of failing the worker on its message."""
+    return value.encode("utf-8", "backslashreplace")
 
 
 def headers_dict(headers) -> dict[str, str]:
