@@ -21,3 +21,12 @@ class Fussy(Handler):
 
     def encode(self, output):
         return output
+
+
+class KeyFails(Fussy):
+    """Fussy whose batch_key, which the runtime calls outside the verbs, raises on an input whose first number is 13."""
+
+    def batch_key(self, model_input):
+        if model_input[0] == 13:
+            raise RuntimeError("batch_key cannot key 13")
+        return super().batch_key(model_input)

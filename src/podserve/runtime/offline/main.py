@@ -39,6 +39,7 @@ def main() -> int:
 
     prometheus_client.disable_created_metrics()
     metrics = Metrics(settings.service_name)
+    metrics.count_runtime_faults()
     message_metrics = MessageMetrics(settings.service_name, offline.source_topic)
     devices = plan_devices(settings)
     pool = InstancePool(handler_class, devices, settings, metrics)

@@ -26,6 +26,7 @@ from podserve.errors import DeadlineExceeded, HandlerFailed, InvalidInput, Overl
 from podserve.handler import FrameOutput, WithContext
 from podserve.kafka_access import KafkaRefused, is_refusal, refusal, user_of
 from podserve.runtime.batching.pool import InstancePool
+from podserve.runtime.core.logs import RUNTIME_FAULT
 from podserve.runtime.core.verbs import call_verb
 from podserve.runtime.offline import records
 from podserve.runtime.offline.metrics import MessageMetrics
@@ -42,6 +43,15 @@ QUEUE_DEADLINE_SECONDS = 3600.0
 POLL_SECONDS = 0.5
 LAG_EVERY_SECONDS = 5.0
 FIRST_BACKOFF_SECONDS = 0.5
+
+
+def _unexpected(message, exc: Exception) -> ServingError:
+    """The error a message that hit a bug (the platform's, or a handler's outside its verbs, such as batch_key) is
+    dead-lettered with, logged as a fault of the runtime's own: as the online route answers such a request 500. A
+    worker that exited instead would read the same message again on restart, and again, its partition stopped."""
+    log.error("unexpected error on message %s[%d]@%d", message.topic(), message.partition(), message.offset(),
+              exc_info=exc, extra=RUNTIME_FAULT)
+    return ServingError(f"internal error: {type(exc).__name__}; see the worker's log")
 
 
 def consumer_config(connection: dict, group: str) -> dict:
@@ -158,6 +168,8 @@ class OfflineWorker:
                     items[i] = self._submit(model_input, handler.batch_key(model_input))
                 except ServingError as exc:
                     errors[i] = exc
+                except Exception as exc:  # noqa: BLE001 - see _unexpected
+                    errors[i] = _unexpected(message, exc)
         outputs: list[Any] = [None] * len(messages)
         for i, item in enumerate(items):
             if type(item) is list:
@@ -182,6 +194,8 @@ class OfflineWorker:
                                               f"({exc})")
                 except ServingError as exc:
                     errors[i] = exc
+                except Exception as exc:  # noqa: BLE001 - see _unexpected
+                    errors[i] = _unexpected(message, exc)
             log.warning("poison message %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(),
                         errors[i].message, extra={"fields": {"error": errors[i].code, "field": errors[i].field}})
             dead.append(records.dead_letter(message, errors[i]))
