@@ -109,3 +109,33 @@ def test_a_fetch_is_queued_whole_and_run_in_batches_each_result_with_its_own_con
     assert sum(HeldSummer.sizes) == FETCH
     print(f"batches of {HeldSummer.sizes}")
     assert FETCH / len(HeldSummer.sizes) > 4, f"mean batch {FETCH / len(HeldSummer.sizes):.2f} for a fetch of {FETCH}"
+
+
+def test_a_bug_of_the_runtime_on_one_message_dead_letters_it_and_answers_the_rest(monkeypatch):
+    """A stand-in for a platform bug: the worker's own submit raises on one message. That message is dead-lettered as
+    internal_error (and logged as a fault of the runtime's own); the fetch's others are answered; process returns,
+    where the worker used to exit and read the same message again on restart."""
+    from podserve.runtime.offline import records
+
+    settings = ServingSettings(service_name="summer", max_batch_size=16, max_batch_delay_ms=5, queue_size=FETCH)
+    pool = InstancePool(HeldSummer, [Device("cpu")], settings, Metrics("summer", CollectorRegistry()))
+    HeldSummer.opened.set()
+    pool.load()
+    worker = OfflineWorker(settings, "lines", pool, consumer=None, sink=None, dead_letters=None,
+                           metrics=MessageMetrics("summer", "lines", CollectorRegistry()))
+    submit = worker._submit
+
+    def buggy(model_input, key):
+        if model_input[0] == 13:
+            raise AttributeError("a bug of the runtime's own")
+        return submit(model_input, key)
+
+    monkeypatch.setattr(worker, "_submit", buggy)
+    fetch = [Message(i, json.dumps({"postid": f"p-{i}", "data": [i, 1]}).encode()) for i in range(20)]
+    try:
+        results, dead = worker.process(fetch)
+    finally:
+        pool.stop()
+    assert [r.key for r in results] == [f"m-{i}".encode() for i in range(20) if i != 13]
+    assert [(d.key, records.headers_dict(d.headers)[records.ERROR_HEADER]) for d in dead] == [(b"m-13", "internal_error")]
+    assert "AttributeError" in records.headers_dict(dead[0].headers)[records.MESSAGE_HEADER]

@@ -141,10 +141,10 @@ def test_a_failing_predict_dead_letters_only_its_own_input(kafka, topics, start_
     assert "RuntimeError" in next(r for r in dead if r.key == b"negative").headers[MESSAGE_HEADER]
 
 
-def test_a_bug_on_one_message_dead_letters_it_as_an_internal_error_and_the_stream_goes_on(kafka, topics, start_worker):
-    """KeyFails' batch_key raises on 13: the runtime calls it outside the verbs, so it is no handler failure the
-    runtime knew to expect. The message is dead-lettered (internal_error) and counted as a fault of the runtime's own,
-    as the online route answers 500; the worker does not exit and read it again on every restart."""
+def test_a_handler_bug_outside_its_verbs_dead_letters_its_message_and_the_stream_goes_on(kafka, topics, start_worker):
+    """KeyFails' batch_key raises on 13: called outside the verbs, it is still the handler's bug (handler_error, as
+    online), no fault of the runtime's own; the worker used to exit on it and read the same message again on every
+    restart."""
     good = [(f"n-{i}".encode(), json.dumps({"postid": i, "data": [100 + i, 1.0]}).encode()) for i in range(30)]
     bad = [(b"thirteen", json.dumps({"postid": "13", "data": [13, 1.0]}).encode())]
     worker = start_worker(topics, handler="fussy_handler:KeyFails")
@@ -152,9 +152,9 @@ def test_a_bug_on_one_message_dead_letters_it_as_an_internal_error_and_the_strea
     results = wait_for(TopicReader(kafka.admin, topics["sink_topic"]), len(good), timeout=60, worker=worker)
     dead = wait_for(TopicReader(kafka.admin, topics["dead_letter_topic"]), len(bad), timeout=60, worker=worker)
     assert sorted(r.key for r in results) == sorted(key for key, _ in good)
-    assert [(r.key, r.headers[ERROR_HEADER]) for r in dead] == [(b"thirteen", "internal_error")]
-    assert "RuntimeError" in dead[0].headers[MESSAGE_HEADER]
-    assert worker.metric(names.RUNTIME_FAULTS) == 1 and worker.program.alive()
+    assert [(r.key, r.headers[ERROR_HEADER]) for r in dead] == [(b"thirteen", "handler_error")]
+    assert "KeyFails.batch_key failed: RuntimeError: batch_key cannot key 13" in dead[0].headers[MESSAGE_HEADER]
+    assert worker.metric(names.RUNTIME_FAULTS) == 0 and worker.program.alive()
 
 
 def test_sigkill_mid_stream_then_restart_loses_nothing(kafka, topics, start_worker):

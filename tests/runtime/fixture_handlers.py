@@ -165,13 +165,18 @@ class TallFrames(FrameProbe):
 
 
 class Faulty(Affine):
-    """Affine with planted bugs: decode crashes on 13, predict on 666, and breaks its contract on 7."""
+    """Affine with planted bugs: decode crashes on 13, batch_key on 21, predict on 666, and breaks its contract on 7."""
 
     def decode(self, payload: Payload) -> np.ndarray:
         item = super().decode(payload)
         if item[0] == 13:
             raise KeyError("a bug in decode")
         return item
+
+    def batch_key(self, model_input):
+        if model_input[0] == 21:
+            raise RuntimeError("a bug in batch_key")
+        return super().batch_key(model_input)
 
     def predict(self, batch):
         if any(item[0] == 666 for item in batch):

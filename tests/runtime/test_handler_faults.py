@@ -13,6 +13,7 @@ def test_handler_exceptions_are_500_with_a_short_message_and_the_traceback_in_th
     server = start_server(handler="fixture_handlers:Faulty", model_path=str(affine_model))
     cases = {13: "Faulty.decode failed: KeyError; see the server log; for bad input, raise InvalidInput(message, "
                  "field=...) (from podserve) to answer 400 instead",
+             21: "Faulty.batch_key failed: RuntimeError; see the server log",  # outside the verbs, still the handler's
              666: "Faulty.predict failed: RuntimeError; see the server log",
              7: "Faulty.predict returned 0 outputs for a batch of 1; it must return one output per input, in order"}
     for value, message in cases.items():
@@ -26,6 +27,7 @@ def test_handler_exceptions_are_500_with_a_short_message_and_the_traceback_in_th
     assert requests.get(server.url("/api/live"), timeout=5).status_code == 200
     log = server.log()
     assert "KeyError: 'a bug in decode'" in log and "RuntimeError: a bug in predict" in log
+    assert "RuntimeError: a bug in batch_key" in log  # a handler's bug: no fault of the runtime's own (stop_all)
 
 
 def test_liveness_fails_only_while_a_batch_is_stuck(start_server, affine_model, tmp_path):

@@ -39,23 +39,39 @@ def call_verb(method: Callable[..., Any], *arguments: Any) -> Any:
     except ServingError:
         raise
     except Exception as exc:
-        owner = type(getattr(method, "__self__", None)).__name__
-        verb, kind = method.__name__, type(exc).__name__
-        message = f"{owner}.{verb} failed: {kind}; see the server log"
-        if verb in INPUT_VERBS:
-            message += f"; {INVALID_INPUT_HINT}"
-        if verb in INPUT_VERBS and _first_time((owner, verb, kind)):
-            log.exception("%s.%s raised %s, which answers 500: %s (said once per exception type)", owner, verb, kind,
-                          INVALID_INPUT_HINT)
-        else:
-            log.exception("%s.%s raised", owner, verb)
-        failed = HandlerFailed(message)
-        failed.detail = f"{owner}.{verb} failed: {kind}: {exc}"
-        raise failed from None
+        raise _handler_failed(method, exc) from None
     finally:
         observe = on_verb_cpu
         if observe is not None:
             observe(method.__name__, time.thread_time() - began)
+
+
+def batch_key_of(handler: Any, model_input: Any) -> Any:
+    """The handler's `batch_key` of `model_input`; anything else than a ServingError it raises is the handler's bug,
+    a HandlerFailed (500) as a verb's would be, never a fault of the runtime's own. Not timed: it costs nothing."""
+    try:
+        return handler.batch_key(model_input)
+    except ServingError:
+        raise
+    except Exception as exc:
+        raise _handler_failed(handler.batch_key, exc) from None
+
+
+def _handler_failed(method: Callable[..., Any], exc: Exception) -> HandlerFailed:
+    """Log what `method`, a handler's, raised; the HandlerFailed a caller is answered with."""
+    owner = type(getattr(method, "__self__", None)).__name__
+    verb, kind = method.__name__, type(exc).__name__
+    message = f"{owner}.{verb} failed: {kind}; see the server log"
+    if verb in INPUT_VERBS:
+        message += f"; {INVALID_INPUT_HINT}"
+    if verb in INPUT_VERBS and _first_time((owner, verb, kind)):
+        log.error("%s.%s raised %s, which answers 500: %s (said once per exception type)", owner, verb, kind,
+                  INVALID_INPUT_HINT, exc_info=exc)
+    else:
+        log.error("%s.%s raised", owner, verb, exc_info=exc)
+    failed = HandlerFailed(message)
+    failed.detail = f"{owner}.{verb} failed: {kind}: {exc}"
+    return failed
 
 
 def _first_time(key: tuple[str, str, str]) -> bool:

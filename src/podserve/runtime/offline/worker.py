@@ -27,7 +27,7 @@ from podserve.handler import FrameOutput, WithContext
 from podserve.kafka_access import KafkaRefused, is_refusal, refusal, user_of
 from podserve.runtime.batching.pool import InstancePool
 from podserve.runtime.core.logs import RUNTIME_FAULT
-from podserve.runtime.core.verbs import call_verb
+from podserve.runtime.core.verbs import batch_key_of, call_verb
 from podserve.runtime.offline import records
 from podserve.runtime.offline.metrics import MessageMetrics
 from podserve.runtime.offline.records import Outgoing
@@ -165,7 +165,7 @@ class OfflineWorker:
                     model_input = call_verb(handler.decode, payloads[i])
                     if type(model_input) is WithContext:
                         model_input, contexts[i] = model_input.input, (model_input.context,)
-                    items[i] = self._submit(model_input, handler.batch_key(model_input))
+                    items[i] = self._submit(model_input, batch_key_of(handler, model_input))
                 except ServingError as exc:
                     errors[i] = exc
                 except Exception as exc:  # noqa: BLE001 - see _unexpected
@@ -180,7 +180,7 @@ class OfflineWorker:
         for i, error in enumerate(errors):  # a failed batch may hold one bad input: run each alone
             if isinstance(error, HandlerFailed) and items[i] is not None and type(items[i]) is not list:
                 model_input = items[i].input
-                outputs[i], errors[i] = self._wait(self._submit(model_input, handler.batch_key(model_input)))
+                outputs[i], errors[i] = self._wait(self._submit(model_input, batch_key_of(handler, model_input)))
         results, dead = [], []
         for i, message in enumerate(messages):
             if errors[i] is None:
@@ -210,7 +210,7 @@ class OfflineWorker:
         items, frames = [], []
         for frame in decode_video(payload.video, payload.video_limits, size=handler.video_frame_size):
             model_input = call_verb(handler.decode_frame, frame)
-            items.append(self._submit(model_input, handler.batch_key(model_input)))
+            items.append(self._submit(model_input, batch_key_of(handler, model_input)))
             frames.append((frame.index, frame.timestamp))
         return items, tuple(frames)
 

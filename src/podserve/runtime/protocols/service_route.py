@@ -32,7 +32,7 @@ from podserve.runtime.batching.fanout import FanOut
 from podserve.runtime.batching.inline_policy import StepCost
 from podserve.runtime.batching.step_runner import StepRunner
 from podserve.runtime.core.logs import RUNTIME_FAULT, log_request
-from podserve.runtime.core.verbs import call_verb
+from podserve.runtime.core.verbs import batch_key_of, call_verb
 from podserve.runtime.http.messages import JSON_TYPE, Answer, Exchange, header_problem
 from podserve.runtime.protocols import api
 from podserve.runtime.protocols.video_route import VideoWork
@@ -268,7 +268,7 @@ class ServiceRoute:
                     model_input, call.context = model_input.input, (model_input.context,)
                 if not self.submitting(call):
                     return
-                call.item = self.pool.submit(model_input, handler.batch_key(model_input), call.deadline, incoming,
+                call.item = self.pool.submit(model_input, batch_key_of(handler, model_input), call.deadline, incoming,
                                              on_done=self.work_done, context=call)
         except ServingError as exc:
             self.answer(call, exc)

@@ -21,6 +21,7 @@ from podserve.errors import NotFound, NotReady, ServingError
 from podserve.routes import READ_METHODS
 from podserve.runtime.batching.batcher import AllOutputs, WorkItem
 from podserve.runtime.batching.fanout import FanOut
+from podserve.runtime.core.verbs import batch_key_of
 from podserve.runtime.http.messages import JSON_TYPE, Answer, Exchange
 from podserve.runtime.protocols import v2
 from podserve.runtime.protocols.service_route import Call, ServiceRoute, WireFormat
@@ -149,7 +150,7 @@ class V2Route(WireFormat):
         handler = route.pool.codec_handler()
         if not route.submitting(call):  # answered meanwhile (its deadline, its caller gone): nothing to run
             return
-        job.submit(route.pool, rows, [AllOutputs((handler.batch_key(row),)) for row in rows], call.deadline,
+        job.submit(route.pool, rows, [AllOutputs((batch_key_of(handler, row),)) for row in rows], call.deadline,
                    route.work_done, call)
 
     def finish(self, route: ServiceRoute, call: Call, item: WorkItem) -> None:

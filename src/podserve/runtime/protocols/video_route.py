@@ -33,7 +33,7 @@ from podserve.runtime.batching.fanout import FanOut
 from podserve.runtime.core.devices import cpu_share
 from podserve.runtime.core.lifecycle import join_by
 from podserve.runtime.core.logs import RUNTIME_FAULT
-from podserve.runtime.core.verbs import call_verb
+from podserve.runtime.core.verbs import batch_key_of, call_verb
 from podserve.settings import ServingSettings
 from podserve.videos import open_stream
 
@@ -137,7 +137,7 @@ class VideoWork:
             job = call.job = VideoJob(frames)
             if not route.submitting(call):  # answered meanwhile (its deadline, its caller gone): nothing to run
                 return
-            job.submit(route.pool, inputs, [handler.batch_key(i) for i in inputs], call.deadline, route.work_done,
+            job.submit(route.pool, inputs, [batch_key_of(handler, i) for i in inputs], call.deadline, route.work_done,
                        call)
         except ServingError as exc:
             route.answer(call, exc)
