@@ -165,7 +165,8 @@ class TallFrames(FrameProbe):
 
 
 class Faulty(Affine):
-    """Affine with planted bugs: decode crashes on 13, batch_key on 21, predict on 666, and breaks its contract on 7."""
+    """Affine with planted bugs: decode crashes on 13, batch_key on 21 (and returns an unhashable key on 22), predict
+    on 666, and breaks its contract on 7."""
 
     def decode(self, payload: Payload) -> np.ndarray:
         item = super().decode(payload)
@@ -176,6 +177,8 @@ class Faulty(Affine):
     def batch_key(self, model_input):
         if model_input[0] == 21:
             raise RuntimeError("a bug in batch_key")
+        if model_input[0] == 22:
+            return [len(model_input)]
         return super().batch_key(model_input)
 
     def predict(self, batch):

@@ -14,6 +14,8 @@ def test_handler_exceptions_are_500_with_a_short_message_and_the_traceback_in_th
     cases = {13: "Faulty.decode failed: KeyError; see the server log; for bad input, raise InvalidInput(message, "
                  "field=...) (from podserve) to answer 400 instead",
              21: "Faulty.batch_key failed: RuntimeError; see the server log",  # outside the verbs, still the handler's
+             22: "Faulty.batch_key returned list, which is not hashable: inputs are grouped by it; return a tuple, a "
+                 "string or a number",
              666: "Faulty.predict failed: RuntimeError; see the server log",
              7: "Faulty.predict returned 0 outputs for a batch of 1; it must return one output per input, in order"}
     for value, message in cases.items():

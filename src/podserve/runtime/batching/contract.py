@@ -30,7 +30,7 @@ from PIL import Image
 from podserve.errors import HandlerFailed, ServingError
 from podserve.handler import FrameOutput, Handler, Payload, WithContext
 from podserve.runtime.batching.batcher import check_outputs
-from podserve.runtime.core.verbs import INVALID_INPUT_HINT
+from podserve.runtime.core.verbs import INVALID_INPUT_HINT, unhashable_key
 from podserve.settings import ServingSettings
 from podserve.videos import VideoFrame
 
@@ -92,8 +92,7 @@ def _predict_one(handler: Handler, source: str, model_input: Any) -> Any:
     try:
         hash(key)
     except TypeError:
-        raise ContractViolation(f"{name}.batch_key returned {type(key).__name__}, which is not hashable: inputs are "
-                                f"grouped by it; return a tuple, a string or a number") from None
+        raise ContractViolation(unhashable_key(name, key)) from None
     _check_crosses(f"{name}.{source}'s input", model_input)
     _check_crosses(f"{name}.batch_key's key", key)
     outputs = _call(handler.predict, f"{source}'s input", [model_input])

@@ -47,14 +47,26 @@ def call_verb(method: Callable[..., Any], *arguments: Any) -> Any:
 
 
 def batch_key_of(handler: Any, model_input: Any) -> Any:
-    """The handler's `batch_key` of `model_input`; anything else than a ServingError it raises is the handler's bug,
-    a HandlerFailed (500) as a verb's would be, never a fault of the runtime's own. Not timed: it costs nothing."""
+    """The handler's `batch_key` of `model_input`; anything else than a ServingError it raises, or a key that cannot
+    group inputs (not hashable), is the handler's bug: a HandlerFailed (500) as a verb's would be, never a fault of
+    the runtime's own. Not timed: it costs nothing."""
     try:
-        return handler.batch_key(model_input)
+        key = handler.batch_key(model_input)
     except ServingError:
         raise
     except Exception as exc:
         raise _handler_failed(handler.batch_key, exc) from None
+    try:
+        hash(key)
+    except TypeError:
+        raise HandlerFailed(unhashable_key(type(handler).__name__, key)) from None
+    return key
+
+
+def unhashable_key(owner: str, key: Any) -> str:
+    """What is wrong with a batch_key's key that is not hashable, and the fix."""
+    return (f"{owner}.batch_key returned {type(key).__name__}, which is not hashable: inputs are grouped by it; "
+            f"return a tuple, a string or a number")
 
 
 def _handler_failed(method: Callable[..., Any], exc: Exception) -> HandlerFailed:
