@@ -1,9 +1,9 @@
 """The offline worker queues a whole fetch for the batcher before it waits for any output: a fetch is batched,
 and each result is encoded with its own message's context (WithContext) although its batch held others.
 
-In process, without a broker: `OfflineWorker.process` on a fetch of messages (stand-ins for confluent_kafka's
-Message, which only the broker can make) against a real InstancePool whose handler holds every predict call
-until the test opens its gate. The fetch is decoded and queued whole behind the held calls, so how it is
+In process, without a broker: `OfflineWorker.process` on a fetch of messages (podserve.testbed.topics.StandInMessage:
+confluent_kafka's Message only a broker can make) against a real InstancePool whose handler holds every predict
+call until the test opens its gate. The fetch is decoded and queued whole behind the held calls, so how it is
 batched does not depend on how fast one decode thread feeds the batch threads (the 10,000-message test on the
 real broker measures that, and on a CPU the batch policy runs small batches at once where waiting would not pay).
 """
@@ -24,6 +24,7 @@ from podserve.runtime.core.metrics import Metrics
 from podserve.runtime.offline.metrics import MessageMetrics
 from podserve.runtime.offline.worker import OfflineWorker
 from podserve.settings import ServingSettings
+from podserve.testbed.topics import StandInMessage
 
 FETCH = 64
 
@@ -56,37 +57,20 @@ class HeldSummer(Handler):
         return {"sum": total, **context}
 
 
-class Message:
-    """What OfflineWorker.process reads of a confluent_kafka Message."""
-
-    def __init__(self, offset: int, value: bytes):
-        self._offset, self._value = offset, value
-
-    def key(self) -> bytes:
-        return f"m-{self._offset}".encode()
-
-    def value(self) -> bytes:
-        return self._value
-
-    def topic(self) -> str:
-        return "lines"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-
-def test_a_fetch_is_queued_whole_and_run_in_batches_each_result_with_its_own_context():
+def summing_worker() -> tuple[InstancePool, OfflineWorker]:
+    """A loaded pool of HeldSummer (its gate open) and a worker on it with no broker: only `process` is called."""
     settings = ServingSettings(service_name="summer", max_batch_size=16, max_batch_delay_ms=5, queue_size=FETCH)
     pool = InstancePool(HeldSummer, [Device("cpu")], settings, Metrics("summer", CollectorRegistry()))
     HeldSummer.opened.set()
     pool.load()
     assert pool.ready, pool.status()
-    worker = OfflineWorker(settings, "lines", pool, consumer=None, sink=None, dead_letters=None,
-                           metrics=MessageMetrics("summer", "lines", CollectorRegistry()))
-    fetch = [Message(i, json.dumps({"postid": f"p-{i}", "data": [i, 1]}).encode()) for i in range(FETCH)]
+    return pool, OfflineWorker(settings, "lines", pool, consumer=None, sink=None, dead_letters=None,
+                               metrics=MessageMetrics("summer", "lines", CollectorRegistry()))
+
+
+def test_a_fetch_is_queued_whole_and_run_in_batches_each_result_with_its_own_context():
+    pool, worker = summing_worker()
+    fetch = [StandInMessage(i, json.dumps({"postid": f"p-{i}", "data": [i, 1]}).encode()) for i in range(FETCH)]
     HeldSummer.sizes.clear()
     HeldSummer.held.clear()
     HeldSummer.opened.clear()
@@ -117,12 +101,7 @@ def test_a_bug_of_the_runtime_on_one_message_dead_letters_it_and_answers_the_res
     where the worker used to exit and read the same message again on restart."""
     from podserve.runtime.offline import records
 
-    settings = ServingSettings(service_name="summer", max_batch_size=16, max_batch_delay_ms=5, queue_size=FETCH)
-    pool = InstancePool(HeldSummer, [Device("cpu")], settings, Metrics("summer", CollectorRegistry()))
-    HeldSummer.opened.set()
-    pool.load()
-    worker = OfflineWorker(settings, "lines", pool, consumer=None, sink=None, dead_letters=None,
-                           metrics=MessageMetrics("summer", "lines", CollectorRegistry()))
+    pool, worker = summing_worker()
     submit = worker._submit
 
     def buggy(model_input, key):
@@ -131,11 +110,13 @@ def test_a_bug_of_the_runtime_on_one_message_dead_letters_it_and_answers_the_res
         return submit(model_input, key)
 
     monkeypatch.setattr(worker, "_submit", buggy)
-    fetch = [Message(i, json.dumps({"postid": f"p-{i}", "data": [i, 1]}).encode()) for i in range(20)]
+    fetch = [StandInMessage(i, json.dumps({"postid": f"p-{i}", "data": [i, 1]}).encode()) for i in range(20)]
     try:
         results, dead = worker.process(fetch)
     finally:
         pool.stop()
     assert [r.key for r in results] == [f"m-{i}".encode() for i in range(20) if i != 13]
-    assert [(d.key, records.headers_dict(d.headers)[records.ERROR_HEADER]) for d in dead] == [(b"m-13", "internal_error")]
-    assert "AttributeError" in records.headers_dict(dead[0].headers)[records.MESSAGE_HEADER]
+    (letter,) = dead
+    headers = records.headers_dict(letter.headers)
+    assert (letter.key, headers[records.ERROR_HEADER]) == (b"m-13", "internal_error")
+    assert "AttributeError" in headers[records.MESSAGE_HEADER]

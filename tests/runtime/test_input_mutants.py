@@ -28,6 +28,7 @@ from podserve.errors import InvalidInput, ServingError
 from podserve.images import decode_image
 from podserve.runtime.offline import records
 from podserve.runtime.protocols import api, v2
+from podserve.testbed.topics import StandInMessage
 from podserve.videos import VideoLimits, decode_video
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns of each tag a mutant broke
@@ -146,28 +147,6 @@ def test_every_mutant_video_decodes_or_is_refused_naming_its_field(size):
     assert 0 < decoded < VIDEO_MUTANTS
 
 
-class _Message:
-    """What records.dead_letter reads of a Kafka message."""
-
-    def __init__(self, value: bytes):
-        self._value = value
-
-    def topic(self) -> str:
-        return "imo.lines"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return 7
-
-    def key(self) -> bytes:
-        return b"k"
-
-    def value(self) -> bytes:
-        return self._value
-
-
 def test_every_mutant_json_body_parses_or_is_refused_and_the_refusal_can_be_written_back():
     """As `POST /api/<service>` reads a body and the offline worker a message; the refusal as the HTTP answer's JSON
     and as the message's dead letter."""
@@ -179,7 +158,7 @@ def test_every_mutant_json_body_parses_or_is_refused_and_the_refusal_can_be_writ
 
     def write_back(exc: ServingError) -> None:
         json.dumps(api.error_body(exc), allow_nan=False).encode()
-        records.dead_letter(_Message(b"{}"), exc)
+        records.dead_letter(StandInMessage(7, b"{}"), exc)
 
     found, parsed = escapes(bodies, BODY_MUTANTS, lambda body: api.success_body(api.parse_json_request(body, 1 << 20),
                                                                                  {"angle": 0}),

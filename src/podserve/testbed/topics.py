@@ -27,6 +27,29 @@ from podserve import kafka_access
 from podserve.offline_settings import BOOTSTRAP_ENV, LOCAL_KAFKA_BOOTSTRAP
 
 
+class StandInMessage:
+    """What the offline worker reads of a confluent_kafka Message, which only a broker can make: `value` at `offset`
+    of partition 0 of `topic`, keyed m-<offset>."""
+
+    def __init__(self, offset: int, value: bytes, topic: str = "lines"):
+        self._offset, self._value, self._topic = offset, value, topic
+
+    def key(self) -> bytes:
+        return f"m-{self._offset}".encode()
+
+    def value(self) -> bytes:
+        return self._value
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
 @dataclass(frozen=True)
 class Record:
     """One record read back from a topic."""

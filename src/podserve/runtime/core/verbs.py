@@ -47,7 +47,7 @@ def call_verb(method: Callable[..., Any], *arguments: Any) -> Any:
 
 
 def batch_key_of(handler: Any, model_input: Any) -> Any:
-    """The handler's `batch_key` of `model_input`; anything else than a ServingError it raises, or a key that cannot
+    """The handler's `batch_key` of `model_input`; anything but a ServingError it raises, or a key that cannot
     group inputs (not hashable), is the handler's bug: a HandlerFailed (500) as a verb's would be, never a fault of
     the runtime's own. Not timed: it costs nothing."""
     try:

@@ -46,9 +46,10 @@ FIRST_BACKOFF_SECONDS = 0.5
 
 
 def _unexpected(message, exc: Exception) -> ServingError:
-    """The error a message that hit a bug (the platform's, or a handler's outside its verbs, such as batch_key) is
-    dead-lettered with, logged as a fault of the runtime's own: as the online route answers such a request 500. A
-    worker that exited instead would read the same message again on restart, and again, its partition stopped."""
+    """The error a message that hit a bug of the runtime's own (a handler's, in a verb or batch_key, is a
+    HandlerFailed already) is dead-lettered with, logged as a fault of the runtime's own: as the online route answers
+    such a request 500. A worker that exited instead would read the same message again on restart, and again, its
+    partition stopped."""
     log.error("unexpected error on message %s[%d]@%d", message.topic(), message.partition(), message.offset(),
               exc_info=exc, extra=RUNTIME_FAULT)
     return ServingError(f"internal error: {type(exc).__name__}; see the worker's log")
