@@ -54,9 +54,11 @@ DECODE_ALONE_S = 5.0
 WINDOWS = 2
 #: The most cores the pod setting takes, and Gunicorn's workers (one per core).
 MOST_CORES = 16
-#: The pod setting every system of ours runs with here, besides its cores: batches of up to 64, and room for the
-#: callers of the last point (queue_size per instance is the pod's holding limit).
-POD = {"PODSERVE_GPU_NUM": "1", "PODSERVE_MAX_BATCH_SIZE": "64", "PODSERVE_QUEUE_SIZE": str(max(CONCURRENCIES))}
+#: The pod setting every system of ours runs with here, besides its cores: batches of up to 64, room for the
+#: callers of the last point (queue_size per instance is the pod's holding limit), and the memory a pod of 16
+#: decoders plans for (value.py's 8Gi holds a 4-core pod's; 16 decoders need about 17 GiB, podserve/memory_plan.py).
+POD = {"PODSERVE_GPU_NUM": "1", "PODSERVE_MAX_BATCH_SIZE": "64", "PODSERVE_QUEUE_SIZE": str(max(CONCURRENCIES)),
+       "PODSERVE_MEMORY_BYTES": str(32 << 30)}
 ONE_PROCESS = "ours: one process"
 
 
@@ -260,6 +262,10 @@ def markdown(results: dict) -> str:
         lines += [f"Skipped, the time budget spent: c={', '.join(map(str, results['skipped']))}.", ""]
     lines += [f"**{name} failed** (left out from then on): {why}" for name, why in results.get("failed", {}).items()]
     lines += [""] if results.get("failed") else []
+    erred = [f"{row['system']} at c={row['c']} ({row['errors']})" for row in results["points"] if row["errors"]]
+    if erred:
+        lines += [f"**Answers that were errors or no answer** (wrk's non-2xx and socket errors; the req/s beside them "
+                  f"counts them too): {'; '.join(erred)}.", ""]
     alone = results.get("decode_alone")
     if alone:
         lines += [f"The decode bound (issue 70): the handler's decode and encode alone, no server, in {alone['processes']}"

@@ -161,11 +161,19 @@ class MemoryPlan:
                 "decoder": at_rest["decoder"] + decoding + self.video_frames // self.decoders + self.bodies,
                 "model": at_rest["model"]}
 
+    def _before_bodies(self) -> dict[str, int]:
+        return {name: size for name, size in self.shares().items() if name not in ("uploads", "bodies", "parses")}
+
+    @property
+    def takes_no_body(self) -> bool:
+        """Whether what the pod needs before any request body fills its memory: such a pod could answer nothing."""
+        return sum(self._before_bodies().values()) >= self.memory
+
     def problems(self) -> list[str]:
         """What does not fit, each with the fix (empty when the plan holds)."""
         found = []
-        fixed = {name: size for name, size in self.shares().items() if name not in ("uploads", "bodies", "parses")}
-        if sum(fixed.values()) >= self.memory:
+        fixed = self._before_bodies()
+        if self.takes_no_body:
             counted = ", ".join(f"{name} {_mib(size)}" for name, size in fixed.items() if size)
             found.append(f"memory: {_mib(self.memory)} does not hold what the pod needs before any request body "
                          f"({_mib(sum(fixed.values()))}: {counted}; docs/processes.md, \"Memory\"); raise memory, or "
@@ -200,6 +208,13 @@ def smallest_memory(settings, decoders: int, on_gpu: bool, model_bytes: int, cor
         else:
             high = middle
     return -(-high // MIB) * MIB
+
+
+def least_memory_note(settings, decoders: int, on_gpu: bool, model_bytes: int, cores: float | None = None) -> str:
+    """What a refusal of a plan that does not hold ends with: the least memory whose plan holds, as value.py writes
+    it."""
+    least = smallest_memory(settings, decoders, on_gpu, model_bytes, cores)
+    return f"this pod needs memory = \"{-(-least // MIB)}Mi\" at least"
 
 
 def json_parse_bytes(length: int, values: int) -> int:

@@ -1,9 +1,13 @@
 """make bench-gpu's own arithmetic: which processes hold a CUDA context, and the table that names the machine."""
 
-from bench.gpu import cuda_contexts, decode_bound, markdown, parse_compute_apps
+from bench.gpu import MOST_CORES, POD, cuda_contexts, decode_bound, layouts, markdown, parse_compute_apps
 from bench.pod_split import STAGES, stage_means
 from bench.systems import log_name
-from bench.workloads import FAST
+from bench.workloads import FAST, REPO
+from podserve import memory_plan
+from podserve.runtime.processes.layout import model_bytes
+from podserve.settings import ServingSettings
+from podserve.tooling.serve_local import local_environment
 
 COMPUTE_APPS = "4101, 744\n4230, 724\n4231, 724\n[N/A], [N/A]\n"  # nvidia-smi --query-compute-apps=pid,used_memory
 
@@ -14,6 +18,17 @@ def test_a_process_listed_as_holding_gpu_memory_is_one_cuda_context():
     assert cuda_contexts([4100, 4101, 4102, 4103], holding) == 1  # a split pod: only its model process holds one
     assert cuda_contexts([4229, 4230, 4231], holding) == 2  # Gunicorn's arbiter and two workers
     assert cuda_contexts([1, 2], {}) == 0
+
+
+def test_each_pod_the_benchmark_runs_on_a_16_core_gpu_machine_plans_its_memory():
+    """A pod whose memory plan holds no request body does not start (runtime/main.py), and one that cannot take its
+    largest refuses those: value.py's 8Gi holds a 4-core pod, not 16 decoders."""
+    environment = local_environment(str(REPO / "value.py"), {})  # what start_ours starts from
+    settings = ServingSettings.from_env({**environment, **POD, "PODSERVE_CPU": str(MOST_CORES)})
+    weights = model_bytes(str(REPO / FAST.model_path))
+    for name, decoders in layouts(MOST_CORES).items():
+        plan = memory_plan.plan(settings, int(decoders), True, weights, cores=MOST_CORES)
+        assert plan.problems() == [], (name, plan.problems())
 
 
 def _results() -> dict:
@@ -38,6 +53,10 @@ def test_the_table_names_the_gpu_the_host_and_each_system_s_contexts():
     assert "| 256 | ours: split (auto) | s | 8000.0 | 30.0 | 40.0 | 0 | 63.0 | 1.9 | 15.2, 0.4, 0.1 | n/a | n/a | n/a |" \
         in text
     assert "ours: split (auto) 1; gunicorn 16; 17 on the GPU in all." in text
+    assert "Answers that were errors" not in text
+    results["points"][0]["errors"] = 6419
+    assert "**Answers that were errors or no answer** (wrk's non-2xx and socket errors; the req/s beside them counts " \
+           "them too): ours: split (auto) at c=256 (6419)." in markdown(results)
     assert "Skipped, the time budget spent: c=256." in text
 
 

@@ -1,6 +1,7 @@
 """The pod's memory plan (podserve/memory_plan.py) holds: what does not fit gets a 503 or a 413, never an OOM.
 
-In both layouts: a JSON body whose parse would take more than one parse's share of the pod's memory is refused 413
+A pod whose memory holds no request body does not start (exit 2, naming the least memory that would hold). In both
+layouts: a JSON body whose parse would take more than one parse's share of the pod's memory is refused 413
 before it is parsed (no process of the pod ever holds its tree), and request bodies beyond the pod's budget for
 them get a 503 while the pod still takes ordinary requests (large bodies may use only three quarters of it).
 """
@@ -11,6 +12,7 @@ import base64
 import io
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -34,6 +36,21 @@ LAYOUTS = pytest.mark.parametrize("decoders", [0, 2], ids=["one-process", "split
 
 def _plan(settings: dict, decoders: int, model) -> memory_plan.MemoryPlan:
     return memory_plan.plan(ServingSettings(**settings), decoders, False, layout.model_bytes(str(model)))
+
+
+@LAYOUTS
+def test_a_pod_whose_memory_holds_no_body_does_not_start_and_names_the_least_that_would(start_server, example_model,
+                                                                                      decoders):
+    settings = {"handler": "server:TextDirection", "model_path": str(example_model), "memory_bytes": 256 << 20,
+                "decode_processes": decoders}
+    assert _plan(settings, decoders, example_model).takes_no_body
+    server = start_server(wait=False, **settings)
+    assert server.process.wait(60) == 2, server.log()
+    said = server.log()
+    assert "memory: 256 MiB does not hold what the pod needs before any request body" in said, said
+    least = int(re.search(r'this pod needs memory = "(\d+)Mi" at least', said).group(1)) << 20
+    assert _plan({**settings, "memory_bytes": least}, decoders, example_model).problems() == []
+    assert _plan({**settings, "memory_bytes": least - (1 << 20)}, decoders, example_model).problems()
 
 
 def junk_body(image: str, size: int) -> bytes:

@@ -8,14 +8,17 @@ when it is a container's PID 1 (processes/init.py); otherwise it becomes the sup
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from podserve.runtime.core.logs import configure_logging
 from podserve.runtime.core.startup import StartupError, prepare_service
 from podserve.runtime.processes.init import serve_under_init
-from podserve.runtime.processes.layout import decoder_processes
+from podserve.runtime.processes.layout import decoder_processes, pod_least_memory, pod_memory_plan
 from podserve.settings import ServingSettings, SettingsError
+
+log = logging.getLogger("podserve.runtime")
 
 
 def main() -> int:
@@ -26,6 +29,13 @@ def main() -> int:
     except SettingsError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
+    memory = pod_memory_plan(settings)
+    if memory.takes_no_body:  # it would say it is ready and refuse every request
+        print("Error: the pod's memory plan does not hold (render refuses such a value.py; docs/processes.md, "
+              f"\"Memory\"): {'; '.join(memory.problems())} ({pod_least_memory(settings)})", file=sys.stderr)
+        return 2
+    for problem in memory.problems():  # the pod serves, but not its largest bodies
+        log.warning("the pod's memory plan does not hold (render refuses such a value.py): %s", problem)
     if decoder_processes(settings) > 0:
         from podserve.runtime.processes.supervisor import supervise
         return supervise(settings)

@@ -526,10 +526,10 @@ def _memory_problems(v: dict, conf: Conf):
     settings, decoders, on_gpu, model_bytes = pod_layout(v, conf)
     problems = memory_plan.plan(settings, decoders, on_gpu, model_bytes).problems()
     if problems:
-        least = memory_plan.smallest_memory(settings, decoders, on_gpu, model_bytes)
+        least = memory_plan.least_memory_note(settings, decoders, on_gpu, model_bytes)
         for message in problems:
             field, _, text = message.partition(": ")
-            yield field, f"{text} (this pod needs memory = \"{-(-least // (1 << 20))}Mi\" at least)"
+            yield field, f"{text} ({least})"
 
 
 def _online_problems(v: dict):

@@ -72,6 +72,12 @@ def pod_memory_plan(settings: ServingSettings) -> memory_plan.MemoryPlan:
                             model_bytes(settings.model_path))
 
 
+def pod_least_memory(settings: ServingSettings) -> str:
+    """The least memory whose plan would hold for this pod, as a refusal says it."""
+    decoders, on_gpu = decoder_processes(settings), settings.gpu_num > 0 and gpu_visible()
+    return memory_plan.least_memory_note(settings, decoders, on_gpu, model_bytes(settings.model_path))
+
+
 def pod_arena_sizes(settings: ServingSettings) -> ArenaSizes:
     """Each decoder's input arena and its output share in the model process (podserve/arena_sizing.py), from the
     plan's shared memory."""

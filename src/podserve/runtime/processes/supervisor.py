@@ -155,8 +155,6 @@ class Supervisor:
         memory = layout.pod_memory_plan(self.settings)
         log.info("supervising %s: the front, %d decoder process(es) and the model process (docs/processes.md)",
                  self.settings.service_name, self.decoders, extra={"fields": {"memory_plan": memory.describe()}})
-        for problem in memory.problems():
-            log.warning("the pod's memory plan does not hold (render refuses such a value.py): %s", problem)
         while self.children:
             select.select([read_end], [], [], TICK_SECONDS)
             try:
