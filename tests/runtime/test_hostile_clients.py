@@ -23,8 +23,10 @@ from hostile import (TINY_RECEIVE_BUFFER, Reader, answers_normally, connect, flo
                      send_all_then_read, send_until_closed, send_until_refused, timed_answer, wait_until_quiet)
 from podserve.metric_names import LINGERING_CLOSES, OVER_LIMIT_CONNECTIONS
 from podserve.runtime.http.lingering import LINGER_BYTES, LINGER_SECONDS
+from podserve.runtime.http.messages import linger_bytes
 from podserve.runtime.http.parser import PIPELINE_DEPTH
 from podserve.runtime.http.probe_lane import LANE_SIZE
+from podserve.settings import ServingSettings
 from podserve.testbed.processes import poll_until
 
 MIB = 1024 * 1024
@@ -256,10 +258,13 @@ def test_two_thousand_connections_held_leave_the_probes_answered_within_a_second
     answers_normally(server)
 
 
-@pytest.mark.parametrize("kind", ["431 for a 3 MiB header", "413 for a 3 MiB body"])
+@pytest.mark.parametrize("kind", ["431 for a 3 MiB header", "413 for a 3 MiB body",
+                                  "413 for a 30 MiB body, less than a video's JSON the pod takes"])
 def test_a_caller_that_sends_everything_before_reading_reads_its_refusal_not_a_reset(affine, kind):
     """The server closes after these refusals; it first reads and discards what the caller is still sending
-    (a lingering close), so the refusal is not lost to the reset a close with unread bytes would send."""
+    (a lingering close), so the refusal is not lost to the reset a close with unread bytes would send. It reads up
+    to the largest body the pod takes (a video's base64 JSON, 43 MiB by default), more than LINGER_BYTES."""
+    size = 30 * MIB if "30 MiB" in kind else 3 * MIB
     server = affine(max_body_bytes=MIB)
     if kind.startswith("431"):
         head = b"POST " + ROUTE.encode() + b" HTTP/1.1\r\nHost: pod\r\nX-Long: "
@@ -267,9 +272,10 @@ def test_a_caller_that_sends_everything_before_reading_reads_its_refusal_not_a_r
     else:
         # Raw bytes: refused from its headers, being over max_body_bytes by more than the 1 MiB read and dropped.
         head = request_head("POST", ROUTE, {"Content-Type": "application/octet-stream",
-                                            "Content-Length": str(3 * MIB)})
+                                            "Content-Length": str(size)})
         status, words = 413, "over the limit of 1048576"
-    answer = send_all_then_read(server.port, head, (b"a" * 65536 for _ in range(48)))  # 3 MiB, not read meanwhile
+    assert size + len(head) < linger_bytes(ServingSettings(max_body_bytes=MIB).largest_body_bytes())
+    answer = send_all_then_read(server.port, head, (b"a" * 65536 for _ in range(size // 65536)))  # not read meanwhile
     assert answer.status == status and answer.closes, answer.body
     assert words in answer.json()["msg"]
     poll_until(lambda: metric_value(server, LINGERING_CLOSES, ended="caller") == 1, timeout=10,
@@ -280,7 +286,7 @@ def test_a_caller_that_sends_everything_before_reading_reads_its_refusal_not_a_r
 
 def test_a_lingering_close_is_bounded_in_time_and_in_bytes(affine):
     """A refused caller that never stops sending holds its connection at most LINGER_SECONDS after the refusal
-    (trickling) and is reset after LINGER_BYTES (flooding)."""
+    (trickling) and is reset past the largest body the pod takes (flooding)."""
     server = affine(header_timeout_seconds=1)
     with connect(server.port) as sock:  # a slow head: 408 at the header timeout, then it keeps trickling
         sock.sendall(b"POST /api/example HTTP/1.1\r\nHost: pod\r\n")
@@ -296,8 +302,9 @@ def test_a_lingering_close_is_bounded_in_time_and_in_bytes(affine):
                what="the lingering close ended by its clock")
     with connect(server.port) as sock:  # a header that never ends, sent as fast as the server reads
         sock.sendall(b"POST /api/example HTTP/1.1\r\nHost: pod\r\nX-Long: ")
-        sent = send_until_closed(sock, (b"a" * 65536 for _ in range(1024)), within=30)  # up to 64 MiB
-    assert LINGER_BYTES < sent < LINGER_BYTES + 24 * MIB, f"{sent / MIB:.1f} MiB sent before the reset"
+        sent = send_until_closed(sock, (b"a" * 65536 for _ in range(2048)), within=30)  # up to 128 MiB
+    bound = linger_bytes(ServingSettings().largest_body_bytes())  # the largest body the pod takes, and its slack
+    assert LINGER_BYTES < bound < sent < bound + 24 * MIB, f"{sent / MIB:.1f} MiB sent before the reset"
     poll_until(lambda: metric_value(server, LINGERING_CLOSES, ended="bytes") == 1, timeout=10,
                what="the lingering close ended by its byte bound")
     answers_normally(server)

@@ -214,7 +214,8 @@ class Connection(RequestParser, asyncio.Protocol):
         if self.transport is None or self._linger is not None:
             return
         if lingering and not self.transport.is_closing():
-            self._linger = Linger(self.transport, self.server.loop, self.server.on_linger_end)
+            self._linger = Linger(self.transport, self.server.loop, self.server.on_linger_end,
+                                  max_bytes=self.server.limits.linger_bytes)
         else:
             self.transport.close()  # flushes what is buffered first
 

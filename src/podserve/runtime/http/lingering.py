@@ -20,8 +20,9 @@ from podserve.metric_names import LINGER_ENDED_BY_BYTES, LINGER_ENDED_BY_CALLER,
 #: LAN needs to finish sending what it began (16 MiB at 100 Mbit/s takes 1.3 s), short enough that a refused
 #: connection holds its slot (counted against max_connections, or the probe lane's own bound) only briefly.
 LINGER_SECONDS = 2.0
-#: The most bytes discarded after a refusal: more than the largest body a pod takes (max_body_bytes, 10 MiB) plus
-#: the slack read before a 413, so that a caller uploading a body a little over the limit reads its 413.
+#: The least bound on the bytes discarded after a refusal: more than an image body's limit (max_body_bytes, 10 MiB)
+#: plus the slack read before a 413, so that a caller uploading a body a little over the limit reads its 413. A pod
+#: that takes larger bodies (a video's base64 JSON) discards up to its largest (messages.linger_bytes).
 LINGER_BYTES = 16 * 1024 * 1024
 
 

@@ -12,6 +12,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from podserve import memory_plan
+from podserve.runtime.http.lingering import LINGER_BYTES
 
 if TYPE_CHECKING:
     from podserve.runtime.http.connection import Connection
@@ -50,6 +51,18 @@ def render(answer: "Answer", date_and_server: bytes, head_only: bool, close: boo
     return b"".join(head)
 
 
+#: A body this far over the limit is read and dropped, so the 413 reaches a caller still sending it;
+#: further over, the connection is closed after the 413.
+BODY_SLACK_BYTES = 1024 * 1024
+
+
+def linger_bytes(largest_body: int) -> int:
+    """The lingering close's byte bound for a pod whose largest body is `largest_body`: a caller refused while it
+    uploads any body the pod takes (503 at its headers: the pod's budget for uploads is full) reads its refusal, not
+    a reset; at least LINGER_BYTES."""
+    return max(LINGER_BYTES, largest_body + BODY_SLACK_BYTES)
+
+
 @dataclass(frozen=True)
 class HttpLimits:
     """What one client may make the server hold, and for how long (the defaults are ServingSettings')."""
@@ -63,6 +76,8 @@ class HttpLimits:
     max_pending_body_bytes: int
     #: A chunked body's deadline grows by its bytes at this rate once it is over max_body_bytes (0: never grows).
     min_upload_bytes_per_second: float = 0.0
+    #: The most bytes a refused caller may send on, read and dropped, before its connection is reset (lingering.py).
+    linger_bytes: int = LINGER_BYTES
 
     @classmethod
     def from_settings(cls, settings, pending_body_bytes: int) -> "HttpLimits":
@@ -74,7 +89,8 @@ class HttpLimits:
                    idle_timeout_seconds=settings.idle_timeout_seconds, max_connections=settings.max_connections,
                    max_pending_body_bytes=max(pending_body_bytes,
                                               math.ceil(settings.max_body_bytes / LARGE_BODY_SHARE)),
-                   min_upload_bytes_per_second=settings.min_upload_bytes_per_second)
+                   min_upload_bytes_per_second=settings.min_upload_bytes_per_second,
+                   linger_bytes=linger_bytes(settings.largest_body_bytes()))
 
     @property
     def tick_seconds(self) -> float:

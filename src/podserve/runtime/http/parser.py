@@ -15,13 +15,10 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from podserve.runtime.core.logs import RUNTIME_FAULT
-from podserve.runtime.http.messages import LARGE_BODY_BYTES, LARGE_BODY_SHARE, Exchange
+from podserve.runtime.http.messages import BODY_SLACK_BYTES, LARGE_BODY_BYTES, LARGE_BODY_SHARE, Exchange
 
 log = logging.getLogger(__name__)
 
-#: A body this far over the limit is read and dropped, so the 413 reaches a caller still sending it;
-#: further over, the connection is closed after the 413.
-BODY_SLACK_BYTES = 1024 * 1024
 #: Requests one connection may have read and not yet answered before the server stops reading it.
 PIPELINE_DEPTH = 16
 #: Bytes parsed at a time while a request head (or a chunked body) may end in them: what one connection can make the
