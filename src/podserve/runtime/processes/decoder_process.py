@@ -293,7 +293,10 @@ class DecoderProcess:
     def _front_lost(self) -> None:
         self.admission.lost()
         if not self.stopping:
-            log.warning("%s: the front has gone; reconnecting", self.name)
+            if self.model.state.pod["stopping"]:  # it drained and ended; SIGTERM comes next
+                log.info("%s: the front has drained and ended (the pod is stopping)", self.name)
+            else:
+                log.warning("%s: the front has gone; reconnecting", self.name)
             self.loop.create_task(self._connect_front())
 
     def _from_front(self, messages: list) -> None:

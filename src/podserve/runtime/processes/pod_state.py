@@ -40,9 +40,10 @@ _SLOT = np.dtype([("role", "<i8"), ("state", "<i8"), ("pid", "<i8"), ("generatio
 #: Each slot field's index among its words in `PodState.slot_words` (a slot is SLOT_WORDS int64 words).
 SLOT_WORD = {name: index for index, name in enumerate(_SLOT.names)}
 SLOT_WORDS = len(_SLOT.names)
-#: What the supervisor counts: processes it started again after one ended, by role, and decoders it found hung.
+#: What the supervisor counts: processes it started again after one ended, by role, and decoders it found hung; and
+#: whether the pod is stopping (set once, at SIGTERM: a front that ends then is not coming back).
 _POD = np.dtype([("front_restarts", "<i8"), ("decoder_restarts", "<i8"), ("model_restarts", "<i8"),
-                 ("hung_decoders", "<i8"), ("supervisor_pid", "<i8")])
+                 ("hung_decoders", "<i8"), ("supervisor_pid", "<i8"), ("stopping", "<i8")])
 _STATUS_BYTES = 1024
 _INFO_BYTES = 256 * 1024
 

@@ -277,6 +277,7 @@ class Supervisor:
         if self.stopping is not None:
             return
         self.stopping = signal.Signals(signum).name
+        self.state.pod["stopping"] = 1
         self.pending.clear()
         front = [child for child in self.children if child.role == FRONT]
         log.info("%s: the front drains, then every other process ends", self.stopping)
