@@ -213,6 +213,25 @@ def test_beyond_the_connection_limit_probes_are_answered_and_everything_else_get
     answers_normally(server)
 
 
+def test_a_caller_over_the_connection_limit_uploading_a_video_sized_body_reads_its_503(affine):
+    """The lane's lingering close reads and drops up to the largest body the pod takes, as the server's does: a
+    caller over the limit that sends 30 MiB before reading gets the 503 and its Retry-After, not a reset."""
+    server = affine(max_connections=2)
+    held = [connect(server.port) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(request_head("GET", "/api/ping"))
+            assert Reader(sock).response().status == 200
+        head = request_head("POST", ROUTE, {"Content-Type": "application/json", "Content-Length": str(30 * MIB)})
+        refused = send_all_then_read(server.port, head, (b" " * 65536 for _ in range(30 * 16)))
+        assert refused.status == 503 and refused.headers["retry-after"] == "1", refused.body
+        assert "2 connections open" in refused.json()["msg"]
+    finally:
+        for sock in held:
+            sock.close()
+    answers_normally(server)
+
+
 def test_two_thousand_connections_held_leave_the_probes_answered_within_a_second(affine):
     """Issue 58: with 2,000 connections held (the limit is 1,000), 200 of them pipelining requests and never
     reading, probes on new connections are answered 200 within a second from the pod's state, a request for the

@@ -22,7 +22,7 @@ import asyncio
 from typing import Callable
 
 from podserve.metric_names import OVER_LIMIT_EVICTED, OVER_LIMIT_PROBE, OVER_LIMIT_REFUSED
-from podserve.runtime.http.lingering import Linger
+from podserve.runtime.http.lingering import LINGER_BYTES, Linger
 
 #: Over-limit connections read or lingering at once. The kubelet probes once per probe period (10 s by default,
 #: three probes) and Kong about as often: 64 is far more than they need at once, and bounds what a crowd costs.
@@ -56,8 +56,9 @@ class ProbeLane:
     def __init__(self, answer: Callable[[str, str], bytes | None], refusal: bytes,
                  on_outcome: Callable[[str], None], on_linger_end: Callable[[str], None],
                  size: int = LANE_SIZE, line_bytes: int = REQUEST_LINE_BYTES,
-                 line_seconds: float = REQUEST_LINE_SECONDS):
+                 line_seconds: float = REQUEST_LINE_SECONDS, linger_bytes: int = LINGER_BYTES):
         self.answer, self.refusal = answer, refusal
+        self.linger_bytes = linger_bytes  # a caller uploading any body the pod takes reads its 503
         self.on_outcome, self.on_linger_end = on_outcome, on_linger_end
         self.size, self.line_bytes, self.line_seconds = size, line_bytes, line_seconds
         self.reading: dict[OverLimitConnection, None] = {}    # in arrival order: the oldest first
@@ -121,7 +122,7 @@ class OverLimitConnection(asyncio.Protocol):
         self.transport.write(reply if reply is not None else self.lane.refusal)
         self.lane.reading.pop(self, None)
         self.lane.lingering[self] = None
-        self.linger = Linger(self.transport, self.loop, self.lane.on_linger_end)
+        self.linger = Linger(self.transport, self.loop, self.lane.on_linger_end, max_bytes=self.lane.linger_bytes)
         if unread > 0:
             self.linger.discard(unread)
 

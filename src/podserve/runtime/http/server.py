@@ -101,7 +101,8 @@ class HttpServer:
         body = (b'{"results": null, "msg": "this pod has ' + str(limits.max_connections).encode() +
                 b' connections open, its limit; retry shortly, or elsewhere"}')
         self.connection_refusal += b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        self.probe_lane = ProbeLane(self._probe_reply, self.connection_refusal, on_over_limit, on_linger_end)
+        self.probe_lane = ProbeLane(self._probe_reply, self.connection_refusal, on_over_limit, on_linger_end,
+                                    linger_bytes=limits.linger_bytes)
         self._server: asyncio.base_events.Server | None = None
         self._outbox: deque[tuple[Exchange, Answer]] = deque()
         self._wake_pending = False
