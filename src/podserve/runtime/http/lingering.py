@@ -4,9 +4,10 @@ A server that closes a socket with unread bytes in its receive buffer makes the 
 reset, and the caller's kernel then discards what it had not yet read: a client still sending a
 3 MiB header never sees its 431. So after a refusal the server shuts down its write side once the
 answer is written (the caller reads the answer, then end of file), keeps reading and discarding
-what arrives, and closes when the caller closes, or at the latest after `LINGER_SECONDS` or
-`LINGER_BYTES` (nginx's lingering close, bounded in bytes as well as time). Depends on nothing but
-asyncio, so that every front-end process can use it.
+what arrives, and closes when the caller closes, or at the latest after `LINGER_SECONDS` or its
+byte bound (the pod's largest body and a little more, at least `LINGER_BYTES`: nginx's lingering
+close, bounded in bytes as well as time). Depends on nothing but asyncio, so that every front-end
+process can use it.
 """
 
 from __future__ import annotations
