@@ -66,16 +66,20 @@ def model_bytes(model_path: str) -> int:
     return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file()) if path.is_dir() else 0
 
 
+def _pod_shape(settings: ServingSettings) -> tuple[int, bool, int]:
+    """What this pod's memory plan is made of besides its settings: its decoders, whether on a GPU, its model's
+    bytes."""
+    return decoder_processes(settings), settings.gpu_num > 0 and gpu_visible(), model_bytes(settings.model_path)
+
+
 def pod_memory_plan(settings: ServingSettings) -> memory_plan.MemoryPlan:
     """This pod's memory plan (podserve/memory_plan.py), the same in every process of it."""
-    return memory_plan.plan(settings, decoder_processes(settings), settings.gpu_num > 0 and gpu_visible(),
-                            model_bytes(settings.model_path))
+    return memory_plan.plan(settings, *_pod_shape(settings))
 
 
 def pod_least_memory(settings: ServingSettings) -> str:
     """The least memory whose plan would hold for this pod, as a refusal says it."""
-    decoders, on_gpu = decoder_processes(settings), settings.gpu_num > 0 and gpu_visible()
-    return memory_plan.least_memory_note(settings, decoders, on_gpu, model_bytes(settings.model_path))
+    return memory_plan.least_memory_note(settings, *_pod_shape(settings))
 
 
 def pod_arena_sizes(settings: ServingSettings) -> ArenaSizes:
