@@ -89,10 +89,9 @@ def _predict_one(handler: Handler, source: str, model_input: Any) -> Any:
     outputs; return its one output."""
     name = type(handler).__name__
     key = _call(handler.batch_key, f"{source}'s input", model_input)
-    try:
-        hash(key)
-    except TypeError:
-        raise ContractViolation(unhashable_key(name, key)) from None
+    problem = unhashable_key(name, key)
+    if problem:
+        raise ContractViolation(problem)
     _check_crosses(f"{name}.{source}'s input", model_input)
     _check_crosses(f"{name}.batch_key's key", key)
     outputs = _call(handler.predict, f"{source}'s input", [model_input])

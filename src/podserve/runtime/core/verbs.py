@@ -56,17 +56,20 @@ def batch_key_of(handler: Any, model_input: Any) -> Any:
         raise
     except Exception as exc:
         raise _handler_failed(handler.batch_key, exc) from None
-    try:
-        hash(key)
-    except TypeError:
-        raise HandlerFailed(unhashable_key(type(handler).__name__, key)) from None
+    problem = unhashable_key(type(handler).__name__, key)
+    if problem:
+        raise HandlerFailed(problem)
     return key
 
 
-def unhashable_key(owner: str, key: Any) -> str:
-    """What is wrong with a batch_key's key that is not hashable, and the fix."""
-    return (f"{owner}.batch_key returned {type(key).__name__}, which is not hashable: inputs are grouped by it; "
-            f"return a tuple, a string or a number")
+def unhashable_key(owner: str, key: Any) -> str | None:
+    """What is wrong with a batch_key's key that is not hashable, and the fix (None when it is hashable)."""
+    try:
+        hash(key)
+    except TypeError:
+        return (f"{owner}.batch_key returned {type(key).__name__}, which is not hashable: inputs are grouped by it; "
+                f"return a tuple, a string or a number")
+    return None
 
 
 def _handler_failed(method: Callable[..., Any], exc: Exception) -> HandlerFailed:
